@@ -1,0 +1,330 @@
+//! The agent's durable outbox and small local KV.
+//!
+//! Findings enter the outbox (fsync'd) before the agent tries to send them, and leave it only when the master
+//! acknowledges them, so nothing is lost while the master is unreachable or the agent crashes (at-least-once;
+//! every entry carries a per-agent sequence number that keeps increasing across restarts, and the master
+//! applies each sequence number once). The outbox is bounded in entries and bytes: when full it evicts the
+//! oldest entries of the lowest severity class first and counts what it dropped, so a storm of healthy
+//! readings never pushes out an ERROR. The KV holds checker state (last kmsg seq + boot id, counter
+//! baselines).
+//!
+//! Storage sits behind [`OutboxStore`] so engines can be compared by the same crash harness (redb is the
+//! engine we ship; sled 0.34 can be built with `--features sled` for the comparison recorded in
+//! ARCHITECTURE.md).
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use state_machines::Severity;
+
+/// Default bound on queued entries: a day of a busy host's findings at one per second.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+/// Default bound on queued bytes: keeps the agent's disk use small on every node of a fleet.
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest single entry: a finding is bounded to a few KiB; anything this big is a bug upstream.
+pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
+
+/// seq -> (severity class, payload).
+const OUTBOX: TableDefinition<u64, (u8, &[u8])> = TableDefinition::new("outbox");
+/// (severity class, seq) -> (): eviction order.
+const BY_CLASS: TableDefinition<(u8, u64), ()> = TableDefinition::new("outbox_by_class");
+/// counters: next_seq, bytes, dropped.<class>.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// checker state.
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+
+/// Eviction classes: 0 = healthy/informational readings, 1 = degraded (SLOW, WARNING), 2 = faults.
+pub fn class_of(sev: Severity) -> u8 {
+    match sev {
+        Severity::Unknown | Severity::Info | Severity::Good => 0,
+        Severity::Slow | Severity::Warning => 1,
+        Severity::Error | Severity::Fatal => 2,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox storage: {0}")]
+    Storage(String),
+    #[error("entry of {0} bytes exceeds the {MAX_ENTRY_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("corrupt outbox entry at seq {0}")]
+    Corrupt(u64),
+}
+
+fn st<E: std::fmt::Display>(e: E) -> OutboxError {
+    OutboxError::Storage(e.to_string())
+}
+
+/// Limits of one outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_entries: DEFAULT_MAX_ENTRIES, max_bytes: DEFAULT_MAX_BYTES }
+    }
+}
+
+/// One queued entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub severity_class: u8,
+    pub payload: Vec<u8>,
+}
+
+/// What an outbox holds and has dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub entries: u64,
+    pub bytes: u64,
+    pub next_seq: u64,
+    /// Entries evicted because the outbox was full, per severity class.
+    pub dropped: [u64; 3],
+}
+
+/// The operations the agent needs from its durable queue. Every mutating call is durable (fsync'd) when it
+/// returns Ok.
+pub trait OutboxStore: Send + Sync {
+    /// Append entries; returns their sequence numbers. Evicts to stay within limits.
+    fn enqueue(&self, items: &[(Severity, Vec<u8>)]) -> Result<Vec<u64>, OutboxError>;
+    /// The oldest entries, at most `max_count` of them and about `max_bytes` (always at least one if any).
+    fn peek(&self, max_count: usize, max_bytes: usize) -> Result<Vec<Entry>, OutboxError>;
+    /// Remove every entry with seq <= `upto` (the master acknowledged them).
+    fn ack(&self, upto: u64) -> Result<u64, OutboxError>;
+    fn depth(&self) -> Result<Depth, OutboxError>;
+    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError>;
+    fn kv_put(&self, key: &str, value: &[u8]) -> Result<(), OutboxError>;
+}
+
+/// The redb-backed store we ship.
+pub struct RedbOutbox {
+    db: Database,
+    limits: Limits,
+}
+
+const DROPPED_KEYS: [&str; 3] = ["dropped.0", "dropped.1", "dropped.2"];
+
+impl RedbOutbox {
+    pub fn open(path: &Path, limits: Limits) -> Result<Self, OutboxError> {
+        let db = Database::create(path).map_err(st)?;
+        let txn = db.begin_write().map_err(st)?;
+        {
+            // Create the tables so readers never see them missing.
+            txn.open_table(OUTBOX).map_err(st)?;
+            txn.open_table(BY_CLASS).map_err(st)?;
+            txn.open_table(META).map_err(st)?;
+            txn.open_table(KV).map_err(st)?;
+        }
+        txn.commit().map_err(st)?;
+        Ok(RedbOutbox { db, limits })
+    }
+}
+
+fn meta_get(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, OutboxError> {
+    Ok(t.get(key).map_err(st)?.map(|v| v.value()).unwrap_or(0))
+}
+
+impl OutboxStore for RedbOutbox {
+    fn enqueue(&self, items: &[(Severity, Vec<u8>)]) -> Result<Vec<u64>, OutboxError> {
+        if let Some((_, p)) = items.iter().find(|(_, p)| p.len() > MAX_ENTRY_BYTES) {
+            return Err(OutboxError::TooLarge(p.len()));
+        }
+        let txn = self.db.begin_write().map_err(st)?;
+        let mut seqs = Vec::with_capacity(items.len());
+        {
+            let mut outbox = txn.open_table(OUTBOX).map_err(st)?;
+            let mut by_class = txn.open_table(BY_CLASS).map_err(st)?;
+            let mut meta = txn.open_table(META).map_err(st)?;
+            let mut next = meta_get(&meta, "next_seq")?.max(1);
+            let mut bytes = meta_get(&meta, "bytes")?;
+            let mut count = outbox.len().map_err(st)?;
+            let mut dropped = [0u64; 3];
+            for (sev, payload) in items {
+                let class = class_of(*sev);
+                outbox.insert(next, (class, payload.as_slice())).map_err(st)?;
+                by_class.insert((class, next), ()).map_err(st)?;
+                seqs.push(next);
+                next += 1;
+                count += 1;
+                bytes += payload.len() as u64;
+                // Evict the oldest entry of the lowest class present until within limits.
+                while count > self.limits.max_entries || bytes > self.limits.max_bytes {
+                    let victim = by_class.first().map_err(st)?.map(|(k, _)| k.value());
+                    let Some((vclass, vseq)) = victim else { break };
+                    by_class.remove((vclass, vseq)).map_err(st)?;
+                    let removed = outbox.remove(vseq).map_err(st)?.map(|v| v.value().1.len() as u64);
+                    bytes = bytes.saturating_sub(removed.unwrap_or(0));
+                    count = count.saturating_sub(1);
+                    dropped[usize::from(vclass.min(2))] += 1;
+                }
+            }
+            meta.insert("next_seq", next).map_err(st)?;
+            meta.insert("bytes", bytes).map_err(st)?;
+            for (i, d) in dropped.iter().enumerate() {
+                if *d > 0 {
+                    let old = meta_get(&meta, DROPPED_KEYS[i])?;
+                    meta.insert(DROPPED_KEYS[i], old + d).map_err(st)?;
+                }
+            }
+        }
+        txn.commit().map_err(st)?;
+        Ok(seqs)
+    }
+
+    fn peek(&self, max_count: usize, max_bytes: usize) -> Result<Vec<Entry>, OutboxError> {
+        let txn = self.db.begin_read().map_err(st)?;
+        let outbox = txn.open_table(OUTBOX).map_err(st)?;
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        for row in outbox.iter().map_err(st)? {
+            let (k, v) = row.map_err(st)?;
+            let (class, payload) = v.value();
+            if !out.is_empty() && (out.len() >= max_count || size + payload.len() > max_bytes) {
+                break;
+            }
+            size += payload.len();
+            out.push(Entry { seq: k.value(), severity_class: class, payload: payload.to_vec() });
+        }
+        Ok(out)
+    }
+
+    fn ack(&self, upto: u64) -> Result<u64, OutboxError> {
+        let txn = self.db.begin_write().map_err(st)?;
+        let mut removed = 0;
+        {
+            let mut outbox = txn.open_table(OUTBOX).map_err(st)?;
+            let mut by_class = txn.open_table(BY_CLASS).map_err(st)?;
+            let mut meta = txn.open_table(META).map_err(st)?;
+            let mut bytes = meta_get(&meta, "bytes")?;
+            let gone = outbox.extract_if(|k, _| k <= upto).map_err(st)?;
+            let mut victims = Vec::new();
+            for row in gone {
+                let (k, v) = row.map_err(st)?;
+                let (class, payload) = v.value();
+                bytes = bytes.saturating_sub(payload.len() as u64);
+                victims.push((class, k.value()));
+            }
+            for v in victims {
+                by_class.remove(v).map_err(st)?;
+                removed += 1;
+            }
+            meta.insert("bytes", bytes).map_err(st)?;
+        }
+        txn.commit().map_err(st)?;
+        Ok(removed)
+    }
+
+    fn depth(&self) -> Result<Depth, OutboxError> {
+        let txn = self.db.begin_read().map_err(st)?;
+        let outbox = txn.open_table(OUTBOX).map_err(st)?;
+        let meta = txn.open_table(META).map_err(st)?;
+        let mut dropped = [0u64; 3];
+        for (i, k) in DROPPED_KEYS.iter().enumerate() {
+            dropped[i] = meta_get(&meta, k)?;
+        }
+        Ok(Depth {
+            entries: outbox.len().map_err(st)?,
+            bytes: meta_get(&meta, "bytes")?,
+            next_seq: meta_get(&meta, "next_seq")?.max(1),
+            dropped,
+        })
+    }
+
+    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError> {
+        let txn = self.db.begin_read().map_err(st)?;
+        let kv = txn.open_table(KV).map_err(st)?;
+        Ok(kv.get(key).map_err(st)?.map(|v| v.value().to_vec()))
+    }
+
+    fn kv_put(&self, key: &str, value: &[u8]) -> Result<(), OutboxError> {
+        let txn = self.db.begin_write().map_err(st)?;
+        txn.open_table(KV).map_err(st)?.insert(key, value).map_err(st)?;
+        txn.commit().map_err(st)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir, limits: Limits) -> RedbOutbox {
+        RedbOutbox::open(&dir.path().join("outbox.redb"), limits).unwrap()
+    }
+
+    #[test]
+    fn enqueue_peek_ack_and_seq_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(&dir, Limits::default());
+        let seqs = ob.enqueue(&[(Severity::Error, b"a".to_vec()), (Severity::Good, b"bb".to_vec())]).unwrap();
+        assert_eq!(seqs, vec![1, 2]);
+        let got = ob.peek(10, 1 << 20).unwrap();
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(ob.ack(1).unwrap(), 1);
+        assert_eq!(ob.depth().unwrap().bytes, 2);
+        assert_eq!(ob.ack(2).unwrap(), 1);
+        drop(ob);
+        let ob = open(&dir, Limits::default());
+        // Sequence numbers never repeat, even after the queue emptied and the agent restarted.
+        assert_eq!(ob.enqueue(&[(Severity::Info, b"c".to_vec())]).unwrap(), vec![3]);
+        assert_eq!(ob.depth().unwrap().entries, 1);
+    }
+
+    #[test]
+    fn full_outbox_drops_oldest_low_severity_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(&dir, Limits { max_entries: 3, max_bytes: 1 << 20 });
+        ob.enqueue(&[(Severity::Error, b"e1".to_vec())]).unwrap();
+        ob.enqueue(&[(Severity::Good, b"g1".to_vec())]).unwrap();
+        ob.enqueue(&[(Severity::Warning, b"w1".to_vec())]).unwrap();
+        ob.enqueue(&[(Severity::Good, b"g2".to_vec())]).unwrap(); // evicts g1
+        ob.enqueue(&[(Severity::Error, b"e2".to_vec())]).unwrap(); // evicts g2
+        ob.enqueue(&[(Severity::Fatal, b"f1".to_vec())]).unwrap(); // evicts w1
+        let payloads: Vec<_> = ob.peek(10, 1 << 20).unwrap().into_iter().map(|e| e.payload).collect();
+        assert_eq!(payloads, vec![b"e1".to_vec(), b"e2".to_vec(), b"f1".to_vec()]);
+        ob.enqueue(&[(Severity::Error, b"e3".to_vec())]).unwrap(); // only faults left: oldest fault goes
+        let d = ob.depth().unwrap();
+        assert_eq!(d.entries, 3);
+        assert_eq!(d.dropped, [2, 1, 1]);
+    }
+
+    #[test]
+    fn byte_limit_and_oversized_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(&dir, Limits { max_entries: 100, max_bytes: 10 });
+        ob.enqueue(&[(Severity::Info, vec![0; 6])]).unwrap();
+        ob.enqueue(&[(Severity::Info, vec![1; 6])]).unwrap();
+        let d = ob.depth().unwrap();
+        assert_eq!((d.entries, d.bytes, d.dropped[0]), (1, 6, 1));
+        let err = ob.enqueue(&[(Severity::Info, vec![0; MAX_ENTRY_BYTES + 1])]).unwrap_err();
+        assert!(matches!(err, OutboxError::TooLarge(_)));
+        assert_eq!(ob.depth().unwrap().entries, 1, "a rejected enqueue changes nothing");
+    }
+
+    #[test]
+    fn peek_respects_count_and_bytes_but_returns_at_least_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(&dir, Limits::default());
+        ob.enqueue(&[(Severity::Info, vec![0; 100]), (Severity::Info, vec![0; 100])]).unwrap();
+        assert_eq!(ob.peek(1, 1 << 20).unwrap().len(), 1);
+        assert_eq!(ob.peek(10, 150).unwrap().len(), 1);
+        assert_eq!(ob.peek(10, 10).unwrap().len(), 1);
+        assert_eq!(ob.peek(10, 1000).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn kv_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(&dir, Limits::default());
+        assert_eq!(ob.kv_get("kmsg.cursor").unwrap(), None);
+        ob.kv_put("kmsg.cursor", b"boot-1:42").unwrap();
+        drop(ob);
+        let ob = open(&dir, Limits::default());
+        assert_eq!(ob.kv_get("kmsg.cursor").unwrap().as_deref(), Some(&b"boot-1:42"[..]));
+    }
+}
