@@ -2,6 +2,9 @@
 //! the master acknowledges them, reports them, and runs the actions the master sends.
 
 pub mod outbox;
+pub mod config;
+pub mod inventory;
+pub mod local;
 pub mod scheduler;
 #[cfg(feature = "sled")]
 pub mod outbox_sled;

@@ -1,0 +1,241 @@
+//! The agent's TOML configuration: versioned, `deny_unknown_fields`, validated before anything starts
+//! (`huatuo agent --check-config` runs exactly this validation; the systemd unit runs it before starting).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The only config version this build understands.
+pub const CONFIG_VERSION: u32 = 1;
+/// Largest config file read: a config is a few KiB; anything bigger is the wrong file.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Longest checker timeout a config may ask for: a probe that needs longer is broken.
+pub const MAX_CHECKER_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{path}: file is larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path}: {err}")]
+    Parse { path: PathBuf, err: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Config format version; must be 1.
+    pub version: u32,
+    /// Host name used in object ids; default: this machine's hostname.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Where the outbox and checker state live.
+    pub data_dir: PathBuf,
+    /// Master gRPC addresses (any member; the agent finds the leader).
+    pub masters: Vec<String>,
+    /// Local HTTP surface (/healthz, /metrics, /api/v1/local).
+    #[serde(default = "default_http")]
+    pub http_listen: SocketAddr,
+    /// Root of the filesystem the probes read: `/` in production, a recorded tree in tests.
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// Disk scoring profile (`online`, `offline`, `archive`).
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Labels the master uses for scopes (cluster, rack, switch, application profile).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub report: ReportConfig,
+    /// Per-checker settings, by checker name. Checkers not listed run with their defaults.
+    #[serde(default)]
+    pub checkers: BTreeMap<String, CheckerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { max_entries: default_max_entries(), max_bytes: default_max_bytes() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Most findings in one batch sent to the master.
+    #[serde(default = "default_batch")]
+    pub batch_max: usize,
+    /// Heartbeat period.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_s: u64,
+    /// Cap of the exponential reconnect backoff.
+    #[serde(default = "default_backoff")]
+    pub backoff_max_s: u64,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig { batch_max: default_batch(), heartbeat_s: default_heartbeat(), backoff_max_s: default_backoff() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CheckerConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Seconds between runs; default: the checker's own interval.
+    #[serde(default)]
+    pub interval_s: Option<u64>,
+    /// Seconds a run may take before it counts as hung.
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    /// Checker-specific settings (e.g. `smartctl = "/usr/sbin/smartctl"`, `kmsg = "/dev/kmsg"`).
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Value>,
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7790))
+}
+fn default_root() -> PathBuf {
+    PathBuf::from("/")
+}
+fn default_profile() -> String {
+    "online".into()
+}
+fn default_max_entries() -> u64 {
+    crate::outbox::DEFAULT_MAX_ENTRIES
+}
+fn default_max_bytes() -> u64 {
+    crate::outbox::DEFAULT_MAX_BYTES
+}
+fn default_batch() -> usize {
+    500
+}
+fn default_heartbeat() -> u64 {
+    5
+}
+fn default_backoff() -> u64 {
+    30
+}
+fn default_true() -> bool {
+    true
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let meta = std::fs::metadata(path).map_err(|err| ConfigError::Io { path: path.into(), err })?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.into() });
+        }
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io { path: path.into(), err })?;
+        let cfg: AgentConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), err: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Everything that can be checked without starting anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.version != CONFIG_VERSION {
+            return bad(format!("version {} is not supported (this build reads version {CONFIG_VERSION})", self.version));
+        }
+        if let Some(h) = &self.host {
+            state_machines::id::validate_host(h).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if self.masters.is_empty() {
+            return bad("masters: at least one master address is needed".into());
+        }
+        for m in &self.masters {
+            if m.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return bad(format!("masters: {m:?} is not HOST:PORT"));
+            }
+        }
+        if !["online", "offline", "archive"].contains(&self.profile.as_str()) {
+            return bad(format!("profile {:?}: expected online, offline or archive", self.profile));
+        }
+        if self.outbox.max_entries == 0 || self.outbox.max_bytes < 64 * 1024 {
+            return bad("outbox: max_entries must be > 0 and max_bytes >= 65536".into());
+        }
+        if self.report.batch_max == 0 || self.report.batch_max > 10_000 {
+            return bad("report.batch_max must be within 1..=10000".into());
+        }
+        if self.report.heartbeat_s == 0 || self.report.backoff_max_s == 0 {
+            return bad("report.heartbeat_s and report.backoff_max_s must be > 0".into());
+        }
+        for (name, c) in &self.checkers {
+            if c.interval_s == Some(0) {
+                return bad(format!("checkers.{name}.interval_s must be > 0"));
+            }
+            if let Some(t) = c.timeout_s
+                && (t == 0 || Duration::from_secs(t) > MAX_CHECKER_TIMEOUT)
+            {
+                return bad(format!("checkers.{name}.timeout_s must be within 1..={}", MAX_CHECKER_TIMEOUT.as_secs()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<AgentConfig, String> {
+        let cfg: AgentConfig = toml::from_str(s).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    const MIN: &str = "version = 1\ndata_dir = \"/tmp/x\"\nmasters = [\"127.0.0.1:7700\"]\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.http_listen.port(), 7790);
+        assert_eq!(c.profile, "online");
+        assert_eq!(c.report.batch_max, 500);
+    }
+
+    #[test]
+    fn bad_configs_are_clear_errors() {
+        let cases = [
+            ("version = 2\ndata_dir = \"/x\"\nmasters = [\"a:1\"]", "version 2"),
+            ("version = 1\ndata_dir = \"/x\"\nmasters = []", "at least one master"),
+            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"nohost\"]", "HOST:PORT"),
+            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nbogus = 1", "unknown field"),
+            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nprofile = \"fast\"", "profile"),
+            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[checkers.smart]\ntimeout_s = 0", "timeout_s"),
+            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nhost = \"bad host\"", "invalid host"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.example.toml");
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert!(!cfg.checkers.is_empty());
+    }
+}

@@ -1,0 +1,132 @@
+//! The agent's local surface on 127.0.0.1:7790: `/healthz`, `/metrics` (Prometheus text: findings by
+//! checker and severity, checker run time and failures, outbox depth, send errors) and `/api/v1/local`
+//! (the most recent findings of this host, newest last).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use state_machines::Finding;
+
+/// Findings kept for `/api/v1/local`: enough to see what the host said recently, bounded memory.
+pub const RECENT_FINDINGS: usize = 1_000;
+
+type Labels = Vec<(String, String)>;
+
+/// Metrics the agent exports.
+pub struct Metrics {
+    pub findings: Family<Labels, Counter>,
+    pub checker_runs: Family<Labels, Counter>,
+    pub checker_failures: Family<Labels, Counter>,
+    pub checker_seconds: Family<Labels, Histogram>,
+    pub outbox_entries: Gauge,
+    pub outbox_bytes: Gauge,
+    pub outbox_dropped: Family<Labels, Gauge>,
+    pub send_errors: Counter,
+    pub sent_findings: Counter,
+    pub kmsg_lost: Gauge,
+}
+
+impl Metrics {
+    fn new(reg: &mut Registry) -> Self {
+        let m = Metrics {
+            findings: Family::default(),
+            checker_runs: Family::default(),
+            checker_failures: Family::default(),
+            checker_seconds: Family::new_with_constructor(|| {
+                Histogram::new([0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0])
+            }),
+            outbox_entries: Gauge::default(),
+            outbox_bytes: Gauge::default(),
+            outbox_dropped: Family::default(),
+            send_errors: Counter::default(),
+            sent_findings: Counter::default(),
+            kmsg_lost: Gauge::default(),
+        };
+        reg.register("huatuo_agent_findings", "Findings produced, by checker and severity", m.findings.clone());
+        reg.register("huatuo_agent_checker_runs", "Checker runs, by checker", m.checker_runs.clone());
+        reg.register(
+            "huatuo_agent_checker_failures",
+            "Checker runs that failed, hung or flooded, by checker and reason",
+            m.checker_failures.clone(),
+        );
+        reg.register("huatuo_agent_checker_run_seconds", "Checker run time", m.checker_seconds.clone());
+        reg.register("huatuo_agent_outbox_entries", "Findings waiting in the outbox", m.outbox_entries.clone());
+        reg.register("huatuo_agent_outbox_bytes", "Bytes waiting in the outbox", m.outbox_bytes.clone());
+        reg.register(
+            "huatuo_agent_outbox_dropped",
+            "Findings evicted from a full outbox, by severity class",
+            m.outbox_dropped.clone(),
+        );
+        reg.register("huatuo_agent_send_errors", "Failed sends to the master", m.send_errors.clone());
+        reg.register("huatuo_agent_sent_findings", "Findings acknowledged by the master", m.sent_findings.clone());
+        reg.register("huatuo_agent_kmsg_lost_records", "Kernel log records overwritten before read", m.kmsg_lost.clone());
+        m
+    }
+}
+
+/// State shared between the agent's tasks and its HTTP surface.
+pub struct Shared {
+    pub host: String,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub recent: Mutex<VecDeque<Finding>>,
+    pub started_ms: u64,
+}
+
+impl Shared {
+    pub fn new(host: String, started_ms: u64) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        Arc::new(Shared { host, registry, metrics, recent: Mutex::new(VecDeque::new()), started_ms })
+    }
+
+    /// Remember findings for the local API and count them.
+    pub fn record(&self, findings: &[Finding]) {
+        for f in findings {
+            self.metrics
+                .findings
+                .get_or_create(&vec![("checker".into(), f.checker.clone()), ("severity".into(), f.severity.to_string())])
+                .inc();
+        }
+        if let Ok(mut recent) = self.recent.lock() {
+            for f in findings {
+                if recent.len() >= RECENT_FINDINGS {
+                    recent.pop_front();
+                }
+                recent.push_back(f.clone());
+            }
+        }
+    }
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/local", get(local))
+        .with_state(shared)
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response(),
+    }
+}
+
+async fn local(State(s): State<Arc<Shared>>) -> Response {
+    let findings: Vec<Finding> = s.recent.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
+    axum::Json(serde_json::json!({ "host": s.host, "started_ms": s.started_ms, "findings": findings }))
+        .into_response()
+}
