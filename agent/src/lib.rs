@@ -5,6 +5,8 @@ pub mod outbox;
 pub mod config;
 pub mod inventory;
 pub mod local;
+pub mod reporter;
+pub mod run;
 pub mod scheduler;
 #[cfg(feature = "sled")]
 pub mod outbox_sled;

@@ -1,0 +1,201 @@
+//! Sends the outbox to the master: registers the host's inventory, then loops peek -> Ingest -> ack, with a
+//! heartbeat on a timer. Delivery is at-least-once and applied once: each batch is pinned before it is sent
+//! (its last sequence number is written to the KV as `report.inflight`), so a resend after a failure or a
+//! restart carries exactly the same entries under the same batch number, and the master acknowledges a batch
+//! it has already applied without applying it again. Leader discovery and redirects are the client's;
+//! between failed attempts the reporter backs off exponentially with jitter, capped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::api;
+use proto::client::Client;
+use proto::convert::finding_to_wire;
+use state_machines::Finding;
+use tokio::sync::{Notify, watch};
+
+use crate::inventory::Item;
+use crate::local::Shared;
+use crate::outbox::OutboxStore;
+
+/// Largest batch in bytes of encoded findings: well under the gRPC message limit.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// First backoff after a failed send; doubles up to the configured cap.
+pub const BACKOFF_START: Duration = Duration::from_millis(200);
+/// KV key of the pinned in-flight batch.
+const INFLIGHT_KEY: &str = "report.inflight";
+
+pub struct ReporterConfig {
+    pub masters: Vec<String>,
+    pub agent_id: String,
+    pub host: String,
+    pub version: String,
+    pub batch_max: usize,
+    pub heartbeat: Duration,
+    pub backoff_max: Duration,
+    /// Labels attached to every registered object (cluster, rack, switch, profile).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn inflight(outbox: &dyn OutboxStore) -> u64 {
+    outbox
+        .kv_get(INFLIGHT_KEY)
+        .ok()
+        .flatten()
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// Outcome of one send attempt.
+enum Sent {
+    Nothing,
+    Batch,
+}
+
+/// One batch: pin, send, ack. Errors leave the pin in place so the same batch is resent.
+async fn send_one(
+    cfg: &ReporterConfig,
+    client: &mut Client,
+    outbox: &Arc<dyn OutboxStore>,
+    shared: &Shared,
+) -> Result<Sent, String> {
+    let ob = outbox.clone();
+    let batch_max = cfg.batch_max;
+    let (pinned, entries) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let mut pinned = inflight(ob.as_ref());
+        let mut entries = ob.peek(batch_max, MAX_BATCH_BYTES).map_err(|e| e.to_string())?;
+        if pinned > 0 {
+            entries.retain(|e| e.seq <= pinned);
+            if entries.is_empty() {
+                // Everything pinned was evicted or acked already: unpin.
+                ob.kv_put(INFLIGHT_KEY, &0u64.to_be_bytes()).map_err(|e| e.to_string())?;
+                pinned = 0;
+                entries = ob.peek(batch_max, MAX_BATCH_BYTES).map_err(|e| e.to_string())?;
+            }
+        }
+        if pinned == 0
+            && let Some(last) = entries.last()
+        {
+            pinned = last.seq;
+            ob.kv_put(INFLIGHT_KEY, &pinned.to_be_bytes()).map_err(|e| e.to_string())?;
+        }
+        Ok((pinned, entries))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if entries.is_empty() {
+        return Ok(Sent::Nothing);
+    }
+    let mut findings = Vec::with_capacity(entries.len());
+    for e in &entries {
+        match serde_json::from_slice::<Finding>(&e.payload) {
+            Ok(f) => findings.push(finding_to_wire(&f)),
+            // A corrupt entry cannot be repaired; it is acknowledged with its batch and counted.
+            Err(err) => tracing::error!(seq = e.seq, error = %err, "dropping undecodable outbox entry"),
+        }
+    }
+    let n = findings.len();
+    let req = api::IngestRequest { agent: cfg.agent_id.clone(), seq: pinned, findings };
+    client.call(req, |mut c, r| async move { c.ingest(r).await }).await.map_err(|e| e.to_string())?;
+    let ob = outbox.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        ob.ack(pinned).map_err(|e| e.to_string())?;
+        ob.kv_put(INFLIGHT_KEY, &0u64.to_be_bytes()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    shared.metrics.sent_findings.inc_by(n as u64);
+    Ok(Sent::Batch)
+}
+
+async fn register(cfg: &ReporterConfig, client: &mut Client, items: &[Item]) -> Result<(), String> {
+    let objects = items
+        .iter()
+        .map(|i| api::RegisteredObject {
+            id: i.id.to_string(),
+            attributes: i.attributes.clone().into_iter().collect(),
+            labels: cfg.labels.clone().into_iter().collect(),
+        })
+        .collect();
+    let req = api::RegisterRequest { agent: cfg.agent_id.clone(), host: cfg.host.clone(), objects };
+    client.call(req, |mut c, r| async move { c.register(r).await }).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+async fn heartbeat(cfg: &ReporterConfig, client: &mut Client) -> Result<(), String> {
+    let req = api::HeartbeatRequest { agent: cfg.agent_id.clone(), host: cfg.host.clone(), version: cfg.version.clone() };
+    client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Runs until shutdown. `wake` is notified when new findings enter the outbox.
+pub async fn run(
+    cfg: ReporterConfig,
+    outbox: Arc<dyn OutboxStore>,
+    shared: Arc<Shared>,
+    inventory: Vec<Item>,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut client = Client::new(cfg.masters.clone());
+    // The reporter owns the outer retry loop (with its own backoff), so each call gives up quickly.
+    client.max_attempts = 4;
+    let mut registered = false;
+    let mut backoff = BACKOFF_START;
+    let mut rng: u64 = shared.started_ms | 1;
+    let mut next_heartbeat = tokio::time::Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut failed = None;
+        if !registered {
+            match register(&cfg, &mut client, &inventory).await {
+                Ok(()) => registered = true,
+                Err(e) => failed = Some(format!("register: {e}")),
+            }
+        }
+        if failed.is_none() && tokio::time::Instant::now() >= next_heartbeat {
+            match heartbeat(&cfg, &mut client).await {
+                Ok(()) => next_heartbeat = tokio::time::Instant::now() + cfg.heartbeat,
+                Err(e) => failed = Some(format!("heartbeat: {e}")),
+            }
+        }
+        let mut idle = false;
+        if failed.is_none() {
+            match send_one(&cfg, &mut client, &outbox, &shared).await {
+                Ok(Sent::Batch) => {}
+                Ok(Sent::Nothing) => idle = true,
+                Err(e) => failed = Some(format!("ingest: {e}")),
+            }
+        }
+        if let Ok(d) = outbox.depth() {
+            shared.metrics.outbox_entries.set(d.entries as i64);
+            shared.metrics.outbox_bytes.set(d.bytes as i64);
+            for (class, n) in d.dropped.iter().enumerate() {
+                shared.metrics.outbox_dropped.get_or_create(&vec![("class".into(), class.to_string())]).set(*n as i64);
+            }
+        }
+        if let Some(e) = failed {
+            shared.metrics.send_errors.inc();
+            tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "report to master failed");
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let jitter = backoff.mul_f64((rng % 1000) as f64 / 2000.0);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff + jitter) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(cfg.backoff_max);
+            continue;
+        }
+        backoff = BACKOFF_START;
+        if idle {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(next_heartbeat) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
