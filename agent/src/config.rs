@@ -181,7 +181,11 @@ impl AgentConfig {
         if self.report.heartbeat_s == 0 || self.report.backoff_max_s == 0 {
             return bad("report.heartbeat_s and report.backoff_max_s must be > 0".into());
         }
+        let known = crate::run::known_checkers();
         for (name, c) in &self.checkers {
+            if !known.contains(&name.as_str()) {
+                return bad(format!("checkers.{name}: unknown checker (known: {})", known.join(", ")));
+            }
             if c.interval_s == Some(0) {
                 return bad(format!("checkers.{name}.interval_s must be > 0"));
             }
@@ -223,7 +227,8 @@ mod tests {
             ("version = 1\ndata_dir = \"/x\"\nmasters = [\"nohost\"]", "HOST:PORT"),
             ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nbogus = 1", "unknown field"),
             ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nprofile = \"fast\"", "profile"),
-            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[checkers.smart]\ntimeout_s = 0", "timeout_s"),
+            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[checkers.disk]\ntimeout_s = 0", "timeout_s"),
+            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[checkers.smrat]\nenabled = false", "unknown checker"),
             ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nhost = \"bad host\"", "invalid host"),
         ];
         for (text, want) in cases {

@@ -14,7 +14,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use checkers::kernel_log::{Cursor, CursorError, CursorStore, KernelLogChecker, RuleSet};
-use checkers::registry::{HostConfig, host_checkers};
+use checkers::edac::EdacChecker;
+use checkers::machine::MachineChecker;
+use checkers::nic::NicChecker;
+use checkers::registry::HostConfig;
+use checkers::scoring::disk::DiskChecker;
 use checkers::{CheckContext, Checker};
 use state_machines::{Finding, Severity};
 use tokio::sync::{Notify, mpsc, watch};
@@ -84,25 +88,117 @@ fn scheduled(cfg: &AgentConfig, checker: Box<dyn Checker>, interval: Option<Dura
     Some(Scheduled { checker, interval, timeout, jitter: 0.1 })
 }
 
-/// Build the checkers the config enables.
+/// Most kernel-log findings buffered for one consumer between its runs (a log storm must not grow memory;
+/// the kernel-log findings themselves still go to the master in full).
+pub const KERNEL_FEED_MAX: usize = 10_000;
+
+/// Kernel-log findings on their way to a checker that grades with them (disk, machine).
+#[derive(Clone, Default)]
+pub struct KernelFeed(Arc<Mutex<Vec<Finding>>>);
+
+impl KernelFeed {
+    fn push(&self, findings: &[Finding]) {
+        if let Ok(mut v) = self.0.lock() {
+            for f in findings {
+                if v.len() >= KERNEL_FEED_MAX {
+                    v.remove(0);
+                }
+                v.push(f.clone());
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<Finding> {
+        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
+}
+
+/// Checkers that take the kernel-log findings since their last run as an input.
+trait KernelFed: Checker {
+    fn set_kernel_findings(&mut self, findings: Vec<Finding>);
+}
+
+impl KernelFed for DiskChecker {
+    fn set_kernel_findings(&mut self, findings: Vec<Finding>) {
+        DiskChecker::set_kernel_findings(self, findings)
+    }
+}
+
+impl KernelFed for MachineChecker {
+    fn set_kernel_findings(&mut self, findings: Vec<Finding>) {
+        MachineChecker::set_kernel_findings(self, findings)
+    }
+}
+
+/// A checker that is handed the kernel findings of its feed before each run.
+struct Fed<C> {
+    inner: C,
+    feed: KernelFeed,
+}
+
+impl<C: KernelFed> Checker for Fed<C> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn version(&self) -> &'static str {
+        self.inner.version()
+    }
+    fn kinds(&self) -> &'static [state_machines::Kind] {
+        self.inner.kinds()
+    }
+    fn default_interval(&self) -> Duration {
+        self.inner.default_interval()
+    }
+    fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, checkers::CheckError> {
+        self.inner.set_kernel_findings(self.feed.take());
+        self.inner.run(ctx)
+    }
+}
+
+/// Names of the checkers this agent can run (config sections are checked against it).
+pub fn known_checkers() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = checkers::registry::catalog().iter().map(|c| c.name).collect();
+    names.push(checkers::kernel_log::CHECKER_NAME);
+    names
+}
+
+fn setting_path(cfg: &AgentConfig, checker: &str, key: &str) -> anyhow::Result<Option<PathBuf>> {
+    match cfg.checkers.get(checker).and_then(|c| c.settings.get(key)) {
+        None => Ok(None),
+        Some(toml::Value::String(p)) => Ok(Some(PathBuf::from(p))),
+        Some(_) => anyhow::bail!("checkers.{checker}.settings.{key} must be a path string"),
+    }
+}
+
+/// Build the checkers the config enables; returns them with the feeds the sink fills with kernel findings.
 fn build_checkers(
     cfg: &AgentConfig,
     outbox: &Arc<dyn OutboxStore>,
     cursor: &Arc<Mutex<Option<Cursor>>>,
-) -> anyhow::Result<Vec<Scheduled>> {
+) -> anyhow::Result<(Vec<Scheduled>, Vec<KernelFeed>)> {
+    let mut host = HostConfig::default();
+    // SMART: the configured smartctl, else the standard one when probing this host and it is installed.
+    host.disk.smartctl = setting_path(cfg, "disk", "smartctl")?.or_else(|| {
+        let std_path = PathBuf::from("/usr/sbin/smartctl");
+        (cfg.root == Path::new("/") && std_path.exists()).then_some(std_path)
+    });
+    host.disk.profile_dir = setting_path(cfg, "disk", "profiles")?;
+    let feeds = vec![KernelFeed::default(), KernelFeed::default()];
     let mut out = Vec::new();
-    for c in host_checkers(&HostConfig::default()) {
-        out.extend(scheduled(cfg, c, None));
-    }
-    let rules = match cfg.checkers.get("kernel-log").and_then(|c| c.settings.get("rules")) {
-        Some(toml::Value::String(dir)) => RuleSet::from_dir(Path::new(dir)).context("kernel-log rules")?,
-        Some(_) => anyhow::bail!("checkers.kernel-log.settings.rules must be a directory path"),
+    let disk = Fed { inner: DiskChecker::new(host.disk.clone()), feed: feeds[0].clone() };
+    out.extend(scheduled(cfg, Box::new(disk), None));
+    out.extend(scheduled(cfg, Box::new(EdacChecker::new(host.edac)), None));
+    out.extend(scheduled(cfg, Box::new(NicChecker::new(host.nic.clone())), None));
+    let machine = Fed { inner: MachineChecker::new(host.machine.clone()), feed: feeds[1].clone() };
+    out.extend(scheduled(cfg, Box::new(machine), None));
+    let rules = match setting_path(cfg, "kernel-log", "rules")? {
+        Some(dir) => RuleSet::from_dir(&dir).context("kernel-log rules")?,
         None => RuleSet::default_rules().context("built-in kernel-log rules")?,
     };
     let store = KvCursorStore { outbox: Arc::clone(outbox), pending: Arc::clone(cursor) };
     let kl = KernelLogChecker::kmsg(Arc::new(rules), Box::new(store));
     out.extend(scheduled(cfg, Box::new(kl), Some(KMSG_POLL)));
-    Ok(out)
+    Ok((out, feeds))
 }
 
 /// Keeps unchanged healthy readings from being re-sent every run.
@@ -136,6 +232,7 @@ async fn sink(
     outbox: Arc<dyn OutboxStore>,
     shared: Arc<Shared>,
     cursor: Arc<Mutex<Option<Cursor>>>,
+    feeds: Vec<KernelFeed>,
     wake: Arc<Notify>,
 ) {
     let mut dedupe = Dedupe::default();
@@ -154,8 +251,13 @@ async fn sink(
             shared.metrics.checker_failures.get_or_create(&l).inc();
         }
         let now = now_ms();
-        let findings: Vec<Finding> = report.findings.into_iter().filter(|f| dedupe.keep(f, now)).collect();
         let is_kmsg = report.checker == checkers::kernel_log::CHECKER_NAME;
+        if is_kmsg {
+            for feed in &feeds {
+                feed.push(&report.findings);
+            }
+        }
+        let findings: Vec<Finding> = report.findings.into_iter().filter(|f| dedupe.keep(f, now)).collect();
         let items: Vec<(Severity, Vec<u8>)> = findings
             .iter()
             .filter_map(|f| serde_json::to_vec(f).ok().map(|b| (f.severity, b)))
@@ -198,7 +300,7 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyho
     let started = now_ms();
     let shared = Shared::new(host.clone(), started);
     let cursor = Arc::new(Mutex::new(None));
-    let checkers = build_checkers(&cfg, &outbox, &cursor)?;
+    let (checkers, feeds) = build_checkers(&cfg, &outbox, &cursor)?;
     let inventory = crate::inventory::collect(&cfg.root, &host);
     tracing::info!(host, checkers = checkers.len(), objects = inventory.len(), "agent starting");
 
@@ -216,7 +318,7 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyho
     }
     drop(tx);
     let wake = Arc::new(Notify::new());
-    let sink_task = tokio::spawn(sink(rx, Arc::clone(&outbox), Arc::clone(&shared), cursor, Arc::clone(&wake)));
+    let sink_task = tokio::spawn(sink(rx, Arc::clone(&outbox), Arc::clone(&shared), cursor, feeds, Arc::clone(&wake)));
 
     let rcfg = ReporterConfig {
         masters: cfg.masters.clone(),

@@ -1,0 +1,392 @@
+//! External checkers: a script or binary that prints findings as JSON lines on stdout.
+//!
+//! The runner never trusts it: the executable's sha256 can be verified before it runs; it runs with stdin
+//! closed, a timeout, in its own process group (the whole group is SIGKILLed on timeout, on output
+//! overflow, and after it exits, so forked children cannot outlive it; PR_SET_PDEATHSIG is per thread and
+//! is not relied on), with caps on output bytes and lines. Each line must be one JSON object:
+//!
+//! ```json
+//! {"object": "disk/HOST/sda", "severity": "WARNING", "rule": "vendor.raid-degraded",
+//!  "evidence": "free text", "readings": {"key": "value"}}
+//! ```
+//!
+//! `checker` and `version` are filled in by the runner (a script cannot speak for another checker) and
+//! `time_ms` by the caller's clock. Anything wrong (bad hash, timeout, crash, malformed lines, too much
+//! output, a finding about another host or about a `checker/` object) becomes ONE finding about the checker
+//! itself, `checker/HOST/NAME` with rule `checker.broken`: never a crash and never a fault on the host's
+//! hardware. Valid lines printed before a problem are kept.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use state_machines::{Finding, Kind, ObjectId, Severity};
+
+use crate::probe::{self, RunLimits};
+use crate::{CheckContext, CheckError};
+
+/// Default wall time for one run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default cap on stdout bytes (a checker reports a handful of findings; 1 MiB is generous).
+pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
+/// Default cap on stdout lines (findings) per run.
+pub const DEFAULT_MAX_LINES: usize = 1000;
+/// Largest executable we hash (bigger is not a checker; reading it would stall the agent).
+pub const MAX_EXECUTABLE_BYTES: u64 = 256 * 1024 * 1024;
+/// How many individual problems are quoted in a `checker.broken` finding (the count covers the rest).
+const MAX_QUOTED_PROBLEMS: usize = 5;
+
+/// How to run one external checker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalSpec {
+    /// Checker name: also the NAME of its `checker/HOST/NAME` object.
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    pub args: Vec<String>,
+    pub timeout: Duration,
+    pub max_bytes: usize,
+    pub max_lines: usize,
+    /// Expected sha256 of the executable (hex); checked before every run when set.
+    pub sha256: Option<String>,
+}
+
+impl ExternalSpec {
+    pub fn new(name: &str, version: &str, path: PathBuf) -> Self {
+        ExternalSpec {
+            name: name.to_string(),
+            version: version.to_string(),
+            path,
+            args: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_lines: DEFAULT_MAX_LINES,
+            sha256: None,
+        }
+    }
+}
+
+/// One line as an external checker prints it. Unknown fields are ignored (newer checkers may add some).
+#[derive(Debug, Deserialize)]
+struct Line {
+    object: String,
+    severity: String,
+    rule: String,
+    #[serde(default)]
+    evidence: String,
+    #[serde(default)]
+    readings: BTreeMap<String, Value>,
+}
+
+/// sha256 of a file, hex, reading at most [`MAX_EXECUTABLE_BYTES`].
+pub fn sha256_file(path: &std::path::Path) -> Result<String, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut r = f.take(MAX_EXECUTABLE_BYTES + 1);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > MAX_EXECUTABLE_BYTES {
+            return Err(format!("{}: larger than {MAX_EXECUTABLE_BYTES} bytes", path.display()));
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Parse an external checker's stdout into findings plus a list of problems (pure).
+pub fn parse_output(
+    spec: &ExternalSpec,
+    ctx: &CheckContext,
+    stdout: &[u8],
+) -> (Vec<Finding>, Vec<String>, usize) {
+    let mut findings = Vec::new();
+    let mut problems = Vec::new();
+    let mut rejected = 0;
+    let text = String::from_utf8_lossy(stdout);
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if findings.len() + rejected >= spec.max_lines {
+            problems.push(format!("more than {} lines; the rest was ignored", spec.max_lines));
+            break;
+        }
+        match parse_line(spec, ctx, line) {
+            Ok(f) => findings.push(f),
+            Err(e) => {
+                rejected += 1;
+                problems.push(format!("line {}: {e}", i + 1));
+            }
+        }
+    }
+    (findings, problems, rejected)
+}
+
+fn parse_line(spec: &ExternalSpec, ctx: &CheckContext, line: &str) -> Result<Finding, String> {
+    let l: Line = serde_json::from_str(line).map_err(|e| format!("not a finding: {e}"))?;
+    let object: ObjectId = l.object.parse().map_err(|e| format!("bad object: {e}"))?;
+    if object.host() != ctx.host {
+        return Err(format!("object {object} is on another host (this is {}): rejected", ctx.host));
+    }
+    if object.kind() == Kind::Checker {
+        return Err(format!("object {object}: an external checker may not report about checkers"));
+    }
+    let severity: Severity = l.severity.parse().map_err(|e| format!("{e}"))?;
+    if l.rule.is_empty() || l.rule.len() > 128 || l.rule.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err("rule must be 1-128 characters without spaces or control characters".into());
+    }
+    let readings = l
+        .readings
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, v)
+        })
+        .collect();
+    Ok(Finding {
+        object,
+        severity,
+        checker: spec.name.clone(),
+        version: spec.version.clone(),
+        rule: l.rule,
+        evidence: l.evidence,
+        readings,
+        time_ms: ctx.now_ms,
+    }
+    .bounded())
+}
+
+/// Run an external checker once. Returns its valid findings, plus one `checker.broken` finding when
+/// anything went wrong. `Err` only for a spec that cannot name an object (bad checker name or host).
+pub fn run(spec: &ExternalSpec, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
+    let me = ObjectId::new(Kind::Checker, &ctx.host, Some(&spec.name))
+        .map_err(|e| CheckError::Config(format!("external checker name: {e}")))?;
+    let broken = |problems: Vec<String>, readings: BTreeMap<String, String>| -> Finding {
+        let mut ev = format!("external checker {} {} is broken: ", spec.name, spec.version);
+        ev.push_str(&problems.iter().take(MAX_QUOTED_PROBLEMS).cloned().collect::<Vec<_>>().join("; "));
+        if problems.len() > MAX_QUOTED_PROBLEMS {
+            ev.push_str(&format!("; and {} more", problems.len() - MAX_QUOTED_PROBLEMS));
+        }
+        Finding {
+            object: me.clone(),
+            severity: Severity::Warning,
+            checker: spec.name.clone(),
+            version: spec.version.clone(),
+            rule: "checker.broken".into(),
+            evidence: ev,
+            readings,
+            time_ms: ctx.now_ms,
+        }
+        .bounded()
+    };
+    if let Some(want) = &spec.sha256 {
+        match sha256_file(&spec.path) {
+            Ok(got) if got.eq_ignore_ascii_case(want.trim()) => {}
+            Ok(got) => {
+                return Ok(vec![broken(
+                    vec![format!("sha256 mismatch: expected {want}, file has {got}; not run")],
+                    BTreeMap::from([("sha256".into(), got)]),
+                )]);
+            }
+            Err(e) => return Ok(vec![broken(vec![format!("cannot verify: {e}; not run")], BTreeMap::new())]),
+        }
+    }
+    let mut cmd = Command::new(&spec.path);
+    cmd.args(&spec.args).env("HUATUO_HOST", &ctx.host).env("HUATUO_ROOT", &ctx.root);
+    let limits = RunLimits { timeout: spec.timeout, max_stdout: spec.max_bytes, max_stderr: 16 * 1024 };
+    let out = match probe::run_bounded(cmd, limits) {
+        Ok(o) => o,
+        Err(e) => return Ok(vec![broken(vec![e.to_string()], BTreeMap::new())]),
+    };
+    let (mut findings, mut problems, rejected) = parse_output(spec, ctx, &out.stdout);
+    if out.timed_out {
+        problems.insert(0, format!("timed out after {:?}; process group killed", spec.timeout));
+    }
+    if out.stdout_overflow {
+        problems.insert(0, format!("wrote more than {} bytes; process group killed", spec.max_bytes));
+    }
+    if !out.timed_out && !out.stdout_overflow && out.code != Some(0) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: String =
+            stderr.trim().chars().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect();
+        problems.insert(0, format!("exited with {:?}; stderr: {tail}", out.code));
+    }
+    if !problems.is_empty() {
+        let readings = BTreeMap::from([
+            ("accepted".into(), findings.len().to_string()),
+            ("rejected".into(), rejected.to_string()),
+            ("exit_code".into(), out.code.map(|c| c.to_string()).unwrap_or_else(|| "none".into())),
+            ("elapsed_ms".into(), out.elapsed.as_millis().to_string()),
+        ]);
+        findings.push(broken(problems, readings));
+    }
+    Ok(findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::time::Instant;
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("check.sh");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn ctx() -> CheckContext {
+        CheckContext { root: "/".into(), host: "h1".into(), now_ms: 7, profile: "online".into() }
+    }
+
+    fn broken(f: &[Finding]) -> Option<&Finding> {
+        f.iter().find(|x| x.rule == "checker.broken")
+    }
+
+    const GOOD: &str = r#"{"object":"disk/h1/sda","severity":"WARNING","rule":"raid.degraded","evidence":"md0 [U_]","readings":{"n":2,"s":"x"}}"#;
+
+    #[test]
+    fn good_output_becomes_findings() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = ExternalSpec::new(
+            "raidcheck",
+            "1.2.0",
+            script(d.path(), &format!("echo '{GOOD}'; echo; echo '{GOOD}'")),
+        );
+        let f = run(&spec, &ctx()).unwrap();
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!((f[0].checker.as_str(), f[0].version.as_str(), f[0].time_ms), ("raidcheck", "1.2.0", 7));
+        assert_eq!(f[0].readings["n"], "2");
+        assert_eq!(f[0].object.to_string(), "disk/h1/sda");
+    }
+
+    #[test]
+    fn garbage_is_a_finding_about_the_checker() {
+        let d = tempfile::tempdir().unwrap();
+        let body = format!(
+            "echo '{GOOD}'; printf '\\001\\002\\377 garbage\\n'; echo '{{\"object\":\"disk/h2/sda\",\"severity\":\"FATAL\",\"rule\":\"x\"}}'; \
+             echo '{{\"object\":\"checker/h1/other\",\"severity\":\"FATAL\",\"rule\":\"x\"}}'; echo '{{\"object\":\"disk/h1/sda\",\"severity\":\"DEAD\",\"rule\":\"x\"}}'"
+        );
+        let spec = ExternalSpec::new("c1", "1", script(d.path(), &body));
+        let f = run(&spec, &ctx()).unwrap();
+        assert_eq!(f.len(), 2, "{f:?}");
+        let b = broken(&f).unwrap();
+        assert_eq!(b.object.to_string(), "checker/h1/c1");
+        assert_eq!(b.readings["rejected"], "4");
+        assert!(b.evidence.contains("another host"), "{}", b.evidence);
+        assert!(f.iter().all(|x| x.object.host() == "h1"));
+        assert!(!f.iter().any(|x| x.severity == Severity::Fatal), "nothing from rejected lines got through");
+    }
+
+    #[test]
+    fn too_many_bytes_or_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let mut spec = ExternalSpec::new("spew", "1", script(d.path(), "yes garbage-garbage"));
+        spec.max_bytes = 4096;
+        let f = run(&spec, &ctx()).unwrap();
+        assert!(broken(&f).unwrap().evidence.contains("more than 4096 bytes"), "{f:?}");
+        let mut spec = ExternalSpec::new(
+            "lines",
+            "1",
+            script(d.path(), &format!("for i in 1 2 3 4 5; do echo '{GOOD}'; done")),
+        );
+        spec.max_lines = 3;
+        let f = run(&spec, &ctx()).unwrap();
+        assert_eq!(f.len(), 4);
+        assert!(broken(&f).unwrap().evidence.contains("more than 3 lines"));
+    }
+
+    fn gone(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(s) => crate::diskstats::parse_stat_state(&s).is_some_and(|(_, st)| st == 'Z'),
+        }
+    }
+
+    fn wait_gone(pid: i32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if gone(pid) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn forked_child_is_killed_with_the_group() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("child.pid");
+        // The script exits at once but leaves a child holding stdout open.
+        let body = format!("sleep 600 & echo $! > {}; echo '{GOOD}'; exit 0", pidfile.display());
+        let spec = ExternalSpec::new("forker", "1", script(d.path(), &body));
+        let start = Instant::now();
+        let f = run(&spec, &ctx()).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(20));
+        assert_eq!(f.len(), 1, "{f:?}");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        assert!(wait_gone(pid), "child {pid} survived the group kill");
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("child.pid");
+        let body = format!("sleep 600 & echo $! > {}; echo '{GOOD}'; sleep 600", pidfile.display());
+        let mut spec = ExternalSpec::new("hang", "1", script(d.path(), &body));
+        spec.timeout = Duration::from_millis(500);
+        let f = run(&spec, &ctx()).unwrap();
+        assert!(broken(&f).unwrap().evidence.contains("timed out"), "{f:?}");
+        assert_eq!(f.len(), 2, "the line printed before the hang is kept");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        assert!(wait_gone(pid), "child {pid} survived the timeout kill");
+    }
+
+    #[test]
+    fn sha256_is_verified_before_running() {
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("ran");
+        let path = script(d.path(), &format!("touch {}; echo '{GOOD}'", marker.display()));
+        let good = sha256_file(&path).unwrap();
+        let mut spec = ExternalSpec::new("verified", "1", path);
+        spec.sha256 = Some("00".repeat(32));
+        let f = run(&spec, &ctx()).unwrap();
+        assert!(broken(&f).unwrap().evidence.contains("sha256 mismatch"));
+        assert!(!marker.exists(), "a mismatching executable must not run");
+        spec.sha256 = Some(good.to_uppercase());
+        let f = run(&spec, &ctx()).unwrap();
+        assert_eq!(f.len(), 1);
+        assert!(marker.exists());
+    }
+
+    #[test]
+    fn crash_and_missing_binary_and_bad_name() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = ExternalSpec::new("crash", "1", script(d.path(), "echo boom >&2; exit 3"));
+        let f = run(&spec, &ctx()).unwrap();
+        assert!(broken(&f).unwrap().evidence.contains("boom"));
+        let spec = ExternalSpec::new("missing", "1", "/nonexistent/x".into());
+        assert!(broken(&run(&spec, &ctx()).unwrap()).is_some());
+        let spec = ExternalSpec::new("bad name", "1", "/bin/true".into());
+        assert!(matches!(run(&spec, &ctx()), Err(CheckError::Config(_))));
+    }
+}

@@ -1,0 +1,418 @@
+//! The `disk` checker: gathers every source about each disk (SMART via smartctl, /proc/diskstats deltas,
+//! peer latency, D-state time, the kernel-log checker's findings), scores it under the context's profile,
+//! and emits one finding per disk whose severity is the grade and whose readings list the scoring items.
+//!
+//! Sampling: diskstats and D-state are sampled every run and judged on the delta to the previous run;
+//! the first run (or a recorded tree, which is one sample) has no latency readings. SMART is probed at
+//! most every `smart_interval` (it changes slowly, and probing every 30 s would keep disks busy); the
+//! reports are cached in between. Probes of different devices run in parallel, at most
+//! [`MAX_PARALLEL_PROBES`] at once; one device is never probed twice at once (see `SmartProbe`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use state_machines::{Finding, Kind, ObjectId, Severity};
+
+use super::{DiskEvidence, Profile, Reading, peer_latency_ratios, score};
+use crate::diskstats::{self, DStateSample, DiskCounters};
+use crate::probe;
+use crate::smart::{ProbeProblem, ScanDevice, SmartProbe, SmartReport};
+use crate::{CheckContext, CheckError, Checker};
+
+pub const NAME: &str = "disk";
+pub const VERSION: &str = "1.0.0";
+/// Most smartctl probes running at once (each may hang for the full timeout on a dying disk; a JBOD
+/// with 60 disks must still finish in a few timeouts, and 2-core hosts must not fork 60 processes).
+pub const MAX_PARALLEL_PROBES: usize = 8;
+
+/// Disk checker configuration.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// smartctl to run; None disables SMART (recorded trees, hosts without smartmontools).
+    pub smartctl: Option<PathBuf>,
+    pub smart_timeout: Duration,
+    /// Least time between two SMART probes of the host.
+    pub smart_interval: Duration,
+    /// Directory of profile TOML files overriding the embedded ones.
+    pub profile_dir: Option<PathBuf>,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            smartctl: None,
+            smart_timeout: crate::smart::DEFAULT_SMART_TIMEOUT,
+            smart_interval: Duration::from_secs(600),
+            profile_dir: None,
+        }
+    }
+}
+
+struct Sample {
+    now_ms: u64,
+    stats: Vec<DiskCounters>,
+    dstate: DStateSample,
+}
+
+/// See the module doc.
+pub struct DiskChecker {
+    cfg: DiskConfig,
+    probe: Option<SmartProbe>,
+    prev: Option<Sample>,
+    smart_cache: Option<(u64, Vec<SmartReport>)>,
+    kernel: Vec<Finding>,
+}
+
+impl DiskChecker {
+    pub fn new(cfg: DiskConfig) -> Self {
+        let probe = cfg.smartctl.clone().map(|p| SmartProbe::new(p, cfg.smart_timeout));
+        DiskChecker { cfg, probe, prev: None, smart_cache: None, kernel: Vec::new() }
+    }
+
+    /// Hand over the kernel-log checker's findings since the last run (consumed by the next run).
+    pub fn set_kernel_findings(&mut self, findings: Vec<Finding>) {
+        self.kernel = findings;
+    }
+
+    fn smart_reports(&mut self, now_ms: u64, notes: &mut Vec<String>) -> Vec<SmartReport> {
+        let Some(probe) = &self.probe else { return Vec::new() };
+        let fresh = self.smart_cache.as_ref().is_some_and(|(t, _)| {
+            now_ms.saturating_sub(*t) < u64::try_from(self.cfg.smart_interval.as_millis()).unwrap_or(u64::MAX)
+        });
+        if fresh {
+            return self.smart_cache.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
+        }
+        let devices = match probe.scan() {
+            Ok(d) => d,
+            Err(e) => {
+                notes.push(format!("smartctl --scan-open: {e}"));
+                return Vec::new();
+            }
+        };
+        let reports = probe_all(probe, &devices);
+        self.smart_cache = Some((now_ms, reports.clone()));
+        reports
+    }
+}
+
+/// Probe devices in parallel, at most [`MAX_PARALLEL_PROBES`] at a time, results in device order.
+pub fn probe_all(probe: &SmartProbe, devices: &[ScanDevice]) -> Vec<SmartReport> {
+    let mut out = Vec::with_capacity(devices.len());
+    for chunk in devices.chunks(MAX_PARALLEL_PROBES) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|d| {
+                    s.spawn(move || match &d.open_error {
+                        Some(e) => SmartReport::failed(
+                            &d.name,
+                            ProbeProblem::OpenFailed { reason: e.clone(), maybe_standby: false },
+                        ),
+                        None => probe.probe(d),
+                    })
+                })
+                .collect();
+            for (h, d) in handles.into_iter().zip(chunk) {
+                out.push(h.join().unwrap_or_else(|_| {
+                    SmartReport::failed(&d.name, ProbeProblem::Failed("probe thread panicked".into()))
+                }));
+            }
+        });
+    }
+    out
+}
+
+/// Model of a block device from sysfs (for peer grouping when SMART is off).
+fn sysfs_model(ctx: &CheckContext, name: &str) -> Option<String> {
+    probe::read_line(&ctx.root, &format!("sys/block/{name}/device/model")).ok().filter(|m| !m.is_empty())
+}
+
+/// Turn a grade into a finding (also used by `huatuo check smart`).
+pub fn grade_finding(
+    object: ObjectId,
+    report: Option<&SmartReport>,
+    ev: &DiskEvidence,
+    profile: &Profile,
+    now_ms: u64,
+) -> Finding {
+    let g = score(profile, ev);
+    let mut readings = BTreeMap::new();
+    if let Some(r) = report {
+        for (k, v) in [("serial", &r.serial), ("model", &r.model), ("firmware", &r.firmware)] {
+            if let Some(v) = v {
+                readings.insert(k.to_string(), v.clone());
+            }
+        }
+        if let Some(p) = &r.problem {
+            readings.insert("smart_problem".into(), p.to_string());
+        }
+        if let Some(n) = r.probe_note() {
+            readings.insert("smart_note".into(), n);
+        }
+    }
+    readings.insert("score".into(), super::fmt_num(g.score));
+    readings.insert("profile".into(), g.profile.clone());
+    for it in &g.items {
+        readings.insert(
+            format!("item:{}", it.item),
+            format!("{}={} +{}", it.reading, super::fmt_num(it.value), super::fmt_num(it.points)),
+        );
+    }
+    let smart_unknown = report.is_some_and(|r| !r.has_data());
+    let (severity, rule, evidence) = if ev.readings.is_empty() {
+        let why = match report.and_then(|r| r.problem.as_ref()) {
+            Some(p) => p.to_string(),
+            None => "no evidence in this run (first diskstats sample, SMART off)".into(),
+        };
+        (if smart_unknown { Severity::Unknown } else { Severity::Info }, "disk.no-evidence", why)
+    } else {
+        (g.grade, "disk.grade", g.summary())
+    };
+    Finding {
+        object,
+        severity,
+        checker: NAME.into(),
+        version: VERSION.into(),
+        rule: rule.into(),
+        evidence,
+        readings,
+        time_ms: now_ms,
+    }
+    .bounded()
+}
+
+impl Checker for DiskChecker {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn version(&self) -> &'static str {
+        VERSION
+    }
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::Disk]
+    }
+    fn default_interval(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+    fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
+        let profile = Profile::load(&ctx.profile, self.cfg.profile_dir.as_deref())
+            .map_err(|e| CheckError::Config(e.to_string()))?;
+        let mut notes = Vec::new();
+        let stats = match diskstats::read_diskstats(&ctx.root) {
+            Ok(s) => s,
+            Err(e) => {
+                notes.push(e.to_string());
+                Vec::new()
+            }
+        };
+        let sys_block = diskstats::read_sys_block(&ctx.root);
+        let dstate = diskstats::read_dstate(&ctx.root).unwrap_or_default();
+        let reports = self.smart_reports(ctx.now_ms, &mut notes);
+
+        let mut disks: BTreeSet<String> = stats
+            .iter()
+            .filter(|d| diskstats::is_physical_disk(&d.name, sys_block.as_deref()))
+            .map(|d| d.name.clone())
+            .collect();
+        let by_name: BTreeMap<String, &SmartReport> = reports.iter().map(|r| (r.object_name(), r)).collect();
+        disks.extend(by_name.keys().cloned());
+
+        let mut evidence: BTreeMap<String, DiskEvidence> = BTreeMap::new();
+        for (name, r) in &by_name {
+            evidence.entry(name.clone()).or_default().extend(r.readings());
+        }
+        if let Some(prev) = &self.prev {
+            let interval = ctx.now_ms.saturating_sub(prev.now_ms);
+            let rates = diskstats::delta(&prev.stats, &stats, interval);
+            let mut peers = Vec::new();
+            let mut in_flight = BTreeMap::new();
+            for r in rates.iter().filter(|r| disks.contains(&r.name)) {
+                let e = evidence.entry(r.name.clone()).or_default();
+                e.set(Reading::UtilPct, r.util_pct);
+                in_flight.insert(r.name.clone(), r.in_flight);
+                if let Some(a) = r.await_ms {
+                    e.set(Reading::AwaitMs, a);
+                    let model = by_name
+                        .get(&r.name)
+                        .and_then(|s| s.model.clone())
+                        .or_else(|| sysfs_model(ctx, &r.name));
+                    if let Some(m) = model {
+                        peers.push((r.name.clone(), m, a));
+                    }
+                }
+            }
+            for (name, ratio) in peer_latency_ratios(&peers) {
+                evidence.entry(name).or_default().set(Reading::PeerLatencyRatio, ratio);
+            }
+            let avg_d = (prev.dstate.count + dstate.count) as f64 / 2.0;
+            for (name, per_min) in diskstats::dstate_per_disk(avg_d, &in_flight) {
+                evidence.entry(name).or_default().set(Reading::DStateSecs, per_min);
+            }
+        }
+        let mut out = Vec::new();
+        let kernel = std::mem::take(&mut self.kernel);
+        for name in &disks {
+            let Ok(object) = ObjectId::new(Kind::Disk, &ctx.host, Some(name)) else {
+                notes.push(format!("disk name {name:?} cannot be an object id; skipped"));
+                continue;
+            };
+            let e = evidence.entry(name.clone()).or_default();
+            e.add_kernel_findings(&profile, &object, &kernel);
+            out.push(grade_finding(object, by_name.get(name).copied(), e, &profile, ctx.now_ms));
+        }
+        if !notes.is_empty()
+            && let Ok(me) = ObjectId::new(Kind::Checker, &ctx.host, Some(NAME))
+        {
+            out.push(
+                Finding {
+                    object: me,
+                    severity: Severity::Info,
+                    checker: NAME.into(),
+                    version: VERSION.into(),
+                    rule: "checker.note".into(),
+                    evidence: notes.join("; "),
+                    readings: BTreeMap::new(),
+                    time_ms: ctx.now_ms,
+                }
+                .bounded(),
+            );
+        }
+        self.prev = Some(Sample { now_ms: ctx.now_ms, stats, dstate });
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn testdata(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel)
+    }
+
+    fn ctx(root: &Path, now_ms: u64) -> CheckContext {
+        CheckContext { root: root.to_path_buf(), host: "h1".into(), now_ms, profile: "online".into() }
+    }
+
+    /// A host tree copied from the recorded procfs fixture, with diskstats we can advance.
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("proc")).unwrap();
+        std::fs::copy(testdata("host/procfs/proc/diskstats"), d.path().join("proc/diskstats")).unwrap();
+        for b in std::fs::read_dir(testdata("host/procfs/sys/block")).unwrap() {
+            std::fs::create_dir_all(d.path().join("sys/block").join(b.unwrap().file_name())).unwrap();
+        }
+        d
+    }
+
+    fn advance(root: &Path, f: impl Fn(&mut DiskCounters)) {
+        let text = std::fs::read_to_string(root.join("proc/diskstats")).unwrap();
+        let mut v = diskstats::parse_diskstats(&text).unwrap();
+        let mut s = String::new();
+        for d in &mut v {
+            f(d);
+            s.push_str(&format!(
+                "{} {} {} {} 0 0 {} {} 0 0 {} {} {} {} {} 0 0 {}\n",
+                d.major,
+                d.minor,
+                d.name,
+                d.reads,
+                d.read_ms,
+                d.writes,
+                d.write_ms,
+                d.in_flight,
+                d.io_ms,
+                d.weighted_ms,
+                d.discards,
+                d.discard_ms
+            ));
+        }
+        std::fs::write(root.join("proc/diskstats"), s).unwrap();
+    }
+
+    #[test]
+    fn recorded_tree_gives_no_evidence_not_good() {
+        let f = DiskChecker::new(DiskConfig::default()).run(&ctx(&testdata("host/procfs"), 1)).unwrap();
+        let names: Vec<String> = f.iter().map(|x| x.object.to_string()).collect();
+        assert!(names.contains(&"disk/h1/sda".to_string()), "{names:?}");
+        assert!(
+            !names.iter().any(|n| n.contains("sda1") || n.contains("dm-") || n.contains("md")),
+            "{names:?}"
+        );
+        assert!(f.iter().all(|x| x.severity == Severity::Info && x.rule == "disk.no-evidence"));
+    }
+
+    #[test]
+    fn slow_disk_among_peers_grades_slow_with_items() {
+        let d = tree();
+        let mut c = DiskChecker::new(DiskConfig::default());
+        c.run(&ctx(d.path(), 1_000)).unwrap();
+        // sdb..sde do 1000 fast I/Os each, sda does 1000 I/Os at 250 ms each.
+        advance(d.path(), |x| {
+            if ["sda", "sdb", "sdc", "sdd", "sde"].contains(&x.name.as_str()) {
+                x.reads += 1000;
+                x.read_ms += if x.name == "sda" { 250_000 } else { 2_000 };
+                x.io_ms += 5_000;
+            }
+        });
+        for n in ["sda", "sdb", "sdc", "sdd", "sde"] {
+            std::fs::create_dir_all(d.path().join(format!("sys/block/{n}/device"))).unwrap();
+            std::fs::write(d.path().join(format!("sys/block/{n}/device/model")), "HGST HUS724020ALE640\n")
+                .unwrap();
+        }
+        let f = c.run(&ctx(d.path(), 11_000)).unwrap();
+        let get = |n: &str| f.iter().find(|x| x.object.to_string() == format!("disk/h1/{n}")).unwrap();
+        let sda = get("sda");
+        assert_eq!(sda.severity, Severity::Slow, "{sda:?}");
+        assert!(sda.readings.contains_key("item:stats.await-slow"), "{:?}", sda.readings);
+        assert!(sda.readings.contains_key("item:stats.peer-outlier"), "{:?}", sda.readings);
+        assert_eq!(get("sdb").severity, Severity::Good);
+    }
+
+    #[test]
+    fn kernel_findings_and_fake_smartctl_combine() {
+        let d = tree();
+        let bin = tempfile::tempdir().unwrap();
+        let scan = testdata("smart/scan/smartctl_scan_simple.json");
+        let failing = testdata("smart/smart-prom-next/usbjmicron_a_when_failed_now.json");
+        let healthy = testdata("smart/smart-prom-next/sat_xall.json");
+        let body = format!(
+            "case \"$*\" in *--scan-open*) cat {};; *sda*) cat {}; exit 216;; *) cat {};; esac",
+            scan.display(),
+            failing.display(),
+            healthy.display()
+        );
+        let script = bin.path().join("smartctl");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = DiskChecker::new(DiskConfig { smartctl: Some(script), ..DiskConfig::default() });
+        let kernel = Finding {
+            object: "disk/h1/sdb".parse().unwrap(),
+            severity: Severity::Error,
+            checker: "kernel-log".into(),
+            version: "1".into(),
+            rule: "fs.read-only".into(),
+            evidence: "EXT4-fs (sdb1): Remounting filesystem read-only".into(),
+            readings: BTreeMap::new(),
+            time_ms: 1,
+        };
+        c.set_kernel_findings(vec![kernel]);
+        let f = c.run(&ctx(d.path(), 1)).unwrap();
+        let get = |n: &str| f.iter().find(|x| x.object.to_string() == format!("disk/h1/{n}"));
+        let scanned: Vec<String> = crate::smart::parse_scan(&std::fs::read(&scan).unwrap())
+            .unwrap()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert!(scanned.contains(&"/dev/sda".to_string()), "{scanned:?}");
+        let sda = get("sda").unwrap();
+        assert_eq!(sda.severity, Severity::Fatal, "{sda:?}");
+        assert!(sda.readings.contains_key("item:smart.failing"));
+        let sdb = get("sdb").unwrap();
+        assert_eq!(sdb.severity, Severity::Error, "{sdb:?}");
+        assert!(sdb.readings.contains_key("item:kernel.read-only"));
+    }
+}
