@@ -1,0 +1,616 @@
+//! The sans-IO heart of a Raft member: one raft-rs `RawNode` over [`RedbStorage`], the [`Fsm`], the
+//! proposal/read waiters, and the Ready handling in raft-rs's documented order. No sockets, no clock, no
+//! threads: the async driver (`node.rs`) and the seeded simulation (`sim.rs`) both feed it events and
+//! carry its outgoing messages, so the code the simulation checks is the code that runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use redb::{Database, ReadableDatabase, WriteTransaction};
+
+use super::storage::{RedbStorage, StoreError};
+use super::{Fsm, FsmError, NodeId, ProposeError, RaftError};
+
+/// Upper bound on proposals waiting for their entry to be applied, per node. Past it new proposals are
+/// refused (Dropped) instead of growing memory without bound while the cluster cannot commit.
+pub const MAX_INFLIGHT_PROPOSALS: usize = 16_384;
+/// Upper bound on outstanding read-index requests, for the same reason.
+pub const MAX_INFLIGHT_READS: usize = 16_384;
+/// Largest Fsm command accepted by `propose` (bytes). Keeps every raft message well under the transport's
+/// per-message limit even though one entry always goes out whole.
+pub const MAX_COMMAND_BYTES: usize = 1 << 20;
+/// `max_size_per_msg`: bytes of entries per append message (the engineering guide's ~1 MiB).
+pub const MAX_SIZE_PER_MSG: u64 = 1 << 20;
+/// `max_inflight_msgs`: append messages in flight per follower before waiting for acks.
+pub const MAX_INFLIGHT_MSGS: usize = 256;
+
+/// Length of the request id carried in each proposed entry's `context`:
+/// proposer id (u64 LE) ++ proposer incarnation (u64 LE) ++ token (u64 LE).
+const CTX_LEN: usize = 24;
+
+/// A finished request, handed back to whoever drives the core.
+#[derive(Debug, PartialEq)]
+pub enum Completion {
+    Proposal(u64, Result<Vec<u8>, ProposeError>),
+    Read(u64, Result<(), ProposeError>),
+}
+
+#[derive(Debug)]
+struct Pending {
+    token: u64,
+    term: u64,
+}
+
+/// Settings the core needs (a subset of `RaftConfig`).
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub id: NodeId,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub snapshot_every: u64,
+    /// raft-rs draws election timeouts from `[election_ticks, max_election_ticks)` with its own
+    /// unseeded RNG; 0 means raft-rs's default (2 * election_ticks). The simulation sets
+    /// `election_ticks + 1` so runs are reproducible from the seed (its tick schedule is the randomness).
+    pub max_election_ticks: usize,
+    /// Distinguishes this process's request ids from those of earlier runs of the same node.
+    pub incarnation: u64,
+}
+
+pub struct Core<F: Fsm> {
+    pub(crate) raw: RawNode<RedbStorage>,
+    fsm: F,
+    db: Arc<Database>,
+    cfg: CoreConfig,
+    /// Our proposals by log index (the entry's index and term identify it; the context double-checks).
+    proposals: BTreeMap<u64, Pending>,
+    /// Read requests not yet handed to raft (waiting for a leader that has committed in its term).
+    reads_unsent: Vec<u64>,
+    /// Read requests handed to raft, waiting for their ReadState.
+    reads_sent: BTreeSet<u64>,
+    /// Read requests with a read index, waiting for `applied >= index`.
+    reads_ready: BTreeMap<u64, Vec<u64>>,
+    completions: Vec<Completion>,
+    /// Peers heard from since the last persisted Ready (rejoin detection, see README).
+    seen_unpersisted: BTreeSet<NodeId>,
+    last_term: u64,
+    fatal: Option<String>,
+    /// Messages the core itself generated (see `handle_lost_data`), sent with the next Ready.
+    extra_out: Vec<Message>,
+}
+
+fn ctx_bytes(id: NodeId, incarnation: u64, token: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(CTX_LEN);
+    v.extend_from_slice(&id.to_le_bytes());
+    v.extend_from_slice(&incarnation.to_le_bytes());
+    v.extend_from_slice(&token.to_le_bytes());
+    v
+}
+
+/// Builds raft-rs's config from ours; `applied` comes from storage (raft-rs pitfall: set it on restart).
+pub fn raft_config(cfg: &CoreConfig, applied: u64) -> raft::Config {
+    raft::Config {
+        id: cfg.id,
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        applied,
+        max_size_per_msg: MAX_SIZE_PER_MSG,
+        max_inflight_msgs: MAX_INFLIGHT_MSGS,
+        check_quorum: true,
+        pre_vote: true,
+        max_election_tick: cfg.max_election_ticks,
+        ..Default::default()
+    }
+}
+
+impl<F: Fsm> Core<F> {
+    /// Builds the core over already-opened (bootstrapped or joining) storage.
+    pub fn new(
+        cfg: CoreConfig,
+        storage: RedbStorage,
+        fsm: F,
+        logger: &slog::Logger,
+    ) -> Result<Self, RaftError> {
+        let db = storage.db().clone();
+        let applied = storage.applied();
+        let rc = raft_config(&cfg, applied);
+        rc.validate().map_err(|e| RaftError::Config(e.to_string()))?;
+        let raw = RawNode::new(&rc, storage, logger).map_err(|e| RaftError::Raft(e.to_string()))?;
+        let last_term = raw.raft.term;
+        Ok(Core {
+            raw,
+            fsm,
+            db,
+            cfg,
+            proposals: BTreeMap::new(),
+            reads_unsent: Vec::new(),
+            reads_sent: BTreeSet::new(),
+            reads_ready: BTreeMap::new(),
+            completions: Vec::new(),
+            seen_unpersisted: BTreeSet::new(),
+            last_term,
+            fatal: None,
+            extra_out: Vec::new(),
+        })
+    }
+
+    pub fn storage(&self) -> &RedbStorage {
+        self.raw.store()
+    }
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        let l = self.raw.raft.leader_id;
+        (l != raft::INVALID_ID).then_some(l)
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+    pub fn applied(&self) -> u64 {
+        self.raw.store().applied()
+    }
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.raw.store().conf_state().voters.clone()
+    }
+
+    pub fn take_completions(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.completions)
+    }
+
+    pub fn tick(&mut self) {
+        if self.fatal.is_none() {
+            self.raw.tick();
+        }
+    }
+
+    /// Steps a message from a peer. Errors are the peer's problem (stale, unknown sender): ignored.
+    pub fn step(&mut self, m: Message) {
+        if self.fatal.is_some() || m.from == self.cfg.id || m.to != self.cfg.id {
+            return;
+        }
+        if raft::raw_node::is_local_msg(m.get_msg_type()) {
+            return;
+        }
+        let from = m.from;
+        if !self.raw.store().seen().contains(&from) {
+            self.seen_unpersisted.insert(from);
+        }
+        let mut m = m;
+        self.handle_lost_data(&mut m);
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!(node = self.cfg.id, from, error = %e, "raft step refused a message");
+        }
+    }
+
+    /// Support for a member that restarted empty under its old id (`join`). raft-rs assumes a follower
+    /// never loses acknowledged entries, so the leader's progress for it is stale (`matched` too high):
+    /// the leader would send heartbeats committing entries the joiner does not have (raft-rs panics) and
+    /// ignore its rejections as stale (it would never catch up). So:
+    /// - a joiner (no conf state yet) clamps a heartbeat's commit to its own last index and answers it
+    ///   with a rejection "I have nothing" (index 0, hint 0) so the leader notices even when idle;
+    /// - a leader that gets a current-term rejection whose hint is below the follower's `matched` resets
+    ///   that follower's progress to zero and probes again (which ends in a snapshot). Lowering `matched`
+    ///   only delays commits, it can never commit anything unsafely; for normal followers the condition
+    ///   only arises from a reordered old rejection, costing a redundant catch-up.
+    fn handle_lost_data(&mut self, m: &mut Message) {
+        match m.get_msg_type() {
+            MessageType::MsgHeartbeat if !self.raw.store().has_conf() => {
+                let last = self.raw.raft.raft_log.last_index();
+                if m.commit > last {
+                    m.commit = last;
+                }
+                let mut r = Message::default();
+                r.set_msg_type(MessageType::MsgAppendResponse);
+                r.from = self.cfg.id;
+                r.to = m.from;
+                r.term = m.term;
+                r.index = 0;
+                r.reject = true;
+                r.reject_hint = last;
+                self.extra_out.push(r);
+            }
+            MessageType::MsgAppendResponse
+                if m.reject && self.raw.raft.state == StateRole::Leader && m.term == self.raw.raft.term =>
+            {
+                if let Some(pr) = self.raw.raft.mut_prs().get_mut(m.from)
+                    && m.reject_hint < pr.matched
+                {
+                    tracing::warn!(
+                        node = self.cfg.id,
+                        peer = m.from,
+                        matched = pr.matched,
+                        has = m.reject_hint,
+                        "follower lost acknowledged entries (rejoined empty?): resetting its progress"
+                    );
+                    pr.matched = 0;
+                    pr.become_probe();
+                    // Make raft's own rejection handling line up with the reset probe.
+                    m.index = 0;
+                    m.reject_hint = 0;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn report_unreachable(&mut self, id: NodeId) {
+        if self.fatal.is_none() {
+            self.raw.report_unreachable(id);
+        }
+    }
+
+    pub fn report_snapshot(&mut self, id: NodeId, ok: bool) {
+        if self.fatal.is_none() {
+            let st = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+            self.raw.report_snapshot(id, st);
+        }
+    }
+
+    /// Proposes a command; its completion comes back through `take_completions` with `token`.
+    pub fn propose(&mut self, token: u64, cmd: Vec<u8>) -> Result<(), ProposeError> {
+        if self.fatal.is_some() {
+            return Err(ProposeError::Stopped);
+        }
+        if cmd.len() > MAX_COMMAND_BYTES {
+            return Err(ProposeError::TooLarge);
+        }
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader { leader: self.leader(), leader_addr: None });
+        }
+        if self.proposals.len() >= MAX_INFLIGHT_PROPOSALS {
+            return Err(ProposeError::Dropped);
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        let ctx = ctx_bytes(self.cfg.id, self.cfg.incarnation, token);
+        match self.raw.propose(ctx, cmd) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                if index != before + 1 {
+                    // raft-rs appends exactly one entry per accepted proposal; anything else means we
+                    // cannot tell which index is ours, so do not promise an answer.
+                    return Err(ProposeError::Dropped);
+                }
+                self.proposals.insert(index, Pending { token, term: self.raw.raft.term });
+                Ok(())
+            }
+            Err(raft::Error::ProposalDropped) => {
+                Err(ProposeError::NotLeader { leader: self.leader(), leader_addr: None })
+            }
+            Err(e) => Err(ProposeError::Fsm(format!("raft refused the proposal: {e}"))),
+        }
+    }
+
+    /// Starts a linearizable read; completes once `applied >= ` the leader's commit index at call time.
+    pub fn read_index(&mut self, token: u64) -> Result<(), ProposeError> {
+        if self.fatal.is_some() {
+            return Err(ProposeError::Stopped);
+        }
+        if self.leader().is_none() {
+            return Err(ProposeError::NotLeader { leader: None, leader_addr: None });
+        }
+        if self.reads_unsent.len() + self.reads_sent.len() >= MAX_INFLIGHT_READS {
+            return Err(ProposeError::Dropped);
+        }
+        self.reads_unsent.push(token);
+        self.flush_reads();
+        Ok(())
+    }
+
+    /// Hands queued reads to raft once it can serve them: a leader only answers after committing an entry
+    /// in its own term (otherwise raft-rs drops the request silently).
+    fn flush_reads(&mut self) {
+        if self.reads_unsent.is_empty() {
+            return;
+        }
+        let ready = match self.raw.raft.state {
+            StateRole::Leader => {
+                self.raw.raft.raft_log.term(self.raw.raft.raft_log.committed).ok() == Some(self.raw.raft.term)
+            }
+            StateRole::Follower => self.leader().is_some(),
+            _ => false,
+        };
+        if !ready {
+            return;
+        }
+        for token in std::mem::take(&mut self.reads_unsent) {
+            let mut ctx = self.cfg.incarnation.to_le_bytes().to_vec();
+            ctx.extend_from_slice(&token.to_le_bytes());
+            self.raw.read_index(ctx);
+            self.reads_sent.insert(token);
+        }
+    }
+
+    /// Forgets a request whose caller gave up (timeout): its completion will simply not be produced.
+    pub fn forget_read(&mut self, token: u64) {
+        self.reads_unsent.retain(|t| *t != token);
+        self.reads_sent.remove(&token);
+    }
+
+    fn fail_all(&mut self, err: ProposeError) {
+        for (_, p) in std::mem::take(&mut self.proposals) {
+            self.completions.push(Completion::Proposal(p.token, Err(err.clone())));
+        }
+        for t in
+            std::mem::take(&mut self.reads_unsent).into_iter().chain(std::mem::take(&mut self.reads_sent))
+        {
+            self.completions.push(Completion::Read(t, Err(err.clone())));
+        }
+        for (_, ts) in std::mem::take(&mut self.reads_ready) {
+            for t in ts {
+                self.completions.push(Completion::Read(t, Err(err.clone())));
+            }
+        }
+    }
+
+    /// Marks the node dead after a storage/Fsm failure: never advance after it.
+    fn set_fatal(&mut self, e: &StoreError) -> RaftError {
+        let msg = e.to_string();
+        tracing::error!(node = self.cfg.id, error = %msg, "raft storage failure: node stopped");
+        self.fatal = Some(msg.clone());
+        self.fail_all(ProposeError::Stopped);
+        RaftError::Storage(msg)
+    }
+
+    /// A transaction failed: the answers computed inside it never became durable, so their waiters get
+    /// `Stopped` like every other pending request.
+    fn fail_batch(&mut self, e: &StoreError, lost: Vec<Completion>) -> RaftError {
+        for c in lost {
+            self.completions.push(match c {
+                Completion::Proposal(t, _) => Completion::Proposal(t, Err(ProposeError::Stopped)),
+                Completion::Read(t, _) => Completion::Read(t, Err(ProposeError::Stopped)),
+            });
+        }
+        self.set_fatal(e)
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.fatal.is_none() && (self.raw.has_ready() || !self.extra_out.is_empty())
+    }
+
+    /// Handles one Ready in the documented order, calling `send` for every outgoing message. Returns an
+    /// error (and stays stopped) on any storage or Fsm storage failure.
+    pub fn on_ready(&mut self, send: &mut dyn FnMut(Message)) -> Result<(), RaftError> {
+        if let Some(f) = &self.fatal {
+            return Err(RaftError::Storage(f.clone()));
+        }
+        for m in std::mem::take(&mut self.extra_out) {
+            send(m);
+        }
+        if !self.raw.has_ready() {
+            self.after_ready();
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        // 1. Messages that may go out before persistence (a leader's appends and heartbeats).
+        for m in rd.take_messages() {
+            send(m);
+        }
+        // 2-5. Snapshot, committed entries, new entries, HardState: one write transaction, one fsync.
+        let mut done = Vec::new();
+        let res = (|| -> Result<(), StoreError> {
+            let txn = self.db.begin_write()?;
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                self.raw.mut_store().apply_snapshot(&txn, &snap)?;
+                self.fsm.restore(&txn, snap.get_data()).map_err(fsm_store_err)?;
+            }
+            let committed = rd.take_committed_entries();
+            self.apply_entries(&txn, committed, &mut done)?;
+            self.raw.mut_store().append(&txn, rd.entries())?;
+            if let Some(hs) = rd.hs() {
+                self.raw.mut_store().set_hard_state(&txn, hs)?;
+            }
+            if !self.seen_unpersisted.is_empty() {
+                let seen = std::mem::take(&mut self.seen_unpersisted);
+                self.raw.mut_store().add_seen(&txn, &seen)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            self.raw.mut_store().abort_staged();
+            return Err(self.fail_batch(&e, done));
+        }
+        self.raw.mut_store().commit_staged();
+        if !rd.snapshot().is_empty() {
+            let idx = rd.snapshot().get_metadata().index;
+            // Proposals at or below the snapshot index: their outcome is folded into the snapshot; we can
+            // no longer tell which, so they end as Dropped (the caller may retry idempotently).
+            let rest = self.proposals.split_off(&(idx + 1));
+            for (_, p) in std::mem::replace(&mut self.proposals, rest) {
+                done.push(Completion::Proposal(p.token, Err(ProposeError::Dropped)));
+            }
+        }
+        self.fsm.after_commit();
+        self.completions.append(&mut done);
+        // 6. Messages that must wait for persistence (votes, append responses).
+        for m in rd.take_persisted_messages() {
+            send(m);
+        }
+        for rs in rd.take_read_states() {
+            self.on_read_state(rs.request_ctx, rs.index);
+        }
+        // 7. Advance, then the LightReady: commit index, messages, committed entries.
+        let mut light = self.raw.advance(rd);
+        let commit = light.commit_index();
+        let committed = light.take_committed_entries();
+        for m in light.take_messages() {
+            send(m);
+        }
+        if commit.is_some() || !committed.is_empty() {
+            let res = (|| -> Result<(), StoreError> {
+                let txn = self.db.begin_write()?;
+                if let Some(c) = commit {
+                    self.raw.mut_store().set_commit(&txn, c)?;
+                }
+                self.apply_entries(&txn, committed, &mut done)?;
+                txn.commit()?;
+                Ok(())
+            })();
+            if let Err(e) = res {
+                self.raw.mut_store().abort_staged();
+                return Err(self.fail_batch(&e, done));
+            }
+            self.raw.mut_store().commit_staged();
+            self.fsm.after_commit();
+            self.completions.append(&mut done);
+        }
+        self.raw.advance_apply();
+        self.after_ready();
+        if let Err(e) = self.maybe_snapshot() {
+            return Err(self.set_fatal(&e));
+        }
+        Ok(())
+    }
+
+    /// Bookkeeping after each Ready: resolve reads, drop proposals whose entry was overwritten, hand
+    /// queued reads to raft.
+    fn after_ready(&mut self) {
+        let applied = self.applied();
+        let rest = self.reads_ready.split_off(&(applied + 1));
+        for (_, ts) in std::mem::replace(&mut self.reads_ready, rest) {
+            for t in ts {
+                self.completions.push(Completion::Read(t, Ok(())));
+            }
+        }
+        let term = self.raw.raft.term;
+        if term != self.last_term {
+            // Read requests raft accepted in an earlier term may be silently lost with that leader.
+            self.last_term = term;
+            for t in std::mem::take(&mut self.reads_sent) {
+                self.completions.push(Completion::Read(t, Err(ProposeError::Dropped)));
+            }
+        }
+        if self.raw.raft.state != StateRole::Leader && !self.proposals.is_empty() {
+            // Our entry is lost once the log holds a different term at its index, or no longer reaches it.
+            let log = &self.raw.raft.raft_log;
+            let lost: Vec<u64> = self
+                .proposals
+                .iter()
+                .filter(|(idx, p)| match log.term(**idx) {
+                    Ok(t) => t != p.term,
+                    Err(raft::Error::Store(raft::StorageError::Compacted)) => false,
+                    Err(_) => true,
+                })
+                .map(|(i, _)| *i)
+                .collect();
+            for i in lost {
+                if let Some(p) = self.proposals.remove(&i) {
+                    self.completions.push(Completion::Proposal(p.token, Err(ProposeError::Dropped)));
+                }
+            }
+        }
+        self.flush_reads();
+    }
+
+    fn on_read_state(&mut self, ctx: Vec<u8>, index: u64) {
+        if ctx.len() != 16 {
+            return;
+        }
+        let (inc, tok) = ctx.split_at(8);
+        let inc = u64::from_le_bytes(inc.try_into().unwrap_or([0; 8]));
+        let token = u64::from_le_bytes(tok.try_into().unwrap_or([0; 8]));
+        if inc != self.cfg.incarnation || !self.reads_sent.remove(&token) {
+            return;
+        }
+        if index <= self.applied() {
+            self.completions.push(Completion::Read(token, Ok(())));
+        } else {
+            self.reads_ready.entry(index).or_default().push(token);
+        }
+    }
+
+    fn apply_entries(
+        &mut self,
+        txn: &WriteTransaction,
+        entries: Vec<Entry>,
+        done: &mut Vec<Completion>,
+    ) -> Result<(), StoreError> {
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let mut applied = self.raw.store().staged_applied();
+        for e in entries {
+            if e.index <= applied {
+                continue;
+            }
+            if e.index != applied + 1 {
+                return Err(StoreError::Corrupt(format!("applying {} after {}", e.index, applied)));
+            }
+            let result = match e.get_entry_type() {
+                EntryType::EntryNormal if !e.data.is_empty() => match self.fsm.apply(txn, e.index, &e.data) {
+                    Ok(r) => Ok(r),
+                    Err(FsmError::Rejected(m)) => Err(ProposeError::Fsm(m)),
+                    Err(FsmError::Storage(m)) => {
+                        return Err(StoreError::Corrupt(format!("fsm apply at {}: {m}", e.index)));
+                    }
+                },
+                EntryType::EntryNormal => Err(ProposeError::Dropped), // leader's no-op
+                _ => {
+                    // Fixed membership: nothing proposes conf changes. Never expected; skipping keeps
+                    // every replica identical.
+                    tracing::warn!(index = e.index, "ignoring a conf-change entry (membership is fixed)");
+                    Err(ProposeError::Dropped)
+                }
+            };
+            applied = e.index;
+            // Proposals below this index were overwritten by entries we applied without a match.
+            while let Some((&idx, _)) = self.proposals.first_key_value() {
+                if idx >= e.index {
+                    break;
+                }
+                if let Some((_, p)) = self.proposals.pop_first() {
+                    done.push(Completion::Proposal(p.token, Err(ProposeError::Dropped)));
+                }
+            }
+            if let Some(p) = self.proposals.remove(&e.index) {
+                let ours = e.term == p.term
+                    && e.context.len() == CTX_LEN
+                    && e.context[..] == ctx_bytes(self.cfg.id, self.cfg.incarnation, p.token)[..];
+                let r = if ours { result } else { Err(ProposeError::Dropped) };
+                done.push(Completion::Proposal(p.token, r));
+            }
+        }
+        debug_assert_eq!(applied, last);
+        self.raw.mut_store().set_applied(txn, applied)?;
+        Ok(())
+    }
+
+    /// Every `snapshot_every` applied entries: snapshot the Fsm and compact the log up to `applied`.
+    fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
+        let applied = self.applied();
+        let snap_index = self.raw.store().snapshot_index();
+        if self.cfg.snapshot_every == 0 || applied < snap_index + self.cfg.snapshot_every {
+            return Ok(());
+        }
+        let term = self
+            .raw
+            .raft
+            .raft_log
+            .term(applied)
+            .map_err(|e| StoreError::Corrupt(format!("term of applied index {applied}: {e}")))?;
+        let data = {
+            let r = self.db.begin_read()?;
+            self.fsm.snapshot(&r).map_err(fsm_store_err)?
+        };
+        let txn = self.db.begin_write()?;
+        self.raw.mut_store().compact_with_snapshot(&txn, applied, term, &data)?;
+        match txn.commit() {
+            Ok(()) => {
+                self.raw.mut_store().commit_staged();
+                Ok(())
+            }
+            Err(e) => {
+                self.raw.mut_store().abort_staged();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn fsm_store_err(e: FsmError) -> StoreError {
+    StoreError::Corrupt(format!("fsm: {e}"))
+}

@@ -1,0 +1,162 @@
+//! The master's consensus layer: a fixed-membership Raft group (raft-rs 0.7 `RawNode`) with durable redb
+//! storage, a gRPC peer transport and a handle ([`RaftNode`]) the APIs use to propose commands, run
+//! linearizable reads and read status. The replicated state machine plugs in through [`Fsm`].
+//!
+//! See `README.md` in this folder for the storage layout, the loop and the invariants.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod core;
+mod logger;
+mod node;
+mod storage;
+mod transport;
+
+#[cfg(test)]
+mod sim;
+
+pub use self::core::{MAX_COMMAND_BYTES, MAX_INFLIGHT_PROPOSALS, MAX_INFLIGHT_READS};
+pub use self::node::{PROPOSE_TIMEOUT, RaftNode, START_PROBE_WINDOW};
+pub use self::transport::PeerService;
+
+pub type NodeId = u64;
+
+/// An error from the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsmError {
+    /// Deterministic refusal of this command in this state (every replica refuses it the same way). The
+    /// Fsm must not have changed anything. The proposer gets `ProposeError::Fsm(message)`; the node goes on.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Storage failure or corrupt state. Fatal: the node stops and never advances past the failed Ready.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+macro_rules! fsm_from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for FsmError {
+            fn from(e: $t) -> Self {
+                FsmError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+fsm_from_redb!(redb::Error, redb::StorageError, redb::TableError, redb::TransactionError, redb::CommitError);
+
+/// The replicated state machine. Called only from the Raft loop thread, in log order.
+pub trait Fsm: Send + 'static {
+    /// Apply one committed normal entry inside the same redb write transaction that records applied_index
+    /// (so state and applied index never diverge). Must be deterministic: the command carries any time it
+    /// needs. Returns the response bytes handed to the proposer's waiter (if this node proposed it).
+    fn apply(&mut self, txn: &redb::WriteTransaction, index: u64, cmd: &[u8]) -> Result<Vec<u8>, FsmError>;
+    /// Serialise the whole state machine (for a Raft snapshot) from a read transaction. Must work on a
+    /// database where the Fsm's tables do not exist yet (the bootstrap snapshot of an empty cluster).
+    fn snapshot(&self, txn: &redb::ReadTransaction) -> Result<Vec<u8>, FsmError>;
+    /// Replace the whole state machine with a snapshot's content, inside the given write transaction.
+    fn restore(&mut self, txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), FsmError>;
+    /// Called after each write transaction that applied entries has been committed (fsync'd): the place to
+    /// notify watchers of changes buffered during apply(). Default: nothing.
+    fn after_commit(&mut self) {}
+}
+
+/// How to run one member.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    /// This node's id (non-zero, a key of `peers`).
+    pub id: NodeId,
+    /// Every member of the fixed cluster, this node included: id -> host:port of its peer gRPC service.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Directory for `raft.redb` (created if missing).
+    pub data_dir: PathBuf,
+    /// Length of one raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before a follower campaigns (raft-rs randomises in [n, 2n)).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats; must be below `election_ticks`.
+    pub heartbeat_ticks: usize,
+    /// Applied entries between snapshots (the log is compacted up to each snapshot). 0 = never.
+    pub snapshot_every: u64,
+    /// Start with an empty data dir as a new member (gets a snapshot from the leader) instead of refusing.
+    pub join: bool,
+}
+
+/// Errors starting or running a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RaftError {
+    #[error("invalid raft config: {0}")]
+    Config(String),
+    #[error("raft storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The data dir is empty but the cluster already heard from this node id: its old state (votes,
+    /// log) is gone, so rejoining as if new could break Raft's guarantees. Start with `join` to come
+    /// back as a new, empty member.
+    #[error(
+        "refusing to start node {id}: the data dir is empty but peer {peer} already knows this node id \
+         (its data was lost?); start with join=true to rejoin as a new empty member"
+    )]
+    RejoinRefused { id: NodeId, peer: NodeId },
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+/// Why a proposal or read did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; `leader_addr` is the leader's peer address when known.
+    #[error("not the leader (leader: {leader:?} at {leader_addr:?})")]
+    NotLeader { leader: Option<NodeId>, leader_addr: Option<String> },
+    /// The entry was lost or its outcome cannot be known (leader/term change, overwritten, folded into a
+    /// snapshot, overload): not applied as ours, or unknown. Safe to retry idempotent commands.
+    #[error("proposal dropped (leader change or overload); outcome unknown, retry")]
+    Dropped,
+    /// No answer within the bounded wait (`PROPOSE_TIMEOUT`): outcome unknown.
+    #[error("timed out waiting for commit")]
+    Timeout,
+    /// The node is stopped (shut down or a fatal storage error).
+    #[error("raft node stopped")]
+    Stopped,
+    /// The command exceeds `MAX_COMMAND_BYTES`.
+    #[error("command too large")]
+    TooLarge,
+    /// The state machine rejected the command (`FsmError::Rejected`), or raft refused it.
+    #[error("state machine: {0}")]
+    Fsm(String),
+}
+
+/// Role of this node as seen by the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Empty data dir: asking peers whether this id is known before bootstrapping.
+    Probing,
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+    /// Shut down or failed (see `last_error`).
+    Stopped,
+}
+
+/// A point-in-time view of the node (cheap to read: a copy published by the loop).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RaftStatus {
+    pub id: NodeId,
+    pub leader_id: Option<NodeId>,
+    /// The leader's peer address (host:port), when a leader is known.
+    pub leader_addr: Option<String>,
+    pub term: u64,
+    pub role: Role,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// Index of the latest snapshot (the log starts after it).
+    pub snapshot_index: u64,
+    pub members: Vec<NodeId>,
+    /// Peer addresses: configured, updated with the address each peer reports when it sends to us.
+    pub peers: BTreeMap<NodeId, String>,
+    pub last_error: Option<String>,
+}

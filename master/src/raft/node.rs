@@ -1,0 +1,660 @@
+//! [`RaftNode`]: the handle the rest of the master uses, and the one loop (on its own thread) that owns the
+//! raft core. Everything reaches the loop through a bounded mailbox of [`Event`]s; the loop publishes a
+//! copy of its status after every turn so `status()` never waits on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use raft::StateRole;
+use raft::eraftpb::{Message, MessageType};
+use redb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+use super::core::{Completion, Core, CoreConfig, MAX_COMMAND_BYTES};
+use super::storage::{Found, RedbStorage};
+use super::transport::{self, PeerService, Transport};
+use super::{Fsm, NodeId, ProposeError, RaftConfig, RaftError, RaftStatus, Role};
+
+/// Events queued for the loop. Bounded so a flood of proposals or peer traffic applies backpressure
+/// (proposers wait, peers get RESOURCE_EXHAUSTED and raft retries) instead of growing memory.
+pub const MAILBOX: usize = 4096;
+/// Events handled per loop turn before the next Ready: batches many proposals into one Ready (one fsync)
+/// while bounding how long ticks and Readies can be delayed.
+pub const MAX_EVENTS_PER_TURN: usize = 1024;
+/// Longest a `propose` or `read_index` caller waits for an answer (the outcome is then unknown).
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `start` waits for the rejoin probe before returning a node that keeps probing in the
+/// background (peers may not be up yet on a fresh cluster).
+pub const START_PROBE_WINDOW: Duration = Duration::from_secs(2);
+/// Pause between probe rounds while some peers have not answered.
+pub const PROBE_RETRY: Duration = Duration::from_millis(300);
+
+type ProposeTx = oneshot::Sender<Result<Vec<u8>, ProposeError>>;
+type ReadTx = oneshot::Sender<Result<(), ProposeError>>;
+
+/// Inputs of the raft loop.
+pub(crate) enum Event {
+    Propose { cmd: Vec<u8>, tx: ProposeTx },
+    Read { tx: ReadTx },
+    Step(Vec<Message>),
+    Unreachable(NodeId),
+    SnapshotStatus(NodeId, bool),
+    Shutdown,
+}
+
+/// State shared by the handle, the loop, the peer service and the transport tasks.
+pub(crate) struct Shared {
+    pub id: NodeId,
+    /// Configured members and their peer addresses (immutable).
+    pub peers: BTreeMap<NodeId, String>,
+    pub mailbox: mpsc::Sender<Event>,
+    status: RwLock<RaftStatus>,
+    /// Peers we ever received a raft message from (superset of the durable set).
+    seen: Mutex<BTreeSet<NodeId>>,
+    /// Addresses peers report for themselves (override the configured ones for leader hints).
+    addrs: Mutex<BTreeMap<NodeId, String>>,
+    running: AtomicBool,
+    initialized: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    probe_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    pub fn note_peer_addr(&self, id: NodeId, addr: &str) {
+        let mut a = lock(&self.addrs);
+        if a.get(&id).map(String::as_str) != Some(addr) {
+            a.insert(id, addr.to_string());
+        }
+    }
+
+    fn addr_of(&self, id: NodeId) -> Option<String> {
+        lock(&self.addrs).get(&id).cloned()
+    }
+
+    pub fn probe_reply(&self, from: NodeId) -> proto::peer::ProbeReply {
+        let voters =
+            if self.initialized.load(Ordering::Acquire) { self.status().members } else { Vec::new() };
+        proto::peer::ProbeReply {
+            id: self.id,
+            initialized: self.initialized.load(Ordering::Acquire),
+            seen_you: lock(&self.seen).contains(&from),
+            voters,
+        }
+    }
+
+    fn status(&self) -> RaftStatus {
+        self.status.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut RaftStatus)) {
+        let mut s = self.status.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+    }
+
+    fn fail(&self, err: &str) {
+        self.running.store(false, Ordering::Release);
+        self.set_status(|s| {
+            s.role = Role::Stopped;
+            s.leader_id = None;
+            s.leader_addr = None;
+            s.last_error = Some(err.to_string());
+        });
+    }
+}
+
+/// Handle to a running member. Cheap to clone. Call [`RaftNode::shutdown`] to stop it.
+#[derive(Clone)]
+pub struct RaftNode {
+    shared: Arc<Shared>,
+}
+
+fn validate(cfg: &RaftConfig) -> Result<Vec<NodeId>, RaftError> {
+    if cfg.id == 0 {
+        return Err(RaftError::Config("id must not be 0".into()));
+    }
+    if !cfg.peers.contains_key(&cfg.id) {
+        return Err(RaftError::Config(format!("peers must include this node ({})", cfg.id)));
+    }
+    if cfg.peers.contains_key(&0) {
+        return Err(RaftError::Config("peer id 0 is reserved".into()));
+    }
+    if cfg.tick.is_zero() || cfg.heartbeat_ticks == 0 || cfg.election_ticks <= cfg.heartbeat_ticks {
+        return Err(RaftError::Config("need tick > 0 and 0 < heartbeat_ticks < election_ticks".into()));
+    }
+    Ok(cfg.peers.keys().copied().collect())
+}
+
+fn open_db(dir: &Path) -> Result<Arc<Database>, RaftError> {
+    std::fs::create_dir_all(dir).map_err(|e| RaftError::Storage(format!("create {}: {e}", dir.display())))?;
+    let path = dir.join("raft.redb");
+    let db =
+        Database::create(&path).map_err(|e| RaftError::Storage(format!("open {}: {e}", path.display())))?;
+    Ok(Arc::new(db))
+}
+
+fn serr(e: impl std::fmt::Display) -> RaftError {
+    RaftError::Storage(e.to_string())
+}
+
+enum ProbeOutcome {
+    Bootstrap,
+    Refuse(RaftError),
+    Stopped,
+}
+
+/// Asks every other member whether it ever heard from us; see README "Rejoin detection".
+async fn probe_peers(shared: &Arc<Shared>, voters: &[NodeId]) -> ProbeOutcome {
+    let others: Vec<(NodeId, String)> =
+        shared.peers.iter().filter(|(i, _)| **i != shared.id).map(|(i, a)| (*i, a.clone())).collect();
+    let mut answered = BTreeSet::new();
+    loop {
+        let pending: Vec<_> = others.iter().filter(|(i, _)| !answered.contains(i)).cloned().collect();
+        if pending.is_empty() {
+            return ProbeOutcome::Bootstrap;
+        }
+        let calls =
+            pending.iter().map(|(i, a)| async move { (*i, transport::probe(a, shared.id, voters).await) });
+        for (peer, r) in futures::future::join_all(calls).await {
+            match r {
+                Ok(r) if r.id != peer => {
+                    return ProbeOutcome::Refuse(RaftError::Config(format!(
+                        "peer address of {peer} answers as node {}",
+                        r.id
+                    )));
+                }
+                Ok(r) if r.seen_you => {
+                    return ProbeOutcome::Refuse(RaftError::RejoinRefused { id: shared.id, peer });
+                }
+                Ok(r) if r.initialized && !r.voters.is_empty() && r.voters != voters => {
+                    return ProbeOutcome::Refuse(RaftError::Config(format!(
+                        "peer {peer} has members {:?}, we are configured with {voters:?}",
+                        r.voters
+                    )));
+                }
+                Ok(_) => {
+                    answered.insert(peer);
+                }
+                Err(e) => {
+                    tracing::debug!(node = shared.id, peer, error = %e, "probe: peer not answering yet")
+                }
+            }
+        }
+        if answered.len() == others.len() {
+            return ProbeOutcome::Bootstrap;
+        }
+        if shared.status().role == Role::Stopped {
+            return ProbeOutcome::Stopped;
+        }
+        tokio::time::sleep(PROBE_RETRY).await;
+    }
+}
+
+struct Launch<F: Fsm> {
+    shared: Arc<Shared>,
+    storage: RedbStorage,
+    fsm: F,
+    rx: mpsc::Receiver<Event>,
+    core_cfg: CoreConfig,
+    tick: Duration,
+    rt: tokio::runtime::Handle,
+}
+
+impl<F: Fsm> Launch<F> {
+    fn bootstrap(&mut self, voters: &[NodeId]) -> Result<(), RaftError> {
+        let db = self.storage.db().clone();
+        let data = {
+            let r = redb::ReadableDatabase::begin_read(&*db).map_err(serr)?;
+            self.fsm.snapshot(&r).map_err(serr)?
+        };
+        let txn = db.begin_write().map_err(serr)?;
+        self.storage.bootstrap(&txn, self.shared.id, voters, &data).map_err(serr)?;
+        txn.commit().map_err(serr)?;
+        self.storage.commit_staged();
+        tracing::info!(node = self.shared.id, ?voters, "raft storage bootstrapped");
+        Ok(())
+    }
+
+    /// Builds the core and the transport and starts the loop thread.
+    fn run(self) -> Result<(), RaftError> {
+        let Launch { shared, storage, fsm, rx, core_cfg, tick, rt } = self;
+        let id = shared.id;
+        let core = Core::new(core_cfg, storage, fsm, &super::logger::logger(id))?;
+        let transport = Transport::start(&rt, &shared).map_err(RaftError::Transport)?;
+        shared.initialized.store(true, Ordering::Release);
+        shared.running.store(true, Ordering::Release);
+        let s2 = shared.clone();
+        let th = std::thread::Builder::new()
+            .name(format!("raft-{id}"))
+            .spawn(move || {
+                let s3 = s2.clone();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    run_loop(core, rx, s3, transport, tick)
+                }));
+                match r {
+                    Ok(Ok(())) => s2.fail("shut down"),
+                    Ok(Err(e)) => s2.fail(&e),
+                    Err(p) => {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        tracing::error!(node = id, panic = %msg, "raft loop panicked");
+                        s2.fail(&format!("raft loop panicked: {msg}"));
+                    }
+                }
+            })
+            .map_err(|e| RaftError::Raft(format!("spawn raft thread: {e}")))?;
+        *lock(&shared.thread) = Some(th);
+        Ok(())
+    }
+}
+
+impl RaftNode {
+    /// Opens (or bootstraps) storage in data_dir/raft.redb, starts the loop on a dedicated thread.
+    ///
+    /// With an empty data dir and `join == false`, first asks every peer whether it ever heard from this
+    /// id (refusing with [`RaftError::RejoinRefused`] if one did) and bootstraps once all peers said no;
+    /// if some peers do not answer within [`START_PROBE_WINDOW`], returns a node in role `Probing` that
+    /// keeps asking in the background (it fails later, visible in `status()`, if a peer then says yes).
+    pub async fn start<F: Fsm>(cfg: RaftConfig, fsm: F) -> Result<(RaftNode, Arc<Database>), RaftError> {
+        let voters = validate(&cfg)?;
+        let db = open_db(&cfg.data_dir)?;
+        let (mut storage, found) = RedbStorage::open(db.clone()).map_err(serr)?;
+        let mut needs_probe = false;
+        match found {
+            Found::Initialized { node_id } if node_id != cfg.id => {
+                return Err(RaftError::Config(format!(
+                    "data dir {} belongs to node {node_id}, not {}",
+                    cfg.data_dir.display(),
+                    cfg.id
+                )));
+            }
+            Found::Initialized { .. } => {
+                let have = {
+                    let mut v = storage.conf_state().voters.clone();
+                    v.sort_unstable();
+                    v
+                };
+                if storage.has_conf() && have != voters {
+                    return Err(RaftError::Config(format!(
+                        "stored members {have:?} differ from configured peers {voters:?} (membership is fixed)"
+                    )));
+                }
+            }
+            Found::Empty if cfg.join => {
+                let txn = db.begin_write().map_err(serr)?;
+                storage.init_joining(&txn, cfg.id).map_err(serr)?;
+                txn.commit().map_err(serr)?;
+                storage.commit_staged();
+            }
+            Found::Empty => needs_probe = true,
+        }
+        let (tx, rx) = mpsc::channel(MAILBOX);
+        let status = RaftStatus {
+            id: cfg.id,
+            leader_id: None,
+            leader_addr: None,
+            term: storage.hard_state().term,
+            role: Role::Probing,
+            commit_index: storage.hard_state().commit,
+            applied_index: storage.applied(),
+            snapshot_index: storage.snapshot_index(),
+            members: storage.conf_state().voters.clone(),
+            peers: cfg.peers.clone(),
+            last_error: None,
+        };
+        let shared = Arc::new(Shared {
+            id: cfg.id,
+            peers: cfg.peers.clone(),
+            mailbox: tx,
+            status: RwLock::new(status),
+            seen: Mutex::new(storage.seen().clone()),
+            addrs: Mutex::new(cfg.peers.clone()),
+            running: AtomicBool::new(false),
+            initialized: AtomicBool::new(false),
+            thread: Mutex::new(None),
+            probe_task: Mutex::new(None),
+        });
+        let node = RaftNode { shared: shared.clone() };
+        let core_cfg = CoreConfig {
+            id: cfg.id,
+            election_ticks: cfg.election_ticks,
+            heartbeat_ticks: cfg.heartbeat_ticks,
+            snapshot_every: cfg.snapshot_every,
+            max_election_ticks: 0,
+            incarnation: rand::random(),
+        };
+        let mut launch = Launch {
+            shared: shared.clone(),
+            storage,
+            fsm,
+            rx,
+            core_cfg,
+            tick: cfg.tick,
+            rt: tokio::runtime::Handle::current(),
+        };
+        if !needs_probe {
+            launch.run()?;
+            return Ok((node, db));
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            let outcome = probe_peers(&s, &voters).await;
+            // `launch` (and with it the database) is gone before the caller hears the outcome, so a
+            // refused start can be retried on the same data dir at once.
+            let r = match outcome {
+                ProbeOutcome::Bootstrap => match launch.bootstrap(&voters) {
+                    Ok(()) => launch.run(),
+                    Err(e) => Err(e),
+                },
+                ProbeOutcome::Refuse(e) => {
+                    drop(launch);
+                    Err(e)
+                }
+                ProbeOutcome::Stopped => {
+                    drop(launch);
+                    Err(RaftError::Raft("stopped while probing".into()))
+                }
+            };
+            if let Err(e) = &r {
+                tracing::error!(node = s.id, error = %e, "raft node not started");
+                s.fail(&e.to_string());
+            }
+            let _ = done_tx.send(r);
+        });
+        *lock(&shared.probe_task) = Some(task);
+        match tokio::time::timeout(START_PROBE_WINDOW, done_rx).await {
+            Ok(Ok(Err(e))) => Err(e),
+            _ => Ok((node, db)),
+        }
+    }
+
+    /// Propose a command; resolves with the Fsm::apply response once committed AND applied on this node.
+    pub async fn propose(&self, cmd: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        if cmd.len() > MAX_COMMAND_BYTES {
+            return Err(ProposeError::TooLarge);
+        }
+        self.gate()?;
+        let (tx, rx) = oneshot::channel();
+        let fut = async {
+            self.shared.mailbox.send(Event::Propose { cmd, tx }).await.map_err(|_| ProposeError::Stopped)?;
+            rx.await.map_err(|_| ProposeError::Stopped)?
+        };
+        tokio::time::timeout(PROPOSE_TIMEOUT, fut).await.unwrap_or(Err(ProposeError::Timeout))
+    }
+
+    /// Linearizable read barrier (ReadIndex): resolves once this node has applied up to the leader's commit
+    /// index at call time. Works on followers too (they ask the leader).
+    pub async fn read_index(&self) -> Result<(), ProposeError> {
+        self.gate()?;
+        let (tx, rx) = oneshot::channel();
+        let fut = async {
+            self.shared.mailbox.send(Event::Read { tx }).await.map_err(|_| ProposeError::Stopped)?;
+            rx.await.map_err(|_| ProposeError::Stopped)?
+        };
+        tokio::time::timeout(PROPOSE_TIMEOUT, fut).await.unwrap_or(Err(ProposeError::Timeout))
+    }
+
+    fn gate(&self) -> Result<(), ProposeError> {
+        if self.shared.is_running() {
+            return Ok(());
+        }
+        match self.shared.status().role {
+            Role::Probing => Err(ProposeError::NotLeader { leader: None, leader_addr: None }),
+            _ => Err(ProposeError::Stopped),
+        }
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.shared.status()
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// The gRPC service to mount on the master's peer port (7710 by default), with our size limits.
+    pub fn peer_service(&self) -> proto::peer::peer_server::PeerServer<PeerService> {
+        PeerService { shared: self.shared.clone() }.into_server()
+    }
+
+    /// Stops the loop (waiting for it) and the transport. Other handles then get `Stopped`.
+    pub async fn shutdown(self) {
+        if let Some(t) = lock(&self.shared.probe_task).take() {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(PROPOSE_TIMEOUT, self.shared.mailbox.send(Event::Shutdown)).await;
+        let th = lock(&self.shared.thread).take();
+        if let Some(th) = th {
+            let _ = tokio::task::spawn_blocking(move || th.join()).await;
+        }
+        if self.shared.status().role != Role::Stopped || self.shared.status().last_error.is_none() {
+            self.shared.fail("shut down");
+        }
+    }
+}
+
+/// The loop's own state besides the core.
+struct Driver<F: Fsm> {
+    core: Core<F>,
+    shared: Arc<Shared>,
+    transport: Transport,
+    proposals: BTreeMap<u64, ProposeTx>,
+    reads: BTreeMap<u64, ReadTx>,
+    next_token: u64,
+    stop: bool,
+}
+
+fn run_loop<F: Fsm>(
+    core: Core<F>,
+    mut rx: mpsc::Receiver<Event>,
+    shared: Arc<Shared>,
+    transport: Transport,
+    tick: Duration,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("raft loop runtime: {e}"))?;
+    let mut d = Driver {
+        core,
+        shared,
+        transport,
+        proposals: BTreeMap::new(),
+        reads: BTreeMap::new(),
+        next_token: 0,
+        stop: false,
+    };
+    let res = rt.block_on(async {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        d.publish();
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => d.handle(ev),
+                    None => d.stop = true,
+                },
+                _ = ticker.tick() => {
+                    d.core.tick();
+                    d.proposals.retain(|_, tx| !tx.is_closed());
+                    let closed: Vec<u64> =
+                        d.reads.iter().filter(|(_, tx)| tx.is_closed()).map(|(t, _)| *t).collect();
+                    for t in closed {
+                        d.reads.remove(&t);
+                        d.core.forget_read(t);
+                    }
+                }
+            }
+            for _ in 0..MAX_EVENTS_PER_TURN {
+                if d.stop {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(ev) => d.handle(ev),
+                    Err(_) => break,
+                }
+            }
+            if d.stop {
+                return Ok(());
+            }
+            d.ready()?;
+            d.publish();
+        }
+    });
+    d.transport.shutdown_now();
+    res
+}
+
+impl<F: Fsm> Driver<F> {
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Propose { cmd, tx } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                match self.core.propose(token, cmd) {
+                    Ok(()) => {
+                        self.proposals.insert(token, tx);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(self.fill_leader(e)));
+                    }
+                }
+            }
+            Event::Read { tx } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                match self.core.read_index(token) {
+                    Ok(()) => {
+                        self.reads.insert(token, tx);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(self.fill_leader(e)));
+                    }
+                }
+            }
+            Event::Step(msgs) => {
+                for m in msgs {
+                    {
+                        let mut seen = lock(&self.shared.seen);
+                        if !seen.contains(&m.from) {
+                            seen.insert(m.from);
+                        }
+                    }
+                    self.core.step(m);
+                }
+            }
+            Event::Unreachable(id) => self.core.report_unreachable(id),
+            Event::SnapshotStatus(id, ok) => self.core.report_snapshot(id, ok),
+            Event::Shutdown => self.stop = true,
+        }
+    }
+
+    fn fill_leader(&self, e: ProposeError) -> ProposeError {
+        match e {
+            ProposeError::NotLeader { leader: Some(l), leader_addr: None } => {
+                ProposeError::NotLeader { leader: Some(l), leader_addr: self.shared.addr_of(l) }
+            }
+            e => e,
+        }
+    }
+
+    fn ready(&mut self) -> Result<(), String> {
+        if self.core.has_ready() {
+            let mut failed: Vec<(NodeId, bool)> = Vec::new();
+            let transport = &self.transport;
+            let res = self.core.on_ready(&mut |m: Message| {
+                let (to, snap) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+                if !transport.send(m) {
+                    failed.push((to, snap));
+                }
+            });
+            if let Err(e) = res {
+                self.deliver();
+                return Err(e.to_string());
+            }
+            // After advance: raft may be stepped again.
+            failed.dedup();
+            for (to, snap) in failed {
+                if snap {
+                    self.core.report_snapshot(to, false);
+                }
+                self.core.report_unreachable(to);
+            }
+        }
+        self.deliver();
+        Ok(())
+    }
+
+    fn deliver(&mut self) {
+        for c in self.core.take_completions() {
+            match c {
+                Completion::Proposal(t, r) => {
+                    if let Some(tx) = self.proposals.remove(&t) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Completion::Read(t, r) => {
+                    if let Some(tx) = self.reads.remove(&t) {
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let c = &self.core;
+        let role = match c.role() {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Follower => Role::Follower,
+        };
+        let leader = c.leader();
+        let leader_addr = leader.and_then(|l| self.shared.addr_of(l));
+        let term = c.term();
+        let (commit, applied) = (c.commit_index(), c.applied());
+        let snap = c.storage().snapshot_index();
+        let unchanged = {
+            let s = self.shared.status.read().unwrap_or_else(|p| p.into_inner());
+            s.role == role
+                && s.leader_id == leader
+                && s.term == term
+                && s.commit_index == commit
+                && s.applied_index == applied
+                && s.snapshot_index == snap
+                && s.leader_addr == leader_addr
+                && s.members == c.storage().conf_state().voters
+        };
+        if unchanged {
+            return;
+        }
+        let members = c.voters();
+        let peers = lock(&self.shared.addrs).clone();
+        self.shared.set_status(|s| {
+            s.role = role;
+            s.leader_id = leader;
+            s.leader_addr = leader_addr;
+            s.term = term;
+            s.commit_index = commit;
+            s.applied_index = applied;
+            s.snapshot_index = snap;
+            s.members = members;
+            s.peers = peers;
+        });
+    }
+}

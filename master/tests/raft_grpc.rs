@@ -1,0 +1,655 @@
+//! Raft over real gRPC on loopback: 3-node clusters of `RaftNode`s in one process (ports from binding
+//! 127.0.0.1:0). Leader election, commits, NotLeader with the leader's address, leader loss, catch-up by
+//! log and by snapshot, restart from disk, and refusal of an empty data dir under a known id.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use master::raft::{Fsm, FsmError, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("test_log");
+
+/// Test state machine: every command stored under its index; the response is the index.
+struct LogFsm;
+
+impl Fsm for LogFsm {
+    fn apply(&mut self, txn: &WriteTransaction, index: u64, cmd: &[u8]) -> Result<Vec<u8>, FsmError> {
+        if cmd == b"bad" {
+            return Err(FsmError::Rejected("bad command".into()));
+        }
+        txn.open_table(LOG)?.insert(index, cmd)?;
+        Ok(index.to_le_bytes().to_vec())
+    }
+    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
+        let mut out = Vec::new();
+        if let Ok(t) = txn.open_table(LOG) {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.extend_from_slice(&k.value().to_le_bytes());
+                out.extend_from_slice(&(v.value().len() as u32).to_le_bytes());
+                out.extend_from_slice(v.value());
+            }
+        }
+        Ok(out)
+    }
+    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), FsmError> {
+        let mut t = txn.open_table(LOG)?;
+        t.retain(|_, _| false)?;
+        let mut at = 0;
+        while at < data.len() {
+            let bad = || FsmError::Storage("truncated snapshot".into());
+            let k = u64::from_le_bytes(data.get(at..at + 8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+            let n =
+                u32::from_le_bytes(data.get(at + 8..at + 12).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+            let v = data.get(at + 12..at + 12 + n as usize).ok_or_else(bad)?;
+            t.insert(k, v)?;
+            at += 12 + n as usize;
+        }
+        Ok(())
+    }
+}
+
+fn fsm_contents(db: &redb::Database) -> BTreeMap<u64, Vec<u8>> {
+    let r = db.begin_read().expect("read");
+    match r.open_table(LOG) {
+        Ok(t) => t
+            .iter()
+            .expect("iter")
+            .map(|i| {
+                let (k, v) = i.expect("item");
+                (k.value(), v.value().to_vec())
+            })
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+struct Member {
+    node: RaftNode,
+    db: Arc<redb::Database>,
+    stop_server: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    peers: BTreeMap<NodeId, String>,
+    /// Where each node's server really listens (differs from `peers` behind a proxy).
+    real: BTreeMap<NodeId, String>,
+    members: BTreeMap<NodeId, Member>,
+    snapshot_every: u64,
+}
+
+fn config(
+    id: NodeId,
+    peers: &BTreeMap<NodeId, String>,
+    dir: PathBuf,
+    snapshot_every: u64,
+    join: bool,
+) -> RaftConfig {
+    RaftConfig {
+        id,
+        peers: peers.clone(),
+        data_dir: dir,
+        tick: Duration::from_millis(20),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        snapshot_every,
+        join,
+    }
+}
+
+fn serve(node: &RaftNode, listener: TcpListener) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let svc = node.peer_service();
+    let h = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    (tx, h)
+}
+
+async fn rebind(addr: &str) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("rebind {addr}: {e}"),
+        }
+    }
+}
+
+impl Cluster {
+    async fn start(n: u64, snapshot_every: u64) -> Cluster {
+        Self::start_with(n, snapshot_every, BTreeMap::new()).await
+    }
+
+    /// `advertised` overrides the address the others dial for some nodes (e.g. a proxy in front of it).
+    async fn start_with(n: u64, snapshot_every: u64, advertised: BTreeMap<NodeId, String>) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut listeners = BTreeMap::new();
+        let mut peers = BTreeMap::new();
+        for id in 1..=n {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            peers.insert(id, l.local_addr().expect("addr").to_string());
+            listeners.insert(id, l);
+        }
+        let real = peers.clone();
+        for (id, a) in advertised {
+            peers.insert(id, a);
+        }
+        let mut c = Cluster { dir, peers, real, members: BTreeMap::new(), snapshot_every };
+        // Start all at once: each probes the others before bootstrapping.
+        let starts = (1..=n).map(|id| {
+            let cfg = config(id, &c.peers, c.node_dir(id), snapshot_every, false);
+            async move { (id, RaftNode::start(cfg, LogFsm).await) }
+        });
+        let started = futures::future::join_all(starts).await;
+        for (id, r) in started {
+            let (node, db) = r.expect("start");
+            let (stop_server, server) = serve(&node, listeners.remove(&id).expect("listener"));
+            c.members.insert(id, Member { node, db, stop_server, server });
+        }
+        c
+    }
+
+    fn real_addr(&self, id: NodeId) -> String {
+        self.real[&id].clone()
+    }
+
+    fn node_dir(&self, id: NodeId) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    fn node(&self, id: NodeId) -> &RaftNode {
+        &self.members[&id].node
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        let m = self.members.remove(&id).expect("member");
+        m.node.shutdown().await;
+        let _ = m.stop_server.send(());
+        // Graceful shutdown waits for open connections; a wedged one never closes, so bound the wait.
+        let abort = m.server.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), m.server).await.is_err() {
+            abort.abort();
+        }
+        drop(m.db);
+    }
+
+    async fn restart(&mut self, id: NodeId, join: bool) -> Result<(), RaftError> {
+        let listener = rebind(&self.real[&id]).await;
+        let cfg = config(id, &self.peers, self.node_dir(id), self.snapshot_every, join);
+        let (node, db) = RaftNode::start(cfg, LogFsm).await?;
+        let (stop_server, server) = serve(&node, listener);
+        self.members.insert(id, Member { node, db, stop_server, server });
+        Ok(())
+    }
+
+    async fn wait_leader(&self) -> NodeId {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leaders: Vec<NodeId> = self
+                .members
+                .values()
+                .filter(|m| m.node.status().role == Role::Leader)
+                .map(|m| m.node.id())
+                .collect();
+            if leaders.len() == 1 {
+                let l = leaders[0];
+                // Everyone up agrees.
+                if self.members.values().all(|m| m.node.status().leader_id == Some(l)) {
+                    return l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected: {:?}", self.statuses());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn statuses(&self) -> Vec<master::raft::RaftStatus> {
+        self.members.values().map(|m| m.node.status()).collect()
+    }
+
+    /// Proposes on the current leader, retrying across leader changes.
+    async fn propose(&self, cmd: &[u8]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = self.wait_leader().await;
+            match self.node(l).propose(cmd.to_vec()).await {
+                Ok(r) => return u64::from_le_bytes(r.try_into().expect("index")),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "proposal never committed: {e:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    async fn wait_converged(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let sts = self.statuses();
+            let max_commit = sts.iter().map(|s| s.commit_index).max().unwrap_or(0);
+            if sts.iter().all(|s| s.applied_index == max_commit) {
+                let contents: Vec<_> = self.members.values().map(|m| fsm_contents(&m.db)).collect();
+                if contents.windows(2).all(|w| w[0] == w[1]) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "replicas did not converge: {sts:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elects_commits_and_answers_not_leader() {
+    let c = Cluster::start(3, 1000).await;
+    let l = c.wait_leader().await;
+    let idx = c.propose(b"hello").await;
+    assert!(idx >= 2, "index {idx}");
+    // A follower answers NotLeader with the leader's id and address.
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    match c.node(f).propose(b"x".to_vec()).await {
+        Err(ProposeError::NotLeader { leader, leader_addr }) => {
+            assert_eq!(leader, Some(l));
+            assert_eq!(leader_addr.as_deref(), Some(c.peers[&l].as_str()));
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    // The state machine's rejection reaches the proposer; the node goes on.
+    assert_eq!(c.node(l).propose(b"bad".to_vec()).await, Err(ProposeError::Fsm("bad command".into())));
+    // Many concurrent proposals all commit, each with its own index.
+    let futs = (0..200).map(|i| c.node(l).propose(format!("p{i}").into_bytes()));
+    let res = futures::future::join_all(futs).await;
+    let mut idxs: Vec<u64> =
+        res.into_iter().map(|r| u64::from_le_bytes(r.expect("commit").try_into().expect("8"))).collect();
+    idxs.sort_unstable();
+    idxs.dedup();
+    assert_eq!(idxs.len(), 200);
+    // Linearizable read on a follower: afterwards it has applied everything committed before the call.
+    let commit = c.node(l).status().commit_index;
+    c.node(f).read_index().await.expect("read index");
+    assert!(c.node(f).status().applied_index >= commit);
+    assert_eq!(fsm_contents(&c.members[&f].db).get(&idx).map(Vec::as_slice), Some(&b"hello"[..]));
+    assert_eq!(
+        c.node(l).propose(vec![0; master::raft::MAX_COMMAND_BYTES + 1]).await,
+        Err(ProposeError::TooLarge)
+    );
+    c.wait_converged().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_leader_loss_and_restarted_node_catches_up_by_log() {
+    let mut c = Cluster::start(3, 100_000).await;
+    for i in 0..10 {
+        c.propose(format!("a{i}").as_bytes()).await;
+    }
+    let old = c.wait_leader().await;
+    c.stop(old).await;
+    let new = c.wait_leader().await;
+    assert_ne!(new, old);
+    for i in 0..10 {
+        c.propose(format!("b{i}").as_bytes()).await;
+    }
+    c.restart(old, false).await.expect("restart");
+    c.wait_converged().await;
+    // Caught up by log: no snapshot was ever taken.
+    assert_eq!(c.node(old).status().snapshot_index, 1);
+    assert_eq!(fsm_contents(&c.members[&old].db).len(), 20);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_behind_follower_catches_up_by_snapshot() {
+    let mut c = Cluster::start(3, 5).await;
+    let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
+    for i in 0..40 {
+        c.propose(format!("s{i}").as_bytes()).await;
+    }
+    let leader_snap = c.node(c.wait_leader().await).status().snapshot_index;
+    assert!(leader_snap > 20, "leader compacted to {leader_snap}");
+    c.restart(f, false).await.expect("restart");
+    c.wait_converged().await;
+    let st = c.node(f).status();
+    assert!(st.snapshot_index > 1, "follower installed a snapshot: {st:?}");
+    assert_eq!(fsm_contents(&c.members[&f].db).len(), 40);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_from_disk_keeps_everything() {
+    let mut c = Cluster::start(3, 7).await;
+    for i in 0..15 {
+        c.propose(format!("k{i}").as_bytes()).await;
+    }
+    c.wait_converged().await;
+    let before: BTreeMap<NodeId, _> =
+        c.members.iter().map(|(id, m)| (*id, (m.node.status(), fsm_contents(&m.db)))).collect();
+    for id in 1..=3 {
+        c.stop(id).await;
+    }
+    for id in 1..=3 {
+        c.restart(id, false).await.expect("restart");
+    }
+    for (id, (st, contents)) in &before {
+        let now = c.node(*id).status();
+        assert!(now.applied_index >= st.applied_index && now.term >= st.term, "{st:?} -> {now:?}");
+        assert_eq!(&fsm_contents(&c.members[id].db), contents);
+    }
+    c.propose(b"after").await;
+    c.wait_converged().await;
+    assert_eq!(fsm_contents(&c.members[&1].db).len(), 16);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_dir_with_known_id_refuses_without_join() {
+    let mut c = Cluster::start(3, 5).await;
+    for i in 0..12 {
+        c.propose(format!("j{i}").as_bytes()).await;
+    }
+    c.wait_converged().await;
+    let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
+    std::fs::remove_dir_all(c.node_dir(f)).expect("wipe");
+    match c.restart(f, false).await {
+        Err(RaftError::RejoinRefused { id, .. }) => assert_eq!(id, f),
+        Err(e) => panic!("expected RejoinRefused, got {e}"),
+        Ok(()) => panic!("an empty data dir under a known id must be refused"),
+    }
+    // With join it comes back empty and is filled by a snapshot from the leader.
+    std::fs::remove_dir_all(c.node_dir(f)).ok();
+    c.restart(f, true).await.expect("join");
+    c.propose(b"after-join").await;
+    c.wait_converged().await;
+    assert_eq!(fsm_contents(&c.members[&f].db).len(), 13);
+    c.shutdown().await;
+}
+
+fn single_config(dir: PathBuf) -> RaftConfig {
+    let mut peers = BTreeMap::new();
+    peers.insert(1, "127.0.0.1:1".to_string());
+    config(1, &peers, dir, 1000, false)
+}
+
+async fn wait_role(node: &RaftNode, role: Role) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.status().role != role {
+        assert!(Instant::now() < deadline, "never became {role:?}: {:?}", node.status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_cluster_bootstraps_alone_and_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, db) = RaftNode::start(single_config(dir.path().into()), LogFsm).await.expect("start");
+    wait_role(&node, Role::Leader).await;
+    let r = node.propose(b"one".to_vec()).await.expect("commit");
+    let idx = u64::from_le_bytes(r.try_into().expect("8"));
+    node.read_index().await.expect("read index");
+    assert_eq!(fsm_contents(&db).get(&idx).map(Vec::as_slice), Some(&b"one"[..]));
+    node.clone().shutdown().await;
+    assert_eq!(node.status().role, Role::Stopped);
+    assert_eq!(node.propose(b"late".to_vec()).await, Err(ProposeError::Stopped));
+    assert_eq!(node.read_index().await, Err(ProposeError::Stopped));
+    drop(db);
+    let (node, db) = RaftNode::start(single_config(dir.path().into()), LogFsm).await.expect("restart");
+    assert_eq!(fsm_contents(&db).get(&idx).map(Vec::as_slice), Some(&b"one"[..]));
+    wait_role(&node, Role::Leader).await;
+    node.propose(b"two".to_vec()).await.expect("commit after restart");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configs_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = single_config(dir.path().join("a"));
+    let cases = [
+        RaftConfig { id: 0, ..base.clone() },
+        RaftConfig { id: 2, ..base.clone() },
+        RaftConfig { heartbeat_ticks: 10, election_ticks: 10, ..base.clone() },
+        RaftConfig { tick: Duration::ZERO, ..base.clone() },
+    ];
+    for cfg in cases {
+        match RaftNode::start(cfg.clone(), LogFsm).await {
+            Err(RaftError::Config(_)) => {}
+            Err(e) => panic!("{cfg:?}: expected a config error, got {e}"),
+            Ok(_) => panic!("{cfg:?}: expected a config error"),
+        }
+    }
+    // A data dir written by node 1 is refused to node 2.
+    let (node, db) = RaftNode::start(base.clone(), LogFsm).await.expect("start");
+    node.shutdown().await;
+    drop(db);
+    let mut peers = base.peers.clone();
+    peers.insert(2, "127.0.0.1:2".into());
+    let other = RaftConfig { id: 2, peers, ..base.clone() };
+    assert!(matches!(RaftNode::start(other, LogFsm).await, Err(RaftError::Config(_))));
+    // So is a restart with a different member set (membership is fixed).
+    let mut peers = base.peers.clone();
+    peers.insert(3, "127.0.0.1:3".into());
+    let grown = RaftConfig { peers, ..base };
+    assert!(matches!(RaftNode::start(grown, LogFsm).await, Err(RaftError::Config(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_service_rejects_hostile_input_without_effect() {
+    use proto::peer::peer_client::PeerClient;
+    use proto::peer::{ProbeRequest, RaftBatch, SnapshotChunk};
+    let c = Cluster::start(3, 1000).await;
+    let l = c.wait_leader().await;
+    c.propose(b"before").await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    let before = c.node(f).status();
+    let mut client = PeerClient::connect(format!("http://{}", c.peers[&f])).await.expect("connect");
+    // Garbage bytes.
+    let garbage =
+        RaftBatch { from: l, from_addr: String::new(), messages: vec![vec![0xff, 0x00, 0x13, 0x37]] };
+    let e = client.send(garbage).await.expect_err("garbage accepted");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // A sender that is not a member.
+    let stranger = RaftBatch { from: 99, from_addr: "x".into(), messages: vec![] };
+    assert_eq!(client.send(stranger).await.expect_err("stranger").code(), tonic::Code::PermissionDenied);
+    // A message claiming another sender than the batch.
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    m.from = 99;
+    m.to = f;
+    let bytes = protobuf::Message::write_to_bytes(&m).expect("encode");
+    let spoof = RaftBatch { from: l, from_addr: String::new(), messages: vec![bytes] };
+    assert_eq!(client.send(spoof).await.expect_err("spoof").code(), tonic::Code::InvalidArgument);
+    // A snapshot stream shorter than announced, and one announcing more than the limit.
+    let mut hdr = raft::eraftpb::Message::default();
+    hdr.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    hdr.from = l;
+    hdr.to = f;
+    let header = protobuf::Message::write_to_bytes(&hdr).expect("encode");
+    let short = SnapshotChunk {
+        from: l,
+        from_addr: String::new(),
+        header: header.clone(),
+        total_len: 100,
+        data: vec![1; 10],
+    };
+    let e = client.send_snapshot(tokio_stream::iter(vec![short])).await.expect_err("short snapshot");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let huge = SnapshotChunk { from: l, from_addr: String::new(), header, total_len: u64::MAX, data: vec![] };
+    let e = client.send_snapshot(tokio_stream::iter(vec![huge])).await.expect_err("huge snapshot");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    // Probe from a stranger.
+    let e = client.probe(ProbeRequest { from: 42, voters: vec![] }).await.expect_err("probe");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    // Nothing changed; the cluster still works.
+    let after = c.node(f).status();
+    assert_eq!((after.term, after.role, after.last_error.clone()), (before.term, before.role, None));
+    c.propose(b"after").await;
+    c.wait_converged().await;
+    c.shutdown().await;
+}
+
+/// Prints proposal throughput on a 3-node loopback cluster (not a timed assertion).
+/// Run: cargo test -p master --test raft_grpc bench_proposals -- --ignored --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_proposals() {
+    let c = Cluster::start(3, 10_000).await;
+    let l = c.wait_leader().await;
+    for (concurrency, total) in [(1usize, 200usize), (64, 5000), (512, 20000)] {
+        let t0 = Instant::now();
+        let node = c.node(l).clone();
+        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let mut tasks = Vec::new();
+        for i in 0..total {
+            let permit = sem.clone().acquire_owned().await.expect("sem");
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = node.propose(format!("bench-{i}-{}", "x".repeat(100)).into_bytes()).await;
+                drop(permit);
+                r.is_ok()
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            ok += usize::from(t.await.expect("task"));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "concurrency {concurrency}: {ok}/{total} committed in {secs:.2}s = {:.0} proposals/s",
+            ok as f64 / secs
+        );
+    }
+    c.shutdown().await;
+}
+
+/// A TCP proxy that can wedge: `wedge()` freezes every open connection for good (bytes are swallowed,
+/// sockets stay open, like a peer behind a partition whose connection state is lost) and parks new ones;
+/// `heal()` lets new connections through. Old connections never recover: only HTTP/2 keepalive notices.
+struct WedgeProxy {
+    addr: String,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    wedged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WedgeProxy {
+    async fn start() -> (WedgeProxy, tokio::sync::oneshot::Sender<String>) {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = l.local_addr().expect("addr").to_string();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let wedged = Arc::new(AtomicBool::new(false));
+        let (target_tx, target_rx) = oneshot::channel::<String>();
+        let (e2, w2) = (epoch.clone(), wedged.clone());
+        tokio::spawn(async move {
+            let target = target_rx.await.expect("target");
+            let mut parked = Vec::new();
+            loop {
+                let Ok((inb, _)) = l.accept().await else { return };
+                if w2.load(Ordering::SeqCst) {
+                    parked.push(inb);
+                    continue;
+                }
+                let Ok(out) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let my = e2.load(Ordering::SeqCst);
+                let (ri, wi) = inb.into_split();
+                let (ro, wo) = out.into_split();
+                tokio::spawn(pipe(ri, wo, e2.clone(), my));
+                tokio::spawn(pipe(ro, wi, e2.clone(), my));
+            }
+        });
+        (WedgeProxy { addr, epoch, wedged }, target_tx)
+    }
+
+    fn wedge(&self) {
+        self.wedged.store(true, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.wedged.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    my: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if epoch.load(Ordering::SeqCst) != my {
+            // Wedged: swallow everything from now on, keep both sockets open.
+            let _keep = w;
+            while let Ok(n) = r.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await;
+            return;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wedged_connections_recover_after_partition_heals() {
+    let (proxy, target) = WedgeProxy::start().await;
+    let mut adv = BTreeMap::new();
+    adv.insert(3, proxy.addr.clone());
+    let c = Cluster::start_with(3, 1000, adv).await;
+    // Node 3 really listens on its own port; everybody dials it through the proxy.
+    assert_eq!(c.peers[&3], proxy.addr);
+    target.send(c.real_addr(3)).expect("proxy target");
+    for i in 0..5 {
+        c.propose(format!("w{i}").as_bytes()).await;
+    }
+    c.wait_converged().await;
+    proxy.wedge();
+    for i in 5..10 {
+        c.propose(format!("w{i}").as_bytes()).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.heal();
+    // The channels into node 3 are wedged; keepalive must tear them down so node 3 catches up.
+    c.propose(b"after-heal").await;
+    c.wait_converged().await;
+    assert_eq!(fsm_contents(&c.members[&3].db).len(), 11);
+    c.shutdown().await;
+}
