@@ -1,0 +1,240 @@
+//! The kernel-log checker: turns kernel log records (from `/dev/kmsg`, a recorded kmsg file, dmesg,
+//! syslog or `journalctl -k` output, or lines the agent feeds it) into findings about disks, DIMMs, NICs
+//! and the machine, using a versioned rule set from TOML files (the default one is embedded).
+//!
+//! Layout: [`parse`] recognises the line formats, [`rules`] compiles and matches rule files, [`object`]
+//! normalises object names, [`window`] implements count-in-window thresholds in log time, [`scan`] ties
+//! them together per line, [`kmsg`] reads /dev/kmsg with EPIPE resync and a persisted cursor, and
+//! [`bench`] builds the benchmark corpus. Rule ids are a stable interface documented in
+//! `checkers/rules/kernel-log/README.md`.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use state_machines::{Finding, Kind};
+
+use crate::{CheckContext, CheckError, Checker};
+
+pub mod bench;
+pub mod kmsg;
+pub mod object;
+pub mod parse;
+pub mod rules;
+pub mod scan;
+pub mod sysfs;
+pub mod window;
+
+pub use kmsg::{
+    Cursor, CursorError, CursorStore, DevKmsg, FileCursorStore, KmsgReader, KmsgSource, KmsgStats,
+};
+pub use parse::{Format, LogTime, Record, parse_line};
+pub use rules::{RuleError, RuleSet};
+pub use scan::{Event, MAX_LINE_LEN, ScanStats, Scanner};
+
+/// Checker name carried by every finding.
+pub const CHECKER_NAME: &str = "kernel-log";
+/// Checker version (the rule-set version is appended as semver build metadata: `0.1.0+rules.2026.11.1`).
+pub const CHECKER_VERSION: &str = "0.1.0";
+/// Lines the agent may queue between runs; beyond this the oldest are dropped and counted (a log storm
+/// must not grow the agent's memory).
+pub const MAX_QUEUED_LINES: usize = 100_000;
+
+/// Where the checker gets its records.
+enum Input {
+    /// Lines pushed by the agent with [`KernelLogChecker::push_line`].
+    Fed(VecDeque<Vec<u8>>),
+    /// `ROOT/dev/kmsg` (the device in production, a recorded raw-kmsg file in tests), opened on the first
+    /// run; the cursor is kept in `store`.
+    Kmsg { store: Box<dyn CursorStore>, reader: Option<KmsgReader<Box<dyn KmsgSource>>> },
+}
+
+/// The kernel-log [`Checker`].
+pub struct KernelLogChecker {
+    rules: Arc<RuleSet>,
+    scanner: Option<Scanner>,
+    input: Input,
+    dropped_lines: u64,
+}
+
+impl KernelLogChecker {
+    /// A checker fed by the agent through [`push_line`](Self::push_line).
+    pub fn fed(rules: Arc<RuleSet>) -> Self {
+        KernelLogChecker { rules, scanner: None, input: Input::Fed(VecDeque::new()), dropped_lines: 0 }
+    }
+
+    /// A checker reading `ROOT/dev/kmsg`, resuming from the cursor in `store`.
+    pub fn kmsg(rules: Arc<RuleSet>, store: Box<dyn CursorStore>) -> Self {
+        KernelLogChecker {
+            rules,
+            scanner: None,
+            input: Input::Kmsg { store, reader: None },
+            dropped_lines: 0,
+        }
+    }
+
+    /// Queue one kernel log line (any supported format) for the next run.
+    pub fn push_line(&mut self, line: &[u8]) {
+        if let Input::Fed(q) = &mut self.input {
+            if q.len() >= MAX_QUEUED_LINES {
+                q.pop_front();
+                self.dropped_lines += 1;
+            }
+            q.push_back(line[..line.len().min(MAX_LINE_LEN)].to_vec());
+        }
+    }
+
+    /// Lines dropped because the queue was full.
+    pub fn dropped_lines(&self) -> u64 {
+        self.dropped_lines
+    }
+
+    /// What the scanner saw so far.
+    pub fn scan_stats(&self) -> ScanStats {
+        self.scanner.as_ref().map(Scanner::stats).unwrap_or_default()
+    }
+
+    /// What the kmsg reader saw so far (zero for fed input).
+    pub fn kmsg_stats(&self) -> KmsgStats {
+        match &self.input {
+            Input::Kmsg { reader: Some(r), .. } => r.stats(),
+            _ => KmsgStats::default(),
+        }
+    }
+
+    fn scanner(&mut self, ctx: &CheckContext) -> Result<&mut Scanner, CheckError> {
+        if self.scanner.is_none() {
+            let year = year_of(ctx.now_ms);
+            let mut s = Scanner::new(Arc::clone(&self.rules), &ctx.host, year)
+                .map_err(|e| CheckError::Config(e.to_string()))?;
+            s.set_boot_ms(boot_ms(&ctx.root));
+            self.scanner = Some(s);
+        }
+        let s = self.scanner.as_mut().ok_or_else(|| CheckError::Config("scanner missing".into()))?;
+        s.set_fallback_ms(ctx.now_ms);
+        Ok(s)
+    }
+}
+
+/// Boot time from `ROOT/proc/stat` (`btime`, seconds since the epoch), in ms.
+fn boot_ms(root: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(root.join("proc/stat")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("btime "))?;
+    line[6..].trim().parse::<u64>().ok()?.checked_mul(1000)
+}
+
+/// The UTC year of an epoch-ms time (for syslog lines, which carry no year).
+pub fn year_of(ms: u64) -> i32 {
+    // civil_from_days (H. Hinnant), year only.
+    let z = (ms / 86_400_000) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let y = yoe + era * 400 + i64::from(mp >= 10);
+    y as i32
+}
+
+impl Checker for KernelLogChecker {
+    fn name(&self) -> &'static str {
+        CHECKER_NAME
+    }
+
+    fn version(&self) -> &'static str {
+        CHECKER_VERSION
+    }
+
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::Machine, Kind::Disk, Kind::Dimm, Kind::Nic]
+    }
+
+    fn default_interval(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
+        let mut events = Vec::new();
+        self.scanner(ctx)?;
+        let Some(scanner) = self.scanner.as_mut() else {
+            return Err(CheckError::Config("scanner missing".into()));
+        };
+        match &mut self.input {
+            Input::Fed(q) => {
+                while let Some(line) = q.pop_front() {
+                    scanner.feed(&line, None, &mut events);
+                }
+            }
+            Input::Kmsg { store, reader } => {
+                if reader.is_none() {
+                    let boot_id = kmsg::read_boot_id(&ctx.root)
+                        .map_err(|e| CheckError::Probe(format!("boot_id: {e}")))?;
+                    let cursor = store.load().map_err(|e| CheckError::Probe(e.to_string()))?;
+                    let path = ctx.root.join("dev/kmsg");
+                    let src = open_kmsg(&path)
+                        .map_err(|e| CheckError::Probe(format!("{}: {e}", path.display())))?;
+                    *reader = Some(KmsgReader::new(src, &boot_id, cursor));
+                }
+                let Some(r) = reader.as_mut() else {
+                    return Err(CheckError::Probe("kmsg reader missing".into()));
+                };
+                r.poll(kmsg::MAX_RECORDS_PER_POLL, |rec| {
+                    // The record's first line is the message; dictionary lines follow after '\n'.
+                    let first = rec.split(|&b| b == b'\n').next().unwrap_or_default();
+                    scanner.feed(first, None, &mut events);
+                })
+                .map_err(|e| CheckError::Probe(format!("kmsg: {e}")))?;
+                if let Some(c) = r.cursor() {
+                    store.save(&c).map_err(|e| CheckError::Probe(e.to_string()))?;
+                }
+            }
+        }
+        Ok(events.into_iter().map(|e| resolve_object(&ctx.root, e.finding)).collect())
+    }
+}
+
+/// Give a disk finding named by ATA port or SCSI address the block device name sysfs maps it to (the
+/// logged name is kept as the `logged_name` reading).
+fn resolve_object(root: &Path, mut f: Finding) -> Finding {
+    if f.object.kind() != Kind::Disk {
+        return f;
+    }
+    let Some(name) = f.object.name().map(str::to_string) else {
+        return f;
+    };
+    if let Some(block) = sysfs::resolve_disk(root, &name)
+        && let Ok(id) = state_machines::ObjectId::new(Kind::Disk, f.object.host(), Some(&block))
+    {
+        f.object = id;
+        f.readings.insert("logged_name".into(), name);
+    }
+    f
+}
+
+/// The character device is read record by record; a regular file (a recording) line by line.
+fn open_kmsg(path: &Path) -> std::io::Result<Box<dyn KmsgSource>> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::metadata(path)?.file_type().is_char_device() {
+        Ok(Box::new(DevKmsg::open(path)?))
+    } else {
+        Ok(Box::new(kmsg::LineFileSource::open(path)?))
+    }
+}
+
+#[cfg(test)]
+mod fixture_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn year_of_epoch_ms() {
+        assert_eq!(year_of(0), 1970);
+        assert_eq!(year_of(1_736_101_735_000), 2025);
+        assert_eq!(year_of(1_795_313_126_000), 2026);
+        assert_eq!(year_of(1_767_225_599_000), 2025); // 2025-12-31T23:59:59Z
+        assert_eq!(year_of(1_767_225_600_000), 2026);
+    }
+}

@@ -1,0 +1,548 @@
+//! Kernel-log rule files: TOML in, a compiled, validated [`RuleSet`] out.
+//!
+//! A rule names required keywords (an Aho-Corasick prefilter over every rule's keywords runs first, so a
+//! line that contains none of them costs one automaton scan and nothing else), a byte-oriented regex with
+//! Unicode off (`regex::bytes`, `(?-u)` semantics: Unicode-mode sets were measured >1000x slower), the kind
+//! of object it judges and how to build the object's name from named capture groups, a severity, and an
+//! optional count-in-window threshold. Rules carry example lines that are checked when the set is
+//! compiled, so a keyword that does not occur in what the pattern matches is a load error, not a silent
+//! miss. The format is documented in `checkers/rules/kernel-log/README.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use serde::Deserialize;
+use state_machines::{Kind, Severity};
+
+use super::object::{Normalize, normalize};
+
+/// The default rule set shipped in the binary.
+pub const DEFAULT_RULES: &str = include_str!("../../rules/kernel-log/default.toml");
+/// Name of the embedded default rule file (used in error messages and versions).
+pub const DEFAULT_RULES_NAME: &str = "default.toml";
+
+/// Most rules in one set: the RegexSet and the candidate bitmaps grow with it; 4096 is 20x the largest
+/// set we benchmark.
+pub const MAX_RULES: usize = 4096;
+/// Longest pattern accepted: rules are one-line matchers, not programs.
+pub const MAX_PATTERN_LEN: usize = 2048;
+/// Most keywords per rule (the prefilter automaton stays small).
+pub const MAX_KEYWORDS: usize = 16;
+/// Largest count of a threshold: the window keeps up to this many times per (rule, object).
+pub const MAX_THRESHOLD_COUNT: u32 = 1000;
+/// Longest threshold window: 7 days (longer windows outlive the kernel ring buffer anyway).
+pub const MAX_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Compiled-size limit per regex and for the set (bytes): large enough for realistic rules, small enough
+/// that a hostile rule file cannot eat the agent's memory.
+pub const REGEX_SIZE_LIMIT: usize = 8 << 20;
+/// Largest rule file read from disk.
+pub const MAX_RULE_FILE_LEN: u64 = 4 << 20;
+
+/// Why a rule file was rejected. Every variant names the file and, where known, the rule.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("{file}: cannot read: {err}")]
+    Io { file: String, err: std::io::Error },
+    #[error("{file}: invalid rule file: {err}")]
+    Toml { file: String, err: String },
+    #[error("{file}: rule {id:?}: {msg}")]
+    Invalid { file: String, id: String, msg: String },
+    #[error("{file}: rule {id:?}: bad regex: {err}")]
+    BadRegex { file: String, id: String, err: String },
+    #[error("{file}: duplicate rule id {id:?} (first defined in {first})")]
+    Duplicate { file: String, id: String, first: String },
+    #[error("{file}: {msg}")]
+    File { file: String, msg: String },
+    #[error("rule set: {0}")]
+    Set(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    version: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(rename = "rule", default)]
+    rules: Vec<RuleToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleToml {
+    id: String,
+    #[serde(default)]
+    description: String,
+    keywords: Vec<String>,
+    pattern: String,
+    kind: String,
+    #[serde(default)]
+    object: Option<String>,
+    #[serde(default)]
+    normalize: Option<Normalize>,
+    #[serde(default)]
+    fallback: Option<String>,
+    severity: String,
+    #[serde(default)]
+    machine_severity: Option<String>,
+    #[serde(default)]
+    threshold: Option<ThresholdToml>,
+    #[serde(default)]
+    examples: Vec<String>,
+    #[serde(default)]
+    counter_examples: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThresholdToml {
+    count: u32,
+    window: String,
+}
+
+/// "Fire when `count` matches for one object fall within `window_ms` of log time."
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold {
+    pub count: u32,
+    pub window_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Lit(String),
+    Group(String),
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    /// Kind of the object this rule judges.
+    pub kind: Kind,
+    /// Kind used when the object template's groups did not participate (only `machine` is allowed).
+    pub fallback: Option<Kind>,
+    pub severity: Severity,
+    /// If set, every hit also yields a finding on the machine with this severity.
+    pub machine_severity: Option<Severity>,
+    pub threshold: Option<Threshold>,
+    pub normalize: Normalize,
+    pub keywords: Vec<String>,
+    pub pattern: String,
+    template: Vec<Part>,
+    regex: Regex,
+}
+
+/// What one rule says about one line: the object kind and (for named kinds) its normalised name, plus
+/// the named groups that matched, as readings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub rule: usize,
+    pub kind: Kind,
+    pub name: Option<String>,
+    pub readings: BTreeMap<String, String>,
+}
+
+/// A compiled, validated rule set.
+#[derive(Debug)]
+pub struct RuleSet {
+    version: String,
+    rules: Vec<Rule>,
+    prefilter: AhoCorasick,
+    /// Keyword index -> rule index.
+    keyword_rule: Vec<u32>,
+    set: RegexSet,
+}
+
+/// Parse `10m`, `90s`, `24h`, `2d`, `500ms` into milliseconds.
+pub fn parse_window(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn parse_kind(file: &str, id: &str, s: &str) -> Result<Kind, RuleError> {
+    let k: Kind = s.parse().map_err(|_| RuleError::Invalid {
+        file: file.into(),
+        id: id.into(),
+        msg: format!("unknown object kind {s:?} (expected machine, disk, dimm or nic)"),
+    })?;
+    if k == Kind::Checker {
+        return Err(RuleError::Invalid {
+            file: file.into(),
+            id: id.into(),
+            msg: "kind \"checker\" is reserved for findings about checkers".into(),
+        });
+    }
+    Ok(k)
+}
+
+fn parse_template(s: &str) -> Option<Vec<Part>> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(Part::Lit(rest[..open].to_string()));
+        }
+        let close = rest[open..].find('}')? + open;
+        let name = &rest[open + 1..close];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return None;
+        }
+        parts.push(Part::Group(name.to_string()));
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return None;
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Lit(rest.to_string()));
+    }
+    parts.iter().any(|p| matches!(p, Part::Group(_))).then_some(parts)
+}
+
+fn is_version(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
+impl Rule {
+    fn compile(file: &str, t: RuleToml) -> Result<Rule, RuleError> {
+        let id = t.id.clone();
+        let bad = |msg: String| RuleError::Invalid { file: file.into(), id: id.clone(), msg };
+        let id_ok = !t.id.is_empty()
+            && t.id.len() <= 64
+            && t.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !id_ok {
+            return Err(bad("id must be 1-64 characters of a-z 0-9 . -".into()));
+        }
+        if t.pattern.is_empty() || t.pattern.len() > MAX_PATTERN_LEN {
+            return Err(bad(format!("pattern must be 1-{MAX_PATTERN_LEN} bytes")));
+        }
+        if t.keywords.is_empty() || t.keywords.len() > MAX_KEYWORDS {
+            return Err(bad(format!("keywords: give 1-{MAX_KEYWORDS} literal strings")));
+        }
+        if let Some(k) = t.keywords.iter().find(|k| k.len() < 3 || k.len() > 256) {
+            return Err(bad(format!(
+                "keyword {k:?} must be 3-256 bytes (short keywords defeat the prefilter)"
+            )));
+        }
+        let kind = parse_kind(file, &t.id, &t.kind)?;
+        let severity: Severity = t.severity.parse().map_err(|e| bad(format!("severity: {e}")))?;
+        let machine_severity = match &t.machine_severity {
+            Some(s) => Some(s.parse::<Severity>().map_err(|e| bad(format!("machine_severity: {e}")))?),
+            None => None,
+        };
+        let fallback = match &t.fallback {
+            Some(s) => match parse_kind(file, &t.id, s)? {
+                Kind::Machine => Some(Kind::Machine),
+                other => return Err(bad(format!("fallback must be \"machine\", not {other:?}"))),
+            },
+            None => None,
+        };
+        let threshold = match &t.threshold {
+            Some(th) => {
+                let window_ms = parse_window(&th.window)
+                    .filter(|w| (1..=MAX_WINDOW_MS).contains(w))
+                    .ok_or_else(|| {
+                        bad(format!("threshold window {:?}: use e.g. 90s, 10m, 24h (at most 7d)", th.window))
+                    })?;
+                if !(1..=MAX_THRESHOLD_COUNT).contains(&th.count) {
+                    return Err(bad(format!("threshold count must be 1-{MAX_THRESHOLD_COUNT}")));
+                }
+                Some(Threshold { count: th.count, window_ms })
+            }
+            None => None,
+        };
+        let regex =
+            RegexBuilder::new(&t.pattern).unicode(false).size_limit(REGEX_SIZE_LIMIT).build().map_err(
+                |e| RuleError::BadRegex { file: file.into(), id: t.id.clone(), err: e.to_string() },
+            )?;
+        let template = match (kind, &t.object) {
+            (Kind::Machine, None) => Vec::new(),
+            (Kind::Machine, Some(_)) => return Err(bad("kind machine takes no object template".into())),
+            (_, None) => {
+                return Err(bad(format!("kind {kind} needs an object template such as \"{{dev}}\"")));
+            }
+            (_, Some(o)) => {
+                let parts = parse_template(o).ok_or_else(|| {
+                    bad(format!("object {o:?}: expected text with {{group}} placeholders, e.g. \"{{dev}}\""))
+                })?;
+                let names: Vec<&str> = regex.capture_names().flatten().collect();
+                for p in &parts {
+                    if let Part::Group(g) = p
+                        && !names.contains(&g.as_str())
+                    {
+                        return Err(bad(format!(
+                            "object uses {{{g}}} but the pattern has no group (?P<{g}>...)"
+                        )));
+                    }
+                }
+                parts
+            }
+        };
+        let normalize = t.normalize.unwrap_or(match kind {
+            Kind::Disk => Normalize::Block,
+            Kind::Nic => Normalize::Nic,
+            Kind::Dimm => Normalize::Dimm,
+            _ => Normalize::None,
+        });
+        Ok(Rule {
+            id: t.id,
+            description: t.description,
+            kind,
+            fallback,
+            severity,
+            machine_severity,
+            threshold,
+            normalize,
+            keywords: t.keywords,
+            pattern: t.pattern,
+            template,
+            regex,
+        })
+    }
+
+    /// Build the hit for a line this rule matched: the object, or `None` when the object's groups did not
+    /// match and there is no fallback (or the name normalises to nothing, e.g. a loop device).
+    fn hit(&self, index: usize, msg: &[u8]) -> Option<Hit> {
+        let caps = self.regex.captures(msg)?;
+        let mut readings = BTreeMap::new();
+        for name in self.regex.capture_names().flatten() {
+            if let Some(m) = caps.name(name) {
+                readings.insert(name.to_string(), String::from_utf8_lossy(m.as_bytes()).into_owned());
+            }
+        }
+        if self.kind == Kind::Machine {
+            return Some(Hit { rule: index, kind: Kind::Machine, name: None, readings });
+        }
+        // A template with literal text needs every group; a template made only of placeholders lists
+        // alternatives (`{dev}{sdev}`) and takes whichever matched.
+        let only_groups = self.template.iter().all(|p| matches!(p, Part::Group(_)));
+        let mut name = String::new();
+        let (mut matched, mut missing) = (0, 0);
+        for p in &self.template {
+            match p {
+                Part::Lit(s) => name.push_str(s),
+                Part::Group(g) => match caps.name(g) {
+                    Some(m) if !m.as_bytes().is_empty() => {
+                        matched += 1;
+                        name.push_str(&String::from_utf8_lossy(m.as_bytes()))
+                    }
+                    _ => missing += 1,
+                },
+            }
+        }
+        let complete = if only_groups { matched > 0 } else { missing == 0 };
+        match (complete, normalize(self.normalize, &name)) {
+            (true, Some(n)) => Some(Hit { rule: index, kind: self.kind, name: Some(n), readings }),
+            (false, _) if self.fallback == Some(Kind::Machine) => {
+                Some(Hit { rule: index, kind: Kind::Machine, name: None, readings })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl RuleSet {
+    /// The default rule set embedded in the binary.
+    pub fn default_rules() -> Result<RuleSet, RuleError> {
+        RuleSet::from_sources(&[(DEFAULT_RULES_NAME.to_string(), DEFAULT_RULES.to_string())])
+    }
+
+    /// Every `*.toml` in `dir`, in file-name order.
+    pub fn from_dir(dir: &Path) -> Result<RuleSet, RuleError> {
+        let shown = dir.display().to_string();
+        let entries = std::fs::read_dir(dir).map_err(|err| RuleError::Io { file: shown.clone(), err })?;
+        let mut paths = Vec::new();
+        for e in entries {
+            let p = e.map_err(|err| RuleError::Io { file: shown.clone(), err })?.path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                paths.push(p);
+            }
+        }
+        paths.sort();
+        if paths.is_empty() {
+            return Err(RuleError::File { file: shown, msg: "no *.toml rule files here".into() });
+        }
+        let mut sources = Vec::new();
+        for p in paths {
+            let file = p.display().to_string();
+            let len = std::fs::metadata(&p).map_err(|err| RuleError::Io { file: file.clone(), err })?.len();
+            if len > MAX_RULE_FILE_LEN {
+                return Err(RuleError::File { file, msg: format!("larger than {MAX_RULE_FILE_LEN} bytes") });
+            }
+            let text = std::fs::read_to_string(&p).map_err(|err| RuleError::Io { file, err })?;
+            sources.push((p.display().to_string(), text));
+        }
+        RuleSet::from_sources(&sources)
+    }
+
+    /// Compile rule files given as (name, TOML text). The set's version is the files' versions joined by
+    /// `+` in the order given.
+    pub fn from_sources(sources: &[(String, String)]) -> Result<RuleSet, RuleError> {
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut examples: Vec<(usize, String, bool)> = Vec::new();
+        let mut first_file: BTreeMap<String, String> = BTreeMap::new();
+        let mut versions = Vec::new();
+        for (file, text) in sources {
+            let parsed: FileToml = toml::from_str(text)
+                .map_err(|e| RuleError::Toml { file: file.clone(), err: e.to_string() })?;
+            let _ = parsed.description;
+            if !is_version(&parsed.version) {
+                return Err(RuleError::File {
+                    file: file.clone(),
+                    msg: format!("version {:?}: use 1-64 characters of A-Z a-z 0-9 . -", parsed.version),
+                });
+            }
+            versions.push(parsed.version);
+            for t in parsed.rules {
+                if let Some(first) = first_file.get(&t.id) {
+                    return Err(RuleError::Duplicate { file: file.clone(), id: t.id, first: first.clone() });
+                }
+                first_file.insert(t.id.clone(), file.clone());
+                let ex: Vec<(String, bool)> = t
+                    .examples
+                    .iter()
+                    .map(|e| (e.clone(), true))
+                    .chain(t.counter_examples.iter().map(|e| (e.clone(), false)))
+                    .collect();
+                let rule = Rule::compile(file, t)?;
+                for (e, pos) in ex {
+                    examples.push((rules.len(), e, pos));
+                }
+                rules.push(rule);
+                if rules.len() > MAX_RULES {
+                    return Err(RuleError::Set(format!("more than {MAX_RULES} rules")));
+                }
+            }
+        }
+        if rules.is_empty() {
+            return Err(RuleError::Set("no rules".into()));
+        }
+        let mut keywords = Vec::new();
+        let mut keyword_rule = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            for k in &r.keywords {
+                keywords.push(k.as_bytes());
+                keyword_rule.push(i as u32);
+            }
+        }
+        let prefilter = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(&keywords)
+            .or_else(|_| AhoCorasick::builder().match_kind(MatchKind::Standard).build(&keywords))
+            .map_err(|e| RuleError::Set(format!("keyword automaton: {e}")))?;
+        let set = RegexSetBuilder::new(rules.iter().map(|r| r.pattern.as_str()))
+            .unicode(false)
+            .size_limit(REGEX_SIZE_LIMIT * 4)
+            .build()
+            .map_err(|e| RuleError::Set(format!("regex set: {e}")))?;
+        let set = RuleSet { version: versions.join("+"), rules, prefilter, keyword_rule, set };
+        set.check_examples(&examples, &first_file)?;
+        Ok(set)
+    }
+
+    /// Every example must fire its rule (with an object), every counter-example must not.
+    fn check_examples(
+        &self,
+        examples: &[(usize, String, bool)],
+        files: &BTreeMap<String, String>,
+    ) -> Result<(), RuleError> {
+        let mut scratch = self.scratch();
+        for (i, text, positive) in examples {
+            let rule = &self.rules[*i];
+            let mut fired = false;
+            self.scan(&mut scratch, text.as_bytes(), |hit| fired |= hit.rule == *i);
+            if fired != *positive {
+                let file = files.get(&rule.id).cloned().unwrap_or_default();
+                let msg = if *positive {
+                    format!("example {text:?} does not fire (check keywords, pattern and object groups)")
+                } else {
+                    format!("counter-example {text:?} fires")
+                };
+                return Err(RuleError::Invalid { file, id: rule.id.clone(), msg });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// Matching scratch for one [`RuleSet`] (one per thread or scanner), sized once so that matching a line
+/// allocates nothing; a line that contains no keyword touches only the prefilter.
+#[derive(Debug, Clone)]
+pub struct Scratch {
+    candidate: Vec<bool>,
+    set_hits: Vec<bool>,
+}
+
+impl RuleSet {
+    /// Scratch buffers sized for this set.
+    pub fn scratch(&self) -> Scratch {
+        Scratch { candidate: vec![false; self.rules.len()], set_hits: vec![false; self.rules.len()] }
+    }
+
+    /// Mark the candidate rules of `msg` and run the regex set; false if no keyword occurs.
+    fn candidates(&self, s: &mut Scratch, msg: &[u8]) -> bool {
+        if s.candidate.len() != self.rules.len() {
+            *s = self.scratch();
+        }
+        if !self.prefilter.is_match(msg) {
+            return false;
+        }
+        s.candidate.iter_mut().for_each(|c| *c = false);
+        for m in self.prefilter.find_overlapping_iter(msg) {
+            s.candidate[self.keyword_rule[m.pattern().as_usize()] as usize] = true;
+        }
+        s.set_hits.iter_mut().for_each(|c| *c = false);
+        self.set.matches_read_at(&mut s.set_hits, msg, 0)
+    }
+
+    /// Whether any rule matches `msg` (no object extraction; used by the benchmark).
+    pub fn is_match(&self, s: &mut Scratch, msg: &[u8]) -> bool {
+        self.candidates(s, msg) && s.set_hits.iter().zip(&s.candidate).any(|(a, b)| *a && *b)
+    }
+
+    /// Call `f` with every hit of every rule on `msg` (in rule order).
+    pub fn scan(&self, s: &mut Scratch, msg: &[u8], mut f: impl FnMut(Hit)) {
+        if !self.candidates(s, msg) {
+            return;
+        }
+        for i in 0..self.rules.len() {
+            if s.candidate[i]
+                && s.set_hits[i]
+                && let Some(hit) = self.rules[i].hit(i, msg)
+            {
+                f(hit);
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Mapping the names kernel log lines give disks (`ata3`, SCSI address `2:0:0:0`) to the block device the
+//! disk checkers track (`sdb`), through sysfs below the check root. Used by the checker, which has a root;
+//! the file-scanning CLI keeps the names as logged.
+//!
+//! Paths (as on a live system; entries are symlinks that `read_dir` follows):
+//! - `sys/class/scsi_device/H:C:T:L/device/block/<name>`
+//! - `sys/class/ata_port/ataN/device/hostM/targetM:C:T/M:C:T:L/block/<name>`
+
+use std::path::Path;
+
+/// Most directory entries looked at per level (sysfs directories here hold a handful; this bounds a hostile
+/// or broken tree).
+const MAX_ENTRIES: usize = 256;
+
+fn entries(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = rd
+        .take(MAX_ENTRIES)
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn is_scsi_addr(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn block_of_scsi_dir(dev: &Path) -> Option<String> {
+    entries(&dev.join("block")).into_iter().next()
+}
+
+/// The block device behind a disk name from the log, if sysfs under `root` knows it.
+pub fn resolve_disk(root: &Path, name: &str) -> Option<String> {
+    if is_scsi_addr(name) {
+        return block_of_scsi_dir(&root.join("sys/class/scsi_device").join(name).join("device"));
+    }
+    let port = name.strip_prefix("ata").filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?;
+    let dev = root.join("sys/class/ata_port").join(format!("ata{port}")).join("device");
+    for host in entries(&dev).into_iter().filter(|e| e.starts_with("host")) {
+        let host_dir = dev.join(&host);
+        for target in entries(&host_dir).into_iter().filter(|e| e.starts_with("target")) {
+            let target_dir = host_dir.join(&target);
+            for lun in entries(&target_dir).into_iter().filter(|e| is_scsi_addr(e)) {
+                if let Some(b) = block_of_scsi_dir(&target_dir.join(lun)) {
+                    return Some(b);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scsi_address_and_ata_port_resolve_to_block_devices() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("sys/class/scsi_device/2:0:0:0/device/block/sdb")).unwrap();
+        std::fs::create_dir_all(r.join("sys/class/ata_port/ata3/device/host2/target2:0:0/2:0:0:0/block/sdb"))
+            .unwrap();
+        std::fs::create_dir_all(r.join("sys/class/ata_port/ata4/device/host3/scsi_host")).unwrap();
+        assert_eq!(resolve_disk(r, "2:0:0:0").as_deref(), Some("sdb"));
+        assert_eq!(resolve_disk(r, "ata3").as_deref(), Some("sdb"));
+        assert_eq!(resolve_disk(r, "ata4"), None, "empty port");
+        assert_eq!(resolve_disk(r, "ata9"), None);
+        assert_eq!(resolve_disk(r, "1:0:0:0"), None);
+        assert_eq!(resolve_disk(r, "sda"), None);
+        assert_eq!(resolve_disk(r, "ata"), None);
+        assert_eq!(resolve_disk(r, "1:0:0"), None);
+    }
+}
