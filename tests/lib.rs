@@ -1,1 +1,42 @@
 //! Helpers shared by the cross-crate tests in this folder.
+
+use std::path::PathBuf;
+
+/// The `huatuo` binary the multi-process tests run: `$HUATUO_BIN` if set, else `huatuo` in the target
+/// directory this test executable was built into (`target/<profile>/deps/<test>` -> `target/<profile>/huatuo`).
+/// Cargo does not build another package's binary for a test, so CI runs `cargo build -p huatuo` before
+/// `cargo test` (see .ci/run); a missing binary fails the test with that instruction.
+pub fn huatuo_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUATUO_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir =
+        exe.parent().and_then(|deps| deps.parent()).expect("test exe lives in target/<profile>/deps");
+    let bin = profile_dir.join("huatuo");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build the binary first (`cargo build -p huatuo` with the same CARGO_TARGET_DIR and \
+         profile), or set HUATUO_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Poll `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(timeout: std::time::Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

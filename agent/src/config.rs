@@ -91,7 +91,11 @@ pub struct ReportConfig {
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        ReportConfig { batch_max: default_batch(), heartbeat_s: default_heartbeat(), backoff_max_s: default_backoff() }
+        ReportConfig {
+            batch_max: default_batch(),
+            heartbeat_s: default_heartbeat(),
+            backoff_max_s: default_backoff(),
+        }
     }
 }
 
@@ -146,8 +150,8 @@ impl AgentConfig {
             return Err(ConfigError::TooLarge { path: path.into() });
         }
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Io { path: path.into(), err })?;
-        let cfg: AgentConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), err: e.to_string() })?;
+        let cfg: AgentConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), err: e.to_string() })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -156,7 +160,10 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.version != CONFIG_VERSION {
-            return bad(format!("version {} is not supported (this build reads version {CONFIG_VERSION})", self.version));
+            return bad(format!(
+                "version {} is not supported (this build reads version {CONFIG_VERSION})",
+                self.version
+            ));
         }
         if let Some(h) = &self.host {
             state_machines::id::validate_host(h).map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -192,7 +199,10 @@ impl AgentConfig {
             if let Some(t) = c.timeout_s
                 && (t == 0 || Duration::from_secs(t) > MAX_CHECKER_TIMEOUT)
             {
-                return bad(format!("checkers.{name}.timeout_s must be within 1..={}", MAX_CHECKER_TIMEOUT.as_secs()));
+                return bad(format!(
+                    "checkers.{name}.timeout_s must be within 1..={}",
+                    MAX_CHECKER_TIMEOUT.as_secs()
+                ));
             }
         }
         Ok(())
@@ -227,8 +237,14 @@ mod tests {
             ("version = 1\ndata_dir = \"/x\"\nmasters = [\"nohost\"]", "HOST:PORT"),
             ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nbogus = 1", "unknown field"),
             ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nprofile = \"fast\"", "profile"),
-            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[checkers.disk]\ntimeout_s = 0", "timeout_s"),
-            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[checkers.smrat]\nenabled = false", "unknown checker"),
+            (
+                "version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[checkers.disk]\ntimeout_s = 0",
+                "timeout_s",
+            ),
+            (
+                "version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[checkers.smrat]\nenabled = false",
+                "unknown checker",
+            ),
             ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nhost = \"bad host\"", "invalid host"),
         ];
         for (text, want) in cases {

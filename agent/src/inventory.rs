@@ -125,7 +125,12 @@ pub fn dimms(root: &Path, host: &str) -> Vec<Item> {
             let Ok(id) = ObjectId::new(Kind::Dimm, host, Some(&format!("{mc}-{entry}"))) else { continue };
             let mut a = BTreeMap::new();
             let dir = mc_dir.join(&entry);
-            for (key, file) in [("label", "dimm_label"), ("size_mb", "size"), ("size_mb", "size_mb"), ("type", "dimm_mem_type")] {
+            for (key, file) in [
+                ("label", "dimm_label"),
+                ("size_mb", "size"),
+                ("size_mb", "size_mb"),
+                ("type", "dimm_mem_type"),
+            ] {
                 if !a.contains_key(key)
                     && let Some(v) = attr(&dir.join(file))
                 {

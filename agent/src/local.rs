@@ -52,7 +52,11 @@ impl Metrics {
             sent_findings: Counter::default(),
             kmsg_lost: Gauge::default(),
         };
-        reg.register("huatuo_agent_findings", "Findings produced, by checker and severity", m.findings.clone());
+        reg.register(
+            "huatuo_agent_findings",
+            "Findings produced, by checker and severity",
+            m.findings.clone(),
+        );
         reg.register("huatuo_agent_checker_runs", "Checker runs, by checker", m.checker_runs.clone());
         reg.register(
             "huatuo_agent_checker_failures",
@@ -60,7 +64,11 @@ impl Metrics {
             m.checker_failures.clone(),
         );
         reg.register("huatuo_agent_checker_run_seconds", "Checker run time", m.checker_seconds.clone());
-        reg.register("huatuo_agent_outbox_entries", "Findings waiting in the outbox", m.outbox_entries.clone());
+        reg.register(
+            "huatuo_agent_outbox_entries",
+            "Findings waiting in the outbox",
+            m.outbox_entries.clone(),
+        );
         reg.register("huatuo_agent_outbox_bytes", "Bytes waiting in the outbox", m.outbox_bytes.clone());
         reg.register(
             "huatuo_agent_outbox_dropped",
@@ -68,8 +76,16 @@ impl Metrics {
             m.outbox_dropped.clone(),
         );
         reg.register("huatuo_agent_send_errors", "Failed sends to the master", m.send_errors.clone());
-        reg.register("huatuo_agent_sent_findings", "Findings acknowledged by the master", m.sent_findings.clone());
-        reg.register("huatuo_agent_kmsg_lost_records", "Kernel log records overwritten before read", m.kmsg_lost.clone());
+        reg.register(
+            "huatuo_agent_sent_findings",
+            "Findings acknowledged by the master",
+            m.sent_findings.clone(),
+        );
+        reg.register(
+            "huatuo_agent_kmsg_lost_records",
+            "Kernel log records overwritten before read",
+            m.kmsg_lost.clone(),
+        );
         m
     }
 }
@@ -95,7 +111,10 @@ impl Shared {
         for f in findings {
             self.metrics
                 .findings
-                .get_or_create(&vec![("checker".into(), f.checker.clone()), ("severity".into(), f.severity.to_string())])
+                .get_or_create(&vec![
+                    ("checker".into(), f.checker.clone()),
+                    ("severity".into(), f.severity.to_string()),
+                ])
                 .inc();
         }
         if let Ok(mut recent) = self.recent.lock() {

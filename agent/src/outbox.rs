@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest single entry: a finding is bounded to a few KiB; anything this big is a bug upstream.
 pub const MAX_ENTRY_BYTES: usize = 256 * 1024;
 
+/// redb page cache for the outbox.
+pub const OUTBOX_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// seq -> (severity class, payload).
 const OUTBOX: TableDefinition<u64, (u8, &[u8])> = TableDefinition::new("outbox");
 /// (severity class, seq) -> (): eviction order.
@@ -111,7 +114,9 @@ const DROPPED_KEYS: [&str; 3] = ["dropped.0", "dropped.1", "dropped.2"];
 
 impl RedbOutbox {
     pub fn open(path: &Path, limits: Limits) -> Result<Self, OutboxError> {
-        let db = Database::create(path).map_err(st)?;
+        // A small page cache: the outbox is written once and read once per entry, and the agent's memory
+        // budget on every host is tight (tens of MiB).
+        let db = Database::builder().set_cache_size(OUTBOX_CACHE_BYTES).create(path).map_err(st)?;
         let txn = db.begin_write().map_err(st)?;
         {
             // Create the tables so readers never see them missing.

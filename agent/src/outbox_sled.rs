@@ -70,7 +70,8 @@ impl OutboxStore for SledOutbox {
         let mut size = 0;
         for row in self.outbox.iter() {
             let (k, v) = row.map_err(st)?;
-            let seq = u64::from_be_bytes(<[u8; 8]>::try_from(k.as_ref()).map_err(|_| OutboxError::Corrupt(0))?);
+            let seq =
+                u64::from_be_bytes(<[u8; 8]>::try_from(k.as_ref()).map_err(|_| OutboxError::Corrupt(0))?);
             let (class, payload) = v.split_first().ok_or(OutboxError::Corrupt(seq))?;
             if !out.is_empty() && (out.len() >= max_count || size + payload.len() > max_bytes) {
                 break;

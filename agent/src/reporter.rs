@@ -22,6 +22,9 @@ use crate::outbox::OutboxStore;
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// First backoff after a failed send; doubles up to the configured cap.
 pub const BACKOFF_START: Duration = Duration::from_millis(200);
+/// On shutdown, how long the reporter keeps trying to deliver what is queued (the rest stays in the
+/// outbox for the next start).
+pub const FINAL_FLUSH: Duration = Duration::from_secs(3);
 /// KV key of the pinned in-flight batch.
 const INFLIGHT_KEY: &str = "report.inflight";
 
@@ -119,12 +122,24 @@ async fn register(cfg: &ReporterConfig, client: &mut Client, items: &[Item]) -> 
         })
         .collect();
     let req = api::RegisterRequest { agent: cfg.agent_id.clone(), host: cfg.host.clone(), objects };
-    client.call(req, |mut c, r| async move { c.register(r).await }).await.map(|_| ()).map_err(|e| e.to_string())
+    client
+        .call(req, |mut c, r| async move { c.register(r).await })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn heartbeat(cfg: &ReporterConfig, client: &mut Client) -> Result<(), String> {
-    let req = api::HeartbeatRequest { agent: cfg.agent_id.clone(), host: cfg.host.clone(), version: cfg.version.clone() };
-    client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map(|_| ()).map_err(|e| e.to_string())
+    let req = api::HeartbeatRequest {
+        agent: cfg.agent_id.clone(),
+        host: cfg.host.clone(),
+        version: cfg.version.clone(),
+    };
+    client
+        .call(req, |mut c, r| async move { c.heartbeat(r).await })
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Runs until shutdown. `wake` is notified when new findings enter the outbox.
@@ -145,6 +160,10 @@ pub async fn run(
     let mut next_heartbeat = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
+            // Best effort, bounded: deliver what is queued; whatever is left stays durable in the outbox.
+            let flush =
+                async { while let Ok(Sent::Batch) = send_one(&cfg, &mut client, &outbox, &shared).await {} };
+            let _ = tokio::time::timeout(FINAL_FLUSH, flush).await;
             return;
         }
         let mut failed = None;
@@ -172,7 +191,11 @@ pub async fn run(
             shared.metrics.outbox_entries.set(d.entries as i64);
             shared.metrics.outbox_bytes.set(d.bytes as i64);
             for (class, n) in d.dropped.iter().enumerate() {
-                shared.metrics.outbox_dropped.get_or_create(&vec![("class".into(), class.to_string())]).set(*n as i64);
+                shared
+                    .metrics
+                    .outbox_dropped
+                    .get_or_create(&vec![("class".into(), class.to_string())])
+                    .set(*n as i64);
             }
         }
         if let Some(e) = failed {
@@ -184,7 +207,7 @@ pub async fn run(
             let jitter = backoff.mul_f64((rng % 1000) as f64 / 2000.0);
             tokio::select! {
                 _ = tokio::time::sleep(backoff + jitter) => {}
-                _ = shutdown.changed() => return,
+                r = shutdown.changed() => if r.is_err() { return },
             }
             backoff = (backoff * 2).min(cfg.backoff_max);
             continue;
@@ -194,7 +217,7 @@ pub async fn run(
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep_until(next_heartbeat) => {}
-                _ = shutdown.changed() => return,
+                r = shutdown.changed() => if r.is_err() { return },
             }
         }
     }

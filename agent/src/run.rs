@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use checkers::kernel_log::{Cursor, CursorError, CursorStore, KernelLogChecker, RuleSet};
 use checkers::edac::EdacChecker;
+use checkers::kernel_log::{Cursor, CursorError, CursorStore, KernelLogChecker, RuleSet};
 use checkers::machine::MachineChecker;
 use checkers::nic::NicChecker;
 use checkers::registry::HostConfig;
@@ -214,7 +214,12 @@ impl Dedupe {
     fn keep(&mut self, f: &Finding, now: u64) -> bool {
         let key = (f.object.to_string(), f.checker.clone(), f.rule.clone());
         let send = match self.last.get(&key) {
-            Some((sev, at)) => *sev != f.severity || f.severity.is_fault() || now.saturating_sub(*at) >= HEALTHY_REFRESH_MS,
+            Some((sev, at)) => {
+                // Faults about hardware go out every run (hysteresis counts readings); a checker that keeps
+                // failing is reported on change and refresh only, like a healthy reading.
+                let counts = f.severity.is_fault() && f.object.kind() != state_machines::Kind::Checker;
+                *sev != f.severity || counts || now.saturating_sub(*at) >= HEALTHY_REFRESH_MS
+            }
             None => true,
         };
         if send {
@@ -247,7 +252,10 @@ async fn sink(
             RunStatus::Flooded { .. } => Some("flooding"),
         };
         if let Some(r) = reason {
-            let l = vec![("checker".to_string(), report.checker.to_string()), ("reason".to_string(), r.to_string())];
+            let l = vec![
+                ("checker".to_string(), report.checker.to_string()),
+                ("reason".to_string(), r.to_string()),
+            ];
             shared.metrics.checker_failures.get_or_create(&l).inc();
         }
         let now = now_ms();
@@ -258,10 +266,8 @@ async fn sink(
             }
         }
         let findings: Vec<Finding> = report.findings.into_iter().filter(|f| dedupe.keep(f, now)).collect();
-        let items: Vec<(Severity, Vec<u8>)> = findings
-            .iter()
-            .filter_map(|f| serde_json::to_vec(f).ok().map(|b| (f.severity, b)))
-            .collect();
+        let items: Vec<(Severity, Vec<u8>)> =
+            findings.iter().filter_map(|f| serde_json::to_vec(f).ok().map(|b| (f.severity, b))).collect();
         let ob = Arc::clone(&outbox);
         let pending = if is_kmsg { cursor.lock().ok().and_then(|mut c| c.take()) } else { None };
         let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -269,7 +275,8 @@ async fn sink(
                 ob.enqueue(&items).map_err(|e| e.to_string())?;
             }
             if let Some(c) = pending {
-                ob.kv_put(KMSG_CURSOR_KEY, format!("{} {}", c.boot_id, c.seq).as_bytes()).map_err(|e| e.to_string())?;
+                ob.kv_put(KMSG_CURSOR_KEY, format!("{} {}", c.boot_id, c.seq).as_bytes())
+                    .map_err(|e| e.to_string())?;
             }
             Ok(())
         })
@@ -311,14 +318,20 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyho
     let mut tasks = tokio::task::JoinSet::new();
 
     let (tx, rx) = mpsc::channel(REPORT_QUEUE);
-    let ctx = CheckContext { root: cfg.root.clone(), host: host.clone(), now_ms: started, profile: cfg.profile.clone() };
+    let ctx = CheckContext {
+        root: cfg.root.clone(),
+        host: host.clone(),
+        now_ms: started,
+        profile: cfg.profile.clone(),
+    };
     let mut checker_tasks = tokio::task::JoinSet::new();
     for (i, s) in checkers.into_iter().enumerate() {
         checker_tasks.spawn(run_loop(s, ctx.clone(), tx.clone(), stop_rx.clone(), started ^ (i as u64 + 1)));
     }
     drop(tx);
     let wake = Arc::new(Notify::new());
-    let sink_task = tokio::spawn(sink(rx, Arc::clone(&outbox), Arc::clone(&shared), cursor, feeds, Arc::clone(&wake)));
+    let sink_task =
+        tokio::spawn(sink(rx, Arc::clone(&outbox), Arc::clone(&shared), cursor, feeds, Arc::clone(&wake)));
 
     let rcfg = ReporterConfig {
         masters: cfg.masters.clone(),
@@ -330,7 +343,14 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyho
         backoff_max: Duration::from_secs(cfg.report.backoff_max_s),
         labels: cfg.labels.clone(),
     };
-    tasks.spawn(reporter::run(rcfg, Arc::clone(&outbox), Arc::clone(&shared), inventory, wake, stop_rx.clone()));
+    tasks.spawn(reporter::run(
+        rcfg,
+        Arc::clone(&outbox),
+        Arc::clone(&shared),
+        inventory,
+        wake,
+        stop_rx.clone(),
+    ));
     let mut http_stop = stop_rx.clone();
     let app = crate::local::router(Arc::clone(&shared));
     tasks.spawn(async move {

@@ -21,7 +21,13 @@ pub fn now_ms() -> u64 {
 }
 
 /// A finding about a checker itself (it failed, hung or misbehaved). Never about the host's hardware.
-pub fn checker_finding(host: &str, checker: &str, version: &str, rule: &str, evidence: String) -> Option<Finding> {
+pub fn checker_finding(
+    host: &str,
+    checker: &str,
+    version: &str,
+    rule: &str,
+    evidence: String,
+) -> Option<Finding> {
     let object = ObjectId::new(Kind::Checker, host, Some(checker)).ok()?;
     Some(
         Finding {
@@ -278,7 +284,12 @@ mod tests {
         let (c, runs) = fake("ok");
         let (stop, rx) = watch::channel(false);
         let (tx, mut reports) = mpsc::channel(4);
-        let s = Scheduled { checker: c, interval: Duration::from_secs(3600), timeout: Duration::from_secs(5), jitter: 0.1 };
+        let s = Scheduled {
+            checker: c,
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+            jitter: 0.1,
+        };
         let task = tokio::spawn(run_loop(s, ctx(), tx, rx, 7));
         assert!(reports.recv().await.is_some());
         stop.send(true).unwrap();

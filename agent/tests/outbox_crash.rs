@@ -43,7 +43,7 @@ fn child(path: &str) {
         let seq = store.enqueue(&[(Severity::Error, payload.clone().into_bytes())]).expect("enqueue");
         writeln!(out, "ENQ {} {payload}", seq[0]).expect("stdout");
         out.flush().expect("flush");
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             // Acknowledge everything but the last two, like a master that lags a little.
             let upto = seq[0].saturating_sub(2);
             store.ack(upto).expect("ack");
@@ -68,9 +68,13 @@ fn outbox_survives_kill9_loop() {
         child(&path);
         return;
     }
-    let seed: u64 = std::env::var("HUATUO_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
+    let seed: u64 =
+        std::env::var("HUATUO_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
     let kills: u32 =
         std::env::var("HUATUO_CRASH_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_KILLS);
     let engine = std::env::var("HUATUO_OUTBOX_ENGINE").unwrap_or_else(|_| "redb".into());
@@ -124,12 +128,15 @@ fn outbox_survives_kill9_loop() {
             match (parts.next(), parts.next(), parts.next()) {
                 (Some("ENQ"), Some(seq), Some(payload)) => {
                     let seq: u64 = seq.parse().unwrap();
-                    assert!(seq > max_seq, "seed {seed} round {round}: seq {seq} went backwards (max {max_seq})");
+                    assert!(
+                        seq > max_seq,
+                        "seed {seed} round {round}: seq {seq} went backwards (max {max_seq})"
+                    );
                     max_seq = seq;
                     expected.insert(seq, payload.to_string());
                     total_enqueues += 1;
                     let n: u64 = payload.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                    maybe_acked = (n % 7 == 0).then(|| seq.saturating_sub(2));
+                    maybe_acked = n.is_multiple_of(7).then(|| seq.saturating_sub(2));
                 }
                 (Some("ACK"), Some(upto), None) => {
                     let upto: u64 = upto.parse().unwrap();
@@ -152,14 +159,21 @@ fn outbox_survives_kill9_loop() {
             // All or nothing: either the in-flight ack committed (everything <= upto gone) or it did not.
             let gone = expected.range(..=upto).filter(|(s, _)| !got.contains_key(s)).count();
             let total = expected.range(..=upto).count();
-            assert!(gone == 0 || gone == total, "seed {seed} round {round}: a torn ack ({gone} of {total} gone)");
+            assert!(
+                gone == 0 || gone == total,
+                "seed {seed} round {round}: a torn ack ({gone} of {total} gone)"
+            );
             if gone > 0 {
                 acked_upto = acked_upto.max(upto);
                 expected.retain(|s, _| *s > upto);
             }
         }
         for (seq, payload) in &expected {
-            assert_eq!(got.get(seq), Some(payload), "seed {seed} round {round}: confirmed enqueue {seq} lost");
+            assert_eq!(
+                got.get(seq),
+                Some(payload),
+                "seed {seed} round {round}: confirmed enqueue {seq} lost"
+            );
         }
         assert!(
             got.keys().all(|s| *s > acked_upto),

@@ -1,0 +1,324 @@
+//! `huatuo bench master`: starts a 3-node master cluster on this machine (child processes of this binary,
+//! temp dirs, free loopback ports, real fsync) and drives it with simulated agents. Prints committed
+//! findings/s, submit->commit latency, commit->watcher latency at a fixed rate, and failover time (kill -9
+//! of the leader until the first commit on the new leader, median over several kills).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use master::client::Client;
+use master::cluster::{LocalCluster, READY_TIMEOUT};
+use proto::api;
+use tokio::sync::Mutex;
+
+#[derive(Args, Debug)]
+pub struct BenchMasterArgs {
+    /// Simulated agents writing concurrently (each sends one batch at a time, like a real agent).
+    #[arg(long, default_value_t = 32)]
+    agents: u32,
+    /// Findings per agent batch.
+    #[arg(long, default_value_t = 500)]
+    batch: u32,
+    /// Disks per simulated host (the objects the findings are about).
+    #[arg(long, default_value_t = 12)]
+    disks: u32,
+    /// Seconds of the throughput phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Findings/s offered during the watch-latency phase.
+    #[arg(long, default_value_t = 5000)]
+    watch_rate: u32,
+    /// Seconds of the watch-latency phase.
+    #[arg(long, default_value_t = 10)]
+    watch_seconds: u64,
+    /// Leader kills for the failover figure (0: skip).
+    #[arg(long, default_value_t = 5)]
+    kills: u32,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn batch(agent: u32, seq: u64, n: u32, disks: u32) -> api::IngestRequest {
+    let host = format!("bench-{agent:04}");
+    let findings = (0..n)
+        .map(|i| api::Finding {
+            object: format!("disk/{host}/d{}", i % disks.max(1)),
+            severity: "GOOD".into(),
+            checker: "smart".into(),
+            version: "1.0.0".into(),
+            rule: "smart.overall".into(),
+            evidence: "SMART overall-health self-assessment test result: PASSED".into(),
+            readings: Default::default(),
+            time_ms: now_ms(),
+        })
+        .collect();
+    api::IngestRequest { agent: format!("bench-agent-{agent}"), seq, findings }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+pub fn run(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(bench(a))
+}
+
+async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut cluster = LocalCluster::start(&exe, 3).context("start cluster")?;
+    let leader = cluster
+        .wait_leader(READY_TIMEOUT)
+        .await
+        .ok_or_else(|| anyhow!("no leader within {READY_TIMEOUT:?}"))?;
+    println!(
+        "cluster: 3 nodes, leader {leader}, data under {}",
+        cluster.data_dir(1).parent().map(|p| p.display().to_string()).unwrap_or_default()
+    );
+    let addrs = cluster.grpc_addrs();
+    let seqs: Arc<Vec<AtomicU64>> = Arc::new((0..a.agents).map(|_| AtomicU64::new(0)).collect());
+
+    // Phase 1: throughput with fsync.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for agent in 0..a.agents {
+        let (stop, committed, lat, seqs, addrs) =
+            (stop.clone(), committed.clone(), lat.clone(), seqs.clone(), addrs.clone());
+        let (n, disks) = (a.batch, a.disks);
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::new(master::client::parse_addrs(&addrs));
+            let mut local = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let seq = seqs[agent as usize].fetch_add(1, Ordering::Relaxed) + 1;
+                let req = batch(agent, seq, n, disks);
+                let t = Instant::now();
+                match client.call(req, |mut c, r| async move { c.ingest(r).await }).await {
+                    Ok(r) => {
+                        committed.fetch_add(u64::from(r.applied), Ordering::Relaxed);
+                        local.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    Err(e) => eprintln!("agent {agent}: {e}"),
+                }
+            }
+            lat.lock().await.extend(local);
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    let done_in = t0.elapsed();
+    let total = committed.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let l = sorted(std::mem::take(&mut *lat.lock().await));
+    println!(
+        "throughput: {} agents x {} findings/batch: {:.0} committed findings/s over {:.1} s (fsync on every node)",
+        a.agents,
+        a.batch,
+        total as f64 / done_in.as_secs_f64(),
+        done_in.as_secs_f64()
+    );
+    println!(
+        "submit->commit latency per batch: p50 {:.1} ms, p99 {:.1} ms ({} batches)",
+        pct(&l, 0.5),
+        pct(&l, 0.99),
+        l.len()
+    );
+
+    // Phase 2: commit -> watcher latency at a fixed offered rate.
+    watch_phase(&cluster, &a, &seqs).await?;
+
+    // Phase 3: failover.
+    if a.kills > 0 {
+        failover(&mut cluster, &a).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch_phase(
+    cluster: &LocalCluster,
+    a: &BenchMasterArgs,
+    seqs: &Arc<Vec<AtomicU64>>,
+) -> anyhow::Result<()> {
+    let leader = cluster.wait_leader(READY_TIMEOUT).await.ok_or_else(|| anyhow!("no leader"))?;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).ok_or_else(|| anyhow!("no follower"))?;
+    let start_rev = cluster.info(leader).await.map(|i| i.revision).unwrap_or(0);
+    // Arrival time of every revision at a watcher on the leader and on a follower.
+    let mut watchers = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    // One clock origin for watchers and writers, so arrival and ack times compare.
+    let t0 = Instant::now();
+    for id in [leader, follower] {
+        let addr = cluster.nodes[&id].grpc.clone();
+        let stop = stop.clone();
+        watchers.push(tokio::spawn(async move {
+            let mut arrivals: BTreeMap<u64, f64> = BTreeMap::new();
+            let mut client = Client::new(vec![addr]);
+            let req =
+                api::WatchRequest { from_revision: start_rev + 1, kind: String::new(), host: String::new() };
+            let Ok(mut s) = client.call(req, |mut c, r| async move { c.watch(r).await }).await else {
+                return arrivals;
+            };
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(200), s.message()).await {
+                    Ok(Ok(Some(m))) => {
+                        let at = t0.elapsed().as_secs_f64() * 1000.0;
+                        for e in m.events {
+                            arrivals.insert(e.revision, at);
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            }
+            arrivals
+        }));
+    }
+    // Writers: enough agents to offer `watch_rate` findings/s in batches of 100 every `interval`.
+    let per_batch = 100u32;
+    let writers = 4u32;
+    let interval = Duration::from_secs_f64(f64::from(per_batch * writers) / f64::from(a.watch_rate.max(1)));
+    let acks = Arc::new(Mutex::new(Vec::<(u64, u32, f64, f64)>::new())); // (last rev, applied, sent ms, acked ms)
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (acks, seqs) = (acks.clone(), seqs.clone());
+        let addrs = cluster.grpc_addrs();
+        let (secs, disks) = (a.watch_seconds, a.disks);
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::new(master::client::parse_addrs(&addrs));
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while t0.elapsed() < Duration::from_secs(secs) {
+                tick.tick().await;
+                let agent = w % seqs.len() as u32;
+                let seq = seqs[agent as usize].fetch_add(1, Ordering::Relaxed) + 1;
+                let sent = t0.elapsed().as_secs_f64() * 1000.0;
+                if let Ok(r) = client
+                    .call(batch(agent, seq, per_batch, disks), |mut c, r| async move { c.ingest(r).await })
+                    .await
+                {
+                    acks.lock().await.push((
+                        r.revision,
+                        r.applied,
+                        sent,
+                        t0.elapsed().as_secs_f64() * 1000.0,
+                    ));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut arrivals = Vec::new();
+    for w in watchers {
+        arrivals.push(w.await.unwrap_or_default());
+    }
+    let acks = acks.lock().await.clone();
+    let offered: u64 = acks.iter().map(|a| u64::from(a.1)).sum();
+    println!(
+        "watch phase: {:.0} findings/s committed for {} s",
+        offered as f64 / a.watch_seconds as f64,
+        a.watch_seconds
+    );
+    for (name, arr) in [("leader", &arrivals[0]), ("follower", &arrivals[1])] {
+        let mut commit_to_watch = Vec::new();
+        let mut submit_to_watch = Vec::new();
+        let mut missing = 0u64;
+        for &(rev, applied, sent, acked) in &acks {
+            for r in rev + 1 - u64::from(applied)..=rev {
+                match arr.get(&r) {
+                    Some(&at) => {
+                        commit_to_watch.push((at - acked).max(0.0));
+                        submit_to_watch.push((at - sent).max(0.0));
+                    }
+                    None => missing += 1,
+                }
+            }
+        }
+        let (c, s) = (sorted(commit_to_watch), sorted(submit_to_watch));
+        println!(
+            "commit->watcher on the {name}: p50 {:.1} ms, p99 {:.1} ms; submit->watcher p50 {:.1} ms, p99 {:.1} ms; \
+             {} events, {missing} not seen",
+            pct(&c, 0.5),
+            pct(&c, 0.99),
+            pct(&s, 0.5),
+            pct(&s, 0.99),
+            c.len()
+        );
+    }
+    Ok(())
+}
+
+async fn failover(cluster: &mut LocalCluster, a: &BenchMasterArgs) -> anyhow::Result<()> {
+    let mut times = Vec::new();
+    for k in 0..a.kills {
+        let leader =
+            cluster.wait_leader(READY_TIMEOUT).await.ok_or_else(|| anyhow!("no leader before kill {k}"))?;
+        // Make sure every node is caught up so any survivor can win.
+        let commit = cluster.info(leader).await.map(|i| i.commit_index).unwrap_or(0);
+        for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+            if !cluster.wait_applied(id, commit, READY_TIMEOUT).await {
+                bail!("node {id} did not catch up before kill {k}");
+            }
+        }
+        let mut client = Client::new(master::client::parse_addrs(&cluster.grpc_addrs()));
+        client.call_timeout = Duration::from_millis(500);
+        client.max_attempts = 200;
+        let killed_at = Instant::now();
+        cluster.kill9(leader);
+        let mut seq_agent = 0u64;
+        let took = loop {
+            seq_agent += 1;
+            let req = api::IngestRequest {
+                agent: String::new(),
+                seq: 0,
+                findings: batch(9999, seq_agent, 1, 1).findings,
+            };
+            if client.call(req, |mut c, r| async move { c.ingest(r).await }).await.is_ok() {
+                break killed_at.elapsed();
+            }
+            if killed_at.elapsed() > READY_TIMEOUT {
+                bail!("no commit within {READY_TIMEOUT:?} after killing leader {leader}");
+            }
+        };
+        println!(
+            "kill {}: leader {leader} killed; first commit on the new leader after {:.0} ms",
+            k + 1,
+            took.as_secs_f64() * 1000.0
+        );
+        times.push(took.as_secs_f64() * 1000.0);
+        cluster.spawn(leader, false).context("restart killed node")?;
+    }
+    let t = sorted(times);
+    println!(
+        "failover (kill -9 of the leader -> first commit on the new leader): median {:.0} ms over {} kills",
+        pct(&t, 0.5),
+        t.len()
+    );
+    Ok(())
+}

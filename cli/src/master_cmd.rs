@@ -1,0 +1,93 @@
+//! `huatuo master`: run one master node from flags or a TOML config file until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use master::config::{MasterConfig, parse_peers};
+
+#[derive(Args, Debug)]
+pub struct MasterArgs {
+    /// TOML config file with the same settings (see master/testdata/master.toml); excludes the flags below
+    /// except --join.
+    #[arg(long, conflicts_with_all = ["id", "peers", "grpc", "http", "peer_listen", "data_dir"])]
+    config: Option<PathBuf>,
+    /// This node's id (a key of --peers).
+    #[arg(long, required_unless_present = "config")]
+    id: Option<u64>,
+    /// Raft peers, this node included: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT (peer port, default 7710).
+    #[arg(long, required_unless_present = "config")]
+    peers: Option<String>,
+    /// gRPC API listen address (agents, SDK, CLI).
+    #[arg(long)]
+    grpc: Option<String>,
+    /// HTTP listen address (REST under /api/v1, /metrics, /healthz).
+    #[arg(long)]
+    http: Option<String>,
+    /// Raft peer listen address (default: 0.0.0.0 and the port of this node's --peers entry).
+    #[arg(long)]
+    peer_listen: Option<String>,
+    /// Data directory (Raft log and state, one redb file).
+    #[arg(long, required_unless_present = "config")]
+    data_dir: Option<PathBuf>,
+    /// Start with an empty data dir as a new member of an existing cluster (only when this node's old data is
+    /// definitely gone).
+    #[arg(long)]
+    join: bool,
+}
+
+fn config(a: MasterArgs) -> anyhow::Result<MasterConfig> {
+    if let Some(path) = &a.config {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut cfg = MasterConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+        cfg.join |= a.join;
+        return Ok(cfg);
+    }
+    let (Some(id), Some(peers), Some(data_dir)) = (a.id, a.peers, a.data_dir) else {
+        bail!("--id, --peers and --data-dir are required without --config");
+    };
+    let mut toml = toml::Table::new();
+    toml.insert("id".into(), toml::Value::Integer(i64::try_from(id).context("--id is too large")?));
+    toml.insert("data_dir".into(), toml::Value::String(data_dir.display().to_string()));
+    toml.insert("join".into(), toml::Value::Boolean(a.join));
+    let peers: toml::Table =
+        parse_peers(&peers)?.into_iter().map(|(k, v)| (k, toml::Value::String(v))).collect();
+    toml.insert("peers".into(), toml::Value::Table(peers));
+    for (k, v) in [("grpc", a.grpc), ("http", a.http), ("peer_listen", a.peer_listen)] {
+        if let Some(v) = v {
+            toml.insert(k.into(), toml::Value::String(v));
+        }
+    }
+    Ok(MasterConfig::from_toml(&toml.to_string())?)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+pub fn run(a: MasterArgs) -> anyhow::Result<ExitCode> {
+    let resolved = config(a)?.resolve()?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    rt.block_on(master::server::run(resolved, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}

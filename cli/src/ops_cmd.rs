@@ -1,0 +1,373 @@
+//! Operator commands against a running master: `huatuo report`, `objects`, `object`, `watch`, `status`.
+//! All take `--master ADDR[,ADDR...]` (env `HUATUO_MASTER`) and find the leader themselves (see
+//! `master::client`).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use master::client::{Client, parse_addrs};
+use proto::api;
+use proto::error::{ApiError, Code};
+
+/// Exit status when a watch's start revision was compacted (the caller must resync from a listing).
+pub const EXIT_COMPACTED: u8 = 3;
+/// A watch reconnects at most this many times in a row without receiving anything before giving up.
+pub const WATCH_MAX_RECONNECTS: u32 = 100;
+/// A watch stream with no message (events or progress) for this long is presumed dead and reconnected
+/// (the server sends progress every 10 s).
+pub const WATCH_IDLE: Duration = Duration::from_secs(30);
+
+#[derive(Args, Debug, Clone)]
+pub struct MasterAddr {
+    /// Master gRPC addresses; the leader is found automatically.
+    #[arg(long = "master", env = "HUATUO_MASTER", default_value = "127.0.0.1:7700")]
+    pub master: String,
+}
+
+impl MasterAddr {
+    fn client(&self) -> Client {
+        Client::new(parse_addrs(&self.master))
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+fn api_err(e: ApiError) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Object id: KIND/HOST[/NAME], e.g. disk/host-017/sdb.
+    object: String,
+    /// UNKNOWN, INFO, GOOD, SLOW, WARNING, ERROR or FATAL.
+    #[arg(long)]
+    severity: String,
+    /// Name of the checker or person reporting.
+    #[arg(long, default_value = "operator")]
+    checker: String,
+    #[arg(long, default_value = "")]
+    evidence: String,
+    #[arg(long, default_value = "manual")]
+    rule: String,
+    #[arg(long, default_value = "0.0.0")]
+    version: String,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
+    // Validate locally first so typos get a clear message without a round trip.
+    proto::convert::object_id(&a.object).map_err(api_err)?;
+    proto::convert::severity(&a.severity).map_err(api_err)?;
+    let req = api::IngestRequest {
+        agent: String::new(),
+        seq: 0,
+        findings: vec![api::Finding {
+            object: a.object,
+            severity: a.severity.to_ascii_uppercase(),
+            checker: a.checker,
+            version: a.version,
+            rule: a.rule,
+            evidence: a.evidence,
+            readings: Default::default(),
+            time_ms: now_ms(),
+        }],
+    };
+    let mut client = a.master.client();
+    let res = runtime()?
+        .block_on(client.call(req, |mut c, r| async move { c.ingest(r).await }))
+        .map_err(api_err)?;
+    println!("{}", serde_json::json!({"revision": res.revision, "applied": res.applied}));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct ObjectsArgs {
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long)]
+    state: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+    /// Label selector key=value (repeatable; all must match).
+    #[arg(long)]
+    label: Vec<String>,
+    /// Most objects to show (0: the server's maximum).
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+    /// Read from the node answering without a linearizable read.
+    #[arg(long)]
+    stale: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+fn object_json(o: &api::Object) -> serde_json::Value {
+    serde_json::json!({
+        "id": o.id, "kind": o.kind, "host": o.host, "state": o.state, "grade": o.grade,
+        "state_since_ms": o.state_since_ms, "labels": o.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "attributes": o.attributes.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "revision": o.revision, "history_len": o.history_len, "history_compacted": o.history_compacted,
+        "created_ms": o.created_ms,
+        "evidence": o.evidence.iter().map(|f| serde_json::json!({
+            "checker": f.checker, "version": f.version, "rule": f.rule, "severity": f.severity,
+            "evidence": f.evidence, "time_ms": f.time_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn objects(a: ObjectsArgs) -> anyhow::Result<ExitCode> {
+    let req = api::ListObjectsRequest {
+        kind: a.kind.unwrap_or_default(),
+        state: a.state.unwrap_or_default(),
+        host: a.host.unwrap_or_default(),
+        labels: a.label,
+        stale: a.stale,
+        limit: a.limit,
+    };
+    let mut client = a.master.client();
+    let res = runtime()?
+        .block_on(client.call(req, |mut c, r| async move { c.list_objects(r).await }))
+        .map_err(api_err)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::json!({
+            "revision": res.revision,
+            "objects": res.objects.iter().map(object_json).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let w = res.objects.iter().map(|o| o.id.len()).max().unwrap_or(2).max(2);
+    writeln!(out, "{:<w$}  {:<8} {:<8} {:>10}  LABELS", "ID", "STATE", "GRADE", "REVISION")?;
+    for o in &res.objects {
+        let mut labels: Vec<String> = o.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        writeln!(
+            out,
+            "{:<w$}  {:<8} {:<8} {:>10}  {}",
+            o.id,
+            o.state,
+            o.grade,
+            o.revision,
+            labels.join(",")
+        )?;
+    }
+    writeln!(out, "{} objects at revision {}", res.objects.len(), res.revision)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct ObjectArgs {
+    /// Object id: KIND/HOST[/NAME].
+    id: String,
+    #[arg(long)]
+    stale: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+pub fn object(a: ObjectArgs) -> anyhow::Result<ExitCode> {
+    proto::convert::object_id(&a.id).map_err(api_err)?;
+    let req = api::GetObjectRequest { id: a.id, stale: a.stale };
+    let mut client = a.master.client();
+    let res = runtime()?
+        .block_on(client.call(req, |mut c, r| async move { c.get_object(r).await }))
+        .map_err(api_err)?;
+    let o = res.object.ok_or_else(|| anyhow!("server sent no object"))?;
+    let history: Vec<serde_json::Value> = res
+        .history
+        .iter()
+        .map(|h| {
+            serde_json::json!({"revision": h.revision, "time_ms": h.time_ms, "what": h.what,
+                "from_state": h.from_state, "to_state": h.to_state, "cause": h.cause, "detail": h.detail})
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::json!({"object": object_json(&o), "history": history, "revision": res.revision});
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{}  {}  grade {}  since {} ms  revision {}",
+        o.id, o.state, o.grade, o.state_since_ms, o.revision
+    )?;
+    let mut attrs: Vec<_> = o.attributes.iter().collect();
+    attrs.sort();
+    for (k, v) in attrs {
+        writeln!(out, "  attribute {k} = {v}")?;
+    }
+    let mut labels: Vec<_> = o.labels.iter().collect();
+    labels.sort();
+    for (k, v) in labels {
+        writeln!(out, "  label {k} = {v}")?;
+    }
+    for f in &o.evidence {
+        writeln!(out, "  evidence {}@{} {} {}: {}", f.checker, f.version, f.rule, f.severity, f.evidence)?;
+    }
+    writeln!(out, "history ({} entries, {} older compacted):", o.history_len, o.history_compacted)?;
+    for h in &res.history {
+        let arrow = if h.to_state.is_empty() {
+            String::new()
+        } else {
+            format!("{} -> {} ", h.from_state, h.to_state)
+        };
+        writeln!(out, "  r{} t={} {} {}{} {}", h.revision, h.time_ms, h.what, arrow, h.cause, h.detail)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    #[arg(long)]
+    kind: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+    /// First revision to print (0: only changes from now on).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Exit after printing this many events (0: never).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+/// Follow the change stream, printing one JSON object per event; reconnects (to any master) from the
+/// revision after the last one seen, so output has no gaps and no duplicates across disconnects.
+pub fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut client = a.master.client();
+        let mut next = a.from;
+        let mut printed = 0u64;
+        let mut failures = 0u32;
+        let stdout = std::io::stdout();
+        loop {
+            let req = api::WatchRequest {
+                from_revision: next,
+                kind: a.kind.clone().unwrap_or_default(),
+                host: a.host.clone().unwrap_or_default(),
+            };
+            let mut stream = match client.call(req, |mut c, r| async move { c.watch(r).await }).await {
+                Ok(s) => s,
+                Err(e) if e.code == Code::Compacted => {
+                    eprintln!("huatuo watch: {e}");
+                    return Ok(ExitCode::from(EXIT_COMPACTED));
+                }
+                Err(e) => return Err(api_err(e)),
+            };
+            loop {
+                let msg = match tokio::time::timeout(WATCH_IDLE, stream.message()).await {
+                    Ok(Ok(Some(m))) => m,
+                    Ok(Ok(None)) | Err(_) => break,
+                    Ok(Err(status)) => {
+                        let e = ApiError::from(&status);
+                        if e.code == Code::Compacted {
+                            eprintln!("huatuo watch: {e}");
+                            return Ok(ExitCode::from(EXIT_COMPACTED));
+                        }
+                        break;
+                    }
+                };
+                failures = 0;
+                let mut out = stdout.lock();
+                for e in msg.events {
+                    if e.revision < next {
+                        continue; // never print a revision twice
+                    }
+                    next = e.revision + 1;
+                    let ev = master::grpc::event_from_wire(e);
+                    writeln!(out, "{}", serde_json::to_string(&ev)?)?;
+                    printed += 1;
+                    if a.count > 0 && printed >= a.count {
+                        out.flush()?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+                out.flush()?;
+                if next == 0 || msg.revision >= next {
+                    next = msg.revision + 1;
+                }
+            }
+            failures += 1;
+            if failures > WATCH_MAX_RECONNECTS {
+                return Err(anyhow!(
+                    "watch stream keeps failing; gave up after {WATCH_MAX_RECONNECTS} reconnects"
+                ));
+            }
+            // The node we watched went away: try the next one from the same revision.
+            client = Client::new({
+                let mut addrs = parse_addrs(&a.master.master);
+                let n = addrs.len().max(1);
+                addrs.rotate_left((failures as usize) % n);
+                addrs
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut client = a.master.client();
+    let i = runtime()?
+        .block_on(client.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }))
+        .map_err(api_err)?;
+    let members: Vec<serde_json::Value> = i
+        .members
+        .iter()
+        .map(|m| serde_json::json!({"id": m.id, "peer": m.peer_addr, "grpc": m.grpc_addr, "http": m.http_addr}))
+        .collect();
+    if a.json {
+        let v = serde_json::json!({"id": i.id, "leader_id": i.leader_id, "leader_grpc": i.leader_grpc,
+            "term": i.term, "role": i.role, "commit_index": i.commit_index, "applied_index": i.applied_index,
+            "revision": i.revision, "level": i.level, "members": members, "agents_alive": i.agents_alive,
+            "objects": i.objects});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("answered by  node {} ({})", i.id, i.role);
+    println!("leader       {} {}", i.leader_id, i.leader_grpc);
+    println!("term         {}", i.term);
+    println!("commit/apply {} / {}", i.commit_index, i.applied_index);
+    println!("revision     {}", i.revision);
+    println!("level        {}", i.level);
+    println!("objects      {}   agents alive {}", i.objects, i.agents_alive);
+    for m in &i.members {
+        let mark = if m.id == i.leader_id { " (leader)" } else { "" };
+        println!("member {}  peer {}  grpc {}  http {}{mark}", m.id, m.peer_addr, m.grpc_addr, m.http_addr);
+    }
+    Ok(ExitCode::SUCCESS)
+}

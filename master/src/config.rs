@@ -1,0 +1,229 @@
+//! The master process's configuration: from `huatuo master` flags or a TOML file (`--config F`), validated
+//! before anything starts. Peers are the Raft peer addresses; the client API addresses each leader announces
+//! through the replicated member table are `advertise_grpc` / `advertise_http`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::machine::Policy;
+
+pub const DEFAULT_GRPC_PORT: u16 = 7700;
+pub const DEFAULT_PEER_PORT: u16 = 7710;
+pub const DEFAULT_HTTP_PORT: u16 = 7780;
+/// The config file format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// `huatuo master --config F`: the same settings as the flags.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterConfig {
+    #[serde(default = "one")]
+    pub version: u32,
+    pub id: u64,
+    /// Raft peers: node id -> host:port of its peer port, this node included. TOML keys are strings.
+    pub peers: BTreeMap<String, String>,
+    #[serde(default = "default_grpc")]
+    pub grpc: String,
+    #[serde(default = "default_http")]
+    pub http: String,
+    /// Where the Raft peer service listens; default: the port of `peers[id]` on all interfaces.
+    #[serde(default)]
+    pub peer_listen: Option<String>,
+    /// Addresses clients should use to reach this node's APIs (default: the listen addresses, with an
+    /// unspecified host replaced by the host of `peers[id]`).
+    #[serde(default)]
+    pub advertise_grpc: Option<String>,
+    #[serde(default)]
+    pub advertise_http: Option<String>,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub join: bool,
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    #[serde(default = "default_election_ticks")]
+    pub election_ticks: usize,
+    #[serde(default = "default_heartbeat_ticks")]
+    pub heartbeat_ticks: usize,
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    #[serde(default = "default_agent_silent_after_ms")]
+    pub agent_silent_after_ms: u64,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_grpc() -> String {
+    format!("0.0.0.0:{DEFAULT_GRPC_PORT}")
+}
+fn default_http() -> String {
+    format!("0.0.0.0:{DEFAULT_HTTP_PORT}")
+}
+/// 100 ms ticks with 10-tick elections: a new leader within ~1-2 s of a crash (the failover target is 3 s).
+fn default_tick_ms() -> u64 {
+    100
+}
+fn default_election_ticks() -> usize {
+    10
+}
+fn default_heartbeat_ticks() -> usize {
+    2
+}
+/// Snapshot (and compact the Raft log) every 10,000 applied entries.
+fn default_snapshot_every() -> u64 {
+    10_000
+}
+/// Agents heartbeat every few seconds; 30 s of silence marks one silent.
+fn default_agent_silent_after_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid master config: {0}")]
+pub struct ConfigError(pub String);
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub id: u64,
+    pub peers: BTreeMap<u64, String>,
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    pub advertise_grpc: String,
+    pub advertise_http: String,
+    pub data_dir: PathBuf,
+    pub join: bool,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub snapshot_every: u64,
+    pub agent_silent_after: Duration,
+    pub policy: Policy,
+}
+
+/// Parse `1=host:port,2=host:port`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.trim()
+                .split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| ConfigError(format!("peer {p:?} is not ID=HOST:PORT")))
+        })
+        .collect()
+}
+
+fn addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| ConfigError(format!("{what} {s:?} is not an IP:PORT address")))
+}
+
+fn advertise(listen: SocketAddr, own_peer: &str) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.to_string();
+    }
+    let host = own_peer.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
+    format!("{host}:{}", listen.port())
+}
+
+impl MasterConfig {
+    pub fn from_toml(text: &str) -> Result<MasterConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    pub fn resolve(&self) -> Result<Resolved, ConfigError> {
+        if self.version != CONFIG_VERSION {
+            return Err(ConfigError(format!("version {} (this build reads {CONFIG_VERSION})", self.version)));
+        }
+        let mut peers = BTreeMap::new();
+        for (k, v) in &self.peers {
+            let id: u64 = k.parse().map_err(|_| ConfigError(format!("peer id {k:?} is not a number")))?;
+            if id == 0 {
+                return Err(ConfigError("peer id 0 is reserved".into()));
+            }
+            if !v.contains(':') {
+                return Err(ConfigError(format!("peer {id} address {v:?} is not HOST:PORT")));
+            }
+            peers.insert(id, v.clone());
+        }
+        let own = peers
+            .get(&self.id)
+            .ok_or_else(|| ConfigError(format!("--peers must include this node's id {}", self.id)))?
+            .clone();
+        let peer_listen = match &self.peer_listen {
+            Some(a) => addr("peer listen address", a)?,
+            None => {
+                let port = own.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+                let port = port.ok_or_else(|| ConfigError(format!("peer address {own:?} has no port")))?;
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+        };
+        let grpc_listen = addr("gRPC address", &self.grpc)?;
+        let http_listen = addr("HTTP address", &self.http)?;
+        if self.election_ticks <= self.heartbeat_ticks || self.heartbeat_ticks == 0 || self.tick_ms == 0 {
+            return Err(ConfigError("need tick_ms > 0 and 0 < heartbeat_ticks < election_ticks".into()));
+        }
+        self.policy.validate().map_err(|e| ConfigError(e.to_string()))?;
+        Ok(Resolved {
+            id: self.id,
+            advertise_grpc: self.advertise_grpc.clone().unwrap_or_else(|| advertise(grpc_listen, &own)),
+            advertise_http: self.advertise_http.clone().unwrap_or_else(|| advertise(http_listen, &own)),
+            peers,
+            grpc_listen,
+            http_listen,
+            peer_listen,
+            data_dir: self.data_dir.clone(),
+            join: self.join,
+            tick: Duration::from_millis(self.tick_ms),
+            election_ticks: self.election_ticks,
+            heartbeat_ticks: self.heartbeat_ticks,
+            snapshot_every: self.snapshot_every,
+            agent_silent_after: Duration::from_millis(self.agent_silent_after_ms.max(1000)),
+            policy: self.policy.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../testdata/master.toml");
+        let cfg = MasterConfig::from_toml(text).expect("parse");
+        let r = cfg.resolve().expect("valid");
+        assert_eq!(r.id, 1);
+        assert_eq!(r.peers.len(), 3);
+        assert_eq!(r.peer_listen.port(), DEFAULT_PEER_PORT);
+        assert_eq!(r.advertise_grpc, "10.0.0.1:7700");
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let base = "id = 1\ndata_dir = \"/tmp/x\"\n[peers]\n1 = \"127.0.0.1:7710\"\n";
+        assert!(MasterConfig::from_toml(base).expect("parse").resolve().is_ok());
+        for (bad, want) in [
+            ("id = 2\ndata_dir = \"/x\"\n[peers]\n1 = \"127.0.0.1:7710\"\n", "include this node"),
+            ("id = 1\ndata_dir = \"/x\"\n[peers]\nx = \"127.0.0.1:7710\"\n", "not a number"),
+            (
+                "id = 1\ndata_dir = \"/x\"\ngrpc = \"nope\"\n[peers]\n1 = \"127.0.0.1:7710\"\n",
+                "not an IP:PORT",
+            ),
+            ("version = 2\nid = 1\ndata_dir = \"/x\"\n[peers]\n1 = \"h:1\"\n", "version"),
+        ] {
+            let err = MasterConfig::from_toml(bad).and_then(|c| c.resolve()).expect_err(bad);
+            assert!(err.to_string().contains(want), "{bad}: {err}");
+        }
+        assert!(MasterConfig::from_toml("id = 1\nbogus = 1\n").is_err(), "unknown fields are refused");
+        assert_eq!(parse_peers("1=a:1, 2=b:2").expect("ok").len(), 2);
+        assert!(parse_peers("1a:1").is_err());
+    }
+}

@@ -1,0 +1,416 @@
+//! The HTTP front end on the master's HTTP port: REST/JSON under `/api/v1` (the same operations as gRPC, for
+//! people and scripts), `/healthz`, and `/metrics` in Prometheus text format. Errors are JSON
+//! `{"code", "message"[, "leader"]}` with the HTTP status of the code; with NOT_LEADER, `leader` is the
+//! leader's HTTP address.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use proto::error::{ApiError, Code};
+use serde::{Deserialize, Serialize};
+use state_machines::{Finding, ObjectId};
+
+use crate::model::{Event, HistoryEntry, ObjectRecord, Registration};
+use crate::service::{IngestBatch, Service};
+
+/// Largest request body accepted (an ingest batch at its finding limit fits).
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// Default and longest duration of one watch long-poll; the client reconnects from its last revision.
+pub const WATCH_DEFAULT: Duration = Duration::from_secs(30);
+pub const WATCH_MAX: Duration = Duration::from_secs(300);
+
+type Svc = Arc<Service>;
+
+pub fn router(svc: Svc) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/objects", get(list))
+        .route("/api/v1/objects/{*id}", get(get_object))
+        .route("/api/v1/findings", post(ingest))
+        .route("/api/v1/register", post(register))
+        .route("/api/v1/heartbeat", post(heartbeat))
+        .route("/api/v1/commands", post(command))
+        .route("/api/v1/watch", get(watch))
+        .fallback(|| async { HttpError(ApiError::not_found("no such route")) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(svc)
+}
+
+/// An [`ApiError`] as an HTTP response.
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        HttpError(e)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0)).into_response()
+    }
+}
+
+/// Swap the leader's gRPC address for its HTTP address (REST clients redirect over HTTP).
+fn rest_error(svc: &Service, mut e: ApiError) -> HttpError {
+    if e.code == Code::NotLeader {
+        let http = e.leader.as_ref().and_then(|grpc| {
+            crate::store::Reader::new(svc.db())
+                .and_then(|r| r.members())
+                .ok()?
+                .into_iter()
+                .find(|(_, m)| &m.grpc == grpc)
+                .map(|(_, m)| m.http)
+        });
+        e.leader = http;
+    }
+    HttpError(e)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(body).map_err(|e| HttpError(ApiError::invalid(format!("bad JSON body: {e}"))))
+}
+
+async fn healthz(State(svc): State<Svc>) -> Response {
+    let st = svc.raft().status();
+    if st.role == crate::raft::Role::Stopped {
+        let msg = st.last_error.unwrap_or_else(|| "stopped".into());
+        return HttpError(ApiError::unavailable(msg)).into_response();
+    }
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+async fn metrics(State(svc): State<Svc>) -> Response {
+    match crate::metrics::render(&svc) {
+        Ok(text) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+        }
+        Err(e) => HttpError(e).into_response(),
+    }
+}
+
+async fn cluster(State(svc): State<Svc>) -> Result<Response, HttpError> {
+    Ok(Json(svc.cluster_info()?).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    host: String,
+    /// Comma-separated key=value label selectors.
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    stale: bool,
+    #[serde(default)]
+    limit: usize,
+}
+
+/// The JSON shape of an object in REST answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectView {
+    pub id: String,
+    pub kind: String,
+    pub host: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grade: String,
+    pub state_since_ms: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    pub revision: u64,
+    #[serde(default)]
+    pub evidence: Vec<Finding>,
+    pub history_len: u64,
+    pub history_compacted: u64,
+    pub created_ms: u64,
+}
+
+impl From<&ObjectRecord> for ObjectView {
+    fn from(r: &ObjectRecord) -> Self {
+        let mut attributes = r.attributes.clone();
+        attributes.extend(r.sm.attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        ObjectView {
+            id: r.id.to_string(),
+            kind: r.id.kind().to_string(),
+            host: r.id.host().to_string(),
+            state: crate::machine::state_name(&r.sm).into(),
+            grade: crate::machine::grade_name(&r.sm).into(),
+            state_since_ms: r.sm.since_ms,
+            labels: r.labels.clone(),
+            attributes,
+            revision: r.revision,
+            evidence: r.evidence.values().cloned().collect(),
+            history_len: r.history_len(),
+            history_compacted: r.history_compacted,
+            created_ms: r.created_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListView {
+    pub objects: Vec<ObjectView>,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectDetail {
+    pub object: ObjectView,
+    pub history: Vec<HistoryEntry>,
+    pub revision: u64,
+}
+
+fn query<T: serde::de::DeserializeOwned + Default>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, HttpError> {
+    q.map(|Query(q)| q).map_err(|e| HttpError(ApiError::invalid(format!("bad query: {e}"))))
+}
+
+async fn list(
+    State(svc): State<Svc>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, HttpError> {
+    let q = query(q)?;
+    let labels: Vec<String> = q.label.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let filter = crate::grpc::filter_from_wire(&q.kind, &q.state, &q.host, &labels)?;
+    let (objects, revision) = svc.list(&filter, q.limit, q.stale).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(ListView { objects: objects.iter().map(ObjectView::from).collect(), revision }).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaleQuery {
+    #[serde(default)]
+    stale: bool,
+}
+
+async fn get_object(
+    State(svc): State<Svc>,
+    Path(id): Path<String>,
+    q: Result<Query<StaleQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, HttpError> {
+    let q = query(q)?;
+    let id: ObjectId = proto::convert::object_id(&id)?;
+    let (rec, history, revision) = svc.get(&id, q.stale).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(ObjectDetail { object: ObjectView::from(&rec), history, revision }).into_response())
+}
+
+/// `POST /api/v1/findings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestBody {
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default)]
+    pub seq: u64,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteResult {
+    pub revision: u64,
+    pub applied: u32,
+    #[serde(default)]
+    pub duplicate: bool,
+    #[serde(default)]
+    pub created: u32,
+    #[serde(default)]
+    pub updated: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(default)]
+    pub transitioned: bool,
+}
+
+impl From<crate::model::CmdResult> for WriteResult {
+    fn from(r: crate::model::CmdResult) -> Self {
+        WriteResult {
+            revision: r.revision,
+            applied: r.applied,
+            duplicate: r.duplicate,
+            created: r.created,
+            updated: r.updated,
+            state: r.state,
+            transitioned: r.transitioned,
+        }
+    }
+}
+
+async fn ingest(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+    let b: IngestBody = parse_json(&body)?;
+    let findings = b.findings.into_iter().map(Finding::bounded).collect();
+    let r = svc
+        .ingest(IngestBatch { agent: b.agent, seq: b.seq, findings })
+        .await
+        .map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(WriteResult::from(r)).into_response())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default)]
+    pub host: String,
+    pub objects: Vec<Registration>,
+}
+
+async fn register(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+    let b: RegisterBody = parse_json(&body)?;
+    let r = svc.register(b.agent, b.host, b.objects).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(WriteResult::from(r)).into_response())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    pub agent: String,
+    pub host: String,
+}
+
+async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+    let b: HeartbeatBody = parse_json(&body)?;
+    let revision = svc.heartbeat(b.agent, b.host).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(serde_json::json!({ "revision": revision })).into_response())
+}
+
+/// `POST /api/v1/commands`: same fields as the gRPC CommandRequest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    pub object: String,
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub success: bool,
+}
+
+async fn command(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+    let b: CommandBody = parse_json(&body)?;
+    let object = proto::convert::object_id(&b.object)?;
+    let req = proto::api::CommandRequest {
+        object: b.object,
+        kind: b.kind,
+        name: b.name,
+        value: b.value,
+        by: b.by,
+        reason: b.reason,
+        success: b.success,
+    };
+    let input = crate::grpc::command_input(&req)?;
+    let r = svc.object_command(object, input).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(WriteResult::from(r)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// One NDJSON line of a REST watch: an event, or progress (`{"progress": REV}`: everything up to REV was
+/// sent, resume from REV + 1), or an error that ends the stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WatchLine {
+    Event(Event),
+    Progress { progress: u64 },
+    Error(ApiError),
+}
+
+/// `GET /api/v1/watch?from=REV&kind=K&host=H&timeout_ms=MS`: a long-poll NDJSON stream of events from REV,
+/// ending after the timeout (with a final progress line) or at an error line.
+async fn watch(
+    State(svc): State<Svc>,
+    q: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, HttpError> {
+    let q = query(q)?;
+    let filter = crate::grpc::filter_from_wire(&q.kind, "", &q.host, &[])?;
+    let timeout = q.timeout_ms.map(Duration::from_millis).unwrap_or(WATCH_DEFAULT).min(WATCH_MAX);
+    let mut rx = svc.watch(q.from, filter);
+    // A compacted start is an HTTP error, not a 200 with an error line.
+    let first = match tokio::time::timeout(timeout, rx.recv()).await {
+        Ok(Some(Err(e))) => return Err(HttpError(e)),
+        Ok(Some(Ok(item))) => Some(item),
+        Ok(None) => return Err(HttpError(ApiError::unavailable("watch ended"))),
+        Err(_) => None,
+    };
+    let start_rev = svc.current_revision();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (tx, body_rx) =
+        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(crate::service::WATCH_BUFFER);
+    tokio::spawn(async move {
+        let mut progress = q.from.saturating_sub(1).max(if q.from == 0 { start_rev } else { 0 });
+        let mut send_item = |events: Vec<Event>, rev: u64, buf: &mut Vec<u8>| {
+            for e in events {
+                line(buf, &WatchLine::Event(e));
+            }
+            progress = progress.max(rev);
+        };
+        let mut buf = Vec::new();
+        if let Some((events, rev)) = first {
+            send_item(events, rev, &mut buf);
+            if tx.send(Ok(Bytes::from(std::mem::take(&mut buf)))).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Ok((events, rev)))) => send_item(events, rev, &mut buf),
+                Ok(Some(Err(e))) => {
+                    line(&mut buf, &WatchLine::Error(e));
+                    let _ = tx.send(Ok(Bytes::from(buf))).await;
+                    return;
+                }
+                Ok(None) | Err(_) => break,
+            }
+            if tx.send(Ok(Bytes::from(std::mem::take(&mut buf)))).await.is_err() {
+                return;
+            }
+        }
+        line(&mut buf, &WatchLine::Progress { progress });
+        let _ = tx.send(Ok(Bytes::from(buf))).await;
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body_rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+fn line<T: Serialize>(buf: &mut Vec<u8>, v: &T) {
+    if serde_json::to_writer(&mut *buf, v).is_ok() {
+        buf.push(b'\n');
+    }
+}

@@ -1,0 +1,17 @@
+//! Huatuo master: the Raft-replicated object store (fsm over redb), its gRPC and REST APIs, and the master
+//! process that wires them to the raft layer.
+
+/// The leader-following client lives in `proto` so agents (which must not depend on the master) share it.
+pub use proto::client;
+pub mod cluster;
+pub mod config;
+pub mod fsm;
+pub mod grpc;
+pub mod http;
+pub mod machine;
+pub mod metrics;
+pub mod model;
+pub mod raft;
+pub mod server;
+pub mod service;
+pub mod store;

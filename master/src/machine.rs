@@ -1,0 +1,85 @@
+//! The master's seam to the pure per-object state machines (`state-machines` crate): naming helpers for the
+//! APIs, and the admission decision every capacity-removing transition passes through before it is stored.
+//! Quotas and manual drive (a later issue) plug in at [`admit_capacity_removal`]; today it admits everything.
+
+pub use state_machines::{Input, ObjectState, Outcome, Policy, StepError, step};
+
+use proto::error::Code;
+use state_machines::{Cause, Effect};
+
+/// The state's name as the APIs show it (`GOOD`, `ERROR`, ...).
+pub fn state_name(s: &ObjectState) -> &'static str {
+    s.state.as_str()
+}
+
+/// The grade as the APIs show it; empty when no checker graded the object yet.
+pub fn grade_name(s: &ObjectState) -> &'static str {
+    s.grade.map(|g| g.as_str()).unwrap_or("")
+}
+
+/// What admission decided about a capacity-removing outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Store the outcome as computed.
+    Admit,
+    /// Keep the object as it is and record the outcome as a pending proposal (manual drive). Not produced
+    /// yet: quotas arrive with the next issue.
+    Hold { reason: String },
+}
+
+/// The single gate for transitions into ERROR, FIX or REPAIR (`Outcome::removes_capacity`). Deterministic:
+/// it may look only at replicated state and the command's `now_ms`, because every node runs it during apply.
+/// Always admits until quotas and operating levels exist.
+pub fn admit_capacity_removal(_before: &ObjectState, outcome: &Outcome, _now_ms: u64) -> Admission {
+    debug_assert!(outcome.removes_capacity());
+    Admission::Admit
+}
+
+/// The API error code for a state machine refusal.
+pub fn step_error_code(e: &StepError) -> Code {
+    match e {
+        StepError::BadField { .. } | StepError::WrongObject { .. } | StepError::Policy(_) => {
+            Code::InvalidArgument
+        }
+        StepError::NoStateMachine(_)
+        | StepError::NoPendingAck { .. }
+        | StepError::WrongAck { .. }
+        | StepError::IllegalEdge { .. }
+        | StepError::NotApplicable { .. } => Code::Conflict,
+    }
+}
+
+/// One line for history and events: who or what caused a transition.
+pub fn cause_text(c: &Cause) -> String {
+    match c {
+        Cause::Finding { checker, version, rule, severity } => {
+            format!("finding {checker}@{version} {rule} {severity}")
+        }
+        Cause::Ack { role, ack } => format!("ack {ack} by {role}"),
+        Cause::Operator { operator, command, reason } => format!("operator {operator} {command}: {reason}"),
+        Cause::Ticket { ticket, update } => format!("ticket {ticket} {}", update.as_str()),
+        Cause::Action { action, success, detail } => {
+            format!("action {action} {}{}", if *success { "ok" } else { "failed" }, opt_detail(detail))
+        }
+        Cause::Replacement { old_serial, new_serial } => {
+            format!("replacement {} -> {new_serial}", old_serial.as_deref().unwrap_or("(none)"))
+        }
+        Cause::Timeout { what } => format!("timeout: {what}"),
+        Cause::FixEscalation { attempts, window_ms, by } => {
+            format!(
+                "fix escalation after {attempts} fixes in {window_ms} ms (released by {})",
+                cause_text(by)
+            )
+        }
+    }
+}
+
+fn opt_detail(d: &str) -> String {
+    if d.is_empty() { String::new() } else { format!(": {d}") }
+}
+
+/// Effects as one line (`publish; file-ticket; run provision`), recorded in history until the effect
+/// executors (tickets, agent actions) consume them.
+pub fn effects_text(effects: &[Effect]) -> String {
+    effects.iter().map(Effect::summary).collect::<Vec<_>>().join("; ")
+}

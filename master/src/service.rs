@@ -1,0 +1,614 @@
+//! The master's API core, shared by the gRPC and REST front ends: validates requests, turns writes into
+//! replicated commands (coalesced into few Raft entries by the proposal batcher), serves reads linearizably
+//! (read index) or explicitly stale, streams watches from the change log, keeps agent heartbeats in the
+//! leader's memory, and runs the leader's duties (announce its addresses, agent liveness, deadline ticks).
+//! Every error leaves as an [`ApiError`] with one of the closed set of codes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto::error::{ApiError, Code};
+use redb::Database;
+use state_machines::{Finding, ObjectId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::fsm::FsmStats;
+use crate::machine::{Input, Policy};
+use crate::model::*;
+use crate::raft::{ProposeError, RaftNode, Role};
+use crate::store::{ChangesRead, Filter, Reader, StoreError};
+
+/// Commands waiting for the batcher; callers beyond it wait (backpressure), bounded.
+pub const PROPOSAL_QUEUE: usize = 8192;
+/// Most commands coalesced into one Raft entry.
+pub const MAX_CMDS_PER_ENTRY: usize = 256;
+/// Proposals in flight at once from this node; the raft layer batches them into one fsync per turn.
+pub const MAX_INFLIGHT_ENTRIES: usize = 64;
+/// Events per watch response (a response is one gRPC message / a few NDJSON lines).
+pub const WATCH_BATCH: usize = 1000;
+/// A watch with nothing to say still sends its progress this often, so clients detect dead streams.
+pub const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Responses buffered per watch stream before the stream waits for its client.
+pub const WATCH_BUFFER: usize = 16;
+/// Most objects one listing returns.
+pub const MAX_LIST: usize = 10_000;
+/// How often the leader's duty loop runs (announce, liveness, ticks).
+pub const DUTY_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the leader steps objects whose deadlines passed.
+pub const TICK_EVERY: Duration = Duration::from_secs(5);
+/// Most agents tracked in the leader's heartbeat memory (a datacenter has ~10-100k hosts).
+pub const MAX_TRACKED_AGENTS: usize = 200_000;
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub grpc_addr: String,
+    pub http_addr: String,
+    /// An agent with no heartbeat for this long is marked silent (replicated).
+    pub agent_silent_after: Duration,
+    pub policy: Policy,
+}
+
+struct Seen {
+    host: String,
+    last: Instant,
+    /// Whether the replicated state says alive (as far as this leader knows).
+    alive: bool,
+}
+
+struct Pending {
+    cmd: Vec<u8>,
+    tx: oneshot::Sender<Result<CmdResult, ApiError>>,
+}
+
+pub struct Service {
+    raft: RaftNode,
+    db: Arc<Database>,
+    revision: watch::Receiver<u64>,
+    cfg: ServiceConfig,
+    proposals: mpsc::Sender<Pending>,
+    heartbeats: Mutex<BTreeMap<String, Seen>>,
+    pub stats: Arc<FsmStats>,
+    pub started: Instant,
+    /// The revision in the store when the service started (the fsm only reports revisions it applies).
+    base_revision: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "store read failed");
+    ApiError::internal(e.to_string())
+}
+
+fn check_text(what: &str, s: &str) -> Result<(), ApiError> {
+    if s.len() > MAX_TEXT_LEN {
+        return Err(ApiError::invalid(format!("{what} is {} bytes (limit {MAX_TEXT_LEN})", s.len())));
+    }
+    Ok(())
+}
+
+fn check_map(what: &str, m: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if m.len() > MAX_MAP_ENTRIES {
+        return Err(ApiError::invalid(format!("{} {what} (limit {MAX_MAP_ENTRIES})", m.len())));
+    }
+    for (k, v) in m {
+        if k.is_empty() || k.len() > MAX_MAP_KEY_LEN || v.len() > MAX_MAP_VALUE_LEN {
+            return Err(ApiError::invalid(format!(
+                "{what} entry {:?}: keys 1..={MAX_MAP_KEY_LEN} bytes, values up to {MAX_MAP_VALUE_LEN}",
+                k.chars().take(40).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A write from an API, before it becomes a [`Command`].
+pub struct IngestBatch {
+    pub agent: String,
+    pub seq: u64,
+    pub findings: Vec<Finding>,
+}
+
+/// What watchers receive: events and the revision the stream has covered so far.
+pub type WatchItem = Result<(Vec<Event>, u64), ApiError>;
+
+impl Service {
+    /// Wire the service to a started raft node. Spawns the proposal batcher and the leader duty loop; both
+    /// end when the raft node stops.
+    pub fn start(
+        raft: RaftNode,
+        db: Arc<Database>,
+        revision: watch::Receiver<u64>,
+        stats: Arc<FsmStats>,
+        cfg: ServiceConfig,
+    ) -> Arc<Service> {
+        let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        let base_revision = Reader::new(&db).and_then(|r| r.revision()).unwrap_or(0);
+        let svc = Arc::new(Service {
+            base_revision,
+            raft,
+            db,
+            revision,
+            cfg,
+            proposals: tx,
+            heartbeats: Mutex::new(BTreeMap::new()),
+            stats,
+            started: Instant::now(),
+        });
+        tokio::spawn(batcher(Arc::downgrade(&svc), rx));
+        tokio::spawn(duties(Arc::downgrade(&svc)));
+        svc
+    }
+
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn current_revision(&self) -> u64 {
+        (*self.revision.borrow()).max(self.base_revision)
+    }
+
+    /// The gRPC address of node `id`, from the replicated member table.
+    fn grpc_addr_of(&self, id: u64) -> Option<String> {
+        let reader = Reader::new(&self.db).ok()?;
+        reader.members().ok()?.into_iter().find(|(m, _)| *m == id).map(|(_, r)| r.grpc)
+    }
+
+    fn map_propose_error(&self, e: ProposeError) -> ApiError {
+        match e {
+            ProposeError::NotLeader { leader, .. } => {
+                ApiError::not_leader(leader.and_then(|id| self.grpc_addr_of(id)))
+            }
+            ProposeError::Dropped => ApiError::unavailable("proposal dropped by a leader change; retry"),
+            ProposeError::Timeout => ApiError::unavailable("timed out waiting for the commit; retry"),
+            ProposeError::Stopped => ApiError::unavailable("this master node is stopped"),
+            ProposeError::TooLarge => ApiError::invalid(format!(
+                "request too large (limit {} bytes)",
+                crate::raft::MAX_COMMAND_BYTES
+            )),
+            ProposeError::Fsm(m) => ApiError::internal(m),
+        }
+    }
+
+    /// Fail fast on followers, before queueing (the batcher would learn the same from raft).
+    fn leader_gate(&self) -> Result<(), ApiError> {
+        let st = self.raft.status();
+        if st.role == Role::Leader {
+            return Ok(());
+        }
+        if st.role == Role::Stopped {
+            return Err(ApiError::unavailable("this master node is stopped"));
+        }
+        Err(ApiError::not_leader(st.leader_id.and_then(|id| self.grpc_addr_of(id))))
+    }
+
+    /// Queue one command for the next entry and wait for its result.
+    async fn submit(&self, cmd: Command) -> Result<CmdResult, ApiError> {
+        self.leader_gate()?;
+        let bytes = serde_json::to_vec(&cmd).map_err(|e| ApiError::internal(e.to_string()))?;
+        // Envelope overhead is a few dozen bytes.
+        if bytes.len() + 64 > crate::raft::MAX_COMMAND_BYTES {
+            return Err(ApiError::invalid(format!(
+                "request encodes to {} bytes (limit {}); send smaller batches",
+                bytes.len(),
+                crate::raft::MAX_COMMAND_BYTES - 64
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.proposals
+            .send(Pending { cmd: bytes, tx })
+            .await
+            .map_err(|_| ApiError::unavailable("master is shutting down"))?;
+        let res = rx.await.map_err(|_| ApiError::unavailable("master is shutting down"))??;
+        match res.error.clone() {
+            Some((code, message)) if res.applied == 0 => Err(ApiError::new(code, message)),
+            _ => Ok(res),
+        }
+    }
+
+    pub async fn ingest(&self, batch: IngestBatch) -> Result<CmdResult, ApiError> {
+        if batch.findings.is_empty() {
+            return Err(ApiError::invalid("no findings in the batch"));
+        }
+        if batch.findings.len() > MAX_FINDINGS_PER_BATCH {
+            return Err(ApiError::invalid(format!(
+                "{} findings in one batch (limit {MAX_FINDINGS_PER_BATCH})",
+                batch.findings.len()
+            )));
+        }
+        check_text("agent", &batch.agent)?;
+        if !batch.agent.is_empty() && batch.seq == 0 {
+            return Err(ApiError::invalid("an agent batch needs a sequence number >= 1"));
+        }
+        let cmd = Command::Ingest { agent: batch.agent, seq: batch.seq, findings: batch.findings };
+        self.submit(cmd).await
+    }
+
+    pub async fn register(
+        &self,
+        agent: String,
+        host: String,
+        objects: Vec<Registration>,
+    ) -> Result<CmdResult, ApiError> {
+        check_text("agent", &agent)?;
+        if !host.is_empty() {
+            state_machines::id::validate_host(&host).map_err(|e| ApiError::invalid(e.to_string()))?;
+        }
+        if objects.is_empty() {
+            return Err(ApiError::invalid("no objects to register"));
+        }
+        if objects.len() > MAX_OBJECTS_PER_REGISTER {
+            return Err(ApiError::invalid(format!(
+                "{} objects in one registration (limit {MAX_OBJECTS_PER_REGISTER})",
+                objects.len()
+            )));
+        }
+        for o in &objects {
+            check_map("attributes", &o.attributes)?;
+            check_map("labels", &o.labels)?;
+            if !host.is_empty() && o.id.host() != host {
+                return Err(ApiError::invalid(format!("{} is not on host {host}", o.id)));
+            }
+        }
+        self.submit(Command::Register { agent, host, objects }).await
+    }
+
+    pub async fn object_command(&self, object: ObjectId, input: Input) -> Result<CmdResult, ApiError> {
+        if matches!(input, Input::Finding(_) | Input::Tick | Input::Replacement { .. }) {
+            return Err(ApiError::invalid("findings, ticks and replacements have their own calls"));
+        }
+        self.submit(Command::Object { object, input }).await
+    }
+
+    /// Record a heartbeat in the leader's memory; only a change of liveness is replicated.
+    pub async fn heartbeat(&self, agent: String, host: String) -> Result<u64, ApiError> {
+        self.leader_gate()?;
+        if agent.is_empty() {
+            return Err(ApiError::invalid("heartbeat without an agent id"));
+        }
+        check_text("agent", &agent)?;
+        state_machines::id::validate_host(&host).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let need_alive = {
+            let mut hb = lock(&self.heartbeats);
+            if !hb.contains_key(&agent) && hb.len() >= MAX_TRACKED_AGENTS {
+                return Err(ApiError::unavailable("too many agents tracked by this leader"));
+            }
+            let seen = hb.entry(agent.clone()).or_insert_with(|| Seen {
+                host: host.clone(),
+                last: Instant::now(),
+                alive: false,
+            });
+            seen.last = Instant::now();
+            let moved = seen.host != host;
+            seen.host = host.clone();
+            !seen.alive || moved
+        };
+        if need_alive {
+            let replicated_alive = Reader::new(&self.db)
+                .and_then(|r| r.agents())
+                .map(|a| a.iter().any(|(id, r)| *id == agent && r.alive && r.host == host))
+                .map_err(store_err)?;
+            if !replicated_alive {
+                self.submit(Command::AgentLiveness { agent: agent.clone(), host, alive: true }).await?;
+            }
+            if let Some(s) = lock(&self.heartbeats).get_mut(&agent) {
+                s.alive = true;
+            }
+        }
+        Ok(self.current_revision())
+    }
+
+    /// A read view: after a read-index barrier (linearizable), or this node's copy as is (`stale`).
+    pub async fn read_view(&self, stale: bool) -> Result<Reader, ApiError> {
+        if !stale {
+            self.raft.read_index().await.map_err(|e| self.map_propose_error(e))?;
+        }
+        Reader::new(&self.db).map_err(store_err)
+    }
+
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        limit: usize,
+        stale: bool,
+    ) -> Result<(Vec<ObjectRecord>, u64), ApiError> {
+        let r = self.read_view(stale).await?;
+        let limit = if limit == 0 { MAX_LIST } else { limit.min(MAX_LIST) };
+        let objects = r.list(filter, limit).map_err(store_err)?;
+        Ok((objects, r.revision().map_err(store_err)?))
+    }
+
+    pub async fn get(
+        &self,
+        id: &ObjectId,
+        stale: bool,
+    ) -> Result<(ObjectRecord, Vec<HistoryEntry>, u64), ApiError> {
+        let r = self.read_view(stale).await?;
+        let rec = r
+            .object(&id.to_string())
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::not_found(format!("no object {id}")))?;
+        let history = r.history(&rec).map_err(store_err)?;
+        Ok((rec, history, r.revision().map_err(store_err)?))
+    }
+
+    /// Stream changes from `from` (0: from now) matching `filter`. The first item is an error if `from` was
+    /// compacted. Ends when the receiver is dropped or this node stops.
+    pub fn watch(self: &Arc<Self>, from: u64, filter: Filter) -> mpsc::Receiver<WatchItem> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let svc = Arc::downgrade(self);
+        let mut rev_rx = self.revision.clone();
+        let start = self.current_revision() + 1;
+        tokio::spawn(async move {
+            let _ = rev_rx.borrow_and_update();
+            let mut next = if from == 0 { start } else { from };
+            let mut last_sent = Instant::now();
+            loop {
+                let Some(s) = svc.upgrade() else { return };
+                let read = Reader::new(&s.db).and_then(|r| r.changes(next, &filter, WATCH_BATCH));
+                drop(s);
+                match read {
+                    Err(e) => {
+                        let _ = tx.send(Err(store_err(e))).await;
+                        return;
+                    }
+                    Ok(ChangesRead::Compacted { first_available }) => {
+                        let msg = format!(
+                            "revision {next} was compacted (oldest available {first_available}): resync from a \
+                             snapshot (list objects, then watch from the listed revision + 1)"
+                        );
+                        let _ = tx.send(Err(ApiError::new(Code::Compacted, msg))).await;
+                        return;
+                    }
+                    Ok(ChangesRead::Events { events, next: n }) => {
+                        let progressed = n > next;
+                        next = n;
+                        if !events.is_empty() || (progressed && last_sent.elapsed() >= WATCH_PROGRESS_EVERY) {
+                            if tx.send(Ok((events, next - 1))).await.is_err() {
+                                return;
+                            }
+                            last_sent = Instant::now();
+                            continue;
+                        }
+                    }
+                }
+                // Nothing new: wait for the next commit, or send progress so the client knows we're alive.
+                let current = *rev_rx.borrow_and_update();
+                if current >= next {
+                    continue;
+                }
+                match tokio::time::timeout(WATCH_PROGRESS_EVERY, rev_rx.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        if tx.send(Ok((Vec::new(), next - 1))).await.is_err() {
+                            return;
+                        }
+                        last_sent = Instant::now();
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    pub fn cluster_info(&self) -> Result<ClusterInfo, ApiError> {
+        let st = self.raft.status();
+        let r = Reader::new(&self.db).map_err(store_err)?;
+        let members = r.members().map_err(store_err)?;
+        let addr = |id: u64| members.iter().find(|(m, _)| *m == id).map(|(_, r)| r.clone());
+        let info = ClusterInfo {
+            id: st.id,
+            leader_id: st.leader_id.unwrap_or(0),
+            term: st.term,
+            role: format!("{:?}", st.role).to_lowercase(),
+            commit_index: st.commit_index,
+            applied_index: st.applied_index,
+            revision: r.revision().map_err(store_err)?,
+            level: "auto".into(),
+            leader_grpc: st.leader_id.and_then(addr).map(|m| m.grpc).unwrap_or_default(),
+            members: st
+                .peers
+                .iter()
+                .map(|(id, peer)| {
+                    let m = addr(*id);
+                    MemberInfo {
+                        id: *id,
+                        peer_addr: peer.clone(),
+                        grpc_addr: m.as_ref().map(|m| m.grpc.clone()).unwrap_or_default(),
+                        http_addr: m.map(|m| m.http).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            agents_alive: r.agents().map_err(store_err)?.iter().filter(|(_, a)| a.alive).count() as u64,
+            objects: r.object_count().map_err(store_err)?,
+            last_error: st.last_error.unwrap_or_default(),
+        };
+        Ok(info)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub peer_addr: String,
+    pub grpc_addr: String,
+    pub http_addr: String,
+}
+
+/// `huatuo status` / `GET /api/v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterInfo {
+    pub id: u64,
+    pub leader_id: u64,
+    pub term: u64,
+    pub role: String,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub revision: u64,
+    pub level: String,
+    pub leader_grpc: String,
+    pub members: Vec<MemberInfo>,
+    pub agents_alive: u64,
+    pub objects: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+}
+
+/// Coalesce queued commands into entries: while entries are in flight, new commands pile up in the queue
+/// and go out together in the next entry (many findings per entry, many entries per fsync).
+async fn batcher(svc: std::sync::Weak<Service>, mut rx: mpsc::Receiver<Pending>) {
+    let inflight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_ENTRIES));
+    let limit = crate::raft::MAX_COMMAND_BYTES - 64;
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        let mut size = batch[0].cmd.len();
+        while batch.len() < MAX_CMDS_PER_ENTRY {
+            match rx.try_recv() {
+                Ok(p) if size + p.cmd.len() < limit => {
+                    size += p.cmd.len() + 1;
+                    batch.push(p);
+                }
+                Ok(p) => {
+                    carry = Some(p);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(s) = svc.upgrade() else { return };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut entry =
+                format!("{{\"v\":{COMMAND_VERSION},\"now_ms\":{},\"cmds\":[", now_ms()).into_bytes();
+            for (i, p) in batch.iter().enumerate() {
+                if i > 0 {
+                    entry.push(b',');
+                }
+                entry.extend_from_slice(&p.cmd);
+            }
+            entry.extend_from_slice(b"]}");
+            let out = match s.raft.propose(entry).await {
+                Ok(bytes) => serde_json::from_slice::<ApplyResult>(&bytes)
+                    .map_err(|e| ApiError::internal(format!("bad apply result: {e}")))
+                    .and_then(|r| {
+                        if r.results.len() == batch.len() {
+                            Ok(r.results)
+                        } else {
+                            Err(ApiError::internal("apply result does not match the entry"))
+                        }
+                    }),
+                Err(e) => Err(s.map_propose_error(e)),
+            };
+            match out {
+                Ok(results) => {
+                    for (p, r) in batch.into_iter().zip(results) {
+                        let _ = p.tx.send(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    for p in batch {
+                        let _ = p.tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The leader's periodic duties. Followers only keep their heartbeat memory empty.
+async fn duties(svc: std::sync::Weak<Service>) {
+    let mut interval = tokio::time::interval(DUTY_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leader_since: Option<Instant> = None;
+    let mut last_tick = Instant::now();
+    loop {
+        interval.tick().await;
+        let Some(s) = svc.upgrade() else { return };
+        let st = s.raft.status();
+        if st.role == Role::Stopped {
+            return;
+        }
+        if st.role != Role::Leader {
+            leader_since = None;
+            lock(&s.heartbeats).clear();
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        if let Err(e) = leader_duties(&s, since, &mut last_tick).await {
+            tracing::debug!(error = %e, "leader duty failed; retrying next round");
+        }
+    }
+}
+
+async fn leader_duties(
+    s: &Arc<Service>,
+    leader_since: Instant,
+    last_tick: &mut Instant,
+) -> Result<(), ApiError> {
+    let reader = Reader::new(&s.db).map_err(store_err)?;
+    // 1. Announce where this leader's APIs listen, so followers can redirect clients here.
+    let me = MemberRecord { grpc: s.cfg.grpc_addr.clone(), http: s.cfg.http_addr.clone() };
+    let id = s.raft.id();
+    if !reader.members().map_err(store_err)?.iter().any(|(m, r)| *m == id && *r == me) {
+        s.submit(Command::Announce { id, grpc: me.grpc, http: me.http }).await?;
+    }
+    // 2. Agents that went silent. A new leader first waits a full period (it has no heartbeat memory yet).
+    if leader_since.elapsed() >= s.cfg.agent_silent_after {
+        let silent: Vec<(String, String)> = {
+            let hb = lock(&s.heartbeats);
+            reader
+                .agents()
+                .map_err(store_err)?
+                .into_iter()
+                .filter(|(id, a)| {
+                    a.alive && hb.get(id).is_none_or(|seen| seen.last.elapsed() >= s.cfg.agent_silent_after)
+                })
+                .map(|(id, a)| (id, a.host))
+                .collect()
+        };
+        for (agent, host) in silent {
+            s.submit(Command::AgentLiveness { agent: agent.clone(), host, alive: false }).await?;
+            if let Some(seen) = lock(&s.heartbeats).get_mut(&agent) {
+                seen.alive = false;
+            }
+        }
+    }
+    // 3. Step objects whose deadlines passed.
+    if last_tick.elapsed() >= TICK_EVERY {
+        *last_tick = Instant::now();
+        let now = now_ms();
+        let due: Vec<ObjectId> = reader
+            .list(&Filter::default(), usize::MAX)
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|r| r.sm.next_deadline_ms(&s.cfg.policy).is_some_and(|d| d <= now))
+            .map(|r| r.id)
+            .take(MAX_TICK_OBJECTS)
+            .collect();
+        if !due.is_empty() {
+            s.submit(Command::Tick { objects: due }).await?;
+        }
+    }
+    Ok(())
+}

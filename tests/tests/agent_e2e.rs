@@ -1,0 +1,308 @@
+//! End to end with real processes: a 3-node master and agents whose probes read recorded real fixture trees
+//! (checkers/testdata/host/procfs, from prometheus/procfs) with a kernel log fed through `ROOT/dev/kmsg`.
+//!
+//! - One healthy host and one whose disk `sdb` logs block I/O errors: a `huatuo watch` subscriber sees the
+//!   disk go to ERROR with its evidence, and the healthy host's objects stay GOOD.
+//! - Master outage: every master stopped, the agent keeps producing findings, the masters come back and
+//!   every finding arrives exactly once in the object's history.
+//!
+//! Needs the `huatuo` binary (built by `cargo test --workspace` through cli/tests; see `tests::huatuo_bin`).
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use master::cluster::{LocalCluster, READY_TIMEOUT, free_port};
+use proto::api;
+use proto::client::{Client, parse_addrs};
+use tests::{huatuo_bin, wait_until};
+
+/// Bound on every wait for the agent -> master -> watcher path (checkers run every second here).
+const DELIVERY: Duration = Duration::from_secs(60);
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        let ty = e.file_type().unwrap();
+        if ty.is_dir() {
+            copy_tree(&e.path(), &target);
+        } else if ty.is_file() {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A host root: the recorded procfs/sysfs tree, a boot id, and a raw kmsg file with real benign records.
+fn host_root(dir: &Path) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = dir.join("root");
+    copy_tree(&repo.join("checkers/testdata/host/procfs"), &root);
+    std::fs::create_dir_all(root.join("proc/sys/kernel/random")).unwrap();
+    std::fs::write(root.join("proc/sys/kernel/random/boot_id"), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n")
+        .unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    // Benign records recorded by gpud from a real /dev/kmsg.
+    let benign = std::fs::read_to_string(repo.join("checkers/testdata/kernel-log/gpud/kmsg.1.log")).unwrap();
+    let first: Vec<&str> = benign.lines().filter(|l| !l.starts_with(' ')).take(40).collect();
+    std::fs::write(root.join("dev/kmsg"), first.join("\n") + "\n").unwrap();
+    root
+}
+
+/// The last kmsg sequence number in a raw kmsg file.
+fn last_seq(kmsg: &Path) -> u64 {
+    std::fs::read_to_string(kmsg)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(',').nth(1)?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Append block-layer I/O errors for `dev` at the given sectors, as the kernel prints them.
+fn append_io_errors(kmsg: &Path, dev: &str, sectors: &[u64]) {
+    let mut seq = last_seq(kmsg);
+    let mut f = std::fs::OpenOptions::new().append(true).open(kmsg).unwrap();
+    for s in sectors {
+        seq += 1;
+        writeln!(
+            f,
+            "3,{seq},{},-;blk_update_request: I/O error, dev {dev}, sector {s} op 0x0:(READ) flags 0x0 phys_seg 1 prio class 0",
+            300_000_000 + seq * 1000
+        )
+        .unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+fn start_agent(bin: &Path, dir: &Path, host: &str, root: &Path, masters: &str, http_port: u16) -> KillOnDrop {
+    let masters: Vec<String> = parse_addrs(masters).iter().map(|m| format!("{m:?}")).collect();
+    let cfg = format!(
+        "version = 1\nhost = {host:?}\ndata_dir = {:?}\nmasters = [{}]\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
+         root = {:?}\n[labels]\nrack = \"r1\"\n[report]\nheartbeat_s = 1\nbackoff_max_s = 1\n\
+         [checkers.disk]\ninterval_s = 1\n[checkers.machine]\ninterval_s = 2\n[checkers.nic]\ninterval_s = 2\n\
+         [checkers.edac]\ninterval_s = 2\n",
+        dir.join("agent-data").display().to_string(),
+        masters.join(", "),
+        root.display().to_string(),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    KillOnDrop(
+        Command::new(bin)
+            .args(["agent", "--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn object(client: &mut Client, id: &str) -> Option<api::GetObjectResponse> {
+    let req = api::GetObjectRequest { id: id.into(), stale: false };
+    client.call(req, |mut c, r| async move { c.get_object(r).await }).await.ok()
+}
+
+async fn objects_of(client: &mut Client, host: &str) -> Vec<api::Object> {
+    let req = api::ListObjectsRequest { host: host.into(), ..Default::default() };
+    client
+        .call(req, |mut c, r| async move { c.list_objects(r).await })
+        .await
+        .map(|r| r.objects)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_disk_reaches_error_at_the_subscriber_and_healthy_host_stays_good() {
+    let bin = huatuo_bin();
+    let cluster = LocalCluster::start(&bin, 3).expect("start masters");
+    assert!(cluster.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", cluster.log_tail(1));
+    let masters = cluster.grpc_addrs();
+
+    // The subscriber watches disks from the beginning.
+    let mut watch = KillOnDrop(
+        Command::new(&bin)
+            .args(["watch", "--kind", "disk", "--from", "1", "--master", &masters])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let out = watch.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    let healthy_dir = tempfile::tempdir().unwrap();
+    let failing_dir = tempfile::tempdir().unwrap();
+    let healthy_root = host_root(healthy_dir.path());
+    let failing_root = host_root(failing_dir.path());
+    // Twelve I/O errors on sdb: each is a WARNING, ten within ten minutes are an ERROR burst.
+    append_io_errors(
+        &failing_root.join("dev/kmsg"),
+        "sdb",
+        &(1..=12).map(|i| 1_000_000 + i * 8).collect::<Vec<_>>(),
+    );
+    let _h =
+        start_agent(&bin, healthy_dir.path(), "healthy-1", &healthy_root, &masters, free_port().unwrap());
+    let _f =
+        start_agent(&bin, failing_dir.path(), "failing-1", &failing_root, &masters, free_port().unwrap());
+
+    // The subscriber sees disk/failing-1/sdb enter ERROR, with the kernel evidence.
+    let deadline = std::time::Instant::now() + DELIVERY;
+    let mut seen = Vec::new();
+    let error_event = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(ev) = rx.recv_timeout(left) else {
+            panic!(
+                "no ERROR event for disk/failing-1/sdb within {DELIVERY:?}; saw {seen:?}\nagent log:\n{}",
+                std::fs::read_to_string(failing_dir.path().join("agent.log")).unwrap_or_default()
+            );
+        };
+        if ev["object"] == "disk/failing-1/sdb" && ev["state"] == "ERROR" {
+            break ev;
+        }
+        seen.push(ev);
+    };
+    let detail = error_event["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("I/O error") || detail.contains("disk."), "evidence missing: {error_event}");
+
+    let mut client = Client::new(parse_addrs(&masters));
+    let sdb = object(&mut client, "disk/failing-1/sdb").await.expect("sdb exists");
+    let o = sdb.object.unwrap();
+    assert_eq!(o.state, "ERROR");
+    assert!(o.evidence.iter().any(|f| f.checker == "kernel-log"), "{o:?}");
+
+    // The healthy host: registered, graded by its checkers, and every object GOOD.
+    let ok = wait_until(DELIVERY, || {
+        let mut c = Client::new(parse_addrs(&masters));
+        async move {
+            let objs = objects_of(&mut c, "healthy-1").await;
+            objs.iter()
+                .any(|o| o.id == "disk/healthy-1/sda" && o.evidence.iter().any(|f| f.checker == "disk"))
+        }
+    })
+    .await;
+    assert!(ok, "healthy host's disks were never graded");
+    let objs = objects_of(&mut client, "healthy-1").await;
+    assert!(objs.len() >= 5, "machine, disks, nics expected: {objs:?}");
+    for o in &objs {
+        assert_eq!(o.state, "GOOD", "healthy host object moved: {o:?}");
+    }
+    // The failing host's other disks did not move either.
+    let sda = object(&mut client, "disk/failing-1/sda").await.expect("sda registered").object.unwrap();
+    assert_eq!(sda.state, "GOOD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
+    let bin = huatuo_bin();
+    let mut cluster = LocalCluster::start(&bin, 3).expect("start masters");
+    assert!(cluster.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", cluster.log_tail(1));
+    let masters = cluster.grpc_addrs();
+    let dir = tempfile::tempdir().unwrap();
+    let root = host_root(dir.path());
+    let agent_port = free_port().unwrap();
+    let _agent = start_agent(&bin, dir.path(), "outage-1", &root, &masters, agent_port);
+    let kmsg = root.join("dev/kmsg");
+    // Before the outage: one error, delivered.
+    append_io_errors(&kmsg, "sdc", &[500_000]);
+    let ok = wait_until(DELIVERY, || {
+        let m = masters.clone();
+        async move {
+            let mut c = Client::new(parse_addrs(&m));
+            object(&mut c, "disk/outage-1/sdc")
+                .await
+                .is_some_and(|o| o.history.iter().any(|h| h.detail.contains("sector 500000 ")))
+        }
+    })
+    .await;
+    assert!(ok, "first finding never arrived");
+
+    // Every master down (kill -9: no goodbye), findings keep coming.
+    for id in cluster.running() {
+        cluster.kill9(id);
+    }
+    let sectors: Vec<u64> = (1..=5).map(|i| 600_000 + i).collect();
+    append_io_errors(&kmsg, "sdc", &sectors);
+    // Wait until the agent has them in its outbox (its metrics say so), so they were made during the outage.
+    let queued = wait_until(DELIVERY, || {
+        let sectors = sectors.clone();
+        async move {
+            let body = http_get(agent_port, "/api/v1/local");
+            sectors.iter().all(|s| body.contains(&format!("sector {s} ")))
+        }
+    })
+    .await;
+    assert!(queued, "the agent did not pick up the new kernel lines");
+    for id in [1, 2, 3] {
+        cluster.spawn(id, false).unwrap();
+    }
+    assert!(cluster.wait_leader(READY_TIMEOUT).await.is_some(), "no leader after restart");
+
+    let want: Vec<String> = (1..=5).map(|i| format!("sector {} ", 600_000 + i)).collect();
+    let mut client = Client::new(parse_addrs(&masters));
+    let delivered = wait_until(DELIVERY, || {
+        let m = masters.clone();
+        let want = want.clone();
+        async move {
+            let mut c = Client::new(parse_addrs(&m));
+            object(&mut c, "disk/outage-1/sdc")
+                .await
+                .is_some_and(|o| want.iter().all(|w| o.history.iter().any(|h| h.detail.contains(w.as_str()))))
+        }
+    })
+    .await;
+    assert!(delivered, "findings from the outage never arrived");
+    // Let any duplicate that might be in flight land, then count: exactly once each.
+    let flushed = wait_until(DELIVERY, || async move {
+        http_get(agent_port, "/metrics").lines().any(|l| l.trim() == "huatuo_agent_outbox_entries 0")
+    })
+    .await;
+    assert!(flushed, "outbox never drained");
+    let o = object(&mut client, "disk/outage-1/sdc").await.unwrap();
+    for w in &want {
+        let n = o
+            .history
+            .iter()
+            .filter(|h| h.detail.contains("disk.io-error") && h.detail.contains(w.as_str()))
+            .count();
+        assert_eq!(n, 1, "{w}: {n} history entries, expected exactly one:\n{:#?}", o.history);
+    }
+}
+
+/// A plain HTTP GET on loopback; empty on any failure (the caller polls).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
+        return String::new();
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}

@@ -1,0 +1,350 @@
+//! Multi-process tests of the master: 3 real `huatuo master` processes on loopback ports with temp data dirs
+//! and real fsync. Writes continuously, `kill -9`s the leader, and checks that a new leader serves within a
+//! bound, that every acknowledged write survives, that a `huatuo watch` process resumes with no gap and no
+//! duplicate revision, and that the killed node catches up after a restart. Also the REST API's error
+//! contract, the operator CLI, and the refusal of a wiped node without `--join`.
+//!
+//! Needs the `huatuo` binary built first (see `tests::huatuo_bin`).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use master::client::{Client, parse_addrs};
+use master::cluster::{LocalCluster, READY_TIMEOUT};
+use proto::api;
+use tests::{huatuo_bin, wait_until};
+
+/// A new leader must serve writes within this long after the old one is killed (election ~1-2 s).
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
+/// Bound for catch-up and watch delivery waits.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// Kills a helper process when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn finding(object: &str, severity: &str, evidence: &str) -> api::Finding {
+    api::Finding {
+        object: object.into(),
+        severity: severity.into(),
+        checker: "test".into(),
+        version: "1.0.0".into(),
+        rule: "test.rule".into(),
+        evidence: evidence.into(),
+        readings: Default::default(),
+        time_ms: 1,
+    }
+}
+
+/// A plain HTTP/1.1 request (no client library in the tree); returns (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((resp.as_str(), ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+/// Decode an HTTP/1.1 chunked body.
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn cli(bin: &std::path::Path, args: &[&str], master: &str) -> (bool, String, String) {
+    let out = Command::new(bin).args(args).env("HUATUO_MASTER", master).output().expect("run huatuo");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_keeps_acknowledged_writes_and_watch_resumes() {
+    let bin = huatuo_bin();
+    let mut cluster = LocalCluster::start(&bin, 3).expect("start cluster");
+    let leader = cluster.wait_leader(READY_TIMEOUT).await;
+    let Some(leader) = leader else {
+        panic!("no leader; node 1 log:\n{}", cluster.log_tail(1));
+    };
+    let all = cluster.grpc_addrs();
+    // The watcher talks to the leader first, so killing the leader forces it to resume elsewhere.
+    let watch_addrs = {
+        let mut a = vec![cluster.nodes[&leader].grpc.clone()];
+        a.extend(cluster.nodes.iter().filter(|(id, _)| **id != leader).map(|(_, n)| n.grpc.clone()));
+        a.join(",")
+    };
+    let mut watch = KillOnDrop(
+        Command::new(&bin)
+            .args(["watch", "--from", "1", "--master", &watch_addrs])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn watch"),
+    );
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    {
+        let stdout = watch.0.stdout.take().expect("stdout");
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let v: serde_json::Value = serde_json::from_str(&line).expect("watch prints JSON lines");
+                seen.lock().expect("lock").push(v["revision"].as_u64().expect("revision"));
+            }
+        });
+    }
+
+    // A writer acknowledged batch by batch; every finding is about its own object so presence is checkable.
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (acked, stop, all) = (acked.clone(), stop.clone(), all.clone());
+        tokio::spawn(async move {
+            let mut client = Client::new(parse_addrs(&all));
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let objects: Vec<String> = (0..5).map(|i| format!("disk/w{seq}/d{i}")).collect();
+                let req = api::IngestRequest {
+                    agent: "writer-1".into(),
+                    seq,
+                    findings: objects.iter().map(|o| finding(o, "GOOD", "ok")).collect(),
+                };
+                // A retried batch keeps its seq: the master applies it once.
+                if let Ok(r) = client.call(req, |mut c, r| async move { c.ingest(r).await }).await {
+                    let mut a = acked.lock().expect("lock");
+                    a.extend(objects.into_iter().map(|o| (o, r.revision)));
+                }
+            }
+        })
+    };
+    let n_acked = || acked.lock().expect("lock").len();
+    assert!(wait_until(CATCH_UP, || async { n_acked() >= 100 }).await, "writer made no progress");
+
+    let before_kill: Vec<(String, u64)> = acked.lock().expect("lock").clone();
+    let killed_at = Instant::now();
+    cluster.kill9(leader);
+    let after = before_kill.len();
+    let served = wait_until(FAILOVER_BOUND, || async { n_acked() > after + 50 }).await;
+    assert!(served, "no new leader served writes within {FAILOVER_BOUND:?}");
+    eprintln!("writes resumed {:?} after kill -9 of leader {leader}", killed_at.elapsed());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
+
+    // Every write acknowledged before the kill (and after) is present, read linearizably from the new leader.
+    let mut client = Client::new(parse_addrs(&all));
+    let listing = client
+        .call(api::ListObjectsRequest { kind: "disk".into(), ..Default::default() }, |mut c, r| async move {
+            c.list_objects(r).await
+        })
+        .await
+        .expect("list");
+    let present: BTreeSet<String> = listing.objects.iter().map(|o| o.id.clone()).collect();
+    let acked_all = acked.lock().expect("lock").clone();
+    for (o, rev) in &acked_all {
+        assert!(present.contains(o), "acknowledged write {o} (revision {rev}) is missing after failover");
+    }
+    assert!(before_kill.iter().all(|(o, _)| present.contains(o)));
+    let final_rev = listing.revision;
+
+    // The killed node comes back with its data and catches up.
+    cluster.spawn(leader, false).expect("restart");
+    let new_leader = cluster.wait_leader(READY_TIMEOUT).await.expect("leader");
+    let commit = cluster.info(new_leader).await.expect("info").commit_index;
+    assert!(
+        cluster.wait_applied(leader, commit, CATCH_UP).await,
+        "restarted node {leader} did not catch up:\n{}",
+        cluster.log_tail(leader)
+    );
+    let mut on_restarted = Client::new(vec![cluster.nodes[&leader].grpc.clone()]);
+    let stale = on_restarted
+        .call(
+            api::ListObjectsRequest { kind: "disk".into(), stale: true, ..Default::default() },
+            |mut c, r| async move { c.list_objects(r).await },
+        )
+        .await
+        .expect("stale list on the restarted node");
+    assert!(stale.revision >= final_rev);
+    assert_eq!(stale.objects.len(), listing.objects.len());
+
+    // The watcher saw every revision exactly once, in order, across the leader's death.
+    let complete = wait_until(CATCH_UP, || async {
+        seen.lock().expect("lock").last().copied().unwrap_or(0) >= final_rev
+    })
+    .await;
+    let revs = seen.lock().expect("lock").clone();
+    assert!(complete, "watch stopped at {:?} (want {final_rev})", revs.last());
+    let expected: Vec<u64> = (1..=revs.len() as u64).collect();
+    assert_eq!(revs, expected, "watch output must be gap-free and duplicate-free");
+    drop(watch);
+
+    rest_and_cli_checks(&bin, &cluster).await;
+    wiped_node_is_refused_without_join(&mut cluster).await;
+}
+
+async fn rest_and_cli_checks(bin: &std::path::Path, cluster: &LocalCluster) {
+    let leader = cluster.wait_leader(READY_TIMEOUT).await.expect("leader");
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).expect("follower");
+    let lh = cluster.nodes[&leader].http.clone();
+    let fh = cluster.nodes[&follower].http.clone();
+    let all = cluster.grpc_addrs();
+
+    assert_eq!(http(&lh, "GET", "/healthz", "").0, 200);
+    let (st, metrics) = http(&lh, "GET", "/metrics", "");
+    assert_eq!(st, 200);
+    assert!(
+        metrics.contains("huatuo_master_revision ")
+            && metrics.contains("huatuo_master_findings_applied_total"),
+        "{metrics}"
+    );
+
+    // REST write, then a follower answers NOT_LEADER with the leader's HTTP address.
+    let body = r#"{"findings":[{"object":"disk/rest1/sda","severity":"FATAL","checker":"smart","version":"1",
+        "rule":"smart.failed","evidence":"SMART FAILED","time_ms":5}]}"#;
+    let (st, b) = http(&lh, "POST", "/api/v1/findings", body);
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(json(&b)["applied"], 1);
+    let (st, b) = http(&fh, "POST", "/api/v1/findings", body);
+    assert_eq!(st, 421, "{b}");
+    assert_eq!(json(&b)["code"], "NOT_LEADER");
+    assert_eq!(json(&b)["leader"], lh.as_str());
+
+    // Bad input: clear codes, nothing changes.
+    let rev_before = json(&http(&lh, "GET", "/api/v1/cluster", "").1)["revision"].as_u64().expect("revision");
+    for (body, want) in [
+        ("{not json", "bad JSON"),
+        (r#"{"findings":[]}"#, "no findings"),
+        (
+            r#"{"findings":[{"object":"disk/h1","severity":"ERROR","checker":"c","version":"1","rule":"r","evidence":"","time_ms":1}]}"#,
+            "needs a name",
+        ),
+        (
+            r#"{"findings":[{"object":"disk/h1/sda","severity":"BROKEN","checker":"c","version":"1","rule":"r","evidence":"","time_ms":1}]}"#,
+            "unknown variant",
+        ),
+    ] {
+        let (st, b) = http(&lh, "POST", "/api/v1/findings", body);
+        assert_eq!(st, 400, "{body}: {b}");
+        let v = json(&b);
+        assert_eq!(v["code"], "INVALID_ARGUMENT");
+        assert!(v["message"].as_str().unwrap_or("").contains(want), "{body}: {b}");
+    }
+    let big: Vec<String> = (0..master::model::MAX_FINDINGS_PER_BATCH + 1)
+        .map(|i| format!(r#"{{"object":"disk/big/d{i}","severity":"GOOD","checker":"c","version":"1","rule":"r","evidence":"","time_ms":1}}"#))
+        .collect();
+    let (st, b) = http(&lh, "POST", "/api/v1/findings", &format!(r#"{{"findings":[{}]}}"#, big.join(",")));
+    assert_eq!(st, 400, "{b}");
+    assert!(json(&b)["message"].as_str().unwrap_or("").contains("limit"));
+    let (st, b) = http(&lh, "GET", "/api/v1/objects/disk/nowhere/sdz", "");
+    assert_eq!((st, json(&b)["code"].as_str()), (404, Some("NOT_FOUND")));
+    let (st, b) = http(&lh, "GET", "/api/v1/objects?kind=gpu", "");
+    assert_eq!((st, json(&b)["code"].as_str()), (400, Some("INVALID_ARGUMENT")));
+    let (st, b) = http(&lh, "GET", "/api/v1/nope", "");
+    assert_eq!((st, json(&b)["code"].as_str()), (404, Some("NOT_FOUND")));
+    let rev_after = json(&http(&lh, "GET", "/api/v1/cluster", "").1)["revision"].as_u64().expect("revision");
+    assert_eq!(rev_before, rev_after, "rejected input changed nothing");
+
+    // REST reads: linearizable on the leader, stale on a follower; object detail with history.
+    let (st, b) = http(&lh, "GET", "/api/v1/objects/disk/rest1/sda", "");
+    assert_eq!(st, 200, "{b}");
+    let v = json(&b);
+    assert_eq!(v["object"]["state"], "ERROR");
+    assert_eq!(v["history"][0]["to_state"], "ERROR");
+    let (st, _) = http(&fh, "GET", "/api/v1/objects?kind=disk&host=rest1&stale=true", "");
+    assert_eq!(st, 200);
+    let (st, b) = http(&lh, "GET", &format!("/api/v1/watch?from={rev_before}&timeout_ms=300"), "");
+    assert_eq!(st, 200);
+    assert!(b.lines().any(|l| l.contains("\"progress\"")), "{b}");
+
+    // The CLI: report, objects, object, status (against all addresses; it finds the leader).
+    let (ok, out, err) = cli(
+        bin,
+        &["report", "disk/cli1/sdb", "--severity", "fatal", "--checker", "ops", "--evidence", "clicks"],
+        &all,
+    );
+    assert!(ok, "report: {err}");
+    assert_eq!(json(&out)["applied"], 1);
+    let (ok, _, err) = cli(bin, &["report", "disk/cli1/sdb", "--severity", "awful"], &all);
+    assert!(!ok && err.contains("unknown severity"), "{err}");
+    let (ok, out, err) = cli(bin, &["objects", "--host", "cli1", "--json"], &all);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["objects"][0]["state"], "ERROR");
+    let (ok, out, _) = cli(bin, &["objects", "--kind", "disk", "--host", "cli1"], &all);
+    assert!(ok && out.contains("disk/cli1/sdb") && out.contains("ERROR"), "{out}");
+    let (ok, out, err) = cli(bin, &["object", "disk/cli1/sdb"], &all);
+    assert!(ok && out.contains("GOOD -> ERROR"), "{out}{err}");
+    let (ok, out, err) = cli(bin, &["status", "--json"], &all);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(v["leader_id"], leader);
+    assert_eq!(v["level"], "auto");
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
+    let (ok, _, err) = cli(bin, &["object", "disk/cli1/nope"], &all);
+    assert!(!ok && err.contains("NOT_FOUND"), "{err}");
+}
+
+async fn wiped_node_is_refused_without_join(cluster: &mut LocalCluster) {
+    let leader = cluster.wait_leader(READY_TIMEOUT).await.expect("leader");
+    let victim = *cluster.nodes.keys().find(|id| **id != leader).expect("follower");
+    cluster.kill9(victim);
+    std::fs::remove_dir_all(cluster.data_dir(victim)).expect("wipe data dir");
+    cluster.spawn(victim, false).expect("spawn");
+    let mut status = None;
+    let exited = wait_until(CATCH_UP, || {
+        status = cluster.exited(victim);
+        let done = status.is_some();
+        async move { done }
+    })
+    .await;
+    assert!(exited, "a wiped node without --join must refuse to start");
+    assert!(!status.expect("status").success());
+    let log = cluster.log_tail(victim);
+    assert!(log.contains("refusing to start node") && log.contains("join"), "{log}");
+    // With --join it comes back as an empty member and catches up from the leader.
+    cluster.kill9(victim);
+    cluster.spawn(victim, true).expect("spawn with --join");
+    let leader = cluster.wait_leader(READY_TIMEOUT).await.expect("leader");
+    let commit = cluster.info(leader).await.expect("info").commit_index;
+    assert!(
+        cluster.wait_applied(victim, commit, CATCH_UP).await,
+        "joined node did not catch up:\n{}",
+        cluster.log_tail(victim)
+    );
+}
