@@ -36,6 +36,8 @@ pub struct ReporterConfig {
     pub batch_max: usize,
     pub heartbeat: Duration,
     pub backoff_max: Duration,
+    /// Checker name -> version this agent runs (sent with every heartbeat).
+    pub checkers: std::collections::BTreeMap<String, String>,
     /// Labels attached to every registered object (cluster, rack, switch, profile).
     pub labels: std::collections::BTreeMap<String, String>,
 }
@@ -129,11 +131,21 @@ async fn register(cfg: &ReporterConfig, client: &mut Client, items: &[Item]) -> 
         .map_err(|e| e.to_string())
 }
 
-async fn heartbeat(cfg: &ReporterConfig, client: &mut Client) -> Result<(), String> {
+async fn heartbeat(
+    cfg: &ReporterConfig,
+    client: &mut Client,
+    outbox: &Arc<dyn OutboxStore>,
+    shared: &Shared,
+) -> Result<(), String> {
+    let depth = outbox.depth().unwrap_or_default();
     let req = api::HeartbeatRequest {
         agent: cfg.agent_id.clone(),
         host: cfg.host.clone(),
         version: cfg.version.clone(),
+        started_ms: shared.started_ms,
+        checkers: cfg.checkers.clone().into_iter().collect(),
+        outbox_entries: depth.entries,
+        outbox_dropped: depth.dropped.iter().sum(),
     };
     client
         .call(req, |mut c, r| async move { c.heartbeat(r).await })
@@ -174,7 +186,7 @@ pub async fn run(
             }
         }
         if failed.is_none() && tokio::time::Instant::now() >= next_heartbeat {
-            match heartbeat(&cfg, &mut client).await {
+            match heartbeat(&cfg, &mut client, &outbox, &shared).await {
                 Ok(()) => next_heartbeat = tokio::time::Instant::now() + cfg.heartbeat,
                 Err(e) => failed = Some(format!("heartbeat: {e}")),
             }

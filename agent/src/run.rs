@@ -308,6 +308,8 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyho
     let shared = Shared::new(host.clone(), started);
     let cursor = Arc::new(Mutex::new(None));
     let (checkers, feeds) = build_checkers(&cfg, &outbox, &cursor)?;
+    let versions: BTreeMap<String, String> =
+        checkers.iter().map(|s| (s.checker.name().to_string(), s.checker.version().to_string())).collect();
     let inventory = crate::inventory::collect(&cfg.root, &host);
     tracing::info!(host, checkers = checkers.len(), objects = inventory.len(), "agent starting");
 
@@ -341,6 +343,7 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyho
         batch_max: cfg.report.batch_max,
         heartbeat: Duration::from_secs(cfg.report.heartbeat_s),
         backoff_max: Duration::from_secs(cfg.report.backoff_max_s),
+        checkers: versions,
         labels: cfg.labels.clone(),
     };
     tasks.spawn(reporter::run(

@@ -13,10 +13,16 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use checkers::registry::{HostConfig, host_checkers};
+use checkers::edac::EdacChecker;
+use checkers::kernel_log::{Cursor, CursorError, CursorStore, KernelLogChecker, RuleSet};
+use checkers::machine::MachineChecker;
+use checkers::nic::NicChecker;
+use checkers::registry::HostConfig;
+use checkers::scoring::disk::DiskChecker;
 use checkers::scoring::{DiskEvidence, Profile, score};
 use checkers::smart::{self, ProbeProblem, ScanDevice, SmartProbe, SmartReport};
 use checkers::{CheckContext, Checker};
@@ -193,7 +199,17 @@ pub fn run_host(a: HostArgs) -> anyhow::Result<ExitCode> {
     if let Some(s) = a.expected_speed {
         cfg.nic.expected_speed_mbps.insert("*".into(), s);
     }
-    let mut checkers: Vec<Box<dyn Checker>> = host_checkers(&cfg);
+    // Kernel log first: its findings are an input to the disk and machine grades. It reads ROOT/dev/kmsg
+    // from the start of the ring buffer (no cursor is kept by a one-shot check).
+    let mut kernel = KernelLogChecker::kmsg(Arc::new(RuleSet::default_rules()?), Box::new(NoCursor));
+    let has_kmsg = a.root.join("dev/kmsg").exists();
+    if !has_kmsg {
+        eprintln!("huatuo: {}/dev/kmsg not found: kernel log skipped", a.root.display());
+    }
+    let mut disk = DiskChecker::new(cfg.disk.clone());
+    let mut machine = MachineChecker::new(cfg.machine.clone());
+    let mut others: Vec<Box<dyn Checker>> =
+        vec![Box::new(EdacChecker::new(cfg.edac)), Box::new(NicChecker::new(cfg.nic.clone()))];
     let ctx = |now_ms| CheckContext {
         root: a.root.clone(),
         host: host.clone(),
@@ -201,24 +217,49 @@ pub fn run_host(a: HostArgs) -> anyhow::Result<ExitCode> {
         profile: a.profile.clone(),
     };
     let mut findings = Vec::new();
-    let run_all = |checkers: &mut Vec<Box<dyn Checker>>, findings: &mut Vec<_>| {
+    let mut kernel_all = Vec::new();
+    let mut run_all = |findings: &mut Vec<_>| {
         findings.clear();
         let c = ctx(now_ms());
-        for ch in checkers.iter_mut() {
+        if has_kmsg {
+            // Accumulated over both samples: only the last sample's output is printed.
+            match kernel.run(&c) {
+                Ok(f) => kernel_all.extend(f),
+                Err(e) => eprintln!("huatuo: checker {} {}: {e}", kernel.name(), kernel.version()),
+            }
+        }
+        disk.set_kernel_findings(kernel_all.clone());
+        machine.set_kernel_findings(kernel_all.clone());
+        findings.extend(kernel_all.iter().cloned());
+        let mut graded: Vec<&mut dyn Checker> = vec![&mut disk, &mut machine];
+        graded.extend(others.iter_mut().map(|c| c.as_mut() as &mut dyn Checker));
+        for ch in graded {
             match ch.run(&c) {
                 Ok(f) => findings.extend(f),
                 Err(e) => eprintln!("huatuo: checker {} {}: {e}", ch.name(), ch.version()),
             }
         }
     };
-    run_all(&mut checkers, &mut findings);
+    run_all(&mut findings);
     if live && a.interval > 0 {
         std::thread::sleep(Duration::from_secs(a.interval));
-        run_all(&mut checkers, &mut findings);
+        run_all(&mut findings);
     }
     let mut out = std::io::stdout().lock();
     for f in &findings {
         writeln!(out, "{}", serde_json::to_string(f)?)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A kmsg cursor that is never kept: `check host` is a one-shot look at the whole ring buffer.
+struct NoCursor;
+
+impl CursorStore for NoCursor {
+    fn load(&mut self) -> Result<Option<Cursor>, CursorError> {
+        Ok(None)
+    }
+    fn save(&mut self, _cursor: &Cursor) -> Result<(), CursorError> {
+        Ok(())
+    }
 }

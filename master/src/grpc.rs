@@ -248,7 +248,14 @@ impl Master for GrpcApi {
         req: Request<api::HeartbeatRequest>,
     ) -> Result<Response<api::HeartbeatResponse>, Status> {
         let req = req.into_inner();
-        let revision = self.svc.heartbeat(req.agent, req.host).await.map_err(err)?;
+        let info = crate::service::HeartbeatInfo {
+            version: req.version,
+            started_ms: req.started_ms,
+            checkers: req.checkers.into_iter().collect(),
+            outbox_entries: req.outbox_entries,
+            outbox_dropped: req.outbox_dropped,
+        };
+        let revision = self.svc.heartbeat(req.agent, req.host, info).await.map_err(err)?;
         Ok(Response::new(api::HeartbeatResponse { revision }))
     }
 

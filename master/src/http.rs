@@ -38,6 +38,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/api/v1/findings", post(ingest))
         .route("/api/v1/register", post(register))
         .route("/api/v1/heartbeat", post(heartbeat))
+        .route("/api/v1/agents", get(agents))
         .route("/api/v1/commands", post(command))
         .route("/api/v1/watch", get(watch))
         .fallback(|| async { HttpError(ApiError::not_found("no such route")) })
@@ -286,12 +287,35 @@ async fn register(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpE
 pub struct HeartbeatBody {
     pub agent: String,
     pub host: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub started_ms: u64,
+    #[serde(default)]
+    pub checkers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub outbox_entries: u64,
+    #[serde(default)]
+    pub outbox_dropped: u64,
 }
 
 async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
     let b: HeartbeatBody = parse_json(&body)?;
-    let revision = svc.heartbeat(b.agent, b.host).await.map_err(|e| rest_error(&svc, e))?;
+    let info = crate::service::HeartbeatInfo {
+        version: b.version,
+        started_ms: b.started_ms,
+        checkers: b.checkers,
+        outbox_entries: b.outbox_entries,
+        outbox_dropped: b.outbox_dropped,
+    };
+    let revision = svc.heartbeat(b.agent, b.host, info).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "revision": revision })).into_response())
+}
+
+/// `GET /api/v1/agents`: the leader's heartbeat memory (versions, start times, outbox depth per agent).
+async fn agents(State(svc): State<Svc>) -> Result<Response, HttpError> {
+    let agents = svc.agents().map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(serde_json::json!({ "agents": agents })).into_response())
 }
 
 /// `POST /api/v1/commands`: same fields as the gRPC CommandRequest.

@@ -49,8 +49,37 @@ pub struct ServiceConfig {
     pub policy: Policy,
 }
 
+/// What an agent says about itself in each heartbeat (leader memory only; never replicated).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HeartbeatInfo {
+    pub version: String,
+    pub started_ms: u64,
+    pub checkers: BTreeMap<String, String>,
+    pub outbox_entries: u64,
+    pub outbox_dropped: u64,
+}
+
+/// Most checkers one heartbeat may list, and the longest version string kept (hostile input stays small).
+pub const MAX_HEARTBEAT_CHECKERS: usize = 64;
+const MAX_VERSION_LEN: usize = 64;
+
+/// One agent as the leader's heartbeat memory sees it (`GET /api/v1/agents`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentView {
+    pub agent: String,
+    pub host: String,
+    pub alive: bool,
+    pub last_heartbeat_ms_ago: u64,
+    /// Times this agent's start time changed while this leader watched it.
+    pub restarts: u64,
+    #[serde(flatten)]
+    pub info: HeartbeatInfo,
+}
+
 struct Seen {
     host: String,
+    info: HeartbeatInfo,
+    restarts: u64,
     last: Instant,
     /// Whether the replicated state says alive (as far as this leader knows).
     alive: bool,
@@ -272,12 +301,24 @@ impl Service {
     }
 
     /// Record a heartbeat in the leader's memory; only a change of liveness is replicated.
-    pub async fn heartbeat(&self, agent: String, host: String) -> Result<u64, ApiError> {
+    pub async fn heartbeat(&self, agent: String, host: String, info: HeartbeatInfo) -> Result<u64, ApiError> {
         self.leader_gate()?;
         if agent.is_empty() {
             return Err(ApiError::invalid("heartbeat without an agent id"));
         }
         check_text("agent", &agent)?;
+        if info.checkers.len() > MAX_HEARTBEAT_CHECKERS {
+            return Err(ApiError::invalid(format!(
+                "heartbeat lists more than {MAX_HEARTBEAT_CHECKERS} checkers"
+            )));
+        }
+        if info.version.len() > MAX_VERSION_LEN
+            || info.checkers.iter().any(|(k, v)| k.len() > MAX_VERSION_LEN || v.len() > MAX_VERSION_LEN)
+        {
+            return Err(ApiError::invalid(format!(
+                "heartbeat names and versions are limited to {MAX_VERSION_LEN} bytes"
+            )));
+        }
         state_machines::id::validate_host(&host).map_err(|e| ApiError::invalid(e.to_string()))?;
         let need_alive = {
             let mut hb = lock(&self.heartbeats);
@@ -286,10 +327,16 @@ impl Service {
             }
             let seen = hb.entry(agent.clone()).or_insert_with(|| Seen {
                 host: host.clone(),
+                info: info.clone(),
+                restarts: 0,
                 last: Instant::now(),
                 alive: false,
             });
             seen.last = Instant::now();
+            if seen.info.started_ms != info.started_ms {
+                seen.restarts += 1;
+            }
+            seen.info = info;
             let moved = seen.host != host;
             seen.host = host.clone();
             !seen.alive || moved
@@ -307,6 +354,23 @@ impl Service {
             }
         }
         Ok(self.current_revision())
+    }
+
+    /// The leader's heartbeat memory: every agent it has heard from, with what it said last.
+    pub fn agents(&self) -> Result<Vec<AgentView>, ApiError> {
+        self.leader_gate()?;
+        let hb = lock(&self.heartbeats);
+        Ok(hb
+            .iter()
+            .map(|(agent, s)| AgentView {
+                agent: agent.clone(),
+                host: s.host.clone(),
+                alive: s.alive,
+                last_heartbeat_ms_ago: u64::try_from(s.last.elapsed().as_millis()).unwrap_or(u64::MAX),
+                restarts: s.restarts,
+                info: s.info.clone(),
+            })
+            .collect())
     }
 
     /// A read view: after a read-index barrier (linearizable), or this node's copy as is (`stale`).

@@ -212,6 +212,17 @@ async fn failing_disk_reaches_error_at_the_subscriber_and_healthy_host_stays_goo
     for o in &objs {
         assert_eq!(o.state, "GOOD", "healthy host object moved: {o:?}");
     }
+    // Heartbeats carry the agent's version, start time, checker versions and outbox depth (leader memory).
+    let agents = cluster
+        .nodes
+        .values()
+        .filter_map(|n| n.http.rsplit(':').next()?.parse::<u16>().ok())
+        .map(|port| http_get(port, "/api/v1/agents"))
+        .find(|body| body.starts_with("HTTP/1.1 200"))
+        .expect("the leader serves /api/v1/agents");
+    for want in ["\"failing-1\"", "\"healthy-1\"", "\"started_ms\"", "\"kernel-log\"", "\"outbox_entries\""] {
+        assert!(agents.contains(want), "{want} missing from {agents}");
+    }
     // The failing host's other disks did not move either.
     let sda = object(&mut client, "disk/failing-1/sda").await.expect("sda registered").object.unwrap();
     assert_eq!(sda.state, "GOOD");

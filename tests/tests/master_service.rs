@@ -10,7 +10,7 @@ use master::fsm::MasterFsm;
 use master::machine::{Input, Policy};
 use master::model::{MAX_FINDINGS_PER_BATCH, Registration};
 use master::raft::{RaftConfig, RaftNode, Role};
-use master::service::{IngestBatch, Service, ServiceConfig};
+use master::service::{HeartbeatInfo, IngestBatch, MAX_HEARTBEAT_CHECKERS, Service, ServiceConfig};
 use master::store::Filter;
 use proto::error::Code;
 use state_machines::{AckKind, Finding, OperatorCommand, Severity, State};
@@ -179,13 +179,29 @@ async fn validation_limits_and_commands() {
     n.raft.shutdown().await;
 }
 
+fn hb(started_ms: u64) -> HeartbeatInfo {
+    HeartbeatInfo {
+        version: "0.1.0".into(),
+        started_ms,
+        checkers: [("disk".to_string(), "1.0.0".to_string())].into_iter().collect(),
+        outbox_entries: 7,
+        outbox_dropped: 0,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_replicate_only_liveness_changes() {
     let n = start_node(Duration::from_secs(1)).await;
     let svc = &n.svc;
-    assert!(svc.heartbeat(String::new(), "h1".into()).await.is_err_and(|e| e.code == Code::InvalidArgument));
     assert!(
-        svc.heartbeat("a1".into(), "bad host!".into()).await.is_err_and(|e| e.code == Code::InvalidArgument)
+        svc.heartbeat(String::new(), "h1".into(), hb(1))
+            .await
+            .is_err_and(|e| e.code == Code::InvalidArgument)
+    );
+    assert!(
+        svc.heartbeat("a1".into(), "bad host!".into(), hb(1))
+            .await
+            .is_err_and(|e| e.code == Code::InvalidArgument)
     );
     // Wait for the leader's own announcement so revisions below are only ours.
     assert!(
@@ -195,13 +211,31 @@ async fn heartbeats_replicate_only_liveness_changes() {
         .await
     );
     let before = svc.current_revision();
-    svc.heartbeat("a1".into(), "h1".into()).await.expect("heartbeat");
+    svc.heartbeat("a1".into(), "h1".into(), hb(1)).await.expect("heartbeat");
     let alive_rev = svc.current_revision();
     assert_eq!(alive_rev, before + 1, "coming alive is one replicated change");
     for _ in 0..5 {
-        svc.heartbeat("a1".into(), "h1".into()).await.expect("heartbeat");
+        svc.heartbeat("a1".into(), "h1".into(), hb(1)).await.expect("heartbeat");
     }
+    // A restarted agent (new start time) is counted, still without a replicated change.
+    svc.heartbeat("a1".into(), "h1".into(), hb(2)).await.expect("heartbeat");
     assert_eq!(svc.current_revision(), alive_rev, "repeated heartbeats are not replicated");
+    let agents = svc.agents().expect("agents");
+    assert_eq!(agents.len(), 1);
+    assert_eq!((agents[0].restarts, agents[0].info.started_ms, agents[0].info.outbox_entries), (1, 2, 7));
+    assert_eq!(agents[0].info.checkers.get("disk").map(String::as_str), Some("1.0.0"));
+    // Hostile heartbeats are refused and change nothing.
+    let mut flood = hb(2);
+    flood.checkers = (0..=MAX_HEARTBEAT_CHECKERS).map(|i| (format!("c{i}"), "1".into())).collect();
+    assert!(
+        svc.heartbeat("a1".into(), "h1".into(), flood).await.is_err_and(|e| e.code == Code::InvalidArgument)
+    );
+    let mut long = hb(3);
+    long.version = "v".repeat(1000);
+    assert!(
+        svc.heartbeat("a1".into(), "h1".into(), long).await.is_err_and(|e| e.code == Code::InvalidArgument)
+    );
+    assert_eq!(svc.agents().expect("agents")[0].restarts, 1);
     assert_eq!(svc.cluster_info().expect("info").agents_alive, 1);
     // Silence past the limit: the leader marks the agent silent (one more change).
     assert!(
