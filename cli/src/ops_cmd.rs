@@ -213,8 +213,12 @@ pub fn object(a: ObjectArgs) -> anyhow::Result<ExitCode> {
     }
     writeln!(
         out,
-        "{}  {}  grade {}  since {} ms  revision {}",
-        o.id, o.state, o.grade, o.state_since_ms, o.revision
+        "{}  {}  grade {}  since {}  revision {}",
+        o.id,
+        o.state,
+        o.grade,
+        utc(o.state_since_ms),
+        o.revision
     )?;
     let mut attrs: Vec<_> = o.attributes.iter().collect();
     attrs.sort();
@@ -236,7 +240,7 @@ pub fn object(a: ObjectArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!("{} -> {} ", h.from_state, h.to_state)
         };
-        writeln!(out, "  r{} t={} {} {}{} {}", h.revision, h.time_ms, h.what, arrow, h.cause, h.detail)?;
+        writeln!(out, "  r{} {} {} {}{} {}", h.revision, utc(h.time_ms), h.what, arrow, h.cause, h.detail)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -370,4 +374,10 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("member {}  peer {}  grpc {}  http {}{mark}", m.id, m.peer_addr, m.grpc_addr, m.http_addr);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Milliseconds since the epoch as an ISO-8601 UTC time, for people.
+fn utc(ms: u64) -> String {
+    checkers::kernel_log::parse::format_log_time(checkers::kernel_log::LogTime::Wall(ms))
+        .unwrap_or_else(|| format!("{ms} ms"))
 }
