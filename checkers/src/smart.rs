@@ -50,6 +50,8 @@ pub enum SmartError {
     BadJson(String),
     #[error("smartctl output is JSON but not a smartctl document (no \"smartctl\" section)")]
     NotSmartctl,
+    #[error("this is `smartctl --scan` output (a device list), not a report about one device")]
+    ScanOutput,
 }
 
 // ---------------------------------------------------------------- tolerant serde helpers
@@ -446,6 +448,10 @@ pub fn parse_report(bytes: &[u8], device_hint: &str) -> Result<SmartReport, Smar
     let doc: RawDoc =
         serde_json::from_slice(bytes).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
     let ctl = doc.smartctl.ok_or(SmartError::NotSmartctl)?;
+    let is_scan = ctl.argv.as_ref().is_some_and(|a| a.iter().any(|x| x == "--scan" || x == "--scan-open"));
+    if is_scan && doc.device.is_none() {
+        return Err(SmartError::ScanOutput);
+    }
     let exit_status = ctl.exit_status.map(|v| (v & 0xff) as u8).unwrap_or(0);
     let messages: Vec<String> = ctl
         .messages
@@ -936,6 +942,11 @@ mod tests {
         assert!(parse_report(&garbage, "x").is_err());
         assert_eq!(parse_report(b"{}", "x"), Err(SmartError::NotSmartctl));
         assert!(parse_report(b"[1,2]", "x").is_err());
+        // A device list is not a device report: a clear error, never a GOOD grade for a file name.
+        for f in ["smart-prom-next/nvme_scan_open_error.json", "smart-prom-next/scsi_scan.json"] {
+            let scan = std::fs::read(testdata(f)).unwrap();
+            assert_eq!(parse_report(&scan, "x"), Err(SmartError::ScanOutput), "{f}");
+        }
     }
 
     #[test]
