@@ -55,6 +55,14 @@ fn host_root(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(root.join("proc/sys/kernel/random")).unwrap();
     std::fs::write(root.join("proc/sys/kernel/random/boot_id"), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n")
         .unwrap();
+    // Disk slots with identities, as sysfs shows them (git keeps no empty directories, so the recorded
+    // tree's empty sys/block/sdX folders are not enough for the inventory).
+    for (i, dev) in ["sda", "sdb", "sdc", "sdd", "sde"].iter().enumerate() {
+        let d = root.join("sys/block").join(dev).join("device");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("serial"), format!("WD-WCC4E000000{i}\n")).unwrap();
+        std::fs::write(d.join("model"), "WDC WD40EFRX-68N\n").unwrap();
+    }
     std::fs::create_dir_all(root.join("dev")).unwrap();
     // Benign records recorded by gpud from a real /dev/kmsg.
     let benign = std::fs::read_to_string(repo.join("checkers/testdata/kernel-log/gpud/kmsg.1.log")).unwrap();
