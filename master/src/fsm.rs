@@ -15,11 +15,17 @@ use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use state_machines::{Finding, ObjectId};
 use tokio::sync::watch;
 
-use crate::machine::{self, Admission, Input, ObjectState, Outcome, Policy};
+use crate::machine::{self, Input, ObjectState, Outcome, Policy};
 use crate::model::*;
-use crate::store::{
-    self, AGENTS, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST, META_REVISION, OBJECTS, StoreError,
+use crate::safety::{
+    self, AuditEntry, Level, Proposal, ProposalFilter, ProposalStatus, SafetyConfig, ScopeRecord,
 };
+use crate::store::{
+    self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_AUDIT_NEXT, META_CHANGELOG_FIRST,
+    META_PROPOSAL_NEXT, META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, SCOPES, SETTING_SAFETY,
+    SETTINGS, StoreError,
+};
+use state_machines::{Cause, Effect, Kind, Transition};
 
 /// Counters the node exports on /metrics. Not replicated: each node counts what it applied.
 #[derive(Debug, Default)]
@@ -49,6 +55,12 @@ struct Tables<'t> {
     changes: Table<'t, u64, &'static [u8]>,
     agents: Table<'t, &'static str, &'static [u8]>,
     members: Table<'t, u64, &'static [u8]>,
+    scopes: Table<'t, &'static str, &'static [u8]>,
+    proposals: Table<'t, u64, &'static [u8]>,
+    proposal_obj: Table<'t, &'static str, &'static [u8]>,
+    pending: Table<'t, u64, &'static [u8]>,
+    settings: Table<'t, &'static str, &'static [u8]>,
+    audit: Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -60,6 +72,12 @@ impl<'t> Tables<'t> {
             changes: txn.open_table(CHANGES)?,
             agents: txn.open_table(AGENTS)?,
             members: txn.open_table(MEMBERS)?,
+            scopes: txn.open_table(SCOPES)?,
+            proposals: txn.open_table(PROPOSALS)?,
+            proposal_obj: txn.open_table(PROPOSAL_OBJ)?,
+            pending: txn.open_table(PENDING)?,
+            settings: txn.open_table(SETTINGS)?,
+            audit: txn.open_table(AUDIT)?,
         })
     }
 }
@@ -75,6 +93,36 @@ struct Apply<'a, 't> {
     /// Records changed by this entry, written once at the end: an agent batch touches each of its host's
     /// objects many times (several checkers), so this saves most decode/encode/write work.
     dirty: BTreeMap<String, ObjectRecord>,
+    /// The stored version of each record loaded by this entry (None: did not exist), to keep the per-scope
+    /// population counters exact when a record changes.
+    originals: BTreeMap<String, Option<ObjectRecord>>,
+    /// The replicated safety config, and the scope records read or changed by this entry.
+    cfg: SafetyConfig,
+    scopes: BTreeMap<String, ScopeRecord>,
+    /// Set when the safety net held the current command's transition: (proposal id or 0, why).
+    held: Option<(u64, String)>,
+}
+
+/// How a transition reached admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Automatic (findings, acks, ticks, results): levels, quotas and spikes apply.
+    Auto,
+    /// An operator's own command: allowed in manual drive, refused in blind.
+    Operator,
+    /// An operator approved proposal N.
+    Approved(u64),
+}
+
+/// What admission decided about a transition.
+enum Decision {
+    Admit,
+    /// Not applied. `new`: first time (history and an event); repeats only bump the proposal.
+    Hold {
+        proposal: u64,
+        reason: String,
+        new: bool,
+    },
 }
 
 impl MasterFsm {
@@ -123,6 +171,10 @@ impl MasterFsm {
         };
         let mut tables = Tables::open(txn)?;
         let revision = tables.meta.get(META_REVISION)?.map(|g| g.value()).unwrap_or(0);
+        let cfg = match tables.settings.get(SETTING_SAFETY)? {
+            Some(g) => store::decode("fsm_settings", g.value())?,
+            None => SafetyConfig::default(),
+        };
         let mut a = Apply {
             t: &mut tables,
             policy: &self.policy,
@@ -131,6 +183,10 @@ impl MasterFsm {
             events: Vec::new(),
             stats: &self.stats,
             dirty: BTreeMap::new(),
+            originals: BTreeMap::new(),
+            cfg,
+            scopes: BTreeMap::new(),
+            held: None,
         };
         let mut results = Vec::with_capacity(env.cmds.len());
         for cmd in env.cmds {
@@ -223,24 +279,50 @@ impl Apply<'_, '_> {
                 Ok(self.result())
             }
             Command::Tick { objects } => self.tick(objects),
+            Command::SetLevel { scope, level, by, reason } => self.set_level(&scope, level, &by, &reason),
+            Command::Release { scope, by, reason } => self.set_level(&scope, Level::Auto, &by, &reason),
+            Command::Decide { ids, filter, approve, by, reason } => {
+                self.decide(ids, &filter, approve, &by, &reason)
+            }
+            Command::SetSafety { config, by, reason } => self.set_safety(config, &by, &reason),
         }
     }
 
-    fn load(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
+    fn load(&mut self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
         if let Some(r) = self.dirty.get(id) {
             return Ok(Some(r.clone()));
         }
-        self.t.objects.get(id)?.map(|g| store::decode("fsm_objects", g.value())).transpose()
+        if let Some(r) = self.originals.get(id) {
+            return Ok(r.clone());
+        }
+        let rec: Option<ObjectRecord> =
+            self.t.objects.get(id)?.map(|g| store::decode("fsm_objects", g.value())).transpose()?;
+        self.originals.insert(id.to_string(), rec.clone());
+        Ok(rec)
     }
 
     fn save(&mut self, rec: &ObjectRecord) -> Result<(), StoreError> {
-        self.dirty.insert(rec.id.to_string(), rec.clone());
+        let id = rec.id.to_string();
+        let prev = match self.dirty.get(&id) {
+            Some(r) => Some(r.clone()),
+            None => self.load(&id)?,
+        };
+        self.account(prev.as_ref(), Some(rec))?;
+        self.dirty.insert(id, rec.clone());
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
         for (id, rec) in std::mem::take(&mut self.dirty) {
             self.t.objects.insert(id.as_str(), store::encode(&rec).as_slice())?;
+        }
+        self.originals.clear();
+        for (name, rec) in std::mem::take(&mut self.scopes) {
+            if rec.is_empty() {
+                self.t.scopes.remove(name.as_str())?;
+            } else {
+                self.t.scopes.insert(name.as_str(), store::encode(&rec).as_slice())?;
+            }
         }
         Ok(())
     }
@@ -288,33 +370,44 @@ impl Apply<'_, '_> {
         revision
     }
 
-    /// Store a successful step: admission for capacity removal, then state, history and the change event.
-    /// Returns whether the state changed.
+    /// Store a successful step: admission by the safety net (levels, quotas, spikes), then state, history and
+    /// the change event. Returns whether the state changed. A held transition changes nothing on the object
+    /// but is recorded (history, event, proposal) and noted in `self.held`.
+    #[allow(clippy::too_many_arguments)]
     fn store_outcome(
         &mut self,
         rec: &mut ObjectRecord,
         out: Outcome,
+        input: &Input,
         what: &str,
         detail: String,
         always_history: bool,
+        mode: Mode,
     ) -> Result<bool, StoreError> {
-        if out.removes_capacity()
-            && let Admission::Hold { reason } = machine::admit_capacity_removal(&rec.sm, &out, self.now)
-        {
-            // Manual drive: the object stays; the would-be transition is recorded for operators.
-            let to = out.transition.as_ref().map(|t| t.to.as_str()).unwrap_or("");
-            let entry = HistoryEntry {
-                revision: 0,
-                time_ms: self.now,
-                what: "held".into(),
-                from_state: machine::state_name(&rec.sm).into(),
-                to_state: to.into(),
-                cause: what.into(),
-                detail: reason.clone(),
-            };
-            let rev = self.change(rec, "held", "", reason);
-            self.push_history(rec, HistoryEntry { revision: rev, ..entry })?;
-            return Ok(false);
+        if let Some(t) = out.transition.as_ref() {
+            if let Decision::Hold { proposal, reason, new } = self.admit(rec, &out, t, input, mode)? {
+                if new {
+                    let entry = HistoryEntry {
+                        revision: 0,
+                        time_ms: self.now,
+                        what: if proposal > 0 { "held" } else { "blocked" }.into(),
+                        from_state: t.from.as_str().into(),
+                        to_state: t.to.as_str().into(),
+                        cause: machine::cause_text(&t.cause),
+                        detail: reason.clone(),
+                    };
+                    let what = entry.what.clone();
+                    let rev = self.change(rec, &what, "", reason.clone());
+                    self.push_history(rec, HistoryEntry { revision: rev, ..entry })?;
+                }
+                self.held = Some((proposal, reason));
+                return Ok(false);
+            }
+        }
+        for e in &out.effects {
+            if let Effect::AlertOperator { object, message } = e {
+                self.audit_row("alert", "", &object.to_string(), "", message)?;
+            }
         }
         let from = machine::state_name(&rec.sm);
         let transition = out.transition.clone();
@@ -375,11 +468,13 @@ impl Apply<'_, '_> {
                 return Ok(CmdResult { duplicate: true, ..self.result() });
             }
             let host = findings.first().map(|f| f.object.host().to_string()).unwrap_or_default();
-            let rec = match prev {
-                Some(p) => AgentRecord { last_seq: seq, ..p },
-                None => AgentRecord { host, last_seq: seq, alive: false, since_ms: self.now },
+            let rec = match &prev {
+                Some(p) => AgentRecord { last_seq: seq, ..p.clone() },
+                None => {
+                    AgentRecord { host, last_seq: seq, alive: false, since_ms: self.now, scopes: Vec::new() }
+                }
             };
-            self.t.agents.insert(agent, store::encode(&rec).as_slice())?;
+            self.put_agent(agent, prev.as_ref(), rec, false)?;
         }
         let mut res = self.result();
         for f in findings {
@@ -413,7 +508,8 @@ impl Apply<'_, '_> {
             Ok(out) => out,
             Err(e) => return Ok(Err((machine::step_error_code(&e), e.to_string()))),
         };
-        let Input::Finding(f) = input else { unreachable!("constructed above") };
+        let Input::Finding(f) = &input else { unreachable!("constructed above") };
+        let f = f.clone();
         let detail = format!("{} {} {}: {}", f.checker, f.rule, f.severity, first_line(&f.evidence));
         if !rec.evidence.contains_key(&f.checker) && rec.evidence.len() >= MAX_EVIDENCE_CHECKERS {
             // Evict the stalest checker's evidence (ties by name: deterministic).
@@ -428,7 +524,8 @@ impl Apply<'_, '_> {
         let record = f.severity.is_fault();
         rec.evidence.insert(f.checker.clone(), f);
         rec.findings_seen += 1;
-        let transitioned = self.store_outcome(&mut rec, out, "finding", detail, record)?;
+        let transitioned =
+            self.store_outcome(&mut rec, out, &input, "finding", detail, record, Mode::Auto)?;
         self.save(&rec)?;
         Ok(Ok(transitioned))
     }
@@ -439,10 +536,11 @@ impl Apply<'_, '_> {
         host: &str,
         objects: Vec<Registration>,
     ) -> Result<CmdResult, StoreError> {
-        if !agent.is_empty() && self.t.agents.get(agent)?.is_none() {
-            let rec = AgentRecord { host: host.to_string(), last_seq: 0, alive: false, since_ms: self.now };
-            self.t.agents.insert(agent, store::encode(&rec).as_slice())?;
-        }
+        let prev_agent: Option<AgentRecord> = if agent.is_empty() {
+            None
+        } else {
+            self.t.agents.get(agent)?.map(|g| store::decode("fsm_agents", g.value())).transpose()?
+        };
         let mut res = self.result();
         for reg in objects {
             let id = reg.id.to_string();
@@ -465,7 +563,15 @@ impl Apply<'_, '_> {
                 match machine::step(&rec.sm, &input, self.now, self.policy) {
                     Ok(out) if out.transition.is_some() => {
                         let detail = format!("registered by {agent} with serial {serial}");
-                        transitioned = self.store_outcome(&mut rec, out, "replacement", detail, true)?;
+                        transitioned = self.store_outcome(
+                            &mut rec,
+                            out,
+                            &input,
+                            "replacement",
+                            detail,
+                            true,
+                            Mode::Auto,
+                        )?;
                     }
                     Ok(out) => rec.sm = out.next,
                     Err(e) => {
@@ -500,6 +606,20 @@ impl Apply<'_, '_> {
             res.transitioned |= transitioned;
             res.applied += 1;
         }
+        if !agent.is_empty() {
+            // After the objects: the agent's scopes come from its machine's labels.
+            let rec = match &prev_agent {
+                Some(p) => p.clone(),
+                None => AgentRecord {
+                    host: host.to_string(),
+                    last_seq: 0,
+                    alive: false,
+                    since_ms: self.now,
+                    scopes: Vec::new(),
+                },
+            };
+            self.put_agent(agent, prev_agent.as_ref(), rec, false)?;
+        }
         res.revision = self.revision;
         Ok(res)
     }
@@ -524,12 +644,28 @@ impl Apply<'_, '_> {
             }
         };
         let detail = input_text(&input);
-        let transitioned = self.store_outcome(&mut rec, out, input.name(), detail, true)?;
+        let mode = if matches!(input, Input::Operator { .. }) { Mode::Operator } else { Mode::Auto };
+        self.held = None;
+        let transitioned = self.store_outcome(&mut rec, out, &input, input.name(), detail, true, mode)?;
+        if let Some((0, why)) = &self.held {
+            // Blind: nothing changes, and the caller must know its command was not applied.
+            let why = why.clone();
+            self.held = None;
+            self.save(&rec)?;
+            return Ok(CmdResult {
+                error: Some((proto::error::Code::Conflict, format!("{id}: {why}"))),
+                state: machine::state_name(&rec.sm).into(),
+                ..self.result()
+            });
+        }
         self.save(&rec)?;
+        let (proposal, held) = self.held.take().map_or((0, None), |(p, r)| (p, Some(r)));
         Ok(CmdResult {
             applied: 1,
             transitioned,
             state: machine::state_name(&rec.sm).into(),
+            held,
+            proposal,
             ..self.result()
         })
     }
@@ -546,7 +682,8 @@ impl Apply<'_, '_> {
                 // Only bookkeeping moved (e.g. escalation flags): store quietly, no event.
                 rec.sm = out.next;
             } else {
-                res.transitioned |= self.store_outcome(&mut rec, out, "tick", String::new(), true)?;
+                res.transitioned |=
+                    self.store_outcome(&mut rec, out, &Input::Tick, "tick", String::new(), true, Mode::Auto)?;
             }
             self.save(&rec)?;
             res.applied += 1;
@@ -563,11 +700,12 @@ impl Apply<'_, '_> {
         }
         let rec = AgentRecord {
             host: host.to_string(),
-            last_seq: prev.map(|p| p.last_seq).unwrap_or(0),
+            last_seq: prev.as_ref().map(|p| p.last_seq).unwrap_or(0),
             alive,
             since_ms: self.now,
+            scopes: Vec::new(),
         };
-        self.t.agents.insert(agent, store::encode(&rec).as_slice())?;
+        self.put_agent(agent, prev.as_ref(), rec, true)?;
         let revision = self.next_revision();
         let object = ObjectId::machine(host).map(|m| m.to_string()).unwrap_or_default();
         self.events.push(Event {
@@ -618,7 +756,8 @@ fn input_text(input: &Input) -> String {
 
 /// The snapshot format: a magic line, then records `tag u8, key_len u32, key, value_len u32, value`
 /// (big-endian lengths). Keys: table 1 meta (utf-8 name, value u64 BE), 2 objects, 3 history (utf-8 id,
-/// 0x00, u64 BE seq), 4 agents, 5 members (u64 BE). Unknown tags and truncation are errors, not panics.
+/// 0x00, u64 BE seq), 4 agents, 5 members (u64 BE), 6 scopes, 7 proposals (u64 BE), 8 proposal by object,
+/// 9 pending proposals (u64 BE), 10 settings, 11 alert/audit log (u64 BE). Unknown tags and truncation are errors, not panics.
 pub mod snapshot_codec {
     use super::*;
 
@@ -683,6 +822,22 @@ pub mod snapshot_codec {
                 put(&mut out, 5, &k.value().to_be_bytes(), v.value());
             }
         }
+        for (tag, def) in [(6, SCOPES), (8, PROPOSAL_OBJ), (10, SETTINGS)] {
+            if let Some(t) = open_read!(txn, def) {
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    put(&mut out, tag, k.value().as_bytes(), v.value());
+                }
+            }
+        }
+        for (tag, def) in [(7, PROPOSALS), (9, PENDING), (11, AUDIT)] {
+            if let Some(t) = open_read!(txn, def) {
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    put(&mut out, tag, &k.value().to_be_bytes(), v.value());
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -724,12 +879,15 @@ pub mod snapshot_codec {
             let tag = take(&mut rest, 1)?[0];
             let key = field(&mut rest)?;
             let value = field(&mut rest)?;
-            if !(1..=5).contains(&tag) {
+            if !(1..=11).contains(&tag) {
                 return Err(corrupt("unknown record tag"));
             }
             records.push((tag, key, value));
         }
-        for def in [OBJECTS, AGENTS] {
+        for def in [OBJECTS, AGENTS, SCOPES, PROPOSAL_OBJ, SETTINGS] {
+            txn.delete_table(def)?;
+        }
+        for def in [PROPOSALS, PENDING, AUDIT] {
             txn.delete_table(def)?;
         }
         txn.delete_table(META)?;
@@ -755,8 +913,26 @@ pub mod snapshot_codec {
                 4 => {
                     t.agents.insert(utf8(key)?, value)?;
                 }
-                _ => {
+                5 => {
                     t.members.insert(u64_be(key)?, value)?;
+                }
+                6 => {
+                    t.scopes.insert(utf8(key)?, value)?;
+                }
+                7 => {
+                    t.proposals.insert(u64_be(key)?, value)?;
+                }
+                8 => {
+                    t.proposal_obj.insert(utf8(key)?, value)?;
+                }
+                9 => {
+                    t.pending.insert(u64_be(key)?, value)?;
+                }
+                10 => {
+                    t.settings.insert(utf8(key)?, value)?;
+                }
+                _ => {
+                    t.audit.insert(u64_be(key)?, value)?;
                 }
             }
         }
@@ -766,6 +942,7 @@ pub mod snapshot_codec {
     }
 }
 
+mod safety_apply;
 #[cfg(test)]
 mod tests;
 

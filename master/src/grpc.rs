@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status};
 
 use crate::machine::{self, Input};
 use crate::model::{Event, HistoryEntry, ObjectRecord, Registration};
+use crate::safety::{Level, Proposal, ProposalFilter, ProposalStatus, QuotaRule};
+use crate::safety_api::{SafetyView, ScopeView};
 use crate::service::{IngestBatch, Service};
 use crate::store::Filter;
 
@@ -50,6 +52,140 @@ pub fn object_to_wire(r: &ObjectRecord) -> api::Object {
         history_len: r.history_len(),
         history_compacted: r.history_compacted,
         created_ms: r.created_ms,
+        waiting_ack: r.sm.pending_ack.as_ref().map(|a| a.ack.as_str().to_string()).unwrap_or_default(),
+        waiting_role: r.sm.pending_ack.as_ref().map(|a| a.role.clone()).unwrap_or_default(),
+        ack_deadline_ms: r.sm.pending_ack.as_ref().map_or(0, |a| a.deadline_ms),
+        ack_escalated: r.sm.pending_ack.as_ref().is_some_and(|a| a.escalated),
+        pending_action: r.sm.pending_action.as_ref().map(|a| a.action.to_string()).unwrap_or_default(),
+        action_deadline_ms: r.sm.pending_action.as_ref().map_or(0, |a| a.deadline_ms),
+    }
+}
+
+pub fn scope_to_wire(s: &ScopeView) -> api::Scope {
+    api::Scope {
+        scope: s.scope.clone(),
+        level: s.level.as_str().into(),
+        latched: s.latched,
+        reason: s.reason.clone(),
+        set_by: s.set_by.clone(),
+        since_ms: s.since_ms,
+        quotas: s
+            .quotas
+            .iter()
+            .map(|q| api::QuotaUse {
+                kind: q.kind.clone(),
+                population: q.population,
+                concurrent: q.concurrent,
+                max_concurrent: q.max_concurrent,
+                entries: q.entries,
+                max_entries: q.max_entries,
+                window_ms: q.window_ms,
+            })
+            .collect(),
+        pending_proposals: s.pending_proposals,
+        last_blocked: s.last_blocked.clone(),
+        last_blocked_ms: s.last_blocked_ms,
+        agents: s.agents,
+        agents_alive: s.agents_alive,
+    }
+}
+
+pub fn proposal_to_wire(p: &Proposal) -> api::Proposal {
+    api::Proposal {
+        id: p.id,
+        object: p.object.to_string(),
+        from_state: p.from_state.as_str().into(),
+        to_state: p.to_state.as_str().into(),
+        cause: p.cause.clone(),
+        evidence: p.evidence.clone(),
+        scopes: p.scopes.clone(),
+        reason: p.reason.clone(),
+        created_ms: p.created_ms,
+        updated_ms: p.updated_ms,
+        repeats: p.repeats,
+        status: p.status.as_str().into(),
+        decided_by: p.decided_by.clone(),
+        decided_reason: p.decided_reason.clone(),
+        decided_ms: p.decided_ms,
+    }
+}
+
+fn quota_to_wire(q: &QuotaRule) -> api::QuotaRule {
+    api::QuotaRule {
+        kind: q.kind.clone(),
+        scope: q.scope.clone(),
+        window_ms: q.window_ms,
+        max_entries: q.max_entries.to_string(),
+        max_concurrent: q.max_concurrent.to_string(),
+    }
+}
+
+fn quota_from_wire(q: api::QuotaRule) -> Result<QuotaRule, ApiError> {
+    Ok(QuotaRule {
+        kind: q.kind,
+        scope: q.scope,
+        window_ms: q.window_ms,
+        max_entries: q.max_entries.parse().map_err(ApiError::invalid)?,
+        max_concurrent: q.max_concurrent.parse().map_err(ApiError::invalid)?,
+    })
+}
+
+fn safety_to_wire(v: SafetyView) -> api::GetSafetyResponse {
+    api::GetSafetyResponse {
+        quotas: v.quotas.iter().map(quota_to_wire).collect(),
+        scopes: v.scopes.iter().map(scope_to_wire).collect(),
+        alerts: v
+            .alerts
+            .iter()
+            .map(|a| api::Alert {
+                id: a.id,
+                time_ms: a.time_ms,
+                scope: a.scope.clone(),
+                object: a.object.clone(),
+                message: a.message.clone(),
+            })
+            .collect(),
+        revision: v.revision,
+        config_json: serde_json::to_string(&v.config).unwrap_or_default(),
+    }
+}
+
+/// Proposal filter from wire fields (empty = any).
+pub fn proposal_filter(
+    scope: &str,
+    kind: &str,
+    host: &str,
+    checker: &str,
+) -> Result<ProposalFilter, ApiError> {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let kind = match kind {
+        "" => None,
+        k => Some(k.parse().map_err(|_| ApiError::invalid(format!("unknown kind {k:?}")))?),
+    };
+    Ok(ProposalFilter { scope: opt(scope), kind, host: opt(host), checker: opt(checker) })
+}
+
+pub fn proposal_status(s: &str) -> Result<Option<ProposalStatus>, ApiError> {
+    Ok(Some(match s {
+        "" | "pending" => ProposalStatus::Pending,
+        "all" => return Ok(None),
+        "approved" => ProposalStatus::Approved,
+        "rejected" => ProposalStatus::Rejected,
+        "stale" => ProposalStatus::Stale,
+        "applied" => ProposalStatus::Applied,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "unknown proposal status {other:?} (pending, approved, rejected, stale, applied, all)"
+            )));
+        }
+    }))
+}
+
+pub fn decision(s: &str) -> Result<bool, ApiError> {
+    match s {
+        "approve" => Ok(true),
+        "reject" => Ok(false),
+        other => Err(ApiError::invalid(format!("decision {other:?}: approve or reject"))),
     }
 }
 
@@ -296,6 +432,8 @@ impl Master for GrpcApi {
             revision: res.revision,
             state: res.state,
             transitioned: res.transitioned,
+            held: res.held.unwrap_or_default(),
+            proposal: res.proposal,
         }))
     }
 
@@ -369,6 +507,77 @@ impl Master for GrpcApi {
             leader_grpc: i.leader_grpc,
             agents_alive: i.agents_alive,
             objects: i.objects,
+            scopes: i.scopes.iter().map(scope_to_wire).collect(),
+            pending_proposals: i.pending_proposals,
+            agents: i.agents,
         }))
+    }
+
+    async fn get_safety(
+        &self,
+        _req: Request<api::GetSafetyRequest>,
+    ) -> Result<Response<api::GetSafetyResponse>, Status> {
+        Ok(Response::new(safety_to_wire(self.svc.safety(false).await.map_err(err)?)))
+    }
+
+    async fn set_level(
+        &self,
+        req: Request<api::SetLevelRequest>,
+    ) -> Result<Response<api::ScopeResponse>, Status> {
+        let req = req.into_inner();
+        let level: Level = req.level.parse().map_err(|e: String| err(ApiError::invalid(e)))?;
+        let (scope, revision) =
+            self.svc.set_level(&req.scope, level, &req.by, &req.reason).await.map_err(err)?;
+        Ok(Response::new(api::ScopeResponse { scope: Some(scope_to_wire(&scope)), revision }))
+    }
+
+    async fn release(
+        &self,
+        req: Request<api::ReleaseRequest>,
+    ) -> Result<Response<api::ScopeResponse>, Status> {
+        let req = req.into_inner();
+        let (scope, revision) = self.svc.release(&req.scope, &req.by, &req.reason).await.map_err(err)?;
+        Ok(Response::new(api::ScopeResponse { scope: Some(scope_to_wire(&scope)), revision }))
+    }
+
+    async fn list_proposals(
+        &self,
+        req: Request<api::ListProposalsRequest>,
+    ) -> Result<Response<api::ListProposalsResponse>, Status> {
+        let req = req.into_inner();
+        let status = proposal_status(&req.status).map_err(err)?;
+        let filter = proposal_filter(&req.scope, &req.kind, &req.host, "").map_err(err)?;
+        let (list, revision) =
+            self.svc.proposals(status, &filter, req.limit as usize, false).await.map_err(err)?;
+        Ok(Response::new(api::ListProposalsResponse {
+            proposals: list.iter().map(proposal_to_wire).collect(),
+            revision,
+        }))
+    }
+
+    async fn decide_proposals(
+        &self,
+        req: Request<api::DecideProposalsRequest>,
+    ) -> Result<Response<api::DecideProposalsResponse>, Status> {
+        let req = req.into_inner();
+        let approve = decision(&req.decision).map_err(err)?;
+        let filter = proposal_filter(&req.scope, &req.kind, &req.host, &req.checker).map_err(err)?;
+        let res = self.svc.decide(req.ids, filter, approve, &req.by, &req.reason).await.map_err(err)?;
+        Ok(Response::new(api::DecideProposalsResponse {
+            decided: res.decided,
+            failed: res.failed.into_iter().map(|(id, error)| api::ProposalFailure { id, error }).collect(),
+            revision: res.revision,
+        }))
+    }
+
+    async fn set_quotas(
+        &self,
+        req: Request<api::SetQuotasRequest>,
+    ) -> Result<Response<api::GetSafetyResponse>, Status> {
+        let req = req.into_inner();
+        let quotas =
+            req.quotas.into_iter().map(quota_from_wire).collect::<Result<Vec<_>, _>>().map_err(err)?;
+        let view = self.svc.set_safety(Some(quotas), None, &req.by, &req.reason).await.map_err(err)?;
+        Ok(Response::new(safety_to_wire(view)))
     }
 }

@@ -28,6 +28,8 @@ pub const WATCH_MAX: Duration = Duration::from_secs(300);
 
 type Svc = Arc<Service>;
 
+mod safety_routes;
+
 pub fn router(svc: Svc) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -41,6 +43,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/commands", post(command))
         .route("/api/v1/watch", get(watch))
+        .merge(safety_routes::routes())
         .fallback(|| async { HttpError(ApiError::not_found("no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(svc)
@@ -143,6 +146,19 @@ pub struct ObjectView {
     pub history_len: u64,
     pub history_compacted: u64,
     pub created_ms: u64,
+    /// Consent: what the object waits for, from whom, until when (empty when it waits for nothing).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting_ack: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting_role: String,
+    #[serde(default)]
+    pub ack_deadline_ms: u64,
+    #[serde(default)]
+    pub ack_escalated: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pending_action: String,
+    #[serde(default)]
+    pub action_deadline_ms: u64,
 }
 
 impl From<&ObjectRecord> for ObjectView {
@@ -163,6 +179,12 @@ impl From<&ObjectRecord> for ObjectView {
             history_len: r.history_len(),
             history_compacted: r.history_compacted,
             created_ms: r.created_ms,
+            waiting_ack: r.sm.pending_ack.as_ref().map(|a| a.ack.as_str().to_string()).unwrap_or_default(),
+            waiting_role: r.sm.pending_ack.as_ref().map(|a| a.role.clone()).unwrap_or_default(),
+            ack_deadline_ms: r.sm.pending_ack.as_ref().map_or(0, |a| a.deadline_ms),
+            ack_escalated: r.sm.pending_ack.as_ref().is_some_and(|a| a.escalated),
+            pending_action: r.sm.pending_action.as_ref().map(|a| a.action.to_string()).unwrap_or_default(),
+            action_deadline_ms: r.sm.pending_action.as_ref().map_or(0, |a| a.deadline_ms),
         }
     }
 }
@@ -240,6 +262,15 @@ pub struct WriteResult {
     pub state: String,
     #[serde(default)]
     pub transitioned: bool,
+    /// The safety net held the transition: why (and the proposal that records it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub proposal: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl From<crate::model::CmdResult> for WriteResult {
@@ -252,6 +283,8 @@ impl From<crate::model::CmdResult> for WriteResult {
             updated: r.updated,
             state: r.state,
             transitioned: r.transitioned,
+            held: r.held,
+            proposal: r.proposal,
         }
     }
 }

@@ -12,6 +12,8 @@ pub mod machine;
 pub mod metrics;
 pub mod model;
 pub mod raft;
+pub mod safety;
+pub mod safety_api;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,6 +1,6 @@
 //! The master's seam to the pure per-object state machines (`state-machines` crate): naming helpers for the
-//! APIs, and the admission decision every capacity-removing transition passes through before it is stored.
-//! Quotas and manual drive (a later issue) plug in at [`admit_capacity_removal`]; today it admits everything.
+//! APIs, error codes and texts. The admission every transition passes before it is stored (levels, quotas,
+//! spikes) is `fsm.rs`'s `admit`, over the records of `safety.rs`.
 
 pub use state_machines::{Input, ObjectState, Outcome, Policy, StepError, step};
 
@@ -15,24 +15,6 @@ pub fn state_name(s: &ObjectState) -> &'static str {
 /// The grade as the APIs show it; empty when no checker graded the object yet.
 pub fn grade_name(s: &ObjectState) -> &'static str {
     s.grade.map(|g| g.as_str()).unwrap_or("")
-}
-
-/// What admission decided about a capacity-removing outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Store the outcome as computed.
-    Admit,
-    /// Keep the object as it is and record the outcome as a pending proposal (manual drive). Not produced
-    /// yet: quotas arrive with the next issue.
-    Hold { reason: String },
-}
-
-/// The single gate for transitions into ERROR, FIX or REPAIR (`Outcome::removes_capacity`). Deterministic:
-/// it may look only at replicated state and the command's `now_ms`, because every node runs it during apply.
-/// Always admits until quotas and operating levels exist.
-pub fn admit_capacity_removal(_before: &ObjectState, outcome: &Outcome, _now_ms: u64) -> Admission {
-    debug_assert!(outcome.removes_capacity());
-    Admission::Admit
 }
 
 /// The API error code for a state machine refusal.

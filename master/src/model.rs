@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use state_machines::{Finding, ObjectId};
 
 use crate::machine::{Input, ObjectState};
+use crate::safety::{Level, ProposalFilter, SafetyConfig};
 
 /// The command format version this build writes. Entries with another version are logged and skipped
 /// (deterministically, on every node alike), never applied half-understood.
@@ -115,6 +116,35 @@ pub enum Command {
         grpc: String,
         http: String,
     },
+    /// An operator sets a scope's operating level (clears a latch).
+    SetLevel {
+        scope: String,
+        level: Level,
+        by: String,
+        reason: String,
+    },
+    /// An operator returns a scope to automatic drive.
+    Release {
+        scope: String,
+        by: String,
+        reason: String,
+    },
+    /// An operator approves or rejects proposals: the listed ids, or (ids empty) every pending one matching
+    /// the filter (at most `safety::MAX_DECIDE`).
+    Decide {
+        ids: Vec<u64>,
+        #[serde(default)]
+        filter: ProposalFilter,
+        approve: bool,
+        by: String,
+        reason: String,
+    },
+    /// An operator replaces the safety configuration (quotas, liveness and spike thresholds).
+    SetSafety {
+        config: SafetyConfig,
+        by: String,
+        reason: String,
+    },
 }
 
 /// What applying one command did; returned to the proposer, in command order.
@@ -136,6 +166,16 @@ pub struct CmdResult {
     /// A deterministic rejection (unknown object, refused by the state machine): `(code, message)`.
     #[serde(default)]
     pub error: Option<(proto::error::Code, String)>,
+    /// The transition was held by the safety net (why), and the proposal that records it (0: none, blind).
+    #[serde(default)]
+    pub held: Option<String>,
+    #[serde(default)]
+    pub proposal: u64,
+    /// Decide: the proposals decided, and those that could not be (id, why).
+    #[serde(default)]
+    pub decided: Vec<u64>,
+    #[serde(default)]
+    pub failed: Vec<(u64, String)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +250,9 @@ pub struct AgentRecord {
     pub last_seq: u64,
     pub alive: bool,
     pub since_ms: u64,
+    /// The scopes this agent is counted in (from its machine's labels when last written).
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

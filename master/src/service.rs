@@ -222,6 +222,11 @@ impl Service {
         Err(ApiError::not_leader(st.leader_id.and_then(|id| self.grpc_addr_of(id))))
     }
 
+    /// [`Service::submit`] for the other API modules of this crate.
+    pub(crate) async fn submit_cmd(&self, cmd: Command) -> Result<CmdResult, ApiError> {
+        self.submit(cmd).await
+    }
+
     /// Queue one command for the next entry and wait for its result.
     async fn submit(&self, cmd: Command) -> Result<CmdResult, ApiError> {
         self.leader_gate()?;
@@ -472,6 +477,12 @@ impl Service {
         let r = Reader::new(&self.db).map_err(store_err)?;
         let members = r.members().map_err(store_err)?;
         let addr = |id: u64| members.iter().find(|(m, _)| *m == id).map(|(_, r)| r.clone());
+        let (_, scopes) = crate::safety_api::scope_views(&r, now_ms()).map_err(store_err)?;
+        let level = scopes
+            .iter()
+            .find(|s| s.scope == crate::safety::CLUSTER)
+            .map_or(crate::safety::Level::Auto, |s| s.level);
+        let agents = r.agents().map_err(store_err)?;
         let info = ClusterInfo {
             id: st.id,
             leader_id: st.leader_id.unwrap_or(0),
@@ -480,7 +491,7 @@ impl Service {
             commit_index: st.commit_index,
             applied_index: st.applied_index,
             revision: r.revision().map_err(store_err)?,
-            level: "auto".into(),
+            level: level.as_str().into(),
             leader_grpc: st.leader_id.and_then(addr).map(|m| m.grpc).unwrap_or_default(),
             members: st
                 .peers
@@ -495,9 +506,12 @@ impl Service {
                     }
                 })
                 .collect(),
-            agents_alive: r.agents().map_err(store_err)?.iter().filter(|(_, a)| a.alive).count() as u64,
+            agents_alive: agents.iter().filter(|(_, a)| a.alive).count() as u64,
+            agents: agents.len() as u64,
             objects: r.object_count().map_err(store_err)?,
             last_error: st.last_error.unwrap_or_default(),
+            pending_proposals: r.pending_count().map_err(store_err)?,
+            scopes,
         };
         Ok(info)
     }
@@ -525,9 +539,16 @@ pub struct ClusterInfo {
     pub leader_grpc: String,
     pub members: Vec<MemberInfo>,
     pub agents_alive: u64,
+    #[serde(default)]
+    pub agents: u64,
     pub objects: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_error: String,
+    /// Per scope: level, quota use vs limit, pending proposals, why the last automatic action was blocked.
+    #[serde(default)]
+    pub scopes: Vec<crate::safety_api::ScopeView>,
+    #[serde(default)]
+    pub pending_proposals: u64,
 }
 
 /// Coalesce queued commands into entries: while entries are in flight, new commands pile up in the queue

@@ -10,6 +10,7 @@ use redb::{
 use state_machines::ObjectId;
 
 use crate::model::{AgentRecord, Event, HistoryEntry, MemberRecord, ObjectRecord};
+use crate::safety::{AuditEntry, Proposal, ProposalFilter, ProposalStatus, SafetyConfig, ScopeRecord};
 
 /// Counters: [`META_REVISION`], [`META_CHANGELOG_FIRST`].
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("fsm_meta");
@@ -24,6 +25,23 @@ pub const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_chang
 pub const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_agents");
 /// Raft node id -> MemberRecord JSON (client API addresses).
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_members");
+
+/// Safety net (see `safety.rs`): scope name -> ScopeRecord JSON.
+pub const SCOPES: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_scopes");
+/// Proposal id -> Proposal JSON (pending and decided; decided ones are bounded).
+pub const PROPOSALS: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_proposals");
+/// Object id -> 8 bytes big-endian id of its latest proposal.
+pub const PROPOSAL_OBJ: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_proposal_obj");
+/// Pending proposal id -> object id (utf-8): the index bulk decisions and listings scan.
+pub const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_pending");
+/// Replicated settings: [`SETTING_SAFETY`] -> SafetyConfig JSON.
+pub const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_settings");
+/// Alert/audit log: id -> AuditEntry JSON (bounded).
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_audit");
+
+pub const SETTING_SAFETY: &str = "safety";
+pub const META_PROPOSAL_NEXT: &str = "proposal_next";
+pub const META_AUDIT_NEXT: &str = "audit_next";
 
 pub const META_REVISION: &str = "revision";
 /// Lowest revision still in the change log (revisions below it were compacted).
@@ -204,6 +222,89 @@ impl Reader {
         for row in t.iter()? {
             let (k, v) = row?;
             out.push((k.value(), decode("fsm_members", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The replicated safety config (defaults until an operator sets one).
+    pub fn safety_config(&self) -> Result<SafetyConfig, StoreError> {
+        let Some(t) = open_read!(self.txn, SETTINGS) else { return Ok(SafetyConfig::default()) };
+        t.get(SETTING_SAFETY)?
+            .map(|g| decode("fsm_settings", g.value()))
+            .transpose()
+            .map(|c| c.unwrap_or_default())
+    }
+
+    pub fn scopes(&self) -> Result<Vec<(String, ScopeRecord)>, StoreError> {
+        let Some(t) = open_read!(self.txn, SCOPES) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), decode("fsm_scopes", v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
+        let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(None) };
+        t.get(id)?.map(|g| decode("fsm_proposals", g.value())).transpose()
+    }
+
+    pub fn pending_count(&self) -> Result<u64, StoreError> {
+        let Some(t) = open_read!(self.txn, PENDING) else { return Ok(0) };
+        Ok(t.len()?)
+    }
+
+    /// Proposals with `status` (None: any), matching `filter`, newest first, at most `limit`.
+    pub fn proposals(
+        &self,
+        status: Option<ProposalStatus>,
+        filter: &ProposalFilter,
+        limit: usize,
+    ) -> Result<Vec<Proposal>, StoreError> {
+        let mut out = Vec::new();
+        if status == Some(ProposalStatus::Pending) {
+            let Some(idx) = open_read!(self.txn, PENDING) else { return Ok(out) };
+            for row in idx.iter()?.rev() {
+                let id = row?.0.value();
+                if let Some(p) = self.proposal(id)?
+                    && filter.matches(&p)
+                {
+                    out.push(p);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(out) };
+        for row in t.iter()?.rev() {
+            let (_, v) = row?;
+            let p: Proposal = decode("fsm_proposals", v.value())?;
+            if status.is_none_or(|s| p.status == s) && filter.matches(&p) {
+                out.push(p);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The alert/audit log, newest first; `alerts_only` skips audit rows.
+    pub fn audit(&self, alerts_only: bool, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let Some(t) = open_read!(self.txn, AUDIT) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for row in t.iter()?.rev() {
+            let (_, v) = row?;
+            let e: AuditEntry = decode("fsm_audit", v.value())?;
+            if !alerts_only || e.kind == "alert" {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
+                }
+            }
         }
         Ok(out)
     }

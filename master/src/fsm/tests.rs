@@ -403,3 +403,5 @@ fn fault_findings_are_history_but_healthy_repeats_are_not() {
     assert!(hist[0].detail.contains("sector 500000 I/O error"), "{:?}", hist[0]);
     assert_eq!(rec.findings_seen, 6);
 }
+
+mod safety;

@@ -1,0 +1,238 @@
+//! The safety net's API core (shared by gRPC and REST): validated operator commands (levels, release,
+//! decisions on proposals, quota config) and the read views operators and the portal show: per scope the
+//! level, quota use against its limit, pending proposals, and why the last automatic action was blocked.
+
+use proto::error::ApiError;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CmdResult, Command, MAX_TEXT_LEN};
+use crate::safety::{
+    self, AuditEntry, Level, Proposal, ProposalFilter, ProposalStatus, QuotaRule, SafetyConfig, ScopeRecord,
+};
+use crate::service::{Service, now_ms};
+use crate::store::{Reader, StoreError};
+
+/// Alerts returned with the safety view (newest first).
+pub const SAFETY_ALERTS: usize = 100;
+/// Most proposals one listing returns.
+pub const MAX_PROPOSAL_LIST: usize = 10_000;
+
+/// Quota use of one kind in one scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUse {
+    pub kind: String,
+    pub population: u64,
+    pub concurrent: u64,
+    pub max_concurrent: u64,
+    pub entries: u64,
+    pub max_entries: u64,
+    pub window_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeView {
+    pub scope: String,
+    pub level: Level,
+    pub latched: bool,
+    pub reason: String,
+    pub set_by: String,
+    pub since_ms: u64,
+    pub quotas: Vec<QuotaUse>,
+    pub pending_proposals: u64,
+    pub last_blocked: String,
+    pub last_blocked_ms: u64,
+    pub agents: u64,
+    pub agents_alive: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetyView {
+    pub quotas: Vec<QuotaRule>,
+    pub scopes: Vec<ScopeView>,
+    pub alerts: Vec<AuditEntry>,
+    pub revision: u64,
+    pub config: SafetyConfig,
+}
+
+/// The views of every scope, at `now` (windows slide with the clock of the reader).
+pub fn scope_views(r: &Reader, now: u64) -> Result<(SafetyConfig, Vec<ScopeView>), StoreError> {
+    let cfg = r.safety_config()?;
+    let views = r.scopes()?.into_iter().map(|(name, rec)| scope_view(&cfg, &name, &rec, now)).collect();
+    Ok((cfg, views))
+}
+
+pub fn scope_view(cfg: &SafetyConfig, name: &str, r: &ScopeRecord, now: u64) -> ScopeView {
+    let mut quotas = Vec::new();
+    for q in cfg.quotas.iter().filter(|q| safety::scope_key(name) == Some(q.scope.as_str())) {
+        let kinds: Vec<&String> = if q.kind == "*" {
+            r.kinds.keys().collect()
+        } else {
+            r.kinds.keys().filter(|k| **k == q.kind).collect()
+        };
+        for k in kinds {
+            let c = &r.kinds[k];
+            quotas.push(QuotaUse {
+                kind: k.clone(),
+                population: c.population,
+                concurrent: c.removed,
+                max_concurrent: q.max_concurrent.of(c.population),
+                entries: safety::in_window(&c.entries, now, q.window_ms),
+                max_entries: q.max_entries.of(c.population),
+                window_ms: q.window_ms,
+            });
+        }
+    }
+    ScopeView {
+        scope: name.to_string(),
+        level: r.level,
+        latched: r.latched,
+        reason: r.reason.clone(),
+        set_by: r.set_by.clone(),
+        since_ms: r.since_ms,
+        quotas,
+        pending_proposals: r.pending,
+        last_blocked: r.last_blocked.clone(),
+        last_blocked_ms: r.last_blocked_ms,
+        agents: r.agents,
+        agents_alive: r.agents_alive,
+    }
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+/// Operator name and reason: both required (the audit log says who and why), bounded.
+fn check_operator(by: &str, reason: &str) -> Result<(), ApiError> {
+    if by.trim().is_empty() {
+        return Err(ApiError::invalid("say who you are (by)"));
+    }
+    if reason.trim().is_empty() {
+        return Err(ApiError::invalid("a reason is required"));
+    }
+    for (what, s) in [("by", by), ("reason", reason)] {
+        if s.len() > MAX_TEXT_LEN {
+            return Err(ApiError::invalid(format!("{what} is {} bytes (limit {MAX_TEXT_LEN})", s.len())));
+        }
+    }
+    Ok(())
+}
+
+fn check_scope(scope: &str) -> Result<(), ApiError> {
+    safety::validate_scope(scope).map_err(ApiError::invalid)
+}
+
+impl Service {
+    pub async fn safety(&self, stale: bool) -> Result<SafetyView, ApiError> {
+        let r = self.read_view(stale).await?;
+        let (config, scopes) = scope_views(&r, now_ms()).map_err(store_err)?;
+        Ok(SafetyView {
+            quotas: config.quotas.clone(),
+            scopes,
+            alerts: r.audit(true, SAFETY_ALERTS).map_err(store_err)?,
+            revision: r.revision().map_err(store_err)?,
+            config,
+        })
+    }
+
+    /// The alert/audit log, newest first.
+    pub async fn audit_log(&self, alerts_only: bool, limit: usize) -> Result<Vec<AuditEntry>, ApiError> {
+        let r = self.read_view(false).await?;
+        r.audit(alerts_only, limit.clamp(1, safety::MAX_AUDIT_ROWS as usize)).map_err(store_err)
+    }
+
+    async fn scope_after(&self, scope: &str) -> Result<(ScopeView, u64), ApiError> {
+        let r = self.read_view(false).await?;
+        let cfg = r.safety_config().map_err(store_err)?;
+        let rec = r
+            .scopes()
+            .map_err(store_err)?
+            .into_iter()
+            .find(|(n, _)| n == scope)
+            .map(|(_, r)| r)
+            .unwrap_or_default();
+        Ok((scope_view(&cfg, scope, &rec, now_ms()), r.revision().map_err(store_err)?))
+    }
+
+    pub async fn set_level(
+        &self,
+        scope: &str,
+        level: Level,
+        by: &str,
+        reason: &str,
+    ) -> Result<(ScopeView, u64), ApiError> {
+        check_scope(scope)?;
+        check_operator(by, reason)?;
+        let cmd = Command::SetLevel { scope: scope.into(), level, by: by.into(), reason: reason.into() };
+        self.submit_cmd(cmd).await?;
+        self.scope_after(scope).await
+    }
+
+    pub async fn release(&self, scope: &str, by: &str, reason: &str) -> Result<(ScopeView, u64), ApiError> {
+        check_scope(scope)?;
+        check_operator(by, reason)?;
+        self.submit_cmd(Command::Release { scope: scope.into(), by: by.into(), reason: reason.into() })
+            .await?;
+        self.scope_after(scope).await
+    }
+
+    pub async fn proposals(
+        &self,
+        status: Option<ProposalStatus>,
+        filter: &ProposalFilter,
+        limit: usize,
+        stale: bool,
+    ) -> Result<(Vec<Proposal>, u64), ApiError> {
+        if let Some(s) = &filter.scope {
+            check_scope(s)?;
+        }
+        let r = self.read_view(stale).await?;
+        let limit = if limit == 0 { MAX_PROPOSAL_LIST } else { limit.min(MAX_PROPOSAL_LIST) };
+        let list = r.proposals(status, filter, limit).map_err(store_err)?;
+        Ok((list, r.revision().map_err(store_err)?))
+    }
+
+    pub async fn decide(
+        &self,
+        ids: Vec<u64>,
+        filter: ProposalFilter,
+        approve: bool,
+        by: &str,
+        reason: &str,
+    ) -> Result<CmdResult, ApiError> {
+        check_operator(by, reason)?;
+        if let Some(s) = &filter.scope {
+            check_scope(s)?;
+        }
+        if ids.len() > safety::MAX_DECIDE {
+            return Err(ApiError::invalid(format!("{} ids (limit {})", ids.len(), safety::MAX_DECIDE)));
+        }
+        if ids.is_empty() && filter == ProposalFilter::default() {
+            return Err(ApiError::invalid(
+                "name proposals by id, or give a filter (scope, kind, host, checker) for a bulk decision",
+            ));
+        }
+        self.submit_cmd(Command::Decide { ids, filter, approve, by: by.into(), reason: reason.into() }).await
+    }
+
+    /// Replace the quota rules (the rest of the safety config stays), or the whole config.
+    pub async fn set_safety(
+        &self,
+        quotas: Option<Vec<QuotaRule>>,
+        config: Option<SafetyConfig>,
+        by: &str,
+        reason: &str,
+    ) -> Result<SafetyView, ApiError> {
+        check_operator(by, reason)?;
+        let mut cfg = match config {
+            Some(c) => c,
+            None => self.read_view(false).await?.safety_config().map_err(store_err)?,
+        };
+        if let Some(q) = quotas {
+            cfg.quotas = q;
+        }
+        cfg.validate().map_err(ApiError::invalid)?;
+        self.submit_cmd(Command::SetSafety { config: cfg, by: by.into(), reason: reason.into() }).await?;
+        self.safety(false).await
+    }
+}
