@@ -10,6 +10,7 @@ mod hw_cmd;
 mod kernel_log_cmd;
 mod master_cmd;
 mod ops_cmd;
+mod safety_cmd;
 
 use std::process::ExitCode;
 
@@ -48,14 +49,18 @@ enum Cmd {
     Object(ops_cmd::ObjectArgs),
     /// Cluster info: members, leader, term, indexes, revision, level.
     Status(ops_cmd::StatusArgs),
-    /// Show or set the operating level of a scope.
-    Level,
-    /// Pending proposals held by manual drive.
-    Proposals,
-    /// Approve pending proposals.
-    Approve,
-    /// Return a scope to automatic drive.
-    Release,
+    /// Show scopes with their level and quota use, or set a scope's level (auto, manual, blind).
+    Level(safety_cmd::LevelArgs),
+    /// Transitions held by manual drive or a quota, waiting for an operator.
+    Proposals(safety_cmd::ProposalsArgs),
+    /// Approve proposals (by number, or every pending one matching a filter).
+    Approve(safety_cmd::DecideArgs),
+    /// Reject proposals (by number, or every pending one matching a filter).
+    Reject(safety_cmd::DecideArgs),
+    /// Return a latched or manual scope to automatic drive.
+    Release(safety_cmd::ReleaseArgs),
+    /// Show the quota rules, or replace the safety config from a file.
+    Quotas(safety_cmd::QuotasArgs),
     /// Repair tickets.
     Ticket,
     /// The daily inspection report.
@@ -106,10 +111,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Objects(a) => ops_cmd::objects(a),
         Cmd::Object(a) => ops_cmd::object(a),
         Cmd::Status(a) => ops_cmd::status(a),
-        Cmd::Level => not_built("level", 6),
-        Cmd::Proposals => not_built("proposals", 6),
-        Cmd::Approve => not_built("approve", 6),
-        Cmd::Release => not_built("release", 6),
+        Cmd::Level(a) => safety_cmd::level(a),
+        Cmd::Proposals(a) => safety_cmd::proposals(a),
+        Cmd::Approve(a) => safety_cmd::decide(a, true),
+        Cmd::Reject(a) => safety_cmd::decide(a, false),
+        Cmd::Release(a) => safety_cmd::release(a),
+        Cmd::Quotas(a) => safety_cmd::quotas(a),
         Cmd::Ticket => not_built("ticket", 7),
         Cmd::Inspect => not_built("inspect", 8),
         Cmd::Fsm(c) => fsm_cmd::run(c),

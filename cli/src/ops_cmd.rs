@@ -28,12 +28,12 @@ pub struct MasterAddr {
 }
 
 impl MasterAddr {
-    fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(parse_addrs(&self.master))
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -41,7 +41,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("tokio runtime")
 }
 
-fn api_err(e: ApiError) -> anyhow::Error {
+pub(crate) fn api_err(e: ApiError) -> anyhow::Error {
     anyhow!("{e}")
 }
 
@@ -358,7 +358,10 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         let v = serde_json::json!({"id": i.id, "leader_id": i.leader_id, "leader_grpc": i.leader_grpc,
             "term": i.term, "role": i.role, "commit_index": i.commit_index, "applied_index": i.applied_index,
             "revision": i.revision, "level": i.level, "members": members, "agents_alive": i.agents_alive,
-            "objects": i.objects});
+            "agents": i.agents, "objects": i.objects, "pending_proposals": i.pending_proposals,
+            "scopes": i.scopes.iter().map(|s| serde_json::json!({"scope": s.scope, "level": s.level,
+                "latched": s.latched, "reason": s.reason, "pending_proposals": s.pending_proposals,
+                "last_blocked": s.last_blocked})).collect::<Vec<_>>()});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -368,7 +371,15 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("commit/apply {} / {}", i.commit_index, i.applied_index);
     println!("revision     {}", i.revision);
     println!("level        {}", i.level);
-    println!("objects      {}   agents alive {}", i.objects, i.agents_alive);
+    println!("objects      {}   agents alive {}/{}", i.objects, i.agents_alive, i.agents);
+    println!("proposals    {} pending", i.pending_proposals);
+    for s in i.scopes.iter().filter(|s| s.level != "auto" || !s.last_blocked.is_empty()) {
+        let latch = if s.latched { " (latched)" } else { "" };
+        println!("scope {} {}{latch}: {}", s.scope, s.level, s.reason);
+        if !s.last_blocked.is_empty() {
+            println!("    last blocked at {}: {}", utc(s.last_blocked_ms), s.last_blocked);
+        }
+    }
     for m in &i.members {
         let mark = if m.id == i.leader_id { " (leader)" } else { "" };
         println!("member {}  peer {}  grpc {}  http {}{mark}", m.id, m.peer_addr, m.grpc_addr, m.http_addr);
@@ -377,7 +388,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Milliseconds since the epoch as an ISO-8601 UTC time, for people.
-fn utc(ms: u64) -> String {
+pub(crate) fn utc(ms: u64) -> String {
     checkers::kernel_log::parse::format_log_time(checkers::kernel_log::LogTime::Wall(ms))
         .unwrap_or_else(|| format!("{ms} ms"))
 }

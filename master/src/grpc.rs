@@ -575,9 +575,15 @@ impl Master for GrpcApi {
         req: Request<api::SetQuotasRequest>,
     ) -> Result<Response<api::GetSafetyResponse>, Status> {
         let req = req.into_inner();
-        let quotas =
-            req.quotas.into_iter().map(quota_from_wire).collect::<Result<Vec<_>, _>>().map_err(err)?;
-        let view = self.svc.set_safety(Some(quotas), None, &req.by, &req.reason).await.map_err(err)?;
+        let view = if req.config_json.is_empty() {
+            let quotas =
+                req.quotas.into_iter().map(quota_from_wire).collect::<Result<Vec<_>, _>>().map_err(err)?;
+            self.svc.set_safety(Some(quotas), None, &req.by, &req.reason).await.map_err(err)?
+        } else {
+            let cfg: crate::safety::SafetyConfig = serde_json::from_str(&req.config_json)
+                .map_err(|e| err(ApiError::invalid(format!("config_json: {e}"))))?;
+            self.svc.set_safety(None, Some(cfg), &req.by, &req.reason).await.map_err(err)?
+        };
         Ok(Response::new(safety_to_wire(view)))
     }
 }
