@@ -58,6 +58,9 @@ pub struct AgentConfig {
     /// Per-checker settings, by checker name. Checkers not listed run with their defaults.
     #[serde(default)]
     pub checkers: BTreeMap<String, CheckerConfig>,
+    /// Actions on this host (disk NEWBIE/TEST, machine FIX/NEWBIE/TEST); see `worker::config`.
+    #[serde(default)]
+    pub worker: crate::worker::WorkerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -188,6 +191,7 @@ impl AgentConfig {
         if self.report.heartbeat_s == 0 || self.report.backoff_max_s == 0 {
             return bad("report.heartbeat_s and report.backoff_max_s must be > 0".into());
         }
+        self.worker.validate().map_err(ConfigError::Invalid)?;
         let known = crate::run::known_checkers();
         for (name, c) in &self.checkers {
             if !known.contains(&name.as_str()) {
@@ -246,6 +250,11 @@ mod tests {
                 "unknown checker",
             ),
             ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\nhost = \"bad host\"", "invalid host"),
+            ("version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[worker]\nbogus = 1", "unknown field"),
+            (
+                "version = 1\ndata_dir = \"/x\"\nmasters = [\"a:1\"]\n[worker.disk]\nbench_seconds = 0",
+                "bench_seconds",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err();
@@ -258,5 +267,6 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.example.toml");
         let cfg = AgentConfig::load(&path).unwrap();
         assert!(!cfg.checkers.is_empty());
+        assert!(!cfg.worker.disk.allow_destructive && cfg.worker.machine.reboot_dry_run, "shipped safe");
     }
 }

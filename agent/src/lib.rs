@@ -10,3 +10,4 @@ pub mod outbox_sled;
 pub mod reporter;
 pub mod run;
 pub mod scheduler;
+pub mod worker;
