@@ -215,6 +215,26 @@ impl fmt::Display for Action {
     }
 }
 
+impl std::str::FromStr for Action {
+    type Err = String;
+    /// The names [`Action`]'s `Display` writes: `provision`, `test`, `fix:restart-service`, `fix:clean-fs`,
+    /// `fix:reboot`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "provision" => Action::Provision,
+            "test" => Action::Test,
+            "fix:restart-service" => Action::Fix { fix: FixAction::RestartService },
+            "fix:clean-fs" => Action::Fix { fix: FixAction::CleanFs },
+            "fix:reboot" => Action::Fix { fix: FixAction::Reboot },
+            other => {
+                return Err(format!(
+                    "unknown action {other:?} (provision, test, fix:restart-service, fix:clean-fs, fix:reboot)"
+                ));
+            }
+        })
+    }
+}
+
 /// An update from the repair-ticket integration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

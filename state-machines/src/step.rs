@@ -14,6 +14,9 @@ use crate::model::{
 };
 use crate::table::{State, StateMachine, state_machine_for};
 
+/// Attribute recording the last fix a machine got (the FIX ladder escalates a repeated fix to a reboot).
+pub const LAST_FIX_ATTR: &str = "last-fix";
+
 /// Apply one input to one object at `now_ms`. See the crate README for the model.
 pub fn step(obj: &ObjectState, input: &Input, now_ms: u64, policy: &Policy) -> Result<Outcome, StepError> {
     policy.validate()?;
@@ -173,7 +176,19 @@ impl Ctx<'_> {
                 self.effects.push(Effect::RequestAck { object: id, role, ack, deadline_ms });
             }
             State::Fix => {
-                let fix = self.policy.fix_for(n.last_evidence.as_ref());
+                // The FIX ladder: the fix for the cause (restart a service, clean a filesystem, ...); if that
+                // same fix was already tried within the window and the machine is back, a reboot; after
+                // `fix_escalate_after` fixes in the window it goes to REPAIR instead (see `release`).
+                let window_start = self.now.saturating_sub(self.policy.fix_window_ms);
+                let recent = n.fix_history_ms.iter().any(|t| *t >= window_start);
+                let by_cause = self.policy.fix_for(n.last_evidence.as_ref());
+                let fix =
+                    if recent && n.attrs.get(LAST_FIX_ATTR).map(String::as_str) == Some(by_cause.as_str()) {
+                        crate::model::FixAction::Reboot
+                    } else {
+                        by_cause
+                    };
+                n.attrs.insert(LAST_FIX_ATTR.into(), fix.as_str().into());
                 n.fix_history_ms.push(self.now);
                 let excess = n.fix_history_ms.len().saturating_sub(MAX_FIX_HISTORY);
                 n.fix_history_ms.drain(..excess);
@@ -213,6 +228,12 @@ impl Ctx<'_> {
 
     fn on_finding(&mut self, f: &Finding) -> Result<(), StepError> {
         check_finding(self.obj, f)?;
+        if matches!(self.state(), State::Newbie | State::Test) && f.time_ms < self.obj.since_ms {
+            // Measured before the new part arrived (a reading of the old disk delivered late): it says
+            // nothing about the replacement. Clocks of agents and masters are NTP-synced; a reading a
+            // moment too early is simply taken on the checker's next run.
+            return Ok(());
+        }
         record_grade(&mut self.next, f.severity);
         let cause = Cause::Finding {
             checker: f.checker.clone(),
@@ -381,7 +402,12 @@ impl Ctx<'_> {
             (Action::Provision, true) => State::Test,
             (_, false) => State::Repair,
         };
-        self.go(to, Cause::Action { action, success, detail: bounded(detail) }, None)
+        self.go(to, Cause::Action { action, success, detail: bounded(detail) }, None)?;
+        if !success {
+            // A failed fix, provisioning or test is worth a human's look even though REPAIR follows.
+            self.alert(format!("{action} failed on {}: {}", self.obj.id, bounded(detail)));
+        }
+        Ok(())
     }
 
     fn on_replacement(
