@@ -60,8 +60,36 @@ pub struct DiskChecker {
     cfg: DiskConfig,
     probe: Option<SmartProbe>,
     prev: Option<Sample>,
-    smart_cache: Option<(u64, Vec<SmartReport>)>,
+    /// (time, slot identities at that time, reports): reused for `smart_interval` unless a slot's
+    /// identity changed (a replaced disk must not be graded by its predecessor's SMART data).
+    smart_cache: Option<(u64, BTreeMap<String, String>, Vec<SmartReport>)>,
     kernel: Vec<Finding>,
+}
+
+/// Longest identity (serial/wwid) read per slot.
+const MAX_IDENTITY: usize = 256;
+/// Most slots whose identity is compared (a JBOD has ~100 disks).
+const MAX_SLOTS: usize = 1024;
+
+/// Each block device's identity as sysfs shows it (`device/serial`, else `device/wwid`), by name.
+pub fn slot_identities(root: &std::path::Path) -> BTreeMap<String, String> {
+    let block = root.join("sys/block");
+    let Ok(rd) = std::fs::read_dir(&block) else { return BTreeMap::new() };
+    let mut out = BTreeMap::new();
+    for e in rd.flatten().take(MAX_SLOTS) {
+        let Ok(name) = e.file_name().into_string() else { continue };
+        let dev = e.path().join("device");
+        let id = ["serial", "wwid"].iter().find_map(|f| {
+            let mut v = std::fs::read(dev.join(f)).ok()?;
+            v.truncate(MAX_IDENTITY);
+            let t = String::from_utf8_lossy(&v).trim().to_string();
+            (!t.is_empty()).then_some(t)
+        });
+        if let Some(id) = id {
+            out.insert(name, id);
+        }
+    }
+    out
 }
 
 impl DiskChecker {
@@ -75,13 +103,21 @@ impl DiskChecker {
         self.kernel = findings;
     }
 
-    fn smart_reports(&mut self, now_ms: u64, notes: &mut Vec<String>) -> Vec<SmartReport> {
+    fn smart_reports(
+        &mut self,
+        now_ms: u64,
+        root: &std::path::Path,
+        notes: &mut Vec<String>,
+    ) -> Vec<SmartReport> {
         let Some(probe) = &self.probe else { return Vec::new() };
-        let fresh = self.smart_cache.as_ref().is_some_and(|(t, _)| {
-            now_ms.saturating_sub(*t) < u64::try_from(self.cfg.smart_interval.as_millis()).unwrap_or(u64::MAX)
+        let ids = slot_identities(root);
+        let fresh = self.smart_cache.as_ref().is_some_and(|(t, cached_ids, _)| {
+            *cached_ids == ids
+                && now_ms.saturating_sub(*t)
+                    < u64::try_from(self.cfg.smart_interval.as_millis()).unwrap_or(u64::MAX)
         });
         if fresh {
-            return self.smart_cache.as_ref().map(|(_, r)| r.clone()).unwrap_or_default();
+            return self.smart_cache.as_ref().map(|(_, _, r)| r.clone()).unwrap_or_default();
         }
         let devices = match probe.scan() {
             Ok(d) => d,
@@ -91,7 +127,7 @@ impl DiskChecker {
             }
         };
         let reports = probe_all(probe, &devices);
-        self.smart_cache = Some((now_ms, reports.clone()));
+        self.smart_cache = Some((now_ms, ids, reports.clone()));
         reports
     }
 }
@@ -208,7 +244,7 @@ impl Checker for DiskChecker {
         };
         let sys_block = diskstats::read_sys_block(&ctx.root);
         let dstate = diskstats::read_dstate(&ctx.root).unwrap_or_default();
-        let reports = self.smart_reports(ctx.now_ms, &mut notes);
+        let reports = self.smart_reports(ctx.now_ms, &ctx.root, &mut notes);
 
         let mut disks: BTreeSet<String> = stats
             .iter()
@@ -414,5 +450,35 @@ mod tests {
         let sdb = get("sdb").unwrap();
         assert_eq!(sdb.severity, Severity::Error, "{sdb:?}");
         assert!(sdb.readings.contains_key("item:kernel.read-only"));
+    }
+
+    #[test]
+    fn a_new_serial_in_a_slot_refreshes_the_smart_cache() {
+        let d = tree();
+        let bin = tempfile::tempdir().unwrap();
+        let count = bin.path().join("count");
+        let scan = testdata("smart/scan/smartctl_scan_simple.json");
+        let healthy = testdata("smart/smart-prom-next/sat_xall.json");
+        let body = format!(
+            "case \"$*\" in *--scan-open*) echo x >> {c}; cat {s};; *) cat {h};; esac",
+            c = count.display(),
+            s = scan.display(),
+            h = healthy.display()
+        );
+        let script = bin.path().join("smartctl");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let serial = d.path().join("sys/block/sdb/device");
+        std::fs::create_dir_all(&serial).unwrap();
+        std::fs::write(serial.join("serial"), "OLD-1\n").unwrap();
+        let mut c = DiskChecker::new(DiskConfig { smartctl: Some(script), ..DiskConfig::default() });
+        let probes = || std::fs::read_to_string(&count).unwrap_or_default().lines().count();
+        c.run(&ctx(d.path(), 1_000)).unwrap();
+        c.run(&ctx(d.path(), 2_000)).unwrap();
+        assert_eq!(probes(), 1, "within smart_interval the cached reports are reused");
+        std::fs::write(serial.join("serial"), "NEW-2\n").unwrap();
+        c.run(&ctx(d.path(), 3_000)).unwrap();
+        assert_eq!(probes(), 2, "a replaced disk is probed at once, not graded by its predecessor's data");
     }
 }
