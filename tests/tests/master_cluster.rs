@@ -104,6 +104,21 @@ async fn failover_keeps_acknowledged_writes_and_watch_resumes() {
         panic!("no leader; node 1 log:\n{}", cluster.log_tail(1));
     };
     let all = cluster.grpc_addrs();
+    // This test writes faults by the hundred on purpose: quotas that let them through, set with the CLI.
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let qfile = qdir.path().join("quotas.toml");
+    std::fs::write(
+        &qfile,
+        "[[quotas]]\nkind = \"*\"\nscope = \"cluster\"\nwindow_ms = 3600000\nmax_entries = \"100000\"\n\
+         max_concurrent = \"100%\"\n",
+    )
+    .expect("write quotas");
+    let (ok, out, err) = cli(
+        &bin,
+        &["quotas", "--set", qfile.to_str().expect("utf8"), "--reason", "this test writes many faults"],
+        &all,
+    );
+    assert!(ok && out.contains("100000"), "quotas --set: {out}{err}");
     // The watcher talks to the leader first, so killing the leader forces it to resume elsewhere.
     let watch_addrs = {
         let mut a = vec![cluster.nodes[&leader].grpc.clone()];
