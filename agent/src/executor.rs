@@ -1,0 +1,196 @@
+//! Runs the master's action orders on this host through the [`Worker`] and queues their results for the
+//! reporter to send back (Command kind "result"). Orders come with every heartbeat while pending, so the
+//! executor remembers which (object, requested_ms) it started or finished and runs each once; a restart of
+//! the agent forgets, gets the order again and re-runs it, which is safe because every action is
+//! idempotent. Results wait in a bounded queue until the master acknowledges them.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use proto::api;
+use state_machines::{Action, ObjectId};
+use tokio::sync::Notify;
+
+use crate::worker::{ActionReport, ActionRequest, Worker};
+
+/// Orders remembered as started/finished (a host has a few dozen objects; this covers days of actions).
+pub const MAX_REMEMBERED: usize = 1024;
+/// Results waiting for delivery; beyond it the oldest is dropped (the master re-orders it after its
+/// deadline alert, and the action is idempotent).
+pub const MAX_RESULTS: usize = 256;
+/// Orders started per heartbeat (one heartbeat carries at most the master's `MAX_ORDERS`).
+pub const MAX_START_PER_BEAT: usize = 64;
+
+/// A finished action waiting for the master's acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub key: (String, u64),
+    pub report: ActionReport,
+}
+
+#[derive(Default)]
+struct State {
+    /// Orders started or finished, oldest first (bounded).
+    seen: VecDeque<(String, u64)>,
+    seen_set: BTreeSet<(String, u64)>,
+    results: VecDeque<Finished>,
+    rejected: u64,
+}
+
+pub struct Executor {
+    worker: Worker,
+    state: Mutex<State>,
+    /// Notified when a result is ready, so the reporter sends it without waiting for the next beat.
+    pub ready: Arc<Notify>,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Turn a wire order into a worker request; a malformed order is a clear error (and runs nothing).
+pub fn request_of(o: &api::ActionOrder, now_ms: u64) -> Result<ActionRequest, String> {
+    let object: ObjectId = o.object.parse().map_err(|e| format!("order for {:?}: {e}", o.object))?;
+    let action: Action = o.action.parse()?;
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Ok(ActionRequest {
+        object,
+        action,
+        old_serial: opt(&o.old_serial),
+        new_serial: opt(&o.new_serial),
+        params: o.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>(),
+        dry_run: false,
+        now_ms,
+    })
+}
+
+impl Executor {
+    pub fn new(worker: Worker) -> Arc<Executor> {
+        Arc::new(Executor { worker, state: Mutex::new(State::default()), ready: Arc::new(Notify::new()) })
+    }
+
+    /// Start the orders not seen before. Returns how many were started.
+    pub fn accept(self: &Arc<Self>, orders: &[api::ActionOrder], now_ms: u64) -> usize {
+        let mut started = 0;
+        for o in orders.iter().take(MAX_START_PER_BEAT) {
+            let key = (o.object.clone(), o.requested_ms);
+            {
+                let mut st = lock(&self.state);
+                if st.seen_set.contains(&key) {
+                    continue;
+                }
+                st.seen_set.insert(key.clone());
+                st.seen.push_back(key.clone());
+                while st.seen.len() > MAX_REMEMBERED {
+                    if let Some(old) = st.seen.pop_front() {
+                        st.seen_set.remove(&old);
+                    }
+                }
+            }
+            let req = match request_of(o, now_ms) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(order = ?o.object, action = o.action, error = %e, "refusing a malformed order");
+                    lock(&self.state).rejected += 1;
+                    continue;
+                }
+            };
+            tracing::info!(object = %req.object, action = %req.action, "running action");
+            let me = Arc::clone(self);
+            started += 1;
+            tokio::spawn(async move {
+                let report = me.worker.run(req).await;
+                tracing::info!(object = %report.object, action = %report.action, success = report.success,
+                    outcome = ?report.outcome, detail = report.detail, "action finished");
+                let mut st = lock(&me.state);
+                st.results.push_back(Finished { key, report });
+                while st.results.len() > MAX_RESULTS {
+                    st.results.pop_front();
+                }
+                drop(st);
+                me.ready.notify_one();
+            });
+        }
+        started
+    }
+
+    /// Results not yet acknowledged by the master (oldest first).
+    pub fn pending(&self) -> Vec<Finished> {
+        lock(&self.state).results.iter().cloned().collect()
+    }
+
+    /// The master took (or finally refused) this result: forget it.
+    pub fn delivered(&self, key: &(String, u64)) {
+        lock(&self.state).results.retain(|f| &f.key != key);
+    }
+
+    /// Malformed orders refused so far.
+    pub fn rejected(&self) -> u64 {
+        lock(&self.state).rejected
+    }
+}
+
+/// The Command request that reports a result.
+pub fn result_request(f: &Finished) -> api::CommandRequest {
+    let mut detail = f.report.detail.clone();
+    if !f.report.figures.is_empty() {
+        let figs: Vec<String> = f.report.figures.iter().map(|(k, v)| format!("{k}={v:.1}")).collect();
+        detail = format!("{detail} [{}]", figs.join(" "));
+    }
+    api::CommandRequest {
+        object: f.key.0.clone(),
+        kind: "result".into(),
+        name: f.report.action.to_string(),
+        value: String::new(),
+        by: "agent".into(),
+        reason: detail,
+        success: f.report.success,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(object: &str, action: &str, t: u64) -> api::ActionOrder {
+        api::ActionOrder {
+            object: object.into(),
+            action: action.into(),
+            requested_ms: t,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn malformed_orders_are_refused() {
+        assert!(request_of(&order("nonsense", "test", 1), 0).is_err());
+        assert!(request_of(&order("disk/h1/sda", "format-everything", 1), 0).is_err());
+        let r = request_of(&order("machine/h1", "fix:restart-service", 1), 5).expect("valid");
+        assert_eq!(r.action.to_string(), "fix:restart-service");
+    }
+
+    #[tokio::test]
+    async fn an_order_runs_once_and_its_result_waits_for_delivery() {
+        let cfg = crate::worker::WorkerConfig { dry_run: true, ..Default::default() };
+        let worker = Worker::new("h1", cfg).expect("worker");
+        let ex = Executor::new(worker);
+        let o = order("machine/h1", "fix:reboot", 7);
+        assert_eq!(ex.accept(std::slice::from_ref(&o), 0), 1);
+        assert_eq!(ex.accept(std::slice::from_ref(&o), 0), 0, "the same order is not run twice");
+        assert_eq!(ex.accept(&[order("bad", "x", 1)], 0), 0);
+        assert_eq!(ex.rejected(), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while ex.pending().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let p = ex.pending();
+        assert_eq!(p.len(), 1);
+        let req = result_request(&p[0]);
+        assert_eq!(
+            (req.kind.as_str(), req.name.as_str(), req.object.as_str()),
+            ("result", "fix:reboot", "machine/h1")
+        );
+        ex.delivered(&p[0].key);
+        assert!(ex.pending().is_empty());
+    }
+}
