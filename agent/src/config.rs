@@ -61,7 +61,19 @@ pub struct AgentConfig {
     /// Actions on this host (disk NEWBIE/TEST, machine FIX/NEWBIE/TEST); see `worker::config`.
     #[serde(default)]
     pub worker: crate::worker::WorkerConfig,
+    /// Mutual TLS towards the masters: the cluster CA, this agent's client certificate and key.
+    #[serde(default)]
+    pub tls: Option<proto::tls::TlsFiles>,
+    /// File holding this agent's bearer token (role `agent`); keep it readable by the agent only.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Talk to the masters without TLS and token (tests and experiments only; logged loudly).
+    #[serde(default)]
+    pub insecure: bool,
 }
+
+/// Largest token file read: a token is 64 characters; anything bigger is the wrong file.
+pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +102,9 @@ pub struct ReportConfig {
     /// Cap of the exponential reconnect backoff.
     #[serde(default = "default_backoff")]
     pub backoff_max_s: u64,
+    /// How often the inventory is re-read (a replaced part shows up as a new serial in its slot).
+    #[serde(default = "default_inventory")]
+    pub inventory_s: u64,
 }
 
 impl Default for ReportConfig {
@@ -98,8 +113,14 @@ impl Default for ReportConfig {
             batch_max: default_batch(),
             heartbeat_s: default_heartbeat(),
             backoff_max_s: default_backoff(),
+            inventory_s: default_inventory(),
         }
     }
+}
+
+/// A minute: replacements take hours of human work; noticing one a minute later costs nothing.
+fn default_inventory() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -157,6 +178,44 @@ impl AgentConfig {
             .map_err(|e| ConfigError::Parse { path: path.into(), err: e.to_string() })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The TLS material and token the reporter uses (files are read and checked here; errors name them).
+    /// Insecure configs get none.
+    pub fn client_security(&self) -> Result<proto::client::ClientSecurity, ConfigError> {
+        if self.insecure {
+            return Ok(proto::client::ClientSecurity::default());
+        }
+        let tls = match &self.tls {
+            Some(files) => {
+                Some(files.load().map_err(|e| ConfigError::Invalid(e.to_string()))?.client_config())
+            }
+            None => None,
+        };
+        let token = match &self.token_file {
+            Some(path) => {
+                let meta =
+                    std::fs::metadata(path).map_err(|err| ConfigError::Io { path: path.clone(), err })?;
+                if meta.len() > MAX_TOKEN_FILE_BYTES {
+                    return Err(ConfigError::Invalid(format!(
+                        "token_file {}: larger than {MAX_TOKEN_FILE_BYTES} bytes",
+                        path.display()
+                    )));
+                }
+                let text = std::fs::read_to_string(path)
+                    .map_err(|err| ConfigError::Io { path: path.clone(), err })?;
+                let t = text.trim();
+                if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "token_file {}: expected one token on one line",
+                        path.display()
+                    )));
+                }
+                Some(proto::tls::Token::new(t))
+            }
+            None => None,
+        };
+        Ok(proto::client::ClientSecurity { tls, token })
     }
 
     /// Everything that can be checked without starting anything.
@@ -260,6 +319,29 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn token_file_and_tls_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "abc123\n").unwrap();
+        let text = format!("{MIN}token_file = {:?}\n", tok.display().to_string());
+        let sec = parse(&text).unwrap().client_security().unwrap();
+        assert_eq!(sec.token.as_ref().map(|t| t.expose()), Some("abc123"));
+        assert!(!format!("{sec:?}").contains("abc123"), "the token is never printed");
+        std::fs::write(&tok, "a".repeat(MAX_TOKEN_FILE_BYTES as usize + 1)).unwrap();
+        let e = parse(&text).unwrap().client_security().unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        std::fs::write(&tok, "two words\n").unwrap();
+        let e = parse(&text).unwrap().client_security().unwrap_err().to_string();
+        assert!(e.contains("one token"), "{e}");
+        let missing =
+            format!("{MIN}[tls]\nca = \"/nope/ca.pem\"\ncert = \"/nope/a.pem\"\nkey = \"/nope/a.key\"\n");
+        let e = parse(&missing).unwrap().client_security().unwrap_err().to_string();
+        assert!(e.contains("/nope/ca.pem"), "{e}");
+        let insecure = format!("insecure = true\n{missing}");
+        assert!(parse(&insecure).unwrap().client_security().unwrap().tls.is_none());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the master acknowledges them, reports them, and runs the actions the master sends.
 
 pub mod config;
+pub mod executor;
 pub mod inventory;
 pub mod local;
 pub mod outbox;

@@ -40,6 +40,42 @@ pub struct ReporterConfig {
     pub checkers: std::collections::BTreeMap<String, String>,
     /// Labels attached to every registered object (cluster, rack, switch, profile).
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Runs the actions the master hands out with heartbeats (None: this agent runs no actions).
+    pub executor: Option<Arc<crate::executor::Executor>>,
+    /// Re-read the inventory this often and register again when it changed (a replaced disk shows up as a
+    /// new serial in its slot); `root` is where the probes read /sys.
+    pub inventory_every: Duration,
+    pub root: std::path::PathBuf,
+    /// TLS and bearer token towards the masters (empty for insecure clusters).
+    pub security: proto::client::ClientSecurity,
+}
+
+/// Send the results of finished actions; a result the master refuses for good (the action is no longer
+/// pending: already reported, or the object moved on) is dropped with a log line, a failed send is kept.
+async fn send_results(cfg: &ReporterConfig, client: &mut Client) -> Result<(), String> {
+    let Some(ex) = &cfg.executor else { return Ok(()) };
+    for f in ex.pending() {
+        let req = crate::executor::result_request(&f);
+        match client.call(req, |mut c, r| async move { c.command(r).await }).await {
+            Ok(r) => {
+                tracing::info!(object = f.key.0, state = r.state, "action result delivered");
+                ex.delivered(&f.key);
+            }
+            Err(e)
+                if matches!(
+                    e.code,
+                    proto::error::Code::Conflict
+                        | proto::error::Code::NotFound
+                        | proto::error::Code::InvalidArgument
+                ) =>
+            {
+                tracing::warn!(object = f.key.0, error = %e, "action result refused; dropping it");
+                ex.delivered(&f.key);
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 fn inflight(outbox: &dyn OutboxStore) -> u64 {
@@ -147,11 +183,12 @@ async fn heartbeat(
         outbox_entries: depth.entries,
         outbox_dropped: depth.dropped.iter().sum(),
     };
-    client
-        .call(req, |mut c, r| async move { c.heartbeat(r).await })
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let resp =
+        client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map_err(|e| e.to_string())?;
+    if let Some(ex) = &cfg.executor {
+        ex.accept(&resp.actions, crate::scheduler::now_ms());
+    }
+    Ok(())
 }
 
 /// Runs until shutdown. `wake` is notified when new findings enter the outbox.
@@ -159,17 +196,19 @@ pub async fn run(
     cfg: ReporterConfig,
     outbox: Arc<dyn OutboxStore>,
     shared: Arc<Shared>,
-    inventory: Vec<Item>,
+    mut inventory: Vec<Item>,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut client = Client::new(cfg.masters.clone());
+    let mut client = Client::with_security(cfg.masters.clone(), cfg.security.clone());
     // The reporter owns the outer retry loop (with its own backoff), so each call gives up quickly.
     client.max_attempts = 4;
     let mut registered = false;
     let mut backoff = BACKOFF_START;
     let mut rng: u64 = shared.started_ms | 1;
     let mut next_heartbeat = tokio::time::Instant::now();
+    let mut next_inventory = tokio::time::Instant::now() + cfg.inventory_every;
+    let results_ready = cfg.executor.as_ref().map(|e| Arc::clone(&e.ready)).unwrap_or_default();
     loop {
         if *shutdown.borrow() {
             // Best effort, bounded: deliver what is queued; whatever is left stays durable in the outbox.
@@ -179,6 +218,18 @@ pub async fn run(
             return;
         }
         let mut failed = None;
+        if tokio::time::Instant::now() >= next_inventory {
+            next_inventory = tokio::time::Instant::now() + cfg.inventory_every;
+            let (root, host) = (cfg.root.clone(), cfg.host.clone());
+            if let Ok(now) =
+                tokio::task::spawn_blocking(move || crate::inventory::collect(&root, &host)).await
+                && now != inventory
+            {
+                tracing::info!(objects = now.len(), "inventory changed; registering again");
+                inventory = now;
+                registered = false;
+            }
+        }
         if !registered {
             match register(&cfg, &mut client, &inventory).await {
                 Ok(()) => registered = true,
@@ -190,6 +241,11 @@ pub async fn run(
                 Ok(()) => next_heartbeat = tokio::time::Instant::now() + cfg.heartbeat,
                 Err(e) => failed = Some(format!("heartbeat: {e}")),
             }
+        }
+        if failed.is_none()
+            && let Err(e) = send_results(&cfg, &mut client).await
+        {
+            failed = Some(format!("action results: {e}"));
         }
         let mut idle = false;
         if failed.is_none() {
@@ -228,7 +284,8 @@ pub async fn run(
         if idle {
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep_until(next_heartbeat) => {}
+                _ = results_ready.notified() => {}
+                _ = tokio::time::sleep_until(next_heartbeat.min(next_inventory)) => {}
                 r = shutdown.changed() => if r.is_err() { return },
             }
         }

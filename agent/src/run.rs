@@ -299,6 +299,20 @@ async fn sink(
 /// Run the agent until `shutdown` turns true.
 pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let host = cfg.host.clone().unwrap_or_else(local_hostname);
+    // TLS files and token are read before anything starts, so a bad path is a clear startup error.
+    let security = cfg.client_security().context("agent TLS/token settings")?;
+    if cfg.insecure {
+        let banner = "INSECURE MODE (--insecure): this agent talks to the masters without TLS and without a \
+token. For tests and experiments only.";
+        eprintln!("\n!!!!!!!!!!\n!!! {banner}\n!!!!!!!!!!\n");
+        tracing::warn!("{banner}");
+    } else if security.tls.is_none() || security.token.is_none() {
+        tracing::warn!(
+            tls = security.tls.is_some(),
+            token = security.token.is_some(),
+            "no [tls] and/or token_file in the agent config: a secured master will refuse this agent"
+        );
+    }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let db: PathBuf = cfg.data_dir.join("outbox.redb");
     let limits = Limits { max_entries: cfg.outbox.max_entries, max_bytes: cfg.outbox.max_bytes };
@@ -345,6 +359,12 @@ pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyho
         backoff_max: Duration::from_secs(cfg.report.backoff_max_s),
         checkers: versions,
         labels: cfg.labels.clone(),
+        executor: Some(crate::executor::Executor::new(
+            crate::worker::Worker::new(&host, cfg.worker.clone()).context("worker config")?,
+        )),
+        inventory_every: Duration::from_secs(cfg.report.inventory_s.max(1)),
+        root: cfg.root.clone(),
+        security,
     };
     tasks.spawn(reporter::run(
         rcfg,

@@ -15,11 +15,16 @@ pub struct AgentArgs {
     /// Validate the config and exit: 0 when it is valid, 1 with the reason when not.
     #[arg(long)]
     check_config: bool,
+    /// Talk to the masters without TLS and token (tests and experiments only; logs a loud warning).
+    #[arg(long)]
+    insecure: bool,
 }
 
 pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
-    let cfg = agent::config::AgentConfig::load(&a.config)?;
+    let mut cfg = agent::config::AgentConfig::load(&a.config)?;
+    cfg.insecure |= a.insecure;
     if a.check_config {
+        cfg.client_security()?;
         println!("{}: ok", a.config.display());
         return Ok(ExitCode::SUCCESS);
     }

@@ -3,6 +3,12 @@
 //! directory it prints. Ctrl-C (or SIGTERM) stops every child cleanly: SIGTERM first, SIGKILL after a
 //! bounded grace period. Uses the documented default ports (master gRPC 7700, Raft 7710, HTTP 7780, agent
 //! 7790); masters 2 and 3 take the next ports up.
+//!
+//! The secure setup is the default one: each start makes a throwaway CA under `DATA_DIR/tls` (master
+//! certificates for 127.0.0.1/localhost, an agent and a CLI client certificate), a fresh operator token and
+//! agent token (the masters' configs hold only their sha256), and writes the client context
+//! (`$HUATUO_CONTEXT` or `~/.config/huatuo/context.toml`) so `huatuo objects` just works. The operator token
+//! is printed once and stored in clear only in that context file.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -10,9 +16,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use master::tls::{DevCa, Usage, new_token};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use proto::client::ClientSecurity;
+use proto::tls::{TlsFiles, Token};
 use tokio::process::{Child, Command};
+
+use crate::context::Context as ClientContext;
 
 /// How long the children get to stop after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -42,6 +53,66 @@ pub struct DevArgs {
     http_port: u16,
     #[arg(long, default_value_t = 7790)]
     agent_port: u16,
+    /// Where to write the client context (default: $HUATUO_CONTEXT, else ~/.config/huatuo/context.toml).
+    #[arg(long, env = "HUATUO_CONTEXT")]
+    context: Option<PathBuf>,
+}
+
+/// What `huatuo dev` generated for one run.
+struct Secrets {
+    master_tls: Vec<TlsFiles>,
+    agent_tls: TlsFiles,
+    cli_tls: TlsFiles,
+    operator: Token,
+    agent: Token,
+}
+
+fn generate_secrets(dir: &Path) -> anyhow::Result<Secrets> {
+    let tls_dir = dir.join("tls");
+    if tls_dir.exists() {
+        std::fs::remove_dir_all(&tls_dir).with_context(|| format!("cannot remove {}", tls_dir.display()))?;
+    }
+    let ca = DevCa::new("huatuo dev CA (throwaway)")?;
+    let sans = ["127.0.0.1", "localhost"];
+    let master_tls = (1..=3)
+        .map(|id| ca.write_issued(&tls_dir, &format!("master-{id}"), &sans, Usage::Server))
+        .collect::<Result<Vec<_>, _>>()?;
+    let agent_tls = ca.write_issued(&tls_dir, "agent", &[], Usage::Client)?;
+    let cli_tls = ca.write_issued(&tls_dir, "cli", &[], Usage::Client)?;
+    Ok(Secrets { master_tls, agent_tls, cli_tls, operator: new_token(), agent: new_token() })
+}
+
+/// One master's config file: addresses, TLS files and the hashed tokens.
+fn master_config(
+    id: u64,
+    peers: &[String],
+    (grpc, http, peer_listen): (&str, &str, &str),
+    data_dir: &Path,
+    tls: &TlsFiles,
+    s: &Secrets,
+) -> anyhow::Result<String> {
+    use toml::Value;
+    let mut t = toml::Table::new();
+    t.insert("id".into(), Value::Integer(i64::try_from(id)?));
+    t.insert("data_dir".into(), Value::String(data_dir.display().to_string()));
+    t.insert("grpc".into(), Value::String(grpc.into()));
+    t.insert("http".into(), Value::String(http.into()));
+    t.insert("peer_listen".into(), Value::String(peer_listen.into()));
+    let peers = peers.iter().enumerate().map(|(i, p)| ((i + 1).to_string(), Value::String(p.clone())));
+    t.insert("peers".into(), Value::Table(peers.collect()));
+    t.insert("tls".into(), Value::try_from(tls)?);
+    let token = |name: &str, tok: &Token, role: &str| {
+        let mut e = toml::Table::new();
+        e.insert("name".into(), Value::String(name.into()));
+        e.insert("sha256".into(), Value::String(tok.sha256_hex()));
+        e.insert("roles".into(), Value::Array(vec![Value::String(role.into())]));
+        Value::Table(e)
+    };
+    let tokens = vec![token("dev-operator", &s.operator, "operator"), token("dev-agent", &s.agent, "agent")];
+    let mut auth = toml::Table::new();
+    auth.insert("tokens".into(), Value::Array(tokens));
+    t.insert("auth".into(), Value::Table(auth));
+    Ok(format!("# Written by `huatuo dev` (throwaway certificates and tokens).\n{t}"))
 }
 
 struct Proc {
@@ -86,9 +157,9 @@ async fn stop_all(procs: &mut [Proc]) {
     }
 }
 
-async fn wait_for_leader(grpc: &[String]) -> anyhow::Result<()> {
+async fn wait_for_leader(grpc: &[String], security: ClientSecurity) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + LEADER_DEADLINE;
-    let mut client = proto::client::Client::new(grpc.to_vec());
+    let mut client = proto::client::Client::with_security(grpc.to_vec(), security);
     client.max_attempts = 1;
     loop {
         let res = client
@@ -109,16 +180,34 @@ async fn wait_for_leader(grpc: &[String]) -> anyhow::Result<()> {
     }
 }
 
-fn agent_config(a: &DevArgs, dir: &Path, grpc: &[String]) -> String {
+fn agent_config(a: &DevArgs, dir: &Path, grpc: &[String], tls: &TlsFiles, token_file: &Path) -> String {
     let masters: Vec<String> = grpc.iter().map(|g| format!("{g:?}")).collect();
     format!(
         "# Written by `huatuo dev`.\nversion = 1\ndata_dir = {:?}\nmasters = [{}]\nhttp_listen = \"127.0.0.1:{}\"\n\
-         root = {:?}\nprofile = \"online\"\n\n[labels]\ncluster = \"dev\"\nrack = \"dev-rack\"\n",
+         root = {:?}\nprofile = \"online\"\ntoken_file = {:?}\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n\
+         [labels]\ncluster = \"dev\"\nrack = \"dev-rack\"\n",
         dir.join("agent").display().to_string(),
         masters.join(", "),
         a.agent_port,
         a.root.display().to_string(),
+        token_file.display().to_string(),
+        tls.ca.display().to_string(),
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
     )
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
@@ -149,25 +238,22 @@ async fn run_async(a: DevArgs) -> anyhow::Result<ExitCode> {
             busy.join(", ")
         );
     }
-    let peers = peer.iter().enumerate().map(|(i, p)| format!("{}={p}", i + 1)).collect::<Vec<_>>().join(",");
+    let secrets = generate_secrets(&dir)?;
     let mut procs = Vec::new();
     for i in 0..3 {
         let id = i + 1;
-        let args: Vec<String> = vec![
-            "master".into(),
-            "--id".into(),
-            id.to_string(),
-            "--peers".into(),
-            peers.clone(),
-            "--grpc".into(),
-            grpc[i].clone(),
-            "--http".into(),
-            http[i].clone(),
-            "--peer-listen".into(),
-            peer[i].clone(),
-            "--data-dir".into(),
-            dir.join(format!("master-{id}")).display().to_string(),
-        ];
+        let data = dir.join(format!("master-{id}"));
+        let text = master_config(
+            id as u64,
+            &peer,
+            (&grpc[i], &http[i], &peer[i]),
+            &data,
+            &secrets.master_tls[i],
+            &secrets,
+        )?;
+        let cfg_path = dir.join(format!("master-{id}.toml"));
+        write_private(&cfg_path, &text)?;
+        let args: Vec<String> = vec!["master".into(), "--config".into(), cfg_path.display().to_string()];
         match spawn(&format!("master-{id}"), &args, &dir.join(format!("master-{id}.log"))) {
             Ok(p) => procs.push(p),
             Err(e) => {
@@ -176,13 +262,19 @@ async fn run_async(a: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let Err(e) = wait_for_leader(&grpc).await {
+    let cli_security = ClientSecurity {
+        tls: Some(secrets.cli_tls.load().context("the generated CLI certificate")?.client_config()),
+        token: Some(secrets.operator.clone()),
+    };
+    if let Err(e) = wait_for_leader(&grpc, cli_security).await {
         stop_all(&mut procs).await;
         return Err(e.context(format!("see the logs in {}", dir.display())));
     }
     if !a.no_agent {
         let cfg_path = dir.join("agent.toml");
-        std::fs::write(&cfg_path, agent_config(&a, &dir, &grpc))?;
+        let token_file = dir.join("agent.token");
+        write_private(&token_file, &format!("{}\n", secrets.agent.expose()))?;
+        write_private(&cfg_path, &agent_config(&a, &dir, &grpc, &secrets.agent_tls, &token_file))?;
         let args = vec!["agent".into(), "--config".into(), cfg_path.display().to_string()];
         match spawn("agent", &args, &dir.join("agent.log")) {
             Ok(p) => procs.push(p),
@@ -192,9 +284,28 @@ async fn run_async(a: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let ctx_path = a
+        .context
+        .clone()
+        .or_else(crate::context::default_path)
+        .ok_or_else(|| anyhow::anyhow!("no HOME: pass --context FILE"))?;
+    let ctx = ClientContext {
+        version: crate::context::CONTEXT_VERSION,
+        masters: grpc.clone(),
+        http: Some(format!("https://{}/", http[0])),
+        token: Some(secrets.operator.clone()),
+        tls: Some(secrets.cli_tls.clone()),
+    };
+    if let Err(e) = ctx.write(&ctx_path) {
+        stop_all(&mut procs).await;
+        return Err(e.into());
+    }
     println!("huatuo dev is running. Data and logs: {}", dir.display());
-    println!("  masters (gRPC): {}", grpc.join(", "));
-    println!("  HTTP API / portal: http://{}/  (REST under /api/v1, /metrics, /healthz)", http[0]);
+    println!("  masters (gRPC, mutual TLS): {}", grpc.join(", "));
+    println!("  HTTP API / portal: https://{}/  (REST under /api/v1, /metrics, /healthz)", http[0]);
+    println!("  CA certificate: {}", secrets.cli_tls.ca.display());
+    println!("  operator token (shown once; also in the client context): {}", secrets.operator.expose());
+    println!("  client context: {}", ctx_path.display());
     if !a.no_agent {
         println!("  agent: http://127.0.0.1:{}/api/v1/local", a.agent_port);
     }

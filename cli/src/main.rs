@@ -4,13 +4,16 @@
 mod agent_cmd;
 mod bench_agent;
 mod bench_master;
+mod context;
 mod dev_cmd;
 mod fsm_cmd;
 mod hw_cmd;
+mod inspect_cmd;
 mod kernel_log_cmd;
 mod master_cmd;
 mod ops_cmd;
 mod safety_cmd;
+mod ticket_cmd;
 
 use std::process::ExitCode;
 
@@ -61,10 +64,11 @@ enum Cmd {
     Release(safety_cmd::ReleaseArgs),
     /// Show the quota rules, or replace the safety config from a file.
     Quotas(safety_cmd::QuotasArgs),
-    /// Repair tickets.
-    Ticket,
-    /// The daily inspection report.
-    Inspect,
+    /// Repair tickets: list them, record updates from the repair system.
+    #[command(subcommand)]
+    Ticket(ticket_cmd::TicketCmd),
+    /// The daily inspection report (exit 2 when something needs a human; --json for machines).
+    Inspect(inspect_cmd::InspectArgs),
     /// State machines: diagrams and transcript checks.
     #[command(subcommand)]
     Fsm(fsm_cmd::FsmCmd),
@@ -93,11 +97,6 @@ enum BenchCmd {
     Agent(bench_agent::BenchAgentArgs),
 }
 
-fn not_built(what: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    eprintln!("huatuo {what}: not built yet (tracked in issue {issue})");
-    Ok(ExitCode::from(2))
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Agent(a) => agent_cmd::run(a),
@@ -117,8 +116,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Reject(a) => safety_cmd::decide(a, false),
         Cmd::Release(a) => safety_cmd::release(a),
         Cmd::Quotas(a) => safety_cmd::quotas(a),
-        Cmd::Ticket => not_built("ticket", 7),
-        Cmd::Inspect => not_built("inspect", 8),
+        Cmd::Ticket(c) => ticket_cmd::run(c),
+        Cmd::Inspect(a) => inspect_cmd::run(a),
         Cmd::Fsm(c) => fsm_cmd::run(c),
         Cmd::Bench(BenchCmd::Rules(a)) => kernel_log_cmd::bench(a),
         Cmd::Bench(BenchCmd::Master(a)) => bench_master::run(a),

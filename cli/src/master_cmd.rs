@@ -1,4 +1,6 @@
-//! `huatuo master`: run one master node from flags or a TOML config file until SIGINT/SIGTERM.
+//! `huatuo master`: run one master node from flags or a TOML config file until SIGINT/SIGTERM. TLS and
+//! tokens come from the config file (`[tls]`, `[[auth.tokens]]`); without them the master refuses to start
+//! unless `--insecure` says to run open (tests and experiments).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,9 @@ pub struct MasterArgs {
     /// definitely gone).
     #[arg(long)]
     join: bool,
+    /// Run without TLS and token checks (tests and experiments only; logs a loud warning).
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn config(a: MasterArgs) -> anyhow::Result<MasterConfig> {
@@ -43,6 +48,7 @@ fn config(a: MasterArgs) -> anyhow::Result<MasterConfig> {
             std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut cfg = MasterConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
         cfg.join |= a.join;
+        cfg.insecure |= a.insecure;
         return Ok(cfg);
     }
     let (Some(id), Some(peers), Some(data_dir)) = (a.id, a.peers, a.data_dir) else {
@@ -52,6 +58,7 @@ fn config(a: MasterArgs) -> anyhow::Result<MasterConfig> {
     toml.insert("id".into(), toml::Value::Integer(i64::try_from(id).context("--id is too large")?));
     toml.insert("data_dir".into(), toml::Value::String(data_dir.display().to_string()));
     toml.insert("join".into(), toml::Value::Boolean(a.join));
+    toml.insert("insecure".into(), toml::Value::Boolean(a.insecure));
     let peers: toml::Table =
         parse_peers(&peers)?.into_iter().map(|(k, v)| (k, toml::Value::String(v))).collect();
     toml.insert("peers".into(), toml::Value::Table(peers));

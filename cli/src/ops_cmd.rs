@@ -20,16 +20,95 @@ pub const WATCH_MAX_RECONNECTS: u32 = 100;
 /// (the server sends progress every 10 s).
 pub const WATCH_IDLE: Duration = Duration::from_secs(30);
 
+/// The master address used when neither `--master`, `$HUATUO_MASTER` nor a context names one.
+pub const DEFAULT_MASTER: &str = "127.0.0.1:7700";
+
+/// Where and how to reach the masters: flags and environment first, then the client context
+/// (`crate::context`), then the default address.
 #[derive(Args, Debug, Clone)]
 pub struct MasterAddr {
-    /// Master gRPC addresses; the leader is found automatically.
-    #[arg(long = "master", env = "HUATUO_MASTER", default_value = "127.0.0.1:7700")]
-    pub master: String,
+    /// Master gRPC addresses; the leader is found automatically (default: the context's, else
+    /// 127.0.0.1:7700).
+    #[arg(long = "master", env = "HUATUO_MASTER")]
+    pub master: Option<String>,
+    /// Client context file (masters, CA, client certificate, token), as `huatuo dev` writes it
+    /// (default: ~/.config/huatuo/context.toml when it exists).
+    #[arg(long = "context", env = "HUATUO_CONTEXT")]
+    pub context: Option<std::path::PathBuf>,
+    /// Bearer token (overrides the context's).
+    #[arg(long = "token", env = "HUATUO_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub token: Option<proto::tls::Token>,
+    /// No TLS, no token: for clusters started with --insecure (tests and experiments only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+fn parse_token(s: &str) -> Result<proto::tls::Token, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a token is one word of printable characters".into());
+    }
+    Ok(proto::tls::Token::new(s))
 }
 
 impl MasterAddr {
+    /// The client for these settings; a bad context file or unreadable certificate ends the command with a
+    /// clear error (exit status 1), as any other bad argument would.
     pub(crate) fn client(&self) -> Client {
-        Client::new(parse_addrs(&self.master))
+        self.client_rotated(0)
+    }
+
+    /// Like [`MasterAddr::client`], with the address list rotated by `by` (watch reconnects).
+    pub(crate) fn client_rotated(&self, by: usize) -> Client {
+        match self.try_client(by) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("huatuo: error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
+
+    /// The addresses and security this command uses.
+    pub(crate) fn resolve(&self) -> anyhow::Result<(Vec<String>, proto::client::ClientSecurity)> {
+        let explicit = self.context.clone();
+        let path = explicit.clone().or_else(crate::context::default_path);
+        let mut ctx = match path {
+            Some(p) if explicit.is_some() || p.exists() => Some(crate::context::Context::load(&p)?),
+            _ => None,
+        };
+        // A context's credentials belong to its cluster: an explicit --master naming none of its masters
+        // talks to another cluster, so the default context stays out of it (an explicit one still applies).
+        if let (Some(m), Some(c), None) = (&self.master, &ctx, &explicit)
+            && !parse_addrs(m).iter().any(|a| c.masters.contains(a))
+        {
+            ctx = None;
+        }
+        let addrs = match (&self.master, &ctx) {
+            (Some(m), _) => parse_addrs(m),
+            (None, Some(c)) => c.masters.clone(),
+            (None, None) => parse_addrs(DEFAULT_MASTER),
+        };
+        if self.insecure {
+            eprintln!(
+                "huatuo: WARNING: --insecure: no TLS and no token; only for clusters started --insecure"
+            );
+            return Ok((addrs, proto::client::ClientSecurity::default()));
+        }
+        let mut security = match &ctx {
+            Some(c) => c.security().context("the client context's TLS files")?,
+            None => proto::client::ClientSecurity::default(),
+        };
+        if let Some(t) = &self.token {
+            security.token = Some(t.clone());
+        }
+        Ok((addrs, security))
+    }
+
+    fn try_client(&self, by: usize) -> anyhow::Result<Client> {
+        let (mut addrs, security) = self.resolve()?;
+        let n = addrs.len().max(1);
+        addrs.rotate_left(by % n);
+        Ok(Client::with_security(addrs, security))
     }
 }
 
@@ -325,12 +404,7 @@ pub fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
                 ));
             }
             // The node we watched went away: try the next one from the same revision.
-            client = Client::new({
-                let mut addrs = parse_addrs(&a.master.master);
-                let n = addrs.len().max(1);
-                addrs.rotate_left((failures as usize) % n);
-                addrs
-            });
+            client = a.master.client_rotated(failures as usize);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })

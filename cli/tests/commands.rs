@@ -56,8 +56,9 @@ fn fsm_check_runs_every_shipped_transcript_and_reports_divergence() {
 }
 
 #[test]
-fn placeholders_say_so_and_fail() {
-    let (code, _, err) = run(&["inspect"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("not built yet"), "{err}");
+fn inspect_without_a_master_is_a_clear_error() {
+    // Port 1 on loopback: nothing listens. Exit 1 (cannot ask), not 0 (healthy) nor 2 (needs a human).
+    let (code, _, err) = run(&["inspect", "--master", "127.0.0.1:1", "--insecure"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("127.0.0.1:1") || err.contains("UNAVAILABLE"), "{err}");
 }

@@ -1,6 +1,8 @@
 //! A local cluster of real `huatuo master` processes on loopback (free ports, temp data dirs), used by the
 //! multi-process tests and `huatuo bench master`: start, find the leader, `kill -9` a node, restart it with
 //! its data. Children are killed when the [`LocalCluster`] is dropped, whatever happens.
+//! Clusters run `--insecure` unless started with [`LocalCluster::start_secure`] (TLS and tokens from the
+//! caller's config, and the client credentials the harness itself uses).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use proto::api;
 
-use crate::client::Client;
+use crate::client::{Client, ClientSecurity};
 
 /// How long a cluster may take to elect its first leader and have it announce its addresses.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +33,15 @@ pub struct LocalCluster {
     children: BTreeMap<u64, Child>,
     /// Extra arguments for every node (e.g. a faster tick for tests).
     extra: Vec<String>,
+    /// When set, every node runs from a TOML config file (`--config`) with these settings merged in: the
+    /// way to set what has no flag, such as `[policy] ack_timeout_ms` (see [`LocalCluster::start_with_config`]).
+    config: Option<toml::Table>,
+    /// Pass `--insecure` to every node (all clusters but [`LocalCluster::start_secure`] ones).
+    insecure: bool,
+    /// TLS and token the harness's own calls (`info`, `client`) use.
+    security: ClientSecurity,
+    /// Extra environment for every node.
+    env: Vec<(String, String)>,
 }
 
 /// A free loopback port: bind port 0, read it, release it. Racy in theory; the nodes bind immediately.
@@ -41,6 +52,63 @@ pub fn free_port() -> std::io::Result<u16> {
 impl LocalCluster {
     /// Start `n` nodes of `bin` (the `huatuo` executable), logs to `<dir>/node-<id>.log`.
     pub fn start(bin: &Path, n: u64) -> std::io::Result<LocalCluster> {
+        Self::start_inner(bin, n, None)
+    }
+
+    /// Like [`LocalCluster::start`], but each node runs from a config file made of its addresses plus
+    /// `extra_toml` (any `MasterConfig` settings, e.g. `"[policy]\nack_timeout_ms = 1500\n"`). Keys of
+    /// `extra_toml` override the generated ones; tables are merged one level deep.
+    pub fn start_with_config(bin: &Path, n: u64, extra_toml: &str) -> std::io::Result<LocalCluster> {
+        let extra: toml::Table = extra_toml.parse().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("extra config: {e}"))
+        })?;
+        Self::start_inner(bin, n, Some(extra))
+    }
+
+    /// A cluster with security on: `extra_toml` must carry `[tls]` and `[[auth.tokens]]` (as for
+    /// [`LocalCluster::start_with_config`]); `client` is what the harness uses for its own calls (a CA,
+    /// a client certificate and a token with at least the read role).
+    pub fn start_secure(
+        bin: &Path,
+        n: u64,
+        extra_toml: &str,
+        client: ClientSecurity,
+    ) -> std::io::Result<LocalCluster> {
+        Self::start_secure_with_env(bin, n, extra_toml, client, &[])
+    }
+
+    /// [`LocalCluster::start_secure`] with extra environment variables for every node (e.g. `RUST_LOG`).
+    pub fn start_secure_with_env(
+        bin: &Path,
+        n: u64,
+        extra_toml: &str,
+        client: ClientSecurity,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<LocalCluster> {
+        let extra: toml::Table = extra_toml.parse().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("extra config: {e}"))
+        })?;
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_full(bin, n, Some(extra), false, client, env)
+    }
+
+    /// A client for this cluster with the harness's credentials.
+    pub fn client(&self) -> Client {
+        Client::with_security(crate::client::parse_addrs(&self.grpc_addrs()), self.security.clone())
+    }
+
+    fn start_inner(bin: &Path, n: u64, config: Option<toml::Table>) -> std::io::Result<LocalCluster> {
+        Self::start_full(bin, n, config, true, ClientSecurity::default(), Vec::new())
+    }
+
+    fn start_full(
+        bin: &Path,
+        n: u64,
+        config: Option<toml::Table>,
+        insecure: bool,
+        security: ClientSecurity,
+        env: Vec<(String, String)>,
+    ) -> std::io::Result<LocalCluster> {
         let dir = tempfile::Builder::new().prefix("huatuo-cluster-").tempdir()?;
         let mut nodes = BTreeMap::new();
         let mut taken = std::collections::BTreeSet::new();
@@ -62,8 +130,17 @@ impl LocalCluster {
                 },
             );
         }
-        let mut c =
-            LocalCluster { bin: bin.to_path_buf(), dir, nodes, children: BTreeMap::new(), extra: Vec::new() };
+        let mut c = LocalCluster {
+            bin: bin.to_path_buf(),
+            dir,
+            nodes,
+            children: BTreeMap::new(),
+            extra: Vec::new(),
+            config,
+            insecure,
+            security,
+            env,
+        };
         for id in 1..=n {
             c.spawn(id, false)?;
         }
@@ -82,6 +159,18 @@ impl LocalCluster {
         self.nodes.iter().map(|(id, a)| format!("{id}={}", a.peer)).collect::<Vec<_>>().join(",")
     }
 
+    pub fn config_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.toml"))
+    }
+
+    /// Write node `id`'s config file (only for clusters started with a config).
+    fn write_config(&self, id: u64, a: &NodeAddrs, extra: &toml::Table) -> std::io::Result<PathBuf> {
+        let text = node_config(id, &self.data_dir(id), a, &self.nodes, extra)?;
+        let path = self.config_path(id);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// All gRPC addresses, comma-separated (the `--master` argument).
     pub fn grpc_addrs(&self) -> String {
         self.nodes.values().map(|a| a.grpc.clone()).collect::<Vec<_>>().join(",")
@@ -92,15 +181,23 @@ impl LocalCluster {
         let a = self.nodes.get(&id).cloned().ok_or_else(|| std::io::Error::other(format!("no node {id}")))?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id))?;
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("master")
-            .args(["--id", &id.to_string(), "--peers", &self.peers_arg()])
-            .args(["--grpc", &a.grpc, "--http", &a.http, "--peer-listen", &a.peer])
-            .arg("--data-dir")
-            .arg(self.data_dir(id))
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        cmd.arg("master");
+        match &self.config {
+            Some(extra) => {
+                cmd.arg("--config").arg(self.write_config(id, &a, extra)?);
+            }
+            None => {
+                cmd.args(["--id", &id.to_string(), "--peers", &self.peers_arg()])
+                    .args(["--grpc", &a.grpc, "--http", &a.http, "--peer-listen", &a.peer])
+                    .arg("--data-dir")
+                    .arg(self.data_dir(id));
+            }
+        }
+        if self.insecure {
+            cmd.arg("--insecure");
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.args(&self.extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         if join {
             cmd.arg("--join");
         }
@@ -129,7 +226,7 @@ impl LocalCluster {
     /// Cluster info from node `id` (one attempt, short timeout).
     pub async fn info(&self, id: u64) -> Option<api::ClusterInfoResponse> {
         let a = self.nodes.get(&id)?;
-        let mut c = Client::new(vec![a.grpc.clone()]);
+        let mut c = Client::with_security(vec![a.grpc.clone()], self.security.clone());
         c.max_attempts = 1;
         c.call_timeout = Duration::from_millis(500);
         c.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await.ok()
@@ -172,11 +269,70 @@ impl LocalCluster {
     }
 }
 
+/// The config file of node `id`: its addresses and peers, with `extra` merged over them (tables one level
+/// deep, so `[policy]` settings add to rather than replace the defaults).
+fn node_config(
+    id: u64,
+    data_dir: &Path,
+    a: &NodeAddrs,
+    nodes: &BTreeMap<u64, NodeAddrs>,
+    extra: &toml::Table,
+) -> std::io::Result<String> {
+    use toml::Value;
+    let mut t = toml::Table::new();
+    let id_value = i64::try_from(id).map_err(|_| std::io::Error::other("node id too large"))?;
+    t.insert("id".into(), Value::Integer(id_value));
+    t.insert("data_dir".into(), Value::String(data_dir.display().to_string()));
+    t.insert("grpc".into(), Value::String(a.grpc.clone()));
+    t.insert("http".into(), Value::String(a.http.clone()));
+    t.insert("peer_listen".into(), Value::String(a.peer.clone()));
+    let peers = nodes.iter().map(|(id, n)| (id.to_string(), Value::String(n.peer.clone())));
+    t.insert("peers".into(), Value::Table(peers.collect()));
+    for (k, v) in extra {
+        match (t.get_mut(k), v) {
+            (Some(Value::Table(mine)), Value::Table(theirs)) => {
+                mine.extend(theirs.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            _ => {
+                t.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(t.to_string())
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for (_, mut c) in std::mem::take(&mut self.children) {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MasterConfig;
+
+    #[test]
+    fn node_configs_carry_addresses_and_merge_extra_settings() {
+        let addrs = |p: u16| NodeAddrs {
+            peer: format!("127.0.0.1:{p}"),
+            grpc: format!("127.0.0.1:{}", p + 1),
+            http: format!("127.0.0.1:{}", p + 2),
+        };
+        let nodes: BTreeMap<u64, NodeAddrs> = [(1, addrs(1000)), (2, addrs(2000))].into_iter().collect();
+        let extra: toml::Table =
+            "tick_ms = 50\ninsecure = true\n[policy]\nack_timeout_ms = 1500\n".parse().expect("extra parses");
+        let text = node_config(2, Path::new("/tmp/n2"), &nodes[&2], &nodes, &extra).expect("config");
+        let r = MasterConfig::from_toml(&text).and_then(|c| c.resolve()).expect(&text);
+        assert_eq!((r.id, r.peers.len(), r.grpc_listen.port()), (2, 2, 2001));
+        assert_eq!(r.tick, Duration::from_millis(50));
+        assert_eq!(r.policy.ack_timeout_ms, 1500);
+        assert_eq!(r.policy.disk_evacuate_role, "storage", "other policy settings keep their defaults");
+        let bad: toml::Table = "bogus = 1".parse().expect("parses");
+        let text = node_config(1, Path::new("/x"), &nodes[&1], &nodes, &bad).expect("config");
+        assert!(MasterConfig::from_toml(&text).is_err(), "unknown settings are refused by the master");
     }
 }

@@ -1,6 +1,10 @@
 //! The master process's configuration: from `huatuo master` flags or a TOML file (`--config F`), validated
 //! before anything starts. Peers are the Raft peer addresses; the client API addresses each leader announces
 //! through the replicated member table are `advertise_grpc` / `advertise_http`.
+//!
+//! Security is not optional: a master needs `[tls]` (mutual TLS on the gRPC and peer ports, HTTPS on the
+//! HTTP port) and at least one `[[auth.tokens]]` entry, or an explicit `insecure = true` / `--insecure`
+//! (tests and experiments). A config with neither is refused before anything starts.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
 use crate::machine::Policy;
+use proto::tls::TlsFiles;
 
 pub const DEFAULT_GRPC_PORT: u16 = 7700;
 pub const DEFAULT_PEER_PORT: u16 = 7710;
@@ -54,7 +60,34 @@ pub struct MasterConfig {
     pub agent_silent_after_ms: u64,
     #[serde(default)]
     pub policy: Policy,
+    /// Repair tickets: where REPAIR files them (`sink = "webhook" | "file" | "none"`), retries.
+    #[serde(default)]
+    pub tickets: crate::tickets::TicketsConfig,
+    /// Run without TLS and without token checks (tests and experiments only; logs a loud warning).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Certificates: `ca` signs every master, agent and client certificate; `cert`/`key` are this master's
+    /// server certificate (also its client certificate towards its peers).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Bearer tokens (hashed) and their roles.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
+
+/// How a master protects its ports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Security {
+    /// `--insecure`: plain TCP, no token checks.
+    Insecure,
+    /// Mutual TLS on the gRPC and peer ports, HTTPS on the HTTP port, tokens on every API call.
+    Secure { tls: TlsFiles, auth: AuthConfig },
+}
+
+/// The refusal when neither security nor `--insecure` is configured.
+pub const NO_SECURITY: &str = "refusing to start without security: configure [tls] (ca, cert, key) and at \
+least one [[auth.tokens]] entry (see deploy/master.example.toml; `huatuo dev` generates both), or pass \
+--insecure for tests and experiments";
 
 fn one() -> u32 {
     1
@@ -106,6 +139,8 @@ pub struct Resolved {
     pub snapshot_every: u64,
     pub agent_silent_after: Duration,
     pub policy: Policy,
+    pub tickets: crate::tickets::TicketsConfig,
+    pub security: Security,
 }
 
 /// Parse `1=host:port,2=host:port`.
@@ -171,7 +206,16 @@ impl MasterConfig {
             return Err(ConfigError("need tick_ms > 0 and 0 < heartbeat_ticks < election_ticks".into()));
         }
         self.policy.validate().map_err(|e| ConfigError(e.to_string()))?;
+        self.auth.validate().map_err(ConfigError)?;
+        let security = match (&self.tls, self.insecure) {
+            (_, true) => Security::Insecure,
+            (Some(tls), false) if !self.auth.tokens.is_empty() => {
+                Security::Secure { tls: tls.clone(), auth: self.auth.clone() }
+            }
+            _ => return Err(ConfigError(NO_SECURITY.into())),
+        };
         Ok(Resolved {
+            security,
             id: self.id,
             advertise_grpc: self.advertise_grpc.clone().unwrap_or_else(|| advertise(grpc_listen, &own)),
             advertise_http: self.advertise_http.clone().unwrap_or_else(|| advertise(http_listen, &own)),
@@ -187,6 +231,7 @@ impl MasterConfig {
             snapshot_every: self.snapshot_every,
             agent_silent_after: Duration::from_millis(self.agent_silent_after_ms.max(1000)),
             policy: self.policy.clone(),
+            tickets: self.tickets.clone(),
         })
     }
 }
@@ -204,11 +249,41 @@ mod tests {
         assert_eq!(r.peers.len(), 3);
         assert_eq!(r.peer_listen.port(), DEFAULT_PEER_PORT);
         assert_eq!(r.advertise_grpc, "10.0.0.1:7700");
+        assert!(matches!(r.security, Security::Secure { .. }), "the example is a secure config");
+        let shipped = include_str!("../../deploy/master.example.toml");
+        let r = MasterConfig::from_toml(shipped).and_then(|c| c.resolve()).expect("deploy example is valid");
+        assert!(matches!(r.security, Security::Secure { ref auth, .. } if auth.tokens.len() == 2));
+    }
+
+    #[test]
+    fn security_is_required_unless_insecure() {
+        let base = "id = 1\ndata_dir = \"/tmp/x\"\n[peers]\n1 = \"127.0.0.1:7710\"\n";
+        let e = MasterConfig::from_toml(base).expect("parse").resolve().expect_err("no security");
+        assert!(e.to_string().contains("refusing to start without security"), "{e}");
+        let tls = "[tls]\nca = \"/c/ca.pem\"\ncert = \"/c/m.pem\"\nkey = \"/c/m.key\"\n";
+        let e = MasterConfig::from_toml(&format!("{base}{tls}"))
+            .expect("parse")
+            .resolve()
+            .expect_err("no tokens");
+        assert!(e.to_string().contains("[[auth.tokens]]"), "{e}");
+        let token = format!(
+            "[[auth.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"operator\"]\n",
+            proto::tls::sha256_hex(b"t")
+        );
+        let r =
+            MasterConfig::from_toml(&format!("{base}{tls}{token}")).expect("parse").resolve().expect("ok");
+        assert!(matches!(r.security, Security::Secure { .. }));
+        assert!(!format!("{r:?}").contains(&proto::tls::sha256_hex(b"t")), "hashes are not printed");
+        let r = MasterConfig::from_toml(&format!("insecure = true\n{base}")).expect("parse").resolve();
+        assert_eq!(r.expect("insecure").security, Security::Insecure);
+        let bad = format!("{base}{tls}[[auth.tokens]]\nname = \"x\"\nsha256 = \"zz\"\nroles = [\"read\"]\n");
+        let e = MasterConfig::from_toml(&bad).expect("parse").resolve().expect_err("bad hash");
+        assert!(e.to_string().contains("64 hex"), "{e}");
     }
 
     #[test]
     fn rejects_bad_configs() {
-        let base = "id = 1\ndata_dir = \"/tmp/x\"\n[peers]\n1 = \"127.0.0.1:7710\"\n";
+        let base = "insecure = true\nid = 1\ndata_dir = \"/tmp/x\"\n[peers]\n1 = \"127.0.0.1:7710\"\n";
         assert!(MasterConfig::from_toml(base).expect("parse").resolve().is_ok());
         for (bad, want) in [
             ("id = 2\ndata_dir = \"/x\"\n[peers]\n1 = \"127.0.0.1:7710\"\n", "include this node"),

@@ -35,6 +35,10 @@ pub struct FsmStats {
     pub duplicates: AtomicU64,
     pub rejected: AtomicU64,
     pub undecodable: AtomicU64,
+    /// Transitions applied, by (kind, target state).
+    pub transitions: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Transitions held by the safety net (proposals and blind refusals).
+    pub held: AtomicU64,
 }
 
 pub struct MasterFsm {
@@ -285,6 +289,7 @@ impl Apply<'_, '_> {
                 self.decide(ids, &filter, approve, &by, &reason)
             }
             Command::SetSafety { config, by, reason } => self.set_safety(config, &by, &reason),
+            Command::Alert { object, message } => self.alert_object(&object, &message),
         }
     }
 
@@ -384,25 +389,26 @@ impl Apply<'_, '_> {
         always_history: bool,
         mode: Mode,
     ) -> Result<bool, StoreError> {
-        if let Some(t) = out.transition.as_ref() {
-            if let Decision::Hold { proposal, reason, new } = self.admit(rec, &out, t, input, mode)? {
-                if new {
-                    let entry = HistoryEntry {
-                        revision: 0,
-                        time_ms: self.now,
-                        what: if proposal > 0 { "held" } else { "blocked" }.into(),
-                        from_state: t.from.as_str().into(),
-                        to_state: t.to.as_str().into(),
-                        cause: machine::cause_text(&t.cause),
-                        detail: reason.clone(),
-                    };
-                    let what = entry.what.clone();
-                    let rev = self.change(rec, &what, "", reason.clone());
-                    self.push_history(rec, HistoryEntry { revision: rev, ..entry })?;
-                }
-                self.held = Some((proposal, reason));
-                return Ok(false);
+        if let Some(t) = out.transition.as_ref()
+            && let Decision::Hold { proposal, reason, new } = self.admit(rec, &out, t, input, mode)?
+        {
+            if new {
+                let entry = HistoryEntry {
+                    revision: 0,
+                    time_ms: self.now,
+                    what: if proposal > 0 { "held" } else { "blocked" }.into(),
+                    from_state: t.from.as_str().into(),
+                    to_state: t.to.as_str().into(),
+                    cause: machine::cause_text(&t.cause),
+                    detail: reason.clone(),
+                };
+                let what = entry.what.clone();
+                let rev = self.change(rec, &what, "", reason.clone());
+                self.push_history(rec, HistoryEntry { revision: rev, ..entry })?;
             }
+            self.held = Some((proposal, reason));
+            self.stats.held.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
         }
         for e in &out.effects {
             if let Effect::AlertOperator { object, message } = e {
@@ -411,6 +417,10 @@ impl Apply<'_, '_> {
         }
         let from = machine::state_name(&rec.sm);
         let transition = out.transition.clone();
+        if let Some(t) = &transition {
+            let mut m = self.stats.transitions.lock().unwrap_or_else(|p| p.into_inner());
+            *m.entry((rec.id.kind().as_str(), t.to.as_str())).or_default() += 1;
+        }
         let effects = machine::effects_text(&out.effects);
         rec.sm = out.next;
         match transition {

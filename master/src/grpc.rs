@@ -61,6 +61,18 @@ pub fn object_to_wire(r: &ObjectRecord) -> api::Object {
     }
 }
 
+pub fn order_to_wire(o: crate::actions::ActionOrder) -> api::ActionOrder {
+    api::ActionOrder {
+        object: o.object,
+        action: o.action,
+        requested_ms: o.requested_ms,
+        deadline_ms: o.deadline_ms,
+        old_serial: o.old_serial,
+        new_serial: o.new_serial,
+        params: o.params.into_iter().collect(),
+    }
+}
+
 pub fn scope_to_wire(s: &ScopeView) -> api::Scope {
     api::Scope {
         scope: s.scope.clone(),
@@ -391,8 +403,10 @@ impl Master for GrpcApi {
             outbox_entries: req.outbox_entries,
             outbox_dropped: req.outbox_dropped,
         };
+        let host = req.host.clone();
         let revision = self.svc.heartbeat(req.agent, req.host, info).await.map_err(err)?;
-        Ok(Response::new(api::HeartbeatResponse { revision }))
+        let actions = self.svc.actions_for(&host).map_err(err)?.into_iter().map(order_to_wire).collect();
+        Ok(Response::new(api::HeartbeatResponse { revision, actions }))
     }
 
     async fn register(
@@ -424,6 +438,9 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::CommandRequest>,
     ) -> Result<Response<api::CommandResponse>, Status> {
+        // auth: what a command needs depends on its kind (the auth layer put the caller here).
+        crate::auth::check_command(req.extensions().get::<crate::auth::Caller>(), &req.get_ref().kind)
+            .map_err(err)?;
         let req = req.into_inner();
         let object = convert::object_id(&req.object).map_err(err)?;
         let input = command_input(&req).map_err(err)?;
@@ -567,6 +584,32 @@ impl Master for GrpcApi {
             decided: res.decided,
             failed: res.failed.into_iter().map(|(id, error)| api::ProposalFailure { id, error }).collect(),
             revision: res.revision,
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        _req: Request<api::ListAgentsRequest>,
+    ) -> Result<Response<api::ListAgentsResponse>, Status> {
+        let agents = self.svc.agent_list().await.map_err(err)?;
+        Ok(Response::new(api::ListAgentsResponse {
+            agents: agents
+                .into_iter()
+                .map(|a| api::AgentInfo {
+                    agent: a.agent,
+                    host: a.host,
+                    alive: a.alive,
+                    since_ms: a.since_ms,
+                    heard: a.heard,
+                    last_heartbeat_ms_ago: a.last_heartbeat_ms_ago,
+                    restarts: a.restarts,
+                    version: a.info.version,
+                    started_ms: a.info.started_ms,
+                    checkers: a.info.checkers.into_iter().collect(),
+                    outbox_entries: a.info.outbox_entries,
+                    outbox_dropped: a.info.outbox_dropped,
+                })
+                .collect(),
         }))
     }
 

@@ -44,6 +44,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/api/v1/commands", post(command))
         .route("/api/v1/watch", get(watch))
         .merge(safety_routes::routes())
+        .merge(crate::portal::router())
         .fallback(|| async { HttpError(ApiError::not_found("no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(svc)
@@ -341,8 +342,10 @@ async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, Http
         outbox_entries: b.outbox_entries,
         outbox_dropped: b.outbox_dropped,
     };
+    let host = b.host.clone();
     let revision = svc.heartbeat(b.agent, b.host, info).await.map_err(|e| rest_error(&svc, e))?;
-    Ok(Json(serde_json::json!({ "revision": revision })).into_response())
+    let actions = svc.actions_for(&host).map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(serde_json::json!({ "revision": revision, "actions": actions })).into_response())
 }
 
 /// `GET /api/v1/agents`: the leader's heartbeat memory (versions, start times, outbox depth per agent).
@@ -369,8 +372,14 @@ pub struct CommandBody {
     pub success: bool,
 }
 
-async fn command(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+async fn command(
+    State(svc): State<Svc>,
+    // auth: the caller the auth middleware found (absent in insecure mode).
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: CommandBody = parse_json(&body)?;
+    crate::auth::check_command(caller.as_ref().map(|c| &c.0), &b.kind)?;
     let object = proto::convert::object_id(&b.object)?;
     let req = proto::api::CommandRequest {
         object: b.object,

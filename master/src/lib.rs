@@ -3,6 +3,8 @@
 
 /// The leader-following client lives in `proto` so agents (which must not depend on the master) share it.
 pub use proto::client;
+pub mod actions;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod fsm;
@@ -11,9 +13,13 @@ pub mod http;
 pub mod machine;
 pub mod metrics;
 pub mod model;
+pub mod portal;
 pub mod raft;
 pub mod safety;
 pub mod safety_api;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod ticket_source;
+pub mod tickets;
+pub mod tls;

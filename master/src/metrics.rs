@@ -1,10 +1,14 @@
 //! `/metrics`: the node's raft and state-machine figures in Prometheus text format (prometheus-client),
-//! built at scrape time from the live values so nothing has to be kept in sync.
+//! built at scrape time from the live values so nothing has to be kept in sync: Raft (term, leader changes,
+//! commit/apply index, fsync latency), ingest, transitions by kind and target state, the safety net (level
+//! and quota use per scope, pending proposals), watchers and their lag, and the repair-ticket queue.
+//! Dashboards and alert rules that use these: `deploy/grafana/`, `deploy/prometheus/`.
 
 use std::sync::atomic::Ordering;
 
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use proto::error::ApiError;
 
@@ -38,8 +42,89 @@ pub fn render(svc: &Service) -> Result<String, ApiError> {
     reg.register("duplicate_batches", "Resent agent batches recognised and skipped", counter(&s.duplicates));
     reg.register("rejected", "Inputs refused by the state machines", counter(&s.rejected));
     reg.register("undecodable_entries", "Committed entries skipped as undecodable", counter(&s.undecodable));
+    reg.register("leader_changes", "Leader changes this node observed", counter(&svc.leader_changes));
+    reg.register("held_transitions", "Transitions held by the safety net", counter(&s.held));
+    let by_kind: Family<[(&'static str, String); 2], Counter> = Family::default();
+    for ((kind, to), n) in s.transitions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let c = by_kind.get_or_create(&[("kind", kind.to_string()), ("to", to.to_string())]);
+        c.inc_by(*n);
+    }
+    reg.register("transitions", "Transitions applied by this node, by kind and target state", by_kind);
+    let (watchers, lag) = svc.watcher_lag();
+    reg.register("watchers", "Open watch streams on this node", gauge(watchers));
+    reg.register(
+        "watcher_lag_max",
+        "Revisions the slowest watcher on this node has not read yet",
+        gauge(lag),
+    );
+    // fsync latency of the Raft loop's write transactions.
+    let (buckets, count, sum) = crate::raft::fsync_stats::FSYNC.snapshot();
+    let out_hist = Some((buckets, count, sum));
+    // Safety net and tickets, from this node's copy of the replicated state.
+    let r = crate::store::Reader::new(svc.db()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let pending = r.pending_count().map_err(|e| ApiError::internal(e.to_string()))?;
+    reg.register("proposals_pending", "Transitions held for an operator", gauge(pending));
+    let level: Family<[(&'static str, String); 2], Gauge> = Family::default();
+    let latched: Family<[(&'static str, String); 1], Gauge> = Family::default();
+    let quota: Family<[(&'static str, String); 3], Gauge> = Family::default();
+    for sc in &info.scopes {
+        for l in ["auto", "manual", "blind"] {
+            level
+                .get_or_create(&[("scope", sc.scope.clone()), ("level", l.to_string())])
+                .set(i64::from(sc.level.as_str() == l));
+        }
+        latched.get_or_create(&[("scope", sc.scope.clone())]).set(i64::from(sc.latched));
+        for q in &sc.quotas {
+            let set = |what: &str, v: u64| {
+                quota
+                    .get_or_create(&[
+                        ("scope", sc.scope.clone()),
+                        ("kind", q.kind.clone()),
+                        ("what", what.to_string()),
+                    ])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            };
+            set("concurrent", q.concurrent);
+            set("max_concurrent", q.max_concurrent);
+            set("entries", q.entries);
+            set("max_entries", q.max_entries);
+        }
+    }
+    reg.register("scope_level", "1 for the operating level each scope is at", level);
+    reg.register("scope_latched", "1 if the scope was switched to manual drive by the master", latched);
+    reg.register("quota", "Quota use and limits per scope and kind", quota);
+    let repair = crate::store::Filter { state: Some("REPAIR".into()), ..Default::default() };
+    let unfiled = r
+        .list(&repair, usize::MAX)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .iter()
+        .filter(|o| crate::tickets::pending_key(&o.sm).is_some())
+        .count() as u64;
+    reg.register("tickets_unfiled", "Objects in REPAIR whose ticket is not filed yet", gauge(unfiled));
+    let alerts = r.audit(true, 1).map_err(|e| ApiError::internal(e.to_string()))?;
+    reg.register(
+        "last_alert_id",
+        "Id of the newest alert (increases with every alert)",
+        gauge(alerts.first().map_or(0, |a| a.id)),
+    );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg)
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some((buckets, count, sum)) = out_hist {
+        // Written by hand: the histogram lives in atomics in the raft loop, not in a prometheus-client type.
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        let mut h = String::from(
+            "# HELP huatuo_master_fsync_seconds Duration of the Raft loop's durable write (one fsync per batch).\n\
+             # TYPE huatuo_master_fsync_seconds histogram\n",
+        );
+        for (le, c) in buckets {
+            h.push_str(&format!("huatuo_master_fsync_seconds_bucket{{le=\"{le}\"}} {c}\n"));
+        }
+        h.push_str(&format!("huatuo_master_fsync_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
+        h.push_str(&format!(
+            "huatuo_master_fsync_seconds_sum {sum}\nhuatuo_master_fsync_seconds_count {count}\n"
+        ));
+        out.insert_str(eof, &h);
+    }
     Ok(out)
 }

@@ -139,6 +139,12 @@ pub enum Command {
         by: String,
         reason: String,
     },
+    /// Something about an object needs a human (a repair ticket that cannot be filed, ...): recorded in the
+    /// object's history and the alert log.
+    Alert {
+        object: ObjectId,
+        message: String,
+    },
     /// An operator replaces the safety configuration (quotas, liveness and spike thresholds).
     SetSafety {
         config: SafetyConfig,

@@ -448,20 +448,22 @@ pub struct Violation {
     pub message: String,
 }
 
-/// Check the quotas of `scope` (record `r`) for one more entry of `kind` at `now`.
+/// Check the quotas of `scope` (record `r`) for one more entry of `kind` at `now`; `concurrency`: the
+/// object would also be one more out of service (false for a reboot of a machine already out).
 pub fn check_quotas(
     cfg: &SafetyConfig,
     scope: &str,
     r: &ScopeRecord,
     kind: Kind,
     now: u64,
+    concurrency: bool,
 ) -> Vec<Violation> {
     let mut out = Vec::new();
     let empty = KindCount::default();
     let c = r.kinds.get(kind.as_str()).unwrap_or(&empty);
     for q in cfg.quotas.iter().filter(|q| q.applies_to(kind, scope)) {
         let max_c = q.max_concurrent.of(c.population);
-        if c.removed + 1 > max_c {
+        if concurrency && c.removed + 1 > max_c {
             out.push(Violation {
                 scope: scope.to_string(),
                 message: format!(
@@ -643,14 +645,24 @@ mod tests {
         };
         let mut r = ScopeRecord::default();
         r.kinds.insert("disk".into(), KindCount { population: 4, removed: 0, entries: vec![1_000, 2_000] });
-        let v = check_quotas(&cfg, "rack=r1", &r, Kind::Disk, 3_000);
+        let v = check_quotas(&cfg, "rack=r1", &r, Kind::Disk, 3_000, true);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].message.contains("within 1m"), "{}", v[0].message);
-        assert!(check_quotas(&cfg, "rack=r1", &r, Kind::Disk, 62_500).is_empty(), "window slid past one");
+        assert!(
+            check_quotas(&cfg, "rack=r1", &r, Kind::Disk, 62_500, true).is_empty(),
+            "window slid past one"
+        );
         r.kinds.get_mut("disk").expect("disk").removed = 2;
-        assert_eq!(check_quotas(&cfg, "rack=r1", &r, Kind::Disk, 100_000).len(), 1, "50% of 4 = 2 at once");
-        assert!(check_quotas(&cfg, "cluster", &r, Kind::Disk, 100_000).is_empty(), "rule is per rack");
-        assert!(check_quotas(&cfg, "rack=r1", &r, Kind::Machine, 100_000).is_empty(), "rule is for disks");
+        assert_eq!(
+            check_quotas(&cfg, "rack=r1", &r, Kind::Disk, 100_000, true).len(),
+            1,
+            "50% of 4 = 2 at once"
+        );
+        assert!(check_quotas(&cfg, "cluster", &r, Kind::Disk, 100_000, true).is_empty(), "rule is per rack");
+        assert!(
+            check_quotas(&cfg, "rack=r1", &r, Kind::Machine, 100_000, true).is_empty(),
+            "rule is for disks"
+        );
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! state machine, serves until shutdown or until the raft node stops (a fatal storage error or a refused
 //! rejoin), and shuts everything down in order. Refusals from the raft layer (e.g. an empty data dir for an
 //! id the cluster already knows, without `--join`) come back as clear errors before any API is served.
+//!
+//! Security (see `config::Security`): mutual TLS on the peer and gRPC ports (client certificates from the
+//! cluster CA required), HTTPS on the HTTP port (client certificates optional), and bearer tokens checked on
+//! every gRPC and REST call by `auth`. `--insecure` turns all of it off, loudly.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +15,8 @@ use anyhow::{Context, anyhow};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::config::Resolved;
+use crate::auth::{Authenticator, GrpcAuthLayer};
+use crate::config::{Resolved, Security};
 use crate::fsm::MasterFsm;
 use crate::grpc::GrpcApi;
 use crate::raft::{RaftConfig, RaftError, RaftNode, Role};
@@ -28,8 +33,50 @@ async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListe
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
+/// TLS handshakes on the HTTPS port that take longer than this are dropped (slowloris).
+pub const HTTPS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open HTTPS connections at once: portal users, scripts and scrapers are a few dozen; beyond this, new
+/// connections are closed at once so a flood cannot exhaust memory or file descriptors.
+pub const MAX_HTTPS_CONNECTIONS: usize = 1024;
+
+/// The loaded security settings of one master process.
+struct Guard {
+    tls: Option<proto::tls::TlsMaterial>,
+    auth: Option<Arc<Authenticator>>,
+}
+
+fn load_security(security: &Security) -> anyhow::Result<Guard> {
+    match security {
+        Security::Insecure => {
+            let banner = "INSECURE MODE (--insecure): no TLS and no token checks on any port. Anyone who can \
+reach this master can read and change everything. For tests and experiments only.";
+            eprintln!("\n!!!!!!!!!!\n!!! {banner}\n!!!!!!!!!!\n");
+            tracing::warn!("{banner}");
+            Ok(Guard { tls: None, auth: None })
+        }
+        Security::Secure { tls, auth } => {
+            let material = tls.load().context("cannot load the [tls] files")?;
+            let auth = Authenticator::new(auth).map_err(|e| anyhow!("[auth]: {e}"))?;
+            Ok(Guard { tls: Some(material), auth: Some(Arc::new(auth)) })
+        }
+    }
+}
+
 /// Run one master node until `shutdown` resolves (Ok) or the raft node stops on its own (Err).
 pub async fn run(cfg: Resolved, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let guard = load_security(&cfg.security)?;
+    if let Some(m) = &guard.tls {
+        crate::raft::set_peer_tls(m.client_config());
+    }
+    let https = guard.tls.as_ref().map(|m| m.https_config()).transpose().context("HTTPS setup")?;
+    let mut peer_builder = tonic::transport::Server::builder();
+    let mut grpc_builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(API_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(API_KEEPALIVE_TIMEOUT));
+    if let Some(m) = &guard.tls {
+        peer_builder = peer_builder.tls_config(m.server_config(false)).context("peer port TLS")?;
+        grpc_builder = grpc_builder.tls_config(m.server_config(false)).context("gRPC port TLS")?;
+    }
     let peer_l = bind("Raft peers", cfg.peer_listen).await?;
     let grpc_l = bind("the gRPC API", cfg.grpc_listen).await?;
     let http_l = bind("HTTP", cfg.http_listen).await?;
@@ -73,11 +120,14 @@ pub async fn run(cfg: Resolved, shutdown: impl Future<Output = ()>) -> anyhow::R
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Repair tickets: the leader files what REPAIR asks for through the configured sink.
+    crate::ticket_source::spawn(&svc, &cfg.tickets, cfg.id, stopped(stop_rx.clone()))?;
     let peer_srv = {
         let svc = raft.peer_service();
         let rx = stop_rx.clone();
+        let mut builder = peer_builder;
         tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(peer_l),
@@ -89,10 +139,9 @@ pub async fn run(cfg: Resolved, shutdown: impl Future<Output = ()>) -> anyhow::R
     let grpc_srv = {
         let api = GrpcApi::new(svc.clone());
         let rx = stop_rx.clone();
+        let mut builder = grpc_builder.layer(GrpcAuthLayer(guard.auth.clone()));
         tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(API_KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(API_KEEPALIVE_TIMEOUT))
+            builder
                 .add_service(api)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
@@ -102,9 +151,20 @@ pub async fn run(cfg: Resolved, shutdown: impl Future<Output = ()>) -> anyhow::R
         })
     };
     let http_srv = {
-        let router = crate::http::router(svc.clone());
+        let mut router = crate::http::router(svc.clone());
+        if let Some(auth) = &guard.auth {
+            router =
+                router.layer(axum::middleware::from_fn_with_state(Arc::clone(auth), crate::auth::rest_auth));
+        }
         let rx = stop_rx.clone();
-        tokio::spawn(async move { axum::serve(http_l, router).with_graceful_shutdown(stopped(rx)).await })
+        match https {
+            None => {
+                tokio::spawn(
+                    async move { axum::serve(http_l, router).with_graceful_shutdown(stopped(rx)).await },
+                )
+            }
+            Some(tls) => tokio::spawn(serve_https(http_l, router, tls, MAX_HTTPS_CONNECTIONS, stopped(rx))),
+        }
     };
 
     let (died_tx, died_rx) = oneshot::channel::<String>();
@@ -140,5 +200,131 @@ pub async fn run(cfg: Resolved, shutdown: impl Future<Output = ()>) -> anyhow::R
     result
 }
 
+/// HTTPS on the HTTP port: a TLS handshake (bounded) per connection, then hyper (HTTP/1.1 or h2 by ALPN)
+/// serving the axum router, at most `max_conns` connections at once. Stops accepting on `stop`; open
+/// connections end with the process.
+async fn serve_https(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    max_conns: usize,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_conns));
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTPS accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, max_conns, "too many HTTPS connections; closing a new one");
+            drop(tcp);
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let stream = match tokio::time::timeout(HTTPS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(router);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc).await
+            {
+                tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
+            }
+        });
+    }
+}
+
 /// Keep `Arc` in the public signature stable for embedders (tests, `huatuo dev`).
 pub type SharedService = Arc<Service>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+
+    async fn get_healthz(addr: std::net::SocketAddr, ca_pem: &str) -> std::io::Result<String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.map_err(std::io::Error::other)?).map_err(std::io::Error::other)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+        let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[tokio::test]
+    async fn https_serves_and_closes_connections_beyond_the_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = crate::tls::DevCa::new("server test CA").expect("ca");
+        let files =
+            ca.write_issued(dir.path(), "m", &["127.0.0.1"], crate::tls::Usage::Server).expect("cert");
+        let tls = files.load().expect("load").https_config().expect("https");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let srv = tokio::spawn(serve_https(listener, router, tls, 1, async move {
+            let _ = stop_rx.await;
+        }));
+        let reply = get_healthz(addr, ca.ca_pem()).await.expect("first connection");
+        assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("ok"), "{reply}");
+        // Hold the only slot with a connection that never finishes its handshake...
+        let held = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // ...then a second connection is closed at once (until the held one goes away).
+        let refused = get_healthz(addr, ca.ca_pem()).await;
+        assert!(refused.map_or(true, |r| r.is_empty()), "a connection beyond the limit was served");
+        drop(held);
+        let ok =
+            tests_wait(|| async { get_healthz(addr, ca.ca_pem()).await.is_ok_and(|r| r.ends_with("ok")) });
+        assert!(ok.await, "the slot came back");
+        let _ = stop_tx.send(());
+        srv.await.expect("join").expect("served");
+    }
+
+    /// Poll `cond` for up to 10 s (the held connection's slot is freed when its handshake task sees EOF).
+    async fn tests_wait<F, Fut>(mut cond: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        for _ in 0..200 {
+            if cond().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}

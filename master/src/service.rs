@@ -76,6 +76,19 @@ pub struct AgentView {
     pub info: HeartbeatInfo,
 }
 
+/// One agent for `huatuo inspect` and the portal: replicated liveness plus the leader's memory.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentListing {
+    pub agent: String,
+    pub host: String,
+    pub alive: bool,
+    pub since_ms: u64,
+    pub heard: bool,
+    pub last_heartbeat_ms_ago: u64,
+    pub restarts: u64,
+    pub info: HeartbeatInfo,
+}
+
 struct Seen {
     host: String,
     info: HeartbeatInfo,
@@ -101,6 +114,25 @@ pub struct Service {
     pub started: Instant,
     /// The revision in the store when the service started (the fsm only reports revisions it applies).
     base_revision: u64,
+    /// Open watch streams: id -> the next revision each will read (for /metrics: count and lag).
+    watchers: Mutex<BTreeMap<u64, u64>>,
+    next_watcher: std::sync::atomic::AtomicU64,
+    /// Leader changes this node observed (its duty loop samples the leader every DUTY_INTERVAL).
+    pub leader_changes: std::sync::atomic::AtomicU64,
+}
+
+/// Removes a watch stream from the registry when its task ends, however it ends.
+struct WatcherGuard {
+    svc: std::sync::Weak<Service>,
+    id: u64,
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.svc.upgrade() {
+            lock(&s.watchers).remove(&self.id);
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -170,6 +202,9 @@ impl Service {
             heartbeats: Mutex::new(BTreeMap::new()),
             stats,
             started: Instant::now(),
+            watchers: Mutex::new(BTreeMap::new()),
+            next_watcher: std::sync::atomic::AtomicU64::new(1),
+            leader_changes: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(batcher(Arc::downgrade(&svc), rx));
         tokio::spawn(duties(Arc::downgrade(&svc)));
@@ -305,6 +340,21 @@ impl Service {
         self.submit(Command::Object { object, input }).await
     }
 
+    /// Open watch streams and the largest lag among them (revisions not yet read).
+    pub fn watcher_lag(&self) -> (u64, u64) {
+        let current = self.current_revision();
+        let w = lock(&self.watchers);
+        let lag = w.values().map(|next| current.saturating_add(1).saturating_sub(*next)).max().unwrap_or(0);
+        (w.len() as u64, lag)
+    }
+
+    /// The actions waiting to run on `host` (handed out with heartbeats; this node's copy, which on the
+    /// leader includes everything it acknowledged).
+    pub fn actions_for(&self, host: &str) -> Result<Vec<crate::actions::ActionOrder>, ApiError> {
+        let r = Reader::new(&self.db).map_err(store_err)?;
+        crate::actions::orders_for(&r, host).map_err(store_err)
+    }
+
     /// Record a heartbeat in the leader's memory; only a change of liveness is replicated.
     pub async fn heartbeat(&self, agent: String, host: String, info: HeartbeatInfo) -> Result<u64, ApiError> {
         self.leader_gate()?;
@@ -378,6 +428,30 @@ impl Service {
             .collect())
     }
 
+    /// Every agent in the replicated state, with the leader's heartbeat memory where it has any.
+    pub async fn agent_list(&self) -> Result<Vec<AgentListing>, ApiError> {
+        let heard: BTreeMap<String, AgentView> =
+            self.agents()?.into_iter().map(|a| (a.agent.clone(), a)).collect();
+        let r = self.read_view(false).await?;
+        Ok(r.agents()
+            .map_err(store_err)?
+            .into_iter()
+            .map(|(id, rec)| {
+                let h = heard.get(&id);
+                AgentListing {
+                    agent: id.clone(),
+                    host: rec.host,
+                    alive: rec.alive,
+                    since_ms: rec.since_ms,
+                    heard: h.is_some(),
+                    last_heartbeat_ms_ago: h.map_or(0, |h| h.last_heartbeat_ms_ago),
+                    restarts: h.map_or(0, |h| h.restarts),
+                    info: h.map(|h| h.info.clone()).unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
     /// A read view: after a read-index barrier (linearizable), or this node's copy as is (`stale`).
     pub async fn read_view(&self, stale: bool) -> Result<Reader, ApiError> {
         if !stale {
@@ -419,12 +493,16 @@ impl Service {
         let svc = Arc::downgrade(self);
         let mut rev_rx = self.revision.clone();
         let start = self.current_revision() + 1;
+        let id = self.next_watcher.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let guard = WatcherGuard { svc: svc.clone(), id };
         tokio::spawn(async move {
+            let _guard = guard;
             let _ = rev_rx.borrow_and_update();
             let mut next = if from == 0 { start } else { from };
             let mut last_sent = Instant::now();
             loop {
                 let Some(s) = svc.upgrade() else { return };
+                lock(&s.watchers).insert(id, next);
                 let read = Reader::new(&s.db).and_then(|r| r.changes(next, &filter, WATCH_BATCH));
                 drop(s);
                 match read {
@@ -627,10 +705,17 @@ async fn duties(svc: std::sync::Weak<Service>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leader_since: Option<Instant> = None;
     let mut last_tick = Instant::now();
+    let mut last_leader: Option<u64> = None;
     loop {
         interval.tick().await;
         let Some(s) = svc.upgrade() else { return };
         let st = s.raft.status();
+        if st.leader_id.is_some() && st.leader_id != last_leader {
+            if last_leader.is_some() {
+                s.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            last_leader = st.leader_id;
+        }
         if st.role == Role::Stopped {
             return;
         }

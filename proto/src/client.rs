@@ -2,13 +2,19 @@
 //! seed of the SDK): it takes a list of master addresses, follows NOT_LEADER redirects, moves to the next
 //! address when one is unreachable, and retries retryable errors a bounded number of times with capped
 //! backoff. Every call has a timeout; channels use HTTP/2 keepalive so they never wedge silently.
+//! With [`ClientSecurity`] it speaks TLS (trusting only the cluster CA, presenting a client certificate)
+//! and sends a bearer token in the `authorization` metadata of every call (marked sensitive, never printed).
 
 use std::future::Future;
 use std::time::Duration;
 
 use crate::api::master_client::MasterClient as GrpcClient;
 use crate::error::{ApiError, Code};
-use tonic::transport::{Channel, Endpoint};
+use crate::tls::Token;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Connecting to one address gives up after this long and the client tries the next one.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -24,11 +30,64 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest message the client sends or accepts (matches the server's limit).
 pub const MAX_MESSAGE: usize = 16 << 20;
 
+/// How a client authenticates to the masters. The default (nothing) is for `--insecure` clusters.
+#[derive(Clone, Default)]
+pub struct ClientSecurity {
+    /// TLS trusting the cluster CA and presenting a client certificate (`https://` to every address).
+    pub tls: Option<ClientTlsConfig>,
+    /// Bearer token sent with every call.
+    pub token: Option<Token>,
+}
+
+impl std::fmt::Debug for ClientSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecurity")
+            .field("tls", &self.tls.is_some())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call; the value is marked sensitive so tonic/http never
+/// print it.
+#[derive(Clone, Default)]
+pub struct BearerAuth(Option<MetadataValue<Ascii>>);
+
+impl BearerAuth {
+    pub fn new(token: Option<&Token>) -> Result<BearerAuth, ApiError> {
+        let Some(t) = token else { return Ok(BearerAuth(None)) };
+        let mut v: MetadataValue<Ascii> = format!("Bearer {}", t.expose())
+            .parse()
+            .map_err(|_| ApiError::invalid("the token has characters a header cannot carry"))?;
+        v.set_sensitive(true);
+        Ok(BearerAuth(Some(v)))
+    }
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "BearerAuth(<redacted>)" } else { "BearerAuth(none)" })
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The channel type every call closure gets: a channel with the bearer token added.
+pub type Conn = InterceptedService<Channel, BearerAuth>;
+
 /// The client. Not `Clone`: each user keeps its own current leader guess.
 pub struct Client {
     addrs: Vec<String>,
     current: usize,
-    conn: Option<(String, GrpcClient<Channel>)>,
+    conn: Option<(String, GrpcClient<Conn>)>,
+    security: ClientSecurity,
     pub call_timeout: Duration,
     pub max_attempts: u32,
 }
@@ -40,7 +99,19 @@ pub fn parse_addrs(s: &str) -> Vec<String> {
 
 impl Client {
     pub fn new(addrs: Vec<String>) -> Client {
-        Client { addrs, current: 0, conn: None, call_timeout: CALL_TIMEOUT, max_attempts: MAX_ATTEMPTS }
+        Client::with_security(addrs, ClientSecurity::default())
+    }
+
+    /// A client that uses TLS and/or a bearer token.
+    pub fn with_security(addrs: Vec<String>, security: ClientSecurity) -> Client {
+        Client {
+            addrs,
+            current: 0,
+            conn: None,
+            security,
+            call_timeout: CALL_TIMEOUT,
+            max_attempts: MAX_ATTEMPTS,
+        }
     }
 
     /// The address of the node the client talks to now.
@@ -51,26 +122,37 @@ impl Client {
             .or_else(|| self.addrs.get(self.current).map(String::as_str))
     }
 
-    async fn connect(&mut self) -> Result<GrpcClient<Channel>, ApiError> {
+    async fn connect(&mut self) -> Result<GrpcClient<Conn>, ApiError> {
         if let Some((_, c)) = &self.conn {
             return Ok(c.clone());
         }
         let addr =
             self.addrs.get(self.current).cloned().ok_or_else(|| ApiError::invalid("no master address"))?;
-        let url = if addr.starts_with("http://") { addr.clone() } else { format!("http://{addr}") };
-        let ep = Endpoint::from_shared(url)
+        let bare = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")).unwrap_or(&addr);
+        let url = match &self.security.tls {
+            Some(_) => format!("https://{bare}"),
+            None => format!("http://{bare}"),
+        };
+        let mut ep = Endpoint::from_shared(url)
             .map_err(|e| ApiError::invalid(format!("bad master address {addr:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
+        if let Some(tls) = &self.security.tls {
+            ep = ep
+                .tls_config(tls.clone())
+                .map_err(|e| ApiError::invalid(format!("TLS settings for {addr}: {e}")))?;
+        }
         let ch = tokio::time::timeout(CONNECT_TIMEOUT * 2, ep.connect())
             .await
             .map_err(|_| ApiError::unavailable(format!("connecting to {addr} timed out")))?
-            .map_err(|e| ApiError::unavailable(format!("cannot connect to {addr}: {e}")))?;
-        let c =
-            GrpcClient::new(ch).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
+            .map_err(|e| ApiError::unavailable(format!("cannot connect to {addr}: {}", error_chain(&e))))?;
+        let auth = BearerAuth::new(self.security.token.as_ref())?;
+        let c = GrpcClient::with_interceptor(ch, auth)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
         self.conn = Some((addr, c.clone()));
         Ok(c)
     }
@@ -98,7 +180,7 @@ impl Client {
     pub async fn call<Req, Resp, F, Fut>(&mut self, req: Req, f: F) -> Result<Resp, ApiError>
     where
         Req: Clone,
-        F: Fn(GrpcClient<Channel>, Req) -> Fut,
+        F: Fn(GrpcClient<Conn>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let mut backoff = BACKOFF_START;
@@ -118,7 +200,7 @@ impl Client {
                 Err(e) => return Err(e),
             };
             let res = match tokio::time::timeout(self.call_timeout, f(client, req.clone())).await {
-                Ok(r) => r.map(tonic::Response::into_inner).map_err(ApiError::from),
+                Ok(r) => r.map(tonic::Response::into_inner).map_err(from_status),
                 Err(_) => Err(ApiError::unavailable(format!("call timed out after {:?}", self.call_timeout))),
             };
             match res {
@@ -140,11 +222,42 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+        // A plain-text client talking to a TLS port sees only an HTTP/2 framing error: say what it means.
+        let hint = if self.security.tls.is_none() && last.message.contains("h2 protocol error") {
+            " (the master probably requires TLS: use a client context, see `huatuo dev`)"
+        } else {
+            ""
+        };
         Err(ApiError::new(
             last.code,
-            format!("gave up after {} attempts: {}", self.max_attempts, last.message),
+            format!("gave up after {} attempts: {}{hint}", self.max_attempts, last.message),
         ))
     }
+}
+
+/// A status from the server keeps its code; one made by the transport (a refused TLS handshake, a
+/// connection cut mid-call) is UNAVAILABLE with its causes spelled out, e.g. the TLS alert.
+fn from_status(s: tonic::Status) -> ApiError {
+    use std::error::Error as _;
+    if s.metadata().get(crate::error::CODE_METADATA).is_some() {
+        return ApiError::from(s);
+    }
+    match s.source() {
+        Some(src) => ApiError::unavailable(format!("{}: {}", s.message(), error_chain(src))),
+        None => ApiError::from(s),
+    }
+}
+
+/// An error with its sources (a TLS refusal is several layers down a transport error).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 #[cfg(test)]

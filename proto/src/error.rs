@@ -31,10 +31,14 @@ pub enum Code {
     Conflict,
     /// A bug or a storage failure on the server.
     Internal,
+    /// No bearer token, or one the cluster does not know (HTTP 401). Nothing was changed.
+    Unauthenticated,
+    /// The token is valid but its roles do not allow this call (HTTP 403). Nothing was changed.
+    PermissionDenied,
 }
 
 impl Code {
-    pub const ALL: [Code; 7] = [
+    pub const ALL: [Code; 9] = [
         Code::InvalidArgument,
         Code::NotFound,
         Code::NotLeader,
@@ -42,6 +46,8 @@ impl Code {
         Code::Compacted,
         Code::Conflict,
         Code::Internal,
+        Code::Unauthenticated,
+        Code::PermissionDenied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +59,8 @@ impl Code {
             Code::Compacted => "COMPACTED",
             Code::Conflict => "CONFLICT",
             Code::Internal => "INTERNAL",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 
@@ -66,6 +74,8 @@ impl Code {
             Code::Compacted => 410,
             Code::Conflict => 409,
             Code::Internal => 500,
+            Code::Unauthenticated => 401,
+            Code::PermissionDenied => 403,
         }
     }
 
@@ -79,6 +89,8 @@ impl Code {
             Code::Compacted => tonic::Code::OutOfRange,
             Code::Conflict => tonic::Code::Aborted,
             Code::Internal => tonic::Code::Internal,
+            Code::Unauthenticated => tonic::Code::Unauthenticated,
+            Code::PermissionDenied => tonic::Code::PermissionDenied,
         }
     }
 
@@ -94,6 +106,8 @@ impl Code {
             | tonic::Code::DeadlineExceeded
             | tonic::Code::Cancelled
             | tonic::Code::ResourceExhausted => Code::Unavailable,
+            tonic::Code::Unauthenticated => Code::Unauthenticated,
+            tonic::Code::PermissionDenied => Code::PermissionDenied,
             _ => Code::Internal,
         }
     }
@@ -143,6 +157,12 @@ impl ApiError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Code::Internal, message)
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthenticated, message)
+    }
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(Code::PermissionDenied, message)
     }
     pub fn not_leader(leader: Option<String>) -> Self {
         let message = match &leader {

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod tls;
 
 /// The master's client API (agents, SDK, CLI): generated from proto/api.proto.
 pub mod api {

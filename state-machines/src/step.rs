@@ -14,6 +14,9 @@ use crate::model::{
 };
 use crate::table::{State, StateMachine, state_machine_for};
 
+/// Attribute recording the serial of the part that went to REPAIR (the one the worker must never touch).
+pub const REPAIR_SERIAL_ATTR: &str = "repair-serial";
+
 /// Attribute recording the last fix a machine got (the FIX ladder escalates a repeated fix to a reboot).
 pub const LAST_FIX_ATTR: &str = "last-fix";
 
@@ -197,6 +200,10 @@ impl Ctx<'_> {
             State::Repair => {
                 n.attrs.remove("ticket");
                 n.attrs.remove("ticket-status");
+                // The part that failed: provisioning must never run on it (only on a different serial).
+                if let Some(serial) = n.attrs.get("serial").cloned() {
+                    n.attrs.insert(REPAIR_SERIAL_ATTR.into(), serial);
+                }
                 let why = match &n.last_evidence {
                     Some(e) => format!("{} ({} {}): {}", e.rule, e.checker, e.version, e.evidence),
                     None => "no finding recorded".to_string(),

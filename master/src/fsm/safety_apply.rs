@@ -104,7 +104,18 @@ impl Apply<'_, '_> {
             levels.push((s.clone(), self.scope_level(s)?));
         }
         let level = levels.iter().map(|(_, l)| *l).max().unwrap_or(Level::Auto);
-        let entering = !safety::is_removed(t.from) && safety::is_removed(t.to);
+        // Capacity leaves service only from an in-service state; NEWBIE/TEST -> REPAIR removes nothing.
+        let entering = t.from.in_service() && safety::is_removed(t.to);
+        // A reboot (the FIX ladder's last rung before REPAIR) counts against the window like an entry.
+        let reboot = out.effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::RunAction {
+                    action: state_machines::Action::Fix { fix: state_machines::FixAction::Reboot },
+                    ..
+                }
+            )
+        });
         if level == Level::Blind {
             let blind: Vec<String> =
                 levels.iter().filter(|(_, l)| *l == Level::Blind).map(|(s, _)| s.clone()).collect();
@@ -118,7 +129,7 @@ impl Apply<'_, '_> {
             return Ok(Decision::Hold { proposal: 0, reason, new });
         }
         if mode != Mode::Auto {
-            if entering {
+            if entering || reboot {
                 self.count_entry(&scopes, kind)?;
             }
             return Ok(Decision::Admit);
@@ -130,8 +141,9 @@ impl Apply<'_, '_> {
             let reason = format!("{} in manual drive ({})", manual.join(", "), self.level_reasons(&manual));
             return self.propose(rec, t, input, &scopes, manual, reason, existing);
         }
-        if out.removes_capacity() && entering {
-            if let Some(vs) = &version_scope
+        if out.removes_capacity() && (entering || reboot) {
+            if entering
+                && let Some(vs) = &version_scope
                 && let Some(reason) = self.spike(vs, kind, &rec.id)?
             {
                 return self.propose(rec, t, input, &scopes, vec![vs.clone()], reason, existing);
@@ -139,7 +151,7 @@ impl Apply<'_, '_> {
             let mut violations = Vec::new();
             for s in scopes.iter().filter(|s| !s.starts_with(safety::CHECKER_SCOPE)) {
                 let r = self.scope_mut(s)?.clone();
-                violations.extend(safety::check_quotas(&self.cfg, s, &r, kind, self.now));
+                violations.extend(safety::check_quotas(&self.cfg, s, &r, kind, self.now, entering));
             }
             if !violations.is_empty() {
                 let mut held_by: Vec<String> = Vec::new();
@@ -568,6 +580,23 @@ impl Apply<'_, '_> {
         p.status = ProposalStatus::Approved;
         self.close_proposal(&p)?;
         Ok(Ok(()))
+    }
+
+    /// An alert about one object from the leader's integrations (tickets): history + alert log.
+    pub(super) fn alert_object(&mut self, object: &ObjectId, message: &str) -> Result<CmdResult, StoreError> {
+        let id = object.to_string();
+        let Some(mut rec) = self.load(&id)? else {
+            return Ok(CmdResult {
+                error: Some((proto::error::Code::NotFound, format!("no object {id}"))),
+                ..self.result()
+            });
+        };
+        let message = safety_text(message);
+        let rev = self.change(&mut rec, "alert", "", message.clone());
+        self.push_history(&mut rec, history("alert", rev, self.now, "alert".into(), message.clone()))?;
+        self.save(&rec)?;
+        self.audit_row("alert", "", &id, "master", &message)?;
+        Ok(CmdResult { applied: 1, ..self.result() })
     }
 
     // ---- agents ---------------------------------------------------------------------------------------

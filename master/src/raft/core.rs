@@ -409,7 +409,9 @@ impl<F: Fsm> Core<F> {
                 let seen = std::mem::take(&mut self.seen_unpersisted);
                 self.raw.mut_store().add_seen(&txn, &seen)?;
             }
+            let t = std::time::Instant::now();
             txn.commit()?;
+            super::fsync_stats::FSYNC.observe(t.elapsed());
             Ok(())
         })();
         if let Err(e) = res {

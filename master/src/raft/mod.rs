@@ -9,10 +9,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod core;
+pub mod fsync_stats;
 mod logger;
 mod node;
 mod storage;
 mod transport;
+pub use transport::set_peer_tls;
 
 #[cfg(test)]
 mod sim;

@@ -1,7 +1,9 @@
 //! The gRPC peer transport: the `Peer` service (receives raft messages, chunked snapshots and rejoin
 //! probes) and, per peer, a bounded send queue drained by its own task. Raft messages cross the wire as
 //! opaque protobuf-2 bytes (raft-proto). Every channel has HTTP/2 keepalive and per-call timeouts:
-//! without them a channel can wedge silently after a partition heals.
+//! without them a channel can wedge silently after a partition heals. With [`set_peer_tls`] every channel
+//! speaks mutual TLS (https, the cluster CA, this master's certificate as client certificate); the server
+//! side of the peer port gets its TLS config in `server.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +16,10 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tokio_rustls::rustls::client::verify_server_name;
+use tokio_rustls::rustls::pki_types::{CertificateDer as CertDer, ServerName};
+use tokio_rustls::rustls::server::ParsedCertificate;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::NodeId;
@@ -45,14 +50,31 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed call before the next one: avoids a hot loop of failing dials to a dead peer.
 pub const FAILURE_BACKOFF: Duration = Duration::from_millis(100);
 
+/// TLS for the channels to the peers. Process-wide: a master process runs one raft node; in-process
+/// multi-node tests run without TLS and never set it.
+static PEER_TLS: std::sync::RwLock<Option<ClientTlsConfig>> = std::sync::RwLock::new(None);
+
+/// Dial peers with mutual TLS from now on (called once by the master process before its node starts).
+pub fn set_peer_tls(tls: ClientTlsConfig) {
+    if let Ok(mut g) = PEER_TLS.write() {
+        *g = Some(tls);
+    }
+}
+
+fn peer_tls() -> Option<ClientTlsConfig> {
+    PEER_TLS.read().ok().and_then(|g| g.clone())
+}
+
 /// A channel to `addr` with keepalive and timeouts set. Lazy: never blocks, dials on first use.
 pub fn channel(addr: &str, call_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?
+    let tls = peer_tls();
+    let bare = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")).unwrap_or(addr);
+    let uri = if tls.is_some() { format!("https://{bare}") } else { format!("http://{bare}") };
+    let mut ep = Endpoint::from_shared(uri)?;
+    if let Some(tls) = tls {
+        ep = ep.tls_config(tls)?;
+    }
+    Ok(ep
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(call_timeout)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -252,6 +274,33 @@ impl PeerService {
         Ok(())
     }
 
+    /// With TLS on, the certificate a peer presents must be valid for the host of that peer's own address
+    /// (as its server certificate is): an agent's or operator's certificate from the same CA cannot pose
+    /// as a master.
+    fn check_cert(&self, from: NodeId, certs: Option<Arc<Vec<CertDer<'static>>>>) -> Result<(), Status> {
+        if peer_tls().is_none() {
+            return Ok(());
+        }
+        let refuse = |why: String| Err(Status::permission_denied(format!("peer {from}: {why}")));
+        let Some(leaf) = certs.as_ref().and_then(|c| c.first().cloned()) else {
+            return refuse("no client certificate".into());
+        };
+        let Some(addr) = self.shared.peers.get(&from) else { return refuse("not a peer".into()) };
+        let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let Ok(name) = ServerName::try_from(host.clone()) else {
+            return refuse(format!("peer address host {host:?} is not a name"));
+        };
+        let parsed = match ParsedCertificate::try_from(&leaf) {
+            Ok(p) => p,
+            Err(e) => return refuse(format!("unreadable certificate: {e}")),
+        };
+        if let Err(e) = verify_server_name(&parsed, &name) {
+            return refuse(format!("its certificate is not valid for {host} ({e})"));
+        }
+        Ok(())
+    }
+
     fn decode(&self, from: NodeId, bytes: &[u8]) -> Result<Message, Status> {
         let m = Message::parse_from_bytes(bytes)
             .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
@@ -278,8 +327,10 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn send(&self, req: Request<RaftBatch>) -> Result<Response<SendReply>, Status> {
+        let certs = req.peer_certs();
         let b = req.into_inner();
         self.check_sender(b.from, &b.from_addr)?;
+        self.check_cert(b.from, certs)?;
         let msgs = b.messages.iter().map(|m| self.decode(b.from, m)).collect::<Result<Vec<_>, _>>()?;
         if msgs.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot) {
             return Err(Status::invalid_argument("snapshots go through SendSnapshot"));
@@ -292,9 +343,11 @@ impl Peer for PeerService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SendReply>, Status> {
+        let certs = req.peer_certs();
         let mut s = req.into_inner();
         let first = s.message().await?.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         self.check_sender(first.from, &first.from_addr)?;
+        self.check_cert(first.from, certs)?;
         let mut m = self.decode(first.from, &first.header)?;
         if m.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument("snapshot stream header is not a MsgSnapshot"));
@@ -326,6 +379,7 @@ impl Peer for PeerService {
     }
 
     async fn probe(&self, req: Request<ProbeRequest>) -> Result<Response<ProbeReply>, Status> {
+        let certs = req.peer_certs();
         let r = req.into_inner();
         if !self.shared.peers.contains_key(&r.from) {
             return Err(Status::permission_denied(format!(
@@ -333,6 +387,7 @@ impl Peer for PeerService {
                 r.from, self.shared.id
             )));
         }
+        self.check_cert(r.from, certs)?;
         Ok(Response::new(self.shared.probe_reply(r.from)))
     }
 }

@@ -354,3 +354,66 @@ fn bad_safety_commands_are_refused_and_change_nothing() {
     assert_eq!(h.reader().revision().expect("rev"), before);
     assert_eq!(h.reader().safety_config().expect("c"), SafetyConfig::default());
 }
+
+#[test]
+fn a_reboot_counts_against_the_quota_window() {
+    let mut h = Harness::new();
+    h.apply(1, vec![quotas(vec![rule("machine", "cluster", Limit::Count(1), Limit::Percent(10_000))])]);
+    register_rack(&mut h, 2, "r1", 0..3);
+    let ro = |host: u32| Finding {
+        checker: "machine".into(),
+        rule: "root-fs-readonly".into(),
+        ..finding(&format!("machine/h{host}"), Severity::Error, 3)
+    };
+    h.apply(3, vec![ingest("x", 1, vec![ro(0)])]);
+    assert_eq!(state(&h, "machine/h0"), State::Error);
+    let drained = Command::Object {
+        object: "machine/h0".parse().expect("id"),
+        input: Input::Ack { role: "scheduler".into(), ack: AckKind::Drained },
+    };
+    let r = h.apply(4, vec![drained]);
+    assert!(r.results[0].held.as_deref().is_some_and(|w| w.contains("quota")), "{:?}", r.results[0]);
+    assert_eq!(state(&h, "machine/h0"), State::Error, "the reboot waits: the window's one entry is used");
+    assert!(scope(&h, "cluster").latched);
+    let p = pending(&h);
+    assert_eq!((p.len(), p[0].to_state), (1, State::Fix));
+}
+
+#[test]
+fn overdue_actions_and_unfiled_tickets_reach_the_alert_log() {
+    let mut h = Harness::new();
+    register_rack(&mut h, 1, "r1", 0..1);
+    // A disk in REPAIR -> NEWBIE (ticket closed): its provisioning is ordered; nobody answers in time.
+    h.apply(2, vec![force("disk/h0/sda", State::Error)]);
+    h.apply(3, vec![force("disk/h0/sda", State::Repair)]);
+    let closed = Command::Object {
+        object: "disk/h0/sda".parse().expect("id"),
+        input: Input::Ticket { ticket: "T-1".into(), update: state_machines::TicketUpdate::Closed },
+    };
+    h.apply(4, vec![closed]);
+    assert_eq!(state(&h, "disk/h0/sda"), State::Newbie);
+    let late = 5 + Policy::default().action_timeout_ms;
+    h.apply(late, vec![Command::Tick { objects: vec!["disk/h0/sda".parse().expect("id")] }]);
+    let alerts = h.reader().audit(true, 10).expect("alerts");
+    assert!(
+        alerts.iter().any(|a| a.object == "disk/h0/sda" && a.message.contains("provision")),
+        "{alerts:?}"
+    );
+    // The ticket integration gave up on another object: the alert is in its history and the log.
+    let r = h.apply(
+        late + 1,
+        vec![Command::Alert {
+            object: "machine/h0".parse().expect("id"),
+            message: "ticket webhook down".into(),
+        }],
+    );
+    assert_eq!(r.results[0].error, None);
+    let rec = h.reader().object("machine/h0").expect("r").expect("e");
+    assert!(h.reader().history(&rec).expect("h").iter().any(|e| e.what == "alert"));
+    assert!(h.reader().audit(true, 10).expect("a").iter().any(|a| a.message == "ticket webhook down"));
+    let r = h.apply(
+        late + 2,
+        vec![Command::Alert { object: "machine/nope".parse().expect("id"), message: "x".into() }],
+    );
+    assert_eq!(r.results[0].error.as_ref().map(|e| e.0), Some(proto::error::Code::NotFound));
+}
