@@ -64,6 +64,10 @@ enum Cmd {
     Release(safety_cmd::ReleaseArgs),
     /// Show the quota rules, or replace the safety config from a file.
     Quotas(safety_cmd::QuotasArgs),
+    /// Move an object along one legal edge by hand, with a reason (false alarms, manual repairs).
+    Force(safety_cmd::ForceArgs),
+    /// Stand in for a subscriber's acknowledgement (drained, data-evacuated), with a reason.
+    Consent(safety_cmd::ConsentArgs),
     /// Repair tickets: list them, record updates from the repair system.
     #[command(subcommand)]
     Ticket(ticket_cmd::TicketCmd),
@@ -116,6 +120,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Reject(a) => safety_cmd::decide(a, false),
         Cmd::Release(a) => safety_cmd::release(a),
         Cmd::Quotas(a) => safety_cmd::quotas(a),
+        Cmd::Force(a) => safety_cmd::force(a),
+        Cmd::Consent(a) => safety_cmd::consent(a),
         Cmd::Ticket(c) => ticket_cmd::run(c),
         Cmd::Inspect(a) => inspect_cmd::run(a),
         Cmd::Fsm(c) => fsm_cmd::run(c),

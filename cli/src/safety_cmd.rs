@@ -327,3 +327,67 @@ pub fn quotas(a: QuotasArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args, Debug)]
+pub struct ForceArgs {
+    /// The object, e.g. machine/host-017.
+    object: String,
+    /// The target state (along a legal edge of its state machine: GOOD, ERROR, REPAIR, ...).
+    state: String,
+    #[command(flatten)]
+    op: Operator,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+/// `huatuo force OBJECT STATE --reason`: move an object along one legal edge by hand (false alarms, manual
+/// repairs); entry effects run as for an automatic transition.
+pub fn force(a: ForceArgs) -> anyhow::Result<ExitCode> {
+    a.op.require_reason()?;
+    object_command(&a.master, &a.object, "force", &a.state, &a.op)
+}
+
+#[derive(Args, Debug)]
+pub struct ConsentArgs {
+    /// The object waiting for a subscriber's acknowledgement (drained, data-evacuated).
+    object: String,
+    #[command(flatten)]
+    op: Operator,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+/// `huatuo consent OBJECT --reason`: an operator stands in for the subscriber's acknowledgement (the
+/// subscriber is down or its timeout escalated).
+pub fn consent(a: ConsentArgs) -> anyhow::Result<ExitCode> {
+    a.op.require_reason()?;
+    object_command(&a.master, &a.object, "approve", "", &a.op)
+}
+
+fn object_command(
+    master: &MasterAddr,
+    object: &str,
+    kind: &str,
+    value: &str,
+    op: &Operator,
+) -> anyhow::Result<ExitCode> {
+    proto::convert::object_id(object).map_err(api_err)?;
+    let req = api::CommandRequest {
+        object: object.into(),
+        kind: kind.into(),
+        value: value.into(),
+        by: op.by.clone(),
+        reason: op.reason.clone(),
+        ..Default::default()
+    };
+    let mut client = master.client();
+    let r = runtime()?
+        .block_on(client.call(req, |mut c, r| async move { c.command(r).await }))
+        .map_err(api_err)?;
+    if !r.held.is_empty() {
+        println!("{object} stays {}: held by the safety net: {}", r.state, r.held);
+        return Ok(ExitCode::from(crate::inspect_cmd::EXIT_ATTENTION));
+    }
+    println!("{object} is {} (revision {})", r.state, r.revision);
+    Ok(ExitCode::SUCCESS)
+}

@@ -277,6 +277,21 @@ async fn avalanche_drill() {
     assert!(ok && out.contains("decided by oncall"), "{out}");
     let (ok, out) = cli(&c, &["release", "pool=a", "--reason", "checker rolled back"]);
     assert!(ok && out.contains("auto"), "{out}");
+    // Operator overrides: a consent in place of the storage master, and a false alarm forced back to GOOD.
+    let (ok, out) =
+        cli(&c, &["consent", "disk/h700/sdb", "--reason", "storage master is down; data is safe"]);
+    assert!(ok && out.contains("REPAIR"), "{out}");
+    let (ok, out) = cli(&c, &["consent", "disk/h701/sdb", "--reason", "nothing waits"]);
+    assert!(!ok && out.contains("waits for no acknowledgement"), "{out}");
+    let erred = {
+        let req =
+            api::ListObjectsRequest { kind: "disk".into(), state: "ERROR".into(), ..Default::default() };
+        cl.call(req, |mut c, r| async move { c.list_objects(r).await }).await.unwrap().objects[0].id.clone()
+    };
+    let (ok, out) = cli(&c, &["force", &erred, "GOOD", "--reason", "false alarm: bad checker release"]);
+    assert!(ok && out.contains("GOOD"), "{out}");
+    let (ok, out) = cli(&c, &["force", &erred, "FIX", "--reason", "disks have no FIX"]);
+    assert!(!ok && out.contains("no edge"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
