@@ -1,0 +1,580 @@
+//! The portal in a real browser: headless Chromium (Debian package `chromium`) drives the page served by a
+//! 3-node `huatuo master` cluster on loopback, secured as in production: HTTPS on the HTTP port with the
+//! cluster's throwaway CA (Chromium trusts exactly the masters' key, see `cdp::trust_spki_arg`) and bearer
+//! tokens with roles (operator, read, agent). Without a token the page asks for one; a wrong token shows the
+//! 401 banner and keeps nothing. Signed in as operator, it sees a disk that fails through the findings API
+//! (reported with the agent token) appear on the fleet overview live (no reload), answers "did this host
+//! have a fault?" on the host page, opens the disk's history, checks the drawn state diagram against the
+//! tables, puts the `cluster` scope into manual drive through the level page (with its confirmation step),
+//! approves the proposal the next failure creates, and rejects another one in bulk by a host filter. Signed
+//! in with the `read` token, approving is refused with 403 in the page and the proposal stays pending.
+//! Screenshots of every step go to `$CARGO_TARGET_TMPDIR/portal-screenshots` (paths printed). Uncaught page
+//! exceptions and console errors fail the test.
+//!
+//! Needs the `huatuo` binary (see `tests::huatuo_bin`) and Chromium; without Chromium the test fails and
+//! says how to install it (CI installs it). Every wait is on a condition with a bound.
+
+#[path = "support/cdp.rs"]
+mod cdp;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use master::cluster::{LocalCluster, READY_TIMEOUT};
+use master::tls::{DevCa, Usage};
+use proto::client::ClientSecurity;
+use proto::tls::Token;
+use serde_json::{Value, json};
+use tests::huatuo_bin;
+use tokio_rustls::rustls;
+
+/// Bound for anything the page shows after an API change: watch delivery, re-render, follow-up fetches.
+const UI_WAIT: Duration = Duration::from_secs(20);
+/// Bound for the master applying a write as seen through the API.
+const API_WAIT: Duration = Duration::from_secs(20);
+/// Bound for one HTTPS request of the test itself (connect, handshake, answer).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A token no master of this test knows (long enough to look real).
+const WRONG_TOKEN: &str = "0123456789abcdef0123456789abcdef-not-a-real-token";
+
+/// How the test itself reaches the master: HTTPS trusting the cluster's CA, with a token per role.
+struct Master {
+    addr: String,
+    tls: Arc<rustls::ClientConfig>,
+    tokens: BTreeMap<&'static str, Token>,
+}
+
+impl Master {
+    fn token(&self, role: &str) -> &str {
+        self.tokens[role].expose()
+    }
+}
+
+/// One HTTPS/1.1 request to the master with `token` (if any); returns (status, body).
+fn http(m: &Master, token: Option<&str>, method: &str, path: &str, body: &str) -> (u16, String) {
+    let tcp = std::net::TcpStream::connect(&m.addr).expect("connect https");
+    tcp.set_read_timeout(Some(HTTP_TIMEOUT)).expect("timeout");
+    tcp.set_write_timeout(Some(HTTP_TIMEOUT)).expect("timeout");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    let conn = rustls::ClientConnection::new(m.tls.clone(), name).expect("tls client");
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Connection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        m.addr,
+        body.len()
+    )
+    .and_then(|_| s.flush())
+    .expect("send");
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A server may close without TLS close_notify after a `Connection: close` answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => panic!("{method} {path}: read: {e}"),
+    }
+    let resp = String::from_utf8_lossy(&raw).into_owned();
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((resp.as_str(), ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A REST call with the token of `role` that must succeed; its JSON answer.
+fn api_as(m: &Master, role: &str, method: &str, path: &str, body: Value) -> Value {
+    let text = if body.is_null() { String::new() } else { body.to_string() };
+    let (status, resp) = http(m, Some(m.token(role)), method, path, &text);
+    assert_eq!(status, 200, "{method} {path} as {role}: {resp}");
+    serde_json::from_str(&resp).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {resp}"))
+}
+
+/// A REST call as the operator (reads and decisions of the test itself).
+fn api(m: &Master, method: &str, path: &str, body: Value) -> Value {
+    api_as(m, "operator", method, path, body)
+}
+
+/// The master's store revision: unchanged means nothing was written.
+fn revision(m: &Master) -> u64 {
+    let r = api(m, "GET", "/api/v1/objects?limit=1", Value::Null);
+    r["revision"].as_u64().unwrap_or_else(|| panic!("no revision: {r}"))
+}
+
+/// What a secured test cluster needs: a throwaway CA with a certificate for the masters (127.0.0.1) and
+/// one for the harness's gRPC client, plus a random token per role.
+struct Secure {
+    /// `[tls]` and `[[auth.tokens]]` for the masters' config.
+    toml: String,
+    /// The harness's own gRPC calls (leader lookup): client certificate and operator token.
+    harness: ClientSecurity,
+    /// The test's HTTPS calls: trust the CA.
+    https: Arc<rustls::ClientConfig>,
+    /// The masters' certificate (DER), whose key Chromium is told to trust.
+    server_cert: Vec<u8>,
+    tokens: BTreeMap<&'static str, Token>,
+}
+
+fn secure_setup(dir: &Path) -> Secure {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let ca = DevCa::new("portal browser test CA").expect("CA");
+    let server = ca.write_issued(dir, "master", &["127.0.0.1", "localhost"], Usage::Server).expect("cert");
+    let cli = ca.write_issued(dir, "cli", &[], Usage::Client).expect("client cert");
+    let tokens: BTreeMap<&'static str, Token> =
+        ["operator", "read", "agent"].into_iter().map(|r| (r, master::tls::new_token())).collect();
+    let mut toml = format!(
+        "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        server.ca.display().to_string(),
+        server.cert.display().to_string(),
+        server.key.display().to_string()
+    );
+    for (role, t) in &tokens {
+        toml += &format!(
+            "[[auth.tokens]]\nname = \"portal-{role}\"\nsha256 = \"{}\"\nroles = [\"{role}\"]\n",
+            t.sha256_hex()
+        );
+    }
+    let harness = ClientSecurity {
+        tls: Some(cli.load().expect("client TLS files").client_config()),
+        token: Some(tokens["operator"].clone()),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&server.ca).expect("CA file") {
+        roots.add(c.expect("CA PEM")).expect("CA certificate");
+    }
+    let https =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let server_cert = CertificateDer::from_pem_file(&server.cert).expect("master certificate").to_vec();
+    Secure { toml, harness, https: Arc::new(https), server_cert, tokens }
+}
+
+fn wait_api(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + API_WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {API_WAIT:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn fatal(object: &str, rule: &str) -> Value {
+    json!({ "findings": [{
+        "object": object, "severity": "FATAL", "checker": "smart", "version": "1.4.0", "rule": rule,
+        "evidence": format!("{rule}: 5 pending sectors grew to 312 in 10 minutes"),
+        "readings": { "reallocated_sectors": "312" }, "time_ms": now_ms(),
+    }]})
+}
+
+/// The browser plus where its screenshots go; a failed step saves `failure.png` and prints the page's
+/// console before panicking.
+struct Session {
+    b: cdp::Browser,
+    dir: PathBuf,
+    shots: Vec<PathBuf>,
+}
+
+impl Session {
+    fn check<T>(&mut self, step: &str, r: Result<T, String>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => {
+                let shot = self.dir.join("failure.png");
+                let saved = self.b.screenshot(&shot).map(|_| shot.display().to_string());
+                panic!(
+                    "{step}: {e}\nscreenshot: {saved:?}\npage console:\n{}\nscreenshots so far: {:?}",
+                    self.b.console_text(),
+                    self.shots
+                );
+            }
+        }
+    }
+
+    fn wait(&mut self, step: &str, expr: &str) -> Value {
+        let r = self.b.wait_for(expr, UI_WAIT);
+        self.check(step, r)
+    }
+
+    fn eval(&mut self, step: &str, expr: &str) -> Value {
+        let r = self.b.eval(expr);
+        self.check(step, r)
+    }
+
+    fn shot(&mut self, name: &str) {
+        let path = self.dir.join(format!("{name}.png"));
+        let r = self.b.screenshot(&path);
+        self.check(&format!("screenshot {name}"), r);
+        println!("screenshot: {}", path.display());
+        self.shots.push(path);
+    }
+}
+
+/// JavaScript that sets a form control's value the way typing would (input + change events).
+fn set_value(selector: &str, value: &str) -> String {
+    format!(
+        "(() => {{ const el = document.querySelector({sel}); if (!el) return false; el.value = {val}; \
+         el.dispatchEvent(new Event('input', {{bubbles: true}})); el.dispatchEvent(new Event('change', \
+         {{bubbles: true}})); return true; }})()",
+        sel = json!(selector),
+        val = json!(value)
+    )
+}
+
+fn click(selector: &str) -> String {
+    format!(
+        "(() => {{ const el = document.querySelector({sel}); if (!el || el.disabled) return false; el.click(); \
+         return true; }})()",
+        sel = json!(selector)
+    )
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create screenshot dir");
+    dir
+}
+
+#[test]
+fn portal_follows_a_failing_disk_live_and_approves_a_proposal() {
+    let Some(chromium) = cdp::find_chromium() else {
+        panic!(
+            "Chromium is needed for the portal browser test and was not found on PATH: install the Debian \
+             package with `apt-get install -y chromium` (CI does), or set HUATUO_CHROMIUM to its path"
+        );
+    };
+    let bin = huatuo_bin();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let pki = tempfile::tempdir().expect("tempdir");
+    let sec = secure_setup(pki.path());
+    let cluster = LocalCluster::start_secure(&bin, 3, &sec.toml, sec.harness.clone()).expect("start cluster");
+    let Some(leader) = rt.block_on(cluster.wait_leader(READY_TIMEOUT)) else {
+        panic!("no leader; node 1 log:\n{}", cluster.log_tail(1));
+    };
+    let m = Master { addr: cluster.nodes[&leader].http.clone(), tls: sec.https.clone(), tokens: sec.tokens };
+    let addr = m.addr.clone();
+
+    // The page is served by the master itself, with its assets, to anyone; the API wants a token.
+    let (status, page) = http(&m, None, "GET", "/", "");
+    assert_eq!(status, 200, "GET / on the master (is master::portal::router() merged into http.rs?): {page}");
+    assert!(page.contains("Huatuo portal"), "{page}");
+    assert_eq!(http(&m, None, "GET", "/api/v1/cluster", "").0, 401, "the API needs a token");
+
+    // Inventory, as agents would register it (with the agent token): two hosts in two racks.
+    for (host, rack, disks) in [("web-01", "r1", ["sda", "sdb"]), ("web-02", "r2", ["sda", "sdb"])] {
+        let mut objects = vec![json!({ "id": format!("machine/{host}"), "labels": { "rack": rack } })];
+        for d in disks {
+            objects.push(json!({ "id": format!("disk/{host}/{d}"), "labels": { "rack": rack },
+                "attributes": { "model": "WDC WD40EFRX" } }));
+        }
+        api_as(&m, "agent", "POST", "/api/v1/register", json!({ "host": host, "objects": objects }));
+    }
+
+    let dir = screenshot_dir();
+    let log = dir.join("chromium.log");
+    // The page really runs over HTTPS with the cluster's certificate: a browser not told to trust its key
+    // refuses the master.
+    {
+        let untrusting = dir.join("chromium-untrusting.log");
+        let mut b = cdp::Browser::launch(&chromium, &untrusting, &[])
+            .unwrap_or_else(|e| panic!("{e} (chromium log: {})", untrusting.display()));
+        let r = b.navigate(&format!("https://{addr}/"));
+        assert!(r.as_ref().is_err_and(|e| e.contains("CERT")), "an unknown CA must be refused: {r:?}");
+    }
+    let trust = cdp::trust_spki_arg(&sec.server_cert).expect("pin the masters' key");
+    let browser = cdp::Browser::launch(&chromium, &log, &[trust])
+        .unwrap_or_else(|e| panic!("{e} (chromium log: {})", log.display()));
+    let mut s = Session { b: browser, dir, shots: Vec::new() };
+
+    // Without a token the page sends the visitor to the sign-in form with the 401 banner.
+    let r = s.b.navigate(&format!("https://{addr}/"));
+    s.check("open the portal over HTTPS", r);
+    s.wait(
+        "sent to sign in",
+        "location.hash.startsWith('#/login') && !!document.querySelector('#login-form')",
+    );
+    s.wait("401 banner without a token", "document.querySelector('#banner').dataset.status === '401'");
+    s.wait("who says no token", "document.querySelector('#who').textContent.includes('no token')");
+
+    // A wrong token: the 401 banner again (dismissed first, so it is this attempt's), the reason on the
+    // form, and nothing kept or changed.
+    let before = revision(&m);
+    s.eval("dismiss the banner", &click("#banner button"));
+    s.wait("banner dismissed", "document.querySelector('#banner').hidden");
+    s.eval("type wrong token", &set_value("#login-token", WRONG_TOKEN));
+    s.eval("type name", &set_value("#login-name", "browser-test"));
+    s.eval("sign in with it", &click("#login-submit"));
+    s.wait(
+        "refused with 401",
+        "document.querySelector('#banner').dataset.status === '401' && !document.querySelector('#banner').hidden \
+         && document.querySelector('#banner').textContent.includes('Not signed in (401)') \
+         && document.querySelector('#login-error')?.textContent.includes('401')",
+    );
+    s.shot("01-login-wrong-token-401");
+    let kept = s.eval(
+        "nothing kept",
+        "[location.hash.startsWith('#/login'), sessionStorage.getItem('huatuo.token'), \
+          document.querySelector('#who').textContent.includes('no token')]",
+    );
+    assert_eq!(kept, json!([true, null, true]), "a refused token is not kept: [on login, stored, who]");
+    assert_eq!(revision(&m), before, "a refused sign-in changes nothing");
+
+    // Sign in as operator.
+    s.eval("type token", &set_value("#login-token", m.token("operator")));
+    s.eval("type name", &set_value("#login-name", "browser-test"));
+    s.shot("02-login");
+    s.eval("sign in", &click("#login-submit"));
+    s.wait("back on the fleet page", "location.hash === '#/' && !!document.querySelector('#matrix')");
+    let stored = s.eval("token stored", "sessionStorage.getItem('huatuo.token')");
+    assert_eq!(stored, json!(m.token("operator")));
+    s.wait("who shows the name", "document.querySelector('#who').textContent.includes('browser-test')");
+    s.wait("no banner once signed in", "document.querySelector('#banner').hidden");
+
+    // Fleet overview: 4 GOOD disks, live stream connected.
+    s.wait("live", "document.querySelector('#live').textContent === 'live'");
+    s.wait(
+        "disk row shows 4 GOOD",
+        "document.querySelector('#matrix tr[data-kind=\"disk\"] td[data-state=\"GOOD\"]')?.textContent === '4'",
+    );
+    s.wait("scopes table", "!!document.querySelector('#scopes-compact tr[data-scope=\"cluster\"]')");
+    s.eval("mark the page", "window.__noReload = true");
+    s.shot("03-fleet");
+
+    // A disk fails through the API; the open page shows it without a reload.
+    let r = api_as(&m, "agent", "POST", "/api/v1/findings", fatal("disk/web-01/sdb", "smart.reallocated"));
+    assert!(r["transitioned"].as_bool().unwrap_or(false), "the first failure is within quota: {r}");
+    s.wait(
+        "failed disk appears live",
+        "window.__noReload === true && !!document.querySelector('#fleet-attention \
+         tr[data-id=\"disk/web-01/sdb\"][data-state=\"ERROR\"]') && document.querySelector('#matrix \
+         tr[data-kind=\"disk\"] td[data-state=\"ERROR\"]')?.textContent === '1'",
+    );
+    s.wait("change feed shows the transition", "!!document.querySelector('#fleet-feed li')");
+    s.shot("04-fleet-disk-failed-live");
+
+    // "Did the host where my job failed have a fault yesterday?"
+    s.eval("search", "location.hash = '#/objects?q=web-01'");
+    s.wait("search finds the host", "!!document.querySelector('#search-hosts a[href=\"#/host/web-01\"]')");
+    s.wait(
+        "search lists its objects",
+        "document.querySelectorAll('#search-results tr[data-id]').length === 3",
+    );
+    s.shot("05-search-web-01");
+    s.eval("open host", &click("#search-hosts a[href=\"#/host/web-01\"]"));
+    s.wait(
+        "host verdict names the fault",
+        "(() => { const t = document.querySelector('#host-verdict')?.textContent || ''; \
+         return t.includes('fault') && !t.includes('no faults') && t.includes('disk/web-01/sdb'); })()",
+    );
+    s.wait("host timeline", "!!document.querySelector('#host-timeline li[data-to=\"ERROR\"]')");
+    s.shot("06-host-web-01");
+
+    // The disk's history.
+    s.eval("open disk", &click("#host-objects a[href=\"#/object/disk%2Fweb-01%2Fsdb\"]"));
+    s.wait("history shows GOOD -> ERROR", "!!document.querySelector('#timeline li[data-to=\"ERROR\"]')");
+    s.wait(
+        "evidence shown",
+        "document.querySelector('#object-body').textContent.includes('smart.reallocated')",
+    );
+    s.wait("diagram marks ERROR", "!!document.querySelector('svg.fsm .node.current[data-state=\"ERROR\"]')");
+    s.shot("07-disk-history");
+
+    // The state diagram is drawn from the master's tables.
+    let disk = api(&m, "GET", "/api/v1/fsm/disk", Value::Null);
+    let (states, edges) = (disk["states"].as_array().map(Vec::len), disk["edges"].as_array().map(Vec::len));
+    s.eval("open diagram", "location.hash = '#/fsm/disk'");
+    let drawn = s.wait(
+        "diagram drawn",
+        "(() => { const n = document.querySelectorAll('#fsm-body svg.fsm .node').length; \
+         const e = document.querySelectorAll('#fsm-body svg.fsm path.edge[data-from]').length; \
+         return n ? [n, e, document.querySelectorAll('#fsm-edges tbody tr').length] : null; })()",
+    );
+    assert_eq!(drawn, json!([states, edges, edges]), "nodes, arcs, table rows vs GET /api/v1/fsm/disk");
+    s.shot("08-disk-state-machine");
+
+    // Manual drive for the cluster scope, through the level page and its confirmation step.
+    s.eval("open levels", "location.hash = '#/safety?scope=cluster'");
+    s.wait("level form", "document.querySelector('#level-scope')?.value === 'cluster'");
+    s.eval("choose manual", &set_value("#level-level", "manual"));
+    s.eval("no reason yet", &click("#level-change"));
+    s.wait("a reason is required", "document.querySelector('#level-result').textContent.includes('reason')");
+    s.eval("type reason", &set_value("#level-reason", "change freeze for the browser test"));
+    s.eval("change level", &click("#level-change"));
+    s.wait("confirmation step", "!!document.querySelector('#level-confirm')");
+    s.shot("09-level-confirm");
+    let before = api(&m, "GET", "/api/v1/safety", Value::Null);
+    let cluster_level = |v: &Value| {
+        v["scopes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["scope"] == "cluster"))
+            .map(|x| x["level"].clone())
+    };
+    assert_eq!(cluster_level(&before), Some(json!("auto")), "nothing changes before the confirmation");
+    s.eval("confirm level", &click("#level-confirm-yes"));
+    s.wait("level changed", "!!document.querySelector('#level-done')");
+    assert_eq!(cluster_level(&api(&m, "GET", "/api/v1/safety", Value::Null)), Some(json!("manual")));
+    s.wait(
+        "scope table shows manual",
+        "document.querySelector('#scopes tr[data-scope=\"cluster\"]')?.textContent.includes('manual')",
+    );
+
+    // The next failure is held as a proposal; approve it from the queue.
+    api_as(&m, "agent", "POST", "/api/v1/findings", fatal("disk/web-02/sda", "smart.pending"));
+    wait_api("a pending proposal for disk/web-02/sda", || {
+        let p = api(&m, "GET", "/api/v1/proposals?status=pending", Value::Null);
+        p["proposals"].as_array().is_some_and(|a| a.iter().any(|x| x["object"] == "disk/web-02/sda"))
+    });
+    let held = api(&m, "GET", "/api/v1/objects/disk/web-02/sda", Value::Null);
+    assert_eq!(held["object"]["state"], "GOOD", "manual drive holds the transition: {held}");
+    s.eval("open proposals", "location.hash = '#/proposals'");
+    let row = "#prop-table tr[data-object=\"disk/web-02/sda\"][data-status=\"pending\"]";
+    s.wait("proposal listed", &format!("!!document.querySelector('{row}')"));
+    s.wait("nav counts it", "document.querySelector('#nav-proposals').textContent === '1'");
+    s.eval("select it", &click(&format!("{row} input.prop-check")));
+    s.eval("type reason", &set_value("#prop-reason", "disk confirmed dead by the on-call"));
+    s.wait("approve enabled", "!document.querySelector('#approve-selected').disabled");
+    s.eval("approve", &click("#approve-selected"));
+    s.wait("confirmation step", "!!document.querySelector('#prop-confirm')");
+    s.shot("10-proposal-confirm");
+    s.eval("confirm approve", &click("#prop-confirm-yes"));
+    s.wait("approved", "document.querySelector('#prop-done')?.textContent.startsWith('Approved 1')");
+    wait_api("the approved transition happened", || {
+        api(&m, "GET", "/api/v1/objects/disk/web-02/sda", Value::Null)["object"]["state"] == "ERROR"
+    });
+    s.wait("queue empty", "!document.querySelector('#prop-table tr[data-status=\"pending\"]')");
+    s.shot("11-proposal-approved");
+
+    // Bulk by filter: another failure on web-02 is held; reject everything pending on that host.
+    api_as(&m, "agent", "POST", "/api/v1/findings", fatal("disk/web-02/sdb", "smart.pending"));
+    s.eval("filter host", &set_value("#prop-host", "web-02"));
+    s.eval("apply filter", "document.querySelector('#prop-filter').requestSubmit()");
+    let row = "#prop-table tr[data-object=\"disk/web-02/sdb\"][data-status=\"pending\"]";
+    s.wait(
+        "held proposal listed",
+        &format!("location.hash.includes('host=web-02') && !!document.querySelector('{row}')"),
+    );
+    s.eval("type reason", &set_value("#prop-reason", "known flaky backplane on web-02, not the disk"));
+    s.wait("bulk enabled", "!document.querySelector('#reject-filter').disabled");
+    s.eval("reject by filter", &click("#reject-filter"));
+    s.wait(
+        "bulk confirmation names the filter",
+        "document.querySelector('#prop-confirm')?.textContent.includes('host=web-02')",
+    );
+    s.shot("12-bulk-reject-confirm");
+    s.eval("confirm reject", &click("#prop-confirm-yes"));
+    s.wait("rejected", "document.querySelector('#prop-done')?.textContent.startsWith('Rejected 1')");
+    let rejected = api(&m, "GET", "/api/v1/proposals?status=rejected", Value::Null);
+    assert!(
+        rejected["proposals"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|x| x["object"] == "disk/web-02/sdb" && x["decided_by"] == "browser-test")),
+        "{rejected}"
+    );
+    assert_eq!(api(&m, "GET", "/api/v1/objects/disk/web-02/sdb", Value::Null)["object"]["state"], "GOOD");
+    s.eval("back to fleet", "location.hash = '#/'");
+    s.wait(
+        "fleet shows both failed disks",
+        "document.querySelector('#matrix tr[data-kind=\"disk\"] td[data-state=\"ERROR\"]')?.textContent === '2'",
+    );
+    s.shot("13-fleet-after");
+
+    // The remaining pages render without errors.
+    s.eval("open agents", "location.hash = '#/agents'");
+    s.wait("agents page", "document.querySelectorAll('#agents-summary .card').length === 4 && !!document.querySelector('#agents-table div, #agents-table table')");
+    s.shot("14-agents");
+    s.eval("open levels", "location.hash = '#/safety'");
+    s.wait("levels page", "!!document.querySelector('#scopes tr[data-scope=\"cluster\"]')");
+    s.shot("15-levels");
+    s.eval("open changes", "location.hash = '#/events'");
+    s.wait("changes page", "document.querySelectorAll('#events-list li[data-revision]').length >= 6");
+    s.shot("16-changes");
+    s.eval("open machine diagram", "location.hash = '#/fsm/machine'");
+    s.wait(
+        "machine diagram",
+        "document.querySelectorAll('#fsm-body svg.fsm[data-kind=\"machine\"] .node').length === 6",
+    );
+
+    // Signed in with the read token: the pages work, a decision is refused with 403 in the page (the
+    // banner and the proposal form) and changes nothing.
+    api_as(&m, "agent", "POST", "/api/v1/findings", fatal("disk/web-01/sda", "smart.pending"));
+    wait_api("a pending proposal for disk/web-01/sda", || {
+        let p = api(&m, "GET", "/api/v1/proposals?status=pending", Value::Null);
+        p["proposals"].as_array().is_some_and(|a| a.iter().any(|x| x["object"] == "disk/web-01/sda"))
+    });
+    s.eval("switch token", "location.hash = '#/login'");
+    s.wait("login form", "!!document.querySelector('#login-form')");
+    s.eval("type read token", &set_value("#login-token", m.token("read")));
+    s.eval("type name", &set_value("#login-name", "read-only-viewer"));
+    s.eval("sign in as read", &click("#login-submit"));
+    s.wait(
+        "signed in as read",
+        &format!(
+            "location.hash === '#/' && sessionStorage.getItem('huatuo.token') === {} && \
+             document.querySelector('#who').textContent.includes('read-only-viewer')",
+            json!(m.token("read"))
+        ),
+    );
+    s.eval("open proposals", "location.hash = '#/proposals'");
+    let row = "#prop-table tr[data-object=\"disk/web-01/sda\"][data-status=\"pending\"]";
+    s.wait("read sees the proposal", &format!("!!document.querySelector('{row}')"));
+    s.eval("select it", &click(&format!("{row} input.prop-check")));
+    s.eval("type reason", &set_value("#prop-reason", "trying without the operator role"));
+    s.wait("approve enabled", "!document.querySelector('#approve-selected').disabled");
+    s.eval("approve", &click("#approve-selected"));
+    s.wait("confirmation step", "!!document.querySelector('#prop-confirm')");
+    let before = revision(&m);
+    s.eval("confirm approve", &click("#prop-confirm-yes"));
+    s.wait(
+        "refused with 403",
+        "document.querySelector('#prop-error')?.textContent.includes('403') && \
+         document.querySelector('#banner').dataset.status === '403' && !document.querySelector('#banner').hidden \
+         && document.querySelector('#banner').textContent.includes('Not allowed (403)')",
+    );
+    s.wait("still listed as pending", &format!("!!document.querySelector('{row}')"));
+    s.shot("17-read-approve-refused-403");
+    let pending = api(&m, "GET", "/api/v1/proposals?status=pending", Value::Null);
+    assert!(
+        pending["proposals"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|x| x["object"] == "disk/web-01/sda" && x["decided_by"].as_str().unwrap_or("").is_empty())),
+        "the refused approval left the proposal pending and undecided: {pending}"
+    );
+    assert_eq!(api(&m, "GET", "/api/v1/objects/disk/web-01/sda", Value::Null)["object"]["state"], "GOOD");
+    assert_eq!(revision(&m), before, "a refused decision changes nothing");
+
+    let console = s.b.console_text();
+    let bad: Vec<&str> =
+        console.lines().filter(|l| l.starts_with("EXCEPTION") || l.starts_with("console.error")).collect();
+    assert!(bad.is_empty(), "the page logged errors:\n{console}");
+    println!("portal screenshots ({}) in {}", s.shots.len(), s.dir.display());
+}
