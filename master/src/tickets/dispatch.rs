@@ -84,8 +84,10 @@ pub struct DispatchConfig {
 impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
-            // A REPAIR is hours of human work; a second's delay in filing is nothing, and the waker cuts it.
-            poll_ms: 1_000,
+            // The leader's source scans the objects for REPAIR without a ticket when anything changed since
+            // the last scan (O(objects)); every 5 s keeps that cheap under a busy ingest, and 5 s of delay
+            // is nothing next to the hours a repair takes.
+            poll_ms: 5_000,
             // 1+2+4+...+300 s: ~20 minutes of retrying before the operator hears of it.
             max_attempts: 10,
             backoff_base_ms: 1_000,
