@@ -43,6 +43,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/commands", post(command))
         .route("/api/v1/watch", get(watch))
+        .route("/api/v1/whoami", get(whoami))
         .merge(safety_routes::routes())
         .merge(crate::portal::router())
         .fallback(|| async { HttpError(ApiError::not_found("no such route")) })
@@ -102,6 +103,18 @@ async fn metrics(State(svc): State<Svc>) -> Response {
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
         }
         Err(e) => HttpError(e).into_response(),
+    }
+}
+
+/// `GET /api/v1/whoami`: the caller's token name and roles (so the portal can say what a role may do before
+/// the master refuses it). Without an auth layer (`--insecure`) every call is allowed: `secured` is false.
+async fn whoami(caller: Option<axum::Extension<crate::auth::Caller>>) -> Response {
+    match caller {
+        Some(axum::Extension(c)) => {
+            let roles: Vec<&str> = c.roles.iter().map(|r| r.as_str()).collect();
+            Json(serde_json::json!({ "name": c.name, "roles": roles, "secured": true })).into_response()
+        }
+        None => Json(serde_json::json!({ "name": "", "roles": [], "secured": false })).into_response(),
     }
 }
 

@@ -547,6 +547,12 @@ fn portal_follows_a_failing_disk_live_and_approves_a_proposal() {
     s.eval("open proposals", "location.hash = '#/proposals'");
     let row = "#prop-table tr[data-object=\"disk/web-01/sda\"][data-status=\"pending\"]";
     s.wait("read sees the proposal", &format!("!!document.querySelector('{row}')"));
+    // The page knows the token's role (GET /api/v1/whoami) and says so before the master refuses.
+    s.wait(
+        "the role note",
+        "document.querySelector('#prop-role-note')?.textContent.includes('needs operator') && \
+         document.querySelector('#who').textContent.includes('[read]')",
+    );
     s.eval("select it", &click(&format!("{row} input.prop-check")));
     s.eval("type reason", &set_value("#prop-reason", "trying without the operator role"));
     s.wait("approve enabled", "!document.querySelector('#approve-selected').disabled");

@@ -246,10 +246,23 @@
     const m = c.members.find((x) => x.id === c.leader_id);
     return m ? m.http_addr : '';
   }
+  // The signed-in token's roles, from the master (null: not known yet, or the master checks no tokens).
+  async function loadWhoami() {
+    try {
+      const w = await api('/whoami');
+      S.whoami = w && w.secured ? w : null;
+    } catch (e) {
+      S.whoami = null;
+    }
+    renderWho();
+    if (page && page.name === 'proposals') render();
+  }
+  function mayOperate() { return !S.whoami || S.whoami.roles.includes('operator'); }
   function renderWho() {
     const el = document.getElementById('who');
     if (S.token) {
-      replace(el, `${operatorName()} (token set) `, h('a', { href: '#/login' }, 'switch'), ' · ',
+      const roles = S.whoami ? ` [${S.whoami.roles.join(', ')}]` : '';
+      replace(el, `${operatorName()}${roles} (token set) `, h('a', { href: '#/login' }, 'switch'), ' · ',
         h('a', { href: '#/', onclick: (ev) => { ev.preventDefault(); signOut(); } }, 'sign out'));
     } else {
       replace(el, 'no token · ', h('a', { href: '#/login' }, 'sign in'));
@@ -491,6 +504,7 @@
         S.authError = null;
         renderBanner();
         renderWho();
+        loadWhoami();
         S.watchGen++;
         S.loaded = false;
         refreshPolled();
@@ -890,6 +904,8 @@
       const n = [...selected].filter((id) => pending.some((x) => String(x.id) === id)).length;
       const hasFilter = filter.scope || filter.kind || filter.host || filter.checker;
       replace(actions,
+        mayOperate() ? null : h('p', { class: 'muted', id: 'prop-role-note' },
+          `Signed in with the ${S.whoami.roles.join(', ')} role: approving or rejecting needs operator, and the master will refuse it.`),
         h('label', { class: 'field' }, 'Reason', reason),
         h('div', { class: 'toolbar' },
           h('button', { class: 'approve', id: 'approve-selected', disabled: !n, onclick: () => confirmDecide('approve', [...selected]) }, `Approve selected (${n})`),
@@ -1221,6 +1237,7 @@
         go(`#/login?back=${encodeURIComponent(location.hash || '#/')}`);
       }
     }
+    if (S.token) loadWhoami();
     render();
     pollLoop();
     watchLoop();
