@@ -64,6 +64,8 @@ impl Default for MachineConfig {
 /// One mounted filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
+    /// `major:minor` of the mounted device (mountinfo only; empty from /proc/mounts).
+    pub dev: String,
     pub mount_point: String,
     pub fstype: String,
     pub source: String,
@@ -82,8 +84,9 @@ impl Mount {
     }
 }
 
-/// Undo the octal escapes of mount paths (`\040` = space).
-fn unescape(s: &str) -> String {
+/// Undo the octal escapes of mount paths (`\040` = space), as mountinfo, /proc/mounts and /proc/swaps write
+/// them.
+pub fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -112,6 +115,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             continue;
         }
         out.push(Mount {
+            dev: l[2].to_string(),
             mount_point: unescape(l[4]),
             fstype: r[0].to_string(),
             source: unescape(r[1]),
@@ -129,6 +133,7 @@ pub fn parse_mounts(text: &str) -> Vec<Mount> {
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             (f.len() >= 4).then(|| Mount {
+                dev: String::new(),
                 mount_point: unescape(f[1]),
                 fstype: f[2].to_string(),
                 source: unescape(f[0]),

@@ -165,6 +165,47 @@ fn point_slot(devdir: &Path, slot: &str, dev: &str) {
     std::os::unix::fs::symlink(dev, &link).unwrap();
 }
 
+/// A host root: the recorded procfs/sysfs tree, a boot id and an empty kmsg.
+fn host_tree(repo: &Path, root: &Path) {
+    copy_tree(&repo.join("checkers/testdata/host/procfs"), root);
+    std::fs::create_dir_all(root.join("proc/sys/kernel/random")).unwrap();
+    std::fs::write(root.join("proc/sys/kernel/random/boot_id"), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n")
+        .unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    std::fs::write(root.join("dev/kmsg"), "").unwrap();
+}
+
+/// Quotas for a one-host test cluster (the defaults are percentages of a fleet): everything may go.
+async fn allow_all(cl: &mut Client) {
+    let req = api::SetQuotasRequest {
+        quotas: vec![api::QuotaRule {
+            kind: "*".into(),
+            scope: "cluster".into(),
+            window_ms: 3_600_000,
+            max_entries: "1000".into(),
+            max_concurrent: "100%".into(),
+        }],
+        by: "test".into(),
+        reason: "single test host".into(),
+        ..Default::default()
+    };
+    cl.call(req, |mut c, r| async move { c.set_quotas(r).await }).await.unwrap();
+}
+
+/// Start `huatuo agent` with `d/agent.toml`, logging to `d/agent.log`; killed on drop.
+fn spawn_agent(d: &Path) -> KillOnDrop {
+    let log = std::fs::File::create(d.join("agent.log")).unwrap();
+    KillOnDrop(
+        Command::new(huatuo_bin())
+            .args(["agent", "--config"])
+            .arg(d.join("agent.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
 async fn object(cl: &mut Client, id: &str) -> api::GetObjectResponse {
     let req = api::GetObjectRequest { id: id.into(), stale: false };
     cl.call(req, |mut c, r| async move { c.get_object(r).await }).await.unwrap()
@@ -196,12 +237,7 @@ async fn disk_story_on_loop_devices() {
 
     // The host as the agent's probes see it: a recorded procfs/sysfs tree with two disk slots.
     let root = d.join("root");
-    copy_tree(&repo.join("checkers/testdata/host/procfs"), &root);
-    std::fs::create_dir_all(root.join("proc/sys/kernel/random")).unwrap();
-    std::fs::write(root.join("proc/sys/kernel/random/boot_id"), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n")
-        .unwrap();
-    std::fs::create_dir_all(root.join("dev")).unwrap();
-    std::fs::write(root.join("dev/kmsg"), "").unwrap();
+    host_tree(&repo, &root);
     let _ = std::fs::remove_dir_all(root.join("sys/block"));
     write_slot(&root, "sdb", "OLD-B-0001", "WDC WD40EFRX-68N");
     write_slot(&root, "sdc", "OLD-C-0001", "WDC WD40EFRX-68N");
@@ -246,19 +282,7 @@ async fn disk_story_on_loop_devices() {
     let addrs = masters.grpc_addrs();
     let mut cl = Client::new(parse_addrs(&addrs));
     // Quotas for a 2-disk test host (the defaults are percentages of a fleet; here everything may go).
-    let req = api::SetQuotasRequest {
-        quotas: vec![api::QuotaRule {
-            kind: "*".into(),
-            scope: "cluster".into(),
-            window_ms: 3_600_000,
-            max_entries: "1000".into(),
-            max_concurrent: "100%".into(),
-        }],
-        by: "test".into(),
-        reason: "single test host".into(),
-        ..Default::default()
-    };
-    cl.call(req, |mut c, r| async move { c.set_quotas(r).await }).await.unwrap();
+    allow_all(&mut cl).await;
 
     // The agent: disk checker every second on the recorded tree, worker allowed to act on the slots.
     let agent_port = free_port().unwrap();
@@ -301,16 +325,7 @@ min_seq_read_mbps = 1000000000.0
         devdir = devdir.display(),
     );
     std::fs::write(d.join("agent.toml"), cfg).unwrap();
-    let agent_log = std::fs::File::create(d.join("agent.log")).unwrap();
-    let _agent = KillOnDrop(
-        Command::new(huatuo_bin())
-            .args(["agent", "--config"])
-            .arg(d.join("agent.toml"))
-            .stdout(Stdio::null())
-            .stderr(agent_log)
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = spawn_agent(d);
     let log = || std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
 
     // 1. sdb and sdc fail SMART; an external detector reports sdd (its SMART is fine). All three go
@@ -490,12 +505,7 @@ async fn machine_story_fix_ladder() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let root = d.join("root");
-    copy_tree(&repo.join("checkers/testdata/host/procfs"), &root);
-    std::fs::create_dir_all(root.join("proc/sys/kernel/random")).unwrap();
-    std::fs::write(root.join("proc/sys/kernel/random/boot_id"), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n")
-        .unwrap();
-    std::fs::create_dir_all(root.join("dev")).unwrap();
-    std::fs::write(root.join("dev/kmsg"), "").unwrap();
+    host_tree(&repo, &root);
     // The "service restart": records that it ran (the condition is cleared by it).
     let restarts = d.join("restarts");
     let script = d.join("restart.sh");
@@ -512,19 +522,7 @@ async fn machine_story_fix_ladder() {
     masters.wait_leader(READY_TIMEOUT).await.expect("leader");
     let addrs = masters.grpc_addrs();
     let mut cl = Client::new(parse_addrs(&addrs));
-    let req = api::SetQuotasRequest {
-        quotas: vec![api::QuotaRule {
-            kind: "*".into(),
-            scope: "cluster".into(),
-            window_ms: 3_600_000,
-            max_entries: "1000".into(),
-            max_concurrent: "100%".into(),
-        }],
-        by: "test".into(),
-        reason: "single test host".into(),
-        ..Default::default()
-    };
-    cl.call(req, |mut c, r| async move { c.set_quotas(r).await }).await.unwrap();
+    allow_all(&mut cl).await;
     let agent_port = free_port().unwrap();
     let masters_toml = addrs.split(',').map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
     let cfg = format!(
@@ -548,16 +546,7 @@ reboot_dry_run = true
         script = script.display(),
     );
     std::fs::write(d.join("agent.toml"), cfg).unwrap();
-    let agent_log = std::fs::File::create(d.join("agent.log")).unwrap();
-    let _agent = KillOnDrop(
-        Command::new(huatuo_bin())
-            .args(["agent", "--config"])
-            .arg(d.join("agent.toml"))
-            .stdout(Stdio::null())
-            .stderr(agent_log)
-            .spawn()
-            .unwrap(),
-    );
+    let _agent = spawn_agent(d);
     let log = || std::fs::read_to_string(d.join("agent.log")).unwrap_or_default();
     assert!(
         wait_until(STAGE, || async { state_of(&masters, "machine/m1").await == "GOOD" }).await,

@@ -122,38 +122,21 @@ pub fn read_model(sys_root: &Path, slot: &str) -> Option<String> {
     attr(&sys_root.join("block").join(slot).join("device/model"))
 }
 
-/// Undo mountinfo's octal escapes (`\040` = space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use checkers::machine::unescape;
 
-/// Parse `/proc/self/mountinfo` keeping `major:minor`, mount point and type. Malformed lines are skipped.
+/// Parse `/proc/self/mountinfo` (with the checkers' parser) keeping `major:minor`, mount point and type.
+/// Malformed lines are skipped.
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let l: Vec<&str> = left.split_whitespace().collect();
-        let r: Vec<&str> = right.split_whitespace().collect();
-        if l.len() < 6 || r.is_empty() {
-            continue;
-        }
-        let Some(dev) = DevNum::parse(l[2]) else { continue };
-        out.push(MountEntry { dev, mount_point: PathBuf::from(unescape(l[4])), fstype: r[0].to_string() });
-    }
-    out
+    checkers::machine::parse_mountinfo(text)
+        .into_iter()
+        .filter_map(|m| {
+            Some(MountEntry {
+                dev: DevNum::parse(&m.dev)?,
+                mount_point: PathBuf::from(m.mount_point),
+                fstype: m.fstype,
+            })
+        })
+        .collect()
 }
 
 /// Current mounts of the agent's namespace.
