@@ -1,6 +1,9 @@
 //! Raft over real gRPC on loopback: 3-node clusters of `RaftNode`s in one process (ports from binding
 //! 127.0.0.1:0). Leader election, commits, NotLeader with the leader's address, leader loss, catch-up by
-//! log and by snapshot, restart from disk, and refusal of an empty data dir under a known id.
+//! log and by snapshot, restart from disk, and refusal of an empty data dir under a known id. Storage
+//! reliability on real files: altered, overwritten, flipped and truncated `raft.redb` files refused at
+//! start (and by `verify_data_dir`), damage found while running stops the node as a corrupt replica, a
+//! storage panic is a clear stop, and the NOSPACE alarm on a small tmpfs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use master::raft::{Fsm, FsmError, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role};
+use master::raft::{
+    Fsm, FsmError, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role, StorageLimits,
+    verify_data_dir,
+};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -676,4 +682,328 @@ async fn wedged_connections_recover_after_partition_heals() {
     c.wait_converged().await;
     assert_eq!(fsm_contents(&c.members[&3].db).len(), 11);
     c.shutdown().await;
+}
+
+// ---- storage reliability (issue 13 items 1, 2, 9) ----
+
+fn raft_file(dir: &std::path::Path) -> PathBuf {
+    dir.join("raft.redb")
+}
+
+/// Replaces every occurrence of `from` by `to` (same length) in the file; returns how many.
+fn replace_in_file(path: &std::path::Path, from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = std::fs::read(path).expect("read file");
+    let mut n = 0;
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            n += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    std::fs::write(path, bytes).expect("write file");
+    n
+}
+
+fn find_in_file(path: &std::path::Path, what: &[u8]) -> usize {
+    let bytes = std::fs::read(path).expect("read file");
+    bytes.windows(what.len()).position(|w| w == what).expect("marker in file")
+}
+
+fn assert_corrupt<T>(what: &str, r: Result<T, RaftError>) {
+    match r {
+        Err(e @ RaftError::Corrupt(_)) => {
+            let msg = e.to_string();
+            assert!(msg.contains("corrupt replica") && msg.contains("--join"), "{what}: {msg}");
+        }
+        Err(e) => panic!("{what}: expected a corrupt replica, got {e}"),
+        Ok(_) => panic!("{what}: the damaged store was accepted"),
+    }
+}
+
+/// The issue's reproduction: stop a follower, replace `seq=001234` by `seq=009999` inside its raft.redb,
+/// start it: it must refuse (it used to serve the altered text and keep applying). Then it is rebuilt with
+/// `join` and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_follower_store_is_refused_then_rebuilt_with_join() {
+    let _serial = serial().await;
+    let mut c = Cluster::start(3, 1000).await;
+    for i in 1230..1240 {
+        c.propose(format!("seq={i:06}").as_bytes()).await;
+    }
+    c.wait_converged().await;
+    let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
+    let n = replace_in_file(&raft_file(&c.node_dir(f)), b"seq=001234", b"seq=009999");
+    assert!(n > 0, "the marker is in the file");
+    assert_corrupt("altered follower", c.restart(f, false).await);
+    assert_corrupt("verify", verify_data_dir(&c.node_dir(f)));
+    // Rebuild: move the data dir away, join empty, get everything back from the leader.
+    std::fs::rename(c.node_dir(f), c.dir.path().join("damaged")).expect("move away");
+    c.restart(f, true).await.expect("join");
+    c.propose(b"after-rebuild").await;
+    c.wait_converged().await;
+    let contents = fsm_contents(&c.members[&f].db);
+    assert!(contents.values().any(|v| v == b"seq=001234") && !contents.values().any(|v| v == b"seq=009999"));
+    c.shutdown().await;
+}
+
+/// Damage of every kind to a real file is refused at start and by `verify_data_dir` with the clear error
+/// (never a panic): 64 KiB of random bytes over live pages, one flipped byte, truncation. The pristine
+/// file passes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_files_are_refused_at_start_and_by_verify() {
+    let _serial = serial().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("node");
+    let (node, db) = RaftNode::start(single_config(dir.clone()), LogFsm).await.expect("start");
+    wait_role(&node, Role::Leader).await;
+    for i in 0..200 {
+        node.propose(format!("seq={i:06}-{}", "x".repeat(500)).into_bytes()).await.expect("commit");
+    }
+    node.shutdown().await;
+    drop(db);
+    let pristine = std::fs::read(raft_file(&dir)).expect("read");
+    let report = verify_data_dir(&dir).expect("pristine store verifies");
+    assert_eq!(report.node_id, Some(1));
+    assert!(report.log_entries >= 200 && report.applied_index >= 201, "{report:?}");
+    let restore = || std::fs::write(raft_file(&dir), &pristine).expect("restore");
+
+    type Damage = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            "64 KiB of random bytes over live pages",
+            Box::new(|p| {
+                let mut bytes = std::fs::read(p).expect("read");
+                let mid = find_in_file(p, b"seq=000100");
+                let start = mid.saturating_sub(32 << 10);
+                let end = (start + (64 << 10)).min(bytes.len());
+                let mut x: u64 = 0x9E37_79B9_7F4A_7C15; // seeded xorshift: the same bytes every run
+                for b in &mut bytes[start..end] {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                std::fs::write(p, bytes).expect("write");
+            }),
+        ),
+        (
+            "one flipped byte",
+            Box::new(|p| {
+                let mut bytes = std::fs::read(p).expect("read");
+                let at = find_in_file(p, b"seq=000150") + 7;
+                bytes[at] ^= 0x01;
+                std::fs::write(p, bytes).expect("write");
+            }),
+        ),
+        (
+            "truncated to half",
+            Box::new(|p| {
+                let f = std::fs::OpenOptions::new().write(true).open(p).expect("open");
+                let len = f.metadata().expect("meta").len();
+                f.set_len(len / 2).expect("truncate");
+            }),
+        ),
+    ];
+    for (what, damage) in cases {
+        restore();
+        damage(&raft_file(&dir));
+        let verified = verify_data_dir(&dir);
+        assert!(verified.is_err(), "{what}: verify accepted it: {verified:?}");
+        restore();
+        damage(&raft_file(&dir));
+        match RaftNode::start(single_config(dir.clone()), LogFsm).await {
+            Err(RaftError::Corrupt(m)) => eprintln!("{what}: refused: {m}"),
+            Err(e) => panic!("{what}: expected a corrupt replica, got {e}"),
+            Ok((n, _)) => {
+                n.shutdown().await;
+                panic!("{what}: the damaged store was accepted");
+            }
+        }
+    }
+    restore();
+    let (node, db) = RaftNode::start(single_config(dir.clone()), LogFsm).await.expect("pristine restarts");
+    assert_eq!(fsm_contents(&db).len(), 200);
+    node.shutdown().await;
+}
+
+/// Damage that appears while a node runs is found when the node reads it, and stops that node as a
+/// corrupt replica (status, error text) instead of being sent to a follower; the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_found_while_running_stops_the_leader_as_a_corrupt_replica() {
+    let _serial = serial().await;
+    let mut c = Cluster::start(3, 100_000).await;
+    let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
+    let mut idxs = Vec::new();
+    for i in 0..20 {
+        idxs.push(c.propose(format!("late-{i:03}").as_bytes()).await);
+    }
+    let l = c.wait_leader().await;
+    // Alter the entries the returning follower needs, in the leader's store, through redb (its page
+    // checksums stay valid: only the records' own checksums can tell).
+    {
+        let db = &c.members[&l].db;
+        const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+        let txn = db.begin_write().expect("w");
+        {
+            let mut t = txn.open_table(RAFT_LOG).expect("raft_log");
+            for i in &idxs {
+                let mut v = t.get(*i).expect("get").expect("entry").value().to_vec();
+                let at = v.windows(5).position(|w| w == b"late-").expect("marker");
+                v[at] = b'L';
+                t.insert(*i, v.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    c.restart(f, false).await.expect("restart follower");
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    loop {
+        let st = c.node(l).status();
+        if st.role == Role::Stopped {
+            assert!(st.corrupt, "{st:?}");
+            let e = st.last_error.unwrap_or_default();
+            assert!(e.contains("corrupt replica") && e.contains("raft_log") && e.contains("--join"), "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader kept running on damaged entries: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(master::raft::alarms::CORRUPTION_DETECTED.load(Ordering::Relaxed) > 0);
+    // The damaged bytes never reached the follower; the two healthy members go on.
+    let stopped = c.members.remove(&l).expect("leader");
+    stopped.node.shutdown().await;
+    let _ = stopped.stop_server.send(());
+    c.propose(b"after").await;
+    c.wait_converged().await;
+    let contents = fsm_contents(&c.members[&f].db);
+    assert!(contents.values().all(|v| !v.starts_with(b"Late-")), "damaged bytes were served");
+    assert_eq!(contents.values().filter(|v| v.starts_with(b"late-")).count(), 20);
+    c.shutdown().await;
+}
+
+/// A state machine that panics on one command, standing in for redb's `unreachable!` on a damaged page.
+struct PanicFsm;
+
+impl Fsm for PanicFsm {
+    fn apply(&mut self, txn: &WriteTransaction, index: u64, cmd: &[u8]) -> Result<Vec<u8>, FsmError> {
+        if cmd == b"panic" {
+            panic!("internal error: entered unreachable code");
+        }
+        LogFsm.apply(txn, index, cmd)
+    }
+    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
+        LogFsm.snapshot(txn)
+    }
+    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), FsmError> {
+        LogFsm.restore(txn, data)
+    }
+}
+
+/// A panic inside the storage transaction of the Raft loop is caught at the storage boundary: the node
+/// stops with the clear corrupt-replica error (not "raft loop panicked"), every waiter gets `Stopped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_panic_in_the_loop_is_a_clear_stop() {
+    let _serial = serial().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (node, _db) = RaftNode::start(single_config(tmp.path().into()), PanicFsm).await.expect("start");
+    wait_role(&node, Role::Leader).await;
+    node.propose(b"fine".to_vec()).await.expect("commit");
+    assert_eq!(node.propose(b"panic".to_vec()).await, Err(ProposeError::Stopped));
+    wait_role(&node, Role::Stopped).await;
+    let st = node.status();
+    let e = st.last_error.clone().unwrap_or_default();
+    assert!(st.corrupt && e.contains("corrupt replica") && e.contains("storage panic"), "{st:?}");
+    assert!(!e.contains("raft loop panicked"), "{e}");
+    assert_eq!(node.propose(b"late".to_vec()).await, Err(ProposeError::Stopped));
+    node.shutdown().await;
+}
+
+/// A tmpfs of `size` mounted on a fresh dir, unmounted on drop; None (with a message) where mounting is
+/// not permitted.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        use nix::mount::{MsFlags, mount};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = format!("size={size}");
+        match mount(Some("tmpfs"), dir.path(), Some("tmpfs"), MsFlags::empty(), Some(opts.as_str())) {
+            Ok(()) => Some(Tmpfs { dir }),
+            Err(e) => {
+                eprintln!("SKIPPED: cannot mount a tmpfs here ({e}); the NOSPACE test needs root");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("umount {}: {e}", self.dir.path().display());
+        }
+    }
+}
+
+/// The NOSPACE alarm on a real small file system: below the floor the leader refuses proposals with a
+/// typed error and keeps serving reads; when space is freed the alarm clears and writes resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nospace_alarm_refuses_writes_keeps_reads_and_clears() {
+    let _serial = serial().await;
+    let Some(fs) = Tmpfs::mount("48m") else { return };
+    let dir = fs.dir.path().join("node");
+    let floor = 16 << 20;
+    let limits = StorageLimits { min_free_bytes: floor, ..StorageLimits::default() };
+    let (node, db) = RaftNode::start_with(single_config(dir.clone()), limits, LogFsm).await.expect("start");
+    wait_role(&node, Role::Leader).await;
+    node.propose(b"before".to_vec()).await.expect("commit with space");
+    assert!(!node.status().nospace);
+    // Leave 8 MiB free: below the floor.
+    let free = master::raft::alarms::free_bytes(&dir).expect("statvfs");
+    let filler = fs.dir.path().join("filler");
+    std::fs::write(&filler, vec![0u8; (free - (8 << 20)) as usize]).expect("fill");
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    loop {
+        match node.propose(b"during".to_vec()).await {
+            Err(ProposeError::NoSpace { free_bytes, floor_bytes }) => {
+                assert!(free_bytes < floor_bytes && floor_bytes == floor);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(Instant::now() < deadline, "the alarm never rose");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(node.status().nospace);
+    let e = node.propose(b"refused".to_vec()).await.expect_err("refused");
+    assert!(e.to_string().contains("no space"), "{e}");
+    node.read_index().await.expect("reads go on during the alarm");
+    assert!(fsm_contents(&db).values().any(|v| v == b"before"));
+    assert!(!fsm_contents(&db).values().any(|v| v == b"refused"));
+    std::fs::remove_file(&filler).expect("free space");
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    loop {
+        match node.propose(b"after".to_vec()).await {
+            Ok(_) => break,
+            Err(ProposeError::NoSpace { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(Instant::now() < deadline, "the alarm never cleared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!node.status().nospace);
+    node.shutdown().await;
+    drop(db);
 }
