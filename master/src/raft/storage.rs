@@ -745,7 +745,7 @@ mod tests {
         txn.commit().expect("commit");
     }
 
-    fn replace(v: &mut Vec<u8>, from: &[u8], to: &[u8]) {
+    fn replace(v: &mut [u8], from: &[u8], to: &[u8]) {
         let at = v.windows(from.len()).position(|w| w == from).expect("marker");
         v[at..at + to.len()].copy_from_slice(to);
     }
