@@ -19,9 +19,24 @@ pub fn free_bytes(path: &Path) -> Result<u64, nix::Error> {
     Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
 }
 
+/// The NOSPACE alarm for `free` bytes against `floor` (0 = off): `Some((free, floor))` while raised. At
+/// exactly the floor the alarm is clear.
+pub fn nospace(free: u64, floor: u64) -> Option<(u64, u64)> {
+    (free < floor).then_some((free, floor))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nospace_at_the_floor() {
+        let floor = 512 << 20;
+        assert_eq!(nospace(floor, floor), None, "exactly the floor is enough");
+        assert_eq!(nospace(floor - 1, floor), Some((floor - 1, floor)));
+        assert_eq!(nospace(0, floor), Some((0, floor)));
+        assert_eq!(nospace(0, 0), None, "floor 0 turns the alarm off");
+    }
 
     #[test]
     fn free_bytes_of_a_real_dir_and_an_error_for_a_missing_one() {

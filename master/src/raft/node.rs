@@ -612,8 +612,7 @@ impl DiskWatch {
         }
         self.next = now + DISK_CHECK_INTERVAL;
         match alarms::free_bytes(&self.dir) {
-            Ok(free) if free < self.floor => Some(Some((free, self.floor))),
-            Ok(_) => Some(None),
+            Ok(free) => Some(alarms::nospace(free, self.floor)),
             Err(e) => {
                 // Keep the current state: an unreadable statvfs says nothing about space.
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot measure free space");
