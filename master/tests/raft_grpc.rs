@@ -1051,3 +1051,73 @@ async fn nospace_alarm_refuses_writes_keeps_reads_and_clears() {
     node.shutdown().await;
     drop(db);
 }
+
+// ---- leader hint (issue 13 item 10) ----
+
+/// A follower must not name a leader it has not heard from within the election timeout. Driven through the
+/// real peer service by a scripted "leader" (node 2, played by the test) in front of a member rebuilding
+/// with `join` (it has no conf state yet, so it never campaigns: raft-rs would keep naming the leader
+/// forever, as for a rebuilt node whose leader died before sending the snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_stops_naming_a_silent_leader() {
+    let _serial = serial().await;
+    use proto::peer::RaftBatch;
+    use proto::peer::peer_client::PeerClient;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let l1 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr1 = l1.local_addr().expect("addr").to_string();
+    // Node 2's address refuses connections: whatever node 1 sends it is lost.
+    let addr2 = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let peers = BTreeMap::from([(1, addr1.clone()), (2, addr2.clone())]);
+    let (node, _db) =
+        RaftNode::start(config(1, &peers, tmp.path().into(), 1000, true), LogFsm).await.expect("join");
+    let (stop_server, server) = serve(&node, l1);
+    let mut client = PeerClient::connect(format!("http://{addr1}")).await.expect("connect");
+    let heartbeat = || {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+        m.from = 2;
+        m.to = 1;
+        m.term = 5;
+        let bytes = protobuf::Message::write_to_bytes(&m).expect("encode");
+        RaftBatch { from: 2, from_addr: addr2.clone(), messages: vec![bytes] }
+    };
+    for round in 0..2 {
+        client.send(heartbeat()).await.expect("heartbeat accepted");
+        let deadline = Instant::now() + LIVENESS_BOUND;
+        while node.status().leader_id != Some(2) {
+            assert!(Instant::now() < deadline, "round {round}: never followed node 2: {:?}", node.status());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match node.propose(b"x".to_vec()).await {
+            Err(ProposeError::NotLeader { leader: Some(2), leader_addr }) => {
+                assert_eq!(leader_addr.as_deref(), Some(addr2.as_str()))
+            }
+            other => panic!("round {round}: expected NotLeader pointing at node 2, got {other:?}"),
+        }
+        // Node 2 falls silent: after the election timeout (10 ticks of 20 ms) it is no longer named.
+        let deadline = Instant::now() + LIVENESS_BOUND;
+        loop {
+            let st = node.status();
+            assert_eq!((st.role, st.term), (Role::Follower, 5), "round {round}: {st:?}");
+            if st.leader_id.is_none() {
+                assert_eq!(st.leader_addr, None);
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: still naming a silent leader: {st:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            node.propose(b"x".to_vec()).await,
+            Err(ProposeError::NotLeader { leader: None, leader_addr: None }),
+            "round {round}"
+        );
+        assert_eq!(node.read_index().await, Err(ProposeError::NotLeader { leader: None, leader_addr: None }));
+    }
+    node.shutdown().await;
+    let _ = stop_server.send(());
+    let _ = server.await;
+}
