@@ -56,6 +56,14 @@ pub struct MasterConfig {
     pub heartbeat_ticks: usize,
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// Also compact the Raft log once its applied part takes this many MiB (whichever of this and
+    /// `snapshot_every` comes first); 0 = by entry count only.
+    #[serde(default = "default_snapshot_log_mb")]
+    pub snapshot_log_mb: u64,
+    /// The NOSPACE alarm: refuse new writes while the data dir's file system has fewer MiB free than this
+    /// (reads go on; cleared when space returns); 0 = off.
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
     #[serde(default = "default_agent_silent_after_ms")]
     pub agent_silent_after_ms: u64,
     #[serde(default)]
@@ -112,6 +120,12 @@ fn default_heartbeat_ticks() -> usize {
 fn default_snapshot_every() -> u64 {
     10_000
 }
+fn default_snapshot_log_mb() -> u64 {
+    crate::raft::DEFAULT_SNAPSHOT_LOG_BYTES >> 20
+}
+fn default_min_free_mb() -> u64 {
+    crate::raft::DEFAULT_MIN_FREE_BYTES >> 20
+}
 /// Agents heartbeat every few seconds; 30 s of silence marks one silent.
 fn default_agent_silent_after_ms() -> u64 {
     30_000
@@ -137,6 +151,7 @@ pub struct Resolved {
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
     pub snapshot_every: u64,
+    pub storage: crate::raft::StorageLimits,
     pub agent_silent_after: Duration,
     pub policy: Policy,
     pub tickets: crate::tickets::TicketsConfig,
@@ -205,6 +220,13 @@ impl MasterConfig {
         if self.election_ticks <= self.heartbeat_ticks || self.heartbeat_ticks == 0 || self.tick_ms == 0 {
             return Err(ConfigError("need tick_ms > 0 and 0 < heartbeat_ticks < election_ticks".into()));
         }
+        let mib = |what: &str, v: u64| {
+            v.checked_mul(1 << 20).ok_or_else(|| ConfigError(format!("{what} {v} MiB is too large")))
+        };
+        let storage = crate::raft::StorageLimits {
+            snapshot_log_bytes: mib("snapshot_log_mb", self.snapshot_log_mb)?,
+            min_free_bytes: mib("min_free_mb", self.min_free_mb)?,
+        };
         self.policy.validate().map_err(|e| ConfigError(e.to_string()))?;
         self.auth.validate().map_err(ConfigError)?;
         let security = match (&self.tls, self.insecure) {
@@ -229,6 +251,7 @@ impl MasterConfig {
             election_ticks: self.election_ticks,
             heartbeat_ticks: self.heartbeat_ticks,
             snapshot_every: self.snapshot_every,
+            storage,
             agent_silent_after: Duration::from_millis(self.agent_silent_after_ms.max(1000)),
             policy: self.policy.clone(),
             tickets: self.tickets.clone(),
@@ -298,6 +321,18 @@ mod tests {
             assert!(err.to_string().contains(want), "{bad}: {err}");
         }
         assert!(MasterConfig::from_toml("id = 1\nbogus = 1\n").is_err(), "unknown fields are refused");
+        let r = MasterConfig::from_toml(base).expect("parse").resolve().expect("defaults");
+        assert_eq!(r.storage, crate::raft::StorageLimits::default());
+        let r = MasterConfig::from_toml(&format!("snapshot_log_mb = 8\nmin_free_mb = 0\n{base}"))
+            .expect("parse")
+            .resolve()
+            .expect("storage limits");
+        assert_eq!((r.storage.snapshot_log_bytes, r.storage.min_free_bytes), (8 << 20, 0));
+        let e = MasterConfig::from_toml(&format!("min_free_mb = {}\n{base}", u64::MAX))
+            .expect("parse")
+            .resolve()
+            .expect_err("overflow");
+        assert!(e.to_string().contains("min_free_mb"), "{e}");
         assert_eq!(parse_peers("1=a:1, 2=b:2").expect("ok").len(), 2);
         assert!(parse_peers("1a:1").is_err());
     }

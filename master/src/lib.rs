@@ -5,6 +5,7 @@
 pub use proto::client;
 pub mod actions;
 pub mod auth;
+pub mod checksum;
 pub mod cluster;
 pub mod config;
 pub mod fsm;

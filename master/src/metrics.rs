@@ -27,6 +27,21 @@ pub fn render(svc: &Service) -> Result<String, ApiError> {
         "1 if this node is the Raft leader",
         gauge(u64::from(st.role == crate::raft::Role::Leader)),
     );
+    reg.register(
+        "nospace_alarm",
+        "1 while the NOSPACE alarm refuses new writes (disk below the floor)",
+        gauge(u64::from(st.nospace)),
+    );
+    reg.register(
+        "storage_corrupt",
+        "1 if this node stopped because its Raft storage failed verification",
+        gauge(u64::from(st.corrupt)),
+    );
+    reg.register(
+        "storage_corruption_detected",
+        "Times this process found damaged Raft storage (checksum, integrity check, storage panic)",
+        ConstCounter::new(crate::raft::alarms::CORRUPTION_DETECTED.load(Ordering::Relaxed)),
+    );
     reg.register("revision", "Global revision of the object store", gauge(info.revision));
     reg.register("objects", "Objects known", gauge(info.objects));
     reg.register("agents_alive", "Agents whose heartbeats are current", gauge(info.agents_alive));

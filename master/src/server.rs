@@ -95,7 +95,7 @@ pub async fn run(cfg: Resolved, shutdown: impl Future<Output = ()>) -> anyhow::R
         snapshot_every: cfg.snapshot_every,
         join: cfg.join,
     };
-    let (raft, db) = match RaftNode::start(raft_cfg, fsm).await {
+    let (raft, db) = match RaftNode::start_with(raft_cfg, cfg.storage, fsm).await {
         Ok(x) => x,
         Err(e @ RaftError::RejoinRefused { .. }) => return Err(anyhow!("{e}")),
         Err(e) => return Err(anyhow!("cannot start raft node {}: {e}", cfg.id)),

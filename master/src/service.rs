@@ -242,6 +242,7 @@ impl Service {
                 crate::raft::MAX_COMMAND_BYTES
             )),
             ProposeError::Fsm(m) => ApiError::internal(m),
+            e @ ProposeError::NoSpace { .. } => ApiError::unavailable(e.to_string()),
         }
     }
 

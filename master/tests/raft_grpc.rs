@@ -1,6 +1,9 @@
 //! Raft over real gRPC on loopback: 3-node clusters of `RaftNode`s in one process (ports from binding
 //! 127.0.0.1:0). Leader election, commits, NotLeader with the leader's address, leader loss, catch-up by
-//! log and by snapshot, restart from disk, and refusal of an empty data dir under a known id.
+//! log and by snapshot, restart from disk, and refusal of an empty data dir under a known id. Storage
+//! reliability on real files: altered, overwritten, flipped and truncated `raft.redb` files refused at
+//! start (and by `verify_data_dir`), damage found while running stops the node as a corrupt replica, a
+//! storage panic is a clear stop, and the NOSPACE alarm on a small tmpfs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use master::raft::{Fsm, FsmError, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role};
+use master::raft::{
+    Fsm, FsmError, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role, StorageLimits,
+    verify_data_dir,
+};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -219,6 +225,37 @@ impl Cluster {
             }
             assert!(Instant::now() < deadline, "no leader elected: {:?}", self.statuses());
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The leader as seen by `ids` only (e.g. the majority side of a partition).
+    async fn wait_leader_among(&self, ids: &[NodeId]) -> NodeId {
+        let deadline = Instant::now() + LIVENESS_BOUND;
+        loop {
+            let sts: Vec<_> = ids.iter().map(|id| self.node(*id).status()).collect();
+            let leaders: Vec<NodeId> = sts.iter().filter(|s| s.role == Role::Leader).map(|s| s.id).collect();
+            if let [l] = leaders[..]
+                && sts.iter().all(|s| s.leader_id == Some(l))
+            {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no leader among {ids:?}: {sts:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Proposes through the leader of `ids`, retrying across leader changes.
+    async fn propose_among(&self, ids: &[NodeId], cmd: &[u8]) -> u64 {
+        let deadline = Instant::now() + LIVENESS_BOUND;
+        loop {
+            let l = self.wait_leader_among(ids).await;
+            match self.node(l).propose(cmd.to_vec()).await {
+                Ok(r) => return u64::from_le_bytes(r.try_into().expect("index")),
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "proposal never committed: {e:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
     }
 
@@ -647,10 +684,18 @@ async fn pipe(
     }
 }
 
-// Known bug, open: on a fresh CI machine node 3 (the node behind the wedging proxy) stays PreCandidate at the
-// old term for over 60 s after the heal, so the channels into it are not replaced in time (2 of 2 clean runs
-// failed; 3 of 3 runs on a warm dev tree passed). Run it with `--ignored` while fixing the transport.
-#[ignore = "known bug: isolated node does not rejoin after a wedged partition heals on a fresh machine"]
+/// Node 3 sits behind a wedging proxy (everybody dials it through the proxy; its own outgoing connections
+/// are direct). While wedged, the majority {1, 2} keeps committing; after the heal node 3 catches up only
+/// because HTTP/2 keepalive tears the frozen connections down (the test fails with keepalive removed).
+///
+/// This test used to be ignored as "node 3 stays PreCandidate for over 60 s after the heal on a fresh
+/// machine". The defect was in the test: it proposed during the partition through `Cluster::propose`,
+/// whose `wait_leader` insists that EVERY running member names the leader, the isolated node included.
+/// Whenever the proposals took longer than node 3's election timeout (a slow or loaded machine), node 3
+/// became PreCandidate, `wait_leader` spun until its 60 s deadline, and the heal was never reached: the
+/// PreCandidate in the failure message was still behind a wedged proxy. Now the test waits until node 3
+/// has noticed the partition (so the slow path is the one always exercised) and proposes through the
+/// majority only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wedged_connections_recover_after_partition_heals() {
     let _serial = serial().await;
@@ -666,14 +711,413 @@ async fn wedged_connections_recover_after_partition_heals() {
     }
     c.wait_converged().await;
     proxy.wedge();
-    for i in 5..10 {
-        c.propose(format!("w{i}").as_bytes()).await;
+    // Node 3 hears nothing any more: it forgets the leader after an election timeout.
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    while c.node(3).status().leader_id.is_some() {
+        assert!(Instant::now() < deadline, "node 3 kept a leader behind a wedged proxy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 5..10 {
+        c.propose_among(&[1, 2], format!("w{i}").as_bytes()).await;
+    }
     proxy.heal();
     // The channels into node 3 are wedged; keepalive must tear them down so node 3 catches up.
     c.propose(b"after-heal").await;
     c.wait_converged().await;
     assert_eq!(fsm_contents(&c.members[&3].db).len(), 11);
     c.shutdown().await;
+}
+
+// ---- storage reliability (issue 13 items 1, 2, 9) ----
+
+fn raft_file(dir: &std::path::Path) -> PathBuf {
+    dir.join("raft.redb")
+}
+
+/// Replaces every occurrence of `from` by `to` (same length) in the file; returns how many.
+fn replace_in_file(path: &std::path::Path, from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = std::fs::read(path).expect("read file");
+    let mut n = 0;
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            n += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    std::fs::write(path, bytes).expect("write file");
+    n
+}
+
+fn find_in_file(path: &std::path::Path, what: &[u8]) -> usize {
+    let bytes = std::fs::read(path).expect("read file");
+    bytes.windows(what.len()).position(|w| w == what).expect("marker in file")
+}
+
+fn assert_corrupt<T>(what: &str, r: Result<T, RaftError>) {
+    match r {
+        Err(e @ RaftError::Corrupt(_)) => {
+            let msg = e.to_string();
+            assert!(msg.contains("corrupt replica") && msg.contains("--join"), "{what}: {msg}");
+        }
+        Err(e) => panic!("{what}: expected a corrupt replica, got {e}"),
+        Ok(_) => panic!("{what}: the damaged store was accepted"),
+    }
+}
+
+/// The issue's reproduction: stop a follower, replace `seq=001234` by `seq=009999` inside its raft.redb,
+/// start it: it must refuse (it used to serve the altered text and keep applying). Then it is rebuilt with
+/// `join` and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_follower_store_is_refused_then_rebuilt_with_join() {
+    let _serial = serial().await;
+    let mut c = Cluster::start(3, 1000).await;
+    for i in 1230..1240 {
+        c.propose(format!("seq={i:06}").as_bytes()).await;
+    }
+    c.wait_converged().await;
+    let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
+    let n = replace_in_file(&raft_file(&c.node_dir(f)), b"seq=001234", b"seq=009999");
+    assert!(n > 0, "the marker is in the file");
+    assert_corrupt("altered follower", c.restart(f, false).await);
+    assert_corrupt("verify", verify_data_dir(&c.node_dir(f)));
+    // Rebuild: move the data dir away, join empty, get everything back from the leader.
+    std::fs::rename(c.node_dir(f), c.dir.path().join("damaged")).expect("move away");
+    c.restart(f, true).await.expect("join");
+    c.propose(b"after-rebuild").await;
+    c.wait_converged().await;
+    let contents = fsm_contents(&c.members[&f].db);
+    assert!(contents.values().any(|v| v == b"seq=001234") && !contents.values().any(|v| v == b"seq=009999"));
+    c.shutdown().await;
+}
+
+/// Damage of every kind to a real file is refused at start and by `verify_data_dir` with the clear error
+/// (never a panic): 64 KiB of random bytes over live pages, one flipped byte, truncation. The pristine
+/// file passes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_files_are_refused_at_start_and_by_verify() {
+    let _serial = serial().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("node");
+    let (node, db) = RaftNode::start(single_config(dir.clone()), LogFsm).await.expect("start");
+    wait_role(&node, Role::Leader).await;
+    for i in 0..200 {
+        node.propose(format!("seq={i:06}-{}", "x".repeat(500)).into_bytes()).await.expect("commit");
+    }
+    node.shutdown().await;
+    drop(db);
+    let pristine = std::fs::read(raft_file(&dir)).expect("read");
+    let report = verify_data_dir(&dir).expect("pristine store verifies");
+    assert_eq!(report.node_id, Some(1));
+    assert!(report.log_entries >= 200 && report.applied_index >= 201, "{report:?}");
+    let restore = || std::fs::write(raft_file(&dir), &pristine).expect("restore");
+
+    type Damage = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            "64 KiB of random bytes over live pages",
+            Box::new(|p| {
+                let mut bytes = std::fs::read(p).expect("read");
+                let mid = find_in_file(p, b"seq=000100");
+                let start = mid.saturating_sub(32 << 10);
+                let end = (start + (64 << 10)).min(bytes.len());
+                let mut x: u64 = 0x9E37_79B9_7F4A_7C15; // seeded xorshift: the same bytes every run
+                for b in &mut bytes[start..end] {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                std::fs::write(p, bytes).expect("write");
+            }),
+        ),
+        (
+            "one flipped byte",
+            Box::new(|p| {
+                let mut bytes = std::fs::read(p).expect("read");
+                let at = find_in_file(p, b"seq=000150") + 7;
+                bytes[at] ^= 0x01;
+                std::fs::write(p, bytes).expect("write");
+            }),
+        ),
+        (
+            "truncated to half",
+            Box::new(|p| {
+                let f = std::fs::OpenOptions::new().write(true).open(p).expect("open");
+                let len = f.metadata().expect("meta").len();
+                f.set_len(len / 2).expect("truncate");
+            }),
+        ),
+    ];
+    for (what, damage) in cases {
+        restore();
+        damage(&raft_file(&dir));
+        let verified = verify_data_dir(&dir);
+        assert!(verified.is_err(), "{what}: verify accepted it: {verified:?}");
+        restore();
+        damage(&raft_file(&dir));
+        match RaftNode::start(single_config(dir.clone()), LogFsm).await {
+            Err(RaftError::Corrupt(m)) => eprintln!("{what}: refused: {m}"),
+            Err(e) => panic!("{what}: expected a corrupt replica, got {e}"),
+            Ok((n, _)) => {
+                n.shutdown().await;
+                panic!("{what}: the damaged store was accepted");
+            }
+        }
+    }
+    restore();
+    let (node, db) = RaftNode::start(single_config(dir.clone()), LogFsm).await.expect("pristine restarts");
+    assert_eq!(fsm_contents(&db).len(), 200);
+    node.shutdown().await;
+}
+
+/// Damage that appears while a node runs is found when the node reads it, and stops that node as a
+/// corrupt replica (status, error text) instead of being sent to a follower; the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_found_while_running_stops_the_leader_as_a_corrupt_replica() {
+    let _serial = serial().await;
+    let mut c = Cluster::start(3, 100_000).await;
+    let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
+    let mut idxs = Vec::new();
+    for i in 0..20 {
+        idxs.push(c.propose(format!("late-{i:03}").as_bytes()).await);
+    }
+    let l = c.wait_leader().await;
+    // Alter the entries the returning follower needs, in the leader's store, through redb (its page
+    // checksums stay valid: only the records' own checksums can tell).
+    {
+        let db = &c.members[&l].db;
+        const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+        let txn = db.begin_write().expect("w");
+        {
+            let mut t = txn.open_table(RAFT_LOG).expect("raft_log");
+            for i in &idxs {
+                let mut v = t.get(*i).expect("get").expect("entry").value().to_vec();
+                let at = v.windows(5).position(|w| w == b"late-").expect("marker");
+                v[at] = b'L';
+                t.insert(*i, v.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    c.restart(f, false).await.expect("restart follower");
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    loop {
+        let st = c.node(l).status();
+        if st.role == Role::Stopped {
+            assert!(st.corrupt, "{st:?}");
+            let e = st.last_error.unwrap_or_default();
+            assert!(e.contains("corrupt replica") && e.contains("raft_log") && e.contains("--join"), "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leader kept running on damaged entries: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(master::raft::alarms::CORRUPTION_DETECTED.load(Ordering::Relaxed) > 0);
+    // The damaged bytes never reached the follower; the two healthy members go on.
+    let stopped = c.members.remove(&l).expect("leader");
+    stopped.node.shutdown().await;
+    let _ = stopped.stop_server.send(());
+    c.propose(b"after").await;
+    c.wait_converged().await;
+    let contents = fsm_contents(&c.members[&f].db);
+    assert!(contents.values().all(|v| !v.starts_with(b"Late-")), "damaged bytes were served");
+    assert_eq!(contents.values().filter(|v| v.starts_with(b"late-")).count(), 20);
+    c.shutdown().await;
+}
+
+/// A state machine that panics on one command, standing in for redb's `unreachable!` on a damaged page.
+struct PanicFsm;
+
+impl Fsm for PanicFsm {
+    fn apply(&mut self, txn: &WriteTransaction, index: u64, cmd: &[u8]) -> Result<Vec<u8>, FsmError> {
+        if cmd == b"panic" {
+            panic!("internal error: entered unreachable code");
+        }
+        LogFsm.apply(txn, index, cmd)
+    }
+    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
+        LogFsm.snapshot(txn)
+    }
+    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), FsmError> {
+        LogFsm.restore(txn, data)
+    }
+}
+
+/// A panic inside the storage transaction of the Raft loop is caught at the storage boundary: the node
+/// stops with the clear corrupt-replica error (not "raft loop panicked"), every waiter gets `Stopped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_panic_in_the_loop_is_a_clear_stop() {
+    let _serial = serial().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (node, _db) = RaftNode::start(single_config(tmp.path().into()), PanicFsm).await.expect("start");
+    wait_role(&node, Role::Leader).await;
+    node.propose(b"fine".to_vec()).await.expect("commit");
+    assert_eq!(node.propose(b"panic".to_vec()).await, Err(ProposeError::Stopped));
+    wait_role(&node, Role::Stopped).await;
+    let st = node.status();
+    let e = st.last_error.clone().unwrap_or_default();
+    assert!(st.corrupt && e.contains("corrupt replica") && e.contains("storage panic"), "{st:?}");
+    assert!(!e.contains("raft loop panicked"), "{e}");
+    assert_eq!(node.propose(b"late".to_vec()).await, Err(ProposeError::Stopped));
+    node.shutdown().await;
+}
+
+/// A tmpfs of `size` mounted on a fresh dir, unmounted on drop; None (with a message) where mounting is
+/// not permitted.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        use nix::mount::{MsFlags, mount};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = format!("size={size}");
+        match mount(Some("tmpfs"), dir.path(), Some("tmpfs"), MsFlags::empty(), Some(opts.as_str())) {
+            Ok(()) => Some(Tmpfs { dir }),
+            Err(e) => {
+                eprintln!("SKIPPED: cannot mount a tmpfs here ({e}); the NOSPACE test needs root");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("umount {}: {e}", self.dir.path().display());
+        }
+    }
+}
+
+/// The NOSPACE alarm on a real small file system: below the floor the leader refuses proposals with a
+/// typed error and keeps serving reads; when space is freed the alarm clears and writes resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nospace_alarm_refuses_writes_keeps_reads_and_clears() {
+    let _serial = serial().await;
+    let Some(fs) = Tmpfs::mount("48m") else { return };
+    let dir = fs.dir.path().join("node");
+    let floor = 16 << 20;
+    let limits = StorageLimits { min_free_bytes: floor, ..StorageLimits::default() };
+    let (node, db) = RaftNode::start_with(single_config(dir.clone()), limits, LogFsm).await.expect("start");
+    wait_role(&node, Role::Leader).await;
+    node.propose(b"before".to_vec()).await.expect("commit with space");
+    assert!(!node.status().nospace);
+    // Leave 8 MiB free: below the floor.
+    let free = master::raft::alarms::free_bytes(&dir).expect("statvfs");
+    let filler = fs.dir.path().join("filler");
+    std::fs::write(&filler, vec![0u8; (free - (8 << 20)) as usize]).expect("fill");
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    loop {
+        match node.propose(b"during".to_vec()).await {
+            Err(ProposeError::NoSpace { free_bytes, floor_bytes }) => {
+                assert!(free_bytes < floor_bytes && floor_bytes == floor);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(Instant::now() < deadline, "the alarm never rose");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(node.status().nospace);
+    let e = node.propose(b"refused".to_vec()).await.expect_err("refused");
+    assert!(e.to_string().contains("no space"), "{e}");
+    node.read_index().await.expect("reads go on during the alarm");
+    assert!(fsm_contents(&db).values().any(|v| v == b"before"));
+    assert!(!fsm_contents(&db).values().any(|v| v == b"refused"));
+    std::fs::remove_file(&filler).expect("free space");
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    loop {
+        match node.propose(b"after".to_vec()).await {
+            Ok(_) => break,
+            Err(ProposeError::NoSpace { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+        assert!(Instant::now() < deadline, "the alarm never cleared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!node.status().nospace);
+    node.shutdown().await;
+    drop(db);
+}
+
+// ---- leader hint (issue 13 item 10) ----
+
+/// A follower must not name a leader it has not heard from within the election timeout. Driven through the
+/// real peer service by a scripted "leader" (node 2, played by the test) in front of a member rebuilding
+/// with `join` (it has no conf state yet, so it never campaigns: raft-rs would keep naming the leader
+/// forever, as for a rebuilt node whose leader died before sending the snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_stops_naming_a_silent_leader() {
+    let _serial = serial().await;
+    use proto::peer::RaftBatch;
+    use proto::peer::peer_client::PeerClient;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let l1 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr1 = l1.local_addr().expect("addr").to_string();
+    // Node 2's address refuses connections: whatever node 1 sends it is lost.
+    let addr2 = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let peers = BTreeMap::from([(1, addr1.clone()), (2, addr2.clone())]);
+    let (node, _db) =
+        RaftNode::start(config(1, &peers, tmp.path().into(), 1000, true), LogFsm).await.expect("join");
+    let (stop_server, server) = serve(&node, l1);
+    let mut client = PeerClient::connect(format!("http://{addr1}")).await.expect("connect");
+    let heartbeat = || {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+        m.from = 2;
+        m.to = 1;
+        m.term = 5;
+        let bytes = protobuf::Message::write_to_bytes(&m).expect("encode");
+        RaftBatch { from: 2, from_addr: addr2.clone(), messages: vec![bytes] }
+    };
+    for round in 0..2 {
+        client.send(heartbeat()).await.expect("heartbeat accepted");
+        let deadline = Instant::now() + LIVENESS_BOUND;
+        while node.status().leader_id != Some(2) {
+            assert!(Instant::now() < deadline, "round {round}: never followed node 2: {:?}", node.status());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match node.propose(b"x".to_vec()).await {
+            Err(ProposeError::NotLeader { leader: Some(2), leader_addr }) => {
+                assert_eq!(leader_addr.as_deref(), Some(addr2.as_str()))
+            }
+            other => panic!("round {round}: expected NotLeader pointing at node 2, got {other:?}"),
+        }
+        // Node 2 falls silent: after the election timeout (10 ticks of 20 ms) it is no longer named.
+        let deadline = Instant::now() + LIVENESS_BOUND;
+        loop {
+            let st = node.status();
+            assert_eq!((st.role, st.term), (Role::Follower, 5), "round {round}: {st:?}");
+            if st.leader_id.is_none() {
+                assert_eq!(st.leader_addr, None);
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: still naming a silent leader: {st:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            node.propose(b"x".to_vec()).await,
+            Err(ProposeError::NotLeader { leader: None, leader_addr: None }),
+            "round {round}"
+        );
+        assert_eq!(node.read_index().await, Err(ProposeError::NotLeader { leader: None, leader_addr: None }));
+    }
+    node.shutdown().await;
+    let _ = stop_server.send(());
+    let _ = server.await;
 }

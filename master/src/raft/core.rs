@@ -6,12 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use protobuf::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use redb::{Database, ReadableDatabase, WriteTransaction};
 
-use super::storage::{RedbStorage, StoreError};
-use super::{Fsm, FsmError, NodeId, ProposeError, RaftError};
+use super::storage::{LOG_RECORD_OVERHEAD, RedbStorage, StoreError, guard};
+use super::{DEFAULT_SNAPSHOT_LOG_BYTES, Fsm, FsmError, NodeId, ProposeError, RaftError};
 
 /// Upper bound on proposals waiting for their entry to be applied, per node. Past it new proposals are
 /// refused (Dropped) instead of growing memory without bound while the cluster cannot commit.
@@ -78,6 +79,8 @@ pub struct Core<F: Fsm> {
     fatal: Option<String>,
     /// Messages the core itself generated (see `handle_lost_data`), sent with the next Ready.
     extra_out: Vec<Message>,
+    /// Compact once the applied log since the last snapshot takes this many bytes (0 = only by count).
+    snapshot_log_bytes: u64,
 }
 
 fn ctx_bytes(id: NodeId, incarnation: u64, token: u64) -> Vec<u8> {
@@ -132,7 +135,14 @@ impl<F: Fsm> Core<F> {
             last_term,
             fatal: None,
             extra_out: Vec::new(),
+            snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
         })
+    }
+
+    /// Sets the byte limit of the applied log (see `StorageLimits::snapshot_log_bytes`; 0 = off).
+    pub fn with_snapshot_log_bytes(mut self, bytes: u64) -> Self {
+        self.snapshot_log_bytes = bytes;
+        self
     }
 
     pub fn storage(&self) -> &RedbStorage {
@@ -144,9 +154,19 @@ impl<F: Fsm> Core<F> {
     pub fn term(&self) -> u64 {
         self.raw.raft.term
     }
+    /// The leader this node believes in: itself when leading; for a follower, the leader it heard from
+    /// within the last election timeout. A follower that has not heard from its leader for
+    /// `election_ticks` answers "no leader known" instead of pointing clients at a leader that is
+    /// probably dead (raft-rs keeps `leader_id` until its randomised timeout, up to twice as long).
     pub fn leader(&self) -> Option<NodeId> {
-        let l = self.raw.raft.leader_id;
-        (l != raft::INVALID_ID).then_some(l)
+        let r = &self.raw.raft;
+        if r.leader_id == raft::INVALID_ID {
+            return None;
+        }
+        if r.state == StateRole::Follower && r.election_elapsed >= self.cfg.election_ticks {
+            return None;
+        }
+        Some(r.leader_id)
     }
     pub fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
@@ -349,11 +369,31 @@ impl<F: Fsm> Core<F> {
 
     /// Marks the node dead after a storage/Fsm failure: never advance after it.
     fn set_fatal(&mut self, e: &StoreError) -> RaftError {
-        let msg = e.to_string();
+        let err = match e {
+            StoreError::Damaged(m) => {
+                let flag = self.raw.store().damage_flag();
+                if flag.set(m.clone()).is_ok() {
+                    super::alarms::CORRUPTION_DETECTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                RaftError::Corrupt(m.clone())
+            }
+            e => RaftError::Storage(e.to_string()),
+        };
+        let msg = err.to_string();
         tracing::error!(node = self.cfg.id, error = %msg, "raft storage failure: node stopped");
-        self.fatal = Some(msg.clone());
+        self.fatal = Some(msg);
         self.fail_all(ProposeError::Stopped);
-        RaftError::Storage(msg)
+        err
+    }
+
+    /// The error this core stopped with, if it did.
+    fn fatal_error(&self) -> Option<RaftError> {
+        let f = self.fatal.as_ref()?;
+        let flag = self.raw.store().damage_flag();
+        Some(match flag.get() {
+            Some(m) => RaftError::Corrupt(m.clone()),
+            None => RaftError::Storage(f.clone()),
+        })
     }
 
     /// A transaction failed: the answers computed inside it never became durable, so their waiters get
@@ -368,6 +408,21 @@ impl<F: Fsm> Core<F> {
         self.set_fatal(e)
     }
 
+    /// Stops the core if a storage read (raft-rs reads entries and terms outside `on_ready`) found damage:
+    /// raft-rs may have worked around the failed read (e.g. by sending a snapshot instead of entries), but
+    /// a replica with damaged bytes must not go on.
+    pub fn check_damage(&mut self) -> Result<(), RaftError> {
+        if self.fatal.is_none()
+            && let Some(m) = self.raw.store().damage_flag().get().cloned()
+        {
+            return Err(self.set_fatal(&StoreError::Damaged(m)));
+        }
+        match self.fatal_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     pub fn has_ready(&self) -> bool {
         self.fatal.is_none() && (self.raw.has_ready() || !self.extra_out.is_empty())
     }
@@ -375,8 +430,8 @@ impl<F: Fsm> Core<F> {
     /// Handles one Ready in the documented order, calling `send` for every outgoing message. Returns an
     /// error (and stays stopped) on any storage or Fsm storage failure.
     pub fn on_ready(&mut self, send: &mut dyn FnMut(Message)) -> Result<(), RaftError> {
-        if let Some(f) = &self.fatal {
-            return Err(RaftError::Storage(f.clone()));
+        if let Some(e) = self.fatal_error() {
+            return Err(e);
         }
         for m in std::mem::take(&mut self.extra_out) {
             send(m);
@@ -392,7 +447,7 @@ impl<F: Fsm> Core<F> {
         }
         // 2-5. Snapshot, committed entries, new entries, HardState: one write transaction, one fsync.
         let mut done = Vec::new();
-        let res = (|| -> Result<(), StoreError> {
+        let res = guard("the Ready's write transaction", || {
             let txn = self.db.begin_write()?;
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
@@ -413,7 +468,7 @@ impl<F: Fsm> Core<F> {
             txn.commit()?;
             super::fsync_stats::FSYNC.observe(t.elapsed());
             Ok(())
-        })();
+        });
         if let Err(e) = res {
             self.raw.mut_store().abort_staged();
             return Err(self.fail_batch(&e, done));
@@ -445,7 +500,7 @@ impl<F: Fsm> Core<F> {
             send(m);
         }
         if commit.is_some() || !committed.is_empty() {
-            let res = (|| -> Result<(), StoreError> {
+            let res = guard("the LightReady's write transaction", || {
                 let txn = self.db.begin_write()?;
                 if let Some(c) = commit {
                     self.raw.mut_store().set_commit(&txn, c)?;
@@ -453,7 +508,7 @@ impl<F: Fsm> Core<F> {
                 self.apply_entries(&txn, committed, &mut done)?;
                 txn.commit()?;
                 Ok(())
-            })();
+            });
             if let Err(e) = res {
                 self.raw.mut_store().abort_staged();
                 return Err(self.fail_batch(&e, done));
@@ -535,19 +590,24 @@ impl<F: Fsm> Core<F> {
     ) -> Result<(), StoreError> {
         let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
         let mut applied = self.raw.store().staged_applied();
+        let mut bytes = 0u64;
         for e in entries {
             if e.index <= applied {
                 continue;
             }
             if e.index != applied + 1 {
-                return Err(StoreError::Corrupt(format!("applying {} after {}", e.index, applied)));
+                return Err(StoreError::Invariant(format!("applying {} after {}", e.index, applied)));
             }
+            bytes += LOG_RECORD_OVERHEAD + u64::from(e.compute_size());
             let result = match e.get_entry_type() {
                 EntryType::EntryNormal if !e.data.is_empty() => match self.fsm.apply(txn, e.index, &e.data) {
                     Ok(r) => Ok(r),
                     Err(FsmError::Rejected(m)) => Err(ProposeError::Fsm(m)),
                     Err(FsmError::Storage(m)) => {
-                        return Err(StoreError::Corrupt(format!("fsm apply at {}: {m}", e.index)));
+                        return Err(StoreError::Invariant(format!("fsm apply at {}: {m}", e.index)));
+                    }
+                    Err(FsmError::Corrupt(m)) => {
+                        return Err(StoreError::Damaged(format!("fsm apply at {}: {m}", e.index)));
                     }
                 },
                 EntryType::EntryNormal => Err(ProposeError::Dropped), // leader's no-op
@@ -577,23 +637,31 @@ impl<F: Fsm> Core<F> {
             }
         }
         debug_assert_eq!(applied, last);
-        self.raw.mut_store().set_applied(txn, applied)?;
+        self.raw.mut_store().set_applied(txn, applied, bytes)?;
         Ok(())
     }
 
-    /// Every `snapshot_every` applied entries: snapshot the Fsm and compact the log up to `applied`.
+    /// Every `snapshot_every` applied entries, or once the applied log takes `snapshot_log_bytes`
+    /// (whichever comes first): snapshot the Fsm and compact the log up to `applied`.
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
         let applied = self.applied();
         let snap_index = self.raw.store().snapshot_index();
-        if self.cfg.snapshot_every == 0 || applied < snap_index + self.cfg.snapshot_every {
+        let by_count = self.cfg.snapshot_every != 0 && applied >= snap_index + self.cfg.snapshot_every;
+        let by_bytes =
+            self.snapshot_log_bytes != 0 && self.raw.store().applied_log_bytes() >= self.snapshot_log_bytes;
+        if applied <= snap_index || !(by_count || by_bytes) {
             return Ok(());
         }
+        guard("compaction", || self.compact_at(applied))
+    }
+
+    fn compact_at(&mut self, applied: u64) -> Result<(), StoreError> {
         let term = self
             .raw
             .raft
             .raft_log
             .term(applied)
-            .map_err(|e| StoreError::Corrupt(format!("term of applied index {applied}: {e}")))?;
+            .map_err(|e| StoreError::Invariant(format!("term of applied index {applied}: {e}")))?;
         let data = {
             let r = self.db.begin_read()?;
             self.fsm.snapshot(&r).map_err(fsm_store_err)?
@@ -614,5 +682,137 @@ impl<F: Fsm> Core<F> {
 }
 
 fn fsm_store_err(e: FsmError) -> StoreError {
-    StoreError::Corrupt(format!("fsm: {e}"))
+    match e {
+        FsmError::Corrupt(m) => StoreError::Damaged(format!("fsm: {m}")),
+        e => StoreError::Invariant(format!("fsm: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::storage::Found;
+
+    struct NopFsm;
+    impl Fsm for NopFsm {
+        fn apply(&mut self, _: &WriteTransaction, index: u64, _: &[u8]) -> Result<Vec<u8>, FsmError> {
+            Ok(index.to_le_bytes().to_vec())
+        }
+        fn snapshot(&self, _: &redb::ReadTransaction) -> Result<Vec<u8>, FsmError> {
+            Ok(Vec::new())
+        }
+        fn restore(&mut self, _: &WriteTransaction, _: &[u8]) -> Result<(), FsmError> {
+            Ok(())
+        }
+    }
+
+    fn follower(dir: &std::path::Path, election_ticks: usize) -> Core<NopFsm> {
+        let db = Arc::new(Database::create(dir.join("raft.redb")).expect("open"));
+        let (mut st, found) = RedbStorage::open(db.clone()).expect("storage");
+        assert_eq!(found, Found::Empty);
+        let txn = db.begin_write().expect("w");
+        st.bootstrap(&txn, 1, &[1, 2, 3], &[]).expect("bootstrap");
+        txn.commit().expect("commit");
+        st.commit_staged();
+        let cfg = CoreConfig {
+            id: 1,
+            election_ticks,
+            heartbeat_ticks: 2,
+            snapshot_every: 0,
+            // raft-rs may wait up to 3x the election timeout before campaigning.
+            max_election_ticks: 3 * election_ticks,
+            incarnation: 1,
+        };
+        Core::new(cfg, st, NopFsm, &slog::Logger::root(slog::Discard, slog::o!())).expect("core")
+    }
+
+    /// Issue 13 item 10: a follower keeps pointing at a dead leader until its randomised election timeout
+    /// fires (raft-rs clears `leader_id` only when it campaigns). The hint must go once the leader has been
+    /// silent for the election timeout, while the follower is still waiting to campaign.
+    #[test]
+    fn follower_forgets_a_silent_leader_after_the_election_timeout() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let election = 10;
+        let mut c = follower(tmp.path(), election);
+        let mut hb = Message::default();
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        hb.from = 2;
+        hb.to = 1;
+        hb.term = 2;
+        hb.commit = 1;
+        c.step(hb.clone());
+        // Campaigning only after 2.5 timeouts leaves a window where raft-rs still names the leader.
+        c.raw.raft.set_randomized_election_timeout(25);
+        assert_eq!((c.role(), c.leader()), (StateRole::Follower, Some(2)));
+        for _ in 0..election - 1 {
+            c.tick();
+        }
+        assert_eq!(c.leader(), Some(2), "heard from within the election timeout");
+        assert_eq!(
+            c.propose(1, b"x".to_vec()),
+            Err(ProposeError::NotLeader { leader: Some(2), leader_addr: None })
+        );
+        c.tick();
+        assert_eq!(c.role(), StateRole::Follower, "not campaigning yet");
+        assert_eq!(c.raw.raft.leader_id, 2, "raft-rs still names the silent leader");
+        assert_eq!(c.leader(), None, "silent for the election timeout: no leader known");
+        assert_eq!(
+            c.propose(2, b"x".to_vec()),
+            Err(ProposeError::NotLeader { leader: None, leader_addr: None })
+        );
+        assert_eq!(c.read_index(3), Err(ProposeError::NotLeader { leader: None, leader_addr: None }));
+        // The leader speaks again: it is named again at once.
+        c.step(hb);
+        assert_eq!(c.leader(), Some(2));
+    }
+
+    /// Compaction by bytes (issue 13 item 9): a few large entries trigger a snapshot long before
+    /// `snapshot_every` entries, and the log keeps at most about the byte limit.
+    #[test]
+    fn large_entries_compact_by_bytes_before_the_entry_count() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = Arc::new(Database::create(tmp.path().join("raft.redb")).expect("open"));
+        let (mut st, _) = RedbStorage::open(db.clone()).expect("storage");
+        let txn = db.begin_write().expect("w");
+        st.bootstrap(&txn, 1, &[1], &[]).expect("bootstrap");
+        txn.commit().expect("commit");
+        st.commit_staged();
+        let cfg = CoreConfig {
+            id: 1,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 10_000,
+            max_election_ticks: 11,
+            incarnation: 1,
+        };
+        let limit = 1 << 20;
+        let mut c = Core::new(cfg, st, NopFsm, &slog::Logger::root(slog::Discard, slog::o!()))
+            .expect("core")
+            .with_snapshot_log_bytes(limit);
+        for _ in 0..12 {
+            c.tick();
+            while c.has_ready() {
+                c.on_ready(&mut |_| {}).expect("ready");
+            }
+        }
+        assert_eq!(c.role(), StateRole::Leader);
+        let entry = 300 << 10;
+        for t in 0..10u64 {
+            c.propose(t, vec![7u8; entry]).expect("propose");
+            while c.has_ready() {
+                c.on_ready(&mut |_| {}).expect("ready");
+            }
+            let st = c.storage();
+            assert!(
+                st.applied_log_bytes() < limit,
+                "after entry {t}: {} applied log bytes kept, limit {limit}",
+                st.applied_log_bytes()
+            );
+        }
+        assert!(c.storage().snapshot_index() > 1, "compacted by bytes, not by the 10,000-entry count");
+        let r = db.begin_read().expect("r");
+        let rows = redb::ReadableTableMetadata::len(&r.open_table(super::super::storage::LOG).expect("log"))
+            .expect("len");
+        assert!(rows <= 4, "{rows} log records of 300 KiB kept with a 1 MiB limit");
+    }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod alarms;
 mod core;
 pub mod fsync_stats;
 mod logger;
@@ -20,8 +21,8 @@ pub use transport::set_peer_tls;
 mod sim;
 
 pub use self::core::{MAX_COMMAND_BYTES, MAX_INFLIGHT_PROPOSALS, MAX_INFLIGHT_READS};
-pub use self::node::{PROPOSE_TIMEOUT, RaftNode, START_PROBE_WINDOW};
-pub use self::transport::PeerService;
+pub use self::node::{PROPOSE_TIMEOUT, RaftNode, START_PROBE_WINDOW, VerifyReport, verify_data_dir};
+pub use self::transport::{PeerService, TransportError};
 
 pub type NodeId = u64;
 
@@ -35,6 +36,10 @@ pub enum FsmError {
     /// Storage failure or corrupt state. Fatal: the node stops and never advances past the failed Ready.
     #[error("storage: {0}")]
     Storage(String),
+    /// Stored bytes fail verification (e.g. `checksum::open`): fatal, and the node stops as a corrupt
+    /// replica ("rebuild with --join") rather than serving or applying them.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
 }
 
 macro_rules! fsm_from_redb {
@@ -85,6 +90,36 @@ pub struct RaftConfig {
     pub join: bool,
 }
 
+/// Compact the Raft log once its applied part takes this many bytes, even before `snapshot_every`
+/// entries: a few hundred large entries must not fill a small disk (issue 13: 155 MB after 130 entries of
+/// ~600 KB). 64 MiB keeps catch-up by log possible for minutes of normal traffic.
+pub const DEFAULT_SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
+/// Free bytes under the data dir below which a node refuses new proposals (the NOSPACE alarm, as etcd's):
+/// room for one more snapshot of a large store plus the log in flight, so the node can still compact
+/// and apply what is already committed instead of dying on a full disk.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 512 << 20;
+
+/// Disk-use limits of one member (see [`RaftNode::start_with`]). 0 turns a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageLimits {
+    /// Compact when the applied log since the last snapshot exceeds this many bytes (or `snapshot_every`
+    /// entries, whichever comes first).
+    pub snapshot_log_bytes: u64,
+    /// Raise the NOSPACE alarm (refuse proposals with [`ProposeError::NoSpace`], keep serving reads and
+    /// replicating) while the file system of the data dir has less than this many bytes free; cleared
+    /// when space returns.
+    pub min_free_bytes: u64,
+}
+
+impl Default for StorageLimits {
+    fn default() -> Self {
+        StorageLimits {
+            snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+        }
+    }
+}
+
 /// Errors starting or running a node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RaftError {
@@ -102,8 +137,15 @@ pub enum RaftError {
          (its data was lost?); start with join=true to rejoin as a new empty member"
     )]
     RejoinRefused { id: NodeId, peer: NodeId },
+    /// The data dir's bytes fail verification (checksums, redb's integrity check, undecodable records, a
+    /// panic inside the storage engine). The node never serves them: it stops.
+    #[error(
+        "corrupt replica: {0}. Rebuild with --join: stop this node, move its data dir away, start it again \
+         with --join (it gets a snapshot from the leader)"
+    )]
+    Corrupt(String),
     #[error("transport: {0}")]
-    Transport(String),
+    Transport(#[from] TransportError),
 }
 
 /// Why a proposal or read did not succeed.
@@ -128,6 +170,12 @@ pub enum ProposeError {
     /// The state machine rejected the command (`FsmError::Rejected`), or raft refused it.
     #[error("state machine: {0}")]
     Fsm(String),
+    /// The NOSPACE alarm is raised on this node: its data dir's file system has fewer free bytes than the
+    /// configured floor. Reads still work; writes resume once space is freed.
+    #[error(
+        "no space: {free_bytes} bytes free under the data dir, below the floor of {floor_bytes}; free disk space"
+    )]
+    NoSpace { free_bytes: u64, floor_bytes: u64 },
 }
 
 /// Role of this node as seen by the loop.
@@ -161,4 +209,8 @@ pub struct RaftStatus {
     /// Peer addresses: configured, updated with the address each peer reports when it sends to us.
     pub peers: BTreeMap<NodeId, String>,
     pub last_error: Option<String>,
+    /// The NOSPACE alarm: proposals are refused until free space is back above the floor.
+    pub nospace: bool,
+    /// The node stopped because its storage is damaged (`last_error` says where).
+    pub corrupt: bool,
 }

@@ -1,22 +1,28 @@
 //! [`RaftNode`]: the handle the rest of the master uses, and the one loop (on its own thread) that owns the
-//! raft core. Everything reaches the loop through a bounded mailbox of [`Event`]s; the loop publishes a
-//! copy of its status after every turn so `status()` never waits on it.
+//! raft core. Everything reaches the loop through a bounded mailbox of [`LoopInput`]s; the loop publishes
+//! a copy of its status after every turn so `status()` never waits on it.
+//!
+//! Start-up verifies the data dir before anything runs ([`verify_data_dir`] runs the same checks for
+//! `huatuo master --verify`): redb's integrity check (every page checksum) and the raft storage's own
+//! record checksums. A damaged file is refused with [`RaftError::Corrupt`]. While running, the loop
+//! measures free space under the data dir and raises the NOSPACE alarm below the configured floor.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use raft::StateRole;
 use raft::eraftpb::{Message, MessageType};
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
+use super::alarms::{self, DISK_CHECK_INTERVAL};
 use super::core::{Completion, Core, CoreConfig, MAX_COMMAND_BYTES};
-use super::storage::{Found, RedbStorage};
+use super::storage::{Found, RedbStorage, StoreError, panic_text};
 use super::transport::{self, PeerService, Transport};
-use super::{Fsm, NodeId, ProposeError, RaftConfig, RaftError, RaftStatus, Role};
+use super::{Fsm, NodeId, ProposeError, RaftConfig, RaftError, RaftStatus, Role, StorageLimits};
 
 /// Events queued for the loop. Bounded so a flood of proposals or peer traffic applies backpressure
 /// (proposers wait, peers get RESOURCE_EXHAUSTED and raft retries) instead of growing memory.
@@ -36,7 +42,7 @@ type ProposeTx = oneshot::Sender<Result<Vec<u8>, ProposeError>>;
 type ReadTx = oneshot::Sender<Result<(), ProposeError>>;
 
 /// Inputs of the raft loop.
-pub(crate) enum Event {
+pub(crate) enum LoopInput {
     Propose { cmd: Vec<u8>, tx: ProposeTx },
     Read { tx: ReadTx },
     Step(Vec<Message>),
@@ -46,11 +52,11 @@ pub(crate) enum Event {
 }
 
 /// State shared by the handle, the loop, the peer service and the transport tasks.
-pub(crate) struct Shared {
+pub(crate) struct NodeShared {
     pub id: NodeId,
     /// Configured members and their peer addresses (immutable).
     pub peers: BTreeMap<NodeId, String>,
-    pub mailbox: mpsc::Sender<Event>,
+    pub mailbox: mpsc::Sender<LoopInput>,
     status: RwLock<RaftStatus>,
     /// Peers we ever received a raft message from (superset of the durable set).
     seen: Mutex<BTreeSet<NodeId>>,
@@ -58,6 +64,8 @@ pub(crate) struct Shared {
     addrs: Mutex<BTreeMap<NodeId, String>>,
     running: AtomicBool,
     initialized: AtomicBool,
+    /// The NOSPACE alarm as (free bytes, floor) while raised (written by the loop's disk check).
+    nospace: Mutex<Option<(u64, u64)>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     probe_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -66,7 +74,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Shared {
+impl NodeShared {
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Acquire)
     }
@@ -111,12 +119,36 @@ impl Shared {
             s.last_error = Some(err.to_string());
         });
     }
+
+    fn fail_with(&self, err: &RaftError) {
+        self.fail(&err.to_string());
+        if matches!(err, RaftError::Corrupt(_)) {
+            self.set_status(|s| s.corrupt = true);
+        }
+    }
+
+    fn set_nospace(&self, alarm: Option<(u64, u64)>) {
+        let mut cur = lock(&self.nospace);
+        if cur.is_some() != alarm.is_some() {
+            match alarm {
+                Some((free, floor)) => tracing::warn!(
+                    node = self.id,
+                    free_bytes = free,
+                    floor_bytes = floor,
+                    "NOSPACE alarm raised: refusing new proposals until disk space is freed"
+                ),
+                None => tracing::info!(node = self.id, "NOSPACE alarm cleared: accepting proposals again"),
+            }
+            self.set_status(|s| s.nospace = alarm.is_some());
+        }
+        *cur = alarm;
+    }
 }
 
 /// Handle to a running member. Cheap to clone. Call [`RaftNode::shutdown`] to stop it.
 #[derive(Clone)]
 pub struct RaftNode {
-    shared: Arc<Shared>,
+    shared: Arc<NodeShared>,
 }
 
 fn validate(cfg: &RaftConfig) -> Result<Vec<NodeId>, RaftError> {
@@ -135,16 +167,98 @@ fn validate(cfg: &RaftConfig) -> Result<Vec<NodeId>, RaftError> {
     Ok(cfg.peers.keys().copied().collect())
 }
 
-fn open_db(dir: &Path) -> Result<Arc<Database>, RaftError> {
-    std::fs::create_dir_all(dir).map_err(|e| RaftError::Storage(format!("create {}: {e}", dir.display())))?;
-    let path = dir.join("raft.redb");
-    let db =
-        Database::create(&path).map_err(|e| RaftError::Storage(format!("open {}: {e}", path.display())))?;
-    Ok(Arc::new(db))
+/// The raft database file inside a data dir.
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join("raft.redb")
 }
 
-fn serr(e: impl std::fmt::Display) -> RaftError {
-    RaftError::Storage(e.to_string())
+/// Opens (or creates) `path` with redb's integrity check: every page checksum of the committed trees is
+/// verified, so a file altered outside redb is refused here instead of panicking later in a read.
+fn open_verified(path: &Path) -> Result<Database, RaftError> {
+    let opened = std::panic::catch_unwind(|| {
+        let mut b = Database::builder();
+        b.set_check_integrity_on_open(true);
+        b.create(path)
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m)))) => {
+            Err(RaftError::Corrupt(format!("{}: redb integrity check failed: {m}", path.display())))
+        }
+        Ok(Err(e)) => Err(RaftError::Storage(format!("open {}: {e}", path.display()))),
+        Err(p) => Err(RaftError::Corrupt(format!(
+            "{}: storage panic while opening: {}",
+            path.display(),
+            panic_text(&*p)
+        ))),
+    }
+}
+
+fn open_db(dir: &Path) -> Result<Arc<Database>, RaftError> {
+    std::fs::create_dir_all(dir).map_err(|e| RaftError::Storage(format!("create {}: {e}", dir.display())))?;
+    Ok(Arc::new(open_verified(&db_path(dir))?))
+}
+
+/// A storage error as the node reports it: damaged bytes are a corrupt replica.
+fn storage_err(e: StoreError) -> RaftError {
+    match e {
+        StoreError::Damaged(m) => RaftError::Corrupt(m),
+        e => RaftError::Storage(e.to_string()),
+    }
+}
+
+/// An error of the Fsm while bootstrapping.
+fn fsm_err(e: super::FsmError) -> RaftError {
+    match e {
+        super::FsmError::Corrupt(m) => RaftError::Corrupt(m),
+        e => RaftError::Storage(e.to_string()),
+    }
+}
+
+/// What `huatuo master --verify` checked and found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    /// `None`: the file holds no raft state (a new or wiped data dir).
+    pub node_id: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub log_entries: u64,
+    pub log_bytes: u64,
+    pub snapshot_bytes: u64,
+    /// The store predates checksums and was sealed in place by this check.
+    pub upgraded: bool,
+}
+
+/// Runs the start-up checks on a data dir without starting a node: redb's integrity check, then every
+/// raft record's checksum (metadata, snapshot, the whole log). Refuses a missing file; a damaged one is
+/// [`RaftError::Corrupt`]. The node must not be running (redb locks the file).
+pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
+    let path = db_path(dir);
+    let file_bytes =
+        std::fs::metadata(&path).map_err(|e| RaftError::Storage(format!("{}: {e}", path.display())))?.len();
+    let db = Arc::new(open_verified(&path)?);
+    let (st, found) = RedbStorage::open(db).map_err(storage_err)?;
+    let scan = st.scan_report().clone();
+    Ok(VerifyReport {
+        path,
+        file_bytes,
+        node_id: match found {
+            Found::Empty => None,
+            Found::Initialized { node_id } => Some(node_id),
+        },
+        term: st.hard_state().term,
+        commit_index: st.hard_state().commit,
+        applied_index: st.applied(),
+        snapshot_index: st.snapshot_index(),
+        log_entries: scan.log_entries,
+        log_bytes: scan.log_bytes,
+        snapshot_bytes: scan.snapshot_bytes,
+        upgraded: scan.upgraded,
+    })
 }
 
 enum ProbeOutcome {
@@ -154,7 +268,7 @@ enum ProbeOutcome {
 }
 
 /// Asks every other member whether it ever heard from us; see README "Rejoin detection".
-async fn probe_peers(shared: &Arc<Shared>, voters: &[NodeId]) -> ProbeOutcome {
+async fn probe_peers(shared: &Arc<NodeShared>, voters: &[NodeId]) -> ProbeOutcome {
     let others: Vec<(NodeId, String)> =
         shared.peers.iter().filter(|(i, _)| **i != shared.id).map(|(i, a)| (*i, a.clone())).collect();
     let mut answered = BTreeSet::new();
@@ -163,8 +277,9 @@ async fn probe_peers(shared: &Arc<Shared>, voters: &[NodeId]) -> ProbeOutcome {
         if pending.is_empty() {
             return ProbeOutcome::Bootstrap;
         }
-        let calls =
-            pending.iter().map(|(i, a)| async move { (*i, transport::probe(a, shared.id, voters).await) });
+        let calls = pending
+            .iter()
+            .map(|(i, a)| async move { (*i, transport::probe(a, *i, shared.id, voters).await) });
         for (peer, r) in futures::future::join_all(calls).await {
             match r {
                 Ok(r) if r.id != peer => {
@@ -201,25 +316,27 @@ async fn probe_peers(shared: &Arc<Shared>, voters: &[NodeId]) -> ProbeOutcome {
 }
 
 struct Launch<F: Fsm> {
-    shared: Arc<Shared>,
+    shared: Arc<NodeShared>,
     storage: RedbStorage,
     fsm: F,
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<LoopInput>,
     core_cfg: CoreConfig,
     tick: Duration,
     rt: tokio::runtime::Handle,
+    limits: StorageLimits,
+    data_dir: PathBuf,
 }
 
 impl<F: Fsm> Launch<F> {
     fn bootstrap(&mut self, voters: &[NodeId]) -> Result<(), RaftError> {
         let db = self.storage.db().clone();
         let data = {
-            let r = redb::ReadableDatabase::begin_read(&*db).map_err(serr)?;
-            self.fsm.snapshot(&r).map_err(serr)?
+            let r = redb::ReadableDatabase::begin_read(&*db).map_err(|e| storage_err(e.into()))?;
+            self.fsm.snapshot(&r).map_err(fsm_err)?
         };
-        let txn = db.begin_write().map_err(serr)?;
-        self.storage.bootstrap(&txn, self.shared.id, voters, &data).map_err(serr)?;
-        txn.commit().map_err(serr)?;
+        let txn = db.begin_write().map_err(|e| storage_err(e.into()))?;
+        self.storage.bootstrap(&txn, self.shared.id, voters, &data).map_err(storage_err)?;
+        txn.commit().map_err(|e| storage_err(e.into()))?;
         self.storage.commit_staged();
         tracing::info!(node = self.shared.id, ?voters, "raft storage bootstrapped");
         Ok(())
@@ -227,10 +344,13 @@ impl<F: Fsm> Launch<F> {
 
     /// Builds the core and the transport and starts the loop thread.
     fn run(self) -> Result<(), RaftError> {
-        let Launch { shared, storage, fsm, rx, core_cfg, tick, rt } = self;
+        let Launch { shared, storage, fsm, rx, core_cfg, tick, rt, limits, data_dir } = self;
         let id = shared.id;
-        let core = Core::new(core_cfg, storage, fsm, &super::logger::logger(id))?;
-        let transport = Transport::start(&rt, &shared).map_err(RaftError::Transport)?;
+        let damage = storage.damage_flag();
+        let core = Core::new(core_cfg, storage, fsm, &super::logger::logger(id))?
+            .with_snapshot_log_bytes(limits.snapshot_log_bytes);
+        let transport = Transport::start(&rt, &shared)?;
+        let disk = DiskWatch { dir: data_dir, floor: limits.min_free_bytes, next: Instant::now() };
         shared.initialized.store(true, Ordering::Release);
         shared.running.store(true, Ordering::Release);
         let s2 = shared.clone();
@@ -239,19 +359,20 @@ impl<F: Fsm> Launch<F> {
             .spawn(move || {
                 let s3 = s2.clone();
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    run_loop(core, rx, s3, transport, tick)
+                    run_loop(core, rx, s3, transport, tick, disk)
                 }));
+                // Damage found by a storage read ends the node as a corrupt replica, even when raft-rs
+                // turned the failed read into a panic of its own.
+                let damaged = || damage.get().map(|m| RaftError::Corrupt(m.clone()));
                 match r {
                     Ok(Ok(())) => s2.fail("shut down"),
-                    Ok(Err(e)) => s2.fail(&e),
+                    Ok(Err(e)) => s2.fail_with(&damaged().unwrap_or(e)),
                     Err(p) => {
-                        let msg = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default();
+                        let msg = panic_text(&*p);
                         tracing::error!(node = id, panic = %msg, "raft loop panicked");
-                        s2.fail(&format!("raft loop panicked: {msg}"));
+                        let e = damaged()
+                            .unwrap_or_else(|| RaftError::Raft(format!("raft loop panicked: {msg}")));
+                        s2.fail_with(&e);
                     }
                 }
             })
@@ -268,10 +389,23 @@ impl RaftNode {
     /// id (refusing with [`RaftError::RejoinRefused`] if one did) and bootstraps once all peers said no;
     /// if some peers do not answer within [`START_PROBE_WINDOW`], returns a node in role `Probing` that
     /// keeps asking in the background (it fails later, visible in `status()`, if a peer then says yes).
+    ///
+    /// Uses the default [`StorageLimits`]; see [`RaftNode::start_with`].
     pub async fn start<F: Fsm>(cfg: RaftConfig, fsm: F) -> Result<(RaftNode, Arc<Database>), RaftError> {
+        Self::start_with(cfg, StorageLimits::default(), fsm).await
+    }
+
+    /// [`RaftNode::start`] with explicit disk-use limits. The data dir is verified first (redb's
+    /// integrity check and every raft record's checksum): a damaged one is refused with
+    /// [`RaftError::Corrupt`].
+    pub async fn start_with<F: Fsm>(
+        cfg: RaftConfig,
+        limits: StorageLimits,
+        fsm: F,
+    ) -> Result<(RaftNode, Arc<Database>), RaftError> {
         let voters = validate(&cfg)?;
         let db = open_db(&cfg.data_dir)?;
-        let (mut storage, found) = RedbStorage::open(db.clone()).map_err(serr)?;
+        let (mut storage, found) = RedbStorage::open(db.clone()).map_err(storage_err)?;
         let mut needs_probe = false;
         match found {
             Found::Initialized { node_id } if node_id != cfg.id => {
@@ -294,9 +428,9 @@ impl RaftNode {
                 }
             }
             Found::Empty if cfg.join => {
-                let txn = db.begin_write().map_err(serr)?;
-                storage.init_joining(&txn, cfg.id).map_err(serr)?;
-                txn.commit().map_err(serr)?;
+                let txn = db.begin_write().map_err(|e| storage_err(e.into()))?;
+                storage.init_joining(&txn, cfg.id).map_err(storage_err)?;
+                txn.commit().map_err(|e| storage_err(e.into()))?;
                 storage.commit_staged();
             }
             Found::Empty => needs_probe = true,
@@ -314,8 +448,10 @@ impl RaftNode {
             members: storage.conf_state().voters.clone(),
             peers: cfg.peers.clone(),
             last_error: None,
+            nospace: false,
+            corrupt: false,
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(NodeShared {
             id: cfg.id,
             peers: cfg.peers.clone(),
             mailbox: tx,
@@ -324,6 +460,7 @@ impl RaftNode {
             addrs: Mutex::new(cfg.peers.clone()),
             running: AtomicBool::new(false),
             initialized: AtomicBool::new(false),
+            nospace: Mutex::new(None),
             thread: Mutex::new(None),
             probe_task: Mutex::new(None),
         });
@@ -344,6 +481,8 @@ impl RaftNode {
             core_cfg,
             tick: cfg.tick,
             rt: tokio::runtime::Handle::current(),
+            limits,
+            data_dir: cfg.data_dir.clone(),
         };
         if !needs_probe {
             launch.run()?;
@@ -371,7 +510,7 @@ impl RaftNode {
             };
             if let Err(e) = &r {
                 tracing::error!(node = s.id, error = %e, "raft node not started");
-                s.fail(&e.to_string());
+                s.fail_with(e);
             }
             let _ = done_tx.send(r);
         });
@@ -388,9 +527,19 @@ impl RaftNode {
             return Err(ProposeError::TooLarge);
         }
         self.gate()?;
+        // A follower answers NotLeader (from the loop) so clients find the leader; the leader refuses.
+        if let Some((free_bytes, floor_bytes)) = *lock(&self.shared.nospace)
+            && self.shared.status().role == Role::Leader
+        {
+            return Err(ProposeError::NoSpace { free_bytes, floor_bytes });
+        }
         let (tx, rx) = oneshot::channel();
         let fut = async {
-            self.shared.mailbox.send(Event::Propose { cmd, tx }).await.map_err(|_| ProposeError::Stopped)?;
+            self.shared
+                .mailbox
+                .send(LoopInput::Propose { cmd, tx })
+                .await
+                .map_err(|_| ProposeError::Stopped)?;
             rx.await.map_err(|_| ProposeError::Stopped)?
         };
         tokio::time::timeout(PROPOSE_TIMEOUT, fut).await.unwrap_or(Err(ProposeError::Timeout))
@@ -402,7 +551,7 @@ impl RaftNode {
         self.gate()?;
         let (tx, rx) = oneshot::channel();
         let fut = async {
-            self.shared.mailbox.send(Event::Read { tx }).await.map_err(|_| ProposeError::Stopped)?;
+            self.shared.mailbox.send(LoopInput::Read { tx }).await.map_err(|_| ProposeError::Stopped)?;
             rx.await.map_err(|_| ProposeError::Stopped)?
         };
         tokio::time::timeout(PROPOSE_TIMEOUT, fut).await.unwrap_or(Err(ProposeError::Timeout))
@@ -436,7 +585,7 @@ impl RaftNode {
         if let Some(t) = lock(&self.shared.probe_task).take() {
             t.abort();
         }
-        let _ = tokio::time::timeout(PROPOSE_TIMEOUT, self.shared.mailbox.send(Event::Shutdown)).await;
+        let _ = tokio::time::timeout(PROPOSE_TIMEOUT, self.shared.mailbox.send(LoopInput::Shutdown)).await;
         let th = lock(&self.shared.thread).take();
         if let Some(th) = th {
             let _ = tokio::task::spawn_blocking(move || th.join()).await;
@@ -447,28 +596,56 @@ impl RaftNode {
     }
 }
 
+/// The NOSPACE alarm's probe: free space under the data dir, measured every `DISK_CHECK_INTERVAL`.
+struct DiskWatch {
+    dir: PathBuf,
+    /// `StorageLimits::min_free_bytes`; 0 = off.
+    floor: u64,
+    next: Instant,
+}
+
+impl DiskWatch {
+    /// The alarm state to publish, when it is time to measure again.
+    fn check(&mut self, now: Instant) -> Option<Option<(u64, u64)>> {
+        if self.floor == 0 || now < self.next {
+            return None;
+        }
+        self.next = now + DISK_CHECK_INTERVAL;
+        match alarms::free_bytes(&self.dir) {
+            Ok(free) => Some(alarms::nospace(free, self.floor)),
+            Err(e) => {
+                // Keep the current state: an unreadable statvfs says nothing about space.
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot measure free space");
+                None
+            }
+        }
+    }
+}
+
 /// The loop's own state besides the core.
 struct Driver<F: Fsm> {
     core: Core<F>,
-    shared: Arc<Shared>,
+    shared: Arc<NodeShared>,
     transport: Transport,
     proposals: BTreeMap<u64, ProposeTx>,
     reads: BTreeMap<u64, ReadTx>,
     next_token: u64,
     stop: bool,
+    disk: DiskWatch,
 }
 
 fn run_loop<F: Fsm>(
     core: Core<F>,
-    mut rx: mpsc::Receiver<Event>,
-    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<LoopInput>,
+    shared: Arc<NodeShared>,
     transport: Transport,
     tick: Duration,
-) -> Result<(), String> {
+    disk: DiskWatch,
+) -> Result<(), RaftError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .map_err(|e| format!("raft loop runtime: {e}"))?;
+        .map_err(|e| RaftError::Raft(format!("raft loop runtime: {e}")))?;
     let mut d = Driver {
         core,
         shared,
@@ -477,6 +654,7 @@ fn run_loop<F: Fsm>(
         reads: BTreeMap::new(),
         next_token: 0,
         stop: false,
+        disk,
     };
     let res = rt.block_on(async {
         let mut ticker = tokio::time::interval(tick);
@@ -490,6 +668,9 @@ fn run_loop<F: Fsm>(
                 },
                 _ = ticker.tick() => {
                     d.core.tick();
+                    if let Some(alarm) = d.disk.check(Instant::now()) {
+                        d.shared.set_nospace(alarm);
+                    }
                     d.proposals.retain(|_, tx| !tx.is_closed());
                     let closed: Vec<u64> =
                         d.reads.iter().filter(|(_, tx)| tx.is_closed()).map(|(t, _)| *t).collect();
@@ -520,9 +701,9 @@ fn run_loop<F: Fsm>(
 }
 
 impl<F: Fsm> Driver<F> {
-    fn handle(&mut self, ev: Event) {
+    fn handle(&mut self, ev: LoopInput) {
         match ev {
-            Event::Propose { cmd, tx } => {
+            LoopInput::Propose { cmd, tx } => {
                 let token = self.next_token;
                 self.next_token += 1;
                 match self.core.propose(token, cmd) {
@@ -534,7 +715,7 @@ impl<F: Fsm> Driver<F> {
                     }
                 }
             }
-            Event::Read { tx } => {
+            LoopInput::Read { tx } => {
                 let token = self.next_token;
                 self.next_token += 1;
                 match self.core.read_index(token) {
@@ -546,7 +727,7 @@ impl<F: Fsm> Driver<F> {
                     }
                 }
             }
-            Event::Step(msgs) => {
+            LoopInput::Step(msgs) => {
                 for m in msgs {
                     {
                         let mut seen = lock(&self.shared.seen);
@@ -557,9 +738,9 @@ impl<F: Fsm> Driver<F> {
                     self.core.step(m);
                 }
             }
-            Event::Unreachable(id) => self.core.report_unreachable(id),
-            Event::SnapshotStatus(id, ok) => self.core.report_snapshot(id, ok),
-            Event::Shutdown => self.stop = true,
+            LoopInput::Unreachable(id) => self.core.report_unreachable(id),
+            LoopInput::SnapshotStatus(id, ok) => self.core.report_snapshot(id, ok),
+            LoopInput::Shutdown => self.stop = true,
         }
     }
 
@@ -572,7 +753,11 @@ impl<F: Fsm> Driver<F> {
         }
     }
 
-    fn ready(&mut self) -> Result<(), String> {
+    fn ready(&mut self) -> Result<(), RaftError> {
+        if let Err(e) = self.core.check_damage() {
+            self.deliver();
+            return Err(e);
+        }
         if self.core.has_ready() {
             let mut failed: Vec<(NodeId, bool)> = Vec::new();
             let transport = &self.transport;
@@ -584,7 +769,7 @@ impl<F: Fsm> Driver<F> {
             });
             if let Err(e) = res {
                 self.deliver();
-                return Err(e.to_string());
+                return Err(e);
             }
             // After advance: raft may be stepped again.
             failed.dedup();

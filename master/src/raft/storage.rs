@@ -6,9 +6,16 @@
 //! [`RedbStorage::commit_staged`] only after `commit()` returned (the data is fsync'd), so raft never reads
 //! a state that is not durable. Reads (`entries`, `term`) go to the database; the small metadata lives in
 //! memory.
+//!
+//! Every value is framed by [`crate::checksum`] (CRC-32C) and verified on every read; `open` verifies all
+//! the metadata, the snapshot and every log entry (the log is bounded by compaction). A record that fails
+//! verification, bytes that do not decode, and a panic inside redb (its btree code panics on damaged
+//! pages) all become [`StoreError::Damaged`], which stops the node as a corrupt replica: damaged bytes
+//! are never handed to raft or the state machine.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, OnceLock};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -16,13 +23,14 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::NodeId;
+use crate::checksum;
 
-/// `index -> term (8 bytes LE) ++ eraftpb::Entry (protobuf 2)`. The term prefix lets `term()` avoid
+/// `index -> sealed(term (8 bytes LE) ++ eraftpb::Entry (protobuf 2))`. The term prefix lets `term()` avoid
 /// decoding (possibly large) entries.
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Small named facts; see the `K_*` keys.
+/// Small named facts, each value sealed; see the `K_*` keys.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-/// `"data" -> bytes of the latest snapshot` (what `Fsm::snapshot` produced, or what a leader sent).
+/// `"data" -> sealed bytes of the latest snapshot` (what `Fsm::snapshot` produced, or what a leader sent).
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 const K_NODE_ID: &str = "node_id"; // u64 LE: the id this store belongs to
@@ -31,22 +39,44 @@ const K_CONF_STATE: &str = "conf_state"; // eraftpb::ConfState
 const K_SNAP_META: &str = "snapshot_meta"; // eraftpb::SnapshotMetadata: also the log truncation point
 const K_APPLIED: &str = "applied"; // u64 LE: last index applied to the Fsm (same txn as the Fsm writes)
 const K_SEEN: &str = "seen_peers"; // u64 LE * n: peers we ever received a raft message from
+const K_FORMAT: &str = "format"; // u64 LE: FORMAT
 const K_SNAP_DATA: &str = "data";
+
+/// Version of this layout. 2: every value sealed with a checksum. Stores without the key were written
+/// before checksums (version 1); `open` seals their records in place once.
+pub const FORMAT: u64 = 2;
+/// Bytes a log record takes besides the encoded entry: the checksum frame and the term prefix. Used to
+/// count the log's size for compaction (`applied_log_bytes`).
+pub const LOG_RECORD_OVERHEAD: u64 = (checksum::OVERHEAD + 8) as u64;
 
 /// A storage failure: fatal for the node (the Ready loop stops and never advances after it).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redb: {0}")]
-    Redb(#[from] redb::Error),
-    #[error("corrupt raft storage: {0}")]
-    Corrupt(String),
+    Redb(redb::Error),
+    /// Bytes on disk fail verification (checksum, decoding, redb's page checks, a panic inside redb): a
+    /// corrupt replica. Never served; the node stops and must be rebuilt.
+    #[error("{0}")]
+    Damaged(String),
+    /// A request raft or the loop should never make (append with a gap, an old snapshot...).
+    #[error("raft storage: {0}")]
+    Invariant(String),
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Corrupted(m) => StoreError::Damaged(format!("redb: {m}")),
+            e => StoreError::Redb(e),
+        }
+    }
 }
 
 macro_rules! redb_from {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Redb(e.into())
+                redb::Error::from(e).into()
             }
         }
     )*};
@@ -61,7 +91,7 @@ redb_from!(
 
 impl From<protobuf::ProtobufError> for StoreError {
     fn from(e: protobuf::ProtobufError) -> Self {
-        StoreError::Corrupt(format!("protobuf: {e}"))
+        StoreError::Damaged(format!("protobuf: {e}"))
     }
 }
 
@@ -70,8 +100,29 @@ fn raft_err(e: impl std::fmt::Display) -> raft::Error {
 }
 
 fn u64_from(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(format!("{what}: bad length")))?;
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Damaged(format!("{what}: bad length")))?;
     Ok(u64::from_le_bytes(arr))
+}
+
+/// Verifies a sealed value read from `what` (a table and key, for the error).
+fn unseal<'a>(bytes: &'a [u8], what: &dyn std::fmt::Display) -> Result<&'a [u8], StoreError> {
+    checksum::open(bytes).map_err(|e| StoreError::Damaged(format!("{what}: {e}")))
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Runs storage code, turning a panic (redb's btree code panics on damaged pages) into `Damaged`.
+pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(StoreError::Damaged(format!("storage panic during {what}: {}", panic_text(&*p)))),
+    }
 }
 
 /// In-memory copy of the durable metadata.
@@ -84,6 +135,22 @@ struct Meta {
     last_index: u64,
     applied: u64,
     seen: BTreeSet<NodeId>,
+    /// Bytes of the log records in (snapshot index, applied]: what compacting now would free.
+    applied_log_bytes: u64,
+}
+
+/// The first damage a node found in its storage, shared with whoever reports the node's end (a panic in
+/// raft-rs after a failed read must still end as "corrupt replica", not as a bare panic).
+pub type DamageFlag = Arc<OnceLock<String>>;
+
+/// What the startup verification read (`open`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    pub log_entries: u64,
+    pub log_bytes: u64,
+    pub snapshot_bytes: u64,
+    /// Whether the store was written before checksums and was sealed in place by this open.
+    pub upgraded: bool,
 }
 
 /// raft-rs `Storage` over a redb database (shared with the Fsm's tables).
@@ -91,6 +158,8 @@ pub struct RedbStorage {
     db: Arc<Database>,
     cur: Meta,
     staged: Option<Meta>,
+    damage: DamageFlag,
+    scan: ScanReport,
 }
 
 /// What `open` found in the database.
@@ -103,9 +172,24 @@ pub enum Found {
 }
 
 impl RedbStorage {
-    /// Reads whatever raft state the database holds (possibly none).
+    /// Reads whatever raft state the database holds (possibly none) and verifies all of it: every
+    /// metadata record, the snapshot data and every log entry (checksum, decoding, index and term, no
+    /// holes). A store written before checksums (no `format` key) is sealed in place first.
     pub fn open(db: Arc<Database>) -> Result<(Self, Found), StoreError> {
+        guard("open", || {
+            if needs_upgrade(&db)? {
+                upgrade(&db)?;
+                let (mut st, found) = Self::read_all(db)?;
+                st.scan.upgraded = true;
+                return Ok((st, found));
+            }
+            Self::read_all(db)
+        })
+    }
+
+    fn read_all(db: Arc<Database>) -> Result<(Self, Found), StoreError> {
         let mut meta = Meta::default();
+        let mut scan = ScanReport::default();
         let found;
         {
             let r = db.begin_read()?;
@@ -114,14 +198,17 @@ impl RedbStorage {
                 Err(redb::TableError::TableDoesNotExist(_)) => None,
                 Err(e) => return Err(e.into()),
             };
-            match t.as_ref().map(|t| t.get(K_NODE_ID)).transpose()?.flatten() {
+            let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
+                let Some(t) = t.as_ref() else { return Ok(None) };
+                match t.get(k)? {
+                    None => Ok(None),
+                    Some(v) => Ok(Some(unseal(v.value(), &format_args!("raft_meta[{k}]"))?.to_vec())),
+                }
+            };
+            match get(K_NODE_ID)? {
                 None => found = Found::Empty,
                 Some(v) => {
-                    let t = t.as_ref().ok_or_else(|| StoreError::Corrupt("no meta".into()))?;
-                    found = Found::Initialized { node_id: u64_from(v.value(), K_NODE_ID)? };
-                    let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
-                        Ok(t.get(k)?.map(|v| v.value().to_vec()))
-                    };
+                    found = Found::Initialized { node_id: u64_from(&v, K_NODE_ID)? };
                     if let Some(b) = get(K_HARD_STATE)? {
                         meta.hard_state = HardState::parse_from_bytes(&b)?;
                     }
@@ -144,8 +231,34 @@ impl RedbStorage {
             meta.last_index = meta.snap.index;
             match r.open_table(LOG) {
                 Ok(log) => {
-                    if let Some((k, _)) = log.last()? {
-                        meta.last_index = meta.last_index.max(k.value());
+                    for item in log.iter()? {
+                        let (k, v) = item?;
+                        let idx = k.value();
+                        let (term, e) = decode_log_record(idx, v.value())?;
+                        if idx != meta.last_index + 1 || e.index != idx || e.term != term {
+                            return Err(StoreError::Damaged(format!(
+                                "raft_log[{idx}]: expected index {} (entry says index {}, term {} vs {term})",
+                                meta.last_index + 1,
+                                e.index,
+                                e.term
+                            )));
+                        }
+                        let bytes = v.value().len() as u64;
+                        scan.log_entries += 1;
+                        scan.log_bytes += bytes;
+                        if idx <= meta.applied {
+                            meta.applied_log_bytes += bytes;
+                        }
+                        meta.last_index = idx;
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match r.open_table(SNAPSHOT) {
+                Ok(t) => {
+                    if let Some(v) = t.get(K_SNAP_DATA)? {
+                        scan.snapshot_bytes = unseal(v.value(), &"raft_snapshot[data]")?.len() as u64;
                     }
                 }
                 Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -155,12 +268,34 @@ impl RedbStorage {
         if found != Found::Empty
             && (meta.applied < meta.snap.index || meta.applied > meta.hard_state.commit.max(meta.snap.index))
         {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Damaged(format!(
                 "applied {} outside [snapshot {}, commit {}]",
                 meta.applied, meta.snap.index, meta.hard_state.commit
             )));
         }
-        Ok((RedbStorage { db, cur: meta, staged: None }, found))
+        let damage = DamageFlag::default();
+        Ok((RedbStorage { db, cur: meta, staged: None, damage, scan }, found))
+    }
+
+    /// What `open` verified.
+    pub fn scan_report(&self) -> &ScanReport {
+        &self.scan
+    }
+
+    /// Set once this storage found damage (shared with the node's end-of-life reporting).
+    pub fn damage_flag(&self) -> DamageFlag {
+        self.damage.clone()
+    }
+
+    /// Remembers the first damage found (and counts it for `/metrics`), then returns the error.
+    fn note(&self, e: StoreError) -> StoreError {
+        if let StoreError::Damaged(m) = &e
+            && self.damage.set(m.clone()).is_ok()
+        {
+            super::alarms::CORRUPTION_DETECTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %m, "raft storage is damaged");
+        }
+        e
     }
 
     /// Writes the fixed-cluster bootstrap state: a snapshot at index 1, term 1 whose ConfState has every
@@ -175,7 +310,7 @@ impl RedbStorage {
     ) -> Result<(), StoreError> {
         let m = self.stage();
         if m.snap.index != 0 || m.last_index != 0 {
-            return Err(StoreError::Corrupt("refusing to bootstrap a non-empty store".into()));
+            return Err(StoreError::Invariant("refusing to bootstrap a non-empty store".into()));
         }
         let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
         let snap =
@@ -187,12 +322,13 @@ impl RedbStorage {
         m.last_index = 1;
         m.applied = 1;
         let mut t = txn.open_table(META)?;
-        t.insert(K_NODE_ID, node_id.to_le_bytes().as_slice())?;
-        t.insert(K_HARD_STATE, m.hard_state.write_to_bytes()?.as_slice())?;
-        t.insert(K_CONF_STATE, m.conf_state.write_to_bytes()?.as_slice())?;
-        t.insert(K_SNAP_META, m.snap.write_to_bytes()?.as_slice())?;
-        t.insert(K_APPLIED, 1u64.to_le_bytes().as_slice())?;
-        txn.open_table(SNAPSHOT)?.insert(K_SNAP_DATA, initial_data)?;
+        put_meta(&mut t, K_FORMAT, &FORMAT.to_le_bytes())?;
+        put_meta(&mut t, K_NODE_ID, &node_id.to_le_bytes())?;
+        put_meta(&mut t, K_HARD_STATE, &m.hard_state.write_to_bytes()?)?;
+        put_meta(&mut t, K_CONF_STATE, &m.conf_state.write_to_bytes()?)?;
+        put_meta(&mut t, K_SNAP_META, &m.snap.write_to_bytes()?)?;
+        put_meta(&mut t, K_APPLIED, &1u64.to_le_bytes())?;
+        txn.open_table(SNAPSHOT)?.insert(K_SNAP_DATA, checksum::seal(initial_data).as_slice())?;
         txn.open_table(LOG)?;
         Ok(())
     }
@@ -202,7 +338,8 @@ impl RedbStorage {
     pub fn init_joining(&mut self, txn: &WriteTransaction, node_id: NodeId) -> Result<(), StoreError> {
         self.stage();
         let mut t = txn.open_table(META)?;
-        t.insert(K_NODE_ID, node_id.to_le_bytes().as_slice())?;
+        put_meta(&mut t, K_FORMAT, &FORMAT.to_le_bytes())?;
+        put_meta(&mut t, K_NODE_ID, &node_id.to_le_bytes())?;
         txn.open_table(LOG)?;
         txn.open_table(SNAPSHOT)?;
         Ok(())
@@ -240,6 +377,10 @@ impl RedbStorage {
     pub fn seen(&self) -> &BTreeSet<NodeId> {
         &self.cur.seen
     }
+    /// Bytes of the log records up to the applied index since the latest snapshot (what compaction frees).
+    pub fn applied_log_bytes(&self) -> u64 {
+        self.cur.applied_log_bytes
+    }
     /// True once the store holds a conf state (bootstrapped, or a joiner that received a snapshot).
     pub fn has_conf(&self) -> bool {
         !self.cur.conf_state.voters.is_empty()
@@ -253,13 +394,13 @@ impl RedbStorage {
         let Some(first) = ents.first() else { return Ok(()) };
         let m = self.stage();
         if first.index <= m.snap.index {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Invariant(format!(
                 "append at {} at or below the snapshot index {}",
                 first.index, m.snap.index
             )));
         }
         if first.index > m.last_index + 1 {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Invariant(format!(
                 "append at {} leaves a gap after {}",
                 first.index, m.last_index
             )));
@@ -268,12 +409,15 @@ impl RedbStorage {
         if first.index <= m.last_index {
             t.retain_in(first.index..=m.last_index, |_, _| false)?;
         }
-        let mut buf = Vec::new();
+        let mut plain = Vec::new();
+        let mut sealed = Vec::new();
         for e in ents {
-            buf.clear();
-            buf.extend_from_slice(&e.term.to_le_bytes());
-            e.write_to_vec(&mut buf)?;
-            t.insert(e.index, buf.as_slice())?;
+            plain.clear();
+            plain.extend_from_slice(&e.term.to_le_bytes());
+            e.write_to_vec(&mut plain)?;
+            sealed.clear();
+            checksum::seal_into(&mut sealed, &plain);
+            t.insert(e.index, sealed.as_slice())?;
         }
         m.last_index = ents.last().map_or(m.last_index, |e| e.index);
         Ok(())
@@ -282,7 +426,7 @@ impl RedbStorage {
     pub fn set_hard_state(&mut self, txn: &WriteTransaction, hs: &HardState) -> Result<(), StoreError> {
         let m = self.stage();
         m.hard_state = hs.clone();
-        txn.open_table(META)?.insert(K_HARD_STATE, hs.write_to_bytes()?.as_slice())?;
+        put_meta(&mut txn.open_table(META)?, K_HARD_STATE, &hs.write_to_bytes()?)?;
         Ok(())
     }
 
@@ -292,9 +436,17 @@ impl RedbStorage {
         self.set_hard_state(txn, &hs)
     }
 
-    pub fn set_applied(&mut self, txn: &WriteTransaction, applied: u64) -> Result<(), StoreError> {
-        self.stage().applied = applied;
-        txn.open_table(META)?.insert(K_APPLIED, applied.to_le_bytes().as_slice())?;
+    /// Records the applied index; `bytes` is what the newly applied log records take on disk.
+    pub fn set_applied(
+        &mut self,
+        txn: &WriteTransaction,
+        applied: u64,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
+        let m = self.stage();
+        m.applied = applied;
+        m.applied_log_bytes += bytes;
+        put_meta(&mut txn.open_table(META)?, K_APPLIED, &applied.to_le_bytes())?;
         Ok(())
     }
 
@@ -306,7 +458,7 @@ impl RedbStorage {
         let m = self.stage();
         m.seen.extend(ids.iter().copied());
         let bytes: Vec<u8> = m.seen.iter().flat_map(|i| i.to_le_bytes()).collect();
-        txn.open_table(META)?.insert(K_SEEN, bytes.as_slice())?;
+        put_meta(&mut txn.open_table(META)?, K_SEEN, &bytes)?;
         Ok(())
     }
 
@@ -317,7 +469,7 @@ impl RedbStorage {
         let meta = snap.get_metadata();
         let m = self.stage();
         if meta.index <= m.snap.index {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Invariant(format!(
                 "snapshot {} not newer than ours {}",
                 meta.index, m.snap.index
             )));
@@ -330,12 +482,13 @@ impl RedbStorage {
         m.snap = meta.clone();
         m.last_index = meta.index;
         m.applied = meta.index;
+        m.applied_log_bytes = 0;
         let mut mt = txn.open_table(META)?;
-        mt.insert(K_HARD_STATE, m.hard_state.write_to_bytes()?.as_slice())?;
-        mt.insert(K_CONF_STATE, m.conf_state.write_to_bytes()?.as_slice())?;
-        mt.insert(K_SNAP_META, m.snap.write_to_bytes()?.as_slice())?;
-        mt.insert(K_APPLIED, meta.index.to_le_bytes().as_slice())?;
-        txn.open_table(SNAPSHOT)?.insert(K_SNAP_DATA, snap.get_data())?;
+        put_meta(&mut mt, K_HARD_STATE, &m.hard_state.write_to_bytes()?)?;
+        put_meta(&mut mt, K_CONF_STATE, &m.conf_state.write_to_bytes()?)?;
+        put_meta(&mut mt, K_SNAP_META, &m.snap.write_to_bytes()?)?;
+        put_meta(&mut mt, K_APPLIED, &meta.index.to_le_bytes())?;
+        txn.open_table(SNAPSHOT)?.insert(K_SNAP_DATA, checksum::seal(snap.get_data()).as_slice())?;
         Ok(())
     }
 
@@ -349,7 +502,7 @@ impl RedbStorage {
     ) -> Result<(), StoreError> {
         let m = self.stage();
         if index <= m.snap.index || index > m.applied {
-            return Err(StoreError::Corrupt(format!(
+            return Err(StoreError::Invariant(format!(
                 "snapshot at {index} outside (snapshot {}, applied {}]",
                 m.snap.index, m.applied
             )));
@@ -361,47 +514,121 @@ impl RedbStorage {
             ..Default::default()
         };
         txn.open_table(LOG)?.retain_in(..=index, |_, _| false)?;
-        txn.open_table(META)?.insert(K_SNAP_META, meta.write_to_bytes()?.as_slice())?;
-        txn.open_table(SNAPSHOT)?.insert(K_SNAP_DATA, data)?;
+        put_meta(&mut txn.open_table(META)?, K_SNAP_META, &meta.write_to_bytes()?)?;
+        txn.open_table(SNAPSHOT)?.insert(K_SNAP_DATA, checksum::seal(data).as_slice())?;
         m.snap = meta;
+        // Compaction happens at the applied index: every applied record is gone.
+        m.applied_log_bytes = 0;
         Ok(())
     }
 
     fn read_term(&self, idx: u64) -> Result<Option<u64>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(LOG)?;
-        match t.get(idx)? {
-            None => Ok(None),
-            Some(v) => {
-                let b = v.value();
-                Ok(Some(u64_from(b.get(..8).unwrap_or(&[]), "log term")?))
+        guard("log term read", || {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(LOG)?;
+            match t.get(idx)? {
+                None => Ok(None),
+                Some(v) => {
+                    let plain = unseal(v.value(), &format_args!("raft_log[{idx}]"))?;
+                    Ok(Some(u64_from(plain.get(..8).unwrap_or(&[]), "log term")?))
+                }
             }
-        }
+        })
+        .map_err(|e| self.note(e))
     }
 
     fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> Result<Vec<Entry>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(LOG)?;
-        let mut out = Vec::new();
-        let mut size = 0u64;
-        for item in t.range(low..high)? {
-            let (k, v) = item?;
-            let b = v.value();
-            if b.len() < 8 {
-                return Err(StoreError::Corrupt(format!("log entry {} too short", k.value())));
+        guard("log read", || {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(LOG)?;
+            let mut out = Vec::new();
+            let mut size = 0u64;
+            for item in t.range(low..high)? {
+                let (k, v) = item?;
+                let (_, e) = decode_log_record(k.value(), v.value())?;
+                if e.index != k.value() || e.index != low + out.len() as u64 {
+                    return Err(StoreError::Damaged(format!("log hole or misplaced entry at {}", k.value())));
+                }
+                size += u64::from(e.compute_size());
+                if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                    break;
+                }
+                out.push(e);
             }
-            let e = Entry::parse_from_bytes(&b[8..])?;
-            if e.index != k.value() || e.index != low + out.len() as u64 {
-                return Err(StoreError::Corrupt(format!("log hole or misplaced entry at {}", k.value())));
-            }
-            size += u64::from(e.compute_size());
-            if !out.is_empty() && max_size.is_some_and(|m| size > m) {
-                break;
-            }
-            out.push(e);
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .map_err(|e| self.note(e))
     }
+
+    fn read_snapshot_data(&self) -> Result<Vec<u8>, StoreError> {
+        guard("snapshot read", || {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(SNAPSHOT)?;
+            match t.get(K_SNAP_DATA)? {
+                None => Ok(Vec::new()),
+                Some(v) => Ok(unseal(v.value(), &"raft_snapshot[data]")?.to_vec()),
+            }
+        })
+        .map_err(|e| self.note(e))
+    }
+}
+
+fn put_meta(t: &mut redb::Table<&str, &[u8]>, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    t.insert(key, checksum::seal(value).as_slice())?;
+    Ok(())
+}
+
+/// Verifies and decodes one log record: `(term prefix, entry)`.
+fn decode_log_record(idx: u64, record: &[u8]) -> Result<(u64, Entry), StoreError> {
+    let plain = unseal(record, &format_args!("raft_log[{idx}]"))?;
+    if plain.len() < 8 {
+        return Err(StoreError::Damaged(format!("raft_log[{idx}]: too short")));
+    }
+    let term = u64_from(&plain[..8], "log term")?;
+    let e = Entry::parse_from_bytes(&plain[8..])
+        .map_err(|e| StoreError::Damaged(format!("raft_log[{idx}]: protobuf: {e}")))?;
+    Ok((term, e))
+}
+
+/// True for a store written before checksums: it has a node id but no `format` key.
+fn needs_upgrade(db: &Database) -> Result<bool, StoreError> {
+    let r = db.begin_read()?;
+    let t = match r.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(t.get(K_NODE_ID)?.is_some() && t.get(K_FORMAT)?.is_none())
+}
+
+/// Seals every raft record of a version-1 store in one transaction (all or nothing) and marks it FORMAT.
+fn upgrade(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let old: Vec<(String, Vec<u8>)> = meta
+            .iter()?
+            .map(|i| i.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (k, v) in old {
+            put_meta(&mut meta, &k, &v)?;
+        }
+        put_meta(&mut meta, K_FORMAT, &FORMAT.to_le_bytes())?;
+        let mut log = txn.open_table(LOG)?;
+        let keys: Vec<u64> = log.iter()?.map(|i| i.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
+        for k in keys {
+            let v = log.get(k)?.map(|v| v.value().to_vec()).unwrap_or_default();
+            log.insert(k, checksum::seal(&v).as_slice())?;
+        }
+        let mut snap = txn.open_table(SNAPSHOT)?;
+        let data = snap.get(K_SNAP_DATA)?.map(|v| v.value().to_vec());
+        if let Some(d) = data {
+            snap.insert(K_SNAP_DATA, checksum::seal(&d).as_slice())?;
+        }
+    }
+    txn.commit()?;
+    tracing::warn!(format = FORMAT, "raft storage written before checksums: sealed every record in place");
+    Ok(())
 }
 
 impl raft::Storage for RedbStorage {
@@ -460,12 +687,161 @@ impl raft::Storage for RedbStorage {
         if self.cur.snap.index < request_index {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
-        let r = self.db.begin_read().map_err(raft_err)?;
-        let t = r.open_table(SNAPSHOT).map_err(raft_err)?;
-        let data = t.get(K_SNAP_DATA).map_err(raft_err)?.map(|v| v.value().to_vec()).unwrap_or_default();
+        let data = self.read_snapshot_data().map_err(raft_err)?;
         let mut s = Snapshot::default();
         s.set_metadata(self.cur.snap.clone());
         s.set_data(data.into());
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage as _;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry { index, term, data: data.to_vec().into(), ..Default::default() }
+    }
+
+    /// A bootstrapped store with entries 2..=4 ("seq=001234", ...) applied.
+    fn store(dir: &std::path::Path) -> (Arc<Database>, RedbStorage) {
+        let db = Arc::new(Database::create(dir.join("raft.redb")).expect("open"));
+        let (mut st, _) = RedbStorage::open(db.clone()).expect("storage");
+        let txn = db.begin_write().expect("w");
+        st.bootstrap(&txn, 1, &[1], b"fsm").expect("bootstrap");
+        let ents = [entry(2, 1, b"seq=001234"), entry(3, 1, b"seq=001235"), entry(4, 1, b"seq=001236")];
+        st.append(&txn, &ents).expect("append");
+        let mut hs = st.stage().hard_state.clone();
+        hs.commit = 4;
+        st.set_hard_state(&txn, &hs).expect("hs");
+        st.set_applied(&txn, 4, 30).expect("applied");
+        txn.commit().expect("commit");
+        st.commit_staged();
+        (db, st)
+    }
+
+    /// Rewrites a stored value through redb (so redb's own page checksums stay valid): only the record's
+    /// checksum can notice.
+    fn alter_log(db: &Database, idx: u64, f: impl Fn(&mut Vec<u8>)) {
+        let txn = db.begin_write().expect("w");
+        {
+            let mut t = txn.open_table(LOG).expect("table");
+            let mut v = t.get(idx).expect("get").expect("present").value().to_vec();
+            f(&mut v);
+            t.insert(idx, v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn alter(db: &Database, table: TableDefinition<&str, &[u8]>, key: &str, f: impl Fn(&mut Vec<u8>)) {
+        let txn = db.begin_write().expect("w");
+        {
+            let mut t = txn.open_table(table).expect("table");
+            let mut v = t.get(key).expect("get").expect("present").value().to_vec();
+            f(&mut v);
+            t.insert(key, v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn replace(v: &mut [u8], from: &[u8], to: &[u8]) {
+        let at = v.windows(from.len()).position(|w| w == from).expect("marker");
+        v[at..at + to.len()].copy_from_slice(to);
+    }
+
+    #[test]
+    fn damage_after_open_is_an_error_on_read_and_raises_the_flag() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (db, st) = store(tmp.path());
+        let ctx = || GetEntriesContext::empty(false);
+        assert_eq!(st.entries(2, 5, None, ctx()).expect("read").len(), 3);
+        assert_eq!(st.applied_log_bytes(), 30, "counted by set_applied");
+        // The reproduction, on a running node: same length, different digits.
+        alter_log(&db, 2, |v| replace(v, b"001234", b"009999"));
+        let e = st.entries(2, 5, None, ctx()).expect_err("altered entry served");
+        assert!(e.to_string().contains("raft_log[2]: checksum mismatch"), "{e}");
+        assert!(st.term(2).is_err());
+        assert_eq!(st.term(3).expect("intact"), 1);
+        assert!(st.damage_flag().get().is_some_and(|m| m.contains("raft_log[2]")));
+        // The snapshot data is verified too.
+        alter(&db, SNAPSHOT, K_SNAP_DATA, |v| replace(v, b"fsm", b"FSM"));
+        assert!(st.snapshot(0, 2).is_err());
+    }
+
+    #[test]
+    fn open_verifies_every_record() {
+        type Alter = fn(&Database);
+        let cases: [(&str, Alter); 5] = [
+            ("raft_log[3]", |db| alter_log(db, 3, |v| replace(v, b"001235", b"009999"))),
+            ("raft_log[4]", |db| alter_log(db, 4, |v| v.truncate(v.len() - 1))),
+            ("raft_meta[hard_state]", |db| alter(db, META, K_HARD_STATE, |v| *v.last_mut().expect("b") ^= 1)),
+            ("raft_meta[applied]", |db| alter(db, META, K_APPLIED, |v| v[5] ^= 0x80)),
+            ("raft_snapshot[data]", |db| alter(db, SNAPSHOT, K_SNAP_DATA, |v| v[6] ^= 1)),
+        ];
+        for (want, f) in cases {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let (db, st) = store(tmp.path());
+            drop(st);
+            f(&db);
+            let e = RedbStorage::open(db).err().unwrap_or_else(|| panic!("{want}: damage not found at open"));
+            assert!(matches!(e, StoreError::Damaged(_)), "{want}: {e:?}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+        // A log with a hole is damage too.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (db, st) = store(tmp.path());
+        drop(st);
+        let txn = db.begin_write().expect("w");
+        txn.open_table(LOG).expect("log").remove(3u64).expect("remove");
+        txn.commit().expect("commit");
+        let e = RedbStorage::open(db).err().expect("hole");
+        assert!(e.to_string().contains("raft_log[4]: expected index 3"), "{e}");
+    }
+
+    #[test]
+    fn a_store_written_before_checksums_is_sealed_in_place() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let db = Arc::new(Database::create(tmp.path().join("raft.redb")).expect("open"));
+        // The version-1 layout: raw values, no format key.
+        let hs = HardState { term: 3, commit: 2, ..Default::default() };
+        let cs = ConfState { voters: vec![1], ..Default::default() };
+        let snap =
+            SnapshotMetadata { index: 1, term: 1, conf_state: Some(cs.clone()).into(), ..Default::default() };
+        let e = entry(2, 3, b"seq=001234");
+        let mut rec = 3u64.to_le_bytes().to_vec();
+        e.write_to_vec(&mut rec).expect("encode");
+        let txn = db.begin_write().expect("w");
+        {
+            let mut m = txn.open_table(META).expect("meta");
+            m.insert(K_NODE_ID, 1u64.to_le_bytes().as_slice()).expect("i");
+            m.insert(K_HARD_STATE, hs.write_to_bytes().expect("e").as_slice()).expect("i");
+            m.insert(K_CONF_STATE, cs.write_to_bytes().expect("e").as_slice()).expect("i");
+            m.insert(K_SNAP_META, snap.write_to_bytes().expect("e").as_slice()).expect("i");
+            m.insert(K_APPLIED, 2u64.to_le_bytes().as_slice()).expect("i");
+            txn.open_table(LOG).expect("log").insert(2u64, rec.as_slice()).expect("i");
+            txn.open_table(SNAPSHOT).expect("snap").insert(K_SNAP_DATA, b"old".as_slice()).expect("i");
+        }
+        txn.commit().expect("commit");
+        let (st, found) = RedbStorage::open(db.clone()).expect("upgrade");
+        assert_eq!(found, Found::Initialized { node_id: 1 });
+        assert!(st.scan_report().upgraded);
+        assert_eq!((st.hard_state().term, st.applied(), st.cur.last_index), (3, 2, 2));
+        assert_eq!(st.entries(2, 3, None, GetEntriesContext::empty(false)).expect("read")[0], e);
+        assert_eq!(&st.snapshot(0, 1).expect("snap").data[..], b"old");
+        drop(st);
+        let (st, _) = RedbStorage::open(db).expect("reopen");
+        assert!(!st.scan_report().upgraded, "sealed once");
+        assert_eq!(st.scan_report().log_entries, 1);
+    }
+
+    #[test]
+    fn a_panic_inside_storage_code_becomes_damage() {
+        let r: Result<(), StoreError> = guard("a read", || panic!("entered unreachable code"));
+        let e = r.expect_err("panic caught");
+        assert!(
+            matches!(&e, StoreError::Damaged(m) if m.contains("storage panic during a read: entered unreachable code")),
+            "{e:?}"
+        );
     }
 }

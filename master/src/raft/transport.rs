@@ -23,7 +23,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::NodeId;
-use super::node::{Event, Shared};
+use super::node::{LoopInput, NodeShared};
 
 /// Messages queued per peer before new ones are dropped (and the peer reported unreachable): a few
 /// heartbeat rounds of appends; raft retransmits whatever is dropped.
@@ -49,6 +49,26 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed call before the next one: avoids a hot loop of failing dials to a dead peer.
 pub const FAILURE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why talking to a peer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// A configured peer address that no channel can be built for.
+    #[error("peer {peer} address {addr:?}: {reason}")]
+    BadAddress { peer: NodeId, addr: String, reason: String },
+    /// The peer answered with an error status.
+    #[error("peer answered {code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    /// No answer within the call's limit.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<Status> for TransportError {
+    fn from(s: Status) -> Self {
+        TransportError::Status { code: s.code(), message: s.message().to_string() }
+    }
+}
 
 /// TLS for the channels to the peers. Process-wide: a master process runs one raft node; in-process
 /// multi-node tests run without TLS and never set it.
@@ -89,14 +109,23 @@ fn client(ch: Channel) -> PeerClient<Channel> {
 }
 
 /// Asks `addr` whether it has heard from `from` (rejoin detection).
-pub async fn probe(addr: &str, from: NodeId, voters: &[NodeId]) -> Result<ProbeReply, String> {
-    let ch = channel(addr, RPC_TIMEOUT).map_err(|e| e.to_string())?;
+pub async fn probe(
+    addr: &str,
+    peer: NodeId,
+    from: NodeId,
+    voters: &[NodeId],
+) -> Result<ProbeReply, TransportError> {
+    let ch = channel(addr, RPC_TIMEOUT).map_err(|e| TransportError::BadAddress {
+        peer,
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
     let mut c = client(ch);
     let req = ProbeRequest { from, voters: voters.to_vec() };
     match tokio::time::timeout(RPC_TIMEOUT, c.probe(req)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(s.to_string()),
-        Err(_) => Err("probe timed out".into()),
+        Ok(Err(s)) => Err(s.into()),
+        Err(_) => Err(TransportError::Timeout(RPC_TIMEOUT)),
     }
 }
 
@@ -113,7 +142,7 @@ pub struct Transport {
 
 impl Transport {
     /// Spawns two tasks per peer (messages, snapshots) on `rt`.
-    pub fn start(rt: &tokio::runtime::Handle, shared: &Arc<Shared>) -> Result<Self, String> {
+    pub fn start(rt: &tokio::runtime::Handle, shared: &Arc<NodeShared>) -> Result<Self, TransportError> {
         let mut links = BTreeMap::new();
         let mut tasks = Vec::new();
         let my_addr = shared.peers.get(&shared.id).cloned().unwrap_or_default();
@@ -121,9 +150,13 @@ impl Transport {
             if id == shared.id {
                 continue;
             }
-            let ch = channel(addr, RPC_TIMEOUT).map_err(|e| format!("peer {id} address {addr}: {e}"))?;
-            let snap_ch =
-                channel(addr, SNAPSHOT_RPC_TIMEOUT).map_err(|e| format!("peer {id} address {addr}: {e}"))?;
+            let bad = |e: tonic::transport::Error| TransportError::BadAddress {
+                peer: id,
+                addr: addr.clone(),
+                reason: e.to_string(),
+            };
+            let ch = channel(addr, RPC_TIMEOUT).map_err(bad)?;
+            let snap_ch = channel(addr, SNAPSHOT_RPC_TIMEOUT).map_err(bad)?;
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             // One snapshot at a time per peer; raft re-sends after report_snapshot(Failure).
             let (stx, srx) = mpsc::channel(1);
@@ -164,7 +197,7 @@ async fn send_task(
     my_addr: String,
     mut c: PeerClient<Channel>,
     mut rx: mpsc::Receiver<Message>,
-    shared: Arc<Shared>,
+    shared: Arc<NodeShared>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
@@ -196,7 +229,7 @@ async fn send_task(
             Err(_) => false,
         };
         if !ok {
-            let _ = shared.mailbox.try_send(Event::Unreachable(peer));
+            let _ = shared.mailbox.try_send(LoopInput::Unreachable(peer));
             tokio::time::sleep(FAILURE_BACKOFF).await;
             // Whatever queued meanwhile is stale by now; raft re-sends what matters.
             while rx.try_recv().is_ok() {}
@@ -209,14 +242,14 @@ async fn snapshot_task(
     my_addr: String,
     mut c: PeerClient<Channel>,
     mut rx: mpsc::Receiver<Message>,
-    shared: Arc<Shared>,
+    shared: Arc<NodeShared>,
 ) {
     while let Some(mut m) = rx.recv().await {
         let data = m.mut_snapshot().take_data();
         let header = match m.write_to_bytes() {
             Ok(h) => h,
             Err(_) => {
-                let _ = shared.mailbox.try_send(Event::SnapshotStatus(peer, false));
+                let _ = shared.mailbox.try_send(LoopInput::SnapshotStatus(peer, false));
                 continue;
             }
         };
@@ -243,14 +276,14 @@ async fn snapshot_task(
         } else {
             tracing::info!(peer, bytes = total, "snapshot sent");
         }
-        let _ = shared.mailbox.send(Event::SnapshotStatus(peer, ok)).await;
+        let _ = shared.mailbox.send(LoopInput::SnapshotStatus(peer, ok)).await;
     }
 }
 
 /// The `Peer` gRPC service: mount it on the master's peer port.
 #[derive(Clone)]
 pub struct PeerService {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<NodeShared>,
 }
 
 impl PeerService {
@@ -319,7 +352,7 @@ impl PeerService {
         }
         self.shared
             .mailbox
-            .try_send(Event::Step(msgs))
+            .try_send(LoopInput::Step(msgs))
             .map_err(|_| Status::resource_exhausted("raft mailbox full"))
     }
 }
