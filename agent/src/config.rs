@@ -484,6 +484,87 @@ mod tests {
     }
 
     #[test]
+    fn checker_inputs_are_validated_as_a_graph() {
+        let ok = format!("{MIN}[checkers.disk]\ninputs = []\n");
+        assert_eq!(parse(&ok).unwrap().checkers["disk"].inputs, Some(vec![]));
+        let cases = [
+            ("[checkers.disk]\ninputs = [\"kernel-logg\"]", "\"kernel-logg\" is not a checker"),
+            ("[checkers.edac]\ninputs = [\"kernel-log\"]", "takes no inputs"),
+            ("[checkers.disk]\ninputs = [\"machine\"]\n[checkers.machine]\ninputs = [\"disk\"]", "cycle"),
+        ];
+        for (extra, want) in cases {
+            let err = parse(&format!("{MIN}{extra}")).unwrap_err();
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
+    }
+
+    fn external(dir: &Path, name: &str, extra: &str) -> String {
+        let exe = dir.join("x.sh");
+        if !exe.exists() {
+            std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        format!(
+            "[[external]]\nname = \"{name}\"\nversion = \"1.0.0\"\npath = {:?}\ninterval_s = 60\nkinds = [\"disk\"]\n{extra}\n",
+            exe.display().to_string()
+        )
+    }
+
+    #[test]
+    fn external_checkers_are_validated_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        let good = parse(&format!(
+            "{MIN}{}",
+            external(d.path(), "raid", "sha256 = \"{}\"".replace("{}", &"ab".repeat(32)).as_str())
+        ))
+        .unwrap();
+        assert_eq!(good.external[0].spec().timeout, Duration::from_secs(DEFAULT_EXTERNAL_TIMEOUT_S));
+        let noexec = d.path().join("plain");
+        std::fs::write(&noexec, "x").unwrap();
+        let cases = [
+            (external(d.path(), "disk", ""), "name of a built-in checker"),
+            (external(d.path(), "bad name", ""), "unusable"),
+            (external(d.path(), "r", "timeout_s = 0"), "timeout_s"),
+            (external(d.path(), "r", "max_bytes = 0"), "max_bytes"),
+            (external(d.path(), "r", "max_lines = 100000"), "max_lines"),
+            (external(d.path(), "r", "sha256 = \"xyz\""), "sha256"),
+            (external(d.path(), "r", "").replace("[\"disk\"]", "[\"checker\"]"), "kind \"checker\""),
+            (external(d.path(), "r", "").replace("[\"disk\"]", "[]"), "at least one object kind"),
+            (external(d.path(), "r", "").replace("interval_s = 60", "interval_s = 0"), "interval_s"),
+            (external(d.path(), "r", "").replace("version = \"1.0.0\"", "version = \"\""), "version"),
+            (external(d.path(), "r", "bogus = 1"), "unknown field"),
+            (format!("{}{}", external(d.path(), "r", ""), external(d.path(), "r", "")), "listed twice"),
+            (
+                external(d.path(), "r", "").replace(&d.path().join("x.sh").display().to_string(), "rel/x.sh"),
+                "must be absolute",
+            ),
+            (
+                external(d.path(), "r", "")
+                    .replace(&d.path().join("x.sh").display().to_string(), "/nonexistent/x"),
+                "/nonexistent/x",
+            ),
+            (
+                external(d.path(), "r", "")
+                    .replace(&d.path().join("x.sh").display().to_string(), &noexec.display().to_string()),
+                "not an executable file",
+            ),
+        ];
+        for (extra, want) in cases {
+            let err = parse(&format!("{MIN}{extra}")).unwrap_err();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        // At the limit, and one past it.
+        let many = |n: usize| (0..n).map(|i| external(d.path(), &format!("c{i}"), "")).collect::<String>();
+        assert_eq!(
+            parse(&format!("{MIN}{}", many(MAX_EXTERNAL_CHECKERS))).unwrap().external.len(),
+            MAX_EXTERNAL_CHECKERS
+        );
+        let err = parse(&format!("{MIN}{}", many(MAX_EXTERNAL_CHECKERS + 1))).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+    }
+
+    #[test]
     fn token_file_and_tls_files_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         let tok = dir.path().join("token");

@@ -1,0 +1,52 @@
+//! Commits (fsyncs) of the outbox per delivered kmsg batch, counted by `OutboxStore::commits`, for the
+//! call sequence the agent used before checkpoints travelled with their reports (enqueue; cursor put;
+//! pin put; ack; unpin put) and for today's (enqueue + cursor in one transaction; pin; ack + unpin in
+//! one). Run with `--nocapture` to see the figures.
+
+use agent::outbox::{Limits, OutboxStore, RedbOutbox};
+use agent::reporter::{finish_batch, pin_batch};
+use state_machines::Severity;
+
+/// Batches per measurement.
+const BATCHES: u64 = 50;
+/// Findings per batch (a kmsg run that found a few faults).
+const PER_BATCH: usize = 5;
+
+fn items(b: u64) -> Vec<(Severity, Vec<u8>)> {
+    (0..PER_BATCH).map(|i| (Severity::Warning, format!("finding {b}.{i}").into_bytes())).collect()
+}
+
+#[test]
+fn commits_per_batch_before_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let ob = RedbOutbox::open(&dir.path().join("before.redb"), Limits::default()).unwrap();
+        for b in 0..BATCHES {
+            let seqs = ob.enqueue(&items(b)).unwrap();
+            ob.kv_put("kmsg.cursor", format!("boot {b}").as_bytes()).unwrap();
+            let last = *seqs.last().unwrap();
+            ob.kv_put("report.inflight", &last.to_be_bytes()).unwrap();
+            ob.ack(last).unwrap();
+            ob.kv_put("report.inflight", &0u64.to_be_bytes()).unwrap();
+        }
+        ob.commits() as f64 / BATCHES as f64
+    };
+    let after = {
+        let ob = RedbOutbox::open(&dir.path().join("after.redb"), Limits::default()).unwrap();
+        for b in 0..BATCHES {
+            let cursor = format!("boot {b}");
+            ob.enqueue_with(&items(b), &[("kmsg.cursor", cursor.as_bytes())]).unwrap();
+            let (pin, entries) = pin_batch(&ob, 500).unwrap();
+            assert_eq!(entries.len(), PER_BATCH);
+            assert_eq!(finish_batch(&ob, pin).unwrap(), PER_BATCH as u64);
+        }
+        // Idle: nothing queued, nothing pinned: no commit at all.
+        let idle = ob.commits();
+        assert_eq!(pin_batch(&ob, 500).unwrap().1.len(), 0);
+        assert_eq!(ob.commits(), idle, "an idle reporter pass writes nothing");
+        assert_eq!(ob.depth().unwrap().entries, 0);
+        ob.commits() as f64 / BATCHES as f64
+    };
+    println!("outbox commits (fsyncs) per kmsg batch: before {before:.1}, after {after:.1}");
+    assert_eq!((before, after), (5.0, 3.0));
+}
