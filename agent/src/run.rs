@@ -272,6 +272,7 @@ async fn sink(
             ob.enqueue_with(&items, &kv).map(|_| ())
         })
         .await;
+        shared.metrics.outbox_commits.set(outbox.commits() as i64);
         match res {
             Ok(Ok(())) => {
                 shared.record(&findings);

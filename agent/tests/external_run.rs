@@ -4,6 +4,8 @@
 //! checkers. The good one's finding and one `checker.broken` finding about `checker/HOST/NAME` for each
 //! hostile one reach the outbox; the agent keeps running and stops cleanly.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,8 @@
 //! The child is this test binary re-executed with `HUATUO_KMSG_CHILD` set. Seeded: the seed is printed and
 //! `HUATUO_CRASH_SEED=N` replays a run.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,8 @@
 //! pin put; ack; unpin put) and for today's (enqueue + cursor in one transaction; pin; ack + unpin in
 //! one). Run with `--nocapture` to see the figures.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use agent::outbox::{Limits, OutboxStore, RedbOutbox};
 use agent::reporter::{finish_batch, pin_batch};
 use state_machines::Severity;
