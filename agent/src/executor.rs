@@ -57,6 +57,8 @@ pub struct Executor {
     state: Mutex<State>,
     /// The running actions (finished ones are reaped on every `accept`).
     running: Mutex<JoinSet<()>>,
+    /// At most this many running at once ([`MAX_RUNNING`] unless a test says otherwise).
+    max_running: usize,
     /// Notified when a result is ready, so the reporter sends it without waiting for the next beat.
     pub ready: Arc<Notify>,
 }
@@ -86,10 +88,16 @@ pub fn request_of(o: &api::ActionOrder, now_ms: u64) -> Result<ActionRequest, Or
 
 impl Executor {
     pub fn new(worker: Worker) -> Arc<Executor> {
+        Executor::with_limit(worker, MAX_RUNNING)
+    }
+
+    /// An executor running at most `max_running` actions at once.
+    pub fn with_limit(worker: Worker, max_running: usize) -> Arc<Executor> {
         Arc::new(Executor {
             worker,
             state: Mutex::new(State::default()),
             running: Mutex::new(JoinSet::new()),
+            max_running: max_running.max(1),
             ready: Arc::new(Notify::new()),
         })
     }
@@ -124,9 +132,9 @@ impl Executor {
     pub fn accept(self: &Arc<Self>, orders: &[api::ActionOrder], now_ms: u64) -> usize {
         let mut started = 0;
         for o in orders.iter().take(MAX_START_PER_BEAT) {
-            if self.running_count() >= MAX_RUNNING {
+            if self.running_count() >= self.max_running {
                 tracing::warn!(
-                    running = MAX_RUNNING,
+                    running = self.max_running,
                     "action limit reached; the rest waits for the next beat"
                 );
                 break;
@@ -225,6 +233,33 @@ mod tests {
         assert!(request_of(&order("disk/h1/sda", "format-everything", 1), 0).is_err());
         let r = request_of(&order("machine/h1", "fix:restart-service", 1), 5).expect("valid");
         assert_eq!(r.action.to_string(), "fix:restart-service");
+    }
+
+    /// A worker whose machine provision runs one slow environment check.
+    fn slow_worker(secs: u64) -> Worker {
+        let mut cfg = crate::worker::WorkerConfig { dry_run: true, ..Default::default() };
+        cfg.machine.checks = vec![crate::worker::config::EnvCheck {
+            name: "slow".into(),
+            command: vec!["sleep".into(), secs.to_string()],
+            timeout_s: 120,
+            stages: vec!["provision".into()],
+        }];
+        Worker::new("h1", cfg).expect("worker")
+    }
+
+    #[tokio::test]
+    async fn at_the_running_limit_new_orders_wait_for_a_later_beat() {
+        let ex = Executor::with_limit(slow_worker(3), 1);
+        assert_eq!(ex.accept(&[order("machine/h1", "provision", 1)], 0), 1);
+        // At the limit: not started, and not remembered, so the next heartbeat's copy starts it.
+        assert_eq!(ex.accept(&[order("machine/h1", "provision", 2)], 0), 0);
+        assert_eq!(ex.running_count(), 1);
+        // Shutdown waits for the running action until the deadline, then aborts it: bounded, nothing left.
+        let t = std::time::Instant::now();
+        let ended = ex.shutdown(tokio::time::Instant::now() + std::time::Duration::from_millis(200)).await;
+        assert_eq!(ended, 0, "the 3 s action did not end within 200 ms");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(ex.running_count(), 0);
     }
 
     #[tokio::test]
