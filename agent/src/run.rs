@@ -198,6 +198,11 @@ pub fn build_checkers(
         }
         out.push(s);
     }
+    // The graph and the registry are built from the same lists; a checker in one but not the other is a
+    // bug in this function, not in the config.
+    if let Some(left) = registry.infos().next() {
+        anyhow::bail!("checker {:?} is registered but not declared in the checker graph", left.name);
+    }
     Ok(Built { scheduled: out, routes })
 }
 
