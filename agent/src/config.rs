@@ -394,8 +394,11 @@ impl AgentConfig {
         if self.outbox.max_entries == 0 || self.outbox.max_bytes < 64 * 1024 {
             return bad("outbox: max_entries must be > 0 and max_bytes >= 65536".into());
         }
-        if self.report.batch_max == 0 || self.report.batch_max > 10_000 {
-            return bad("report.batch_max must be within 1..=10000".into());
+        if self.report.batch_max == 0 || self.report.batch_max > crate::reporter::MAX_BATCH_ENTRIES {
+            return bad(format!(
+                "report.batch_max must be within 1..={}",
+                crate::reporter::MAX_BATCH_ENTRIES
+            ));
         }
         if self.report.heartbeat_s == 0 || self.report.backoff_max_s == 0 {
             return bad("report.heartbeat_s and report.backoff_max_s must be > 0".into());

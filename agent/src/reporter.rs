@@ -24,6 +24,10 @@ use crate::outbox::{OutboxError, OutboxStore};
 
 /// Largest batch in bytes of encoded findings: well under the gRPC message limit.
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Largest `report.batch_max` a config may set. A pinned batch is re-read with this count, so a batch
+/// pinned under a larger `batch_max` (before a restart with a smaller one) is still resent whole: sending
+/// only part of it under its batch number would let the ack remove entries that were never sent.
+pub const MAX_BATCH_ENTRIES: usize = 10_000;
 /// First backoff after a failed send; doubles up to the configured cap.
 pub const BACKOFF_START: Duration = Duration::from_millis(200);
 /// On shutdown, how long the reporter keeps trying to deliver what is queued (the rest stays in the
@@ -120,14 +124,15 @@ pub fn pin_batch(
     batch_max: usize,
 ) -> Result<(u64, Vec<crate::outbox::Entry>), OutboxError> {
     let pinned = inflight(ob);
-    let mut entries = ob.peek(batch_max, MAX_BATCH_BYTES)?;
     if pinned > 0 {
-        let still: Vec<_> = entries.iter().filter(|e| e.seq <= pinned).cloned().collect();
+        let still: Vec<_> =
+            ob.peek(MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)?.into_iter().filter(|e| e.seq <= pinned).collect();
         if !still.is_empty() {
             return Ok((pinned, still));
         }
         // Everything pinned was evicted or acked already: the new pin below replaces it.
     }
+    let mut entries = ob.peek(batch_max, MAX_BATCH_BYTES)?;
     let new_pin = entries.last().map_or(0, |e| e.seq);
     if new_pin != pinned {
         ob.kv_put(INFLIGHT_KEY, &new_pin.to_be_bytes())?;

@@ -52,3 +52,22 @@ fn commits_per_batch_before_and_after() {
     println!("outbox commits (fsyncs) per kmsg batch: before {before:.1}, after {after:.1}");
     assert_eq!((before, after), (5.0, 3.0));
 }
+
+#[test]
+fn a_pinned_batch_is_resent_whole_after_a_restart_with_a_smaller_batch_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = RedbOutbox::open(&dir.path().join("o.redb"), Limits::default()).unwrap();
+    ob.enqueue(&items(1)).unwrap();
+    let (pin, entries) = pin_batch(&ob, 500).unwrap();
+    assert_eq!((pin, entries.len()), (PER_BATCH as u64, PER_BATCH));
+    // The send failed; the agent restarts with batch_max = 2 and more findings arrive.
+    ob.enqueue(&items(2)).unwrap();
+    let commits = ob.commits();
+    let (again, entries) = pin_batch(&ob, 2).unwrap();
+    assert_eq!(again, pin, "same batch number");
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=PER_BATCH as u64).collect::<Vec<_>>());
+    assert_eq!(ob.commits(), commits, "re-reading a pinned batch writes nothing");
+    finish_batch(&ob, pin).unwrap();
+    let (next, entries) = pin_batch(&ob, 2).unwrap();
+    assert_eq!((next, entries.len()), (PER_BATCH as u64 + 2, 2), "then batches follow the new batch_max");
+}
