@@ -7,9 +7,10 @@
 //! oldest entries of the lowest severity class first and counts what it dropped, so a storm of healthy
 //! readings never pushes out an ERROR. The KV holds checker state (last kmsg seq + boot id, counter
 //! baselines) and the reporter's pinned batch. Checkpoints travel WITH their findings: `enqueue_with`
-//! writes the entries and the KV pairs (the kmsg cursor) in one transaction, and `ack_with` removes
-//! acknowledged entries and updates the pin in one, so a batch costs one commit (fsync) to enter, one to
-//! pin and one to leave. [`OutboxStore::commits`] counts the commits.
+//! writes the entries and the KV pairs (the kmsg cursor) in one transaction (`enqueue_pinning` also pins
+//! the next batch in it when none is pinned), and `ack_with` removes acknowledged entries and unpins in
+//! one, so a batch costs one commit (fsync) to enter and one to leave. [`OutboxStore::commits`] counts
+//! the commits.
 //!
 //! Storage sits behind [`OutboxStore`] so engines can be compared by the same crash harness (redb is the
 //! engine we ship; sled 0.34 can be built with `--features sled` for the comparison recorded in
@@ -99,6 +100,15 @@ pub struct Depth {
 /// A KV pair written in the same transaction as an enqueue or an ack (a checkpoint, the reporter's pin).
 pub type KvWrite<'a> = (&'a str, &'a [u8]);
 
+/// How the reporter pins a batch: the KV key holding the last seq of the batch in flight (big-endian u64,
+/// 0 = none) and the limits of one batch (those of [`OutboxStore::peek`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinRule<'a> {
+    pub key: &'a str,
+    pub max_count: usize,
+    pub max_bytes: usize,
+}
+
 /// The operations the agent needs from its durable queue. Every mutating call is durable (fsync'd) when it
 /// returns Ok, and is ONE transaction: all of it or nothing survives a crash.
 pub trait OutboxStore: Send + Sync {
@@ -120,6 +130,18 @@ pub trait OutboxStore: Send + Sync {
     /// Write transactions committed (each one fsync) since this store was opened.
     fn commits(&self) -> u64 {
         0
+    }
+
+    /// [`enqueue_with`](Self::enqueue_with), and when no batch is pinned under `pin.key`, pin the first
+    /// batch (the entries `peek(pin.max_count, pin.max_bytes)` returns) in the same transaction, so the
+    /// reporter need not spend a commit on it. Engines without it pin later (the default).
+    fn enqueue_pinning(
+        &self,
+        items: &[(Severity, Vec<u8>)],
+        kv: &[KvWrite<'_>],
+        _pin: &PinRule<'_>,
+    ) -> Result<Vec<u64>, OutboxError> {
+        self.enqueue_with(items, kv)
     }
 
     /// Append entries; returns their sequence numbers.
@@ -163,28 +185,12 @@ impl RedbOutbox {
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-}
 
-fn kv_write(txn: &redb::WriteTransaction, kv: &[KvWrite<'_>]) -> Result<(), OutboxError> {
-    if kv.is_empty() {
-        return Ok(());
-    }
-    let mut t = txn.open_table(KV).map_err(storage_err)?;
-    for (k, v) in kv {
-        t.insert(*k, *v).map_err(storage_err)?;
-    }
-    Ok(())
-}
-
-fn meta_get(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, OutboxError> {
-    Ok(t.get(key).map_err(storage_err)?.map(|v| v.value()).unwrap_or(0))
-}
-
-impl OutboxStore for RedbOutbox {
-    fn enqueue_with(
+    fn enqueue_inner(
         &self,
         items: &[(Severity, Vec<u8>)],
         kv: &[KvWrite<'_>],
+        pin: Option<&PinRule<'_>>,
     ) -> Result<Vec<u64>, OutboxError> {
         if let Some((_, p)) = items.iter().find(|(_, p)| p.len() > MAX_ENTRY_BYTES) {
             return Err(OutboxError::TooLarge(p.len()));
@@ -231,8 +237,77 @@ impl OutboxStore for RedbOutbox {
                 }
             }
         }
+        if let Some(rule) = pin
+            && !items.is_empty()
+        {
+            pin_first_batch(&txn, rule)?;
+        }
         self.commit(txn)?;
         Ok(seqs)
+    }
+}
+
+/// Inside `txn`: when nothing is pinned under `rule.key`, pin the batch `peek` would return now.
+fn pin_first_batch(txn: &redb::WriteTransaction, rule: &PinRule<'_>) -> Result<(), OutboxError> {
+    let mut kv = txn.open_table(KV).map_err(storage_err)?;
+    let pinned = kv
+        .get(rule.key)
+        .map_err(storage_err)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map_or(0, u64::from_be_bytes);
+    if pinned != 0 {
+        return Ok(());
+    }
+    let outbox = txn.open_table(OUTBOX).map_err(storage_err)?;
+    let (mut count, mut size, mut last) = (0usize, 0usize, 0u64);
+    for row in outbox.iter().map_err(storage_err)? {
+        let (k, v) = row.map_err(storage_err)?;
+        let len = v.value().1.len();
+        // The same cut as `peek`: at least one entry, then within both limits.
+        if count > 0 && (count >= rule.max_count || size + len > rule.max_bytes) {
+            break;
+        }
+        count += 1;
+        size += len;
+        last = k.value();
+    }
+    if last != 0 {
+        kv.insert(rule.key, last.to_be_bytes().as_slice()).map_err(storage_err)?;
+    }
+    Ok(())
+}
+
+fn kv_write(txn: &redb::WriteTransaction, kv: &[KvWrite<'_>]) -> Result<(), OutboxError> {
+    if kv.is_empty() {
+        return Ok(());
+    }
+    let mut t = txn.open_table(KV).map_err(storage_err)?;
+    for (k, v) in kv {
+        t.insert(*k, *v).map_err(storage_err)?;
+    }
+    Ok(())
+}
+
+fn meta_get(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, OutboxError> {
+    Ok(t.get(key).map_err(storage_err)?.map(|v| v.value()).unwrap_or(0))
+}
+
+impl OutboxStore for RedbOutbox {
+    fn enqueue_with(
+        &self,
+        items: &[(Severity, Vec<u8>)],
+        kv: &[KvWrite<'_>],
+    ) -> Result<Vec<u64>, OutboxError> {
+        self.enqueue_inner(items, kv, None)
+    }
+
+    fn enqueue_pinning(
+        &self,
+        items: &[(Severity, Vec<u8>)],
+        kv: &[KvWrite<'_>],
+        pin: &PinRule<'_>,
+    ) -> Result<Vec<u64>, OutboxError> {
+        self.enqueue_inner(items, kv, Some(pin))
     }
 
     fn peek(&self, max_count: usize, max_bytes: usize) -> Result<Vec<Entry>, OutboxError> {

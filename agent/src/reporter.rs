@@ -5,8 +5,9 @@
 //! it has already applied without applying it again. Leader discovery and redirects are the client's;
 //! between failed attempts the reporter backs off exponentially with jitter, capped.
 //!
-//! Commits per batch: one to pin it, one to acknowledge it and unpin in the same transaction (the entries
-//! themselves came in with their checkpoint in one commit of the sink).
+//! Commits per batch: the entries come in with their checkpoint in one commit of the sink, which also pins
+//! them as the next batch when nothing is pinned; acknowledging and unpinning is one more. Only a batch
+//! of entries that arrived while another was in flight costs a commit of its own to pin.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,13 @@ pub const BACKOFF_START: Duration = Duration::from_millis(200);
 /// outbox for the next start).
 pub const FINAL_FLUSH: Duration = Duration::from_secs(3);
 /// KV key of the pinned in-flight batch.
-const INFLIGHT_KEY: &str = "report.inflight";
+pub const INFLIGHT_KEY: &str = "report.inflight";
+
+/// How batches are pinned: the sink pins the first batch in its enqueue transaction when nothing is
+/// pinned, with exactly the limits [`pin_batch`] uses, so a sparse batch costs no commit of its own.
+pub fn pin_rule(batch_max: usize) -> crate::outbox::PinRule<'static> {
+    crate::outbox::PinRule { key: INFLIGHT_KEY, max_count: batch_max, max_bytes: MAX_BATCH_BYTES }
+}
 
 /// Why one step of the reporter failed (the loop logs it, backs off and tries again).
 #[derive(Debug, thiserror::Error)]

@@ -244,6 +244,7 @@ async fn sink(
     routes: Routes,
     wake: Arc<Notify>,
     delay: Duration,
+    batch_max: usize,
 ) {
     let mut dedupe = Dedupe::default();
     while let Some(report) = rx.recv().await {
@@ -274,7 +275,7 @@ async fn sink(
             }
             let kv: Vec<(&str, &[u8])> =
                 checkpoint.iter().map(|c| (c.key.as_str(), c.value.as_slice())).collect();
-            ob.enqueue_with(&items, &kv).map(|_| ())
+            ob.enqueue_pinning(&items, &kv, &reporter::pin_rule(batch_max)).map(|_| ())
         })
         .await;
         shared.metrics.outbox_commits.set(outbox.commits() as i64);
@@ -362,6 +363,7 @@ token. For tests and experiments only.";
         routes,
         Arc::clone(&wake),
         hooks.sink_delay,
+        cfg.report.batch_max,
     ));
 
     let rcfg = ReporterConfig {
