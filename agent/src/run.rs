@@ -247,6 +247,8 @@ async fn sink(
     batch_max: usize,
 ) {
     let mut dedupe = Dedupe::default();
+    // Checkpoint keys that lost a commit (bounded by the number of checkers that hand out checkpoints).
+    let mut frozen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     while let Some(report) = rx.recv().await {
         let labels = vec![("checker".to_string(), report.checker.clone())];
         shared.metrics.checker_runs.get_or_create(&labels).inc();
@@ -268,7 +270,9 @@ async fn sink(
         let items: Vec<(Severity, Vec<u8>)> =
             findings.iter().filter_map(|f| serde_json::to_vec(f).ok().map(|b| (f.severity, b))).collect();
         let ob = Arc::clone(&outbox);
-        let checkpoint = report.checkpoint;
+        // A checkpoint whose key lost a commit stays where it was until the agent restarts.
+        let checkpoint = report.checkpoint.filter(|c| !frozen.contains(&c.key));
+        let key = checkpoint.as_ref().map(|c| c.key.clone());
         let res = tokio::task::spawn_blocking(move || -> Result<(), OutboxError> {
             if !delay.is_zero() {
                 std::thread::sleep(delay); // RunHooks: a slow disk under the outbox
@@ -286,10 +290,19 @@ async fn sink(
                     wake.notify_one();
                 }
             }
-            // The findings are not durable and neither is this run's checkpoint, so after a restart the
-            // kmsg lines are read again. Other checkers will report the same condition on their next run.
-            Ok(Err(e)) => tracing::error!(checker = report.checker, error = %e, "outbox enqueue failed"),
-            Err(e) => tracing::error!(checker = report.checker, error = %e, "outbox task failed"),
+            // The findings are not durable and neither is this run's checkpoint. The checker has moved on
+            // in memory, so a later run's checkpoint would skip these lines: the key is frozen, later
+            // findings are still committed, and after a restart the lines since the last committed
+            // checkpoint are read again (at least once, never lost). Other checkers will report the same
+            // condition on their next run.
+            Ok(Err(e)) => {
+                tracing::error!(checker = report.checker, error = %e, "outbox enqueue failed");
+                frozen.extend(key);
+            }
+            Err(e) => {
+                tracing::error!(checker = report.checker, error = %e, "outbox task failed");
+                frozen.extend(key);
+            }
         }
     }
 }
@@ -446,6 +459,89 @@ mod tests {
             readings: Default::default(),
             time_ms: 0,
         }
+    }
+
+    /// An outbox whose first `fail` enqueues fail; records the KV pairs of the ones that succeed.
+    struct Flaky {
+        inner: RedbOutbox,
+        fail: std::sync::atomic::AtomicUsize,
+    }
+
+    impl OutboxStore for Flaky {
+        fn enqueue_with(
+            &self,
+            items: &[(Severity, Vec<u8>)],
+            kv: &[crate::outbox::KvWrite<'_>],
+        ) -> Result<Vec<u64>, OutboxError> {
+            use std::sync::atomic::Ordering;
+            if self.fail.load(Ordering::SeqCst) > 0 {
+                self.fail.fetch_sub(1, Ordering::SeqCst);
+                return Err(OutboxError::Storage("disk full".into()));
+            }
+            self.inner.enqueue_with(items, kv)
+        }
+        fn peek(&self, c: usize, b: usize) -> Result<Vec<crate::outbox::Entry>, OutboxError> {
+            self.inner.peek(c, b)
+        }
+        fn ack_with(&self, upto: u64, kv: &[crate::outbox::KvWrite<'_>]) -> Result<u64, OutboxError> {
+            self.inner.ack_with(upto, kv)
+        }
+        fn depth(&self) -> Result<crate::outbox::Depth, OutboxError> {
+            self.inner.depth()
+        }
+        fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError> {
+            self.inner.kv_get(key)
+        }
+        fn kv_put(&self, key: &str, value: &[u8]) -> Result<(), OutboxError> {
+            self.inner.kv_put(key, value)
+        }
+    }
+
+    fn kmsg_report(seq: u64, sector: u64) -> RunReport {
+        let mut finding = f(Severity::Warning);
+        finding.checker = "kernel-log".into();
+        finding.evidence = format!("sector {sector}");
+        RunReport {
+            checker: "kernel-log".into(),
+            version: "0.1.0".into(),
+            findings: vec![finding],
+            checkpoint: Some(checkers::Checkpoint {
+                key: "kmsg.cursor".into(),
+                value: format!("b {seq}").into_bytes(),
+            }),
+            status: RunStatus::Ok { findings: 1 },
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_that_lost_its_commit_is_never_passed_by_a_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = RedbOutbox::open(&dir.path().join("o.redb"), Limits::default()).unwrap();
+        inner.kv_put("kmsg.cursor", b"b 1").unwrap();
+        let outbox = Arc::new(Flaky { inner, fail: std::sync::atomic::AtomicUsize::new(1) });
+        let (tx, rx) = mpsc::channel(4);
+        let dyn_outbox: Arc<dyn OutboxStore> = outbox.clone();
+        let task = tokio::spawn(sink(
+            rx,
+            dyn_outbox,
+            LocalState::new("h1".into(), 0),
+            Routes::default(),
+            Arc::new(Notify::new()),
+            Duration::ZERO,
+            500,
+        ));
+        tx.send(kmsg_report(2, 2)).await.unwrap(); // this commit fails
+        tx.send(kmsg_report(3, 3)).await.unwrap(); // committed, but without its checkpoint
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(
+            outbox.kv_get("kmsg.cursor").unwrap().as_deref(),
+            Some(&b"b 1"[..]),
+            "cursor stays before line 2"
+        );
+        let kept = outbox.peek(10, 1 << 20).unwrap();
+        assert_eq!(kept.len(), 1, "the later findings are still durable");
     }
 
     #[test]
