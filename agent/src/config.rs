@@ -14,6 +14,12 @@ pub const CONFIG_VERSION: u32 = 1;
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Longest checker timeout a config may ask for: a probe that needs longer is broken.
 pub const MAX_CHECKER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Most external checkers one agent runs: each is a process per interval on every host of the fleet.
+pub const MAX_EXTERNAL_CHECKERS: usize = 32;
+/// Largest stdout cap an external checker may be given (findings are a few KiB; the agent buffers it).
+pub const MAX_EXTERNAL_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+/// Default timeout of one external checker run.
+pub const DEFAULT_EXTERNAL_TIMEOUT_S: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +64,10 @@ pub struct AgentConfig {
     /// Per-checker settings, by checker name. Checkers not listed run with their defaults.
     #[serde(default)]
     pub checkers: BTreeMap<String, CheckerConfig>,
+    /// External checkers (`[[external]]`): scripts or binaries run in a sandbox (process group, timeout,
+    /// output caps) whose JSON-line findings go through the same outbox as the built-in checkers'.
+    #[serde(default)]
+    pub external: Vec<ExternalConfig>,
     /// Actions on this host (disk NEWBIE/TEST, machine FIX/NEWBIE/TEST); see `worker::config`.
     #[serde(default)]
     pub worker: crate::worker::WorkerConfig,
@@ -137,6 +147,146 @@ pub struct CheckerConfig {
     /// Checker-specific settings (e.g. `smartctl = "/usr/sbin/smartctl"`, `kmsg = "/dev/kmsg"`).
     #[serde(default)]
     pub settings: BTreeMap<String, toml::Value>,
+    /// Checkers whose findings this one grades with (replaces the default from `topology::DEFAULT_INPUTS`;
+    /// `[]` cuts them off). Only derived checkers (disk, machine) take inputs.
+    #[serde(default)]
+    pub inputs: Option<Vec<String>>,
+}
+
+/// One external checker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalConfig {
+    /// Checker name: the NAME of its `checker/HOST/NAME` object; must not be a built-in checker's.
+    pub name: String,
+    /// Its version, carried by every finding.
+    pub version: String,
+    /// Absolute path of the executable.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Seconds between runs.
+    pub interval_s: u64,
+    /// Seconds one run may take; the process group is killed after it.
+    #[serde(default = "default_external_timeout")]
+    pub timeout_s: u64,
+    /// Object kinds it reports on (`disk`, `dimm`, `nic`, `machine`).
+    pub kinds: Vec<String>,
+    /// Expected sha256 of the executable (hex), verified before every run when set.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Cap on stdout bytes per run (default `checkers::external::DEFAULT_MAX_BYTES`).
+    #[serde(default)]
+    pub max_bytes: Option<usize>,
+    /// Cap on stdout lines (findings) per run (default `checkers::external::DEFAULT_MAX_LINES`).
+    #[serde(default)]
+    pub max_lines: Option<usize>,
+}
+
+impl ExternalConfig {
+    /// Everything checkable about one entry without running it; `builtin` are the names it may not take.
+    pub fn validate(&self, builtin: &[String]) -> Result<(), ConfigError> {
+        let n = &self.name;
+        checkers::registry::validate_name(n)
+            .map_err(|e| ConfigError::Invalid(format!("external {n:?}: {e}")))?;
+        if builtin.iter().any(|b| b == n) {
+            return Err(ConfigError::Invalid(format!(
+                "external {n:?}: that is the name of a built-in checker"
+            )));
+        }
+        if self.version.is_empty()
+            || self.version.len() > 64
+            || self.version.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "external {n:?}: version must be 1-64 characters without spaces"
+            )));
+        }
+        if !self.path.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "external {n:?}: path {} must be absolute",
+                self.path.display()
+            )));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+            Ok(_) => {
+                return Err(ConfigError::Invalid(format!(
+                    "external {n:?}: {} is not an executable file",
+                    self.path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(ConfigError::Invalid(format!("external {n:?}: {}: {e}", self.path.display())));
+            }
+        }
+        if Duration::from_secs(self.interval_s) < crate::scheduler::MIN_INTERVAL {
+            return Err(ConfigError::Invalid(format!("external {n:?}: interval_s must be >= 1")));
+        }
+        if self.timeout_s == 0 || Duration::from_secs(self.timeout_s) > MAX_CHECKER_TIMEOUT {
+            return Err(ConfigError::Invalid(format!(
+                "external {n:?}: timeout_s must be within 1..={}",
+                MAX_CHECKER_TIMEOUT.as_secs()
+            )));
+        }
+        if self.kinds.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "external {n:?}: kinds must name at least one object kind"
+            )));
+        }
+        self.kinds()?;
+        if let Some(h) = &self.sha256
+            && (h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(ConfigError::Invalid(format!("external {n:?}: sha256 must be 64 hex digits")));
+        }
+        if self.max_bytes.is_some_and(|b| b == 0 || b > MAX_EXTERNAL_OUTPUT_BYTES) {
+            return Err(ConfigError::Invalid(format!(
+                "external {n:?}: max_bytes must be within 1..={MAX_EXTERNAL_OUTPUT_BYTES}"
+            )));
+        }
+        let max_lines = crate::scheduler::MAX_FINDINGS_PER_RUN;
+        if self.max_lines.is_some_and(|l| l == 0 || l > max_lines) {
+            return Err(ConfigError::Invalid(format!(
+                "external {n:?}: max_lines must be within 1..={max_lines}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The kinds, parsed; `checker` is refused (an external checker may not speak for checkers).
+    pub fn kinds(&self) -> Result<Vec<state_machines::Kind>, ConfigError> {
+        self.kinds
+            .iter()
+            .map(|k| match k.parse::<state_machines::Kind>() {
+                Ok(state_machines::Kind::Checker) | Err(_) => Err(ConfigError::Invalid(format!(
+                    "external {:?}: kind {k:?} is not one of disk, dimm, nic, machine",
+                    self.name
+                ))),
+                Ok(kind) => Ok(kind),
+            })
+            .collect()
+    }
+
+    /// The runner's spec for this entry.
+    pub fn spec(&self) -> checkers::external::ExternalSpec {
+        let mut s = checkers::external::ExternalSpec::new(&self.name, &self.version, self.path.clone());
+        s.args = self.args.clone();
+        s.timeout = Duration::from_secs(self.timeout_s);
+        s.sha256 = self.sha256.clone();
+        if let Some(b) = self.max_bytes {
+            s.max_bytes = b;
+        }
+        if let Some(l) = self.max_lines {
+            s.max_lines = l;
+        }
+        s
+    }
+}
+
+fn default_external_timeout() -> u64 {
+    DEFAULT_EXTERNAL_TIMEOUT_S
 }
 
 fn default_http() -> SocketAddr {
@@ -244,16 +394,29 @@ impl AgentConfig {
         if self.outbox.max_entries == 0 || self.outbox.max_bytes < 64 * 1024 {
             return bad("outbox: max_entries must be > 0 and max_bytes >= 65536".into());
         }
-        if self.report.batch_max == 0 || self.report.batch_max > 10_000 {
-            return bad("report.batch_max must be within 1..=10000".into());
+        if self.report.batch_max == 0 || self.report.batch_max > crate::reporter::MAX_BATCH_ENTRIES {
+            return bad(format!(
+                "report.batch_max must be within 1..={}",
+                crate::reporter::MAX_BATCH_ENTRIES
+            ));
         }
         if self.report.heartbeat_s == 0 || self.report.backoff_max_s == 0 {
             return bad("report.heartbeat_s and report.backoff_max_s must be > 0".into());
         }
-        self.worker.validate().map_err(ConfigError::Invalid)?;
+        self.worker.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let known = crate::run::known_checkers();
+        if self.external.len() > MAX_EXTERNAL_CHECKERS {
+            return bad(format!("external: more than {MAX_EXTERNAL_CHECKERS} external checkers"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for e in &self.external {
+            e.validate(&known)?;
+            if !names.insert(e.name.as_str()) {
+                return bad(format!("external {:?}: listed twice", e.name));
+            }
+        }
         for (name, c) in &self.checkers {
-            if !known.contains(&name.as_str()) {
+            if !known.contains(name) {
                 return bad(format!("checkers.{name}: unknown checker (known: {})", known.join(", ")));
             }
             if c.interval_s == Some(0) {
@@ -268,6 +431,8 @@ impl AgentConfig {
                 ));
             }
         }
+        crate::topology::validate(&crate::run::node_specs(self))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 }
@@ -319,6 +484,87 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn checker_inputs_are_validated_as_a_graph() {
+        let ok = format!("{MIN}[checkers.disk]\ninputs = []\n");
+        assert_eq!(parse(&ok).unwrap().checkers["disk"].inputs, Some(vec![]));
+        let cases = [
+            ("[checkers.disk]\ninputs = [\"kernel-logg\"]", "\"kernel-logg\" is not a checker"),
+            ("[checkers.edac]\ninputs = [\"kernel-log\"]", "takes no inputs"),
+            ("[checkers.disk]\ninputs = [\"machine\"]\n[checkers.machine]\ninputs = [\"disk\"]", "cycle"),
+        ];
+        for (extra, want) in cases {
+            let err = parse(&format!("{MIN}{extra}")).unwrap_err();
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
+    }
+
+    fn external(dir: &Path, name: &str, extra: &str) -> String {
+        let exe = dir.join("x.sh");
+        if !exe.exists() {
+            std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        format!(
+            "[[external]]\nname = \"{name}\"\nversion = \"1.0.0\"\npath = {:?}\ninterval_s = 60\nkinds = [\"disk\"]\n{extra}\n",
+            exe.display().to_string()
+        )
+    }
+
+    #[test]
+    fn external_checkers_are_validated_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        let good = parse(&format!(
+            "{MIN}{}",
+            external(d.path(), "raid", "sha256 = \"{}\"".replace("{}", &"ab".repeat(32)).as_str())
+        ))
+        .unwrap();
+        assert_eq!(good.external[0].spec().timeout, Duration::from_secs(DEFAULT_EXTERNAL_TIMEOUT_S));
+        let noexec = d.path().join("plain");
+        std::fs::write(&noexec, "x").unwrap();
+        let cases = [
+            (external(d.path(), "disk", ""), "name of a built-in checker"),
+            (external(d.path(), "bad name", ""), "unusable"),
+            (external(d.path(), "r", "timeout_s = 0"), "timeout_s"),
+            (external(d.path(), "r", "max_bytes = 0"), "max_bytes"),
+            (external(d.path(), "r", "max_lines = 100000"), "max_lines"),
+            (external(d.path(), "r", "sha256 = \"xyz\""), "sha256"),
+            (external(d.path(), "r", "").replace("[\"disk\"]", "[\"checker\"]"), "kind \"checker\""),
+            (external(d.path(), "r", "").replace("[\"disk\"]", "[]"), "at least one object kind"),
+            (external(d.path(), "r", "").replace("interval_s = 60", "interval_s = 0"), "interval_s"),
+            (external(d.path(), "r", "").replace("version = \"1.0.0\"", "version = \"\""), "version"),
+            (external(d.path(), "r", "bogus = 1"), "unknown field"),
+            (format!("{}{}", external(d.path(), "r", ""), external(d.path(), "r", "")), "listed twice"),
+            (
+                external(d.path(), "r", "").replace(&d.path().join("x.sh").display().to_string(), "rel/x.sh"),
+                "must be absolute",
+            ),
+            (
+                external(d.path(), "r", "")
+                    .replace(&d.path().join("x.sh").display().to_string(), "/nonexistent/x"),
+                "/nonexistent/x",
+            ),
+            (
+                external(d.path(), "r", "")
+                    .replace(&d.path().join("x.sh").display().to_string(), &noexec.display().to_string()),
+                "not an executable file",
+            ),
+        ];
+        for (extra, want) in cases {
+            let err = parse(&format!("{MIN}{extra}")).unwrap_err();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        // At the limit, and one past it.
+        let many = |n: usize| (0..n).map(|i| external(d.path(), &format!("c{i}"), "")).collect::<String>();
+        assert_eq!(
+            parse(&format!("{MIN}{}", many(MAX_EXTERNAL_CHECKERS))).unwrap().external.len(),
+            MAX_EXTERNAL_CHECKERS
+        );
+        let err = parse(&format!("{MIN}{}", many(MAX_EXTERNAL_CHECKERS + 1))).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
     }
 
     #[test]

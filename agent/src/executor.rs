@@ -2,7 +2,9 @@
 //! reporter to send back (Command kind "result"). Orders come with every heartbeat while pending, so the
 //! executor remembers which (object, requested_ms) it started or finished and runs each once; a restart of
 //! the agent forgets, gets the order again and re-runs it, which is safe because every action is
-//! idempotent. Results wait in a bounded queue until the master acknowledges them.
+//! idempotent. Results wait in a bounded queue until the master acknowledges them. Every running action is
+//! a task the executor owns (a `JoinSet`): the daemon awaits them on shutdown until its deadline and aborts
+//! the rest, so no action task outlives the agent unobserved.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use proto::api;
 use state_machines::{Action, ObjectId};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use crate::worker::{ActionReport, ActionRequest, Worker};
 
@@ -20,6 +23,18 @@ pub const MAX_REMEMBERED: usize = 1024;
 pub const MAX_RESULTS: usize = 256;
 /// Orders started per heartbeat (one heartbeat carries at most the master's `MAX_ORDERS`).
 pub const MAX_START_PER_BEAT: usize = 64;
+/// Actions running at once; orders beyond it wait for the next heartbeat (they are re-sent while pending).
+/// A host has a few dozen objects, and each action holds a blocking thread of the agent's small pool.
+pub const MAX_RUNNING: usize = 16;
+
+/// Why an order cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("order for {object:?}: {err}")]
+    Object { object: String, err: state_machines::IdError },
+    #[error("order for {object:?}: {err}")]
+    Action { object: String, err: String },
+}
 
 /// A finished action waiting for the master's acknowledgement.
 #[derive(Debug, Clone)]
@@ -40,6 +55,10 @@ struct State {
 pub struct Executor {
     worker: Worker,
     state: Mutex<State>,
+    /// The running actions (finished ones are reaped on every `accept`).
+    running: Mutex<JoinSet<()>>,
+    /// At most this many running at once ([`MAX_RUNNING`] unless a test says otherwise).
+    max_running: usize,
     /// Notified when a result is ready, so the reporter sends it without waiting for the next beat.
     pub ready: Arc<Notify>,
 }
@@ -49,9 +68,12 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 /// Turn a wire order into a worker request; a malformed order is a clear error (and runs nothing).
-pub fn request_of(o: &api::ActionOrder, now_ms: u64) -> Result<ActionRequest, String> {
-    let object: ObjectId = o.object.parse().map_err(|e| format!("order for {:?}: {e}", o.object))?;
-    let action: Action = o.action.parse()?;
+pub fn request_of(o: &api::ActionOrder, now_ms: u64) -> Result<ActionRequest, OrderError> {
+    let object: ObjectId =
+        o.object.parse().map_err(|err| OrderError::Object { object: o.object.clone(), err })?;
+    // `Action`'s parser (state-machines) reports a message; it is wrapped here with the order it refused.
+    let action: Action =
+        o.action.parse().map_err(|err| OrderError::Action { object: o.object.clone(), err })?;
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
     Ok(ActionRequest {
         object,
@@ -66,13 +88,57 @@ pub fn request_of(o: &api::ActionOrder, now_ms: u64) -> Result<ActionRequest, St
 
 impl Executor {
     pub fn new(worker: Worker) -> Arc<Executor> {
-        Arc::new(Executor { worker, state: Mutex::new(State::default()), ready: Arc::new(Notify::new()) })
+        Executor::with_limit(worker, MAX_RUNNING)
+    }
+
+    /// An executor running at most `max_running` actions at once.
+    pub fn with_limit(worker: Worker, max_running: usize) -> Arc<Executor> {
+        Arc::new(Executor {
+            worker,
+            state: Mutex::new(State::default()),
+            running: Mutex::new(JoinSet::new()),
+            max_running: max_running.max(1),
+            ready: Arc::new(Notify::new()),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Actions still running.
+    pub fn running_count(&self) -> usize {
+        let mut set = self.running();
+        while set.try_join_next().is_some() {}
+        set.len()
+    }
+
+    /// Wait for the running actions until `deadline`, then abort the rest. Returns how many ended in time.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) -> usize {
+        let mut set = std::mem::take(&mut *self.running());
+        let mut n = 0;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, set.join_next()).await {
+            n += 1;
+        }
+        if !set.is_empty() {
+            tracing::warn!(actions = set.len(), "actions still running at shutdown; aborting them");
+        }
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+        n
     }
 
     /// Start the orders not seen before. Returns how many were started.
     pub fn accept(self: &Arc<Self>, orders: &[api::ActionOrder], now_ms: u64) -> usize {
         let mut started = 0;
         for o in orders.iter().take(MAX_START_PER_BEAT) {
+            if self.running_count() >= self.max_running {
+                tracing::warn!(
+                    running = self.max_running,
+                    "action limit reached; the rest waits for the next beat"
+                );
+                break;
+            }
             let key = (o.object.clone(), o.requested_ms);
             {
                 let mut st = lock(&self.state);
@@ -98,7 +164,7 @@ impl Executor {
             tracing::info!(object = %req.object, action = %req.action, "running action");
             let me = Arc::clone(self);
             started += 1;
-            tokio::spawn(async move {
+            self.running().spawn(async move {
                 let report = me.worker.run(req).await;
                 tracing::info!(object = %report.object, action = %report.action, success = report.success,
                     outcome = ?report.outcome, detail = report.detail, "action finished");
@@ -167,6 +233,33 @@ mod tests {
         assert!(request_of(&order("disk/h1/sda", "format-everything", 1), 0).is_err());
         let r = request_of(&order("machine/h1", "fix:restart-service", 1), 5).expect("valid");
         assert_eq!(r.action.to_string(), "fix:restart-service");
+    }
+
+    /// A worker whose machine provision runs one slow environment check.
+    fn slow_worker(secs: u64) -> Worker {
+        let mut cfg = crate::worker::WorkerConfig { dry_run: true, ..Default::default() };
+        cfg.machine.checks = vec![crate::worker::config::EnvCheck {
+            name: "slow".into(),
+            command: vec!["sleep".into(), secs.to_string()],
+            timeout_s: 120,
+            stages: vec!["provision".into()],
+        }];
+        Worker::new("h1", cfg).expect("worker")
+    }
+
+    #[tokio::test]
+    async fn at_the_running_limit_new_orders_wait_for_a_later_beat() {
+        let ex = Executor::with_limit(slow_worker(3), 1);
+        assert_eq!(ex.accept(&[order("machine/h1", "provision", 1)], 0), 1);
+        // At the limit: not started, and not remembered, so the next heartbeat's copy starts it.
+        assert_eq!(ex.accept(&[order("machine/h1", "provision", 2)], 0), 0);
+        assert_eq!(ex.running_count(), 1);
+        // Shutdown waits for the running action until the deadline, then aborts it: bounded, nothing left.
+        let t = std::time::Instant::now();
+        let ended = ex.shutdown(tokio::time::Instant::now() + std::time::Duration::from_millis(200)).await;
+        assert_eq!(ended, 0, "the 3 s action did not end within 200 ms");
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(ex.running_count(), 0);
     }
 
     #[tokio::test]

@@ -11,4 +11,5 @@ pub mod outbox_sled;
 pub mod reporter;
 pub mod run;
 pub mod scheduler;
+pub mod topology;
 pub mod worker;

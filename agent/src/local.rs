@@ -34,6 +34,10 @@ pub struct Metrics {
     pub send_errors: Counter,
     pub sent_findings: Counter,
     pub kmsg_lost: Gauge,
+    /// Outbox write transactions (each one fsync) since start.
+    pub outbox_commits: Gauge,
+    /// Batches the master acknowledged.
+    pub sent_batches: Counter,
 }
 
 impl Metrics {
@@ -51,7 +55,19 @@ impl Metrics {
             send_errors: Counter::default(),
             sent_findings: Counter::default(),
             kmsg_lost: Gauge::default(),
+            outbox_commits: Gauge::default(),
+            sent_batches: Counter::default(),
         };
+        reg.register(
+            "huatuo_agent_outbox_commits",
+            "Outbox write transactions (each one fsync) since start",
+            m.outbox_commits.clone(),
+        );
+        reg.register(
+            "huatuo_agent_sent_batches",
+            "Batches acknowledged by the master",
+            m.sent_batches.clone(),
+        );
         reg.register(
             "huatuo_agent_findings",
             "Findings produced, by checker and severity",
@@ -90,8 +106,8 @@ impl Metrics {
     }
 }
 
-/// State shared between the agent's tasks and its HTTP surface.
-pub struct Shared {
+/// What the agent's tasks publish and its local HTTP surface shows: host, metrics, recent findings.
+pub struct LocalState {
     pub host: String,
     pub registry: Registry,
     pub metrics: Metrics,
@@ -99,11 +115,11 @@ pub struct Shared {
     pub started_ms: u64,
 }
 
-impl Shared {
+impl LocalState {
     pub fn new(host: String, started_ms: u64) -> Arc<Self> {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
-        Arc::new(Shared { host, registry, metrics, recent: Mutex::new(VecDeque::new()), started_ms })
+        Arc::new(LocalState { host, registry, metrics, recent: Mutex::new(VecDeque::new()), started_ms })
     }
 
     /// Remember findings for the local API and count them.
@@ -128,7 +144,7 @@ impl Shared {
     }
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<LocalState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -136,7 +152,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+async fn metrics(State(s): State<Arc<LocalState>>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
         Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response(),
@@ -144,7 +160,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn local(State(s): State<Arc<Shared>>) -> Response {
+async fn local(State(s): State<Arc<LocalState>>) -> Response {
     let findings: Vec<Finding> = s.recent.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
     axum::Json(serde_json::json!({ "host": s.host, "started_ms": s.started_ms, "findings": findings }))
         .into_response()

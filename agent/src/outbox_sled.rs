@@ -6,7 +6,7 @@ use std::path::Path;
 
 use state_machines::Severity;
 
-use crate::outbox::{Depth, Entry, Limits, MAX_ENTRY_BYTES, OutboxError, OutboxStore, class_of};
+use crate::outbox::{Depth, Entry, KvWrite, Limits, MAX_ENTRY_BYTES, OutboxError, OutboxStore, class_of};
 
 pub struct SledOutbox {
     db: sled::Db,
@@ -15,13 +15,13 @@ pub struct SledOutbox {
     lock: std::sync::Mutex<()>,
 }
 
-fn st<E: std::fmt::Display>(e: E) -> OutboxError {
+fn storage_err<E: std::fmt::Display>(e: E) -> OutboxError {
     OutboxError::Storage(e.to_string())
 }
 
 fn get_u64(t: &sled::Tree, k: &str) -> Result<u64, OutboxError> {
     Ok(t.get(k)
-        .map_err(st)?
+        .map_err(storage_err)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0))
@@ -29,8 +29,8 @@ fn get_u64(t: &sled::Tree, k: &str) -> Result<u64, OutboxError> {
 
 impl SledOutbox {
     pub fn open(path: &Path, limits: Limits) -> Result<Self, OutboxError> {
-        let db = sled::open(path).map_err(st)?;
-        let outbox = db.open_tree("outbox").map_err(st)?;
+        let db = sled::open(path).map_err(storage_err)?;
+        let outbox = db.open_tree("outbox").map_err(storage_err)?;
         Ok(SledOutbox { db, outbox, limits, lock: std::sync::Mutex::new(()) })
     }
 
@@ -40,7 +40,13 @@ impl SledOutbox {
 }
 
 impl OutboxStore for SledOutbox {
-    fn enqueue(&self, items: &[(Severity, Vec<u8>)]) -> Result<Vec<u64>, OutboxError> {
+    // sled has no transaction across trees here: the KV pairs are flushed with the entries (this engine is
+    // only kept for the crash-harness comparison, never shipped).
+    fn enqueue_with(
+        &self,
+        items: &[(Severity, Vec<u8>)],
+        kv: &[KvWrite<'_>],
+    ) -> Result<Vec<u64>, OutboxError> {
         if let Some((_, p)) = items.iter().find(|(_, p)| p.len() > MAX_ENTRY_BYTES) {
             return Err(OutboxError::TooLarge(p.len()));
         }
@@ -55,13 +61,17 @@ impl OutboxStore for SledOutbox {
             seqs.push(next);
             next += 1;
         }
-        self.outbox.apply_batch(batch).map_err(st)?;
+        self.outbox.apply_batch(batch).map_err(storage_err)?;
         // Simple eviction (oldest first): the crash harness never reaches the limits.
         while self.outbox.len() as u64 > self.limits.max_entries {
-            self.outbox.pop_min().map_err(st)?;
+            self.outbox.pop_min().map_err(storage_err)?;
         }
-        self.db.insert("next_seq", &next.to_be_bytes()).map_err(st)?;
-        self.db.flush().map_err(st)?;
+        self.db.insert("next_seq", &next.to_be_bytes()).map_err(storage_err)?;
+        let kvt = self.db.open_tree("kv").map_err(storage_err)?;
+        for (k, v) in kv {
+            kvt.insert(*k, *v).map_err(storage_err)?;
+        }
+        self.db.flush().map_err(storage_err)?;
         Ok(seqs)
     }
 
@@ -69,7 +79,7 @@ impl OutboxStore for SledOutbox {
         let mut out = Vec::new();
         let mut size = 0;
         for row in self.outbox.iter() {
-            let (k, v) = row.map_err(st)?;
+            let (k, v) = row.map_err(storage_err)?;
             let seq =
                 u64::from_be_bytes(<[u8; 8]>::try_from(k.as_ref()).map_err(|_| OutboxError::Corrupt(0))?);
             let (class, payload) = v.split_first().ok_or(OutboxError::Corrupt(seq))?;
@@ -82,17 +92,21 @@ impl OutboxStore for SledOutbox {
         Ok(out)
     }
 
-    fn ack(&self, upto: u64) -> Result<u64, OutboxError> {
+    fn ack_with(&self, upto: u64, kv: &[KvWrite<'_>]) -> Result<u64, OutboxError> {
         let _g = self.guard()?;
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for row in self.outbox.range(..=upto.to_be_bytes()) {
-            let (k, _) = row.map_err(st)?;
+            let (k, _) = row.map_err(storage_err)?;
             batch.remove(k);
             n += 1;
         }
-        self.outbox.apply_batch(batch).map_err(st)?;
-        self.db.flush().map_err(st)?;
+        self.outbox.apply_batch(batch).map_err(storage_err)?;
+        let kvt = self.db.open_tree("kv").map_err(storage_err)?;
+        for (k, v) in kv {
+            kvt.insert(*k, *v).map_err(storage_err)?;
+        }
+        self.db.flush().map_err(storage_err)?;
         Ok(n)
     }
 
@@ -107,12 +121,12 @@ impl OutboxStore for SledOutbox {
     }
 
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError> {
-        Ok(self.db.open_tree("kv").map_err(st)?.get(key).map_err(st)?.map(|v| v.to_vec()))
+        Ok(self.db.open_tree("kv").map_err(storage_err)?.get(key).map_err(storage_err)?.map(|v| v.to_vec()))
     }
 
     fn kv_put(&self, key: &str, value: &[u8]) -> Result<(), OutboxError> {
-        self.db.open_tree("kv").map_err(st)?.insert(key, value).map_err(st)?;
-        self.db.flush().map_err(st)?;
+        self.db.open_tree("kv").map_err(storage_err)?.insert(key, value).map_err(storage_err)?;
+        self.db.flush().map_err(storage_err)?;
         Ok(())
     }
 }

@@ -2,32 +2,36 @@
 //! surface together, and shuts them all down in order on request (stop checkers, flush what can be flushed
 //! within a bounded time, close the stream; the outbox keeps the rest for the next start).
 //!
-//! Data flow: checker run (blocking thread) -> `RunReport` over a bounded channel -> sink task (dedupe of
-//! unchanged healthy readings, outbox enqueue with fsync, then the kmsg cursor is committed) -> reporter.
-//! The kmsg cursor is committed only after the findings of the lines it covers are durable, so a crash
-//! between the two re-reads lines instead of losing them.
+//! Data flow: checker run (blocking thread) -> `RunReport` (findings + that run's checkpoint) over a bounded
+//! channel -> sink task (hands the findings to the derived checkers that consume them, drops unchanged
+//! healthy readings, then ONE outbox transaction with the findings and the checkpoint) -> reporter.
+//! Reports are committed in the order they were produced, each with its own checkpoint, so the kmsg
+//! cursor can never pass a finding that is not durable: a crash before the commit re-reads those lines,
+//! a crash after it has them in the outbox.
+//!
+//! Which checkers run and which consume whose findings is built here from the config in one place:
+//! [`node_specs`] declares the graph, `topology::validate` checks it, [`build_checkers`] builds the registry
+//! (built-in, rule-set and external checkers alike) and schedules it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use checkers::edac::EdacChecker;
-use checkers::kernel_log::{Cursor, CursorError, CursorStore, KernelLogChecker, RuleSet};
-use checkers::machine::MachineChecker;
-use checkers::nic::NicChecker;
-use checkers::registry::HostConfig;
-use checkers::scoring::disk::DiskChecker;
+use checkers::external::ExternalChecker;
+use checkers::kernel_log::{Cursor, KMSG_CHECKPOINT_KEY, KernelLogChecker, RuleSet};
+use checkers::registry::{HostConfig, Registry, Source, host_checkers};
 use checkers::{CheckContext, Checker};
 use state_machines::{Finding, Severity};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::AgentConfig;
-use crate::local::Shared;
-use crate::outbox::{Limits, OutboxStore, RedbOutbox};
+use crate::local::LocalState;
+use crate::outbox::{Limits, OutboxError, OutboxStore, RedbOutbox};
 use crate::reporter::{self, ReporterConfig};
-use crate::scheduler::{RunReport, RunStatus, Scheduled, now_ms, run_loop};
+use crate::scheduler::{MIN_INTERVAL, RunReport, RunStatus, Scheduled, now_ms, run_loop};
+use crate::topology::{self, Derived, Inbox, NodeSpec, Routes};
 
 /// Pending run reports between the checkers and the sink: a slow disk under the outbox makes checkers
 /// wait (back-pressure) instead of growing memory.
@@ -40,33 +44,20 @@ pub const KMSG_POLL: Duration = Duration::from_secs(1);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default checker timeout when neither the config nor the checker says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// KV key of the kmsg cursor.
-const KMSG_CURSOR_KEY: &str = "kmsg.cursor";
+/// The scheduler's timeout of an external checker is its own timeout plus this: the runner kills the
+/// process group first and reports `checker.broken` with what it saw, rather than a bare `checker.hung`.
+pub const EXTERNAL_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The kmsg cursor in the outbox's KV, committed by the sink after the findings are durable.
-struct KvCursorStore {
-    outbox: Arc<dyn OutboxStore>,
-    pending: Arc<Mutex<Option<Cursor>>>,
-}
-
-impl CursorStore for KvCursorStore {
-    fn load(&mut self) -> Result<Option<Cursor>, CursorError> {
-        let raw = self.outbox.kv_get(KMSG_CURSOR_KEY).ok().flatten();
-        Ok(raw.and_then(|v| {
-            let s = String::from_utf8(v).ok()?;
-            let (boot, seq) = s.split_once(' ')?;
-            Some(Cursor { boot_id: boot.to_string(), seq: seq.parse().ok()? })
-        }))
-    }
-
-    fn save(&mut self, cursor: &Cursor) -> Result<(), CursorError> {
-        if let Ok(mut p) = self.pending.lock() {
-            *p = Some(cursor.clone());
-        }
-        Ok(())
-    }
+/// Knobs for tests only (the binary uses the defaults): a slow outbox disk, and a kmsg poll faster than a
+/// config may ask for, so crash tests see many kmsg runs queued behind a slow sink in little time.
+#[derive(Debug, Clone, Default)]
+pub struct RunHooks {
+    /// Sleep before every outbox commit of the sink.
+    pub sink_delay: Duration,
+    /// Interval of the kernel-log checker instead of the config's or [`KMSG_POLL`].
+    pub kmsg_interval: Option<Duration>,
 }
 
 /// This machine's host name (from the real /proc, not the probe root).
@@ -85,81 +76,35 @@ fn scheduled(cfg: &AgentConfig, checker: Box<dyn Checker>, interval: Option<Dura
     }
     let interval = c.interval_s.map(Duration::from_secs).or(interval).unwrap_or(checker.default_interval());
     let timeout = c.timeout_s.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
-    Some(Scheduled { checker, interval, timeout, jitter: 0.1 })
+    Some(Scheduled { checker, interval: interval.max(MIN_INTERVAL), timeout, jitter: 0.1 })
 }
 
-/// Most kernel-log findings buffered for one consumer between its runs (a log storm must not grow memory;
-/// the kernel-log findings themselves still go to the master in full).
-pub const KERNEL_FEED_MAX: usize = 10_000;
-
-/// Kernel-log findings on their way to a checker that grades with them (disk, machine).
-#[derive(Clone, Default)]
-pub struct KernelFeed(Arc<Mutex<Vec<Finding>>>);
-
-impl KernelFeed {
-    fn push(&self, findings: &[Finding]) {
-        if let Ok(mut v) = self.0.lock() {
-            for f in findings {
-                if v.len() >= KERNEL_FEED_MAX {
-                    v.remove(0);
-                }
-                v.push(f.clone());
-            }
-        }
-    }
-
-    fn take(&self) -> Vec<Finding> {
-        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
-    }
-}
-
-/// Checkers that take the kernel-log findings since their last run as an input.
-trait KernelFed: Checker {
-    fn set_kernel_findings(&mut self, findings: Vec<Finding>);
-}
-
-impl KernelFed for DiskChecker {
-    fn set_kernel_findings(&mut self, findings: Vec<Finding>) {
-        DiskChecker::set_kernel_findings(self, findings)
-    }
-}
-
-impl KernelFed for MachineChecker {
-    fn set_kernel_findings(&mut self, findings: Vec<Finding>) {
-        MachineChecker::set_kernel_findings(self, findings)
-    }
-}
-
-/// A checker that is handed the kernel findings of its feed before each run.
-struct Fed<C> {
-    inner: C,
-    feed: KernelFeed,
-}
-
-impl<C: KernelFed> Checker for Fed<C> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn version(&self) -> &'static str {
-        self.inner.version()
-    }
-    fn kinds(&self) -> &'static [state_machines::Kind] {
-        self.inner.kinds()
-    }
-    fn default_interval(&self) -> Duration {
-        self.inner.default_interval()
-    }
-    fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, checkers::CheckError> {
-        self.inner.set_kernel_findings(self.feed.take());
-        self.inner.run(ctx)
-    }
-}
-
-/// Names of the checkers this agent can run (config sections are checked against it).
-pub fn known_checkers() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = checkers::registry::catalog().iter().map(|c| c.name).collect();
-    names.push(checkers::kernel_log::CHECKER_NAME);
+/// Names of the compiled-in checkers (config sections `[checkers.NAME]` are checked against it).
+pub fn known_checkers() -> Vec<String> {
+    let mut names: Vec<String> = checkers::registry::catalog().into_iter().map(|c| c.name).collect();
+    names.push(checkers::kernel_log::CHECKER_NAME.to_string());
     names
+}
+
+/// The checker graph this config declares: every checker (built-in, rule-set, external) with the inputs
+/// it consumes (the config's `inputs`, else the default of `topology::DEFAULT_INPUTS`).
+pub fn node_specs(cfg: &AgentConfig) -> Vec<NodeSpec> {
+    let inputs = |name: &str| {
+        cfg.checkers
+            .get(name)
+            .and_then(|c| c.inputs.clone())
+            .unwrap_or_else(|| topology::default_inputs(name))
+    };
+    let mut nodes: Vec<NodeSpec> = checkers::registry::catalog()
+        .into_iter()
+        .map(|i| NodeSpec { inputs: inputs(&i.name), name: i.name, consumes_inputs: i.consumes_inputs })
+        .collect();
+    let kl = checkers::kernel_log::CHECKER_NAME;
+    nodes.push(NodeSpec { name: kl.into(), consumes_inputs: false, inputs: inputs(kl) });
+    for e in &cfg.external {
+        nodes.push(NodeSpec { name: e.name.clone(), consumes_inputs: false, inputs: Vec::new() });
+    }
+    nodes
 }
 
 fn setting_path(cfg: &AgentConfig, checker: &str, key: &str) -> anyhow::Result<Option<PathBuf>> {
@@ -170,12 +115,31 @@ fn setting_path(cfg: &AgentConfig, checker: &str, key: &str) -> anyhow::Result<O
     }
 }
 
-/// Build the checkers the config enables; returns them with the feeds the sink fills with kernel findings.
-fn build_checkers(
+/// The kmsg cursor the last run committed (with its findings), if any.
+fn committed_kmsg_cursor(outbox: &dyn OutboxStore) -> anyhow::Result<Option<Cursor>> {
+    let raw = outbox.kv_get(KMSG_CHECKPOINT_KEY).context("reading the kmsg cursor")?;
+    Ok(raw.and_then(|v| {
+        let c = String::from_utf8(v).ok().and_then(|s| Cursor::decode(&s));
+        if c.is_none() {
+            tracing::warn!("malformed kmsg cursor in the outbox KV; reading the kernel log from its start");
+        }
+        c
+    }))
+}
+
+/// The scheduled checkers and the routes that feed derived checkers.
+pub struct Built {
+    pub scheduled: Vec<Scheduled>,
+    pub routes: Routes,
+}
+
+/// Build the registry the config asks for and schedule it along the validated graph.
+pub fn build_checkers(
     cfg: &AgentConfig,
-    outbox: &Arc<dyn OutboxStore>,
-    cursor: &Arc<Mutex<Option<Cursor>>>,
-) -> anyhow::Result<(Vec<Scheduled>, Vec<KernelFeed>)> {
+    outbox: &dyn OutboxStore,
+    hooks: &RunHooks,
+) -> anyhow::Result<Built> {
+    let graph = topology::validate(&node_specs(cfg)).context("checker inputs")?;
     let mut host = HostConfig::default();
     // SMART: the configured smartctl, else the standard one when probing this host and it is installed.
     host.disk.smartctl = setting_path(cfg, "disk", "smartctl")?.or_else(|| {
@@ -183,22 +147,63 @@ fn build_checkers(
         (cfg.root == Path::new("/") && std_path.exists()).then_some(std_path)
     });
     host.disk.profile_dir = setting_path(cfg, "disk", "profiles")?;
-    let feeds = vec![KernelFeed::default(), KernelFeed::default()];
-    let mut out = Vec::new();
-    let disk = Fed { inner: DiskChecker::new(host.disk.clone()), feed: feeds[0].clone() };
-    out.extend(scheduled(cfg, Box::new(disk), None));
-    out.extend(scheduled(cfg, Box::new(EdacChecker::new(host.edac)), None));
-    out.extend(scheduled(cfg, Box::new(NicChecker::new(host.nic.clone())), None));
-    let machine = Fed { inner: MachineChecker::new(host.machine.clone()), feed: feeds[1].clone() };
-    out.extend(scheduled(cfg, Box::new(machine), None));
+    let mut registry = Registry::new();
+    for c in host_checkers(&host) {
+        registry.insert(c, Source::BuiltIn)?;
+    }
     let rules = match setting_path(cfg, "kernel-log", "rules")? {
         Some(dir) => RuleSet::from_dir(&dir).context("kernel-log rules")?,
         None => RuleSet::default_rules().context("built-in kernel-log rules")?,
     };
-    let store = KvCursorStore { outbox: Arc::clone(outbox), pending: Arc::clone(cursor) };
-    let kl = KernelLogChecker::kmsg(Arc::new(rules), Box::new(store));
-    out.extend(scheduled(cfg, Box::new(kl), Some(KMSG_POLL)));
-    Ok((out, feeds))
+    let resume = committed_kmsg_cursor(outbox)?;
+    registry
+        .insert(Box::new(KernelLogChecker::kmsg_checkpointed(Arc::new(rules), resume)), Source::RuleSet)?;
+    for e in &cfg.external {
+        let interval = Duration::from_secs(e.interval_s);
+        registry.insert(Box::new(ExternalChecker::new(e.spec(), e.kinds()?, interval)), Source::External)?;
+    }
+    let mut routes = Routes::default();
+    let mut out = Vec::new();
+    for name in &graph.order {
+        let Some((info, checker)) = registry.remove(name) else { continue };
+        let s = match info.source {
+            Source::External => Some(Scheduled {
+                interval: info.interval.max(MIN_INTERVAL),
+                timeout: cfg
+                    .external
+                    .iter()
+                    .find(|e| &e.name == name)
+                    .map(|e| Duration::from_secs(e.timeout_s))
+                    .unwrap_or(checkers::external::DEFAULT_TIMEOUT)
+                    + EXTERNAL_TIMEOUT_SLACK,
+                checker,
+                jitter: 0.1,
+            }),
+            Source::RuleSet => {
+                let mut s = scheduled(cfg, checker, Some(KMSG_POLL));
+                if let (Some(s), Some(i)) = (s.as_mut(), hooks.kmsg_interval) {
+                    s.interval = i;
+                }
+                s
+            }
+            Source::BuiltIn => scheduled(cfg, checker, None),
+        };
+        let Some(mut s) = s else { continue }; // disabled
+        if let Some(inputs) = graph.inputs.get(name) {
+            let inbox = Inbox::default();
+            for i in inputs {
+                routes.add(i, inbox.clone());
+            }
+            s.checker = Box::new(Derived { inner: s.checker, inbox });
+        }
+        out.push(s);
+    }
+    // The graph and the registry are built from the same lists; a checker in one but not the other is a
+    // bug in this function, not in the config.
+    if let Some(left) = registry.infos().next() {
+        anyhow::bail!("checker {:?} is registered but not declared in the checker graph", left.name);
+    }
+    Ok(Built { scheduled: out, routes })
 }
 
 /// Keeps unchanged healthy readings from being re-sent every run.
@@ -235,14 +240,17 @@ impl Dedupe {
 async fn sink(
     mut rx: mpsc::Receiver<RunReport>,
     outbox: Arc<dyn OutboxStore>,
-    shared: Arc<Shared>,
-    cursor: Arc<Mutex<Option<Cursor>>>,
-    feeds: Vec<KernelFeed>,
+    shared: Arc<LocalState>,
+    routes: Routes,
     wake: Arc<Notify>,
+    delay: Duration,
+    batch_max: usize,
 ) {
     let mut dedupe = Dedupe::default();
+    // Checkpoint keys that lost a commit (bounded by the number of checkers that hand out checkpoints).
+    let mut frozen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     while let Some(report) = rx.recv().await {
-        let labels = vec![("checker".to_string(), report.checker.to_string())];
+        let labels = vec![("checker".to_string(), report.checker.clone())];
         shared.metrics.checker_runs.get_or_create(&labels).inc();
         shared.metrics.checker_seconds.get_or_create(&labels).observe(report.elapsed.as_secs_f64());
         let reason = match &report.status {
@@ -252,35 +260,29 @@ async fn sink(
             RunStatus::Flooded { .. } => Some("flooding"),
         };
         if let Some(r) = reason {
-            let l = vec![
-                ("checker".to_string(), report.checker.to_string()),
-                ("reason".to_string(), r.to_string()),
-            ];
+            let l =
+                vec![("checker".to_string(), report.checker.clone()), ("reason".to_string(), r.to_string())];
             shared.metrics.checker_failures.get_or_create(&l).inc();
         }
         let now = now_ms();
-        let is_kmsg = report.checker == checkers::kernel_log::CHECKER_NAME;
-        if is_kmsg {
-            for feed in &feeds {
-                feed.push(&report.findings);
-            }
-        }
+        routes.deliver(&report.checker, &report.findings);
         let findings: Vec<Finding> = report.findings.into_iter().filter(|f| dedupe.keep(f, now)).collect();
         let items: Vec<(Severity, Vec<u8>)> =
             findings.iter().filter_map(|f| serde_json::to_vec(f).ok().map(|b| (f.severity, b))).collect();
         let ob = Arc::clone(&outbox);
-        let pending = if is_kmsg { cursor.lock().ok().and_then(|mut c| c.take()) } else { None };
-        let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            if !items.is_empty() {
-                ob.enqueue(&items).map_err(|e| e.to_string())?;
+        // A checkpoint whose key lost a commit stays where it was until the agent restarts.
+        let checkpoint = report.checkpoint.filter(|c| !frozen.contains(&c.key));
+        let key = checkpoint.as_ref().map(|c| c.key.clone());
+        let res = tokio::task::spawn_blocking(move || -> Result<(), OutboxError> {
+            if !delay.is_zero() {
+                std::thread::sleep(delay); // RunHooks: a slow disk under the outbox
             }
-            if let Some(c) = pending {
-                ob.kv_put(KMSG_CURSOR_KEY, format!("{} {}", c.boot_id, c.seq).as_bytes())
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
+            let kv: Vec<(&str, &[u8])> =
+                checkpoint.iter().map(|c| (c.key.as_str(), c.value.as_slice())).collect();
+            ob.enqueue_pinning(&items, &kv, &reporter::pin_rule(batch_max)).map(|_| ())
         })
         .await;
+        shared.metrics.outbox_commits.set(outbox.commits() as i64);
         match res {
             Ok(Ok(())) => {
                 shared.record(&findings);
@@ -288,16 +290,34 @@ async fn sink(
                     wake.notify_one();
                 }
             }
-            // The findings are not durable; the kmsg cursor was not advanced, so those lines are read again
-            // after a restart. Other checkers will report the same condition on their next run.
-            Ok(Err(e)) => tracing::error!(checker = report.checker, error = %e, "outbox enqueue failed"),
-            Err(e) => tracing::error!(checker = report.checker, error = %e, "outbox task failed"),
+            // The findings are not durable and neither is this run's checkpoint. The checker has moved on
+            // in memory, so a later run's checkpoint would skip these lines: the key is frozen, later
+            // findings are still committed, and after a restart the lines since the last committed
+            // checkpoint are read again (at least once, never lost). Other checkers will report the same
+            // condition on their next run.
+            Ok(Err(e)) => {
+                tracing::error!(checker = report.checker, error = %e, "outbox enqueue failed");
+                frozen.extend(key);
+            }
+            Err(e) => {
+                tracing::error!(checker = report.checker, error = %e, "outbox task failed");
+                frozen.extend(key);
+            }
         }
     }
 }
 
 /// Run the agent until `shutdown` turns true.
-pub async fn run(cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    run_with(cfg, RunHooks::default(), shutdown).await
+}
+
+/// [`run`] with test knobs.
+pub async fn run_with(
+    cfg: AgentConfig,
+    hooks: RunHooks,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let host = cfg.host.clone().unwrap_or_else(local_hostname);
     // TLS files and token are read before anything starts, so a bad path is a clear startup error.
     let security = cfg.client_security().context("agent TLS/token settings")?;
@@ -319,13 +339,15 @@ token. For tests and experiments only.";
     let outbox: Arc<dyn OutboxStore> =
         Arc::new(RedbOutbox::open(&db, limits).with_context(|| format!("opening {}", db.display()))?);
     let started = now_ms();
-    let shared = Shared::new(host.clone(), started);
-    let cursor = Arc::new(Mutex::new(None));
-    let (checkers, feeds) = build_checkers(&cfg, &outbox, &cursor)?;
+    let shared = LocalState::new(host.clone(), started);
+    let Built { scheduled: checkers, routes } = build_checkers(&cfg, outbox.as_ref(), &hooks)?;
     let versions: BTreeMap<String, String> =
         checkers.iter().map(|s| (s.checker.name().to_string(), s.checker.version().to_string())).collect();
     let inventory = crate::inventory::collect(&cfg.root, &host);
     tracing::info!(host, checkers = checkers.len(), objects = inventory.len(), "agent starting");
+    let executor = crate::executor::Executor::new(
+        crate::worker::Worker::new(&host, cfg.worker.clone()).context("worker config")?,
+    );
 
     let listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
@@ -346,8 +368,16 @@ token. For tests and experiments only.";
     }
     drop(tx);
     let wake = Arc::new(Notify::new());
-    let sink_task =
-        tokio::spawn(sink(rx, Arc::clone(&outbox), Arc::clone(&shared), cursor, feeds, Arc::clone(&wake)));
+    let mut sink_task = tokio::task::JoinSet::new();
+    sink_task.spawn(sink(
+        rx,
+        Arc::clone(&outbox),
+        Arc::clone(&shared),
+        routes,
+        Arc::clone(&wake),
+        hooks.sink_delay,
+        cfg.report.batch_max,
+    ));
 
     let rcfg = ReporterConfig {
         masters: cfg.masters.clone(),
@@ -359,9 +389,7 @@ token. For tests and experiments only.";
         backoff_max: Duration::from_secs(cfg.report.backoff_max_s),
         checkers: versions,
         labels: cfg.labels.clone(),
-        executor: Some(crate::executor::Executor::new(
-            crate::worker::Worker::new(&host, cfg.worker.clone()).context("worker config")?,
-        )),
+        executor: Some(Arc::clone(&executor)),
         inventory_every: Duration::from_secs(cfg.report.inventory_s.max(1)),
         root: cfg.root.clone(),
         security,
@@ -379,7 +407,8 @@ token. For tests and experiments only.";
     tasks.spawn(async move {
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
+                // An Err means the sender is gone, which is a stop too.
+                http_stop.wait_for(|s| *s).await.ok();
             })
             .await;
         if let Err(e) = res {
@@ -387,18 +416,32 @@ token. For tests and experiments only.";
         }
     });
 
-    let _ = shutdown.wait_for(|s| *s).await;
+    // An Err means the caller dropped its sender: stop as well.
+    shutdown.wait_for(|s| *s).await.ok();
     tracing::info!("agent stopping");
-    let _ = stop_tx.send(true);
+    stop_tx.send_replace(true);
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    // Checkers first (their last reports reach the sink), then the sink drains, then the rest.
-    while tokio::time::timeout_at(deadline, checker_tasks.join_next()).await.ok().flatten().is_some() {}
-    checker_tasks.abort_all();
-    let _ = tokio::time::timeout_at(deadline, sink_task).await;
-    while tokio::time::timeout_at(deadline, tasks.join_next()).await.ok().flatten().is_some() {}
-    tasks.abort_all();
-    tracing::info!("agent stopped");
+    // Checkers first (their last reports reach the sink), then the sink drains, then the reporter and the
+    // HTTP surface, then running actions. Whatever misses the deadline is aborted (never left detached);
+    // the outbox keeps its data.
+    let stopped = join_until(&mut checker_tasks, deadline).await;
+    let sank = join_until(&mut sink_task, deadline).await;
+    let rest = join_until(&mut tasks, deadline).await;
+    let actions = executor.shutdown(deadline).await;
+    tracing::info!(checkers = stopped, sink = sank, tasks = rest, actions, "agent stopped");
     Ok(())
+}
+
+/// Await every task of `set` until `deadline`, then abort the rest. Returns how many ended in time.
+async fn join_until<T: 'static>(set: &mut tokio::task::JoinSet<T>, deadline: tokio::time::Instant) -> usize {
+    let mut n = 0;
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, set.join_next()).await {
+        n += 1;
+    }
+    set.abort_all();
+    // Reap the aborted ones so none outlives this call unobserved.
+    while set.join_next().await.is_some() {}
+    n
 }
 
 #[cfg(test)]
@@ -416,6 +459,89 @@ mod tests {
             readings: Default::default(),
             time_ms: 0,
         }
+    }
+
+    /// An outbox whose first `fail` enqueues fail; records the KV pairs of the ones that succeed.
+    struct Flaky {
+        inner: RedbOutbox,
+        fail: std::sync::atomic::AtomicUsize,
+    }
+
+    impl OutboxStore for Flaky {
+        fn enqueue_with(
+            &self,
+            items: &[(Severity, Vec<u8>)],
+            kv: &[crate::outbox::KvWrite<'_>],
+        ) -> Result<Vec<u64>, OutboxError> {
+            use std::sync::atomic::Ordering;
+            if self.fail.load(Ordering::SeqCst) > 0 {
+                self.fail.fetch_sub(1, Ordering::SeqCst);
+                return Err(OutboxError::Storage("disk full".into()));
+            }
+            self.inner.enqueue_with(items, kv)
+        }
+        fn peek(&self, c: usize, b: usize) -> Result<Vec<crate::outbox::Entry>, OutboxError> {
+            self.inner.peek(c, b)
+        }
+        fn ack_with(&self, upto: u64, kv: &[crate::outbox::KvWrite<'_>]) -> Result<u64, OutboxError> {
+            self.inner.ack_with(upto, kv)
+        }
+        fn depth(&self) -> Result<crate::outbox::Depth, OutboxError> {
+            self.inner.depth()
+        }
+        fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError> {
+            self.inner.kv_get(key)
+        }
+        fn kv_put(&self, key: &str, value: &[u8]) -> Result<(), OutboxError> {
+            self.inner.kv_put(key, value)
+        }
+    }
+
+    fn kmsg_report(seq: u64, sector: u64) -> RunReport {
+        let mut finding = f(Severity::Warning);
+        finding.checker = "kernel-log".into();
+        finding.evidence = format!("sector {sector}");
+        RunReport {
+            checker: "kernel-log".into(),
+            version: "0.1.0".into(),
+            findings: vec![finding],
+            checkpoint: Some(checkers::Checkpoint {
+                key: "kmsg.cursor".into(),
+                value: format!("b {seq}").into_bytes(),
+            }),
+            status: RunStatus::Ok { findings: 1 },
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_that_lost_its_commit_is_never_passed_by_a_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = RedbOutbox::open(&dir.path().join("o.redb"), Limits::default()).unwrap();
+        inner.kv_put("kmsg.cursor", b"b 1").unwrap();
+        let outbox = Arc::new(Flaky { inner, fail: std::sync::atomic::AtomicUsize::new(1) });
+        let (tx, rx) = mpsc::channel(4);
+        let dyn_outbox: Arc<dyn OutboxStore> = outbox.clone();
+        let task = tokio::spawn(sink(
+            rx,
+            dyn_outbox,
+            LocalState::new("h1".into(), 0),
+            Routes::default(),
+            Arc::new(Notify::new()),
+            Duration::ZERO,
+            500,
+        ));
+        tx.send(kmsg_report(2, 2)).await.unwrap(); // this commit fails
+        tx.send(kmsg_report(3, 3)).await.unwrap(); // committed, but without its checkpoint
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(
+            outbox.kv_get("kmsg.cursor").unwrap().as_deref(),
+            Some(&b"b 1"[..]),
+            "cursor stays before line 2"
+        );
+        let kept = outbox.peek(10, 1 << 20).unwrap();
+        assert_eq!(kept.len(), 1, "the later findings are still durable");
     }
 
     #[test]

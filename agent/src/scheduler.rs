@@ -1,11 +1,15 @@
 //! Runs each enabled checker on its interval with jitter, its own timeout and an output limit, and hands
 //! the findings to the agent's sink (the outbox). A checker that fails, hangs or floods becomes a finding
 //! about the checker (`checker/HOST/NAME`), never a stuck or crashed agent. A hung run is never overlapped
-//! by a second run of the same checker: the next run starts only after the hung one returned.
+//! by a second run of the same checker: the next run starts only after the hung one returned, and what that
+//! late run found (and its checkpoint) is reported then, so nothing it read is skipped.
+//!
+//! Each report carries the checkpoint of its own run (taken from the checker on the run's thread, right
+//! after the run): the sink commits findings and checkpoint together, in report order.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use checkers::{CheckContext, CheckError, Checker};
+use checkers::{CheckContext, CheckError, Checker, Checkpoint};
 use state_machines::{Finding, Kind, ObjectId, Severity};
 use tokio::sync::{mpsc, watch};
 
@@ -14,6 +18,8 @@ use tokio::sync::{mpsc, watch};
 pub const MAX_FINDINGS_PER_RUN: usize = 1_000;
 /// Shortest interval a config may ask for: protects the host from a typo like `interval_s = 0`.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest wait the loop itself accepts (whatever built the schedule): a zero interval must not spin.
+pub const MIN_LOOP_WAIT: Duration = Duration::from_millis(10);
 
 /// Wall-clock milliseconds: the edge where time enters the agent.
 pub fn now_ms() -> u64 {
@@ -62,11 +68,13 @@ pub enum RunStatus {
     Flooded { produced: usize },
 }
 
-/// What a run reports to the agent: the checker, its findings, and how the run went.
+/// What a run reports to the agent: the checker, its findings, its checkpoint, and how the run went.
 pub struct RunReport {
-    pub checker: &'static str,
-    pub version: &'static str,
+    pub checker: String,
+    pub version: String,
     pub findings: Vec<Finding>,
+    /// Where this run stopped reading (the kmsg cursor); committed with `findings` in one transaction.
+    pub checkpoint: Option<Checkpoint>,
     pub status: RunStatus,
     pub elapsed: Duration,
 }
@@ -81,15 +89,17 @@ pub async fn run_loop(
 ) {
     let mut rng = seed | 1;
     loop {
-        let (checker, report) = run_once(s.checker, &ctx, s.timeout, &mut shutdown).await;
+        let (checker, reports) = run_once(s.checker, &ctx, s.timeout, &mut shutdown).await;
+        for report in reports {
+            if tx.send(report).await.is_err() {
+                return;
+            }
+        }
         s.checker = match checker {
             Some(c) => c,
             None => return, // shut down while a hung run was still in flight
         };
-        if tx.send(report).await.is_err() {
-            return;
-        }
-        let wait = jittered(s.interval.max(MIN_INTERVAL), s.jitter, &mut rng);
+        let wait = jittered(s.interval.max(MIN_LOOP_WAIT), s.jitter, &mut rng);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
@@ -106,54 +116,83 @@ fn jittered(interval: Duration, jitter: f64, rng: &mut u64) -> Duration {
     interval + interval.mul_f64(frac)
 }
 
+type Joined = (Box<dyn Checker>, Result<Vec<Finding>, CheckError>, Option<Checkpoint>);
+
 /// Runs a checker once on a blocking thread with a timeout. Returns the checker back (None only when the
-/// agent shut down while a timed-out run was still going).
+/// agent shut down while a timed-out run was still going, or the checker panicked) and the reports of the
+/// run: one, or for a hung run two (the hang at once, then what the late run found when it returned).
 pub async fn run_once(
     checker: Box<dyn Checker>,
     ctx: &CheckContext,
     timeout: Duration,
     shutdown: &mut watch::Receiver<bool>,
-) -> (Option<Box<dyn Checker>>, RunReport) {
-    let name = checker.name();
-    let version = checker.version();
+) -> (Option<Box<dyn Checker>>, Vec<RunReport>) {
+    let name = checker.name().to_string();
+    let version = checker.version().to_string();
     let mut run_ctx = ctx.clone();
     run_ctx.now_ms = now_ms();
     let started = std::time::Instant::now();
-    let mut handle = tokio::task::spawn_blocking(move || {
+    let mut handle = tokio::task::spawn_blocking(move || -> Joined {
         let mut checker = checker;
         let res = checker.run(&run_ctx);
-        (checker, res)
+        // Taken on the run's thread, right after the run: the checkpoint belongs to exactly these findings.
+        let checkpoint = checker.take_checkpoint();
+        (checker, res, checkpoint)
     });
-    let (checker, status, findings) = tokio::select! {
+    let report = |findings: Vec<Finding>, checkpoint, status, elapsed| RunReport {
+        checker: name.clone(),
+        version: version.clone(),
+        findings,
+        checkpoint,
+        status,
+        elapsed,
+    };
+    let panicked = |e: tokio::task::JoinError| {
+        // The checker panicked: it is gone; report it and stop scheduling it.
+        let f =
+            checker_finding(&ctx.host, &name, &version, "checker.panicked", format!("checker panicked: {e}"));
+        report(f.into_iter().collect(), None, RunStatus::Failed("panicked".into()), started.elapsed())
+    };
+    tokio::select! {
         joined = &mut handle => match joined {
-            Ok((c, res)) => { let (st, f) = judge(&ctx.host, name, version, res); (Some(c), st, f) }
-            Err(e) => {
-                // The checker panicked: it is gone; report it and stop scheduling it.
-                let f = checker_finding(&ctx.host, name, version, "checker.panicked", format!("checker panicked: {e}"));
-                return (None, RunReport { checker: name, version, findings: f.into_iter().collect(),
-                    status: RunStatus::Failed("panicked".into()), elapsed: started.elapsed() });
+            Ok((c, res, cp)) => {
+                let (st, f) = judge(&ctx.host, &name, &version, res);
+                (Some(c), vec![report(f, cp, st, started.elapsed())])
             }
+            Err(e) => (None, vec![panicked(e)]),
         },
         _ = tokio::time::sleep(timeout) => {
-            // Report the hang now, then wait for the run to return before the checker may run again.
-            let f = checker_finding(&ctx.host, name, version, "checker.hung",
+            // Report the hang, then wait for the run to return before the checker may run again; what
+            // the late run found is reported after the hang, with its checkpoint.
+            let f = checker_finding(&ctx.host, &name, &version, "checker.hung",
                 format!("checker did not finish within {timeout:?}"));
-            let report = RunReport { checker: name, version, findings: f.into_iter().collect(),
-                status: RunStatus::TimedOut, elapsed: started.elapsed() };
+            let mut reports = vec![report(f.into_iter().collect(), None, RunStatus::TimedOut, started.elapsed())];
             let back = tokio::select! {
-                joined = handle => joined.ok().map(|(c, _)| c),
+                joined = handle => match joined {
+                    Ok((c, res, cp)) => {
+                        let (_, f) = judge(&ctx.host, &name, &version, res);
+                        if !f.is_empty() || cp.is_some() {
+                            let late = RunStatus::Ok { findings: f.len() };
+                            reports.push(report(f, cp, late, started.elapsed()));
+                        }
+                        Some(c)
+                    }
+                    Err(e) => {
+                        reports.push(panicked(e));
+                        None
+                    }
+                },
                 _ = shutdown.changed() => None,
             };
-            return (back, report);
+            (back, reports)
         }
-    };
-    (checker, RunReport { checker: name, version, findings, status, elapsed: started.elapsed() })
+    }
 }
 
 fn judge(
     host: &str,
-    name: &'static str,
-    version: &'static str,
+    name: &str,
+    version: &str,
     res: Result<Vec<Finding>, CheckError>,
 ) -> (RunStatus, Vec<Finding>) {
     match res {
@@ -193,13 +232,13 @@ mod tests {
     }
 
     impl Checker for Fake {
-        fn name(&self) -> &'static str {
+        fn name(&self) -> &str {
             "fake"
         }
-        fn version(&self) -> &'static str {
+        fn version(&self) -> &str {
             "1.0.0"
         }
-        fn kinds(&self) -> &'static [Kind] {
+        fn kinds(&self) -> &[Kind] {
             &[Kind::Disk]
         }
         fn default_interval(&self) -> Duration {
@@ -247,7 +286,8 @@ mod tests {
     async fn hung_checker_is_reported_and_never_overlapped() {
         let (c, runs) = fake("hang");
         let (_tx, mut rx) = watch::channel(false);
-        let (back, report) = run_once(c, &ctx(), Duration::from_millis(20), &mut rx).await;
+        let (back, reports) = run_once(c, &ctx(), Duration::from_millis(20), &mut rx).await;
+        let report = &reports[0];
         assert_eq!(report.status, RunStatus::TimedOut);
         assert_eq!(report.findings.len(), 1);
         assert_eq!(report.findings[0].object.to_string(), "checker/h1/fake");
@@ -258,11 +298,49 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
+    /// Hangs past the timeout, then returns a finding and a checkpoint.
+    struct Late;
+
+    impl Checker for Late {
+        fn name(&self) -> &str {
+            "late"
+        }
+        fn version(&self) -> &str {
+            "1.0.0"
+        }
+        fn kinds(&self) -> &[Kind] {
+            &[Kind::Disk]
+        }
+        fn default_interval(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
+            std::thread::sleep(Duration::from_millis(200));
+            let f = checker_finding(&ctx.host, "late", "1.0.0", "late.found", String::new());
+            Ok(f.into_iter().collect())
+        }
+        fn take_checkpoint(&mut self) -> Option<Checkpoint> {
+            Some(Checkpoint { key: "late.cursor".into(), value: b"9".to_vec() })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_run_reports_its_late_findings_with_their_checkpoint() {
+        let (_tx, mut rx) = watch::channel(false);
+        let (back, reports) = run_once(Box::new(Late), &ctx(), Duration::from_millis(20), &mut rx).await;
+        assert!(back.is_some());
+        assert_eq!(reports.len(), 2);
+        assert_eq!((reports[0].status.clone(), reports[0].checkpoint.clone()), (RunStatus::TimedOut, None));
+        assert_eq!(reports[1].findings[0].rule, "late.found");
+        assert_eq!(reports[1].checkpoint.as_ref().map(|c| c.value.clone()), Some(b"9".to_vec()));
+    }
+
     #[tokio::test]
     async fn failing_checker_becomes_a_finding_about_the_checker() {
         let (c, _) = fake("fail");
         let (_tx, mut rx) = watch::channel(false);
-        let (back, report) = run_once(c, &ctx(), Duration::from_secs(5), &mut rx).await;
+        let (back, reports) = run_once(c, &ctx(), Duration::from_secs(5), &mut rx).await;
+        let report = &reports[0];
         assert!(back.is_some());
         assert!(matches!(report.status, RunStatus::Failed(_)));
         assert_eq!(report.findings[0].object.kind(), Kind::Checker);
@@ -273,7 +351,8 @@ mod tests {
     async fn flooding_checker_is_cut_at_the_limit() {
         let (c, _) = fake("flood");
         let (_tx, mut rx) = watch::channel(false);
-        let (_, report) = run_once(c, &ctx(), Duration::from_secs(5), &mut rx).await;
+        let (_, reports) = run_once(c, &ctx(), Duration::from_secs(5), &mut rx).await;
+        let report = &reports[0];
         assert_eq!(report.status, RunStatus::Flooded { produced: MAX_FINDINGS_PER_RUN + 5 });
         assert_eq!(report.findings.len(), MAX_FINDINGS_PER_RUN + 1);
         assert_eq!(report.findings.last().unwrap().rule, "checker.flooding");

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use state_machines::{Finding, Kind, ObjectId, Severity};
 
 use crate::probe::{self, RunLimits};
-use crate::{CheckContext, CheckError};
+use crate::{CheckContext, CheckError, Checker};
 
 /// Default wall time for one run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,6 +71,32 @@ impl ExternalSpec {
     }
 }
 
+/// Why the executable could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{path}: larger than {MAX_EXECUTABLE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+}
+
+/// Why one output line was rejected (quoted in the `checker.broken` finding).
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("not a finding: {0}")]
+    NotAFinding(#[from] serde_json::Error),
+    #[error("bad object: {0}")]
+    BadObject(state_machines::IdError),
+    #[error("object {object} is on another host (this is {host}): rejected")]
+    OtherHost { object: ObjectId, host: String },
+    #[error("object {0}: an external checker may not report about checkers")]
+    CheckerObject(ObjectId),
+    #[error("{0}")]
+    BadSeverity(state_machines::finding::SeverityError),
+    #[error("rule must be 1-128 characters without spaces or control characters")]
+    BadRule,
+}
+
 /// One line as an external checker prints it. Unknown fields are ignored (newer checkers may add some).
 #[derive(Debug, Deserialize)]
 struct Line {
@@ -84,20 +110,21 @@ struct Line {
 }
 
 /// sha256 of a file, hex, reading at most [`MAX_EXECUTABLE_BYTES`].
-pub fn sha256_file(path: &std::path::Path) -> Result<String, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn sha256_file(path: &std::path::Path) -> Result<String, HashError> {
+    let io = |err| HashError::Io { path: path.to_path_buf(), err };
+    let f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
     let mut r = f.take(MAX_EXECUTABLE_BYTES + 1);
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
-        let n = r.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = r.read(&mut buf).map_err(io)?;
         if n == 0 {
             break;
         }
         total += n as u64;
         if total > MAX_EXECUTABLE_BYTES {
-            return Err(format!("{}: larger than {MAX_EXECUTABLE_BYTES} bytes", path.display()));
+            return Err(HashError::TooLarge { path: path.to_path_buf() });
         }
         h.update(&buf[..n]);
     }
@@ -134,19 +161,19 @@ pub fn parse_output(
     (findings, problems, rejected)
 }
 
-fn parse_line(spec: &ExternalSpec, ctx: &CheckContext, line: &str) -> Result<Finding, String> {
-    let l: Line = serde_json::from_str(line).map_err(|e| format!("not a finding: {e}"))?;
-    let object: ObjectId = l.object.parse().map_err(|e| format!("bad object: {e}"))?;
+fn parse_line(spec: &ExternalSpec, ctx: &CheckContext, line: &str) -> Result<Finding, LineError> {
+    let l: Line = serde_json::from_str(line)?;
+    let object: ObjectId = l.object.parse().map_err(LineError::BadObject)?;
     if object.host() != ctx.host {
-        return Err(format!("object {object} is on another host (this is {}): rejected", ctx.host));
+        return Err(LineError::OtherHost { object, host: ctx.host.clone() });
     }
     if object.kind() == Kind::Checker {
-        return Err(format!("object {object}: an external checker may not report about checkers"));
+        return Err(LineError::CheckerObject(object));
     }
-    let severity: Severity = l.severity.parse().map_err(|e| format!("{e}"))?;
+    let severity: Severity = l.severity.parse().map_err(LineError::BadSeverity)?;
     if l.rule.is_empty() || l.rule.len() > 128 || l.rule.chars().any(|c| c.is_control() || c.is_whitespace())
     {
-        return Err("rule must be 1-128 characters without spaces or control characters".into());
+        return Err(LineError::BadRule);
     }
     let readings = l
         .readings
@@ -237,6 +264,42 @@ pub fn run(spec: &ExternalSpec, ctx: &CheckContext) -> Result<Vec<Finding>, Chec
         findings.push(broken(problems, readings));
     }
     Ok(findings)
+}
+
+/// An external checker as a [`Checker`]: its name and version come from configuration (or, later, the
+/// catalog), so it sits in the same registry and schedule as the built-in checkers.
+pub struct ExternalChecker {
+    spec: ExternalSpec,
+    kinds: Vec<Kind>,
+    interval: Duration,
+}
+
+impl ExternalChecker {
+    pub fn new(spec: ExternalSpec, kinds: Vec<Kind>, interval: Duration) -> Self {
+        ExternalChecker { spec, kinds, interval }
+    }
+
+    pub fn spec(&self) -> &ExternalSpec {
+        &self.spec
+    }
+}
+
+impl Checker for ExternalChecker {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+    fn version(&self) -> &str {
+        &self.spec.version
+    }
+    fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+    fn default_interval(&self) -> Duration {
+        self.interval
+    }
+    fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
+        run(&self.spec, ctx)
+    }
 }
 
 #[cfg(test)]

@@ -50,11 +50,39 @@ pub enum CheckError {
     Config(String),
 }
 
+/// Where a stateful checker's last run stopped reading (the kmsg cursor for the kernel log), as a key and
+/// an opaque value for the agent's KV. The agent takes it right after the run and commits it in the SAME
+/// outbox transaction as that run's findings, so a checkpoint can never pass a finding that is not durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
 /// A host checker. `run` may keep state between calls (previous counter samples for deltas).
+///
+/// Names are owned by the checker (`&str`, not `&'static str`): built-in checkers return constants,
+/// external and rule-set checkers return names read from configuration, and the agent treats all of them
+/// the same way.
 pub trait Checker: Send {
-    fn name(&self) -> &'static str;
-    fn version(&self) -> &'static str;
-    fn kinds(&self) -> &'static [Kind];
+    fn name(&self) -> &str;
+    fn version(&self) -> &str;
+    fn kinds(&self) -> &[Kind];
     fn default_interval(&self) -> Duration;
     fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError>;
+
+    /// The checkpoint of the run that just returned, if it moved since the last one taken (stateless
+    /// checkers have none). Called once after every run, on the same thread.
+    fn take_checkpoint(&mut self) -> Option<Checkpoint> {
+        None
+    }
+
+    /// Whether this checker grades with other checkers' findings (a derived checker, e.g. disk and machine
+    /// grading with kernel-log findings). Only such checkers may name inputs in the agent's topology.
+    fn consumes_inputs(&self) -> bool {
+        false
+    }
+
+    /// The findings of this checker's declared inputs since its last run, handed over before each run.
+    fn set_inputs(&mut self, _findings: Vec<Finding>) {}
 }

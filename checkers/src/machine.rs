@@ -380,6 +380,13 @@ impl Checker for MachineChecker {
     fn default_interval(&self) -> Duration {
         Duration::from_secs(30)
     }
+    /// Kernel-log findings are an input of this grade (wired by the agent's topology).
+    fn consumes_inputs(&self) -> bool {
+        true
+    }
+    fn set_inputs(&mut self, findings: Vec<Finding>) {
+        self.set_kernel_findings(findings);
+    }
     fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
         let object = ObjectId::machine(&ctx.host).map_err(|e| CheckError::Malformed(e.to_string()))?;
         let mut notes = Vec::new();

@@ -4,6 +4,7 @@
 //! (default checkers, no kernel lines); phase 2 replays a kernel-log storm of real-format lines at a fixed
 //! rate (default 5,000 lines/s) with unique marker faults mixed in, and checks that every marker became a
 //! finding (no line lost). CPU comes from /proc/PID/stat (utime + stime), RSS from /proc/PID/status.
+//! Outbox commits (each one fsync) per phase and per acknowledged batch come from the agent's metrics.
 //! Prints medians of per-second samples; no assertion on time anywhere.
 
 use std::io::Write;
@@ -162,8 +163,16 @@ pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
     // Let it start, register and run every checker once before measuring.
     std::thread::sleep(Duration::from_secs(5));
     println!("huatuo bench agent: pid {pid}, {}s per phase, storm {} lines/s", a.seconds, a.rate);
+    let commits = |port| {
+        (
+            metric(port, "huatuo_agent_outbox_commits").unwrap_or(0.0),
+            metric(port, "huatuo_agent_sent_batches_total").unwrap_or(0.0),
+        )
+    };
+    let idle_start = commits(port);
     let (idle_cpu, idle_rss, idle_max) =
         sample(pid, a.seconds, || std::thread::sleep(Duration::from_millis(100)))?;
+    let idle_end = commits(port);
     println!(
         "idle:  CPU {:.3}% of a core (mean over the window; per-second median {:.1}%)   RSS {idle_rss:.1} MiB \
          median, {idle_max:.1} MiB max",
@@ -234,6 +243,21 @@ pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
     }
     let lost = markers.saturating_sub(got as u64);
     println!("markers: {markers} written, {} reported, {lost} lost", got as u64);
+    let storm_end = commits(port);
+    let per_batch = |from: (f64, f64), to: (f64, f64)| {
+        let b = to.1 - from.1;
+        if b > 0.0 { format!("{:.2}", (to.0 - from.0) / b) } else { "-".into() }
+    };
+    println!(
+        "outbox commits (fsyncs): idle {:.0} in {}s ({} per acknowledged batch); storm {:.0} for {:.0} batches \
+         ({} per batch)",
+        idle_end.0 - idle_start.0,
+        a.seconds,
+        per_batch(idle_start, idle_end),
+        storm_end.0 - idle_end.0,
+        storm_end.1 - idle_end.1,
+        per_batch(idle_end, storm_end)
+    );
     println!(
         "floors: idle RSS < 20 MiB: {}; idle CPU < 0.5%: {}; storm CPU < 5%: {}; no line lost: {}",
         idle_rss < 20.0,

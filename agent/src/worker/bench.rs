@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::config::Thresholds;
+use crate::worker::StepError;
 
 /// O_DIRECT needs buffers, offsets and lengths aligned to the logical block size; 4 KiB covers 512e
 /// and 4Kn drives.
@@ -130,23 +131,25 @@ fn p99_ms(samples: &mut [u32]) -> f64 {
     samples[idx] as f64 / 1000.0
 }
 
-fn open_direct(path: &Path, create: bool) -> Result<File, String> {
+fn open_direct(path: &Path, create: bool) -> Result<File, StepError> {
     let mut o = OpenOptions::new();
     o.read(true).write(true).custom_flags(libc::O_DIRECT);
     if create {
         o.create(true).truncate(true);
     }
     o.open(path).map_err(|e| {
-        if e.raw_os_error() == Some(libc::EINVAL) {
-            format!("{}: the filesystem does not support O_DIRECT ({e})", path.display())
-        } else {
-            format!("{}: {e}", path.display())
-        }
+        StepError::Failed({
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                format!("{}: the filesystem does not support O_DIRECT ({e})", path.display())
+            } else {
+                format!("{}: {e}", path.display())
+            }
+        })
     })
 }
 
-fn io_err(what: &str, e: std::io::Error) -> String {
-    format!("{what}: {e}")
+fn io_err(what: &str, e: std::io::Error) -> StepError {
+    StepError::Failed(format!("{what}: {e}"))
 }
 
 fn mbps(bytes: u64, d: Duration) -> f64 {
@@ -155,17 +158,17 @@ fn mbps(bytes: u64, d: Duration) -> f64 {
 
 /// Run the four phases on `path` (created, removed at the end), `total` time split evenly, the file at
 /// most `file_bytes`. `deadline` bounds everything: phases stop early when it comes.
-pub fn run(path: &Path, file_bytes: u64, total: Duration, deadline: Instant) -> Result<Figures, String> {
+pub fn run(path: &Path, file_bytes: u64, total: Duration, deadline: Instant) -> Result<Figures, StepError> {
     let res = run_inner(path, file_bytes, total, deadline);
     let _ = std::fs::remove_file(path);
     res
 }
 
-fn run_inner(path: &Path, file_bytes: u64, total: Duration, deadline: Instant) -> Result<Figures, String> {
+fn run_inner(path: &Path, file_bytes: u64, total: Duration, deadline: Instant) -> Result<Figures, StepError> {
     let phase = total / 4;
     let file_bytes = file_bytes - file_bytes % SEQ_BLOCK as u64;
     if file_bytes < SEQ_BLOCK as u64 {
-        return Err("benchmark file smaller than one block".into());
+        return Err(StepError::Failed("benchmark file smaller than one block".into()));
     }
     let f = open_direct(path, true)?;
     let mut fig = Figures::default();
@@ -182,7 +185,7 @@ fn run_inner(path: &Path, file_bytes: u64, total: Duration, deadline: Instant) -
     f.sync_all().map_err(|e| io_err("fsync", e))?;
     let took = start.elapsed();
     if written == 0 {
-        return Err("sequential write made no progress before the deadline".into());
+        return Err(StepError::Failed("sequential write made no progress before the deadline".into()));
     }
     fig.bytes_written = written;
     fig.seq_write_mbps = mbps(written, took);
@@ -229,10 +232,10 @@ fn run_inner(path: &Path, file_bytes: u64, total: Duration, deadline: Instant) -
         }
         let took = start.elapsed();
         if ops < MIN_RAND_OPS {
-            return Err(format!(
+            return Err(StepError::Failed(format!(
                 "random {} managed only {ops} operations (< {MIN_RAND_OPS}) before the deadline",
                 if write { "write" } else { "read" }
-            ));
+            )));
         }
         let iops = ops as f64 / took.as_secs_f64().max(1e-9);
         if write {
@@ -297,11 +300,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("bench");
         let r = run(&p, 4 * 1024 * 1024, Duration::from_secs(1), Instant::now());
-        let e = r.unwrap_err();
+        let e = r.unwrap_err().to_string();
         assert!(e.contains("no progress") || e.contains("O_DIRECT"), "{e}");
         assert!(
             run(&p, 1000, Duration::from_secs(1), Instant::now())
                 .unwrap_err()
+                .to_string()
                 .contains("smaller than one block")
         );
         assert!(!p.exists());
@@ -315,7 +319,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         match run(&p, 4 * 1024 * 1024, Duration::from_millis(80), deadline) {
             Ok(f) => assert!(f.seq_write_mbps > 0.0 && f.rand_read_ops >= MIN_RAND_OPS, "{f:?}"),
-            Err(e) => assert!(e.contains("O_DIRECT"), "{e}"),
+            Err(e) => assert!(e.to_string().contains("O_DIRECT"), "{e}"),
         }
         assert!(!p.exists(), "benchmark file removed");
     }

@@ -3,6 +3,7 @@
 //! mounts (from `/proc/self/mountinfo`, matched by `major:minor`, never by path), and whether it holds the
 //! root filesystem. Read-only: nothing here changes the system.
 
+use crate::worker::StepError;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -140,9 +141,10 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 }
 
 /// Current mounts of the agent's namespace.
-pub fn mounts(proc_root: &Path) -> Result<Vec<MountEntry>, String> {
+pub fn mounts(proc_root: &Path) -> Result<Vec<MountEntry>, StepError> {
     let p = proc_root.join("self/mountinfo");
-    let text = read_small(&p, MAX_MOUNTINFO_BYTES).ok_or_else(|| format!("cannot read {}", p.display()))?;
+    let text = read_small(&p, MAX_MOUNTINFO_BYTES)
+        .ok_or_else(|| StepError::Failed(format!("cannot read {}", p.display())))?;
     Ok(parse_mountinfo(&text))
 }
 
@@ -266,45 +268,58 @@ pub fn identify(
     slot: &str,
     expect: &Expect<'_>,
     ours: &[PathBuf],
-) -> Result<Identity, String> {
+) -> Result<Identity, StepError> {
     if !valid_slot(slot) {
-        return Err(format!("slot {slot:?} is not a device name"));
+        return Err(StepError::Refused(format!("slot {slot:?} is not a device name")));
     }
     let link = roots.dev_root.join(slot);
-    let meta = std::fs::metadata(&link).map_err(|e| format!("{}: {e}", link.display()))?;
+    let meta =
+        std::fs::metadata(&link).map_err(|e| StepError::Refused(format!("{}: {e}", link.display())))?;
     if !meta.file_type().is_block_device() {
-        return Err(format!("{} is not a block device", link.display()));
+        return Err(StepError::Refused(format!("{} is not a block device", link.display())));
     }
-    let node = std::fs::canonicalize(&link).map_err(|e| format!("{}: {e}", link.display()))?;
+    let node =
+        std::fs::canonicalize(&link).map_err(|e| StepError::Refused(format!("{}: {e}", link.display())))?;
     let dev = DevNum::from_rdev(meta.rdev());
     let sys = sys_dir(roots.block_sys, dev);
     if !sys.exists() {
-        return Err(format!("{} ({dev}) is not known to the kernel's block layer", node.display()));
+        return Err(StepError::Refused(format!(
+            "{} ({dev}) is not known to the kernel's block layer",
+            node.display()
+        )));
     }
     if sys.join("partition").exists() {
-        return Err(format!("{} ({dev}) is a partition, not a whole disk", node.display()));
+        return Err(StepError::Refused(format!(
+            "{} ({dev}) is a partition, not a whole disk",
+            node.display()
+        )));
     }
 
-    let serial = read_serial(roots.sys_root, slot)
-        .ok_or_else(|| format!("slot {slot}: no serial readable under {}", roots.sys_root.display()))?;
+    let serial = read_serial(roots.sys_root, slot).ok_or_else(|| {
+        StepError::Refused(format!("slot {slot}: no serial readable under {}", roots.sys_root.display()))
+    })?;
     match (expect.old_serial, expect.new_serial) {
         (None, None) => {
-            return Err(format!(
+            return Err(StepError::Refused(format!(
                 "slot {slot}: neither the old nor the new serial was given; cannot tell a replacement"
-            ));
+            )));
         }
         (Some(old), _) if old == serial => {
-            return Err(format!("slot {slot} still holds the old disk (serial {serial}): not a replacement"));
+            return Err(StepError::Refused(format!(
+                "slot {slot} still holds the old disk (serial {serial}): not a replacement"
+            )));
         }
         (_, Some(new)) if new != serial => {
-            return Err(format!("slot {slot} holds serial {serial}, not the expected replacement {new}"));
+            return Err(StepError::Refused(format!(
+                "slot {slot} holds serial {serial}, not the expected replacement {new}"
+            )));
         }
         _ => {}
     }
 
     let all_mounts = mounts(roots.proc_root)?;
     if root_disks(roots.block_sys, &all_mounts).contains(&dev) {
-        return Err(format!("{} ({dev}) holds the root filesystem", node.display()));
+        return Err(StepError::Refused(format!("{} ({dev}) holds the root filesystem", node.display())));
     }
     let devfs = node.parent().unwrap_or(Path::new("/dev")).to_path_buf();
     let parts = partitions(roots.block_sys, dev, &devfs);
@@ -313,11 +328,15 @@ pub fn identify(
     for d in &devs {
         let h = holders(roots.block_sys, *d);
         if !h.is_empty() {
-            return Err(format!("{} ({d}) is in use by {}", node.display(), h.join(", ")));
+            return Err(StepError::Refused(format!(
+                "{} ({d}) is in use by {}",
+                node.display(),
+                h.join(", ")
+            )));
         }
     }
     if let Some(s) = swap_devices(roots.proc_root).into_iter().find(|s| devs.contains(s)) {
-        return Err(format!("{} has an active swap area ({s})", node.display()));
+        return Err(StepError::Refused(format!("{} has an active swap area ({s})", node.display())));
     }
     let mut our_mounts = Vec::new();
     for m in all_mounts.iter().filter(|m| devs.contains(&m.dev)) {
@@ -325,7 +344,12 @@ pub fn identify(
         if is_partition && ours.iter().any(|o| o == &m.mount_point) {
             our_mounts.push(m.clone());
         } else {
-            return Err(format!("{} ({}) is mounted at {}", node.display(), m.dev, m.mount_point.display()));
+            return Err(StepError::Refused(format!(
+                "{} ({}) is mounted at {}",
+                node.display(),
+                m.dev,
+                m.mount_point.display()
+            )));
         }
     }
     Ok(Identity {

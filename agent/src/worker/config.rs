@@ -401,33 +401,45 @@ pub fn valid_service_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'_' | b'-' | b':'))
 }
 
-fn check_timeout(what: &str, s: u64) -> Result<(), String> {
+/// A worker config that cannot be used; the text names the key and the allowed values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn check_timeout(what: &str, s: u64) -> Result<(), WorkerConfigError> {
     if s == 0 || Duration::from_secs(s) > MAX_ACTION_TIMEOUT {
-        return Err(format!("{what} must be within 1..={}", MAX_ACTION_TIMEOUT.as_secs()));
+        return Err(WorkerConfigError::Invalid(format!(
+            "{what} must be within 1..={}",
+            MAX_ACTION_TIMEOUT.as_secs()
+        )));
     }
     Ok(())
 }
 
-fn check_command(what: &str, cmd: &[String]) -> Result<(), String> {
+fn check_command(what: &str, cmd: &[String]) -> Result<(), WorkerConfigError> {
     if cmd.is_empty() || cmd[0].trim().is_empty() {
-        return Err(format!("{what}: the command is empty"));
+        return Err(WorkerConfigError::Invalid(format!("{what}: the command is empty")));
     }
     if cmd.len() > MAX_LIST_ITEMS {
-        return Err(format!("{what}: more than {MAX_LIST_ITEMS} arguments"));
+        return Err(WorkerConfigError::Invalid(format!("{what}: more than {MAX_LIST_ITEMS} arguments")));
     }
     Ok(())
 }
 
-fn check_abs(what: &str, p: &Path) -> Result<(), String> {
+fn check_abs(what: &str, p: &Path) -> Result<(), WorkerConfigError> {
     if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(format!("{what} {p:?} must be an absolute path without '..'"));
+        return Err(WorkerConfigError::Invalid(format!(
+            "{what} {p:?} must be an absolute path without '..'"
+        )));
     }
     Ok(())
 }
 
 impl WorkerConfig {
     /// Everything that can be checked without touching a device.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), WorkerConfigError> {
         for (what, p) in [
             ("worker.sys_root", &self.sys_root),
             ("worker.dev_root", &self.dev_root),
@@ -439,60 +451,75 @@ impl WorkerConfig {
             check_abs(what, p)?;
         }
         if self.output_max_bytes < 1024 || self.output_max_bytes > 16 * 1024 * 1024 {
-            return Err("worker.output_max_bytes must be within 1024..=16777216".into());
+            return Err(WorkerConfigError::Invalid(
+                "worker.output_max_bytes must be within 1024..=16777216".into(),
+            ));
         }
         let d = &self.disk;
         if d.staging_root == d.mount_root {
-            return Err("worker.disk.staging_root and mount_root must differ".into());
+            return Err(WorkerConfigError::Invalid(
+                "worker.disk.staging_root and mount_root must differ".into(),
+            ));
         }
         if d.fs_type.is_empty() || !d.fs_type.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(format!("worker.disk.fs_type {:?} is not a filesystem type", d.fs_type));
+            return Err(WorkerConfigError::Invalid(format!(
+                "worker.disk.fs_type {:?} is not a filesystem type",
+                d.fs_type
+            )));
         }
         if d.mkfs.is_none() && !["ext4", "ext3", "ext2", "xfs"].contains(&d.fs_type.as_str()) {
-            return Err(format!(
+            return Err(WorkerConfigError::Invalid(format!(
                 "worker.disk.fs_type {:?} has no built-in mkfs command: set worker.disk.mkfs",
                 d.fs_type
-            ));
+            )));
         }
         if let Some(m) = &d.mkfs {
             check_command("worker.disk.mkfs", m)?;
             if !m.iter().any(|a| a.contains("{device}")) {
-                return Err("worker.disk.mkfs must contain {device}".into());
+                return Err(WorkerConfigError::Invalid("worker.disk.mkfs must contain {device}".into()));
             }
         }
         if d.label_prefix.len() >= MAX_LABEL_LEN
             || !d.label_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
         {
-            return Err(format!(
+            return Err(WorkerConfigError::Invalid(format!(
                 "worker.disk.label_prefix {:?}: at most {} characters of A-Z a-z 0-9 - _",
                 d.label_prefix,
                 MAX_LABEL_LEN - 1
-            ));
+            )));
         }
         if d.mount_options.contains(char::is_whitespace) {
-            return Err("worker.disk.mount_options must not contain spaces".into());
+            return Err(WorkerConfigError::Invalid(
+                "worker.disk.mount_options must not contain spaces".into(),
+            ));
         }
         check_timeout("worker.disk.provision_timeout_s", d.provision_timeout_s)?;
         check_timeout("worker.disk.test_timeout_s", d.test_timeout_s)?;
         check_timeout("worker.disk.self_test_timeout_s", d.self_test_timeout_s)?;
         if !(100..=60_000).contains(&d.self_test_poll_ms) {
-            return Err("worker.disk.self_test_poll_ms must be within 100..=60000".into());
+            return Err(WorkerConfigError::Invalid(
+                "worker.disk.self_test_poll_ms must be within 100..=60000".into(),
+            ));
         }
         if !(d.bench_seconds > 0.0 && d.bench_seconds <= MAX_BENCH_SECONDS) {
-            return Err(format!("worker.disk.bench_seconds must be within (0, {MAX_BENCH_SECONDS}]"));
+            return Err(WorkerConfigError::Invalid(format!(
+                "worker.disk.bench_seconds must be within (0, {MAX_BENCH_SECONDS}]"
+            )));
         }
         if d.bench_file_mib < 4 || d.bench_file_mib > MAX_BENCH_FILE_MIB {
-            return Err(format!("worker.disk.bench_file_mib must be within 4..={MAX_BENCH_FILE_MIB}"));
+            return Err(WorkerConfigError::Invalid(format!(
+                "worker.disk.bench_file_mib must be within 4..={MAX_BENCH_FILE_MIB}"
+            )));
         }
         if !d.profiles.contains_key(&d.profile) {
-            return Err(format!(
+            return Err(WorkerConfigError::Invalid(format!(
                 "worker.disk.profile {:?} has no entry in worker.disk.profiles (have: {})",
                 d.profile,
                 d.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
-            ));
+            )));
         }
         if d.profiles.len() + d.models.len() > MAX_LIST_ITEMS {
-            return Err("worker.disk: too many threshold entries".into());
+            return Err(WorkerConfigError::Invalid("worker.disk: too many threshold entries".into()));
         }
         for (name, t) in d
             .profiles
@@ -502,7 +529,9 @@ impl WorkerConfig {
         {
             for (k, v) in t.items() {
                 if !(v.is_finite() && v > 0.0) {
-                    return Err(format!("worker.disk.{name}.{k} must be a positive number"));
+                    return Err(WorkerConfigError::Invalid(format!(
+                        "worker.disk.{name}.{k} must be a positive number"
+                    )));
                 }
             }
         }
@@ -516,41 +545,60 @@ impl WorkerConfig {
             || m.clean.len() > MAX_LIST_ITEMS
             || m.checks.len() > MAX_LIST_ITEMS
         {
-            return Err(format!("worker.machine: at most {MAX_LIST_ITEMS} services, rules and checks"));
+            return Err(WorkerConfigError::Invalid(format!(
+                "worker.machine: at most {MAX_LIST_ITEMS} services, rules and checks"
+            )));
         }
         for s in m.services.iter().chain(m.default_service.iter()) {
             if !valid_service_name(s) {
-                return Err(format!("worker.machine: {s:?} is not a valid service name"));
+                return Err(WorkerConfigError::Invalid(format!(
+                    "worker.machine: {s:?} is not a valid service name"
+                )));
             }
         }
         if let Some(s) = &m.default_service
             && !m.services.contains(s)
         {
-            return Err(format!("worker.machine.default_service {s:?} is not in worker.machine.services"));
+            return Err(WorkerConfigError::Invalid(format!(
+                "worker.machine.default_service {s:?} is not in worker.machine.services"
+            )));
         }
         for (i, r) in m.clean.iter().enumerate() {
             check_abs(&format!("worker.machine.clean[{i}].root"), &r.root)?;
             if r.root == Path::new("/") {
-                return Err(format!("worker.machine.clean[{i}].root must not be /"));
+                return Err(WorkerConfigError::Invalid(format!(
+                    "worker.machine.clean[{i}].root must not be /"
+                )));
             }
             if r.globs.is_empty() || r.globs.len() > MAX_LIST_ITEMS {
-                return Err(format!("worker.machine.clean[{i}].globs: 1..={MAX_LIST_ITEMS} globs"));
+                return Err(WorkerConfigError::Invalid(format!(
+                    "worker.machine.clean[{i}].globs: 1..={MAX_LIST_ITEMS} globs"
+                )));
             }
             if r.globs.iter().any(|g| g.is_empty() || g.contains('/')) {
-                return Err(format!("worker.machine.clean[{i}].globs match file names: no '/' or empty"));
+                return Err(WorkerConfigError::Invalid(format!(
+                    "worker.machine.clean[{i}].globs match file names: no '/' or empty"
+                )));
             }
             if r.globs.iter().any(|g| g.contains(['[', ']', '{', '}', '\\'])) {
-                return Err(format!("worker.machine.clean[{i}].globs: only * and ? are supported"));
+                return Err(WorkerConfigError::Invalid(format!(
+                    "worker.machine.clean[{i}].globs: only * and ? are supported"
+                )));
             }
             if r.max_depth > 64 {
-                return Err(format!("worker.machine.clean[{i}].max_depth must be <= 64"));
+                return Err(WorkerConfigError::Invalid(format!(
+                    "worker.machine.clean[{i}].max_depth must be <= 64"
+                )));
             }
         }
         for c in &m.checks {
             check_command(&format!("worker.machine.checks.{}", c.name), &c.command)?;
             check_timeout(&format!("worker.machine.checks.{}.timeout_s", c.name), c.timeout_s)?;
             if c.stages.is_empty() || c.stages.iter().any(|s| s != "provision" && s != "test") {
-                return Err(format!("worker.machine.checks.{}.stages: provision and/or test", c.name));
+                return Err(WorkerConfigError::Invalid(format!(
+                    "worker.machine.checks.{}.stages: provision and/or test",
+                    c.name
+                )));
             }
         }
         Ok(())
@@ -563,7 +611,7 @@ mod tests {
 
     fn parse(s: &str) -> Result<WorkerConfig, String> {
         let c: WorkerConfig = toml::from_str(s).map_err(|e| e.to_string())?;
-        c.validate()?;
+        c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
 

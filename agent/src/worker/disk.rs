@@ -17,6 +17,7 @@ use super::blockdev::{self, Expect, Identity, Partition, Roots};
 use super::config::{MAX_LABEL_LEN, Thresholds, WorkerConfig};
 use super::exec::{Exec, expand};
 use super::{ActionRequest, Finish, Outcome, bench, smart};
+use crate::worker::StepError;
 
 /// How long we wait for the kernel to show a new partition (sysfs + devtmpfs node) after the table was
 /// written or re-read: it is synchronous on a healthy kernel; this covers a slow udev.
@@ -108,11 +109,12 @@ fn mounted_at(id: &Identity, dir: &Path) -> bool {
     id.our_mounts.iter().any(|m| m.mount_point == dir)
 }
 
-fn mount(cfg: &WorkerConfig, ex: &mut Exec, node: &str, dir: &Path) -> Result<(), String> {
+fn mount(cfg: &WorkerConfig, ex: &mut Exec, node: &str, dir: &Path) -> Result<(), StepError> {
     if ex.dry_run {
         ex.note(format!("mkdir -p {}", dir.display()), true, Duration::ZERO, String::new());
     } else {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StepError::Failed(format!("creating {}: {e}", dir.display())))?;
     }
     let argv = vec![
         tool(&cfg.disk.tools.mount),
@@ -124,12 +126,20 @@ fn mount(cfg: &WorkerConfig, ex: &mut Exec, node: &str, dir: &Path) -> Result<()
         s(dir),
     ];
     let r = ex.change(&argv, Some(TOOL_TIMEOUT));
-    if r.ok { Ok(()) } else { Err(format!("mount {node} at {} failed: {}", dir.display(), r.stderr.trim())) }
+    if r.ok {
+        Ok(())
+    } else {
+        Err(StepError::Failed(format!("mount {node} at {} failed: {}", dir.display(), r.stderr.trim())))
+    }
 }
 
-fn umount(cfg: &WorkerConfig, ex: &mut Exec, dir: &Path) -> Result<(), String> {
+fn umount(cfg: &WorkerConfig, ex: &mut Exec, dir: &Path) -> Result<(), StepError> {
     let r = ex.cleanup(&[tool(&cfg.disk.tools.umount), s(dir)]);
-    if r.ok { Ok(()) } else { Err(format!("umount {} failed: {}", dir.display(), r.stderr.trim())) }
+    if r.ok {
+        Ok(())
+    } else {
+        Err(StepError::Failed(format!("umount {} failed: {}", dir.display(), r.stderr.trim())))
+    }
 }
 
 /// Identify the replacement; `Err` is the refusal.
@@ -220,7 +230,7 @@ pub(crate) fn provision(cfg: &WorkerConfig, ex: &mut Exec, req: &ActionRequest) 
                 Outcome::Done,
                 format!("{who} already carries {label}; pre-mounted again at {}", staging.display()),
             ),
-            Err(e) => Finish::failed(e),
+            Err(e) => Finish::failed(e.to_string()),
         };
     }
     if let Some(m) = id.our_mounts.first() {
@@ -404,7 +414,7 @@ pub(crate) fn test(cfg: &WorkerConfig, ex: &mut Exec, req: &ActionRequest) -> Fi
             format!("benchmark {} MiB O_DIRECT file {}", cfg.disk.bench_file_mib, bench_path.display());
         match &r {
             Ok(f) => ex.note(what, true, t.elapsed(), format!("{:?}", f.to_map())),
-            Err(e) => ex.note(what, false, t.elapsed(), e.clone()),
+            Err(e) => ex.note(what, false, t.elapsed(), e.to_string()),
         }
         r.map(Some)
     };

@@ -139,6 +139,17 @@ pub enum WorkerError {
     Host(String),
 }
 
+/// Why one step of an action refused or failed; the text goes into the action report's detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// The target is not what the order says, or is in use: nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// A tool or a system call failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Runs actions for one host.
 #[derive(Debug, Clone)]
 pub struct Worker {
@@ -177,7 +188,7 @@ impl Worker {
     /// Validate the config and build a worker for `host` (the host part of the objects it accepts).
     pub fn new(host: &str, cfg: WorkerConfig) -> Result<Self, WorkerError> {
         state_machines::id::validate_host(host).map_err(|_| WorkerError::Host(host.to_string()))?;
-        cfg.validate().map_err(WorkerError::Config)?;
+        cfg.validate().map_err(|e| WorkerError::Config(e.to_string()))?;
         Ok(Worker { host: host.to_string(), cfg: Arc::new(cfg), busy: Arc::new(Mutex::new(BTreeSet::new())) })
     }
 
@@ -257,7 +268,7 @@ impl Worker {
         let dry_run = req.dry_run || self.cfg.dry_run;
         let mut ex = Exec::new(dry_run, self.timeout_for(req));
         let fin = match self.check_request(req) {
-            Err(why) => Finish::refused(why),
+            Err(why) => Finish::refused(why.to_string()),
             Ok(()) => {
                 let guard = {
                     let mut busy = match self.busy.lock() {
@@ -317,18 +328,20 @@ impl Worker {
         }
     }
 
-    fn check_request(&self, req: &ActionRequest) -> Result<(), String> {
+    fn check_request(&self, req: &ActionRequest) -> Result<(), StepError> {
         if req.object.host() != self.host {
-            return Err(format!("{} is not on this host ({})", req.object, self.host));
+            return Err(StepError::Refused(format!("{} is not on this host ({})", req.object, self.host)));
         }
         if req.params.len() > MAX_PARAMS
             || req.params.iter().any(|(k, v)| k.len() > MAX_PARAM_LEN || v.len() > MAX_PARAM_LEN)
         {
-            return Err(format!("at most {MAX_PARAMS} parameters of at most {MAX_PARAM_LEN} bytes"));
+            return Err(StepError::Refused(format!(
+                "at most {MAX_PARAMS} parameters of at most {MAX_PARAM_LEN} bytes"
+            )));
         }
         for s in [&req.old_serial, &req.new_serial].into_iter().flatten() {
             if s.is_empty() || s.len() > MAX_PARAM_LEN {
-                return Err("a serial must be 1..=256 bytes".into());
+                return Err(StepError::Refused("a serial must be 1..=256 bytes".into()));
             }
         }
         Ok(())

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use checkers::smart::{ProbeProblem, SmartReport, parse_report};
 
 use super::exec::Exec;
+use crate::worker::StepError;
 
 /// Timeout of one smartctl call: a healthy device answers in well under a second; a hang is evidence.
 pub const SMARTCTL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,11 +52,13 @@ pub fn self_test_running(json: &[u8]) -> Option<bool> {
     None
 }
 
-fn unsupported_reason(out: &[u8], node: &str) -> Result<SmartReport, String> {
-    let rep = parse_report(out, node).map_err(|e| format!("no SMART data: {e}"))?;
+fn unsupported_reason(out: &[u8], node: &str) -> Result<SmartReport, StepError> {
+    let rep = parse_report(out, node).map_err(|e| StepError::Failed(format!("no SMART data: {e}")))?;
     match &rep.problem {
-        Some(ProbeProblem::OpenFailed { reason, .. }) => Err(format!("SMART not available: {reason}")),
-        Some(p) => Err(format!("SMART not available: {p}")),
+        Some(ProbeProblem::OpenFailed { reason, .. }) => {
+            Err(StepError::Failed(format!("SMART not available: {reason}")))
+        }
+        Some(p) => Err(StepError::Failed(format!("SMART not available: {p}"))),
         None => Ok(rep),
     }
 }
@@ -81,7 +84,7 @@ pub fn check(ex: &mut Exec, smartctl: &str, node: &Path, st: &SelfTest) -> Smart
         Ok(r) => r,
         Err(why) => {
             res.self_test = "not supported".into();
-            res.unsupported = Some(why);
+            res.unsupported = Some(why.to_string());
             return res;
         }
     };
@@ -164,7 +167,12 @@ mod tests {
         let ok = unsupported_reason(&fixture("sat_xall.json"), "/dev/sda").unwrap();
         assert_eq!(ok.passed, Some(true));
         let err = unsupported_reason(&fixture("nvme_xall_error.json"), "/dev/nvme0").unwrap_err();
-        assert!(err.contains("Permission denied"), "{err}");
-        assert!(unsupported_reason(b"\x00\x01garbage", "/dev/x").unwrap_err().contains("no SMART data"));
+        assert!(err.to_string().contains("Permission denied"), "{err}");
+        assert!(
+            unsupported_reason(b"\x00\x01garbage", "/dev/x")
+                .unwrap_err()
+                .to_string()
+                .contains("no SMART data")
+        );
     }
 }

@@ -53,6 +53,9 @@ pub struct LineFileSource<R> {
     reader: R,
     line: Vec<u8>,
     pending: Option<Vec<u8>>,
+    /// The start of a line whose newline has not been written yet (a writer appending to the file may be
+    /// caught between two pages of one write): held back until the rest arrives, never handed on torn.
+    partial: Vec<u8>,
 }
 
 impl LineFileSource<BufReader<File>> {
@@ -63,7 +66,7 @@ impl LineFileSource<BufReader<File>> {
 
 impl<R: BufRead + Send> LineFileSource<R> {
     pub fn new(reader: R) -> Self {
-        LineFileSource { reader, line: Vec::new(), pending: None }
+        LineFileSource { reader, line: Vec::new(), pending: None, partial: Vec::new() }
     }
 
     fn next_line(&mut self) -> io::Result<Option<Vec<u8>>> {
@@ -71,16 +74,20 @@ impl<R: BufRead + Send> LineFileSource<R> {
             return Ok(Some(p));
         }
         self.line.clear();
-        let n = (&mut self.reader).take(KMSG_RECORD_MAX as u64 * 2).read_until(b'\n', &mut self.line)?;
-        if n == 0 {
-            return Ok(None);
-        }
+        self.line.append(&mut self.partial);
+        let cap = (KMSG_RECORD_MAX as u64 * 2).saturating_sub(self.line.len() as u64);
+        (&mut self.reader).take(cap).read_until(b'\n', &mut self.line)?;
         if self.line.last() == Some(&b'\n') {
             self.line.pop();
-        } else if n as u64 == KMSG_RECORD_MAX as u64 * 2 {
+        } else if self.line.len() as u64 >= KMSG_RECORD_MAX as u64 * 2 {
             // overlong line: drop the rest of it
             let mut sink = Vec::new();
             self.reader.read_until(b'\n', &mut sink)?;
+        } else {
+            // End of the file in the middle of a line (or nothing new at all): the writer has not
+            // finished it; keep it for the next read.
+            std::mem::swap(&mut self.partial, &mut self.line);
+            return Ok(None);
         }
         Ok(Some(self.line.clone()))
     }
@@ -116,6 +123,22 @@ impl<R: BufRead + Send> KmsgSource for LineFileSource<R> {
 pub struct Cursor {
     pub boot_id: String,
     pub seq: u64,
+}
+
+impl Cursor {
+    /// The text form kept in files and in the agent's KV: `BOOT_ID SEQ`.
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.boot_id, self.seq)
+    }
+
+    /// Parse [`encode`](Self::encode)'s form; `None` when malformed.
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let mut it = text.split_whitespace();
+        match (it.next(), it.next().and_then(|s| s.parse::<u64>().ok()), it.next()) {
+            (Some(b), Some(seq), None) if valid_boot_id(b) => Some(Cursor { boot_id: b.to_string(), seq }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,12 +177,9 @@ impl CursorStore for FileCursorStore {
             Err(err) => return Err(CursorError::Io { path: shown(), err }),
         };
         let text = String::from_utf8_lossy(&text[..text.len().min(256)]).into_owned();
-        let mut it = text.split_whitespace();
-        match (it.next(), it.next().and_then(|s| s.parse::<u64>().ok()), it.next()) {
-            (Some(b), Some(seq), None) if valid_boot_id(b) => {
-                Ok(Some(Cursor { boot_id: b.to_string(), seq }))
-            }
-            _ => Err(CursorError::Malformed { path: shown(), text }),
+        match Cursor::decode(&text) {
+            Some(c) => Ok(Some(c)),
+            None => Err(CursorError::Malformed { path: shown(), text }),
         }
     }
 
@@ -168,7 +188,7 @@ impl CursorStore for FileCursorStore {
         let io = |err| CursorError::Io { path: self.path.display().to_string(), err };
         let tmp = self.path.with_extension("tmp");
         let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(format!("{} {}\n", c.boot_id, c.seq).as_bytes()).map_err(io)?;
+        f.write_all(format!("{}\n", c.encode()).as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)
     }
@@ -427,6 +447,40 @@ mod tests {
             std::fs::write(&p, bad).unwrap();
             assert!(matches!(FileCursorStore::new(&p).load(), Err(CursorError::Malformed { .. })), "{bad:?}");
         }
+    }
+
+    /// A reader over a growing buffer, like a file another process appends to.
+    struct Growing(std::sync::Arc<std::sync::Mutex<Vec<u8>>>, usize);
+
+    impl Read for Growing {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let data = self.0.lock().unwrap();
+            let n = out.len().min(data.len() - self.1);
+            out[..n].copy_from_slice(&data[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn line_file_source_holds_back_a_torn_last_line() {
+        let data = std::sync::Arc::new(std::sync::Mutex::new(b"6,1,100,-;first\n6,2,200,-;sec".to_vec()));
+        let mut src = LineFileSource::new(BufReader::new(Growing(data.clone(), 0)));
+        let mut r = KmsgReader::new(&mut src as &mut dyn KmsgSource, "b", None);
+        let mut recs = Vec::new();
+        r.poll(10, |b| recs.push(String::from_utf8_lossy(b).into_owned())).unwrap();
+        assert_eq!(recs, vec!["6,1,100,-;first"], "the torn line is not handed on");
+        data.lock().unwrap().extend_from_slice(b"ond\n");
+        r.poll(10, |b| recs.push(String::from_utf8_lossy(b).into_owned())).unwrap();
+        assert_eq!(recs, vec!["6,1,100,-;first", "6,2,200,-;second"]);
+        assert_eq!(r.stats().malformed, 0);
+    }
+
+    #[test]
+    fn cursor_text_round_trip() {
+        let c = Cursor { boot_id: "b-1".into(), seq: 42 };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("b-1 x"), None);
     }
 
     #[test]

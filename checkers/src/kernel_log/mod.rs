@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use state_machines::{Finding, Kind};
 
-use crate::{CheckContext, CheckError, Checker};
+use crate::{CheckContext, CheckError, Checker, Checkpoint};
 
 pub mod bench;
 pub mod kmsg;
@@ -37,6 +37,8 @@ pub use scan::{Event, MAX_LINE_LEN, ScanStats, Scanner};
 pub const CHECKER_NAME: &str = "kernel-log";
 /// Checker version (the rule-set version is appended as semver build metadata: `0.1.0+rules.2026.11.1`).
 pub const CHECKER_VERSION: &str = "0.1.0";
+/// Key of the kmsg cursor in a [`Checkpoint`] (and in the agent's KV, where earlier agents kept it too).
+pub const KMSG_CHECKPOINT_KEY: &str = "kmsg.cursor";
 /// Lines the agent may queue between runs; beyond this the oldest are dropped and counted (a log storm
 /// must not grow the agent's memory).
 pub const MAX_QUEUED_LINES: usize = 100_000;
@@ -46,8 +48,17 @@ enum Input {
     /// Lines pushed by the agent with [`KernelLogChecker::push_line`].
     Fed(VecDeque<Vec<u8>>),
     /// `ROOT/dev/kmsg` (the device in production, a recorded raw-kmsg file in tests), opened on the first
-    /// run; the cursor is kept in `store`.
-    Kmsg { store: Box<dyn CursorStore>, reader: Option<KmsgReader<Box<dyn KmsgSource>>> },
+    /// run; the cursor is kept as `keep` says.
+    Kmsg { keep: CursorKeeping, reader: Option<KmsgReader<Box<dyn KmsgSource>>> },
+}
+
+/// Who persists the kmsg cursor.
+enum CursorKeeping {
+    /// The checker saves it to a store after every run (the CLI, tests).
+    Store(Box<dyn CursorStore>),
+    /// The caller commits it: each run's end position is handed out by `take_checkpoint` and the caller
+    /// stores it together with that run's findings (the agent's outbox, one transaction).
+    Checkpoint { resume: Option<Cursor>, pending: Option<Cursor>, taken: Option<Cursor> },
 }
 
 /// The kernel-log [`Checker`].
@@ -69,9 +80,17 @@ impl KernelLogChecker {
         KernelLogChecker {
             rules,
             scanner: None,
-            input: Input::Kmsg { store, reader: None },
+            input: Input::Kmsg { keep: CursorKeeping::Store(store), reader: None },
             dropped_lines: 0,
         }
+    }
+
+    /// A checker reading `ROOT/dev/kmsg`, resuming after `resume`, that never writes its cursor itself:
+    /// after each run that moved it, [`Checker::take_checkpoint`] returns it (key
+    /// [`KMSG_CHECKPOINT_KEY`], value [`Cursor::encode`]) for the caller to commit with the findings.
+    pub fn kmsg_checkpointed(rules: Arc<RuleSet>, resume: Option<Cursor>) -> Self {
+        let keep = CursorKeeping::Checkpoint { resume: resume.clone(), pending: None, taken: resume };
+        KernelLogChecker { rules, scanner: None, input: Input::Kmsg { keep, reader: None }, dropped_lines: 0 }
     }
 
     /// Queue one kernel log line (any supported format) for the next run.
@@ -138,11 +157,11 @@ pub fn year_of(ms: u64) -> i32 {
 }
 
 impl Checker for KernelLogChecker {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         CHECKER_NAME
     }
 
-    fn version(&self) -> &'static str {
+    fn version(&self) -> &str {
         CHECKER_VERSION
     }
 
@@ -166,11 +185,16 @@ impl Checker for KernelLogChecker {
                     scanner.feed(&line, None, &mut events);
                 }
             }
-            Input::Kmsg { store, reader } => {
+            Input::Kmsg { keep, reader } => {
                 if reader.is_none() {
                     let boot_id = kmsg::read_boot_id(&ctx.root)
                         .map_err(|e| CheckError::Probe(format!("boot_id: {e}")))?;
-                    let cursor = store.load().map_err(|e| CheckError::Probe(e.to_string()))?;
+                    let cursor = match keep {
+                        CursorKeeping::Store(store) => {
+                            store.load().map_err(|e| CheckError::Probe(e.to_string()))?
+                        }
+                        CursorKeeping::Checkpoint { resume, .. } => resume.clone(),
+                    };
                     let path = ctx.root.join("dev/kmsg");
                     let src = open_kmsg(&path)
                         .map_err(|e| CheckError::Probe(format!("{}: {e}", path.display())))?;
@@ -186,11 +210,29 @@ impl Checker for KernelLogChecker {
                 })
                 .map_err(|e| CheckError::Probe(format!("kmsg: {e}")))?;
                 if let Some(c) = r.cursor() {
-                    store.save(&c).map_err(|e| CheckError::Probe(e.to_string()))?;
+                    match keep {
+                        CursorKeeping::Store(store) => {
+                            store.save(&c).map_err(|e| CheckError::Probe(e.to_string()))?
+                        }
+                        CursorKeeping::Checkpoint { pending, .. } => *pending = Some(c),
+                    }
                 }
             }
         }
         Ok(events.into_iter().map(|e| resolve_object(&ctx.root, e.finding)).collect())
+    }
+
+    fn take_checkpoint(&mut self) -> Option<Checkpoint> {
+        let Input::Kmsg { keep: CursorKeeping::Checkpoint { pending, taken, .. }, .. } = &mut self.input
+        else {
+            return None;
+        };
+        let c = pending.take()?;
+        if taken.as_ref() == Some(&c) {
+            return None; // nothing new read: no write at all
+        }
+        *taken = Some(c.clone());
+        Some(Checkpoint { key: KMSG_CHECKPOINT_KEY.to_string(), value: c.encode().into_bytes() })
     }
 }
 
@@ -228,6 +270,27 @@ mod fixture_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpointed_kmsg_hands_out_each_new_cursor_once() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("proc/sys/kernel/random")).unwrap();
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        std::fs::write(root.path().join("proc/sys/kernel/random/boot_id"), "boot-1\n").unwrap();
+        let kmsg = root.path().join("dev/kmsg");
+        std::fs::write(&kmsg, "3,5,100,-;blk_update_request: I/O error, dev sdz, sector 5 op 0x0:(READ)\n")
+            .unwrap();
+        let ctx =
+            CheckContext { root: root.path().into(), host: "h1".into(), now_ms: 0, profile: "online".into() };
+        let rules = Arc::new(RuleSet::default_rules().unwrap());
+        let resume = Some(Cursor { boot_id: "boot-1".into(), seq: 4 });
+        let mut c = KernelLogChecker::kmsg_checkpointed(rules, resume);
+        assert_eq!(c.run(&ctx).unwrap().len(), 1);
+        let cp = c.take_checkpoint().unwrap();
+        assert_eq!((cp.key.as_str(), cp.value.as_slice()), (KMSG_CHECKPOINT_KEY, &b"boot-1 5"[..]));
+        assert!(c.run(&ctx).unwrap().is_empty());
+        assert_eq!(c.take_checkpoint(), None, "an unmoved cursor is not written again");
+    }
 
     #[test]
     fn year_of_epoch_ms() {

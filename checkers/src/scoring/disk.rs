@@ -231,6 +231,13 @@ impl Checker for DiskChecker {
     fn default_interval(&self) -> Duration {
         Duration::from_secs(60)
     }
+    /// Kernel-log findings are an input of this grade (wired by the agent's topology).
+    fn consumes_inputs(&self) -> bool {
+        true
+    }
+    fn set_inputs(&mut self, findings: Vec<Finding>) {
+        self.set_kernel_findings(findings);
+    }
     fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
         let profile = Profile::load(&ctx.profile, self.cfg.profile_dir.as_deref())
             .map_err(|e| CheckError::Config(e.to_string()))?;
