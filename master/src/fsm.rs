@@ -4,8 +4,11 @@
 //! event in the change log (one row per entry) for watchers; watchers are woken in `after_commit`, once the
 //! transaction that holds the change is durable.
 //!
-//! Bad entries never stop the node: an undecodable or future-version entry is logged and applied as a no-op;
-//! a command the state machine refuses is answered with an error and changes nothing.
+//! Command versions: an entry this binary is too old to know ([`DecodeError::TooNew`]) stops apply on this node
+//! with a clear error (the raft layer treats it as fatal and never advances the applied index past it), so
+//! members of different versions never diverge; it is counted in [`FsmStats::incompatible`]. Garbage that no
+//! binary could decode is logged and applied as a no-op on every node alike. A command the state machine
+//! refuses is answered with an error and changes nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,8 +25,8 @@ use crate::safety::{
 };
 use crate::store::{
     self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_AUDIT_NEXT, META_CHANGELOG_FIRST,
-    META_PROPOSAL_NEXT, META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, SCOPES, SETTING_SAFETY,
-    SETTINGS, StoreError,
+    META_MIN_COMMAND_VERSION, META_PROPOSAL_NEXT, META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS,
+    SCOPES, SETTING_SAFETY, SETTINGS, StoreError,
 };
 use state_machines::{Cause, Effect, Kind, Transition};
 
@@ -35,6 +38,10 @@ pub struct FsmStats {
     pub duplicates: AtomicU64,
     pub rejected: AtomicU64,
     pub undecodable: AtomicU64,
+    /// Entries this binary is too old to apply (each one stopped the node: upgrade it).
+    pub incompatible: AtomicU64,
+    /// The replicated `min_command_version` as of the last entry applied here (the proposal gate reads it).
+    pub min_command_version: AtomicU64,
     /// Transitions applied, by (kind, target state).
     pub transitions: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Transitions held by the safety net (proposals and blind refusals).
@@ -50,6 +57,16 @@ pub struct MasterFsm {
     /// Revisions kept in the change log: [`CHANGELOG_RETAIN`]; smaller only in tests. Must be equal on every
     /// node (compaction happens during apply).
     changelog_retain: u64,
+    /// The newest command version this fsm decodes: [`COMMAND_VERSION`]; lower only in tests that play an
+    /// older binary.
+    knows: u32,
+}
+
+impl FsmStats {
+    /// The replicated `min_command_version` as this node last applied it.
+    pub fn min_command_version(&self) -> u32 {
+        u32::try_from(self.min_command_version.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
+    }
 }
 
 struct Tables<'t> {
@@ -105,6 +122,8 @@ struct Apply<'a, 't> {
     scopes: BTreeMap<String, ScopeRecord>,
     /// Set when the safety net held the current command's transition: (proposal id or 0, why).
     held: Option<(u64, String)>,
+    /// The replicated `min_command_version`: commands of a newer version are refused (alike on every node).
+    min_version: u64,
 }
 
 /// How a transition reached admission.
@@ -140,6 +159,7 @@ impl MasterFsm {
                 notify,
                 stats: Arc::default(),
                 changelog_retain: CHANGELOG_RETAIN,
+                knows: COMMAND_VERSION,
             },
             rx,
         )
@@ -148,6 +168,12 @@ impl MasterFsm {
     /// Same as [`MasterFsm::new`] with a smaller change-log window, for tests of compaction.
     pub fn with_changelog_retain(mut self, retain: u64) -> Self {
         self.changelog_retain = retain.max(1);
+        self
+    }
+
+    /// Play a binary that knows command versions up to `knows` only (mixed-version tests).
+    pub fn knowing_command_version(mut self, knows: u32) -> Self {
+        self.knows = knows;
         self
     }
 
@@ -162,19 +188,32 @@ impl MasterFsm {
         index: u64,
         cmd: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
-        self.stats.entries.fetch_add(1, Ordering::Relaxed);
-        let env = match Envelope::decode(cmd) {
+        let env = match Envelope::decode_knowing(cmd, self.knows) {
             Ok(env) => env,
-            Err(e) => {
-                // Proposals are validated before they are proposed, so this is a bug or a newer node's entry;
-                // either way every node skips it alike.
+            Err(DecodeError::TooNew { needs, knows }) => {
+                // Never skip: members that know the version apply it, so skipping would diverge. The raft
+                // layer stops this node without advancing past the entry; an upgraded binary applies it.
+                self.stats.incompatible.fetch_add(1, Ordering::Relaxed);
+                let e = StoreError::TooNew { index, needs, knows };
+                tracing::error!(index, needs, knows, error = %e, "cannot apply committed entry: node stops");
+                return Err(e);
+            }
+            Err(e @ DecodeError::Undecodable(_)) => {
+                // Proposals are validated before they are proposed, so this is a bug; no binary of any
+                // version can decode it, so every node skips it alike.
+                self.stats.entries.fetch_add(1, Ordering::Relaxed);
                 self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(index, error = %e, "skipping undecodable committed entry");
                 return Ok(store::encode(&ApplyResult::default()));
             }
         };
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
         let mut tables = Tables::open(txn)?;
         let revision = tables.meta.get(META_REVISION)?.map(|g| g.value()).unwrap_or(0);
+        let min_version = tables
+            .meta
+            .get(META_MIN_COMMAND_VERSION)?
+            .map_or(u64::from(DEFAULT_MIN_COMMAND_VERSION), |g| g.value());
         let cfg = match tables.settings.get(SETTING_SAFETY)? {
             Some(g) => store::decode("fsm_settings", g.value())?,
             None => SafetyConfig::default(),
@@ -191,12 +230,14 @@ impl MasterFsm {
             cfg,
             scopes: BTreeMap::new(),
             held: None,
+            min_version,
         };
         let mut results = Vec::with_capacity(env.cmds.len());
         for cmd in env.cmds {
             results.push(a.command(cmd)?);
         }
         a.flush()?;
+        self.stats.min_command_version.store(a.min_version, Ordering::Relaxed);
         let (revision, events) = (a.revision, std::mem::take(&mut a.events));
         if let Some(first) = events.first().map(|e| e.revision) {
             tables.changes.insert(first, store::make_change_row(revision, &events).as_slice())?;
@@ -216,7 +257,9 @@ impl MasterFsm {
 
     /// Publish the revision found in the store at start-up (before any entry is applied).
     pub fn publish_revision(&self, db: &redb::Database) -> Result<(), StoreError> {
-        let rev = store::Reader::new(db)?.revision()?;
+        let reader = store::Reader::new(db)?;
+        self.stats.min_command_version.store(u64::from(reader.min_command_version()?), Ordering::Relaxed);
+        let rev = reader.revision()?;
         self.notify.send_if_modified(|cur| {
             let newer = rev > *cur;
             if newer {
@@ -227,8 +270,9 @@ impl MasterFsm {
         Ok(())
     }
 
-    /// Everything the state machine holds, as bytes (see [`snapshot_codec`]). The change log is not included:
-    /// a node restored from a snapshot serves watches from the snapshot's revision on (older ones: COMPACTED).
+    /// Everything the state machine holds, as bytes (see [`snapshot_codec`]), the change log included (it is
+    /// bounded by the retention window): a member caught up by a snapshot serves the same watch history as
+    /// the member that made it.
     pub fn snapshot_data(&self, txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
         snapshot_codec::write(txn)
     }
@@ -273,6 +317,18 @@ impl Apply<'_, '_> {
     }
 
     fn command(&mut self, cmd: Command) -> Result<CmdResult, StoreError> {
+        if !matches!(cmd, Command::SetMinCommandVersion { .. }) && u64::from(cmd.version()) > self.min_version
+        {
+            // The leader's gate refuses these before Raft; one that slipped through (a gate that raced a
+            // lowering) is refused here the same way on every node.
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            let min = u32::try_from(self.min_version).unwrap_or(u32::MAX);
+            let e = VersionError::NotEnabled { kind: cmd.kind(), needs: cmd.version(), min };
+            return Ok(CmdResult {
+                error: Some((proto::error::Code::Conflict, e.to_string())),
+                ..self.result()
+            });
+        }
         match cmd {
             Command::Ingest { agent, seq, findings } => self.ingest(&agent, seq, findings),
             Command::Register { agent, host, objects } => self.register(&agent, &host, objects),
@@ -290,6 +346,9 @@ impl Apply<'_, '_> {
             }
             Command::SetSafety { config, by, reason } => self.set_safety(config, &by, &reason),
             Command::Alert { object, message } => self.alert_object(&object, &message),
+            Command::SetMinCommandVersion { version, by, reason } => {
+                self.set_min_command_version(version, &by, &reason)
+            }
         }
     }
 
@@ -477,6 +536,18 @@ impl Apply<'_, '_> {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 return Ok(CmdResult { duplicate: true, ..self.result() });
             }
+            let last = prev.as_ref().map_or(0, |p| p.last_seq);
+            if seq - last > MAX_SEQ_STEP {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                let e = format!(
+                    "agent {agent}: batch sequence {seq} jumps more than {MAX_SEQ_STEP} past the last applied \
+                     {last}; refused (sequences move forward by a bounded step)"
+                );
+                return Ok(CmdResult {
+                    error: Some((proto::error::Code::InvalidArgument, e)),
+                    ..self.result()
+                });
+            }
             let host = findings.first().map(|f| f.object.host().to_string()).unwrap_or_default();
             let rec = match &prev {
                 Some(p) => AgentRecord { last_seq: seq, ..p.clone() },
@@ -509,6 +580,15 @@ impl Apply<'_, '_> {
     /// detectors). Err is a refusal by the state machine, which changes nothing.
     fn finding(&mut self, f: Finding) -> Result<Result<bool, (proto::error::Code, String)>, StoreError> {
         let id = f.object.to_string();
+        if f.time_ms > self.now.saturating_add(MAX_FINDING_FUTURE_MS) {
+            let e = format!(
+                "finding about {id}: time_ms {} is more than {} ahead of the master's clock ({}); refused",
+                f.time_ms,
+                safety::human_ms(MAX_FINDING_FUTURE_MS),
+                self.now
+            );
+            return Ok(Err((proto::error::Code::InvalidArgument, e)));
+        }
         let mut rec = match self.load(&id)? {
             Some(r) => r,
             None => self.new_record(&f.object),
@@ -767,11 +847,18 @@ fn input_text(input: &Input) -> String {
 /// The snapshot format: a magic line, then records `tag u8, key_len u32, key, value_len u32, value`
 /// (big-endian lengths). Keys: table 1 meta (utf-8 name, value u64 BE), 2 objects, 3 history (utf-8 id,
 /// 0x00, u64 BE seq), 4 agents, 5 members (u64 BE), 6 scopes, 7 proposals (u64 BE), 8 proposal by object,
-/// 9 pending proposals (u64 BE), 10 settings, 11 alert/audit log (u64 BE). Unknown tags and truncation are errors, not panics.
+/// 9 pending proposals (u64 BE), 10 settings, 11 alert/audit log (u64 BE), 12 change-log rows (u64 BE first
+/// revision; value as in [`CHANGES`]). Version 1 snapshots (older binaries) have no change log: restoring one
+/// starts the change log at the snapshot's revision. Unknown tags and truncation are errors, not panics.
 pub mod snapshot_codec {
     use super::*;
 
-    const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v1\n";
+    const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v2\n";
+    /// Snapshots of binaries before the change log travelled in snapshots: still restorable.
+    const MAGIC_V1: &[u8] = b"huatuo-fsm-snapshot-v1\n";
+    /// Highest record tag of each format.
+    const LAST_TAG_V1: u8 = 11;
+    const LAST_TAG: u8 = 12;
     /// Largest single key or value accepted when decoding (an object record is a few KiB).
     const MAX_FIELD: usize = 16 << 20;
 
@@ -798,10 +885,7 @@ pub mod snapshot_codec {
         if let Some(t) = open_read!(txn, META) {
             for row in t.iter()? {
                 let (k, v) = row?;
-                // The change log is not in the snapshot; its bookkeeping is rebuilt on restore.
-                if k.value() != META_CHANGELOG_FIRST {
-                    put(&mut out, 1, k.value().as_bytes(), &v.value().to_be_bytes());
-                }
+                put(&mut out, 1, k.value().as_bytes(), &v.value().to_be_bytes());
             }
         }
         if let Some(t) = open_read!(txn, OBJECTS) {
@@ -840,7 +924,7 @@ pub mod snapshot_codec {
                 }
             }
         }
-        for (tag, def) in [(7, PROPOSALS), (9, PENDING), (11, AUDIT)] {
+        for (tag, def) in [(7, PROPOSALS), (9, PENDING), (11, AUDIT), (12, CHANGES)] {
             if let Some(t) = open_read!(txn, def) {
                 for row in t.iter()? {
                     let (k, v) = row?;
@@ -883,13 +967,19 @@ pub mod snapshot_codec {
     /// Replace the tables with the snapshot's records; returns the snapshot's revision. The whole snapshot
     /// is validated before anything is deleted, so a corrupt snapshot changes nothing.
     pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
-        let mut rest = data.strip_prefix(MAGIC).ok_or_else(|| corrupt("bad magic"))?;
+        let (mut rest, last_tag) = match data.strip_prefix(MAGIC) {
+            Some(rest) => (rest, LAST_TAG),
+            None => (data.strip_prefix(MAGIC_V1).ok_or_else(|| corrupt("bad magic"))?, LAST_TAG_V1),
+        };
         let mut records = Vec::new();
         while !rest.is_empty() {
             let tag = take(&mut rest, 1)?[0];
             let key = field(&mut rest)?;
             let value = field(&mut rest)?;
-            if !(1..=11).contains(&tag) {
+            if tag == 12 {
+                store::split_change_row(value)?;
+            }
+            if !(1..=last_tag).contains(&tag) {
                 return Err(corrupt("unknown record tag"));
             }
             records.push((tag, key, value));
@@ -941,13 +1031,19 @@ pub mod snapshot_codec {
                 10 => {
                     t.settings.insert(utf8(key)?, value)?;
                 }
-                _ => {
+                11 => {
                     t.audit.insert(u64_be(key)?, value)?;
+                }
+                _ => {
+                    t.changes.insert(u64_be(key)?, value)?;
                 }
             }
         }
         let revision = t.meta.get(META_REVISION)?.map(|g| g.value()).unwrap_or(0);
-        t.meta.insert(META_CHANGELOG_FIRST, revision + 1)?;
+        if last_tag == LAST_TAG_V1 {
+            // No change log in the snapshot: watches resume from the snapshot's revision on.
+            t.meta.insert(META_CHANGELOG_FIRST, revision + 1)?;
+        }
         Ok(revision)
     }
 }

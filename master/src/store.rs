@@ -46,6 +46,8 @@ pub const META_AUDIT_NEXT: &str = "audit_next";
 pub const META_REVISION: &str = "revision";
 /// Lowest revision still in the change log (revisions below it were compacted).
 pub const META_CHANGELOG_FIRST: &str = "changelog_first";
+/// The cluster-wide `min_command_version` (absent: [`crate::model::DEFAULT_MIN_COMMAND_VERSION`]).
+pub const META_MIN_COMMAND_VERSION: &str = "min_command_version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +55,11 @@ pub enum StoreError {
     Storage(String),
     #[error("corrupt record in {table}: {message}")]
     Corrupt { table: &'static str, message: String },
+    /// A committed entry this binary is too old to apply: the node must stop (never skip it) until upgraded.
+    #[error(
+        "entry {index} needs command version {needs}, this binary knows up to {knows}: upgrade this node"
+    )]
+    TooNew { index: u64, needs: u32, knows: u32 },
 }
 
 macro_rules! impl_from_redb {
@@ -157,6 +164,15 @@ impl Reader {
 
     pub fn revision(&self) -> Result<u64, StoreError> {
         self.meta(META_REVISION)
+    }
+
+    /// The replicated `min_command_version` (commands of newer versions may not be proposed yet).
+    pub fn min_command_version(&self) -> Result<u32, StoreError> {
+        let v = self.meta(META_MIN_COMMAND_VERSION)?;
+        if v == 0 {
+            return Ok(crate::model::DEFAULT_MIN_COMMAND_VERSION);
+        }
+        Ok(u32::try_from(v).unwrap_or(u32::MAX))
     }
 
     pub fn object(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {

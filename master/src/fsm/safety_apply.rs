@@ -426,6 +426,29 @@ impl Apply<'_, '_> {
         Ok(CmdResult { applied: 1, revision: self.revision, ..self.result() })
     }
 
+    /// Enable command versions up to `version` cluster-wide. Deterministic on every node: the proposer's gate
+    /// ([`crate::model::check_proposable`]) refuses versions its binary does not know; here any version >= 1
+    /// is stored, so members of different binaries store the same value (a member that does not know the
+    /// version stops at the first entry that uses it).
+    pub(super) fn set_min_command_version(
+        &mut self,
+        version: u32,
+        by: &str,
+        reason: &str,
+    ) -> Result<CmdResult, StoreError> {
+        if version == 0 {
+            let e = "min_command_version must be at least 1".to_string();
+            return Ok(CmdResult { error: Some((proto::error::Code::InvalidArgument, e)), ..self.result() });
+        }
+        let before = self.min_version;
+        self.min_version = u64::from(version);
+        self.t.meta.insert(META_MIN_COMMAND_VERSION, self.min_version)?;
+        let message = format!("min_command_version {before} -> {version} by {by}: {reason}");
+        self.audit_row("audit", safety::CLUSTER, "", by, &message)?;
+        self.global_event("config", message);
+        Ok(CmdResult { applied: 1, revision: self.revision, ..self.result() })
+    }
+
     /// Recount populations and agents per scope from scratch (after the scope keys may have changed).
     /// Levels, windows, proposals and blocked reasons stay. O(objects + agents), once per config change.
     fn rebuild_counts(&mut self) -> Result<(), StoreError> {
