@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use state_machines::{Finding, ObjectId};
 
-use crate::machine::{Input, ObjectState};
 use crate::safety::{Level, ProposalFilter, SafetyConfig};
+use crate::sm_seam::{Input, ObjectState};
 
 /// The newest command version this binary knows (decodes and applies). An entry is stamped with the version
 /// its commands need ([`Command::version`], the highest among them), not with this number, so a leader running
@@ -363,7 +363,7 @@ pub struct HistoryEntry {
 
 /// One change, as watchers see it. Revisions are dense: every change gets the next one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
+pub struct ChangeEvent {
     pub revision: u64,
     pub time_ms: u64,
     pub object: String,

@@ -14,9 +14,9 @@ use state_machines::{Finding, ObjectId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fsm::FsmStats;
-use crate::machine::{Input, Policy};
 use crate::model::*;
 use crate::raft::{ProposeError, RaftNode, Role};
+use crate::sm_seam::{Input, Policy};
 use crate::store::{ChangesRead, Filter, Reader, StoreError};
 
 /// Commands waiting for the batcher; callers beyond it wait (backpressure), bounded.
@@ -180,7 +180,7 @@ pub struct IngestBatch {
 }
 
 /// What watchers receive: events and the revision the stream has covered so far.
-pub type WatchItem = Result<(Vec<Event>, u64), ApiError>;
+pub type WatchItem = Result<(Vec<ChangeEvent>, u64), ApiError>;
 
 impl Service {
     /// Wire the service to a started raft node. Spawns the proposal batcher and the leader duty loop; both

@@ -9,7 +9,7 @@ use redb::{
 };
 use state_machines::ObjectId;
 
-use crate::model::{AgentRecord, Event, HistoryEntry, MemberRecord, ObjectRecord};
+use crate::model::{AgentRecord, ChangeEvent, HistoryEntry, MemberRecord, ObjectRecord};
 use crate::safety::{AuditEntry, Proposal, ProposalFilter, ProposalStatus, SafetyConfig, ScopeRecord};
 
 /// Counters: [`META_REVISION`], [`META_CHANGELOG_FIRST`].
@@ -89,7 +89,7 @@ pub fn split_change_row(row: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     Ok((u64::from_be_bytes(head), &row[8..]))
 }
 
-pub fn make_change_row(last: u64, events: &[Event]) -> Vec<u8> {
+pub fn make_change_row(last: u64, events: &[ChangeEvent]) -> Vec<u8> {
     let mut row = last.to_be_bytes().to_vec();
     row.extend_from_slice(&encode(&events));
     row
@@ -124,12 +124,12 @@ impl Filter {
     pub fn matches_object(&self, r: &ObjectRecord) -> bool {
         self.kind.is_none_or(|k| r.id.kind() == k)
             && self.host.as_deref().is_none_or(|h| r.id.host() == h)
-            && self.state.as_deref().is_none_or(|s| crate::machine::state_name(&r.sm).eq_ignore_ascii_case(s))
+            && self.state.as_deref().is_none_or(|s| crate::sm_seam::state_name(&r.sm).eq_ignore_ascii_case(s))
             && self.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
     }
 
     /// Events carry only the object id and state: label filters apply to listings only.
-    pub fn matches_event(&self, e: &Event) -> bool {
+    pub fn matches_event(&self, e: &ChangeEvent) -> bool {
         let id = e.object.parse::<ObjectId>().ok();
         let kind_ok = self.kind.is_none_or(|k| id.as_ref().is_some_and(|id| id.kind() == k));
         let host_ok = self.host.as_deref().is_none_or(|h| id.as_ref().is_some_and(|id| id.host() == h));
@@ -140,7 +140,7 @@ impl Filter {
 
 /// What a watch read returns: events from the requested revision on, or "compacted".
 pub enum ChangesRead {
-    Events { events: Vec<Event>, next: u64 },
+    Events { events: Vec<ChangeEvent>, next: u64 },
     Compacted { first_available: u64 },
 }
 
@@ -351,7 +351,7 @@ impl Reader {
             if last < from {
                 continue;
             }
-            let batch: Vec<Event> = decode("fsm_changes", json)?;
+            let batch: Vec<ChangeEvent> = decode("fsm_changes", json)?;
             for e in batch {
                 if e.revision >= from && filter.matches_event(&e) {
                     events.push(e);

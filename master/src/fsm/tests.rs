@@ -2,9 +2,11 @@
 //! layer's job of calling apply/commit is played by the `Harness`).
 
 use super::*;
-use crate::store::{ChangesRead, Filter, Reader};
+use crate::safety::ProposalFilter;
+use crate::sm_seam::Input;
+use crate::store::{ChangesRead, Filter, META, Reader};
 use redb::ReadableDatabase;
-use state_machines::{AckKind, OperatorCommand, Severity, State};
+use state_machines::{AckKind, Finding, ObjectId, OperatorCommand, Severity, State};
 
 struct Harness {
     _dir: tempfile::TempDir,
@@ -61,7 +63,7 @@ impl Harness {
         self.fsm.snapshot_data(&txn).expect("snapshot")
     }
 
-    fn events(&self, from: u64) -> Vec<Event> {
+    fn events(&self, from: u64) -> Vec<ChangeEvent> {
         match self.reader().changes(from, &Filter::default(), usize::MAX).expect("changes") {
             ChangesRead::Events { events, .. } => events,
             ChangesRead::Compacted { first_available } => panic!("compacted at {first_available}"),
