@@ -542,7 +542,8 @@ impl Master for GrpcApi {
         req: Request<api::SetLevelRequest>,
     ) -> Result<Response<api::ScopeResponse>, Status> {
         let req = req.into_inner();
-        let level: Level = req.level.parse().map_err(|e: String| err(ApiError::invalid(e)))?;
+        let level: Level =
+            req.level.parse().map_err(|e: crate::safety::SafetyError| err(ApiError::invalid(e)))?;
         let (scope, revision) =
             self.svc.set_level(&req.scope, level, &req.by, &req.reason).await.map_err(err)?;
         Ok(Response::new(api::ScopeResponse { scope: Some(scope_to_wire(&scope)), revision }))

@@ -23,6 +23,28 @@ pub(super) enum Admission {
     },
 }
 
+/// Why an operator's decision about one proposal could not be carried out (reported per id in the result).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum NotDecided {
+    #[error("no proposal #{0}")]
+    Unknown(u64),
+    #[error("proposal #{id} is {}", status.as_str())]
+    AlreadyDecided { id: u64, status: ProposalStatus },
+    #[error("proposal #{0}: object {1} no longer exists")]
+    ObjectGone(u64, String),
+    #[error("proposal #{id}: {object} is {now} now; {from} -> {to} no longer applies (marked stale)")]
+    Stale {
+        id: u64,
+        object: String,
+        now: state_machines::State,
+        from: state_machines::State,
+        to: state_machines::State,
+    },
+    /// Approved, but the safety net still refuses it (a blind scope).
+    #[error("proposal #{0}: {1}")]
+    Held(u64, String),
+}
+
 /// Why and where a transition is held (the arguments of [`Decider::propose`]).
 struct Hold<'a> {
     /// The object's scopes (filters and per-scope counts).
@@ -385,7 +407,7 @@ impl Decider<'_> {
         reason: &str,
     ) -> Result<CmdResult, StoreError> {
         if let Err(e) = safety::validate_scope(scope) {
-            return Ok(self.refuse(proto::error::Code::InvalidArgument, e));
+            return Ok(self.refuse(proto::error::Code::InvalidArgument, e.to_string()));
         }
         let now = self.now;
         let r = self.scope_mut(scope)?;
@@ -412,7 +434,7 @@ impl Decider<'_> {
         reason: &str,
     ) -> Result<CmdResult, StoreError> {
         if let Err(e) = config.validate() {
-            return Ok(self.refuse(proto::error::Code::InvalidArgument, e));
+            return Ok(self.refuse(proto::error::Code::InvalidArgument, e.to_string()));
         }
         self.drop_empty_scopes();
         self.w.safety = Some(config.clone());
@@ -499,7 +521,7 @@ impl Decider<'_> {
         for id in targets {
             match self.decide_one(id, approve, by, reason)? {
                 Ok(()) => res.decided.push(id),
-                Err(e) => res.failed.push((id, e)),
+                Err(e) => res.failed.push((id, e.to_string())),
             }
         }
         if !res.decided.is_empty() {
@@ -522,14 +544,14 @@ impl Decider<'_> {
         approve: bool,
         by: &str,
         reason: &str,
-    ) -> Result<Result<(), String>, StoreError> {
-        let Some(mut p) = self.proposal(id)? else { return Ok(Err(format!("no proposal #{id}"))) };
+    ) -> Result<Result<(), NotDecided>, StoreError> {
+        let Some(mut p) = self.proposal(id)? else { return Ok(Err(NotDecided::Unknown(id))) };
         if p.status != ProposalStatus::Pending {
-            return Ok(Err(format!("proposal #{id} is {}", p.status.as_str())));
+            return Ok(Err(NotDecided::AlreadyDecided { id, status: p.status }));
         }
         let oid = p.object.to_string();
         let Some(mut rec) = self.load(&oid)? else {
-            return Ok(Err(format!("proposal #{id}: object {oid} no longer exists")));
+            return Ok(Err(NotDecided::ObjectGone(id, oid)));
         };
         p.decided_by = bounded_text(by);
         p.decided_reason = bounded_text(reason);
@@ -564,10 +586,13 @@ impl Decider<'_> {
         let Some(out) = attempt else {
             p.status = ProposalStatus::Stale;
             self.close_proposal(&p)?;
-            return Ok(Err(format!(
-                "proposal #{id}: {oid} is {} now; {} -> {} no longer applies (marked stale)",
-                rec.sm.state, p.from_state, p.to_state
-            )));
+            return Ok(Err(NotDecided::Stale {
+                id,
+                object: oid,
+                now: rec.sm.state,
+                from: p.from_state,
+                to: p.to_state,
+            }));
         };
         self.held = None;
         let detail = format!("approved proposal #{id} by {by}: {reason}");
@@ -581,7 +606,7 @@ impl Decider<'_> {
         self.store_outcome(&mut rec, out, step)?;
         if let Some((_, why)) = self.held.take() {
             self.save(&rec)?;
-            return Ok(Err(format!("proposal #{id}: {why}")));
+            return Ok(Err(NotDecided::Held(id, why)));
         }
         self.save(&rec)?;
         p.status = ProposalStatus::Approved;
