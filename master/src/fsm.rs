@@ -216,7 +216,7 @@ impl MasterFsm {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 impl crate::raft::Fsm for MasterFsm {
     fn apply(

@@ -21,8 +21,8 @@ fn disk(i: u32) -> String {
     format!("disk/h{i}/sda")
 }
 
-/// One random command; time is the entry's.
-fn random_command(rng: &mut StdRng, now: u64, seqs: &mut BTreeMap<String, u64>) -> Command {
+/// One random command; time is the entry's. `seqs`: the last batch sequence used per agent.
+pub(crate) fn random_command(rng: &mut StdRng, now: u64, seqs: &mut BTreeMap<String, u64>) -> Command {
     let i = rng.random_range(0..HOSTS);
     let rack = format!("r{}", i % 3);
     match rng.random_range(0..100u32) {
