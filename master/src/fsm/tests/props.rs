@@ -111,10 +111,13 @@ pub(crate) fn random_command(rng: &mut StdRng, now: u64, seqs: &mut BTreeMap<Str
     }
 }
 
+/// A scope's counters: (kind -> (population, out of service)), agents, agents alive, pending proposals.
+type Counts = (BTreeMap<String, (u64, u64)>, u64, u64, u64);
+
 /// Per-scope counters rebuilt from the records alone.
-fn recount(s: &MemState) -> BTreeMap<String, (BTreeMap<String, (u64, u64)>, u64, u64, u64)> {
+fn recount(s: &MemState) -> BTreeMap<String, Counts> {
     let cfg = s.safety.clone().unwrap_or_default();
-    let mut out: BTreeMap<String, (BTreeMap<String, (u64, u64)>, u64, u64, u64)> = BTreeMap::new();
+    let mut out: BTreeMap<String, Counts> = BTreeMap::new();
     for rec in s.objects.values() {
         if rec.id.kind() == state_machines::Kind::Checker {
             continue;
@@ -140,7 +143,7 @@ fn recount(s: &MemState) -> BTreeMap<String, (BTreeMap<String, (u64, u64)>, u64,
     out
 }
 
-fn stored_counts(r: &ScopeRecord) -> (BTreeMap<String, (u64, u64)>, u64, u64, u64) {
+fn stored_counts(r: &ScopeRecord) -> Counts {
     let kinds = r
         .kinds
         .iter()

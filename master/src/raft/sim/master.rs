@@ -234,9 +234,9 @@ impl MasterSim {
 
     fn converge(&mut self) {
         self.cut.clear();
-        for i in 0..IDS.len() {
+        for (i, id) in IDS.iter().enumerate() {
             if self.nodes[i].is_none() {
-                self.nodes[i] = Some(open_master(IDS[i], &self.dirs[i], &IDS, &self.log, COMMAND_VERSION));
+                self.nodes[i] = Some(open_master(*id, &self.dirs[i], &IDS, &self.log, COMMAND_VERSION));
             }
         }
         // Entries proposed after the heal (on top of the chaos phase's): enough state for the checks to bite.
