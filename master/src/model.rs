@@ -411,6 +411,18 @@ mod tests {
         future.v = COMMAND_VERSION + 1;
         let err = Envelope::decode(&future.encode()).expect_err("future version");
         assert!(err.to_string().contains("version"), "{err}");
+        // The leader's batcher joins pre-encoded commands; the result decodes like an encoded envelope.
+        let cmds = [
+            Command::Tick { objects: vec![] },
+            Command::SetMinCommandVersion { version: 2, by: "a".into(), reason: "r".into() },
+        ];
+        let encoded: Vec<Vec<u8>> = cmds.iter().map(|c| serde_json::to_vec(c).expect("encode")).collect();
+        let bytes = entry_bytes(7, 2, encoded.iter().map(Vec::as_slice));
+        assert_eq!(Envelope::decode(&bytes), Ok(Envelope::new(7, cmds.to_vec())));
+        assert!(matches!(
+            Envelope::decode_knowing(&bytes, 1),
+            Err(DecodeError::TooNew { needs: 2, knows: 1 })
+        ));
         for garbage in
             [&b""[..], b"{", b"\xff\xfe", b"{\"v\":1}", b"[1,2]", b"{\"v\":1,\"now_ms\":1,\"cmds\":[{}]}"]
         {

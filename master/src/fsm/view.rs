@@ -97,3 +97,43 @@ pub(super) fn walk_ids<T>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walk `base` (as a view lists it) merged with `writes`, stopping after `stop_after` visits.
+    fn walk(base: &[u64], writes: &BTreeMap<u64, Option<()>>, stop_after: usize) -> Vec<u64> {
+        let list = |from: u64, n: usize| -> Result<Vec<u64>, StoreError> {
+            Ok(base.iter().copied().filter(|id| *id >= from).take(n).collect())
+        };
+        let mut seen = Vec::new();
+        walk_ids(&list, writes, &mut |id| {
+            seen.push(id);
+            Ok(seen.len() < stop_after)
+        })
+        .expect("walk");
+        seen
+    }
+
+    #[test]
+    fn walks_view_ids_merged_with_writes_across_pages() {
+        // More than two pages, with removals on a page boundary and additions between and after.
+        let base: Vec<u64> = (0..(2 * ID_PAGE as u64 + 10)).map(|i| i * 2).collect();
+        let mut writes = BTreeMap::new();
+        let boundary = base[ID_PAGE - 1];
+        writes.insert(boundary, None);
+        writes.insert(base[0], None);
+        writes.insert(3, Some(()));
+        writes.insert(base[ID_PAGE] + 1, Some(()));
+        writes.insert(10_000, Some(()));
+        writes.insert(base[5], Some(()));
+        let mut want: std::collections::BTreeSet<u64> = base.iter().copied().collect();
+        want.remove(&boundary);
+        want.remove(&base[0]);
+        want.extend([3, base[ID_PAGE] + 1, 10_000]);
+        assert_eq!(walk(&base, &writes, usize::MAX), want.iter().copied().collect::<Vec<_>>());
+        assert_eq!(walk(&base, &writes, 3), want.iter().copied().take(3).collect::<Vec<_>>(), "stops early");
+        assert_eq!(walk(&[], &writes, usize::MAX), vec![3, base[5], base[ID_PAGE] + 1, 10_000]);
+    }
+}
