@@ -61,9 +61,21 @@ pub struct FsmStats {
 }
 
 impl FsmStats {
-    /// The replicated `min_command_version` as this node last applied it.
+    /// Read the replicated values the node follows (`min_command_version`) from the store at start-up,
+    /// before any entry is applied.
+    pub fn load_replicated(&self, db: &redb::Database) -> Result<(), StoreError> {
+        let min = store::Reader::new(db)?.min_command_version()?;
+        self.min_command_version.store(u64::from(min), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The replicated `min_command_version` as this node last applied it (the default until the first entry
+    /// or the start-up read: no member can store 0, an operator's 0 is refused).
     pub fn min_command_version(&self) -> u32 {
-        u32::try_from(self.min_command_version.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
+        match self.min_command_version.load(Ordering::Relaxed) {
+            0 => DEFAULT_MIN_COMMAND_VERSION,
+            v => u32::try_from(v).unwrap_or(u32::MAX),
+        }
     }
 }
 
@@ -169,9 +181,7 @@ impl MasterFsm {
                 *m.entry(*k).or_default() += n;
             }
         }
-        if let Some(v) = d.writes.meta.get(META_MIN_COMMAND_VERSION) {
-            s.min_command_version.store(*v, Ordering::Relaxed);
-        }
+        s.min_command_version.store(d.min_command_version, Ordering::Relaxed);
     }
 
     /// Call after the transaction holding applied entries is durable: wakes watchers.

@@ -37,6 +37,8 @@ pub struct Decision {
     pub tally: Tally,
     /// The revision after the entry (unchanged when nothing changed).
     pub revision: u64,
+    /// The replicated `min_command_version` after the entry (the node's proposal gate follows it).
+    pub min_command_version: u64,
 }
 
 /// Decide a whole entry: the commands in order, each seeing what the earlier ones wrote.
@@ -101,7 +103,14 @@ impl<'v> Decider<'v> {
         if !self.events.is_empty() {
             self.w.meta.insert(META_REVISION, self.revision);
         }
-        Decision { writes: self.w, events: self.events, results, tally: self.tally, revision: self.revision }
+        Decision {
+            writes: self.w,
+            events: self.events,
+            results,
+            tally: self.tally,
+            revision: self.revision,
+            min_command_version: self.min_version,
+        }
     }
 
     pub(super) fn next_revision(&mut self) -> u64 {

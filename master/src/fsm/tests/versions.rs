@@ -230,3 +230,22 @@ fn a_version_1_snapshot_without_change_log_still_restores() {
     let txn = b.db.begin_write().expect("txn");
     assert!(b.fsm.restore_data(&txn, &bad).is_err());
 }
+
+#[test]
+fn the_proposal_gate_follows_the_stored_version_after_a_restart() {
+    let mut h = Harness::new();
+    h.apply(1, vec![set_min(2)]);
+    // A restarted node: fresh counters, the same store.
+    let (fsm, _) = MasterFsm::new(Policy::default());
+    let stats = fsm.stats();
+    assert_eq!(stats.min_command_version(), DEFAULT_MIN_COMMAND_VERSION, "before reading the store");
+    stats.load_replicated(&h.db).expect("load");
+    assert_eq!(stats.min_command_version(), 2);
+    // And every applied entry refreshes it, whatever the entry did.
+    drop((fsm, stats));
+    let (fsm, _) = MasterFsm::new(Policy::default());
+    let stats = fsm.stats();
+    h.fsm = fsm;
+    h.apply(2, vec![Command::Tick { objects: vec![] }]);
+    assert_eq!(stats.min_command_version(), 2);
+}
