@@ -14,7 +14,8 @@ use crate::sm_seam::{Input, ObjectState};
 /// its commands need ([`Command::version`], the highest among them), not with this number, so a leader running
 /// a newer binary writes entries older members still apply. A member that meets an entry newer than what it
 /// knows stops applying (never skips it: replicas of different versions would diverge) until it is upgraded.
-/// Version history: 1 = the first command set; 2 = `SetMinCommandVersion`.
+/// Version history: 1 = the first command set; 2 = `SetMinCommandVersion`, and findings older than
+/// [`MAX_FINDING_AGE_MS`] are refused once the cluster enabled version 2.
 pub const COMMAND_VERSION: u32 = 2;
 /// The cluster-wide `min_command_version` of a state that never had one set (clusters created before command
 /// versions were enforced, and new ones): only version-1 commands may be proposed until an operator raises it.
@@ -89,6 +90,13 @@ pub const MAX_SEQ_STEP: u64 = 100_000_000;
 /// are NTP-synced to within seconds; ten minutes leaves room for a badly drifting one. A finding from the
 /// future would stay "fresh" forever (evidence eviction and stale-finding checks use its time).
 pub const MAX_FINDING_FUTURE_MS: u64 = 10 * 60_000;
+/// How far a finding's `time_ms` may lie behind the entry's `now_ms`, once `min_command_version` >= 2 (a rule
+/// of command version 2: older binaries accept any past time, so it waits until every member knows it). An
+/// agent's outbox keeps its most severe findings while the master is unreachable, possibly for days; thirty
+/// days is beyond any outage worth replaying, while a time from 1970 or a year back is a broken clock.
+pub const MAX_FINDING_AGE_MS: u64 = 30 * 24 * 3_600_000;
+/// The command version whose rules include [`MAX_FINDING_AGE_MS`].
+pub const FINDING_AGE_RULE_VERSION: u64 = 2;
 /// Revisions kept in the change log for watchers to resume from. At the benchmark's 20,000 findings/s this is
 /// ~10 s of history; at a real fleet's rate it is hours. Older watchers get COMPACTED and resync.
 pub const CHANGELOG_RETAIN: u64 = 200_000;

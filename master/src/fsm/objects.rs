@@ -118,7 +118,8 @@ impl Decider<'_> {
     }
 
     /// Apply one finding; an unknown object is created (findings are how objects first appear for external
-    /// detectors). Err is a refusal (by the state machine, or a time too far ahead), which changes nothing.
+    /// detectors). Err is a refusal (by the state machine, or a time too far ahead or behind), which changes
+    /// nothing.
     pub(super) fn finding(
         &mut self,
         f: Finding,
@@ -129,6 +130,17 @@ impl Decider<'_> {
                 "finding about {id}: time_ms {} is more than {} ahead of the master's clock ({}); refused",
                 f.time_ms,
                 crate::safety::human_ms(MAX_FINDING_FUTURE_MS),
+                self.now
+            );
+            return Ok(Err((proto::error::Code::InvalidArgument, e)));
+        }
+        if self.min_version >= FINDING_AGE_RULE_VERSION
+            && f.time_ms < self.now.saturating_sub(MAX_FINDING_AGE_MS)
+        {
+            let e = format!(
+                "finding about {id}: time_ms {} is more than {} behind the master's clock ({}); refused",
+                f.time_ms,
+                crate::safety::human_ms(MAX_FINDING_AGE_MS),
                 self.now
             );
             return Ok(Err((proto::error::Code::InvalidArgument, e)));

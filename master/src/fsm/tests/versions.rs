@@ -249,3 +249,19 @@ fn the_proposal_gate_follows_the_stored_version_after_a_restart() {
     h.apply(2, vec![Command::Tick { objects: vec![] }]);
     assert_eq!(stats.min_command_version(), 2);
 }
+
+#[test]
+fn findings_from_too_far_in_the_past_are_refused_once_version_2_is_enabled() {
+    let mut h = Harness::new();
+    let now = MAX_FINDING_AGE_MS + 5_000_000;
+    let at = |t: u64| finding("disk/h1/sda", Severity::Good, t);
+    let old = at(now - MAX_FINDING_AGE_MS - 1);
+    // Version-1 rules (mixed-version clusters): any past time is accepted, as older binaries do.
+    assert_eq!(h.apply(now, vec![ingest("", 0, vec![old.clone()])]).results[0].applied, 1);
+    h.apply(now, vec![set_min(2)]);
+    let r = h.apply(now, vec![ingest("", 0, vec![old, at(now - MAX_FINDING_AGE_MS)])]);
+    assert_eq!(r.results[0].applied, 1, "exactly the limit applies");
+    let (code, msg) = r.results[0].error.clone().expect("one past the limit is refused");
+    assert_eq!(code, proto::error::Code::InvalidArgument);
+    assert!(msg.contains("more than 720h behind the master's clock"), "{msg}");
+}
