@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
-use crate::machine::Policy;
+use crate::sm_seam::Policy;
 use proto::tls::TlsFiles;
 
 pub const DEFAULT_GRPC_PORT: u16 = 7700;

@@ -12,11 +12,11 @@ use proto::error::ApiError;
 use state_machines::{AckKind, OperatorCommand, TicketUpdate};
 use tonic::{Request, Response, Status};
 
-use crate::machine::{self, Input};
-use crate::model::{Event, HistoryEntry, ObjectRecord, Registration};
+use crate::model::{ChangeEvent, HistoryEntry, ObjectRecord, Registration};
 use crate::safety::{Level, Proposal, ProposalFilter, ProposalStatus, QuotaRule};
 use crate::safety_api::{SafetyView, ScopeView};
 use crate::service::{IngestBatch, Service};
+use crate::sm_seam::{self, Input};
 use crate::store::Filter;
 
 /// Largest gRPC message accepted or sent: an ingest batch of MAX_FINDINGS_PER_BATCH bounded findings
@@ -42,8 +42,8 @@ pub fn object_to_wire(r: &ObjectRecord) -> api::Object {
         id: r.id.to_string(),
         kind: r.id.kind().to_string(),
         host: r.id.host().to_string(),
-        state: machine::state_name(&r.sm).to_string(),
-        grade: machine::grade_name(&r.sm).to_string(),
+        state: sm_seam::state_name(&r.sm).to_string(),
+        grade: sm_seam::grade_name(&r.sm).to_string(),
         state_since_ms: r.sm.since_ms,
         labels: r.labels.clone().into_iter().collect(),
         attributes: attributes.into_iter().collect(),
@@ -213,7 +213,7 @@ pub fn history_to_wire(h: &HistoryEntry) -> api::HistoryEntry {
     }
 }
 
-pub fn event_to_wire(e: Event) -> api::Event {
+pub fn event_to_wire(e: ChangeEvent) -> api::Event {
     api::Event {
         revision: e.revision,
         time_ms: e.time_ms,
@@ -226,8 +226,8 @@ pub fn event_to_wire(e: Event) -> api::Event {
     }
 }
 
-pub fn event_from_wire(e: api::Event) -> Event {
-    Event {
+pub fn event_from_wire(e: api::Event) -> ChangeEvent {
+    ChangeEvent {
         revision: e.revision,
         time_ms: e.time_ms,
         object: e.object,
@@ -542,7 +542,8 @@ impl Master for GrpcApi {
         req: Request<api::SetLevelRequest>,
     ) -> Result<Response<api::ScopeResponse>, Status> {
         let req = req.into_inner();
-        let level: Level = req.level.parse().map_err(|e: String| err(ApiError::invalid(e)))?;
+        let level: Level =
+            req.level.parse().map_err(|e: crate::safety::SafetyError| err(ApiError::invalid(e)))?;
         let (scope, revision) =
             self.svc.set_level(&req.scope, level, &req.by, &req.reason).await.map_err(err)?;
         Ok(Response::new(api::ScopeResponse { scope: Some(scope_to_wire(&scope)), revision }))

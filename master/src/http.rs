@@ -17,7 +17,7 @@ use proto::error::{ApiError, Code};
 use serde::{Deserialize, Serialize};
 use state_machines::{Finding, ObjectId};
 
-use crate::model::{Event, HistoryEntry, ObjectRecord, Registration};
+use crate::model::{ChangeEvent, HistoryEntry, ObjectRecord, Registration};
 use crate::service::{IngestBatch, Service};
 
 /// Largest request body accepted (an ingest batch at its finding limit fits).
@@ -183,8 +183,8 @@ impl From<&ObjectRecord> for ObjectView {
             id: r.id.to_string(),
             kind: r.id.kind().to_string(),
             host: r.id.host().to_string(),
-            state: crate::machine::state_name(&r.sm).into(),
-            grade: crate::machine::grade_name(&r.sm).into(),
+            state: crate::sm_seam::state_name(&r.sm).into(),
+            grade: crate::sm_seam::grade_name(&r.sm).into(),
             state_since_ms: r.sm.since_ms,
             labels: r.labels.clone(),
             attributes,
@@ -426,7 +426,7 @@ struct WatchQuery {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum WatchLine {
-    Event(Event),
+    Event(ChangeEvent),
     Progress { progress: u64 },
     Error(ApiError),
 }
@@ -454,7 +454,7 @@ async fn watch(
         tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(crate::service::WATCH_BUFFER);
     tokio::spawn(async move {
         let mut progress = q.from.saturating_sub(1).max(if q.from == 0 { start_rev } else { 0 });
-        let mut send_item = |events: Vec<Event>, rev: u64, buf: &mut Vec<u8>| {
+        let mut send_item = |events: Vec<ChangeEvent>, rev: u64, buf: &mut Vec<u8>| {
             for e in events {
                 line(buf, &WatchLine::Event(e));
             }

@@ -57,6 +57,16 @@ pub fn render(svc: &Service) -> Result<String, ApiError> {
     reg.register("duplicate_batches", "Resent agent batches recognised and skipped", counter(&s.duplicates));
     reg.register("rejected", "Inputs refused by the state machines", counter(&s.rejected));
     reg.register("undecodable_entries", "Committed entries skipped as undecodable", counter(&s.undecodable));
+    reg.register(
+        "incompatible_entries",
+        "Committed entries this binary is too old to apply (each stops the node: upgrade it)",
+        counter(&s.incompatible),
+    );
+    reg.register(
+        "min_command_version",
+        "The cluster-wide min_command_version as applied on this node",
+        gauge(u64::from(s.min_command_version())),
+    );
     reg.register("leader_changes", "Leader changes this node observed", counter(&svc.leader_changes));
     reg.register("held_transitions", "Transitions held by the safety net", counter(&s.held));
     let by_kind: Family<[(&'static str, String); 2], Counter> = Family::default();

@@ -7,12 +7,60 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use state_machines::{Finding, ObjectId};
 
-use crate::machine::{Input, ObjectState};
 use crate::safety::{Level, ProposalFilter, SafetyConfig};
+use crate::sm_seam::{Input, ObjectState};
 
-/// The command format version this build writes. Entries with another version are logged and skipped
-/// (deterministically, on every node alike), never applied half-understood.
-pub const COMMAND_VERSION: u32 = 1;
+/// The newest command version this binary knows (decodes and applies). An entry is stamped with the version
+/// its commands need ([`Command::version`], the highest among them), not with this number, so a leader running
+/// a newer binary writes entries older members still apply. A member that meets an entry newer than what it
+/// knows stops applying (never skips it: replicas of different versions would diverge) until it is upgraded.
+/// Version history: 1 = the first command set; 2 = `SetMinCommandVersion`, and findings older than
+/// [`MAX_FINDING_AGE_MS`] are refused once the cluster enabled version 2.
+pub const COMMAND_VERSION: u32 = 2;
+/// The cluster-wide `min_command_version` of a state that never had one set (clusters created before command
+/// versions were enforced, and new ones): only version-1 commands may be proposed until an operator raises it.
+pub const DEFAULT_MIN_COMMAND_VERSION: u32 = 1;
+
+/// Why a committed or proposed entry cannot be decoded by this binary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Garbage, or commands that do not match the version the entry claims: every member of every version
+    /// refuses it alike, so it is skipped deterministically.
+    #[error("undecodable command: {0}")]
+    Undecodable(String),
+    /// The entry needs a newer binary: this member must stop applying (and be upgraded), never skip it.
+    #[error("entry needs command version {needs}, this binary knows up to {knows}: upgrade this node")]
+    TooNew { needs: u32, knows: u32 },
+}
+
+/// Why a command may not be proposed now (checked before it reaches Raft).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    #[error(
+        "{kind} needs command version {needs}, but the cluster's min_command_version is {min}: upgrade every \
+         master, then raise it (set-min-command-version {needs})"
+    )]
+    NotEnabled { kind: &'static str, needs: u32, min: u32 },
+    #[error("min_command_version {asked} refused: this leader knows command versions 1..={knows}")]
+    Unknown { asked: u32, knows: u32 },
+}
+
+/// Whether `cmd` may be proposed in a cluster whose replicated `min_command_version` is `min`: its kind must be
+/// enabled cluster-wide, and a new `min_command_version` must be one this (leader's) binary knows.
+/// `SetMinCommandVersion` itself is always proposable: it is the switch (its entry stops members that are
+/// still too old, which is what the operator asked for).
+pub fn check_proposable(cmd: &Command, min: u32) -> Result<(), VersionError> {
+    if let Command::SetMinCommandVersion { version, .. } = cmd {
+        if *version == 0 || *version > COMMAND_VERSION {
+            return Err(VersionError::Unknown { asked: *version, knows: COMMAND_VERSION });
+        }
+        return Ok(());
+    }
+    if cmd.version() > min {
+        return Err(VersionError::NotEnabled { kind: cmd.kind(), needs: cmd.version(), min });
+    }
+    Ok(())
+}
 
 /// Most findings one ingest call may carry: bounds one Raft entry (findings are at most ~5 KiB each after
 /// `Finding::bounded`, so a full batch stays well below the raft layer's ~1 MiB message size in practice).
@@ -32,6 +80,23 @@ pub const HISTORY_LIMIT: u64 = 256;
 pub const MAX_TICK_OBJECTS: usize = 1000;
 /// Checkers whose latest finding is kept as evidence on one object (a host runs about ten checkers).
 pub const MAX_EVIDENCE_CHECKERS: usize = 32;
+/// Largest forward step of an agent's batch sequence over the last one applied. The agent numbers batches
+/// with its outbox sequence, which grows by one per finding queued (also while the master is unreachable and
+/// the outbox evicts), so a real agent moves by thousands at most between two delivered batches; 10^8 is
+/// years of a busy host's findings. A larger jump (a forged or corrupt 2^64-1) is refused: accepted, it would
+/// make every later batch of that agent look like a duplicate and be dropped.
+pub const MAX_SEQ_STEP: u64 = 100_000_000;
+/// How far a finding's `time_ms` may lie ahead of the entry's `now_ms` (the leader's clock): agents' clocks
+/// are NTP-synced to within seconds; ten minutes leaves room for a badly drifting one. A finding from the
+/// future would stay "fresh" forever (evidence eviction and stale-finding checks use its time).
+pub const MAX_FINDING_FUTURE_MS: u64 = 10 * 60_000;
+/// How far a finding's `time_ms` may lie behind the entry's `now_ms`, once `min_command_version` >= 2 (a rule
+/// of command version 2: older binaries accept any past time, so it waits until every member knows it). An
+/// agent's outbox keeps its most severe findings while the master is unreachable, possibly for days; thirty
+/// days is beyond any outage worth replaying, while a time from 1970 or a year back is a broken clock.
+pub const MAX_FINDING_AGE_MS: u64 = 30 * 24 * 3_600_000;
+/// The command version whose rules include [`MAX_FINDING_AGE_MS`].
+pub const FINDING_AGE_RULE_VERSION: u64 = 2;
 /// Revisions kept in the change log for watchers to resume from. At the benchmark's 20,000 findings/s this is
 /// ~10 s of history; at a real fleet's rate it is hours. Older watchers get COMPACTED and resync.
 pub const CHANGELOG_RETAIN: u64 = 200_000;
@@ -46,8 +111,10 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// An entry stamped with the version its commands need.
     pub fn new(now_ms: u64, cmds: Vec<Command>) -> Self {
-        Envelope { v: COMMAND_VERSION, now_ms, cmds }
+        let v = cmds.iter().map(Command::version).max().unwrap_or(DEFAULT_MIN_COMMAND_VERSION);
+        Envelope { v, now_ms, cmds }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -55,19 +122,52 @@ impl Envelope {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Decode a committed or proposed entry. Errors are reported, never panicked on.
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+    /// Decode a committed or proposed entry with this binary's [`COMMAND_VERSION`].
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        Self::decode_knowing(bytes, COMMAND_VERSION)
+    }
+
+    /// Decode as a binary that knows command versions up to `knows` would (tests play older binaries).
+    /// Errors are reported, never panicked on.
+    pub fn decode_knowing(bytes: &[u8], knows: u32) -> Result<Envelope, DecodeError> {
         #[derive(Deserialize)]
         struct Version {
             v: u32,
         }
-        let version: Version =
-            serde_json::from_slice(bytes).map_err(|e| format!("undecodable command: {e}"))?;
-        if version.v != COMMAND_VERSION {
-            return Err(format!("command version {} (this build understands {COMMAND_VERSION})", version.v));
+        let undecodable = |e: serde_json::Error| DecodeError::Undecodable(e.to_string());
+        let version: Version = serde_json::from_slice(bytes).map_err(undecodable)?;
+        if version.v == 0 {
+            return Err(DecodeError::Undecodable("command version 0".into()));
         }
-        serde_json::from_slice(bytes).map_err(|e| format!("undecodable command: {e}"))
+        if version.v > knows {
+            return Err(DecodeError::TooNew { needs: version.v, knows });
+        }
+        let env: Envelope = serde_json::from_slice(bytes).map_err(undecodable)?;
+        // A command newer than the entry claims would be read by newer members and refused by older ones.
+        if let Some(c) = env.cmds.iter().find(|c| c.version() > env.v) {
+            return Err(DecodeError::Undecodable(format!(
+                "{} needs command version {} in an entry of version {}",
+                c.kind(),
+                c.version(),
+                env.v
+            )));
+        }
+        Ok(env)
     }
+}
+
+/// The bytes of an entry from commands already encoded one by one (the leader's batcher joins them without
+/// decoding); `v` is the highest [`Command::version`] among them.
+pub fn entry_bytes<'a>(now_ms: u64, v: u32, cmds: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut entry = format!("{{\"v\":{v},\"now_ms\":{now_ms},\"cmds\":[").into_bytes();
+    for (i, c) in cmds.into_iter().enumerate() {
+        if i > 0 {
+            entry.push(b',');
+        }
+        entry.extend_from_slice(c);
+    }
+    entry.extend_from_slice(b"]}");
+    entry
 }
 
 /// Inventory of one object, from an agent.
@@ -151,6 +251,43 @@ pub enum Command {
         by: String,
         reason: String,
     },
+    /// An operator enables command versions up to `version` cluster-wide, once every master runs a binary
+    /// that knows them (see ARCHITECTURE.md "Upgrading masters"). Command version 2.
+    SetMinCommandVersion {
+        version: u32,
+        by: String,
+        reason: String,
+    },
+}
+
+impl Command {
+    /// The command version that introduced this command's encoding and meaning: an entry holding it needs a
+    /// binary that knows at least this version. Changing what an existing command means or how it is encoded
+    /// is a new version too.
+    pub fn version(&self) -> u32 {
+        match self {
+            Command::SetMinCommandVersion { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// The command's name in errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Ingest { .. } => "ingest",
+            Command::Register { .. } => "register",
+            Command::Object { .. } => "object",
+            Command::Tick { .. } => "tick",
+            Command::AgentLiveness { .. } => "agent_liveness",
+            Command::Announce { .. } => "announce",
+            Command::SetLevel { .. } => "set_level",
+            Command::Release { .. } => "release",
+            Command::Decide { .. } => "decide",
+            Command::Alert { .. } => "alert",
+            Command::SetSafety { .. } => "set_safety",
+            Command::SetMinCommandVersion { .. } => "set_min_command_version",
+        }
+    }
 }
 
 /// What applying one command did; returned to the proposer, in command order.
@@ -234,7 +371,7 @@ pub struct HistoryEntry {
 
 /// One change, as watchers see it. Revisions are dense: every change gets the next one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
+pub struct ChangeEvent {
     pub revision: u64,
     pub time_ms: u64,
     pub object: String,
@@ -281,7 +418,19 @@ mod tests {
         let mut future = e;
         future.v = COMMAND_VERSION + 1;
         let err = Envelope::decode(&future.encode()).expect_err("future version");
-        assert!(err.contains("version"), "{err}");
+        assert!(err.to_string().contains("version"), "{err}");
+        // The leader's batcher joins pre-encoded commands; the result decodes like an encoded envelope.
+        let cmds = [
+            Command::Tick { objects: vec![] },
+            Command::SetMinCommandVersion { version: 2, by: "a".into(), reason: "r".into() },
+        ];
+        let encoded: Vec<Vec<u8>> = cmds.iter().map(|c| serde_json::to_vec(c).expect("encode")).collect();
+        let bytes = entry_bytes(7, 2, encoded.iter().map(Vec::as_slice));
+        assert_eq!(Envelope::decode(&bytes), Ok(Envelope::new(7, cmds.to_vec())));
+        assert!(matches!(
+            Envelope::decode_knowing(&bytes, 1),
+            Err(DecodeError::TooNew { needs: 2, knows: 1 })
+        ));
         for garbage in
             [&b""[..], b"{", b"\xff\xfe", b"{\"v\":1}", b"[1,2]", b"{\"v\":1,\"now_ms\":1,\"cmds\":[{}]}"]
         {

@@ -31,6 +31,38 @@ pub const MAX_SCOPE_LABELS: usize = 16;
 /// Longest window a quota, liveness or spike rule may use (a week): beyond it "sliding window" means forever.
 pub const MAX_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
 
+/// Why a level, limit, scope or safety config from a client is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SafetyError {
+    #[error("unknown level {0:?} (auto, manual, blind)")]
+    UnknownLevel(String),
+    #[error("bad limit {0:?}: a count (\"5\") or a percentage (\"2.5%\", at most 100%)")]
+    BadLimit(String),
+    #[error("scope {0:?}: \"cluster\", KEY=VALUE or checker=NAME@VERSION")]
+    BadScope(String),
+    #[error("at most {MAX_QUOTA_RULES} quota rules")]
+    TooManyQuotaRules,
+    #[error("at most {MAX_SCOPE_LABELS} scope labels")]
+    TooManyScopeLabels,
+    #[error("quota kind {0:?}: machine, disk, dimm, nic or *")]
+    QuotaKind(String),
+    #[error("quota scope {0:?}: \"cluster\" or a label key")]
+    QuotaScope(String),
+    #[error("quota window_ms must be 1..={MAX_WINDOW_MS}")]
+    QuotaWindow,
+    #[error("scope label {0:?} is not a label key")]
+    ScopeLabel(String),
+    #[error("liveness/spike window_ms must be 1..={MAX_WINDOW_MS}")]
+    RuleWindow,
+}
+
+/// For the API layer, which reports refusals as text (`ApiError::invalid`).
+impl From<SafetyError> for String {
+    fn from(e: SafetyError) -> String {
+        e.to_string()
+    }
+}
+
 /// Operating level of a scope, least to most restrictive (modelled on Pegasus meta levels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -55,13 +87,13 @@ impl Level {
 }
 
 impl FromStr for Level {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SafetyError;
+    fn from_str(s: &str) -> Result<Self, SafetyError> {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(Level::Auto),
             "manual" => Ok(Level::Manual),
             "blind" => Ok(Level::Blind),
-            _ => Err(format!("unknown level {s:?} (auto, manual, blind)")),
+            _ => Err(SafetyError::UnknownLevel(s.to_string())),
         }
     }
 }
@@ -92,10 +124,10 @@ impl Limit {
 }
 
 impl FromStr for Limit {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SafetyError;
+    fn from_str(s: &str) -> Result<Self, SafetyError> {
         let s = s.trim();
-        let bad = || format!("bad limit {s:?}: a count (\"5\") or a percentage (\"2.5%\", at most 100%)");
+        let bad = || SafetyError::BadLimit(s.to_string());
         if let Some(p) = s.strip_suffix('%') {
             let (int, frac) = p.trim().split_once('.').unwrap_or((p.trim(), ""));
             if int.is_empty()
@@ -265,32 +297,32 @@ impl Default for SafetyConfig {
 }
 
 impl SafetyConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SafetyError> {
         if self.quotas.len() > MAX_QUOTA_RULES {
-            return Err(format!("at most {MAX_QUOTA_RULES} quota rules"));
+            return Err(SafetyError::TooManyQuotaRules);
         }
         if self.scope_labels.len() > MAX_SCOPE_LABELS {
-            return Err(format!("at most {MAX_SCOPE_LABELS} scope labels"));
+            return Err(SafetyError::TooManyScopeLabels);
         }
         for q in &self.quotas {
             if q.kind != "*" && q.kind.parse::<Kind>().ok().is_none_or(|k| k == Kind::Checker) {
-                return Err(format!("quota kind {:?}: machine, disk, dimm, nic or *", q.kind));
+                return Err(SafetyError::QuotaKind(q.kind.clone()));
             }
             if q.scope != "cluster" && !valid_label_key(&q.scope) {
-                return Err(format!("quota scope {:?}: \"cluster\" or a label key", q.scope));
+                return Err(SafetyError::QuotaScope(q.scope.clone()));
             }
             if q.window_ms == 0 || q.window_ms > MAX_WINDOW_MS {
-                return Err(format!("quota window_ms must be 1..={MAX_WINDOW_MS}"));
+                return Err(SafetyError::QuotaWindow);
             }
         }
         for k in &self.scope_labels {
             if !valid_label_key(k) {
-                return Err(format!("scope label {k:?} is not a label key"));
+                return Err(SafetyError::ScopeLabel(k.clone()));
             }
         }
         for w in [self.liveness.window_ms, self.spike.window_ms] {
             if w == 0 || w > MAX_WINDOW_MS {
-                return Err(format!("liveness/spike window_ms must be 1..={MAX_WINDOW_MS}"));
+                return Err(SafetyError::RuleWindow);
             }
         }
         Ok(())
@@ -335,23 +367,19 @@ pub fn scope_key(scope: &str) -> Option<&str> {
 }
 
 /// Check a scope name from a client: `cluster`, `KEY=VALUE` or `checker=NAME@VERSION`.
-pub fn validate_scope(scope: &str) -> Result<(), String> {
+pub fn validate_scope(scope: &str) -> Result<(), SafetyError> {
     if scope == CLUSTER {
         return Ok(());
     }
     let Some((k, v)) = scope.split_once('=') else {
-        return Err(format!("scope {scope:?}: \"cluster\", KEY=VALUE or checker=NAME@VERSION"));
+        return Err(SafetyError::BadScope(scope.to_string()));
     };
     let key_ok = k == "checker" || valid_label_key(k);
     let value_ok = !v.is_empty()
         && v.len() <= 256
         && v.bytes().all(|b| b.is_ascii_graphic() && b != b'=')
         && (k != "checker" || v.split_once('@').is_some_and(|(n, ver)| !n.is_empty() && !ver.is_empty()));
-    if key_ok && value_ok {
-        Ok(())
-    } else {
-        Err(format!("scope {scope:?}: \"cluster\", KEY=VALUE or checker=NAME@VERSION"))
-    }
+    if key_ok && value_ok { Ok(()) } else { Err(SafetyError::BadScope(scope.to_string())) }
 }
 
 pub fn checker_scope(checker: &str, version: &str) -> String {

@@ -235,4 +235,17 @@ impl Service {
         self.submit_cmd(Command::SetSafety { config: cfg, by: by.into(), reason: reason.into() }).await?;
         self.safety(false).await
     }
+
+    /// Enable command versions up to `version` cluster-wide (after every master runs a binary that knows
+    /// them; see ARCHITECTURE.md "Upgrading masters"). Refused above what this leader's binary knows.
+    pub async fn set_min_command_version(
+        &self,
+        version: u32,
+        by: &str,
+        reason: &str,
+    ) -> Result<u64, ApiError> {
+        check_operator(by, reason)?;
+        let cmd = Command::SetMinCommandVersion { version, by: by.into(), reason: reason.into() };
+        Ok(self.submit_cmd(cmd).await?.revision)
+    }
 }

@@ -102,6 +102,8 @@ pub async fn run(cfg: Resolved, shutdown: impl Future<Output = ()>) -> anyhow::R
     };
     tracing::info!(id = cfg.id, peer = %cfg.peer_listen, grpc = %cfg.grpc_listen, http = %cfg.http_listen,
         data_dir = %cfg.data_dir.display(), "master node started");
+    // The proposal gate follows the replicated min_command_version from the start, not from the first entry.
+    stats.load_replicated(&db).map_err(|e| anyhow!("cannot read the state machine: {e}"))?;
 
     let svc = Service::start(
         raft.clone(),

@@ -14,9 +14,9 @@ use state_machines::{Finding, ObjectId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::fsm::FsmStats;
-use crate::machine::{Input, Policy};
 use crate::model::*;
 use crate::raft::{ProposeError, RaftNode, Role};
+use crate::sm_seam::{Input, Policy};
 use crate::store::{ChangesRead, Filter, Reader, StoreError};
 
 /// Commands waiting for the batcher; callers beyond it wait (backpressure), bounded.
@@ -100,6 +100,8 @@ struct Seen {
 
 struct Pending {
     cmd: Vec<u8>,
+    /// The command version the command needs (the entry is stamped with the highest of its commands).
+    version: u32,
     tx: oneshot::Sender<Result<CmdResult, ApiError>>,
 }
 
@@ -178,7 +180,7 @@ pub struct IngestBatch {
 }
 
 /// What watchers receive: events and the revision the stream has covered so far.
-pub type WatchItem = Result<(Vec<Event>, u64), ApiError>;
+pub type WatchItem = Result<(Vec<ChangeEvent>, u64), ApiError>;
 
 impl Service {
     /// Wire the service to a started raft node. Spawns the proposal batcher and the leader duty loop; both
@@ -266,6 +268,10 @@ impl Service {
     /// Queue one command for the next entry and wait for its result.
     async fn submit(&self, cmd: Command) -> Result<CmdResult, ApiError> {
         self.leader_gate()?;
+        // Command kinds newer than the cluster enabled would stop members still running older binaries.
+        check_proposable(&cmd, self.stats.min_command_version())
+            .map_err(|e| ApiError::new(proto::error::Code::Conflict, e.to_string()))?;
+        let version = cmd.version();
         let bytes = serde_json::to_vec(&cmd).map_err(|e| ApiError::internal(e.to_string()))?;
         // Envelope overhead is a few dozen bytes.
         if bytes.len() + 64 > crate::raft::MAX_COMMAND_BYTES {
@@ -277,7 +283,7 @@ impl Service {
         }
         let (tx, rx) = oneshot::channel();
         self.proposals
-            .send(Pending { cmd: bytes, tx })
+            .send(Pending { cmd: bytes, version, tx })
             .await
             .map_err(|_| ApiError::unavailable("master is shutting down"))?;
         let res = rx.await.map_err(|_| ApiError::unavailable("master is shutting down"))??;
@@ -663,15 +669,8 @@ async fn batcher(svc: std::sync::Weak<Service>, mut rx: mpsc::Receiver<Pending>)
         let Some(s) = svc.upgrade() else { return };
         tokio::spawn(async move {
             let _permit = permit;
-            let mut entry =
-                format!("{{\"v\":{COMMAND_VERSION},\"now_ms\":{},\"cmds\":[", now_ms()).into_bytes();
-            for (i, p) in batch.iter().enumerate() {
-                if i > 0 {
-                    entry.push(b',');
-                }
-                entry.extend_from_slice(&p.cmd);
-            }
-            entry.extend_from_slice(b"]}");
+            let v = batch.iter().map(|p| p.version).max().unwrap_or(DEFAULT_MIN_COMMAND_VERSION);
+            let entry = entry_bytes(now_ms(), v, batch.iter().map(|p| p.cmd.as_slice()));
             let out = match s.raft.propose(entry).await {
                 Ok(bytes) => serde_json::from_slice::<ApplyResult>(&bytes)
                     .map_err(|e| ApiError::internal(format!("bad apply result: {e}")))

@@ -9,7 +9,7 @@ use redb::{
 };
 use state_machines::ObjectId;
 
-use crate::model::{AgentRecord, Event, HistoryEntry, MemberRecord, ObjectRecord};
+use crate::model::{AgentRecord, ChangeEvent, HistoryEntry, MemberRecord, ObjectRecord};
 use crate::safety::{AuditEntry, Proposal, ProposalFilter, ProposalStatus, SafetyConfig, ScopeRecord};
 
 /// Counters: [`META_REVISION`], [`META_CHANGELOG_FIRST`].
@@ -46,6 +46,8 @@ pub const META_AUDIT_NEXT: &str = "audit_next";
 pub const META_REVISION: &str = "revision";
 /// Lowest revision still in the change log (revisions below it were compacted).
 pub const META_CHANGELOG_FIRST: &str = "changelog_first";
+/// The cluster-wide `min_command_version` (absent: [`crate::model::DEFAULT_MIN_COMMAND_VERSION`]).
+pub const META_MIN_COMMAND_VERSION: &str = "min_command_version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +55,11 @@ pub enum StoreError {
     Storage(String),
     #[error("corrupt record in {table}: {message}")]
     Corrupt { table: &'static str, message: String },
+    /// A committed entry this binary is too old to apply: the node must stop (never skip it) until upgraded.
+    #[error(
+        "entry {index} needs command version {needs}, this binary knows up to {knows}: upgrade this node"
+    )]
+    TooNew { index: u64, needs: u32, knows: u32 },
 }
 
 macro_rules! impl_from_redb {
@@ -82,7 +89,7 @@ pub fn split_change_row(row: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     Ok((u64::from_be_bytes(head), &row[8..]))
 }
 
-pub fn make_change_row(last: u64, events: &[Event]) -> Vec<u8> {
+pub fn make_change_row(last: u64, events: &[ChangeEvent]) -> Vec<u8> {
     let mut row = last.to_be_bytes().to_vec();
     row.extend_from_slice(&encode(&events));
     row
@@ -117,12 +124,12 @@ impl Filter {
     pub fn matches_object(&self, r: &ObjectRecord) -> bool {
         self.kind.is_none_or(|k| r.id.kind() == k)
             && self.host.as_deref().is_none_or(|h| r.id.host() == h)
-            && self.state.as_deref().is_none_or(|s| crate::machine::state_name(&r.sm).eq_ignore_ascii_case(s))
+            && self.state.as_deref().is_none_or(|s| crate::sm_seam::state_name(&r.sm).eq_ignore_ascii_case(s))
             && self.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
     }
 
     /// Events carry only the object id and state: label filters apply to listings only.
-    pub fn matches_event(&self, e: &Event) -> bool {
+    pub fn matches_event(&self, e: &ChangeEvent) -> bool {
         let id = e.object.parse::<ObjectId>().ok();
         let kind_ok = self.kind.is_none_or(|k| id.as_ref().is_some_and(|id| id.kind() == k));
         let host_ok = self.host.as_deref().is_none_or(|h| id.as_ref().is_some_and(|id| id.host() == h));
@@ -133,7 +140,7 @@ impl Filter {
 
 /// What a watch read returns: events from the requested revision on, or "compacted".
 pub enum ChangesRead {
-    Events { events: Vec<Event>, next: u64 },
+    Events { events: Vec<ChangeEvent>, next: u64 },
     Compacted { first_available: u64 },
 }
 
@@ -157,6 +164,15 @@ impl Reader {
 
     pub fn revision(&self) -> Result<u64, StoreError> {
         self.meta(META_REVISION)
+    }
+
+    /// The replicated `min_command_version` (commands of newer versions may not be proposed yet).
+    pub fn min_command_version(&self) -> Result<u32, StoreError> {
+        let v = self.meta(META_MIN_COMMAND_VERSION)?;
+        if v == 0 {
+            return Ok(crate::model::DEFAULT_MIN_COMMAND_VERSION);
+        }
+        Ok(u32::try_from(v).unwrap_or(u32::MAX))
     }
 
     pub fn object(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
@@ -335,7 +351,7 @@ impl Reader {
             if last < from {
                 continue;
             }
-            let batch: Vec<Event> = decode("fsm_changes", json)?;
+            let batch: Vec<ChangeEvent> = decode("fsm_changes", json)?;
             for e in batch {
                 if e.revision >= from && filter.matches_event(&e) {
                     events.push(e);

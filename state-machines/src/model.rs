@@ -215,22 +215,30 @@ impl fmt::Display for Action {
     }
 }
 
+/// A name that is not an [`Action`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown action {0:?} (provision, test, fix:restart-service, fix:clean-fs, fix:reboot)")]
+pub struct UnknownAction(pub String);
+
+/// For callers that report errors as text.
+impl From<UnknownAction> for String {
+    fn from(e: UnknownAction) -> String {
+        e.to_string()
+    }
+}
+
 impl std::str::FromStr for Action {
-    type Err = String;
+    type Err = UnknownAction;
     /// The names [`Action`]'s `Display` writes: `provision`, `test`, `fix:restart-service`, `fix:clean-fs`,
     /// `fix:reboot`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, UnknownAction> {
         Ok(match s {
             "provision" => Action::Provision,
             "test" => Action::Test,
             "fix:restart-service" => Action::Fix { fix: FixAction::RestartService },
             "fix:clean-fs" => Action::Fix { fix: FixAction::CleanFs },
             "fix:reboot" => Action::Fix { fix: FixAction::Reboot },
-            other => {
-                return Err(format!(
-                    "unknown action {other:?} (provision, test, fix:restart-service, fix:clean-fs, fix:reboot)"
-                ));
-            }
+            other => return Err(UnknownAction(other.to_string())),
         })
     }
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use master::fsm::MasterFsm;
-use master::machine::{Input, Policy};
 use master::model::{MAX_FINDINGS_PER_BATCH, Registration};
 use master::raft::{RaftConfig, RaftNode, Role};
 use master::service::{HeartbeatInfo, IngestBatch, MAX_HEARTBEAT_CHECKERS, Service, ServiceConfig};
+use master::sm_seam::{Input, Policy};
 use master::store::Filter;
 use proto::error::Code;
 use state_machines::{AckKind, Finding, OperatorCommand, Severity, State};

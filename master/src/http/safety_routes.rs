@@ -5,7 +5,7 @@
 use axum::routing::{get, post};
 
 use super::*;
-use crate::safety::{Level, ProposalFilter, QuotaRule, SafetyConfig};
+use crate::safety::{Level, ProposalFilter, QuotaRule, SafetyConfig, SafetyError};
 
 pub(super) fn routes() -> Router<Svc> {
     Router::new()
@@ -117,7 +117,7 @@ struct LevelBody {
 
 async fn set_level(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
     let b: LevelBody = parse_json(&body)?;
-    let level: Level = b.level.parse().map_err(|e: String| HttpError(ApiError::invalid(e)))?;
+    let level: Level = b.level.parse().map_err(|e: SafetyError| HttpError(ApiError::invalid(e)))?;
     let (scope, revision) =
         svc.set_level(&b.scope, level, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "scope": scope, "revision": revision })).into_response())

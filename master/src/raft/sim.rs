@@ -23,6 +23,8 @@ use redb::{
 };
 
 use super::core::{Completion, Core, CoreConfig};
+
+mod master;
 use super::storage::{Found, RedbStorage};
 use super::{Fsm, FsmError, NodeId, ProposeError};
 

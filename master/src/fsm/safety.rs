@@ -1,25 +1,63 @@
-//! The safety net during apply: per-scope counters kept exact as records change, admission of every
-//! transition (levels, checker-version spikes, quotas), proposals, latching into manual drive, agent
-//! liveness per scope, operator commands (levels, decisions, config) and the alert/audit log. Runs inside
-//! `MasterFsm::apply_entry`, so it is deterministic and sees only replicated state and the entry's time.
+//! The safety net's decisions: per-scope counters kept exact as records change, admission of every
+//! transition (levels, checker-version spikes, quotas), proposals, latching into manual drive, and the
+//! operator commands (levels, decisions on proposals, the safety config, `min_command_version`). Part of the
+//! pure `decide`: it sees only the view, the entry's writes and the entry's time.
 
-use redb::ReadableTableMetadata;
+use state_machines::{Cause, Effect, Kind, ObjectId, Transition};
 
-use super::*;
+use super::decide::{Decider, bounded_text, first_line, history};
+use super::objects::{Mode, StepRecord};
+use crate::model::*;
+use crate::safety::{self, Level, Proposal, ProposalFilter, ProposalStatus, SafetyConfig};
+use crate::sm_seam::{self, Input, Outcome};
+use crate::store::{META_MIN_COMMAND_VERSION, META_PROPOSAL_NEXT, StoreError};
 
-impl Apply<'_, '_> {
+/// What admission decided about a transition.
+pub(super) enum Admission {
+    Admit,
+    /// Not applied. `new`: first time (history and an event); repeats only bump the proposal.
+    Hold {
+        proposal: u64,
+        reason: String,
+        new: bool,
+    },
+}
+
+/// Why an operator's decision about one proposal could not be carried out (reported per id in the result).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum NotDecided {
+    #[error("no proposal #{0}")]
+    Unknown(u64),
+    #[error("proposal #{id} is {}", status.as_str())]
+    AlreadyDecided { id: u64, status: ProposalStatus },
+    #[error("proposal #{0}: object {1} no longer exists")]
+    ObjectGone(u64, String),
+    #[error("proposal #{id}: {object} is {now} now; {from} -> {to} no longer applies (marked stale)")]
+    Stale {
+        id: u64,
+        object: String,
+        now: state_machines::State,
+        from: state_machines::State,
+        to: state_machines::State,
+    },
+    /// Approved, but the safety net still refuses it (a blind scope).
+    #[error("proposal #{0}: {1}")]
+    Held(u64, String),
+}
+
+/// Why and where a transition is held (the arguments of [`Decider::propose`]).
+struct Hold<'a> {
+    /// The object's scopes (filters and per-scope counts).
+    scopes: &'a [String],
+    /// The scopes whose level or quota held it.
+    held_by: Vec<String>,
+    reason: String,
+    /// The object's pending proposal, if any.
+    existing: Option<Proposal>,
+}
+
+impl Decider<'_> {
     // ---- counters -------------------------------------------------------------------------------------
-
-    pub(super) fn scope_mut(&mut self, name: &str) -> Result<&mut ScopeRecord, StoreError> {
-        if !self.scopes.contains_key(name) {
-            let rec: ScopeRecord = match self.t.scopes.get(name)? {
-                Some(g) => store::decode("fsm_scopes", g.value())?,
-                None => ScopeRecord::default(),
-            };
-            self.scopes.insert(name.to_string(), rec);
-        }
-        Ok(self.scopes.entry(name.to_string()).or_default())
-    }
 
     fn scope_level(&mut self, name: &str) -> Result<Level, StoreError> {
         Ok(self.scope_mut(name)?.level)
@@ -91,7 +129,7 @@ impl Apply<'_, '_> {
         t: &Transition,
         input: &Input,
         mode: Mode,
-    ) -> Result<Decision, StoreError> {
+    ) -> Result<Admission, StoreError> {
         let kind = rec.id.kind();
         let mut scopes = self.cfg.scopes_of(&rec.labels);
         let version_scope = match &t.cause {
@@ -126,27 +164,28 @@ impl Apply<'_, '_> {
             // checkers saw is recorded so nothing is hidden while the scope is blind (ticks are not: they
             // would repeat every few seconds).
             let new = matches!(input, Input::Finding(_) | Input::Replacement { .. });
-            return Ok(Decision::Hold { proposal: 0, reason, new });
+            return Ok(Admission::Hold { proposal: 0, reason, new });
         }
         if mode != Mode::Auto {
             if entering || reboot {
                 self.count_entry(&scopes, kind)?;
             }
-            return Ok(Decision::Admit);
+            return Ok(Admission::Admit);
         }
         let existing = self.latest_proposal(&rec.id)?.filter(|p| p.status == ProposalStatus::Pending);
         if level == Level::Manual && safety::takes_action(t.to) {
             let manual: Vec<String> =
                 levels.iter().filter(|(_, l)| *l == Level::Manual).map(|(s, _)| s.clone()).collect();
             let reason = format!("{} in manual drive ({})", manual.join(", "), self.level_reasons(&manual));
-            return self.propose(rec, t, input, &scopes, manual, reason, existing);
+            return self.propose(rec, t, input, Hold { scopes: &scopes, held_by: manual, reason, existing });
         }
         if out.removes_capacity() && (entering || reboot) {
             if entering
                 && let Some(vs) = &version_scope
                 && let Some(reason) = self.spike(vs, kind, &rec.id)?
             {
-                return self.propose(rec, t, input, &scopes, vec![vs.clone()], reason, existing);
+                let hold = Hold { scopes: &scopes, held_by: vec![vs.clone()], reason, existing };
+                return self.propose(rec, t, input, hold);
             }
             let mut violations = Vec::new();
             for s in scopes.iter().filter(|s| !s.starts_with(safety::CHECKER_SCOPE)) {
@@ -162,7 +201,7 @@ impl Apply<'_, '_> {
                     }
                 }
                 let reason = violations.iter().map(|v| v.message.as_str()).collect::<Vec<_>>().join("; ");
-                return self.propose(rec, t, input, &scopes, held_by, reason, existing);
+                return self.propose(rec, t, input, Hold { scopes: &scopes, held_by, reason, existing });
             }
             self.count_entry(&scopes, kind)?;
         }
@@ -174,13 +213,13 @@ impl Apply<'_, '_> {
             p.decided_ms = self.now;
             self.close_proposal(&p)?;
         }
-        Ok(Decision::Admit)
+        Ok(Admission::Admit)
     }
 
     fn level_reasons(&mut self, scopes: &[String]) -> String {
         let mut out = Vec::new();
         for s in scopes {
-            if let Some(r) = self.scopes.get(s).filter(|r| !r.reason.is_empty()) {
+            if let Some(r) = self.w.scopes.get(s).filter(|r| !r.reason.is_empty()) {
                 out.push(format!("{s}: {}", r.reason));
             }
         }
@@ -191,7 +230,7 @@ impl Apply<'_, '_> {
         let now = self.now;
         for s in scopes {
             let r = self.scope_mut(s)?;
-            r.last_blocked = safety_text(reason);
+            r.last_blocked = bounded_text(reason);
             r.last_blocked_ms = now;
         }
         Ok(())
@@ -235,7 +274,7 @@ impl Apply<'_, '_> {
         }
         r.level = Level::Manual;
         r.latched = true;
-        r.reason = safety_text(reason);
+        r.reason = bounded_text(reason);
         r.set_by = "master".into();
         r.since_ms = now;
         let message = format!("{scope} switched to manual drive: {reason}");
@@ -245,17 +284,14 @@ impl Apply<'_, '_> {
     }
 
     /// Record (or repeat) a proposal for a held transition.
-    #[allow(clippy::too_many_arguments)]
     fn propose(
         &mut self,
         rec: &ObjectRecord,
         t: &Transition,
         input: &Input,
-        scopes: &[String],
-        held_by: Vec<String>,
-        reason: String,
-        existing: Option<Proposal>,
-    ) -> Result<Decision, StoreError> {
+        hold: Hold<'_>,
+    ) -> Result<Admission, StoreError> {
+        let Hold { scopes, held_by, reason, existing } = hold;
         self.blocked(&held_by, &reason)?;
         let signature = match &t.cause {
             Cause::Finding { checker, version, rule, .. } => format!("{checker}@{version} {rule}"),
@@ -267,10 +303,10 @@ impl Apply<'_, '_> {
             let new_target = p.to_state != t.to;
             p.to_state = t.to;
             p.input = input.clone();
-            p.cause = machine::cause_text(&t.cause);
+            p.cause = sm_seam::cause_text(&t.cause);
             p.signature = signature;
-            self.put_proposal(&p)?;
-            return Ok(Decision::Hold { proposal: p.id, reason, new: new_target });
+            self.put_proposal(&p);
+            return Ok(Admission::Hold { proposal: p.id, reason, new: new_target });
         }
         if let Some(mut p) = self.latest_proposal(&rec.id)?
             && p.status == ProposalStatus::Rejected
@@ -280,12 +316,12 @@ impl Apply<'_, '_> {
         {
             p.repeats += 1;
             p.updated_ms = self.now;
-            self.put_proposal(&p)?;
+            self.put_proposal(&p);
             let why = format!("{reason}; the same proposal #{} was rejected by {}", p.id, p.decided_by);
-            return Ok(Decision::Hold { proposal: p.id, reason: why, new: false });
+            return Ok(Admission::Hold { proposal: p.id, reason: why, new: false });
         }
-        let id = self.t.meta.get(META_PROPOSAL_NEXT)?.map(|g| g.value()).unwrap_or(0) + 1;
-        self.t.meta.insert(META_PROPOSAL_NEXT, id)?;
+        let id = self.meta(META_PROPOSAL_NEXT)? + 1;
+        self.w.meta.insert(META_PROPOSAL_NEXT, id);
         let evidence = t
             .evidence
             .as_ref()
@@ -297,12 +333,12 @@ impl Apply<'_, '_> {
             from_state: t.from,
             to_state: t.to,
             input: input.clone(),
-            cause: machine::cause_text(&t.cause),
+            cause: sm_seam::cause_text(&t.cause),
             signature,
             evidence,
             scopes: scopes.to_vec(),
             held_by,
-            reason: safety_text(&reason),
+            reason: bounded_text(&reason),
             created_ms: self.now,
             updated_ms: self.now,
             repeats: 0,
@@ -311,38 +347,26 @@ impl Apply<'_, '_> {
             decided_reason: String::new(),
             decided_ms: 0,
         };
-        self.put_proposal(&p)?;
+        self.put_proposal(&p);
         let oid = rec.id.to_string();
-        self.t.proposal_obj.insert(oid.as_str(), id.to_be_bytes().as_slice())?;
-        self.t.pending.insert(id, oid.as_bytes())?;
+        self.w.proposal_obj.insert(oid.clone(), id);
+        self.w.pending.insert(id, Some(oid));
         for s in scopes {
             self.scope_mut(s)?.pending += 1;
         }
         self.evict_decided()?;
-        Ok(Decision::Hold { proposal: id, reason: format!("proposal #{id}: {reason}"), new: true })
+        Ok(Admission::Hold { proposal: id, reason: format!("proposal #{id}: {reason}"), new: true })
     }
 
-    fn put_proposal(&mut self, p: &Proposal) -> Result<(), StoreError> {
-        self.t.proposals.insert(p.id, store::encode(p).as_slice())?;
-        Ok(())
-    }
-
-    fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
-        self.t.proposals.get(id)?.map(|g| store::decode("fsm_proposals", g.value())).transpose()
-    }
-
-    fn latest_proposal(&self, object: &ObjectId) -> Result<Option<Proposal>, StoreError> {
-        let Some(id) = self.t.proposal_obj.get(object.to_string().as_str())?.map(|g| be_u64(g.value()))
-        else {
-            return Ok(None);
-        };
-        self.proposal(id?)
+    fn put_proposal(&mut self, p: &Proposal) {
+        self.w.proposals.insert(p.id, Some(p.clone()));
     }
 
     /// Store a decided proposal and take it out of the pending index and counts.
     fn close_proposal(&mut self, p: &Proposal) -> Result<(), StoreError> {
-        self.put_proposal(p)?;
-        if self.t.pending.remove(p.id)?.is_some() {
+        self.put_proposal(p);
+        if self.is_pending(p.id)? {
+            self.w.pending.insert(p.id, None);
             for s in &p.scopes {
                 let r = self.scope_mut(s)?;
                 r.pending = r.pending.saturating_sub(1);
@@ -353,26 +377,22 @@ impl Apply<'_, '_> {
 
     /// Keep at most [`safety::MAX_DECIDED_PROPOSALS`] decided proposals (oldest go first; pending stay).
     fn evict_decided(&mut self) -> Result<(), StoreError> {
-        let total = self.t.proposals.len()?;
-        let pending = self.t.pending.len()?;
+        let total = self.proposal_count()?;
+        let pending = self.pending_count()?;
         let mut excess = (total - pending.min(total)).saturating_sub(safety::MAX_DECIDED_PROPOSALS);
         // Bounded: each proposal adds one row, so this removes at most one or two per call.
         let mut victims = Vec::new();
         if excess > 0 {
-            for row in self.t.proposals.iter()? {
-                let (k, _) = row?;
-                let id = k.value();
-                if self.t.pending.get(id)?.is_none() {
+            self.walk_proposals(&mut |id| {
+                if !self.is_pending(id)? {
                     victims.push(id);
                     excess -= 1;
-                    if excess == 0 {
-                        break;
-                    }
                 }
-            }
+                Ok(excess > 0)
+            })?;
         }
         for id in victims {
-            self.t.proposals.remove(id)?;
+            self.w.proposals.insert(id, None);
         }
         Ok(())
     }
@@ -387,15 +407,15 @@ impl Apply<'_, '_> {
         reason: &str,
     ) -> Result<CmdResult, StoreError> {
         if let Err(e) = safety::validate_scope(scope) {
-            return Ok(CmdResult { error: Some((proto::error::Code::InvalidArgument, e)), ..self.result() });
+            return Ok(self.refuse(proto::error::Code::InvalidArgument, e.to_string()));
         }
         let now = self.now;
         let r = self.scope_mut(scope)?;
         let before = (r.level, r.latched);
         r.level = level;
         r.latched = false;
-        r.reason = safety_text(reason);
-        r.set_by = safety_text(by);
+        r.reason = bounded_text(reason);
+        r.set_by = bounded_text(by);
         r.since_ms = now;
         let message = format!(
             "{scope}: level {}{} -> {level} by {by}: {reason}",
@@ -414,10 +434,10 @@ impl Apply<'_, '_> {
         reason: &str,
     ) -> Result<CmdResult, StoreError> {
         if let Err(e) = config.validate() {
-            return Ok(CmdResult { error: Some((proto::error::Code::InvalidArgument, e)), ..self.result() });
+            return Ok(self.refuse(proto::error::Code::InvalidArgument, e.to_string()));
         }
-        self.flush()?;
-        self.t.settings.insert(SETTING_SAFETY, store::encode(&config).as_slice())?;
+        self.drop_empty_scopes();
+        self.w.safety = Some(config.clone());
         self.cfg = config;
         self.rebuild_counts()?;
         let message = format!("safety config replaced by {by}: {reason}");
@@ -426,13 +446,33 @@ impl Apply<'_, '_> {
         Ok(CmdResult { applied: 1, revision: self.revision, ..self.result() })
     }
 
+    /// Enable command versions up to `version` cluster-wide. Deterministic on every node: the proposer's gate
+    /// ([`crate::model::check_proposable`]) refuses versions its binary does not know; here any version >= 1
+    /// is stored, so members of different binaries store the same value (a member that does not know the
+    /// version stops at the first entry that uses it).
+    pub(super) fn set_min_command_version(
+        &mut self,
+        version: u32,
+        by: &str,
+        reason: &str,
+    ) -> Result<CmdResult, StoreError> {
+        if version == 0 {
+            let e = "min_command_version must be at least 1".to_string();
+            return Ok(self.refuse(proto::error::Code::InvalidArgument, e));
+        }
+        let before = self.min_version;
+        self.min_version = u64::from(version);
+        self.w.meta.insert(META_MIN_COMMAND_VERSION, self.min_version);
+        let message = format!("min_command_version {before} -> {version} by {by}: {reason}");
+        self.audit_row("audit", safety::CLUSTER, "", by, &message)?;
+        self.global_event("config", message);
+        Ok(CmdResult { applied: 1, revision: self.revision, ..self.result() })
+    }
+
     /// Recount populations and agents per scope from scratch (after the scope keys may have changed).
     /// Levels, windows, proposals and blocked reasons stay. O(objects + agents), once per config change.
     fn rebuild_counts(&mut self) -> Result<(), StoreError> {
-        let mut names = Vec::new();
-        for row in self.t.scopes.iter()? {
-            names.push(row?.0.value().to_string());
-        }
+        let names = self.scope_names()?;
         for n in &names {
             let r = self.scope_mut(n)?;
             for k in r.kinds.values_mut() {
@@ -442,20 +482,10 @@ impl Apply<'_, '_> {
             r.agents = 0;
             r.agents_alive = 0;
         }
-        let mut objects = Vec::new();
-        for row in self.t.objects.iter()? {
-            let (_, v) = row?;
-            objects.push(store::decode::<ObjectRecord>("fsm_objects", v.value())?);
-        }
-        for rec in &objects {
+        for rec in &self.all_objects()? {
             self.account(None, Some(rec))?;
         }
-        let mut agents = Vec::new();
-        for row in self.t.agents.iter()? {
-            let (k, v) = row?;
-            agents.push((k.value().to_string(), store::decode::<AgentRecord>("fsm_agents", v.value())?));
-        }
-        for (id, mut a) in agents {
+        for (id, mut a) in self.all_agents()? {
             a.scopes.clear();
             let counted = AgentRecord { alive: false, ..a.clone() };
             // Count as new (no previous scopes) without treating it as going silent.
@@ -464,7 +494,8 @@ impl Apply<'_, '_> {
         Ok(())
     }
 
-    pub(super) fn decide(
+    /// Approve or reject proposals: the listed ids, or every pending one matching `filter` (bounded).
+    pub(super) fn decide_proposals(
         &mut self,
         ids: Vec<u64>,
         filter: &ProposalFilter,
@@ -475,20 +506,14 @@ impl Apply<'_, '_> {
         let mut res = self.result();
         let targets: Vec<u64> = if ids.is_empty() {
             let mut out = Vec::new();
-            let mut pending = Vec::new();
-            for row in self.t.pending.iter()? {
-                pending.push(row?.0.value());
-            }
-            for id in pending {
+            self.walk_pending(&mut |id| {
                 if let Some(p) = self.proposal(id)?
                     && filter.matches(&p)
                 {
                     out.push(id);
-                    if out.len() >= safety::MAX_DECIDE {
-                        break;
-                    }
                 }
-            }
+                Ok(out.len() < safety::MAX_DECIDE)
+            })?;
             out
         } else {
             ids.into_iter().take(safety::MAX_DECIDE).collect()
@@ -496,7 +521,7 @@ impl Apply<'_, '_> {
         for id in targets {
             match self.decide_one(id, approve, by, reason)? {
                 Ok(()) => res.decided.push(id),
-                Err(e) => res.failed.push((id, e)),
+                Err(e) => res.failed.push((id, e.to_string())),
             }
         }
         if !res.decided.is_empty() {
@@ -519,17 +544,17 @@ impl Apply<'_, '_> {
         approve: bool,
         by: &str,
         reason: &str,
-    ) -> Result<Result<(), String>, StoreError> {
-        let Some(mut p) = self.proposal(id)? else { return Ok(Err(format!("no proposal #{id}"))) };
+    ) -> Result<Result<(), NotDecided>, StoreError> {
+        let Some(mut p) = self.proposal(id)? else { return Ok(Err(NotDecided::Unknown(id))) };
         if p.status != ProposalStatus::Pending {
-            return Ok(Err(format!("proposal #{id} is {}", p.status.as_str())));
+            return Ok(Err(NotDecided::AlreadyDecided { id, status: p.status }));
         }
         let oid = p.object.to_string();
         let Some(mut rec) = self.load(&oid)? else {
-            return Ok(Err(format!("proposal #{id}: object {oid} no longer exists")));
+            return Ok(Err(NotDecided::ObjectGone(id, oid)));
         };
-        p.decided_by = safety_text(by);
-        p.decided_reason = safety_text(reason);
+        p.decided_by = bounded_text(by);
+        p.decided_reason = bounded_text(reason);
         p.decided_ms = self.now;
         if !approve {
             p.status = ProposalStatus::Rejected;
@@ -537,201 +562,57 @@ impl Apply<'_, '_> {
             let detail =
                 format!("proposal #{id} ({} -> {}) rejected by {by}: {reason}", p.from_state, p.to_state);
             let rev = self.change(&mut rec, "proposal", "", detail.clone());
-            self.push_history(
-                &mut rec,
-                history("proposal", rev, self.now, format!("operator {by}"), detail),
-            )?;
+            self.push_history(&mut rec, history("proposal", rev, self.now, format!("operator {by}"), detail));
             self.save(&rec)?;
             return Ok(Ok(()));
         }
         // Re-apply the held input; if the object moved on since, an operator's approval still means "make
         // that transition", taken as a force along a legal edge.
-        let mut attempt = machine::step(&rec.sm, &p.input, self.now, self.policy)
+        let mut attempt = sm_seam::step(&rec.sm, &p.input, self.now, self.policy)
             .ok()
             .filter(|o| o.transition.as_ref().is_some_and(|t| t.to == p.to_state));
         let mut input = p.input.clone();
         if attempt.is_none() {
             input = Input::Operator {
-                operator: safety_text(by),
+                operator: bounded_text(by),
                 command: state_machines::OperatorCommand::Force {
                     to: p.to_state,
-                    reason: safety_text(&format!("approved proposal #{id}: {reason}")),
+                    reason: bounded_text(&format!("approved proposal #{id}: {reason}")),
                 },
             };
             attempt =
-                machine::step(&rec.sm, &input, self.now, self.policy).ok().filter(|o| o.transition.is_some());
+                sm_seam::step(&rec.sm, &input, self.now, self.policy).ok().filter(|o| o.transition.is_some());
         }
         let Some(out) = attempt else {
             p.status = ProposalStatus::Stale;
             self.close_proposal(&p)?;
-            return Ok(Err(format!(
-                "proposal #{id}: {oid} is {} now; {} -> {} no longer applies (marked stale)",
-                rec.sm.state, p.from_state, p.to_state
-            )));
+            return Ok(Err(NotDecided::Stale {
+                id,
+                object: oid,
+                now: rec.sm.state,
+                from: p.from_state,
+                to: p.to_state,
+            }));
         };
         self.held = None;
         let detail = format!("approved proposal #{id} by {by}: {reason}");
-        self.store_outcome(&mut rec, out, &input, "approve", detail, true, Mode::Approved(id))?;
+        let step = StepRecord {
+            input: &input,
+            what: "approve",
+            detail,
+            always_history: true,
+            mode: Mode::Approved(id),
+        };
+        self.store_outcome(&mut rec, out, step)?;
         if let Some((_, why)) = self.held.take() {
             self.save(&rec)?;
-            return Ok(Err(format!("proposal #{id}: {why}")));
+            return Ok(Err(NotDecided::Held(id, why)));
         }
         self.save(&rec)?;
         p.status = ProposalStatus::Approved;
         self.close_proposal(&p)?;
         Ok(Ok(()))
     }
-
-    /// An alert about one object from the leader's integrations (tickets): history + alert log.
-    pub(super) fn alert_object(&mut self, object: &ObjectId, message: &str) -> Result<CmdResult, StoreError> {
-        let id = object.to_string();
-        let Some(mut rec) = self.load(&id)? else {
-            return Ok(CmdResult {
-                error: Some((proto::error::Code::NotFound, format!("no object {id}"))),
-                ..self.result()
-            });
-        };
-        let message = safety_text(message);
-        let rev = self.change(&mut rec, "alert", "", message.clone());
-        self.push_history(&mut rec, history("alert", rev, self.now, "alert".into(), message.clone()))?;
-        self.save(&rec)?;
-        self.audit_row("alert", "", &id, "master", &message)?;
-        Ok(CmdResult { applied: 1, ..self.result() })
-    }
-
-    // ---- agents ---------------------------------------------------------------------------------------
-
-    /// The scopes of the agent on `host`: those of its machine object.
-    fn agent_scopes(&mut self, host: &str) -> Result<Vec<String>, StoreError> {
-        let labels = match ObjectId::machine(host) {
-            Ok(id) => self.load(&id.to_string())?.map(|r| r.labels).unwrap_or_default(),
-            Err(_) => BTreeMap::new(),
-        };
-        Ok(self.cfg.scopes_of(&labels))
-    }
-
-    /// Write an agent record, keeping per-scope agent counts exact; an agent going silent counts toward
-    /// the scope's liveness rule and may latch it (when `liveness` is set).
-    pub(super) fn put_agent(
-        &mut self,
-        id: &str,
-        prev: Option<&AgentRecord>,
-        mut next: AgentRecord,
-        liveness: bool,
-    ) -> Result<(), StoreError> {
-        next.scopes = self.agent_scopes(&next.host)?;
-        let (old_scopes, old_alive) = prev.map_or((Vec::new(), false), |p| (p.scopes.clone(), p.alive));
-        if old_scopes != next.scopes || old_alive != next.alive {
-            for s in &old_scopes {
-                let r = self.scope_mut(s)?;
-                r.agents = r.agents.saturating_sub(1);
-                if old_alive {
-                    r.agents_alive = r.agents_alive.saturating_sub(1);
-                }
-            }
-            for s in &next.scopes {
-                let r = self.scope_mut(s)?;
-                r.agents += 1;
-                if next.alive {
-                    r.agents_alive += 1;
-                }
-            }
-        }
-        if liveness && old_alive && !next.alive {
-            let rule = self.cfg.liveness.clone();
-            let now = self.now;
-            for s in next.scopes.clone() {
-                let r = self.scope_mut(&s)?;
-                r.silent.push(now);
-                safety::prune(&mut r.silent, now, rule.window_ms);
-                let silent = r.silent.len() as u64;
-                let threshold = rule.min_silent.max(rule.silent_share.of(r.agents));
-                let agents = r.agents;
-                if silent >= threshold {
-                    let reason = format!(
-                        "{silent} of {agents} agents went silent within {} (threshold {threshold})",
-                        safety::human_ms(rule.window_ms)
-                    );
-                    self.latch(&s, &reason, "")?;
-                }
-            }
-        }
-        self.t.agents.insert(id, store::encode(&next).as_slice())?;
-        Ok(())
-    }
-
-    // ---- log ------------------------------------------------------------------------------------------
-
-    pub(super) fn audit_row(
-        &mut self,
-        kind: &str,
-        scope: &str,
-        object: &str,
-        by: &str,
-        message: &str,
-    ) -> Result<(), StoreError> {
-        let id = self.t.meta.get(META_AUDIT_NEXT)?.map(|g| g.value()).unwrap_or(0) + 1;
-        self.t.meta.insert(META_AUDIT_NEXT, id)?;
-        let row = AuditEntry {
-            id,
-            time_ms: self.now,
-            kind: kind.into(),
-            scope: scope.into(),
-            object: object.into(),
-            by: safety_text(by),
-            message: safety_text(message),
-        };
-        self.t.audit.insert(id, store::encode(&row).as_slice())?;
-        if id > safety::MAX_AUDIT_ROWS {
-            self.t.audit.remove(id - safety::MAX_AUDIT_ROWS)?;
-        }
-        if kind == "alert" {
-            self.global_event("alert", row.message);
-        }
-        Ok(())
-    }
-
-    /// A change that is about no single object (levels, alerts, config): an event with an empty object.
-    fn global_event(&mut self, what: &str, detail: String) {
-        let revision = self.next_revision();
-        self.events.push(Event {
-            revision,
-            time_ms: self.now,
-            object: String::new(),
-            what: what.into(),
-            state: String::new(),
-            grade: String::new(),
-            from_state: String::new(),
-            detail,
-        });
-    }
-}
-
-fn history(what: &str, revision: u64, time_ms: u64, cause: String, detail: String) -> HistoryEntry {
-    HistoryEntry {
-        revision,
-        time_ms,
-        what: what.into(),
-        from_state: String::new(),
-        to_state: String::new(),
-        cause,
-        detail,
-    }
-}
-
-fn be_u64(b: &[u8]) -> Result<u64, StoreError> {
-    b.try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt { table: "fsm_proposal_obj", message: "bad id".into() })
-}
-
-/// Operator- and rule-made text, bounded like other replicated text.
-fn safety_text(s: &str) -> String {
-    let mut end = s.len().min(MAX_TEXT_LEN);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 fn short_list(ids: &[u64]) -> String {

@@ -1,6 +1,7 @@
-//! The master's seam to the pure per-object state machines (`state-machines` crate): naming helpers for the
-//! APIs, error codes and texts. The admission every transition passes before it is stored (levels, quotas,
-//! spikes) is `fsm.rs`'s `admit`, over the records of `safety.rs`.
+//! The master's seam to the pure per-object state machines (`state-machines` crate): the step function and
+//! types the fsm uses, naming helpers for the APIs, error codes and texts. The admission every transition
+//! passes before it is stored (levels, quotas, spikes) is `fsm/safety.rs`'s `admit`, over the records of
+//! `safety.rs`.
 
 pub use state_machines::{Input, ObjectState, Outcome, Policy, StepError, step};
 

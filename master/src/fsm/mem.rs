@@ -1,0 +1,279 @@
+//! The replicated state in memory: a [`View`] over ordered maps and the same writer as redb's, so property
+//! tests and simulations can drive `decide` without a database, and compare the result with the redb-backed
+//! state machine byte for byte (both write the same snapshot format).
+
+use std::collections::BTreeMap;
+
+use super::decide::{Decision, decide_entry};
+use super::snapshot::{self, history_key, push_record, split_history_key, u64_be, utf8};
+use super::view::View;
+use crate::model::*;
+use crate::safety::{AuditEntry, Proposal, SafetyConfig, ScopeRecord};
+use crate::sm_seam::Policy;
+use crate::store::{self, META_CHANGELOG_FIRST, META_REVISION, SETTING_SAFETY, StoreError};
+
+/// Every fsm table as an ordered map (values typed; encoded only for snapshots).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemState {
+    pub meta: BTreeMap<String, u64>,
+    pub objects: BTreeMap<String, ObjectRecord>,
+    pub history: BTreeMap<(String, u64), HistoryEntry>,
+    /// First revision -> change-log row bytes (as in redb).
+    pub changes: BTreeMap<u64, Vec<u8>>,
+    pub agents: BTreeMap<String, AgentRecord>,
+    pub members: BTreeMap<u64, MemberRecord>,
+    pub scopes: BTreeMap<String, ScopeRecord>,
+    pub proposals: BTreeMap<u64, Proposal>,
+    pub proposal_obj: BTreeMap<String, u64>,
+    pub pending: BTreeMap<u64, String>,
+    pub safety: Option<SafetyConfig>,
+    pub audit: BTreeMap<u64, AuditEntry>,
+}
+
+fn range_ids<T>(m: &BTreeMap<u64, T>, from: u64, limit: usize) -> Vec<u64> {
+    m.range(from..).take(limit).map(|(k, _)| *k).collect()
+}
+
+impl View for MemState {
+    fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.meta.get(key).copied())
+    }
+    fn object(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
+        Ok(self.objects.get(id).cloned())
+    }
+    fn objects(&self) -> Result<Vec<ObjectRecord>, StoreError> {
+        Ok(self.objects.values().cloned().collect())
+    }
+    fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        Ok(self.agents.get(id).cloned())
+    }
+    fn agents(&self) -> Result<Vec<(String, AgentRecord)>, StoreError> {
+        Ok(self.agents.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+    fn scope(&self, name: &str) -> Result<Option<ScopeRecord>, StoreError> {
+        Ok(self.scopes.get(name).cloned())
+    }
+    fn scope_names(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.scopes.keys().cloned().collect())
+    }
+    fn safety_config(&self) -> Result<SafetyConfig, StoreError> {
+        Ok(self.safety.clone().unwrap_or_default())
+    }
+    fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
+        Ok(self.proposals.get(&id).cloned())
+    }
+    fn has_proposal(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.proposals.contains_key(&id))
+    }
+    fn proposal_of(&self, object: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.proposal_obj.get(object).copied())
+    }
+    fn proposal_count(&self) -> Result<u64, StoreError> {
+        Ok(self.proposals.len() as u64)
+    }
+    fn proposal_ids(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        Ok(range_ids(&self.proposals, from, limit))
+    }
+    fn is_pending(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.pending.contains_key(&id))
+    }
+    fn pending_count(&self) -> Result<u64, StoreError> {
+        Ok(self.pending.len() as u64)
+    }
+    fn pending_ids(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        Ok(range_ids(&self.pending, from, limit))
+    }
+}
+
+impl MemState {
+    /// Store a decision exactly as `redb_state.rs` does.
+    pub fn write(&mut self, d: &Decision, retain: u64) -> Result<(), StoreError> {
+        let w = &d.writes;
+        for (k, v) in &w.meta {
+            self.meta.insert((*k).to_string(), *v);
+        }
+        self.objects.extend(w.objects.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (k, e) in &w.history {
+            match e {
+                Some(e) => self.history.insert(k.clone(), e.clone()),
+                None => self.history.remove(k),
+            };
+        }
+        self.agents.extend(w.agents.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.members.extend(w.members.iter().map(|(k, v)| (*k, v.clone())));
+        for (name, r) in &w.scopes {
+            if r.is_empty() {
+                self.scopes.remove(name);
+            } else {
+                self.scopes.insert(name.clone(), r.clone());
+            }
+        }
+        for (id, p) in &w.proposals {
+            match p {
+                Some(p) => self.proposals.insert(*id, p.clone()),
+                None => self.proposals.remove(id),
+            };
+        }
+        self.proposal_obj.extend(w.proposal_obj.iter().map(|(k, v)| (k.clone(), *v)));
+        for (id, oid) in &w.pending {
+            match oid {
+                Some(oid) => self.pending.insert(*id, oid.clone()),
+                None => self.pending.remove(id),
+            };
+        }
+        if let Some(cfg) = &w.safety {
+            self.safety = Some(cfg.clone());
+        }
+        for (id, row) in &w.audit {
+            match row {
+                Some(row) => self.audit.insert(*id, row.clone()),
+                None => self.audit.remove(id),
+            };
+        }
+        if let Some(first) = d.events.first().map(|e| e.revision) {
+            self.changes.insert(first, store::make_change_row(d.revision, &d.events));
+            self.meta.insert(META_REVISION.into(), d.revision);
+            if let Some(keep_from) = super::changelog_keep_from(d.revision, retain) {
+                while let Some((&first, row)) = self.changes.first_key_value() {
+                    let (last, _) = store::split_change_row(row)?;
+                    if last >= keep_from {
+                        self.meta.insert(META_CHANGELOG_FIRST.into(), first);
+                        break;
+                    }
+                    self.changes.remove(&first);
+                    self.meta.insert(META_CHANGELOG_FIRST.into(), last + 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The snapshot bytes the redb state machine would write for the same state.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = snapshot::MAGIC.to_vec();
+        for (k, v) in &self.meta {
+            push_record(&mut out, 1, k.as_bytes(), &v.to_be_bytes());
+        }
+        for (k, v) in &self.objects {
+            push_record(&mut out, 2, k.as_bytes(), &store::encode(v));
+        }
+        for ((id, seq), v) in &self.history {
+            push_record(&mut out, 3, &history_key(id, *seq), &store::encode(v));
+        }
+        for (k, v) in &self.agents {
+            push_record(&mut out, 4, k.as_bytes(), &store::encode(v));
+        }
+        for (k, v) in &self.members {
+            push_record(&mut out, 5, &k.to_be_bytes(), &store::encode(v));
+        }
+        for (k, v) in &self.scopes {
+            push_record(&mut out, 6, k.as_bytes(), &store::encode(v));
+        }
+        for (k, v) in &self.proposal_obj {
+            push_record(&mut out, 8, k.as_bytes(), &v.to_be_bytes());
+        }
+        if let Some(cfg) = &self.safety {
+            push_record(&mut out, 10, SETTING_SAFETY.as_bytes(), &store::encode(cfg));
+        }
+        for (k, v) in &self.proposals {
+            push_record(&mut out, 7, &k.to_be_bytes(), &store::encode(v));
+        }
+        for (k, v) in &self.pending {
+            push_record(&mut out, 9, &k.to_be_bytes(), v.as_bytes());
+        }
+        for (k, v) in &self.audit {
+            push_record(&mut out, 11, &k.to_be_bytes(), &store::encode(v));
+        }
+        for (k, v) in &self.changes {
+            push_record(&mut out, 12, &k.to_be_bytes(), v);
+        }
+        out
+    }
+
+    /// The state a snapshot holds (the same validation as the redb restore).
+    pub fn from_snapshot(data: &[u8]) -> Result<MemState, StoreError> {
+        let parsed = snapshot::parse(data)?;
+        let mut s = MemState::default();
+        for (tag, key, value) in parsed.records {
+            match tag {
+                1 => {
+                    s.meta.insert(utf8(key)?.to_string(), u64_be(value)?);
+                }
+                2 => {
+                    s.objects.insert(utf8(key)?.to_string(), store::decode("fsm_objects", value)?);
+                }
+                3 => {
+                    let (id, seq) = split_history_key(key)?;
+                    s.history.insert((id.to_string(), seq), store::decode("fsm_history", value)?);
+                }
+                4 => {
+                    s.agents.insert(utf8(key)?.to_string(), store::decode("fsm_agents", value)?);
+                }
+                5 => {
+                    s.members.insert(u64_be(key)?, store::decode("fsm_members", value)?);
+                }
+                6 => {
+                    s.scopes.insert(utf8(key)?.to_string(), store::decode("fsm_scopes", value)?);
+                }
+                7 => {
+                    s.proposals.insert(u64_be(key)?, store::decode("fsm_proposals", value)?);
+                }
+                8 => {
+                    s.proposal_obj.insert(utf8(key)?.to_string(), u64_be(value)?);
+                }
+                9 => {
+                    s.pending.insert(u64_be(key)?, utf8(value)?.to_string());
+                }
+                10 => {
+                    s.safety = Some(store::decode("fsm_settings", value)?);
+                }
+                11 => {
+                    s.audit.insert(u64_be(key)?, store::decode("fsm_audit", value)?);
+                }
+                _ => {
+                    s.changes.insert(u64_be(key)?, value.to_vec());
+                }
+            }
+        }
+        if !parsed.has_change_log {
+            let revision = s.meta.get(META_REVISION).copied().unwrap_or(0);
+            s.meta.insert(META_CHANGELOG_FIRST.into(), revision + 1);
+        }
+        Ok(s)
+    }
+}
+
+/// The master's state machine without redb: decodes entries like [`super::MasterFsm`] and applies them to a
+/// [`MemState`]. For property tests and simulations.
+#[derive(Debug, Clone)]
+pub struct MemFsm {
+    pub state: MemState,
+    policy: Policy,
+    retain: u64,
+    knows: u32,
+}
+
+impl MemFsm {
+    pub fn new(policy: Policy) -> MemFsm {
+        MemFsm { state: MemState::default(), policy, retain: CHANGELOG_RETAIN, knows: COMMAND_VERSION }
+    }
+
+    pub fn with_changelog_retain(mut self, retain: u64) -> Self {
+        self.retain = retain.max(1);
+        self
+    }
+
+    /// Apply one committed entry; errors as [`super::MasterFsm::apply_entry`] (a too-new entry changes nothing).
+    pub fn apply(&mut self, index: u64, entry: &[u8]) -> Result<ApplyResult, StoreError> {
+        let env = match Envelope::decode_knowing(entry, self.knows) {
+            Ok(env) => env,
+            Err(DecodeError::TooNew { needs, knows }) => {
+                return Err(StoreError::TooNew { index, needs, knows });
+            }
+            Err(DecodeError::Undecodable(_)) => return Ok(ApplyResult::default()),
+        };
+        let d = decide_entry(&self.state, &self.policy, env.now_ms, env.cmds)?;
+        self.state.write(&d, self.retain)?;
+        Ok(ApplyResult { results: d.results })
+    }
+}

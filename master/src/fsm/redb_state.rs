@@ -1,0 +1,230 @@
+//! The state machine's tables inside the raft layer's write transaction: the [`View`] `decide` reads, and
+//! the writer that stores a [`Decision`] (rows, the change-log row of the entry, and change-log compaction)
+//! in the same transaction. The only place the fsm touches redb during apply.
+
+use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+
+use super::decide::Decision;
+use super::view::View;
+use crate::model::{AgentRecord, ObjectRecord};
+use crate::safety::{Proposal, SafetyConfig, ScopeRecord};
+use crate::store::{
+    self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST, META_REVISION, OBJECTS,
+    PENDING, PROPOSAL_OBJ, PROPOSALS, SCOPES, SETTING_SAFETY, SETTINGS, StoreError,
+};
+
+/// Handles of every fsm table in one write transaction.
+pub(super) struct Tables<'t> {
+    pub meta: Table<'t, &'static str, u64>,
+    pub objects: Table<'t, &'static str, &'static [u8]>,
+    pub history: Table<'t, (&'static str, u64), &'static [u8]>,
+    pub changes: Table<'t, u64, &'static [u8]>,
+    pub agents: Table<'t, &'static str, &'static [u8]>,
+    pub members: Table<'t, u64, &'static [u8]>,
+    pub scopes: Table<'t, &'static str, &'static [u8]>,
+    pub proposals: Table<'t, u64, &'static [u8]>,
+    pub proposal_obj: Table<'t, &'static str, &'static [u8]>,
+    pub pending: Table<'t, u64, &'static [u8]>,
+    pub settings: Table<'t, &'static str, &'static [u8]>,
+    pub audit: Table<'t, u64, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    pub fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            meta: txn.open_table(META)?,
+            objects: txn.open_table(OBJECTS)?,
+            history: txn.open_table(HISTORY)?,
+            changes: txn.open_table(CHANGES)?,
+            agents: txn.open_table(AGENTS)?,
+            members: txn.open_table(MEMBERS)?,
+            scopes: txn.open_table(SCOPES)?,
+            proposals: txn.open_table(PROPOSALS)?,
+            proposal_obj: txn.open_table(PROPOSAL_OBJ)?,
+            pending: txn.open_table(PENDING)?,
+            settings: txn.open_table(SETTINGS)?,
+            audit: txn.open_table(AUDIT)?,
+        })
+    }
+
+    /// Store a decision: its rows, one change-log row for its events, the revision, and compaction of the
+    /// change log to the newest `retain` revisions.
+    pub fn write(&mut self, d: &Decision, retain: u64) -> Result<(), StoreError> {
+        let w = &d.writes;
+        for (k, v) in &w.meta {
+            self.meta.insert(*k, *v)?;
+        }
+        for (id, rec) in &w.objects {
+            self.objects.insert(id.as_str(), store::encode(rec).as_slice())?;
+        }
+        for ((id, seq), e) in &w.history {
+            match e {
+                Some(e) => self.history.insert((id.as_str(), *seq), store::encode(e).as_slice())?,
+                None => self.history.remove((id.as_str(), *seq))?,
+            };
+        }
+        for (id, a) in &w.agents {
+            self.agents.insert(id.as_str(), store::encode(a).as_slice())?;
+        }
+        for (id, m) in &w.members {
+            self.members.insert(*id, store::encode(m).as_slice())?;
+        }
+        for (name, r) in &w.scopes {
+            if r.is_empty() {
+                self.scopes.remove(name.as_str())?;
+            } else {
+                self.scopes.insert(name.as_str(), store::encode(r).as_slice())?;
+            }
+        }
+        for (id, p) in &w.proposals {
+            match p {
+                Some(p) => self.proposals.insert(*id, store::encode(p).as_slice())?,
+                None => self.proposals.remove(*id)?,
+            };
+        }
+        for (oid, id) in &w.proposal_obj {
+            self.proposal_obj.insert(oid.as_str(), id.to_be_bytes().as_slice())?;
+        }
+        for (id, oid) in &w.pending {
+            match oid {
+                Some(oid) => self.pending.insert(*id, oid.as_bytes())?,
+                None => self.pending.remove(*id)?,
+            };
+        }
+        if let Some(cfg) = &w.safety {
+            self.settings.insert(SETTING_SAFETY, store::encode(cfg).as_slice())?;
+        }
+        for (id, row) in &w.audit {
+            match row {
+                Some(row) => self.audit.insert(*id, store::encode(row).as_slice())?,
+                None => self.audit.remove(*id)?,
+            };
+        }
+        if let Some(first) = d.events.first().map(|e| e.revision) {
+            self.changes.insert(first, store::make_change_row(d.revision, &d.events).as_slice())?;
+            self.meta.insert(META_REVISION, d.revision)?;
+            self.compact_changes(d.revision, retain)?;
+        }
+        Ok(())
+    }
+
+    /// Drop change-log rows that hold only revisions older than the retained window.
+    fn compact_changes(&mut self, revision: u64, retain: u64) -> Result<(), StoreError> {
+        let Some(keep_from) = super::changelog_keep_from(revision, retain) else { return Ok(()) };
+        // Bounded by the rows an entry can make obsolete; each entry adds one row, so this removes at most a few.
+        loop {
+            let Some((k, v)) = self.changes.first()? else { break };
+            let (first, (last, _)) = (k.value(), store::split_change_row(v.value())?);
+            drop((k, v));
+            if last >= keep_from {
+                self.meta.insert(META_CHANGELOG_FIRST, first)?;
+                break;
+            }
+            self.changes.remove(first)?;
+            self.meta.insert(META_CHANGELOG_FIRST, last + 1)?;
+        }
+        Ok(())
+    }
+}
+
+fn ids<V: redb::Value + 'static>(
+    t: &Table<'_, u64, V>,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    for row in t.range(from..)? {
+        out.push(row?.0.value());
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+impl View for Tables<'_> {
+    fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.meta.get(key)?.map(|g| g.value()))
+    }
+
+    fn object(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
+        self.objects.get(id)?.map(|g| store::decode("fsm_objects", g.value())).transpose()
+    }
+
+    fn objects(&self) -> Result<Vec<ObjectRecord>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.objects.iter()? {
+            out.push(store::decode("fsm_objects", row?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        self.agents.get(id)?.map(|g| store::decode("fsm_agents", g.value())).transpose()
+    }
+
+    fn agents(&self) -> Result<Vec<(String, AgentRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.agents.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), store::decode("fsm_agents", v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn scope(&self, name: &str) -> Result<Option<ScopeRecord>, StoreError> {
+        self.scopes.get(name)?.map(|g| store::decode("fsm_scopes", g.value())).transpose()
+    }
+
+    fn scope_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.scopes.iter()? {
+            out.push(row?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    fn safety_config(&self) -> Result<SafetyConfig, StoreError> {
+        match self.settings.get(SETTING_SAFETY)? {
+            Some(g) => store::decode("fsm_settings", g.value()),
+            None => Ok(SafetyConfig::default()),
+        }
+    }
+
+    fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
+        self.proposals.get(id)?.map(|g| store::decode("fsm_proposals", g.value())).transpose()
+    }
+
+    fn has_proposal(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.proposals.get(id)?.is_some())
+    }
+
+    fn proposal_of(&self, object: &str) -> Result<Option<u64>, StoreError> {
+        let Some(g) = self.proposal_obj.get(object)? else { return Ok(None) };
+        let bytes: [u8; 8] = g
+            .value()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt { table: "fsm_proposal_obj", message: "bad id".into() })?;
+        Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
+    fn proposal_count(&self) -> Result<u64, StoreError> {
+        Ok(self.proposals.len()?)
+    }
+
+    fn proposal_ids(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        ids(&self.proposals, from, limit)
+    }
+
+    fn is_pending(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.pending.get(id)?.is_some())
+    }
+
+    fn pending_count(&self) -> Result<u64, StoreError> {
+        Ok(self.pending.len()?)
+    }
+
+    fn pending_ids(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        ids(&self.pending, from, limit)
+    }
+}

@@ -1,0 +1,254 @@
+//! The snapshot format: a magic line, then records `tag u8, key_len u32, key, value_len u32, value`
+//! (big-endian lengths). Keys: table 1 meta (utf-8 name, value u64 BE), 2 objects, 3 history (utf-8 id,
+//! 0x00, u64 BE seq), 4 agents, 5 members (u64 BE), 6 scopes, 7 proposals (u64 BE), 8 proposal by object,
+//! 9 pending proposals (u64 BE), 10 settings, 11 alert/audit log (u64 BE), 12 change-log rows (u64 BE first
+//! revision; value as in [`CHANGES`]). Records come in the order tags 1, 2, 3, 4, 5, 6, 8, 10, 7, 9, 11, 12,
+//! each table in key order, so equal states give equal bytes (the in-memory model writes the same format).
+//!
+//! The change log travels in the snapshot (it is bounded by the retention window), so a member caught up by a
+//! snapshot serves the same watch history. Version 1 snapshots (older binaries) have no change log: restoring
+//! one starts the change log at the snapshot's revision. Unknown tags and truncation are errors, not panics.
+
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+
+use super::redb_state::Tables;
+use crate::store::{
+    self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST, META_REVISION, OBJECTS,
+    PENDING, PROPOSAL_OBJ, PROPOSALS, SCOPES, SETTINGS, StoreError,
+};
+
+pub(super) const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v2\n";
+/// Snapshots of binaries before the change log travelled in snapshots: still restorable.
+const MAGIC_V1: &[u8] = b"huatuo-fsm-snapshot-v1\n";
+/// Highest record tag of each format.
+const LAST_TAG_V1: u8 = 11;
+const LAST_TAG: u8 = 12;
+/// Largest single key or value accepted when decoding (an object record is a few KiB; a change-log row holds
+/// one entry's events, bounded by the raft layer's command size).
+const MAX_FIELD: usize = 16 << 20;
+
+/// Append one record.
+pub(super) fn push_record(out: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
+/// The key of a history record: utf-8 object id, 0x00, u64 BE sequence.
+pub(super) fn history_key(id: &str, seq: u64) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+macro_rules! open_read {
+    ($txn:expr, $def:expr) => {
+        match $txn.open_table($def) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
+    };
+}
+
+/// Everything the state machine holds in redb, as snapshot bytes.
+pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
+    let mut out = MAGIC.to_vec();
+    if let Some(t) = open_read!(txn, META) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            push_record(&mut out, 1, k.value().as_bytes(), &v.value().to_be_bytes());
+        }
+    }
+    if let Some(t) = open_read!(txn, OBJECTS) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            push_record(&mut out, 2, k.value().as_bytes(), v.value());
+        }
+    }
+    if let Some(t) = open_read!(txn, HISTORY) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (id, seq) = k.value();
+            push_record(&mut out, 3, &history_key(id, seq), v.value());
+        }
+    }
+    if let Some(t) = open_read!(txn, AGENTS) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            push_record(&mut out, 4, k.value().as_bytes(), v.value());
+        }
+    }
+    if let Some(t) = open_read!(txn, MEMBERS) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            push_record(&mut out, 5, &k.value().to_be_bytes(), v.value());
+        }
+    }
+    for (tag, def) in [(6, SCOPES), (8, PROPOSAL_OBJ), (10, SETTINGS)] {
+        if let Some(t) = open_read!(txn, def) {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                push_record(&mut out, tag, k.value().as_bytes(), v.value());
+            }
+        }
+    }
+    for (tag, def) in [(7, PROPOSALS), (9, PENDING), (11, AUDIT), (12, CHANGES)] {
+        if let Some(t) = open_read!(txn, def) {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                push_record(&mut out, tag, &k.value().to_be_bytes(), v.value());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn corrupt(message: &str) -> StoreError {
+    StoreError::Corrupt { table: "snapshot", message: message.to_string() }
+}
+
+/// Split `n` bytes off the front of `data`.
+fn split_front<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
+    if data.len() < n {
+        return Err(corrupt("truncated"));
+    }
+    let (head, rest) = data.split_at(n);
+    *data = rest;
+    Ok(head)
+}
+
+fn field<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+    let len = u32::from_be_bytes(split_front(data, 4)?.try_into().map_err(|_| corrupt("length"))?) as usize;
+    if len > MAX_FIELD {
+        return Err(corrupt("field too large"));
+    }
+    split_front(data, len)
+}
+
+pub(super) fn utf8(b: &[u8]) -> Result<&str, StoreError> {
+    std::str::from_utf8(b).map_err(|_| corrupt("key is not utf-8"))
+}
+
+pub(super) fn u64_be(b: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(b.try_into().map_err(|_| corrupt("bad u64"))?))
+}
+
+/// The (object id, seq) of a history key.
+pub(super) fn split_history_key(key: &[u8]) -> Result<(&str, u64), StoreError> {
+    let split = key.len().checked_sub(9).ok_or_else(|| corrupt("history key"))?;
+    if key[split] != 0 {
+        return Err(corrupt("history key"));
+    }
+    Ok((utf8(&key[..split])?, u64_be(&key[split + 1..])?))
+}
+
+/// A validated snapshot: its records, and whether it carries a change log (format 2).
+pub(super) struct Parsed<'a> {
+    pub records: Vec<(u8, &'a [u8], &'a [u8])>,
+    pub has_change_log: bool,
+}
+
+/// Check a whole snapshot before anything is replaced.
+pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
+    let (mut rest, last_tag) = match data.strip_prefix(MAGIC) {
+        Some(rest) => (rest, LAST_TAG),
+        None => (data.strip_prefix(MAGIC_V1).ok_or_else(|| corrupt("bad magic"))?, LAST_TAG_V1),
+    };
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let tag = split_front(&mut rest, 1)?[0];
+        let key = field(&mut rest)?;
+        let value = field(&mut rest)?;
+        if !(1..=last_tag).contains(&tag) {
+            return Err(corrupt("unknown record tag"));
+        }
+        match tag {
+            1 => {
+                utf8(key)?;
+                u64_be(value)?;
+            }
+            2 | 4 | 6 | 8 | 10 => {
+                utf8(key)?;
+            }
+            3 => {
+                split_history_key(key)?;
+            }
+            12 => {
+                u64_be(key)?;
+                store::split_change_row(value)?;
+            }
+            _ => {
+                u64_be(key)?;
+            }
+        }
+        records.push((tag, key, value));
+    }
+    Ok(Parsed { records, has_change_log: last_tag == LAST_TAG })
+}
+
+/// Replace the tables with the snapshot's records; returns the snapshot's revision. The whole snapshot is
+/// validated before anything is deleted, so a corrupt snapshot changes nothing.
+pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
+    let parsed = parse(data)?;
+    for def in [OBJECTS, AGENTS, SCOPES, PROPOSAL_OBJ, SETTINGS] {
+        txn.delete_table(def)?;
+    }
+    for def in [PROPOSALS, PENDING, AUDIT] {
+        txn.delete_table(def)?;
+    }
+    txn.delete_table(META)?;
+    txn.delete_table(HISTORY)?;
+    txn.delete_table(CHANGES)?;
+    txn.delete_table(MEMBERS)?;
+    let mut t = Tables::open(txn)?;
+    for (tag, key, value) in parsed.records {
+        match tag {
+            1 => {
+                t.meta.insert(utf8(key)?, u64_be(value)?)?;
+            }
+            2 => {
+                t.objects.insert(utf8(key)?, value)?;
+            }
+            3 => {
+                t.history.insert(split_history_key(key)?, value)?;
+            }
+            4 => {
+                t.agents.insert(utf8(key)?, value)?;
+            }
+            5 => {
+                t.members.insert(u64_be(key)?, value)?;
+            }
+            6 => {
+                t.scopes.insert(utf8(key)?, value)?;
+            }
+            7 => {
+                t.proposals.insert(u64_be(key)?, value)?;
+            }
+            8 => {
+                t.proposal_obj.insert(utf8(key)?, value)?;
+            }
+            9 => {
+                t.pending.insert(u64_be(key)?, value)?;
+            }
+            10 => {
+                t.settings.insert(utf8(key)?, value)?;
+            }
+            11 => {
+                t.audit.insert(u64_be(key)?, value)?;
+            }
+            _ => {
+                t.changes.insert(u64_be(key)?, value)?;
+            }
+        }
+    }
+    let revision = t.meta.get(META_REVISION)?.map(|g| g.value()).unwrap_or(0);
+    if !parsed.has_change_log {
+        // No change log in the snapshot: watches resume from the snapshot's revision on.
+        t.meta.insert(META_CHANGELOG_FIRST, revision + 1)?;
+    }
+    Ok(revision)
+}
