@@ -206,7 +206,7 @@ impl MasterConfig {
             return Err(ConfigError("need tick_ms > 0 and 0 < heartbeat_ticks < election_ticks".into()));
         }
         self.policy.validate().map_err(|e| ConfigError(e.to_string()))?;
-        self.auth.validate().map_err(ConfigError)?;
+        self.auth.validate().map_err(|e| ConfigError(e.to_string()))?;
         let security = match (&self.tls, self.insecure) {
             (_, true) => Security::Insecure,
             (Some(tls), false) if !self.auth.tokens.is_empty() => {

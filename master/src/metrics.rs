@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use proto::error::ApiError;
 
-use crate::service::Service;
+use crate::api::Service;
 
 pub fn render(svc: &Service) -> Result<String, ApiError> {
     let st = svc.raft().status();

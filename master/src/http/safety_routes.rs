@@ -5,7 +5,7 @@
 use axum::routing::{get, post};
 
 use super::*;
-use crate::safety::{Level, ProposalFilter, QuotaRule, SafetyConfig};
+use crate::safety::{ProposalFilter, QuotaRule, SafetyConfig};
 
 pub(super) fn routes() -> Router<Svc> {
     Router::new()
@@ -70,8 +70,8 @@ async fn proposals(
     q: Result<Query<ProposalsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
     let q = query(q)?;
-    let status = crate::grpc::proposal_status(&q.status)?;
-    let filter = crate::grpc::proposal_filter(&q.scope, &q.kind, &q.host, &q.checker)?;
+    let status = requests::proposal_status(&q.status)?;
+    let filter = requests::proposal_filter(&q.scope, &q.kind, &q.host, &q.checker)?;
     let (list, revision) =
         svc.proposals(status, &filter, q.limit, q.stale).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "proposals": list, "revision": revision })).into_response())
@@ -97,8 +97,8 @@ struct DecideBody {
 
 async fn decide(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
     let b: DecideBody = parse_json(&body)?;
-    let approve = crate::grpc::decision(&b.decision)?;
-    let filter: ProposalFilter = crate::grpc::proposal_filter(&b.scope, &b.kind, &b.host, &b.checker)?;
+    let approve = requests::decision(&b.decision)?;
+    let filter: ProposalFilter = requests::proposal_filter(&b.scope, &b.kind, &b.host, &b.checker)?;
     let r = svc.decide(b.ids, filter, approve, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
     let failed: Vec<serde_json::Value> =
         r.failed.iter().map(|(id, error)| serde_json::json!({ "id": id, "error": error })).collect();
@@ -117,7 +117,7 @@ struct LevelBody {
 
 async fn set_level(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
     let b: LevelBody = parse_json(&body)?;
-    let level: Level = b.level.parse().map_err(|e: String| HttpError(ApiError::invalid(e)))?;
+    let level = requests::level(&b.level)?;
     let (scope, revision) =
         svc.set_level(&b.scope, level, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "scope": scope, "revision": revision })).into_response())

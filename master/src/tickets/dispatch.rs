@@ -43,6 +43,20 @@ pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest error text kept and reported per filing.
 pub const MAX_ERROR_LEN: usize = 512;
 
+/// Why the source could not answer or record something (the dispatcher logs it and retries later).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// Reading the replicated state failed on this node.
+    #[error("reading the replicated state failed: {0}")]
+    Store(String),
+    /// The master refused or could not commit the write (not the leader, no quorum, ...).
+    #[error("{0}")]
+    Api(#[from] proto::error::ApiError),
+    /// The master is shutting down.
+    #[error("the master is stopping")]
+    Stopping,
+}
+
 /// The replicated state, as the dispatcher sees it. Implemented by the master over its fsm.
 pub trait TicketSource: Send + Sync + 'static {
     /// Outstanding filings (objects in REPAIR with no ticket recorded) whose idempotency key is strictly
@@ -52,10 +66,14 @@ pub trait TicketSource: Send + Sync + 'static {
         &self,
         after: Option<&str>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<TicketRequest>, String>> + Send;
+    ) -> impl Future<Output = Result<Vec<TicketRequest>, SourceError>> + Send;
     /// The sink filed `req`: record `Input::Ticket { ticket: filed.ticket_id, update: Filed }` for
     /// `req.object` (replicated). An `Err` is retried after [`REPORT_RETRY_MS`].
-    fn filed(&self, req: &TicketRequest, filed: &Filed) -> impl Future<Output = Result<(), String>> + Send;
+    fn filed(
+        &self,
+        req: &TicketRequest,
+        filed: &Filed,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
     /// Filing `req` failed (after `attempts` attempts; `error` is the last error): alert an operator. Called
     /// once per round of attempts.
     fn failed(&self, req: &TicketRequest, error: &str, attempts: u32) -> impl Future<Output = ()> + Send;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use state_machines::{Evidence, Kind, ObjectId, ObjectState, State};
 
-pub use dispatch::{DispatchConfig, Dispatcher, TicketSource};
+pub use dispatch::{DispatchConfig, Dispatcher, SourceError, TicketSource};
 pub use file::FileSink;
 pub use webhook::WebhookSink;
 
