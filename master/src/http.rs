@@ -171,7 +171,7 @@ pub struct ObjectDetail {
     pub revision: u64,
 }
 
-fn query<T: serde::de::DeserializeOwned + Default>(
+fn parse_query<T: serde::de::DeserializeOwned + Default>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, HttpError> {
     q.map(|Query(q)| q).map_err(|e| HttpError(ApiError::invalid(format!("bad query: {e}"))))
@@ -181,7 +181,7 @@ async fn list(
     State(svc): State<Svc>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     let labels: Vec<String> = q.label.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
     let filter = requests::filter(&q.kind, &q.state, &q.host, &labels)?;
     let (objects, revision) = svc.list(&filter, q.limit, q.stale).await.map_err(|e| rest_error(&svc, e))?;
@@ -200,7 +200,7 @@ async fn get_object(
     Path(id): Path<String>,
     q: Result<Query<StaleQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     let id: ObjectId = proto::convert::object_id(&id)?;
     let (object, history, revision) = svc.get(&id, q.stale).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(ObjectDetail { object, history, revision }).into_response())
@@ -348,7 +348,7 @@ async fn watch(
     State(svc): State<Svc>,
     q: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     let filter = requests::filter(&q.kind, "", &q.host, &[])?;
     let timeout = q.timeout_ms.map(Duration::from_millis).unwrap_or(WATCH_DEFAULT).min(WATCH_MAX);
     let mut rx = svc.watch(q.from, filter);
@@ -369,7 +369,7 @@ async fn watch(
         let mut progress = q.from.saturating_sub(1).max(if q.from == 0 { start_rev } else { 0 });
         let mut send_item = |events: Vec<Event>, rev: u64, buf: &mut Vec<u8>| {
             for e in events {
-                line(buf, &WatchLine::Event(e));
+                push_json_line(buf, &WatchLine::Event(e));
             }
             progress = progress.max(rev);
         };
@@ -384,7 +384,7 @@ async fn watch(
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Ok((events, rev)))) => send_item(events, rev, &mut buf),
                 Ok(Some(Err(e))) => {
-                    line(&mut buf, &WatchLine::Error(e));
+                    push_json_line(&mut buf, &WatchLine::Error(e));
                     // The last line: if the client already went away there is nobody to tell.
                     tx.send(Ok(Bytes::from(buf))).await.ok();
                     return;
@@ -395,7 +395,7 @@ async fn watch(
                 return;
             }
         }
-        line(&mut buf, &WatchLine::Progress { progress });
+        push_json_line(&mut buf, &WatchLine::Progress { progress });
         tx.send(Ok(Bytes::from(buf))).await.ok();
     };
     svc.watchers.spawn(async move {
@@ -408,7 +408,8 @@ async fn watch(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-fn line<T: Serialize>(buf: &mut Vec<u8>, v: &T) {
+/// Append `v` as one NDJSON line (a value that cannot be serialized is left out).
+fn push_json_line<T: Serialize>(buf: &mut Vec<u8>, v: &T) {
     if serde_json::to_writer(&mut *buf, v).is_ok() {
         buf.push(b'\n');
     }

@@ -127,7 +127,7 @@ impl Memory {
 }
 
 /// A heartbeat's fields, checked before the memory is touched.
-fn check(agent: &str, host: &str, info: &HeartbeatInfo) -> Result<(), ApiError> {
+fn check_heartbeat(agent: &str, host: &str, info: &HeartbeatInfo) -> Result<(), ApiError> {
     if agent.is_empty() {
         return Err(ApiError::invalid("heartbeat without an agent id"));
     }
@@ -156,7 +156,7 @@ impl Service {
     /// Record a heartbeat in the leader's memory; only a change of liveness is replicated.
     pub async fn heartbeat(&self, agent: String, host: String, info: HeartbeatInfo) -> Result<u64, ApiError> {
         self.leader_gate()?;
-        check(&agent, &host, &info)?;
+        check_heartbeat(&agent, &host, &info)?;
         if self.heartbeats.record(&agent, &host, info)? {
             let replicated_alive = Reader::new(&self.db)
                 .and_then(|r| r.agents())

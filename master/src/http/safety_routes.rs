@@ -22,7 +22,7 @@ async fn safety(
     State(svc): State<Svc>,
     q: Result<Query<StaleQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     Ok(Json(svc.safety(q.stale).await.map_err(|e| rest_error(&svc, e))?).into_response())
 }
 
@@ -40,7 +40,7 @@ async fn alerts(
     State(svc): State<Svc>,
     q: Result<Query<AlertsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let rows = svc.audit_log(!q.all, limit).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "alerts": rows })).into_response())
@@ -69,7 +69,7 @@ async fn proposals(
     State(svc): State<Svc>,
     q: Result<Query<ProposalsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     let status = requests::proposal_status(&q.status)?;
     let filter = requests::proposal_filter(&q.scope, &q.kind, &q.host, &q.checker)?;
     let (list, revision) =

@@ -329,11 +329,11 @@ pub fn backoff_ms(cfg: &DispatchConfig, key: &str, attempts: u32) -> u64 {
     let exp = attempts.saturating_sub(1).min(63);
     let raw = cfg.backoff_base_ms.saturating_mul(1u64 << exp.min(40)).min(cfg.backoff_max_ms);
     let half = raw / 2;
-    half + mix(cfg.seed, key, attempts) % (raw - half + 1)
+    half + jitter_hash(cfg.seed, key, attempts) % (raw - half + 1)
 }
 
 /// splitmix64 over FNV-1a of the key: a stable, well-spread hash without a global RNG.
-fn mix(seed: u64, key: &str, attempts: u32) -> u64 {
+fn jitter_hash(seed: u64, key: &str, attempts: u32) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
     for b in key.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
