@@ -13,7 +13,7 @@ use proto::error::ApiError;
 use tonic::{Request, Response, Status};
 
 use crate::api::requests::{self, ObjectCommand};
-use crate::api::safety::{SafetyView, ScopeView};
+use crate::api::safety::SafetyView;
 use crate::api::{HeartbeatInfo, IngestBatch, Service};
 use crate::model::{Event, HistoryEntry, Registration};
 use crate::safety::{Proposal, QuotaRule};
@@ -31,47 +31,6 @@ impl GrpcApi {
         api::master_server::MasterServer::new(GrpcApi { svc })
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE)
-    }
-}
-
-pub fn order_to_wire(o: crate::actions::ActionOrder) -> api::ActionOrder {
-    api::ActionOrder {
-        object: o.object,
-        action: o.action,
-        requested_ms: o.requested_ms,
-        deadline_ms: o.deadline_ms,
-        old_serial: o.old_serial,
-        new_serial: o.new_serial,
-        params: o.params.into_iter().collect(),
-    }
-}
-
-pub fn scope_to_wire(s: &ScopeView) -> api::Scope {
-    api::Scope {
-        scope: s.scope.clone(),
-        level: s.level.as_str().into(),
-        latched: s.latched,
-        reason: s.reason.clone(),
-        set_by: s.set_by.clone(),
-        since_ms: s.since_ms,
-        quotas: s
-            .quotas
-            .iter()
-            .map(|q| api::QuotaUse {
-                kind: q.kind.clone(),
-                population: q.population,
-                concurrent: q.concurrent,
-                max_concurrent: q.max_concurrent,
-                entries: q.entries,
-                max_entries: q.max_entries,
-                window_ms: q.window_ms,
-            })
-            .collect(),
-        pending_proposals: s.pending_proposals,
-        last_blocked: s.last_blocked.clone(),
-        last_blocked_ms: s.last_blocked_ms,
-        agents: s.agents,
-        agents_alive: s.agents_alive,
     }
 }
 
@@ -112,7 +71,7 @@ fn quota_from_wire(q: api::QuotaRule) -> Result<QuotaRule, ApiError> {
 fn safety_to_wire(v: SafetyView) -> api::GetSafetyResponse {
     api::GetSafetyResponse {
         quotas: v.quotas.iter().map(quota_to_wire).collect(),
-        scopes: v.scopes.iter().map(scope_to_wire).collect(),
+        scopes: v.scopes.iter().map(convert::scope_to_wire).collect(),
         alerts: v
             .alerts
             .iter()
@@ -221,8 +180,13 @@ impl Master for GrpcApi {
         };
         let host = req.host.clone();
         let revision = self.svc.heartbeat(req.agent, req.host, info).await.map_err(Status::from)?;
-        let actions =
-            self.svc.actions_for(&host).map_err(Status::from)?.into_iter().map(order_to_wire).collect();
+        let actions = self
+            .svc
+            .actions_for(&host)
+            .map_err(Status::from)?
+            .into_iter()
+            .map(convert::order_to_wire)
+            .collect();
         Ok(Response::new(api::HeartbeatResponse { revision, actions }))
     }
 
@@ -327,33 +291,8 @@ impl Master for GrpcApi {
         &self,
         _req: Request<api::ClusterInfoRequest>,
     ) -> Result<Response<api::ClusterInfoResponse>, Status> {
-        let i = self.svc.cluster_info().map_err(Status::from)?;
-        Ok(Response::new(api::ClusterInfoResponse {
-            id: i.id,
-            leader_id: i.leader_id,
-            term: i.term,
-            role: i.role,
-            commit_index: i.commit_index,
-            applied_index: i.applied_index,
-            revision: i.revision,
-            level: i.level,
-            members: i
-                .members
-                .into_iter()
-                .map(|m| api::Member {
-                    id: m.id,
-                    peer_addr: m.peer_addr,
-                    grpc_addr: m.grpc_addr,
-                    http_addr: m.http_addr,
-                })
-                .collect(),
-            leader_grpc: i.leader_grpc,
-            agents_alive: i.agents_alive,
-            objects: i.objects,
-            scopes: i.scopes.iter().map(scope_to_wire).collect(),
-            pending_proposals: i.pending_proposals,
-            agents: i.agents,
-        }))
+        let info = self.svc.cluster_info().map_err(Status::from)?;
+        Ok(Response::new(convert::cluster_to_wire(info)))
     }
 
     async fn get_safety(
@@ -371,7 +310,7 @@ impl Master for GrpcApi {
         let level = requests::level(&req.level).map_err(Status::from)?;
         let (scope, revision) =
             self.svc.set_level(&req.scope, level, &req.by, &req.reason).await.map_err(Status::from)?;
-        Ok(Response::new(api::ScopeResponse { scope: Some(scope_to_wire(&scope)), revision }))
+        Ok(Response::new(api::ScopeResponse { scope: Some(convert::scope_to_wire(&scope)), revision }))
     }
 
     async fn release(
@@ -381,7 +320,7 @@ impl Master for GrpcApi {
         let req = req.into_inner();
         let (scope, revision) =
             self.svc.release(&req.scope, &req.by, &req.reason).await.map_err(Status::from)?;
-        Ok(Response::new(api::ScopeResponse { scope: Some(scope_to_wire(&scope)), revision }))
+        Ok(Response::new(api::ScopeResponse { scope: Some(convert::scope_to_wire(&scope)), revision }))
     }
 
     async fn list_proposals(
@@ -422,23 +361,7 @@ impl Master for GrpcApi {
     ) -> Result<Response<api::ListAgentsResponse>, Status> {
         let agents = self.svc.agent_list().await.map_err(Status::from)?;
         Ok(Response::new(api::ListAgentsResponse {
-            agents: agents
-                .into_iter()
-                .map(|a| api::AgentInfo {
-                    agent: a.agent,
-                    host: a.host,
-                    alive: a.alive,
-                    since_ms: a.since_ms,
-                    heard: a.heard,
-                    last_heartbeat_ms_ago: a.last_heartbeat_ms_ago,
-                    restarts: a.restarts,
-                    version: a.info.version,
-                    started_ms: a.info.started_ms,
-                    checkers: a.info.checkers.into_iter().collect(),
-                    outbox_entries: a.info.outbox_entries,
-                    outbox_dropped: a.info.outbox_dropped,
-                })
-                .collect(),
+            agents: agents.into_iter().map(convert::agent_to_wire).collect(),
         }))
     }
 

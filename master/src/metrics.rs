@@ -71,7 +71,7 @@ pub fn render(svc: &Service) -> Result<String, ApiError> {
         for l in ["auto", "manual", "blind"] {
             level
                 .get_or_create(&[("scope", sc.scope.clone()), ("level", l.to_string())])
-                .set(i64::from(sc.level.as_str() == l));
+                .set(i64::from(sc.level == l));
         }
         latched.get_or_create(&[("scope", sc.scope.clone())]).set(i64::from(sc.latched));
         for q in &sc.quotas {

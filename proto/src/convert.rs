@@ -7,7 +7,7 @@ use state_machines::{Finding, ObjectId, Severity};
 
 use crate::api;
 use crate::error::ApiError;
-use crate::view::ObjectView;
+use crate::view::{ActionOrder, AgentListing, ClusterInfo, ObjectView, ScopeView};
 
 /// Parse and validate an object id from the wire.
 pub fn object_id(s: &str) -> Result<ObjectId, ApiError> {
@@ -107,6 +107,97 @@ pub fn object_from_wire(o: api::Object) -> Result<ObjectView, ApiError> {
         pending_action: o.pending_action,
         action_deadline_ms: o.action_deadline_ms,
     })
+}
+
+/// An action order to the wire.
+pub fn order_to_wire(o: ActionOrder) -> api::ActionOrder {
+    api::ActionOrder {
+        object: o.object,
+        action: o.action,
+        requested_ms: o.requested_ms,
+        deadline_ms: o.deadline_ms,
+        old_serial: o.old_serial,
+        new_serial: o.new_serial,
+        params: o.params.into_iter().collect(),
+    }
+}
+
+/// A scope view to the wire.
+pub fn scope_to_wire(s: &ScopeView) -> api::Scope {
+    api::Scope {
+        scope: s.scope.clone(),
+        level: s.level.clone(),
+        latched: s.latched,
+        reason: s.reason.clone(),
+        set_by: s.set_by.clone(),
+        since_ms: s.since_ms,
+        quotas: s
+            .quotas
+            .iter()
+            .map(|q| api::QuotaUse {
+                kind: q.kind.clone(),
+                population: q.population,
+                concurrent: q.concurrent,
+                max_concurrent: q.max_concurrent,
+                entries: q.entries,
+                max_entries: q.max_entries,
+                window_ms: q.window_ms,
+            })
+            .collect(),
+        pending_proposals: s.pending_proposals,
+        last_blocked: s.last_blocked.clone(),
+        last_blocked_ms: s.last_blocked_ms,
+        agents: s.agents,
+        agents_alive: s.agents_alive,
+    }
+}
+
+/// Cluster info to the wire.
+pub fn cluster_to_wire(i: ClusterInfo) -> api::ClusterInfoResponse {
+    api::ClusterInfoResponse {
+        id: i.id,
+        leader_id: i.leader_id,
+        term: i.term,
+        role: i.role,
+        commit_index: i.commit_index,
+        applied_index: i.applied_index,
+        revision: i.revision,
+        level: i.level,
+        members: i
+            .members
+            .into_iter()
+            .map(|m| api::Member {
+                id: m.id,
+                peer_addr: m.peer_addr,
+                grpc_addr: m.grpc_addr,
+                http_addr: m.http_addr,
+            })
+            .collect(),
+        leader_grpc: i.leader_grpc,
+        agents_alive: i.agents_alive,
+        objects: i.objects,
+        scopes: i.scopes.iter().map(scope_to_wire).collect(),
+        pending_proposals: i.pending_proposals,
+        agents: i.agents,
+    }
+}
+
+/// An agent listing to the wire.
+pub fn agent_to_wire(a: AgentListing) -> api::AgentInfo {
+    api::AgentInfo {
+        agent: a.agent,
+        host: a.host,
+        alive: a.alive,
+        since_ms: a.since_ms,
+        heard: a.heard,
+        last_heartbeat_ms_ago: a.last_heartbeat_ms_ago,
+        restarts: a.restarts,
+        version: a.info.version,
+        started_ms: a.info.started_ms,
+        checkers: a.info.checkers.into_iter().collect(),
+        outbox_entries: a.info.outbox_entries,
+        outbox_dropped: a.info.outbox_dropped,
+    }
 }
 
 #[cfg(test)]

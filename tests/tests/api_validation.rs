@@ -55,7 +55,6 @@ fn table() -> Vec<(&'static str, Value, &'static str)> {
         ("NUL in the evidence", with("evidence", json!("bad\u{0}line")), "NUL"),
         ("empty checker", with("checker", json!("")), "no checker"),
         ("one reading too many", with("readings", Value::Object(too_many)), "readings (limit"),
-        ("empty reading name", with("readings", json!({ "": "1" })), "empty name"),
         ("129-byte version", with("version", json!("v".repeat(MAX_LABEL_LEN + 1))), "limit 128"),
     ]
 }

@@ -3,43 +3,11 @@
 
 use proto::error::ApiError;
 
-use super::safety::{ScopeView, scope_views};
+pub use proto::view::{ClusterInfo, MemberInfo};
+
+use super::safety::scope_views;
 use super::{Service, now_ms, store_err};
 use crate::store::Reader;
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MemberInfo {
-    pub id: u64,
-    pub peer_addr: String,
-    pub grpc_addr: String,
-    pub http_addr: String,
-}
-
-/// `huatuo status` / `GET /api/v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ClusterInfo {
-    pub id: u64,
-    pub leader_id: u64,
-    pub term: u64,
-    pub role: String,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub revision: u64,
-    pub level: String,
-    pub leader_grpc: String,
-    pub members: Vec<MemberInfo>,
-    pub agents_alive: u64,
-    #[serde(default)]
-    pub agents: u64,
-    pub objects: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub last_error: String,
-    /// Per scope: level, quota use vs limit, pending proposals, why the last automatic action was blocked.
-    #[serde(default)]
-    pub scopes: Vec<ScopeView>,
-    #[serde(default)]
-    pub pending_proposals: u64,
-}
 
 impl Service {
     /// This node's view of the cluster (never a read-index: it must answer on a node without a leader).
@@ -52,7 +20,7 @@ impl Service {
         let level = scopes
             .iter()
             .find(|s| s.scope == crate::safety::CLUSTER)
-            .map_or(crate::safety::Level::Auto, |s| s.level);
+            .map_or(crate::safety::Level::Auto.as_str().to_string(), |s| s.level.clone());
         let agents = r.agents().map_err(store_err)?;
         Ok(ClusterInfo {
             id: st.id,
@@ -62,7 +30,7 @@ impl Service {
             commit_index: st.commit_index,
             applied_index: st.applied_index,
             revision: r.revision().map_err(store_err)?,
-            level: level.as_str().into(),
+            level,
             leader_grpc: st.leader_id.and_then(addr).map(|m| m.grpc).unwrap_or_default(),
             members: st
                 .peers

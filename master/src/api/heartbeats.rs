@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use proto::error::ApiError;
+pub use proto::view::{AgentListing, HeartbeatInfo};
 
 use super::validate::{self, MAX_HEARTBEAT_CHECKERS, MAX_VERSION_LEN};
 use super::{Service, lock, store_err};
@@ -14,16 +15,6 @@ use crate::store::Reader;
 
 /// Most agents tracked in the leader's heartbeat memory (a datacenter has ~10-100k hosts).
 pub const MAX_TRACKED_AGENTS: usize = 200_000;
-
-/// What an agent says about itself in each heartbeat (leader memory only; never replicated).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct HeartbeatInfo {
-    pub version: String,
-    pub started_ms: u64,
-    pub checkers: BTreeMap<String, String>,
-    pub outbox_entries: u64,
-    pub outbox_dropped: u64,
-}
 
 /// One agent as the leader's heartbeat memory sees it (`GET /api/v1/agents`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -35,19 +26,6 @@ pub struct AgentView {
     /// Times this agent's start time changed while this leader watched it.
     pub restarts: u64,
     #[serde(flatten)]
-    pub info: HeartbeatInfo,
-}
-
-/// One agent for `huatuo inspect` and the portal: replicated liveness plus the leader's memory.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AgentListing {
-    pub agent: String,
-    pub host: String,
-    pub alive: bool,
-    pub since_ms: u64,
-    pub heard: bool,
-    pub last_heartbeat_ms_ago: u64,
-    pub restarts: u64,
     pub info: HeartbeatInfo,
 }
 

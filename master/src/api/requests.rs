@@ -63,7 +63,7 @@ pub fn object_input(c: &ObjectCommand) -> Result<Input, ApiError> {
     validate::name("name", &c.name, MAX_TEXT_LEN)?;
     validate::name("value", &c.value, MAX_TEXT_LEN)?;
     validate::name("by", &c.by, MAX_TEXT_LEN)?;
-    validate::text("reason", &c.reason, MAX_TEXT_LEN)?;
+    validate::text("reason", &c.reason, validate::MAX_DETAIL_LEN)?;
     let need = |what: &str, v: &str| {
         if v.is_empty() { Err(ApiError::invalid(format!("{} needs {what}", c.kind))) } else { Ok(()) }
     };
@@ -220,8 +220,13 @@ mod tests {
         assert!(object_input(&c("ack", "bribed", "sched")).is_err());
         assert!(object_input(&c("ticket", "T\n1", "x")).expect_err("newline").message.contains("control"));
         assert!(object_input(&c("nope", "", "x")).expect_err("kind").message.contains("unknown command"));
-        let long = ObjectCommand { reason: "r".repeat(MAX_TEXT_LEN + 1), ..c("approve", "", "ops") };
-        assert!(object_input(&long).is_err());
+        let detail = |n: usize| ObjectCommand { reason: "r".repeat(n), ..c("result", "test", "agent") };
+        assert!(object_input(&detail(validate::MAX_DETAIL_LEN)).is_ok(), "an action report at the limit");
+        assert!(
+            object_input(&detail(validate::MAX_DETAIL_LEN + 1)).expect_err("over").message.contains("limit")
+        );
+        let long_by = ObjectCommand { by: "o".repeat(MAX_TEXT_LEN + 1), ..c("approve", "", "ops") };
+        assert!(object_input(&long_by).is_err());
     }
 
     #[test]

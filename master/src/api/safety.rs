@@ -17,33 +17,8 @@ pub const SAFETY_ALERTS: usize = 100;
 /// Most proposals one listing returns.
 pub const MAX_PROPOSAL_LIST: usize = 10_000;
 
-/// Quota use of one kind in one scope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuotaUse {
-    pub kind: String,
-    pub population: u64,
-    pub concurrent: u64,
-    pub max_concurrent: u64,
-    pub entries: u64,
-    pub max_entries: u64,
-    pub window_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScopeView {
-    pub scope: String,
-    pub level: Level,
-    pub latched: bool,
-    pub reason: String,
-    pub set_by: String,
-    pub since_ms: u64,
-    pub quotas: Vec<QuotaUse>,
-    pub pending_proposals: u64,
-    pub last_blocked: String,
-    pub last_blocked_ms: u64,
-    pub agents: u64,
-    pub agents_alive: u64,
-}
+/// The scope views are API views shared by every front end.
+pub use proto::view::{QuotaUse, ScopeView};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SafetyView {
@@ -84,7 +59,7 @@ pub fn scope_view(cfg: &SafetyConfig, name: &str, r: &ScopeRecord, now: u64) -> 
     }
     ScopeView {
         scope: name.to_string(),
-        level: r.level,
+        level: r.level.as_str().to_string(),
         latched: r.latched,
         reason: r.reason.clone(),
         set_by: r.set_by.clone(),

@@ -22,6 +22,9 @@ pub const MAX_READINGS: usize = state_machines::finding::MAX_READINGS;
 /// Longest evidence text kept (longer evidence is cut at a character boundary by `Finding::bounded`: it is
 /// a kernel log line or a probe's output, where the head says what happened).
 pub const MAX_EVIDENCE_LEN: usize = state_machines::finding::MAX_EVIDENCE_LEN;
+/// Longest reason of an object command, which for an action result is the agent's report (the worker
+/// caps its own detail at 2 KiB and appends its figures; the master keeps what it gets, bounded here).
+pub const MAX_DETAIL_LEN: usize = 8192;
 /// Most checkers one heartbeat may list, and the longest version string kept (hostile input stays small).
 pub const MAX_HEARTBEAT_CHECKERS: usize = 64;
 pub const MAX_VERSION_LEN: usize = 64;
@@ -73,9 +76,6 @@ pub fn finding(f: &Finding) -> Result<(), ApiError> {
         ))));
     }
     for (k, v) in &f.readings {
-        if k.is_empty() {
-            return Err(about(ApiError::invalid("a reading with an empty name")));
-        }
         name("reading name", k, MAX_LABEL_LEN).map_err(about)?;
         name("reading value", v, MAX_LABEL_LEN).map_err(about)?;
     }
@@ -117,8 +117,10 @@ pub fn map(what: &str, m: &BTreeMap<String, String>) -> Result<(), ApiError> {
                 quoted(k)
             )));
         }
+        // Keys are names; values are inventory text as the host reports it (a model string may carry
+        // odd bytes; only NUL is refused).
         name(what, k, MAX_MAP_KEY_LEN)?;
-        name(what, v, MAX_MAP_VALUE_LEN)?;
+        text(what, v, MAX_MAP_VALUE_LEN)?;
     }
     Ok(())
 }
@@ -189,7 +191,6 @@ mod tests {
         let one = |k: String, v: String| [(k, v)].into_iter().collect();
         check(Finding { readings: one("k".repeat(10_000), "1".into()), ..good() }, Err("reading name"));
         check(Finding { readings: one("k".into(), "v".repeat(100_000)), ..good() }, Err("reading value"));
-        check(Finding { readings: one(String::new(), "1".into()), ..good() }, Err("empty name"));
     }
 
     #[test]
@@ -212,7 +213,9 @@ mod tests {
         let m = |k: &str, v: &str| [(k.to_string(), v.to_string())].into_iter().collect::<BTreeMap<_, _>>();
         assert!(map("labels", &m("rack", "r1")).is_ok());
         assert!(map("labels", &m("", "r1")).is_err());
-        assert!(map("labels", &m("rack", "r\n1")).is_err());
+        assert!(map("labels", &m("ra\nck", "r1")).is_err());
+        assert!(map("labels", &m("rack", "r\u{0}1")).is_err());
+        assert!(map("attributes", &m("model", "ST4000\tNM")).is_ok());
         assert!(map("labels", &m("rack", &"v".repeat(MAX_MAP_VALUE_LEN + 1))).is_err());
         let full: BTreeMap<String, String> =
             (0..MAX_MAP_ENTRIES).map(|i| (format!("k{i}"), "v".into())).collect();
