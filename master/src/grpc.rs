@@ -34,6 +34,10 @@ impl GrpcApi {
     }
 }
 
+// The API views (objects, scopes, cluster info, agents, action orders) convert in `proto::convert`. The
+// records below are the state machine's own types (`model.rs`, `safety.rs`), which `proto` cannot see, so
+// they are converted here; moving those types into `proto::view` would finish the job.
+
 pub fn proposal_to_wire(p: &Proposal) -> api::Proposal {
     api::Proposal {
         id: p.id,
