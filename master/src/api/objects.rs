@@ -62,6 +62,11 @@ impl From<CmdResult> for WriteResult {
     }
 }
 
+/// An alert's text as recorded: at most [`MAX_ALERT_LEN`] characters, NUL replaced by a space.
+pub fn alert_text(message: &str) -> String {
+    message.chars().take(MAX_ALERT_LEN).map(|c| if c == '\0' { ' ' } else { c }).collect()
+}
+
 /// The view of a stored object: attributes merged with the state machine's own, the consent and action
 /// it waits for.
 pub fn object_view(r: &ObjectRecord) -> ObjectView {
@@ -142,8 +147,7 @@ impl Service {
     /// Record an alert about an object (a repair ticket that cannot be filed, ...). The message is the
     /// master's own text (it may quote a remote error): cut to [`MAX_ALERT_LEN`] rather than refused.
     pub async fn alert(&self, object: ObjectId, message: &str) -> Result<CmdResult, ApiError> {
-        let message: String = message.replace('\0', " ").chars().take(MAX_ALERT_LEN).collect();
-        self.submit(Command::Alert { object, message }).await
+        self.submit(Command::Alert { object, message: alert_text(message) }).await
     }
 
     /// Objects matching `filter` (at most `limit`, 0 meaning [`MAX_LIST`]) and the revision they reflect.
@@ -172,5 +176,19 @@ impl Service {
             .ok_or_else(|| ApiError::not_found(format!("no object {id}")))?;
         let history = r.history(&rec).map_err(store_err)?;
         Ok((object_view(&rec), history, r.revision().map_err(store_err)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_text_is_cut_at_the_limit() {
+        assert_eq!(alert_text("ticket\0failed"), "ticket failed");
+        let at = "é".repeat(MAX_ALERT_LEN);
+        assert_eq!(alert_text(&at), at, "the limit itself is kept whole");
+        let over = format!("{at}x");
+        assert_eq!(alert_text(&over).chars().count(), MAX_ALERT_LEN);
     }
 }
