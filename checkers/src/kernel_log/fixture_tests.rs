@@ -151,8 +151,8 @@ fn abrt_oops_panic_mce_and_negatives() {
             assert!(ids.contains(*id), "{file}: fired {ids:?}, want {id}");
         }
     }
-    // A single "Machine check events logged" is usually a corrected error: below the 3-in-1h threshold.
-    // Kernel WARNING splats (what abrt calls oopses in 1_oops, 10_oopses, cut_here) are software bugs, not
+    // A single "Machine check events logged" is usually a corrected error: below the 3-in-1h threshold it
+    // is an INFO finding (recorded, moves nothing). Kernel WARNING splats (what abrt calls oopses in 1_oops, 10_oopses, cut_here) are software bugs, not
     // faults of the host.
     for file in [
         "not_oops1.test",
@@ -164,7 +164,11 @@ fn abrt_oops_panic_mce_and_negatives() {
         "cut_here.test",
     ] {
         let events = scan_file(&rules, &format!("abrt/{file}"));
-        assert!(events.is_empty(), "{file} fired:\n{}", show(&events));
+        let alarms: Vec<Event> = events
+            .into_iter()
+            .filter(|e| !(e.finding.rule == "hw.mce-logged" && e.finding.severity == Severity::Info))
+            .collect();
+        assert!(alarms.is_empty(), "{file} fired:\n{}", show(&alarms));
     }
 }
 
@@ -176,12 +180,19 @@ fn mce_logged_threshold_on_real_lines() {
                 [ 1409.024295] mce: [Hardware Error]: Machine check events logged\n\
                 [ 3809.024295] mce: [Hardware Error]: Machine check events logged\n";
     let (events, _) = scan_bytes(&rules, text.as_bytes());
-    assert_eq!(events.len(), 1, "{}", show(&events));
-    assert_eq!(events[0].line, Some(3));
-    assert_eq!(events[0].finding.readings.get("threshold").map(String::as_str), Some("3 in 3600s"));
+    let sev: Vec<(Option<u64>, Severity)> = events.iter().map(|e| (e.line, e.finding.severity)).collect();
+    assert_eq!(
+        sev,
+        vec![(Some(1), Severity::Info), (Some(2), Severity::Info), (Some(3), Severity::Warning)],
+        "below the threshold INFO, at it WARNING: {}",
+        show(&events)
+    );
+    assert_eq!(events[2].finding.readings.get("threshold").map(String::as_str), Some("3 in 3600s"));
+    assert_eq!(events[1].finding.readings.get("in_window").map(String::as_str), Some("2 of 3"));
     // one millisecond more (the window's resolution) and the first falls out of the hour
     let text = text.replace("3809.024295", "3809.025295");
-    assert!(scan_bytes(&rules, text.as_bytes()).0.is_empty());
+    let (events, _) = scan_bytes(&rules, text.as_bytes());
+    assert!(events.iter().all(|e| e.finding.severity == Severity::Info), "{}", show(&events));
 }
 
 /// Benign logs: loghub's Linux server syslog, gpud's kmsg captures and boot logs, the Xid dmesg.
@@ -264,13 +275,13 @@ fn npd_vocabulary_is_covered() {
             "XFS (sdd1): Corruption of in-memory data detected.  Shutting down filesystem",
             Some("fs.shutdown"),
         ),
-        // EDAC CE lines count toward a 5-in-24h threshold; one line alone fires nothing.
+        // EDAC CE errors count toward a 10-in-24h threshold; one line alone is an INFO finding.
         (
             "MemoryReadError",
             "EDAC MC0: 1 CE memory read error on CPU_SrcID#0_Ha#0_Chan#1_DIMM#0 (channel:1 slot:0 page:0x1 offset:0x0 grain:32 syndrome:0x0)",
-            None,
+            Some("mem.edac-ce"),
         ),
-        ("CperHardwareErrorCorrected", "{1}[Hardware Error]: event severity: corrected", None),
+        ("CperHardwareErrorCorrected", "{1}[Hardware Error]: event severity: corrected", Some("hw.error-corrected")),
         (
             "CperHardwareErrorRecoverable",
             "{1}[Hardware Error]: event severity: recoverable",
@@ -280,7 +291,11 @@ fn npd_vocabulary_is_covered() {
         ("FilesystemIsReadOnly", "EXT4-fs (sda1): Remounting filesystem read-only", Some("fs.read-only")),
     ];
     for (reason, line, want) in table {
-        let ids = rule_ids(&scan_bytes(&rules, line.as_bytes()).0);
+        let events = scan_bytes(&rules, line.as_bytes()).0;
+        if matches!(*reason, "MemoryReadError" | "CperHardwareErrorCorrected") {
+            assert!(events.iter().all(|e| e.finding.severity == Severity::Info), "{reason}: {}", show(&events));
+        }
+        let ids = rule_ids(&events);
         match want {
             Some(id) => assert!(ids.contains(*id), "{reason}: {line:?} fired {ids:?}"),
             None => assert!(ids.is_empty(), "{reason}: {line:?} fired {ids:?}"),
@@ -753,4 +768,128 @@ fn benign_lines_do_not_allocate() {
     let ((), allocs) =
         counting_alloc::count(|| s.feed(b"[ 1.0] Kernel panic - not syncing: x", None, &mut out));
     assert!(allocs > 0);
+}
+
+/// Figures of a run over `real-lines/lines.tsv`.
+#[derive(Debug, Default, Clone, Copy)]
+struct RealFigures {
+    fault_lines: usize,
+    found_lines: usize,
+    incidents: usize,
+    found_incidents: usize,
+    benign_lines: usize,
+    false_alarms: usize,
+    attributed: usize,
+}
+
+/// Whether `obj` is the object a line labelled (`kind`, `label`) is about.
+fn right_object(kind: &str, label: &str, obj: &state_machines::ObjectId) -> bool {
+    let name = obj.name().unwrap_or_default();
+    match kind {
+        "disk" | "fs" => {
+            obj.kind() == Kind::Disk && object::block(label).is_some_and(|want| want == name)
+        }
+        "memory" => match label.split_once('/') {
+            Some((mc, dimm)) => {
+                obj.kind() == Kind::Dimm
+                    && object::normalize(object::Normalize::Dimm, &format!("{mc}-{dimm}")).as_deref()
+                        == Some(name)
+            }
+            // a controller, a page or the GHES source: the machine or any DIMM is right
+            None => matches!(obj.kind(), Kind::Machine | Kind::Dimm),
+        },
+        "machine" => obj.kind() == Kind::Machine,
+        "nic" => {
+            let want = label.rsplit_once('(').map_or(label, |(_, r)| r.trim_end_matches(')'));
+            obj.kind() == Kind::Nic && name == want
+        }
+        _ => false,
+    }
+}
+
+/// Feed each source's lines, in order, to one scanner (as the post showed them); a line is found when a
+/// finding's line or record covers it.
+fn real_lines_figures(rules: &Arc<RuleSet>, group: bool, root: Option<&Path>, verbose: bool) -> RealFigures {
+    let text = std::fs::read_to_string(testdata("real-lines/lines.tsv")).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    let mut sources: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !sources.contains(&r[3]) {
+            sources.push(r[3]);
+        }
+    }
+    let mut fig = RealFigures::default();
+    let mut incidents: std::collections::BTreeMap<(String, String), bool> = Default::default();
+    for src in sources {
+        let lines: Vec<&Vec<&str>> = rows.iter().filter(|r| r[3] == src).collect();
+        let body: String = lines.iter().map(|r| format!("{}\n", r[4])).collect();
+        let mut s = Scanner::new(Arc::clone(rules), "host-1", 2025).unwrap();
+        s.set_group_records(group);
+        s.set_root(root.map(Path::to_path_buf));
+        let mut out = Vec::new();
+        s.scan_reader(body.as_bytes(), &mut out).unwrap();
+        for (i, r) in lines.iter().enumerate() {
+            let n = i as u64 + 1;
+            let covering: Vec<&Event> =
+                out.iter().filter(|e| e.line == Some(n) || e.record_lines.contains(&n)).collect();
+            let found = !covering.is_empty();
+            let (kind, label, class) = (r[0], r[1], r[2]);
+            if class == "fault" {
+                fig.fault_lines += 1;
+                let inc = incidents.entry((src.to_string(), kind.to_string())).or_default();
+                *inc |= found;
+                if found {
+                    fig.found_lines += 1;
+                    if covering.iter().any(|e| right_object(kind, label, &e.finding.object)) {
+                        fig.attributed += 1;
+                    } else if verbose {
+                        let got: Vec<String> = covering.iter().map(|e| e.finding.object.to_string()).collect();
+                        println!("MISATTRIBUTED {label} -> {got:?}: {}", r[4]);
+                    }
+                } else if verbose {
+                    println!("MISSED {kind} {label}: {}", r[4]);
+                }
+            } else {
+                fig.benign_lines += 1;
+                if found {
+                    fig.false_alarms += 1;
+                    if verbose {
+                        println!("FALSE ALARM {}: {}", covering[0].finding.rule, r[4]);
+                    }
+                }
+            }
+        }
+    }
+    fig.incidents = incidents.len();
+    fig.found_incidents = incidents.values().filter(|v| **v).count();
+    fig
+}
+
+fn print_figures(what: &str, f: RealFigures) {
+    println!(
+        "{what}: line recall {}/{} = {:.2}, incident recall {}/{} = {:.2}, false alarms {}/{} look-alikes, \
+         attribution {}/{} = {:.2}",
+        f.found_lines,
+        f.fault_lines,
+        f.found_lines as f64 / f.fault_lines as f64,
+        f.found_incidents,
+        f.incidents,
+        f.found_incidents as f64 / f.incidents as f64,
+        f.false_alarms,
+        f.benign_lines,
+        f.attributed,
+        f.found_lines,
+        f.attributed as f64 / f.found_lines.max(1) as f64
+    );
+}
+
+/// Real lines from public posts (`testdata/kernel-log/real-lines/`): prints line recall, incident recall,
+/// false alarms on the look-alikes and attribution (run with `--nocapture` to see them and every miss).
+#[test]
+fn real_lines_recall_attribution_and_false_alarms() {
+    let rules = rules();
+    let f = real_lines_figures(&rules, true, None, true);
+    print_figures("real lines (records grouped, no sysfs)", f);
+    assert_eq!((f.fault_lines, f.benign_lines), (79, 33));
+    assert_eq!(f.false_alarms, 0, "a benign look-alike fired");
 }

@@ -18,6 +18,7 @@ use state_machines::{Finding, Kind};
 use crate::{CheckContext, CheckError, Checker};
 
 pub mod bench;
+pub mod decode;
 pub mod kmsg;
 pub mod object;
 pub mod parse;
