@@ -893,3 +893,198 @@ fn real_lines_recall_attribution_and_false_alarms() {
     assert_eq!((f.fault_lines, f.benign_lines), (79, 33));
     assert_eq!(f.false_alarms, 0, "a benign look-alike fired");
 }
+
+fn scan_grouped(rules: &Arc<RuleSet>, text: &str, root: Option<&Path>) -> Vec<Event> {
+    let mut s = Scanner::new(Arc::clone(rules), "host-1", 2025).unwrap();
+    s.set_group_records(true);
+    s.set_root(root.map(Path::to_path_buf));
+    let mut out = Vec::new();
+    s.scan_reader(text.as_bytes(), &mut out).unwrap();
+    out
+}
+
+/// An ATA record with a media error (real lines from the shared set): one finding, ERROR, cause media,
+/// every line in the evidence; ungrouped, the context lines alone produce nothing.
+#[test]
+fn ata_media_record_is_one_finding_with_cause() {
+    let rules = rules();
+    let text = "[  131.441276] ata3.00: exception Emask 0x0 SAct 0x3 SErr 0x0 action 0x0\n\
+                [  131.452679]          res 41/40:00:b1:4b:1c/00:00:14:00:00/40 Emask 0x409 (media error) <F>\n\
+                [  131.460341] ata3.00: status: { DRDY ERR }\n\
+                [  131.464147] ata3.00: error: { UNC }\n\
+                [  131.470000] ata3.00: configured for UDMA/133\n";
+    let ev = scan_grouped(&rules, text, None);
+    assert_eq!(ev.len(), 1, "{}", show(&ev));
+    let f = &ev[0].finding;
+    assert_eq!((f.rule.as_str(), f.object.to_string(), f.severity), ("disk.medium-error", "disk/host-1/ata3".into(), Severity::Error));
+    assert_eq!(f.readings.get("cause").map(String::as_str), Some("media"));
+    assert_eq!(ev[0].record_lines, vec![1, 2, 3, 4]);
+    assert_eq!(f.evidence.lines().count(), 4);
+    // ungrouped (the agent until it flushes records): exception + UNC only, no context-line findings
+    let (ev, _) = scan_bytes(&rules, text.as_bytes());
+    assert_eq!(rule_ids(&ev), BTreeSet::from(["disk.ata-exception".into(), "disk.medium-error".into()]));
+    // a link-error record says link, not media; the benign EH lines around it fire nothing
+    let text = "[  117.000000] ata1.00: exception Emask 0x10 SAct 0x0 SErr 0x400000 action 0x6 frozen\n\
+                [  117.000100] ata1: SError: { Handshk }\n\
+                [  117.370000] ata1: SATA link up 3.0 Gbps (SStatus 123 SControl 300)\n\
+                [  117.380000] ata1.00: configured for UDMA/133\n\
+                [  117.390000] ata1: EH complete\n";
+    let ev = scan_grouped(&rules, text, None);
+    assert_eq!(ev.len(), 1, "{}", show(&ev));
+    assert_eq!(ev[0].finding.readings.get("cause").map(String::as_str), Some("link"));
+    assert_eq!(ev[0].record_lines, vec![1, 2]);
+}
+
+/// A GHES block is one finding on the DIMM it names; its severity comes from the event severity line.
+#[test]
+fn ghes_record_goes_to_the_named_dimm() {
+    let rules = rules();
+    let text = "[ 100.000000] {1}[Hardware Error]: Hardware error from APEI Generic Hardware Error Source: 0\n\
+                [ 100.000001] {1}[Hardware Error]: event severity: recoverable\n\
+                [ 100.000002] {1}[Hardware Error]:  Error 0, type: recoverable\n\
+                [ 100.000003] {1}[Hardware Error]:   section_type: memory error\n\
+                [ 100.000004] {1}[Hardware Error]:   DIMM location: NODE 3 CPU0_DIMM_G1\n\
+                [ 100.000005] {2}[Hardware Error]: Hardware error from APEI Generic Hardware Error Source: 1\n\
+                [ 100.000006] {2}[Hardware Error]: event severity: corrected\n";
+    let ev = scan_grouped(&rules, text, None);
+    assert_eq!(ev.len(), 2, "{}", show(&ev));
+    let f = &ev[0].finding;
+    assert_eq!((f.rule.as_str(), f.severity), ("hw.error-uncorrected", Severity::Error));
+    assert_eq!(f.object.to_string(), "dimm/host-1/node_3_cpu0_dimm_g1");
+    assert_eq!(ev[0].record_lines, vec![1, 2, 3, 4, 5]);
+    // the corrected record (below its 10-in-1h threshold) is INFO on the machine
+    assert_eq!((ev[1].finding.severity, ev[1].finding.object.to_string()), (Severity::Info, "machine/host-1".into()));
+}
+
+/// EDAC CEs are summed by the count in the line per DIMM: 4 + 5 is below ten (INFO), one more is WARNING;
+/// another DIMM counts separately; a single 128-CE line is WARNING at once.
+#[test]
+fn edac_ce_counts_errors_not_lines() {
+    let rules = rules();
+    let ce = |t: u32, n: u32, dimm: u32| {
+        format!("[{t:>6}.000000] EDAC MC0: {n} CE error on CPU#0Channel#2_DIMM#{dimm} (channel:2 slot:0 page:0x0 offset:0x0 grain:8 syndrome:0x0)\n")
+    };
+    let text = [ce(10, 4, 0), ce(20, 5, 0), ce(25, 9, 1), ce(30, 1, 0), ce(40, 128, 1)].concat();
+    let ev = scan_grouped(&rules, &text, None);
+    let got: Vec<(String, Severity)> =
+        ev.iter().map(|e| (e.finding.object.to_string(), e.finding.severity)).collect();
+    let d0 = "dimm/host-1/mc0-cpu0channel2_dimm0".to_string();
+    let d1 = "dimm/host-1/mc0-cpu0channel2_dimm1".to_string();
+    assert_eq!(
+        got,
+        vec![
+            (d0.clone(), Severity::Info),
+            (d0.clone(), Severity::Info),
+            (d1.clone(), Severity::Info),
+            (d0, Severity::Warning),
+            (d1, Severity::Warning)
+        ]
+    );
+    assert_eq!(ev[1].finding.readings.get("in_window").map(String::as_str), Some("9 of 10"));
+}
+
+/// With a probe root: a PCI-only NIC line goes to its interface, an I/O error on dm-N to the disks below
+/// it, a filesystem error on dm-N to the machine, an ATA port to its block device.
+#[test]
+fn sysfs_root_resolves_pci_dm_and_ata_names() {
+    let rules = rules();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("sys/bus/pci/devices/0000:09:00.0/net/eth0")).unwrap();
+    std::fs::create_dir_all(r.join("sys/block/dm-1/slaves/sdb2")).unwrap();
+    std::fs::create_dir_all(r.join("sys/block/dm-1/slaves/sdc2")).unwrap();
+    std::fs::create_dir_all(r.join("sys/class/ata_port/ata3/device/host2/target2:0:0/2:0:0:0/block/sdd"))
+        .unwrap();
+    let text = "[   95.178723] igb 0000:09:00.0: Detected Tx Unit Hang\n\
+                [   96.000000] igb 0000:0a:00.0: Detected Tx Unit Hang\n\
+                [50006.000000] EXT4-fs warning (device dm-1): ext4_end_bio:316: I/O error -5 writing to inode 10223621 (offset 33554432 size 8388608 starting block 14403824)\n\
+                [50010.000000] XFS (dm-1): Corruption detected. Unmount and run xfs_repair\n\
+                [50020.000000] ata3.00: error: { UNC }\n";
+    let ev = scan_grouped(&rules, text, Some(r));
+    let got: Vec<(String, String)> =
+        ev.iter().map(|e| (e.finding.rule.clone(), e.finding.object.to_string())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("nic.hw-hang".into(), "nic/host-1/eth0".into()),
+            ("nic.hw-hang".into(), "machine/host-1".into()),
+            ("fs.io-error".into(), "disk/host-1/sdb".into()),
+            ("fs.io-error".into(), "disk/host-1/sdc".into()),
+            ("fs.error".into(), "machine/host-1".into()),
+            ("disk.medium-error".into(), "disk/host-1/sdd".into()),
+        ],
+        "{}",
+        show(&ev)
+    );
+    assert_eq!(ev[2].finding.readings.get("logged_name").map(String::as_str), Some("dm-1"));
+    assert_eq!(ev[4].finding.readings.get("disks").map(String::as_str), Some("sdb sdc"));
+    assert_eq!(ev[5].finding.readings.get("logged_name").map(String::as_str), Some("ata3"));
+    // the shared real set with such a root: the PCI-only line is attributed too
+    let f = real_lines_figures(&rules, true, Some(r), false);
+    print_figures("real lines (records grouped, sysfs root with 0000:09:00.0 -> eth0)", f);
+    assert_eq!(f.false_alarms, 0);
+}
+
+/// Record limits: a record never grows past MAX_RECORD_LINES, and no more than MAX_OPEN_RECORDS are open.
+#[test]
+fn record_limits() {
+    let rules = rules();
+    let mut text = String::from("[ 10.000000] ata1.00: exception Emask 0x0 SAct 0x3 SErr 0x0 action 0x0\n");
+    for _ in 0..scan::MAX_RECORD_LINES + 10 {
+        text.push_str("[ 10.000000] ata1.00: status: { DRDY ERR }\n");
+    }
+    let ev = scan_grouped(&rules, &text, None);
+    assert_eq!(ev.len(), 2, "{}", show(&ev));
+    assert_eq!(ev[0].record_lines.len(), scan::MAX_RECORD_LINES);
+    assert_eq!(ev[1].record_lines.len(), 11, "the rest is the next record");
+    let mut s = Scanner::new(Arc::clone(&rules), "h", 2025).unwrap();
+    s.set_group_records(true);
+    let mut out = Vec::new();
+    for port in 0..scan::MAX_OPEN_RECORDS + 3 {
+        s.feed(format!("[ 10.0] ata{port}.00: status: {{ DRDY ERR }}").as_bytes(), None, &mut out);
+    }
+    assert_eq!(out.len(), 3, "the three oldest were closed to stay at the limit");
+    s.flush(&mut out);
+    assert_eq!(out.len(), scan::MAX_OPEN_RECORDS + 3);
+}
+
+/// The merger: repeats of one condition inside the window become one summary; keys are bounded.
+#[test]
+fn merger_merges_repeats_and_is_bounded() {
+    let rules = rules();
+    let mut text = String::new();
+    for i in 0..100 {
+        text.push_str(&format!("[{:>5}.000000] e1000e: eth0 NIC Link is Down\n", 100 + i));
+    }
+    let (events, _) = scan_bytes(&rules, text.as_bytes());
+    let mut m = scan::Merger::new();
+    let mut out = Vec::new();
+    for e in events {
+        m.push(e, &mut out);
+    }
+    m.finish(&mut out);
+    let got: Vec<(String, Option<String>)> = out
+        .iter()
+        .map(|e| (e.finding.rule.clone(), e.finding.readings.get("repeats").cloned()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("nic.link-down".into(), None),
+            ("nic.link-flap".into(), None),
+            ("nic.link-down".into(), Some("100".into())),
+            ("nic.link-flap".into(), Some("33".into())),
+        ]
+    );
+    assert_eq!(out[2].finding.readings.get("first_seen").map(String::as_str), Some("+100.000000"));
+    assert_eq!(out[2].finding.readings.get("last_seen").map(String::as_str), Some("+199.000000"));
+    // more distinct conditions than the limit: the oldest is closed, memory stays bounded
+    let mut m = scan::Merger::new();
+    let mut out = Vec::new();
+    for i in 0..scan::MAX_MERGE_KEYS + 5 {
+        let (mut ev, _) = scan_bytes(&rules, format!("[ 1.0] e1000e: eth{i} NIC Link is Down\n").as_bytes());
+        m.push(ev.remove(0), &mut out);
+    }
+    assert_eq!(m.len(), scan::MAX_MERGE_KEYS);
+    assert_eq!(out.len(), scan::MAX_MERGE_KEYS + 5);
+}

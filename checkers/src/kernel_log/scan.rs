@@ -378,9 +378,14 @@ impl Scanner {
         } else {
             self.pending.iter().position(|p| p.rtype == rtype && p.key == key)
         };
+        let context = self.rules.rules()[m.rule].context;
         if let Some(i) = idx {
             let p = &mut self.pending[i];
-            if now.saturating_sub(p.last_ms) <= RECORD_GAP_MS && p.members.len() < MAX_RECORD_LINES {
+            // The headline of a record seen again starts the next record (the next error-handler round,
+            // the next failed request); context lines never do.
+            let restart = !context && p.members.first().is_some_and(|f| f.rule == m.rule);
+            if !restart && now.saturating_sub(p.last_ms) <= RECORD_GAP_MS && p.members.len() < MAX_RECORD_LINES
+            {
                 p.last_ms = now;
                 p.members.push(m);
                 // most recently used last, so `rposition` finds it
@@ -405,9 +410,11 @@ impl Scanner {
         let Some(first) = members.first() else {
             return;
         };
+        // The most severe line leads; between equals, a headline beats a context line, then the first.
+        let lead = |m: &Member| (m.severity, !self.rules.rules()[m.rule].context);
         let mut primary = 0;
         for (i, m) in members.iter().enumerate() {
-            if m.severity > members[primary].severity {
+            if lead(m) > lead(&members[primary]) {
                 primary = i;
             }
         }
@@ -462,9 +469,17 @@ impl Scanner {
                 readings.insert("threshold".into(), format!("{} in {}s", th.count, th.window_ms / 1000));
             }
         }
-        let n = members.len();
+        // Several rules may match one line: each line counts (and is quoted) once.
+        let mut distinct: Vec<&Member> = Vec::with_capacity(members.len());
+        for m in &members {
+            let same = distinct.last().is_some_and(|d| d.line == m.line && d.evidence == m.evidence);
+            if !same {
+                distinct.push(m);
+            }
+        }
+        let n = distinct.len();
         let record_lines: Vec<u64> =
-            if n > 1 { members.iter().filter_map(|m| m.line).collect() } else { Vec::new() };
+            if n > 1 { distinct.iter().filter_map(|m| m.line).collect() } else { Vec::new() };
         if n > 1 {
             readings.insert("record_lines".into(), n.to_string());
             self.stats.records += 1;
@@ -472,7 +487,7 @@ impl Scanner {
         let evidence = if n == 1 {
             first.evidence.clone()
         } else {
-            members.iter().map(|m| m.evidence.as_str()).collect::<Vec<_>>().join("\n")
+            distinct.iter().map(|m| m.evidence.as_str()).collect::<Vec<_>>().join("\n")
         };
         let base = Finding {
             object,
