@@ -1019,8 +1019,10 @@ fn sysfs_root_resolves_pci_dm_and_ata_names() {
     assert_eq!(ev[2].finding.readings.get("logged_name").map(String::as_str), Some("dm-1"));
     assert_eq!(ev[4].finding.readings.get("disks").map(String::as_str), Some("sdb sdc"));
     assert_eq!(ev[5].finding.readings.get("logged_name").map(String::as_str), Some("ata3"));
-    // the shared real set with such a root: the PCI-only line is attributed too
-    let f = real_lines_figures(&rules, true, Some(r), false);
+    // the shared real set with a root that knows the PCI function of its igb line: attributed too
+    let pci_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(pci_root.path().join("sys/bus/pci/devices/0000:09:00.0/net/eth0")).unwrap();
+    let f = real_lines_figures(&rules, true, Some(pci_root.path()), true);
     print_figures("real lines (records grouped, sysfs root with 0000:09:00.0 -> eth0)", f);
     assert_eq!(f.false_alarms, 0);
 }
