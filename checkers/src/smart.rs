@@ -450,9 +450,11 @@ pub struct SmartReport {
 
 /// Parse one `smartctl --json` document. `device_hint` names the device when the document lacks one.
 pub fn parse_report(bytes: &[u8], device_hint: &str) -> Result<SmartReport, SmartError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
     let implausible = implausible_values(&value);
-    let doc: RawDoc = serde_json::from_value(value).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
+    let doc: RawDoc =
+        serde_json::from_value(value).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
     let has_data = doc.ata_smart_attributes.is_some()
         || doc.nvme_smart_health_information_log.is_some()
         || doc.scsi_grown_defect_list.is_some()

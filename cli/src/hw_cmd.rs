@@ -3,7 +3,8 @@
 //! * `check smart FILE.json... | --scan`: grade disks from recorded smartctl JSON or a live scan; one JSON
 //!   object per device (`device`, `serial`, `model`, `grade`, `score`, `reasons`). A file or probe that
 //!   gives no data grades `UNKNOWN` with the reason.
-//! * `check host`: every host checker (disk, edac, nic, machine; kernel-log is wired in separately)
+//! * `check host`: every host checker (disk, edac, nic, machine, rasdaemon's database when present;
+//!   kernel-log is wired in separately)
 //!   against this host or a recorded /proc + /sys tree, findings as JSON lines. Delta-based checkers need
 //!   two samples: live, two runs `--interval` apart and only the second run's findings are printed; on a
 //!   recorded tree (one sample) the current absolute state is reported (counters as INFO, no verdicts).
@@ -242,8 +243,11 @@ pub fn run_host(a: HostArgs) -> anyhow::Result<ExitCode> {
     }
     let mut disk = DiskChecker::new(cfg.disk.clone());
     let mut machine = MachineChecker::new(cfg.machine.clone());
-    let mut others: Vec<Box<dyn Checker>> =
-        vec![Box::new(EdacChecker::new(cfg.edac)), Box::new(NicChecker::new(cfg.nic.clone()))];
+    let mut others: Vec<Box<dyn Checker>> = vec![
+        Box::new(EdacChecker::new(cfg.edac)),
+        Box::new(NicChecker::new(cfg.nic.clone())),
+        Box::new(checkers::rasdaemon::RasdaemonChecker::new()),
+    ];
     let ctx = |now_ms| CheckContext {
         root: a.root.clone(),
         host: host.clone(),

@@ -72,7 +72,11 @@ fn kernel_log_storm_is_streamed_merged_and_bounded() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no peak RSS in {stderr}"));
-    println!("storm: {LINES} lines, {:.1} MB input, {} output lines, peak RSS {rss_kib} KiB", size as f64 / 1e6, lines.len());
+    println!(
+        "storm: {LINES} lines, {:.1} MB input, {} output lines, peak RSS {rss_kib} KiB",
+        size as f64 / 1e6,
+        lines.len()
+    );
     assert!(rss_kib < 200 * 1024, "peak RSS {rss_kib} KiB on a {size}-byte storm");
 }
 
@@ -140,4 +144,40 @@ fn kernel_log_groups_an_ata_record() {
     assert_eq!(lines[1]["readings"]["repeats"], "2");
     assert!(f["evidence"].as_str().unwrap().contains("BadCRC"), "{f}");
     assert!(!f["evidence"].as_str().unwrap().contains("link up"), "{f}");
+}
+
+fn smart(args: &[&Path]) -> (i32, Vec<serde_json::Value>) {
+    let out = Command::new(bin()).args(["check", "smart"]).args(args).current_dir(repo()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    (out.status.code().unwrap_or(-1), stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+}
+
+/// `check smart` exit codes: 0 healthy, 2 failing, 3 unknown (implausible values), 4 every input failed.
+#[test]
+fn smart_exit_codes() {
+    let data = repo().join("checkers/testdata/smart/smart-prom-next");
+    let healthy = data.join("sat_xall.json");
+    let failing = data.join("usbjmicron_a_when_failed_now.json");
+    let (code, v) = smart(&[&healthy]);
+    assert_eq!((code, v[0]["grade"].as_str()), (0, Some("GOOD")));
+    let (code, v) = smart(&[&healthy, &failing]);
+    assert_eq!(code, 2, "{v:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&healthy).unwrap()).unwrap();
+    doc["temperature"]["current"] = serde_json::json!(-99_999_999_999i64);
+    let bad = dir.path().join("implausible.json");
+    std::fs::write(&bad, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let (code, v) = smart(&[&healthy, &bad]);
+    assert_eq!(code, 3, "{v:?}");
+    assert_eq!(v[1]["grade"], "UNKNOWN");
+    assert!(v[1]["problem"].as_str().unwrap().contains("implausible"), "{v:?}");
+    let missing = dir.path().join("missing.json");
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, b"{\"trunc").unwrap();
+    let (code, v) = smart(&[&missing, &garbage]);
+    assert_eq!(code, 4, "{v:?}");
+    assert_eq!(v.len(), 2);
+    // documented in --help
+    let out = Command::new(bin()).args(["check", "smart", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Exit codes"));
 }

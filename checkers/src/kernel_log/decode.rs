@@ -441,7 +441,11 @@ fn scsi_host(host: Option<&str>, driver: Option<&str>) -> Decoded {
         _ => "controller",
     };
     let severity = (cause == "media").then_some(Severity::Error);
-    Decoded { severity, drop: false, readings: vec![("scsi_host", name.to_string()), ("cause", cause.into())] }
+    Decoded {
+        severity,
+        drop: false,
+        readings: vec![("scsi_host", name.to_string()), ("cause", cause.into())],
+    }
 }
 
 #[cfg(test)]

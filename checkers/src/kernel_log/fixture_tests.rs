@@ -281,7 +281,11 @@ fn npd_vocabulary_is_covered() {
             "EDAC MC0: 1 CE memory read error on CPU_SrcID#0_Ha#0_Chan#1_DIMM#0 (channel:1 slot:0 page:0x1 offset:0x0 grain:32 syndrome:0x0)",
             Some("mem.edac-ce"),
         ),
-        ("CperHardwareErrorCorrected", "{1}[Hardware Error]: event severity: corrected", Some("hw.error-corrected")),
+        (
+            "CperHardwareErrorCorrected",
+            "{1}[Hardware Error]: event severity: corrected",
+            Some("hw.error-corrected"),
+        ),
         (
             "CperHardwareErrorRecoverable",
             "{1}[Hardware Error]: event severity: recoverable",
@@ -293,7 +297,11 @@ fn npd_vocabulary_is_covered() {
     for (reason, line, want) in table {
         let events = scan_bytes(&rules, line.as_bytes()).0;
         if matches!(*reason, "MemoryReadError" | "CperHardwareErrorCorrected") {
-            assert!(events.iter().all(|e| e.finding.severity == Severity::Info), "{reason}: {}", show(&events));
+            assert!(
+                events.iter().all(|e| e.finding.severity == Severity::Info),
+                "{reason}: {}",
+                show(&events)
+            );
         }
         let ids = rule_ids(&events);
         match want {
@@ -786,9 +794,7 @@ struct RealFigures {
 fn right_object(kind: &str, label: &str, obj: &state_machines::ObjectId) -> bool {
     let name = obj.name().unwrap_or_default();
     match kind {
-        "disk" | "fs" => {
-            obj.kind() == Kind::Disk && object::block(label).is_some_and(|want| want == name)
-        }
+        "disk" | "fs" => obj.kind() == Kind::Disk && object::block(label).is_some_and(|want| want == name),
         "memory" => match label.split_once('/') {
             Some((mc, dimm)) => {
                 obj.kind() == Kind::Dimm
@@ -843,7 +849,8 @@ fn real_lines_figures(rules: &Arc<RuleSet>, group: bool, root: Option<&Path>, ve
                     if covering.iter().any(|e| right_object(kind, label, &e.finding.object)) {
                         fig.attributed += 1;
                     } else if verbose {
-                        let got: Vec<String> = covering.iter().map(|e| e.finding.object.to_string()).collect();
+                        let got: Vec<String> =
+                            covering.iter().map(|e| e.finding.object.to_string()).collect();
                         println!("MISATTRIBUTED {label} -> {got:?}: {}", r[4]);
                     }
                 } else if verbose {
@@ -916,7 +923,10 @@ fn ata_media_record_is_one_finding_with_cause() {
     let ev = scan_grouped(&rules, text, None);
     assert_eq!(ev.len(), 1, "{}", show(&ev));
     let f = &ev[0].finding;
-    assert_eq!((f.rule.as_str(), f.object.to_string(), f.severity), ("disk.medium-error", "disk/host-1/ata3".into(), Severity::Error));
+    assert_eq!(
+        (f.rule.as_str(), f.object.to_string(), f.severity),
+        ("disk.medium-error", "disk/host-1/ata3".into(), Severity::Error)
+    );
     assert_eq!(f.readings.get("cause").map(String::as_str), Some("media"));
     assert_eq!(ev[0].record_lines, vec![1, 2, 3, 4]);
     assert_eq!(f.evidence.lines().count(), 4);
@@ -953,7 +963,10 @@ fn ghes_record_goes_to_the_named_dimm() {
     assert_eq!(f.object.to_string(), "dimm/host-1/node_3_cpu0_dimm_g1");
     assert_eq!(ev[0].record_lines, vec![1, 2, 3, 4, 5]);
     // the corrected record (below its 10-in-1h threshold) is INFO on the machine
-    assert_eq!((ev[1].finding.severity, ev[1].finding.object.to_string()), (Severity::Info, "machine/host-1".into()));
+    assert_eq!(
+        (ev[1].finding.severity, ev[1].finding.object.to_string()),
+        (Severity::Info, "machine/host-1".into())
+    );
 }
 
 /// EDAC CEs are summed by the count in the line per DIMM: 4 + 5 is below ten (INFO), one more is WARNING;
@@ -962,7 +975,9 @@ fn ghes_record_goes_to_the_named_dimm() {
 fn edac_ce_counts_errors_not_lines() {
     let rules = rules();
     let ce = |t: u32, n: u32, dimm: u32| {
-        format!("[{t:>6}.000000] EDAC MC0: {n} CE error on CPU#0Channel#2_DIMM#{dimm} (channel:2 slot:0 page:0x0 offset:0x0 grain:8 syndrome:0x0)\n")
+        format!(
+            "[{t:>6}.000000] EDAC MC0: {n} CE error on CPU#0Channel#2_DIMM#{dimm} (channel:2 slot:0 page:0x0 offset:0x0 grain:8 syndrome:0x0)\n"
+        )
     };
     let text = [ce(10, 4, 0), ce(20, 5, 0), ce(25, 9, 1), ce(30, 1, 0), ce(40, 128, 1)].concat();
     let ev = scan_grouped(&rules, &text, None);
@@ -1065,10 +1080,8 @@ fn merger_merges_repeats_and_is_bounded() {
         m.push(e, &mut out);
     }
     m.finish(&mut out);
-    let got: Vec<(String, Option<String>)> = out
-        .iter()
-        .map(|e| (e.finding.rule.clone(), e.finding.readings.get("repeats").cloned()))
-        .collect();
+    let got: Vec<(String, Option<String>)> =
+        out.iter().map(|e| (e.finding.rule.clone(), e.finding.readings.get("repeats").cloned())).collect();
     assert_eq!(
         got,
         vec![

@@ -384,7 +384,9 @@ impl Scanner {
             // The headline of a record seen again starts the next record (the next error-handler round,
             // the next failed request); context lines never do.
             let restart = !context && p.members.first().is_some_and(|f| f.rule == m.rule);
-            if !restart && now.saturating_sub(p.last_ms) <= RECORD_GAP_MS && p.members.len() < MAX_RECORD_LINES
+            if !restart
+                && now.saturating_sub(p.last_ms) <= RECORD_GAP_MS
+                && p.members.len() < MAX_RECORD_LINES
             {
                 p.last_ms = now;
                 p.members.push(m);

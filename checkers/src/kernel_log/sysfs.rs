@@ -71,9 +71,7 @@ pub fn pci_net(root: &Path, pci: &str) -> Option<String> {
     if !valid_component(&pci) {
         return None;
     }
-    entries(&root.join("sys/bus/pci/devices").join(&pci).join("net"))
-        .into_iter()
-        .find(|n| valid_component(n))
+    entries(&root.join("sys/bus/pci/devices").join(&pci).join("net")).into_iter().find(|n| valid_component(n))
 }
 
 /// The whole disks below `dm` (`dm-3`), following stacked device-mapper devices; empty when sysfs does not

@@ -57,9 +57,7 @@ impl Windows {
 
     /// The summed weight currently inside the window of (rule, object), as of its last hit.
     pub fn current(&self, rule: usize, object: &str) -> u64 {
-        self.keys
-            .get(&(rule, object.to_string()))
-            .map_or(0, |q| q.iter().map(|&(_, w)| u64::from(w)).sum())
+        self.keys.get(&(rule, object.to_string())).map_or(0, |q| q.iter().map(|&(_, w)| u64::from(w)).sum())
     }
 
     fn evict_oldest(&mut self) {

@@ -525,20 +525,23 @@ mod tests {
             version: "1".into(),
             rule: rule.into(),
             evidence: String::new(),
-            readings: cause.map(|c| BTreeMap::from([("cause".to_string(), c.to_string())])).unwrap_or_default(),
+            readings: cause
+                .map(|c| BTreeMap::from([("cause".to_string(), c.to_string())]))
+                .unwrap_or_default(),
             time_ms: 0,
         };
         let mut e = DiskEvidence::default();
-        let link = [f("disk.reset", Severity::Warning, Some("link")), f("disk.ata-link-error", Severity::Warning, Some("link"))];
+        let link = [
+            f("disk.reset", Severity::Warning, Some("link")),
+            f("disk.ata-link-error", Severity::Warning, Some("link")),
+        ];
         assert_eq!(e.add_kernel_findings(&p, &sda, &link), 1, "ata-link-error is not a profile rule");
         assert_eq!(e.readings.get(&Reading::KernelLinkErrors), Some(&1.0));
         let g = score(&p, &e);
         assert_eq!((g.grade, cause_of(&g)), (Severity::Warning, Some("link")));
         let mut e = DiskEvidence::default();
-        let media = [
-            f("disk.reset", Severity::Error, Some("media")),
-            f("disk.io-error", Severity::Info, None),
-        ];
+        let media =
+            [f("disk.reset", Severity::Error, Some("media")), f("disk.io-error", Severity::Info, None)];
         assert_eq!(e.add_kernel_findings(&p, &sda, &media), 1, "the INFO finding is not evidence");
         assert_eq!(e.readings.get(&Reading::KernelMediumErrors), Some(&1.0));
     }
