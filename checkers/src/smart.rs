@@ -611,7 +611,7 @@ pub fn implausible_values(v: &Value) -> Vec<String> {
         for a in table {
             let id = a.get("id").map_or_else(|| "?".to_string(), |i| i.to_string());
             if let Some(raw) = a.pointer("/raw/value")
-                && !raw.as_u64().is_some()
+                && raw.as_u64().is_none()
             {
                 bad.push(format!("attribute {id} raw value {raw}"));
             }

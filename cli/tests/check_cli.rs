@@ -1,6 +1,7 @@
 //! `huatuo check kernel-log` and `huatuo check smart` run as a user would: streaming output from a pipe,
 //! bounded memory on a storm, merged repeats, and exit codes.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
