@@ -71,6 +71,7 @@ readings! {
     OfflineUncorrectable = "smart.offline_uncorrectable": "ATA 198 Offline_Uncorrectable raw",
     ReportedUncorrect = "smart.reported_uncorrect": "ATA 187 Reported_Uncorrect raw",
     UdmaCrc = "smart.udma_crc": "ATA 199 UDMA_CRC_Error_Count raw (interface CRC errors: cable, connector, backplane)",
+    UdmaCrcRise = "smart.udma_crc_rise": "ATA 199 increase since the disk (this serial) was first seen by this checker",
     AtaErrorLog = "smart.error_log": "ATA error log entry count (exit bit 6)",
     SelfTestFailed = "smart.self_test_failed": "1 when the latest self-test failed or exit bit 7 is set",
     NvmeCriticalWarning = "nvme.critical_warning": "NVMe critical warning byte",
@@ -81,6 +82,7 @@ readings! {
     NvmeBackupFailed = "nvme.cw_backup_failed": "NVMe critical warning bit 4: volatile memory backup failed",
     NvmeMediaErrors = "nvme.media_errors": "NVMe media and data integrity errors",
     NvmeErrorLogEntries = "nvme.error_log_entries": "NVMe error information log entries (lifetime)",
+    NvmeErrorLogRise = "nvme.error_log_rise": "NVMe error-log entries added since the disk (this serial) was first seen by this checker",
     NvmeSpareMargin = "nvme.spare_margin": "NVMe available spare minus its threshold (percent points)",
     NvmePercentageUsed = "nvme.percentage_used": "NVMe percentage of rated endurance used",
     ScsiGrownDefects = "scsi.grown_defects": "SCSI grown defect list length",
@@ -351,7 +353,7 @@ const MEDIA_READINGS: [Reading; 7] = [
     Reading::ScsiGrownDefects,
     Reading::KernelMediumErrors,
 ];
-const LINK_READINGS: [Reading; 2] = [Reading::UdmaCrc, Reading::KernelLinkErrors];
+const LINK_READINGS: [Reading; 3] = [Reading::UdmaCrc, Reading::UdmaCrcRise, Reading::KernelLinkErrors];
 
 /// What a grade's fired items blame: `media` (replace the disk) before `link` (reseat or replace the cable,
 /// connector or backplane); `None` when neither fired.
