@@ -537,8 +537,8 @@ mod tests {
             f("disk.reset", Severity::Warning, Some("link")),
             f("disk.ata-link-error", Severity::Warning, Some("link")),
         ];
-        assert_eq!(e.add_kernel_findings(&p, &sda, &link), 1, "ata-link-error is not a profile rule");
-        assert_eq!(e.readings.get(&Reading::KernelLinkErrors), Some(&1.0));
+        assert_eq!(e.add_kernel_findings(&p, &sda, &link), 2);
+        assert_eq!(e.readings.get(&Reading::KernelLinkErrors), Some(&2.0));
         let g = score(&p, &e);
         assert_eq!((g.grade, cause_of(&g)), (Severity::Warning, Some("link")));
         let mut e = DiskEvidence::default();
