@@ -360,12 +360,13 @@ fn scsi_sense(key: Option<&str>, asc: Option<u64>, ascq: Option<u64>) -> Decoded
     let (mut cause, mut sev): (&str, Option<Severity>) = match k {
         // No sense, illegal request (the host asked for something unsupported), unit attention (reset,
         // media change, mode parameters changed), blank check, miscompare, completed: not faults.
-        0 | 5 | 6 | 8 | 0xe | 0xf => return Decoded { drop: true, ..Decoded::default() },
+        // Not ready (an empty card reader: `Medium not present`) and data protect (write-protected media)
+        // are states, not faults; a recovered error was recovered (unless it predicts failure, below).
+        0 | 2 | 5 | 6 | 7 | 8 | 0xe | 0xf => return Decoded { drop: true, ..Decoded::default() },
+        1 if asc != Some(0x5d) => return Decoded { drop: true, ..Decoded::default() },
         1 => ("media", Some(Info)),
-        2 => ("device", Some(Warning)),
         3 => ("media", Some(Error)),
         4 => ("controller", Some(Error)),
-        7 => ("device", Some(Warning)),
         0xb => ("link", Some(Warning)),
         _ => ("unknown", Some(Warning)),
     };
@@ -532,8 +533,8 @@ mod tests {
         assert_eq!((reading(&d, "cause"), d.severity), (Some("media"), Some(Severity::Error)));
         let d = run(Decoder::ScsiSense, &[("key", "0x4"), ("asc", "0x44"), ("ascq", "0x0")]);
         assert_eq!((reading(&d, "cause"), d.severity), (Some("controller"), Some(Severity::Error)));
-        let d = run(Decoder::ScsiSense, &[("key", "0x1")]);
-        assert_eq!(d.severity, Some(Severity::Info));
+        assert!(run(Decoder::ScsiSense, &[("key", "0x1")]).drop, "recovered");
+        assert!(run(Decoder::ScsiSense, &[("key", "Not Ready")]).drop, "an empty card reader");
         assert!(run(Decoder::ScsiSense, &[("key", "0x6")]).drop, "unit attention is not a fault");
         assert!(run(Decoder::ScsiSense, &[("key", "Illegal Request")]).drop);
         let d = run(Decoder::ScsiSense, &[("key", "Aborted Command"), ("asc", "0x47")]);

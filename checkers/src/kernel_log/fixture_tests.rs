@@ -945,6 +945,24 @@ fn ata_media_record_is_one_finding_with_cause() {
     assert_eq!(ev[0].record_lines, vec![1, 2]);
 }
 
+/// Benign look-alikes around SCSI/ATA records: an empty USB card reader's sense block, a lone status line,
+/// a recovered error and a unit attention after a reset fire nothing, grouped or not.
+#[test]
+fn benign_sense_and_status_blocks_fire_nothing() {
+    let rules = rules();
+    let text = "[    5.100000] sd 6:0:0:0: [sdc] tag#0 FAILED Result: hostbyte=DID_OK driverbyte=DRIVER_SENSE cmd_age=0s\n\
+                [    5.100001] sd 6:0:0:0: [sdc] tag#0 Sense Key : Not Ready [current]\n\
+                [    5.100002] sd 6:0:0:0: [sdc] tag#0 Add. Sense: Medium not present\n\
+                [    9.000000] sd 0:0:0:0: [sda] tag#3 Sense Key : Unit Attention [current]\n\
+                [    9.000001] sd 0:0:0:0: [sda] tag#3 ASC=0x29 ASCQ=0x0\n\
+                [   12.000000] sd 0:0:0:0: [sda] tag#4 Sense Key : Recovered Error [current]\n\
+                [   20.000000] ata2.00: status: { DRDY }\n";
+    let ev = scan_grouped(&rules, text, None);
+    assert!(ev.is_empty(), "{}", show(&ev));
+    let (ev, _) = scan_bytes(&rules, text.as_bytes());
+    assert!(ev.is_empty(), "{}", show(&ev));
+}
+
 /// A GHES block is one finding on the DIMM it names; its severity comes from the event severity line.
 #[test]
 fn ghes_record_goes_to_the_named_dimm() {
@@ -1048,7 +1066,7 @@ fn record_limits() {
     let rules = rules();
     let mut text = String::from("[ 10.000000] ata1.00: exception Emask 0x0 SAct 0x3 SErr 0x0 action 0x0\n");
     for _ in 0..scan::MAX_RECORD_LINES + 10 {
-        text.push_str("[ 10.000000] ata1.00: status: { DRDY ERR }\n");
+        text.push_str("[ 10.000000] ata1: SError: { BadCRC }\n");
     }
     let ev = scan_grouped(&rules, &text, None);
     assert_eq!(ev.len(), 2, "{}", show(&ev));
@@ -1058,7 +1076,7 @@ fn record_limits() {
     s.set_group_records(true);
     let mut out = Vec::new();
     for port in 0..scan::MAX_OPEN_RECORDS + 3 {
-        s.feed(format!("[ 10.0] ata{port}.00: status: {{ DRDY ERR }}").as_bytes(), None, &mut out);
+        s.feed(format!("[ 10.0] ata{port}: SError: {{ BadCRC }}").as_bytes(), None, &mut out);
     }
     assert_eq!(out.len(), 3, "the three oldest were closed to stay at the limit");
     s.flush(&mut out);

@@ -421,6 +421,12 @@ impl Scanner {
             }
         }
         let p = &members[primary];
+        // Context lines alone that say nothing worse than INFO (`status: { DRDY ERR }`, `FAILED Result:
+        // hostbyte=DID_OK driverbyte=DRIVER_SENSE` whose sense turned out benign) are not a finding.
+        if p.severity <= Severity::Info && members.iter().all(|m| self.rules.rules()[m.rule].context) {
+            self.stats.decoded_away += 1;
+            return;
+        }
         let rule_idx = p.rule;
         let rules = Arc::clone(&self.rules);
         let rule = &rules.rules()[rule_idx];
