@@ -67,8 +67,11 @@ pub struct DiskChecker {
     /// Per disk: (serial, UDMA CRC count, NVMe error-log entries) when first seen with that serial: the
     /// baseline of the trend readings (`smart.udma_crc_rise`, `nvme.error_log_rise`). At most
     /// [`MAX_SLOTS`] disks; a new serial in a slot starts a new baseline.
-    trend: BTreeMap<String, (Option<String>, Option<u128>, Option<u128>)>,
+    trend: BTreeMap<String, TrendBase>,
 }
+
+/// Serial, UDMA CRC count and NVMe error-log entries of a disk when first seen (see `DiskChecker::trend`).
+type TrendBase = (Option<String>, Option<u128>, Option<u128>);
 
 /// Longest identity (serial/wwid) read per slot.
 const MAX_IDENTITY: usize = 256;
