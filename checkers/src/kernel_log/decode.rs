@@ -479,6 +479,15 @@ mod tests {
         // UC without PCC: recoverable
         let d = run(Decoder::McaStatus, &[("status", "bd80000000100134")]);
         assert_eq!((d.severity, reading(&d, "mca_error")), (Some(Severity::Error), Some("cache")));
+        // STATUS values of mcelog's test inputs (andikleen/mcelog `input/dimm0`, `input/dmr_dcu_srar`):
+        // a corrected memory-controller error and an uncorrected, recoverable (SRAR) cache error
+        let d = run(Decoder::McaStatus, &[("status", "8800000000000080")]);
+        assert_eq!(
+            (d.severity, reading(&d, "mca_error")),
+            (Some(Severity::Warning), Some("memory-controller"))
+        );
+        let d = run(Decoder::McaStatus, &[("status", "bd80000010100134")]);
+        assert_eq!((d.severity, reading(&d, "mca_class")), (Some(Severity::Error), Some("uncorrected")));
         // VAL clear: no error in the bank
         assert!(run(Decoder::McaStatus, &[("status", "0000000000000000")]).drop);
         assert_eq!(mca_error_class(0x0090), "memory-controller");

@@ -140,7 +140,7 @@ fn syzkaller_hangs_panics_and_negatives() {
 fn abrt_oops_panic_mce_and_negatives() {
     let rules = rules();
     let cases: &[(&str, &[&str])] = &[
-        ("mce1.test", &["hw.mce-exception", "kernel.panic"]),
+        ("mce1.test", &["hw.mce-exception", "hw.mce-bank-old", "kernel.panic"]),
         ("kernel_panic_oom.test", &["kernel.panic"]),
         ("oops-kernel-panic-hung-tasks-arm.test", &["kernel.panic"]),
         ("debug_messages.test", &["kernel.oops"]),
