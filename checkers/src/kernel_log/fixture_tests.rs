@@ -1052,6 +1052,19 @@ fn sysfs_root_resolves_pci_dm_and_ata_names() {
     assert_eq!(ev[2].finding.readings.get("logged_name").map(String::as_str), Some("dm-1"));
     assert_eq!(ev[4].finding.readings.get("disks").map(String::as_str), Some("sdb sdc"));
     assert_eq!(ev[5].finding.readings.get("logged_name").map(String::as_str), Some("ata3"));
+    // an EDAC line gets the driver's counters of the DIMM it labels
+    let d = r.join("sys/devices/system/edac/mc/mc0/dimm2");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("dimm_label"), "CPU_SrcID#0_Ha#0_Chan#2_DIMM#0").unwrap();
+    std::fs::write(d.join("dimm_ce_count"), "17").unwrap();
+    let ev = scan_grouped(
+        &rules,
+        "[50014.000000] EDAC MC0: 1 CE memory read error on CPU_SrcID#0_Ha#0_Chan#2_DIMM#0 (channel:2 slot:0 page:0x849923 offset:0x380 grain:32 syndrome:0x0)\n",
+        Some(r),
+    );
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].finding.readings.get("sysfs_ce_count").map(String::as_str), Some("17"));
+    assert_eq!(ev[0].finding.readings.get("sysfs_dimm").map(String::as_str), Some("mc0/dimm2"));
     // the shared real set with a root that knows the PCI function of its igb line: attributed too
     let pci_root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(pci_root.path().join("sys/bus/pci/devices/0000:09:00.0/net/eth0")).unwrap();

@@ -640,6 +640,19 @@ fn resolve_member(root: &std::path::Path, rule_kind: Kind, hit: &mut Hit) {
                 hit.name = Some(block);
             }
         }
+        // EDAC lines: the driver's own counters for the DIMM (ground truth of what the lines sample)
+        (Kind::Dimm, Some(_)) => {
+            let (Some(mc), Some(label)) = (hit.readings.get("mc"), hit.readings.get("label")) else {
+                return;
+            };
+            if let Some((dir, ce, ue)) = sysfs::edac_dimm_counters(root, mc, label) {
+                hit.readings.insert("sysfs_dimm".into(), format!("mc{mc}/{dir}"));
+                hit.readings.insert("sysfs_ce_count".into(), ce.to_string());
+                if let Some(ue) = ue {
+                    hit.readings.insert("sysfs_ue_count".into(), ue.to_string());
+                }
+            }
+        }
         (Kind::Machine, None) if rule_kind == Kind::Nic => {
             if let Some(pci) = hit.readings.get("pci")
                 && let Some(ifname) = sysfs::pci_net(root, pci)

@@ -58,6 +58,41 @@ pub fn resolve_disk(root: &Path, name: &str) -> Option<String> {
     None
 }
 
+/// The EDAC counters of the DIMM a log line labels (`label` as the driver prints it, e.g.
+/// `CPU_SrcID#0_Ha#0_Chan#1_DIMM#0`) on controller `mc`: (sysfs path below the mc, CE count, UE count).
+/// Looks at `dimm*/dimm_label` (newer drivers) and `csrow*/chN_dimm_label` (older ones). The counters are
+/// the kernel's own totals since the driver loaded: the ground truth the log lines sample.
+pub fn edac_dimm_counters(root: &Path, mc: &str, label: &str) -> Option<(String, u64, Option<u64>)> {
+    if !mc.bytes().all(|b| b.is_ascii_digit()) || mc.is_empty() {
+        return None;
+    }
+    let base = root.join("sys/devices/system/edac/mc").join(format!("mc{mc}"));
+    let read = |p: &Path| -> Option<String> {
+        let mut v = std::fs::read(p).ok()?;
+        v.truncate(256);
+        Some(String::from_utf8_lossy(&v).trim().to_string())
+    };
+    let num = |p: &Path| read(p).and_then(|t| t.parse::<u64>().ok());
+    let want = label.trim();
+    for d in entries(&base) {
+        let dir = base.join(&d);
+        if d.starts_with("dimm") || d.starts_with("rank") {
+            if read(&dir.join("dimm_label")).is_some_and(|l| l == want) {
+                let ce = num(&dir.join("dimm_ce_count"))?;
+                return Some((d, ce, num(&dir.join("dimm_ue_count"))));
+            }
+        } else if d.starts_with("csrow") {
+            for ch in 0..16 {
+                if read(&dir.join(format!("ch{ch}_dimm_label"))).is_some_and(|l| l == want) {
+                    let ce = num(&dir.join(format!("ch{ch}_ce_count")))?;
+                    return Some((format!("{d}/ch{ch}"), ce, num(&dir.join(format!("ch{ch}_ue_count")))));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Deepest dm-on-dm stack followed (LVM on dm-crypt on multipath is 3).
 const MAX_DM_DEPTH: usize = 4;
 
@@ -139,5 +174,27 @@ mod tests {
         std::fs::create_dir_all(r.join("sys/block/dm-5/slaves/dm-6")).unwrap();
         std::fs::create_dir_all(r.join("sys/block/dm-6/slaves/dm-5")).unwrap();
         assert!(dm_disks(r, "dm-5").is_empty());
+    }
+
+    #[test]
+    fn edac_counters_by_label() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let d = r.join("sys/devices/system/edac/mc/mc0/dimm3");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("dimm_label"), "CPU_SrcID#0_Ha#0_Chan#1_DIMM#0\n").unwrap();
+        std::fs::write(d.join("dimm_ce_count"), "42\n").unwrap();
+        std::fs::write(d.join("dimm_ue_count"), "0\n").unwrap();
+        let c = r.join("sys/devices/system/edac/mc/mc1/csrow2");
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(c.join("ch1_dimm_label"), "DIMM_B2").unwrap();
+        std::fs::write(c.join("ch1_ce_count"), "7").unwrap();
+        assert_eq!(
+            edac_dimm_counters(r, "0", "CPU_SrcID#0_Ha#0_Chan#1_DIMM#0"),
+            Some(("dimm3".to_string(), 42, Some(0)))
+        );
+        assert_eq!(edac_dimm_counters(r, "1", "DIMM_B2"), Some(("csrow2/ch1".to_string(), 7, None)));
+        assert_eq!(edac_dimm_counters(r, "0", "DIMM_B2"), None);
+        assert_eq!(edac_dimm_counters(r, "../x", "DIMM_B2"), None);
     }
 }
