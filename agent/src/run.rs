@@ -147,6 +147,10 @@ pub fn build_checkers(
         (cfg.root == Path::new("/") && std_path.exists()).then_some(std_path)
     });
     host.disk.profile_dir = setting_path(cfg, "disk", "profiles")?;
+    host.rasdaemon_resume = outbox
+        .kv_get(checkers::rasdaemon::CHECKPOINT_KEY)
+        .context("reading the rasdaemon cursor")?
+        .and_then(|raw| checkers::rasdaemon::RasCursor::decode(&raw));
     let mut registry = Registry::new();
     for c in host_checkers(&host) {
         registry.insert(c, Source::BuiltIn)?;

@@ -18,6 +18,7 @@ pub mod external;
 pub mod machine;
 pub mod nic;
 pub mod probe;
+pub mod rasdaemon;
 pub mod registry;
 pub mod scoring;
 pub mod smart;

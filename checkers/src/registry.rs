@@ -132,6 +132,8 @@ pub struct HostConfig {
     pub edac: EdacConfig,
     pub nic: NicConfig,
     pub machine: MachineConfig,
+    /// Where the rasdaemon checker goes on (the agent's committed checkpoint; None: from the newest rows).
+    pub rasdaemon_resume: Option<crate::rasdaemon::RasCursor>,
 }
 
 /// The host checkers, in a fixed order.
@@ -141,6 +143,9 @@ pub fn host_checkers(cfg: &HostConfig) -> Vec<Box<dyn Checker>> {
         Box::new(EdacChecker::new(cfg.edac)),
         Box::new(NicChecker::new(cfg.nic.clone())),
         Box::new(MachineChecker::new(cfg.machine.clone())),
+        Box::new(crate::rasdaemon::RasdaemonChecker::resuming(
+            cfg.rasdaemon_resume.clone().unwrap_or_default(),
+        )),
     ]
 }
 
@@ -162,7 +167,7 @@ mod tests {
     fn catalog_is_explicit_and_unique() {
         let c = catalog();
         let names: Vec<&str> = c.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, vec!["disk", "edac", "nic", "machine"]);
+        assert_eq!(names, vec!["disk", "edac", "nic", "machine", "rasdaemon"]);
         for i in &c {
             assert!(!i.kinds.is_empty() && !i.kinds.contains(&Kind::Checker), "{i:?}");
             assert!(i.interval >= Duration::from_secs(10), "{i:?}");
@@ -198,7 +203,7 @@ mod tests {
             r.insert(c, Source::BuiltIn).unwrap();
         }
         r.insert(Box::new(Named(format!("raid{}", 1))), Source::External).unwrap();
-        assert_eq!(r.len(), 5);
+        assert_eq!(r.len(), 6);
         assert_eq!(r.info("raid1").map(|i| i.source), Some(Source::External));
         assert!(r.info("disk").is_some_and(|i| i.consumes_inputs));
         assert!(r.info("edac").is_some_and(|i| !i.consumes_inputs));
@@ -210,7 +215,7 @@ mod tests {
             r.insert(Box::new(Named("bad name".into())), Source::External),
             Err(RegistryError::BadName { .. })
         ));
-        assert_eq!(r.len(), 5, "refused inserts change nothing");
+        assert_eq!(r.len(), 6, "refused inserts change nothing");
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! * The exit status is a bit mask (smartctl(8) "RETURN VALUES"): bits 0-2 say the *probe* failed
 //!   (command line, device open, a SMART command), not the disk; bit 1 under `-n standby` may just mean
 //!   the disk sleeps. Bits 3-7 are evidence about the disk and feed [`crate::scoring`].
+//! * Values that cannot be true (a raw value `"lots"` or -1, a temperature of -99999999999 C, 1e308
+//!   power-on hours) are not silently dropped: they make the report a [`ProbeProblem::Failed`] naming them,
+//!   so the grade is UNKNOWN, never GOOD ([`implausible_values`]).
+//! * A document without the `smartctl` section (some tools strip it) is accepted when it carries device
+//!   data (attributes, NVMe or SCSI logs, `smart_status`); only a document with none of them is refused.
 //! * [`SmartProbe`] is the IO edge: a per-device timeout (smartctl can hang in D state on a dying disk;
 //!   the hang is itself evidence), never two probes on one device at once, discovery with `--scan-open`.
 
@@ -48,7 +53,7 @@ pub mod bits {
 pub enum SmartError {
     #[error("smartctl output is not valid JSON (truncated or garbage): {0}")]
     BadJson(String),
-    #[error("smartctl output is JSON but not a smartctl document (no \"smartctl\" section)")]
+    #[error("JSON but not a smartctl document (no \"smartctl\" section and no device data)")]
     NotSmartctl,
     #[error("this is `smartctl --scan` output (a device list), not a report about one device")]
     ScanOutput,
@@ -445,9 +450,23 @@ pub struct SmartReport {
 
 /// Parse one `smartctl --json` document. `device_hint` names the device when the document lacks one.
 pub fn parse_report(bytes: &[u8], device_hint: &str) -> Result<SmartReport, SmartError> {
-    let doc: RawDoc =
+    let value: Value =
         serde_json::from_slice(bytes).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
-    let ctl = doc.smartctl.ok_or(SmartError::NotSmartctl)?;
+    let implausible = implausible_values(&value);
+    let doc: RawDoc =
+        serde_json::from_value(value).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
+    let has_data = doc.ata_smart_attributes.is_some()
+        || doc.nvme_smart_health_information_log.is_some()
+        || doc.scsi_grown_defect_list.is_some()
+        || doc.scsi_error_counter_log.is_some()
+        || doc.smart_status.is_some();
+    let ctl = match doc.smartctl {
+        Some(c) => c,
+        // A document stripped of its `smartctl` section (exit status and messages unknown) is still
+        // evidence about the disk.
+        None if has_data => RawSmartctl::default(),
+        None => return Err(SmartError::NotSmartctl),
+    };
     let is_scan = ctl.argv.as_ref().is_some_and(|a| a.iter().any(|x| x == "--scan" || x == "--scan-open"));
     if is_scan && doc.device.is_none() {
         return Err(SmartError::ScanOutput);
@@ -542,6 +561,12 @@ pub fn parse_report(bytes: &[u8], device_hint: &str) -> Result<SmartReport, Smar
     r.scsi_uncorrected = doc
         .scsi_error_counter_log
         .map(|m| m.values().filter_map(|c| c.total_uncorrected_errors).fold(0u128, u128::saturating_add));
+    if !implausible.is_empty() {
+        r.problem = Some(ProbeProblem::Failed(format!(
+            "implausible values (the report cannot be trusted): {}",
+            implausible.join(", ")
+        )));
+    }
     if exit_status & (bits::CMDLINE | bits::OPEN_FAILED) != 0 {
         let reason = r
             .messages
@@ -562,6 +587,80 @@ pub fn parse_report(bytes: &[u8], device_hint: &str) -> Result<SmartReport, Smar
         });
     }
     Ok(r)
+}
+
+/// Most implausible fields named in one problem (the rest are counted).
+const MAX_IMPLAUSIBLE_SHOWN: usize = 8;
+/// Plausible ranges: a drive temperature in C (sensors report -40..125; beyond is a broken sensor or a
+/// corrupted report), power-on hours (100 years), an ATA normalised value (one byte).
+const TEMP_RANGE_C: std::ops::RangeInclusive<i64> = -60..=200;
+const MAX_POWER_ON_HOURS: u64 = 100 * 365 * 24;
+
+/// Fields of a smartctl document whose values cannot be true: present, but not a number of the kind the
+/// field holds or outside any physically possible range. Absent fields are fine (absence is not evidence).
+pub fn implausible_values(v: &Value) -> Vec<String> {
+    let mut bad: Vec<String> = Vec::new();
+    let counter_ok = |x: &Value| match x {
+        Value::Number(n) => {
+            n.as_u64().is_some() || n.as_f64().is_some_and(|f| f.is_finite() && f >= 0.0 && f.fract() == 0.0)
+        }
+        _ => false,
+    };
+    let u64_le = |x: &Value, max: u64| x.as_u64().is_some_and(|n| n <= max);
+    if let Some(table) = v.pointer("/ata_smart_attributes/table").and_then(Value::as_array) {
+        for a in table {
+            let id = a.get("id").map_or_else(|| "?".to_string(), |i| i.to_string());
+            if let Some(raw) = a.pointer("/raw/value")
+                && raw.as_u64().is_none()
+            {
+                bad.push(format!("attribute {id} raw value {raw}"));
+            }
+            for k in ["value", "worst", "thresh"] {
+                if let Some(x) = a.get(k)
+                    && !u64_le(x, 255)
+                {
+                    bad.push(format!("attribute {id} {k} {x}"));
+                }
+            }
+        }
+    }
+    if let Some(t) = v.pointer("/temperature/current")
+        && !t.as_i64().is_some_and(|c| TEMP_RANGE_C.contains(&c))
+    {
+        bad.push(format!("temperature {t}"));
+    }
+    if let Some(h) = v.pointer("/power_on_time/hours")
+        && !u64_le(h, MAX_POWER_ON_HOURS)
+    {
+        bad.push(format!("power-on hours {h}"));
+    }
+    if let Some(n) = v.get("nvme_smart_health_information_log").and_then(Value::as_object) {
+        for (k, x) in n {
+            let ok = match k.as_str() {
+                "temperature" => x.as_i64().is_some_and(|c| TEMP_RANGE_C.contains(&c)),
+                "temperature_sensors" => x.is_array(),
+                "percentage_used" | "available_spare" | "available_spare_threshold" | "critical_warning" => {
+                    u64_le(x, 255)
+                }
+                "power_on_hours" => u64_le(x, MAX_POWER_ON_HOURS),
+                _ => !x.is_number() || counter_ok(x),
+            };
+            if !ok {
+                bad.push(format!("nvme {k} {x}"));
+            }
+        }
+    }
+    if let Some(g) = v.get("scsi_grown_defect_list")
+        && !counter_ok(g)
+    {
+        bad.push(format!("scsi_grown_defect_list {g}"));
+    }
+    if bad.len() > MAX_IMPLAUSIBLE_SHOWN {
+        let more = bad.len() - MAX_IMPLAUSIBLE_SHOWN;
+        bad.truncate(MAX_IMPLAUSIBLE_SHOWN);
+        bad.push(format!("{more} more"));
+    }
+    bad.into_iter().map(|b| short(&b)).collect()
 }
 
 fn leading_number(s: Option<&str>) -> Option<u128> {
@@ -633,6 +732,7 @@ impl SmartReport {
             (197, Reading::Pending),
             (198, Reading::OfflineUncorrectable),
             (187, Reading::ReportedUncorrect),
+            (199, Reading::UdmaCrc),
         ] {
             // Vendors pack extra data into the upper raw bytes of some attributes; the count is in the
             // low 32 bits for these four on every drive family we have seen.
@@ -660,6 +760,9 @@ impl SmartReport {
             }
             if let Some(m) = n.media_errors {
                 out.push((Reading::NvmeMediaErrors, f(m)));
+            }
+            if let Some(e) = n.num_err_log_entries {
+                out.push((Reading::NvmeErrorLogEntries, f(e)));
             }
             if let (Some(s), Some(t)) = (n.available_spare, n.available_spare_threshold) {
                 out.push((Reading::NvmeSpareMargin, s as f64 - t as f64));
@@ -928,8 +1031,69 @@ mod tests {
         assert!(h.data_units_written.unwrap() > u128::from(u64::MAX));
         assert_eq!(h.media_errors, Some(12));
         assert_eq!(h.percentage_used, None);
+        // percentage_used -1 cannot be true: the report is a problem, not a verdict
+        assert!(r.problem.as_ref().is_some_and(|p| p.to_string().contains("percentage_used -1")));
         assert!(r.attributes.is_empty());
         assert_eq!(r.object_name().as_str(), "nvme0n1");
+    }
+
+    /// A real report with one field replaced (`pointer` is a JSON pointer), re-parsed.
+    fn mutated(rel: &str, pointer: &str, v: Value) -> Result<SmartReport, SmartError> {
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(testdata(rel)).unwrap()).unwrap();
+        *doc.pointer_mut(pointer).unwrap_or_else(|| panic!("{rel} has no {pointer}")) = v;
+        parse_report(&serde_json::to_vec(&doc).unwrap(), rel)
+    }
+
+    /// Issue 13 item 8: values that cannot be true make the report a problem (grade UNKNOWN), never GOOD.
+    #[test]
+    fn implausible_values_are_a_problem_not_good() {
+        let sat = "smart-prom-next/sat_xall.json";
+        let clean = load(sat);
+        assert!(clean.problem.is_none() && clean.has_data(), "{:?}", clean.problem);
+        let raw_idx = {
+            let doc: Value = serde_json::from_slice(&std::fs::read(testdata(sat)).unwrap()).unwrap();
+            assert!(doc.pointer("/ata_smart_attributes/table/0/raw/value").is_some());
+            0
+        };
+        let raw = format!("/ata_smart_attributes/table/{raw_idx}/raw/value");
+        for (pointer, v, needle) in [
+            (raw.as_str(), Value::from("lots"), "raw value \"lots\""),
+            (raw.as_str(), Value::from(-1), "raw value -1"),
+            ("/temperature/current", Value::from(-99_999_999_999i64), "temperature -99999999999"),
+            ("/power_on_time/hours", serde_json::json!(1e308), "power-on hours"),
+        ] {
+            let r = mutated(sat, pointer, v).unwrap();
+            let p = r.problem.as_ref().map(ToString::to_string).unwrap_or_default();
+            assert!(p.contains("implausible") && p.contains(needle), "{pointer}: {p}");
+            assert!(!r.has_data(), "an implausible report is not scored");
+            assert!(r.readings().is_empty());
+        }
+        let nvme = "smart-prom-next/nvme_xall.json";
+        assert!(load(nvme).problem.is_none());
+        let r = mutated(nvme, "/nvme_smart_health_information_log/media_errors", Value::from(-3)).unwrap();
+        assert!(r.problem.is_some());
+        // a hostile document naming many bad fields: the message stays bounded
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(testdata(sat)).unwrap()).unwrap();
+        for a in doc.pointer_mut("/ata_smart_attributes/table").unwrap().as_array_mut().unwrap() {
+            a["raw"]["value"] = Value::from("x");
+        }
+        let r = parse_report(&serde_json::to_vec(&doc).unwrap(), "x").unwrap();
+        let p = r.problem.unwrap().to_string();
+        assert!(p.contains(" more"), "{p}");
+        assert!(implausible_values(&doc).len() <= MAX_IMPLAUSIBLE_SHOWN + 1);
+    }
+
+    /// A SCSI report stripped of its `smartctl` section is still graded from its logs; JSON with no
+    /// device data at all is refused.
+    #[test]
+    fn document_without_smartctl_section() {
+        let mut doc: Value =
+            serde_json::from_slice(&std::fs::read(testdata("smart-prom-next/scsi.json")).unwrap()).unwrap();
+        doc.as_object_mut().unwrap().remove("smartctl");
+        let r = parse_report(&serde_json::to_vec(&doc).unwrap(), "/dev/sdz").unwrap();
+        assert!(r.has_data());
+        assert!(r.scsi_grown_defects.is_some() || r.scsi_uncorrected.is_some(), "{r:?}");
+        assert_eq!(parse_report(br#"{"hello":1}"#, "x"), Err(SmartError::NotSmartctl));
     }
 
     #[test]

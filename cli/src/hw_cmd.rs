@@ -3,12 +3,16 @@
 //! * `check smart FILE.json... | --scan`: grade disks from recorded smartctl JSON or a live scan; one JSON
 //!   object per device (`device`, `serial`, `model`, `grade`, `score`, `reasons`). A file or probe that
 //!   gives no data grades `UNKNOWN` with the reason.
-//! * `check host`: every host checker (disk, edac, nic, machine; kernel-log is wired in separately)
+//! * `check host`: every host checker (disk, edac, nic, machine, rasdaemon's database when present;
+//!   kernel-log is wired in separately)
 //!   against this host or a recorded /proc + /sys tree, findings as JSON lines. Delta-based checkers need
 //!   two samples: live, two runs `--interval` apart and only the second run's findings are printed; on a
 //!   recorded tree (one sample) the current absolute state is reported (counters as INFO, no verdicts).
 //!
-//! Exit code: 0 when the checks ran (whatever they found), 1 on a usage or configuration error.
+//! Exit codes of `check smart` (so scripts can act on them): 0 every device graded GOOD, SLOW or WARNING;
+//! 2 some device graded ERROR or FATAL; 3 some device UNKNOWN (no data, or values that cannot be true)
+//! and none ERROR/FATAL; 4 every input failed (no device gave data); 1 usage or configuration error.
+//! `check host`: 0 when the checks ran (whatever they found), 1 on a usage or configuration error.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,7 +37,17 @@ const MAX_SMART_FILE: u64 = 16 * 1024 * 1024;
 /// Longest `--interval` accepted (a typo such as 3000 should not hang the command for an hour).
 const MAX_INTERVAL_SECS: u64 = 600;
 
+/// `check smart` exit code: some device ERROR or FATAL.
+pub const EXIT_SMART_FAILING: u8 = 2;
+/// `check smart` exit code: some device UNKNOWN, none ERROR/FATAL.
+pub const EXIT_SMART_UNKNOWN: u8 = 3;
+/// `check smart` exit code: no input gave data.
+pub const EXIT_SMART_ALL_FAILED: u8 = 4;
+
 #[derive(clap::Args)]
+#[command(after_help = "Exit codes: 0 every device GOOD/SLOW/WARNING; 2 some device ERROR or FATAL; \
+3 some device UNKNOWN (no data or implausible values), none ERROR/FATAL; 4 every input failed; \
+1 usage or configuration error.")]
 pub struct SmartArgs {
     /// smartctl JSON files (`smartctl --json -a DEV > FILE`).
     #[arg(required_unless_present = "scan", conflicts_with = "scan")]
@@ -116,7 +130,11 @@ fn device_json(r: &SmartReport, profile: &Profile) -> serde_json::Value {
     let mut ev = DiskEvidence::default();
     ev.extend(r.readings());
     let g = score(profile, &ev);
-    base(g.grade.as_str(), json!(g.score), json!(g.items))
+    let mut v = base(g.grade.as_str(), json!(g.score), json!(g.items));
+    if let Some(c) = checkers::scoring::cause_of(&g) {
+        v["cause"] = json!(c);
+    }
+    v
 }
 
 fn read_smart_file(path: &PathBuf) -> SmartReport {
@@ -155,10 +173,27 @@ pub fn run_smart(a: SmartArgs) -> anyhow::Result<ExitCode> {
         a.files.iter().map(read_smart_file).collect()
     };
     let mut out = std::io::stdout().lock();
+    let mut grades = Vec::new();
     for r in &reports {
-        writeln!(out, "{}", device_json(r, &profile))?;
+        let v = device_json(r, &profile);
+        grades.push(v["grade"].as_str().unwrap_or("UNKNOWN").to_string());
+        writeln!(out, "{v}")?;
     }
-    Ok(ExitCode::SUCCESS)
+    out.flush()?;
+    Ok(ExitCode::from(smart_exit_code(&grades, reports.iter().any(SmartReport::has_data))))
+}
+
+/// See the module docs: ERROR/FATAL beats UNKNOWN beats the rest; no data at all is its own code.
+fn smart_exit_code(grades: &[String], any_data: bool) -> u8 {
+    if !any_data {
+        EXIT_SMART_ALL_FAILED
+    } else if grades.iter().any(|g| g == "ERROR" || g == "FATAL") {
+        EXIT_SMART_FAILING
+    } else if grades.iter().any(|g| g == "UNKNOWN") {
+        EXIT_SMART_UNKNOWN
+    } else {
+        0
+    }
 }
 
 fn default_host() -> String {
@@ -208,8 +243,11 @@ pub fn run_host(a: HostArgs) -> anyhow::Result<ExitCode> {
     }
     let mut disk = DiskChecker::new(cfg.disk.clone());
     let mut machine = MachineChecker::new(cfg.machine.clone());
-    let mut others: Vec<Box<dyn Checker>> =
-        vec![Box::new(EdacChecker::new(cfg.edac)), Box::new(NicChecker::new(cfg.nic.clone()))];
+    let mut others: Vec<Box<dyn Checker>> = vec![
+        Box::new(EdacChecker::new(cfg.edac)),
+        Box::new(NicChecker::new(cfg.nic.clone())),
+        Box::new(checkers::rasdaemon::RasdaemonChecker::new()),
+    ];
     let ctx = |now_ms| CheckContext {
         root: a.root.clone(),
         host: host.clone(),

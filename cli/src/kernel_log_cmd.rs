@@ -1,5 +1,6 @@
-//! `huatuo check kernel-log` (kernel log rules over a log file or /dev/kmsg, findings as JSON lines) and
-//! `huatuo bench rules` (rule-matching throughput of the default and a 200-rule set, printed).
+//! `huatuo check kernel-log` (kernel log rules over a log file or /dev/kmsg, findings as JSON lines,
+//! streamed as lines are read, multi-line records grouped, repeats merged) and `huatuo bench rules`
+//! (rule-matching throughput of the default and a 200-rule set, printed).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use checkers::kernel_log::scan::Merger;
 use checkers::kernel_log::{
     self, CursorStore, Event, FileCursorStore, KmsgReader, RuleSet, Scanner, bench as kbench, parse,
 };
@@ -35,6 +37,15 @@ pub struct KernelLogArgs {
     /// Year for syslog lines, which carry none (default: the current year).
     #[arg(long)]
     year: Option<i32>,
+    /// Resolve names through sysfs below this root (ATA port / SCSI address -> block device, PCI address ->
+    /// interface, dm-N -> its disks). Default: `/` with --kmsg; none with --file (a log from another
+    /// machine must not be resolved against this one's sysfs).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Print every finding instead of merging repeats of the same condition (rule, object, severity)
+    /// within 10 minutes of log time into the first one plus a summary with `repeats`.
+    #[arg(long)]
+    no_merge: bool,
 }
 
 #[derive(clap::Args)]
@@ -118,6 +129,53 @@ fn print_events(out: &mut impl Write, events: &[Event]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where findings go: merged (unless --no-merge), printed as JSON lines and flushed at once, so a pipe
+/// reader sees them while the input is still open.
+struct Sink<W: Write> {
+    out: W,
+    merger: Option<Merger>,
+    buf: Vec<Event>,
+    printed: u64,
+}
+
+impl<W: Write> Sink<W> {
+    fn take(&mut self, events: &mut Vec<Event>) -> std::io::Result<()> {
+        match &mut self.merger {
+            Some(m) => {
+                for e in events.drain(..) {
+                    m.push(e, &mut self.buf);
+                }
+            }
+            None => self.buf.append(events),
+        }
+        self.emit()
+    }
+
+    fn emit(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.printed += self.buf.len() as u64;
+        print_events(&mut self.out, &self.buf).map_err(std::io::Error::other)?;
+        self.buf.clear();
+        self.out.flush()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        if let Some(m) = &mut self.merger {
+            m.finish(&mut self.buf);
+        }
+        self.emit()
+    }
+}
+
+/// Peak resident set size of this process in KiB (`VmHWM` in /proc/self/status), if readable.
+pub fn peak_rss_kib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 pub fn run(a: KernelLogArgs) -> anyhow::Result<ExitCode> {
     let rules = load_rules(a.rules.as_deref())?;
     let host = host_name(a.host)?;
@@ -126,9 +184,25 @@ pub fn run(a: KernelLogArgs) -> anyhow::Result<ExitCode> {
     let mut scanner =
         Scanner::new(Arc::clone(&rules), &host, year).with_context(|| format!("host {host:?}"))?;
     scanner.set_fallback_ms(now);
+    scanner.set_group_records(true);
+    let root = match (&a.root, a.kmsg) {
+        (Some(r), _) => Some(r.clone()),
+        (None, true) => Some(PathBuf::from("/")),
+        (None, false) => None,
+    };
+    if let Some(r) = &root
+        && !r.is_dir()
+    {
+        anyhow::bail!("--root {}: not a directory", r.display());
+    }
+    scanner.set_root(root);
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut events = Vec::new();
+    let mut sink = Sink {
+        out: std::io::BufWriter::new(stdout.lock()),
+        merger: (!a.no_merge).then(Merger::new),
+        buf: Vec::new(),
+        printed: 0,
+    };
     if let Some(path) = a.file {
         let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
             Box::new(BufReader::new(std::io::stdin()))
@@ -139,8 +213,9 @@ pub fn run(a: KernelLogArgs) -> anyhow::Result<ExitCode> {
             }
             Box::new(BufReader::with_capacity(1 << 16, f))
         };
-        scanner.scan_reader(reader, &mut events).with_context(|| format!("reading {}", path.display()))?;
-        print_events(&mut out, &events)?;
+        scanner
+            .scan_reader_each(reader, |events| sink.take(events))
+            .with_context(|| format!("reading {}", path.display()))?;
     } else {
         scanner.set_boot_ms(boot_ms_now());
         let dev = Path::new("/dev/kmsg");
@@ -152,6 +227,7 @@ pub fn run(a: KernelLogArgs) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let mut reader = KmsgReader::new(src, &boot_id, cursor);
+        let mut events = Vec::new();
         loop {
             let n = reader
                 .poll(kernel_log::kmsg::MAX_RECORDS_PER_POLL, |rec| {
@@ -159,12 +235,13 @@ pub fn run(a: KernelLogArgs) -> anyhow::Result<ExitCode> {
                     scanner.feed(first, None, &mut events);
                 })
                 .context("reading /dev/kmsg")?;
-            print_events(&mut out, &events)?;
-            events.clear();
+            sink.take(&mut events)?;
             if n < kernel_log::kmsg::MAX_RECORDS_PER_POLL {
                 break;
             }
         }
+        scanner.flush(&mut events);
+        sink.take(&mut events)?;
         if let (Some(s), Some(c)) = (&mut store, reader.cursor()) {
             s.save(&c)?;
         }
@@ -174,15 +251,22 @@ pub fn run(a: KernelLogArgs) -> anyhow::Result<ExitCode> {
             k.records, k.lost, k.epipe, k.replayed_skipped
         );
     }
-    out.flush()?;
+    sink.finish()?;
     let s = scanner.stats();
+    let merged = sink.merger.as_ref().map_or(0, |m| m.merged);
     eprintln!(
-        "kernel-log: {} lines, {} findings, {} non-kernel, {} binary skipped, {} truncated, rules {}",
+        "kernel-log: {} lines, {} findings ({} printed, {} repeats merged, {} multi-line records), {} non-kernel, \
+         {} binary skipped, {} truncated, {} decoded as not a fault, peak RSS {} KiB, rules {}",
         s.lines,
         s.findings,
+        sink.printed,
+        merged,
+        s.records,
         s.non_kernel,
         s.binary,
         s.truncated,
+        s.decoded_away,
+        peak_rss_kib().map_or_else(|| "?".to_string(), |k| k.to_string()),
         scanner.version()
     );
     Ok(ExitCode::SUCCESS)

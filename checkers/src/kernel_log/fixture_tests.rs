@@ -140,7 +140,7 @@ fn syzkaller_hangs_panics_and_negatives() {
 fn abrt_oops_panic_mce_and_negatives() {
     let rules = rules();
     let cases: &[(&str, &[&str])] = &[
-        ("mce1.test", &["hw.mce-exception", "kernel.panic"]),
+        ("mce1.test", &["hw.mce-exception", "hw.mce-bank-old", "kernel.panic"]),
         ("kernel_panic_oom.test", &["kernel.panic"]),
         ("oops-kernel-panic-hung-tasks-arm.test", &["kernel.panic"]),
         ("debug_messages.test", &["kernel.oops"]),
@@ -151,8 +151,8 @@ fn abrt_oops_panic_mce_and_negatives() {
             assert!(ids.contains(*id), "{file}: fired {ids:?}, want {id}");
         }
     }
-    // A single "Machine check events logged" is usually a corrected error: below the 3-in-1h threshold.
-    // Kernel WARNING splats (what abrt calls oopses in 1_oops, 10_oopses, cut_here) are software bugs, not
+    // A single "Machine check events logged" is usually a corrected error: below the 3-in-1h threshold it
+    // is an INFO finding (recorded, moves nothing). Kernel WARNING splats (what abrt calls oopses in 1_oops, 10_oopses, cut_here) are software bugs, not
     // faults of the host.
     for file in [
         "not_oops1.test",
@@ -164,7 +164,11 @@ fn abrt_oops_panic_mce_and_negatives() {
         "cut_here.test",
     ] {
         let events = scan_file(&rules, &format!("abrt/{file}"));
-        assert!(events.is_empty(), "{file} fired:\n{}", show(&events));
+        let alarms: Vec<Event> = events
+            .into_iter()
+            .filter(|e| !(e.finding.rule == "hw.mce-logged" && e.finding.severity == Severity::Info))
+            .collect();
+        assert!(alarms.is_empty(), "{file} fired:\n{}", show(&alarms));
     }
 }
 
@@ -176,12 +180,19 @@ fn mce_logged_threshold_on_real_lines() {
                 [ 1409.024295] mce: [Hardware Error]: Machine check events logged\n\
                 [ 3809.024295] mce: [Hardware Error]: Machine check events logged\n";
     let (events, _) = scan_bytes(&rules, text.as_bytes());
-    assert_eq!(events.len(), 1, "{}", show(&events));
-    assert_eq!(events[0].line, Some(3));
-    assert_eq!(events[0].finding.readings.get("threshold").map(String::as_str), Some("3 in 3600s"));
+    let sev: Vec<(Option<u64>, Severity)> = events.iter().map(|e| (e.line, e.finding.severity)).collect();
+    assert_eq!(
+        sev,
+        vec![(Some(1), Severity::Info), (Some(2), Severity::Info), (Some(3), Severity::Warning)],
+        "below the threshold INFO, at it WARNING: {}",
+        show(&events)
+    );
+    assert_eq!(events[2].finding.readings.get("threshold").map(String::as_str), Some("3 in 3600s"));
+    assert_eq!(events[1].finding.readings.get("in_window").map(String::as_str), Some("2 of 3"));
     // one millisecond more (the window's resolution) and the first falls out of the hour
     let text = text.replace("3809.024295", "3809.025295");
-    assert!(scan_bytes(&rules, text.as_bytes()).0.is_empty());
+    let (events, _) = scan_bytes(&rules, text.as_bytes());
+    assert!(events.iter().all(|e| e.finding.severity == Severity::Info), "{}", show(&events));
 }
 
 /// Benign logs: loghub's Linux server syslog, gpud's kmsg captures and boot logs, the Xid dmesg.
@@ -264,13 +275,17 @@ fn npd_vocabulary_is_covered() {
             "XFS (sdd1): Corruption of in-memory data detected.  Shutting down filesystem",
             Some("fs.shutdown"),
         ),
-        // EDAC CE lines count toward a 5-in-24h threshold; one line alone fires nothing.
+        // EDAC CE errors count toward a 10-in-24h threshold; one line alone is an INFO finding.
         (
             "MemoryReadError",
             "EDAC MC0: 1 CE memory read error on CPU_SrcID#0_Ha#0_Chan#1_DIMM#0 (channel:1 slot:0 page:0x1 offset:0x0 grain:32 syndrome:0x0)",
-            None,
+            Some("mem.edac-ce"),
         ),
-        ("CperHardwareErrorCorrected", "{1}[Hardware Error]: event severity: corrected", None),
+        (
+            "CperHardwareErrorCorrected",
+            "{1}[Hardware Error]: event severity: corrected",
+            Some("hw.error-corrected"),
+        ),
         (
             "CperHardwareErrorRecoverable",
             "{1}[Hardware Error]: event severity: recoverable",
@@ -280,7 +295,15 @@ fn npd_vocabulary_is_covered() {
         ("FilesystemIsReadOnly", "EXT4-fs (sda1): Remounting filesystem read-only", Some("fs.read-only")),
     ];
     for (reason, line, want) in table {
-        let ids = rule_ids(&scan_bytes(&rules, line.as_bytes()).0);
+        let events = scan_bytes(&rules, line.as_bytes()).0;
+        if matches!(*reason, "MemoryReadError" | "CperHardwareErrorCorrected") {
+            assert!(
+                events.iter().all(|e| e.finding.severity == Severity::Info),
+                "{reason}: {}",
+                show(&events)
+            );
+        }
+        let ids = rule_ids(&events);
         match want {
             Some(id) => assert!(ids.contains(*id), "{reason}: {line:?} fired {ids:?}"),
             None => assert!(ids.is_empty(), "{reason}: {line:?} fired {ids:?}"),
@@ -626,13 +649,16 @@ fn checker_reads_kmsg_under_root_and_resumes_without_repeats() {
     std::fs::write(root.path().join("dev/kmsg"), &second).unwrap();
     let mut c = KernelLogChecker::kmsg(Arc::clone(&rules), Box::new(FileCursorStore::new(&cursor_path)));
     let f = c.run(&ctx(root.path())).unwrap();
-    let got: Vec<String> = f.iter().map(|f| format!("{} {}", f.rule, f.object)).collect();
+    // The agent groups multi-line records, and a record is emitted when it closes (here at the end of the
+    // run), so the order within one run is not the log's: compare as a set.
+    let mut got: Vec<String> = f.iter().map(|f| format!("{} {}", f.rule, f.object)).collect();
+    got.sort();
     assert_eq!(
         got,
         vec![
             "disk.timeout disk/node-7/nvme0n1",
+            "fs.read-only disk/node-7/nvme0n1",
             "fs.read-only machine/node-7",
-            "fs.read-only disk/node-7/nvme0n1"
         ]
     );
     let st = c.kmsg_stats();
@@ -753,4 +779,361 @@ fn benign_lines_do_not_allocate() {
     let ((), allocs) =
         counting_alloc::count(|| s.feed(b"[ 1.0] Kernel panic - not syncing: x", None, &mut out));
     assert!(allocs > 0);
+}
+
+/// Figures of a run over `real-lines/lines.tsv`.
+#[derive(Debug, Default, Clone, Copy)]
+struct RealFigures {
+    fault_lines: usize,
+    found_lines: usize,
+    incidents: usize,
+    found_incidents: usize,
+    benign_lines: usize,
+    false_alarms: usize,
+    attributed: usize,
+}
+
+/// Whether `obj` is the object a line labelled (`kind`, `label`) is about.
+fn right_object(kind: &str, label: &str, obj: &state_machines::ObjectId) -> bool {
+    let name = obj.name().unwrap_or_default();
+    match kind {
+        "disk" | "fs" => obj.kind() == Kind::Disk && object::block(label).is_some_and(|want| want == name),
+        "memory" => match label.split_once('/') {
+            Some((mc, dimm)) => {
+                obj.kind() == Kind::Dimm
+                    && object::normalize(object::Normalize::Dimm, &format!("{mc}-{dimm}")).as_deref()
+                        == Some(name)
+            }
+            // a controller, a page or the GHES source: the machine or any DIMM is right
+            None => matches!(obj.kind(), Kind::Machine | Kind::Dimm),
+        },
+        "machine" => obj.kind() == Kind::Machine,
+        "nic" => {
+            let want = label.rsplit_once('(').map_or(label, |(_, r)| r.trim_end_matches(')'));
+            obj.kind() == Kind::Nic && name == want
+        }
+        _ => false,
+    }
+}
+
+/// Feed each source's lines, in order, to one scanner (as the post showed them); a line is found when a
+/// finding's line or record covers it.
+fn real_lines_figures(rules: &Arc<RuleSet>, group: bool, root: Option<&Path>, verbose: bool) -> RealFigures {
+    let text = std::fs::read_to_string(testdata("real-lines/lines.tsv")).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    let mut sources: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !sources.contains(&r[3]) {
+            sources.push(r[3]);
+        }
+    }
+    let mut fig = RealFigures::default();
+    let mut incidents: std::collections::BTreeMap<(String, String), bool> = Default::default();
+    for src in sources {
+        let lines: Vec<&Vec<&str>> = rows.iter().filter(|r| r[3] == src).collect();
+        let body: String = lines.iter().map(|r| format!("{}\n", r[4])).collect();
+        let mut s = Scanner::new(Arc::clone(rules), "host-1", 2025).unwrap();
+        s.set_group_records(group);
+        s.set_root(root.map(Path::to_path_buf));
+        let mut out = Vec::new();
+        s.scan_reader(body.as_bytes(), &mut out).unwrap();
+        for (i, r) in lines.iter().enumerate() {
+            let n = i as u64 + 1;
+            let covering: Vec<&Event> =
+                out.iter().filter(|e| e.line == Some(n) || e.record_lines.contains(&n)).collect();
+            let found = !covering.is_empty();
+            let (kind, label, class) = (r[0], r[1], r[2]);
+            if class == "fault" {
+                fig.fault_lines += 1;
+                let inc = incidents.entry((src.to_string(), kind.to_string())).or_default();
+                *inc |= found;
+                if found {
+                    fig.found_lines += 1;
+                    if covering.iter().any(|e| right_object(kind, label, &e.finding.object)) {
+                        fig.attributed += 1;
+                    } else if verbose {
+                        let got: Vec<String> =
+                            covering.iter().map(|e| e.finding.object.to_string()).collect();
+                        println!("MISATTRIBUTED {label} -> {got:?}: {}", r[4]);
+                    }
+                } else if verbose {
+                    println!("MISSED {kind} {label}: {}", r[4]);
+                }
+            } else {
+                fig.benign_lines += 1;
+                if found {
+                    fig.false_alarms += 1;
+                    if verbose {
+                        println!("FALSE ALARM {}: {}", covering[0].finding.rule, r[4]);
+                    }
+                }
+            }
+        }
+    }
+    fig.incidents = incidents.len();
+    fig.found_incidents = incidents.values().filter(|v| **v).count();
+    fig
+}
+
+fn print_figures(what: &str, f: RealFigures) {
+    println!(
+        "{what}: line recall {}/{} = {:.2}, incident recall {}/{} = {:.2}, false alarms {}/{} look-alikes, \
+         attribution {}/{} = {:.2}",
+        f.found_lines,
+        f.fault_lines,
+        f.found_lines as f64 / f.fault_lines as f64,
+        f.found_incidents,
+        f.incidents,
+        f.found_incidents as f64 / f.incidents as f64,
+        f.false_alarms,
+        f.benign_lines,
+        f.attributed,
+        f.found_lines,
+        f.attributed as f64 / f.found_lines.max(1) as f64
+    );
+}
+
+/// Real lines from public posts (`testdata/kernel-log/real-lines/`): prints line recall, incident recall,
+/// false alarms on the look-alikes and attribution (run with `--nocapture` to see them and every miss).
+#[test]
+fn real_lines_recall_attribution_and_false_alarms() {
+    let rules = rules();
+    let f = real_lines_figures(&rules, true, None, true);
+    print_figures("real lines (records grouped, no sysfs)", f);
+    assert_eq!((f.fault_lines, f.benign_lines), (79, 33));
+    assert_eq!(f.false_alarms, 0, "a benign look-alike fired");
+}
+
+fn scan_grouped(rules: &Arc<RuleSet>, text: &str, root: Option<&Path>) -> Vec<Event> {
+    let mut s = Scanner::new(Arc::clone(rules), "host-1", 2025).unwrap();
+    s.set_group_records(true);
+    s.set_root(root.map(Path::to_path_buf));
+    let mut out = Vec::new();
+    s.scan_reader(text.as_bytes(), &mut out).unwrap();
+    out
+}
+
+/// An ATA record with a media error (real lines from the shared set): one finding, ERROR, cause media,
+/// every line in the evidence; ungrouped, the context lines alone produce nothing.
+#[test]
+fn ata_media_record_is_one_finding_with_cause() {
+    let rules = rules();
+    let text = "[  131.441276] ata3.00: exception Emask 0x0 SAct 0x3 SErr 0x0 action 0x0\n\
+                [  131.452679]          res 41/40:00:b1:4b:1c/00:00:14:00:00/40 Emask 0x409 (media error) <F>\n\
+                [  131.460341] ata3.00: status: { DRDY ERR }\n\
+                [  131.464147] ata3.00: error: { UNC }\n\
+                [  131.470000] ata3.00: configured for UDMA/133\n";
+    let ev = scan_grouped(&rules, text, None);
+    assert_eq!(ev.len(), 1, "{}", show(&ev));
+    let f = &ev[0].finding;
+    assert_eq!(
+        (f.rule.as_str(), f.object.to_string(), f.severity),
+        ("disk.medium-error", "disk/host-1/ata3".into(), Severity::Error)
+    );
+    assert_eq!(f.readings.get("cause").map(String::as_str), Some("media"));
+    assert_eq!(ev[0].record_lines, vec![1, 2, 3, 4]);
+    assert_eq!(f.evidence.lines().count(), 4);
+    // ungrouped (the agent until it flushes records): exception + UNC only, no context-line findings
+    let (ev, _) = scan_bytes(&rules, text.as_bytes());
+    assert_eq!(rule_ids(&ev), BTreeSet::from(["disk.ata-exception".into(), "disk.medium-error".into()]));
+    // a link-error record says link, not media; the benign EH lines around it fire nothing
+    let text = "[  117.000000] ata1.00: exception Emask 0x10 SAct 0x0 SErr 0x400000 action 0x6 frozen\n\
+                [  117.000100] ata1: SError: { Handshk }\n\
+                [  117.370000] ata1: SATA link up 3.0 Gbps (SStatus 123 SControl 300)\n\
+                [  117.380000] ata1.00: configured for UDMA/133\n\
+                [  117.390000] ata1: EH complete\n";
+    let ev = scan_grouped(&rules, text, None);
+    assert_eq!(ev.len(), 1, "{}", show(&ev));
+    assert_eq!(ev[0].finding.readings.get("cause").map(String::as_str), Some("link"));
+    assert_eq!(ev[0].record_lines, vec![1, 2]);
+}
+
+/// Benign look-alikes around SCSI/ATA records: an empty USB card reader's sense block, a lone status line,
+/// a recovered error and a unit attention after a reset fire nothing, grouped or not.
+#[test]
+fn benign_sense_and_status_blocks_fire_nothing() {
+    let rules = rules();
+    let text = "[    5.100000] sd 6:0:0:0: [sdc] tag#0 FAILED Result: hostbyte=DID_OK driverbyte=DRIVER_SENSE cmd_age=0s\n\
+                [    5.100001] sd 6:0:0:0: [sdc] tag#0 Sense Key : Not Ready [current]\n\
+                [    5.100002] sd 6:0:0:0: [sdc] tag#0 Add. Sense: Medium not present\n\
+                [    9.000000] sd 0:0:0:0: [sda] tag#3 Sense Key : Unit Attention [current]\n\
+                [    9.000001] sd 0:0:0:0: [sda] tag#3 ASC=0x29 ASCQ=0x0\n\
+                [   12.000000] sd 0:0:0:0: [sda] tag#4 Sense Key : Recovered Error [current]\n\
+                [   20.000000] ata2.00: status: { DRDY }\n";
+    let ev = scan_grouped(&rules, text, None);
+    assert!(ev.is_empty(), "{}", show(&ev));
+    let (ev, _) = scan_bytes(&rules, text.as_bytes());
+    assert!(ev.is_empty(), "{}", show(&ev));
+}
+
+/// A GHES block is one finding on the DIMM it names; its severity comes from the event severity line.
+#[test]
+fn ghes_record_goes_to_the_named_dimm() {
+    let rules = rules();
+    let text = "[ 100.000000] {1}[Hardware Error]: Hardware error from APEI Generic Hardware Error Source: 0\n\
+                [ 100.000001] {1}[Hardware Error]: event severity: recoverable\n\
+                [ 100.000002] {1}[Hardware Error]:  Error 0, type: recoverable\n\
+                [ 100.000003] {1}[Hardware Error]:   section_type: memory error\n\
+                [ 100.000004] {1}[Hardware Error]:   DIMM location: NODE 3 CPU0_DIMM_G1\n\
+                [ 100.000005] {2}[Hardware Error]: Hardware error from APEI Generic Hardware Error Source: 1\n\
+                [ 100.000006] {2}[Hardware Error]: event severity: corrected\n";
+    let ev = scan_grouped(&rules, text, None);
+    assert_eq!(ev.len(), 2, "{}", show(&ev));
+    let f = &ev[0].finding;
+    assert_eq!((f.rule.as_str(), f.severity), ("hw.error-uncorrected", Severity::Error));
+    assert_eq!(f.object.to_string(), "dimm/host-1/node_3_cpu0_dimm_g1");
+    assert_eq!(ev[0].record_lines, vec![1, 2, 3, 4, 5]);
+    // the corrected record (below its 10-in-1h threshold) is INFO on the machine
+    assert_eq!(
+        (ev[1].finding.severity, ev[1].finding.object.to_string()),
+        (Severity::Info, "machine/host-1".into())
+    );
+}
+
+/// EDAC CEs are summed by the count in the line per DIMM: 4 + 5 is below ten (INFO), one more is WARNING;
+/// another DIMM counts separately; a single 128-CE line is WARNING at once.
+#[test]
+fn edac_ce_counts_errors_not_lines() {
+    let rules = rules();
+    let ce = |t: u32, n: u32, dimm: u32| {
+        format!(
+            "[{t:>6}.000000] EDAC MC0: {n} CE error on CPU#0Channel#2_DIMM#{dimm} (channel:2 slot:0 page:0x0 offset:0x0 grain:8 syndrome:0x0)\n"
+        )
+    };
+    let text = [ce(10, 4, 0), ce(20, 5, 0), ce(25, 9, 1), ce(30, 1, 0), ce(40, 128, 1)].concat();
+    let ev = scan_grouped(&rules, &text, None);
+    let got: Vec<(String, Severity)> =
+        ev.iter().map(|e| (e.finding.object.to_string(), e.finding.severity)).collect();
+    let d0 = "dimm/host-1/mc0-cpu0channel2_dimm0".to_string();
+    let d1 = "dimm/host-1/mc0-cpu0channel2_dimm1".to_string();
+    assert_eq!(
+        got,
+        vec![
+            (d0.clone(), Severity::Info),
+            (d0.clone(), Severity::Info),
+            (d1.clone(), Severity::Info),
+            (d0, Severity::Warning),
+            (d1, Severity::Warning)
+        ]
+    );
+    assert_eq!(ev[1].finding.readings.get("in_window").map(String::as_str), Some("9 of 10"));
+}
+
+/// With a probe root: a PCI-only NIC line goes to its interface, an I/O error on dm-N to the disks below
+/// it, a filesystem error on dm-N to the machine, an ATA port to its block device.
+#[test]
+fn sysfs_root_resolves_pci_dm_and_ata_names() {
+    let rules = rules();
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("sys/bus/pci/devices/0000:09:00.0/net/eth0")).unwrap();
+    std::fs::create_dir_all(r.join("sys/block/dm-1/slaves/sdb2")).unwrap();
+    std::fs::create_dir_all(r.join("sys/block/dm-1/slaves/sdc2")).unwrap();
+    std::fs::create_dir_all(r.join("sys/class/ata_port/ata3/device/host2/target2:0:0/2:0:0:0/block/sdd"))
+        .unwrap();
+    let text = "[   95.178723] igb 0000:09:00.0: Detected Tx Unit Hang\n\
+                [   96.000000] igb 0000:0a:00.0: Detected Tx Unit Hang\n\
+                [50006.000000] EXT4-fs warning (device dm-1): ext4_end_bio:316: I/O error -5 writing to inode 10223621 (offset 33554432 size 8388608 starting block 14403824)\n\
+                [50010.000000] XFS (dm-1): Corruption detected. Unmount and run xfs_repair\n\
+                [50020.000000] ata3.00: error: { UNC }\n";
+    let ev = scan_grouped(&rules, text, Some(r));
+    let got: Vec<(String, String)> =
+        ev.iter().map(|e| (e.finding.rule.clone(), e.finding.object.to_string())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("nic.hw-hang".into(), "nic/host-1/eth0".into()),
+            ("nic.hw-hang".into(), "machine/host-1".into()),
+            ("fs.io-error".into(), "disk/host-1/sdb".into()),
+            ("fs.io-error".into(), "disk/host-1/sdc".into()),
+            ("fs.error".into(), "machine/host-1".into()),
+            ("disk.medium-error".into(), "disk/host-1/sdd".into()),
+        ],
+        "{}",
+        show(&ev)
+    );
+    assert_eq!(ev[2].finding.readings.get("logged_name").map(String::as_str), Some("dm-1"));
+    assert_eq!(ev[4].finding.readings.get("disks").map(String::as_str), Some("sdb sdc"));
+    assert_eq!(ev[5].finding.readings.get("logged_name").map(String::as_str), Some("ata3"));
+    // an EDAC line gets the driver's counters of the DIMM it labels
+    let d = r.join("sys/devices/system/edac/mc/mc0/dimm2");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("dimm_label"), "CPU_SrcID#0_Ha#0_Chan#2_DIMM#0").unwrap();
+    std::fs::write(d.join("dimm_ce_count"), "17").unwrap();
+    let ev = scan_grouped(
+        &rules,
+        "[50014.000000] EDAC MC0: 1 CE memory read error on CPU_SrcID#0_Ha#0_Chan#2_DIMM#0 (channel:2 slot:0 page:0x849923 offset:0x380 grain:32 syndrome:0x0)\n",
+        Some(r),
+    );
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].finding.readings.get("sysfs_ce_count").map(String::as_str), Some("17"));
+    assert_eq!(ev[0].finding.readings.get("sysfs_dimm").map(String::as_str), Some("mc0/dimm2"));
+    // the shared real set with a root that knows the PCI function of its igb line: attributed too
+    let pci_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(pci_root.path().join("sys/bus/pci/devices/0000:09:00.0/net/eth0")).unwrap();
+    let f = real_lines_figures(&rules, true, Some(pci_root.path()), true);
+    print_figures("real lines (records grouped, sysfs root with 0000:09:00.0 -> eth0)", f);
+    assert_eq!(f.false_alarms, 0);
+}
+
+/// Record limits: a record never grows past MAX_RECORD_LINES, and no more than MAX_OPEN_RECORDS are open.
+#[test]
+fn record_limits() {
+    let rules = rules();
+    let mut text = String::from("[ 10.000000] ata1.00: exception Emask 0x0 SAct 0x3 SErr 0x0 action 0x0\n");
+    for _ in 0..scan::MAX_RECORD_LINES + 10 {
+        text.push_str("[ 10.000000] ata1: SError: { BadCRC }\n");
+    }
+    let ev = scan_grouped(&rules, &text, None);
+    assert_eq!(ev.len(), 2, "{}", show(&ev));
+    assert_eq!(ev[0].record_lines.len(), scan::MAX_RECORD_LINES);
+    assert_eq!(ev[1].record_lines.len(), 11, "the rest is the next record");
+    let mut s = Scanner::new(Arc::clone(&rules), "h", 2025).unwrap();
+    s.set_group_records(true);
+    let mut out = Vec::new();
+    for port in 0..scan::MAX_OPEN_RECORDS + 3 {
+        s.feed(format!("[ 10.0] ata{port}: SError: {{ BadCRC }}").as_bytes(), None, &mut out);
+    }
+    assert_eq!(out.len(), 3, "the three oldest were closed to stay at the limit");
+    s.flush(&mut out);
+    assert_eq!(out.len(), scan::MAX_OPEN_RECORDS + 3);
+}
+
+/// The merger: repeats of one condition inside the window become one summary; keys are bounded.
+#[test]
+fn merger_merges_repeats_and_is_bounded() {
+    let rules = rules();
+    let mut text = String::new();
+    for i in 0..100 {
+        text.push_str(&format!("[{:>5}.000000] e1000e: eth0 NIC Link is Down\n", 100 + i));
+    }
+    let (events, _) = scan_bytes(&rules, text.as_bytes());
+    let mut m = scan::Merger::new();
+    let mut out = Vec::new();
+    for e in events {
+        m.push(e, &mut out);
+    }
+    m.finish(&mut out);
+    let got: Vec<(String, Option<String>)> =
+        out.iter().map(|e| (e.finding.rule.clone(), e.finding.readings.get("repeats").cloned())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("nic.link-down".into(), None),
+            ("nic.link-flap".into(), None),
+            ("nic.link-down".into(), Some("100".into())),
+            ("nic.link-flap".into(), Some("33".into())),
+        ]
+    );
+    assert_eq!(out[2].finding.readings.get("first_seen").map(String::as_str), Some("+100.000000"));
+    assert_eq!(out[2].finding.readings.get("last_seen").map(String::as_str), Some("+199.000000"));
+    // more distinct conditions than the limit: the oldest is closed, memory stays bounded
+    let mut m = scan::Merger::new();
+    let mut out = Vec::new();
+    for i in 0..scan::MAX_MERGE_KEYS + 5 {
+        let (mut ev, _) = scan_bytes(&rules, format!("[ 1.0] e1000e: eth{i} NIC Link is Down\n").as_bytes());
+        m.push(ev.remove(0), &mut out);
+    }
+    assert_eq!(m.len(), scan::MAX_MERGE_KEYS);
+    assert_eq!(out.len(), scan::MAX_MERGE_KEYS + 5);
 }

@@ -18,6 +18,7 @@ use state_machines::{Finding, Kind};
 use crate::{CheckContext, CheckError, Checker, Checkpoint};
 
 pub mod bench;
+pub mod decode;
 pub mod kmsg;
 pub mod object;
 pub mod parse;
@@ -128,6 +129,11 @@ impl KernelLogChecker {
             let mut s = Scanner::new(Arc::clone(&self.rules), &ctx.host, year)
                 .map_err(|e| CheckError::Config(e.to_string()))?;
             s.set_boot_ms(boot_ms(&ctx.root));
+            // Multi-line records (ATA, GHES, SCSI, MCE) become one finding; PCI and dm-N names resolve under
+            // the probe root. Every run ends with a flush, so the lines a checkpoint covers have all produced
+            // their findings (a record cut by the end of a run is two findings, never a lost one).
+            s.set_group_records(true);
+            s.set_root(Some(ctx.root.clone()));
             self.scanner = Some(s);
         }
         let s = self.scanner.as_mut().ok_or_else(|| CheckError::Config("scanner missing".into()))?;
@@ -219,6 +225,7 @@ impl Checker for KernelLogChecker {
                 }
             }
         }
+        scanner.flush(&mut events);
         Ok(events.into_iter().map(|e| resolve_object(&ctx.root, e.finding)).collect())
     }
 

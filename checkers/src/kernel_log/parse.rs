@@ -196,6 +196,21 @@ fn bracketed(line: &[u8]) -> Option<Record<'_>> {
         }
     }
     let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    // `[2023-06-22 21:55:31.352446][5975153.878190] msg` (some distributions' dmesg): wall time first,
+    // then the monotonic stamp, which is dropped (the wall time is the more useful clock).
+    if let Some((ms, used)) = iso_time(inner)
+        && used == inner.len()
+    {
+        let rest = match rest.strip_prefix(b"[") {
+            Some(r) => match r.iter().take(24).position(|&b| b == b']') {
+                Some(e) if mono_secs(trim_start(&r[..e])).is_some() => &r[e + 1..],
+                _ => rest,
+            },
+            None => rest,
+        };
+        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        return Some(Record::new(Format::DmesgIso, LogTime::Wall(ms), true, rest));
+    }
     if let Some(us) = mono_secs(trim_start(inner)) {
         if let Some(msg) = journal_kernel_tag(rest) {
             return Some(Record::new(Format::Journal, LogTime::Mono(us), true, msg));
@@ -492,7 +507,14 @@ mod tests {
         assert!(!r.kernel);
         let r = p("2025-01-21T05:41:44,283302+01:00 NVRM: Xid");
         assert_eq!((r.format, r.time), (Format::DmesgIso, LogTime::Wall(1_737_434_504_283)));
+        // `[wall][mono]` (some distributions' dmesg): the wall time is kept
+        let r = p("[2023-06-22 21:55:31.352446][5975153.878190] EDAC MC0: 1 UE memory read error on X");
+        assert_eq!((r.format, r.time), (Format::DmesgIso, LogTime::Wall(1_687_470_931_352)));
+        assert_eq!(msg(&r), "EDAC MC0: 1 UE memory read error on X");
+        let r = p("[2023-06-22 21:55:31.352446] msg");
+        assert_eq!((r.time, msg(&r)), (LogTime::Wall(1_687_470_931_352), "msg"));
         // truncated timestamps
+        assert_eq!(p("[2023-06-22 21:55").format, Format::Plain);
         assert_eq!(p("[  536.42").format, Format::Plain);
         assert_eq!(p("[Sun Jan  5 18:28:55").format, Format::Plain);
         assert_eq!(p("2025-01-21T04:41").format, Format::Plain);

@@ -16,6 +16,7 @@ use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 use state_machines::{Kind, Severity};
 
+use super::decode::Decoder;
 use super::object::{Normalize, normalize};
 
 /// The default rule set shipped in the binary.
@@ -90,10 +91,25 @@ struct RuleToml {
     #[serde(default)]
     threshold: Option<ThresholdToml>,
     #[serde(default)]
+    decode: Option<Decoder>,
+    #[serde(default)]
+    weight: Option<String>,
+    #[serde(default)]
+    below_threshold: Option<String>,
+    #[serde(default)]
+    record: Option<String>,
+    #[serde(default)]
+    context: bool,
+    #[serde(default)]
+    cause: Option<String>,
+    #[serde(default)]
     examples: Vec<String>,
     #[serde(default)]
     counter_examples: Vec<String>,
 }
+
+/// Longest record type name (`record = "ata"`).
+pub const MAX_RECORD_NAME: usize = 32;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +144,21 @@ pub struct Rule {
     /// If set, every hit also yields a finding on the machine with this severity.
     pub machine_severity: Option<Severity>,
     pub threshold: Option<Threshold>,
+    /// Decoder run on the named groups (adds readings such as `cause`, may change the severity).
+    pub decode: Option<Decoder>,
+    /// Named group holding the number of events the line stands for (`4 CE ...`): thresholds sum it.
+    pub weight: Option<String>,
+    /// With a threshold: severity of the findings for hits below it (e.g. INFO: recorded, no state
+    /// change). Without this, hits below a threshold produce nothing.
+    pub below_threshold: Option<Severity>,
+    /// Multi-line record type: hits of rules with the same record type on the same key (the object, or
+    /// the `rec` group) close together in log time are one finding when the scanner groups records.
+    pub record: Option<String>,
+    /// A context line (`status: { DRDY ERR }`, a GHES detail line): only ever part of a record; with
+    /// record grouping off its hits produce nothing.
+    pub context: bool,
+    /// A fixed `cause` reading (media, link, controller, timeout, device, unknown) when no decoder sets one.
+    pub cause: Option<String>,
     pub normalize: Normalize,
     pub keywords: Vec<String>,
     pub pattern: String,
@@ -265,6 +296,26 @@ impl Rule {
             }
             None => None,
         };
+        let below_threshold = match &t.below_threshold {
+            Some(_) if threshold.is_none() => {
+                return Err(bad("below_threshold needs a threshold".into()));
+            }
+            Some(s) => Some(s.parse::<Severity>().map_err(|e| bad(format!("below_threshold: {e}")))?),
+            None => None,
+        };
+        if let Some(r) = &t.record
+            && (r.is_empty() || r.len() > MAX_RECORD_NAME || !r.bytes().all(|b| b.is_ascii_lowercase()))
+        {
+            return Err(bad(format!("record {r:?}: use 1-{MAX_RECORD_NAME} letters a-z")));
+        }
+        if t.context && t.record.is_none() {
+            return Err(bad("context = true needs a record type".into()));
+        }
+        if let Some(c) = &t.cause
+            && !super::decode::CAUSES.contains(&c.as_str())
+        {
+            return Err(bad(format!("cause {c:?}: use one of {:?}", super::decode::CAUSES)));
+        }
         let regex =
             RegexBuilder::new(&t.pattern).unicode(false).size_limit(REGEX_SIZE_LIMIT).build().map_err(
                 |e| RuleError::BadRegex { file: file.into(), id: t.id.clone(), err: e.to_string() },
@@ -292,6 +343,11 @@ impl Rule {
                 parts
             }
         };
+        if let Some(w) = &t.weight
+            && !regex.capture_names().flatten().any(|n| n == w)
+        {
+            return Err(bad(format!("weight uses group {w:?} but the pattern has no (?P<{w}>...)")));
+        }
         let normalize = t.normalize.unwrap_or(match kind {
             Kind::Disk => Normalize::Block,
             Kind::Nic => Normalize::Nic,
@@ -306,6 +362,12 @@ impl Rule {
             severity,
             machine_severity,
             threshold,
+            decode: t.decode,
+            weight: t.weight,
+            below_threshold,
+            record: t.record,
+            context: t.context,
+            cause: t.cause,
             normalize,
             keywords: t.keywords,
             pattern: t.pattern,

@@ -4,6 +4,10 @@
 //! `t - window` (a hit exactly `window` old still counts). When the count reaches the threshold the rule
 //! fires once and the key's window is emptied, so the next firing needs another `count` hits. Times come from
 //! the log records, never from the wall clock, so replaying a file gives the same answer.
+//!
+//! A hit may carry a weight (an EDAC line `4 CE memory read error` is four corrected errors): the window
+//! sums weights, so "10 CEs per day" counts errors, not lines. Each kept entry has weight >= 1 and the
+//! key is emptied when the sum reaches the threshold, so a key never holds more than `count` entries.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,14 +19,23 @@ pub const MAX_WINDOW_KEYS: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Windows {
-    keys: BTreeMap<(usize, String), VecDeque<u64>>,
+    /// (rule, object) -> (log time, weight) of the hits still inside the window.
+    keys: BTreeMap<(usize, String), VecDeque<(u64, u32)>>,
     evicted: u64,
 }
 
 impl Windows {
     /// Record a hit of rule `rule` on `object` at `t_ms`; true when the threshold is reached.
     pub fn hit(&mut self, rule: usize, object: &str, th: Threshold, t_ms: u64) -> bool {
-        if th.count <= 1 {
+        self.hit_n(rule, object, th, t_ms, 1)
+    }
+
+    /// Record a hit of weight `n` (clamped to 1..=threshold count); true when the summed weight inside
+    /// the window reaches the threshold.
+    pub fn hit_n(&mut self, rule: usize, object: &str, th: Threshold, t_ms: u64, n: u32) -> bool {
+        let n = n.clamp(1, th.count.max(1));
+        if th.count <= 1 || n >= th.count {
+            // A single hit that is the whole threshold fires on its own; older partial sums stay.
             return true;
         }
         let key = (rule, object.to_string());
@@ -30,20 +43,26 @@ impl Windows {
             self.evict_oldest();
         }
         let q = self.keys.entry(key.clone()).or_default();
-        while q.front().is_some_and(|&f| t_ms.saturating_sub(f) > th.window_ms) {
+        while q.front().is_some_and(|&(f, _)| t_ms.saturating_sub(f) > th.window_ms) {
             q.pop_front();
         }
-        q.push_back(t_ms);
-        if q.len() >= th.count as usize {
+        q.push_back((t_ms, n));
+        let sum: u64 = q.iter().map(|&(_, w)| u64::from(w)).sum();
+        if sum >= u64::from(th.count) {
             self.keys.remove(&key);
             return true;
         }
         false
     }
 
+    /// The summed weight currently inside the window of (rule, object), as of its last hit.
+    pub fn current(&self, rule: usize, object: &str) -> u64 {
+        self.keys.get(&(rule, object.to_string())).map_or(0, |q| q.iter().map(|&(_, w)| u64::from(w)).sum())
+    }
+
     fn evict_oldest(&mut self) {
         let oldest =
-            self.keys.iter().min_by_key(|(_, q)| q.back().copied().unwrap_or(0)).map(|(k, _)| k.clone());
+            self.keys.iter().min_by_key(|(_, q)| q.back().map_or(0, |&(t, _)| t)).map(|(k, _)| k.clone());
         if let Some(k) = oldest {
             self.keys.remove(&k);
             self.evicted += 1;
@@ -107,6 +126,27 @@ mod tests {
         assert!(w.hit(5, "x", Threshold { count: 1, window_ms: 1 }, 9));
         w.reset();
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn weights_sum_inside_the_window() {
+        let mut w = Windows::default();
+        let th = Threshold { count: 10, window_ms: TEN_MIN };
+        assert!(!w.hit_n(0, "dimm", th, 0, 4));
+        assert_eq!(w.current(0, "dimm"), 4);
+        assert!(!w.hit_n(0, "dimm", th, 1, 5));
+        assert!(w.hit_n(0, "dimm", th, 2, 1), "4 + 5 + 1 = 10 errors");
+        assert_eq!(w.current(0, "dimm"), 0, "emptied after firing");
+        // the 4 fall out of the window before the rest arrive
+        assert!(!w.hit_n(0, "dimm", th, 10, 4));
+        assert!(!w.hit_n(0, "dimm", th, 10 + TEN_MIN + 1, 5));
+        assert_eq!(w.current(0, "dimm"), 5);
+        // one line carrying the whole threshold (128 CE) fires alone; the weight is clamped, never summed
+        // past the count
+        assert!(w.hit_n(0, "other", th, 5, 128));
+        assert!(w.hit_n(0, "x", Threshold { count: 1, window_ms: 1 }, 0, 0));
+        assert!(!w.hit_n(0, "zero", th, 0, 0), "a zero weight counts as one");
+        assert_eq!(w.current(0, "zero"), 1);
     }
 
     #[test]

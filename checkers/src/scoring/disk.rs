@@ -64,7 +64,14 @@ pub struct DiskChecker {
     /// identity changed (a replaced disk must not be graded by its predecessor's SMART data).
     smart_cache: Option<(u64, BTreeMap<String, String>, Vec<SmartReport>)>,
     kernel: Vec<Finding>,
+    /// Per disk: (serial, UDMA CRC count, NVMe error-log entries) when first seen with that serial: the
+    /// baseline of the trend readings (`smart.udma_crc_rise`, `nvme.error_log_rise`). At most
+    /// [`MAX_SLOTS`] disks; a new serial in a slot starts a new baseline.
+    trend: BTreeMap<String, TrendBase>,
 }
+
+/// Serial, UDMA CRC count and NVMe error-log entries of a disk when first seen (see `DiskChecker::trend`).
+type TrendBase = (Option<String>, Option<u128>, Option<u128>);
 
 /// Longest identity (serial/wwid) read per slot.
 const MAX_IDENTITY: usize = 256;
@@ -95,7 +102,7 @@ pub fn slot_identities(root: &std::path::Path) -> BTreeMap<String, String> {
 impl DiskChecker {
     pub fn new(cfg: DiskConfig) -> Self {
         let probe = cfg.smartctl.clone().map(|p| SmartProbe::new(p, cfg.smart_timeout));
-        DiskChecker { cfg, probe, prev: None, smart_cache: None, kernel: Vec::new() }
+        DiskChecker { cfg, probe, prev: None, smart_cache: None, kernel: Vec::new(), trend: BTreeMap::new() }
     }
 
     /// Hand over the kernel-log checker's findings since the last run (consumed by the next run).
@@ -263,7 +270,28 @@ impl Checker for DiskChecker {
 
         let mut evidence: BTreeMap<String, DiskEvidence> = BTreeMap::new();
         for (name, r) in &by_name {
-            evidence.entry(name.clone()).or_default().extend(r.readings());
+            let e = evidence.entry(name.clone()).or_default();
+            e.extend(r.readings());
+            if !r.has_data() {
+                continue;
+            }
+            // Trend since the disk was first seen (with this serial): a CRC count that keeps rising is a
+            // link that is failing now, not one that failed once.
+            let crc = r.attribute(199).and_then(|a| a.raw).map(|v| v & 0xffff_ffff);
+            let errlog = r.nvme.as_ref().and_then(|n| n.num_err_log_entries);
+            if !self.trend.contains_key(name) && self.trend.len() >= MAX_SLOTS {
+                continue;
+            }
+            let base = self.trend.entry(name.clone()).or_insert((r.serial.clone(), crc, errlog));
+            if base.0 != r.serial {
+                *base = (r.serial.clone(), crc, errlog);
+            }
+            if let (Some(now), Some(then)) = (crc, base.1) {
+                e.set(Reading::UdmaCrcRise, now.saturating_sub(then) as f64);
+            }
+            if let (Some(now), Some(then)) = (errlog, base.2) {
+                e.set(Reading::NvmeErrorLogRise, now.saturating_sub(then) as f64);
+            }
         }
         if let Some(prev) = &self.prev {
             let interval = ctx.now_ms.saturating_sub(prev.now_ms);
@@ -412,6 +440,47 @@ mod tests {
         assert!(sda.readings.contains_key("item:stats.await-slow"), "{:?}", sda.readings);
         assert!(sda.readings.contains_key("item:stats.peer-outlier"), "{:?}", sda.readings);
         assert_eq!(get("sdb").severity, Severity::Good);
+    }
+
+    #[test]
+    fn udma_crc_rising_since_first_seen_is_a_link_warning() {
+        let d = tree();
+        let bin = tempfile::tempdir().unwrap();
+        let scan = testdata("smart/scan/smartctl_scan_simple.json");
+        // a real SATA report whose attribute 199 raw value comes from a file the test changes
+        let src = testdata("smart/smartctl-exporter/HGST_HUS724020ALE640_28.json");
+        let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&src).unwrap()).unwrap();
+        let report = bin.path().join("report.json");
+        let write = |v: u64, doc: &mut serde_json::Value| {
+            let t = doc["ata_smart_attributes"]["table"].as_array_mut().unwrap();
+            t.iter_mut().find(|a| a["id"] == 199).unwrap()["raw"]["value"] = v.into();
+            std::fs::write(&report, serde_json::to_vec(doc).unwrap()).unwrap();
+        };
+        write(12, &mut doc);
+        let body = format!(
+            "case \"$*\" in *--scan-open*) cat {};; *) cat {};; esac",
+            scan.display(),
+            report.display()
+        );
+        let script = bin.path().join("smartctl");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg =
+            DiskConfig { smartctl: Some(script), smart_interval: Duration::ZERO, ..DiskConfig::default() };
+        let mut c = DiskChecker::new(cfg);
+        let grade = |f: &[Finding]| {
+            f.iter()
+                .find(|x| x.object.to_string() == "disk/h1/sda")
+                .map(|x| (x.severity, x.readings.clone()))
+                .unwrap()
+        };
+        let (sev, _) = grade(&c.run(&ctx(d.path(), 1)).unwrap());
+        assert_eq!(sev, Severity::Good, "12 lifetime CRC errors, not rising");
+        write(15, &mut doc);
+        let (sev, r) = grade(&c.run(&ctx(d.path(), 2)).unwrap());
+        assert_eq!(sev, Severity::Warning, "{r:?}");
+        assert!(r.contains_key("item:smart.udma-crc-rising"), "{r:?}");
     }
 
     #[test]

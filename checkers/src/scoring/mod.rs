@@ -70,6 +70,8 @@ readings! {
     Pending = "smart.pending": "ATA 197 Current_Pending_Sector raw",
     OfflineUncorrectable = "smart.offline_uncorrectable": "ATA 198 Offline_Uncorrectable raw",
     ReportedUncorrect = "smart.reported_uncorrect": "ATA 187 Reported_Uncorrect raw",
+    UdmaCrc = "smart.udma_crc": "ATA 199 UDMA_CRC_Error_Count raw (interface CRC errors: cable, connector, backplane)",
+    UdmaCrcRise = "smart.udma_crc_rise": "ATA 199 increase since the disk (this serial) was first seen by this checker",
     AtaErrorLog = "smart.error_log": "ATA error log entry count (exit bit 6)",
     SelfTestFailed = "smart.self_test_failed": "1 when the latest self-test failed or exit bit 7 is set",
     NvmeCriticalWarning = "nvme.critical_warning": "NVMe critical warning byte",
@@ -79,6 +81,8 @@ readings! {
     NvmeReadOnly = "nvme.cw_read_only": "NVMe critical warning bit 3: media placed in read-only mode",
     NvmeBackupFailed = "nvme.cw_backup_failed": "NVMe critical warning bit 4: volatile memory backup failed",
     NvmeMediaErrors = "nvme.media_errors": "NVMe media and data integrity errors",
+    NvmeErrorLogEntries = "nvme.error_log_entries": "NVMe error information log entries (lifetime)",
+    NvmeErrorLogRise = "nvme.error_log_rise": "NVMe error-log entries added since the disk (this serial) was first seen by this checker",
     NvmeSpareMargin = "nvme.spare_margin": "NVMe available spare minus its threshold (percent points)",
     NvmePercentageUsed = "nvme.percentage_used": "NVMe percentage of rated endurance used",
     ScsiGrownDefects = "scsi.grown_defects": "SCSI grown defect list length",
@@ -86,6 +90,7 @@ readings! {
     ProbeHung = "probe.hung": "1 when smartctl hung on this disk and was killed (or is still stuck)",
     KernelIoErrors = "kernel.io_errors": "kernel-log findings of I/O errors on this disk in the window",
     KernelMediumErrors = "kernel.medium_errors": "kernel-log findings of medium errors on this disk",
+    KernelLinkErrors = "kernel.link_errors": "kernel-log findings whose decoded cause is the link (CRC, PHY, cable, NVMe path) on this disk",
     KernelTimeouts = "kernel.timeouts": "kernel-log findings of command timeouts/resets on this disk",
     KernelFsErrors = "kernel.fs_errors": "kernel-log findings of filesystem errors on this disk",
     KernelReadOnly = "kernel.read_only": "kernel-log findings of a read-only remount (or shutdown) of a filesystem on this disk",
@@ -283,11 +288,18 @@ impl DiskEvidence {
     /// many findings were used.
     pub fn add_kernel_findings(&mut self, profile: &Profile, disk: &ObjectId, findings: &[Finding]) -> usize {
         let mut used = 0;
-        for f in findings.iter().filter(|f| &f.object == disk) {
-            if let Some(r) = profile.kernel_rules.get(&f.rule) {
-                self.add(*r, 1.0);
-                used += 1;
-            }
+        // INFO findings (context lines, counts below a threshold) are recorded, not evidence. A decoded
+        // cause overrides the rule's reading: a link fault (reseat or replace the cable) and a media fault
+        // (replace the disk) weigh differently whatever rule reported them.
+        for f in findings.iter().filter(|f| &f.object == disk && f.severity > Severity::Info) {
+            let Some(r) = profile.kernel_rules.get(&f.rule) else { continue };
+            let r = match f.readings.get("cause").map(String::as_str) {
+                Some("link") => Reading::KernelLinkErrors,
+                Some("media") => Reading::KernelMediumErrors,
+                _ => *r,
+            };
+            self.add(r, 1.0);
+            used += 1;
         }
         used
     }
@@ -328,6 +340,31 @@ impl DiskGrade {
             ));
         }
         s
+    }
+}
+
+/// Readings that point at the medium, and at the link, for [`cause_of`].
+const MEDIA_READINGS: [Reading; 7] = [
+    Reading::Reallocated,
+    Reading::Pending,
+    Reading::OfflineUncorrectable,
+    Reading::ReportedUncorrect,
+    Reading::NvmeMediaErrors,
+    Reading::ScsiGrownDefects,
+    Reading::KernelMediumErrors,
+];
+const LINK_READINGS: [Reading; 3] = [Reading::UdmaCrc, Reading::UdmaCrcRise, Reading::KernelLinkErrors];
+
+/// What a grade's fired items blame: `media` (replace the disk) before `link` (reseat or replace the cable,
+/// connector or backplane); `None` when neither fired.
+pub fn cause_of(g: &DiskGrade) -> Option<&'static str> {
+    let fired = |set: &[Reading]| g.items.iter().any(|i| set.iter().any(|r| r.as_str() == i.reading));
+    if fired(&MEDIA_READINGS) {
+        Some("media")
+    } else if fired(&LINK_READINGS) {
+        Some("link")
+    } else {
+        None
     }
 }
 
@@ -424,6 +461,91 @@ mod tests {
 
     fn ids(g: &DiskGrade) -> Vec<&str> {
         g.items.iter().map(|i| i.item.as_str()).collect()
+    }
+
+    fn mutated_grade(profile: &Profile, rel: &str, changes: &[(&str, serde_json::Value)]) -> DiskGrade {
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(smart_dir("").join(rel)).unwrap()).unwrap();
+        for (ptr, v) in changes {
+            *doc.pointer_mut(ptr).unwrap_or_else(|| panic!("{rel}: no {ptr}")) = v.clone();
+        }
+        let r = parse_report(&serde_json::to_vec(&doc).unwrap(), "x").unwrap();
+        assert!(r.problem.is_none(), "{:?}", r.problem);
+        let mut ev = DiskEvidence::default();
+        ev.extend(r.readings());
+        score(profile, &ev)
+    }
+
+    /// Issue 14 item 8: UDMA CRC errors are a link WARNING (not media); several NVMe media errors are ERROR;
+    /// the NVMe error-log count is listed.
+    #[test]
+    fn crc_errors_warn_as_link_and_nvme_media_errors_are_errors() {
+        let p = Profile::builtin("online").unwrap();
+        // a real SATA drive (199 present) with the CRC count of the issue's example
+        let sat = "smartctl-exporter/HGST_HUS724020ALE640_28.json";
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(smart_dir("").join(sat)).unwrap()).unwrap();
+        let idx = doc["ata_smart_attributes"]["table"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|a| a["id"] == 199)
+            .unwrap();
+        let ptr = format!("/ata_smart_attributes/table/{idx}/raw/value");
+        let g = mutated_grade(&p, sat, &[(&ptr, 108.into())]);
+        assert_eq!(g.grade, Severity::Warning, "{}", g.summary());
+        assert_eq!(cause_of(&g), Some("link"));
+        // the recorded value (12 lifetime CRC errors) is background: GOOD
+        let g = grade_file(&p, &smart_dir("").join(sat));
+        assert_eq!(g.grade, Severity::Good, "{}", g.summary());
+        let nvme = "smart-prom-next/nvme_xall.json";
+        let g = mutated_grade(
+            &p,
+            nvme,
+            &[
+                ("/nvme_smart_health_information_log/media_errors", 7.into()),
+                ("/nvme_smart_health_information_log/num_err_log_entries", 62.into()),
+            ],
+        );
+        assert_eq!(g.grade, Severity::Error, "{}", g.summary());
+        assert!(ids(&g).contains(&"nvme.error-log-entries"));
+        assert_eq!(cause_of(&g), Some("media"));
+        let g = mutated_grade(&p, nvme, &[("/nvme_smart_health_information_log/media_errors", 1.into())]);
+        assert_eq!(g.grade, Severity::Warning, "{}", g.summary());
+    }
+
+    /// Kernel findings with a decoded cause count as link or media whatever their rule; INFO findings
+    /// (context lines, counts below a threshold) count as nothing.
+    #[test]
+    fn kernel_causes_weigh_differently() {
+        let p = Profile::builtin("online").unwrap();
+        let sda = ObjectId::new(state_machines::Kind::Disk, "h", Some("sda")).unwrap();
+        let f = |rule: &str, sev: Severity, cause: Option<&str>| Finding {
+            object: sda.clone(),
+            severity: sev,
+            checker: "kernel-log".into(),
+            version: "1".into(),
+            rule: rule.into(),
+            evidence: String::new(),
+            readings: cause
+                .map(|c| BTreeMap::from([("cause".to_string(), c.to_string())]))
+                .unwrap_or_default(),
+            time_ms: 0,
+        };
+        let mut e = DiskEvidence::default();
+        let link = [
+            f("disk.reset", Severity::Warning, Some("link")),
+            f("disk.ata-link-error", Severity::Warning, Some("link")),
+        ];
+        assert_eq!(e.add_kernel_findings(&p, &sda, &link), 2);
+        assert_eq!(e.readings.get(&Reading::KernelLinkErrors), Some(&2.0));
+        let g = score(&p, &e);
+        assert_eq!((g.grade, cause_of(&g)), (Severity::Warning, Some("link")));
+        let mut e = DiskEvidence::default();
+        let media =
+            [f("disk.reset", Severity::Error, Some("media")), f("disk.io-error", Severity::Info, None)];
+        assert_eq!(e.add_kernel_findings(&p, &sda, &media), 1, "the INFO finding is not evidence");
+        assert_eq!(e.readings.get(&Reading::KernelMediumErrors), Some(&1.0));
     }
 
     #[test]
