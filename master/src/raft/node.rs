@@ -185,6 +185,16 @@ fn open_verified(path: &Path) -> Result<Database, RaftError> {
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m)))) => {
             Err(RaftError::Corrupt(format!("{}: redb integrity check failed: {m}", path.display())))
         }
+        // A file shorter than its own header says (truncated, e.g. by a copy cut short) ends reads early: redb
+        // reports it as an I/O error of kind UnexpectedEof, which is damage, not a transient fault.
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Err(RaftError::Corrupt(format!(
+                "{}: file shorter than its contents (truncated?): {e}",
+                path.display()
+            )))
+        }
         Ok(Err(e)) => Err(RaftError::Storage(format!("open {}: {e}", path.display()))),
         Err(p) => Err(RaftError::Corrupt(format!(
             "{}: storage panic while opening: {}",
