@@ -216,12 +216,25 @@ impl MasterFsm {
     /// Replace the state machine's tables with a snapshot's contents.
     pub fn restore_data(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), StoreError> {
         let revision = snapshot::restore(txn, data)?;
-        let min = txn.open_table(store::META)?.get(META_MIN_COMMAND_VERSION)?.map(|g| g.value());
+        let min = match txn.open_table(store::META)?.get(META_MIN_COMMAND_VERSION)? {
+            Some(g) => Some(store::unseal_u64("fsm_counters", g.value())?),
+            None => None,
+        };
         self.stats
             .min_command_version
             .store(min.unwrap_or(u64::from(DEFAULT_MIN_COMMAND_VERSION)), Ordering::Relaxed);
         self.pending = Some(revision);
         Ok(())
+    }
+}
+
+/// How the raft layer sees a store error: damage is a corrupt replica, an entry too new for this binary
+/// stops the node until it is upgraded, anything else is a storage failure. All three are fatal.
+pub fn fsm_error(e: StoreError) -> crate::raft::FsmError {
+    match e {
+        StoreError::Corrupt { .. } => crate::raft::FsmError::Corrupt(e.to_string()),
+        StoreError::TooNew { .. } => crate::raft::FsmError::TooNew(e.to_string()),
+        StoreError::Storage(_) => crate::raft::FsmError::Storage(e.to_string()),
     }
 }
 
@@ -235,15 +248,27 @@ impl crate::raft::Fsm for MasterFsm {
         index: u64,
         cmd: &[u8],
     ) -> Result<Vec<u8>, crate::raft::FsmError> {
-        self.apply_entry(txn, index, cmd).map_err(|e| crate::raft::FsmError::Storage(e.to_string()))
+        self.apply_entry(txn, index, cmd).map_err(fsm_error)
     }
 
     fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, crate::raft::FsmError> {
-        self.snapshot_data(txn).map_err(|e| crate::raft::FsmError::Storage(e.to_string()))
+        self.snapshot_data(txn).map_err(fsm_error)
+    }
+
+    fn open(&mut self, db: &redb::Database, damage: &store::DamageFlag) -> Result<(), crate::raft::FsmError> {
+        let report = store::open_store(db).map_err(fsm_error)?;
+        store::watch_damage(db, damage);
+        tracing::info!(
+            records = report.records,
+            bytes = report.bytes,
+            upgraded = report.upgraded,
+            "state machine tables verified"
+        );
+        Ok(())
     }
 
     fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), crate::raft::FsmError> {
-        self.restore_data(txn, data).map_err(|e| crate::raft::FsmError::Storage(e.to_string()))
+        self.restore_data(txn, data).map_err(fsm_error)
     }
 
     fn after_commit(&mut self) {

@@ -8,10 +8,15 @@
 //! The change log travels in the snapshot (it is bounded by the retention window), so a member caught up by a
 //! snapshot serves the same watch history. Version 1 snapshots (older binaries) have no change log: restoring
 //! one starts the change log at the snapshot's revision. Unknown tags and truncation are errors, not panics.
+//!
+//! Records carry the plain values (the whole snapshot is sealed by the raft layer where it is stored): writing
+//! verifies every stored value's checksum (damage is `StoreError::Corrupt`, never copied into a snapshot),
+//! restoring seals every value again.
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::redb_state::Tables;
+use crate::checksum;
 use crate::store::{
     self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST, META_REVISION, OBJECTS,
     PENDING, PROPOSAL_OBJ, PROPOSALS, SCOPES, SETTINGS, StoreError,
@@ -60,47 +65,59 @@ pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
     if let Some(t) = open_read!(txn, META) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 1, k.value().as_bytes(), &v.value().to_be_bytes());
+            push_record(
+                &mut out,
+                1,
+                k.value().as_bytes(),
+                &store::unseal_u64("fsm_counters", v.value())?.to_be_bytes(),
+            );
         }
     }
     if let Some(t) = open_read!(txn, OBJECTS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 2, k.value().as_bytes(), v.value());
+            push_record(&mut out, 2, k.value().as_bytes(), store::unseal("fsm_objects", v.value())?);
         }
     }
     if let Some(t) = open_read!(txn, HISTORY) {
         for row in t.iter()? {
             let (k, v) = row?;
             let (id, seq) = k.value();
-            push_record(&mut out, 3, &history_key(id, seq), v.value());
+            push_record(&mut out, 3, &history_key(id, seq), store::unseal("fsm_history", v.value())?);
         }
     }
     if let Some(t) = open_read!(txn, AGENTS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 4, k.value().as_bytes(), v.value());
+            push_record(&mut out, 4, k.value().as_bytes(), store::unseal("fsm_agents", v.value())?);
         }
     }
     if let Some(t) = open_read!(txn, MEMBERS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 5, &k.value().to_be_bytes(), v.value());
+            push_record(&mut out, 5, &k.value().to_be_bytes(), store::unseal("fsm_members", v.value())?);
         }
     }
-    for (tag, def) in [(6, SCOPES), (8, PROPOSAL_OBJ), (10, SETTINGS)] {
+    for (tag, name, def) in
+        [(6, "fsm_scopes", SCOPES), (8, "fsm_proposal_obj", PROPOSAL_OBJ), (10, "fsm_settings", SETTINGS)]
+    {
         if let Some(t) = open_read!(txn, def) {
             for row in t.iter()? {
                 let (k, v) = row?;
-                push_record(&mut out, tag, k.value().as_bytes(), v.value());
+                push_record(&mut out, tag, k.value().as_bytes(), store::unseal(name, v.value())?);
             }
         }
     }
-    for (tag, def) in [(7, PROPOSALS), (9, PENDING), (11, AUDIT), (12, CHANGES)] {
+    for (tag, name, def) in [
+        (7, "fsm_proposals", PROPOSALS),
+        (9, "fsm_pending", PENDING),
+        (11, "fsm_audit", AUDIT),
+        (12, "fsm_changes", CHANGES),
+    ] {
         if let Some(t) = open_read!(txn, def) {
             for row in t.iter()? {
                 let (k, v) = row?;
-                push_record(&mut out, tag, &k.value().to_be_bytes(), v.value());
+                push_record(&mut out, tag, &k.value().to_be_bytes(), store::unseal(name, v.value())?);
             }
         }
     }
@@ -205,50 +222,57 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
     txn.delete_table(CHANGES)?;
     txn.delete_table(MEMBERS)?;
     let mut t = Tables::open(txn)?;
+    let mut sealed = Vec::new();
     for (tag, key, value) in parsed.records {
+        sealed.clear();
+        checksum::seal_into(&mut sealed, value);
+        let v = sealed.as_slice();
         match tag {
             1 => {
-                t.meta.insert(utf8(key)?, u64_be(value)?)?;
+                t.meta.insert(utf8(key)?, store::seal_u64(u64_be(value)?).as_slice())?;
             }
             2 => {
-                t.objects.insert(utf8(key)?, value)?;
+                t.objects.insert(utf8(key)?, v)?;
             }
             3 => {
-                t.history.insert(split_history_key(key)?, value)?;
+                t.history.insert(split_history_key(key)?, v)?;
             }
             4 => {
-                t.agents.insert(utf8(key)?, value)?;
+                t.agents.insert(utf8(key)?, v)?;
             }
             5 => {
-                t.members.insert(u64_be(key)?, value)?;
+                t.members.insert(u64_be(key)?, v)?;
             }
             6 => {
-                t.scopes.insert(utf8(key)?, value)?;
+                t.scopes.insert(utf8(key)?, v)?;
             }
             7 => {
-                t.proposals.insert(u64_be(key)?, value)?;
+                t.proposals.insert(u64_be(key)?, v)?;
             }
             8 => {
-                t.proposal_obj.insert(utf8(key)?, value)?;
+                t.proposal_obj.insert(utf8(key)?, v)?;
             }
             9 => {
-                t.pending.insert(u64_be(key)?, value)?;
+                t.pending.insert(u64_be(key)?, v)?;
             }
             10 => {
-                t.settings.insert(utf8(key)?, value)?;
+                t.settings.insert(utf8(key)?, v)?;
             }
             11 => {
-                t.audit.insert(u64_be(key)?, value)?;
+                t.audit.insert(u64_be(key)?, v)?;
             }
             _ => {
-                t.changes.insert(u64_be(key)?, value)?;
+                t.changes.insert(u64_be(key)?, v)?;
             }
         }
     }
-    let revision = t.meta.get(META_REVISION)?.map(|g| g.value()).unwrap_or(0);
+    let revision = match t.meta.get(META_REVISION)? {
+        Some(g) => store::unseal_u64("fsm_counters", g.value())?,
+        None => 0,
+    };
     if !parsed.has_change_log {
         // No change log in the snapshot: watches resume from the snapshot's revision on.
-        t.meta.insert(META_CHANGELOG_FIRST, revision + 1)?;
+        t.meta.insert(META_CHANGELOG_FIRST, store::seal_u64(revision + 1).as_slice())?;
     }
     Ok(revision)
 }

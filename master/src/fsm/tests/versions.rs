@@ -98,7 +98,10 @@ fn a_gated_command_kind_is_refused_at_apply_until_enabled() {
     let mut h = Harness::new();
     {
         let txn = h.db.begin_write().expect("txn");
-        txn.open_table(META).expect("meta").insert(META_MIN_COMMAND_VERSION, 0u64).expect("insert");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(META_MIN_COMMAND_VERSION, crate::store::seal_u64(0).as_slice())
+            .expect("insert");
         txn.commit().expect("commit");
     }
     // A stored 0 reads as the default for the API; the fsm compares the raw value, so version 1 > 0 refuses.
