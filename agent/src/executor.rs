@@ -33,7 +33,7 @@ pub enum OrderError {
     #[error("order for {object:?}: {err}")]
     Object { object: String, err: state_machines::IdError },
     #[error("order for {object:?}: {err}")]
-    Action { object: String, err: String },
+    Action { object: String, err: state_machines::model::UnknownAction },
 }
 
 /// A finished action waiting for the master's acknowledgement.
@@ -71,7 +71,7 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 pub fn request_of(o: &api::ActionOrder, now_ms: u64) -> Result<ActionRequest, OrderError> {
     let object: ObjectId =
         o.object.parse().map_err(|err| OrderError::Object { object: o.object.clone(), err })?;
-    // `Action`'s parser (state-machines) reports a message; it is wrapped here with the order it refused.
+    // `Action`'s parser (state-machines) names what it refused; it is wrapped here with the order.
     let action: Action =
         o.action.parse().map_err(|err| OrderError::Action { object: o.object.clone(), err })?;
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());

@@ -43,19 +43,8 @@ pub fn run(a: AgentArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return,
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            let _ = tx.send(true);
-        });
-        agent::run::run(cfg, rx).await
+        let stop = proto::shutdown::stop_flag().context("cannot watch for SIGINT/SIGTERM")?;
+        agent::run::run(cfg, stop).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -312,11 +312,11 @@ async fn run_async(a: DevArgs) -> anyhow::Result<ExitCode> {
     println!("Try: huatuo objects   |   huatuo status   |   huatuo watch");
     println!("Ctrl-C stops everything.");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signalled = proto::shutdown::on_signal()?;
+    tokio::pin!(signalled);
     let exited = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break None,
-            _ = term.recv() => break None,
+            _ = &mut signalled => break None,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 let mut gone = None;
                 for p in procs.iter_mut() {

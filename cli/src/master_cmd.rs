@@ -75,21 +75,6 @@ fn config(a: MasterArgs) -> anyhow::Result<MasterConfig> {
     Ok(MasterConfig::from_toml(&toml.to_string())?)
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 /// `--verify`: the start-up checks on the data dir, without starting.
 fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
     let dir = match (&a.config, &a.data_dir) {
@@ -139,6 +124,9 @@ pub fn run(a: MasterArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    rt.block_on(master::server::run(resolved, shutdown_signal()))?;
+    rt.block_on(async move {
+        let signalled = proto::shutdown::on_signal().context("cannot watch for SIGINT/SIGTERM")?;
+        master::server::run(resolved, signalled).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }

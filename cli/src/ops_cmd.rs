@@ -43,9 +43,14 @@ pub struct MasterAddr {
     pub insecure: bool,
 }
 
-fn parse_token(s: &str) -> Result<proto::tls::Token, String> {
+/// Why `--token` is refused (clap prints it with the flag's name).
+#[derive(Debug, thiserror::Error)]
+#[error("a token is one word of printable characters")]
+pub(crate) struct BadToken;
+
+fn parse_token(s: &str) -> Result<proto::tls::Token, BadToken> {
     if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("a token is one word of printable characters".into());
+        return Err(BadToken);
     }
     Ok(proto::tls::Token::new(s))
 }

@@ -3,7 +3,6 @@
 //! result arrives. Nothing here is replicated: an order is just a view of `pending_action`, so a new leader
 //! hands out the same orders and an agent that restarts gets them again (actions are idempotent).
 
-use serde::{Deserialize, Serialize};
 use state_machines::{Cause, Kind};
 
 use crate::model::ObjectRecord;
@@ -12,19 +11,8 @@ use crate::store::{Filter, Reader, StoreError};
 /// Most orders one heartbeat carries (a host has a few dozen objects; one action each at most).
 pub const MAX_ORDERS: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ActionOrder {
-    pub object: String,
-    pub action: String,
-    pub requested_ms: u64,
-    pub deadline_ms: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub old_serial: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub new_serial: String,
-    #[serde(default)]
-    pub params: std::collections::BTreeMap<String, String>,
-}
+/// The order type is the API view shared by every front end.
+pub use proto::view::ActionOrder;
 
 /// The order for one record, if it waits for an action.
 pub fn order_of(r: &ObjectRecord) -> Option<ActionOrder> {

@@ -1,7 +1,8 @@
 //! Who may call what: bearer tokens (stored only as sha256 hex in the master config, compared in constant
 //! time, never logged) carry roles, and one table maps every gRPC method path and REST method+path to what
-//! it needs. The gRPC port checks it in a tower layer in front of tonic's router, the HTTP port in an axum
-//! middleware; both run before any handler, so a refused call changes nothing. The caller found is put in
+//! it needs. The gRPC port checks it in a tower layer in front of tonic's router ([`GrpcAuthLayer`]), the
+//! HTTP port in an axum middleware (`http::rest_auth`, which calls [`Authenticator::authorize`] with
+//! [`rest_need`]); both run before any handler, so a refused call changes nothing. The caller found is put in
 //! the request extensions, where the Command handlers read it: what a command needs depends on its kind
 //! (see [`command_need`]).
 //!
@@ -15,10 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
 use axum::http::{self, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use proto::error::ApiError;
 use proto::tls::{MAX_TOKEN_LEN, constant_time_eq, sha256_hex};
 use serde::Deserialize;
@@ -195,28 +193,45 @@ pub struct AuthConfig {
     pub tokens: Vec<TokenEntry>,
 }
 
+/// Why an `[auth]` section is refused (the master does not start).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("[auth] lists {0} tokens; at most {MAX_TOKENS}")]
+    TooManyTokens(usize),
+    #[error("[auth] token with an empty name")]
+    EmptyName,
+    #[error("[auth] token name {0:?} appears twice")]
+    DuplicateName(String),
+    #[error("[auth] token {0:?}: sha256 must be 64 hex characters")]
+    BadHash(String),
+    #[error("[auth] token {0:?}: the same hash appears twice")]
+    DuplicateHash(String),
+    #[error("[auth] token {0:?} has no roles")]
+    NoRoles(String),
+}
+
 impl AuthConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), AuthConfigError> {
         if self.tokens.len() > MAX_TOKENS {
-            return Err(format!("[auth] lists {} tokens; at most {MAX_TOKENS}", self.tokens.len()));
+            return Err(AuthConfigError::TooManyTokens(self.tokens.len()));
         }
         let mut names = BTreeSet::new();
         let mut hashes = BTreeSet::new();
         for t in &self.tokens {
             if t.name.is_empty() {
-                return Err("[auth] token with an empty name".into());
+                return Err(AuthConfigError::EmptyName);
             }
             if !names.insert(t.name.as_str()) {
-                return Err(format!("[auth] token name {:?} appears twice", t.name));
+                return Err(AuthConfigError::DuplicateName(t.name.clone()));
             }
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!("[auth] token {:?}: sha256 must be 64 hex characters", t.name));
+                return Err(AuthConfigError::BadHash(t.name.clone()));
             }
             if !hashes.insert(t.sha256.to_ascii_lowercase()) {
-                return Err(format!("[auth] token {:?}: the same hash appears twice", t.name));
+                return Err(AuthConfigError::DuplicateHash(t.name.clone()));
             }
             if t.roles.is_empty() {
-                return Err(format!("[auth] token {:?} has no roles", t.name));
+                return Err(AuthConfigError::NoRoles(t.name.clone()));
             }
         }
         Ok(())
@@ -236,7 +251,7 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(cfg: &AuthConfig) -> Result<Authenticator, String> {
+    pub fn new(cfg: &AuthConfig) -> Result<Authenticator, AuthConfigError> {
         cfg.validate()?;
         let entries = cfg
             .tokens
@@ -350,25 +365,6 @@ where
                 let status: tonic::Status = e.into();
                 Box::pin(async move { Ok(status.into_http()) })
             }
-        }
-    }
-}
-
-/// Axum middleware for the HTTP port (`axum::middleware::from_fn_with_state`).
-pub async fn rest_auth(State(auth): State<Arc<Authenticator>>, mut req: Request, next: Next) -> Response {
-    let need = rest_need(req.method(), req.uri().path());
-    let what = format!("{} {}", req.method(), req.uri().path());
-    let header = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-    match auth.authorize(need, header, &what) {
-        Ok(caller) => {
-            if let Some(c) = caller {
-                req.extensions_mut().insert(c);
-            }
-            next.run(req).await
-        }
-        Err(e) => {
-            tracing::info!(call = %what, code = %e.code, "REST call refused");
-            crate::http::HttpError(e).into_response()
         }
     }
 }
@@ -493,7 +489,7 @@ mod tests {
             (vec![good.clone(), TokenEntry { name: "b".into(), ..good.clone() }], "same hash"),
             (vec![TokenEntry { name: String::new(), ..good.clone() }], "empty name"),
         ] {
-            let e = Authenticator::new(&AuthConfig { tokens }).expect_err(want);
+            let e = Authenticator::new(&AuthConfig { tokens }).expect_err(want).to_string();
             assert!(e.contains(want), "{e}");
         }
         let many: Vec<TokenEntry> =
@@ -503,7 +499,7 @@ mod tests {
             "the limit itself is fine"
         );
         let e = Authenticator::new(&AuthConfig { tokens: many }).expect_err("one past the limit");
-        assert!(e.contains("at most"), "{e}");
+        assert_eq!(e, AuthConfigError::TooManyTokens(MAX_TOKENS + 1));
         let text = "[[tokens]]\nname = \"x\"\nsha256 = \"00\"\nroles = [\"root\"]\n";
         assert!(toml::from_str::<AuthConfig>(text).is_err(), "unknown roles are refused");
         assert!(!format!("{good:?}").contains(&good.sha256));

@@ -65,6 +65,12 @@ impl LocalCluster {
         Self::start_inner(bin, n, Some(extra))
     }
 
+    /// [`LocalCluster::start`] with extra environment variables for every node (e.g. `RUST_LOG`).
+    pub fn start_with_env(bin: &Path, n: u64, env: &[(&str, &str)]) -> std::io::Result<LocalCluster> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_full(bin, n, None, true, ClientSecurity::default(), env)
+    }
+
     /// A cluster with security on: `extra_toml` must carry `[tls]` and `[[auth.tokens]]` (as for
     /// [`LocalCluster::start_with_config`]); `client` is what the harness uses for its own calls (a CA,
     /// a client certificate and a token with at least the read role).
@@ -211,6 +217,22 @@ impl LocalCluster {
         if let Some(mut c) = self.children.remove(&id) {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Send SIGTERM to node `id` (an orderly shutdown); see [`LocalCluster::exited`] for its end.
+    pub fn terminate(&self, id: u64) -> std::io::Result<()> {
+        let Some(c) = self.children.get(&id) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("node {id} is not running"),
+            ));
+        };
+        let status = Command::new("kill").args(["-TERM", &c.id().to_string()]).status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("kill -TERM failed: {status}")))
         }
     }
 

@@ -228,7 +228,7 @@ impl MasterConfig {
             min_free_bytes: mib("min_free_mb", self.min_free_mb)?,
         };
         self.policy.validate().map_err(|e| ConfigError(e.to_string()))?;
-        self.auth.validate().map_err(ConfigError)?;
+        self.auth.validate().map_err(|e| ConfigError(e.to_string()))?;
         let security = match (&self.tls, self.insecure) {
             (_, true) => Security::Insecure,
             (Some(tls), false) if !self.auth.tokens.is_empty() => {

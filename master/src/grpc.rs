@@ -1,7 +1,8 @@
-//! The gRPC front end (`huatuo.api.v1.Master`, proto/proto/api.proto): converts wire messages to domain
-//! requests, calls the [`Service`], and converts results and [`ApiError`]s back. No logic lives here.
+//! The gRPC adapter (`huatuo.api.v1.Master`, proto/proto/api.proto): converts wire messages to the API
+//! layer's calls (`crate::api`) and results and [`ApiError`]s back. No validation or logic lives here, and
+//! nothing here is shared with the REST adapter (`http.rs`): both sit on `crate::api` alone (CI checks that
+//! neither imports the other).
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -9,15 +10,13 @@ use futures::Stream;
 use proto::api::{self, master_server::Master};
 use proto::convert;
 use proto::error::ApiError;
-use state_machines::{AckKind, OperatorCommand, TicketUpdate};
 use tonic::{Request, Response, Status};
 
-use crate::model::{ChangeEvent, HistoryEntry, ObjectRecord, Registration};
-use crate::safety::{Level, Proposal, ProposalFilter, ProposalStatus, QuotaRule};
-use crate::safety_api::{SafetyView, ScopeView};
-use crate::service::{IngestBatch, Service};
-use crate::sm_seam::{self, Input};
-use crate::store::Filter;
+use crate::api::requests::{self, ObjectCommand};
+use crate::api::safety::SafetyView;
+use crate::api::{HeartbeatInfo, IngestBatch, Service};
+use crate::model::{ChangeEvent, HistoryEntry, Registration};
+use crate::safety::{Proposal, QuotaRule};
 
 /// Largest gRPC message accepted or sent: an ingest batch of MAX_FINDINGS_PER_BATCH bounded findings
 /// fits; the raft layer's command limit still applies after decoding.
@@ -35,72 +34,9 @@ impl GrpcApi {
     }
 }
 
-pub fn object_to_wire(r: &ObjectRecord) -> api::Object {
-    let mut attributes: BTreeMap<String, String> = r.attributes.clone();
-    attributes.extend(r.sm.attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
-    api::Object {
-        id: r.id.to_string(),
-        kind: r.id.kind().to_string(),
-        host: r.id.host().to_string(),
-        state: sm_seam::state_name(&r.sm).to_string(),
-        grade: sm_seam::grade_name(&r.sm).to_string(),
-        state_since_ms: r.sm.since_ms,
-        labels: r.labels.clone().into_iter().collect(),
-        attributes: attributes.into_iter().collect(),
-        revision: r.revision,
-        evidence: r.evidence.values().map(convert::finding_to_wire).collect(),
-        history_len: r.history_len(),
-        history_compacted: r.history_compacted,
-        created_ms: r.created_ms,
-        waiting_ack: r.sm.pending_ack.as_ref().map(|a| a.ack.as_str().to_string()).unwrap_or_default(),
-        waiting_role: r.sm.pending_ack.as_ref().map(|a| a.role.clone()).unwrap_or_default(),
-        ack_deadline_ms: r.sm.pending_ack.as_ref().map_or(0, |a| a.deadline_ms),
-        ack_escalated: r.sm.pending_ack.as_ref().is_some_and(|a| a.escalated),
-        pending_action: r.sm.pending_action.as_ref().map(|a| a.action.to_string()).unwrap_or_default(),
-        action_deadline_ms: r.sm.pending_action.as_ref().map_or(0, |a| a.deadline_ms),
-    }
-}
-
-pub fn order_to_wire(o: crate::actions::ActionOrder) -> api::ActionOrder {
-    api::ActionOrder {
-        object: o.object,
-        action: o.action,
-        requested_ms: o.requested_ms,
-        deadline_ms: o.deadline_ms,
-        old_serial: o.old_serial,
-        new_serial: o.new_serial,
-        params: o.params.into_iter().collect(),
-    }
-}
-
-pub fn scope_to_wire(s: &ScopeView) -> api::Scope {
-    api::Scope {
-        scope: s.scope.clone(),
-        level: s.level.as_str().into(),
-        latched: s.latched,
-        reason: s.reason.clone(),
-        set_by: s.set_by.clone(),
-        since_ms: s.since_ms,
-        quotas: s
-            .quotas
-            .iter()
-            .map(|q| api::QuotaUse {
-                kind: q.kind.clone(),
-                population: q.population,
-                concurrent: q.concurrent,
-                max_concurrent: q.max_concurrent,
-                entries: q.entries,
-                max_entries: q.max_entries,
-                window_ms: q.window_ms,
-            })
-            .collect(),
-        pending_proposals: s.pending_proposals,
-        last_blocked: s.last_blocked.clone(),
-        last_blocked_ms: s.last_blocked_ms,
-        agents: s.agents,
-        agents_alive: s.agents_alive,
-    }
-}
+// The API views (objects, scopes, cluster info, agents, action orders) convert in `proto::convert`. The
+// records below are the state machine's own types (`model.rs`, `safety.rs`), which `proto` cannot see, so
+// they are converted here; moving those types into `proto::view` would finish the job.
 
 pub fn proposal_to_wire(p: &Proposal) -> api::Proposal {
     api::Proposal {
@@ -133,19 +69,13 @@ fn quota_to_wire(q: &QuotaRule) -> api::QuotaRule {
 }
 
 fn quota_from_wire(q: api::QuotaRule) -> Result<QuotaRule, ApiError> {
-    Ok(QuotaRule {
-        kind: q.kind,
-        scope: q.scope,
-        window_ms: q.window_ms,
-        max_entries: q.max_entries.parse().map_err(ApiError::invalid)?,
-        max_concurrent: q.max_concurrent.parse().map_err(ApiError::invalid)?,
-    })
+    requests::quota_rule(q.kind, q.scope, q.window_ms, &q.max_entries, &q.max_concurrent)
 }
 
 fn safety_to_wire(v: SafetyView) -> api::GetSafetyResponse {
     api::GetSafetyResponse {
         quotas: v.quotas.iter().map(quota_to_wire).collect(),
-        scopes: v.scopes.iter().map(scope_to_wire).collect(),
+        scopes: v.scopes.iter().map(convert::scope_to_wire).collect(),
         alerts: v
             .alerts
             .iter()
@@ -159,45 +89,6 @@ fn safety_to_wire(v: SafetyView) -> api::GetSafetyResponse {
             .collect(),
         revision: v.revision,
         config_json: serde_json::to_string(&v.config).unwrap_or_default(),
-    }
-}
-
-/// Proposal filter from wire fields (empty = any).
-pub fn proposal_filter(
-    scope: &str,
-    kind: &str,
-    host: &str,
-    checker: &str,
-) -> Result<ProposalFilter, ApiError> {
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    let kind = match kind {
-        "" => None,
-        k => Some(k.parse().map_err(|_| ApiError::invalid(format!("unknown kind {k:?}")))?),
-    };
-    Ok(ProposalFilter { scope: opt(scope), kind, host: opt(host), checker: opt(checker) })
-}
-
-pub fn proposal_status(s: &str) -> Result<Option<ProposalStatus>, ApiError> {
-    Ok(Some(match s {
-        "" | "pending" => ProposalStatus::Pending,
-        "all" => return Ok(None),
-        "approved" => ProposalStatus::Approved,
-        "rejected" => ProposalStatus::Rejected,
-        "stale" => ProposalStatus::Stale,
-        "applied" => ProposalStatus::Applied,
-        other => {
-            return Err(ApiError::invalid(format!(
-                "unknown proposal status {other:?} (pending, approved, rejected, stale, applied, all)"
-            )));
-        }
-    }))
-}
-
-pub fn decision(s: &str) -> Result<bool, ApiError> {
-    match s {
-        "approve" => Ok(true),
-        "reject" => Ok(false),
-        other => Err(ApiError::invalid(format!("decision {other:?}: approve or reject"))),
     }
 }
 
@@ -239,122 +130,6 @@ pub fn event_from_wire(e: api::Event) -> ChangeEvent {
     }
 }
 
-/// Build a listing/watch filter from wire strings (empty = any).
-pub fn filter_from_wire(kind: &str, state: &str, host: &str, labels: &[String]) -> Result<Filter, ApiError> {
-    let kind = if kind.is_empty() {
-        None
-    } else {
-        Some(kind.parse::<state_machines::Kind>().map_err(|e| ApiError::invalid(e.to_string()))?)
-    };
-    let state = if state.is_empty() {
-        None
-    } else {
-        Some(
-            state
-                .parse::<state_machines::State>()
-                .map_err(|e| ApiError::invalid(e.to_string()))?
-                .as_str()
-                .to_string(),
-        )
-    };
-    let host = if host.is_empty() {
-        None
-    } else {
-        state_machines::id::validate_host(host).map_err(|e| ApiError::invalid(e.to_string()))?;
-        Some(host.to_string())
-    };
-    let labels = labels
-        .iter()
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| ApiError::invalid(format!("label selector {l:?} is not key=value")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Filter { kind, state, host, labels })
-}
-
-/// The state machine input for an object command from the wire (`kind`: ack, force, approve, ticket, result).
-pub fn command_input(c: &api::CommandRequest) -> Result<Input, ApiError> {
-    let need = |what: &str, v: &str| {
-        if v.is_empty() { Err(ApiError::invalid(format!("{} needs {what}", c.kind))) } else { Ok(()) }
-    };
-    let by = || if c.by.is_empty() { "operator".to_string() } else { c.by.clone() };
-    Ok(match c.kind.as_str() {
-        "ack" => {
-            let ack = match c.name.as_str() {
-                "drained" => AckKind::Drained,
-                "data-evacuated" | "evacuated" => AckKind::DataEvacuated,
-                other => {
-                    return Err(ApiError::invalid(format!(
-                        "unknown ack {other:?} (expected drained or data-evacuated)"
-                    )));
-                }
-            };
-            need("a subscriber role in `by`", &c.by)?;
-            Input::Ack { role: c.by.clone(), ack }
-        }
-        "force" => {
-            let to =
-                c.value.parse::<state_machines::State>().map_err(|e| ApiError::invalid(e.to_string()))?;
-            need("a reason", &c.reason)?;
-            Input::Operator {
-                operator: by(),
-                command: OperatorCommand::Force { to, reason: c.reason.clone() },
-            }
-        }
-        "approve" => {
-            need("a reason", &c.reason)?;
-            Input::Operator { operator: by(), command: OperatorCommand::Approve { reason: c.reason.clone() } }
-        }
-        "ticket" => {
-            need("a ticket id in `name`", &c.name)?;
-            let update = match c.value.as_str() {
-                "filed" => TicketUpdate::Filed,
-                "accepted" => TicketUpdate::Accepted,
-                "part-replaced" => TicketUpdate::PartReplaced,
-                "closed" => TicketUpdate::Closed,
-                other => {
-                    return Err(ApiError::invalid(format!(
-                        "unknown ticket update {other:?} (expected filed, accepted, part-replaced or closed)"
-                    )));
-                }
-            };
-            Input::Ticket { ticket: c.name.clone(), update }
-        }
-        "result" | "action_result" => {
-            let action = match c.name.as_str() {
-                "provision" => state_machines::Action::Provision,
-                "test" => state_machines::Action::Test,
-                fix => {
-                    let fix = match fix.strip_prefix("fix:").unwrap_or(fix) {
-                        "restart-service" => state_machines::FixAction::RestartService,
-                        "clean-fs" => state_machines::FixAction::CleanFs,
-                        "reboot" => state_machines::FixAction::Reboot,
-                        other => {
-                            return Err(ApiError::invalid(format!(
-                                "unknown action {other:?} (expected provision, test, fix:restart-service, \
-                                 fix:clean-fs or fix:reboot)"
-                            )));
-                        }
-                    };
-                    state_machines::Action::Fix { fix }
-                }
-            };
-            Input::ActionResult { action, success: c.success, detail: c.reason.clone() }
-        }
-        other => {
-            return Err(ApiError::invalid(format!(
-                "unknown command kind {other:?} (expected ack, force, approve, ticket or result)"
-            )));
-        }
-    })
-}
-
-fn err(e: ApiError) -> Status {
-    e.into()
-}
-
 type WatchStreamBox = Pin<Box<dyn Stream<Item = Result<api::WatchResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -364,11 +139,12 @@ impl Master for GrpcApi {
         req: Request<api::IngestRequest>,
     ) -> Result<Response<api::IngestResponse>, Status> {
         let req = req.into_inner();
-        if req.findings.len() > crate::model::MAX_FINDINGS_PER_BATCH {
-            return Err(err(ApiError::invalid(format!(
+        // Bound the decoding work before the API layer's checks (which repeat this one on the result).
+        if req.findings.len() > crate::api::validate::MAX_FINDINGS_PER_BATCH {
+            return Err(Status::from(ApiError::invalid(format!(
                 "{} findings in one batch (limit {})",
                 req.findings.len(),
-                crate::model::MAX_FINDINGS_PER_BATCH
+                crate::api::validate::MAX_FINDINGS_PER_BATCH
             ))));
         }
         let findings = req
@@ -380,9 +156,12 @@ impl Master for GrpcApi {
                     .map_err(|e| ApiError::new(e.code, format!("finding {i}: {}", e.message)))
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(err)?;
-        let res =
-            self.svc.ingest(IngestBatch { agent: req.agent, seq: req.seq, findings }).await.map_err(err)?;
+            .map_err(Status::from)?;
+        let res = self
+            .svc
+            .ingest(IngestBatch { agent: req.agent, seq: req.seq, findings })
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(api::IngestResponse {
             revision: res.revision,
             applied: res.applied,
@@ -396,7 +175,7 @@ impl Master for GrpcApi {
         req: Request<api::HeartbeatRequest>,
     ) -> Result<Response<api::HeartbeatResponse>, Status> {
         let req = req.into_inner();
-        let info = crate::service::HeartbeatInfo {
+        let info = HeartbeatInfo {
             version: req.version,
             started_ms: req.started_ms,
             checkers: req.checkers.into_iter().collect(),
@@ -404,8 +183,14 @@ impl Master for GrpcApi {
             outbox_dropped: req.outbox_dropped,
         };
         let host = req.host.clone();
-        let revision = self.svc.heartbeat(req.agent, req.host, info).await.map_err(err)?;
-        let actions = self.svc.actions_for(&host).map_err(err)?.into_iter().map(order_to_wire).collect();
+        let revision = self.svc.heartbeat(req.agent, req.host, info).await.map_err(Status::from)?;
+        let actions = self
+            .svc
+            .actions_for(&host)
+            .map_err(Status::from)?
+            .into_iter()
+            .map(convert::order_to_wire)
+            .collect();
         Ok(Response::new(api::HeartbeatResponse { revision, actions }))
     }
 
@@ -425,8 +210,8 @@ impl Master for GrpcApi {
                 })
             })
             .collect::<Result<Vec<_>, ApiError>>()
-            .map_err(err)?;
-        let res = self.svc.register(req.agent, req.host, objects).await.map_err(err)?;
+            .map_err(Status::from)?;
+        let res = self.svc.register(req.agent, req.host, objects).await.map_err(Status::from)?;
         Ok(Response::new(api::RegisterResponse {
             revision: res.revision,
             created: res.created,
@@ -440,11 +225,19 @@ impl Master for GrpcApi {
     ) -> Result<Response<api::CommandResponse>, Status> {
         // auth: what a command needs depends on its kind (the auth layer put the caller here).
         crate::auth::check_command(req.extensions().get::<crate::auth::Caller>(), &req.get_ref().kind)
-            .map_err(err)?;
+            .map_err(Status::from)?;
         let req = req.into_inner();
-        let object = convert::object_id(&req.object).map_err(err)?;
-        let input = command_input(&req).map_err(err)?;
-        let res = self.svc.object_command(object, input).await.map_err(err)?;
+        let object = convert::object_id(&req.object).map_err(Status::from)?;
+        let input = requests::object_input(&ObjectCommand {
+            kind: req.kind,
+            name: req.name,
+            value: req.value,
+            by: req.by,
+            reason: req.reason,
+            success: req.success,
+        })
+        .map_err(Status::from)?;
+        let res = self.svc.object_command(object, input).await.map_err(Status::from)?;
         Ok(Response::new(api::CommandResponse {
             revision: res.revision,
             state: res.state,
@@ -459,10 +252,11 @@ impl Master for GrpcApi {
         req: Request<api::ListObjectsRequest>,
     ) -> Result<Response<api::ListObjectsResponse>, Status> {
         let req = req.into_inner();
-        let filter = filter_from_wire(&req.kind, &req.state, &req.host, &req.labels).map_err(err)?;
-        let (objects, revision) = self.svc.list(&filter, req.limit as usize, req.stale).await.map_err(err)?;
+        let filter = requests::filter(&req.kind, &req.state, &req.host, &req.labels).map_err(Status::from)?;
+        let (objects, revision) =
+            self.svc.list(&filter, req.limit as usize, req.stale).await.map_err(Status::from)?;
         Ok(Response::new(api::ListObjectsResponse {
-            objects: objects.iter().map(object_to_wire).collect(),
+            objects: objects.iter().map(convert::object_to_wire).collect(),
             revision,
         }))
     }
@@ -472,10 +266,10 @@ impl Master for GrpcApi {
         req: Request<api::GetObjectRequest>,
     ) -> Result<Response<api::GetObjectResponse>, Status> {
         let req = req.into_inner();
-        let id = convert::object_id(&req.id).map_err(err)?;
-        let (rec, history, revision) = self.svc.get(&id, req.stale).await.map_err(err)?;
+        let id = convert::object_id(&req.id).map_err(Status::from)?;
+        let (rec, history, revision) = self.svc.get(&id, req.stale).await.map_err(Status::from)?;
         Ok(Response::new(api::GetObjectResponse {
-            object: Some(object_to_wire(&rec)),
+            object: Some(convert::object_to_wire(&rec)),
             history: history.iter().map(history_to_wire).collect(),
             revision,
         }))
@@ -485,7 +279,7 @@ impl Master for GrpcApi {
 
     async fn watch(&self, req: Request<api::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
-        let filter = filter_from_wire(&req.kind, "", &req.host, &[]).map_err(err)?;
+        let filter = requests::filter(&req.kind, "", &req.host, &[]).map_err(Status::from)?;
         let rx = self.svc.watch(req.from_revision, filter);
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         let stream = futures::StreamExt::map(stream, |item| match item {
@@ -501,40 +295,15 @@ impl Master for GrpcApi {
         &self,
         _req: Request<api::ClusterInfoRequest>,
     ) -> Result<Response<api::ClusterInfoResponse>, Status> {
-        let i = self.svc.cluster_info().map_err(err)?;
-        Ok(Response::new(api::ClusterInfoResponse {
-            id: i.id,
-            leader_id: i.leader_id,
-            term: i.term,
-            role: i.role,
-            commit_index: i.commit_index,
-            applied_index: i.applied_index,
-            revision: i.revision,
-            level: i.level,
-            members: i
-                .members
-                .into_iter()
-                .map(|m| api::Member {
-                    id: m.id,
-                    peer_addr: m.peer_addr,
-                    grpc_addr: m.grpc_addr,
-                    http_addr: m.http_addr,
-                })
-                .collect(),
-            leader_grpc: i.leader_grpc,
-            agents_alive: i.agents_alive,
-            objects: i.objects,
-            scopes: i.scopes.iter().map(scope_to_wire).collect(),
-            pending_proposals: i.pending_proposals,
-            agents: i.agents,
-        }))
+        let info = self.svc.cluster_info().map_err(Status::from)?;
+        Ok(Response::new(convert::cluster_to_wire(info)))
     }
 
     async fn get_safety(
         &self,
         _req: Request<api::GetSafetyRequest>,
     ) -> Result<Response<api::GetSafetyResponse>, Status> {
-        Ok(Response::new(safety_to_wire(self.svc.safety(false).await.map_err(err)?)))
+        Ok(Response::new(safety_to_wire(self.svc.safety(false).await.map_err(Status::from)?)))
     }
 
     async fn set_level(
@@ -542,11 +311,10 @@ impl Master for GrpcApi {
         req: Request<api::SetLevelRequest>,
     ) -> Result<Response<api::ScopeResponse>, Status> {
         let req = req.into_inner();
-        let level: Level =
-            req.level.parse().map_err(|e: crate::safety::SafetyError| err(ApiError::invalid(e)))?;
+        let level = requests::level(&req.level).map_err(Status::from)?;
         let (scope, revision) =
-            self.svc.set_level(&req.scope, level, &req.by, &req.reason).await.map_err(err)?;
-        Ok(Response::new(api::ScopeResponse { scope: Some(scope_to_wire(&scope)), revision }))
+            self.svc.set_level(&req.scope, level, &req.by, &req.reason).await.map_err(Status::from)?;
+        Ok(Response::new(api::ScopeResponse { scope: Some(convert::scope_to_wire(&scope)), revision }))
     }
 
     async fn release(
@@ -554,8 +322,9 @@ impl Master for GrpcApi {
         req: Request<api::ReleaseRequest>,
     ) -> Result<Response<api::ScopeResponse>, Status> {
         let req = req.into_inner();
-        let (scope, revision) = self.svc.release(&req.scope, &req.by, &req.reason).await.map_err(err)?;
-        Ok(Response::new(api::ScopeResponse { scope: Some(scope_to_wire(&scope)), revision }))
+        let (scope, revision) =
+            self.svc.release(&req.scope, &req.by, &req.reason).await.map_err(Status::from)?;
+        Ok(Response::new(api::ScopeResponse { scope: Some(convert::scope_to_wire(&scope)), revision }))
     }
 
     async fn list_proposals(
@@ -563,10 +332,10 @@ impl Master for GrpcApi {
         req: Request<api::ListProposalsRequest>,
     ) -> Result<Response<api::ListProposalsResponse>, Status> {
         let req = req.into_inner();
-        let status = proposal_status(&req.status).map_err(err)?;
-        let filter = proposal_filter(&req.scope, &req.kind, &req.host, "").map_err(err)?;
+        let status = requests::proposal_status(&req.status).map_err(Status::from)?;
+        let filter = requests::proposal_filter(&req.scope, &req.kind, &req.host, "").map_err(Status::from)?;
         let (list, revision) =
-            self.svc.proposals(status, &filter, req.limit as usize, false).await.map_err(err)?;
+            self.svc.proposals(status, &filter, req.limit as usize, false).await.map_err(Status::from)?;
         Ok(Response::new(api::ListProposalsResponse {
             proposals: list.iter().map(proposal_to_wire).collect(),
             revision,
@@ -578,9 +347,11 @@ impl Master for GrpcApi {
         req: Request<api::DecideProposalsRequest>,
     ) -> Result<Response<api::DecideProposalsResponse>, Status> {
         let req = req.into_inner();
-        let approve = decision(&req.decision).map_err(err)?;
-        let filter = proposal_filter(&req.scope, &req.kind, &req.host, &req.checker).map_err(err)?;
-        let res = self.svc.decide(req.ids, filter, approve, &req.by, &req.reason).await.map_err(err)?;
+        let approve = requests::decision(&req.decision).map_err(Status::from)?;
+        let filter = requests::proposal_filter(&req.scope, &req.kind, &req.host, &req.checker)
+            .map_err(Status::from)?;
+        let res =
+            self.svc.decide(req.ids, filter, approve, &req.by, &req.reason).await.map_err(Status::from)?;
         Ok(Response::new(api::DecideProposalsResponse {
             decided: res.decided,
             failed: res.failed.into_iter().map(|(id, error)| api::ProposalFailure { id, error }).collect(),
@@ -592,25 +363,9 @@ impl Master for GrpcApi {
         &self,
         _req: Request<api::ListAgentsRequest>,
     ) -> Result<Response<api::ListAgentsResponse>, Status> {
-        let agents = self.svc.agent_list().await.map_err(err)?;
+        let agents = self.svc.agent_list().await.map_err(Status::from)?;
         Ok(Response::new(api::ListAgentsResponse {
-            agents: agents
-                .into_iter()
-                .map(|a| api::AgentInfo {
-                    agent: a.agent,
-                    host: a.host,
-                    alive: a.alive,
-                    since_ms: a.since_ms,
-                    heard: a.heard,
-                    last_heartbeat_ms_ago: a.last_heartbeat_ms_ago,
-                    restarts: a.restarts,
-                    version: a.info.version,
-                    started_ms: a.info.started_ms,
-                    checkers: a.info.checkers.into_iter().collect(),
-                    outbox_entries: a.info.outbox_entries,
-                    outbox_dropped: a.info.outbox_dropped,
-                })
-                .collect(),
+            agents: agents.into_iter().map(convert::agent_to_wire).collect(),
         }))
     }
 
@@ -620,13 +375,17 @@ impl Master for GrpcApi {
     ) -> Result<Response<api::GetSafetyResponse>, Status> {
         let req = req.into_inner();
         let view = if req.config_json.is_empty() {
-            let quotas =
-                req.quotas.into_iter().map(quota_from_wire).collect::<Result<Vec<_>, _>>().map_err(err)?;
-            self.svc.set_safety(Some(quotas), None, &req.by, &req.reason).await.map_err(err)?
+            let quotas = req
+                .quotas
+                .into_iter()
+                .map(quota_from_wire)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Status::from)?;
+            self.svc.set_safety(Some(quotas), None, &req.by, &req.reason).await.map_err(Status::from)?
         } else {
             let cfg: crate::safety::SafetyConfig = serde_json::from_str(&req.config_json)
-                .map_err(|e| err(ApiError::invalid(format!("config_json: {e}"))))?;
-            self.svc.set_safety(None, Some(cfg), &req.by, &req.reason).await.map_err(err)?
+                .map_err(|e| Status::from(ApiError::invalid(format!("config_json: {e}"))))?;
+            self.svc.set_safety(None, Some(cfg), &req.by, &req.reason).await.map_err(Status::from)?
         };
         Ok(Response::new(safety_to_wire(view)))
     }

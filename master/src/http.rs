@@ -1,24 +1,29 @@
-//! The HTTP front end on the master's HTTP port: REST/JSON under `/api/v1` (the same operations as gRPC, for
-//! people and scripts), `/healthz`, and `/metrics` in Prometheus text format. Errors are JSON
-//! `{"code", "message"[, "leader"]}` with the HTTP status of the code; with NOT_LEADER, `leader` is the
-//! leader's HTTP address.
+//! The REST adapter on the master's HTTP port: REST/JSON under `/api/v1` (the same operations as gRPC, for
+//! people and scripts), `/healthz`, `/metrics` in Prometheus text format, the portal (`http/portal.rs`),
+//! and the token check for all of it ([`rest_auth`], over `auth.rs`'s table). Handlers only convert JSON
+//! and query strings to the API layer's calls (`crate::api`) and back; nothing is shared with the gRPC
+//! adapter (CI checks that neither imports the other). Errors are JSON `{"code", "message"[, "leader"]}`
+//! with the HTTP status of the code; with NOT_LEADER, `leader` is the leader's HTTP address.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use proto::error::{ApiError, Code};
+use proto::view::ObjectView;
 use serde::{Deserialize, Serialize};
 use state_machines::{Finding, ObjectId};
 
-use crate::model::{ChangeEvent, HistoryEntry, ObjectRecord, Registration};
-use crate::service::{IngestBatch, Service};
+use crate::api::requests::{self, ObjectCommand};
+use crate::api::{HeartbeatInfo, IngestBatch, Service, WriteResult};
+use crate::auth::{Authenticator, Caller};
+use crate::model::{ChangeEvent, HistoryEntry, Registration};
 
 /// Largest request body accepted (an ingest batch at its finding limit fits).
 pub const MAX_BODY_BYTES: usize = 16 << 20;
@@ -28,6 +33,7 @@ pub const WATCH_MAX: Duration = Duration::from_secs(300);
 
 type Svc = Arc<Service>;
 
+pub mod portal;
 mod safety_routes;
 
 pub fn router(svc: Svc) -> Router {
@@ -45,7 +51,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/whoami", get(whoami))
         .merge(safety_routes::routes())
-        .merge(crate::portal::router())
+        .merge(portal::router())
         .fallback(|| async { HttpError(ApiError::not_found("no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(svc)
@@ -71,17 +77,29 @@ impl IntoResponse for HttpError {
 /// Swap the leader's gRPC address for its HTTP address (REST clients redirect over HTTP).
 fn rest_error(svc: &Service, mut e: ApiError) -> HttpError {
     if e.code == Code::NotLeader {
-        let http = e.leader.as_ref().and_then(|grpc| {
-            crate::store::Reader::new(svc.db())
-                .and_then(|r| r.members())
-                .ok()?
-                .into_iter()
-                .find(|(_, m)| &m.grpc == grpc)
-                .map(|(_, m)| m.http)
-        });
-        e.leader = http;
+        e.leader = e.leader.as_deref().and_then(|grpc| svc.http_addr_for(grpc));
     }
     HttpError(e)
+}
+
+/// The token check of the HTTP port (`axum::middleware::from_fn_with_state`): what a route needs comes
+/// from `auth::rest_need`; the caller found goes into the request extensions for the handlers.
+pub async fn rest_auth(State(auth): State<Arc<Authenticator>>, mut req: Request, next: Next) -> Response {
+    let need = crate::auth::rest_need(req.method(), req.uri().path());
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes());
+    match auth.authorize(need, header, &what) {
+        Ok(caller) => {
+            if let Some(c) = caller {
+                req.extensions_mut().insert(c);
+            }
+            next.run(req).await
+        }
+        Err(e) => {
+            tracing::info!(call = %what, code = %e.code, "REST call refused");
+            HttpError(e).into_response()
+        }
+    }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
@@ -108,7 +126,7 @@ async fn metrics(State(svc): State<Svc>) -> Response {
 
 /// `GET /api/v1/whoami`: the caller's token name and roles (so the portal can say what a role may do before
 /// the master refuses it). Without an auth layer (`--insecure`) every call is allowed: `secured` is false.
-async fn whoami(caller: Option<axum::Extension<crate::auth::Caller>>) -> Response {
+async fn whoami(caller: Option<axum::Extension<Caller>>) -> Response {
     match caller {
         Some(axum::Extension(c)) => {
             let roles: Vec<&str> = c.roles.iter().map(|r| r.as_str()).collect();
@@ -140,69 +158,6 @@ struct ListQuery {
     limit: usize,
 }
 
-/// The JSON shape of an object in REST answers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ObjectView {
-    pub id: String,
-    pub kind: String,
-    pub host: String,
-    pub state: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub grade: String,
-    pub state_since_ms: u64,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
-    pub revision: u64,
-    #[serde(default)]
-    pub evidence: Vec<Finding>,
-    pub history_len: u64,
-    pub history_compacted: u64,
-    pub created_ms: u64,
-    /// Consent: what the object waits for, from whom, until when (empty when it waits for nothing).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub waiting_ack: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub waiting_role: String,
-    #[serde(default)]
-    pub ack_deadline_ms: u64,
-    #[serde(default)]
-    pub ack_escalated: bool,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub pending_action: String,
-    #[serde(default)]
-    pub action_deadline_ms: u64,
-}
-
-impl From<&ObjectRecord> for ObjectView {
-    fn from(r: &ObjectRecord) -> Self {
-        let mut attributes = r.attributes.clone();
-        attributes.extend(r.sm.attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
-        ObjectView {
-            id: r.id.to_string(),
-            kind: r.id.kind().to_string(),
-            host: r.id.host().to_string(),
-            state: crate::sm_seam::state_name(&r.sm).into(),
-            grade: crate::sm_seam::grade_name(&r.sm).into(),
-            state_since_ms: r.sm.since_ms,
-            labels: r.labels.clone(),
-            attributes,
-            revision: r.revision,
-            evidence: r.evidence.values().cloned().collect(),
-            history_len: r.history_len(),
-            history_compacted: r.history_compacted,
-            created_ms: r.created_ms,
-            waiting_ack: r.sm.pending_ack.as_ref().map(|a| a.ack.as_str().to_string()).unwrap_or_default(),
-            waiting_role: r.sm.pending_ack.as_ref().map(|a| a.role.clone()).unwrap_or_default(),
-            ack_deadline_ms: r.sm.pending_ack.as_ref().map_or(0, |a| a.deadline_ms),
-            ack_escalated: r.sm.pending_ack.as_ref().is_some_and(|a| a.escalated),
-            pending_action: r.sm.pending_action.as_ref().map(|a| a.action.to_string()).unwrap_or_default(),
-            action_deadline_ms: r.sm.pending_action.as_ref().map_or(0, |a| a.deadline_ms),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListView {
     pub objects: Vec<ObjectView>,
@@ -216,7 +171,7 @@ pub struct ObjectDetail {
     pub revision: u64,
 }
 
-fn query<T: serde::de::DeserializeOwned + Default>(
+fn parse_query<T: serde::de::DeserializeOwned + Default>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, HttpError> {
     q.map(|Query(q)| q).map_err(|e| HttpError(ApiError::invalid(format!("bad query: {e}"))))
@@ -226,11 +181,11 @@ async fn list(
     State(svc): State<Svc>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     let labels: Vec<String> = q.label.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
-    let filter = crate::grpc::filter_from_wire(&q.kind, &q.state, &q.host, &labels)?;
+    let filter = requests::filter(&q.kind, &q.state, &q.host, &labels)?;
     let (objects, revision) = svc.list(&filter, q.limit, q.stale).await.map_err(|e| rest_error(&svc, e))?;
-    Ok(Json(ListView { objects: objects.iter().map(ObjectView::from).collect(), revision }).into_response())
+    Ok(Json(ListView { objects, revision }).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,10 +200,10 @@ async fn get_object(
     Path(id): Path<String>,
     q: Result<Query<StaleQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     let id: ObjectId = proto::convert::object_id(&id)?;
-    let (rec, history, revision) = svc.get(&id, q.stale).await.map_err(|e| rest_error(&svc, e))?;
-    Ok(Json(ObjectDetail { object: ObjectView::from(&rec), history, revision }).into_response())
+    let (object, history, revision) = svc.get(&id, q.stale).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(ObjectDetail { object, history, revision }).into_response())
 }
 
 /// `POST /api/v1/findings`.
@@ -262,52 +217,10 @@ pub struct IngestBody {
     pub findings: Vec<Finding>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WriteResult {
-    pub revision: u64,
-    pub applied: u32,
-    #[serde(default)]
-    pub duplicate: bool,
-    #[serde(default)]
-    pub created: u32,
-    #[serde(default)]
-    pub updated: u32,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub state: String,
-    #[serde(default)]
-    pub transitioned: bool,
-    /// The safety net held the transition: why (and the proposal that records it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub held: Option<String>,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub proposal: u64,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-impl From<crate::model::CmdResult> for WriteResult {
-    fn from(r: crate::model::CmdResult) -> Self {
-        WriteResult {
-            revision: r.revision,
-            applied: r.applied,
-            duplicate: r.duplicate,
-            created: r.created,
-            updated: r.updated,
-            state: r.state,
-            transitioned: r.transitioned,
-            held: r.held,
-            proposal: r.proposal,
-        }
-    }
-}
-
 async fn ingest(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
     let b: IngestBody = parse_json(&body)?;
-    let findings = b.findings.into_iter().map(Finding::bounded).collect();
     let r = svc
-        .ingest(IngestBatch { agent: b.agent, seq: b.seq, findings })
+        .ingest(IngestBatch { agent: b.agent, seq: b.seq, findings: b.findings })
         .await
         .map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())
@@ -348,7 +261,7 @@ pub struct HeartbeatBody {
 
 async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
     let b: HeartbeatBody = parse_json(&body)?;
-    let info = crate::service::HeartbeatInfo {
+    let info = HeartbeatInfo {
         version: b.version,
         started_ms: b.started_ms,
         checkers: b.checkers,
@@ -388,22 +301,20 @@ pub struct CommandBody {
 async fn command(
     State(svc): State<Svc>,
     // auth: the caller the auth middleware found (absent in insecure mode).
-    caller: Option<axum::Extension<crate::auth::Caller>>,
+    caller: Option<axum::Extension<Caller>>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let b: CommandBody = parse_json(&body)?;
     crate::auth::check_command(caller.as_ref().map(|c| &c.0), &b.kind)?;
     let object = proto::convert::object_id(&b.object)?;
-    let req = proto::api::CommandRequest {
-        object: b.object,
+    let input = requests::object_input(&ObjectCommand {
         kind: b.kind,
         name: b.name,
         value: b.value,
         by: b.by,
         reason: b.reason,
         success: b.success,
-    };
-    let input = crate::grpc::command_input(&req)?;
+    })?;
     let r = svc.object_command(object, input).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())
 }
@@ -437,8 +348,8 @@ async fn watch(
     State(svc): State<Svc>,
     q: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
-    let filter = crate::grpc::filter_from_wire(&q.kind, "", &q.host, &[])?;
+    let q = parse_query(q)?;
+    let filter = requests::filter(&q.kind, "", &q.host, &[])?;
     let timeout = q.timeout_ms.map(Duration::from_millis).unwrap_or(WATCH_DEFAULT).min(WATCH_MAX);
     let mut rx = svc.watch(q.from, filter);
     // A compacted start is an HTTP error, not a 200 with an error line.
@@ -450,13 +361,15 @@ async fn watch(
     };
     let start_rev = svc.current_revision();
     let deadline = tokio::time::Instant::now() + timeout;
-    let (tx, body_rx) =
-        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(crate::service::WATCH_BUFFER);
-    tokio::spawn(async move {
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(crate::api::WATCH_BUFFER);
+    // The body pump is owned like the watch stream it reads: it ends with the stream, at the timeout, or
+    // when the watchers are stopped (shutdown).
+    let stop = svc.watchers.stopped();
+    let pump = async move {
         let mut progress = q.from.saturating_sub(1).max(if q.from == 0 { start_rev } else { 0 });
         let mut send_item = |events: Vec<ChangeEvent>, rev: u64, buf: &mut Vec<u8>| {
             for e in events {
-                line(buf, &WatchLine::Event(e));
+                push_json_line(buf, &WatchLine::Event(e));
             }
             progress = progress.max(rev);
         };
@@ -471,8 +384,9 @@ async fn watch(
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Ok((events, rev)))) => send_item(events, rev, &mut buf),
                 Ok(Some(Err(e))) => {
-                    line(&mut buf, &WatchLine::Error(e));
-                    let _ = tx.send(Ok(Bytes::from(buf))).await;
+                    push_json_line(&mut buf, &WatchLine::Error(e));
+                    // The last line: if the client already went away there is nobody to tell.
+                    tx.send(Ok(Bytes::from(buf))).await.ok();
                     return;
                 }
                 Ok(None) | Err(_) => break,
@@ -481,14 +395,21 @@ async fn watch(
                 return;
             }
         }
-        line(&mut buf, &WatchLine::Progress { progress });
-        let _ = tx.send(Ok(Bytes::from(buf))).await;
+        push_json_line(&mut buf, &WatchLine::Progress { progress });
+        tx.send(Ok(Bytes::from(buf))).await.ok();
+    };
+    svc.watchers.spawn(async move {
+        tokio::select! {
+            _ = stop => {}
+            _ = pump => {}
+        }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body_rx));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-fn line<T: Serialize>(buf: &mut Vec<u8>, v: &T) {
+/// Append `v` as one NDJSON line (a value that cannot be serialized is left out).
+fn push_json_line<T: Serialize>(buf: &mut Vec<u8>, v: &T) {
     if serde_json::to_writer(&mut *buf, v).is_ok() {
         buf.push(b'\n');
     }

@@ -1,9 +1,11 @@
-//! Huatuo master: the Raft-replicated object store (fsm over redb), its gRPC and REST APIs, and the master
-//! process that wires them to the raft layer.
+//! Huatuo master: the Raft-replicated object store (fsm over redb), its API layer (`api`) with the gRPC
+//! (`grpc`) and REST (`http`, portal included) adapters over it, and the master process (`server`) that
+//! wires them to the raft layer.
 
 /// The leader-following client lives in `proto` so agents (which must not depend on the master) share it.
 pub use proto::client;
 pub mod actions;
+pub mod api;
 pub mod auth;
 pub mod checksum;
 pub mod cluster;
@@ -13,12 +15,9 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod model;
-pub mod portal;
 pub mod raft;
 pub mod safety;
-pub mod safety_api;
 pub mod server;
-pub mod service;
 pub mod sm_seam;
 pub mod store;
 pub mod ticket_source;

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 use proto::error::ApiError;
 
-use crate::service::Service;
+use crate::api::Service;
 
 pub fn render(svc: &Service) -> Result<String, ApiError> {
     let st = svc.raft().status();
@@ -96,7 +96,7 @@ pub fn render(svc: &Service) -> Result<String, ApiError> {
         for l in ["auto", "manual", "blind"] {
             level
                 .get_or_create(&[("scope", sc.scope.clone()), ("level", l.to_string())])
-                .set(i64::from(sc.level.as_str() == l));
+                .set(i64::from(sc.level == l));
         }
         latched.get_or_create(&[("scope", sc.scope.clone())]).set(i64::from(sc.latched));
         for q in &sc.quotas {

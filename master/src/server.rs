@@ -3,6 +3,11 @@
 //! rejoin), and shuts everything down in order. Refusals from the raft layer (e.g. an empty data dir for an
 //! id the cluster already knows, without `--join`) come back as clear errors before any API is served.
 //!
+//! Shutdown is ordered and bounded ([`serve`]): stop accepting on the API ports, drain the watch streams,
+//! stop the duties (proposer, leader duties, ticket dispatcher), stop Raft, then close the peer port and
+//! release the database. Each step has its limit (named constants below and in `api`); what is still
+//! running at a limit is aborted and counted in the [`Stopped`] report.
+//!
 //! Security (see `config::Security`): mutual TLS on the peer and gRPC ports (client certificates from the
 //! cluster CA required), HTTPS on the HTTP port (client certificates optional), and bearer tokens checked on
 //! every gRPC and REST call by `auth`. `--insecure` turns all of it off, loudly.
@@ -13,14 +18,14 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 
+use crate::api::{Service, ServiceConfig, ShutdownReport};
 use crate::auth::{Authenticator, GrpcAuthLayer};
 use crate::config::{Resolved, Security};
 use crate::fsm::MasterFsm;
 use crate::grpc::GrpcApi;
 use crate::raft::{RaftConfig, RaftError, RaftNode, Role};
-use crate::service::{Service, ServiceConfig};
 
 /// HTTP/2 keepalive on the API port: dead client connections (and half-open ones after a partition) are
 /// noticed within seconds instead of hanging watch streams forever.
@@ -28,6 +33,13 @@ pub const API_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const API_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the process checks that its raft node is still running.
 pub const HEALTH_POLL: Duration = Duration::from_millis(500);
+/// How long the API servers get to finish their open requests once they stopped accepting (watch streams
+/// are ended for them first; a unary call waits at most for its commit).
+pub const SERVER_DRAIN: Duration = Duration::from_secs(5);
+/// How long the raft node gets to finish its turn, persist and stop its thread.
+pub const RAFT_STOP: Duration = Duration::from_secs(10);
+/// How long the peer port gets to close once Raft stopped (its streams end with the raft node).
+pub const PEER_DRAIN: Duration = Duration::from_secs(2);
 
 async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen for {what} on {addr}"))
@@ -35,6 +47,9 @@ async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListe
 
 /// TLS handshakes on the HTTPS port that take longer than this are dropped (slowloris).
 pub const HTTPS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open HTTPS connections get to finish once the port stopped accepting (keep-alive connections
+/// idle in between requests would otherwise hold the shutdown for their whole idle timeout).
+pub const HTTPS_CONN_DRAIN: Duration = Duration::from_secs(1);
 /// Open HTTPS connections at once: portal users, scripts and scrapers are a few dozen; beyond this, new
 /// connections are closed at once so a flood cannot exhaust memory or file descriptors.
 pub const MAX_HTTPS_CONNECTIONS: usize = 1024;
@@ -62,8 +77,40 @@ reach this master can read and change everything. For tests and experiments only
     }
 }
 
+/// How a master node stopped: what the ordered shutdown had to abort at each limit (all zero is clean).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// API servers (gRPC, HTTP) still running at [`SERVER_DRAIN`].
+    pub servers: usize,
+    /// Watch streams and duties still running at their limits.
+    pub tasks: ShutdownReport,
+    /// The raft node had not stopped within [`RAFT_STOP`].
+    pub raft: bool,
+    /// The peer server still running at [`PEER_DRAIN`].
+    pub peer: usize,
+}
+
+impl Stopped {
+    pub fn clean(&self) -> bool {
+        *self == Stopped::default()
+    }
+}
+
 /// Run one master node until `shutdown` resolves (Ok) or the raft node stops on its own (Err).
 pub async fn run(cfg: Resolved, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (stopped, result) = serve(cfg, shutdown).await?;
+    if !stopped.clean() {
+        tracing::warn!(?stopped, "shutdown aborted tasks at their limits");
+    }
+    result
+}
+
+/// [`run`], returning how the shutdown went beside the node's own outcome (an error before serving is the
+/// outer error).
+pub async fn serve(
+    cfg: Resolved,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<(Stopped, anyhow::Result<()>)> {
     let guard = load_security(&cfg.security)?;
     if let Some(m) = &guard.tls {
         crate::raft::set_peer_tls(m.client_config());
@@ -117,94 +164,123 @@ pub async fn run(cfg: Resolved, shutdown: impl Future<Output = ()>) -> anyhow::R
             policy: cfg.policy.clone(),
         },
     );
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     // Repair tickets: the leader files what REPAIR asks for through the configured sink.
-    crate::ticket_source::spawn(&svc, &cfg.tickets, cfg.id, stopped(stop_rx.clone()))?;
-    let peer_srv = {
+    if let Err(e) = crate::ticket_source::spawn(&svc, &cfg.tickets, cfg.id) {
+        svc.shutdown().await;
+        raft.shutdown().await;
+        return Err(anyhow!("{e}"));
+    }
+
+    let (api_stop_tx, api_stop_rx) = tokio::sync::watch::channel(false);
+    let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // A dropped sender means the node is going away: stop as well.
+        rx.wait_for(|s| *s).await.ok();
+    };
+    // The API servers (stopped first) and the peer server (stopped after Raft), each owned here.
+    let mut api_servers: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
+    let mut peer_server: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
+    {
         let svc = raft.peer_service();
-        let rx = stop_rx.clone();
+        let stop = stopped(peer_stop_rx);
         let mut builder = peer_builder;
-        tokio::spawn(async move {
-            builder
+        peer_server.spawn(async move {
+            let r = builder
                 .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(peer_l),
-                    stopped(rx),
-                )
-                .await
-        })
-    };
-    let grpc_srv = {
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(peer_l), stop)
+                .await;
+            ("peer", r.map_err(std::io::Error::other))
+        });
+    }
+    {
         let api = GrpcApi::new(svc.clone());
-        let rx = stop_rx.clone();
+        let stop = stopped(api_stop_rx.clone());
         let mut builder = grpc_builder.layer(GrpcAuthLayer(guard.auth.clone()));
-        tokio::spawn(async move {
-            builder
+        api_servers.spawn(async move {
+            let r = builder
                 .add_service(api)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
-                    stopped(rx),
-                )
-                .await
-        })
-    };
-    let http_srv = {
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_l), stop)
+                .await;
+            ("grpc", r.map_err(std::io::Error::other))
+        });
+    }
+    {
         let mut router = crate::http::router(svc.clone());
         if let Some(auth) = &guard.auth {
             router =
-                router.layer(axum::middleware::from_fn_with_state(Arc::clone(auth), crate::auth::rest_auth));
+                router.layer(axum::middleware::from_fn_with_state(Arc::clone(auth), crate::http::rest_auth));
         }
-        let rx = stop_rx.clone();
+        let stop = stopped(api_stop_rx.clone());
         match https {
-            None => {
-                tokio::spawn(
-                    async move { axum::serve(http_l, router).with_graceful_shutdown(stopped(rx)).await },
-                )
-            }
-            Some(tls) => tokio::spawn(serve_https(http_l, router, tls, MAX_HTTPS_CONNECTIONS, stopped(rx))),
-        }
-    };
+            None => api_servers.spawn(async move {
+                ("http", axum::serve(http_l, router).with_graceful_shutdown(stop).await)
+            }),
+            Some(tls) => api_servers.spawn(async move {
+                ("https", serve_https(http_l, router, tls, MAX_HTTPS_CONNECTIONS, stop).await)
+            }),
+        };
+    }
 
-    let (died_tx, died_rx) = oneshot::channel::<String>();
     let monitor = {
         let raft = raft.clone();
-        tokio::spawn(async move {
+        async move {
             loop {
                 tokio::time::sleep(HEALTH_POLL).await;
                 let st = raft.status();
                 if st.role == Role::Stopped {
-                    let _ = died_tx.send(st.last_error.unwrap_or_else(|| "raft node stopped".into()));
-                    return;
+                    return st.last_error.unwrap_or_else(|| "raft node stopped".into());
                 }
             }
-        })
+        }
     };
-
     let result = tokio::select! {
         _ = shutdown => Ok(()),
-        why = died_rx => Err(anyhow!("raft node {} stopped: {}", cfg.id, why.unwrap_or_default())),
+        why = monitor => Err(anyhow!("raft node {} stopped: {why}", cfg.id)),
     };
-    monitor.abort();
-    let _ = stop_tx.send(true);
+
+    let mut report = Stopped::default();
+    // 1. Stop accepting on the API ports.
+    api_stop_tx.send_replace(true);
+    // 2. Drain the watch streams (the servers wait for their open streams before they finish).
+    report.tasks.watchers = svc.watchers.shutdown(crate::api::WATCHER_DRAIN).await;
+    report.servers = join_within(&mut api_servers, SERVER_DRAIN).await;
+    // 3. Stop the duties: proposer and its entries in flight, leader duties, ticket dispatcher.
+    report.tasks.duties = svc.duties.shutdown(crate::api::DUTY_STOP).await;
+    // 4. Stop Raft (its loop persists what it has and its thread ends).
+    report.raft = tokio::time::timeout(RAFT_STOP, raft.shutdown()).await.is_err();
+    peer_stop_tx.send_replace(true);
+    report.peer = join_within(&mut peer_server, PEER_DRAIN).await;
+    // 5. Release the database: the service held the last handle besides the raft thread.
     drop(svc);
-    for (name, h) in [("peer", peer_srv), ("grpc", grpc_srv)] {
-        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), h).await {
-            tracing::warn!(server = name, error = %e, "server ended with an error");
+    tracing::info!(id = cfg.id, clean = report.clean(), "master node stopped");
+    Ok((report, result))
+}
+
+/// Wait for every server in `set` up to `limit`, logging the ones that ended with an error; abort the rest
+/// and return how many that was.
+async fn join_within(set: &mut JoinSet<(&'static str, std::io::Result<()>)>, limit: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok((name, Err(e))))) => {
+                tracing::warn!(server = name, error = %e, "server ended with an error")
+            }
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "server task failed"),
+            Ok(Some(Ok(_))) => {}
+            Ok(None) => return 0,
+            Err(_) => {
+                let left = set.len();
+                tracing::warn!(left, ?limit, "servers still running at the limit; aborted");
+                set.shutdown().await;
+                return left;
+            }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), http_srv).await;
-    raft.shutdown().await;
-    tracing::info!(id = cfg.id, "master node stopped");
-    result
 }
 
 /// HTTPS on the HTTP port: a TLS handshake (bounded) per connection, then hyper (HTTP/1.1 or h2 by ALPN)
-/// serving the axum router, at most `max_conns` connections at once. Stops accepting on `stop`; open
-/// connections end with the process.
+/// serving the axum router, at most `max_conns` connections at once. Stops accepting on `stop`; the open
+/// connections (owned in a `JoinSet`) get [`HTTPS_CONN_DRAIN`] to finish, then they are closed.
 async fn serve_https(
     listener: TcpListener,
     router: axum::Router,
@@ -214,10 +290,21 @@ async fn serve_https(
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_conns));
+    let mut conns = JoinSet::new();
     tokio::pin!(stop);
     loop {
+        while conns.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
-            _ = &mut stop => return Ok(()),
+            _ = &mut stop => {
+                let drained = tokio::time::timeout(HTTPS_CONN_DRAIN, async {
+                    while conns.join_next().await.is_some() {}
+                });
+                if drained.await.is_err() {
+                    tracing::debug!(open = conns.len(), "closing HTTPS connections still open");
+                    conns.shutdown().await;
+                }
+                return Ok(());
+            }
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -234,7 +321,7 @@ async fn serve_https(
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _slot = slot;
             let stream = match tokio::time::timeout(HTTPS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -254,9 +341,6 @@ async fn serve_https(
         });
     }
 }
-
-/// Keep `Arc` in the public signature stable for embedders (tests, `huatuo dev`).
-pub type SharedService = Arc<Service>;
 
 #[cfg(test)]
 mod tests {
@@ -296,7 +380,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let srv = tokio::spawn(serve_https(listener, router, tls, 1, async move {
             let _ = stop_rx.await;
         }));

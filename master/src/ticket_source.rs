@@ -8,12 +8,11 @@ use std::sync::{Arc, Mutex, Weak};
 
 use state_machines::{Evidence, Input, TicketUpdate};
 
-use crate::model::Command;
+use crate::api::Service;
 use crate::raft::Role;
-use crate::service::Service;
 use crate::store::{Filter, Reader};
-use crate::tickets::dispatch::TicketSource;
-use crate::tickets::{Filed, TicketRequest, TicketsConfig};
+use crate::tickets::dispatch::{SourceError, TicketSource};
+use crate::tickets::{ConfigError, Filed, TicketRequest, TicketsConfig};
 
 pub struct StateSource {
     svc: Weak<Service>,
@@ -28,20 +27,21 @@ impl StateSource {
 }
 
 impl TicketSource for StateSource {
-    async fn pending(&self, after: Option<&str>, limit: usize) -> Result<Vec<TicketRequest>, String> {
+    async fn pending(&self, after: Option<&str>, limit: usize) -> Result<Vec<TicketRequest>, SourceError> {
         let Some(svc) = self.svc.upgrade() else { return Ok(Vec::new()) };
         if svc.raft().status().role != Role::Leader {
             return Ok(Vec::new());
         }
-        let r = Reader::new(svc.db()).map_err(|e| e.to_string())?;
-        let revision = r.revision().map_err(|e| e.to_string())?;
+        let store = |e: crate::store::StoreError| SourceError::Store(e.to_string());
+        let r = Reader::new(svc.db()).map_err(store)?;
+        let revision = r.revision().map_err(store)?;
         if after.is_none() && *self.last.lock().unwrap_or_else(|p| p.into_inner()) == Some(revision) {
             return Ok(Vec::new());
         }
         let filter = Filter { state: Some("REPAIR".into()), ..Filter::default() };
         let mut out: Vec<TicketRequest> = r
             .list(&filter, usize::MAX)
-            .map_err(|e| e.to_string())?
+            .map_err(store)?
             .into_iter()
             .filter_map(|rec| {
                 let evidence: Vec<Evidence> = rec.evidence.values().map(Evidence::from_finding).collect();
@@ -59,10 +59,11 @@ impl TicketSource for StateSource {
         Ok(out)
     }
 
-    async fn filed(&self, req: &TicketRequest, filed: &Filed) -> Result<(), String> {
-        let Some(svc) = self.svc.upgrade() else { return Err("master is stopping".into()) };
+    async fn filed(&self, req: &TicketRequest, filed: &Filed) -> Result<(), SourceError> {
+        let Some(svc) = self.svc.upgrade() else { return Err(SourceError::Stopping) };
         let input = Input::Ticket { ticket: filed.ticket_id.clone(), update: TicketUpdate::Filed };
-        svc.object_command(req.object.clone(), input).await.map(|_| ()).map_err(|e| e.to_string())
+        svc.object_command(req.object.clone(), input).await?;
+        Ok(())
     }
 
     async fn failed(&self, req: &TicketRequest, error: &str, attempts: u32) {
@@ -70,24 +71,23 @@ impl TicketSource for StateSource {
         let message =
             format!("repair ticket for {} not filed after {attempts} attempts: {error}", req.object);
         tracing::error!(object = %req.object, attempts, error, "repair ticket filing failed");
-        let cmd = Command::Alert { object: req.object.clone(), message };
-        if let Err(e) = svc.submit_cmd(cmd).await {
+        if let Err(e) = svc.alert(req.object.clone(), &message).await {
             tracing::warn!(error = %e, "could not record the ticket alert");
         }
     }
 }
 
-/// Start the dispatcher for `cfg` (nothing for `sink = "none"`); it files only while this node leads.
-pub fn spawn(
-    svc: &Arc<Service>,
-    cfg: &TicketsConfig,
-    node_id: u64,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let Some(sink) = cfg.build().map_err(|e| anyhow::anyhow!("[tickets]: {e}"))? else { return Ok(()) };
+/// Start the dispatcher for `cfg` (nothing for `sink = "none"`) in the service's duties group; it files
+/// only while this node leads and stops with the duties.
+pub fn spawn(svc: &Arc<Service>, cfg: &TicketsConfig, node_id: u64) -> Result<(), ConfigError> {
+    let Some(sink) = cfg.build()? else { return Ok(()) };
     let mut dcfg = cfg.dispatch();
     dcfg.seed = node_id;
     let d = crate::tickets::dispatch::Dispatcher::new(Arc::new(sink), StateSource::new(svc), dcfg);
-    tokio::spawn(d.run(shutdown));
+    let stop = svc.duties.stopped();
+    svc.duties.spawn(async move {
+        let stats = d.run(stop).await;
+        tracing::info!(?stats, "ticket dispatcher stopped");
+    });
     Ok(())
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use master::tickets::dispatch::Stats;
 use master::tickets::{
-    AnySink, DispatchConfig, Dispatcher, FileSink, Filed, SinkError, TicketRequest, TicketSink, TicketSource,
-    TicketsConfig, WebhookSink,
+    AnySink, DispatchConfig, Dispatcher, FileSink, Filed, SinkError, SourceError, TicketRequest, TicketSink,
+    TicketSource, TicketsConfig, WebhookSink,
 };
 use state_machines::{Evidence, Kind, ObjectId, Severity, State};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -243,7 +243,7 @@ impl MemSource {
 }
 
 impl TicketSource for MemSource {
-    async fn pending(&self, after: Option<&str>, limit: usize) -> Result<Vec<TicketRequest>, String> {
+    async fn pending(&self, after: Option<&str>, limit: usize) -> Result<Vec<TicketRequest>, SourceError> {
         let s = self.0.lock().unwrap();
         Ok(s.queue
             .iter()
@@ -252,11 +252,11 @@ impl TicketSource for MemSource {
             .map(|(_, (r, _))| r.clone())
             .collect())
     }
-    async fn filed(&self, req: &TicketRequest, filed: &Filed) -> Result<(), String> {
+    async fn filed(&self, req: &TicketRequest, filed: &Filed) -> Result<(), SourceError> {
         let mut s = self.0.lock().unwrap();
         s.filed.push((req.idempotency_key.clone(), filed.clone()));
         if s.lose_reports {
-            return Err("not the leader".into());
+            return Err(SourceError::Api(proto::error::ApiError::not_leader(None)));
         }
         if let Some((_, t)) = s.queue.get_mut(&req.idempotency_key) {
             *t = Some(filed.ticket_id.clone());

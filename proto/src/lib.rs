@@ -4,7 +4,9 @@
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod shutdown;
 pub mod tls;
+pub mod view;
 
 /// The master's client API (agents, SDK, CLI): generated from proto/api.proto.
 pub mod api {

@@ -10,7 +10,7 @@ use proto::api;
 use state_machines::{Kind, ObjectId, State};
 
 use crate::error::Error;
-use crate::types::{Event, Object};
+use crate::types::{Change, Object};
 
 /// Default bound on the label cache: a datacenter has ~10k machines with a few dozen objects each; a
 /// subscriber usually watches one kind, so 200k entries (~50 MiB at worst) cover it. Least recently used
@@ -99,7 +99,7 @@ impl Filter {
     }
 
     /// Whether the event matches everything but labels (which need [`Filter::matches_labels`]).
-    pub fn matches_event(&self, e: &Event) -> bool {
+    pub fn matches_event(&self, e: &Change) -> bool {
         let id_ok = match &e.object {
             Some(id) => self.matches_id(id),
             None => self.kind.is_none() && self.host.is_none(),
@@ -196,14 +196,14 @@ impl LabelCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Event;
+    use crate::types::Change;
 
     fn id(s: &str) -> ObjectId {
         s.parse().expect("id")
     }
 
-    fn ev(object: &str, state: &str, from: &str) -> Event {
-        Event {
+    fn ev(object: &str, state: &str, from: &str) -> Change {
+        Change {
             revision: 1,
             time_ms: 0,
             object: (!object.is_empty()).then(|| id(object)),
@@ -215,7 +215,7 @@ mod tests {
         }
     }
 
-    fn check(f: &Filter, e: &Event, want: bool) {
+    fn check(f: &Filter, e: &Change, want: bool) {
         assert_eq!(f.matches_event(e), want, "{f:?} vs {e:?}");
     }
 

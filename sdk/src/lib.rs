@@ -22,7 +22,7 @@
 //! ```
 //!
 //! Map: [`subscriber`] (connection, calls, the watch task), [`resume`] (revision bookkeeping and backoff,
-//! sans-IO), [`filter`] (filters and the label cache), [`types`] (typed objects and events), [`error`].
+//! sans-IO), [`filter`] (filters and the label cache), [`types`] (typed objects and changes), [`error`].
 
 pub mod error;
 pub mod filter;
@@ -34,4 +34,4 @@ pub use error::Error;
 pub use filter::{Filter, LabelCache};
 pub use resume::{Backoff, Cursor};
 pub use subscriber::{Config, Security, Subscriber, Watch, WatchItem};
-pub use types::{Acked, Event, Held, Listing, Object, ObjectDetail, WaitingAck, parse_ack};
+pub use types::{Acked, Change, Held, Listing, Object, ObjectDetail, WaitingAck, parse_ack};

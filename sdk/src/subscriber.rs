@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::filter::{Filter, LABEL_CACHE_MAX, LabelCache};
 use crate::resume::{Backoff, Cursor};
-use crate::types::{Acked, Event, Held, Listing, Object, ObjectDetail};
+use crate::types::{Acked, Change, Held, Listing, Object, ObjectDetail};
 
 /// Items buffered between a watch task and its consumer; when full the task stops reading the master's
 /// stream (and the master's own per-stream buffer then holds it back): backpressure, never loss.
@@ -271,7 +271,7 @@ async fn get(client: &mut Client, cache: &Mutex<LabelCache>, id: &ObjectId) -> R
 pub enum WatchItem {
     /// Matching events in revision order; `revision` is how far the watch has covered (resume from
     /// `revision + 1` to continue after them).
-    Events { events: Vec<Event>, revision: u64 },
+    Events { events: Vec<Change>, revision: u64 },
     /// Nothing matched up to `revision` (sent at most every [`PROGRESS_EVERY`]).
     Progress { revision: u64 },
     /// The change log no longer reached back to the next revision: this is a fresh listing (same filter)
@@ -470,7 +470,7 @@ impl WatchTask {
             }
             let mut matching = Vec::new();
             for e in cursor.peek(&msg.events) {
-                let e = match Event::try_from(e) {
+                let e = match Change::try_from(e) {
                     Ok(e) => e,
                     Err(err) => return StreamEnd::Fatal(err),
                 };
@@ -508,7 +508,7 @@ impl WatchTask {
 
     /// The client-side part of the filter: state, and labels from the cache (fetched on a miss; an
     /// inventory change refreshes them).
-    async fn wanted(&mut self, e: &Event) -> Result<bool, Error> {
+    async fn wanted(&mut self, e: &Change) -> Result<bool, Error> {
         if !self.filter.matches_event(e) {
             return Ok(false);
         }

@@ -1,10 +1,13 @@
-//! What the SDK hands to subscribers: objects, change events and acknowledgement results as typed values
-//! (`ObjectId`, `State`, `Severity`, `AckKind` from `state-machines`), converted from the wire once, here.
-//! A conversion never panics: anything the SDK cannot read is an [`Error::Protocol`] naming the field.
+//! What the SDK hands to subscribers: objects, changes and acknowledgement results as typed values
+//! (`ObjectId`, `State`, `Severity`, `AckKind` from `state-machines`). An object arrives as the wire's
+//! `api::Object`, becomes the one API view (`proto::view::ObjectView`, through `proto::convert`) and is
+//! typed here; a change is typed from the wire event. A conversion never panics: anything the SDK cannot
+//! read is an [`Error::Protocol`] naming the field.
 
 use std::collections::BTreeMap;
 
 use proto::api;
+use proto::view::ObjectView;
 use state_machines::{AckKind, ObjectId, Severity, State};
 
 use crate::error::Error;
@@ -36,8 +39,8 @@ pub struct Object {
     pub revision: u64,
     /// Set while the object waits for a subscriber's acknowledgement.
     pub waiting: Option<WaitingAck>,
-    /// Everything the wire said (evidence, history counters, pending agent action, ...).
-    pub raw: api::Object,
+    /// The whole view the master answered with (evidence, history counters, pending agent action, ...).
+    pub view: ObjectView,
 }
 
 impl Object {
@@ -49,7 +52,7 @@ impl Object {
 
 /// One change, as the watch stream delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct Change {
     pub revision: u64,
     pub time_ms: u64,
     /// `None` only for cluster-level events without an object (e.g. an agent on an invalid host name).
@@ -64,7 +67,7 @@ pub struct Event {
     pub detail: String,
 }
 
-impl Event {
+impl Change {
     pub fn is_transition(&self) -> bool {
         self.from_state.is_some()
     }
@@ -135,6 +138,14 @@ fn opt_grade(s: &str) -> Result<Option<Severity>, Error> {
 impl TryFrom<api::Object> for Object {
     type Error = Error;
     fn try_from(o: api::Object) -> Result<Object, Error> {
+        let view = proto::convert::object_from_wire(o).map_err(|e| Error::Protocol(e.message))?;
+        Object::try_from(view)
+    }
+}
+
+impl TryFrom<ObjectView> for Object {
+    type Error = Error;
+    fn try_from(o: ObjectView) -> Result<Object, Error> {
         let id: ObjectId = o.id.parse().map_err(|e| bad("object id", &o.id, e))?;
         let state = o.state.parse().map_err(|e| bad("state", &o.state, e))?;
         let grade = opt_grade(&o.grade)?;
@@ -158,20 +169,20 @@ impl TryFrom<api::Object> for Object {
             attributes: o.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             revision: o.revision,
             waiting,
-            raw: o,
+            view: o,
         })
     }
 }
 
-impl TryFrom<api::Event> for Event {
+impl TryFrom<api::Event> for Change {
     type Error = Error;
-    fn try_from(e: api::Event) -> Result<Event, Error> {
+    fn try_from(e: api::Event) -> Result<Change, Error> {
         let object = if e.object.is_empty() {
             None
         } else {
             Some(e.object.parse().map_err(|x| bad("object", &e.object, x))?)
         };
-        Ok(Event {
+        Ok(Change {
             revision: e.revision,
             time_ms: e.time_ms,
             object,
@@ -236,9 +247,9 @@ mod tests {
             state: "WEIRD".into(),
             ..Default::default()
         };
-        assert!(matches!(Event::try_from(ev), Err(Error::Protocol(_))));
+        assert!(matches!(Change::try_from(ev), Err(Error::Protocol(_))));
         let agent = api::Event { revision: 2, what: "agent".into(), ..Default::default() };
-        let e = Event::try_from(agent).expect("objectless events are valid");
+        let e = Change::try_from(agent).expect("objectless events are valid");
         assert_eq!((&e.object, e.state, e.is_transition()), (&None, None, false));
     }
 

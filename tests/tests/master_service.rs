@@ -1,4 +1,4 @@
-//! In-process tests of the master's API core (`master::service::Service`) on a single-node raft group:
+//! In-process tests of the master's API layer (`master::api::Service`) on a single-node raft group:
 //! request validation and limits, heartbeats and agent liveness, object commands, and watch semantics
 //! (gap-free delivery, resume, COMPACTED for revisions older than the change log).
 
@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use master::api::{HeartbeatInfo, IngestBatch, MAX_HEARTBEAT_CHECKERS, Service, ServiceConfig};
 use master::fsm::MasterFsm;
 use master::model::{MAX_FINDINGS_PER_BATCH, Registration};
 use master::raft::{RaftConfig, RaftNode, Role};
-use master::service::{HeartbeatInfo, IngestBatch, MAX_HEARTBEAT_CHECKERS, Service, ServiceConfig};
 use master::sm_seam::{Input, Policy};
 use master::store::Filter;
 use proto::error::Code;
@@ -174,7 +174,7 @@ async fn validation_limits_and_commands() {
     assert_eq!(lin, stale);
     assert_eq!(rev, svc.current_revision());
     let (rec, history, _) = svc.get(&"disk/h1/sda".parse().expect("id"), false).await.expect("get");
-    assert_eq!(rec.sm.state, State::Repair);
+    assert_eq!(rec.state, State::Repair.as_str());
     assert_eq!(history.iter().filter(|h| h.what == "transition").count(), 2);
     n.raft.shutdown().await;
 }

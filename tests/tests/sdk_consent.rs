@@ -224,7 +224,7 @@ async fn consent_escalation_refusals_and_watch_failover() {
     let w = d.object.waiting.clone().unwrap_or_else(|| {
         panic!(
             "a disk in ERROR must carry its pending ack on the wire (waiting_ack etc.): {:?}",
-            d.object.raw
+            d.object.view
         )
     });
     assert_eq!((w.ack, w.role.as_str(), w.escalated), (AckKind::DataEvacuated, "storage", false));

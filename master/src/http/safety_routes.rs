@@ -5,7 +5,7 @@
 use axum::routing::{get, post};
 
 use super::*;
-use crate::safety::{Level, ProposalFilter, QuotaRule, SafetyConfig, SafetyError};
+use crate::safety::{ProposalFilter, QuotaRule, SafetyConfig};
 
 pub(super) fn routes() -> Router<Svc> {
     Router::new()
@@ -22,7 +22,7 @@ async fn safety(
     State(svc): State<Svc>,
     q: Result<Query<StaleQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     Ok(Json(svc.safety(q.stale).await.map_err(|e| rest_error(&svc, e))?).into_response())
 }
 
@@ -40,7 +40,7 @@ async fn alerts(
     State(svc): State<Svc>,
     q: Result<Query<AlertsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
+    let q = parse_query(q)?;
     let limit = if q.limit == 0 { 100 } else { q.limit };
     let rows = svc.audit_log(!q.all, limit).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "alerts": rows })).into_response())
@@ -69,9 +69,9 @@ async fn proposals(
     State(svc): State<Svc>,
     q: Result<Query<ProposalsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let q = query(q)?;
-    let status = crate::grpc::proposal_status(&q.status)?;
-    let filter = crate::grpc::proposal_filter(&q.scope, &q.kind, &q.host, &q.checker)?;
+    let q = parse_query(q)?;
+    let status = requests::proposal_status(&q.status)?;
+    let filter = requests::proposal_filter(&q.scope, &q.kind, &q.host, &q.checker)?;
     let (list, revision) =
         svc.proposals(status, &filter, q.limit, q.stale).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "proposals": list, "revision": revision })).into_response())
@@ -97,8 +97,8 @@ struct DecideBody {
 
 async fn decide(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
     let b: DecideBody = parse_json(&body)?;
-    let approve = crate::grpc::decision(&b.decision)?;
-    let filter: ProposalFilter = crate::grpc::proposal_filter(&b.scope, &b.kind, &b.host, &b.checker)?;
+    let approve = requests::decision(&b.decision)?;
+    let filter: ProposalFilter = requests::proposal_filter(&b.scope, &b.kind, &b.host, &b.checker)?;
     let r = svc.decide(b.ids, filter, approve, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
     let failed: Vec<serde_json::Value> =
         r.failed.iter().map(|(id, error)| serde_json::json!({ "id": id, "error": error })).collect();
@@ -117,7 +117,7 @@ struct LevelBody {
 
 async fn set_level(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
     let b: LevelBody = parse_json(&body)?;
-    let level: Level = b.level.parse().map_err(|e: SafetyError| HttpError(ApiError::invalid(e)))?;
+    let level = requests::level(&b.level)?;
     let (scope, revision) =
         svc.set_level(&b.scope, level, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "scope": scope, "revision": revision })).into_response())

@@ -43,6 +43,20 @@ pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest error text kept and reported per filing.
 pub const MAX_ERROR_LEN: usize = 512;
 
+/// Why the source could not answer or record something (the dispatcher logs it and retries later).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// Reading the replicated state failed on this node.
+    #[error("reading the replicated state failed: {0}")]
+    Store(String),
+    /// The master refused or could not commit the write (not the leader, no quorum, ...).
+    #[error("{0}")]
+    Api(#[from] proto::error::ApiError),
+    /// The master is shutting down.
+    #[error("the master is stopping")]
+    Stopping,
+}
+
 /// The replicated state, as the dispatcher sees it. Implemented by the master over its fsm.
 pub trait TicketSource: Send + Sync + 'static {
     /// Outstanding filings (objects in REPAIR with no ticket recorded) whose idempotency key is strictly
@@ -52,10 +66,14 @@ pub trait TicketSource: Send + Sync + 'static {
         &self,
         after: Option<&str>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<TicketRequest>, String>> + Send;
+    ) -> impl Future<Output = Result<Vec<TicketRequest>, SourceError>> + Send;
     /// The sink filed `req`: record `Input::Ticket { ticket: filed.ticket_id, update: Filed }` for
     /// `req.object` (replicated). An `Err` is retried after [`REPORT_RETRY_MS`].
-    fn filed(&self, req: &TicketRequest, filed: &Filed) -> impl Future<Output = Result<(), String>> + Send;
+    fn filed(
+        &self,
+        req: &TicketRequest,
+        filed: &Filed,
+    ) -> impl Future<Output = Result<(), SourceError>> + Send;
     /// Filing `req` failed (after `attempts` attempts; `error` is the last error): alert an operator. Called
     /// once per round of attempts.
     fn failed(&self, req: &TicketRequest, error: &str, attempts: u32) -> impl Future<Output = ()> + Send;
@@ -311,11 +329,11 @@ pub fn backoff_ms(cfg: &DispatchConfig, key: &str, attempts: u32) -> u64 {
     let exp = attempts.saturating_sub(1).min(63);
     let raw = cfg.backoff_base_ms.saturating_mul(1u64 << exp.min(40)).min(cfg.backoff_max_ms);
     let half = raw / 2;
-    half + mix(cfg.seed, key, attempts) % (raw - half + 1)
+    half + jitter_hash(cfg.seed, key, attempts) % (raw - half + 1)
 }
 
 /// splitmix64 over FNV-1a of the key: a stable, well-spread hash without a global RNG.
-fn mix(seed: u64, key: &str, attempts: u32) -> u64 {
+fn jitter_hash(seed: u64, key: &str, attempts: u32) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
     for b in key.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);

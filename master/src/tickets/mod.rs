@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use state_machines::{Evidence, Kind, ObjectId, ObjectState, State};
 
-pub use dispatch::{DispatchConfig, Dispatcher, TicketSource};
+pub use dispatch::{DispatchConfig, Dispatcher, SourceError, TicketSource};
 pub use file::FileSink;
 pub use webhook::WebhookSink;
 
@@ -335,7 +335,7 @@ impl TicketsConfig {
                 let Some(url) = &self.url else {
                     return bad("sink = \"webhook\" needs url = \"http://...\"");
                 };
-                webhook::Target::parse(url).map_err(ConfigError::Invalid)?;
+                webhook::Target::parse(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
                 if self.path.is_some() {
                     return bad("path is for sink = \"file\", not \"webhook\"");
                 }
@@ -394,7 +394,8 @@ impl TicketsConfig {
         let timeout = Duration::from_millis(self.timeout_ms);
         match (self.sink, &self.url, &self.path) {
             (SinkKind::Webhook, Some(url), _) => {
-                let s = WebhookSink::new(url, self.token.clone(), timeout).map_err(ConfigError::Invalid)?;
+                let s = WebhookSink::new(url, self.token.clone(), timeout)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
                 Ok(Some(AnySink::Webhook(s)))
             }
             (SinkKind::File, _, Some(path)) => {

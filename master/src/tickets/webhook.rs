@@ -39,29 +39,45 @@ pub struct Target {
     pub path: String,
 }
 
+/// Why a webhook URL is refused (names the URL and what is wrong with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("url is longer than {MAX_URL_LEN} bytes")]
+    TooLong,
+    #[error("url {url:?} is not a URL: {reason}")]
+    NotAUrl { url: String, reason: String },
+    #[error("url {0:?}: https is not supported yet; use http:// (e.g. to a local TLS proxy)")]
+    Https(String),
+    #[error("url {0:?} must start with http://")]
+    NotHttp(String),
+    #[error("url {0:?} has no host")]
+    NoHost(String),
+    #[error("url {0:?}: no credentials in the URL; use token = \"...\"")]
+    Credentials(String),
+}
+
 impl Target {
     /// Parse `http://host[:port][/path][?query]`; the error says what is wrong with it.
-    pub fn parse(url: &str) -> Result<Target, String> {
+    pub fn parse(url: &str) -> Result<Target, UrlError> {
         if url.len() > MAX_URL_LEN {
-            return Err(format!("url is longer than {MAX_URL_LEN} bytes"));
+            return Err(UrlError::TooLong);
         }
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
+        let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| UrlError::NotAUrl {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
         match uri.scheme_str() {
             Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "url {url:?}: https is not supported yet; use http:// (e.g. to a local TLS proxy)"
-                ));
-            }
-            _ => return Err(format!("url {url:?} must start with http://")),
+            Some("https") => return Err(UrlError::Https(url.into())),
+            _ => return Err(UrlError::NotHttp(url.into())),
         }
-        let auth = uri.authority().ok_or_else(|| format!("url {url:?} has no host"))?;
+        let auth = uri.authority().ok_or_else(|| UrlError::NoHost(url.into()))?;
         if auth.as_str().contains('@') {
-            return Err(format!("url {url:?}: no credentials in the URL; use token = \"...\""));
+            return Err(UrlError::Credentials(url.into()));
         }
         let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_string();
         if host.is_empty() {
-            return Err(format!("url {url:?} has no host"));
+            return Err(UrlError::NoHost(url.into()));
         }
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         Ok(Target {
@@ -100,7 +116,7 @@ impl Drop for AbortOnDrop {
 }
 
 impl WebhookSink {
-    pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<WebhookSink, String> {
+    pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Result<WebhookSink, UrlError> {
         Ok(WebhookSink { target: Target::parse(url)?, token, timeout })
     }
 

@@ -150,8 +150,7 @@ async fn asset(
 ) -> Response {
     let Some(a) = ASSETS.iter().find(|a| a.name == name) else {
         let shown: String = name.chars().take(80).collect();
-        return crate::http::HttpError(ApiError::not_found(format!("no portal file {shown:?}")))
-            .into_response();
+        return super::HttpError(ApiError::not_found(format!("no portal file {shown:?}"))).into_response();
     };
     let current = q.is_ok_and(|Query(q)| q.v == version_hex());
     let cache = if current { IMMUTABLE } else { REVALIDATE };
@@ -237,7 +236,7 @@ async fn fsm_kinds() -> Response {
 async fn fsm(Path(kind): Path<String>) -> Response {
     match fsm_view(&kind) {
         Ok(v) => axum::Json(v).into_response(),
-        Err(e) => crate::http::HttpError(e).into_response(),
+        Err(e) => super::HttpError(e).into_response(),
     }
 }
 

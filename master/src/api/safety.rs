@@ -1,15 +1,15 @@
-//! The safety net's API core (shared by gRPC and REST): validated operator commands (levels, release,
+//! The safety net's part of the API layer (shared by gRPC and REST): validated operator commands (levels, release,
 //! decisions on proposals, quota config) and the read views operators and the portal show: per scope the
 //! level, quota use against its limit, pending proposals, and why the last automatic action was blocked.
 
 use proto::error::ApiError;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CmdResult, Command, MAX_TEXT_LEN};
+use super::{Service, now_ms, validate};
+use crate::model::{CmdResult, Command};
 use crate::safety::{
     self, AuditEntry, Level, Proposal, ProposalFilter, ProposalStatus, QuotaRule, SafetyConfig, ScopeRecord,
 };
-use crate::service::{Service, now_ms};
 use crate::store::{Reader, StoreError};
 
 /// Alerts returned with the safety view (newest first).
@@ -17,33 +17,8 @@ pub const SAFETY_ALERTS: usize = 100;
 /// Most proposals one listing returns.
 pub const MAX_PROPOSAL_LIST: usize = 10_000;
 
-/// Quota use of one kind in one scope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuotaUse {
-    pub kind: String,
-    pub population: u64,
-    pub concurrent: u64,
-    pub max_concurrent: u64,
-    pub entries: u64,
-    pub max_entries: u64,
-    pub window_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScopeView {
-    pub scope: String,
-    pub level: Level,
-    pub latched: bool,
-    pub reason: String,
-    pub set_by: String,
-    pub since_ms: u64,
-    pub quotas: Vec<QuotaUse>,
-    pub pending_proposals: u64,
-    pub last_blocked: String,
-    pub last_blocked_ms: u64,
-    pub agents: u64,
-    pub agents_alive: u64,
-}
+/// The scope views are API views shared by every front end.
+pub use proto::view::{QuotaUse, ScopeView};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SafetyView {
@@ -84,7 +59,7 @@ pub fn scope_view(cfg: &SafetyConfig, name: &str, r: &ScopeRecord, now: u64) -> 
     }
     ScopeView {
         scope: name.to_string(),
-        level: r.level,
+        level: r.level.as_str().to_string(),
         latched: r.latched,
         reason: r.reason.clone(),
         set_by: r.set_by.clone(),
@@ -100,22 +75,6 @@ pub fn scope_view(cfg: &SafetyConfig, name: &str, r: &ScopeRecord, now: u64) -> 
 
 fn store_err(e: StoreError) -> ApiError {
     ApiError::internal(e.to_string())
-}
-
-/// Operator name and reason: both required (the audit log says who and why), bounded.
-fn check_operator(by: &str, reason: &str) -> Result<(), ApiError> {
-    if by.trim().is_empty() {
-        return Err(ApiError::invalid("say who you are (by)"));
-    }
-    if reason.trim().is_empty() {
-        return Err(ApiError::invalid("a reason is required"));
-    }
-    for (what, s) in [("by", by), ("reason", reason)] {
-        if s.len() > MAX_TEXT_LEN {
-            return Err(ApiError::invalid(format!("{what} is {} bytes (limit {MAX_TEXT_LEN})", s.len())));
-        }
-    }
-    Ok(())
 }
 
 fn check_scope(scope: &str) -> Result<(), ApiError> {
@@ -162,17 +121,16 @@ impl Service {
         reason: &str,
     ) -> Result<(ScopeView, u64), ApiError> {
         check_scope(scope)?;
-        check_operator(by, reason)?;
+        validate::operator(by, reason)?;
         let cmd = Command::SetLevel { scope: scope.into(), level, by: by.into(), reason: reason.into() };
-        self.submit_cmd(cmd).await?;
+        self.submit(cmd).await?;
         self.scope_after(scope).await
     }
 
     pub async fn release(&self, scope: &str, by: &str, reason: &str) -> Result<(ScopeView, u64), ApiError> {
         check_scope(scope)?;
-        check_operator(by, reason)?;
-        self.submit_cmd(Command::Release { scope: scope.into(), by: by.into(), reason: reason.into() })
-            .await?;
+        validate::operator(by, reason)?;
+        self.submit(Command::Release { scope: scope.into(), by: by.into(), reason: reason.into() }).await?;
         self.scope_after(scope).await
     }
 
@@ -200,7 +158,7 @@ impl Service {
         by: &str,
         reason: &str,
     ) -> Result<CmdResult, ApiError> {
-        check_operator(by, reason)?;
+        validate::operator(by, reason)?;
         if let Some(s) = &filter.scope {
             check_scope(s)?;
         }
@@ -212,7 +170,7 @@ impl Service {
                 "name proposals by id, or give a filter (scope, kind, host, checker) for a bulk decision",
             ));
         }
-        self.submit_cmd(Command::Decide { ids, filter, approve, by: by.into(), reason: reason.into() }).await
+        self.submit(Command::Decide { ids, filter, approve, by: by.into(), reason: reason.into() }).await
     }
 
     /// Replace the quota rules (the rest of the safety config stays), or the whole config.
@@ -223,7 +181,7 @@ impl Service {
         by: &str,
         reason: &str,
     ) -> Result<SafetyView, ApiError> {
-        check_operator(by, reason)?;
+        validate::operator(by, reason)?;
         let mut cfg = match config {
             Some(c) => c,
             None => self.read_view(false).await?.safety_config().map_err(store_err)?,
@@ -232,7 +190,7 @@ impl Service {
             cfg.quotas = q;
         }
         cfg.validate().map_err(ApiError::invalid)?;
-        self.submit_cmd(Command::SetSafety { config: cfg, by: by.into(), reason: reason.into() }).await?;
+        self.submit(Command::SetSafety { config: cfg, by: by.into(), reason: reason.into() }).await?;
         self.safety(false).await
     }
 
@@ -244,8 +202,8 @@ impl Service {
         by: &str,
         reason: &str,
     ) -> Result<u64, ApiError> {
-        check_operator(by, reason)?;
+        super::validate::operator(by, reason)?;
         let cmd = Command::SetMinCommandVersion { version, by: by.into(), reason: reason.into() };
-        Ok(self.submit_cmd(cmd).await?.revision)
+        Ok(self.submit(cmd).await?.revision)
     }
 }

@@ -1,0 +1,56 @@
+//! Cluster info (`huatuo status`, `GET /api/v1/cluster`, the gRPC `ClusterInfo` call): this node's Raft
+//! view, the members' addresses, agent and object counts, and every safety scope.
+
+use proto::error::ApiError;
+
+pub use proto::view::{ClusterInfo, MemberInfo};
+
+use super::safety::scope_views;
+use super::{Service, now_ms, store_err};
+use crate::store::Reader;
+
+impl Service {
+    /// This node's view of the cluster (never a read-index: it must answer on a node without a leader).
+    pub fn cluster_info(&self) -> Result<ClusterInfo, ApiError> {
+        let st = self.raft.status();
+        let r = Reader::new(&self.db).map_err(store_err)?;
+        let members = r.members().map_err(store_err)?;
+        let addr = |id: u64| members.iter().find(|(m, _)| *m == id).map(|(_, r)| r.clone());
+        let (_, scopes) = scope_views(&r, now_ms()).map_err(store_err)?;
+        let level = scopes
+            .iter()
+            .find(|s| s.scope == crate::safety::CLUSTER)
+            .map_or(crate::safety::Level::Auto.as_str().to_string(), |s| s.level.clone());
+        let agents = r.agents().map_err(store_err)?;
+        Ok(ClusterInfo {
+            id: st.id,
+            leader_id: st.leader_id.unwrap_or(0),
+            term: st.term,
+            role: format!("{:?}", st.role).to_lowercase(),
+            commit_index: st.commit_index,
+            applied_index: st.applied_index,
+            revision: r.revision().map_err(store_err)?,
+            level,
+            leader_grpc: st.leader_id.and_then(addr).map(|m| m.grpc).unwrap_or_default(),
+            members: st
+                .peers
+                .iter()
+                .map(|(id, peer)| {
+                    let m = addr(*id);
+                    MemberInfo {
+                        id: *id,
+                        peer_addr: peer.clone(),
+                        grpc_addr: m.as_ref().map(|m| m.grpc.clone()).unwrap_or_default(),
+                        http_addr: m.map(|m| m.http).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            agents_alive: agents.iter().filter(|(_, a)| a.alive).count() as u64,
+            agents: agents.len() as u64,
+            objects: r.object_count().map_err(store_err)?,
+            last_error: st.last_error.unwrap_or_default(),
+            pending_proposals: r.pending_count().map_err(store_err)?,
+            scopes,
+        })
+    }
+}

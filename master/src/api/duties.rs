@@ -1,0 +1,97 @@
+//! The leader's periodic duties: announce where its APIs listen, mark agents silent whose heartbeats
+//! stopped, and step objects whose deadlines passed. Followers only keep their heartbeat memory empty and
+//! count leader changes.
+
+use std::sync::Weak;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use proto::error::ApiError;
+use state_machines::ObjectId;
+
+use super::{Service, now_ms, store_err};
+use crate::model::{Command, MAX_TICK_OBJECTS, MemberRecord};
+use crate::raft::Role;
+use crate::store::{Filter, Reader};
+
+/// How often the duty loop runs (announce, liveness, ticks).
+pub const DUTY_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the leader steps objects whose deadlines passed.
+pub const TICK_EVERY: Duration = Duration::from_secs(5);
+
+/// The duty loop: ends when told to stop, when the raft node stops, or when the service is gone.
+pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Output = ()> + Send) {
+    tokio::pin!(stop);
+    let mut interval = tokio::time::interval(DUTY_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leader_since: Option<Instant> = None;
+    let mut last_tick = Instant::now();
+    let mut last_leader: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = interval.tick() => {}
+        }
+        let Some(s) = svc.upgrade() else { return };
+        let st = s.raft.status();
+        if st.leader_id.is_some() && st.leader_id != last_leader {
+            if last_leader.is_some() {
+                s.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
+            last_leader = st.leader_id;
+        }
+        if st.role == Role::Stopped {
+            return;
+        }
+        if st.role != Role::Leader {
+            leader_since = None;
+            s.heartbeats.clear();
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        let work = leader_duties(&s, since, &mut last_tick);
+        tokio::select! {
+            _ = &mut stop => return,
+            r = work => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "leader duty failed; retrying next round");
+                }
+            }
+        }
+    }
+}
+
+async fn leader_duties(s: &Service, leader_since: Instant, last_tick: &mut Instant) -> Result<(), ApiError> {
+    let reader = Reader::new(&s.db).map_err(store_err)?;
+    // 1. Announce where this leader's APIs listen, so followers can redirect clients here.
+    let me = MemberRecord { grpc: s.cfg.grpc_addr.clone(), http: s.cfg.http_addr.clone() };
+    let id = s.raft.id();
+    if !reader.members().map_err(store_err)?.iter().any(|(m, r)| *m == id && *r == me) {
+        s.submit(Command::Announce { id, grpc: me.grpc, http: me.http }).await?;
+    }
+    // 2. Agents that went silent. A new leader first waits a full period (it has no heartbeat memory yet).
+    if leader_since.elapsed() >= s.cfg.agent_silent_after {
+        let known = reader.agents().map_err(store_err)?;
+        for (agent, host) in s.heartbeats.silent(known, s.cfg.agent_silent_after) {
+            s.submit(Command::AgentLiveness { agent: agent.clone(), host, alive: false }).await?;
+            s.heartbeats.set_alive(&agent, false);
+        }
+    }
+    // 3. Step objects whose deadlines passed.
+    if last_tick.elapsed() >= TICK_EVERY {
+        *last_tick = Instant::now();
+        let now = now_ms();
+        let due: Vec<ObjectId> = reader
+            .list(&Filter::default(), usize::MAX)
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|r| r.sm.next_deadline_ms(&s.cfg.policy).is_some_and(|d| d <= now))
+            .map(|r| r.id)
+            .take(MAX_TICK_OBJECTS)
+            .collect();
+        if !due.is_empty() {
+            s.submit(Command::Tick { objects: due }).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The master's one API layer, shared by the gRPC (`grpc.rs`) and REST (`http.rs`) adapters, which only
+//! convert wire messages to the calls below and results back. Everything an API does is here, split by
+//! responsibility:
+//!
+//! - [`validate`]: the limits and checks every request passes before anything is proposed;
+//! - [`requests`]: request strings (filters, object commands, proposal filters) parsed into domain values;
+//! - [`objects`]: writes (ingest, register, object commands) and reads (list, get, the object view);
+//! - [`watch`]: watch streams from the change log;
+//! - [`heartbeats`]: the leader's memory of agent heartbeats (only liveness changes are replicated);
+//! - [`cluster`]: cluster info;
+//! - [`safety`]: the safety net's operator commands and views;
+//! - [`proposer`]: coalesces concurrent commands into few Raft entries;
+//! - [`duties`]: what the leader does on its own (announce itself, agent liveness, deadline ticks);
+//! - [`tasks`]: the owned task groups every background task above runs in, stopped in order by
+//!   `server::run`.
+//!
+//! Every error leaves as an [`ApiError`] with one of the closed set of codes.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto::error::ApiError;
+use redb::Database;
+use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
+
+use crate::fsm::FsmStats;
+use crate::model::{CmdResult, Command};
+use crate::raft::{ProposeError, RaftNode, Role};
+use crate::store::{Reader, StoreError};
+
+pub mod cluster;
+pub mod duties;
+pub mod heartbeats;
+pub mod objects;
+pub mod proposer;
+pub mod requests;
+pub mod safety;
+pub mod tasks;
+pub mod validate;
+pub mod watch;
+
+pub use cluster::{ClusterInfo, MemberInfo};
+pub use heartbeats::{AgentListing, AgentView, HeartbeatInfo};
+pub use objects::{IngestBatch, WriteResult, object_view};
+pub use proposer::{MAX_CMDS_PER_ENTRY, MAX_INFLIGHT_ENTRIES, PROPOSAL_QUEUE};
+pub use tasks::{ShutdownReport, TaskGroup};
+pub use validate::MAX_HEARTBEAT_CHECKERS;
+pub use watch::{WATCH_BATCH, WATCH_BUFFER, WATCH_PROGRESS_EVERY, WatchItem};
+
+/// Most objects one listing returns.
+pub const MAX_LIST: usize = 10_000;
+
+/// How long shutdown waits for open watch streams to end once told to (they stop at their next await).
+pub const WATCHER_DRAIN: Duration = Duration::from_secs(2);
+/// How long shutdown waits for the leader duties, the proposer and the ticket dispatcher: an entry in
+/// flight waits at most for its commit (the raft layer's propose timeout bounds that too).
+pub const DUTY_STOP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub grpc_addr: String,
+    pub http_addr: String,
+    /// An agent with no heartbeat for this long is marked silent (replicated).
+    pub agent_silent_after: Duration,
+    pub policy: state_machines::Policy,
+}
+
+/// The API core of one master node. Built by [`Service::start`]; its background tasks run in
+/// [`Service::watchers`] and [`Service::duties`], which [`Service::shutdown`] stops in that order.
+pub struct Service {
+    raft: RaftNode,
+    db: Arc<Database>,
+    revision: tokio_watch::Receiver<u64>,
+    cfg: ServiceConfig,
+    proposals: mpsc::Sender<proposer::Pending>,
+    heartbeats: heartbeats::Memory,
+    pub stats: Arc<FsmStats>,
+    pub started: Instant,
+    /// The revision in the store when the service started (the fsm only reports revisions it applies).
+    base_revision: u64,
+    watch_registry: watch::Registry,
+    /// Leader changes this node observed (its duty loop samples the leader every DUTY_INTERVAL).
+    pub leader_changes: AtomicU64,
+    /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).
+    pub watchers: TaskGroup,
+    /// The proposer, its entries in flight, the leader duties and the ticket dispatcher.
+    pub duties: TaskGroup,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A poisoned lock still holds consistent data here (every critical section is a few map operations).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "store read failed");
+    ApiError::internal(e.to_string())
+}
+
+impl Service {
+    /// Wire the service to a started raft node. Spawns the proposer and the leader duty loop into
+    /// [`Service::duties`]; they end on [`Service::shutdown`] (or when the raft node stops, or when the
+    /// service is dropped: tasks hold only a `Weak` so a dropped service is never kept alive by them).
+    pub fn start(
+        raft: RaftNode,
+        db: Arc<Database>,
+        revision: tokio_watch::Receiver<u64>,
+        stats: Arc<FsmStats>,
+        cfg: ServiceConfig,
+    ) -> Arc<Service> {
+        let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        let base_revision = Reader::new(&db).and_then(|r| r.revision()).unwrap_or(0);
+        let svc = Arc::new(Service {
+            base_revision,
+            raft,
+            db,
+            revision,
+            cfg,
+            proposals: tx,
+            heartbeats: heartbeats::Memory::default(),
+            stats,
+            started: Instant::now(),
+            watch_registry: watch::Registry::default(),
+            leader_changes: AtomicU64::new(0),
+            watchers: TaskGroup::new("watchers"),
+            duties: TaskGroup::new("duties"),
+        });
+        svc.duties.spawn(proposer::run(Arc::downgrade(&svc), rx, svc.duties.stopped()));
+        svc.duties.spawn(duties::run(Arc::downgrade(&svc), svc.duties.stopped()));
+        svc
+    }
+
+    /// Stop the background tasks in order: watch streams first, then the duties. Each group gets its
+    /// limit; what is still running at the limit is aborted and counted in the report.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let watchers = self.watchers.shutdown(WATCHER_DRAIN).await;
+        let duties = self.duties.shutdown(DUTY_STOP).await;
+        ShutdownReport { watchers, duties }
+    }
+
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn current_revision(&self) -> u64 {
+        (*self.revision.borrow()).max(self.base_revision)
+    }
+
+    /// The gRPC address of node `id`, from the replicated member table.
+    fn grpc_addr_of(&self, id: u64) -> Option<String> {
+        let reader = Reader::new(&self.db).ok()?;
+        reader.members().ok()?.into_iter().find(|(m, _)| *m == id).map(|(_, r)| r.grpc)
+    }
+
+    /// The HTTP address of the member whose gRPC address is `grpc` (REST clients redirect over HTTP).
+    pub fn http_addr_for(&self, grpc: &str) -> Option<String> {
+        Reader::new(&self.db)
+            .and_then(|r| r.members())
+            .ok()?
+            .into_iter()
+            .find(|(_, m)| m.grpc == grpc)
+            .map(|(_, m)| m.http)
+    }
+
+    fn map_propose_error(&self, e: ProposeError) -> ApiError {
+        match e {
+            ProposeError::NotLeader { leader, .. } => {
+                ApiError::not_leader(leader.and_then(|id| self.grpc_addr_of(id)))
+            }
+            ProposeError::Dropped => ApiError::unavailable("proposal dropped by a leader change; retry"),
+            ProposeError::Timeout => ApiError::unavailable("timed out waiting for the commit; retry"),
+            ProposeError::Stopped => ApiError::unavailable("this master node is stopped"),
+            ProposeError::TooLarge => ApiError::invalid(format!(
+                "request too large (limit {} bytes)",
+                crate::raft::MAX_COMMAND_BYTES
+            )),
+            ProposeError::Fsm(m) => ApiError::internal(m),
+            e @ ProposeError::NoSpace { .. } => ApiError::unavailable(e.to_string()),
+        }
+    }
+
+    /// Fail fast on followers, before queueing (the proposer would learn the same from raft).
+    fn leader_gate(&self) -> Result<(), ApiError> {
+        let st = self.raft.status();
+        if st.role == Role::Leader {
+            return Ok(());
+        }
+        if st.role == Role::Stopped {
+            return Err(ApiError::unavailable("this master node is stopped"));
+        }
+        Err(ApiError::not_leader(st.leader_id.and_then(|id| self.grpc_addr_of(id))))
+    }
+
+    /// Queue one (validated) command for the next entry and wait for its result.
+    pub(crate) async fn submit(&self, cmd: Command) -> Result<CmdResult, ApiError> {
+        self.leader_gate()?;
+        // Command kinds newer than the cluster enabled would stop members still running older binaries.
+        crate::model::check_proposable(&cmd, self.stats.min_command_version())
+            .map_err(|e| ApiError::new(proto::error::Code::Conflict, e.to_string()))?;
+        let version = cmd.version();
+        let bytes = serde_json::to_vec(&cmd).map_err(|e| ApiError::internal(e.to_string()))?;
+        if bytes.len() + proposer::ENVELOPE_OVERHEAD > crate::raft::MAX_COMMAND_BYTES {
+            return Err(ApiError::invalid(format!(
+                "request encodes to {} bytes (limit {}); send smaller batches",
+                bytes.len(),
+                crate::raft::MAX_COMMAND_BYTES - proposer::ENVELOPE_OVERHEAD
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.proposals
+            .send(proposer::Pending { cmd: bytes, version, tx })
+            .await
+            .map_err(|_| ApiError::unavailable("master is shutting down"))?;
+        let res = rx.await.map_err(|_| ApiError::unavailable("master is shutting down"))??;
+        match res.error.clone() {
+            Some((code, message)) if res.applied == 0 => Err(ApiError::new(code, message)),
+            _ => Ok(res),
+        }
+    }
+
+    /// A read view: after a read-index barrier (linearizable), or this node's copy as is (`stale`).
+    pub async fn read_view(&self, stale: bool) -> Result<Reader, ApiError> {
+        if !stale {
+            self.raft.read_index().await.map_err(|e| self.map_propose_error(e))?;
+        }
+        Reader::new(&self.db).map_err(store_err)
+    }
+}

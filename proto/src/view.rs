@@ -1,0 +1,149 @@
+//! The API views: the one domain shape of each thing the master's APIs answer with. REST serializes them as
+//! JSON (an [`ObjectView`] is the `GET /api/v1/objects` shape), gRPC converts them to and from the wire in
+//! [`crate::convert`], and the SDK's typed `Object` is built from an [`ObjectView`]. The master builds them
+//! from its stored records; nothing else does.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use state_machines::Finding;
+
+/// One object as the APIs show it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ObjectView {
+    pub id: String,
+    pub kind: String,
+    pub host: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grade: String,
+    pub state_since_ms: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Inventory attributes merged with the state machine's own (serials, ticket ids, ...).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    pub revision: u64,
+    /// The latest finding of each checker about this object.
+    #[serde(default)]
+    pub evidence: Vec<Finding>,
+    pub history_len: u64,
+    pub history_compacted: u64,
+    pub created_ms: u64,
+    /// Consent: what the object waits for, from whom, until when (empty when it waits for nothing).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting_ack: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting_role: String,
+    #[serde(default)]
+    pub ack_deadline_ms: u64,
+    #[serde(default)]
+    pub ack_escalated: bool,
+    /// The action an agent should run on this object (empty when none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pending_action: String,
+    #[serde(default)]
+    pub action_deadline_ms: u64,
+}
+
+/// An action the master wants an agent to run on one of its objects (handed out with every heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionOrder {
+    pub object: String,
+    pub action: String,
+    pub requested_ms: u64,
+    pub deadline_ms: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub old_serial: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub new_serial: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// Quota use of one kind in one scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaUse {
+    pub kind: String,
+    pub population: u64,
+    pub concurrent: u64,
+    pub max_concurrent: u64,
+    pub entries: u64,
+    pub max_entries: u64,
+    pub window_ms: u64,
+}
+
+/// One safety scope: its operating level (`auto`, `manual`, `blind`), quota use against its limits, pending
+/// proposals, and why the last automatic action was blocked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeView {
+    pub scope: String,
+    pub level: String,
+    pub latched: bool,
+    pub reason: String,
+    pub set_by: String,
+    pub since_ms: u64,
+    pub quotas: Vec<QuotaUse>,
+    pub pending_proposals: u64,
+    pub last_blocked: String,
+    pub last_blocked_ms: u64,
+    pub agents: u64,
+    pub agents_alive: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub peer_addr: String,
+    pub grpc_addr: String,
+    pub http_addr: String,
+}
+
+/// `huatuo status` / `GET /api/v1/cluster`: one node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub id: u64,
+    pub leader_id: u64,
+    pub term: u64,
+    pub role: String,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub revision: u64,
+    pub level: String,
+    pub leader_grpc: String,
+    pub members: Vec<MemberInfo>,
+    pub agents_alive: u64,
+    #[serde(default)]
+    pub agents: u64,
+    pub objects: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    /// Per scope: level, quota use vs limit, pending proposals, why the last automatic action was blocked.
+    #[serde(default)]
+    pub scopes: Vec<ScopeView>,
+    #[serde(default)]
+    pub pending_proposals: u64,
+}
+
+/// What an agent says about itself in each heartbeat (the leader's memory only; never replicated).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatInfo {
+    pub version: String,
+    pub started_ms: u64,
+    pub checkers: BTreeMap<String, String>,
+    pub outbox_entries: u64,
+    pub outbox_dropped: u64,
+}
+
+/// One agent for `huatuo inspect` and the portal: replicated liveness plus the leader's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentListing {
+    pub agent: String,
+    pub host: String,
+    pub alive: bool,
+    pub since_ms: u64,
+    pub heard: bool,
+    pub last_heartbeat_ms_ago: u64,
+    pub restarts: u64,
+    pub info: HeartbeatInfo,
+}

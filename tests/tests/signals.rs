@@ -1,0 +1,68 @@
+//! The one signal helper (`proto::shutdown`) in the real binary: `huatuo master` stops in order on
+//! SIGTERM, exits 0 within the sum of its shutdown limits, and logs a clean stop (nothing aborted at a
+//! limit); the other members keep serving.
+//!
+//! Needs the `huatuo` binary (see `tests::huatuo_bin`).
+
+use std::time::Duration;
+
+use master::cluster::{LocalCluster, READY_TIMEOUT};
+use tests::{huatuo_bin, wait_until};
+
+/// The master's whole ordered shutdown is bounded by the sum of its steps' limits.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(
+    master::api::WATCHER_DRAIN.as_secs()
+        + master::server::SERVER_DRAIN.as_secs()
+        + master::api::DUTY_STOP.as_secs()
+        + master::server::RAFT_STOP.as_secs()
+        + master::server::PEER_DRAIN.as_secs(),
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_master_cleanly_and_the_others_keep_serving() {
+    // Info level whatever the caller's RUST_LOG: the clean stop is an info line.
+    let mut cluster = LocalCluster::start_with_env(&huatuo_bin(), 3, &[("RUST_LOG", "info,raft=warn")])
+        .expect("start cluster");
+    let leader =
+        cluster.wait_leader(READY_TIMEOUT).await.unwrap_or_else(|| panic!("{}", cluster.log_tail(1)));
+    cluster.terminate(leader).expect("SIGTERM");
+    let mut status = None;
+    let ended = wait_until(SHUTDOWN_BOUND, || {
+        status = status.or_else(|| cluster.exited(leader));
+        std::future::ready(status.is_some())
+    })
+    .await;
+    assert!(
+        ended,
+        "node {leader} still running {SHUTDOWN_BOUND:?} after SIGTERM:\n{}",
+        cluster.log_tail(leader)
+    );
+    let status = status.expect("exited");
+    let log = std::fs::read_to_string(cluster.log_path(leader)).expect("node log");
+    assert!(status.success(), "exit status {status} after SIGTERM:\n{log}");
+    let stop_line =
+        log.lines().map(strip_ansi).find(|l| l.contains("master node stopped")).unwrap_or_default();
+    assert!(stop_line.contains("clean=true"), "no clean stop logged:\n{}", cluster.log_tail(leader));
+    // The survivors elect a new leader and serve.
+    cluster.kill9(leader);
+    let next = cluster.wait_leader(READY_TIMEOUT).await;
+    assert!(next.is_some_and(|l| l != leader), "no new leader after the orderly stop: {next:?}");
+}
+
+/// A log line without its terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
