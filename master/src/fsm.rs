@@ -32,12 +32,13 @@ mod decide;
 mod mem;
 mod objects;
 mod redb_state;
+mod requests;
 mod safety;
 pub mod snapshot;
 mod tickets;
 mod view;
 
-pub use decide::{Decision, Tally, decide, decide_entry};
+pub use decide::{Decision, Tally, decide, decide_entry, decide_entry_limited};
 pub use mem::{MemFsm, MemState};
 use redb_state::Tables;
 pub use view::{View, Writes};
@@ -91,6 +92,8 @@ pub struct MasterFsm {
     /// The newest command version this fsm decodes: [`COMMAND_VERSION`]; lower only in tests that play an
     /// older binary.
     knows: u32,
+    /// Idempotency keys remembered: [`MAX_REQUEST_KEYS`]; smaller only in tests. Must be equal on every node.
+    request_keys: u64,
 }
 
 /// The oldest revision the change log keeps after reaching `revision` (None: nothing to drop yet).
@@ -110,6 +113,7 @@ impl MasterFsm {
                 stats: Arc::default(),
                 changelog_retain: CHANGELOG_RETAIN,
                 knows: COMMAND_VERSION,
+                request_keys: MAX_REQUEST_KEYS,
             },
             rx,
         )
@@ -118,6 +122,12 @@ impl MasterFsm {
     /// Same as [`MasterFsm::new`] with a smaller change-log window, for tests of compaction.
     pub fn with_changelog_retain(mut self, retain: u64) -> Self {
         self.changelog_retain = retain.max(1);
+        self
+    }
+
+    /// Same as [`MasterFsm::new`] remembering fewer idempotency keys, for tests of eviction.
+    pub fn with_request_keys(mut self, keys: u64) -> Self {
+        self.request_keys = keys.max(1);
         self
     }
 
@@ -159,7 +169,7 @@ impl MasterFsm {
         };
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         let mut tables = Tables::open(txn)?;
-        let d = decide_entry(&tables, &self.policy, env.now_ms, env.cmds)?;
+        let d = decide_entry_limited(&tables, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
         tables.write(&d, self.changelog_retain)?;
         self.count(&d);
         if !d.events.is_empty() {

@@ -55,7 +55,15 @@ pub const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_set
 /// Alert/audit log: id -> AuditEntry JSON (bounded).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_audit");
 
+/// Idempotency key -> RequestRecord JSON (bounded: [`crate::model::MAX_REQUEST_KEYS`]).
+pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_requests");
+/// Key sequence -> idempotency key (utf-8): the eviction order of [`REQUESTS`].
+pub const REQUEST_ORDER: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_request_order");
+
 pub const SETTING_SAFETY: &str = "safety";
+/// Sequence the next idempotency key gets, and how many keys are remembered.
+pub const META_REQUEST_NEXT: &str = "request_next";
+pub const META_REQUEST_COUNT: &str = "request_count";
 pub const META_PROPOSAL_NEXT: &str = "proposal_next";
 pub const META_AUDIT_NEXT: &str = "audit_next";
 
@@ -236,19 +244,21 @@ pub struct OpenReport {
 /// [`META`], every fsm table.
 type StrTable = TableDefinition<'static, &'static str, &'static [u8]>;
 type U64Table = TableDefinition<'static, u64, &'static [u8]>;
-const STR_TABLES: [(&str, StrTable); 5] = [
+const STR_TABLES: [(&str, StrTable); 6] = [
     ("fsm_objects", OBJECTS),
     ("fsm_agents", AGENTS),
     ("fsm_scopes", SCOPES),
     ("fsm_proposal_obj", PROPOSAL_OBJ),
     ("fsm_settings", SETTINGS),
+    ("fsm_requests", REQUESTS),
 ];
-const U64_TABLES: [(&str, U64Table); 5] = [
+const U64_TABLES: [(&str, U64Table); 6] = [
     ("fsm_changes", CHANGES),
     ("fsm_members", MEMBERS),
     ("fsm_proposals", PROPOSALS),
     ("fsm_pending", PENDING),
     ("fsm_audit", AUDIT),
+    ("fsm_request_order", REQUEST_ORDER),
 ];
 
 /// Prepare the state machine's tables before anything is applied or read: seal a format-1 store in place

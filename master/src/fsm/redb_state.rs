@@ -12,7 +12,7 @@ use crate::model::{AgentRecord, ObjectRecord};
 use crate::safety::{Proposal, SafetyConfig, ScopeRecord};
 use crate::store::{
     self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST, META_REVISION, OBJECTS,
-    PENDING, PROPOSAL_OBJ, PROPOSALS, SCOPES, SETTING_SAFETY, SETTINGS, StoreError,
+    PENDING, PROPOSAL_OBJ, PROPOSALS, REQUEST_ORDER, REQUESTS, SCOPES, SETTING_SAFETY, SETTINGS, StoreError,
 };
 
 /// Handles of every fsm table in one write transaction.
@@ -29,6 +29,8 @@ pub(super) struct Tables<'t> {
     pub pending: Table<'t, u64, &'static [u8]>,
     pub settings: Table<'t, &'static str, &'static [u8]>,
     pub audit: Table<'t, u64, &'static [u8]>,
+    pub requests: Table<'t, &'static str, &'static [u8]>,
+    pub request_order: Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -46,6 +48,8 @@ impl<'t> Tables<'t> {
             pending: txn.open_table(PENDING)?,
             settings: txn.open_table(SETTINGS)?,
             audit: txn.open_table(AUDIT)?,
+            requests: txn.open_table(REQUESTS)?,
+            request_order: txn.open_table(REQUEST_ORDER)?,
         })
     }
 
@@ -100,6 +104,18 @@ impl<'t> Tables<'t> {
             match row {
                 Some(row) => self.audit.insert(*id, store::encode_sealed(row).as_slice())?,
                 None => self.audit.remove(*id)?,
+            };
+        }
+        for (k, r) in &w.requests {
+            match r {
+                Some(r) => self.requests.insert(k.as_str(), store::encode_sealed(r).as_slice())?,
+                None => self.requests.remove(k.as_str())?,
+            };
+        }
+        for (seq, k) in &w.request_order {
+            match k {
+                Some(k) => self.request_order.insert(*seq, checksum::seal(k.as_bytes()).as_slice())?,
+                None => self.request_order.remove(*seq)?,
             };
         }
         if let Some(first) = d.events.first().map(|e| e.revision) {
@@ -229,5 +245,23 @@ impl View for Tables<'_> {
 
     fn pending_ids(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         ids(&self.pending, from, limit)
+    }
+
+    fn request(&self, key: &str) -> Result<Option<crate::model::RequestRecord>, StoreError> {
+        self.requests.get(key)?.map(|g| store::decode_sealed("fsm_requests", g.value())).transpose()
+    }
+
+    fn request_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        let Some(g) = self.request_order.get(seq)? else { return Ok(None) };
+        let key = store::unseal("fsm_request_order", g.value())?;
+        let key = std::str::from_utf8(key).map_err(|_| StoreError::Corrupt {
+            table: "fsm_request_order",
+            message: "key is not utf-8".into(),
+        })?;
+        Ok(Some(key.to_string()))
+    }
+
+    fn request_seqs(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        ids(&self.request_order, from, limit)
     }
 }

@@ -426,4 +426,5 @@ mod safety;
 
 mod integrity;
 pub(crate) mod props;
+mod requests;
 mod versions;

@@ -202,6 +202,7 @@ fn flip_first_row(txn: &redb::WriteTransaction, name: &str) -> bool {
         "fsm_scopes" => flip_str(txn, crate::store::SCOPES),
         "fsm_proposal_obj" => flip_str(txn, crate::store::PROPOSAL_OBJ),
         "fsm_settings" => flip_str(txn, crate::store::SETTINGS),
+        "fsm_requests" => flip_str(txn, crate::store::REQUESTS),
         "fsm_history" => {
             let mut t = txn.open_table(crate::store::HISTORY).expect("table");
             let Some(((id, seq), mut v)) = t
@@ -223,6 +224,7 @@ fn flip_first_row(txn: &redb::WriteTransaction, name: &str) -> bool {
                 "fsm_proposals" => crate::store::PROPOSALS,
                 "fsm_pending" => crate::store::PENDING,
                 "fsm_audit" => crate::store::AUDIT,
+                "fsm_request_order" => crate::store::REQUEST_ORDER,
                 other => panic!("unknown fsm table {other}"),
             };
             let mut t = txn.open_table(def).expect("table");
