@@ -215,12 +215,44 @@ pub struct IngestBody {
     #[serde(default)]
     pub seq: u64,
     pub findings: Vec<Finding>,
+    /// The client's idempotency key (the `Idempotency-Key` header does the same; both must agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
-async fn ingest(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+/// The REST header carrying a write's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The idempotency key of a REST write: the header or the body field (refused when they differ).
+fn idempotency_key(
+    headers: &axum::http::HeaderMap,
+    body: Option<String>,
+) -> Result<Option<String>, HttpError> {
+    let header = match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| HttpError::from(ApiError::invalid("Idempotency-Key must be ASCII")))?
+                .to_string(),
+        ),
+    };
+    match (header, body) {
+        (Some(h), Some(b)) if h != b => {
+            Err(ApiError::invalid("Idempotency-Key header and idempotency_key field differ").into())
+        }
+        (h, b) => Ok(h.or(b)),
+    }
+}
+
+async fn ingest(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: IngestBody = parse_json(&body)?;
+    let key = idempotency_key(&headers, b.idempotency_key)?;
     let r = svc
-        .ingest(IngestBatch { agent: b.agent, seq: b.seq, findings: b.findings })
+        .ingest_keyed(IngestBatch { agent: b.agent, seq: b.seq, findings: b.findings }, key)
         .await
         .map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())

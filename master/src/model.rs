@@ -109,6 +109,8 @@ pub const REQUEST_KEY_WINDOW_MS: u64 = 24 * 3_600_000;
 /// Most keys evicted per keyed command: each command adds one key, so evicting up to 16 keeps the count at
 /// [`MAX_REQUEST_KEYS`] and catches up on expired keys without making one entry's apply unbounded.
 pub const MAX_REQUEST_EVICT_PER_COMMAND: usize = 16;
+/// The command version that introduced [`Command::Keyed`].
+pub const KEYED_COMMAND_VERSION: u32 = 3;
 /// Longest idempotency key: a client id plus a sequence, or a random request id (a UUID is 36 bytes).
 pub const MAX_REQUEST_KEY_LEN: usize = 128;
 
@@ -310,7 +312,7 @@ impl Command {
     pub fn version(&self) -> u32 {
         match self {
             Command::SetMinCommandVersion { .. } => 2,
-            Command::Keyed { cmd, .. } => cmd.version().max(3),
+            Command::Keyed { cmd, .. } => cmd.version().max(KEYED_COMMAND_VERSION),
             _ => 1,
         }
     }

@@ -101,9 +101,15 @@ impl Service {
     /// Findings from an agent batch (`agent` + `seq`, applied once) or from an operator/detector (`agent`
     /// empty). Every finding is validated before anything is proposed.
     pub async fn ingest(&self, batch: IngestBatch) -> Result<CmdResult, ApiError> {
+        self.ingest_keyed(batch, None).await
+    }
+
+    /// [`Service::ingest`] with the client's idempotency key (`huatuo report`, REST `Idempotency-Key`):
+    /// applied once even when the client retries across a failover.
+    pub async fn ingest_keyed(&self, batch: IngestBatch, key: Option<String>) -> Result<CmdResult, ApiError> {
         validate::ingest(&batch.agent, batch.seq, &batch.findings)?;
         let findings = batch.findings.into_iter().map(Finding::bounded).collect();
-        self.submit(Command::Ingest { agent: batch.agent, seq: batch.seq, findings }).await
+        self.submit_keyed(Command::Ingest { agent: batch.agent, seq: batch.seq, findings }, key).await
     }
 
     pub async fn register(
