@@ -156,21 +156,6 @@ pub struct ReportArgs {
     master: MasterAddr,
 }
 
-/// The gRPC metadata carrying a write's idempotency key (as the master reads it).
-const IDEMPOTENCY_KEY_METADATA: &str = "idempotency-key";
-
-/// A random idempotency key for one CLI write: `cli-` and 128 random bits in hex (from the kernel's
-/// random source: unique across the CLIs of a fleet without coordination).
-fn request_key() -> anyhow::Result<tonic::metadata::AsciiMetadataValue> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom for an idempotency key: {e}"))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("cli-{hex}").parse()?)
-}
-
 pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
     // Validate locally first so typos get a clear message without a round trip.
     proto::convert::object_id(&a.object).map_err(api_err)?;
@@ -192,16 +177,12 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
     // One key for this write, sent with every try: the client retries on UNAVAILABLE and timeouts (possibly
     // after the first try was applied by a leader that died before answering), and the master applies a key
     // once (answering the retry `duplicate: true`).
-    let key = request_key()?;
+    let key = proto::client::request_key("cli").map_err(api_err)?;
     let mut client = a.master.client();
     let res = runtime()?
         .block_on(client.call(req, |mut c, r| {
-            let key = key.clone();
-            async move {
-                let mut r = tonic::Request::new(r);
-                r.metadata_mut().insert(IDEMPOTENCY_KEY_METADATA, key);
-                c.ingest(r).await
-            }
+            let r = proto::client::keyed(r, &key);
+            async move { c.ingest(r).await }
         }))
         .map_err(api_err)?;
     println!(

@@ -241,6 +241,7 @@ impl Master for GrpcApi {
         // auth: what a command needs depends on its kind (the auth layer put the caller here).
         crate::auth::check_command(req.extensions().get::<crate::auth::Caller>(), &req.get_ref().kind)
             .map_err(Status::from)?;
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let object = convert::object_id(&req.object).map_err(Status::from)?;
         let input = requests::object_input(&ObjectCommand {
@@ -252,7 +253,7 @@ impl Master for GrpcApi {
             success: req.success,
         })
         .map_err(Status::from)?;
-        let res = self.svc.object_command(object, input).await.map_err(Status::from)?;
+        let res = self.svc.object_command_keyed(object, input, key).await.map_err(Status::from)?;
         Ok(Response::new(api::CommandResponse {
             revision: res.revision,
             state: res.state,

@@ -334,9 +334,11 @@ async fn command(
     State(svc): State<Svc>,
     // auth: the caller the auth middleware found (absent in insecure mode).
     caller: Option<axum::Extension<Caller>>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let b: CommandBody = parse_json(&body)?;
+    let key = idempotency_key(&headers, None)?;
     crate::auth::check_command(caller.as_ref().map(|c| &c.0), &b.kind)?;
     let object = proto::convert::object_id(&b.object)?;
     let input = requests::object_input(&ObjectCommand {
@@ -347,7 +349,7 @@ async fn command(
         reason: b.reason,
         success: b.success,
     })?;
-    let r = svc.object_command(object, input).await.map_err(|e| rest_error(&svc, e))?;
+    let r = svc.object_command_keyed(object, input, key).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())
 }
 

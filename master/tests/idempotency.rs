@@ -92,6 +92,10 @@ fn finding(object: &str) -> Value {
 
 /// One HTTP/1.1 POST on a fresh connection (blocking: run on a blocking thread); returns (status, body).
 fn post(addr: &str, path: &str, headers: &str, body: &str) -> (u16, Value) {
+    post_to(addr, path, headers, body)
+}
+
+fn post_to(addr: &str, path: &str, headers: &str, body: &str) -> (u16, Value) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect http");
     s.set_read_timeout(Some(HTTP_TIMEOUT)).expect("timeout");
     write!(
@@ -192,6 +196,25 @@ async fn one_key_is_applied_once_through_rest_and_grpc() {
     assert_eq!(seen(&m, "disk/i4/sda"), 1);
     let e = grpc_ingest(&m.grpc, "disk/i4/sda", Some("bad key")).await.expect_err("bad key");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // Operator commands (REST /api/v1/commands) take the same header.
+    let force = json!({ "object": "disk/i1/sda", "kind": "force", "value": "WARNING", "by": "alice", "reason": "replaced" });
+    let send = |key: &'static str| {
+        let (rest, body) = (m.rest.clone(), force.to_string());
+        tokio::task::spawn_blocking(move || {
+            post_to(&rest, "/api/v1/commands", &format!("Idempotency-Key: {key}\r\n"), &body)
+        })
+    };
+    let (st, f1) = send("op-force-1").await.expect("join");
+    assert_eq!((st, f1["duplicate"].as_bool()), (200, Some(false)), "{f1}");
+    let (st, f2) = send("op-force-1").await.expect("join");
+    assert_eq!((st, f2["duplicate"].as_bool()), (200, Some(true)), "{f2}");
+    assert_eq!(f1["revision"], f2["revision"]);
+    // The same force without the key is a new command, refused now (already WARNING): what a retry used to get.
+    let (rest, body) = (m.rest.clone(), force.to_string());
+    let (st, f3) = tokio::task::spawn_blocking(move || post_to(&rest, "/api/v1/commands", "", &body))
+        .await
+        .expect("join");
+    assert_eq!(st, 409, "{f3}");
     // Without a key, every send is a new write (as before).
     grpc_ingest(&m.grpc, "disk/i4/sda", None).await.expect("unkeyed");
     assert_eq!(seen(&m, "disk/i4/sda"), 2);

@@ -144,10 +144,20 @@ impl Service {
 
     /// An acknowledgement, operator command, ticket update or action result about one object.
     pub async fn object_command(&self, object: ObjectId, input: Input) -> Result<CmdResult, ApiError> {
+        self.object_command_keyed(object, input, None).await
+    }
+
+    /// [`Service::object_command`] with the client's idempotency key: applied once across retries.
+    pub async fn object_command_keyed(
+        &self,
+        object: ObjectId,
+        input: Input,
+        key: Option<String>,
+    ) -> Result<CmdResult, ApiError> {
         if matches!(input, Input::Finding(_) | Input::Tick | Input::Replacement { .. }) {
             return Err(ApiError::invalid("findings, ticks and replacements have their own calls"));
         }
-        self.submit(Command::Object { object, input }).await
+        self.submit_keyed(Command::Object { object, input }, key).await
     }
 
     /// Record an alert about an object (a repair ticket that cannot be filed, ...). The message is the
