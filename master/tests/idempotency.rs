@@ -2,7 +2,8 @@
 //! the same write sent twice with one idempotency key is applied once and the retry is answered
 //! `duplicate: true` with the first revision, through REST (`Idempotency-Key` header or `idempotency_key`
 //! body field) and gRPC (`idempotency-key` metadata, what `huatuo report` sends). Bad keys are refused before
-//! anything is proposed. Until the cluster enabled command version 3 a key is ignored (documented).
+//! anything is proposed. Until the cluster enabled command version 3 (`POST /api/v1/min-command-version`)
+//! a key is ignored (documented).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -25,7 +26,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Master {
     _dir: tempfile::TempDir,
-    svc: Arc<Service>,
+    /// Kept so the node's background tasks outlive every request of the test.
+    _svc: Arc<Service>,
     db: Arc<redb::Database>,
     rest: String,
     grpc: String,
@@ -75,7 +77,7 @@ async fn start() -> Master {
     });
     let router = master::http::router(svc.clone());
     tokio::spawn(async move { axum::serve(http_l, router).await });
-    Master { _dir: dir, svc, db, rest, grpc }
+    Master { _dir: dir, _svc: svc, db, rest, grpc }
 }
 
 /// Findings carry the current time (version 2 refuses findings older than 30 days).
@@ -156,7 +158,14 @@ async fn one_key_is_applied_once_through_rest_and_grpc() {
         assert_eq!((st, v["duplicate"].as_bool()), (200, Some(false)), "{v}");
     }
     assert_eq!(seen(&m, "disk/i0/sda"), 2, "no dedupe before version 3");
-    m.svc.set_min_command_version(3, "alice", "every master upgraded").await.expect("enable v3");
+    // The operator enables command version 3 (REST), once every master runs a binary that knows it.
+    let (rest, enable) = (m.rest.clone(), json!({ "version": 3, "by": "alice", "reason": "all upgraded" }));
+    let (st, v) = tokio::task::spawn_blocking(move || {
+        post_to(&rest, "/api/v1/min-command-version", "", &enable.to_string())
+    })
+    .await
+    .expect("join");
+    assert_eq!((st, v["min_command_version"].as_u64()), (200, Some(3)), "{v}");
 
     // REST, header.
     let body = json!({ "findings": [finding("disk/i1/sda")] });
