@@ -102,6 +102,10 @@ fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
             if r.upgraded {
                 println!("  written before checksums: every record was sealed in place");
             }
+            println!("  state machine: {} records, {} bytes verified", r.fsm_records, r.fsm_bytes);
+            if r.fsm_upgraded {
+                println!("  state machine written before checksums: every record was sealed in place");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -174,11 +174,21 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
             time_ms: now_ms(),
         }],
     };
+    // One key for this write, sent with every try: the client retries on UNAVAILABLE and timeouts (possibly
+    // after the first try was applied by a leader that died before answering), and the master applies a key
+    // once (answering the retry `duplicate: true`).
+    let key = proto::client::request_key("cli").map_err(api_err)?;
     let mut client = a.master.client();
     let res = runtime()?
-        .block_on(client.call(req, |mut c, r| async move { c.ingest(r).await }))
+        .block_on(client.call(req, |mut c, r| {
+            let r = proto::client::keyed(r, &key);
+            async move { c.ingest(r).await }
+        }))
         .map_err(api_err)?;
-    println!("{}", serde_json::json!({"revision": res.revision, "applied": res.applied}));
+    println!(
+        "{}",
+        serde_json::json!({"revision": res.revision, "applied": res.applied, "duplicate": res.duplicate})
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -380,9 +380,14 @@ fn object_command(
         reason: op.reason.clone(),
         ..Default::default()
     };
+    // One idempotency key for every try of this write (the client retries through failovers).
+    let key = proto::client::request_key("cli").map_err(api_err)?;
     let mut client = master.client();
     let r = runtime()?
-        .block_on(client.call(req, |mut c, r| async move { c.command(r).await }))
+        .block_on(client.call(req, |mut c, r| {
+            let r = proto::client::keyed(r, &key);
+            async move { c.command(r).await }
+        }))
         .map_err(api_err)?;
     if !r.held.is_empty() {
         println!("{object} stays {}: held by the safety net: {}", r.state, r.held);

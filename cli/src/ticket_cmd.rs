@@ -77,9 +77,14 @@ fn update(a: UpdateArgs) -> anyhow::Result<ExitCode> {
         value: a.status,
         ..Default::default()
     };
+    // One idempotency key for every try of this write (the client retries through failovers).
+    let key = proto::client::request_key("cli").map_err(api_err)?;
     let mut client = a.master.client();
     let r = runtime()?
-        .block_on(client.call(req, |mut c, r| async move { c.command(r).await }))
+        .block_on(client.call(req, |mut c, r| {
+            let r = proto::client::keyed(r, &key);
+            async move { c.command(r).await }
+        }))
         .map_err(api_err)?;
     println!("{} is {} (revision {})", a.object, r.state, r.revision);
     Ok(ExitCode::SUCCESS)

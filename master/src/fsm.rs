@@ -32,12 +32,13 @@ mod decide;
 mod mem;
 mod objects;
 mod redb_state;
+mod requests;
 mod safety;
 pub mod snapshot;
 mod tickets;
 mod view;
 
-pub use decide::{Decision, Tally, decide, decide_entry};
+pub use decide::{Decision, Tally, decide, decide_entry, decide_entry_limited};
 pub use mem::{MemFsm, MemState};
 use redb_state::Tables;
 pub use view::{View, Writes};
@@ -91,6 +92,8 @@ pub struct MasterFsm {
     /// The newest command version this fsm decodes: [`COMMAND_VERSION`]; lower only in tests that play an
     /// older binary.
     knows: u32,
+    /// Idempotency keys remembered: [`MAX_REQUEST_KEYS`]; smaller only in tests. Must be equal on every node.
+    request_keys: u64,
 }
 
 /// The oldest revision the change log keeps after reaching `revision` (None: nothing to drop yet).
@@ -110,6 +113,7 @@ impl MasterFsm {
                 stats: Arc::default(),
                 changelog_retain: CHANGELOG_RETAIN,
                 knows: COMMAND_VERSION,
+                request_keys: MAX_REQUEST_KEYS,
             },
             rx,
         )
@@ -118,6 +122,12 @@ impl MasterFsm {
     /// Same as [`MasterFsm::new`] with a smaller change-log window, for tests of compaction.
     pub fn with_changelog_retain(mut self, retain: u64) -> Self {
         self.changelog_retain = retain.max(1);
+        self
+    }
+
+    /// Same as [`MasterFsm::new`] remembering fewer idempotency keys, for tests of eviction.
+    pub fn with_request_keys(mut self, keys: u64) -> Self {
+        self.request_keys = keys.max(1);
         self
     }
 
@@ -159,7 +169,7 @@ impl MasterFsm {
         };
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         let mut tables = Tables::open(txn)?;
-        let d = decide_entry(&tables, &self.policy, env.now_ms, env.cmds)?;
+        let d = decide_entry_limited(&tables, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
         tables.write(&d, self.changelog_retain)?;
         self.count(&d);
         if !d.events.is_empty() {
@@ -216,12 +226,25 @@ impl MasterFsm {
     /// Replace the state machine's tables with a snapshot's contents.
     pub fn restore_data(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), StoreError> {
         let revision = snapshot::restore(txn, data)?;
-        let min = txn.open_table(store::META)?.get(META_MIN_COMMAND_VERSION)?.map(|g| g.value());
+        let min = match txn.open_table(store::META)?.get(META_MIN_COMMAND_VERSION)? {
+            Some(g) => Some(store::unseal_u64("fsm_counters", g.value())?),
+            None => None,
+        };
         self.stats
             .min_command_version
             .store(min.unwrap_or(u64::from(DEFAULT_MIN_COMMAND_VERSION)), Ordering::Relaxed);
         self.pending = Some(revision);
         Ok(())
+    }
+}
+
+/// How the raft layer sees a store error: damage is a corrupt replica, an entry too new for this binary
+/// stops the node until it is upgraded, anything else is a storage failure. All three are fatal.
+pub fn fsm_error(e: StoreError) -> crate::raft::FsmError {
+    match e {
+        StoreError::Corrupt { .. } => crate::raft::FsmError::Corrupt(e.to_string()),
+        StoreError::TooNew { .. } => crate::raft::FsmError::TooNew(e.to_string()),
+        StoreError::Storage(_) => crate::raft::FsmError::Storage(e.to_string()),
     }
 }
 
@@ -235,15 +258,27 @@ impl crate::raft::Fsm for MasterFsm {
         index: u64,
         cmd: &[u8],
     ) -> Result<Vec<u8>, crate::raft::FsmError> {
-        self.apply_entry(txn, index, cmd).map_err(|e| crate::raft::FsmError::Storage(e.to_string()))
+        self.apply_entry(txn, index, cmd).map_err(fsm_error)
     }
 
     fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, crate::raft::FsmError> {
-        self.snapshot_data(txn).map_err(|e| crate::raft::FsmError::Storage(e.to_string()))
+        self.snapshot_data(txn).map_err(fsm_error)
+    }
+
+    fn open(&mut self, db: &redb::Database, damage: &store::DamageFlag) -> Result<(), crate::raft::FsmError> {
+        let report = store::open_store(db).map_err(fsm_error)?;
+        store::watch_damage(db, damage);
+        tracing::info!(
+            records = report.records,
+            bytes = report.bytes,
+            upgraded = report.upgraded,
+            "state machine tables verified"
+        );
+        Ok(())
     }
 
     fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), crate::raft::FsmError> {
-        self.restore_data(txn, data).map_err(|e| crate::raft::FsmError::Storage(e.to_string()))
+        self.restore_data(txn, data).map_err(fsm_error)
     }
 
     fn after_commit(&mut self) {

@@ -130,6 +130,20 @@ pub fn event_from_wire(e: api::Event) -> ChangeEvent {
     }
 }
 
+/// The client's idempotency key of a write, from the `idempotency-key` request metadata (the API layer
+/// validates its length and charset). A key that is not ASCII is refused here.
+pub const IDEMPOTENCY_KEY_METADATA: &str = "idempotency-key";
+
+fn idempotency_key(md: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
+    match md.get(IDEMPOTENCY_KEY_METADATA) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| Status::from(ApiError::invalid("idempotency key must be ASCII"))),
+    }
+}
+
 type WatchStreamBox = Pin<Box<dyn Stream<Item = Result<api::WatchResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -138,6 +152,7 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::IngestRequest>,
     ) -> Result<Response<api::IngestResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         // Bound the decoding work before the API layer's checks (which repeat this one on the result).
         if req.findings.len() > crate::api::validate::MAX_FINDINGS_PER_BATCH {
@@ -159,7 +174,7 @@ impl Master for GrpcApi {
             .map_err(Status::from)?;
         let res = self
             .svc
-            .ingest(IngestBatch { agent: req.agent, seq: req.seq, findings })
+            .ingest_keyed(IngestBatch { agent: req.agent, seq: req.seq, findings }, key)
             .await
             .map_err(Status::from)?;
         Ok(Response::new(api::IngestResponse {
@@ -226,6 +241,7 @@ impl Master for GrpcApi {
         // auth: what a command needs depends on its kind (the auth layer put the caller here).
         crate::auth::check_command(req.extensions().get::<crate::auth::Caller>(), &req.get_ref().kind)
             .map_err(Status::from)?;
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let object = convert::object_id(&req.object).map_err(Status::from)?;
         let input = requests::object_input(&ObjectCommand {
@@ -237,7 +253,7 @@ impl Master for GrpcApi {
             success: req.success,
         })
         .map_err(Status::from)?;
-        let res = self.svc.object_command(object, input).await.map_err(Status::from)?;
+        let res = self.svc.object_command_keyed(object, input, key).await.map_err(Status::from)?;
         Ok(Response::new(api::CommandResponse {
             revision: res.revision,
             state: res.state,

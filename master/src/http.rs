@@ -215,12 +215,44 @@ pub struct IngestBody {
     #[serde(default)]
     pub seq: u64,
     pub findings: Vec<Finding>,
+    /// The client's idempotency key (the `Idempotency-Key` header does the same; both must agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
-async fn ingest(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+/// The REST header carrying a write's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The idempotency key of a REST write: the header or the body field (refused when they differ).
+fn idempotency_key(
+    headers: &axum::http::HeaderMap,
+    body: Option<String>,
+) -> Result<Option<String>, HttpError> {
+    let header = match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| HttpError::from(ApiError::invalid("Idempotency-Key must be ASCII")))?
+                .to_string(),
+        ),
+    };
+    match (header, body) {
+        (Some(h), Some(b)) if h != b => {
+            Err(ApiError::invalid("Idempotency-Key header and idempotency_key field differ").into())
+        }
+        (h, b) => Ok(h.or(b)),
+    }
+}
+
+async fn ingest(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: IngestBody = parse_json(&body)?;
+    let key = idempotency_key(&headers, b.idempotency_key)?;
     let r = svc
-        .ingest(IngestBatch { agent: b.agent, seq: b.seq, findings: b.findings })
+        .ingest_keyed(IngestBatch { agent: b.agent, seq: b.seq, findings: b.findings }, key)
         .await
         .map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())
@@ -302,9 +334,11 @@ async fn command(
     State(svc): State<Svc>,
     // auth: the caller the auth middleware found (absent in insecure mode).
     caller: Option<axum::Extension<Caller>>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let b: CommandBody = parse_json(&body)?;
+    let key = idempotency_key(&headers, None)?;
     crate::auth::check_command(caller.as_ref().map(|c| &c.0), &b.kind)?;
     let object = proto::convert::object_id(&b.object)?;
     let input = requests::object_input(&ObjectCommand {
@@ -315,7 +349,7 @@ async fn command(
         reason: b.reason,
         success: b.success,
     })?;
-    let r = svc.object_command(object, input).await.map_err(|e| rest_error(&svc, e))?;
+    let r = svc.object_command_keyed(object, input, key).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())
 }
 

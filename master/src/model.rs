@@ -15,8 +15,9 @@ use crate::sm_seam::{Input, ObjectState};
 /// a newer binary writes entries older members still apply. A member that meets an entry newer than what it
 /// knows stops applying (never skips it: replicas of different versions would diverge) until it is upgraded.
 /// Version history: 1 = the first command set; 2 = `SetMinCommandVersion`, and findings older than
-/// [`MAX_FINDING_AGE_MS`] are refused once the cluster enabled version 2.
-pub const COMMAND_VERSION: u32 = 2;
+/// [`MAX_FINDING_AGE_MS`] are refused once the cluster enabled version 2; 3 = [`Command::Keyed`] (idempotent
+/// writes: a retried command is applied once).
+pub const COMMAND_VERSION: u32 = 3;
 /// The cluster-wide `min_command_version` of a state that never had one set (clusters created before command
 /// versions were enforced, and new ones): only version-1 commands may be proposed until an operator raises it.
 pub const DEFAULT_MIN_COMMAND_VERSION: u32 = 1;
@@ -97,6 +98,43 @@ pub const MAX_FINDING_FUTURE_MS: u64 = 10 * 60_000;
 pub const MAX_FINDING_AGE_MS: u64 = 30 * 24 * 3_600_000;
 /// The command version whose rules include [`MAX_FINDING_AGE_MS`].
 pub const FINDING_AGE_RULE_VERSION: u64 = 2;
+/// Idempotency keys ([`Command::Keyed`]) the replicated state remembers at most: a client's retry comes within
+/// seconds to minutes of its first try, and 100,000 keys (~40 MB of results in the worst case, usually a few
+/// MB) covers minutes of the benchmark's write rate and days of a real fleet's operator writes. Beyond it the
+/// oldest keys are evicted (in key-sequence order, identically on every member).
+pub const MAX_REQUEST_KEYS: u64 = 100_000;
+/// How long a key is remembered (by the entries' `now_ms`): longer than any client retries (the CLI gives up
+/// after minutes), short enough that keys do not pile up. A retry after eviction is applied again.
+pub const REQUEST_KEY_WINDOW_MS: u64 = 24 * 3_600_000;
+/// Most keys evicted per keyed command: each command adds one key, so evicting up to 16 keeps the count at
+/// [`MAX_REQUEST_KEYS`] and catches up on expired keys without making one entry's apply unbounded.
+pub const MAX_REQUEST_EVICT_PER_COMMAND: usize = 16;
+/// The command version that introduced [`Command::Keyed`].
+pub const KEYED_COMMAND_VERSION: u32 = 3;
+/// Longest idempotency key: a client id plus a sequence, or a random request id (a UUID is 36 bytes).
+pub const MAX_REQUEST_KEY_LEN: usize = 128;
+
+/// Whether `key` is a valid idempotency key: 1..=[`MAX_REQUEST_KEY_LEN`] bytes of `A-Z a-z 0-9 . _ : -`.
+pub fn validate_request_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_REQUEST_KEY_LEN {
+        return Err(format!("idempotency key must be 1..={MAX_REQUEST_KEY_LEN} bytes, got {}", key.len()));
+    }
+    if let Some(c) = key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!("idempotency key may hold only A-Z a-z 0-9 . _ : - (found {c:?})"));
+    }
+    Ok(())
+}
+
+/// What the replicated state remembers about one idempotency key: when it was first applied (entry time and
+/// its place in the eviction order) and the result its proposer got, handed again to a retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub result: CmdResult,
+}
+
 /// Revisions kept in the change log for watchers to resume from. At the benchmark's 20,000 findings/s this is
 /// ~10 s of history; at a real fleet's rate it is hours. Older watchers get COMPACTED and resync.
 pub const CHANGELOG_RETAIN: u64 = 200_000;
@@ -258,6 +296,13 @@ pub enum Command {
         by: String,
         reason: String,
     },
+    /// `cmd` with the client's idempotency key: applied once; a retry with the same key within the window
+    /// ([`MAX_REQUEST_KEYS`], [`REQUEST_KEY_WINDOW_MS`]) is answered with the first result and
+    /// `duplicate: true`. Command version 3.
+    Keyed {
+        key: String,
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -267,6 +312,7 @@ impl Command {
     pub fn version(&self) -> u32 {
         match self {
             Command::SetMinCommandVersion { .. } => 2,
+            Command::Keyed { cmd, .. } => cmd.version().max(KEYED_COMMAND_VERSION),
             _ => 1,
         }
     }
@@ -286,6 +332,7 @@ impl Command {
             Command::Alert { .. } => "alert",
             Command::SetSafety { .. } => "set_safety",
             Command::SetMinCommandVersion { .. } => "set_min_command_version",
+            Command::Keyed { .. } => "keyed",
         }
     }
 }

@@ -1,19 +1,35 @@
 //! The state machine's redb tables (in the Database the raft layer owns, next to its log) and the read
 //! helpers the APIs use. Tables are created on first write; reading a table that does not exist yet reads as
-//! empty. Every value is JSON of a `model` type, except change-log rows (see [`CHANGES`]).
+//! empty. Every value is JSON of a `model` type, except change-log rows (see [`CHANGES`]) and counters.
+//!
+//! Every value is stored sealed ([`checksum::seal`]: format tag and CRC-32C) and verified on every read
+//! ([`checksum::open`]): in apply (`fsm/redb_state.rs`), in snapshots (`fsm/snapshot.rs`) and here in the
+//! [`Reader`] the APIs use. A mismatch is [`StoreError::Corrupt`]: apply stops the node as a corrupt replica;
+//! a read answers an error for that request and raises the node's damage flag (see [`watch_damage`]) so the
+//! node stops as a corrupt replica too. Panics inside redb while reading (damaged pages) are caught at this
+//! boundary and become the same error. Stores written before checksums (format 1: the `fsm_meta` counters
+//! table of u64s, unsealed values) are sealed in place once by [`open_store`].
 
 use std::ops::Bound;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use redb::{
     ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
+    TableHandle, WriteTransaction,
 };
 use state_machines::ObjectId;
+
+use crate::checksum;
 
 use crate::model::{AgentRecord, ChangeEvent, HistoryEntry, MemberRecord, ObjectRecord};
 use crate::safety::{AuditEntry, Proposal, ProposalFilter, ProposalStatus, SafetyConfig, ScopeRecord};
 
-/// Counters: [`META_REVISION`], [`META_CHANGELOG_FIRST`].
-pub const META: TableDefinition<&str, u64> = TableDefinition::new("fsm_meta");
+/// Counters: [`META_REVISION`], [`META_CHANGELOG_FIRST`], ...; each value is sealed 8 bytes big-endian.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_counters");
+/// The counters of a store written before checksums (format 1): unsealed u64 values. [`open_store`] moves
+/// them to [`META`] and drops this table; its presence (or fsm tables without [`META`]) marks format 1.
+const LEGACY_META: TableDefinition<&str, u64> = TableDefinition::new("fsm_meta");
 /// Object id -> ObjectRecord JSON.
 pub const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_objects");
 /// (object id, history seq) -> HistoryEntry JSON.
@@ -39,7 +55,15 @@ pub const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_set
 /// Alert/audit log: id -> AuditEntry JSON (bounded).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_audit");
 
+/// Idempotency key -> RequestRecord JSON (bounded: [`crate::model::MAX_REQUEST_KEYS`]).
+pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_requests");
+/// Key sequence -> idempotency key (utf-8): the eviction order of [`REQUESTS`].
+pub const REQUEST_ORDER: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_request_order");
+
 pub const SETTING_SAFETY: &str = "safety";
+/// Sequence the next idempotency key gets, and how many keys are remembered.
+pub const META_REQUEST_NEXT: &str = "request_next";
+pub const META_REQUEST_COUNT: &str = "request_count";
 pub const META_PROPOSAL_NEXT: &str = "proposal_next";
 pub const META_AUDIT_NEXT: &str = "audit_next";
 
@@ -53,6 +77,8 @@ pub const META_MIN_COMMAND_VERSION: &str = "min_command_version";
 pub enum StoreError {
     #[error("storage: {0}")]
     Storage(String),
+    /// Stored bytes fail verification (checksum, decoding, redb's page checks, a panic inside redb): never
+    /// served or applied; the node stops as a corrupt replica.
     #[error("corrupt record in {table}: {message}")]
     Corrupt { table: &'static str, message: String },
     /// A committed entry this binary is too old to apply: the node must stop (never skip it) until upgraded.
@@ -66,15 +92,114 @@ macro_rules! impl_from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Storage(e.to_string())
+                match redb::Error::from(e) {
+                    redb::Error::Corrupted(m) => StoreError::Corrupt { table: "redb", message: m },
+                    e => StoreError::Storage(e.to_string()),
+                }
             }
         }
     )*};
 }
 impl_from_redb!(redb::StorageError, redb::TableError, redb::TransactionError, redb::CommitError);
 
+/// Decode a JSON payload (an unsealed value: snapshot records, the in-memory model).
 pub fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { table, message: e.to_string() })
+}
+
+/// Verify a stored value's checksum frame and return its payload.
+pub fn unseal<'a>(table: &'static str, bytes: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    checksum::open(bytes).map_err(|e| StoreError::Corrupt { table, message: e.to_string() })
+}
+
+/// Verify and decode a stored (sealed) JSON value.
+pub fn decode_sealed<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    decode(table, unseal(table, bytes)?)
+}
+
+/// The sealed JSON of `value`, as stored.
+pub fn encode_sealed<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    checksum::seal(&encode(value))
+}
+
+/// A stored counter: sealed 8 bytes big-endian.
+pub fn seal_u64(v: u64) -> [u8; 8 + checksum::OVERHEAD] {
+    let mut out = [0u8; 8 + checksum::OVERHEAD];
+    out.copy_from_slice(&checksum::seal(&v.to_be_bytes()));
+    out
+}
+
+/// Verify and decode a stored counter.
+pub fn unseal_u64(table: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let plain: [u8; 8] = unseal(table, bytes)?
+        .try_into()
+        .map_err(|_| StoreError::Corrupt { table, message: "counter is not 8 bytes".into() })?;
+    Ok(u64::from_be_bytes(plain))
+}
+
+/// The first damage a node found in its storage; the raft layer's flag of the same type (shared so a
+/// corrupt read stops the node as a corrupt replica, as a corrupt raft record does).
+pub type DamageFlag = Arc<OnceLock<String>>;
+
+/// The damage flag of each open database (by address), registered by the node that owns it. Weak: a
+/// stopped node's entry is pruned at the next registration, so the list is bounded by the live nodes.
+static DAMAGE_FLAGS: Mutex<Vec<(usize, Weak<OnceLock<String>>)>> = Mutex::new(Vec::new());
+
+fn db_key(db: &redb::Database) -> usize {
+    std::ptr::from_ref(db) as usize
+}
+
+/// Make readers of `db` raise `flag` when they find damage (the raft loop then stops the node as a
+/// corrupt replica and `/metrics` shows `storage_corrupt 1`).
+pub fn watch_damage(db: &redb::Database, flag: &DamageFlag) {
+    let mut flags = DAMAGE_FLAGS.lock().unwrap_or_else(|p| p.into_inner());
+    let key = db_key(db);
+    flags.retain(|(k, w)| *k != key && w.strong_count() > 0);
+    flags.push((key, Arc::downgrade(flag)));
+}
+
+fn damage_flag_of(db: &redb::Database) -> Option<DamageFlag> {
+    let flags = DAMAGE_FLAGS.lock().unwrap_or_else(|p| p.into_inner());
+    let key = db_key(db);
+    flags.iter().find(|(k, _)| *k == key).and_then(|(_, w)| w.upgrade())
+}
+
+/// Count damage found by a read and raise the node's flag (first damage wins).
+fn note_damage(flag: Option<&DamageFlag>, e: &StoreError) {
+    if let StoreError::Corrupt { table, message } = e {
+        crate::raft::alarms::CORRUPTION_DETECTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let text = format!("fsm read: corrupt record in {table}: {message}");
+        tracing::error!(error = %text, "state machine storage is damaged: the node stops as a corrupt replica");
+        if let Some(f) = flag {
+            // Err: an earlier damage is already recorded; it is the one the node reports.
+            if f.set(text).is_err() {
+                tracing::debug!("damage flag already raised");
+            }
+        }
+    }
+}
+
+/// The text of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// Run storage code, turning a panic inside redb (its btree code panics on damaged pages) into
+/// [`StoreError::Corrupt`].
+pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(StoreError::Corrupt {
+            table: "redb",
+            message: format!("storage panic during {what}: {}", panic_text(&*p)),
+        }),
+    }
 }
 
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -82,7 +207,7 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// Split a change-log row into (last revision, events JSON).
+/// Split a change-log row (unsealed) into (last revision, events JSON).
 pub fn split_change_row(row: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     let corrupt = || StoreError::Corrupt { table: "fsm_changes", message: "short row".into() };
     let head: [u8; 8] = row.get(..8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
@@ -106,9 +231,165 @@ macro_rules! open_read {
     };
 }
 
-/// A consistent read view of the state machine.
+/// What [`open_store`] found: the records it verified and whether it sealed a format-1 store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    pub records: u64,
+    pub bytes: u64,
+    /// The store was written before checksums and was sealed in place by this open.
+    pub upgraded: bool,
+}
+
+/// The value tables keyed by strings and by u64s, with their names (for errors); with [`HISTORY`] and
+/// [`META`], every fsm table.
+type StrTable = TableDefinition<'static, &'static str, &'static [u8]>;
+type U64Table = TableDefinition<'static, u64, &'static [u8]>;
+const STR_TABLES: [(&str, StrTable); 6] = [
+    ("fsm_objects", OBJECTS),
+    ("fsm_agents", AGENTS),
+    ("fsm_scopes", SCOPES),
+    ("fsm_proposal_obj", PROPOSAL_OBJ),
+    ("fsm_settings", SETTINGS),
+    ("fsm_requests", REQUESTS),
+];
+const U64_TABLES: [(&str, U64Table); 6] = [
+    ("fsm_changes", CHANGES),
+    ("fsm_members", MEMBERS),
+    ("fsm_proposals", PROPOSALS),
+    ("fsm_pending", PENDING),
+    ("fsm_audit", AUDIT),
+    ("fsm_request_order", REQUEST_ORDER),
+];
+
+/// Prepare the state machine's tables before anything is applied or read: seal a format-1 store in place
+/// (one transaction, all or nothing), then verify the checksum of every record. Damage is
+/// [`StoreError::Corrupt`] (the node refuses to start).
+pub fn open_store(db: &redb::Database) -> Result<OpenReport, StoreError> {
+    guard("opening the state machine's tables", || {
+        let upgraded = needs_upgrade(db)?;
+        if upgraded {
+            upgrade(db)?;
+        }
+        let mut report = verify_store(db)?;
+        report.upgraded = upgraded;
+        Ok(report)
+    })
+}
+
+/// Format 1: the legacy counters table exists, or fsm tables exist without the sealed counters table.
+fn needs_upgrade(db: &redb::Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read()?;
+    let names: Vec<String> = txn.list_tables()?.map(|h| h.name().to_string()).collect();
+    let has = |n: &str| names.iter().any(|x| x == n);
+    let ours =
+        STR_TABLES.iter().map(|d| d.0).chain(U64_TABLES.iter().map(|d| d.0)).chain(["fsm_history"]).any(has);
+    Ok(has("fsm_meta") || (ours && !has("fsm_counters")))
+}
+
+/// Seal every value of a format-1 store and move its counters to [`META`]. Holds one table's rows in
+/// memory at a time (the migration runs once per store).
+fn upgrade(db: &redb::Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    let mut rows = 0u64;
+    {
+        let legacy: Vec<(String, u64)> = match txn.open_table(LEGACY_META) {
+            Ok(t) => t
+                .iter()?
+                .map(|r| r.map(|(k, v)| (k.value().to_string(), v.value())))
+                .collect::<Result<_, _>>()?,
+            Err(TableError::TableDoesNotExist(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        txn.delete_table(LEGACY_META)?;
+        let mut meta = txn.open_table(META)?;
+        for (k, v) in &legacy {
+            meta.insert(k.as_str(), seal_u64(*v).as_slice())?;
+            rows += 1;
+        }
+    }
+    for (_, def) in STR_TABLES {
+        rows += seal_in_place(&txn, def, |k: &str| k.to_string(), |k| k.as_str())?;
+    }
+    for (_, def) in U64_TABLES {
+        rows += seal_in_place(&txn, def, |k: u64| k, |k| *k)?;
+    }
+    rows += seal_in_place(
+        &txn,
+        HISTORY,
+        |(id, seq): (&str, u64)| (id.to_string(), seq),
+        |(id, seq)| (id.as_str(), *seq),
+    )?;
+    txn.commit()?;
+    tracing::warn!(rows, "state machine tables written before checksums: sealed every record in place");
+    Ok(())
+}
+
+/// Replace every value of `def` by its sealed form.
+fn seal_in_place<K, O>(
+    txn: &WriteTransaction,
+    def: TableDefinition<K, &[u8]>,
+    own: impl Fn(K::SelfType<'_>) -> O,
+    borrow: impl for<'a> Fn(&'a O) -> K::SelfType<'a>,
+) -> Result<u64, StoreError>
+where
+    K: redb::Key + 'static,
+{
+    let mut t = txn.open_table(def)?;
+    let old: Vec<(O, Vec<u8>)> = t
+        .iter()?
+        .map(|r| r.map(|(k, v)| (own(k.value()), checksum::seal(v.value()))))
+        .collect::<Result<_, _>>()?;
+    for (k, v) in &old {
+        t.insert(borrow(k), v.as_slice())?;
+    }
+    Ok(old.len() as u64)
+}
+
+/// Verify the checksum of every record of the state machine's tables (payloads are not decoded).
+pub fn verify_store(db: &redb::Database) -> Result<OpenReport, StoreError> {
+    let txn = db.begin_read()?;
+    let mut report = OpenReport::default();
+    let mut count = |table: &'static str, bytes: &[u8]| -> Result<(), StoreError> {
+        unseal(table, bytes)?;
+        report.records += 1;
+        report.bytes += bytes.len() as u64;
+        Ok(())
+    };
+    if let Some(t) = open_read!(txn, META) {
+        for row in t.iter()? {
+            let (_, v) = row?;
+            unseal_u64("fsm_counters", v.value())?;
+            count("fsm_counters", v.value())?;
+        }
+    }
+    for (name, def) in STR_TABLES {
+        if let Some(t) = open_read!(txn, def) {
+            for row in t.iter()? {
+                count(name, row?.1.value())?;
+            }
+        }
+    }
+    for (name, def) in U64_TABLES {
+        if let Some(t) = open_read!(txn, def) {
+            for row in t.iter()? {
+                count(name, row?.1.value())?;
+            }
+        }
+    }
+    if let Some(t) = open_read!(txn, HISTORY) {
+        for row in t.iter()? {
+            count("fsm_history", row?.1.value())?;
+        }
+    }
+    Ok(report)
+}
+
+/// A consistent read view of the state machine. Every value is verified before it is decoded; damage
+/// (a checksum mismatch, an undecodable record, a panic inside redb) is answered as
+/// [`StoreError::Corrupt`] and raises the node's damage flag (see [`watch_damage`]).
 pub struct Reader {
     txn: ReadTransaction,
+    damage: Option<DamageFlag>,
 }
 
 /// Filter for listings and watches. Empty fields match everything.
@@ -139,6 +420,7 @@ impl Filter {
 }
 
 /// What a watch read returns: events from the requested revision on, or "compacted".
+#[derive(Debug)]
 pub enum ChangesRead {
     Events { events: Vec<ChangeEvent>, next: u64 },
     Compacted { first_available: u64 },
@@ -146,11 +428,28 @@ pub enum ChangesRead {
 
 impl Reader {
     pub fn new(db: &redb::Database) -> Result<Reader, StoreError> {
-        Ok(Reader { txn: db.begin_read()? })
+        let damage = damage_flag_of(db);
+        let txn =
+            guard("begin_read", || Ok(db.begin_read()?)).inspect_err(|e| note_damage(damage.as_ref(), e))?;
+        Ok(Reader { txn, damage })
     }
 
     pub fn from_txn(txn: ReadTransaction) -> Reader {
-        Reader { txn }
+        Reader { txn, damage: None }
+    }
+
+    /// [`Reader::read`] for tests that inject a storage panic.
+    #[cfg(test)]
+    pub(crate) fn read_for_test<T>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.read("test", f)
+    }
+
+    /// Run one read: a panic inside redb becomes [`StoreError::Corrupt`], and damage raises the flag.
+    fn read<T>(&self, what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        guard(what, f).inspect_err(|e| note_damage(self.damage.as_ref(), e))
     }
 
     pub fn txn(&self) -> &ReadTransaction {
@@ -158,117 +457,141 @@ impl Reader {
     }
 
     pub fn meta(&self, key: &str) -> Result<u64, StoreError> {
-        let Some(t) = open_read!(self.txn, META) else { return Ok(0) };
-        Ok(t.get(key)?.map(|g| g.value()).unwrap_or(0))
+        self.read("meta", || {
+            let Some(t) = open_read!(self.txn, META) else { return Ok(0) };
+            t.get(key)?.map(|g| unseal_u64("fsm_counters", g.value())).transpose().map(|v| v.unwrap_or(0))
+        })
     }
 
     pub fn revision(&self) -> Result<u64, StoreError> {
-        self.meta(META_REVISION)
+        self.read("revision", || self.meta(META_REVISION))
     }
 
     /// The replicated `min_command_version` (commands of newer versions may not be proposed yet).
     pub fn min_command_version(&self) -> Result<u32, StoreError> {
-        let v = self.meta(META_MIN_COMMAND_VERSION)?;
-        if v == 0 {
-            return Ok(crate::model::DEFAULT_MIN_COMMAND_VERSION);
-        }
-        Ok(u32::try_from(v).unwrap_or(u32::MAX))
+        self.read("min_command_version", || {
+            let v = self.meta(META_MIN_COMMAND_VERSION)?;
+            if v == 0 {
+                return Ok(crate::model::DEFAULT_MIN_COMMAND_VERSION);
+            }
+            Ok(u32::try_from(v).unwrap_or(u32::MAX))
+        })
     }
 
     pub fn object(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
-        let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(None) };
-        t.get(id)?.map(|g| decode("fsm_objects", g.value())).transpose()
+        self.read("object", || {
+            let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(None) };
+            t.get(id)?.map(|g| decode_sealed("fsm_objects", g.value())).transpose()
+        })
     }
 
     pub fn object_count(&self) -> Result<u64, StoreError> {
-        let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(0) };
-        Ok(t.len()?)
+        self.read("object_count", || {
+            let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(0) };
+            Ok(t.len()?)
+        })
     }
 
     /// Objects matching `filter`, in id order, at most `limit`. A host filter scans only ids of that host's
     /// kinds when a kind is given too (ids start with `KIND/HOST`).
     pub fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<ObjectRecord>, StoreError> {
-        let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(Vec::new()) };
-        let prefix = match (filter.kind, &filter.host) {
-            (Some(k), Some(h)) => format!("{k}/{h}"),
-            (Some(k), None) => format!("{k}/"),
-            _ => String::new(),
-        };
-        let mut out = Vec::new();
-        for row in t.range::<&str>(prefix.as_str()..)? {
-            let (k, v) = row?;
-            if !k.value().starts_with(&prefix) {
-                break;
-            }
-            let rec: ObjectRecord = decode("fsm_objects", v.value())?;
-            if filter.matches_object(&rec) {
-                out.push(rec);
-                if out.len() >= limit {
+        self.read("list", || {
+            let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(Vec::new()) };
+            let prefix = match (filter.kind, &filter.host) {
+                (Some(k), Some(h)) => format!("{k}/{h}"),
+                (Some(k), None) => format!("{k}/"),
+                _ => String::new(),
+            };
+            let mut out = Vec::new();
+            for row in t.range::<&str>(prefix.as_str()..)? {
+                let (k, v) = row?;
+                if !k.value().starts_with(&prefix) {
                     break;
                 }
+                let rec: ObjectRecord = decode_sealed("fsm_objects", v.value())?;
+                if filter.matches_object(&rec) {
+                    out.push(rec);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     pub fn history(&self, rec: &ObjectRecord) -> Result<Vec<HistoryEntry>, StoreError> {
-        let Some(t) = open_read!(self.txn, HISTORY) else { return Ok(Vec::new()) };
-        let id = rec.id.to_string();
-        let mut out = Vec::new();
-        for row in t.range((id.as_str(), 0u64)..=(id.as_str(), u64::MAX))? {
-            let (_, v) = row?;
-            out.push(decode("fsm_history", v.value())?);
-        }
-        Ok(out)
+        self.read("history", || {
+            let Some(t) = open_read!(self.txn, HISTORY) else { return Ok(Vec::new()) };
+            let id = rec.id.to_string();
+            let mut out = Vec::new();
+            for row in t.range((id.as_str(), 0u64)..=(id.as_str(), u64::MAX))? {
+                let (_, v) = row?;
+                out.push(decode_sealed("fsm_history", v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     pub fn agents(&self) -> Result<Vec<(String, AgentRecord)>, StoreError> {
-        let Some(t) = open_read!(self.txn, AGENTS) else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_string(), decode("fsm_agents", v.value())?));
-        }
-        Ok(out)
+        self.read("agents", || {
+            let Some(t) = open_read!(self.txn, AGENTS) else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), decode_sealed("fsm_agents", v.value())?));
+            }
+            Ok(out)
+        })
     }
 
     pub fn members(&self) -> Result<Vec<(u64, MemberRecord)>, StoreError> {
-        let Some(t) = open_read!(self.txn, MEMBERS) else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value(), decode("fsm_members", v.value())?));
-        }
-        Ok(out)
+        self.read("members", || {
+            let Some(t) = open_read!(self.txn, MEMBERS) else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value(), decode_sealed("fsm_members", v.value())?));
+            }
+            Ok(out)
+        })
     }
 
     /// The replicated safety config (defaults until an operator sets one).
     pub fn safety_config(&self) -> Result<SafetyConfig, StoreError> {
-        let Some(t) = open_read!(self.txn, SETTINGS) else { return Ok(SafetyConfig::default()) };
-        t.get(SETTING_SAFETY)?
-            .map(|g| decode("fsm_settings", g.value()))
-            .transpose()
-            .map(|c| c.unwrap_or_default())
+        self.read("safety_config", || {
+            let Some(t) = open_read!(self.txn, SETTINGS) else { return Ok(SafetyConfig::default()) };
+            t.get(SETTING_SAFETY)?
+                .map(|g| decode_sealed("fsm_settings", g.value()))
+                .transpose()
+                .map(|c| c.unwrap_or_default())
+        })
     }
 
     pub fn scopes(&self) -> Result<Vec<(String, ScopeRecord)>, StoreError> {
-        let Some(t) = open_read!(self.txn, SCOPES) else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_string(), decode("fsm_scopes", v.value())?));
-        }
-        Ok(out)
+        self.read("scopes", || {
+            let Some(t) = open_read!(self.txn, SCOPES) else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), decode_sealed("fsm_scopes", v.value())?));
+            }
+            Ok(out)
+        })
     }
 
     pub fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
-        let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(None) };
-        t.get(id)?.map(|g| decode("fsm_proposals", g.value())).transpose()
+        self.read("proposal", || {
+            let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(None) };
+            t.get(id)?.map(|g| decode_sealed("fsm_proposals", g.value())).transpose()
+        })
     }
 
     pub fn pending_count(&self) -> Result<u64, StoreError> {
-        let Some(t) = open_read!(self.txn, PENDING) else { return Ok(0) };
-        Ok(t.len()?)
+        self.read("pending_count", || {
+            let Some(t) = open_read!(self.txn, PENDING) else { return Ok(0) };
+            Ok(t.len()?)
+        })
     }
 
     /// Proposals with `status` (None: any), matching `filter`, newest first, at most `limit`.
@@ -278,91 +601,97 @@ impl Reader {
         filter: &ProposalFilter,
         limit: usize,
     ) -> Result<Vec<Proposal>, StoreError> {
-        let mut out = Vec::new();
-        if status == Some(ProposalStatus::Pending) {
-            let Some(idx) = open_read!(self.txn, PENDING) else { return Ok(out) };
-            for row in idx.iter()?.rev() {
-                let id = row?.0.value();
-                if let Some(p) = self.proposal(id)?
-                    && filter.matches(&p)
-                {
+        self.read("proposals", || {
+            let mut out = Vec::new();
+            if status == Some(ProposalStatus::Pending) {
+                let Some(idx) = open_read!(self.txn, PENDING) else { return Ok(out) };
+                for row in idx.iter()?.rev() {
+                    let id = row?.0.value();
+                    if let Some(p) = self.proposal(id)?
+                        && filter.matches(&p)
+                    {
+                        out.push(p);
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+            let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(out) };
+            for row in t.iter()?.rev() {
+                let (_, v) = row?;
+                let p: Proposal = decode_sealed("fsm_proposals", v.value())?;
+                if status.is_none_or(|s| p.status == s) && filter.matches(&p) {
                     out.push(p);
                     if out.len() >= limit {
                         break;
                     }
                 }
             }
-            return Ok(out);
-        }
-        let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(out) };
-        for row in t.iter()?.rev() {
-            let (_, v) = row?;
-            let p: Proposal = decode("fsm_proposals", v.value())?;
-            if status.is_none_or(|s| p.status == s) && filter.matches(&p) {
-                out.push(p);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The alert/audit log, newest first; `alerts_only` skips audit rows.
     pub fn audit(&self, alerts_only: bool, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        let Some(t) = open_read!(self.txn, AUDIT) else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        for row in t.iter()?.rev() {
-            let (_, v) = row?;
-            let e: AuditEntry = decode("fsm_audit", v.value())?;
-            if !alerts_only || e.kind == "alert" {
-                out.push(e);
-                if out.len() >= limit {
-                    break;
+        self.read("audit", || {
+            let Some(t) = open_read!(self.txn, AUDIT) else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for row in t.iter()?.rev() {
+                let (_, v) = row?;
+                let e: AuditEntry = decode_sealed("fsm_audit", v.value())?;
+                if !alerts_only || e.kind == "alert" {
+                    out.push(e);
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Events with revision >= `from`, at most about `max` of them (whole batches), passing `filter`.
     /// `next` is the revision to ask for next time (past the last event read, filtered or not).
     pub fn changes(&self, from: u64, filter: &Filter, max: usize) -> Result<ChangesRead, StoreError> {
-        // Revision 0 is never a change; the first change is revision 1.
-        let from = from.max(1);
-        let first = self.meta(META_CHANGELOG_FIRST)?.max(1);
-        if from < first {
-            return Ok(ChangesRead::Compacted { first_available: first });
-        }
-        let Some(t) = open_read!(self.txn, CHANGES) else {
-            return Ok(ChangesRead::Events { events: Vec::new(), next: from });
-        };
-        // The row holding `from` is the last row starting at or before it.
-        let start = match t.range(..=from)?.next_back() {
-            Some(row) => row?.0.value(),
-            None => from,
-        };
-        let mut events = Vec::new();
-        let mut next = from;
-        let mut scanned = 0usize;
-        for row in t.range::<u64>((Bound::Included(start), Bound::Unbounded))? {
-            let (_, v) = row?;
-            let (last, json) = split_change_row(v.value())?;
-            if last < from {
-                continue;
+        self.read("changes", || {
+            // Revision 0 is never a change; the first change is revision 1.
+            let from = from.max(1);
+            let first = self.meta(META_CHANGELOG_FIRST)?.max(1);
+            if from < first {
+                return Ok(ChangesRead::Compacted { first_available: first });
             }
-            let batch: Vec<ChangeEvent> = decode("fsm_changes", json)?;
-            for e in batch {
-                if e.revision >= from && filter.matches_event(&e) {
-                    events.push(e);
+            let Some(t) = open_read!(self.txn, CHANGES) else {
+                return Ok(ChangesRead::Events { events: Vec::new(), next: from });
+            };
+            // The row holding `from` is the last row starting at or before it.
+            let start = match t.range(..=from)?.next_back() {
+                Some(row) => row?.0.value(),
+                None => from,
+            };
+            let mut events = Vec::new();
+            let mut next = from;
+            let mut scanned = 0usize;
+            for row in t.range::<u64>((Bound::Included(start), Bound::Unbounded))? {
+                let (_, v) = row?;
+                let (last, json) = split_change_row(unseal("fsm_changes", v.value())?)?;
+                if last < from {
+                    continue;
+                }
+                let batch: Vec<ChangeEvent> = decode("fsm_changes", json)?;
+                for e in batch {
+                    if e.revision >= from && filter.matches_event(&e) {
+                        events.push(e);
+                    }
+                }
+                next = last + 1;
+                scanned += 1;
+                if events.len() >= max || scanned >= max {
+                    break;
                 }
             }
-            next = last + 1;
-            scanned += 1;
-            if events.len() >= max || scanned >= max {
-                break;
-            }
-        }
-        Ok(ChangesRead::Events { events, next })
+            Ok(ChangesRead::Events { events, next })
+        })
     }
 }

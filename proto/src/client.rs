@@ -260,6 +260,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The gRPC request metadata carrying a write's idempotency key: the master applies a key once and answers a
+/// retry (after a timeout or a failover, which [`Client::call`] retries through) with the first result and
+/// `duplicate: true`.
+pub const IDEMPOTENCY_KEY_METADATA: &str = "idempotency-key";
+
+/// A fresh random idempotency key for one write: `prefix`, `-`, 128 bits from the kernel's random source in
+/// hex (unique across a fleet's clients without coordination). `prefix` must be ASCII letters, digits or `-`.
+pub fn request_key(prefix: &str) -> Result<MetadataValue<Ascii>, ApiError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| ApiError::internal(format!("cannot read /dev/urandom for an idempotency key: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
+        .parse()
+        .map_err(|_| ApiError::invalid(format!("bad idempotency key prefix {prefix:?}")))
+}
+
+/// `msg` as a request carrying the idempotency key `key` (send the same key on every try of one write).
+pub fn keyed<T>(msg: T, key: &MetadataValue<Ascii>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(IDEMPOTENCY_KEY_METADATA, key.clone());
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +316,17 @@ mod tests {
             .await
             .expect_err("no address");
         assert_eq!(e.code, Code::InvalidArgument);
+    }
+
+    #[test]
+    fn request_keys_are_fresh_valid_and_carried() {
+        let a = request_key("cli").expect("key");
+        let b = request_key("cli").expect("key");
+        assert_ne!(a, b, "128 random bits");
+        let s = a.to_str().expect("ascii");
+        assert!(s.starts_with("cli-") && s.len() == 4 + 32, "{s}");
+        assert!(request_key("bad prefix\n").is_err());
+        let r = keyed((), &a);
+        assert_eq!(r.metadata().get(IDEMPOTENCY_KEY_METADATA), Some(&a));
     }
 }

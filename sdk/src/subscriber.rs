@@ -219,7 +219,17 @@ impl Subscriber {
             by: self.cfg.role.clone(),
             ..Default::default()
         };
-        match self.client.call(req, |mut c, r| async move { c.command(r).await }).await {
+        // One idempotency key for every try of this acknowledgement (the client retries through failovers:
+        // a retry of an ack the master already applied is answered `duplicate`, not refused).
+        let key = proto::client::request_key("sdk").map_err(Error::from)?;
+        match self
+            .client
+            .call(req, |mut c, r| {
+                let r = proto::client::keyed(r, &key);
+                async move { c.command(r).await }
+            })
+            .await
+        {
             Ok(r) => Ok(Acked {
                 revision: r.revision,
                 state: r

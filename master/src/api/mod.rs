@@ -200,6 +200,25 @@ impl Service {
         Err(ApiError::not_leader(st.leader_id.and_then(|id| self.grpc_addr_of(id))))
     }
 
+    /// [`Service::submit`] with the client's idempotency key (validated here: length and charset): the
+    /// replicated state applies the command once and answers a retry with the first result and
+    /// `duplicate: true` (see `fsm/requests.rs`). Until the cluster enabled command version 3
+    /// (`set-min-command-version 3`, once every master runs a binary that knows it) the key cannot be
+    /// replicated and the command is submitted without it (a retry may then apply twice, as before).
+    pub(crate) async fn submit_keyed(
+        &self,
+        cmd: Command,
+        key: Option<String>,
+    ) -> Result<CmdResult, ApiError> {
+        let Some(key) = key else { return self.submit(cmd).await };
+        crate::model::validate_request_key(&key).map_err(ApiError::invalid)?;
+        if self.stats.min_command_version() < cmd.version().max(crate::model::KEYED_COMMAND_VERSION) {
+            tracing::debug!(key, "idempotency key ignored: command version 3 is not enabled in this cluster");
+            return self.submit(cmd).await;
+        }
+        self.submit(Command::Keyed { key, cmd: Box::new(cmd) }).await
+    }
+
     /// Queue one (validated) command for the next entry and wait for its result.
     pub(crate) async fn submit(&self, cmd: Command) -> Result<CmdResult, ApiError> {
         self.leader_gate()?;

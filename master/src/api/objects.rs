@@ -101,9 +101,15 @@ impl Service {
     /// Findings from an agent batch (`agent` + `seq`, applied once) or from an operator/detector (`agent`
     /// empty). Every finding is validated before anything is proposed.
     pub async fn ingest(&self, batch: IngestBatch) -> Result<CmdResult, ApiError> {
+        self.ingest_keyed(batch, None).await
+    }
+
+    /// [`Service::ingest`] with the client's idempotency key (`huatuo report`, REST `Idempotency-Key`):
+    /// applied once even when the client retries across a failover.
+    pub async fn ingest_keyed(&self, batch: IngestBatch, key: Option<String>) -> Result<CmdResult, ApiError> {
         validate::ingest(&batch.agent, batch.seq, &batch.findings)?;
         let findings = batch.findings.into_iter().map(Finding::bounded).collect();
-        self.submit(Command::Ingest { agent: batch.agent, seq: batch.seq, findings }).await
+        self.submit_keyed(Command::Ingest { agent: batch.agent, seq: batch.seq, findings }, key).await
     }
 
     pub async fn register(
@@ -138,10 +144,20 @@ impl Service {
 
     /// An acknowledgement, operator command, ticket update or action result about one object.
     pub async fn object_command(&self, object: ObjectId, input: Input) -> Result<CmdResult, ApiError> {
+        self.object_command_keyed(object, input, None).await
+    }
+
+    /// [`Service::object_command`] with the client's idempotency key: applied once across retries.
+    pub async fn object_command_keyed(
+        &self,
+        object: ObjectId,
+        input: Input,
+        key: Option<String>,
+    ) -> Result<CmdResult, ApiError> {
         if matches!(input, Input::Finding(_) | Input::Tick | Input::Replacement { .. }) {
             return Err(ApiError::invalid("findings, ticks and replacements have their own calls"));
         }
-        self.submit(Command::Object { object, input }).await
+        self.submit_keyed(Command::Object { object, input }, key).await
     }
 
     /// Record an alert about an object (a repair ticket that cannot be filed, ...). The message is the

@@ -48,7 +48,20 @@ pub fn decide_entry(
     now_ms: u64,
     cmds: Vec<Command>,
 ) -> Result<Decision, StoreError> {
+    decide_entry_limited(view, policy, now_ms, cmds, MAX_REQUEST_KEYS)
+}
+
+/// [`decide_entry`] remembering at most `request_keys` idempotency keys (must be equal on every node:
+/// [`MAX_REQUEST_KEYS`]; smaller only in tests of eviction).
+pub fn decide_entry_limited(
+    view: &dyn View,
+    policy: &Policy,
+    now_ms: u64,
+    cmds: Vec<Command>,
+    request_keys: u64,
+) -> Result<Decision, StoreError> {
     let mut d = Decider::new(view, policy, now_ms)?;
+    d.request_keys = request_keys;
     let mut results = Vec::with_capacity(cmds.len());
     for cmd in cmds {
         results.push(d.command(cmd)?);
@@ -63,7 +76,7 @@ pub fn decide(view: &dyn View, policy: &Policy, cmd: Command, now_ms: u64) -> Re
 
 /// The state of one entry's decision: the view, what the entry wrote so far, its events and counters.
 pub(super) struct Decider<'v> {
-    view: &'v dyn View,
+    pub(super) view: &'v dyn View,
     pub(super) policy: &'v Policy,
     pub(super) now: u64,
     pub(super) revision: u64,
@@ -78,6 +91,8 @@ pub(super) struct Decider<'v> {
     /// The replicated `min_command_version`: commands of a newer version are refused (alike on every node).
     pub(super) min_version: u64,
     pub(super) tally: Tally,
+    /// Most idempotency keys remembered ([`MAX_REQUEST_KEYS`]).
+    pub(super) request_keys: u64,
 }
 
 impl<'v> Decider<'v> {
@@ -96,6 +111,7 @@ impl<'v> Decider<'v> {
                 .meta(META_MIN_COMMAND_VERSION)?
                 .unwrap_or(u64::from(DEFAULT_MIN_COMMAND_VERSION)),
             tally: Tally::default(),
+            request_keys: MAX_REQUEST_KEYS,
         })
     }
 
@@ -128,7 +144,7 @@ impl<'v> Decider<'v> {
         CmdResult { error: Some((code, message)), ..self.result() }
     }
 
-    fn command(&mut self, cmd: Command) -> Result<CmdResult, StoreError> {
+    pub(super) fn command(&mut self, cmd: Command) -> Result<CmdResult, StoreError> {
         if !matches!(cmd, Command::SetMinCommandVersion { .. }) && u64::from(cmd.version()) > self.min_version
         {
             // The leader's gate refuses these before Raft; one that slipped through (a gate that raced a
@@ -160,6 +176,7 @@ impl<'v> Decider<'v> {
             Command::SetMinCommandVersion { version, by, reason } => {
                 self.set_min_command_version(version, &by, &reason)
             }
+            Command::Keyed { key, cmd } => self.keyed(key, *cmd),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::decide::{Decision, decide_entry};
+use super::decide::{Decision, decide_entry_limited};
 use super::snapshot::{self, history_key, push_record, split_history_key, u64_be, utf8};
 use super::view::View;
 use crate::model::*;
@@ -28,6 +28,8 @@ pub struct MemState {
     pub pending: BTreeMap<u64, String>,
     pub safety: Option<SafetyConfig>,
     pub audit: BTreeMap<u64, AuditEntry>,
+    pub requests: BTreeMap<String, RequestRecord>,
+    pub request_order: BTreeMap<u64, String>,
 }
 
 fn range_ids<T>(m: &BTreeMap<u64, T>, from: u64, limit: usize) -> Vec<u64> {
@@ -58,6 +60,15 @@ impl View for MemState {
     }
     fn safety_config(&self) -> Result<SafetyConfig, StoreError> {
         Ok(self.safety.clone().unwrap_or_default())
+    }
+    fn request(&self, key: &str) -> Result<Option<RequestRecord>, StoreError> {
+        Ok(self.requests.get(key).cloned())
+    }
+    fn request_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        Ok(self.request_order.get(&seq).cloned())
+    }
+    fn request_seqs(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        Ok(range_ids(&self.request_order, from, limit))
     }
     fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
         Ok(self.proposals.get(&id).cloned())
@@ -130,6 +141,18 @@ impl MemState {
                 None => self.audit.remove(id),
             };
         }
+        for (k, r) in &w.requests {
+            match r {
+                Some(r) => self.requests.insert(k.clone(), r.clone()),
+                None => self.requests.remove(k),
+            };
+        }
+        for (seq, k) in &w.request_order {
+            match k {
+                Some(k) => self.request_order.insert(*seq, k.clone()),
+                None => self.request_order.remove(seq),
+            };
+        }
         if let Some(first) = d.events.first().map(|e| e.revision) {
             self.changes.insert(first, store::make_change_row(d.revision, &d.events));
             self.meta.insert(META_REVISION.into(), d.revision);
@@ -187,6 +210,12 @@ impl MemState {
         for (k, v) in &self.changes {
             push_record(&mut out, 12, &k.to_be_bytes(), v);
         }
+        for (k, v) in &self.requests {
+            push_record(&mut out, 13, k.as_bytes(), &store::encode(v));
+        }
+        for (k, v) in &self.request_order {
+            push_record(&mut out, 14, &k.to_be_bytes(), v.as_bytes());
+        }
         out
     }
 
@@ -230,8 +259,14 @@ impl MemState {
                 11 => {
                     s.audit.insert(u64_be(key)?, store::decode("fsm_audit", value)?);
                 }
-                _ => {
+                12 => {
                     s.changes.insert(u64_be(key)?, value.to_vec());
+                }
+                13 => {
+                    s.requests.insert(utf8(key)?.to_string(), store::decode("fsm_requests", value)?);
+                }
+                _ => {
+                    s.request_order.insert(u64_be(key)?, utf8(value)?.to_string());
                 }
             }
         }
@@ -251,15 +286,28 @@ pub struct MemFsm {
     policy: Policy,
     retain: u64,
     knows: u32,
+    request_keys: u64,
 }
 
 impl MemFsm {
     pub fn new(policy: Policy) -> MemFsm {
-        MemFsm { state: MemState::default(), policy, retain: CHANGELOG_RETAIN, knows: COMMAND_VERSION }
+        MemFsm {
+            state: MemState::default(),
+            policy,
+            retain: CHANGELOG_RETAIN,
+            knows: COMMAND_VERSION,
+            request_keys: MAX_REQUEST_KEYS,
+        }
     }
 
     pub fn with_changelog_retain(mut self, retain: u64) -> Self {
         self.retain = retain.max(1);
+        self
+    }
+
+    /// Remember at most `keys` idempotency keys (tests of eviction).
+    pub fn with_request_keys(mut self, keys: u64) -> Self {
+        self.request_keys = keys.max(1);
         self
     }
 
@@ -272,7 +320,7 @@ impl MemFsm {
             }
             Err(DecodeError::Undecodable(_)) => return Ok(ApplyResult::default()),
         };
-        let d = decide_entry(&self.state, &self.policy, env.now_ms, env.cmds)?;
+        let d = decide_entry_limited(&self.state, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
         self.state.write(&d, self.retain)?;
         Ok(ApplyResult { results: d.results })
     }

@@ -1,21 +1,23 @@
 //! The state machine's tables inside the raft layer's write transaction: the [`View`] `decide` reads, and
 //! the writer that stores a [`Decision`] (rows, the change-log row of the entry, and change-log compaction)
-//! in the same transaction. The only place the fsm touches redb during apply.
+//! in the same transaction. The only place the fsm touches redb during apply. Every value is written sealed
+//! and verified when read (see `store.rs`): damage is `StoreError::Corrupt`, which stops the node.
 
 use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::decide::Decision;
 use super::view::View;
+use crate::checksum;
 use crate::model::{AgentRecord, ObjectRecord};
 use crate::safety::{Proposal, SafetyConfig, ScopeRecord};
 use crate::store::{
     self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST, META_REVISION, OBJECTS,
-    PENDING, PROPOSAL_OBJ, PROPOSALS, SCOPES, SETTING_SAFETY, SETTINGS, StoreError,
+    PENDING, PROPOSAL_OBJ, PROPOSALS, REQUEST_ORDER, REQUESTS, SCOPES, SETTING_SAFETY, SETTINGS, StoreError,
 };
 
 /// Handles of every fsm table in one write transaction.
 pub(super) struct Tables<'t> {
-    pub meta: Table<'t, &'static str, u64>,
+    pub meta: Table<'t, &'static str, &'static [u8]>,
     pub objects: Table<'t, &'static str, &'static [u8]>,
     pub history: Table<'t, (&'static str, u64), &'static [u8]>,
     pub changes: Table<'t, u64, &'static [u8]>,
@@ -27,6 +29,8 @@ pub(super) struct Tables<'t> {
     pub pending: Table<'t, u64, &'static [u8]>,
     pub settings: Table<'t, &'static str, &'static [u8]>,
     pub audit: Table<'t, u64, &'static [u8]>,
+    pub requests: Table<'t, &'static str, &'static [u8]>,
+    pub request_order: Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -44,6 +48,8 @@ impl<'t> Tables<'t> {
             pending: txn.open_table(PENDING)?,
             settings: txn.open_table(SETTINGS)?,
             audit: txn.open_table(AUDIT)?,
+            requests: txn.open_table(REQUESTS)?,
+            request_order: txn.open_table(REQUEST_ORDER)?,
         })
     }
 
@@ -52,57 +58,70 @@ impl<'t> Tables<'t> {
     pub fn write(&mut self, d: &Decision, retain: u64) -> Result<(), StoreError> {
         let w = &d.writes;
         for (k, v) in &w.meta {
-            self.meta.insert(*k, *v)?;
+            self.meta.insert(*k, store::seal_u64(*v).as_slice())?;
         }
         for (id, rec) in &w.objects {
-            self.objects.insert(id.as_str(), store::encode(rec).as_slice())?;
+            self.objects.insert(id.as_str(), store::encode_sealed(rec).as_slice())?;
         }
         for ((id, seq), e) in &w.history {
             match e {
-                Some(e) => self.history.insert((id.as_str(), *seq), store::encode(e).as_slice())?,
+                Some(e) => self.history.insert((id.as_str(), *seq), store::encode_sealed(e).as_slice())?,
                 None => self.history.remove((id.as_str(), *seq))?,
             };
         }
         for (id, a) in &w.agents {
-            self.agents.insert(id.as_str(), store::encode(a).as_slice())?;
+            self.agents.insert(id.as_str(), store::encode_sealed(a).as_slice())?;
         }
         for (id, m) in &w.members {
-            self.members.insert(*id, store::encode(m).as_slice())?;
+            self.members.insert(*id, store::encode_sealed(m).as_slice())?;
         }
         for (name, r) in &w.scopes {
             if r.is_empty() {
                 self.scopes.remove(name.as_str())?;
             } else {
-                self.scopes.insert(name.as_str(), store::encode(r).as_slice())?;
+                self.scopes.insert(name.as_str(), store::encode_sealed(r).as_slice())?;
             }
         }
         for (id, p) in &w.proposals {
             match p {
-                Some(p) => self.proposals.insert(*id, store::encode(p).as_slice())?,
+                Some(p) => self.proposals.insert(*id, store::encode_sealed(p).as_slice())?,
                 None => self.proposals.remove(*id)?,
             };
         }
         for (oid, id) in &w.proposal_obj {
-            self.proposal_obj.insert(oid.as_str(), id.to_be_bytes().as_slice())?;
+            self.proposal_obj.insert(oid.as_str(), checksum::seal(&id.to_be_bytes()).as_slice())?;
         }
         for (id, oid) in &w.pending {
             match oid {
-                Some(oid) => self.pending.insert(*id, oid.as_bytes())?,
+                Some(oid) => self.pending.insert(*id, checksum::seal(oid.as_bytes()).as_slice())?,
                 None => self.pending.remove(*id)?,
             };
         }
         if let Some(cfg) = &w.safety {
-            self.settings.insert(SETTING_SAFETY, store::encode(cfg).as_slice())?;
+            self.settings.insert(SETTING_SAFETY, store::encode_sealed(cfg).as_slice())?;
         }
         for (id, row) in &w.audit {
             match row {
-                Some(row) => self.audit.insert(*id, store::encode(row).as_slice())?,
+                Some(row) => self.audit.insert(*id, store::encode_sealed(row).as_slice())?,
                 None => self.audit.remove(*id)?,
             };
         }
+        for (k, r) in &w.requests {
+            match r {
+                Some(r) => self.requests.insert(k.as_str(), store::encode_sealed(r).as_slice())?,
+                None => self.requests.remove(k.as_str())?,
+            };
+        }
+        for (seq, k) in &w.request_order {
+            match k {
+                Some(k) => self.request_order.insert(*seq, checksum::seal(k.as_bytes()).as_slice())?,
+                None => self.request_order.remove(*seq)?,
+            };
+        }
         if let Some(first) = d.events.first().map(|e| e.revision) {
-            self.changes.insert(first, store::make_change_row(d.revision, &d.events).as_slice())?;
-            self.meta.insert(META_REVISION, d.revision)?;
+            self.changes
+                .insert(first, checksum::seal(&store::make_change_row(d.revision, &d.events)).as_slice())?;
+            self.meta.insert(META_REVISION, store::seal_u64(d.revision).as_slice())?;
             self.compact_changes(d.revision, retain)?;
         }
         Ok(())
@@ -114,14 +133,15 @@ impl<'t> Tables<'t> {
         // Bounded by the rows an entry can make obsolete; each entry adds one row, so this removes at most a few.
         loop {
             let Some((k, v)) = self.changes.first()? else { break };
-            let (first, (last, _)) = (k.value(), store::split_change_row(v.value())?);
+            let (first, (last, _)) =
+                (k.value(), store::split_change_row(store::unseal("fsm_changes", v.value())?)?);
             drop((k, v));
             if last >= keep_from {
-                self.meta.insert(META_CHANGELOG_FIRST, first)?;
+                self.meta.insert(META_CHANGELOG_FIRST, store::seal_u64(first).as_slice())?;
                 break;
             }
             self.changes.remove(first)?;
-            self.meta.insert(META_CHANGELOG_FIRST, last + 1)?;
+            self.meta.insert(META_CHANGELOG_FIRST, store::seal_u64(last + 1).as_slice())?;
         }
         Ok(())
     }
@@ -144,36 +164,36 @@ fn ids<V: redb::Value + 'static>(
 
 impl View for Tables<'_> {
     fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.meta.get(key)?.map(|g| g.value()))
+        self.meta.get(key)?.map(|g| store::unseal_u64("fsm_counters", g.value())).transpose()
     }
 
     fn object(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
-        self.objects.get(id)?.map(|g| store::decode("fsm_objects", g.value())).transpose()
+        self.objects.get(id)?.map(|g| store::decode_sealed("fsm_objects", g.value())).transpose()
     }
 
     fn objects(&self) -> Result<Vec<ObjectRecord>, StoreError> {
         let mut out = Vec::new();
         for row in self.objects.iter()? {
-            out.push(store::decode("fsm_objects", row?.1.value())?);
+            out.push(store::decode_sealed("fsm_objects", row?.1.value())?);
         }
         Ok(out)
     }
 
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        self.agents.get(id)?.map(|g| store::decode("fsm_agents", g.value())).transpose()
+        self.agents.get(id)?.map(|g| store::decode_sealed("fsm_agents", g.value())).transpose()
     }
 
     fn agents(&self) -> Result<Vec<(String, AgentRecord)>, StoreError> {
         let mut out = Vec::new();
         for row in self.agents.iter()? {
             let (k, v) = row?;
-            out.push((k.value().to_string(), store::decode("fsm_agents", v.value())?));
+            out.push((k.value().to_string(), store::decode_sealed("fsm_agents", v.value())?));
         }
         Ok(out)
     }
 
     fn scope(&self, name: &str) -> Result<Option<ScopeRecord>, StoreError> {
-        self.scopes.get(name)?.map(|g| store::decode("fsm_scopes", g.value())).transpose()
+        self.scopes.get(name)?.map(|g| store::decode_sealed("fsm_scopes", g.value())).transpose()
     }
 
     fn scope_names(&self) -> Result<Vec<String>, StoreError> {
@@ -186,13 +206,13 @@ impl View for Tables<'_> {
 
     fn safety_config(&self) -> Result<SafetyConfig, StoreError> {
         match self.settings.get(SETTING_SAFETY)? {
-            Some(g) => store::decode("fsm_settings", g.value()),
+            Some(g) => store::decode_sealed("fsm_settings", g.value()),
             None => Ok(SafetyConfig::default()),
         }
     }
 
     fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
-        self.proposals.get(id)?.map(|g| store::decode("fsm_proposals", g.value())).transpose()
+        self.proposals.get(id)?.map(|g| store::decode_sealed("fsm_proposals", g.value())).transpose()
     }
 
     fn has_proposal(&self, id: u64) -> Result<bool, StoreError> {
@@ -201,8 +221,7 @@ impl View for Tables<'_> {
 
     fn proposal_of(&self, object: &str) -> Result<Option<u64>, StoreError> {
         let Some(g) = self.proposal_obj.get(object)? else { return Ok(None) };
-        let bytes: [u8; 8] = g
-            .value()
+        let bytes: [u8; 8] = store::unseal("fsm_proposal_obj", g.value())?
             .try_into()
             .map_err(|_| StoreError::Corrupt { table: "fsm_proposal_obj", message: "bad id".into() })?;
         Ok(Some(u64::from_be_bytes(bytes)))
@@ -226,5 +245,23 @@ impl View for Tables<'_> {
 
     fn pending_ids(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         ids(&self.pending, from, limit)
+    }
+
+    fn request(&self, key: &str) -> Result<Option<crate::model::RequestRecord>, StoreError> {
+        self.requests.get(key)?.map(|g| store::decode_sealed("fsm_requests", g.value())).transpose()
+    }
+
+    fn request_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        let Some(g) = self.request_order.get(seq)? else { return Ok(None) };
+        let key = store::unseal("fsm_request_order", g.value())?;
+        let key = std::str::from_utf8(key).map_err(|_| StoreError::Corrupt {
+            table: "fsm_request_order",
+            message: "key is not utf-8".into(),
+        })?;
+        Ok(Some(key.to_string()))
+    }
+
+    fn request_seqs(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        ids(&self.request_order, from, limit)
     }
 }

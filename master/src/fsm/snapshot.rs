@@ -2,27 +2,37 @@
 //! (big-endian lengths). Keys: table 1 meta (utf-8 name, value u64 BE), 2 objects, 3 history (utf-8 id,
 //! 0x00, u64 BE seq), 4 agents, 5 members (u64 BE), 6 scopes, 7 proposals (u64 BE), 8 proposal by object,
 //! 9 pending proposals (u64 BE), 10 settings, 11 alert/audit log (u64 BE), 12 change-log rows (u64 BE first
-//! revision; value as in [`CHANGES`]). Records come in the order tags 1, 2, 3, 4, 5, 6, 8, 10, 7, 9, 11, 12,
-//! each table in key order, so equal states give equal bytes (the in-memory model writes the same format).
+//! revision; value as in [`CHANGES`]), 13 idempotency keys (utf-8 key, RequestRecord JSON), 14 their
+//! eviction order (u64 BE seq, utf-8 key). Records come in the order tags 1, 2, 3, 4, 5, 6, 8, 10, 7, 9, 11,
+//! 12, 13, 14, each table in key order, so equal states give equal bytes (the in-memory model writes the same format).
 //!
 //! The change log travels in the snapshot (it is bounded by the retention window), so a member caught up by a
 //! snapshot serves the same watch history. Version 1 snapshots (older binaries) have no change log: restoring
-//! one starts the change log at the snapshot's revision. Unknown tags and truncation are errors, not panics.
+//! one starts the change log at the snapshot's revision; version 2 ones have no idempotency keys (a retry
+//! of a write applied before it is applied again). Unknown tags and truncation are errors, not panics.
+//!
+//! Records carry the plain values (the whole snapshot is sealed by the raft layer where it is stored): writing
+//! verifies every stored value's checksum (damage is `StoreError::Corrupt`, never copied into a snapshot),
+//! restoring seals every value again.
 
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::redb_state::Tables;
+use crate::checksum;
 use crate::store::{
     self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST, META_REVISION, OBJECTS,
-    PENDING, PROPOSAL_OBJ, PROPOSALS, SCOPES, SETTINGS, StoreError,
+    PENDING, PROPOSAL_OBJ, PROPOSALS, REQUEST_ORDER, REQUESTS, SCOPES, SETTINGS, StoreError,
 };
 
-pub(super) const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v2\n";
+pub(super) const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v3\n";
+/// Snapshots before idempotency keys travelled in snapshots (no tags 13, 14): still restorable.
+const MAGIC_V2: &[u8] = b"huatuo-fsm-snapshot-v2\n";
+const LAST_TAG_V2: u8 = 12;
 /// Snapshots of binaries before the change log travelled in snapshots: still restorable.
 const MAGIC_V1: &[u8] = b"huatuo-fsm-snapshot-v1\n";
 /// Highest record tag of each format.
 const LAST_TAG_V1: u8 = 11;
-const LAST_TAG: u8 = 12;
+const LAST_TAG: u8 = 14;
 /// Largest single key or value accepted when decoding (an object record is a few KiB; a change-log row holds
 /// one entry's events, bounded by the raft layer's command size).
 const MAX_FIELD: usize = 16 << 20;
@@ -34,6 +44,12 @@ pub(super) fn push_record(out: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) 
     out.extend_from_slice(key);
     out.extend_from_slice(&(value.len() as u32).to_be_bytes());
     out.extend_from_slice(value);
+}
+
+/// [`push_record`] for tests that build snapshots by hand.
+#[cfg(test)]
+pub(crate) fn push_record_for_test(out: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) {
+    push_record(out, tag, key, value);
 }
 
 /// The key of a history record: utf-8 object id, 0x00, u64 BE sequence.
@@ -60,48 +76,77 @@ pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
     if let Some(t) = open_read!(txn, META) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 1, k.value().as_bytes(), &v.value().to_be_bytes());
+            push_record(
+                &mut out,
+                1,
+                k.value().as_bytes(),
+                &store::unseal_u64("fsm_counters", v.value())?.to_be_bytes(),
+            );
         }
     }
     if let Some(t) = open_read!(txn, OBJECTS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 2, k.value().as_bytes(), v.value());
+            push_record(&mut out, 2, k.value().as_bytes(), store::unseal("fsm_objects", v.value())?);
         }
     }
     if let Some(t) = open_read!(txn, HISTORY) {
         for row in t.iter()? {
             let (k, v) = row?;
             let (id, seq) = k.value();
-            push_record(&mut out, 3, &history_key(id, seq), v.value());
+            push_record(&mut out, 3, &history_key(id, seq), store::unseal("fsm_history", v.value())?);
         }
     }
     if let Some(t) = open_read!(txn, AGENTS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 4, k.value().as_bytes(), v.value());
+            push_record(&mut out, 4, k.value().as_bytes(), store::unseal("fsm_agents", v.value())?);
         }
     }
     if let Some(t) = open_read!(txn, MEMBERS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 5, &k.value().to_be_bytes(), v.value());
+            push_record(&mut out, 5, &k.value().to_be_bytes(), store::unseal("fsm_members", v.value())?);
         }
     }
-    for (tag, def) in [(6, SCOPES), (8, PROPOSAL_OBJ), (10, SETTINGS)] {
+    for (tag, name, def) in
+        [(6, "fsm_scopes", SCOPES), (8, "fsm_proposal_obj", PROPOSAL_OBJ), (10, "fsm_settings", SETTINGS)]
+    {
         if let Some(t) = open_read!(txn, def) {
             for row in t.iter()? {
                 let (k, v) = row?;
-                push_record(&mut out, tag, k.value().as_bytes(), v.value());
+                push_record(&mut out, tag, k.value().as_bytes(), store::unseal(name, v.value())?);
             }
         }
     }
-    for (tag, def) in [(7, PROPOSALS), (9, PENDING), (11, AUDIT), (12, CHANGES)] {
+    for (tag, name, def) in [
+        (7, "fsm_proposals", PROPOSALS),
+        (9, "fsm_pending", PENDING),
+        (11, "fsm_audit", AUDIT),
+        (12, "fsm_changes", CHANGES),
+    ] {
         if let Some(t) = open_read!(txn, def) {
             for row in t.iter()? {
                 let (k, v) = row?;
-                push_record(&mut out, tag, &k.value().to_be_bytes(), v.value());
+                push_record(&mut out, tag, &k.value().to_be_bytes(), store::unseal(name, v.value())?);
             }
+        }
+    }
+    if let Some(t) = open_read!(txn, REQUESTS) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            push_record(&mut out, 13, k.value().as_bytes(), store::unseal("fsm_requests", v.value())?);
+        }
+    }
+    if let Some(t) = open_read!(txn, REQUEST_ORDER) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            push_record(
+                &mut out,
+                14,
+                &k.value().to_be_bytes(),
+                store::unseal("fsm_request_order", v.value())?,
+            );
         }
     }
     Ok(out)
@@ -154,9 +199,12 @@ pub(super) struct Parsed<'a> {
 
 /// Check a whole snapshot before anything is replaced.
 pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
-    let (mut rest, last_tag) = match data.strip_prefix(MAGIC) {
-        Some(rest) => (rest, LAST_TAG),
-        None => (data.strip_prefix(MAGIC_V1).ok_or_else(|| corrupt("bad magic"))?, LAST_TAG_V1),
+    let (mut rest, last_tag) = if let Some(rest) = data.strip_prefix(MAGIC) {
+        (rest, LAST_TAG)
+    } else if let Some(rest) = data.strip_prefix(MAGIC_V2) {
+        (rest, LAST_TAG_V2)
+    } else {
+        (data.strip_prefix(MAGIC_V1).ok_or_else(|| corrupt("bad magic"))?, LAST_TAG_V1)
     };
     let mut records = Vec::new();
     while !rest.is_empty() {
@@ -171,7 +219,7 @@ pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
                 utf8(key)?;
                 u64_be(value)?;
             }
-            2 | 4 | 6 | 8 | 10 => {
+            2 | 4 | 6 | 8 | 10 | 13 => {
                 utf8(key)?;
             }
             3 => {
@@ -181,13 +229,17 @@ pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
                 u64_be(key)?;
                 store::split_change_row(value)?;
             }
+            14 => {
+                u64_be(key)?;
+                utf8(value)?;
+            }
             _ => {
                 u64_be(key)?;
             }
         }
         records.push((tag, key, value));
     }
-    Ok(Parsed { records, has_change_log: last_tag == LAST_TAG })
+    Ok(Parsed { records, has_change_log: last_tag >= LAST_TAG_V2 })
 }
 
 /// Replace the tables with the snapshot's records; returns the snapshot's revision. The whole snapshot is
@@ -204,51 +256,66 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
     txn.delete_table(HISTORY)?;
     txn.delete_table(CHANGES)?;
     txn.delete_table(MEMBERS)?;
+    txn.delete_table(REQUESTS)?;
+    txn.delete_table(REQUEST_ORDER)?;
     let mut t = Tables::open(txn)?;
+    let mut sealed = Vec::new();
     for (tag, key, value) in parsed.records {
+        sealed.clear();
+        checksum::seal_into(&mut sealed, value);
+        let v = sealed.as_slice();
         match tag {
             1 => {
-                t.meta.insert(utf8(key)?, u64_be(value)?)?;
+                t.meta.insert(utf8(key)?, store::seal_u64(u64_be(value)?).as_slice())?;
             }
             2 => {
-                t.objects.insert(utf8(key)?, value)?;
+                t.objects.insert(utf8(key)?, v)?;
             }
             3 => {
-                t.history.insert(split_history_key(key)?, value)?;
+                t.history.insert(split_history_key(key)?, v)?;
             }
             4 => {
-                t.agents.insert(utf8(key)?, value)?;
+                t.agents.insert(utf8(key)?, v)?;
             }
             5 => {
-                t.members.insert(u64_be(key)?, value)?;
+                t.members.insert(u64_be(key)?, v)?;
             }
             6 => {
-                t.scopes.insert(utf8(key)?, value)?;
+                t.scopes.insert(utf8(key)?, v)?;
             }
             7 => {
-                t.proposals.insert(u64_be(key)?, value)?;
+                t.proposals.insert(u64_be(key)?, v)?;
             }
             8 => {
-                t.proposal_obj.insert(utf8(key)?, value)?;
+                t.proposal_obj.insert(utf8(key)?, v)?;
             }
             9 => {
-                t.pending.insert(u64_be(key)?, value)?;
+                t.pending.insert(u64_be(key)?, v)?;
             }
             10 => {
-                t.settings.insert(utf8(key)?, value)?;
+                t.settings.insert(utf8(key)?, v)?;
             }
             11 => {
-                t.audit.insert(u64_be(key)?, value)?;
+                t.audit.insert(u64_be(key)?, v)?;
+            }
+            12 => {
+                t.changes.insert(u64_be(key)?, v)?;
+            }
+            13 => {
+                t.requests.insert(utf8(key)?, v)?;
             }
             _ => {
-                t.changes.insert(u64_be(key)?, value)?;
+                t.request_order.insert(u64_be(key)?, v)?;
             }
         }
     }
-    let revision = t.meta.get(META_REVISION)?.map(|g| g.value()).unwrap_or(0);
+    let revision = match t.meta.get(META_REVISION)? {
+        Some(g) => store::unseal_u64("fsm_counters", g.value())?,
+        None => 0,
+    };
     if !parsed.has_change_log {
         // No change log in the snapshot: watches resume from the snapshot's revision on.
-        t.meta.insert(META_CHANGELOG_FIRST, revision + 1)?;
+        t.meta.insert(META_CHANGELOG_FIRST, store::seal_u64(revision + 1).as_slice())?;
     }
     Ok(revision)
 }

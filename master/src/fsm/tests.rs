@@ -424,5 +424,7 @@ fn fault_findings_are_history_but_healthy_repeats_are_not() {
 
 mod safety;
 
+mod integrity;
 pub(crate) mod props;
+mod requests;
 mod versions;

@@ -36,6 +36,12 @@ pub trait View {
     fn pending_count(&self) -> Result<u64, StoreError>;
     /// Up to `limit` pending proposal ids >= `from`, ascending.
     fn pending_ids(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError>;
+    /// What is remembered about an idempotency key.
+    fn request(&self, key: &str) -> Result<Option<crate::model::RequestRecord>, StoreError>;
+    /// The key with eviction sequence `seq`.
+    fn request_at(&self, seq: u64) -> Result<Option<String>, StoreError>;
+    /// Up to `limit` key sequences >= `from`, ascending (the eviction order).
+    fn request_seqs(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError>;
 }
 
 /// Everything one entry changes. `None` removes a row. Scopes that end up empty
@@ -53,6 +59,8 @@ pub struct Writes {
     pub pending: BTreeMap<u64, Option<String>>,
     pub safety: Option<SafetyConfig>,
     pub audit: BTreeMap<u64, Option<AuditEntry>>,
+    pub requests: BTreeMap<String, Option<crate::model::RequestRecord>>,
+    pub request_order: BTreeMap<u64, Option<String>>,
 }
 
 /// Page size when merging a view's id listing with an entry's writes: bounds memory per step; the walks

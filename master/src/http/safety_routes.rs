@@ -15,6 +15,7 @@ pub(super) fn routes() -> Router<Svc> {
         .route("/api/v1/proposals/decide", post(decide))
         .route("/api/v1/levels", post(set_level))
         .route("/api/v1/release", post(release))
+        .route("/api/v1/min-command-version", post(set_min_command_version))
         .route("/api/v1/quotas", axum::routing::put(set_quotas).post(set_quotas))
 }
 
@@ -121,6 +122,24 @@ async fn set_level(State(svc): State<Svc>, body: Bytes) -> Result<Response, Http
     let (scope, revision) =
         svc.set_level(&b.scope, level, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "scope": scope, "revision": revision })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinVersionBody {
+    version: u32,
+    by: String,
+    reason: String,
+}
+
+/// `POST /api/v1/min-command-version` (operator): enable command versions up to `version` cluster-wide,
+/// once every master runs a binary that knows them (3 turns on idempotency keys). Refused above what this
+/// leader knows.
+async fn set_min_command_version(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+    let b: MinVersionBody = parse_json(&body)?;
+    let revision =
+        svc.set_min_command_version(b.version, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(serde_json::json!({ "min_command_version": b.version, "revision": revision })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

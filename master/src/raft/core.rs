@@ -76,7 +76,7 @@ pub struct Core<F: Fsm> {
     /// Peers heard from since the last persisted Ready (rejoin detection, see README).
     seen_unpersisted: BTreeSet<NodeId>,
     last_term: u64,
-    fatal: Option<String>,
+    fatal: Option<RaftError>,
     /// Messages the core itself generated (see `handle_lost_data`), sent with the next Ready.
     extra_out: Vec<Message>,
     /// Compact once the applied log since the last snapshot takes this many bytes (0 = only by count).
@@ -377,11 +377,12 @@ impl<F: Fsm> Core<F> {
                 }
                 RaftError::Corrupt(m.clone())
             }
+            StoreError::Incompatible(m) => RaftError::Incompatible(m.clone()),
             e => RaftError::Storage(e.to_string()),
         };
         let msg = err.to_string();
         tracing::error!(node = self.cfg.id, error = %msg, "raft storage failure: node stopped");
-        self.fatal = Some(msg);
+        self.fatal = Some(err.clone());
         self.fail_all(ProposeError::Stopped);
         err
     }
@@ -392,7 +393,7 @@ impl<F: Fsm> Core<F> {
         let flag = self.raw.store().damage_flag();
         Some(match flag.get() {
             Some(m) => RaftError::Corrupt(m.clone()),
-            None => RaftError::Storage(f.clone()),
+            None => f.clone(),
         })
     }
 
@@ -608,6 +609,9 @@ impl<F: Fsm> Core<F> {
                     }
                     Err(FsmError::Corrupt(m)) => {
                         return Err(StoreError::Damaged(format!("fsm apply at {}: {m}", e.index)));
+                    }
+                    Err(FsmError::TooNew(m)) => {
+                        return Err(StoreError::Incompatible(format!("fsm apply at {}: {m}", e.index)));
                     }
                 },
                 EntryType::EntryNormal => Err(ProposeError::Dropped), // leader's no-op

@@ -40,6 +40,11 @@ pub enum FsmError {
     /// replica ("rebuild with --join") rather than serving or applying them.
     #[error("corrupt: {0}")]
     Corrupt(String),
+    /// A committed entry this binary is too old to apply (a newer command version): fatal, and the node
+    /// stops without advancing past it until it is upgraded (skipping it would diverge from the members
+    /// that apply it).
+    #[error("incompatible: {0}")]
+    TooNew(String),
 }
 
 macro_rules! fsm_from_redb {
@@ -62,6 +67,17 @@ pub trait Fsm: Send + 'static {
     /// Serialise the whole state machine (for a Raft snapshot) from a read transaction. Must work on a
     /// database where the Fsm's tables do not exist yet (the bootstrap snapshot of an empty cluster).
     fn snapshot(&self, txn: &redb::ReadTransaction) -> Result<Vec<u8>, FsmError>;
+    /// Called once at start, after the raft storage was opened and verified and before anything is applied
+    /// or served: the place to upgrade and verify the Fsm's own tables. `damage` is the node's damage flag:
+    /// whoever raises it (e.g. a read of the Fsm's tables that found a bad checksum) stops the node as a
+    /// corrupt replica. Default: nothing.
+    fn open(
+        &mut self,
+        _db: &redb::Database,
+        _damage: &std::sync::Arc<std::sync::OnceLock<String>>,
+    ) -> Result<(), FsmError> {
+        Ok(())
+    }
     /// Replace the whole state machine with a snapshot's content, inside the given write transaction.
     fn restore(&mut self, txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), FsmError>;
     /// Called after each write transaction that applied entries has been committed (fsync'd): the place to
@@ -144,6 +160,9 @@ pub enum RaftError {
          with --join (it gets a snapshot from the leader)"
     )]
     Corrupt(String),
+    /// A committed entry needs a newer binary ([`FsmError::TooNew`]): the node stopped without applying it.
+    #[error("incompatible committed entry: {0}")]
+    Incompatible(String),
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
 }

@@ -213,6 +213,7 @@ fn open_db(dir: &Path) -> Result<Arc<Database>, RaftError> {
 fn storage_err(e: StoreError) -> RaftError {
     match e {
         StoreError::Damaged(m) => RaftError::Corrupt(m),
+        StoreError::Incompatible(m) => RaftError::Incompatible(m),
         e => RaftError::Storage(e.to_string()),
     }
 }
@@ -241,6 +242,11 @@ pub struct VerifyReport {
     pub snapshot_bytes: u64,
     /// The store predates checksums and was sealed in place by this check.
     pub upgraded: bool,
+    /// Records of the state machine's tables whose checksums this check verified, and their bytes.
+    pub fsm_records: u64,
+    pub fsm_bytes: u64,
+    /// The state machine's tables predate checksums and were sealed in place by this check.
+    pub fsm_upgraded: bool,
 }
 
 /// Runs the start-up checks on a data dir without starting a node: redb's integrity check, then every
@@ -251,8 +257,12 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
     let file_bytes =
         std::fs::metadata(&path).map_err(|e| RaftError::Storage(format!("{}: {e}", path.display())))?.len();
     let db = Arc::new(open_verified(&path)?);
-    let (st, found) = RedbStorage::open(db).map_err(storage_err)?;
+    let (st, found) = RedbStorage::open(db.clone()).map_err(storage_err)?;
     let scan = st.scan_report().clone();
+    let fsm = crate::store::open_store(&db).map_err(|e| match e {
+        crate::store::StoreError::Corrupt { .. } => RaftError::Corrupt(e.to_string()),
+        e => RaftError::Storage(e.to_string()),
+    })?;
     Ok(VerifyReport {
         path,
         file_bytes,
@@ -268,6 +278,9 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
         log_bytes: scan.log_bytes,
         snapshot_bytes: scan.snapshot_bytes,
         upgraded: scan.upgraded,
+        fsm_records: fsm.records,
+        fsm_bytes: fsm.bytes,
+        fsm_upgraded: fsm.upgraded,
     })
 }
 
@@ -411,11 +424,12 @@ impl RaftNode {
     pub async fn start_with<F: Fsm>(
         cfg: RaftConfig,
         limits: StorageLimits,
-        fsm: F,
+        mut fsm: F,
     ) -> Result<(RaftNode, Arc<Database>), RaftError> {
         let voters = validate(&cfg)?;
         let db = open_db(&cfg.data_dir)?;
         let (mut storage, found) = RedbStorage::open(db.clone()).map_err(storage_err)?;
+        fsm.open(&db, &storage.damage_flag()).map_err(fsm_err)?;
         let mut needs_probe = false;
         match found {
             Found::Initialized { node_id } if node_id != cfg.id => {

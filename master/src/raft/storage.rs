@@ -61,6 +61,9 @@ pub enum StoreError {
     /// A request raft or the loop should never make (append with a gap, an old snapshot...).
     #[error("raft storage: {0}")]
     Invariant(String),
+    /// The state machine cannot apply a committed entry with this binary ([`super::FsmError::TooNew`]).
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 impl From<redb::Error> for StoreError {

@@ -1,0 +1,230 @@
+//! Idempotent writes through every front end of a real (single-node, in-process) master (issue 13 item 3):
+//! the same write sent twice with one idempotency key is applied once and the retry is answered
+//! `duplicate: true` with the first revision, through REST (`Idempotency-Key` header or `idempotency_key`
+//! body field) and gRPC (`idempotency-key` metadata, what `huatuo report` sends). Bad keys are refused before
+//! anything is proposed. Until the cluster enabled command version 3 (`POST /api/v1/min-command-version`)
+//! a key is ignored (documented).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use master::api::{Service, ServiceConfig};
+use master::fsm::MasterFsm;
+use master::grpc::GrpcApi;
+use master::raft::{RaftConfig, RaftNode, Role};
+use master::sm_seam::Policy;
+use master::store::Reader;
+use proto::api;
+use serde_json::{Value, json};
+
+/// Upper bound for a single node to elect itself (it takes well under a second).
+const LIVENESS_BOUND: Duration = Duration::from_secs(60);
+/// Longest wait for one HTTP answer.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Master {
+    _dir: tempfile::TempDir,
+    /// Kept so the node's background tasks outlive every request of the test.
+    _svc: Arc<Service>,
+    db: Arc<redb::Database>,
+    rest: String,
+    grpc: String,
+}
+
+async fn start() -> Master {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let cfg = RaftConfig {
+        id: 1,
+        peers: BTreeMap::from([(1, peer.to_string())]),
+        data_dir: dir.path().to_path_buf(),
+        tick: Duration::from_millis(20),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        snapshot_every: 0,
+        join: false,
+    };
+    let (fsm, revision) = MasterFsm::new(Policy::default());
+    let stats = fsm.stats();
+    let (raft, db) = RaftNode::start(cfg, fsm).await.expect("start raft");
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    while raft.status().role != Role::Leader {
+        assert!(Instant::now() < deadline, "never leader: {:?}", raft.status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let (grpc, rest) =
+        (grpc_l.local_addr().expect("addr").to_string(), http_l.local_addr().expect("addr").to_string());
+    let svc = Service::start(
+        raft,
+        db.clone(),
+        revision,
+        stats,
+        ServiceConfig {
+            grpc_addr: grpc.clone(),
+            http_addr: rest.clone(),
+            agent_silent_after: Duration::from_secs(60),
+            policy: Policy::default(),
+        },
+    );
+    let g = GrpcApi::new(svc.clone());
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_l);
+        tonic::transport::Server::builder().add_service(g).serve_with_incoming(incoming).await
+    });
+    let router = master::http::router(svc.clone());
+    tokio::spawn(async move { axum::serve(http_l, router).await });
+    Master { _dir: dir, _svc: svc, db, rest, grpc }
+}
+
+/// Findings carry the current time (version 2 refuses findings older than 30 days).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn finding(object: &str) -> Value {
+    json!({
+        "object": object, "severity": "WARNING", "checker": "smart", "version": "1.0.0",
+        "rule": "smart.reallocated", "evidence": "12", "readings": {}, "time_ms": now_ms(),
+    })
+}
+
+/// One HTTP/1.1 POST on a fresh connection (blocking: run on a blocking thread); returns (status, body).
+fn post(addr: &str, path: &str, headers: &str, body: &str) -> (u16, Value) {
+    post_to(addr, path, headers, body)
+}
+
+fn post_to(addr: &str, path: &str, headers: &str, body: &str) -> (u16, Value) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(HTTP_TIMEOUT)).expect("timeout");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{headers}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+async fn post_async(addr: &str, headers: &str, body: Value) -> (u16, Value) {
+    let (addr, headers, body) = (addr.to_string(), headers.to_string(), body.to_string());
+    tokio::task::spawn_blocking(move || post(&addr, "/api/v1/findings", &headers, &body)).await.expect("join")
+}
+
+fn seen(m: &Master, object: &str) -> u64 {
+    Reader::new(&m.db).expect("reader").object(object).expect("get").map_or(0, |o| o.findings_seen)
+}
+
+async fn grpc_ingest(
+    addr: &str,
+    object: &str,
+    key: Option<&str>,
+) -> Result<api::IngestResponse, tonic::Status> {
+    let mut c = api::master_client::MasterClient::connect(format!("http://{addr}")).await.expect("connect");
+    let f = finding(object);
+    let wire = api::Finding {
+        object: object.into(),
+        severity: "WARNING".into(),
+        checker: "smart".into(),
+        version: "1.0.0".into(),
+        rule: f["rule"].as_str().unwrap_or_default().into(),
+        evidence: "12".into(),
+        readings: Default::default(),
+        time_ms: now_ms(),
+    };
+    let mut req =
+        tonic::Request::new(api::IngestRequest { agent: String::new(), seq: 0, findings: vec![wire] });
+    if let Some(k) = key {
+        req.metadata_mut().insert("idempotency-key", k.parse().expect("ascii"));
+    }
+    c.ingest(req).await.map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_is_applied_once_through_rest_and_grpc() {
+    let m = start().await;
+    // Before the cluster enabled command version 3, a key cannot be replicated: it is ignored (documented).
+    let body = json!({ "findings": [finding("disk/i0/sda")] });
+    for _ in 0..2 {
+        let (st, v) = post_async(&m.rest, "Idempotency-Key: early-1\r\n", body.clone()).await;
+        assert_eq!((st, v["duplicate"].as_bool()), (200, Some(false)), "{v}");
+    }
+    assert_eq!(seen(&m, "disk/i0/sda"), 2, "no dedupe before version 3");
+    // The operator enables command version 3 (REST), once every master runs a binary that knows it.
+    let (rest, enable) = (m.rest.clone(), json!({ "version": 3, "by": "alice", "reason": "all upgraded" }));
+    let (st, v) = tokio::task::spawn_blocking(move || {
+        post_to(&rest, "/api/v1/min-command-version", "", &enable.to_string())
+    })
+    .await
+    .expect("join");
+    assert_eq!((st, v["min_command_version"].as_u64()), (200, Some(3)), "{v}");
+
+    // REST, header.
+    let body = json!({ "findings": [finding("disk/i1/sda")] });
+    let (st, first) = post_async(&m.rest, "Idempotency-Key: rest-7f3a-1\r\n", body.clone()).await;
+    assert_eq!(
+        (st, first["duplicate"].as_bool(), first["applied"].as_u64()),
+        (200, Some(false), Some(1)),
+        "{first}"
+    );
+    let (st, retry) = post_async(&m.rest, "Idempotency-Key: rest-7f3a-1\r\n", body.clone()).await;
+    assert_eq!((st, retry["duplicate"].as_bool()), (200, Some(true)), "{retry}");
+    assert_eq!(retry["revision"], first["revision"], "the first result");
+    assert_eq!(seen(&m, "disk/i1/sda"), 1, "applied once");
+    // REST, body field; the same key in header and body is fine, different ones are refused.
+    let keyed = json!({ "findings": [finding("disk/i2/sda")], "idempotency_key": "rest-body-1" });
+    assert_eq!(post_async(&m.rest, "", keyed.clone()).await.1["duplicate"], false);
+    assert_eq!(
+        post_async(&m.rest, "Idempotency-Key: rest-body-1\r\n", keyed.clone()).await.1["duplicate"],
+        true
+    );
+    let (st, v) = post_async(&m.rest, "Idempotency-Key: other\r\n", keyed).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{v}");
+    assert_eq!(seen(&m, "disk/i2/sda"), 1);
+    // Bad keys are refused before anything is proposed.
+    let long = "k".repeat(master::model::MAX_REQUEST_KEY_LEN + 1);
+    for bad in ["with space", long.as_str(), "semi;colon"] {
+        let b = json!({ "findings": [finding("disk/i3/sda")], "idempotency_key": bad });
+        let (st, v) = post_async(&m.rest, "", b).await;
+        assert_eq!((st, v["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{bad:?}: {v}");
+    }
+    assert_eq!(seen(&m, "disk/i3/sda"), 0);
+
+    // gRPC, metadata (what `huatuo report` sends on every try).
+    let a = grpc_ingest(&m.grpc, "disk/i4/sda", Some("cli-00ff-1")).await.expect("first");
+    let b = grpc_ingest(&m.grpc, "disk/i4/sda", Some("cli-00ff-1")).await.expect("retry");
+    assert!(!a.duplicate && b.duplicate && a.revision == b.revision, "{a:?} {b:?}");
+    assert_eq!(seen(&m, "disk/i4/sda"), 1);
+    let e = grpc_ingest(&m.grpc, "disk/i4/sda", Some("bad key")).await.expect_err("bad key");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // Operator commands (REST /api/v1/commands) take the same header.
+    let force = json!({ "object": "disk/i1/sda", "kind": "force", "value": "WARNING", "by": "alice", "reason": "replaced" });
+    let send = |key: &'static str| {
+        let (rest, body) = (m.rest.clone(), force.to_string());
+        tokio::task::spawn_blocking(move || {
+            post_to(&rest, "/api/v1/commands", &format!("Idempotency-Key: {key}\r\n"), &body)
+        })
+    };
+    let (st, f1) = send("op-force-1").await.expect("join");
+    assert_eq!((st, f1["duplicate"].as_bool()), (200, Some(false)), "{f1}");
+    let (st, f2) = send("op-force-1").await.expect("join");
+    assert_eq!((st, f2["duplicate"].as_bool()), (200, Some(true)), "{f2}");
+    assert_eq!(f1["revision"], f2["revision"]);
+    // The same force without the key is a new command, refused now (already WARNING): what a retry used to get.
+    let (rest, body) = (m.rest.clone(), force.to_string());
+    let (st, f3) = tokio::task::spawn_blocking(move || post_to(&rest, "/api/v1/commands", "", &body))
+        .await
+        .expect("join");
+    assert_eq!(st, 409, "{f3}");
+    // Without a key, every send is a new write (as before).
+    grpc_ingest(&m.grpc, "disk/i4/sda", None).await.expect("unkeyed");
+    assert_eq!(seen(&m, "disk/i4/sda"), 2);
+}
