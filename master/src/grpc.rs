@@ -280,7 +280,7 @@ impl Master for GrpcApi {
     async fn watch(&self, req: Request<api::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
         let filter = requests::filter(&req.kind, "", &req.host, &[]).map_err(Status::from)?;
-        let rx = self.svc.watch(req.from_revision, filter);
+        let rx = self.svc.watch(req.from_revision, filter).map_err(Status::from)?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         let stream = futures::StreamExt::map(stream, |item| match item {
             Ok((events, revision)) => {
@@ -295,7 +295,7 @@ impl Master for GrpcApi {
         &self,
         _req: Request<api::ClusterInfoRequest>,
     ) -> Result<Response<api::ClusterInfoResponse>, Status> {
-        let info = self.svc.cluster_info().map_err(Status::from)?;
+        let info = self.svc.cluster_status().await.map_err(Status::from)?;
         Ok(Response::new(convert::cluster_to_wire(info)))
     }
 
@@ -366,6 +366,22 @@ impl Master for GrpcApi {
         let agents = self.svc.agent_list().await.map_err(Status::from)?;
         Ok(Response::new(api::ListAgentsResponse {
             agents: agents.into_iter().map(convert::agent_to_wire).collect(),
+        }))
+    }
+
+    async fn set_min_command_version(
+        &self,
+        req: Request<api::SetMinCommandVersionRequest>,
+    ) -> Result<Response<api::SetMinCommandVersionResponse>, Status> {
+        let req = req.into_inner();
+        let (revision, info) = self
+            .svc
+            .set_min_command_version(req.version, &req.by, &req.reason)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(api::SetMinCommandVersionResponse {
+            revision,
+            cluster: Some(convert::cluster_to_wire(info)),
         }))
     }
 

@@ -171,6 +171,7 @@ pub fn cluster_to_wire(i: ClusterInfo) -> api::ClusterInfoResponse {
                 peer_addr: m.peer_addr,
                 grpc_addr: m.grpc_addr,
                 http_addr: m.http_addr,
+                knows_command_version: m.knows_command_version,
             })
             .collect(),
         leader_grpc: i.leader_grpc,
@@ -179,6 +180,8 @@ pub fn cluster_to_wire(i: ClusterInfo) -> api::ClusterInfoResponse {
         scopes: i.scopes.iter().map(scope_to_wire).collect(),
         pending_proposals: i.pending_proposals,
         agents: i.agents,
+        min_command_version: i.min_command_version,
+        knows_command_version: i.knows_command_version,
     }
 }
 

@@ -97,6 +97,9 @@ pub struct MemberInfo {
     pub peer_addr: String,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// The newest command version this member's binary knows (0: it did not answer, or cannot say).
+    #[serde(default)]
+    pub knows_command_version: u32,
 }
 
 /// `huatuo status` / `GET /api/v1/cluster`: one node's view of the cluster.
@@ -123,6 +126,12 @@ pub struct ClusterInfo {
     pub scopes: Vec<ScopeView>,
     #[serde(default)]
     pub pending_proposals: u64,
+    /// The replicated `min_command_version` as this node applied it (newer command kinds are still off).
+    #[serde(default)]
+    pub min_command_version: u32,
+    /// The newest command version this node's binary knows.
+    #[serde(default)]
+    pub knows_command_version: u32,
 }
 
 /// What an agent says about itself in each heartbeat (the leader's memory only; never replicated).

@@ -70,7 +70,8 @@ impl From<ApiError> for Error {
             Code::Conflict => Error::Refused { message: e.message, current: None },
             Code::Compacted => Error::Compacted(e.message),
             // The client already followed redirects a bounded number of times; still no leader.
-            Code::NotLeader | Code::Unavailable => Error::Unavailable(e.message),
+            // A node at its limit (e.g. open watches): another node, or later, may serve.
+            Code::NotLeader | Code::Unavailable | Code::ResourceExhausted => Error::Unavailable(e.message),
             Code::Internal => Error::Internal(e.message),
             Code::Unauthenticated => Error::Unauthenticated(e.message),
             Code::PermissionDenied => Error::PermissionDenied(e.message),

@@ -1,6 +1,8 @@
 //! Cluster info (`huatuo status`, `GET /api/v1/cluster`, the gRPC `ClusterInfo` call): this node's Raft
 //! view, the members' addresses, agent and object counts, and every safety scope.
 
+use std::time::Duration;
+
 use proto::error::ApiError;
 
 pub use proto::view::{ClusterInfo, MemberInfo};
@@ -9,7 +11,24 @@ use super::safety::scope_views;
 use super::{Service, now_ms, store_err};
 use crate::store::Reader;
 
+/// How long cluster info waits for the members to say which command versions they know (all asked at once
+/// over the peer port): a member that does not answer in time shows 0, and status still answers promptly.
+pub const MEMBER_VERSION_TIMEOUT: Duration = Duration::from_millis(1500);
+
 impl Service {
+    /// [`Service::cluster_info`] with every member's `knows_command_version` asked over the peer port
+    /// (0 for a member that did not answer within [`MEMBER_VERSION_TIMEOUT`]).
+    pub async fn cluster_status(&self) -> Result<ClusterInfo, ApiError> {
+        let versions = self.raft.peer_app_versions(MEMBER_VERSION_TIMEOUT).await;
+        let mut info = self.cluster_info()?;
+        for m in &mut info.members {
+            if let Some(Ok(v)) = versions.get(&m.id) {
+                m.knows_command_version = *v;
+            }
+        }
+        Ok(info)
+    }
+
     /// This node's view of the cluster (never a read-index: it must answer on a node without a leader).
     pub fn cluster_info(&self) -> Result<ClusterInfo, ApiError> {
         let st = self.raft.status();
@@ -42,6 +61,8 @@ impl Service {
                         peer_addr: peer.clone(),
                         grpc_addr: m.as_ref().map(|m| m.grpc.clone()).unwrap_or_default(),
                         http_addr: m.map(|m| m.http).unwrap_or_default(),
+                        // Others' versions are asked over the network: `cluster_status`.
+                        knows_command_version: if *id == st.id { self.cfg.knows_command_version } else { 0 },
                     }
                 })
                 .collect(),
@@ -51,6 +72,8 @@ impl Service {
             last_error: st.last_error.unwrap_or_default(),
             pending_proposals: r.pending_count().map_err(store_err)?,
             scopes,
+            min_command_version: self.stats.min_command_version(),
+            knows_command_version: self.cfg.knows_command_version,
         })
     }
 }

@@ -64,6 +64,11 @@ pub struct ServiceConfig {
     /// An agent with no heartbeat for this long is marked silent (replicated).
     pub agent_silent_after: Duration,
     pub policy: state_machines::Policy,
+    /// Most open watch streams on this node ([`watch::MAX_WATCHES`] unless configured).
+    pub max_watches: usize,
+    /// The newest command version this node's binary knows ([`crate::model::COMMAND_VERSION`], lower only
+    /// when rehearsing an upgrade).
+    pub knows_command_version: u32,
 }
 
 /// The API core of one master node. Built by [`Service::start`]; its background tasks run in

@@ -1,6 +1,6 @@
 //! REST for the safety net: `GET /api/v1/safety` (quotas, scopes with level and quota use, recent alerts),
 //! `GET /api/v1/alerts`, `GET /api/v1/proposals`, `POST /api/v1/proposals/decide`, `POST /api/v1/levels`,
-//! `POST /api/v1/release`, `PUT /api/v1/quotas`. Operator writes need `by` and a `reason` (audit log).
+//! `POST /api/v1/release`, `PUT /api/v1/quotas`, `POST /api/v1/min-command-version` (rolling upgrades). Operator writes need `by` and a `reason` (audit log).
 
 use axum::routing::{get, post};
 
@@ -16,6 +16,24 @@ pub(super) fn routes() -> Router<Svc> {
         .route("/api/v1/levels", post(set_level))
         .route("/api/v1/release", post(release))
         .route("/api/v1/quotas", axum::routing::put(set_quotas).post(set_quotas))
+        .route("/api/v1/min-command-version", post(set_min_command_version))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinCommandVersionBody {
+    version: u32,
+    by: String,
+    reason: String,
+}
+
+/// `POST /api/v1/min-command-version {"version", "by", "reason"}`: enable command versions up to `version`
+/// (see ARCHITECTURE.md "Upgrading masters"); answers the revision and the cluster info after it.
+async fn set_min_command_version(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+    let b: MinCommandVersionBody = parse_json(&body)?;
+    let (revision, cluster) =
+        svc.set_min_command_version(b.version, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(serde_json::json!({ "revision": revision, "cluster": cluster })).into_response())
 }
 
 async fn safety(
