@@ -389,7 +389,7 @@ pub fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
                         continue; // never print a revision twice
                     }
                     next = e.revision + 1;
-                    let ev = master::grpc::event_from_wire(e);
+                    let ev = proto::convert::event_from_wire(e);
                     writeln!(out, "{}", serde_json::to_string(&ev)?)?;
                     printed += 1;
                     if a.count > 0 && printed >= a.count {

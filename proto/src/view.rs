@@ -156,3 +156,51 @@ pub struct AgentListing {
     pub restarts: u64,
     pub info: HeartbeatInfo,
 }
+
+/// One entry of an object's history: a transition or a command about it, with who/what caused it and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub revision: u64,
+    pub time_ms: u64,
+    pub what: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from_state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub to_state: String,
+    pub cause: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// One change, as watchers see it. Revisions are dense: every change gets the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub revision: u64,
+    pub time_ms: u64,
+    pub object: String,
+    pub what: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grade: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from_state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// One row of the alert/audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub time_ms: u64,
+    /// `alert` (needs a human) or `audit` (a recorded operator change).
+    pub kind: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub object: String,
+    #[serde(default)]
+    pub by: String,
+    pub message: String,
+}
