@@ -1,28 +1,51 @@
 //! Cluster info (`huatuo status`, `GET /api/v1/cluster`, the gRPC `ClusterInfo` call): this node's Raft
 //! view, the members' addresses, agent and object counts, and every safety scope.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use proto::error::ApiError;
 
 pub use proto::view::{ClusterInfo, MemberInfo};
 
 use super::safety::scope_views;
-use super::{Service, now_ms, store_err};
+use super::{Service, lock, now_ms, store_err};
+use crate::raft::TransportError;
 use crate::store::Reader;
 
 /// How long cluster info waits for the members to say which command versions they know (all asked at once
 /// over the peer port): a member that does not answer in time shows 0, and status still answers promptly.
 pub const MEMBER_VERSION_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long cluster info reuses the members' answers: the portal polls cluster info every few seconds, and
+/// a binary changes only on a restart. Raising `min_command_version` always asks afresh.
+pub const MEMBER_VERSION_TTL: Duration = Duration::from_secs(5);
 
 impl Service {
-    /// [`Service::cluster_info`] with every member's `knows_command_version` asked over the peer port
-    /// (0 for a member that did not answer within [`MEMBER_VERSION_TIMEOUT`]).
+    /// Ask every other member which command versions it knows (0: no answer, or a binary too old to say),
+    /// and remember the answers for [`MEMBER_VERSION_TTL`].
+    pub(super) async fn ask_member_versions(&self) -> BTreeMap<u64, Result<u32, TransportError>> {
+        let answers = self.raft.peer_app_versions(MEMBER_VERSION_TIMEOUT).await;
+        let known = answers.iter().map(|(id, r)| (*id, r.as_ref().map_or(0, |v| *v))).collect();
+        *lock(&self.member_versions) = Some((Instant::now(), known));
+        answers
+    }
+
+    /// [`Service::cluster_info`] with every member's `knows_command_version` (asked over the peer port at
+    /// most every [`MEMBER_VERSION_TTL`]).
     pub async fn cluster_status(&self) -> Result<ClusterInfo, ApiError> {
-        let versions = self.raft.peer_app_versions(MEMBER_VERSION_TIMEOUT).await;
+        let cached = lock(&self.member_versions)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < MEMBER_VERSION_TTL)
+            .map(|(_, v)| v.clone());
+        let versions = match cached {
+            Some(v) => v,
+            None => {
+                self.ask_member_versions().await.into_iter().map(|(id, r)| (id, r.unwrap_or(0))).collect()
+            }
+        };
         let mut info = self.cluster_info()?;
         for m in &mut info.members {
-            if let Some(Ok(v)) = versions.get(&m.id) {
+            if let Some(v) = versions.get(&m.id) {
                 m.knows_command_version = *v;
             }
         }

@@ -85,6 +85,8 @@ pub struct Service {
     /// The revision in the store when the service started (the fsm only reports revisions it applies).
     base_revision: u64,
     watch_registry: watch::Registry,
+    /// Members' command versions as last asked over the peer port, and when (see `cluster::MEMBER_VERSION_TTL`).
+    member_versions: Mutex<Option<(Instant, std::collections::BTreeMap<u64, u32>)>>,
     /// Leader changes this node observed (its duty loop samples the leader every DUTY_INTERVAL).
     pub leader_changes: AtomicU64,
     /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).
@@ -131,6 +133,7 @@ impl Service {
             stats,
             started: Instant::now(),
             watch_registry: watch::Registry::default(),
+            member_versions: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
             watchers: TaskGroup::new("watchers"),
             duties: TaskGroup::new("duties"),

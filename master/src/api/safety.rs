@@ -222,7 +222,7 @@ impl Service {
             ));
         }
         if version > self.stats.min_command_version() {
-            let versions = self.raft.peer_app_versions(super::cluster::MEMBER_VERSION_TIMEOUT).await;
+            let versions = self.ask_member_versions().await;
             for (id, v) in versions {
                 match v {
                     Ok(knows) if knows >= version => {}
