@@ -45,11 +45,10 @@ fn print(i: &api::ClusterInfoResponse, json: bool) -> anyhow::Result<()> {
     for m in &i.members {
         println!("member {}  knows {}", m.id, knows_text(m.knows_command_version));
     }
-    let highest = i.members.iter().map(|m| m.knows_command_version).min().unwrap_or(0);
-    if highest > i.min_command_version {
-        println!(
-            "every member knows {highest}: `huatuo upgrade --min-command-version {highest} --reason ...`"
-        );
+    // The newest version every member knows: what the cluster may be raised to.
+    let every = i.members.iter().map(|m| m.knows_command_version).min().unwrap_or(0);
+    if every > i.min_command_version {
+        println!("every member knows {every}: `huatuo upgrade --min-command-version {every} --reason ...`");
     }
     Ok(())
 }

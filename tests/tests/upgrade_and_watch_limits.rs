@@ -128,6 +128,21 @@ async fn min_command_version_is_raised_only_when_every_member_knows_it() {
     assert_eq!(st, 200, "{b}");
     assert!(!b.contains("min_command_version 1 -> 2"), "{b}");
 
+    // A member that does not answer (down) refuses a raise too: its binary is unknown.
+    c.kill9(3);
+    // Asked of the live nodes only (a client rotating onto the dead one would report that instead).
+    let mut live = Client::new(vec![c.nodes[&1].grpc.clone(), c.nodes[&2].grpc.clone()]);
+    live.max_attempts = 4;
+    let req =
+        api::SetMinCommandVersionRequest { version: 2, by: "alice".into(), reason: "all upgraded".into() };
+    let e = live
+        .call(req, |mut c, r| async move { c.set_min_command_version(r).await })
+        .await
+        .expect_err("member 3 is down");
+    assert_eq!(e.code, Code::Unavailable, "{e}");
+    assert!(e.message.contains("member 3 did not say"), "{e}");
+    assert_eq!(status(&c).await.unwrap().min_command_version, 1);
+
     // Node 3 upgraded: the raise goes through REST, replicates, is audited and visible everywhere.
     restart_as(&mut c, 3, "", &all).await;
     let leader = c.wait_leader(READY_TIMEOUT).await.unwrap();

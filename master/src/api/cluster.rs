@@ -21,6 +21,11 @@ pub const MEMBER_VERSION_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const MEMBER_VERSION_TTL: Duration = Duration::from_secs(5);
 
 impl Service {
+    /// The newest command version this node's binary knows.
+    pub fn knows_command_version(&self) -> u32 {
+        self.cfg.knows_command_version
+    }
+
     /// Ask every other member which command versions it knows (0: no answer, or a binary too old to say),
     /// and remember the answers for [`MEMBER_VERSION_TTL`].
     pub(super) async fn ask_member_versions(&self) -> BTreeMap<u64, Result<u32, TransportError>> {

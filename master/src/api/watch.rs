@@ -70,11 +70,6 @@ impl Service {
         self.cfg.max_watches
     }
 
-    /// The newest command version this node's binary knows.
-    pub fn knows_command_version(&self) -> u32 {
-        self.cfg.knows_command_version
-    }
-
     /// Watches refused because this node already served its limit of streams (for /metrics).
     pub fn watches_refused(&self) -> u64 {
         self.watch_registry.refused.load(Ordering::Relaxed)
