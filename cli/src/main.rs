@@ -14,6 +14,7 @@ mod master_cmd;
 mod ops_cmd;
 mod safety_cmd;
 mod ticket_cmd;
+mod upgrade_cmd;
 
 use std::process::ExitCode;
 
@@ -68,6 +69,9 @@ enum Cmd {
     Force(safety_cmd::ForceArgs),
     /// Stand in for a subscriber's acknowledgement (drained, data-evacuated), with a reason.
     Consent(safety_cmd::ConsentArgs),
+    /// Rolling upgrades of the masters: show which command versions each member knows, or enable new
+    /// command kinds cluster-wide (--min-command-version N) once every member runs a binary that knows them.
+    Upgrade(upgrade_cmd::UpgradeArgs),
     /// Repair tickets: list them, record updates from the repair system.
     #[command(subcommand)]
     Ticket(ticket_cmd::TicketCmd),
@@ -123,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Force(a) => safety_cmd::force(a),
         Cmd::Consent(a) => safety_cmd::consent(a),
         Cmd::Ticket(c) => ticket_cmd::run(c),
+        Cmd::Upgrade(a) => upgrade_cmd::run(a),
         Cmd::Inspect(a) => inspect_cmd::run(a),
         Cmd::Fsm(c) => fsm_cmd::run(c),
         Cmd::Bench(BenchCmd::Rules(a)) => kernel_log_cmd::bench(a),

@@ -399,7 +399,7 @@ pub fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
                         continue; // never print a revision twice
                     }
                     next = e.revision + 1;
-                    let ev = master::grpc::event_from_wire(e);
+                    let ev = proto::convert::event_from_wire(e);
                     writeln!(out, "{}", serde_json::to_string(&ev)?)?;
                     printed += 1;
                     if a.count > 0 && printed >= a.count {
@@ -441,13 +441,17 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let members: Vec<serde_json::Value> = i
         .members
         .iter()
-        .map(|m| serde_json::json!({"id": m.id, "peer": m.peer_addr, "grpc": m.grpc_addr, "http": m.http_addr}))
+        .map(|m| {
+            serde_json::json!({"id": m.id, "peer": m.peer_addr, "grpc": m.grpc_addr, "http": m.http_addr,
+                "knows_command_version": m.knows_command_version})
+        })
         .collect();
     if a.json {
         let v = serde_json::json!({"id": i.id, "leader_id": i.leader_id, "leader_grpc": i.leader_grpc,
             "term": i.term, "role": i.role, "commit_index": i.commit_index, "applied_index": i.applied_index,
             "revision": i.revision, "level": i.level, "members": members, "agents_alive": i.agents_alive,
             "agents": i.agents, "objects": i.objects, "pending_proposals": i.pending_proposals,
+            "min_command_version": i.min_command_version, "knows_command_version": i.knows_command_version,
             "scopes": i.scopes.iter().map(|s| serde_json::json!({"scope": s.scope, "level": s.level,
                 "latched": s.latched, "reason": s.reason, "pending_proposals": s.pending_proposals,
                 "last_blocked": s.last_blocked})).collect::<Vec<_>>()});
@@ -462,6 +466,10 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("level        {}", i.level);
     println!("objects      {}   agents alive {}/{}", i.objects, i.agents_alive, i.agents);
     println!("proposals    {} pending", i.pending_proposals);
+    println!(
+        "commands     min_command_version {}, this node knows 1..={}",
+        i.min_command_version, i.knows_command_version
+    );
     for s in i.scopes.iter().filter(|s| s.level != "auto" || !s.last_blocked.is_empty()) {
         let latch = if s.latched { " (latched)" } else { "" };
         println!("scope {} {}{latch}: {}", s.scope, s.level, s.reason);
@@ -471,7 +479,14 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     for m in &i.members {
         let mark = if m.id == i.leader_id { " (leader)" } else { "" };
-        println!("member {}  peer {}  grpc {}  http {}{mark}", m.id, m.peer_addr, m.grpc_addr, m.http_addr);
+        println!(
+            "member {}  peer {}  grpc {}  http {}  knows {}{mark}",
+            m.id,
+            m.peer_addr,
+            m.grpc_addr,
+            m.http_addr,
+            crate::upgrade_cmd::knows_text(m.knows_command_version)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

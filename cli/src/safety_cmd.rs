@@ -14,14 +14,14 @@ use crate::ops_cmd::{MasterAddr, api_err, runtime, utc};
 pub struct Operator {
     /// Why (recorded in the audit log; required for changes).
     #[arg(long, default_value = "")]
-    reason: String,
+    pub(crate) reason: String,
     /// Who is acting (default: $USER).
     #[arg(long, env = "USER", default_value = "operator")]
-    by: String,
+    pub(crate) by: String,
 }
 
 impl Operator {
-    fn require_reason(&self) -> anyhow::Result<()> {
+    pub(crate) fn require_reason(&self) -> anyhow::Result<()> {
         anyhow::ensure!(!self.reason.trim().is_empty(), "say why with --reason (it goes into the audit log)");
         Ok(())
     }

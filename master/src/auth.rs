@@ -109,7 +109,7 @@ pub fn grpc_need(path: &str) -> Need {
         "Ingest" => Need::AgentOrOperator,
         "Heartbeat" | "Register" => Need::Agent,
         "Command" => Need::Command,
-        "SetLevel" | "Release" | "DecideProposals" | "SetQuotas" => Need::Operate,
+        "SetLevel" | "Release" | "DecideProposals" | "SetQuotas" | "SetMinCommandVersion" => Need::Operate,
         _ => Need::Operate,
     }
 }
@@ -421,6 +421,8 @@ mod tests {
         assert_eq!(rest_need(&Method::GET, "/metrics"), Read);
         assert_eq!(rest_need(&Method::GET, "/api/v1/objects/disk/h/sda"), Read);
         assert_eq!(rest_need(&Method::POST, "/api/v1/levels"), Operate);
+        assert_eq!(rest_need(&Method::POST, "/api/v1/min-command-version"), Operate);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/SetMinCommandVersion"), Operate);
         assert_eq!(rest_need(&Method::POST, "/healthz"), Operate);
         assert_eq!(rest_need(&Method::POST, "/api/v1/commands"), Command);
         assert_eq!(command_need("ack"), Ack);

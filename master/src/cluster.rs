@@ -42,6 +42,8 @@ pub struct LocalCluster {
     security: ClientSecurity,
     /// Extra environment for every node.
     env: Vec<(String, String)>,
+    /// Settings for one node only, merged after `config` (see [`LocalCluster::set_node_config`]).
+    node_config: BTreeMap<u64, toml::Table>,
 }
 
 /// A free loopback port: bind port 0, read it, release it. Racy in theory; the nodes bind immediately.
@@ -146,6 +148,7 @@ impl LocalCluster {
             insecure,
             security,
             env,
+            node_config: BTreeMap::new(),
         };
         for id in 1..=n {
             c.spawn(id, false)?;
@@ -169,9 +172,32 @@ impl LocalCluster {
         self.dir.path().join(format!("node-{id}.toml"))
     }
 
+    /// Give node `id` settings of its own (TOML, merged over the cluster's), used from its next
+    /// [`LocalCluster::spawn`] on: e.g. a member that plays an older binary. Only for clusters started with a
+    /// config.
+    pub fn set_node_config(&mut self, id: u64, toml_text: &str) -> std::io::Result<()> {
+        if self.config.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "per-node settings need a cluster started with a config (start_with_config)",
+            ));
+        }
+        let t: toml::Table = toml_text.parse().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("node {id} config: {e}"))
+        })?;
+        self.node_config.insert(id, t);
+        Ok(())
+    }
+
     /// Write node `id`'s config file (only for clusters started with a config).
     fn write_config(&self, id: u64, a: &NodeAddrs, extra: &toml::Table) -> std::io::Result<PathBuf> {
-        let text = node_config(id, &self.data_dir(id), a, &self.nodes, extra)?;
+        let mut merged = extra.clone();
+        if let Some(mine) = self.node_config.get(&id) {
+            for (k, v) in mine {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        let text = node_config(id, &self.data_dir(id), a, &self.nodes, &merged)?;
         let path = self.config_path(id);
         std::fs::write(&path, text)?;
         Ok(path)

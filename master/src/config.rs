@@ -81,6 +81,18 @@ pub struct MasterConfig {
     /// Bearer tokens (hashed) and their roles.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Most watch streams this node serves at once (gRPC and REST together); one more is refused with
+    /// RESOURCE_EXHAUSTED / HTTP 429. Default `api::watch::MAX_WATCHES`.
+    #[serde(default = "default_max_watches")]
+    pub max_watches: usize,
+    /// Play a binary that knows command versions up to this one only (1..=the binary's own): to rehearse a
+    /// rolling upgrade, and in tests of the upgrade refusals. Default: what the binary knows.
+    #[serde(default)]
+    pub knows_command_version: Option<u32>,
+}
+
+fn default_max_watches() -> usize {
+    crate::api::watch::MAX_WATCHES
 }
 
 /// How a master protects its ports.
@@ -131,9 +143,32 @@ fn default_agent_silent_after_ms() -> u64 {
     30_000
 }
 
+/// Why a master config is refused; the message names the setting.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid master config: {0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    #[error("invalid master config: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("invalid master config: version {found} (this build reads {reads})")]
+    Version { found: u32, reads: u32 },
+    /// A `--peers` / `[peers]` entry (the message says which and why).
+    #[error("invalid master config: {0}")]
+    Peer(String),
+    #[error("invalid master config: {what} {value:?} is not an IP:PORT address")]
+    Address { what: &'static str, value: String },
+    #[error("invalid master config: need tick_ms > 0 and 0 < heartbeat_ticks < election_ticks")]
+    Ticks,
+    #[error("invalid master config: {what} {mib} MiB is too large")]
+    TooLarge { what: &'static str, mib: u64 },
+    /// A number outside the range the node accepts.
+    #[error("invalid master config: {what} {value} must be {min}..={max}{why}")]
+    OutOfRange { what: &'static str, value: u64, min: u64, max: u64, why: &'static str },
+    #[error("invalid master config: {0}")]
+    Policy(#[from] state_machines::PolicyError),
+    #[error("invalid master config: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    #[error("invalid master config: {NO_SECURITY}")]
+    NoSecurity,
+}
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -156,6 +191,9 @@ pub struct Resolved {
     pub policy: Policy,
     pub tickets: crate::tickets::TicketsConfig,
     pub security: Security,
+    pub max_watches: usize,
+    /// The newest command version this node knows (decodes, applies, reports to its peers).
+    pub knows_command_version: u32,
 }
 
 /// Parse `1=host:port,2=host:port`.
@@ -166,13 +204,13 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<String, String>, ConfigError> {
             p.trim()
                 .split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .ok_or_else(|| ConfigError(format!("peer {p:?} is not ID=HOST:PORT")))
+                .ok_or_else(|| ConfigError::Peer(format!("peer {p:?} is not ID=HOST:PORT")))
         })
         .collect()
 }
 
-fn addr(what: &str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse().map_err(|_| ConfigError(format!("{what} {s:?} is not an IP:PORT address")))
+fn addr(what: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| ConfigError::Address { what, value: s.to_string() })
 }
 
 fn advertise(listen: SocketAddr, own_peer: &str) -> String {
@@ -185,56 +223,80 @@ fn advertise(listen: SocketAddr, own_peer: &str) -> String {
 
 impl MasterConfig {
     pub fn from_toml(text: &str) -> Result<MasterConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError(e.to_string()))
+        Ok(toml::from_str(text)?)
     }
 
     pub fn resolve(&self) -> Result<Resolved, ConfigError> {
         if self.version != CONFIG_VERSION {
-            return Err(ConfigError(format!("version {} (this build reads {CONFIG_VERSION})", self.version)));
+            return Err(ConfigError::Version { found: self.version, reads: CONFIG_VERSION });
         }
         let mut peers = BTreeMap::new();
         for (k, v) in &self.peers {
-            let id: u64 = k.parse().map_err(|_| ConfigError(format!("peer id {k:?} is not a number")))?;
+            let id: u64 =
+                k.parse().map_err(|_| ConfigError::Peer(format!("peer id {k:?} is not a number")))?;
             if id == 0 {
-                return Err(ConfigError("peer id 0 is reserved".into()));
+                return Err(ConfigError::Peer("peer id 0 is reserved".into()));
             }
             if !v.contains(':') {
-                return Err(ConfigError(format!("peer {id} address {v:?} is not HOST:PORT")));
+                return Err(ConfigError::Peer(format!("peer {id} address {v:?} is not HOST:PORT")));
             }
             peers.insert(id, v.clone());
         }
         let own = peers
             .get(&self.id)
-            .ok_or_else(|| ConfigError(format!("--peers must include this node's id {}", self.id)))?
+            .ok_or_else(|| ConfigError::Peer(format!("--peers must include this node's id {}", self.id)))?
             .clone();
         let peer_listen = match &self.peer_listen {
             Some(a) => addr("peer listen address", a)?,
             None => {
                 let port = own.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
-                let port = port.ok_or_else(|| ConfigError(format!("peer address {own:?} has no port")))?;
+                let port =
+                    port.ok_or_else(|| ConfigError::Peer(format!("peer address {own:?} has no port")))?;
                 SocketAddr::from(([0, 0, 0, 0], port))
             }
         };
         let grpc_listen = addr("gRPC address", &self.grpc)?;
         let http_listen = addr("HTTP address", &self.http)?;
         if self.election_ticks <= self.heartbeat_ticks || self.heartbeat_ticks == 0 || self.tick_ms == 0 {
-            return Err(ConfigError("need tick_ms > 0 and 0 < heartbeat_ticks < election_ticks".into()));
+            return Err(ConfigError::Ticks);
         }
-        let mib = |what: &str, v: u64| {
-            v.checked_mul(1 << 20).ok_or_else(|| ConfigError(format!("{what} {v} MiB is too large")))
-        };
+        let mib =
+            |what: &'static str, v: u64| v.checked_mul(1 << 20).ok_or(ConfigError::TooLarge { what, mib: v });
         let storage = crate::raft::StorageLimits {
             snapshot_log_bytes: mib("snapshot_log_mb", self.snapshot_log_mb)?,
             min_free_bytes: mib("min_free_mb", self.min_free_mb)?,
         };
-        self.policy.validate().map_err(|e| ConfigError(e.to_string()))?;
-        self.auth.validate().map_err(|e| ConfigError(e.to_string()))?;
+        self.policy.validate()?;
+        self.auth.validate()?;
+        if self.max_watches == 0 || self.max_watches > crate::api::watch::MAX_WATCHES_CEILING {
+            return Err(ConfigError::OutOfRange {
+                what: "max_watches",
+                value: self.max_watches as u64,
+                min: 1,
+                max: crate::api::watch::MAX_WATCHES_CEILING as u64,
+                why: "",
+            });
+        }
+        let knows = crate::model::COMMAND_VERSION;
+        let knows_command_version = match self.knows_command_version {
+            None => knows,
+            Some(v) if (1..=knows).contains(&v) => v,
+            Some(v) => {
+                return Err(ConfigError::OutOfRange {
+                    what: "knows_command_version",
+                    value: u64::from(v),
+                    min: 1,
+                    max: u64::from(knows),
+                    why: " (what this binary knows)",
+                });
+            }
+        };
         let security = match (&self.tls, self.insecure) {
             (_, true) => Security::Insecure,
             (Some(tls), false) if !self.auth.tokens.is_empty() => {
                 Security::Secure { tls: tls.clone(), auth: self.auth.clone() }
             }
-            _ => return Err(ConfigError(NO_SECURITY.into())),
+            _ => return Err(ConfigError::NoSecurity),
         };
         Ok(Resolved {
             security,
@@ -255,6 +317,8 @@ impl MasterConfig {
             agent_silent_after: Duration::from_millis(self.agent_silent_after_ms.max(1000)),
             policy: self.policy.clone(),
             tickets: self.tickets.clone(),
+            max_watches: self.max_watches,
+            knows_command_version,
         })
     }
 }

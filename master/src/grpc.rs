@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::api::requests::{self, ObjectCommand};
 use crate::api::safety::SafetyView;
 use crate::api::{HeartbeatInfo, IngestBatch, Service};
-use crate::model::{ChangeEvent, HistoryEntry, Registration};
+use crate::model::Registration;
 use crate::safety::{Proposal, QuotaRule};
 
 /// Largest gRPC message accepted or sent: an ingest batch of MAX_FINDINGS_PER_BATCH bounded findings
@@ -34,9 +34,9 @@ impl GrpcApi {
     }
 }
 
-// The API views (objects, scopes, cluster info, agents, action orders) convert in `proto::convert`. The
-// records below are the state machine's own types (`model.rs`, `safety.rs`), which `proto` cannot see, so
-// they are converted here; moving those types into `proto::view` would finish the job.
+// The API views (objects, scopes, cluster info, agents, action orders, history entries, change events, alert
+// rows) convert in `proto::convert`. Proposals and quota rules stay here: they carry the state machine's
+// input and the safety net's `Limit` (parsed by the API layer), which `proto` does not know.
 
 pub fn proposal_to_wire(p: &Proposal) -> api::Proposal {
     api::Proposal {
@@ -76,57 +76,9 @@ fn safety_to_wire(v: SafetyView) -> api::GetSafetyResponse {
     api::GetSafetyResponse {
         quotas: v.quotas.iter().map(quota_to_wire).collect(),
         scopes: v.scopes.iter().map(convert::scope_to_wire).collect(),
-        alerts: v
-            .alerts
-            .iter()
-            .map(|a| api::Alert {
-                id: a.id,
-                time_ms: a.time_ms,
-                scope: a.scope.clone(),
-                object: a.object.clone(),
-                message: a.message.clone(),
-            })
-            .collect(),
+        alerts: v.alerts.iter().map(convert::alert_to_wire).collect(),
         revision: v.revision,
         config_json: serde_json::to_string(&v.config).unwrap_or_default(),
-    }
-}
-
-pub fn history_to_wire(h: &HistoryEntry) -> api::HistoryEntry {
-    api::HistoryEntry {
-        revision: h.revision,
-        time_ms: h.time_ms,
-        what: h.what.clone(),
-        from_state: h.from_state.clone(),
-        to_state: h.to_state.clone(),
-        cause: h.cause.clone(),
-        detail: h.detail.clone(),
-    }
-}
-
-pub fn event_to_wire(e: ChangeEvent) -> api::Event {
-    api::Event {
-        revision: e.revision,
-        time_ms: e.time_ms,
-        object: e.object,
-        what: e.what,
-        state: e.state,
-        grade: e.grade,
-        from_state: e.from_state,
-        detail: e.detail,
-    }
-}
-
-pub fn event_from_wire(e: api::Event) -> ChangeEvent {
-    ChangeEvent {
-        revision: e.revision,
-        time_ms: e.time_ms,
-        object: e.object,
-        what: e.what,
-        state: e.state,
-        grade: e.grade,
-        from_state: e.from_state,
-        detail: e.detail,
     }
 }
 
@@ -286,7 +238,7 @@ impl Master for GrpcApi {
         let (rec, history, revision) = self.svc.get(&id, req.stale).await.map_err(Status::from)?;
         Ok(Response::new(api::GetObjectResponse {
             object: Some(convert::object_to_wire(&rec)),
-            history: history.iter().map(history_to_wire).collect(),
+            history: history.iter().map(convert::history_to_wire).collect(),
             revision,
         }))
     }
@@ -296,12 +248,13 @@ impl Master for GrpcApi {
     async fn watch(&self, req: Request<api::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
         let filter = requests::filter(&req.kind, "", &req.host, &[]).map_err(Status::from)?;
-        let rx = self.svc.watch(req.from_revision, filter);
+        let rx = self.svc.watch(req.from_revision, filter).map_err(Status::from)?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         let stream = futures::StreamExt::map(stream, |item| match item {
-            Ok((events, revision)) => {
-                Ok(api::WatchResponse { events: events.into_iter().map(event_to_wire).collect(), revision })
-            }
+            Ok((events, revision)) => Ok(api::WatchResponse {
+                events: events.into_iter().map(convert::event_to_wire).collect(),
+                revision,
+            }),
             Err(e) => Err(Status::from(e)),
         });
         Ok(Response::new(Box::pin(stream)))
@@ -311,7 +264,7 @@ impl Master for GrpcApi {
         &self,
         _req: Request<api::ClusterInfoRequest>,
     ) -> Result<Response<api::ClusterInfoResponse>, Status> {
-        let info = self.svc.cluster_info().map_err(Status::from)?;
+        let info = self.svc.cluster_status().await.map_err(Status::from)?;
         Ok(Response::new(convert::cluster_to_wire(info)))
     }
 
@@ -382,6 +335,22 @@ impl Master for GrpcApi {
         let agents = self.svc.agent_list().await.map_err(Status::from)?;
         Ok(Response::new(api::ListAgentsResponse {
             agents: agents.into_iter().map(convert::agent_to_wire).collect(),
+        }))
+    }
+
+    async fn set_min_command_version(
+        &self,
+        req: Request<api::SetMinCommandVersionRequest>,
+    ) -> Result<Response<api::SetMinCommandVersionResponse>, Status> {
+        let req = req.into_inner();
+        let (revision, info) = self
+            .svc
+            .set_min_command_version(req.version, &req.by, &req.reason)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(api::SetMinCommandVersionResponse {
+            revision,
+            cluster: Some(convert::cluster_to_wire(info)),
         }))
     }
 

@@ -137,7 +137,7 @@ async fn whoami(caller: Option<axum::Extension<Caller>>) -> Response {
 }
 
 async fn cluster(State(svc): State<Svc>) -> Result<Response, HttpError> {
-    Ok(Json(svc.cluster_info()?).into_response())
+    Ok(Json(svc.cluster_status().await?).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -385,7 +385,7 @@ async fn watch(
     let q = parse_query(q)?;
     let filter = requests::filter(&q.kind, "", &q.host, &[])?;
     let timeout = q.timeout_ms.map(Duration::from_millis).unwrap_or(WATCH_DEFAULT).min(WATCH_MAX);
-    let mut rx = svc.watch(q.from, filter);
+    let mut rx = svc.watch(q.from, filter).map_err(|e| rest_error(&svc, e))?;
     // A compacted start is an HTTP error, not a 200 with an error line.
     let first = match tokio::time::timeout(timeout, rx.recv()).await {
         Ok(Some(Err(e))) => return Err(HttpError(e)),
@@ -415,7 +415,12 @@ async fn watch(
             }
         }
         loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            // A client that went away ends the pump (and the watch stream, freeing its slot) at once.
+            let next = tokio::select! {
+                n = tokio::time::timeout_at(deadline, rx.recv()) => n,
+                _ = tx.closed() => return,
+            };
+            match next {
                 Ok(Some(Ok((events, rev)))) => send_item(events, rev, &mut buf),
                 Ok(Some(Err(e))) => {
                     push_json_line(&mut buf, &WatchLine::Error(e));

@@ -78,6 +78,21 @@ pub fn render(svc: &Service) -> Result<String, ApiError> {
     let (watchers, lag) = svc.watcher_lag();
     reg.register("watchers", "Open watch streams on this node", gauge(watchers));
     reg.register(
+        "watchers_max",
+        "Most watch streams this node serves at once (max_watches)",
+        gauge(svc.max_watches() as u64),
+    );
+    reg.register(
+        "watches_refused",
+        "Watch streams refused because this node served its limit (RESOURCE_EXHAUSTED / HTTP 429)",
+        ConstCounter::new(svc.watches_refused()),
+    );
+    reg.register(
+        "knows_command_version",
+        "The newest command version this node's binary knows",
+        gauge(u64::from(svc.knows_command_version())),
+    );
+    reg.register(
         "watcher_lag_max",
         "Revisions the slowest watcher on this node has not read yet",
         gauge(lag),

@@ -10,6 +10,10 @@ use state_machines::{Finding, ObjectId};
 use crate::safety::{Level, ProposalFilter, SafetyConfig};
 use crate::sm_seam::{Input, ObjectState};
 
+/// History entries and change events are stored and answered in one shape, defined with the other API
+/// views (the wire conversions live in `proto::convert`).
+pub use proto::view::{ChangeEvent, HistoryEntry};
+
 /// The newest command version this binary knows (decodes and applies). An entry is stamped with the version
 /// its commands need ([`Command::version`], the highest among them), not with this number, so a leader running
 /// a newer binary writes entries older members still apply. A member that meets an entry newer than what it
@@ -399,38 +403,6 @@ impl ObjectRecord {
     pub fn history_len(&self) -> u64 {
         self.history_next - self.history_compacted
     }
-}
-
-/// One entry of an object's history: a transition or a command about it, with who/what caused it and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub revision: u64,
-    pub time_ms: u64,
-    pub what: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub from_state: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub to_state: String,
-    pub cause: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-}
-
-/// One change, as watchers see it. Revisions are dense: every change gets the next one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChangeEvent {
-    pub revision: u64,
-    pub time_ms: u64,
-    pub object: String,
-    pub what: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub state: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub grade: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub from_state: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

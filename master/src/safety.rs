@@ -16,6 +16,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use state_machines::{Input, Kind, ObjectId, State};
 
+/// Alert/audit rows are stored and answered in one shape, defined with the other API views.
+pub use proto::view::AuditEntry;
+
 /// Timestamps kept per (scope, kind) sliding window; admission stops at the quota, so this only bounds
 /// operator-approved entries beyond it and the spike detector.
 pub const MAX_WINDOW_ENTRIES: usize = 10_000;
@@ -613,22 +616,6 @@ impl ProposalFilter {
                 sig == c || sig.split('@').next() == Some(c)
             })
     }
-}
-
-/// One row of the alert/audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub id: u64,
-    pub time_ms: u64,
-    /// `alert` (needs a human) or `audit` (a recorded operator change).
-    pub kind: String,
-    #[serde(default)]
-    pub scope: String,
-    #[serde(default)]
-    pub object: String,
-    #[serde(default)]
-    pub by: String,
-    pub message: String,
 }
 
 #[cfg(test)]

@@ -131,6 +131,7 @@ pub async fn serve(
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
 
     let (fsm, revision) = MasterFsm::new(cfg.policy.clone());
+    let fsm = fsm.knowing_command_version(cfg.knows_command_version);
     let stats = fsm.stats();
     let raft_cfg = RaftConfig {
         id: cfg.id,
@@ -149,6 +150,7 @@ pub async fn serve(
     };
     tracing::info!(id = cfg.id, peer = %cfg.peer_listen, grpc = %cfg.grpc_listen, http = %cfg.http_listen,
         data_dir = %cfg.data_dir.display(), "master node started");
+    raft.set_app_version(cfg.knows_command_version);
     // The proposal gate follows the replicated min_command_version from the start, not from the first entry.
     stats.load_replicated(&db).map_err(|e| anyhow!("cannot read the state machine: {e}"))?;
 
@@ -162,6 +164,8 @@ pub async fn serve(
             http_addr: cfg.advertise_http.clone(),
             agent_silent_after: cfg.agent_silent_after,
             policy: cfg.policy.clone(),
+            max_watches: cfg.max_watches,
+            knows_command_version: cfg.knows_command_version,
         },
     );
     // Repair tickets: the leader files what REPAIR asks for through the configured sink.

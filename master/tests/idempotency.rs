@@ -68,6 +68,8 @@ async fn start() -> Master {
             http_addr: rest.clone(),
             agent_silent_after: Duration::from_secs(60),
             policy: Policy::default(),
+            max_watches: master::api::watch::MAX_WATCHES,
+            knows_command_version: master::model::COMMAND_VERSION,
         },
     );
     let g = GrpcApi::new(svc.clone());

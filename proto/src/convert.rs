@@ -7,7 +7,9 @@ use state_machines::{Finding, ObjectId, Severity};
 
 use crate::api;
 use crate::error::ApiError;
-use crate::view::{ActionOrder, AgentListing, ClusterInfo, ObjectView, ScopeView};
+use crate::view::{
+    ActionOrder, AgentListing, AuditEntry, ChangeEvent, ClusterInfo, HistoryEntry, ObjectView, ScopeView,
+};
 
 /// Parse and validate an object id from the wire.
 pub fn object_id(s: &str) -> Result<ObjectId, ApiError> {
@@ -171,6 +173,7 @@ pub fn cluster_to_wire(i: ClusterInfo) -> api::ClusterInfoResponse {
                 peer_addr: m.peer_addr,
                 grpc_addr: m.grpc_addr,
                 http_addr: m.http_addr,
+                knows_command_version: m.knows_command_version,
             })
             .collect(),
         leader_grpc: i.leader_grpc,
@@ -179,6 +182,8 @@ pub fn cluster_to_wire(i: ClusterInfo) -> api::ClusterInfoResponse {
         scopes: i.scopes.iter().map(scope_to_wire).collect(),
         pending_proposals: i.pending_proposals,
         agents: i.agents,
+        min_command_version: i.min_command_version,
+        knows_command_version: i.knows_command_version,
     }
 }
 
@@ -197,6 +202,58 @@ pub fn agent_to_wire(a: AgentListing) -> api::AgentInfo {
         checkers: a.info.checkers.into_iter().collect(),
         outbox_entries: a.info.outbox_entries,
         outbox_dropped: a.info.outbox_dropped,
+    }
+}
+
+/// A history entry to the wire.
+pub fn history_to_wire(h: &HistoryEntry) -> api::HistoryEntry {
+    api::HistoryEntry {
+        revision: h.revision,
+        time_ms: h.time_ms,
+        what: h.what.clone(),
+        from_state: h.from_state.clone(),
+        to_state: h.to_state.clone(),
+        cause: h.cause.clone(),
+        detail: h.detail.clone(),
+    }
+}
+
+/// A change event to the wire.
+pub fn event_to_wire(e: ChangeEvent) -> api::Event {
+    api::Event {
+        revision: e.revision,
+        time_ms: e.time_ms,
+        object: e.object,
+        what: e.what,
+        state: e.state,
+        grade: e.grade,
+        from_state: e.from_state,
+        detail: e.detail,
+    }
+}
+
+/// A change event from the wire (`huatuo watch` prints the REST shape).
+pub fn event_from_wire(e: api::Event) -> ChangeEvent {
+    ChangeEvent {
+        revision: e.revision,
+        time_ms: e.time_ms,
+        object: e.object,
+        what: e.what,
+        state: e.state,
+        grade: e.grade,
+        from_state: e.from_state,
+        detail: e.detail,
+    }
+}
+
+/// An alert/audit row to the wire (the wire's `Alert` carries no kind or author).
+pub fn alert_to_wire(a: &AuditEntry) -> api::Alert {
+    api::Alert {
+        id: a.id,
+        time_ms: a.time_ms,
+        scope: a.scope.clone(),
+        object: a.object.clone(),
+        message: a.message.clone(),
     }
 }
 

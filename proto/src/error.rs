@@ -35,10 +35,12 @@ pub enum Code {
     Unauthenticated,
     /// The token is valid but its roles do not allow this call (HTTP 403). Nothing was changed.
     PermissionDenied,
+    /// A per-node limit is reached (e.g. open watch streams, HTTP 429): retry later or on another node.
+    ResourceExhausted,
 }
 
 impl Code {
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 10] = [
         Code::InvalidArgument,
         Code::NotFound,
         Code::NotLeader,
@@ -48,6 +50,7 @@ impl Code {
         Code::Internal,
         Code::Unauthenticated,
         Code::PermissionDenied,
+        Code::ResourceExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Code {
             Code::Internal => "INTERNAL",
             Code::Unauthenticated => "UNAUTHENTICATED",
             Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
         }
     }
 
@@ -76,6 +80,7 @@ impl Code {
             Code::Internal => 500,
             Code::Unauthenticated => 401,
             Code::PermissionDenied => 403,
+            Code::ResourceExhausted => 429,
         }
     }
 
@@ -91,6 +96,7 @@ impl Code {
             Code::Internal => tonic::Code::Internal,
             Code::Unauthenticated => tonic::Code::Unauthenticated,
             Code::PermissionDenied => tonic::Code::PermissionDenied,
+            Code::ResourceExhausted => tonic::Code::ResourceExhausted,
         }
     }
 
@@ -102,10 +108,10 @@ impl Code {
             tonic::Code::FailedPrecondition => Code::NotLeader,
             tonic::Code::OutOfRange => Code::Compacted,
             tonic::Code::Aborted | tonic::Code::AlreadyExists => Code::Conflict,
-            tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Cancelled
-            | tonic::Code::ResourceExhausted => Code::Unavailable,
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                Code::Unavailable
+            }
+            tonic::Code::ResourceExhausted => Code::ResourceExhausted,
             tonic::Code::Unauthenticated => Code::Unauthenticated,
             tonic::Code::PermissionDenied => Code::PermissionDenied,
             _ => Code::Internal,
@@ -114,7 +120,7 @@ impl Code {
 
     /// Whether a client may retry the same call (elsewhere or later) without changing it.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Code::NotLeader | Code::Unavailable)
+        matches!(self, Code::NotLeader | Code::Unavailable | Code::ResourceExhausted)
     }
 }
 

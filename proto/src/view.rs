@@ -97,6 +97,9 @@ pub struct MemberInfo {
     pub peer_addr: String,
     pub grpc_addr: String,
     pub http_addr: String,
+    /// The newest command version this member's binary knows (0: it did not answer, or cannot say).
+    #[serde(default)]
+    pub knows_command_version: u32,
 }
 
 /// `huatuo status` / `GET /api/v1/cluster`: one node's view of the cluster.
@@ -123,6 +126,12 @@ pub struct ClusterInfo {
     pub scopes: Vec<ScopeView>,
     #[serde(default)]
     pub pending_proposals: u64,
+    /// The replicated `min_command_version` as this node applied it (newer command kinds are still off).
+    #[serde(default)]
+    pub min_command_version: u32,
+    /// The newest command version this node's binary knows.
+    #[serde(default)]
+    pub knows_command_version: u32,
 }
 
 /// What an agent says about itself in each heartbeat (the leader's memory only; never replicated).
@@ -146,4 +155,52 @@ pub struct AgentListing {
     pub last_heartbeat_ms_ago: u64,
     pub restarts: u64,
     pub info: HeartbeatInfo,
+}
+
+/// One entry of an object's history: a transition or a command about it, with who/what caused it and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub revision: u64,
+    pub time_ms: u64,
+    pub what: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from_state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub to_state: String,
+    pub cause: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// One change, as watchers see it. Revisions are dense: every change gets the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    pub revision: u64,
+    pub time_ms: u64,
+    pub object: String,
+    pub what: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grade: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub from_state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// One row of the alert/audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub time_ms: u64,
+    /// `alert` (needs a human) or `audit` (a recorded operator change).
+    pub kind: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub object: String,
+    #[serde(default)]
+    pub by: String,
+    pub message: String,
 }

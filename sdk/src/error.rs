@@ -70,7 +70,8 @@ impl From<ApiError> for Error {
             Code::Conflict => Error::Refused { message: e.message, current: None },
             Code::Compacted => Error::Compacted(e.message),
             // The client already followed redirects a bounded number of times; still no leader.
-            Code::NotLeader | Code::Unavailable => Error::Unavailable(e.message),
+            // A node at its limit (e.g. open watches): another node, or later, may serve.
+            Code::NotLeader | Code::Unavailable | Code::ResourceExhausted => Error::Unavailable(e.message),
             Code::Internal => Error::Internal(e.message),
             Code::Unauthenticated => Error::Unauthenticated(e.message),
             Code::PermissionDenied => Error::PermissionDenied(e.message),
@@ -86,7 +87,12 @@ mod tests {
     fn every_wire_code_maps_to_a_variant_with_the_same_code() {
         for code in Code::ALL {
             let e = Error::from(ApiError::new(code, "m"));
-            let want = if code == Code::NotLeader { Code::Unavailable } else { code };
+            // A redirect and a node at its limit (e.g. open watches) are both "try again, elsewhere or later".
+            let want = if matches!(code, Code::NotLeader | Code::ResourceExhausted) {
+                Code::Unavailable
+            } else {
+                code
+            };
             assert_eq!(e.code(), want, "{code}");
             assert_eq!(e.is_retryable(), want == Code::Unavailable);
             assert!(e.to_string().contains('m'));

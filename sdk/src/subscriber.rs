@@ -424,7 +424,10 @@ impl WatchTask {
         match e.code {
             Code::Compacted => StreamEnd::Compacted,
             // Internal on a stream is one node's storage trouble: another node may serve.
-            Code::NotLeader | Code::Unavailable | Code::Internal => StreamEnd::Broken(e.into()),
+            // A node at its watch limit: the next node in the rotation (after the backoff) may serve.
+            Code::NotLeader | Code::Unavailable | Code::Internal | Code::ResourceExhausted => {
+                StreamEnd::Broken(e.into())
+            }
             Code::InvalidArgument
             | Code::NotFound
             | Code::Conflict

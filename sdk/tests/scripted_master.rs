@@ -262,6 +262,13 @@ impl Master for Fake {
     ) -> Result<Response<api::ListAgentsResponse>, Status> {
         unimplemented()
     }
+
+    async fn set_min_command_version(
+        &self,
+        _: Request<api::SetMinCommandVersionRequest>,
+    ) -> Result<Response<api::SetMinCommandVersionResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serve `fake` on a free loopback port; returns a subscriber config pointing at it (fast backoff).

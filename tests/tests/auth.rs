@@ -236,6 +236,14 @@ async fn call_all(c: &LocalCluster, sec: ClientSecurity) -> Vec<(&'static str, O
         )
         .await;
     out.push(("SetQuotas", code(r.map(|_| ())).filter(|c| *c != Code::InvalidArgument)));
+    // Version 0 is refused by the API layer after the role check: changes nothing even for an operator.
+    let r = cl
+        .call(
+            api::SetMinCommandVersionRequest { version: 0, by: "t".into(), reason: "t".into() },
+            |mut c, r| async move { c.set_min_command_version(r).await },
+        )
+        .await;
+    out.push(("SetMinCommandVersion", code(r.map(|_| ())).filter(|c| *c != Code::InvalidArgument)));
     out
 }
 
@@ -392,6 +400,9 @@ async fn secured_cluster_checks_tokens_roles_and_certificates() {
         ("POST", "/api/v1/heartbeat", Some(tr), "{}", 403),
         ("POST", "/api/v1/proposals/decide", Some(ts), "{}", 403),
         ("PUT", "/api/v1/quotas", Some(ta), "", 403),
+        ("POST", "/api/v1/min-command-version", Some(tr), r#"{"version":2,"by":"t","reason":"t"}"#, 403),
+        ("POST", "/api/v1/min-command-version", Some(ts), r#"{"version":2,"by":"t","reason":"t"}"#, 403),
+        ("POST", "/api/v1/min-command-version", None, r#"{"version":2,"by":"t","reason":"t"}"#, 401),
     ] {
         let (status, body) = https(&http[0], ca, method, path, token, body).await;
         assert_eq!(status, want, "{method} {path}: {body}");

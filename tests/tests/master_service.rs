@@ -52,6 +52,8 @@ async fn start_node(agent_silent_after: Duration) -> Node {
             http_addr: "127.0.0.1:2".into(),
             agent_silent_after,
             policy: Policy::default(),
+            max_watches: master::api::watch::MAX_WATCHES,
+            knows_command_version: master::model::COMMAND_VERSION,
         },
     );
     assert!(
@@ -253,7 +255,7 @@ async fn heartbeats_replicate_only_liveness_changes() {
 async fn watch_is_gap_free_resumes_and_reports_compaction() {
     let n = start_node(Duration::from_secs(60)).await;
     let svc = &n.svc;
-    let mut rx = svc.watch(0, Filter::default());
+    let mut rx = svc.watch(0, Filter::default()).expect("watch");
     let mut next_expected = None;
     for i in 0..20u64 {
         ingest(svc, "", 0, vec![finding(&format!("disk/h1/d{}", i % 3), Severity::Good)])
@@ -278,7 +280,7 @@ async fn watch_is_gap_free_resumes_and_reports_compaction() {
     }
     // Resume from the middle: exactly the tail.
     let mid = seen[seen.len() / 2];
-    let mut rx2 = svc.watch(mid, Filter::default());
+    let mut rx2 = svc.watch(mid, Filter::default()).expect("watch");
     let (events, _) = rx2.recv().await.expect("open").expect("ok");
     assert_eq!(events.first().map(|e| e.revision), Some(mid));
     // Push the change log past its window: old revisions are COMPACTED, with the resync hint.
@@ -287,14 +289,14 @@ async fn watch_is_gap_free_resumes_and_reports_compaction() {
             .await
             .expect("ingest");
     }
-    let mut old = svc.watch(1, Filter::default());
+    let mut old = svc.watch(1, Filter::default()).expect("watch");
     let e = old.recv().await.expect("answer").expect_err("compacted");
     assert_eq!(e.code, Code::Compacted);
     assert!(e.message.contains("resync"), "{e}");
     // A filtered watch skips other hosts but reports progress past them.
     let from = svc.current_revision() + 1;
     let host = Filter { host: Some("h3".into()), ..Filter::default() };
-    let mut only_h3 = svc.watch(from, host);
+    let mut only_h3 = svc.watch(from, host).expect("watch");
     ingest(svc, "", 0, vec![finding("disk/h2/d0", Severity::Good), finding("disk/h3/d0", Severity::Good)])
         .await
         .expect("ingest");

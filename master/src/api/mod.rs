@@ -64,6 +64,11 @@ pub struct ServiceConfig {
     /// An agent with no heartbeat for this long is marked silent (replicated).
     pub agent_silent_after: Duration,
     pub policy: state_machines::Policy,
+    /// Most open watch streams on this node ([`watch::MAX_WATCHES`] unless configured).
+    pub max_watches: usize,
+    /// The newest command version this node's binary knows ([`crate::model::COMMAND_VERSION`], lower only
+    /// when rehearsing an upgrade).
+    pub knows_command_version: u32,
 }
 
 /// The API core of one master node. Built by [`Service::start`]; its background tasks run in
@@ -80,6 +85,8 @@ pub struct Service {
     /// The revision in the store when the service started (the fsm only reports revisions it applies).
     base_revision: u64,
     watch_registry: watch::Registry,
+    /// Members' command versions as last asked over the peer port, and when (see `cluster::MEMBER_VERSION_TTL`).
+    member_versions: Mutex<Option<(Instant, std::collections::BTreeMap<u64, u32>)>>,
     /// Leader changes this node observed (its duty loop samples the leader every DUTY_INTERVAL).
     pub leader_changes: AtomicU64,
     /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).
@@ -126,6 +133,7 @@ impl Service {
             stats,
             started: Instant::now(),
             watch_registry: watch::Registry::default(),
+            member_versions: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
             watchers: TaskGroup::new("watchers"),
             duties: TaskGroup::new("duties"),

@@ -2,7 +2,8 @@
 //! decisions on proposals, quota config) and the read views operators and the portal show: per scope the
 //! level, quota use against its limit, pending proposals, and why the last automatic action was blocked.
 
-use proto::error::ApiError;
+use proto::error::{ApiError, Code};
+use proto::view::ClusterInfo;
 use serde::{Deserialize, Serialize};
 
 use super::{Service, now_ms, validate};
@@ -195,15 +196,65 @@ impl Service {
     }
 
     /// Enable command versions up to `version` cluster-wide (after every master runs a binary that knows
-    /// them; see ARCHITECTURE.md "Upgrading masters"). Refused above what this leader's binary knows.
+    /// them; see ARCHITECTURE.md "Upgrading masters"). Needs `by` and a reason (audited). Refused (Conflict)
+    /// above what this node's binary knows, or what any member reports over the peer port, naming the
+    /// member; a member that does not answer refuses a raise too (Unavailable: its binary is unknown).
+    /// Lowering is always allowed (rollback). Answers the entry's revision and the cluster info after it.
     pub async fn set_min_command_version(
         &self,
         version: u32,
         by: &str,
         reason: &str,
-    ) -> Result<u64, ApiError> {
-        super::validate::operator(by, reason)?;
+    ) -> Result<(u64, ClusterInfo), ApiError> {
+        validate::operator(by, reason)?;
+        if version == 0 {
+            return Err(ApiError::invalid("min_command_version must be at least 1"));
+        }
+        let me = self.raft.id();
+        if version > self.cfg.knows_command_version {
+            return Err(ApiError::new(
+                Code::Conflict,
+                format!(
+                    "min_command_version {version} refused: member {me} (this node) knows command versions \
+                     1..={}: upgrade it first",
+                    self.cfg.knows_command_version
+                ),
+            ));
+        }
+        if version > self.stats.min_command_version() {
+            let versions = self.ask_member_versions().await;
+            for (id, v) in versions {
+                match v {
+                    Ok(knows) if knows >= version => {}
+                    Ok(0) => {
+                        return Err(ApiError::new(
+                            Code::Conflict,
+                            format!(
+                                "min_command_version {version} refused: member {id} does not say which \
+                                 command versions it knows (a binary older than this check): upgrade it first"
+                            ),
+                        ));
+                    }
+                    Ok(knows) => {
+                        return Err(ApiError::new(
+                            Code::Conflict,
+                            format!(
+                                "min_command_version {version} refused: member {id} knows command versions \
+                                 1..={knows}: upgrade it first"
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(ApiError::unavailable(format!(
+                            "min_command_version {version} refused: member {id} did not say which command \
+                             versions it knows ({e}); retry when every member answers"
+                        )));
+                    }
+                }
+            }
+        }
         let cmd = Command::SetMinCommandVersion { version, by: by.into(), reason: reason.into() };
-        Ok(self.submit(cmd).await?.revision)
+        let revision = self.submit(cmd).await?.revision;
+        Ok((revision, self.cluster_status().await?))
     }
 }

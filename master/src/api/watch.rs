@@ -21,14 +21,25 @@ pub const WATCH_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Responses buffered per watch stream before the stream waits for its client.
 pub const WATCH_BUFFER: usize = 16;
 
+/// Most watch streams one node serves at once (gRPC and REST together), unless configured (`max_watches`).
+/// Each stream is a task, a buffer of up to [`WATCH_BUFFER`] responses and a store read per commit; the
+/// connection limits alone let one client open thousands. 1024 covers a fleet's subscribers (a few per
+/// consumer) with room for reconnect overlap; one more is refused with RESOURCE_EXHAUSTED (HTTP 429), which
+/// clients retry elsewhere or later.
+pub const MAX_WATCHES: usize = 1024;
+/// The largest `max_watches` a config may ask for: past this, streams are bounded by memory, not a limit.
+pub const MAX_WATCHES_CEILING: usize = 65_536;
+
 /// What watchers receive: events and the revision the stream has covered so far.
 pub type WatchItem = Result<(Vec<ChangeEvent>, u64), ApiError>;
 
-/// Open watch streams: id -> the next revision each will read (for /metrics: count and lag).
+/// Open watch streams: id -> the next revision each will read (for /metrics: count and lag), and how many
+/// watches were refused at the limit.
 #[derive(Default)]
 pub(super) struct Registry {
     next: Mutex<BTreeMap<u64, u64>>,
     ids: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// Removes a watch stream from the registry when its task ends, however it ends.
@@ -54,13 +65,40 @@ impl Service {
         (w.len() as u64, lag)
     }
 
+    /// The most watch streams this node serves at once.
+    pub fn max_watches(&self) -> usize {
+        self.cfg.max_watches
+    }
+
+    /// Watches refused because this node already served its limit of streams (for /metrics).
+    pub fn watches_refused(&self) -> u64 {
+        self.watch_registry.refused.load(Ordering::Relaxed)
+    }
+
     /// Stream changes from `from` (0: from now) matching `filter`. The first item is an error if `from` was
     /// compacted. Ends when the receiver is dropped, this node stops, or the watchers are stopped; after
-    /// shutdown began the stream ends at once.
-    pub fn watch(self: &Arc<Self>, from: u64, filter: Filter) -> mpsc::Receiver<WatchItem> {
+    /// shutdown began the stream ends at once. Refused with RESOURCE_EXHAUSTED when this node already serves
+    /// its limit of streams (`max_watches`).
+    pub fn watch(self: &Arc<Self>, from: u64, filter: Filter) -> Result<mpsc::Receiver<WatchItem>, ApiError> {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let start = self.current_revision() + 1;
         let id = self.watch_registry.ids.fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            // Counted and registered under one lock, so concurrent opens cannot pass the limit together.
+            let mut open = lock(&self.watch_registry.next);
+            if open.len() >= self.cfg.max_watches {
+                self.watch_registry.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "this node already serves {} watch streams (its limit, max_watches): close one, or \
+                         retry later or on another node",
+                        open.len()
+                    ),
+                ));
+            }
+            open.insert(id, if from == 0 { start } else { from });
+        }
         let registered = Registered { svc: Arc::downgrade(self), id };
         let stream =
             stream(Arc::downgrade(self), if from == 0 { start } else { from }, filter, tx, registered);
@@ -71,7 +109,7 @@ impl Service {
                 _ = stream => {}
             }
         });
-        rx
+        Ok(rx)
     }
 }
 
@@ -122,7 +160,12 @@ async fn stream(
         if current >= next {
             continue;
         }
-        match tokio::time::timeout(WATCH_PROGRESS_EVERY, rev_rx.changed()).await {
+        // A client that went away frees its slot (of `max_watches`) now, not at the next send.
+        let waited = tokio::select! {
+            w = tokio::time::timeout(WATCH_PROGRESS_EVERY, rev_rx.changed()) => w,
+            _ = tx.closed() => return,
+        };
+        match waited {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {

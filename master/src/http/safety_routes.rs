@@ -1,6 +1,6 @@
 //! REST for the safety net: `GET /api/v1/safety` (quotas, scopes with level and quota use, recent alerts),
 //! `GET /api/v1/alerts`, `GET /api/v1/proposals`, `POST /api/v1/proposals/decide`, `POST /api/v1/levels`,
-//! `POST /api/v1/release`, `PUT /api/v1/quotas`. Operator writes need `by` and a `reason` (audit log).
+//! `POST /api/v1/release`, `PUT /api/v1/quotas`, `POST /api/v1/min-command-version` (rolling upgrades). Operator writes need `by` and a `reason` (audit log).
 
 use axum::routing::{get, post};
 
@@ -17,6 +17,26 @@ pub(super) fn routes() -> Router<Svc> {
         .route("/api/v1/release", post(release))
         .route("/api/v1/min-command-version", post(set_min_command_version))
         .route("/api/v1/quotas", axum::routing::put(set_quotas).post(set_quotas))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinCommandVersionBody {
+    version: u32,
+    by: String,
+    reason: String,
+}
+
+/// `POST /api/v1/min-command-version {"version", "by", "reason"}`: enable command versions up to `version`
+/// (see ARCHITECTURE.md "Upgrading masters"); answers the revision and the cluster info after it.
+async fn set_min_command_version(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+    let b: MinCommandVersionBody = parse_json(&body)?;
+    let (revision, cluster) =
+        svc.set_min_command_version(b.version, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(
+        serde_json::json!({ "min_command_version": b.version, "revision": revision, "cluster": cluster }),
+    )
+    .into_response())
 }
 
 async fn safety(
@@ -122,24 +142,6 @@ async fn set_level(State(svc): State<Svc>, body: Bytes) -> Result<Response, Http
     let (scope, revision) =
         svc.set_level(&b.scope, level, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "scope": scope, "revision": revision })).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MinVersionBody {
-    version: u32,
-    by: String,
-    reason: String,
-}
-
-/// `POST /api/v1/min-command-version` (operator): enable command versions up to `version` cluster-wide,
-/// once every master runs a binary that knows them (3 turns on idempotency keys). Refused above what this
-/// leader knows.
-async fn set_min_command_version(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
-    let b: MinVersionBody = parse_json(&body)?;
-    let revision =
-        svc.set_min_command_version(b.version, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
-    Ok(Json(serde_json::json!({ "min_command_version": b.version, "revision": revision })).into_response())
 }
 
 #[derive(Debug, Deserialize)]

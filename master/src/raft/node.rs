@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,8 @@ pub(crate) struct NodeShared {
     addrs: Mutex<BTreeMap<NodeId, String>>,
     running: AtomicBool,
     initialized: AtomicBool,
+    /// The application version this node reports in probe replies (0 until the application sets it).
+    app_version: AtomicU32,
     /// The NOSPACE alarm as (free bytes, floor) while raised (written by the loop's disk check).
     nospace: Mutex<Option<(u64, u64)>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -98,6 +100,7 @@ impl NodeShared {
             initialized: self.initialized.load(Ordering::Acquire),
             seen_you: lock(&self.seen).contains(&from),
             voters,
+            app_version: self.app_version.load(Ordering::Relaxed),
         }
     }
 
@@ -484,6 +487,7 @@ impl RaftNode {
             addrs: Mutex::new(cfg.peers.clone()),
             running: AtomicBool::new(false),
             initialized: AtomicBool::new(false),
+            app_version: AtomicU32::new(0),
             nospace: Mutex::new(None),
             thread: Mutex::new(None),
             probe_task: Mutex::new(None),
@@ -597,6 +601,34 @@ impl RaftNode {
 
     pub fn id(&self) -> NodeId {
         self.shared.id
+    }
+
+    /// Set the application version this node reports to peers that probe it (the master: the newest command
+    /// version its binary knows).
+    pub fn set_app_version(&self, version: u32) {
+        self.shared.app_version.store(version, Ordering::Relaxed);
+    }
+
+    /// Ask every other configured member, concurrently, for the application version it reports (bounded by
+    /// `timeout` in all; a member that does not answer in time maps to the error).
+    pub async fn peer_app_versions(
+        &self,
+        timeout: Duration,
+    ) -> BTreeMap<NodeId, Result<u32, transport::TransportError>> {
+        let me = self.shared.id;
+        let voters: Vec<NodeId> = self.shared.peers.keys().copied().collect();
+        let asks = self.shared.peers.keys().filter(|id| **id != me).map(|id| {
+            let addr = self.shared.addr_of(*id).unwrap_or_default();
+            let voters = &voters;
+            async move {
+                let r = match tokio::time::timeout(timeout, transport::probe(&addr, *id, me, voters)).await {
+                    Ok(r) => r.map(|reply| reply.app_version),
+                    Err(_) => Err(transport::TransportError::Timeout(timeout)),
+                };
+                (*id, r)
+            }
+        });
+        futures::future::join_all(asks).await.into_iter().collect()
     }
 
     /// The gRPC service to mount on the master's peer port (7710 by default), with our size limits.

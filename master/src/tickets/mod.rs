@@ -315,8 +315,16 @@ impl Default for TicketsConfig {
 /// A `[tickets]` config that cannot work; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// Fields that do not go together (or one the sink needs is missing).
     #[error("[tickets] {0}")]
-    Invalid(String),
+    Fields(&'static str),
+    #[error("[tickets] {0}")]
+    Url(#[from] webhook::UrlError),
+    #[error("[tickets] token must be non-empty without spaces or control characters")]
+    Token,
+    /// A number outside what the dispatcher accepts.
+    #[error("[tickets] {field} must be {range}")]
+    OutOfRange { field: &'static str, range: String },
     #[error("[tickets] ticket file: {0}")]
     File(String),
 }
@@ -324,7 +332,8 @@ pub enum ConfigError {
 impl TicketsConfig {
     /// Check every field; the error names the first wrong one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let bad = |m: &'static str| Err(ConfigError::Fields(m));
+        let range = |field: &'static str, range: String| Err(ConfigError::OutOfRange { field, range });
         match self.sink {
             SinkKind::None => {
                 if self.url.is_some() || self.token.is_some() || self.path.is_some() {
@@ -335,14 +344,14 @@ impl TicketsConfig {
                 let Some(url) = &self.url else {
                     return bad("sink = \"webhook\" needs url = \"http://...\"");
                 };
-                webhook::Target::parse(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                webhook::Target::parse(url)?;
                 if self.path.is_some() {
                     return bad("path is for sink = \"file\", not \"webhook\"");
                 }
                 if let Some(t) = &self.token
                     && (t.is_empty() || t.chars().any(|c| c.is_control() || c == ' '))
                 {
-                    return bad("token must be non-empty without spaces or control characters");
+                    return Err(ConfigError::Token);
                 }
             }
             SinkKind::File => {
@@ -355,22 +364,22 @@ impl TicketsConfig {
             }
         }
         if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
-            return bad(&format!("timeout_ms must be 1..={MAX_TIMEOUT_MS}"));
+            return range("timeout_ms", format!("1..={MAX_TIMEOUT_MS}"));
         }
         if self.poll_ms == 0 {
-            return bad("poll_ms must be > 0");
+            return range("poll_ms", "> 0".into());
         }
         if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
-            return bad(&format!("max_attempts must be 1..={MAX_ATTEMPTS_LIMIT}"));
+            return range("max_attempts", format!("1..={MAX_ATTEMPTS_LIMIT}"));
         }
         if self.backoff_base_ms == 0 || self.backoff_max_ms < self.backoff_base_ms {
-            return bad("backoff_base_ms must be > 0 and <= backoff_max_ms");
+            return range("backoff_base_ms", "> 0 and <= backoff_max_ms".into());
         }
         if self.retry_failed_after_ms == 0 {
-            return bad("retry_failed_after_ms must be > 0");
+            return range("retry_failed_after_ms", "> 0".into());
         }
         if self.max_in_flight == 0 || self.max_in_flight > MAX_IN_FLIGHT_LIMIT {
-            return bad(&format!("max_in_flight must be 1..={MAX_IN_FLIGHT_LIMIT}"));
+            return range("max_in_flight", format!("1..={MAX_IN_FLIGHT_LIMIT}"));
         }
         Ok(())
     }
@@ -394,8 +403,7 @@ impl TicketsConfig {
         let timeout = Duration::from_millis(self.timeout_ms);
         match (self.sink, &self.url, &self.path) {
             (SinkKind::Webhook, Some(url), _) => {
-                let s = WebhookSink::new(url, self.token.clone(), timeout)
-                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                let s = WebhookSink::new(url, self.token.clone(), timeout)?;
                 Ok(Some(AnySink::Webhook(s)))
             }
             (SinkKind::File, _, Some(path)) => {

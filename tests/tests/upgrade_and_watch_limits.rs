@@ -1,0 +1,247 @@
+//! The operator surface of a rolling upgrade and the watch limit, against real `huatuo master` processes:
+//! - `min_command_version` through gRPC, REST and the CLI: members report the command versions their binary
+//!   knows (`knows_command_version` in cluster info); raising it above what any member knows is refused with
+//!   the member named, above what this node knows too; a missing reason is refused; nothing changes on a
+//!   refusal; once every member knows it the raise is accepted, replicated, audited and visible.
+//! - The per-node watch limit (`max_watches`): one stream more is refused with RESOURCE_EXHAUSTED on gRPC and
+//!   HTTP 429 on REST, counted in /metrics; a client that leaves frees its slot.
+//!
+//! The operator-role refusals of both front ends are in `auth.rs` (the secured cluster).
+//! Needs the `huatuo` binary built first (see `tests::huatuo_bin`).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use master::cluster::{LocalCluster, READY_TIMEOUT};
+use proto::api;
+use proto::client::Client;
+use proto::error::Code;
+use tests::{huatuo_bin, wait_until};
+
+/// Bound for waits on replicated effects and restarts.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A plain HTTP/1.1 request; returns (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn cli(args: &[&str], master: &str) -> (bool, String, String) {
+    let out =
+        Command::new(huatuo_bin()).args(args).env("HUATUO_MASTER", master).output().expect("run huatuo");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn status(c: &LocalCluster) -> Option<api::ClusterInfoResponse> {
+    let mut cl = c.client();
+    cl.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await.ok()
+}
+
+/// Every member's `knows_command_version` as cluster info reports it.
+async fn member_versions(c: &LocalCluster) -> Vec<(u64, u32)> {
+    status(c)
+        .await
+        .map(|i| i.members.iter().map(|m| (m.id, m.knows_command_version)).collect())
+        .unwrap_or_default()
+}
+
+/// Restart node `id` with its own settings (`""`: the cluster's), waiting until the cluster reports
+/// `versions` for its members.
+async fn restart_as(c: &mut LocalCluster, id: u64, settings: &str, versions: &[(u64, u32)]) {
+    c.set_node_config(id, settings).unwrap();
+    c.kill9(id);
+    c.spawn(id, false).unwrap();
+    let ok = wait_until(SETTLE, || async { member_versions(c).await == versions }).await;
+    assert!(ok, "members never reported {versions:?}: {:?}\n{}", member_versions(c).await, c.log_tail(id));
+}
+
+async fn set_min(
+    c: &LocalCluster,
+    version: u32,
+    reason: &str,
+) -> Result<api::SetMinCommandVersionResponse, proto::error::ApiError> {
+    let mut cl = c.client();
+    let req = api::SetMinCommandVersionRequest { version, by: "alice".into(), reason: reason.into() };
+    cl.call(req, |mut c, r| async move { c.set_min_command_version(r).await }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_command_version_is_raised_only_when_every_member_knows_it() {
+    let knows = master::model::COMMAND_VERSION;
+    assert!(knows >= 2, "the test raises to version 2");
+    let mut c = LocalCluster::start_with_config(&huatuo_bin(), 3, "tick_ms = 50\n").unwrap();
+    assert!(c.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", c.log_tail(1));
+    let all: Vec<(u64, u32)> = (1..=3).map(|id| (id, knows)).collect();
+    let ok = wait_until(SETTLE, || async { member_versions(&c).await == all }).await;
+    assert!(ok, "members' versions: {:?}", member_versions(&c).await);
+    let i = status(&c).await.unwrap();
+    assert_eq!((i.min_command_version, i.knows_command_version), (1, knows));
+
+    // Node 3 plays the old binary of a rolling upgrade in progress.
+    restart_as(&mut c, 3, "knows_command_version = 1\n", &[(1, knows), (2, knows), (3, 1)]).await;
+
+    // gRPC: no reason, then a version member 3 does not know.
+    let e = set_min(&c, 2, " ").await.expect_err("no reason");
+    assert_eq!(e.code, Code::InvalidArgument, "{e}");
+    let e = set_min(&c, 2, "all upgraded").await.expect_err("member 3 is old");
+    assert_eq!(e.code, Code::Conflict, "{e}");
+    assert!(e.message.contains("member 3 knows command versions 1..=1"), "{e}");
+    // REST on the leader: a version no binary here knows; a body without a reason.
+    let leader = c.wait_leader(READY_TIMEOUT).await.unwrap();
+    let http_addr = c.nodes[&leader].http.clone();
+    let body = |v: u32, reason: &str| format!(r#"{{"version":{v},"by":"alice","reason":"{reason}"}}"#);
+    let (st, b) = http(&http_addr, "POST", "/api/v1/min-command-version", &body(knows + 1, "newer"));
+    assert_eq!(st, 409, "{b}");
+    assert_eq!(json(&b)["code"], "CONFLICT", "{b}");
+    assert!(b.contains(&format!("knows command versions 1..={knows}")) && b.contains("this node"), "{b}");
+    let (st, b) = http(&http_addr, "POST", "/api/v1/min-command-version", r#"{"version":2,"by":"alice"}"#);
+    assert_eq!(st, 400, "{b}");
+    let (st, b) = http(&http_addr, "POST", "/api/v1/min-command-version", &body(2, "all upgraded"));
+    assert_eq!(st, 409, "{b}");
+    assert!(b.contains("member 3"), "{b}");
+    // Nothing changed.
+    assert_eq!(status(&c).await.unwrap().min_command_version, 1);
+    let (st, b) = http(&http_addr, "GET", "/api/v1/alerts?all=true&limit=1000", "");
+    assert_eq!(st, 200, "{b}");
+    assert!(!b.contains("min_command_version 1 -> 2"), "{b}");
+
+    // A member that does not answer (down) refuses a raise too: its binary is unknown.
+    c.kill9(3);
+    // Asked of the live nodes only (a client rotating onto the dead one would report that instead).
+    let mut live = Client::new(vec![c.nodes[&1].grpc.clone(), c.nodes[&2].grpc.clone()]);
+    live.max_attempts = 4;
+    let req =
+        api::SetMinCommandVersionRequest { version: 2, by: "alice".into(), reason: "all upgraded".into() };
+    let e = live
+        .call(req, |mut c, r| async move { c.set_min_command_version(r).await })
+        .await
+        .expect_err("member 3 is down");
+    assert_eq!(e.code, Code::Unavailable, "{e}");
+    assert!(e.message.contains("member 3 did not say"), "{e}");
+    assert_eq!(status(&c).await.unwrap().min_command_version, 1);
+
+    // Node 3 upgraded: the raise goes through REST, replicates, is audited and visible everywhere.
+    restart_as(&mut c, 3, "", &all).await;
+    let leader = c.wait_leader(READY_TIMEOUT).await.unwrap();
+    let http_addr = c.nodes[&leader].http.clone();
+    let (st, b) = http(&http_addr, "POST", "/api/v1/min-command-version", &body(2, "all upgraded"));
+    assert_eq!(st, 200, "{b}");
+    let v = json(&b);
+    assert!(v["revision"].as_u64().is_some_and(|r| r > 0), "{b}");
+    assert_eq!(v["cluster"]["min_command_version"], 2, "{b}");
+    for id in 1..=3u64 {
+        let ok =
+            wait_until(SETTLE, || async { c.info(id).await.is_some_and(|i| i.min_command_version == 2) })
+                .await;
+        assert!(ok, "node {id} never applied min_command_version 2: {:?}", c.info(id).await);
+    }
+    let (_, b) = http(&http_addr, "GET", "/api/v1/alerts?all=true&limit=1000", "");
+    assert!(b.contains("min_command_version 1 -> 2 by alice: all upgraded"), "{b}");
+
+    // The CLI: show, refuse without a reason, roll back, and raise again through gRPC.
+    let addrs = c.grpc_addrs();
+    let (ok, out, err) = cli(&["upgrade"], &addrs);
+    assert!(ok, "{err}");
+    assert!(out.contains("min_command_version 2"), "{out}");
+    assert!(out.contains(&format!("member 3  knows 1..={knows}")), "{out}");
+    let (ok, out, err) = cli(&["status"], &addrs);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("min_command_version 2, this node knows 1..={knows}")), "{out}");
+    let (ok, _, err) = cli(&["upgrade", "--min-command-version", "1"], &addrs);
+    assert!(!ok && err.contains("--reason"), "{err}");
+    let (ok, out, err) =
+        cli(&["upgrade", "--min-command-version", "1", "--reason", "rollback drill"], &addrs);
+    assert!(ok, "{err}");
+    assert!(out.contains("min_command_version set to 1"), "{out}");
+    let r = set_min(&c, 2, "drill over").await.expect("raise again");
+    assert_eq!(r.cluster.map(|i| i.min_command_version), Some(2));
+    let e = set_min(&c, 0, "zero").await.expect_err("0");
+    assert_eq!(e.code, Code::InvalidArgument, "{e}");
+}
+
+/// One gRPC watch from now, held open.
+async fn open_watch(
+    c: &LocalCluster,
+) -> Result<tonic::Streaming<api::WatchResponse>, proto::error::ApiError> {
+    let mut cl = Client::new(vec![c.nodes[&1].grpc.clone()]);
+    cl.max_attempts = 1;
+    let req = api::WatchRequest { from_revision: 0, ..Default::default() };
+    cl.call(req, |mut c, r| async move { c.watch(r).await }).await
+}
+
+fn metric(http_addr: &str, name: &str) -> Option<u64> {
+    let (_, body) = http(http_addr, "GET", "/metrics", "");
+    body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_are_refused_at_the_node_limit_on_both_front_ends() {
+    const LIMIT: usize = 2;
+    let c = LocalCluster::start_with_config(&huatuo_bin(), 1, &format!("max_watches = {LIMIT}\n")).unwrap();
+    assert!(c.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", c.log_tail(1));
+    let http_addr = c.nodes[&1].http.clone();
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        held.push(open_watch(&c).await.expect("a watch under the limit"));
+    }
+    let e = open_watch(&c).await.expect_err("one more than the limit");
+    assert_eq!(e.code, Code::ResourceExhausted, "{e}");
+    assert!(e.message.contains("max_watches"), "{e}");
+    let (st, b) = http(&http_addr, "GET", "/api/v1/watch?timeout_ms=100", "");
+    assert_eq!(st, 429, "{b}");
+    assert_eq!(json(&b)["code"], "RESOURCE_EXHAUSTED", "{b}");
+    assert_eq!(metric(&http_addr, "huatuo_master_watchers"), Some(LIMIT as u64));
+    assert_eq!(metric(&http_addr, "huatuo_master_watchers_max"), Some(LIMIT as u64));
+    assert_eq!(metric(&http_addr, "huatuo_master_watches_refused_total"), Some(2));
+    // A client that leaves frees its slot: the next watch (REST here) is served.
+    drop(held.pop());
+    let freed =
+        wait_until(SETTLE, || async { metric(&http_addr, "huatuo_master_watchers") == Some(1) }).await;
+    assert!(freed, "the slot was not freed: {:?}", metric(&http_addr, "huatuo_master_watchers"));
+    let (st, b) = http(&http_addr, "GET", "/api/v1/watch?timeout_ms=100", "");
+    assert_eq!(st, 200, "{b}");
+    assert!(b.contains("progress"), "{b}");
+    drop(held);
+}
+
+#[test]
+fn a_bad_watch_limit_is_refused_at_start() {
+    let cfg = |extra: &str| {
+        format!("id = 1\ndata_dir = \"/tmp/x\"\ninsecure = true\n{extra}\n[peers]\n1 = \"127.0.0.1:7710\"\n")
+    };
+    for bad in [
+        "max_watches = 0",
+        "max_watches = 10000000",
+        "knows_command_version = 0",
+        "knows_command_version = 99",
+    ] {
+        let e = master::config::MasterConfig::from_toml(&cfg(bad)).unwrap().resolve().expect_err(bad);
+        assert!(e.to_string().contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+    }
+    let r = master::config::MasterConfig::from_toml(&cfg("")).unwrap().resolve().unwrap();
+    assert_eq!(r.max_watches, master::api::watch::MAX_WATCHES);
+    assert_eq!(r.knows_command_version, master::model::COMMAND_VERSION);
+}
