@@ -38,8 +38,15 @@ use crate::topology::{self, Derived, Inbox, NodeSpec, Routes};
 pub const REPORT_QUEUE: usize = 64;
 /// How often an unchanged healthy reading is sent again anyway, so the master sees it is still true.
 pub const HEALTHY_REFRESH_MS: u64 = 10 * 60 * 1000;
-/// Interval of the kernel-log checker: it follows /dev/kmsg by polling it this often.
+/// Interval of the kernel-log checker when nothing wakes it. It follows /dev/kmsg on a thread of its own
+/// and is woken by every new record (see `scheduler::WAKE_LINGER`); this timer only bounds how long a
+/// missed wake-up could delay it.
 pub const KMSG_POLL: Duration = Duration::from_secs(1);
+/// A report with nothing to send but a moved checkpoint (a storm of benign kernel lines) is committed at
+/// once only if no such commit happened in this period; otherwise it is kept and committed with the next
+/// commit or when the period ends. The woken kernel-log checker runs up to every few ms, and one fsync per
+/// run would cost more CPU and disk than the log itself; a crash re-reads at most this much benign log.
+pub const CHECKPOINT_ONLY_EVERY: Duration = Duration::from_secs(1);
 /// Bound on the shutdown: tasks that do not stop in time are abandoned (the outbox keeps their data).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default checker timeout when neither the config nor the checker says otherwise.
@@ -76,7 +83,7 @@ fn scheduled(cfg: &AgentConfig, checker: Box<dyn Checker>, interval: Option<Dura
     }
     let interval = c.interval_s.map(Duration::from_secs).or(interval).unwrap_or(checker.default_interval());
     let timeout = c.timeout_s.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
-    Some(Scheduled { checker, interval: interval.max(MIN_INTERVAL), timeout, jitter: 0.1 })
+    Some(Scheduled { checker, interval: interval.max(MIN_INTERVAL), timeout, jitter: 0.1, wake: None })
 }
 
 /// Names of the compiled-in checkers (config sections `[checkers.NAME]` are checked against it).
@@ -160,8 +167,11 @@ pub fn build_checkers(
         None => RuleSet::default_rules().context("built-in kernel-log rules")?,
     };
     let resume = committed_kmsg_cursor(outbox)?;
+    let kmsg_wake = Arc::new(Notify::new());
+    let notify = Arc::clone(&kmsg_wake);
+    let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || notify.notify_one());
     registry
-        .insert(Box::new(KernelLogChecker::kmsg_checkpointed(Arc::new(rules), resume)), Source::RuleSet)?;
+        .insert(Box::new(KernelLogChecker::kmsg_following(Arc::new(rules), resume, wake)), Source::RuleSet)?;
     for e in &cfg.external {
         let interval = Duration::from_secs(e.interval_s);
         registry.insert(Box::new(ExternalChecker::new(e.spec(), e.kinds()?, interval)), Source::External)?;
@@ -172,6 +182,7 @@ pub fn build_checkers(
         let Some((info, checker)) = registry.remove(name) else { continue };
         let s = match info.source {
             Source::External => Some(Scheduled {
+                wake: None,
                 interval: info.interval.max(MIN_INTERVAL),
                 timeout: cfg
                     .external
@@ -185,8 +196,11 @@ pub fn build_checkers(
             }),
             Source::RuleSet => {
                 let mut s = scheduled(cfg, checker, Some(KMSG_POLL));
-                if let (Some(s), Some(i)) = (s.as_mut(), hooks.kmsg_interval) {
-                    s.interval = i;
+                if let Some(s) = s.as_mut() {
+                    s.wake = Some(Arc::clone(&kmsg_wake));
+                    if let Some(i) = hooks.kmsg_interval {
+                        s.interval = i;
+                    }
                 }
                 s
             }
@@ -241,6 +255,36 @@ impl Dedupe {
     }
 }
 
+/// Most queued reports the sink merges into one outbox commit: when commits are slower than reports
+/// arrive (a busy disk), the queue turns into bigger commits instead of a longer wait, bounded so one
+/// commit stays small.
+pub const MERGE_REPORTS: usize = 64;
+
+/// Commit `items` and the checkpoints in `kv` in one outbox transaction.
+async fn commit(
+    outbox: &Arc<dyn OutboxStore>,
+    items: Vec<(Severity, Vec<u8>)>,
+    kv: &BTreeMap<String, Vec<u8>>,
+    delay: Duration,
+    batch_max: usize,
+) -> Result<(), String> {
+    let ob = Arc::clone(outbox);
+    let kv = kv.clone();
+    let res = tokio::task::spawn_blocking(move || -> Result<(), OutboxError> {
+        if !delay.is_zero() {
+            std::thread::sleep(delay); // RunHooks: a slow disk under the outbox
+        }
+        let kv: Vec<(&str, &[u8])> = kv.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+        ob.enqueue_pinning(&items, &kv, &reporter::pin_rule(batch_max)).map(|_| ())
+    })
+    .await;
+    match res {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("outbox enqueue failed: {e}")),
+        Err(e) => Err(format!("outbox task failed: {e}")),
+    }
+}
+
 async fn sink(
     mut rx: mpsc::Receiver<RunReport>,
     outbox: Arc<dyn OutboxStore>,
@@ -253,59 +297,94 @@ async fn sink(
     let mut dedupe = Dedupe::default();
     // Checkpoint keys that lost a commit (bounded by the number of checkers that hand out checkpoints).
     let mut frozen: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-    while let Some(report) = rx.recv().await {
-        let labels = vec![("checker".to_string(), report.checker.clone())];
-        shared.metrics.checker_runs.get_or_create(&labels).inc();
-        shared.metrics.checker_seconds.get_or_create(&labels).observe(report.elapsed.as_secs_f64());
-        let reason = match &report.status {
-            RunStatus::Ok { .. } => None,
-            RunStatus::Failed(_) => Some("failed"),
-            RunStatus::TimedOut => Some("hung"),
-            RunStatus::Flooded { .. } => Some("flooding"),
+    // Checkpoints of reports that had nothing else to commit, kept for CHECKPOINT_ONLY_EVERY (one value
+    // per key: a later checkpoint of the same checker replaces an earlier one).
+    let mut deferred: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut last_checkpoint: Option<tokio::time::Instant> = None;
+    let mut open = true;
+    while open || !deferred.is_empty() {
+        let flush_at =
+            last_checkpoint.map(|t| t + CHECKPOINT_ONLY_EVERY).unwrap_or_else(tokio::time::Instant::now);
+        // None: the period of the deferred checkpoints ended, or the channel closed (then `open` is false).
+        let first = tokio::select! {
+            r = rx.recv(), if open => {
+                open = r.is_some();
+                r
+            }
+            _ = tokio::time::sleep_until(flush_at), if !deferred.is_empty() => None,
         };
-        if let Some(r) = reason {
-            let l =
-                vec![("checker".to_string(), report.checker.clone()), ("reason".to_string(), r.to_string())];
-            shared.metrics.checker_failures.get_or_create(&l).inc();
+        let mut reports = Vec::new();
+        match first {
+            Some(r) => reports.push(r),
+            None if deferred.is_empty() => continue,
+            None => {}
+        }
+        // Reports that queued up while the last commit ran go into this one (in order).
+        while open && !reports.is_empty() && reports.len() < MERGE_REPORTS {
+            match rx.try_recv() {
+                Ok(r) => reports.push(r),
+                Err(_) => break,
+            }
         }
         let now = now_ms();
-        routes.deliver(&report.checker, &report.findings);
-        let findings: Vec<Finding> = report.findings.into_iter().filter(|f| dedupe.keep(f, now)).collect();
+        let mut findings: Vec<Finding> = Vec::new();
+        let mut checkpoints: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut checkers = Vec::new();
+        for report in reports {
+            let labels = vec![("checker".to_string(), report.checker.clone())];
+            shared.metrics.checker_runs.get_or_create(&labels).inc();
+            shared.metrics.checker_seconds.get_or_create(&labels).observe(report.elapsed.as_secs_f64());
+            let reason = match &report.status {
+                RunStatus::Ok { .. } => None,
+                RunStatus::Failed(_) => Some("failed"),
+                RunStatus::TimedOut => Some("hung"),
+                RunStatus::Flooded { .. } => Some("flooding"),
+            };
+            if let Some(r) = reason {
+                let l = vec![
+                    ("checker".to_string(), report.checker.clone()),
+                    ("reason".to_string(), r.to_string()),
+                ];
+                shared.metrics.checker_failures.get_or_create(&l).inc();
+            }
+            routes.deliver(&report.checker, &report.findings);
+            findings.extend(report.findings.into_iter().filter(|f| dedupe.keep(f, now)));
+            // A checkpoint whose key lost a commit stays where it was until the agent restarts.
+            if let Some(c) = report.checkpoint.filter(|c| !frozen.contains(&c.key)) {
+                checkpoints.insert(c.key, c.value);
+            }
+            checkers.push(report.checker);
+        }
+        let recent = last_checkpoint.is_some_and(|t| t.elapsed() < CHECKPOINT_ONLY_EVERY);
+        if open && findings.is_empty() && recent {
+            // Nothing but checkpoints: keep them for the next commit (at most CHECKPOINT_ONLY_EVERY).
+            deferred.extend(checkpoints);
+            continue;
+        }
+        let mut kv = std::mem::take(&mut deferred);
+        kv.extend(checkpoints);
         let items: Vec<(Severity, Vec<u8>)> =
             findings.iter().filter_map(|f| serde_json::to_vec(f).ok().map(|b| (f.severity, b))).collect();
-        let ob = Arc::clone(&outbox);
-        // A checkpoint whose key lost a commit stays where it was until the agent restarts.
-        let checkpoint = report.checkpoint.filter(|c| !frozen.contains(&c.key));
-        let key = checkpoint.as_ref().map(|c| c.key.clone());
-        let res = tokio::task::spawn_blocking(move || -> Result<(), OutboxError> {
-            if !delay.is_zero() {
-                std::thread::sleep(delay); // RunHooks: a slow disk under the outbox
-            }
-            let kv: Vec<(&str, &[u8])> =
-                checkpoint.iter().map(|c| (c.key.as_str(), c.value.as_slice())).collect();
-            ob.enqueue_pinning(&items, &kv, &reporter::pin_rule(batch_max)).map(|_| ())
-        })
-        .await;
+        let res = commit(&outbox, items, &kv, delay, batch_max).await;
         shared.metrics.outbox_commits.set(outbox.commits() as i64);
         match res {
-            Ok(Ok(())) => {
+            Ok(()) => {
+                if !kv.is_empty() {
+                    last_checkpoint = Some(tokio::time::Instant::now());
+                }
                 shared.record(&findings);
                 if !findings.is_empty() {
                     wake.notify_one();
                 }
             }
-            // The findings are not durable and neither is this run's checkpoint. The checker has moved on
-            // in memory, so a later run's checkpoint would skip these lines: the key is frozen, later
+            // The findings are not durable and neither are these checkpoints. The checker has moved on
+            // in memory, so a later run's checkpoint would skip these lines: the keys are frozen, later
             // findings are still committed, and after a restart the lines since the last committed
             // checkpoint are read again (at least once, never lost). Other checkers will report the same
             // condition on their next run.
-            Ok(Err(e)) => {
-                tracing::error!(checker = report.checker, error = %e, "outbox enqueue failed");
-                frozen.extend(key);
-            }
             Err(e) => {
-                tracing::error!(checker = report.checker, error = %e, "outbox task failed");
-                frozen.extend(key);
+                tracing::error!(checkers = ?checkers, error = %e, "outbox commit failed");
+                frozen.extend(kv.into_keys());
             }
         }
     }
@@ -536,6 +615,12 @@ mod tests {
             500,
         ));
         tx.send(kmsg_report(2, 2)).await.unwrap(); // this commit fails
+        // Send the next report only once that commit ran (queued together, the sink would merge them).
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while outbox.fail.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         tx.send(kmsg_report(3, 3)).await.unwrap(); // committed, but without its checkpoint
         drop(tx);
         task.await.unwrap();
@@ -546,6 +631,68 @@ mod tests {
         );
         let kept = outbox.peek(10, 1 << 20).unwrap();
         assert_eq!(kept.len(), 1, "the later findings are still durable");
+    }
+
+    #[tokio::test]
+    async fn checkpoint_only_reports_are_committed_at_most_once_per_period_and_flushed_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox: Arc<dyn OutboxStore> =
+            Arc::new(RedbOutbox::open(&dir.path().join("o.redb"), Limits::default()).unwrap());
+        let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+        let task = tokio::spawn(sink(
+            rx,
+            Arc::clone(&outbox),
+            LocalState::new("h1".into(), 0),
+            Routes::default(),
+            Arc::new(Notify::new()),
+            Duration::ZERO,
+            500,
+        ));
+        let before = outbox.commits();
+        for seq in 1..=20u64 {
+            let mut r = kmsg_report(seq, seq);
+            r.findings.clear(); // benign lines: nothing but a moved cursor
+            tx.send(r).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop(tx);
+        task.await.unwrap();
+        let commits = outbox.commits() - before;
+        // 20 reports within well under CHECKPOINT_ONLY_EVERY (unless the machine stalls): the first at once,
+        // the rest deferred and flushed when the channel closed.
+        assert!(commits <= 3, "{commits} commits for 20 checkpoint-only reports");
+        assert_eq!(outbox.kv_get("kmsg.cursor").unwrap().as_deref(), Some(&b"b 20"[..]), "last one kept");
+    }
+
+    #[tokio::test]
+    async fn reports_queued_behind_a_commit_go_into_one_commit_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox: Arc<dyn OutboxStore> =
+            Arc::new(RedbOutbox::open(&dir.path().join("o.redb"), Limits::default()).unwrap());
+        let (tx, rx) = mpsc::channel(MERGE_REPORTS + 6);
+        for seq in 1..=(MERGE_REPORTS as u64 + 6) {
+            tx.send(kmsg_report(seq, seq)).await.unwrap();
+        }
+        drop(tx);
+        let before = outbox.commits();
+        sink(
+            rx,
+            Arc::clone(&outbox),
+            LocalState::new("h1".into(), 0),
+            Routes::default(),
+            Arc::new(Notify::new()),
+            Duration::ZERO,
+            500,
+        )
+        .await;
+        assert_eq!(outbox.commits() - before, 2, "MERGE_REPORTS in the first commit, the rest in a second");
+        let kept = outbox.peek(1000, 1 << 24).unwrap();
+        let sectors: Vec<String> =
+            kept.iter().map(|e| serde_json::from_slice::<Finding>(&e.payload).unwrap().evidence).collect();
+        let want: Vec<String> = (1..=(MERGE_REPORTS as u64 + 6)).map(|s| format!("sector {s}")).collect();
+        assert_eq!(sectors, want);
+        let cursor = format!("b {}", MERGE_REPORTS + 6);
+        assert_eq!(outbox.kv_get("kmsg.cursor").unwrap(), Some(cursor.into_bytes()));
     }
 
     #[test]

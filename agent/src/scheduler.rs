@@ -20,6 +20,10 @@ pub const MAX_FINDINGS_PER_RUN: usize = 1_000;
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest wait the loop itself accepts (whatever built the schedule): a zero interval must not spin.
 pub const MIN_LOOP_WAIT: Duration = Duration::from_millis(10);
+/// After a wake-up (new kernel log data), the loop waits this long before running the checker, so the lines
+/// of one burst are taken in one run: a few ms of latency bought for one run per burst instead of one per
+/// line. It also bounds a storm to at most one run per linger.
+pub const WAKE_LINGER: Duration = Duration::from_millis(5);
 
 /// Wall-clock milliseconds: the edge where time enters the agent.
 pub fn now_ms() -> u64 {
@@ -57,6 +61,9 @@ pub struct Scheduled {
     pub timeout: Duration,
     /// Fraction of the interval added at random to each wait, so a fleet does not probe in lockstep.
     pub jitter: f64,
+    /// Run early when this is notified (the kernel-log checker's follower: new data), after
+    /// [`WAKE_LINGER`]. `interval` still applies when nothing wakes it.
+    pub wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// Outcome of one run, for metrics.
@@ -100,8 +107,18 @@ pub async fn run_loop(
             None => return, // shut down while a hung run was still in flight
         };
         let wait = jittered(s.interval.max(MIN_LOOP_WAIT), s.jitter, &mut rng);
+        let woken = async {
+            match &s.wake {
+                Some(n) => {
+                    n.notified().await;
+                    tokio::time::sleep(WAKE_LINGER).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = woken => {}
             _ = shutdown.changed() => return,
         }
     }
@@ -368,11 +385,35 @@ mod tests {
             interval: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
             jitter: 0.1,
+            wake: None,
         };
         let task = tokio::spawn(run_loop(s, ctx(), tx, rx, 7));
         assert!(reports.recv().await.is_some());
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("loop stopped").unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wake_runs_the_checker_long_before_its_interval() {
+        let (c, runs) = fake("ok");
+        let (_stop, rx) = watch::channel(false);
+        let (tx, mut reports) = mpsc::channel(4);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let s = Scheduled {
+            checker: c,
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+            jitter: 0.0,
+            wake: Some(wake.clone()),
+        };
+        let _task = tokio::spawn(run_loop(s, ctx(), tx, rx, 7));
+        assert!(reports.recv().await.is_some(), "first run at start");
+        // Several wakes while the loop waits make one run (the linger gathers them), not one each.
+        wake.notify_one();
+        wake.notify_one();
+        let second = tokio::time::timeout(Duration::from_secs(30), reports.recv()).await;
+        assert!(second.expect("woken long before the 1 h interval").is_some());
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }

@@ -3,6 +3,7 @@
 
 mod agent_cmd;
 mod bench_agent;
+mod bench_e2e;
 mod bench_master;
 mod context;
 mod dev_cmd;
@@ -103,6 +104,8 @@ enum BenchCmd {
     Master(bench_master::BenchMasterArgs),
     /// Agent resource use, idle and under a kernel-log storm.
     Agent(bench_agent::BenchAgentArgs),
+    /// Kernel fault line -> SDK subscriber latency through a real agent and 3-node master.
+    E2e(bench_e2e::BenchE2eArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -133,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Rules(a)) => kernel_log_cmd::bench(a),
         Cmd::Bench(BenchCmd::Master(a)) => bench_master::run(a),
         Cmd::Bench(BenchCmd::Agent(a)) => bench_agent::run(a),
+        Cmd::Bench(BenchCmd::E2e(a)) => bench_e2e::run(a),
     }
 }
 

@@ -28,7 +28,8 @@ pub mod sysfs;
 pub mod window;
 
 pub use kmsg::{
-    Cursor, CursorError, CursorStore, DevKmsg, FileCursorStore, KmsgReader, KmsgSource, KmsgStats,
+    Cursor, CursorError, CursorStore, DevKmsg, FileCursorStore, Followed, KmsgFollower, KmsgReader,
+    KmsgSource, KmsgStats,
 };
 pub use parse::{Format, LogTime, Record, parse_line};
 pub use rules::{RuleError, RuleSet};
@@ -51,6 +52,22 @@ enum Input {
     /// `ROOT/dev/kmsg` (the device in production, a recorded raw-kmsg file in tests), opened on the first
     /// run; the cursor is kept as `keep` says.
     Kmsg { keep: CursorKeeping, reader: Option<KmsgReader<Box<dyn KmsgSource>>> },
+    /// `ROOT/dev/kmsg` followed by a [`KmsgFollower`] thread (started on the first run) that calls `wake`
+    /// for every record; each run takes what the thread read. The cursor is handed out as a checkpoint
+    /// (as in `CursorKeeping::Checkpoint`), at the last record a run took.
+    Follow(Box<Following>),
+}
+
+struct Following {
+    wake: Arc<dyn Fn() + Send + Sync>,
+    follower: Option<KmsgFollower>,
+    boot_id: String,
+    /// Cursor of the last record taken (where a restarted follower resumes).
+    taken_upto: Option<Cursor>,
+    pending: Option<Cursor>,
+    handed: Option<Cursor>,
+    /// A read error the thread reported, returned by the next run (the one after reopens the source).
+    error: Option<String>,
 }
 
 /// Who persists the kmsg cursor.
@@ -94,6 +111,26 @@ impl KernelLogChecker {
         KernelLogChecker { rules, scanner: None, input: Input::Kmsg { keep, reader: None }, dropped_lines: 0 }
     }
 
+    /// Like [`kmsg_checkpointed`](Self::kmsg_checkpointed), but the log is followed on a thread of its own
+    /// (a blocking read of the device; a short bounded poll at the end of a regular file) that calls `wake`
+    /// after every record, so the caller can run the checker when a line arrives instead of on a timer.
+    pub fn kmsg_following(
+        rules: Arc<RuleSet>,
+        resume: Option<Cursor>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        let f = Following {
+            wake,
+            follower: None,
+            boot_id: String::new(),
+            taken_upto: resume.clone(),
+            pending: None,
+            handed: resume,
+            error: None,
+        };
+        KernelLogChecker { rules, scanner: None, input: Input::Follow(Box::new(f)), dropped_lines: 0 }
+    }
+
     /// Queue one kernel log line (any supported format) for the next run.
     pub fn push_line(&mut self, line: &[u8]) {
         if let Input::Fed(q) = &mut self.input {
@@ -119,6 +156,7 @@ impl KernelLogChecker {
     pub fn kmsg_stats(&self) -> KmsgStats {
         match &self.input {
             Input::Kmsg { reader: Some(r), .. } => r.stats(),
+            Input::Follow(f) => f.follower.as_ref().map(KmsgFollower::stats).unwrap_or_default(),
             _ => KmsgStats::default(),
         }
     }
@@ -224,12 +262,58 @@ impl Checker for KernelLogChecker {
                     }
                 }
             }
+            Input::Follow(f) => {
+                if let Some(e) = f.error.take() {
+                    return Err(CheckError::Probe(format!("kmsg: {e}")));
+                }
+                if f.follower.is_none() {
+                    f.boot_id = kmsg::read_boot_id(&ctx.root)
+                        .map_err(|e| CheckError::Probe(format!("boot_id: {e}")))?;
+                    let path = ctx.root.join("dev/kmsg");
+                    let shown = |e: std::io::Error| CheckError::Probe(format!("{}: {e}", path.display()));
+                    let (src, blocking) = open_kmsg_following(&path).map_err(shown)?;
+                    let reader = KmsgReader::new(src, &f.boot_id, f.taken_upto.clone());
+                    let spawned = KmsgFollower::spawn(reader, blocking, kmsg::FOLLOW_QUEUE, f.wake.clone());
+                    f.follower = Some(spawned.map_err(shown)?);
+                }
+                let Some(follower) = f.follower.as_mut() else {
+                    return Err(CheckError::Probe("kmsg follower missing".into()));
+                };
+                for _ in 0..kmsg::MAX_RECORDS_PER_POLL {
+                    match follower.take() {
+                        None => break,
+                        Some(Followed::Record { rec, seq }) => {
+                            let first = rec.split(|&b| b == b'\n').next().unwrap_or_default();
+                            scanner.feed(first, None, &mut events);
+                            if let Some(seq) = seq {
+                                f.taken_upto = Some(Cursor { boot_id: f.boot_id.clone(), seq });
+                            }
+                        }
+                        Some(Followed::Failed(e)) => {
+                            // What was taken so far is reported with its cursor now; the error on the
+                            // next run; the run after that reopens the source after the last record taken.
+                            f.error = Some(e);
+                            f.follower = None;
+                            break;
+                        }
+                    }
+                }
+                f.pending = f.taken_upto.clone();
+            }
         }
         scanner.flush(&mut events);
         Ok(events.into_iter().map(|e| resolve_object(&ctx.root, e.finding)).collect())
     }
 
     fn take_checkpoint(&mut self) -> Option<Checkpoint> {
+        if let Input::Follow(f) = &mut self.input {
+            let c = f.pending.take()?;
+            if f.handed.as_ref() == Some(&c) {
+                return None; // nothing new taken: no write at all
+            }
+            f.handed = Some(c.clone());
+            return Some(Checkpoint { key: KMSG_CHECKPOINT_KEY.to_string(), value: c.encode().into_bytes() });
+        }
         let Input::Kmsg { keep: CursorKeeping::Checkpoint { pending, taken, .. }, .. } = &mut self.input
         else {
             return None;
@@ -271,6 +355,16 @@ fn open_kmsg(path: &Path) -> std::io::Result<Box<dyn KmsgSource>> {
     }
 }
 
+/// For the follower: the character device opened blocking (`true`), or a regular file read line by line.
+fn open_kmsg_following(path: &Path) -> std::io::Result<(Box<dyn KmsgSource>, bool)> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::metadata(path)?.file_type().is_char_device() {
+        Ok((Box::new(DevKmsg::open_blocking(path)?), true))
+    } else {
+        Ok((Box::new(kmsg::LineFileSource::open(path)?), false))
+    }
+}
+
 #[cfg(test)]
 mod fixture_tests;
 
@@ -295,6 +389,42 @@ mod tests {
         assert_eq!(c.run(&ctx).unwrap().len(), 1);
         let cp = c.take_checkpoint().unwrap();
         assert_eq!((cp.key.as_str(), cp.value.as_slice()), (KMSG_CHECKPOINT_KEY, &b"boot-1 5"[..]));
+        assert!(c.run(&ctx).unwrap().is_empty());
+        assert_eq!(c.take_checkpoint(), None, "an unmoved cursor is not written again");
+    }
+
+    #[test]
+    fn following_kmsg_wakes_and_hands_out_the_cursor_of_what_was_taken() {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("proc/sys/kernel/random")).unwrap();
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        std::fs::write(root.path().join("proc/sys/kernel/random/boot_id"), "boot-1\n").unwrap();
+        let kmsg = root.path().join("dev/kmsg");
+        std::fs::write(&kmsg, "6,4,90,-;old line\n").unwrap();
+        let ctx =
+            CheckContext { root: root.path().into(), host: "h1".into(), now_ms: 0, profile: "online".into() };
+        let woken = Arc::new(AtomicUsize::new(0));
+        let w = Arc::clone(&woken);
+        let wake = Arc::new(move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        });
+        let rules = Arc::new(RuleSet::default_rules().unwrap());
+        let resume = Some(Cursor { boot_id: "boot-1".into(), seq: 4 });
+        let mut c = KernelLogChecker::kmsg_following(rules, resume, wake);
+        assert!(c.run(&ctx).unwrap().is_empty(), "the first run starts the follower");
+        assert_eq!(c.take_checkpoint(), None, "nothing taken yet");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&kmsg).unwrap();
+        f.write_all(b"3,5,100,-;blk_update_request: I/O error, dev sdz, sector 5 op 0x0:(READ)\n").unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while woken.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(woken.load(Ordering::SeqCst), 1, "woken by the appended line, not by the replayed one");
+        assert_eq!(c.run(&ctx).unwrap().len(), 1);
+        let cp = c.take_checkpoint().unwrap();
+        assert_eq!(cp.value, b"boot-1 5".to_vec());
         assert!(c.run(&ctx).unwrap().is_empty());
         assert_eq!(c.take_checkpoint(), None, "an unmoved cursor is not written again");
     }
