@@ -173,6 +173,7 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
             readings: Default::default(),
             time_ms: now_ms(),
         }],
+        epoch: 0,
     };
     let mut client = a.master.client();
     let res = runtime()?

@@ -159,7 +159,7 @@ impl Master for GrpcApi {
             .map_err(Status::from)?;
         let res = self
             .svc
-            .ingest(IngestBatch { agent: req.agent, seq: req.seq, findings })
+            .ingest(IngestBatch { agent: req.agent, seq: req.seq, epoch: req.epoch, findings })
             .await
             .map_err(Status::from)?;
         Ok(Response::new(api::IngestResponse {

@@ -214,13 +214,16 @@ pub struct IngestBody {
     pub agent: String,
     #[serde(default)]
     pub seq: u64,
+    /// The agent's epoch (see the gRPC `IngestRequest.epoch`); 0 or absent: none.
+    #[serde(default)]
+    pub epoch: u64,
     pub findings: Vec<Finding>,
 }
 
 async fn ingest(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
     let b: IngestBody = parse_json(&body)?;
     let r = svc
-        .ingest(IngestBatch { agent: b.agent, seq: b.seq, findings: b.findings })
+        .ingest(IngestBatch { agent: b.agent, seq: b.seq, epoch: b.epoch, findings: b.findings })
         .await
         .map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())
