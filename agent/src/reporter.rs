@@ -268,45 +268,94 @@ async fn send_one(
     if entries.is_empty() {
         return Ok(Sent::Nothing);
     }
-    let mut findings = Vec::with_capacity(entries.len());
+    let mut wire = Vec::with_capacity(entries.len());
     for e in &entries {
         match serde_json::from_slice::<Finding>(&e.payload) {
-            Ok(f) => findings.push(finding_to_wire(&f)),
+            Ok(f) => wire.push((e.seq, finding_to_wire(&f))),
             // A corrupt entry cannot be repaired; it is acknowledged with its batch and counted.
             Err(err) => tracing::error!(seq = e.seq, error = %err, "dropping undecodable outbox entry"),
         }
     }
-    let n = findings.len();
-    let req = api::IngestRequest { agent: cfg.agent_id.clone(), seq: pinned, findings, epoch: cfg.epoch };
-    match client.call(req, |mut c, r| async move { c.ingest(r).await }).await {
-        Ok(_) => {}
-        Err(e) if refused_for_good(&e) => {
-            // Resending would be refused forever and block every batch behind this one.
-            let ob = outbox.clone();
-            let msg = e.to_string();
-            let now = crate::scheduler::now_ms();
-            let full =
-                tokio::task::spawn_blocking(move || set_aside(ob.as_ref(), pinned, &entries, &msg, now))
-                    .await??;
-            shared.metrics.dead_batches.inc();
-            if full {
-                shared.metrics.dead_dropped.inc();
+    let n = wire.len();
+    let mut delivered = n;
+    if n > 0 {
+        let findings = wire.iter().map(|(_, f)| f.clone()).collect();
+        let req = api::IngestRequest { agent: cfg.agent_id.clone(), seq: pinned, findings, epoch: cfg.epoch };
+        match client.call(req, |mut c, r| async move { c.ingest(r).await }).await {
+            Ok(_) => {}
+            Err(e) if refused_for_good(&e) => {
+                // Resending would be refused forever and block every batch behind this one. Send the
+                // findings one by one instead, each under its own outbox sequence (below the pin, above the
+                // previous batch: the master's dedupe holds, and a crash midway resends only duplicates),
+                // and set aside just those refused again.
+                let (refused, first) = if let [(seq, _)] = wire.as_slice() {
+                    (vec![*seq], e.to_string())
+                } else {
+                    send_singly(cfg, client, &wire).await?
+                };
+                delivered = n - refused.len();
+                if !refused.is_empty() {
+                    let dead: Vec<_> = entries.into_iter().filter(|e| refused.contains(&e.seq)).collect();
+                    let msg = format!("{} of {n} findings refused; first: {first}", dead.len());
+                    let ob = outbox.clone();
+                    let now = crate::scheduler::now_ms();
+                    let full =
+                        tokio::task::spawn_blocking(move || set_aside(ob.as_ref(), pinned, &dead, &msg, now))
+                            .await??;
+                    shared.metrics.dead_batches.inc();
+                    if full {
+                        shared.metrics.dead_dropped.inc();
+                    }
+                    tracing::error!(
+                        batch = pinned,
+                        refused = refused.len(),
+                        findings = n,
+                        error = %first,
+                        "master refused findings for good; set aside in the outbox's dead-letter area"
+                    );
+                    shared.metrics.sent_findings.inc_by(delivered as u64);
+                    return Ok(Sent::Batch);
+                }
             }
-            tracing::error!(
-                batch = pinned,
-                findings = n,
-                error = %e,
-                "master refused the batch for good; set aside in the outbox's dead-letter area"
-            );
-            return Ok(Sent::Batch);
+            Err(e) => return Err(rpc("ingest")(e)),
         }
-        Err(e) => return Err(rpc("ingest")(e)),
     }
     let ob = outbox.clone();
     tokio::task::spawn_blocking(move || finish_batch(ob.as_ref(), pinned)).await??;
-    shared.metrics.sent_findings.inc_by(n as u64);
+    shared.metrics.sent_findings.inc_by(delivered as u64);
     shared.metrics.sent_batches.inc();
     Ok(Sent::Batch)
+}
+
+/// After the master refused a batch for good: send each finding alone under its own outbox sequence.
+/// Returns the sequences refused again and the first refusal; a transient failure is an error (the pin
+/// stays, and the batch is resent later: what was applied meanwhile is answered `duplicate`).
+async fn send_singly(
+    cfg: &ReporterConfig,
+    client: &mut Client,
+    wire: &[(u64, api::Finding)],
+) -> Result<(Vec<u64>, String), ReportError> {
+    let mut refused = Vec::new();
+    let mut first = String::new();
+    for (seq, f) in wire {
+        let req = api::IngestRequest {
+            agent: cfg.agent_id.clone(),
+            seq: *seq,
+            findings: vec![f.clone()],
+            epoch: cfg.epoch,
+        };
+        match client.call(req, |mut c, r| async move { c.ingest(r).await }).await {
+            Ok(_) => {}
+            Err(e) if refused_for_good(&e) => {
+                if first.is_empty() {
+                    first = e.to_string();
+                }
+                refused.push(*seq);
+            }
+            Err(e) => return Err(rpc("ingest")(e)),
+        }
+    }
+    Ok((refused, first))
 }
 
 async fn register(cfg: &ReporterConfig, client: &mut Client, items: &[Item]) -> Result<(), ReportError> {
