@@ -11,5 +11,6 @@ pub mod outbox_sled;
 pub mod reporter;
 pub mod run;
 pub mod scheduler;
+pub mod screen;
 pub mod topology;
 pub mod worker;

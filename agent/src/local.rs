@@ -38,6 +38,12 @@ pub struct Metrics {
     pub outbox_commits: Gauge,
     /// Batches the master acknowledged.
     pub sent_batches: Counter,
+    /// Findings refused by the sink before queueing (they break the master's rules), by checker.
+    pub invalid_findings: Family<Labels, Counter>,
+    /// Batches the master refused for good, set aside in the dead-letter area.
+    pub dead_batches: Counter,
+    /// Dead batches pushed out of the full dead-letter area (oldest first).
+    pub dead_dropped: Counter,
 }
 
 impl Metrics {
@@ -57,7 +63,25 @@ impl Metrics {
             kmsg_lost: Gauge::default(),
             outbox_commits: Gauge::default(),
             sent_batches: Counter::default(),
+            invalid_findings: Family::default(),
+            dead_batches: Counter::default(),
+            dead_dropped: Counter::default(),
         };
+        reg.register(
+            "huatuo_agent_invalid_findings",
+            "Findings refused before queueing (they break the master's rules), by checker",
+            m.invalid_findings.clone(),
+        );
+        reg.register(
+            "huatuo_agent_dead_batches",
+            "Batches the master refused for good, set aside in the outbox's dead-letter area",
+            m.dead_batches.clone(),
+        );
+        reg.register(
+            "huatuo_agent_dead_dropped",
+            "Dead batches pushed out of the full dead-letter area, oldest first",
+            m.dead_dropped.clone(),
+        );
         reg.register(
             "huatuo_agent_outbox_commits",
             "Outbox write transactions (each one fsync) since start",

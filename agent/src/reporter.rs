@@ -37,6 +37,104 @@ pub const FINAL_FLUSH: Duration = Duration::from_secs(3);
 /// KV key of the pinned in-flight batch.
 pub const INFLIGHT_KEY: &str = "report.inflight";
 
+/// Most batches kept in the dead-letter area: a batch the master refuses for good (INVALID_ARGUMENT) is set
+/// aside there so the batches behind it move on. Refusals are rare (the sink screens every finding with the
+/// master's own rules), so a few dozen is plenty to inspect; at the limit the oldest is overwritten and
+/// counted (`huatuo_agent_dead_dropped`).
+pub const MAX_DEAD_BATCHES: u64 = 16;
+/// Most bytes of findings kept with one dead batch (a full batch is up to `MAX_BATCH_BYTES`): the head of
+/// the batch shows what was refused; the count of the entries left out is kept.
+pub const MAX_DEAD_BATCH_BYTES: usize = 256 * 1024;
+/// KV key counting the batches ever set aside; slot `n % MAX_DEAD_BATCHES` holds batch number `n`.
+pub const DEAD_COUNT_KEY: &str = "report.dead.count";
+/// KV key of the agent's epoch: a random non-zero id written once when the outbox is first used, sent with
+/// every ingest so the master knows a wiped agent (a new epoch, sequences from 1 again) from a resend.
+pub const EPOCH_KEY: &str = "report.epoch";
+
+/// A batch the master refused for good, as kept in the dead-letter area of the outbox KV.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadBatch {
+    /// The batch number (its last outbox sequence) it was sent under.
+    pub seq: u64,
+    /// The master's answer.
+    pub error: String,
+    pub time_ms: u64,
+    /// The batch's entries (JSON findings), as far as `MAX_DEAD_BATCH_BYTES` allows.
+    pub entries: Vec<String>,
+    /// Entries left out at the byte limit.
+    pub omitted: usize,
+}
+
+fn dead_key(n: u64) -> String {
+    format!("report.dead.{}", n % MAX_DEAD_BATCHES)
+}
+
+fn kv_u64(ob: &dyn OutboxStore, key: &str) -> Result<u64, OutboxError> {
+    Ok(ob.kv_get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map_or(0, u64::from_be_bytes))
+}
+
+/// Set the batch pinned at `pinned` aside: copy it into the dead-letter area, remove it from the queue and
+/// unpin, in one commit. Returns whether an older dead batch was overwritten (the area was full).
+pub fn set_aside(
+    ob: &dyn OutboxStore,
+    pinned: u64,
+    entries: &[crate::outbox::Entry],
+    error: &str,
+    now_ms: u64,
+) -> Result<bool, OutboxError> {
+    let n = kv_u64(ob, DEAD_COUNT_KEY)?;
+    let mut dead = DeadBatch { seq: pinned, error: error.to_string(), time_ms: now_ms, ..Default::default() };
+    let mut size = 0;
+    for e in entries {
+        if size + e.payload.len() > MAX_DEAD_BATCH_BYTES {
+            dead.omitted += 1;
+            continue;
+        }
+        size += e.payload.len();
+        dead.entries.push(String::from_utf8_lossy(&e.payload).into_owned());
+    }
+    // Plain data with string keys: serializing cannot fail.
+    let value = serde_json::to_vec(&dead).unwrap_or_default();
+    let key = dead_key(n);
+    ob.ack_with(
+        pinned,
+        &[(&key, &value), (DEAD_COUNT_KEY, &(n + 1).to_be_bytes()), (INFLIGHT_KEY, &0u64.to_be_bytes())],
+    )?;
+    Ok(n >= MAX_DEAD_BATCHES)
+}
+
+/// The dead batches kept, oldest first, and how many were ever set aside.
+pub fn dead_batches(ob: &dyn OutboxStore) -> Result<(Vec<DeadBatch>, u64), OutboxError> {
+    let n = kv_u64(ob, DEAD_COUNT_KEY)?;
+    let mut out = Vec::new();
+    for i in n.saturating_sub(MAX_DEAD_BATCHES)..n {
+        if let Some(raw) = ob.kv_get(&dead_key(i))?
+            && let Ok(d) = serde_json::from_slice(&raw)
+        {
+            out.push(d);
+        }
+    }
+    Ok((out, n))
+}
+
+/// This agent's epoch, created (one commit) on first use.
+pub fn epoch(ob: &dyn OutboxStore) -> Result<u64, OutboxError> {
+    let e = kv_u64(ob, EPOCH_KEY)?;
+    if e != 0 {
+        return Ok(e);
+    }
+    let e = rand::random::<u64>().max(1);
+    ob.kv_put(EPOCH_KEY, &e.to_be_bytes())?;
+    Ok(e)
+}
+
+/// Whether the master refused a batch for good: resending the same bytes gets the same answer. Only
+/// INVALID_ARGUMENT; unavailable, timeouts, not-leader and conflicts (an agent epoch older than the one the
+/// master knows) are retried.
+pub fn refused_for_good(e: &ApiError) -> bool {
+    e.code == proto::error::Code::InvalidArgument
+}
+
 /// How batches are pinned: the sink pins the first batch in its enqueue transaction when nothing is
 /// pinned, with exactly the limits [`pin_batch`] uses, so a sparse batch costs no commit of its own.
 pub fn pin_rule(batch_max: usize) -> crate::outbox::PinRule<'static> {
@@ -61,6 +159,8 @@ fn rpc(call: &'static str) -> impl FnOnce(ApiError) -> ReportError {
 pub struct ReporterConfig {
     pub masters: Vec<String>,
     pub agent_id: String,
+    /// This agent's epoch (see [`EPOCH_KEY`]; 0 = none, the master dedupes by sequence alone).
+    pub epoch: u64,
     pub host: String,
     pub version: String,
     pub batch_max: usize,
@@ -168,22 +268,94 @@ async fn send_one(
     if entries.is_empty() {
         return Ok(Sent::Nothing);
     }
-    let mut findings = Vec::with_capacity(entries.len());
+    let mut wire = Vec::with_capacity(entries.len());
     for e in &entries {
         match serde_json::from_slice::<Finding>(&e.payload) {
-            Ok(f) => findings.push(finding_to_wire(&f)),
+            Ok(f) => wire.push((e.seq, finding_to_wire(&f))),
             // A corrupt entry cannot be repaired; it is acknowledged with its batch and counted.
             Err(err) => tracing::error!(seq = e.seq, error = %err, "dropping undecodable outbox entry"),
         }
     }
-    let n = findings.len();
-    let req = api::IngestRequest { agent: cfg.agent_id.clone(), seq: pinned, findings };
-    client.call(req, |mut c, r| async move { c.ingest(r).await }).await.map_err(rpc("ingest"))?;
+    let n = wire.len();
+    let mut delivered = n;
+    if n > 0 {
+        let findings = wire.iter().map(|(_, f)| f.clone()).collect();
+        let req = api::IngestRequest { agent: cfg.agent_id.clone(), seq: pinned, findings, epoch: cfg.epoch };
+        match client.call(req, |mut c, r| async move { c.ingest(r).await }).await {
+            Ok(_) => {}
+            Err(e) if refused_for_good(&e) => {
+                // Resending would be refused forever and block every batch behind this one. Send the
+                // findings one by one instead, each under its own outbox sequence (below the pin, above the
+                // previous batch: the master's dedupe holds, and a crash midway resends only duplicates),
+                // and set aside just those refused again.
+                let (refused, first) = if let [(seq, _)] = wire.as_slice() {
+                    (vec![*seq], e.to_string())
+                } else {
+                    send_singly(cfg, client, &wire).await?
+                };
+                delivered = n - refused.len();
+                if !refused.is_empty() {
+                    let dead: Vec<_> = entries.into_iter().filter(|e| refused.contains(&e.seq)).collect();
+                    let msg = format!("{} of {n} findings refused; first: {first}", dead.len());
+                    let ob = outbox.clone();
+                    let now = crate::scheduler::now_ms();
+                    let full =
+                        tokio::task::spawn_blocking(move || set_aside(ob.as_ref(), pinned, &dead, &msg, now))
+                            .await??;
+                    shared.metrics.dead_batches.inc();
+                    if full {
+                        shared.metrics.dead_dropped.inc();
+                    }
+                    tracing::error!(
+                        batch = pinned,
+                        refused = refused.len(),
+                        findings = n,
+                        error = %first,
+                        "master refused findings for good; set aside in the outbox's dead-letter area"
+                    );
+                    shared.metrics.sent_findings.inc_by(delivered as u64);
+                    return Ok(Sent::Batch);
+                }
+            }
+            Err(e) => return Err(rpc("ingest")(e)),
+        }
+    }
     let ob = outbox.clone();
     tokio::task::spawn_blocking(move || finish_batch(ob.as_ref(), pinned)).await??;
-    shared.metrics.sent_findings.inc_by(n as u64);
+    shared.metrics.sent_findings.inc_by(delivered as u64);
     shared.metrics.sent_batches.inc();
     Ok(Sent::Batch)
+}
+
+/// After the master refused a batch for good: send each finding alone under its own outbox sequence.
+/// Returns the sequences refused again and the first refusal; a transient failure is an error (the pin
+/// stays, and the batch is resent later: what was applied meanwhile is answered `duplicate`).
+async fn send_singly(
+    cfg: &ReporterConfig,
+    client: &mut Client,
+    wire: &[(u64, api::Finding)],
+) -> Result<(Vec<u64>, String), ReportError> {
+    let mut refused = Vec::new();
+    let mut first = String::new();
+    for (seq, f) in wire {
+        let req = api::IngestRequest {
+            agent: cfg.agent_id.clone(),
+            seq: *seq,
+            findings: vec![f.clone()],
+            epoch: cfg.epoch,
+        };
+        match client.call(req, |mut c, r| async move { c.ingest(r).await }).await {
+            Ok(_) => {}
+            Err(e) if refused_for_good(&e) => {
+                if first.is_empty() {
+                    first = e.to_string();
+                }
+                refused.push(*seq);
+            }
+            Err(e) => return Err(rpc("ingest")(e)),
+        }
+    }
+    Ok((refused, first))
 }
 
 async fn register(cfg: &ReporterConfig, client: &mut Client, items: &[Item]) -> Result<(), ReportError> {
@@ -321,6 +493,110 @@ pub async fn run(
                 _ = tokio::time::sleep_until(next_heartbeat.min(next_inventory)) => {}
                 r = shutdown.changed() => if r.is_err() { return },
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Limits, RedbOutbox};
+    use state_machines::Severity;
+
+    fn outbox(dir: &std::path::Path) -> RedbOutbox {
+        RedbOutbox::open(&dir.join("outbox.redb"), Limits::default()).expect("open")
+    }
+
+    fn put(ob: &dyn OutboxStore, n: usize, size: usize) {
+        let items: Vec<_> = (0..n)
+            .map(|i| {
+                let tag = i.to_string();
+                (Severity::Error, format!("{}{tag}", "0".repeat(size - tag.len())).into_bytes())
+            })
+            .collect();
+        ob.enqueue_pinning(&items, &[], &pin_rule(100)).expect("enqueue");
+    }
+
+    #[test]
+    fn a_refused_batch_is_set_aside_and_the_next_one_is_pinned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ob = outbox(dir.path());
+        put(&ob, 3, 4);
+        let (pin, entries) = pin_batch(&ob, 2).expect("pin");
+        // The sink pinned with batch_max 100; a resend keeps the whole pinned batch.
+        assert_eq!((pin, entries.len()), (3, 3));
+        let full = set_aside(&ob, pin, &entries, "finding 1: NUL", 7).expect("set aside");
+        assert!(!full);
+        assert_eq!(inflight(&ob), 0, "unpinned");
+        assert_eq!(ob.depth().expect("depth").entries, 0, "removed from the queue");
+        let (dead, count) = dead_batches(&ob).expect("dead");
+        assert_eq!(count, 1);
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].seq, dead[0].error.as_str(), dead[0].time_ms), (3, "finding 1: NUL", 7));
+        assert_eq!(dead[0].entries, vec!["0000", "0001", "0002"]);
+        put(&ob, 1, 4);
+        let (pin, entries) = pin_batch(&ob, 10).expect("pin");
+        assert_eq!((pin, entries.len()), (4, 1), "the next batch moves on");
+    }
+
+    #[test]
+    fn the_dead_letter_area_keeps_the_newest_at_its_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ob = outbox(dir.path());
+        for i in 0..MAX_DEAD_BATCHES + 3 {
+            put(&ob, 1, 8);
+            let (pin, entries) = pin_batch(&ob, 10).expect("pin");
+            let full = set_aside(&ob, pin, &entries, &format!("refusal {i}"), i).expect("set aside");
+            assert_eq!(full, i >= MAX_DEAD_BATCHES, "batch {i}");
+        }
+        let (dead, count) = dead_batches(&ob).expect("dead");
+        assert_eq!(count, MAX_DEAD_BATCHES + 3);
+        assert_eq!(dead.len() as u64, MAX_DEAD_BATCHES, "bounded");
+        assert_eq!(dead[0].error, "refusal 3", "the three oldest were dropped");
+        assert_eq!(
+            dead.last().map(|d| d.error.as_str()),
+            Some(&*format!("refusal {}", MAX_DEAD_BATCHES + 2))
+        );
+    }
+
+    #[test]
+    fn a_dead_batch_keeps_its_head_within_the_byte_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ob = outbox(dir.path());
+        let per = 64 * 1024;
+        put(&ob, 6, per);
+        let (pin, entries) = pin_batch(&ob, 100).expect("pin");
+        assert_eq!(entries.len(), 6);
+        set_aside(&ob, pin, &entries, "too big", 1).expect("set aside");
+        let (dead, _) = dead_batches(&ob).expect("dead");
+        assert_eq!(dead[0].entries.len(), MAX_DEAD_BATCH_BYTES / per);
+        assert_eq!(dead[0].omitted, 6 - MAX_DEAD_BATCH_BYTES / per);
+    }
+
+    #[test]
+    fn the_epoch_is_created_once_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = {
+            let ob = outbox(dir.path());
+            let e = epoch(&ob).expect("epoch");
+            assert_ne!(e, 0);
+            assert_eq!(epoch(&ob).expect("again"), e);
+            e
+        };
+        assert_eq!(epoch(&outbox(dir.path())).expect("reopened"), first);
+        let wiped = tempfile::tempdir().expect("tempdir");
+        assert_ne!(epoch(&outbox(wiped.path())).expect("new"), first, "a new outbox is a new epoch");
+    }
+
+    #[test]
+    fn only_invalid_argument_is_a_refusal_for_good() {
+        use proto::error::Code;
+        for code in Code::ALL {
+            assert_eq!(
+                refused_for_good(&ApiError::new(code, "x")),
+                code == Code::InvalidArgument,
+                "{code:?}"
+            );
         }
     }
 }

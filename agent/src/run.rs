@@ -347,8 +347,24 @@ async fn sink(
                 ];
                 shared.metrics.checker_failures.get_or_create(&l).inc();
             }
-            routes.deliver(&report.checker, &report.findings);
-            findings.extend(report.findings.into_iter().filter(|f| dedupe.keep(f, now)));
+            // A finding the master would refuse is never queued (it would block the outbox behind its batch).
+            let screened = crate::screen::screen(
+                &report.checker,
+                env!("CARGO_PKG_VERSION"),
+                &shared.host,
+                report.findings,
+                now,
+            );
+            if screened.refused > 0 {
+                shared.metrics.invalid_findings.get_or_create(&labels).inc_by(screened.refused as u64);
+                tracing::warn!(
+                    checker = report.checker,
+                    refused = screened.refused,
+                    "invalid findings not queued"
+                );
+            }
+            routes.deliver(&report.checker, &screened.findings);
+            findings.extend(screened.findings.into_iter().filter(|f| dedupe.keep(f, now)));
             // A checkpoint whose key lost a commit stays where it was until the agent restarts.
             if let Some(c) = report.checkpoint.filter(|c| !frozen.contains(&c.key)) {
                 checkpoints.insert(c.key, c.value);
@@ -421,6 +437,8 @@ token. For tests and experiments only.";
     let limits = Limits { max_entries: cfg.outbox.max_entries, max_bytes: cfg.outbox.max_bytes };
     let outbox: Arc<dyn OutboxStore> =
         Arc::new(RedbOutbox::open(&db, limits).with_context(|| format!("opening {}", db.display()))?);
+    // Created once per outbox: a wiped data dir is a new epoch, so the master resets this agent's sequence.
+    let epoch = reporter::epoch(outbox.as_ref()).context("reading or creating the agent epoch")?;
     let started = now_ms();
     let shared = LocalState::new(host.clone(), started);
     let Built { scheduled: checkers, routes } = build_checkers(&cfg, outbox.as_ref(), &hooks)?;
@@ -465,6 +483,7 @@ token. For tests and experiments only.";
     let rcfg = ReporterConfig {
         masters: cfg.masters.clone(),
         agent_id: host.clone(),
+        epoch,
         host: host.clone(),
         version: AGENT_VERSION.to_string(),
         batch_max: cfg.report.batch_max,

@@ -62,7 +62,7 @@ fn batch(agent: u32, seq: u64, n: u32, disks: u32) -> api::IngestRequest {
             time_ms: now_ms(),
         })
         .collect();
-    api::IngestRequest { agent: format!("bench-agent-{agent}"), seq, findings }
+    api::IngestRequest { agent: format!("bench-agent-{agent}"), seq, findings, epoch: 0 }
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -298,6 +298,7 @@ async fn failover(cluster: &mut LocalCluster, a: &BenchMasterArgs) -> anyhow::Re
                 agent: String::new(),
                 seq: 0,
                 findings: batch(9999, seq_agent, 1, 1).findings,
+                epoch: 0,
             };
             if client.call(req, |mut c, r| async move { c.ingest(r).await }).await.is_ok() {
                 break killed_at.elapsed();

@@ -173,6 +173,7 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
             readings: Default::default(),
             time_ms: now_ms(),
         }],
+        epoch: 0,
     };
     // One key for this write, sent with every try: the client retries on UNAVAILABLE and timeouts (possibly
     // after the first try was applied by a leader that died before answering), and the master applies a key

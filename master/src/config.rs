@@ -89,6 +89,15 @@ pub struct MasterConfig {
     /// rolling upgrade, and in tests of the upgrade refusals. Default: what the binary knows.
     #[serde(default)]
     pub knows_command_version: Option<u32>,
+    /// The leader raises `min_command_version` on its own once every member knows the newer command
+    /// versions (default). Set false before a rolling upgrade you may want to roll back, then raise it
+    /// with `huatuo upgrade` when satisfied.
+    #[serde(default = "default_auto_upgrade")]
+    pub auto_upgrade: bool,
+}
+
+fn default_auto_upgrade() -> bool {
+    true
 }
 
 fn default_max_watches() -> usize {
@@ -194,6 +203,7 @@ pub struct Resolved {
     pub max_watches: usize,
     /// The newest command version this node knows (decodes, applies, reports to its peers).
     pub knows_command_version: u32,
+    pub auto_upgrade: bool,
 }
 
 /// Parse `1=host:port,2=host:port`.
@@ -319,6 +329,7 @@ impl MasterConfig {
             tickets: self.tickets.clone(),
             max_watches: self.max_watches,
             knows_command_version,
+            auto_upgrade: self.auto_upgrade,
         })
     }
 }

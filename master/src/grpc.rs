@@ -126,7 +126,7 @@ impl Master for GrpcApi {
             .map_err(Status::from)?;
         let res = self
             .svc
-            .ingest_keyed(IngestBatch { agent: req.agent, seq: req.seq, findings }, key)
+            .ingest_keyed(IngestBatch { agent: req.agent, seq: req.seq, epoch: req.epoch, findings }, key)
             .await
             .map_err(Status::from)?;
         Ok(Response::new(api::IngestResponse {

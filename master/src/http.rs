@@ -214,6 +214,9 @@ pub struct IngestBody {
     pub agent: String,
     #[serde(default)]
     pub seq: u64,
+    /// The agent's epoch (see the gRPC `IngestRequest.epoch`); 0 or absent: none.
+    #[serde(default)]
+    pub epoch: u64,
     pub findings: Vec<Finding>,
     /// The client's idempotency key (the `Idempotency-Key` header does the same; both must agree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,7 +255,7 @@ async fn ingest(
     let b: IngestBody = parse_json(&body)?;
     let key = idempotency_key(&headers, b.idempotency_key)?;
     let r = svc
-        .ingest_keyed(IngestBatch { agent: b.agent, seq: b.seq, findings: b.findings }, key)
+        .ingest_keyed(IngestBatch { agent: b.agent, seq: b.seq, epoch: b.epoch, findings: b.findings }, key)
         .await
         .map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())

@@ -20,7 +20,7 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// knows stops applying (never skips it: replicas of different versions would diverge) until it is upgraded.
 /// Version history: 1 = the first command set; 2 = `SetMinCommandVersion`, and findings older than
 /// [`MAX_FINDING_AGE_MS`] are refused once the cluster enabled version 2; 3 = [`Command::Keyed`] (idempotent
-/// writes: a retried command is applied once).
+/// writes: a retried command is applied once) and `Ingest` with an agent `epoch` ([`AGENT_EPOCH_VERSION`]).
 pub const COMMAND_VERSION: u32 = 3;
 /// The cluster-wide `min_command_version` of a state that never had one set (clusters created before command
 /// versions were enforced, and new ones): only version-1 commands may be proposed until an operator raises it.
@@ -100,6 +100,14 @@ pub const MAX_FINDING_FUTURE_MS: u64 = 10 * 60_000;
 /// agent's outbox keeps its most severe findings while the master is unreachable, possibly for days; thirty
 /// days is beyond any outage worth replaying, while a time from 1970 or a year back is a broken clock.
 pub const MAX_FINDING_AGE_MS: u64 = 30 * 24 * 3_600_000;
+/// The command version of an `Ingest` carrying an agent epoch: a new epoch resets the agent's batch
+/// sequence (a wiped agent starts again at 1), which older binaries would answer `duplicate`. Until the
+/// cluster's `min_command_version` reaches it the API layer proposes agent batches without their epoch.
+pub const AGENT_EPOCH_VERSION: u32 = 3;
+/// Epochs an agent record remembers as retired (the most recent first): a batch of one of them, arriving
+/// after a newer epoch was seen, is refused rather than applied out of order. A data dir is wiped a few
+/// times in a host's life; eight covers restored backups and re-images without growing the record.
+pub const MAX_RETIRED_EPOCHS: usize = 8;
 /// The command version whose rules include [`MAX_FINDING_AGE_MS`].
 pub const FINDING_AGE_RULE_VERSION: u64 = 2;
 /// Idempotency keys ([`Command::Keyed`]) the replicated state remembers at most: a client's retry comes within
@@ -230,6 +238,10 @@ pub enum Command {
         agent: String,
         seq: u64,
         findings: Vec<Finding>,
+        /// The agent's epoch (0: none, dedupe by `seq` alone). Non-zero makes this a command of version
+        /// [`AGENT_EPOCH_VERSION`].
+        #[serde(default, skip_serializing_if = "is_zero")]
+        epoch: u64,
     },
     Register {
         agent: String,
@@ -317,6 +329,7 @@ impl Command {
         match self {
             Command::SetMinCommandVersion { .. } => 2,
             Command::Keyed { cmd, .. } => cmd.version().max(KEYED_COMMAND_VERSION),
+            Command::Ingest { epoch, .. } if *epoch != 0 => AGENT_EPOCH_VERSION,
             _ => 1,
         }
     }
@@ -415,6 +428,16 @@ pub struct AgentRecord {
     /// The scopes this agent is counted in (from its machine's labels when last written).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// The agent's current epoch (0: never sent one); `last_seq` counts within it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    /// Epochs replaced by a newer one, most recent first, at most [`MAX_RETIRED_EPOCHS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_epochs: Vec<u64>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -166,6 +166,7 @@ pub async fn serve(
             policy: cfg.policy.clone(),
             max_watches: cfg.max_watches,
             knows_command_version: cfg.knows_command_version,
+            auto_upgrade: cfg.auto_upgrade,
         },
     );
     // Repair tickets: the leader files what REPAIR asks for through the configured sink.

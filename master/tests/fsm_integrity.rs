@@ -57,7 +57,7 @@ fn ingest(seq: u64, object: &str, evidence: &str) -> Vec<u8> {
         readings: BTreeMap::new(),
         time_ms: 1,
     };
-    Envelope::new(1, vec![Command::Ingest { agent: "a1".into(), seq, findings: vec![f] }]).encode()
+    Envelope::new(1, vec![Command::Ingest { agent: "a1".into(), seq, findings: vec![f], epoch: 0 }]).encode()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

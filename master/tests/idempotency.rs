@@ -70,6 +70,7 @@ async fn start() -> Master {
             policy: Policy::default(),
             max_watches: master::api::watch::MAX_WATCHES,
             knows_command_version: master::model::COMMAND_VERSION,
+            auto_upgrade: false,
         },
     );
     let g = GrpcApi::new(svc.clone());
@@ -142,8 +143,12 @@ async fn grpc_ingest(
         readings: Default::default(),
         time_ms: now_ms(),
     };
-    let mut req =
-        tonic::Request::new(api::IngestRequest { agent: String::new(), seq: 0, findings: vec![wire] });
+    let mut req = tonic::Request::new(api::IngestRequest {
+        agent: String::new(),
+        seq: 0,
+        epoch: 0,
+        findings: vec![wire],
+    });
     if let Some(k) = key {
         req.metadata_mut().insert("idempotency-key", k.parse().expect("ascii"));
     }

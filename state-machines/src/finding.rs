@@ -13,6 +13,55 @@ use crate::id::ObjectId;
 pub const MAX_EVIDENCE_LEN: usize = 4096;
 /// Most readings kept with one finding.
 pub const MAX_READINGS: usize = 64;
+/// Longest checker name, checker version, rule name, reading name or reading value (real ones are a few
+/// dozen characters; a reading is a number or a short word, never a payload).
+pub const MAX_LABEL_LEN: usize = 128;
+/// At most this many characters of a bad value are quoted back in a [`FindingError`].
+const QUOTE_CHARS: usize = 40;
+
+/// Why a finding is refused (by the master before proposing it, by the agent before queueing it). The
+/// rules live here, once, so both sides refuse exactly the same findings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FindingError {
+    #[error("no checker name")]
+    NoChecker,
+    #[error("{field} is {len} bytes long (limit {max})")]
+    TooLong { field: &'static str, len: usize, max: usize },
+    #[error("{field} {quoted} contains control characters")]
+    Control { field: &'static str, quoted: String },
+    #[error("{field} contains a NUL byte")]
+    Nul { field: &'static str },
+    #[error("{count} readings (limit {max})", max = MAX_READINGS)]
+    TooManyReadings { count: usize },
+}
+
+fn quoted(s: &str) -> String {
+    format!("{:?}", s.chars().take(QUOTE_CHARS).collect::<String>())
+}
+
+/// A one-line label (checker, version, rule, reading name or value): bounded, no control characters.
+pub fn check_label(field: &'static str, s: &str, max: usize) -> Result<(), FindingError> {
+    if s.len() > max {
+        return Err(FindingError::TooLong { field, len: s.len(), max });
+    }
+    if s.chars().any(char::is_control) {
+        return Err(FindingError::Control { field, quoted: quoted(s) });
+    }
+    Ok(())
+}
+
+/// Free text (evidence, a reason): bounded, and no NUL byte (NUL ends C strings in every tool that reads
+/// these texts later). Other characters pass: evidence quotes log lines and probe output as they were
+/// (carriage returns from CRLF files included), and every reader escapes what it shows.
+pub fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), FindingError> {
+    if s.len() > max {
+        return Err(FindingError::TooLong { field, len: s.len(), max });
+    }
+    if s.contains('\0') {
+        return Err(FindingError::Nul { field });
+    }
+    Ok(())
+}
 
 /// How bad a finding is. For disks this is the grade of PRODUCT.md section 5 (GOOD/SLOW/WARNING/ERROR/FATAL);
 /// `Info` is recorded but never moves an object; `Unknown` means the probe could not tell (a failed or hung
@@ -100,6 +149,26 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// Whether the master accepts this finding (the object id and severity are typed already): a checker
+    /// name, bounded one-line labels, at most [`MAX_READINGS`] bounded readings, evidence without NUL.
+    /// Evidence longer than [`MAX_EVIDENCE_LEN`] is not refused: [`Finding::bounded`] cuts it.
+    pub fn validate(&self) -> Result<(), FindingError> {
+        if self.checker.is_empty() {
+            return Err(FindingError::NoChecker);
+        }
+        check_label("checker", &self.checker, MAX_LABEL_LEN)?;
+        check_label("version", &self.version, MAX_LABEL_LEN)?;
+        check_label("rule", &self.rule, MAX_LABEL_LEN)?;
+        if self.readings.len() > MAX_READINGS {
+            return Err(FindingError::TooManyReadings { count: self.readings.len() });
+        }
+        for (k, v) in &self.readings {
+            check_label("reading name", k, MAX_LABEL_LEN)?;
+            check_label("reading value", v, MAX_LABEL_LEN)?;
+        }
+        check_text("evidence", &self.evidence, usize::MAX)
+    }
+
     /// Cut evidence and readings to their limits, so hostile or runaway checker output stays bounded.
     pub fn bounded(mut self) -> Self {
         if self.evidence.len() > MAX_EVIDENCE_LEN {
@@ -145,5 +214,49 @@ mod tests {
         .bounded();
         assert!(f.evidence.len() <= MAX_EVIDENCE_LEN);
         assert_eq!(f.readings.len(), MAX_READINGS);
+    }
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+
+    fn good() -> Finding {
+        Finding {
+            object: "disk/h1/sda".parse().expect("id"),
+            severity: Severity::Error,
+            checker: "smart".into(),
+            version: "1.0.0".into(),
+            rule: "smart.reallocated".into(),
+            evidence: "Reallocated_Sector_Ct 12\r\n\tline two".into(),
+            readings: [("reallocated".to_string(), "12".to_string())].into_iter().collect(),
+            time_ms: 1,
+        }
+    }
+
+    #[test]
+    fn the_rules_at_their_limits() {
+        assert_eq!(good().validate(), Ok(()));
+        assert_eq!(Finding { checker: String::new(), ..good() }.validate(), Err(FindingError::NoChecker));
+        let at = Finding { rule: "r".repeat(MAX_LABEL_LEN), ..good() };
+        assert_eq!(at.validate(), Ok(()));
+        let over = Finding { rule: "r".repeat(MAX_LABEL_LEN + 1), ..good() };
+        assert_eq!(over.validate(), Err(FindingError::TooLong { field: "rule", len: 129, max: 128 }));
+        assert!(matches!(
+            Finding { version: "1\n".into(), ..good() }.validate(),
+            Err(FindingError::Control { field: "version", .. })
+        ));
+        assert_eq!(
+            Finding { evidence: "a\0".into(), ..good() }.validate(),
+            Err(FindingError::Nul { field: "evidence" })
+        );
+        let n = |k: usize| (0..k).map(|i| (format!("r{i}"), "1".to_string())).collect();
+        assert_eq!(Finding { readings: n(MAX_READINGS), ..good() }.validate(), Ok(()));
+        assert_eq!(
+            Finding { readings: n(MAX_READINGS + 1), ..good() }.validate(),
+            Err(FindingError::TooManyReadings { count: MAX_READINGS + 1 })
+        );
+        let long_evidence = Finding { evidence: "e".repeat(MAX_EVIDENCE_LEN * 4), ..good() };
+        assert_eq!(long_evidence.validate(), Ok(()), "long evidence is cut by `bounded`, not refused");
     }
 }

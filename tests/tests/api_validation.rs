@@ -114,7 +114,7 @@ async fn rest_and_grpc_refuse_the_same_bad_findings_before_proposing() {
     let (st, b) = http(&rest, "POST", "/api/v1/findings", &body);
     assert_eq!(st, 200, "REST control: {b}");
     let wire = to_wire(&good());
-    let req = api::IngestRequest { agent: String::new(), seq: 0, findings: vec![wire] };
+    let req = api::IngestRequest { agent: String::new(), seq: 0, findings: vec![wire], epoch: 0 };
     client.call(req, |mut c, r| async move { c.ingest(r).await }).await.expect("gRPC control");
     let base = revision(&cluster, leader).await;
     assert!(base > before, "the controls were stored: {before} -> {base}");
@@ -130,7 +130,8 @@ async fn rest_and_grpc_refuse_the_same_bad_findings_before_proposing() {
         let msg = v["message"].as_str().unwrap_or_default();
         assert!(msg.contains(want), "{what}: REST message {msg:?} should say {want:?}");
         // gRPC, same input
-        let req = api::IngestRequest { agent: String::new(), seq: 0, findings: vec![to_wire(&finding)] };
+        let req =
+            api::IngestRequest { agent: String::new(), seq: 0, findings: vec![to_wire(&finding)], epoch: 0 };
         let e = client
             .call(req, |mut c, r| async move { c.ingest(r).await })
             .await

@@ -133,7 +133,7 @@ async fn call_all(c: &LocalCluster, sec: ClientSecurity) -> Vec<(&'static str, O
     let mut out = Vec::new();
     let r = cl
         .call(
-            api::IngestRequest { agent: "auth-host".into(), seq: 1, findings: vec![finding] },
+            api::IngestRequest { agent: "auth-host".into(), seq: 1, findings: vec![finding], epoch: 0 },
             |mut c, r| async move { c.ingest(r).await },
         )
         .await;

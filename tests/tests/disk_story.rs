@@ -343,6 +343,7 @@ min_seq_read_mbps = 1000000000.0
             readings: Default::default(),
             time_ms: 1,
         }],
+        epoch: 0,
     };
     cl.call(report, |mut c, r| async move { c.ingest(r).await }).await.unwrap();
     for slot in ["sdb", "sdc", "sdd"] {
@@ -567,6 +568,7 @@ reboot_dry_run = true
             readings: Default::default(),
             time_ms: t,
         }],
+        epoch: 0,
     };
     let drained = || api::CommandRequest {
         object: "machine/m1".into(),

@@ -161,6 +161,7 @@ async fn failover_keeps_acknowledged_writes_and_watch_resumes() {
                     agent: "writer-1".into(),
                     seq,
                     findings: objects.iter().map(|o| finding(o, "GOOD", "ok")).collect(),
+                    epoch: 0,
                 };
                 // A retried batch keeps its seq: the master applies it once.
                 if let Ok(r) = client.call(req, |mut c, r| async move { c.ingest(r).await }).await {

@@ -54,6 +54,7 @@ async fn start_node(agent_silent_after: Duration) -> Node {
             policy: Policy::default(),
             max_watches: master::api::watch::MAX_WATCHES,
             knows_command_version: master::model::COMMAND_VERSION,
+            auto_upgrade: false,
         },
     );
     assert!(
@@ -83,7 +84,7 @@ async fn ingest(
     seq: u64,
     findings: Vec<Finding>,
 ) -> Result<u64, proto::error::ApiError> {
-    svc.ingest(IngestBatch { agent: agent.into(), seq, findings }).await.map(|r| r.revision)
+    svc.ingest(IngestBatch { agent: agent.into(), seq, epoch: 0, findings }).await.map(|r| r.revision)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,6 +108,7 @@ async fn validation_limits_and_commands() {
         .ingest(IngestBatch {
             agent: "agent-1".into(),
             seq: 1,
+            epoch: 0,
             findings: vec![finding("disk/h1/sda", Severity::Fatal)],
         })
         .await

@@ -95,6 +95,7 @@ async fn report(c: &LocalCluster, objects: Vec<(String, String)>, seq: u64, chec
                     agent: format!("agent-{host}"),
                     seq,
                     findings: vec![finding(object, "ERROR", &checker, &version)],
+                    epoch: 0,
                 };
                 cl.call(req, |mut c, r| async move { c.ingest(r).await }).await.unwrap();
             }

@@ -75,6 +75,7 @@ async fn report(client: &mut Client, object: &str, severity: &str) -> u64 {
             readings: Default::default(),
             time_ms: 1,
         }],
+        epoch: 0,
     };
     let r = client.call(req, |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
     assert_eq!(r.applied, 1, "{object} {severity}");
@@ -361,6 +362,7 @@ async fn consent_escalation_refusals_and_watch_failover() {
                             time_ms: 1,
                         })
                         .collect(),
+                    epoch: 0,
                 };
                 if c.call(req, |mut c, r| async move { c.ingest(r).await }).await.is_ok() {
                     written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

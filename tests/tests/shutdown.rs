@@ -95,7 +95,12 @@ async fn ordered_shutdown_ends_every_task_closes_the_ports_and_the_data_dir_reop
     wait_ready(&grpc).await;
     let mut client = Client::new(vec![grpc.clone()]);
 
-    let req = api::IngestRequest { agent: "agent-1".into(), seq: 1, findings: vec![finding("disk/sd1/sda")] };
+    let req = api::IngestRequest {
+        agent: "agent-1".into(),
+        seq: 1,
+        findings: vec![finding("disk/sd1/sda")],
+        epoch: 0,
+    };
     let written =
         client.call(req, |mut c, r| async move { c.ingest(r).await }).await.expect("ingest").revision;
 

@@ -88,11 +88,41 @@ async fn set_min(
     cl.call(req, |mut c, r| async move { c.set_min_command_version(r).await }).await
 }
 
+/// With `auto_upgrade` (the default) the leader raises `min_command_version` by itself once every member
+/// reports knowing the newer versions, and not before: a member playing an older binary holds it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_raises_min_command_version_once_every_member_knows_it() {
+    let knows = master::model::COMMAND_VERSION;
+    let mut c = LocalCluster::start_with_config(&huatuo_bin(), 3, "tick_ms = 50\n").unwrap();
+    c.set_node_config(3, "knows_command_version = 1\n").unwrap();
+    c.kill9(3);
+    c.spawn(3, false).unwrap();
+    assert!(c.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", c.log_tail(1));
+    let held = wait_until(SETTLE, || async { member_versions(&c).await.contains(&(3, 1)) }).await;
+    assert!(held, "node 3 never reported version 1: {:?}", member_versions(&c).await);
+    // Node 3 knows 1 only: however long the leader asks, the version stays.
+    let v = status(&c).await.map(|i| i.min_command_version);
+    assert_eq!(v, Some(1), "raised past a member that does not know it");
+    // The member is upgraded: the leader raises the version on its own, and says who and why in the audit.
+    c.set_node_config(3, "").unwrap();
+    c.kill9(3);
+    c.spawn(3, false).unwrap();
+    let raised =
+        wait_until(SETTLE, || async { status(&c).await.is_some_and(|i| i.min_command_version == knows) })
+            .await;
+    assert!(raised, "never raised to {knows}: {:?}\n{}", status(&c).await, c.log_tail(1));
+    let leader = c.wait_leader(READY_TIMEOUT).await.expect("leader");
+    let (st, body) = http(&c.nodes[&leader].http.clone(), "GET", "/api/v1/alerts?all=true&limit=100", "");
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&format!("-> {knows} by leader")), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_command_version_is_raised_only_when_every_member_knows_it() {
     let knows = master::model::COMMAND_VERSION;
     assert!(knows >= 2, "the test raises to version 2");
-    let mut c = LocalCluster::start_with_config(&huatuo_bin(), 3, "tick_ms = 50\n").unwrap();
+    let mut c =
+        LocalCluster::start_with_config(&huatuo_bin(), 3, "tick_ms = 50\nauto_upgrade = false\n").unwrap();
     assert!(c.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", c.log_tail(1));
     let all: Vec<(u64, u32)> = (1..=3).map(|id| (id, knows)).collect();
     let ok = wait_until(SETTLE, || async { member_versions(&c).await == all }).await;

@@ -18,6 +18,9 @@ use crate::store::{Filter, Reader};
 pub const DUTY_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the leader steps objects whose deadlines passed.
 pub const TICK_EVERY: Duration = Duration::from_secs(5);
+/// How often a leader whose binary knows newer command versions than the cluster enabled asks the members
+/// whether they all know them too (each ask waits at most `MEMBER_VERSION_TIMEOUT` per member).
+pub const AUTO_UPGRADE_EVERY: Duration = Duration::from_secs(10);
 
 /// The duty loop: ends when told to stop, when the raft node stops, or when the service is gone.
 pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Output = ()> + Send) {
@@ -26,6 +29,7 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leader_since: Option<Instant> = None;
     let mut last_tick = Instant::now();
+    let mut last_upgrade_check: Option<Instant> = None;
     let mut last_leader: Option<u64> = None;
     loop {
         tokio::select! {
@@ -45,8 +49,26 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
         }
         if st.role != Role::Leader {
             leader_since = None;
+            last_upgrade_check = None;
             s.heartbeats.clear();
             continue;
+        }
+        if s.cfg.auto_upgrade
+            && s.stats.min_command_version() < s.cfg.knows_command_version
+            && last_upgrade_check.is_none_or(|t| t.elapsed() >= AUTO_UPGRADE_EVERY)
+        {
+            last_upgrade_check = Some(Instant::now());
+            let knows = s.cfg.knows_command_version;
+            let reason = format!("every member knows command versions up to {knows} (auto_upgrade)");
+            let up = s.set_min_command_version(knows, "leader", &reason);
+            tokio::select! {
+                _ = &mut stop => return,
+                r = up => match r {
+                    Ok(_) => tracing::info!(version = knows, "min_command_version raised: every member knows it"),
+                    // A member on an older binary (or not answering): asked again later.
+                    Err(e) => tracing::debug!(error = %e, "min_command_version stays; asked again later"),
+                },
+            }
         }
         let since = *leader_since.get_or_insert_with(Instant::now);
         let work = leader_duties(&s, since, &mut last_tick);

@@ -69,6 +69,9 @@ pub struct ServiceConfig {
     /// The newest command version this node's binary knows ([`crate::model::COMMAND_VERSION`], lower only
     /// when rehearsing an upgrade).
     pub knows_command_version: u32,
+    /// Raise `min_command_version` to what this binary knows as soon as every member reports knowing it
+    /// (the leader's duty, like CockroachDB's auto-finalized upgrades). Off: an operator raises it.
+    pub auto_upgrade: bool,
 }
 
 /// The API core of one master node. Built by [`Service::start`]; its background tasks run in

@@ -17,6 +17,8 @@ pub const MAX_ALERT_LEN: usize = 1024;
 pub struct IngestBatch {
     pub agent: String,
     pub seq: u64,
+    /// The agent's epoch (0: none). Proposed only once the cluster enabled `AGENT_EPOCH_VERSION`.
+    pub epoch: u64,
     pub findings: Vec<Finding>,
 }
 
@@ -109,7 +111,16 @@ impl Service {
     pub async fn ingest_keyed(&self, batch: IngestBatch, key: Option<String>) -> Result<CmdResult, ApiError> {
         validate::ingest(&batch.agent, batch.seq, &batch.findings)?;
         let findings = batch.findings.into_iter().map(Finding::bounded).collect();
-        self.submit_keyed(Command::Ingest { agent: batch.agent, seq: batch.seq, findings }, key).await
+        // Until every master knows epochs (min_command_version >= AGENT_EPOCH_VERSION) an agent batch goes
+        // without its epoch: deduplicated by sequence alone, as older binaries apply it.
+        let epoch = if batch.agent.is_empty()
+            || self.stats.min_command_version() < crate::model::AGENT_EPOCH_VERSION
+        {
+            0
+        } else {
+            batch.epoch
+        };
+        self.submit_keyed(Command::Ingest { agent: batch.agent, seq: batch.seq, findings, epoch }, key).await
     }
 
     pub async fn register(

@@ -13,9 +13,8 @@ pub use crate::model::{
     MAX_TEXT_LEN,
 };
 
-/// Longest checker name, checker version, rule name, reading name or reading value (real ones are a few
-/// dozen characters; a reading is a number or a short word, never a payload).
-pub const MAX_LABEL_LEN: usize = 128;
+/// Longest checker name, checker version, rule name, reading name or reading value.
+pub const MAX_LABEL_LEN: usize = state_machines::finding::MAX_LABEL_LEN;
 /// Most readings one finding may carry (the state machines keep at most this many; more is refused rather
 /// than silently cut).
 pub const MAX_READINGS: usize = state_machines::finding::MAX_READINGS;
@@ -60,28 +59,10 @@ pub fn text(what: &str, s: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// One finding, as any front end delivers it (the object id and severity are already typed).
+/// One finding, as any front end delivers it (the object id and severity are already typed). The rules are
+/// `Finding::validate` in `state-machines`, which the agent also runs before it queues a finding.
 pub fn finding(f: &Finding) -> Result<(), ApiError> {
-    let about = |e: ApiError| ApiError::new(e.code, format!("finding about {}: {}", f.object, e.message));
-    if f.checker.is_empty() {
-        return Err(about(ApiError::invalid("no checker name")));
-    }
-    name("checker", &f.checker, MAX_LABEL_LEN).map_err(about)?;
-    name("version", &f.version, MAX_LABEL_LEN).map_err(about)?;
-    name("rule", &f.rule, MAX_LABEL_LEN).map_err(about)?;
-    if f.readings.len() > MAX_READINGS {
-        return Err(about(ApiError::invalid(format!(
-            "{} readings (limit {MAX_READINGS})",
-            f.readings.len()
-        ))));
-    }
-    for (k, v) in &f.readings {
-        name("reading name", k, MAX_LABEL_LEN).map_err(about)?;
-        name("reading value", v, MAX_LABEL_LEN).map_err(about)?;
-    }
-    // Evidence longer than the limit is cut (see MAX_EVIDENCE_LEN); only its characters are refused here.
-    text("evidence", &f.evidence, usize::MAX).map_err(about)?;
-    Ok(())
+    f.validate().map_err(|e| ApiError::invalid(format!("finding about {}: {e}", f.object)))
 }
 
 /// An ingest batch: 1..=MAX_FINDINGS_PER_BATCH valid findings; an agent batch carries a sequence >= 1.

@@ -16,17 +16,38 @@ impl Decider<'_> {
         &mut self,
         agent: &str,
         seq: u64,
+        epoch: u64,
         findings: Vec<Finding>,
     ) -> Result<CmdResult, StoreError> {
         if !agent.is_empty() {
             let prev = self.agent(agent)?;
-            if let Some(p) = &prev
-                && seq <= p.last_seq
-            {
+            let mut last = prev.as_ref().map_or(0, |p| p.last_seq);
+            let mut current = prev.as_ref().map_or(0, |p| p.epoch);
+            let mut retired = prev.as_ref().map(|p| p.retired_epochs.clone()).unwrap_or_default();
+            if epoch != 0 && epoch != current {
+                if retired.contains(&epoch) {
+                    self.tally.rejected += 1;
+                    let e = format!(
+                        "agent {agent}: batch {seq} of epoch {epoch:#x}, which the newer epoch {current:#x} \
+                         replaced; refused (two agents under one id, or a data dir restored from a backup?)"
+                    );
+                    return Ok(self.refuse(proto::error::Code::Conflict, e));
+                }
+                if current != 0 {
+                    // A new epoch: the agent's outbox was created again (a wiped or new data dir), so its
+                    // sequences start over; without this every batch below the old sequence would be
+                    // answered `duplicate` and lost.
+                    retired.insert(0, current);
+                    retired.truncate(MAX_RETIRED_EPOCHS);
+                    last = 0;
+                }
+                // From no epoch (an agent upgraded in place, same outbox): adopt it, keep the sequence.
+                current = epoch;
+            }
+            if prev.is_some() && seq <= last {
                 self.tally.duplicates += 1;
                 return Ok(CmdResult { duplicate: true, ..self.result() });
             }
-            let last = prev.as_ref().map_or(0, |p| p.last_seq);
             if seq - last > MAX_SEQ_STEP {
                 self.tally.rejected += 1;
                 let e = format!(
@@ -37,10 +58,18 @@ impl Decider<'_> {
             }
             let host = findings.first().map(|f| f.object.host().to_string()).unwrap_or_default();
             let rec = match &prev {
-                Some(p) => AgentRecord { last_seq: seq, ..p.clone() },
-                None => {
-                    AgentRecord { host, last_seq: seq, alive: false, since_ms: self.now, scopes: Vec::new() }
+                Some(p) => {
+                    AgentRecord { last_seq: seq, epoch: current, retired_epochs: retired, ..p.clone() }
                 }
+                None => AgentRecord {
+                    host,
+                    last_seq: seq,
+                    alive: false,
+                    since_ms: self.now,
+                    scopes: Vec::new(),
+                    epoch: current,
+                    retired_epochs: retired,
+                },
             };
             self.put_agent(agent, prev.as_ref(), rec, false)?;
         }
@@ -74,6 +103,8 @@ impl Decider<'_> {
             alive,
             since_ms: self.now,
             scopes: Vec::new(),
+            epoch: prev.as_ref().map_or(0, |p| p.epoch),
+            retired_epochs: prev.as_ref().map(|p| p.retired_epochs.clone()).unwrap_or_default(),
         };
         self.put_agent(agent, prev.as_ref(), rec, true)?;
         let revision = self.next_revision();

@@ -155,7 +155,7 @@ impl<'v> Decider<'v> {
             return Ok(self.refuse(proto::error::Code::Conflict, e.to_string()));
         }
         match cmd {
-            Command::Ingest { agent, seq, findings } => self.ingest(&agent, seq, findings),
+            Command::Ingest { agent, seq, findings, epoch } => self.ingest(&agent, seq, epoch, findings),
             Command::Register { agent, host, objects } => self.register(&agent, &host, objects),
             Command::Object { object, input } => self.object_input(&object, input),
             Command::AgentLiveness { agent, host, alive } => self.liveness(&agent, &host, alive),

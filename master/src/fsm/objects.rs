@@ -258,6 +258,8 @@ impl Decider<'_> {
                     alive: false,
                     since_ms: self.now,
                     scopes: Vec::new(),
+                    epoch: 0,
+                    retired_epochs: Vec::new(),
                 },
             };
             self.put_agent(agent, prev_agent.as_ref(), rec, false)?;

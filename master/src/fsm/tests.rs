@@ -85,7 +85,7 @@ fn finding(object: &str, severity: Severity, time_ms: u64) -> Finding {
 }
 
 fn ingest(agent: &str, seq: u64, findings: Vec<Finding>) -> Command {
-    Command::Ingest { agent: agent.into(), seq, findings }
+    Command::Ingest { agent: agent.into(), seq, findings, epoch: 0 }
 }
 
 fn force(object: &str, to: State) -> Command {

@@ -271,3 +271,80 @@ fn findings_from_too_far_in_the_past_are_refused_once_version_2_is_enabled() {
     assert_eq!(code, proto::error::Code::InvalidArgument);
     assert!(msg.contains("more than 720h behind the master's clock"), "{msg}");
 }
+
+fn epoch_batch(agent: &str, seq: u64, epoch: u64, t: u64) -> Command {
+    Command::Ingest {
+        agent: agent.into(),
+        seq,
+        findings: vec![finding("disk/h1/sda", Severity::Good, t)],
+        epoch,
+    }
+}
+
+fn agent_record(h: &Harness, agent: &str) -> AgentRecord {
+    h.reader().agents().expect("agents").into_iter().find(|(a, _)| a == agent).expect("agent").1
+}
+
+/// Issue 13 follow-up: an agent whose data dir was wiped starts again at sequence 1 under a new epoch;
+/// its batches apply instead of being answered `duplicate` until it passes the old sequence.
+#[test]
+fn a_new_agent_epoch_starts_its_sequences_again_and_a_retired_one_is_refused() {
+    let mut h = Harness::new();
+    let (a, b) = (0xA, 0xB);
+    // An ingest with an epoch is a version-3 command: refused alike on apply until the cluster enabled it
+    // (the API layer sends agent batches without their epoch until then).
+    assert_eq!(epoch_batch("agent-1", 1, a, 1).version(), AGENT_EPOCH_VERSION);
+    assert_eq!(ingest("agent-1", 1, vec![]).version(), 1, "no epoch: the version-1 command");
+    let r = h.apply(1, vec![epoch_batch("agent-1", 1, a, 1)]);
+    let (code, msg) = r.results[0].error.clone().expect("refused");
+    assert_eq!(code, proto::error::Code::Conflict);
+    assert!(msg.contains("ingest needs command version 3"), "{msg}");
+    h.apply(2, vec![set_min(AGENT_EPOCH_VERSION)]);
+
+    assert_eq!(h.apply(3, vec![epoch_batch("agent-1", 5, a, 3)]).results[0].applied, 1);
+    assert!(h.apply(4, vec![epoch_batch("agent-1", 5, a, 4)]).results[0].duplicate, "a resend");
+    // Wiped: a new epoch from sequence 1. Before epochs this batch was a duplicate and lost.
+    let r = h.apply(5, vec![epoch_batch("agent-1", 1, b, 5)]);
+    assert_eq!((r.results[0].applied, r.results[0].duplicate), (1, false));
+    let rec = agent_record(&h, "agent-1");
+    assert_eq!((rec.epoch, rec.last_seq, rec.retired_epochs.clone()), (b, 1, vec![a]));
+    assert!(h.apply(6, vec![epoch_batch("agent-1", 1, b, 6)]).results[0].duplicate, "resends still dedupe");
+    // A batch of the retired epoch is refused clearly and changes nothing.
+    let before = h.snapshot();
+    let r = h.apply(7, vec![epoch_batch("agent-1", 6, a, 7)]);
+    let (code, msg) = r.results[0].error.clone().expect("refused");
+    assert_eq!((code, r.results[0].applied), (proto::error::Code::Conflict, 0));
+    assert!(msg.contains("of epoch 0xa, which the newer epoch 0xb replaced"), "{msg}");
+    assert_eq!(h.snapshot(), before);
+    // An agent that sends no epoch keeps today's rule against the current sequence.
+    assert!(
+        h.apply(8, vec![ingest("agent-1", 1, vec![finding("disk/h1/sda", Severity::Good, 8)])]).results[0]
+            .duplicate
+    );
+    assert_eq!(h.apply(9, vec![epoch_batch("agent-1", 2, 0, 9)]).results[0].applied, 1);
+    // The sequence bound holds within a new epoch too (counted from 0), and a refused first batch of a
+    // new epoch changes nothing.
+    let before = h.snapshot();
+    assert!(h.apply(10, vec![epoch_batch("agent-1", MAX_SEQ_STEP + 1, 0xC, 10)]).results[0].error.is_some());
+    assert_eq!(h.snapshot(), before);
+    // Retired epochs are bounded: after MAX_RETIRED_EPOCHS more wipes the oldest is forgotten (and would
+    // count as a new epoch again).
+    for i in 0..MAX_RETIRED_EPOCHS as u64 {
+        assert_eq!(h.apply(11 + i, vec![epoch_batch("agent-1", 1, 0x100 + i, 11 + i)]).results[0].applied, 1);
+    }
+    let rec = agent_record(&h, "agent-1");
+    assert_eq!(rec.retired_epochs.len(), MAX_RETIRED_EPOCHS);
+    assert_eq!(rec.retired_epochs[0], 0x100 + MAX_RETIRED_EPOCHS as u64 - 2, "most recent first");
+    assert!(!rec.retired_epochs.contains(&a));
+    assert_eq!(h.apply(30, vec![epoch_batch("agent-1", 1, a, 30)]).results[0].applied, 1);
+    // An agent upgraded in place (no epoch before, same outbox) adopts its epoch and keeps its sequence.
+    assert_eq!(
+        h.apply(31, vec![ingest("agent-2", 7, vec![finding("disk/h2/sda", Severity::Good, 31)])]).results[0]
+            .applied,
+        1
+    );
+    assert!(h.apply(32, vec![epoch_batch("agent-2", 7, 0xD, 32)]).results[0].duplicate);
+    assert_eq!(h.apply(33, vec![epoch_batch("agent-2", 8, 0xD, 33)]).results[0].applied, 1);
+    let rec = agent_record(&h, "agent-2");
+    assert_eq!((rec.epoch, rec.last_seq, rec.retired_epochs.is_empty()), (0xD, 8, true));
+}
