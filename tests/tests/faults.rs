@@ -111,6 +111,7 @@ async fn leader_kill9_under_load() {
     }
     sleep_ms(&mut rng, 1_000, 2_000).await;
     l.stop().await;
+    println!("[kill9] {LEADER_KILLS} leader kills under load; checking");
     check("kill9", &members(&c), &ledger).await;
     println!("[kill9] {LEADER_KILLS} leader kills; wall time {:?}", started.elapsed());
 }
@@ -241,11 +242,25 @@ fn free_bytes(p: &Path) -> u64 {
     s.blocks_available() as u64 * s.fragment_size() as u64
 }
 
-/// Fill the file system under `dir` until `left` bytes remain free.
+/// Most 1 MiB chunks [`fill`] writes: more than the whole `DISK_MB` tmpfs.
+const FILL_CHUNKS: u64 = 2 * DISK_MB;
+
+/// Fill the file system under `dir` until at most `left` bytes remain free (0: until it is full).
 fn fill(dir: &Path, left: u64) -> PathBuf {
+    use std::io::Write;
     let path = dir.join("filler");
-    let n = free_bytes(dir).saturating_sub(left);
-    std::fs::write(&path, vec![0u8; n as usize]).unwrap();
+    let mut f = std::fs::File::create(&path).unwrap();
+    for _ in 0..FILL_CHUNKS {
+        let n = free_bytes(dir).saturating_sub(left).min(1 << 20);
+        if n == 0 {
+            break;
+        }
+        match f.write_all(&vec![0u8; n as usize]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
     path
 }
 
@@ -304,6 +319,26 @@ async fn full_disk_on_follower_then_leader() {
         "[disk] follower {follower}: NOSPACE raised and cleared, {} writes acked meanwhile",
         ledger.acked() - before
     );
+    // Now really full (0 bytes free) under load: the follower may stop (a failed fsync'd write is fatal),
+    // but it must not serve anything wrong, and once space returns it restarts from its data and catches up.
+    let filler = fill(&c.data_dir(follower), 0);
+    let stopped = tests::wait_until(Duration::from_secs(5), || {
+        let e = c.exited(follower).is_some();
+        async move { e }
+    })
+    .await;
+    let error =
+        c.log_tail(follower).lines().rev().find(|l| l.contains("error")).unwrap_or_default().to_string();
+    std::fs::remove_file(&filler).unwrap();
+    if stopped {
+        c.kill9(follower);
+        c.spawn(follower, false).unwrap();
+        println!(
+            "[disk] follower {follower} at 0 bytes free stopped ({error}); restarted once space returned"
+        );
+    } else {
+        println!("[disk] follower {follower} at 0 bytes free kept running");
+    }
 
     // Leader: fill the disk under whichever node leads now.
     let leader = c.wait_leader(SETTLE).await.expect("leader");

@@ -421,6 +421,11 @@ pub async fn check(scenario: &str, members: &[(u64, String)], ledger: &Ledger) -
             );
             v
         }
-        Err(p) => panic!("[{scenario}] checker found {} problems:\n  {}", p.len(), p.join("\n  ")),
+        Err(p) => panic!(
+            "[{scenario}] checker found {} problems (writes per path (acked, unknown): {:?}):\n  {}",
+            p.len(),
+            ledger.counts(),
+            p.join("\n  ")
+        ),
     }
 }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,7 +59,7 @@ impl Net {
     }
 
     fn setup(prefix: &str) -> Result<Net, String> {
-        let mut net = Net {
+        let net = Net {
             prefix: prefix.into(),
             children: BTreeMap::new(),
             dir: tempfile::tempdir().map_err(|e| e.to_string())?,
@@ -82,7 +81,6 @@ impl Net {
             sh(&["ip", "-n", &br, "link", "set", &b, "master", "br0"])?;
             sh(&["ip", "-n", &br, "link", "set", &b, "up"])?;
         }
-        let _ = &mut net;
         Ok(net)
     }
 
@@ -187,7 +185,7 @@ pub fn run() {
     }
 }
 
-async fn leader(net: &Net) -> Option<u64> {
+async fn leader() -> Option<u64> {
     let deadline = Instant::now() + SETTLE;
     while Instant::now() < deadline {
         for id in 1..=3 {
@@ -199,13 +197,12 @@ async fn leader(net: &Net) -> Option<u64> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = net;
     None
 }
 
 async fn scenario(net: &mut Net, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let Some(_) = leader(net).await else { panic!("[netns] no leader:\n{}", net.log_tail(1)) };
+    let Some(_) = leader().await else { panic!("[netns] no leader:\n{}", net.log_tail(1)) };
     let ledger = Arc::new(Ledger::default());
     let grpc: Vec<String> = (1..=3).map(Net::grpc).collect();
     let http: Vec<String> = (1..=3).map(Net::http).collect();
@@ -216,7 +213,7 @@ async fn scenario(net: &mut Net, seed: u64) {
     l.rest(&ledger, "ns-rest", http.clone());
     let mut kinds = Vec::new();
     for k in 0..PARTITIONS {
-        let lead = leader(net).await.expect("leader before a partition");
+        let lead = leader().await.expect("leader before a partition");
         let other = (1..=3).find(|&i| i != lead).unwrap();
         let (id, both, out_to, what) = match k % 4 {
             0 => (
@@ -238,11 +235,43 @@ async fn scenario(net: &mut Net, seed: u64) {
         let t = Instant::now();
         let before = ledger.acked();
         tokio::time::sleep(Duration::from_millis(rng.random_range(CUT_MS.0..CUT_MS.1))).await;
+        // A write sent straight to a node cut off both ways cannot commit: it must not be acknowledged
+        // (the checker holds it to "at most once" either way, and to "exactly once" if it was).
+        let isolated = if both.is_empty() {
+            String::new()
+        } else {
+            let marker = format!("ns-isolated{k}");
+            let addr = Net::http(id);
+            let m = marker.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                check::rest_ingest(&addr, "", 0, "disk/ns-isolated/x", &m)
+            })
+            .await
+            .unwrap();
+            ledger.record(marker, check::Path::Rest, r.is_ok());
+            assert!(r.is_err(), "[netns] node {id}, cut off both ways, acknowledged a write: {r:?}");
+            format!("; a write to it refused: {:.80}", r.unwrap_err())
+        };
         let during = ledger.acked() - before;
         net.heal(id).unwrap();
+        let healed = Instant::now();
+        // Catch-up: the healed node reaches the revision the leader had at the heal.
+        let lead = leader().await.expect("leader after heal");
+        let goal = check::info(&Net::grpc(lead)).await.map(|i| i.revision).unwrap_or(0);
+        let caught_up = tests::wait_until(SETTLE, || async {
+            check::info(&Net::grpc(id)).await.is_some_and(|i| i.revision >= goal)
+        })
+        .await;
+        assert!(
+            caught_up,
+            "[netns] node {id} did not reach revision {goal} within {SETTLE:?} of the heal:\n{}",
+            net.log_tail(id)
+        );
         println!(
-            "[netns] partition {k}: {what} (node {id}) for {:?}; {during} writes acked meanwhile",
-            t.elapsed()
+            "[netns] partition {k}: {what} (node {id}) for {:?}; {during} writes acked meanwhile{isolated}; node {id} \
+             at the leader's revision {:?} after the heal",
+            healed - t,
+            healed.elapsed()
         );
         kinds.push(what);
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1_500))).await;
@@ -255,5 +284,4 @@ async fn scenario(net: &mut Net, seed: u64) {
         kinds.iter().filter(|k| k.starts_with("two")).count(),
         kinds.iter().filter(|k| k.starts_with("one")).count()
     );
-    let _: PathBuf = net.dir.path().to_path_buf();
 }
