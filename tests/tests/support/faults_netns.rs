@@ -185,15 +185,22 @@ pub fn run() {
     }
 }
 
+/// The leader of the highest term any member reports (a leader cut off may still call itself leader of an
+/// older term for a moment).
 async fn leader() -> Option<u64> {
     let deadline = Instant::now() + SETTLE;
     while Instant::now() < deadline {
+        let mut best: Option<(u64, u64)> = None;
         for id in 1..=3 {
             if let Some(i) = check::info(&Net::grpc(id)).await
                 && i.role == "leader"
+                && best.is_none_or(|(term, _)| i.term > term)
             {
-                return Some(id);
+                best = Some((i.term, id));
             }
+        }
+        if let Some((_, id)) = best {
+            return Some(id);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
