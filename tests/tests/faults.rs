@@ -130,10 +130,13 @@ async fn clients_retry_through_failovers() {
     c.wait_leader(READY_TIMEOUT).await.expect("leader");
     let ledger = Arc::new(Ledger::default());
     let retried = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Batches never acknowledged, with the last error each got.
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut tasks = Vec::new();
     // gRPC: the same IngestRequest resent by our own loop on top of the client's.
     for i in 0..2 {
         let (ledger, retried, addrs) = (ledger.clone(), retried.clone(), grpc_addrs(&c));
+        let failures = failures.clone();
         tasks.push(tokio::spawn(async move {
             let mut cl = Client::new(addrs);
             for seq in 1..=RETRY_BATCHES {
@@ -144,15 +147,22 @@ async fn clients_retry_through_failovers() {
                     findings: vec![check::finding(&format!("disk/rt-g{i}/a"), &marker)],
                 };
                 let mut acked = false;
+                let mut last = String::new();
                 for attempt in 0..RETRY_ATTEMPTS {
                     if attempt > 0 {
                         retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tokio::time::sleep(check::RETRY_PAUSE).await;
                     }
-                    if cl.call(req.clone(), |mut c, r| async move { c.ingest(r).await }).await.is_ok() {
-                        acked = true;
-                        break;
+                    match cl.call(req.clone(), |mut c, r| async move { c.ingest(r).await }).await {
+                        Ok(_) => {
+                            acked = true;
+                            break;
+                        }
+                        Err(e) => last = e.to_string(),
                     }
+                }
+                if !acked {
+                    failures.lock().unwrap().push(format!("{marker}: {last}"));
                 }
                 ledger.record(marker, check::Path::Agent, acked);
             }
@@ -161,11 +171,13 @@ async fn clients_retry_through_failovers() {
     // REST: the same body (agent, sequence, marker) resent to the next member after any failure.
     for i in 0..2 {
         let (ledger, retried, addrs) = (ledger.clone(), retried.clone(), http_addrs(&c));
+        let failures = failures.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
             let mut at = 0;
             for seq in 1..=RETRY_BATCHES {
                 let marker = format!("rt-h{i}.{seq}");
                 let mut acked = false;
+                let mut last = String::new();
                 for attempt in 0..RETRY_ATTEMPTS {
                     if attempt > 0 {
                         retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -183,8 +195,14 @@ async fn clients_retry_through_failovers() {
                             acked = true;
                             break;
                         }
-                        Err(_) => at += 1,
+                        Err(e) => {
+                            last = e;
+                            at += 1;
+                        }
                     }
+                }
+                if !acked {
+                    failures.lock().unwrap().push(format!("{marker}: {last}"));
                 }
                 ledger.record(marker, check::Path::Rest, acked);
             }
@@ -201,8 +219,9 @@ async fn clients_retry_through_failovers() {
     assert_eq!(
         ledger.acked(),
         total,
-        "every batch acknowledged within {RETRY_ATTEMPTS} attempts: {:?}",
-        ledger.counts()
+        "every batch acknowledged within {RETRY_ATTEMPTS} attempts: {:?}; not acknowledged (last error): {:?}",
+        ledger.counts(),
+        failures.lock().unwrap()
     );
     check("retry", &members(&c), &ledger).await;
     println!(
