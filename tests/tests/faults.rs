@@ -37,9 +37,10 @@ const LEADER_KILLS: usize = 3;
 const RETRY_KILLS: usize = 2;
 /// Batches each retrying client must get acknowledged.
 const RETRY_BATCHES: u64 = 150;
-/// Attempts a retrying client makes for one batch before giving up (each attempt is itself the client's
-/// bounded leader-following call): far more than a failover needs.
-const RETRY_ATTEMPTS: u32 = 20;
+/// Attempts a retrying client makes for one batch before giving up. A REST attempt can fail fast (refused
+/// connection, 421 while no leader is known), so with `RETRY_PAUSE` (100 ms) between attempts this is >= 10 s:
+/// well past the slowest failover seen under load (3.5 s), where 20 attempts (~2.2 s) once gave up.
+const RETRY_ATTEMPTS: u32 = 100;
 /// Size of the tmpfs under a node's data dir in the full-disk scenario, and the NOSPACE floor set on it.
 const DISK_MB: u64 = 64;
 /// Raft log entries between snapshots in the corruption scenario: small, so a rebuilt member installs a
