@@ -107,6 +107,22 @@ async fn leader_kill9_under_load() {
     let mut rng = rng("kill9");
     let mut c = LocalCluster::start(&huatuo_bin(), 3).unwrap();
     c.wait_leader(READY_TIMEOUT).await.expect("leader");
+    // The CLI's retries carry idempotency keys, which the cluster honours once its leader has raised
+    // min_command_version to what every member knows (auto_upgrade): wait for that before the load.
+    let grpc = members(&c).into_iter().map(|(_, g)| g).collect::<Vec<_>>();
+    let upgraded = tests::wait_until(SETTLE, || {
+        let grpc = grpc.clone();
+        async move {
+            for g in &grpc {
+                if info(g).await.is_some_and(|i| i.min_command_version >= master::model::COMMAND_VERSION) {
+                    return true;
+                }
+            }
+            false
+        }
+    })
+    .await;
+    assert!(upgraded, "the cluster never enabled command version {}", master::model::COMMAND_VERSION);
     let ledger = Arc::new(Ledger::default());
     let l = load(&c, &ledger, "k9");
     for _ in 0..LEADER_KILLS {
@@ -143,6 +159,7 @@ async fn clients_retry_through_failovers() {
             for seq in 1..=RETRY_BATCHES {
                 let marker = format!("rt-g{i}.{seq}");
                 let req = api::IngestRequest {
+                    epoch: 0,
                     agent: format!("agent-rt-g{i}"),
                     seq,
                     findings: vec![check::finding(&format!("disk/rt-g{i}/a"), &marker)],
@@ -382,6 +399,7 @@ async fn full_disk_on_follower_then_leader() {
     let r = g
         .call(
             api::IngestRequest {
+                epoch: 0,
                 agent: String::new(),
                 seq: 0,
                 findings: vec![check::finding("disk/df-nospace/x", "df-refused-g")],

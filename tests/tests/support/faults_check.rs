@@ -200,6 +200,7 @@ impl Load {
                 }
                 let marker = format!("{tag}.a{seq}");
                 let req = api::IngestRequest {
+                    epoch: 0,
                     agent: format!("agent-{tag}"),
                     seq,
                     findings: vec![finding(&format!("disk/{tag}/a"), &marker)],
