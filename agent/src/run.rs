@@ -267,7 +267,7 @@ async fn commit(
     kv: &BTreeMap<String, Vec<u8>>,
     delay: Duration,
     batch_max: usize,
-) -> Result<(), String> {
+) -> Result<(), CommitError> {
     let ob = Arc::clone(outbox);
     let kv = kv.clone();
     let res = tokio::task::spawn_blocking(move || -> Result<(), OutboxError> {
@@ -280,9 +280,18 @@ async fn commit(
     .await;
     match res {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("outbox enqueue failed: {e}")),
-        Err(e) => Err(format!("outbox task failed: {e}")),
+        Ok(Err(e)) => Err(CommitError::Outbox(e)),
+        Err(e) => Err(CommitError::Task(e)),
     }
+}
+
+/// Why the sink could not commit a merged set of reports.
+#[derive(Debug, thiserror::Error)]
+enum CommitError {
+    #[error("outbox enqueue failed: {0}")]
+    Outbox(OutboxError),
+    #[error("outbox task failed: {0}")]
+    Task(tokio::task::JoinError),
 }
 
 async fn sink(

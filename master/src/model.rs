@@ -126,14 +126,23 @@ pub const KEYED_COMMAND_VERSION: u32 = 3;
 /// Longest idempotency key: a client id plus a sequence, or a random request id (a UUID is 36 bytes).
 pub const MAX_REQUEST_KEY_LEN: usize = 128;
 
+/// Why an idempotency key is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestKeyError {
+    #[error("idempotency key must be 1..={MAX_REQUEST_KEY_LEN} bytes, got {0}")]
+    Length(usize),
+    #[error("idempotency key may hold only A-Z a-z 0-9 . _ : - (found {0:?})")]
+    Char(char),
+}
+
 /// Whether `key` is a valid idempotency key: 1..=[`MAX_REQUEST_KEY_LEN`] bytes of `A-Z a-z 0-9 . _ : -`.
-pub fn validate_request_key(key: &str) -> Result<(), String> {
+pub fn validate_request_key(key: &str) -> Result<(), RequestKeyError> {
     if key.is_empty() || key.len() > MAX_REQUEST_KEY_LEN {
-        return Err(format!("idempotency key must be 1..={MAX_REQUEST_KEY_LEN} bytes, got {}", key.len()));
+        return Err(RequestKeyError::Length(key.len()));
     }
     if let Some(c) = key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
     {
-        return Err(format!("idempotency key may hold only A-Z a-z 0-9 . _ : - (found {c:?})"));
+        return Err(RequestKeyError::Char(c));
     }
     Ok(())
 }

@@ -222,7 +222,7 @@ impl Service {
         key: Option<String>,
     ) -> Result<CmdResult, ApiError> {
         let Some(key) = key else { return self.submit(cmd).await };
-        crate::model::validate_request_key(&key).map_err(ApiError::invalid)?;
+        crate::model::validate_request_key(&key).map_err(|e| ApiError::invalid(e.to_string()))?;
         if self.stats.min_command_version() < cmd.version().max(crate::model::KEYED_COMMAND_VERSION) {
             tracing::debug!(key, "idempotency key ignored: command version 3 is not enabled in this cluster");
             return self.submit(cmd).await;

@@ -14,7 +14,7 @@ impl Decider<'_> {
     pub(super) fn keyed(&mut self, key: String, cmd: Command) -> Result<CmdResult, StoreError> {
         if let Err(e) = validate_request_key(&key) {
             self.tally.rejected += 1;
-            return Ok(self.refuse(proto::error::Code::InvalidArgument, e));
+            return Ok(self.refuse(proto::error::Code::InvalidArgument, e.to_string()));
         }
         if matches!(cmd, Command::Keyed { .. }) {
             self.tally.rejected += 1;
