@@ -40,3 +40,9 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Milliseconds since the epoch: findings sent to real masters carry the time they were made (a cluster that
+/// enabled command version 2 refuses findings more than 30 days in the past).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

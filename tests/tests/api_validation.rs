@@ -28,7 +28,7 @@ fn good() -> Value {
         "rule": "smart.reallocated",
         "evidence": "Reallocated_Sector_Ct 12",
         "readings": { "reallocated": "12" },
-        "time_ms": 1,
+        "time_ms": tests::now_ms(),
     })
 }
 

@@ -119,7 +119,7 @@ async fn call_all(c: &LocalCluster, sec: ClientSecurity) -> Vec<(&'static str, O
         rule: "r".into(),
         evidence: "e".into(),
         readings: Default::default(),
-        time_ms: 1,
+        time_ms: tests::now_ms(),
     };
     let cmd = |kind: &str| api::CommandRequest {
         object: "disk/auth-host/sda".into(),

@@ -341,7 +341,7 @@ min_seq_read_mbps = 1000000000.0
             rule: "ops.bad-disk".into(),
             evidence: "reported by the storage system".into(),
             readings: Default::default(),
-            time_ms: 1,
+            time_ms: tests::now_ms(),
         }],
         epoch: 0,
     };

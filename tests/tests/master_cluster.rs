@@ -41,7 +41,7 @@ fn finding(object: &str, severity: &str, evidence: &str) -> api::Finding {
         rule: "test.rule".into(),
         evidence: evidence.into(),
         readings: Default::default(),
-        time_ms: 1,
+        time_ms: tests::now_ms(),
     }
 }
 

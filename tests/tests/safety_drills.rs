@@ -77,7 +77,7 @@ fn finding(object: String, severity: &str, checker: &str, version: &str) -> api:
         rule: format!("{checker}.test"),
         evidence: "drill".into(),
         readings: Default::default(),
-        time_ms: 1,
+        time_ms: tests::now_ms(),
     }
 }
 

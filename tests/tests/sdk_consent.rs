@@ -73,7 +73,7 @@ async fn report(client: &mut Client, object: &str, severity: &str) -> u64 {
             rule: "smart.test".into(),
             evidence: format!("test says {severity}"),
             readings: Default::default(),
-            time_ms: 1,
+            time_ms: tests::now_ms(),
         }],
         epoch: 0,
     };
@@ -359,7 +359,7 @@ async fn consent_escalation_refusals_and_watch_failover() {
                             rule: "smart.ok".into(),
                             evidence: "ok".into(),
                             readings: Default::default(),
-                            time_ms: 1,
+                            time_ms: tests::now_ms(),
                         })
                         .collect(),
                     epoch: 0,

@@ -73,7 +73,7 @@ fn finding(object: &str) -> api::Finding {
         rule: "smart.test".into(),
         evidence: "e".into(),
         readings: Default::default(),
-        time_ms: 1,
+        time_ms: tests::now_ms(),
     }
 }
 
