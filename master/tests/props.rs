@@ -10,6 +10,8 @@ use master::api::validate::{self, MAX_FINDINGS_PER_BATCH, MAX_LABEL_LEN, MAX_REA
 use master::http::{CommandBody, IngestBody};
 use master::model::{Command, DecodeError, Envelope, Registration, validate_request_key};
 use proptest::prelude::*;
+use prost::Message;
+use proto::api;
 use state_machines::{Finding, Severity};
 
 fn finding(object: &str, rule: &str) -> Finding {
@@ -172,6 +174,54 @@ fn command_body(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Real gRPC requests (protobuf bytes) to mutate.
+fn grpc_seeds() -> Vec<Vec<u8>> {
+    let ingest = api::IngestRequest {
+        agent: "agent-1".into(),
+        seq: 7,
+        findings: vec![proto::convert::finding_to_wire(&finding("disk/h1/sda", "smart.reallocated"))],
+        epoch: 3,
+    };
+    let command = api::CommandRequest {
+        object: "disk/h1/sda".into(),
+        kind: "force".into(),
+        value: "GOOD".into(),
+        by: "alice".into(),
+        reason: "replaced".into(),
+        ..api::CommandRequest::default()
+    };
+    vec![ingest.encode_to_vec(), command.encode_to_vec()]
+}
+
+/// What the gRPC Ingest handler does with a request before anything is proposed.
+fn grpc_ingest(bytes: &[u8]) -> Result<Vec<Finding>, String> {
+    let req = api::IngestRequest::decode(bytes).map_err(|e| e.to_string())?;
+    let findings = req
+        .findings
+        .into_iter()
+        .map(proto::convert::finding_from_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.message)?;
+    validate::ingest(&req.agent, req.seq, &findings).map_err(|e| e.message)?;
+    Ok(findings)
+}
+
+/// What the gRPC Command handler does with a request before anything is proposed.
+fn grpc_command(bytes: &[u8]) -> Result<(), String> {
+    let req = api::CommandRequest::decode(bytes).map_err(|e| e.to_string())?;
+    proto::convert::object_id(&req.object).map_err(|e| e.message)?;
+    requests::object_input(&ObjectCommand {
+        kind: req.kind,
+        name: req.name,
+        value: req.value,
+        by: req.by,
+        reason: req.reason,
+        success: req.success,
+    })
+    .map_err(|e| e.message)?;
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 768, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -200,6 +250,26 @@ proptest! {
         }
     }
 
+    /// Any bytes as a protobuf IngestRequest: valid findings within the batch limit, or an error.
+    #[test]
+    fn grpc_ingest_is_valid_or_refused(bytes in bytes_or_mutated(grpc_seeds())) {
+        match grpc_ingest(&bytes) {
+            Ok(findings) => {
+                prop_assert!(!findings.is_empty() && findings.len() <= MAX_FINDINGS_PER_BATCH);
+                prop_assert!(findings.iter().all(|f| f.validate().is_ok()));
+            }
+            Err(msg) => prop_assert!(!msg.is_empty()),
+        }
+    }
+
+    /// Any bytes as a protobuf CommandRequest: a valid object command, or an error.
+    #[test]
+    fn grpc_command_is_valid_or_refused(bytes in bytes_or_mutated(grpc_seeds())) {
+        if let Err(msg) = grpc_command(&bytes) {
+            prop_assert!(!msg.is_empty());
+        }
+    }
+
     /// Any bytes as a Raft entry: an envelope that encodes back to itself, or a decode error; never a panic.
     #[test]
     fn envelope_decode_takes_any_bytes(bytes in bytes_or_mutated(entry_seeds()), knows in 1u32..5) {
@@ -223,6 +293,9 @@ fn seeds_are_accepted() {
     assert!(ingest_body(&bodies[0]).is_ok());
     assert_eq!(command_body(&bodies[1]), Ok(()));
     assert_eq!(command_body(&bodies[2]), Ok(()));
+    let grpc = grpc_seeds();
+    assert_eq!(grpc_ingest(&grpc[0]).map(|f| f.len()), Ok(1));
+    assert_eq!(grpc_command(&grpc[1]), Ok(()));
     for e in entry_seeds() {
         let env = Envelope::decode(&e).expect("a real entry decodes");
         assert_eq!(env.encode(), e);
