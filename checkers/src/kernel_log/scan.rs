@@ -19,6 +19,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use state_machines::finding::MAX_LABEL_LEN;
 use state_machines::{Finding, Kind, ObjectId, Severity};
 
 use super::decode::{self, cause_rank};
@@ -522,7 +523,12 @@ impl Scanner {
         findings.extend(self.resolve_dm(base, &rule.id));
         for f in findings {
             self.stats.findings += 1;
-            out.push(Event { finding: f.bounded(), line, log_time, record_lines: record_lines.clone() });
+            out.push(Event {
+                finding: fit_readings(f).bounded(),
+                line,
+                log_time,
+                record_lines: record_lines.clone(),
+            });
         }
     }
 
@@ -672,6 +678,24 @@ fn event_ms(t: LogTime) -> Option<u64> {
         LogTime::Mono(us) => Some(us / 1000),
         LogTime::Wall(ms) => Some(ms),
     }
+}
+
+/// Reading values are pieces of a log line (a captured reason, a logged name): cut to the finding's label
+/// limit at a character boundary, control characters (a tab) turned into spaces, so a long or odd line
+/// still gives a finding the master accepts (`Finding::validate`) instead of one it refuses.
+fn fit_readings(mut f: Finding) -> Finding {
+    for v in f.readings.values_mut() {
+        if v.len() > MAX_LABEL_LEN || v.chars().any(char::is_control) {
+            let mut s: String = v.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            let mut end = s.len().min(MAX_LABEL_LEN);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            *v = s;
+        }
+    }
+    f
 }
 
 /// How long repeats of one condition are merged into one line of output (log time): ten minutes, the
