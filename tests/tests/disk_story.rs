@@ -566,7 +566,7 @@ reboot_dry_run = true
             rule: "root-fs-readonly".into(),
             evidence: "/ is mounted read-only".into(),
             readings: Default::default(),
-            time_ms: t,
+            time_ms: tests::now_ms() + t,
         }],
         epoch: 0,
     };

@@ -252,8 +252,12 @@ async fn rest_and_cli_checks(bin: &std::path::Path, cluster: &LocalCluster) {
     );
 
     // REST write, then a follower answers NOT_LEADER with the leader's HTTP address.
-    let body = r#"{"findings":[{"object":"disk/rest1/sda","severity":"FATAL","checker":"smart","version":"1",
-        "rule":"smart.failed","evidence":"SMART FAILED","time_ms":5}]}"#;
+    let body = format!(
+        r#"{{"findings":[{{"object":"disk/rest1/sda","severity":"FATAL","checker":"smart","version":"1",
+        "rule":"smart.failed","evidence":"SMART FAILED","time_ms":{}}}]}}"#,
+        tests::now_ms()
+    );
+    let body = body.as_str();
     let (st, b) = http(&lh, "POST", "/api/v1/findings", body);
     assert_eq!(st, 200, "{b}");
     assert_eq!(json(&b)["applied"], 1);

@@ -195,7 +195,7 @@
       const err = await errorFrom(resp);
       // A refusal of a request sent before the operator signed in with another token says nothing about
       // the token now in use: no banner for it.
-      if (opts.token !== undefined || token === S.token) noteAuth(err);
+      if (opts.token !== undefined || token === S.token) noteAuth(err, opts.token !== undefined);
       throw err;
     }
     if (S.authError && S.authError.status === 401 && token === S.token) { S.authError = null; renderBanner(); }
@@ -204,7 +204,11 @@
       throw new ApiError(resp.status, 'BAD_RESPONSE', `the master answered something that is not JSON: ${text.slice(0, 120)}`);
     }
   }
-  function noteAuth(err) {
+  // A banner the operator dismissed stays dismissed for background polls with the same token and status
+  // (they would bring it back every few seconds); an explicit sign-in attempt always shows its answer.
+  function noteAuth(err, explicit) {
+    const d = S.dismissed;
+    if (!explicit && d && d.token === S.token && d.status === err.status) return;
     if (err.status === 401 || err.status === 403) {
       S.authError = err;
       renderBanner();
@@ -222,7 +226,7 @@
         h('strong', {}, e.status === 401 ? 'Not signed in (401)' : 'Not allowed (403)'),
         h('span', { class: 'grow' }, describeError(e)),
         h('a', { href: '#/login' }, e.status === 401 ? 'Sign in' : 'Use another token'),
-        h('button', { onclick: () => { S.authError = null; renderBanner(); } }, 'Dismiss'));
+        h('button', { onclick: () => { S.dismissed = { token: S.token, status: e.status }; S.authError = null; renderBanner(); } }, 'Dismiss'));
       el.hidden = false;
       el.dataset.status = String(e.status);
       return;
@@ -502,6 +506,7 @@
         if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
         if (S.operator) sessionStorage.setItem(NAME_KEY, S.operator); else sessionStorage.removeItem(NAME_KEY);
         S.authError = null;
+        S.dismissed = null;
         renderBanner();
         renderWho();
         loadWhoami();
