@@ -573,11 +573,25 @@ async fn damaged_follower_store_refuses_to_start_and_rejoins() {
     }
     // Rebuild: move the damaged dir away, join as a new empty member; it catches up from the leader.
     std::fs::rename(&dir, dir.with_extension("damaged")).unwrap();
+    let log_len = std::fs::metadata(c.log_path(follower)).map(|m| m.len()).unwrap_or(0);
     c.spawn(follower, true).unwrap();
     let mut l = Load::new();
     l.agent(&ledger, "cr-agent2", grpc_addrs(&c));
     sleep_ms(&mut rng, 1_000, 2_000).await;
     l.stop().await;
+    if let Err(p) = check::verify(&members(&c), &ledger).await {
+        let log = std::fs::read_to_string(c.log_path(follower)).unwrap_or_default();
+        let tail: Vec<&str> =
+            log.get(log_len as usize..).unwrap_or_default().lines().rev().take(60).collect();
+        let leader_now = c.wait_leader(SETTLE).await;
+        panic!(
+            "[corrupt] node {follower} rebuilt with --join (exited: {:?}, leader now {leader_now:?}) did not \
+             converge:\n  {}\nits log (last 60 lines, newest first):\n{}",
+            c.exited(follower),
+            p.join("\n  "),
+            tail.join("\n")
+        );
+    }
     check("corrupt", &members(&c), &ledger).await;
     println!(
         "[corrupt] 3 damaged stores refused, node {follower} rebuilt with --join; wall time {:?}",
