@@ -386,6 +386,8 @@ async fn heartbeat(
         checkers: cfg.checkers.clone().into_iter().collect(),
         outbox_entries: depth.entries,
         outbox_dropped: depth.dropped.iter().sum(),
+        runs: Vec::new(),
+        assignment_hash: String::new(),
     };
     let resp =
         client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map_err(rpc("heartbeat"))?;

@@ -569,6 +569,7 @@ mod tests {
             evidence: String::new(),
             readings: Default::default(),
             time_ms: 0,
+            shadow: false,
         }
     }
 

@@ -49,6 +49,7 @@ pub fn checker_finding(
             evidence,
             readings: Default::default(),
             time_ms: now_ms(),
+            shadow: false,
         }
         .bounded(),
     )
@@ -281,6 +282,7 @@ mod tests {
                         evidence: String::new(),
                         readings: Default::default(),
                         time_ms: ctx.now_ms,
+                        shadow: false,
                     })
                     .collect()),
                 _ => Ok(vec![]),

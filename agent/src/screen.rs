@@ -57,6 +57,7 @@ pub fn screen(checker: &str, version: &str, host: &str, findings: Vec<Finding>, 
             evidence: evidence.replace('\0', "\\0"),
             readings: [("refused".to_string(), out.refused.to_string())].into_iter().collect(),
             time_ms: now_ms,
+            shadow: false,
         }
         .bounded()
     });
@@ -87,6 +88,7 @@ mod tests {
             evidence: "fine".into(),
             readings: Default::default(),
             time_ms: 5,
+            shadow: false,
         }
     }
 

@@ -301,6 +301,7 @@ mod tests {
             evidence: String::new(),
             readings: Default::default(),
             time_ms: 0,
+            shadow: false,
         };
         let inbox = Inbox::default();
         let all: Vec<Finding> = (0..INBOX_MAX + 3).map(f).collect();

@@ -204,6 +204,7 @@ impl Checker for EdacChecker {
                 evidence: ev,
                 readings,
                 time_ms: ctx.now_ms,
+                shadow: false,
             }
             .bounded())
         };

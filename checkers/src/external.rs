@@ -195,6 +195,7 @@ fn parse_line(spec: &ExternalSpec, ctx: &CheckContext, line: &str) -> Result<Fin
         evidence: l.evidence,
         readings,
         time_ms: ctx.now_ms,
+        shadow: false,
     }
     .bounded())
 }
@@ -219,6 +220,7 @@ pub fn run(spec: &ExternalSpec, ctx: &CheckContext) -> Result<Vec<Finding>, Chec
             evidence: ev,
             readings,
             time_ms: ctx.now_ms,
+            shadow: false,
         }
         .bounded()
     };

@@ -413,6 +413,7 @@ impl Checker for MachineChecker {
                     evidence: x.evidence,
                     readings: x.readings,
                     time_ms: ctx.now_ms,
+                    shadow: false,
                 }
                 .bounded()
             })
@@ -518,6 +519,7 @@ mod tests {
             evidence: String::new(),
             readings: BTreeMap::new(),
             time_ms: 1,
+            shadow: false,
         };
         c.set_kernel_findings(vec![
             mk("machine/h1", Severity::Error),

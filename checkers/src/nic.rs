@@ -356,6 +356,7 @@ impl Checker for NicChecker {
                         evidence: v.evidence,
                         readings: readings.clone(),
                         time_ms: ctx.now_ms,
+                        shadow: false,
                     }
                     .bounded(),
                 );

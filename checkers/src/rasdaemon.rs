@@ -91,6 +91,7 @@ fn finding(
         evidence,
         readings,
         time_ms: now_ms,
+        shadow: false,
     }
     .bounded()
 }

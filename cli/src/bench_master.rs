@@ -60,6 +60,7 @@ fn batch(agent: u32, seq: u64, n: u32, disks: u32) -> api::IngestRequest {
             evidence: "SMART overall-health self-assessment test result: PASSED".into(),
             readings: Default::default(),
             time_ms: now_ms(),
+            shadow: false,
         })
         .collect();
     api::IngestRequest { agent: format!("bench-agent-{agent}"), seq, findings, epoch: 0 }

@@ -172,6 +172,7 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
             evidence: a.evidence,
             readings: Default::default(),
             time_ms: now_ms(),
+            shadow: false,
         }],
         epoch: 0,
     };

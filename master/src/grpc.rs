@@ -158,7 +158,49 @@ impl Master for GrpcApi {
             .into_iter()
             .map(convert::order_to_wire)
             .collect();
-        Ok(Response::new(api::HeartbeatResponse { revision, actions }))
+        Ok(Response::new(api::HeartbeatResponse {
+            revision,
+            actions,
+            assignment_hash: String::new(),
+            assignment: Vec::new(),
+            assignment_included: false,
+        }))
+    }
+
+    // Issue 15 (checker catalog): the contract is in api.proto; the master side lands with the catalog.
+    async fn push_artifact(
+        &self,
+        _req: Request<api::PushArtifactRequest>,
+    ) -> Result<Response<api::PushArtifactResponse>, Status> {
+        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
+    }
+
+    async fn list_catalog(
+        &self,
+        _req: Request<api::ListCatalogRequest>,
+    ) -> Result<Response<api::ListCatalogResponse>, Status> {
+        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
+    }
+
+    async fn fetch_artifact(
+        &self,
+        _req: Request<api::FetchArtifactRequest>,
+    ) -> Result<Response<api::FetchArtifactResponse>, Status> {
+        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
+    }
+
+    async fn rollout(
+        &self,
+        _req: Request<api::RolloutRequest>,
+    ) -> Result<Response<api::RolloutResponse>, Status> {
+        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
+    }
+
+    async fn rollout_status(
+        &self,
+        _req: Request<api::RolloutStatusRequest>,
+    ) -> Result<Response<api::RolloutStatusResponse>, Status> {
+        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
     }
 
     async fn register(

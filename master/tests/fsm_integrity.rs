@@ -56,6 +56,7 @@ fn ingest(seq: u64, object: &str, evidence: &str) -> Vec<u8> {
         evidence: evidence.into(),
         readings: BTreeMap::new(),
         time_ms: 1,
+        shadow: false,
     };
     Envelope::new(1, vec![Command::Ingest { agent: "a1".into(), seq, findings: vec![f], epoch: 0 }]).encode()
 }

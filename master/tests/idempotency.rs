@@ -142,6 +142,7 @@ async fn grpc_ingest(
         evidence: "12".into(),
         readings: Default::default(),
         time_ms: now_ms(),
+        shadow: false,
     };
     let mut req = tonic::Request::new(api::IngestRequest {
         agent: String::new(),

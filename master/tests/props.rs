@@ -24,6 +24,7 @@ fn finding(object: &str, rule: &str) -> Finding {
         evidence: "seq=001234 reallocated".into(),
         readings: BTreeMap::from([("reallocated".to_string(), "12".to_string())]),
         time_ms: 1_700_000_000_000,
+        shadow: false,
     }
 }
 

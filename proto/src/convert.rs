@@ -36,6 +36,7 @@ pub fn finding_from_wire(f: api::Finding) -> Result<Finding, ApiError> {
         evidence: f.evidence,
         readings: f.readings.into_iter().collect(),
         time_ms: f.time_ms,
+        shadow: f.shadow,
     })
 }
 
@@ -50,6 +51,7 @@ pub fn finding_to_wire(f: &Finding) -> api::Finding {
         evidence: f.evidence.clone(),
         readings: f.readings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         time_ms: f.time_ms,
+        shadow: f.shadow,
     }
 }
 
@@ -272,6 +274,7 @@ mod tests {
             evidence: "Reallocated_Sector_Ct 12".into(),
             readings: [("reallocated".to_string(), "12".to_string())].into_iter().collect(),
             time_ms: 1_700_000_000_000,
+            shadow: false,
         }
     }
 

@@ -269,6 +269,41 @@ impl Master for Fake {
     ) -> Result<Response<api::SetMinCommandVersionResponse>, Status> {
         unimplemented()
     }
+
+    async fn push_artifact(
+        &self,
+        _: Request<api::PushArtifactRequest>,
+    ) -> Result<Response<api::PushArtifactResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn list_catalog(
+        &self,
+        _: Request<api::ListCatalogRequest>,
+    ) -> Result<Response<api::ListCatalogResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn fetch_artifact(
+        &self,
+        _: Request<api::FetchArtifactRequest>,
+    ) -> Result<Response<api::FetchArtifactResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn rollout(
+        &self,
+        _: Request<api::RolloutRequest>,
+    ) -> Result<Response<api::RolloutResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn rollout_status(
+        &self,
+        _: Request<api::RolloutStatusRequest>,
+    ) -> Result<Response<api::RolloutStatusResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serve `fake` on a free loopback port; returns a subscriber config pointing at it (fast backoff).

@@ -146,6 +146,10 @@ pub struct Finding {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub readings: BTreeMap<String, String>,
     pub time_ms: u64,
+    /// Made by a shadow run of a canary checker version (issue 15): recorded in history and exports, never
+    /// fed to a state machine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 impl Finding {
@@ -210,6 +214,7 @@ mod tests {
             evidence: "é".repeat(MAX_EVIDENCE_LEN),
             readings: (0..100).map(|i| (format!("k{i:03}"), i.to_string())).collect(),
             time_ms: 1,
+            shadow: false,
         }
         .bounded();
         assert!(f.evidence.len() <= MAX_EVIDENCE_LEN);
@@ -231,6 +236,7 @@ mod validate_tests {
             evidence: "Reallocated_Sector_Ct 12\r\n\tline two".into(),
             readings: [("reallocated".to_string(), "12".to_string())].into_iter().collect(),
             time_ms: 1,
+            shadow: false,
         }
     }
 

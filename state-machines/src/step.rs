@@ -546,6 +546,7 @@ mod tests {
             evidence: "e".into(),
             readings: BTreeMap::new(),
             time_ms: 0,
+            shadow: false,
         })
     }
 

@@ -297,6 +297,7 @@ fn parse_input(ln: usize, id: &ObjectId, at: u64, line: &str, w: &[&str]) -> Res
                 evidence,
                 readings: BTreeMap::new(),
                 time_ms: at,
+                shadow: false,
             })
         }
         "ack" => {

@@ -28,6 +28,7 @@ fn input_for(id: &ObjectId, sel: u8, a: u8, b: u8, now: u64) -> Input {
                 evidence: "evidence".into(),
                 readings: BTreeMap::new(),
                 time_ms: now,
+                shadow: false,
             })
         }
         3 => Input::Ack {

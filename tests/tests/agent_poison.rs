@@ -186,6 +186,7 @@ async fn a_hostile_finding_does_not_stop_later_good_findings() {
             evidence: "a\0b".into(),
             readings: Default::default(),
             time_ms: agent::scheduler::now_ms(),
+            shadow: false,
         };
         ob.enqueue(&[(Severity::Error, serde_json::to_vec(&poison).unwrap())]).unwrap();
     }

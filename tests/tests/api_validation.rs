@@ -73,6 +73,7 @@ fn to_wire(f: &Value) -> api::Finding {
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
             .unwrap_or_default(),
         time_ms: f["time_ms"].as_u64().unwrap_or_default(),
+        shadow: false,
     }
 }
 

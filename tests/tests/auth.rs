@@ -120,6 +120,7 @@ async fn call_all(c: &LocalCluster, sec: ClientSecurity) -> Vec<(&'static str, O
         evidence: "e".into(),
         readings: Default::default(),
         time_ms: tests::now_ms(),
+        shadow: false,
     };
     let cmd = |kind: &str| api::CommandRequest {
         object: "disk/auth-host/sda".into(),

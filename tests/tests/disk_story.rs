@@ -342,6 +342,7 @@ min_seq_read_mbps = 1000000000.0
             evidence: "reported by the storage system".into(),
             readings: Default::default(),
             time_ms: tests::now_ms(),
+            shadow: false,
         }],
         epoch: 0,
     };
@@ -567,6 +568,7 @@ reboot_dry_run = true
             evidence: "/ is mounted read-only".into(),
             readings: Default::default(),
             time_ms: tests::now_ms() + t,
+            shadow: false,
         }],
         epoch: 0,
     };

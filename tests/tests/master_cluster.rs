@@ -42,6 +42,7 @@ fn finding(object: &str, severity: &str, evidence: &str) -> api::Finding {
         evidence: evidence.into(),
         readings: Default::default(),
         time_ms: tests::now_ms(),
+        shadow: false,
     }
 }
 

@@ -75,6 +75,7 @@ fn finding(object: &str, severity: Severity) -> Finding {
         evidence: "e".into(),
         readings: BTreeMap::new(),
         time_ms: 1,
+        shadow: false,
     }
 }
 

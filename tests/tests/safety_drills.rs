@@ -78,6 +78,7 @@ fn finding(object: String, severity: &str, checker: &str, version: &str) -> api:
         evidence: "drill".into(),
         readings: Default::default(),
         time_ms: tests::now_ms(),
+        shadow: false,
     }
 }
 

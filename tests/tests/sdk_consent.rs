@@ -74,6 +74,7 @@ async fn report(client: &mut Client, object: &str, severity: &str) -> u64 {
             evidence: format!("test says {severity}"),
             readings: Default::default(),
             time_ms: tests::now_ms(),
+            shadow: false,
         }],
         epoch: 0,
     };
@@ -360,6 +361,7 @@ async fn consent_escalation_refusals_and_watch_failover() {
                             evidence: "ok".into(),
                             readings: Default::default(),
                             time_ms: tests::now_ms(),
+                            shadow: false,
                         })
                         .collect(),
                     epoch: 0,

@@ -74,6 +74,7 @@ fn finding(object: &str) -> api::Finding {
         evidence: "e".into(),
         readings: Default::default(),
         time_ms: tests::now_ms(),
+        shadow: false,
     }
 }
 

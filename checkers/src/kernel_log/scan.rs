@@ -507,6 +507,7 @@ impl Scanner {
             evidence,
             readings,
             time_ms: first.time_ms,
+            shadow: false,
         };
         let (line, log_time) = (first.line, first.log_time);
         let mut findings = Vec::new();

@@ -221,6 +221,7 @@ pub fn grade_finding(
         evidence,
         readings,
         time_ms: now_ms,
+        shadow: false,
     }
     .bounded()
 }
@@ -345,6 +346,7 @@ impl Checker for DiskChecker {
                     evidence: notes.join("; "),
                     readings: BTreeMap::new(),
                     time_ms: ctx.now_ms,
+                    shadow: false,
                 }
                 .bounded(),
             );
@@ -510,6 +512,7 @@ mod tests {
             evidence: "EXT4-fs (sdb1): Remounting filesystem read-only".into(),
             readings: BTreeMap::new(),
             time_ms: 1,
+            shadow: false,
         };
         c.set_kernel_findings(vec![kernel]);
         let f = c.run(&ctx(d.path(), 1)).unwrap();

@@ -531,6 +531,7 @@ mod tests {
                 .map(|c| BTreeMap::from([("cause".to_string(), c.to_string())]))
                 .unwrap_or_default(),
             time_ms: 0,
+            shadow: false,
         };
         let mut e = DiskEvidence::default();
         let link = [
@@ -659,6 +660,7 @@ mod tests {
             evidence: String::new(),
             readings: BTreeMap::new(),
             time_ms: 1,
+            shadow: false,
         };
         let fs = vec![
             mk("disk/h1/sda", "fs.read-only"),

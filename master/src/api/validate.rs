@@ -140,6 +140,7 @@ mod tests {
             evidence: "Reallocated_Sector_Ct 12\nline two".into(),
             readings: [("reallocated".to_string(), "12".to_string())].into_iter().collect(),
             time_ms: 1_700_000_000_000,
+            shadow: false,
         }
     }
 

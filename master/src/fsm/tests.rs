@@ -81,6 +81,7 @@ fn finding(object: &str, severity: Severity, time_ms: u64) -> Finding {
         evidence: format!("{severity} reading"),
         readings: BTreeMap::new(),
         time_ms,
+        shadow: false,
     }
 }
 

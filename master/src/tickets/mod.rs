@@ -464,6 +464,7 @@ mod tests {
             evidence: "SMART overall-health FAILED".into(),
             readings: BTreeMap::new(),
             time_ms: 2_000,
+            shadow: false,
         };
         obj = step(&obj, &Input::Finding(finding), 2_000, &policy).unwrap().next;
         assert_eq!(obj.state, State::Error);

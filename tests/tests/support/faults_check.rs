@@ -111,6 +111,7 @@ pub fn finding(object: &str, marker: &str) -> api::Finding {
         evidence: evidence(marker),
         readings: Default::default(),
         time_ms: now_ms(),
+        shadow: false,
     }
 }
 
