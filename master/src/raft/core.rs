@@ -211,18 +211,25 @@ impl<F: Fsm> Core<F> {
     /// never loses acknowledged entries, so the leader's progress for it is stale (`matched` too high):
     /// the leader would send heartbeats committing entries the joiner does not have (raft-rs panics) and
     /// ignore its rejections as stale (it would never catch up). So:
-    /// - a joiner (no conf state yet) clamps a heartbeat's commit to its own last index and answers it
-    ///   with a rejection "I have nothing" (index 0, hint 0) so the leader notices even when idle;
+    /// - a joiner (no conf state yet) answers every heartbeat with a rejection "I have nothing" (index 0,
+    ///   hint 0) so the leader notices even when idle;
+    /// - any member getting a heartbeat whose commit is past its last index (a joiner; or a heartbeat the
+    ///   leader sent before it reset the joiner's progress, delivered after the joiner installed a snapshot:
+    ///   seen in the fault suite under load) keeps its own commit index (the heartbeat commits nothing: a
+    ///   commit past the log is meaningless and raft-rs would panic) and answers with that rejection,
+    ///   hint = its last index. Commits then advance only through appends, which check log matching;
     /// - a leader that gets a current-term rejection whose hint is below the follower's `matched` resets
     ///   that follower's progress to zero and probes again (which ends in a snapshot). Lowering `matched`
     ///   only delays commits, it can never commit anything unsafely; for normal followers the condition
     ///   only arises from a reordered old rejection, costing a redundant catch-up.
     fn handle_lost_data(&mut self, m: &mut Message) {
         match m.get_msg_type() {
-            MessageType::MsgHeartbeat if !self.raw.store().has_conf() => {
+            MessageType::MsgHeartbeat
+                if !self.raw.store().has_conf() || m.commit > self.raw.raft.raft_log.last_index() =>
+            {
                 let last = self.raw.raft.raft_log.last_index();
                 if m.commit > last {
-                    m.commit = last;
+                    m.commit = self.raw.raft.raft_log.committed.min(last);
                 }
                 let mut r = Message::default();
                 r.set_msg_type(MessageType::MsgAppendResponse);
@@ -768,6 +775,37 @@ mod tests {
         // The leader speaks again: it is named again at once.
         c.step(hb);
         assert_eq!(c.leader(), Some(2));
+    }
+
+    /// A heartbeat committing past the follower's log (sent by a leader whose progress for this member
+    /// predates its rejoin, delivered after the member installed a snapshot) commits nothing, does not
+    /// panic the raft loop, and is answered with a rejection naming the follower's last index. Before the
+    /// fix raft-rs panicked: "to_commit 65 is out of range [last_index 1]" (fault suite, CI 2026-12-02).
+    #[test]
+    fn heartbeat_committing_past_the_log_is_refused_not_fatal() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut c = follower(tmp.path(), 10);
+        let last = c.raw.raft.raft_log.last_index();
+        let committed = c.raw.raft.raft_log.committed;
+        assert!(c.raw.store().has_conf(), "a member with conf state, as after a snapshot");
+        let mut hb = Message::default();
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        hb.from = 2;
+        hb.to = 1;
+        hb.term = 2;
+        hb.commit = last + 64;
+        c.step(hb.clone());
+        assert!(c.fatal.is_none(), "the raft loop survives");
+        assert_eq!(c.raw.raft.raft_log.committed, committed, "nothing committed by the heartbeat");
+        assert_eq!((c.role(), c.leader()), (StateRole::Follower, Some(2)), "the leader is still heard");
+        let reject = c.extra_out.iter().find(|r| r.get_msg_type() == MessageType::MsgAppendResponse);
+        let reject = reject.expect("a rejection so the leader resets its progress");
+        assert!(reject.reject && reject.reject_hint == last && reject.to == 2, "{reject:?}");
+        // A heartbeat within the log is handled as raft-rs always did: no rejection.
+        c.extra_out.clear();
+        hb.commit = last;
+        c.step(hb);
+        assert!(c.extra_out.is_empty(), "{:?}", c.extra_out);
     }
 
     /// Compaction by bytes (issue 13 item 9): a few large entries trigger a snapshot long before
