@@ -46,9 +46,53 @@ pub struct LocalCluster {
     node_config: BTreeMap<u64, toml::Table>,
 }
 
-/// A free loopback port: bind port 0, read it, release it. Racy in theory; the nodes bind immediately.
+/// Attempts at finding a free port before giving up (each a bind of a random candidate).
+const FREE_PORT_ATTEMPTS: usize = 1_000;
+/// Lowest port handed out: above the well-known and registered ranges most daemons use.
+const FREE_PORT_LOW: u16 = 10_000;
+
+/// A free loopback port OUTSIDE the kernel's ephemeral range (`ip_local_port_range`), checked by binding
+/// it. A port taken with `bind(0)` comes from the ephemeral range: once a node is killed and its port
+/// released, any outgoing connection on the machine (clients, peers retrying) may get that port as its
+/// local port, and the restarted node then fails to listen on its own address. Ports below the ephemeral
+/// range are only ever bound on purpose. Ports already handed out by this process are not reused. Falls
+/// back to `bind(0)` when no range is left below the ephemeral one.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low <= FREE_PORT_LOW + 1_000 {
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    let span = u64::from(ephemeral_low - FREE_PORT_LOW);
+    // A per-process random start (clock + pid) so parallel test processes spread over the range.
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 32);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..FREE_PORT_ATTEMPTS {
+        // xorshift: cheap, good enough to spread candidates.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = FREE_PORT_LOW + (x % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free loopback port below the ephemeral range after {FREE_PORT_ATTEMPTS} attempts"),
+    ))
 }
 
 impl LocalCluster {
