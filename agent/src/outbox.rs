@@ -124,6 +124,14 @@ pub trait OutboxStore: Send + Sync {
     /// Remove every entry with seq <= `upto` (the master acknowledged them) and write `kv`, in one
     /// transaction.
     fn ack_with(&self, upto: u64, kv: &[KvWrite<'_>]) -> Result<u64, OutboxError>;
+    /// [`ack_with`](Self::ack_with) without its own fsync: the removal is visible at once and becomes
+    /// durable with the next durable commit (the next enqueue or pin). A crash before that brings the
+    /// entries and the pin back, so the same batch is resent under the same sequence number and the master
+    /// answers it as a duplicate (it dedupes by agent, epoch and sequence): nothing is lost or applied
+    /// twice, and a storm costs one fsync per batch instead of two. Engines without it ack durably.
+    fn ack_lazy(&self, upto: u64, kv: &[KvWrite<'_>]) -> Result<u64, OutboxError> {
+        self.ack_with(upto, kv)
+    }
     fn depth(&self) -> Result<Depth, OutboxError>;
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, OutboxError>;
     fn kv_put(&self, key: &str, value: &[u8]) -> Result<(), OutboxError>;
@@ -184,6 +192,46 @@ impl RedbOutbox {
         txn.commit().map_err(storage_err)?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Remove every entry with seq <= `upto` and write `kv`, in one transaction of `durability` (a
+    /// non-durable one is not counted in `commits`: it costs no fsync).
+    fn ack_inner(
+        &self,
+        upto: u64,
+        kv: &[KvWrite<'_>],
+        durability: redb::Durability,
+    ) -> Result<u64, OutboxError> {
+        let mut txn = self.db.begin_write().map_err(storage_err)?;
+        let lazy = matches!(durability, redb::Durability::None);
+        txn.set_durability(durability).map_err(storage_err)?;
+        kv_write(&txn, kv)?;
+        let mut removed = 0;
+        {
+            let mut outbox = txn.open_table(OUTBOX).map_err(storage_err)?;
+            let mut by_class = txn.open_table(BY_CLASS).map_err(storage_err)?;
+            let mut meta = txn.open_table(META).map_err(storage_err)?;
+            let mut bytes = meta_get(&meta, "bytes")?;
+            let gone = outbox.extract_if(|k, _| k <= upto).map_err(storage_err)?;
+            let mut victims = Vec::new();
+            for row in gone {
+                let (k, v) = row.map_err(storage_err)?;
+                let (class, payload) = v.value();
+                bytes = bytes.saturating_sub(payload.len() as u64);
+                victims.push((class, k.value()));
+            }
+            for v in victims {
+                by_class.remove(v).map_err(storage_err)?;
+                removed += 1;
+            }
+            meta.insert("bytes", bytes).map_err(storage_err)?;
+        }
+        if lazy {
+            txn.commit().map_err(storage_err)?;
+        } else {
+            self.commit(txn)?;
+        }
+        Ok(removed)
     }
 
     fn enqueue_inner(
@@ -328,30 +376,11 @@ impl OutboxStore for RedbOutbox {
     }
 
     fn ack_with(&self, upto: u64, kv: &[KvWrite<'_>]) -> Result<u64, OutboxError> {
-        let txn = self.db.begin_write().map_err(storage_err)?;
-        kv_write(&txn, kv)?;
-        let mut removed = 0;
-        {
-            let mut outbox = txn.open_table(OUTBOX).map_err(storage_err)?;
-            let mut by_class = txn.open_table(BY_CLASS).map_err(storage_err)?;
-            let mut meta = txn.open_table(META).map_err(storage_err)?;
-            let mut bytes = meta_get(&meta, "bytes")?;
-            let gone = outbox.extract_if(|k, _| k <= upto).map_err(storage_err)?;
-            let mut victims = Vec::new();
-            for row in gone {
-                let (k, v) = row.map_err(storage_err)?;
-                let (class, payload) = v.value();
-                bytes = bytes.saturating_sub(payload.len() as u64);
-                victims.push((class, k.value()));
-            }
-            for v in victims {
-                by_class.remove(v).map_err(storage_err)?;
-                removed += 1;
-            }
-            meta.insert("bytes", bytes).map_err(storage_err)?;
-        }
-        self.commit(txn)?;
-        Ok(removed)
+        self.ack_inner(upto, kv, redb::Durability::Immediate)
+    }
+
+    fn ack_lazy(&self, upto: u64, kv: &[KvWrite<'_>]) -> Result<u64, OutboxError> {
+        self.ack_inner(upto, kv, redb::Durability::None)
     }
 
     fn depth(&self) -> Result<Depth, OutboxError> {
@@ -393,6 +422,27 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir, limits: Limits) -> RedbOutbox {
         RedbOutbox::open(&dir.path().join("outbox.redb"), limits).unwrap()
+    }
+
+    #[test]
+    fn a_lazy_ack_is_visible_at_once_costs_no_fsync_and_is_made_durable_by_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = open(&dir, Limits::default());
+        ob.enqueue(&[(Severity::Error, b"a".to_vec()), (Severity::Error, b"b".to_vec())]).unwrap();
+        ob.kv_put("pin", &2u64.to_be_bytes()).unwrap();
+        let fsyncs = ob.commits();
+        assert_eq!(ob.ack_lazy(2, &[("pin", &0u64.to_be_bytes())]).unwrap(), 2);
+        assert_eq!(ob.commits(), fsyncs, "no durable commit spent on the ack");
+        assert_eq!(ob.depth().unwrap().entries, 0, "the removal is visible at once");
+        assert_eq!(ob.kv_get("pin").unwrap().as_deref(), Some(&0u64.to_be_bytes()[..]));
+        // The next durable commit carries the removal with it.
+        ob.enqueue(&[(Severity::Info, b"c".to_vec())]).unwrap();
+        assert_eq!(ob.commits(), fsyncs + 1);
+        drop(ob);
+        let ob = open(&dir, Limits::default());
+        let left: Vec<u64> = ob.peek(10, 1 << 20).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(left, vec![3], "acked entries stay gone after a restart");
+        assert_eq!(ob.kv_get("pin").unwrap().as_deref(), Some(&0u64.to_be_bytes()[..]));
     }
 
     #[test]

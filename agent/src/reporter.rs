@@ -250,9 +250,10 @@ pub fn pin_batch(
     Ok((new_pin, entries))
 }
 
-/// The master took the batch pinned at `pinned`: remove it and unpin, in one commit.
+/// The master took the batch pinned at `pinned`: remove it and unpin, in one commit that the next durable
+/// commit makes durable ([`OutboxStore::ack_lazy`]: after a crash the batch is resent and deduped).
 pub fn finish_batch(ob: &dyn OutboxStore, pinned: u64) -> Result<u64, OutboxError> {
-    ob.ack_with(pinned, &[(INFLIGHT_KEY, &0u64.to_be_bytes())])
+    ob.ack_lazy(pinned, &[(INFLIGHT_KEY, &0u64.to_be_bytes())])
 }
 
 /// One batch: pin, send, ack. Errors leave the pin in place so the same batch is resent.

@@ -598,6 +598,9 @@ mod tests {
         fn ack_with(&self, upto: u64, kv: &[crate::outbox::KvWrite<'_>]) -> Result<u64, OutboxError> {
             self.inner.ack_with(upto, kv)
         }
+        fn ack_lazy(&self, upto: u64, kv: &[crate::outbox::KvWrite<'_>]) -> Result<u64, OutboxError> {
+            self.inner.ack_lazy(upto, kv)
+        }
         fn depth(&self) -> Result<crate::outbox::Depth, OutboxError> {
             self.inner.depth()
         }

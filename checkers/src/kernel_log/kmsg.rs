@@ -32,6 +32,12 @@ pub const FOLLOW_QUEUE: usize = 4096;
 /// appends to). A regular file never blocks a read, so this is a short bounded poll; the real device blocks
 /// in `read(2)` and needs none.
 pub const FILE_POLL: Duration = Duration::from_millis(2);
+/// Longest wait between looks at the end of a quiet regular file: the poll interval doubles from
+/// [`FILE_POLL`] after each look that found nothing, up to this (and is back at [`FILE_POLL`] after data).
+/// An idle follower then wakes 50 times a second instead of 500 (measured with `huatuo bench agent`: 1.6%
+/// of a core idle at a fixed 2 ms poll), at the price of up to this much latency for the first line after
+/// a quiet spell, on files only.
+pub const FILE_POLL_MAX: Duration = Duration::from_millis(20);
 /// Records one read pass of the follower hands on before it looks at its stop flag again.
 const FOLLOW_CHUNK: usize = 256;
 
@@ -407,7 +413,7 @@ impl KmsgFollower {
 }
 
 impl Drop for KmsgFollower {
-    /// The thread ends at its next look at the flag or the channel: within [`FILE_POLL`] on a file, at the
+    /// The thread ends at its next look at the flag or the channel: within [`FILE_POLL_MAX`] on a file, at the
     /// next record on the device (it is not joined: a blocking read cannot be interrupted portably).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -422,6 +428,7 @@ fn follow(
     stats: Arc<Mutex<KmsgStats>>,
     wake: Arc<dyn Fn() + Send + Sync>,
 ) {
+    let mut idle_wait = FILE_POLL;
     while !stop.load(Ordering::Relaxed) {
         let mut gone = false;
         let res = reader.poll(FOLLOW_CHUNK, |rec| {
@@ -444,8 +451,11 @@ fn follow(
                 }
                 return;
             }
-            Ok(0) if !blocking => std::thread::sleep(FILE_POLL),
-            Ok(_) => {}
+            Ok(0) if !blocking => {
+                std::thread::sleep(idle_wait);
+                idle_wait = (idle_wait * 2).min(FILE_POLL_MAX);
+            }
+            Ok(_) => idle_wait = FILE_POLL,
         }
         if gone {
             return;
