@@ -31,6 +31,11 @@ pub struct BenchAgentArgs {
     /// Kernel log lines per second during the storm.
     #[arg(long, default_value_t = 5000)]
     rate: u64,
+    /// The agent binary to measure: this `huatuo` (run as `huatuo agent`, the default) or a `huatuo-agent`
+    /// slim binary (run without the subcommand), e.g. `target/release/huatuo-agent`, or an older build to
+    /// compare against.
+    #[arg(long)]
+    agent: Option<PathBuf>,
 }
 
 struct Guard(Child);
@@ -53,9 +58,27 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// One `KEY: N kB` line of /proc/PID/status (VmRSS, RssAnon, RssFile, Threads has no unit but parses too).
+fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    let line = status.lines().find(|l| l.starts_with(key)).with_context(|| format!("no {key}"))?;
+    Ok(line.split_whitespace().nth(1).with_context(|| format!("{key} value"))?.parse()?)
+}
+
+/// Where the resident memory is: heap and stacks (RssAnon) vs pages of the executable and libraries
+/// (RssFile), and the thread count. Tells a bigger binary from a bigger heap when RSS moves.
+fn rss_split(pid: u32) -> String {
+    match (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"), status_kib(pid, "Threads:")) {
+        (Ok(anon), Ok(file), Ok(threads)) => format!(
+            "anon {:.1} MiB + file {:.1} MiB, {threads} threads",
+            anon as f64 / 1024.0,
+            file as f64 / 1024.0
+        ),
+        _ => "split unavailable".to_string(),
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -134,6 +157,9 @@ fn probe_root(dir: &Path) -> anyhow::Result<PathBuf> {
 pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let bin = std::env::current_exe()?;
+    let agent_bin = a.agent.clone().unwrap_or_else(|| bin.clone());
+    // A slim `huatuo-agent` takes the agent's options directly; `huatuo` needs the `agent` subcommand.
+    let slim = agent_bin.file_name().is_some_and(|n| n.to_string_lossy().starts_with("huatuo-agent"));
     let cluster = LocalCluster::start(&bin, 3)?;
     if rt.block_on(cluster.wait_leader(READY_TIMEOUT)).is_none() {
         bail!("masters elected no leader; log:\n{}", cluster.log_tail(1));
@@ -151,8 +177,8 @@ pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(dir.path().join("agent.toml"), cfg)?;
     let log = std::fs::File::create(dir.path().join("agent.log"))?;
     let agent = Guard(
-        Command::new(&bin)
-            .args(["agent", "--config"])
+        Command::new(&agent_bin)
+            .args(if slim { &["--config"][..] } else { &["agent", "--config"][..] })
             .arg(dir.path().join("agent.toml"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -162,7 +188,12 @@ pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
     let pid = agent.0.id();
     // Let it start, register and run every checker once before measuring.
     std::thread::sleep(Duration::from_secs(5));
-    println!("huatuo bench agent: pid {pid}, {}s per phase, storm {} lines/s", a.seconds, a.rate);
+    println!(
+        "huatuo bench agent: {} (pid {pid}), {}s per phase, storm {} lines/s",
+        agent_bin.display(),
+        a.seconds,
+        a.rate
+    );
     let commits = |port| {
         (
             metric(port, "huatuo_agent_outbox_commits").unwrap_or(0.0),
@@ -175,8 +206,10 @@ pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
     let idle_end = commits(port);
     println!(
         "idle:  CPU {:.3}% of a core (mean over the window; per-second median {:.1}%)   RSS {idle_rss:.1} MiB \
-         median, {idle_max:.1} MiB max",
-        idle_cpu.mean, idle_cpu.median
+         median, {idle_max:.1} MiB max ({})",
+        idle_cpu.mean,
+        idle_cpu.median,
+        rss_split(pid)
     );
 
     let msgs = storm_messages();
