@@ -207,6 +207,7 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::RegisterRequest>,
     ) -> Result<Response<api::RegisterResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let objects = req
             .objects
@@ -220,7 +221,7 @@ impl Master for GrpcApi {
             })
             .collect::<Result<Vec<_>, ApiError>>()
             .map_err(Status::from)?;
-        let res = self.svc.register(req.agent, req.host, objects).await.map_err(Status::from)?;
+        let res = self.svc.register_keyed(req.agent, req.host, objects, key).await.map_err(Status::from)?;
         Ok(Response::new(api::RegisterResponse {
             revision: res.revision,
             created: res.created,
@@ -321,10 +322,14 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::SetLevelRequest>,
     ) -> Result<Response<api::ScopeResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let level = requests::level(&req.level).map_err(Status::from)?;
-        let (scope, revision) =
-            self.svc.set_level(&req.scope, level, &req.by, &req.reason).await.map_err(Status::from)?;
+        let (scope, revision) = self
+            .svc
+            .set_level_keyed(&req.scope, level, &req.by, &req.reason, key)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(api::ScopeResponse { scope: Some(convert::scope_to_wire(&scope)), revision }))
     }
 
@@ -332,9 +337,10 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::ReleaseRequest>,
     ) -> Result<Response<api::ScopeResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let (scope, revision) =
-            self.svc.release(&req.scope, &req.by, &req.reason).await.map_err(Status::from)?;
+            self.svc.release_keyed(&req.scope, &req.by, &req.reason, key).await.map_err(Status::from)?;
         Ok(Response::new(api::ScopeResponse { scope: Some(convert::scope_to_wire(&scope)), revision }))
     }
 
@@ -357,12 +363,16 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::DecideProposalsRequest>,
     ) -> Result<Response<api::DecideProposalsResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let approve = requests::decision(&req.decision).map_err(Status::from)?;
         let filter = requests::proposal_filter(&req.scope, &req.kind, &req.host, &req.checker)
             .map_err(Status::from)?;
-        let res =
-            self.svc.decide(req.ids, filter, approve, &req.by, &req.reason).await.map_err(Status::from)?;
+        let res = self
+            .svc
+            .decide_keyed(req.ids, filter, approve, &req.by, &req.reason, key)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(api::DecideProposalsResponse {
             decided: res.decided,
             failed: res.failed.into_iter().map(|(id, error)| api::ProposalFailure { id, error }).collect(),
@@ -384,10 +394,11 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::SetMinCommandVersionRequest>,
     ) -> Result<Response<api::SetMinCommandVersionResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let (revision, info) = self
             .svc
-            .set_min_command_version(req.version, &req.by, &req.reason)
+            .set_min_command_version_keyed(req.version, &req.by, &req.reason, key)
             .await
             .map_err(Status::from)?;
         Ok(Response::new(api::SetMinCommandVersionResponse {
@@ -400,6 +411,7 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::SetQuotasRequest>,
     ) -> Result<Response<api::GetSafetyResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let view = if req.config_json.is_empty() {
             let quotas = req
@@ -408,11 +420,17 @@ impl Master for GrpcApi {
                 .map(quota_from_wire)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(Status::from)?;
-            self.svc.set_safety(Some(quotas), None, &req.by, &req.reason).await.map_err(Status::from)?
+            self.svc
+                .set_safety_keyed(Some(quotas), None, &req.by, &req.reason, key)
+                .await
+                .map_err(Status::from)?
         } else {
             let cfg: crate::safety::SafetyConfig = serde_json::from_str(&req.config_json)
                 .map_err(|e| Status::from(ApiError::invalid(format!("config_json: {e}"))))?;
-            self.svc.set_safety(None, Some(cfg), &req.by, &req.reason).await.map_err(Status::from)?
+            self.svc
+                .set_safety_keyed(None, Some(cfg), &req.by, &req.reason, key)
+                .await
+                .map_err(Status::from)?
         };
         Ok(Response::new(safety_to_wire(view)))
     }

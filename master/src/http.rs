@@ -271,9 +271,14 @@ pub struct RegisterBody {
     pub objects: Vec<Registration>,
 }
 
-async fn register(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+async fn register(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: RegisterBody = parse_json(&body)?;
-    let r = svc.register(b.agent, b.host, b.objects).await.map_err(|e| rest_error(&svc, e))?;
+    let key = idempotency_key(&headers, None)?;
+    let r = svc.register_keyed(b.agent, b.host, b.objects, key).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())
 }
 
