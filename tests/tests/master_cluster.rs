@@ -331,6 +331,41 @@ async fn rest_and_cli_checks(bin: &std::path::Path, cluster: &LocalCluster) {
     assert!(ok && out.contains("disk/cli1/sdb") && out.contains("ERROR"), "{out}");
     let (ok, out, err) = cli(bin, &["object", "disk/cli1/sdb"], &all);
     assert!(ok && out.contains("GOOD -> ERROR"), "{out}{err}");
+    // A resend of `huatuo report` with its key and time (a script that did not see the answer) applies once;
+    // the key reused for another report is refused (CONFLICT). Keys count once the leader has enabled
+    // command version 3 (auto_upgrade, within seconds of the election).
+    let enabled = tests::wait_until(CATCH_UP, || {
+        let lh = lh.clone();
+        async move {
+            let (st, b) = http(&lh, "GET", "/api/v1/cluster", "");
+            st == 200 && json(&b)["min_command_version"].as_u64() >= Some(3)
+        }
+    })
+    .await;
+    assert!(enabled, "the leader never enabled command version 3");
+    let keyed = |evidence: &str, time: &str| {
+        let args = ["report", "disk/cli1/sdc", "--severity", "warning", "--checker", "ops", "--evidence"];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend([evidence, "--idempotency-key", "script-7-1", "--time-ms", time].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(bin, &args, &all)
+    };
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string();
+    let (ok, first, err) = keyed("resent", &t);
+    assert!(ok, "{err}");
+    assert_eq!(
+        (json(&first)["applied"].as_u64(), json(&first)["duplicate"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let (ok, again, err) = keyed("resent", &t);
+    assert!(ok, "{err}");
+    assert_eq!(json(&again)["duplicate"], true, "{again}");
+    assert_eq!(json(&again)["revision"], json(&first)["revision"], "the first answer");
+    let (ok, _, err) = keyed("another report", &t);
+    assert!(!ok && err.contains("CONFLICT") && err.contains("different request"), "{err}");
     let (ok, out, err) = cli(bin, &["status", "--json"], &all);
     assert!(ok, "{err}");
     let v = json(&out);
