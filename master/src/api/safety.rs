@@ -18,8 +18,55 @@ pub const SAFETY_ALERTS: usize = 100;
 /// Most proposals one listing returns.
 pub const MAX_PROPOSAL_LIST: usize = 10_000;
 
-/// The scope views are API views shared by every front end.
-pub use proto::view::{QuotaUse, ScopeView};
+/// The scope, proposal and quota views are API views shared by every front end.
+pub use proto::view::{ProposalView, QuotaRuleView, QuotaUse, ScopeView};
+
+/// The view of a stored proposal (the held input stays in the store: approving re-applies it).
+pub fn proposal_view(p: &Proposal) -> ProposalView {
+    ProposalView {
+        id: p.id,
+        object: p.object.to_string(),
+        from_state: p.from_state.as_str().into(),
+        to_state: p.to_state.as_str().into(),
+        cause: p.cause.clone(),
+        evidence: p.evidence.clone(),
+        scopes: p.scopes.clone(),
+        reason: p.reason.clone(),
+        created_ms: p.created_ms,
+        updated_ms: p.updated_ms,
+        repeats: p.repeats,
+        status: p.status.as_str().into(),
+        decided_by: p.decided_by.clone(),
+        decided_reason: p.decided_reason.clone(),
+        decided_ms: p.decided_ms,
+    }
+}
+
+/// The view of a quota rule: its limits as text (`N` or `P%`).
+pub fn quota_view(q: &QuotaRule) -> QuotaRuleView {
+    QuotaRuleView {
+        kind: q.kind.clone(),
+        scope: q.scope.clone(),
+        window_ms: q.window_ms,
+        max_entries: q.max_entries.to_string(),
+        max_concurrent: q.max_concurrent.to_string(),
+    }
+}
+
+/// A quota rule from its view, the limits parsed (a bad limit is InvalidArgument).
+pub fn quota_rule(v: QuotaRuleView) -> Result<QuotaRule, ApiError> {
+    super::requests::quota_rule(v.kind, v.scope, v.window_ms, &v.max_entries, &v.max_concurrent)
+}
+
+impl SafetyView {
+    /// The safety view on the wire (`proto::convert::safety_to_wire`).
+    pub fn to_wire(&self) -> proto::api::GetSafetyResponse {
+        let quotas: Vec<QuotaRuleView> = self.quotas.iter().map(quota_view).collect();
+        // Serializing plain data with string keys cannot fail.
+        let config_json = serde_json::to_string(&self.config).unwrap_or_default();
+        proto::convert::safety_to_wire(&quotas, &self.scopes, &self.alerts, self.revision, config_json)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SafetyView {
