@@ -357,7 +357,7 @@ mod tests {
             (7, "disk/h1/sda", "GOOD", "ERROR", "pending")
         );
         assert_eq!((w.scopes, w.repeats, w.decided_by.as_str(), w.decided_ms), (p.scopes, 3, "alice", 4));
-        let s = safety_to_wire(&[q.clone()], &[], &[], 9, "{}".into());
+        let s = safety_to_wire(std::slice::from_ref(&q), &[], &[], 9, "{}".into());
         assert_eq!((s.quotas, s.revision, s.config_json.as_str()), (vec![quota_to_wire(&q)], 9, "{}"));
     }
 
