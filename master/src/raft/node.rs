@@ -250,6 +250,8 @@ pub struct VerifyReport {
     pub fsm_bytes: u64,
     /// The state machine's tables predate checksums and were sealed in place by this check.
     pub fsm_upgraded: bool,
+    /// State machine records sealed before keys were covered, resealed with their key by this check.
+    pub fsm_resealed: u64,
 }
 
 /// Runs the start-up checks on a data dir without starting a node: redb's integrity check, then every
@@ -284,6 +286,7 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
         fsm_records: fsm.records,
         fsm_bytes: fsm.bytes,
         fsm_upgraded: fsm.upgraded,
+        fsm_resealed: fsm.resealed,
     })
 }
 
