@@ -459,7 +459,8 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|m| {
             serde_json::json!({"id": m.id, "peer": m.peer_addr, "grpc": m.grpc_addr, "http": m.http_addr,
-                "knows_command_version": m.knows_command_version})
+                "knows_command_version": m.knows_command_version, "nospace": m.nospace,
+                "free_bytes": m.free_bytes, "min_free_bytes": m.min_free_bytes})
         })
         .collect();
     if a.json {
@@ -503,6 +504,13 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             m.http_addr,
             crate::upgrade_cmd::knows_text(m.knows_command_version)
         );
+        if m.nospace {
+            println!(
+                "    NOSPACE: {} MiB free, below its floor of {} MiB (as leader it refuses writes)",
+                m.free_bytes >> 20,
+                m.min_free_bytes >> 20
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

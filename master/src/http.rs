@@ -116,7 +116,10 @@ async fn healthz(State(svc): State<Svc>) -> Response {
 }
 
 async fn metrics(State(svc): State<Svc>) -> Response {
-    match crate::metrics::render(&svc) {
+    // Every member's NOSPACE alarm: asked over the peer port at most every MEMBER_VERSION_TTL, each ask
+    // bounded by MEMBER_VERSION_TIMEOUT, so a scrape never waits longer than that.
+    let members = svc.member_nospace().await;
+    match crate::metrics::render(&svc, &members) {
         Ok(text) => {
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
         }

@@ -177,6 +177,9 @@ pub fn cluster_to_wire(i: ClusterInfo) -> api::ClusterInfoResponse {
                 grpc_addr: m.grpc_addr,
                 http_addr: m.http_addr,
                 knows_command_version: m.knows_command_version,
+                nospace: m.nospace,
+                free_bytes: m.free_bytes,
+                min_free_bytes: m.min_free_bytes,
             })
             .collect(),
         leader_grpc: i.leader_grpc,

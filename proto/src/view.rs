@@ -100,6 +100,15 @@ pub struct MemberInfo {
     /// The newest command version this member's binary knows (0: it did not answer, or cannot say).
     #[serde(default)]
     pub knows_command_version: u32,
+    /// The member's NOSPACE alarm is raised (its data dir's file system is below its floor): false also
+    /// when it did not answer.
+    #[serde(default)]
+    pub nospace: bool,
+    /// While `nospace`: the free bytes the member measured and its floor (`min_free_mb`); 0 otherwise.
+    #[serde(default)]
+    pub free_bytes: u64,
+    #[serde(default)]
+    pub min_free_bytes: u64,
 }
 
 /// `huatuo status` / `GET /api/v1/cluster`: one node's view of the cluster.

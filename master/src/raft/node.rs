@@ -95,12 +95,16 @@ impl NodeShared {
     pub fn probe_reply(&self, from: NodeId) -> proto::peer::ProbeReply {
         let voters =
             if self.initialized.load(Ordering::Acquire) { self.status().members } else { Vec::new() };
+        let alarm = *lock(&self.nospace);
         proto::peer::ProbeReply {
             id: self.id,
             initialized: self.initialized.load(Ordering::Acquire),
             seen_you: lock(&self.seen).contains(&from),
             voters,
             app_version: self.app_version.load(Ordering::Relaxed),
+            nospace: alarm.is_some(),
+            free_bytes: alarm.map_or(0, |a| a.0),
+            min_free_bytes: alarm.map_or(0, |a| a.1),
         }
     }
 
@@ -612,12 +616,26 @@ impl RaftNode {
         self.shared.app_version.store(version, Ordering::Relaxed);
     }
 
+    /// This node's NOSPACE alarm as (free bytes, floor) while raised.
+    pub fn nospace(&self) -> Option<(u64, u64)> {
+        *lock(&self.shared.nospace)
+    }
+
     /// Ask every other configured member, concurrently, for the application version it reports (bounded by
     /// `timeout` in all; a member that does not answer in time maps to the error).
     pub async fn peer_app_versions(
         &self,
         timeout: Duration,
     ) -> BTreeMap<NodeId, Result<u32, transport::TransportError>> {
+        self.peer_probes(timeout).await.into_iter().map(|(id, r)| (id, r.map(|p| p.app_version))).collect()
+    }
+
+    /// Probe every other configured member concurrently (bounded by `timeout` in all; a member that does not
+    /// answer in time maps to the error): its application version and NOSPACE alarm.
+    pub async fn peer_probes(
+        &self,
+        timeout: Duration,
+    ) -> BTreeMap<NodeId, Result<proto::peer::ProbeReply, transport::TransportError>> {
         let me = self.shared.id;
         let voters: Vec<NodeId> = self.shared.peers.keys().copied().collect();
         let asks = self.shared.peers.keys().filter(|id| **id != me).map(|id| {
@@ -625,7 +643,7 @@ impl RaftNode {
             let voters = &voters;
             async move {
                 let r = match tokio::time::timeout(timeout, transport::probe(&addr, *id, me, voters)).await {
-                    Ok(r) => r.map(|reply| reply.app_version),
+                    Ok(r) => r,
                     Err(_) => Err(transport::TransportError::Timeout(timeout)),
                 };
                 (*id, r)
