@@ -45,6 +45,11 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         members,
     );
     reg.register(
+        "snapshot_chunks_refused",
+        "Snapshot streams this process refused because a chunk or the whole failed its CRC-32C (re-sent)",
+        ConstCounter::new(crate::raft::alarms::SNAPSHOT_CHUNKS_REFUSED.load(Ordering::Relaxed)),
+    );
+    reg.register(
         "storage_corrupt",
         "1 if this node stopped because its Raft storage failed verification",
         gauge(u64::from(st.corrupt)),

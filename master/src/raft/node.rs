@@ -66,6 +66,8 @@ pub(crate) struct NodeShared {
     initialized: AtomicBool,
     /// The application version this node reports in probe replies (0 until the application sets it).
     app_version: AtomicU32,
+    /// Fault injection (tests): snapshot streams still to damage in transit ([`RaftNode::damage_snapshot_sends`]).
+    pub(crate) corrupt_snapshot_sends: AtomicU32,
     /// The NOSPACE alarm as (free bytes, floor) while raised (written by the loop's disk check).
     nospace: Mutex<Option<(u64, u64)>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -495,6 +497,7 @@ impl RaftNode {
             running: AtomicBool::new(false),
             initialized: AtomicBool::new(false),
             app_version: AtomicU32::new(0),
+            corrupt_snapshot_sends: AtomicU32::new(0),
             nospace: Mutex::new(None),
             thread: Mutex::new(None),
             probe_task: Mutex::new(None),
@@ -614,6 +617,13 @@ impl RaftNode {
     /// version its binary knows).
     pub fn set_app_version(&self, version: u32) {
         self.shared.app_version.store(version, Ordering::Relaxed);
+    }
+
+    /// Fault injection for tests of the peer transport (a bad link, not a stub of Raft): the next `streams`
+    /// snapshots this node sends have one byte of their last chunk flipped after its checksum was computed,
+    /// as a damaged network path would. The receiver must refuse each and the snapshot be sent again.
+    pub fn damage_snapshot_sends(&self, streams: u32) {
+        self.shared.corrupt_snapshot_sends.store(streams, Ordering::Relaxed);
     }
 
     /// This node's NOSPACE alarm as (free bytes, floor) while raised.
