@@ -369,7 +369,17 @@ async fn register(cfg: &ReporterConfig, client: &mut Client, items: &[Item]) -> 
         })
         .collect();
     let req = api::RegisterRequest { agent: cfg.agent_id.clone(), host: cfg.host.clone(), objects };
-    client.call(req, |mut c, r| async move { c.register(r).await }).await.map(|_| ()).map_err(rpc("register"))
+    // One idempotency key for every try of this registration (the client retries through failovers): a
+    // retry after a lost answer is answered `duplicate` instead of registering (and counting) again.
+    let key = proto::client::request_key("agent").map_err(rpc("register"))?;
+    client
+        .call(req, |mut c, r| {
+            let r = proto::client::keyed(r, &key);
+            async move { c.register(r).await }
+        })
+        .await
+        .map(|_| ())
+        .map_err(rpc("register"))
 }
 
 async fn heartbeat(

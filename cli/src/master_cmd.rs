@@ -106,6 +106,12 @@ fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
             if r.fsm_upgraded {
                 println!("  state machine written before checksums: every record was sealed in place");
             }
+            if r.fsm_resealed > 0 {
+                println!(
+                    "  state machine: {} records sealed before keys were covered, resealed with their keys",
+                    r.fsm_resealed
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

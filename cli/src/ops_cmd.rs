@@ -152,6 +152,15 @@ pub struct ReportArgs {
     rule: String,
     #[arg(long, default_value = "0.0.0")]
     version: String,
+    /// The write's idempotency key (1-128 of A-Z a-z 0-9 . _ : -). Default: a fresh random key, reused for
+    /// every try of this invocation. Give your own to resend a report whose outcome you did not see (the
+    /// command failed or was killed): with the same key and `--time-ms` it is applied at most once.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// The finding's time in ms since the epoch (default: now). A resend with the same key must carry the
+    /// same time: a key reused for a different request is refused with CONFLICT.
+    #[arg(long)]
+    time_ms: Option<u64>,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -171,7 +180,7 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
             rule: a.rule,
             evidence: a.evidence,
             readings: Default::default(),
-            time_ms: now_ms(),
+            time_ms: a.time_ms.unwrap_or_else(now_ms),
             shadow: false,
         }],
         epoch: 0,
@@ -179,7 +188,12 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
     // One key for this write, sent with every try: the client retries on UNAVAILABLE and timeouts (possibly
     // after the first try was applied by a leader that died before answering), and the master applies a key
     // once (answering the retry `duplicate: true`).
-    let key = proto::client::request_key("cli").map_err(api_err)?;
+    let key = match &a.idempotency_key {
+        Some(k) => k
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--idempotency-key must be ASCII letters, digits and . _ : -"))?,
+        None => proto::client::request_key("cli").map_err(api_err)?,
+    };
     let mut client = a.master.client();
     let res = runtime()?
         .block_on(client.call(req, |mut c, r| {
@@ -445,7 +459,8 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|m| {
             serde_json::json!({"id": m.id, "peer": m.peer_addr, "grpc": m.grpc_addr, "http": m.http_addr,
-                "knows_command_version": m.knows_command_version})
+                "knows_command_version": m.knows_command_version, "nospace": m.nospace,
+                "free_bytes": m.free_bytes, "min_free_bytes": m.min_free_bytes})
         })
         .collect();
     if a.json {
@@ -489,6 +504,13 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             m.http_addr,
             crate::upgrade_cmd::knows_text(m.knows_command_version)
         );
+        if m.nospace {
+            println!(
+                "    NOSPACE: {} MiB free, below its floor of {} MiB (as leader it refuses writes)",
+                m.free_bytes >> 20,
+                m.min_free_bytes >> 20
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -100,8 +100,14 @@ pub fn level(a: LevelArgs) -> anyhow::Result<ExitCode> {
             by: a.op.by.clone(),
             reason: a.op.reason.clone(),
         };
-        let r =
-            rt.block_on(client.call(req, |mut c, r| async move { c.set_level(r).await })).map_err(api_err)?;
+        // One idempotency key for every try of this write (the client retries through failovers).
+        let key = proto::client::request_key("cli").map_err(api_err)?;
+        let r = rt
+            .block_on(client.call(req, |mut c, r| {
+                let r = proto::client::keyed(r, &key);
+                async move { c.set_level(r).await }
+            }))
+            .map_err(api_err)?;
         if let Some(s) = &r.scope {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&scope_json(s))?);
@@ -143,9 +149,14 @@ pub struct ReleaseArgs {
 pub fn release(a: ReleaseArgs) -> anyhow::Result<ExitCode> {
     a.op.require_reason()?;
     let req = api::ReleaseRequest { scope: a.scope, by: a.op.by, reason: a.op.reason };
+    // One idempotency key for every try of this write (the client retries through failovers).
+    let key = proto::client::request_key("cli").map_err(api_err)?;
     let mut client = a.master.client();
     let r = runtime()?
-        .block_on(client.call(req, |mut c, r| async move { c.release(r).await }))
+        .block_on(client.call(req, |mut c, r| {
+            let r = proto::client::keyed(r, &key);
+            async move { c.release(r).await }
+        }))
         .map_err(api_err)?;
     if let Some(s) = &r.scope {
         print_scope(s);
@@ -255,9 +266,14 @@ pub fn decide(a: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
         by: a.op.by,
         reason: a.op.reason,
     };
+    // One idempotency key for every try of this write (the client retries through failovers).
+    let key = proto::client::request_key("cli").map_err(api_err)?;
     let mut client = a.master.client();
     let r = runtime()?
-        .block_on(client.call(req, |mut c, r| async move { c.decide_proposals(r).await }))
+        .block_on(client.call(req, |mut c, r| {
+            let r = proto::client::keyed(r, &key);
+            async move { c.decide_proposals(r).await }
+        }))
         .map_err(api_err)?;
     let verb = if approve { "approved" } else { "rejected" };
     let ids: Vec<String> = r.decided.iter().map(|i| format!("#{i}")).collect();
@@ -299,7 +315,13 @@ pub fn quotas(a: QuotasArgs) -> anyhow::Result<ExitCode> {
             reason: a.op.reason.clone(),
             config_json: serde_json::to_string(&cfg)?,
         };
-        rt.block_on(client.call(req, |mut c, r| async move { c.set_quotas(r).await })).map_err(api_err)?
+        // One idempotency key for every try of this write (the client retries through failovers).
+        let key = proto::client::request_key("cli").map_err(api_err)?;
+        rt.block_on(client.call(req, |mut c, r| {
+            let r = proto::client::keyed(r, &key);
+            async move { c.set_quotas(r).await }
+        }))
+        .map_err(api_err)?
     } else {
         rt.block_on(client.call(api::GetSafetyRequest {}, |mut c, r| async move { c.get_safety(r).await }))
             .map_err(api_err)?

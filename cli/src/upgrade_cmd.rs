@@ -67,8 +67,13 @@ pub fn run(a: UpgradeArgs) -> anyhow::Result<ExitCode> {
     };
     a.op.require_reason()?;
     let req = api::SetMinCommandVersionRequest { version, by: a.op.by, reason: a.op.reason };
+    // One idempotency key for every try of this write (the client retries through failovers).
+    let key = proto::client::request_key("cli").map_err(api_err)?;
     let r = rt
-        .block_on(client.call(req, |mut c, r| async move { c.set_min_command_version(r).await }))
+        .block_on(client.call(req, |mut c, r| {
+            let r = proto::client::keyed(r, &key);
+            async move { c.set_min_command_version(r).await }
+        }))
         .map_err(api_err)?;
     if !a.json {
         println!("min_command_version set to {version} at revision {}", r.revision);

@@ -12,6 +12,11 @@
 
 /// First byte of every sealed record: lets a later format change be recognised instead of misread.
 pub const TAG: u8 = 0xC1;
+/// First byte of a record sealed with its table key ([`seal_keyed`]): the CRC covers the key too, so a
+/// row whose key bytes changed (moved under another id) is caught like an altered value. The state
+/// machine's tables write this form; [`open_keyed`] still reads [`TAG`] records (written before keys were
+/// covered) until `store::open_store` reseals them.
+pub const TAG_KEYED: u8 = 0xC2;
 /// Bytes `seal` adds in front of the payload.
 pub const OVERHEAD: usize = 5;
 
@@ -20,7 +25,7 @@ pub const OVERHEAD: usize = 5;
 pub enum Corrupt {
     #[error("record of {len} bytes is shorter than its {OVERHEAD}-byte frame")]
     Short { len: usize },
-    #[error("record has format tag {found:#04x}, expected {TAG:#04x}")]
+    #[error("record has format tag {found:#04x}, expected {TAG:#04x} or {TAG_KEYED:#04x}")]
     Tag { found: u8 },
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x} over {len} bytes")]
     Mismatch { stored: u32, computed: u32, len: usize },
@@ -55,6 +60,52 @@ pub fn open(record: &[u8]) -> Result<&[u8], Corrupt> {
         return Err(Corrupt::Mismatch { stored, computed, len: payload.len() });
     }
     Ok(payload)
+}
+
+/// The framed form of `payload` stored under the table key `key` (the CRC covers the key's length, the key
+/// and the payload; the key itself is not stored in the frame: redb holds it).
+pub fn seal_keyed(key: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(OVERHEAD + payload.len());
+    seal_keyed_into(&mut out, key, payload);
+    out
+}
+
+/// Appends the keyed frame of `payload` to `out`.
+pub fn seal_keyed_into(out: &mut Vec<u8>, key: &[u8], payload: &[u8]) {
+    out.push(TAG_KEYED);
+    out.extend_from_slice(&keyed_crc(key, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Verifies a record read under the table key `key` and returns its payload: a [`TAG_KEYED`] frame must
+/// match the key and the payload; a [`TAG`] frame (written before keys were covered) the payload alone.
+pub fn open_keyed<'a>(key: &[u8], record: &'a [u8]) -> Result<&'a [u8], Corrupt> {
+    match record.first() {
+        Some(&TAG) => open(record),
+        Some(&TAG_KEYED) if record.len() >= OVERHEAD => {
+            let (head, payload) = record.split_at(OVERHEAD);
+            let stored = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+            let computed = keyed_crc(key, payload);
+            if stored != computed {
+                return Err(Corrupt::Mismatch { stored, computed, len: payload.len() });
+            }
+            Ok(payload)
+        }
+        Some(&found) if record.len() >= OVERHEAD => Err(Corrupt::Tag { found }),
+        _ => Err(Corrupt::Short { len: record.len() }),
+    }
+}
+
+/// Whether `record` is in the frame written before keys were covered ([`TAG`]).
+pub fn is_unkeyed(record: &[u8]) -> bool {
+    record.first() == Some(&TAG)
+}
+
+/// CRC-32C over `len(key)` (4 bytes LE), the key and the payload: the length keeps `("ab", "c")` and
+/// `("a", "bc")` apart.
+fn keyed_crc(key: &[u8], payload: &[u8]) -> u32 {
+    let len = u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes();
+    !update(update(update(!0, &len), key), payload)
 }
 
 /// Reflected Castagnoli polynomial.
@@ -92,8 +143,12 @@ const fn make_tables() -> [[u32; 256]; 8] {
 
 /// CRC-32C of `data` (as iSCSI, ext4 and etcd's WAL use it).
 pub fn crc32c(data: &[u8]) -> u32 {
+    !update(!0, data)
+}
+
+/// Feed `data` into a running (pre-inverted) CRC-32C state.
+fn update(mut crc: u32, data: &[u8]) -> u32 {
     let t = &TABLES;
-    let mut crc = !0u32;
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
         let lo = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) ^ crc;
@@ -110,7 +165,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
     for &b in chunks.remainder() {
         crc = (crc >> 8) ^ t[0][((crc ^ u32::from(b)) & 0xff) as usize];
     }
-    !crc
+    crc
 }
 
 #[cfg(test)]
@@ -167,5 +222,39 @@ mod tests {
         tag[0] = 0;
         assert_eq!(open(&tag), Err(Corrupt::Tag { found: 0 }));
         assert_eq!(open(&seal(b"")), Ok(&b""[..]));
+    }
+
+    #[test]
+    fn keyed_seal_covers_the_key_and_still_reads_the_old_frame() {
+        let payload = b"{\"seq\":1234}".to_vec();
+        let key = b"disk/host-017/sdb";
+        let sealed = seal_keyed(key, &payload);
+        assert_eq!(sealed.len(), payload.len() + OVERHEAD);
+        assert_eq!(open_keyed(key, &sealed), Ok(&payload[..]));
+        // Every flipped bit of the key (a row moved under another id) and of the record is caught.
+        for i in 0..key.len() {
+            for bit in 0..8 {
+                let mut k = key.to_vec();
+                k[i] ^= 1 << bit;
+                assert!(
+                    matches!(open_keyed(&k, &sealed), Err(Corrupt::Mismatch { .. })),
+                    "key bit {bit} of byte {i}"
+                );
+            }
+        }
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x10;
+            assert!(open_keyed(key, &bad).is_err(), "byte {i}");
+        }
+        // The length is covered: the same bytes split differently between key and payload differ.
+        assert!(open_keyed(b"disk/host-017/sd", &seal_keyed(b"disk/host-017/sdb", b"x")).is_err());
+        // The old frame (no key) still reads, and is told apart.
+        let old = seal(&payload);
+        assert_eq!(open_keyed(key, &old), Ok(&payload[..]));
+        assert!(is_unkeyed(&old) && !is_unkeyed(&sealed));
+        assert_eq!(open_keyed(key, &[0u8; 9]), Err(Corrupt::Tag { found: 0 }));
+        assert_eq!(open_keyed(key, &[TAG_KEYED, 1]), Err(Corrupt::Short { len: 2 }));
+        assert_eq!(open_keyed(b"", &seal_keyed(b"", b"")), Ok(&b""[..]));
     }
 }

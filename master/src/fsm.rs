@@ -227,7 +227,7 @@ impl MasterFsm {
     pub fn restore_data(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), StoreError> {
         let revision = snapshot::restore(txn, data)?;
         let min = match txn.open_table(store::META)?.get(META_MIN_COMMAND_VERSION)? {
-            Some(g) => Some(store::unseal_u64("fsm_counters", g.value())?),
+            Some(g) => Some(store::unseal_u64("fsm_counters", META_MIN_COMMAND_VERSION, g.value())?),
             None => None,
         };
         self.stats
@@ -272,6 +272,7 @@ impl crate::raft::Fsm for MasterFsm {
             records = report.records,
             bytes = report.bytes,
             upgraded = report.upgraded,
+            resealed = report.resealed,
             "state machine tables verified"
         );
         Ok(())

@@ -13,10 +13,9 @@ use proto::error::ApiError;
 use tonic::{Request, Response, Status};
 
 use crate::api::requests::{self, ObjectCommand};
-use crate::api::safety::SafetyView;
+use crate::api::safety;
 use crate::api::{HeartbeatInfo, IngestBatch, Service};
 use crate::model::Registration;
-use crate::safety::{Proposal, QuotaRule};
 
 /// Largest gRPC message accepted or sent: an ingest batch of MAX_FINDINGS_PER_BATCH bounded findings
 /// fits; the raft layer's command limit still applies after decoding.
@@ -34,53 +33,8 @@ impl GrpcApi {
     }
 }
 
-// The API views (objects, scopes, cluster info, agents, action orders, history entries, change events, alert
-// rows) convert in `proto::convert`. Proposals and quota rules stay here: they carry the state machine's
-// input and the safety net's `Limit` (parsed by the API layer), which `proto` does not know.
-
-pub fn proposal_to_wire(p: &Proposal) -> api::Proposal {
-    api::Proposal {
-        id: p.id,
-        object: p.object.to_string(),
-        from_state: p.from_state.as_str().into(),
-        to_state: p.to_state.as_str().into(),
-        cause: p.cause.clone(),
-        evidence: p.evidence.clone(),
-        scopes: p.scopes.clone(),
-        reason: p.reason.clone(),
-        created_ms: p.created_ms,
-        updated_ms: p.updated_ms,
-        repeats: p.repeats,
-        status: p.status.as_str().into(),
-        decided_by: p.decided_by.clone(),
-        decided_reason: p.decided_reason.clone(),
-        decided_ms: p.decided_ms,
-    }
-}
-
-fn quota_to_wire(q: &QuotaRule) -> api::QuotaRule {
-    api::QuotaRule {
-        kind: q.kind.clone(),
-        scope: q.scope.clone(),
-        window_ms: q.window_ms,
-        max_entries: q.max_entries.to_string(),
-        max_concurrent: q.max_concurrent.to_string(),
-    }
-}
-
-fn quota_from_wire(q: api::QuotaRule) -> Result<QuotaRule, ApiError> {
-    requests::quota_rule(q.kind, q.scope, q.window_ms, &q.max_entries, &q.max_concurrent)
-}
-
-fn safety_to_wire(v: SafetyView) -> api::GetSafetyResponse {
-    api::GetSafetyResponse {
-        quotas: v.quotas.iter().map(quota_to_wire).collect(),
-        scopes: v.scopes.iter().map(convert::scope_to_wire).collect(),
-        alerts: v.alerts.iter().map(convert::alert_to_wire).collect(),
-        revision: v.revision,
-        config_json: serde_json::to_string(&v.config).unwrap_or_default(),
-    }
-}
+// Every view converts in `proto::convert`; proposals and quota rules through their API views
+// (`api::safety::proposal_view`, `quota_view`, `quota_rule`), which know the stored shapes.
 
 /// The client's idempotency key of a write, from the `idempotency-key` request metadata (the API layer
 /// validates its length and charset). A key that is not ASCII is refused here.
@@ -207,6 +161,7 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::RegisterRequest>,
     ) -> Result<Response<api::RegisterResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let objects = req
             .objects
@@ -220,7 +175,7 @@ impl Master for GrpcApi {
             })
             .collect::<Result<Vec<_>, ApiError>>()
             .map_err(Status::from)?;
-        let res = self.svc.register(req.agent, req.host, objects).await.map_err(Status::from)?;
+        let res = self.svc.register_keyed(req.agent, req.host, objects, key).await.map_err(Status::from)?;
         Ok(Response::new(api::RegisterResponse {
             revision: res.revision,
             created: res.created,
@@ -314,17 +269,21 @@ impl Master for GrpcApi {
         &self,
         _req: Request<api::GetSafetyRequest>,
     ) -> Result<Response<api::GetSafetyResponse>, Status> {
-        Ok(Response::new(safety_to_wire(self.svc.safety(false).await.map_err(Status::from)?)))
+        Ok(Response::new(self.svc.safety(false).await.map_err(Status::from)?.to_wire()))
     }
 
     async fn set_level(
         &self,
         req: Request<api::SetLevelRequest>,
     ) -> Result<Response<api::ScopeResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let level = requests::level(&req.level).map_err(Status::from)?;
-        let (scope, revision) =
-            self.svc.set_level(&req.scope, level, &req.by, &req.reason).await.map_err(Status::from)?;
+        let (scope, revision) = self
+            .svc
+            .set_level_keyed(&req.scope, level, &req.by, &req.reason, key)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(api::ScopeResponse { scope: Some(convert::scope_to_wire(&scope)), revision }))
     }
 
@@ -332,9 +291,10 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::ReleaseRequest>,
     ) -> Result<Response<api::ScopeResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let (scope, revision) =
-            self.svc.release(&req.scope, &req.by, &req.reason).await.map_err(Status::from)?;
+            self.svc.release_keyed(&req.scope, &req.by, &req.reason, key).await.map_err(Status::from)?;
         Ok(Response::new(api::ScopeResponse { scope: Some(convert::scope_to_wire(&scope)), revision }))
     }
 
@@ -348,7 +308,7 @@ impl Master for GrpcApi {
         let (list, revision) =
             self.svc.proposals(status, &filter, req.limit as usize, false).await.map_err(Status::from)?;
         Ok(Response::new(api::ListProposalsResponse {
-            proposals: list.iter().map(proposal_to_wire).collect(),
+            proposals: list.iter().map(|p| convert::proposal_to_wire(&safety::proposal_view(p))).collect(),
             revision,
         }))
     }
@@ -357,12 +317,16 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::DecideProposalsRequest>,
     ) -> Result<Response<api::DecideProposalsResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let approve = requests::decision(&req.decision).map_err(Status::from)?;
         let filter = requests::proposal_filter(&req.scope, &req.kind, &req.host, &req.checker)
             .map_err(Status::from)?;
-        let res =
-            self.svc.decide(req.ids, filter, approve, &req.by, &req.reason).await.map_err(Status::from)?;
+        let res = self
+            .svc
+            .decide_keyed(req.ids, filter, approve, &req.by, &req.reason, key)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(api::DecideProposalsResponse {
             decided: res.decided,
             failed: res.failed.into_iter().map(|(id, error)| api::ProposalFailure { id, error }).collect(),
@@ -384,10 +348,11 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::SetMinCommandVersionRequest>,
     ) -> Result<Response<api::SetMinCommandVersionResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let (revision, info) = self
             .svc
-            .set_min_command_version(req.version, &req.by, &req.reason)
+            .set_min_command_version_keyed(req.version, &req.by, &req.reason, key)
             .await
             .map_err(Status::from)?;
         Ok(Response::new(api::SetMinCommandVersionResponse {
@@ -400,20 +365,27 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::SetQuotasRequest>,
     ) -> Result<Response<api::GetSafetyResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
         let req = req.into_inner();
         let view = if req.config_json.is_empty() {
             let quotas = req
                 .quotas
                 .into_iter()
-                .map(quota_from_wire)
+                .map(|q| safety::quota_rule(convert::quota_from_wire(q)))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(Status::from)?;
-            self.svc.set_safety(Some(quotas), None, &req.by, &req.reason).await.map_err(Status::from)?
+            self.svc
+                .set_safety_keyed(Some(quotas), None, &req.by, &req.reason, key)
+                .await
+                .map_err(Status::from)?
         } else {
             let cfg: crate::safety::SafetyConfig = serde_json::from_str(&req.config_json)
                 .map_err(|e| Status::from(ApiError::invalid(format!("config_json: {e}"))))?;
-            self.svc.set_safety(None, Some(cfg), &req.by, &req.reason).await.map_err(Status::from)?
+            self.svc
+                .set_safety_keyed(None, Some(cfg), &req.by, &req.reason, key)
+                .await
+                .map_err(Status::from)?
         };
-        Ok(Response::new(safety_to_wire(view)))
+        Ok(Response::new(view.to_wire()))
     }
 }

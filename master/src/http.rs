@@ -116,7 +116,10 @@ async fn healthz(State(svc): State<Svc>) -> Response {
 }
 
 async fn metrics(State(svc): State<Svc>) -> Response {
-    match crate::metrics::render(&svc) {
+    // Every member's NOSPACE alarm: asked over the peer port at most every MEMBER_VERSION_TTL, each ask
+    // bounded by MEMBER_VERSION_TIMEOUT, so a scrape never waits longer than that.
+    let members = svc.member_nospace().await;
+    match crate::metrics::render(&svc, &members) {
         Ok(text) => {
             ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
         }
@@ -271,9 +274,14 @@ pub struct RegisterBody {
     pub objects: Vec<Registration>,
 }
 
-async fn register(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+async fn register(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: RegisterBody = parse_json(&body)?;
-    let r = svc.register(b.agent, b.host, b.objects).await.map_err(|e| rest_error(&svc, e))?;
+    let key = idempotency_key(&headers, None)?;
+    let r = svc.register_keyed(b.agent, b.host, b.objects, key).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(WriteResult::from(r)).into_response())
 }
 

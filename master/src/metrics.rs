@@ -4,6 +4,7 @@
 //! and quota use per scope, pending proposals), watchers and their lag, and the repair-ticket queue.
 //! Dashboards and alert rules that use these: `deploy/grafana/`, `deploy/prometheus/`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -14,7 +15,8 @@ use proto::error::ApiError;
 
 use crate::api::Service;
 
-pub fn render(svc: &Service) -> Result<String, ApiError> {
+/// The metrics text; `member_nospace` is every member's NOSPACE alarm by id ([`Service::member_nospace`]).
+pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<String, ApiError> {
     let st = svc.raft().status();
     let info = svc.cluster_info()?;
     let mut reg = Registry::with_prefix("huatuo_master");
@@ -31,6 +33,21 @@ pub fn render(svc: &Service) -> Result<String, ApiError> {
         "nospace_alarm",
         "1 while the NOSPACE alarm refuses new writes (disk below the floor)",
         gauge(u64::from(st.nospace)),
+    );
+    let members: Family<[(&'static str, String); 1], Gauge> = Family::default();
+    for (id, raised) in member_nospace {
+        members.get_or_create(&[("member", id.to_string())]).set(i64::from(*raised));
+    }
+    reg.register(
+        "member_nospace_alarm",
+        "1 while that member's NOSPACE alarm is raised (its disk below its floor), as it answered over the \
+         peer port (0 also when it did not answer)",
+        members,
+    );
+    reg.register(
+        "snapshot_chunks_refused",
+        "Snapshot streams this process refused because a chunk or the whole failed its CRC-32C (re-sent)",
+        ConstCounter::new(crate::raft::alarms::SNAPSHOT_CHUNKS_REFUSED.load(Ordering::Relaxed)),
     );
     reg.register(
         "storage_corrupt",

@@ -154,6 +154,20 @@ pub struct RequestRecord {
     pub seq: u64,
     pub at_ms: u64,
     pub result: CmdResult,
+    /// [`command_digest`] of the command first applied under this key: a later command with the same key
+    /// and another digest is refused (CONFLICT: the key was reused for a different request) instead of being
+    /// answered with this result. Absent in records written before digests (those answer any retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<u32>,
+}
+
+/// The digest of a keyed command's body that [`RequestRecord::digest`] keeps: CRC-32C of its JSON encoding
+/// (deterministic: plain data, ordered maps). It tells a retry (same bytes) from a client that reused a key
+/// for another request; 32 bits make an accidental match of two different bodies a 1-in-4-billion event,
+/// enough for a check against misuse (not against an adversary, who could send any key anyway).
+pub fn command_digest(cmd: &Command) -> u32 {
+    // Serializing plain data with string keys cannot fail.
+    crate::checksum::crc32c(&serde_json::to_vec(cmd).unwrap_or_default())
 }
 
 /// Revisions kept in the change log for watchers to resume from. At the benchmark's 20,000 findings/s this is

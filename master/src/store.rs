@@ -8,7 +8,10 @@
 //! a read answers an error for that request and raises the node's damage flag (see [`watch_damage`]) so the
 //! node stops as a corrupt replica too. Panics inside redb while reading (damaged pages) are caught at this
 //! boundary and become the same error. Stores written before checksums (format 1: the `fsm_meta` counters
-//! table of u64s, unsealed values) are sealed in place once by [`open_store`].
+//! table of u64s, unsealed values) are sealed in place once by [`open_store`]. The seal covers each record's
+//! table key too ([`RowKey`], [`checksum::seal_keyed`]), so a row whose key bytes changed is caught like an
+//! altered value; records sealed before keys were covered (format 2) still read and are resealed with their
+//! key by [`open_store`].
 
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -107,34 +110,81 @@ pub fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8])
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { table, message: e.to_string() })
 }
 
-/// Verify a stored value's checksum frame and return its payload.
-pub fn unseal<'a>(table: &'static str, bytes: &'a [u8]) -> Result<&'a [u8], StoreError> {
-    checksum::open(bytes).map_err(|e| StoreError::Corrupt { table, message: e.to_string() })
+/// The bytes of a table key that a record's seal covers ([`checksum::seal_keyed`]): utf-8 for string keys,
+/// 8 bytes big-endian for numbers, `id ++ 0 ++ seq` (big-endian) for history rows: the same encoding the
+/// snapshot records use for their keys, so a restore seals each record with its snapshot key as is.
+pub trait RowKey {
+    fn row_key(&self) -> std::borrow::Cow<'_, [u8]>;
+}
+
+impl RowKey for str {
+    fn row_key(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.as_bytes())
+    }
+}
+
+impl<T: RowKey + ?Sized> RowKey for &T {
+    fn row_key(&self) -> std::borrow::Cow<'_, [u8]> {
+        (**self).row_key()
+    }
+}
+
+impl RowKey for u64 {
+    fn row_key(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Owned(self.to_be_bytes().to_vec())
+    }
+}
+
+impl RowKey for (&str, u64) {
+    fn row_key(&self) -> std::borrow::Cow<'_, [u8]> {
+        let mut key = Vec::with_capacity(self.0.len() + 9);
+        key.extend_from_slice(self.0.as_bytes());
+        key.push(0);
+        key.extend_from_slice(&self.1.to_be_bytes());
+        std::borrow::Cow::Owned(key)
+    }
+}
+
+/// Verify a stored value's checksum frame (over its key and payload; the older frame over the payload
+/// alone still reads) and return its payload.
+pub fn unseal<'a, K: RowKey + ?Sized>(
+    table: &'static str,
+    key: &K,
+    bytes: &'a [u8],
+) -> Result<&'a [u8], StoreError> {
+    checksum::open_keyed(&key.row_key(), bytes)
+        .map_err(|e| StoreError::Corrupt { table, message: e.to_string() })
 }
 
 /// Verify and decode a stored (sealed) JSON value.
-pub fn decode_sealed<T: serde::de::DeserializeOwned>(
+pub fn decode_sealed<T: serde::de::DeserializeOwned, K: RowKey + ?Sized>(
     table: &'static str,
+    key: &K,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    decode(table, unseal(table, bytes)?)
+    decode(table, unseal(table, key, bytes)?)
 }
 
-/// The sealed JSON of `value`, as stored.
-pub fn encode_sealed<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    checksum::seal(&encode(value))
+/// The sealed JSON of `value` stored under `key`.
+pub fn encode_sealed<T: serde::Serialize, K: RowKey + ?Sized>(key: &K, value: &T) -> Vec<u8> {
+    checksum::seal_keyed(&key.row_key(), &encode(value))
 }
 
-/// A stored counter: sealed 8 bytes big-endian.
-pub fn seal_u64(v: u64) -> [u8; 8 + checksum::OVERHEAD] {
+/// Raw bytes sealed under `key`.
+pub fn seal_bytes<K: RowKey + ?Sized>(key: &K, payload: &[u8]) -> Vec<u8> {
+    checksum::seal_keyed(&key.row_key(), payload)
+}
+
+/// A stored counter under `key`: sealed 8 bytes big-endian.
+pub fn seal_u64(key: &str, v: u64) -> [u8; 8 + checksum::OVERHEAD] {
     let mut out = [0u8; 8 + checksum::OVERHEAD];
-    out.copy_from_slice(&checksum::seal(&v.to_be_bytes()));
+    out.copy_from_slice(&checksum::seal_keyed(key.as_bytes(), &v.to_be_bytes()));
     out
 }
 
 /// Verify and decode a stored counter.
-pub fn unseal_u64(table: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
-    let plain: [u8; 8] = unseal(table, bytes)?
+pub fn unseal_u64(table: &'static str, key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let plain: [u8; 8] = unseal(table, key, bytes)?
         .try_into()
         .map_err(|_| StoreError::Corrupt { table, message: "counter is not 8 bytes".into() })?;
     Ok(u64::from_be_bytes(plain))
@@ -238,6 +288,11 @@ pub struct OpenReport {
     pub bytes: u64,
     /// The store was written before checksums and was sealed in place by this open.
     pub upgraded: bool,
+    /// Records found in the frame that does not cover their key (written before keys were covered):
+    /// [`open_store`] reseals them in place, `huatuo master --verify` only counts them.
+    pub unkeyed: u64,
+    /// Records resealed with their key by this open (format 2 -> 3).
+    pub resealed: u64,
 }
 
 /// The value tables keyed by strings and by u64s, with their names (for errors); with [`HISTORY`] and
@@ -262,8 +317,9 @@ const U64_TABLES: [(&str, U64Table); 6] = [
 ];
 
 /// Prepare the state machine's tables before anything is applied or read: seal a format-1 store in place
-/// (one transaction, all or nothing), then verify the checksum of every record. Damage is
-/// [`StoreError::Corrupt`] (the node refuses to start).
+/// (one transaction, all or nothing), verify the checksum of every record, and reseal records whose frame
+/// does not cover their key yet (format 2, one transaction). Damage is [`StoreError::Corrupt`] (the node
+/// refuses to start).
 pub fn open_store(db: &redb::Database) -> Result<OpenReport, StoreError> {
     guard("opening the state machine's tables", || {
         let upgraded = needs_upgrade(db)?;
@@ -272,6 +328,9 @@ pub fn open_store(db: &redb::Database) -> Result<OpenReport, StoreError> {
         }
         let mut report = verify_store(db)?;
         report.upgraded = upgraded;
+        if report.unkeyed > 0 {
+            report.resealed = reseal_with_keys(db)?;
+        }
         Ok(report)
     })
 }
@@ -284,6 +343,31 @@ fn needs_upgrade(db: &redb::Database) -> Result<bool, StoreError> {
     let ours =
         STR_TABLES.iter().map(|d| d.0).chain(U64_TABLES.iter().map(|d| d.0)).chain(["fsm_history"]).any(has);
     Ok(has("fsm_meta") || (ours && !has("fsm_counters")))
+}
+
+/// The new payload of a rewritten record (None: leave the record as it is).
+type Rewrite<'a> = &'a dyn Fn(&'static str, &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+/// Rewrite every record of every fsm table whose `rewrite` gives a payload, sealed with its key; returns
+/// how many were rewritten.
+fn rewrite_all(txn: &WriteTransaction, rewrite: Rewrite<'_>) -> Result<u64, StoreError> {
+    let mut rows =
+        rewrite_table(txn, "fsm_counters", META, |k: &str| k.to_string(), |k| k.as_str(), rewrite)?;
+    for (name, def) in STR_TABLES {
+        rows += rewrite_table(txn, name, def, |k: &str| k.to_string(), |k| k.as_str(), rewrite)?;
+    }
+    for (name, def) in U64_TABLES {
+        rows += rewrite_table(txn, name, def, |k: u64| k, |k| *k, rewrite)?;
+    }
+    rows += rewrite_table(
+        txn,
+        "fsm_history",
+        HISTORY,
+        |(id, seq): (&str, u64)| (id.to_string(), seq),
+        |(id, seq)| (id.as_str(), *seq),
+        rewrite,
+    )?;
+    Ok(rows)
 }
 
 /// Seal every value of a format-1 store and move its counters to [`META`]. Holds one table's rows in
@@ -303,82 +387,108 @@ fn upgrade(db: &redb::Database) -> Result<(), StoreError> {
         txn.delete_table(LEGACY_META)?;
         let mut meta = txn.open_table(META)?;
         for (k, v) in &legacy {
-            meta.insert(k.as_str(), seal_u64(*v).as_slice())?;
+            meta.insert(k.as_str(), seal_u64(k, *v).as_slice())?;
             rows += 1;
         }
     }
-    for (_, def) in STR_TABLES {
-        rows += seal_in_place(&txn, def, |k: &str| k.to_string(), |k| k.as_str())?;
-    }
-    for (_, def) in U64_TABLES {
-        rows += seal_in_place(&txn, def, |k: u64| k, |k| *k)?;
-    }
-    rows += seal_in_place(
-        &txn,
-        HISTORY,
-        |(id, seq): (&str, u64)| (id.to_string(), seq),
-        |(id, seq)| (id.as_str(), *seq),
-    )?;
+    // Every value is a plain payload; the counters just written are sealed already (skipped).
+    rows += rewrite_all(&txn, &|table, v| Ok((table != "fsm_counters").then(|| v.to_vec())))?;
     txn.commit()?;
     tracing::warn!(rows, "state machine tables written before checksums: sealed every record in place");
     Ok(())
 }
 
-/// Replace every value of `def` by its sealed form.
-fn seal_in_place<K, O>(
+/// Reseal every record whose frame does not cover its key (format 2) with its key, in one transaction;
+/// returns how many. Each is verified first: a damaged one stops the open (never resealed as if good).
+fn reseal_with_keys(db: &redb::Database) -> Result<u64, StoreError> {
+    let txn = db.begin_write()?;
+    let rows = rewrite_all(&txn, &|table, v| {
+        if !checksum::is_unkeyed(v) {
+            return Ok(None);
+        }
+        let payload = checksum::open(v).map_err(|e| StoreError::Corrupt { table, message: e.to_string() })?;
+        Ok(Some(payload.to_vec()))
+    })?;
+    txn.commit()?;
+    tracing::info!(rows, "state machine records resealed with their keys (format 2 -> 3)");
+    Ok(rows)
+}
+
+/// Rewrite the records of `def` that `rewrite` gives a payload for, sealed under their key.
+fn rewrite_table<K, O>(
     txn: &WriteTransaction,
+    table: &'static str,
     def: TableDefinition<K, &[u8]>,
     own: impl Fn(K::SelfType<'_>) -> O,
     borrow: impl for<'a> Fn(&'a O) -> K::SelfType<'a>,
+    rewrite: Rewrite<'_>,
 ) -> Result<u64, StoreError>
 where
     K: redb::Key + 'static,
+    for<'a> K::SelfType<'a>: RowKey,
 {
-    let mut t = txn.open_table(def)?;
-    let old: Vec<(O, Vec<u8>)> = t
-        .iter()?
-        .map(|r| r.map(|(k, v)| (own(k.value()), checksum::seal(v.value()))))
-        .collect::<Result<_, _>>()?;
-    for (k, v) in &old {
+    let mut t = match txn.open_table(def) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut new = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        if let Some(payload) = rewrite(table, v.value())? {
+            let key = k.value();
+            let sealed = checksum::seal_keyed(&key.row_key(), &payload);
+            new.push((own(key), sealed));
+        }
+    }
+    for (k, v) in &new {
         t.insert(borrow(k), v.as_slice())?;
     }
-    Ok(old.len() as u64)
+    Ok(new.len() as u64)
 }
 
-/// Verify the checksum of every record of the state machine's tables (payloads are not decoded).
+/// Verify the checksum of every record of the state machine's tables, over its key and value (payloads
+/// are not decoded).
 pub fn verify_store(db: &redb::Database) -> Result<OpenReport, StoreError> {
     let txn = db.begin_read()?;
     let mut report = OpenReport::default();
-    let mut count = |table: &'static str, bytes: &[u8]| -> Result<(), StoreError> {
-        unseal(table, bytes)?;
+    let mut count = |table: &'static str, key: &[u8], bytes: &[u8]| -> Result<(), StoreError> {
+        checksum::open_keyed(key, bytes)
+            .map_err(|e| StoreError::Corrupt { table, message: e.to_string() })?;
         report.records += 1;
         report.bytes += bytes.len() as u64;
+        if checksum::is_unkeyed(bytes) {
+            report.unkeyed += 1;
+        }
         Ok(())
     };
     if let Some(t) = open_read!(txn, META) {
         for row in t.iter()? {
-            let (_, v) = row?;
-            unseal_u64("fsm_counters", v.value())?;
-            count("fsm_counters", v.value())?;
+            let (k, v) = row?;
+            unseal_u64("fsm_counters", k.value(), v.value())?;
+            count("fsm_counters", k.value().as_bytes(), v.value())?;
         }
     }
     for (name, def) in STR_TABLES {
         if let Some(t) = open_read!(txn, def) {
             for row in t.iter()? {
-                count(name, row?.1.value())?;
+                let (k, v) = row?;
+                count(name, k.value().as_bytes(), v.value())?;
             }
         }
     }
     for (name, def) in U64_TABLES {
         if let Some(t) = open_read!(txn, def) {
             for row in t.iter()? {
-                count(name, row?.1.value())?;
+                let (k, v) = row?;
+                count(name, &k.value().to_be_bytes(), v.value())?;
             }
         }
     }
     if let Some(t) = open_read!(txn, HISTORY) {
         for row in t.iter()? {
-            count("fsm_history", row?.1.value())?;
+            let (k, v) = row?;
+            count("fsm_history", &k.value().row_key(), v.value())?;
         }
     }
     Ok(report)
@@ -459,7 +569,10 @@ impl Reader {
     pub fn meta(&self, key: &str) -> Result<u64, StoreError> {
         self.read("meta", || {
             let Some(t) = open_read!(self.txn, META) else { return Ok(0) };
-            t.get(key)?.map(|g| unseal_u64("fsm_counters", g.value())).transpose().map(|v| v.unwrap_or(0))
+            t.get(key)?
+                .map(|g| unseal_u64("fsm_counters", key, g.value()))
+                .transpose()
+                .map(|v| v.unwrap_or(0))
         })
     }
 
@@ -481,7 +594,7 @@ impl Reader {
     pub fn object(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
         self.read("object", || {
             let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(None) };
-            t.get(id)?.map(|g| decode_sealed("fsm_objects", g.value())).transpose()
+            t.get(id)?.map(|g| decode_sealed("fsm_objects", id, g.value())).transpose()
         })
     }
 
@@ -508,7 +621,7 @@ impl Reader {
                 if !k.value().starts_with(&prefix) {
                     break;
                 }
-                let rec: ObjectRecord = decode_sealed("fsm_objects", v.value())?;
+                let rec: ObjectRecord = decode_sealed("fsm_objects", k.value(), v.value())?;
                 if filter.matches_object(&rec) {
                     out.push(rec);
                     if out.len() >= limit {
@@ -526,8 +639,8 @@ impl Reader {
             let id = rec.id.to_string();
             let mut out = Vec::new();
             for row in t.range((id.as_str(), 0u64)..=(id.as_str(), u64::MAX))? {
-                let (_, v) = row?;
-                out.push(decode_sealed("fsm_history", v.value())?);
+                let (k, v) = row?;
+                out.push(decode_sealed("fsm_history", &k.value(), v.value())?);
             }
             Ok(out)
         })
@@ -539,7 +652,7 @@ impl Reader {
             let mut out = Vec::new();
             for row in t.iter()? {
                 let (k, v) = row?;
-                out.push((k.value().to_string(), decode_sealed("fsm_agents", v.value())?));
+                out.push((k.value().to_string(), decode_sealed("fsm_agents", k.value(), v.value())?));
             }
             Ok(out)
         })
@@ -551,7 +664,7 @@ impl Reader {
             let mut out = Vec::new();
             for row in t.iter()? {
                 let (k, v) = row?;
-                out.push((k.value(), decode_sealed("fsm_members", v.value())?));
+                out.push((k.value(), decode_sealed("fsm_members", &k.value(), v.value())?));
             }
             Ok(out)
         })
@@ -562,7 +675,7 @@ impl Reader {
         self.read("safety_config", || {
             let Some(t) = open_read!(self.txn, SETTINGS) else { return Ok(SafetyConfig::default()) };
             t.get(SETTING_SAFETY)?
-                .map(|g| decode_sealed("fsm_settings", g.value()))
+                .map(|g| decode_sealed("fsm_settings", SETTING_SAFETY, g.value()))
                 .transpose()
                 .map(|c| c.unwrap_or_default())
         })
@@ -574,7 +687,7 @@ impl Reader {
             let mut out = Vec::new();
             for row in t.iter()? {
                 let (k, v) = row?;
-                out.push((k.value().to_string(), decode_sealed("fsm_scopes", v.value())?));
+                out.push((k.value().to_string(), decode_sealed("fsm_scopes", k.value(), v.value())?));
             }
             Ok(out)
         })
@@ -583,7 +696,7 @@ impl Reader {
     pub fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
         self.read("proposal", || {
             let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(None) };
-            t.get(id)?.map(|g| decode_sealed("fsm_proposals", g.value())).transpose()
+            t.get(id)?.map(|g| decode_sealed("fsm_proposals", &id, g.value())).transpose()
         })
     }
 
@@ -620,8 +733,8 @@ impl Reader {
             }
             let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(out) };
             for row in t.iter()?.rev() {
-                let (_, v) = row?;
-                let p: Proposal = decode_sealed("fsm_proposals", v.value())?;
+                let (k, v) = row?;
+                let p: Proposal = decode_sealed("fsm_proposals", &k.value(), v.value())?;
                 if status.is_none_or(|s| p.status == s) && filter.matches(&p) {
                     out.push(p);
                     if out.len() >= limit {
@@ -639,8 +752,8 @@ impl Reader {
             let Some(t) = open_read!(self.txn, AUDIT) else { return Ok(Vec::new()) };
             let mut out = Vec::new();
             for row in t.iter()?.rev() {
-                let (_, v) = row?;
-                let e: AuditEntry = decode_sealed("fsm_audit", v.value())?;
+                let (k, v) = row?;
+                let e: AuditEntry = decode_sealed("fsm_audit", &k.value(), v.value())?;
                 if !alerts_only || e.kind == "alert" {
                     out.push(e);
                     if out.len() >= limit {
@@ -674,8 +787,8 @@ impl Reader {
             let mut next = from;
             let mut scanned = 0usize;
             for row in t.range::<u64>((Bound::Included(start), Bound::Unbounded))? {
-                let (_, v) = row?;
-                let (last, json) = split_change_row(unseal("fsm_changes", v.value())?)?;
+                let (k, v) = row?;
+                let (last, json) = split_change_row(unseal("fsm_changes", &k.value(), v.value())?)?;
                 if last < from {
                     continue;
                 }

@@ -83,9 +83,13 @@ async fn start() -> Master {
     Master { _dir: dir, _svc: svc, db, rest, grpc }
 }
 
-/// Findings carry the current time (version 2 refuses findings older than 30 days).
+/// Findings carry the time the test started (version 2 refuses findings older than 30 days), the same in
+/// every send: a retry resends the same request, and a key reused with another body is refused (CONFLICT).
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    })
 }
 
 fn finding(object: &str) -> Value {
@@ -235,4 +239,150 @@ async fn one_key_is_applied_once_through_rest_and_grpc() {
     // Without a key, every send is a new write (as before).
     grpc_ingest(&m.grpc, "disk/i4/sda", None).await.expect("unkeyed");
     assert_eq!(seen(&m, "disk/i4/sda"), 2);
+}
+
+/// Audit rows recorded by operator `by` (every operator write of the safety net records one).
+fn audit_rows_by(m: &Master, by: &str) -> usize {
+    let rows = Reader::new(&m.db).expect("reader").audit(false, 10_000).expect("audit");
+    rows.iter().filter(|r| r.by == by).count()
+}
+
+fn keyed<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("idempotency-key", key.parse().expect("ascii"));
+    r
+}
+
+async fn rest_post(m: &Master, path: &str, key: &str, body: Value) -> (u16, Value) {
+    let (rest, path, headers, body) =
+        (m.rest.clone(), path.to_string(), format!("Idempotency-Key: {key}\r\n"), body.to_string());
+    tokio::task::spawn_blocking(move || post_to(&rest, &path, &headers, &body)).await.expect("join")
+}
+
+/// Every operator write (register, set-level, release, decide, quotas, min command version) through REST
+/// and gRPC: sent twice with one key, it is applied once (one audit row, one registration, the same answer);
+/// the key reused with a different body is refused with CONFLICT and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operator_write_is_applied_once_per_key() {
+    let m = start().await;
+    let (st, v) = rest_post(
+        &m,
+        "/api/v1/min-command-version",
+        "enable-v3",
+        json!({"version": 3, "by": "alice", "reason": "t"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let mut g =
+        api::master_client::MasterClient::connect(format!("http://{}", m.grpc)).await.expect("connect");
+
+    // Register.
+    let reg = json!({ "agent": "a1", "host": "r1", "objects": [{ "id": "disk/r1/sda" }] });
+    let (_, first) = rest_post(&m, "/api/v1/register", "reg-rest-1", reg.clone()).await;
+    let (_, retry) = rest_post(&m, "/api/v1/register", "reg-rest-1", reg).await;
+    assert_eq!((first["duplicate"].as_bool(), first["created"].as_u64()), (Some(false), Some(1)), "{first}");
+    assert_eq!(
+        (retry["duplicate"].as_bool(), &retry["revision"]),
+        (Some(true), &first["revision"]),
+        "{retry}"
+    );
+    let greg = || api::RegisterRequest {
+        agent: "a2".into(),
+        host: "r2".into(),
+        objects: vec![api::RegisteredObject { id: "disk/r2/sda".into(), ..Default::default() }],
+    };
+    let a = g.register(keyed(greg(), "reg-grpc-1")).await.expect("register").into_inner();
+    let b = g.register(keyed(greg(), "reg-grpc-1")).await.expect("retry").into_inner();
+    assert_eq!((a.created, a.revision), (1, b.revision), "{a:?} {b:?}");
+    assert_eq!(b.created, 1, "the retry gets the first answer");
+    let mut other = greg();
+    other.objects[0].id = "disk/r2/sdb".into();
+    let e = g.register(keyed(other, "reg-grpc-1")).await.expect_err("reused key");
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e}");
+    assert!(Reader::new(&m.db).expect("r").object("disk/r2/sdb").expect("get").is_none(), "nothing applied");
+
+    // Set level and release.
+    for round in 0..2 {
+        let body = json!({ "scope": "cluster", "level": "manual", "by": "rest-level", "reason": "drill" });
+        let (st, v) = rest_post(&m, "/api/v1/levels", "level-rest-1", body).await;
+        assert_eq!(st, 200, "round {round}: {v}");
+        let req = api::SetLevelRequest {
+            scope: "cluster".into(),
+            level: "blind".into(),
+            by: "grpc-level".into(),
+            reason: "drill".into(),
+        };
+        g.set_level(keyed(req, "level-grpc-1")).await.expect("set level");
+        let body = json!({ "scope": "cluster", "by": "rest-release", "reason": "drill" });
+        let (st, v) = rest_post(&m, "/api/v1/release", "release-rest-1", body).await;
+        assert_eq!(st, 200, "round {round}: {v}");
+        let req = api::ReleaseRequest {
+            scope: "cluster".into(),
+            by: "grpc-release".into(),
+            reason: "drill".into(),
+        };
+        g.release(keyed(req, "release-grpc-1")).await.expect("release");
+    }
+    for by in ["rest-level", "grpc-level", "rest-release", "grpc-release"] {
+        assert_eq!(audit_rows_by(&m, by), 1, "{by}: applied once");
+    }
+    let body = json!({ "scope": "cluster", "level": "blind", "by": "rest-level", "reason": "drill" });
+    let (st, v) = rest_post(&m, "/api/v1/levels", "level-rest-1", body).await;
+    assert_eq!((st, v["code"].as_str()), (409, Some("CONFLICT")), "{v}");
+    assert_eq!(audit_rows_by(&m, "rest-level"), 1, "the refused reuse changed nothing");
+
+    // Quotas (REST, then the whole config through gRPC).
+    let quotas = json!({ "quotas": [{ "kind": "disk", "scope": "cluster", "window_ms": 3600000, "max_entries": "5", "max_concurrent": "2" }], "by": "rest-quotas", "reason": "drill" });
+    for _ in 0..2 {
+        let (st, v) = rest_post(&m, "/api/v1/quotas", "quotas-rest-1", quotas.clone()).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    assert_eq!(audit_rows_by(&m, "rest-quotas"), 1);
+    let cfg = master::safety::SafetyConfig::default();
+    let req = || api::SetQuotasRequest {
+        quotas: Vec::new(),
+        by: "grpc-quotas".into(),
+        reason: "drill".into(),
+        config_json: serde_json::to_string(&cfg).expect("json"),
+    };
+    g.set_quotas(keyed(req(), "quotas-grpc-1")).await.expect("quotas");
+    g.set_quotas(keyed(req(), "quotas-grpc-1")).await.expect("retry");
+    assert_eq!(audit_rows_by(&m, "grpc-quotas"), 1);
+
+    // Decide (a bulk decision that matches nothing still goes through Raft and is remembered).
+    let decide = json!({ "decision": "reject", "host": "r9", "by": "rest-decide", "reason": "drill" });
+    let (_, d1) = rest_post(&m, "/api/v1/proposals/decide", "decide-rest-1", decide.clone()).await;
+    let (_, d2) = rest_post(&m, "/api/v1/proposals/decide", "decide-rest-1", decide).await;
+    assert_eq!(
+        (d1["duplicate"].as_bool(), d2["duplicate"].as_bool()),
+        (Some(false), Some(true)),
+        "{d1} {d2}"
+    );
+    assert_eq!(d1["revision"], d2["revision"]);
+    let req = |host: &str| api::DecideProposalsRequest {
+        decision: "approve".into(),
+        host: host.into(),
+        by: "grpc-decide".into(),
+        reason: "drill".into(),
+        ..Default::default()
+    };
+    let a = g.decide_proposals(keyed(req("r9"), "decide-grpc-1")).await.expect("decide").into_inner();
+    let b = g.decide_proposals(keyed(req("r9"), "decide-grpc-1")).await.expect("retry").into_inner();
+    assert_eq!(a.revision, b.revision);
+    let e = g.decide_proposals(keyed(req("r8"), "decide-grpc-1")).await.expect_err("reused key");
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e}");
+
+    // Min command version (already 3: each send is still an audited operator write).
+    let body = json!({"version": 3, "by": "rest-version", "reason": "t"});
+    for _ in 0..2 {
+        let (st, v) = rest_post(&m, "/api/v1/min-command-version", "version-rest-1", body.clone()).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    assert_eq!(audit_rows_by(&m, "rest-version"), 1);
+    let req =
+        || api::SetMinCommandVersionRequest { version: 3, by: "grpc-version".into(), reason: "t".into() };
+    let a = g.set_min_command_version(keyed(req(), "version-grpc-1")).await.expect("set").into_inner();
+    let b = g.set_min_command_version(keyed(req(), "version-grpc-1")).await.expect("retry").into_inner();
+    assert_eq!(a.revision, b.revision);
+    assert_eq!(audit_rows_by(&m, "grpc-version"), 1);
 }

@@ -393,6 +393,39 @@ async fn far_behind_follower_catches_up_by_snapshot() {
     c.shutdown().await;
 }
 
+/// Issue 13: snapshot chunks carry a CRC-32C on the wire. The leader damages one byte of its next two
+/// snapshot streams in transit (the transport's fault hook, a bad link: Raft itself is real): the follower
+/// refuses each stream (counted in `SNAPSHOT_CHUNKS_REFUSED`) without stepping it, the leader sends the
+/// snapshot again, and the follower installs an intact one: its state equals the leader's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_damaged_in_transit_is_refused_and_sent_again() {
+    let _serial = serial().await;
+    use std::sync::atomic::Ordering;
+    let refused = &master::raft::alarms::SNAPSHOT_CHUNKS_REFUSED;
+    let mut c = Cluster::start(3, 5).await;
+    let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
+    // 40 entries of 64 KiB: a snapshot of about 2.5 MiB, three chunks.
+    for i in 0..40u8 {
+        c.propose(&vec![b'a' + i % 26; 64 << 10]).await;
+    }
+    let l = c.wait_leader().await;
+    assert!(c.node(l).status().snapshot_index > 20);
+    let before = refused.load(Ordering::Relaxed);
+    c.node(l).damage_snapshot_sends(2);
+    c.restart(f, false).await.expect("restart");
+    c.wait_converged().await;
+    let n = refused.load(Ordering::Relaxed) - before;
+    assert!(n >= 2, "the follower refused {n} damaged streams");
+    let st = c.node(f).status();
+    assert!(st.snapshot_index > 1 && st.last_error.is_none(), "follower installed a snapshot: {st:?}");
+    let leader = fsm_contents(&c.members[&l].db);
+    assert_eq!(leader.len(), 40);
+    assert_eq!(fsm_contents(&c.members[&f].db), leader, "the follower holds the leader's bytes");
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_from_disk_keeps_everything() {
     let _serial = serial().await;
@@ -554,12 +587,50 @@ async fn peer_service_rejects_hostile_input_without_effect() {
         header: header.clone(),
         total_len: 100,
         data: vec![1; 10],
+        ..Default::default()
     };
     let e = client.send_snapshot(tokio_stream::iter(vec![short])).await.expect_err("short snapshot");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let huge = SnapshotChunk { from: l, from_addr: String::new(), header, total_len: u64::MAX, data: vec![] };
+    let huge = SnapshotChunk {
+        from: l,
+        from_addr: String::new(),
+        header: header.clone(),
+        total_len: u64::MAX,
+        data: vec![],
+        ..Default::default()
+    };
     let e = client.send_snapshot(tokio_stream::iter(vec![huge])).await.expect_err("huge snapshot");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    // Checksummed streams: a chunk whose bytes do not match its CRC-32C, and chunks that each match but
+    // do not add up to the announced whole, are refused (DataLoss) before anything is stepped.
+    let crc = master::checksum::crc32c;
+    let (a, b) = (vec![7u8; 10], vec![9u8; 10]);
+    let whole = [a.clone(), b.clone()].concat();
+    let head = SnapshotChunk {
+        from: l,
+        from_addr: String::new(),
+        header: header.clone(),
+        total_len: 20,
+        data: a.clone(),
+        crc32c: crc(&a),
+        data_crc32c: crc(&whole),
+        checksummed: true,
+    };
+    let mut flipped = b.clone();
+    flipped[3] ^= 1;
+    let bad_chunk = SnapshotChunk { data: flipped, crc32c: crc(&b), ..Default::default() };
+    let e = client
+        .send_snapshot(tokio_stream::iter(vec![head.clone(), bad_chunk]))
+        .await
+        .expect_err("damaged chunk");
+    assert_eq!(e.code(), tonic::Code::DataLoss, "{e}");
+    let wrong_whole = SnapshotChunk { data_crc32c: crc(&whole) ^ 1, ..head };
+    let good_chunk = SnapshotChunk { data: b.clone(), crc32c: crc(&b), ..Default::default() };
+    let e = client
+        .send_snapshot(tokio_stream::iter(vec![wrong_whole, good_chunk]))
+        .await
+        .expect_err("damaged whole");
+    assert_eq!(e.code(), tonic::Code::DataLoss, "{e}");
     // Probe from a stranger.
     let e = client.probe(ProbeRequest { from: 42, voters: vec![] }).await.expect_err("probe");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);

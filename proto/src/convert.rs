@@ -1,5 +1,5 @@
-//! Wire <-> domain conversions for the types shared by every master API: findings, severities and the
-//! object view. Converting from the wire parses typed fields (ids, severities) and bounds evidence; the
+//! Wire <-> domain conversions for the types shared by every master API: findings, severities, the
+//! object view and the other API views (scopes, proposals, quota rules, alerts, cluster info, agents). Converting from the wire parses typed fields (ids, severities) and bounds evidence; the
 //! limits on names and readings are the master's API layer's (`master::api::validate`), applied the same
 //! way whichever front end a request came through.
 
@@ -8,7 +8,8 @@ use state_machines::{Finding, ObjectId, Severity};
 use crate::api;
 use crate::error::ApiError;
 use crate::view::{
-    ActionOrder, AgentListing, AuditEntry, ChangeEvent, ClusterInfo, HistoryEntry, ObjectView, ScopeView,
+    ActionOrder, AgentListing, AuditEntry, ChangeEvent, ClusterInfo, HistoryEntry, ObjectView, ProposalView,
+    QuotaRuleView, ScopeView,
 };
 
 /// Parse and validate an object id from the wire.
@@ -176,6 +177,9 @@ pub fn cluster_to_wire(i: ClusterInfo) -> api::ClusterInfoResponse {
                 grpc_addr: m.grpc_addr,
                 http_addr: m.http_addr,
                 knows_command_version: m.knows_command_version,
+                nospace: m.nospace,
+                free_bytes: m.free_bytes,
+                min_free_bytes: m.min_free_bytes,
             })
             .collect(),
         leader_grpc: i.leader_grpc,
@@ -259,10 +263,106 @@ pub fn alert_to_wire(a: &AuditEntry) -> api::Alert {
     }
 }
 
+pub fn proposal_to_wire(p: &ProposalView) -> api::Proposal {
+    api::Proposal {
+        id: p.id,
+        object: p.object.clone(),
+        from_state: p.from_state.clone(),
+        to_state: p.to_state.clone(),
+        cause: p.cause.clone(),
+        evidence: p.evidence.clone(),
+        scopes: p.scopes.clone(),
+        reason: p.reason.clone(),
+        created_ms: p.created_ms,
+        updated_ms: p.updated_ms,
+        repeats: p.repeats,
+        status: p.status.clone(),
+        decided_by: p.decided_by.clone(),
+        decided_reason: p.decided_reason.clone(),
+        decided_ms: p.decided_ms,
+    }
+}
+
+pub fn quota_to_wire(q: &QuotaRuleView) -> api::QuotaRule {
+    api::QuotaRule {
+        kind: q.kind.clone(),
+        scope: q.scope.clone(),
+        window_ms: q.window_ms,
+        max_entries: q.max_entries.clone(),
+        max_concurrent: q.max_concurrent.clone(),
+    }
+}
+
+/// A wire quota rule as the view the master's API layer parses (limits stay text until then).
+pub fn quota_from_wire(q: api::QuotaRule) -> QuotaRuleView {
+    QuotaRuleView {
+        kind: q.kind,
+        scope: q.scope,
+        window_ms: q.window_ms,
+        max_entries: q.max_entries,
+        max_concurrent: q.max_concurrent,
+    }
+}
+
+/// The safety view on the wire: quota rules, scopes, recent alerts, the revision and the whole config as
+/// JSON (`config_json`).
+pub fn safety_to_wire(
+    quotas: &[QuotaRuleView],
+    scopes: &[ScopeView],
+    alerts: &[AuditEntry],
+    revision: u64,
+    config_json: String,
+) -> api::GetSafetyResponse {
+    api::GetSafetyResponse {
+        quotas: quotas.iter().map(quota_to_wire).collect(),
+        scopes: scopes.iter().map(scope_to_wire).collect(),
+        alerts: alerts.iter().map(alert_to_wire).collect(),
+        revision,
+        config_json,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::Code;
+
+    #[test]
+    fn quota_rules_and_proposals_keep_every_field_on_the_wire() {
+        let q = QuotaRuleView {
+            kind: "disk".into(),
+            scope: "rack".into(),
+            window_ms: 3_600_000,
+            max_entries: "2.5%".into(),
+            max_concurrent: "3".into(),
+        };
+        assert_eq!(quota_from_wire(quota_to_wire(&q)), q);
+        let p = ProposalView {
+            id: 7,
+            object: "disk/h1/sda".into(),
+            from_state: "GOOD".into(),
+            to_state: "ERROR".into(),
+            cause: "finding".into(),
+            evidence: "12".into(),
+            scopes: vec!["cluster".into(), "rack=r1".into()],
+            reason: "manual drive".into(),
+            created_ms: 1,
+            updated_ms: 2,
+            repeats: 3,
+            status: "pending".into(),
+            decided_by: "alice".into(),
+            decided_reason: "ok".into(),
+            decided_ms: 4,
+        };
+        let w = proposal_to_wire(&p);
+        assert_eq!(
+            (w.id, w.object.as_str(), w.from_state.as_str(), w.to_state.as_str(), w.status.as_str()),
+            (7, "disk/h1/sda", "GOOD", "ERROR", "pending")
+        );
+        assert_eq!((w.scopes, w.repeats, w.decided_by.as_str(), w.decided_ms), (p.scopes, 3, "alice", 4));
+        let s = safety_to_wire(std::slice::from_ref(&q), &[], &[], 9, "{}".into());
+        assert_eq!((s.quotas, s.revision, s.config_json.as_str()), (vec![quota_to_wire(&q)], 9, "{}"));
+    }
 
     fn wire(object: &str, severity: &str) -> api::Finding {
         api::Finding {

@@ -100,6 +100,15 @@ pub struct MemberInfo {
     /// The newest command version this member's binary knows (0: it did not answer, or cannot say).
     #[serde(default)]
     pub knows_command_version: u32,
+    /// The member's NOSPACE alarm is raised (its data dir's file system is below its floor): false also
+    /// when it did not answer.
+    #[serde(default)]
+    pub nospace: bool,
+    /// While `nospace`: the free bytes the member measured and its floor (`min_free_mb`); 0 otherwise.
+    #[serde(default)]
+    pub free_bytes: u64,
+    #[serde(default)]
+    pub min_free_bytes: u64,
 }
 
 /// `huatuo status` / `GET /api/v1/cluster`: one node's view of the cluster.
@@ -203,4 +212,41 @@ pub struct AuditEntry {
     #[serde(default)]
     pub by: String,
     pub message: String,
+}
+
+/// A proposal (an automatic transition the safety net held for an operator), as every front end shows it:
+/// built by the master's API layer from its stored proposal (which also carries the held state-machine
+/// input), converted to the wire in `convert`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalView {
+    pub id: u64,
+    pub object: String,
+    pub from_state: String,
+    pub to_state: String,
+    pub cause: String,
+    pub evidence: String,
+    /// The object's scopes when proposed.
+    pub scopes: Vec<String>,
+    pub reason: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub repeats: u64,
+    /// `pending`, `approved`, `rejected` or `stale`.
+    pub status: String,
+    pub decided_by: String,
+    pub decided_reason: String,
+    pub decided_ms: u64,
+}
+
+/// A quota rule with its limits as text (`N` or `P%`), the shape operators write and every front end
+/// carries; the master's API layer parses the limits (`api::requests::quota_rule`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaRuleView {
+    /// `machine`, `disk`, `dimm`, `nic`, or `*` for every kind.
+    pub kind: String,
+    /// `cluster`, or a label key (`rack`): one limit per value of the label.
+    pub scope: String,
+    pub window_ms: u64,
+    pub max_entries: String,
+    pub max_concurrent: String,
 }

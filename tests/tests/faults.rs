@@ -307,7 +307,8 @@ fn fill(dir: &Path, left: u64) -> PathBuf {
 fn nospace(c: &LocalCluster, id: u64) -> Option<bool> {
     let (code, body) = check::http(&c.nodes[&id].http, "GET", "/metrics", "").ok()?;
     (code == 200).then(|| {
-        body.lines().any(|l| l.contains("nospace_alarm") && !l.starts_with('#') && l.ends_with(" 1"))
+        // This node's own alarm (`huatuo_master_member_nospace_alarm{member}` reports the others').
+        body.lines().any(|l| l.starts_with("huatuo_master_nospace_alarm ") && l.ends_with(" 1"))
     })
 }
 
@@ -358,6 +359,15 @@ async fn full_disk_on_follower_then_leader() {
         reads.as_ref().map(|r| r.objects.len())
     );
     assert!(info(&c.nodes[&follower].grpc).await.is_some(), "follower answers cluster info");
+    // Every member's cluster info names the member out of space (asked over the peer port).
+    let named = tests::wait_until(SETTLE, || async {
+        let leader = c.wait_leader(SETTLE).await.unwrap_or(leader);
+        info(&c.nodes[&leader].grpc)
+            .await
+            .is_some_and(|i| i.members.iter().any(|m| m.id == follower && m.nospace))
+    })
+    .await;
+    assert!(named, "the leader's cluster info names follower {follower} out of space");
     std::fs::remove_file(&filler).unwrap();
     assert!(wait_nospace(&c, follower, false).await, "follower clears NOSPACE when space returns");
     println!(

@@ -331,6 +331,41 @@ async fn rest_and_cli_checks(bin: &std::path::Path, cluster: &LocalCluster) {
     assert!(ok && out.contains("disk/cli1/sdb") && out.contains("ERROR"), "{out}");
     let (ok, out, err) = cli(bin, &["object", "disk/cli1/sdb"], &all);
     assert!(ok && out.contains("GOOD -> ERROR"), "{out}{err}");
+    // A resend of `huatuo report` with its key and time (a script that did not see the answer) applies once;
+    // the key reused for another report is refused (CONFLICT). Keys count once the leader has enabled
+    // command version 3 (auto_upgrade, within seconds of the election).
+    let enabled = tests::wait_until(CATCH_UP, || {
+        let lh = lh.clone();
+        async move {
+            let (st, b) = http(&lh, "GET", "/api/v1/cluster", "");
+            st == 200 && json(&b)["min_command_version"].as_u64() >= Some(3)
+        }
+    })
+    .await;
+    assert!(enabled, "the leader never enabled command version 3");
+    let keyed = |evidence: &str, time: &str| {
+        let args = ["report", "disk/cli1/sdc", "--severity", "warning", "--checker", "ops", "--evidence"];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend([evidence, "--idempotency-key", "script-7-1", "--time-ms", time].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(bin, &args, &all)
+    };
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string();
+    let (ok, first, err) = keyed("resent", &t);
+    assert!(ok, "{err}");
+    assert_eq!(
+        (json(&first)["applied"].as_u64(), json(&first)["duplicate"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let (ok, again, err) = keyed("resent", &t);
+    assert!(ok, "{err}");
+    assert_eq!(json(&again)["duplicate"], true, "{again}");
+    assert_eq!(json(&again)["revision"], json(&first)["revision"], "the first answer");
+    let (ok, _, err) = keyed("another report", &t);
+    assert!(!ok && err.contains("CONFLICT") && err.contains("different request"), "{err}");
     let (ok, out, err) = cli(bin, &["status", "--json"], &all);
     assert!(ok, "{err}");
     let v = json(&out);
@@ -368,4 +403,50 @@ async fn wiped_node_is_refused_without_join(cluster: &mut LocalCluster) {
         "joined node did not catch up:\n{}",
         cluster.log_tail(victim)
     );
+}
+
+/// Issue 13: the NOSPACE alarm per member. Node 3, restarted with a floor above any disk's free space,
+/// raises its alarm; cluster info asked on another member (gRPC, REST, `huatuo status`) names node 3 with
+/// its free bytes and floor and no other member, and that member's `/metrics` shows
+/// `huatuo_master_member_nospace_alarm{member="3"} 1` and 0 for the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_info_names_the_member_out_of_space() {
+    let bin = huatuo_bin();
+    let mut c = LocalCluster::start_with_config(&bin, 3, "").expect("start");
+    c.wait_leader(READY_TIMEOUT).await.expect("leader");
+    c.kill9(3);
+    // 100 TB: above the free space of any file system this test runs on.
+    c.set_node_config(3, "min_free_mb = 100000000\n").expect("node config");
+    c.spawn(3, false).expect("restart node 3");
+    let named = wait_until(CATCH_UP, || {
+        let c = &c;
+        async move {
+            c.info(1).await.is_some_and(|i| {
+                i.members.iter().any(|m| m.id == 3 && m.nospace)
+                    && i.members.iter().filter(|m| m.nospace).count() == 1
+            })
+        }
+    })
+    .await;
+    assert!(named, "node 1 never named node 3 out of space: {:?}\n{}", c.info(1).await, c.log_tail(3));
+    let info = c.info(1).await.expect("info");
+    let m3 = info.members.iter().find(|m| m.id == 3).expect("member 3");
+    assert!(m3.free_bytes < m3.min_free_bytes && m3.min_free_bytes == 100_000_000 << 20, "{m3:?}");
+    let h1 = c.nodes[&1].http.clone();
+    let (st, body) = http(&h1, "GET", "/api/v1/cluster", "");
+    assert_eq!(st, 200, "{body}");
+    let v = json(&body);
+    let members = v["members"].as_array().expect("members");
+    let flagged: Vec<u64> =
+        members.iter().filter(|m| m["nospace"] == true).filter_map(|m| m["id"].as_u64()).collect();
+    assert_eq!(flagged, [3], "{body}");
+    let (st, metrics) = http(&h1, "GET", "/metrics", "");
+    assert_eq!(st, 200);
+    assert!(metrics.contains("huatuo_master_member_nospace_alarm{member=\"3\"} 1"), "{metrics}");
+    assert!(metrics.contains("huatuo_master_member_nospace_alarm{member=\"1\"} 0"), "{metrics}");
+    assert!(metrics.contains("huatuo_master_member_nospace_alarm{member=\"2\"} 0"), "{metrics}");
+    let g1 = c.nodes[&1].grpc.clone();
+    let (ok, out, err) = cli(&bin, &["status"], &g1);
+    assert!(ok, "{err}");
+    assert!(out.contains("NOSPACE") && out.contains("floor of 100000000 MiB"), "{out}");
 }

@@ -88,8 +88,9 @@ pub struct Service {
     /// The revision in the store when the service started (the fsm only reports revisions it applies).
     base_revision: u64,
     watch_registry: watch::Registry,
-    /// Members' command versions as last asked over the peer port, and when (see `cluster::MEMBER_VERSION_TTL`).
-    member_versions: Mutex<Option<(Instant, std::collections::BTreeMap<u64, u32>)>>,
+    /// Members' answers (command version, NOSPACE alarm) as last asked over the peer port, and when (see
+    /// `cluster::MEMBER_VERSION_TTL`).
+    member_versions: Mutex<Option<(Instant, std::collections::BTreeMap<u64, cluster::MemberAnswer>)>>,
     /// Leader changes this node observed (its duty loop samples the leader every DUTY_INTERVAL).
     pub leader_changes: AtomicU64,
     /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).

@@ -129,6 +129,18 @@ impl Service {
         host: String,
         objects: Vec<Registration>,
     ) -> Result<CmdResult, ApiError> {
+        self.register_keyed(agent, host, objects, None).await
+    }
+
+    /// [`Service::register`] with the client's idempotency key: applied once across retries (a retry gets
+    /// the first result's created/updated counts, `duplicate: true`).
+    pub async fn register_keyed(
+        &self,
+        agent: String,
+        host: String,
+        objects: Vec<Registration>,
+        key: Option<String>,
+    ) -> Result<CmdResult, ApiError> {
         validate::name("agent", &agent, MAX_TEXT_LEN)?;
         if !host.is_empty() {
             validate::host(&host)?;
@@ -150,7 +162,7 @@ impl Service {
                 return Err(ApiError::invalid(format!("{} is not on host {host}", o.id)));
             }
         }
-        self.submit(Command::Register { agent, host, objects }).await
+        self.submit_keyed(Command::Register { agent, host, objects }, key).await
     }
 
     /// An acknowledgement, operator command, ticket update or action result about one object.

@@ -18,8 +18,55 @@ pub const SAFETY_ALERTS: usize = 100;
 /// Most proposals one listing returns.
 pub const MAX_PROPOSAL_LIST: usize = 10_000;
 
-/// The scope views are API views shared by every front end.
-pub use proto::view::{QuotaUse, ScopeView};
+/// The scope, proposal and quota views are API views shared by every front end.
+pub use proto::view::{ProposalView, QuotaRuleView, QuotaUse, ScopeView};
+
+/// The view of a stored proposal (the held input stays in the store: approving re-applies it).
+pub fn proposal_view(p: &Proposal) -> ProposalView {
+    ProposalView {
+        id: p.id,
+        object: p.object.to_string(),
+        from_state: p.from_state.as_str().into(),
+        to_state: p.to_state.as_str().into(),
+        cause: p.cause.clone(),
+        evidence: p.evidence.clone(),
+        scopes: p.scopes.clone(),
+        reason: p.reason.clone(),
+        created_ms: p.created_ms,
+        updated_ms: p.updated_ms,
+        repeats: p.repeats,
+        status: p.status.as_str().into(),
+        decided_by: p.decided_by.clone(),
+        decided_reason: p.decided_reason.clone(),
+        decided_ms: p.decided_ms,
+    }
+}
+
+/// The view of a quota rule: its limits as text (`N` or `P%`).
+pub fn quota_view(q: &QuotaRule) -> QuotaRuleView {
+    QuotaRuleView {
+        kind: q.kind.clone(),
+        scope: q.scope.clone(),
+        window_ms: q.window_ms,
+        max_entries: q.max_entries.to_string(),
+        max_concurrent: q.max_concurrent.to_string(),
+    }
+}
+
+/// A quota rule from its view, the limits parsed (a bad limit is InvalidArgument).
+pub fn quota_rule(v: QuotaRuleView) -> Result<QuotaRule, ApiError> {
+    super::requests::quota_rule(v.kind, v.scope, v.window_ms, &v.max_entries, &v.max_concurrent)
+}
+
+impl SafetyView {
+    /// The safety view on the wire (`proto::convert::safety_to_wire`).
+    pub fn to_wire(&self) -> proto::api::GetSafetyResponse {
+        let quotas: Vec<QuotaRuleView> = self.quotas.iter().map(quota_view).collect();
+        // Serializing plain data with string keys cannot fail.
+        let config_json = serde_json::to_string(&self.config).unwrap_or_default();
+        proto::convert::safety_to_wire(&quotas, &self.scopes, &self.alerts, self.revision, config_json)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SafetyView {
@@ -121,17 +168,42 @@ impl Service {
         by: &str,
         reason: &str,
     ) -> Result<(ScopeView, u64), ApiError> {
+        self.set_level_keyed(scope, level, by, reason, None).await
+    }
+
+    /// [`Service::set_level`] with the client's idempotency key: applied once across retries (a retry
+    /// answers the scope as it is now).
+    pub async fn set_level_keyed(
+        &self,
+        scope: &str,
+        level: Level,
+        by: &str,
+        reason: &str,
+        key: Option<String>,
+    ) -> Result<(ScopeView, u64), ApiError> {
         check_scope(scope)?;
         validate::operator(by, reason)?;
         let cmd = Command::SetLevel { scope: scope.into(), level, by: by.into(), reason: reason.into() };
-        self.submit(cmd).await?;
+        self.submit_keyed(cmd, key).await?;
         self.scope_after(scope).await
     }
 
     pub async fn release(&self, scope: &str, by: &str, reason: &str) -> Result<(ScopeView, u64), ApiError> {
+        self.release_keyed(scope, by, reason, None).await
+    }
+
+    /// [`Service::release`] with the client's idempotency key: applied once across retries.
+    pub async fn release_keyed(
+        &self,
+        scope: &str,
+        by: &str,
+        reason: &str,
+        key: Option<String>,
+    ) -> Result<(ScopeView, u64), ApiError> {
         check_scope(scope)?;
         validate::operator(by, reason)?;
-        self.submit(Command::Release { scope: scope.into(), by: by.into(), reason: reason.into() }).await?;
+        let cmd = Command::Release { scope: scope.into(), by: by.into(), reason: reason.into() };
+        self.submit_keyed(cmd, key).await?;
         self.scope_after(scope).await
     }
 
@@ -159,6 +231,20 @@ impl Service {
         by: &str,
         reason: &str,
     ) -> Result<CmdResult, ApiError> {
+        self.decide_keyed(ids, filter, approve, by, reason, None).await
+    }
+
+    /// [`Service::decide`] with the client's idempotency key: applied once across retries (a retry gets
+    /// the first decision's result, `duplicate: true`).
+    pub async fn decide_keyed(
+        &self,
+        ids: Vec<u64>,
+        filter: ProposalFilter,
+        approve: bool,
+        by: &str,
+        reason: &str,
+        key: Option<String>,
+    ) -> Result<CmdResult, ApiError> {
         validate::operator(by, reason)?;
         if let Some(s) = &filter.scope {
             check_scope(s)?;
@@ -171,7 +257,8 @@ impl Service {
                 "name proposals by id, or give a filter (scope, kind, host, checker) for a bulk decision",
             ));
         }
-        self.submit(Command::Decide { ids, filter, approve, by: by.into(), reason: reason.into() }).await
+        let cmd = Command::Decide { ids, filter, approve, by: by.into(), reason: reason.into() };
+        self.submit_keyed(cmd, key).await
     }
 
     /// Replace the quota rules (the rest of the safety config stays), or the whole config.
@@ -182,6 +269,20 @@ impl Service {
         by: &str,
         reason: &str,
     ) -> Result<SafetyView, ApiError> {
+        self.set_safety_keyed(quotas, config, by, reason, None).await
+    }
+
+    /// [`Service::set_safety`] with the client's idempotency key: applied once across retries. The key
+    /// covers the config as proposed (quota rules merged into the config read now), so a retry of a
+    /// quotas-only change matches the first try as long as nobody changed the rest of the config between.
+    pub async fn set_safety_keyed(
+        &self,
+        quotas: Option<Vec<QuotaRule>>,
+        config: Option<SafetyConfig>,
+        by: &str,
+        reason: &str,
+        key: Option<String>,
+    ) -> Result<SafetyView, ApiError> {
         validate::operator(by, reason)?;
         let mut cfg = match config {
             Some(c) => c,
@@ -191,7 +292,8 @@ impl Service {
             cfg.quotas = q;
         }
         cfg.validate().map_err(ApiError::invalid)?;
-        self.submit(Command::SetSafety { config: cfg, by: by.into(), reason: reason.into() }).await?;
+        self.submit_keyed(Command::SetSafety { config: cfg, by: by.into(), reason: reason.into() }, key)
+            .await?;
         self.safety(false).await
     }
 
@@ -205,6 +307,18 @@ impl Service {
         version: u32,
         by: &str,
         reason: &str,
+    ) -> Result<(u64, ClusterInfo), ApiError> {
+        self.set_min_command_version_keyed(version, by, reason, None).await
+    }
+
+    /// [`Service::set_min_command_version`] with the client's idempotency key: applied once across retries
+    /// (while the cluster is below command version 3 the key is ignored, as for every write).
+    pub async fn set_min_command_version_keyed(
+        &self,
+        version: u32,
+        by: &str,
+        reason: &str,
+        key: Option<String>,
     ) -> Result<(u64, ClusterInfo), ApiError> {
         validate::operator(by, reason)?;
         if version == 0 {
@@ -254,7 +368,7 @@ impl Service {
             }
         }
         let cmd = Command::SetMinCommandVersion { version, by: by.into(), reason: reason.into() };
-        let revision = self.submit(cmd).await?.revision;
+        let revision = self.submit_keyed(cmd, key).await?.revision;
         Ok((revision, self.cluster_status().await?))
     }
 }

@@ -7,7 +7,6 @@ use redb::{ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
 
 use super::decide::Decision;
 use super::view::View;
-use crate::checksum;
 use crate::model::{AgentRecord, ObjectRecord};
 use crate::safety::{Proposal, SafetyConfig, ScopeRecord};
 use crate::store::{
@@ -58,70 +57,77 @@ impl<'t> Tables<'t> {
     pub fn write(&mut self, d: &Decision, retain: u64) -> Result<(), StoreError> {
         let w = &d.writes;
         for (k, v) in &w.meta {
-            self.meta.insert(*k, store::seal_u64(*v).as_slice())?;
+            self.meta.insert(*k, store::seal_u64(k, *v).as_slice())?;
         }
         for (id, rec) in &w.objects {
-            self.objects.insert(id.as_str(), store::encode_sealed(rec).as_slice())?;
+            self.objects.insert(id.as_str(), store::encode_sealed(id.as_str(), rec).as_slice())?;
         }
         for ((id, seq), e) in &w.history {
             match e {
-                Some(e) => self.history.insert((id.as_str(), *seq), store::encode_sealed(e).as_slice())?,
+                Some(e) => self
+                    .history
+                    .insert((id.as_str(), *seq), store::encode_sealed(&(id.as_str(), *seq), e).as_slice())?,
                 None => self.history.remove((id.as_str(), *seq))?,
             };
         }
         for (id, a) in &w.agents {
-            self.agents.insert(id.as_str(), store::encode_sealed(a).as_slice())?;
+            self.agents.insert(id.as_str(), store::encode_sealed(id.as_str(), a).as_slice())?;
         }
         for (id, m) in &w.members {
-            self.members.insert(*id, store::encode_sealed(m).as_slice())?;
+            self.members.insert(*id, store::encode_sealed(id, m).as_slice())?;
         }
         for (name, r) in &w.scopes {
             if r.is_empty() {
                 self.scopes.remove(name.as_str())?;
             } else {
-                self.scopes.insert(name.as_str(), store::encode_sealed(r).as_slice())?;
+                self.scopes.insert(name.as_str(), store::encode_sealed(name.as_str(), r).as_slice())?;
             }
         }
         for (id, p) in &w.proposals {
             match p {
-                Some(p) => self.proposals.insert(*id, store::encode_sealed(p).as_slice())?,
+                Some(p) => self.proposals.insert(*id, store::encode_sealed(id, p).as_slice())?,
                 None => self.proposals.remove(*id)?,
             };
         }
         for (oid, id) in &w.proposal_obj {
-            self.proposal_obj.insert(oid.as_str(), checksum::seal(&id.to_be_bytes()).as_slice())?;
+            self.proposal_obj
+                .insert(oid.as_str(), store::seal_bytes(oid.as_str(), &id.to_be_bytes()).as_slice())?;
         }
         for (id, oid) in &w.pending {
             match oid {
-                Some(oid) => self.pending.insert(*id, checksum::seal(oid.as_bytes()).as_slice())?,
+                Some(oid) => self.pending.insert(*id, store::seal_bytes(id, oid.as_bytes()).as_slice())?,
                 None => self.pending.remove(*id)?,
             };
         }
         if let Some(cfg) = &w.safety {
-            self.settings.insert(SETTING_SAFETY, store::encode_sealed(cfg).as_slice())?;
+            self.settings.insert(SETTING_SAFETY, store::encode_sealed(SETTING_SAFETY, cfg).as_slice())?;
         }
         for (id, row) in &w.audit {
             match row {
-                Some(row) => self.audit.insert(*id, store::encode_sealed(row).as_slice())?,
+                Some(row) => self.audit.insert(*id, store::encode_sealed(id, row).as_slice())?,
                 None => self.audit.remove(*id)?,
             };
         }
         for (k, r) in &w.requests {
             match r {
-                Some(r) => self.requests.insert(k.as_str(), store::encode_sealed(r).as_slice())?,
+                Some(r) => {
+                    self.requests.insert(k.as_str(), store::encode_sealed(k.as_str(), r).as_slice())?
+                }
                 None => self.requests.remove(k.as_str())?,
             };
         }
         for (seq, k) in &w.request_order {
             match k {
-                Some(k) => self.request_order.insert(*seq, checksum::seal(k.as_bytes()).as_slice())?,
+                Some(k) => {
+                    self.request_order.insert(*seq, store::seal_bytes(seq, k.as_bytes()).as_slice())?
+                }
                 None => self.request_order.remove(*seq)?,
             };
         }
         if let Some(first) = d.events.first().map(|e| e.revision) {
-            self.changes
-                .insert(first, checksum::seal(&store::make_change_row(d.revision, &d.events)).as_slice())?;
-            self.meta.insert(META_REVISION, store::seal_u64(d.revision).as_slice())?;
+            let row = store::seal_bytes(&first, &store::make_change_row(d.revision, &d.events));
+            self.changes.insert(first, row.as_slice())?;
+            self.meta.insert(META_REVISION, store::seal_u64(META_REVISION, d.revision).as_slice())?;
             self.compact_changes(d.revision, retain)?;
         }
         Ok(())
@@ -134,14 +140,16 @@ impl<'t> Tables<'t> {
         loop {
             let Some((k, v)) = self.changes.first()? else { break };
             let (first, (last, _)) =
-                (k.value(), store::split_change_row(store::unseal("fsm_changes", v.value())?)?);
+                (k.value(), store::split_change_row(store::unseal("fsm_changes", &k.value(), v.value())?)?);
             drop((k, v));
             if last >= keep_from {
-                self.meta.insert(META_CHANGELOG_FIRST, store::seal_u64(first).as_slice())?;
+                self.meta
+                    .insert(META_CHANGELOG_FIRST, store::seal_u64(META_CHANGELOG_FIRST, first).as_slice())?;
                 break;
             }
             self.changes.remove(first)?;
-            self.meta.insert(META_CHANGELOG_FIRST, store::seal_u64(last + 1).as_slice())?;
+            self.meta
+                .insert(META_CHANGELOG_FIRST, store::seal_u64(META_CHANGELOG_FIRST, last + 1).as_slice())?;
         }
         Ok(())
     }
@@ -164,36 +172,37 @@ fn ids<V: redb::Value + 'static>(
 
 impl View for Tables<'_> {
     fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.meta.get(key)?.map(|g| store::unseal_u64("fsm_counters", g.value())).transpose()
+        self.meta.get(key)?.map(|g| store::unseal_u64("fsm_counters", key, g.value())).transpose()
     }
 
     fn object(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
-        self.objects.get(id)?.map(|g| store::decode_sealed("fsm_objects", g.value())).transpose()
+        self.objects.get(id)?.map(|g| store::decode_sealed("fsm_objects", id, g.value())).transpose()
     }
 
     fn objects(&self) -> Result<Vec<ObjectRecord>, StoreError> {
         let mut out = Vec::new();
         for row in self.objects.iter()? {
-            out.push(store::decode_sealed("fsm_objects", row?.1.value())?);
+            let (k, v) = row?;
+            out.push(store::decode_sealed("fsm_objects", k.value(), v.value())?);
         }
         Ok(out)
     }
 
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        self.agents.get(id)?.map(|g| store::decode_sealed("fsm_agents", g.value())).transpose()
+        self.agents.get(id)?.map(|g| store::decode_sealed("fsm_agents", id, g.value())).transpose()
     }
 
     fn agents(&self) -> Result<Vec<(String, AgentRecord)>, StoreError> {
         let mut out = Vec::new();
         for row in self.agents.iter()? {
             let (k, v) = row?;
-            out.push((k.value().to_string(), store::decode_sealed("fsm_agents", v.value())?));
+            out.push((k.value().to_string(), store::decode_sealed("fsm_agents", k.value(), v.value())?));
         }
         Ok(out)
     }
 
     fn scope(&self, name: &str) -> Result<Option<ScopeRecord>, StoreError> {
-        self.scopes.get(name)?.map(|g| store::decode_sealed("fsm_scopes", g.value())).transpose()
+        self.scopes.get(name)?.map(|g| store::decode_sealed("fsm_scopes", name, g.value())).transpose()
     }
 
     fn scope_names(&self) -> Result<Vec<String>, StoreError> {
@@ -206,13 +215,13 @@ impl View for Tables<'_> {
 
     fn safety_config(&self) -> Result<SafetyConfig, StoreError> {
         match self.settings.get(SETTING_SAFETY)? {
-            Some(g) => store::decode_sealed("fsm_settings", g.value()),
+            Some(g) => store::decode_sealed("fsm_settings", SETTING_SAFETY, g.value()),
             None => Ok(SafetyConfig::default()),
         }
     }
 
     fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
-        self.proposals.get(id)?.map(|g| store::decode_sealed("fsm_proposals", g.value())).transpose()
+        self.proposals.get(id)?.map(|g| store::decode_sealed("fsm_proposals", &id, g.value())).transpose()
     }
 
     fn has_proposal(&self, id: u64) -> Result<bool, StoreError> {
@@ -221,7 +230,7 @@ impl View for Tables<'_> {
 
     fn proposal_of(&self, object: &str) -> Result<Option<u64>, StoreError> {
         let Some(g) = self.proposal_obj.get(object)? else { return Ok(None) };
-        let bytes: [u8; 8] = store::unseal("fsm_proposal_obj", g.value())?
+        let bytes: [u8; 8] = store::unseal("fsm_proposal_obj", object, g.value())?
             .try_into()
             .map_err(|_| StoreError::Corrupt { table: "fsm_proposal_obj", message: "bad id".into() })?;
         Ok(Some(u64::from_be_bytes(bytes)))
@@ -248,12 +257,12 @@ impl View for Tables<'_> {
     }
 
     fn request(&self, key: &str) -> Result<Option<crate::model::RequestRecord>, StoreError> {
-        self.requests.get(key)?.map(|g| store::decode_sealed("fsm_requests", g.value())).transpose()
+        self.requests.get(key)?.map(|g| store::decode_sealed("fsm_requests", key, g.value())).transpose()
     }
 
     fn request_at(&self, seq: u64) -> Result<Option<String>, StoreError> {
         let Some(g) = self.request_order.get(seq)? else { return Ok(None) };
-        let key = store::unseal("fsm_request_order", g.value())?;
+        let key = store::unseal("fsm_request_order", &seq, g.value())?;
         let key = std::str::from_utf8(key).map_err(|_| StoreError::Corrupt {
             table: "fsm_request_order",
             message: "key is not utf-8".into(),

@@ -3,7 +3,8 @@
 //! a client's retry (after a timeout or a leader change) is answered with that result and `duplicate: true`
 //! instead of being applied again. Eviction is part of the decision (oldest key sequence first, at most
 //! [`MAX_REQUEST_EVICT_PER_COMMAND`] per keyed command), so every member keeps the same keys; the keys travel
-//! in snapshots. A retry after its key was evicted is applied again (documented behaviour).
+//! in snapshots. A retry after its key was evicted is applied again (documented behaviour). A key reused with a
+//! different command (another [`command_digest`]) is refused with CONFLICT and changes nothing.
 
 use super::decide::Decider;
 use super::view::walk_ids;
@@ -23,10 +24,24 @@ impl Decider<'_> {
                 "a keyed command inside a keyed command".into(),
             ));
         }
+        let digest = command_digest(&cmd);
         let known = self.request(&key)?;
         if let Some(rec) = &known
             && !self.expired(rec)
         {
+            if rec.digest.is_some_and(|d| d != digest) {
+                // Not a retry: the client reused the key for another request. Applying it would lose it
+                // silently (answered as the first one); refusing changes nothing and says why.
+                self.tally.rejected += 1;
+                return Ok(self.refuse(
+                    proto::error::Code::Conflict,
+                    format!(
+                        "idempotency key {key:?} was already used for a different request (applied at \
+                         revision {}): use a fresh key for each write",
+                        rec.result.revision
+                    ),
+                ));
+            }
             self.tally.duplicates += 1;
             return Ok(CmdResult { duplicate: true, ..rec.result.clone() });
         }
@@ -41,7 +56,10 @@ impl Decider<'_> {
         self.w.meta.insert(META_REQUEST_NEXT, seq + 1);
         self.w.meta.insert(META_REQUEST_COUNT, count + 1);
         self.w.request_order.insert(seq, Some(key.clone()));
-        self.w.requests.insert(key, Some(RequestRecord { seq, at_ms: self.now, result: result.clone() }));
+        self.w.requests.insert(
+            key,
+            Some(RequestRecord { seq, at_ms: self.now, result: result.clone(), digest: Some(digest) }),
+        );
         self.evict_requests()?;
         Ok(result)
     }

@@ -80,33 +80,53 @@ pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
                 &mut out,
                 1,
                 k.value().as_bytes(),
-                &store::unseal_u64("fsm_counters", v.value())?.to_be_bytes(),
+                &store::unseal_u64("fsm_counters", k.value(), v.value())?.to_be_bytes(),
             );
         }
     }
     if let Some(t) = open_read!(txn, OBJECTS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 2, k.value().as_bytes(), store::unseal("fsm_objects", v.value())?);
+            push_record(
+                &mut out,
+                2,
+                k.value().as_bytes(),
+                store::unseal("fsm_objects", k.value(), v.value())?,
+            );
         }
     }
     if let Some(t) = open_read!(txn, HISTORY) {
         for row in t.iter()? {
             let (k, v) = row?;
             let (id, seq) = k.value();
-            push_record(&mut out, 3, &history_key(id, seq), store::unseal("fsm_history", v.value())?);
+            push_record(
+                &mut out,
+                3,
+                &history_key(id, seq),
+                store::unseal("fsm_history", &(id, seq), v.value())?,
+            );
         }
     }
     if let Some(t) = open_read!(txn, AGENTS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 4, k.value().as_bytes(), store::unseal("fsm_agents", v.value())?);
+            push_record(
+                &mut out,
+                4,
+                k.value().as_bytes(),
+                store::unseal("fsm_agents", k.value(), v.value())?,
+            );
         }
     }
     if let Some(t) = open_read!(txn, MEMBERS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 5, &k.value().to_be_bytes(), store::unseal("fsm_members", v.value())?);
+            push_record(
+                &mut out,
+                5,
+                &k.value().to_be_bytes(),
+                store::unseal("fsm_members", &k.value(), v.value())?,
+            );
         }
     }
     for (tag, name, def) in
@@ -115,7 +135,7 @@ pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
         if let Some(t) = open_read!(txn, def) {
             for row in t.iter()? {
                 let (k, v) = row?;
-                push_record(&mut out, tag, k.value().as_bytes(), store::unseal(name, v.value())?);
+                push_record(&mut out, tag, k.value().as_bytes(), store::unseal(name, k.value(), v.value())?);
             }
         }
     }
@@ -128,14 +148,24 @@ pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
         if let Some(t) = open_read!(txn, def) {
             for row in t.iter()? {
                 let (k, v) = row?;
-                push_record(&mut out, tag, &k.value().to_be_bytes(), store::unseal(name, v.value())?);
+                push_record(
+                    &mut out,
+                    tag,
+                    &k.value().to_be_bytes(),
+                    store::unseal(name, &k.value(), v.value())?,
+                );
             }
         }
     }
     if let Some(t) = open_read!(txn, REQUESTS) {
         for row in t.iter()? {
             let (k, v) = row?;
-            push_record(&mut out, 13, k.value().as_bytes(), store::unseal("fsm_requests", v.value())?);
+            push_record(
+                &mut out,
+                13,
+                k.value().as_bytes(),
+                store::unseal("fsm_requests", k.value(), v.value())?,
+            );
         }
     }
     if let Some(t) = open_read!(txn, REQUEST_ORDER) {
@@ -145,7 +175,7 @@ pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
                 &mut out,
                 14,
                 &k.value().to_be_bytes(),
-                store::unseal("fsm_request_order", v.value())?,
+                store::unseal("fsm_request_order", &k.value(), v.value())?,
             );
         }
     }
@@ -262,11 +292,13 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
     let mut sealed = Vec::new();
     for (tag, key, value) in parsed.records {
         sealed.clear();
-        checksum::seal_into(&mut sealed, value);
+        // Snapshot keys are encoded as the seal's key bytes (`store::RowKey`).
+        checksum::seal_keyed_into(&mut sealed, key, value);
         let v = sealed.as_slice();
         match tag {
             1 => {
-                t.meta.insert(utf8(key)?, store::seal_u64(u64_be(value)?).as_slice())?;
+                let name = utf8(key)?;
+                t.meta.insert(name, store::seal_u64(name, u64_be(value)?).as_slice())?;
             }
             2 => {
                 t.objects.insert(utf8(key)?, v)?;
@@ -310,12 +342,13 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
         }
     }
     let revision = match t.meta.get(META_REVISION)? {
-        Some(g) => store::unseal_u64("fsm_counters", g.value())?,
+        Some(g) => store::unseal_u64("fsm_counters", META_REVISION, g.value())?,
         None => 0,
     };
     if !parsed.has_change_log {
         // No change log in the snapshot: watches resume from the snapshot's revision on.
-        t.meta.insert(META_CHANGELOG_FIRST, store::seal_u64(revision + 1).as_slice())?;
+        t.meta
+            .insert(META_CHANGELOG_FIRST, store::seal_u64(META_CHANGELOG_FIRST, revision + 1).as_slice())?;
     }
     Ok(revision)
 }

@@ -1,6 +1,7 @@
 //! REST for the safety net: `GET /api/v1/safety` (quotas, scopes with level and quota use, recent alerts),
 //! `GET /api/v1/alerts`, `GET /api/v1/proposals`, `POST /api/v1/proposals/decide`, `POST /api/v1/levels`,
 //! `POST /api/v1/release`, `PUT /api/v1/quotas`, `POST /api/v1/min-command-version` (rolling upgrades). Operator writes need `by` and a `reason` (audit log).
+//! Every write takes the `Idempotency-Key` header (applied once across retries, see `http.rs`).
 
 use axum::routing::{get, post};
 
@@ -29,10 +30,17 @@ struct MinCommandVersionBody {
 
 /// `POST /api/v1/min-command-version {"version", "by", "reason"}`: enable command versions up to `version`
 /// (see ARCHITECTURE.md "Upgrading masters"); answers the revision and the cluster info after it.
-async fn set_min_command_version(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+async fn set_min_command_version(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: MinCommandVersionBody = parse_json(&body)?;
-    let (revision, cluster) =
-        svc.set_min_command_version(b.version, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
+    let key = idempotency_key(&headers, None)?;
+    let (revision, cluster) = svc
+        .set_min_command_version_keyed(b.version, &b.by, &b.reason, key)
+        .await
+        .map_err(|e| rest_error(&svc, e))?;
     Ok(Json(
         serde_json::json!({ "min_command_version": b.version, "revision": revision, "cluster": cluster }),
     )
@@ -116,15 +124,25 @@ struct DecideBody {
     reason: String,
 }
 
-async fn decide(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+async fn decide(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: DecideBody = parse_json(&body)?;
     let approve = requests::decision(&b.decision)?;
     let filter: ProposalFilter = requests::proposal_filter(&b.scope, &b.kind, &b.host, &b.checker)?;
-    let r = svc.decide(b.ids, filter, approve, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
+    let key = idempotency_key(&headers, None)?;
+    let r = svc
+        .decide_keyed(b.ids, filter, approve, &b.by, &b.reason, key)
+        .await
+        .map_err(|e| rest_error(&svc, e))?;
     let failed: Vec<serde_json::Value> =
         r.failed.iter().map(|(id, error)| serde_json::json!({ "id": id, "error": error })).collect();
-    Ok(Json(serde_json::json!({ "decided": r.decided, "failed": failed, "revision": r.revision }))
-        .into_response())
+    Ok(Json(serde_json::json!({
+        "decided": r.decided, "failed": failed, "revision": r.revision, "duplicate": r.duplicate,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,11 +154,16 @@ struct LevelBody {
     reason: String,
 }
 
-async fn set_level(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+async fn set_level(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: LevelBody = parse_json(&body)?;
     let level = requests::level(&b.level)?;
+    let key = idempotency_key(&headers, None)?;
     let (scope, revision) =
-        svc.set_level(&b.scope, level, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
+        svc.set_level_keyed(&b.scope, level, &b.by, &b.reason, key).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "scope": scope, "revision": revision })).into_response())
 }
 
@@ -152,9 +175,15 @@ struct ReleaseBody {
     reason: String,
 }
 
-async fn release(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+async fn release(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: ReleaseBody = parse_json(&body)?;
-    let (scope, revision) = svc.release(&b.scope, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
+    let key = idempotency_key(&headers, None)?;
+    let (scope, revision) =
+        svc.release_keyed(&b.scope, &b.by, &b.reason, key).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(serde_json::json!({ "scope": scope, "revision": revision })).into_response())
 }
 
@@ -170,11 +199,19 @@ struct QuotasBody {
     reason: String,
 }
 
-async fn set_quotas(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
+async fn set_quotas(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
     let b: QuotasBody = parse_json(&body)?;
     if b.quotas.is_none() && b.config.is_none() {
         return Err(HttpError(ApiError::invalid("give quotas or config")));
     }
-    let view = svc.set_safety(b.quotas, b.config, &b.by, &b.reason).await.map_err(|e| rest_error(&svc, e))?;
+    let key = idempotency_key(&headers, None)?;
+    let view = svc
+        .set_safety_keyed(b.quotas, b.config, &b.by, &b.reason, key)
+        .await
+        .map_err(|e| rest_error(&svc, e))?;
     Ok(Json(view).into_response())
 }

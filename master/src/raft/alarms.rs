@@ -8,6 +8,10 @@ use std::time::Duration;
 /// Times this process found damaged raft storage (checksum, decoding, redb integrity, storage panic).
 pub static CORRUPTION_DETECTED: AtomicU64 = AtomicU64::new(0);
 
+/// Snapshot streams this process refused because a chunk or the assembled data failed its CRC-32C (damaged
+/// in transit: the sender sends the snapshot again; nothing was applied).
+pub static SNAPSHOT_CHUNKS_REFUSED: AtomicU64 = AtomicU64::new(0);
+
 /// How often the loop measures free space: a statvfs costs microseconds, and a second is far shorter than
 /// the time a busy master needs to fill the margin of `min_free_bytes`.
 pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(1);

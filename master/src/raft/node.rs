@@ -66,6 +66,8 @@ pub(crate) struct NodeShared {
     initialized: AtomicBool,
     /// The application version this node reports in probe replies (0 until the application sets it).
     app_version: AtomicU32,
+    /// Fault injection (tests): snapshot streams still to damage in transit ([`RaftNode::damage_snapshot_sends`]).
+    pub(crate) corrupt_snapshot_sends: AtomicU32,
     /// The NOSPACE alarm as (free bytes, floor) while raised (written by the loop's disk check).
     nospace: Mutex<Option<(u64, u64)>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -95,12 +97,16 @@ impl NodeShared {
     pub fn probe_reply(&self, from: NodeId) -> proto::peer::ProbeReply {
         let voters =
             if self.initialized.load(Ordering::Acquire) { self.status().members } else { Vec::new() };
+        let alarm = *lock(&self.nospace);
         proto::peer::ProbeReply {
             id: self.id,
             initialized: self.initialized.load(Ordering::Acquire),
             seen_you: lock(&self.seen).contains(&from),
             voters,
             app_version: self.app_version.load(Ordering::Relaxed),
+            nospace: alarm.is_some(),
+            free_bytes: alarm.map_or(0, |a| a.0),
+            min_free_bytes: alarm.map_or(0, |a| a.1),
         }
     }
 
@@ -250,6 +256,8 @@ pub struct VerifyReport {
     pub fsm_bytes: u64,
     /// The state machine's tables predate checksums and were sealed in place by this check.
     pub fsm_upgraded: bool,
+    /// State machine records sealed before keys were covered, resealed with their key by this check.
+    pub fsm_resealed: u64,
 }
 
 /// Runs the start-up checks on a data dir without starting a node: redb's integrity check, then every
@@ -284,6 +292,7 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
         fsm_records: fsm.records,
         fsm_bytes: fsm.bytes,
         fsm_upgraded: fsm.upgraded,
+        fsm_resealed: fsm.resealed,
     })
 }
 
@@ -488,6 +497,7 @@ impl RaftNode {
             running: AtomicBool::new(false),
             initialized: AtomicBool::new(false),
             app_version: AtomicU32::new(0),
+            corrupt_snapshot_sends: AtomicU32::new(0),
             nospace: Mutex::new(None),
             thread: Mutex::new(None),
             probe_task: Mutex::new(None),
@@ -609,12 +619,33 @@ impl RaftNode {
         self.shared.app_version.store(version, Ordering::Relaxed);
     }
 
+    /// Fault injection for tests of the peer transport (a bad link, not a stub of Raft): the next `streams`
+    /// snapshots this node sends have one byte of their last chunk flipped after its checksum was computed,
+    /// as a damaged network path would. The receiver must refuse each and the snapshot be sent again.
+    pub fn damage_snapshot_sends(&self, streams: u32) {
+        self.shared.corrupt_snapshot_sends.store(streams, Ordering::Relaxed);
+    }
+
+    /// This node's NOSPACE alarm as (free bytes, floor) while raised.
+    pub fn nospace(&self) -> Option<(u64, u64)> {
+        *lock(&self.shared.nospace)
+    }
+
     /// Ask every other configured member, concurrently, for the application version it reports (bounded by
     /// `timeout` in all; a member that does not answer in time maps to the error).
     pub async fn peer_app_versions(
         &self,
         timeout: Duration,
     ) -> BTreeMap<NodeId, Result<u32, transport::TransportError>> {
+        self.peer_probes(timeout).await.into_iter().map(|(id, r)| (id, r.map(|p| p.app_version))).collect()
+    }
+
+    /// Probe every other configured member concurrently (bounded by `timeout` in all; a member that does not
+    /// answer in time maps to the error): its application version and NOSPACE alarm.
+    pub async fn peer_probes(
+        &self,
+        timeout: Duration,
+    ) -> BTreeMap<NodeId, Result<proto::peer::ProbeReply, transport::TransportError>> {
         let me = self.shared.id;
         let voters: Vec<NodeId> = self.shared.peers.keys().copied().collect();
         let asks = self.shared.peers.keys().filter(|id| **id != me).map(|id| {
@@ -622,7 +653,7 @@ impl RaftNode {
             let voters = &voters;
             async move {
                 let r = match tokio::time::timeout(timeout, transport::probe(&addr, *id, me, voters)).await {
-                    Ok(r) => r.map(|reply| reply.app_version),
+                    Ok(r) => r,
                     Err(_) => Err(transport::TransportError::Timeout(timeout)),
                 };
                 (*id, r)

@@ -23,7 +23,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::NodeId;
+use super::alarms::SNAPSHOT_CHUNKS_REFUSED;
 use super::node::{LoopInput, NodeShared};
+use crate::checksum::crc32c;
+use std::sync::atomic::Ordering;
 
 /// Messages queued per peer before new ones are dropped (and the peer reported unreachable): a few
 /// heartbeat rounds of appends; raft retransmits whatever is dropped.
@@ -255,19 +258,25 @@ async fn snapshot_task(
         };
         let total = data.len();
         let mut chunks = Vec::with_capacity(total / SNAPSHOT_CHUNK + 1);
+        let first = &data[..total.min(SNAPSHOT_CHUNK)];
         chunks.push(SnapshotChunk {
             from: shared.id,
             from_addr: my_addr.clone(),
             header,
             total_len: total as u64,
-            data: data[..total.min(SNAPSHOT_CHUNK)].to_vec(),
+            data: first.to_vec(),
+            crc32c: crc32c(first),
+            data_crc32c: crc32c(&data),
+            checksummed: true,
         });
         let mut off = total.min(SNAPSHOT_CHUNK);
         while off < total {
             let end = (off + SNAPSHOT_CHUNK).min(total);
-            chunks.push(SnapshotChunk { data: data[off..end].to_vec(), ..Default::default() });
+            let part = &data[off..end];
+            chunks.push(SnapshotChunk { data: part.to_vec(), crc32c: crc32c(part), ..Default::default() });
             off = end;
         }
+        damage_in_transit(&shared, &mut chunks);
         let res =
             tokio::time::timeout(SNAPSHOT_RPC_TIMEOUT, c.send_snapshot(tokio_stream::iter(chunks))).await;
         let ok = matches!(res, Ok(Ok(_)));
@@ -278,6 +287,31 @@ async fn snapshot_task(
         }
         let _ = shared.mailbox.send(LoopInput::SnapshotStatus(peer, ok)).await;
     }
+}
+
+/// The fault-injection hook ([`super::RaftNode::damage_snapshot_sends`]): flip one byte of the last chunk,
+/// after its checksum was computed.
+fn damage_in_transit(shared: &NodeShared, chunks: &mut [SnapshotChunk]) {
+    let hook = &shared.corrupt_snapshot_sends;
+    let Some(last) = chunks.last_mut().filter(|c| !c.data.is_empty()) else { return };
+    if hook.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+        let mid = last.data.len() / 2;
+        last.data[mid] ^= 0x5a;
+        tracing::warn!("fault injection: one byte of this snapshot stream damaged in transit");
+    }
+}
+
+/// A chunk's checksum, when the stream carries them: a mismatch refuses the whole stream (counted).
+fn check_chunk(c: &SnapshotChunk, n: usize, checksummed: bool) -> Result<(), Status> {
+    if checksummed && crc32c(&c.data) != c.crc32c {
+        SNAPSHOT_CHUNKS_REFUSED.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(chunk = n, bytes = c.data.len(), "snapshot chunk failed its checksum: refused");
+        return Err(Status::data_loss(format!(
+            "snapshot chunk {n} ({} bytes) fails its CRC-32C: damaged in transit, send the snapshot again",
+            c.data.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The `Peer` gRPC service: mount it on the master's peer port.
@@ -392,18 +426,33 @@ impl Peer for PeerService {
             )));
         }
         let total = first.total_len as usize;
+        let checksummed = first.checksummed;
+        if !checksummed {
+            tracing::debug!(from = first.from, "snapshot stream without checksums (an older sender)");
+        }
+        check_chunk(&first, 0, checksummed)?;
         let mut data = Vec::with_capacity(total.min(64 << 20));
         data.extend_from_slice(&first.data);
+        let mut n = 0;
         while let Some(c) = s.message().await? {
+            n += 1;
             if data.len() + c.data.len() > total {
                 return Err(Status::invalid_argument("snapshot stream longer than announced"));
             }
+            check_chunk(&c, n, checksummed)?;
             data.extend_from_slice(&c.data);
         }
         if data.len() != total {
             return Err(Status::invalid_argument(format!(
                 "snapshot stream ended at {} of {total} bytes",
                 data.len()
+            )));
+        }
+        if checksummed && crc32c(&data) != first.data_crc32c {
+            SNAPSHOT_CHUNKS_REFUSED.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(bytes = total, "assembled snapshot failed its checksum: refused");
+            return Err(Status::data_loss(format!(
+                "snapshot of {total} bytes fails its CRC-32C once assembled: send it again"
             )));
         }
         m.mut_snapshot().set_data(data.into());

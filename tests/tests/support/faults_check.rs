@@ -23,6 +23,9 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_WRITES_PER_WRITER: u64 = 5_000;
 /// Pause after a failed write before the next one (a failover takes ~1-2 s; no hot loop meanwhile).
 pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Runs of one `huatuo report` (same idempotency key) before its write is left "unknown": each run retries
+/// for several seconds itself, so 5 runs outlast any failover the suite causes.
+pub const MAX_CLI_RUNS: u32 = 5;
 
 /// The scenario seed: `HUATUO_FAULTS_SEED` to replay a run, else the clock. Printed by every scenario.
 pub fn seed() -> u64 {
@@ -62,9 +65,19 @@ pub struct Write {
 #[derive(Default)]
 pub struct Ledger {
     writes: Mutex<Vec<Write>>,
+    /// `huatuo report` runs repeated with the key of a failed run.
+    cli_reruns: std::sync::atomic::AtomicU64,
 }
 
 impl Ledger {
+    pub fn count_cli_rerun(&self) {
+        self.cli_reruns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cli_reruns(&self) -> u64 {
+        self.cli_reruns.load(Ordering::Relaxed)
+    }
+
     pub fn record(&self, marker: String, path: Path, acked: bool) {
         self.writes.lock().unwrap_or_else(|p| p.into_inner()).push(Write { marker, path, acked });
     }
@@ -215,7 +228,10 @@ impl Load {
         }));
     }
 
-    /// `huatuo report` processes, one after another.
+    /// `huatuo report` processes, one after another. A report whose process failed (its own retries gave up
+    /// during a failover, or it was refused) is run again with the same `--idempotency-key` and `--time-ms`,
+    /// up to [`MAX_CLI_RUNS`] times: the master applies it at most once, so it ends acknowledged and must then
+    /// be stored exactly once (an "unknown" CLI write is one whose every run failed).
     pub fn cli(&mut self, ledger: &Arc<Ledger>, tag: &str, bin: std::path::PathBuf, grpc_addrs: String) {
         let (stop, ledger, tag) = (self.stop.clone(), ledger.clone(), tag.to_string());
         self.threads.push(std::thread::spawn(move || {
@@ -224,15 +240,32 @@ impl Load {
                     break;
                 }
                 let marker = format!("{tag}.c{n}");
-                let out = Command::new(&bin)
-                    .args(["report", &format!("disk/{tag}/c"), "--severity", "INFO", "--checker", "faults"])
-                    .args(["--evidence", &evidence(&marker), "--master", &grpc_addrs])
-                    .output();
-                let ok = out.as_ref().is_ok_and(|o| o.status.success());
-                ledger.record(marker, Path::Cli, ok);
-                if !ok {
-                    std::thread::sleep(RETRY_PAUSE);
+                let key = format!("faults-{tag}-c{n}");
+                let time_ms = now_ms().to_string();
+                let mut ok = false;
+                for run in 0..MAX_CLI_RUNS {
+                    if run > 0 {
+                        ledger.count_cli_rerun();
+                        std::thread::sleep(RETRY_PAUSE);
+                    }
+                    let out = Command::new(&bin)
+                        .args([
+                            "report",
+                            &format!("disk/{tag}/c"),
+                            "--severity",
+                            "INFO",
+                            "--checker",
+                            "faults",
+                        ])
+                        .args(["--evidence", &evidence(&marker), "--master", &grpc_addrs])
+                        .args(["--idempotency-key", &key, "--time-ms", &time_ms])
+                        .output();
+                    ok = out.as_ref().is_ok_and(|o| o.status.success());
+                    if ok || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                 }
+                ledger.record(marker, Path::Cli, ok);
             }
         }));
     }
@@ -394,7 +427,7 @@ pub async fn verify(members: &[(u64, String)], ledger: &Ledger) -> Result<Verifi
         }
         if !twice.is_empty() {
             problems.push(format!(
-                "node {id}: {} writes stored more than once (the CLI path has no idempotency key: issue 13 item 3): {:?}",
+                "node {id}: {} writes stored more than once (every write path carries an idempotency key: issue 13 item 3): {:?}",
                 twice.len(),
                 &twice[..twice.len().min(10)]
             ));
@@ -414,12 +447,13 @@ pub async fn check(scenario: &str, members: &[(u64, String)], ledger: &Ledger) -
         Ok(v) => {
             println!(
                 "[{scenario}] checker: {} members identical up to revision {}; {} acked writes each exactly once, \
-                 {} unknown at most once; per path (acked, unknown): {:?}",
+                 {} unknown at most once; per path (acked, unknown): {:?}; CLI reruns with the same key: {}",
                 v.members,
                 v.revision,
                 v.acked,
                 v.unknown,
-                ledger.counts()
+                ledger.counts(),
+                ledger.cli_reruns()
             );
             v
         }

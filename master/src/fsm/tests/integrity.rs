@@ -266,7 +266,7 @@ fn make_format_1(db: &redb::Database) {
             .expect("iter")
             .map(|r| {
                 let (k, v) = r.expect("row");
-                (k.value().to_string(), crate::store::unseal_u64("t", v.value()).expect("sealed"))
+                (k.value().to_string(), crate::store::unseal_u64("t", k.value(), v.value()).expect("sealed"))
             })
             .collect();
         assert!(!counters.is_empty());
@@ -288,7 +288,10 @@ fn make_format_1(db: &redb::Database) {
                 .expect("iter")
                 .map(|r| {
                     let (k, v) = r.expect("row");
-                    (k.value().to_string(), crate::checksum::open(v.value()).expect("sealed").to_vec())
+                    (
+                        k.value().to_string(),
+                        crate::store::unseal("t", k.value(), v.value()).expect("sealed").to_vec(),
+                    )
                 })
                 .collect();
             for (k, v) in &rows {
@@ -308,7 +311,7 @@ fn make_format_1(db: &redb::Database) {
                 .expect("iter")
                 .map(|r| {
                     let (k, v) = r.expect("row");
-                    (k.value(), crate::checksum::open(v.value()).expect("sealed").to_vec())
+                    (k.value(), crate::store::unseal("t", &k.value(), v.value()).expect("sealed").to_vec())
                 })
                 .collect();
             for (k, v) in &rows {
@@ -323,7 +326,7 @@ fn make_format_1(db: &redb::Database) {
                 let (k, v) = r.expect("row");
                 (
                     (k.value().0.to_string(), k.value().1),
-                    crate::checksum::open(v.value()).expect("sealed").to_vec(),
+                    crate::store::unseal("t", &k.value(), v.value()).expect("sealed").to_vec(),
                 )
             })
             .collect();
@@ -387,4 +390,155 @@ fn a_storage_panic_during_a_read_is_a_corrupt_error_and_raises_the_flag() {
     // The first damage is the one the node reports; the reader keeps answering requests that verify.
     assert_eq!(r.revision().expect("revision"), 0);
     let _keep = Arc::clone(&flag);
+}
+
+/// Issue 13: keys are covered by the seal. An object row moved under another id (one key byte flipped: the
+/// value left as it was, still a valid frame over its bytes) is refused by every read that meets it and by
+/// the start-up verification; the key that was left empty reads as absent, never as the moved row.
+#[test]
+fn a_flipped_key_byte_is_detected() {
+    let mut h = Harness::new();
+    h.apply(1, vec![ingest("a1", 1, vec![finding("disk/h1/sda", Severity::Warning, 1)])]);
+    h.apply(2, vec![ingest("a1", 2, vec![finding("disk/h1/sdb", Severity::Warning, 2)])]);
+    {
+        let txn = h.db.begin_write().expect("w");
+        {
+            let mut t = txn.open_table(OBJECTS).expect("objects");
+            let v = t.remove("disk/h1/sda").expect("remove").expect("row").value().to_vec();
+            // `a` -> `c`: the row now sits under disk/h1/sdc, its bytes untouched.
+            t.insert("disk/h1/sdc", v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let flag = DamageFlag::default();
+    crate::store::watch_damage(&h.db, &flag);
+    assert_corrupt("get", h.reader().object("disk/h1/sdc"), "fsm_objects");
+    assert!(flag.get().is_some_and(|m| m.contains("fsm_objects")), "the node stops as a corrupt replica");
+    assert_corrupt("list", h.reader().list(&crate::store::Filter::default(), 100), "fsm_objects");
+    assert_corrupt("verify", crate::store::verify_store(&h.db), "fsm_objects");
+    assert_corrupt("snapshot", h.fsm.snapshot_data(&h.db.begin_read().expect("r")), "fsm_objects");
+    assert!(h.reader().object("disk/h1/sda").expect("an absent key").is_none());
+    // The same for a u64-keyed table (the change log) and the history's compound keys.
+    let mut h = Harness::new();
+    h.apply(1, vec![ingest("a1", 1, vec![finding("disk/h1/sda", Severity::Warning, 1)])]);
+    {
+        let txn = h.db.begin_write().expect("w");
+        {
+            let mut t = txn.open_table(CHANGES).expect("changes");
+            let v = t.remove(1).expect("remove").expect("row").value().to_vec();
+            t.insert(3, v.as_slice()).expect("insert");
+            let mut t = txn.open_table(crate::store::HISTORY).expect("history");
+            let (k, v) = {
+                let (k, v) = t.first().expect("first").expect("a history row");
+                ((k.value().0.to_string(), k.value().1), v.value().to_vec())
+            };
+            t.remove((k.0.as_str(), k.1)).expect("remove");
+            t.insert((k.0.as_str(), k.1 + 1), v.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    assert_corrupt("watch", h.reader().changes(1, &crate::store::Filter::default(), 100), "fsm_changes");
+    let rec = h.reader().object("disk/h1/sda").expect("get").expect("sda");
+    assert_corrupt("history", h.reader().history(&rec), "fsm_history");
+}
+
+/// Rewrites every fsm record in the frame written before keys were covered (format 2).
+fn make_format_2(db: &redb::Database) -> u64 {
+    let txn = db.begin_write().expect("w");
+    let mut n = 0;
+    {
+        let mut strs = vec![crate::store::META];
+        strs.extend([
+            OBJECTS,
+            crate::store::AGENTS,
+            crate::store::SCOPES,
+            crate::store::PROPOSAL_OBJ,
+            crate::store::SETTINGS,
+            crate::store::REQUESTS,
+        ]);
+        for def in strs {
+            let mut t = txn.open_table(def).expect("t");
+            let rows: Vec<(String, Vec<u8>)> = t
+                .iter()
+                .expect("iter")
+                .map(|r| {
+                    let (k, v) = r.expect("row");
+                    let plain = crate::store::unseal("t", k.value(), v.value()).expect("sealed");
+                    (k.value().to_string(), crate::checksum::seal(plain))
+                })
+                .collect();
+            for (k, v) in &rows {
+                t.insert(k.as_str(), v.as_slice()).expect("insert");
+                n += 1;
+            }
+        }
+        for def in [
+            CHANGES,
+            crate::store::MEMBERS,
+            crate::store::PROPOSALS,
+            crate::store::PENDING,
+            crate::store::AUDIT,
+            crate::store::REQUEST_ORDER,
+        ] {
+            let mut t = txn.open_table(def).expect("t");
+            let rows: Vec<(u64, Vec<u8>)> = t
+                .iter()
+                .expect("iter")
+                .map(|r| {
+                    let (k, v) = r.expect("row");
+                    let plain = crate::store::unseal("t", &k.value(), v.value()).expect("sealed");
+                    (k.value(), crate::checksum::seal(plain))
+                })
+                .collect();
+            for (k, v) in &rows {
+                t.insert(*k, v.as_slice()).expect("insert");
+                n += 1;
+            }
+        }
+        let mut t = txn.open_table(crate::store::HISTORY).expect("t");
+        let rows: Vec<((String, u64), Vec<u8>)> = t
+            .iter()
+            .expect("iter")
+            .map(|r| {
+                let (k, v) = r.expect("row");
+                let plain = crate::store::unseal("t", &k.value(), v.value()).expect("sealed");
+                ((k.value().0.to_string(), k.value().1), crate::checksum::seal(plain))
+            })
+            .collect();
+        for ((id, seq), v) in &rows {
+            t.insert((id.as_str(), *seq), v.as_slice()).expect("insert");
+            n += 1;
+        }
+    }
+    txn.commit().expect("commit");
+    n
+}
+
+/// A store sealed before keys were covered (format 2) reads as it is, and the next open reseals every
+/// record with its key once (same state byte for byte); after that a moved row is caught.
+#[test]
+fn a_store_sealed_before_keys_were_covered_reads_and_is_resealed_once() {
+    let mut h = Harness::new();
+    h.apply(1, vec![Command::SetMinCommandVersion { version: 3, by: "alice".into(), reason: "t".into() }]);
+    h.apply(2, vec![ingest("a1", 1, vec![finding("disk/h1/sda", Severity::Good, 1)])]);
+    h.apply(3, vec![force("disk/h1/sda", State::Warning)]);
+    let keyed = Command::Keyed {
+        key: "k1".into(),
+        cmd: Box::new(ingest("", 0, vec![finding("disk/h1/sdb", Severity::Warning, 3)])),
+    };
+    h.apply(4, vec![keyed]);
+    let snapshot = h.snapshot();
+    let rewritten = make_format_2(&h.db);
+    assert!(rewritten > 10, "{rewritten}");
+    // The old frame still reads (apply, readers, snapshots).
+    assert!(h.reader().object("disk/h1/sda").expect("get").is_some());
+    assert_eq!(h.snapshot(), snapshot);
+    let report = crate::store::open_store(&h.db).expect("open");
+    assert_eq!((report.unkeyed, report.resealed), (rewritten, rewritten), "{report:?}");
+    assert!(!report.upgraded);
+    assert_eq!(h.snapshot(), snapshot, "same state, byte for byte");
+    let again = crate::store::open_store(&h.db).expect("open again");
+    assert_eq!((again.unkeyed, again.resealed, again.records), (0, 0, report.records), "resealed once");
+    h.apply(5, vec![ingest("a1", 2, vec![finding("disk/h1/sdc", Severity::Good, 5)])]);
+    assert!(h.reader().object("disk/h1/sdc").expect("get").is_some());
 }

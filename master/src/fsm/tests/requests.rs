@@ -43,6 +43,45 @@ fn a_keyed_command_is_applied_once_and_its_retry_gets_the_first_result() {
     assert!(!other.duplicate && other.applied == 1);
 }
 
+/// A key reused for a different request is refused with CONFLICT and changes nothing; the first request's
+/// retry is still answered as a duplicate. Records written before digests answer any retry (old format).
+#[test]
+fn a_key_reused_for_another_request_is_refused_with_conflict() {
+    let mut h = Harness::new();
+    enable_v3(&mut h);
+    let first = h.apply(10, vec![keyed("cli-1", report("disk/h1/sda", 10))]).results.remove(0);
+    assert_eq!(first.error, None);
+    let revision = h.reader().revision().expect("revision");
+    let level = Command::SetLevel {
+        scope: "cluster".into(),
+        level: crate::safety::Level::Manual,
+        by: "alice".into(),
+        reason: "t".into(),
+    };
+    for other in [report("disk/h1/sdb", 10), report("disk/h1/sda", 11), level] {
+        let r = h.apply(20, vec![keyed("cli-1", other.clone())]).results.remove(0);
+        let (code, msg) = r.error.clone().expect("refused");
+        assert_eq!(code, proto::error::Code::Conflict, "{other:?}");
+        assert!(msg.contains("different request"), "{msg}");
+        assert!(!r.duplicate && r.applied == 0, "{r:?}");
+    }
+    assert_eq!(h.reader().revision().expect("revision"), revision, "refusals change nothing");
+    assert!(h.reader().object("disk/h1/sdb").expect("get").is_none());
+    assert!(h.apply(30, vec![keyed("cli-1", report("disk/h1/sda", 10))]).results[0].duplicate);
+    // A record from before digests (no `digest`) answers a retry whatever its body (it cannot tell).
+    let mut mem = MemState::from_snapshot(&h.snapshot()).expect("parse");
+    let rec = mem.requests.get_mut("cli-1").expect("remembered");
+    assert!(rec.digest.is_some());
+    rec.digest = None;
+    let mut old = Harness::new();
+    {
+        let txn = old.db.begin_write().expect("w");
+        old.fsm.restore_data(&txn, &mem.snapshot()).expect("restore");
+        txn.commit().expect("commit");
+    }
+    assert!(old.apply(40, vec![keyed("cli-1", report("disk/h1/sdb", 10))]).results[0].duplicate);
+}
+
 #[test]
 fn keyed_commands_need_version_3_and_a_valid_key() {
     let mut h = Harness::new();

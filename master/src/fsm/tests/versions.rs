@@ -103,7 +103,7 @@ fn a_gated_command_kind_is_refused_at_apply_until_enabled() {
         let txn = h.db.begin_write().expect("txn");
         txn.open_table(META)
             .expect("meta")
-            .insert(META_MIN_COMMAND_VERSION, crate::store::seal_u64(0).as_slice())
+            .insert(META_MIN_COMMAND_VERSION, crate::store::seal_u64(META_MIN_COMMAND_VERSION, 0).as_slice())
             .expect("insert");
         txn.commit().expect("commit");
     }
