@@ -134,12 +134,14 @@ pub struct HostConfig {
     pub machine: MachineConfig,
     /// Where the rasdaemon checker goes on (the agent's committed checkpoint; None: from the newest rows).
     pub rasdaemon_resume: Option<crate::rasdaemon::RasCursor>,
+    /// The SMART trend baselines the disk checker last checkpointed (None: every disk starts a baseline).
+    pub smart_trend_resume: Option<crate::scoring::trend::SmartTrend>,
 }
 
 /// The host checkers, in a fixed order.
 pub fn host_checkers(cfg: &HostConfig) -> Vec<Box<dyn Checker>> {
     vec![
-        Box::new(DiskChecker::new(cfg.disk.clone())),
+        Box::new(DiskChecker::resuming(cfg.disk.clone(), cfg.smart_trend_resume.clone().unwrap_or_default())),
         Box::new(EdacChecker::new(cfg.edac)),
         Box::new(NicChecker::new(cfg.nic.clone())),
         Box::new(MachineChecker::new(cfg.machine.clone())),
