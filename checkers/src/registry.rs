@@ -208,7 +208,11 @@ mod tests {
         assert_eq!(r.len(), 6);
         assert_eq!(r.info("raid1").map(|i| i.source), Some(Source::External));
         assert!(r.info("disk").is_some_and(|i| i.consumes_inputs));
-        assert!(r.info("edac").is_some_and(|i| !i.consumes_inputs));
+        assert!(
+            r.info("edac").is_some_and(|i| i.consumes_inputs),
+            "edac counts kernel CE lines without sysfs"
+        );
+        assert!(r.info("nic").is_some_and(|i| !i.consumes_inputs));
         assert_eq!(
             r.insert(Box::new(Named("disk".into())), Source::External),
             Err(RegistryError::Duplicate("disk".into()))
