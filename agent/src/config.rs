@@ -492,7 +492,7 @@ mod tests {
         assert_eq!(parse(&ok).unwrap().checkers["disk"].inputs, Some(vec![]));
         let cases = [
             ("[checkers.disk]\ninputs = [\"kernel-logg\"]", "\"kernel-logg\" is not a checker"),
-            ("[checkers.edac]\ninputs = [\"kernel-log\"]", "takes no inputs"),
+            ("[checkers.nic]\ninputs = [\"kernel-log\"]", "takes no inputs"),
             ("[checkers.disk]\ninputs = [\"machine\"]\n[checkers.machine]\ninputs = [\"disk\"]", "cycle"),
         ];
         for (extra, want) in cases {

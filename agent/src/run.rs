@@ -22,6 +22,7 @@ use anyhow::Context;
 use checkers::external::ExternalChecker;
 use checkers::kernel_log::{Cursor, KMSG_CHECKPOINT_KEY, KernelLogChecker, RuleSet};
 use checkers::registry::{HostConfig, Registry, Source, host_checkers};
+use checkers::scoring::trend::{SmartTrend, TREND_CHECKPOINT_KEY};
 use checkers::{CheckContext, Checker};
 use state_machines::{Finding, Severity};
 use tokio::sync::{Notify, mpsc, watch};
@@ -134,6 +135,18 @@ fn committed_kmsg_cursor(outbox: &dyn OutboxStore) -> anyhow::Result<Option<Curs
     }))
 }
 
+/// The SMART trend baselines the disk checker last committed, if any (a malformed value: start over).
+fn committed_smart_trend(outbox: &dyn OutboxStore) -> anyhow::Result<Option<SmartTrend>> {
+    let raw = outbox.kv_get(TREND_CHECKPOINT_KEY).context("reading the SMART trend baselines")?;
+    Ok(raw.and_then(|v| match SmartTrend::decode(&v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("{e}; SMART trends start over");
+            None
+        }
+    }))
+}
+
 /// The scheduled checkers and the routes that feed derived checkers.
 pub struct Built {
     pub scheduled: Vec<Scheduled>,
@@ -158,6 +171,7 @@ pub fn build_checkers(
         .kv_get(checkers::rasdaemon::CHECKPOINT_KEY)
         .context("reading the rasdaemon cursor")?
         .and_then(|raw| checkers::rasdaemon::RasCursor::decode(&raw));
+    host.smart_trend_resume = committed_smart_trend(outbox)?;
     let mut registry = Registry::new();
     for c in host_checkers(&host) {
         registry.insert(c, Source::BuiltIn)?;
@@ -627,6 +641,22 @@ mod tests {
             status: RunStatus::Ok { findings: 1 },
             elapsed: Duration::ZERO,
         }
+    }
+
+    /// The disk checker's SMART trend baselines come back from the outbox KV after a restart; a value that
+    /// does not decode starts the trends over instead of failing the agent.
+    #[test]
+    fn committed_smart_trend_is_read_back_and_bad_values_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = RedbOutbox::open(&dir.path().join("o.redb"), Limits::default()).unwrap();
+        assert_eq!(committed_smart_trend(&outbox).unwrap(), None);
+        let mut t = SmartTrend::default();
+        t.observe("sda", Some("WD-1"), Some(12), None);
+        outbox.kv_put(TREND_CHECKPOINT_KEY, &t.encode()).unwrap();
+        let back = committed_smart_trend(&outbox).unwrap().unwrap();
+        assert_eq!(back.get("sda").and_then(|b| b.udma_crc), Some(12));
+        outbox.kv_put(TREND_CHECKPOINT_KEY, b"smart-trend v1\nsda\tonly-two-fields\n").unwrap();
+        assert_eq!(committed_smart_trend(&outbox).unwrap(), None);
     }
 
     #[tokio::test]

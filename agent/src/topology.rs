@@ -16,9 +16,13 @@ use checkers::{CheckContext, CheckError, Checker, Checkpoint};
 use state_machines::{Finding, Kind};
 
 /// The graph this agent runs unless its config says otherwise: the disk and machine grades consume the
-/// kernel-log findings.
-pub const DEFAULT_INPUTS: &[(&str, &[&str])] =
-    &[("disk", &[checkers::kernel_log::CHECKER_NAME]), ("machine", &[checkers::kernel_log::CHECKER_NAME])];
+/// kernel-log findings, and so does the DIMM (edac) grade, which counts the kernel's CE lines only where
+/// sysfs has no EDAC counters.
+pub const DEFAULT_INPUTS: &[(&str, &[&str])] = &[
+    ("disk", &[checkers::kernel_log::CHECKER_NAME]),
+    ("edac", &[checkers::kernel_log::CHECKER_NAME]),
+    ("machine", &[checkers::kernel_log::CHECKER_NAME]),
+];
 
 /// Most inputs one node may name: a derived grade reads a few sources; dozens is a config mistake.
 pub const MAX_INPUTS_PER_NODE: usize = 16;
@@ -230,7 +234,8 @@ mod tests {
         assert_eq!(t.order, vec!["edac", "kernel-log", "disk", "machine"]);
         assert_eq!(t.consumers["kernel-log"], vec!["disk", "machine"]);
         assert_eq!(default_inputs("disk"), vec!["kernel-log"]);
-        assert!(default_inputs("edac").is_empty());
+        assert_eq!(default_inputs("edac"), vec!["kernel-log"]);
+        assert!(default_inputs("nic").is_empty());
     }
 
     #[test]

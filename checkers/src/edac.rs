@@ -5,9 +5,20 @@
 //! Layouts (kernel `Documentation/admin-guide/ras.rst`): newer drivers expose `dimm*/dimm_{ce,ue}_count`
 //! and `dimm_label`; older ones `csrow*/ch*_ce_count` (+ `ch*_ue_count`, `ch*_dimm_label`). Both become
 //! [`DimmCounters`] named `mcN-dimmM` or `mcN-csrowR-chC`. Controller totals include `*_noinfo_count`
-//! (errors the driver could not attribute to a DIMM): those go to the pseudo DIMM `mcN-noinfo`.
+//! (errors the driver could not attribute to a DIMM): those go to the pseudo DIMM `mcN-noinfo`. A
+//! controller that exposes only its totals (`ce_count`, `ue_count`) becomes the pseudo DIMM `mcN-all`.
+//!
+//! The CE rate: WARNING when a DIMM gained [`EdacConfig::ce_warning`] corrected errors within
+//! [`EdacConfig::ce_window_ms`] (10 in 24 h, the kernel-log rule `mem.edac-ce`'s threshold). The driver's
+//! counters are the ground truth where they exist: the deltas between runs are counted, and the kernel's
+//! `EDAC MCn: N CE ...` lines (this checker's input from the kernel-log checker) are ignored, because they
+//! report the same errors the counters already count. Only on a host without EDAC counters in sysfs are
+//! the lines counted (the `N` in each line), per DIMM as the kernel-log checker named it. The kernel-log
+//! checker in turn names a line's DIMM by its sysfs directory (`mc0-dimm2`) and leaves its CE rate to this
+//! checker when the counters exist, so one DIMM is one object with one rate.
+//!
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +28,7 @@ use crate::probe::{self, ProbeError};
 use crate::{CheckContext, CheckError, Checker};
 
 pub const NAME: &str = "edac";
-pub const VERSION: &str = "1.0.0";
+pub const VERSION: &str = "1.1.0";
 const EDAC_DIR: &str = "sys/devices/system/edac/mc";
 /// Most memory controllers and DIMMs read per run (a 2-socket server has ~4 MCs and 32 DIMMs).
 pub const MAX_DIMMS: usize = 1024;
@@ -39,13 +50,57 @@ pub struct EdacConfig {
     /// New CEs in one window that make a DIMM WARNING (a DIMM that starts correcting many errors tends to
     /// fail uncorrectably later; a handful per day is background noise on large fleets).
     pub ce_warning: u64,
+    /// The CE rate window: `ce_warning` new CEs within this many ms make a DIMM WARNING.
+    pub ce_window_ms: u64,
     /// Any new UE is an ERROR (data was lost or the machine would have crashed without recovery).
     pub ue_error: u64,
 }
 
 impl Default for EdacConfig {
     fn default() -> Self {
-        EdacConfig { ce_warning: 10, ue_error: 1 }
+        EdacConfig { ce_warning: 10, ce_window_ms: CE_WINDOW_MS, ue_error: 1 }
+    }
+}
+
+/// Default CE rate window: a day, as the kernel-log rule `mem.edac-ce` (10 CEs within 24 h).
+pub const CE_WINDOW_MS: u64 = 24 * 3600 * 1000;
+/// Most CE events remembered per DIMM within the window (a run every minute for a day is 1440). Beyond
+/// it the two oldest are merged (counts kept, the later time kept), so the limit never loses an error,
+/// it can only keep one a little longer in the window.
+pub const MAX_CE_EVENTS: usize = 1440;
+/// The kernel-log rule whose lines this checker counts when there are no EDAC counters.
+pub const CE_LINE_RULE: &str = "mem.edac-ce";
+/// Most kernel-log findings kept between two runs (the agent's inbox is bounded too; a storm of CE lines
+/// beyond this within one interval is a WARNING anyway).
+pub const MAX_PENDING_LINES: usize = 10_000;
+
+/// Corrected errors of one DIMM within the CE rate window, as (time ms, count) of each run or line that
+/// added some.
+#[derive(Debug, Clone, Default)]
+struct CeWindow {
+    events: VecDeque<(u64, u64)>,
+}
+
+impl CeWindow {
+    fn add(&mut self, t: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if self.events.len() >= MAX_CE_EVENTS
+            && let Some((_, oldest)) = self.events.pop_front()
+            && let Some(next) = self.events.front_mut()
+        {
+            next.1 = next.1.saturating_add(oldest);
+        }
+        self.events.push_back((t, n));
+    }
+
+    /// Errors within `window` ms before `now` (older events are dropped).
+    fn sum(&mut self, now: u64, window: u64) -> u64 {
+        while self.events.front().is_some_and(|(t, _)| t.saturating_add(window) <= now) {
+            self.events.pop_front();
+        }
+        self.events.iter().fold(0u64, |a, (_, n)| a.saturating_add(*n))
     }
 }
 
@@ -107,9 +162,16 @@ pub fn read_sample(root: &Path) -> Result<Option<EdacSample>, ProbeError> {
                 }
             }
         }
+        let units = out.keys().filter(|k| k.starts_with(&format!("{mc}-"))).count();
         let ce_noinfo = read_or_zero(root, &format!("{base}/ce_noinfo_count"))?.unwrap_or(0);
         let ue_noinfo = read_or_zero(root, &format!("{base}/ue_noinfo_count"))?.unwrap_or(0);
-        if ce_noinfo > 0 || ue_noinfo > 0 {
+        if units == 0
+            && let Some(ce) = read_or_zero(root, &format!("{base}/ce_count"))?
+        {
+            // Only the controller's totals (they include the noinfo counts): one pseudo DIMM.
+            let ue = read_or_zero(root, &format!("{base}/ue_count"))?.unwrap_or(0);
+            out.insert(format!("{mc}-all"), DimmCounters { ce, ue, label: String::new() });
+        } else if ce_noinfo > 0 || ue_noinfo > 0 {
             out.insert(
                 format!("{mc}-noinfo"),
                 DimmCounters { ce: ce_noinfo, ue: ue_noinfo, label: String::new() },
@@ -161,18 +223,72 @@ pub fn judge_delta(prev: &EdacSample, cur: &EdacSample, cfg: &EdacConfig) -> Vec
     out
 }
 
-/// The EDAC checker. Keeps the previous sample between runs.
+/// The EDAC checker. Keeps the previous sample, the CE rate windows, and the kernel-log CE findings handed
+/// over since the last run.
 #[derive(Default)]
 pub struct EdacChecker {
     pub cfg: EdacConfig,
     prev: Option<EdacSample>,
+    /// Per DIMM object name; at most [`MAX_DIMMS`] (a new DIMM beyond it gets no rate).
+    windows: BTreeMap<String, CeWindow>,
+    /// `mem.edac-ce` findings of the kernel-log checker since the last run.
+    lines: Vec<Finding>,
 }
 
 impl EdacChecker {
     pub fn new(cfg: EdacConfig) -> Self {
-        EdacChecker { cfg, prev: None }
+        EdacChecker { cfg, ..EdacChecker::default() }
+    }
+
+    /// CEs of `name` within the window after adding `n` at `t` (None: no room for another DIMM).
+    fn rate(&mut self, name: &str, t: u64, n: u64, now: u64) -> Option<u64> {
+        if !self.windows.contains_key(name) && self.windows.len() >= MAX_DIMMS {
+            return None;
+        }
+        let w = self.windows.entry(name.to_string()).or_default();
+        w.add(t, n);
+        Some(w.sum(now, self.cfg.ce_window_ms))
+    }
+
+    /// No EDAC counters on this host: count the CEs the kernel logged (`N` of `EDAC MCn: N CE ...`) per
+    /// DIMM as the kernel-log checker named it; one finding per DIMM that logged some since the last run.
+    fn judge_lines(
+        &mut self,
+        ctx: &CheckContext,
+        lines: Vec<Finding>,
+    ) -> Vec<(String, Severity, String, Readings)> {
+        let mut touched: BTreeMap<String, u64> = BTreeMap::new();
+        for f in lines {
+            if f.object.kind() != Kind::Dimm {
+                continue;
+            }
+            let Some(name) = f.object.name().map(str::to_string) else { continue };
+            let n = f.readings.get("count").and_then(|c| c.parse::<u64>().ok()).unwrap_or(1).max(1);
+            if self.rate(&name, f.time_ms, n, ctx.now_ms).is_some() {
+                *touched.entry(name).or_default() += n;
+            }
+        }
+        let window_h = self.cfg.ce_window_ms / 3_600_000;
+        let mut out = Vec::new();
+        for (name, new) in touched {
+            let Some(sum) = self.rate(&name, ctx.now_ms, 0, ctx.now_ms) else { continue };
+            let sev = if sum >= self.cfg.ce_warning { Severity::Warning } else { Severity::Info };
+            let readings = Readings::from([
+                ("ce_new".to_string(), new.to_string()),
+                ("ce_window".to_string(), sum.to_string()),
+                ("window_h".to_string(), window_h.to_string()),
+                ("source".to_string(), "kernel-log".to_string()),
+            ]);
+            let ev = format!(
+                "{name}: {sum} corrected errors in the kernel log within {window_h} h ({new} new; no EDAC counters in sysfs)"
+            );
+            out.push((name, sev, ev, readings));
+        }
+        out
     }
 }
+
+type Readings = BTreeMap<String, String>;
 
 impl Checker for EdacChecker {
     fn name(&self) -> &'static str {
@@ -187,12 +303,17 @@ impl Checker for EdacChecker {
     fn default_interval(&self) -> Duration {
         Duration::from_secs(60)
     }
+    /// The kernel-log checker's CE lines are an input (counted only where sysfs has no EDAC counters).
+    fn consumes_inputs(&self) -> bool {
+        true
+    }
+    fn set_inputs(&mut self, findings: Vec<Finding>) {
+        let room = MAX_PENDING_LINES.saturating_sub(self.lines.len());
+        self.lines.extend(findings.into_iter().filter(|f| f.rule == CE_LINE_RULE).take(room));
+    }
     fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
-        let Some(cur) = read_sample(&ctx.root)? else {
-            self.prev = None;
-            return Ok(vec![]);
-        };
-        let mut out = Vec::new();
+        let lines = std::mem::take(&mut self.lines);
+        let sample = read_sample(&ctx.root)?;
         let mk = |name: &str, sev, rule: &str, ev: String, readings| -> Result<Finding, CheckError> {
             Ok(Finding {
                 object: ObjectId::new(Kind::Dimm, &ctx.host, Some(name))
@@ -208,9 +329,32 @@ impl Checker for EdacChecker {
             }
             .bounded())
         };
-        match &self.prev {
+        let mut out = Vec::new();
+        let Some(cur) = sample else {
+            self.prev = None;
+            for (name, sev, ev, r) in self.judge_lines(ctx, lines) {
+                let rule = if sev == Severity::Warning { "edac.ce-storm" } else { "edac.ce-lines" };
+                out.push(mk(&name, sev, rule, ev, r)?);
+            }
+            return Ok(out);
+        };
+        // The counters exist: they are the count; the lines (the same errors) are not counted again.
+        drop(lines);
+        match self.prev.take() {
             Some(prev) => {
-                for v in judge_delta(prev, &cur, &self.cfg) {
+                let window_h = self.cfg.ce_window_ms / 3_600_000;
+                for mut v in judge_delta(&prev, &cur, &self.cfg) {
+                    let dce = v.readings.get("ce_delta").and_then(|d| d.parse().ok()).unwrap_or(0);
+                    if let Some(sum) = self.rate(&v.name, ctx.now_ms, dce, ctx.now_ms) {
+                        if v.severity < Severity::Warning && sum >= self.cfg.ce_warning {
+                            v.severity = Severity::Warning;
+                            v.rule = "edac.ce-storm";
+                        }
+                        v.readings.insert("ce_window".into(), sum.to_string());
+                        v.readings.insert("window_h".into(), window_h.to_string());
+                        v.evidence.push_str(&format!("; {sum} corrected within {window_h} h"));
+                    }
+                    v.readings.insert("source".into(), "sysfs".into());
                     out.push(mk(&v.name, v.severity, v.rule, v.evidence, v.readings)?);
                 }
             }
@@ -301,5 +445,195 @@ mod tests {
         assert!(matches!(read_sample(d.path()), Err(ProbeError::Parse { .. })));
         let mut c = EdacChecker::default();
         assert!(matches!(c.run(&ctx(d.path())), Err(CheckError::Probe(_))));
+    }
+
+    fn documented_tree() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/host/edac-dimm")
+    }
+
+    fn copy_tree(from: &Path, to: &Path) {
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dst = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                std::fs::create_dir_all(&dst).unwrap();
+                copy_tree(&e.path(), &dst);
+            } else {
+                std::fs::copy(e.path(), &dst).unwrap();
+            }
+        }
+    }
+
+    fn at(root: &Path, now_ms: u64) -> CheckContext {
+        CheckContext { root: root.to_path_buf(), host: "h1".into(), now_ms, profile: "online".into() }
+    }
+
+    fn bump(root: &Path, rel: &str, by: u64) {
+        let p = root.join("sys/devices/system/edac/mc").join(rel);
+        let v: u64 = std::fs::read_to_string(&p).unwrap().trim().parse().unwrap();
+        std::fs::write(&p, format!("{}\n", v + by)).unwrap();
+    }
+
+    fn verdict(f: &[Finding], name: &str) -> (Severity, String, BTreeMap<String, String>) {
+        let x = f.iter().find(|x| x.object.to_string() == format!("dimm/h1/{name}")).unwrap();
+        (x.severity, x.rule.clone(), x.readings.clone())
+    }
+
+    /// Real kernel lines through the real kernel-log scanner: the findings this checker gets as input.
+    fn kernel_findings(text: &str, root: Option<&Path>) -> Vec<Finding> {
+        let rules = std::sync::Arc::new(crate::kernel_log::RuleSet::default_rules().unwrap());
+        let mut s = crate::kernel_log::Scanner::new(rules, "h1", 2019).unwrap();
+        s.set_root(root.map(Path::to_path_buf));
+        let mut out = Vec::new();
+        s.scan_reader(text.as_bytes(), &mut out).unwrap();
+        out.into_iter().map(|e| e.finding).collect()
+    }
+
+    #[test]
+    fn reads_the_documented_dimm_layout() {
+        let s = read_sample(&documented_tree()).unwrap().unwrap();
+        let names: Vec<&str> = s.keys().map(String::as_str).collect();
+        assert_eq!(names, ["mc0-dimm0", "mc0-dimm2", "mc1-dimm0"], "no noinfo or total pseudo DIMMs");
+        assert_eq!(
+            s["mc0-dimm2"],
+            DimmCounters { ce: 17, ue: 0, label: "CPU_SrcID#0_Ha#0_Chan#2_DIMM#0".into() }
+        );
+        assert_eq!(s["mc1-dimm0"].ue, 1);
+        // a controller with only its totals is one pseudo DIMM (its noinfo counts are part of the totals)
+        let d = tempfile::tempdir().unwrap();
+        let mc = d.path().join("sys/devices/system/edac/mc/mc0");
+        std::fs::create_dir_all(&mc).unwrap();
+        for (f, v) in
+            [("ce_count", "5"), ("ue_count", "1"), ("ce_noinfo_count", "5"), ("ue_noinfo_count", "0")]
+        {
+            std::fs::write(mc.join(f), format!("{v}\n")).unwrap();
+        }
+        let s = read_sample(d.path()).unwrap().unwrap();
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["mc0-all"]);
+        assert_eq!((s["mc0-all"].ce, s["mc0-all"].ue), (5, 1));
+    }
+
+    /// Counter deltas summed over the CE window: 4 + 5 = 9 within a day is GOOD, one more is WARNING, and a
+    /// day after the first delta it has left the window. Kernel lines handed in meanwhile are not counted.
+    #[test]
+    fn ce_rate_from_counter_deltas_within_a_day() {
+        let d = tempfile::tempdir().unwrap();
+        copy_tree(&documented_tree(), d.path());
+        let r = d.path();
+        let mut c = EdacChecker::default();
+        let min = 60_000;
+        let t0 = 1_700_000_000_000;
+        assert!(c.run(&at(r, t0)).unwrap().iter().all(|f| f.severity == Severity::Info));
+        bump(r, "mc0/dimm2/dimm_ce_count", 4);
+        let (sev, _, rd) = verdict(&c.run(&at(r, t0 + min)).unwrap(), "mc0-dimm2");
+        assert_eq!((sev, rd["ce_window"].as_str(), rd["source"].as_str()), (Severity::Good, "4", "sysfs"));
+        bump(r, "mc0/dimm2/dimm_ce_count", 5);
+        // 50 CEs in kernel lines for the same DIMM: the counters already count them
+        let line = "May  7 06:45:12 h kernel: [21584690.529877] EDAC MC0: 50 CE memory read error on CPU_SrcID#0_Ha#0_Chan#2_DIMM#0 (channel:2 slot:0 page:0x0 offset:0x0 grain:8 syndrome:0x0)\n";
+        c.set_inputs(kernel_findings(line, Some(r)));
+        let (sev, _, rd) = verdict(&c.run(&at(r, t0 + 2 * min)).unwrap(), "mc0-dimm2");
+        assert_eq!((sev, rd["ce_window"].as_str()), (Severity::Good, "9"), "one below the limit");
+        bump(r, "mc0/dimm2/dimm_ce_count", 1);
+        let (sev, rule, rd) = verdict(&c.run(&at(r, t0 + 3 * min)).unwrap(), "mc0-dimm2");
+        assert_eq!(
+            (sev, rule.as_str(), rd["ce_window"].as_str()),
+            (Severity::Warning, "edac.ce-storm", "10")
+        );
+        assert_eq!(verdict(&c.run(&at(r, t0 + 3 * min)).unwrap(), "mc0-dimm0").0, Severity::Good);
+        // 24 h after the first delta it leaves the window: 6 remain
+        let (sev, _, rd) = verdict(&c.run(&at(r, t0 + min + CE_WINDOW_MS)).unwrap(), "mc0-dimm2");
+        assert_eq!((sev, rd["ce_window"].as_str()), (Severity::Good, "6"));
+        // a new UE is an ERROR at once
+        bump(r, "mc1/dimm0/dimm_ue_count", 1);
+        let (sev, rule, _) = verdict(&c.run(&at(r, t0 + CE_WINDOW_MS + 2 * min)).unwrap(), "mc1-dimm0");
+        assert_eq!((sev, rule.as_str()), (Severity::Error, "edac.ue"));
+    }
+
+    /// Without EDAC counters the kernel's CE lines are the count: the real lines of one post (4, 2 and 6
+    /// CEs on one DIMM) give INFO, then WARNING at 12 within a day, on the DIMM the kernel-log checker
+    /// names. The same lines on a host with counters are not counted.
+    #[test]
+    fn kernel_lines_count_only_without_counters() {
+        // https://github.com/openstreetmap/operations/issues/300 (syslog lines as posted)
+        let post = "May  7 06:45:12 errol kernel: [21584690.529877] EDAC MC0: 4 CE error on CPU#0Channel#2_DIMM#0 (channel:2 slot:0 page:0x0 offset:0x0 grain:8 syndrome:0x0)\n\
+                    May  7 06:45:13 errol kernel: [21584691.723198] EDAC MC0: 2 CE error on CPU#0Channel#2_DIMM#0 (channel:2 slot:0 page:0x0 offset:0x0 grain:8 syndrome:0x0)\n\
+                    May  7 06:45:17 errol kernel: [21584695.897483] EDAC MC0: 6 CE error on CPU#0Channel#2_DIMM#0 (channel:2 slot:0 page:0x0 offset:0x0 grain:8 syndrome:0x0)\n";
+        let lines: Vec<&str> = post.lines().map(|l| l.trim_start()).collect();
+        let none = tempfile::tempdir().unwrap();
+        let mut c = EdacChecker::default();
+        let f = kernel_findings(&format!("{}\n{}\n", lines[0], lines[1]), None);
+        let now = f.iter().map(|x| x.time_ms).max().unwrap() + 1000;
+        c.set_inputs(f);
+        let name = "mc0-cpu0channel2_dimm0";
+        let (sev, rule, rd) = verdict(&c.run(&at(none.path(), now)).unwrap(), name);
+        assert_eq!((sev, rule.as_str(), rd["ce_window"].as_str()), (Severity::Info, "edac.ce-lines", "6"));
+        assert_eq!(rd["source"], "kernel-log");
+        c.set_inputs(kernel_findings(&format!("{}\n", lines[2]), None));
+        let (sev, rule, rd) = verdict(&c.run(&at(none.path(), now + 5000)).unwrap(), name);
+        assert_eq!(
+            (sev, rule.as_str(), rd["ce_window"].as_str()),
+            (Severity::Warning, "edac.ce-storm", "12")
+        );
+        assert!(c.run(&at(none.path(), now + 6000)).unwrap().is_empty(), "no new lines, nothing to say");
+
+        // the same lines where the driver's counters exist: not counted (no finding about that DIMM)
+        let d = tempfile::tempdir().unwrap();
+        copy_tree(&documented_tree(), d.path());
+        let mut c = EdacChecker::default();
+        c.run(&at(d.path(), now)).unwrap();
+        c.set_inputs(kernel_findings(&lines.join("\n"), Some(d.path())));
+        let f = c.run(&at(d.path(), now + 60_000)).unwrap();
+        assert!(f.iter().all(|x| x.readings.get("source").map(String::as_str) == Some("sysfs")), "{f:?}");
+        assert!(f.iter().all(|x| x.severity == Severity::Good));
+    }
+
+    /// The kernel-log side: where sysfs has the DIMM a CE line names, the finding is on the sysfs DIMM
+    /// (`mc0-dimm2`, as this checker and the inventory name it) and stays INFO however many CEs the lines
+    /// add up to (this checker grades that rate from the counters); without sysfs the rule's own threshold
+    /// still applies (the tenth CE is WARNING).
+    #[test]
+    fn kernel_log_leaves_the_ce_rate_to_the_counters() {
+        let tsv = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/kernel-log/real-lines/lines.tsv"),
+        )
+        .unwrap();
+        // https://github.com/grondo/edac-utils/issues/10, from the shared real-line set
+        let line = tsv
+            .lines()
+            .find(|l| l.contains("1 CE memory read error on CPU_SrcID#0_Ha#0_Chan#2_DIMM#0"))
+            .and_then(|l| l.split('\t').nth(4))
+            .unwrap();
+        let ten = format!("{line}\n").repeat(10);
+        let with = kernel_findings(&ten, Some(&documented_tree()));
+        assert_eq!(with.len(), 10);
+        for f in &with {
+            assert_eq!(f.object.to_string(), "dimm/h1/mc0-dimm2");
+            assert_eq!(f.severity, Severity::Info);
+            assert_eq!(f.readings.get("graded_by").map(String::as_str), Some("edac"));
+            assert_eq!(
+                f.readings.get("logged_name").map(String::as_str),
+                Some("mc0-cpu_srcid0_ha0_chan2_dimm0")
+            );
+        }
+        let without = kernel_findings(&ten, None);
+        assert_eq!(without.last().map(|f| f.severity), Some(Severity::Warning));
+        assert_eq!(without[0].object.to_string(), "dimm/h1/mc0-cpu_srcid0_ha0_chan2_dimm0");
+    }
+
+    #[test]
+    fn ce_window_is_bounded_without_losing_errors() {
+        let mut w = CeWindow::default();
+        for i in 0..(MAX_CE_EVENTS as u64 + 10) {
+            w.add(i, 1);
+        }
+        assert_eq!(w.events.len(), MAX_CE_EVENTS);
+        assert_eq!(w.sum(MAX_CE_EVENTS as u64 + 10, u64::MAX / 2), MAX_CE_EVENTS as u64 + 10);
+        let mut c = EdacChecker::default();
+        for i in 0..MAX_DIMMS {
+            assert!(c.rate(&format!("d{i}"), 0, 1, 0).is_some());
+        }
+        assert_eq!(c.rate("one-more", 0, 1, 0), None, "no room for another DIMM");
+        c.set_inputs(vec![]);
+        assert!(c.lines.is_empty());
     }
 }

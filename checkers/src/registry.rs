@@ -134,12 +134,14 @@ pub struct HostConfig {
     pub machine: MachineConfig,
     /// Where the rasdaemon checker goes on (the agent's committed checkpoint; None: from the newest rows).
     pub rasdaemon_resume: Option<crate::rasdaemon::RasCursor>,
+    /// The SMART trend baselines the disk checker last checkpointed (None: every disk starts a baseline).
+    pub smart_trend_resume: Option<crate::scoring::trend::SmartTrend>,
 }
 
 /// The host checkers, in a fixed order.
 pub fn host_checkers(cfg: &HostConfig) -> Vec<Box<dyn Checker>> {
     vec![
-        Box::new(DiskChecker::new(cfg.disk.clone())),
+        Box::new(DiskChecker::resuming(cfg.disk.clone(), cfg.smart_trend_resume.clone().unwrap_or_default())),
         Box::new(EdacChecker::new(cfg.edac)),
         Box::new(NicChecker::new(cfg.nic.clone())),
         Box::new(MachineChecker::new(cfg.machine.clone())),
@@ -206,7 +208,11 @@ mod tests {
         assert_eq!(r.len(), 6);
         assert_eq!(r.info("raid1").map(|i| i.source), Some(Source::External));
         assert!(r.info("disk").is_some_and(|i| i.consumes_inputs));
-        assert!(r.info("edac").is_some_and(|i| !i.consumes_inputs));
+        assert!(
+            r.info("edac").is_some_and(|i| i.consumes_inputs),
+            "edac counts kernel CE lines without sysfs"
+        );
+        assert!(r.info("nic").is_some_and(|i| !i.consumes_inputs));
         assert_eq!(
             r.insert(Box::new(Named("disk".into())), Source::External),
             Err(RegistryError::Duplicate("disk".into()))

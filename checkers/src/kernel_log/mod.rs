@@ -367,6 +367,8 @@ fn open_kmsg_following(path: &Path) -> std::io::Result<(Box<dyn KmsgSource>, boo
 
 #[cfg(test)]
 mod fixture_tests;
+#[cfg(test)]
+mod rule_cases;
 
 #[cfg(test)]
 mod tests {

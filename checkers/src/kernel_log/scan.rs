@@ -459,8 +459,15 @@ impl Scanner {
             readings.insert("cause".into(), c.to_string());
         }
         readings.remove("rec");
+        // A weighted count (EDAC CEs) of a DIMM whose driver counters exist: the edac checker grades that
+        // rate from the counters, which count these same errors; counting the lines too would double them.
+        let counted_by_edac = rule.weight.is_some() && readings.contains_key("sysfs_ce_count");
         let mut severity = p.severity;
-        if let Some(th) = rule.threshold {
+        if counted_by_edac {
+            severity = rule.below_threshold.unwrap_or(Severity::Info);
+            readings.insert("graded_by".into(), "edac".into());
+        }
+        if let Some(th) = rule.threshold.filter(|_| !counted_by_edac) {
             let key = object.to_string();
             if !self.windows.hit_n(rule_idx, &key, th, self.now_log_ms, p.weight) {
                 match rule.below_threshold {
@@ -653,7 +660,13 @@ fn resolve_member(root: &std::path::Path, rule_kind: Kind, hit: &mut Hit) {
                 return;
             };
             if let Some((dir, ce, ue)) = sysfs::edac_dimm_counters(root, mc, label) {
-                hit.readings.insert("sysfs_dimm".into(), format!("mc{mc}/{dir}"));
+                // the DIMM as the edac checker and the inventory name it (`mc0-dimm2`, `mc0-csrow1-ch0`)
+                let (object, sysfs_dimm) =
+                    (format!("mc{mc}-{}", dir.replace('/', "-")), format!("mc{mc}/{dir}"));
+                if let Some(logged) = hit.name.replace(object) {
+                    hit.readings.insert("logged_name".into(), logged);
+                }
+                hit.readings.insert("sysfs_dimm".into(), sysfs_dimm);
                 hit.readings.insert("sysfs_ce_count".into(), ce.to_string());
                 if let Some(ue) = ue {
                     hit.readings.insert("sysfs_ue_count".into(), ue.to_string());

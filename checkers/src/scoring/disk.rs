@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use state_machines::{Finding, Kind, ObjectId, Severity};
 
+use super::trend::{SmartTrend, TREND_CHECKPOINT_KEY};
 use super::{DiskEvidence, Profile, Reading, peer_latency_ratios, score};
 use crate::diskstats::{self, DStateSample, DiskCounters};
 use crate::probe;
 use crate::smart::{ProbeProblem, ScanDevice, SmartProbe, SmartReport};
-use crate::{CheckContext, CheckError, Checker};
+use crate::{CheckContext, CheckError, Checker, Checkpoint};
 
 pub const NAME: &str = "disk";
 pub const VERSION: &str = "1.0.0";
@@ -64,14 +65,12 @@ pub struct DiskChecker {
     /// identity changed (a replaced disk must not be graded by its predecessor's SMART data).
     smart_cache: Option<(u64, BTreeMap<String, String>, Vec<SmartReport>)>,
     kernel: Vec<Finding>,
-    /// Per disk: (serial, UDMA CRC count, NVMe error-log entries) when first seen with that serial: the
-    /// baseline of the trend readings (`smart.udma_crc_rise`, `nvme.error_log_rise`). At most
-    /// [`MAX_SLOTS`] disks; a new serial in a slot starts a new baseline.
-    trend: BTreeMap<String, TrendBase>,
+    /// Per disk: serial, UDMA CRC count and NVMe error-log entries when first seen with that serial: the
+    /// baseline of the trend readings (`smart.udma_crc_rise`, `nvme.error_log_rise`). Bounded
+    /// ([`super::trend::MAX_TREND_DISKS`]); a new serial in a slot starts a new baseline. Handed out as this
+    /// checker's checkpoint when it changes, so a restart keeps it (see [`super::trend`]).
+    trend: SmartTrend,
 }
-
-/// Serial, UDMA CRC count and NVMe error-log entries of a disk when first seen (see `DiskChecker::trend`).
-type TrendBase = (Option<String>, Option<u128>, Option<u128>);
 
 /// Longest identity (serial/wwid) read per slot.
 const MAX_IDENTITY: usize = 256;
@@ -101,8 +100,13 @@ pub fn slot_identities(root: &std::path::Path) -> BTreeMap<String, String> {
 
 impl DiskChecker {
     pub fn new(cfg: DiskConfig) -> Self {
+        DiskChecker::resuming(cfg, SmartTrend::default())
+    }
+
+    /// A checker that goes on with the SMART trend baselines a previous run checkpointed.
+    pub fn resuming(cfg: DiskConfig, trend: SmartTrend) -> Self {
         let probe = cfg.smartctl.clone().map(|p| SmartProbe::new(p, cfg.smart_timeout));
-        DiskChecker { cfg, probe, prev: None, smart_cache: None, kernel: Vec::new(), trend: BTreeMap::new() }
+        DiskChecker { cfg, probe, prev: None, smart_cache: None, kernel: Vec::new(), trend }
     }
 
     /// Hand over the kernel-log checker's findings since the last run (consumed by the next run).
@@ -246,6 +250,12 @@ impl Checker for DiskChecker {
     fn set_inputs(&mut self, findings: Vec<Finding>) {
         self.set_kernel_findings(findings);
     }
+    /// The SMART trend baselines, when a run changed them (a new disk or serial).
+    fn take_checkpoint(&mut self) -> Option<Checkpoint> {
+        self.trend
+            .take_changed()
+            .then(|| Checkpoint { key: TREND_CHECKPOINT_KEY.to_string(), value: self.trend.encode() })
+    }
     fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
         let profile = Profile::load(&ctx.profile, self.cfg.profile_dir.as_deref())
             .map_err(|e| CheckError::Config(e.to_string()))?;
@@ -280,17 +290,13 @@ impl Checker for DiskChecker {
             // link that is failing now, not one that failed once.
             let crc = r.attribute(199).and_then(|a| a.raw).map(|v| v & 0xffff_ffff);
             let errlog = r.nvme.as_ref().and_then(|n| n.num_err_log_entries);
-            if !self.trend.contains_key(name) && self.trend.len() >= MAX_SLOTS {
+            let Some(base) = self.trend.observe(name, r.serial.as_deref(), crc, errlog) else {
                 continue;
-            }
-            let base = self.trend.entry(name.clone()).or_insert((r.serial.clone(), crc, errlog));
-            if base.0 != r.serial {
-                *base = (r.serial.clone(), crc, errlog);
-            }
-            if let (Some(now), Some(then)) = (crc, base.1) {
+            };
+            if let (Some(now), Some(then)) = (crc, base.udma_crc) {
                 e.set(Reading::UdmaCrcRise, now.saturating_sub(then) as f64);
             }
-            if let (Some(now), Some(then)) = (errlog, base.2) {
+            if let (Some(now), Some(then)) = (errlog, base.nvme_error_log) {
                 e.set(Reading::NvmeErrorLogRise, now.saturating_sub(then) as f64);
             }
         }
@@ -483,6 +489,92 @@ mod tests {
         let (sev, r) = grade(&c.run(&ctx(d.path(), 2)).unwrap());
         assert_eq!(sev, Severity::Warning, "{r:?}");
         assert!(r.contains_key("item:smart.udma-crc-rising"), "{r:?}");
+    }
+
+    /// A fake smartctl: `--scan-open` prints `scan`, anything else prints the (changeable) `report`.
+    fn fake_smartctl(bin: &Path, scan: &Path, report: &Path) -> PathBuf {
+        let body = format!(
+            "case \"$*\" in *--scan-open*) cat {};; *) cat {};; esac",
+            scan.display(),
+            report.display()
+        );
+        let script = bin.join("smartctl");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    /// The trend baselines go out as a checkpoint and come back after a restart: a CRC count (ATA 199)
+    /// and NVMe error-log entries that rose across the restart still grade as rising; a fresh checker
+    /// (no checkpoint) would take the risen count as its baseline.
+    #[test]
+    fn smart_trends_survive_a_restart() {
+        let d = tree();
+        let bin = tempfile::tempdir().unwrap();
+        let report = bin.path().join("report.json");
+        let set = |doc: &mut serde_json::Value, path: &[&str], id: Option<u64>, v: u64| {
+            let mut x = &mut *doc;
+            for p in path {
+                x = &mut x[*p];
+            }
+            match id {
+                Some(id) => {
+                    let t = x.as_array_mut().unwrap();
+                    t.iter_mut().find(|a| a["id"] == id).unwrap()["raw"]["value"] = v.into();
+                }
+                None => *x = v.into(),
+            }
+            std::fs::write(&report, serde_json::to_vec(doc).unwrap()).unwrap();
+        };
+        let grade = |f: &[Finding], name: &str| {
+            f.iter()
+                .find(|x| x.object.to_string() == format!("disk/h1/{name}"))
+                .map(|x| (x.severity, x.readings.clone()))
+                .unwrap()
+        };
+        let cfg = |script: PathBuf| DiskConfig {
+            smartctl: Some(script),
+            smart_interval: Duration::ZERO,
+            ..DiskConfig::default()
+        };
+        let restart = |c: &mut DiskChecker, script: &Path| {
+            let cp = c.take_checkpoint().expect("a new baseline is checkpointed");
+            assert_eq!(cp.key, TREND_CHECKPOINT_KEY);
+            assert_eq!(c.take_checkpoint(), None, "taken once, until the baselines change again");
+            DiskChecker::resuming(cfg(script.to_path_buf()), SmartTrend::decode(&cp.value).unwrap())
+        };
+
+        // ATA: 12 CRC errors when first seen, 15 after the restart
+        let script = fake_smartctl(bin.path(), &testdata("smart/scan/smartctl_scan_simple.json"), &report);
+        let src = testdata("smart/smartctl-exporter/HGST_HUS724020ALE640_28.json");
+        let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&src).unwrap()).unwrap();
+        let attrs = ["ata_smart_attributes", "table"];
+        set(&mut doc, &attrs, Some(199), 12);
+        let mut c = DiskChecker::new(cfg(script.clone()));
+        assert_eq!(grade(&c.run(&ctx(d.path(), 1)).unwrap(), "sda").0, Severity::Good);
+        let mut c = restart(&mut c, &script);
+        set(&mut doc, &attrs, Some(199), 15);
+        let (sev, r) = grade(&c.run(&ctx(d.path(), 2)).unwrap(), "sda");
+        assert_eq!(sev, Severity::Warning, "{r:?}");
+        assert!(r.contains_key("item:smart.udma-crc-rising"), "{r:?}");
+        assert_eq!(c.take_checkpoint(), None, "same disks, same baselines: nothing to commit");
+        let (sev, _) = grade(&DiskChecker::new(cfg(script.clone())).run(&ctx(d.path(), 3)).unwrap(), "sda");
+        assert_eq!(sev, Severity::Good, "without the checkpoint the rise is invisible");
+
+        // NVMe: 62 error-log entries when first seen, 70 after the restart
+        let script = fake_smartctl(bin.path(), &testdata("smart/scan/smartctl_scan_nvme.json"), &report);
+        let src = testdata("smart/smart-prom-next/nvme_xall.json");
+        let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&src).unwrap()).unwrap();
+        let log = ["nvme_smart_health_information_log", "num_err_log_entries"];
+        set(&mut doc, &log, None, 62);
+        let mut c = DiskChecker::new(cfg(script.clone()));
+        let (_, r) = grade(&c.run(&ctx(d.path(), 1)).unwrap(), "nvme0n1");
+        assert!(!r.contains_key("item:nvme.error-log-rising"), "{r:?}");
+        let mut c = restart(&mut c, &script);
+        set(&mut doc, &log, None, 70);
+        let (_, r) = grade(&c.run(&ctx(d.path(), 2)).unwrap(), "nvme0n1");
+        assert!(r.contains_key("item:nvme.error-log-rising"), "{r:?}");
     }
 
     #[test]
