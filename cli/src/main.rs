@@ -5,6 +5,7 @@ mod agent_cmd;
 mod bench_agent;
 mod bench_e2e;
 mod bench_master;
+mod bench_rollout;
 mod context;
 mod dev_cmd;
 mod fsm_cmd;
@@ -106,6 +107,8 @@ enum BenchCmd {
     Agent(bench_agent::BenchAgentArgs),
     /// Kernel fault line -> SDK subscriber latency through a real agent and 3-node master.
     E2e(bench_e2e::BenchE2eArgs),
+    /// A checker release reaching N simulated agents through a real 3-node master (issue 15).
+    Rollout(bench_rollout::BenchRolloutArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -137,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Master(a)) => bench_master::run(a),
         Cmd::Bench(BenchCmd::Agent(a)) => bench_agent::run(a),
         Cmd::Bench(BenchCmd::E2e(a)) => bench_e2e::run(a),
+        Cmd::Bench(BenchCmd::Rollout(a)) => bench_rollout::run(a),
     }
 }
 
