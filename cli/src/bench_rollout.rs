@@ -368,9 +368,11 @@ async fn agent_loop(
                     }
                 }
                 if reports_target {
-                    let at = shared.since_origin_ms().max(1.0) as u64;
-                    let _ =
-                        shared.reported[idx].compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
+                    // Only this agent's task writes its slot: keep the first acknowledged report.
+                    if shared.reported[idx].load(Ordering::Relaxed) == 0 {
+                        let at = shared.since_origin_ms().max(1.0) as u64;
+                        shared.reported[idx].store(at, Ordering::Relaxed);
+                    }
                 }
                 if resp.assignment_included {
                     sim.assignment = resp.assignment;
