@@ -601,6 +601,12 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
     tokio::time::sleep(Duration::from_secs(a.baseline_seconds)).await;
     let base_end = sample(pid)?;
     let base_to = shared.since_origin_ms();
+    let base: Vec<f64> = {
+        let hb = shared.heartbeats.lock().await;
+        hb.iter().filter(|(s, _)| *s >= base_from && *s < base_to).map(|x| x.1).collect()
+    };
+    println!("{}", latency_line("before (baseline)", &base));
+    println!("leader CPU in the baseline: {:.1}% of a core", cpu_pct(&base_start, &base_end));
 
     // Push the artifact and start the rollout to every host.
     let content = artifact(a.artifact_bytes, seed);
@@ -710,7 +716,6 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         a.agents
     );
     let hb = shared.heartbeats.lock().await;
-    let base: Vec<f64> = hb.iter().filter(|(s, _)| *s >= base_from && *s < base_to).map(|x| x.1).collect();
     let during: Vec<f64> = hb.iter().filter(|(s, _)| *s >= roll_from && *s <= roll_to).map(|x| x.1).collect();
     println!("{}", latency_line("before (baseline)", &base));
     println!("{}", latency_line("during the rollout", &during));
