@@ -172,6 +172,9 @@ pub struct ReporterConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Runs the actions the master hands out with heartbeats (None: this agent runs no actions).
     pub executor: Option<Arc<crate::executor::Executor>>,
+    /// The checker catalog: its assignment hash and runs table go with every heartbeat, and the reply's
+    /// assignment is handed to it (None: this agent follows no assignment).
+    pub catalog: Option<Arc<crate::catalog::Catalog>>,
     /// Re-read the inventory this often and register again when it changed (a replaced disk shows up as a
     /// new serial in its slot); `root` is where the probes read /sys.
     pub inventory_every: Duration,
@@ -386,11 +389,22 @@ async fn heartbeat(
         checkers: cfg.checkers.clone().into_iter().collect(),
         outbox_entries: depth.entries,
         outbox_dropped: depth.dropped.iter().sum(),
-        runs: Vec::new(),
-        assignment_hash: String::new(),
+        runs: cfg.catalog.as_ref().map(|c| c.runs_wire()).unwrap_or_default(),
+        assignment_hash: cfg.catalog.as_ref().map(|c| c.hash()).unwrap_or_default(),
     };
     let resp =
         client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map_err(rpc("heartbeat"))?;
+    if let Some(catalog) = &cfg.catalog
+        && resp.assignment_included
+    {
+        let (c, hash, entries) = (Arc::clone(catalog), resp.assignment_hash.clone(), resp.assignment.clone());
+        // A refused assignment changes nothing (the agent keeps what it runs); the master resends it.
+        match tokio::task::spawn_blocking(move || c.offer(&hash, &entries)).await? {
+            Ok(true) => tracing::info!(hash = resp.assignment_hash, "new checker assignment"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "checker assignment refused"),
+        }
+    }
     if let Some(ex) = &cfg.executor {
         ex.accept(&resp.actions, crate::scheduler::now_ms());
     }
