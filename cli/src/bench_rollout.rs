@@ -64,6 +64,11 @@ const MAX_SAMPLES: usize = 2_000_000;
 const MAX_ERRORS_KEPT: usize = 10;
 /// gRPC message limit of the benchmark's connections (as proto::client::MAX_MESSAGE).
 const MAX_MESSAGE: usize = 16 << 20;
+/// Successful heartbeats every agent has made before the baseline starts: the first one of an agent is
+/// its liveness change (a Raft write), and connections warm up; the baseline measures the steady state.
+const WARMUP_HEARTBEATS: u64 = 2;
+/// How long the warm-up may take before the benchmark gives up.
+const WARMUP_DEADLINE: Duration = Duration::from_secs(120);
 /// The name of the artifact the benchmark pushes.
 const ARTIFACT: &str = "bench-rollout";
 
@@ -241,8 +246,14 @@ struct Shared {
     /// Per agent: ms since the origin of the first acknowledged heartbeat reporting the benchmark's version
     /// as running (0: not yet).
     reported: Vec<AtomicU64>,
+    /// Bytes and fetches of the benchmark's artifact.
     fetched_bytes: AtomicU64,
     fetches: AtomicU64,
+    /// Bytes and fetches of every other assigned artifact (the seeded rule set and profiles).
+    other_bytes: AtomicU64,
+    other_fetches: AtomicU64,
+    /// Per agent: successful heartbeats so far.
+    beats: Vec<AtomicU64>,
     errors: AtomicU64,
     kept_errors: Mutex<Vec<String>>,
     fetch_slots: Semaphore,
@@ -361,6 +372,7 @@ async fn agent_loop(
             Ok(Ok(resp)) => {
                 let resp = resp.into_inner();
                 let lat = t.elapsed().as_secs_f64() * 1000.0;
+                shared.beats[idx].fetch_add(1, Ordering::Relaxed);
                 {
                     let mut hb = shared.heartbeats.lock().await;
                     if hb.len() < MAX_SAMPLES {
@@ -403,8 +415,13 @@ async fn agent_loop(
                     .await;
                     match fetched {
                         Ok(bytes) => {
-                            shared.fetched_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                            shared.fetches.fetch_add(1, Ordering::Relaxed);
+                            let (b, n) = if a.name == ARTIFACT {
+                                (&shared.fetched_bytes, &shared.fetches)
+                            } else {
+                                (&shared.other_bytes, &shared.other_fetches)
+                            };
+                            b.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                            n.fetch_add(1, Ordering::Relaxed);
                             sim.record(&a, "running", String::new());
                         }
                         Err(e @ FetchError::Unverified { .. }) => {
@@ -565,6 +582,9 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         reported: (0..a.agents).map(|_| AtomicU64::new(0)).collect(),
         fetched_bytes: AtomicU64::new(0),
         fetches: AtomicU64::new(0),
+        other_bytes: AtomicU64::new(0),
+        other_fetches: AtomicU64::new(0),
+        beats: (0..a.agents).map(|_| AtomicU64::new(0)).collect(),
         errors: AtomicU64::new(0),
         kept_errors: Mutex::new(Vec::new()),
         fetch_slots: Semaphore::new(MAX_FETCHES_IN_FLIGHT),
@@ -595,6 +615,25 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         )));
     }
 
+    // Warm-up: every agent heartbeats a few times (and fetches the seeded artifacts it is assigned).
+    let t = Instant::now();
+    while shared.beats.iter().any(|b| b.load(Ordering::Relaxed) < WARMUP_HEARTBEATS) {
+        if t.elapsed() > WARMUP_DEADLINE {
+            shared.stop.store(true, Ordering::Relaxed);
+            bail!(
+                "agents did not make {WARMUP_HEARTBEATS} heartbeats each within {WARMUP_DEADLINE:?} ({} errors: {:?})",
+                shared.errors.load(Ordering::Relaxed),
+                shared.kept_errors.lock().await
+            );
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
+    println!(
+        "warm-up: every agent made {WARMUP_HEARTBEATS} heartbeats in {:.1} s ({} seeded artifacts fetched, {} bytes)",
+        t.elapsed().as_secs_f64(),
+        shared.other_fetches.load(Ordering::Relaxed),
+        shared.other_bytes.load(Ordering::Relaxed)
+    );
     // Baseline: heartbeats alone.
     let base_start = sample(pid)?;
     let base_from = shared.since_origin_ms();
@@ -728,11 +767,13 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         roll_end.ticks.saturating_sub(roll_start.ticks) as f64 / clock_ticks()
     );
     println!(
-        "bytes: {} artifact bytes fetched by agents ({} fetches, counted client-side, {:.1} MiB); leader wchar \
-         during the rollout {}",
+        "bytes: {} bytes of {ARTIFACT} fetched by agents ({} fetches, counted client-side, {:.1} MiB; plus {} \
+         bytes of seeded artifacts in {} fetches over the whole run); leader wchar during the rollout {}",
         fetched,
         shared.fetches.load(Ordering::Relaxed),
         fetched as f64 / (1 << 20) as f64,
+        shared.other_bytes.load(Ordering::Relaxed),
+        shared.other_fetches.load(Ordering::Relaxed),
         written.map_or("unreadable".to_string(), |w| format!(
             "{w} bytes ({:.1} MiB)",
             w as f64 / (1 << 20) as f64

@@ -214,14 +214,8 @@ fn disk_script(severity: &str, rule: &str, tag: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn push(
-    c: &mut Client,
-    name: &str,
-    version: &str,
-    kind: &str,
-    content: Vec<u8>,
-) -> api::PushArtifactResponse {
-    let req = api::PushArtifactRequest {
+fn push_request(name: &str, version: &str, kind: &str, content: Vec<u8>) -> api::PushArtifactRequest {
+    api::PushArtifactRequest {
         name: name.into(),
         version: version.into(),
         r#type: kind.into(),
@@ -237,7 +231,17 @@ async fn push(
             max_cpu_ms: 5_000,
         }),
         by: "catalog-test".into(),
-    };
+    }
+}
+
+async fn push(
+    c: &mut Client,
+    name: &str,
+    version: &str,
+    kind: &str,
+    content: Vec<u8>,
+) -> api::PushArtifactResponse {
+    let req = push_request(name, version, kind, content);
     c.call(req, |mut c, r| async move { c.push_artifact(r).await })
         .await
         .unwrap_or_else(|e| panic!("push {name}@{version}: {e:?}"))
@@ -358,51 +362,50 @@ async fn rest(cluster: &LocalCluster, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
 }
 
-/// Per host: the assignment hash its agent holds (REST /api/v1/agents, the leader's memory of the last
-/// heartbeat) and the version of `name` it runs (gRPC ListAgents).
-async fn assignments(
-    cluster: &LocalCluster,
-    c: &mut Client,
-    name: &str,
-) -> BTreeMap<String, (String, String)> {
+/// Per host: the assignment hash its agent holds and the version of `name` it runs (not shadow), from the
+/// leader's memory of each agent's last heartbeat (REST /api/v1/agents: `assignment_hash`, `runs`).
+async fn assignments(cluster: &LocalCluster, name: &str) -> BTreeMap<String, (String, String)> {
     let agents = rest(cluster, "/api/v1/agents").await;
-    let mut hashes = BTreeMap::new();
-    collect_hashes(&agents, &mut hashes);
-    list_agents(c)
-        .await
-        .into_iter()
-        .map(|a| {
-            let h = hashes.get(&a.host).cloned().unwrap_or_default();
-            (a.host.clone(), (h, a.checkers.get(name).cloned().unwrap_or_default()))
-        })
-        .collect()
+    let mut out = BTreeMap::new();
+    collect_agents(&agents, name, &mut out);
+    out
 }
 
 /// Every JSON object with a `host` and an `assignment_hash` at any depth (the REST view may nest the
-/// heartbeat part).
-fn collect_hashes(v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+/// heartbeat part): host -> (hash, running version of `name`).
+fn collect_agents(v: &serde_json::Value, name: &str, out: &mut BTreeMap<String, (String, String)>) {
     match v {
         serde_json::Value::Object(m) => {
-            if let (Some(h), Some(a)) = (m.get("host").and_then(|x| x.as_str()), find_hash(v)) {
-                out.insert(h.to_string(), a);
+            if let (Some(h), Some(a)) =
+                (m.get("host").and_then(|x| x.as_str()), find_key(v, "assignment_hash"))
+            {
+                let runs = find_key(v, "runs").unwrap_or_default();
+                let version = runs
+                    .as_array()
+                    .and_then(|rs| {
+                        rs.iter()
+                            .find(|r| r["name"] == name && r["status"] == "running" && r["shadow"] != true)
+                    })
+                    .and_then(|r| r["version"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                out.insert(h.to_string(), (a.as_str().unwrap_or_default().to_string(), version));
                 return;
             }
             for x in m.values() {
-                collect_hashes(x, out);
+                collect_agents(x, name, out);
             }
         }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_hashes(x, out)),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_agents(x, name, out)),
         _ => {}
     }
 }
 
-fn find_hash(v: &serde_json::Value) -> Option<String> {
+fn find_key(v: &serde_json::Value, key: &str) -> Option<serde_json::Value> {
     match v {
-        serde_json::Value::Object(m) => m
-            .get("assignment_hash")
-            .and_then(|x| x.as_str())
-            .map(str::to_string)
-            .or_else(|| m.values().find_map(find_hash)),
+        serde_json::Value::Object(m) => {
+            m.get(key).cloned().or_else(|| m.values().find_map(|x| find_key(x, key)))
+        }
         _ => None,
     }
 }
@@ -458,20 +461,17 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
     assert!(!pushed.duplicate);
     // The same bytes again: a no-op; other bytes under the same NAME@VERSION: CONFLICT, nothing changes.
     assert!(push(&mut c, PROBE, "1", "external", v1.clone()).await.duplicate, "re-push of the same bytes");
-    let other = api::PushArtifactRequest {
-        name: PROBE.into(),
-        version: "1".into(),
-        r#type: "external".into(),
-        content: disk_script("GOOD", "probe.ok", "other bytes"),
-        by: "catalog-test".into(),
-        ..Default::default()
-    };
+    let other = push_request(PROBE, "1", "external", disk_script("GOOD", "probe.ok", "other bytes"));
     let e = c.call(other, |mut c, r| async move { c.push_artifact(r).await }).await.unwrap_err();
     assert_eq!(e.code, proto::error::Code::Conflict, "{e:?}");
 
     // 10%: a deterministic subset of hosts runs v1 within 3 heartbeats.
     let t = Instant::now();
-    cli_ok(&bin, &masters, &["rollout", "start", "probe@1", "--percent", "10"]);
+    cli_ok(
+        &bin,
+        &masters,
+        &["rollout", "start", "probe@1", "--percent", "10", "--reason", "probe v1 canary"],
+    );
     let took = wait_count(&mut c, PROBE, "1", false, t, "10% of hosts run probe@1", |v| {
         v.assigned > 0 && v.running == v.assigned
     })
@@ -484,7 +484,7 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
     assert_within_3_heartbeats("10% of hosts running probe@1", took);
 
     // Master failover during the rollout changes no assignment: the same hosts, the same assignment hash.
-    let before = assignments(&cluster, &mut c, PROBE).await;
+    let before = assignments(&cluster, PROBE).await;
     assert_eq!(before.len(), AGENTS, "{before:?}");
     assert_eq!(
         before.values().filter(|(_, v)| v == "1").count() as u64,
@@ -504,12 +504,16 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
     // For 3 heartbeats after every agent reached the new leader, every host keeps its assignment.
     let watch_until = Instant::now() + HEARTBEAT * 3;
     while Instant::now() < watch_until {
-        let now = assignments(&cluster, &mut c, PROBE).await;
+        let now = assignments(&cluster, PROBE).await;
         assert_eq!(now, before, "an assignment changed after the failover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(count(&rollout_status(&mut c, PROBE).await, PROBE, "1", false).assigned, at_10.assigned);
     cluster.spawn(old, false).unwrap();
+    // The restarted member catches up before the next step, so the steps after it measure the rollout.
+    let commit = cluster.info(new).await.map(|i| i.commit_index).unwrap_or(0);
+    assert!(cluster.wait_applied(old, commit, READY_TIMEOUT).await, "node {old} did not catch up");
+    assert_eq!(cluster.wait_leader(READY_TIMEOUT).await, Some(new), "the leader stays {new}");
 
     // 100%: every host within 3 heartbeats; widening keeps the first 10%.
     let t = Instant::now();
@@ -523,7 +527,7 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
     })
     .await;
     assert_within_3_heartbeats("100% of hosts running probe@1", took);
-    let after = assignments(&cluster, &mut c, PROBE).await;
+    let after = assignments(&cluster, PROBE).await;
     for (host, (_, v)) in &before {
         if v == "1" {
             assert_eq!(after[host].1, "1", "{host} ran v1 at 10% and must keep it");
@@ -547,7 +551,11 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
     // and the master pauses it by itself.
     let v2 = disk_script("ERROR", "probe.bad", "probe v2");
     push(&mut c, PROBE, "2", "external", v2.clone()).await;
-    cli_ok(&bin, &masters, &["rollout", "start", "probe@2", "--percent", "20", "--shadow"]);
+    cli_ok(
+        &bin,
+        &masters,
+        &["rollout", "start", "probe@2", "--percent", "20", "--shadow", "--reason", "probe v2 shadow canary"],
+    );
     let deadline = Instant::now() + WAIT;
     let stopped = loop {
         let s = rollout_status(&mut c, PROBE).await;
@@ -608,9 +616,26 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
     );
 
     // v3: the same bad script without shadow. The checker-version spike detector latches its scope and the
-    // rollout pauses.
+    // rollout pauses. The scenario isolates that quota: the cluster and rack quotas are removed (they would
+    // hold the release's transitions first and put those scopes in manual drive, where nothing reaches the
+    // spike detector; that net is tested with the safety drills), the spike rule keeps its defaults.
+    let open = api::SetQuotasRequest {
+        quotas: Vec::new(),
+        by: "catalog-test".into(),
+        reason: "isolate the checker-version spike detector".into(),
+        config_json: serde_json::to_string(&master::safety::SafetyConfig {
+            quotas: Vec::new(),
+            ..Default::default()
+        })
+        .unwrap(),
+    };
+    c.call(open, |mut c, r| async move { c.set_quotas(r).await }).await.expect("set quotas");
     push(&mut c, PROBE, "3", "external", disk_script("ERROR", "probe.bad", "probe v3")).await;
-    cli_ok(&bin, &masters, &["rollout", "start", "probe@3", "--percent", "20"]);
+    cli_ok(
+        &bin,
+        &masters,
+        &["rollout", "start", "probe@3", "--percent", "20", "--reason", "probe v3 canary"],
+    );
     let canary = count(&rollout_status(&mut c, PROBE).await, PROBE, "3", false).assigned;
     assert!(canary >= 2, "20% of {AGENTS} hosts: {canary}");
     let deadline = Instant::now() + WAIT;
@@ -634,6 +659,9 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The paused canary hosts still run v3 (a pause freezes a rollout where it runs).
+    let on_v3 = assignments(&cluster, PROBE).await.values().filter(|(_, v)| v == "3").count() as u64;
+    assert_eq!(on_v3, canary, "the canary hosts run probe@3 before the rollback");
     // Rollback: every canary host back to v1 within 3 heartbeats.
     let t = Instant::now();
     cli_ok(&bin, &masters, &["rollout", "rollback", "probe@3", "--reason", "avalanche by release"]);
@@ -641,8 +669,19 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
         v.running == AGENTS as u64
     })
     .await;
-    assert_within_3_heartbeats("rollback of probe@3 to probe@1", took);
+    assert_within_3_heartbeats("rollback of probe@3 to probe@1 (master's count)", took);
     assert_eq!(count(&rollout_status(&mut c, PROBE).await, PROBE, "3", false).running, 0);
+    // And every host's own last heartbeat says it runs v1 (the canary hosts switched back).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let a = assignments(&cluster, PROBE).await;
+        if a.len() == AGENTS && a.values().all(|(_, v)| v == "1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every host reports probe@1 after the rollback: {a:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_within_3_heartbeats("rollback of probe@3 to probe@1 (every host's heartbeat)", t.elapsed());
 
     // A tampered artifact file on one agent: refused at the next run and reported, never run.
     let victim = &agents[3];
@@ -668,8 +707,23 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
     })
     .await;
     assert!(reported, "no checker.unverified finding about {id}; agent log:\n{}", agent_log(victim));
-    let s = rollout_status(&mut c, PROBE).await;
-    assert!(count(&s, PROBE, "1", false).failed_verify >= 1, "the distribution counts the refusal: {s:#?}");
+    // The agent deletes the altered copy, fetches the artifact again and runs the verified bytes.
+    let healed = wait_until(WAIT, || {
+        let (dir, sha, host) = (victim.dir.join("agent-data"), v1_sha.clone(), victim.host.clone());
+        let cluster = &cluster;
+        async move {
+            let mut again = Vec::new();
+            files_with_sha(&dir, &sha, &mut again);
+            !again.is_empty() && assignments(cluster, PROBE).await.get(&host).is_some_and(|(_, v)| v == "1")
+        }
+    })
+    .await;
+    assert!(
+        healed,
+        "{} did not fetch probe@1 again after the refusal; log:\n{}",
+        victim.host,
+        agent_log(victim)
+    );
     // The agent process survived all of it.
     for a in &agents {
         let mut p = std::process::Command::new("kill");
@@ -740,7 +794,11 @@ async fn rule_set_hot_reload_keeps_the_kmsg_cursor() {
     );
     push(&mut c, "kernel-log", "2", "rules", rules.into_bytes()).await;
     let t = Instant::now();
-    cli_ok(&bin, &masters, &["rollout", "start", "kernel-log@2", "--hosts", "rules-1"]);
+    cli_ok(
+        &bin,
+        &masters,
+        &["rollout", "start", "kernel-log@2", "--hosts", "rules-1", "--reason", "widget rule"],
+    );
     let took =
         wait_count(&mut c, "kernel-log", "2", false, t, "rules-1 runs kernel-log@2", |v| v.running == 1)
             .await;
