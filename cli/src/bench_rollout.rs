@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -277,6 +277,44 @@ impl Shared {
     }
 }
 
+/// The connections to every master node (`connections` each) and which node the fleet believes leads:
+/// heartbeats must reach the leader, so a NOT_LEADER answer moves every agent to the leader it names (or,
+/// when the node knows none yet, to the next node).
+struct Fleet {
+    nodes: Vec<String>,
+    pools: Vec<Vec<MasterClient<Channel>>>,
+    leader: AtomicUsize,
+}
+
+impl Fleet {
+    fn client(&self, k: usize) -> (usize, MasterClient<Channel>) {
+        let node = self.leader.load(Ordering::Relaxed) % self.pools.len();
+        let pool = &self.pools[node];
+        (node, pool[k % pool.len()].clone())
+    }
+
+    /// A call to `node` failed with `status`: on NOT_LEADER follow the named leader, else try the next
+    /// node. Only the first agent to notice moves the fleet (compare-and-swap from the node it used).
+    fn not_leader(&self, node: usize, status: &tonic::Status) {
+        let e = proto::error::ApiError::from(status.clone());
+        if e.code != proto::error::Code::NotLeader {
+            return;
+        }
+        let next = e
+            .leader
+            .as_deref()
+            .and_then(|l| self.nodes.iter().position(|n| n == l))
+            .unwrap_or((node + 1) % self.nodes.len());
+        let moved = self.leader.compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed);
+        if moved.is_ok() && next != node {
+            eprintln!(
+                "fleet: leader moved from {} to {} ({})",
+                self.nodes[node], self.nodes[next], e.message
+            );
+        }
+    }
+}
+
 /// One simulated agent: what it holds between heartbeats.
 struct Sim {
     agent: String,
@@ -352,7 +390,7 @@ struct Pace {
 async fn agent_loop(
     idx: usize,
     mut sim: Sim,
-    mut client: MasterClient<Channel>,
+    fleet: Arc<Fleet>,
     shared: Arc<Shared>,
     mut rng: Rng,
     pace: Pace,
@@ -368,6 +406,7 @@ async fn agent_loop(
         };
         let sent = shared.since_origin_ms();
         let t = Instant::now();
+        let (node, mut client) = fleet.client(idx);
         match tokio::time::timeout(CALL_TIMEOUT, client.heartbeat(req)).await {
             Ok(Ok(resp)) => {
                 let resp = resp.into_inner();
@@ -435,6 +474,7 @@ async fn agent_loop(
                 }
             }
             Ok(Err(s)) => {
+                fleet.not_leader(node, &s);
                 shared.error(format!("{}: heartbeat: {:?}: {}", sim.agent, s.code(), s.message())).await
             }
             Err(_) => {
@@ -538,10 +578,20 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
     let addr = cluster.nodes[&leader].grpc.clone();
     println!("cluster: 3 nodes (fsync), leader {leader} (pid {pid}) at {addr}");
 
-    let mut clients = Vec::new();
-    for _ in 0..a.connections {
-        clients.push(connect(&addr).await?);
+    let nodes: Vec<(u64, String)> = cluster.nodes.iter().map(|(id, n)| (*id, n.grpc.clone())).collect();
+    let mut pools = Vec::new();
+    for (_, node) in &nodes {
+        let mut pool = Vec::new();
+        for _ in 0..a.connections {
+            pool.push(connect(node).await?);
+        }
+        pools.push(pool);
     }
+    let fleet = Arc::new(Fleet {
+        nodes: nodes.iter().map(|(_, a)| a.clone()).collect(),
+        pools,
+        leader: AtomicUsize::new(nodes.iter().position(|(id, _)| *id == leader).unwrap_or(0)),
+    });
 
     // Inventory: every simulated host registers its machine object with labels.
     let t = Instant::now();
@@ -550,7 +600,7 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
     let slots = Arc::new(Semaphore::new(REGISTER_CONCURRENCY));
     let mut regs = Vec::new();
     for (i, (agent, host)) in hosts.iter().enumerate() {
-        let mut c = clients[i % clients.len()].clone();
+        let (_, mut c) = fleet.client(i);
         let slots = slots.clone();
         let req = api::RegisterRequest {
             agent: agent.clone(),
@@ -608,7 +658,7 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         tasks.push(tokio::spawn(agent_loop(
             i,
             sim,
-            clients[i % clients.len()].clone(),
+            fleet.clone(),
             shared.clone(),
             Rng(seeder.next_u64()),
             pace,
@@ -651,7 +701,9 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
     let content = artifact(a.artifact_bytes, seed);
     let sha = sha256_hex(&content);
     let version = format!("1.0.{}", seed % 1000);
-    let mut op = clients[0].clone();
+    // Operator calls follow the leader (proto::client), with room for a 1 MiB push under load.
+    let mut op = cluster.client();
+    op.call_timeout = CALL_TIMEOUT * 6;
     let push = api::PushArtifactRequest {
         name: ARTIFACT.into(),
         version: version.clone(),
@@ -670,11 +722,10 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         sha256: sha.clone(),
     };
     let t = Instant::now();
-    let pushed = tokio::time::timeout(CALL_TIMEOUT * 6, op.push_artifact(push))
+    let pushed = op
+        .call(push, |mut c, r| async move { c.push_artifact(r).await })
         .await
-        .map_err(|_| anyhow!("push timed out"))?
-        .map_err(|s| anyhow!("push {ARTIFACT}@{version}: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
+        .map_err(|e| anyhow!("push {ARTIFACT}@{version}: {e:?}"))?;
     println!(
         "pushed {ARTIFACT}@{version}: {} bytes, sha256 {sha} in {:.0} ms (revision {})",
         a.artifact_bytes,
@@ -695,19 +746,19 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         by: "bench".into(),
         reason: "huatuo bench rollout".into(),
     };
-    tokio::time::timeout(CALL_TIMEOUT, op.rollout(start))
+    op.call(start, |mut c, r| async move { c.rollout(r).await })
         .await
-        .map_err(|_| anyhow!("rollout start timed out"))?
-        .map_err(|s| anyhow!("rollout start: {:?}: {}", s.code(), s.message()))?;
+        .map_err(|e| anyhow!("rollout start: {e:?}"))?;
+    op.call_timeout = CALL_TIMEOUT;
+    op.max_attempts = 1;
 
     // Wait until the master counts every agent as running the version.
     let deadline = Instant::now() + ROLLOUT_DEADLINE;
     let mut last = (0u64, 0u64);
     let done_at = loop {
         let req = api::RolloutStatusRequest { name: ARTIFACT.into() };
-        if let Ok(Ok(r)) = tokio::time::timeout(CALL_TIMEOUT, op.rollout_status(req)).await {
+        if let Ok(r) = op.call(req, |mut c, r| async move { c.rollout_status(r).await }).await {
             let v = r
-                .into_inner()
                 .checkers
                 .into_iter()
                 .filter(|c| c.name == ARTIFACT)
@@ -743,6 +794,13 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         let _ = t.await;
     }
 
+    if let Some(now) = cluster.wait_leader(READY_TIMEOUT).await
+        && now != leader
+    {
+        println!(
+            "note: the leader changed from {leader} to {now} during the run; CPU and wchar are node {leader}'s"
+        );
+    }
     let took = done_at.duration_since(roll_start.at).as_secs_f64();
     let reported: Vec<u64> = shared.reported.iter().map(|r| r.load(Ordering::Relaxed)).collect();
     let last_report = reported.iter().copied().max().unwrap_or(0) as f64;
