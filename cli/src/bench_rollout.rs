@@ -293,22 +293,31 @@ impl Fleet {
         (node, pool[k % pool.len()].clone())
     }
 
-    /// A call to `node` failed with `status`: on NOT_LEADER follow the named leader, else try the next
-    /// node. Only the first agent to notice moves the fleet (compare-and-swap from the node it used).
+    /// A call to `node` failed with `status`: on NOT_LEADER naming the leader, follow it; when the node is
+    /// unreachable, try the next one. A node that knows no leader yet is asked again (it learns the new
+    /// leader within an election). Only the first agent to notice moves the fleet (compare-and-swap from
+    /// the node it used), so a thousand agents do not ping-pong between nodes.
     fn not_leader(&self, node: usize, status: &tonic::Status) {
         let e = proto::error::ApiError::from(status.clone());
-        if e.code != proto::error::Code::NotLeader {
-            return;
-        }
-        let next = e
-            .leader
-            .as_deref()
-            .and_then(|l| self.nodes.iter().position(|n| n == l))
-            .unwrap_or((node + 1) % self.nodes.len());
-        let moved = self.leader.compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed);
-        if moved.is_ok() && next != node {
+        let next = match e.code {
+            proto::error::Code::NotLeader => {
+                match e.leader.as_deref().and_then(|l| self.nodes.iter().position(|n| n == l)) {
+                    Some(n) => n,
+                    None => return,
+                }
+            }
+            proto::error::Code::Unavailable
+                if status.metadata().get(proto::error::CODE_METADATA).is_none() =>
+            {
+                (node + 1) % self.nodes.len()
+            }
+            _ => return,
+        };
+        if next != node
+            && self.leader.compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
             eprintln!(
-                "fleet: leader moved from {} to {} ({})",
+                "fleet: heartbeats move from {} to {} ({})",
                 self.nodes[node], self.nodes[next], e.message
             );
         }
