@@ -568,7 +568,13 @@ pub fn run(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         bail!("--heartbeat-ms must be > 0");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(bench(a))
+    // Ctrl-C drops the benchmark, and with it the cluster (whose Drop kills the master processes).
+    rt.block_on(async {
+        tokio::select! {
+            r = bench(a) => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted: the cluster was stopped"),
+        }
+    })
 }
 
 async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
