@@ -221,7 +221,13 @@ async fn bad_input_is_refused_alike_on_grpc_and_rest_and_changes_nothing() {
     c.rollout(r).await.expect("start v1 on h1,h2");
     c.push_artifact(push_req("probe", "2", "external", b"#!/bin/sh\necho two\n")).await.expect("push v2");
     let big = vec![b'x'; MAX_ARTIFACT_BYTES as usize + 1];
-    refused_everywhere(&m, Bad::Push(push_req("probe", "9", "external", &big)), Code::InvalidArgument, "over the limit").await;
+    refused_everywhere(
+        &m,
+        Bad::Push(push_req("probe", "9", "external", &big)),
+        Code::InvalidArgument,
+        "over the limit",
+    )
+    .await;
     refused_everywhere(
         &m,
         Bad::Push(push_req("probe", "1", "external", b"other bytes")),
@@ -238,8 +244,13 @@ async fn bad_input_is_refused_alike_on_grpc_and_rest_and_changes_nothing() {
     .await;
     let bad_regex = b"version = \"1\"\n[[rule]]\nid = \"x.y\"\nkeywords = [\"boom\"]\npattern = \"boom(\"\n\
                       kind = \"machine\"\nseverity = \"ERROR\"\n";
-    refused_everywhere(&m, Bad::Push(push_req("rules-x", "1", "rules", bad_regex)), Code::InvalidArgument, "bad regex")
-        .await;
+    refused_everywhere(
+        &m,
+        Bad::Push(push_req("rules-x", "1", "rules", bad_regex)),
+        Code::InvalidArgument,
+        "bad regex",
+    )
+    .await;
     refused_everywhere(
         &m,
         Bad::Push(push_req("online", "2", "profile", b"version = 1\nname = \"online\"\n")),
@@ -247,9 +258,20 @@ async fn bad_input_is_refused_alike_on_grpc_and_rest_and_changes_nothing() {
         "grades",
     )
     .await;
-    refused_everywhere(&m, Bad::Push(push_req("pro/be", "1", "external", b"x")), Code::InvalidArgument, "not allowed")
-        .await;
-    refused_everywhere(&m, Bad::Push(push_req("probe", "3", "builtin", b"x")), Code::InvalidArgument, "read-only").await;
+    refused_everywhere(
+        &m,
+        Bad::Push(push_req("pro/be", "1", "external", b"x")),
+        Code::InvalidArgument,
+        "not allowed",
+    )
+    .await;
+    refused_everywhere(
+        &m,
+        Bad::Push(push_req("probe", "3", "builtin", b"x")),
+        Code::InvalidArgument,
+        "read-only",
+    )
+    .await;
     let mut no_kinds = push_req("probe", "3", "external", b"x");
     no_kinds.spec = Some(api::ArtifactSpec { interval_ms: 1000, timeout_ms: 500, ..Default::default() });
     refused_everywhere(&m, Bad::Push(no_kinds), Code::InvalidArgument, "object kinds").await;
@@ -259,7 +281,8 @@ async fn bad_input_is_refused_alike_on_grpc_and_rest_and_changes_nothing() {
     for p in [101.0, -1.0] {
         let mut r = rollout_req("start", "probe", "2");
         r.percent = p;
-        refused_everywhere(&m, Bad::Rollout(r), Code::InvalidArgument, "must be a finite number in 0-100").await;
+        refused_everywhere(&m, Bad::Rollout(r), Code::InvalidArgument, "must be a finite number in 0-100")
+            .await;
     }
     let mut nan = rollout_req("start", "probe", "2");
     nan.percent = f64::NAN;
@@ -280,8 +303,13 @@ async fn bad_input_is_refused_alike_on_grpc_and_rest_and_changes_nothing() {
     let mut no_reason = rollout_req("pause", "probe", "1");
     no_reason.reason = String::new();
     refused_everywhere(&m, Bad::Rollout(no_reason), Code::InvalidArgument, "reason").await;
-    refused_everywhere(&m, Bad::Rollout(rollout_req("explode", "probe", "1")), Code::InvalidArgument, "unknown rollout action")
-        .await;
+    refused_everywhere(
+        &m,
+        Bad::Rollout(rollout_req("explode", "probe", "1")),
+        Code::InvalidArgument,
+        "unknown rollout action",
+    )
+    .await;
     // An agent asking for an artifact its host is not assigned: refused (agents read only what they run).
     let before = revision(&m);
     let e = ApiError::from(
@@ -324,10 +352,14 @@ async fn heartbeats_carry_the_assignment_and_fetches_resume_by_offset() {
     // Seeded: every host runs the default rule set and the three profiles as version 1.
     let hb = heartbeat(&mut c, "h1", "").await;
     assert!(hb.assignment_included);
-    let names: Vec<(String, String)> = hb.assignment.iter().map(|a| (a.name.clone(), a.version.clone())).collect();
+    let names: Vec<(String, String)> =
+        hb.assignment.iter().map(|a| (a.name.clone(), a.version.clone())).collect();
     assert_eq!(
         names,
-        ["archive", "kernel-log", "offline", "online"].iter().map(|n| (n.to_string(), "1".to_string())).collect::<Vec<_>>()
+        ["archive", "kernel-log", "offline", "online"]
+            .iter()
+            .map(|n| (n.to_string(), "1".to_string()))
+            .collect::<Vec<_>>()
     );
     let hash = hb.assignment_hash.clone();
     let again = heartbeat(&mut c, "h1", &hash).await;
@@ -335,10 +367,12 @@ async fn heartbeats_carry_the_assignment_and_fetches_resume_by_offset() {
     assert_eq!(again.assignment_hash, hash);
     // A 1.5-chunk external checker, pushed over REST, rolled out to h1 over gRPC.
     let bytes: Vec<u8> = (0..(CHUNK_BYTES + CHUNK_BYTES / 2)).map(|i| (i * 31 % 256) as u8).collect();
-    let (status, body) = rest(&m, "POST", "/api/v1/catalog", push_json(&push_req("probe", "1", "external", &bytes))).await;
+    let (status, body) =
+        rest(&m, "POST", "/api/v1/catalog", push_json(&push_req("probe", "1", "external", &bytes))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["artifact"]["sha256"], sha256_hex(&bytes));
-    let (status, again) = rest(&m, "POST", "/api/v1/catalog", push_json(&push_req("probe", "1", "external", &bytes))).await;
+    let (status, again) =
+        rest(&m, "POST", "/api/v1/catalog", push_json(&push_req("probe", "1", "external", &bytes))).await;
     assert_eq!((status, &again["duplicate"]), (200, &json!(true)), "{again}");
     let mut r = rollout_req("start", "probe", "1");
     r.hosts = vec!["h1".into()];
@@ -386,7 +420,8 @@ async fn heartbeats_carry_the_assignment_and_fetches_resume_by_offset() {
     assert_eq!(status, 200, "{cat}");
     assert_eq!(cat["rollouts"][0]["status"], "gray");
     let (_, all) = rest(&m, "GET", "/api/v1/catalog", json!({})).await;
-    let builtin = all["artifacts"].as_array().expect("artifacts").iter().filter(|a| a["type"] == "builtin").count();
+    let builtin =
+        all["artifacts"].as_array().expect("artifacts").iter().filter(|a| a["type"] == "builtin").count();
     assert_eq!(builtin, rulesets::BUILTIN_CHECKERS.len(), "{all}");
     let (status, st) = rest(&m, "GET", "/api/v1/rollouts?name=probe", json!({})).await;
     assert_eq!(status, 200, "{st}");

@@ -417,7 +417,7 @@ fn shadow_findings_are_recorded_drive_nothing_and_fill_the_canary_window() {
     assert!(r.results[0].error.is_none(), "{r:?}");
     let after = sda(&h, "h1");
     assert_eq!(after.sm.state, before.sm.state, "a shadow finding moves no state machine");
-    assert!(after.evidence.get("probe").is_none(), "nor replaces evidence");
+    assert!(!after.evidence.contains_key("probe"), "nor replaces evidence");
     assert!(h.reader().object("disk/unknown-host/sda").expect("read").is_none(), "nor creates objects");
     let hist = h.reader().history(&after).expect("history");
     assert!(hist.iter().any(|e| e.what == "shadow" && e.detail.contains("shadow probe@2")), "{hist:?}");
