@@ -29,7 +29,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Master {
     _dir: tempfile::TempDir,
-    _svc: Arc<Service>,
+    svc: Arc<Service>,
     db: Arc<redb::Database>,
     rest: String,
     grpc: String,
@@ -82,7 +82,7 @@ async fn start() -> Master {
     });
     let router = master::http::router(svc.clone());
     tokio::spawn(async move { axum::serve(http_l, router).await });
-    let m = Master { _dir: dir, _svc: svc, db, rest, grpc };
+    let m = Master { _dir: dir, svc, db, rest, grpc };
     // The leader raises min_command_version to 4 and seeds the catalog by itself.
     let deadline = Instant::now() + LIVENESS_BOUND;
     while reader(&m).catalog("kernel-log").expect("read").is_none() {
@@ -428,8 +428,115 @@ async fn heartbeats_carry_the_assignment_and_fetches_resume_by_offset() {
     assert_eq!(st["checkers"][0]["name"], "probe");
     let (status, _) = rest(&m, "GET", "/api/v1/catalog/none-such", json!({})).await;
     assert_eq!(status, 404);
+    // A retried pause with the same idempotency key is applied once (the retry gets the first revision).
+    let keyed = || {
+        let mut req = tonic::Request::new(rollout_req("pause", "probe", "1"));
+        req.metadata_mut().insert("idempotency-key", "pause-probe-1".parse().expect("ascii"));
+        req
+    };
+    let first = c.rollout(keyed()).await.expect("pause").into_inner();
+    let at = revision(&m);
+    let retry = c.rollout(keyed()).await.expect("retried pause").into_inner();
+    assert_eq!((retry.revision, revision(&m)), (first.revision, at), "applied once");
+    let e = ApiError::from(c.rollout(rollout_req("pause", "probe", "1")).await.expect_err("already paused"));
+    assert_eq!(e.code, Code::Conflict, "without the key a second pause is refused: {e:?}");
     // Rollback: h1 returns to nothing for probe (no stable version yet).
     c.rollout(rollout_req("rollback", "probe", "1")).await.expect("rollback");
     let hb = heartbeat(&mut c, "h1", &a.sha256).await;
     assert!(hb.assignment.iter().all(|x| x.name != "probe"), "{:?}", hb.assignment);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A shadow canary that flags every disk of its hosts is paused by the leader's canary duty on its own,
+/// with the numbers; no object changes state; the alert, `rollout status` (REST) and the catalog say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_pauses_an_avalanching_shadow_canary_with_the_numbers() {
+    let m = start().await;
+    m.svc.set_canary_config(master::catalog::CanaryConfig { window_ms: 300, ..Default::default() });
+    let mut c = client(&m).await;
+    let hosts = ["h1", "h2", "h3"];
+    for h in hosts {
+        let objects = ["machine/".to_string() + h, format!("disk/{h}/sda"), format!("disk/{h}/sdb")]
+            .into_iter()
+            .map(|id| api::RegisteredObject { id, ..Default::default() })
+            .collect();
+        c.register(api::RegisterRequest { agent: format!("agent-{h}"), host: h.into(), objects })
+            .await
+            .expect("register");
+        heartbeat(&mut c, h, "").await;
+    }
+    c.push_artifact(push_req("probe", "1", "external", b"#!/bin/sh\necho v1\n")).await.expect("v1");
+    c.push_artifact(push_req("probe", "2", "external", b"#!/bin/sh\necho v2\n")).await.expect("v2");
+    c.rollout(rollout_req("promote", "probe", "1")).await.expect("promote v1");
+    let mut r = rollout_req("start", "probe", "2");
+    r.hosts = vec!["h1".into(), "h2".into()];
+    r.shadow = true;
+    c.rollout(r).await.expect("shadow start");
+    let hb = heartbeat(&mut c, "h1", "").await;
+    let shadow: Vec<(String, bool)> =
+        hb.assignment.iter().filter(|a| a.name == "probe").map(|a| (a.version.clone(), a.shadow)).collect();
+    assert_eq!(shadow, vec![("1".to_string(), false), ("2".to_string(), true)]);
+    let states = |m: &Master| -> Vec<String> {
+        let r = reader(m);
+        hosts
+            .iter()
+            .flat_map(|h| [format!("disk/{h}/sda"), format!("disk/{h}/sdb")])
+            .map(|id| {
+                r.object(&id).expect("read").map(|o| format!("{id} {:?}", o.sm.state)).unwrap_or_default()
+            })
+            .collect()
+    };
+    let before = states(&m);
+    // v2 flags every disk of the canary hosts FATAL, as shadow findings.
+    let findings = ["h1", "h2"]
+        .iter()
+        .flat_map(|h| [format!("disk/{h}/sda"), format!("disk/{h}/sdb")])
+        .map(|object| api::Finding {
+            object,
+            severity: "FATAL".into(),
+            checker: "probe".into(),
+            version: "2".into(),
+            rule: "probe.everything-is-broken".into(),
+            evidence: "v2 thinks so".into(),
+            time_ms: now_ms(),
+            shadow: true,
+            ..Default::default()
+        })
+        .collect();
+    c.ingest(api::IngestRequest { agent: "agent-h1".into(), seq: 1, findings, epoch: 0 })
+        .await
+        .expect("ingest");
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    let paused = loop {
+        let cat = reader(&m).catalog("probe").expect("read").expect("probe");
+        if let Some(x) = cat.rollouts.iter().find(|x| x.auto_paused) {
+            break x.clone();
+        }
+        assert!(Instant::now() < deadline, "the canary was never paused: {:?}", cat.rollouts);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let d = paused.deviation.clone().expect("deviation");
+    assert_eq!(
+        (d.verdict.as_str(), d.canary_hosts, d.canary_objects, d.new_flagged, d.current_flagged, d.limit),
+        ("too-many-flags", 2, 4, 4, 0, 0),
+        "{d:?}"
+    );
+    assert!(paused.paused_reason.contains("flagged 4 objects"), "{}", paused.paused_reason);
+    assert_eq!(states(&m), before, "not one object changed state");
+    let alerts = reader(&m).audit(true, 20).expect("alerts");
+    assert!(alerts.iter().any(|a| a.message.contains("rollout of probe@2 paused")), "{alerts:?}");
+    let (status, st) = rest(&m, "GET", "/api/v1/rollouts?name=probe", json!({})).await;
+    assert_eq!(status, 200, "{st}");
+    let r = &st["checkers"][0]["rollouts"][0];
+    assert_eq!((r["status"].as_str(), r["auto_paused"].as_bool()), (Some("paused"), Some(true)), "{st}");
+    assert_eq!(r["deviation"]["new_flagged"], 4, "{st}");
+    // Paused canaries keep their hosts until an operator decides; rollback returns them to v1 alone.
+    c.rollout(rollout_req("rollback", "probe", "2")).await.expect("rollback");
+    let hb = heartbeat(&mut c, "h1", &hb.assignment_hash).await;
+    let probe: Vec<(String, bool)> =
+        hb.assignment.iter().filter(|a| a.name == "probe").map(|a| (a.version.clone(), a.shadow)).collect();
+    assert_eq!(probe, vec![("1".to_string(), false)]);
 }
