@@ -21,7 +21,7 @@ const MAX_PUSH_FILE: u64 = 16 << 20;
 #[derive(Subcommand, Debug)]
 pub enum CatalogCmd {
     /// Store FILE as NAME@VERSION (validated by the master: a rule set must compile).
-    Push(PushArgs),
+    Push(Box<PushArgs>),
     /// Every checker: built-ins (read-only), artifacts and rollouts.
     List(ListArgs),
     /// One checker's versions and rollouts.
@@ -279,6 +279,7 @@ pub fn run_catalog(c: CatalogCmd) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     match c {
         CatalogCmd::Push(a) => {
+            let a = *a;
             let len = std::fs::metadata(&a.file).with_context(|| format!("{}", a.file.display()))?.len();
             anyhow::ensure!(
                 len <= MAX_PUSH_FILE,
@@ -358,17 +359,24 @@ pub fn run_catalog(c: CatalogCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn change(
-    action: &str,
-    artifact: &str,
+/// Which hosts a rollout change names (start and widen only).
+#[derive(Default)]
+struct Targets {
     hosts: Vec<String>,
     percent: Option<f64>,
     labels: Vec<String>,
     shadow: bool,
+}
+
+fn change(
+    action: &str,
+    artifact: &str,
+    t: Targets,
     op: Operator,
     json: bool,
     master: MasterAddr,
 ) -> anyhow::Result<ExitCode> {
+    let Targets { hosts, percent, labels, shadow } = t;
     op.require_reason()?;
     let (name, version) = split_ref(artifact)?;
     let req = api::RolloutRequest {
@@ -402,22 +410,18 @@ fn change(
 pub fn run_rollout(c: RolloutCmd) -> anyhow::Result<ExitCode> {
     match c {
         RolloutCmd::Start(a) => {
-            change("start", &a.artifact, a.hosts, a.percent, a.label, a.shadow, a.op, a.json, a.master)
+            let t = Targets { hosts: a.hosts, percent: a.percent, labels: a.label, shadow: a.shadow };
+            change("start", &a.artifact, t, a.op, a.json, a.master)
         }
         RolloutCmd::Widen(a) => {
-            change("widen", &a.artifact, a.hosts, a.percent, vec![], false, a.op, a.json, a.master)
+            let t = Targets { hosts: a.hosts, percent: a.percent, ..Targets::default() };
+            change("widen", &a.artifact, t, a.op, a.json, a.master)
         }
-        RolloutCmd::Pause(a) => {
-            change("pause", &a.artifact, vec![], None, vec![], false, a.op, a.json, a.master)
-        }
-        RolloutCmd::Resume(a) => {
-            change("resume", &a.artifact, vec![], None, vec![], false, a.op, a.json, a.master)
-        }
-        RolloutCmd::Promote(a) => {
-            change("promote", &a.artifact, vec![], None, vec![], false, a.op, a.json, a.master)
-        }
+        RolloutCmd::Pause(a) => change("pause", &a.artifact, Targets::default(), a.op, a.json, a.master),
+        RolloutCmd::Resume(a) => change("resume", &a.artifact, Targets::default(), a.op, a.json, a.master),
+        RolloutCmd::Promote(a) => change("promote", &a.artifact, Targets::default(), a.op, a.json, a.master),
         RolloutCmd::Rollback(a) => {
-            change("rollback", &a.artifact, vec![], None, vec![], false, a.op, a.json, a.master)
+            change("rollback", &a.artifact, Targets::default(), a.op, a.json, a.master)
         }
         RolloutCmd::Status(a) => {
             let mut client = a.master.client();

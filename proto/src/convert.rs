@@ -261,79 +261,6 @@ pub fn alert_to_wire(a: &AuditEntry) -> api::Alert {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::Code;
-
-    fn wire(object: &str, severity: &str) -> api::Finding {
-        api::Finding {
-            object: object.into(),
-            severity: severity.into(),
-            checker: "smart".into(),
-            version: "1.0.0".into(),
-            rule: "smart.reallocated".into(),
-            evidence: "Reallocated_Sector_Ct 12".into(),
-            readings: [("reallocated".to_string(), "12".to_string())].into_iter().collect(),
-            time_ms: 1_700_000_000_000,
-            shadow: false,
-        }
-    }
-
-    fn check(input: api::Finding, expected: Result<(), &str>) {
-        match (finding_from_wire(input.clone()), expected) {
-            (Ok(f), Ok(())) => assert_eq!(finding_to_wire(&f), input),
-            (Err(e), Err(want)) => {
-                assert_eq!(e.code, Code::InvalidArgument);
-                assert!(e.message.contains(want), "{e}");
-            }
-            (got, want) => panic!("{input:?}: got {got:?}, want {want:?}"),
-        }
-    }
-
-    #[test]
-    fn parses_findings() {
-        // Name limits and control characters moved to master::api::validate (tested there and, through
-        // both front ends, in tests/tests/api_validation.rs).
-        check(wire("disk/h1/sda", "ERROR"), Ok(()));
-        check(wire("disk/h1", "ERROR"), Err("needs a name"));
-        check(wire("disk/h1/sda", "BROKEN"), Err("unknown severity"));
-    }
-
-    #[test]
-    fn objects_round_trip() {
-        let view = ObjectView {
-            id: "disk/h1/sda".into(),
-            kind: "disk".into(),
-            host: "h1".into(),
-            state: "ERROR".into(),
-            grade: "ERROR".into(),
-            labels: [("rack".to_string(), "r1".to_string())].into_iter().collect(),
-            evidence: vec![finding_from_wire(wire("disk/h1/sda", "ERROR")).expect("valid")],
-            waiting_ack: "data-evacuated".into(),
-            waiting_role: "storage".into(),
-            ack_deadline_ms: 9,
-            ..Default::default()
-        };
-        assert_eq!(object_from_wire(object_to_wire(&view)).expect("round trip"), view);
-        let mut bad = object_to_wire(&view);
-        bad.evidence[0].severity = "MELTED".into();
-        assert!(object_from_wire(bad).expect_err("bad evidence").message.starts_with("evidence 0:"));
-    }
-
-    #[test]
-    fn conversion_keeps_everything_for_the_receivers_checks() {
-        // Cutting (Finding::bounded, tested in state-machines) happens after the master's validation, so
-        // one reading too many is refused there rather than silently dropped here.
-        let mut f = wire("disk/h1/sda", "ERROR");
-        f.evidence = "x".repeat(state_machines::finding::MAX_EVIDENCE_LEN * 2);
-        f.readings =
-            (0..=state_machines::finding::MAX_READINGS).map(|i| (format!("r{i}"), "1".into())).collect();
-        let got = finding_from_wire(f.clone()).expect("parsed");
-        assert_eq!(finding_to_wire(&got), f);
-    }
-}
-
 // ---- checker catalog ----
 
 pub fn spec_to_wire(s: &ArtifactSpecView) -> api::ArtifactSpec {
@@ -568,5 +495,165 @@ pub fn run_to_wire(r: &CheckerRunView) -> api::CheckerRun {
         timeouts: r.timeouts,
         last_error: r.last_error.clone(),
         last_run_ms: r.last_run_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    fn wire(object: &str, severity: &str) -> api::Finding {
+        api::Finding {
+            object: object.into(),
+            severity: severity.into(),
+            checker: "smart".into(),
+            version: "1.0.0".into(),
+            rule: "smart.reallocated".into(),
+            evidence: "Reallocated_Sector_Ct 12".into(),
+            readings: [("reallocated".to_string(), "12".to_string())].into_iter().collect(),
+            time_ms: 1_700_000_000_000,
+            shadow: false,
+        }
+    }
+
+    fn check(input: api::Finding, expected: Result<(), &str>) {
+        match (finding_from_wire(input.clone()), expected) {
+            (Ok(f), Ok(())) => assert_eq!(finding_to_wire(&f), input),
+            (Err(e), Err(want)) => {
+                assert_eq!(e.code, Code::InvalidArgument);
+                assert!(e.message.contains(want), "{e}");
+            }
+            (got, want) => panic!("{input:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_findings() {
+        // Name limits and control characters moved to master::api::validate (tested there and, through
+        // both front ends, in tests/tests/api_validation.rs).
+        check(wire("disk/h1/sda", "ERROR"), Ok(()));
+        check(wire("disk/h1", "ERROR"), Err("needs a name"));
+        check(wire("disk/h1/sda", "BROKEN"), Err("unknown severity"));
+    }
+
+    #[test]
+    fn objects_round_trip() {
+        let view = ObjectView {
+            id: "disk/h1/sda".into(),
+            kind: "disk".into(),
+            host: "h1".into(),
+            state: "ERROR".into(),
+            grade: "ERROR".into(),
+            labels: [("rack".to_string(), "r1".to_string())].into_iter().collect(),
+            evidence: vec![finding_from_wire(wire("disk/h1/sda", "ERROR")).expect("valid")],
+            waiting_ack: "data-evacuated".into(),
+            waiting_role: "storage".into(),
+            ack_deadline_ms: 9,
+            ..Default::default()
+        };
+        assert_eq!(object_from_wire(object_to_wire(&view)).expect("round trip"), view);
+        let mut bad = object_to_wire(&view);
+        bad.evidence[0].severity = "MELTED".into();
+        assert!(object_from_wire(bad).expect_err("bad evidence").message.starts_with("evidence 0:"));
+    }
+
+    #[test]
+    fn conversion_keeps_everything_for_the_receivers_checks() {
+        // Cutting (Finding::bounded, tested in state-machines) happens after the master's validation, so
+        // one reading too many is refused there rather than silently dropped here.
+        let mut f = wire("disk/h1/sda", "ERROR");
+        f.evidence = "x".repeat(state_machines::finding::MAX_EVIDENCE_LEN * 2);
+        f.readings =
+            (0..=state_machines::finding::MAX_READINGS).map(|i| (format!("r{i}"), "1".into())).collect();
+        let got = finding_from_wire(f.clone()).expect("parsed");
+        assert_eq!(finding_to_wire(&got), f);
+    }
+
+    #[test]
+    fn catalog_views_round_trip() {
+        use crate::view::*;
+        let spec = ArtifactSpecView {
+            interval_ms: 1,
+            timeout_ms: 2,
+            max_output_bytes: 3,
+            kinds: vec!["disk".into()],
+            max_memory_bytes: 4,
+            max_cpu_ms: 5,
+        };
+        let a = ArtifactView {
+            name: "p".into(),
+            version: "1".into(),
+            kind: "external".into(),
+            sha256: "ab".into(),
+            size: 9,
+            pushed_by: "o".into(),
+            pushed_ms: 7,
+            description: "d".into(),
+            spec,
+        };
+        let d = DeviationView {
+            window_start_ms: 1,
+            window_ms: 2,
+            canary_hosts: 3,
+            canary_objects: 4,
+            new_flagged: 5,
+            current_flagged: 6,
+            limit: 7,
+            hosts_failing: 8,
+            verdict: "ok".into(),
+        };
+        let r = RolloutView {
+            name: "p".into(),
+            version: "2".into(),
+            status: "paused".into(),
+            shadow: true,
+            hosts: vec!["h".into()],
+            percent: 2.5,
+            labels: vec!["a=b".into()],
+            by: "o".into(),
+            reason: "r".into(),
+            started_ms: 1,
+            updated_ms: 2,
+            auto_paused: true,
+            paused_reason: "x".into(),
+            deviation: Some(d),
+            previous_version: "1".into(),
+        };
+        let l = CatalogListing { artifacts: vec![a], rollouts: vec![r.clone()], revision: 3 };
+        assert_eq!(catalog_from_wire(catalog_to_wire(&l)), l);
+        let v = VersionCountView {
+            version: "2".into(),
+            shadow: true,
+            assigned: 1,
+            running: 2,
+            failed_verify: 3,
+            failed: 4,
+            not_reporting: 5,
+        };
+        let s = RolloutStatusView {
+            checkers: vec![CheckerDistributionView {
+                name: "p".into(),
+                kind: "external".into(),
+                stable_version: "1".into(),
+                versions: vec![v],
+                rollouts: vec![r],
+            }],
+            revision: 9,
+        };
+        assert_eq!(rollout_status_from_wire(rollout_status_to_wire(&s)), s);
+        let run = CheckerRunView {
+            name: "p".into(),
+            version: "2".into(),
+            sha256: "ab".into(),
+            shadow: true,
+            status: "failed".into(),
+            runs: 1,
+            failures: 2,
+            timeouts: 3,
+            last_error: "e".into(),
+            last_run_ms: 4,
+        };
+        assert_eq!(run_from_wire(run_to_wire(&run)), run);
     }
 }

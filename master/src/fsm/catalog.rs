@@ -539,9 +539,9 @@ impl Decider<'_> {
                 .cloned()
                 .collect();
             for h in hosts {
-                if !labels.contains_key(&h) {
-                    let l = self.machine_labels(&h)?;
-                    labels.insert(h, l);
+                if let std::collections::btree_map::Entry::Vacant(e) = labels.entry(h) {
+                    let l = self.machine_labels(e.key())?;
+                    e.insert(l);
                 }
             }
         }
