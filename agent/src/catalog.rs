@@ -62,6 +62,9 @@ pub const VERIFY_EVERY: Duration = Duration::from_secs(10);
 /// Extra wait for a replaced external checker's loop to end after its current run (whose own timeout
 /// bounds it) before it is aborted.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Most files looked at per garbage pass of the artifact store (a few per assigned checker are expected;
+/// the rest goes at the next pass).
+pub const MAX_STORE_FILES: usize = 4 * MAX_ASSIGNMENT_ENTRIES;
 /// Longest `last_error` kept in the runs table (it travels in every heartbeat).
 pub const MAX_LAST_ERROR: usize = 512;
 /// The rule that reports an artifact whose bytes do not match the catalog's sha256.
@@ -784,6 +787,25 @@ impl Supervisor {
         self.apply_profiles(&entries, &ready);
         self.apply_externals(&entries, &ready).await;
         self.catalog.retain(&keep);
+        let mut used: BTreeSet<String> = entries.iter().map(|e| e.sha256.clone()).collect();
+        used.extend(self.externals.values().map(|r| r.entry.sha256.clone()));
+        self.collect_garbage(&used);
+    }
+
+    /// Delete stored artifacts (and partial downloads) nothing assigned or running uses: the store holds
+    /// what this host runs, not every version it ever ran (a rollback fetches the old one again).
+    fn collect_garbage(&self, used: &BTreeSet<String>) {
+        let dir = self.catalog.data_dir.join(ARTIFACTS_DIR);
+        let Ok(rd) = std::fs::read_dir(&dir) else { return };
+        for entry in rd.take(MAX_STORE_FILES).flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let sha = name.strip_suffix(".part").unwrap_or(&name);
+            if !used.contains(sha)
+                && let Err(e) = remove_if_there(&entry.path())
+            {
+                tracing::warn!(error = %e, "cannot delete an unused artifact");
+            }
+        }
     }
 
     fn apply_rules(&mut self, entries: &[Entry], ready: &BTreeMap<(String, bool), PathBuf>) {
@@ -1009,7 +1031,12 @@ impl Supervisor {
     }
 
     async fn stop_all(&mut self) {
-        for (_, r) in std::mem::take(&mut self.externals) {
+        let all = std::mem::take(&mut self.externals);
+        // Tell every loop first, then wait: the waits overlap instead of adding up.
+        for r in all.values() {
+            r.stop.send_replace(true);
+        }
+        for (_, r) in all {
             stop(r).await;
         }
     }

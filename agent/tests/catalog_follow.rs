@@ -525,6 +525,10 @@ async fn external_versions_swap_without_restart_and_a_shadow_runs_beside() {
     })
     .await;
     until("spin is gone from the runs", || last_run(&fake, "spin", false).is_none()).await;
+    let store = tmp.path().join("data/artifacts");
+    until("the unused artifacts were deleted", || !store.join(&v1).exists() && !store.join(&spin).exists())
+        .await;
+    assert!(store.join(&v2).exists());
     let n_before = fake.with(|s| s.findings.len());
     tokio::time::sleep(Duration::from_millis(2500)).await; // two intervals: v1 must not run any more
     assert!(fake.with(|s| s.findings[n_before..].iter().all(|f| f.version != "1")), "v1 stopped at the swap");
