@@ -492,7 +492,19 @@ async fn external_versions_swap_without_restart_and_a_shadow_runs_beside() {
     let (spin, ns) = fake.put(b"#!/bin/sh\nwhile :; do :; done\n");
     let mut spinner = external("spin", "1", &spin, ns, false);
     spinner.spec.as_mut().unwrap().max_cpu_ms = 1000;
-    fake.assign("a1", vec![external("raid", "1", &v1, n1, false), spinner.clone()]);
+    // A hostile one: endless output, cut at the artifact's output limit.
+    let (spew, nw) = fake.put(
+        b"#!/bin/sh
+yes garbage-garbage-garbage
+",
+    );
+    let mut spewer = external("spew", "1", &spew, nw, false);
+    spewer.spec.as_mut().unwrap().max_output_bytes = 4096;
+    // A memory hog: a 256 MiB shell string under a 64 MiB address space.
+    let (hog, nh) = fake.put(b"#!/bin/sh\nx=$(head -c 268435456 /dev/zero | tr '\\0' a); echo ${#x}\n");
+    let mut hogger = external("hog", "1", &hog, nh, false);
+    hogger.spec.as_mut().unwrap().max_memory_bytes = 64 << 20;
+    fake.assign("a1", vec![external("raid", "1", &v1, n1, false), spinner, spewer, hogger]);
     let tmp = open_tempdir();
     let cfg = agent_config(tmp.path(), HOST, &addr, free_port());
     let agent = start(cfg);
@@ -514,6 +526,16 @@ async fn external_versions_swap_without_restart_and_a_shadow_runs_beside() {
     })
     .await;
     assert!(has_finding(&fake, |f| f.object == format!("checker/{HOST}/spin") && f.rule == "checker.broken"));
+    until("the spewer is cut at its output limit", || {
+        last_run(&fake, "spew", false)
+            .is_some_and(|r| r.status == "failed" && r.last_error.contains("more than 4096 bytes"))
+    })
+    .await;
+    until("the hog is stopped by its memory limit", || {
+        last_run(&fake, "hog", false)
+            .is_some_and(|r| r.status == "failed" && r.last_error.contains("memory limit 67108864"))
+    })
+    .await;
 
     fake.assign("a2", vec![external("raid", "2", &v2, n2, false)]);
     until("v2 runs", || {
