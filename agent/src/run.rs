@@ -486,6 +486,9 @@ token. For tests and experiments only.";
     // The persisted assignment (if any) runs from the first pass on, with or without a master.
     let catalog = crate::catalog::Catalog::open(&cfg.data_dir).context("the checker catalog state")?;
     let policy = crate::catalog::ExternalPolicy { run_as: checker_identity(&cfg) };
+    if shared.catalog.set(Arc::clone(&catalog)).is_err() {
+        tracing::warn!("catalog state was already set on the local surface");
+    }
     let versions: BTreeMap<String, String> =
         checkers.iter().map(|s| (s.checker.name().to_string(), s.checker.version().to_string())).collect();
     let inventory = crate::inventory::collect(&cfg.root, &host);

@@ -346,20 +346,24 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The agent's recent durable findings, from its local HTTP surface.
-fn local_findings(port: u16) -> Vec<Finding> {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return Vec::new() };
+/// The agent's `/api/v1/local` document (Null when it cannot be read).
+fn local_json(port: u16) -> serde_json::Value {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return serde_json::Value::Null };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     if write!(s, "GET /api/v1/local HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
-        return Vec::new();
+        return serde_json::Value::Null;
     }
     let mut body = String::new();
     if s.read_to_string(&mut body).is_err() {
-        return Vec::new();
+        return serde_json::Value::Null;
     }
-    let Some((_, json)) = body.split_once("\r\n\r\n") else { return Vec::new() };
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    serde_json::from_value(v["findings"].clone()).unwrap_or_default()
+    let Some((_, json)) = body.split_once("\r\n\r\n") else { return serde_json::Value::Null };
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+/// The agent's recent durable findings, from its local HTTP surface.
+fn local_findings(port: u16) -> Vec<Finding> {
+    serde_json::from_value(local_json(port)["findings"].clone()).unwrap_or_default()
 }
 
 struct RunningAgent {
@@ -642,6 +646,10 @@ async fn an_agent_restarted_without_its_master_runs_its_last_verified_versions()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fake.with(|s| s.offsets.len()), 1, "nothing fetched again: one chunk, before the restart");
+    let runs = tokio::task::spawn_blocking(move || local_json(port)).await.unwrap();
+    assert_eq!(runs["assignment_hash"], "a1", "{runs}");
+    let raid = runs["runs"].as_array().unwrap().iter().find(|r| r["name"] == "raid").cloned().unwrap();
+    assert_eq!((raid["version"].as_str(), raid["status"].as_str()), (Some("1"), Some("running")), "{raid}");
     agent.stop().await;
 }
 
