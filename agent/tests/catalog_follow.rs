@@ -704,9 +704,30 @@ async fn a_rule_set_from_the_catalog_hot_swaps_into_the_running_kernel_log_check
         size,
         ..Default::default()
     };
-    fake.assign("r2", vec![entry]);
+    // With it, a disk profile `online` version 7, and a profile artifact that declares another name.
+    let online = include_str!("../../checkers/profiles/online.toml");
+    let (p7, n7) = fake.put(online.as_bytes());
+    let (bad, nb) = fake.put(online.replace("name = \"online\"", "name = \"elsewhere\"").as_bytes());
+    let profile = |name: &str, sha: &str, size: u64| api::Assignment {
+        name: name.into(),
+        version: "7".into(),
+        r#type: "profile".into(),
+        sha256: sha.into(),
+        size,
+        ..Default::default()
+    };
+    fake.assign("r2", vec![entry, profile("online", &p7, n7), profile("offline", &bad, nb)]);
     until("v2 reported running", || {
         last_run(&fake, "kernel-log", false).is_some_and(|r| r.version == "2" && r.status == "running")
+    })
+    .await;
+    until("profile online@7 reported running", || {
+        last_run(&fake, "online", false).is_some_and(|r| r.version == "7" && r.status == "running")
+    })
+    .await;
+    until("the misnamed profile reported failed", || {
+        last_run(&fake, "offline", false)
+            .is_some_and(|r| r.status == "failed" && r.last_error.contains("elsewhere"))
     })
     .await;
     // The swap happens at the start of the next run: wake the checker with a benign line, then a fault.
