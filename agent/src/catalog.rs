@@ -830,6 +830,7 @@ impl Supervisor {
         let key: Vec<_> =
             rules.iter().map(|e| (e.name.clone(), e.version.clone(), e.sha256.clone(), e.shadow)).collect();
         if self.applied_rules.as_ref() == Some(&key) {
+            self.still_running(&rules);
             return;
         }
         let read = |e: &Entry| -> Result<(String, String), String> {
@@ -904,6 +905,18 @@ impl Supervisor {
         self.applied_rules = Some(key);
     }
 
+    /// Entries applied earlier whose file was refetched (after a tamper or a loss) run again from the
+    /// verified copy in memory: their row says so.
+    fn still_running(&self, entries: &[&Entry]) {
+        for e in entries {
+            self.catalog.record(&e.name, e.shadow, |r| {
+                if r.status == "unverified" || r.status == "fetching" {
+                    r.status = "running".into();
+                }
+            });
+        }
+    }
+
     fn apply_profiles(&mut self, entries: &[Entry], ready: &BTreeMap<(String, bool), PathBuf>) {
         let profiles: Vec<&Entry> = entries.iter().filter(|e| e.kind == "profile").collect();
         for e in profiles.iter().filter(|e| e.shadow) {
@@ -921,6 +934,7 @@ impl Supervisor {
         let key: Vec<_> =
             live.iter().map(|e| (e.name.clone(), e.version.clone(), e.sha256.clone(), e.shadow)).collect();
         if self.applied_profiles.as_ref() == Some(&key) {
+            self.still_running(&live);
             return;
         }
         let mut set = BTreeMap::new();
@@ -963,8 +977,9 @@ impl Supervisor {
             }
         }
         for (k, e) in wanted {
-            if self.externals.get(&k).is_some_and(|r| r.entry == *e) {
-                continue; // already running this version
+            // Already running this version (a loop that ended, e.g. after a panic, is started again).
+            if self.externals.get(&k).is_some_and(|r| r.entry == *e && !r.task.is_finished()) {
+                continue;
             }
             let Some(path) = ready.get(&k) else { continue }; // the old version (if any) keeps running
             let run_as = match &self.policy.run_as {

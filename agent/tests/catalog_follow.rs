@@ -696,11 +696,12 @@ async fn a_rule_set_from_the_catalog_hot_swaps_into_the_running_kernel_log_check
     .await;
 
     let (sha, size) = fake.put(RULES_V2.as_bytes());
+    let sha_entry = sha.clone();
     let entry = api::Assignment {
         name: "kernel-log".into(),
         version: "2".into(),
         r#type: "rules".into(),
-        sha256: sha,
+        sha256: sha_entry,
         size,
         ..Default::default()
     };
@@ -749,5 +750,26 @@ async fn a_rule_set_from_the_catalog_hot_swaps_into_the_running_kernel_log_check
             "line 3 was judged by v2 only"
         );
     });
+
+    // The rule-set file is altered on disk: found at the next verification pass (VERIFY_EVERY), reported,
+    // deleted and fetched again; the verified copy in memory kept judging meanwhile.
+    let stored = tmp.path().join("data/artifacts").join(&sha);
+    std::fs::write(&stored, "version = \"evil\"\n").unwrap();
+    until("the altered rule set is reported", || {
+        has_finding(&fake, |f| {
+            f.object == format!("checker/{HOST}/kernel-log") && f.rule == "checker.unverified"
+        })
+    })
+    .await;
+    until("fetched again", || std::fs::read(&stored).is_ok_and(|b| b == RULES_V2.as_bytes())).await;
+    until("reported running again", || {
+        last_run(&fake, "kernel-log", false).is_some_and(|r| r.version == "2" && r.status == "running")
+    })
+    .await;
+    append(&kmsg, 4, "Buffer I/O error on dev sde, logical block 7, lost async page write");
+    until("v2 still judges", || {
+        has_finding(&fake, |f| f.object == format!("disk/{HOST}/sde") && f.version == "2")
+    })
+    .await;
     agent.stop().await;
 }
