@@ -141,7 +141,8 @@ fn valid_sha(s: &str) -> bool {
 /// agent keeps what it runs).
 pub fn from_wire(hash: &str, wire: &[api::Assignment]) -> Result<Assignment, CatalogError> {
     let bad = |m: String| Err(CatalogError::Invalid(m));
-    if hash.is_empty() || hash.len() > 128 {
+    // An empty hash stands for "no assignment" (a master without a catalog): only with no entries.
+    if (hash.is_empty() && !wire.is_empty()) || hash.len() > 128 {
         return bad("assignment hash must be 1-128 characters".into());
     }
     if wire.len() > MAX_ASSIGNMENT_ENTRIES {
@@ -150,6 +151,11 @@ pub fn from_wire(hash: &str, wire: &[api::Assignment]) -> Result<Assignment, Cat
     let mut seen = BTreeSet::new();
     let mut entries = Vec::with_capacity(wire.len());
     for a in wire {
+        // Built-in checkers are compiled into the agent: nothing to fetch or swap (the catalog lists them
+        // read-only; should a master assign one, it is not an error).
+        if a.r#type == "builtin" {
+            continue;
+        }
         let n = &a.name;
         if let Err(e) = checkers::registry::validate_name(n) {
             return bad(format!("name {n:?}: {e}"));
@@ -1122,6 +1128,12 @@ mod tests {
         let many: Vec<_> = (0..=MAX_ASSIGNMENT_ENTRIES).map(|i| wire(&format!("c{i}"), false)).collect();
         assert!(c.offer("h4", &many).is_err(), "too many entries");
         assert!(!c.offer("h1", &[]).unwrap(), "the same hash is not taken again");
+        assert!(c.offer("", &[wire("x", false)]).is_err(), "an empty hash carries no entries");
+        let mut builtin = wire("smart", false);
+        builtin.r#type = "builtin".into();
+        builtin.sha256.clear();
+        let a = from_wire("h5", &[builtin, wire("raid", false)]).unwrap();
+        assert_eq!(a.entries.len(), 1, "built-ins are skipped, not refused");
         // Persisted: a reopened catalog holds the same assignment.
         let again = Catalog::open(d.path()).unwrap();
         assert_eq!(again.assignment(), c.assignment());
