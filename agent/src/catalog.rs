@@ -780,22 +780,40 @@ impl Supervisor {
     pub async fn pass(&mut self) {
         let entries = self.catalog.assignment().map(|a| a.entries).unwrap_or_default();
         let mut ready: BTreeMap<(String, bool), PathBuf> = BTreeMap::new();
-        for e in &entries {
+        // What is on disk first (verified and applied at once, even with the master out of reach), then
+        // what must be fetched (a slow or failing fetch does not hold up the rest), then apply again.
+        let (present, missing): (Vec<&Entry>, Vec<&Entry>) =
+            entries.iter().partition(|e| self.catalog.artifact_path(&e.sha256).exists());
+        for e in present {
             if let Some(p) = self.ensure(e).await {
                 ready.insert(e.key(), p);
             }
         }
+        self.apply(&entries, &ready).await;
+        let mut fetched = false;
+        for e in missing {
+            if let Some(p) = self.ensure(e).await {
+                ready.insert(e.key(), p);
+                fetched = true;
+            }
+        }
+        if fetched {
+            self.apply(&entries, &ready).await;
+        }
         let mut keep: BTreeSet<(String, bool)> = entries.iter().map(Entry::key).collect();
-        self.apply_rules(&entries, &ready);
         if !entries.iter().any(|e| e.kind == "rules" && !e.shadow) {
             keep.insert((checkers::kernel_log::CHECKER_NAME.to_string(), false));
         }
-        self.apply_profiles(&entries, &ready);
-        self.apply_externals(&entries, &ready).await;
         self.catalog.retain(&keep);
         let mut used: BTreeSet<String> = entries.iter().map(|e| e.sha256.clone()).collect();
         used.extend(self.externals.values().map(|r| r.entry.sha256.clone()));
         self.collect_garbage(&used);
+    }
+
+    async fn apply(&mut self, entries: &[Entry], ready: &BTreeMap<(String, bool), PathBuf>) {
+        self.apply_rules(entries, ready);
+        self.apply_profiles(entries, ready);
+        self.apply_externals(entries, ready).await;
     }
 
     /// Delete stored artifacts (and partial downloads) nothing assigned or running uses: the store holds
