@@ -211,11 +211,9 @@ pub fn from_wire(hash: &str, wire: &[api::Assignment]) -> Result<Assignment, Cat
 }
 
 fn external_kinds(e: &Entry) -> Result<Vec<Kind>, CatalogError> {
+    // No kinds pushed: it may report on any hardware kind (the runner checks each line's object anyway).
     if e.spec.kinds.is_empty() {
-        return Err(CatalogError::Invalid(format!(
-            "{}@{}: an external checker names its kinds",
-            e.name, e.version
-        )));
+        return Ok(vec![Kind::Machine, Kind::Disk, Kind::Dimm, Kind::Nic]);
     }
     e.spec
         .kinds
@@ -1152,6 +1150,10 @@ mod tests {
         builtin.sha256.clear();
         let a = from_wire("h5", &[builtin, wire("raid", false)]).unwrap();
         assert_eq!(a.entries.len(), 1, "built-ins are skipped, not refused");
+        let mut no_kinds = wire("any", false);
+        no_kinds.spec = None;
+        let a = from_wire("h6", &[no_kinds]).unwrap();
+        assert_eq!(external_kinds(&a.entries[0]).unwrap().len(), 4, "no kinds: any hardware kind");
         // Persisted: a reopened catalog holds the same assignment.
         let again = Catalog::open(d.path()).unwrap();
         assert_eq!(again.assignment(), c.assignment());
