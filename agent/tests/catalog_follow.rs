@@ -496,6 +496,8 @@ async fn external_versions_swap_without_restart_and_a_shadow_runs_beside() {
     let (spin, ns) = fake.put(b"#!/bin/sh\nwhile :; do :; done\n");
     let mut spinner = external("spin", "1", &spin, ns, false);
     spinner.spec.as_mut().unwrap().max_cpu_ms = 1000;
+    // Wall-clock limit far above the CPU limit: on a busy machine 1 s of CPU may take several seconds.
+    spinner.spec.as_mut().unwrap().timeout_ms = 60_000;
     // A hostile one: endless output, cut at the artifact's output limit.
     let (spew, nw) = fake.put(
         b"#!/bin/sh
@@ -556,7 +558,11 @@ yes garbage-garbage-garbage
         .await;
     assert!(store.join(&v2).exists());
     let n_before = fake.with(|s| s.findings.len());
-    tokio::time::sleep(Duration::from_millis(2500)).await; // two intervals: v1 must not run any more
+    // Two more runs of v2 (its finding is a fault: sent every run); v1 ran no more in between.
+    until("two more v2 runs", || {
+        fake.with(|s| s.findings[n_before..].iter().filter(|f| f.evidence == "v2").count() >= 2)
+    })
+    .await;
     assert!(fake.with(|s| s.findings[n_before..].iter().all(|f| f.version != "1")), "v1 stopped at the swap");
 
     fake.assign("a3", vec![external("raid", "2", &v2, n2, false), external("raid", "3", &v3, n3, true)]);
