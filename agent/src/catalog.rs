@@ -62,6 +62,9 @@ pub const VERIFY_EVERY: Duration = Duration::from_secs(10);
 /// Extra wait for a replaced external checker's loop to end after its current run (whose own timeout
 /// bounds it) before it is aborted.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Most files looked at per garbage pass of the artifact store (a few per assigned checker are expected;
+/// the rest goes at the next pass).
+pub const MAX_STORE_FILES: usize = 4 * MAX_ASSIGNMENT_ENTRIES;
 /// Longest `last_error` kept in the runs table (it travels in every heartbeat).
 pub const MAX_LAST_ERROR: usize = 512;
 /// The rule that reports an artifact whose bytes do not match the catalog's sha256.
@@ -138,7 +141,8 @@ fn valid_sha(s: &str) -> bool {
 /// agent keeps what it runs).
 pub fn from_wire(hash: &str, wire: &[api::Assignment]) -> Result<Assignment, CatalogError> {
     let bad = |m: String| Err(CatalogError::Invalid(m));
-    if hash.is_empty() || hash.len() > 128 {
+    // An empty hash stands for "no assignment" (a master without a catalog): only with no entries.
+    if (hash.is_empty() && !wire.is_empty()) || hash.len() > 128 {
         return bad("assignment hash must be 1-128 characters".into());
     }
     if wire.len() > MAX_ASSIGNMENT_ENTRIES {
@@ -147,6 +151,11 @@ pub fn from_wire(hash: &str, wire: &[api::Assignment]) -> Result<Assignment, Cat
     let mut seen = BTreeSet::new();
     let mut entries = Vec::with_capacity(wire.len());
     for a in wire {
+        // Built-in checkers are compiled into the agent: nothing to fetch or swap (the catalog lists them
+        // read-only; should a master assign one, it is not an error).
+        if a.r#type == "builtin" {
+            continue;
+        }
         let n = &a.name;
         if let Err(e) = checkers::registry::validate_name(n) {
             return bad(format!("name {n:?}: {e}"));
@@ -202,11 +211,9 @@ pub fn from_wire(hash: &str, wire: &[api::Assignment]) -> Result<Assignment, Cat
 }
 
 fn external_kinds(e: &Entry) -> Result<Vec<Kind>, CatalogError> {
+    // No kinds pushed: it may report on any hardware kind (the runner checks each line's object anyway).
     if e.spec.kinds.is_empty() {
-        return Err(CatalogError::Invalid(format!(
-            "{}@{}: an external checker names its kinds",
-            e.name, e.version
-        )));
+        return Ok(vec![Kind::Machine, Kind::Disk, Kind::Dimm, Kind::Nic]);
     }
     e.spec
         .kinds
@@ -771,19 +778,56 @@ impl Supervisor {
     pub async fn pass(&mut self) {
         let entries = self.catalog.assignment().map(|a| a.entries).unwrap_or_default();
         let mut ready: BTreeMap<(String, bool), PathBuf> = BTreeMap::new();
-        for e in &entries {
+        // What is on disk first (verified and applied at once, even with the master out of reach), then
+        // what must be fetched (a slow or failing fetch does not hold up the rest), then apply again.
+        let (present, missing): (Vec<&Entry>, Vec<&Entry>) =
+            entries.iter().partition(|e| self.catalog.artifact_path(&e.sha256).exists());
+        for e in present {
             if let Some(p) = self.ensure(e).await {
                 ready.insert(e.key(), p);
             }
         }
+        self.apply(&entries, &ready).await;
+        let mut fetched = false;
+        for e in missing {
+            if let Some(p) = self.ensure(e).await {
+                ready.insert(e.key(), p);
+                fetched = true;
+            }
+        }
+        if fetched {
+            self.apply(&entries, &ready).await;
+        }
         let mut keep: BTreeSet<(String, bool)> = entries.iter().map(Entry::key).collect();
-        self.apply_rules(&entries, &ready);
         if !entries.iter().any(|e| e.kind == "rules" && !e.shadow) {
             keep.insert((checkers::kernel_log::CHECKER_NAME.to_string(), false));
         }
-        self.apply_profiles(&entries, &ready);
-        self.apply_externals(&entries, &ready).await;
         self.catalog.retain(&keep);
+        let mut used: BTreeSet<String> = entries.iter().map(|e| e.sha256.clone()).collect();
+        used.extend(self.externals.values().map(|r| r.entry.sha256.clone()));
+        self.collect_garbage(&used);
+    }
+
+    async fn apply(&mut self, entries: &[Entry], ready: &BTreeMap<(String, bool), PathBuf>) {
+        self.apply_rules(entries, ready);
+        self.apply_profiles(entries, ready);
+        self.apply_externals(entries, ready).await;
+    }
+
+    /// Delete stored artifacts (and partial downloads) nothing assigned or running uses: the store holds
+    /// what this host runs, not every version it ever ran (a rollback fetches the old one again).
+    fn collect_garbage(&self, used: &BTreeSet<String>) {
+        let dir = self.catalog.data_dir.join(ARTIFACTS_DIR);
+        let Ok(rd) = std::fs::read_dir(&dir) else { return };
+        for entry in rd.take(MAX_STORE_FILES).flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let sha = name.strip_suffix(".part").unwrap_or(&name);
+            if !used.contains(sha)
+                && let Err(e) = remove_if_there(&entry.path())
+            {
+                tracing::warn!(error = %e, "cannot delete an unused artifact");
+            }
+        }
     }
 
     fn apply_rules(&mut self, entries: &[Entry], ready: &BTreeMap<(String, bool), PathBuf>) {
@@ -808,6 +852,7 @@ impl Supervisor {
         let key: Vec<_> =
             rules.iter().map(|e| (e.name.clone(), e.version.clone(), e.sha256.clone(), e.shadow)).collect();
         if self.applied_rules.as_ref() == Some(&key) {
+            self.still_running(&rules);
             return;
         }
         let read = |e: &Entry| -> Result<(String, String), String> {
@@ -882,6 +927,18 @@ impl Supervisor {
         self.applied_rules = Some(key);
     }
 
+    /// Entries applied earlier whose file was refetched (after a tamper or a loss) run again from the
+    /// verified copy in memory: their row says so.
+    fn still_running(&self, entries: &[&Entry]) {
+        for e in entries {
+            self.catalog.record(&e.name, e.shadow, |r| {
+                if r.status == "unverified" || r.status == "fetching" {
+                    r.status = "running".into();
+                }
+            });
+        }
+    }
+
     fn apply_profiles(&mut self, entries: &[Entry], ready: &BTreeMap<(String, bool), PathBuf>) {
         let profiles: Vec<&Entry> = entries.iter().filter(|e| e.kind == "profile").collect();
         for e in profiles.iter().filter(|e| e.shadow) {
@@ -899,6 +956,7 @@ impl Supervisor {
         let key: Vec<_> =
             live.iter().map(|e| (e.name.clone(), e.version.clone(), e.sha256.clone(), e.shadow)).collect();
         if self.applied_profiles.as_ref() == Some(&key) {
+            self.still_running(&live);
             return;
         }
         let mut set = BTreeMap::new();
@@ -941,8 +999,9 @@ impl Supervisor {
             }
         }
         for (k, e) in wanted {
-            if self.externals.get(&k).is_some_and(|r| r.entry == *e) {
-                continue; // already running this version
+            // Already running this version (a loop that ended, e.g. after a panic, is started again).
+            if self.externals.get(&k).is_some_and(|r| r.entry == *e && !r.task.is_finished()) {
+                continue;
             }
             let Some(path) = ready.get(&k) else { continue }; // the old version (if any) keeps running
             let run_as = match &self.policy.run_as {
@@ -1009,7 +1068,12 @@ impl Supervisor {
     }
 
     async fn stop_all(&mut self) {
-        for (_, r) in std::mem::take(&mut self.externals) {
+        let all = std::mem::take(&mut self.externals);
+        // Tell every loop first, then wait: the waits overlap instead of adding up.
+        for r in all.values() {
+            r.stop.send_replace(true);
+        }
+        for (_, r) in all {
             stop(r).await;
         }
     }
@@ -1080,6 +1144,16 @@ mod tests {
         let many: Vec<_> = (0..=MAX_ASSIGNMENT_ENTRIES).map(|i| wire(&format!("c{i}"), false)).collect();
         assert!(c.offer("h4", &many).is_err(), "too many entries");
         assert!(!c.offer("h1", &[]).unwrap(), "the same hash is not taken again");
+        assert!(c.offer("", &[wire("x", false)]).is_err(), "an empty hash carries no entries");
+        let mut builtin = wire("smart", false);
+        builtin.r#type = "builtin".into();
+        builtin.sha256.clear();
+        let a = from_wire("h5", &[builtin, wire("raid", false)]).unwrap();
+        assert_eq!(a.entries.len(), 1, "built-ins are skipped, not refused");
+        let mut no_kinds = wire("any", false);
+        no_kinds.spec = None;
+        let a = from_wire("h6", &[no_kinds]).unwrap();
+        assert_eq!(external_kinds(&a.entries[0]).unwrap().len(), 4, "no kinds: any hardware kind");
         // Persisted: a reopened catalog holds the same assignment.
         let again = Catalog::open(d.path()).unwrap();
         assert_eq!(again.assignment(), c.assignment());

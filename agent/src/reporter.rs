@@ -374,6 +374,20 @@ async fn register(cfg: &ReporterConfig, client: &mut Client, items: &[Item]) -> 
     client.call(req, |mut c, r| async move { c.register(r).await }).await.map(|_| ()).map_err(rpc("register"))
 }
 
+/// Checker name -> the version it runs now: the compiled versions, overridden by what the catalog runs
+/// (non-shadow entries that are running), so the `checkers` map says the truth after a swap too.
+fn checker_versions(cfg: &ReporterConfig) -> std::collections::BTreeMap<String, String> {
+    let mut v = cfg.checkers.clone();
+    if let Some(c) = &cfg.catalog {
+        for ((name, shadow), r) in c.runs() {
+            if !shadow && r.status == "running" {
+                v.insert(name, r.version);
+            }
+        }
+    }
+    v
+}
+
 async fn heartbeat(
     cfg: &ReporterConfig,
     client: &mut Client,
@@ -386,7 +400,7 @@ async fn heartbeat(
         host: cfg.host.clone(),
         version: cfg.version.clone(),
         started_ms: shared.started_ms,
-        checkers: cfg.checkers.clone().into_iter().collect(),
+        checkers: checker_versions(cfg).into_iter().collect(),
         outbox_entries: depth.entries,
         outbox_dropped: depth.dropped.iter().sum(),
         runs: cfg.catalog.as_ref().map(|c| c.runs_wire()).unwrap_or_default(),

@@ -486,6 +486,9 @@ token. For tests and experiments only.";
     // The persisted assignment (if any) runs from the first pass on, with or without a master.
     let catalog = crate::catalog::Catalog::open(&cfg.data_dir).context("the checker catalog state")?;
     let policy = crate::catalog::ExternalPolicy { run_as: checker_identity(&cfg) };
+    if shared.catalog.set(Arc::clone(&catalog)).is_err() {
+        tracing::warn!("catalog state was already set on the local surface");
+    }
     let versions: BTreeMap<String, String> =
         checkers.iter().map(|s| (s.checker.name().to_string(), s.checker.version().to_string())).collect();
     let inventory = crate::inventory::collect(&cfg.root, &host);
@@ -771,6 +774,45 @@ mod tests {
         assert_eq!(outbox.kv_get("kmsg.cursor").unwrap(), Some(cursor.into_bytes()));
     }
 
+    #[tokio::test]
+    async fn shadow_findings_are_kept_but_never_routed_to_derived_checkers() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox: Arc<dyn OutboxStore> =
+            Arc::new(RedbOutbox::open(&dir.path().join("o.redb"), Limits::default()).unwrap());
+        let inbox = Inbox::default();
+        let mut routes = Routes::default();
+        routes.add("kernel-log", inbox.clone());
+        let (tx, rx) = mpsc::channel(4);
+        let mut r = kmsg_report(1, 1);
+        let mut shadow = r.findings[0].clone();
+        shadow.shadow = true;
+        shadow.version = "2".into();
+        r.findings.push(shadow);
+        tx.send(r).await.unwrap();
+        drop(tx);
+        sink(
+            rx,
+            Arc::clone(&outbox),
+            LocalState::new("h1".into(), 0),
+            routes,
+            Arc::new(Notify::new()),
+            Duration::ZERO,
+            500,
+        )
+        .await;
+        let routed = inbox.drain();
+        assert_eq!(routed.len(), 1, "only the live finding reaches the disk grader: {routed:?}");
+        assert!(!routed[0].shadow);
+        let kept = outbox.peek(10, 1 << 20).unwrap();
+        let shadows = kept
+            .iter()
+            .filter(|e| {
+                serde_json::from_slice::<Finding>(&e.payload).is_ok_and(|f| f.shadow && f.version == "2")
+            })
+            .count();
+        assert_eq!((kept.len(), shadows), (2, 1), "both go to the master, the shadow one marked");
+    }
+
     #[test]
     fn dedupe_sends_changes_faults_and_refreshes() {
         let mut d = Dedupe::default();
@@ -780,5 +822,8 @@ mod tests {
         assert!(d.keep(&f(Severity::Slow), 3000), "faults are sent every run (hysteresis counts them)");
         assert!(d.keep(&f(Severity::Good), 4000));
         assert!(d.keep(&f(Severity::Good), 4000 + HEALTHY_REFRESH_MS), "refreshed after the period");
+        let mut shadow = f(Severity::Good);
+        shadow.shadow = true;
+        assert!(d.keep(&shadow, 4001 + HEALTHY_REFRESH_MS), "a shadow run is deduplicated apart");
     }
 }

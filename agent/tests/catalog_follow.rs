@@ -346,20 +346,24 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The agent's recent durable findings, from its local HTTP surface.
-fn local_findings(port: u16) -> Vec<Finding> {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return Vec::new() };
+/// The agent's `/api/v1/local` document (Null when it cannot be read).
+fn local_json(port: u16) -> serde_json::Value {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return serde_json::Value::Null };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     if write!(s, "GET /api/v1/local HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
-        return Vec::new();
+        return serde_json::Value::Null;
     }
     let mut body = String::new();
     if s.read_to_string(&mut body).is_err() {
-        return Vec::new();
+        return serde_json::Value::Null;
     }
-    let Some((_, json)) = body.split_once("\r\n\r\n") else { return Vec::new() };
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    serde_json::from_value(v["findings"].clone()).unwrap_or_default()
+    let Some((_, json)) = body.split_once("\r\n\r\n") else { return serde_json::Value::Null };
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+/// The agent's recent durable findings, from its local HTTP surface.
+fn local_findings(port: u16) -> Vec<Finding> {
+    serde_json::from_value(local_json(port)["findings"].clone()).unwrap_or_default()
 }
 
 struct RunningAgent {
@@ -492,7 +496,21 @@ async fn external_versions_swap_without_restart_and_a_shadow_runs_beside() {
     let (spin, ns) = fake.put(b"#!/bin/sh\nwhile :; do :; done\n");
     let mut spinner = external("spin", "1", &spin, ns, false);
     spinner.spec.as_mut().unwrap().max_cpu_ms = 1000;
-    fake.assign("a1", vec![external("raid", "1", &v1, n1, false), spinner.clone()]);
+    // Wall-clock limit far above the CPU limit: on a busy machine 1 s of CPU may take several seconds.
+    spinner.spec.as_mut().unwrap().timeout_ms = 60_000;
+    // A hostile one: endless output, cut at the artifact's output limit.
+    let (spew, nw) = fake.put(
+        b"#!/bin/sh
+yes garbage-garbage-garbage
+",
+    );
+    let mut spewer = external("spew", "1", &spew, nw, false);
+    spewer.spec.as_mut().unwrap().max_output_bytes = 4096;
+    // A memory hog: a 256 MiB shell string under a 64 MiB address space.
+    let (hog, nh) = fake.put(b"#!/bin/sh\nx=$(head -c 268435456 /dev/zero | tr '\\0' a); echo ${#x}\n");
+    let mut hogger = external("hog", "1", &hog, nh, false);
+    hogger.spec.as_mut().unwrap().max_memory_bytes = 64 << 20;
+    fake.assign("a1", vec![external("raid", "1", &v1, n1, false), spinner, spewer, hogger]);
     let tmp = open_tempdir();
     let cfg = agent_config(tmp.path(), HOST, &addr, free_port());
     let agent = start(cfg);
@@ -514,6 +532,16 @@ async fn external_versions_swap_without_restart_and_a_shadow_runs_beside() {
     })
     .await;
     assert!(has_finding(&fake, |f| f.object == format!("checker/{HOST}/spin") && f.rule == "checker.broken"));
+    until("the spewer is cut at its output limit", || {
+        last_run(&fake, "spew", false)
+            .is_some_and(|r| r.status == "failed" && r.last_error.contains("more than 4096 bytes"))
+    })
+    .await;
+    until("the hog is stopped by its memory limit", || {
+        last_run(&fake, "hog", false)
+            .is_some_and(|r| r.status == "failed" && r.last_error.contains("memory limit 67108864"))
+    })
+    .await;
 
     fake.assign("a2", vec![external("raid", "2", &v2, n2, false)]);
     until("v2 runs", || {
@@ -525,8 +553,16 @@ async fn external_versions_swap_without_restart_and_a_shadow_runs_beside() {
     })
     .await;
     until("spin is gone from the runs", || last_run(&fake, "spin", false).is_none()).await;
+    let store = tmp.path().join("data/artifacts");
+    until("the unused artifacts were deleted", || !store.join(&v1).exists() && !store.join(&spin).exists())
+        .await;
+    assert!(store.join(&v2).exists());
     let n_before = fake.with(|s| s.findings.len());
-    tokio::time::sleep(Duration::from_millis(2500)).await; // two intervals: v1 must not run any more
+    // Two more runs of v2 (its finding is a fault: sent every run); v1 ran no more in between.
+    until("two more v2 runs", || {
+        fake.with(|s| s.findings[n_before..].iter().filter(|f| f.evidence == "v2").count() >= 2)
+    })
+    .await;
     assert!(fake.with(|s| s.findings[n_before..].iter().all(|f| f.version != "1")), "v1 stopped at the swap");
 
     fake.assign("a3", vec![external("raid", "2", &v2, n2, false), external("raid", "3", &v3, n3, true)]);
@@ -616,6 +652,10 @@ async fn an_agent_restarted_without_its_master_runs_its_last_verified_versions()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fake.with(|s| s.offsets.len()), 1, "nothing fetched again: one chunk, before the restart");
+    let runs = tokio::task::spawn_blocking(move || local_json(port)).await.unwrap();
+    assert_eq!(runs["assignment_hash"], "a1", "{runs}");
+    let raid = runs["runs"].as_array().unwrap().iter().find(|r| r["name"] == "raid").cloned().unwrap();
+    assert_eq!((raid["version"].as_str(), raid["status"].as_str()), (Some("1"), Some("running")), "{raid}");
     agent.stop().await;
 }
 
@@ -662,17 +702,39 @@ async fn a_rule_set_from_the_catalog_hot_swaps_into_the_running_kernel_log_check
     .await;
 
     let (sha, size) = fake.put(RULES_V2.as_bytes());
+    let sha_entry = sha.clone();
     let entry = api::Assignment {
         name: "kernel-log".into(),
         version: "2".into(),
         r#type: "rules".into(),
-        sha256: sha,
+        sha256: sha_entry,
         size,
         ..Default::default()
     };
-    fake.assign("r2", vec![entry]);
+    // With it, a disk profile `online` version 7, and a profile artifact that declares another name.
+    let online = include_str!("../../checkers/profiles/online.toml");
+    let (p7, n7) = fake.put(online.as_bytes());
+    let (bad, nb) = fake.put(online.replace("name = \"online\"", "name = \"elsewhere\"").as_bytes());
+    let profile = |name: &str, sha: &str, size: u64| api::Assignment {
+        name: name.into(),
+        version: "7".into(),
+        r#type: "profile".into(),
+        sha256: sha.into(),
+        size,
+        ..Default::default()
+    };
+    fake.assign("r2", vec![entry, profile("online", &p7, n7), profile("offline", &bad, nb)]);
     until("v2 reported running", || {
         last_run(&fake, "kernel-log", false).is_some_and(|r| r.version == "2" && r.status == "running")
+    })
+    .await;
+    until("profile online@7 reported running", || {
+        last_run(&fake, "online", false).is_some_and(|r| r.version == "7" && r.status == "running")
+    })
+    .await;
+    until("the misnamed profile reported failed", || {
+        last_run(&fake, "offline", false)
+            .is_some_and(|r| r.status == "failed" && r.last_error.contains("elsewhere"))
     })
     .await;
     // The swap happens at the start of the next run: wake the checker with a benign line, then a fault.
@@ -694,5 +756,26 @@ async fn a_rule_set_from_the_catalog_hot_swaps_into_the_running_kernel_log_check
             "line 3 was judged by v2 only"
         );
     });
+
+    // The rule-set file is altered on disk: found at the next verification pass (VERIFY_EVERY), reported,
+    // deleted and fetched again; the verified copy in memory kept judging meanwhile.
+    let stored = tmp.path().join("data/artifacts").join(&sha);
+    std::fs::write(&stored, "version = \"evil\"\n").unwrap();
+    until("the altered rule set is reported", || {
+        has_finding(&fake, |f| {
+            f.object == format!("checker/{HOST}/kernel-log") && f.rule == "checker.unverified"
+        })
+    })
+    .await;
+    until("fetched again", || std::fs::read(&stored).is_ok_and(|b| b == RULES_V2.as_bytes())).await;
+    until("reported running again", || {
+        last_run(&fake, "kernel-log", false).is_some_and(|r| r.version == "2" && r.status == "running")
+    })
+    .await;
+    append(&kmsg, 4, "Buffer I/O error on dev sde, logical block 7, lost async page write");
+    until("v2 still judges", || {
+        has_finding(&fake, |f| f.object == format!("disk/{HOST}/sde") && f.version == "2")
+    })
+    .await;
     agent.stop().await;
 }
