@@ -660,8 +660,27 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
     }
 
     // The paused canary hosts still run v3 (a pause freezes a rollout where it runs).
-    let on_v3 = assignments(&cluster, PROBE).await.values().filter(|(_, v)| v == "3").count() as u64;
-    assert_eq!(on_v3, canary, "the canary hosts run probe@3 before the rollback");
+    let on_v3 = wait_until(WAIT, || {
+        let cluster = &cluster;
+        async move {
+            assignments(cluster, PROBE).await.values().filter(|(_, v)| v == "3").count() as u64 == canary
+        }
+    })
+    .await;
+    if !on_v3 {
+        let held = assignments(&cluster, PROBE).await;
+        let logs: Vec<String> = agents
+            .iter()
+            .filter(|a| held.get(&a.host).is_none_or(|(h, v)| v != "3" && *h != held["cat-00"].0))
+            .take(2)
+            .map(|a| format!("== {} holds {:?}\n{}", a.host, held.get(&a.host), agent_log(a)))
+            .collect();
+        panic!(
+            "the {canary} canary hosts do not report running probe@3 within {WAIT:?}: {held:?}\n{:#?}\n{}",
+            rollout_status(&mut c, PROBE).await,
+            logs.join("\n")
+        );
+    }
     // Rollback: every canary host back to v1 within 3 heartbeats.
     let t = Instant::now();
     cli_ok(&bin, &masters, &["rollout", "rollback", "probe@3", "--reason", "avalanche by release"]);
