@@ -521,7 +521,26 @@ impl Service {
         }
         let cfg = lock(&self.canary).clone();
         let now = now_ms();
-        let cat = r.catalog_all().map_err(store_err)?;
+        // Which windows are due, from the cached catalog (a window starts only with a catalog change, which
+        // moves the cache key); only the due checkers are read fresh, for their window counts.
+        let cached = self.catalog_snapshot(r)?;
+        let due_names: Vec<String> = cached
+            .iter()
+            .filter(|c| {
+                c.rollouts.iter().any(|x| {
+                    x.state == RolloutState::Gray && now.saturating_sub(x.window.start_ms) >= cfg.window_ms
+                })
+            })
+            .map(|c| c.name.clone())
+            .take(MAX_CANARY_CHECKS_PER_PASS)
+            .collect();
+        if due_names.is_empty() {
+            return Ok(());
+        }
+        let mut cat = Vec::with_capacity(due_names.len());
+        for n in &due_names {
+            cat.extend(r.catalog(n).map_err(store_err)?);
+        }
         let due: Vec<(&CheckerRecord, &RolloutRecord)> = cat
             .iter()
             .flat_map(|c| c.rollouts.iter().map(move |x| (c, x)))
