@@ -24,8 +24,9 @@ use crate::store::{META_CATALOG_BYTES, META_CATALOG_REV, META_CATALOG_SEEDED, Re
 
 /// Rollouts the leader's canary duty evaluates per pass (each costs one pass over the objects).
 pub const MAX_CANARY_CHECKS_PER_PASS: usize = 2;
-/// Longest `last_error` kept from a heartbeat's checker run (the agent's own text, bounded).
-pub const MAX_RUN_ERROR_LEN: usize = 1024;
+/// Longest `last_error` of a heartbeat's checker run (the agent's own text; a longer one makes the heartbeat
+/// INVALID_ARGUMENT, so agents cut theirs below it): a few lines of stderr say what broke.
+pub const MAX_RUN_ERROR_LEN: usize = 4096;
 
 /// A push, as every front end delivers it (REST: `content_base64` instead of `content`).
 #[derive(Debug, Clone, Default)]
@@ -115,7 +116,12 @@ fn check_spec(kind: ArtifactType, s: &ArtifactSpecView) -> Result<(), ApiError> 
 pub fn validate_push(req: &PushRequest) -> Result<ArtifactRecord, ApiError> {
     check_name(&req.name).map_err(invalid)?;
     check_version(&req.version).map_err(invalid)?;
-    let kind = ArtifactType::parse(&req.kind).map_err(invalid)?;
+    // No type: an external checker (the CLI's default too), the same on every front end.
+    let kind = if req.kind.is_empty() {
+        ArtifactType::External
+    } else {
+        ArtifactType::parse(&req.kind).map_err(invalid)?
+    };
     if req.by.trim().is_empty() {
         return Err(invalid("say who you are (by)".into()));
     }
@@ -515,7 +521,26 @@ impl Service {
         }
         let cfg = lock(&self.canary).clone();
         let now = now_ms();
-        let cat = r.catalog_all().map_err(store_err)?;
+        // Which windows are due, from the cached catalog (a window starts only with a catalog change, which
+        // moves the cache key); only the due checkers are read fresh, for their window counts.
+        let cached = self.catalog_snapshot(r)?;
+        let due_names: Vec<String> = cached
+            .iter()
+            .filter(|c| {
+                c.rollouts.iter().any(|x| {
+                    x.state == RolloutState::Gray && now.saturating_sub(x.window.start_ms) >= cfg.window_ms
+                })
+            })
+            .map(|c| c.name.clone())
+            .take(MAX_CANARY_CHECKS_PER_PASS)
+            .collect();
+        if due_names.is_empty() {
+            return Ok(());
+        }
+        let mut cat = Vec::with_capacity(due_names.len());
+        for n in &due_names {
+            cat.extend(r.catalog(n).map_err(store_err)?);
+        }
         let due: Vec<(&CheckerRecord, &RolloutRecord)> = cat
             .iter()
             .flat_map(|c| c.rollouts.iter().map(move |x| (c, x)))
@@ -624,4 +649,109 @@ pub fn seed_command() -> Command {
         })
         .collect();
     Command::CatalogSeed { items }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(kind: &str, content: &[u8]) -> PushRequest {
+        PushRequest {
+            name: "probe".into(),
+            version: "1".into(),
+            kind: kind.into(),
+            content: content.to_vec(),
+            description: String::new(),
+            spec: ArtifactSpecView {
+                interval_ms: 1000,
+                timeout_ms: 100,
+                kinds: vec!["disk".into()],
+                ..Default::default()
+            },
+            by: "ops".into(),
+            sha256: String::new(),
+        }
+    }
+
+    fn roll(action: &str) -> RolloutRequest {
+        RolloutRequest {
+            action: action.into(),
+            name: "probe".into(),
+            version: "2".into(),
+            by: "ops".into(),
+            reason: "r".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pushes_at_and_over_the_limits() {
+        let at = vec![b'x'; MAX_ARTIFACT_BYTES as usize];
+        assert_eq!(validate_push(&push("external", &at)).map(|r| r.size), Ok(MAX_ARTIFACT_BYTES));
+        let over = vec![b'x'; MAX_ARTIFACT_BYTES as usize + 1];
+        assert!(validate_push(&push("external", &over)).is_err_and(|e| e.message.contains("over the limit")));
+        assert!(
+            validate_push(&push("", b"x")).is_ok_and(|r| r.kind == ArtifactType::External),
+            "no type: external"
+        );
+        assert!(validate_push(&push("external", b"")).is_err());
+        let mut wrong = push("external", b"x");
+        wrong.sha256 = sha256_hex(b"y");
+        assert!(validate_push(&wrong).is_err_and(|e| e.message.contains("hashes to")));
+        wrong.sha256 = sha256_hex(b"x").to_uppercase();
+        assert!(validate_push(&wrong).is_ok(), "the sha256 may be given in upper case");
+        let mut kinds = push("external", b"x");
+        kinds.spec.kinds = (0..=MAX_SPEC_KINDS).map(|_| "disk".to_string()).collect();
+        assert!(validate_push(&kinds).is_err());
+        kinds.spec.kinds = vec!["teapot".into()];
+        assert!(validate_push(&kinds).is_err());
+        let mut slow = push("external", b"x");
+        slow.spec.timeout_ms = MAX_SPEC_TIMEOUT_MS + 1;
+        assert!(validate_push(&slow).is_err());
+        // Rule sets compile with the agent's compiler; the default one passes.
+        assert!(validate_push(&push("rules", rulesets::rules::DEFAULT_RULES.as_bytes())).is_ok());
+        assert!(validate_push(&push("rules", b"\xff\xfe")).is_err_and(|e| e.message.contains("UTF-8")));
+        // A profile's catalog name is its `name`.
+        let online = rulesets::seeds::SEEDS.iter().find(|s| s.name == "online").expect("online");
+        let mut p = push("profile", online.content.as_bytes());
+        assert!(validate_push(&p).is_err_and(|e| e.message.contains("names itself")));
+        p.name = "online".into();
+        assert!(validate_push(&p).is_ok());
+    }
+
+    #[test]
+    fn rollouts_at_and_over_the_limits() {
+        let mut r = roll("start");
+        r.hosts = (0..MAX_ROLLOUT_HOSTS).map(|i| format!("h{i}")).collect();
+        assert!(validate_rollout(&r).is_ok());
+        r.hosts.push("one-more".into());
+        assert!(validate_rollout(&r).is_err_and(|e| e.message.contains("limit")));
+        let mut r = roll("start");
+        r.labels = (0..MAX_ROLLOUT_LABELS).map(|i| format!("k{i}=v")).collect();
+        assert!(validate_rollout(&r).is_ok());
+        r.labels.push("k=v".into());
+        assert!(validate_rollout(&r).is_err());
+        for bad in ["rack", "=v", "k="] {
+            let mut r = roll("start");
+            r.labels = vec![bad.into()];
+            assert!(validate_rollout(&r).is_err(), "{bad}");
+        }
+        let mut r = roll("start");
+        r.percent = 5.0;
+        r.hosts = vec!["h1".into()];
+        assert!(validate_rollout(&r).is_err_and(|e| e.message.contains("exactly one")));
+        let mut r = roll("pause");
+        r.percent = 5.0;
+        assert!(validate_rollout(&r).is_err_and(|e| e.message.contains("takes no hosts")));
+        let mut r = roll("widen");
+        r.shadow = true;
+        r.percent = 50.0;
+        assert!(validate_rollout(&r).is_err_and(|e| e.message.contains("--shadow")));
+        let mut r = roll("start");
+        r.hosts = vec!["bad host".into()];
+        assert!(validate_rollout(&r).is_err());
+        let mut r = roll("start");
+        r.percent = 100.0;
+        assert!(matches!(validate_rollout(&r), Ok(Command::Rollout { target, .. }) if target.bp == FULL_BP));
+    }
 }

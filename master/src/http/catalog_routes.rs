@@ -45,11 +45,10 @@ async fn push(
     let content = base64::engine::general_purpose::STANDARD
         .decode(b.content_base64.as_bytes())
         .map_err(|e| HttpError::from(ApiError::invalid(format!("content_base64: {e}"))))?;
-    let kind = if b.kind.is_empty() { "external".to_string() } else { b.kind };
     let req = PushRequest {
         name: b.name,
         version: b.version,
-        kind,
+        kind: b.kind,
         content,
         description: b.description,
         spec: b.spec,
