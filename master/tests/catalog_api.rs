@@ -365,6 +365,35 @@ async fn heartbeats_carry_the_assignment_and_fetches_resume_by_offset() {
     let again = heartbeat(&mut c, "h1", &hash).await;
     assert!(!again.assignment_included && again.assignment.is_empty(), "unchanged: not sent again");
     assert_eq!(again.assignment_hash, hash);
+    // The runs a heartbeat reports are bounded: at the limit fine, over it refused.
+    let runs = |n: usize, err: usize| -> Vec<api::CheckerRun> {
+        (0..n)
+            .map(|i| api::CheckerRun {
+                name: format!("c{i}"),
+                version: "1".into(),
+                status: "running".into(),
+                last_error: "e".repeat(err),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let limit = master::api::MAX_HEARTBEAT_CHECKERS;
+    let max_err = master::api::catalog::MAX_RUN_ERROR_LEN;
+    for (n, err, ok) in [(limit, max_err, true), (limit + 1, 1, false), (1, max_err + 1, false)] {
+        let mut req = api::HeartbeatRequest {
+            agent: "agent-h1".into(),
+            host: "h1".into(),
+            version: "0.1.0".into(),
+            started_ms: 1,
+            ..Default::default()
+        };
+        req.runs = runs(n, err);
+        let r = c.heartbeat(req).await;
+        assert_eq!(r.is_ok(), ok, "{n} runs, error of {err} bytes: {r:?}");
+        if let Err(e) = r {
+            assert_eq!(ApiError::from(e).code, Code::InvalidArgument);
+        }
+    }
     // A 1.5-chunk external checker, pushed over REST, rolled out to h1 over gRPC.
     let bytes: Vec<u8> = (0..(CHUNK_BYTES + CHUNK_BYTES / 2)).map(|i| (i * 31 % 256) as u8).collect();
     let (status, body) =

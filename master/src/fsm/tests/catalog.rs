@@ -623,3 +623,32 @@ fn a_version_3_snapshot_still_loads() {
     assert!(b.fsm.restore_data(&txn, &bad).is_err());
     txn.abort().expect("abort");
 }
+
+/// The catalog's total and checker-count limits, at and over the limit (the in-memory model starts just
+/// below them instead of storing 256 MiB).
+#[test]
+fn the_total_bytes_and_checker_count_are_bounded() {
+    let mut m = MemFsm::new(Policy::default());
+    let apply = |m: &mut MemFsm, i: u64, cmd: Command| {
+        m.apply(i, &Envelope::new(i, vec![cmd]).encode()).expect("apply")
+    };
+    let up = Command::SetMinCommandVersion { version: 4, by: "ops".into(), reason: "r".into() };
+    apply(&mut m, 1, up);
+    m.state.meta.insert(crate::store::META_CATALOG_BYTES.into(), MAX_CATALOG_BYTES - 10);
+    let r = apply(&mut m, 2, push("probe", "1", b"eleven byte"));
+    let e = r.results[0].error.clone().expect("over the total");
+    assert_eq!(e.0, Code::Conflict);
+    assert!(e.1.contains("limit of 268435456 bytes"), "{}", e.1);
+    assert!(m.state.catalog.is_empty() && m.state.blobs.is_empty(), "nothing stored");
+    let r = apply(&mut m, 3, push("probe", "1", b"ten bytes!"));
+    assert_eq!(r.results[0].created, 1, "{r:?}");
+    assert_eq!(m.state.meta[crate::store::META_CATALOG_BYTES], MAX_CATALOG_BYTES);
+    // Checkers: one below the limit may be added, then no more.
+    m.state.meta.insert(crate::store::META_CATALOG_CHECKERS.into(), MAX_CATALOG_CHECKERS as u64 - 1);
+    m.state.meta.insert(crate::store::META_CATALOG_BYTES.into(), 0);
+    assert_eq!(apply(&mut m, 4, push("second", "1", b"x")).results[0].created, 1);
+    let r = apply(&mut m, 5, push("third", "1", b"y"));
+    assert!(r.results[0].error.as_ref().is_some_and(|e| e.1.contains("checkers (the limit)")), "{r:?}");
+    // A new version of a known checker is still fine at the checker limit.
+    assert_eq!(apply(&mut m, 6, push("second", "2", b"z")).results[0].created, 1);
+}
