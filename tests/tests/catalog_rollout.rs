@@ -22,6 +22,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+// The portal check drives headless Chromium (as tests/tests/portal_browser.rs does); this test uses a part
+// of the driver only.
+#[path = "support/cdp.rs"]
+#[allow(dead_code)]
+mod cdp;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -424,6 +430,61 @@ fn files_with_sha(dir: &Path, sha: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Open the leader's portal (this cluster is `--insecure`: no sign-in) on the Checkers page in headless
+/// Chromium and wait for the canary-stop box of probe@2 with the deviation figures `d`; a screenshot goes to
+/// `$CARGO_TARGET_TMPDIR/catalog-screenshots/canary-stop.png`. Uncaught page errors fail the test.
+async fn portal_shows_the_canary_stop(cluster: &LocalCluster, d: &api::Deviation) {
+    let Some(chromium) = cdp::find_chromium() else {
+        panic!(
+            "Chromium is needed to check the portal and was not found on PATH: install the Debian package with \
+             `apt-get install -y chromium` (CI does), or set HUATUO_CHROMIUM to its path"
+        );
+    };
+    let leader = cluster.wait_leader(READY_TIMEOUT).await.expect("a leader");
+    let url = format!("http://{}/#/checkers", cluster.nodes[&leader].http);
+    let (new, limit) = (d.new_flagged.to_string(), d.limit.to_string());
+    tokio::task::block_in_place(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("catalog-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("chromium.log");
+        let mut b =
+            cdp::Browser::launch(&chromium, &log, &[]).unwrap_or_else(|e| panic!("{e} ({})", log.display()));
+        b.navigate(&url).unwrap();
+        let box_text = b
+            .wait_for(
+                "(() => { const el = document.querySelector('#checkers-alerts .canary-stop[data-rollout=\"probe@2\"]'); \
+                 return el ? el.textContent : null; })()",
+                WAIT,
+            )
+            .unwrap_or_else(|e| panic!("no canary-stop box on the Checkers page: {e}\n{}", b.console_text()));
+        let text = box_text.as_str().unwrap_or_default();
+        for want in ["paused automatically", "too-many-flags", new.as_str(), limit.as_str()] {
+            assert!(text.contains(want), "the canary-stop box lacks {want:?}: {text}");
+        }
+        let row = b
+            .eval(
+                "(() => { const r = document.querySelector('#rollouts tr[data-rollout=\"probe@2\"]'); return r ? \
+                 [r.dataset.status, r.classList.contains('auto-paused'), \
+                 r.querySelector('td[data-field=\"new_flagged\"]')?.textContent] : null; })()",
+            )
+            .unwrap();
+        assert_eq!(
+            row,
+            serde_json::json!(["paused", true, new]),
+            "the rollout row is highlighted with its numbers"
+        );
+        let shot = dir.join("canary-stop.png");
+        b.screenshot(&shot).unwrap();
+        println!("screenshot: {}", shot.display());
+        let console = b.console_text();
+        let bad: Vec<&str> = console
+            .lines()
+            .filter(|l| l.starts_with("EXCEPTION") || l.starts_with("console.error"))
+            .collect();
+        assert!(bad.is_empty(), "the page logged errors:\n{console}");
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
     let bin = huatuo_bin();
@@ -609,6 +670,8 @@ async fn external_checker_release_canary_stop_rollback_tamper_and_failover() {
         }
     }
     assert!(shadow_seen, "a shadow finding of v2 is recorded in some canary disk's history");
+    // And in the portal: the Checkers page highlights the canary stop with its reason and its numbers.
+    portal_shows_the_canary_stop(&cluster, &d).await;
     cli_ok(
         &bin,
         &masters,
