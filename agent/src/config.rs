@@ -80,6 +80,16 @@ pub struct AgentConfig {
     /// Talk to the masters without TLS and token (tests and experiments only; logged loudly).
     #[serde(default)]
     pub insecure: bool,
+    /// The unprivileged user external checkers from the catalog run as when the agent runs as root
+    /// (looked up in /etc/passwd; root is refused). The artifact files under `DATA/artifacts` are made
+    /// readable and executable for it, but every directory above them must let it through (o+x).
+    #[serde(default = "default_checker_user")]
+    pub checker_user: String,
+}
+
+/// `nobody`: every Linux host has it and it owns nothing.
+fn default_checker_user() -> String {
+    "nobody".to_string()
 }
 
 /// Largest token file read: a token is 64 characters; anything bigger is the wrong file.
@@ -398,6 +408,15 @@ impl AgentConfig {
             return bad(format!(
                 "report.batch_max must be within 1..={}",
                 crate::reporter::MAX_BATCH_ENTRIES
+            ));
+        }
+        if self.checker_user.is_empty()
+            || self.checker_user.len() > 32
+            || self.checker_user.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return bad(format!(
+                "checker_user {:?} must be a user name (1-32 characters, no ':' or spaces)",
+                self.checker_user
             ));
         }
         if self.report.heartbeat_s == 0 || self.report.backoff_max_s == 0 {

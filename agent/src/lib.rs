@@ -1,6 +1,7 @@
 //! Huatuo agent: the per-host daemon. Runs checkers on a schedule, keeps findings in a durable outbox until
 //! the master acknowledges them, reports them, and runs the actions the master sends.
 
+pub mod catalog;
 pub mod config;
 pub mod executor;
 pub mod inventory;

@@ -1,6 +1,7 @@
 //! The agent's local surface on 127.0.0.1:7790: `/healthz`, `/metrics` (Prometheus text: findings by
 //! checker and severity, checker run time and failures, outbox depth, send errors) and `/api/v1/local`
-//! (the most recent findings of this host, newest last).
+//! (the most recent findings of this host, newest last, and the checker runs table with the assignment
+//! hash: what each checker actually runs, as the heartbeat reports it).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -137,13 +138,22 @@ pub struct LocalState {
     pub metrics: Metrics,
     pub recent: Mutex<VecDeque<Finding>>,
     pub started_ms: u64,
+    /// The checker catalog state (set once at start): `/api/v1/local` shows its runs table.
+    pub catalog: std::sync::OnceLock<Arc<crate::catalog::Catalog>>,
 }
 
 impl LocalState {
     pub fn new(host: String, started_ms: u64) -> Arc<Self> {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
-        Arc::new(LocalState { host, registry, metrics, recent: Mutex::new(VecDeque::new()), started_ms })
+        Arc::new(LocalState {
+            host,
+            registry,
+            metrics,
+            recent: Mutex::new(VecDeque::new()),
+            started_ms,
+            catalog: std::sync::OnceLock::new(),
+        })
     }
 
     /// Remember findings for the local API and count them.
@@ -186,6 +196,24 @@ async fn metrics(State(s): State<Arc<LocalState>>) -> Response {
 
 async fn local(State(s): State<Arc<LocalState>>) -> Response {
     let findings: Vec<Finding> = s.recent.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
-    axum::Json(serde_json::json!({ "host": s.host, "started_ms": s.started_ms, "findings": findings }))
-        .into_response()
+    // What each checker actually runs (catalog versions, statuses), as the heartbeat reports it.
+    let runs: Vec<serde_json::Value> = s
+        .catalog
+        .get()
+        .map(|c| c.runs())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|((name, shadow), r)| {
+            serde_json::json!({
+                "name": name, "shadow": shadow, "version": r.version, "sha256": r.sha256, "status": r.status,
+                "runs": r.runs, "failures": r.failures, "timeouts": r.timeouts, "last_error": r.last_error,
+                "last_run_ms": r.last_run_ms,
+            })
+        })
+        .collect();
+    let hash = s.catalog.get().map(|c| c.hash()).unwrap_or_default();
+    axum::Json(serde_json::json!({
+        "host": s.host, "started_ms": s.started_ms, "findings": findings, "assignment_hash": hash, "runs": runs,
+    }))
+    .into_response()
 }

@@ -172,6 +172,9 @@ pub struct ReporterConfig {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Runs the actions the master hands out with heartbeats (None: this agent runs no actions).
     pub executor: Option<Arc<crate::executor::Executor>>,
+    /// The checker catalog: its assignment hash and runs table go with every heartbeat, and the reply's
+    /// assignment is handed to it (None: this agent follows no assignment).
+    pub catalog: Option<Arc<crate::catalog::Catalog>>,
     /// Re-read the inventory this often and register again when it changed (a replaced disk shows up as a
     /// new serial in its slot); `root` is where the probes read /sys.
     pub inventory_every: Duration,
@@ -382,6 +385,20 @@ async fn register(cfg: &ReporterConfig, client: &mut Client, items: &[Item]) -> 
         .map_err(rpc("register"))
 }
 
+/// Checker name -> the version it runs now: the compiled versions, overridden by what the catalog runs
+/// (non-shadow entries that are running), so the `checkers` map says the truth after a swap too.
+fn checker_versions(cfg: &ReporterConfig) -> std::collections::BTreeMap<String, String> {
+    let mut v = cfg.checkers.clone();
+    if let Some(c) = &cfg.catalog {
+        for ((name, shadow), r) in c.runs() {
+            if !shadow && r.status == "running" {
+                v.insert(name, r.version);
+            }
+        }
+    }
+    v
+}
+
 async fn heartbeat(
     cfg: &ReporterConfig,
     client: &mut Client,
@@ -394,14 +411,25 @@ async fn heartbeat(
         host: cfg.host.clone(),
         version: cfg.version.clone(),
         started_ms: shared.started_ms,
-        checkers: cfg.checkers.clone().into_iter().collect(),
+        checkers: checker_versions(cfg).into_iter().collect(),
         outbox_entries: depth.entries,
         outbox_dropped: depth.dropped.iter().sum(),
-        runs: Vec::new(),
-        assignment_hash: String::new(),
+        runs: cfg.catalog.as_ref().map(|c| c.runs_wire()).unwrap_or_default(),
+        assignment_hash: cfg.catalog.as_ref().map(|c| c.hash()).unwrap_or_default(),
     };
     let resp =
         client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map_err(rpc("heartbeat"))?;
+    if let Some(catalog) = &cfg.catalog
+        && resp.assignment_included
+    {
+        let (c, hash, entries) = (Arc::clone(catalog), resp.assignment_hash.clone(), resp.assignment.clone());
+        // A refused assignment changes nothing (the agent keeps what it runs); the master resends it.
+        match tokio::task::spawn_blocking(move || c.offer(&hash, &entries)).await? {
+            Ok(true) => tracing::info!(hash = resp.assignment_hash, "new checker assignment"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "checker assignment refused"),
+        }
+    }
     if let Some(ex) = &cfg.executor {
         ex.accept(&resp.actions, crate::scheduler::now_ms());
     }

@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use checkers::external::ExternalChecker;
-use checkers::kernel_log::{Cursor, KMSG_CHECKPOINT_KEY, KernelLogChecker, RuleSet};
+use checkers::kernel_log::{Cursor, KMSG_CHECKPOINT_KEY, KernelLogChecker, RuleSet, RulesSwap};
 use checkers::registry::{HostConfig, Registry, Source, host_checkers};
+use checkers::scoring::ProfileOverrides;
 use checkers::scoring::trend::{SmartTrend, TREND_CHECKPOINT_KEY};
 use checkers::{CheckContext, Checker};
 use state_machines::{Finding, Severity};
@@ -151,6 +152,12 @@ fn committed_smart_trend(outbox: &dyn OutboxStore) -> anyhow::Result<Option<Smar
 pub struct Built {
     pub scheduled: Vec<Scheduled>,
     pub routes: Routes,
+    /// Hands catalog rule sets to the kernel-log checker between runs.
+    pub rules_swap: Arc<RulesSwap>,
+    /// Catalog disk profiles, read by the disk checker at each scoring pass.
+    pub profiles: Arc<ProfileOverrides>,
+    /// The version of the built-in kernel-log rules (reported as `fallback` before an assignment).
+    pub builtin_rules_version: String,
 }
 
 /// Build the registry the config asks for and schedule it along the validated graph.
@@ -167,6 +174,8 @@ pub fn build_checkers(
         (cfg.root == Path::new("/") && std_path.exists()).then_some(std_path)
     });
     host.disk.profile_dir = setting_path(cfg, "disk", "profiles")?;
+    let profiles = Arc::new(ProfileOverrides::default());
+    host.disk.catalog_profiles = Some(Arc::clone(&profiles));
     host.rasdaemon_resume = outbox
         .kv_get(checkers::rasdaemon::CHECKPOINT_KEY)
         .context("reading the rasdaemon cursor")?
@@ -180,12 +189,16 @@ pub fn build_checkers(
         Some(dir) => RuleSet::from_dir(&dir).context("kernel-log rules")?,
         None => RuleSet::default_rules().context("built-in kernel-log rules")?,
     };
+    let builtin_rules_version =
+        format!("{}+rules.{}", checkers::kernel_log::CHECKER_VERSION, rules.version());
     let resume = committed_kmsg_cursor(outbox)?;
     let kmsg_wake = Arc::new(Notify::new());
     let notify = Arc::clone(&kmsg_wake);
     let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || notify.notify_one());
-    registry
-        .insert(Box::new(KernelLogChecker::kmsg_following(Arc::new(rules), resume, wake)), Source::RuleSet)?;
+    let rules_swap = Arc::new(RulesSwap::default());
+    let mut kernel_log = KernelLogChecker::kmsg_following(Arc::new(rules), resume, wake);
+    kernel_log.set_swap(Arc::clone(&rules_swap));
+    registry.insert(Box::new(kernel_log), Source::RuleSet)?;
     for e in &cfg.external {
         let interval = Duration::from_secs(e.interval_s);
         registry.insert(Box::new(ExternalChecker::new(e.spec(), e.kinds()?, interval)), Source::External)?;
@@ -235,13 +248,13 @@ pub fn build_checkers(
     if let Some(left) = registry.infos().next() {
         anyhow::bail!("checker {:?} is registered but not declared in the checker graph", left.name);
     }
-    Ok(Built { scheduled: out, routes })
+    Ok(Built { scheduled: out, routes, rules_swap, profiles, builtin_rules_version })
 }
 
 /// Keeps unchanged healthy readings from being re-sent every run.
 #[derive(Default)]
 struct Dedupe {
-    last: BTreeMap<(String, String, String), (Severity, u64)>,
+    last: BTreeMap<(String, String, String, bool), (Severity, u64)>,
 }
 
 /// Most (object, checker, rule) keys remembered: bounded memory on a host with a huge device count.
@@ -249,7 +262,8 @@ const DEDUPE_KEYS: usize = 50_000;
 
 impl Dedupe {
     fn keep(&mut self, f: &Finding, now: u64) -> bool {
-        let key = (f.object.to_string(), f.checker.clone(), f.rule.clone());
+        // A shadow run and the current version of one checker are deduplicated apart.
+        let key = (f.object.to_string(), f.checker.clone(), f.rule.clone(), f.shadow);
         let send = match self.last.get(&key) {
             Some((sev, at)) => {
                 // Faults about hardware go out every run (hysteresis counts readings); a checker that keeps
@@ -386,7 +400,13 @@ async fn sink(
                     "invalid findings not queued"
                 );
             }
-            routes.deliver(&report.checker, &screened.findings);
+            // Shadow findings (a canary version) never drive anything locally: no derived checker sees them.
+            if screened.findings.iter().any(|f| f.shadow) {
+                let live: Vec<Finding> = screened.findings.iter().filter(|f| !f.shadow).cloned().collect();
+                routes.deliver(&report.checker, &live);
+            } else {
+                routes.deliver(&report.checker, &screened.findings);
+            }
             findings.extend(screened.findings.into_iter().filter(|f| dedupe.keep(f, now)));
             // A checkpoint whose key lost a commit stays where it was until the agent restarts.
             if let Some(c) = report.checkpoint.filter(|c| !frozen.contains(&c.key)) {
@@ -429,6 +449,17 @@ async fn sink(
     }
 }
 
+/// Who catalog external checkers run as: the configured `checker_user` when the agent is root (an
+/// unknown user or root itself: they do not run, and say why), else the agent's own user.
+fn checker_identity(cfg: &AgentConfig) -> Result<Option<checkers::external::RunAs>, String> {
+    if !checkers::external::running_as_root() {
+        return Ok(None);
+    }
+    checkers::external::lookup_user(&cfg.checker_user, Path::new("/etc/passwd"))
+        .map(Some)
+        .map_err(|e| format!("checker_user: {e}; catalog external checkers are not run as root"))
+}
+
 /// Run the agent until `shutdown` turns true.
 pub async fn run(cfg: AgentConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     run_with(cfg, RunHooks::default(), shutdown).await
@@ -464,7 +495,14 @@ token. For tests and experiments only.";
     let epoch = reporter::epoch(outbox.as_ref()).context("reading or creating the agent epoch")?;
     let started = now_ms();
     let shared = LocalState::new(host.clone(), started);
-    let Built { scheduled: checkers, routes } = build_checkers(&cfg, outbox.as_ref(), &hooks)?;
+    let Built { scheduled: checkers, routes, rules_swap, profiles, builtin_rules_version } =
+        build_checkers(&cfg, outbox.as_ref(), &hooks)?;
+    // The persisted assignment (if any) runs from the first pass on, with or without a master.
+    let catalog = crate::catalog::Catalog::open(&cfg.data_dir).context("the checker catalog state")?;
+    let policy = crate::catalog::ExternalPolicy { run_as: checker_identity(&cfg) };
+    if shared.catalog.set(Arc::clone(&catalog)).is_err() {
+        tracing::warn!("catalog state was already set on the local surface");
+    }
     let versions: BTreeMap<String, String> =
         checkers.iter().map(|s| (s.checker.name().to_string(), s.checker.version().to_string())).collect();
     let inventory = crate::inventory::collect(&cfg.root, &host);
@@ -490,6 +528,17 @@ token. For tests and experiments only.";
     for (i, s) in checkers.into_iter().enumerate() {
         checker_tasks.spawn(run_loop(s, ctx.clone(), tx.clone(), stop_rx.clone(), started ^ (i as u64 + 1)));
     }
+    let supervisor = crate::catalog::Supervisor::new(
+        Arc::clone(&catalog),
+        crate::catalog::Fetcher::new(cfg.masters.clone(), security.clone(), &host, &host),
+        tx.clone(),
+        ctx.clone(),
+        rules_swap,
+        profiles,
+        builtin_rules_version,
+        policy,
+    );
+    checker_tasks.spawn(supervisor.run(stop_rx.clone()));
     drop(tx);
     let wake = Arc::new(Notify::new());
     let mut sink_task = tokio::task::JoinSet::new();
@@ -515,6 +564,7 @@ token. For tests and experiments only.";
         checkers: versions,
         labels: cfg.labels.clone(),
         executor: Some(Arc::clone(&executor)),
+        catalog: Some(Arc::clone(&catalog)),
         inventory_every: Duration::from_secs(cfg.report.inventory_s.max(1)),
         root: cfg.root.clone(),
         security,
@@ -757,6 +807,45 @@ mod tests {
         assert_eq!(outbox.kv_get("kmsg.cursor").unwrap(), Some(cursor.into_bytes()));
     }
 
+    #[tokio::test]
+    async fn shadow_findings_are_kept_but_never_routed_to_derived_checkers() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox: Arc<dyn OutboxStore> =
+            Arc::new(RedbOutbox::open(&dir.path().join("o.redb"), Limits::default()).unwrap());
+        let inbox = Inbox::default();
+        let mut routes = Routes::default();
+        routes.add("kernel-log", inbox.clone());
+        let (tx, rx) = mpsc::channel(4);
+        let mut r = kmsg_report(1, 1);
+        let mut shadow = r.findings[0].clone();
+        shadow.shadow = true;
+        shadow.version = "2".into();
+        r.findings.push(shadow);
+        tx.send(r).await.unwrap();
+        drop(tx);
+        sink(
+            rx,
+            Arc::clone(&outbox),
+            LocalState::new("h1".into(), 0),
+            routes,
+            Arc::new(Notify::new()),
+            Duration::ZERO,
+            500,
+        )
+        .await;
+        let routed = inbox.drain();
+        assert_eq!(routed.len(), 1, "only the live finding reaches the disk grader: {routed:?}");
+        assert!(!routed[0].shadow);
+        let kept = outbox.peek(10, 1 << 20).unwrap();
+        let shadows = kept
+            .iter()
+            .filter(|e| {
+                serde_json::from_slice::<Finding>(&e.payload).is_ok_and(|f| f.shadow && f.version == "2")
+            })
+            .count();
+        assert_eq!((kept.len(), shadows), (2, 1), "both go to the master, the shadow one marked");
+    }
+
     #[test]
     fn dedupe_sends_changes_faults_and_refreshes() {
         let mut d = Dedupe::default();
@@ -766,5 +855,8 @@ mod tests {
         assert!(d.keep(&f(Severity::Slow), 3000), "faults are sent every run (hysteresis counts them)");
         assert!(d.keep(&f(Severity::Good), 4000));
         assert!(d.keep(&f(Severity::Good), 4000 + HEALTHY_REFRESH_MS), "refreshed after the period");
+        let mut shadow = f(Severity::Good);
+        shadow.shadow = true;
+        assert!(d.keep(&shadow, 4001 + HEALTHY_REFRESH_MS), "a shadow run is deduplicated apart");
     }
 }

@@ -54,6 +54,106 @@ pub struct ExternalSpec {
     pub max_lines: usize,
     /// Expected sha256 of the executable (hex); checked before every run when set.
     pub sha256: Option<String>,
+    /// RLIMIT_AS of the process (bytes of address space): an allocation past it fails in the child.
+    pub max_memory_bytes: Option<u64>,
+    /// RLIMIT_CPU of the process, rounded up to whole seconds (the kernel's unit): SIGXCPU at the limit,
+    /// SIGKILL one second later.
+    pub max_cpu: Option<Duration>,
+    /// Run as this user instead of the agent's (set when the agent runs as root; see [`lookup_user`]).
+    pub run_as: Option<RunAs>,
+}
+
+/// An unprivileged identity to run an external checker as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Smallest RLIMIT_AS accepted: below this a dynamically linked program cannot even start, which would
+/// look like a broken checker rather than a limit.
+pub const MIN_MEMORY_LIMIT: u64 = 16 * 1024 * 1024;
+/// Largest /etc/passwd read when looking a user up (a passwd file is a few KiB).
+const MAX_PASSWD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Why a user name could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("user {0:?} is not in {1}")]
+    Unknown(String, PathBuf),
+    #[error("user {0:?} is root: an external checker never runs as root when a user is configured")]
+    Root(String),
+}
+
+/// Look `name` up in `passwd` (the format of /etc/passwd: `name:x:uid:gid:...`). Root (uid 0) is refused.
+pub fn lookup_user(name: &str, passwd: &std::path::Path) -> Result<RunAs, UserError> {
+    let f = std::fs::File::open(passwd).map_err(|err| UserError::Io { path: passwd.to_path_buf(), err })?;
+    let mut text = String::new();
+    f.take(MAX_PASSWD_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|err| UserError::Io { path: passwd.to_path_buf(), err })?;
+    for line in text.lines() {
+        let mut parts = line.split(':');
+        if parts.next() != Some(name) {
+            continue;
+        }
+        let _password = parts.next();
+        let uid = parts.next().and_then(|u| u.parse::<u32>().ok());
+        let gid = parts.next().and_then(|g| g.parse::<u32>().ok());
+        if let (Some(uid), Some(gid)) = (uid, gid) {
+            if uid == 0 {
+                return Err(UserError::Root(name.to_string()));
+            }
+            return Ok(RunAs { uid, gid });
+        }
+    }
+    Err(UserError::Unknown(name.to_string(), passwd.to_path_buf()))
+}
+
+/// Whether this process runs as root (the owner of /proc/self is its effective uid).
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Apply the resource limits and identity of `spec` to `cmd` (in the child, between fork and exec).
+fn confine(cmd: &mut Command, spec: &ExternalSpec) {
+    use std::os::unix::process::CommandExt;
+    if let Some(u) = spec.run_as {
+        // std drops supplementary groups (setgroups(0)) when it changes the uid as root.
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    let mem = spec.max_memory_bytes.map(|m| m.max(MIN_MEMORY_LIMIT));
+    let cpu = spec.max_cpu.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)).map(|s| s.max(1));
+    if mem.is_none() && cpu.is_none() {
+        return;
+    }
+    set_limits_in_child(cmd, mem, cpu);
+}
+
+/// The one unsafe call of this crate outside tests: `pre_exec` runs the closure in the forked child. It
+/// only calls setrlimit(2), which is async-signal-safe, allocates nothing and touches no lock, as the
+/// contract of `pre_exec` requires.
+#[allow(unsafe_code)]
+fn set_limits_in_child(cmd: &mut Command, mem: Option<u64>, cpu: Option<u64>) {
+    use nix::sys::resource::{Resource, setrlimit};
+    use std::os::unix::process::CommandExt;
+    let limits = move || -> std::io::Result<()> {
+        if let Some(m) = mem {
+            setrlimit(Resource::RLIMIT_AS, m, m).map_err(std::io::Error::from)?;
+        }
+        if let Some(c) = cpu {
+            // Soft limit: SIGXCPU; the hard limit one second later is SIGKILL for a program that ignores it.
+            setrlimit(Resource::RLIMIT_CPU, c, c + 1).map_err(std::io::Error::from)?;
+        }
+        Ok(())
+    };
+    // SAFETY: see the function's comment; the closure owns plain integers only.
+    unsafe {
+        cmd.pre_exec(limits);
+    }
 }
 
 impl ExternalSpec {
@@ -67,6 +167,9 @@ impl ExternalSpec {
             max_bytes: DEFAULT_MAX_BYTES,
             max_lines: DEFAULT_MAX_LINES,
             sha256: None,
+            max_memory_bytes: None,
+            max_cpu: None,
+            run_as: None,
         }
     }
 }
@@ -238,6 +341,7 @@ pub fn run(spec: &ExternalSpec, ctx: &CheckContext) -> Result<Vec<Finding>, Chec
     }
     let mut cmd = Command::new(&spec.path);
     cmd.args(&spec.args).env("HUATUO_HOST", &ctx.host).env("HUATUO_ROOT", &ctx.root);
+    confine(&mut cmd, spec);
     let limits = RunLimits { timeout: spec.timeout, max_stdout: spec.max_bytes, max_stderr: 16 * 1024 };
     let out = match probe::run_bounded(cmd, limits) {
         Ok(o) => o,
@@ -254,13 +358,25 @@ pub fn run(spec: &ExternalSpec, ctx: &CheckContext) -> Result<Vec<Finding>, Chec
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: String =
             stderr.trim().chars().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect();
-        problems.insert(0, format!("exited with {:?}; stderr: {tail}", out.code));
+        let how = match out.signal {
+            Some(s)
+                if s == libc::SIGXCPU
+                    || (s == libc::SIGKILL && spec.max_cpu.is_some_and(|c| out.elapsed >= c)) =>
+            {
+                format!("killed by signal {s} at its CPU limit ({:?})", spec.max_cpu.unwrap_or_default())
+            }
+            Some(s) => format!("killed by signal {s}"),
+            None => format!("exited with {:?}", out.code),
+        };
+        let mem = spec.max_memory_bytes.map(|m| format!(" (memory limit {m} bytes)")).unwrap_or_default();
+        problems.insert(0, format!("{how}{mem}; stderr: {tail}"));
     }
     if !problems.is_empty() {
         let readings = BTreeMap::from([
             ("accepted".into(), findings.len().to_string()),
             ("rejected".into(), rejected.to_string()),
             ("exit_code".into(), out.code.map(|c| c.to_string()).unwrap_or_else(|| "none".into())),
+            ("signal".into(), out.signal.map(|c| c.to_string()).unwrap_or_else(|| "none".into())),
             ("elapsed_ms".into(), out.elapsed.as_millis().to_string()),
         ]);
         findings.push(broken(problems, readings));
@@ -453,5 +569,78 @@ mod tests {
         assert!(broken(&run(&spec, &ctx()).unwrap()).is_some());
         let spec = ExternalSpec::new("bad name", "1", "/bin/true".into());
         assert!(matches!(run(&spec, &ctx()), Err(CheckError::Config(_))));
+    }
+
+    #[test]
+    fn a_memory_hog_is_stopped_by_its_address_space_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("survived");
+        // Builds a 256 MiB shell string: impossible under a 64 MiB address space.
+        let body = format!(
+            "x=$(head -c 268435456 /dev/zero | tr '\\0' a); echo ${{#x}}; touch {}",
+            marker.display()
+        );
+        let mut spec = ExternalSpec::new("hog", "1", script(d.path(), &body));
+        spec.max_memory_bytes = Some(64 * 1024 * 1024);
+        spec.timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        let f = run(&spec, &ctx()).unwrap();
+        let b = broken(&f).unwrap_or_else(|| panic!("a hog is reported: {f:?}"));
+        assert!(b.evidence.contains("memory limit 67108864"), "{}", b.evidence);
+        assert!(!marker.exists(), "the hog never got its memory");
+        assert!(start.elapsed() < Duration::from_secs(60), "stopped by the limit, not the timeout");
+        assert!(!b.evidence.contains("timed out"), "{}", b.evidence);
+    }
+
+    #[test]
+    fn a_cpu_spinner_is_killed_at_its_cpu_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let mut spec = ExternalSpec::new("spin", "1", script(d.path(), "while :; do :; done"));
+        spec.max_cpu = Some(Duration::from_millis(1500)); // rounded up to 2 s of CPU
+        spec.timeout = Duration::from_secs(120);
+        let f = run(&spec, &ctx()).unwrap();
+        let b = broken(&f).unwrap_or_else(|| panic!("a spinner is reported: {f:?}"));
+        assert!(b.evidence.contains("CPU limit"), "{}", b.evidence);
+        assert_eq!(b.readings["signal"], libc::SIGXCPU.to_string(), "{b:?}");
+        assert!(
+            !b.evidence.contains("timed out"),
+            "killed by the CPU limit, not the wall clock: {}",
+            b.evidence
+        );
+    }
+
+    #[test]
+    fn users_are_looked_up_and_root_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let passwd = d.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65533:n:/:/bin/false\nbad:x:z:1::/:\n",
+        )
+        .unwrap();
+        assert_eq!(lookup_user("nobody", &passwd).unwrap(), RunAs { uid: 65534, gid: 65533 });
+        assert!(matches!(lookup_user("root", &passwd), Err(UserError::Root(_))));
+        assert!(matches!(lookup_user("bad", &passwd), Err(UserError::Unknown(..))));
+        assert!(matches!(lookup_user("ghost", &passwd), Err(UserError::Unknown(..))));
+        assert!(matches!(lookup_user("nobody", &d.path().join("none")), Err(UserError::Io { .. })));
+    }
+
+    /// As root, the checker runs as the configured user (skipped when the tests do not run as root: only
+    /// root can change its uid).
+    #[test]
+    fn as_root_the_checker_runs_as_the_configured_user() {
+        if !running_as_root() {
+            eprintln!("not root: cannot test the uid switch");
+            return;
+        }
+        let run_as = lookup_user("nobody", std::path::Path::new("/etc/passwd")).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let body = r#"echo "{\"object\":\"disk/h1/sda\",\"severity\":\"GOOD\",\"rule\":\"whoami\",\"evidence\":\"$(id -u):$(id -g):$(id -G)\"}""#;
+        let mut spec = ExternalSpec::new("who", "1", script(d.path(), body));
+        spec.run_as = Some(run_as);
+        let f = run(&spec, &ctx()).unwrap();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].evidence, format!("{0}:{1}:{1}", run_as.uid, run_as.gid), "no root, no extra groups");
     }
 }

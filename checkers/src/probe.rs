@@ -142,6 +142,8 @@ pub struct RunLimits {
 pub struct RunOutput {
     /// Exit code when the program exited normally (None: killed by a signal or never reaped).
     pub code: Option<i32>,
+    /// The signal that ended the program (None: it exited, or was never reaped).
+    pub signal: Option<i32>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     /// The program wrote more than `max_stdout` bytes; it was killed and the output cut.
@@ -246,6 +248,7 @@ pub fn run_bounded(mut cmd: Command, limits: RunLimits) -> Result<RunOutput, Pro
     let (stderr, _) = err_rx.recv_timeout(KILL_GRACE).unwrap_or_default();
     Ok(RunOutput {
         code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
         stdout,
         stderr,
         stdout_overflow: overflow || over2,

@@ -55,6 +55,8 @@ struct Report {
     stuck: Vec<String>,
     proposals_pending: u64,
     alerts_24h: Vec<String>,
+    /// Checker rollouts that are paused (by an operator or by the master's canary stop), with why.
+    rollouts_paused: Vec<String>,
     needs_a_human: Vec<String>,
 }
 
@@ -273,6 +275,26 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         r.needs_a_human.push(format!("{} stuck objects: {}", r.stuck.len(), listed(&r.stuck)));
     }
 
+    // Checker rollouts: a paused one waits for a decision (resume, rollback or promote).
+    match rt.block_on(client.call(api::ListCatalogRequest { name: String::new() }, |mut c, r| async move {
+        c.list_catalog(r).await
+    })) {
+        Ok(cat) => {
+            for x in cat.rollouts.iter().filter(|x| x.status == "paused") {
+                let who = if x.auto_paused { "by the master" } else { "by an operator" };
+                r.rollouts_paused.push(format!("{}@{} paused {who}: {}", x.name, x.version, x.paused_reason));
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "no checker catalog on this master"),
+    }
+    if !r.rollouts_paused.is_empty() {
+        r.needs_a_human.push(format!(
+            "{} checker rollouts are paused: {}",
+            r.rollouts_paused.len(),
+            listed(&r.rollouts_paused)
+        ));
+    }
+
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -338,6 +360,12 @@ fn print_report(r: &Report) {
     println!("  changed state in the last 24 h: {}", r.changed_24h.len());
     for c in r.changed_24h.iter().take(SHOWN) {
         println!("    {c}");
+    }
+    if !r.rollouts_paused.is_empty() {
+        println!("\n== checker rollouts paused: {}", r.rollouts_paused.len());
+        for p in &r.rollouts_paused {
+            println!("    {p}");
+        }
     }
     println!("\n== proposals pending: {}", r.proposals_pending);
     println!("== alerts in the last 24 h: {}", r.alerts_24h.len());

@@ -5,6 +5,8 @@ mod agent_cmd;
 mod bench_agent;
 mod bench_e2e;
 mod bench_master;
+mod bench_rollout;
+mod catalog_cmd;
 mod context;
 mod dev_cmd;
 mod fsm_cmd;
@@ -76,6 +78,12 @@ enum Cmd {
     /// Repair tickets: list them, record updates from the repair system.
     #[command(subcommand)]
     Ticket(ticket_cmd::TicketCmd),
+    /// The checker catalog: push artifacts (external checkers, rule sets, profiles), list and show them.
+    #[command(subcommand)]
+    Catalog(catalog_cmd::CatalogCmd),
+    /// Gray release of catalog versions: start, status, widen, pause, resume, promote, rollback.
+    #[command(subcommand)]
+    Rollout(catalog_cmd::RolloutCmd),
     /// The daily inspection report (exit 2 when something needs a human; --json for machines).
     Inspect(inspect_cmd::InspectArgs),
     /// State machines: diagrams and transcript checks.
@@ -106,6 +114,8 @@ enum BenchCmd {
     Agent(bench_agent::BenchAgentArgs),
     /// Kernel fault line -> SDK subscriber latency through a real agent and 3-node master.
     E2e(bench_e2e::BenchE2eArgs),
+    /// A checker release reaching N simulated agents through a real 3-node master (issue 15).
+    Rollout(bench_rollout::BenchRolloutArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -130,6 +140,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Force(a) => safety_cmd::force(a),
         Cmd::Consent(a) => safety_cmd::consent(a),
         Cmd::Ticket(c) => ticket_cmd::run(c),
+        Cmd::Catalog(c) => catalog_cmd::run_catalog(c),
+        Cmd::Rollout(c) => catalog_cmd::run_rollout(c),
         Cmd::Upgrade(a) => upgrade_cmd::run(a),
         Cmd::Inspect(a) => inspect_cmd::run(a),
         Cmd::Fsm(c) => fsm_cmd::run(c),
@@ -137,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Master(a)) => bench_master::run(a),
         Cmd::Bench(BenchCmd::Agent(a)) => bench_agent::run(a),
         Cmd::Bench(BenchCmd::E2e(a)) => bench_e2e::run(a),
+        Cmd::Bench(BenchCmd::Rollout(a)) => bench_rollout::run(a),
     }
 }
 

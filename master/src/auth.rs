@@ -105,11 +105,17 @@ pub fn grpc_need(path: &str) -> Need {
     let Some(method) = path.strip_prefix(API_PREFIX) else { return Need::Operate };
     match method {
         "ListObjects" | "GetObject" | "Watch" | "ClusterInfo" | "GetSafety" | "ListProposals"
-        | "ListAgents" => Need::Read,
+        | "ListAgents" | "ListCatalog" | "RolloutStatus" => Need::Read,
         "Ingest" => Need::AgentOrOperator,
-        "Heartbeat" | "Register" => Need::Agent,
+        "Heartbeat" | "Register" | "FetchArtifact" => Need::Agent,
         "Command" => Need::Command,
-        "SetLevel" | "Release" | "DecideProposals" | "SetQuotas" | "SetMinCommandVersion" => Need::Operate,
+        "SetLevel"
+        | "Release"
+        | "DecideProposals"
+        | "SetQuotas"
+        | "SetMinCommandVersion"
+        | "PushArtifact"
+        | "Rollout" => Need::Operate,
         _ => Need::Operate,
     }
 }
@@ -423,6 +429,14 @@ mod tests {
         assert_eq!(rest_need(&Method::POST, "/api/v1/levels"), Operate);
         assert_eq!(rest_need(&Method::POST, "/api/v1/min-command-version"), Operate);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/SetMinCommandVersion"), Operate);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/PushArtifact"), Operate);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/Rollout"), Operate);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/FetchArtifact"), Agent);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/ListCatalog"), Read);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/RolloutStatus"), Read);
+        assert_eq!(rest_need(&Method::POST, "/api/v1/catalog"), Operate);
+        assert_eq!(rest_need(&Method::POST, "/api/v1/rollouts"), Operate);
+        assert_eq!(rest_need(&Method::GET, "/api/v1/rollouts"), Read);
         assert_eq!(rest_need(&Method::POST, "/healthz"), Operate);
         assert_eq!(rest_need(&Method::POST, "/api/v1/commands"), Command);
         assert_eq!(command_need("ack"), Ack);

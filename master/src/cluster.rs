@@ -311,6 +311,11 @@ impl LocalCluster {
         self.children.get_mut(&id).and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// The process id of node `id` while it runs (benchmarks read its CPU and IO from /proc/PID).
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(Child::id)
+    }
+
     pub fn running(&self) -> Vec<u64> {
         self.children.keys().copied().collect()
     }

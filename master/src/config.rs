@@ -94,6 +94,10 @@ pub struct MasterConfig {
     /// with `huatuo upgrade` when satisfied.
     #[serde(default = "default_auto_upgrade")]
     pub auto_upgrade: bool,
+    /// The checker catalog's automatic canary stop (`[canary]`: window_ms, ratio, fraction,
+    /// max_failing_share; defaults 10 min, 3, 0.02, 0.10).
+    #[serde(default)]
+    pub canary: crate::catalog::CanaryConfig,
 }
 
 fn default_auto_upgrade() -> bool {
@@ -162,6 +166,8 @@ pub enum ConfigError {
     /// A `--peers` / `[peers]` entry (the message says which and why).
     #[error("invalid master config: {0}")]
     Peer(String),
+    #[error("invalid master config: {0}")]
+    Canary(String),
     #[error("invalid master config: {what} {value:?} is not an IP:PORT address")]
     Address { what: &'static str, value: String },
     #[error("invalid master config: need tick_ms > 0 and 0 < heartbeat_ticks < election_ticks")]
@@ -204,6 +210,7 @@ pub struct Resolved {
     /// The newest command version this node knows (decodes, applies, reports to its peers).
     pub knows_command_version: u32,
     pub auto_upgrade: bool,
+    pub canary: crate::catalog::CanaryConfig,
 }
 
 /// Parse `1=host:port,2=host:port`.
@@ -240,6 +247,7 @@ impl MasterConfig {
         if self.version != CONFIG_VERSION {
             return Err(ConfigError::Version { found: self.version, reads: CONFIG_VERSION });
         }
+        self.canary.validate().map_err(ConfigError::Canary)?;
         let mut peers = BTreeMap::new();
         for (k, v) in &self.peers {
             let id: u64 =
@@ -330,6 +338,7 @@ impl MasterConfig {
             max_watches: self.max_watches,
             knows_command_version,
             auto_upgrade: self.auto_upgrade,
+            canary: self.canary.clone(),
         })
     }
 }

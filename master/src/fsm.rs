@@ -28,6 +28,7 @@ use crate::sm_seam::Policy;
 use crate::store::{self, META_MIN_COMMAND_VERSION, StoreError};
 
 mod agents;
+mod catalog;
 mod decide;
 mod mem;
 mod objects;

@@ -12,6 +12,7 @@ use proto::convert;
 use proto::error::ApiError;
 use tonic::{Request, Response, Status};
 
+use crate::api::catalog::{PushRequest, RolloutRequest};
 use crate::api::requests::{self, ObjectCommand};
 use crate::api::safety;
 use crate::api::{HeartbeatInfo, IngestBatch, Service};
@@ -102,8 +103,11 @@ impl Master for GrpcApi {
             checkers: req.checkers.into_iter().collect(),
             outbox_entries: req.outbox_entries,
             outbox_dropped: req.outbox_dropped,
+            runs: req.runs.into_iter().map(convert::run_from_wire).collect(),
+            assignment_hash: req.assignment_hash,
         };
         let host = req.host.clone();
+        let held = info.assignment_hash.clone();
         let revision = self.svc.heartbeat(req.agent, req.host, info).await.map_err(Status::from)?;
         let actions = self
             .svc
@@ -112,49 +116,100 @@ impl Master for GrpcApi {
             .into_iter()
             .map(convert::order_to_wire)
             .collect();
+        let (hash, assignment) = self.svc.assignment(&host).map_err(Status::from)?;
+        let included = hash != held;
         Ok(Response::new(api::HeartbeatResponse {
             revision,
             actions,
-            assignment_hash: String::new(),
-            assignment: Vec::new(),
-            assignment_included: false,
+            assignment: if included {
+                assignment.iter().map(convert::assignment_to_wire).collect()
+            } else {
+                Vec::new()
+            },
+            assignment_hash: hash,
+            assignment_included: included,
         }))
     }
 
-    // Issue 15 (checker catalog): the contract is in api.proto; the master side lands with the catalog.
     async fn push_artifact(
         &self,
-        _req: Request<api::PushArtifactRequest>,
+        req: Request<api::PushArtifactRequest>,
     ) -> Result<Response<api::PushArtifactResponse>, Status> {
-        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
+        let key = idempotency_key(req.metadata())?;
+        let req = req.into_inner();
+        let push = PushRequest {
+            name: req.name,
+            version: req.version,
+            kind: req.r#type,
+            content: req.content,
+            description: req.description,
+            spec: convert::spec_from_wire(req.spec),
+            by: req.by,
+            sha256: req.sha256,
+        };
+        let res = self.svc.push_artifact(push, key).await.map_err(Status::from)?;
+        Ok(Response::new(api::PushArtifactResponse {
+            artifact: Some(convert::artifact_to_wire(&res.artifact)),
+            revision: res.revision,
+            duplicate: res.duplicate,
+        }))
     }
 
     async fn list_catalog(
         &self,
-        _req: Request<api::ListCatalogRequest>,
+        req: Request<api::ListCatalogRequest>,
     ) -> Result<Response<api::ListCatalogResponse>, Status> {
-        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
+        let l = self.svc.list_catalog(&req.into_inner().name).await.map_err(Status::from)?;
+        Ok(Response::new(convert::catalog_to_wire(&l)))
     }
 
     async fn fetch_artifact(
         &self,
-        _req: Request<api::FetchArtifactRequest>,
+        req: Request<api::FetchArtifactRequest>,
     ) -> Result<Response<api::FetchArtifactResponse>, Status> {
-        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
+        let req = req.into_inner();
+        let c = self
+            .svc
+            .fetch_artifact(&req.host, &req.name, &req.version, &req.sha256, req.offset, req.max_bytes)
+            .map_err(Status::from)?;
+        Ok(Response::new(api::FetchArtifactResponse {
+            data: c.data,
+            offset: c.offset,
+            size: c.size,
+            sha256: c.sha256,
+        }))
     }
 
     async fn rollout(
         &self,
-        _req: Request<api::RolloutRequest>,
+        req: Request<api::RolloutRequest>,
     ) -> Result<Response<api::RolloutResponse>, Status> {
-        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
+        let key = idempotency_key(req.metadata())?;
+        let req = req.into_inner();
+        let r = RolloutRequest {
+            action: req.action,
+            name: req.name,
+            version: req.version,
+            hosts: req.hosts,
+            percent: req.percent,
+            labels: req.labels,
+            shadow: req.shadow,
+            by: req.by,
+            reason: req.reason,
+        };
+        let (rollout, revision) = self.svc.rollout(r, key).await.map_err(Status::from)?;
+        Ok(Response::new(api::RolloutResponse {
+            rollout: Some(convert::rollout_to_wire(&rollout)),
+            revision,
+        }))
     }
 
     async fn rollout_status(
         &self,
-        _req: Request<api::RolloutStatusRequest>,
+        req: Request<api::RolloutStatusRequest>,
     ) -> Result<Response<api::RolloutStatusResponse>, Status> {
-        Err(Status::unimplemented("the checker catalog is not built yet (issue 15)"))
+        let s = self.svc.rollout_status(&req.into_inner().name).await.map_err(Status::from)?;
+        Ok(Response::new(convert::rollout_status_to_wire(&s)))
     }
 
     async fn register(

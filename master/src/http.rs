@@ -33,6 +33,7 @@ pub const WATCH_MAX: Duration = Duration::from_secs(300);
 
 type Svc = Arc<Service>;
 
+mod catalog_routes;
 pub mod portal;
 mod safety_routes;
 
@@ -51,6 +52,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/whoami", get(whoami))
         .merge(safety_routes::routes())
+        .merge(catalog_routes::routes())
         .merge(portal::router())
         .fallback(|| async { HttpError(ApiError::not_found("no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -300,6 +302,10 @@ pub struct HeartbeatBody {
     pub outbox_entries: u64,
     #[serde(default)]
     pub outbox_dropped: u64,
+    #[serde(default)]
+    pub runs: Vec<proto::view::CheckerRunView>,
+    #[serde(default)]
+    pub assignment_hash: String,
 }
 
 async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, HttpError> {
@@ -310,11 +316,23 @@ async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, Http
         checkers: b.checkers,
         outbox_entries: b.outbox_entries,
         outbox_dropped: b.outbox_dropped,
+        runs: b.runs,
+        assignment_hash: b.assignment_hash.clone(),
     };
     let host = b.host.clone();
     let revision = svc.heartbeat(b.agent, b.host, info).await.map_err(|e| rest_error(&svc, e))?;
     let actions = svc.actions_for(&host).map_err(|e| rest_error(&svc, e))?;
-    Ok(Json(serde_json::json!({ "revision": revision, "actions": actions })).into_response())
+    let (hash, assignment) = svc.assignment(&host).map_err(|e| rest_error(&svc, e))?;
+    let included = hash != b.assignment_hash;
+    let assignment = if included { assignment } else { Vec::new() };
+    Ok(Json(serde_json::json!({
+        "revision": revision,
+        "actions": actions,
+        "assignment_hash": hash,
+        "assignment": assignment,
+        "assignment_included": included,
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/agents`: the leader's heartbeat memory (versions, start times, outbox depth per agent).

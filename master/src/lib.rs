@@ -7,6 +7,7 @@ pub use proto::client;
 pub mod actions;
 pub mod api;
 pub mod auth;
+pub mod catalog;
 pub mod checksum;
 pub mod cluster;
 pub mod config;

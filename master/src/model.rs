@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use state_machines::{Finding, ObjectId};
 
+use crate::catalog::{ArtifactRecord, Target};
 use crate::safety::{Level, ProposalFilter, SafetyConfig};
 use crate::sm_seam::{Input, ObjectState};
 
@@ -20,8 +21,12 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// knows stops applying (never skips it: replicas of different versions would diverge) until it is upgraded.
 /// Version history: 1 = the first command set; 2 = `SetMinCommandVersion`, and findings older than
 /// [`MAX_FINDING_AGE_MS`] are refused once the cluster enabled version 2; 3 = [`Command::Keyed`] (idempotent
-/// writes: a retried command is applied once) and `Ingest` with an agent `epoch` ([`AGENT_EPOCH_VERSION`]).
-pub const COMMAND_VERSION: u32 = 3;
+/// writes: a retried command is applied once) and `Ingest` with an agent `epoch` ([`AGENT_EPOCH_VERSION`]);
+/// 4 = the checker catalog ([`CATALOG_COMMAND_VERSION`]: artifacts, rollouts, canary stops, seeding) and
+/// `Ingest` carrying shadow findings (older binaries would feed them to state machines).
+pub const COMMAND_VERSION: u32 = 4;
+/// The command version of the checker catalog's commands and of ingests that carry shadow findings.
+pub const CATALOG_COMMAND_VERSION: u32 = 4;
 /// The cluster-wide `min_command_version` of a state that never had one set (clusters created before command
 /// versions were enforced, and new ones): only version-1 commands may be proposed until an operator raises it.
 pub const DEFAULT_MIN_COMMAND_VERSION: u32 = 1;
@@ -342,6 +347,93 @@ pub enum Command {
         key: String,
         cmd: Box<Command>,
     },
+    /// One chunk (index `index`, at most `catalog::CHUNK_BYTES`, base64) of an artifact's bytes, staged by
+    /// the API layer before the [`Command::CatalogPush`] of an artifact larger than one chunk. Version 4.
+    CatalogChunk {
+        sha256: String,
+        index: u64,
+        data: String,
+    },
+    /// Store `NAME@VERSION` (its bytes inline as base64 when they fit one chunk, else staged by chunks).
+    /// The same bytes again: a duplicate, no-op; other bytes: CONFLICT. Version 4.
+    CatalogPush {
+        artifact: ArtifactRecord,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        data: String,
+    },
+    /// The leader seeds a new cluster's catalog with the agent's embedded rule set and profiles as their
+    /// stable version 1 (once: later seeds are no-ops). Version 4.
+    CatalogSeed {
+        items: Vec<SeedItem>,
+    },
+    /// An operator's rollout change (start, widen, pause, resume, promote, rollback). Version 4.
+    Rollout {
+        action: RolloutAction,
+        name: String,
+        version: String,
+        #[serde(default)]
+        target: Target,
+        #[serde(default)]
+        shadow: bool,
+        by: String,
+        reason: String,
+    },
+    /// The leader closed a canary window of `name@version`: records the deviation figures, starts the next
+    /// window and, when `pause`, pauses the rollout with an alert. Version 4.
+    CanaryCheck {
+        name: String,
+        version: String,
+        deviation: proto::view::DeviationView,
+        pause: bool,
+    },
+}
+
+/// One seeded artifact: its record and bytes (base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedItem {
+    pub artifact: ArtifactRecord,
+    pub data: String,
+}
+
+/// What a rollout command does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutAction {
+    Start,
+    Widen,
+    Pause,
+    Resume,
+    Promote,
+    Rollback,
+}
+
+impl RolloutAction {
+    pub fn parse(s: &str) -> Result<RolloutAction, String> {
+        Ok(match s {
+            "start" => RolloutAction::Start,
+            "widen" => RolloutAction::Widen,
+            "pause" => RolloutAction::Pause,
+            "resume" => RolloutAction::Resume,
+            "promote" => RolloutAction::Promote,
+            "rollback" => RolloutAction::Rollback,
+            o => {
+                return Err(format!(
+                    "unknown rollout action {o:?} (start, widen, pause, resume, promote, rollback)"
+                ));
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Start => "start",
+            RolloutAction::Widen => "widen",
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Promote => "promote",
+            RolloutAction::Rollback => "rollback",
+        }
+    }
 }
 
 impl Command {
@@ -352,7 +444,13 @@ impl Command {
         match self {
             Command::SetMinCommandVersion { .. } => 2,
             Command::Keyed { cmd, .. } => cmd.version().max(KEYED_COMMAND_VERSION),
+            Command::Ingest { findings, .. } if findings.iter().any(|f| f.shadow) => CATALOG_COMMAND_VERSION,
             Command::Ingest { epoch, .. } if *epoch != 0 => AGENT_EPOCH_VERSION,
+            Command::CatalogChunk { .. }
+            | Command::CatalogPush { .. }
+            | Command::CatalogSeed { .. }
+            | Command::Rollout { .. }
+            | Command::CanaryCheck { .. } => CATALOG_COMMAND_VERSION,
             _ => 1,
         }
     }
@@ -373,6 +471,11 @@ impl Command {
             Command::SetSafety { .. } => "set_safety",
             Command::SetMinCommandVersion { .. } => "set_min_command_version",
             Command::Keyed { .. } => "keyed",
+            Command::CatalogChunk { .. } => "catalog_chunk",
+            Command::CatalogPush { .. } => "catalog_push",
+            Command::CatalogSeed { .. } => "catalog_seed",
+            Command::Rollout { .. } => "rollout",
+            Command::CanaryCheck { .. } => "canary_check",
         }
     }
 }

@@ -169,6 +169,7 @@ pub async fn serve(
             auto_upgrade: cfg.auto_upgrade,
         },
     );
+    svc.set_canary_config(cfg.canary.clone());
     // Repair tickets: the leader files what REPAIR asks for through the configured sink.
     if let Err(e) = crate::ticket_source::spawn(&svc, &cfg.tickets, cfg.id) {
         svc.shutdown().await;

@@ -64,6 +64,16 @@ pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_req
 pub const REQUEST_ORDER: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_request_order");
 
 pub const SETTING_SAFETY: &str = "safety";
+/// The checker catalog: checker name -> `catalog::CheckerRecord` (versions, stable version, rollouts).
+pub const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_catalog");
+/// Artifact bytes, content-addressed: (sha256 hex, chunk index) -> up to `catalog::CHUNK_BYTES` bytes.
+pub const BLOBS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("fsm_blobs");
+/// Bytes stored in [`BLOBS`] (the catalog's total limit), checkers in [`CATALOG`], whether the default
+/// artifacts were seeded, and a counter bumped by every catalog change (the leader's assignment cache key).
+pub const META_CATALOG_BYTES: &str = "catalog_bytes";
+pub const META_CATALOG_CHECKERS: &str = "catalog_checkers";
+pub const META_CATALOG_SEEDED: &str = "catalog_seeded";
+pub const META_CATALOG_REV: &str = "catalog_rev";
 /// Sequence the next idempotency key gets, and how many keys are remembered.
 pub const META_REQUEST_NEXT: &str = "request_next";
 pub const META_REQUEST_COUNT: &str = "request_count";
@@ -299,8 +309,9 @@ pub struct OpenReport {
 /// [`META`], every fsm table.
 type StrTable = TableDefinition<'static, &'static str, &'static [u8]>;
 type U64Table = TableDefinition<'static, u64, &'static [u8]>;
-const STR_TABLES: [(&str, StrTable); 6] = [
+const STR_TABLES: [(&str, StrTable); 7] = [
     ("fsm_objects", OBJECTS),
+    ("fsm_catalog", CATALOG),
     ("fsm_agents", AGENTS),
     ("fsm_scopes", SCOPES),
     ("fsm_proposal_obj", PROPOSAL_OBJ),
@@ -491,6 +502,12 @@ pub fn verify_store(db: &redb::Database) -> Result<OpenReport, StoreError> {
             count("fsm_history", &k.value().row_key(), v.value())?;
         }
     }
+    if let Some(t) = open_read!(txn, BLOBS) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            count("fsm_blobs", &k.value().row_key(), v.value())?;
+        }
+    }
     Ok(report)
 }
 
@@ -667,6 +684,37 @@ impl Reader {
                 out.push((k.value(), decode_sealed("fsm_members", &k.value(), v.value())?));
             }
             Ok(out)
+        })
+    }
+
+    /// One checker of the catalog.
+    pub fn catalog(&self, name: &str) -> Result<Option<crate::catalog::CheckerRecord>, StoreError> {
+        self.read("catalog", || {
+            let Some(t) = open_read!(self.txn, CATALOG) else { return Ok(None) };
+            t.get(name)?.map(|g| decode_sealed("fsm_catalog", name, g.value())).transpose()
+        })
+    }
+
+    /// Every checker of the catalog, in name order (at most `catalog::MAX_CATALOG_CHECKERS`).
+    pub fn catalog_all(&self) -> Result<Vec<crate::catalog::CheckerRecord>, StoreError> {
+        self.read("catalog_all", || {
+            let Some(t) = open_read!(self.txn, CATALOG) else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push(decode_sealed("fsm_catalog", k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// One stored chunk of an artifact's bytes (verified).
+    pub fn blob_chunk(&self, sha256: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read("blob", || {
+            let Some(t) = open_read!(self.txn, BLOBS) else { return Ok(None) };
+            t.get((sha256, index))?
+                .map(|g| unseal("fsm_blobs", &(sha256, index), g.value()).map(<[u8]>::to_vec))
+                .transpose()
         })
     }
 

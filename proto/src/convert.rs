@@ -8,8 +8,9 @@ use state_machines::{Finding, ObjectId, Severity};
 use crate::api;
 use crate::error::ApiError;
 use crate::view::{
-    ActionOrder, AgentListing, AuditEntry, ChangeEvent, ClusterInfo, HistoryEntry, ObjectView, ProposalView,
-    QuotaRuleView, ScopeView,
+    ActionOrder, AgentListing, ArtifactSpecView, ArtifactView, AssignmentView, AuditEntry, CatalogListing,
+    ChangeEvent, CheckerDistributionView, CheckerRunView, ClusterInfo, DeviationView, HistoryEntry,
+    ObjectView, ProposalView, QuotaRuleView, RolloutStatusView, RolloutView, ScopeView, VersionCountView,
 };
 
 /// Parse and validate an object id from the wire.
@@ -322,6 +323,243 @@ pub fn safety_to_wire(
     }
 }
 
+// ---- checker catalog ----
+
+pub fn spec_to_wire(s: &ArtifactSpecView) -> api::ArtifactSpec {
+    api::ArtifactSpec {
+        interval_ms: s.interval_ms,
+        timeout_ms: s.timeout_ms,
+        max_output_bytes: s.max_output_bytes,
+        kinds: s.kinds.clone(),
+        max_memory_bytes: s.max_memory_bytes,
+        max_cpu_ms: s.max_cpu_ms,
+    }
+}
+
+pub fn spec_from_wire(s: Option<api::ArtifactSpec>) -> ArtifactSpecView {
+    let s = s.unwrap_or_default();
+    ArtifactSpecView {
+        interval_ms: s.interval_ms,
+        timeout_ms: s.timeout_ms,
+        max_output_bytes: s.max_output_bytes,
+        kinds: s.kinds,
+        max_memory_bytes: s.max_memory_bytes,
+        max_cpu_ms: s.max_cpu_ms,
+    }
+}
+
+pub fn artifact_to_wire(a: &ArtifactView) -> api::Artifact {
+    api::Artifact {
+        name: a.name.clone(),
+        version: a.version.clone(),
+        r#type: a.kind.clone(),
+        sha256: a.sha256.clone(),
+        size: a.size,
+        pushed_by: a.pushed_by.clone(),
+        pushed_ms: a.pushed_ms,
+        description: a.description.clone(),
+        spec: Some(spec_to_wire(&a.spec)),
+    }
+}
+
+pub fn artifact_from_wire(a: api::Artifact) -> ArtifactView {
+    ArtifactView {
+        name: a.name,
+        version: a.version,
+        kind: a.r#type,
+        sha256: a.sha256,
+        size: a.size,
+        pushed_by: a.pushed_by,
+        pushed_ms: a.pushed_ms,
+        description: a.description,
+        spec: spec_from_wire(a.spec),
+    }
+}
+
+pub fn deviation_to_wire(d: &DeviationView) -> api::Deviation {
+    api::Deviation {
+        window_start_ms: d.window_start_ms,
+        window_ms: d.window_ms,
+        canary_hosts: d.canary_hosts,
+        canary_objects: d.canary_objects,
+        new_flagged: d.new_flagged,
+        current_flagged: d.current_flagged,
+        limit: d.limit,
+        hosts_failing: d.hosts_failing,
+        verdict: d.verdict.clone(),
+    }
+}
+
+pub fn deviation_from_wire(d: api::Deviation) -> DeviationView {
+    DeviationView {
+        window_start_ms: d.window_start_ms,
+        window_ms: d.window_ms,
+        canary_hosts: d.canary_hosts,
+        canary_objects: d.canary_objects,
+        new_flagged: d.new_flagged,
+        current_flagged: d.current_flagged,
+        limit: d.limit,
+        hosts_failing: d.hosts_failing,
+        verdict: d.verdict,
+    }
+}
+
+pub fn rollout_to_wire(r: &RolloutView) -> api::Rollout {
+    api::Rollout {
+        name: r.name.clone(),
+        version: r.version.clone(),
+        status: r.status.clone(),
+        shadow: r.shadow,
+        hosts: r.hosts.clone(),
+        percent: r.percent,
+        labels: r.labels.clone(),
+        by: r.by.clone(),
+        reason: r.reason.clone(),
+        started_ms: r.started_ms,
+        updated_ms: r.updated_ms,
+        auto_paused: r.auto_paused,
+        paused_reason: r.paused_reason.clone(),
+        deviation: r.deviation.as_ref().map(deviation_to_wire),
+        previous_version: r.previous_version.clone(),
+    }
+}
+
+pub fn rollout_from_wire(r: api::Rollout) -> RolloutView {
+    RolloutView {
+        name: r.name,
+        version: r.version,
+        status: r.status,
+        shadow: r.shadow,
+        hosts: r.hosts,
+        percent: r.percent,
+        labels: r.labels,
+        by: r.by,
+        reason: r.reason,
+        started_ms: r.started_ms,
+        updated_ms: r.updated_ms,
+        auto_paused: r.auto_paused,
+        paused_reason: r.paused_reason,
+        deviation: r.deviation.map(deviation_from_wire),
+        previous_version: r.previous_version,
+    }
+}
+
+pub fn catalog_to_wire(c: &CatalogListing) -> api::ListCatalogResponse {
+    api::ListCatalogResponse {
+        artifacts: c.artifacts.iter().map(artifact_to_wire).collect(),
+        rollouts: c.rollouts.iter().map(rollout_to_wire).collect(),
+        revision: c.revision,
+    }
+}
+
+pub fn catalog_from_wire(c: api::ListCatalogResponse) -> CatalogListing {
+    CatalogListing {
+        artifacts: c.artifacts.into_iter().map(artifact_from_wire).collect(),
+        rollouts: c.rollouts.into_iter().map(rollout_from_wire).collect(),
+        revision: c.revision,
+    }
+}
+
+pub fn rollout_status_to_wire(s: &RolloutStatusView) -> api::RolloutStatusResponse {
+    api::RolloutStatusResponse {
+        checkers: s
+            .checkers
+            .iter()
+            .map(|c| api::CheckerDistribution {
+                name: c.name.clone(),
+                r#type: c.kind.clone(),
+                stable_version: c.stable_version.clone(),
+                versions: c
+                    .versions
+                    .iter()
+                    .map(|v| api::VersionCount {
+                        version: v.version.clone(),
+                        shadow: v.shadow,
+                        assigned: v.assigned,
+                        running: v.running,
+                        failed_verify: v.failed_verify,
+                        failed: v.failed,
+                        not_reporting: v.not_reporting,
+                    })
+                    .collect(),
+                rollouts: c.rollouts.iter().map(rollout_to_wire).collect(),
+            })
+            .collect(),
+        revision: s.revision,
+    }
+}
+
+pub fn rollout_status_from_wire(s: api::RolloutStatusResponse) -> RolloutStatusView {
+    RolloutStatusView {
+        checkers: s
+            .checkers
+            .into_iter()
+            .map(|c| CheckerDistributionView {
+                name: c.name,
+                kind: c.r#type,
+                stable_version: c.stable_version,
+                versions: c
+                    .versions
+                    .into_iter()
+                    .map(|v| VersionCountView {
+                        version: v.version,
+                        shadow: v.shadow,
+                        assigned: v.assigned,
+                        running: v.running,
+                        failed_verify: v.failed_verify,
+                        failed: v.failed,
+                        not_reporting: v.not_reporting,
+                    })
+                    .collect(),
+                rollouts: c.rollouts.into_iter().map(rollout_from_wire).collect(),
+            })
+            .collect(),
+        revision: s.revision,
+    }
+}
+
+pub fn assignment_to_wire(a: &AssignmentView) -> api::Assignment {
+    api::Assignment {
+        name: a.name.clone(),
+        version: a.version.clone(),
+        r#type: a.kind.clone(),
+        sha256: a.sha256.clone(),
+        size: a.size,
+        shadow: a.shadow,
+        spec: Some(spec_to_wire(&a.spec)),
+    }
+}
+
+pub fn run_from_wire(r: api::CheckerRun) -> CheckerRunView {
+    CheckerRunView {
+        name: r.name,
+        version: r.version,
+        sha256: r.sha256,
+        shadow: r.shadow,
+        status: r.status,
+        runs: r.runs,
+        failures: r.failures,
+        timeouts: r.timeouts,
+        last_error: r.last_error,
+        last_run_ms: r.last_run_ms,
+    }
+}
+
+pub fn run_to_wire(r: &CheckerRunView) -> api::CheckerRun {
+    api::CheckerRun {
+        name: r.name.clone(),
+        version: r.version.clone(),
+        sha256: r.sha256.clone(),
+        shadow: r.shadow,
+        status: r.status.clone(),
+        runs: r.runs,
+        failures: r.failures,
+        timeouts: r.timeouts,
+        last_error: r.last_error.clone(),
+        last_run_ms: r.last_run_ms,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,5 +667,92 @@ mod tests {
             (0..=state_machines::finding::MAX_READINGS).map(|i| (format!("r{i}"), "1".into())).collect();
         let got = finding_from_wire(f.clone()).expect("parsed");
         assert_eq!(finding_to_wire(&got), f);
+    }
+
+    #[test]
+    fn catalog_views_round_trip() {
+        use crate::view::*;
+        let spec = ArtifactSpecView {
+            interval_ms: 1,
+            timeout_ms: 2,
+            max_output_bytes: 3,
+            kinds: vec!["disk".into()],
+            max_memory_bytes: 4,
+            max_cpu_ms: 5,
+        };
+        let a = ArtifactView {
+            name: "p".into(),
+            version: "1".into(),
+            kind: "external".into(),
+            sha256: "ab".into(),
+            size: 9,
+            pushed_by: "o".into(),
+            pushed_ms: 7,
+            description: "d".into(),
+            spec,
+        };
+        let d = DeviationView {
+            window_start_ms: 1,
+            window_ms: 2,
+            canary_hosts: 3,
+            canary_objects: 4,
+            new_flagged: 5,
+            current_flagged: 6,
+            limit: 7,
+            hosts_failing: 8,
+            verdict: "ok".into(),
+        };
+        let r = RolloutView {
+            name: "p".into(),
+            version: "2".into(),
+            status: "paused".into(),
+            shadow: true,
+            hosts: vec!["h".into()],
+            percent: 2.5,
+            labels: vec!["a=b".into()],
+            by: "o".into(),
+            reason: "r".into(),
+            started_ms: 1,
+            updated_ms: 2,
+            auto_paused: true,
+            paused_reason: "x".into(),
+            deviation: Some(d),
+            previous_version: "1".into(),
+        };
+        let l = CatalogListing { artifacts: vec![a], rollouts: vec![r.clone()], revision: 3 };
+        assert_eq!(catalog_from_wire(catalog_to_wire(&l)), l);
+        let v = VersionCountView {
+            version: "2".into(),
+            shadow: true,
+            assigned: 1,
+            running: 2,
+            failed_verify: 3,
+            failed: 4,
+            not_reporting: 5,
+        };
+        let s = RolloutStatusView {
+            checkers: vec![CheckerDistributionView {
+                name: "p".into(),
+                kind: "external".into(),
+                stable_version: "1".into(),
+                versions: vec![v],
+                rollouts: vec![r],
+            }],
+            revision: 9,
+        };
+        assert_eq!(rollout_status_from_wire(rollout_status_to_wire(&s)), s);
+        let run = CheckerRunView {
+            name: "p".into(),
+            version: "2".into(),
+            sha256: "ab".into(),
+            shadow: true,
+            status: "failed".into(),
+            runs: 1,
+            failures: 2,
+            timeouts: 3,
+            last_error: "e".into(),
+            last_run_ms: 4,
+        };
+        assert_eq!(run_from_wire(run_to_wire(&run)), run);
     }
 }

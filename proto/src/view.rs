@@ -151,6 +151,12 @@ pub struct HeartbeatInfo {
     pub checkers: BTreeMap<String, String>,
     pub outbox_entries: u64,
     pub outbox_dropped: u64,
+    /// What each checker actually ran (catalog artifacts and built-ins), one entry per (name, shadow).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<CheckerRunView>,
+    /// The hash of the assignment the agent holds (empty: none yet).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub assignment_hash: String,
 }
 
 /// One agent for `huatuo inspect` and the portal: replicated liveness plus the leader's memory.
@@ -249,4 +255,162 @@ pub struct QuotaRuleView {
     pub window_ms: u64,
     pub max_entries: String,
     pub max_concurrent: String,
+}
+
+// ---- checker catalog and gray release (issue 15); field names are the proto's (api.proto) ----
+
+/// What one checker ran on an agent, as its heartbeat says (`CheckerRun`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckerRunView {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub sha256: String,
+    #[serde(default)]
+    pub shadow: bool,
+    /// running | fetching | unverified | failed | fallback
+    pub status: String,
+    #[serde(default)]
+    pub runs: u64,
+    #[serde(default)]
+    pub failures: u64,
+    #[serde(default)]
+    pub timeouts: u64,
+    #[serde(default)]
+    pub last_error: String,
+    #[serde(default)]
+    pub last_run_ms: u64,
+}
+
+/// How an external checker is scheduled (`ArtifactSpec`; ignored for rules and profiles).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactSpecView {
+    #[serde(default)]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub max_output_bytes: u64,
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub max_memory_bytes: u64,
+    #[serde(default)]
+    pub max_cpu_ms: u64,
+}
+
+/// One catalog entry `NAME@VERSION` (`Artifact`); type `builtin` entries are the agent's compiled checkers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactView {
+    pub name: String,
+    pub version: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub sha256: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub pushed_by: String,
+    #[serde(default)]
+    pub pushed_ms: u64,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub spec: ArtifactSpecView,
+}
+
+/// The master's comparison of a canary version with the current one on the same hosts (`Deviation`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviationView {
+    pub window_start_ms: u64,
+    pub window_ms: u64,
+    pub canary_hosts: u64,
+    pub canary_objects: u64,
+    pub new_flagged: u64,
+    pub current_flagged: u64,
+    pub limit: u64,
+    pub hosts_failing: u64,
+    /// ok | too-many-flags | too-many-failures
+    pub verdict: String,
+}
+
+/// One rollout of `NAME@VERSION` (`Rollout`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub name: String,
+    pub version: String,
+    /// gray | paused | promoted | rolled-back
+    pub status: String,
+    pub shadow: bool,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub percent: f64,
+    /// KEY=VALUE
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub by: String,
+    pub reason: String,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+    #[serde(default)]
+    pub auto_paused: bool,
+    #[serde(default)]
+    pub paused_reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deviation: Option<DeviationView>,
+    #[serde(default)]
+    pub previous_version: String,
+}
+
+/// `GET /api/v1/catalog` (`ListCatalogResponse`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CatalogListing {
+    pub artifacts: Vec<ArtifactView>,
+    pub rollouts: Vec<RolloutView>,
+    pub revision: u64,
+}
+
+/// Hosts per version of one checker (`VersionCount`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionCountView {
+    pub version: String,
+    pub shadow: bool,
+    pub assigned: u64,
+    pub running: u64,
+    pub failed_verify: u64,
+    pub failed: u64,
+    pub not_reporting: u64,
+}
+
+/// One checker's version distribution and rollouts (`CheckerDistribution`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckerDistributionView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub stable_version: String,
+    pub versions: Vec<VersionCountView>,
+    pub rollouts: Vec<RolloutView>,
+}
+
+/// `GET /api/v1/rollouts` (`RolloutStatusResponse`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolloutStatusView {
+    pub checkers: Vec<CheckerDistributionView>,
+    pub revision: u64,
+}
+
+/// One artifact an agent runs (`Assignment`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentView {
+    pub name: String,
+    pub version: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub sha256: String,
+    pub size: u64,
+    pub shadow: bool,
+    pub spec: ArtifactSpecView,
 }

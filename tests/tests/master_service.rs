@@ -191,6 +191,7 @@ fn hb(started_ms: u64) -> HeartbeatInfo {
         checkers: [("disk".to_string(), "1.0.0".to_string())].into_iter().collect(),
         outbox_entries: 7,
         outbox_dropped: 0,
+        ..HeartbeatInfo::default()
     }
 }
 

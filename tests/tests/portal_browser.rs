@@ -6,7 +6,8 @@
 //! (reported with the agent token) appear on the fleet overview live (no reload), answers "did this host
 //! have a fault?" on the host page, opens the disk's history, checks the drawn state diagram against the
 //! tables, puts the `cluster` scope into manual drive through the level page (with its confirmation step),
-//! approves the proposal the next failure creates, and rejects another one in bulk by a host filter. Signed
+//! approves the proposal the next failure creates, and rejects another one in bulk by a host filter. On the
+//! Checkers page it pauses a checker release in gray (with a reason and the confirmation step). Signed
 //! in with the `read` token, approving is refused with 403 in the page and the proposal stays pending.
 //! Screenshots of every step go to `$CARGO_TARGET_TMPDIR/portal-screenshots` (paths printed). Uncaught page
 //! exceptions and console errors fail the test.
@@ -523,6 +524,67 @@ fn portal_follows_a_failing_disk_live_and_approves_a_proposal() {
         "machine diagram",
         "document.querySelectorAll('#fsm-body svg.fsm[data-kind=\"machine\"] .node').length === 6",
     );
+
+    // Checkers: a release in gray (pushed and started through REST), paused through the page with a reason
+    // and its confirmation step, the new state checked through REST.
+    let script = "#!/bin/sh\nprintf '{\"object\":\"machine/%s\",\"severity\":\"GOOD\",\"rule\":\"probe.ok\",\"evidence\":\"ok\"}\\n' \"$HUATUO_HOST\"\n";
+    let pushed = api(
+        &m,
+        "POST",
+        "/api/v1/catalog",
+        json!({ "name": "probe", "version": "1", "type": "external",
+            "content_base64": cdp::base64_encode(script.as_bytes()), "description": "browser test probe",
+            "spec": { "interval_ms": 60000, "timeout_ms": 10000, "max_output_bytes": 65536, "kinds": ["machine"] },
+            "by": "browser-test" }),
+    );
+    assert!(pushed.to_string().contains("probe"), "{pushed}");
+    api(
+        &m,
+        "POST",
+        "/api/v1/rollouts",
+        json!({ "action": "start", "name": "probe", "version": "1", "percent": 50.0, "by": "browser-test",
+            "reason": "gray release for the browser test" }),
+    );
+    let rollout_status = |m: &Master| {
+        let v = api(m, "GET", "/api/v1/rollouts?name=probe", Value::Null);
+        v["checkers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "probe"))
+            .and_then(|c| c["rollouts"].as_array()?.iter().find(|r| r["version"] == "1").cloned())
+            .unwrap_or_else(|| panic!("GET /api/v1/rollouts?name=probe lacks probe@1: {v}"))
+    };
+    assert_eq!(rollout_status(&m)["status"], "gray");
+    s.eval("open checkers", "location.hash = '#/checkers'");
+    let ro_row = "#rollouts tr[data-rollout=\"probe@1\"]";
+    s.wait(
+        "rollout listed in gray",
+        &format!("document.querySelector('{ro_row}')?.dataset.status === 'gray'"),
+    );
+    s.wait("distribution lists probe", "!!document.querySelector('#dist tr[data-checker=\"probe\"]')");
+    s.wait("catalog lists probe@1", "!!document.querySelector('#catalog tr[data-artifact=\"probe@1\"]')");
+    s.shot("14a-checkers");
+    let pause = format!("{ro_row} button[data-action=\"pause\"]");
+    s.eval("pause without a reason", &click(&pause));
+    s.wait(
+        "a reason is required",
+        "document.querySelector('#rollout-result').textContent.includes('reason')",
+    );
+    s.eval("type reason", &set_value("#rollout-reason", "hold probe@1 for the browser test"));
+    s.eval("pause", &click(&pause));
+    s.wait("confirmation step", "document.querySelector('#rollout-confirm')?.dataset.action === 'pause'");
+    s.shot("14b-rollout-pause-confirm");
+    assert_eq!(rollout_status(&m)["status"], "gray", "nothing changes before the confirmation");
+    s.eval("confirm pause", &click("#rollout-confirm-yes"));
+    s.wait("paused", "document.querySelector('#rollout-done')?.dataset.status === 'paused'");
+    wait_api("probe@1 paused", || rollout_status(&m)["status"] == "paused");
+    s.wait(
+        "the row shows paused with resume",
+        &format!(
+            "document.querySelector('{ro_row}')?.dataset.status === 'paused' && \
+             !!document.querySelector('{ro_row} button[data-action=\"resume\"]')"
+        ),
+    );
+    s.shot("14c-rollout-paused");
 
     // Signed in with the read token: the pages work, a decision is refused with 403 in the page (the
     // banner and the proposal form) and changes nothing.

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use state_machines::{Finding, Kind};
@@ -18,11 +18,11 @@ use state_machines::{Finding, Kind};
 use crate::{CheckContext, CheckError, Checker, Checkpoint};
 
 pub mod bench;
-pub mod decode;
+/// The rule-set compiler, decoders and object naming live in the `rulesets` crate (the master validates
+/// pushed rule sets with the same compiler); re-exported so `checkers::kernel_log::rules::...` paths hold.
+pub use rulesets::{decode, object, rules};
 pub mod kmsg;
-pub mod object;
 pub mod parse;
-pub mod rules;
 pub mod scan;
 pub mod sysfs;
 pub mod window;
@@ -44,6 +44,51 @@ pub const KMSG_CHECKPOINT_KEY: &str = "kmsg.cursor";
 /// Lines the agent may queue between runs; beyond this the oldest are dropped and counted (a log storm
 /// must not grow the agent's memory).
 pub const MAX_QUEUED_LINES: usize = 100_000;
+
+/// A rule set and the version its findings carry (None: the compiled `CHECKER_VERSION+rules.V`).
+#[derive(Clone)]
+pub struct VersionedRules {
+    pub rules: Arc<RuleSet>,
+    pub version: Option<String>,
+}
+
+/// Rule sets handed to a running kernel-log checker (hot reload). The checker looks at it at the start of
+/// each run: a new main set replaces its rules (the kmsg cursor is kept: no line is read twice or
+/// skipped, lines from then on are judged by the new rules); a shadow set is judged beside it, on the same
+/// lines, and its findings carry `shadow = true`. Count-in-window state starts over with a new set.
+#[derive(Default)]
+pub struct RulesSwap {
+    state: Mutex<SwapState>,
+}
+
+#[derive(Default, Clone)]
+struct SwapState {
+    generation: u64,
+    /// None: the rules the checker was built with (its built-in copy).
+    main: Option<VersionedRules>,
+    shadow: Option<VersionedRules>,
+}
+
+impl RulesSwap {
+    /// Run `main` (None: back to the built-in rules) and `shadow` from the next run on.
+    pub fn set(&self, main: Option<VersionedRules>, shadow: Option<VersionedRules>) {
+        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.generation += 1;
+        st.main = main;
+        st.shadow = shadow;
+    }
+
+    fn since(&self, generation: u64) -> Option<SwapState> {
+        let st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (st.generation != generation).then(|| st.clone())
+    }
+}
+
+/// The shadow rule set and its scanner (made on the first run after it was set).
+struct Shadow {
+    rules: VersionedRules,
+    scanner: Option<Scanner>,
+}
 
 /// Where the checker gets its records.
 enum Input {
@@ -85,22 +130,25 @@ pub struct KernelLogChecker {
     scanner: Option<Scanner>,
     input: Input,
     dropped_lines: u64,
+    /// The rules it was built with, restored when a swap sets no main set.
+    builtin: Arc<RuleSet>,
+    /// What `Checker::version` says: `CHECKER_VERSION`, or the catalog version of the running set.
+    version: String,
+    /// The catalog version findings carry (None: the scanner's compiled version).
+    rules_version: Option<String>,
+    swap: Option<(Arc<RulesSwap>, u64)>,
+    shadow: Option<Shadow>,
 }
 
 impl KernelLogChecker {
     /// A checker fed by the agent through [`push_line`](Self::push_line).
     pub fn fed(rules: Arc<RuleSet>) -> Self {
-        KernelLogChecker { rules, scanner: None, input: Input::Fed(VecDeque::new()), dropped_lines: 0 }
+        KernelLogChecker::with_input(rules, Input::Fed(VecDeque::new()))
     }
 
     /// A checker reading `ROOT/dev/kmsg`, resuming from the cursor in `store`.
     pub fn kmsg(rules: Arc<RuleSet>, store: Box<dyn CursorStore>) -> Self {
-        KernelLogChecker {
-            rules,
-            scanner: None,
-            input: Input::Kmsg { keep: CursorKeeping::Store(store), reader: None },
-            dropped_lines: 0,
-        }
+        KernelLogChecker::with_input(rules, Input::Kmsg { keep: CursorKeeping::Store(store), reader: None })
     }
 
     /// A checker reading `ROOT/dev/kmsg`, resuming after `resume`, that never writes its cursor itself:
@@ -108,7 +156,7 @@ impl KernelLogChecker {
     /// [`KMSG_CHECKPOINT_KEY`], value [`Cursor::encode`]) for the caller to commit with the findings.
     pub fn kmsg_checkpointed(rules: Arc<RuleSet>, resume: Option<Cursor>) -> Self {
         let keep = CursorKeeping::Checkpoint { resume: resume.clone(), pending: None, taken: resume };
-        KernelLogChecker { rules, scanner: None, input: Input::Kmsg { keep, reader: None }, dropped_lines: 0 }
+        KernelLogChecker::with_input(rules, Input::Kmsg { keep, reader: None })
     }
 
     /// Like [`kmsg_checkpointed`](Self::kmsg_checkpointed), but the log is followed on a thread of its own
@@ -128,7 +176,48 @@ impl KernelLogChecker {
             handed: resume,
             error: None,
         };
-        KernelLogChecker { rules, scanner: None, input: Input::Follow(Box::new(f)), dropped_lines: 0 }
+        KernelLogChecker::with_input(rules, Input::Follow(Box::new(f)))
+    }
+
+    fn with_input(rules: Arc<RuleSet>, input: Input) -> Self {
+        KernelLogChecker {
+            builtin: Arc::clone(&rules),
+            rules,
+            scanner: None,
+            input,
+            dropped_lines: 0,
+            version: CHECKER_VERSION.to_string(),
+            rules_version: None,
+            swap: None,
+            shadow: None,
+        }
+    }
+
+    /// Take rule sets from `swap` between runs (hot reload; see [`RulesSwap`]).
+    pub fn set_swap(&mut self, swap: Arc<RulesSwap>) {
+        self.swap = Some((swap, 0));
+    }
+
+    /// Apply what the swap holds, if it changed since the last run. The scanners are rebuilt at the start
+    /// of this run; the previous run flushed everything it had, so nothing read is lost.
+    fn apply_swap(&mut self) {
+        let Some((swap, seen)) = &mut self.swap else { return };
+        let Some(st) = swap.since(*seen) else { return };
+        *seen = st.generation;
+        match st.main {
+            Some(v) => {
+                self.rules = v.rules;
+                self.version = v.version.clone().unwrap_or_else(|| CHECKER_VERSION.to_string());
+                self.rules_version = v.version;
+            }
+            None => {
+                self.rules = Arc::clone(&self.builtin);
+                self.version = CHECKER_VERSION.to_string();
+                self.rules_version = None;
+            }
+        }
+        self.scanner = None;
+        self.shadow = st.shadow.map(|rules| Shadow { rules, scanner: None });
     }
 
     /// Queue one kernel log line (any supported format) for the next run.
@@ -161,23 +250,40 @@ impl KernelLogChecker {
         }
     }
 
-    fn scanner(&mut self, ctx: &CheckContext) -> Result<&mut Scanner, CheckError> {
+    fn scanner(&mut self, ctx: &CheckContext) -> Result<(), CheckError> {
         if self.scanner.is_none() {
-            let year = year_of(ctx.now_ms);
-            let mut s = Scanner::new(Arc::clone(&self.rules), &ctx.host, year)
-                .map_err(|e| CheckError::Config(e.to_string()))?;
-            s.set_boot_ms(boot_ms(&ctx.root));
-            // Multi-line records (ATA, GHES, SCSI, MCE) become one finding; PCI and dm-N names resolve under
-            // the probe root. Every run ends with a flush, so the lines a checkpoint covers have all produced
-            // their findings (a record cut by the end of a run is two findings, never a lost one).
-            s.set_group_records(true);
-            s.set_root(Some(ctx.root.clone()));
-            self.scanner = Some(s);
+            self.scanner = Some(new_scanner(&self.rules, self.rules_version.as_deref(), ctx)?);
         }
-        let s = self.scanner.as_mut().ok_or_else(|| CheckError::Config("scanner missing".into()))?;
-        s.set_fallback_ms(ctx.now_ms);
-        Ok(s)
+        if let Some(sh) = &mut self.shadow
+            && sh.scanner.is_none()
+        {
+            sh.scanner = Some(new_scanner(&sh.rules.rules, sh.rules.version.as_deref(), ctx)?);
+        }
+        for s in self.scanner.iter_mut().chain(self.shadow.iter_mut().filter_map(|s| s.scanner.as_mut())) {
+            s.set_fallback_ms(ctx.now_ms);
+        }
+        Ok(())
     }
+}
+
+fn new_scanner(
+    rules: &Arc<RuleSet>,
+    version: Option<&str>,
+    ctx: &CheckContext,
+) -> Result<Scanner, CheckError> {
+    let year = year_of(ctx.now_ms);
+    let mut s =
+        Scanner::new(Arc::clone(rules), &ctx.host, year).map_err(|e| CheckError::Config(e.to_string()))?;
+    if let Some(v) = version {
+        s.set_version(v);
+    }
+    s.set_boot_ms(boot_ms(&ctx.root));
+    // Multi-line records (ATA, GHES, SCSI, MCE) become one finding; PCI and dm-N names resolve under
+    // the probe root. Every run ends with a flush, so the lines a checkpoint covers have all produced
+    // their findings (a record cut by the end of a run is two findings, never a lost one).
+    s.set_group_records(true);
+    s.set_root(Some(ctx.root.clone()));
+    Ok(s)
 }
 
 /// Boot time from `ROOT/proc/stat` (`btime`, seconds since the epoch), in ms.
@@ -206,7 +312,7 @@ impl Checker for KernelLogChecker {
     }
 
     fn version(&self) -> &str {
-        CHECKER_VERSION
+        &self.version
     }
 
     fn kinds(&self) -> &'static [Kind] {
@@ -218,15 +324,25 @@ impl Checker for KernelLogChecker {
     }
 
     fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
+        self.apply_swap();
         let mut events = Vec::new();
+        let mut shadow_events = Vec::new();
         self.scanner(ctx)?;
         let Some(scanner) = self.scanner.as_mut() else {
             return Err(CheckError::Config("scanner missing".into()));
         };
+        let mut shadow = self.shadow.as_mut().and_then(|s| s.scanner.as_mut());
+        // Every line goes to the main rules and, when a shadow set runs, to it as well.
+        let mut feed = |line: &[u8]| {
+            scanner.feed(line, None, &mut events);
+            if let Some(sh) = shadow.as_deref_mut() {
+                sh.feed(line, None, &mut shadow_events);
+            }
+        };
         match &mut self.input {
             Input::Fed(q) => {
                 while let Some(line) = q.pop_front() {
-                    scanner.feed(&line, None, &mut events);
+                    feed(&line);
                 }
             }
             Input::Kmsg { keep, reader } => {
@@ -250,7 +366,7 @@ impl Checker for KernelLogChecker {
                 r.poll(kmsg::MAX_RECORDS_PER_POLL, |rec| {
                     // The record's first line is the message; dictionary lines follow after '\n'.
                     let first = rec.split(|&b| b == b'\n').next().unwrap_or_default();
-                    scanner.feed(first, None, &mut events);
+                    feed(first);
                 })
                 .map_err(|e| CheckError::Probe(format!("kmsg: {e}")))?;
                 if let Some(c) = r.cursor() {
@@ -284,7 +400,7 @@ impl Checker for KernelLogChecker {
                         None => break,
                         Some(Followed::Record { rec, seq }) => {
                             let first = rec.split(|&b| b == b'\n').next().unwrap_or_default();
-                            scanner.feed(first, None, &mut events);
+                            feed(first);
                             if let Some(seq) = seq {
                                 f.taken_upto = Some(Cursor { boot_id: f.boot_id.clone(), seq });
                             }
@@ -302,7 +418,17 @@ impl Checker for KernelLogChecker {
             }
         }
         scanner.flush(&mut events);
-        Ok(events.into_iter().map(|e| resolve_object(&ctx.root, e.finding)).collect())
+        let mut out: Vec<Finding> =
+            events.into_iter().map(|e| resolve_object(&ctx.root, e.finding)).collect();
+        if let Some(sh) = shadow {
+            sh.flush(&mut shadow_events);
+            out.extend(shadow_events.into_iter().map(|e| {
+                let mut f = resolve_object(&ctx.root, e.finding);
+                f.shadow = true;
+                f
+            }));
+        }
+        Ok(out)
     }
 
     fn take_checkpoint(&mut self) -> Option<Checkpoint> {
@@ -438,5 +564,153 @@ mod tests {
         assert_eq!(year_of(1_795_313_126_000), 2026);
         assert_eq!(year_of(1_767_225_599_000), 2025); // 2025-12-31T23:59:59Z
         assert_eq!(year_of(1_767_225_600_000), 2026);
+    }
+
+    /// The recorded real kernel lines (checkers/testdata/kernel-log/real-lines), without their dmesg
+    /// timestamps: the messages as /dev/kmsg hands them out.
+    fn recorded_messages() -> Vec<String> {
+        let tsv = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/kernel-log/real-lines/lines.tsv"
+        ))
+        .unwrap();
+        tsv.lines()
+            .skip(1)
+            .filter_map(|l| l.splitn(5, '\t').nth(4))
+            .map(|line| match line.trim_start().strip_prefix('[') {
+                Some(rest) => rest.split_once("] ").map_or(line, |(_, m)| m).to_string(),
+                None => line.to_string(),
+            })
+            .collect()
+    }
+
+    const V2_RULES: &str = r#"
+version = "2"
+[[rule]]
+id = "v2.io-error"
+keywords = ["I/O error"]
+pattern = 'I/O error,? (?:on )?dev(?:ice)? (?P<dev>[A-Za-z0-9_]+)'
+kind = "disk"
+object = "{dev}"
+severity = "ERROR"
+"#;
+
+    fn v2() -> VersionedRules {
+        let set = RuleSet::from_sources(&[("v2.toml".into(), V2_RULES.into())]).unwrap();
+        VersionedRules { rules: Arc::new(set), version: Some("2".into()) }
+    }
+
+    fn kmsg_root(messages: &[String]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("proc/sys/kernel/random")).unwrap();
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        std::fs::write(root.path().join("proc/sys/kernel/random/boot_id"), "boot-1\n").unwrap();
+        let kmsg = root.path().join("dev/kmsg");
+        append_kmsg(&kmsg, 1, messages);
+        (root, kmsg)
+    }
+
+    fn append_kmsg(path: &Path, first_seq: usize, messages: &[String]) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        for (i, m) in messages.iter().enumerate() {
+            let seq = first_seq + i;
+            writeln!(f, "3,{seq},{},-;{m}", seq * 1000).unwrap();
+        }
+    }
+
+    type Key = (String, String, String, bool);
+
+    fn keys(f: &[Finding]) -> Vec<Key> {
+        let mut k: Vec<Key> =
+            f.iter().map(|f| (f.object.to_string(), f.rule.clone(), f.version.clone(), f.shadow)).collect();
+        k.sort();
+        k
+    }
+
+    /// What a fresh fed checker with `rules` finds in `messages` (the reference judgement).
+    fn judged(rules: VersionedRules, messages: &[String], ctx: &CheckContext) -> Vec<Finding> {
+        let mut c = KernelLogChecker::fed(Arc::new(RuleSet::default_rules().unwrap()));
+        let swap = Arc::new(RulesSwap::default());
+        swap.set(Some(rules), None);
+        c.set_swap(swap);
+        for m in messages {
+            c.push_line(m.as_bytes());
+        }
+        c.run(ctx).unwrap()
+    }
+
+    #[test]
+    fn a_hot_swapped_rule_set_judges_only_the_lines_after_the_swap() {
+        let messages = recorded_messages();
+        assert!(messages.len() > 100, "the recording is there");
+        // Split in the middle of the lines v2 flags, so both sides have some.
+        let io: Vec<usize> = (0..messages.len()).filter(|&i| messages[i].contains("I/O error")).collect();
+        let (before, after) = messages.split_at(io[io.len() / 2]);
+        let (root, kmsg) = kmsg_root(before);
+        let ctx =
+            CheckContext { root: root.path().into(), host: "h1".into(), now_ms: 0, profile: "online".into() };
+        let builtin = Arc::new(RuleSet::default_rules().unwrap());
+        let default = VersionedRules { rules: Arc::clone(&builtin), version: None };
+        let swap = Arc::new(RulesSwap::default());
+        let mut c = KernelLogChecker::kmsg_checkpointed(Arc::clone(&builtin), None);
+        c.set_swap(Arc::clone(&swap));
+        let first = c.run(&ctx).unwrap();
+        assert_eq!(
+            keys(&first),
+            keys(&judged(default.clone(), before, &ctx)),
+            "built-in rules before the swap"
+        );
+        assert!(!judged(v2(), before, &ctx).is_empty(), "v2 would flag earlier lines too, were they re-read");
+        assert_eq!(c.version(), CHECKER_VERSION);
+        let cp = c.take_checkpoint().unwrap();
+        assert_eq!(cp.value, format!("boot-1 {}", before.len()).into_bytes());
+
+        swap.set(Some(v2()), None);
+        append_kmsg(&kmsg, before.len() + 1, after);
+        let second = c.run(&ctx).unwrap();
+        let want = judged(v2(), after, &ctx);
+        assert!(!want.is_empty(), "v2 flags some of the later lines");
+        assert_eq!(keys(&second), keys(&want), "only the later lines, judged by v2 alone");
+        assert!(second.iter().all(|f| f.version == "2" && f.rule.starts_with("v2.")), "{second:?}");
+        assert_eq!(c.version(), "2");
+        let cp = c.take_checkpoint().unwrap();
+        assert_eq!(
+            cp.value,
+            format!("boot-1 {}", messages.len()).into_bytes(),
+            "the cursor moved on, no gap"
+        );
+        assert!(c.run(&ctx).unwrap().is_empty(), "no line is judged twice");
+
+        // Back to the built-in copy: the version says so again.
+        swap.set(None, None);
+        append_kmsg(&kmsg, messages.len() + 1, before);
+        let third = c.run(&ctx).unwrap();
+        assert_eq!(keys(&third), keys(&judged(default, before, &ctx)));
+        assert_eq!(c.version(), CHECKER_VERSION);
+    }
+
+    #[test]
+    fn a_shadow_rule_set_judges_the_same_lines_beside_the_main_one() {
+        let messages = recorded_messages();
+        let (root, _) = kmsg_root(&messages);
+        let ctx =
+            CheckContext { root: root.path().into(), host: "h1".into(), now_ms: 0, profile: "online".into() };
+        let builtin = Arc::new(RuleSet::default_rules().unwrap());
+        let swap = Arc::new(RulesSwap::default());
+        swap.set(None, Some(v2()));
+        let mut c = KernelLogChecker::kmsg_checkpointed(Arc::clone(&builtin), None);
+        c.set_swap(swap);
+        let all = c.run(&ctx).unwrap();
+        let (shadow, main): (Vec<Finding>, Vec<Finding>) = all.into_iter().partition(|f| f.shadow);
+        let default = VersionedRules { rules: builtin, version: None };
+        assert_eq!(keys(&main), keys(&judged(default, &messages, &ctx)), "the main set is unchanged");
+        let mut want = judged(v2(), &messages, &ctx);
+        for f in &mut want {
+            f.shadow = true;
+        }
+        assert!(!want.is_empty());
+        assert_eq!(keys(&shadow), keys(&want), "the shadow set saw every line, marked shadow");
+        assert_eq!(c.version(), CHECKER_VERSION, "the checker still runs its main version");
     }
 }

@@ -212,6 +212,12 @@ impl Scanner {
         self.fallback_ms = ms;
     }
 
+    /// Make findings carry `version` instead of checker version + rule-set version: a rule set from the
+    /// catalog is known by its artifact version (`NAME@VERSION`), and that is what its findings must say.
+    pub fn set_version(&mut self, version: &str) {
+        self.version = version.to_string();
+    }
+
     /// The version findings carry: checker version + rule-set version.
     pub fn version(&self) -> &str {
         &self.version

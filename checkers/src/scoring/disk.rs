@@ -37,6 +37,9 @@ pub struct DiskConfig {
     pub smart_interval: Duration,
     /// Directory of profile TOML files overriding the embedded ones.
     pub profile_dir: Option<PathBuf>,
+    /// Profiles from the checker catalog: they win over the directory and the embedded ones, from the next
+    /// scoring pass on; graded findings carry the artifact version as the reading `profile_version`.
+    pub catalog_profiles: Option<std::sync::Arc<super::ProfileOverrides>>,
 }
 
 impl Default for DiskConfig {
@@ -46,6 +49,7 @@ impl Default for DiskConfig {
             smart_timeout: crate::smart::DEFAULT_SMART_TIMEOUT,
             smart_interval: Duration::from_secs(600),
             profile_dir: None,
+            catalog_profiles: None,
         }
     }
 }
@@ -257,8 +261,15 @@ impl Checker for DiskChecker {
             .then(|| Checkpoint { key: TREND_CHECKPOINT_KEY.to_string(), value: self.trend.encode() })
     }
     fn run(&mut self, ctx: &CheckContext) -> Result<Vec<Finding>, CheckError> {
-        let profile = Profile::load(&ctx.profile, self.cfg.profile_dir.as_deref())
-            .map_err(|e| CheckError::Config(e.to_string()))?;
+        let catalog = self.cfg.catalog_profiles.as_ref().and_then(|o| o.get(&ctx.profile));
+        let (profile, profile_version) = match catalog {
+            Some((p, v)) => ((*p).clone(), Some(v)),
+            None => (
+                Profile::load(&ctx.profile, self.cfg.profile_dir.as_deref())
+                    .map_err(|e| CheckError::Config(e.to_string()))?,
+                None,
+            ),
+        };
         let mut notes = Vec::new();
         let stats = match diskstats::read_diskstats(&ctx.root) {
             Ok(s) => s,
@@ -337,7 +348,11 @@ impl Checker for DiskChecker {
             };
             let e = evidence.entry(name.clone()).or_default();
             e.add_kernel_findings(&profile, &object, &kernel);
-            out.push(grade_finding(object, by_name.get(name).copied(), e, &profile, ctx.now_ms));
+            let mut f = grade_finding(object, by_name.get(name).copied(), e, &profile, ctx.now_ms);
+            if let Some(v) = &profile_version {
+                f.readings.insert("profile_version".into(), v.clone());
+            }
+            out.push(f);
         }
         if !notes.is_empty()
             && let Ok(me) = ObjectId::new(Kind::Checker, &ctx.host, Some(NAME))
@@ -448,6 +463,52 @@ mod tests {
         assert!(sda.readings.contains_key("item:stats.await-slow"), "{:?}", sda.readings);
         assert!(sda.readings.contains_key("item:stats.peer-outlier"), "{:?}", sda.readings);
         assert_eq!(get("sdb").severity, Severity::Good);
+    }
+
+    #[test]
+    fn a_catalog_profile_replaces_the_builtin_one_at_the_next_pass() {
+        let d = tree();
+        let overrides = std::sync::Arc::new(super::super::ProfileOverrides::default());
+        let cfg =
+            DiskConfig { catalog_profiles: Some(std::sync::Arc::clone(&overrides)), ..DiskConfig::default() };
+        let mut c = DiskChecker::new(cfg);
+        c.run(&ctx(d.path(), 1_000)).unwrap();
+        let slow = |d: &Path| {
+            advance(d, |x| {
+                if ["sda", "sdb", "sdc", "sdd", "sde"].contains(&x.name.as_str()) {
+                    x.reads += 1000;
+                    x.read_ms += if x.name == "sda" { 250_000 } else { 2_000 };
+                    x.io_ms += 5_000;
+                }
+            })
+        };
+        slow(d.path());
+        let f = c.run(&ctx(d.path(), 11_000)).unwrap();
+        let sda = f.iter().find(|x| x.object.to_string() == "disk/h1/sda").unwrap();
+        assert_eq!(sda.severity, Severity::Slow, "built-in online profile: {sda:?}");
+        assert!(!sda.readings.contains_key("profile_version"));
+
+        // Version 7 of `online` in the catalog: a slow await is a WARNING there.
+        let text = include_str!("../../profiles/online.toml").replace(
+            "threshold = 100\npoints = 0\nfloor = \"SLOW\"",
+            "threshold = 100\npoints = 0\nfloor = \"WARNING\"",
+        );
+        assert!(text.contains("floor = \"WARNING\""));
+        let bad = super::super::ProfileOverrides::parse("offline", &text, "7");
+        assert!(bad.is_err(), "an artifact named offline holding profile online is refused");
+        let p = super::super::ProfileOverrides::parse("online", &text, "7").unwrap();
+        overrides.set([("online".to_string(), (p, "7".to_string()))].into());
+        slow(d.path());
+        let f = c.run(&ctx(d.path(), 21_000)).unwrap();
+        let sda = f.iter().find(|x| x.object.to_string() == "disk/h1/sda").unwrap();
+        assert_eq!(sda.severity, Severity::Warning, "the catalog profile graded it: {sda:?}");
+        assert_eq!(sda.readings.get("profile_version").map(String::as_str), Some("7"));
+
+        overrides.set(Default::default());
+        slow(d.path());
+        let f = c.run(&ctx(d.path(), 31_000)).unwrap();
+        let sda = f.iter().find(|x| x.object.to_string() == "disk/h1/sda").unwrap();
+        assert_eq!(sda.severity, Severity::Slow, "back to the built-in profile");
     }
 
     #[test]

@@ -258,6 +258,39 @@ impl Profile {
     }
 }
 
+/// Profiles from the checker catalog, by name, with their artifact version: they replace the embedded (or
+/// directory) profile of the same name at the next scoring pass. The agent fills it from verified artifacts.
+#[derive(Debug, Default)]
+pub struct ProfileOverrides {
+    map: std::sync::Mutex<BTreeMap<String, (std::sync::Arc<Profile>, String)>>,
+}
+
+impl ProfileOverrides {
+    /// Parse and validate `text` as profile `name` (the file must declare that name), at `version`.
+    pub fn parse(name: &str, text: &str, version: &str) -> Result<Profile, ProfileError> {
+        let shown = format!("catalog:{name}@{version}");
+        let p = Profile::parse(text, &shown)?;
+        if p.name != name {
+            return Err(ProfileError::Invalid {
+                source_name: shown,
+                msg: format!("artifact {name} declares profile name {:?}", p.name),
+            });
+        }
+        Ok(p)
+    }
+
+    /// Replace the whole set (an empty map: every profile is the embedded one again).
+    pub fn set(&self, profiles: BTreeMap<String, (Profile, String)>) {
+        let mut m = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *m = profiles.into_iter().map(|(n, (p, v))| (n, (std::sync::Arc::new(p), v))).collect();
+    }
+
+    /// The catalog profile `name` and its version, if one is set.
+    pub fn get(&self, name: &str) -> Option<(std::sync::Arc<Profile>, String)> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+    }
+}
+
 /// The readings gathered for one disk.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DiskEvidence {

@@ -1,5 +1,5 @@
 //! The leader's periodic duties: announce where its APIs listen, mark agents silent whose heartbeats
-//! stopped, and step objects whose deadlines passed. Followers only keep their heartbeat memory empty and
+//! stopped, step objects whose deadlines passed, seed the checker catalog and close canary windows. Followers only keep their heartbeat memory empty and
 //! count leader changes.
 
 use std::sync::Weak;
@@ -115,5 +115,7 @@ async fn leader_duties(s: &Service, leader_since: Instant, last_tick: &mut Insta
             s.submit(Command::Tick { objects: due }).await?;
         }
     }
+    // 4. The checker catalog: seed a new cluster, close due canary windows (bounded per pass).
+    s.catalog_duties(&reader).await?;
     Ok(())
 }

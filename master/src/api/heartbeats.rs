@@ -89,7 +89,7 @@ impl Memory {
             .collect()
     }
 
-    fn views(&self) -> Vec<AgentView> {
+    pub(super) fn views(&self) -> Vec<AgentView> {
         lock(&self.agents)
             .iter()
             .map(|(agent, s)| AgentView {
@@ -123,6 +123,19 @@ fn check_heartbeat(agent: &str, host: &str, info: &HeartbeatInfo) -> Result<(), 
         )));
     }
     validate::name("version", &info.version, MAX_VERSION_LEN)?;
+    if info.runs.len() > MAX_HEARTBEAT_CHECKERS {
+        return Err(ApiError::invalid(format!(
+            "heartbeat lists more than {MAX_HEARTBEAT_CHECKERS} checker runs"
+        )));
+    }
+    for r in &info.runs {
+        validate::name("checker run name", &r.name, MAX_VERSION_LEN)?;
+        validate::name("checker run version", &r.version, MAX_VERSION_LEN)?;
+        validate::name("checker run sha256", &r.sha256, MAX_VERSION_LEN)?;
+        validate::name("checker run status", &r.status, MAX_VERSION_LEN)?;
+        validate::text("checker run error", &r.last_error, super::catalog::MAX_RUN_ERROR_LEN)?;
+    }
+    validate::name("assignment hash", &info.assignment_hash, MAX_VERSION_LEN)?;
     for (k, v) in &info.checkers {
         validate::name("checker", k, MAX_VERSION_LEN)?;
         validate::name("checker version", v, MAX_VERSION_LEN)?;

@@ -9,6 +9,7 @@
 //! - [`heartbeats`]: the leader's memory of agent heartbeats (only liveness changes are replicated);
 //! - [`cluster`]: cluster info;
 //! - [`safety`]: the safety net's operator commands and views;
+//! - [`catalog`]: the checker catalog (artifacts, rollouts, assignments, fetches, the canary duty);
 //! - [`proposer`]: coalesces concurrent commands into few Raft entries;
 //! - [`duties`]: what the leader does on its own (announce itself, agent liveness, deadline ticks);
 //! - [`tasks`]: the owned task groups every background task above runs in, stopped in order by
@@ -29,6 +30,7 @@ use crate::model::{CmdResult, Command};
 use crate::raft::{ProposeError, RaftNode, Role};
 use crate::store::{Reader, StoreError};
 
+pub mod catalog;
 pub mod cluster;
 pub mod duties;
 pub mod heartbeats;
@@ -93,6 +95,10 @@ pub struct Service {
     member_versions: Mutex<Option<(Instant, std::collections::BTreeMap<u64, cluster::MemberAnswer>)>>,
     /// Leader changes this node observed (its duty loop samples the leader every DUTY_INTERVAL).
     pub leader_changes: AtomicU64,
+    /// The catalog as last read for assignments, keyed by the replicated catalog counter.
+    catalog_cache: catalog::CatalogCache,
+    /// The canary-stop thresholds (master config `[canary]`).
+    canary: Mutex<crate::catalog::CanaryConfig>,
     /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).
     pub watchers: TaskGroup,
     /// The proposer, its entries in flight, the leader duties and the ticket dispatcher.
@@ -139,6 +145,8 @@ impl Service {
             watch_registry: watch::Registry::default(),
             member_versions: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
+            catalog_cache: Mutex::new(None),
+            canary: Mutex::new(crate::catalog::CanaryConfig::default()),
             watchers: TaskGroup::new("watchers"),
             duties: TaskGroup::new("duties"),
         });

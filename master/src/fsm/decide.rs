@@ -93,6 +93,8 @@ pub(super) struct Decider<'v> {
     pub(super) tally: Tally,
     /// Most idempotency keys remembered ([`MAX_REQUEST_KEYS`]).
     pub(super) request_keys: u64,
+    /// Catalog records read from the view by this entry (None: absent): findings look their checker up.
+    pub(super) catalog_seen: BTreeMap<String, Option<crate::catalog::CheckerRecord>>,
 }
 
 impl<'v> Decider<'v> {
@@ -112,6 +114,7 @@ impl<'v> Decider<'v> {
                 .unwrap_or(u64::from(DEFAULT_MIN_COMMAND_VERSION)),
             tally: Tally::default(),
             request_keys: MAX_REQUEST_KEYS,
+            catalog_seen: BTreeMap::new(),
         })
     }
 
@@ -177,6 +180,15 @@ impl<'v> Decider<'v> {
                 self.set_min_command_version(version, &by, &reason)
             }
             Command::Keyed { key, cmd } => self.keyed(key, *cmd),
+            Command::CatalogChunk { sha256, index, data } => self.catalog_chunk(&sha256, index, &data),
+            Command::CatalogPush { artifact, data } => self.catalog_push(artifact, &data),
+            Command::CatalogSeed { items } => self.catalog_seed(items),
+            Command::Rollout { action, name, version, target, shadow, by, reason } => {
+                self.rollout(action, &name, &version, target, shadow, &by, &reason)
+            }
+            Command::CanaryCheck { name, version, deviation, pause } => {
+                self.canary_check(&name, &version, deviation, pause)
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::decide::{Decision, decide_entry_limited};
 use super::snapshot::{self, history_key, push_record, split_history_key, u64_be, utf8};
 use super::view::View;
+use crate::catalog::CheckerRecord;
 use crate::model::*;
 use crate::safety::{AuditEntry, Proposal, SafetyConfig, ScopeRecord};
 use crate::sm_seam::Policy;
@@ -30,6 +31,8 @@ pub struct MemState {
     pub audit: BTreeMap<u64, AuditEntry>,
     pub requests: BTreeMap<String, RequestRecord>,
     pub request_order: BTreeMap<u64, String>,
+    pub catalog: BTreeMap<String, CheckerRecord>,
+    pub blobs: BTreeMap<(String, u64), Vec<u8>>,
 }
 
 fn range_ids<T>(m: &BTreeMap<u64, T>, from: u64, limit: usize) -> Vec<u64> {
@@ -94,6 +97,15 @@ impl View for MemState {
     fn pending_ids(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         Ok(range_ids(&self.pending, from, limit))
     }
+    fn catalog(&self, name: &str) -> Result<Option<CheckerRecord>, StoreError> {
+        Ok(self.catalog.get(name).cloned())
+    }
+    fn has_blob(&self, sha256: &str, index: u64) -> Result<bool, StoreError> {
+        Ok(self.blobs.contains_key(&(sha256.to_string(), index)))
+    }
+    fn blob(&self, sha256: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.blobs.get(&(sha256.to_string(), index)).cloned())
+    }
 }
 
 impl MemState {
@@ -153,6 +165,8 @@ impl MemState {
                 None => self.request_order.remove(seq),
             };
         }
+        self.catalog.extend(w.catalog.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.blobs.extend(w.blobs.iter().map(|(k, v)| (k.clone(), v.clone())));
         if let Some(first) = d.events.first().map(|e| e.revision) {
             self.changes.insert(first, store::make_change_row(d.revision, &d.events));
             self.meta.insert(META_REVISION.into(), d.revision);
@@ -216,6 +230,12 @@ impl MemState {
         for (k, v) in &self.request_order {
             push_record(&mut out, 14, &k.to_be_bytes(), v.as_bytes());
         }
+        for (k, v) in &self.catalog {
+            push_record(&mut out, 15, k.as_bytes(), &store::encode(v));
+        }
+        for ((sha, idx), v) in &self.blobs {
+            push_record(&mut out, 16, &history_key(sha, *idx), v);
+        }
         out
     }
 
@@ -264,6 +284,13 @@ impl MemState {
                 }
                 13 => {
                     s.requests.insert(utf8(key)?.to_string(), store::decode("fsm_requests", value)?);
+                }
+                15 => {
+                    s.catalog.insert(utf8(key)?.to_string(), store::decode("fsm_catalog", value)?);
+                }
+                16 => {
+                    let (sha, idx) = split_history_key(key)?;
+                    s.blobs.insert((sha.to_string(), idx), value.to_vec());
                 }
                 _ => {
                     s.request_order.insert(u64_be(key)?, utf8(value)?.to_string());

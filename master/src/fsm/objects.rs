@@ -145,6 +145,10 @@ impl Decider<'_> {
             );
             return Ok(Err((proto::error::Code::InvalidArgument, e)));
         }
+        self.canary_note(&f)?;
+        if f.shadow {
+            return self.shadow_finding(f);
+        }
         let mut rec = match self.load(&id)? {
             Some(r) => r,
             None => self.new_record(&f.object),

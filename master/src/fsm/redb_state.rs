@@ -10,8 +10,9 @@ use super::view::View;
 use crate::model::{AgentRecord, ObjectRecord};
 use crate::safety::{Proposal, SafetyConfig, ScopeRecord};
 use crate::store::{
-    self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST, META_REVISION, OBJECTS,
-    PENDING, PROPOSAL_OBJ, PROPOSALS, REQUEST_ORDER, REQUESTS, SCOPES, SETTING_SAFETY, SETTINGS, StoreError,
+    self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST,
+    META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REQUEST_ORDER, REQUESTS, SCOPES,
+    SETTING_SAFETY, SETTINGS, StoreError,
 };
 
 /// Handles of every fsm table in one write transaction.
@@ -30,6 +31,8 @@ pub(super) struct Tables<'t> {
     pub audit: Table<'t, u64, &'static [u8]>,
     pub requests: Table<'t, &'static str, &'static [u8]>,
     pub request_order: Table<'t, u64, &'static [u8]>,
+    pub catalog: Table<'t, &'static str, &'static [u8]>,
+    pub blobs: Table<'t, (&'static str, u64), &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -49,6 +52,8 @@ impl<'t> Tables<'t> {
             audit: txn.open_table(AUDIT)?,
             requests: txn.open_table(REQUESTS)?,
             request_order: txn.open_table(REQUEST_ORDER)?,
+            catalog: txn.open_table(CATALOG)?,
+            blobs: txn.open_table(BLOBS)?,
         })
     }
 
@@ -123,6 +128,13 @@ impl<'t> Tables<'t> {
                 }
                 None => self.request_order.remove(*seq)?,
             };
+        }
+        for (name, c) in &w.catalog {
+            self.catalog.insert(name.as_str(), store::encode_sealed(name.as_str(), c).as_slice())?;
+        }
+        for ((sha, idx), bytes) in &w.blobs {
+            self.blobs
+                .insert((sha.as_str(), *idx), store::seal_bytes(&(sha.as_str(), *idx), bytes).as_slice())?;
         }
         if let Some(first) = d.events.first().map(|e| e.revision) {
             let row = store::seal_bytes(&first, &store::make_change_row(d.revision, &d.events));
@@ -272,5 +284,20 @@ impl View for Tables<'_> {
 
     fn request_seqs(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         ids(&self.request_order, from, limit)
+    }
+
+    fn catalog(&self, name: &str) -> Result<Option<crate::catalog::CheckerRecord>, StoreError> {
+        self.catalog.get(name)?.map(|g| store::decode_sealed("fsm_catalog", name, g.value())).transpose()
+    }
+
+    fn has_blob(&self, sha256: &str, index: u64) -> Result<bool, StoreError> {
+        Ok(self.blobs.get((sha256, index))?.is_some())
+    }
+
+    fn blob(&self, sha256: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.blobs
+            .get((sha256, index))?
+            .map(|g| store::unseal("fsm_blobs", &(sha256, index), g.value()).map(<[u8]>::to_vec))
+            .transpose()
     }
 }

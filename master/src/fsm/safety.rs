@@ -280,6 +280,8 @@ impl Decider<'_> {
         let message = format!("{scope} switched to manual drive: {reason}");
         self.audit_row("alert", scope, object, "master", &message)?;
         self.global_event("level", message);
+        // A checker version's latch also pauses its rollout (issue 15).
+        self.pause_for_latch(scope, reason)?;
         Ok(())
     }
 

@@ -3,8 +3,10 @@
 //! 0x00, u64 BE seq), 4 agents, 5 members (u64 BE), 6 scopes, 7 proposals (u64 BE), 8 proposal by object,
 //! 9 pending proposals (u64 BE), 10 settings, 11 alert/audit log (u64 BE), 12 change-log rows (u64 BE first
 //! revision; value as in [`CHANGES`]), 13 idempotency keys (utf-8 key, RequestRecord JSON), 14 their
-//! eviction order (u64 BE seq, utf-8 key). Records come in the order tags 1, 2, 3, 4, 5, 6, 8, 10, 7, 9, 11,
-//! 12, 13, 14, each table in key order, so equal states give equal bytes (the in-memory model writes the same format).
+//! eviction order (u64 BE seq, utf-8 key), 15 the checker catalog (utf-8 name, CheckerRecord JSON), 16
+//! artifact chunks (utf-8 sha256, 0x00, u64 BE chunk index; the raw bytes). Records come in the order tags 1,
+//! 2, 3, 4, 5, 6, 8, 10, 7, 9, 11, 12, 13, 14, 15, 16, each table in key order, so equal states give equal
+//! bytes (the in-memory model writes the same format). Version 3 snapshots have no catalog (tags 15, 16).
 //!
 //! The change log travels in the snapshot (it is bounded by the retention window), so a member caught up by a
 //! snapshot serves the same watch history. Version 1 snapshots (older binaries) have no change log: restoring
@@ -20,11 +22,15 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use super::redb_state::Tables;
 use crate::checksum;
 use crate::store::{
-    self, AGENTS, AUDIT, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST, META_REVISION, OBJECTS,
-    PENDING, PROPOSAL_OBJ, PROPOSALS, REQUEST_ORDER, REQUESTS, SCOPES, SETTINGS, StoreError,
+    self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST,
+    META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REQUEST_ORDER, REQUESTS, SCOPES, SETTINGS,
+    StoreError,
 };
 
-pub(super) const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v3\n";
+pub(super) const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v4\n";
+/// Snapshots before the checker catalog (no tags 15, 16): still restorable.
+const MAGIC_V3: &[u8] = b"huatuo-fsm-snapshot-v3\n";
+const LAST_TAG_V3: u8 = 14;
 /// Snapshots before idempotency keys travelled in snapshots (no tags 13, 14): still restorable.
 const MAGIC_V2: &[u8] = b"huatuo-fsm-snapshot-v2\n";
 const LAST_TAG_V2: u8 = 12;
@@ -32,7 +38,7 @@ const LAST_TAG_V2: u8 = 12;
 const MAGIC_V1: &[u8] = b"huatuo-fsm-snapshot-v1\n";
 /// Highest record tag of each format.
 const LAST_TAG_V1: u8 = 11;
-const LAST_TAG: u8 = 14;
+const LAST_TAG: u8 = 16;
 /// Largest single key or value accepted when decoding (an object record is a few KiB; a change-log row holds
 /// one entry's events, bounded by the raft layer's command size).
 const MAX_FIELD: usize = 16 << 20;
@@ -179,6 +185,29 @@ pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
             );
         }
     }
+    if let Some(t) = open_read!(txn, CATALOG) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            push_record(
+                &mut out,
+                15,
+                k.value().as_bytes(),
+                store::unseal("fsm_catalog", k.value(), v.value())?,
+            );
+        }
+    }
+    if let Some(t) = open_read!(txn, BLOBS) {
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (sha, idx) = k.value();
+            push_record(
+                &mut out,
+                16,
+                &history_key(sha, idx),
+                store::unseal("fsm_blobs", &(sha, idx), v.value())?,
+            );
+        }
+    }
     Ok(out)
 }
 
@@ -231,6 +260,8 @@ pub(super) struct Parsed<'a> {
 pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
     let (mut rest, last_tag) = if let Some(rest) = data.strip_prefix(MAGIC) {
         (rest, LAST_TAG)
+    } else if let Some(rest) = data.strip_prefix(MAGIC_V3) {
+        (rest, LAST_TAG_V3)
     } else if let Some(rest) = data.strip_prefix(MAGIC_V2) {
         (rest, LAST_TAG_V2)
     } else {
@@ -249,10 +280,10 @@ pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
                 utf8(key)?;
                 u64_be(value)?;
             }
-            2 | 4 | 6 | 8 | 10 | 13 => {
+            2 | 4 | 6 | 8 | 10 | 13 | 15 => {
                 utf8(key)?;
             }
-            3 => {
+            3 | 16 => {
                 split_history_key(key)?;
             }
             12 => {
@@ -288,6 +319,8 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
     txn.delete_table(MEMBERS)?;
     txn.delete_table(REQUESTS)?;
     txn.delete_table(REQUEST_ORDER)?;
+    txn.delete_table(CATALOG)?;
+    txn.delete_table(BLOBS)?;
     let mut t = Tables::open(txn)?;
     let mut sealed = Vec::new();
     for (tag, key, value) in parsed.records {
@@ -335,6 +368,12 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
             }
             13 => {
                 t.requests.insert(utf8(key)?, v)?;
+            }
+            15 => {
+                t.catalog.insert(utf8(key)?, v)?;
+            }
+            16 => {
+                t.blobs.insert(split_history_key(key)?, v)?;
             }
             _ => {
                 t.request_order.insert(u64_be(key)?, v)?;

@@ -425,6 +425,7 @@ fn fault_findings_are_history_but_healthy_repeats_are_not() {
 
 mod safety;
 
+mod catalog;
 mod integrity;
 pub(crate) mod props;
 mod requests;

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::catalog::CheckerRecord;
 use crate::model::{AgentRecord, MemberRecord, ObjectRecord};
 use crate::safety::{AuditEntry, Proposal, SafetyConfig, ScopeRecord};
 use crate::store::StoreError;
@@ -42,6 +43,12 @@ pub trait View {
     fn request_at(&self, seq: u64) -> Result<Option<String>, StoreError>;
     /// Up to `limit` key sequences >= `from`, ascending (the eviction order).
     fn request_seqs(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError>;
+    /// One checker of the catalog.
+    fn catalog(&self, name: &str) -> Result<Option<CheckerRecord>, StoreError>;
+    /// Whether chunk `index` of the bytes with `sha256` is stored.
+    fn has_blob(&self, sha256: &str, index: u64) -> Result<bool, StoreError>;
+    /// Chunk `index` of the bytes with `sha256`.
+    fn blob(&self, sha256: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// Everything one entry changes. `None` removes a row. Scopes that end up empty
@@ -61,6 +68,9 @@ pub struct Writes {
     pub audit: BTreeMap<u64, Option<AuditEntry>>,
     pub requests: BTreeMap<String, Option<crate::model::RequestRecord>>,
     pub request_order: BTreeMap<u64, Option<String>>,
+    pub catalog: BTreeMap<String, CheckerRecord>,
+    /// Artifact chunks written (never removed: content-addressed, referenced by catalog versions).
+    pub blobs: BTreeMap<(String, u64), Vec<u8>>,
 }
 
 /// Page size when merging a view's id listing with an entry's writes: bounds memory per step; the walks

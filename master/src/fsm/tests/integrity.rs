@@ -159,6 +159,9 @@ fn every_table_is_sealed() {
     let mut h = Harness::new();
     h.apply(1, vec![ingest("a1", 1, vec![finding("disk/h1/sda", Severity::Good, 1)])]);
     h.apply(2, vec![force("disk/h1/sda", State::Warning)]);
+    // The checker catalog's tables (issue 15): a record and its bytes.
+    h.apply(3, vec![Command::SetMinCommandVersion { version: 4, by: "a".into(), reason: "r".into() }]);
+    h.apply(4, vec![crate::api::catalog::seed_command()]);
     let txn = h.db.begin_read().expect("read");
     let mut tables: Vec<String> =
         txn.list_tables().expect("tables").map(|t| redb::TableHandle::name(&t).to_string()).collect();
@@ -190,7 +193,11 @@ fn every_table_is_sealed() {
         txn.commit().expect("commit");
         crate::store::open_store(&h.db).expect("whole again");
     }
-    assert!(flipped >= 5, "{flipped} of {tables:?}");
+    assert!(flipped >= 7, "{flipped} of {tables:?}");
+    assert!(
+        tables.iter().any(|t| t == "fsm_catalog") && tables.iter().any(|t| t == "fsm_blobs"),
+        "{tables:?}"
+    );
 }
 
 /// Flips the last byte of the first value of table `name` (keys of any fsm type); false if it is empty.
@@ -203,6 +210,21 @@ fn flip_first_row(txn: &redb::WriteTransaction, name: &str) -> bool {
         "fsm_proposal_obj" => flip_str(txn, crate::store::PROPOSAL_OBJ),
         "fsm_settings" => flip_str(txn, crate::store::SETTINGS),
         "fsm_requests" => flip_str(txn, crate::store::REQUESTS),
+        "fsm_catalog" => flip_str(txn, crate::store::CATALOG),
+        "fsm_blobs" => {
+            let mut t = txn.open_table(crate::store::BLOBS).expect("table");
+            let Some(((sha, idx), mut v)) = t
+                .first()
+                .expect("first")
+                .map(|(k, v)| ((k.value().0.to_string(), k.value().1), v.value().to_vec()))
+            else {
+                return false;
+            };
+            let last = v.len() - 1;
+            v[last] ^= 0x01;
+            t.insert((sha.as_str(), idx), v.as_slice()).expect("insert");
+            true
+        }
         "fsm_history" => {
             let mut t = txn.open_table(crate::store::HISTORY).expect("table");
             let Some(((id, seq), mut v)) = t

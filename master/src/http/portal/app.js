@@ -3,7 +3,7 @@
 // bearer token (kept in sessionStorage) on every request, and keeps a local copy of the object list current
 // from the NDJSON watch stream (reconnecting from the last revision + 1), so pages update live. Pages are hash
 // routes: #/ fleet, #/objects search, #/object/<id>, #/host/<host>, #/proposals, #/safety, #/agents,
-// #/events, #/fsm/<kind>, #/login. The DOM is built with createElement/textContent only: nothing from the
+// #/checkers, #/events, #/fsm/<kind>, #/login. The DOM is built with createElement/textContent only: nothing from the
 // server is ever parsed as HTML.
 'use strict';
 (() => {
@@ -459,7 +459,7 @@
   function go(hash) { if (location.hash !== hash) location.hash = hash; else render(); }
   const PAGES = {
     '': pageFleet, objects: pageSearch, object: pageObject, host: pageHost, proposals: pageProposals,
-    safety: pageSafety, agents: pageAgents, events: pageEvents, fsm: pageFsm, login: pageLogin,
+    safety: pageSafety, agents: pageAgents, checkers: pageCheckers, events: pageEvents, fsm: pageFsm, login: pageLogin,
   };
   function render() {
     const r = route();
@@ -1118,6 +1118,172 @@
     load();
     let last = Date.now();
     return { name: 'agents', update() { if (Date.now() - last >= POLL_MS) { last = Date.now(); load(); } } };
+  }
+
+  // ---------------------------------------------------------------- checkers (catalog and gray release)
+  // The version distribution per checker (GET /rollouts), the catalog (GET /catalog) and the rollouts with
+  // their controls: pause, resume, widen, promote, rollback, each with a reason and a confirmation step
+  // (POST /rollouts). A rollout the master paused by itself (canary stop) is highlighted with its reason
+  // and the deviation figures of its last window.
+  const ROLLOUT_ACTIONS = {
+    pause: 'stop assigning this version to more hosts; hosts keep what they run',
+    resume: 'continue the rollout where it stopped',
+    widen: 'assign this version to more hosts (a larger percentage keeps the hosts it has)',
+    promote: 'make this version the stable one on every host',
+    rollback: 'return every canary host to the previous version',
+  };
+  // Which actions make sense in which rollout status (the master checks again and refuses the rest).
+  const ROLLOUT_ALLOWED = {
+    gray: ['pause', 'widen', 'promote', 'rollback'],
+    paused: ['resume', 'widen', 'promote', 'rollback'],
+  };
+  const n0 = (x) => Number(x || 0); // uint64 may arrive as a JSON string; missing fields are zero
+  function rolloutKey(ro) { return `${ro.name}@${ro.version}`; }
+  function rolloutTarget(ro) {
+    const t = [];
+    if (n0(ro.percent) > 0) t.push(`${n0(ro.percent)}% of hosts`);
+    if ((ro.hosts || []).length) t.push(`hosts ${ro.hosts.join(', ')}`);
+    if ((ro.labels || []).length) t.push(`labels ${ro.labels.join(', ')}`);
+    return t.join(' · ') || '-';
+  }
+  function deviationTable(d) {
+    if (!d) return h('span', { class: 'muted' }, 'no comparison window yet');
+    const bad = d.verdict && d.verdict !== 'ok';
+    return h('table', { class: `deviation ${bad ? 'bad' : ''}`, 'data-verdict': d.verdict || '' },
+      h('thead', {}, h('tr', {}, ['window', 'canary hosts', 'objects', 'new version flags', 'current version flags', 'limit', 'hosts failing', 'verdict'].map((x) => h('th', {}, x)))),
+      h('tbody', {}, h('tr', {},
+        h('td', {}, d.window_start_ms ? [when(n0(d.window_start_ms)), ` + ${dur(n0(d.window_ms))}`] : dur(n0(d.window_ms))),
+        h('td', { class: 'num' }, num(n0(d.canary_hosts))), h('td', { class: 'num' }, num(n0(d.canary_objects))),
+        h('td', { class: `num ${bad && d.verdict === 'too-many-flags' ? 'hot' : ''}`, 'data-field': 'new_flagged' }, num(n0(d.new_flagged))),
+        h('td', { class: 'num', 'data-field': 'current_flagged' }, num(n0(d.current_flagged))),
+        h('td', { class: 'num', 'data-field': 'limit' }, num(n0(d.limit))),
+        h('td', { class: `num ${bad && d.verdict === 'too-many-failures' ? 'hot' : ''}`, 'data-field': 'hosts_failing' }, num(n0(d.hosts_failing))),
+        h('td', {}, h('span', { class: `badge ${bad ? 'st-ERROR' : 'st-GOOD'}` }, d.verdict || '-')))));
+  }
+  function pageCheckers(main, r) {
+    const wanted = r.params.get('name') || '';
+    const alerts = h('div', { id: 'checkers-alerts' });
+    const dist = h('div', { id: 'checkers-dist' });
+    const rollouts = h('div', { id: 'checkers-rollouts' });
+    const catalog = h('div', { id: 'checkers-catalog' });
+    const result = h('div', { id: 'rollout-result' });
+    const reason = h('textarea', { id: 'rollout-reason', placeholder: 'Reason (required; recorded in the audit log with the change)' });
+    const percent = h('input', { type: 'number', id: 'rollout-percent', min: '0', max: '100', step: 'any', placeholder: 'widen to %' });
+    append(main, h('h1', {}, 'Checkers'),
+      h('p', { class: 'muted' }, 'Which version of every checker runs where, the gray releases in progress and their comparison with the current version on the same hosts. A new version that flags far more objects than the current one, or fails on its hosts, is paused by the master itself.'),
+      alerts, h('h2', {}, 'Version distribution'), dist,
+      h('h2', {}, 'Rollouts'), h('div', { class: 'panel' },
+        h('div', { class: 'inline' }, h('label', { class: 'field grow' }, 'Reason', reason), h('label', { class: 'field' }, 'Widen to (%)', percent)),
+        h('p', { class: 'small muted' }, Object.entries(ROLLOUT_ACTIONS).map(([k, v]) => [h('strong', {}, k), `: ${v}. `]))),
+      result, rollouts, h('h2', {}, 'Catalog'), catalog);
+    let status = null;
+    let cat = null;
+    let err = null;
+    const load = async () => {
+      const q = wanted ? `?name=${encodeURIComponent(wanted)}` : '';
+      const [st, ca] = await Promise.allSettled([api(`/rollouts${q}`), api('/catalog')]);
+      if (st.status === 'fulfilled') { status = st.value; err = null; } else err = st.reason;
+      cat = ca.status === 'fulfilled' ? ca.value : { unavailable: ca.reason };
+      draw();
+    };
+    const confirmAction = (action, ro) => {
+      const why = reason.value.trim();
+      if (!why) { replace(result, h('div', { class: 'result bad' }, 'A reason is required.')); reason.focus(); return; }
+      const body = { action, name: ro.name, version: ro.version, by: operatorName(), reason: why };
+      if (action === 'widen') {
+        const p = Number(percent.value);
+        if (percent.value.trim() === '' || !Number.isFinite(p) || p <= 0 || p > 100) {
+          replace(result, h('div', { class: 'result bad' }, 'Widen needs a percentage above 0 and at most 100.')); percent.focus(); return;
+        }
+        if (p <= n0(ro.percent)) {
+          replace(result, h('div', { class: 'result bad' }, `${rolloutKey(ro)} already covers ${n0(ro.percent)}%: widen to more.`)); percent.focus(); return;
+        }
+        body.percent = p;
+      }
+      const danger = action === 'promote' || action === 'rollback' || action === 'widen' || action === 'resume';
+      replace(result, h('div', { class: `confirm ${danger ? 'danger' : ''}`, id: 'rollout-confirm', 'data-action': action },
+        h('p', {}, `${action[0].toUpperCase()}${action.slice(1)} `, h('strong', { class: 'mono' }, rolloutKey(ro)),
+          action === 'widen' ? ` from ${n0(ro.percent)}% to ${body.percent}% of hosts` : '', `? This will ${ROLLOUT_ACTIONS[action]}.`,
+          ro.auto_paused && action === 'resume' ? ` The master paused it because: ${ro.paused_reason || '(no reason recorded)'}.` : ''),
+        h('p', { class: 'small' }, `By ${operatorName()} · reason: ${why}`),
+        h('button', {
+          class: danger ? 'danger' : 'primary', id: 'rollout-confirm-yes',
+          onclick: async (ev) => {
+            ev.target.disabled = true;
+            try {
+              const resp = await api('/rollouts', { method: 'POST', body });
+              const now = resp && resp.rollout ? resp.rollout.status : '';
+              replace(result, h('div', { class: 'result', id: 'rollout-done', 'data-status': now || '' }, `${rolloutKey(ro)}: ${action} done${now ? ` (now ${now})` : ''}.`));
+              reason.value = '';
+              percent.value = '';
+              await load();
+            } catch (e) { replace(result, h('div', { id: 'rollout-error' }, errorBox(e))); }
+          },
+        }, `Yes, ${action}`), ' ', h('button', { id: 'rollout-confirm-no', onclick: () => replace(result) }, 'Cancel')));
+    };
+    const draw = () => {
+      if (err && !status) { replace(dist, errorBox(err)); return; }
+      if (!status) { replace(dist, 'Loading…'); return; }
+      const checkers = status.checkers || [];
+      const all = checkers.flatMap((c) => (c.rollouts || []).map((ro) => ({ c, ro })));
+      const stopped = all.filter(({ ro }) => ro.auto_paused && ro.status === 'paused');
+      replace(alerts, stopped.map(({ ro }) => h('div', { class: 'canary-stop', id: `alert-${rolloutKey(ro)}`, 'data-rollout': rolloutKey(ro) },
+        h('strong', {}, `Canary stopped: ${rolloutKey(ro)} was paused automatically`),
+        h('p', {}, ro.paused_reason || '(no reason recorded)'), deviationTable(ro.deviation))));
+      replace(dist, checkers.length ? h('table', { id: 'dist' },
+        h('thead', {}, h('tr', {}, ['checker', 'type', 'stable', 'version', 'assigned', 'running', 'failed to verify', 'failing', 'not reporting', ''].map((x) => h('th', {}, x)))),
+        h('tbody', {}, checkers.flatMap((c) => {
+          const vs = (c.versions || []).length ? c.versions : [{ version: c.stable_version }];
+          const most = Math.max(1, ...vs.map((v) => n0(v.assigned)));
+          return vs.map((v, i) => {
+            const bar = h('div', { class: 'vbar' }, h('span', { class: 'run' }), h('span', { class: 'unv' }));
+            bar.firstChild.style.width = `${(100 * n0(v.running)) / most}%`;
+            bar.lastChild.style.width = `${(100 * (n0(v.failed_verify) + n0(v.failed))) / most}%`;
+            return h('tr', { 'data-checker': c.name, 'data-version': v.version || '', 'data-shadow': v.shadow ? 'true' : 'false' },
+              h('td', {}, i === 0 ? h('strong', {}, c.name) : ''), h('td', {}, i === 0 ? (c.type || '') : ''),
+              h('td', { class: 'mono' }, i === 0 ? (c.stable_version || '-') : ''),
+              h('td', { class: 'mono' }, v.version || '-', v.shadow ? [' ', h('span', { class: 'pill' }, 'shadow')] : null),
+              h('td', { class: 'num', 'data-field': 'assigned' }, num(n0(v.assigned))),
+              h('td', { class: 'num', 'data-field': 'running' }, num(n0(v.running))),
+              h('td', { class: `num ${n0(v.failed_verify) ? 'hot' : ''}`, 'data-field': 'failed_verify' }, num(n0(v.failed_verify))),
+              h('td', { class: `num ${n0(v.failed) ? 'hot' : ''}`, 'data-field': 'failed' }, num(n0(v.failed))),
+              h('td', { class: 'num', 'data-field': 'not_reporting' }, num(n0(v.not_reporting))), h('td', {}, bar));
+          });
+        })))
+        : h('div', { class: 'empty panel' }, 'No checker in the catalog yet.'));
+      replace(rollouts, all.length ? h('table', { id: 'rollouts' },
+        h('thead', {}, h('tr', {}, ['rollout', 'status', 'targets', 'previous', 'started', 'by / reason', 'deviation', 'actions'].map((x) => h('th', {}, x)))),
+        h('tbody', {}, all.map(({ ro }) => {
+          const allowed = ROLLOUT_ALLOWED[ro.status] || [];
+          return h('tr', { 'data-rollout': rolloutKey(ro), 'data-status': ro.status || '', class: ro.auto_paused && ro.status === 'paused' ? 'auto-paused' : '' },
+            h('td', { class: 'mono' }, rolloutKey(ro), ro.shadow ? [' ', h('span', { class: 'pill' }, 'shadow')] : null),
+            h('td', {}, h('span', { class: `badge ro-${ro.status || ''}` }, ro.status || '?'),
+              ro.auto_paused ? h('div', { class: 'small hot', 'data-field': 'paused_reason' }, `paused by the master: ${ro.paused_reason || ''}`) : null),
+            h('td', { class: 'small' }, rolloutTarget(ro)), h('td', { class: 'mono' }, ro.previous_version || '-'),
+            h('td', {}, when(n0(ro.started_ms))), h('td', { class: 'small' }, `${ro.by || ''}: ${ro.reason || ''}`),
+            h('td', {}, deviationTable(ro.deviation)),
+            h('td', { class: 'actions' }, allowed.length ? allowed.map((a) => h('button', {
+              class: a === 'rollback' ? 'danger' : '', 'data-action': a, 'data-rollout': rolloutKey(ro),
+              disabled: !mayOperate(), title: mayOperate() ? ROLLOUT_ACTIONS[a] : 'needs the operator role',
+              onclick: () => confirmAction(a, ro),
+            }, `${a}…`)) : h('span', { class: 'muted' }, 'finished')));
+        })))
+        : h('div', { class: 'empty panel' }, 'No rollout yet: `huatuo rollout start NAME@VERSION --percent 5`.'));
+      if (!cat) return;
+      if (cat.unavailable) { replace(catalog, errorBox(cat.unavailable)); return; }
+      const arts = cat.artifacts || [];
+      replace(catalog, arts.length ? h('table', { id: 'catalog' },
+        h('thead', {}, h('tr', {}, ['artifact', 'type', 'size', 'sha256', 'pushed', 'description'].map((x) => h('th', {}, x)))),
+        h('tbody', {}, arts.slice(0, TABLE_MAX).map((x) => h('tr', { 'data-artifact': `${x.name}@${x.version}` },
+          h('td', { class: 'mono' }, `${x.name}@${x.version}`), h('td', {}, x.type || ''), h('td', { class: 'num' }, num(n0(x.size))),
+          h('td', { class: 'mono small', title: x.sha256 || '' }, short(x.sha256, 16)),
+          h('td', { class: 'small' }, x.pushed_by || '', ' ', when(n0(x.pushed_ms))), h('td', { class: 'small' }, x.description || '')))))
+        : h('div', { class: 'empty panel' }, 'The catalog is empty.'));
+    };
+    draw();
+    load();
+    let last = Date.now();
+    return { name: 'checkers', update() { if (Date.now() - last >= POLL_MS) { last = Date.now(); load(); } } };
   }
 
   // ---------------------------------------------------------------- changes

@@ -16,11 +16,11 @@ use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 use state_machines::{Kind, Severity};
 
-use super::decode::Decoder;
-use super::object::{Normalize, normalize};
+use crate::decode::Decoder;
+use crate::object::{Normalize, normalize};
 
 /// The default rule set shipped in the binary.
-pub const DEFAULT_RULES: &str = include_str!("../../rules/kernel-log/default.toml");
+pub const DEFAULT_RULES: &str = include_str!("../../checkers/rules/kernel-log/default.toml");
 /// Name of the embedded default rule file (used in error messages and versions).
 pub const DEFAULT_RULES_NAME: &str = "default.toml";
 
@@ -312,9 +312,9 @@ impl Rule {
             return Err(bad("context = true needs a record type".into()));
         }
         if let Some(c) = &t.cause
-            && !super::decode::CAUSES.contains(&c.as_str())
+            && !crate::decode::CAUSES.contains(&c.as_str())
         {
-            return Err(bad(format!("cause {c:?}: use one of {:?}", super::decode::CAUSES)));
+            return Err(bad(format!("cause {c:?}: use one of {:?}", crate::decode::CAUSES)));
         }
         let regex =
             RegexBuilder::new(&t.pattern).unicode(false).size_limit(REGEX_SIZE_LIMIT).build().map_err(

@@ -1,0 +1,757 @@
+//! The checker catalog's API (issue 15), shared by gRPC and REST: push an artifact (validated once here:
+//! names, type, size, sha256, spec, and a rule set compiled with the agent's own compiler from the
+//! `rulesets` crate), list the catalog (built-in checkers included, read-only), rollout changes, the
+//! version distribution (`rollout status`), an agent's assignment (per heartbeat, O(checkers), from a cache
+//! keyed by the replicated catalog counter) and chunked fetches of assigned artifacts. The leader's catalog
+//! duties (seeding a new cluster, canary windows) are [`Service::catalog_duties`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use proto::error::{ApiError, Code};
+use proto::view::{
+    ArtifactSpecView, ArtifactView, AssignmentView, CatalogListing, CheckerDistributionView,
+    RolloutStatusView, RolloutView, VersionCountView,
+};
+use serde::Deserialize;
+
+use super::{Service, lock, now_ms, store_err, validate};
+use crate::catalog::{self, *};
+use crate::model::{Command, RolloutAction, SeedItem};
+use crate::store::{META_CATALOG_BYTES, META_CATALOG_REV, META_CATALOG_SEEDED, Reader};
+
+/// Rollouts the leader's canary duty evaluates per pass (each costs one pass over the objects).
+pub const MAX_CANARY_CHECKS_PER_PASS: usize = 2;
+/// Longest `last_error` of a heartbeat's checker run (the agent's own text; a longer one makes the heartbeat
+/// INVALID_ARGUMENT, so agents cut theirs below it): a few lines of stderr say what broke.
+pub const MAX_RUN_ERROR_LEN: usize = 4096;
+
+/// A push, as every front end delivers it (REST: `content_base64` instead of `content`).
+#[derive(Debug, Clone, Default)]
+pub struct PushRequest {
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+    pub content: Vec<u8>,
+    pub description: String,
+    pub spec: ArtifactSpecView,
+    pub by: String,
+    pub sha256: String,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PushResult {
+    pub artifact: ArtifactView,
+    pub revision: u64,
+    pub duplicate: bool,
+}
+
+/// A rollout change (the proto's `RolloutRequest`; REST posts this JSON).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    pub action: String,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub percent: f64,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub shadow: bool,
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// One chunk of an artifact for an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchChunk {
+    pub data: Vec<u8>,
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The leader's cache of the catalog for assignments: (the replicated catalog counter, the records).
+pub(super) type CatalogCache = std::sync::Mutex<Option<(u64, Arc<Vec<CheckerRecord>>)>>;
+
+fn invalid(e: String) -> ApiError {
+    ApiError::invalid(e)
+}
+
+/// Check an external checker's spec (rules and profiles ignore theirs but may not carry nonsense).
+fn check_spec(kind: ArtifactType, s: &ArtifactSpecView) -> Result<(), ApiError> {
+    if s.kinds.len() > MAX_SPEC_KINDS {
+        return Err(invalid(format!("spec lists {} kinds (limit {MAX_SPEC_KINDS})", s.kinds.len())));
+    }
+    for k in &s.kinds {
+        k.parse::<state_machines::Kind>().map_err(|e| invalid(format!("spec kind {k:?}: {e}")))?;
+    }
+    if kind != ArtifactType::External {
+        return Ok(());
+    }
+    if s.interval_ms == 0 || s.interval_ms > MAX_SPEC_INTERVAL_MS {
+        return Err(invalid(format!("an external checker needs interval_ms in 1..={MAX_SPEC_INTERVAL_MS}")));
+    }
+    if s.timeout_ms == 0 || s.timeout_ms > MAX_SPEC_TIMEOUT_MS {
+        return Err(invalid(format!("an external checker needs timeout_ms in 1..={MAX_SPEC_TIMEOUT_MS}")));
+    }
+    if s.max_output_bytes > MAX_SPEC_OUTPUT_BYTES {
+        return Err(invalid(format!("max_output_bytes above {MAX_SPEC_OUTPUT_BYTES}")));
+    }
+    if s.kinds.is_empty() {
+        return Err(invalid("an external checker must name the object kinds it reports on (kinds)".into()));
+    }
+    Ok(())
+}
+
+/// Every check of a push that needs no state: the record to propose.
+pub fn validate_push(req: &PushRequest) -> Result<ArtifactRecord, ApiError> {
+    check_name(&req.name).map_err(invalid)?;
+    check_version(&req.version).map_err(invalid)?;
+    // No type: an external checker (the CLI's default too), the same on every front end.
+    let kind = if req.kind.is_empty() {
+        ArtifactType::External
+    } else {
+        ArtifactType::parse(&req.kind).map_err(invalid)?
+    };
+    if req.by.trim().is_empty() {
+        return Err(invalid("say who you are (by)".into()));
+    }
+    validate::name("by", &req.by, crate::model::MAX_TEXT_LEN)?;
+    validate::text("description", &req.description, MAX_DESCRIPTION_LEN)?;
+    if req.content.is_empty() {
+        return Err(invalid("the artifact is empty".into()));
+    }
+    if req.content.len() as u64 > MAX_ARTIFACT_BYTES {
+        return Err(invalid(format!(
+            "the artifact is {} bytes, over the limit of {MAX_ARTIFACT_BYTES} bytes",
+            req.content.len()
+        )));
+    }
+    let sha256 = sha256_hex(&req.content);
+    if !req.sha256.is_empty() && req.sha256.to_ascii_lowercase() != sha256 {
+        return Err(invalid(format!("sha256 {} given, the content hashes to {sha256}", req.sha256)));
+    }
+    check_spec(kind, &req.spec)?;
+    let at = format!("{}@{}", req.name, req.version);
+    match kind {
+        ArtifactType::Rules => {
+            let text = std::str::from_utf8(&req.content)
+                .map_err(|_| invalid(format!("{at}: a rule set must be UTF-8 TOML")))?;
+            rulesets::rules::RuleSet::from_sources(&[(at.clone(), text.to_string())])
+                .map_err(|e| invalid(format!("rule set does not compile: {e}")))?;
+        }
+        ArtifactType::Profile => {
+            let text = std::str::from_utf8(&req.content)
+                .map_err(|_| invalid(format!("{at}: a profile must be UTF-8 TOML")))?;
+            let name = rulesets::profile::check(text, &at).map_err(|e| invalid(e.to_string()))?;
+            if name != req.name {
+                return Err(invalid(format!(
+                    "profile {at} names itself {name:?}: a profile's catalog name is its `name`"
+                )));
+            }
+        }
+        ArtifactType::External => {}
+    }
+    Ok(ArtifactRecord {
+        name: req.name.clone(),
+        version: req.version.clone(),
+        kind,
+        sha256,
+        size: req.content.len() as u64,
+        pushed_by: req.by.clone(),
+        pushed_ms: 0,
+        description: req.description.clone(),
+        spec: req.spec.clone(),
+    })
+}
+
+/// Every check of a rollout change that needs no state: the command to propose.
+pub fn validate_rollout(req: &RolloutRequest) -> Result<Command, ApiError> {
+    let action = RolloutAction::parse(&req.action).map_err(invalid)?;
+    check_name(&req.name).map_err(invalid)?;
+    check_version(&req.version).map_err(invalid)?;
+    validate::operator(&req.by, &req.reason)?;
+    let bp = catalog::percent_bp(req.percent).map_err(invalid)?;
+    if req.hosts.len() > MAX_ROLLOUT_HOSTS {
+        return Err(invalid(format!("{} hosts (limit {MAX_ROLLOUT_HOSTS})", req.hosts.len())));
+    }
+    let mut hosts: Vec<String> = Vec::with_capacity(req.hosts.len());
+    for h in &req.hosts {
+        validate::host(h)?;
+        if !hosts.contains(h) {
+            hosts.push(h.clone());
+        }
+    }
+    if req.labels.len() > MAX_ROLLOUT_LABELS {
+        return Err(invalid(format!("{} labels (limit {MAX_ROLLOUT_LABELS})", req.labels.len())));
+    }
+    let mut labels = BTreeMap::new();
+    for l in &req.labels {
+        let (k, v) =
+            l.split_once('=').ok_or_else(|| invalid(format!("label selector {l:?}: expected KEY=VALUE")))?;
+        if k.is_empty() || v.is_empty() {
+            return Err(invalid(format!("label selector {l:?}: expected KEY=VALUE")));
+        }
+        validate::name("label key", k, crate::model::MAX_MAP_KEY_LEN)?;
+        validate::name("label value", v, crate::model::MAX_MAP_VALUE_LEN)?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let chosen = [!hosts.is_empty(), bp > 0, !labels.is_empty()].iter().filter(|x| **x).count();
+    match action {
+        RolloutAction::Start if chosen != 1 => {
+            return Err(invalid(
+                "rollout start needs exactly one of hosts, a percentage above 0, or labels".into(),
+            ));
+        }
+        RolloutAction::Widen if chosen != 1 || !labels.is_empty() => {
+            return Err(invalid("rollout widen takes hosts or a percentage".into()));
+        }
+        RolloutAction::Pause | RolloutAction::Resume | RolloutAction::Promote | RolloutAction::Rollback
+            if chosen != 0 =>
+        {
+            return Err(invalid(format!("rollout {} takes no hosts, percentage or labels", action.as_str())));
+        }
+        _ => {}
+    }
+    if req.shadow && action != RolloutAction::Start {
+        return Err(invalid("--shadow applies to rollout start only".into()));
+    }
+    Ok(Command::Rollout {
+        action,
+        name: req.name.clone(),
+        version: req.version.clone(),
+        target: Target { hosts, from_bp: 0, bp, labels },
+        shadow: req.shadow,
+        by: req.by.clone(),
+        reason: req.reason.clone(),
+    })
+}
+
+/// The built-in checkers as read-only catalog entries.
+fn builtins(name: &str) -> Vec<ArtifactView> {
+    rulesets::BUILTIN_CHECKERS
+        .iter()
+        .filter(|b| name.is_empty() || b.name == name)
+        .map(|b| ArtifactView {
+            name: b.name.into(),
+            version: b.version.into(),
+            kind: "builtin".into(),
+            description: "compiled into the agent (read-only)".into(),
+            spec: ArtifactSpecView {
+                kinds: b.kinds.iter().map(|k| (*k).to_string()).collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn rollouts_of(c: &CheckerRecord) -> impl Iterator<Item = RolloutView> + '_ {
+    c.rollouts.iter().chain(c.done.iter()).map(|r| r.view(&c.name))
+}
+
+impl Service {
+    /// The catalog for assignments: cached until the replicated catalog counter moves.
+    fn catalog_snapshot(&self, r: &Reader) -> Result<Arc<Vec<CheckerRecord>>, ApiError> {
+        let rev = r.meta(META_CATALOG_REV).map_err(store_err)?;
+        if let Some((at, c)) = lock(&self.catalog_cache).as_ref()
+            && *at == rev
+        {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(r.catalog_all().map_err(store_err)?);
+        *lock(&self.catalog_cache) = Some((rev, c.clone()));
+        Ok(c)
+    }
+
+    /// The assignment of `host` and its hash, from this node's replicated state: O(checkers) plus one
+    /// machine-object read when a rollout selects by labels.
+    pub fn assignment(&self, host: &str) -> Result<(String, Vec<AssignmentView>), ApiError> {
+        let r = Reader::new(&self.db).map_err(store_err)?;
+        let cat = self.catalog_snapshot(&r)?;
+        let labels = if cat.iter().any(|c| c.rollouts.iter().any(|x| !x.target.labels.is_empty())) {
+            r.object(&format!("machine/{host}")).map_err(store_err)?.map(|o| o.labels)
+        } else {
+            None
+        };
+        let a = assignment_of(cat.iter(), host, labels.as_ref());
+        Ok((assignment_hash(&a), a))
+    }
+
+    /// Validate and store an artifact: chunks first (when larger than one chunk), then the push itself.
+    pub async fn push_artifact(&self, req: PushRequest, key: Option<String>) -> Result<PushResult, ApiError> {
+        let mut rec = validate_push(&req)?;
+        self.leader_gate()?;
+        let r = self.read_view(false).await?;
+        if let Some(c) = r.catalog(&rec.name).map_err(store_err)?
+            && let Some(v) = c.versions.get(&rec.version)
+        {
+            if v.sha256 == rec.sha256 {
+                return Ok(PushResult {
+                    artifact: v.view(),
+                    revision: self.current_revision(),
+                    duplicate: true,
+                });
+            }
+            return Err(ApiError::new(
+                Code::Conflict,
+                format!(
+                    "{}@{} is already stored with sha256 {}; push a new version",
+                    rec.name, rec.version, v.sha256
+                ),
+            ));
+        }
+        let stored = r.blob_chunk(&rec.sha256, 0).map_err(store_err)?.is_some();
+        let total = r.meta(META_CATALOG_BYTES).map_err(store_err)?;
+        if !stored && total + rec.size > MAX_CATALOG_BYTES {
+            return Err(ApiError::new(
+                Code::Conflict,
+                format!(
+                    "the catalog holds {total} bytes; this artifact's {} would pass its limit of {MAX_CATALOG_BYTES}",
+                    rec.size
+                ),
+            ));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let data = if req.content.len() <= CHUNK_BYTES {
+            b64.encode(&req.content)
+        } else {
+            for (i, chunk) in req.content.chunks(CHUNK_BYTES).enumerate() {
+                let idx = i as u64;
+                if r.blob_chunk(&rec.sha256, idx).map_err(store_err)?.is_some() {
+                    continue;
+                }
+                let cmd =
+                    Command::CatalogChunk { sha256: rec.sha256.clone(), index: idx, data: b64.encode(chunk) };
+                self.submit(cmd).await?;
+            }
+            String::new()
+        };
+        drop(r);
+        rec.pushed_ms = now_ms();
+        let res = self.submit_keyed(Command::CatalogPush { artifact: rec.clone(), data }, key).await?;
+        let r = Reader::new(&self.db).map_err(store_err)?;
+        let artifact = r
+            .catalog(&rec.name)
+            .map_err(store_err)?
+            .and_then(|c| c.versions.get(&rec.version).map(ArtifactRecord::view))
+            .unwrap_or_else(|| rec.view());
+        Ok(PushResult { artifact, revision: res.revision, duplicate: res.duplicate })
+    }
+
+    /// The catalog (built-ins first, read-only) and its rollouts; `name` empty: everything.
+    pub async fn list_catalog(&self, name: &str) -> Result<CatalogListing, ApiError> {
+        if !name.is_empty() {
+            check_name(name).map_err(invalid)?;
+        }
+        let r = self.read_view(false).await?;
+        let mut out = CatalogListing { artifacts: builtins(name), ..Default::default() };
+        let all = if name.is_empty() {
+            r.catalog_all().map_err(store_err)?
+        } else {
+            r.catalog(name).map_err(store_err)?.into_iter().collect()
+        };
+        for c in &all {
+            out.artifacts.extend(c.versions.values().map(ArtifactRecord::view));
+            out.rollouts.extend(rollouts_of(c));
+        }
+        out.revision = r.revision().map_err(store_err)?;
+        Ok(out)
+    }
+
+    /// One checker (`GET /api/v1/catalog/{name}`): NOT_FOUND when neither built in nor in the catalog.
+    pub async fn catalog_checker(&self, name: &str) -> Result<CatalogListing, ApiError> {
+        let l = self.list_catalog(name).await?;
+        if l.artifacts.is_empty() {
+            return Err(ApiError::not_found(format!("no checker {name:?} in the catalog")));
+        }
+        Ok(l)
+    }
+
+    /// A validated rollout change; answers the rollout as it is after the change.
+    pub async fn rollout(
+        &self,
+        req: RolloutRequest,
+        key: Option<String>,
+    ) -> Result<(RolloutView, u64), ApiError> {
+        let cmd = validate_rollout(&req)?;
+        let res = self.submit_keyed(cmd, key).await?;
+        let r = Reader::new(&self.db).map_err(store_err)?;
+        let c = r.catalog(&req.name).map_err(store_err)?;
+        let view = c
+            .as_ref()
+            .and_then(|c| {
+                c.rollouts
+                    .iter()
+                    .find(|x| x.version == req.version)
+                    .or_else(|| c.done.iter().rev().find(|x| x.version == req.version))
+                    .map(|x| x.view(&c.name))
+            })
+            .unwrap_or_default();
+        Ok((view, res.revision))
+    }
+
+    /// The version distribution per checker: from the replicated agents (their hosts' assignments) and the
+    /// leader's heartbeat memory (what each host reports running). Leader only.
+    pub async fn rollout_status(&self, name: &str) -> Result<RolloutStatusView, ApiError> {
+        if !name.is_empty() {
+            check_name(name).map_err(invalid)?;
+        }
+        self.leader_gate()?;
+        let r = self.read_view(false).await?;
+        let cat: Vec<CheckerRecord> = if name.is_empty() {
+            r.catalog_all().map_err(store_err)?
+        } else {
+            let c = r.catalog(name).map_err(store_err)?;
+            if c.is_none() {
+                return Err(ApiError::not_found(format!("no checker {name:?} in the catalog")));
+            }
+            c.into_iter().collect()
+        };
+        let agents = r.agents().map_err(store_err)?;
+        let heard: BTreeMap<String, super::AgentView> =
+            self.heartbeats.views().into_iter().map(|v| (v.agent.clone(), v)).collect();
+        let label_rollouts = cat.iter().any(|c| c.rollouts.iter().any(|x| !x.target.labels.is_empty()));
+        let mut out = RolloutStatusView { revision: r.revision().map_err(store_err)?, ..Default::default() };
+        let mut counts: Vec<BTreeMap<(String, bool), VersionCountView>> = vec![BTreeMap::new(); cat.len()];
+        for (agent, rec) in &agents {
+            let labels = if label_rollouts {
+                r.object(&format!("machine/{}", rec.host)).map_err(store_err)?.map(|o| o.labels)
+            } else {
+                None
+            };
+            let runs = heard.get(agent).filter(|h| rec.alive && h.alive).map(|h| &h.info.runs);
+            for (i, c) in cat.iter().enumerate() {
+                for a in assignment_for(c, &rec.host, labels.as_ref()) {
+                    let e =
+                        counts[i].entry((a.version.clone(), a.shadow)).or_insert_with(|| VersionCountView {
+                            version: a.version.clone(),
+                            shadow: a.shadow,
+                            ..Default::default()
+                        });
+                    e.assigned += 1;
+                    let run = runs.and_then(|runs| {
+                        runs.iter()
+                            .find(|x| x.name == a.name && x.version == a.version && x.shadow == a.shadow)
+                    });
+                    match run.map(|x| x.status.as_str()) {
+                        Some("running") => e.running += 1,
+                        Some("unverified") => e.failed_verify += 1,
+                        Some("failed") => e.failed += 1,
+                        _ => e.not_reporting += 1,
+                    }
+                }
+            }
+        }
+        for (c, counts) in cat.iter().zip(counts) {
+            out.checkers.push(CheckerDistributionView {
+                name: c.name.clone(),
+                kind: c.kind.as_str().into(),
+                stable_version: c.stable.clone(),
+                versions: counts.into_values().collect(),
+                rollouts: rollouts_of(c).collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// One chunk of an artifact assigned to `host`: PERMISSION_DENIED for anything else (agents read only
+    /// what they run). Served from this node's store (artifacts are immutable).
+    pub fn fetch_artifact(
+        &self,
+        host: &str,
+        name: &str,
+        version: &str,
+        sha256: &str,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<FetchChunk, ApiError> {
+        validate::host(host)?;
+        check_name(name).map_err(invalid)?;
+        check_version(version).map_err(invalid)?;
+        let (_, assigned) = self.assignment(host)?;
+        let Some(a) = assigned
+            .iter()
+            .find(|a| a.name == name && a.version == version && (sha256.is_empty() || a.sha256 == sha256))
+        else {
+            return Err(ApiError::permission_denied(format!(
+                "{name}@{version} is not assigned to host {host}: agents fetch only what they run"
+            )));
+        };
+        if offset > a.size {
+            return Err(invalid(format!("offset {offset} is past the artifact's {} bytes", a.size)));
+        }
+        let want = match max_bytes {
+            0 => MAX_FETCH_BYTES,
+            n => (n as usize).min(MAX_FETCH_BYTES),
+        };
+        let mut data = Vec::new();
+        if offset < a.size {
+            let idx = offset / CHUNK_BYTES as u64;
+            let r = Reader::new(&self.db).map_err(store_err)?;
+            let chunk = r
+                .blob_chunk(&a.sha256, idx)
+                .map_err(store_err)?
+                .ok_or_else(|| ApiError::internal(format!("chunk {idx} of {} is missing", a.sha256)))?;
+            let from = (offset % CHUNK_BYTES as u64) as usize;
+            let to = chunk.len().min(from + want);
+            data = chunk.get(from..to).map(<[u8]>::to_vec).unwrap_or_default();
+        }
+        Ok(FetchChunk { data, offset, size: a.size, sha256: a.sha256.clone() })
+    }
+
+    /// The leader's catalog duties: seed a new cluster's catalog once the catalog's command version is
+    /// enabled, then close the canary windows that are due (at most [`MAX_CANARY_CHECKS_PER_PASS`]).
+    pub(super) async fn catalog_duties(&self, r: &Reader) -> Result<(), ApiError> {
+        if self.stats.min_command_version() < crate::model::CATALOG_COMMAND_VERSION {
+            return Ok(());
+        }
+        if r.meta(META_CATALOG_SEEDED).map_err(store_err)? == 0 {
+            self.submit(seed_command()).await?;
+            return Ok(());
+        }
+        let cfg = lock(&self.canary).clone();
+        let now = now_ms();
+        // Which windows are due, from the cached catalog (a window starts only with a catalog change, which
+        // moves the cache key); only the due checkers are read fresh, for their window counts.
+        let cached = self.catalog_snapshot(r)?;
+        let due_names: Vec<String> = cached
+            .iter()
+            .filter(|c| {
+                c.rollouts.iter().any(|x| {
+                    x.state == RolloutState::Gray && now.saturating_sub(x.window.start_ms) >= cfg.window_ms
+                })
+            })
+            .map(|c| c.name.clone())
+            .take(MAX_CANARY_CHECKS_PER_PASS)
+            .collect();
+        if due_names.is_empty() {
+            return Ok(());
+        }
+        let mut cat = Vec::with_capacity(due_names.len());
+        for n in &due_names {
+            cat.extend(r.catalog(n).map_err(store_err)?);
+        }
+        let due: Vec<(&CheckerRecord, &RolloutRecord)> = cat
+            .iter()
+            .flat_map(|c| c.rollouts.iter().map(move |x| (c, x)))
+            .filter(|(_, x)| {
+                x.state == RolloutState::Gray && now.saturating_sub(x.window.start_ms) >= cfg.window_ms
+            })
+            .take(MAX_CANARY_CHECKS_PER_PASS)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let agents = r.agents().map_err(store_err)?;
+        let heard: BTreeMap<String, super::AgentView> =
+            self.heartbeats.views().into_iter().map(|v| (v.agent.clone(), v)).collect();
+        for (c, x) in due {
+            let mut hosts = BTreeSet::new();
+            let mut failing = 0u64;
+            for (agent, rec) in agents.iter().filter(|(_, a)| a.alive) {
+                let labels = if x.target.labels.is_empty() {
+                    None
+                } else {
+                    r.object(&format!("machine/{}", rec.host)).map_err(store_err)?.map(|o| o.labels)
+                };
+                if !in_target(&x.target, &c.name, &rec.host, labels.as_ref())
+                    || !hosts.insert(rec.host.clone())
+                {
+                    continue;
+                }
+                let failed = heard.get(agent).is_some_and(|h| {
+                    h.info
+                        .runs
+                        .iter()
+                        .any(|run| run.name == c.name && run.version == x.version && run.status == "failed")
+                });
+                failing += u64::from(failed);
+            }
+            let kinds: Vec<state_machines::Kind> = c
+                .versions
+                .get(&x.version)
+                .map(|a| a.spec.kinds.iter().filter_map(|k| k.parse().ok()).collect())
+                .unwrap_or_default();
+            let mut objects = 0u64;
+            if x.shadow && !hosts.is_empty() {
+                for o in r.list(&crate::store::Filter::default(), usize::MAX).map_err(store_err)? {
+                    if hosts.contains(o.id.host()) && (kinds.is_empty() || kinds.contains(&o.id.kind())) {
+                        objects += 1;
+                    }
+                }
+            }
+            let (new_flagged, current_flagged) =
+                if x.shadow { (x.window.new_count(), x.window.current_count()) } else { (0, 0) };
+            let numbers = WindowNumbers {
+                window_start_ms: x.window.start_ms,
+                window_ms: now.saturating_sub(x.window.start_ms),
+                canary_hosts: hosts.len() as u64,
+                canary_objects: objects,
+                new_flagged,
+                current_flagged,
+                hosts_failing: failing,
+            };
+            let deviation = verdict(&numbers, &cfg);
+            let pause = deviation.verdict != "ok";
+            tracing::info!(checker = %c.name, version = %x.version, verdict = %deviation.verdict,
+                new = new_flagged, current = current_flagged, limit = deviation.limit, hosts = numbers.canary_hosts,
+                failing, "canary window closed");
+            self.submit(Command::CanaryCheck {
+                name: c.name.clone(),
+                version: x.version.clone(),
+                deviation,
+                pause,
+            })
+            .await?;
+        }
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "canary pass");
+        Ok(())
+    }
+
+    /// Replace the canary-stop thresholds (from the master's config).
+    pub fn set_canary_config(&self, cfg: CanaryConfig) {
+        *lock(&self.canary) = cfg;
+    }
+}
+
+/// The seed: the agent's embedded rule set and profiles as version 1 of their checkers.
+pub fn seed_command() -> Command {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let items = rulesets::seeds::SEEDS
+        .iter()
+        .filter_map(|s| {
+            let kind = ArtifactType::parse(s.kind).ok()?;
+            Some(SeedItem {
+                artifact: ArtifactRecord {
+                    name: s.name.into(),
+                    version: rulesets::seeds::SEED_VERSION.into(),
+                    kind,
+                    sha256: sha256_hex(s.content.as_bytes()),
+                    size: s.content.len() as u64,
+                    pushed_by: "master".into(),
+                    pushed_ms: 0,
+                    description: s.description.into(),
+                    spec: ArtifactSpecView::default(),
+                },
+                data: b64.encode(s.content.as_bytes()),
+            })
+        })
+        .collect();
+    Command::CatalogSeed { items }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(kind: &str, content: &[u8]) -> PushRequest {
+        PushRequest {
+            name: "probe".into(),
+            version: "1".into(),
+            kind: kind.into(),
+            content: content.to_vec(),
+            description: String::new(),
+            spec: ArtifactSpecView {
+                interval_ms: 1000,
+                timeout_ms: 100,
+                kinds: vec!["disk".into()],
+                ..Default::default()
+            },
+            by: "ops".into(),
+            sha256: String::new(),
+        }
+    }
+
+    fn roll(action: &str) -> RolloutRequest {
+        RolloutRequest {
+            action: action.into(),
+            name: "probe".into(),
+            version: "2".into(),
+            by: "ops".into(),
+            reason: "r".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pushes_at_and_over_the_limits() {
+        let at = vec![b'x'; MAX_ARTIFACT_BYTES as usize];
+        assert_eq!(validate_push(&push("external", &at)).map(|r| r.size), Ok(MAX_ARTIFACT_BYTES));
+        let over = vec![b'x'; MAX_ARTIFACT_BYTES as usize + 1];
+        assert!(validate_push(&push("external", &over)).is_err_and(|e| e.message.contains("over the limit")));
+        assert!(
+            validate_push(&push("", b"x")).is_ok_and(|r| r.kind == ArtifactType::External),
+            "no type: external"
+        );
+        assert!(validate_push(&push("external", b"")).is_err());
+        let mut wrong = push("external", b"x");
+        wrong.sha256 = sha256_hex(b"y");
+        assert!(validate_push(&wrong).is_err_and(|e| e.message.contains("hashes to")));
+        wrong.sha256 = sha256_hex(b"x").to_uppercase();
+        assert!(validate_push(&wrong).is_ok(), "the sha256 may be given in upper case");
+        let mut kinds = push("external", b"x");
+        kinds.spec.kinds = (0..=MAX_SPEC_KINDS).map(|_| "disk".to_string()).collect();
+        assert!(validate_push(&kinds).is_err());
+        kinds.spec.kinds = vec!["teapot".into()];
+        assert!(validate_push(&kinds).is_err());
+        let mut slow = push("external", b"x");
+        slow.spec.timeout_ms = MAX_SPEC_TIMEOUT_MS + 1;
+        assert!(validate_push(&slow).is_err());
+        // Rule sets compile with the agent's compiler; the default one passes.
+        assert!(validate_push(&push("rules", rulesets::rules::DEFAULT_RULES.as_bytes())).is_ok());
+        assert!(validate_push(&push("rules", b"\xff\xfe")).is_err_and(|e| e.message.contains("UTF-8")));
+        // A profile's catalog name is its `name`.
+        let online = rulesets::seeds::SEEDS.iter().find(|s| s.name == "online").expect("online");
+        let mut p = push("profile", online.content.as_bytes());
+        assert!(validate_push(&p).is_err_and(|e| e.message.contains("names itself")));
+        p.name = "online".into();
+        assert!(validate_push(&p).is_ok());
+    }
+
+    #[test]
+    fn rollouts_at_and_over_the_limits() {
+        let mut r = roll("start");
+        r.hosts = (0..MAX_ROLLOUT_HOSTS).map(|i| format!("h{i}")).collect();
+        assert!(validate_rollout(&r).is_ok());
+        r.hosts.push("one-more".into());
+        assert!(validate_rollout(&r).is_err_and(|e| e.message.contains("limit")));
+        let mut r = roll("start");
+        r.labels = (0..MAX_ROLLOUT_LABELS).map(|i| format!("k{i}=v")).collect();
+        assert!(validate_rollout(&r).is_ok());
+        r.labels.push("k=v".into());
+        assert!(validate_rollout(&r).is_err());
+        for bad in ["rack", "=v", "k="] {
+            let mut r = roll("start");
+            r.labels = vec![bad.into()];
+            assert!(validate_rollout(&r).is_err(), "{bad}");
+        }
+        let mut r = roll("start");
+        r.percent = 5.0;
+        r.hosts = vec!["h1".into()];
+        assert!(validate_rollout(&r).is_err_and(|e| e.message.contains("exactly one")));
+        let mut r = roll("pause");
+        r.percent = 5.0;
+        assert!(validate_rollout(&r).is_err_and(|e| e.message.contains("takes no hosts")));
+        let mut r = roll("widen");
+        r.shadow = true;
+        r.percent = 50.0;
+        assert!(validate_rollout(&r).is_err_and(|e| e.message.contains("--shadow")));
+        let mut r = roll("start");
+        r.hosts = vec!["bad host".into()];
+        assert!(validate_rollout(&r).is_err());
+        let mut r = roll("start");
+        r.percent = 100.0;
+        assert!(matches!(validate_rollout(&r), Ok(Command::Rollout { target, .. }) if target.bp == FULL_BP));
+    }
+}
