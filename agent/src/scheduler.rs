@@ -30,8 +30,10 @@ pub const WAKE_LINGER: Duration = Duration::from_millis(5);
 /// At 5 ms flat, `huatuo bench agent` measured 14% of a core during a 5,000 lines/s storm (49 batches/s).
 pub const WAKE_LINGER_MAX: Duration = Duration::from_millis(100);
 /// A wake-up within this of the previous woken run counts as the same burst (the linger keeps growing);
-/// after a quieter gap the linger is back at [`WAKE_LINGER`].
-pub const BUSY_GAP: Duration = Duration::from_secs(1);
+/// after a quieter gap the linger is back at [`WAKE_LINGER`]. Short enough that a steady trickle of faults
+/// (10 a second: `huatuo bench e2e`'s steady phase, p99 124 ms with a 1 s gap) keeps the short linger,
+/// long enough that a storm (lines every few ms) is one burst.
+pub const BUSY_GAP: Duration = Duration::from_millis(50);
 
 /// The linger before a woken run: [`WAKE_LINGER`] for the first wake of a burst, doubling for each wake
 /// that comes within [`BUSY_GAP`] of the previous woken run, at most [`WAKE_LINGER_MAX`].
