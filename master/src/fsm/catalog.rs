@@ -596,6 +596,12 @@ impl Decider<'_> {
     /// A latched `checker=NAME@VERSION` scope pauses the gray rollout of that version (deterministically, in
     /// the same entry as the latch).
     pub(super) fn pause_for_latch(&mut self, scope: &str, reason: &str) -> Result<(), StoreError> {
+        self.pause_canary(scope, &format!("{scope} latched: {reason}"))
+    }
+
+    /// Pause the gray rollout of the version a `checker=NAME@VERSION` scope names, if there is one, with
+    /// `why` as its reason (an alert row says it too).
+    pub(super) fn pause_canary(&mut self, scope: &str, why: &str) -> Result<(), StoreError> {
         let Some(at) = scope.strip_prefix(crate::safety::CHECKER_SCOPE) else { return Ok(()) };
         let Some((name, version)) = at.split_once('@') else { return Ok(()) };
         let Some(mut c) = self.catalog_get(name)? else { return Ok(()) };
@@ -606,16 +612,10 @@ impl Decider<'_> {
         };
         r.state = RolloutState::Paused;
         r.auto_paused = true;
-        r.paused_reason = bounded_text(&format!("{scope} latched: {reason}"));
+        r.paused_reason = bounded_text(why);
         r.updated_ms = now;
         self.catalog_put(c);
-        self.audit_row(
-            "alert",
-            "catalog",
-            at,
-            "master",
-            &format!("rollout of {at} paused: {scope} latched: {reason}"),
-        )?;
+        self.audit_row("alert", "catalog", at, "master", &format!("rollout of {at} paused: {why}"))?;
         Ok(())
     }
 

@@ -201,6 +201,13 @@ impl Decider<'_> {
                     }
                 }
                 let reason = violations.iter().map(|v| v.message.as_str()).collect::<Vec<_>>().join("; ");
+                // A canary version whose finding tripped a quota is paused too (issue 15): with the
+                // default quotas the cluster's latches before the version's own spike detector would.
+                if let Some(vs) = &version_scope {
+                    let why =
+                        format!("{} latched on a transition from this version: {reason}", held_by.join(", "));
+                    self.pause_canary(vs, &why)?;
+                }
                 return self.propose(rec, t, input, Hold { scopes: &scopes, held_by, reason, existing });
             }
             self.count_entry(&scopes, kind)?;

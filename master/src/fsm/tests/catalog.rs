@@ -537,6 +537,62 @@ fn a_latched_checker_version_scope_pauses_its_rollout() {
     assert!(r.paused_reason.contains("checker=probe@2 latched"), "{}", r.paused_reason);
 }
 
+/// With the default quotas a bad non-shadow canary trips the cluster quota before its own spike detector:
+/// the quota latch pauses the rollout of the version whose finding tripped it (and only that one).
+#[test]
+fn a_quota_latched_by_a_canary_versions_finding_pauses_its_rollout() {
+    let mut h = enabled();
+    let tight = crate::safety::QuotaRule {
+        kind: "disk".into(),
+        scope: "cluster".into(),
+        window_ms: 3_600_000,
+        max_entries: Limit::Count(2),
+        max_concurrent: Limit::Percent(10_000),
+    };
+    // The spike detector would need far more than the quota allows: the quota latches first.
+    let cfg = SafetyConfig {
+        quotas: vec![tight],
+        spike: crate::safety::SpikeRule { window_ms: 600_000, min: 1_000, share: Limit::Count(1_000) },
+        ..SafetyConfig::default()
+    };
+    h.apply(2, vec![Command::SetSafety { config: cfg, by: "a".into(), reason: "t".into() }]);
+    let hosts: Vec<String> = (0..6).map(|i| format!("h{i}")).collect();
+    let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    register(&mut h, 3, &refs);
+    probe_v1_v2_v3(&mut h);
+    one(&mut h, 4, roll(RolloutAction::Promote, "1", Target::default()));
+    one(&mut h, 5, roll(RolloutAction::Start, "2", on(&refs)));
+    // v1 (the stable version) makes two disks fail: within quota, no latch, the rollout stays gray.
+    h.apply(
+        6,
+        vec![ingest(
+            "x",
+            1,
+            refs[..2].iter().map(|x| probe_finding(x, "1", false, Severity::Fatal, 6)).collect(),
+        )],
+    );
+    assert_eq!(checker_of(&h, "probe").rollouts[0].state, RolloutState::Gray);
+    // v2 flags the rest: the cluster quota latches on its first transition and its rollout pauses.
+    h.apply(
+        7,
+        vec![ingest(
+            "x",
+            2,
+            refs[2..].iter().map(|x| probe_finding(x, "2", false, Severity::Fatal, 7)).collect(),
+        )],
+    );
+    let scopes = h.reader().scopes().expect("scopes");
+    let cluster = scopes.iter().find(|(n, _)| n == "cluster").map(|(_, r)| r.clone()).expect("cluster scope");
+    assert_eq!((cluster.level, cluster.latched), (Level::Manual, true));
+    let r = &checker_of(&h, "probe").rollouts[0];
+    assert_eq!((r.state, r.auto_paused), (RolloutState::Paused, true), "{r:?}");
+    assert!(
+        r.paused_reason.contains("cluster latched on a transition from this version"),
+        "{}",
+        r.paused_reason
+    );
+}
+
 #[test]
 fn seeding_is_idempotent_and_makes_version_one_stable() {
     let mut h = enabled();
