@@ -158,6 +158,8 @@ pub struct Built {
     pub profiles: Arc<ProfileOverrides>,
     /// The version of the built-in kernel-log rules (reported as `fallback` before an assignment).
     pub builtin_rules_version: String,
+    /// The built-in compiled rule set and its source's sha256 (None when the rules came from a dir).
+    pub builtin_rules: Option<(String, Arc<RuleSet>)>,
 }
 
 /// Build the registry the config asks for and schedule it along the validated graph.
@@ -185,10 +187,14 @@ pub fn build_checkers(
     for c in host_checkers(&host) {
         registry.insert(c, Source::BuiltIn)?;
     }
-    let rules = match setting_path(cfg, "kernel-log", "rules")? {
-        Some(dir) => RuleSet::from_dir(&dir).context("kernel-log rules")?,
-        None => RuleSet::default_rules().context("built-in kernel-log rules")?,
+    let (rules, builtin_rules_sha) = match setting_path(cfg, "kernel-log", "rules")? {
+        Some(dir) => (RuleSet::from_dir(&dir).context("kernel-log rules")?, None),
+        None => (
+            RuleSet::default_rules().context("built-in kernel-log rules")?,
+            Some(checkers::external::sha256_bytes(checkers::kernel_log::rules::DEFAULT_RULES.as_bytes())),
+        ),
     };
+    let rules = Arc::new(rules);
     let builtin_rules_version =
         format!("{}+rules.{}", checkers::kernel_log::CHECKER_VERSION, rules.version());
     let resume = committed_kmsg_cursor(outbox)?;
@@ -196,7 +202,7 @@ pub fn build_checkers(
     let notify = Arc::clone(&kmsg_wake);
     let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || notify.notify_one());
     let rules_swap = Arc::new(RulesSwap::default());
-    let mut kernel_log = KernelLogChecker::kmsg_following(Arc::new(rules), resume, wake);
+    let mut kernel_log = KernelLogChecker::kmsg_following(Arc::clone(&rules), resume, wake);
     kernel_log.set_swap(Arc::clone(&rules_swap));
     registry.insert(Box::new(kernel_log), Source::RuleSet)?;
     for e in &cfg.external {
@@ -248,7 +254,8 @@ pub fn build_checkers(
     if let Some(left) = registry.infos().next() {
         anyhow::bail!("checker {:?} is registered but not declared in the checker graph", left.name);
     }
-    Ok(Built { scheduled: out, routes, rules_swap, profiles, builtin_rules_version })
+    let builtin_rules = builtin_rules_sha.map(|sha| (sha, rules));
+    Ok(Built { scheduled: out, routes, rules_swap, profiles, builtin_rules_version, builtin_rules })
 }
 
 /// Keeps unchanged healthy readings from being re-sent every run.
@@ -495,7 +502,7 @@ token. For tests and experiments only.";
     let epoch = reporter::epoch(outbox.as_ref()).context("reading or creating the agent epoch")?;
     let started = now_ms();
     let shared = LocalState::new(host.clone(), started);
-    let Built { scheduled: checkers, routes, rules_swap, profiles, builtin_rules_version } =
+    let Built { scheduled: checkers, routes, rules_swap, profiles, builtin_rules_version, builtin_rules } =
         build_checkers(&cfg, outbox.as_ref(), &hooks)?;
     // The persisted assignment (if any) runs from the first pass on, with or without a master.
     let catalog = crate::catalog::Catalog::open(&cfg.data_dir).context("the checker catalog state")?;
@@ -538,6 +545,10 @@ token. For tests and experiments only.";
         builtin_rules_version,
         policy,
     );
+    let supervisor = match builtin_rules {
+        Some((sha, rules)) => supervisor.with_builtin_rules(sha, rules),
+        None => supervisor,
+    };
     checker_tasks.spawn(supervisor.run(stop_rx.clone()));
     drop(tx);
     let wake = Arc::new(Notify::new());

@@ -213,6 +213,13 @@ struct Line {
 }
 
 /// sha256 of a file, hex, reading at most [`MAX_EXECUTABLE_BYTES`].
+/// The sha256 of `bytes`, hex in lower case (the catalog's form).
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(bytes);
+    hex::encode(h.finalize())
+}
+
 pub fn sha256_file(path: &std::path::Path) -> Result<String, HashError> {
     let io = |err| HashError::Io { path: path.to_path_buf(), err };
     let f = std::fs::File::open(path).map_err(io)?;
