@@ -242,6 +242,13 @@ impl Master for Fake {
     ) -> Result<Response<api::RolloutResponse>, Status> {
         unimplemented()
     }
+    async fn summary(
+        &self,
+        _: Request<api::SummaryRequest>,
+    ) -> Result<Response<api::SummaryResponse>, Status> {
+        unimplemented()
+    }
+
     async fn rollout_status(
         &self,
         _: Request<api::RolloutStatusRequest>,

@@ -203,7 +203,9 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     }
     // Agents.
     let agents = rt
-        .block_on(client.call(api::ListAgentsRequest {}, |mut c, r| async move { c.list_agents(r).await }))
+        .block_on(
+            client.call(api::ListAgentsRequest::default(), |mut c, r| async move { c.list_agents(r).await }),
+        )
         .map_err(api_err)?;
     r.agents_expected = agents.agents.len();
     r.agents_alive = agents.agents.iter().filter(|x| x.alive).count();

@@ -254,6 +254,7 @@ pub fn objects(a: ObjectsArgs) -> anyhow::Result<ExitCode> {
         labels: a.label,
         stale: a.stale,
         limit: a.limit,
+        page_token: String::new(),
     };
     let mut client = a.master.client();
     let res = runtime()?

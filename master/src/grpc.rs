@@ -204,6 +204,14 @@ impl Master for GrpcApi {
         }))
     }
 
+    async fn summary(
+        &self,
+        _req: Request<api::SummaryRequest>,
+    ) -> Result<Response<api::SummaryResponse>, Status> {
+        // Filled by the counters work (issue 17); until then the call says so.
+        Err(Status::unimplemented("summary: not implemented yet"))
+    }
+
     async fn rollout_status(
         &self,
         req: Request<api::RolloutStatusRequest>,
@@ -278,6 +286,7 @@ impl Master for GrpcApi {
         Ok(Response::new(api::ListObjectsResponse {
             objects: objects.iter().map(convert::object_to_wire).collect(),
             revision,
+            next_page_token: String::new(),
         }))
     }
 
@@ -396,6 +405,7 @@ impl Master for GrpcApi {
         let agents = self.svc.agent_list().await.map_err(Status::from)?;
         Ok(Response::new(api::ListAgentsResponse {
             agents: agents.into_iter().map(convert::agent_to_wire).collect(),
+            next_page_token: String::new(),
         }))
     }
 

@@ -124,6 +124,7 @@ impl Filter {
             labels: self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             stale: false,
             limit,
+            page_token: String::new(),
         }
     }
 

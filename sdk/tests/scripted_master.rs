@@ -151,6 +151,7 @@ impl Master for Fake {
                     .cloned()
                     .collect(),
                 revision: s.events.len() as u64,
+                next_page_token: String::new(),
             }
         })))
     }
@@ -295,6 +296,13 @@ impl Master for Fake {
         &self,
         _: Request<api::RolloutRequest>,
     ) -> Result<Response<api::RolloutResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn summary(
+        &self,
+        _: Request<api::SummaryRequest>,
+    ) -> Result<Response<api::SummaryResponse>, Status> {
         unimplemented()
     }
 
