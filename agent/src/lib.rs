@@ -6,6 +6,7 @@ pub mod config;
 pub mod executor;
 pub mod inventory;
 pub mod local;
+pub mod memtrim;
 pub mod outbox;
 #[cfg(feature = "sled")]
 pub mod outbox_sled;

@@ -588,6 +588,10 @@ token. For tests and experiments only.";
         wake,
         stop_rx.clone(),
     ));
+    let trim_stop = stop_rx.clone();
+    tasks.spawn(async move {
+        crate::memtrim::run(crate::memtrim::TRIM_FIRST, crate::memtrim::TRIM_EVERY, trim_stop).await;
+    });
     let mut http_stop = stop_rx.clone();
     let app = crate::local::router(Arc::clone(&shared));
     tasks.spawn(async move {

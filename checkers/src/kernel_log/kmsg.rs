@@ -79,8 +79,11 @@ impl KmsgSource for DevKmsg {
 #[derive(Debug)]
 pub struct LineFileSource<R> {
     reader: R,
+    /// The line last read (without its newline); reused for every line, so following a file allocates
+    /// nothing per line once the buffers have grown.
     line: Vec<u8>,
-    pending: Option<Vec<u8>>,
+    /// `line` holds a line read ahead (the one after a record's dictionary lines), not yet handed on.
+    pending: bool,
     /// The start of a line whose newline has not been written yet (a writer appending to the file may be
     /// caught between two pages of one write): held back until the rest arrives, never handed on torn.
     partial: Vec<u8>,
@@ -94,12 +97,13 @@ impl LineFileSource<BufReader<File>> {
 
 impl<R: BufRead + Send> LineFileSource<R> {
     pub fn new(reader: R) -> Self {
-        LineFileSource { reader, line: Vec::new(), pending: None, partial: Vec::new() }
+        LineFileSource { reader, line: Vec::new(), pending: false, partial: Vec::new() }
     }
 
-    fn next_line(&mut self) -> io::Result<Option<Vec<u8>>> {
-        if let Some(p) = self.pending.take() {
-            return Ok(Some(p));
+    /// The next complete line into `self.line`; false when there is none yet.
+    fn next_line(&mut self) -> io::Result<bool> {
+        if std::mem::take(&mut self.pending) {
+            return Ok(true);
         }
         self.line.clear();
         self.line.append(&mut self.partial);
@@ -115,30 +119,30 @@ impl<R: BufRead + Send> LineFileSource<R> {
             // End of the file in the middle of a line (or nothing new at all): the writer has not
             // finished it; keep it for the next read.
             std::mem::swap(&mut self.partial, &mut self.line);
-            return Ok(None);
+            return Ok(false);
         }
-        Ok(Some(self.line.clone()))
+        Ok(true)
     }
 }
 
 impl<R: BufRead + Send> KmsgSource for LineFileSource<R> {
     fn read_record(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(first) = self.next_line()? else {
+        if !self.next_line()? {
             return Err(ErrorKind::WouldBlock.into());
-        };
-        let mut n = first.len().min(buf.len());
-        buf[..n].copy_from_slice(&first[..n]);
+        }
+        let mut n = self.line.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.line[..n]);
         // attach dictionary lines
-        while let Some(next) = self.next_line()? {
-            if next.first() != Some(&b' ') {
-                self.pending = Some(next);
+        while self.next_line()? {
+            if self.line.first() != Some(&b' ') {
+                self.pending = true;
                 break;
             }
             if n < buf.len() {
                 buf[n] = b'\n';
                 n += 1;
-                let k = next.len().min(buf.len() - n);
-                buf[n..n + k].copy_from_slice(&next[..k]);
+                let k = self.line.len().min(buf.len() - n);
+                buf[n..n + k].copy_from_slice(&self.line[..k]);
                 n += k;
             }
         }
