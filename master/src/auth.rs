@@ -105,7 +105,7 @@ pub fn grpc_need(path: &str) -> Need {
     let Some(method) = path.strip_prefix(API_PREFIX) else { return Need::Operate };
     match method {
         "ListObjects" | "GetObject" | "Watch" | "ClusterInfo" | "GetSafety" | "ListProposals"
-        | "ListAgents" | "ListCatalog" | "RolloutStatus" => Need::Read,
+        | "ListAgents" | "ListCatalog" | "RolloutStatus" | "Summary" => Need::Read,
         "Ingest" => Need::AgentOrOperator,
         "Heartbeat" | "Register" | "FetchArtifact" => Need::Agent,
         "Command" => Need::Command,
