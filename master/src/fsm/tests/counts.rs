@@ -235,3 +235,93 @@ fn a_dangling_queue_row_is_corrupt() {
     let e = crate::ticket_source::pending_requests(&h.reader(), None, 100).expect_err("dangling");
     assert!(matches!(e, StoreError::Corrupt { table: "fsm_repair_queue", .. }), "{e}");
 }
+
+/// Objects in the summary test (the "a test with 200,000 objects").
+const SUMMARY_OBJECTS: u32 = 200_000;
+/// Objects per registration entry (one host's inventory, as an agent registers it).
+const OBJECTS_PER_HOST: u32 = 500;
+
+/// The summary answers from the counters: with 200,000 objects stored and their rows then damaged (the
+/// first and the last row of the objects table: any scan meets one), `summary_of` still answers the exact
+/// counts a full scan gave before the damage, while a listing fails as it should. Prints the summary's and
+/// the full scan's time (figures, not asserted).
+#[test]
+fn the_summary_answers_from_counters_even_when_object_rows_are_damaged() {
+    use std::time::Instant;
+    let mut h = Harness::new();
+    let config = crate::safety::SafetyConfig {
+        quotas: Vec::new(),
+        scope_labels: vec!["rack".into()],
+        ..Default::default()
+    };
+    h.apply(1, vec![Command::SetSafety { config: config.clone(), by: "t".into(), reason: "t".into() }]);
+    let started = Instant::now();
+    for host in 0..SUMMARY_OBJECTS / OBJECTS_PER_HOST {
+        let labels: BTreeMap<String, String> = [("rack".to_string(), format!("r{}", host % 7))].into();
+        let objects = (0..OBJECTS_PER_HOST)
+            .map(|d| Registration {
+                id: format!("disk/h{host}/d{d}").parse().expect("id"),
+                attributes: BTreeMap::new(),
+                labels: labels.clone(),
+            })
+            .collect();
+        h.apply(2, vec![Command::Register { agent: format!("a{host}"), host: format!("h{host}"), objects }]);
+    }
+    // Some objects leave NEWBIE: findings on the first hosts' disks, a few into REPAIR.
+    let findings = (0..50).map(|d| finding(&format!("disk/h0/d{d}"), Severity::Fatal, 3)).collect();
+    h.apply(3, vec![ingest("", 0, findings)]);
+    h.apply(4, (0..10).map(|d| force(&format!("disk/h0/d{d}"), State::Repair)).collect());
+    eprintln!("built {SUMMARY_OBJECTS} objects in {:?} (debug build)", started.elapsed());
+
+    let r = h.reader();
+    let t = Instant::now();
+    let scanned = r.list(&crate::store::Filter::default(), usize::MAX).expect("scan");
+    let scan_time = t.elapsed();
+    assert_eq!(scanned.len(), SUMMARY_OBJECTS as usize);
+    let want = Recount::of(&config, scanned.iter());
+    let t = Instant::now();
+    let before = crate::api::summary::summary_of(&r).expect("summary");
+    let summary_time = t.elapsed();
+    eprintln!("{SUMMARY_OBJECTS} objects (debug build): summary {summary_time:?}, full scan {scan_time:?}");
+    drop(r);
+    let fleet = |s: &proto::view::SummaryView| -> BTreeMap<String, u64> {
+        s.states.iter().map(|c| (crate::fsm::counts::fleet_key(&c.kind, &c.state), c.count)).collect()
+    };
+    let want_fleet: BTreeMap<String, u64> =
+        want.counts.iter().filter(|(k, _)| k.starts_with("f/")).map(|(k, v)| (k.clone(), *v)).collect();
+    assert_eq!(fleet(&before), want_fleet);
+    assert_eq!(before.objects, u64::from(SUMMARY_OBJECTS));
+    assert_eq!(before.repair_without_ticket, want.queue.len() as u64);
+    assert!(before.repair_without_ticket > 0 && before.states.len() > 2, "{before:?}");
+    for s in &before.scopes {
+        for c in &s.states {
+            assert_eq!(
+                Some(&c.count),
+                want.counts.get(&crate::fsm::counts::scope_key(&s.scope, &c.kind, &c.state))
+            );
+        }
+    }
+    assert_eq!(before.scopes.len(), 8, "cluster and 7 racks: {:?}", before.scopes);
+    assert_eq!((before.agents, before.agents_alive), (400, 0), "every registering agent, none alive yet");
+
+    // Damage the first and the last object row underneath.
+    let txn = h.db.begin_write().expect("w");
+    {
+        let mut t = txn.open_table(crate::store::OBJECTS).expect("objects");
+        let ends: Vec<(String, Vec<u8>)> = [t.first().expect("first"), t.last().expect("last")]
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.value().to_string(), v.value().to_vec()))
+            .collect();
+        for (k, mut v) in ends {
+            let mid = v.len() / 2;
+            v[mid] ^= 0x20;
+            t.insert(k.as_str(), v.as_slice()).expect("damage");
+        }
+    }
+    txn.commit().expect("commit");
+    let r = crate::store::Reader::from_txn(h.db.begin_read().expect("read"));
+    let e = r.list(&crate::store::Filter::default(), usize::MAX).expect_err("a scan meets the damage");
+    assert!(matches!(e, StoreError::Corrupt { table: "fsm_objects", .. }), "{e}");
+    assert_eq!(crate::api::summary::summary_of(&r).expect("summary without the objects"), before);
+}
