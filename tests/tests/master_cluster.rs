@@ -340,6 +340,15 @@ async fn rest_and_cli_checks(bin: &std::path::Path, cluster: &LocalCluster) {
     assert_eq!(counted, listed, "summary vs a count of the listing: {b}");
     assert_eq!(rest["objects"].as_u64(), Some(listed.values().sum::<u64>()));
     assert!(rest["scopes"].as_array().is_some_and(|s| s.iter().any(|x| x["scope"] == "cluster")), "{b}");
+    // /metrics reads the same counters.
+    let (st, metrics) = http(&lh, "GET", "/metrics", "");
+    assert_eq!(st, 200);
+    for ((kind, state), n) in &listed {
+        let line = format!("huatuo_master_objects_by_state{{kind=\"{kind}\",state=\"{state}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    let unfiled = format!("huatuo_master_tickets_unfiled {}", rest["repair_without_ticket"]);
+    assert!(metrics.lines().any(|l| l == unfiled), "{unfiled} in\n{metrics}");
     let mut client = Client::new(parse_addrs(&all));
     let wire = client
         .call(api::SummaryRequest { stale: false }, |mut c, r| async move { c.summary(r).await })
