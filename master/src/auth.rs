@@ -417,6 +417,8 @@ mod tests {
             }
         }
         assert_eq!(grpc_need("/huatuo.api.v1.Master/ListObjects"), Read);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/Summary"), Read, "the summary is a read, like the lists");
+        assert_eq!(rest_need(&Method::GET, "/api/v1/summary"), Read);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/Ingest"), AgentOrOperator);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/Heartbeat"), Agent);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/SetLevel"), Operate);
