@@ -145,13 +145,23 @@ impl Decider<'_> {
         prev: Option<&ObjectRecord>,
         next: Option<&ObjectRecord>,
     ) -> Result<(), StoreError> {
+        // The hot path (a finding that changes no state): same state and labels count the same, and
+        // outside REPAIR nothing is queued; no key is built.
+        let same = matches!((prev, next), (Some(p), Some(n))
+            if p.sm.state == n.sm.state && p.labels == n.labels && p.id == n.id);
+        if same && next.is_some_and(|n| n.sm.state != state_machines::State::Repair) {
+            return Ok(());
+        }
         let keys = |r: &ObjectRecord| {
             let mut k = scopes_of(&self.cfg, r);
             k.push(fleet_of(r));
             k
         };
-        let before = prev.map(keys).unwrap_or_default();
-        let after = next.map(keys).unwrap_or_default();
+        let (before, after) = if same {
+            (Vec::new(), Vec::new())
+        } else {
+            (prev.map(keys).unwrap_or_default(), next.map(keys).unwrap_or_default())
+        };
         if before != after {
             for k in &before {
                 self.bump(k, false)?;
