@@ -50,7 +50,12 @@ struct Report {
     agents_stale: Vec<String>,
     agents_restarted: Vec<String>,
     checker_versions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Objects by kind and state: from the master's counters (`Summary`), exact at `revision`.
     objects: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Objects in REPAIR whose ticket is not filed yet (any age).
+    repair_without_ticket: u64,
+    /// The revision the counts are exact at (0: counted from a listing, a master without `Summary`).
+    revision: u64,
     changed_24h: Vec<String>,
     stuck: Vec<String>,
     proposals_pending: u64,
@@ -233,15 +238,34 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
             listed(&r.agents_stale)
         ));
     }
-    // Objects.
+    // Objects: counts from the master's replicated counters (no listing needed for them).
+    let summary = rt.block_on(
+        client.call(api::SummaryRequest { stale: false }, |mut c, r| async move { c.summary(r).await }),
+    );
+    match summary {
+        Ok(s) => {
+            for c in &s.states {
+                r.objects.entry(c.kind.clone()).or_default().insert(c.state.clone(), c.count);
+            }
+            r.repair_without_ticket = s.repair_without_ticket;
+            r.revision = s.revision;
+        }
+        Err(e) => tracing::debug!(error = %e, "no summary on this master: counting from the listing"),
+    }
+    let counted = r.revision > 0;
     let objects = rt
         .block_on(
             client
                 .call(api::ListObjectsRequest::default(), |mut c, r| async move { c.list_objects(r).await }),
         )
         .map_err(api_err)?;
-    for o in &objects.objects {
+    for o in objects.objects.iter().filter(|_| !counted) {
         *r.objects.entry(o.kind.clone()).or_default().entry(o.state.clone()).or_default() += 1;
+        if o.state == "REPAIR" && !o.attributes.contains_key("ticket") {
+            r.repair_without_ticket += 1;
+        }
+    }
+    for o in &objects.objects {
         if now.saturating_sub(o.state_since_ms) <= RECENT_MS && o.state_since_ms > o.created_ms {
             r.changed_24h.push(format!("{} {} since {}", o.id, o.state, utc(o.state_since_ms)));
         }
@@ -359,6 +383,7 @@ fn print_report(r: &Report) {
         let s: Vec<String> = states.iter().map(|(st, n)| format!("{st} {n}")).collect();
         println!("  {kind:<8} {}", s.join("  "));
     }
+    println!("  in REPAIR without a filed ticket: {}", r.repair_without_ticket);
     println!("  changed state in the last 24 h: {}", r.changed_24h.len());
     for c in r.changed_24h.iter().take(SHOWN) {
         println!("    {c}");

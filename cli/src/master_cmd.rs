@@ -112,6 +112,12 @@ fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
                     r.fsm_resealed
                 );
             }
+            if r.fsm_recounted > 0 {
+                println!(
+                    "  state machine written before the replicated counters: {} objects counted once",
+                    r.fsm_recounted
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

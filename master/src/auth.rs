@@ -105,7 +105,7 @@ pub fn grpc_need(path: &str) -> Need {
     let Some(method) = path.strip_prefix(API_PREFIX) else { return Need::Operate };
     match method {
         "ListObjects" | "GetObject" | "Watch" | "ClusterInfo" | "GetSafety" | "ListProposals"
-        | "ListAgents" | "ListCatalog" | "RolloutStatus" => Need::Read,
+        | "ListAgents" | "ListCatalog" | "RolloutStatus" | "Summary" => Need::Read,
         "Ingest" => Need::AgentOrOperator,
         "Heartbeat" | "Register" | "FetchArtifact" => Need::Agent,
         "Command" => Need::Command,
@@ -417,6 +417,8 @@ mod tests {
             }
         }
         assert_eq!(grpc_need("/huatuo.api.v1.Master/ListObjects"), Read);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/Summary"), Read, "the summary is a read, like the lists");
+        assert_eq!(rest_need(&Method::GET, "/api/v1/summary"), Read);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/Ingest"), AgentOrOperator);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/Heartbeat"), Agent);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/SetLevel"), Operate);

@@ -29,6 +29,7 @@ use crate::store::{self, META_MIN_COMMAND_VERSION, StoreError};
 
 mod agents;
 mod catalog;
+pub mod counts;
 mod decide;
 mod mem;
 mod objects;

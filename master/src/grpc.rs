@@ -206,10 +206,10 @@ impl Master for GrpcApi {
 
     async fn summary(
         &self,
-        _req: Request<api::SummaryRequest>,
+        req: Request<api::SummaryRequest>,
     ) -> Result<Response<api::SummaryResponse>, Status> {
-        // Filled by the counters work (issue 17); until then the call says so.
-        Err(Status::unimplemented("summary: not implemented yet"))
+        let s = self.svc.summary(req.into_inner().stale).await.map_err(Status::from)?;
+        Ok(Response::new(convert::summary_to_wire(&s)))
     }
 
     async fn rollout_status(

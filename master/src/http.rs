@@ -48,6 +48,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/api/v1/register", post(register))
         .route("/api/v1/heartbeat", post(heartbeat))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/summary", get(summary))
         .route("/api/v1/commands", post(command))
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/whoami", get(whoami))
@@ -198,6 +199,16 @@ async fn list(
 struct StaleQuery {
     #[serde(default)]
     stale: bool,
+}
+
+/// `GET /api/v1/summary[?stale=true]`: the fleet's counts from the replicated counters.
+async fn summary(
+    State(svc): State<Svc>,
+    q: Result<Query<StaleQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, HttpError> {
+    let q = parse_query(q)?;
+    let s = svc.summary(q.stale).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(s).into_response())
 }
 
 async fn get_object(

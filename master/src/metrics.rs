@@ -150,13 +150,17 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
     reg.register("scope_level", "1 for the operating level each scope is at", level);
     reg.register("scope_latched", "1 if the scope was switched to manual drive by the master", latched);
     reg.register("quota", "Quota use and limits per scope and kind", quota);
-    let repair = crate::store::Filter { state: Some("REPAIR".into()), ..Default::default() };
-    let unfiled = r
-        .list(&repair, usize::MAX)
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .iter()
-        .filter(|o| crate::tickets::pending_key(&o.sm).is_some())
-        .count() as u64;
+    // From the replicated counters (fsm/counts.rs): no scan of the objects.
+    let unfiled = r.repair_queue_len().map_err(|e| ApiError::internal(e.to_string()))?;
+    let by_state: Family<[(&'static str, String); 2], Gauge> = Family::default();
+    for (key, n) in r.counts(crate::fsm::counts::FLEET).map_err(|e| ApiError::internal(e.to_string()))? {
+        if let Some((None, kind, state)) = crate::fsm::counts::parse_key(&key) {
+            by_state
+                .get_or_create(&[("kind", kind.to_string()), ("state", state.to_string())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+    reg.register("objects_by_state", "Objects per kind and state (the whole fleet)", by_state);
     reg.register("tickets_unfiled", "Objects in REPAIR whose ticket is not filed yet", gauge(unfiled));
     let alerts = r.audit(true, 1).map_err(|e| ApiError::internal(e.to_string()))?;
     reg.register(

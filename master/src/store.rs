@@ -68,6 +68,12 @@ pub const SETTING_SAFETY: &str = "safety";
 pub const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_catalog");
 /// Artifact bytes, content-addressed: (sha256 hex, chunk index) -> up to `catalog::CHUNK_BYTES` bytes.
 pub const BLOBS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("fsm_blobs");
+/// Replicated counts (see `fsm/counts.rs`): `f/KIND/STATE` and `s/SCOPE/KIND/STATE` -> sealed u64 (as
+/// [`META`]'s values); a zero count has no row.
+pub const COUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_counts");
+/// Objects in REPAIR without a ticket: ticket idempotency key `OBJECT@ENTERED_MS` -> object id (utf-8).
+/// The ticket dispatcher's queue, in the order it files.
+pub const REPAIR_QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_repair_queue");
 /// Bytes stored in [`BLOBS`] (the catalog's total limit), checkers in [`CATALOG`], whether the default
 /// artifacts were seeded, and a counter bumped by every catalog change (the leader's assignment cache key).
 pub const META_CATALOG_BYTES: &str = "catalog_bytes";
@@ -303,14 +309,19 @@ pub struct OpenReport {
     pub unkeyed: u64,
     /// Records resealed with their key by this open (format 2 -> 3).
     pub resealed: u64,
+    /// Objects counted into the replicated counts and ticket queue by this open (a store written before
+    /// the counters, see `fsm/counts.rs`); 0 when the store had them.
+    pub recounted: u64,
 }
 
 /// The value tables keyed by strings and by u64s, with their names (for errors); with [`HISTORY`] and
 /// [`META`], every fsm table.
 type StrTable = TableDefinition<'static, &'static str, &'static [u8]>;
 type U64Table = TableDefinition<'static, u64, &'static [u8]>;
-const STR_TABLES: [(&str, StrTable); 7] = [
+const STR_TABLES: [(&str, StrTable); 9] = [
     ("fsm_objects", OBJECTS),
+    ("fsm_counts", COUNTS),
+    ("fsm_repair_queue", REPAIR_QUEUE),
     ("fsm_catalog", CATALOG),
     ("fsm_agents", AGENTS),
     ("fsm_scopes", SCOPES),
@@ -337,13 +348,32 @@ pub fn open_store(db: &redb::Database) -> Result<OpenReport, StoreError> {
         if upgraded {
             upgrade(db)?;
         }
+        // Before the verification, so it covers the rows the recount writes.
+        let recounted = recount_if_missing(db)?;
         let mut report = verify_store(db)?;
         report.upgraded = upgraded;
+        report.recounted = recounted;
         if report.unkeyed > 0 {
             report.resealed = reseal_with_keys(db)?;
         }
         Ok(report)
     })
+}
+
+/// Count every object into the replicated counts and ticket queue when the store has objects but no
+/// counts (written by a binary before them; one transaction); returns how many objects were counted.
+fn recount_if_missing(db: &redb::Database) -> Result<u64, StoreError> {
+    if !crate::fsm::counts::needs_recount(&db.begin_read()?)? {
+        return Ok(0);
+    }
+    let txn = db.begin_write()?;
+    let objects = crate::fsm::counts::recount_store(&txn)?;
+    txn.commit()?;
+    tracing::warn!(
+        objects,
+        "state machine written before the replicated counters: counts and ticket queue recounted"
+    );
+    Ok(objects)
 }
 
 /// Format 1: the legacy counters table exists, or fsm tables exist without the sealed counters table.
@@ -745,6 +775,60 @@ impl Reader {
         self.read("proposal", || {
             let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(None) };
             t.get(id)?.map(|g| decode_sealed("fsm_proposals", &id, g.value())).transpose()
+        })
+    }
+
+    /// Every replicated count whose key starts with `prefix` (see `fsm/counts.rs`), in key order.
+    pub fn counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read("counts", || {
+            let Some(t) = open_read!(self.txn, COUNTS) else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for row in t.range::<&str>(prefix..)? {
+                let (k, v) = row?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                out.push((k.value().to_string(), unseal_u64("fsm_counts", k.value(), v.value())?));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Up to `limit` entries of the ticket queue (objects in REPAIR without a ticket) after the queue key
+    /// `after`, in queue-key order: (queue key `OBJECT@ENTERED_MS`, object id).
+    pub fn repair_queue(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.read("repair_queue", || {
+            let Some(t) = open_read!(self.txn, REPAIR_QUEUE) else { return Ok(Vec::new()) };
+            let range = match after {
+                Some(a) => t.range::<&str>((Bound::Excluded(a), Bound::Unbounded))?,
+                None => t.range::<&str>(..)?,
+            };
+            let mut out = Vec::new();
+            for row in range {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = row?;
+                let id = unseal("fsm_repair_queue", k.value(), v.value())?;
+                let id = std::str::from_utf8(id).map_err(|_| StoreError::Corrupt {
+                    table: "fsm_repair_queue",
+                    message: "object id is not utf-8".into(),
+                })?;
+                out.push((k.value().to_string(), id.to_string()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// How many objects are in REPAIR without a ticket (the ticket queue's length).
+    pub fn repair_queue_len(&self) -> Result<u64, StoreError> {
+        self.read("repair_queue_len", || {
+            let Some(t) = open_read!(self.txn, REPAIR_QUEUE) else { return Ok(0) };
+            Ok(t.len()?)
         })
     }
 

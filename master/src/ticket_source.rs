@@ -1,29 +1,59 @@
 //! The master's side of repair tickets: the [`TicketSource`] the dispatcher (`tickets::dispatch`) reads on
 //! the leader. The queue is the replicated state itself: every object in REPAIR without a `ticket`
 //! attribute has a filing outstanding, under the idempotency key `OBJECT@ENTERED_MS` that every leader
-//! derives alike. Filed tickets come back as `Input::Ticket{Filed}` through Raft; a filing that keeps
+//! derives alike. `decide` keeps those keys in the replicated index `fsm_repair_queue` (see
+//! `fsm/counts.rs`), so a page of the queue is a range read of the index plus one point lookup per
+//! object, never a scan of the objects (a new leader, or a member restored from a snapshot, reads the same
+//! index). Filed tickets come back as `Input::Ticket{Filed}` through Raft; a filing that keeps
 //! failing raises an operator alert (replicated, in the object's history and the alert log).
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use state_machines::{Evidence, Input, TicketUpdate};
 
 use crate::api::Service;
 use crate::raft::Role;
-use crate::store::{Filter, Reader};
+use crate::store::Reader;
 use crate::tickets::dispatch::{SourceError, TicketSource};
 use crate::tickets::{ConfigError, Filed, TicketRequest, TicketsConfig};
 
 pub struct StateSource {
     svc: Weak<Service>,
-    /// (revision, nothing pending) of the last scan: an unchanged store is not scanned again.
-    last: Mutex<Option<u64>>,
 }
 
 impl StateSource {
     pub fn new(svc: &Arc<Service>) -> Arc<StateSource> {
-        Arc::new(StateSource { svc: Arc::downgrade(svc), last: Mutex::new(None) })
+        Arc::new(StateSource { svc: Arc::downgrade(svc) })
     }
+}
+
+/// Up to `limit` filings outstanding after the queue key `after`, in key order, from the index.
+pub fn pending_requests(
+    r: &Reader,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<TicketRequest>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    for (key, id) in r.repair_queue(after, limit)? {
+        let Some(rec) = r.object(&id)? else {
+            // The index and the objects are written in one transaction: a dangling key is damage.
+            return Err(crate::store::StoreError::Corrupt {
+                table: "fsm_repair_queue",
+                message: format!("{key} names {id}, which does not exist"),
+            });
+        };
+        let evidence: Vec<Evidence> = rec.evidence.values().map(Evidence::from_finding).collect();
+        match TicketRequest::for_object(&rec.sm, None, rec.labels.clone(), evidence) {
+            Some(t) if t.idempotency_key == key => out.push(t),
+            _ => {
+                return Err(crate::store::StoreError::Corrupt {
+                    table: "fsm_repair_queue",
+                    message: format!("{key}: {id} has no such filing outstanding"),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl TicketSource for StateSource {
@@ -34,29 +64,7 @@ impl TicketSource for StateSource {
         }
         let store = |e: crate::store::StoreError| SourceError::Store(e.to_string());
         let r = Reader::new(svc.db()).map_err(store)?;
-        let revision = r.revision().map_err(store)?;
-        if after.is_none() && *self.last.lock().unwrap_or_else(|p| p.into_inner()) == Some(revision) {
-            return Ok(Vec::new());
-        }
-        let filter = Filter { state: Some("REPAIR".into()), ..Filter::default() };
-        let mut out: Vec<TicketRequest> = r
-            .list(&filter, usize::MAX)
-            .map_err(store)?
-            .into_iter()
-            .filter_map(|rec| {
-                let evidence: Vec<Evidence> = rec.evidence.values().map(Evidence::from_finding).collect();
-                TicketRequest::for_object(&rec.sm, None, rec.labels.clone(), evidence)
-            })
-            .filter(|t| after.is_none_or(|a| t.idempotency_key.as_str() > a))
-            .collect();
-        out.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
-        out.truncate(limit);
-        if after.is_none() && out.is_empty() {
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(revision);
-        } else {
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        }
-        Ok(out)
+        pending_requests(&r, after, limit).map_err(store)
     }
 
     async fn filed(&self, req: &TicketRequest, filed: &Filed) -> Result<(), SourceError> {

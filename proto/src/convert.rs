@@ -10,7 +10,8 @@ use crate::error::ApiError;
 use crate::view::{
     ActionOrder, AgentListing, ArtifactSpecView, ArtifactView, AssignmentView, AuditEntry, CatalogListing,
     ChangeEvent, CheckerDistributionView, CheckerRunView, ClusterInfo, DeviationView, HistoryEntry,
-    ObjectView, ProposalView, QuotaRuleView, RolloutStatusView, RolloutView, ScopeView, VersionCountView,
+    ObjectView, ProposalView, QuotaRuleView, RolloutStatusView, RolloutView, ScopeSummaryView, ScopeView,
+    StateCountView, SummaryView, VersionCountView,
 };
 
 /// Parse and validate an object id from the wire.
@@ -557,6 +558,58 @@ pub fn run_to_wire(r: &CheckerRunView) -> api::CheckerRun {
         timeouts: r.timeouts,
         last_error: r.last_error.clone(),
         last_run_ms: r.last_run_ms,
+    }
+}
+
+fn state_count_to_wire(c: &StateCountView) -> api::StateCount {
+    api::StateCount { kind: c.kind.clone(), state: c.state.clone(), count: c.count }
+}
+
+fn state_count_from_wire(c: api::StateCount) -> StateCountView {
+    StateCountView { kind: c.kind, state: c.state, count: c.count }
+}
+
+/// The summary to the wire.
+pub fn summary_to_wire(s: &SummaryView) -> api::SummaryResponse {
+    api::SummaryResponse {
+        revision: s.revision,
+        objects: s.objects,
+        states: s.states.iter().map(state_count_to_wire).collect(),
+        scopes: s
+            .scopes
+            .iter()
+            .map(|sc| api::ScopeSummary {
+                scope: sc.scope.clone(),
+                states: sc.states.iter().map(state_count_to_wire).collect(),
+                agents: sc.agents,
+                agents_alive: sc.agents_alive,
+            })
+            .collect(),
+        repair_without_ticket: s.repair_without_ticket,
+        agents: s.agents,
+        agents_alive: s.agents_alive,
+    }
+}
+
+/// The summary from the wire.
+pub fn summary_from_wire(s: api::SummaryResponse) -> SummaryView {
+    SummaryView {
+        revision: s.revision,
+        objects: s.objects,
+        states: s.states.into_iter().map(state_count_from_wire).collect(),
+        scopes: s
+            .scopes
+            .into_iter()
+            .map(|sc| ScopeSummaryView {
+                scope: sc.scope,
+                states: sc.states.into_iter().map(state_count_from_wire).collect(),
+                agents: sc.agents,
+                agents_alive: sc.agents_alive,
+            })
+            .collect(),
+        repair_without_ticket: s.repair_without_ticket,
+        agents: s.agents,
+        agents_alive: s.agents_alive,
     }
 }
 

@@ -414,3 +414,33 @@ pub struct AssignmentView {
     pub shadow: bool,
     pub spec: ArtifactSpecView,
 }
+
+/// Objects of one kind in one state (`StateCount`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCountView {
+    pub kind: String,
+    pub state: String,
+    pub count: u64,
+}
+
+/// One safety scope's counts (`ScopeSummary`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeSummaryView {
+    pub scope: String,
+    pub states: Vec<StateCountView>,
+    pub agents: u64,
+    pub agents_alive: u64,
+}
+
+/// `GET /api/v1/summary` (`SummaryResponse`): the fleet's counts, exact at `revision`, answered from the
+/// replicated counters (never a scan of the objects).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryView {
+    pub revision: u64,
+    pub objects: u64,
+    pub states: Vec<StateCountView>,
+    pub scopes: Vec<ScopeSummaryView>,
+    pub repair_without_ticket: u64,
+    pub agents: u64,
+    pub agents_alive: u64,
+}

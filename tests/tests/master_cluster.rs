@@ -314,6 +314,56 @@ async fn rest_and_cli_checks(bin: &std::path::Path, cluster: &LocalCluster) {
     assert_eq!(st, 200);
     assert!(b.lines().any(|l| l.contains("\"progress\"")), "{b}");
 
+    // The summary (issue 17): REST and gRPC give the same counts, equal to a count of the listed objects;
+    // a follower answers its own copy with `stale`.
+    let (st, b) = http(&lh, "GET", "/api/v1/summary", "");
+    assert_eq!(st, 200, "{b}");
+    let rest = json(&b);
+    let (st, l) = http(&lh, "GET", "/api/v1/objects?limit=100000&stale=true", "");
+    assert_eq!(st, 200, "{l}");
+    let mut listed = std::collections::BTreeMap::<(String, String), u64>::new();
+    for o in json(&l)["objects"].as_array().expect("objects") {
+        let key =
+            (o["kind"].as_str().unwrap_or("").to_string(), o["state"].as_str().unwrap_or("").to_string());
+        *listed.entry(key).or_default() += 1;
+    }
+    let counted: std::collections::BTreeMap<(String, String), u64> = rest["states"]
+        .as_array()
+        .expect("states")
+        .iter()
+        .map(|c| {
+            let key =
+                (c["kind"].as_str().unwrap_or("").to_string(), c["state"].as_str().unwrap_or("").to_string());
+            (key, c["count"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    assert_eq!(counted, listed, "summary vs a count of the listing: {b}");
+    assert_eq!(rest["objects"].as_u64(), Some(listed.values().sum::<u64>()));
+    assert!(rest["scopes"].as_array().is_some_and(|s| s.iter().any(|x| x["scope"] == "cluster")), "{b}");
+    // /metrics reads the same counters.
+    let (st, metrics) = http(&lh, "GET", "/metrics", "");
+    assert_eq!(st, 200);
+    for ((kind, state), n) in &listed {
+        let line = format!("huatuo_master_objects_by_state{{kind=\"{kind}\",state=\"{state}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    let unfiled = format!("huatuo_master_tickets_unfiled {}", rest["repair_without_ticket"]);
+    assert!(metrics.lines().any(|l| l == unfiled), "{unfiled} in\n{metrics}");
+    let mut client = Client::new(parse_addrs(&all));
+    let wire = client
+        .call(api::SummaryRequest { stale: false }, |mut c, r| async move { c.summary(r).await })
+        .await
+        .expect("gRPC summary");
+    let mut wire = serde_json::to_value(proto::convert::summary_from_wire(wire)).expect("json");
+    let mut rest = rest;
+    // Leader duties (announce, the automatic upgrade) may move the revision in between; the counts not.
+    wire["revision"] = serde_json::Value::Null;
+    rest["revision"] = serde_json::Value::Null;
+    assert_eq!(wire, rest, "gRPC and REST summaries");
+    let (st, b) = http(&fh, "GET", "/api/v1/summary?stale=true", "");
+    assert_eq!(st, 200, "{b}");
+    assert!(json(&b)["revision"].as_u64().is_some(), "{b}");
+
     // The CLI: report, objects, object, status (against all addresses; it finds the leader).
     let (ok, out, err) = cli(
         bin,

@@ -38,6 +38,7 @@ pub mod objects;
 pub mod proposer;
 pub mod requests;
 pub mod safety;
+pub mod summary;
 pub mod tasks;
 pub mod validate;
 pub mod watch;

@@ -214,11 +214,13 @@ impl<'v> Decider<'v> {
         Ok(rec)
     }
 
-    /// Write an object, keeping the per-scope population counters exact.
+    /// Write an object, keeping the per-scope population counters, the (kind, state) counts and the ticket
+    /// queue exact.
     pub(super) fn save(&mut self, rec: &ObjectRecord) -> Result<(), StoreError> {
         let id = rec.id.to_string();
         let prev = self.load(&id)?;
         self.account(prev.as_ref(), Some(rec))?;
+        self.count_record(prev.as_ref(), Some(rec))?;
         self.w.objects.insert(id, rec.clone());
         Ok(())
     }

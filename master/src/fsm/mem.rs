@@ -33,6 +33,10 @@ pub struct MemState {
     pub request_order: BTreeMap<u64, String>,
     pub catalog: BTreeMap<String, CheckerRecord>,
     pub blobs: BTreeMap<(String, u64), Vec<u8>>,
+    /// Counts (`fsm_counts`, see `counts.rs`); no zero values.
+    pub counts: BTreeMap<String, u64>,
+    /// The ticket queue (`fsm_repair_queue`): queue key -> object id.
+    pub repair: BTreeMap<String, String>,
 }
 
 fn range_ids<T>(m: &BTreeMap<u64, T>, from: u64, limit: usize) -> Vec<u64> {
@@ -96,6 +100,17 @@ impl View for MemState {
     }
     fn pending_ids(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         Ok(range_ids(&self.pending, from, limit))
+    }
+    fn count(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.counts.get(key).copied())
+    }
+    fn counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .counts
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
     }
     fn catalog(&self, name: &str) -> Result<Option<CheckerRecord>, StoreError> {
         Ok(self.catalog.get(name).cloned())
@@ -167,6 +182,18 @@ impl MemState {
         }
         self.catalog.extend(w.catalog.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.blobs.extend(w.blobs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (k, v) in &w.counts {
+            match v {
+                0 => self.counts.remove(k),
+                v => self.counts.insert(k.clone(), *v),
+            };
+        }
+        for (k, id) in &w.repair {
+            match id {
+                Some(id) => self.repair.insert(k.clone(), id.clone()),
+                None => self.repair.remove(k),
+            };
+        }
         if let Some(first) = d.events.first().map(|e| e.revision) {
             self.changes.insert(first, store::make_change_row(d.revision, &d.events));
             self.meta.insert(META_REVISION.into(), d.revision);
@@ -236,6 +263,12 @@ impl MemState {
         for ((sha, idx), v) in &self.blobs {
             push_record(&mut out, 16, &history_key(sha, *idx), v);
         }
+        for (k, v) in &self.counts {
+            push_record(&mut out, 17, k.as_bytes(), &v.to_be_bytes());
+        }
+        for (k, v) in &self.repair {
+            push_record(&mut out, 18, k.as_bytes(), v.as_bytes());
+        }
         out
     }
 
@@ -292,6 +325,12 @@ impl MemState {
                     let (sha, idx) = split_history_key(key)?;
                     s.blobs.insert((sha.to_string(), idx), value.to_vec());
                 }
+                17 => {
+                    s.counts.insert(utf8(key)?.to_string(), u64_be(value)?);
+                }
+                18 => {
+                    s.repair.insert(utf8(key)?.to_string(), utf8(value)?.to_string());
+                }
                 _ => {
                     s.request_order.insert(u64_be(key)?, utf8(value)?.to_string());
                 }
@@ -300,6 +339,12 @@ impl MemState {
         if !parsed.has_change_log {
             let revision = s.meta.get(META_REVISION).copied().unwrap_or(0);
             s.meta.insert(META_CHANGELOG_FIRST.into(), revision + 1);
+        }
+        if !parsed.has_counts {
+            // Older than format v5: count once from the objects.
+            let r = super::counts::Recount::of(&s.safety.clone().unwrap_or_default(), s.objects.values());
+            s.counts = r.counts;
+            s.repair = r.queue;
         }
         Ok(s)
     }

@@ -10,8 +10,8 @@ use super::view::View;
 use crate::model::{AgentRecord, ObjectRecord};
 use crate::safety::{Proposal, SafetyConfig, ScopeRecord};
 use crate::store::{
-    self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST,
-    META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REQUEST_ORDER, REQUESTS, SCOPES,
+    self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, COUNTS, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST,
+    META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REPAIR_QUEUE, REQUEST_ORDER, REQUESTS, SCOPES,
     SETTING_SAFETY, SETTINGS, StoreError,
 };
 
@@ -33,6 +33,8 @@ pub(super) struct Tables<'t> {
     pub request_order: Table<'t, u64, &'static [u8]>,
     pub catalog: Table<'t, &'static str, &'static [u8]>,
     pub blobs: Table<'t, (&'static str, u64), &'static [u8]>,
+    pub counts: Table<'t, &'static str, &'static [u8]>,
+    pub repair: Table<'t, &'static str, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -54,6 +56,8 @@ impl<'t> Tables<'t> {
             request_order: txn.open_table(REQUEST_ORDER)?,
             catalog: txn.open_table(CATALOG)?,
             blobs: txn.open_table(BLOBS)?,
+            counts: txn.open_table(COUNTS)?,
+            repair: txn.open_table(REPAIR_QUEUE)?,
         })
     }
 
@@ -136,6 +140,7 @@ impl<'t> Tables<'t> {
             self.blobs
                 .insert((sha.as_str(), *idx), store::seal_bytes(&(sha.as_str(), *idx), bytes).as_slice())?;
         }
+        self.write_counts(&w.counts, &w.repair)?;
         if let Some(first) = d.events.first().map(|e| e.revision) {
             let row = store::seal_bytes(&first, &store::make_change_row(d.revision, &d.events));
             self.changes.insert(first, row.as_slice())?;
@@ -143,6 +148,48 @@ impl<'t> Tables<'t> {
             self.compact_changes(d.revision, retain)?;
         }
         Ok(())
+    }
+
+    /// Store counts (0 removes the row) and ticket-queue rows (None removes).
+    pub fn write_counts(
+        &mut self,
+        counts: &std::collections::BTreeMap<String, u64>,
+        repair: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> Result<(), StoreError> {
+        for (k, v) in counts {
+            match v {
+                0 => self.counts.remove(k.as_str())?,
+                v => self.counts.insert(k.as_str(), store::seal_u64(k, *v).as_slice())?,
+            };
+        }
+        for (k, id) in repair {
+            match id {
+                Some(id) => {
+                    self.repair.insert(k.as_str(), store::seal_bytes(k.as_str(), id.as_bytes()).as_slice())?
+                }
+                None => self.repair.remove(k.as_str())?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Replace the counts and the ticket queue with a recount of every stored object (a store or snapshot
+    /// from before the counters); returns how many objects were counted.
+    pub fn recount(&mut self) -> Result<u64, StoreError> {
+        let cfg = self.safety_config()?;
+        let mut r = super::counts::Recount::default();
+        let mut objects = 0u64;
+        for row in self.objects.iter()? {
+            let (k, v) = row?;
+            let rec: ObjectRecord = store::decode_sealed("fsm_objects", k.value(), v.value())?;
+            r.add(&cfg, &rec);
+            objects += 1;
+        }
+        self.counts.retain(|_, _| false)?;
+        self.repair.retain(|_, _| false)?;
+        let repair = r.queue.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        self.write_counts(&r.counts, &repair)?;
+        Ok(objects)
     }
 
     /// Drop change-log rows that hold only revisions older than the retained window.
@@ -284,6 +331,22 @@ impl View for Tables<'_> {
 
     fn request_seqs(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         ids(&self.request_order, from, limit)
+    }
+
+    fn count(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.counts.get(key)?.map(|g| store::unseal_u64("fsm_counts", key, g.value())).transpose()
+    }
+
+    fn counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.counts.range::<&str>(prefix..)? {
+            let (k, v) = row?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), store::unseal_u64("fsm_counts", k.value(), v.value())?));
+        }
+        Ok(out)
     }
 
     fn catalog(&self, name: &str) -> Result<Option<crate::catalog::CheckerRecord>, StoreError> {

@@ -491,8 +491,10 @@ impl Decider<'_> {
             r.agents = 0;
             r.agents_alive = 0;
         }
+        self.clear_scope_counts()?;
         for rec in &self.all_objects()? {
             self.account(None, Some(rec))?;
+            self.count_scopes(rec)?;
         }
         for (id, mut a) in self.all_agents()? {
             a.scopes.clear();

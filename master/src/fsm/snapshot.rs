@@ -4,9 +4,12 @@
 //! 9 pending proposals (u64 BE), 10 settings, 11 alert/audit log (u64 BE), 12 change-log rows (u64 BE first
 //! revision; value as in [`CHANGES`]), 13 idempotency keys (utf-8 key, RequestRecord JSON), 14 their
 //! eviction order (u64 BE seq, utf-8 key), 15 the checker catalog (utf-8 name, CheckerRecord JSON), 16
-//! artifact chunks (utf-8 sha256, 0x00, u64 BE chunk index; the raw bytes). Records come in the order tags 1,
-//! 2, 3, 4, 5, 6, 8, 10, 7, 9, 11, 12, 13, 14, 15, 16, each table in key order, so equal states give equal
-//! bytes (the in-memory model writes the same format). Version 3 snapshots have no catalog (tags 15, 16).
+//! artifact chunks (utf-8 sha256, 0x00, u64 BE chunk index; the raw bytes), 17 counts (utf-8 key, u64 BE;
+//! see `counts.rs`), 18 the ticket queue (utf-8 queue key, utf-8 object id). Records come in the order tags
+//! 1, 2, 3, 4, 5, 6, 8, 10, 7, 9, 11, 12, 13, 14, 15, 16, 17, 18, each table in key order, so equal states
+//! give equal bytes (the in-memory model writes the same format). Version 4 snapshots have no counts (tags
+//! 17, 18): restoring one counts them from the objects once. Version 3 snapshots have no catalog (tags 15,
+//! 16).
 //!
 //! The change log travels in the snapshot (it is bounded by the retention window), so a member caught up by a
 //! snapshot serves the same watch history. Version 1 snapshots (older binaries) have no change log: restoring
@@ -22,12 +25,15 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use super::redb_state::Tables;
 use crate::checksum;
 use crate::store::{
-    self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST,
-    META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REQUEST_ORDER, REQUESTS, SCOPES, SETTINGS,
-    StoreError,
+    self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, COUNTS, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST,
+    META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REPAIR_QUEUE, REQUEST_ORDER, REQUESTS, SCOPES,
+    SETTINGS, StoreError,
 };
 
-pub(super) const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v4\n";
+pub(super) const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v5\n";
+/// Snapshots before the replicated counts (no tags 17, 18): still restorable (counted once on restore).
+const MAGIC_V4: &[u8] = b"huatuo-fsm-snapshot-v4\n";
+const LAST_TAG_V4: u8 = 16;
 /// Snapshots before the checker catalog (no tags 15, 16): still restorable.
 const MAGIC_V3: &[u8] = b"huatuo-fsm-snapshot-v3\n";
 const LAST_TAG_V3: u8 = 14;
@@ -38,7 +44,7 @@ const LAST_TAG_V2: u8 = 12;
 const MAGIC_V1: &[u8] = b"huatuo-fsm-snapshot-v1\n";
 /// Highest record tag of each format.
 const LAST_TAG_V1: u8 = 11;
-const LAST_TAG: u8 = 16;
+const LAST_TAG: u8 = 18;
 /// Largest single key or value accepted when decoding (an object record is a few KiB; a change-log row holds
 /// one entry's events, bounded by the raft layer's command size).
 const MAX_FIELD: usize = 16 << 20;
@@ -56,6 +62,18 @@ pub(super) fn push_record(out: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) 
 #[cfg(test)]
 pub(crate) fn push_record_for_test(out: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) {
     push_record(out, tag, key, value);
+}
+
+/// `snap` (this format) as a version 4 snapshot: the same records without the counts (tags 17, 18), as a
+/// binary before the counters wrote it (tests of the older formats build theirs from this).
+#[cfg(test)]
+pub(crate) fn as_v4_for_test(snap: &[u8]) -> Vec<u8> {
+    let parsed = parse(snap).expect("a snapshot of this format");
+    let mut out = MAGIC_V4.to_vec();
+    for (tag, key, value) in parsed.records.into_iter().filter(|r| r.0 <= LAST_TAG_V4) {
+        push_record(&mut out, tag, key, value);
+    }
+    out
 }
 
 /// The key of a history record: utf-8 object id, 0x00, u64 BE sequence.
@@ -208,6 +226,14 @@ pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
             );
         }
     }
+    for (tag, name, def) in [(17, "fsm_counts", COUNTS), (18, "fsm_repair_queue", REPAIR_QUEUE)] {
+        if let Some(t) = open_read!(txn, def) {
+            for row in t.iter()? {
+                let (k, v) = row?;
+                push_record(&mut out, tag, k.value().as_bytes(), store::unseal(name, k.value(), v.value())?);
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -250,16 +276,19 @@ pub(super) fn split_history_key(key: &[u8]) -> Result<(&str, u64), StoreError> {
     Ok((utf8(&key[..split])?, u64_be(&key[split + 1..])?))
 }
 
-/// A validated snapshot: its records, and whether it carries a change log (format 2).
+/// A validated snapshot: its records, whether it carries a change log (format 2) and counts (format 5).
 pub(super) struct Parsed<'a> {
     pub records: Vec<(u8, &'a [u8], &'a [u8])>,
     pub has_change_log: bool,
+    pub has_counts: bool,
 }
 
 /// Check a whole snapshot before anything is replaced.
 pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
     let (mut rest, last_tag) = if let Some(rest) = data.strip_prefix(MAGIC) {
         (rest, LAST_TAG)
+    } else if let Some(rest) = data.strip_prefix(MAGIC_V4) {
+        (rest, LAST_TAG_V4)
     } else if let Some(rest) = data.strip_prefix(MAGIC_V3) {
         (rest, LAST_TAG_V3)
     } else if let Some(rest) = data.strip_prefix(MAGIC_V2) {
@@ -283,6 +312,14 @@ pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
             2 | 4 | 6 | 8 | 10 | 13 | 15 => {
                 utf8(key)?;
             }
+            17 => {
+                utf8(key)?;
+                u64_be(value)?;
+            }
+            18 => {
+                utf8(key)?;
+                utf8(value)?;
+            }
             3 | 16 => {
                 split_history_key(key)?;
             }
@@ -300,7 +337,7 @@ pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
         }
         records.push((tag, key, value));
     }
-    Ok(Parsed { records, has_change_log: last_tag >= LAST_TAG_V2 })
+    Ok(Parsed { records, has_change_log: last_tag >= LAST_TAG_V2, has_counts: last_tag >= LAST_TAG })
 }
 
 /// Replace the tables with the snapshot's records; returns the snapshot's revision. The whole snapshot is
@@ -321,6 +358,8 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
     txn.delete_table(REQUEST_ORDER)?;
     txn.delete_table(CATALOG)?;
     txn.delete_table(BLOBS)?;
+    txn.delete_table(COUNTS)?;
+    txn.delete_table(REPAIR_QUEUE)?;
     let mut t = Tables::open(txn)?;
     let mut sealed = Vec::new();
     for (tag, key, value) in parsed.records {
@@ -375,6 +414,12 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
             16 => {
                 t.blobs.insert(split_history_key(key)?, v)?;
             }
+            17 => {
+                t.counts.insert(utf8(key)?, v)?;
+            }
+            18 => {
+                t.repair.insert(utf8(key)?, v)?;
+            }
             _ => {
                 t.request_order.insert(u64_be(key)?, v)?;
             }
@@ -388,6 +433,10 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
         // No change log in the snapshot: watches resume from the snapshot's revision on.
         t.meta
             .insert(META_CHANGELOG_FIRST, store::seal_u64(META_CHANGELOG_FIRST, revision + 1).as_slice())?;
+    }
+    if !parsed.has_counts {
+        let objects = t.recount()?;
+        tracing::info!(objects, "snapshot older than format v5: counts and ticket queue recounted");
     }
     Ok(revision)
 }

@@ -426,6 +426,7 @@ fn fault_findings_are_history_but_healthy_repeats_are_not() {
 mod safety;
 
 mod catalog;
+mod counts;
 mod integrity;
 pub(crate) mod props;
 mod requests;

@@ -45,6 +45,10 @@ pub trait View {
     fn request_seqs(&self, from: u64, limit: usize) -> Result<Vec<u64>, StoreError>;
     /// One checker of the catalog.
     fn catalog(&self, name: &str) -> Result<Option<CheckerRecord>, StoreError>;
+    /// One replicated count (`fsm_counts`, see `counts.rs`); None when zero.
+    fn count(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// Every count whose key starts with `prefix`, in key order.
+    fn counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
     /// Whether chunk `index` of the bytes with `sha256` is stored.
     fn has_blob(&self, sha256: &str, index: u64) -> Result<bool, StoreError>;
     /// Chunk `index` of the bytes with `sha256`.
@@ -71,6 +75,10 @@ pub struct Writes {
     pub catalog: BTreeMap<String, CheckerRecord>,
     /// Artifact chunks written (never removed: content-addressed, referenced by catalog versions).
     pub blobs: BTreeMap<(String, u64), Vec<u8>>,
+    /// Counts (`fsm_counts`); 0 removes the row.
+    pub counts: BTreeMap<String, u64>,
+    /// The ticket queue (`fsm_repair_queue`): queue key -> object id, None removes.
+    pub repair: BTreeMap<String, Option<String>>,
 }
 
 /// Page size when merging a view's id listing with an entry's writes: bounds memory per step; the walks

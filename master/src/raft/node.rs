@@ -258,6 +258,8 @@ pub struct VerifyReport {
     pub fsm_upgraded: bool,
     /// State machine records sealed before keys were covered, resealed with their key by this check.
     pub fsm_resealed: u64,
+    /// Objects counted into the replicated counts by this check (a store written before them), else 0.
+    pub fsm_recounted: u64,
 }
 
 /// Runs the start-up checks on a data dir without starting a node: redb's integrity check, then every
@@ -293,6 +295,7 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
         fsm_bytes: fsm.bytes,
         fsm_upgraded: fsm.upgraded,
         fsm_resealed: fsm.resealed,
+        fsm_recounted: fsm.recounted,
     })
 }
 

@@ -211,6 +211,8 @@ fn flip_first_row(txn: &redb::WriteTransaction, name: &str) -> bool {
         "fsm_settings" => flip_str(txn, crate::store::SETTINGS),
         "fsm_requests" => flip_str(txn, crate::store::REQUESTS),
         "fsm_catalog" => flip_str(txn, crate::store::CATALOG),
+        "fsm_counts" => flip_str(txn, crate::store::COUNTS),
+        "fsm_repair_queue" => flip_str(txn, crate::store::REPAIR_QUEUE),
         "fsm_blobs" => {
             let mut t = txn.open_table(crate::store::BLOBS).expect("table");
             let Some(((sha, idx), mut v)) = t
@@ -293,6 +295,9 @@ fn make_format_1(db: &redb::Database) {
             .collect();
         assert!(!counters.is_empty());
         txn.delete_table(crate::store::META).expect("drop counters");
+        // A binary that old had no replicated counts either (recounted at open).
+        txn.delete_table(crate::store::COUNTS).expect("drop counts");
+        txn.delete_table(crate::store::REPAIR_QUEUE).expect("drop queue");
         let mut legacy = txn.open_table(LEGACY_META).expect("legacy");
         for (k, v) in &counters {
             legacy.insert(k.as_str(), *v).expect("insert");

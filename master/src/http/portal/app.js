@@ -53,6 +53,7 @@
     truncated: false,
     revision: 0,
     cluster: null,
+    summary: null, // GET /api/v1/summary: counts from the replicated counters
     safety: null, // the /safety answer, or {unavailable: ApiError}
     proposals: null, // pending proposals (for counts), or {unavailable: ApiError}
     agents: null,
@@ -400,10 +401,13 @@
     document.getElementById('live').dataset.revision = String(S.revision);
   }
   async function refreshPolled() {
-    const [c, sf, pr] = await Promise.allSettled([
-      api('/cluster'), api('/safety'), api('/proposals?status=pending'),
+    const [c, sf, pr, sm] = await Promise.allSettled([
+      api('/cluster'), api('/safety'), api('/proposals?status=pending'), api('/summary'),
     ]);
     if (c.status === 'fulfilled') S.cluster = c.value;
+    // The fleet's counts from the master's replicated counters (exact for any fleet size); a master
+    // without /summary (older binary) leaves the overview counting the objects the page holds.
+    S.summary = sm.status === 'fulfilled' ? sm.value : null;
     S.safety = sf.status === 'fulfilled' ? sf.value : { unavailable: sf.reason };
     S.proposals = pr.status === 'fulfilled' ? pr.value : { unavailable: pr.reason };
     renderBanner();
@@ -530,6 +534,18 @@
   }
 
   // ---------------------------------------------------------------- fleet overview
+  // Objects by kind and state from GET /api/v1/summary (null when the master has none).
+  function summaryCounts() {
+    if (!S.summary || !Array.isArray(S.summary.states)) return null;
+    const by = {};
+    for (const x of S.summary.states) (by[x.kind] || (by[x.kind] = {}))[x.state] = x.count;
+    return by;
+  }
+  function sumStates(by, pred) {
+    let n = 0;
+    for (const row of Object.values(by)) for (const [st, v] of Object.entries(row)) if (pred(st)) n += v;
+    return n;
+  }
   function counts(filterFn) {
     const by = {};
     for (const o of S.objects.values()) {
@@ -567,8 +583,13 @@
       update() {
         const c = S.cluster;
         const all = [...S.objects.values()];
-        const out = all.filter((o) => OUT_OF_SERVICE.has(o.state)).length;
-        const degraded = all.filter((o) => o.state === 'WARNING' || o.state === 'SLOW').length;
+        const sm = summaryCounts();
+        const by = sm || counts();
+        const out = sumStates(by, (st) => OUT_OF_SERVICE.has(st));
+        const degraded = sumStates(by, (st) => st === 'WARNING' || st === 'SLOW');
+        const total = sm ? S.summary.objects : (c ? c.objects : all.length);
+        const partial = !sm && S.truncated ? ' · counts from the first ' + num(LIST_LIMIT) : '';
+        const unfiled = sm && S.summary.repair_without_ticket ? ` · ${num(S.summary.repair_without_ticket)} in REPAIR without a ticket` : '';
         const alive = c ? c.agents_alive : undefined;
         const expected = expectedHosts();
         const pend = pendingCount();
@@ -578,10 +599,10 @@
         replace(cards,
           card('Master', c ? `leader ${c.leader_id || '?'}` : '-', c ? `term ${c.term} · ${c.members.length} members · revision ${num(c.revision)}${c.last_error ? ' · ' + c.last_error : ''}` : 'loading', c && !c.leader_id ? 'bad' : ''),
           card('Agents alive', alive === undefined ? '-' : `${num(alive)} / ${num(expected)}`, expected > alive ? `${num(expected - alive)} silent or missing (expected: agents the master knows)` : 'alive / expected', expected > alive ? 'warn' : '', 'card-agents'),
-          card('Objects', num(c ? c.objects : all.length), `${num(out)} out of service · ${num(degraded)} degraded${S.truncated ? ' · counts from the first ' + num(LIST_LIMIT) : ''}`, out ? 'bad' : '', 'card-objects'),
+          card('Objects', num(total), `${num(out)} out of service · ${num(degraded)} degraded${unfiled}${partial}`, out ? 'bad' : '', 'card-objects'),
           card('Pending proposals', num(pend), h('a', { href: '#/proposals' }, 'review'), pend ? 'warn' : '', 'card-proposals'),
           card('Scopes not auto', sf ? num(latched) : '-', sf ? `${num(nAlerts)} alerts` : 'safety API unavailable', latched ? 'warn' : ''));
-        replace(matrix, kindStateMatrix(counts()));
+        replace(matrix, kindStateMatrix(by));
         const bad = all.filter((o) => o.state !== 'GOOD').sort((a, b) => (STATE_RANK[a.state] - STATE_RANK[b.state]) || (b.state_since_ms - a.state_since_ms));
         replace(attention, bad.length ? objectTable(bad.slice(0, 50), bad.length) : h('div', { class: 'empty panel' }, 'Every object is GOOD.'));
         replace(scopes, scopesTable(true));
