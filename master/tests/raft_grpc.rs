@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use master::raft::{
-    Fsm, FsmError, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role, StorageLimits,
-    verify_data_dir,
+    Fsm, FsmError, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role, SnapshotSource,
+    StorageLimits, verify_data_dir,
 };
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::net::TcpListener;
@@ -32,19 +32,19 @@ impl Fsm for LogFsm {
         txn.open_table(LOG)?.insert(index, cmd)?;
         Ok(index.to_le_bytes().to_vec())
     }
-    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
-        let mut out = Vec::new();
+    fn write_snapshot(txn: &ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError> {
         if let Ok(t) = txn.open_table(LOG) {
             for item in t.iter()? {
                 let (k, v) = item?;
-                out.extend_from_slice(&k.value().to_le_bytes());
-                out.extend_from_slice(&(v.value().len() as u32).to_le_bytes());
-                out.extend_from_slice(v.value());
+                out.write_all(&k.value().to_le_bytes())?;
+                out.write_all(&(v.value().len() as u32).to_le_bytes())?;
+                out.write_all(v.value())?;
             }
         }
-        Ok(out)
+        Ok(())
     }
-    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), FsmError> {
+    fn restore(&mut self, txn: &WriteTransaction, snap: &dyn SnapshotSource) -> Result<(), FsmError> {
+        let data = snap.read_all()?;
         let mut t = txn.open_table(LOG)?;
         t.retain(|_, _| false)?;
         let mut at = 0;
@@ -1015,11 +1015,11 @@ impl Fsm for PanicFsm {
         }
         LogFsm.apply(txn, index, cmd)
     }
-    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
-        LogFsm.snapshot(txn)
+    fn write_snapshot(txn: &ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError> {
+        LogFsm::write_snapshot(txn, out)
     }
-    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), FsmError> {
-        LogFsm.restore(txn, data)
+    fn restore(&mut self, txn: &WriteTransaction, snap: &dyn SnapshotSource) -> Result<(), FsmError> {
+        LogFsm.restore(txn, snap)
     }
 }
 
