@@ -31,6 +31,9 @@ use crate::store::{
 };
 
 pub(super) const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v4\n";
+/// [`MAGIC`] for benchmarks that build snapshots by hand.
+#[cfg(test)]
+pub(crate) const MAGIC_FOR_BENCH: &[u8] = MAGIC;
 /// Snapshots before the checker catalog (no tags 15, 16): still restorable.
 const MAGIC_V3: &[u8] = b"huatuo-fsm-snapshot-v3\n";
 const LAST_TAG_V3: u8 = 14;

@@ -21,6 +21,8 @@ pub use transport::set_peer_tls;
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod snapbench;
 
 pub use self::core::{MAX_COMMAND_BYTES, MAX_INFLIGHT_PROPOSALS, MAX_INFLIGHT_READS};
 pub use self::node::{PROPOSE_TIMEOUT, RaftNode, START_PROBE_WINDOW, VerifyReport, verify_data_dir};
