@@ -39,6 +39,9 @@ fn reset_peak() -> u64 {
     status_kib("VmRSS:")
 }
 
+/// Restores the built snapshot into a write transaction (of another database).
+type Restore = Box<dyn Fn(&redb::WriteTransaction)>;
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -80,7 +83,7 @@ fn snapshot_build_and_restore_figures() {
     }
     let base = reset_peak();
     let t = Instant::now();
-    let (bytes, restore_src): (u64, Box<dyn Fn(&redb::WriteTransaction)>) = if mode == "old" {
+    let (bytes, restore_src): (u64, Restore) = if mode == "old" {
         let data = snapshot::write(&db.begin_read().expect("r")).expect("write");
         let sealed = crate::checksum::seal(&data);
         let len = data.len() as u64;
