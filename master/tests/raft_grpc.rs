@@ -1332,3 +1332,74 @@ async fn follower_stops_naming_a_silent_leader() {
     let _ = stop_server.send(());
     let _ = server.await;
 }
+
+/// Mixed versions: an older leader sends a snapshot the old way (the whole bytes as chunks, as binaries
+/// before snapshot files did; once with the chunk checksums of the previous binary, once without them as
+/// binaries before checksums): a member of this binary rebuilding with `join` writes it to a file and
+/// installs it. Node 2 is played by the test through the real peer service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_streamed_by_an_older_leader_is_installed() {
+    let _serial = serial().await;
+    use master::checksum::crc32c;
+    use proto::peer::SnapshotChunk;
+    use proto::peer::peer_client::PeerClient;
+    for checksummed in [true, false] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let l1 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr1 = l1.local_addr().expect("addr").to_string();
+        let addr2 = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").to_string()
+        };
+        let peers = BTreeMap::from([(1, addr1.clone()), (2, addr2.clone())]);
+        let (node, db) =
+            RaftNode::start(config(1, &peers, tmp.path().into(), 1000, true), LogFsm).await.expect("join");
+        let (stop_server, server) = serve(&node, l1);
+        let mut client = PeerClient::connect(format!("http://{addr1}")).await.expect("connect");
+        // LogFsm's snapshot bytes for entries 2..=7, as the old leader kept them in memory.
+        let want: BTreeMap<u64, Vec<u8>> = (2..=7u64).map(|i| (i, format!("old-{i}").into_bytes())).collect();
+        let mut data = Vec::new();
+        for (k, v) in &want {
+            data.extend_from_slice(&k.to_le_bytes());
+            data.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            data.extend_from_slice(v);
+        }
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+        m.from = 2;
+        m.to = 1;
+        m.term = 5;
+        let meta = m.mut_snapshot().mut_metadata();
+        meta.index = 7;
+        meta.term = 5;
+        meta.mut_conf_state().voters = vec![1, 2];
+        let header = protobuf::Message::write_to_bytes(&m).expect("encode");
+        let (a, b) = data.split_at(data.len() / 2);
+        let crc = |d: &[u8]| if checksummed { crc32c(d) } else { 0 };
+        let chunks = vec![
+            SnapshotChunk {
+                from: 2,
+                from_addr: addr2.clone(),
+                header,
+                total_len: data.len() as u64,
+                data: a.to_vec(),
+                crc32c: crc(a),
+                data_crc32c: crc(&data),
+                checksummed,
+            },
+            SnapshotChunk { data: b.to_vec(), crc32c: crc(b), ..Default::default() },
+        ];
+        client.send_snapshot(tokio_stream::iter(chunks)).await.expect("accepted");
+        wait_for("the old leader's snapshot is installed", || node.status().snapshot_index == 7).await;
+        assert_eq!(fsm_contents(&db), want, "checksummed={checksummed}");
+        let files = snapshot_files(tmp.path());
+        assert!(files.len() == 1 && files[0].ends_with(".snap"), "{files:?}");
+        node.shutdown().await;
+        let _ = stop_server.send(());
+        let _ = server.await;
+        drop(db);
+        // The installed file is the snapshot the restarted member verifies and would send on.
+        let report = verify_data_dir(tmp.path()).expect("verifies");
+        assert_eq!((report.snapshot_index, report.snapshot_bytes), (7, data.len() as u64));
+    }
+}
