@@ -525,6 +525,8 @@ impl<F: Fsm> Core<F> {
             send(m);
         }
         if !self.raw.has_ready() {
+            // Nothing pending: a snapshot stepped this turn was not taken.
+            self.stepped_files.clear();
             self.after_ready();
             return Ok(());
         }

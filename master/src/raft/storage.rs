@@ -608,13 +608,20 @@ impl RedbStorage {
             conf_state: Some(m.conf_state.clone()).into(),
             ..Default::default()
         };
-        txn.open_table(LOG)?.retain_in(..=index, |_, _| false)?;
+        let mut log = txn.open_table(LOG)?;
+        log.retain_in(..=index, |_, _| false)?;
+        // The build ran while the loop went on applying: what was applied after its index stays in the
+        // log and still counts (a build's worth of records, read once).
+        let mut kept = 0u64;
+        for item in log.range(index + 1..=m.applied)? {
+            kept += item?.1.value().len() as u64;
+        }
+        drop(log);
         put_meta(&mut txn.open_table(META)?, K_SNAP_META, &meta.write_to_bytes()?)?;
         put_meta(&mut txn.open_table(META)?, K_SNAP_FILE, &file.encode())?;
         m.snap = meta;
         m.snap_file = Some(file.clone());
-        // Compaction happens at the applied index: every applied record is gone.
-        m.applied_log_bytes = 0;
+        m.applied_log_bytes = kept;
         Ok(())
     }
 
