@@ -1006,4 +1006,67 @@ mod tests {
             .expect("len");
         assert!(rows <= 4, "{rows} log records of 300 KiB kept with a 1 MiB limit");
     }
+
+    /// The builder's path without a thread: a snapshot built at index X while the loop went on applying
+    /// is recorded after the fact. The log is compacted to X (not to the applied index), the records
+    /// applied after X stay and still count towards the byte limit, the superseded file is deleted and the
+    /// new one is current.
+    #[test]
+    fn a_build_finished_behind_the_applied_index_compacts_up_to_its_own_index() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (db, st) = crate::raft::sim::open_store::<NopFsm>(tmp.path(), 1, &[1]);
+        let cfg = CoreConfig {
+            id: 1,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 0,
+            max_election_ticks: 11,
+            incarnation: 1,
+        };
+        let mut c = Core::new(cfg, st, NopFsm, &slog::Logger::root(slog::Discard, slog::o!()))
+            .expect("core")
+            .with_snapshot_log_bytes(0);
+        let mut ready = |c: &mut Core<NopFsm>| {
+            while c.has_ready() {
+                c.on_ready(&mut |_| {}).expect("ready");
+            }
+        };
+        for _ in 0..12 {
+            c.tick();
+            ready(&mut c);
+        }
+        assert_eq!(c.role(), StateRole::Leader);
+        for t in 0..5u64 {
+            c.propose(t, vec![1u8; 100]).expect("propose");
+            ready(&mut c);
+        }
+        let dir = c.storage().snap_dir().clone();
+        let old = c.storage().snapshot_file().expect("bootstrap file").name.clone();
+        let built = build_snapshot::<NopFsm>(&db, &dir).expect("build");
+        let at = built.index;
+        assert_eq!(at, c.applied());
+        for t in 5..8u64 {
+            c.propose(t, vec![2u8; 100]).expect("propose");
+            ready(&mut c);
+        }
+        let applied = c.applied();
+        assert_eq!(applied, at + 3);
+        let name = built.file.name.clone();
+        c.finish_snapshot(Ok(built)).expect("recorded");
+        assert_eq!(c.storage().snapshot_index(), at, "compacted to the build's index");
+        assert_eq!(raft::Storage::first_index(c.storage()).expect("first"), at + 1);
+        let kept = c.storage().applied_log_bytes();
+        let per = LOG_RECORD_OVERHEAD + 100;
+        assert!(kept >= 3 * per, "the 3 records applied during the build still count: {kept}");
+        let files = dir.files().expect("ls");
+        assert_eq!(files, vec![name], "the superseded file {old} is gone");
+        // A build overtaken by a newer snapshot is dropped, its file with it.
+        let stale = build_snapshot::<NopFsm>(&db, &dir).expect("build");
+        let stale_name = stale.file.name.clone();
+        let mut older = stale;
+        older.index = at;
+        c.finish_snapshot(Ok(older)).expect("ignored");
+        assert_eq!(c.storage().snapshot_index(), at);
+        assert!(!dir.files().expect("ls").contains(&stale_name), "its file was deleted");
+    }
 }
