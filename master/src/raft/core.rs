@@ -1026,7 +1026,7 @@ mod tests {
         let mut c = Core::new(cfg, st, NopFsm, &slog::Logger::root(slog::Discard, slog::o!()))
             .expect("core")
             .with_snapshot_log_bytes(0);
-        let mut ready = |c: &mut Core<NopFsm>| {
+        let ready = |c: &mut Core<NopFsm>| {
             while c.has_ready() {
                 c.on_ready(&mut |_| {}).expect("ready");
             }
