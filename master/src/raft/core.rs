@@ -844,8 +844,13 @@ impl<F: Fsm> Core<F> {
 }
 
 impl<F: Fsm> Drop for Core<F> {
+    /// Cancels a build still running (it stops at its next chunk) without waiting for it: during a panic's
+    /// unwinding the mailbox its outcome goes to may still be open and full. The normal shutdown waits
+    /// (`stop_builder`, after closing the mailbox).
     fn drop(&mut self) {
-        self.stop_builder();
+        if self.building.take().is_some() {
+            self.storage().snap_dir().cancel();
+        }
     }
 }
 
