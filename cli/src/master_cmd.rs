@@ -99,6 +99,12 @@ fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
                 r.snapshot_bytes
             );
             println!("  log: {} entries, {} bytes; file: {} bytes", r.log_entries, r.log_bytes, r.file_bytes);
+            if let Some(f) = &r.snapshot_file {
+                println!("  snapshot file: snapshots/{f} (every chunk verified)");
+            }
+            if r.snapshot_migrated {
+                println!("  snapshot kept in the database by an older binary: moved into a file");
+            }
             if r.upgraded {
                 println!("  written before checksums: every record was sealed in place");
             }

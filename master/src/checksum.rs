@@ -146,6 +146,12 @@ pub fn crc32c(data: &[u8]) -> u32 {
     !update(!0, data)
 }
 
+/// The CRC-32C of `a ++ data`, given `crc` = the CRC-32C of `a` (0 for nothing): checksums a stream
+/// chunk by chunk (snapshot files, `raft::snapfile`).
+pub fn crc32c_extend(crc: u32, data: &[u8]) -> u32 {
+    !update(!crc, data)
+}
+
 /// Feed `data` into a running (pre-inverted) CRC-32C state.
 fn update(mut crc: u32, data: &[u8]) -> u32 {
     let t = &TABLES;

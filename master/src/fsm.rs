@@ -227,7 +227,16 @@ impl MasterFsm {
 
     /// Replace the state machine's tables with a snapshot's contents.
     pub fn restore_data(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), StoreError> {
-        let revision = snapshot::restore(txn, data)?;
+        self.restore_from(txn, &data)
+    }
+
+    /// [`MasterFsm::restore_data`] streaming from a source read twice (a snapshot file).
+    pub fn restore_from(
+        &mut self,
+        txn: &WriteTransaction,
+        src: &dyn crate::raft::SnapshotSource,
+    ) -> Result<(), StoreError> {
+        let revision = snapshot::restore_from(txn, src)?;
         let min = match txn.open_table(store::META)?.get(META_MIN_COMMAND_VERSION)? {
             Some(g) => Some(store::unseal_u64("fsm_counters", META_MIN_COMMAND_VERSION, g.value())?),
             None => None,
@@ -263,8 +272,11 @@ impl crate::raft::Fsm for MasterFsm {
         self.apply_entry(txn, index, cmd).map_err(fsm_error)
     }
 
-    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, crate::raft::FsmError> {
-        self.snapshot_data(txn).map_err(fsm_error)
+    fn write_snapshot(
+        txn: &ReadTransaction,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), crate::raft::FsmError> {
+        snapshot::write_to(txn, out).map_err(fsm_error)
     }
 
     fn open(&mut self, db: &redb::Database, damage: &store::DamageFlag) -> Result<(), crate::raft::FsmError> {
@@ -280,8 +292,12 @@ impl crate::raft::Fsm for MasterFsm {
         Ok(())
     }
 
-    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), crate::raft::FsmError> {
-        self.restore_data(txn, data).map_err(fsm_error)
+    fn restore(
+        &mut self,
+        txn: &WriteTransaction,
+        snap: &dyn crate::raft::SnapshotSource,
+    ) -> Result<(), crate::raft::FsmError> {
+        self.restore_from(txn, snap).map_err(fsm_error)
     }
 
     fn after_commit(&mut self) {

@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use master::raft::{
-    Fsm, FsmError, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role, StorageLimits,
-    verify_data_dir,
+    Fsm, FsmError, NodeId, ProposeError, RaftConfig, RaftError, RaftNode, Role, SnapshotSource,
+    StorageLimits, verify_data_dir,
 };
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::net::TcpListener;
@@ -32,19 +32,19 @@ impl Fsm for LogFsm {
         txn.open_table(LOG)?.insert(index, cmd)?;
         Ok(index.to_le_bytes().to_vec())
     }
-    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
-        let mut out = Vec::new();
+    fn write_snapshot(txn: &ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError> {
         if let Ok(t) = txn.open_table(LOG) {
             for item in t.iter()? {
                 let (k, v) = item?;
-                out.extend_from_slice(&k.value().to_le_bytes());
-                out.extend_from_slice(&(v.value().len() as u32).to_le_bytes());
-                out.extend_from_slice(v.value());
+                out.write_all(&k.value().to_le_bytes())?;
+                out.write_all(&(v.value().len() as u32).to_le_bytes())?;
+                out.write_all(v.value())?;
             }
         }
-        Ok(out)
+        Ok(())
     }
-    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), FsmError> {
+    fn restore(&mut self, txn: &WriteTransaction, snap: &dyn SnapshotSource) -> Result<(), FsmError> {
+        let data = snap.read_all()?;
         let mut t = txn.open_table(LOG)?;
         t.retain(|_, _| false)?;
         let mut at = 0;
@@ -205,6 +205,17 @@ impl Cluster {
         let (stop_server, server) = serve(&node, listener);
         self.members.insert(id, Member { node, db, stop_server, server });
         Ok(())
+    }
+
+    /// Restarts a member, calling `before_serve` on its node before its peer port answers (to set test
+    /// hooks before any peer traffic arrives).
+    async fn restart_hooked(&mut self, id: NodeId, before_serve: impl FnOnce(&RaftNode)) {
+        let listener = rebind(&self.real[&id]).await;
+        let cfg = config(id, &self.peers, self.node_dir(id), self.snapshot_every, false);
+        let (node, db) = RaftNode::start(cfg, LogFsm).await.expect("restart");
+        before_serve(&node);
+        let (stop_server, server) = serve(&node, listener);
+        self.members.insert(id, Member { node, db, stop_server, server });
     }
 
     async fn wait_leader(&self) -> NodeId {
@@ -424,6 +435,135 @@ async fn a_snapshot_damaged_in_transit_is_refused_and_sent_again() {
     assert_eq!(leader.len(), 40);
     assert_eq!(fsm_contents(&c.members[&f].db), leader, "the follower holds the leader's bytes");
     c.shutdown().await;
+}
+
+/// The names of the files in a node's snapshot directory.
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Waits (bounded) until `f` holds.
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Issue 17: a snapshot is built off the Raft thread. The leader's builder is held at a barrier (after it
+/// took its read transaction and created its file): proposals still commit, the leader keeps its term and
+/// role, the log is not compacted yet. Released, the build is recorded and the log compacted; only the
+/// current snapshot file stays on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_keeps_serving_while_a_snapshot_is_built() {
+    let _serial = serial().await;
+    let c = Cluster::start(3, 10).await;
+    let l = c.wait_leader().await;
+    let term = c.node(l).status().term;
+    let gate = c.node(l).hold_snapshot_builds();
+    for i in 0..12 {
+        c.node(l).propose(format!("a{i}").into_bytes()).await.expect("commit");
+    }
+    let g = gate.clone();
+    let reached = tokio::task::spawn_blocking(move || g.wait_reached(LIVENESS_BOUND)).await.expect("join");
+    assert!(reached, "the leader started a build");
+    let parts: Vec<_> = snapshot_files(&c.node_dir(l)).into_iter().filter(|n| n.ends_with(".part")).collect();
+    assert_eq!(parts.len(), 1, "one build in progress: {parts:?}");
+    for i in 0..40 {
+        c.node(l).propose(format!("b{i}").into_bytes()).await.expect("commits while the build is held");
+    }
+    let st = c.node(l).status();
+    assert_eq!((st.role, st.term), (Role::Leader, term), "the leader kept serving: {st:?}");
+    assert_eq!(st.snapshot_index, 1, "nothing compacted before the build finished: {st:?}");
+    gate.release();
+    wait_for("the held build is recorded", || c.node(l).status().snapshot_index >= 11).await;
+    c.wait_converged().await;
+    wait_for("only the current snapshot file is left", || {
+        let files = snapshot_files(&c.node_dir(l));
+        files.len() == 1 && files[0].ends_with(".snap")
+    })
+    .await;
+    assert_eq!(fsm_contents(&c.members[&l].db).len(), 52);
+    c.shutdown().await;
+}
+
+/// Issue 17's test: a follower killed while a snapshot streams to it (a test hook stalls its receive after
+/// two chunks, the node is stopped with the `.part` on disk) restarts, discards the `.part`, and catches
+/// up from a new send: replicas equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_mid_snapshot_transfer_discards_the_part_and_catches_up() {
+    let _serial = serial().await;
+    let mut c = Cluster::start(3, 5).await;
+    let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
+    // 40 entries of 64 KiB: a snapshot of about 2.5 MiB, three chunks.
+    for i in 0..40u8 {
+        c.propose(&vec![b'a' + i % 26; 64 << 10]).await;
+    }
+    assert!(c.node(c.wait_leader().await).status().snapshot_index > 20);
+    c.restart_hooked(f, |n| n.stall_snapshot_receive_after(2)).await;
+    let dir = c.node_dir(f);
+    wait_for("a snapshot transfer in progress", || snapshot_files(&dir).iter().any(|n| n.ends_with(".part")))
+        .await;
+    c.stop(f).await;
+    assert!(snapshot_files(&dir).iter().any(|n| n.ends_with(".part")), "the kill left the .part");
+    c.restart(f, false).await.expect("restart");
+    assert!(
+        !snapshot_files(&dir).iter().any(|n| n.ends_with(".part")),
+        "the .part is discarded at start: {:?}",
+        snapshot_files(&dir)
+    );
+    c.wait_converged().await;
+    let st = c.node(f).status();
+    assert!(st.snapshot_index > 20 && st.last_error.is_none(), "caught up by a new send: {st:?}");
+    let l = c.wait_leader().await;
+    let leader = fsm_contents(&c.members[&l].db);
+    assert_eq!(leader.len(), 40);
+    assert_eq!(fsm_contents(&c.members[&f].db), leader, "replicas equal");
+    c.shutdown().await;
+}
+
+/// The snapshot file the metadata names is verified at start and by `verify_data_dir` like every other
+/// record: damaged or missing, the replica is corrupt ("Rebuild with --join").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_missing_snapshot_file_is_a_corrupt_replica() {
+    let _serial = serial().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("node");
+    let mut cfg = single_config(dir.clone());
+    cfg.snapshot_every = 20;
+    let (node, db) = RaftNode::start(cfg.clone(), LogFsm).await.expect("start");
+    wait_role(&node, Role::Leader).await;
+    for i in 0..50 {
+        node.propose(format!("seq={i:06}").into_bytes()).await.expect("commit");
+    }
+    wait_for("compacted", || node.status().snapshot_index > 20).await;
+    node.shutdown().await;
+    drop(db);
+    let report = verify_data_dir(&dir).expect("pristine store verifies");
+    let name = report.snapshot_file.clone().expect("a snapshot file");
+    assert_eq!(snapshot_files(&dir), vec![name.clone()]);
+    let path = dir.join("snapshots").join(&name);
+    let pristine = std::fs::read(&path).expect("read");
+    let mut bad = pristine.clone();
+    let at = bad.windows(10).position(|w| w == b"seq=000003").expect("marker");
+    bad[at + 9] = b'9';
+    std::fs::write(&path, &bad).expect("damage");
+    assert_corrupt("damaged snapshot file, verify", verify_data_dir(&dir));
+    assert_corrupt("damaged snapshot file, start", RaftNode::start(cfg.clone(), LogFsm).await.map(|_| ()));
+    std::fs::remove_file(&path).expect("remove");
+    assert_corrupt("missing snapshot file, verify", verify_data_dir(&dir));
+    std::fs::write(&path, &pristine).expect("restore");
+    let (node, _db) = RaftNode::start(cfg, LogFsm).await.expect("the intact store starts");
+    wait_role(&node, Role::Leader).await;
+    assert_eq!(node.propose(b"after".to_vec()).await.map(|r| r.len()), Ok(8));
+    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1015,11 +1155,11 @@ impl Fsm for PanicFsm {
         }
         LogFsm.apply(txn, index, cmd)
     }
-    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
-        LogFsm.snapshot(txn)
+    fn write_snapshot(txn: &ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError> {
+        LogFsm::write_snapshot(txn, out)
     }
-    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), FsmError> {
-        LogFsm.restore(txn, data)
+    fn restore(&mut self, txn: &WriteTransaction, snap: &dyn SnapshotSource) -> Result<(), FsmError> {
+        LogFsm.restore(txn, snap)
     }
 }
 
@@ -1191,4 +1331,75 @@ async fn follower_stops_naming_a_silent_leader() {
     node.shutdown().await;
     let _ = stop_server.send(());
     let _ = server.await;
+}
+
+/// Mixed versions: an older leader sends a snapshot the old way (the whole bytes as chunks, as binaries
+/// before snapshot files did; once with the chunk checksums of the previous binary, once without them as
+/// binaries before checksums): a member of this binary rebuilding with `join` writes it to a file and
+/// installs it. Node 2 is played by the test through the real peer service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_streamed_by_an_older_leader_is_installed() {
+    let _serial = serial().await;
+    use master::checksum::crc32c;
+    use proto::peer::SnapshotChunk;
+    use proto::peer::peer_client::PeerClient;
+    for checksummed in [true, false] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let l1 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr1 = l1.local_addr().expect("addr").to_string();
+        let addr2 = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").to_string()
+        };
+        let peers = BTreeMap::from([(1, addr1.clone()), (2, addr2.clone())]);
+        let (node, db) =
+            RaftNode::start(config(1, &peers, tmp.path().into(), 1000, true), LogFsm).await.expect("join");
+        let (stop_server, server) = serve(&node, l1);
+        let mut client = PeerClient::connect(format!("http://{addr1}")).await.expect("connect");
+        // LogFsm's snapshot bytes for entries 2..=7, as the old leader kept them in memory.
+        let want: BTreeMap<u64, Vec<u8>> = (2..=7u64).map(|i| (i, format!("old-{i}").into_bytes())).collect();
+        let mut data = Vec::new();
+        for (k, v) in &want {
+            data.extend_from_slice(&k.to_le_bytes());
+            data.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            data.extend_from_slice(v);
+        }
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+        m.from = 2;
+        m.to = 1;
+        m.term = 5;
+        let meta = m.mut_snapshot().mut_metadata();
+        meta.index = 7;
+        meta.term = 5;
+        meta.mut_conf_state().voters = vec![1, 2];
+        let header = protobuf::Message::write_to_bytes(&m).expect("encode");
+        let (a, b) = data.split_at(data.len() / 2);
+        let crc = |d: &[u8]| if checksummed { crc32c(d) } else { 0 };
+        let chunks = vec![
+            SnapshotChunk {
+                from: 2,
+                from_addr: addr2.clone(),
+                header,
+                total_len: data.len() as u64,
+                data: a.to_vec(),
+                crc32c: crc(a),
+                data_crc32c: crc(&data),
+                checksummed,
+            },
+            SnapshotChunk { data: b.to_vec(), crc32c: crc(b), ..Default::default() },
+        ];
+        client.send_snapshot(tokio_stream::iter(chunks)).await.expect("accepted");
+        wait_for("the old leader's snapshot is installed", || node.status().snapshot_index == 7).await;
+        assert_eq!(fsm_contents(&db), want, "checksummed={checksummed}");
+        let files = snapshot_files(tmp.path());
+        assert!(files.len() == 1 && files[0].ends_with(".snap"), "{files:?}");
+        node.shutdown().await;
+        let _ = stop_server.send(());
+        let _ = server.await;
+        drop(db);
+        // The installed file is the snapshot the restarted member verifies and would send on.
+        let report = verify_data_dir(tmp.path()).expect("verifies");
+        assert_eq!((report.snapshot_index, report.snapshot_bytes), (7, data.len() as u64));
+    }
 }

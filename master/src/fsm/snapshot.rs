@@ -20,10 +20,13 @@
 //! verifies every stored value's checksum (damage is `StoreError::Corrupt`, never copied into a snapshot),
 //! restoring seals every value again.
 
+use std::io::{Read, Write};
+
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::redb_state::Tables;
 use crate::checksum;
+use crate::raft::SnapshotSource;
 use crate::store::{
     self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, COUNTS, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST,
     META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REPAIR_QUEUE, REQUEST_ORDER, REQUESTS, SCOPES,
@@ -34,6 +37,9 @@ pub(super) const MAGIC: &[u8] = b"huatuo-fsm-snapshot-v5\n";
 /// Snapshots before the replicated counts (no tags 17, 18): still restorable (counted once on restore).
 const MAGIC_V4: &[u8] = b"huatuo-fsm-snapshot-v4\n";
 const LAST_TAG_V4: u8 = 16;
+/// [`MAGIC`] for benchmarks that build snapshots by hand.
+#[cfg(test)]
+pub(crate) const MAGIC_FOR_BENCH: &[u8] = MAGIC;
 /// Snapshots before the checker catalog (no tags 15, 16): still restorable.
 const MAGIC_V3: &[u8] = b"huatuo-fsm-snapshot-v3\n";
 const LAST_TAG_V3: u8 = 14;
@@ -49,13 +55,51 @@ const LAST_TAG: u8 = 18;
 /// one entry's events, bounded by the raft layer's command size).
 const MAX_FIELD: usize = 16 << 20;
 
+/// Where snapshot records go: a `Vec` (the in-memory model, tests) or a stream ([`write_to`]: the raft
+/// layer's snapshot file, chunk by chunk).
+pub(super) trait RecordSink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl RecordSink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A stream sink that keeps the first write error (returned by [`StreamSink::finish`]) and ignores the
+/// rest, so the table walk in [`write_to`] reads like the in-memory one.
+struct StreamSink<'a> {
+    out: &'a mut dyn Write,
+    err: Option<std::io::Error>,
+}
+
+impl RecordSink for StreamSink<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.err.is_none()
+            && let Err(e) = self.out.write_all(bytes)
+        {
+            self.err = Some(e);
+        }
+    }
+}
+
+impl StreamSink<'_> {
+    fn finish(self) -> Result<(), StoreError> {
+        match self.err {
+            None => self.out.flush().map_err(|e| StoreError::Storage(format!("writing the snapshot: {e}"))),
+            Some(e) => Err(StoreError::Storage(format!("writing the snapshot: {e}"))),
+        }
+    }
+}
+
 /// Append one record.
-pub(super) fn push_record(out: &mut Vec<u8>, tag: u8, key: &[u8], value: &[u8]) {
-    out.push(tag);
-    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    out.extend_from_slice(key);
-    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-    out.extend_from_slice(value);
+pub(super) fn push_record(out: &mut impl RecordSink, tag: u8, key: &[u8], value: &[u8]) {
+    out.put(&[tag]);
+    out.put(&(key.len() as u32).to_be_bytes());
+    out.put(key);
+    out.put(&(value.len() as u32).to_be_bytes());
+    out.put(value);
 }
 
 /// [`push_record`] for tests that build snapshots by hand.
@@ -94,9 +138,19 @@ macro_rules! open_read {
     };
 }
 
-/// Everything the state machine holds in redb, as snapshot bytes.
+/// Everything the state machine holds in redb, as snapshot bytes in memory (tests, small states; the raft
+/// layer streams with [`write_to`]).
 pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
-    let mut out = MAGIC.to_vec();
+    let mut v = Vec::new();
+    write_to(txn, &mut v)?;
+    Ok(v)
+}
+
+/// Everything the state machine holds in redb, as snapshot bytes written to `w` record by record (memory
+/// bounded by one record, whatever the state's size).
+pub fn write_to(txn: &ReadTransaction, w: &mut dyn Write) -> Result<(), StoreError> {
+    let mut out = StreamSink { out: w, err: None };
+    out.put(MAGIC);
     if let Some(t) = open_read!(txn, META) {
         for row in t.iter()? {
             let (k, v) = row?;
@@ -234,7 +288,7 @@ pub fn write(txn: &ReadTransaction) -> Result<Vec<u8>, StoreError> {
             }
         }
     }
-    Ok(out)
+    out.finish()
 }
 
 fn corrupt(message: &str) -> StoreError {
@@ -283,67 +337,140 @@ pub(super) struct Parsed<'a> {
     pub has_counts: bool,
 }
 
+/// The magic every format starts with (all the same length) -> the highest tag of that format.
+fn format_of(magic: &[u8]) -> Result<u8, StoreError> {
+    match magic {
+        m if m == MAGIC => Ok(LAST_TAG),
+        m if m == MAGIC_V4 => Ok(LAST_TAG_V4),
+        m if m == MAGIC_V3 => Ok(LAST_TAG_V3),
+        m if m == MAGIC_V2 => Ok(LAST_TAG_V2),
+        m if m == MAGIC_V1 => Ok(LAST_TAG_V1),
+        _ => Err(corrupt("bad magic")),
+    }
+}
+
+/// Checks one record of a format whose highest tag is `last_tag`.
+fn check_record(tag: u8, key: &[u8], value: &[u8], last_tag: u8) -> Result<(), StoreError> {
+    if !(1..=last_tag).contains(&tag) {
+        return Err(corrupt("unknown record tag"));
+    }
+    match tag {
+        1 => {
+            utf8(key)?;
+            u64_be(value)?;
+        }
+        2 | 4 | 6 | 8 | 10 | 13 | 15 => {
+            utf8(key)?;
+        }
+        17 => {
+            utf8(key)?;
+            u64_be(value)?;
+        }
+        18 => {
+            utf8(key)?;
+            utf8(value)?;
+        }
+        3 | 16 => {
+            split_history_key(key)?;
+        }
+        12 => {
+            u64_be(key)?;
+            store::split_change_row(value)?;
+        }
+        14 => {
+            u64_be(key)?;
+            utf8(value)?;
+        }
+        _ => {
+            u64_be(key)?;
+        }
+    }
+    Ok(())
+}
+
 /// Check a whole snapshot before anything is replaced.
 pub(super) fn parse(data: &[u8]) -> Result<Parsed<'_>, StoreError> {
-    let (mut rest, last_tag) = if let Some(rest) = data.strip_prefix(MAGIC) {
-        (rest, LAST_TAG)
-    } else if let Some(rest) = data.strip_prefix(MAGIC_V4) {
-        (rest, LAST_TAG_V4)
-    } else if let Some(rest) = data.strip_prefix(MAGIC_V3) {
-        (rest, LAST_TAG_V3)
-    } else if let Some(rest) = data.strip_prefix(MAGIC_V2) {
-        (rest, LAST_TAG_V2)
-    } else {
-        (data.strip_prefix(MAGIC_V1).ok_or_else(|| corrupt("bad magic"))?, LAST_TAG_V1)
-    };
+    let last_tag = format_of(data.get(..MAGIC.len()).ok_or_else(|| corrupt("bad magic"))?)?;
+    let mut rest = &data[MAGIC.len()..];
     let mut records = Vec::new();
     while !rest.is_empty() {
         let tag = split_front(&mut rest, 1)?[0];
         let key = field(&mut rest)?;
         let value = field(&mut rest)?;
-        if !(1..=last_tag).contains(&tag) {
-            return Err(corrupt("unknown record tag"));
-        }
-        match tag {
-            1 => {
-                utf8(key)?;
-                u64_be(value)?;
-            }
-            2 | 4 | 6 | 8 | 10 | 13 | 15 => {
-                utf8(key)?;
-            }
-            17 => {
-                utf8(key)?;
-                u64_be(value)?;
-            }
-            18 => {
-                utf8(key)?;
-                utf8(value)?;
-            }
-            3 | 16 => {
-                split_history_key(key)?;
-            }
-            12 => {
-                u64_be(key)?;
-                store::split_change_row(value)?;
-            }
-            14 => {
-                u64_be(key)?;
-                utf8(value)?;
-            }
-            _ => {
-                u64_be(key)?;
-            }
-        }
+        check_record(tag, key, value, last_tag)?;
         records.push((tag, key, value));
     }
     Ok(Parsed { records, has_change_log: last_tag >= LAST_TAG_V2, has_counts: last_tag >= LAST_TAG })
 }
 
+/// Reads records one at a time from a stream (a snapshot file), reusing its buffers: memory bounded by the
+/// largest record.
+struct RecordReader<'a> {
+    r: Box<dyn Read + 'a>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+fn read_err(e: std::io::Error) -> StoreError {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => corrupt("truncated"),
+        std::io::ErrorKind::InvalidData => corrupt(&e.to_string()),
+        _ => StoreError::Storage(format!("reading the snapshot: {e}")),
+    }
+}
+
+impl<'a> RecordReader<'a> {
+    /// Opens `src` and reads its magic: the reader and the format's highest tag.
+    fn open(src: &'a dyn SnapshotSource) -> Result<(Self, u8), StoreError> {
+        let mut r = src.open().map_err(read_err)?;
+        let mut magic = vec![0u8; MAGIC.len()];
+        r.read_exact(&mut magic).map_err(|_| corrupt("bad magic"))?;
+        let last_tag = format_of(&magic)?;
+        Ok((RecordReader { r, key: Vec::new(), value: Vec::new() }, last_tag))
+    }
+
+    fn field(r: &mut dyn Read, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).map_err(read_err)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FIELD {
+            return Err(corrupt("field too large"));
+        }
+        buf.resize(len, 0);
+        r.read_exact(buf).map_err(read_err)
+    }
+
+    /// The next record's tag (its key and value are in `self.key`/`self.value`), `None` at the end.
+    fn next(&mut self) -> Result<Option<u8>, StoreError> {
+        let mut tag = [0u8; 1];
+        loop {
+            match self.r.read(&mut tag) {
+                Ok(0) => return Ok(None),
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(read_err(e)),
+            }
+        }
+        Self::field(&mut *self.r, &mut self.key)?;
+        Self::field(&mut *self.r, &mut self.value)?;
+        Ok(Some(tag[0]))
+    }
+}
+
 /// Replace the tables with the snapshot's records; returns the snapshot's revision. The whole snapshot is
 /// validated before anything is deleted, so a corrupt snapshot changes nothing.
 pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
-    let parsed = parse(data)?;
+    restore_from(txn, &data)
+}
+
+/// [`restore`] from a stream read twice (check every record, then replace): memory bounded by one record
+/// whatever the snapshot's size.
+pub fn restore_from(txn: &WriteTransaction, src: &dyn SnapshotSource) -> Result<u64, StoreError> {
+    let (mut rd, last_tag) = RecordReader::open(src)?;
+    while let Some(tag) = rd.next()? {
+        check_record(tag, &rd.key, &rd.value, last_tag)?;
+    }
+    let has_change_log = last_tag >= LAST_TAG_V2;
     for def in [OBJECTS, AGENTS, SCOPES, PROPOSAL_OBJ, SETTINGS] {
         txn.delete_table(def)?;
     }
@@ -362,7 +489,9 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
     txn.delete_table(REPAIR_QUEUE)?;
     let mut t = Tables::open(txn)?;
     let mut sealed = Vec::new();
-    for (tag, key, value) in parsed.records {
+    let (mut rd, _) = RecordReader::open(src)?;
+    while let Some(tag) = rd.next()? {
+        let (key, value) = (rd.key.as_slice(), rd.value.as_slice());
         sealed.clear();
         // Snapshot keys are encoded as the seal's key bytes (`store::RowKey`).
         checksum::seal_keyed_into(&mut sealed, key, value);
@@ -429,12 +558,12 @@ pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<u64, StoreError> {
         Some(g) => store::unseal_u64("fsm_counters", META_REVISION, g.value())?,
         None => 0,
     };
-    if !parsed.has_change_log {
+    if !has_change_log {
         // No change log in the snapshot: watches resume from the snapshot's revision on.
         t.meta
             .insert(META_CHANGELOG_FIRST, store::seal_u64(META_CHANGELOG_FIRST, revision + 1).as_slice())?;
     }
-    if !parsed.has_counts {
+    if last_tag < LAST_TAG {
         let objects = t.recount()?;
         tracing::info!(objects, "snapshot older than format v5: counts and ticket queue recounted");
     }

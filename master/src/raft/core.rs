@@ -11,7 +11,8 @@ use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use redb::{Database, ReadableDatabase, WriteTransaction};
 
-use super::storage::{LOG_RECORD_OVERHEAD, RedbStorage, StoreError, guard};
+use super::snapfile::{Descriptor, FileSource, Hold, SnapDir};
+use super::storage::{LOG_RECORD_OVERHEAD, RedbStorage, StoreError, applied_point, guard};
 use super::{DEFAULT_SNAPSHOT_LOG_BYTES, Fsm, FsmError, NodeId, ProposeError, RaftError};
 
 /// Upper bound on proposals waiting for their entry to be applied, per node. Past it new proposals are
@@ -59,6 +60,50 @@ pub struct CoreConfig {
     pub incarnation: u64,
 }
 
+/// A snapshot file the builder finished: the state at `index` (term `term`), held until recorded.
+pub struct Built {
+    pub index: u64,
+    pub term: u64,
+    pub file: Descriptor,
+    pub hold: Hold,
+}
+
+/// What the builder reports back to the loop.
+pub type BuildOutcome = Result<Built, StoreError>;
+
+/// Where snapshots are built. `Inline` (the simulation, tests): on the calling thread, recorded at once.
+/// `Thread`: on a background thread, reported through the callback (the node's mailbox); the loop goes on.
+pub enum BuildMode {
+    Inline,
+    Thread(Arc<dyn Fn(BuildOutcome) + Send + Sync>),
+}
+
+/// Writes the Fsm's snapshot from one read transaction into a new file: the applied index and term come
+/// from the same commit as the tables, so the file is exactly the state at that index. Memory: one chunk.
+pub fn build_snapshot<F: Fsm>(db: &Database, dir: &Arc<SnapDir>) -> BuildOutcome {
+    let txn = db.begin_read()?;
+    let (index, term) = applied_point(&txn)?;
+    let mut w = dir.create(index, term)?;
+    if let Some(gate) = dir.gate() {
+        gate.pass(dir.cancelled());
+    }
+    F::write_snapshot(&txn, &mut w).map_err(fsm_store_err)?;
+    drop(txn);
+    let (file, hold) = w.finish()?;
+    Ok(Built { index, term, file, hold })
+}
+
+/// The empty state machine's snapshot at (1, 1) for a fixed cluster's bootstrap, written to a file.
+pub fn bootstrap_snapshot<F: Fsm>(
+    db: &Database,
+    dir: &Arc<SnapDir>,
+) -> Result<(Descriptor, Hold), StoreError> {
+    let txn = db.begin_read()?;
+    let mut w = dir.create(1, 1)?;
+    F::write_snapshot(&txn, &mut w).map_err(fsm_store_err)?;
+    Ok(w.finish()?)
+}
+
 pub struct Core<F: Fsm> {
     pub(crate) raw: RawNode<RedbStorage>,
     fsm: F,
@@ -81,6 +126,14 @@ pub struct Core<F: Fsm> {
     extra_out: Vec<Message>,
     /// Compact once the applied log since the last snapshot takes this many bytes (0 = only by count).
     snapshot_log_bytes: u64,
+    build_mode: BuildMode,
+    /// The builder thread while a build runs (at most one at a time).
+    building: Option<std::thread::JoinHandle<()>>,
+    /// Received snapshot files stepped into raft this turn: kept until the next Ready installed (or
+    /// ignored) them.
+    stepped_files: Vec<Hold>,
+    /// The builder was refused (file limit, I/O): warn once until a build succeeds.
+    build_warned: bool,
 }
 
 fn ctx_bytes(id: NodeId, incarnation: u64, token: u64) -> Vec<u8> {
@@ -136,7 +189,34 @@ impl<F: Fsm> Core<F> {
             fatal: None,
             extra_out: Vec::new(),
             snapshot_log_bytes: DEFAULT_SNAPSHOT_LOG_BYTES,
+            build_mode: BuildMode::Inline,
+            building: None,
+            stepped_files: Vec::new(),
+            build_warned: false,
         })
+    }
+
+    /// Builds snapshots on a background thread reporting through `done` (see [`BuildMode`]).
+    pub fn with_build_thread(mut self, done: Arc<dyn Fn(BuildOutcome) + Send + Sync>) -> Self {
+        self.build_mode = BuildMode::Thread(done);
+        self
+    }
+
+    /// Steps a MsgSnapshot whose data names a file the transport received into our snapshot directory;
+    /// the file is kept until the next Ready installed it (or raft ignored it).
+    pub fn step_snapshot(&mut self, m: Message, file: Hold) {
+        self.stepped_files.push(file);
+        self.step(m);
+    }
+
+    /// Stops a build in progress and waits for its thread (it gives up at its next chunk).
+    pub fn stop_builder(&mut self) {
+        if let Some(h) = self.building.take() {
+            self.storage().snap_dir().cancel();
+            if h.join().is_err() {
+                tracing::error!(node = self.cfg.id, "snapshot builder panicked");
+            }
+        }
     }
 
     /// Sets the byte limit of the applied log (see `StorageLimits::snapshot_log_bytes`; 0 = off).
@@ -445,6 +525,8 @@ impl<F: Fsm> Core<F> {
             send(m);
         }
         if !self.raw.has_ready() {
+            // Nothing pending: a snapshot stepped this turn was not taken.
+            self.stepped_files.clear();
             self.after_ready();
             return Ok(());
         }
@@ -458,9 +540,13 @@ impl<F: Fsm> Core<F> {
         let res = guard("the Ready's write transaction", || {
             let txn = self.db.begin_write()?;
             if !rd.snapshot().is_empty() {
-                let snap = rd.snapshot().clone();
-                self.raw.mut_store().apply_snapshot(&txn, &snap)?;
-                self.fsm.restore(&txn, snap.get_data()).map_err(fsm_store_err)?;
+                let snap = rd.snapshot();
+                let file = Descriptor::decode(snap.get_data())?;
+                let dir = self.raw.store().snap_dir().clone();
+                self.fsm
+                    .restore(&txn, &FileSource { dir: &dir, desc: file.clone() })
+                    .map_err(fsm_store_err)?;
+                self.raw.mut_store().apply_snapshot(&txn, snap.get_metadata(), &file)?;
             }
             let committed = rd.take_committed_entries();
             self.apply_entries(&txn, committed, &mut done)?;
@@ -482,6 +568,8 @@ impl<F: Fsm> Core<F> {
             return Err(self.fail_batch(&e, done));
         }
         self.raw.mut_store().commit_staged();
+        // A received file is current now, or was not taken: either way our claim ends.
+        self.stepped_files.clear();
         if !rd.snapshot().is_empty() {
             let idx = rd.snapshot().get_metadata().index;
             // Proposals at or below the snapshot index: their outcome is folded into the snapshot; we can
@@ -653,41 +741,115 @@ impl<F: Fsm> Core<F> {
     }
 
     /// Every `snapshot_every` applied entries, or once the applied log takes `snapshot_log_bytes`
-    /// (whichever comes first): snapshot the Fsm and compact the log up to `applied`.
+    /// (whichever comes first): start a snapshot build (at most one at a time). Inline, it is recorded at
+    /// once; on a thread, [`Core::finish_snapshot`] records it when the builder reports. Either way the log
+    /// is compacted up to the index the snapshot stands for.
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
         let applied = self.applied();
         let snap_index = self.raw.store().snapshot_index();
         let by_count = self.cfg.snapshot_every != 0 && applied >= snap_index + self.cfg.snapshot_every;
         let by_bytes =
             self.snapshot_log_bytes != 0 && self.raw.store().applied_log_bytes() >= self.snapshot_log_bytes;
-        if applied <= snap_index || !(by_count || by_bytes) {
+        if applied <= snap_index || !(by_count || by_bytes) || self.building.is_some() {
             return Ok(());
         }
-        guard("compaction", || self.compact_at(applied))
+        let db = self.db.clone();
+        let dir = self.raw.store().snap_dir().clone();
+        match &self.build_mode {
+            BuildMode::Inline => {
+                let r = guard("snapshot build", || build_snapshot::<F>(&db, &dir));
+                self.record_snapshot(r)
+            }
+            BuildMode::Thread(done) => {
+                let done = done.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("snap-{}", self.cfg.id))
+                    .spawn(move || done(guard("snapshot build", || build_snapshot::<F>(&db, &dir))));
+                match spawned {
+                    Ok(h) => {
+                        self.building = Some(h);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = self.cfg.id, error = %e, "cannot start the snapshot builder");
+                        Ok(())
+                    }
+                }
+            }
+        }
     }
 
-    fn compact_at(&mut self, applied: u64) -> Result<(), StoreError> {
-        let term = self
-            .raw
-            .raft
-            .raft_log
-            .term(applied)
-            .map_err(|e| StoreError::Invariant(format!("term of applied index {applied}: {e}")))?;
-        let data = {
-            let r = self.db.begin_read()?;
-            self.fsm.snapshot(&r).map_err(fsm_store_err)?
+    /// The builder thread reported: record its snapshot and compact (or stop on damage). Returns the
+    /// node's fatal error if it stopped.
+    pub fn finish_snapshot(&mut self, r: BuildOutcome) -> Result<(), RaftError> {
+        if let Some(h) = self.building.take() {
+            // The thread has sent its outcome: it is finishing now.
+            if h.join().is_err() {
+                tracing::error!(node = self.cfg.id, "snapshot builder panicked");
+            }
+        }
+        if self.fatal.is_some() {
+            return self.check_damage();
+        }
+        if let Err(e) = self.record_snapshot(r) {
+            return Err(self.set_fatal(&e));
+        }
+        Ok(())
+    }
+
+    /// Records a built snapshot and compacts the log up to it in one transaction. A build that failed
+    /// without damage (file limit, I/O) is skipped: the next Ready tries again.
+    fn record_snapshot(&mut self, r: BuildOutcome) -> Result<(), StoreError> {
+        let b = match r {
+            Ok(b) => b,
+            Err(e @ StoreError::Damaged(_)) => return Err(e),
+            Err(e) => {
+                if !self.build_warned {
+                    tracing::warn!(node = self.cfg.id, error = %e, "snapshot build failed; retrying later");
+                    self.build_warned = true;
+                }
+                return Ok(());
+            }
         };
-        let txn = self.db.begin_write()?;
-        self.raw.mut_store().compact_with_snapshot(&txn, applied, term, &data)?;
-        match txn.commit() {
+        self.build_warned = false;
+        if b.index <= self.raw.store().snapshot_index() {
+            // A snapshot from the leader superseded it meanwhile; the hold's drop deletes the file.
+            return Ok(());
+        }
+        let res = guard("compaction", || {
+            let txn = self.db.begin_write()?;
+            self.raw.mut_store().compact_with_snapshot(&txn, b.index, b.term, &b.file)?;
+            txn.commit()?;
+            Ok(())
+        });
+        match res {
             Ok(()) => {
                 self.raw.mut_store().commit_staged();
+                tracing::debug!(
+                    node = self.cfg.id,
+                    index = b.index,
+                    bytes = b.file.size,
+                    "snapshot recorded"
+                );
+                // The file is current now: letting go of the build's claim keeps it.
+                drop(b.hold);
                 Ok(())
             }
             Err(e) => {
                 self.raw.mut_store().abort_staged();
-                Err(e.into())
+                Err(e)
             }
+        }
+    }
+}
+
+impl<F: Fsm> Drop for Core<F> {
+    /// Cancels a build still running (it stops at its next chunk) without waiting for it: during a panic's
+    /// unwinding the mailbox its outcome goes to may still be open and full. The normal shutdown waits
+    /// (`stop_builder`, after closing the mailbox).
+    fn drop(&mut self) {
+        if self.building.take().is_some() {
+            self.storage().snap_dir().cancel();
         }
     }
 }
@@ -702,29 +864,26 @@ fn fsm_store_err(e: FsmError) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::storage::Found;
 
     struct NopFsm;
     impl Fsm for NopFsm {
         fn apply(&mut self, _: &WriteTransaction, index: u64, _: &[u8]) -> Result<Vec<u8>, FsmError> {
             Ok(index.to_le_bytes().to_vec())
         }
-        fn snapshot(&self, _: &redb::ReadTransaction) -> Result<Vec<u8>, FsmError> {
-            Ok(Vec::new())
+        fn write_snapshot(_: &redb::ReadTransaction, _: &mut dyn std::io::Write) -> Result<(), FsmError> {
+            Ok(())
         }
-        fn restore(&mut self, _: &WriteTransaction, _: &[u8]) -> Result<(), FsmError> {
+        fn restore(
+            &mut self,
+            _: &WriteTransaction,
+            _: &dyn crate::raft::SnapshotSource,
+        ) -> Result<(), FsmError> {
             Ok(())
         }
     }
 
     fn follower(dir: &std::path::Path, election_ticks: usize) -> Core<NopFsm> {
-        let db = Arc::new(Database::create(dir.join("raft.redb")).expect("open"));
-        let (mut st, found) = RedbStorage::open(db.clone()).expect("storage");
-        assert_eq!(found, Found::Empty);
-        let txn = db.begin_write().expect("w");
-        st.bootstrap(&txn, 1, &[1, 2, 3], &[]).expect("bootstrap");
-        txn.commit().expect("commit");
-        st.commit_staged();
+        let (_db, st) = crate::raft::sim::open_store::<NopFsm>(dir, 1, &[1, 2, 3]);
         let cfg = CoreConfig {
             id: 1,
             election_ticks,
@@ -813,12 +972,7 @@ mod tests {
     #[test]
     fn large_entries_compact_by_bytes_before_the_entry_count() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let db = Arc::new(Database::create(tmp.path().join("raft.redb")).expect("open"));
-        let (mut st, _) = RedbStorage::open(db.clone()).expect("storage");
-        let txn = db.begin_write().expect("w");
-        st.bootstrap(&txn, 1, &[1], &[]).expect("bootstrap");
-        txn.commit().expect("commit");
-        st.commit_staged();
+        let (db, st) = crate::raft::sim::open_store::<NopFsm>(tmp.path(), 1, &[1]);
         let cfg = CoreConfig {
             id: 1,
             election_ticks: 10,
@@ -856,5 +1010,68 @@ mod tests {
         let rows = redb::ReadableTableMetadata::len(&r.open_table(super::super::storage::LOG).expect("log"))
             .expect("len");
         assert!(rows <= 4, "{rows} log records of 300 KiB kept with a 1 MiB limit");
+    }
+
+    /// The builder's path without a thread: a snapshot built at index X while the loop went on applying
+    /// is recorded after the fact. The log is compacted to X (not to the applied index), the records
+    /// applied after X stay and still count towards the byte limit, the superseded file is deleted and the
+    /// new one is current.
+    #[test]
+    fn a_build_finished_behind_the_applied_index_compacts_up_to_its_own_index() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (db, st) = crate::raft::sim::open_store::<NopFsm>(tmp.path(), 1, &[1]);
+        let cfg = CoreConfig {
+            id: 1,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 0,
+            max_election_ticks: 11,
+            incarnation: 1,
+        };
+        let mut c = Core::new(cfg, st, NopFsm, &slog::Logger::root(slog::Discard, slog::o!()))
+            .expect("core")
+            .with_snapshot_log_bytes(0);
+        let ready = |c: &mut Core<NopFsm>| {
+            while c.has_ready() {
+                c.on_ready(&mut |_| {}).expect("ready");
+            }
+        };
+        for _ in 0..12 {
+            c.tick();
+            ready(&mut c);
+        }
+        assert_eq!(c.role(), StateRole::Leader);
+        for t in 0..5u64 {
+            c.propose(t, vec![1u8; 100]).expect("propose");
+            ready(&mut c);
+        }
+        let dir = c.storage().snap_dir().clone();
+        let old = c.storage().snapshot_file().expect("bootstrap file").name.clone();
+        let built = build_snapshot::<NopFsm>(&db, &dir).expect("build");
+        let at = built.index;
+        assert_eq!(at, c.applied());
+        for t in 5..8u64 {
+            c.propose(t, vec![2u8; 100]).expect("propose");
+            ready(&mut c);
+        }
+        let applied = c.applied();
+        assert_eq!(applied, at + 3);
+        let name = built.file.name.clone();
+        c.finish_snapshot(Ok(built)).expect("recorded");
+        assert_eq!(c.storage().snapshot_index(), at, "compacted to the build's index");
+        assert_eq!(raft::Storage::first_index(c.storage()).expect("first"), at + 1);
+        let kept = c.storage().applied_log_bytes();
+        let per = LOG_RECORD_OVERHEAD + 100;
+        assert!(kept >= 3 * per, "the 3 records applied during the build still count: {kept}");
+        let files = dir.files().expect("ls");
+        assert_eq!(files, vec![name], "the superseded file {old} is gone");
+        // A build overtaken by a newer snapshot is dropped, its file with it.
+        let stale = build_snapshot::<NopFsm>(&db, &dir).expect("build");
+        let stale_name = stale.file.name.clone();
+        let mut older = stale;
+        older.index = at;
+        c.finish_snapshot(Ok(older)).expect("ignored");
+        assert_eq!(c.storage().snapshot_index(), at);
+        assert!(!dir.files().expect("ls").contains(&stale_name), "its file was deleted");
     }
 }

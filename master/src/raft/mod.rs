@@ -13,12 +13,16 @@ mod core;
 pub mod fsync_stats;
 mod logger;
 mod node;
+pub mod snapfile;
 mod storage;
 mod transport;
+pub use snapfile::SnapshotSource;
 pub use transport::set_peer_tls;
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod snapbench;
 
 pub use self::core::{MAX_COMMAND_BYTES, MAX_INFLIGHT_PROPOSALS, MAX_INFLIGHT_READS};
 pub use self::node::{PROPOSE_TIMEOUT, RaftNode, START_PROBE_WINDOW, VerifyReport, verify_data_dir};
@@ -58,15 +62,31 @@ macro_rules! fsm_from_redb {
 }
 fsm_from_redb!(redb::Error, redb::StorageError, redb::TableError, redb::TransactionError, redb::CommitError);
 
+impl From<std::io::Error> for FsmError {
+    /// Reading a snapshot: bytes failing their checksum are damage, anything else a storage failure.
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            FsmError::Corrupt(e.to_string())
+        } else {
+            FsmError::Storage(e.to_string())
+        }
+    }
+}
+
 /// The replicated state machine. Called only from the Raft loop thread, in log order.
 pub trait Fsm: Send + 'static {
     /// Apply one committed normal entry inside the same redb write transaction that records applied_index
     /// (so state and applied index never diverge). Must be deterministic: the command carries any time it
     /// needs. Returns the response bytes handed to the proposer's waiter (if this node proposed it).
     fn apply(&mut self, txn: &redb::WriteTransaction, index: u64, cmd: &[u8]) -> Result<Vec<u8>, FsmError>;
-    /// Serialise the whole state machine (for a Raft snapshot) from a read transaction. Must work on a
-    /// database where the Fsm's tables do not exist yet (the bootstrap snapshot of an empty cluster).
-    fn snapshot(&self, txn: &redb::ReadTransaction) -> Result<Vec<u8>, FsmError>;
+    /// Write the whole state machine (a Raft snapshot) from a read transaction into `out`, as a stream
+    /// (never the whole state in memory). Runs on the snapshot builder thread while the loop goes on
+    /// applying entries, hence no `self`: everything comes from `txn` (one consistent commit, the applied
+    /// index included). Must work on a database where the Fsm's tables do not exist yet (the bootstrap
+    /// snapshot of an empty cluster). An error from `out` must be returned.
+    fn write_snapshot(txn: &redb::ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError>
+    where
+        Self: Sized;
     /// Called once at start, after the raft storage was opened and verified and before anything is applied
     /// or served: the place to upgrade and verify the Fsm's own tables. `damage` is the node's damage flag:
     /// whoever raises it (e.g. a read of the Fsm's tables that found a bad checksum) stops the node as a
@@ -79,7 +99,9 @@ pub trait Fsm: Send + 'static {
         Ok(())
     }
     /// Replace the whole state machine with a snapshot's content, inside the given write transaction.
-    fn restore(&mut self, txn: &redb::WriteTransaction, data: &[u8]) -> Result<(), FsmError>;
+    /// `snap` can be opened more than once (check everything, then replace); its bytes are what
+    /// `write_snapshot` wrote, read from a file chunk by chunk (damaged bytes read as `InvalidData`).
+    fn restore(&mut self, txn: &redb::WriteTransaction, snap: &dyn SnapshotSource) -> Result<(), FsmError>;
     /// Called after each write transaction that applied entries has been committed (fsync'd): the place to
     /// notify watchers of changes buffered during apply(). Default: nothing.
     fn after_commit(&mut self) {}

@@ -19,7 +19,8 @@ use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use super::alarms::{self, DISK_CHECK_INTERVAL};
-use super::core::{Completion, Core, CoreConfig, MAX_COMMAND_BYTES};
+use super::core::{BuildOutcome, Completion, Core, CoreConfig, MAX_COMMAND_BYTES, bootstrap_snapshot};
+use super::snapfile::{Gate, Hold, SnapDir};
 use super::storage::{Found, RedbStorage, StoreError, panic_text};
 use super::transport::{self, PeerService, Transport};
 use super::{Fsm, NodeId, ProposeError, RaftConfig, RaftError, RaftStatus, Role, StorageLimits};
@@ -43,9 +44,18 @@ type ReadTx = oneshot::Sender<Result<(), ProposeError>>;
 
 /// Inputs of the raft loop.
 pub(crate) enum LoopInput {
-    Propose { cmd: Vec<u8>, tx: ProposeTx },
-    Read { tx: ReadTx },
+    Propose {
+        cmd: Vec<u8>,
+        tx: ProposeTx,
+    },
+    Read {
+        tx: ReadTx,
+    },
     Step(Vec<Message>),
+    /// A MsgSnapshot whose data names a file the peer service received (held until its Ready).
+    StepSnapshot(Message, Hold),
+    /// The snapshot builder thread finished (or failed).
+    SnapshotBuilt(BuildOutcome),
     Unreachable(NodeId),
     SnapshotStatus(NodeId, bool),
     Shutdown,
@@ -68,6 +78,11 @@ pub(crate) struct NodeShared {
     app_version: AtomicU32,
     /// Fault injection (tests): snapshot streams still to damage in transit ([`RaftNode::damage_snapshot_sends`]).
     pub(crate) corrupt_snapshot_sends: AtomicU32,
+    /// Test hook: a snapshot stream being received stops after this many chunks and stays stalled (its
+    /// `.part` on disk) until the node stops, as a follower killed mid-transfer (0 = off).
+    pub(crate) stall_snapshot_receive_after: AtomicU32,
+    /// This node's snapshot files (the transport streams from and receives into it).
+    pub(crate) snaps: Arc<SnapDir>,
     /// The NOSPACE alarm as (free bytes, floor) while raised (written by the loop's disk check).
     nospace: Mutex<Option<(u64, u64)>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -249,6 +264,10 @@ pub struct VerifyReport {
     pub log_entries: u64,
     pub log_bytes: u64,
     pub snapshot_bytes: u64,
+    /// The latest snapshot's file under `snapshots/` (verified whole: every chunk, size and CRC).
+    pub snapshot_file: Option<String>,
+    /// The snapshot was kept in the database by an older binary and was moved into a file by this check.
+    pub snapshot_migrated: bool,
     /// The store predates checksums and was sealed in place by this check.
     pub upgraded: bool,
     /// Records of the state machine's tables whose checksums this check verified, and their bytes.
@@ -270,7 +289,8 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
     let file_bytes =
         std::fs::metadata(&path).map_err(|e| RaftError::Storage(format!("{}: {e}", path.display())))?.len();
     let db = Arc::new(open_verified(&path)?);
-    let (st, found) = RedbStorage::open(db.clone()).map_err(storage_err)?;
+    let snaps = SnapDir::open(dir).map_err(|e| storage_err(e.into()))?;
+    let (st, found) = RedbStorage::open(db.clone(), snaps).map_err(storage_err)?;
     let scan = st.scan_report().clone();
     let fsm = crate::store::open_store(&db).map_err(|e| match e {
         crate::store::StoreError::Corrupt { .. } => RaftError::Corrupt(e.to_string()),
@@ -290,6 +310,8 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
         log_entries: scan.log_entries,
         log_bytes: scan.log_bytes,
         snapshot_bytes: scan.snapshot_bytes,
+        snapshot_file: st.snapshot_file().map(|d| d.name.clone()),
+        snapshot_migrated: scan.snapshot_migrated,
         upgraded: scan.upgraded,
         fsm_records: fsm.records,
         fsm_bytes: fsm.bytes,
@@ -368,12 +390,9 @@ struct Launch<F: Fsm> {
 impl<F: Fsm> Launch<F> {
     fn bootstrap(&mut self, voters: &[NodeId]) -> Result<(), RaftError> {
         let db = self.storage.db().clone();
-        let data = {
-            let r = redb::ReadableDatabase::begin_read(&*db).map_err(|e| storage_err(e.into()))?;
-            self.fsm.snapshot(&r).map_err(fsm_err)?
-        };
+        let (file, _hold) = bootstrap_snapshot::<F>(&db, self.storage.snap_dir()).map_err(storage_err)?;
         let txn = db.begin_write().map_err(|e| storage_err(e.into()))?;
-        self.storage.bootstrap(&txn, self.shared.id, voters, &data).map_err(storage_err)?;
+        self.storage.bootstrap(&txn, self.shared.id, voters, &file).map_err(storage_err)?;
         txn.commit().map_err(|e| storage_err(e.into()))?;
         self.storage.commit_staged();
         tracing::info!(node = self.shared.id, ?voters, "raft storage bootstrapped");
@@ -385,8 +404,16 @@ impl<F: Fsm> Launch<F> {
         let Launch { shared, storage, fsm, rx, core_cfg, tick, rt, limits, data_dir } = self;
         let id = shared.id;
         let damage = storage.damage_flag();
+        let mailbox = shared.mailbox.clone();
         let core = Core::new(core_cfg, storage, fsm, &super::logger::logger(id))?
-            .with_snapshot_log_bytes(limits.snapshot_log_bytes);
+            .with_snapshot_log_bytes(limits.snapshot_log_bytes)
+            .with_build_thread(Arc::new(move |r| {
+                // From the builder thread (not a runtime thread). A stopped loop has closed the mailbox:
+                // the outcome is dropped and its file with it.
+                if mailbox.blocking_send(LoopInput::SnapshotBuilt(r)).is_err() {
+                    tracing::debug!(node = id, "snapshot built after the loop stopped: discarded");
+                }
+            }));
         let transport = Transport::start(&rt, &shared)?;
         let disk = DiskWatch { dir: data_dir, floor: limits.min_free_bytes, next: Instant::now() };
         shared.initialized.store(true, Ordering::Release);
@@ -443,7 +470,8 @@ impl RaftNode {
     ) -> Result<(RaftNode, Arc<Database>), RaftError> {
         let voters = validate(&cfg)?;
         let db = open_db(&cfg.data_dir)?;
-        let (mut storage, found) = RedbStorage::open(db.clone()).map_err(storage_err)?;
+        let snaps = SnapDir::open(&cfg.data_dir).map_err(|e| storage_err(e.into()))?;
+        let (mut storage, found) = RedbStorage::open(db.clone(), snaps.clone()).map_err(storage_err)?;
         fsm.open(&db, &storage.damage_flag()).map_err(fsm_err)?;
         let mut needs_probe = false;
         match found {
@@ -501,6 +529,8 @@ impl RaftNode {
             initialized: AtomicBool::new(false),
             app_version: AtomicU32::new(0),
             corrupt_snapshot_sends: AtomicU32::new(0),
+            stall_snapshot_receive_after: AtomicU32::new(0),
+            snaps,
             nospace: Mutex::new(None),
             thread: Mutex::new(None),
             probe_task: Mutex::new(None),
@@ -627,6 +657,23 @@ impl RaftNode {
     /// as a damaged network path would. The receiver must refuse each and the snapshot be sent again.
     pub fn damage_snapshot_sends(&self, streams: u32) {
         self.shared.corrupt_snapshot_sends.store(streams, Ordering::Relaxed);
+    }
+
+    /// Test hook: the snapshot builds of this node wait at the returned gate (after taking their read
+    /// transaction and creating their file) until it is released: the loop must go on meanwhile.
+    pub fn hold_snapshot_builds(&self) -> Arc<Gate> {
+        self.shared.snaps.hold_builds()
+    }
+
+    /// Test hook: the next snapshot stream this node receives stops after `chunks` chunks and stays stalled,
+    /// its `.part` on disk, until the node stops (a follower killed mid-transfer).
+    pub fn stall_snapshot_receive_after(&self, chunks: u32) {
+        self.shared.stall_snapshot_receive_after.store(chunks, Ordering::Relaxed);
+    }
+
+    /// The directory holding this node's snapshot files.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.shared.snaps.path().to_path_buf()
     }
 
     /// This node's NOSPACE alarm as (free bytes, floor) while raised.
@@ -787,6 +834,9 @@ fn run_loop<F: Fsm>(
         }
     });
     d.transport.shutdown_now();
+    // Close the mailbox first: a builder still running then finds it closed instead of waiting for room.
+    drop(rx);
+    d.core.stop_builder();
     res
 }
 
@@ -826,6 +876,16 @@ impl<F: Fsm> Driver<F> {
                         }
                     }
                     self.core.step(m);
+                }
+            }
+            LoopInput::StepSnapshot(m, file) => {
+                lock(&self.shared.seen).insert(m.from);
+                self.core.step_snapshot(m, file);
+            }
+            LoopInput::SnapshotBuilt(r) => {
+                // A fatal outcome (damage) stops the node at this turn's `ready` (check_damage).
+                if let Err(e) = self.core.finish_snapshot(r) {
+                    tracing::error!(node = self.shared.id, error = %e, "recording the snapshot failed");
                 }
             }
             LoopInput::Unreachable(id) => self.core.report_unreachable(id),

@@ -22,7 +22,8 @@ use redb::{
     WriteTransaction,
 };
 
-use super::core::{Completion, Core, CoreConfig};
+use super::core::{Completion, Core, CoreConfig, bootstrap_snapshot};
+use super::snapfile::{Hold, SnapDir, SnapshotSource};
 
 mod master;
 use super::storage::{Found, RedbStorage};
@@ -69,23 +70,23 @@ impl Fsm for ChainFsm {
         Ok(out)
     }
 
-    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
+    fn write_snapshot(txn: &ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError> {
         let (i, h) = head_of(txn);
-        let mut out = Vec::new();
-        out.extend_from_slice(&i.to_le_bytes());
-        out.extend_from_slice(&h.to_le_bytes());
+        out.write_all(&i.to_le_bytes())?;
+        out.write_all(&h.to_le_bytes())?;
         if let Ok(t) = txn.open_table(CHAIN) {
             for item in t.iter()? {
                 let (k, v) = item?;
-                out.extend_from_slice(&k.value().to_le_bytes());
-                out.extend_from_slice(&(v.value().len() as u64).to_le_bytes());
-                out.extend_from_slice(v.value());
+                out.write_all(&k.value().to_le_bytes())?;
+                out.write_all(&(v.value().len() as u64).to_le_bytes())?;
+                out.write_all(v.value())?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), FsmError> {
+    fn restore(&mut self, txn: &WriteTransaction, snap: &dyn SnapshotSource) -> Result<(), FsmError> {
+        let data = &snap.read_all()?[..];
         let rd = |d: &[u8], at: usize| -> Result<u64, FsmError> {
             d.get(at..at + 8)
                 .and_then(|b| b.try_into().ok())
@@ -146,16 +147,45 @@ struct Sim {
     _tmp: tempfile::TempDir,
 }
 
-fn open_core(id: NodeId, dir: &Path, voters: &[NodeId], snapshot_every: u64) -> Core<ChainFsm> {
+/// Opens the raft storage of a data dir (redb file and snapshot directory), bootstrapping an empty one
+/// with `F`'s empty snapshot.
+pub(crate) fn open_store<F: Fsm>(dir: &Path, id: NodeId, voters: &[NodeId]) -> (Arc<Database>, RedbStorage) {
     let db = Arc::new(Database::create(dir.join("raft.redb")).expect("open redb"));
-    let (mut st, found) = RedbStorage::open(db.clone()).expect("open storage");
+    let snaps = SnapDir::open(dir).expect("snapshot dir");
+    let (mut st, found) = RedbStorage::open(db.clone(), snaps).expect("open storage");
     if found == Found::Empty {
-        let data = ChainFsm.snapshot(&db.begin_read().expect("read")).expect("snapshot");
+        let (file, _hold) = bootstrap_snapshot::<F>(&db, st.snap_dir()).expect("snapshot");
         let txn = db.begin_write().expect("write");
-        st.bootstrap(&txn, id, voters, &data).expect("bootstrap");
+        st.bootstrap(&txn, id, voters, &file).expect("bootstrap");
         txn.commit().expect("commit");
         st.commit_staged();
     }
+    (db, st)
+}
+
+/// What the transport does with a MsgSnapshot: streams the file its descriptor names from the sender's
+/// snapshot directory into a new file of the receiver's, and points the message at that copy. `None` when
+/// the sender's file is gone (superseded): the send failed.
+pub(crate) fn carry_snapshot(
+    from: &Arc<SnapDir>,
+    to: &Arc<SnapDir>,
+    mut m: Message,
+) -> Option<(Message, Hold)> {
+    let desc = super::snapfile::Descriptor::decode(m.get_snapshot().get_data()).expect("descriptor");
+    let _held = from.hold(&desc.name)?;
+    let mut r = from.reader(&desc).expect("sender's file verifies");
+    let meta = m.get_snapshot().get_metadata();
+    let mut w = to.create(meta.index, meta.term).ok()?;
+    while let Some((chunk, _)) = r.next_chunk().expect("chunk") {
+        std::io::Write::write_all(&mut w, chunk).expect("write");
+    }
+    let (copy, hold) = w.finish().expect("finish");
+    m.mut_snapshot().set_data(copy.encode().into());
+    Some((m, hold))
+}
+
+fn open_core(id: NodeId, dir: &Path, voters: &[NodeId], snapshot_every: u64) -> Core<ChainFsm> {
+    let (_db, st) = open_store::<ChainFsm>(dir, id, voters);
     let cfg = CoreConfig {
         id,
         election_ticks: 10,
@@ -300,9 +330,26 @@ impl Sim {
         let (from, to) = (m.from, m.to);
         let snap = m.get_msg_type() == MessageType::MsgSnapshot;
         let mut delivered = false;
+        let dir_of = |nodes: &[SimNode], id: NodeId| {
+            nodes
+                .iter()
+                .find(|n| n.id == id)
+                .and_then(|n| n.core.as_ref())
+                .map(|c| c.storage().snap_dir().clone())
+        };
+        let (src, dst) = (dir_of(&self.nodes, from), dir_of(&self.nodes, to));
         if !lost && let Some(c) = self.nodes.iter_mut().find(|n| n.id == to).and_then(|n| n.core.as_mut()) {
-            c.step(m);
-            delivered = true;
+            if snap {
+                if let (Some(src), Some(dst)) = (src, dst)
+                    && let Some((m, hold)) = carry_snapshot(&src, &dst, m)
+                {
+                    c.step_snapshot(m, hold);
+                    delivered = true;
+                }
+            } else {
+                c.step(m);
+                delivered = true;
+            }
         }
         if snap && let Some(c) = self.nodes.iter_mut().find(|n| n.id == from).and_then(|n| n.core.as_mut()) {
             c.report_snapshot(to, delivered);
@@ -707,7 +754,8 @@ fn corrupt_storage_is_an_error_not_a_panic() {
     });
     {
         let db = Arc::new(Database::create(&path).expect("open"));
-        let e = RedbStorage::open(db).err().expect("a damaged log entry is refused at open");
+        let snaps = SnapDir::open(tmp.path()).expect("dir");
+        let e = RedbStorage::open(db, snaps).err().expect("a damaged log entry is refused at open");
         assert!(e.to_string().contains("raft_log[2]"), "{e}");
     }
     // Garbage hard state: open refuses.
@@ -715,5 +763,5 @@ fn corrupt_storage_is_an_error_not_a_panic() {
         w.open_table(META).expect("meta").insert("hard_state", [0xffu8; 7].as_slice()).expect("insert");
     });
     let db = Arc::new(Database::create(&path).expect("open"));
-    assert!(RedbStorage::open(db).is_err());
+    assert!(RedbStorage::open(db, SnapDir::open(tmp.path()).expect("dir")).is_err());
 }

@@ -23,6 +23,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::NodeId;
+use super::snapfile::{Descriptor, SnapDir, SnapError};
 use crate::checksum;
 
 /// `index -> sealed(term (8 bytes LE) ++ eraftpb::Entry (protobuf 2))`. The term prefix lets `term()` avoid
@@ -30,7 +31,8 @@ use crate::checksum;
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Small named facts, each value sealed; see the `K_*` keys.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-/// `"data" -> sealed bytes of the latest snapshot` (what `Fsm::snapshot` produced, or what a leader sent).
+/// `"data" -> sealed bytes of the latest snapshot`: where binaries before snapshot files kept it. `open`
+/// moves it into a file once (the table then stays empty).
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 const K_NODE_ID: &str = "node_id"; // u64 LE: the id this store belongs to
@@ -41,6 +43,7 @@ const K_APPLIED: &str = "applied"; // u64 LE: last index applied to the Fsm (sam
 const K_SEEN: &str = "seen_peers"; // u64 LE * n: peers we ever received a raft message from
 const K_FORMAT: &str = "format"; // u64 LE: FORMAT
 const K_SNAP_DATA: &str = "data";
+const K_SNAP_FILE: &str = "snapshot_file"; // snapfile::Descriptor of the latest snapshot's file
 
 /// Version of this layout. 2: every value sealed with a checksum. Stores without the key were written
 /// before checksums (version 1); `open` seals their records in place once.
@@ -61,6 +64,9 @@ pub enum StoreError {
     /// A request raft or the loop should never make (append with a gap, an old snapshot...).
     #[error("raft storage: {0}")]
     Invariant(String),
+    /// A snapshot file could not be written or read (I/O), or the file limit was reached.
+    #[error("snapshot file: {0}")]
+    File(String),
     /// The state machine cannot apply a committed entry with this binary ([`super::FsmError::TooNew`]).
     #[error("{0}")]
     Incompatible(String),
@@ -91,6 +97,15 @@ redb_from!(
     redb::CommitError,
     redb::DatabaseError
 );
+
+impl From<SnapError> for StoreError {
+    fn from(e: SnapError) -> Self {
+        match e {
+            SnapError::Damaged(m) => StoreError::Damaged(m),
+            e => StoreError::File(e.to_string()),
+        }
+    }
+}
 
 impl From<protobuf::ProtobufError> for StoreError {
     fn from(e: protobuf::ProtobufError) -> Self {
@@ -140,6 +155,8 @@ struct Meta {
     seen: BTreeSet<NodeId>,
     /// Bytes of the log records in (snapshot index, applied]: what compacting now would free.
     applied_log_bytes: u64,
+    /// The file holding the latest snapshot's data (`None` for a joiner before its first snapshot).
+    snap_file: Option<Descriptor>,
 }
 
 /// The first damage a node found in its storage, shared with whoever reports the node's end (a panic in
@@ -154,11 +171,15 @@ pub struct ScanReport {
     pub snapshot_bytes: u64,
     /// Whether the store was written before checksums and was sealed in place by this open.
     pub upgraded: bool,
+    /// The snapshot was kept in the `raft_snapshot` table (an older binary) and was moved into a file by
+    /// this open.
+    pub snapshot_migrated: bool,
 }
 
 /// raft-rs `Storage` over a redb database (shared with the Fsm's tables).
 pub struct RedbStorage {
     db: Arc<Database>,
+    snaps: Arc<SnapDir>,
     cur: Meta,
     staged: Option<Meta>,
     damage: DamageFlag,
@@ -178,19 +199,72 @@ impl RedbStorage {
     /// Reads whatever raft state the database holds (possibly none) and verifies all of it: every
     /// metadata record, the snapshot data and every log entry (checksum, decoding, index and term, no
     /// holes). A store written before checksums (no `format` key) is sealed in place first.
-    pub fn open(db: Arc<Database>) -> Result<(Self, Found), StoreError> {
-        guard("open", || {
-            if needs_upgrade(&db)? {
+    ///
+    /// The snapshot's file in `snaps` is verified whole (every frame, size, CRC): missing or damaged, it
+    /// is a corrupt replica. A snapshot kept in the `raft_snapshot` table by an older binary is moved into
+    /// a file once. Every other file in `snaps` (a `.part` left by a crash) is removed.
+    pub fn open(db: Arc<Database>, snaps: Arc<SnapDir>) -> Result<(Self, Found), StoreError> {
+        let (mut st, found, old_data) = guard("open", || {
+            let upgraded = needs_upgrade(&db)?;
+            if upgraded {
                 upgrade(&db)?;
-                let (mut st, found) = Self::read_all(db)?;
-                st.scan.upgraded = true;
-                return Ok((st, found));
             }
-            Self::read_all(db)
-        })
+            let (mut st, found, old) = Self::read_all(db, snaps)?;
+            st.scan.upgraded = upgraded;
+            Ok((st, found, old))
+        })?;
+        st.settle_snapshot_file(old_data)?;
+        st.snaps.set_damage_flag(st.damage.clone());
+        Ok((st, found))
     }
 
-    fn read_all(db: Arc<Database>) -> Result<(Self, Found), StoreError> {
+    /// Verifies the current snapshot file (or moves an older binary's in-table snapshot into one) and
+    /// removes every other file of the snapshot directory.
+    fn settle_snapshot_file(&mut self, old_data: Option<Vec<u8>>) -> Result<(), StoreError> {
+        // Keeps a migrated file until it is current.
+        let mut _migrated = None;
+        if let Some(desc) = &self.cur.snap_file {
+            self.snaps.verify(desc)?;
+            self.scan.snapshot_bytes = desc.size;
+        } else if let Some(data) = old_data {
+            let mut w = self.snaps.create(self.cur.snap.index, self.cur.snap.term)?;
+            std::io::Write::write_all(&mut w, &data)
+                .map_err(|e| StoreError::File(format!("migrating the snapshot: {e}")))?;
+            let (desc, hold) = w.finish()?;
+            _migrated = Some(hold);
+            let txn = self.db.begin_write()?;
+            put_meta(&mut txn.open_table(META)?, K_SNAP_FILE, &desc.encode())?;
+            txn.open_table(SNAPSHOT)?.remove(K_SNAP_DATA)?;
+            txn.commit()?;
+            tracing::warn!(
+                file = %desc.name,
+                bytes = desc.size,
+                "snapshot kept in the database by an older binary: moved into a snapshot file"
+            );
+            self.scan.snapshot_bytes = desc.size;
+            self.scan.snapshot_migrated = true;
+            self.cur.snap_file = Some(desc);
+        }
+        self.snaps.reset(self.cur.snap_file.as_ref().map(|d| d.name.as_str()))?;
+        Ok(())
+    }
+
+    /// The snapshot directory (shared with the builder thread and the transport).
+    pub fn snap_dir(&self) -> &Arc<SnapDir> {
+        &self.snaps
+    }
+
+    /// The descriptor of the latest snapshot's file.
+    pub fn snapshot_file(&self) -> Option<&Descriptor> {
+        self.cur.snap_file.as_ref()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn read_all(
+        db: Arc<Database>,
+        snaps: Arc<SnapDir>,
+    ) -> Result<(Self, Found, Option<Vec<u8>>), StoreError> {
+        let mut old_data = None;
         let mut meta = Meta::default();
         let mut scan = ScanReport::default();
         let found;
@@ -223,6 +297,9 @@ impl RedbStorage {
                     }
                     if let Some(b) = get(K_APPLIED)? {
                         meta.applied = u64_from(&b, K_APPLIED)?;
+                    }
+                    if let Some(b) = get(K_SNAP_FILE)? {
+                        meta.snap_file = Some(Descriptor::decode(&b)?);
                     }
                     if let Some(b) = get(K_SEEN)? {
                         for c in b.chunks(8) {
@@ -261,7 +338,11 @@ impl RedbStorage {
             match r.open_table(SNAPSHOT) {
                 Ok(t) => {
                     if let Some(v) = t.get(K_SNAP_DATA)? {
-                        scan.snapshot_bytes = unseal(v.value(), &"raft_snapshot[data]")?.len() as u64;
+                        let data = unseal(v.value(), &"raft_snapshot[data]")?;
+                        scan.snapshot_bytes = data.len() as u64;
+                        if meta.snap_file.is_none() && found != Found::Empty {
+                            old_data = Some(data.to_vec());
+                        }
                     }
                 }
                 Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -277,7 +358,7 @@ impl RedbStorage {
             )));
         }
         let damage = DamageFlag::default();
-        Ok((RedbStorage { db, cur: meta, staged: None, damage, scan }, found))
+        Ok((RedbStorage { db, snaps, cur: meta, staged: None, damage, scan }, found, old_data))
     }
 
     /// What `open` verified.
@@ -303,13 +384,13 @@ impl RedbStorage {
 
     /// Writes the fixed-cluster bootstrap state: a snapshot at index 1, term 1 whose ConfState has every
     /// voter (identical on all nodes, so their logs agree from the start), commit = applied = 1.
-    /// `initial_data` is the empty state machine's snapshot (sent to members that join empty).
+    /// `initial` is the file of the empty state machine's snapshot (sent to members that join empty).
     pub fn bootstrap(
         &mut self,
         txn: &WriteTransaction,
         node_id: NodeId,
         voters: &[NodeId],
-        initial_data: &[u8],
+        initial: &Descriptor,
     ) -> Result<(), StoreError> {
         let m = self.stage();
         if m.snap.index != 0 || m.last_index != 0 {
@@ -324,6 +405,7 @@ impl RedbStorage {
         m.snap = snap;
         m.last_index = 1;
         m.applied = 1;
+        m.snap_file = Some(initial.clone());
         let mut t = txn.open_table(META)?;
         put_meta(&mut t, K_FORMAT, &FORMAT.to_le_bytes())?;
         put_meta(&mut t, K_NODE_ID, &node_id.to_le_bytes())?;
@@ -331,7 +413,7 @@ impl RedbStorage {
         put_meta(&mut t, K_CONF_STATE, &m.conf_state.write_to_bytes()?)?;
         put_meta(&mut t, K_SNAP_META, &m.snap.write_to_bytes()?)?;
         put_meta(&mut t, K_APPLIED, &1u64.to_le_bytes())?;
-        txn.open_table(SNAPSHOT)?.insert(K_SNAP_DATA, checksum::seal(initial_data).as_slice())?;
+        put_meta(&mut t, K_SNAP_FILE, &initial.encode())?;
         txn.open_table(LOG)?;
         Ok(())
     }
@@ -356,6 +438,10 @@ impl RedbStorage {
     /// Makes the staged view current. Call only after the transaction holding the staged writes committed.
     pub fn commit_staged(&mut self) {
         if let Some(m) = self.staged.take() {
+            if m.snap_file != self.cur.snap_file {
+                // The new snapshot's metadata is durable: the old file can go (once no send holds it).
+                self.snaps.set_current(m.snap_file.as_ref().map(|d| d.name.as_str()));
+            }
             self.cur = m;
         }
     }
@@ -466,10 +552,14 @@ impl RedbStorage {
     }
 
     /// Installs a snapshot received from the leader: replaces the log (cleared), conf state, snapshot
-    /// metadata and data; commit and applied move to the snapshot index. The caller restores the Fsm in the
+    /// metadata and file; commit and applied move to the snapshot index. The caller restores the Fsm in the
     /// same transaction.
-    pub fn apply_snapshot(&mut self, txn: &WriteTransaction, snap: &Snapshot) -> Result<(), StoreError> {
-        let meta = snap.get_metadata();
+    pub fn apply_snapshot(
+        &mut self,
+        txn: &WriteTransaction,
+        meta: &SnapshotMetadata,
+        file: &Descriptor,
+    ) -> Result<(), StoreError> {
         let m = self.stage();
         if meta.index <= m.snap.index {
             return Err(StoreError::Invariant(format!(
@@ -486,22 +576,24 @@ impl RedbStorage {
         m.last_index = meta.index;
         m.applied = meta.index;
         m.applied_log_bytes = 0;
+        m.snap_file = Some(file.clone());
         let mut mt = txn.open_table(META)?;
         put_meta(&mut mt, K_HARD_STATE, &m.hard_state.write_to_bytes()?)?;
         put_meta(&mut mt, K_CONF_STATE, &m.conf_state.write_to_bytes()?)?;
         put_meta(&mut mt, K_SNAP_META, &m.snap.write_to_bytes()?)?;
         put_meta(&mut mt, K_APPLIED, &meta.index.to_le_bytes())?;
-        txn.open_table(SNAPSHOT)?.insert(K_SNAP_DATA, checksum::seal(snap.get_data()).as_slice())?;
+        put_meta(&mut mt, K_SNAP_FILE, &file.encode())?;
         Ok(())
     }
 
-    /// Records a snapshot of our own applied state at `index` and drops the log up to it.
+    /// Records a snapshot of our own applied state at `index` (written to `file` by the builder) and drops
+    /// the log up to it.
     pub fn compact_with_snapshot(
         &mut self,
         txn: &WriteTransaction,
         index: u64,
         term: u64,
-        data: &[u8],
+        file: &Descriptor,
     ) -> Result<(), StoreError> {
         let m = self.stage();
         if index <= m.snap.index || index > m.applied {
@@ -516,12 +608,20 @@ impl RedbStorage {
             conf_state: Some(m.conf_state.clone()).into(),
             ..Default::default()
         };
-        txn.open_table(LOG)?.retain_in(..=index, |_, _| false)?;
+        let mut log = txn.open_table(LOG)?;
+        log.retain_in(..=index, |_, _| false)?;
+        // The build ran while the loop went on applying: what was applied after its index stays in the
+        // log and still counts (a build's worth of records, read once).
+        let mut kept = 0u64;
+        for item in log.range(index + 1..=m.applied)? {
+            kept += item?.1.value().len() as u64;
+        }
+        drop(log);
         put_meta(&mut txn.open_table(META)?, K_SNAP_META, &meta.write_to_bytes()?)?;
-        txn.open_table(SNAPSHOT)?.insert(K_SNAP_DATA, checksum::seal(data).as_slice())?;
+        put_meta(&mut txn.open_table(META)?, K_SNAP_FILE, &file.encode())?;
         m.snap = meta;
-        // Compaction happens at the applied index: every applied record is gone.
-        m.applied_log_bytes = 0;
+        m.snap_file = Some(file.clone());
+        m.applied_log_bytes = kept;
         Ok(())
     }
 
@@ -562,17 +662,36 @@ impl RedbStorage {
         })
         .map_err(|e| self.note(e))
     }
+}
 
-    fn read_snapshot_data(&self) -> Result<Vec<u8>, StoreError> {
-        guard("snapshot read", || {
-            let r = self.db.begin_read()?;
-            let t = r.open_table(SNAPSHOT)?;
-            match t.get(K_SNAP_DATA)? {
-                None => Ok(Vec::new()),
-                Some(v) => Ok(unseal(v.value(), &"raft_snapshot[data]")?.to_vec()),
-            }
-        })
-        .map_err(|e| self.note(e))
+/// The (index, term) a snapshot taken from `txn` stands for: the applied index recorded in the same commit as
+/// the Fsm's tables, and its term (from its log record, or the snapshot metadata when the log starts after
+/// it). Used by the builder thread, which reads everything from its one read transaction.
+pub fn applied_point(txn: &redb::ReadTransaction) -> Result<(u64, u64), StoreError> {
+    let meta = txn.open_table(META)?;
+    let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
+        match meta.get(k)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(unseal(v.value(), &format_args!("raft_meta[{k}]"))?.to_vec())),
+        }
+    };
+    let applied = match get(K_APPLIED)? {
+        Some(b) => u64_from(&b, K_APPLIED)?,
+        None => return Err(StoreError::Invariant("no applied index to snapshot".into())),
+    };
+    if let Some(b) = get(K_SNAP_META)? {
+        let snap = SnapshotMetadata::parse_from_bytes(&b)?;
+        if snap.index == applied {
+            return Ok((applied, snap.term));
+        }
+    }
+    let log = txn.open_table(LOG)?;
+    match log.get(applied)? {
+        Some(v) => {
+            let plain = unseal(v.value(), &format_args!("raft_log[{applied}]"))?;
+            Ok((applied, u64_from(plain.get(..8).unwrap_or(&[]), "log term")?))
+        }
+        None => Err(StoreError::Damaged(format!("raft_log[{applied}]: the applied entry is missing"))),
     }
 }
 
@@ -690,10 +809,13 @@ impl raft::Storage for RedbStorage {
         if self.cur.snap.index < request_index {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
-        let data = self.read_snapshot_data().map_err(raft_err)?;
+        // The data is a descriptor of the file; the transport streams the file itself.
+        let Some(file) = &self.cur.snap_file else {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        };
         let mut s = Snapshot::default();
         s.set_metadata(self.cur.snap.clone());
-        s.set_data(data.into());
+        s.set_data(file.encode().into());
         Ok(s)
     }
 }
@@ -710,9 +832,12 @@ mod tests {
     /// A bootstrapped store with entries 2..=4 ("seq=001234", ...) applied.
     fn store(dir: &std::path::Path) -> (Arc<Database>, RedbStorage) {
         let db = Arc::new(Database::create(dir.join("raft.redb")).expect("open"));
-        let (mut st, _) = RedbStorage::open(db.clone()).expect("storage");
+        let (mut st, _) = RedbStorage::open(db.clone(), snaps(dir)).expect("storage");
+        let mut w = st.snap_dir().create(1, 1).expect("file");
+        std::io::Write::write_all(&mut w, b"fsm").expect("write");
+        let (file, _hold) = w.finish().expect("finish");
         let txn = db.begin_write().expect("w");
-        st.bootstrap(&txn, 1, &[1], b"fsm").expect("bootstrap");
+        st.bootstrap(&txn, 1, &[1], &file).expect("bootstrap");
         let ents = [entry(2, 1, b"seq=001234"), entry(3, 1, b"seq=001235"), entry(4, 1, b"seq=001236")];
         st.append(&txn, &ents).expect("append");
         let mut hs = st.stage().hard_state.clone();
@@ -722,6 +847,10 @@ mod tests {
         txn.commit().expect("commit");
         st.commit_staged();
         (db, st)
+    }
+
+    fn snaps(dir: &std::path::Path) -> Arc<SnapDir> {
+        SnapDir::open(dir).expect("snapshot dir")
     }
 
     /// Rewrites a stored value through redb (so redb's own page checksums stay valid): only the record's
@@ -767,27 +896,44 @@ mod tests {
         assert!(st.term(2).is_err());
         assert_eq!(st.term(3).expect("intact"), 1);
         assert!(st.damage_flag().get().is_some_and(|m| m.contains("raft_log[2]")));
-        // The snapshot data is verified too.
-        alter(&db, SNAPSHOT, K_SNAP_DATA, |v| replace(v, b"fsm", b"FSM"));
-        assert!(st.snapshot(0, 2).is_err());
+        // raft-rs gets a descriptor of the snapshot's file, never its bytes.
+        let snap = st.snapshot(0, 2).expect("snapshot");
+        assert_eq!(Descriptor::decode(&snap.data).expect("descriptor").size, 3);
     }
 
     #[test]
     fn open_verifies_every_record() {
-        type Alter = fn(&Database);
-        let cases: [(&str, Alter); 5] = [
-            ("raft_log[3]", |db| alter_log(db, 3, |v| replace(v, b"001235", b"009999"))),
-            ("raft_log[4]", |db| alter_log(db, 4, |v| v.truncate(v.len() - 1))),
-            ("raft_meta[hard_state]", |db| alter(db, META, K_HARD_STATE, |v| *v.last_mut().expect("b") ^= 1)),
-            ("raft_meta[applied]", |db| alter(db, META, K_APPLIED, |v| v[5] ^= 0x80)),
-            ("raft_snapshot[data]", |db| alter(db, SNAPSHOT, K_SNAP_DATA, |v| v[6] ^= 1)),
+        type Alter = fn(&Database, &std::path::Path);
+        /// Rewrites the snapshot file (the only one in the directory).
+        fn alter_file(dir: &std::path::Path, f: impl Fn(&mut Vec<u8>)) {
+            let d = dir.join(super::super::snapfile::DIR);
+            let name = std::fs::read_dir(&d).expect("ls").next().expect("a file").expect("entry").path();
+            let mut v = std::fs::read(&name).expect("read");
+            f(&mut v);
+            std::fs::write(&name, v).expect("write");
+        }
+        let cases: [(&str, Alter); 7] = [
+            ("raft_log[3]", |db, _| alter_log(db, 3, |v| replace(v, b"001235", b"009999"))),
+            ("raft_log[4]", |db, _| alter_log(db, 4, |v| v.truncate(v.len() - 1))),
+            ("raft_meta[hard_state]", |db, _| {
+                alter(db, META, K_HARD_STATE, |v| *v.last_mut().expect("b") ^= 1)
+            }),
+            ("raft_meta[applied]", |db, _| alter(db, META, K_APPLIED, |v| v[5] ^= 0x80)),
+            ("raft_meta[snapshot_file]", |db, _| alter(db, META, K_SNAP_FILE, |v| v[8] ^= 1)),
+            ("fails its checksum", |_, dir| alter_file(dir, |v| replace(v, b"fsm", b"FSM"))),
+            ("is missing", |_, dir| {
+                let d = dir.join(super::super::snapfile::DIR);
+                std::fs::remove_dir_all(&d).expect("rm");
+            }),
         ];
         for (want, f) in cases {
             let tmp = tempfile::tempdir().expect("tmp");
             let (db, st) = store(tmp.path());
             drop(st);
-            f(&db);
-            let e = RedbStorage::open(db).err().unwrap_or_else(|| panic!("{want}: damage not found at open"));
+            f(&db, tmp.path());
+            let e = RedbStorage::open(db, snaps(tmp.path()))
+                .err()
+                .unwrap_or_else(|| panic!("{want}: damage not found at open"));
             assert!(matches!(e, StoreError::Damaged(_)), "{want}: {e:?}");
             assert!(e.to_string().contains(want), "{want}: {e}");
         }
@@ -798,7 +944,7 @@ mod tests {
         let txn = db.begin_write().expect("w");
         txn.open_table(LOG).expect("log").remove(3u64).expect("remove");
         txn.commit().expect("commit");
-        let e = RedbStorage::open(db).err().expect("hole");
+        let e = RedbStorage::open(db, snaps(tmp.path())).err().expect("hole");
         assert!(e.to_string().contains("raft_log[4]: expected index 3"), "{e}");
     }
 
@@ -826,15 +972,23 @@ mod tests {
             txn.open_table(SNAPSHOT).expect("snap").insert(K_SNAP_DATA, b"old".as_slice()).expect("i");
         }
         txn.commit().expect("commit");
-        let (st, found) = RedbStorage::open(db.clone()).expect("upgrade");
+        let (st, found) = RedbStorage::open(db.clone(), snaps(tmp.path())).expect("upgrade");
         assert_eq!(found, Found::Initialized { node_id: 1 });
         assert!(st.scan_report().upgraded);
         assert_eq!((st.hard_state().term, st.applied(), st.cur.last_index), (3, 2, 2));
         assert_eq!(st.entries(2, 3, None, GetEntriesContext::empty(false)).expect("read")[0], e);
-        assert_eq!(&st.snapshot(0, 1).expect("snap").data[..], b"old");
+        // The in-table snapshot of the old binary moved into a file, once.
+        assert!(st.scan_report().snapshot_migrated);
+        let file = Descriptor::decode(&st.snapshot(0, 1).expect("snap").data).expect("descriptor");
+        let src = super::super::snapfile::FileSource { dir: st.snap_dir(), desc: file };
+        use super::super::snapfile::SnapshotSource as _;
+        assert_eq!(src.read_all().expect("read"), b"old");
         drop(st);
-        let (st, _) = RedbStorage::open(db).expect("reopen");
+        let (st, _) = RedbStorage::open(db.clone(), snaps(tmp.path())).expect("reopen");
         assert!(!st.scan_report().upgraded, "sealed once");
+        assert!(!st.scan_report().snapshot_migrated, "moved once");
+        let r = db.begin_read().expect("r");
+        assert!(r.open_table(SNAPSHOT).expect("t").get(K_SNAP_DATA).expect("get").is_none());
         assert_eq!(st.scan_report().log_entries, 1);
     }
 

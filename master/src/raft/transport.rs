@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::NodeId;
 use super::alarms::SNAPSHOT_CHUNKS_REFUSED;
 use super::node::{LoopInput, NodeShared};
+use super::snapfile::{Descriptor, SnapError};
 use crate::checksum::crc32c;
 use std::sync::atomic::Ordering;
 
@@ -37,16 +38,18 @@ pub const MAX_BATCH_MSGS: usize = 256;
 pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Decode limit of the server (tonic's default of 4 MiB would refuse a full batch).
 pub const MAX_RPC_BYTES: usize = 16 << 20;
-/// Snapshot data per streamed chunk: well under the decode limit.
-pub const SNAPSHOT_CHUNK: usize = 1 << 20;
-/// Largest snapshot a node accepts (it is assembled in memory before being stepped).
-pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+/// Largest snapshot a node accepts. It goes to a file chunk by chunk (memory holds one chunk), so this
+/// bounds disk, not memory: 64 GiB is far above the issue-17 target (1.5 M objects, a few GiB); the free
+/// space under the data dir is checked too.
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
 /// Dialing a peer: short, so a dead peer is reported quickly.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Per-call limit for `Send` and `Probe`.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(2);
-/// Per-call limit for a whole snapshot stream (1 GiB at ~10 MiB/s).
-pub const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(120);
+/// Per-call limit for a whole snapshot stream (a few GiB over a datacenter link at >= 50 MiB/s).
+pub const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(600);
+/// Chunks read ahead of the network by a snapshot send (memory: this many chunks).
+const SEND_AHEAD: usize = 2;
 /// HTTP/2 PING interval and the time to wait for its answer: detects half-dead connections.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -247,56 +250,101 @@ async fn snapshot_task(
     mut rx: mpsc::Receiver<Message>,
     shared: Arc<NodeShared>,
 ) {
-    while let Some(mut m) = rx.recv().await {
-        let data = m.mut_snapshot().take_data();
-        let header = match m.write_to_bytes() {
-            Ok(h) => h,
-            Err(_) => {
-                let _ = shared.mailbox.try_send(LoopInput::SnapshotStatus(peer, false));
-                continue;
+    while let Some(m) = rx.recv().await {
+        let ok = match send_snapshot_file(&my_addr, &mut c, m, &shared).await {
+            Ok(bytes) => {
+                tracing::info!(peer, bytes, "snapshot sent");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "snapshot send failed");
+                false
             }
         };
-        let total = data.len();
-        let mut chunks = Vec::with_capacity(total / SNAPSHOT_CHUNK + 1);
-        let first = &data[..total.min(SNAPSHOT_CHUNK)];
-        chunks.push(SnapshotChunk {
-            from: shared.id,
-            from_addr: my_addr.clone(),
-            header,
-            total_len: total as u64,
-            data: first.to_vec(),
-            crc32c: crc32c(first),
-            data_crc32c: crc32c(&data),
-            checksummed: true,
-        });
-        let mut off = total.min(SNAPSHOT_CHUNK);
-        while off < total {
-            let end = (off + SNAPSHOT_CHUNK).min(total);
-            let part = &data[off..end];
-            chunks.push(SnapshotChunk { data: part.to_vec(), crc32c: crc32c(part), ..Default::default() });
-            off = end;
-        }
-        damage_in_transit(&shared, &mut chunks);
-        let res =
-            tokio::time::timeout(SNAPSHOT_RPC_TIMEOUT, c.send_snapshot(tokio_stream::iter(chunks))).await;
-        let ok = matches!(res, Ok(Ok(_)));
-        if !ok {
-            tracing::warn!(peer, bytes = total, "snapshot send failed");
-        } else {
-            tracing::info!(peer, bytes = total, "snapshot sent");
-        }
         let _ = shared.mailbox.send(LoopInput::SnapshotStatus(peer, ok)).await;
     }
 }
 
-/// The fault-injection hook ([`super::RaftNode::damage_snapshot_sends`]): flip one byte of the last chunk,
-/// after its checksum was computed.
-fn damage_in_transit(shared: &NodeShared, chunks: &mut [SnapshotChunk]) {
+/// Streams the file a MsgSnapshot's descriptor names: a reader thread verifies each frame and hands it over
+/// a small queue (`SEND_AHEAD`), so memory holds a few chunks whatever the snapshot's size. The file is
+/// held (not deleted) until the stream ends. The wire format is the one older binaries speak: they
+/// assemble the chunks into the snapshot bytes.
+async fn send_snapshot_file(
+    my_addr: &str,
+    c: &mut PeerClient<Channel>,
+    mut m: Message,
+    shared: &Arc<NodeShared>,
+) -> Result<u64, String> {
+    let desc = Descriptor::decode(&m.mut_snapshot().take_data()).map_err(|e| e.to_string())?;
+    let hold = shared.snaps.hold(&desc.name).ok_or_else(|| format!("snapshot file {} is gone", desc.name))?;
+    let mut reader = shared.snaps.reader(&desc).map_err(|e| e.to_string())?;
+    let header = m.write_to_bytes().map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(SEND_AHEAD);
+    let (size, crc) = (desc.size, desc.crc);
+    let from = shared.id;
+    let from_addr = my_addr.to_string();
+    let sh = shared.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let _hold = hold;
+        let mut first = true;
+        loop {
+            let chunk = match reader.next_chunk() {
+                Ok(Some((data, crc32c))) => {
+                    SnapshotChunk { data: data.to_vec(), crc32c, ..Default::default() }
+                }
+                // An empty snapshot (an empty state machine) still sends its header.
+                Ok(None) if first => SnapshotChunk { crc32c: crc32c(&[]), ..Default::default() },
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // Our own file is damaged: a corrupt replica (the loop stops the node).
+                    if let SnapError::Damaged(msg) = &e {
+                        sh.snaps.note_damage(msg);
+                    }
+                    return Err(e.to_string());
+                }
+            };
+            let mut chunk = chunk;
+            if first {
+                chunk.from = from;
+                chunk.from_addr = from_addr.clone();
+                chunk.header = header.clone();
+                chunk.total_len = size;
+                chunk.data_crc32c = crc;
+                chunk.checksummed = true;
+                damage_in_transit(&sh, &mut chunk);
+                first = false;
+            }
+            if tx.blocking_send(chunk).is_err() {
+                return Err("the stream ended early".into());
+            }
+        }
+    });
+    let res = tokio::time::timeout(
+        SNAPSHOT_RPC_TIMEOUT,
+        c.send_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await;
+    let read = read.await.map_err(|e| format!("snapshot reader: {e}"))?;
+    match res {
+        Ok(Ok(_)) => {
+            read?;
+            Ok(size)
+        }
+        Ok(Err(s)) => Err(format!("{size} bytes: peer answered {s}")),
+        Err(_) => Err(format!("{size} bytes: no answer within {SNAPSHOT_RPC_TIMEOUT:?}")),
+    }
+}
+
+/// The fault-injection hook ([`super::RaftNode::damage_snapshot_sends`]): flip one byte of the stream's
+/// first chunk, after its checksum was computed.
+fn damage_in_transit(shared: &NodeShared, chunk: &mut SnapshotChunk) {
     let hook = &shared.corrupt_snapshot_sends;
-    let Some(last) = chunks.last_mut().filter(|c| !c.data.is_empty()) else { return };
+    if chunk.data.is_empty() {
+        return;
+    }
     if hook.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-        let mid = last.data.len() / 2;
-        last.data[mid] ^= 0x5a;
+        let mid = chunk.data.len() / 2;
+        chunk.data[mid] ^= 0x5a;
         tracing::warn!("fault injection: one byte of this snapshot stream damaged in transit");
     }
 }
@@ -425,38 +473,76 @@ impl Peer for PeerService {
                 first.total_len
             )));
         }
-        let total = first.total_len as usize;
+        let total = first.total_len;
+        if let Ok(free) = super::alarms::free_bytes(self.shared.snaps.path())
+            && free < total
+        {
+            return Err(Status::resource_exhausted(format!(
+                "snapshot of {total} bytes does not fit in the {free} bytes free under the data dir"
+            )));
+        }
         let checksummed = first.checksummed;
         if !checksummed {
             tracing::debug!(from = first.from, "snapshot stream without checksums (an older sender)");
         }
         check_chunk(&first, 0, checksummed)?;
-        let mut data = Vec::with_capacity(total.min(64 << 20));
-        data.extend_from_slice(&first.data);
-        let mut n = 0;
-        while let Some(c) = s.message().await? {
+        let meta = m.get_snapshot().get_metadata();
+        let w = self
+            .shared
+            .snaps
+            .create(meta.index, meta.term)
+            .map_err(|e| Status::unavailable(format!("cannot receive a snapshot now: {e}")))?;
+        // Blocking file writes run off the async workers, one chunk at a time.
+        let write = |mut w: super::snapfile::Writer, data: Vec<u8>| async move {
+            tokio::task::spawn_blocking(move || std::io::Write::write_all(&mut w, &data).map(|()| w))
+                .await
+                .map_err(|e| Status::internal(format!("snapshot writer: {e}")))?
+                .map_err(|e| Status::internal(format!("writing the snapshot file: {e}")))
+        };
+        let stall = self.shared.stall_snapshot_receive_after.swap(0, Ordering::Relaxed);
+        let mut w = write(w, first.data).await?;
+        let mut n = 0u32;
+        loop {
+            if stall != 0 && n + 1 >= stall {
+                // Test hook: as a follower killed mid-transfer, the `.part` stays until the next start.
+                tracing::warn!(chunks = n + 1, "test hook: snapshot receive stalled until the node stops");
+                while self.shared.is_running() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                w.abandon();
+                return Err(Status::unavailable("node stopped while receiving a snapshot"));
+            }
+            let Some(c) = s.message().await? else { break };
             n += 1;
-            if data.len() + c.data.len() > total {
+            if w.progress().0 + c.data.len() as u64 > total {
                 return Err(Status::invalid_argument("snapshot stream longer than announced"));
             }
-            check_chunk(&c, n, checksummed)?;
-            data.extend_from_slice(&c.data);
+            check_chunk(&c, n as usize, checksummed)?;
+            w = write(w, c.data).await?;
         }
-        if data.len() != total {
-            return Err(Status::invalid_argument(format!(
-                "snapshot stream ended at {} of {total} bytes",
-                data.len()
-            )));
+        let (got, crc) = w.progress();
+        if got != total {
+            return Err(Status::invalid_argument(format!("snapshot stream ended at {got} of {total} bytes")));
         }
-        if checksummed && crc32c(&data) != first.data_crc32c {
+        if checksummed && crc != first.data_crc32c {
             SNAPSHOT_CHUNKS_REFUSED.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(bytes = total, "assembled snapshot failed its checksum: refused");
+            tracing::warn!(bytes = total, "received snapshot failed its whole checksum: refused");
             return Err(Status::data_loss(format!(
-                "snapshot of {total} bytes fails its CRC-32C once assembled: send it again"
+                "snapshot of {total} bytes fails its CRC-32C once received: send it again"
             )));
         }
-        m.mut_snapshot().set_data(data.into());
-        self.deliver(vec![m])?;
+        let (desc, hold) = tokio::task::spawn_blocking(move || w.finish())
+            .await
+            .map_err(|e| Status::internal(format!("snapshot writer: {e}")))?
+            .map_err(|e| Status::internal(format!("finishing the snapshot file: {e}")))?;
+        m.mut_snapshot().set_data(desc.encode().into());
+        if !self.shared.is_running() {
+            return Err(Status::unavailable("raft node not running (probing, stopped)"));
+        }
+        self.shared
+            .mailbox
+            .try_send(LoopInput::StepSnapshot(m, hold))
+            .map_err(|_| Status::resource_exhausted("raft mailbox full"))?;
         Ok(Response::new(SendReply {}))
     }
 

@@ -39,11 +39,11 @@ impl Fsm for RecordingFsm {
         }
         self.inner.apply(txn, index, cmd)
     }
-    fn snapshot(&self, txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
-        self.inner.snapshot(txn)
+    fn write_snapshot(txn: &ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError> {
+        MasterFsm::write_snapshot(txn, out)
     }
-    fn restore(&mut self, txn: &WriteTransaction, data: &[u8]) -> Result<(), FsmError> {
-        self.inner.restore(txn, data)
+    fn restore(&mut self, txn: &WriteTransaction, snap: &dyn super::SnapshotSource) -> Result<(), FsmError> {
+        self.inner.restore(txn, snap)
     }
     fn after_commit(&mut self) {
         self.inner.after_commit();
@@ -51,17 +51,9 @@ impl Fsm for RecordingFsm {
 }
 
 fn open_master(id: NodeId, dir: &Path, voters: &[NodeId], log: &EntryLog, knows: u32) -> Core<RecordingFsm> {
-    let db = Arc::new(Database::create(dir.join("raft.redb")).expect("open redb"));
-    let (mut st, found) = RedbStorage::open(db.clone()).expect("open storage");
+    let (_db, st) = super::open_store::<RecordingFsm>(dir, id, voters);
     let inner = MasterFsm::new(Policy::default()).0.knowing_command_version(knows);
     let fsm = RecordingFsm { inner, log: log.clone() };
-    if found == Found::Empty {
-        let data = fsm.snapshot(&db.begin_read().expect("read")).expect("snapshot");
-        let txn = db.begin_write().expect("write");
-        st.bootstrap(&txn, id, voters, &data).expect("bootstrap");
-        txn.commit().expect("commit");
-        st.commit_staged();
-    }
     // Snapshot every 3 entries: a member that missed a few is caught up by a snapshot install.
     let cfg = CoreConfig {
         id,
@@ -143,13 +135,22 @@ impl MasterSim {
         let snap = m.get_msg_type() == MessageType::MsgSnapshot;
         let idx = |id: NodeId| IDS.iter().position(|x| *x == id).expect("known id");
         let mut delivered = false;
+        let dir_of = |n: &Option<Core<RecordingFsm>>| n.as_ref().map(|c| c.storage().snap_dir().clone());
+        let (src, dst) = (dir_of(&self.nodes[idx(from)]), dir_of(&self.nodes[idx(to)]));
         if !lost
             && !self.cut.contains(&(from, to))
             && let Some(c) = self.nodes[idx(to)].as_mut()
         {
-            c.step(m);
-            delivered = true;
-            self.installs += usize::from(snap);
+            if !snap {
+                c.step(m);
+                delivered = true;
+            } else if let (Some(src), Some(dst)) = (src, dst)
+                && let Some((m, hold)) = super::carry_snapshot(&src, &dst, m)
+            {
+                c.step_snapshot(m, hold);
+                delivered = true;
+                self.installs += 1;
+            }
         }
         if snap && let Some(c) = self.nodes[idx(from)].as_mut() {
             c.report_snapshot(to, delivered);
