@@ -427,6 +427,7 @@ mod safety;
 
 mod catalog;
 mod integrity;
+mod pages;
 pub(crate) mod props;
 mod requests;
 mod versions;
