@@ -15,6 +15,7 @@ mod inspect_cmd;
 mod kernel_log_cmd;
 mod master_cmd;
 mod ops_cmd;
+mod pages;
 mod safety_cmd;
 mod ticket_cmd;
 mod upgrade_cmd;
