@@ -546,6 +546,9 @@ impl Filter {
     }
 }
 
+/// One page of agents (id, record) and the id to continue after (`None`: the listing is complete).
+pub type AgentsPage = (Vec<(String, AgentRecord)>, Option<String>);
+
 /// What a watch read returns: events from the requested revision on, or "compacted".
 #[derive(Debug)]
 pub enum ChangesRead {
@@ -702,11 +705,7 @@ impl Reader {
 
     /// One page of the agent table: agents with ids strictly after `after`, in id order, at most `limit`
     /// (at least 1), and the id to continue after when more follow (`None`: complete).
-    pub fn agents_page(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<(String, AgentRecord)>, Option<String>), StoreError> {
+    pub fn agents_page(&self, after: Option<&str>, limit: usize) -> Result<AgentsPage, StoreError> {
         self.read("agents_page", || {
             let Some(t) = open_read!(self.txn, AGENTS) else { return Ok((Vec::new(), None)) };
             let start = after.map_or(Bound::Unbounded, Bound::Excluded);

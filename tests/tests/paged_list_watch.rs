@@ -139,7 +139,7 @@ async fn writer(addrs: Vec<String>, seed: u64, stop: Arc<AtomicBool>, writes: Ar
                 0 => {
                     created += 1;
                     // New disks whose ids sort before every seeded one (h00..) or after (hzz).
-                    let host = if created % 2 == 0 { "h00" } else { "hzz" };
+                    let host = if created.is_multiple_of(2) { "h00" } else { "hzz" };
                     format!("disk/{host}/new{created:04}")
                 }
                 1 => format!("machine/h{:02}", rng.random_range(0..10)),
