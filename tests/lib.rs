@@ -46,3 +46,28 @@ where
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Every object a listing matches, following its pages (the master serves 1,000 objects per page unless
+/// asked for more, at most 10,000): one response holding all of them, the listing's revision (its first
+/// page's) and no token. Bounded by `MAX_TEST_PAGES`.
+pub async fn list_all(
+    client: &mut master::client::Client,
+    mut req: proto::api::ListObjectsRequest,
+) -> Result<proto::api::ListObjectsResponse, proto::error::ApiError> {
+    /// Far more pages than any test listing needs; a master that never ends a listing fails the test.
+    const MAX_TEST_PAGES: usize = 100_000;
+    let mut all = proto::api::ListObjectsResponse::default();
+    for page in 0..MAX_TEST_PAGES {
+        let resp = client.call(req.clone(), |mut c, r| async move { c.list_objects(r).await }).await?;
+        if page == 0 {
+            all.revision = resp.revision;
+        }
+        assert_eq!(resp.revision, all.revision, "every page answers the listing's revision");
+        all.objects.extend(resp.objects);
+        if resp.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        req.page_token = resp.next_page_token;
+    }
+    panic!("a listing did not end after {MAX_TEST_PAGES} pages");
+}

@@ -207,26 +207,20 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     // Agents.
-    let agents = rt
-        .block_on(
-            client.call(api::ListAgentsRequest::default(), |mut c, r| async move { c.list_agents(r).await }),
-        )
-        .map_err(api_err)?;
-    r.agents_expected = agents.agents.len();
-    r.agents_alive = agents.agents.iter().filter(|x| x.alive).count();
+    let agents = rt.block_on(crate::pages::agents(&mut client)).map_err(api_err)?;
+    r.agents_expected = agents.len();
+    r.agents_alive = agents.iter().filter(|x| x.alive).count();
     r.agents_stale = agents
-        .agents
         .iter()
         .filter(|x| !x.alive)
         .map(|x| format!("{} (silent since {})", x.agent, utc(x.since_ms)))
         .collect();
     r.agents_restarted = agents
-        .agents
         .iter()
         .filter(|x| x.restarts > 0 || (x.heard && now.saturating_sub(x.started_ms) <= RECENT_MS))
         .map(|x| format!("{} (started {}, {} restarts seen)", x.agent, utc(x.started_ms), x.restarts))
         .collect();
-    for x in &agents.agents {
+    for x in &agents {
         for (name, version) in &x.checkers {
             *r.checker_versions.entry(name.clone()).or_default().entry(version.clone()).or_default() += 1;
         }
@@ -254,10 +248,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     }
     let counted = r.revision > 0;
     let objects = rt
-        .block_on(
-            client
-                .call(api::ListObjectsRequest::default(), |mut c, r| async move { c.list_objects(r).await }),
-        )
+        .block_on(crate::pages::objects(&mut client, api::ListObjectsRequest::default(), 0))
         .map_err(api_err)?;
     for o in objects.objects.iter().filter(|_| !counted) {
         *r.objects.entry(o.kind.clone()).or_default().entry(o.state.clone()).or_default() += 1;

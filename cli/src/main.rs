@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod bench_agent;
 mod bench_e2e;
+mod bench_list;
 mod bench_master;
 mod bench_rollout;
 mod catalog_cmd;
@@ -15,6 +16,7 @@ mod inspect_cmd;
 mod kernel_log_cmd;
 mod master_cmd;
 mod ops_cmd;
+mod pages;
 mod safety_cmd;
 mod ticket_cmd;
 mod upgrade_cmd;
@@ -116,6 +118,8 @@ enum BenchCmd {
     E2e(bench_e2e::BenchE2eArgs),
     /// A checker release reaching N simulated agents through a real 3-node master (issue 15).
     Rollout(bench_rollout::BenchRolloutArgs),
+    /// Paginated listings of a big fleet: time per page and the leader's RSS (issue 17).
+    List(bench_list::BenchListArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -150,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Agent(a)) => bench_agent::run(a),
         Cmd::Bench(BenchCmd::E2e(a)) => bench_e2e::run(a),
         Cmd::Bench(BenchCmd::Rollout(a)) => bench_rollout::run(a),
+        Cmd::Bench(BenchCmd::List(a)) => bench_list::run(a),
     }
 }
 

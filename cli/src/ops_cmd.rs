@@ -219,9 +219,9 @@ pub struct ObjectsArgs {
     /// Label selector key=value (repeatable; all must match).
     #[arg(long)]
     label: Vec<String>,
-    /// Most objects to show (0: the server's maximum).
+    /// Show the first N objects (0: every matching object, read a page at a time).
     #[arg(long, default_value_t = 0)]
-    limit: u32,
+    limit: usize,
     /// Read from the node answering without a linearizable read.
     #[arg(long)]
     stale: bool,
@@ -253,18 +253,17 @@ pub fn objects(a: ObjectsArgs) -> anyhow::Result<ExitCode> {
         host: a.host.unwrap_or_default(),
         labels: a.label,
         stale: a.stale,
-        limit: a.limit,
+        limit: 0,
         page_token: String::new(),
     };
     let mut client = a.master.client();
-    let res = runtime()?
-        .block_on(client.call(req, |mut c, r| async move { c.list_objects(r).await }))
-        .map_err(api_err)?;
+    let res = runtime()?.block_on(crate::pages::objects(&mut client, req, a.limit)).map_err(api_err)?;
     let mut out = std::io::stdout().lock();
     if a.json {
         let v = serde_json::json!({
             "revision": res.revision,
             "objects": res.objects.iter().map(object_json).collect::<Vec<_>>(),
+            "more": res.more,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(ExitCode::SUCCESS);
@@ -284,7 +283,9 @@ pub fn objects(a: ObjectsArgs) -> anyhow::Result<ExitCode> {
             labels.join(",")
         )?;
     }
-    writeln!(out, "{} objects at revision {}", res.objects.len(), res.revision)?;
+    let more =
+        if res.more { format!(" (the first {}: more match)", res.objects.len()) } else { String::new() };
+    writeln!(out, "{} objects at revision {}{more}", res.objects.len(), res.revision)?;
     Ok(ExitCode::SUCCESS)
 }
 

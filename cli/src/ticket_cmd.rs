@@ -21,6 +21,9 @@ pub enum TicketCmd {
 pub struct ListArgs {
     #[arg(long)]
     json: bool,
+    /// Show the first N objects in REPAIR (0: all of them, read a page at a time).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -47,9 +50,7 @@ pub fn run(cmd: TicketCmd) -> anyhow::Result<ExitCode> {
 fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     let mut client = a.master.client();
     let req = api::ListObjectsRequest { state: "REPAIR".into(), ..Default::default() };
-    let r = runtime()?
-        .block_on(client.call(req, |mut c, r| async move { c.list_objects(r).await }))
-        .map_err(api_err)?;
+    let r = runtime()?.block_on(crate::pages::objects(&mut client, req, a.limit)).map_err(api_err)?;
     for o in &r.objects {
         let ticket = o.attributes.get("ticket").cloned().unwrap_or_default();
         let status = o.attributes.get("ticket-status").cloned().unwrap_or_else(|| "not filed yet".into());
@@ -64,6 +65,9 @@ fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     }
     if r.objects.is_empty() && !a.json {
         println!("no object is in REPAIR");
+    }
+    if r.more && !a.json {
+        println!("(the first {} objects in REPAIR: more match)", r.objects.len());
     }
     Ok(ExitCode::SUCCESS)
 }

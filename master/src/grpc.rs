@@ -281,12 +281,15 @@ impl Master for GrpcApi {
     ) -> Result<Response<api::ListObjectsResponse>, Status> {
         let req = req.into_inner();
         let filter = requests::filter(&req.kind, &req.state, &req.host, &req.labels).map_err(Status::from)?;
-        let (objects, revision) =
-            self.svc.list(&filter, req.limit as usize, req.stale).await.map_err(Status::from)?;
+        let page = self
+            .svc
+            .list(&filter, req.limit as usize, &req.page_token, req.stale)
+            .await
+            .map_err(Status::from)?;
         Ok(Response::new(api::ListObjectsResponse {
-            objects: objects.iter().map(convert::object_to_wire).collect(),
-            revision,
-            next_page_token: String::new(),
+            objects: page.objects.iter().map(convert::object_to_wire).collect(),
+            revision: page.revision,
+            next_page_token: page.next_page_token,
         }))
     }
 
@@ -400,12 +403,13 @@ impl Master for GrpcApi {
 
     async fn list_agents(
         &self,
-        _req: Request<api::ListAgentsRequest>,
+        req: Request<api::ListAgentsRequest>,
     ) -> Result<Response<api::ListAgentsResponse>, Status> {
-        let agents = self.svc.agent_list().await.map_err(Status::from)?;
+        let req = req.into_inner();
+        let page = self.svc.agent_list(req.limit as usize, &req.page_token).await.map_err(Status::from)?;
         Ok(Response::new(api::ListAgentsResponse {
-            agents: agents.into_iter().map(convert::agent_to_wire).collect(),
-            next_page_token: String::new(),
+            agents: page.agents.into_iter().map(convert::agent_to_wire).collect(),
+            next_page_token: page.next_page_token,
         }))
     }
 

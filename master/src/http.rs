@@ -160,14 +160,22 @@ struct ListQuery {
     label: String,
     #[serde(default)]
     stale: bool,
+    /// Page size (0: the server's default page; more than the maximum page is served as the maximum).
     #[serde(default)]
     limit: usize,
+    /// The `next_page_token` of the previous page (same filter).
+    #[serde(default)]
+    page_token: String,
 }
 
+/// `GET /api/v1/objects`: one page; `revision` is the listing's (the first page's) revision and
+/// `next_page_token` is non-empty when more objects may match (see the gRPC `ListObjectsResponse`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListView {
     pub objects: Vec<ObjectView>,
     pub revision: u64,
+    #[serde(default)]
+    pub next_page_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,8 +198,13 @@ async fn list(
     let q = parse_query(q)?;
     let labels: Vec<String> = q.label.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
     let filter = requests::filter(&q.kind, &q.state, &q.host, &labels)?;
-    let (objects, revision) = svc.list(&filter, q.limit, q.stale).await.map_err(|e| rest_error(&svc, e))?;
-    Ok(Json(ListView { objects, revision }).into_response())
+    let page = svc.list(&filter, q.limit, &q.page_token, q.stale).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(ListView {
+        objects: page.objects,
+        revision: page.revision,
+        next_page_token: page.next_page_token,
+    })
+    .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,10 +359,26 @@ async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, Http
     .into_response())
 }
 
-/// `GET /api/v1/agents`: the leader's heartbeat memory (versions, start times, outbox depth per agent).
-async fn agents(State(svc): State<Svc>) -> Result<Response, HttpError> {
-    let agents = svc.agents().map_err(|e| rest_error(&svc, e))?;
-    Ok(Json(serde_json::json!({ "agents": agents })).into_response())
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    #[serde(default)]
+    limit: usize,
+    #[serde(default)]
+    page_token: String,
+}
+
+/// `GET /api/v1/agents?limit=&page_token=`: one page of the agents the cluster knows (replicated liveness,
+/// in id order) with what the leader heard in heartbeats (`info`: version, start time, checkers, outbox
+/// depth, assignment), and `next_page_token` (the gRPC `ListAgents`). Served by the leader.
+async fn agents(
+    State(svc): State<Svc>,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, HttpError> {
+    let q = parse_query(q)?;
+    let page = svc.agent_list(q.limit, &q.page_token).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(serde_json::json!({ "agents": page.agents, "next_page_token": page.next_page_token }))
+        .into_response())
 }
 
 /// `POST /api/v1/commands`: same fields as the gRPC CommandRequest.

@@ -576,6 +576,9 @@ impl Filter {
     }
 }
 
+/// One page of agents (id, record) and the id to continue after (`None`: the listing is complete).
+pub type AgentsPage = (Vec<(String, AgentRecord)>, Option<String>);
+
 /// What a watch read returns: events from the requested revision on, or "compacted".
 #[derive(Debug)]
 pub enum ChangesRead {
@@ -677,6 +680,75 @@ impl Reader {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// One page of a listing: objects matching `filter` with ids strictly after `after` (all ids when
+    /// `None`), in id order, at most `limit` of them, examining at most `scan` rows. Returns the page and,
+    /// when more objects may match, the key to continue after: the last object served when a further
+    /// match was seen, or the last row examined when the scan budget ran out first (the page may then be
+    /// short, even empty). `None`: the listing is complete (a listing of exactly `limit` objects ends).
+    pub fn list_page(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<(Vec<ObjectRecord>, Option<String>), StoreError> {
+        self.read("list_page", || {
+            let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok((Vec::new(), None)) };
+            let prefix = match (filter.kind, &filter.host) {
+                (Some(k), Some(h)) => format!("{k}/{h}"),
+                (Some(k), None) => format!("{k}/"),
+                _ => String::new(),
+            };
+            let start = match after {
+                Some(a) if a >= prefix.as_str() => Bound::Excluded(a),
+                _ => Bound::Included(prefix.as_str()),
+            };
+            let (limit, scan) = (limit.max(1), scan.max(1));
+            let mut out: Vec<ObjectRecord> = Vec::new();
+            let mut scanned = 0usize;
+            for row in t.range::<&str>((start, Bound::Unbounded))? {
+                let (k, v) = row?;
+                let key = k.value();
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                let rec: ObjectRecord = decode_sealed("fsm_objects", key, v.value())?;
+                if filter.matches_object(&rec) {
+                    if out.len() >= limit {
+                        // One more match exists: continue after the last one served.
+                        let last = out.last().map(|r| r.id.to_string());
+                        return Ok((out, last));
+                    }
+                    out.push(rec);
+                }
+                scanned += 1;
+                if scanned >= scan {
+                    return Ok((out, Some(key.to_string())));
+                }
+            }
+            Ok((out, None))
+        })
+    }
+
+    /// One page of the agent table: agents with ids strictly after `after`, in id order, at most `limit`
+    /// (at least 1), and the id to continue after when more follow (`None`: complete).
+    pub fn agents_page(&self, after: Option<&str>, limit: usize) -> Result<AgentsPage, StoreError> {
+        self.read("agents_page", || {
+            let Some(t) = open_read!(self.txn, AGENTS) else { return Ok((Vec::new(), None)) };
+            let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut out: Vec<(String, AgentRecord)> = Vec::new();
+            for row in t.range::<&str>((start, Bound::Unbounded))? {
+                let (k, v) = row?;
+                if out.len() >= limit.max(1) {
+                    let last = out.last().map(|(id, _)| id.clone());
+                    return Ok((out, last));
+                }
+                out.push((k.value().to_string(), decode_sealed("fsm_agents", k.value(), v.value())?));
+            }
+            Ok((out, None))
         })
     }
 

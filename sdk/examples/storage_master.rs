@@ -181,8 +181,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let listing = sm.sub.list(&waiting).await.context("listing disks in ERROR")?;
     println!("ready revision={} waiting={}", listing.revision, listing.objects.len());
     sm.handle_waiting(&listing.objects).await?;
-    // Watch every disk change after the listing; only entries into ERROR matter to us.
-    let mut watch = sm.sub.watch(&waiting, listing.revision + 1)?;
+    // Watch every disk change after the listing (the listing is paged: the watch drops what its later pages
+    // already showed); only entries into ERROR matter to us.
+    let mut watch = sm.sub.watch_listing(&waiting, &listing)?;
     while !sm.done() {
         let Some(item) = watch.next().await else { bail!("watch ended") };
         match item.context("watching disks")? {

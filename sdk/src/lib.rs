@@ -7,8 +7,9 @@
 //! use state_machines::{AckKind, Kind};
 //! let mut sub = Subscriber::connect(["10.0.0.1:7700", "10.0.0.2:7700"], "storage").await?;
 //! let disks = Filter::kind(Kind::Disk);
-//! let listing = sub.list(&disks).await?;
-//! let mut watch = sub.watch(&disks, listing.revision + 1)?;
+//! // Every disk (read a page at a time), then every change after the listing, each exactly once.
+//! let (listing, mut watch) = sub.list_and_watch(&disks).await?;
+//! println!("{} disks at revision {}", listing.objects.len(), listing.revision);
 //! while let Some(item) = watch.next().await {
 //!     if let WatchItem::Events { events, .. } = item? {
 //!         for e in events.iter().filter(|e| e.state == Some(state_machines::State::Error)) {
@@ -32,6 +33,6 @@ pub mod types;
 
 pub use error::Error;
 pub use filter::{Filter, LabelCache};
-pub use resume::{Backoff, Cursor};
+pub use resume::{Backoff, Cursor, Floors};
 pub use subscriber::{Config, Security, Subscriber, Watch, WatchItem};
 pub use types::{Acked, Change, Held, Listing, Object, ObjectDetail, WaitingAck, parse_ack};

@@ -5,7 +5,13 @@
 //! node has looked (`revision`), even when its filter dropped every event. So after any response the next
 //! request starts at `max(last event, response revision) + 1`; an event below that was already delivered
 //! and is dropped. Asking a lagging node for a revision it has not applied yet is safe: it waits.
+//!
+//! After a paginated listing ([`Floors`]): every page answers the first page's revision R, but a later page
+//! is read from the state of its own moment, so an object on it may already carry changes after R. The
+//! watch starts at R + 1 and drops a change whose revision is at or below the listed object's own
+//! revision: each change is seen once, either in the listing or in the watch.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proto::api;
@@ -56,6 +62,47 @@ impl Cursor {
     /// After a resync from a listing at `revision`: continue right after it.
     pub fn reset(&mut self, revision: u64) {
         self.next = revision.saturating_add(1).max(1);
+    }
+}
+
+/// The dedupe after a paginated listing: object -> its listed revision, kept only for objects listed with a
+/// revision after the listing's own (the only ones a watch from the listing's revision + 1 can repeat), and
+/// dropped as a whole once the watch has covered the highest of them. Bounded by the listing's size; in
+/// practice by the objects that changed while the listing was being paged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Floors {
+    floors: BTreeMap<String, u64>,
+    until: u64,
+}
+
+impl Floors {
+    /// From a listing at `revision` whose objects carry their own revisions.
+    pub fn new<'a>(revision: u64, objects: impl IntoIterator<Item = (String, u64)> + 'a) -> Floors {
+        let floors: BTreeMap<String, u64> = objects.into_iter().filter(|(_, r)| *r > revision).collect();
+        let until = floors.values().copied().max().unwrap_or(0);
+        Floors { floors, until }
+    }
+
+    /// Whether a watched event is new (not already reflected in the listing).
+    pub fn keep(&self, e: &api::Event) -> bool {
+        self.floors.get(&e.object).is_none_or(|listed| e.revision > *listed)
+    }
+
+    /// The watch has covered every revision up to `covered`: forget the floors once nothing at or below
+    /// them can arrive any more.
+    pub fn advance(&mut self, covered: u64) {
+        if covered >= self.until && !self.floors.is_empty() {
+            self.floors.clear();
+        }
+    }
+
+    /// Objects still deduplicated.
+    pub fn len(&self) -> usize {
+        self.floors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.floors.is_empty()
     }
 }
 
@@ -148,6 +195,28 @@ mod tests {
         c.reset(u64::MAX);
         assert_eq!(c.next(), u64::MAX, "saturates instead of wrapping to 0");
         assert!(c.accept(evs(&[u64::MAX - 1]), u64::MAX).is_empty());
+    }
+
+    fn ev(object: &str, revision: u64) -> api::Event {
+        api::Event { revision, object: object.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn floors_drop_what_a_later_page_already_showed() {
+        // Listing at revision 10; `b` was listed at 14 (changed at 12 and 14 while pages were read), `a` at 3.
+        let objects = [("a".to_string(), 3), ("b".to_string(), 14), ("c".to_string(), 10)];
+        let mut f = Floors::new(10, objects);
+        assert_eq!(f.len(), 1, "only objects listed after the listing's revision are kept");
+        assert!(f.keep(&ev("a", 11)), "a change after the listing");
+        assert!(!f.keep(&ev("b", 12)) && !f.keep(&ev("b", 14)), "already in the listing");
+        assert!(f.keep(&ev("b", 15)));
+        assert!(f.keep(&ev("", 13)), "events about no object pass");
+        f.advance(13);
+        assert_eq!(f.len(), 1, "kept until the watch covers 14");
+        f.advance(14);
+        assert!(f.is_empty(), "nothing at or below 14 can come any more");
+        assert!(f.keep(&ev("b", 14)), "and the dedupe is gone");
+        assert!(Floors::new(5, Vec::new()).is_empty());
     }
 
     #[test]

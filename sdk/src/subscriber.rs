@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::filter::{Filter, LABEL_CACHE_MAX, LabelCache};
-use crate::resume::{Backoff, Cursor};
+use crate::resume::{Backoff, Cursor, Floors};
 use crate::types::{Acked, Change, Held, Listing, Object, ObjectDetail};
 
 /// Items buffered between a watch task and its consumer; when full the task stops reading the master's
@@ -42,8 +42,12 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Without matching events, a watch still reports how far it got at most this often, so a consumer can
 /// persist its resume revision.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// Objects one listing asks for (the master's own per-listing maximum).
-pub const LIST_LIMIT: u32 = 10_000;
+/// Objects per page a listing asks for (the master's default page; its maximum is 10,000, and a page must
+/// also fit the 16 MiB gRPC message limit with every object's evidence).
+pub const LIST_LIMIT: u32 = 1_000;
+/// Pages one listing follows at most: 1.5 M objects (100,000 hosts) take 1,500 pages of the default size;
+/// this only stops a master that never ends a listing ([`Error::Protocol`]).
+pub const MAX_LIST_PAGES: u32 = 1_000_000;
 /// Longest subscriber role (the state machines' field limit).
 pub const MAX_ROLE_LEN: usize = state_machines::model::MAX_FIELD_LEN;
 
@@ -61,7 +65,9 @@ pub struct Config {
     pub max_reconnects: u32,
     pub backoff_start: Duration,
     pub backoff_max: Duration,
+    /// Page size of listings, and most pages one listing follows.
     pub list_limit: u32,
+    pub max_list_pages: u32,
     /// Bound on one unary call, and attempts per call across redirects (see `proto::client`).
     pub call_timeout: Duration,
     pub max_attempts: u32,
@@ -99,6 +105,7 @@ impl Config {
             backoff_start: BACKOFF_START,
             backoff_max: BACKOFF_MAX,
             list_limit: LIST_LIMIT,
+            max_list_pages: MAX_LIST_PAGES,
             call_timeout: proto::client::CALL_TIMEOUT,
             max_attempts: proto::client::MAX_ATTEMPTS,
             seed,
@@ -115,9 +122,13 @@ impl Config {
                 "subscriber role must be 1..={MAX_ROLE_LEN} bytes without control characters"
             )));
         }
-        if self.watch_buffer == 0 || self.list_limit == 0 || self.max_attempts == 0 {
+        if self.watch_buffer == 0
+            || self.list_limit == 0
+            || self.max_list_pages == 0
+            || self.max_attempts == 0
+        {
             return Err(Error::Invalid(
-                "watch_buffer, list_limit and max_attempts must be at least 1".into(),
+                "watch_buffer, list_limit, max_list_pages and max_attempts must be at least 1".into(),
             ));
         }
         Ok(())
@@ -176,10 +187,20 @@ impl Subscriber {
         &self.cfg
     }
 
-    /// Objects matching `filter` (every field filtered by the master), read linearizably from the leader,
-    /// and the revision the listing reflects: watch from `revision + 1` to continue without a gap.
+    /// Every object matching `filter` (every field filtered by the master), read linearizably from the
+    /// leader a page at a time ([`Config::list_limit`] objects each), and the revision the listing started
+    /// at. To continue without a gap or a duplicate, watch with [`Subscriber::watch_listing`] (or use
+    /// [`Subscriber::list_and_watch`]).
     pub async fn list(&mut self, filter: &Filter) -> Result<Listing, Error> {
         list(&mut self.client, &self.cfg, &self.cache, filter).await
+    }
+
+    /// [`Subscriber::list`], then [`Subscriber::watch_listing`]: the state now and every change after it,
+    /// each change exactly once.
+    pub async fn list_and_watch(&mut self, filter: &Filter) -> Result<(Listing, Watch), Error> {
+        let listing = self.list(filter).await?;
+        let watch = self.watch_listing(filter, &listing)?;
+        Ok((listing, watch))
     }
 
     /// One object with its history.
@@ -190,6 +211,17 @@ impl Subscriber {
     /// Changes matching `filter` from `from_revision` on (0: from now). Spawns the watch task on the
     /// current tokio runtime (outside one: `Error::Invalid`); dropping the [`Watch`] stops it.
     pub fn watch(&self, filter: &Filter, from_revision: u64) -> Result<Watch, Error> {
+        self.spawn_watch(filter, from_revision, Floors::default())
+    }
+
+    /// Changes matching `filter` after `listing` (made with the same filter): from `listing.revision + 1`,
+    /// dropping a change the listing already shows (at or below the listed object's own revision, which an
+    /// object listed on a later page can carry). Nothing is missed and nothing is seen twice.
+    pub fn watch_listing(&self, filter: &Filter, listing: &Listing) -> Result<Watch, Error> {
+        self.spawn_watch(filter, listing.revision.saturating_add(1), listing.floors())
+    }
+
+    fn spawn_watch(&self, filter: &Filter, from_revision: u64, floors: Floors) -> Result<Watch, Error> {
         filter.validate()?;
         let (tx, rx) = mpsc::channel(self.cfg.watch_buffer);
         let task = WatchTask {
@@ -202,6 +234,7 @@ impl Subscriber {
             failures: 0,
             rotation: 0,
             last_sent: Instant::now(),
+            floors,
         };
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Invalid("watch needs a tokio runtime to run its task on".into()))?;
@@ -255,16 +288,40 @@ async fn list(
     filter: &Filter,
 ) -> Result<Listing, Error> {
     filter.validate()?;
-    let limit = cfg.list_limit;
-    let resp =
-        client.call(filter.list_request(limit), |mut c, r| async move { c.list_objects(r).await }).await?;
-    let truncated = resp.objects.len() >= limit as usize;
-    let objects = resp.objects.into_iter().map(Object::try_from).collect::<Result<Vec<_>, _>>()?;
-    let mut c = lock(cache);
-    for o in &objects {
-        c.insert(o.id.clone(), o.labels.clone());
+    let mut req = filter.list_request(cfg.list_limit);
+    let mut objects = Vec::new();
+    let mut revision = None;
+    for page in 1..=cfg.max_list_pages {
+        let resp = client.call(req.clone(), |mut c, r| async move { c.list_objects(r).await }).await?;
+        match revision {
+            None => revision = Some(resp.revision),
+            Some(r) if r != resp.revision => {
+                return Err(Error::Protocol(format!(
+                    "page {page} of a listing answered revision {} (the listing started at {r})",
+                    resp.revision
+                )));
+            }
+            Some(_) => {}
+        }
+        let batch = resp.objects.into_iter().map(Object::try_from).collect::<Result<Vec<_>, _>>()?;
+        {
+            let mut c = lock(cache);
+            for o in &batch {
+                c.insert(o.id.clone(), o.labels.clone());
+            }
+        }
+        objects.extend(batch);
+        if resp.next_page_token.is_empty() {
+            return Ok(Listing { objects, revision: revision.unwrap_or(resp.revision), pages: page });
+        }
+        if resp.next_page_token == req.page_token {
+            return Err(Error::Protocol(format!(
+                "page {page} of a listing answered the same page token again"
+            )));
+        }
+        req.page_token = resp.next_page_token;
     }
-    Ok(Listing { objects, revision: resp.revision, truncated })
+    Err(Error::Protocol(format!("a listing did not end after {} pages (max_list_pages)", cfg.max_list_pages)))
 }
 
 async fn get(client: &mut Client, cache: &Mutex<LabelCache>, id: &ObjectId) -> Result<ObjectDetail, Error> {
@@ -284,8 +341,9 @@ pub enum WatchItem {
     Events { events: Vec<Change>, revision: u64 },
     /// Nothing matched up to `revision` (sent at most every [`PROGRESS_EVERY`]).
     Progress { revision: u64 },
-    /// The change log no longer reached back to the next revision: this is a fresh listing (same filter)
-    /// and the watch continues from `listing.revision + 1`. Replace local state with it.
+    /// The change log no longer reached back to the next revision: this is a fresh listing (same filter,
+    /// every page) and the watch continues after it, without the changes it already shows (as
+    /// [`Subscriber::watch_listing`]). Replace local state with it.
     Resync { listing: Listing },
     /// The stream broke (leader died, network); the watch reconnects and resumes from `resume_from`.
     /// Informational: nothing is lost.
@@ -341,6 +399,8 @@ struct WatchTask {
     failures: u32,
     rotation: usize,
     last_sent: Instant,
+    /// The dedupe after the listing this watch continues (empty for a plain `watch`).
+    floors: Floors,
 }
 
 impl WatchTask {
@@ -386,6 +446,7 @@ impl WatchTask {
                             if let Some(c) = &mut cursor {
                                 c.reset(listing.revision);
                             }
+                            self.floors = listing.floors();
                             tracing::info!(revision = listing.revision, "watch resynced after compaction");
                             if !self.send(WatchItem::Resync { listing }).await {
                                 return;
@@ -482,7 +543,9 @@ impl WatchTask {
                 last_advance = Instant::now();
             }
             let mut matching = Vec::new();
-            for e in cursor.peek(&msg.events) {
+            let fresh: Vec<api::Event> =
+                cursor.peek(&msg.events).into_iter().filter(|e| self.floors.keep(e)).collect();
+            for e in fresh {
                 let e = match Change::try_from(e) {
                     Ok(e) => e,
                     Err(err) => return StreamEnd::Fatal(err),
@@ -496,6 +559,7 @@ impl WatchTask {
             }
             cursor.accept(msg.events, msg.revision);
             let revision = cursor.covered();
+            self.floors.advance(revision);
             let item = if !matching.is_empty() {
                 WatchItem::Events { events: matching, revision }
             } else if self.last_sent.elapsed() >= PROGRESS_EVERY {
@@ -602,6 +666,9 @@ mod tests {
         cfg.backoff_start = Duration::from_millis(1);
         cfg.backoff_max = Duration::from_millis(2);
         let sub = Subscriber { client: cfg.client(0), cache: Arc::new(Mutex::new(LabelCache::new(8))), cfg };
+        // A listing bound of 0 pages is refused like the other zero settings.
+        let zero = Config { max_list_pages: 0, ..sub.cfg.clone() };
+        assert!(matches!(zero.validate(), Err(Error::Invalid(_))));
         let mut w = sub.watch(&Filter::default(), 5).expect("valid filter");
         let mut attempts = Vec::new();
         let end = loop {

@@ -73,13 +73,23 @@ impl Change {
     }
 }
 
-/// A listing: the objects and the revision it reflects (watch from `revision + 1` for no gap).
+/// A complete listing, read a page at a time: every object matching the filter and the revision the
+/// listing started at (its first page's). Objects on later pages may carry their own `revision` past it:
+/// watch with [`crate::Subscriber::watch_listing`] (from `revision + 1`, dropping the changes the listing
+/// already shows) for no gap and no duplicate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listing {
     pub objects: Vec<Object>,
     pub revision: u64,
-    /// The master returned as many objects as the limit allows: there may be more (narrow the filter).
-    pub truncated: bool,
+    /// Pages the listing took.
+    pub pages: u32,
+}
+
+impl Listing {
+    /// The watch dedupe this listing needs (see [`crate::resume::Floors`]).
+    pub fn floors(&self) -> crate::resume::Floors {
+        crate::resume::Floors::new(self.revision, self.objects.iter().map(|o| (o.id.to_string(), o.revision)))
+    }
 }
 
 /// One object with its history.

@@ -39,6 +39,14 @@ struct Script {
     get_calls: Vec<String>,
     /// The first watch is served by a "partitioned follower": progress at `from - 1`, every 10 ms, forever.
     stall_first: bool,
+    /// Listings: objects per page (0: the request's limit), the revision every page answers (0: the last
+    /// event's), and two ways to misbehave on pages after the first: answer the same token again, or
+    /// another revision.
+    page_size: usize,
+    list_revision: u64,
+    repeat_token: bool,
+    shift_revision: bool,
+    list_calls: usize,
 }
 
 #[derive(Clone, Default)]
@@ -142,17 +150,33 @@ impl Master for Fake {
     ) -> Result<Response<api::ListObjectsResponse>, Status> {
         let req = req.into_inner();
         Ok(Response::new(self.with(|s| {
-            api::ListObjectsResponse {
-                objects: s
-                    .objects
-                    .values()
-                    .filter(|o| req.kind.is_empty() || o.id.starts_with(&format!("{}/", req.kind)))
-                    .take(if req.limit == 0 { usize::MAX } else { req.limit as usize })
-                    .cloned()
-                    .collect(),
-                revision: s.events.len() as u64,
-                next_page_token: String::new(),
+            s.list_calls += 1;
+            let size = match (s.page_size, req.limit) {
+                (0, 0) => usize::MAX,
+                (0, l) => l as usize,
+                (p, _) => p,
+            };
+            // The token of this fake is the last id served (the real master's is opaque).
+            let matching: Vec<api::Object> = s
+                .objects
+                .values()
+                .filter(|o| req.kind.is_empty() || o.id.starts_with(&format!("{}/", req.kind)))
+                .filter(|o| req.page_token.is_empty() || o.id > req.page_token)
+                .cloned()
+                .collect();
+            let more = matching.len() > size;
+            let objects: Vec<api::Object> = matching.into_iter().take(size).collect();
+            let later = !req.page_token.is_empty();
+            let mut next_page_token =
+                if more { objects.last().map(|o| o.id.clone()).unwrap_or_default() } else { String::new() };
+            if more && later && s.repeat_token {
+                next_page_token = req.page_token.clone();
             }
+            let mut revision = if s.list_revision > 0 { s.list_revision } else { s.events.len() as u64 };
+            if later && s.shift_revision {
+                revision += 1;
+            }
+            api::ListObjectsResponse { objects, revision, next_page_token }
         })))
     }
 
@@ -507,4 +531,108 @@ async fn a_stream_stuck_behind_the_leader_is_abandoned() {
         other => panic!("{other:?}"),
     }
     assert_eq!(fake.with(|s| s.watch_calls.clone()), vec![1, 1]);
+}
+
+/// Objects `disk/h1/a`..`e` listed in pages of 2 at revision 8; `c` (changed at 9 and 10) and `e` (11, 12)
+/// sit on later pages that were read after those changes, so they carry revisions 10 and 12.
+fn paged_script(s: &mut Script) {
+    let revs = [("a", 3), ("b", 5), ("c", 10), ("d", 8), ("e", 12)];
+    for (name, rev) in revs {
+        let id = format!("disk/h1/{name}");
+        s.objects.insert(id.clone(), api::Object { revision: rev, ..object(&id, "GOOD", "r1", false) });
+    }
+    let order = ["a", "b", "a", "d", "b", "d", "a", "d", "c", "c", "e", "e", "a", "c"];
+    s.events = order
+        .iter()
+        .enumerate()
+        .map(|(i, o)| event(i as u64 + 1, &format!("disk/h1/{o}"), "finding", "GOOD", ""))
+        .collect();
+    s.page_size = 2;
+    s.list_revision = 8;
+    s.chunk = 20;
+}
+
+#[tokio::test]
+async fn a_paged_listing_and_its_watch_see_each_change_once() {
+    let fake = Fake::default();
+    fake.with(paged_script);
+    let mut cfg = serve(fake.clone()).await;
+    cfg.list_limit = 2;
+    let mut sub = Subscriber::connect_with(cfg).await.expect("connect");
+    let (listing, mut w) = sub.list_and_watch(&Filter::kind(Kind::Disk)).await.expect("list and watch");
+    assert_eq!((listing.revision, listing.pages, listing.objects.len()), (8, 3, 5));
+    assert_eq!(listing.floors().len(), 2, "only c and e were listed past the listing's revision");
+    // The watch starts at 9; 9..=12 are already in the listing (c at 10, e at 12): only 13 and 14 come.
+    match next(&mut w).await {
+        WatchItem::Events { events, revision } => {
+            assert_eq!(events.iter().map(|e| e.revision).collect::<Vec<_>>(), [13, 14]);
+            assert_eq!(revision, 14);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.with(|s| s.watch_calls.clone()), vec![9]);
+}
+
+#[tokio::test]
+async fn a_resync_lists_every_page_and_drops_what_the_listing_shows() {
+    let fake = Fake::default();
+    fake.with(|s| {
+        paged_script(s);
+        s.compacted_below = 5;
+    });
+    let mut cfg = serve(fake.clone()).await;
+    cfg.list_limit = 2;
+    let sub = Subscriber::connect_with(cfg).await.expect("connect");
+    let mut w = sub.watch(&Filter::kind(Kind::Disk), 2).expect("watch");
+    match next(&mut w).await {
+        WatchItem::Resync { listing } => assert_eq!((listing.revision, listing.pages), (8, 3)),
+        other => panic!("{other:?}"),
+    }
+    match next(&mut w).await {
+        WatchItem::Events { events, .. } => {
+            assert_eq!(events.iter().map(|e| e.revision).collect::<Vec<_>>(), [13, 14])
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_master_that_misbehaves_while_paging_is_a_protocol_error() {
+    for (what, setup) in [
+        ("same token", (|s: &mut Script| s.repeat_token = true) as fn(&mut Script)),
+        ("revision", |s: &mut Script| s.shift_revision = true),
+        ("pages", |_: &mut Script| {}),
+    ] {
+        let fake = Fake::default();
+        fake.with(|s| {
+            paged_script(s);
+            setup(s);
+        });
+        let mut cfg = serve(fake.clone()).await;
+        cfg.list_limit = 2;
+        if what == "pages" {
+            cfg.max_list_pages = 2; // 3 pages needed: one more than allowed
+        }
+        let mut sub = Subscriber::connect_with(cfg).await.expect("connect");
+        match sub.list(&Filter::default()).await {
+            Err(Error::Protocol(m)) => assert!(
+                m.contains(match what {
+                    "same token" => "same page token",
+                    "revision" => "answered revision 9",
+                    _ => "after 2 pages",
+                }),
+                "{what}: {m}"
+            ),
+            other => panic!("{what}: {:?}", other.map(|l| l.pages)),
+        }
+        assert!(fake.with(|s| s.list_calls) <= 3, "{what}: stopped at once");
+    }
+    // At the page bound exactly (3 pages allowed, 3 needed) the listing completes.
+    let fake = Fake::default();
+    fake.with(paged_script);
+    let mut cfg = serve(fake.clone()).await;
+    cfg.list_limit = 2;
+    cfg.max_list_pages = 3;
+    let mut sub = Subscriber::connect_with(cfg).await.expect("connect");
+    assert_eq!(sub.list(&Filter::default()).await.expect("list").objects.len(), 5);
 }

@@ -187,12 +187,10 @@ async fn failover_keeps_acknowledged_writes_and_watch_resumes() {
 
     // Every write acknowledged before the kill (and after) is present, read linearizably from the new leader.
     let mut client = Client::new(parse_addrs(&all));
-    let listing = client
-        .call(api::ListObjectsRequest { kind: "disk".into(), ..Default::default() }, |mut c, r| async move {
-            c.list_objects(r).await
-        })
-        .await
-        .expect("list");
+    let listing =
+        tests::list_all(&mut client, api::ListObjectsRequest { kind: "disk".into(), ..Default::default() })
+            .await
+            .expect("list");
     let present: BTreeSet<String> = listing.objects.iter().map(|o| o.id.clone()).collect();
     let acked_all = acked.lock().expect("lock").clone();
     for (o, rev) in &acked_all {
@@ -211,13 +209,12 @@ async fn failover_keeps_acknowledged_writes_and_watch_resumes() {
         cluster.log_tail(leader)
     );
     let mut on_restarted = Client::new(vec![cluster.nodes[&leader].grpc.clone()]);
-    let stale = on_restarted
-        .call(
-            api::ListObjectsRequest { kind: "disk".into(), stale: true, ..Default::default() },
-            |mut c, r| async move { c.list_objects(r).await },
-        )
-        .await
-        .expect("stale list on the restarted node");
+    let stale = tests::list_all(
+        &mut on_restarted,
+        api::ListObjectsRequest { kind: "disk".into(), stale: true, ..Default::default() },
+    )
+    .await
+    .expect("stale list on the restarted node");
     assert!(stale.revision >= final_rev);
     assert_eq!(stale.objects.len(), listing.objects.len());
 

@@ -173,11 +173,12 @@ async fn validation_limits_and_commands() {
 
     // Linearizable and stale reads agree on a single node; the filter works.
     let filter = Filter { kind: Some(state_machines::Kind::Disk), ..Filter::default() };
-    let (lin, rev) = svc.list(&filter, 0, false).await.expect("list");
-    let (stale, _) = svc.list(&filter, 0, true).await.expect("stale list");
-    assert_eq!(lin.len(), 2);
-    assert_eq!(lin, stale);
-    assert_eq!(rev, svc.current_revision());
+    let lin = svc.list(&filter, 0, "", false).await.expect("list");
+    let stale = svc.list(&filter, 0, "", true).await.expect("stale list");
+    assert_eq!(lin.objects.len(), 2);
+    assert_eq!(lin.objects, stale.objects);
+    assert_eq!(lin.next_page_token, "", "everything fits in the default page");
+    assert_eq!(lin.revision, svc.current_revision());
     let (rec, history, _) = svc.get(&"disk/h1/sda".parse().expect("id"), false).await.expect("get");
     assert_eq!(rec.state, State::Repair.as_str());
     assert_eq!(history.iter().filter(|h| h.what == "transition").count(), 2);
@@ -308,5 +309,163 @@ async fn watch_is_gap_free_resumes_and_reports_compaction() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].object, "disk/h3/d0");
     assert_eq!(progress, from + 1);
+    n.raft.shutdown().await;
+}
+
+/// Every page of a listing through the API layer: (ids, revisions answered, pages).
+async fn follow_pages(
+    svc: &Service,
+    filter: &Filter,
+    limit: usize,
+    stale: bool,
+) -> (Vec<String>, Vec<u64>, usize) {
+    let (mut ids, mut revs, mut token, mut pages) = (Vec::new(), Vec::new(), String::new(), 0);
+    loop {
+        let page = svc.list(filter, limit, &token, stale).await.expect("page");
+        pages += 1;
+        revs.push(page.revision);
+        ids.extend(page.objects.into_iter().map(|o| o.id));
+        if page.next_page_token.is_empty() {
+            return (ids, revs, pages);
+        }
+        token = page.next_page_token;
+        assert!(pages <= 100_000, "the listing never ended");
+    }
+}
+
+/// Paginated listings (issue 17): 0 is the default page, more than the maximum is the maximum, a listing
+/// of exactly one full page ends, every page answers the first page's revision while writes go on
+/// between pages, and bad tokens are INVALID_ARGUMENT and change nothing. A token from the future (a
+/// revision this node never reaches) waits at most PAGE_CATCH_UP, then UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_page_with_limits_and_tokens() {
+    use master::api::pages::{Listing, PAGE_CATCH_UP, PageToken, filter_digest};
+    use master::api::validate::{DEFAULT_PAGE, MAX_PAGE};
+    let n = start_node(Duration::from_secs(3600)).await;
+    let svc = &n.svc;
+    // MAX_PAGE + 1 disks on 11 hosts, registered in calls of at most MAX_OBJECTS_PER_REGISTER.
+    let total = MAX_PAGE + 1;
+    let mut all: Vec<String> = (0..total).map(|i| format!("disk/h{:02}/d{i:05}", i % 11)).collect();
+    all.sort();
+    for host in 0..11 {
+        let mine: Vec<&String> =
+            all.iter().filter(|id| id.starts_with(&format!("disk/h{host:02}/"))).collect();
+        for chunk in mine.chunks(master::model::MAX_OBJECTS_PER_REGISTER) {
+            let regs = chunk
+                .iter()
+                .map(|id| Registration {
+                    id: id.parse().expect("id"),
+                    attributes: BTreeMap::new(),
+                    labels: BTreeMap::new(),
+                })
+                .collect();
+            svc.register(format!("agent-{host}"), format!("h{host:02}"), regs).await.expect("register");
+        }
+    }
+    let every = Filter::default();
+    let first = svc.list(&every, 0, "", false).await.expect("default page");
+    assert_eq!(first.objects.len(), DEFAULT_PAGE, "0 is the default page");
+    assert!(!first.next_page_token.is_empty(), "a truncated page always carries a token");
+    let capped = svc.list(&every, MAX_PAGE * 10, "", false).await.expect("capped page");
+    assert_eq!(capped.objects.len(), MAX_PAGE, "more than the maximum is served as the maximum");
+    assert!(!capped.next_page_token.is_empty());
+    let rest = svc.list(&every, MAX_PAGE, &capped.next_page_token, false).await.expect("last page");
+    assert_eq!(rest.objects.len(), 1);
+    assert_eq!(rest.next_page_token, "", "the listing ends");
+    // Exactly one full page: no token, no empty page after it.
+    let h0 = Filter { kind: Some(state_machines::Kind::Disk), host: Some("h00".into()), ..Filter::default() };
+    let h0_count = all.iter().filter(|i| i.starts_with("disk/h00/")).count();
+    let exact = svc.list(&h0, h0_count, "", false).await.expect("exact page");
+    assert_eq!((exact.objects.len(), exact.next_page_token.as_str()), (h0_count, ""));
+
+    // Pages of 997 while objects are written between pages: every page answers the first revision,
+    // linearizable and stale alike, and every object listed once.
+    for stale in [false, true] {
+        let (mut ids, mut revs, mut token) = (Vec::new(), Vec::new(), String::new());
+        loop {
+            let page = svc.list(&every, 997, &token, stale).await.expect("page");
+            revs.push(page.revision);
+            ids.extend(page.objects.into_iter().map(|o| o.id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+            svc.ingest(IngestBatch {
+                agent: String::new(),
+                seq: 0,
+                epoch: 0,
+                findings: vec![finding("disk/h00/d00000", Severity::Warning)],
+            })
+            .await
+            .expect("write between pages");
+        }
+        assert!(revs.iter().all(|r| *r == revs[0]), "stale={stale}: {revs:?}");
+        assert!(svc.current_revision() > revs[0]);
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len(), "no object twice");
+        assert_eq!(ids, all, "every object once, in id order");
+    }
+    let (ids, _, pages) = follow_pages(svc, &every, 0, false).await;
+    assert_eq!((ids.len(), pages), (total, total.div_ceil(DEFAULT_PAGE)));
+
+    // Bad tokens: garbage, cut, another filter, another listing. INVALID_ARGUMENT, revision unmoved.
+    let token = first.next_page_token.clone();
+    let agents_token = PageToken {
+        listing: Listing::Agents,
+        revision: first.revision,
+        digest: filter_digest(&every),
+        after: "disk/h00".into(),
+    }
+    .encode();
+    let unmoved = svc.current_revision();
+    for (what, f, t) in [
+        ("garbage", &every, "%%%not-a-token".to_string()),
+        ("cut", &every, token[..token.len() / 2].to_string()),
+        ("another filter", &h0, token.clone()),
+        ("another listing", &every, agents_token),
+    ] {
+        let e = svc.list(f, 0, &t, false).await.expect_err(what);
+        assert_eq!(e.code, Code::InvalidArgument, "{what}: {e}");
+    }
+    assert_eq!(svc.current_revision(), unmoved, "bad tokens change nothing");
+    // Agents page the same way, in id order (23 agents heard, pages of 5).
+    let names: Vec<String> = (0..23).map(|i| format!("hb-{i:02}")).collect();
+    for a in &names {
+        svc.heartbeat(a.clone(), format!("host-{a}"), hb(1)).await.expect("heartbeat");
+    }
+    let (mut listed, mut token_a, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = svc.agent_list(5, &token_a).await.expect("agents page");
+        pages += 1;
+        assert!(page.agents.len() <= 5);
+        listed.extend(page.agents.into_iter().map(|a| (a.agent, a.alive, a.heard)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token_a = page.next_page_token;
+    }
+    let agent_ids: Vec<&String> = listed.iter().map(|(a, _, _)| a).filter(|a| a.starts_with("hb-")).collect();
+    assert_eq!(agent_ids, names.iter().collect::<Vec<_>>(), "every agent once, in id order");
+    assert!(listed.iter().filter(|(a, _, _)| a.starts_with("hb-")).all(|(_, alive, heard)| *alive && *heard));
+    assert_eq!(pages, listed.len().div_ceil(5));
+    let before = svc.current_revision();
+    let e = svc.agent_list(0, &token).await.expect_err("an objects token for agents");
+    assert_eq!(e.code, Code::InvalidArgument, "{e}");
+    assert_eq!(svc.current_revision(), before, "bad tokens change nothing");
+
+    // A token from a revision this node has not applied: a stale page waits PAGE_CATCH_UP, then says so.
+    let future = PageToken {
+        listing: Listing::Objects,
+        revision: before + 1_000_000,
+        digest: filter_digest(&every),
+        after: String::new(),
+    }
+    .encode();
+    let t0 = std::time::Instant::now();
+    let e = svc.list(&every, 0, &future, true).await.expect_err("behind the listing");
+    assert_eq!(e.code, Code::Unavailable, "{e}");
+    assert!(t0.elapsed() >= PAGE_CATCH_UP, "waited for the node to catch up first");
     n.raft.shutdown().await;
 }

@@ -109,7 +109,7 @@ async fn report(c: &LocalCluster, objects: Vec<(String, String)>, seq: u64, chec
 
 async fn count(cl: &mut Client, kind: &str, state: &str) -> usize {
     let req = api::ListObjectsRequest { kind: kind.into(), state: state.into(), ..Default::default() };
-    cl.call(req, |mut c, r| async move { c.list_objects(r).await }).await.unwrap().objects.len()
+    tests::list_all(cl, req).await.unwrap().objects.len()
 }
 
 async fn safety(cl: &mut Client) -> api::GetSafetyResponse {

@@ -167,13 +167,29 @@ impl Service {
         Ok(self.heartbeats.views())
     }
 
-    /// Every agent in the replicated state, with the leader's heartbeat memory where it has any.
-    pub async fn agent_list(&self) -> Result<Vec<AgentListing>, ApiError> {
-        let heard: BTreeMap<String, AgentView> =
-            self.agents()?.into_iter().map(|a| (a.agent.clone(), a)).collect();
+    /// One page of the agents in the replicated state (in id order, `limit` at most: 0 is the default
+    /// page, capped at the maximum page), with the leader's heartbeat memory where it has any, continuing
+    /// the listing of `page_token` (empty: a first page). A bad token is INVALID_ARGUMENT.
+    pub async fn agent_list(&self, limit: usize, page_token: &str) -> Result<super::AgentPage, ApiError> {
+        use super::pages::{self, Listing, PageToken};
+        let digest = pages::agents_digest();
+        let token = pages::request_token(page_token, Listing::Agents, digest)?;
+        let views = self.agents()?;
         let r = self.read_view(false).await?;
-        Ok(r.agents()
-            .map_err(store_err)?
+        let revision = match &token {
+            Some(t) => t.revision,
+            None => r.revision().map_err(store_err)?,
+        };
+        let (page, next) = r
+            .agents_page(token.as_ref().map(|t| t.after.as_str()), pages::page_size(limit))
+            .map_err(store_err)?;
+        let wanted: std::collections::BTreeSet<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
+        let heard: BTreeMap<String, AgentView> = views
+            .into_iter()
+            .filter(|a| wanted.contains(a.agent.as_str()))
+            .map(|a| (a.agent.clone(), a))
+            .collect();
+        let agents = page
             .into_iter()
             .map(|(id, rec)| {
                 let h = heard.get(&id);
@@ -188,7 +204,11 @@ impl Service {
                     info: h.map(|h| h.info.clone()).unwrap_or_default(),
                 }
             })
-            .collect())
+            .collect();
+        let next_page_token = next
+            .map(|after| PageToken { listing: Listing::Agents, revision, digest, after }.encode())
+            .unwrap_or_default();
+        Ok(super::AgentPage { agents, next_page_token })
     }
 
     /// The actions waiting to run on `host` (handed out with heartbeats; this node's copy, which on the

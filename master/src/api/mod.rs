@@ -5,6 +5,7 @@
 //! - [`validate`]: the limits and checks every request passes before anything is proposed;
 //! - [`requests`]: request strings (filters, object commands, proposal filters) parsed into domain values;
 //! - [`objects`]: writes (ingest, register, object commands) and reads (list, get, the object view);
+//! - [`pages`]: page sizes and continuation tokens of the paginated listings (objects, agents);
 //! - [`watch`]: watch streams from the change log;
 //! - [`heartbeats`]: the leader's memory of agent heartbeats (only liveness changes are replicated);
 //! - [`cluster`]: cluster info;
@@ -35,6 +36,7 @@ pub mod cluster;
 pub mod duties;
 pub mod heartbeats;
 pub mod objects;
+pub mod pages;
 pub mod proposer;
 pub mod requests;
 pub mod safety;
@@ -46,13 +48,15 @@ pub mod watch;
 pub use cluster::{ClusterInfo, MemberInfo};
 pub use heartbeats::{AgentListing, AgentView, HeartbeatInfo};
 pub use objects::{IngestBatch, WriteResult, object_view};
+pub use pages::{AgentPage, ObjectPage};
 pub use proposer::{MAX_CMDS_PER_ENTRY, MAX_INFLIGHT_ENTRIES, PROPOSAL_QUEUE};
 pub use tasks::{ShutdownReport, TaskGroup};
 pub use validate::MAX_HEARTBEAT_CHECKERS;
 pub use watch::{WATCH_BATCH, WATCH_BUFFER, WATCH_PROGRESS_EVERY, WatchItem};
 
-/// Most objects one listing returns.
-pub const MAX_LIST: usize = 10_000;
+/// Most objects one page of a listing returns ([`validate::MAX_PAGE`]; listings continue with a page
+/// token, see [`pages`]).
+pub const MAX_LIST: usize = validate::MAX_PAGE;
 
 /// How long shutdown waits for open watch streams to end once told to (they stop at their next await).
 pub const WATCHER_DRAIN: Duration = Duration::from_secs(2);

@@ -6,7 +6,8 @@ use proto::view::ObjectView;
 use serde::{Deserialize, Serialize};
 use state_machines::{Finding, Input, ObjectId};
 
-use super::{MAX_LIST, Service, store_err, validate};
+use super::pages::{self, Listing, ObjectPage, PageToken};
+use super::{Service, store_err, validate};
 use crate::model::{CmdResult, Command, HistoryEntry, MAX_TEXT_LEN, ObjectRecord, Registration};
 use crate::store::Filter;
 
@@ -189,17 +190,35 @@ impl Service {
         self.submit(Command::Alert { object, message: alert_text(message) }).await
     }
 
-    /// Objects matching `filter` (at most `limit`, 0 meaning [`MAX_LIST`]) and the revision they reflect.
+    /// One page of the objects matching `filter`, in id order: `limit` objects at most (0: the default
+    /// page, capped at the maximum page, see [`pages::page_size`]), continuing the listing of
+    /// `page_token` (empty: a first page). Every page answers the first page's revision; a truncated page
+    /// always carries the next page's token. A bad token is INVALID_ARGUMENT (see [`pages::PageToken`]).
     pub async fn list(
         &self,
         filter: &Filter,
         limit: usize,
+        page_token: &str,
         stale: bool,
-    ) -> Result<(Vec<ObjectView>, u64), ApiError> {
-        let r = self.read_view(stale).await?;
-        let limit = if limit == 0 { MAX_LIST } else { limit.min(MAX_LIST) };
-        let objects = r.list(filter, limit).map_err(store_err)?;
-        Ok((objects.iter().map(object_view).collect(), r.revision().map_err(store_err)?))
+    ) -> Result<ObjectPage, ApiError> {
+        let digest = pages::filter_digest(filter);
+        let token = pages::request_token(page_token, Listing::Objects, digest)?;
+        let mut r = self.read_view(stale).await?;
+        if let Some(t) = &token {
+            r = self.reader_at_least(r, t.revision).await?;
+        }
+        let revision = match &token {
+            Some(t) => t.revision,
+            None => r.revision().map_err(store_err)?,
+        };
+        let after = token.as_ref().map(|t| t.after.as_str());
+        let (objects, next) = r
+            .list_page(filter, after, pages::page_size(limit), validate::MAX_PAGE_SCAN)
+            .map_err(store_err)?;
+        let next_page_token = next
+            .map(|after| PageToken { listing: Listing::Objects, revision, digest, after }.encode())
+            .unwrap_or_default();
+        Ok(ObjectPage { objects: objects.iter().map(object_view).collect(), revision, next_page_token })
     }
 
     /// One object with its history, and the revision.

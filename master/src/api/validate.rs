@@ -28,6 +28,19 @@ pub const MAX_DETAIL_LEN: usize = 8192;
 pub const MAX_HEARTBEAT_CHECKERS: usize = 64;
 pub const MAX_VERSION_LEN: usize = 64;
 
+/// Objects (or agents) one page of a listing holds when the request says 0: big enough that a subscriber
+/// listing 1.5 M objects needs 1,500 calls, small enough that a page of objects with their evidence stays
+/// far under the gRPC message limit (`grpc::MAX_GRPC_MESSAGE`, 16 MiB: about 1.6 KiB per object at the cap).
+pub const DEFAULT_PAGE: usize = 1_000;
+/// Largest page served; a request for more is served this many (the proto's "served as the maximum").
+pub const MAX_PAGE: usize = 10_000;
+/// Rows one page examines at most (a selective filter such as `state=REPAIR` over 1.5 M objects): the page
+/// then ends early, possibly empty, with a token that continues after the last row examined, so one call
+/// never holds a read transaction over the whole table.
+pub const MAX_PAGE_SCAN: usize = 100_000;
+/// Longest page token accepted (a token carries one object id, at most a few hundred bytes, in base64).
+pub const MAX_PAGE_TOKEN_LEN: usize = 2_048;
+
 /// At most this many characters of a bad value are quoted back in an error message.
 const QUOTE_CHARS: usize = 40;
 

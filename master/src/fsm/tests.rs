@@ -428,6 +428,7 @@ mod safety;
 mod catalog;
 mod counts;
 mod integrity;
+mod pages;
 pub(crate) mod props;
 mod requests;
 mod versions;
