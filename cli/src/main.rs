@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod bench_agent;
 mod bench_e2e;
+mod bench_heartbeats;
 mod bench_master;
 mod bench_rollout;
 mod catalog_cmd;
@@ -116,6 +117,8 @@ enum BenchCmd {
     E2e(bench_e2e::BenchE2eArgs),
     /// A checker release reaching N simulated agents through a real 3-node master (issue 15).
     Rollout(bench_rollout::BenchRolloutArgs),
+    /// The master's heartbeat path: first beats, steady beats, first beats to a new leader (issue 17).
+    Heartbeats(bench_heartbeats::BenchHeartbeatsArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -150,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Agent(a)) => bench_agent::run(a),
         Cmd::Bench(BenchCmd::E2e(a)) => bench_e2e::run(a),
         Cmd::Bench(BenchCmd::Rollout(a)) => bench_rollout::run(a),
+        Cmd::Bench(BenchCmd::Heartbeats(a)) => bench_heartbeats::run(a),
     }
 }
 

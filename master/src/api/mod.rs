@@ -85,6 +85,8 @@ pub struct Service {
     cfg: ServiceConfig,
     proposals: mpsc::Sender<proposer::Pending>,
     heartbeats: heartbeats::Memory,
+    /// The pending orders of every host, for heartbeat answers (see `actions::OrderIndex`).
+    orders: Arc<crate::actions::OrderIndex>,
     pub stats: Arc<FsmStats>,
     pub started: Instant,
     /// The revision in the store when the service started (the fsm only reports revisions it applies).
@@ -97,6 +99,8 @@ pub struct Service {
     pub leader_changes: AtomicU64,
     /// The catalog as last read for assignments, keyed by the replicated catalog counter.
     catalog_cache: catalog::CatalogCache,
+    /// Per-host assignment hashes for heartbeats, keyed by the replicated catalog counter.
+    assignments: Mutex<catalog::AssignmentCache>,
     /// The canary-stop thresholds (master config `[canary]`).
     canary: Mutex<crate::catalog::CanaryConfig>,
     /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).
@@ -140,12 +144,14 @@ impl Service {
             cfg,
             proposals: tx,
             heartbeats: heartbeats::Memory::default(),
+            orders: Arc::default(),
             stats,
             started: Instant::now(),
             watch_registry: watch::Registry::default(),
             member_versions: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
             catalog_cache: Mutex::new(None),
+            assignments: Mutex::default(),
             canary: Mutex::new(crate::catalog::CanaryConfig::default()),
             watchers: TaskGroup::new("watchers"),
             duties: TaskGroup::new("duties"),
