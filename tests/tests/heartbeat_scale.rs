@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use master::api::{HeartbeatInfo, Service, ServiceConfig};
+use master::api::{HeartbeatInfo, MAX_CMDS_PER_ENTRY, Service, ServiceConfig};
 use master::fsm::MasterFsm;
 use master::model::Registration;
 use master::raft::{RaftConfig, RaftNode, Role};
@@ -118,6 +118,8 @@ async fn a_new_leader_answers_first_beats_of_alive_agents_without_proposing() {
     assert_eq!(n.svc.current_revision() - rev0, AGENTS as u64, "one liveness change per agent");
     assert_eq!(alive_in_store(&n.svc), AGENTS, "none lost");
     eprintln!("{AGENTS} agents became alive in {entries} Raft entries");
+    // An entry holds at most MAX_CMDS_PER_ENTRY commands: the rest went in the next entries.
+    assert!(entries >= AGENTS.div_ceil(MAX_CMDS_PER_ENTRY) as u64, "{entries} entries");
     assert!(
         entries <= (AGENTS / 10) as u64,
         "{AGENTS} liveness changes took {entries} Raft entries (the proposer packs concurrent ones)"
@@ -164,6 +166,7 @@ async fn agents_gone_silent_are_marked_in_few_entries_and_none_is_missed() {
     assert_eq!(marks.iter().collect::<std::collections::BTreeSet<_>>().len(), AGENTS, "none twice");
     eprintln!("{AGENTS} agents marked silent in {} Raft entries", n.raft.status().commit_index - commit0);
     assert!(entries <= (AGENTS / 10) as u64, "{AGENTS} silent marks took {entries} Raft entries");
+    assert!(entries >= AGENTS.div_ceil(MAX_CMDS_PER_ENTRY) as u64, "{entries} entries");
     // Back: one beat makes an agent alive again (the memory knows it is silent now).
     n.svc.heartbeat("agent-7".into(), "host-7".into(), hb()).await.expect("beat");
     assert_eq!(alive_in_store(&n.svc), 1);

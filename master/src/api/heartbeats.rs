@@ -26,6 +26,67 @@ pub const MEMORY_SHARDS: usize = 64;
 /// the bound keeps one round from filling the proposal queue (`PROPOSAL_QUEUE`) that API writes share.
 pub const MAX_SILENT_PER_ROUND: usize = 4096;
 
+/// Agents coming alive that wait for the liveness batcher; heartbeats beyond it wait for room (backpressure).
+/// A fleet re-announcing itself is at most one beat per agent in flight per connection, far below this.
+pub const LIVENESS_QUEUE: usize = 16_384;
+/// Most "came alive" changes the batcher submits at once (then it waits for their commit and takes the
+/// next batch, which grew meanwhile): the proposer packs them into entries of `MAX_CMDS_PER_ENTRY`.
+pub const MAX_LIVENESS_BATCH: usize = 1024;
+
+/// One agent waiting to be proposed alive, and where its heartbeat waits for the result.
+pub(super) struct ComingAlive {
+    agent: String,
+    host: String,
+    tx: tokio::sync::oneshot::Sender<Result<(), ApiError>>,
+}
+
+/// Take what waits in `rx` after `first`, up to `max` in all (the rest stays for the next batch).
+pub(super) fn take_batch<T>(first: T, rx: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(x) => batch.push(x),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// The liveness batcher: agents whose first beat needs a replicated "alive" are proposed together, one
+/// batch at a time (group commit: while a batch commits the next one gathers), so a fleet re-announcing
+/// itself costs few Raft entries. Ends when told to stop, when the queue closes, or when the service is gone.
+pub(super) async fn run_liveness(
+    svc: std::sync::Weak<Service>,
+    mut rx: tokio::sync::mpsc::Receiver<ComingAlive>,
+    stop: impl std::future::Future<Output = ()> + Send,
+) {
+    tokio::pin!(stop);
+    loop {
+        let first = tokio::select! {
+            _ = &mut stop => return,
+            x = rx.recv() => match x {
+                Some(x) => x,
+                None => return,
+            },
+        };
+        let batch = take_batch(first, &mut rx, MAX_LIVENESS_BATCH);
+        let Some(s) = svc.upgrade() else { return };
+        let marks = batch.into_iter().map(|c| {
+            let s = &s;
+            async move {
+                let cmd = Command::AgentLiveness { agent: c.agent.clone(), host: c.host, alive: true };
+                let r = s.submit(cmd).await.map(|_| s.heartbeats.set_alive(&c.agent, true));
+                // The heartbeat may have given up waiting (its request was cancelled).
+                c.tx.send(r).ok();
+            }
+        });
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = futures::future::join_all(marks) => {}
+        }
+    }
+}
+
 /// One agent as the leader's heartbeat memory sees it (`GET /api/v1/agents`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AgentView {
@@ -254,7 +315,8 @@ impl Service {
     /// Record a heartbeat in the leader's memory; only a change of liveness is replicated. An agent this
     /// leader knows alive at this host (heard, or learned from the replicated state) costs no read and no
     /// proposal; any other is checked with one point lookup, and proposed alive only when the replicated
-    /// record does not say so already (the proposer packs concurrent ones into few entries).
+    /// record does not say so already: through the liveness batcher ([`run_liveness`]), so the first beats
+    /// of a fleet land in few entries. The answer comes once the change committed.
     pub async fn heartbeat(&self, agent: String, host: String, info: HeartbeatInfo) -> Result<u64, ApiError> {
         self.leader_gate()?;
         check_heartbeat(&agent, &host, &info)?;
@@ -263,10 +325,16 @@ impl Service {
                 .and_then(|r| r.agent(&agent))
                 .map(|a| a.is_some_and(|r| r.alive && r.host == host))
                 .map_err(store_err)?;
-            if !replicated_alive {
-                self.submit(Command::AgentLiveness { agent: agent.clone(), host, alive: true }).await?;
+            if replicated_alive {
+                self.heartbeats.set_alive(&agent, true);
+            } else {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.coming_alive
+                    .send(ComingAlive { agent, host, tx })
+                    .await
+                    .map_err(|_| ApiError::unavailable("master is shutting down"))?;
+                rx.await.map_err(|_| ApiError::unavailable("master is shutting down"))??;
             }
-            self.heartbeats.set_alive(&agent, true);
         }
         Ok(self.current_revision())
     }
@@ -408,6 +476,20 @@ mod tests {
         assert!(all.iter().all(|(a, h)| a[1..] == h[1..]));
         // Not silent yet: nothing.
         assert!(m.silent(Duration::from_secs(3600), MAX_SILENT_PER_ROUND).is_empty());
+    }
+
+    #[test]
+    fn a_liveness_batch_stops_at_its_limit_and_the_rest_waits_for_the_next() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(MAX_LIVENESS_BATCH + 10);
+        for i in 0..MAX_LIVENESS_BATCH + 5 {
+            tx.try_send(i).expect("room");
+        }
+        let first = rx.try_recv().expect("first");
+        let batch = take_batch(first, &mut rx, MAX_LIVENESS_BATCH);
+        assert_eq!(batch, (0..MAX_LIVENESS_BATCH).collect::<Vec<_>>());
+        let first = rx.try_recv().expect("the rest");
+        let rest = take_batch(first, &mut rx, MAX_LIVENESS_BATCH);
+        assert_eq!(rest, (MAX_LIVENESS_BATCH..MAX_LIVENESS_BATCH + 5).collect::<Vec<_>>());
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub struct Service {
     cfg: ServiceConfig,
     proposals: mpsc::Sender<proposer::Pending>,
     heartbeats: heartbeats::Memory,
+    /// Agents to propose alive, for the liveness batcher (`heartbeats::run_liveness`).
+    coming_alive: mpsc::Sender<heartbeats::ComingAlive>,
     /// The pending orders of every host, for heartbeat answers (see `actions::OrderIndex`).
     orders: Arc<crate::actions::OrderIndex>,
     pub stats: Arc<FsmStats>,
@@ -135,6 +137,7 @@ impl Service {
         cfg: ServiceConfig,
     ) -> Arc<Service> {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        let (alive_tx, alive_rx) = mpsc::channel(heartbeats::LIVENESS_QUEUE);
         let base_revision = Reader::new(&db).and_then(|r| r.revision()).unwrap_or(0);
         let svc = Arc::new(Service {
             base_revision,
@@ -144,6 +147,7 @@ impl Service {
             cfg,
             proposals: tx,
             heartbeats: heartbeats::Memory::default(),
+            coming_alive: alive_tx,
             orders: Arc::default(),
             stats,
             started: Instant::now(),
@@ -158,6 +162,7 @@ impl Service {
         });
         svc.duties.spawn(proposer::run(Arc::downgrade(&svc), rx, svc.duties.stopped()));
         svc.duties.spawn(duties::run(Arc::downgrade(&svc), svc.duties.stopped()));
+        svc.duties.spawn(heartbeats::run_liveness(Arc::downgrade(&svc), alive_rx, svc.duties.stopped()));
         svc
     }
 
