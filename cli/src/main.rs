@@ -5,6 +5,7 @@ mod agent_cmd;
 mod bench_agent;
 mod bench_e2e;
 mod bench_list;
+mod bench_heartbeats;
 mod bench_master;
 mod bench_rollout;
 mod catalog_cmd;
@@ -120,6 +121,8 @@ enum BenchCmd {
     Rollout(bench_rollout::BenchRolloutArgs),
     /// Paginated listings of a big fleet: time per page and the leader's RSS (issue 17).
     List(bench_list::BenchListArgs),
+    /// The master's heartbeat path: first beats, steady beats, first beats to a new leader (issue 17).
+    Heartbeats(bench_heartbeats::BenchHeartbeatsArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -155,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::E2e(a)) => bench_e2e::run(a),
         Cmd::Bench(BenchCmd::Rollout(a)) => bench_rollout::run(a),
         Cmd::Bench(BenchCmd::List(a)) => bench_list::run(a),
+        Cmd::Bench(BenchCmd::Heartbeats(a)) => bench_heartbeats::run(a),
     }
 }
 

@@ -116,16 +116,12 @@ impl Master for GrpcApi {
             .into_iter()
             .map(convert::order_to_wire)
             .collect();
-        let (hash, assignment) = self.svc.assignment(&host).map_err(Status::from)?;
-        let included = hash != held;
+        let (hash, assignment) = self.svc.assignment_for_beat(&host, &held).map_err(Status::from)?;
+        let included = assignment.is_some();
         Ok(Response::new(api::HeartbeatResponse {
             revision,
             actions,
-            assignment: if included {
-                assignment.iter().map(convert::assignment_to_wire).collect()
-            } else {
-                Vec::new()
-            },
+            assignment: assignment.iter().flatten().map(convert::assignment_to_wire).collect(),
             assignment_hash: hash,
             assignment_included: included,
         }))

@@ -346,9 +346,10 @@ async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, Http
     let host = b.host.clone();
     let revision = svc.heartbeat(b.agent, b.host, info).await.map_err(|e| rest_error(&svc, e))?;
     let actions = svc.actions_for(&host).map_err(|e| rest_error(&svc, e))?;
-    let (hash, assignment) = svc.assignment(&host).map_err(|e| rest_error(&svc, e))?;
-    let included = hash != b.assignment_hash;
-    let assignment = if included { assignment } else { Vec::new() };
+    let (hash, assignment) =
+        svc.assignment_for_beat(&host, &b.assignment_hash).map_err(|e| rest_error(&svc, e))?;
+    let included = assignment.is_some();
+    let assignment = assignment.unwrap_or_default();
     Ok(Json(serde_json::json!({
         "revision": revision,
         "actions": actions,

@@ -752,6 +752,18 @@ impl Reader {
         })
     }
 
+    /// Visit every object in id order, one decoded record at a time (never the whole table in memory).
+    pub fn for_each_object(&self, mut f: impl FnMut(ObjectRecord)) -> Result<(), StoreError> {
+        self.read("for_each_object", || {
+            let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(()) };
+            for row in t.iter()? {
+                let (k, v) = row?;
+                f(decode_sealed("fsm_objects", k.value(), v.value())?);
+            }
+            Ok(())
+        })
+    }
+
     pub fn history(&self, rec: &ObjectRecord) -> Result<Vec<HistoryEntry>, StoreError> {
         self.read("history", || {
             let Some(t) = open_read!(self.txn, HISTORY) else { return Ok(Vec::new()) };
@@ -772,6 +784,31 @@ impl Reader {
             for row in t.iter()? {
                 let (k, v) = row?;
                 out.push((k.value().to_string(), decode_sealed("fsm_agents", k.value(), v.value())?));
+            }
+            Ok(out)
+        })
+    }
+
+    /// One agent record by id: a point lookup (the heartbeat path; never a scan).
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        self.read("agent", || {
+            let Some(t) = open_read!(self.txn, AGENTS) else { return Ok(None) };
+            t.get(id)?.map(|g| decode_sealed("fsm_agents", id, g.value())).transpose()
+        })
+    }
+
+    /// The agents recorded alive, with their hosts (what a new leader learns once per term; one pass over
+    /// the agent table, keeping only two strings per alive agent).
+    pub fn alive_agents(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read("alive_agents", || {
+            let Some(t) = open_read!(self.txn, AGENTS) else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let rec: AgentRecord = decode_sealed("fsm_agents", k.value(), v.value())?;
+                if rec.alive {
+                    out.push((k.value().to_string(), rec.host));
+                }
             }
             Ok(out)
         })

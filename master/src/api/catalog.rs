@@ -82,6 +82,17 @@ pub struct FetchChunk {
 /// The leader's cache of the catalog for assignments: (the replicated catalog counter, the records).
 pub(super) type CatalogCache = std::sync::Mutex<Option<(u64, Arc<Vec<CheckerRecord>>)>>;
 
+/// Most hosts whose assignment the heartbeat path caches (one per agent the leader tracks); at the limit
+/// the cache starts over (the assignments are computed again, one per host's next beat).
+pub const MAX_CACHED_ASSIGNMENTS: usize = super::heartbeats::MAX_TRACKED_AGENTS;
+
+/// Per host: the hash of its assignment and the entries, valid while the catalog counter (the key) stays.
+#[derive(Default)]
+pub(super) struct AssignmentCache {
+    catalog_rev: u64,
+    hosts: std::collections::HashMap<String, (String, Arc<Vec<AssignmentView>>)>,
+}
+
 fn invalid(e: String) -> ApiError {
     ApiError::invalid(e)
 }
@@ -285,6 +296,51 @@ impl Service {
         };
         let a = assignment_of(cat.iter(), host, labels.as_ref());
         Ok((assignment_hash(&a), a))
+    }
+
+    /// The assignment of `host` for a heartbeat: its hash, and the entries only when the agent holds another
+    /// one (`held`). Cached per host until the catalog counter moves, so an unchanged assignment costs a
+    /// counter read and a hash-map lookup; computed each time while a rollout selects hosts by labels
+    /// (labels change without the catalog moving).
+    pub fn assignment_for_beat(
+        &self,
+        host: &str,
+        held: &str,
+    ) -> Result<(String, Option<Vec<AssignmentView>>), ApiError> {
+        let r = Reader::new(&self.db).map_err(store_err)?;
+        let rev = r.meta(META_CATALOG_REV).map_err(store_err)?;
+        {
+            let c = lock(&self.assignments);
+            if c.catalog_rev == rev
+                && let Some((hash, a)) = c.hosts.get(host)
+            {
+                return Ok((hash.clone(), (hash != held).then(|| a.as_ref().clone())));
+            }
+        }
+        let cat = self.catalog_snapshot(&r)?;
+        let by_labels = cat.iter().any(|c| c.rollouts.iter().any(|x| !x.target.labels.is_empty()));
+        let labels = if by_labels {
+            r.object(&format!("machine/{host}")).map_err(store_err)?.map(|o| o.labels)
+        } else {
+            None
+        };
+        let a = assignment_of(cat.iter(), host, labels.as_ref());
+        let hash = assignment_hash(&a);
+        if !by_labels {
+            let mut c = lock(&self.assignments);
+            if c.catalog_rev != rev || c.hosts.len() >= MAX_CACHED_ASSIGNMENTS {
+                c.hosts.clear();
+                c.catalog_rev = rev;
+            }
+            c.hosts.insert(host.to_string(), (hash.clone(), Arc::new(a.clone())));
+        }
+        let included = hash != held;
+        Ok((hash, included.then_some(a)))
+    }
+
+    /// Hosts whose assignment is cached now (at most [`MAX_CACHED_ASSIGNMENTS`]).
+    pub fn cached_assignments(&self) -> usize {
+        lock(&self.assignments).hosts.len()
     }
 
     /// Validate and store an artifact: chunks first (when larger than one chunk), then the push itself.

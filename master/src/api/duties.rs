@@ -70,6 +70,20 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
                 },
             }
         }
+        if s.heartbeats.learned_term() != st.term {
+            // A new term: learn which agents the replicated state records alive (once per term), so their
+            // first beats to this leader propose nothing and the silent sweep reads only memory.
+            tokio::select! {
+                _ = &mut stop => return,
+                r = s.learn_agents(st.term) => match r {
+                    Ok(n) => tracing::info!(agents = n, term = st.term, "leader learned the agents recorded alive"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "learning the alive agents failed; retrying next round");
+                        continue;
+                    }
+                },
+            }
+        }
         let since = *leader_since.get_or_insert_with(Instant::now);
         let work = leader_duties(&s, since, &mut last_tick);
         tokio::select! {
@@ -91,13 +105,10 @@ async fn leader_duties(s: &Service, leader_since: Instant, last_tick: &mut Insta
     if !reader.members().map_err(store_err)?.iter().any(|(m, r)| *m == id && *r == me) {
         s.submit(Command::Announce { id, grpc: me.grpc, http: me.http }).await?;
     }
-    // 2. Agents that went silent. A new leader first waits a full period (it has no heartbeat memory yet).
-    if leader_since.elapsed() >= s.cfg.agent_silent_after {
-        let known = reader.agents().map_err(store_err)?;
-        for (agent, host) in s.heartbeats.silent(known, s.cfg.agent_silent_after) {
-            s.submit(Command::AgentLiveness { agent: agent.clone(), host, alive: false }).await?;
-            s.heartbeats.set_alive(&agent, false);
-        }
+    // 2. Agents that went silent, from memory only (the agents recorded alive were learned at the start of
+    // the term). A new leader first waits a full period (its agents have had no chance to beat yet).
+    if leader_since.elapsed() >= s.cfg.agent_silent_after && s.heartbeats.learned_term() != 0 {
+        s.sweep_silent().await?;
     }
     // 3. Step objects whose deadlines passed.
     if last_tick.elapsed() >= TICK_EVERY {

@@ -1,8 +1,10 @@
 //! Agent heartbeats: the leader keeps what each agent last said in memory ([`Memory`]); only a change of
 //! liveness goes through Raft (ENGINEERING.md section 3: heartbeats from 100k agents must not).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use proto::error::ApiError;
@@ -10,11 +12,80 @@ pub use proto::view::{AgentListing, HeartbeatInfo};
 
 use super::validate::{self, MAX_HEARTBEAT_CHECKERS, MAX_VERSION_LEN};
 use super::{Service, lock, store_err};
-use crate::model::{AgentRecord, Command, MAX_TEXT_LEN};
+use crate::model::{Command, MAX_TEXT_LEN};
 use crate::store::Reader;
 
-/// Most agents tracked in the leader's heartbeat memory (a datacenter has ~10-100k hosts).
+/// Most agents tracked in the leader's heartbeat memory (a datacenter has ~10-100k hosts), counting those
+/// learned from the replicated state and not heard from yet.
 pub const MAX_TRACKED_AGENTS: usize = 200_000;
+/// Shards of the heartbeat memory: beats from hundreds of connections on different agents rarely wait on
+/// the same lock (a power of two comfortably above the worker threads of a master).
+pub const MEMORY_SHARDS: usize = 64;
+/// Most "went silent" changes one sweep proposes; the rest go in the next round (`DUTY_INTERVAL` later).
+/// They are submitted at once, so the proposer packs up to `MAX_CMDS_PER_ENTRY` of them per Raft entry;
+/// the bound keeps one round from filling the proposal queue (`PROPOSAL_QUEUE`) that API writes share.
+pub const MAX_SILENT_PER_ROUND: usize = 4096;
+
+/// Agents coming alive that wait for the liveness batcher; heartbeats beyond it wait for room (backpressure).
+/// A fleet re-announcing itself is at most one beat per agent in flight per connection, far below this.
+pub const LIVENESS_QUEUE: usize = 16_384;
+/// Most "came alive" changes the batcher submits at once (then it waits for their commit and takes the
+/// next batch, which grew meanwhile): the proposer packs them into entries of `MAX_CMDS_PER_ENTRY`.
+pub const MAX_LIVENESS_BATCH: usize = 1024;
+
+/// One agent waiting to be proposed alive, and where its heartbeat waits for the result.
+pub(super) struct ComingAlive {
+    agent: String,
+    host: String,
+    tx: tokio::sync::oneshot::Sender<Result<(), ApiError>>,
+}
+
+/// Take what waits in `rx` after `first`, up to `max` in all (the rest stays for the next batch).
+pub(super) fn take_batch<T>(first: T, rx: &mut tokio::sync::mpsc::Receiver<T>, max: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(x) => batch.push(x),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// The liveness batcher: agents whose first beat needs a replicated "alive" are proposed together, one
+/// batch at a time (group commit: while a batch commits the next one gathers), so a fleet re-announcing
+/// itself costs few Raft entries. Ends when told to stop, when the queue closes, or when the service is gone.
+pub(super) async fn run_liveness(
+    svc: std::sync::Weak<Service>,
+    mut rx: tokio::sync::mpsc::Receiver<ComingAlive>,
+    stop: impl std::future::Future<Output = ()> + Send,
+) {
+    tokio::pin!(stop);
+    loop {
+        let first = tokio::select! {
+            _ = &mut stop => return,
+            x = rx.recv() => match x {
+                Some(x) => x,
+                None => return,
+            },
+        };
+        let batch = take_batch(first, &mut rx, MAX_LIVENESS_BATCH);
+        let Some(s) = svc.upgrade() else { return };
+        let marks = batch.into_iter().map(|c| {
+            let s = &s;
+            async move {
+                let cmd = Command::AgentLiveness { agent: c.agent.clone(), host: c.host, alive: true };
+                let r = s.submit(cmd).await.map(|_| s.heartbeats.set_alive(&c.agent, true));
+                // The heartbeat may have given up waiting (its request was cancelled).
+                c.tx.send(r).ok();
+            }
+        });
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = futures::future::join_all(marks) => {}
+        }
+    }
+}
 
 /// One agent as the leader's heartbeat memory sees it (`GET /api/v1/agents`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -33,74 +104,180 @@ struct Seen {
     host: String,
     info: HeartbeatInfo,
     restarts: u64,
+    /// The last heartbeat, or when this leader learned the agent from the replicated state.
     last: Instant,
+    /// Whether this leader heard the agent itself (false: only learned alive from the replicated state).
+    heard: bool,
     /// Whether the replicated state says alive (as far as this leader knows).
     alive: bool,
 }
 
-/// The leader's heartbeat memory: agent id -> what it said last and when.
-#[derive(Default)]
+/// The leader's heartbeat memory: agent id -> what it said last and when, in [`MEMORY_SHARDS`] shards, plus
+/// the agents the replicated state records alive (learned once per term by [`Service::learn_agents`], then
+/// kept current by this leader's own liveness changes: only the leader proposes them).
 pub(super) struct Memory {
-    agents: Mutex<BTreeMap<String, Seen>>,
+    shards: Box<[Mutex<HashMap<String, Seen>>]>,
+    hasher: RandomState,
+    /// Entries over all shards (bounded by [`MAX_TRACKED_AGENTS`]).
+    tracked: AtomicUsize,
+    /// The Raft term whose replicated alive agents this memory holds (0: not learned).
+    learned_term: AtomicU64,
+}
+
+impl Default for Memory {
+    fn default() -> Memory {
+        Memory {
+            shards: (0..MEMORY_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            tracked: AtomicUsize::new(0),
+            learned_term: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What a heartbeat means for the replicated state, as far as the memory knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Beat {
+    /// Known alive at this host: nothing to replicate, nothing to read.
+    Known,
+    /// Not known alive here (new to this leader, silent, or moved host): check the replicated record.
+    Check,
 }
 
 impl Memory {
-    /// Record a heartbeat; returns whether liveness must be replicated (not known alive, or moved host).
-    fn record(&self, agent: &str, host: &str, info: HeartbeatInfo) -> Result<bool, ApiError> {
-        let mut hb = lock(&self.agents);
-        if !hb.contains_key(agent) && hb.len() >= MAX_TRACKED_AGENTS {
+    fn shard(&self, agent: &str) -> &Mutex<HashMap<String, Seen>> {
+        let i = (self.hasher.hash_one(agent) as usize) % self.shards.len();
+        &self.shards[i]
+    }
+
+    /// Count one more entry, unless the memory is full.
+    fn reserve(&self) -> bool {
+        self.tracked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_TRACKED_AGENTS).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Record a heartbeat. A known agent costs one shard lock and no allocation.
+    pub(super) fn record(&self, agent: &str, host: &str, info: HeartbeatInfo) -> Result<Beat, ApiError> {
+        let mut shard = lock(self.shard(agent));
+        let now = Instant::now();
+        if let Some(seen) = shard.get_mut(agent) {
+            if seen.heard && seen.info.started_ms != info.started_ms {
+                seen.restarts += 1;
+            }
+            seen.info = info;
+            seen.last = now;
+            seen.heard = true;
+            let moved = seen.host != host;
+            if moved {
+                seen.host.clear();
+                seen.host.push_str(host);
+            }
+            return Ok(if seen.alive && !moved { Beat::Known } else { Beat::Check });
+        }
+        if !self.reserve() {
             return Err(ApiError::unavailable("too many agents tracked by this leader"));
         }
-        let seen = hb.entry(agent.to_string()).or_insert_with(|| Seen {
-            host: host.to_string(),
-            info: info.clone(),
-            restarts: 0,
-            last: Instant::now(),
-            alive: false,
-        });
-        seen.last = Instant::now();
-        if seen.info.started_ms != info.started_ms {
-            seen.restarts += 1;
-        }
-        seen.info = info;
-        let moved = seen.host != host;
-        seen.host = host.to_string();
-        Ok(!seen.alive || moved)
+        let seen = Seen { host: host.to_string(), info, restarts: 0, last: now, heard: true, alive: false };
+        shard.insert(agent.to_string(), seen);
+        Ok(Beat::Check)
     }
 
     pub(super) fn set_alive(&self, agent: &str, alive: bool) {
-        if let Some(s) = lock(&self.agents).get_mut(agent) {
+        if let Some(s) = lock(self.shard(agent)).get_mut(agent) {
             s.alive = alive;
         }
     }
 
-    /// Forget everything (this node is not the leader).
+    /// Forget everything (this node is not the leader, or a new term starts).
     pub(super) fn clear(&self) {
-        lock(&self.agents).clear();
+        self.learned_term.store(0, Ordering::Release);
+        for shard in self.shards.iter() {
+            let mut m = lock(shard);
+            let n = m.len();
+            m.clear();
+            self.tracked.fetch_sub(n, Ordering::AcqRel);
+        }
     }
 
-    /// Agents the replicated state says are alive but this leader has not heard from for `after`.
-    pub(super) fn silent(&self, known: Vec<(String, AgentRecord)>, after: Duration) -> Vec<(String, String)> {
-        let hb = lock(&self.agents);
-        known
-            .into_iter()
-            .filter(|(id, a)| a.alive && hb.get(id).is_none_or(|seen| seen.last.elapsed() >= after))
-            .map(|(id, a)| (id, a.host))
-            .collect()
+    /// The term this memory learned the replicated alive agents in (0: not yet).
+    pub(super) fn learned_term(&self) -> u64 {
+        self.learned_term.load(Ordering::Acquire)
     }
 
+    /// Take in the agents the replicated state records alive (`(agent, host)`), as of `term`. An agent
+    /// already heard keeps what its beat set; one beyond [`MAX_TRACKED_AGENTS`] is left out (its first beat
+    /// is refused as well, the same limit). Returns how many were added.
+    pub(super) fn learn(&self, alive: Vec<(String, String)>, term: u64) -> usize {
+        let now = Instant::now();
+        let mut added = 0;
+        for (agent, host) in alive {
+            let mut shard = lock(self.shard(&agent));
+            if shard.contains_key(&agent) || !self.reserve() {
+                continue;
+            }
+            let seen = Seen {
+                host,
+                info: HeartbeatInfo::default(),
+                restarts: 0,
+                last: now,
+                heard: false,
+                alive: true,
+            };
+            shard.insert(agent, seen);
+            added += 1;
+        }
+        self.learned_term.store(term, Ordering::Release);
+        added
+    }
+
+    /// Agents the replicated state says are alive (as far as this memory knows) but not heard from for
+    /// `after` (since this leader learned them, for those never heard): at most `max`, with their hosts.
+    pub(super) fn silent(&self, after: Duration, max: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let m = lock(shard);
+            for (id, s) in m.iter() {
+                if out.len() >= max {
+                    return out;
+                }
+                if s.alive && s.last.elapsed() >= after {
+                    out.push((id.clone(), s.host.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Entries in the memory (heard or learned).
+    pub(super) fn tracked(&self) -> usize {
+        self.tracked.load(Ordering::Acquire)
+    }
+
+    /// The agents this leader heard from, in agent order.
     pub(super) fn views(&self) -> Vec<AgentView> {
-        lock(&self.agents)
-            .iter()
-            .map(|(agent, s)| AgentView {
-                agent: agent.clone(),
-                host: s.host.clone(),
-                alive: s.alive,
-                last_heartbeat_ms_ago: u64::try_from(s.last.elapsed().as_millis()).unwrap_or(u64::MAX),
-                restarts: s.restarts,
-                info: s.info.clone(),
-            })
-            .collect()
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(lock(shard).iter().filter(|(_, s)| s.heard).map(|(agent, s)| view_of(agent, s)));
+        }
+        out.sort_by(|a, b| a.agent.cmp(&b.agent));
+        out
+    }
+
+    /// What this leader heard from one agent (a point lookup: one shard lock).
+    pub(super) fn view(&self, agent: &str) -> Option<AgentView> {
+        lock(self.shard(agent)).get(agent).filter(|s| s.heard).map(|s| view_of(agent, s))
+    }
+}
+
+fn view_of(agent: &str, s: &Seen) -> AgentView {
+    AgentView {
+        agent: agent.to_string(),
+        host: s.host.clone(),
+        alive: s.alive,
+        last_heartbeat_ms_ago: u64::try_from(s.last.elapsed().as_millis()).unwrap_or(u64::MAX),
+        restarts: s.restarts,
+        info: s.info.clone(),
     }
 }
 
@@ -144,21 +321,69 @@ fn check_heartbeat(agent: &str, host: &str, info: &HeartbeatInfo) -> Result<(), 
 }
 
 impl Service {
-    /// Record a heartbeat in the leader's memory; only a change of liveness is replicated.
+    /// Record a heartbeat in the leader's memory; only a change of liveness is replicated. An agent this
+    /// leader knows alive at this host (heard, or learned from the replicated state) costs no read and no
+    /// proposal; any other is checked with one point lookup, and proposed alive only when the replicated
+    /// record does not say so already: through the liveness batcher ([`run_liveness`]), so the first beats
+    /// of a fleet land in few entries. The answer comes once the change committed.
     pub async fn heartbeat(&self, agent: String, host: String, info: HeartbeatInfo) -> Result<u64, ApiError> {
         self.leader_gate()?;
         check_heartbeat(&agent, &host, &info)?;
-        if self.heartbeats.record(&agent, &host, info)? {
+        if self.heartbeats.record(&agent, &host, info)? == Beat::Check {
             let replicated_alive = Reader::new(&self.db)
-                .and_then(|r| r.agents())
-                .map(|a| a.iter().any(|(id, r)| *id == agent && r.alive && r.host == host))
+                .and_then(|r| r.agent(&agent))
+                .map(|a| a.is_some_and(|r| r.alive && r.host == host))
                 .map_err(store_err)?;
-            if !replicated_alive {
-                self.submit(Command::AgentLiveness { agent: agent.clone(), host, alive: true }).await?;
+            if replicated_alive {
+                self.heartbeats.set_alive(&agent, true);
+            } else {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.coming_alive
+                    .send(ComingAlive { agent, host, tx })
+                    .await
+                    .map_err(|_| ApiError::unavailable("master is shutting down"))?;
+                rx.await.map_err(|_| ApiError::unavailable("master is shutting down"))??;
             }
-            self.heartbeats.set_alive(&agent, true);
         }
         Ok(self.current_revision())
+    }
+
+    /// A new term of this leader: forget the last term's memory and learn the agents the replicated state
+    /// records alive, after a read barrier (so every entry of earlier terms is applied). One pass over the
+    /// agent table per term, off the async workers. Returns how many agents were learned.
+    pub(super) async fn learn_agents(&self, term: u64) -> Result<usize, ApiError> {
+        if self.heartbeats.learned_term() != 0 {
+            self.heartbeats.clear();
+        }
+        self.raft.read_index().await.map_err(|e| self.map_propose_error(e))?;
+        let db = self.db.clone();
+        let alive = tokio::task::spawn_blocking(move || Reader::new(&db).and_then(|r| r.alive_agents()))
+            .await
+            .map_err(|e| ApiError::internal(format!("learning agents: {e}")))?
+            .map_err(store_err)?;
+        Ok(self.heartbeats.learn(alive, term))
+    }
+
+    /// Mark silent the agents not heard from for `agent_silent_after` (at most [`MAX_SILENT_PER_ROUND`] per
+    /// call, the rest next round): submitted at once so the proposer packs them into few entries. Returns
+    /// how many were marked; the first error, if any, after every submission ended.
+    pub(super) async fn sweep_silent(&self) -> Result<usize, ApiError> {
+        let silent = self.heartbeats.silent(self.cfg.agent_silent_after, MAX_SILENT_PER_ROUND);
+        let marks = silent.into_iter().map(|(agent, host)| async move {
+            let cmd = Command::AgentLiveness { agent: agent.clone(), host, alive: false };
+            self.submit(cmd).await.map(|_| self.heartbeats.set_alive(&agent, false))
+        });
+        let results = futures::future::join_all(marks).await;
+        let marked = results.iter().filter(|r| r.is_ok()).count();
+        match results.into_iter().find_map(Result::err) {
+            Some(e) => Err(e),
+            None => Ok(marked),
+        }
+    }
+
+    /// Entries in the leader's heartbeat memory (agents heard, and agents learned alive not heard yet).
+    pub fn heartbeat_memory_len(&self) -> usize {
+        self.heartbeats.tracked()
     }
 
     /// The leader's heartbeat memory: every agent it has heard from, with what it said last.
@@ -174,7 +399,7 @@ impl Service {
         use super::pages::{self, Listing, PageToken};
         let digest = pages::agents_digest();
         let token = pages::request_token(page_token, Listing::Agents, digest)?;
-        let views = self.agents()?;
+        self.leader_gate()?;
         let r = self.read_view(false).await?;
         let revision = match &token {
             Some(t) => t.revision,
@@ -183,16 +408,12 @@ impl Service {
         let (page, next) = r
             .agents_page(token.as_ref().map(|t| t.after.as_str()), pages::page_size(limit))
             .map_err(store_err)?;
-        let wanted: std::collections::BTreeSet<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
-        let heard: BTreeMap<String, AgentView> = views
-            .into_iter()
-            .filter(|a| wanted.contains(a.agent.as_str()))
-            .map(|a| (a.agent.clone(), a))
-            .collect();
+        // Only this page's agents are looked up in the heartbeat memory (one shard lock each).
         let agents = page
             .into_iter()
             .map(|(id, rec)| {
-                let h = heard.get(&id);
+                let h = self.heartbeats.view(&id);
+                let h = h.as_ref();
                 AgentListing {
                     agent: id.clone(),
                     host: rec.host,
@@ -213,8 +434,103 @@ impl Service {
 
     /// The actions waiting to run on `host` (handed out with heartbeats; this node's copy, which on the
     /// leader includes everything it acknowledged).
+    /// From the in-memory order index: a hash-map lookup when nothing changed since the last call.
     pub fn actions_for(&self, host: &str) -> Result<Vec<crate::actions::ActionOrder>, ApiError> {
-        let r = Reader::new(&self.db).map_err(store_err)?;
-        crate::actions::orders_for(&r, host).map_err(store_err)
+        self.orders.orders(&self.db, host, self.current_revision()).map_err(store_err)
+    }
+
+    /// The order index itself (tests compare it with a scan).
+    pub fn order_index(&self) -> &crate::actions::OrderIndex {
+        &self.orders
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(started_ms: u64) -> HeartbeatInfo {
+        HeartbeatInfo { started_ms, ..HeartbeatInfo::default() }
+    }
+
+    fn learned(n: usize) -> Vec<(String, String)> {
+        (0..n).map(|i| (format!("a{i}"), format!("h{i}"))).collect()
+    }
+
+    #[test]
+    fn learned_agents_beat_without_a_check_and_others_are_checked() {
+        let m = Memory::default();
+        assert_eq!(m.learn(learned(3), 7), 3);
+        assert_eq!(m.learned_term(), 7);
+        // Learned alive at this host: nothing to read or replicate; the first beat is not a restart.
+        assert_eq!(m.record("a0", "h0", info(5)).expect("beat"), Beat::Known);
+        // Moved host, or unknown: checked against the replicated record.
+        assert_eq!(m.record("a1", "elsewhere", info(5)).expect("beat"), Beat::Check);
+        assert_eq!(m.record("new", "hn", info(5)).expect("beat"), Beat::Check);
+        assert_eq!(m.record("new", "hn", info(5)).expect("beat"), Beat::Check, "not alive until set");
+        m.set_alive("new", true);
+        assert_eq!(m.record("new", "hn", info(6)).expect("beat"), Beat::Known);
+        // Only agents heard are listed; a changed start time is a restart.
+        let v = m.views();
+        assert_eq!(v.iter().map(|a| a.agent.as_str()).collect::<Vec<_>>(), ["a0", "a1", "new"]);
+        assert_eq!(v.iter().map(|a| a.restarts).collect::<Vec<_>>(), [0, 0, 1]);
+        // Learning again keeps what beats set.
+        m.set_alive("a1", false);
+        assert_eq!(m.learn(learned(3), 8), 0);
+        assert_eq!(m.record("a1", "elsewhere", info(5)).expect("beat"), Beat::Check);
+        m.clear();
+        assert_eq!((m.tracked(), m.learned_term()), (0, 0));
+    }
+
+    #[test]
+    fn silent_sweep_takes_at_most_its_limit_and_the_rest_next_round() {
+        let m = Memory::default();
+        let n = MAX_SILENT_PER_ROUND + 10;
+        assert_eq!(m.learn(learned(n), 1), n);
+        let first = m.silent(Duration::ZERO, MAX_SILENT_PER_ROUND);
+        assert_eq!(first.len(), MAX_SILENT_PER_ROUND);
+        for (a, _) in &first {
+            m.set_alive(a, false);
+        }
+        let rest = m.silent(Duration::ZERO, MAX_SILENT_PER_ROUND);
+        assert_eq!(rest.len(), 10);
+        let mut all: Vec<_> = first.into_iter().chain(rest).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "every agent once, with its host");
+        assert!(all.iter().all(|(a, h)| a[1..] == h[1..]));
+        // Not silent yet: nothing.
+        assert!(m.silent(Duration::from_secs(3600), MAX_SILENT_PER_ROUND).is_empty());
+    }
+
+    #[test]
+    fn a_liveness_batch_stops_at_its_limit_and_the_rest_waits_for_the_next() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(MAX_LIVENESS_BATCH + 10);
+        for i in 0..MAX_LIVENESS_BATCH + 5 {
+            tx.try_send(i).expect("room");
+        }
+        let first = rx.try_recv().expect("first");
+        let batch = take_batch(first, &mut rx, MAX_LIVENESS_BATCH);
+        assert_eq!(batch, (0..MAX_LIVENESS_BATCH).collect::<Vec<_>>());
+        let first = rx.try_recv().expect("the rest");
+        let rest = take_batch(first, &mut rx, MAX_LIVENESS_BATCH);
+        assert_eq!(rest, (MAX_LIVENESS_BATCH..MAX_LIVENESS_BATCH + 5).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn tracked_agents_are_bounded_at_the_limit() {
+        let m = Memory::default();
+        assert_eq!(m.learn(learned(MAX_TRACKED_AGENTS - 1), 1), MAX_TRACKED_AGENTS - 1);
+        assert_eq!(m.record("last", "hl", info(1)).expect("the last one fits"), Beat::Check);
+        assert_eq!(m.tracked(), MAX_TRACKED_AGENTS);
+        let e = m.record("one-too-many", "hx", info(1)).expect_err("full");
+        assert_eq!(e.code, proto::error::Code::Unavailable);
+        assert_eq!(m.learn(vec![("more".into(), "hm".into())], 2), 0, "learning stops at the limit too");
+        // Known agents still beat; nothing was added.
+        assert_eq!(m.record("a5", "h5", info(1)).expect("known"), Beat::Known);
+        assert_eq!(m.tracked(), MAX_TRACKED_AGENTS);
+        m.clear();
+        assert_eq!(m.tracked(), 0);
+        assert_eq!(m.record("one-too-many", "hx", info(1)).expect("room again"), Beat::Check);
     }
 }

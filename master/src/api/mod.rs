@@ -90,6 +90,10 @@ pub struct Service {
     cfg: ServiceConfig,
     proposals: mpsc::Sender<proposer::Pending>,
     heartbeats: heartbeats::Memory,
+    /// Agents to propose alive, for the liveness batcher (`heartbeats::run_liveness`).
+    coming_alive: mpsc::Sender<heartbeats::ComingAlive>,
+    /// The pending orders of every host, for heartbeat answers (see `actions::OrderIndex`).
+    orders: Arc<crate::actions::OrderIndex>,
     pub stats: Arc<FsmStats>,
     pub started: Instant,
     /// The revision in the store when the service started (the fsm only reports revisions it applies).
@@ -102,6 +106,8 @@ pub struct Service {
     pub leader_changes: AtomicU64,
     /// The catalog as last read for assignments, keyed by the replicated catalog counter.
     catalog_cache: catalog::CatalogCache,
+    /// Per-host assignment hashes for heartbeats, keyed by the replicated catalog counter.
+    assignments: Mutex<catalog::AssignmentCache>,
     /// The canary-stop thresholds (master config `[canary]`).
     canary: Mutex<crate::catalog::CanaryConfig>,
     /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).
@@ -136,6 +142,7 @@ impl Service {
         cfg: ServiceConfig,
     ) -> Arc<Service> {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        let (alive_tx, alive_rx) = mpsc::channel(heartbeats::LIVENESS_QUEUE);
         let base_revision = Reader::new(&db).and_then(|r| r.revision()).unwrap_or(0);
         let svc = Arc::new(Service {
             base_revision,
@@ -145,18 +152,22 @@ impl Service {
             cfg,
             proposals: tx,
             heartbeats: heartbeats::Memory::default(),
+            coming_alive: alive_tx,
+            orders: Arc::default(),
             stats,
             started: Instant::now(),
             watch_registry: watch::Registry::default(),
             member_versions: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
             catalog_cache: Mutex::new(None),
+            assignments: Mutex::default(),
             canary: Mutex::new(crate::catalog::CanaryConfig::default()),
             watchers: TaskGroup::new("watchers"),
             duties: TaskGroup::new("duties"),
         });
         svc.duties.spawn(proposer::run(Arc::downgrade(&svc), rx, svc.duties.stopped()));
         svc.duties.spawn(duties::run(Arc::downgrade(&svc), svc.duties.stopped()));
+        svc.duties.spawn(heartbeats::run_liveness(Arc::downgrade(&svc), alive_rx, svc.duties.stopped()));
         svc
     }
 

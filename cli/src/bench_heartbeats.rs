@@ -1,0 +1,275 @@
+//! `huatuo bench heartbeats`: the heartbeat path of one real master cluster (child processes of this
+//! binary, temp dirs, free loopback ports, real fsync), driven over gRPC by N simulated agents multiplexed on
+//! a few hundred client connections. Phases: the first heartbeat of every agent (each becomes alive: a
+//! replicated change), steady heartbeats (nothing to replicate), and the first heartbeat of every agent to
+//! a new leader after a kill -9 of the old one (its heartbeat memory starts empty). Prints beats/s, p50/p99
+//! and the Raft entries and revisions each phase cost.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use master::client::Client;
+use master::cluster::{LocalCluster, READY_TIMEOUT};
+use proto::api;
+
+#[derive(Args, Debug)]
+pub struct BenchHeartbeatsArgs {
+    /// Simulated agents (one host each).
+    #[arg(long, default_value_t = 20_000)]
+    agents: u32,
+    /// Concurrent gRPC clients (connections) the agents are spread over.
+    #[arg(long, default_value_t = 256)]
+    clients: u32,
+    /// Objects registered per host before the heartbeats (1 machine + the rest disks; 0: none).
+    #[arg(long, default_value_t = 4)]
+    objects_per_host: u32,
+    /// Rounds of steady heartbeats (every agent beats once per round).
+    #[arg(long, default_value_t = 2)]
+    steady_rounds: u32,
+    /// Master nodes (3 as in production; 1 to look at the leader alone).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Longest a phase may run; agents not done by then are counted as not done (the figure says so).
+    #[arg(long, default_value_t = 300)]
+    phase_limit_secs: u64,
+    /// Skip the new-leader phase (no kill).
+    #[arg(long)]
+    no_failover: bool,
+}
+
+/// Master settings of the bench: a silent period longer than any phase may run.
+const BENCH_CONFIG: &str = "agent_silent_after_ms = 3600000\n";
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn host(i: u32) -> String {
+    format!("hb-{i:06}")
+}
+
+pub fn run(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(bench(a))
+}
+
+/// What one phase measured.
+struct Phase {
+    done: u64,
+    failed: u64,
+    took: Duration,
+    lat_ms: Vec<f64>,
+}
+
+/// Every agent sends one request built by `make` (agent index -> request), from `clients` concurrent
+/// connections; stops at `limit`. `call` sends one request.
+async fn phase<Req, F, Fut>(
+    addrs: &str,
+    agents: u32,
+    clients: u32,
+    limit: Duration,
+    make: fn(u32) -> Req,
+    call: F,
+) -> Phase
+where
+    Req: Clone + Send + 'static,
+    F: Fn(Client, Req) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (Client, bool)> + Send,
+{
+    let t0 = Instant::now();
+    let deadline = t0 + limit;
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients.max(1) {
+        let addrs = addrs.to_string();
+        let failed = failed.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::new(master::client::parse_addrs(&addrs));
+            let mut lat = Vec::new();
+            let mut i = c;
+            while i < agents && Instant::now() < deadline {
+                let t = Instant::now();
+                let (back, ok) = call(client, make(i)).await;
+                client = back;
+                if ok {
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                i += clients.max(1);
+            }
+            lat
+        }));
+    }
+    let mut lat_ms = Vec::new();
+    for t in tasks {
+        lat_ms.extend(t.await.unwrap_or_default());
+    }
+    let took = t0.elapsed();
+    lat_ms.sort_by(|a, b| a.total_cmp(b));
+    Phase { done: lat_ms.len() as u64, failed: failed.load(Ordering::Relaxed), took, lat_ms }
+}
+
+fn beat(i: u32) -> api::HeartbeatRequest {
+    api::HeartbeatRequest {
+        agent: format!("hb-agent-{i:06}"),
+        host: host(i),
+        version: "1.0.0".into(),
+        started_ms: 1,
+        checkers: [("disk".to_string(), "1.0.0".to_string())].into_iter().collect(),
+        outbox_entries: 0,
+        outbox_dropped: 0,
+        runs: Vec::new(),
+        assignment_hash: String::new(),
+    }
+}
+
+async fn send_beat(mut c: Client, r: api::HeartbeatRequest) -> (Client, bool) {
+    let ok = c.call(r, |mut g, r| async move { g.heartbeat(r).await }).await;
+    if let Err(e) = &ok {
+        eprintln!("heartbeat: {e}");
+    }
+    (c, ok.is_ok())
+}
+
+async fn send_register(mut c: Client, r: api::RegisterRequest) -> (Client, bool) {
+    let ok = c.call(r, |mut g, r| async move { g.register(r).await }).await;
+    if let Err(e) = &ok {
+        eprintln!("register: {e}");
+    }
+    (c, ok.is_ok())
+}
+
+/// Entries and revision on the current leader (the commit index counts Raft entries).
+async fn position(cluster: &LocalCluster) -> anyhow::Result<(u64, u64, u64)> {
+    let leader = cluster.wait_leader(READY_TIMEOUT).await.ok_or_else(|| anyhow!("no leader"))?;
+    let i = cluster.info(leader).await.ok_or_else(|| anyhow!("leader {leader} does not answer"))?;
+    Ok((leader, i.commit_index, i.revision))
+}
+
+fn report(name: &str, p: &Phase, agents: u32, before: (u64, u64, u64), after: (u64, u64, u64)) {
+    let rate = p.done as f64 / p.took.as_secs_f64().max(1e-9);
+    println!(
+        "{name}: {}/{agents} beats in {:.1} s: {rate:.0} beats/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         {} failed; {} Raft entries, {} revisions",
+        p.done,
+        p.took.as_secs_f64(),
+        pct(&p.lat_ms, 0.5),
+        pct(&p.lat_ms, 0.99),
+        p.lat_ms.last().copied().unwrap_or(f64::NAN),
+        p.failed,
+        after.1.saturating_sub(before.1),
+        after.2.saturating_sub(before.2),
+    );
+}
+
+async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    // Silence is not what this measures: an agent marked silent because the bench took longer than the
+    // silent period to come round to it would turn its next beat into a replicated change.
+    let mut cluster =
+        LocalCluster::start_with_config(&exe, a.nodes, BENCH_CONFIG).context("start cluster")?;
+    let leader = cluster
+        .wait_leader(READY_TIMEOUT)
+        .await
+        .ok_or_else(|| anyhow!("no leader within {READY_TIMEOUT:?}"))?;
+    println!(
+        "cluster: {} node(s), leader {leader}; {} agents over {} gRPC clients, {} objects per host",
+        a.nodes, a.agents, a.clients, a.objects_per_host
+    );
+    let addrs = cluster.grpc_addrs();
+    let limit = Duration::from_secs(a.phase_limit_secs);
+
+    if a.objects_per_host > 0 {
+        static PER_HOST: AtomicU64 = AtomicU64::new(0);
+        PER_HOST.store(u64::from(a.objects_per_host), Ordering::Relaxed);
+        fn register(i: u32) -> api::RegisterRequest {
+            let n = PER_HOST.load(Ordering::Relaxed);
+            let h = host(i);
+            let mut objects = vec![api::RegisteredObject {
+                id: format!("machine/{h}"),
+                attributes: Default::default(),
+                labels: Default::default(),
+            }];
+            for d in 1..n {
+                objects.push(api::RegisteredObject {
+                    id: format!("disk/{h}/d{d}"),
+                    // No serial: the objects stay GOOD (a serial makes a registered disk a replacement to
+                    // provision), as most of a fleet is, so the beats measure the heartbeat path alone.
+                    attributes: Default::default(),
+                    labels: Default::default(),
+                });
+            }
+            api::RegisterRequest { agent: format!("hb-agent-{i:06}"), host: h, objects }
+        }
+        let before = position(&cluster).await?;
+        let p = phase(&addrs, a.agents, a.clients, limit, register, send_register).await;
+        let after = position(&cluster).await?;
+        println!(
+            "register: {}/{} hosts in {:.1} s ({:.0} hosts/s), {} failed; {} Raft entries",
+            p.done,
+            a.agents,
+            p.took.as_secs_f64(),
+            p.done as f64 / p.took.as_secs_f64().max(1e-9),
+            p.failed,
+            after.1.saturating_sub(before.1)
+        );
+    }
+
+    let before = position(&cluster).await?;
+    let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
+    let after = position(&cluster).await?;
+    report("first beats (agents new to the cluster)", &p, a.agents, before, after);
+
+    for round in 1..=a.steady_rounds {
+        let before = position(&cluster).await?;
+        let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
+        let after = position(&cluster).await?;
+        report(&format!("steady beats, round {round}"), &p, a.agents, before, after);
+    }
+
+    if !a.no_failover && a.nodes > 1 {
+        let (old, commit, _) = position(&cluster).await?;
+        for id in cluster.nodes.keys().copied().collect::<Vec<_>>() {
+            if !cluster.wait_applied(id, commit, READY_TIMEOUT).await {
+                bail!("node {id} did not catch up before the kill");
+            }
+        }
+        cluster.kill9(old);
+        let t = Instant::now();
+        let new = loop {
+            match cluster.wait_leader(READY_TIMEOUT).await {
+                Some(l) if l != old => break l,
+                _ if t.elapsed() > READY_TIMEOUT => bail!("no new leader within {READY_TIMEOUT:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        cluster.spawn(old, false).context("restart the killed node")?;
+        println!("leader {old} killed (-9) and restarted as a follower; new leader {new}");
+        let before = position(&cluster).await?;
+        let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
+        let after = position(&cluster).await?;
+        report("first beats to the new leader", &p, a.agents, before, after);
+        let before = position(&cluster).await?;
+        let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
+        let after = position(&cluster).await?;
+        report("steady beats, new leader", &p, a.agents, before, after);
+    }
+    for id in cluster.running() {
+        if let Some(pid) = cluster.pid(id) {
+            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.trim().to_string()));
+            println!("node {id}: {}", rss.unwrap_or_else(|| "VmRSS unknown".into()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
