@@ -24,6 +24,8 @@ use clap::Args;
 use master::cluster::{LocalCluster, READY_TIMEOUT, free_port};
 use proto::api;
 
+use crate::bench_common::pct;
+
 /// Bound on waiting for the last faults of a phase to reach the subscriber.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Bound on the agent's start (registered, every checker run once) before the first phase.
@@ -146,14 +148,6 @@ async fn subscribe(masters: Vec<String>, seen: Seen) -> anyhow::Result<tokio::ta
         }
         format!("watch ended (after {reconnects} reconnects)")
     }))
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Latencies (ms) of `faults`, and how many never arrived within the drain deadline.

@@ -3,7 +3,9 @@
 
 mod agent_cmd;
 mod bench_agent;
+mod bench_common;
 mod bench_e2e;
+mod bench_fleet;
 mod bench_master;
 mod bench_rollout;
 mod catalog_cmd;
@@ -116,6 +118,9 @@ enum BenchCmd {
     E2e(bench_e2e::BenchE2eArgs),
     /// A checker release reaching N simulated agents through a real 3-node master (issue 15).
     Rollout(bench_rollout::BenchRolloutArgs),
+    /// A fleet of simulated agents (multiplexed) against a real 3-node master: registration, steady
+    /// heartbeats and findings, a watcher, kills, throughput, lost acks (issue 17).
+    Fleet(bench_fleet::BenchFleetArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -150,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Agent(a)) => bench_agent::run(a),
         Cmd::Bench(BenchCmd::E2e(a)) => bench_e2e::run(a),
         Cmd::Bench(BenchCmd::Rollout(a)) => bench_rollout::run(a),
+        Cmd::Bench(BenchCmd::Fleet(a)) => bench_fleet::run(a),
     }
 }
 
