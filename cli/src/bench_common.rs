@@ -4,7 +4,7 @@
 //! (CPU ticks, RSS, bytes written) and from its data dir and `/metrics`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,6 +16,9 @@ use tonic::transport::{Channel, Endpoint};
 pub const MAX_MESSAGE: usize = 16 << 20;
 /// Connect timeout of each connection to a master node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Leader moves of a simulated fleet printed (during an election a fleet may bounce between the dead leader
+/// and a follower that still names it; the rest are counted in [`Fleet::moves`]).
+pub const MAX_MOVES_PRINTED: u64 = 5;
 /// Most bytes read from one `/metrics` answer (a node's metrics are a few KiB; a bigger answer is a bug,
 /// not something to buffer without end).
 pub const MAX_METRICS_BYTES: usize = 4 << 20;
@@ -91,6 +94,8 @@ pub struct Fleet {
     pub nodes: Vec<String>,
     pub pools: Vec<Vec<MasterClient<Channel>>>,
     pub leader: AtomicUsize,
+    /// Times the fleet moved to another node.
+    pub moves: AtomicU64,
 }
 
 impl Fleet {
@@ -105,7 +110,7 @@ impl Fleet {
             }
             pools.push(pool);
         }
-        Ok(Fleet { nodes, pools, leader: AtomicUsize::new(leader) })
+        Ok(Fleet { nodes, pools, leader: AtomicUsize::new(leader), moves: AtomicU64::new(0) })
     }
 
     /// The node believed to lead and connection `k` to it.
@@ -137,6 +142,7 @@ impl Fleet {
         };
         if next != node
             && self.leader.compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && self.moves.fetch_add(1, Ordering::Relaxed) < MAX_MOVES_PRINTED
         {
             eprintln!("fleet: agents move from {} to {} ({})", self.nodes[node], self.nodes[next], e.message);
         }

@@ -1178,6 +1178,7 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
         client.call_timeout = FAILOVER_ATTEMPT;
         client.max_attempts = 1;
         let t5 = run.secs();
+        let errors_before = run.errors.load(Ordering::Relaxed);
         let killed = Instant::now();
         cluster.kill9(leader);
         lock(&res.pids).remove(&leader);
@@ -1204,13 +1205,7 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
             }
             tokio::time::sleep(FAILOVER_PAUSE).await;
         };
-        let during = run.beats_between(t5, run.secs());
-        println!(
-            "phase 5 failover: leader {leader} killed (-9); first acknowledged write after {:.0} ms; heartbeats \
-             since the kill {}",
-            took.as_secs_f64() * 1000.0,
-            latency_summary(during)
-        );
+        let failover_ms = took.as_secs_f64() * 1000.0;
         cluster.spawn(leader, false).context("restart the killed leader")?;
         if let Some(pid) = cluster.pid(leader) {
             lock(&res.pids).insert(leader, pid);
@@ -1223,6 +1218,17 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
         if !cluster.wait_applied(leader, commit, CATCHUP_DEADLINE).await {
             bail!("phase 5 failed: the restarted node {leader} did not catch up");
         }
+        // Let at least one heartbeat interval pass on the new leader, so the figure shows the beats after it.
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+        let during = run.beats_between(t5, run.secs());
+        println!(
+            "phase 5 failover: leader {leader} killed (-9); first acknowledged write after {failover_ms:.0} ms; \
+             heartbeats from the kill until the old leader rejoined and one interval passed: {}, {} errors \
+             (the whole fleet moved {} times so far)",
+            latency_summary(during),
+            run.errors.load(Ordering::Relaxed) - errors_before,
+            run.fleet.moves.load(Ordering::Relaxed)
+        );
         windows.push((t5, run.secs() + KILL_SETTLE.as_secs_f64()));
         print_resources(&res, "failover", t5, run.secs());
     }
