@@ -161,6 +161,26 @@ pub async fn connect(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
     Ok(MasterClient::new(ch).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
 }
 
+/// Open every quota of `cluster` (no quota rules, no spike latch): each fault a benchmark injects must be
+/// a transition, not a proposal held for an operator (that is the safety net working, not the path
+/// measured).
+pub async fn open_quotas(cluster: &master::cluster::LocalCluster, by: &str) -> anyhow::Result<()> {
+    let mut safety = master::safety::SafetyConfig { quotas: Vec::new(), ..Default::default() };
+    safety.spike.min = u64::from(u32::MAX);
+    let req = proto::api::SetQuotasRequest {
+        quotas: Vec::new(),
+        by: by.into(),
+        reason: "benchmark: measure the fault path without quota holds".into(),
+        config_json: serde_json::to_string(&safety)?,
+    };
+    cluster
+        .client()
+        .call(req, |mut c, r| async move { c.set_quotas(r).await })
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the quotas: {e}"))?;
+    Ok(())
+}
+
 /// CPU ticks (utime + stime) of a process.
 pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

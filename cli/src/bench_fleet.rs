@@ -46,7 +46,7 @@ use proto::api::master_client::MasterClient;
 use tonic::transport::Channel;
 
 use crate::bench_common::{
-    Fleet, Rng, cpu_ticks, dir_bytes, latency_summary, now_ms, rss_bytes, scrape_metrics,
+    Fleet, Rng, cpu_ticks, dir_bytes, latency_summary, now_ms, open_quotas, rss_bytes, scrape_metrics,
 };
 
 /// Most simulated agents one run may start (the target fleet).
@@ -907,21 +907,7 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
     let Some(leader) = cluster.wait_leader(READY_TIMEOUT).await else {
         bail!("masters elected no leader within {READY_TIMEOUT:?}; log:\n{}", cluster.log_tail(1));
     };
-    // Open the quotas: every burst ERROR must be a transition, not a proposal held for an operator (that is
-    // the safety net working, not the path measured).
-    let mut safety = master::safety::SafetyConfig { quotas: Vec::new(), ..Default::default() };
-    safety.spike.min = u64::from(u32::MAX);
-    let req = api::SetQuotasRequest {
-        quotas: Vec::new(),
-        by: "bench-fleet".into(),
-        reason: "benchmark: measure the fleet without quota holds".into(),
-        config_json: serde_json::to_string(&safety)?,
-    };
-    cluster
-        .client()
-        .call(req, |mut c, r| async move { c.set_quotas(r).await })
-        .await
-        .map_err(|e| anyhow!("opening the quotas: {e}"))?;
+    open_quotas(&cluster, "bench-fleet").await?;
     let data_root = cluster.data_dir(1).parent().map(|p| p.display().to_string()).unwrap_or_default();
     println!("cluster: 3 nodes (separate processes, fsync on), leader {leader}, data under {data_root}");
 

@@ -28,7 +28,7 @@ use proto::api;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::bench_common::{Fleet, Rng, clock_ticks, cpu_pct, now_ms, pct, sample, sorted};
+use crate::bench_common::{Fleet, Rng, clock_ticks, cpu_pct, latency_summary, now_ms, sample};
 
 /// Most simulated agents one run may start (each is a task plus its share of a connection).
 const MAX_AGENTS: u32 = 100_000;
@@ -398,14 +398,7 @@ async fn agent_loop(
 }
 
 fn latency_line(name: &str, samples: &[f64]) -> String {
-    let s = sorted(samples.to_vec());
-    format!(
-        "heartbeat latency {name}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} heartbeats)",
-        pct(&s, 0.5),
-        pct(&s, 0.99),
-        s.last().copied().unwrap_or(f64::NAN),
-        s.len()
-    )
+    format!("heartbeat latency {name}: {}", latency_summary(samples.to_vec()))
 }
 
 pub fn run(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
