@@ -769,10 +769,15 @@ async fn throughput(
             let mut seq = 0u64;
             while Instant::now() < deadline {
                 seq += 1;
+                // One time for the whole batch: the check at the end compares each disk's latest evidence
+                // with the batch's time, which must then be the time of every finding in it.
+                let time_ms = now_ms();
                 let findings: Vec<api::Finding> = (0..batch)
-                    .map(|j| finding(format!("disk/{h}/d{}", j % disks), "GOOD", THROUGHPUT_CHECKER))
+                    .map(|j| api::Finding {
+                        time_ms,
+                        ..finding(format!("disk/{h}/d{}", j % disks), "GOOD", THROUGHPUT_CHECKER)
+                    })
                     .collect();
-                let time_ms = findings.iter().map(|f| f.time_ms).max().unwrap_or(0);
                 let req = api::IngestRequest { agent: agent.clone(), seq, findings, epoch: 0 };
                 match run
                     .call(k as usize, |mut c| {
