@@ -914,7 +914,12 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
     };
     open_quotas(&cluster, "bench-fleet").await?;
     let data_root = cluster.data_dir(1).parent().map(|p| p.display().to_string()).unwrap_or_default();
-    println!("cluster: 3 nodes (separate processes, fsync on), leader {leader}, data under {data_root}");
+    let pids: Vec<String> =
+        cluster.running().iter().map(|id| format!("{id}={}", cluster.pid(*id).unwrap_or(0))).collect();
+    println!(
+        "cluster: 3 nodes (separate processes, fsync on), leader {leader}, pids {}, data under {data_root}",
+        pids.join(" ")
+    );
 
     let res = Arc::new(Resources::default());
     for id in cluster.running() {
