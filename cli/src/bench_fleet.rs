@@ -69,10 +69,13 @@ const JITTER_PCT: u64 = 20;
 /// Timeout of one agent call (register, heartbeat, ingest, get): generous, so a slow master shows as
 /// latency rather than as errors.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts of one register / ingest / get before it counts as failed (each follows the leader).
-const MAX_CALL_ATTEMPTS: u32 = 5;
-/// Pause between attempts of one call.
+/// Attempts of one register / ingest / get before it counts as failed (each follows the leader). With the
+/// pauses below an agent keeps trying for about a minute, through a few elections, as a real agent would.
+const MAX_CALL_ATTEMPTS: u32 = 12;
+/// Pause after the first failed attempt of one call, doubled after each further one up to
+/// [`MAX_RETRY_PAUSE`] (a fleet retrying in lockstep would keep an overloaded leader overloaded).
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// Registrations (Register + first heartbeat) in flight at once, over all connections: a fleet announcing
 /// itself at once, but bounded so this process does not queue unboundedly on a slow master.
 const REGISTER_IN_FLIGHT: u32 = 256;
@@ -413,7 +416,9 @@ impl Run {
                 }
                 Err(_) => last = format!("timed out after {CALL_TIMEOUT:?}"),
             }
-            tokio::time::sleep(RETRY_PAUSE).await;
+            if attempt < MAX_CALL_ATTEMPTS {
+                tokio::time::sleep(retry_pause(attempt)).await;
+            }
         }
         Err(format!("{MAX_CALL_ATTEMPTS} attempts: {last}"))
     }
@@ -422,6 +427,12 @@ impl Run {
     fn beats_between(&self, from: f64, to: f64) -> Vec<f64> {
         lock(&self.beats).iter().filter(|(s, _)| *s >= from && *s < to).map(|x| x.1).collect()
     }
+}
+
+/// The pause after failed attempt `attempt` (1-based): [`RETRY_PAUSE`] doubled per attempt, at most
+/// [`MAX_RETRY_PAUSE`].
+fn retry_pause(attempt: u32) -> Duration {
+    RETRY_PAUSE.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_RETRY_PAUSE)
 }
 
 /// Register host `i` with its objects, then its first heartbeat; returns the latency of both in ms.
@@ -1405,6 +1416,17 @@ mod tests {
         assert_eq!(fired, vec![1, 2, 3]);
         assert!(s.next_due().is_some_and(|d| d >= now + 800));
         assert_eq!(s.pop_due(now + 799, &mut rng), None);
+    }
+
+    #[test]
+    fn retry_pauses_double_up_to_their_limit() {
+        let p: Vec<u64> = (1..=MAX_CALL_ATTEMPTS).map(|a| retry_pause(a).as_millis() as u64).collect();
+        assert_eq!(&p[..6], &[200, 400, 800, 1600, 3200, 5000]);
+        assert!(p[6..].iter().all(|x| *x == 5000), "capped: {p:?}");
+        assert_eq!(retry_pause(u32::MAX), MAX_RETRY_PAUSE, "no overflow far past the limit");
+        // The whole budget of one call: about a minute of pauses, plus the attempts' own timeouts.
+        let total: u64 = p[..p.len() - 1].iter().sum();
+        assert!((30_000..=60_000).contains(&total), "{total}");
     }
 
     #[test]
