@@ -16,6 +16,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use master::cluster::{LocalCluster, READY_TIMEOUT, free_port};
 
+use crate::bench_common::cpu_ticks;
+
 /// Linux reports utime/stime in USER_HZ ticks, fixed at 100 on every architecture we run on.
 const USER_HZ: f64 = 100.0;
 /// One marker fault line every this many storm lines (unique sector numbers, each one finding).
@@ -45,16 +47,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/PID/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11).context("utime")?.parse()?;
-    let stime: u64 = f.get(12).context("stime")?.parse()?;
-    Ok(utime + stime)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use master::cluster::{LocalCluster, READY_TIMEOUT, free_port};
-use proto::api;
+
+use crate::bench_common::{open_quotas, pct};
 
 /// Bound on waiting for the last faults of a phase to reach the subscriber.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -148,14 +149,6 @@ async fn subscribe(masters: Vec<String>, seen: Seen) -> anyhow::Result<tokio::ta
     }))
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// Latencies (ms) of `faults`, and how many never arrived within the drain deadline.
 async fn collect(w: &Writer, seen: &Seen, faults: &[String]) -> (Vec<f64>, usize) {
     let deadline = Instant::now() + DRAIN_DEADLINE;
@@ -272,19 +265,7 @@ async fn bench(a: BenchE2eArgs) -> anyhow::Result<ExitCode> {
         bail!("masters elected no leader; log:\n{}", cluster.log_tail(1));
     }
     // Open the quotas for the run: every fault must be a transition, not a proposal.
-    let mut safety = master::safety::SafetyConfig { quotas: Vec::new(), ..Default::default() };
-    safety.spike.min = u64::from(u32::MAX);
-    let req = api::SetQuotasRequest {
-        quotas: Vec::new(),
-        by: "bench-e2e".into(),
-        reason: "benchmark: measure the fault path without quota holds".into(),
-        config_json: serde_json::to_string(&safety)?,
-    };
-    cluster
-        .client()
-        .call(req, |mut c, r| async move { c.set_quotas(r).await })
-        .await
-        .map_err(|e| anyhow!("opening the quotas: {e}"))?;
+    open_quotas(&cluster, "bench-e2e").await?;
 
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("root");

@@ -16,6 +16,8 @@ use master::cluster::{LocalCluster, READY_TIMEOUT};
 use proto::api;
 use tokio::sync::Mutex;
 
+use crate::bench_common::{now_ms, pct, sorted};
+
 #[derive(Args, Debug)]
 pub struct BenchMasterArgs {
     /// Simulated agents writing concurrently (each sends one batch at a time, like a real agent).
@@ -41,13 +43,6 @@ pub struct BenchMasterArgs {
     kills: u32,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn batch(agent: u32, seq: u64, n: u32, disks: u32) -> api::IngestRequest {
     let host = format!("bench-{agent:04}");
     let findings = (0..n)
@@ -64,19 +59,6 @@ fn batch(agent: u32, seq: u64, n: u32, disks: u32) -> api::IngestRequest {
         })
         .collect();
     api::IngestRequest { agent: format!("bench-agent-{agent}"), seq, findings, epoch: 0 }
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v
 }
 
 pub fn run(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {

@@ -18,17 +18,17 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use master::cluster::{LocalCluster, READY_TIMEOUT};
 use proto::api;
-use proto::api::master_client::MasterClient;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Semaphore};
-use tonic::transport::{Channel, Endpoint};
+
+use crate::bench_common::{Fleet, Rng, clock_ticks, cpu_pct, latency_summary, now_ms, sample};
 
 /// Most simulated agents one run may start (each is a task plus its share of a connection).
 const MAX_AGENTS: u32 = 100_000;
@@ -50,8 +50,6 @@ const MAX_FETCHES_IN_FLIGHT: usize = 128;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of one chunk of an artifact (up to 1 MiB over loopback under load).
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(20);
-/// Connect timeout of each connection to the leader.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the whole fleet may take to run the new version before the benchmark gives up.
 const ROLLOUT_DEADLINE: Duration = Duration::from_secs(600);
 /// How often the benchmark asks the master for the version distribution.
@@ -62,8 +60,6 @@ const REGISTER_CONCURRENCY: usize = 32;
 const MAX_SAMPLES: usize = 2_000_000;
 /// Error messages kept for the summary (the rest are counted).
 const MAX_ERRORS_KEPT: usize = 10;
-/// gRPC message limit of the benchmark's connections (as proto::client::MAX_MESSAGE).
-const MAX_MESSAGE: usize = 16 << 20;
 /// Successful heartbeats every agent has made before the baseline starts: the first one of an agent is
 /// its liveness change (a Raft write), and connections warm up; the baseline measures the steady state.
 const WARMUP_HEARTBEATS: u64 = 2;
@@ -100,39 +96,6 @@ pub struct BenchRolloutArgs {
     seed: Option<u64>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// splitmix64: a tiny seeded generator, so a run's jitter replays from its printed seed.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-
-    /// `interval` +- `pct` percent, uniformly (pct is capped at 100: never a negative wait).
-    fn jittered(&mut self, interval_ms: u64, pct: u64) -> Duration {
-        let spread = interval_ms.saturating_mul(pct.min(100)) / 100;
-        let low = interval_ms - spread;
-        Duration::from_millis(low + self.below(spread.saturating_mul(2).saturating_add(1)))
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -157,19 +120,6 @@ fn artifact(size: u64, seed: u64) -> Vec<u8> {
         out.extend_from_slice(line.as_bytes());
     }
     out
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v
 }
 
 /// Why a fetch failed (the simulated agent tries again at its next heartbeat).
@@ -273,53 +223,6 @@ impl Shared {
         let mut kept = self.kept_errors.lock().await;
         if kept.len() < MAX_ERRORS_KEPT {
             kept.push(what);
-        }
-    }
-}
-
-/// The connections to every master node (`connections` each) and which node the fleet believes leads:
-/// heartbeats must reach the leader, so a NOT_LEADER answer moves every agent to the leader it names (or,
-/// when the node knows none yet, to the next node).
-struct Fleet {
-    nodes: Vec<String>,
-    pools: Vec<Vec<MasterClient<Channel>>>,
-    leader: AtomicUsize,
-}
-
-impl Fleet {
-    fn client(&self, k: usize) -> (usize, MasterClient<Channel>) {
-        let node = self.leader.load(Ordering::Relaxed) % self.pools.len();
-        let pool = &self.pools[node];
-        (node, pool[k % pool.len()].clone())
-    }
-
-    /// A call to `node` failed with `status`: on NOT_LEADER naming the leader, follow it; when the node is
-    /// unreachable, try the next one. A node that knows no leader yet is asked again (it learns the new
-    /// leader within an election). Only the first agent to notice moves the fleet (compare-and-swap from
-    /// the node it used), so a thousand agents do not ping-pong between nodes.
-    fn not_leader(&self, node: usize, status: &tonic::Status) {
-        let e = proto::error::ApiError::from(status.clone());
-        let next = match e.code {
-            proto::error::Code::NotLeader => {
-                match e.leader.as_deref().and_then(|l| self.nodes.iter().position(|n| n == l)) {
-                    Some(n) => n,
-                    None => return,
-                }
-            }
-            proto::error::Code::Unavailable
-                if status.metadata().get(proto::error::CODE_METADATA).is_none() =>
-            {
-                (node + 1) % self.nodes.len()
-            }
-            _ => return,
-        };
-        if next != node
-            && self.leader.compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            eprintln!(
-                "fleet: heartbeats move from {} to {} ({})",
-                self.nodes[node], self.nodes[next], e.message
-            );
         }
     }
 }
@@ -494,64 +397,8 @@ async fn agent_loop(
     }
 }
 
-async fn connect(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
-    let ch = Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .with_context(|| format!("connect to the leader at {addr}"))?;
-    Ok(MasterClient::new(ch).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
-}
-
-/// CPU ticks (utime + stime) of a process.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/PID/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11).context("utime")?.parse()?;
-    let stime: u64 = f.get(12).context("stime")?.parse()?;
-    Ok(utime + stime)
-}
-
-/// `wchar` of /proc/PID/io (bytes written through write-like calls, sockets included), if readable.
-fn wchar(pid: u32) -> Option<u64> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok())
-}
-
-/// Linux reports utime/stime in USER_HZ ticks, fixed at 100 on every architecture we run on (as in
-/// `huatuo bench agent`).
-fn clock_ticks() -> f64 {
-    100.0
-}
-
-struct Sample {
-    at: Instant,
-    ticks: u64,
-    wchar: Option<u64>,
-}
-
-fn sample(pid: u32) -> anyhow::Result<Sample> {
-    Ok(Sample { at: Instant::now(), ticks: cpu_ticks(pid)?, wchar: wchar(pid) })
-}
-
-fn cpu_pct(a: &Sample, b: &Sample) -> f64 {
-    let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
-    (b.ticks.saturating_sub(a.ticks)) as f64 / clock_ticks() / secs * 100.0
-}
-
 fn latency_line(name: &str, samples: &[f64]) -> String {
-    let s = sorted(samples.to_vec());
-    format!(
-        "heartbeat latency {name}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} heartbeats)",
-        pct(&s, 0.5),
-        pct(&s, 0.99),
-        s.last().copied().unwrap_or(f64::NAN),
-        s.len()
-    )
+    format!("heartbeat latency {name}: {}", latency_summary(samples.to_vec()))
 }
 
 pub fn run(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
@@ -594,19 +441,14 @@ async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
     println!("cluster: 3 nodes (fsync), leader {leader} (pid {pid}) at {addr}");
 
     let nodes: Vec<(u64, String)> = cluster.nodes.iter().map(|(id, n)| (*id, n.grpc.clone())).collect();
-    let mut pools = Vec::new();
-    for (_, node) in &nodes {
-        let mut pool = Vec::new();
-        for _ in 0..a.connections {
-            pool.push(connect(node).await?);
-        }
-        pools.push(pool);
-    }
-    let fleet = Arc::new(Fleet {
-        nodes: nodes.iter().map(|(_, a)| a.clone()).collect(),
-        pools,
-        leader: AtomicUsize::new(nodes.iter().position(|(id, _)| *id == leader).unwrap_or(0)),
-    });
+    let fleet = Arc::new(
+        Fleet::connect(
+            nodes.iter().map(|(_, a)| a.clone()).collect(),
+            a.connections,
+            nodes.iter().position(|(id, _)| *id == leader).unwrap_or(0),
+        )
+        .await?,
+    );
 
     // Inventory: every simulated host registers its machine object with labels.
     let t = Instant::now();
@@ -982,20 +824,6 @@ mod tests {
         assert!(artifact(4096, 3).starts_with(b"#!/bin/sh\n"));
         assert_eq!(artifact(4096, 3), artifact(4096, 3));
         assert_ne!(artifact(4096, 3), artifact(4096, 4));
-    }
-
-    #[test]
-    fn jitter_stays_within_its_bounds_and_replays_from_the_seed() {
-        let mut r = Rng(42);
-        let v: Vec<Duration> = (0..10_000).map(|_| r.jittered(1000, 20)).collect();
-        assert!(v.iter().all(|d| (800..=1200).contains(&d.as_millis())), "outside +-20%");
-        assert!(v.iter().any(|d| d.as_millis() < 850) && v.iter().any(|d| d.as_millis() > 1150));
-        let mut again = Rng(42);
-        assert_eq!(v[..10], (0..10).map(|_| again.jittered(1000, 20)).collect::<Vec<_>>()[..]);
-        // A percentage above 100 is capped: never below zero, never above twice the interval.
-        let mut r = Rng(1);
-        assert!((0..1000).map(|_| r.jittered(1000, 500)).all(|d| d.as_millis() <= 2000));
-        assert_eq!(Rng(1).jittered(1000, 0), Duration::from_millis(1000));
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 mod agent_cmd;
 mod bench_agent;
+mod bench_common;
 mod bench_e2e;
 mod bench_list;
 mod bench_heartbeats;
+mod bench_fleet;
 mod bench_master;
 mod bench_rollout;
 mod catalog_cmd;
@@ -123,6 +125,9 @@ enum BenchCmd {
     List(bench_list::BenchListArgs),
     /// The master's heartbeat path: first beats, steady beats, first beats to a new leader (issue 17).
     Heartbeats(bench_heartbeats::BenchHeartbeatsArgs),
+    /// A fleet of simulated agents (multiplexed) against a real 3-node master: registration, steady
+    /// heartbeats and findings, a watcher, kills, throughput, lost acks (issue 17).
+    Fleet(bench_fleet::BenchFleetArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -159,6 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Rollout(a)) => bench_rollout::run(a),
         Cmd::Bench(BenchCmd::List(a)) => bench_list::run(a),
         Cmd::Bench(BenchCmd::Heartbeats(a)) => bench_heartbeats::run(a),
+        Cmd::Bench(BenchCmd::Fleet(a)) => bench_fleet::run(a),
     }
 }
 

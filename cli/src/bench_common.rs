@@ -1,0 +1,331 @@
+//! What the benchmarks that drive a real master cluster share (`huatuo bench rollout`, `bench master`,
+//! `bench e2e`, `bench fleet`): a seeded generator for jitter, percentiles, the connections to every node
+//! with leader following for simulated agents, and what they read about a master process from /proc
+//! (CPU ticks, RSS, bytes written) and from its data dir and `/metrics`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use proto::api::master_client::MasterClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint};
+
+/// gRPC message limit of the benchmarks' connections (as proto::client::MAX_MESSAGE).
+pub const MAX_MESSAGE: usize = 16 << 20;
+/// Connect timeout of each connection to a master node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Leader moves of a simulated fleet printed (during an election a fleet may bounce between the dead leader
+/// and a follower that still names it; the rest are counted in [`Fleet::moves`]).
+pub const MAX_MOVES_PRINTED: u64 = 5;
+/// Most bytes read from one `/metrics` answer (a node's metrics are a few KiB; a bigger answer is a bug,
+/// not something to buffer without end).
+pub const MAX_METRICS_BYTES: usize = 4 << 20;
+/// Timeout of one `/metrics` scrape.
+pub const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most directory entries one data-dir walk visits (a master's data dir holds a handful of files; the bound
+/// keeps a wrong path such as `/` from walking a whole disk).
+pub const MAX_DIR_ENTRIES: usize = 100_000;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// splitmix64: a tiny seeded generator, so a run's jitter replays from its printed seed.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+
+    /// `interval` +- `pct` percent, uniformly (pct is capped at 100: never a negative wait).
+    pub fn jittered(&mut self, interval_ms: u64, pct: u64) -> Duration {
+        let spread = interval_ms.saturating_mul(pct.min(100)) / 100;
+        let low = interval_ms - spread;
+        Duration::from_millis(low + self.below(spread.saturating_mul(2).saturating_add(1)))
+    }
+}
+
+/// The `p` quantile (0..=1) of sorted samples, nearest rank; NaN for no samples.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// "p50 X ms, p99 Y ms, max Z ms (N samples)" of unsorted latencies in ms.
+pub fn latency_summary(samples: Vec<f64>) -> String {
+    let s = sorted(samples);
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+        pct(&s, 0.5),
+        pct(&s, 0.99),
+        s.last().copied().unwrap_or(f64::NAN),
+        s.len()
+    )
+}
+
+/// The connections to every master node (`connections` each) and which node the simulated fleet believes
+/// leads: agent calls must reach the leader, so a NOT_LEADER answer moves every agent to the leader it
+/// names (or, when the node is unreachable, to the next node).
+pub struct Fleet {
+    pub nodes: Vec<String>,
+    pub pools: Vec<Vec<MasterClient<Channel>>>,
+    pub leader: AtomicUsize,
+    /// Times the fleet moved to another node.
+    pub moves: AtomicU64,
+}
+
+impl Fleet {
+    /// Open `connections` HTTP/2 connections to each of `nodes`; `leader` is the index of the node
+    /// believed to lead.
+    pub async fn connect(nodes: Vec<String>, connections: u32, leader: usize) -> anyhow::Result<Fleet> {
+        let mut pools = Vec::new();
+        for node in &nodes {
+            let mut pool = Vec::new();
+            for _ in 0..connections {
+                pool.push(connect(node).await?);
+            }
+            pools.push(pool);
+        }
+        Ok(Fleet { nodes, pools, leader: AtomicUsize::new(leader), moves: AtomicU64::new(0) })
+    }
+
+    /// The node believed to lead and connection `k` to it.
+    pub fn client(&self, k: usize) -> (usize, MasterClient<Channel>) {
+        let node = self.leader.load(Ordering::Relaxed) % self.pools.len();
+        let pool = &self.pools[node];
+        (node, pool[k % pool.len()].clone())
+    }
+
+    /// A call to `node` failed with `status`: on NOT_LEADER naming the leader, follow it; when the node is
+    /// unreachable, try the next one. A node that knows no leader yet is asked again (it learns the new
+    /// leader within an election). Only the first agent to notice moves the fleet (compare-and-swap from
+    /// the node it used), so a thousand agents do not ping-pong between nodes.
+    pub fn not_leader(&self, node: usize, status: &tonic::Status) {
+        let e = proto::error::ApiError::from(status.clone());
+        let next = match e.code {
+            proto::error::Code::NotLeader => {
+                match e.leader.as_deref().and_then(|l| self.nodes.iter().position(|n| n == l)) {
+                    Some(n) => n,
+                    None => return,
+                }
+            }
+            proto::error::Code::Unavailable
+                if status.metadata().get(proto::error::CODE_METADATA).is_none() =>
+            {
+                (node + 1) % self.nodes.len()
+            }
+            _ => return,
+        };
+        if next != node
+            && self.leader.compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && self.moves.fetch_add(1, Ordering::Relaxed) < MAX_MOVES_PRINTED
+        {
+            eprintln!("fleet: agents move from {} to {} ({})", self.nodes[node], self.nodes[next], e.message);
+        }
+    }
+}
+
+pub async fn connect(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("connect to the master at {addr}"))?;
+    Ok(MasterClient::new(ch).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// Open every quota of `cluster` (no quota rules, no spike latch): each fault a benchmark injects must be
+/// a transition, not a proposal held for an operator (that is the safety net working, not the path
+/// measured).
+pub async fn open_quotas(cluster: &master::cluster::LocalCluster, by: &str) -> anyhow::Result<()> {
+    let mut safety = master::safety::SafetyConfig { quotas: Vec::new(), ..Default::default() };
+    safety.spike.min = u64::from(u32::MAX);
+    let req = proto::api::SetQuotasRequest {
+        quotas: Vec::new(),
+        by: by.into(),
+        reason: "benchmark: measure the fault path without quota holds".into(),
+        config_json: serde_json::to_string(&safety)?,
+    };
+    cluster
+        .client()
+        .call(req, |mut c, r| async move { c.set_quotas(r).await })
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the quotas: {e}"))?;
+    Ok(())
+}
+
+/// CPU ticks (utime + stime) of a process.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/PID/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11).context("utime")?.parse()?;
+    let stime: u64 = f.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// Resident set size of a process in bytes (`VmRSS` of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vm_rss(&status).context("no VmRSS in /proc/PID/status")
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `wchar` of /proc/PID/io (bytes written through write-like calls, sockets included), if readable.
+pub fn wchar(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Linux reports utime/stime in USER_HZ ticks, fixed at 100 on every architecture we run on (as in
+/// `huatuo bench agent`).
+pub fn clock_ticks() -> f64 {
+    100.0
+}
+
+pub struct Sample {
+    pub at: Instant,
+    pub ticks: u64,
+    pub wchar: Option<u64>,
+}
+
+pub fn sample(pid: u32) -> anyhow::Result<Sample> {
+    Ok(Sample { at: Instant::now(), ticks: cpu_ticks(pid)?, wchar: wchar(pid) })
+}
+
+/// CPU use between two samples of one process, in percent of one core.
+pub fn cpu_pct(a: &Sample, b: &Sample) -> f64 {
+    let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+    (b.ticks.saturating_sub(a.ticks)) as f64 / clock_ticks() / secs * 100.0
+}
+
+/// Bytes of the regular files under `dir` (apparent sizes), at most [`MAX_DIR_ENTRIES`] entries.
+pub fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
+            seen += 1;
+            if seen > MAX_DIR_ENTRIES {
+                bail!("more than {MAX_DIR_ENTRIES} entries under {}", dir.display());
+            }
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                total += e.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The body of `GET /metrics` from a node's HTTP address (plain HTTP/1.0 on loopback; the benchmarks'
+/// clusters run `--insecure`).
+pub async fn scrape_metrics(http_addr: &str) -> anyhow::Result<String> {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(http_addr).await?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {http_addr}\r\n\r\n").as_bytes()).await?;
+        let mut body = Vec::new();
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            if body.len() + n > MAX_METRICS_BYTES {
+                bail!("/metrics answer over {MAX_METRICS_BYTES} bytes");
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
+        anyhow::Ok(body)
+    };
+    let raw = tokio::time::timeout(METRICS_TIMEOUT, fetch)
+        .await
+        .map_err(|_| anyhow::anyhow!("/metrics of {http_addr} timed out after {METRICS_TIMEOUT:?}"))??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP answer")?;
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|c| c != "200") {
+        bail!("/metrics of {http_addr}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_bounds_and_replays_from_the_seed() {
+        let mut r = Rng(42);
+        let v: Vec<Duration> = (0..10_000).map(|_| r.jittered(1000, 20)).collect();
+        assert!(v.iter().all(|d| (800..=1200).contains(&d.as_millis())), "outside +-20%");
+        assert!(v.iter().any(|d| d.as_millis() < 850) && v.iter().any(|d| d.as_millis() > 1150));
+        let mut again = Rng(42);
+        assert_eq!(v[..10], (0..10).map(|_| again.jittered(1000, 20)).collect::<Vec<_>>()[..]);
+        // A percentage above 100 is capped: never below zero, never above twice the interval.
+        let mut r = Rng(1);
+        assert!((0..1000).map(|_| r.jittered(1000, 500)).all(|d| d.as_millis() <= 2000));
+        assert_eq!(Rng(1).jittered(1000, 0), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_and_nan_when_empty() {
+        let s = sorted((1..=100).rev().map(f64::from).collect());
+        assert_eq!((pct(&s, 0.0), pct(&s, 0.5), pct(&s, 0.99), pct(&s, 1.0)), (1.0, 51.0, 99.0, 100.0));
+        assert!(pct(&[], 0.5).is_nan());
+        assert_eq!(pct(&[7.0], 0.99), 7.0);
+    }
+
+    #[test]
+    fn rss_parses_and_refuses_what_does_not_match() {
+        assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t  2048 kB\n"), Some(2 << 20));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        // This process's own RSS is readable and non-zero.
+        assert!(rss_bytes(std::process::id()).is_ok_and(|b| b > 0));
+    }
+
+    #[test]
+    fn dir_bytes_sums_files_below_a_directory() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(d.path().join("sub")).expect("mkdir");
+        std::fs::write(d.path().join("a"), [0u8; 100]).expect("write");
+        std::fs::write(d.path().join("sub/b"), [0u8; 23]).expect("write");
+        assert_eq!(dir_bytes(d.path()).expect("walk"), 123);
+        assert!(dir_bytes(&d.path().join("missing")).is_err());
+    }
+}

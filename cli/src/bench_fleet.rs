@@ -1,0 +1,1580 @@
+//! `huatuo bench fleet`: one master cluster serving a fleet, measured from outside (issue 17).
+//!
+//! Starts a real 3-node master cluster (child processes of this binary, fsync on, free loopback ports, data
+//! under `--data-dir` or the temp dir) and simulates `--agents` agents in this process, MULTIPLEXED: each of
+//! `--connections` HTTP/2 connections per node is driven by one task that runs the heartbeat schedule of its
+//! share of the agents (a heap of due times, a bounded number of calls in flight), so 100,000 logical agents
+//! cost a few hundred tasks and sockets, not 100,000. Every host has 1 machine, `objects-per-host - 3` disks
+//! and 2 NICs.
+//!
+//! Phases, each printing its figures when it ends:
+//! 1. registration of every host and its objects through the agents' path (Register + first Heartbeat);
+//! 2. steady state: heartbeats every `--heartbeat-secs` with +-20% jitter, findings at a background rate
+//!    (0.1% of objects per hour, scaled to the phase), a burst of up to 2,000 faulty disks (ERROR findings)
+//!    in at most a minute, and a watcher doing list (every page) + watch of everything: its lag is from the
+//!    moment a burst finding was acknowledged to the moment the watcher saw that disk's transition;
+//! 3. each master's RSS and CPU (sampled from /proc every second through every phase), data-dir bytes per
+//!    member, the snapshot figures the leader's `/metrics` exports;
+//! 4. a follower killed, its data dir wiped, restarted with `--join`: time until its applied index reaches
+//!    the leader's commit index of the moment of the restart;
+//! 5. the leader killed with `kill -9` while heartbeats continue: time to the first acknowledged write;
+//! 6. elections outside the two kills (the highest term of the members, polled every 200 ms);
+//! 7. throughput: findings/s of 500 single-finding clients beside 32 agents sending 500-finding batches;
+//! 8. every acknowledged finding checked once on its object at the end (its checker's latest evidence is at
+//!    least as new; a burst ERROR also left a transition in the history): the lost count must be 0.
+//!
+//! Exits non-zero when a phase fails (no leader, registration that does not complete, an unreachable
+//! cluster) or when an acknowledged finding is missing. No assertion on time anywhere: the floors of issue
+//! 17 are for the reader to compare.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use futures::stream::{FuturesUnordered, StreamExt};
+use master::client::{Client, parse_addrs};
+use master::cluster::{LocalCluster, READY_TIMEOUT};
+use proto::api;
+use proto::api::master_client::MasterClient;
+use tonic::transport::Channel;
+
+use crate::bench_common::{
+    Fleet, Rng, cpu_ticks, dir_bytes, latency_summary, now_ms, open_quotas, rss_bytes, scrape_metrics,
+};
+
+/// Most simulated agents one run may start (the issue's target fleet).
+const MAX_AGENTS: u32 = 100_000;
+/// Most HTTP/2 connections per master node (a real fleet has one per agent; this process multiplexes its
+/// agents over a few hundred so the figures measure the master rather than this process's sockets).
+const MAX_CONNECTIONS: u32 = 256;
+/// NICs of every simulated host.
+const NICS_PER_HOST: u32 = 2;
+/// Fewest objects per host: the machine, the NICs and at least one disk.
+const MIN_OBJECTS_PER_HOST: u32 = 1 + NICS_PER_HOST + 1;
+/// Most objects per host (one Register call carries them all).
+const MAX_OBJECTS_PER_HOST: u32 = 1000;
+/// Longest steady phase (a day): a typo should not start a run that never ends.
+const MAX_STEADY_SECONDS: u64 = 86_400;
+/// Longest throughput phase, each of the two.
+const MAX_THROUGHPUT_SECONDS: u64 = 3600;
+/// Heartbeat jitter, +- this percentage of the interval (agents do the same).
+const JITTER_PCT: u64 = 20;
+/// Timeout of one agent call (register, heartbeat, ingest, get): generous, so a slow master shows as
+/// latency rather than as errors.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of one register / ingest / get before it counts as failed (each follows the leader). With the
+/// pauses below an agent keeps trying for about a minute, through a few elections, as a real agent would.
+const MAX_CALL_ATTEMPTS: u32 = 12;
+/// Pause after the first failed attempt of one call, doubled after each further one up to
+/// [`MAX_RETRY_PAUSE`] (a fleet retrying in lockstep would keep an overloaded leader overloaded).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+/// Registrations (Register + first heartbeat) in flight at once, over all connections: a fleet announcing
+/// itself at once, but bounded so this process does not queue unboundedly on a slow master.
+const REGISTER_IN_FLIGHT: u32 = 256;
+/// Heartbeats in flight at once on one connection (its agents whose beat is due wait for a slot: that
+/// delay is not in the latency figure but shows as a lower achieved rate).
+const BEATS_IN_FLIGHT_PER_CONNECTION: usize = 16;
+/// How often idle loops look at their stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+/// Heartbeat samples kept (100,000 agents at one beat per 10 s for 400 s is 4 million); more are counted.
+const MAX_SAMPLES: usize = 4_000_000;
+/// Error messages kept for the summary (the rest are counted).
+const MAX_ERRORS_KEPT: usize = 10;
+/// Disks of the burst (issue 17: 2,000 faulty disks in one minute), at most the disks that exist.
+const BURST_DISKS: u64 = 2000;
+/// Longest burst; on a shorter steady phase, the burst takes its middle half.
+const BURST_WINDOW_MS: u64 = 60_000;
+/// Background findings: this fraction of the objects changes per hour (issue 17).
+const BACKGROUND_PER_HOUR: f64 = 0.001;
+/// Sequential finding reporters in the steady phase; agent i's findings go through reporter i % REPORTERS,
+/// one at a time, so each agent's batch sequence numbers are applied in order (one batch in flight per agent,
+/// as a real agent's outbox).
+const REPORTERS: u32 = 64;
+/// Page size the watcher asks for, and most pages one listing follows (100,000 x 1,000 objects is far more
+/// than the 1.5 million of the target fleet).
+const LIST_PAGE: u32 = 1000;
+const MAX_LIST_PAGES: u32 = 100_000;
+/// Watch streams the watcher opens again after one ends (leader changes end them).
+const MAX_WATCH_RECONNECTS: u32 = 100;
+/// How long after the steady phase the watcher may take to see the last burst transitions.
+const WATCH_DRAIN: Duration = Duration::from_secs(30);
+/// How long the reporters may run past the end of the steady phase (a slow master makes them late).
+const REPORT_DRAIN: Duration = Duration::from_secs(120);
+/// How long a wiped follower may take to catch up before the phase fails.
+const CATCHUP_DEADLINE: Duration = Duration::from_secs(600);
+/// How long after a leader kill the first acknowledged write may take before the phase fails.
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(60);
+/// Timeout of each write attempt while measuring failover (short: the figure's resolution).
+const FAILOVER_ATTEMPT: Duration = Duration::from_millis(500);
+/// Pause between failover attempts that failed at once (connection refused).
+const FAILOVER_PAUSE: Duration = Duration::from_millis(10);
+/// Term changes within this long after a kill's recovery are the kill's election (a new leader may need
+/// one more round when the restarted node comes back).
+const KILL_SETTLE: Duration = Duration::from_secs(10);
+/// How often every member's term is polled.
+const TERM_POLL: Duration = Duration::from_millis(200);
+/// How often each master's RSS and CPU ticks are sampled.
+const RESOURCE_POLL: Duration = Duration::from_secs(1);
+/// Resource samples kept per node (a day at one per second).
+const MAX_RESOURCE_SAMPLES: usize = 86_400;
+/// Clients of the single-finding throughput phase, and the batched phase's agents and batch size (issue 17).
+const SINGLE_CLIENTS: u32 = 500;
+const BATCH_AGENTS: u32 = 32;
+const BATCH_SIZE: u32 = 500;
+/// Disks each throughput client writes to (its own host's, so no two clients race on one object).
+const THROUGHPUT_DISKS: u32 = 12;
+/// Objects checked at once at the end.
+const VERIFY_IN_FLIGHT: usize = 64;
+/// Checker names of the findings of each phase (the check at the end looks at each one's latest evidence).
+const BACKGROUND_CHECKER: &str = "bench-fleet-background";
+const BURST_CHECKER: &str = "bench-fleet-burst";
+const FAILOVER_CHECKER: &str = "bench-fleet-failover";
+const THROUGHPUT_CHECKER: &str = "bench-fleet-throughput";
+
+#[derive(Args, Debug)]
+pub struct BenchFleetArgs {
+    /// Simulated agents (one host each).
+    #[arg(long, default_value_t = 5000)]
+    agents: u32,
+    /// Objects per host: 1 machine, 2 NICs and the rest disks (15: 12 disks).
+    #[arg(long, default_value_t = 15)]
+    objects_per_host: u32,
+    /// HTTP/2 connections per master node the agents are multiplexed over.
+    #[arg(long, default_value_t = 200)]
+    connections: u32,
+    /// Seconds of the steady phase.
+    #[arg(long, default_value_t = 60)]
+    steady_seconds: u64,
+    /// Heartbeat interval of every agent, in seconds (+-20% jitter).
+    #[arg(long, default_value_t = 10)]
+    heartbeat_secs: u64,
+    /// Seconds of each throughput measurement (single-finding clients, then batches).
+    #[arg(long, default_value_t = 10)]
+    throughput_seconds: u64,
+    /// Seed of every random choice (default: from the clock; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Skip the follower wipe and the leader kill (phases 4 and 5).
+    #[arg(long)]
+    skip_kills: bool,
+    /// Where the masters' data dirs go (default: the temp dir; a run at 100,000 agents needs GiBs).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl BenchFleetArgs {
+    fn disks(&self) -> u32 {
+        self.objects_per_host - 1 - NICS_PER_HOST
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.agents == 0 || self.agents > MAX_AGENTS {
+            bail!("--agents must be 1..={MAX_AGENTS}");
+        }
+        if !(MIN_OBJECTS_PER_HOST..=MAX_OBJECTS_PER_HOST).contains(&self.objects_per_host) {
+            bail!("--objects-per-host must be {MIN_OBJECTS_PER_HOST}..={MAX_OBJECTS_PER_HOST}");
+        }
+        if self.connections == 0 || self.connections > MAX_CONNECTIONS {
+            bail!("--connections must be 1..={MAX_CONNECTIONS}");
+        }
+        if self.steady_seconds == 0 || self.steady_seconds > MAX_STEADY_SECONDS {
+            bail!("--steady-seconds must be 1..={MAX_STEADY_SECONDS}");
+        }
+        if self.heartbeat_secs == 0 || self.heartbeat_secs > 3600 {
+            bail!("--heartbeat-secs must be 1..=3600");
+        }
+        if self.throughput_seconds == 0 || self.throughput_seconds > MAX_THROUGHPUT_SECONDS {
+            bail!("--throughput-seconds must be 1..={MAX_THROUGHPUT_SECONDS}");
+        }
+        if let Some(d) = &self.data_dir
+            && !d.is_dir()
+        {
+            bail!("--data-dir {} is not a directory", d.display());
+        }
+        Ok(())
+    }
+}
+
+fn agent_id(i: u32) -> String {
+    format!("fleet-agent-{i:06}")
+}
+
+fn host(i: u32) -> String {
+    format!("fleet-{i:06}")
+}
+
+/// Object `k` of host `i`: 0 the machine, 1..=disks the disks, then the NICs.
+fn object(i: u32, k: u32, disks: u32) -> String {
+    let h = host(i);
+    match k {
+        0 => format!("machine/{h}"),
+        k if k <= disks => format!("disk/{h}/d{}", k - 1),
+        k => format!("nic/{h}/eth{}", k - 1 - disks),
+    }
+}
+
+fn finding(object: String, severity: &str, checker: &str) -> api::Finding {
+    api::Finding {
+        object,
+        severity: severity.into(),
+        checker: checker.into(),
+        version: "1.0.0".into(),
+        rule: format!("{checker}.rule"),
+        evidence: format!("huatuo bench fleet: {severity}"),
+        readings: Default::default(),
+        time_ms: now_ms(),
+        shadow: false,
+    }
+}
+
+/// The agents of connection `conn` out of `conns`: every `conns`-th agent.
+fn agents_of(conn: u32, conns: u32, agents: u32) -> Vec<u32> {
+    (conn..agents).step_by(conns.max(1) as usize).collect()
+}
+
+/// The heartbeat schedule of one connection's agents: a heap of (due ms, agent). Each agent's first beat is
+/// spread uniformly over one interval (a fleet's agents start at different times); after a beat the next
+/// is one jittered interval after the later of its due time and now, so a master that falls behind sees
+/// late beats, never a catch-up storm.
+struct Schedule {
+    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    interval_ms: u64,
+}
+
+impl Schedule {
+    fn new(agents: &[u32], interval_ms: u64, start_ms: u64, rng: &mut Rng) -> Schedule {
+        let heap = agents.iter().map(|a| Reverse((start_ms + rng.below(interval_ms), *a))).collect();
+        Schedule { heap, interval_ms }
+    }
+
+    /// The agent whose beat is due at `now_ms`, rescheduled; None when no beat is due.
+    fn pop_due(&mut self, now_ms: u64, rng: &mut Rng) -> Option<u32> {
+        let Reverse((due, agent)) = *self.heap.peek()?;
+        if due > now_ms {
+            return None;
+        }
+        self.heap.pop();
+        let next = due.max(now_ms) + rng.jittered(self.interval_ms, JITTER_PCT).as_millis() as u64;
+        self.heap.push(Reverse((next, agent)));
+        Some(agent)
+    }
+
+    /// Schedule `agent`'s next beat at `due_ms` (an agent that just registered).
+    fn add(&mut self, agent: u32, due_ms: u64) {
+        self.heap.push(Reverse((due_ms, agent)));
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse((d, _))| *d)
+    }
+}
+
+/// `k` distinct values of `0..n` (all of them when `k >= n`), seeded: a partial Fisher-Yates shuffle over a
+/// sparse map, O(k) whatever `n`.
+fn sample_distinct(n: u64, k: u64, rng: &mut Rng) -> Vec<u64> {
+    let k = k.min(n);
+    let mut swapped: HashMap<u64, u64> = HashMap::new();
+    let mut out = Vec::with_capacity(k as usize);
+    for i in 0..k {
+        let j = i + rng.below(n - i);
+        let vj = *swapped.get(&j).unwrap_or(&j);
+        let vi = *swapped.get(&i).unwrap_or(&i);
+        swapped.insert(j, vi);
+        out.push(vj);
+    }
+    out
+}
+
+/// A finding the steady phase sends, `due_ms` after the phase starts.
+#[derive(Debug, Clone, PartialEq)]
+struct Planned {
+    due_ms: u64,
+    agent: u32,
+    object: String,
+    severity: &'static str,
+    checker: &'static str,
+    /// An ERROR on a GOOD disk: the watcher must see its transition.
+    burst: bool,
+}
+
+/// The steady phase's findings, sorted by due time: background WARNINGs on machines and NICs (disks are
+/// left to the burst, so each burst disk's first transition is its ERROR's) at 0.1% of the objects per
+/// hour, at least one; and the burst: ERRORs on up to [`BURST_DISKS`] distinct disks, evenly over the middle
+/// of the phase (from a quarter in, for at most a minute or half the phase).
+fn plan_findings(agents: u32, disks: u32, steady_ms: u64, rng: &mut Rng) -> Vec<Planned> {
+    let objects = f64::from(agents) * f64::from(1 + disks + NICS_PER_HOST);
+    let background = (objects * BACKGROUND_PER_HOUR * steady_ms as f64 / 3_600_000.0).ceil().max(1.0) as u64;
+    let mut plan = Vec::new();
+    for _ in 0..background {
+        let agent = rng.below(u64::from(agents)) as u32;
+        // The machine or one of the NICs.
+        let pick = rng.below(u64::from(1 + NICS_PER_HOST)) as u32;
+        let k = if pick == 0 { 0 } else { disks + pick };
+        plan.push(Planned {
+            due_ms: rng.below(steady_ms),
+            agent,
+            object: object(agent, k, disks),
+            severity: "WARNING",
+            checker: BACKGROUND_CHECKER,
+            burst: false,
+        });
+    }
+    let all_disks = u64::from(agents) * u64::from(disks);
+    let burst = sample_distinct(all_disks, BURST_DISKS, rng);
+    let start = steady_ms / 4;
+    let window = BURST_WINDOW_MS.min(steady_ms / 2);
+    let n = burst.len() as u64;
+    for (j, d) in burst.into_iter().enumerate() {
+        let agent = (d / u64::from(disks)) as u32;
+        let disk = (d % u64::from(disks)) as u32;
+        plan.push(Planned {
+            due_ms: start + j as u64 * window / n.max(1),
+            agent,
+            object: object(agent, 1 + disk, disks),
+            severity: "ERROR",
+            checker: BURST_CHECKER,
+            burst: true,
+        });
+    }
+    plan.sort_by_key(|p| p.due_ms);
+    plan
+}
+
+/// An acknowledged finding (checked on its object at the end).
+#[derive(Debug, Clone)]
+struct Acked {
+    object: String,
+    checker: &'static str,
+    time_ms: u64,
+    burst: bool,
+    at: Instant,
+}
+
+/// What the simulated fleet shares.
+struct Run {
+    fleet: Fleet,
+    origin: Instant,
+    started_ms: u64,
+    /// (seconds since the origin when sent, latency ms) of every acknowledged heartbeat.
+    beats: Mutex<Vec<(f64, f64)>>,
+    beats_dropped: AtomicU64,
+    errors: AtomicU64,
+    kept: Mutex<Vec<String>>,
+    stop_beats: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Run {
+    fn secs(&self) -> f64 {
+        self.origin.elapsed().as_secs_f64()
+    }
+
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut kept = lock(&self.kept);
+        if kept.len() < MAX_ERRORS_KEPT {
+            kept.push(what);
+        }
+    }
+
+    fn heartbeat(&self, i: u32) -> api::HeartbeatRequest {
+        api::HeartbeatRequest {
+            agent: agent_id(i),
+            host: host(i),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_ms: self.started_ms,
+            ..Default::default()
+        }
+    }
+
+    /// One agent call through connection `k` to the node believed to lead, following NOT_LEADER, at most
+    /// [`MAX_CALL_ATTEMPTS`] attempts. Returns the answer and the attempts it took.
+    async fn call<T, F, Fut>(&self, k: usize, f: F) -> Result<(T, u32), String>
+    where
+        F: Fn(MasterClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = String::new();
+        for attempt in 1..=MAX_CALL_ATTEMPTS {
+            let (node, c) = self.fleet.client(k);
+            match tokio::time::timeout(CALL_TIMEOUT, f(c)).await {
+                Ok(Ok(r)) => return Ok((r.into_inner(), attempt)),
+                Ok(Err(s)) => {
+                    self.fleet.not_leader(node, &s);
+                    last = format!("{:?}: {}", s.code(), s.message());
+                }
+                Err(_) => last = format!("timed out after {CALL_TIMEOUT:?}"),
+            }
+            if attempt < MAX_CALL_ATTEMPTS {
+                tokio::time::sleep(retry_pause(attempt)).await;
+            }
+        }
+        Err(format!("{MAX_CALL_ATTEMPTS} attempts: {last}"))
+    }
+
+    /// Heartbeat samples sent in `[from, to)` seconds since the origin.
+    fn beats_between(&self, from: f64, to: f64) -> Vec<f64> {
+        lock(&self.beats).iter().filter(|(s, _)| *s >= from && *s < to).map(|x| x.1).collect()
+    }
+}
+
+/// The pause after failed attempt `attempt` (1-based): [`RETRY_PAUSE`] doubled per attempt, at most
+/// [`MAX_RETRY_PAUSE`].
+fn retry_pause(attempt: u32) -> Duration {
+    RETRY_PAUSE.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_RETRY_PAUSE)
+}
+
+/// Register host `i` with its objects, then its first heartbeat; returns the latency of both in ms.
+async fn register_host(run: &Run, conn: usize, i: u32, disks: u32) -> Result<f64, String> {
+    let t = Instant::now();
+    let h = host(i);
+    let objects = (0..1 + disks + NICS_PER_HOST)
+        .map(|k| api::RegisteredObject {
+            id: object(i, k, disks),
+            attributes: Default::default(),
+            labels: [("rack".to_string(), format!("r{:03}", i % 500)), ("pool".into(), "fleet".into())]
+                .into_iter()
+                .collect(),
+        })
+        .collect();
+    let req = api::RegisterRequest { agent: agent_id(i), host: h, objects };
+    run.call(conn, |mut c| {
+        let r = req.clone();
+        async move { c.register(r).await }
+    })
+    .await
+    .map_err(|e| format!("register {}: {e}", host(i)))?;
+    let hb = run.heartbeat(i);
+    run.call(conn, |mut c| {
+        let r = hb.clone();
+        async move { c.heartbeat(r).await }
+    })
+    .await
+    .map_err(|e| format!("first heartbeat of {}: {e}", agent_id(i)))?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// One heartbeat of agent `i` over connection `conn` (no retry: the next one is due an interval later).
+async fn beat(run: Arc<Run>, conn: usize, i: u32) {
+    let (node, mut c) = run.fleet.client(conn);
+    let sent = run.secs();
+    let t = Instant::now();
+    match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat(run.heartbeat(i))).await {
+        Ok(Ok(_)) => {
+            let lat = t.elapsed().as_secs_f64() * 1000.0;
+            let mut b = lock(&run.beats);
+            if b.len() < MAX_SAMPLES {
+                b.push((sent, lat));
+            } else {
+                run.beats_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(Err(s)) => {
+            run.fleet.not_leader(node, &s);
+            run.error(format!("heartbeat {}: {:?}: {}", agent_id(i), s.code(), s.message()));
+        }
+        Err(_) => run.error(format!("heartbeat {}: timed out after {CALL_TIMEOUT:?}", agent_id(i))),
+    }
+}
+
+/// Registration results of one connection's agents: per-host latencies (ms) and failures.
+type Registered = (Vec<f64>, Vec<String>);
+
+/// The task of one connection: registers its agents (Register + first heartbeat, `reg_in_flight` at a
+/// time) and from each agent's registration on runs its heartbeat schedule (as a real agent heartbeats from
+/// the moment it registered, however long the rest of the fleet takes), at most
+/// [`BEATS_IN_FLIGHT_PER_CONNECTION`] heartbeats in flight, until `stop_beats`. Sends the registration
+/// results on `done` once every agent of the connection has registered or failed.
+async fn drive(
+    run: Arc<Run>,
+    conn: u32,
+    agents: Vec<u32>,
+    (interval_ms, disks, reg_in_flight): (u64, u32, usize),
+    mut rng: Rng,
+    done: tokio::sync::oneshot::Sender<Registered>,
+) {
+    let ms = |run: &Run| run.origin.elapsed().as_millis() as u64;
+    let mut sched = Schedule::new(&[], interval_ms, 0, &mut rng);
+    let mut to_register = agents.into_iter();
+    let mut regs = FuturesUnordered::new();
+    let (mut lat, mut failed) = (Vec::new(), Vec::new());
+    let mut done = Some(done);
+    let mut inflight = FuturesUnordered::new();
+    while !run.stop_beats.load(Ordering::Relaxed) {
+        while regs.len() < reg_in_flight {
+            let Some(i) = to_register.next() else { break };
+            let run = run.clone();
+            regs.push(async move { (i, register_host(&run, conn as usize, i, disks).await) });
+        }
+        if regs.is_empty()
+            && let Some(d) = done.take()
+        {
+            // The receiver gone means the benchmark is stopping: nothing to report to.
+            d.send((std::mem::take(&mut lat), std::mem::take(&mut failed))).ok();
+        }
+        let now = ms(&run);
+        while inflight.len() < BEATS_IN_FLIGHT_PER_CONNECTION {
+            match sched.pop_due(now, &mut rng) {
+                Some(i) => inflight.push(beat(run.clone(), conn as usize, i)),
+                None => break,
+            }
+        }
+        let wait = if inflight.len() >= BEATS_IN_FLIGHT_PER_CONNECTION {
+            STOP_POLL
+        } else {
+            let due = sched.next_due().unwrap_or(now + STOP_POLL.as_millis() as u64);
+            Duration::from_millis(due.saturating_sub(now)).min(STOP_POLL)
+        };
+        tokio::select! {
+            Some((i, r)) = regs.next(), if !regs.is_empty() => match r {
+                Ok(ms_taken) => {
+                    lat.push(ms_taken);
+                    // Its first heartbeat was part of the registration: the next is an interval later.
+                    sched.add(i, ms(&run) + rng.jittered(interval_ms, JITTER_PCT).as_millis() as u64);
+                }
+                Err(e) => failed.push(e),
+            },
+            _ = inflight.next(), if !inflight.is_empty() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    // Each call in flight ends within its own timeout.
+    while inflight.next().await.is_some() {}
+}
+
+/// Send one reporter's planned findings in order, each at its due time, as its agent (per-agent sequence
+/// numbers from 1). Returns the acknowledged ones and how many were not acknowledged.
+async fn report(
+    run: Arc<Run>,
+    r: u32,
+    plan: Vec<Planned>,
+    start: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) -> (Vec<Acked>, u64) {
+    let mut seqs: HashMap<u32, u64> = HashMap::new();
+    let mut acked = Vec::new();
+    let mut missed = 0u64;
+    for p in plan {
+        let due = start + Duration::from_millis(p.due_ms);
+        if due > deadline {
+            missed += 1;
+            continue;
+        }
+        tokio::time::sleep_until(due).await;
+        let seq = seqs.entry(p.agent).or_insert(0);
+        *seq += 1;
+        let f = finding(p.object.clone(), p.severity, p.checker);
+        let time_ms = f.time_ms;
+        let req = api::IngestRequest { agent: agent_id(p.agent), seq: *seq, findings: vec![f], epoch: 0 };
+        let got = run
+            .call(r as usize, |mut c| {
+                let q = req.clone();
+                async move { c.ingest(q).await }
+            })
+            .await;
+        match got {
+            // A duplicate on a retry: an earlier attempt of this very batch was applied.
+            Ok((resp, attempts)) if resp.applied == 1 || (resp.duplicate && attempts > 1) => {
+                acked.push(Acked {
+                    object: p.object,
+                    checker: p.checker,
+                    time_ms,
+                    burst: p.burst,
+                    at: Instant::now(),
+                })
+            }
+            Ok((resp, _)) => {
+                missed += 1;
+                run.error(format!(
+                    "ingest {}: applied {} duplicate {}",
+                    p.object, resp.applied, resp.duplicate
+                ));
+            }
+            Err(e) => {
+                missed += 1;
+                run.error(format!("ingest {}: {e}", p.object));
+            }
+        }
+    }
+    (acked, missed)
+}
+
+/// The watcher: lists every object (following `next_page_token`), then watches everything from the
+/// listing's revision + 1, opening the stream again after it ends; records when each object's first
+/// transition arrived.
+#[derive(Default)]
+struct Watcher {
+    seen: Mutex<HashMap<String, Instant>>,
+    listed: AtomicU64,
+    pages: AtomicU64,
+    events: AtomicU64,
+    reconnects: AtomicU64,
+    stop: AtomicBool,
+}
+
+async fn watch_all(addrs: String, w: Arc<Watcher>) -> anyhow::Result<()> {
+    let mut client = Client::new(parse_addrs(&addrs));
+    client.call_timeout = CALL_TIMEOUT * 3;
+    let mut token = String::new();
+    let mut revision = None;
+    for page in 1..=MAX_LIST_PAGES + 1 {
+        if page > MAX_LIST_PAGES {
+            bail!("the listing did not end within {MAX_LIST_PAGES} pages");
+        }
+        let req =
+            api::ListObjectsRequest { limit: LIST_PAGE, page_token: token.clone(), ..Default::default() };
+        let r = match client.call(req, |mut c, r| async move { c.list_objects(r).await }).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A listing too big for one answer (before pagination) is a finding of the run, not a reason
+                // to stop measuring: watch the changes from now on.
+                eprintln!("watcher: listing failed on page {page} ({e}); watching from the current revision");
+                revision = None;
+                break;
+            }
+        };
+        revision.get_or_insert(r.revision);
+        w.listed.fetch_add(r.objects.len() as u64, Ordering::Relaxed);
+        w.pages.fetch_add(1, Ordering::Relaxed);
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    let mut from = revision.map_or(0, |r| r + 1);
+    let mut reconnects = 0u32;
+    while !w.stop.load(Ordering::Relaxed) {
+        let req = api::WatchRequest { from_revision: from, kind: String::new(), host: String::new() };
+        if let Ok(mut s) = client.call(req, |mut c, r| async move { c.watch(r).await }).await {
+            while !w.stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(STOP_POLL, s.message()).await {
+                    Ok(Ok(Some(m))) => {
+                        let at = Instant::now();
+                        w.events.fetch_add(m.events.len() as u64, Ordering::Relaxed);
+                        let mut seen = lock(&w.seen);
+                        for e in m.events {
+                            from = from.max(e.revision + 1);
+                            if e.what == "transition" {
+                                seen.entry(e.object).or_insert(at);
+                            }
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            }
+        }
+        if w.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        reconnects += 1;
+        w.reconnects.fetch_add(1, Ordering::Relaxed);
+        if reconnects > MAX_WATCH_RECONNECTS {
+            bail!("the watch stream ended more than {MAX_WATCH_RECONNECTS} times");
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    Ok(())
+}
+
+/// One /proc sample of a master process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ResSample {
+    at: f64,
+    pid: u32,
+    ticks: u64,
+    rss: u64,
+}
+
+/// Max RSS and CPU (percent of one core) of one node's samples within `[from, to]` seconds: CPU from the
+/// tick differences of consecutive samples of the same process (a restart starts a new count). None when
+/// fewer than two samples fall in the window.
+fn summarize(samples: &[ResSample], from: f64, to: f64) -> Option<(u64, f64)> {
+    let w: Vec<&ResSample> = samples.iter().filter(|s| s.at >= from && s.at <= to).collect();
+    if w.len() < 2 {
+        return None;
+    }
+    let max_rss = w.iter().map(|s| s.rss).max().unwrap_or(0);
+    let (mut ticks, mut secs) = (0u64, 0f64);
+    for p in w.windows(2) {
+        if p[0].pid == p[1].pid {
+            ticks += p[1].ticks.saturating_sub(p[0].ticks);
+            secs += p[1].at - p[0].at;
+        }
+    }
+    let cpu = if secs > 0.0 { ticks as f64 / crate::bench_common::clock_ticks() / secs * 100.0 } else { 0.0 };
+    Some((max_rss, cpu))
+}
+
+/// Which process runs each node (updated on kills and restarts) and their samples.
+#[derive(Default)]
+struct Resources {
+    pids: Mutex<BTreeMap<u64, u32>>,
+    samples: Mutex<BTreeMap<u64, Vec<ResSample>>>,
+    stop: AtomicBool,
+}
+
+async fn sample_resources(res: Arc<Resources>, origin: Instant) {
+    while !res.stop.load(Ordering::Relaxed) {
+        let pids = lock(&res.pids).clone();
+        for (id, pid) in pids {
+            // A node killed between the copy and the read has no /proc entry: skip that sample.
+            if let (Ok(ticks), Ok(rss)) = (cpu_ticks(pid), rss_bytes(pid)) {
+                let s = ResSample { at: origin.elapsed().as_secs_f64(), pid, ticks, rss };
+                let mut all = lock(&res.samples);
+                let v = all.entry(id).or_default();
+                if v.len() < MAX_RESOURCE_SAMPLES {
+                    v.push(s);
+                }
+            }
+        }
+        tokio::time::sleep(RESOURCE_POLL).await;
+    }
+}
+
+fn print_resources(res: &Resources, label: &str, from: f64, to: f64) {
+    let all = lock(&res.samples);
+    let parts: Vec<String> = all
+        .iter()
+        .map(|(id, v)| match summarize(v, from, to) {
+            Some((rss, cpu)) => {
+                format!("node {id} RSS max {:.0} MiB CPU {cpu:.0}%", rss as f64 / (1 << 20) as f64)
+            }
+            None => format!("node {id} not sampled"),
+        })
+        .collect();
+    println!("resources ({label}): {}", parts.join("; "));
+}
+
+/// Polls every member's term; returns (seconds since the origin, highest term) at each change of the
+/// highest term seen (the first observation included).
+async fn poll_terms(addrs: Vec<String>, origin: Instant, stop: Arc<AtomicBool>) -> Vec<(f64, u64)> {
+    let mut clients: Vec<Client> = addrs
+        .into_iter()
+        .map(|a| {
+            let mut c = Client::new(vec![a]);
+            c.max_attempts = 1;
+            c.call_timeout = Duration::from_millis(500);
+            c
+        })
+        .collect();
+    let mut changes: Vec<(f64, u64)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        for c in &mut clients {
+            if let Ok(i) =
+                c.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await
+                && changes.last().is_none_or(|(_, t)| i.term > *t)
+            {
+                changes.push((origin.elapsed().as_secs_f64(), i.term));
+            }
+        }
+        tokio::time::sleep(TERM_POLL).await;
+    }
+    changes
+}
+
+/// Term increases outside every `[from, to]` window (the first observation is the starting term, not an
+/// election). Each increase counts once, however many terms it skipped.
+fn elections_outside(changes: &[(f64, u64)], windows: &[(f64, f64)]) -> Vec<(f64, u64)> {
+    changes
+        .iter()
+        .skip(1)
+        .filter(|(at, _)| !windows.iter().any(|(a, b)| at >= a && at <= b))
+        .copied()
+        .collect()
+}
+
+/// Findings/s of `clients` sequential writers for `secs`, each sending batches of `batch` findings about
+/// its own host's disks as agent `fleet-{tag}-K`. Returns (findings applied, seconds, acknowledged).
+async fn throughput(
+    run: &Arc<Run>,
+    tag: &str,
+    clients: u32,
+    batch: u32,
+    secs: u64,
+) -> (u64, f64, Vec<Acked>) {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let applied = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let (run, applied) = (run.clone(), applied.clone());
+        let (agent, h) = (format!("fleet-{tag}-agent-{k:03}"), format!("fleet-{tag}-{k:03}"));
+        tasks.push(tokio::spawn(async move {
+            let disks = batch.min(THROUGHPUT_DISKS);
+            let mut last_acked_ms = None;
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                seq += 1;
+                // One time for the whole batch: the check at the end compares each disk's latest evidence
+                // with the batch's time, which must then be the time of every finding in it.
+                let time_ms = now_ms();
+                let findings: Vec<api::Finding> = (0..batch)
+                    .map(|j| api::Finding {
+                        time_ms,
+                        ..finding(format!("disk/{h}/d{}", j % disks), "GOOD", THROUGHPUT_CHECKER)
+                    })
+                    .collect();
+                let req = api::IngestRequest { agent: agent.clone(), seq, findings, epoch: 0 };
+                match run
+                    .call(k as usize, |mut c| {
+                        let q = req.clone();
+                        async move { c.ingest(q).await }
+                    })
+                    .await
+                {
+                    Ok((r, attempts)) if r.applied > 0 || (r.duplicate && attempts > 1) => {
+                        applied.fetch_add(
+                            u64::from(if r.duplicate { batch } else { r.applied }),
+                            Ordering::Relaxed,
+                        );
+                        last_acked_ms = Some(time_ms);
+                    }
+                    Ok((r, _)) => {
+                        run.error(format!("ingest {agent}: applied {} duplicate {}", r.applied, r.duplicate))
+                    }
+                    Err(e) => run.error(format!("ingest {agent}: {e}")),
+                }
+            }
+            let at = Instant::now();
+            last_acked_ms
+                .map(|t| {
+                    (0..disks)
+                        .map(|d| Acked {
+                            object: format!("disk/{h}/d{d}"),
+                            checker: THROUGHPUT_CHECKER,
+                            time_ms: t,
+                            burst: false,
+                            at,
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap_or_default());
+    }
+    (applied.load(Ordering::Relaxed), start.elapsed().as_secs_f64(), acked)
+}
+
+/// Whether the object shows the acknowledged finding: its checker's latest evidence is at least as new.
+fn shows(resp: &api::GetObjectResponse, checker: &str, time_ms: u64) -> bool {
+    resp.object
+        .as_ref()
+        .is_some_and(|o| o.evidence.iter().any(|f| f.checker == checker && f.time_ms >= time_ms))
+}
+
+/// Whether the object's history holds a transition (a burst ERROR on a GOOD disk makes one unless the
+/// safety net held it as a proposal).
+fn transitioned(resp: &api::GetObjectResponse) -> bool {
+    resp.history.iter().any(|h| h.what == "transition")
+}
+
+/// What the check at the end found.
+#[derive(Debug, Default)]
+struct Verified {
+    lost: u64,
+    objects: usize,
+    /// Burst disks whose ERROR is recorded but left no transition (held by the safety net).
+    untransitioned: u64,
+    examples: Vec<String>,
+}
+
+/// Check every acknowledged finding once on its object.
+async fn verify(run: &Arc<Run>, acked: &[Acked]) -> anyhow::Result<Verified> {
+    // Per object: per checker, the newest acknowledged time, whether a burst ERROR is among them, and how
+    // many acknowledged findings that stands for.
+    let mut want: BTreeMap<&str, BTreeMap<&str, (u64, bool, u64)>> = BTreeMap::new();
+    for a in acked {
+        let e = want.entry(&a.object).or_default().entry(a.checker).or_insert((0, false, 0));
+        e.0 = e.0.max(a.time_ms);
+        e.1 |= a.burst;
+        e.2 += 1;
+    }
+    let objects = want.len();
+    let mut lost = 0u64;
+    let mut untransitioned = 0u64;
+    let mut examples = Vec::new();
+    let mut pending = want.into_iter().enumerate();
+    let mut inflight = FuturesUnordered::new();
+    loop {
+        while inflight.len() < VERIFY_IN_FLIGHT {
+            let Some((k, (obj, checks))) = pending.next() else { break };
+            let run = run.clone();
+            let id = obj.to_string();
+            inflight.push(async move {
+                let got = run
+                    .call(k, |mut c| {
+                        let r = api::GetObjectRequest { id: id.clone(), stale: false };
+                        async move { c.get_object(r).await }
+                    })
+                    .await;
+                (id, checks, got)
+            });
+        }
+        let Some((id, checks, got)) = inflight.next().await else { break };
+        let resp = match got {
+            Ok((r, _)) => r,
+            Err(e) if e.contains("NotFound") => api::GetObjectResponse::default(),
+            Err(e) => bail!("checking {id}: {e}"),
+        };
+        for (checker, (time_ms, burst, n)) in checks {
+            if burst && !transitioned(&resp) {
+                untransitioned += 1;
+            }
+            if !shows(&resp, checker, time_ms) {
+                lost += n;
+                if examples.len() < MAX_ERRORS_KEPT {
+                    let o = resp.object.as_ref();
+                    examples.push(format!(
+                        "{id} ({checker}, acknowledged finding of {time_ms}; object {}, state {:?}, evidence {:?})",
+                        if o.is_some() { "found" } else { "not found" },
+                        o.map(|o| o.state.as_str()).unwrap_or(""),
+                        o.map(|o| o.evidence.iter().map(|f| (f.checker.as_str(), f.time_ms)).collect::<Vec<_>>())
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Verified { lost, objects, untransitioned, examples })
+}
+
+pub fn run(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
+    a.check()?;
+    if let Some(d) = &a.data_dir {
+        // The cluster's data dirs are made in the temp dir; point it at the asked one (before any is made).
+        tempfile::env::override_temp_dir(d)
+            .map_err(|was| anyhow!("the temp dir was already set to {}", was.display()))?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Ctrl-C drops the benchmark, and with it the cluster (whose Drop kills the master processes).
+    rt.block_on(async {
+        tokio::select! {
+            r = bench(a) => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted: the cluster was stopped"),
+        }
+    })
+}
+
+async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
+    let seed = a.seed.unwrap_or_else(now_ms);
+    let disks = a.disks();
+    let objects = u64::from(a.agents) * u64::from(a.objects_per_host);
+    println!(
+        "seed {seed} (replay with --seed {seed}); {} agents x {} objects ({disks} disks) = {objects} objects, \
+         multiplexed over {} connections per node; heartbeat every {} s +-{JITTER_PCT}%",
+        a.agents, a.objects_per_host, a.connections, a.heartbeat_secs
+    );
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut cluster = LocalCluster::start(&exe, 3).context("start cluster")?;
+    let Some(leader) = cluster.wait_leader(READY_TIMEOUT).await else {
+        bail!("masters elected no leader within {READY_TIMEOUT:?}; log:\n{}", cluster.log_tail(1));
+    };
+    open_quotas(&cluster, "bench-fleet").await?;
+    let data_root = cluster.data_dir(1).parent().map(|p| p.display().to_string()).unwrap_or_default();
+    let pids: Vec<String> =
+        cluster.running().iter().map(|id| format!("{id}={}", cluster.pid(*id).unwrap_or(0))).collect();
+    println!(
+        "cluster: 3 nodes (separate processes, fsync on), leader {leader}, pids {}, data under {data_root}",
+        pids.join(" ")
+    );
+
+    let res = Arc::new(Resources::default());
+    for id in cluster.running() {
+        if let Some(pid) = cluster.pid(id) {
+            lock(&res.pids).insert(id, pid);
+        }
+    }
+    let origin = Instant::now();
+    let sampler = tokio::spawn(sample_resources(res.clone(), origin));
+    let nodes: Vec<(u64, String)> = cluster.nodes.iter().map(|(id, n)| (*id, n.grpc.clone())).collect();
+    let fleet = Fleet::connect(
+        nodes.iter().map(|(_, g)| g.clone()).collect(),
+        a.connections,
+        nodes.iter().position(|(id, _)| *id == leader).unwrap_or(0),
+    )
+    .await?;
+    let run = Arc::new(Run {
+        fleet,
+        origin,
+        started_ms: now_ms(),
+        beats: Mutex::new(Vec::new()),
+        beats_dropped: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        kept: Mutex::new(Vec::new()),
+        stop_beats: AtomicBool::new(false),
+    });
+    let stop_terms = Arc::new(AtomicBool::new(false));
+    let terms =
+        tokio::spawn(poll_terms(nodes.iter().map(|(_, g)| g.clone()).collect(), origin, stop_terms.clone()));
+
+    // Phase 1: registration through the agents' path.
+    let t1 = run.secs();
+    let t = Instant::now();
+    let per_conn = (REGISTER_IN_FLIGHT / a.connections).max(1) as usize;
+    let interval_ms = a.heartbeat_secs * 1000;
+    let mut seeder = Rng(seed);
+    let mut regs = Vec::new();
+    let mut drivers = Vec::new();
+    for c in 0..a.connections {
+        let mine = agents_of(c, a.connections, a.agents);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        regs.push(rx);
+        let pace = (interval_ms, disks, per_conn);
+        drivers.push(tokio::spawn(drive(run.clone(), c, mine, pace, Rng(seeder.next_u64()), tx)));
+    }
+    let (mut lat, mut failed) = (Vec::new(), Vec::new());
+    for r in regs {
+        let (l, f) = r.await.context("a connection task ended before its agents registered")?;
+        lat.extend(l);
+        failed.extend(f);
+    }
+    let took = t.elapsed().as_secs_f64();
+    println!(
+        "phase 1 registration: {} hosts ({} objects) registered + first heartbeat in {took:.1} s: {:.0} hosts/s; \
+         per host {}",
+        lat.len(),
+        lat.len() as u64 * u64::from(a.objects_per_host),
+        lat.len() as f64 / took.max(1e-9),
+        latency_summary(lat)
+    );
+    print_resources(&res, "registration", t1, run.secs());
+    if !failed.is_empty() {
+        bail!(
+            "phase 1 failed: {} hosts did not register, first: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+    }
+
+    // The watcher: list every page, then watch everything.
+    let watcher = Arc::new(Watcher::default());
+    let watch_task = tokio::spawn(watch_all(cluster.grpc_addrs(), watcher.clone()));
+
+    // Phase 2: steady state.
+    let steady_ms = a.steady_seconds * 1000;
+    let plan = plan_findings(a.agents, disks, steady_ms, &mut seeder);
+    let burst_n = plan.iter().filter(|p| p.burst).count();
+    let mut per_reporter: Vec<Vec<Planned>> = (0..REPORTERS).map(|_| Vec::new()).collect();
+    for p in plan {
+        per_reporter[(p.agent % REPORTERS) as usize].push(p);
+    }
+    let t2 = run.secs();
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_millis(steady_ms) + REPORT_DRAIN;
+    let reporters: Vec<_> = per_reporter
+        .into_iter()
+        .enumerate()
+        .map(|(r, p)| tokio::spawn(report(run.clone(), r as u32, p, start, deadline)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(steady_ms)).await;
+    let t2_end = run.secs();
+    let mut acked: Vec<Acked> = Vec::new();
+    let mut missed = 0u64;
+    for r in reporters {
+        let (ac, m) = r.await.context("a reporter task failed")?;
+        acked.extend(ac);
+        missed += m;
+    }
+    let reported_in = start.elapsed().as_secs_f64();
+    let steady = run.beats_between(t2, t2_end);
+    println!(
+        "phase 2 heartbeats: {:.0} beats/s achieved over {:.0} s (wanted {:.0}/s); latency {}; errors so far {}",
+        steady.len() as f64 / (t2_end - t2).max(1e-9),
+        t2_end - t2,
+        f64::from(a.agents) / a.heartbeat_secs as f64,
+        latency_summary(steady),
+        run.errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "phase 2 findings: {} acknowledged ({} background WARNING, {} of a {burst_n}-disk ERROR burst) in \
+         {reported_in:.1} s, {missed} not acknowledged",
+        acked.len(),
+        acked.iter().filter(|x| !x.burst).count(),
+        acked.iter().filter(|x| x.burst).count(),
+    );
+    // The watcher's lag on the burst: from each ERROR's acknowledgement to its disk's transition.
+    let burst: Vec<&Acked> = acked.iter().filter(|x| x.burst).collect();
+    let drain = Instant::now() + WATCH_DRAIN;
+    loop {
+        let seen = {
+            let s = lock(&watcher.seen);
+            burst.iter().filter(|b| s.contains_key(&b.object)).count()
+        };
+        if seen == burst.len() || Instant::now() >= drain || watch_task.is_finished() {
+            break;
+        }
+        tokio::time::sleep(STOP_POLL).await;
+    }
+    let (lags, unseen) = {
+        let s = lock(&watcher.seen);
+        let lags: Vec<f64> = burst
+            .iter()
+            .filter_map(|b| {
+                s.get(&b.object).map(|at| at.saturating_duration_since(b.at).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        let unseen = burst.len() - lags.len();
+        (lags, unseen)
+    };
+    println!(
+        "phase 2 watcher: listed {} objects in {} pages, {} events; lag (ack -> transition seen) {}; {unseen} \
+         burst transitions not seen within {WATCH_DRAIN:?}; {} reconnects",
+        watcher.listed.load(Ordering::Relaxed),
+        watcher.pages.load(Ordering::Relaxed),
+        watcher.events.load(Ordering::Relaxed),
+        latency_summary(lags),
+        watcher.reconnects.load(Ordering::Relaxed)
+    );
+    watcher.stop.store(true, Ordering::Relaxed);
+    match watch_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => println!("phase 2 watcher ended with an error: {e:#}"),
+        Err(e) => println!("phase 2 watcher task failed: {e}"),
+    }
+
+    // Phase 3: resources, data dirs, snapshot.
+    print_resources(&res, "steady state", t2, t2_end);
+    print_resources(&res, "whole run so far", 0.0, run.secs());
+    let mut dirs = Vec::new();
+    for id in cluster.nodes.keys() {
+        let b = dir_bytes(&cluster.data_dir(*id)).unwrap_or(0);
+        dirs.push(format!("node {id} {:.1} MiB", b as f64 / (1 << 20) as f64));
+    }
+    println!("phase 3 data dirs: {} ({} objects)", dirs.join(", "), objects);
+    let lead_now =
+        cluster.wait_leader(READY_TIMEOUT).await.ok_or_else(|| anyhow!("no leader after phase 2"))?;
+    // The safety net's view after the steady phase: silent agents latch scopes into manual drive, which
+    // holds the burst's transitions as proposals (the watcher then sees none).
+    if let Some(i) = cluster.info(lead_now).await {
+        let latched: Vec<&str> = i.scopes.iter().filter(|s| s.latched).map(|s| s.scope.as_str()).collect();
+        println!(
+            "phase 2 safety net: level {}, {} proposals pending, {} of {} scopes latched{}, agents alive {} of {}",
+            i.level,
+            i.pending_proposals,
+            latched.len(),
+            i.scopes.len(),
+            latched.first().map(|s| format!(" (e.g. {s})")).unwrap_or_default(),
+            i.agents_alive,
+            i.agents
+        );
+    }
+    match scrape_metrics(&cluster.nodes[&lead_now].http).await {
+        Ok(m) => {
+            let snap: Vec<&str> = m
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#') && l.contains("snapshot") && !l.contains("snapshot_chunks_refused")
+                })
+                .collect();
+            if snap.is_empty() {
+                println!(
+                    "phase 3 snapshot: size and build time not exported (the leader's /metrics has no \
+                     huatuo_master_snapshot_* size or time series)"
+                );
+            } else {
+                println!("phase 3 snapshot (leader {lead_now}'s /metrics): {}", snap.join("; "));
+            }
+        }
+        Err(e) => println!("phase 3 snapshot: /metrics of the leader unreadable: {e:#}"),
+    }
+
+    // Phases 4 and 5: the kills, with heartbeats continuing.
+    let mut windows: Vec<(f64, f64)> = Vec::new();
+    if a.skip_kills {
+        println!("phase 4 follower catch-up: skipped (--skip-kills)");
+        println!("phase 5 failover: skipped (--skip-kills)");
+    } else {
+        let t4 = run.secs();
+        let leader =
+            cluster.wait_leader(READY_TIMEOUT).await.ok_or_else(|| anyhow!("no leader before phase 4"))?;
+        let follower =
+            *cluster.nodes.keys().find(|id| **id != leader).ok_or_else(|| anyhow!("no follower"))?;
+        cluster.kill9(follower);
+        lock(&res.pids).remove(&follower);
+        let dir = cluster.data_dir(follower);
+        std::fs::remove_dir_all(&dir).with_context(|| format!("wipe {}", dir.display()))?;
+        let target = cluster
+            .info(leader)
+            .await
+            .map(|i| i.commit_index)
+            .ok_or_else(|| anyhow!("phase 4 failed: leader {leader} unreachable"))?;
+        let t = Instant::now();
+        cluster.spawn(follower, true).context("restart the wiped follower with --join")?;
+        if let Some(pid) = cluster.pid(follower) {
+            lock(&res.pids).insert(follower, pid);
+        }
+        if !cluster.wait_applied(follower, target, CATCHUP_DEADLINE).await {
+            bail!(
+                "phase 4 failed: wiped follower {follower} did not reach index {target} within {CATCHUP_DEADLINE:?}; \
+                 log:\n{}",
+                cluster.log_tail(follower)
+            );
+        }
+        let caught = t.elapsed().as_secs_f64();
+        println!(
+            "phase 4 follower catch-up: node {follower} killed, data wiped, restarted with --join: applied the \
+             leader's commit index {target} after {caught:.2} s (cluster info); its data dir now {:.1} MiB",
+            dir_bytes(&dir).unwrap_or(0) as f64 / (1 << 20) as f64
+        );
+        windows.push((t4, run.secs() + KILL_SETTLE.as_secs_f64()));
+        print_resources(&res, "follower catch-up", t4, run.secs());
+
+        // Phase 5: leader kill -9.
+        let leader =
+            cluster.wait_leader(READY_TIMEOUT).await.ok_or_else(|| anyhow!("no leader before phase 5"))?;
+        let commit = cluster.info(leader).await.map(|i| i.commit_index).unwrap_or(0);
+        for id in cluster.running() {
+            if !cluster.wait_applied(id, commit, CATCHUP_DEADLINE).await {
+                bail!("phase 5 failed: node {id} did not apply {commit} before the kill");
+            }
+        }
+        let mut client = Client::new(parse_addrs(&cluster.grpc_addrs()));
+        client.call_timeout = FAILOVER_ATTEMPT;
+        client.max_attempts = 1;
+        let t5 = run.secs();
+        let errors_before = run.errors.load(Ordering::Relaxed);
+        let killed = Instant::now();
+        cluster.kill9(leader);
+        lock(&res.pids).remove(&leader);
+        let took = loop {
+            let f = finding("machine/fleet-failover".into(), "GOOD", FAILOVER_CHECKER);
+            let time_ms = f.time_ms;
+            let req = api::IngestRequest { agent: String::new(), seq: 0, findings: vec![f], epoch: 0 };
+            if let Ok(r) = client.call(req, |mut c, r| async move { c.ingest(r).await }).await
+                && r.applied == 1
+            {
+                acked.push(Acked {
+                    object: "machine/fleet-failover".into(),
+                    checker: FAILOVER_CHECKER,
+                    time_ms,
+                    burst: false,
+                    at: Instant::now(),
+                });
+                break killed.elapsed();
+            }
+            if killed.elapsed() > FAILOVER_DEADLINE {
+                bail!(
+                    "phase 5 failed: no acknowledged write within {FAILOVER_DEADLINE:?} after killing leader {leader}"
+                );
+            }
+            tokio::time::sleep(FAILOVER_PAUSE).await;
+        };
+        let failover_ms = took.as_secs_f64() * 1000.0;
+        cluster.spawn(leader, false).context("restart the killed leader")?;
+        if let Some(pid) = cluster.pid(leader) {
+            lock(&res.pids).insert(leader, pid);
+        }
+        let now_leader = cluster
+            .wait_leader(READY_TIMEOUT)
+            .await
+            .ok_or_else(|| anyhow!("no leader after the failover"))?;
+        let commit = cluster.info(now_leader).await.map(|i| i.commit_index).unwrap_or(0);
+        if !cluster.wait_applied(leader, commit, CATCHUP_DEADLINE).await {
+            bail!("phase 5 failed: the restarted node {leader} did not catch up");
+        }
+        // Let at least one heartbeat interval pass on the new leader, so the figure shows the beats after it.
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+        let during = run.beats_between(t5, run.secs());
+        println!(
+            "phase 5 failover: leader {leader} killed (-9); first acknowledged write after {failover_ms:.0} ms; \
+             heartbeats from the kill until the old leader rejoined and one interval passed: {}, {} errors \
+             (the whole fleet moved {} times so far)",
+            latency_summary(during),
+            run.errors.load(Ordering::Relaxed) - errors_before,
+            run.fleet.moves.load(Ordering::Relaxed)
+        );
+        windows.push((t5, run.secs() + KILL_SETTLE.as_secs_f64()));
+        print_resources(&res, "failover", t5, run.secs());
+    }
+
+    // Phase 7 runs before phase 6 is printed: elections during the throughput phase count too.
+    let t7 = run.secs();
+    let (single, single_s, ack1) = throughput(&run, "single", SINGLE_CLIENTS, 1, a.throughput_seconds).await;
+    let (batched, batched_s, ack2) =
+        throughput(&run, "batch", BATCH_AGENTS, BATCH_SIZE, a.throughput_seconds).await;
+    acked.extend(ack1);
+    acked.extend(ack2);
+    let (s_rate, b_rate) = (single as f64 / single_s.max(1e-9), batched as f64 / batched_s.max(1e-9));
+    println!(
+        "phase 7 throughput: {s_rate:.0} findings/s with {SINGLE_CLIENTS} single-finding clients; {b_rate:.0} \
+         findings/s with {BATCH_AGENTS} agents x {BATCH_SIZE}-finding batches; batched/single {:.1}x \
+         (heartbeats continuing)",
+        b_rate / s_rate.max(1e-9)
+    );
+    print_resources(&res, "throughput", t7, run.secs());
+
+    // Phase 6: elections outside the kills (over the whole run).
+    stop_terms.store(true, Ordering::Relaxed);
+    let changes = terms.await.context("the term poller failed")?;
+    let outside = elections_outside(&changes, &windows);
+    println!(
+        "phase 6 elections outside the kills: {} (terms seen: {})",
+        outside.len(),
+        changes.iter().map(|(at, t)| format!("{t}@{at:.1}s")).collect::<Vec<_>>().join(" ")
+    );
+
+    run.stop_beats.store(true, Ordering::Relaxed);
+    for d in drivers {
+        d.await.context("a heartbeat driver failed")?;
+    }
+    res.stop.store(true, Ordering::Relaxed);
+    sampler.await.context("the resource sampler failed")?;
+    let beats = lock(&run.beats).len();
+    println!(
+        "heartbeats over the run: {beats} acknowledged ({} not sampled), {} errors{}",
+        run.beats_dropped.load(Ordering::Relaxed),
+        run.errors.load(Ordering::Relaxed),
+        if run.errors.load(Ordering::Relaxed) > 0 {
+            format!(", first: {:?}", lock(&run.kept))
+        } else {
+            String::new()
+        }
+    );
+
+    // Phase 8: nothing acknowledged lost.
+    let v = verify(&run, &acked).await.context("phase 8 failed")?;
+    println!(
+        "phase 8 lost acknowledged findings: {} of {} (checked once on {} objects); {} burst ERRORs recorded \
+         without a transition (held by the safety net)",
+        v.lost,
+        acked.len(),
+        v.objects,
+        v.untransitioned
+    );
+    if v.lost > 0 {
+        bail!("{} acknowledged findings are missing, e.g. {:?}", v.lost, v.examples);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_connection_drives_a_disjoint_share_of_the_agents() {
+        let (agents, conns) = (1003u32, 200u32);
+        let mut all: Vec<u32> = (0..conns).flat_map(|c| agents_of(c, conns, agents)).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..agents).collect::<Vec<_>>(), "every agent exactly once");
+        let sizes: Vec<usize> = (0..conns).map(|c| agents_of(c, conns, agents).len()).collect();
+        assert!(sizes.iter().all(|s| (5..=6).contains(s)), "balanced: {sizes:?}");
+        // More connections than agents: the extra ones drive nobody.
+        assert!(agents_of(7, 10, 5).is_empty());
+    }
+
+    #[test]
+    fn the_schedule_spreads_first_beats_and_keeps_each_agent_within_its_jitter() {
+        let agents: Vec<u32> = (0..500).collect();
+        let mut rng = Rng(9);
+        let interval = 10_000u64;
+        let mut s = Schedule::new(&agents, interval, 0, &mut rng);
+        let mut beats: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        // A clock that keeps up: step 1 ms over 10 intervals.
+        for now in 0..10 * interval {
+            while let Some(a) = s.pop_due(now, &mut rng) {
+                beats.entry(a).or_default().push(now);
+            }
+        }
+        assert_eq!(beats.len(), 500, "every agent beats");
+        let firsts: Vec<u64> = beats.values().map(|v| v[0]).collect();
+        assert!(firsts.iter().all(|f| *f < interval), "first beats within one interval");
+        assert!(firsts.iter().any(|f| *f < interval / 4) && firsts.iter().any(|f| *f > 3 * interval / 4));
+        for v in beats.values() {
+            for g in v.windows(2) {
+                let gap = g[1] - g[0];
+                assert!((8_000..=12_001).contains(&gap), "gap {gap} outside +-20%");
+            }
+        }
+    }
+
+    #[test]
+    fn a_schedule_that_falls_behind_does_not_catch_up_in_a_storm() {
+        let mut rng = Rng(1);
+        let mut s = Schedule::new(&[1, 2, 3], 1000, 0, &mut rng);
+        // The clock jumps 100 intervals: each agent beats once, then not again before about an interval.
+        let now = 100_000;
+        let mut fired = Vec::new();
+        while let Some(a) = s.pop_due(now, &mut rng) {
+            fired.push(a);
+        }
+        fired.sort_unstable();
+        assert_eq!(fired, vec![1, 2, 3]);
+        assert!(s.next_due().is_some_and(|d| d >= now + 800));
+        assert_eq!(s.pop_due(now + 799, &mut rng), None);
+    }
+
+    #[test]
+    fn retry_pauses_double_up_to_their_limit() {
+        let p: Vec<u64> = (1..=MAX_CALL_ATTEMPTS).map(|a| retry_pause(a).as_millis() as u64).collect();
+        assert_eq!(&p[..6], &[200, 400, 800, 1600, 3200, 5000]);
+        assert!(p[6..].iter().all(|x| *x == 5000), "capped: {p:?}");
+        assert_eq!(retry_pause(u32::MAX), MAX_RETRY_PAUSE, "no overflow far past the limit");
+        // The whole budget of one call: about a minute of pauses, plus the attempts' own timeouts.
+        let total: u64 = p[..p.len() - 1].iter().sum();
+        assert!((30_000..=60_000).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn agents_added_as_they_register_beat_from_their_due_time() {
+        let mut rng = Rng(2);
+        let mut s = Schedule::new(&[], 1000, 0, &mut rng);
+        assert_eq!((s.next_due(), s.pop_due(u64::MAX, &mut rng)), (None, None), "nobody registered yet");
+        s.add(4, 500);
+        s.add(9, 200);
+        assert_eq!(s.pop_due(199, &mut rng), None);
+        assert_eq!(s.pop_due(600, &mut rng), Some(9));
+        assert_eq!(s.pop_due(600, &mut rng), Some(4));
+        assert_eq!(s.pop_due(600, &mut rng), None, "each rescheduled about an interval later");
+    }
+
+    #[test]
+    fn distinct_samples_are_distinct_in_range_and_capped_at_n() {
+        let mut rng = Rng(3);
+        let v = sample_distinct(1_000_000_000, 2000, &mut rng);
+        let set: std::collections::BTreeSet<u64> = v.iter().copied().collect();
+        assert_eq!((v.len(), set.len()), (2000, 2000));
+        assert!(v.iter().all(|x| *x < 1_000_000_000));
+        let mut all = sample_distinct(720, 2000, &mut rng);
+        all.sort_unstable();
+        assert_eq!(all, (0..720).collect::<Vec<_>>(), "k >= n: every value once");
+        assert!(sample_distinct(0, 5, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn the_plan_scales_background_and_burst_to_the_run() {
+        let mut rng = Rng(5);
+        // 5,000 hosts x 15 objects for 60 s: 75,000 x 0.001 / 60 = 1.25 -> 2 background findings; 2,000 disks.
+        let p = plan_findings(5000, 12, 60_000, &mut rng);
+        let bg: Vec<&Planned> = p.iter().filter(|x| !x.burst).collect();
+        let burst: Vec<&Planned> = p.iter().filter(|x| x.burst).collect();
+        assert_eq!((bg.len(), burst.len()), (2, 2000));
+        assert!(bg.iter().all(|x| !x.object.starts_with("disk/") && x.severity == "WARNING"));
+        assert!(burst.iter().all(|x| x.object.starts_with("disk/") && x.severity == "ERROR"));
+        let objs: std::collections::BTreeSet<&str> = burst.iter().map(|x| x.object.as_str()).collect();
+        assert_eq!(objs.len(), 2000, "distinct disks");
+        // In the middle of the phase, for at most half of it, sorted by due time.
+        assert!(burst.iter().all(|x| (15_000..45_000).contains(&x.due_ms)));
+        assert!(p.windows(2).all(|w| w[0].due_ms <= w[1].due_ms));
+        // Each burst finding is about a disk of its own agent's host.
+        assert!(burst.iter().all(|x| x.object.starts_with(&format!("disk/{}/", host(x.agent)))));
+        // A tiny run: at most the disks that exist, at least one background finding.
+        let p = plan_findings(60, 12, 3000, &mut rng);
+        assert_eq!(p.iter().filter(|x| x.burst).count(), 720);
+        assert_eq!(p.iter().filter(|x| !x.burst).count(), 1);
+    }
+
+    #[test]
+    fn objects_of_a_host_are_its_machine_disks_and_nics() {
+        let names: Vec<String> = (0..15).map(|k| object(7, k, 12)).collect();
+        assert_eq!(names[0], "machine/fleet-000007");
+        assert_eq!(names[1], "disk/fleet-000007/d0");
+        assert_eq!(names[12], "disk/fleet-000007/d11");
+        assert_eq!(names[13], "nic/fleet-000007/eth0");
+        assert_eq!(names[14], "nic/fleet-000007/eth1");
+        for n in &names {
+            assert!(n.parse::<state_machines::ObjectId>().is_ok(), "{n} parses as an object id");
+        }
+    }
+
+    #[test]
+    fn resources_summarize_over_restarts_and_elections_outside_windows_are_counted() {
+        let s = |at: f64, pid: u32, ticks: u64, rss: u64| ResSample { at, pid, ticks, rss };
+        // 100 ticks per second = one core at 100%; the restart (pid 2) starts a new count.
+        let v = vec![s(0.0, 1, 0, 10), s(1.0, 1, 100, 30), s(2.0, 2, 5, 20), s(3.0, 2, 55, 20)];
+        let (rss, cpu) = summarize(&v, 0.0, 3.0).expect("samples");
+        assert_eq!(rss, 30);
+        assert!((cpu - 75.0).abs() < 1e-9, "{cpu}");
+        assert_eq!(summarize(&v, 0.5, 1.5), None, "one sample is not a rate");
+        let changes = vec![(0.1, 2), (5.0, 3), (20.0, 4), (21.0, 5)];
+        let out = elections_outside(&changes, &[(19.0, 20.5)]);
+        assert_eq!(out, vec![(5.0, 3), (21.0, 5)]);
+        assert!(elections_outside(&[(0.0, 7)], &[]).is_empty(), "the first observation is not an election");
+    }
+
+    #[test]
+    fn an_acknowledged_finding_shows_only_with_new_enough_evidence_of_its_checker() {
+        let mut f = finding("disk/h/d0".into(), "ERROR", BURST_CHECKER);
+        f.time_ms = 100;
+        let mut r = api::GetObjectResponse {
+            object: Some(api::Object { evidence: vec![f], ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(shows(&r, BURST_CHECKER, 100));
+        assert!(!shows(&r, BURST_CHECKER, 101), "older evidence does not show a newer ack");
+        assert!(!shows(&r, BACKGROUND_CHECKER, 1), "another checker's evidence does not count");
+        assert!(!shows(&api::GetObjectResponse::default(), BURST_CHECKER, 1), "no object");
+        assert!(!transitioned(&r));
+        r.history.push(api::HistoryEntry { what: "register".into(), ..Default::default() });
+        assert!(!transitioned(&r), "a registration is not a transition");
+        r.history.push(api::HistoryEntry { what: "transition".into(), ..Default::default() });
+        assert!(transitioned(&r));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        let ok = BenchFleetArgs {
+            agents: 10,
+            objects_per_host: 15,
+            connections: 4,
+            steady_seconds: 3,
+            heartbeat_secs: 1,
+            throughput_seconds: 1,
+            seed: None,
+            skip_kills: false,
+            data_dir: None,
+        };
+        assert!(ok.check().is_ok());
+        assert_eq!(ok.disks(), 12);
+        let bad = [
+            BenchFleetArgs { agents: 0, ..clone(&ok) },
+            BenchFleetArgs { agents: MAX_AGENTS + 1, ..clone(&ok) },
+            BenchFleetArgs { objects_per_host: MIN_OBJECTS_PER_HOST - 1, ..clone(&ok) },
+            BenchFleetArgs { objects_per_host: MAX_OBJECTS_PER_HOST + 1, ..clone(&ok) },
+            BenchFleetArgs { connections: MAX_CONNECTIONS + 1, ..clone(&ok) },
+            BenchFleetArgs { steady_seconds: 0, ..clone(&ok) },
+            BenchFleetArgs { heartbeat_secs: 0, ..clone(&ok) },
+            BenchFleetArgs { data_dir: Some("/nonexistent/fleet".into()), ..clone(&ok) },
+        ];
+        for b in bad {
+            assert!(b.check().is_err(), "{b:?} accepted");
+        }
+        // The limits themselves are accepted.
+        let edge = BenchFleetArgs {
+            agents: MAX_AGENTS,
+            objects_per_host: MIN_OBJECTS_PER_HOST,
+            connections: MAX_CONNECTIONS,
+            ..clone(&ok)
+        };
+        assert!(edge.check().is_ok());
+        assert_eq!(edge.disks(), 1);
+    }
+
+    fn clone(a: &BenchFleetArgs) -> BenchFleetArgs {
+        BenchFleetArgs {
+            agents: a.agents,
+            objects_per_host: a.objects_per_host,
+            connections: a.connections,
+            steady_seconds: a.steady_seconds,
+            heartbeat_secs: a.heartbeat_secs,
+            throughput_seconds: a.throughput_seconds,
+            seed: a.seed,
+            skip_kills: a.skip_kills,
+            data_dir: a.data_dir.clone(),
+        }
+    }
+}

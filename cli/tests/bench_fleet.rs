@@ -1,0 +1,63 @@
+//! `huatuo bench fleet` at a tiny scale against its own real 3-node cluster (free ports, temp dirs): every
+//! phase prints its figure line and no acknowledged finding is lost. No timing assertion: the figures are
+//! the benchmark's output, not a test's.
+
+use std::process::Command;
+
+#[test]
+fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_huatuo"))
+        .args(["bench", "fleet", "--agents", "60", "--steady-seconds", "3", "--heartbeat-secs", "1"])
+        .args(["--throughput-seconds", "1", "--connections", "8", "--seed", "17", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .expect("run huatuo bench fleet");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    for line in [
+        "seed 17 (replay with --seed 17)",
+        "phase 1 registration: 60 hosts (900 objects) registered + first heartbeat",
+        "phase 2 heartbeats: ",
+        "phase 2 findings: ",
+        "phase 2 watcher: listed 900 objects",
+        "resources (steady state): node 1 ",
+        "phase 3 data dirs: node 1 ",
+        "phase 3 snapshot",
+        "phase 4 follower catch-up: node ",
+        "phase 5 failover: leader ",
+        "phase 6 elections outside the kills: ",
+        "phase 7 throughput: ",
+        "phase 8 lost acknowledged findings: 0 of ",
+    ] {
+        assert!(stdout.contains(line), "no line starting {line:?} in:\n{stdout}\nstderr:\n{stderr}");
+    }
+    // The burst covered every disk (60 hosts x 12) and the watcher saw each one's transition.
+    assert!(stdout.contains("720 of a 720-disk ERROR burst"), "{stdout}");
+    assert!(stdout.contains(" 0 burst transitions not seen"), "{stdout}");
+    // The cluster lived under --data-dir and was removed with the run.
+    assert_eq!(std::fs::read_dir(data.path()).expect("read data dir").count(), 0, "data left behind");
+}
+
+#[test]
+fn bench_fleet_refuses_bad_arguments_before_starting_anything() {
+    for args in [
+        &["--agents", "0"][..],
+        &["--agents", "100001"],
+        &["--objects-per-host", "3"],
+        &["--connections", "0"],
+        &["--steady-seconds", "0"],
+        &["--data-dir", "/nonexistent/huatuo-fleet"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_huatuo"))
+            .args(["bench", "fleet"])
+            .args(args)
+            .output()
+            .expect("run huatuo bench fleet");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr.contains("must be") || stderr.contains("not a directory"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} started the benchmark");
+    }
+}
