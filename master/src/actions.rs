@@ -3,14 +3,13 @@
 //! result arrives. Nothing here is replicated: an order is just a view of `pending_action`, so a new leader
 //! hands out the same orders and an agent that restarts gets them again (actions are idempotent).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use state_machines::{Cause, Kind};
 
 use crate::model::ObjectRecord;
-use crate::store::{ChangesRead, Filter, Reader, StoreError};
+use crate::store::{Filter, Reader, StoreError};
 
 /// Most orders one heartbeat carries (a host has a few dozen objects; one action each at most).
 pub const MAX_ORDERS: usize = 64;
@@ -75,51 +74,24 @@ pub fn orders_for(r: &Reader, host: &str) -> Result<Vec<ActionOrder>, StoreError
     Ok(out)
 }
 
-/// Most change-log events one catch-up read of the [`OrderIndex`] takes before it reads again (bounds the
-/// memory of one read; a catch-up loops until it reached the store's revision).
-pub const INDEX_READ_EVENTS: usize = 4096;
+pub use crate::follow::INDEX_READ_EVENTS;
 
 /// The pending orders of every host, kept in memory so a heartbeat answers with one hash-map lookup instead
-/// of scanning the host's objects. Built once from a full pass over the objects (in the background; until
-/// then [`orders_for`] answers), then kept current from the change log: every object a change names is read
-/// again (a point lookup). Every write that can change an order (a transition, an effect, a registration,
-/// an operator command) is a change event, so the index equals a scan at the revision it reached; when the
-/// change log no longer holds the index's position (compacted, or a snapshot installed) it is rebuilt.
-#[derive(Default)]
-pub struct OrderIndex {
-    state: Mutex<IndexState>,
-    building: AtomicBool,
-}
+/// of scanning the host's objects: a [`crate::follow::Followed`] index (built once in the background, until
+/// then [`orders_for`] answers; kept current from the change log).
+pub type OrderIndex = crate::follow::Followed<HostOrders>;
 
+/// Host -> its objects' pending orders, in heartbeat order.
 #[derive(Default)]
-struct IndexState {
-    /// The next revision to take from the change log (0: not built).
-    next: u64,
+pub struct HostOrders {
     by_host: HashMap<String, BTreeMap<(usize, String), ActionOrder>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl IndexState {
-    fn built(r: &Reader) -> Result<IndexState, StoreError> {
-        let revision = r.revision()?;
-        let mut by_host: HashMap<String, BTreeMap<(usize, String), ActionOrder>> = HashMap::new();
-        r.for_each_object(|rec| {
-            if let (Some(key), Some(o)) = (order_key(&rec.id), order_of(&rec)) {
-                by_host.entry(rec.id.host().to_string()).or_default().insert(key, o);
-            }
-        })?;
-        Ok(IndexState { next: revision + 1, by_host })
-    }
-
-    /// Read object `id` again and put its order (or its absence) in the index.
-    fn refresh(&mut self, r: &Reader, id: &str) -> Result<(), StoreError> {
-        let Ok(oid) = id.parse::<state_machines::ObjectId>() else { return Ok(()) };
-        let Some(key) = order_key(&oid) else { return Ok(()) };
-        let order = r.object(id)?.as_ref().and_then(order_of);
-        match order {
+impl crate::follow::ObjectIndex for HostOrders {
+    fn put(&mut self, id: &str, rec: Option<&ObjectRecord>) {
+        let Ok(oid) = id.parse::<state_machines::ObjectId>() else { return };
+        let Some(key) = order_key(&oid) else { return };
+        match rec.and_then(order_of) {
             Some(o) => {
                 self.by_host.entry(oid.host().to_string()).or_default().insert(key, o);
             }
@@ -132,33 +104,6 @@ impl IndexState {
                 }
             }
         }
-        Ok(())
-    }
-
-    /// Take in every change up to `r`'s revision.
-    fn catch_up(&mut self, r: &Reader) -> Result<(), StoreError> {
-        let end = r.revision()?;
-        while self.next <= end {
-            match r.changes(self.next, &Filter::default(), INDEX_READ_EVENTS)? {
-                ChangesRead::Compacted { .. } => {
-                    *self = IndexState::built(r)?;
-                    return Ok(());
-                }
-                ChangesRead::Events { events, next } => {
-                    let ids: BTreeSet<&str> =
-                        events.iter().filter(|e| !e.object.is_empty()).map(|e| e.object.as_str()).collect();
-                    for id in ids {
-                        self.refresh(r, id)?;
-                    }
-                    if next <= self.next {
-                        // The change log holds nothing more (the store's revision is ahead of its rows).
-                        break;
-                    }
-                    self.next = next;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -173,54 +118,12 @@ impl OrderIndex {
         host: &str,
         current: u64,
     ) -> Result<Vec<ActionOrder>, StoreError> {
-        let mut st = lock(&self.state);
-        if st.next == 0 {
-            drop(st);
-            self.start_build(db);
-            return orders_for(&Reader::new(db)?, host);
+        let from_index = self.with(db, current, |ix| {
+            ix.by_host.get(host).map(|m| m.values().take(MAX_ORDERS).cloned().collect()).unwrap_or_default()
+        })?;
+        match from_index {
+            Some(orders) => Ok(orders),
+            None => orders_for(&Reader::new(db)?, host),
         }
-        if st.next <= current {
-            st.catch_up(&Reader::new(db)?)?;
-        }
-        Ok(st.by_host.get(host).map(|m| m.values().take(MAX_ORDERS).cloned().collect()).unwrap_or_default())
-    }
-
-    /// Build the index off the async workers, once at a time.
-    fn start_build(self: &Arc<Self>, db: &Arc<redb::Database>) {
-        if self.building.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (me, db) = (Arc::clone(self), Arc::clone(db));
-        tokio::task::spawn_blocking(move || {
-            match Reader::new(&db).and_then(|r| IndexState::built(&r)) {
-                Ok(built) => {
-                    let mut st = lock(&me.state);
-                    if st.next == 0 {
-                        *st = built;
-                    }
-                }
-                // Answered by scans meanwhile; the next heartbeat tries again.
-                Err(e) => tracing::warn!(error = %e, "building the order index failed"),
-            }
-            me.building.store(false, Ordering::Release);
-        });
-    }
-
-    /// Build the index now, on this thread (tests, and callers that want it ready).
-    pub fn build_now(&self, db: &redb::Database) -> Result<(), StoreError> {
-        let built = IndexState::built(&Reader::new(db)?)?;
-        *lock(&self.state) = built;
-        Ok(())
-    }
-
-    /// Forget the index (it is built again on the next use).
-    pub fn reset(&self) {
-        *lock(&self.state) = IndexState::default();
-    }
-
-    /// The revision the index reached, once built.
-    pub fn revision(&self) -> Option<u64> {
-        let next = lock(&self.state).next;
-        (next > 0).then(|| next - 1)
     }
 }

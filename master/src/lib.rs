@@ -11,6 +11,8 @@ pub mod catalog;
 pub mod checksum;
 pub mod cluster;
 pub mod config;
+pub mod deadlines;
+pub mod follow;
 pub mod fsm;
 pub mod grpc;
 pub mod http;

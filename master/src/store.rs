@@ -880,6 +880,14 @@ impl Reader {
         })
     }
 
+    /// One scope's record (a point lookup).
+    pub fn scope(&self, name: &str) -> Result<Option<ScopeRecord>, StoreError> {
+        self.read("scope", || {
+            let Some(t) = open_read!(self.txn, SCOPES) else { return Ok(None) };
+            t.get(name)?.map(|g| decode_sealed("fsm_scopes", name, g.value())).transpose()
+        })
+    }
+
     pub fn proposal(&self, id: u64) -> Result<Option<Proposal>, StoreError> {
         self.read("proposal", || {
             let Some(t) = open_read!(self.txn, PROPOSALS) else { return Ok(None) };

@@ -111,7 +111,9 @@ impl Service {
             .iter()
             .find(|s| s.scope == crate::safety::CLUSTER)
             .map_or(crate::safety::Level::Auto.as_str().to_string(), |s| s.level.clone());
-        let agents = r.agents().map_err(store_err)?;
+        // Agents known and alive from the cluster scope's counters (kept in the replicated state), not a
+        // read of every agent record.
+        let cluster = r.scope(crate::safety::CLUSTER).map_err(store_err)?.unwrap_or_default();
         Ok(ClusterInfo {
             id: st.id,
             leader_id: st.leader_id.unwrap_or(0),
@@ -142,8 +144,8 @@ impl Service {
                     }
                 })
                 .collect(),
-            agents_alive: agents.iter().filter(|(_, a)| a.alive).count() as u64,
-            agents: agents.len() as u64,
+            agents_alive: cluster.agents_alive,
+            agents: cluster.agents,
             objects: r.object_count().map_err(store_err)?,
             last_error: st.last_error.unwrap_or_default(),
             pending_proposals: r.pending_count().map_err(store_err)?,

@@ -12,7 +12,7 @@ use state_machines::ObjectId;
 use super::{Service, now_ms, store_err};
 use crate::model::{Command, MAX_TICK_OBJECTS, MemberRecord};
 use crate::raft::Role;
-use crate::store::{Filter, Reader};
+use crate::store::Reader;
 
 /// How often the duty loop runs (announce, liveness, ticks).
 pub const DUTY_INTERVAL: Duration = Duration::from_millis(200);
@@ -114,14 +114,16 @@ async fn leader_duties(s: &Service, leader_since: Instant, last_tick: &mut Insta
     if last_tick.elapsed() >= TICK_EVERY {
         *last_tick = Instant::now();
         let now = now_ms();
-        let due: Vec<ObjectId> = reader
-            .list(&Filter::default(), usize::MAX)
-            .map_err(store_err)?
-            .into_iter()
-            .filter(|r| r.sm.next_deadline_ms(&s.cfg.policy).is_some_and(|d| d <= now))
-            .map(|r| r.id)
-            .take(MAX_TICK_OBJECTS)
-            .collect();
+        // From the deadline index (followed from the change log), not a scan of every object.
+        let due: Vec<ObjectId> = crate::deadlines::due(
+            &s.deadlines,
+            &s.db,
+            &s.cfg.policy,
+            s.current_revision(),
+            now,
+            MAX_TICK_OBJECTS,
+        )
+        .map_err(store_err)?;
         if !due.is_empty() {
             s.submit(Command::Tick { objects: due }).await?;
         }

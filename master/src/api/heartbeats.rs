@@ -440,6 +440,24 @@ impl Service {
     }
 
     /// The order index itself (tests compare it with a scan).
+    /// The leader's index of the objects' deadlines (for its ticks).
+    pub fn deadline_index(&self) -> &std::sync::Arc<crate::deadlines::DeadlineIndex> {
+        &self.deadlines
+    }
+
+    /// Objects due at `now_ms` (at most `max`), as the leader's tick duty finds them.
+    pub fn due_objects(&self, now_ms: u64, max: usize) -> Result<Vec<state_machines::ObjectId>, ApiError> {
+        crate::deadlines::due(
+            &self.deadlines,
+            &self.db,
+            &self.cfg.policy,
+            self.current_revision(),
+            now_ms,
+            max,
+        )
+        .map_err(store_err)
+    }
+
     pub fn order_index(&self) -> &crate::actions::OrderIndex {
         &self.orders
     }

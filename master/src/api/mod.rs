@@ -94,6 +94,8 @@ pub struct Service {
     coming_alive: mpsc::Sender<heartbeats::ComingAlive>,
     /// The pending orders of every host, for heartbeat answers (see `actions::OrderIndex`).
     orders: Arc<crate::actions::OrderIndex>,
+    /// The objects' deadlines, for the leader's ticks (see `deadlines::DeadlineIndex`).
+    deadlines: Arc<crate::deadlines::DeadlineIndex>,
     pub stats: Arc<FsmStats>,
     pub started: Instant,
     /// The revision in the store when the service started (the fsm only reports revisions it applies).
@@ -144,8 +146,10 @@ impl Service {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
         let (alive_tx, alive_rx) = mpsc::channel(heartbeats::LIVENESS_QUEUE);
         let base_revision = Reader::new(&db).and_then(|r| r.revision()).unwrap_or(0);
+        let deadlines = Arc::new(crate::deadlines::index(cfg.policy.clone()));
         let svc = Arc::new(Service {
             base_revision,
+            deadlines,
             raft,
             db,
             revision,

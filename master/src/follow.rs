@@ -1,0 +1,156 @@
+//! Leader-side indexes kept in memory and followed from the change log: built once from a pass over the
+//! objects (in the background), then kept current by reading again every object a change names (a point
+//! lookup). Every write that can change what an index holds is a change event naming the object, so an
+//! index equals a scan at the revision it reached; when the change log no longer holds the index's position
+//! (compacted, or a snapshot installed) it is built again. Nothing here is replicated: a new leader builds
+//! its own. Users: [`crate::actions::OrderIndex`] (orders handed out with heartbeats) and
+//! [`crate::deadlines::DeadlineIndex`] (objects whose deadline passed, for the leader's ticks).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::model::ObjectRecord;
+use crate::store::{ChangesRead, Filter, Reader, StoreError};
+
+/// Most change-log events one catch-up read takes before it reads again (bounds the memory of one read; a
+/// catch-up loops until it reached the store's revision).
+pub const INDEX_READ_EVENTS: usize = 4096;
+
+/// What one followed index keeps per object.
+pub trait ObjectIndex: Default + Send + 'static {
+    /// Put `rec`'s entry in (or, with `None`, take object `id`'s entry out of) the index.
+    fn put(&mut self, id: &str, rec: Option<&ObjectRecord>);
+}
+
+struct State<S> {
+    /// The next revision to take from the change log (0: not built).
+    next: u64,
+    index: S,
+}
+
+impl<S: Default> Default for State<S> {
+    fn default() -> Self {
+        State { next: 0, index: S::default() }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<S: ObjectIndex> State<S> {
+    fn built(r: &Reader, make: &dyn Fn() -> S) -> Result<State<S>, StoreError> {
+        let revision = r.revision()?;
+        let mut index = make();
+        r.for_each_object(|rec| index.put(&rec.id.to_string(), Some(&rec)))?;
+        Ok(State { next: revision + 1, index })
+    }
+
+    /// Take in every change up to `r`'s revision.
+    fn catch_up(&mut self, r: &Reader, make: &dyn Fn() -> S) -> Result<(), StoreError> {
+        let end = r.revision()?;
+        while self.next <= end {
+            match r.changes(self.next, &Filter::default(), INDEX_READ_EVENTS)? {
+                ChangesRead::Compacted { .. } => {
+                    *self = State::built(r, make)?;
+                    return Ok(());
+                }
+                ChangesRead::Events { events, next } => {
+                    let ids: BTreeSet<&str> =
+                        events.iter().filter(|e| !e.object.is_empty()).map(|e| e.object.as_str()).collect();
+                    for id in ids {
+                        let rec = r.object(id)?;
+                        self.index.put(id, rec.as_ref());
+                    }
+                    if next <= self.next {
+                        // The change log holds nothing more (the store's revision is ahead of its rows).
+                        break;
+                    }
+                    self.next = next;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An [`ObjectIndex`] followed from the change log (see the module comment).
+pub struct Followed<S> {
+    state: Mutex<State<S>>,
+    building: AtomicBool,
+    make: Box<dyn Fn() -> S + Send + Sync>,
+}
+
+impl<S: ObjectIndex> Default for Followed<S> {
+    fn default() -> Self {
+        Followed::new(S::default)
+    }
+}
+
+impl<S: ObjectIndex> Followed<S> {
+    /// An index whose empty state `make` builds (e.g. one that carries the policy it needs).
+    pub fn new(make: impl Fn() -> S + Send + Sync + 'static) -> Self {
+        Followed { state: Mutex::default(), building: AtomicBool::new(false), make: Box::new(make) }
+    }
+
+    /// Answer from the index caught up to the store's revision (when `current`, the node's applied
+    /// revision, is past it). `None` until the index is built: a background build is started (one at a
+    /// time) and the caller answers another way meanwhile.
+    pub fn with<T>(
+        self: &Arc<Self>,
+        db: &Arc<redb::Database>,
+        current: u64,
+        f: impl FnOnce(&S) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        let mut st = lock(&self.state);
+        if st.next == 0 {
+            drop(st);
+            self.start_build(db);
+            return Ok(None);
+        }
+        if st.next <= current {
+            st.catch_up(&Reader::new(db)?, &*self.make)?;
+        }
+        Ok(Some(f(&st.index)))
+    }
+
+    /// Build the index off the async workers, once at a time.
+    fn start_build(self: &Arc<Self>, db: &Arc<redb::Database>) {
+        if self.building.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (me, db) = (Arc::clone(self), Arc::clone(db));
+        tokio::task::spawn_blocking(move || {
+            match Reader::new(&db).and_then(|r| State::built(&r, &*me.make)) {
+                Ok(built) => {
+                    let mut st = lock(&me.state);
+                    if st.next == 0 {
+                        *st = built;
+                    }
+                }
+                // Answered another way meanwhile; the next use tries again.
+                Err(e) => tracing::warn!(error = %e, "building an index of the objects failed"),
+            }
+            me.building.store(false, Ordering::Release);
+        });
+    }
+
+    /// Build the index now, on this thread (tests, and callers that want it ready).
+    pub fn build_now(&self, db: &redb::Database) -> Result<(), StoreError> {
+        let built = State::built(&Reader::new(db)?, &*self.make)?;
+        *lock(&self.state) = built;
+        Ok(())
+    }
+
+    /// Forget the index (it is built again on the next use).
+    pub fn reset(&self) {
+        *lock(&self.state) = State { next: 0, index: (self.make)() };
+    }
+
+    /// The revision the index reached, once built.
+    pub fn revision(&self) -> Option<u64> {
+        let next = lock(&self.state).next;
+        (next > 0).then(|| next - 1)
+    }
+}
