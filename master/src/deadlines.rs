@@ -75,13 +75,16 @@ pub fn due_by_scan(
     now_ms: u64,
     max: usize,
 ) -> Result<Vec<ObjectId>, StoreError> {
-    let mut due: Vec<(u64, ObjectId)> = r
+    // Ordered as the index orders them: by deadline, then id text.
+    let mut due: Vec<(u64, String)> = r
         .list(&Filter::default(), usize::MAX)?
         .into_iter()
-        .filter_map(|rec| rec.sm.next_deadline_ms(policy).filter(|d| *d <= now_ms).map(|d| (d, rec.id)))
+        .filter_map(|rec| {
+            rec.sm.next_deadline_ms(policy).filter(|d| *d <= now_ms).map(|d| (d, rec.id.to_string()))
+        })
         .collect();
-    due.sort_by(|a, b| (a.0, a.1.to_string()).cmp(&(b.0, b.1.to_string())));
-    Ok(due.into_iter().map(|(_, id)| id).take(max).collect())
+    due.sort();
+    Ok(due.into_iter().filter_map(|(_, id)| id.parse().ok()).take(max).collect())
 }
 
 /// Objects due at `now_ms` (at most `max`), from the index when it is built, else by a scan.
