@@ -38,14 +38,6 @@ impl Deadlines {
             .take(max)
             .collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.of.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.of.is_empty()
-    }
 }
 
 impl crate::follow::ObjectIndex for Deadlines {

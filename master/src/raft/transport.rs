@@ -261,7 +261,10 @@ async fn snapshot_task(
                 false
             }
         };
-        let _ = shared.mailbox.send(LoopInput::SnapshotStatus(peer, ok)).await;
+        if shared.mailbox.send(LoopInput::SnapshotStatus(peer, ok)).await.is_err() {
+            // The Raft loop has stopped: nobody is left to report to, and no more snapshots will come.
+            return;
+        }
     }
 }
 
