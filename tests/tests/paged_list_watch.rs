@@ -445,7 +445,7 @@ async fn fronts_agree_and_refuse_bad_tokens(nodes: &[Node], client: &mut Client)
     let mut cases = vec![
         ("garbage", "kind=disk", "not-a-token-at-all".to_string()),
         ("cut in half", "kind=disk", good[..good.len() / 2].to_string()),
-        ("one character changed", "kind=disk", format!("{}A", &good[..good.len() - 1])),
+        ("one character changed", "kind=disk", flip_one_character(&good)),
         ("another filter", "kind=disk&host=h01", good.clone()),
         ("another kind", "kind=machine", good.clone()),
         ("too long", "kind=disk", "A".repeat(master::api::validate::MAX_PAGE_TOKEN_LEN + 1)),
@@ -582,4 +582,15 @@ async fn cli_follows_pages(addrs: &[String], client: &mut Client) {
     let (ok, out, err) = huatuo(&["objects", "--host", "bulk", "--limit", "3"], &master).await;
     assert!(ok, "{err}");
     assert!(out.trim_end().ends_with("(the first 3: more match)"), "{out}");
+}
+
+/// The token with its middle character replaced by a different one (never the same character, which would
+/// leave the token valid and make the check pass or fail by luck of the token's bytes).
+fn flip_one_character(token: &str) -> String {
+    let mut chars: Vec<char> = token.chars().collect();
+    let i = chars.len() / 2;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    let flipped: String = chars.into_iter().collect();
+    assert_ne!(flipped, token);
+    flipped
 }
