@@ -416,6 +416,8 @@ async fn heartbeat(
         outbox_dropped: depth.dropped.iter().sum(),
         runs: cfg.catalog.as_ref().map(|c| c.runs_wire()).unwrap_or_default(),
         assignment_hash: cfg.catalog.as_ref().map(|c| c.hash()).unwrap_or_default(),
+        probe_addr: String::new(),
+        net: Vec::new(),
     };
     let resp =
         client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map_err(rpc("heartbeat"))?;

@@ -129,6 +129,7 @@ fn beat(i: u32) -> api::HeartbeatRequest {
         outbox_dropped: 0,
         runs: Vec::new(),
         assignment_hash: String::new(),
+        ..Default::default()
     }
 }
 

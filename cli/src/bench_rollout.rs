@@ -250,6 +250,7 @@ impl Sim {
             outbox_dropped: 0,
             runs: self.runs.values().cloned().collect(),
             assignment_hash: self.assignment_hash.clone(),
+            ..Default::default()
         }
     }
 

@@ -336,6 +336,24 @@ impl Master for Fake {
     ) -> Result<Response<api::RolloutStatusResponse>, Status> {
         unimplemented()
     }
+    async fn net_suspects(
+        &self,
+        _: Request<api::NetSuspectsRequest>,
+    ) -> Result<Response<api::NetSuspectsResponse>, Status> {
+        unimplemented()
+    }
+    async fn net_matrix(
+        &self,
+        _: Request<api::NetMatrixRequest>,
+    ) -> Result<Response<api::NetMatrixResponse>, Status> {
+        unimplemented()
+    }
+    async fn net_path(
+        &self,
+        _: Request<api::NetPathRequest>,
+    ) -> Result<Response<api::NetPathResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serve `fake` on a free loopback port; returns a subscriber config pointing at it (fast backoff).
