@@ -649,6 +649,46 @@ mod tests {
         }
     }
 
+    #[test]
+    fn net_probe_defaults_and_bad_values() {
+        let c = parse(MIN).unwrap().net_probe;
+        assert_eq!(c, NetProbeConfig::default());
+        assert!(c.enabled);
+        assert_eq!(c.listen, "0.0.0.0:7791".parse().unwrap());
+        assert_eq!((c.window_s, c.peers_per_window, c.probes_per_peer), (10, 32, 5));
+        assert_eq!((c.timeout_ms, c.max_bytes_per_s, c.advertise), (500, 65536, None));
+        let ok = parse(&format!(
+            "{MIN}[net_probe]\nlisten = \"127.0.0.2:0\"\nadvertise = \"10.0.0.1:7791\"\nwindow_s = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.net_probe.window_s, 2);
+        let one_peer = crate::netprobe::prober::peer_budget(5);
+        let cases = [
+            ("window_s = 0", "window_s must be within"),
+            ("window_s = 3601", "window_s must be within"),
+            ("peers_per_window = 0", "peers_per_window"),
+            ("peers_per_window = 257", "peers_per_window"),
+            ("probes_per_peer = 0", "probes_per_peer"),
+            ("probes_per_peer = 65", "probes_per_peer"),
+            ("timeout_ms = 0", "timeout_ms must be within"),
+            ("timeout_ms = 10001", "timeout_ms must be within"),
+            ("window_s = 1\ntimeout_ms = 1000", "shorter than the window"),
+            ("max_bytes_per_s = 104857601", "at most"),
+            (&*format!("window_s = 1\nmax_bytes_per_s = {}", one_peer - 1), "does not cover one peer"),
+            ("advertise = \"0.0.0.0:7791\"", "advertise"),
+            ("advertise = \"10.0.0.1:0\"", "advertise"),
+            ("listen = \"nonsense\"", "invalid socket address"),
+            ("bogus = 1", "unknown field"),
+        ];
+        for (extra, want) in cases {
+            let err = parse(&format!("{MIN}[net_probe]\n{extra}\n")).unwrap_err();
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
+        // At the budget's limit: exactly one peer per window is accepted.
+        let at = format!("{MIN}[net_probe]\nwindow_s = 1\nmax_bytes_per_s = {one_peer}\n");
+        assert_eq!(parse(&at).unwrap().net_probe.max_bytes_per_s, one_peer);
+    }
+
     fn external(dir: &Path, name: &str, extra: &str) -> String {
         let exe = dir.join("x.sh");
         if !exe.exists() {
@@ -675,6 +715,7 @@ mod tests {
         std::fs::write(&noexec, "x").unwrap();
         let cases = [
             (external(d.path(), "disk", ""), "name of a built-in checker"),
+            (external(d.path(), "net-probe", ""), "name of a built-in checker"),
             (external(d.path(), "bad name", ""), "unusable"),
             (external(d.path(), "r", "timeout_s = 0"), "timeout_s"),
             (external(d.path(), "r", "max_bytes = 0"), "max_bytes"),

@@ -359,3 +359,207 @@ async fn probe_peer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netprobe::responder::Responder;
+    use tokio::net::TcpListener;
+
+    fn settings(budget: u64) -> Settings {
+        Settings {
+            window: Duration::from_secs(10),
+            peers_per_window: 32,
+            probes_per_peer: 5,
+            timeout: Duration::from_millis(200),
+            budget,
+        }
+    }
+
+    /// A recorded /proc tree: this machine's snmp/netstat and a route table.
+    fn root() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("proc/net");
+        std::fs::create_dir_all(&net).unwrap();
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../checkers/testdata/netstat/this-machine");
+        for f in ["snmp", "netstat", "route"] {
+            std::fs::copy(data.join(f), net.join(f)).unwrap();
+        }
+        dir
+    }
+
+    fn prober(s: Settings, root: &std::path::Path) -> (Prober, Arc<NetProbe>, Arc<LocalState>) {
+        let shared = NetProbe::new();
+        let local = LocalState::new("self".into(), 1);
+        let p = Prober::new(
+            s,
+            "self".into(),
+            root.to_path_buf(),
+            Arc::clone(&shared),
+            Arc::clone(&local),
+            None,
+            vec![],
+        );
+        (p, shared, local)
+    }
+
+    /// A responder on 127.0.0.`last`, port 0 (loopback has the whole 127/8: one address per "host").
+    async fn responder(last: u8, stop: &watch::Receiver<bool>) -> SocketAddr {
+        let r = Responder::bind(SocketAddr::from(([127, 0, 0, last], 0))).await.unwrap();
+        let addr = r.local_addr().unwrap();
+        tokio::spawn(r.run(stop.clone()));
+        addr
+    }
+
+    fn peer(host: &str, addr: SocketAddr) -> api::ProbePeer {
+        api::ProbePeer { host: host.into(), addr: addr.to_string(), tor: String::new() }
+    }
+
+    #[tokio::test]
+    async fn lossy_peers_are_measured_and_voted_with_this_host() {
+        let (stop_tx, stop) = watch::channel(false);
+        let mut wire = Vec::new();
+        for i in 0..4u8 {
+            wire.push(peer(&format!("good{i}"), responder(10 + i, &stop).await));
+        }
+        // A host whose responder is gone: connects are refused.
+        let gone = TcpListener::bind("127.0.0.20:0").await.unwrap();
+        wire.push(peer("gone", gone.local_addr().unwrap()));
+        drop(gone);
+        // A host that accepts but never answers (a wedged stack, a black hole past the handshake).
+        let mute = TcpListener::bind("127.0.0.21:0").await.unwrap();
+        wire.push(peer("mute", mute.local_addr().unwrap()));
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = mute.accept().await {
+                conns.push(s);
+            }
+        });
+        wire.push(peer("self", "127.0.0.99:1".parse().unwrap())); // this host: never probed
+        let dir = root();
+        let (mut p, shared, local) = prober(settings(1 << 20), dir.path());
+        assert_eq!(shared.set_peers(&wire), 7);
+        let before = checkers::netstat::read_tcp_counters(dir.path()).unwrap();
+        let closed = p.probe_window(Instant::now() + Duration::from_secs(30)).await;
+        let by: BTreeMap<&str, &netvote::PeerResult> =
+            closed.peers.iter().map(|(p, r)| (p.host.as_str(), r)).collect();
+        assert_eq!(by.len(), 6, "{by:?}");
+        for i in 0..4 {
+            let r = by[format!("good{i}").as_str()];
+            assert_eq!((r.sent, r.lost, r.connect_failures), (5, 0, 0), "{r:?}");
+            assert!(r.rtt_p50_us > 0 && r.rtt_p99_us >= r.rtt_p50_us, "{r:?}");
+        }
+        assert_eq!((by["gone"].sent, by["gone"].lost, by["gone"].connect_failures), (5, 5, 5));
+        assert_eq!(
+            (by["mute"].sent, by["mute"].lost, by["mute"].connect_failures),
+            (5, 5, 0),
+            "connects work, answers never come"
+        );
+        assert_eq!((by["mute"].rtt_p50_us, by["mute"].rtt_p99_us), (0, 0));
+        let mut after = before;
+        after.retrans_segs += 3;
+        after.out_segs += 400;
+        p.close(closed, Some(&before), Some(&after));
+        let reports = shared.pending();
+        assert_eq!(reports.len(), 1);
+        let r = &reports[0];
+        let mut votes = r.votes.clone();
+        votes.sort();
+        assert_eq!(votes, ["gone", "mute", "self"], "the bad peers and this host itself");
+        assert_eq!((r.window_seq, r.tcp_retrans_segs, r.tcp_out_segs), (1, 3, 400));
+        assert_eq!(
+            (r.iface.as_str(), r.checker_version.as_str(), r.window_ms),
+            ("lo", CHECKER_VERSION, 10_000)
+        );
+        assert!(r.probe_bytes > 0 && r.probe_bytes <= 6 * peer_budget(5), "{}", r.probe_bytes);
+        assert_eq!(local.metrics.net_probes_sent.get(), 30);
+        assert_eq!(local.metrics.net_probes_lost.get(), 10);
+        assert_eq!(local.metrics.net_votes.get(), 3);
+        assert_eq!(local.metrics.net_probe_bytes.get(), r.probe_bytes);
+        assert_eq!(shared.run_wire().runs, 1);
+        stop_tx.send_replace(true);
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_bounds_the_peers_probed_per_window() {
+        let (stop_tx, stop) = watch::channel(false);
+        let mut wire = Vec::new();
+        for i in 0..6u8 {
+            wire.push(peer(&format!("h{i}"), responder(30 + i, &stop).await));
+        }
+        let dir = root();
+        // Exactly three peers' worst case fits (one byte short of a fourth).
+        let budget = 4 * peer_budget(5) - 1;
+        let (mut p, shared, local) = prober(settings(budget), dir.path());
+        shared.set_peers(&wire);
+        let mut seen = std::collections::BTreeSet::new();
+        for window in 1..=2u64 {
+            let closed = p.probe_window(Instant::now() + Duration::from_secs(30)).await;
+            assert_eq!(closed.peers.len(), 3, "window {window}");
+            assert_eq!(closed.skipped, 3);
+            assert!(closed.probe_bytes <= budget, "{} > {budget}", closed.probe_bytes);
+            // Healthy peers on one connection each: one connect and five probes.
+            assert_eq!(closed.probe_bytes, 3 * (CONNECT_WIRE_BYTES + 5 * PROBE_WIRE_BYTES));
+            seen.extend(closed.peers.iter().map(|(p, _)| p.host.clone()));
+            p.close(closed, None, None);
+        }
+        assert_eq!(seen.len(), 6, "the rotation reached the other three in the second window: {seen:?}");
+        assert_eq!(local.metrics.net_peers_skipped.get(), 6);
+        let reports = shared.pending();
+        assert_eq!(reports.len(), 2);
+        assert!(reports.iter().all(|r| r.votes.is_empty() && r.probe_bytes <= budget));
+        assert_eq!(reports[1].window_seq, 2);
+        stop_tx.send_replace(true);
+    }
+
+    #[tokio::test]
+    async fn a_window_cut_at_its_deadline_reports_what_it_measured() {
+        let mute = TcpListener::bind("127.0.0.40:0").await.unwrap();
+        let addr = mute.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = mute.accept().await {
+                conns.push(s);
+            }
+        });
+        let dir = root();
+        let mut s = settings(1 << 20);
+        s.timeout = Duration::from_millis(200);
+        let (mut p, shared, _) = prober(s, dir.path());
+        shared.set_peers(&[peer("mute", addr)]);
+        // Five unanswered probes of 200 ms cannot finish in 900 ms: those done are counted, the cut one is not.
+        let started = Instant::now();
+        let closed = p.probe_window(started + Duration::from_millis(900)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(closed.peers.len(), 1);
+        let r = &closed.peers[0].1;
+        assert!((1..5).contains(&r.sent) && r.lost == r.sent, "{r:?}");
+        held.abort();
+    }
+
+    #[test]
+    fn the_interface_is_the_one_most_peers_route_through() {
+        let text = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+            eth0\t00000000\t0101010A\t0003\t0\t0\t0\t00000000\n\
+            eth1\t0000010A\t00000000\t0001\t0\t0\t0\t0000FFFF\n";
+        let routes = checkers::netstat::parse_routes(text).unwrap();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let peers = [a("10.1.0.2:7791"), a("10.1.3.4:7791"), a("192.0.2.1:7791")];
+        assert_eq!(iface_for(&routes, peers.into_iter()), "eth1");
+        assert_eq!(iface_for(&routes, [a("[fd00::1]:7791")].into_iter()), "", "IPv6: unknown");
+        assert_eq!(iface_for(&[], [a("127.0.0.5:1")].into_iter()), "lo");
+    }
+
+    #[test]
+    fn peers_per_window_follow_the_sample_and_the_budget() {
+        let s = settings(10 * peer_budget(5));
+        assert_eq!(s.peers_this_window(100), 10);
+        assert_eq!(s.peers_this_window(4), 4);
+        let s = Settings { peers_per_window: 2, ..s };
+        assert_eq!(s.peers_this_window(100), 2);
+        let s = Settings { peers_per_window: 10_000, budget: u64::MAX, ..s };
+        assert_eq!(s.peers_this_window(100_000), MAX_PEERS_PER_WINDOW);
+    }
+}
