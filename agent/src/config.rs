@@ -183,6 +183,14 @@ impl NetProbeConfig {
         if self.probes_per_peer == 0 || self.probes_per_peer > max_probes {
             return bad(format!("probes_per_peer must be within 1..={max_probes}"));
         }
+        let min_sent = netvote::local::LocalRules::default().min_sent;
+        if self.probes_per_peer < min_sent {
+            return bad(format!(
+                "probes_per_peer ({}) must be at least {min_sent}: the vote rule judges a peer's loss only \
+                 from that many probes in a window",
+                self.probes_per_peer
+            ));
+        }
         if self.timeout_ms == 0 || self.timeout_ms > MAX_PROBE_TIMEOUT_MS {
             return bad(format!("timeout_ms must be within 1..={MAX_PROBE_TIMEOUT_MS}"));
         }
@@ -669,6 +677,7 @@ mod tests {
             ("peers_per_window = 0", "peers_per_window"),
             ("peers_per_window = 257", "peers_per_window"),
             ("probes_per_peer = 0", "probes_per_peer"),
+            ("probes_per_peer = 4", "must be at least 5"),
             ("probes_per_peer = 65", "probes_per_peer"),
             ("timeout_ms = 0", "timeout_ms must be within"),
             ("timeout_ms = 10001", "timeout_ms must be within"),

@@ -90,6 +90,8 @@ pub struct Prober {
     local: Arc<LocalState>,
     advertise: Option<Advertise>,
     masters: Vec<String>,
+    /// The local vote rule's thresholds (netvote's defaults: what the agent ships with).
+    rules: netvote::local::LocalRules,
     /// Host -> the window it was last probed in (the rotation's memory).
     last_probed: BTreeMap<String, u64>,
     window_seq: u64,
@@ -125,6 +127,7 @@ impl Prober {
             local,
             advertise,
             masters,
+            rules: netvote::local::LocalRules::default(),
             last_probed: BTreeMap::new(),
             window_seq: 0,
             windows: Vec::new(),
@@ -249,7 +252,7 @@ impl Prober {
         let routes = checkers::netstat::read_routes(&self.root).unwrap_or_default();
         let iface = iface_for(&routes, closed.peers.iter().map(|(p, _)| p.addr));
         let results: Vec<netvote::PeerResult> = closed.peers.into_iter().map(|(_, r)| r).collect();
-        let votes = vote(&results, &self.host);
+        let votes = netvote::local::votes(&results, &self.host, &self.rules);
         m.net_votes.inc_by(votes.len() as u64);
         let report = api::NetReport {
             window_seq: self.window_seq,
@@ -267,19 +270,6 @@ impl Prober {
             m.net_reports_dropped.inc();
         }
     }
-}
-
-/// TEMPORARY until `netvote API v1` is merged: the real rule is `netvote::local::votes`.
-fn vote(results: &[netvote::PeerResult], host: &str) -> Vec<String> {
-    let mut v: Vec<String> = results
-        .iter()
-        .filter(|r| r.sent >= 5 && r.lost > 0 && r.host != host)
-        .map(|r| r.host.clone())
-        .collect();
-    if !v.is_empty() {
-        v.push(host.to_string());
-    }
-    v
 }
 
 pub fn peer_to_wire(r: &netvote::PeerResult) -> api::PeerResult {
