@@ -870,6 +870,14 @@ async fn peers_from_heartbeats_are_probed_and_reports_come_back_kept_across_a_fa
     };
     until("a net report reached the master", || !reports(&fake).is_empty()).await;
     let first = reports(&fake).remove(0);
+    // The measured window, for the record (ARCHITECTURE.md quotes it).
+    for p in &first.peers {
+        eprintln!(
+            "net window {}: {} sent {} lost {} connect_failures {} rtt p50 {} us p99 {} us",
+            first.window_seq, p.host, p.sent, p.lost, p.connect_failures, p.rtt_p50_us, p.rtt_p99_us
+        );
+    }
+    eprintln!("net window {}: probe_bytes {} votes {:?}", first.window_seq, first.probe_bytes, first.votes);
     assert_eq!(first.checker_version, agent::netprobe::CHECKER_VERSION);
     assert_eq!((first.window_ms, first.iface.as_str()), (2000, "lo"));
     assert_eq!(first.peers.len(), 4, "{first:?}");
