@@ -200,6 +200,17 @@ impl NetProbeConfig {
                 self.timeout_ms, self.window_s
             ));
         }
+        // Every peer's probes must fit in the window even when each connect and each answer times out
+        // (a peer cut off at the window's end sends fewer probes than the vote rule needs to judge it).
+        let rounds = self.peers_per_window.div_ceil(crate::netprobe::prober::PROBE_CONCURRENCY) as u64;
+        let worst_ms = rounds * u64::from(self.probes_per_peer) * 2 * self.timeout_ms;
+        if worst_ms > self.window_s * 1000 {
+            return bad(format!(
+                "timeout_ms: {rounds} round(s) of {} probes, each up to a connect and an answer of {} ms, take \
+                 up to {worst_ms} ms: more than the window ({} s); lower timeout_ms or probes_per_peer",
+                self.probes_per_peer, self.timeout_ms, self.window_s
+            ));
+        }
         let one_peer = crate::netprobe::prober::peer_budget(self.probes_per_peer);
         if self.max_bytes_per_s > MAX_PROBE_BYTES_PER_S {
             return bad(format!("max_bytes_per_s must be at most {MAX_PROBE_BYTES_PER_S}"));
@@ -666,10 +677,11 @@ mod tests {
         assert_eq!((c.window_s, c.peers_per_window, c.probes_per_peer), (10, 32, 5));
         assert_eq!((c.timeout_ms, c.max_bytes_per_s, c.advertise), (500, 65536, None));
         let ok = parse(&format!(
-            "{MIN}[net_probe]\nlisten = \"127.0.0.2:0\"\nadvertise = \"10.0.0.1:7791\"\nwindow_s = 2\n"
+            "{MIN}[net_probe]\nlisten = \"127.0.0.2:0\"\nadvertise = \"10.0.0.1:7791\"\nwindow_s = 2\n\
+             timeout_ms = 200\n"
         ))
         .unwrap();
-        assert_eq!(ok.net_probe.window_s, 2);
+        assert_eq!(ok.net_probe.window_s, 2, "2 s windows (the fabric test's) fit 5 probes of 200 ms");
         let one_peer = crate::netprobe::prober::peer_budget(5);
         let cases = [
             ("window_s = 0", "window_s must be within"),
@@ -682,8 +694,13 @@ mod tests {
             ("timeout_ms = 0", "timeout_ms must be within"),
             ("timeout_ms = 10001", "timeout_ms must be within"),
             ("window_s = 1\ntimeout_ms = 1000", "shorter than the window"),
+            ("window_s = 2", "more than the window (2 s)"),
+            ("window_s = 10\npeers_per_window = 65", "3 round(s)"),
             ("max_bytes_per_s = 104857601", "at most"),
-            (&*format!("window_s = 1\nmax_bytes_per_s = {}", one_peer - 1), "does not cover one peer"),
+            (
+                &*format!("window_s = 1\ntimeout_ms = 100\nmax_bytes_per_s = {}", one_peer - 1),
+                "does not cover one peer",
+            ),
             ("advertise = \"0.0.0.0:7791\"", "advertise"),
             ("advertise = \"10.0.0.1:0\"", "advertise"),
             ("listen = \"nonsense\"", "invalid socket address"),
@@ -694,7 +711,7 @@ mod tests {
             assert!(err.contains(want), "{extra:?}: {err}");
         }
         // At the budget's limit: exactly one peer per window is accepted.
-        let at = format!("{MIN}[net_probe]\nwindow_s = 1\nmax_bytes_per_s = {one_peer}\n");
+        let at = format!("{MIN}[net_probe]\nwindow_s = 1\ntimeout_ms = 100\nmax_bytes_per_s = {one_peer}\n");
         assert_eq!(parse(&at).unwrap().net_probe.max_bytes_per_s, one_peer);
     }
 
