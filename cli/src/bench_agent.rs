@@ -161,7 +161,7 @@ pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
     let port = free_port()?;
     let masters: Vec<String> = cluster.grpc_addrs().split(',').map(|m| format!("{m:?}")).collect();
     let cfg = format!(
-        "version = 1\nhost = \"bench-1\"\ndata_dir = {:?}\nmasters = [{}]\nhttp_listen = \"127.0.0.1:{port}\"\nroot = {:?}\n",
+        "version = 1\nhost = \"bench-1\"\ndata_dir = {:?}\nmasters = [{}]\nhttp_listen = \"127.0.0.1:{port}\"\nroot = {:?}\n\n[net_probe]\nlisten = \"127.0.0.1:0\"\n",
         dir.path().join("agent").display().to_string(),
         masters.join(", "),
         root.display().to_string()

@@ -279,7 +279,7 @@ async fn bench(a: BenchE2eArgs) -> anyhow::Result<ExitCode> {
     let quoted: Vec<String> = masters.iter().map(|m| format!("{m:?}")).collect();
     let cfg = format!(
         "version = 1\nhost = {HOST:?}\ndata_dir = {:?}\nmasters = [{}]\nhttp_listen = \"127.0.0.1:{port}\"\n\
-         root = {:?}\ninsecure = true\n",
+         root = {:?}\ninsecure = true\n\n[net_probe]\nlisten = \"127.0.0.1:0\"\n",
         dir.path().join("agent").display().to_string(),
         quoted.join(", "),
         root.display().to_string()

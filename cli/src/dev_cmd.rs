@@ -185,7 +185,7 @@ fn agent_config(a: &DevArgs, dir: &Path, grpc: &[String], tls: &TlsFiles, token_
     format!(
         "# Written by `huatuo dev`.\nversion = 1\ndata_dir = {:?}\nmasters = [{}]\nhttp_listen = \"127.0.0.1:{}\"\n\
          root = {:?}\nprofile = \"online\"\ntoken_file = {:?}\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n\
-         [labels]\ncluster = \"dev\"\nrack = \"dev-rack\"\n",
+         [labels]\ncluster = \"dev\"\nrack = \"dev-rack\"\n\n[net_probe]\nlisten = \"127.0.0.1:7791\"\n",
         dir.join("agent").display().to_string(),
         masters.join(", "),
         a.agent_port,
