@@ -95,6 +95,15 @@ pub fn ingest(agent: &str, seq: u64, findings: &[Finding]) -> Result<(), ApiErro
     }
     for (i, f) in findings.iter().enumerate() {
         finding(f).map_err(|e| ApiError::new(e.code, format!("finding {i}: {}", e.message)))?;
+        if !agent.is_empty() && f.object.kind().is_network() {
+            // Switches and links are judged by the leader's localisation over many agents' reports; one
+            // agent naming a switch would bypass the vote (and no agent runs on a switch).
+            return Err(ApiError::invalid(format!(
+                "finding {i}: {} is a network device: an agent may not report about it (the master's \
+                 network localisation does)",
+                f.object
+            )));
+        }
     }
     Ok(())
 }
