@@ -108,6 +108,14 @@ pub fn ingest(agent: &str, seq: u64, findings: &[Finding]) -> Result<(), ApiErro
     Ok(())
 }
 
+/// A heartbeat's `probe_addr` (issue 16): empty (does not answer probes) or an IP:PORT.
+pub fn probe_addr(addr: &str) -> Result<(), ApiError> {
+    if addr.is_empty() || addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() != 0) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(format!("probe_addr {} is not IP:PORT", quoted(addr))))
+}
+
 /// Labels or attributes of a registered object: bounded inventory data.
 pub fn map(what: &str, m: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if m.len() > MAX_MAP_ENTRIES {
