@@ -35,10 +35,15 @@ fn topology_csv() -> String {
 
 /// One window's report of host `me`: every other host probed 100 times; flows touching `bad` lose 20%.
 fn report(me: usize, seq: u64, bad: Option<usize>) -> api::NetReport {
+    report_with(me, seq, |a, b| bad.is_some_and(|x| (x == a || x == b) && tor_of(a) != tor_of(b)))
+}
+
+/// One window's report of host `me`; `lossy(me, peer)` says which flows lose 20%.
+fn report_with(me: usize, seq: u64, lossy: impl Fn(usize, usize) -> bool) -> api::NetReport {
     let mut peers = Vec::new();
     let mut votes = Vec::new();
     for p in (0..TORS * PER_TOR).filter(|p| *p != me) {
-        let lossy = bad.is_some_and(|b| (b == me || b == p) && tor_of(me) != tor_of(p));
+        let lossy = lossy(me, p);
         let lost = if lossy { 20 } else { 0 };
         peers.push(api::PeerResult {
             host: host(p),
@@ -240,4 +245,136 @@ async fn a_lossy_host_is_named_its_nic_goes_error_and_bad_reports_change_nothing
     let e = direct.net_suspects(api::NetSuspectsRequest::default()).await.expect_err("follower");
     assert_ne!(e.code(), tonic::Code::Ok);
     assert!(e.message().to_lowercase().contains("leader"), "{e}");
+}
+
+/// Every agent reports one window (each report twice: a retried heartbeat); false if a beat failed.
+async fn round(cluster: &LocalCluster, seq: u64, lossy: impl Fn(usize, usize) -> bool + Copy) -> bool {
+    let mut c = cluster.client();
+    for me in 0..TORS * PER_TOR {
+        for _ in 0..2 {
+            let req = beat(me, vec![report_with(me, seq, lossy)]);
+            if c.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.is_err() {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+async fn state_of(cluster: &LocalCluster, id: &str) -> Option<String> {
+    let req = api::GetObjectRequest { id: id.into(), ..Default::default() };
+    let r = cluster.client().call(req, |mut c, r| async move { c.get_object(r).await }).await.ok()?;
+    r.object.map(|o| o.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tor_uplink_fault_names_the_link_or_switch_moves_no_host_and_clears_when_healthy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topo = dir.path().join("fabric.csv");
+    std::fs::write(&topo, topology_csv()).expect("write topology");
+    let extra = format!(
+        "[net]\nwindow_s = 1\nclear_windows = 2\n[topology]\nfile = {:?}\n",
+        topo.display().to_string()
+    );
+    let cluster = LocalCluster::start_with_config(&huatuo_bin(), 3, &extra).expect("start cluster");
+    let leader = cluster
+        .wait_leader(READY_TIMEOUT)
+        .await
+        .unwrap_or_else(|| panic!("no leader; node 1 log:\n{}", cluster.log_tail(1)));
+    let mut client = cluster.client();
+
+    // Healthy: windows close with reports and no suspect.
+    let mut seq = 0;
+    let healthy = |_: usize, _: usize| false;
+    let judged = wait_until(SETTLE, || {
+        seq += 1;
+        let s = seq;
+        let cl = &cluster;
+        let mut c = cl.client();
+        async move {
+            if !round(cl, s, healthy).await {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let r = c
+                .call(api::NetSuspectsRequest { limit: 0 }, |mut c, r| async move { c.net_suspects(r).await })
+                .await;
+            r.is_ok_and(|r| r.reporters as usize == TORS * PER_TOR)
+        }
+    })
+    .await;
+    assert!(judged, "no window with every reporter; leader log:\n{}", cluster.log_tail(leader));
+    let s = client
+        .call(api::NetSuspectsRequest { limit: 0 }, |mut c, r| async move { c.net_suspects(r).await })
+        .await
+        .expect("suspects");
+    assert!(s.suspects.is_empty() && s.bad_flows == 0, "healthy fabric, suspects: {:?}", s.suspects);
+
+    // tor-1's uplink to agg-1 loses 20%: every flow between tor-1's hosts and other ToRs crosses it.
+    let uplink = |a: usize, b: usize| (tor_of(a) == 1) != (tor_of(b) == 1);
+    let named = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let found = wait_until(SETTLE, || {
+        seq += 1;
+        let s = seq;
+        let cl = &cluster;
+        let mut c = cl.client();
+        let named = named.clone();
+        async move {
+            if !round(cl, s, uplink).await {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let Ok(r) = c
+                .call(api::NetSuspectsRequest { limit: 0 }, |mut c, r| async move { c.net_suspects(r).await })
+                .await
+            else {
+                return false;
+            };
+            let Some(top) = r.suspects.first() else { return false };
+            if !["link", "switch"].contains(&top.kind.as_str()) || top.decision.is_empty() {
+                return false;
+            }
+            let state = state_of(cl, &top.target).await;
+            *named.lock().expect("lock") = Some((top.target.clone(), r.suspects.clone()));
+            state.is_some_and(|st| st != "GOOD")
+        }
+    })
+    .await;
+    assert!(
+        found,
+        "no link/switch suspect left GOOD: {:?}; leader log:\n{}",
+        named.lock().expect("lock"),
+        cluster.log_tail(leader)
+    );
+    let (device, all) = named.lock().expect("lock").clone().expect("named");
+    assert!(
+        ["link/agg-1--tor-1", "switch/tor-1"].contains(&device.as_str()),
+        "the fault is tor-1's uplink (or tor-1 itself), named {device}: {all:?}"
+    );
+    // No host moved: not one machine or NIC is out of GOOD.
+    let list = client
+        .call(api::ListObjectsRequest::default(), |mut c, r| async move { c.list_objects(r).await })
+        .await
+        .expect("list");
+    for o in &list.objects {
+        assert!(o.kind == "link" || o.kind == "switch" || o.state == "GOOD", "{} is {}", o.id, o.state);
+    }
+    assert!(list.objects.iter().any(|o| o.id == device), "the device object was created by its finding");
+
+    // Healthy again: after clear_windows (2) quiet windows the device returns to GOOD.
+    let cleared = wait_until(SETTLE, || {
+        seq += 1;
+        let s = seq;
+        let cl = &cluster;
+        let device = device.clone();
+        async move {
+            if !round(cl, s, healthy).await {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            state_of(cl, &device).await.as_deref() == Some("GOOD")
+        }
+    })
+    .await;
+    assert!(cleared, "{device} never returned to GOOD; leader log:\n{}", cluster.log_tail(leader));
 }
