@@ -197,7 +197,7 @@ async fn a_lossy_host_is_named_its_nic_goes_error_and_bad_reports_change_nothing
     assert!(!top.why.is_empty());
     assert!(s.reporters as usize <= n, "{} reporters of {n} agents", s.reporters);
     // Every report was sent twice: each counted once (the leader did not change: one memory saw them all).
-    let rounds = (seq - 1) as u64;
+    let rounds = seq - 1;
     let metrics = http_get(&cluster.nodes[&leader].http, "/metrics");
     let figure = |name: &str| {
         metrics

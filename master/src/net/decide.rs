@@ -116,6 +116,10 @@ impl Clearing {
         self.quiet.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.quiet.is_empty()
+    }
+
     /// One closed window: the findings to propose (top suspects first, at most
     /// [`MAX_FINDINGS_PER_WINDOW`]) and the GOOD findings of objects quiet for `clear_windows` windows.
     pub fn window(&mut self, suspects: &[Suspect], window_end_ms: u64, clear_windows: u32) -> Vec<Finding> {

@@ -348,10 +348,11 @@ impl Service {
         let now = Instant::now();
         let known = lock(&net.peers).touch(agent, host, probe_addr, now);
         if !known {
-            if net.cfg.topology.is_none() && !probe_addr.is_empty() {
-                if let Some(tor) = self.label_tor(host)? {
-                    lock(&net.label_tors).insert(host.to_string(), tor);
-                }
+            if net.cfg.topology.is_none()
+                && !probe_addr.is_empty()
+                && let Some(tor) = self.label_tor(host)?
+            {
+                lock(&net.label_tors).insert(host.to_string(), tor);
             }
             let tor = net.tor_of(host).unwrap_or_default();
             let peer = Peer { host: host.to_string(), addr: probe_addr.to_string(), tor };
