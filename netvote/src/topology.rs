@@ -27,7 +27,9 @@
 //! Either every ToR has uplinks or none does (a one-tier fabric); the same for aggregation switches. Errors
 //! name the problem (unknown host, duplicate host, a ToR with no uplinks, a bad CSV row with its line number).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fxhash::FxMap;
 
 use serde::Deserialize;
 
@@ -109,16 +111,16 @@ pub fn link_id(a: &str, b: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
     host_names: Vec<String>,
-    host_index: HashMap<String, u32>,
+    host_index: FxMap<String, u32>,
     host_tor: Vec<u32>,
     sw_names: Vec<String>,
-    sw_index: HashMap<String, u32>,
+    sw_index: FxMap<String, u32>,
     sw_tier: Vec<Tier>,
     /// Per switch: its uplink switches, sorted and unique.
     sw_up: Vec<Vec<u32>>,
     /// Switch-to-switch links, (lower, upper) switch ids, numbered in `link_index`.
     links: Vec<(u32, u32)>,
-    link_index: HashMap<(u32, u32), u32>,
+    link_index: FxMap<(u32, u32), u32>,
 }
 
 #[derive(Deserialize)]
@@ -494,6 +496,10 @@ impl Topology {
         self.host_tor[host as usize]
     }
 
+    pub(crate) fn uplinks_of(&self, s: u32) -> &[u32] {
+        &self.sw_up[s as usize]
+    }
+
     pub(crate) fn switch_name(&self, s: u32) -> &str {
         &self.sw_names[s as usize]
     }
@@ -688,5 +694,29 @@ uplinks = ["s1", "s2"]
         assert_eq!(link_id("tor1", "agg1"), "agg1--tor1");
         assert_eq!(link_id("agg1", "tor1"), "agg1--tor1");
         assert_eq!(crate::Target::link("tor1", "agg1").object_id(), "link/agg1--tor1");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Outside text never panics the parsers; what parses has routes between every pair of its hosts.
+        #[test]
+        fn parsers_never_panic(text in "([a-d]{0,2}(,[a-f0-9]{0,2}){0,4}\n){0,12}") {
+            if let Ok(t) = Topology::parse_csv(&text) {
+                for a in t.hosts() {
+                    for b in t.hosts() {
+                        let r = t.routes(a, b);
+                        prop_assert!(r.is_ok());
+                        prop_assert!(r.unwrap().len() <= MAX_ROUTES_PER_PAIR);
+                    }
+                }
+            }
+            let _parsed = Topology::parse_toml(&text);
+        }
     }
 }

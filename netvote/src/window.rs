@@ -3,7 +3,7 @@
 //! once, validates a report whole before taking any of it (a bad report changes nothing), and refuses at its
 //! limits with an error that says which limit.
 
-use std::collections::{HashMap, HashSet};
+use crate::fxhash::{FxMap, FxSet};
 
 use crate::Report;
 use crate::topology::MAX_NAME_LEN;
@@ -94,9 +94,9 @@ pub struct HostInfo {
 #[derive(Debug, Clone)]
 pub struct Window {
     limits: WindowLimits,
-    seen: HashSet<(u32, u64, u64)>,
+    seen: FxSet<(u32, u64, u64)>,
     names: Vec<String>,
-    index: HashMap<String, u32>,
+    index: FxMap<String, u32>,
     info: Vec<HostInfo>,
     flows: Vec<Flow>,
 }
@@ -112,9 +112,9 @@ impl Window {
     pub fn new(limits: WindowLimits) -> Window {
         Window {
             limits,
-            seen: HashSet::new(),
+            seen: FxSet::default(),
             names: Vec::new(),
-            index: HashMap::new(),
+            index: FxMap::default(),
             info: Vec::new(),
             flows: Vec::new(),
         }
@@ -160,7 +160,7 @@ impl Window {
                 limit: l.max_votes_per_report,
             });
         }
-        let mut new_names: HashSet<&str> = HashSet::new();
+        let mut new_names: FxSet<&str> = FxSet::default();
         if !self.index.contains_key(&r.reporter) {
             new_names.insert(&r.reporter);
         }
@@ -370,5 +370,75 @@ mod tests {
         assert_eq!(w.host_info(a).self_votes, 1);
         assert_eq!(w.host_info(a).votes_from_others, 0);
         assert_eq!(w.host_info(a).iface, "eth0");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::PeerResult;
+
+    fn arb_report() -> impl Strategy<Value = Report> {
+        (0u8..6, 0u64..3, 0u64..3, proptest::collection::vec((0u8..8, 0u32..20, 0u32..20), 0..6)).prop_map(
+            |(who, started, seq, peers)| Report {
+                reporter: format!("h{who}"),
+                started_ms: started,
+                window_seq: seq,
+                iface: "eth0".into(),
+                peers: peers
+                    .into_iter()
+                    .map(|(p, sent, lost)| PeerResult {
+                        host: format!("p{p}"),
+                        sent,
+                        lost,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    proptest! {
+        /// Any sequence of reports, each retried any number of times in any order, counts each identity once;
+        /// a refused report changes nothing.
+        #[test]
+        fn retries_count_once(mut reports in proptest::collection::vec(arb_report(), 0..30), order in proptest::collection::vec(0usize..1000, 0..90)) {
+            // One content per identity (a retry is the same report).
+            let mut ids = std::collections::HashSet::new();
+            reports.retain(|r| ids.insert((r.reporter.clone(), r.started_ms, r.window_seq)));
+            let mut once = Window::new(WindowLimits::default());
+            let mut accepted = std::collections::HashSet::new();
+            for r in &reports {
+                if once.add(r) == Ok(true) {
+                    accepted.insert((r.reporter.clone(), r.started_ms, r.window_seq));
+                }
+            }
+            let mut retried = Window::new(WindowLimits::default());
+            for r in &reports {
+                let before = retried.flows().len();
+                match retried.add(r) {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => prop_assert_eq!(retried.flows().len(), before),
+                }
+                for &i in &order {
+                    if !reports.is_empty() {
+                        let again = &reports[i % reports.len()];
+                        let before = retried.flows().len();
+                        if retried.add(again) != Ok(true) {
+                            prop_assert_eq!(retried.flows().len(), before);
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(once.reports(), accepted.len());
+            // Retries in any order end in the same window as adding each report once.
+            prop_assert_eq!(retried.reports(), once.reports());
+            prop_assert_eq!(retried.flows().len(), once.flows().len());
+            let lost = |w: &Window| w.flows().iter().map(|f| u64::from(f.lost)).sum::<u64>();
+            prop_assert_eq!(lost(&retried), lost(&once));
+        }
     }
 }
