@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fabric::{Fabric, HOSTS, TORS, host_ip, host_name, hosts_of, tor_of};
+use fabric::{Fabric, HOSTS, TORS, host_ip, host_name, hosts_of, tor_name, tor_of};
 
 /// The self-test's echo port inside every host namespace.
 const ECHO_PORT: u16 = 7799;
@@ -152,4 +152,440 @@ fn fabric_carries_traffic_and_injected_loss_shows_where_it_is() {
         .collect();
     assert!(left.is_empty(), "[fabric] namespaces left after Drop: {left:?}");
     println!("[fabric] torn down, no namespace left; wall time {:?}", started.elapsed());
+}
+
+/// The end-to-end scenarios of issue 16 on the fabric: 3 `huatuo master` processes in the control
+/// namespace with the fabric's topology, and a `huatuo agent` with `[net_probe]` on in every host namespace.
+mod e2e {
+    use std::time::{Duration, Instant};
+
+    use master::client::Client;
+    use proto::api;
+
+    use super::fabric::{self, CTL_IP, Fabric, HOST_IFACE, HOSTS, host_ip, host_name, tor_name, tor_of};
+
+    /// The probe and vote window of the masters (`[net] window_s`) and the agents (`[net_probe] window_s`).
+    pub const WINDOW: Duration = Duration::from_secs(2);
+    /// Windows without suspicion before a switch, link or NIC returns to GOOD (`[net] clear_windows`).
+    const CLEAR_WINDOWS: u32 = 3;
+    /// Agent heartbeat period: reports ride the heartbeats.
+    const HEARTBEAT_S: u64 = 1;
+    /// Master ports on the control address: member N listens on BASE + N.
+    const GRPC_BASE: u16 = 7700;
+    const PEER_BASE: u16 = 7710;
+    const HTTP_BASE: u16 = 7780;
+    /// The agents' probe port (PRODUCT.md's default).
+    const PROBE_PORT: u16 = 7791;
+    /// Bound on the start: a leader, and every agent's reports in one closed window (15 debug processes
+    /// starting on a shared 2-core machine).
+    pub const START: Duration = Duration::from_secs(90);
+    /// How often the scenarios poll the masters.
+    pub const POLL: Duration = Duration::from_millis(500);
+    /// Bound on one gRPC call of the test's client.
+    const CALL: Duration = Duration::from_secs(5);
+
+    pub fn grpc(id: u16) -> String {
+        format!("{CTL_IP}:{}", GRPC_BASE + id)
+    }
+    pub fn masters() -> Vec<String> {
+        (1..=3).map(grpc).collect()
+    }
+
+    pub fn client() -> Client {
+        let mut c = Client::new(masters());
+        c.call_timeout = CALL;
+        c
+    }
+
+    /// The masters and agents on a fresh fabric; `None` where namespaces are not permitted.
+    pub fn start(what: &str) -> Option<Fabric> {
+        let mut f = Fabric::up(what).unwrap_or_else(|e| panic!("[{what}] fabric: {e}"))?;
+        let bin = tests::huatuo_bin();
+        let topo = f.write("topology.csv", &fabric::topology_csv()).unwrap();
+        let peers: Vec<String> =
+            (1..=3u16).map(|i| format!("\"{i}\" = \"{CTL_IP}:{}\"", PEER_BASE + i)).collect();
+        for id in 1..=3u16 {
+            let data = f.dir.path().join(format!("master-{id}"));
+            let cfg = format!(
+                "id = {id}\ninsecure = true\ngrpc = \"{}\"\nhttp = \"{CTL_IP}:{}\"\npeer_listen = \"{CTL_IP}:{}\"\n\
+                 data_dir = {:?}\n[peers]\n{}\n[topology]\nfile = {:?}\n[net]\nwindow_s = {}\nclear_windows = \
+                 {CLEAR_WINDOWS}\n",
+                grpc(id),
+                HTTP_BASE + id,
+                PEER_BASE + id,
+                data.display().to_string(),
+                peers.join("\n"),
+                topo.display().to_string(),
+                WINDOW.as_secs(),
+            );
+            let path = f.write(&format!("master-{id}.toml"), &cfg).unwrap();
+            let ns = f.ctl_ns();
+            f.spawn(&format!("master-{id}"), &ns, &bin, &["master", "--config", &path.display().to_string()])
+                .unwrap();
+        }
+        let masters: Vec<String> = masters().iter().map(|m| format!("{m:?}")).collect();
+        for i in 1..=HOSTS {
+            let host = host_name(i);
+            let data = f.dir.path().join(format!("agent-{host}"));
+            let addr = format!("{}:{PROBE_PORT}", host_ip(i));
+            // Only the probe checker and the machine and NIC checkers run: the others would read this
+            // machine's real disks and kernel log twelve times over.
+            let cfg = format!(
+                "version = 1\nhost = {host:?}\ndata_dir = {:?}\nmasters = [{}]\ninsecure = true\n\
+                 http_listen = \"127.0.0.1:7790\"\n[labels]\nswitch = {:?}\n[report]\nheartbeat_s = {HEARTBEAT_S}\n\
+                 backoff_max_s = 1\n[checkers.disk]\nenabled = false\n[checkers.edac]\nenabled = false\n\
+                 [checkers.rasdaemon]\nenabled = false\n[checkers.kernel-log]\nenabled = false\n\
+                 [net_probe]\nenabled = true\nlisten = {addr:?}\nadvertise = {addr:?}\nwindow_s = {}\n\
+                 peers_per_window = {}\n",
+                data.display().to_string(),
+                masters.join(", "),
+                tor_name(tor_of(i)),
+                WINDOW.as_secs(),
+                HOSTS - 1,
+            );
+            let path = f.write(&format!("agent-{host}.toml"), &cfg).unwrap();
+            let ns = f.host_ns(i);
+            f.spawn(&format!("agent-{host}"), &ns, &bin, &["agent", "--config", &path.display().to_string()])
+                .unwrap();
+        }
+        Some(f)
+    }
+
+    /// What a failing scenario prints: processes that exited and the logs' tails.
+    pub fn dump(f: &mut Fabric) -> String {
+        let mut s = format!("exited: {:?}\n", f.exited());
+        for id in 1..=3 {
+            s += &format!("--- master-{id}\n{}\n", f.log_tail(&format!("master-{id}")));
+        }
+        for i in [1, 6] {
+            let n = format!("agent-{}", host_name(i));
+            s += &format!("--- {n}\n{}\n", f.log_tail(&n));
+        }
+        s
+    }
+
+    pub async fn suspects(c: &mut Client) -> Option<api::NetSuspectsResponse> {
+        c.call(api::NetSuspectsRequest { limit: 20 }, |mut g, r| async move { g.net_suspects(r).await })
+            .await
+            .ok()
+    }
+
+    pub fn show(r: &api::NetSuspectsResponse) -> String {
+        let mut s = format!(
+            "window end {} ({} ms): {} reporters, {} flows, {} bad; topology {}",
+            r.window_end_ms, r.window_ms, r.reporters, r.flows, r.bad_flows, r.topology
+        );
+        for x in &r.suspects {
+            s += &format!(
+                "\n  #{} {} ({}) score {:.3} voters {} bad {}/{} loss {:.3} decision {:?}: {}",
+                x.rank, x.target, x.kind, x.score, x.voters, x.bad_flows, x.flows, x.loss, x.decision, x.why
+            );
+        }
+        s
+    }
+
+    /// Wait until a closed window holds every agent's report: the fabric and the agents are up.
+    pub async fn all_reporting(c: &mut Client) -> Result<api::NetSuspectsResponse, String> {
+        let deadline = Instant::now() + START;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(r) = suspects(c).await {
+                if r.reporters as usize >= HOSTS {
+                    return Ok(r);
+                }
+                last = Some(r);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Err(format!(
+            "not every agent reported within {START:?}; last: {}",
+            last.as_ref().map_or("none".into(), show)
+        ))
+    }
+
+    pub async fn state(c: &mut Client, id: &str) -> Option<String> {
+        let req = api::GetObjectRequest { id: id.into(), stale: false };
+        c.call(req, |mut g, r| async move { g.get_object(r).await }).await.ok()?.object.map(|o| o.state)
+    }
+
+    /// Every `nic` and `machine` object in ERROR.
+    pub async fn hosts_in_error(c: &mut Client) -> Result<Vec<String>, String> {
+        let mut v = Vec::new();
+        for kind in ["nic", "machine"] {
+            let req =
+                api::ListObjectsRequest { kind: kind.into(), state: "ERROR".into(), ..Default::default() };
+            let r = tests::list_all(c, req).await.map_err(|e| format!("list {kind}: {e}"))?;
+            v.extend(r.objects.into_iter().map(|o| o.id));
+        }
+        Ok(v)
+    }
+
+    /// `huatuo net suspects --json` from the control namespace, parsed.
+    pub fn cli_suspects(f: &Fabric) -> Result<serde_json::Value, String> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &f.ctl_ns()])
+            .arg(tests::huatuo_bin())
+            .args(["net", "suspects", "--json", "--insecure", "--master", &masters().join(",")])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("huatuo net suspects: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn nic(i: usize) -> String {
+        format!("nic/{}/{HOST_IFACE}", host_name(i))
+    }
+}
+
+/// The fault scenarios and the self-test take turns (2 shared cores: their probes time out under load);
+/// the 5-minute healthy run goes beside them.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Master windows from the fault until the culprit tops the suspects: the partial window the fault began
+/// in, one window for the agents' reports to reach the leader (agent and master windows are not aligned),
+/// and the issue's 2.
+const LOCALISE_WINDOWS: usize = 4;
+/// Bound on the wait for localisation and for the ERROR that follows (generous: a loaded machine may delay
+/// windows; the window count above is what is asserted).
+const LOCALISE_WAIT: Duration = Duration::from_secs(60);
+/// Windows watched after an uplink is named, in which no host may go to ERROR.
+const WATCH_WINDOWS: usize = 5;
+/// The healthy run (the issue: 5 minutes).
+const HEALTHY: Duration = Duration::from_secs(300);
+
+/// Start the masters and agents on a fresh fabric and run `scenario` on a thread in the control namespace
+/// (where the masters' addresses are), with the fabric to inject faults; Drop removes everything after.
+fn on_fabric<F, Fut>(what: &'static str, scenario: F)
+where
+    F: FnOnce(Fabric) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Fabric>,
+{
+    let started = Instant::now();
+    if std::env::var_os("HUATUO_NET_E2E").is_none() {
+        // PENDING: remove this gate once the prober and the master side are merged (branches nvprobe,
+        // nvmaster): until then the masters refuse `[topology]`/`[net]` and the agents `[net_probe]`.
+        println!("[{what}] not run: set HUATUO_NET_E2E=1 (needs the issue 16 prober and master side)");
+        return;
+    }
+    let Some(f) = e2e::start(what) else { return };
+    let ctl = f.ctl_ns();
+    let r = std::thread::spawn(move || {
+        netns_util::enter(&ctl).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(scenario(f))
+    })
+    .join();
+    match r {
+        Ok(f) => {
+            drop(f);
+            println!("[{what}] wall time {:?}", started.elapsed());
+        }
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// Poll the suspects until `done` holds, counting the master windows that closed meanwhile; panics with what
+/// it saw after `LOCALISE_WAIT`. Returns the answer that satisfied it and the windows counted.
+async fn wait_suspects(
+    f: &mut Fabric,
+    c: &mut master::client::Client,
+    what: &str,
+    since_ms: u64,
+    done: impl Fn(&proto::api::NetSuspectsResponse) -> bool,
+) -> (proto::api::NetSuspectsResponse, usize) {
+    let deadline = Instant::now() + LOCALISE_WAIT;
+    let mut windows = std::collections::BTreeSet::new();
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(r) = e2e::suspects(c).await {
+            if r.window_end_ms > since_ms {
+                windows.insert(r.window_end_ms);
+            }
+            if done(&r) {
+                return (r, windows.len());
+            }
+            if seen.last().is_none_or(|(end, _)| *end != r.window_end_ms) {
+                seen.push((r.window_end_ms, e2e::show(&r)));
+            }
+        }
+        tokio::time::sleep(e2e::POLL).await;
+    }
+    let seen: Vec<String> = seen.into_iter().map(|(_, s)| s).collect();
+    panic!("[{what}] not within {LOCALISE_WAIT:?}; windows seen:\n{}\n{}", seen.join("\n"), e2e::dump(f));
+}
+
+#[test]
+fn loss_on_one_host_names_its_nic_and_moves_it_to_error() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    on_fabric("net-nic", |mut f| async move {
+        let what = "net-nic";
+        let mut c = e2e::client();
+        let first = e2e::all_reporting(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("[{what}] {e}\n{}", e2e::dump(&mut f)));
+        assert!(first.topology, "[{what}] the masters did not load the topology: {}", e2e::show(&first));
+        println!("[{what}] every agent reporting: {}", e2e::show(&first));
+        let bad = 6;
+        let nic = e2e::nic(bad);
+        f.host_loss(bad, LOSS_PCT).unwrap();
+        let at = tests::now_ms();
+        let t = Instant::now();
+        let (r, windows) = wait_suspects(&mut f, &mut c, what, at, |r| {
+            r.suspects
+                .first()
+                .is_some_and(|s| s.target == nic || s.target == format!("machine/{}", host_name(bad)))
+        })
+        .await;
+        println!(
+            "[{what}] {LOSS_PCT}% loss on {}: top suspect after {windows} windows ({:?}): {}",
+            host_name(bad),
+            t.elapsed(),
+            e2e::show(&r)
+        );
+        assert!(
+            windows <= LOCALISE_WINDOWS,
+            "[{what}] localised only after {windows} windows (at most {LOCALISE_WINDOWS}): {}",
+            e2e::show(&r)
+        );
+        let cli = e2e::cli_suspects(&f).unwrap_or_else(|e| panic!("[{what}] {e}"));
+        println!("[{what}] huatuo net suspects --json: {cli}");
+        let cli_top = cli["suspects"][0]["target"].as_str().unwrap_or_default().to_string();
+        assert!(
+            cli_top == nic || cli_top == format!("machine/{}", host_name(bad)),
+            "[{what}] the CLI's top suspect is {cli_top:?}, not {nic}: {cli}"
+        );
+        // The finding moves the NIC, then the machine, to ERROR through the state machines.
+        let machine = format!("machine/{}", host_name(bad));
+        let mut states = (None, None);
+        let deadline = Instant::now() + LOCALISE_WAIT;
+        let mut reached = false;
+        while !reached && Instant::now() < deadline {
+            states = (e2e::state(&mut c, &nic).await, e2e::state(&mut c, &machine).await);
+            reached = states.0.as_deref() == Some("ERROR") && states.1.as_deref() == Some("ERROR");
+            if !reached {
+                tokio::time::sleep(e2e::POLL).await;
+            }
+        }
+        let r = e2e::suspects(&mut c).await;
+        assert!(
+            reached,
+            "[{what}] {nic} / {machine} are {states:?} after {LOCALISE_WAIT:?}, not ERROR; suspects: {}\n{}",
+            r.as_ref().map_or("none".into(), e2e::show),
+            e2e::dump(&mut f)
+        );
+        println!("[{what}] {nic} and {machine} in ERROR {:?} after the loss began", t.elapsed());
+        // Nobody else's NIC or machine went with it.
+        let errors = e2e::hosts_in_error(&mut c).await.unwrap();
+        let others: Vec<&String> = errors.iter().filter(|id| !id.contains(&host_name(bad))).collect();
+        assert!(others.is_empty(), "[{what}] other hosts in ERROR: {others:?}");
+        f.host_loss(bad, 0).unwrap();
+        f
+    });
+}
+
+#[test]
+fn loss_on_a_tor_uplink_names_the_link_and_no_host_goes_to_error() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    on_fabric("net-uplink", |mut f| async move {
+        let what = "net-uplink";
+        let mut c = e2e::client();
+        let first = e2e::all_reporting(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("[{what}] {e}\n{}", e2e::dump(&mut f)));
+        assert!(first.topology, "[{what}] the masters did not load the topology: {}", e2e::show(&first));
+        let t = 1;
+        let link = format!("link/{}--{}", fabric::SPINE.min(&tor_name(t)), fabric::SPINE.max(&tor_name(t)));
+        let switch = format!("switch/{}", tor_name(t));
+        f.uplink_loss(t, LOSS_PCT).unwrap();
+        let at = tests::now_ms();
+        let started = Instant::now();
+        let (r, windows) = wait_suspects(&mut f, &mut c, what, at, |r| {
+            r.suspects.first().is_some_and(|s| s.target == link || s.target == switch)
+        })
+        .await;
+        println!(
+            "[{what}] {LOSS_PCT}% loss on {}'s uplink: top suspect after {windows} windows ({:?}): {}",
+            tor_name(t),
+            started.elapsed(),
+            e2e::show(&r)
+        );
+        assert!(
+            windows <= LOCALISE_WINDOWS,
+            "[{what}] localised only after {windows} windows (at most {LOCALISE_WINDOWS}): {}",
+            e2e::show(&r)
+        );
+        // For WATCH_WINDOWS more windows: no host suspect is given ERROR and no NIC or machine is in ERROR.
+        let mut watched = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + LOCALISE_WAIT;
+        while watched.len() < WATCH_WINDOWS && Instant::now() < deadline {
+            if let Some(r) = e2e::suspects(&mut c).await {
+                watched.insert(r.window_end_ms);
+                let host_errors: Vec<&str> = r
+                    .suspects
+                    .iter()
+                    .filter(|s| (s.kind == "nic" || s.kind == "host") && s.decision == "ERROR")
+                    .map(|s| s.target.as_str())
+                    .collect();
+                assert!(
+                    host_errors.is_empty(),
+                    "[{what}] hosts given ERROR for an uplink fault: {}",
+                    e2e::show(&r)
+                );
+            }
+            let errors = e2e::hosts_in_error(&mut c).await.unwrap();
+            assert!(errors.is_empty(), "[{what}] hosts in ERROR for an uplink fault: {errors:?}");
+            tokio::time::sleep(e2e::POLL).await;
+        }
+        assert!(
+            watched.len() >= WATCH_WINDOWS,
+            "[{what}] only {} windows closed in {LOCALISE_WAIT:?}",
+            watched.len()
+        );
+        let cli = e2e::cli_suspects(&f).unwrap_or_else(|e| panic!("[{what}] {e}"));
+        println!(
+            "[{what}] {WATCH_WINDOWS} more windows, no host in ERROR; huatuo net suspects --json: {cli}"
+        );
+        f.uplink_loss(t, 0).unwrap();
+        f
+    });
+}
+
+#[test]
+fn a_healthy_fabric_has_no_suspects_for_five_minutes() {
+    on_fabric("net-healthy", |mut f| async move {
+        let what = "net-healthy";
+        let mut c = e2e::client();
+        let first = e2e::all_reporting(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("[{what}] {e}\n{}", e2e::dump(&mut f)));
+        let end = Instant::now() + HEALTHY;
+        let mut windows = std::collections::BTreeMap::new();
+        windows.insert(first.window_end_ms, (first.reporters, first.flows));
+        let mut bad = Vec::new();
+        while Instant::now() < end {
+            if let Some(r) = e2e::suspects(&mut c).await {
+                windows.insert(r.window_end_ms, (r.reporters, r.flows));
+                if !r.suspects.is_empty() && bad.last().is_none_or(|(end, _)| *end != r.window_end_ms) {
+                    bad.push((r.window_end_ms, e2e::show(&r)));
+                }
+            }
+            tokio::time::sleep(e2e::WINDOW).await;
+        }
+        let errors = e2e::hosts_in_error(&mut c).await.unwrap();
+        let flows: u64 = windows.values().map(|(_, f)| f).sum();
+        let thin = windows.values().filter(|(r, _)| (*r as usize) < HOSTS).count();
+        println!(
+            "[{what}] {:?} healthy: {} windows seen, {flows} flows, {thin} windows with fewer than {HOSTS} reporters, \
+             {} with suspects",
+            HEALTHY,
+            windows.len(),
+            bad.len()
+        );
+        let bad: Vec<String> = bad.into_iter().map(|(_, s)| s).collect();
+        assert!(bad.is_empty(), "[{what}] suspects on a healthy fabric:\n{}", bad.join("\n"));
+        assert!(errors.is_empty(), "[{what}] hosts in ERROR on a healthy fabric: {errors:?}");
+        f
+    });
 }
