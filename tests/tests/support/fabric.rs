@@ -9,9 +9,10 @@
 //! (an `inet` table in the host's namespace), [`Fabric::uplink_loss`] a share of every frame a ToR bridge
 //! forwards to or from its uplink (a `bridge` table in the fabric namespace), both with `numgen random`.
 //!
-//! Every namespace carries a prefix unique to the run (process id and a counter), so parallel tests each
-//! get their own fabric; [`Fabric`]'s Drop kills the processes it started and deletes every namespace
-//! (their veths, bridges and nftables tables go with them), whatever happens.
+//! Every namespace carries a prefix unique to the run (`nf<PID>x<N>-`: process id and a counter), so
+//! parallel tests each get their own fabric; [`Fabric`]'s Drop kills the processes it started and deletes
+//! every namespace (their veths, bridges and nftables tables go with them), whatever happens. A test process
+//! killed before its Drop ran leaves its namespaces; the next [`Fabric::up`] deletes those of dead pids.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -114,12 +115,13 @@ impl Fabric {
     /// `Err` when building it failed where they are (whatever was built is removed again).
     pub fn up(what: &str) -> Result<Option<Fabric>, String> {
         let n = RUNS.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("nf{}x{n}-", std::process::id() % 100_000);
+        let prefix = format!("nf{}x{n}-", std::process::id());
         if let Err(e) = netns_util::permitted(&prefix) {
             println!("[{what}] SKIPPED: network namespaces are not permitted here ({e})");
             return Ok(None);
         }
         netns_util::require_nft(what);
+        sweep_orphans();
         let fabric =
             Fabric { prefix, dir: tempfile::tempdir().map_err(|e| e.to_string())?, children: Vec::new() };
         // On error `fabric` drops here and removes what was made.
@@ -237,6 +239,11 @@ impl Fabric {
         Ok(())
     }
 
+    /// The process id of a started process (`ip netns exec` execs it, so it is the program's own).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
+    }
+
     /// Names of started processes that have exited, with their status.
     pub fn exited(&mut self) -> Vec<String> {
         let mut v = Vec::new();
@@ -308,6 +315,23 @@ impl Drop for Fabric {
         for ns in self.namespaces() {
             // Cleanup of a half-built fabric: namespaces not made yet are not there to delete.
             sh(&["ip", "netns", "del", &ns]).ok();
+        }
+    }
+}
+
+/// Delete the namespaces of fabrics whose test process is gone (killed before its Drop could run, e.g. by
+/// a CI timeout): `nf<PID>x<N>-...` where no process PID exists. Another live test's fabric is left alone.
+fn sweep_orphans() {
+    let Ok(names) = netns_util::list() else { return };
+    for name in names {
+        let Some(pid) = name.strip_prefix("nf").and_then(|r| r.split_once('x')).map(|(pid, _)| pid) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // Best effort: a namespace another sweeper deleted first is fine.
+            if sh(&["ip", "netns", "del", &name]).is_ok() {
+                println!("[fabric] deleted {name}, left by a test process that no longer exists");
+            }
         }
     }
 }
