@@ -2,8 +2,8 @@
 //! no IO, no clocks, no tokio. Used by the agent (the local vote rule), the master's leader (per-window
 //! aggregation and localisation) and `huatuo bench netvote` (a seeded simulation of a Clos fabric).
 //!
-//! The contract the other crates build on (types below; the functions are added beside them):
-//! * `local::votes(&[PeerResult], &LocalRules) -> Vec<String>`: the hosts an agent votes bad in one window
+//! The contract the other crates build on (types below, functions in the modules):
+//! * `local::votes(&[PeerResult], own_host, &LocalRules) -> Vec<String>`: the hosts an agent votes bad in one window
 //!   (loss above a threshold, RTT a robust outlier against the agent's own median over its peers by MAD),
 //!   plus the agent's own host whenever the list is not empty.
 //! * `Topology`: parsed from the master config's `[topology]` (TOML, or a CSV of host,tor,agg,spine rows),
@@ -13,6 +13,19 @@
 //!   (reporter, started_ms, window_seq) once (`add` says whether the report was new).
 //! * `localise(Option<&Topology>, &Window, &Params) -> Verdict`: ranked suspects with score, evidence and a
 //!   decision, plus the rack-to-rack matrix.
+//!
+//! Modules: [`local`] (the agent's vote rule), [`topology`] (hosts, switches, equal-cost routes), [`window`]
+//! (the leader's bounded per-window aggregate) and [`localise`] (the blame algorithm, documented there).
+
+pub mod local;
+pub mod localise;
+pub mod topology;
+pub mod window;
+
+pub use local::{LocalRules, votes};
+pub use localise::{MatrixCell, Params, Verdict, localise};
+pub use topology::{ClosSpec, Route, Tier, Topology, TopologyError, link_id};
+pub use window::{Flow, Window, WindowError, WindowLimits};
 
 /// One peer's results in one window, as an agent measured them (`PeerResult` on the wire).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +61,27 @@ pub enum Target {
     Link { a: String, b: String },
     /// A whole switch (object `switch/NAME`).
     Switch(String),
+}
+
+impl Target {
+    /// The object id the master files findings against: `switch/NAME`, `link/A--B` (A < B) or
+    /// `nic/HOST/IFACE`.
+    pub fn object_id(&self) -> String {
+        match self {
+            Target::Host { host, iface } => format!("nic/{host}/{iface}"),
+            Target::Link { a, b } => format!("link/{}", link_id(a, b)),
+            Target::Switch(name) => format!("switch/{name}"),
+        }
+    }
+
+    /// A link target with its ends ordered (a < b), so the same link always compares equal.
+    pub fn link(x: &str, y: &str) -> Target {
+        if x <= y {
+            Target::Link { a: x.to_string(), b: y.to_string() }
+        } else {
+            Target::Link { a: y.to_string(), b: x.to_string() }
+        }
+    }
 }
 
 /// What the leader does about a suspect.

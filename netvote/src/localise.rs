@@ -1,0 +1,852 @@
+//! Localisation: from one window's flows and the topology, which NIC, link or switch is losing packets.
+//!
+//! The algorithm (007-style blame made statistical; see ARCHITECTURE.md "netvote: the algorithm"):
+//! 1. Every flow (src, dst, sent, lost) is placed on the topology. Its possible routes are all equal-cost
+//!    routes between the two hosts (ECMP picks one per probe and we cannot see which), each weighted
+//!    1/#routes; an element's share `w` of the flow is the weight of the routes through it. Elements are the
+//!    hosts' NICs (the host--ToR link, share 1 for both ends), the switches and the switch--switch links.
+//!    Flows are grouped by ToR pair (all flows of a pair share the same routes).
+//! 2. Background: the per-link loss rate is the median over ToRs of lost / (sent x links on the route), so a
+//!    few faulty ToRs do not raise it; a flow's expected loss is that times its route length.
+//! 3. Blame: each element's evidence is a Poisson likelihood ratio: "the element loses a fraction q of the
+//!    probes through it" (a flow then loses background + w*q) against "background only", with q fitted.
+//!    Unlike counting bad flows, this charges an element for the clean flows through it too (the share of
+//!    bad versus good flows), so a switch whose host-facing flows are clean loses to its lossy uplinks and an
+//!    aggregation switch whose intra-pod flows are clean loses to its spine links. Cheap first-order scores
+//!    (lost attributed by w against expected) pick the candidates that get the exact fit.
+//! 4. Greedy explanation: the best element above the thresholds becomes a suspect; its fitted loss is added
+//!    to the flows through it, and the search repeats (several simultaneous faults), at most
+//!    `Params::max_suspects` times. A healthy window has no element above the thresholds: no suspects.
+//!    Elements explaining the same loss almost as well (equal-cost links ECMP hides from us) are listed right
+//!    after it as ranked alternatives.
+//! 5. Decision: a NIC suspect goes to ERROR only when the evidence is clear (loss and likelihood above the
+//!    error thresholds), its lossy flows reach peers under several ToRs, and its ToR-mates' flows are clean;
+//!    a link or switch suspect proposes WARNING/ERROR for the link/switch object only, never for hosts.
+//!
+//! Also produced: the ToR-to-ToR matrix (sent, lost, RTT) and how many flows were bad.
+
+use std::collections::HashMap;
+
+use crate::topology::Topology;
+use crate::window::{Flow, Window};
+use crate::{Decision, Suspect, Target};
+
+/// At most this many example flows in a suspect's evidence.
+pub const MAX_EVIDENCE: usize = 10;
+/// Newton iterations when fitting an element's loss: the likelihood is concave in q, 30 steps from the
+/// moment estimate converge to well under 1e-9 in every case the tests and the bench produce.
+const FIT_ITERATIONS: usize = 30;
+
+/// Thresholds of the localiser. `Default` is what the leader runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    /// A flow is bad when it lost at least one probe and at least this share of its probes.
+    pub bad_flow_loss: f64,
+    /// Floor of the background per-link loss rate (a perfectly clean window would otherwise make any single
+    /// lost probe infinitely surprising).
+    pub min_background: f64,
+    /// Log-likelihood ratio an element needs to become a suspect (~e^-min_llr chance under background only).
+    pub min_llr: f64,
+    /// ...and the fitted extra loss (per probe through it) it needs.
+    pub min_excess_loss: f64,
+    /// At most this many suspects (greedy rounds) per window.
+    pub max_suspects: usize,
+    /// Elements whose likelihood is at least this share of the chosen one's are listed as alternatives.
+    pub tie_ratio: f64,
+    /// At most this many alternatives per suspect.
+    pub max_alternatives: usize,
+    /// Candidates per round that get the exact fit (the first-order score picks them).
+    pub candidates: usize,
+    /// A NIC suspect proposes ERROR only with fitted loss >= this...
+    pub host_error_loss: f64,
+    /// ...likelihood ratio >= this...
+    pub host_error_llr: f64,
+    /// ...and bad flows to peers under at least this many distinct ToRs.
+    pub host_error_min_tors: usize,
+    /// A link or switch suspect proposes ERROR (else WARNING) with fitted loss >= this...
+    pub device_error_loss: f64,
+    /// ...and likelihood ratio >= this.
+    pub device_error_llr: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            bad_flow_loss: 0.01,
+            min_background: 1e-6,
+            min_llr: 14.0,
+            min_excess_loss: 0.002,
+            max_suspects: 8,
+            tie_ratio: 0.97,
+            max_alternatives: 4,
+            candidates: 48,
+            host_error_loss: 0.01,
+            host_error_llr: 20.0,
+            host_error_min_tors: 3,
+            device_error_loss: 0.05,
+            device_error_llr: 50.0,
+        }
+    }
+}
+
+/// Loss and RTT between two ToRs (directed: reporter's ToR -> peer's ToR).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatrixCell {
+    pub src_tor: String,
+    pub dst_tor: String,
+    pub sent: u64,
+    pub lost: u64,
+    /// Median over the flows of their p50 RTT.
+    pub rtt_p50_us: u32,
+    /// The 99th percentile over the flows of their p99 RTT.
+    pub rtt_p99_us: u32,
+    pub flows: u32,
+}
+
+/// What one window says.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Verdict {
+    /// Ranked: each greedy pick, then its alternatives (decision `Rank`).
+    pub suspects: Vec<Suspect>,
+    pub reporters: u32,
+    pub flows: u32,
+    pub bad_flows: u32,
+    /// Flows with an end the topology does not know (left out of the blame).
+    pub unplaced_flows: u32,
+    /// The per-link background loss rate used.
+    pub background_loss: f64,
+    pub matrix: Vec<MatrixCell>,
+}
+
+/// An element of the fabric that can be blamed. Ids: NICs 0..H, switches H..H+S, links after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Elem {
+    Nic(u32),
+    Switch(u32),
+    Link(u32),
+}
+
+struct Placed {
+    src: u32,
+    dst: u32,
+    bucket: u32,
+    sent: f64,
+    lost: f64,
+    nlinks: f64,
+    flow: usize,
+}
+
+struct Bucket {
+    /// Interior elements (switches and links, encoded ids) with their share of the bucket's flows.
+    elems: Vec<(u32, f64)>,
+    nlinks: f64,
+}
+
+struct Ctx<'a> {
+    topo: Option<&'a Topology>,
+    hosts: usize,
+    switches: usize,
+}
+
+impl Ctx<'_> {
+    fn decode(&self, id: u32) -> Elem {
+        let (h, s) = (self.hosts as u32, self.switches as u32);
+        if id < h {
+            Elem::Nic(id)
+        } else if id < h + s {
+            Elem::Switch(id - h)
+        } else {
+            Elem::Link(id - h - s)
+        }
+    }
+}
+
+fn ln_ratio_llr(lost: f64, sent: f64, base: f64, q: f64) -> f64 {
+    if q <= 0.0 || base <= 0.0 {
+        return 0.0;
+    }
+    lost * ((base + q) / base).ln() - sent * q
+}
+
+/// Fits q for groups (sent, lost, base rate per probe, share w) and returns (q, llr).
+fn fit(groups: &[(f64, f64, f64, f64)]) -> (f64, f64) {
+    let d = |q: f64| -> (f64, f64) {
+        let (mut g, mut h) = (0.0, 0.0);
+        for &(s, l, b, w) in groups {
+            let r = b + w * q;
+            g += l * w / r - s * w;
+            h -= l * w * w / (r * r);
+        }
+        (g, h)
+    };
+    if d(0.0).0 <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let (mut sl, mut sb, mut sw) = (0.0, 0.0, 0.0);
+    for &(s, l, b, w) in groups {
+        sl += l;
+        sb += s * b;
+        sw += s * w;
+    }
+    let mut q = ((sl - sb) / sw.max(1e-12)).clamp(1e-9, 1.0);
+    for _ in 0..FIT_ITERATIONS {
+        let (g, h) = d(q);
+        if h >= 0.0 {
+            break;
+        }
+        let mut next = q - g / h;
+        if next <= 0.0 {
+            next = q / 2.0;
+        }
+        let next = next.min(1.0);
+        if (next - q).abs() < 1e-12 {
+            q = next;
+            break;
+        }
+        q = next;
+    }
+    let llr: f64 =
+        groups.iter().map(|&(s, l, b, w)| if w > 0.0 { ln_ratio_llr(l, s, b, w * q) } else { 0.0 }).sum();
+    (q, llr.max(0.0))
+}
+
+fn median_u32(v: &mut [u32]) -> u32 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// One window's localisation (module doc). `topo` None: only NICs are blamed and there is no matrix.
+pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
+    let flows = w.flows();
+    let mut v = Verdict { reporters: w.reporters() as u32, flows: flows.len() as u32, ..Default::default() };
+    v.bad_flows = flows.iter().filter(|f| is_bad(f, p)).count() as u32;
+
+    // Host ids: the topology's, or the window's when there is none.
+    let hosts = topo.map_or(w.host_names().len(), Topology::host_count);
+    let switches = topo.map_or(0, |t| t.switches().len());
+    let links = topo.map_or(0, Topology::link_count);
+    let ctx = Ctx { topo, hosts, switches };
+    let map: Vec<Option<u32>> = match topo {
+        Some(t) => w.host_names().iter().map(|n| t.host_id(n)).collect(),
+        None => (0..w.host_names().len() as u32).map(Some).collect(),
+    };
+
+    // 1. Place flows, group by ToR pair.
+    let mut buckets: Vec<Bucket> = Vec::new();
+    let mut bucket_of: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut placed: Vec<Placed> = Vec::with_capacity(flows.len());
+    for (i, f) in flows.iter().enumerate() {
+        let (Some(s), Some(d)) = (map[f.src as usize], map[f.dst as usize]) else {
+            v.unplaced_flows += 1;
+            continue;
+        };
+        if s == d || f.sent == 0 {
+            continue;
+        }
+        let bucket = match topo {
+            None => {
+                if buckets.is_empty() {
+                    buckets.push(Bucket { elems: Vec::new(), nlinks: 2.0 });
+                }
+                0
+            }
+            Some(t) => {
+                let (ta, tb) = (t.host_tor_id(s), t.host_tor_id(d));
+                let key = (ta.min(tb), ta.max(tb));
+                match bucket_of.get(&key) {
+                    Some(&b) => b,
+                    None => {
+                        let Some(b) = make_bucket(t, &ctx, key.0, key.1) else {
+                            v.unplaced_flows += 1;
+                            continue;
+                        };
+                        let id = buckets.len() as u32;
+                        buckets.push(b);
+                        bucket_of.insert(key, id);
+                        id
+                    }
+                }
+            }
+        };
+        placed.push(Placed {
+            src: s,
+            dst: d,
+            bucket,
+            sent: f64::from(f.sent),
+            lost: f64::from(f.lost_probes()),
+            nlinks: buckets[bucket as usize].nlinks,
+            flow: i,
+        });
+    }
+
+    // 2. Background per-link loss: median over ToRs (over hosts without a topology).
+    let groups = if topo.is_some() { switches } else { hosts };
+    let group_of = |h: u32| -> usize { topo.map_or(h as usize, |t| t.host_tor_id(h) as usize) };
+    let mut g_lost = vec![0.0f64; groups];
+    let mut g_exp = vec![0.0f64; groups];
+    for f in &placed {
+        for g in [group_of(f.src), group_of(f.dst)] {
+            g_lost[g] += f.lost;
+            g_exp[g] += f.sent * f.nlinks;
+        }
+    }
+    // The median alone is 0 when groups see few probes (no topology: one host per group), so also take the
+    // pooled rate of all but the worst tenth of the groups, and use the larger.
+    let mut rates: Vec<(f64, usize)> =
+        (0..groups).filter(|&g| g_exp[g] > 0.0).map(|g| (g_lost[g] / g_exp[g], g)).collect();
+    rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let median = rates.get(rates.len() / 2).map_or(0.0, |r| r.0);
+    let keep = rates.len() - rates.len() / 10;
+    let (tl, te) = rates[..keep].iter().fold((0.0, 0.0), |(l, e), &(_, g)| (l + g_lost[g], e + g_exp[g]));
+    let trimmed = if te > 0.0 { tl / te } else { 0.0 };
+    let background = median.max(trimmed).max(p.min_background);
+    v.background_loss = background;
+
+    // Inverted index: interior element -> (bucket, share).
+    let n_elems = hosts + switches + links;
+    let mut through: Vec<Vec<(u32, f64)>> = vec![Vec::new(); n_elems];
+    for (bi, b) in buckets.iter().enumerate() {
+        for &(e, share) in &b.elems {
+            through[e as usize].push((bi as u32, share));
+        }
+    }
+
+    // 3-4. Greedy rounds.
+    let mut extra_host = vec![0.0f64; hosts];
+    let mut extra_bucket = vec![0.0f64; buckets.len()];
+    let mut chosen: Vec<u32> = Vec::new();
+    let mut listed: Vec<u32> = Vec::new();
+    for _round in 0..p.max_suspects {
+        let rate = |f: &Placed, eb: &[f64], eh: &[f64]| {
+            background * f.nlinks + eh[f.src as usize] + eh[f.dst as usize] + eb[f.bucket as usize]
+        };
+        let mut h_sent = vec![0.0f64; hosts];
+        let mut h_lost = vec![0.0f64; hosts];
+        let mut h_base = vec![0.0f64; hosts];
+        let mut b_sent = vec![0.0f64; buckets.len()];
+        let mut b_lost = vec![0.0f64; buckets.len()];
+        let mut b_base = vec![0.0f64; buckets.len()];
+        for f in &placed {
+            let r = rate(f, &extra_bucket, &extra_host);
+            for h in [f.src as usize, f.dst as usize] {
+                h_sent[h] += f.sent;
+                h_lost[h] += f.lost;
+                h_base[h] += f.sent * r;
+            }
+            let b = f.bucket as usize;
+            b_sent[b] += f.sent;
+            b_lost[b] += f.lost;
+            b_base[b] += f.sent * r;
+        }
+        // NICs: one group each, closed form.
+        let mut scored: Vec<(f64, f64, u32)> = Vec::new(); // (llr, q, elem)
+        for h in 0..hosts {
+            if h_sent[h] <= 0.0 || h_lost[h] <= 0.0 || chosen.contains(&(h as u32)) {
+                continue;
+            }
+            let base = h_base[h] / h_sent[h];
+            let q = (h_lost[h] / h_sent[h] - base).max(0.0);
+            let llr = ln_ratio_llr(h_lost[h], h_sent[h], base, q);
+            if llr > 0.0 {
+                scored.push((llr, q, h as u32));
+            }
+        }
+        // Interior: first-order score, then the exact fit for the best candidates.
+        let mut first: Vec<(f64, u32)> = Vec::new();
+        for (e, list) in through.iter().enumerate().skip(hosts) {
+            if list.is_empty() || chosen.contains(&(e as u32)) {
+                continue;
+            }
+            let (mut l, mut x) = (0.0, 0.0);
+            for &(b, share) in list {
+                l += b_lost[b as usize] * share;
+                x += b_base[b as usize] * share;
+            }
+            if l > x && x > 0.0 {
+                first.push(((l - x) * (l - x) / x, e as u32));
+            }
+        }
+        first.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        first.truncate(p.candidates);
+        for &(_, e) in &first {
+            let groups: Vec<(f64, f64, f64, f64)> = through[e as usize]
+                .iter()
+                .filter(|(b, _)| b_sent[*b as usize] > 0.0)
+                .map(|&(b, share)| {
+                    let b = b as usize;
+                    (b_sent[b], b_lost[b], b_base[b] / b_sent[b], share)
+                })
+                .collect();
+            let (q, llr) = fit(&groups);
+            if llr > 0.0 {
+                scored.push((llr, q, e));
+            }
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+        let Some(&(llr, q, e)) = scored.first() else { break };
+        if llr < p.min_llr || q < p.min_excess_loss {
+            break;
+        }
+        chosen.push(e);
+        listed.push(e);
+        let decision = decide(&ctx, &placed, e, q, llr, background, p);
+        let main = describe(&ctx, w, flows, &placed, &through, e, q, llr, decision, p);
+        let main_id = main.target.object_id();
+        v.suspects.push(main);
+        let mut alts = 0;
+        for &(l2, q2, e2) in scored.iter().skip(1) {
+            if alts >= p.max_alternatives || l2 < llr * p.tie_ratio {
+                break;
+            }
+            if listed.contains(&e2) || q2 < p.min_excess_loss {
+                continue;
+            }
+            listed.push(e2);
+            alts += 1;
+            let mut s = describe(&ctx, w, flows, &placed, &through, e2, q2, l2, Decision::Rank, p);
+            s.why = format!("alternative to {main_id} (explains the same loss almost as well): {}", s.why);
+            v.suspects.push(s);
+        }
+        // Explain the loss away.
+        match ctx.decode(e) {
+            Elem::Nic(h) => extra_host[h as usize] += q,
+            _ => {
+                for &(b, share) in &through[e as usize] {
+                    extra_bucket[b as usize] += share * q;
+                }
+            }
+        }
+    }
+
+    if let Some(t) = topo {
+        v.matrix = matrix(t, flows, &map);
+    }
+    v
+}
+
+fn is_bad(f: &Flow, p: &Params) -> bool {
+    let l = f.lost_probes();
+    l >= 1 && f64::from(l) >= p.bad_flow_loss * f64::from(f.sent)
+}
+
+fn make_bucket(t: &Topology, ctx: &Ctx, a: u32, b: u32) -> Option<Bucket> {
+    let paths = t.switch_paths(a, b);
+    if paths.is_empty() {
+        return None;
+    }
+    let wgt = 1.0 / paths.len() as f64;
+    let mut acc: HashMap<u32, f64> = HashMap::new();
+    let mut order: Vec<u32> = Vec::new();
+    let mut add = |id: u32, x: f64, acc: &mut HashMap<u32, f64>| {
+        let e = acc.entry(id).or_insert_with(|| {
+            order.push(id);
+            0.0
+        });
+        *e += x;
+    };
+    let h = ctx.hosts as u32;
+    let s = ctx.switches as u32;
+    let mut nlinks = 2.0;
+    for path in &paths {
+        for &sw in path {
+            add(h + sw, wgt, &mut acc);
+        }
+        for pair in path.windows(2) {
+            if let Some(l) = t.link_of(pair[0], pair[1]) {
+                add(h + s + l, wgt, &mut acc);
+            }
+        }
+        nlinks = 2.0 + (path.len() as f64 - 1.0);
+    }
+    let elems = order.iter().map(|id| (*id, acc[id])).collect();
+    Some(Bucket { elems, nlinks })
+}
+
+fn target_of(ctx: &Ctx, w: &Window, e: u32) -> Target {
+    match (ctx.decode(e), ctx.topo) {
+        (Elem::Nic(h), Some(t)) => {
+            let name = t.hosts()[h as usize].clone();
+            let iface = w.host_id(&name).map(|i| w.host_info(i).iface.clone()).unwrap_or_default();
+            Target::Host { host: name, iface: if iface.is_empty() { "unknown".into() } else { iface } }
+        }
+        (Elem::Nic(h), None) => {
+            let iface = w.host_info(h).iface.clone();
+            Target::Host {
+                host: w.host_name(h).to_string(),
+                iface: if iface.is_empty() { "unknown".into() } else { iface },
+            }
+        }
+        (Elem::Switch(s), Some(t)) => Target::Switch(t.switch_name(s).to_string()),
+        (Elem::Link(l), Some(t)) => {
+            let (a, b) = t.link_ends(l);
+            Target::link(t.switch_name(a), t.switch_name(b))
+        }
+        (_, None) => Target::Switch(String::new()),
+    }
+}
+
+/// Whether flow `f` may pass element `e`.
+fn passes(ctx: &Ctx, through: &[Vec<(u32, f64)>], f: &Placed, e: u32) -> bool {
+    match ctx.decode(e) {
+        Elem::Nic(h) => f.src == h || f.dst == h,
+        _ => through[e as usize].binary_search_by_key(&f.bucket, |x| x.0).is_ok(),
+    }
+}
+
+fn decide(ctx: &Ctx, placed: &[Placed], e: u32, q: f64, llr: f64, background: f64, p: &Params) -> Decision {
+    match ctx.decode(e) {
+        Elem::Nic(h) => {
+            let Some(t) = ctx.topo else { return Decision::Warning };
+            if q < p.host_error_loss || llr < p.host_error_llr {
+                return Decision::Warning;
+            }
+            let my_tor = t.host_tor_id(h);
+            // Distinct ToRs of the peers of its lossy flows.
+            let mut tors: Vec<u32> = placed
+                .iter()
+                .filter(|f| (f.src == h || f.dst == h) && f.lost > 0.0)
+                .map(|f| t.host_tor_id(if f.src == h { f.dst } else { f.src }))
+                .collect();
+            tors.sort_unstable();
+            tors.dedup();
+            if tors.len() < p.host_error_min_tors {
+                return Decision::Warning;
+            }
+            // Its ToR-mates' flows (not its own) must be clean: background only.
+            let (mut s, mut l, mut b) = (0.0, 0.0, 0.0);
+            for f in placed.iter().filter(|f| f.src != h && f.dst != h) {
+                if t.host_tor_id(f.src) == my_tor || t.host_tor_id(f.dst) == my_tor {
+                    s += f.sent;
+                    l += f.lost;
+                    b += f.sent * background * f.nlinks;
+                }
+            }
+            let mates_llr = if s > 0.0 && b > 0.0 {
+                let base = b / s;
+                ln_ratio_llr(l, s, base, (l / s - base).max(0.0))
+            } else {
+                0.0
+            };
+            if mates_llr >= p.min_llr { Decision::Warning } else { Decision::Error }
+        }
+        _ => {
+            if q >= p.device_error_loss && llr >= p.device_error_llr {
+                Decision::Error
+            } else {
+                Decision::Warning
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn describe(
+    ctx: &Ctx,
+    w: &Window,
+    flows: &[Flow],
+    placed: &[Placed],
+    through: &[Vec<(u32, f64)>],
+    e: u32,
+    q: f64,
+    llr: f64,
+    decision: Decision,
+    p: &Params,
+) -> Suspect {
+    let target = target_of(ctx, w, e);
+    let (mut n, mut bad, mut sent, mut lost) = (0u32, 0u32, 0.0, 0.0);
+    let mut examples: Vec<(u32, usize)> = Vec::new();
+    let mut voters: Vec<u32> = Vec::new();
+    for f in placed.iter().filter(|f| passes(ctx, through, f, e)) {
+        n += 1;
+        sent += f.sent;
+        lost += f.lost;
+        let fl = &flows[f.flow];
+        if is_bad(fl, p) {
+            bad += 1;
+            examples.push((fl.lost_probes(), f.flow));
+            voters.push(fl.src);
+        }
+    }
+    voters.sort_unstable();
+    voters.dedup();
+    let voters = match ctx.decode(e) {
+        Elem::Nic(_) => {
+            let name = match &target {
+                Target::Host { host, .. } => host.as_str(),
+                _ => "",
+            };
+            w.host_id(name).map_or(0, |i| w.host_info(i).votes_from_others)
+        }
+        _ => voters.len() as u32,
+    };
+    examples.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let evidence = examples
+        .iter()
+        .take(MAX_EVIDENCE)
+        .map(|&(_, i)| {
+            let f = &flows[i];
+            format!("{} -> {}: {}/{} lost", w.host_name(f.src), w.host_name(f.dst), f.lost_probes(), f.sent)
+        })
+        .collect();
+    let loss = if sent > 0.0 { lost / sent } else { 0.0 };
+    let what = match ctx.decode(e) {
+        Elem::Nic(_) => "NIC or host link",
+        Elem::Switch(_) => "switch",
+        Elem::Link(_) => "link",
+    };
+    let why = format!(
+        "{what} loses ~{:.2}% of probes through it: {bad} of {n} flows bad, {:.3}% lost overall (log-likelihood {:.1})",
+        q * 100.0,
+        loss * 100.0,
+        llr
+    );
+    Suspect {
+        target,
+        score: llr / (llr + 2.0 * p.min_llr),
+        voters,
+        bad_flows: bad,
+        flows: n,
+        loss,
+        why,
+        evidence,
+        decision,
+    }
+}
+
+fn matrix(t: &Topology, flows: &[Flow], map: &[Option<u32>]) -> Vec<MatrixCell> {
+    struct Acc {
+        sent: u64,
+        lost: u64,
+        p50: Vec<u32>,
+        p99: Vec<u32>,
+        flows: u32,
+    }
+    let mut cells: HashMap<(u32, u32), Acc> = HashMap::new();
+    for f in flows {
+        let (Some(s), Some(d)) = (map[f.src as usize], map[f.dst as usize]) else { continue };
+        let key = (t.host_tor_id(s), t.host_tor_id(d));
+        let a =
+            cells.entry(key).or_insert(Acc { sent: 0, lost: 0, p50: Vec::new(), p99: Vec::new(), flows: 0 });
+        a.sent += u64::from(f.sent);
+        a.lost += u64::from(f.lost_probes());
+        a.flows += 1;
+        if f.rtt_p50_us > 0 {
+            a.p50.push(f.rtt_p50_us);
+            a.p99.push(f.rtt_p99_us);
+        }
+    }
+    let mut out: Vec<MatrixCell> = cells
+        .into_iter()
+        .map(|((s, d), mut a)| {
+            let p99 = if a.p99.is_empty() {
+                0
+            } else {
+                a.p99.sort_unstable();
+                a.p99[((a.p99.len() - 1) * 99) / 100]
+            };
+            MatrixCell {
+                src_tor: t.switch_name(s).to_string(),
+                dst_tor: t.switch_name(d).to_string(),
+                sent: a.sent,
+                lost: a.lost,
+                rtt_p50_us: median_u32(&mut a.p50),
+                rtt_p99_us: p99,
+                flows: a.flows,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.src_tor.cmp(&b.src_tor).then_with(|| a.dst_tor.cmp(&b.dst_tor)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::ClosSpec;
+    use crate::window::WindowLimits;
+    use crate::{PeerResult, Report};
+
+    /// A tiny deterministic generator (tests must not depend on a global RNG).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[derive(Default)]
+    struct Faults {
+        nic: HashMap<String, f64>,
+        switch: HashMap<String, f64>,
+        link: HashMap<(String, String), f64>,
+    }
+
+    /// Every host probes `peers` peers (`stride` apart, so ToR-mates and remote hosts are covered) with
+    /// `probes` probes each; a probe takes a random equal-cost route and survives each element's loss.
+    fn window(t: &Topology, f: &Faults, peers: usize, probes: u32, seed: u64) -> Window {
+        let mut rng = Rng(seed | 1);
+        let mut w = Window::new(WindowLimits::default());
+        let hosts = t.hosts().to_vec();
+        let n = hosts.len();
+        for (i, me) in hosts.iter().enumerate() {
+            let mut results = Vec::new();
+            for k in 0..peers {
+                let j = (i + 1 + k * ((n - 1) / peers).max(1)) % n;
+                let other = &hosts[j];
+                let routes = t.routes(me, other).unwrap();
+                let mut lost = 0;
+                for _ in 0..probes {
+                    let r = &routes[(rng.next() % routes.len() as u64) as usize];
+                    let mut ok = 1.0 - 1e-4 * r.links.len() as f64;
+                    ok *= 1.0 - f.nic.get(me).copied().unwrap_or(0.0);
+                    ok *= 1.0 - f.nic.get(other).copied().unwrap_or(0.0);
+                    for node in &r.nodes {
+                        ok *= 1.0 - f.switch.get(node).copied().unwrap_or(0.0);
+                    }
+                    for l in &r.links {
+                        ok *= 1.0 - f.link.get(l).copied().unwrap_or(0.0);
+                    }
+                    if rng.unit() > ok {
+                        lost += 1;
+                    }
+                }
+                results.push(PeerResult {
+                    host: other.clone(),
+                    sent: probes,
+                    lost,
+                    rtt_p50_us: 200,
+                    rtt_p99_us: 400,
+                    ..Default::default()
+                });
+            }
+            let votes = crate::local::votes(&results, me, &crate::LocalRules::default());
+            let r = Report {
+                reporter: me.clone(),
+                started_ms: 1,
+                window_seq: 1,
+                iface: "eth0".into(),
+                peers: results,
+                votes,
+                ..Default::default()
+            };
+            assert_eq!(w.add(&r), Ok(true));
+        }
+        w
+    }
+
+    fn small() -> Topology {
+        // 96 hosts, 8 ToRs (12 hosts each), 2 pods of 2 aggs, 2 spines.
+        Topology::clos(&ClosSpec { hosts: 96, tors: 8, aggs: 4, spines: 2, pods: 2 }).unwrap()
+    }
+
+    fn no_host_error(v: &Verdict) -> bool {
+        v.suspects.iter().all(|s| !(matches!(s.target, Target::Host { .. }) && s.decision == Decision::Error))
+    }
+
+    #[test]
+    fn healthy_windows_have_no_suspects() {
+        let t = small();
+        for seed in 1..6 {
+            let w = window(&t, &Faults::default(), 24, 20, seed);
+            let v = localise(Some(&t), &w, &Params::default());
+            assert!(v.suspects.is_empty(), "seed {seed}: {:?}", v.suspects);
+            assert_eq!(v.flows, 96 * 24);
+            assert!(v.background_loss > 0.0 && v.background_loss < 1e-3, "{}", v.background_loss);
+        }
+    }
+
+    #[test]
+    fn a_bad_nic_is_named_and_goes_error() {
+        let t = small();
+        let mut f = Faults::default();
+        f.nic.insert("h17".into(), 0.05);
+        let w = window(&t, &f, 24, 20, 7);
+        let v = localise(Some(&t), &w, &Params::default());
+        let top = &v.suspects[0];
+        assert_eq!(top.target, Target::Host { host: "h17".into(), iface: "eth0".into() }, "{:?}", v.suspects);
+        assert_eq!(top.decision, Decision::Error);
+        assert!(top.evidence.len() <= MAX_EVIDENCE && !top.evidence.is_empty());
+        assert!(top.voters > 0);
+        assert_eq!(top.target.object_id(), "nic/h17/eth0");
+    }
+
+    #[test]
+    fn a_lossy_tor_is_the_switch_and_no_host_errors() {
+        let t = small();
+        let mut f = Faults::default();
+        f.switch.insert("tor3".into(), 0.05);
+        let w = window(&t, &f, 24, 20, 11);
+        let v = localise(Some(&t), &w, &Params::default());
+        assert_eq!(v.suspects[0].target, Target::Switch("tor3".into()), "{:?}", v.suspects);
+        assert!(no_host_error(&v));
+    }
+
+    #[test]
+    fn a_single_link_fault_ranks_first() {
+        // One aggregation switch per pod: the ToR uplink is the only way out, so it is identifiable.
+        let t = Topology::clos(&ClosSpec { hosts: 96, tors: 8, aggs: 2, spines: 2, pods: 2 }).unwrap();
+        for (seed, link) in [(3, ("agg0", "tor1")), (5, ("agg1", "tor6"))] {
+            let mut f = Faults::default();
+            f.link.insert((link.0.into(), link.1.into()), 0.04);
+            let w = window(&t, &f, 24, 20, seed);
+            let v = localise(Some(&t), &w, &Params::default());
+            assert_eq!(v.suspects[0].target, Target::link(link.0, link.1), "{:?}", v.suspects);
+            assert_ne!(v.suspects[0].decision, Decision::Rank);
+            assert!(no_host_error(&v));
+        }
+    }
+
+    #[test]
+    fn equal_cost_uplinks_are_listed_as_alternatives() {
+        let t = small();
+        let mut f = Faults::default();
+        f.link.insert(("agg0".into(), "tor1".into()), 0.08);
+        let w = window(&t, &f, 24, 20, 13);
+        let v = localise(Some(&t), &w, &Params::default());
+        let top3: Vec<Target> = v.suspects.iter().take(3).map(|s| s.target.clone()).collect();
+        assert!(top3.contains(&Target::link("agg0", "tor1")), "{:?}", v.suspects);
+        assert!(no_host_error(&v));
+    }
+
+    #[test]
+    fn matrix_and_no_topology() {
+        let t = small();
+        let mut f = Faults::default();
+        f.nic.insert("h05".into(), 0.1);
+        let w = window(&t, &f, 24, 20, 17);
+        let v = localise(Some(&t), &w, &Params::default());
+        let sent: u64 = v.matrix.iter().map(|c| c.sent).sum();
+        assert_eq!(sent, 96 * 24 * 20);
+        assert!(v.matrix.iter().all(|c| c.rtt_p50_us == 200 && c.rtt_p99_us == 400));
+        // Without a topology only NICs are blamed, and at most WARNING (a switch cannot be ruled out).
+        let v = localise(None, &w, &Params::default());
+        assert_eq!(v.suspects[0].target, Target::Host { host: "h05".into(), iface: "eth0".into() });
+        assert_eq!(v.suspects[0].decision, Decision::Warning);
+        assert!(v.matrix.is_empty());
+    }
+
+    #[test]
+    fn unknown_hosts_are_left_out() {
+        let t = small();
+        let mut w = Window::new(WindowLimits::default());
+        let r = Report {
+            reporter: "stranger".into(),
+            peers: vec![PeerResult { host: "h1".into(), sent: 10, lost: 10, ..Default::default() }],
+            ..Default::default()
+        };
+        w.add(&r).unwrap();
+        let v = localise(Some(&t), &w, &Params::default());
+        assert_eq!(v.unplaced_flows, 1);
+        assert!(v.suspects.is_empty());
+        assert_eq!(v.bad_flows, 1);
+    }
+}

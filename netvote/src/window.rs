@@ -1,0 +1,374 @@
+//! The leader's in-memory aggregate of one window's reports. Reports come with heartbeats (not through Raft),
+//! may be retried, and come from every agent, so the window counts each (reporter, started_ms, window_seq)
+//! once, validates a report whole before taking any of it (a bad report changes nothing), and refuses at its
+//! limits with an error that says which limit.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::Report;
+use crate::topology::MAX_NAME_LEN;
+
+/// The window's bounds. `Default` sizes it for the product's 100,000 hosts with 2x headroom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowLimits {
+    /// Distinct reports (reporter, started_ms, window_seq) per window: a restarted agent may report twice.
+    pub max_reports: usize,
+    /// Distinct host names seen (reporters, peers, voted hosts).
+    pub max_hosts: usize,
+    /// Peer results in one report: the agent probes `peers_per_window` (32 by default) peers.
+    pub max_peers_per_report: usize,
+    /// Votes in one report (the agent's rule caps them at `local::MAX_VOTES`).
+    pub max_votes_per_report: usize,
+    /// Flows (one peer result = one flow) over the whole window.
+    pub max_flows: usize,
+}
+
+impl Default for WindowLimits {
+    fn default() -> Self {
+        WindowLimits {
+            max_reports: 200_000,
+            max_hosts: 400_000,
+            max_peers_per_report: 1_024,
+            max_votes_per_report: crate::local::MAX_VOTES,
+            max_flows: 8_000_000,
+        }
+    }
+}
+
+/// Why a report was refused (the window is unchanged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("report without a reporter name")]
+    NoReporter,
+    #[error("invalid host name {0:?} (empty, too long or with control characters)")]
+    BadName(String),
+    #[error("report from {reporter} has {got} peer results (limit {limit})")]
+    TooManyPeers { reporter: String, got: usize, limit: usize },
+    #[error("report from {reporter} has {got} votes (limit {limit})")]
+    TooManyVotes { reporter: String, got: usize, limit: usize },
+    #[error("report from {reporter}: peer {peer} lost {lost} of {sent} probes (lost > sent)")]
+    LostAboveSent { reporter: String, peer: String, lost: u32, sent: u32 },
+    #[error("report from {reporter} names itself as a peer")]
+    SelfPeer { reporter: String },
+    #[error("window full: {what} limit {limit} reached; report from {reporter} refused")]
+    Full { what: &'static str, limit: usize, reporter: String },
+}
+
+/// One flow: what `src` measured towards `dst` in this window (host ids index [`Window::host_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub src: u32,
+    pub dst: u32,
+    pub sent: u32,
+    pub lost: u32,
+    pub connect_failures: u32,
+    pub rtt_p50_us: u32,
+    pub rtt_p99_us: u32,
+}
+
+impl Flow {
+    /// Probes counted lost: lost, or failed to connect, never more than sent.
+    pub fn lost_probes(&self) -> u32 {
+        self.lost.max(self.connect_failures).min(self.sent)
+    }
+}
+
+/// Per host: what the window knows about it besides flows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The interface its (last) report named; empty when it did not report.
+    pub iface: String,
+    /// Reports it sent in this window.
+    pub reports: u32,
+    /// Reports that voted for it (its own self-votes excluded).
+    pub votes_from_others: u32,
+    /// Its own reports that voted (each vote includes a self-vote).
+    pub self_votes: u32,
+    /// Times a report listed it as a peer (how often it was probed).
+    pub probed: u32,
+    pub tcp_retrans_segs: u64,
+    pub tcp_out_segs: u64,
+}
+
+/// One window's aggregate.
+#[derive(Debug, Clone)]
+pub struct Window {
+    limits: WindowLimits,
+    seen: HashSet<(u32, u64, u64)>,
+    names: Vec<String>,
+    index: HashMap<String, u32>,
+    info: Vec<HostInfo>,
+    flows: Vec<Flow>,
+}
+
+fn check_name(n: &str) -> Result<(), WindowError> {
+    if n.is_empty() || n.len() > MAX_NAME_LEN || n.chars().any(char::is_control) {
+        return Err(WindowError::BadName(n.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
+impl Window {
+    pub fn new(limits: WindowLimits) -> Window {
+        Window {
+            limits,
+            seen: HashSet::new(),
+            names: Vec::new(),
+            index: HashMap::new(),
+            info: Vec::new(),
+            flows: Vec::new(),
+        }
+    }
+
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.index.insert(name.to_string(), i);
+        self.info.push(HostInfo::default());
+        i
+    }
+
+    /// Adds one report. `Ok(false)`: this (reporter, started_ms, window_seq) was already counted (a retried
+    /// heartbeat) and nothing changed. An error leaves the window unchanged.
+    pub fn add(&mut self, r: &Report) -> Result<bool, WindowError> {
+        if r.reporter.is_empty() {
+            return Err(WindowError::NoReporter);
+        }
+        check_name(&r.reporter)?;
+        if self
+            .index
+            .get(&r.reporter)
+            .is_some_and(|&id| self.seen.contains(&(id, r.started_ms, r.window_seq)))
+        {
+            return Ok(false);
+        }
+        let l = &self.limits;
+        if r.peers.len() > l.max_peers_per_report {
+            return Err(WindowError::TooManyPeers {
+                reporter: r.reporter.clone(),
+                got: r.peers.len(),
+                limit: l.max_peers_per_report,
+            });
+        }
+        if r.votes.len() > l.max_votes_per_report {
+            return Err(WindowError::TooManyVotes {
+                reporter: r.reporter.clone(),
+                got: r.votes.len(),
+                limit: l.max_votes_per_report,
+            });
+        }
+        let mut new_names: HashSet<&str> = HashSet::new();
+        if !self.index.contains_key(&r.reporter) {
+            new_names.insert(&r.reporter);
+        }
+        for p in &r.peers {
+            check_name(&p.host)?;
+            if p.host == r.reporter {
+                return Err(WindowError::SelfPeer { reporter: r.reporter.clone() });
+            }
+            if p.lost > p.sent {
+                return Err(WindowError::LostAboveSent {
+                    reporter: r.reporter.clone(),
+                    peer: p.host.clone(),
+                    lost: p.lost,
+                    sent: p.sent,
+                });
+            }
+            if !self.index.contains_key(&p.host) {
+                new_names.insert(&p.host);
+            }
+        }
+        for v in &r.votes {
+            check_name(v)?;
+            if !self.index.contains_key(v) {
+                new_names.insert(v);
+            }
+        }
+        let full = |what, limit| WindowError::Full { what, limit, reporter: r.reporter.clone() };
+        if self.seen.len() >= l.max_reports {
+            return Err(full("reports", l.max_reports));
+        }
+        if self.names.len() + new_names.len() > l.max_hosts {
+            return Err(full("hosts", l.max_hosts));
+        }
+        if self.flows.len() + r.peers.len() > l.max_flows {
+            return Err(full("flows", l.max_flows));
+        }
+        // Validated: apply.
+        let me = self.intern(&r.reporter);
+        self.seen.insert((me, r.started_ms, r.window_seq));
+        {
+            let i = &mut self.info[me as usize];
+            i.iface.clone_from(&r.iface);
+            i.reports += 1;
+            i.tcp_retrans_segs = i.tcp_retrans_segs.saturating_add(r.tcp_retrans_segs);
+            i.tcp_out_segs = i.tcp_out_segs.saturating_add(r.tcp_out_segs);
+            if !r.votes.is_empty() {
+                i.self_votes += 1;
+            }
+        }
+        for p in &r.peers {
+            let d = self.intern(&p.host);
+            self.info[d as usize].probed += 1;
+            self.flows.push(Flow {
+                src: me,
+                dst: d,
+                sent: p.sent,
+                lost: p.lost,
+                connect_failures: p.connect_failures,
+                rtt_p50_us: p.rtt_p50_us,
+                rtt_p99_us: p.rtt_p99_us,
+            });
+        }
+        let mut voted: Vec<&str> = r.votes.iter().map(String::as_str).filter(|v| *v != r.reporter).collect();
+        voted.sort_unstable();
+        voted.dedup();
+        for v in voted {
+            let id = self.intern(v);
+            self.info[id as usize].votes_from_others += 1;
+        }
+        Ok(true)
+    }
+
+    /// Distinct reports counted.
+    pub fn reports(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Distinct reporters (hosts that sent at least one report).
+    pub fn reporters(&self) -> usize {
+        self.info.iter().filter(|i| i.reports > 0).count()
+    }
+
+    /// Every flow, in arrival order.
+    pub fn flows(&self) -> &[Flow] {
+        &self.flows
+    }
+
+    /// Hosts seen, by id.
+    pub fn host_names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn host_name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    pub fn host_id(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
+    }
+
+    pub fn host_info(&self, id: u32) -> &HostInfo {
+        &self.info[id as usize]
+    }
+
+    pub fn limits(&self) -> &WindowLimits {
+        &self.limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PeerResult;
+
+    fn report(who: &str, seq: u64, peers: &[(&str, u32, u32)]) -> Report {
+        Report {
+            reporter: who.into(),
+            started_ms: 7,
+            window_seq: seq,
+            iface: "eth0".into(),
+            peers: peers
+                .iter()
+                .map(|&(h, s, l)| PeerResult { host: h.into(), sent: s, lost: l, ..Default::default() })
+                .collect(),
+            votes: vec![],
+            tcp_retrans_segs: 0,
+            tcp_out_segs: 0,
+        }
+    }
+
+    #[test]
+    fn retried_report_counts_once() {
+        let mut w = Window::new(WindowLimits::default());
+        let r = report("a", 1, &[("b", 10, 1)]);
+        assert_eq!(w.add(&r), Ok(true));
+        assert_eq!(w.add(&r), Ok(false));
+        assert_eq!(w.flows().len(), 1);
+        // Same agent after a restart (new started_ms) is a different report.
+        let mut r2 = r.clone();
+        r2.started_ms = 8;
+        assert_eq!(w.add(&r2), Ok(true));
+        assert_eq!(w.flows().len(), 2);
+        assert_eq!(w.reports(), 2);
+        assert_eq!(w.reporters(), 1);
+        assert_eq!(w.host_info(w.host_id("b").unwrap()).probed, 2);
+    }
+
+    #[test]
+    fn bad_reports_change_nothing() {
+        let mut w = Window::new(WindowLimits::default());
+        assert_eq!(w.add(&report("", 1, &[])), Err(WindowError::NoReporter));
+        assert!(matches!(w.add(&report("a", 1, &[("b", 1, 2)])), Err(WindowError::LostAboveSent { .. })));
+        assert!(matches!(
+            w.add(&report("a", 1, &[("b", 1, 0), ("a", 1, 0)])),
+            Err(WindowError::SelfPeer { .. })
+        ));
+        assert!(matches!(w.add(&report("a", 1, &[("", 1, 0)])), Err(WindowError::BadName(_))));
+        assert!(w.host_names().is_empty());
+        assert!(w.flows().is_empty());
+        // The same report, fixed, is then accepted (the refusal did not mark it seen).
+        assert_eq!(w.add(&report("a", 1, &[("b", 1, 0)])), Ok(true));
+    }
+
+    #[test]
+    fn limits_refuse_with_a_clear_error() {
+        let limits = WindowLimits {
+            max_reports: 2,
+            max_hosts: 4,
+            max_peers_per_report: 2,
+            max_votes_per_report: 2,
+            max_flows: 3,
+        };
+        let mut w = Window::new(limits);
+        assert!(matches!(
+            w.add(&report("a", 1, &[("b", 1, 0), ("c", 1, 0), ("d", 1, 0)])),
+            Err(WindowError::TooManyPeers { got: 3, limit: 2, .. })
+        ));
+        let mut v = report("a", 1, &[]);
+        v.votes = vec!["x".into(), "y".into(), "a".into()];
+        assert!(matches!(w.add(&v), Err(WindowError::TooManyVotes { .. })));
+        assert_eq!(w.add(&report("a", 1, &[("b", 1, 0), ("c", 1, 0)])), Ok(true));
+        // Flow limit: 2 + 2 > 3.
+        let e = w.add(&report("b", 1, &[("a", 1, 0), ("c", 1, 0)])).unwrap_err();
+        assert_eq!(e, WindowError::Full { what: "flows", limit: 3, reporter: "b".into() });
+        assert!(e.to_string().contains("flows limit 3"));
+        // Host limit: a, b, c known; d and e would be 5 > 4.
+        assert!(matches!(
+            w.add(&report("d", 1, &[("e", 1, 0)])),
+            Err(WindowError::Full { what: "hosts", .. })
+        ));
+        assert_eq!(w.add(&report("b", 1, &[("a", 1, 0)])), Ok(true));
+        // Report limit: 2 counted.
+        assert!(matches!(w.add(&report("c", 1, &[])), Err(WindowError::Full { what: "reports", .. })));
+        assert_eq!(w.flows().len(), 3);
+        assert_eq!(w.reports(), 2);
+    }
+
+    #[test]
+    fn votes_are_counted_per_host() {
+        let mut w = Window::new(WindowLimits::default());
+        let mut r = report("a", 1, &[("b", 10, 5)]);
+        r.votes = vec!["b".into(), "a".into()];
+        w.add(&r).unwrap();
+        let b = w.host_id("b").unwrap();
+        let a = w.host_id("a").unwrap();
+        assert_eq!(w.host_info(b).votes_from_others, 1);
+        assert_eq!(w.host_info(a).self_votes, 1);
+        assert_eq!(w.host_info(a).votes_from_others, 0);
+        assert_eq!(w.host_info(a).iface, "eth0");
+    }
+}
