@@ -144,6 +144,18 @@ fn fabric_carries_traffic_and_injected_loss_shows_where_it_is() {
     assert!(rest <= CLEAN_MAX, "[fabric] flows not crossing the lossy uplink lost {:.1}%", rest * 100.0);
     assert_eq!(hosts_of(t).len() * TORS, HOSTS);
 
+    // The topology the masters get describes this fabric: a host's ToR, and one route between hosts under
+    // different ToRs, through the spine, crossing both ToRs' uplinks.
+    let topo = netvote::Topology::parse_toml(&fabric::topology_toml()).unwrap();
+    assert_eq!(topo.host_count(), HOSTS);
+    for i in 1..=HOSTS {
+        assert_eq!(topo.tor_of(&host_name(i)), Some(tor_name(tor_of(i)).as_str()));
+    }
+    let routes = topo.routes(&host_name(1), &host_name(bad)).unwrap();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0].nodes, [&host_name(1), "tor1", fabric::SPINE, "tor2", &host_name(bad)]);
+    assert!(routes[0].links.contains(&(fabric::SPINE.to_string(), "tor1".to_string())), "{routes:?}");
+
     echo.stop();
     drop(f);
     let left: Vec<String> = netns_util::list()
@@ -230,7 +242,7 @@ mod e2e {
     pub fn start(what: &str) -> Option<Fabric> {
         let mut f = Fabric::up(what).unwrap_or_else(|e| panic!("[{what}] fabric: {e}"))?;
         let bin = tests::huatuo_bin();
-        let topo = f.write("topology.csv", &fabric::topology_csv()).unwrap();
+        let topo = f.write("topology.toml", &fabric::topology_toml()).unwrap();
         let peers: Vec<String> =
             (1..=3u16).map(|i| format!("\"{i}\" = \"{CTL_IP}:{}\"", PEER_BASE + i)).collect();
         for id in 1..=3u16 {

@@ -3,7 +3,8 @@
 //! bridge, all inside one "fabric" namespace (never the root namespace), each ToR joined to the spine by a
 //! veth pair (the ToR's uplink: `upT` on the ToR, `spT` on the spine); and a control namespace on the spine
 //! bridge for the masters and the test's clients. One flat subnet, 10.78.0.0/16, that exists only inside
-//! these namespaces: control 10.78.0.1, host `i` (1-based) under ToR `t` at 10.78.t.i.
+//! these namespaces: control 10.78.0.1, host `i` (1-based) under ToR `t` at 10.78.t.i. [`topology_toml`]
+//! describes it for the masters' `[topology]`.
 //!
 //! Loss is nftables: [`Fabric::host_loss`] drops a share of everything a host's `eth0` sends and receives
 //! (an `inet` table in the host's namespace), [`Fabric::uplink_loss`] a share of every frame a ToR bridge
@@ -76,13 +77,18 @@ pub fn host_ip(i: usize) -> Ipv4Addr {
 /// The control namespace's address (masters and the test's clients).
 pub const CTL_IP: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 
-/// The topology of the fabric as CSV rows `host,tor,agg,spine` (see `netvote::Topology`): with a single
-/// spine bridge there is no aggregation tier, so the agg column is empty and a ToR's uplink is the link
-/// `TOR--spine1`.
-pub fn topology_csv() -> String {
-    let mut s = String::from("host,tor,agg,spine\n");
-    for i in 1..=HOSTS {
-        s += &format!("{},{},,{SPINE}\n", host_name(i), tor_name(tor_of(i)));
+/// The topology of the fabric in `netvote::Topology`'s TOML form: one `[[spine]]` and the ToRs with their
+/// hosts and that spine as their uplink (a two-tier fabric: no `[[agg]]`), so a ToR's uplink is the link
+/// `spine1--torT`.
+pub fn topology_toml() -> String {
+    let mut s = format!("[[spine]]\nname = \"{SPINE}\"\n");
+    for t in 1..=TORS {
+        let hosts: Vec<String> = hosts_of(t).iter().map(|&i| format!("\"{}\"", host_name(i))).collect();
+        s += &format!(
+            "\n[[tor]]\nname = \"{}\"\nhosts = [{}]\nuplinks = [\"{SPINE}\"]\n",
+            tor_name(t),
+            hosts.join(", ")
+        );
     }
     s
 }
