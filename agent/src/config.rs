@@ -85,6 +85,139 @@ pub struct AgentConfig {
     /// readable and executable for it, but every directory above them must let it through (o+x).
     #[serde(default = "default_checker_user")]
     pub checker_user: String,
+    /// The probe responder and the `net-probe` checker (issue 16).
+    #[serde(default)]
+    pub net_probe: NetProbeConfig,
+}
+
+/// `[net_probe]`: the probe responder and the `net-probe` checker (see `netprobe`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetProbeConfig {
+    /// Answer probes and probe peers (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Where the responder listens (default `0.0.0.0:7791`; port 0 picks a free port, for tests).
+    #[serde(default = "default_probe_listen")]
+    pub listen: SocketAddr,
+    /// The `probe_addr` sent in heartbeats (IP:PORT peers reach the responder at). Default: the listen
+    /// address when it names an IP, else the local IP of the route to the master with the listen port.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// Length of one probe window in seconds (one report per window).
+    #[serde(default = "default_probe_window")]
+    pub window_s: u64,
+    /// Peers probed per window.
+    #[serde(default = "default_peers_per_window")]
+    pub peers_per_window: usize,
+    /// Probes sent to each peer per window (the vote rule judges a peer's loss from
+    /// `netvote::local::LocalRules::default().min_sent` probes on).
+    #[serde(default = "default_probes_per_peer")]
+    pub probes_per_peer: u32,
+    /// How long a connect or a probe's answer may take before it counts as lost.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout_ms: u64,
+    /// Bound on the prober's traffic (bytes sent on the wire, headers included, averaged over a window).
+    #[serde(default = "default_probe_bytes")]
+    pub max_bytes_per_s: u64,
+}
+
+impl Default for NetProbeConfig {
+    fn default() -> Self {
+        NetProbeConfig {
+            enabled: true,
+            listen: default_probe_listen(),
+            advertise: None,
+            window_s: default_probe_window(),
+            peers_per_window: default_peers_per_window(),
+            probes_per_peer: default_probes_per_peer(),
+            timeout_ms: default_probe_timeout(),
+            max_bytes_per_s: default_probe_bytes(),
+        }
+    }
+}
+
+/// Longest probe window: localisation needs fresh windows; an hour is already useless for it.
+pub const MAX_PROBE_WINDOW_S: u64 = 3600;
+/// Longest probe timeout: a datacenter round trip is well under a millisecond; a probe unanswered after
+/// 10 s is lost by any measure, and longer would stretch a window past its end.
+pub const MAX_PROBE_TIMEOUT_MS: u64 = 10_000;
+/// Highest `max_bytes_per_s`: probing is a background measurement; 100 MiB/s would be load, not a probe.
+pub const MAX_PROBE_BYTES_PER_S: u64 = 100 << 20;
+
+fn default_probe_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7791))
+}
+fn default_probe_window() -> u64 {
+    10
+}
+fn default_peers_per_window() -> usize {
+    32
+}
+/// 5: the vote rule's default `min_sent`, so every probed peer can be judged on loss.
+fn default_probes_per_peer() -> u32 {
+    5
+}
+/// Half a second: far above a healthy datacenter RTT, below the kernel's 1 s SYN retransmit, so a
+/// dropped SYN counts as a lost probe.
+fn default_probe_timeout() -> u64 {
+    500
+}
+/// 64 KiB/s: the defaults (32 peers x 5 probes per 10 s) spend about 4 KiB/s; the bound leaves room for
+/// a larger `peers_per_window` and stops a misconfiguration from flooding the fabric.
+fn default_probe_bytes() -> u64 {
+    64 * 1024
+}
+
+impl NetProbeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("net_probe.{m}")));
+        if self.window_s == 0 || self.window_s > MAX_PROBE_WINDOW_S {
+            return bad(format!("window_s must be within 1..={MAX_PROBE_WINDOW_S}"));
+        }
+        let max_peers = crate::netprobe::prober::MAX_PEERS_PER_WINDOW;
+        if self.peers_per_window == 0 || self.peers_per_window > max_peers {
+            return bad(format!("peers_per_window must be within 1..={max_peers}"));
+        }
+        let max_probes = crate::netprobe::responder::MAX_PROBES_PER_CONNECTION;
+        if self.probes_per_peer == 0 || self.probes_per_peer > max_probes {
+            return bad(format!("probes_per_peer must be within 1..={max_probes}"));
+        }
+        let min_sent = netvote::local::LocalRules::default().min_sent;
+        if self.probes_per_peer < min_sent {
+            return bad(format!(
+                "probes_per_peer ({}) must be at least {min_sent}: the vote rule judges a peer's loss only \
+                 from that many probes in a window",
+                self.probes_per_peer
+            ));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > MAX_PROBE_TIMEOUT_MS {
+            return bad(format!("timeout_ms must be within 1..={MAX_PROBE_TIMEOUT_MS}"));
+        }
+        if self.timeout_ms >= self.window_s * 1000 {
+            return bad(format!(
+                "timeout_ms ({}) must be shorter than the window ({} s)",
+                self.timeout_ms, self.window_s
+            ));
+        }
+        let one_peer = crate::netprobe::prober::peer_budget(self.probes_per_peer);
+        if self.max_bytes_per_s > MAX_PROBE_BYTES_PER_S {
+            return bad(format!("max_bytes_per_s must be at most {MAX_PROBE_BYTES_PER_S}"));
+        }
+        if self.max_bytes_per_s.saturating_mul(self.window_s) < one_peer {
+            return bad(format!(
+                "max_bytes_per_s ({}) x window_s ({}) does not cover one peer's {} probes ({one_peer} bytes \
+                 at worst)",
+                self.max_bytes_per_s, self.window_s, self.probes_per_peer
+            ));
+        }
+        if let Some(a) = self.advertise
+            && (a.ip().is_unspecified() || a.port() == 0)
+        {
+            return bad(format!("advertise {a}: must be the IP:PORT peers reach this host at"));
+        }
+        Ok(())
+    }
 }
 
 /// `nobody`: every Linux host has it and it owns nothing.
@@ -423,13 +556,17 @@ impl AgentConfig {
             return bad("report.heartbeat_s and report.backoff_max_s must be > 0".into());
         }
         self.worker.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.net_probe.validate()?;
         let known = crate::run::known_checkers();
         if self.external.len() > MAX_EXTERNAL_CHECKERS {
             return bad(format!("external: more than {MAX_EXTERNAL_CHECKERS} external checkers"));
         }
         let mut names = std::collections::BTreeSet::new();
+        // The net-probe checker is configured in `[net_probe]`, not `[checkers.*]`, but its name is taken.
+        let mut taken = known.clone();
+        taken.push(crate::netprobe::CHECKER_NAME.to_string());
         for e in &self.external {
-            e.validate(&known)?;
+            e.validate(&taken)?;
             if !names.insert(e.name.as_str()) {
                 return bad(format!("external {:?}: listed twice", e.name));
             }
@@ -520,6 +657,47 @@ mod tests {
         }
     }
 
+    #[test]
+    fn net_probe_defaults_and_bad_values() {
+        let c = parse(MIN).unwrap().net_probe;
+        assert_eq!(c, NetProbeConfig::default());
+        assert!(c.enabled);
+        assert_eq!(c.listen, "0.0.0.0:7791".parse().unwrap());
+        assert_eq!((c.window_s, c.peers_per_window, c.probes_per_peer), (10, 32, 5));
+        assert_eq!((c.timeout_ms, c.max_bytes_per_s, c.advertise), (500, 65536, None));
+        let ok = parse(&format!(
+            "{MIN}[net_probe]\nlisten = \"127.0.0.2:0\"\nadvertise = \"10.0.0.1:7791\"\nwindow_s = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.net_probe.window_s, 2);
+        let one_peer = crate::netprobe::prober::peer_budget(5);
+        let cases = [
+            ("window_s = 0", "window_s must be within"),
+            ("window_s = 3601", "window_s must be within"),
+            ("peers_per_window = 0", "peers_per_window"),
+            ("peers_per_window = 257", "peers_per_window"),
+            ("probes_per_peer = 0", "probes_per_peer"),
+            ("probes_per_peer = 4", "must be at least 5"),
+            ("probes_per_peer = 65", "probes_per_peer"),
+            ("timeout_ms = 0", "timeout_ms must be within"),
+            ("timeout_ms = 10001", "timeout_ms must be within"),
+            ("window_s = 1\ntimeout_ms = 1000", "shorter than the window"),
+            ("max_bytes_per_s = 104857601", "at most"),
+            (&*format!("window_s = 1\nmax_bytes_per_s = {}", one_peer - 1), "does not cover one peer"),
+            ("advertise = \"0.0.0.0:7791\"", "advertise"),
+            ("advertise = \"10.0.0.1:0\"", "advertise"),
+            ("listen = \"nonsense\"", "invalid socket address"),
+            ("bogus = 1", "unknown field"),
+        ];
+        for (extra, want) in cases {
+            let err = parse(&format!("{MIN}[net_probe]\n{extra}\n")).unwrap_err();
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
+        // At the budget's limit: exactly one peer per window is accepted.
+        let at = format!("{MIN}[net_probe]\nwindow_s = 1\nmax_bytes_per_s = {one_peer}\n");
+        assert_eq!(parse(&at).unwrap().net_probe.max_bytes_per_s, one_peer);
+    }
+
     fn external(dir: &Path, name: &str, extra: &str) -> String {
         let exe = dir.join("x.sh");
         if !exe.exists() {
@@ -546,6 +724,7 @@ mod tests {
         std::fs::write(&noexec, "x").unwrap();
         let cases = [
             (external(d.path(), "disk", ""), "name of a built-in checker"),
+            (external(d.path(), "net-probe", ""), "name of a built-in checker"),
             (external(d.path(), "bad name", ""), "unusable"),
             (external(d.path(), "r", "timeout_s = 0"), "timeout_s"),
             (external(d.path(), "r", "max_bytes = 0"), "max_bytes"),

@@ -7,6 +7,7 @@ pub mod executor;
 pub mod inventory;
 pub mod local;
 pub mod memtrim;
+pub mod netprobe;
 pub mod outbox;
 #[cfg(feature = "sled")]
 pub mod outbox_sled;

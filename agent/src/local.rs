@@ -45,6 +45,14 @@ pub struct Metrics {
     pub dead_batches: Counter,
     /// Dead batches pushed out of the full dead-letter area (oldest first).
     pub dead_dropped: Counter,
+    /// net-probe (issue 16): probes sent and lost, votes cast (own host included), reports dropped from
+    /// the full heartbeat queue, bytes the prober sent, peers not probed for the byte budget.
+    pub net_probes_sent: Counter,
+    pub net_probes_lost: Counter,
+    pub net_votes: Counter,
+    pub net_reports_dropped: Counter,
+    pub net_probe_bytes: Counter,
+    pub net_peers_skipped: Counter,
 }
 
 impl Metrics {
@@ -67,7 +75,43 @@ impl Metrics {
             invalid_findings: Family::default(),
             dead_batches: Counter::default(),
             dead_dropped: Counter::default(),
+            net_probes_sent: Counter::default(),
+            net_probes_lost: Counter::default(),
+            net_votes: Counter::default(),
+            net_reports_dropped: Counter::default(),
+            net_probe_bytes: Counter::default(),
+            net_peers_skipped: Counter::default(),
         };
+        reg.register(
+            "huatuo_agent_net_probes",
+            "Probes the net-probe checker sent",
+            m.net_probes_sent.clone(),
+        );
+        reg.register(
+            "huatuo_agent_net_probes_lost",
+            "Probes lost (no answer in time or failed connect)",
+            m.net_probes_lost.clone(),
+        );
+        reg.register(
+            "huatuo_agent_net_votes",
+            "Votes cast by the local rule (this host's own vote included)",
+            m.net_votes.clone(),
+        );
+        reg.register(
+            "huatuo_agent_net_reports_dropped",
+            "Probe window reports dropped from the full heartbeat queue, oldest first",
+            m.net_reports_dropped.clone(),
+        );
+        reg.register(
+            "huatuo_agent_net_probe_bytes",
+            "Bytes the prober sent on the wire (headers included)",
+            m.net_probe_bytes.clone(),
+        );
+        reg.register(
+            "huatuo_agent_net_peers_skipped",
+            "Peers not probed because the window's byte budget was spent",
+            m.net_peers_skipped.clone(),
+        );
         reg.register(
             "huatuo_agent_invalid_findings",
             "Findings refused before queueing (they break the master's rules), by checker",

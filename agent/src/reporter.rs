@@ -181,6 +181,9 @@ pub struct ReporterConfig {
     pub root: std::path::PathBuf,
     /// TLS and bearer token towards the masters (empty for insecure clusters).
     pub security: proto::client::ClientSecurity,
+    /// The net-probe checker's state: its `probe_addr`, queued reports and runs row go with every
+    /// heartbeat, and the reply's peers are handed to it (None: net-probe is off).
+    pub net: Option<Arc<crate::netprobe::NetProbe>>,
 }
 
 /// Send the results of finished actions; a result the master refuses for good (the action is no longer
@@ -406,6 +409,11 @@ async fn heartbeat(
     shared: &LocalState,
 ) -> Result<(), ReportError> {
     let depth = outbox.depth().unwrap_or_default();
+    let net_reports = cfg.net.as_ref().map(|n| n.pending()).unwrap_or_default();
+    let mut runs = cfg.catalog.as_ref().map(|c| c.runs_wire()).unwrap_or_default();
+    if let Some(n) = &cfg.net {
+        runs.push(n.run_wire());
+    }
     let req = api::HeartbeatRequest {
         agent: cfg.agent_id.clone(),
         host: cfg.host.clone(),
@@ -414,13 +422,18 @@ async fn heartbeat(
         checkers: checker_versions(cfg).into_iter().collect(),
         outbox_entries: depth.entries,
         outbox_dropped: depth.dropped.iter().sum(),
-        runs: cfg.catalog.as_ref().map(|c| c.runs_wire()).unwrap_or_default(),
+        runs,
         assignment_hash: cfg.catalog.as_ref().map(|c| c.hash()).unwrap_or_default(),
-        probe_addr: String::new(),
-        net: Vec::new(),
+        probe_addr: cfg.net.as_ref().map(|n| n.probe_addr()).unwrap_or_default(),
+        net: net_reports.clone(),
     };
     let resp =
         client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map_err(rpc("heartbeat"))?;
+    if let Some(n) = &cfg.net {
+        // Answered: the master has these windows (a failed heartbeat keeps them for the next one).
+        n.delivered(&net_reports);
+        n.set_peers(&resp.peers);
+    }
     if let Some(catalog) = &cfg.catalog
         && resp.assignment_included
     {

@@ -510,8 +510,11 @@ token. For tests and experiments only.";
     if shared.catalog.set(Arc::clone(&catalog)).is_err() {
         tracing::warn!("catalog state was already set on the local surface");
     }
-    let versions: BTreeMap<String, String> =
+    let mut versions: BTreeMap<String, String> =
         checkers.iter().map(|s| (s.checker.name().to_string(), s.checker.version().to_string())).collect();
+    if cfg.net_probe.enabled {
+        versions.insert(crate::netprobe::CHECKER_NAME.into(), crate::netprobe::CHECKER_VERSION.into());
+    }
     let inventory = crate::inventory::collect(&cfg.root, &host);
     tracing::info!(host, checkers = checkers.len(), objects = inventory.len(), "agent starting");
     let executor = crate::executor::Executor::new(
@@ -550,6 +553,22 @@ token. For tests and experiments only.";
         None => supervisor,
     };
     checker_tasks.spawn(supervisor.run(stop_rx.clone()));
+    // The probe responder and the net-probe checker: tasks on this runtime, stopped with the checkers.
+    let net = if cfg.net_probe.enabled {
+        let n = crate::netprobe::start(
+            &cfg.net_probe,
+            &host,
+            &cfg.masters,
+            cfg.root.clone(),
+            Arc::clone(&shared),
+            stop_rx.clone(),
+            &mut checker_tasks,
+        )
+        .await;
+        Some(n)
+    } else {
+        None
+    };
     drop(tx);
     let wake = Arc::new(Notify::new());
     let mut sink_task = tokio::task::JoinSet::new();
@@ -579,6 +598,7 @@ token. For tests and experiments only.";
         inventory_every: Duration::from_secs(cfg.report.inventory_s.max(1)),
         root: cfg.root.clone(),
         security,
+        net,
     };
     tasks.spawn(reporter::run(
         rcfg,

@@ -16,6 +16,7 @@ pub mod diskstats;
 pub mod edac;
 pub mod external;
 pub mod machine;
+pub mod netstat;
 pub mod nic;
 pub mod probe;
 pub mod rasdaemon;
