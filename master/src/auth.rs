@@ -105,7 +105,8 @@ pub fn grpc_need(path: &str) -> Need {
     let Some(method) = path.strip_prefix(API_PREFIX) else { return Need::Operate };
     match method {
         "ListObjects" | "GetObject" | "Watch" | "ClusterInfo" | "GetSafety" | "ListProposals"
-        | "ListAgents" | "ListCatalog" | "RolloutStatus" | "Summary" => Need::Read,
+        | "ListAgents" | "ListCatalog" | "RolloutStatus" | "Summary" | "NetSuspects" | "NetMatrix"
+        | "NetPath" => Need::Read,
         "Ingest" => Need::AgentOrOperator,
         "Heartbeat" | "Register" | "FetchArtifact" => Need::Agent,
         "Command" => Need::Command,
@@ -436,6 +437,8 @@ mod tests {
         assert_eq!(grpc_need("/huatuo.api.v1.Master/FetchArtifact"), Agent);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/ListCatalog"), Read);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/RolloutStatus"), Read);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/NetSuspects"), Read);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/NetPath"), Read);
         assert_eq!(rest_need(&Method::POST, "/api/v1/catalog"), Operate);
         assert_eq!(rest_need(&Method::POST, "/api/v1/rollouts"), Operate);
         assert_eq!(rest_need(&Method::GET, "/api/v1/rollouts"), Read);

@@ -98,6 +98,12 @@ pub struct MasterConfig {
     /// max_failing_share; defaults 10 min, 3, 0.02, 0.10).
     #[serde(default)]
     pub canary: crate::catalog::CanaryConfig,
+    /// Network localisation windows (`[net]`: window_s, clear_windows; issue 16).
+    #[serde(default)]
+    pub net: crate::net::NetSection,
+    /// The fabric (`[topology] file = "PATH"`, TOML or CSV); none: from the machines' switch/rack labels.
+    #[serde(default)]
+    pub topology: crate::net::TopologySection,
 }
 
 fn default_auto_upgrade() -> bool {
@@ -183,6 +189,8 @@ pub enum ConfigError {
     Auth(#[from] crate::auth::AuthConfigError),
     #[error("invalid master config: {NO_SECURITY}")]
     NoSecurity,
+    #[error("invalid master config: {0}")]
+    Net(crate::net::NetConfigError),
 }
 
 /// A validated configuration.
@@ -211,6 +219,7 @@ pub struct Resolved {
     pub knows_command_version: u32,
     pub auto_upgrade: bool,
     pub canary: crate::catalog::CanaryConfig,
+    pub net: crate::net::NetConfig,
 }
 
 /// Parse `1=host:port,2=host:port`.
@@ -248,6 +257,7 @@ impl MasterConfig {
             return Err(ConfigError::Version { found: self.version, reads: CONFIG_VERSION });
         }
         self.canary.validate().map_err(ConfigError::Canary)?;
+        let net = crate::net::NetConfig::resolve(&self.net, &self.topology).map_err(ConfigError::Net)?;
         let mut peers = BTreeMap::new();
         for (k, v) in &self.peers {
             let id: u64 =
@@ -339,6 +349,7 @@ impl MasterConfig {
             knows_command_version,
             auto_upgrade: self.auto_upgrade,
             canary: self.canary.clone(),
+            net,
         })
     }
 }

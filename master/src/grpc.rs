@@ -97,6 +97,12 @@ impl Master for GrpcApi {
         req: Request<api::HeartbeatRequest>,
     ) -> Result<Response<api::HeartbeatResponse>, Status> {
         let req = req.into_inner();
+        // Network reports are checked before anything is touched: a bad one refuses the whole beat.
+        let reports =
+            crate::net::reports::check_reports(&req.host, req.started_ms, &req.net).map_err(Status::from)?;
+        crate::api::validate::probe_addr(&req.probe_addr).map_err(Status::from)?;
+        let probe_addr = req.probe_addr.clone();
+        let agent = req.agent.clone();
         let info = HeartbeatInfo {
             version: req.version,
             started_ms: req.started_ms,
@@ -118,13 +124,14 @@ impl Master for GrpcApi {
             .collect();
         let (hash, assignment) = self.svc.assignment_for_beat(&host, &held).map_err(Status::from)?;
         let included = assignment.is_some();
+        let peers = self.svc.net_beat(&agent, &host, &probe_addr, &reports).map_err(Status::from)?;
         Ok(Response::new(api::HeartbeatResponse {
             revision,
             actions,
             assignment: assignment.iter().flatten().map(convert::assignment_to_wire).collect(),
             assignment_hash: hash,
             assignment_included: included,
-            peers: Vec::new(),
+            peers: crate::net::wire::peers_to_wire(peers),
         }))
     }
 
@@ -219,23 +226,30 @@ impl Master for GrpcApi {
 
     async fn net_suspects(
         &self,
-        _req: Request<api::NetSuspectsRequest>,
+        req: Request<api::NetSuspectsRequest>,
     ) -> Result<Response<api::NetSuspectsResponse>, Status> {
-        Err(net_not_built())
+        let last = self.svc.net_last().map_err(Status::from)?;
+        let out =
+            crate::net::wire::suspects(last.as_deref(), req.into_inner().limit).map_err(Status::from)?;
+        Ok(Response::new(out))
     }
 
     async fn net_matrix(
         &self,
-        _req: Request<api::NetMatrixRequest>,
+        req: Request<api::NetMatrixRequest>,
     ) -> Result<Response<api::NetMatrixResponse>, Status> {
-        Err(net_not_built())
+        let last = self.svc.net_last().map_err(Status::from)?;
+        let out = crate::net::wire::matrix(last.as_deref(), &req.into_inner().rack).map_err(Status::from)?;
+        Ok(Response::new(out))
     }
 
     async fn net_path(
         &self,
-        _req: Request<api::NetPathRequest>,
+        req: Request<api::NetPathRequest>,
     ) -> Result<Response<api::NetPathResponse>, Status> {
-        Err(net_not_built())
+        let req = req.into_inner();
+        let (routes, last) = self.svc.net_routes(&req.a, &req.b).map_err(Status::from)?;
+        Ok(Response::new(crate::net::wire::path(routes, last.as_deref(), &req.a, &req.b)))
     }
 
     async fn register(
@@ -475,9 +489,4 @@ impl Master for GrpcApi {
         };
         Ok(Response::new(view.to_wire()))
     }
-}
-
-/// Network localisation (issue 16) is specified in the API but not served yet: say so plainly.
-fn net_not_built() -> Status {
-    Status::unimplemented("network fault localisation is not built into this master yet (issue 16)")
 }

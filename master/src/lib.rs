@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod raft;
 pub mod safety;
 pub mod server;

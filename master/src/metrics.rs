@@ -168,6 +168,43 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         "Id of the newest alert (increases with every alert)",
         gauge(alerts.first().map_or(0, |a| a.id)),
     );
+    // Network localisation (issue 16): this node's figures while it leads (the window is the leader's memory).
+    let n = &svc.net().stats;
+    let c = |a: &std::sync::atomic::AtomicU64| ConstCounter::new(a.load(Ordering::Relaxed));
+    let g = |a: &std::sync::atomic::AtomicU64| gauge(a.load(Ordering::Relaxed));
+    reg.register("net_reports_received", "Network reports counted into a window", c(&n.reports_received));
+    reg.register(
+        "net_reports_duplicate",
+        "Network reports already counted (retried heartbeats)",
+        c(&n.reports_duplicate),
+    );
+    reg.register("net_reports_refused", "Network reports refused by a full window", c(&n.reports_refused));
+    reg.register("net_votes", "Votes in the counted network reports", c(&n.votes));
+    reg.register("net_windows", "Network windows judged", c(&n.windows));
+    reg.register(
+        "net_windows_failed",
+        "Network windows dropped unjudged (localisation failed or too slow)",
+        c(&n.windows_failed),
+    );
+    reg.register("net_findings_proposed", "Findings proposed from network verdicts", c(&n.findings_proposed));
+    reg.register(
+        "net_peers_handed_out",
+        "Probe peers handed out in heartbeat replies",
+        c(&n.peers_handed_out),
+    );
+    reg.register("net_window_flows", "Flows (src, dst results) in the last judged window", g(&n.last_flows));
+    reg.register("net_window_bad_flows", "Bad flows in the last judged window", g(&n.last_bad_flows));
+    reg.register("net_suspects", "Suspects of the last judged window", g(&n.last_suspects));
+    reg.register(
+        "net_window_cpu_ms",
+        "CPU (wall) milliseconds the last window's localisation took",
+        g(&n.last_cpu_ms),
+    );
+    reg.register(
+        "net_probe_peers",
+        "Agents in the leader's probe peer book",
+        gauge(svc.net().peer_count() as u64),
+    );
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg)
         .map_err(|e| ApiError::internal(e.to_string()))?;

@@ -24,7 +24,11 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// writes: a retried command is applied once) and `Ingest` with an agent `epoch` ([`AGENT_EPOCH_VERSION`]);
 /// 4 = the checker catalog ([`CATALOG_COMMAND_VERSION`]: artifacts, rollouts, canary stops, seeding) and
 /// `Ingest` carrying shadow findings (older binaries would feed them to state machines).
-pub const COMMAND_VERSION: u32 = 4;
+/// 5 = network localisation (issue 16): `Ingest` carrying findings about `switch`/`link` objects, which
+/// older binaries cannot parse ([`NET_COMMAND_VERSION`]).
+pub const COMMAND_VERSION: u32 = 5;
+/// The command version of ingests about network devices (`switch/NAME`, `link/A--B`).
+pub const NET_COMMAND_VERSION: u32 = 5;
 /// The command version of the checker catalog's commands and of ingests that carry shadow findings.
 pub const CATALOG_COMMAND_VERSION: u32 = 4;
 /// The cluster-wide `min_command_version` of a state that never had one set (clusters created before command
@@ -444,6 +448,9 @@ impl Command {
         match self {
             Command::SetMinCommandVersion { .. } => 2,
             Command::Keyed { cmd, .. } => cmd.version().max(KEYED_COMMAND_VERSION),
+            Command::Ingest { findings, .. } if findings.iter().any(|f| f.object.kind().is_network()) => {
+                NET_COMMAND_VERSION
+            }
             Command::Ingest { findings, .. } if findings.iter().any(|f| f.shadow) => CATALOG_COMMAND_VERSION,
             Command::Ingest { epoch, .. } if *epoch != 0 => AGENT_EPOCH_VERSION,
             Command::CatalogChunk { .. }

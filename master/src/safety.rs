@@ -610,7 +610,7 @@ impl ProposalFilter {
     pub fn matches(&self, p: &Proposal) -> bool {
         self.scope.as_ref().is_none_or(|s| p.scopes.contains(s) || p.held_by.contains(s))
             && self.kind.is_none_or(|k| p.object.kind() == k)
-            && self.host.as_deref().is_none_or(|h| p.object.host() == h)
+            && self.host.as_deref().is_none_or(|h| p.object.host_name() == Some(h))
             && self.checker.as_deref().is_none_or(|c| {
                 let sig = p.signature.split(' ').next().unwrap_or("");
                 sig == c || sig.split('@').next() == Some(c)

@@ -170,6 +170,7 @@ pub async fn serve(
         },
     );
     svc.set_canary_config(cfg.canary.clone());
+    svc.start_net(cfg.net.clone());
     // Repair tickets: the leader files what REPAIR asks for through the configured sink.
     if let Err(e) = crate::ticket_source::spawn(&svc, &cfg.tickets, cfg.id) {
         svc.shutdown().await;

@@ -561,7 +561,7 @@ pub struct Filter {
 impl Filter {
     pub fn matches_object(&self, r: &ObjectRecord) -> bool {
         self.kind.is_none_or(|k| r.id.kind() == k)
-            && self.host.as_deref().is_none_or(|h| r.id.host() == h)
+            && self.host.as_deref().is_none_or(|h| r.id.host_name() == Some(h))
             && self.state.as_deref().is_none_or(|s| crate::sm_seam::state_name(&r.sm).eq_ignore_ascii_case(s))
             && self.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
     }
@@ -570,7 +570,8 @@ impl Filter {
     pub fn matches_event(&self, e: &ChangeEvent) -> bool {
         let id = e.object.parse::<ObjectId>().ok();
         let kind_ok = self.kind.is_none_or(|k| id.as_ref().is_some_and(|id| id.kind() == k));
-        let host_ok = self.host.as_deref().is_none_or(|h| id.as_ref().is_some_and(|id| id.host() == h));
+        let host_ok =
+            self.host.as_deref().is_none_or(|h| id.as_ref().is_some_and(|id| id.host_name() == Some(h)));
         let state_ok = self.state.as_deref().is_none_or(|s| e.state.eq_ignore_ascii_case(s));
         kind_ok && host_ok && state_ok
     }

@@ -1,5 +1,8 @@
 //! Object ids: `KIND/HOST[/NAME]` (`machine/host-017`, `disk/host-017/sdb`, `dimm/host-017/mc0-dimm3`,
-//! `nic/host-017/eth0`, `checker/host-017/smart`). Parsing never panics; a bad id is an [`IdError`].
+//! `nic/host-017/eth0`, `checker/host-017/smart`), and the network devices of issue 16, which belong to no
+//! machine: `switch/NAME` and `link/A--B` (like a machine id: no name part; the "host" part is the device's
+//! name, so code that means a host must ask [`Kind::is_host_object`] first). Parsing never panics; a bad id is
+//! an [`IdError`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,11 +24,16 @@ pub enum Kind {
     Dimm,
     Nic,
     Checker,
+    /// A network switch (`switch/NAME`, NAME as the topology names it). Not a host: no agent, no actions.
+    Switch,
+    /// A link between two devices or a host and its ToR (`link/A--B`, A < B). Not a host either.
+    Link,
 }
 
 impl Kind {
     /// Every kind, in a fixed order (used by listings and tests).
-    pub const ALL: [Kind; 5] = [Kind::Machine, Kind::Disk, Kind::Dimm, Kind::Nic, Kind::Checker];
+    pub const ALL: [Kind; 7] =
+        [Kind::Machine, Kind::Disk, Kind::Dimm, Kind::Nic, Kind::Checker, Kind::Switch, Kind::Link];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,12 +42,25 @@ impl Kind {
             Kind::Dimm => "dimm",
             Kind::Nic => "nic",
             Kind::Checker => "checker",
+            Kind::Switch => "switch",
+            Kind::Link => "link",
         }
     }
 
     /// Whether ids of this kind carry a `/NAME` part.
     pub fn has_name(self) -> bool {
-        !matches!(self, Kind::Machine)
+        !matches!(self, Kind::Machine | Kind::Switch | Kind::Link)
+    }
+
+    /// Whether an object of this kind lives in a host (its id's second part is a host name): false for the
+    /// network devices `switch` and `link`, which no agent runs on and no machine contains.
+    pub fn is_host_object(self) -> bool {
+        !self.is_network()
+    }
+
+    /// The network device kinds of issue 16 (`switch`, `link`): read-only for actions, never a host.
+    pub fn is_network(self) -> bool {
+        matches!(self, Kind::Switch | Kind::Link)
     }
 }
 
@@ -58,6 +79,8 @@ impl FromStr for Kind {
             "dimm" => Kind::Dimm,
             "nic" => Kind::Nic,
             "checker" => Kind::Checker,
+            "switch" => Kind::Switch,
+            "link" => Kind::Link,
             other => return Err(IdError::UnknownKind(truncate(other))),
         })
     }
@@ -67,13 +90,13 @@ impl FromStr for Kind {
 pub enum IdError {
     #[error("empty object id")]
     Empty,
-    #[error("unknown object kind {0:?} (expected machine, disk, dimm, nic or checker)")]
+    #[error("unknown object kind {0:?} (expected machine, disk, dimm, nic, checker, switch or link)")]
     UnknownKind(String),
     #[error("object id {0:?} has no host part (expected KIND/HOST[/NAME])")]
     MissingHost(String),
     #[error("object id {0:?} needs a name: KIND/HOST/NAME")]
     MissingName(String),
-    #[error("object id {0:?}: a machine id has no name part (expected machine/HOST)")]
+    #[error("object id {0:?}: a machine, switch or link id has no name part (expected KIND/NAME)")]
     UnexpectedName(String),
     #[error("object id {0:?} has too many parts (expected KIND/HOST[/NAME])")]
     TooManyParts(String),
@@ -81,6 +104,8 @@ pub enum IdError {
     BadHost(String),
     #[error("invalid name {0:?}: 1-128 characters of A-Z a-z 0-9 . - _ : @ +")]
     BadName(String),
+    #[error("invalid link id {0:?}: expected link/A--B with two device names, A before B")]
+    BadLink(String),
 }
 
 /// Keep error messages bounded even when the input is hostile.
@@ -95,6 +120,9 @@ fn truncate(s: &str) -> String {
     }
     format!("{}...", &s[..end])
 }
+
+/// What separates the two ends of a link id (`link/tor-1--agg-2`).
+pub const LINK_SEP: &str = "--";
 
 /// A validated host name.
 pub fn validate_host(host: &str) -> Result<(), IdError> {
@@ -151,9 +179,43 @@ impl ObjectId {
         self.name.as_deref()
     }
 
-    /// The machine this object lives in.
-    pub fn machine_id(&self) -> ObjectId {
-        ObjectId { kind: Kind::Machine, host: self.host.clone(), name: None }
+    /// The machine this object lives in; `None` for a network device (`switch`, `link`), which lives in
+    /// no machine.
+    pub fn machine_id(&self) -> Option<ObjectId> {
+        self.kind.is_host_object().then(|| ObjectId {
+            kind: Kind::Machine,
+            host: self.host.clone(),
+            name: None,
+        })
+    }
+
+    /// The host this object lives in; `None` for a network device (its second part names the device).
+    pub fn host_name(&self) -> Option<&str> {
+        self.kind.is_host_object().then_some(self.host.as_str())
+    }
+
+    /// `switch/NAME`.
+    pub fn switch(name: &str) -> Result<Self, IdError> {
+        Self::new(Kind::Switch, name, None)
+    }
+
+    /// `link/A--B` with the ends in order (A < B), so both directions name one object.
+    pub fn link(a: &str, b: &str) -> Result<Self, IdError> {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        validate_host(lo)?;
+        validate_host(hi)?;
+        if lo == hi || lo.contains(LINK_SEP) || hi.contains(LINK_SEP) {
+            return Err(IdError::BadLink(truncate(&format!("link/{lo}{LINK_SEP}{hi}"))));
+        }
+        Self::new(Kind::Link, &format!("{lo}{LINK_SEP}{hi}"), None)
+    }
+
+    /// The two ends of a `link/A--B` id.
+    pub fn link_ends(&self) -> Option<(&str, &str)> {
+        if self.kind != Kind::Link {
+            return None;
+        }
+        self.host.split_once(LINK_SEP)
     }
 }
 
@@ -179,7 +241,15 @@ impl FromStr for ObjectId {
         if parts.next().is_some() {
             return Err(IdError::TooManyParts(truncate(s)));
         }
-        ObjectId::new(kind, host, name)
+        let id = ObjectId::new(kind, host, name)?;
+        if kind == Kind::Link {
+            // Both ends named, in order: `link/B--A` would be a second object for the same link.
+            match id.link_ends() {
+                Some((a, b)) if !a.is_empty() && !b.is_empty() && a < b && !b.contains(LINK_SEP) => {}
+                _ => return Err(IdError::BadLink(truncate(s))),
+            }
+        }
+        Ok(id)
     }
 }
 
@@ -227,6 +297,29 @@ mod tests {
         check("disk/h 1/sda", Err("invalid host"));
         check("disk/h1/s\u{0}a", Err("invalid name"));
         check(&format!("machine/{}", "a".repeat(254)), Err("invalid host"));
+        check("switch/tor-7", Ok("switch/tor-7"));
+        check("switch/tor-7/x", Err("no name part"));
+        check("link/agg-1--tor-7", Ok("link/agg-1--tor-7"));
+        check("link/tor-7--agg-1", Err("invalid link"));
+        check("link/tor-7", Err("invalid link"));
+        check("link/--tor-7", Err("invalid link"));
+        check("link/a--b--c", Err("invalid link"));
+        check("link/a--b/x", Err("no name part"));
+    }
+
+    #[test]
+    fn network_devices_are_not_hosts() {
+        let s = ObjectId::switch("tor-7").expect("valid");
+        assert_eq!(s.machine_id(), None);
+        assert_eq!(s.host_name(), None);
+        let l = ObjectId::link("tor-7", "agg-1").expect("valid");
+        assert_eq!(l.to_string(), "link/agg-1--tor-7");
+        assert_eq!(l.link_ends(), Some(("agg-1", "tor-7")));
+        assert_eq!(l.to_string().parse::<ObjectId>(), Ok(l.clone()));
+        assert_eq!(l.machine_id(), None);
+        let n: ObjectId = "nic/h1/eth0".parse().expect("valid");
+        assert_eq!(n.machine_id(), Some(ObjectId::machine("h1").expect("valid")));
+        assert_eq!(n.host_name(), Some("h1"));
     }
 
     #[test]

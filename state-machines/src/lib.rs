@@ -23,6 +23,6 @@ pub use model::{
 };
 pub use step::step;
 pub use table::{
-    DIMM, DISK, Edge, MACHINE, MACHINE_KINDS, NIC, State, StateMachine, is_capacity_removing, is_legal_edge,
-    state_machine_for,
+    DIMM, DISK, Edge, LINK, MACHINE, MACHINE_KINDS, NIC, SWITCH, State, StateMachine, is_capacity_removing,
+    is_legal_edge, state_machine_for,
 };

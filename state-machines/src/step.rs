@@ -93,7 +93,10 @@ fn level_of(kind: Kind, sev: Severity) -> Option<State> {
         (_, Severity::Unknown | Severity::Info) => None,
         (_, Severity::Good) => Some(State::Good),
         (Kind::Disk, Severity::Slow) => Some(State::Slow),
-        (Kind::Disk | Kind::Dimm | Kind::Nic, Severity::Slow | Severity::Warning) => Some(State::Warning),
+        (
+            Kind::Disk | Kind::Dimm | Kind::Nic | Kind::Switch | Kind::Link,
+            Severity::Slow | Severity::Warning,
+        ) => Some(State::Warning),
         // A machine has no degraded in-service state: SLOW/WARNING about a machine is recorded only.
         (_, Severity::Slow | Severity::Warning) => None,
         (_, Severity::Error | Severity::Fatal) => Some(State::Error),
@@ -162,6 +165,13 @@ impl Ctx<'_> {
         let by = self.transition.as_ref().map_or("set-up", |t| t.cause.name());
         let n = &mut self.next;
         match to {
+            // A network device is not drained by anyone: ERROR tells subscribers (the publish) and an
+            // operator, and waits for the suspicion to clear or an operator's force.
+            State::Error if self.machine.kind.is_network() => {
+                let msg =
+                    format!("{id}: network suspect in ERROR ({from} -> ERROR by {by}); check the device");
+                self.alert(msg);
+            }
             State::Error => {
                 let (role, ack) = if self.machine.kind == Kind::Disk {
                     (self.policy.disk_evacuate_role.clone(), AckKind::DataEvacuated)
@@ -250,6 +260,15 @@ impl Ctx<'_> {
         };
         let Some(level) = level_of(self.machine.kind, f.severity) else { return Ok(()) };
         let state = self.state();
+        if self.machine.kind.is_network() {
+            // The master's localisation holds suspicion over windows itself (a suspect for one window,
+            // cleared after `clear_windows`): its findings move the device at once, to the level they say.
+            return if level == state {
+                Ok(())
+            } else {
+                self.go(level, cause, Some(Evidence::from_finding(f)))
+            };
+        }
         if level == State::Error {
             return match state {
                 // ERROR/FATAL acts at once, no hysteresis.

@@ -207,11 +207,26 @@ static PART_EDGES: [Edge; 15] = [
     e(TS, NB, REPLACED),
 ];
 
+/// Network devices (issue 16): the master's per-window localisation is the only writer of their findings and
+/// already holds suspicion over windows, so they move at once; no acks, no actions, no repair states (the
+/// product does not repair switches: it tells subscribers and an operator).
+static NET_STATES: [State; 3] = [GD, WN, ER];
+static NET_EDGES: [Edge; 6] = [
+    e(GD, WN, "WARNING suspect"),
+    e(WN, GD, "suspicion cleared / quiet"),
+    e(GD, ER, "ERROR suspect"),
+    e(WN, ER, "ERROR suspect"),
+    e(ER, GD, "suspicion cleared for clear_windows / operator force"),
+    e(ER, WN, "suspicion down to WARNING"),
+];
+
 pub static DISK: StateMachine = StateMachine { kind: Kind::Disk, states: &DISK_STATES, edges: &DISK_EDGES };
 pub static MACHINE: StateMachine =
     StateMachine { kind: Kind::Machine, states: &MACHINE_STATES, edges: &MACHINE_EDGES };
 pub static DIMM: StateMachine = StateMachine { kind: Kind::Dimm, states: &PART_STATES, edges: &PART_EDGES };
 pub static NIC: StateMachine = StateMachine { kind: Kind::Nic, states: &PART_STATES, edges: &PART_EDGES };
+pub static SWITCH: StateMachine = StateMachine { kind: Kind::Switch, states: &NET_STATES, edges: &NET_EDGES };
+pub static LINK: StateMachine = StateMachine { kind: Kind::Link, states: &NET_STATES, edges: &NET_EDGES };
 
 /// The state machine of a kind; `None` for `checker`, whose findings are recorded only.
 pub fn state_machine_for(kind: Kind) -> Option<&'static StateMachine> {
@@ -220,6 +235,8 @@ pub fn state_machine_for(kind: Kind) -> Option<&'static StateMachine> {
         Kind::Machine => Some(&MACHINE),
         Kind::Dimm => Some(&DIMM),
         Kind::Nic => Some(&NIC),
+        Kind::Switch => Some(&SWITCH),
+        Kind::Link => Some(&LINK),
         Kind::Checker => None,
     }
 }
@@ -230,7 +247,8 @@ pub fn is_legal_edge(kind: Kind, from: State, to: State) -> bool {
 }
 
 /// The kinds that have a state machine, in a fixed order.
-pub const MACHINE_KINDS: [Kind; 4] = [Kind::Disk, Kind::Machine, Kind::Dimm, Kind::Nic];
+pub const MACHINE_KINDS: [Kind; 6] =
+    [Kind::Disk, Kind::Machine, Kind::Dimm, Kind::Nic, Kind::Switch, Kind::Link];
 
 #[cfg(test)]
 mod tests {

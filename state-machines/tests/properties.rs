@@ -11,7 +11,17 @@ use state_machines::{
     Severity, State, TicketUpdate, step,
 };
 
-const IDS: [&str; 5] = ["disk/h1/sda", "machine/h1", "dimm/h1/mc0-dimm0", "nic/h1/eth0", "checker/h1/smart"];
+const IDS: [&str; 7] = [
+    "disk/h1/sda",
+    "machine/h1",
+    "dimm/h1/mc0-dimm0",
+    "nic/h1/eth0",
+    "switch/tor-1",
+    "link/agg-1--tor-1",
+    "checker/h1/smart",
+];
+/// The ids with a state machine (all but the checker, last above).
+const MACHINE_IDS: usize = 6;
 
 fn input_for(id: &ObjectId, sel: u8, a: u8, b: u8, now: u64) -> Input {
     match sel % 10 {
@@ -147,7 +157,7 @@ fn random_sequences_explore_the_tables() {
     };
     let mut taken = std::collections::BTreeSet::new();
     for case in 0..2000 {
-        let id: ObjectId = IDS[case % 4].parse().expect("valid");
+        let id: ObjectId = IDS[case % MACHINE_IDS].parse().expect("valid");
         let policy = hair_trigger();
         let mut now = 1_000_000u64;
         let mut obj = ObjectState::new(id.clone(), now);

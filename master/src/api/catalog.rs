@@ -642,7 +642,9 @@ impl Service {
             let mut objects = 0u64;
             if x.shadow && !hosts.is_empty() {
                 for o in r.list(&crate::store::Filter::default(), usize::MAX).map_err(store_err)? {
-                    if hosts.contains(o.id.host()) && (kinds.is_empty() || kinds.contains(&o.id.kind())) {
+                    if o.id.host_name().is_some_and(|h| hosts.contains(h))
+                        && (kinds.is_empty() || kinds.contains(&o.id.kind()))
+                    {
                         objects += 1;
                     }
                 }

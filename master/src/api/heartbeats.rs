@@ -371,7 +371,10 @@ impl Service {
         let silent = self.heartbeats.silent(self.cfg.agent_silent_after, MAX_SILENT_PER_ROUND);
         let marks = silent.into_iter().map(|(agent, host)| async move {
             let cmd = Command::AgentLiveness { agent: agent.clone(), host, alive: false };
-            self.submit(cmd).await.map(|_| self.heartbeats.set_alive(&agent, false))
+            self.submit(cmd).await.map(|_| {
+                self.heartbeats.set_alive(&agent, false);
+                self.net().forget(&agent);
+            })
         });
         let results = futures::future::join_all(marks).await;
         let marked = results.iter().filter(|r| r.is_ok()).count();

@@ -112,6 +112,9 @@ pub struct Service {
     assignments: Mutex<catalog::AssignmentCache>,
     /// The canary-stop thresholds (master config `[canary]`).
     canary: Mutex<crate::catalog::CanaryConfig>,
+    /// Network localisation (issue 16): the leader's peer book, window and last verdict. Set once by
+    /// [`Service::start_net`] (which also starts the window task); defaults until then.
+    net: std::sync::OnceLock<Arc<crate::net::Net>>,
     /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).
     pub watchers: TaskGroup,
     /// The proposer, its entries in flight, the leader duties and the ticket dispatcher.
@@ -166,6 +169,7 @@ impl Service {
             catalog_cache: Mutex::new(None),
             assignments: Mutex::default(),
             canary: Mutex::new(crate::catalog::CanaryConfig::default()),
+            net: std::sync::OnceLock::new(),
             watchers: TaskGroup::new("watchers"),
             duties: TaskGroup::new("duties"),
         });
@@ -226,6 +230,31 @@ impl Service {
             ProposeError::Fsm(m) => ApiError::internal(m),
             e @ ProposeError::NoSpace { .. } => ApiError::unavailable(e.to_string()),
         }
+    }
+
+    /// The network localisation memory (issue 16).
+    pub fn net(&self) -> &crate::net::Net {
+        self.net.get_or_init(|| Arc::new(crate::net::Net::new(crate::net::NetConfig::default())))
+    }
+
+    /// Configure network localisation and start the leader's window task (once; later calls are ignored
+    /// and return false).
+    pub fn start_net(self: &Arc<Self>, cfg: crate::net::NetConfig) -> bool {
+        if self.net.set(Arc::new(crate::net::Net::new(cfg))).is_err() {
+            return false;
+        }
+        self.duties.spawn(crate::net::run(Arc::downgrade(self), self.duties.stopped()));
+        true
+    }
+
+    /// How long an agent may stay silent before it is marked so (and stops being handed out as a peer).
+    pub fn silent_after(&self) -> Duration {
+        self.cfg.agent_silent_after
+    }
+
+    /// NOT_LEADER (with the leader's address) on a follower; for reads served from the leader's memory.
+    pub fn leader_check(&self) -> Result<(), ApiError> {
+        self.leader_gate()
     }
 
     /// Fail fast on followers, before queueing (the proposer would learn the same from raft).

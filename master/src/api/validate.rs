@@ -95,8 +95,25 @@ pub fn ingest(agent: &str, seq: u64, findings: &[Finding]) -> Result<(), ApiErro
     }
     for (i, f) in findings.iter().enumerate() {
         finding(f).map_err(|e| ApiError::new(e.code, format!("finding {i}: {}", e.message)))?;
+        if !agent.is_empty() && f.object.kind().is_network() {
+            // Switches and links are judged by the leader's localisation over many agents' reports; one
+            // agent naming a switch would bypass the vote (and no agent runs on a switch).
+            return Err(ApiError::invalid(format!(
+                "finding {i}: {} is a network device: an agent may not report about it (the master's \
+                 network localisation does)",
+                f.object
+            )));
+        }
     }
     Ok(())
+}
+
+/// A heartbeat's `probe_addr` (issue 16): empty (does not answer probes) or an IP:PORT.
+pub fn probe_addr(addr: &str) -> Result<(), ApiError> {
+    if addr.is_empty() || addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.port() != 0) {
+        return Ok(());
+    }
+    Err(ApiError::invalid(format!("probe_addr {} is not IP:PORT", quoted(addr))))
 }
 
 /// Labels or attributes of a registered object: bounded inventory data.

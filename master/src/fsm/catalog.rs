@@ -630,7 +630,8 @@ impl Decider<'_> {
         if !c.rollouts.iter().any(|r| r.shadow && r.state == RolloutState::Gray) {
             return Ok(());
         }
-        let host = f.object.host().to_string();
+        // A network device (issue 16) is on no host, so it is in no rollout's canary.
+        let Some(host) = f.object.host_name().map(str::to_string) else { return Ok(()) };
         let labels = if c.rollouts.iter().any(|r| !r.target.labels.is_empty()) {
             self.machine_labels(&host)?
         } else {

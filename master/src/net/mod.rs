@@ -1,0 +1,554 @@
+//! Network fault localisation, the master's side (issue 16, PRODUCT.md section 8). Nothing here goes
+//! through Raft except the findings a window's verdict turns into:
+//! - `peers.rs`: the leader's book of probe peers, sampled into heartbeat replies (bounded, full coverage).
+//! - `reports.rs`: validation of heartbeat `net` reports, once, before anything is touched.
+//! - this file: the leader's in-memory window (`netvote::Window`, each (agent, started_ms, window_seq)
+//!   counted once, bounded), the window task (close, `netvote::localise` off the async runtime, keep the
+//!   verdict for the RPCs, propose findings through the normal ingest path) and the reads behind
+//!   NetSuspects / NetMatrix / NetPath.
+//! - `decide.rs`: verdict -> findings (switch/link/nic only) and clearing after `clear_windows`.
+//!
+//! Leadership: every piece is the leader's memory; on losing leadership it is all dropped (the task sees
+//! the role each round), and a new leader starts with an empty window and book.
+
+pub mod decide;
+pub mod peers;
+pub mod reports;
+pub mod wire;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use netvote::{Topology, Window, WindowLimits};
+use proto::error::ApiError;
+use serde::Deserialize;
+
+use crate::api::{Service, now_ms};
+use crate::raft::Role;
+
+pub use peers::{MAX_PEERS_PER_REPLY, Peer};
+
+/// Default window length (seconds); the agent's `[net_probe] window_s` default is the same.
+pub const DEFAULT_WINDOW_S: u64 = 10;
+/// Longest window: an hour of reports in memory is already more than a leader should hold.
+pub const MAX_WINDOW_S: u64 = 3_600;
+/// Default windows without suspicion before a switch, link or NIC the leader filed about returns to GOOD.
+pub const DEFAULT_CLEAR_WINDOWS: u32 = 3;
+/// Most clear windows configurable (a day of 10 s windows).
+pub const MAX_CLEAR_WINDOWS: u32 = 8_640;
+/// Default reports per window: 100,000 agents, twice (a window's edges may catch two of one agent).
+pub const DEFAULT_MAX_REPORTS: usize = 200_000;
+/// Most suspects NetSuspects answers (`limit` 0 means [`DEFAULT_SUSPECTS`]).
+pub const MAX_SUSPECTS: u32 = 1_000;
+pub const DEFAULT_SUSPECTS: u32 = 20;
+/// Longest a window's localisation may run before the leader gives up on that window (it stays unjudged
+/// and is counted): the next window must not queue behind a stuck one.
+pub const MAX_LOCALISE_TIME: Duration = Duration::from_secs(30);
+/// Most topology file bytes read (a 100,000-host CSV is about 4 MB).
+pub const MAX_TOPOLOGY_BYTES: u64 = 64 << 20;
+
+/// `[net]` of the master config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSection {
+    #[serde(default = "default_window_s")]
+    pub window_s: u64,
+    #[serde(default = "default_clear_windows")]
+    pub clear_windows: u32,
+    /// Reports one window holds; one more is refused (counted). Default [`DEFAULT_MAX_REPORTS`].
+    #[serde(default = "default_max_reports")]
+    pub max_reports_per_window: usize,
+}
+
+impl Default for NetSection {
+    fn default() -> Self {
+        NetSection {
+            window_s: DEFAULT_WINDOW_S,
+            clear_windows: DEFAULT_CLEAR_WINDOWS,
+            max_reports_per_window: DEFAULT_MAX_REPORTS,
+        }
+    }
+}
+
+fn default_window_s() -> u64 {
+    DEFAULT_WINDOW_S
+}
+fn default_clear_windows() -> u32 {
+    DEFAULT_CLEAR_WINDOWS
+}
+fn default_max_reports() -> usize {
+    DEFAULT_MAX_REPORTS
+}
+
+/// `[topology]` of the master config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySection {
+    /// A TOML or CSV (`host,tor[,agg[,spine]]` rows) file `netvote::Topology` parses; none: a one-tier
+    /// topology from the machines' `switch=` (or `rack=`) labels.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// The resolved network settings of a node.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub window: Duration,
+    pub clear_windows: u32,
+    pub max_reports: usize,
+    /// From `[topology] file`; `None`: from labels.
+    pub topology: Option<Arc<Topology>>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            window: Duration::from_secs(DEFAULT_WINDOW_S),
+            clear_windows: DEFAULT_CLEAR_WINDOWS,
+            max_reports: DEFAULT_MAX_REPORTS,
+            topology: None,
+        }
+    }
+}
+
+/// Why the network settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NetConfigError {
+    #[error("[net] {what} = {value} is out of range ({min}..={max})")]
+    OutOfRange { what: &'static str, value: u64, min: u64, max: u64 },
+    #[error("[topology] file {path}: {msg}")]
+    File { path: String, msg: String },
+    #[error("[topology] file {path}: {err}")]
+    Topology { path: String, err: netvote::TopologyError },
+}
+
+/// Parse a topology file: CSV when the name ends in `.csv`, TOML otherwise.
+pub fn load_topology(path: &std::path::Path) -> Result<Topology, NetConfigError> {
+    let p = path.display().to_string();
+    let meta =
+        std::fs::metadata(path).map_err(|e| NetConfigError::File { path: p.clone(), msg: e.to_string() })?;
+    if meta.len() > MAX_TOPOLOGY_BYTES {
+        return Err(NetConfigError::File {
+            path: p,
+            msg: format!("{} bytes (limit {MAX_TOPOLOGY_BYTES})", meta.len()),
+        });
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NetConfigError::File { path: p.clone(), msg: e.to_string() })?;
+    let csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let t = if csv { Topology::parse_csv(&text) } else { Topology::parse_toml(&text) };
+    t.map_err(|err| NetConfigError::Topology { path: p, err })
+}
+
+impl NetConfig {
+    pub fn resolve(net: &NetSection, topo: &TopologySection) -> Result<NetConfig, NetConfigError> {
+        let range = |what, value: u64, min, max| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(NetConfigError::OutOfRange { what, value, min, max })
+            }
+        };
+        range("window_s", net.window_s, 1, MAX_WINDOW_S)?;
+        range("clear_windows", u64::from(net.clear_windows), 1, u64::from(MAX_CLEAR_WINDOWS))?;
+        range(
+            "max_reports_per_window",
+            net.max_reports_per_window as u64,
+            1,
+            DEFAULT_MAX_REPORTS as u64 * 5,
+        )?;
+        let topology = match &topo.file {
+            Some(path) => Some(Arc::new(load_topology(path)?)),
+            None => None,
+        };
+        Ok(NetConfig {
+            window: Duration::from_secs(net.window_s),
+            clear_windows: net.clear_windows,
+            max_reports: net.max_reports_per_window,
+            topology,
+        })
+    }
+}
+
+/// Counters for `/metrics` (this node, while leader).
+#[derive(Debug, Default)]
+pub struct NetStats {
+    pub reports_received: AtomicU64,
+    pub reports_duplicate: AtomicU64,
+    pub reports_refused: AtomicU64,
+    pub votes: AtomicU64,
+    pub windows: AtomicU64,
+    pub windows_failed: AtomicU64,
+    pub last_flows: AtomicU64,
+    pub last_bad_flows: AtomicU64,
+    pub last_suspects: AtomicU64,
+    pub last_cpu_ms: AtomicU64,
+    pub findings_proposed: AtomicU64,
+    pub peers_handed_out: AtomicU64,
+}
+
+/// The window being filled.
+struct Current {
+    window: Window,
+    /// Reports counted in this window and the one before, so a heartbeat retried across a window's end
+    /// does not count its report again in the next window.
+    seen: HashSet<(String, u64, u64)>,
+    prev_seen: HashSet<(String, u64, u64)>,
+    opened_ms: u64,
+}
+
+impl Current {
+    fn new(max_reports: usize, now_ms: u64) -> Current {
+        Current {
+            window: Window::new(WindowLimits { max_reports, ..WindowLimits::default() }),
+            seen: HashSet::new(),
+            prev_seen: HashSet::new(),
+            opened_ms: now_ms,
+        }
+    }
+}
+
+/// The verdict of the last closed window, as the RPCs serve it.
+pub struct Closed {
+    pub window_end_ms: u64,
+    pub window_ms: u64,
+    pub reporters: u32,
+    pub flows: u64,
+    pub bad_flows: u64,
+    pub topology: Option<Arc<Topology>>,
+    pub verdict: netvote::Verdict,
+    pub window: Window,
+}
+
+/// The leader's network memory (see the module comment).
+pub struct Net {
+    pub cfg: NetConfig,
+    peers: Mutex<peers::PeerBook>,
+    current: Mutex<Current>,
+    last: RwLock<Option<Arc<Closed>>>,
+    /// host -> ToR from `switch=`/`rack=` labels (when there is no topology file), learned per new peer.
+    label_tors: Mutex<std::collections::HashMap<String, String>>,
+    pub stats: NetStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Net {
+    pub fn new(cfg: NetConfig) -> Net {
+        let max = cfg.max_reports;
+        Net {
+            cfg,
+            peers: Mutex::default(),
+            current: Mutex::new(Current::new(max, now_ms())),
+            last: RwLock::new(None),
+            label_tors: Mutex::default(),
+            stats: NetStats::default(),
+        }
+    }
+
+    /// Drop everything (leadership lost, or a new term).
+    pub fn clear(&self) {
+        lock(&self.peers).clear();
+        *lock(&self.current) = Current::new(self.cfg.max_reports, now_ms());
+        *self.last.write().unwrap_or_else(|p| p.into_inner()) = None;
+        lock(&self.label_tors).clear();
+    }
+
+    /// An agent went silent: no longer handed out as a peer.
+    pub fn forget(&self, agent: &str) {
+        lock(&self.peers).forget(agent);
+    }
+
+    pub fn last(&self) -> Option<Arc<Closed>> {
+        self.last.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        lock(&self.peers).len()
+    }
+
+    fn tor_of(&self, host: &str) -> Option<String> {
+        match &self.cfg.topology {
+            Some(t) => t.tor_of(host).map(str::to_string),
+            None => lock(&self.label_tors).get(host).cloned(),
+        }
+    }
+
+    /// Add validated reports to the current window. Returns (new, duplicate, refused).
+    pub fn add_reports(&self, reports: &[netvote::Report]) -> (u32, u32, u32) {
+        let (mut new, mut dup, mut refused) = (0, 0, 0);
+        let mut cur = lock(&self.current);
+        for r in reports {
+            let key = (r.reporter.clone(), r.started_ms, r.window_seq);
+            if cur.seen.contains(&key) || cur.prev_seen.contains(&key) {
+                dup += 1;
+                continue;
+            }
+            match cur.window.add(r) {
+                Ok(true) => {
+                    new += 1;
+                    self.stats.votes.fetch_add(r.votes.len() as u64, Ordering::Relaxed);
+                    cur.seen.insert(key);
+                }
+                Ok(false) => dup += 1,
+                Err(e) => {
+                    tracing::debug!(error = %e, reporter = %r.reporter, "net report refused");
+                    refused += 1;
+                }
+            }
+        }
+        self.stats.reports_received.fetch_add(u64::from(new), Ordering::Relaxed);
+        self.stats.reports_duplicate.fetch_add(u64::from(dup), Ordering::Relaxed);
+        self.stats.reports_refused.fetch_add(u64::from(refused), Ordering::Relaxed);
+        (new, dup, refused)
+    }
+
+    /// Take the current window and open the next one.
+    fn take_window(&self, now: u64) -> (Window, u64) {
+        let mut cur = lock(&self.current);
+        let mut next = Current::new(self.cfg.max_reports, now);
+        next.prev_seen = std::mem::take(&mut cur.seen);
+        let old = std::mem::replace(&mut *cur, next);
+        (old.window, old.opened_ms)
+    }
+}
+
+impl Service {
+    /// The network part of a heartbeat (after the heartbeat itself was accepted): the agent's probe address
+    /// into the peer book, its validated reports into the current window, and its sample of peers. A full
+    /// window refuses the reports (counted in `huatuo_master_net_reports_refused_total`) but not the beat.
+    pub fn net_beat(
+        &self,
+        agent: &str,
+        host: &str,
+        probe_addr: &str,
+        reports: &[netvote::Report],
+    ) -> Result<Vec<Peer>, ApiError> {
+        let net = self.net();
+        let now = Instant::now();
+        let known = lock(&net.peers).touch(agent, host, probe_addr, now);
+        if !known {
+            if net.cfg.topology.is_none() && !probe_addr.is_empty() {
+                if let Some(tor) = self.label_tor(host)? {
+                    lock(&net.label_tors).insert(host.to_string(), tor);
+                }
+            }
+            let tor = net.tor_of(host).unwrap_or_default();
+            let peer = Peer { host: host.to_string(), addr: probe_addr.to_string(), tor };
+            if !lock(&net.peers).upsert(agent, peer, now) {
+                tracing::debug!(agent, "peer book full; agent not handed out as a peer");
+            }
+        }
+        if !reports.is_empty() {
+            net.add_reports(reports);
+        }
+        let sample = lock(&net.peers).sample(agent, now, self.silent_after());
+        net.stats.peers_handed_out.fetch_add(sample.len() as u64, Ordering::Relaxed);
+        Ok(sample)
+    }
+
+    /// The ToR of `host` from its machine's `switch=` (else `rack=`) label: one point lookup.
+    fn label_tor(&self, host: &str) -> Result<Option<String>, ApiError> {
+        let reader = crate::store::Reader::new(self.db()).map_err(|e| ApiError::internal(e.to_string()))?;
+        let rec = reader.object(&format!("machine/{host}")).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(rec.and_then(|r| r.labels.get("switch").or_else(|| r.labels.get("rack")).cloned()))
+    }
+
+    /// The last closed window (leader only, like every network read: the memory is the leader's).
+    pub fn net_last(&self) -> Result<Option<Arc<Closed>>, ApiError> {
+        self.leader_check()?;
+        Ok(self.net().last())
+    }
+
+    /// The topology the leader localises with: the configured file, else the labels learned so far.
+    fn net_topology(&self) -> Option<Arc<Topology>> {
+        let net = self.net();
+        if let Some(t) = &net.cfg.topology {
+            return Some(t.clone());
+        }
+        let pairs: Vec<(String, String)> =
+            lock(&net.label_tors).iter().map(|(h, t)| (h.clone(), t.clone())).collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        match Topology::from_tors(pairs) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no topology from the switch/rack labels; only hosts can be suspects");
+                None
+            }
+        }
+    }
+
+    /// Equal-cost routes between two hosts over the topology (leader only).
+    pub fn net_routes(
+        &self,
+        a: &str,
+        b: &str,
+    ) -> Result<(Vec<netvote::Route>, Option<Arc<Closed>>), ApiError> {
+        self.leader_check()?;
+        state_machines::id::validate_host(a).map_err(|e| ApiError::invalid(format!("a: {e}")))?;
+        state_machines::id::validate_host(b).map_err(|e| ApiError::invalid(format!("b: {e}")))?;
+        if a == b {
+            return Err(ApiError::invalid("a path needs two different hosts"));
+        }
+        let last = self.net().last();
+        let topo = last.as_ref().and_then(|l| l.topology.clone()).or_else(|| self.net_topology());
+        let Some(topo) = topo else {
+            return Err(ApiError::new(
+                proto::error::Code::NotFound,
+                "no topology: configure [topology] file, or label machines switch=TOR",
+            ));
+        };
+        let routes =
+            topo.routes(a, b).map_err(|e| ApiError::new(proto::error::Code::NotFound, e.to_string()))?;
+        Ok((routes, last))
+    }
+}
+
+/// Close one window: localise off the async runtime, keep the verdict, propose findings.
+async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<(), ApiError> {
+    let net = s.net();
+    let now = now_ms();
+    let (window, opened) = net.take_window(now);
+    let topo = s.net_topology();
+    let window_ms = now.saturating_sub(opened);
+    let t2 = topo.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let verdict = netvote::localise(t2.as_deref(), &window, &netvote::Params::default());
+        (verdict, window, started.elapsed())
+    });
+    let (verdict, window, took) = match tokio::time::timeout(MAX_LOCALISE_TIME, job).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            net.stats.windows_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::internal(format!("localisation failed: {e}")));
+        }
+        Err(_) => {
+            net.stats.windows_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::unavailable(format!(
+                "localisation took over {MAX_LOCALISE_TIME:?}; window dropped"
+            )));
+        }
+    };
+    let flows = window.flows().len() as u64;
+    let bad_flows = u64::from(verdict.bad_flows);
+    net.stats.windows.fetch_add(1, Ordering::Relaxed);
+    net.stats.last_flows.store(flows, Ordering::Relaxed);
+    net.stats.last_bad_flows.store(bad_flows, Ordering::Relaxed);
+    net.stats.last_suspects.store(verdict.suspects.len() as u64, Ordering::Relaxed);
+    net.stats.last_cpu_ms.store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    let findings = clearing.window(&verdict.suspects, now, net.cfg.clear_windows);
+    let closed = Closed {
+        window_end_ms: now,
+        window_ms,
+        reporters: u32::try_from(window.reporters()).unwrap_or(u32::MAX),
+        flows,
+        bad_flows,
+        topology: topo,
+        verdict,
+        window,
+    };
+    *net.last.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(closed));
+    if findings.is_empty() {
+        return Ok(());
+    }
+    let (switches, hosts): (Vec<_>, Vec<_>) =
+        findings.into_iter().partition(|f| f.object.kind().is_network());
+    for batch in [hosts, switches] {
+        if batch.is_empty() {
+            continue;
+        }
+        if batch[0].object.kind().is_network()
+            && s.stats.min_command_version() < crate::model::NET_COMMAND_VERSION
+        {
+            tracing::warn!(
+                findings = batch.len(),
+                "switch/link findings not proposed: the cluster has not enabled command version {} yet",
+                crate::model::NET_COMMAND_VERSION
+            );
+            continue;
+        }
+        let n = batch.len() as u64;
+        let batch = crate::api::IngestBatch { agent: String::new(), seq: 0, epoch: 0, findings: batch };
+        s.ingest(batch).await?;
+        net.stats.findings_proposed.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The leader's window task: every `window`, close the window and judge it. Followers keep everything
+/// empty. One window at a time: a slow localisation delays the next close (the window then spans longer),
+/// never queues a second one.
+pub(crate) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Output = ()> + Send) {
+    tokio::pin!(stop);
+    let Some(window) = svc.upgrade().map(|s| s.net().cfg.window) else { return };
+    let mut interval = tokio::time::interval(window);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut term = 0u64;
+    let mut clearing = decide::Clearing::default();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = interval.tick() => {}
+        }
+        let Some(s) = svc.upgrade() else { return };
+        let st = s.raft().status();
+        if st.role == Role::Stopped {
+            return;
+        }
+        if st.role != Role::Leader {
+            if term != 0 {
+                s.net().clear();
+                clearing = decide::Clearing::default();
+                term = 0;
+            }
+            continue;
+        }
+        if term != st.term {
+            // A new term: start empty, and remember the devices found suspect before (to clear them).
+            s.net().clear();
+            clearing = decide::Clearing::default();
+            match s.suspected_devices() {
+                Ok(ids) => clearing.adopt(ids),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading suspected devices failed; retrying next window");
+                    continue;
+                }
+            }
+            term = st.term;
+            continue;
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            r = close_window(&s, &mut clearing) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "network window not judged");
+                }
+            }
+        }
+    }
+}
+
+impl Service {
+    /// Switch and link objects not GOOD (a new leader clears them when their suspicion is gone), at most
+    /// `decide::MAX_TRACKED_SUSPECTS`.
+    fn suspected_devices(&self) -> Result<Vec<state_machines::ObjectId>, ApiError> {
+        let reader = crate::store::Reader::new(self.db()).map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut out = Vec::new();
+        for kind in [state_machines::Kind::Switch, state_machines::Kind::Link] {
+            let filter = crate::store::Filter { kind: Some(kind), ..Default::default() };
+            let recs = reader
+                .list(&filter, decide::MAX_TRACKED_SUSPECTS)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            out.extend(recs.into_iter().filter(|r| r.sm.state != state_machines::State::Good).map(|r| r.id));
+        }
+        Ok(out)
+    }
+}
