@@ -9,6 +9,7 @@ mod bench_fleet;
 mod bench_heartbeats;
 mod bench_list;
 mod bench_master;
+mod bench_netvote;
 mod bench_rollout;
 mod catalog_cmd;
 mod context;
@@ -128,6 +129,8 @@ enum BenchCmd {
     /// A fleet of simulated agents (multiplexed) against a real 3-node master: registration, steady
     /// heartbeats and findings, a watcher, kills, throughput, lost acks (issue 17).
     Fleet(bench_fleet::BenchFleetArgs),
+    /// Network fault localisation accuracy on a seeded 10,000-host Clos simulation (issue 16).
+    Netvote(bench_netvote::BenchNetvoteArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -165,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::List(a)) => bench_list::run(a),
         Cmd::Bench(BenchCmd::Heartbeats(a)) => bench_heartbeats::run(a),
         Cmd::Bench(BenchCmd::Fleet(a)) => bench_fleet::run(a),
+        Cmd::Bench(BenchCmd::Netvote(a)) => bench_netvote::run(a),
     }
 }
 

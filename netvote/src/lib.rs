@@ -17,6 +17,7 @@
 //! Modules: [`local`] (the agent's vote rule), [`topology`] (hosts, switches, equal-cost routes), [`window`]
 //! (the leader's bounded per-window aggregate) and [`localise`] (the blame algorithm, documented there).
 
+mod fxhash;
 pub mod local;
 pub mod localise;
 pub mod topology;

@@ -25,8 +25,7 @@
 //!
 //! Also produced: the ToR-to-ToR matrix (sent, lost, RTT) and how many flows were bad.
 
-use std::collections::HashMap;
-
+use crate::fxhash::FxMap;
 use crate::topology::Topology;
 use crate::window::{Flow, Window};
 use crate::{Decision, Suspect, Target};
@@ -236,7 +235,8 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
 
     // 1. Place flows, group by ToR pair.
     let mut buckets: Vec<Bucket> = Vec::new();
-    let mut bucket_of: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut bucket_of: FxMap<(u32, u32), u32> = FxMap::default();
+    let mut scratch = Scratch { counts: vec![0; hosts + switches + links], touched: Vec::new() };
     let mut placed: Vec<Placed> = Vec::with_capacity(flows.len());
     for (i, f) in flows.iter().enumerate() {
         let (Some(s), Some(d)) = (map[f.src as usize], map[f.dst as usize]) else {
@@ -259,7 +259,7 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
                 match bucket_of.get(&key) {
                     Some(&b) => b,
                     None => {
-                        let Some(b) = make_bucket(t, &ctx, key.0, key.1) else {
+                        let Some(b) = make_bucket(t, &ctx, &mut scratch, key.0, key.1) else {
                             v.unplaced_flows += 1;
                             continue;
                         };
@@ -432,37 +432,89 @@ fn is_bad(f: &Flow, p: &Params) -> bool {
     l >= 1 && f64::from(l) >= p.bad_flow_loss * f64::from(f.sent)
 }
 
-fn make_bucket(t: &Topology, ctx: &Ctx, a: u32, b: u32) -> Option<Bucket> {
-    let paths = t.switch_paths(a, b);
-    if paths.is_empty() {
-        return None;
-    }
-    let wgt = 1.0 / paths.len() as f64;
-    let mut acc: HashMap<u32, f64> = HashMap::new();
-    let mut order: Vec<u32> = Vec::new();
-    let mut add = |id: u32, x: f64, acc: &mut HashMap<u32, f64>| {
-        let e = acc.entry(id).or_insert_with(|| {
-            order.push(id);
-            0.0
-        });
-        *e += x;
-    };
-    let h = ctx.hosts as u32;
-    let s = ctx.switches as u32;
-    let mut nlinks = 2.0;
-    for path in &paths {
-        for &sw in path {
-            add(h + sw, wgt, &mut acc);
+/// Per-element path counts while one bucket is built (reused across buckets: no allocation per bucket).
+struct Scratch {
+    counts: Vec<u32>,
+    touched: Vec<u32>,
+}
+
+impl Scratch {
+    fn add(&mut self, e: u32, n: u32) {
+        let c = &mut self.counts[e as usize];
+        if *c == 0 {
+            self.touched.push(e);
         }
-        for pair in path.windows(2) {
-            if let Some(l) = t.link_of(pair[0], pair[1]) {
-                add(h + s + l, wgt, &mut acc);
+        *c += n;
+    }
+
+    fn take(&mut self, paths: u32) -> Vec<(u32, f64)> {
+        let out = self
+            .touched
+            .iter()
+            .map(|&e| (e, f64::from(self.counts[e as usize]) / f64::from(paths)))
+            .collect();
+        for &e in &self.touched {
+            self.counts[e as usize] = 0;
+        }
+        self.touched.clear();
+        out
+    }
+}
+
+/// The elements of the routes between ToRs `a` < `b` (or a == b) with their shares, counted without
+/// materialising the routes (the same routes as `Topology::switch_paths`).
+fn make_bucket(t: &Topology, ctx: &Ctx, sc: &mut Scratch, a: u32, b: u32) -> Option<Bucket> {
+    let h = ctx.hosts as u32;
+    let sw = |s: u32| h + s;
+    let ln = |x: u32, y: u32| t.link_of(x, y).map(|l| h + ctx.switches as u32 + l);
+    if a == b {
+        sc.add(sw(a), 1);
+        return Some(Bucket { elems: sc.take(1), nlinks: 2.0 });
+    }
+    let (ua, ub) = (t.uplinks_of(a), t.uplinks_of(b));
+    if ua.is_empty() && ub.is_empty() {
+        sc.add(sw(a), 1);
+        sc.add(sw(b), 1);
+        return Some(Bucket { elems: sc.take(1), nlinks: 3.0 });
+    }
+    let shared: Vec<u32> = ua.iter().copied().filter(|x| ub.binary_search(x).is_ok()).collect();
+    if !shared.is_empty() {
+        let n = shared.len() as u32;
+        sc.add(sw(a), n);
+        sc.add(sw(b), n);
+        for &x in &shared {
+            sc.add(sw(x), 1);
+            for l in [ln(a, x), ln(x, b)].into_iter().flatten() {
+                sc.add(l, 1);
             }
         }
-        nlinks = 2.0 + (path.len() as f64 - 1.0);
+        return Some(Bucket { elems: sc.take(n), nlinks: 4.0 });
     }
-    let elems = order.iter().map(|id| (*id, acc[id])).collect();
-    Some(Bucket { elems, nlinks })
+    let mut n = 0u32;
+    for &x in ua {
+        for &y in ub {
+            let (sx, sy) = (t.uplinks_of(x), t.uplinks_of(y));
+            for &s in sx {
+                if sy.binary_search(&s).is_err() {
+                    continue;
+                }
+                n += 1;
+                for e in [Some(sw(x)), Some(sw(s)), Some(sw(y)), ln(a, x), ln(x, s), ln(s, y), ln(y, b)]
+                    .into_iter()
+                    .flatten()
+                {
+                    sc.add(e, 1);
+                }
+            }
+        }
+    }
+    if n == 0 {
+        sc.take(1);
+        return None;
+    }
+    sc.add(sw(a), n);
+    sc.add(sw(b), n);
+    Some(Bucket { elems: sc.take(n), nlinks: 6.0 })
 }
 
 fn target_of(ctx: &Ctx, w: &Window, e: u32) -> Target {
@@ -617,53 +669,51 @@ fn describe(
 }
 
 fn matrix(t: &Topology, flows: &[Flow], map: &[Option<u32>]) -> Vec<MatrixCell> {
-    struct Acc {
-        sent: u64,
-        lost: u64,
-        p50: Vec<u32>,
-        p99: Vec<u32>,
-        flows: u32,
-    }
-    let mut cells: HashMap<(u32, u32), Acc> = HashMap::new();
-    for f in flows {
-        let (Some(s), Some(d)) = (map[f.src as usize], map[f.dst as usize]) else { continue };
-        let key = (t.host_tor_id(s), t.host_tor_id(d));
-        let a =
-            cells.entry(key).or_insert(Acc { sent: 0, lost: 0, p50: Vec::new(), p99: Vec::new(), flows: 0 });
-        a.sent += u64::from(f.sent);
-        a.lost += u64::from(f.lost_probes());
-        a.flows += 1;
-        if f.rtt_p50_us > 0 {
-            a.p50.push(f.rtt_p50_us);
-            a.p99.push(f.rtt_p99_us);
-        }
-    }
-    let mut out: Vec<MatrixCell> = cells
-        .into_iter()
-        .map(|((s, d), mut a)| {
-            let p99 = if a.p99.is_empty() {
-                0
-            } else {
-                a.p99.sort_unstable();
-                a.p99[((a.p99.len() - 1) * 99) / 100]
-            };
-            MatrixCell {
-                src_tor: t.switch_name(s).to_string(),
-                dst_tor: t.switch_name(d).to_string(),
-                sent: a.sent,
-                lost: a.lost,
-                rtt_p50_us: median_u32(&mut a.p50),
-                rtt_p99_us: p99,
-                flows: a.flows,
-            }
+    // One entry per flow keyed by its cell, sorted, then each cell's run summarised (no map of vectors).
+    let mut rows: Vec<((u32, u32), &Flow)> = flows
+        .iter()
+        .filter_map(|f| match (map[f.src as usize], map[f.dst as usize]) {
+            (Some(s), Some(d)) => Some(((t.host_tor_id(s), t.host_tor_id(d)), f)),
+            _ => None,
         })
         .collect();
+    rows.sort_unstable_by_key(|r| r.0);
+    let mut out = Vec::new();
+    let mut p50: Vec<u32> = Vec::new();
+    let mut p99: Vec<u32> = Vec::new();
+    for run in rows.chunk_by(|x, y| x.0 == y.0) {
+        let (s, d) = run[0].0;
+        p50.clear();
+        p99.clear();
+        let (mut sent, mut lost) = (0u64, 0u64);
+        for (_, f) in run {
+            sent += u64::from(f.sent);
+            lost += u64::from(f.lost_probes());
+            if f.rtt_p50_us > 0 {
+                p50.push(f.rtt_p50_us);
+                p99.push(f.rtt_p99_us);
+            }
+        }
+        p99.sort_unstable();
+        let q99 = if p99.is_empty() { 0 } else { p99[((p99.len() - 1) * 99) / 100] };
+        out.push(MatrixCell {
+            src_tor: t.switch_name(s).to_string(),
+            dst_tor: t.switch_name(d).to_string(),
+            sent,
+            lost,
+            rtt_p50_us: median_u32(&mut p50),
+            rtt_p99_us: q99,
+            flows: run.len() as u32,
+        });
+    }
     out.sort_by(|a, b| a.src_tor.cmp(&b.src_tor).then_with(|| a.dst_tor.cmp(&b.dst_tor)));
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::topology::ClosSpec;
     use crate::window::WindowLimits;

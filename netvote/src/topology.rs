@@ -27,7 +27,9 @@
 //! Either every ToR has uplinks or none does (a one-tier fabric); the same for aggregation switches. Errors
 //! name the problem (unknown host, duplicate host, a ToR with no uplinks, a bad CSV row with its line number).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fxhash::FxMap;
 
 use serde::Deserialize;
 
@@ -109,16 +111,16 @@ pub fn link_id(a: &str, b: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
     host_names: Vec<String>,
-    host_index: HashMap<String, u32>,
+    host_index: FxMap<String, u32>,
     host_tor: Vec<u32>,
     sw_names: Vec<String>,
-    sw_index: HashMap<String, u32>,
+    sw_index: FxMap<String, u32>,
     sw_tier: Vec<Tier>,
     /// Per switch: its uplink switches, sorted and unique.
     sw_up: Vec<Vec<u32>>,
     /// Switch-to-switch links, (lower, upper) switch ids, numbered in `link_index`.
     links: Vec<(u32, u32)>,
-    link_index: HashMap<(u32, u32), u32>,
+    link_index: FxMap<(u32, u32), u32>,
 }
 
 #[derive(Deserialize)]
@@ -492,6 +494,10 @@ impl Topology {
 
     pub(crate) fn host_tor_id(&self, host: u32) -> u32 {
         self.host_tor[host as usize]
+    }
+
+    pub(crate) fn uplinks_of(&self, s: u32) -> &[u32] {
+        &self.sw_up[s as usize]
     }
 
     pub(crate) fn switch_name(&self, s: u32) -> &str {

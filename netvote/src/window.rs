@@ -3,7 +3,7 @@
 //! once, validates a report whole before taking any of it (a bad report changes nothing), and refuses at its
 //! limits with an error that says which limit.
 
-use std::collections::{HashMap, HashSet};
+use crate::fxhash::{FxMap, FxSet};
 
 use crate::Report;
 use crate::topology::MAX_NAME_LEN;
@@ -94,9 +94,9 @@ pub struct HostInfo {
 #[derive(Debug, Clone)]
 pub struct Window {
     limits: WindowLimits,
-    seen: HashSet<(u32, u64, u64)>,
+    seen: FxSet<(u32, u64, u64)>,
     names: Vec<String>,
-    index: HashMap<String, u32>,
+    index: FxMap<String, u32>,
     info: Vec<HostInfo>,
     flows: Vec<Flow>,
 }
@@ -112,9 +112,9 @@ impl Window {
     pub fn new(limits: WindowLimits) -> Window {
         Window {
             limits,
-            seen: HashSet::new(),
+            seen: FxSet::default(),
             names: Vec::new(),
-            index: HashMap::new(),
+            index: FxMap::default(),
             info: Vec::new(),
             flows: Vec::new(),
         }
@@ -160,7 +160,7 @@ impl Window {
                 limit: l.max_votes_per_report,
             });
         }
-        let mut new_names: HashSet<&str> = HashSet::new();
+        let mut new_names: FxSet<&str> = FxSet::default();
         if !self.index.contains_key(&r.reporter) {
             new_names.insert(&r.reporter);
         }

@@ -1,0 +1,640 @@
+//! `huatuo bench netvote`: the accuracy of network fault localisation (issue 16), measured on a seeded
+//! simulation of a 3-tier Clos (10,000 hosts, 250 ToRs, 16 aggregation switches in 4 pods, 4 spines by
+//! default). Per window every host probes `--peers` random peers (a fresh sample every window, so the sample
+//! rotates) with `--probes` probes each; each probe takes a uniformly random equal-cost route and is lost with
+//! the loss of the links and switches on it (0.01% background on every link, plus the injected faults). A few
+//! busy hosts answer slowly (RTT outliers, no loss). Each host's votes come from the real rule
+//! (`netvote::votes`), its report goes through `Window::add` and the window through `localise`, exactly as
+//! the leader runs them. Evidence accumulates while a fault lasts: fault window k localises over the reports
+//! of fault windows 1..=k (the leader keeps the last windows' reports).
+//!
+//! Per seed: one healthy window (false suspects), then 1-3 simultaneous faults (host NIC, ToR uplink, whole
+//! ToR, spine link; 0.5-10% loss) for `--windows` windows. Prints top-1 / top-3 accuracy per fault type,
+//! false suspects, hosts wrongly moved to ERROR, windows to localise and the leader's CPU per window.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use netvote::{
+    ClosSpec, Decision, LocalRules, Params, PeerResult, Report, Target, Topology, Window, WindowLimits,
+    localise, votes,
+};
+
+use crate::bench_common::{Rng, now_ms, pct, sorted};
+
+#[derive(Args, Debug)]
+pub struct BenchNetvoteArgs {
+    /// First seed (default: from the clock; printed so a run replays).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Seeds (scenarios) to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    #[arg(long, default_value_t = 10_000)]
+    hosts: usize,
+    #[arg(long, default_value_t = 250)]
+    tors: usize,
+    #[arg(long, default_value_t = 16)]
+    aggs: usize,
+    #[arg(long, default_value_t = 4)]
+    spines: usize,
+    #[arg(long, default_value_t = 4)]
+    pods: usize,
+    /// Peers each host probes per window.
+    #[arg(long, default_value_t = 32)]
+    peers: usize,
+    /// Probes per peer per window (the agent's `probes_per_peer`).
+    #[arg(long, default_value_t = 5)]
+    probes: u32,
+    /// Fault windows per seed (evidence accumulates over them).
+    #[arg(long, default_value_t = 3)]
+    windows: usize,
+    /// Print every miss (fault not in the top 3) and every false suspect.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// Background loss of every link (issue 16: 0.01%).
+const BACKGROUND: f64 = 1e-4;
+/// Share of hosts busy in a window (slow answers, no loss).
+const BUSY_SHARE: f64 = 0.005;
+/// Fault loss range.
+const LOSS_MIN: f64 = 0.005;
+const LOSS_MAX: f64 = 0.10;
+/// Most seeds one run takes (a typo such as --seeds 10000000 would otherwise run for days).
+const MAX_SEEDS: u64 = 100_000;
+/// Most fault windows per seed.
+const MAX_WINDOWS: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kind {
+    Nic,
+    TorUplink,
+    Tor,
+    SpineLink,
+}
+
+const KINDS: [Kind; 4] = [Kind::Nic, Kind::TorUplink, Kind::Tor, Kind::SpineLink];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Nic => "host NIC",
+            Kind::TorUplink => "ToR uplink",
+            Kind::Tor => "whole ToR",
+            Kind::SpineLink => "spine link",
+        }
+    }
+}
+
+/// The simulated fabric, by index (independent of netvote's route code: this is the "real" network).
+struct Net {
+    topo: Topology,
+    host_names: Vec<String>,
+    host_tor: Vec<usize>,
+    tor_names: Vec<String>,
+    tor_up: Vec<Vec<usize>>,
+    agg_names: Vec<String>,
+    agg_pod: Vec<usize>,
+    agg_up: Vec<Vec<usize>>,
+    spine_names: Vec<String>,
+}
+
+impl Net {
+    fn new(spec: &ClosSpec) -> anyhow::Result<Net> {
+        let topo = Topology::clos(spec).context("topology")?;
+        let mut tor_names = Vec::new();
+        let mut agg_names = Vec::new();
+        let mut spine_names = Vec::new();
+        for s in topo.switches() {
+            match topo.tier_of(s) {
+                Some(netvote::Tier::Tor) => tor_names.push(s.clone()),
+                Some(netvote::Tier::Agg) => agg_names.push(s.clone()),
+                _ => spine_names.push(s.clone()),
+            }
+        }
+        let idx = |v: &[String]| v.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect::<HashMap<_, _>>();
+        let (ti, ai, si) = (idx(&tor_names), idx(&agg_names), idx(&spine_names));
+        let host_names = topo.hosts().to_vec();
+        let host_tor = host_names.iter().map(|h| topo.tor_of(h).map_or(0, |t| ti[t])).collect();
+        let tor_up: Vec<Vec<usize>> =
+            tor_names.iter().map(|t| topo.uplinks(t).iter().map(|a| ai[*a]).collect()).collect();
+        let agg_up = agg_names.iter().map(|a| topo.uplinks(a).iter().map(|s| si[*s]).collect()).collect();
+        let mut agg_pod = vec![0; agg_names.len()];
+        for (t, ups) in tor_up.iter().enumerate() {
+            for &a in ups {
+                agg_pod[a] = t * spec.pods / spec.tors;
+            }
+        }
+        Ok(Net { topo, host_names, host_tor, tor_names, tor_up, agg_names, agg_pod, agg_up, spine_names })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    kind: Kind,
+    /// Host, ToR, (ToR, agg) or (agg, spine) indexes.
+    a: usize,
+    b: usize,
+    loss: f64,
+}
+
+impl Fault {
+    fn target(&self, n: &Net) -> Target {
+        match self.kind {
+            Kind::Nic => Target::Host { host: n.host_names[self.a].clone(), iface: "eth0".into() },
+            Kind::Tor => Target::Switch(n.tor_names[self.a].clone()),
+            Kind::TorUplink => Target::link(&n.tor_names[self.a], &n.agg_names[self.b]),
+            Kind::SpineLink => Target::link(&n.agg_names[self.a], &n.spine_names[self.b]),
+        }
+    }
+
+    /// Whether `t` names this fault.
+    fn is(&self, n: &Net, t: &Target) -> bool {
+        match (self.kind, t) {
+            (Kind::Nic, Target::Host { host, .. }) => *host == n.host_names[self.a],
+            _ => *t == self.target(n),
+        }
+    }
+
+    /// Whether `t` names an element ECMP makes indistinguishable from this fault: another uplink of the same
+    /// ToR, or another spine link of the same pod.
+    fn in_group(&self, n: &Net, t: &Target) -> bool {
+        let Target::Link { a, b } = t else { return self.is(n, t) };
+        match self.kind {
+            Kind::TorUplink => {
+                let tor = &n.tor_names[self.a];
+                (a == tor || b == tor)
+                    && n.tor_up[self.a].iter().any(|&g| n.agg_names[g] == *a || n.agg_names[g] == *b)
+            }
+            Kind::SpineLink => {
+                let pod = n.agg_pod[self.a];
+                let in_pod =
+                    |x: &str| n.agg_names.iter().position(|g| g == x).is_some_and(|g| n.agg_pod[g] == pod);
+                let spine = |x: &str| n.spine_names.iter().any(|s| s == x);
+                (in_pod(a) && spine(b)) || (in_pod(b) && spine(a))
+            }
+            _ => self.is(n, t),
+        }
+    }
+}
+
+/// Loss of each element in one state of the fabric.
+#[derive(Default)]
+struct Loss {
+    nic: HashMap<usize, f64>,
+    tor: HashMap<usize, f64>,
+    tor_agg: HashMap<(usize, usize), f64>,
+    agg_spine: HashMap<(usize, usize), f64>,
+    /// Mean survival of the switch part of a probe's route, per ToR pair (tors x tors; NaN: not computed).
+    cache: Vec<f64>,
+    tors: usize,
+}
+
+impl Loss {
+    fn new(n: &Net, faults: &[Fault]) -> Loss {
+        let tors = n.tor_names.len();
+        let mut l = Loss { cache: vec![f64::NAN; tors * tors], tors, ..Loss::default() };
+        for f in faults {
+            match f.kind {
+                Kind::Nic => l.nic.insert(f.a, f.loss),
+                Kind::Tor => l.tor.insert(f.a, f.loss),
+                Kind::TorUplink => l.tor_agg.insert((f.a, f.b), f.loss),
+                Kind::SpineLink => l.agg_spine.insert((f.a, f.b), f.loss),
+            };
+        }
+        l
+    }
+
+    /// Survival of the ToR-to-ToR part, averaged over the equal-cost routes (each probe picks one uniformly).
+    fn interior(&mut self, n: &Net, ta: usize, tb: usize) -> f64 {
+        let slot = ta * self.tors + tb;
+        if !self.cache[slot].is_nan() {
+            return self.cache[slot];
+        }
+        let ok = 1.0 - BACKGROUND;
+        let sw = |t: usize| 1.0 - self.tor.get(&t).copied().unwrap_or(0.0);
+        let ta_ok = |a: usize| ok * (1.0 - self.tor_agg.get(&(ta, a)).copied().unwrap_or(0.0));
+        let tb_ok = |a: usize| ok * (1.0 - self.tor_agg.get(&(tb, a)).copied().unwrap_or(0.0));
+        let up_ok = |a: usize, s: usize| ok * (1.0 - self.agg_spine.get(&(a, s)).copied().unwrap_or(0.0));
+        let s = if ta == tb {
+            sw(ta)
+        } else {
+            let shared: Vec<usize> =
+                n.tor_up[ta].iter().copied().filter(|a| n.tor_up[tb].contains(a)).collect();
+            let (mut sum, mut count) = (0.0, 0usize);
+            if !shared.is_empty() {
+                for &a in &shared {
+                    sum += ta_ok(a) * tb_ok(a);
+                    count += 1;
+                }
+            } else {
+                for &x in &n.tor_up[ta] {
+                    for &y in &n.tor_up[tb] {
+                        for &s in &n.agg_up[x] {
+                            if n.agg_up[y].contains(&s) {
+                                sum += ta_ok(x) * up_ok(x, s) * up_ok(y, s) * tb_ok(y);
+                                count += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            if count == 0 { 0.0 } else { sw(ta) * sw(tb) * sum / count as f64 }
+        };
+        self.cache[slot] = s;
+        s
+    }
+
+    fn probe_loss(&mut self, n: &Net, a: usize, b: usize) -> f64 {
+        let nic = |h: usize| (1.0 - BACKGROUND) * (1.0 - self.nic.get(&h).copied().unwrap_or(0.0));
+        let ends = nic(a) * nic(b);
+        1.0 - ends * self.interior(n, n.host_tor[a], n.host_tor[b])
+    }
+}
+
+/// Binomial(n, p) by inversion (p is small: a handful of steps).
+fn binomial(rng: &mut Rng, n: u32, p: f64) -> u32 {
+    let mut lost = 0;
+    for _ in 0..n {
+        if unit(rng) < p {
+            lost += 1;
+        }
+    }
+    lost
+}
+
+fn unit(rng: &mut Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One window's reports.
+fn reports(n: &Net, loss: &mut Loss, rng: &mut Rng, a: &BenchNetvoteArgs, window_seq: u64) -> Vec<Report> {
+    let hosts = n.host_names.len();
+    let busy: Vec<bool> = (0..hosts).map(|_| unit(rng) < BUSY_SHARE).collect();
+    let rules = LocalRules::default();
+    let mut out = Vec::with_capacity(hosts);
+    let peers = a.peers.min(hosts - 1);
+    for me in 0..hosts {
+        let mut chosen: Vec<usize> = Vec::with_capacity(peers);
+        while chosen.len() < peers {
+            let p = rng.below(hosts as u64) as usize;
+            if p != me && !chosen.contains(&p) {
+                chosen.push(p);
+            }
+        }
+        let results: Vec<PeerResult> = chosen
+            .iter()
+            .map(|&p| {
+                let lost = binomial(rng, a.probes, loss.probe_loss(n, me, p));
+                let mut p50 = 80 + (rng.below(40) as u32);
+                if busy[p] || busy[me] {
+                    p50 = 5_000 + rng.below(15_000) as u32;
+                }
+                PeerResult {
+                    host: n.host_names[p].clone(),
+                    sent: a.probes,
+                    lost,
+                    connect_failures: 0,
+                    rtt_p50_us: if lost == a.probes { 0 } else { p50 },
+                    rtt_p99_us: if lost == a.probes { 0 } else { p50 * 3 },
+                }
+            })
+            .collect();
+        let v = votes(&results, &n.host_names[me], &rules);
+        out.push(Report {
+            reporter: n.host_names[me].clone(),
+            started_ms: 1,
+            window_seq,
+            iface: "eth0".into(),
+            peers: results,
+            votes: v,
+            tcp_retrans_segs: 0,
+            tcp_out_segs: 0,
+        });
+    }
+    out
+}
+
+fn pick_faults(n: &Net, rng: &mut Rng) -> Vec<Fault> {
+    // Half the seeds get a single fault (the floors are about single faults), the rest 2 or 3.
+    let count = match rng.below(4) {
+        0 | 1 => 1,
+        2 => 2,
+        _ => 3,
+    };
+    let mut out: Vec<Fault> = Vec::new();
+    while out.len() < count {
+        let kind = KINDS[rng.below(4) as usize];
+        let loss = LOSS_MIN + unit(rng) * (LOSS_MAX - LOSS_MIN);
+        let (a, b) = match kind {
+            Kind::Nic => (rng.below(n.host_names.len() as u64) as usize, 0),
+            Kind::Tor => (rng.below(n.tor_names.len() as u64) as usize, 0),
+            Kind::TorUplink => {
+                let t = rng.below(n.tor_names.len() as u64) as usize;
+                let ups = &n.tor_up[t];
+                if ups.is_empty() {
+                    continue;
+                }
+                (t, ups[rng.below(ups.len() as u64) as usize])
+            }
+            Kind::SpineLink => {
+                if n.agg_names.is_empty() {
+                    continue;
+                }
+                let g = rng.below(n.agg_names.len() as u64) as usize;
+                let ups = &n.agg_up[g];
+                if ups.is_empty() {
+                    continue;
+                }
+                (g, ups[rng.below(ups.len() as u64) as usize])
+            }
+        };
+        let f = Fault { kind, a, b, loss };
+        // Distinct, and never two faults on one ToR (a NIC under a faulty ToR is not separately observable).
+        let tor_of = |f: &Fault| match f.kind {
+            Kind::Nic => Some(n.host_tor[f.a]),
+            Kind::Tor | Kind::TorUplink => Some(f.a),
+            Kind::SpineLink => None,
+        };
+        if out.iter().any(|o| o.target(n) == f.target(n) || (tor_of(o).is_some() && tor_of(o) == tor_of(&f)))
+        {
+            continue;
+        }
+        out.push(f);
+    }
+    out
+}
+
+#[derive(Default)]
+struct Tally {
+    n: u64,
+    top1: u64,
+    top3: u64,
+    group1: u64,
+    windows_to_top1: Vec<f64>,
+}
+
+impl Tally {
+    fn line(&self, label: &str) -> String {
+        let p = |x: u64| if self.n == 0 { f64::NAN } else { 100.0 * x as f64 / self.n as f64 };
+        let w = sorted(self.windows_to_top1.clone());
+        format!(
+            "{label:<34} n={:<5} top-1 {:>5.1}%  top-3 {:>5.1}%  top-1 ECMP group {:>5.1}%  windows to top-1 p50 {} max {}",
+            self.n,
+            p(self.top1),
+            p(self.top3),
+            p(self.group1),
+            pct(&w, 0.5),
+            pct(&w, 1.0)
+        )
+    }
+}
+
+fn thread_cpu_secs() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_THREAD) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => 0.0,
+    }
+}
+
+/// CPU seconds of one leader pass: adding the reports, localising.
+#[derive(Debug, Clone, Copy, Default)]
+struct LeaderCpu {
+    add: f64,
+    localise: f64,
+}
+
+/// Window::add for every report of the given windows, then localise, timed on this thread's CPU clock.
+fn leader(n: &Net, windows: &[Vec<Report>], p: &Params) -> anyhow::Result<(netvote::Verdict, LeaderCpu)> {
+    let t0 = thread_cpu_secs();
+    let mut w = Window::new(WindowLimits::default());
+    for rs in windows {
+        for r in rs {
+            w.add(r).with_context(|| format!("report from {}", r.reporter))?;
+        }
+    }
+    let t1 = thread_cpu_secs();
+    let v = localise(Some(&n.topo), &w, p);
+    Ok((v, LeaderCpu { add: t1 - t0, localise: thread_cpu_secs() - t1 }))
+}
+
+pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
+    if a.seeds == 0 || a.seeds > MAX_SEEDS {
+        bail!("--seeds must be within 1..={MAX_SEEDS}");
+    }
+    if a.windows == 0 || a.windows > MAX_WINDOWS {
+        bail!("--windows must be within 1..={MAX_WINDOWS}");
+    }
+    if a.probes == 0 || a.peers == 0 || a.hosts < 2 {
+        bail!("--probes and --peers must be at least 1, --hosts at least 2");
+    }
+    let spec = ClosSpec { hosts: a.hosts, tors: a.tors, aggs: a.aggs, spines: a.spines, pods: a.pods };
+    let net = Net::new(&spec)?;
+    let first = a.seed.unwrap_or_else(now_ms);
+    println!(
+        "seed {first} (replay with --seed {first}); {} seeds; Clos of {} hosts, {} ToRs, {} aggregation switches in {} pods, \
+         {} spines; {} peers x {} probes per host per window; background {}% per link, {}% busy hosts; 1 healthy + {} fault windows per seed",
+        a.seeds,
+        a.hosts,
+        a.tors,
+        a.aggs,
+        a.pods,
+        a.spines,
+        a.peers,
+        a.probes,
+        BACKGROUND * 100.0,
+        BUSY_SHARE * 100.0,
+        a.windows
+    );
+    let params = Params::default();
+    let mut single_ge1: HashMap<Kind, Tally> = HashMap::new();
+    let mut single_all: HashMap<Kind, Tally> = HashMap::new();
+    let mut multi: HashMap<Kind, Tally> = HashMap::new();
+    let (mut healthy_windows, mut healthy_suspects) = (0u64, 0u64);
+    let (mut fault_windows, mut false_picks) = (0u64, 0u64);
+    let mut wrong_host_errors = 0u64;
+    let mut host_errors_right = 0u64;
+    // Leader CPU (ms): one window's reports (the healthy window), and the accumulated fault windows.
+    let mut cpu_one: Vec<LeaderCpu> = Vec::new();
+    let mut cpu_acc: Vec<f64> = Vec::new();
+    let mut flows_per_window = 0u32;
+    for s in 0..a.seeds {
+        let seed = first.wrapping_add(s);
+        let mut rng = Rng(seed);
+        // Healthy window.
+        let mut healthy = Loss::new(&net, &[]);
+        let reps = reports(&net, &mut healthy, &mut rng, &a, 0);
+        let (v, cpu) = leader(&net, std::slice::from_ref(&reps), &params)?;
+        cpu_one.push(cpu);
+        flows_per_window = v.flows;
+        healthy_windows += 1;
+        let picks = v.suspects.iter().filter(|x| x.decision != Decision::Rank).count() as u64;
+        healthy_suspects += picks;
+        if a.verbose && picks > 0 {
+            println!(
+                "seed {seed}: healthy window suspects {:?}",
+                v.suspects.iter().map(|x| x.target.object_id()).collect::<Vec<_>>()
+            );
+        }
+        // Fault windows.
+        let faults = pick_faults(&net, &mut rng);
+        let mut loss = Loss::new(&net, &faults);
+        let mut history: Vec<Vec<Report>> = Vec::new();
+        // Per fault: its rank in the final window's list, whether it was among the first len(faults) picks
+        // (single fault: the top suspect) in the final window, the first window it was, and the same for its
+        // ECMP group.
+        let nf = faults.len();
+        let mut final_rank: Vec<Option<usize>> = vec![None; nf];
+        let mut final_top: Vec<bool> = vec![false; nf];
+        let mut first_top: Vec<Option<usize>> = vec![None; nf];
+        let mut group_top: Vec<bool> = vec![false; nf];
+        for k in 1..=a.windows {
+            history.push(reports(&net, &mut loss, &mut rng, &a, k as u64));
+            let (v, cpu) = leader(&net, &history, &params)?;
+            cpu_acc.push((cpu.add + cpu.localise) * 1e3);
+            fault_windows += 1;
+            let picks: Vec<&netvote::Suspect> =
+                v.suspects.iter().filter(|x| x.decision != Decision::Rank).collect();
+            for x in &picks {
+                if !faults.iter().any(|f| f.in_group(&net, &x.target)) {
+                    false_picks += 1;
+                    if a.verbose {
+                        println!(
+                            "seed {seed} window {k}: false suspect {} ({})",
+                            x.target.object_id(),
+                            x.why
+                        );
+                    }
+                }
+                if let (Target::Host { host, .. }, Decision::Error) = (&x.target, x.decision) {
+                    if faults.iter().any(|f| f.kind == Kind::Nic && net.host_names[f.a] == *host) {
+                        host_errors_right += 1;
+                    } else {
+                        wrong_host_errors += 1;
+                        println!(
+                            "seed {seed} window {k}: host {host} to ERROR without a NIC fault ({})",
+                            x.why
+                        );
+                    }
+                }
+            }
+            for (i, f) in faults.iter().enumerate() {
+                let top = picks.iter().take(nf).any(|x| f.is(&net, &x.target));
+                if top && first_top[i].is_none() {
+                    first_top[i] = Some(k);
+                }
+                if k == a.windows {
+                    final_rank[i] = v.suspects.iter().position(|x| f.is(&net, &x.target));
+                    final_top[i] = top;
+                    group_top[i] = picks.iter().take(nf).any(|x| f.in_group(&net, &x.target));
+                }
+            }
+        }
+        for (i, f) in faults.iter().enumerate() {
+            let mut tallies: Vec<&mut Tally> = Vec::new();
+            let (s_ge1, s_all, m) = (&mut single_ge1, &mut single_all, &mut multi);
+            if nf == 1 {
+                tallies.push(s_all.entry(f.kind).or_default());
+                if f.loss >= 0.01 {
+                    tallies.push(s_ge1.entry(f.kind).or_default());
+                }
+            } else {
+                tallies.push(m.entry(f.kind).or_default());
+            }
+            let top3 = final_rank[i].is_some_and(|r| r < 3 * nf);
+            for t in tallies {
+                t.n += 1;
+                t.top1 += u64::from(final_top[i]);
+                t.top3 += u64::from(top3);
+                t.group1 += u64::from(group_top[i]);
+                if let Some(k) = first_top[i] {
+                    t.windows_to_top1.push(k as f64);
+                }
+            }
+            if a.verbose && !top3 {
+                println!(
+                    "seed {seed}: missed {} {} at {:.2}% loss ({} faults), final rank {:?}",
+                    f.kind.name(),
+                    f.target(&net).object_id(),
+                    f.loss * 100.0,
+                    nf,
+                    final_rank[i]
+                );
+            }
+        }
+    }
+    println!("accuracy after {} fault windows (evidence accumulated), per fault type:", a.windows);
+    let sum = |m: &HashMap<Kind, Tally>| {
+        let mut t = Tally::default();
+        for x in m.values() {
+            t.n += x.n;
+            t.top1 += x.top1;
+            t.top3 += x.top3;
+            t.group1 += x.group1;
+            t.windows_to_top1.extend(x.windows_to_top1.iter().copied());
+        }
+        t
+    };
+    for k in KINDS {
+        if let Some(t) = single_ge1.get(&k) {
+            println!("  {}", t.line(&format!("single {} >= 1% loss", k.name())));
+        }
+    }
+    println!("  {}", sum(&single_ge1).line("single, all types, >= 1% loss"));
+    for k in KINDS {
+        if let Some(t) = single_all.get(&k) {
+            println!("  {}", t.line(&format!("single {} 0.5-10% loss", k.name())));
+        }
+    }
+    for k in KINDS {
+        if let Some(t) = multi.get(&k) {
+            println!("  {}", t.line(&format!("2-3 faults: {}", k.name())));
+        }
+    }
+    let one = sorted(cpu_one.iter().map(|c| (c.add + c.localise) * 1e3).collect());
+    let one_add = sorted(cpu_one.iter().map(|c| c.add * 1e3).collect());
+    let one_loc = sorted(cpu_one.iter().map(|c| c.localise * 1e3).collect());
+    let acc = sorted(cpu_acc);
+    println!(
+        "false suspects: {healthy_suspects} in {healthy_windows} healthy windows ({:.3} per window); {false_picks} picks outside any fault's ECMP group in {fault_windows} fault windows",
+        healthy_suspects as f64 / healthy_windows.max(1) as f64
+    );
+    println!(
+        "hosts moved to ERROR without a NIC fault: {wrong_host_errors} (right NIC ERRORs: {host_errors_right})"
+    );
+    println!(
+        "leader CPU per window of {flows_per_window} flows (Window::add of every report + localise): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
+         (add p50 {:.1} ms, localise p50 {:.1} ms)",
+        pct(&one, 0.5),
+        pct(&one, 0.99),
+        pct(&one, 1.0),
+        pct(&one_add, 0.5),
+        pct(&one_loc, 0.5)
+    );
+    println!(
+        "leader CPU over accumulated fault windows (1..={} windows of reports): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        a.windows,
+        pct(&acc, 0.5),
+        pct(&acc, 0.99),
+        pct(&acc, 1.0)
+    );
+    let s1 = sum(&single_ge1);
+    let frac = |x: u64| if s1.n == 0 { 0.0 } else { x as f64 / s1.n as f64 };
+    println!(
+        "RESULT single_ge1_n={} single_ge1_top1={:.4} single_ge1_top3={:.4} healthy_suspects={} wrong_host_errors={} cpu_p99_ms={:.1}",
+        s1.n,
+        frac(s1.top1),
+        frac(s1.top3),
+        healthy_suspects,
+        wrong_host_errors,
+        pct(&one, 0.99)
+    );
+    Ok(ExitCode::SUCCESS)
+}
