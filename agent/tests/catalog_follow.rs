@@ -9,7 +9,9 @@
 //! findings are marked; a CPU spinner stopped at its RLIMIT_CPU and reported `failed`; a tampered artifact
 //! refused (never run), reported as `checker.unverified`, deleted and fetched again; an agent restarted
 //! while the master is unreachable runs its last verified version; a catalog rule set hot-swapped into the
-//! running agent's kernel-log checker judges only the lines after the swap.
+//! running agent's kernel-log checker judges only the lines after the swap. And the network prober
+//! (issue 16): peers handed out in heartbeat replies are probed, and the windows come back as NetReports
+//! with this agent's probe_addr, kept across a failed heartbeat.
 
 #![allow(clippy::unwrap_used)]
 // test code: a failed unwrap is a failed test
@@ -47,6 +49,10 @@ struct State {
     offsets: Vec<u64>,
     heartbeats: Vec<api::HeartbeatRequest>,
     findings: Vec<api::Finding>,
+    /// Probe peers handed out with every heartbeat reply (issue 16).
+    peers: Vec<api::ProbePeer>,
+    /// Most net reports one heartbeat refused while `down` carried.
+    refused_net_reports: usize,
 }
 
 #[derive(Clone, Default)]
@@ -99,8 +105,11 @@ impl Master for Fake {
         &self,
         req: Request<api::HeartbeatRequest>,
     ) -> Result<Response<api::HeartbeatResponse>, Status> {
-        self.up()?;
         let req = req.into_inner();
+        if let Err(e) = self.up() {
+            self.with(|s| s.refused_net_reports = s.refused_net_reports.max(req.net.len()));
+            return Err(e);
+        }
         Ok(Response::new(self.with(|s| {
             let include = req.assignment_hash != s.hash && !s.hash.is_empty();
             s.heartbeats.push(req);
@@ -108,6 +117,7 @@ impl Master for Fake {
                 assignment_hash: s.hash.clone(),
                 assignment: if include { s.assignment.clone() } else { Vec::new() },
                 assignment_included: include,
+                peers: s.peers.clone(),
                 ..Default::default()
             }
         })))
@@ -358,6 +368,8 @@ enabled = false
 enabled = false
 [checkers.machine]
 enabled = false
+[net_probe]
+listen = "127.0.0.1:0"
 "#,
         data = dir.join("data").display().to_string(),
         root = root.display().to_string(),
@@ -803,4 +815,116 @@ async fn a_rule_set_from_the_catalog_hot_swaps_into_the_running_kernel_log_check
     })
     .await;
     agent.stop().await;
+}
+
+/// A stand-in host that accepts probe connections and never answers (a black hole past the handshake).
+async fn mute_host(ip: [u8; 4]) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_from_heartbeats_are_probed_and_reports_come_back_kept_across_a_failed_heartbeat() {
+    const HOST: &str = "net-h1";
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let fake = Fake::default();
+    let addr = serve(fake.clone()).await;
+    // Peers on their own loopback addresses: three real responders (agent code) and one mute host.
+    let mut peers = Vec::new();
+    for i in 0..3u8 {
+        let r = agent::netprobe::responder::Responder::bind(([127, 0, 1, 10 + i], 0).into()).await.unwrap();
+        peers.push(api::ProbePeer {
+            host: format!("peer{i}"),
+            addr: r.local_addr().unwrap().to_string(),
+            tor: "tor1".into(),
+        });
+        tokio::spawn(r.run(stop.clone()));
+    }
+    let (mute, mute_task) = mute_host([127, 0, 1, 20]).await;
+    peers.push(api::ProbePeer { host: "mute".into(), addr: mute.to_string(), tor: "tor2".into() });
+    fake.with(|s| s.peers = peers);
+
+    let dir = open_tempdir();
+    let mut cfg = agent_config(dir.path(), HOST, &addr, free_port());
+    let net = dir.path().join("root/proc/net");
+    std::fs::create_dir_all(&net).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../checkers/testdata/netstat/this-machine");
+    for f in ["snmp", "netstat", "route"] {
+        std::fs::copy(data.join(f), net.join(f)).unwrap();
+    }
+    cfg.net_probe.listen = "127.0.1.2:0".parse().unwrap();
+    cfg.net_probe.window_s = 2;
+    cfg.net_probe.timeout_ms = 100;
+    cfg.validate().unwrap();
+    let agent = start(cfg);
+
+    let reports = |fake: &Fake| -> Vec<api::NetReport> {
+        fake.with(|s| s.heartbeats.iter().flat_map(|h| h.net.clone()).collect())
+    };
+    until("a net report reached the master", || !reports(&fake).is_empty()).await;
+    let first = reports(&fake).remove(0);
+    // The measured window, for the record (ARCHITECTURE.md quotes it).
+    for p in &first.peers {
+        eprintln!(
+            "net window {}: {} sent {} lost {} connect_failures {} rtt p50 {} us p99 {} us",
+            first.window_seq, p.host, p.sent, p.lost, p.connect_failures, p.rtt_p50_us, p.rtt_p99_us
+        );
+    }
+    eprintln!("net window {}: probe_bytes {} votes {:?}", first.window_seq, first.probe_bytes, first.votes);
+    assert_eq!(first.checker_version, agent::netprobe::CHECKER_VERSION);
+    assert_eq!((first.window_ms, first.iface.as_str()), (2000, "lo"));
+    assert_eq!(first.peers.len(), 4, "{first:?}");
+    let mute_result = first.peers.iter().find(|p| p.host == "mute").unwrap();
+    assert_eq!((mute_result.sent, mute_result.lost), (5, 5));
+    for p in first.peers.iter().filter(|p| p.host != "mute") {
+        assert_eq!((p.sent, p.lost), (5, 0), "{p:?}");
+    }
+    let mut votes = first.votes.clone();
+    votes.sort();
+    assert_eq!(votes, ["mute", HOST], "the mute peer and this host itself");
+    assert!(first.probe_bytes > 0);
+    let hb = fake.with(|s| s.heartbeats.last().cloned().unwrap());
+    let probe_addr: std::net::SocketAddr = hb.probe_addr.parse().unwrap();
+    assert_eq!(probe_addr.ip(), std::net::Ipv4Addr::new(127, 0, 1, 2), "the listen IP is advertised");
+    assert_eq!(hb.checkers.get("net-probe").map(String::as_str), Some(agent::netprobe::CHECKER_VERSION));
+    let run = last_run(&fake, "net-probe", false).unwrap();
+    assert_eq!((run.status.as_str(), run.version.as_str()), ("running", agent::netprobe::CHECKER_VERSION));
+    assert!(run.runs >= 1);
+    // The advertised responder answers probes (this agent's own, from outside).
+    let mut s = tokio::net::TcpStream::connect(probe_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &agent::netprobe::responder::request(42)).await.unwrap();
+    let mut b = [0u8; agent::netprobe::responder::PROBE_LEN];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut b).await.unwrap();
+    assert_eq!(agent::netprobe::responder::parse(agent::netprobe::responder::RESPONSE_MAGIC, &b), Some(42));
+
+    // The master is out of reach for a while: the windows closed meanwhile come with the next answered
+    // heartbeat (at most MAX_NET_REPORTS_PER_HEARTBEAT per heartbeat, oldest first), none lost, none twice.
+    let before = reports(&fake).iter().map(|r| r.window_seq).max().unwrap();
+    fake.with(|s| s.down = true);
+    until("two windows closed while heartbeats failed", || fake.with(|s| s.refused_net_reports >= 2)).await;
+    fake.with(|s| s.down = false);
+    until("windows of the outage delivered", || reports(&fake).iter().any(|r| r.window_seq >= before + 3))
+        .await;
+    let all = fake.with(|s| s.heartbeats.clone());
+    assert!(all.iter().all(|h| h.net.len() <= agent::netprobe::MAX_NET_REPORTS_PER_HEARTBEAT));
+    let after_outage = all.iter().find(|h| h.net.iter().any(|r| r.window_seq > before)).unwrap();
+    let seqs: Vec<u64> = after_outage.net.iter().map(|r| r.window_seq).collect();
+    assert!(seqs.len() >= 2 && seqs.windows(2).all(|w| w[0] < w[1]), "oldest first, several: {seqs:?}");
+    let mut delivered: Vec<u64> = reports(&fake).iter().map(|r| r.window_seq).collect();
+    let n = delivered.len();
+    delivered.dedup();
+    assert_eq!(delivered.len(), n, "an answered window is never sent again");
+    let (lo, hi) = (delivered[0], *delivered.last().unwrap());
+    assert_eq!(delivered, (lo..=hi).collect::<Vec<_>>(), "no window lost over the outage");
+
+    agent.stop().await;
+    stop_tx.send_replace(true);
+    mute_task.abort();
 }

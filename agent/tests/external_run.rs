@@ -81,6 +81,8 @@ enabled = false
 enabled = false
 [checkers.kernel-log]
 enabled = false
+[net_probe]
+listen = "127.0.0.1:0"
 
 [[external]]
 name = "raidcheck"

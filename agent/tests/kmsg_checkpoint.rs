@@ -44,7 +44,7 @@ fn config(dir: &Path) -> String {
         "version = 1\nhost = \"{HOST}\"\ndata_dir = {:?}\nmasters = [\"127.0.0.1:1\"]\nhttp_listen = \"127.0.0.1:0\"\n\
          root = {:?}\ninsecure = true\n[report]\nbackoff_max_s = 1\n\
          [checkers.disk]\nenabled = false\n[checkers.edac]\nenabled = false\n[checkers.nic]\nenabled = false\n\
-         [checkers.machine]\nenabled = false\n",
+         [checkers.machine]\nenabled = false\n[net_probe]\nlisten = \"127.0.0.1:0\"\n",
         dir.join("data").display().to_string(),
         dir.join("root").display().to_string(),
     )

@@ -119,10 +119,10 @@ impl TcpCounters {
     /// 32-bit wrap on an old kernel) counts as 0 for that window rather than a huge bogus figure.
     pub fn delta(&self, before: &TcpCounters) -> TcpDelta {
         TcpDelta {
-            retrans_segs: self.retrans_segs.checked_sub(before.retrans_segs).unwrap_or(0),
-            out_segs: self.out_segs.checked_sub(before.out_segs).unwrap_or(0),
+            retrans_segs: self.retrans_segs.saturating_sub(before.retrans_segs),
+            out_segs: self.out_segs.saturating_sub(before.out_segs),
             lost_retransmit: match (self.lost_retransmit, before.lost_retransmit) {
-                (Some(a), Some(b)) => a.checked_sub(b).unwrap_or(0),
+                (Some(a), Some(b)) => a.saturating_sub(b),
                 _ => 0,
             },
         }

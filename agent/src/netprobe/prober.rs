@@ -44,6 +44,9 @@ pub const SEGMENT_WIRE_BYTES: u64 = 66;
 pub const CONNECT_WIRE_BYTES: u64 = 4 * SEGMENT_WIRE_BYTES;
 /// What one probe costs the prober in sent bytes: the request's segment and the ACK of the answer.
 pub const PROBE_WIRE_BYTES: u64 = 2 * SEGMENT_WIRE_BYTES + PROBE_LEN as u64;
+/// Bound on finding the default `probe_addr` (resolving a master's name) before a window: a hung resolver
+/// delays that window by at most this, and the next window tries again.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most peers in one report (api.proto: at most 256 per `NetReport`).
 pub const MAX_PEERS_PER_WINDOW: usize = 256;
 
@@ -159,7 +162,13 @@ impl Prober {
         let addr = match self.advertise {
             None => return,
             Some(Advertise::Fixed(a)) => Some(a),
-            Some(Advertise::Derive(bound)) => super::default_advertise(bound, &self.masters).await,
+            Some(Advertise::Derive(bound)) => {
+                // A resolver that hangs must not hold up the window: try again at the next one.
+                tokio::time::timeout(RESOLVE_TIMEOUT, super::default_advertise(bound, &self.masters))
+                    .await
+                    .ok()
+                    .flatten()
+            }
         };
         if let Some(a) = addr {
             self.shared.set_probe_addr(a.to_string());
@@ -173,8 +182,11 @@ impl Prober {
             Ok(c) => Some(c),
             Err(e) => {
                 let msg = format!("TCP counters: {e}");
-                tracing::warn!("{msg}");
                 self.shared.record(|r| {
+                    // Logged when it changes, not every window (a recorded tree without /proc/net).
+                    if r.last_error != msg {
+                        tracing::warn!("{msg}; windows report no TCP deltas");
+                    }
                     r.failures += 1;
                     r.last_error = msg;
                 });

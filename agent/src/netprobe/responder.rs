@@ -181,7 +181,8 @@ mod tests {
     /// Reads until EOF or error; true when the peer closed (EOF or reset) within the bound.
     async fn closed(s: &mut TcpStream) -> bool {
         let mut b = [0u8; 64];
-        matches!(tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
+        let bound = READ_TIMEOUT + Duration::from_secs(10);
+        matches!(tokio::time::timeout(bound, s.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
     }
 
     #[tokio::test]
@@ -221,6 +222,18 @@ mod tests {
         s.write_all(&request(999)).await.ok();
         assert!(closed(&mut s).await);
         assert_eq!(stats.answered.load(Ordering::Relaxed), u64::from(MAX_PROBES_PER_CONNECTION));
+        stop.send_replace(true);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_the_read_timeout() {
+        let (addr, _, stop, task) = start().await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let opened = tokio::time::Instant::now();
+        assert!(closed(&mut s).await, "closed without a request");
+        let waited = opened.elapsed();
+        assert!(waited >= READ_TIMEOUT - Duration::from_millis(100), "closed after {waited:?}");
         stop.send_replace(true);
         task.await.unwrap();
     }
