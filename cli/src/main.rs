@@ -19,6 +19,7 @@ mod hw_cmd;
 mod inspect_cmd;
 mod kernel_log_cmd;
 mod master_cmd;
+mod net_cmd;
 mod ops_cmd;
 mod pages;
 mod safety_cmd;
@@ -90,6 +91,9 @@ enum Cmd {
     /// Gray release of catalog versions: start, status, widen, pause, resume, promote, rollback.
     #[command(subcommand)]
     Rollout(catalog_cmd::RolloutCmd),
+    /// Network fault localisation (issue 16): suspects, the rack-to-rack matrix, paths between two hosts.
+    #[command(subcommand)]
+    Net(net_cmd::NetCmd),
     /// The daily inspection report (exit 2 when something needs a human; --json for machines).
     Inspect(inspect_cmd::InspectArgs),
     /// State machines: diagrams and transcript checks.
@@ -158,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Catalog(c) => catalog_cmd::run_catalog(c),
         Cmd::Rollout(c) => catalog_cmd::run_rollout(c),
         Cmd::Upgrade(a) => upgrade_cmd::run(a),
+        Cmd::Net(c) => net_cmd::run(c),
         Cmd::Inspect(a) => inspect_cmd::run(a),
         Cmd::Fsm(c) => fsm_cmd::run(c),
         Cmd::Bench(BenchCmd::Rules(a)) => kernel_log_cmd::bench(a),

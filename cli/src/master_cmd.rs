@@ -45,6 +45,10 @@ pub struct MasterArgs {
     /// (then rebuild the node with --join). The node must be stopped.
     #[arg(long)]
     verify: bool,
+    /// Check the configuration (flags or --config, with the `[topology]` file it names) and exit instead of
+    /// starting: 0 and a summary if valid, an error saying what is wrong otherwise.
+    #[arg(long, conflicts_with = "verify")]
+    check_config: bool,
 }
 
 fn config(a: MasterArgs) -> anyhow::Result<MasterConfig> {
@@ -137,7 +141,22 @@ pub fn run(a: MasterArgs) -> anyhow::Result<ExitCode> {
     if a.verify {
         return verify(&a);
     }
+    let check = a.check_config;
     let resolved = config(a)?.resolve()?;
+    if check {
+        let topo = match &resolved.net.topology {
+            Some(t) => format!("{} hosts, {} switches (file)", t.host_count(), t.switches().len()),
+            None => "from the machines' switch/rack labels".to_string(),
+        };
+        println!(
+            "config ok: node {} of {} peers; net window {} s, clear after {} windows; topology: {topo}",
+            resolved.id,
+            resolved.peers.len(),
+            resolved.net.window.as_secs(),
+            resolved.net.clear_windows
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -350,7 +350,7 @@ mod tests {
         let (status, _, body) = get(&addr, "/api/v1/fsm", "").await;
         assert_eq!(status, 200);
         let kinds: FsmKinds = serde_json::from_str(&body).expect("kinds");
-        assert_eq!(kinds.kinds, ["disk", "machine", "dimm", "nic"]);
+        assert_eq!(kinds.kinds, ["disk", "machine", "dimm", "nic", "switch", "link"]);
         for kind in MACHINE_KINDS {
             let (status, head, body) = get(&addr, &format!("/api/v1/fsm/{kind}"), "").await;
             assert_eq!(status, 200, "{head}");

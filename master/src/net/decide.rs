@@ -72,6 +72,29 @@ pub fn finding_of(s: &Suspect, window_end_ms: u64) -> Option<Finding> {
     })
 }
 
+/// The interface netvote names a host suspect by when the host sent no report in the window.
+pub const UNKNOWN_IFACE: &str = "unknown";
+
+/// Name host suspects by the interface their own last report named (`iface_of`, the leader's memory across
+/// windows) when the window had no report from them; a host whose interface nobody knows is ranked and
+/// shown but files nothing (a finding on `nic/HOST/unknown` would create an object that does not exist).
+pub fn name_ifaces(suspects: &mut [Suspect], iface_of: impl Fn(&str) -> Option<String>) {
+    for s in suspects {
+        if let Target::Host { host, iface } = &mut s.target
+            && (iface.is_empty() || iface == UNKNOWN_IFACE)
+        {
+            match iface_of(host) {
+                Some(known) => *iface = known,
+                None if s.decision != Decision::Rank => {
+                    s.decision = Decision::Rank;
+                    s.why.push_str(" (its interface is unknown: no report from it yet, so no finding)");
+                }
+                None => {}
+            }
+        }
+    }
+}
+
 /// What the leader remembers about objects it filed suspicion on: windows since the last suspicion.
 #[derive(Debug, Default)]
 pub struct Clearing {
@@ -91,6 +114,10 @@ impl Clearing {
 
     pub fn len(&self) -> usize {
         self.quiet.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.quiet.is_empty()
     }
 
     /// One closed window: the findings to propose (top suspects first, at most
@@ -190,6 +217,19 @@ mod tests {
         assert_eq!((out[0].severity, out[0].object.to_string()), (Severity::Good, "switch/tor-1".into()));
         assert_eq!(c.len(), 0);
         assert!(c.window(&[], 6, 2).is_empty(), "cleared once");
+    }
+
+    #[test]
+    fn a_host_suspect_without_its_own_report_is_named_by_its_last_interface_or_not_filed() {
+        let mut s = vec![
+            suspect(Target::Host { host: "h1".into(), iface: UNKNOWN_IFACE.into() }, Decision::Error),
+            suspect(Target::Host { host: "h2".into(), iface: UNKNOWN_IFACE.into() }, Decision::Error),
+        ];
+        name_ifaces(&mut s, |h| (h == "h1").then(|| "bond0".to_string()));
+        assert_eq!(s[0].target, Target::Host { host: "h1".into(), iface: "bond0".into() });
+        assert_eq!(s[1].decision, Decision::Rank);
+        let out = Clearing::default().window(&s, 1, 3);
+        assert_eq!(out.iter().map(|f| f.object.to_string()).collect::<Vec<_>>(), ["nic/h1/bond0"]);
     }
 
     #[test]

@@ -229,6 +229,9 @@ pub struct Net {
     peers: Mutex<peers::PeerBook>,
     current: Mutex<Current>,
     last: RwLock<Option<Arc<Closed>>>,
+    /// host -> the interface its last report named (kept across windows, at most
+    /// `peers::MAX_BOOK_AGENTS`), to name a host suspect that did not report in the judged window.
+    ifaces: Mutex<std::collections::HashMap<String, String>>,
     /// host -> ToR from `switch=`/`rack=` labels (when there is no topology file), learned per new peer.
     label_tors: Mutex<std::collections::HashMap<String, String>>,
     pub stats: NetStats,
@@ -247,6 +250,7 @@ impl Net {
             current: Mutex::new(Current::new(max, now_ms())),
             last: RwLock::new(None),
             label_tors: Mutex::default(),
+            ifaces: Mutex::default(),
             stats: NetStats::default(),
         }
     }
@@ -257,6 +261,7 @@ impl Net {
         *lock(&self.current) = Current::new(self.cfg.max_reports, now_ms());
         *self.last.write().unwrap_or_else(|p| p.into_inner()) = None;
         lock(&self.label_tors).clear();
+        lock(&self.ifaces).clear();
     }
 
     /// An agent went silent: no longer handed out as a peer.
@@ -302,6 +307,16 @@ impl Net {
                 }
             }
         }
+        drop(cur);
+        let mut ifaces = lock(&self.ifaces);
+        for r in reports {
+            if ifaces.get(&r.reporter) != Some(&r.iface)
+                && (ifaces.len() < peers::MAX_BOOK_AGENTS || ifaces.contains_key(&r.reporter))
+            {
+                ifaces.insert(r.reporter.clone(), r.iface.clone());
+            }
+        }
+        drop(ifaces);
         self.stats.reports_received.fetch_add(u64::from(new), Ordering::Relaxed);
         self.stats.reports_duplicate.fetch_add(u64::from(dup), Ordering::Relaxed);
         self.stats.reports_refused.fetch_add(u64::from(refused), Ordering::Relaxed);
@@ -333,10 +348,11 @@ impl Service {
         let now = Instant::now();
         let known = lock(&net.peers).touch(agent, host, probe_addr, now);
         if !known {
-            if net.cfg.topology.is_none() && !probe_addr.is_empty() {
-                if let Some(tor) = self.label_tor(host)? {
-                    lock(&net.label_tors).insert(host.to_string(), tor);
-                }
+            if net.cfg.topology.is_none()
+                && !probe_addr.is_empty()
+                && let Some(tor) = self.label_tor(host)?
+            {
+                lock(&net.label_tors).insert(host.to_string(), tor);
             }
             let tor = net.tor_of(host).unwrap_or_default();
             let peer = Peer { host: host.to_string(), addr: probe_addr.to_string(), tor };
@@ -424,7 +440,7 @@ async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<()
         let verdict = netvote::localise(t2.as_deref(), &window, &netvote::Params::default());
         (verdict, window, started.elapsed())
     });
-    let (verdict, window, took) = match tokio::time::timeout(MAX_LOCALISE_TIME, job).await {
+    let (mut verdict, window, took) = match tokio::time::timeout(MAX_LOCALISE_TIME, job).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             net.stats.windows_failed.fetch_add(1, Ordering::Relaxed);
@@ -437,6 +453,7 @@ async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<()
             )));
         }
     };
+    decide::name_ifaces(&mut verdict.suspects, |h| lock(&net.ifaces).get(h).cloned());
     let flows = window.flows().len() as u64;
     let bad_flows = u64::from(verdict.bad_flows);
     net.stats.windows.fetch_add(1, Ordering::Relaxed);

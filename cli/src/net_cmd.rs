@@ -1,0 +1,197 @@
+//! `huatuo net suspects|matrix|path` (issue 16): what the leader's network localisation concluded from the
+//! last closed window. Read role; the leader answers (the client follows a follower's NOT_LEADER).
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use proto::api;
+
+use crate::ops_cmd::{MasterAddr, api_err, runtime};
+
+#[derive(Subcommand, Debug)]
+pub enum NetCmd {
+    /// The suspects of the last window, ranked, each with why and what the leader did.
+    Suspects(SuspectsArgs),
+    /// Loss and RTT between racks (ToRs) over the last window.
+    Matrix(MatrixArgs),
+    /// The equal-cost paths between two hosts with each hop's blame, and what they measured of each other.
+    Path(PathArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SuspectsArgs {
+    /// How many (default 20, at most 1000).
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct MatrixArgs {
+    /// Only rows and columns involving this ToR/rack.
+    #[arg(long, default_value = "")]
+    rack: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct PathArgs {
+    host_a: String,
+    host_b: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+fn pct(lost: u64, sent: u64) -> String {
+    if sent == 0 { "-".into() } else { format!("{:.2}%", lost as f64 * 100.0 / sent as f64) }
+}
+
+pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    match c {
+        NetCmd::Suspects(a) => {
+            let mut client = a.master.client();
+            let req = api::NetSuspectsRequest { limit: a.limit };
+            let r = rt
+                .block_on(client.call(req, |mut c, r| async move { c.net_suspects(r).await }))
+                .map_err(api_err)?;
+            if a.json {
+                let s: Vec<_> = r
+                    .suspects
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({"rank": s.rank, "target": s.target, "kind": s.kind, "score": s.score,
+                        "why": s.why, "voters": s.voters, "bad_flows": s.bad_flows, "flows": s.flows,
+                        "loss": s.loss, "evidence": s.evidence, "decision": s.decision})
+                    })
+                    .collect();
+                let v = serde_json::json!({"window_end_ms": r.window_end_ms, "window_ms": r.window_ms,
+                    "reporters": r.reporters, "flows": r.flows, "bad_flows": r.bad_flows,
+                    "topology": r.topology, "suspects": s});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if r.window_end_ms == 0 {
+                println!("no window closed yet on this leader");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "window of {} ms: {} reporters, {} flows, {} bad{}",
+                r.window_ms,
+                r.reporters,
+                r.flows,
+                r.bad_flows,
+                if r.topology { "" } else { " (no topology: only hosts can be suspects)" }
+            );
+            if r.suspects.is_empty() {
+                println!("no suspects");
+            }
+            for s in &r.suspects {
+                let did = if s.decision.is_empty() { "ranked" } else { s.decision.as_str() };
+                println!("{:>3}. {:<40} score {:.2}  {:<7} {}", s.rank, s.target, s.score, did, s.why);
+                for e in s.evidence.iter().take(3) {
+                    println!("       {e}");
+                }
+            }
+        }
+        NetCmd::Matrix(a) => {
+            let mut client = a.master.client();
+            let req = api::NetMatrixRequest { rack: a.rack };
+            let r = rt
+                .block_on(client.call(req, |mut c, r| async move { c.net_matrix(r).await }))
+                .map_err(api_err)?;
+            if a.json {
+                let cells: Vec<_> = r
+                    .cells
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({"src": c.src, "dst": c.dst, "sent": c.sent, "lost": c.lost,
+                        "rtt_p50_us": c.rtt_p50_us, "rtt_p99_us": c.rtt_p99_us, "flows": c.flows})
+                    })
+                    .collect();
+                let v =
+                    serde_json::json!({"window_end_ms": r.window_end_ms, "racks": r.racks, "cells": cells});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<20} {:<20} {:>8} {:>9} {:>9} {:>6}",
+                "FROM", "TO", "LOSS", "P50 us", "P99 us", "FLOWS"
+            );
+            for c in &r.cells {
+                println!(
+                    "{:<20} {:<20} {:>8} {:>9} {:>9} {:>6}",
+                    c.src,
+                    c.dst,
+                    pct(c.lost, c.sent),
+                    c.rtt_p50_us,
+                    c.rtt_p99_us,
+                    c.flows
+                );
+            }
+        }
+        NetCmd::Path(a) => {
+            let mut client = a.master.client();
+            let req = api::NetPathRequest { a: a.host_a, b: a.host_b };
+            let r = rt
+                .block_on(client.call(req, |mut c, r| async move { c.net_path(r).await }))
+                .map_err(api_err)?;
+            if a.json {
+                let routes: Vec<_> = r
+                    .routes
+                    .iter()
+                    .map(|x| {
+                        let hops: Vec<_> = x
+                            .hops
+                            .iter()
+                            .map(|h| {
+                                serde_json::json!({"link": h.link, "blame": h.blame,
+                                "bad_flows": h.bad_flows, "flows": h.flows})
+                            })
+                            .collect();
+                        serde_json::json!({"nodes": x.nodes, "hops": hops})
+                    })
+                    .collect();
+                let measured: Vec<_> = r
+                    .measured
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({"flow": m.host, "sent": m.sent, "lost": m.lost,
+                        "rtt_p50_us": m.rtt_p50_us, "rtt_p99_us": m.rtt_p99_us})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"routes": routes, "measured": measured})
+                    )?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (i, x) in r.routes.iter().enumerate() {
+                println!("route {}: {}", i + 1, x.nodes.join(" -> "));
+                for h in x.hops.iter().filter(|h| h.blame > 0.0) {
+                    println!(
+                        "    {} blame {:.2} ({} of {} flows bad)",
+                        h.link, h.blame, h.bad_flows, h.flows
+                    );
+                }
+            }
+            for m in &r.measured {
+                println!(
+                    "measured {}: lost {}/{} p50 {} us p99 {} us",
+                    m.host, m.lost, m.sent, m.rtt_p50_us, m.rtt_p99_us
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
