@@ -45,6 +45,10 @@ pub struct BenchNetvoteArgs {
     /// Peers each host probes per window.
     #[arg(long, default_value_t = 32)]
     peers: usize,
+    /// Of the peers, this many are ToR-mates (Pingmesh-style; 0: all peers uniformly random). Only flows
+    /// between ToR-mates tell a whole-ToR fault from its uplinks, and a NIC from its ToR, at low loss.
+    #[arg(long, default_value_t = 0)]
+    tor_mates: usize,
     /// Probes per peer per window (the agent's `probes_per_peer`).
     #[arg(long, default_value_t = 5)]
     probes: u32,
@@ -94,6 +98,7 @@ struct Net {
     topo: Topology,
     host_names: Vec<String>,
     host_tor: Vec<usize>,
+    tor_hosts: Vec<Vec<usize>>,
     tor_names: Vec<String>,
     tor_up: Vec<Vec<usize>>,
     agg_names: Vec<String>,
@@ -118,7 +123,11 @@ impl Net {
         let idx = |v: &[String]| v.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect::<HashMap<_, _>>();
         let (ti, ai, si) = (idx(&tor_names), idx(&agg_names), idx(&spine_names));
         let host_names = topo.hosts().to_vec();
-        let host_tor = host_names.iter().map(|h| topo.tor_of(h).map_or(0, |t| ti[t])).collect();
+        let host_tor: Vec<usize> = host_names.iter().map(|h| topo.tor_of(h).map_or(0, |t| ti[t])).collect();
+        let mut tor_hosts = vec![Vec::new(); tor_names.len()];
+        for (h, &t) in host_tor.iter().enumerate() {
+            tor_hosts[t].push(h);
+        }
         let tor_up: Vec<Vec<usize>> =
             tor_names.iter().map(|t| topo.uplinks(t).iter().map(|a| ai[*a]).collect()).collect();
         let agg_up = agg_names.iter().map(|a| topo.uplinks(a).iter().map(|s| si[*s]).collect()).collect();
@@ -128,7 +137,18 @@ impl Net {
                 agg_pod[a] = t * spec.pods / spec.tors;
             }
         }
-        Ok(Net { topo, host_names, host_tor, tor_names, tor_up, agg_names, agg_pod, agg_up, spine_names })
+        Ok(Net {
+            topo,
+            host_names,
+            host_tor,
+            tor_hosts,
+            tor_names,
+            tor_up,
+            agg_names,
+            agg_pod,
+            agg_up,
+            spine_names,
+        })
     }
 }
 
@@ -279,6 +299,14 @@ fn reports(n: &Net, loss: &mut Loss, rng: &mut Rng, a: &BenchNetvoteArgs, window
     let peers = a.peers.min(hosts - 1);
     for me in 0..hosts {
         let mut chosen: Vec<usize> = Vec::with_capacity(peers);
+        let mates = &n.tor_hosts[n.host_tor[me]];
+        let want_mates = a.tor_mates.min(mates.len() - 1).min(peers);
+        while chosen.len() < want_mates {
+            let p = mates[rng.below(mates.len() as u64) as usize];
+            if p != me && !chosen.contains(&p) {
+                chosen.push(p);
+            }
+        }
         while chosen.len() < peers {
             let p = rng.below(hosts as u64) as usize;
             if p != me && !chosen.contains(&p) {
@@ -440,7 +468,7 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
     let first = a.seed.unwrap_or_else(now_ms);
     println!(
         "seed {first} (replay with --seed {first}); {} seeds; Clos of {} hosts, {} ToRs, {} aggregation switches in {} pods, \
-         {} spines; {} peers x {} probes per host per window; background {}% per link, {}% busy hosts; 1 healthy + {} fault windows per seed",
+         {} spines; {} peers ({} of them ToR-mates) x {} probes per host per window; background {}% per link, {}% busy hosts; 1 healthy + {} fault windows per seed",
         a.seeds,
         a.hosts,
         a.tors,
@@ -448,6 +476,7 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
         a.pods,
         a.spines,
         a.peers,
+        a.tor_mates,
         a.probes,
         BACKGROUND * 100.0,
         BUSY_SHARE * 100.0,

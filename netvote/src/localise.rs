@@ -36,6 +36,10 @@ pub const MAX_EVIDENCE: usize = 10;
 /// moment estimate converge to well under 1e-9 in every case the tests and the bench produce.
 const FIT_ITERATIONS: usize = 30;
 
+/// Relative likelihood difference under which two elements count as carrying exactly the same evidence
+/// (floating-point noise of summing the same numbers; real near-ties differ by far more).
+const EXACT_TIE: f64 = 1e-9;
+
 /// Thresholds of the localiser. `Default` is what the leader runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
@@ -77,7 +81,7 @@ impl Default for Params {
             min_excess_loss: 0.002,
             max_suspects: 8,
             tie_ratio: 0.97,
-            max_alternatives: 4,
+            max_alternatives: 3,
             candidates: 48,
             host_error_loss: 0.01,
             host_error_llr: 20.0,
@@ -392,8 +396,34 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
         }
         chosen.push(e);
         listed.push(e);
-        let decision = decide(&ctx, &placed, e, q, llr, background, p);
-        let main = describe(&ctx, w, flows, &placed, &through, e, q, llr, decision, p);
+        // Elements with exactly the same evidence (the same share of the same flows: equal-cost uplinks of one
+        // ToR, the spine links of one pod) cannot be told apart by any loss figure: name them, and never
+        // propose ERROR for one of them (it may be the healthy one).
+        let twins: Vec<u32> = scored
+            .iter()
+            .skip(1)
+            .take_while(|x| (x.0 - llr).abs() <= EXACT_TIE * llr)
+            .filter(|x| !matches!(ctx.decode(x.2), Elem::Nic(_)))
+            .map(|x| x.2)
+            .collect();
+        let mut decision = decide(&ctx, &placed, e, q, llr, background, p);
+        if !twins.is_empty() && decision == Decision::Error {
+            decision = Decision::Warning;
+        }
+        let mut main = describe(&ctx, w, flows, &placed, &through, e, q, llr, decision, p);
+        if !twins.is_empty() {
+            main.why = format!(
+                "{}; {} other element(s) carry exactly the same flows and cannot be told apart (equal-cost paths), e.g. {}",
+                main.why,
+                twins.len(),
+                twins
+                    .iter()
+                    .take(3)
+                    .map(|&t| target_of(&ctx, w, t).object_id())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let main_id = main.target.object_id();
         v.suspects.push(main);
         let mut alts = 0;
@@ -862,8 +892,14 @@ mod tests {
         f.link.insert(("agg0".into(), "tor1".into()), 0.08);
         let w = window(&t, &f, 24, 20, 13);
         let v = localise(Some(&t), &w, &Params::default());
-        let top3: Vec<Target> = v.suspects.iter().take(3).map(|s| s.target.clone()).collect();
-        assert!(top3.contains(&Target::link("agg0", "tor1")), "{:?}", v.suspects);
+        let top2: Vec<Target> = v.suspects.iter().take(2).map(|s| s.target.clone()).collect();
+        // tor1's two uplinks carry exactly the same flows: both are named, first the pick, then its twin.
+        assert!(top2.contains(&Target::link("agg0", "tor1")), "{:?}", v.suspects);
+        assert!(top2.contains(&Target::link("agg1", "tor1")), "{:?}", v.suspects);
+        // The fitted loss (8%) is above the ERROR threshold, but the pick may be the healthy twin: WARNING.
+        assert_eq!(v.suspects[0].decision, Decision::Warning, "{:?}", v.suspects[0]);
+        assert!(v.suspects[0].why.contains("cannot be told apart"), "{}", v.suspects[0].why);
+        assert_eq!(v.suspects[1].decision, Decision::Rank);
         assert!(no_host_error(&v));
     }
 

@@ -696,3 +696,27 @@ uplinks = ["s1", "s2"]
         assert_eq!(crate::Target::link("tor1", "agg1").object_id(), "link/agg1--tor1");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Outside text never panics the parsers; what parses has routes between every pair of its hosts.
+        #[test]
+        fn parsers_never_panic(text in "([a-d]{0,2}(,[a-f0-9]{0,2}){0,4}\n){0,12}") {
+            if let Ok(t) = Topology::parse_csv(&text) {
+                for a in t.hosts() {
+                    for b in t.hosts() {
+                        let r = t.routes(a, b);
+                        prop_assert!(r.is_ok());
+                        prop_assert!(r.unwrap().len() <= MAX_ROUTES_PER_PAIR);
+                    }
+                }
+            }
+            let _parsed = Topology::parse_toml(&text);
+        }
+    }
+}

@@ -372,3 +372,73 @@ mod tests {
         assert_eq!(w.host_info(a).iface, "eth0");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::PeerResult;
+
+    fn arb_report() -> impl Strategy<Value = Report> {
+        (0u8..6, 0u64..3, 0u64..3, proptest::collection::vec((0u8..8, 0u32..20, 0u32..20), 0..6)).prop_map(
+            |(who, started, seq, peers)| Report {
+                reporter: format!("h{who}"),
+                started_ms: started,
+                window_seq: seq,
+                iface: "eth0".into(),
+                peers: peers
+                    .into_iter()
+                    .map(|(p, sent, lost)| PeerResult {
+                        host: format!("p{p}"),
+                        sent,
+                        lost,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    proptest! {
+        /// Any sequence of reports, each retried any number of times in any order, counts each identity once;
+        /// a refused report changes nothing.
+        #[test]
+        fn retries_count_once(mut reports in proptest::collection::vec(arb_report(), 0..30), order in proptest::collection::vec(0usize..1000, 0..90)) {
+            // One content per identity (a retry is the same report).
+            let mut ids = std::collections::HashSet::new();
+            reports.retain(|r| ids.insert((r.reporter.clone(), r.started_ms, r.window_seq)));
+            let mut once = Window::new(WindowLimits::default());
+            let mut accepted = std::collections::HashSet::new();
+            for r in &reports {
+                if once.add(r) == Ok(true) {
+                    accepted.insert((r.reporter.clone(), r.started_ms, r.window_seq));
+                }
+            }
+            let mut retried = Window::new(WindowLimits::default());
+            for r in &reports {
+                let before = retried.flows().len();
+                match retried.add(r) {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => prop_assert_eq!(retried.flows().len(), before),
+                }
+                for &i in &order {
+                    if !reports.is_empty() {
+                        let again = &reports[i % reports.len()];
+                        let before = retried.flows().len();
+                        if retried.add(again) != Ok(true) {
+                            prop_assert_eq!(retried.flows().len(), before);
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(once.reports(), accepted.len());
+            // Retries in any order end in the same window as adding each report once.
+            prop_assert_eq!(retried.reports(), once.reports());
+            prop_assert_eq!(retried.flows().len(), once.flows().len());
+            let lost = |w: &Window| w.flows().iter().map(|f| u64::from(f.lost)).sum::<u64>();
+            prop_assert_eq!(lost(&retried), lost(&once));
+        }
+    }
+}
