@@ -114,9 +114,10 @@ pub struct NetProbeConfig {
     /// `netvote::local::LocalRules::default().min_sent` probes on).
     #[serde(default = "default_probes_per_peer")]
     pub probes_per_peer: u32,
-    /// How long a connect or a probe's answer may take before it counts as lost.
-    #[serde(default = "default_probe_timeout")]
-    pub timeout_ms: u64,
+    /// How long a connect or a probe's answer may take before it counts as lost. Default: 500 ms, or less
+    /// when the window is too short for that (see [`NetProbeConfig::timeout_ms`]).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
     /// Bound on the prober's traffic (bytes sent on the wire, headers included, averaged over a window).
     #[serde(default = "default_probe_bytes")]
     pub max_bytes_per_s: u64,
@@ -131,7 +132,7 @@ impl Default for NetProbeConfig {
             window_s: default_probe_window(),
             peers_per_window: default_peers_per_window(),
             probes_per_peer: default_probes_per_peer(),
-            timeout_ms: default_probe_timeout(),
+            timeout_ms: None,
             max_bytes_per_s: default_probe_bytes(),
         }
     }
@@ -160,9 +161,7 @@ fn default_probes_per_peer() -> u32 {
 }
 /// Half a second: far above a healthy datacenter RTT, below the kernel's 1 s SYN retransmit, so a
 /// dropped SYN counts as a lost probe.
-fn default_probe_timeout() -> u64 {
-    500
-}
+pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 500;
 /// 64 KiB/s: the defaults (32 peers x 5 probes per 10 s) spend about 4 KiB/s; the bound leaves room for
 /// a larger `peers_per_window` and stops a misconfiguration from flooding the fabric.
 fn default_probe_bytes() -> u64 {
@@ -170,6 +169,22 @@ fn default_probe_bytes() -> u64 {
 }
 
 impl NetProbeConfig {
+    /// Rounds of `PROBE_CONCURRENCY` peers one window needs.
+    fn rounds(&self) -> u64 {
+        self.peers_per_window.div_ceil(crate::netprobe::prober::PROBE_CONCURRENCY) as u64
+    }
+
+    /// The probe timeout in use: the configured one, else [`DEFAULT_PROBE_TIMEOUT_MS`] cut down so that
+    /// every peer's probes fit in the window even when each connect and each answer time out (2 s
+    /// windows with 5 probes: 200 ms), never below 1 ms.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or_else(|| {
+            let per_probe =
+                (self.window_s * 1000) / (self.rounds() * u64::from(self.probes_per_peer) * 2).max(1);
+            DEFAULT_PROBE_TIMEOUT_MS.min(per_probe).max(1)
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(format!("net_probe.{m}")));
         if self.window_s == 0 || self.window_s > MAX_PROBE_WINDOW_S {
@@ -191,13 +206,25 @@ impl NetProbeConfig {
                 self.probes_per_peer
             ));
         }
-        if self.timeout_ms == 0 || self.timeout_ms > MAX_PROBE_TIMEOUT_MS {
+        let timeout_ms = self.timeout_ms();
+        if timeout_ms == 0 || timeout_ms > MAX_PROBE_TIMEOUT_MS {
             return bad(format!("timeout_ms must be within 1..={MAX_PROBE_TIMEOUT_MS}"));
         }
-        if self.timeout_ms >= self.window_s * 1000 {
+        if timeout_ms >= self.window_s * 1000 {
             return bad(format!(
-                "timeout_ms ({}) must be shorter than the window ({} s)",
-                self.timeout_ms, self.window_s
+                "timeout_ms ({timeout_ms}) must be shorter than the window ({} s)",
+                self.window_s
+            ));
+        }
+        // Every peer's probes must fit in the window even when each connect and each answer times out
+        // (a peer cut off at the window's end sends fewer probes than the vote rule needs to judge it).
+        let rounds = self.rounds();
+        let worst_ms = rounds * u64::from(self.probes_per_peer) * 2 * timeout_ms;
+        if worst_ms > self.window_s * 1000 {
+            return bad(format!(
+                "timeout_ms: {rounds} round(s) of {} probes, each up to a connect and an answer of {} ms, take \
+                 up to {worst_ms} ms: more than the window ({} s); lower timeout_ms or probes_per_peer",
+                self.probes_per_peer, timeout_ms, self.window_s
             ));
         }
         let one_peer = crate::netprobe::prober::peer_budget(self.probes_per_peer);
@@ -664,12 +691,20 @@ mod tests {
         assert!(c.enabled);
         assert_eq!(c.listen, "0.0.0.0:7791".parse().unwrap());
         assert_eq!((c.window_s, c.peers_per_window, c.probes_per_peer), (10, 32, 5));
-        assert_eq!((c.timeout_ms, c.max_bytes_per_s, c.advertise), (500, 65536, None));
+        assert_eq!((c.timeout_ms(), c.max_bytes_per_s, c.advertise), (500, 65536, None));
         let ok = parse(&format!(
-            "{MIN}[net_probe]\nlisten = \"127.0.0.2:0\"\nadvertise = \"10.0.0.1:7791\"\nwindow_s = 2\n"
+            "{MIN}[net_probe]\nlisten = \"127.0.0.2:0\"\nadvertise = \"10.0.0.1:7791\"\nwindow_s = 2\n\
+             timeout_ms = 200\n"
         ))
         .unwrap();
-        assert_eq!(ok.net_probe.window_s, 2);
+        assert_eq!(ok.net_probe.window_s, 2, "2 s windows (the fabric test's) fit 5 probes of 200 ms");
+        // Without timeout_ms, a short window gets a timeout that fits it.
+        let short =
+            |extra: &str| parse(&format!("{MIN}[net_probe]\nwindow_s = 2\n{extra}")).map(|c| c.net_probe);
+        assert_eq!(short("").unwrap().timeout_ms(), 200);
+        assert_eq!(short("probes_per_peer = 10\n").unwrap().timeout_ms(), 100);
+        assert_eq!(short("peers_per_window = 64\n").unwrap().timeout_ms(), 100, "two rounds");
+        assert_eq!(parse(&format!("{MIN}[net_probe]\nwindow_s = 60\n")).unwrap().net_probe.timeout_ms(), 500);
         let one_peer = crate::netprobe::prober::peer_budget(5);
         let cases = [
             ("window_s = 0", "window_s must be within"),
@@ -682,8 +717,13 @@ mod tests {
             ("timeout_ms = 0", "timeout_ms must be within"),
             ("timeout_ms = 10001", "timeout_ms must be within"),
             ("window_s = 1\ntimeout_ms = 1000", "shorter than the window"),
+            ("window_s = 2\ntimeout_ms = 500", "more than the window (2 s)"),
+            ("peers_per_window = 65\ntimeout_ms = 500", "3 round(s)"),
             ("max_bytes_per_s = 104857601", "at most"),
-            (&*format!("window_s = 1\nmax_bytes_per_s = {}", one_peer - 1), "does not cover one peer"),
+            (
+                &*format!("window_s = 1\ntimeout_ms = 100\nmax_bytes_per_s = {}", one_peer - 1),
+                "does not cover one peer",
+            ),
             ("advertise = \"0.0.0.0:7791\"", "advertise"),
             ("advertise = \"10.0.0.1:0\"", "advertise"),
             ("listen = \"nonsense\"", "invalid socket address"),
@@ -694,7 +734,7 @@ mod tests {
             assert!(err.contains(want), "{extra:?}: {err}");
         }
         // At the budget's limit: exactly one peer per window is accepted.
-        let at = format!("{MIN}[net_probe]\nwindow_s = 1\nmax_bytes_per_s = {one_peer}\n");
+        let at = format!("{MIN}[net_probe]\nwindow_s = 1\ntimeout_ms = 100\nmax_bytes_per_s = {one_peer}\n");
         assert_eq!(parse(&at).unwrap().net_probe.max_bytes_per_s, one_peer);
     }
 

@@ -861,7 +861,7 @@ async fn peers_from_heartbeats_are_probed_and_reports_come_back_kept_across_a_fa
     }
     cfg.net_probe.listen = "127.0.1.2:0".parse().unwrap();
     cfg.net_probe.window_s = 2;
-    cfg.net_probe.timeout_ms = 100;
+    cfg.net_probe.timeout_ms = Some(100);
     cfg.validate().unwrap();
     let agent = start(cfg);
 

@@ -102,6 +102,7 @@ fn start_agent(bin: &Path, dir: &Path, host: &str, root: &Path, masters: &str, h
     let cfg = format!(
         "version = 1\nhost = {host:?}\ndata_dir = {:?}\nmasters = [{}]\nhttp_listen = \"127.0.0.1:{http_port}\"\n\
          root = {:?}\n[labels]\nrack = \"r1\"\n[report]\nheartbeat_s = 1\nbackoff_max_s = 1\n\
+         [net_probe]\nlisten = \"127.0.0.1:0\"\n\
          [checkers.disk]\ninterval_s = 1\n[checkers.machine]\ninterval_s = 2\n[checkers.nic]\ninterval_s = 2\n\
          [checkers.edac]\ninterval_s = 2\n",
         dir.join("agent-data").display().to_string(),

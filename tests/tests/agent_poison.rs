@@ -102,6 +102,8 @@ masters = ["{master}"]
 http_listen = "127.0.0.1:{port}"
 root = {root:?}
 insecure = true
+[net_probe]
+listen = "127.0.0.1:0"
 [report]
 heartbeat_s = 1
 backoff_max_s = 1

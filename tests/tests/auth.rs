@@ -304,7 +304,7 @@ fn agent_config(dir: &Path, name: &str, masters: &str, tls: &TlsFiles, token: &T
     let cfg = format!(
         "version = 1\nhost = {name:?}\ndata_dir = {:?}\nmasters = [{}]\nhttp_listen = \"127.0.0.1:{}\"\n\
          root = {:?}\ntoken_file = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\
-         [report]\nheartbeat_s = 1\nbackoff_max_s = 1\n",
+         [report]\nheartbeat_s = 1\nbackoff_max_s = 1\n[net_probe]\nlisten = \"127.0.0.1:0\"\n",
         dir.join(format!("{name}-data")).display().to_string(),
         masters.join(", "),
         free_port().unwrap(),

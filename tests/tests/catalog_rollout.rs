@@ -155,7 +155,7 @@ fn start_agent(
     let kl = if kernel_log { "enabled = true\ninterval_s = 1" } else { "enabled = false" };
     let cfg = format!(
         "version = 1\nhost = {host:?}\ndata_dir = {:?}\nmasters = [{}]\nhttp_listen = \"127.0.0.1:{}\"\n\
-         root = {:?}\n[labels]\nrack = {rack:?}\n[report]\nheartbeat_s = 1\nbackoff_max_s = 1\n\
+         root = {:?}\n[labels]\nrack = {rack:?}\n[net_probe]\nlisten = \"127.0.0.1:0\"\n[report]\nheartbeat_s = 1\nbackoff_max_s = 1\n\
          [checkers.disk]\ninterval_s = 5\n[checkers.machine]\nenabled = false\n[checkers.nic]\nenabled = false\n\
          [checkers.edac]\nenabled = false\n[checkers.rasdaemon]\nenabled = false\n[checkers.kernel-log]\n{kl}\n",
         dir.join("agent-data").display().to_string(),

@@ -295,6 +295,8 @@ masters = [{masters_toml}]
 http_listen = "127.0.0.1:{agent_port}"
 root = "{root}"
 insecure = true
+[net_probe]
+listen = "127.0.0.1:0"
 [report]
 heartbeat_s = 1
 inventory_s = 1
@@ -535,6 +537,8 @@ masters = [{masters_toml}]
 http_listen = "127.0.0.1:{agent_port}"
 root = "{root}"
 insecure = true
+[net_probe]
+listen = "127.0.0.1:0"
 [report]
 heartbeat_s = 1
 [worker.machine]

@@ -72,7 +72,7 @@ impl Settings {
             window: Duration::from_secs(c.window_s),
             peers_per_window: c.peers_per_window,
             probes_per_peer: c.probes_per_peer,
-            timeout: Duration::from_millis(c.timeout_ms),
+            timeout: Duration::from_millis(c.timeout_ms()),
             budget: c.max_bytes_per_s.saturating_mul(c.window_s),
         }
     }
