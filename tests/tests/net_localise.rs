@@ -117,7 +117,7 @@ async fn a_lossy_host_is_named_its_nic_goes_error_and_bad_reports_change_nothing
         "[net]\nwindow_s = 1\nclear_windows = 2\n[topology]\nfile = {:?}\n",
         topo.display().to_string()
     );
-    let cluster = LocalCluster::start_with_config(&huatuo_bin(), 3, &extra).expect("start cluster");
+    let mut cluster = LocalCluster::start_with_config(&huatuo_bin(), 3, &extra).expect("start cluster");
     let leader = cluster
         .wait_leader(READY_TIMEOUT)
         .await
@@ -272,6 +272,29 @@ async fn a_lossy_host_is_named_its_nic_goes_error_and_bad_reports_change_nothing
     let e = direct.net_suspects(api::NetSuspectsRequest::default()).await.expect_err("follower");
     assert_ne!(e.code(), tonic::Code::Ok);
     assert!(e.message().to_lowercase().contains("leader"), "{e}");
+
+    // The leader dies: its window and verdict die with it; the new leader starts empty (no reports since),
+    // while the NIC's ERROR, which was committed, stays.
+    cluster.kill9(leader);
+    let fresh = wait_until(SETTLE, || {
+        let mut c = cluster.client();
+        async move {
+            let r = c
+                .call(api::NetSuspectsRequest { limit: 0 }, |mut c, r| async move { c.net_suspects(r).await })
+                .await;
+            r.is_ok_and(|r| r.reporters == 0 && r.suspects.is_empty())
+        }
+    })
+    .await;
+    assert!(fresh, "the new leader did not start with an empty window");
+    let nic = client
+        .call(
+            api::GetObjectRequest { id: "nic/h00/eth0".into(), ..Default::default() },
+            |mut c, r| async move { c.get_object(r).await },
+        )
+        .await
+        .expect("nic");
+    assert_eq!(nic.object.map(|o| o.state).as_deref(), Some("ERROR"));
 }
 
 /// Every agent reports one window (each report twice: a retried heartbeat); false if a beat failed.

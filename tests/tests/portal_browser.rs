@@ -524,6 +524,13 @@ fn portal_follows_a_failing_disk_live_and_approves_a_proposal() {
         "machine diagram",
         "document.querySelectorAll('#fsm-body svg.fsm[data-kind=\"machine\"] .node').length === 6",
     );
+    // Network (issue 16): the leader's last window (no agent probes here: the page says so, without errors).
+    s.eval("open network", "location.hash = '#/network'");
+    s.wait(
+        "network page",
+        "document.querySelectorAll('#net-summary .card').length === 4 && !!document.querySelector('#net-suspects div, #net-suspects table') && !!document.querySelector('#net-matrix div, #net-matrix table')",
+    );
+    s.shot("16b-network");
 
     // Checkers: a release in gray (pushed and started through REST), paused through the page with a reason
     // and its confirmation step, the new state checked through REST.

@@ -135,8 +135,9 @@ impl Clearing {
                 *quiet = 0;
                 continue;
             }
-            *quiet += 1;
-            if *quiet >= clear_windows.max(1) {
+            *quiet = quiet.saturating_add(1);
+            // At most MAX_FINDINGS_PER_WINDOW clearings a window (the rest stay due and clear next window).
+            if *quiet >= clear_windows.max(1) && cleared.len() < MAX_FINDINGS_PER_WINDOW {
                 cleared.push(id.clone());
             }
         }
@@ -230,6 +231,17 @@ mod tests {
         assert_eq!(s[1].decision, Decision::Rank);
         let out = Clearing::default().window(&s, 1, 3);
         assert_eq!(out.iter().map(|f| f.object.to_string()).collect::<Vec<_>>(), ["nic/h1/bond0"]);
+    }
+
+    #[test]
+    fn clearings_are_bounded_per_window_and_the_rest_clear_next() {
+        let mut c = Clearing::default();
+        c.adopt((0..MAX_FINDINGS_PER_WINDOW + 5).map(|i| ObjectId::switch(&format!("tor-{i}")).expect("id")));
+        let first = c.window(&[], 1, 1);
+        assert_eq!(first.len(), MAX_FINDINGS_PER_WINDOW);
+        assert!(first.iter().all(|f| f.severity == Severity::Good));
+        assert_eq!(c.window(&[], 2, 1).len(), 5, "the rest in the next window");
+        assert!(c.is_empty());
     }
 
     #[test]

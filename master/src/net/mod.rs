@@ -569,3 +569,64 @@ impl Service {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(host: &str, seq: u64) -> netvote::Report {
+        netvote::Report {
+            reporter: host.into(),
+            started_ms: 1,
+            window_seq: seq,
+            iface: "eth0".into(),
+            peers: vec![netvote::PeerResult { host: "peer".into(), sent: 10, ..Default::default() }],
+            votes: vec![],
+            tcp_retrans_segs: 0,
+            tcp_out_segs: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_window_refuses_reports_and_counts_them_and_retries_count_once() {
+        let net = Net::new(NetConfig { max_reports: 2, ..NetConfig::default() });
+        assert_eq!(net.add_reports(&[report("a", 1), report("b", 1)]), (2, 0, 0));
+        assert_eq!(net.add_reports(&[report("a", 1)]), (0, 1, 0), "a retried heartbeat's report");
+        assert_eq!(net.add_reports(&[report("c", 1)]), (0, 0, 1), "one more than the limit is refused");
+        assert_eq!(net.stats.reports_refused.load(Ordering::Relaxed), 1);
+        // The next window has room again, and still knows the reports of the one before.
+        let (w, _) = net.take_window(now_ms());
+        assert_eq!(w.reporters(), 2);
+        assert_eq!(net.add_reports(&[report("a", 1), report("c", 1)]), (1, 1, 0));
+        // Leadership lost: everything goes.
+        net.clear();
+        assert_eq!(net.add_reports(&[report("a", 1)]), (1, 0, 0), "a new leader starts empty");
+    }
+
+    #[test]
+    fn the_config_is_checked_with_clear_errors() {
+        let ok = NetConfig::resolve(&NetSection::default(), &TopologySection::default()).expect("defaults");
+        assert_eq!((ok.window, ok.clear_windows), (Duration::from_secs(10), 3));
+        for (net, want) in [
+            (NetSection { window_s: 0, ..NetSection::default() }, "window_s = 0"),
+            (NetSection { window_s: MAX_WINDOW_S + 1, ..NetSection::default() }, "window_s"),
+            (NetSection { clear_windows: 0, ..NetSection::default() }, "clear_windows = 0"),
+            (NetSection { max_reports_per_window: 0, ..NetSection::default() }, "max_reports_per_window"),
+        ] {
+            let e = NetConfig::resolve(&net, &TopologySection::default()).expect_err(want);
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        let dir = std::env::temp_dir().join(format!("huatuo-net-topo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let csv = dir.join("t.csv");
+        std::fs::write(&csv, "h1,tor-1,agg-1,spine-1\nh2,tor-2,agg-1,spine-1\n").expect("write");
+        let t = NetConfig::resolve(&NetSection::default(), &TopologySection { file: Some(csv.clone()) })
+            .expect("csv topology");
+        assert_eq!(t.topology.as_ref().map(|t| t.host_count()), Some(2));
+        std::fs::write(&csv, "h1\n").expect("write");
+        let e = NetConfig::resolve(&NetSection::default(), &TopologySection { file: Some(csv.clone()) })
+            .expect_err("one column");
+        assert!(e.to_string().contains("t.csv") && e.to_string().contains("line 1"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

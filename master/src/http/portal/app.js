@@ -3,7 +3,7 @@
 // bearer token (kept in sessionStorage) on every request, and keeps a local copy of the object list current
 // from the NDJSON watch stream (reconnecting from the last revision + 1), so pages update live. Pages are hash
 // routes: #/ fleet, #/objects search, #/object/<id>, #/host/<host>, #/proposals, #/safety, #/agents,
-// #/checkers, #/events, #/fsm/<kind>, #/login. The DOM is built with createElement/textContent only: nothing from the
+// #/checkers, #/network, #/events, #/fsm/<kind>, #/login. The DOM is built with createElement/textContent only: nothing from the
 // server is ever parsed as HTML.
 'use strict';
 (() => {
@@ -33,7 +33,7 @@
   // Page re-render coalescing after live changes.
   const UPDATE_DELAY_MS = 150;
 
-  const KINDS = ['machine', 'disk', 'dimm', 'nic', 'checker'];
+  const KINDS = ['machine', 'disk', 'dimm', 'nic', 'switch', 'link', 'checker'];
   const STATES = ['GOOD', 'SLOW', 'WARNING', 'ERROR', 'FIX', 'REPAIR', 'NEWBIE', 'TEST'];
   const OUT_OF_SERVICE = new Set(['ERROR', 'FIX', 'REPAIR']);
   const STATE_RANK = { ERROR: 0, FIX: 1, REPAIR: 2, WARNING: 3, SLOW: 4, TEST: 5, NEWBIE: 6, GOOD: 7 };
@@ -463,7 +463,7 @@
   function go(hash) { if (location.hash !== hash) location.hash = hash; else render(); }
   const PAGES = {
     '': pageFleet, objects: pageSearch, object: pageObject, host: pageHost, proposals: pageProposals,
-    safety: pageSafety, agents: pageAgents, checkers: pageCheckers, events: pageEvents, fsm: pageFsm, login: pageLogin,
+    safety: pageSafety, agents: pageAgents, checkers: pageCheckers, network: pageNetwork, events: pageEvents, fsm: pageFsm, login: pageLogin,
   };
   function render() {
     const r = route();
@@ -1141,6 +1141,71 @@
     return { name: 'agents', update() { if (Date.now() - last >= POLL_MS) { last = Date.now(); load(); } } };
   }
 
+  // ---------------------------------------------------------------- network (issue 16)
+  // The leader's last closed probe window: the rack-to-rack loss heatmap (GET /net/matrix) and the ranked
+  // suspects with why and what the leader did (GET /net/suspects). Loss shades are classes (the CSP forbids
+  // inline styles): heat-0 none, then <0.1%, <1%, <5%, <20%, >=20%.
+  function heatClass(lost, sent) {
+    if (!sent) return 'heat-na';
+    const l = lost / sent;
+    if (l === 0) return 'heat-0';
+    if (l < 0.001) return 'heat-1';
+    if (l < 0.01) return 'heat-2';
+    if (l < 0.05) return 'heat-3';
+    if (l < 0.2) return 'heat-4';
+    return 'heat-5';
+  }
+  function pageNetwork(main) {
+    const head = h('div', { id: 'net-summary', class: 'cards' });
+    const heat = h('div', { id: 'net-matrix' });
+    const list = h('div', { id: 'net-suspects' });
+    append(main, h('h1', {}, 'Network'), head, h('h2', {}, 'Suspects (last window)'), list,
+      h('h2', {}, 'Loss between racks (rows probe columns)'), heat);
+    let sus = null;
+    let mat = null;
+    let err = null;
+    const load = async () => {
+      try { [sus, mat] = await Promise.all([api('/net/suspects?limit=50'), api('/net/matrix')]); err = null; } catch (e) { err = e; }
+      draw();
+    };
+    const draw = () => {
+      if (err) { replace(list, errorBox(err)); replace(heat); replace(head); return; }
+      if (!sus || !mat) { replace(list, h('div', { class: 'empty' }, 'Loading…')); return; }
+      const closed = n0(sus.window_end_ms) > 0;
+      replace(head,
+        card('Window', closed ? dur(n0(sus.window_ms)) : '-', closed ? `closed ${ago(n0(sus.window_end_ms))}` : 'no window closed yet on this leader'),
+        card('Reporters', num(n0(sus.reporters)), 'agents whose report landed in it'),
+        card('Bad flows', `${num(n0(sus.bad_flows))} / ${num(n0(sus.flows))}`, 'probe results above the loss threshold', n0(sus.bad_flows) ? 'warn' : ''),
+        card('Suspects', num(sus.suspects.length), sus.topology ? 'topology loaded' : 'no topology: only hosts can be suspects', sus.suspects.length ? 'bad' : ''));
+      replace(list, sus.suspects.length ? h('table', { id: 'net-suspects-table' },
+        h('thead', {}, h('tr', {}, ['#', 'suspect', 'score', 'decision', 'why', 'flows', 'loss', 'evidence'].map((x) => h('th', {}, x)))),
+        h('tbody', {}, sus.suspects.map((x) => h('tr', { 'data-target': x.target, class: x.decision === 'ERROR' ? 'spread' : '' },
+          h('td', { class: 'num' }, String(x.rank)), h('td', { class: 'mono' }, h('a', { href: `#/object/${encodeURIComponent(x.target)}` }, x.target)),
+          h('td', { class: 'num' }, Number(x.score).toFixed(2)), h('td', {}, x.decision ? badge(x.decision) : h('span', { class: 'muted' }, 'ranked')),
+          h('td', { class: 'small' }, x.why), h('td', { class: 'num' }, `${num(x.bad_flows)} / ${num(x.flows)}`),
+          h('td', { class: 'num' }, `${(Number(x.loss) * 100).toFixed(2)}%`),
+          h('td', { class: 'small mono' }, (x.evidence || []).slice(0, 3).join('\n'))))))
+        : h('div', { class: 'empty panel' }, closed ? 'No suspects in the last window.' : 'No window closed yet.'));
+      const racks = mat.racks || [];
+      const cell = new Map((mat.cells || []).map((c) => [`${c.src}\u0000${c.dst}`, c]));
+      replace(heat, racks.length ? h('table', { id: 'net-heatmap', class: 'matrix heatmap' },
+        h('thead', {}, h('tr', {}, h('th', {}, 'from \\ to'), racks.map((r) => h('th', { class: 'mono' }, r)))),
+        h('tbody', {}, racks.slice(0, TABLE_MAX).map((src) => h('tr', {}, h('th', { class: 'mono' }, src),
+          racks.map((dst) => {
+            const c = cell.get(`${src}\u0000${dst}`);
+            if (!c) return h('td', { class: 'heat-na' }, '');
+            const sent = n0(c.sent), lost = n0(c.lost);
+            return h('td', { class: `num ${heatClass(lost, sent)}`, title: `${src} -> ${dst}: ${lost}/${sent} lost, p99 ${c.rtt_p99_us} us, ${c.flows} flows`,
+              'data-src': src, 'data-dst': dst }, `${(lost * 100 / sent).toFixed(2)}%`);
+          })))))
+        : h('div', { class: 'empty panel' }, 'No rack-to-rack results yet (a topology or switch= labels are needed).'));
+    };
+    draw();
+    load();
+    let last = Date.now();
+    return { name: 'network', update() { if (Date.now() - last >= POLL_MS) { last = Date.now(); load(); } } };
+  }
+
   // ---------------------------------------------------------------- checkers (catalog and gray release)
   // The version distribution per checker (GET /rollouts), the catalog (GET /catalog) and the rollouts with
   // their controls: pause, resume, widen, promote, rollback, each with a reason and a confirmation step
@@ -1396,7 +1461,7 @@
     const kind = r.arg || 'disk';
     const body = h('div', { id: 'fsm-body' });
     append(main, h('h1', {}, 'State machines'),
-      h('div', { class: 'tabs' }, ['disk', 'machine', 'dimm', 'nic'].map((k) => h('a', { href: `#/fsm/${k}`, class: k === kind ? 'active' : '' }, k))),
+      h('div', { class: 'tabs' }, ['disk', 'machine', 'dimm', 'nic', 'switch', 'link'].map((k) => h('a', { href: `#/fsm/${k}`, class: k === kind ? 'active' : '' }, k))),
       body);
     let m = null;
     const draw = () => {
