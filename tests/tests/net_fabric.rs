@@ -9,8 +9,8 @@
 //! End to end (3 `huatuo master` in the control namespace with the fabric's topology and `[net] window_s =
 //! 2`, a `huatuo agent` with `[net_probe]` on in each of the 12 host namespaces): 20% loss on one host ->
 //! its NIC tops the suspects within `LOCALISE_WINDOWS` and goes to ERROR, nobody else's does; 20% loss on
-//! one ToR uplink -> the link (or ToR) is named and no host goes to ERROR (pending, behind
-//! `HUATUO_NET_E2E_UPLINK=1`: see that test); a healthy fabric for 5 minutes -> no suspect in any window.
+//! one ToR uplink -> the link (or ToR) is named and no host goes to ERROR; a healthy fabric for 5 minutes
+//! -> no suspect in any window.
 //! Failures print the windows seen (suspects, reporters, flows) and the processes' log tails.
 //!
 //! Needs root (namespaces, nftables) and the `huatuo` binary (`tests::huatuo_bin`); where `ip netns add` is
@@ -534,13 +534,6 @@ fn loss_on_one_host_names_its_nic_and_moves_it_to_error() {
 
 #[test]
 fn loss_on_a_tor_uplink_names_the_link_and_no_host_goes_to_error() {
-    // PENDING (remove this gate when it passes): netvote's localiser names no suspect for this fault on a
-    // 3-ToR fabric; its per-link background is the median over ToRs, which a lossy uplink inflates itself
-    // (every cross-ToR flow of 2 of the 3 ToRs involves tor1). See ARCHITECTURE.md "The fabric test".
-    if std::env::var_os("HUATUO_NET_E2E_UPLINK").is_none() {
-        println!("[net-uplink] not run: set HUATUO_NET_E2E_UPLINK=1 (pending: the localiser misses it)");
-        return;
-    }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     on_fabric("net-uplink", |mut f| async move {
         let what = "net-uplink";
