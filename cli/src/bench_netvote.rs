@@ -495,6 +495,9 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
     let mut cpu_acc: Vec<f64> = Vec::new();
     let mut flows_per_window = 0u32;
     for s in 0..a.seeds {
+        if s > 0 && s % (a.seeds / 10).max(1) == 0 {
+            eprintln!("{s}/{} seeds done", a.seeds);
+        }
         let seed = first.wrapping_add(s);
         let mut rng = Rng(seed);
         // Healthy window.

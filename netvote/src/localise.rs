@@ -119,7 +119,23 @@ pub struct Verdict {
     /// The per-link background loss rate used.
     pub background_loss: f64,
     pub matrix: Vec<MatrixCell>,
+    /// The hosts most voted for, by votes from others per time probed (Pingmesh-style ranking; shown as
+    /// context, not a decision: a slow but lossless host collects RTT votes and stays out of `suspects`).
+    pub most_voted: Vec<VotedHost>,
 }
+
+/// One host of [`Verdict::most_voted`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VotedHost {
+    pub host: String,
+    /// Reports that voted for it.
+    pub votes: u32,
+    /// Reports that probed it.
+    pub probed: u32,
+}
+
+/// At most this many hosts in [`Verdict::most_voted`].
+pub const MAX_MOST_VOTED: usize = 10;
 
 /// An element of the fabric that can be blamed. Ids: NICs 0..H, switches H..H+S, links after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,7 +470,28 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
     if let Some(t) = topo {
         v.matrix = matrix(t, flows, &map);
     }
+    v.most_voted = most_voted(w);
     v
+}
+
+fn most_voted(w: &Window) -> Vec<VotedHost> {
+    let mut hosts: Vec<(f64, u32)> = (0..w.host_names().len() as u32)
+        .filter_map(|i| {
+            let info = w.host_info(i);
+            (info.votes_from_others > 0)
+                .then(|| (f64::from(info.votes_from_others) / f64::from(info.probed.max(1)), i))
+        })
+        .collect();
+    hosts.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| w.host_name(a.1).cmp(w.host_name(b.1))));
+    hosts
+        .into_iter()
+        .take(MAX_MOST_VOTED)
+        .map(|(_, i)| VotedHost {
+            host: w.host_name(i).to_string(),
+            votes: w.host_info(i).votes_from_others,
+            probed: w.host_info(i).probed,
+        })
+        .collect()
 }
 
 fn is_bad(f: &Flow, p: &Params) -> bool {
@@ -768,6 +805,8 @@ mod tests {
         nic: HashMap<String, f64>,
         switch: HashMap<String, f64>,
         link: HashMap<(String, String), f64>,
+        /// Hosts that answer slowly (RTT outliers) but lose nothing.
+        busy: Vec<String>,
     }
 
     /// Every host probes `peers` peers (`stride` apart, so ToR-mates and remote hosts are covered) with
@@ -799,12 +838,13 @@ mod tests {
                         lost += 1;
                     }
                 }
+                let rtt = if f.busy.contains(other) { 20_000 } else { 200 };
                 results.push(PeerResult {
                     host: other.clone(),
                     sent: probes,
                     lost,
-                    rtt_p50_us: 200,
-                    rtt_p99_us: 400,
+                    rtt_p50_us: rtt,
+                    rtt_p99_us: rtt * 2,
                     ..Default::default()
                 });
             }
@@ -845,6 +885,17 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_host_collects_votes_but_is_no_suspect() {
+        let t = small();
+        let f = Faults { busy: vec!["h40".into()], ..Faults::default() };
+        let w = window(&t, &f, 24, 20, 19);
+        let v = localise(Some(&t), &w, &Params::default());
+        assert!(v.suspects.is_empty(), "{:?}", v.suspects);
+        assert_eq!(v.most_voted[0].host, "h40", "{:?}", v.most_voted);
+        assert!(v.most_voted[0].votes > 0);
+    }
+
+    #[test]
     fn a_bad_nic_is_named_and_goes_error() {
         let t = small();
         let mut f = Faults::default();
@@ -857,6 +908,8 @@ mod tests {
         assert!(top.evidence.len() <= MAX_EVIDENCE && !top.evidence.is_empty());
         assert!(top.voters > 0);
         assert_eq!(top.target.object_id(), "nic/h17/eth0");
+        assert_eq!(v.most_voted[0].host, "h17", "{:?}", v.most_voted);
+        assert!(v.most_voted.len() <= MAX_MOST_VOTED);
     }
 
     #[test]
