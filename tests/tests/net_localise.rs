@@ -467,3 +467,67 @@ fn check_config_loads_the_topology_file_and_names_what_is_wrong() {
     assert!(!ok && out.contains("window_s"), "{out}");
     assert!(!dir.path().join("data").exists(), "checking a config starts nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_topology_file_the_tors_come_from_switch_labels() {
+    let cluster = LocalCluster::start_with_config(&huatuo_bin(), 3, "[net]\nwindow_s = 1\n").expect("start");
+    let leader = cluster
+        .wait_leader(READY_TIMEOUT)
+        .await
+        .unwrap_or_else(|| panic!("no leader; node 1 log:\n{}", cluster.log_tail(1)));
+    let mut client = cluster.client();
+    let n = TORS * PER_TOR;
+    for me in 0..n {
+        let object = api::RegisteredObject {
+            id: format!("machine/{}", host(me)),
+            labels: [("switch".to_string(), format!("tor-{}", tor_of(me)))].into(),
+            ..Default::default()
+        };
+        let req = api::RegisterRequest {
+            agent: format!("agent-{}", host(me)),
+            host: host(me),
+            objects: vec![object],
+        };
+        client.call(req, |mut c, r| async move { c.register(r).await }).await.expect("register");
+    }
+    // Peers carry the ToR from the labels.
+    for me in 0..n {
+        client.call(beat(me, vec![]), |mut c, r| async move { c.heartbeat(r).await }).await.expect("beat");
+    }
+    let r = client.call(beat(0, vec![]), |mut c, r| async move { c.heartbeat(r).await }).await.expect("beat");
+    assert!(!r.peers.is_empty());
+    for p in &r.peers {
+        let i: usize = p.host[1..].parse().expect("hNN");
+        assert_eq!(p.tor, format!("tor-{}", tor_of(i)), "{p:?}");
+    }
+    // A judged window says a topology is loaded (built from the labels), and the matrix has its racks.
+    let mut seq = 0;
+    let judged = wait_until(SETTLE, || {
+        seq += 1;
+        let s = seq;
+        let cl = &cluster;
+        let mut c = cl.client();
+        async move {
+            if !round(cl, s, |_, _| false).await {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let Ok(m) = c
+                .call(api::NetMatrixRequest { rack: String::new() }, |mut c, r| async move {
+                    c.net_matrix(r).await
+                })
+                .await
+            else {
+                return false;
+            };
+            m.racks.len() == TORS
+        }
+    })
+    .await;
+    assert!(judged, "no matrix over the labelled racks; leader log:\n{}", cluster.log_tail(leader));
+    let s = client
+        .call(api::NetSuspectsRequest { limit: 0 }, |mut c, r| async move { c.net_suspects(r).await })
+        .await
+        .expect("suspects");
+    assert!(s.topology && s.suspects.is_empty(), "{s:?}");
+}

@@ -140,7 +140,23 @@ pub fn load_topology(path: &std::path::Path) -> Result<Topology, NetConfigError>
         .map_err(|e| NetConfigError::File { path: p.clone(), msg: e.to_string() })?;
     let csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     let t = if csv { Topology::parse_csv(&text) } else { Topology::parse_toml(&text) };
-    t.map_err(|err| NetConfigError::Topology { path: p, err })
+    let t = t.map_err(|err| NetConfigError::Topology { path: p.clone(), err })?;
+    // Every name becomes part of an object id (`switch/NAME`, `link/A--B`, `nic/HOST/IF`): refuse at start
+    // what could never be filed, rather than ranking a suspect whose finding silently cannot exist.
+    for name in t.hosts().iter().chain(t.switches()) {
+        let ok =
+            state_machines::id::validate_host(name).is_ok() && !name.contains(state_machines::id::LINK_SEP);
+        if !ok {
+            return Err(NetConfigError::File {
+                path: p,
+                msg: format!(
+                    "name {:?} cannot name an object: 1-253 characters of A-Z a-z 0-9 . - _, without \"--\"",
+                    name.chars().take(80).collect::<String>()
+                ),
+            });
+        }
+    }
+    Ok(t)
 }
 
 impl NetConfig {
@@ -372,7 +388,11 @@ impl Service {
     fn label_tor(&self, host: &str) -> Result<Option<String>, ApiError> {
         let reader = crate::store::Reader::new(self.db()).map_err(|e| ApiError::internal(e.to_string()))?;
         let rec = reader.object(&format!("machine/{host}")).map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(rec.and_then(|r| r.labels.get("switch").or_else(|| r.labels.get("rack")).cloned()))
+        let tor = rec.and_then(|r| r.labels.get("switch").or_else(|| r.labels.get("rack")).cloned());
+        // A label value that cannot name a switch object is not a ToR the localisation could blame.
+        Ok(tor.filter(|t| {
+            state_machines::id::validate_host(t).is_ok() && !t.contains(state_machines::id::LINK_SEP)
+        }))
     }
 
     /// The last closed window (leader only, like every network read: the memory is the leader's).
@@ -623,6 +643,14 @@ mod tests {
         let t = NetConfig::resolve(&NetSection::default(), &TopologySection { file: Some(csv.clone()) })
             .expect("csv topology");
         assert_eq!(t.topology.as_ref().map(|t| t.host_count()), Some(2));
+        std::fs::write(&csv, "h1,tor:1\n").expect("write");
+        let e = NetConfig::resolve(&NetSection::default(), &TopologySection { file: Some(csv.clone()) })
+            .expect_err("not an object name");
+        assert!(e.to_string().contains("tor:1"), "{e}");
+        std::fs::write(&csv, "h1,tor--1\n").expect("write");
+        let e = NetConfig::resolve(&NetSection::default(), &TopologySection { file: Some(csv.clone()) })
+            .expect_err("link separator in a name");
+        assert!(e.to_string().contains("tor--1"), "{e}");
         std::fs::write(&csv, "h1\n").expect("write");
         let e = NetConfig::resolve(&NetSection::default(), &TopologySection { file: Some(csv.clone()) })
             .expect_err("one column");

@@ -221,6 +221,26 @@ mod tests {
         assert!(b.is_empty() && b.sample("a4", later, Duration::from_secs(60)).is_empty());
     }
 
+    /// Prints what a beat's sample costs with 100,000 agents in the book (a figure, never asserted).
+    #[test]
+    fn peer_book_cost_at_100k_agents() {
+        let now = Instant::now();
+        let t = Instant::now();
+        let mut b = book(100_000, now);
+        let built = t.elapsed();
+        let t = Instant::now();
+        let mut handed = 0usize;
+        for i in 0..100_000 {
+            handed += b.sample(&format!("a{i}"), now, Duration::from_secs(60)).len();
+        }
+        let sampled = t.elapsed();
+        assert_eq!(handed, 100_000 * MAX_PEERS_PER_REPLY);
+        println!(
+            "100,000 agents: book built in {built:?}; 100,000 samples of {MAX_PEERS_PER_REPLY} in {sampled:?} ({:?} per beat)",
+            sampled / 100_000
+        );
+    }
+
     #[test]
     fn a_full_book_refuses_new_agents_at_the_limit() {
         let now = Instant::now();
