@@ -15,6 +15,8 @@
 mod check;
 #[path = "support/faults_netns.rs"]
 mod netns;
+#[path = "support/netns_util.rs"]
+mod netns_util;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,6 @@
 //! removed by [`Net`]'s Drop, whatever happens. Skips with a message where `ip netns add` is not permitted.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::check::{self, Ledger, Load, SETTLE};
+use super::netns_util::{self, enter, sh};
 
 /// Partitions per run: two-way ones of the leader and of a follower, one-way ones each direction.
 const PARTITIONS: usize = 4;
@@ -23,15 +23,6 @@ const CUT_MS: (u64, u64) = (2_500, 4_000);
 const PEER_PORT: u16 = 7001;
 const GRPC_PORT: u16 = 7002;
 const HTTP_PORT: u16 = 7003;
-
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
 
 /// The namespaces and the master processes; Drop kills the processes and deletes the namespaces (which
 /// takes their veths and nftables tables with them).
@@ -147,25 +138,16 @@ impl Drop for Net {
     }
 }
 
-/// Enter the bridge namespace on this thread (the test's clients then reach 10.77.0.x).
-fn enter(ns: &str) -> Result<(), String> {
-    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).map_err(|e| e.to_string())?;
-    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
-}
-
 pub fn run() {
     let started = Instant::now();
     let seed = check::seed();
     println!("[netns] seed {seed} (replay with HUATUO_FAULTS_SEED={seed})");
     let prefix = format!("hf{}-", std::process::id() % 100_000);
-    if let Err(e) = sh(&["ip", "netns", "add", &format!("{prefix}probe")]) {
+    if let Err(e) = netns_util::permitted(&prefix) {
         println!("[netns] SKIPPED: network namespaces are not permitted here ({e})");
         return;
     }
-    let _ = sh(&["ip", "netns", "del", &format!("{prefix}probe")]);
-    if Command::new("nft").arg("--version").output().is_err() {
-        panic!("[netns] nft is missing: install nftables (.ci/run does)");
-    }
+    netns_util::require_nft("netns");
     let mut net = Net::setup(&prefix).unwrap_or_else(|e| panic!("[netns] setup: {e}"));
     for id in 1..=3 {
         net.spawn(id).unwrap();
