@@ -492,30 +492,26 @@ fn loss_on_one_host_names_its_nic_and_moves_it_to_error() {
             "[{what}] localised only after {windows} windows (at most {LOCALISE_WINDOWS}): {}",
             e2e::show(&r)
         );
-        // The leader's finding moves the NIC to ERROR through the state machines.
+        // The leader's findings move the NIC and its machine to ERROR through the state machines.
         let machine = format!("machine/{}", host_name(bad));
-        let mut state = None;
-        let deadline = Instant::now() + LOCALISE_WAIT;
-        while state.as_deref() != Some("ERROR") && Instant::now() < deadline {
-            state = e2e::state(&mut c, &nic).await;
-            if state.as_deref() != Some("ERROR") {
-                tokio::time::sleep(e2e::POLL).await;
+        for id in [&nic, &machine] {
+            let mut state = None;
+            let deadline = Instant::now() + LOCALISE_WAIT;
+            while state.as_deref() != Some("ERROR") && Instant::now() < deadline {
+                state = e2e::state(&mut c, id).await;
+                if state.as_deref() != Some("ERROR") {
+                    tokio::time::sleep(e2e::POLL).await;
+                }
             }
+            let r = e2e::suspects(&mut c).await;
+            assert!(
+                state.as_deref() == Some("ERROR"),
+                "[{what}] {id} is {state:?} after {LOCALISE_WAIT:?}, not ERROR; suspects: {}\n{}",
+                r.as_ref().map_or("none".into(), e2e::show),
+                e2e::dump(&mut f)
+            );
+            println!("[{what}] {id} in ERROR {:?} after the loss began", t.elapsed());
         }
-        let r = e2e::suspects(&mut c).await;
-        assert!(
-            state.as_deref() == Some("ERROR"),
-            "[{what}] {nic} is {state:?} after {LOCALISE_WAIT:?}, not ERROR; suspects: {}\n{}",
-            r.as_ref().map_or("none".into(), e2e::show),
-            e2e::dump(&mut f)
-        );
-        // The machine follows only where the state machines' rules take it there: no rule moves a machine
-        // on a NIC finding from the master today (see ARCHITECTURE.md), so its state is shown, not asserted.
-        println!(
-            "[{what}] {nic} in ERROR {:?} after the loss began; {machine} is {:?}",
-            t.elapsed(),
-            e2e::state(&mut c, &machine).await
-        );
         // Nobody else's NIC or machine went with it.
         let errors = e2e::hosts_in_error(&mut c).await.unwrap();
         let others: Vec<&String> = errors.iter().filter(|id| !id.contains(&host_name(bad))).collect();

@@ -1,7 +1,7 @@
 //! From one window's verdict to findings (issue 16), pure: which suspects become findings on which objects,
 //! and which objects the leader filed about return to GOOD after `clear_windows` windows without suspicion.
 //! Switch and link suspects become findings on `switch/NAME` / `link/A--B` only; a host suspect becomes a
-//! finding on its `nic/HOST/IF` (the machine follows through the usual rules). No other object is ever
+//! finding on its `nic/HOST/IF`, and when that is an ERROR one on `machine/HOST` too ([`machine_finding_of`]). No other object is ever
 //! named, so a switch-wide problem can never move a host (tested below). Every finding's time is the
 //! window's end: the same window decided again (a retry, a new leader) gives the same findings.
 
@@ -72,6 +72,21 @@ pub fn finding_of(s: &Suspect, window_end_ms: u64) -> Option<Finding> {
     })
 }
 
+/// A NIC found bad with clear evidence (an ERROR finding on `nic/HOST/IF`, which only a host suspect gives)
+/// moves its machine too: the same evidence, as an ERROR finding on `machine/HOST`, through the machine's
+/// usual state machine, quotas and levels (PRODUCT.md section 8: "moves machines to ERROR when the evidence
+/// is clear"). A WARNING on a NIC, and any switch or link finding, names no machine.
+pub fn machine_finding_of(nic: &Finding) -> Option<Finding> {
+    if nic.object.kind() != state_machines::Kind::Nic || nic.severity != Severity::Error {
+        return None;
+    }
+    let mut f = nic.clone();
+    f.object = ObjectId::machine(nic.object.host()).ok()?;
+    f.rule = "nic-suspect-machine".into();
+    f.evidence = format!("its NIC {} is the common factor of its bad flows: {}", nic.object, nic.evidence);
+    Some(f)
+}
+
 /// The interface netvote names a host suspect by when the host sent no report in the window.
 pub const UNKNOWN_IFACE: &str = "unknown";
 
@@ -126,6 +141,10 @@ impl Clearing {
         let mut out: Vec<Finding> = suspects
             .iter()
             .filter_map(|s| finding_of(s, window_end_ms))
+            .flat_map(|f| {
+                let machine = machine_finding_of(&f);
+                std::iter::once(f).chain(machine)
+            })
             .take(MAX_FINDINGS_PER_WINDOW)
             .collect();
         let suspected: std::collections::BTreeSet<&ObjectId> = out.iter().map(|f| &f.object).collect();
@@ -199,10 +218,24 @@ mod tests {
         let h = suspect(Target::Host { host: "h7".into(), iface: "eth0".into() }, Decision::Error);
         let r = suspect(Target::Switch("tor-2".into()), Decision::Rank);
         let out = Clearing::default().window(&[h, r], 1, 3);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].object.to_string(), "nic/h7/eth0");
+        let ids: Vec<String> = out.iter().map(|f| f.object.to_string()).collect();
+        assert_eq!(
+            ids,
+            ["nic/h7/eth0", "machine/h7"],
+            "the NIC and its machine, nothing for the rank-only switch"
+        );
         assert!(out[0].evidence.contains("12 of 14") && out[0].evidence.contains("h1->h9"));
         assert_eq!(out[0].readings["flows"], "14");
+        assert!(out.iter().all(|f| f.severity == Severity::Error && f.time_ms == 1));
+        assert!(out[1].evidence.contains("nic/h7/eth0"), "{}", out[1].evidence);
+    }
+
+    #[test]
+    fn a_nic_warning_names_no_machine() {
+        let h = suspect(Target::Host { host: "h7".into(), iface: "eth0".into() }, Decision::Warning);
+        let out = Clearing::default().window(&[h], 1, 3);
+        let ids: Vec<String> = out.iter().map(|f| f.object.to_string()).collect();
+        assert_eq!(ids, ["nic/h7/eth0"]);
     }
 
     #[test]
@@ -230,7 +263,10 @@ mod tests {
         assert_eq!(s[0].target, Target::Host { host: "h1".into(), iface: "bond0".into() });
         assert_eq!(s[1].decision, Decision::Rank);
         let out = Clearing::default().window(&s, 1, 3);
-        assert_eq!(out.iter().map(|f| f.object.to_string()).collect::<Vec<_>>(), ["nic/h1/bond0"]);
+        assert_eq!(
+            out.iter().map(|f| f.object.to_string()).collect::<Vec<_>>(),
+            ["nic/h1/bond0", "machine/h1"]
+        );
     }
 
     #[test]
