@@ -28,8 +28,8 @@ pub mod sysfs;
 pub mod window;
 
 pub use kmsg::{
-    Cursor, CursorError, CursorStore, DevKmsg, FileCursorStore, Followed, KmsgFollower, KmsgReader,
-    KmsgSource, KmsgStats,
+    Chunk, Cursor, CursorError, CursorStore, DevKmsg, FileCursorStore, FollowLimits, Followed, KmsgFollower,
+    KmsgReader, KmsgSource, KmsgStats,
 };
 pub use parse::{Format, LogTime, Record, parse_line};
 pub use rules::{RuleError, RuleSet};
@@ -44,6 +44,9 @@ pub const KMSG_CHECKPOINT_KEY: &str = "kmsg.cursor";
 /// Lines the agent may queue between runs; beyond this the oldest are dropped and counted (a log storm
 /// must not grow the agent's memory).
 pub const MAX_QUEUED_LINES: usize = 100_000;
+/// Most chunks of followed records one run takes, so a run returns even while the follower keeps filling
+/// chunks (the rest is taken by the next run): as many records as one poll of the device reads at most.
+const MAX_CHUNKS_PER_RUN: usize = kmsg::MAX_RECORDS_PER_POLL / kmsg::CHUNK_RECORDS;
 
 /// A rule set and the version its findings carry (None: the compiled `CHECKER_VERSION+rules.V`).
 #[derive(Clone)]
@@ -98,7 +101,7 @@ enum Input {
     /// run; the cursor is kept as `keep` says.
     Kmsg { keep: CursorKeeping, reader: Option<KmsgReader<Box<dyn KmsgSource>>> },
     /// `ROOT/dev/kmsg` followed by a [`KmsgFollower`] thread (started on the first run) that calls `wake`
-    /// for every record; each run takes what the thread read. The cursor is handed out as a checkpoint
+    /// for every chunk of records it hands on; each run takes what the thread read. The cursor is handed out as a checkpoint
     /// (as in `CursorKeeping::Checkpoint`), at the last record a run took.
     Follow(Box<Following>),
 }
@@ -160,8 +163,9 @@ impl KernelLogChecker {
     }
 
     /// Like [`kmsg_checkpointed`](Self::kmsg_checkpointed), but the log is followed on a thread of its own
-    /// (a blocking read of the device; a short bounded poll at the end of a regular file) that calls `wake`
-    /// after every record, so the caller can run the checker when a line arrives instead of on a timer.
+    /// (`poll(2)` on the device; a short bounded poll at the end of a regular file) that calls `wake` after
+    /// every chunk of records it hands on, so the caller can run the checker when a line arrives instead
+    /// of on a timer.
     pub fn kmsg_following(
         rules: Arc<RuleSet>,
         resume: Option<Cursor>,
@@ -387,23 +391,25 @@ impl Checker for KernelLogChecker {
                         .map_err(|e| CheckError::Probe(format!("boot_id: {e}")))?;
                     let path = ctx.root.join("dev/kmsg");
                     let shown = |e: std::io::Error| CheckError::Probe(format!("{}: {e}", path.display()));
-                    let (src, blocking) = open_kmsg_following(&path).map_err(shown)?;
+                    let src = open_kmsg(&path).map_err(shown)?;
                     let reader = KmsgReader::new(src, &f.boot_id, f.taken_upto.clone());
-                    let spawned = KmsgFollower::spawn(reader, blocking, kmsg::FOLLOW_QUEUE, f.wake.clone());
+                    let spawned = KmsgFollower::spawn(reader, kmsg::FollowLimits::default(), f.wake.clone());
                     f.follower = Some(spawned.map_err(shown)?);
                 }
                 let Some(follower) = f.follower.as_mut() else {
                     return Err(CheckError::Probe("kmsg follower missing".into()));
                 };
-                for _ in 0..kmsg::MAX_RECORDS_PER_POLL {
+                for _ in 0..MAX_CHUNKS_PER_RUN {
                     match follower.take() {
                         None => break,
-                        Some(Followed::Record { rec, seq }) => {
-                            let first = rec.split(|&b| b == b'\n').next().unwrap_or_default();
-                            feed(first);
-                            if let Some(seq) = seq {
+                        Some(Followed::Records(chunk)) => {
+                            for (line, _) in chunk.records() {
+                                feed(line);
+                            }
+                            if let Some(seq) = chunk.last_seq() {
                                 f.taken_upto = Some(Cursor { boot_id: f.boot_id.clone(), seq });
                             }
+                            follower.give_back(chunk);
                         }
                         Some(Followed::Failed(e)) => {
                             // What was taken so far is reported with its cursor now; the error on the
@@ -471,23 +477,14 @@ fn resolve_object(root: &Path, mut f: Finding) -> Finding {
     f
 }
 
-/// The character device is read record by record; a regular file (a recording) line by line.
+/// The character device is read record by record (non-blocking: the follower waits with `poll(2)`); a
+/// regular file (a recording) line by line.
 fn open_kmsg(path: &Path) -> std::io::Result<Box<dyn KmsgSource>> {
     use std::os::unix::fs::FileTypeExt;
     if std::fs::metadata(path)?.file_type().is_char_device() {
         Ok(Box::new(DevKmsg::open(path)?))
     } else {
         Ok(Box::new(kmsg::LineFileSource::open(path)?))
-    }
-}
-
-/// For the follower: the character device opened blocking (`true`), or a regular file read line by line.
-fn open_kmsg_following(path: &Path) -> std::io::Result<(Box<dyn KmsgSource>, bool)> {
-    use std::os::unix::fs::FileTypeExt;
-    if std::fs::metadata(path)?.file_type().is_char_device() {
-        Ok((Box::new(DevKmsg::open_blocking(path)?), true))
-    } else {
-        Ok((Box::new(kmsg::LineFileSource::open(path)?), false))
     }
 }
 
