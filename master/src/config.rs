@@ -64,6 +64,9 @@ pub struct MasterConfig {
     /// (reads go on; cleared when space returns); 0 = off.
     #[serde(default = "default_min_free_mb")]
     pub min_free_mb: u64,
+    /// redb's page cache for this member's database, in MiB (default 256; redb's own default is 1024).
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
     #[serde(default = "default_agent_silent_after_ms")]
     pub agent_silent_after_ms: u64,
     #[serde(default)]
@@ -153,6 +156,11 @@ fn default_snapshot_every() -> u64 {
 }
 fn default_snapshot_log_mb() -> u64 {
     crate::raft::DEFAULT_SNAPSHOT_LOG_BYTES >> 20
+}
+/// Largest redb cache accepted: 64 GiB, more memory than a master machine would give one process.
+const MAX_CACHE_MB: u64 = 64 << 10;
+fn default_cache_mb() -> u64 {
+    (crate::raft::DEFAULT_CACHE_BYTES >> 20) as u64
 }
 fn default_min_free_mb() -> u64 {
     crate::raft::DEFAULT_MIN_FREE_BYTES >> 20
@@ -293,6 +301,19 @@ impl MasterConfig {
         let storage = crate::raft::StorageLimits {
             snapshot_log_bytes: mib("snapshot_log_mb", self.snapshot_log_mb)?,
             min_free_bytes: mib("min_free_mb", self.min_free_mb)?,
+            cache_bytes: {
+                let (min, max) = ((crate::raft::MIN_CACHE_BYTES >> 20) as u64, MAX_CACHE_MB);
+                if !(min..=max).contains(&self.cache_mb) {
+                    return Err(ConfigError::OutOfRange {
+                        what: "cache_mb",
+                        value: self.cache_mb,
+                        min,
+                        max,
+                        why: " (redb's page cache of this member's database)",
+                    });
+                }
+                (self.cache_mb << 20) as usize
+            },
         };
         self.policy.validate()?;
         self.auth.validate()?;
@@ -428,6 +449,16 @@ mod tests {
             .resolve()
             .expect_err("overflow");
         assert!(e.to_string().contains("min_free_mb"), "{e}");
+        let r =
+            MasterConfig::from_toml(&format!("cache_mb = 64\n{base}")).expect("parse").resolve().expect("ok");
+        assert_eq!(r.storage.cache_bytes, 64 << 20);
+        for bad in [0, 7, (64 << 10) + 1, u64::MAX] {
+            let e = MasterConfig::from_toml(&format!("cache_mb = {bad}\n{base}"))
+                .expect("parse")
+                .resolve()
+                .expect_err("out of range");
+            assert!(e.to_string().contains("cache_mb") && e.to_string().contains("8..=65536"), "{e}");
+        }
         assert_eq!(parse_peers("1=a:1, 2=b:2").expect("ok").len(), 2);
         assert!(parse_peers("1a:1").is_err());
     }

@@ -198,10 +198,11 @@ pub fn db_path(dir: &Path) -> PathBuf {
 
 /// Opens (or creates) `path` with redb's integrity check: every page checksum of the committed trees is
 /// verified, so a file altered outside redb is refused here instead of panicking later in a read.
-fn open_verified(path: &Path) -> Result<Database, RaftError> {
+fn open_verified(path: &Path, cache_bytes: usize) -> Result<Database, RaftError> {
     let opened = std::panic::catch_unwind(|| {
         let mut b = Database::builder();
         b.set_check_integrity_on_open(true);
+        b.set_cache_size(cache_bytes.max(super::MIN_CACHE_BYTES));
         b.create(path)
     });
     match opened {
@@ -228,9 +229,9 @@ fn open_verified(path: &Path) -> Result<Database, RaftError> {
     }
 }
 
-fn open_db(dir: &Path) -> Result<Arc<Database>, RaftError> {
+fn open_db(dir: &Path, cache_bytes: usize) -> Result<Arc<Database>, RaftError> {
     std::fs::create_dir_all(dir).map_err(|e| RaftError::Storage(format!("create {}: {e}", dir.display())))?;
-    Ok(Arc::new(open_verified(&db_path(dir))?))
+    Ok(Arc::new(open_verified(&db_path(dir), cache_bytes)?))
 }
 
 /// A storage error as the node reports it: damaged bytes are a corrupt replica.
@@ -288,7 +289,7 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
     let path = db_path(dir);
     let file_bytes =
         std::fs::metadata(&path).map_err(|e| RaftError::Storage(format!("{}: {e}", path.display())))?.len();
-    let db = Arc::new(open_verified(&path)?);
+    let db = Arc::new(open_verified(&path, super::MIN_CACHE_BYTES)?);
     let snaps = SnapDir::open(dir).map_err(|e| storage_err(e.into()))?;
     let (st, found) = RedbStorage::open(db.clone(), snaps).map_err(storage_err)?;
     let scan = st.scan_report().clone();
@@ -469,7 +470,7 @@ impl RaftNode {
         mut fsm: F,
     ) -> Result<(RaftNode, Arc<Database>), RaftError> {
         let voters = validate(&cfg)?;
-        let db = open_db(&cfg.data_dir)?;
+        let db = open_db(&cfg.data_dir, limits.cache_bytes)?;
         let snaps = SnapDir::open(&cfg.data_dir).map_err(|e| storage_err(e.into()))?;
         let (mut storage, found) = RedbStorage::open(db.clone(), snaps.clone()).map_err(storage_err)?;
         fsm.open(&db, &storage.damage_flag()).map_err(fsm_err)?;
