@@ -90,7 +90,7 @@ pub struct MasterFsm {
     stats: Arc<FsmStats>,
     /// Revisions kept in the change log: [`CHANGELOG_RETAIN`]; smaller only in tests. Must be equal on every
     /// node (compaction happens during apply).
-    changelog_retain: u64,
+    changelog: crate::model::ChangelogLimits,
     /// The newest command version this fsm decodes: [`COMMAND_VERSION`]; lower only in tests that play an
     /// older binary.
     knows: u32,
@@ -113,7 +113,7 @@ impl MasterFsm {
                 pending: None,
                 notify,
                 stats: Arc::default(),
-                changelog_retain: CHANGELOG_RETAIN,
+                changelog: crate::model::ChangelogLimits::default(),
                 knows: COMMAND_VERSION,
                 request_keys: MAX_REQUEST_KEYS,
             },
@@ -123,7 +123,13 @@ impl MasterFsm {
 
     /// Same as [`MasterFsm::new`] with a smaller change-log window, for tests of compaction.
     pub fn with_changelog_retain(mut self, retain: u64) -> Self {
-        self.changelog_retain = retain.max(1);
+        self.changelog.retain = retain.max(1);
+        self
+    }
+
+    /// Same as [`MasterFsm::new`] with a smaller change-log byte bound, for tests of it.
+    pub fn with_changelog_max_bytes(mut self, bytes: u64) -> Self {
+        self.changelog.max_bytes = bytes;
         self
     }
 
@@ -172,7 +178,7 @@ impl MasterFsm {
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         let mut tables = Tables::open(txn)?;
         let d = decide_entry_limited(&tables, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
-        tables.write(&d, self.changelog_retain)?;
+        tables.write(&d, self.changelog)?;
         self.count(&d);
         if !d.events.is_empty() {
             self.pending = Some(d.revision);

@@ -182,6 +182,26 @@ pub fn command_digest(cmd: &Command) -> u32 {
 /// Revisions kept in the change log for watchers to resume from. At the benchmark's 20,000 findings/s this is
 /// ~10 s of history; at a real fleet's rate it is hours. Older watchers get COMPACTED and resync.
 pub const CHANGELOG_RETAIN: u64 = 200_000;
+/// Bytes the change log may hold (its rows' encoded events), whatever the revision count: 200,000 revisions
+/// of ordinary findings are ~100 MB, but entries of big events (registrations with many attributes, bulk
+/// operator writes) are larger, and issue 17 bounds the data dir. Beyond it the oldest rows go first (never
+/// the newest row); watchers behind get COMPACTED and resync, as with the revision window.
+pub const CHANGELOG_MAX_BYTES: u64 = 256 << 20;
+
+/// The change log's bounds, equal on every member (compaction happens during apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangelogLimits {
+    /// Revisions kept: [`CHANGELOG_RETAIN`].
+    pub retain: u64,
+    /// Row bytes kept: [`CHANGELOG_MAX_BYTES`].
+    pub max_bytes: u64,
+}
+
+impl Default for ChangelogLimits {
+    fn default() -> Self {
+        ChangelogLimits { retain: CHANGELOG_RETAIN, max_bytes: CHANGELOG_MAX_BYTES }
+    }
+}
 
 /// One Raft entry: a batch of commands stamped by the leader with the proposal time. Apply never reads a
 /// clock; every node computes the same result from the same entry.

@@ -89,6 +89,9 @@ pub const META_AUDIT_NEXT: &str = "audit_next";
 pub const META_REVISION: &str = "revision";
 /// Lowest revision still in the change log (revisions below it were compacted).
 pub const META_CHANGELOG_FIRST: &str = "changelog_first";
+/// Bytes of the change log's rows (unsealed `make_change_row` bytes), kept with each write so the byte bound
+/// needs no scan; absent in stores written before it (counted once, at the first write that needs it).
+pub const META_CHANGELOG_BYTES: &str = "changelog_bytes";
 /// The cluster-wide `min_command_version` (absent: [`crate::model::DEFAULT_MIN_COMMAND_VERSION`]).
 pub const META_MIN_COMMAND_VERSION: &str = "min_command_version";
 

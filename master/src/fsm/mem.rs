@@ -11,7 +11,9 @@ use crate::catalog::CheckerRecord;
 use crate::model::*;
 use crate::safety::{AuditEntry, Proposal, SafetyConfig, ScopeRecord};
 use crate::sm_seam::Policy;
-use crate::store::{self, META_CHANGELOG_FIRST, META_REVISION, SETTING_SAFETY, StoreError};
+use crate::store::{
+    self, META_CHANGELOG_BYTES, META_CHANGELOG_FIRST, META_REVISION, SETTING_SAFETY, StoreError,
+};
 
 /// Every fsm table as an ordered map (values typed; encoded only for snapshots).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -125,7 +127,7 @@ impl View for MemState {
 
 impl MemState {
     /// Store a decision exactly as `redb_state.rs` does.
-    pub fn write(&mut self, d: &Decision, retain: u64) -> Result<(), StoreError> {
+    pub fn write(&mut self, d: &Decision, limits: crate::model::ChangelogLimits) -> Result<(), StoreError> {
         let w = &d.writes;
         for (k, v) in &w.meta {
             self.meta.insert((*k).to_string(), *v);
@@ -195,19 +197,31 @@ impl MemState {
             };
         }
         if let Some(first) = d.events.first().map(|e| e.revision) {
-            self.changes.insert(first, store::make_change_row(d.revision, &d.events));
+            // The same steps as the redb state's `compact_changes`, so both write the same snapshot.
+            let mut bytes = match self.meta.get(META_CHANGELOG_BYTES) {
+                Some(b) => *b,
+                None => self.changes.values().map(|r| r.len() as u64).sum(),
+            };
+            let row = store::make_change_row(d.revision, &d.events);
+            bytes += row.len() as u64;
+            self.changes.insert(first, row);
             self.meta.insert(META_REVISION.into(), d.revision);
-            if let Some(keep_from) = super::changelog_keep_from(d.revision, retain) {
-                while let Some((&first, row)) = self.changes.first_key_value() {
-                    let (last, _) = store::split_change_row(row)?;
-                    if last >= keep_from {
-                        self.meta.insert(META_CHANGELOG_FIRST.into(), first);
-                        break;
+            let keep_from = super::changelog_keep_from(d.revision, limits.retain);
+            while let Some((&oldest, row)) = self.changes.first_key_value() {
+                let (len, (last, _)) = (row.len() as u64, store::split_change_row(row)?);
+                let too_old = keep_from.is_some_and(|keep| last < keep);
+                let too_big = bytes > limits.max_bytes && oldest != first;
+                if !too_old && !too_big {
+                    if keep_from.is_some() {
+                        self.meta.insert(META_CHANGELOG_FIRST.into(), oldest);
                     }
-                    self.changes.remove(&first);
-                    self.meta.insert(META_CHANGELOG_FIRST.into(), last + 1);
+                    break;
                 }
+                self.changes.remove(&oldest);
+                bytes = bytes.saturating_sub(len);
+                self.meta.insert(META_CHANGELOG_FIRST.into(), last + 1);
             }
+            self.meta.insert(META_CHANGELOG_BYTES.into(), bytes);
         }
         Ok(())
     }
@@ -356,7 +370,7 @@ impl MemState {
 pub struct MemFsm {
     pub state: MemState,
     policy: Policy,
-    retain: u64,
+    limits: crate::model::ChangelogLimits,
     knows: u32,
     request_keys: u64,
 }
@@ -366,14 +380,20 @@ impl MemFsm {
         MemFsm {
             state: MemState::default(),
             policy,
-            retain: CHANGELOG_RETAIN,
+            limits: crate::model::ChangelogLimits::default(),
             knows: COMMAND_VERSION,
             request_keys: MAX_REQUEST_KEYS,
         }
     }
 
     pub fn with_changelog_retain(mut self, retain: u64) -> Self {
-        self.retain = retain.max(1);
+        self.limits.retain = retain.max(1);
+        self
+    }
+
+    /// Keep at most `bytes` of change-log rows (tests of the byte bound).
+    pub fn with_changelog_max_bytes(mut self, bytes: u64) -> Self {
+        self.limits.max_bytes = bytes;
         self
     }
 
@@ -393,7 +413,7 @@ impl MemFsm {
             Err(DecodeError::Undecodable(_)) => return Ok(ApplyResult::default()),
         };
         let d = decide_entry_limited(&self.state, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
-        self.state.write(&d, self.retain)?;
+        self.state.write(&d, self.limits)?;
         Ok(ApplyResult { results: d.results })
     }
 }

@@ -10,9 +10,9 @@ use super::view::View;
 use crate::model::{AgentRecord, ObjectRecord};
 use crate::safety::{Proposal, SafetyConfig, ScopeRecord};
 use crate::store::{
-    self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, COUNTS, HISTORY, MEMBERS, META, META_CHANGELOG_FIRST,
-    META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REPAIR_QUEUE, REQUEST_ORDER, REQUESTS, SCOPES,
-    SETTING_SAFETY, SETTINGS, StoreError,
+    self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, COUNTS, HISTORY, MEMBERS, META, META_CHANGELOG_BYTES,
+    META_CHANGELOG_FIRST, META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REPAIR_QUEUE,
+    REQUEST_ORDER, REQUESTS, SCOPES, SETTING_SAFETY, SETTINGS, StoreError,
 };
 
 /// Handles of every fsm table in one write transaction.
@@ -63,7 +63,7 @@ impl<'t> Tables<'t> {
 
     /// Store a decision: its rows, one change-log row for its events, the revision, and compaction of the
     /// change log to the newest `retain` revisions.
-    pub fn write(&mut self, d: &Decision, retain: u64) -> Result<(), StoreError> {
+    pub fn write(&mut self, d: &Decision, limits: crate::model::ChangelogLimits) -> Result<(), StoreError> {
         let w = &d.writes;
         for (k, v) in &w.meta {
             self.meta.insert(*k, store::seal_u64(k, *v).as_slice())?;
@@ -142,10 +142,12 @@ impl<'t> Tables<'t> {
         }
         self.write_counts(&w.counts, &w.repair)?;
         if let Some(first) = d.events.first().map(|e| e.revision) {
-            let row = store::seal_bytes(&first, &store::make_change_row(d.revision, &d.events));
-            self.changes.insert(first, row.as_slice())?;
+            let bytes = self.changelog_bytes()?;
+            let row = store::make_change_row(d.revision, &d.events);
+            let bytes = bytes + row.len() as u64;
+            self.changes.insert(first, store::seal_bytes(&first, &row).as_slice())?;
             self.meta.insert(META_REVISION, store::seal_u64(META_REVISION, d.revision).as_slice())?;
-            self.compact_changes(d.revision, retain)?;
+            self.compact_changes(d.revision, first, bytes, limits)?;
         }
         Ok(())
     }
@@ -192,24 +194,55 @@ impl<'t> Tables<'t> {
         Ok(objects)
     }
 
-    /// Drop change-log rows that hold only revisions older than the retained window.
-    fn compact_changes(&mut self, revision: u64, retain: u64) -> Result<(), StoreError> {
-        let Some(keep_from) = super::changelog_keep_from(revision, retain) else { return Ok(()) };
-        // Bounded by the rows an entry can make obsolete; each entry adds one row, so this removes at most a few.
+    /// The change log's row bytes ([`META_CHANGELOG_BYTES`]); a store from before the counter is counted once
+    /// (at most [`crate::model::CHANGELOG_RETAIN`] rows), identically on every member.
+    fn changelog_bytes(&self) -> Result<u64, StoreError> {
+        if let Some(g) = self.meta.get(META_CHANGELOG_BYTES)? {
+            return store::unseal_u64("fsm_counters", META_CHANGELOG_BYTES, g.value());
+        }
+        let mut bytes = 0u64;
+        for row in self.changes.iter()? {
+            let (k, v) = row?;
+            bytes += store::unseal("fsm_changes", &k.value(), v.value())?.len() as u64;
+        }
+        Ok(bytes)
+    }
+
+    /// Drop change-log rows that hold only revisions older than the retained window, and the oldest rows
+    /// while the log holds more than `limits.max_bytes` (never the row just written, `newest`).
+    fn compact_changes(
+        &mut self,
+        revision: u64,
+        newest: u64,
+        mut bytes: u64,
+        limits: crate::model::ChangelogLimits,
+    ) -> Result<(), StoreError> {
+        let keep_from = super::changelog_keep_from(revision, limits.retain);
+        // Bounded by the rows an entry can make obsolete; each entry adds one row, so this removes at most a
+        // few (a lower byte bound after an upgrade removes more, once).
         loop {
             let Some((k, v)) = self.changes.first()? else { break };
-            let (first, (last, _)) =
-                (k.value(), store::split_change_row(store::unseal("fsm_changes", &k.value(), v.value())?)?);
+            let first = k.value();
+            let row = store::unseal("fsm_changes", &first, v.value())?;
+            let (len, (last, _)) = (row.len() as u64, store::split_change_row(row)?);
             drop((k, v));
-            if last >= keep_from {
-                self.meta
-                    .insert(META_CHANGELOG_FIRST, store::seal_u64(META_CHANGELOG_FIRST, first).as_slice())?;
+            let too_old = keep_from.is_some_and(|keep| last < keep);
+            let too_big = bytes > limits.max_bytes && first != newest;
+            if !too_old && !too_big {
+                if keep_from.is_some() {
+                    self.meta.insert(
+                        META_CHANGELOG_FIRST,
+                        store::seal_u64(META_CHANGELOG_FIRST, first).as_slice(),
+                    )?;
+                }
                 break;
             }
             self.changes.remove(first)?;
+            bytes = bytes.saturating_sub(len);
             self.meta
                 .insert(META_CHANGELOG_FIRST, store::seal_u64(META_CHANGELOG_FIRST, last + 1).as_slice())?;
         }
+        self.meta.insert(META_CHANGELOG_BYTES, store::seal_u64(META_CHANGELOG_BYTES, bytes).as_slice())?;
         Ok(())
     }
 }

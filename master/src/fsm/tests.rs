@@ -372,6 +372,49 @@ fn change_log_is_compacted_and_old_revisions_answer_compacted() {
     assert_eq!(h.events(31).len(), 0, "future revisions: nothing yet, not an error");
 }
 
+/// At the byte bound the oldest change-log rows go (never the newest), whatever the revision window says,
+/// identically on redb and in memory; the byte counter equals the rows' bytes; a watcher behind is COMPACTED.
+#[test]
+fn change_log_is_bounded_by_bytes_identically_on_every_replica() {
+    const MAX: u64 = 2_000;
+    let (fsm, rx) = MasterFsm::new(Policy::default());
+    let mut h = Harness::with((fsm.with_changelog_max_bytes(MAX), rx));
+    let mut mem = MemFsm::new(Policy::default()).with_changelog_max_bytes(MAX);
+    let mut kept_bytes = 0;
+    for i in 1..=40u64 {
+        let mut f = finding("disk/h1/sda", if i % 2 == 0 { Severity::Good } else { Severity::Warning }, i);
+        f.evidence = format!("reading {i} {}", "x".repeat(40));
+        let e = Envelope::new(i, vec![ingest("", 0, vec![f])]).encode();
+        let a = h.apply_raw(&e);
+        assert_eq!(a, mem.apply(i, &e).expect("mem"));
+        assert_eq!(h.snapshot(), mem.state.snapshot(), "replicas agree after entry {i}");
+        let rows: u64 = mem.state.changes.values().map(|r| r.len() as u64).sum();
+        assert_eq!(mem.state.meta.get(crate::store::META_CHANGELOG_BYTES), Some(&rows), "counter after {i}");
+        assert!(
+            rows <= MAX || mem.state.changes.len() == 1,
+            "entry {i}: {rows} bytes in {} rows",
+            mem.state.changes.len()
+        );
+        kept_bytes = rows;
+    }
+    assert!(kept_bytes > MAX / 2, "the bound keeps what fits: {kept_bytes}");
+    let reader = h.reader();
+    let first = match reader.changes(1, &Filter::default(), 100).expect("changes") {
+        ChangesRead::Compacted { first_available } => first_available,
+        ChangesRead::Events { .. } => panic!("revision 1 should be compacted by the byte bound"),
+    };
+    assert!(first > 1 && first <= reader.revision().expect("rev"), "{first}");
+    assert!(!h.events(first).is_empty(), "the kept window reads from its first revision");
+    // One row larger than the bound alone (an entry of many events): the newest row is never dropped.
+    let many = (0..20).map(|d| finding(&format!("disk/h2/d{d:02}"), Severity::Warning, 100)).collect();
+    let e = Envelope::new(100, vec![ingest("", 0, many)]).encode();
+    h.apply_raw(&e);
+    mem.apply(41, &e).expect("mem");
+    assert_eq!(h.snapshot(), mem.state.snapshot());
+    let lens: Vec<usize> = mem.state.changes.values().map(Vec::len).collect();
+    assert_eq!(mem.state.changes.len(), 1, "only the newest row is left: {lens:?}");
+}
+
 #[test]
 fn liveness_changes_are_revisions_but_repeats_are_not() {
     let mut h = Harness::new();
