@@ -114,6 +114,13 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         "Revisions the slowest watcher on this node has not read yet",
         gauge(lag),
     );
+    for (name, help, v, is_counter) in crate::raft::fsync_stats::SNAPSHOTS.series() {
+        if is_counter {
+            reg.register(name, help, ConstCounter::new(v));
+        } else {
+            reg.register(name, help, gauge(v));
+        }
+    }
     // fsync latency of the Raft loop's write transactions.
     let (buckets, count, sum) = crate::raft::fsync_stats::FSYNC.snapshot();
     let out_hist = Some((buckets, count, sum));

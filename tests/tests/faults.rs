@@ -605,6 +605,23 @@ async fn damaged_follower_store_refuses_to_start_and_rejoins() {
         );
     }
     check("corrupt", &members(&c), &ledger).await;
+    // The rebuilt member caught up from a snapshot: its /metrics say so, with the file's size and the time
+    // the install took (issue 17: snapshot figures on /metrics).
+    let metric = |id: u64, name: &str| -> Option<u64> {
+        let (code, body) = check::http(&c.nodes[&id].http, "GET", "/metrics", "").ok()?;
+        (code == 200).then_some(())?;
+        body.lines().find_map(|l| l.strip_prefix(&format!("huatuo_master_{name} "))?.trim().parse().ok())
+    };
+    let installs = metric(follower, "snapshot_installs_total");
+    let bytes = metric(follower, "snapshot_last_install_bytes");
+    assert!(
+        installs >= Some(1) && bytes > Some(0),
+        "rebuilt member's snapshot metrics: {installs:?} {bytes:?}"
+    );
+    println!(
+        "[corrupt] rebuilt member installed {installs:?} snapshot(s), last {bytes:?} bytes in {:?} ms",
+        metric(follower, "snapshot_last_install_ms")
+    );
     println!(
         "[corrupt] 3 damaged stores refused, node {follower} rebuilt with --join; wall time {:?}",
         started.elapsed()

@@ -81,6 +81,16 @@ pub enum BuildMode {
 /// Writes the Fsm's snapshot from one read transaction into a new file: the applied index and term come
 /// from the same commit as the tables, so the file is exactly the state at that index. Memory: one chunk.
 pub fn build_snapshot<F: Fsm>(db: &Database, dir: &Arc<SnapDir>) -> BuildOutcome {
+    let started = std::time::Instant::now();
+    let out = build_snapshot_file::<F>(db, dir);
+    match &out {
+        Ok(b) => super::fsync_stats::SNAPSHOTS.built(b.index, b.file.size, started.elapsed()),
+        Err(_) => super::fsync_stats::SNAPSHOTS.build_failed(),
+    }
+    out
+}
+
+fn build_snapshot_file<F: Fsm>(db: &Database, dir: &Arc<SnapDir>) -> BuildOutcome {
     let txn = db.begin_read()?;
     let (index, term) = applied_point(&txn)?;
     let mut w = dir.create(index, term)?;
@@ -543,10 +553,12 @@ impl<F: Fsm> Core<F> {
                 let snap = rd.snapshot();
                 let file = Descriptor::decode(snap.get_data())?;
                 let dir = self.raw.store().snap_dir().clone();
+                let started = std::time::Instant::now();
                 self.fsm
                     .restore(&txn, &FileSource { dir: &dir, desc: file.clone() })
                     .map_err(fsm_store_err)?;
                 self.raw.mut_store().apply_snapshot(&txn, snap.get_metadata(), &file)?;
+                super::fsync_stats::SNAPSHOTS.installed(file.size, started.elapsed());
             }
             let committed = rd.take_committed_entries();
             self.apply_entries(&txn, committed, &mut done)?;

@@ -45,6 +45,99 @@ impl FsyncStats {
     }
 }
 
+/// Snapshots of this process's node: builds (off the Raft thread) and installs of received ones (inside a
+/// Ready). Exported on `/metrics` (`huatuo_master_snapshot_*`), read by `huatuo bench fleet`.
+pub struct SnapStats {
+    pub builds: AtomicU64,
+    pub build_failures: AtomicU64,
+    pub last_build_bytes: AtomicU64,
+    pub last_build_ms: AtomicU64,
+    pub last_build_index: AtomicU64,
+    pub installs: AtomicU64,
+    pub last_install_bytes: AtomicU64,
+    pub last_install_ms: AtomicU64,
+}
+
+pub static SNAPSHOTS: SnapStats = SnapStats {
+    builds: AtomicU64::new(0),
+    build_failures: AtomicU64::new(0),
+    last_build_bytes: AtomicU64::new(0),
+    last_build_ms: AtomicU64::new(0),
+    last_build_index: AtomicU64::new(0),
+    installs: AtomicU64::new(0),
+    last_install_bytes: AtomicU64::new(0),
+    last_install_ms: AtomicU64::new(0),
+};
+
+impl SnapStats {
+    pub fn built(&self, index: u64, bytes: u64, took: Duration) {
+        self.last_build_bytes.store(bytes, Ordering::Relaxed);
+        self.last_build_ms.store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.last_build_index.store(index, Ordering::Relaxed);
+        self.builds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn build_failed(&self) {
+        self.build_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn installed(&self, bytes: u64, took: Duration) {
+        self.last_install_bytes.store(bytes, Ordering::Relaxed);
+        self.last_install_ms.store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.installs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (name, help, value, is_counter) of every series.
+    pub fn series(&self) -> Vec<(&'static str, &'static str, u64, bool)> {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("snapshot_builds", "Snapshots this node built (off the Raft thread)", l(&self.builds), true),
+            (
+                "snapshot_build_failures",
+                "Snapshot builds that failed and were retried later",
+                l(&self.build_failures),
+                true,
+            ),
+            (
+                "snapshot_last_build_bytes",
+                "Size of the last snapshot file this node built",
+                l(&self.last_build_bytes),
+                false,
+            ),
+            (
+                "snapshot_last_build_ms",
+                "Milliseconds the last snapshot build took",
+                l(&self.last_build_ms),
+                false,
+            ),
+            (
+                "snapshot_last_build_index",
+                "Raft index of the last snapshot this node built",
+                l(&self.last_build_index),
+                false,
+            ),
+            (
+                "snapshot_installs",
+                "Snapshots received from the leader and installed",
+                l(&self.installs),
+                true,
+            ),
+            (
+                "snapshot_last_install_bytes",
+                "Size of the last snapshot installed",
+                l(&self.last_install_bytes),
+                false,
+            ),
+            (
+                "snapshot_last_install_ms",
+                "Milliseconds the last install took (inside one Ready, on the Raft thread)",
+                l(&self.last_install_ms),
+                false,
+            ),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
