@@ -36,6 +36,10 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
     // The burst covered every disk (60 hosts x 12) and the watcher saw each one's transition.
     assert!(stdout.contains("720 of a 720-disk ERROR burst"), "{stdout}");
     assert!(stdout.contains(" 0 burst transitions not seen"), "{stdout}");
+    assert!(
+        stdout.contains("before the phase (watching)"),
+        "the burst starts once the watcher follows: {stdout}"
+    );
     // The cluster lived under --data-dir and was removed with the run.
     assert_eq!(std::fs::read_dir(data.path()).expect("read data dir").count(), 0, "data left behind");
 }
