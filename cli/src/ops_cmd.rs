@@ -607,3 +607,25 @@ pub(crate) fn utc(ms: u64) -> String {
     checkers::kernel_log::parse::format_log_time(checkers::kernel_log::LogTime::Wall(ms))
         .unwrap_or_else(|| format!("{ms} ms"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_durations_parse_within_their_limit() {
+        assert_eq!(parse_wait("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_wait("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_wait(DEFAULT_WAIT), Ok(Duration::from_secs(300)));
+        // At the limit, and one step past it.
+        assert_eq!(parse_wait("24h"), Ok(proto::client::MAX_RETRY_BUDGET));
+        assert_eq!(parse_wait("1440m"), Ok(proto::client::MAX_RETRY_BUDGET));
+        assert!(parse_wait("1441m").unwrap_err().contains("limit of 24h"));
+        assert!(parse_wait("86400001ms").unwrap_err().contains("limit of 24h"));
+        assert!(parse_wait("99999999999999999999h").is_err(), "overflow is an error, not a wrap");
+        assert!(parse_wait("0s").unwrap_err().contains("longer than 0"));
+        assert!(parse_wait("5").unwrap_err().contains("unit"));
+        assert!(parse_wait("-5s").is_err());
+        assert!(parse_wait("").is_err());
+    }
+}

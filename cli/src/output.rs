@@ -212,27 +212,28 @@ mod tests {
             "nested": [[1, 2], []],
             "none": null,
         });
+        // serde_json's maps are sorted by key.
         let want = "\
-revision: 42
 more: false
-objects:
-- id: disk/h1/sdb
-  labels:
-    rack: r7
-  evidence: []
-  attributes: {}
-- id: machine/h2
-  labels: {}
-  evidence:
-  - rule: x
-    time_ms: 1
-  attributes: {}
 nested:
 -
   - 1
   - 2
 - []
 none: null
+objects:
+- attributes: {}
+  evidence: []
+  id: disk/h1/sdb
+  labels:
+    rack: r7
+- attributes: {}
+  evidence:
+  - rule: x
+    time_ms: 1
+  id: machine/h2
+  labels: {}
+revision: 42
 ";
         assert_eq!(to_yaml(&v), want);
         assert_eq!(to_yaml(&json!([])), "[]\n");

@@ -129,7 +129,7 @@ fn version_names_the_build_and_every_builtin_checker_and_rule_set() {
     assert!(rules["rules"].as_u64().unwrap() > 10, "{v}");
     let (code, out, _) = run_in(home.path(), &["version", "-o", "yaml"]);
     assert_eq!(code, 0);
-    assert!(out.contains("checkers:\n- name: disk\n"), "{out}");
+    assert!(out.contains("checkers:\n- kinds:\n  - disk\n  name: disk\n  version: \"1.0.0\"\n"), "{out}");
     let (code, out, _) = run_in(home.path(), &["--version"]);
     assert_eq!(code, 0);
     assert!(out.contains(&format!("(git {want_rev})")), "{out}");
@@ -144,7 +144,7 @@ fn completions_and_man_pages() {
         let (code, out, err) = run_in(home.path(), &["completions", shell]);
         assert_eq!(code, 0, "{shell}: {err}");
         assert!(out.contains(marker), "{shell}: {}", &out[..out.len().min(300)]);
-        assert!(out.contains("objects") && out.contains("--output"), "{shell} completes commands and flags");
+        assert!(out.contains("objects") && out.contains("output"), "{shell} completes commands and flags");
     }
     let (code, _, err) = run_in(home.path(), &["completions", "tcsh"]);
     assert_eq!(code, 1, "{err}");

@@ -377,6 +377,30 @@ mod tests {
         assert_eq!(e.code, Code::InvalidArgument);
     }
 
+    #[tokio::test]
+    async fn a_retry_budget_bounds_time_not_attempts_while_nobody_answers() {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut c = Client::new(vec![addr.clone()]);
+        // One attempt would be allowed by count; the budget alone decides while nothing answers.
+        c.max_attempts = 1;
+        c.retry_budget = Some(Duration::from_millis(600));
+        c.addrs_from = Some("the test".into());
+        let t = std::time::Instant::now();
+        let e = c
+            .call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await })
+            .await
+            .expect_err("nobody listens");
+        let took = t.elapsed();
+        assert_eq!(e.code, Code::Unavailable);
+        assert!(e.message.contains("no master answered within 0.6 s"), "{e}");
+        assert!(e.message.contains(&addr) && e.message.contains("addresses from the test"), "{e}");
+        // Backoff 50+100+200 ms fits before 600 ms: more than one try was made, and the budget was kept.
+        assert!(took >= Duration::from_millis(300), "retried within the budget: {took:?}");
+        assert!(took < Duration::from_millis(600) + CONNECT_TIMEOUT, "stopped at the budget: {took:?}");
+    }
+
     #[test]
     fn request_keys_are_fresh_valid_and_carried() {
         let a = request_key("cli").expect("key");
