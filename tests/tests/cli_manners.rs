@@ -58,7 +58,7 @@ async fn every_listing_speaks_json_yaml_and_wide() {
     ];
     for (args, key) in listings {
         let name = args.join(" ");
-        let mut with = |fmt: &str| {
+        let with = |fmt: &str| {
             let mut a: Vec<&str> = args.to_vec();
             a.extend(["-o", fmt]);
             cli(&a, &m)
