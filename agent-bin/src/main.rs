@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Parsed::Version) => {
-            println!("huatuo-agent {}", agent::run::AGENT_VERSION);
+            println!("huatuo-agent {} (git {})", agent::run::AGENT_VERSION, env!("HUATUO_GIT_REV"));
             ExitCode::SUCCESS
         }
         Ok(Parsed::Run(a)) => match run(a) {

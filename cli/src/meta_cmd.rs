@@ -146,14 +146,21 @@ pub fn generate_man(a: GenerateManArgs) -> anyhow::Result<ExitCode> {
     let mut cmd = crate::Cli::command();
     cmd.build();
     let mut written = 0usize;
-    write_pages(&cmd, "huatuo", &a.dir, &mut written)?;
+    write_pages(&cmd, "huatuo", &a.dir, &mut written, MAX_MAN_PAGES)?;
     println!("{written} man pages in {}", a.dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Write `name`.1 for `cmd` and recurse into its visible subcommands (`huatuo-ticket-list.1`).
-fn write_pages(cmd: &clap::Command, name: &str, dir: &Path, written: &mut usize) -> anyhow::Result<()> {
-    anyhow::ensure!(*written < MAX_MAN_PAGES, "more than {MAX_MAN_PAGES} man pages: refusing to go on");
+/// Write `name`.1 for `cmd` and recurse into its visible subcommands (`huatuo-ticket-list.1`), at most
+/// `limit` pages in all.
+fn write_pages(
+    cmd: &clap::Command,
+    name: &str,
+    dir: &Path,
+    written: &mut usize,
+    limit: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(*written < limit, "more than {limit} man pages: refusing to go on");
     // clap names are `&'static str` without its `string` feature; a page generator runs once and writes at
     // most MAX_MAN_PAGES pages, so leaking their names is bounded.
     let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
@@ -164,7 +171,37 @@ fn write_pages(cmd: &clap::Command, name: &str, dir: &Path, written: &mut usize)
     std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
     *written += 1;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
-        write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
+        write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, written, limit)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_pages_stop_at_their_limit() {
+        let mut cmd = crate::Cli::command();
+        cmd.build();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut n = 0;
+        write_pages(&cmd, "huatuo", dir.path(), &mut n, MAX_MAN_PAGES).expect("all pages");
+        assert!(n > 40 && n < MAX_MAN_PAGES, "{n} pages");
+        // Exactly at the limit is fine; one page fewer allowed is refused.
+        let mut at = 0;
+        write_pages(&cmd, "huatuo", dir.path(), &mut at, n).expect("at the limit");
+        assert_eq!(at, n);
+        let mut over = 0;
+        let e = write_pages(&cmd, "huatuo", dir.path(), &mut over, n - 1).expect_err("over the limit");
+        assert!(e.to_string().contains(&format!("more than {} man pages", n - 1)), "{e}");
+    }
+
+    #[test]
+    fn version_lists_every_builtin_checker_and_seed() {
+        let v = version_json().expect("version");
+        assert_eq!(v["checkers"].as_array().map(Vec::len), Some(rulesets::BUILTIN_CHECKERS.len()));
+        assert_eq!(v["rule_sets"].as_array().map(Vec::len), Some(rulesets::seeds::SEEDS.len()));
+        assert_eq!(v["git"], GIT_REV);
+    }
 }
