@@ -23,7 +23,9 @@ const USAGE: &str = "usage: huatuo-agent [--config PATH] [--check-config] [--ins
   --check-config    validate the config and exit: 0 when valid, 1 with the reason when not
   --insecure        talk to the masters without TLS and token (tests and experiments only)
   -h, --help        this text
-  -V, --version     print the version";
+  -V, --version     print the version
+
+exit status: 0 ok; 1 an error (a bad argument or config, the agent failed), as `huatuo` does";
 
 #[derive(Debug, PartialEq, Eq)]
 struct Args {
@@ -109,7 +111,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Parsed::Version) => {
-            println!("huatuo-agent {}", agent::run::AGENT_VERSION);
+            println!("huatuo-agent {} (git {})", agent::run::AGENT_VERSION, env!("HUATUO_GIT_REV"));
             ExitCode::SUCCESS
         }
         Ok(Parsed::Run(a)) => match run(a) {
@@ -120,8 +122,9 @@ fn main() -> ExitCode {
             }
         },
         Err(e) => {
+            // 1, like every other error: the huatuo binaries keep 2 for "needs a human".
             eprintln!("huatuo-agent: {e}\n{USAGE}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
 }

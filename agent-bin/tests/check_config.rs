@@ -29,7 +29,11 @@ fn check_config_accepts_valid_and_refuses_broken_configs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("huatuo-agent: error:"));
 
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && v.starts_with("huatuo-agent ") && v.contains(" (git "), "{v}");
+
     let out = Command::new(BIN).arg("--frobnicate").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1), "usage errors are errors (1); 2 means needs a human");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument"));
 }

@@ -12,7 +12,8 @@ use proto::api;
 use proto::convert;
 use proto::view::{CatalogListing, RolloutStatusView, RolloutView};
 
-use crate::ops_cmd::{MasterAddr, api_err, runtime};
+use crate::ops_cmd::{MasterAddr, api_err, runtime, utc};
+use crate::output::{self, Format, OutputArgs};
 use crate::safety_cmd::Operator;
 
 /// Largest file `catalog push` reads (the master refuses more than 8 MiB anyway; this bounds the read).
@@ -68,8 +69,8 @@ pub struct PushArgs {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -77,8 +78,8 @@ pub struct ListArgs {
 #[derive(Args, Debug)]
 pub struct ShowArgs {
     name: String,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -153,8 +154,8 @@ pub struct ChangeArgs {
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     name: Option<String>,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -183,15 +184,27 @@ fn split_ref(s: &str) -> anyhow::Result<(String, String)> {
     Ok((n.to_string(), v.to_string()))
 }
 
-fn print_catalog(l: &CatalogListing, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(l)?);
-        return Ok(());
+fn print_catalog(l: &CatalogListing, f: Format) -> anyhow::Result<()> {
+    if f.is_document() {
+        return output::print_document(&serde_json::to_value(l)?, f);
     }
-    println!("{:<24} {:<16} {:<8} {:>9}  {:<16} PUSHED BY", "NAME", "VERSION", "TYPE", "SIZE", "SHA256");
+    let wide = f == Format::Wide;
+    let tail = if wide { "PUSHED BY            PUSHED AT             DESCRIPTION" } else { "PUSHED BY" };
+    println!("{:<24} {:<16} {:<8} {:>9}  {:<16} {tail}", "NAME", "VERSION", "TYPE", "SIZE", "SHA256");
     for a in &l.artifacts {
         let sha = if a.sha256.is_empty() { "-".to_string() } else { a.sha256.chars().take(16).collect() };
-        println!("{:<24} {:<16} {:<8} {:>9}  {:<16} {}", a.name, a.version, a.kind, a.size, sha, a.pushed_by);
+        if wide {
+            let at = if a.pushed_ms == 0 { "-".to_string() } else { utc(a.pushed_ms) };
+            println!(
+                "{:<24} {:<16} {:<8} {:>9}  {:<16} {:<20} {:<21} {}",
+                a.name, a.version, a.kind, a.size, sha, a.pushed_by, at, a.description
+            );
+        } else {
+            println!(
+                "{:<24} {:<16} {:<8} {:>9}  {:<16} {}",
+                a.name, a.version, a.kind, a.size, sha, a.pushed_by
+            );
+        }
     }
     if !l.rollouts.is_empty() {
         println!();
@@ -247,10 +260,9 @@ fn print_rollout(r: &RolloutView) {
     }
 }
 
-fn print_status(s: &RolloutStatusView, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(s)?);
-        return Ok(());
+fn print_status(s: &RolloutStatusView, f: Format) -> anyhow::Result<()> {
+    if f.is_document() {
+        return output::print_document(&serde_json::to_value(s)?, f);
     }
     for c in &s.checkers {
         let stable = if c.stable_version.is_empty() { "none" } else { &c.stable_version };
@@ -341,7 +353,7 @@ pub fn run_catalog(c: CatalogCmd) -> anyhow::Result<ExitCode> {
                     }),
                 )
                 .map_err(api_err)?;
-            print_catalog(&convert::catalog_from_wire(r), a.json)?;
+            print_catalog(&convert::catalog_from_wire(r), a.out.format())?;
         }
         CatalogCmd::Show(a) => {
             let mut client = a.master.client();
@@ -353,7 +365,7 @@ pub fn run_catalog(c: CatalogCmd) -> anyhow::Result<ExitCode> {
                 )
                 .map_err(api_err)?;
             anyhow::ensure!(!r.artifacts.is_empty(), "no checker {:?} in the catalog", a.name);
-            print_catalog(&convert::catalog_from_wire(r), a.json)?;
+            print_catalog(&convert::catalog_from_wire(r), a.out.format())?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -429,7 +441,7 @@ pub fn run_rollout(c: RolloutCmd) -> anyhow::Result<ExitCode> {
             let r = runtime()?
                 .block_on(client.call(req, |mut c, r| async move { c.rollout_status(r).await }))
                 .map_err(api_err)?;
-            print_status(&convert::rollout_status_from_wire(r), a.json)?;
+            print_status(&convert::rollout_status_from_wire(r), a.out.format())?;
             Ok(ExitCode::SUCCESS)
         }
     }

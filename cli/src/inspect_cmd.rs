@@ -32,8 +32,8 @@ const MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -312,9 +312,11 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         ));
     }
 
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let f = a.out.format();
+    if f.is_document() {
+        crate::output::print_document(&serde_json::to_value(&r)?, f)?;
     } else {
+        // The report is already everything it knows: wide is the same report.
         print_report(&r);
     }
     Ok(if r.needs_a_human.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_ATTENTION) })

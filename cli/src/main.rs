@@ -19,8 +19,10 @@ mod hw_cmd;
 mod inspect_cmd;
 mod kernel_log_cmd;
 mod master_cmd;
+mod meta_cmd;
 mod net_cmd;
 mod ops_cmd;
+mod output;
 mod pages;
 mod safety_cmd;
 mod ticket_cmd;
@@ -30,12 +32,27 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The exit statuses every command keeps (issue 19), shown by `huatuo --help`.
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  ok
+  1  error: bad arguments or config, no master answered (within 2 s, or --wait), the request failed
+  2  needs a human: `inspect` found something, `force` was held by the safety net,
+     `check smart` graded a disk ERROR or FATAL
+  3  `watch`: the start revision was compacted (resync from a listing); `check smart`: a disk is UNKNOWN
+  4  `check smart`: no input gave any data
+  (`fsm check`: 1 a divergence, 2 a malformed or unreadable transcript)
+
+Listings take -o table|wide|json|yaml. Commands that talk to the masters fail within 2 s when none
+answers; --wait [DURATION] blocks until one does (default 5m).";
+
 #[derive(Parser)]
 #[command(
     name = "huatuo",
-    version,
+    version = meta_cmd::LONG_VERSION,
     about = "Huatuo, the cluster doctor: finds hardware and OS faults, \
-describes each faulty object with a state machine, and drives repair"
+describes each faulty object with a state machine, and drives repair",
+    after_help = EXIT_STATUS_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -102,6 +119,13 @@ enum Cmd {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// The version, git revision, built-in checkers and embedded rule sets of this binary.
+    Version(meta_cmd::VersionArgs),
+    /// Print a shell completion script: `huatuo completions bash > /etc/bash_completion.d/huatuo`.
+    Completions(meta_cmd::CompletionsArgs),
+    /// Write the man pages (huatuo.1, huatuo-COMMAND.1, ...) into a directory (for packaging).
+    #[command(hide = true)]
+    GenerateMan(meta_cmd::GenerateManArgs),
 }
 
 #[derive(Subcommand)]
@@ -174,11 +198,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Heartbeats(a)) => bench_heartbeats::run(a),
         Cmd::Bench(BenchCmd::Fleet(a)) => bench_fleet::run(a),
         Cmd::Bench(BenchCmd::Netvote(a)) => bench_netvote::run(a),
+        Cmd::Version(a) => meta_cmd::version(a),
+        Cmd::Completions(a) => meta_cmd::completions(a),
+        Cmd::GenerateMan(a) => meta_cmd::generate_man(a),
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 1 (clap's own default is 2, which here means "needs a human").
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use proto::api;
 
 use crate::ops_cmd::{MasterAddr, api_err, runtime};
+use crate::output::{self, Format, OutputArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum NetCmd {
@@ -23,8 +24,8 @@ pub struct SuspectsArgs {
     /// How many (default 20, at most 1000).
     #[arg(long, default_value_t = 20)]
     limit: u32,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -34,8 +35,8 @@ pub struct MatrixArgs {
     /// Only rows and columns involving this ToR/rack.
     #[arg(long, default_value = "")]
     rack: String,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -44,8 +45,8 @@ pub struct MatrixArgs {
 pub struct PathArgs {
     host_a: String,
     host_b: String,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -63,7 +64,8 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
             let r = rt
                 .block_on(client.call(req, |mut c, r| async move { c.net_suspects(r).await }))
                 .map_err(api_err)?;
-            if a.json {
+            let f = a.out.format();
+            if f.is_document() {
                 let s: Vec<_> = r
                     .suspects
                     .iter()
@@ -76,7 +78,7 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
                 let v = serde_json::json!({"window_end_ms": r.window_end_ms, "window_ms": r.window_ms,
                     "reporters": r.reporters, "flows": r.flows, "bad_flows": r.bad_flows,
                     "topology": r.topology, "suspects": s});
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                output::print_document(&v, f)?;
                 return Ok(ExitCode::SUCCESS);
             }
             if r.window_end_ms == 0 {
@@ -97,7 +99,21 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
             for s in &r.suspects {
                 let did = if s.decision.is_empty() { "ranked" } else { s.decision.as_str() };
                 println!("{:>3}. {:<40} score {:.2}  {:<7} {}", s.rank, s.target, s.score, did, s.why);
-                for e in s.evidence.iter().take(3) {
+                // Wide: the vote's figures and every piece of evidence, not the first 3.
+                let shown = if f == Format::Wide {
+                    println!(
+                        "       {} ({} voters, {} of {} flows bad, loss {:.2}%)",
+                        s.kind,
+                        s.voters,
+                        s.bad_flows,
+                        s.flows,
+                        s.loss * 100.0
+                    );
+                    s.evidence.len()
+                } else {
+                    3
+                };
+                for e in s.evidence.iter().take(shown) {
                     println!("       {e}");
                 }
             }
@@ -108,7 +124,8 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
             let r = rt
                 .block_on(client.call(req, |mut c, r| async move { c.net_matrix(r).await }))
                 .map_err(api_err)?;
-            if a.json {
+            let f = a.out.format();
+            if f.is_document() {
                 let cells: Vec<_> = r
                     .cells
                     .iter()
@@ -119,15 +136,17 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
                     .collect();
                 let v =
                     serde_json::json!({"window_end_ms": r.window_end_ms, "racks": r.racks, "cells": cells});
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                output::print_document(&v, f)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            let wide = f == Format::Wide;
+            print!(
                 "{:<20} {:<20} {:>8} {:>9} {:>9} {:>6}",
                 "FROM", "TO", "LOSS", "P50 us", "P99 us", "FLOWS"
             );
+            println!("{}", if wide { format!(" {:>10} {:>8}", "SENT", "LOST") } else { String::new() });
             for c in &r.cells {
-                println!(
+                print!(
                     "{:<20} {:<20} {:>8} {:>9} {:>9} {:>6}",
                     c.src,
                     c.dst,
@@ -136,6 +155,7 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
                     c.rtt_p99_us,
                     c.flows
                 );
+                println!("{}", if wide { format!(" {:>10} {:>8}", c.sent, c.lost) } else { String::new() });
             }
         }
         NetCmd::Path(a) => {
@@ -144,7 +164,8 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
             let r = rt
                 .block_on(client.call(req, |mut c, r| async move { c.net_path(r).await }))
                 .map_err(api_err)?;
-            if a.json {
+            let f = a.out.format();
+            if f.is_document() {
                 let routes: Vec<_> = r
                     .routes
                     .iter()
@@ -168,17 +189,13 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
                         "rtt_p50_us": m.rtt_p50_us, "rtt_p99_us": m.rtt_p99_us})
                     })
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"routes": routes, "measured": measured})
-                    )?
-                );
+                output::print_document(&serde_json::json!({"routes": routes, "measured": measured}), f)?;
                 return Ok(ExitCode::SUCCESS);
             }
             for (i, x) in r.routes.iter().enumerate() {
                 println!("route {}: {}", i + 1, x.nodes.join(" -> "));
-                for h in x.hops.iter().filter(|h| h.blame > 0.0) {
+                // Wide: every hop, blamed or not.
+                for h in x.hops.iter().filter(|h| f == Format::Wide || h.blame > 0.0) {
                     println!(
                         "    {} blame {:.2} ({} of {} flows bad)",
                         h.link, h.blame, h.bad_flows, h.flows

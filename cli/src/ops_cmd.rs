@@ -22,6 +22,12 @@ pub const WATCH_IDLE: Duration = Duration::from_secs(30);
 
 /// The master address used when neither `--master`, `$HUATUO_MASTER` nor a context names one.
 pub const DEFAULT_MASTER: &str = "127.0.0.1:7700";
+/// How long a command keeps trying while no master answers at all (refused, unreachable): like kubectl and
+/// etcdctl, an operator learns within a couple of seconds that nothing is there (issue 19). A cluster that
+/// answers but is electing a leader is still waited out (see `proto::client::Client::retry_budget`).
+pub const NO_ANSWER_BUDGET: Duration = Duration::from_millis(1900);
+/// `--wait` without a value: long enough for a master to boot or a cluster to be restarted.
+pub const DEFAULT_WAIT: &str = "5m";
 
 /// Where and how to reach the masters: flags and environment first, then the client context
 /// (`crate::context`), then the default address.
@@ -41,6 +47,36 @@ pub struct MasterAddr {
     /// No TLS, no token: for clusters started with --insecure (tests and experiments only).
     #[arg(long)]
     pub insecure: bool,
+    /// Block until a master answers, for at most DURATION (e.g. 30s, 5m, 1h; default 5m; at most 24h)
+    /// instead of failing within 2 s when none does.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = DEFAULT_WAIT,
+          value_parser = parse_wait)]
+    pub wait: Option<Duration>,
+}
+
+/// A duration as `N` + `ms`, `s`, `m` or `h` (`30s`, `5m`), between 1 ms and
+/// [`proto::client::MAX_RETRY_BUDGET`].
+pub(crate) fn parse_wait(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 1h"))?;
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h (e.g. 30s, 5m)")),
+    };
+    let d = n.checked_mul(ms_per).map(Duration::from_millis);
+    match d {
+        Some(d) if d.is_zero() => Err("the wait must be longer than 0".into()),
+        Some(d) if d <= proto::client::MAX_RETRY_BUDGET => Ok(d),
+        _ => Err(format!(
+            "{s:?} is longer than the limit of {}h",
+            proto::client::MAX_RETRY_BUDGET.as_secs() / 3600
+        )),
+    }
 }
 
 /// Why `--token` is refused (clap prints it with the flag's name).
@@ -75,10 +111,15 @@ impl MasterAddr {
 
     /// The addresses and security this command uses.
     pub(crate) fn resolve(&self) -> anyhow::Result<(Vec<String>, proto::client::ClientSecurity)> {
+        self.resolve_from().map(|(a, s, _)| (a, s))
+    }
+
+    /// [`MasterAddr::resolve`], plus where the addresses came from (for error messages).
+    fn resolve_from(&self) -> anyhow::Result<(Vec<String>, proto::client::ClientSecurity, String)> {
         let explicit = self.context.clone();
         let path = explicit.clone().or_else(crate::context::default_path);
-        let mut ctx = match path {
-            Some(p) if explicit.is_some() || p.exists() => Some(crate::context::Context::load(&p)?),
+        let mut ctx = match &path {
+            Some(p) if explicit.is_some() || p.exists() => Some(crate::context::Context::load(p)?),
             _ => None,
         };
         // A context's credentials belong to its cluster: an explicit --master naming none of its masters
@@ -88,16 +129,22 @@ impl MasterAddr {
         {
             ctx = None;
         }
-        let addrs = match (&self.master, &ctx) {
-            (Some(m), _) => parse_addrs(m),
-            (None, Some(c)) => c.masters.clone(),
-            (None, None) => parse_addrs(DEFAULT_MASTER),
+        let (addrs, from) = match (&self.master, &ctx, &path) {
+            (Some(m), _, _) => (parse_addrs(m), "--master or $HUATUO_MASTER".to_string()),
+            (None, Some(c), Some(p)) => (c.masters.clone(), format!("the context file {}", p.display())),
+            _ => {
+                let none = match &path {
+                    Some(p) => format!("the default (no --master, no context file at {})", p.display()),
+                    None => "the default (no --master, no context file)".to_string(),
+                };
+                (parse_addrs(DEFAULT_MASTER), none)
+            }
         };
         if self.insecure {
             eprintln!(
                 "huatuo: WARNING: --insecure: no TLS and no token; only for clusters started --insecure"
             );
-            return Ok((addrs, proto::client::ClientSecurity::default()));
+            return Ok((addrs, proto::client::ClientSecurity::default(), from));
         }
         let mut security = match &ctx {
             Some(c) => c.security().context("the client context's TLS files")?,
@@ -106,14 +153,22 @@ impl MasterAddr {
         if let Some(t) = &self.token {
             security.token = Some(t.clone());
         }
-        Ok((addrs, security))
+        Ok((addrs, security, from))
+    }
+
+    /// How long a call keeps trying while no master answers: `--wait`, else [`NO_ANSWER_BUDGET`].
+    pub(crate) fn budget(&self) -> Duration {
+        self.wait.unwrap_or(NO_ANSWER_BUDGET)
     }
 
     fn try_client(&self, by: usize) -> anyhow::Result<Client> {
-        let (mut addrs, security) = self.resolve()?;
+        let (mut addrs, security, from) = self.resolve_from()?;
         let n = addrs.len().max(1);
         addrs.rotate_left(by % n);
-        Ok(Client::with_security(addrs, security))
+        let mut c = Client::with_security(addrs, security);
+        c.retry_budget = Some(self.budget());
+        c.addrs_from = Some(from);
+        Ok(c)
     }
 }
 
@@ -225,9 +280,8 @@ pub struct ObjectsArgs {
     /// Read from the node answering without a linearizable read.
     #[arg(long)]
     stale: bool,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -258,21 +312,45 @@ pub fn objects(a: ObjectsArgs) -> anyhow::Result<ExitCode> {
     };
     let mut client = a.master.client();
     let res = runtime()?.block_on(crate::pages::objects(&mut client, req, a.limit)).map_err(api_err)?;
-    let mut out = std::io::stdout().lock();
-    if a.json {
+    let f = a.out.format();
+    if f.is_document() {
         let v = serde_json::json!({
             "revision": res.revision,
             "objects": res.objects.iter().map(object_json).collect::<Vec<_>>(),
             "more": res.more,
         });
-        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        crate::output::print_document(&v, f)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = std::io::stdout().lock();
     let w = res.objects.iter().map(|o| o.id.len()).max().unwrap_or(2).max(2);
-    writeln!(out, "{:<w$}  {:<8} {:<8} {:>10}  LABELS", "ID", "STATE", "GRADE", "REVISION")?;
+    let wide = f == crate::output::Format::Wide;
+    if wide {
+        writeln!(
+            out,
+            "{:<w$}  {:<8} {:<8} {:>10}  {:<20}  {:>8}  LABELS",
+            "ID", "STATE", "GRADE", "REVISION", "SINCE", "EVIDENCE"
+        )?;
+    } else {
+        writeln!(out, "{:<w$}  {:<8} {:<8} {:>10}  LABELS", "ID", "STATE", "GRADE", "REVISION")?;
+    }
     for o in &res.objects {
         let mut labels: Vec<String> = o.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         labels.sort();
+        if wide {
+            writeln!(
+                out,
+                "{:<w$}  {:<8} {:<8} {:>10}  {:<20}  {:>8}  {}",
+                o.id,
+                o.state,
+                o.grade,
+                o.revision,
+                utc(o.state_since_ms),
+                o.evidence.len(),
+                labels.join(",")
+            )?;
+            continue;
+        }
         writeln!(
             out,
             "{:<w$}  {:<8} {:<8} {:>10}  {}",
@@ -295,8 +373,8 @@ pub struct ObjectArgs {
     id: String,
     #[arg(long)]
     stale: bool,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -317,12 +395,13 @@ pub fn object(a: ObjectArgs) -> anyhow::Result<ExitCode> {
                 "from_state": h.from_state, "to_state": h.to_state, "cause": h.cause, "detail": h.detail})
         })
         .collect();
-    let mut out = std::io::stdout().lock();
-    if a.json {
+    let f = a.out.format();
+    if f.is_document() {
         let v = serde_json::json!({"object": object_json(&o), "history": history, "revision": res.revision});
-        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        crate::output::print_document(&v, f)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "{}  {}  grade {}  since {}  revision {}",
@@ -445,8 +524,8 @@ pub fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -465,7 +544,8 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
                 "free_bytes": m.free_bytes, "min_free_bytes": m.min_free_bytes})
         })
         .collect();
-    if a.json {
+    let f = a.out.format();
+    if f.is_document() {
         let v = serde_json::json!({"id": i.id, "leader_id": i.leader_id, "leader_grpc": i.leader_grpc,
             "term": i.term, "role": i.role, "commit_index": i.commit_index, "applied_index": i.applied_index,
             "revision": i.revision, "level": i.level, "members": members, "agents_alive": i.agents_alive,
@@ -474,9 +554,10 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             "scopes": i.scopes.iter().map(|s| serde_json::json!({"scope": s.scope, "level": s.level,
                 "latched": s.latched, "reason": s.reason, "pending_proposals": s.pending_proposals,
                 "last_blocked": s.last_blocked})).collect::<Vec<_>>()});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::output::print_document(&v, f)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let wide = f == crate::output::Format::Wide;
     println!("answered by  node {} ({})", i.id, i.role);
     println!("leader       {} {}", i.leader_id, i.leader_grpc);
     println!("term         {}", i.term);
@@ -489,7 +570,8 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         "commands     min_command_version {}, this node knows 1..={}",
         i.min_command_version, i.knows_command_version
     );
-    for s in i.scopes.iter().filter(|s| s.level != "auto" || !s.last_blocked.is_empty()) {
+    // Wide: every scope, not only those off automatic drive.
+    for s in i.scopes.iter().filter(|s| wide || s.level != "auto" || !s.last_blocked.is_empty()) {
         let latch = if s.latched { " (latched)" } else { "" };
         println!("scope {} {}{latch}: {}", s.scope, s.level, s.reason);
         if !s.last_blocked.is_empty() {
@@ -506,6 +588,9 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             m.http_addr,
             crate::upgrade_cmd::knows_text(m.knows_command_version)
         );
+        if wide {
+            println!("    free {} MiB (floor {} MiB)", m.free_bytes >> 20, m.min_free_bytes >> 20);
+        }
         if m.nospace {
             println!(
                 "    NOSPACE: {} MiB free, below its floor of {} MiB (as leader it refuses writes)",
@@ -521,4 +606,26 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn utc(ms: u64) -> String {
     checkers::kernel_log::parse::format_log_time(checkers::kernel_log::LogTime::Wall(ms))
         .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_durations_parse_within_their_limit() {
+        assert_eq!(parse_wait("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_wait("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_wait(DEFAULT_WAIT), Ok(Duration::from_secs(300)));
+        // At the limit, and one step past it.
+        assert_eq!(parse_wait("24h"), Ok(proto::client::MAX_RETRY_BUDGET));
+        assert_eq!(parse_wait("1440m"), Ok(proto::client::MAX_RETRY_BUDGET));
+        assert!(parse_wait("1441m").unwrap_err().contains("limit of 24h"));
+        assert!(parse_wait("86400001ms").unwrap_err().contains("limit of 24h"));
+        assert!(parse_wait("99999999999999999999h").is_err(), "overflow is an error, not a wrap");
+        assert!(parse_wait("0s").unwrap_err().contains("longer than 0"));
+        assert!(parse_wait("5").unwrap_err().contains("unit"));
+        assert!(parse_wait("-5s").is_err());
+        assert!(parse_wait("").is_err());
+    }
 }

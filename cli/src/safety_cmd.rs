@@ -9,6 +9,7 @@ use clap::Args;
 use proto::api;
 
 use crate::ops_cmd::{MasterAddr, api_err, runtime, utc};
+use crate::output::{self, Format, OutputArgs};
 
 #[derive(Args, Debug, Clone)]
 pub struct Operator {
@@ -35,8 +36,8 @@ pub struct LevelArgs {
     level: Option<String>,
     #[command(flatten)]
     op: Operator,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -109,8 +110,9 @@ pub fn level(a: LevelArgs) -> anyhow::Result<ExitCode> {
             }))
             .map_err(api_err)?;
         if let Some(s) = &r.scope {
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&scope_json(s))?);
+            let f = a.out.format();
+            if f.is_document() {
+                output::print_document(&scope_json(s), f)?;
             } else {
                 print_scope(s);
             }
@@ -122,9 +124,10 @@ pub fn level(a: LevelArgs) -> anyhow::Result<ExitCode> {
         .map_err(api_err)?;
     let scopes: Vec<&api::Scope> =
         r.scopes.iter().filter(|s| a.scope.as_ref().is_none_or(|want| &s.scope == want)).collect();
-    if a.json {
+    let f = a.out.format();
+    if f.is_document() {
         let v: Vec<serde_json::Value> = scopes.iter().map(|s| scope_json(s)).collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        output::print_document(&serde_json::Value::Array(v), f)?;
         return Ok(ExitCode::SUCCESS);
     }
     if scopes.is_empty() {
@@ -132,6 +135,9 @@ pub fn level(a: LevelArgs) -> anyhow::Result<ExitCode> {
     }
     for s in scopes {
         print_scope(s);
+        if f == Format::Wide && s.level == "auto" && s.reason.is_empty() && !s.set_by.is_empty() {
+            println!("    set by {} at {}", s.set_by, utc(s.since_ms));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -185,8 +191,9 @@ pub struct ProposalsArgs {
     filter: ProposalFilterArgs,
     #[arg(long, default_value_t = 1000)]
     limit: u32,
-    #[arg(long)]
-    json: bool,
+    /// -o json|yaml: one document; --json (older scripts): one JSON object per line.
+    #[command(flatten)]
+    out: OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -203,14 +210,22 @@ pub fn proposals(a: ProposalsArgs) -> anyhow::Result<ExitCode> {
     let r = runtime()?
         .block_on(client.call(req, |mut c, r| async move { c.list_proposals(r).await }))
         .map_err(api_err)?;
-    if a.json {
+    let proposal_json = |p: &api::Proposal| {
+        serde_json::json!({"id": p.id, "object": p.object, "from_state": p.from_state,
+            "to_state": p.to_state, "cause": p.cause, "evidence": p.evidence, "scopes": p.scopes,
+            "reason": p.reason, "created_ms": p.created_ms, "updated_ms": p.updated_ms, "repeats": p.repeats,
+            "status": p.status, "decided_by": p.decided_by, "decided_reason": p.decided_reason})
+    };
+    if a.out.json {
         for p in &r.proposals {
-            let v = serde_json::json!({"id": p.id, "object": p.object, "from_state": p.from_state,
-                "to_state": p.to_state, "cause": p.cause, "evidence": p.evidence, "scopes": p.scopes,
-                "reason": p.reason, "created_ms": p.created_ms, "updated_ms": p.updated_ms, "repeats": p.repeats,
-                "status": p.status, "decided_by": p.decided_by, "decided_reason": p.decided_reason});
-            println!("{v}");
+            println!("{}", proposal_json(p));
         }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = a.out.format();
+    if f.is_document() {
+        let v = serde_json::json!({"proposals": r.proposals.iter().map(proposal_json).collect::<Vec<_>>()});
+        output::print_document(&v, f)?;
         return Ok(ExitCode::SUCCESS);
     }
     if r.proposals.is_empty() {
@@ -232,6 +247,9 @@ pub fn proposals(a: ProposalsArgs) -> anyhow::Result<ExitCode> {
             println!("        evidence: {}", p.evidence);
         }
         println!("        held: {}", p.reason);
+        if f == Format::Wide {
+            println!("        scopes: {}  updated {}", p.scopes.join(", "), utc(p.updated_ms));
+        }
         if !p.decided_by.is_empty() {
             println!("        decided by {}: {}", p.decided_by, p.decided_reason);
         }
@@ -291,8 +309,10 @@ pub struct QuotasArgs {
     set: Option<std::path::PathBuf>,
     #[command(flatten)]
     op: Operator,
-    #[arg(long)]
-    json: bool,
+    /// -o json|yaml: the whole safety config, the rules and the recent alerts; --json (older scripts): the
+    /// safety config alone.
+    #[command(flatten)]
+    out: OutputArgs,
     #[command(flatten)]
     master: MasterAddr,
 }
@@ -326,8 +346,24 @@ pub fn quotas(a: QuotasArgs) -> anyhow::Result<ExitCode> {
         rt.block_on(client.call(api::GetSafetyRequest {}, |mut c, r| async move { c.get_safety(r).await }))
             .map_err(api_err)?
     };
-    if a.json {
+    if a.out.json {
         println!("{}", r.config_json);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let f = a.out.format();
+    if f.is_document() {
+        let config: serde_json::Value = serde_json::from_str(&r.config_json)
+            .context("the master sent a safety config that is not JSON")?;
+        let v = serde_json::json!({
+            "revision": r.revision,
+            "config": config,
+            "quotas": r.quotas.iter().map(|q| serde_json::json!({"kind": q.kind, "scope": q.scope,
+                "window_ms": q.window_ms, "max_entries": q.max_entries, "max_concurrent": q.max_concurrent}))
+                .collect::<Vec<_>>(),
+            "alerts": r.alerts.iter().map(|al| serde_json::json!({"id": al.id, "time_ms": al.time_ms,
+                "scope": al.scope, "object": al.object, "message": al.message})).collect::<Vec<_>>(),
+        });
+        output::print_document(&v, f)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("{:<8} {:<10} {:>8} {:>14} {:>16}", "kind", "scope", "window", "max entries", "max at once");
@@ -343,7 +379,9 @@ pub fn quotas(a: QuotasArgs) -> anyhow::Result<ExitCode> {
     }
     if !r.alerts.is_empty() {
         println!("\nrecent alerts:");
-        for al in r.alerts.iter().take(10) {
+        // Wide: every alert the master keeps (it bounds them), not only the last 10.
+        let shown = if f == Format::Wide { r.alerts.len() } else { 10 };
+        for al in r.alerts.iter().take(shown) {
             println!("  {} {}", utc(al.time_ms), al.message);
         }
     }

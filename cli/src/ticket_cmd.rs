@@ -19,8 +19,9 @@ pub enum TicketCmd {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    #[arg(long)]
-    json: bool,
+    /// -o json|yaml: one document; --json (older scripts): one JSON object per line.
+    #[command(flatten)]
+    out: crate::output::OutputArgs,
     /// Show the first N objects in REPAIR (0: all of them, read a page at a time).
     #[arg(long, default_value_t = 0)]
     limit: usize,
@@ -51,22 +52,41 @@ fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     let mut client = a.master.client();
     let req = api::ListObjectsRequest { state: "REPAIR".into(), ..Default::default() };
     let r = runtime()?.block_on(crate::pages::objects(&mut client, req, a.limit)).map_err(api_err)?;
-    for o in &r.objects {
+    let f = a.out.format();
+    let row = |o: &api::Object| {
         let ticket = o.attributes.get("ticket").cloned().unwrap_or_default();
         let status = o.attributes.get("ticket-status").cloned().unwrap_or_else(|| "not filed yet".into());
-        if a.json {
-            let v = serde_json::json!({"object": o.id, "ticket": ticket, "status": status,
-                "repair_since_ms": o.state_since_ms, "labels": o.labels});
-            println!("{v}");
-        } else {
-            let t = if ticket.is_empty() { "-".to_string() } else { ticket };
-            println!("{:<36} {:<16} {:<14} since {}", o.id, t, status, utc(o.state_since_ms));
-        }
+        serde_json::json!({"object": o.id, "ticket": ticket, "status": status,
+            "repair_since_ms": o.state_since_ms,
+            "labels": o.labels.iter().collect::<std::collections::BTreeMap<_, _>>()})
+    };
+    if f.is_document() && !a.out.json {
+        let v = serde_json::json!({"tickets": r.objects.iter().map(row).collect::<Vec<_>>(), "more": r.more,
+            "revision": r.revision});
+        crate::output::print_document(&v, f)?;
+        return Ok(ExitCode::SUCCESS);
     }
-    if r.objects.is_empty() && !a.json {
+    for o in &r.objects {
+        let v = row(o);
+        if a.out.json {
+            println!("{v}");
+            continue;
+        }
+        let ticket = v["ticket"].as_str().unwrap_or_default();
+        let t = if ticket.is_empty() { "-" } else { ticket };
+        let status = v["status"].as_str().unwrap_or_default();
+        print!("{:<36} {:<16} {:<14} since {}", o.id, t, status, utc(o.state_since_ms));
+        if f == crate::output::Format::Wide {
+            let mut labels: Vec<String> = o.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            print!("  {}", labels.join(","));
+        }
+        println!();
+    }
+    if r.objects.is_empty() && !a.out.json {
         println!("no object is in REPAIR");
     }
-    if r.more && !a.json {
+    if r.more && !a.out.json {
         println!("(the first {} objects in REPAIR: more match)", r.objects.len());
     }
     Ok(ExitCode::SUCCESS)

@@ -25,6 +25,9 @@ pub const MAX_ATTEMPTS: u32 = 30;
 /// Backoff between attempts: starts small (a redirect is usually instant), doubles, capped.
 pub const BACKOFF_START: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Longest retry budget a client accepts (`huatuo --wait` is bounded by it): a day of waiting for a master is
+/// already far past any script's patience; beyond it a typo (`--wait 5000h`) would hang a job silently.
+pub const MAX_RETRY_BUDGET: Duration = Duration::from_secs(24 * 3600);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest message the client sends or accepts (matches the server's limit).
@@ -90,6 +93,13 @@ pub struct Client {
     security: ClientSecurity,
     pub call_timeout: Duration,
     pub max_attempts: u32,
+    /// While no node has answered a call (connections refused or timing out), retry for this long in all
+    /// instead of counting attempts (`None`: count, as agents and the SDK do). Once any node answers (even
+    /// NOT_LEADER or UNAVAILABLE during an election) the call is back to `max_attempts`, so a live cluster in
+    /// an election is still waited out. At most [`MAX_RETRY_BUDGET`]. The CLI sets 2 s (`--wait` more).
+    pub retry_budget: Option<Duration>,
+    /// Where the addresses came from (a context file, a flag), named in the give-up message.
+    pub addrs_from: Option<String>,
 }
 
 /// Parse `ADDR[,ADDR...]`.
@@ -111,6 +121,8 @@ impl Client {
             security,
             call_timeout: CALL_TIMEOUT,
             max_attempts: MAX_ATTEMPTS,
+            retry_budget: None,
+            addrs_from: None,
         }
     }
 
@@ -122,7 +134,8 @@ impl Client {
             .or_else(|| self.addrs.get(self.current).map(String::as_str))
     }
 
-    async fn connect(&mut self) -> Result<GrpcClient<Conn>, ApiError> {
+    /// Connect to the current address, giving up after `limit` (at most [`CONNECT_TIMEOUT`]).
+    async fn connect(&mut self, limit: Duration) -> Result<GrpcClient<Conn>, ApiError> {
         if let Some((_, c)) = &self.conn {
             return Ok(c.clone());
         }
@@ -135,7 +148,7 @@ impl Client {
         };
         let mut ep = Endpoint::from_shared(url)
             .map_err(|e| ApiError::invalid(format!("bad master address {addr:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(limit.min(CONNECT_TIMEOUT))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -145,7 +158,7 @@ impl Client {
                 .tls_config(tls.clone())
                 .map_err(|e| ApiError::invalid(format!("TLS settings for {addr}: {e}")))?;
         }
-        let ch = tokio::time::timeout(CONNECT_TIMEOUT * 2, ep.connect())
+        let ch = tokio::time::timeout(limit.min(CONNECT_TIMEOUT * 2), ep.connect())
             .await
             .map_err(|_| ApiError::unavailable(format!("connecting to {addr} timed out")))?
             .map_err(|e| ApiError::unavailable(format!("cannot connect to {addr}: {}", error_chain(&e))))?;
@@ -185,12 +198,39 @@ impl Client {
     {
         let mut backoff = BACKOFF_START;
         let mut last = ApiError::unavailable("no attempt made");
-        for attempt in 0..self.max_attempts.max(1) {
-            if attempt > 0 {
+        let started = std::time::Instant::now();
+        let budget = self.retry_budget.map(|b| b.min(MAX_RETRY_BUDGET));
+        // Attempts counted against `max_attempts`; with a budget, only those after some node answered.
+        let mut counted = 0u32;
+        let mut answered = false;
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            let timed = budget.filter(|_| !answered);
+            if timed.is_none() && counted >= self.max_attempts.max(1) {
+                break;
+            }
+            if counted > 0 || !tried.is_empty() {
+                if let Some(b) = timed
+                    && started.elapsed() + backoff >= b
+                {
+                    break;
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
-            let client = match self.connect().await {
+            if timed.is_none() {
+                counted += 1;
+            }
+            let limit = match timed {
+                Some(b) => b.saturating_sub(started.elapsed()).max(Duration::from_millis(1)),
+                None => CONNECT_TIMEOUT * 2,
+            };
+            if let Some(a) = self.addrs.get(self.current)
+                && !tried.contains(a)
+            {
+                tried.push(a.clone());
+            }
+            let client = match self.connect(limit).await {
                 Ok(c) => c,
                 Err(e) if e.code == Code::Unavailable => {
                     last = e;
@@ -200,7 +240,11 @@ impl Client {
                 Err(e) => return Err(e),
             };
             let res = match tokio::time::timeout(self.call_timeout, f(client, req.clone())).await {
-                Ok(r) => r.map(tonic::Response::into_inner).map_err(from_status),
+                Ok(Ok(r)) => Ok(r.into_inner()),
+                Ok(Err(s)) => {
+                    answered |= from_server(&s);
+                    Err(from_status(s))
+                }
                 Err(_) => Err(ApiError::unavailable(format!("call timed out after {:?}", self.call_timeout))),
             };
             match res {
@@ -228,11 +272,26 @@ impl Client {
         } else {
             ""
         };
-        Err(ApiError::new(
-            last.code,
-            format!("gave up after {} attempts: {}{hint}", self.max_attempts, last.message),
-        ))
+        let from = self.addrs_from.as_deref().map(|f| format!("; addresses from {f}")).unwrap_or_default();
+        let msg = match budget {
+            Some(b) if !answered => format!(
+                "no master answered within {:.1} s (tried {}{from}): {}{hint}; \
+                 use --wait DURATION to block until one does",
+                b.as_secs_f64(),
+                tried.join(", "),
+                last.message
+            ),
+            _ => format!("gave up after {} attempts: {}{hint}{from}", self.max_attempts, last.message),
+        };
+        Err(ApiError::new(last.code, msg))
     }
+}
+
+/// Whether a status came from a node that answered (a gRPC status it sent), not from the transport failing
+/// to reach one (those carry the transport error as their source).
+fn from_server(s: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    s.metadata().get(crate::error::CODE_METADATA).is_some() || s.source().is_none()
 }
 
 /// A status from the server keeps its code; one made by the transport (a refused TLS handshake, a
@@ -316,6 +375,30 @@ mod tests {
             .await
             .expect_err("no address");
         assert_eq!(e.code, Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_retry_budget_bounds_time_not_attempts_while_nobody_answers() {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut c = Client::new(vec![addr.clone()]);
+        // One attempt would be allowed by count; the budget alone decides while nothing answers.
+        c.max_attempts = 1;
+        c.retry_budget = Some(Duration::from_millis(600));
+        c.addrs_from = Some("the test".into());
+        let t = std::time::Instant::now();
+        let e = c
+            .call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await })
+            .await
+            .expect_err("nobody listens");
+        let took = t.elapsed();
+        assert_eq!(e.code, Code::Unavailable);
+        assert!(e.message.contains("no master answered within 0.6 s"), "{e}");
+        assert!(e.message.contains(&addr) && e.message.contains("addresses from the test"), "{e}");
+        // Backoff 50+100+200 ms fits before 600 ms: more than one try was made, and the budget was kept.
+        assert!(took >= Duration::from_millis(300), "retried within the budget: {took:?}");
+        assert!(took < Duration::from_millis(600) + CONNECT_TIMEOUT, "stopped at the budget: {took:?}");
     }
 
     #[test]
