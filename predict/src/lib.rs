@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 pub mod data;
 pub mod eval;
+pub mod rules;
 pub mod train;
 
 use serde::{Deserialize, Serialize};
