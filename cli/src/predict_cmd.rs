@@ -64,7 +64,19 @@ pub struct DataArgs {
     /// Leave out the disk-model one-hot features.
     #[arg(long)]
     no_model_features: bool,
+    /// Let error counters' features (smart 5/187/188/197/198/199) take negative weights.
+    #[arg(long)]
+    no_monotone: bool,
+    /// Leave out these features (names as printed: raw_9,delta_5_7d). Default for a snapshot:
+    /// raw_1,raw_9,raw_194 — a snapshot takes each failed drive on its failure day but each healthy one on the
+    /// last day of the period, so power-on hours (9), the seasonal temperature (194) and Seagate's rolling
+    /// read-error count (1) tell the snapshot's date, not the drive's health. `none` keeps everything.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Option<Vec<String>>,
 }
+
+/// Features a snapshot's sampling confounds (see `--exclude`).
+const SNAPSHOT_EXCLUDE: [&str; 3] = ["raw_1", "raw_9", "raw_194"];
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -277,6 +289,12 @@ fn config(a: &DataArgs, ds: &Dataset, horizon: u32, name: &str, source: &str) ->
     if horizon == 0 || horizon > 365 {
         bail!("horizon of {horizon} days; 1..=365 wanted");
     }
+    let known: Vec<String> = ds.candidates.iter().map(|f| f.name()).collect();
+    for x in a.exclude.iter().flatten() {
+        if x != "none" && !known.contains(x) {
+            bail!("--exclude {x}: no such feature; the features are {}", known.join(","));
+        }
+    }
     Ok(TrainConfig {
         name: name.to_string(),
         horizon_days: horizon,
@@ -285,7 +303,14 @@ fn config(a: &DataArgs, ds: &Dataset, horizon: u32, name: &str, source: &str) ->
         seed: a.seed,
         target_fpr: a.target_fpr,
         model_features: !a.no_model_features,
+        monotone: !a.no_monotone,
         source: source.to_string(),
+        exclude: match &a.exclude {
+            Some(v) if v.iter().any(|x| x == "none") => Vec::new(),
+            Some(v) => v.clone(),
+            None if ds.is_snapshot() => SNAPSHOT_EXCLUDE.iter().map(|s| s.to_string()).collect(),
+            None => Vec::new(),
+        },
     })
 }
 
@@ -302,7 +327,7 @@ fn describe_data(ds: &Dataset, source: &str) -> String {
     )
 }
 
-fn print_train(s: &TrainSummary, m: &Model) {
+fn print_train(s: &TrainSummary, m: &Model, cfg: &TrainConfig) {
     println!(
         "  trained on {} drive-days ({} positive, from {} of {} drives; negatives kept {:.1}%), {} features, {} Newton \
          steps, threshold p={:.4}",
@@ -315,6 +340,12 @@ fn print_train(s: &TrainSummary, m: &Model) {
         s.newton_steps,
         m.threshold
     );
+    if !cfg.exclude.is_empty() {
+        println!("  excluded (--exclude): {}", cfg.exclude.join(" "));
+    }
+    if !s.negative.is_empty() {
+        println!("  dropped for a negative weight on an error counter: {}", s.negative.join(" "));
+    }
     if !s.dropped.is_empty() {
         println!("  dropped (constant or absent in training): {}", s.dropped.join(" "));
     }
@@ -332,7 +363,7 @@ fn run_train(a: TrainArgs) -> anyhow::Result<ExitCode> {
     println!("split: {}", split.describe());
     let cfg = config(&a.data, &ds, a.horizon, &a.name, &source)?;
     let (model, summary) = train(&ds, &split, &cfg).map_err(|e| anyhow::anyhow!("train: {e}"))?;
-    print_train(&summary, &model);
+    print_train(&summary, &model, &cfg);
     let json = model.to_json() + "\n";
     if json.len() > MAX_MODEL_BYTES {
         bail!("the model is {} bytes, over the {MAX_MODEL_BYTES}-byte limit", json.len());
@@ -450,7 +481,7 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 let (m, s) =
                     train(&ds, &split, &cfg).map_err(|e| anyhow::anyhow!("train horizon {h}d: {e}"))?;
                 println!("horizon {h}d model:");
-                print_train(&s, &m);
+                print_train(&s, &m, &cfg);
                 let size = m.to_json().len() + 1;
                 models.push((m, size));
             }

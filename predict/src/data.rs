@@ -31,6 +31,7 @@ pub const REQUIRED_COLUMNS: [&str; 4] = ["date", "serial_number", "model", "fail
 pub fn candidate_features() -> Vec<Feature> {
     let mut f: Vec<Feature> = ATTRIBUTES.iter().map(|&attr| Feature::Raw { attr }).collect();
     f.extend(COUNTER_ATTRIBUTES.iter().map(|&attr| Feature::NonZero { attr }));
+    f.push(Feature::AnyNonZero { attrs: BASELINE_ATTRIBUTES.to_vec() });
     for days in DELTA_WINDOWS {
         f.extend(COUNTER_ATTRIBUTES.iter().map(|&attr| Feature::Delta { attr, days }));
     }

@@ -143,6 +143,9 @@ pub enum Feature {
     Delta { attr: u16, days: u32 },
     /// 1 when the newest raw value is above 0, else 0.
     NonZero { attr: u16 },
+    /// 1 when any of these attributes' newest raw value is above 0, else 0 (`None` when the history has none
+    /// of them): the baseline rule "any of 5/187/188/197/198 raw > 0" as one input, so the model nests it.
+    AnyNonZero { attrs: Vec<u16> },
     /// 1 when the disk's model is this one, else 0.
     ModelIs { model: String },
 }
@@ -154,6 +157,9 @@ impl Feature {
             Feature::Raw { attr } => format!("raw_{attr}"),
             Feature::Delta { attr, days } => format!("delta_{attr}_{days}d"),
             Feature::NonZero { attr } => format!("nonzero_{attr}"),
+            Feature::AnyNonZero { attrs } => {
+                format!("any_nonzero_{}", attrs.iter().map(u16::to_string).collect::<Vec<_>>().join("_"))
+            }
             Feature::ModelIs { model } => format!("model={model}"),
         }
     }
@@ -167,6 +173,10 @@ impl Feature {
                 Some((now - then).max(0.0).ln_1p())
             }
             Feature::NonZero { attr } => h.latest(*attr).map(|v| if v > 0.0 { 1.0 } else { 0.0 }),
+            Feature::AnyNonZero { attrs } => {
+                let vals: Vec<f64> = attrs.iter().filter_map(|a| h.latest(*a)).collect();
+                (!vals.is_empty()).then(|| if vals.iter().any(|v| *v > 0.0) { 1.0 } else { 0.0 })
+            }
             Feature::ModelIs { model } => Some(if h.model == *model { 1.0 } else { 0.0 }),
         }
     }
@@ -174,6 +184,12 @@ impl Feature {
     fn check(&self) -> Result<(), String> {
         match self {
             Feature::Raw { attr } | Feature::NonZero { attr } if *attr == 0 || *attr > 255 => {
+                Err(format!("feature {}: SMART attribute ids are 1..=255", self.name()))
+            }
+            Feature::AnyNonZero { attrs } if attrs.is_empty() || attrs.len() > 16 => {
+                Err(format!("feature {}: 1..=16 attributes wanted", self.name()))
+            }
+            Feature::AnyNonZero { attrs } if attrs.iter().any(|a| *a == 0 || *a > 255) => {
                 Err(format!("feature {}: SMART attribute ids are 1..=255", self.name()))
             }
             Feature::Delta { attr, days } if *attr == 0 || *attr > 255 || *days == 0 => {

@@ -7,7 +7,7 @@
 //! Logistic regression rather than trees because each feature's term is the explanation an operator reads
 //! (see [`crate::Model::score`]'s top contributions) and because the agent scores it in microseconds.
 
-use crate::data::{Dataset, Side, Split, mix64};
+use crate::data::{COUNTER_ATTRIBUTES, Dataset, Side, Split, mix64};
 use crate::eval::{logit_of_row, tpr_at_fpr};
 use crate::{Feature, MODEL_FORMAT, Model, TrainInfo, sigmoid};
 
@@ -45,8 +45,12 @@ pub struct TrainConfig {
     pub target_fpr: f64,
     /// Add disk-model one-hot features.
     pub model_features: bool,
+    /// Error counters' features may not lower the risk (see [`is_counter`]).
+    pub monotone: bool,
     /// Free text for [`TrainInfo::source`].
     pub source: String,
+    /// Feature names (`raw_9`) left out, e.g. those a snapshot's sampling confounds.
+    pub exclude: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -59,7 +63,9 @@ impl Default for TrainConfig {
             seed: 1,
             target_fpr: 0.01,
             model_features: true,
+            monotone: true,
             source: String::new(),
+            exclude: Vec::new(),
         }
     }
 }
@@ -76,6 +82,19 @@ pub struct TrainSummary {
     pub newton_steps: usize,
     /// Candidate features dropped as constant or absent in the training rows.
     pub dropped: Vec<String>,
+    /// Error-counter features dropped for a negative weight (`monotone`).
+    pub negative: Vec<String>,
+}
+
+/// A feature of an error counter ([`COUNTER_ATTRIBUTES`]): more of it can never mean less risk.
+pub fn is_counter(f: &Feature) -> bool {
+    match f {
+        Feature::Raw { attr } | Feature::NonZero { attr } | Feature::Delta { attr, .. } => {
+            COUNTER_ATTRIBUTES.contains(attr)
+        }
+        Feature::AnyNonZero { attrs } => attrs.iter().all(|a| COUNTER_ATTRIBUTES.contains(a)),
+        Feature::ModelIs { .. } => false,
+    }
 }
 
 /// Train a model on the training side of `split`.
@@ -101,7 +120,8 @@ pub fn train(ds: &Dataset, split: &Split, cfg: &TrainConfig) -> Result<(Model, T
     }
 
     // Features: the candidates, plus one-hots of the common disk models among training drives.
-    let mut features = ds.candidates.clone();
+    let mut features: Vec<Feature> =
+        ds.candidates.iter().filter(|f| !cfg.exclude.contains(&f.name())).cloned().collect();
     let mut drive_seen = vec![false; ds.drives.len()];
     let mut per_model: std::collections::BTreeMap<&str, usize> = Default::default();
     let mut positive_drives = std::collections::BTreeSet::new();
@@ -179,7 +199,32 @@ pub fn train(ds: &Dataset, split: &Split, cfg: &TrainConfig) -> Result<(Model, T
         // stands for 1/rate negatives.
         w[r] = if y[r] { 0.5 / pos as f64 } else { 0.5 / neg as f64 / negative_rate };
     }
-    let (weights, bias, steps) = fit_logistic(&x, &y, &w, d, cfg.l2)?;
+    // Fit; with `monotone`, an error counter's feature that gets a negative weight (more errors, less risk:
+    // noise, or a vendor's packed raw value) is dropped, the most negative first, and the rest refitted.
+    let mut active: Vec<usize> = (0..d).collect();
+    let mut negative = Vec::new();
+    let mut steps = 0;
+    let (weights, bias) = loop {
+        let xs: Vec<f64> = (0..n).flat_map(|r| active.iter().map(move |&j| (r, j))).map(|(r, j)| x[r * d + j]).collect();
+        let (wts, b, st) = fit_logistic(&xs, &y, &w, active.len(), cfg.l2)?;
+        steps += st;
+        let worst = (0..active.len())
+            .filter(|&j| cfg.monotone && wts[j] < 0.0 && is_counter(&kept[active[j]]))
+            .min_by(|&a, &b| wts[a].total_cmp(&wts[b]));
+        match worst {
+            None => break (wts, b),
+            Some(j) => {
+                negative.push(kept[active[j]].name());
+                active.remove(j);
+                if active.is_empty() {
+                    return Err("every feature got a negative weight on an error counter".into());
+                }
+            }
+        }
+    };
+    let kept: Vec<Feature> = active.iter().map(|&j| kept[j].clone()).collect();
+    let mean: Vec<f64> = active.iter().map(|&j| mean[j]).collect();
+    let scale: Vec<f64> = active.iter().map(|&j| scale[j]).collect();
 
     let (from_day, to_day) = rows.iter().fold((u32::MAX, 0), |(lo, hi), &i| {
         let day = ds.rows[i].day;
@@ -221,6 +266,7 @@ pub fn train(ds: &Dataset, split: &Split, cfg: &TrainConfig) -> Result<(Model, T
             negative_rate,
             newton_steps: steps,
             dropped,
+            negative,
         },
     ))
 }
