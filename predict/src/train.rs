@@ -205,7 +205,8 @@ pub fn train(ds: &Dataset, split: &Split, cfg: &TrainConfig) -> Result<(Model, T
     let mut negative = Vec::new();
     let mut steps = 0;
     let (weights, bias) = loop {
-        let xs: Vec<f64> = (0..n).flat_map(|r| active.iter().map(move |&j| (r, j))).map(|(r, j)| x[r * d + j]).collect();
+        let xs: Vec<f64> =
+            (0..n).flat_map(|r| active.iter().map(move |&j| (r, j))).map(|(r, j)| x[r * d + j]).collect();
         let (wts, b, st) = fit_logistic(&xs, &y, &w, active.len(), cfg.l2)?;
         steps += st;
         let worst = (0..active.len())
