@@ -215,7 +215,7 @@ pub fn parse_raw(column: &str, text: &str) -> Result<Option<f64>, String> {
         return Ok(None);
     }
     let v: f64 = t.parse().map_err(|_| format!("{column} = {t:?} is not a number"))?;
-    if !v.is_finite() || v < 0.0 || v > MAX_RAW {
+    if !v.is_finite() || !(0.0..=MAX_RAW).contains(&v) {
         return Err(format!("{column} = {t} is not a plausible count (0 ..= 2^53)"));
     }
     Ok(Some(v))

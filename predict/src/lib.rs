@@ -452,6 +452,23 @@ mod tests {
     }
 
     #[test]
+    fn any_nonzero_is_the_baseline_rule_as_a_feature() {
+        let f = Feature::AnyNonZero { attrs: vec![5, 187] };
+        assert_eq!(f.name(), "any_nonzero_5_187");
+        let mut h = DiskHistory::new("m");
+        h.push(day(1, &[(9, 10.0)])).expect("push");
+        assert_eq!(f.value(&h), None, "none of the attributes");
+        h.push(day(2, &[(5, 0.0), (187, 0.0)])).expect("push");
+        assert_eq!(f.value(&h), Some(0.0));
+        h.push(day(3, &[(5, 0.0), (187, 2.0)])).expect("push");
+        assert_eq!(f.value(&h), Some(1.0));
+        assert!(Feature::AnyNonZero { attrs: vec![] }.check().is_err());
+        assert!(Feature::AnyNonZero { attrs: vec![0] }.check().is_err());
+        assert!(Feature::AnyNonZero { attrs: (1..=17).collect() }.check().is_err());
+        assert!(Feature::AnyNonZero { attrs: (1..=16).collect() }.check().is_ok(), "at the limit");
+    }
+
+    #[test]
     fn history_refuses_absurd_values_and_going_back() {
         let mut h = DiskHistory::new("m");
         assert!(h.push(day(10, &[(5, -1.0)])).is_err());
