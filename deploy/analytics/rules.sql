@@ -11,6 +11,8 @@
 -- Run (DuckDB CLI), after `huatuo export --since 90d --to DIR`:
 --   duckdb -c "SET VARIABLE dir = 'DIR'; SET VARIABLE window_days = 7;" -c ".read deploy/analytics/rules.sql"
 -- For a CSV export use read_csv('…/*/part-*.csv', hive_partitioning = true) in place of read_parquet below.
+-- Checked (DuckDB 2.0.1, 2026-12-03) on cli/tests/testdata/export-rules converted to Parquet: the same findings,
+-- objects, preceded, precision, recall and lead times as `huatuo analyze rules --from` that directory.
 
 CREATE OR REPLACE TEMP MACRO window_ms() AS getvariable('window_days') * 86400000;
 
@@ -73,7 +75,7 @@ FROM per_key
 WHERE kind = 'rule' AND findings >= 10 AND preceding < 0.05 * findings
 ORDER BY findings DESC;
 
--- The training rows of `huatuo predict train --from DIR` as a query: disk_days with the label "enters
+-- (Not run in any check; a sketch.) The training rows of `huatuo predict train --from DIR` as a query: disk_days with the label "enters
 -- ERROR/REPAIR within 30 days" (the CLI computes features per drive over its rolling 60-day history; this shows
 -- the labels and the baseline rule "any of smart 5/187/188/197/198 raw > 0").
 -- SELECT d.*, EXISTS (SELECT 1 FROM read_parquet(getvariable('dir') || '/disk_days/*/*.parquet') f
