@@ -304,6 +304,7 @@ fn config(a: &DataArgs, ds: &Dataset, horizon: u32, name: &str, source: &str) ->
         target_fpr: a.target_fpr,
         model_features: !a.no_model_features,
         monotone: !a.no_monotone,
+        max_train_rows: predict::train::MAX_TRAIN_ROWS,
         source: source.to_string(),
         exclude: match &a.exclude {
             Some(v) if v.iter().any(|x| x == "none") => Vec::new(),

@@ -283,6 +283,8 @@ pub struct Dataset {
     /// Each drive's history as of its last row (what the agent would hold): used to time scoring.
     pub histories: Vec<DiskHistory>,
     by_serial: HashMap<String, u32>,
+    /// [`MAX_ROWS`] unless a test sets a smaller one.
+    pub max_rows: usize,
 }
 
 impl Default for Dataset {
@@ -300,6 +302,7 @@ impl Dataset {
             features: Vec::new(),
             histories: Vec::new(),
             by_serial: HashMap::new(),
+            max_rows: MAX_ROWS,
         }
     }
 
@@ -307,8 +310,8 @@ impl Dataset {
     /// partitions do); a row older than the drive's newest is an error, a second row for the same day
     /// replaces nothing and is an error too (a duplicated file).
     pub fn push(&mut self, d: DriveDay) -> Result<(), String> {
-        if self.rows.len() >= MAX_ROWS {
-            return Err(format!("more than {MAX_ROWS} drive-days; load a shorter range"));
+        if self.rows.len() >= self.max_rows {
+            return Err(format!("more than {} drive-days; load a shorter range", self.max_rows));
         }
         let id = match self.by_serial.get(&d.serial) {
             Some(&id) => id,
@@ -540,6 +543,13 @@ mod tests {
         assert!(ds.push(dd(105, "A", false, 0.0)).is_err(), "going back");
         assert!(ds.push(dd(109, "B", false, 0.0)).is_err(), "same day twice");
         assert_eq!(ds.rows.len(), 20);
+        ds.max_rows = 21;
+        ds.push(dd(110, "B", false, 0.0)).expect("the 21st row is at the limit");
+        let e = ds.push(dd(111, "B", false, 0.0)).expect_err("over the limit");
+        assert!(e.contains("more than 21 drive-days"), "{e}");
+        assert_eq!(ds.rows.len(), 21, "a refused row changes nothing");
+        ds.rows.pop();
+        ds.features.truncate(ds.rows.len() * ds.candidates.len());
         // Row 0 is A's day 100; it fails on day 109: within 10 days, not within 9.
         assert!(ds.label(0, 10));
         assert!(!ds.label(0, 9));

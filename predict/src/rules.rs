@@ -89,6 +89,8 @@ pub struct Analysis {
     /// (object, time_ms)
     repairs: Vec<(u32, i64)>,
     shadow_skipped: u64,
+    /// [`MAX_EVENTS`] unless a test sets a smaller one.
+    pub max_events: usize,
 }
 
 fn require(row: &impl Row, c: &str) -> Result<String, String> {
@@ -115,7 +117,7 @@ pub fn check_columns<'a>(table: &str, columns: impl IntoIterator<Item = &'a str>
 impl Analysis {
     /// `state`: the state whose entry counts as the outcome (REPAIR).
     pub fn new(state: &str) -> Analysis {
-        Analysis { state: state.to_string(), ..Default::default() }
+        Analysis { state: state.to_string(), max_events: MAX_EVENTS, ..Default::default() }
     }
 
     fn object(&mut self, name: &str) -> Result<u32, String> {
@@ -127,8 +129,8 @@ impl Analysis {
     }
 
     fn event(&mut self, kind: Kind, name: &str, object: u32, t: i64) -> Result<(), String> {
-        if self.events.len() >= MAX_EVENTS {
-            return Err(format!("more than {MAX_EVENTS} events; analyse a shorter range"));
+        if self.events.len() >= self.max_events {
+            return Err(format!("more than {} events; analyse a shorter range", self.max_events));
         }
         let k = (kind, name.to_string());
         let id = match self.key_index.get(&k) {
@@ -353,5 +355,9 @@ mod tests {
         assert!(check_columns("transitions", TRANSITIONS_COLUMNS).is_ok());
         a.add_finding(&row(&[&base[..], &[("time_ms", "1"), ("shadow", "true")]].concat())).expect("shadow");
         assert_eq!(a.report(DAY).shadow_skipped, 1);
+        a.max_events = 1;
+        a.add_finding(&row(&[&base[..], &[("time_ms", "1")]].concat())).expect("the one event allowed");
+        let e = a.add_finding(&row(&[&base[..], &[("time_ms", "2")]].concat())).expect_err("over");
+        assert!(e.contains("more than 1 events"), "{e}");
     }
 }

@@ -47,6 +47,8 @@ pub struct TrainConfig {
     pub model_features: bool,
     /// Error counters' features may not lower the risk (see [`is_counter`]).
     pub monotone: bool,
+    /// [`MAX_TRAIN_ROWS`] unless a test sets a smaller one.
+    pub max_train_rows: usize,
     /// Free text for [`TrainInfo::source`].
     pub source: String,
     /// Feature names (`raw_9`) left out, e.g. those a snapshot's sampling confounds.
@@ -64,6 +66,7 @@ impl Default for TrainConfig {
             target_fpr: 0.01,
             model_features: true,
             monotone: true,
+            max_train_rows: MAX_TRAIN_ROWS,
             source: String::new(),
             exclude: Vec::new(),
         }
@@ -146,7 +149,7 @@ pub fn train(ds: &Dataset, split: &Split, cfg: &TrainConfig) -> Result<(Model, T
     }
 
     // Negative subsampling, deterministic given the seed and the dataset's row order.
-    let keep_neg = MAX_TRAIN_ROWS.saturating_sub(pos).max(1);
+    let keep_neg = cfg.max_train_rows.saturating_sub(pos).max(1);
     let negative_rate = if neg > keep_neg { keep_neg as f64 / neg as f64 } else { 1.0 };
     let threshold_u = (negative_rate * (1u64 << 53) as f64) as u64;
     let seed = mix64(cfg.seed);
@@ -476,6 +479,18 @@ mod tests {
         }
         let again = train(&ds, &split, &cfg).expect("train").0;
         assert_eq!(again.to_json(), model.to_json(), "deterministic");
+        // Over the row limit, negatives are subsampled (every positive kept) and the model still ranks well.
+        let small = TrainConfig { max_train_rows: 3000, ..cfg.clone() };
+        let (m2, s2) = train(&ds, &split, &small).expect("train subsampled");
+        let kept = s2.positives as f64 + (s2.rows - s2.positives) as f64 * s2.negative_rate;
+        assert!(s2.negative_rate < 1.0 && (kept - 3000.0).abs() < 1.0, "{s2:?}");
+        assert!(crate::eval::evaluate(&ds, &split, &m2).expect("eval").auc.expect("auc") > 0.9);
+        let at_limit = TrainConfig { max_train_rows: s2.rows as usize, ..cfg.clone() };
+        assert_eq!(
+            train(&ds, &split, &at_limit).expect("train").1.negative_rate,
+            1.0,
+            "at the limit: no sampling"
+        );
     }
 
     #[test]
