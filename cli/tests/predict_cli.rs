@@ -217,3 +217,53 @@ fn the_committed_model_meets_the_floor_on_held_out_drive_days() {
     let (model_tpr, baseline_tpr, _, auc) = parse_line(&out, 30);
     assert!(model_tpr > baseline_tpr && auc >= 0.85, "{out}");
 }
+
+#[test]
+fn an_export_directory_is_read_through_its_disk_days_partitions() {
+    // The shape `huatuo export --format csv` writes (deploy/analytics/SCHEMA.md): one partition per day,
+    // Backblaze's columns plus `object`. 300 disks over 20 days; every tenth one's reallocated sectors grow
+    // for 6 days before it enters REPAIR (failure=1) on a day from 6 to 19, and it is not seen again.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for d in 0..20u32 {
+        let day = format!("2026-11-{:02}", d + 1);
+        let part = dir.path().join(format!("disk_days/day={day}"));
+        std::fs::create_dir_all(&part).expect("mkdir");
+        let mut csv = String::from(
+            "date,serial_number,model,capacity_bytes,failure,object,smart_5_raw,smart_9_raw,smart_187_raw\n",
+        );
+        for s in 0..300u32 {
+            let failing = s % 10 == 0;
+            let fails_on = 6 + (s / 10) % 14;
+            if failing && d > fails_on {
+                continue;
+            }
+            let r5 = if failing && d + 6 >= fails_on { (d + 7 - fails_on) * 4 } else { 0 };
+            let failure = u32::from(failing && d == fails_on);
+            csv += &format!(
+                "{day},SN{s},\"Model, X\",4000787030016,{failure},disk/h{s}/sda,{r5},{},0\n",
+                1000 + s + d * 24
+            );
+        }
+        std::fs::write(part.join("part-0.csv"), csv).expect("write");
+    }
+    let from = dir.path().to_str().expect("utf-8");
+    let out_model = dir.path().join("m.json");
+    let (code, out, err) = run(&[
+        "predict",
+        "train",
+        "--from",
+        from,
+        "--out",
+        out_model.to_str().expect("utf-8"),
+        "--horizon",
+        "7",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("drive-days, 300 drives (30 failed), 2026-11-01..2026-11-20"), "{out}");
+    let model = predict::Model::from_json(&std::fs::read(&out_model).expect("model")).expect("parses");
+    assert_eq!(model.horizon_days, 7);
+    let (code, out, err) = run(&["predict", "eval", "--from", from, "--horizons", "7"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (model_tpr, _, _, auc) = parse_line(&out, 7);
+    assert!(model_tpr > 50.0 && auc > 0.9, "{out}");
+}
