@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use predict::data::{CsvHeader, Dataset, Split, check_drive_day_columns, drive_day, format_day, parse_day};
+use predict::data::{
+    CsvHeader, Dataset, Split, check_drive_day_columns, drive_day_with, format_day, parse_day, smart_ids,
+};
 use predict::eval::{HorizonReport, evaluate};
 use predict::train::{TrainConfig, TrainSummary, train};
 use predict::{MAX_MODEL_BYTES, Model};
@@ -231,11 +233,17 @@ fn load(from: &[PathBuf]) -> anyhow::Result<(Dataset, String)> {
     }
     let mut ds = Dataset::new();
     for f in &files {
+        // The file's smart_N_raw ids, set by the header check and read by every row.
+        let ids = std::cell::RefCell::new(Vec::new());
         for_each_row(
             f,
-            |h| check_drive_day_columns(h.columns()),
+            |h| {
+                check_drive_day_columns(h.columns())?;
+                *ids.borrow_mut() = smart_ids(h.columns());
+                Ok(())
+            },
             |row| {
-                let d = drive_day(row)?;
+                let d = drive_day_with(row, &ids.borrow())?;
                 ds.push(d)
             },
         )?;

@@ -20,8 +20,10 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// The attributes of the baseline rule: a drive-day is flagged when any of their raw values is above 0
 /// (the rule Backblaze's own analysis points to).
 pub const BASELINE_ATTRIBUTES: [u16; 5] = [5, 187, 188, 197, 198];
-/// Counters whose growth the model watches (7- and 30-day deltas, nonzero flags).
-pub const COUNTER_ATTRIBUTES: [u16; 6] = [5, 187, 188, 197, 198, 199];
+/// Counters whose growth the model watches (7- and 30-day deltas, nonzero flags). Error counters only: they
+/// grow with faults, not with the calendar, which is what lets a snapshot's model use them (see
+/// ARCHITECTURE.md, "date leakage"). 184 (end-to-end errors) was added for the 2019 snapshots.
+pub const COUNTER_ATTRIBUTES: [u16; 7] = [5, 187, 188, 197, 198, 199, 184];
 /// Windows of the delta features, in days.
 pub const DELTA_WINDOWS: [u32; 2] = [7, 30];
 /// Columns every drive-day source must have.
@@ -222,8 +224,35 @@ pub fn parse_raw(column: &str, text: &str) -> Result<Option<f64>, String> {
     Ok(Some(v))
 }
 
-/// Read one drive-day from a row. The columns must have been checked with [`check_drive_day_columns`].
+/// The SMART attribute ids whose `smart_N_raw` column a source has (N in 1..=[`crate::MAX_SMART_ID`]),
+/// ascending; other names (`smart_300_raw`, `smart_5_normalized`) are ignored.
+pub fn smart_ids<'a>(columns: impl IntoIterator<Item = &'a str>) -> Vec<u16> {
+    let mut ids: Vec<u16> = columns
+        .into_iter()
+        .filter_map(|c| c.strip_prefix("smart_")?.strip_suffix("_raw")?.parse::<u16>().ok())
+        .filter(|id| (1..=crate::MAX_SMART_ID).contains(id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// `smart_N_raw` for every id 0..=255, built once (the loader looks columns up by name on every row).
+fn raw_column_names() -> &'static [String] {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| (0..=crate::MAX_SMART_ID).map(crate::raw_column).collect())
+}
+
+/// Read one drive-day from a row, keeping every `smart_N_raw` column (N in 1..=255) it has. The columns must
+/// have been checked with [`check_drive_day_columns`]. A loader that knows its columns should call
+/// [`drive_day_with`] with [`smart_ids`] of them: it avoids 255 look-ups per row.
 pub fn drive_day(row: &impl Row) -> Result<DriveDay, String> {
+    let all: Vec<u16> = (1..=crate::MAX_SMART_ID).collect();
+    drive_day_with(row, &all)
+}
+
+/// [`drive_day`] reading only the SMART ids given (those the source has; ids over 255 are ignored).
+pub fn drive_day_with(row: &impl Row, smart: &[u16]) -> Result<DriveDay, String> {
     let col = |c: &str| row.get(c).ok_or_else(|| format!("missing column {c}"));
     let day = parse_day(col("date")?.trim())?;
     let serial = col("serial_number")?.trim();
@@ -240,10 +269,11 @@ pub fn drive_day(row: &impl Row) -> Result<DriveDay, String> {
         other => return Err(format!("failure = {other:?}; 0 or 1 wanted")),
     };
     let mut raw = BTreeMap::new();
-    for attr in ATTRIBUTES {
-        let name = crate::raw_column(attr);
-        if let Some(text) = row.get(&name)
-            && let Some(v) = parse_raw(&name, text)?
+    let names = raw_column_names();
+    for &attr in smart {
+        let Some(name) = names.get(attr as usize).filter(|_| attr >= 1) else { continue };
+        if let Some(text) = row.get(name)
+            && let Some(v) = parse_raw(name, text)?
         {
             raw.insert(attr, v);
         }

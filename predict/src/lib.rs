@@ -35,8 +35,11 @@ pub const MAX_RAW: f64 = 9_007_199_254_740_992.0;
 /// SMART attributes the predictor knows, by id (Backblaze names the columns `smart_N_raw`; the agent's disk
 /// finding carries the same names as readings). 1 read error rate, 5 reallocated sectors, 9 power-on hours,
 /// 187 reported uncorrectable, 188 command timeouts, 194 temperature, 197 pending sectors, 198 offline
-/// uncorrectable, 199 UDMA CRC errors.
-pub const ATTRIBUTES: [u16; 9] = [1, 5, 9, 187, 188, 194, 197, 198, 199];
+/// uncorrectable, 199 UDMA CRC errors, 184 end-to-end errors (parity errors between the drive's cache and
+/// host interface; added after the original nine, so it is last: ids are only ever added, never reordered).
+pub const ATTRIBUTES: [u16; 10] = [1, 5, 9, 187, 188, 194, 197, 198, 199, 184];
+/// Highest SMART attribute id (ids are one byte; 0 is not an attribute).
+pub const MAX_SMART_ID: u16 = 255;
 
 /// The reading / column name of a SMART attribute's raw value: `smart_5_raw`.
 pub fn raw_column(attr: u16) -> String {
