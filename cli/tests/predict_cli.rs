@@ -116,6 +116,51 @@ fn snapshots_are_split_by_drive_and_evaluated_raw_only() {
     }
 }
 
+/// The shared Backblaze fixtures (full 2019 snapshots): `HUATUO_FIXTURES` if set, else `../shared/...` beside
+/// the repository (where the project and CI keep shared/).
+fn full_fixtures() -> PathBuf {
+    let dir = std::env::var_os("HUATUO_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/fixtures/backblaze-drive-stats"));
+    assert!(
+        dir.join("ST8000DM002-last-day-2019.csv.gz").is_file(),
+        "{}: no Backblaze fixtures there (set HUATUO_FIXTURES to shared/fixtures/backblaze-drive-stats)",
+        dir.display()
+    );
+    dir
+}
+
+/// Seeds the 2019 snapshot figures in ARCHITECTURE.md are reported over (median and range).
+const SNAPSHOT_SEEDS: std::ops::RangeInclusive<u32> = 1..=5;
+
+#[test]
+fn on_the_full_2019_snapshots_the_model_never_trails_the_baseline_at_its_fpr() {
+    // With the date-leaking columns left out, the model sees the baseline's counters plus 184 and 199; what it
+    // adds is the failed drives whose only sign is a 184/199 count, so it beats the rule when such a drive is
+    // held out and ties otherwise (ARCHITECTURE.md: "2019 snapshots"). Asserted: never below the rule on any
+    // seed, and above it on the committed seed 1 for ST8000DM002 and on some seed for each snapshot.
+    let dir = full_fixtures();
+    for f in ["ST8000DM002", "ST8000NM0055"] {
+        let path = dir.join(format!("{f}-last-day-2019.csv.gz"));
+        let p = path.to_str().expect("utf-8");
+        let mut wins = Vec::new();
+        for seed in SNAPSHOT_SEEDS {
+            let s = seed.to_string();
+            let (code, out, err) = run(&["predict", "eval", "--from", p, "--horizons", "30", "--seed", &s]);
+            assert_eq!(code, 0, "{out}\n{err}");
+            let (model_tpr, base_tpr, _, _) = parse_line(&out, 30);
+            assert!(model_tpr >= base_tpr, "{f} seed {seed}: the model trails the rule: {out}");
+            if model_tpr > base_tpr {
+                wins.push(seed);
+            }
+        }
+        assert!(!wins.is_empty(), "{f}: no seed in {SNAPSHOT_SEEDS:?} where the model beats the rule");
+        if f == "ST8000DM002" {
+            assert!(wins.contains(&1), "{f}: seed 1 no longer beats the rule (wins: {wins:?})");
+        }
+    }
+}
+
 #[test]
 fn bad_drive_day_input_is_a_clear_error_with_the_line() {
     let dir = tempfile::tempdir().expect("tempdir");
