@@ -565,6 +565,43 @@ mod tests {
     }
 
     #[test]
+    fn every_smart_raw_column_is_kept_up_to_id_255() {
+        let cols = [
+            "date",
+            "serial_number",
+            "model",
+            "failure",
+            "smart_0_raw",
+            "smart_1_raw",
+            "smart_184_raw",
+            "smart_184_normalized",
+            "smart_241_raw",
+            "smart_255_raw",
+            "smart_256_raw",
+            "smart_x_raw",
+        ];
+        // Ids 1..=255 only, ascending; normalized and out-of-range names are not SMART raw columns.
+        assert_eq!(smart_ids(cols), vec![1, 184, 241, 255]);
+        let vals = ["2019-06-01", "S", "M", "0", "7", "1", "2", "100", "3", "4", "5", "6"];
+        let r = row(&cols.iter().copied().zip(vals).collect::<Vec<_>>());
+        let all = drive_day(&r).expect("ok");
+        assert_eq!(all.raw, [(1, 1.0), (184, 2.0), (241, 3.0), (255, 4.0)].into());
+        assert_eq!(drive_day_with(&r, &smart_ids(cols)).expect("ok"), all);
+        // Ids outside 1..=255 passed by a caller are ignored, not read or indexed out of bounds.
+        assert_eq!(drive_day_with(&r, &[0, 184, 256, u16::MAX]).expect("ok").raw, [(184, 2.0)].into());
+        // A column outside ATTRIBUTES is checked like the others.
+        let bad = row(&[
+            ("date", "2019-06-01"),
+            ("serial_number", "S"),
+            ("model", "M"),
+            ("failure", "0"),
+            ("smart_241_raw", "NaN"),
+        ]);
+        let e = drive_day(&bad).expect_err("NaN");
+        assert!(e.contains("smart_241_raw") && e.contains("plausible"), "{e}");
+    }
+
+    #[test]
     fn dataset_labels_and_refuses_going_back() {
         let mut ds = Dataset::new();
         for d in 0..10 {
