@@ -4,8 +4,8 @@
 //! Rows come through the [`Row`] trait (column name -> text), so a CSV reader (here, [`CsvHeader`]) and a
 //! Parquet reader can feed the same loader. The loader keeps each drive's last [`crate::MAX_HISTORY_DAYS`] days (a
 //! [`DiskHistory`], exactly what the agent keeps) and, per drive-day, only the candidate features' values: the
-//! raw text is never held (the 88 MB 2013 file: 339 MB peak RSS for the whole `huatuo predict eval`, mostly
-//! 20,120 drives' histories and 763,303 x 28 f32 feature values).
+//! raw text is never held (the 88 MB 2013 file: 348 MB peak RSS for the whole `huatuo predict eval`, mostly
+//! 20,120 drives' histories, every `smart_N_raw` column kept, and 763,303 x 32 f32 feature values).
 
 use std::collections::{BTreeMap, HashMap};
 
