@@ -2,6 +2,7 @@
 //! command. Each subcommand lives in its own module; this file only parses arguments and dispatches.
 
 mod agent_cmd;
+mod analyze_cmd;
 mod bench_agent;
 mod bench_common;
 mod bench_e2e;
@@ -24,6 +25,7 @@ mod net_cmd;
 mod ops_cmd;
 mod output;
 mod pages;
+mod predict_cmd;
 mod safety_cmd;
 mod ticket_cmd;
 mod upgrade_cmd;
@@ -113,6 +115,12 @@ enum Cmd {
     Net(net_cmd::NetCmd),
     /// The daily inspection report (exit 2 when something needs a human; --json for machines).
     Inspect(inspect_cmd::InspectArgs),
+    /// The disk-failure predictor, offline: train a model from drive-days, evaluate it on held-out ones.
+    #[command(subcommand)]
+    Predict(predict_cmd::PredictCmd),
+    /// Offline analyses of a `huatuo export` directory.
+    #[command(subcommand)]
+    Analyze(analyze_cmd::AnalyzeCmd),
     /// State machines: diagrams and transcript checks.
     #[command(subcommand)]
     Fsm(fsm_cmd::FsmCmd),
@@ -188,6 +196,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Upgrade(a) => upgrade_cmd::run(a),
         Cmd::Net(c) => net_cmd::run(c),
         Cmd::Inspect(a) => inspect_cmd::run(a),
+        Cmd::Predict(c) => predict_cmd::run(c),
+        Cmd::Analyze(c) => analyze_cmd::run(c),
         Cmd::Fsm(c) => fsm_cmd::run(c),
         Cmd::Bench(BenchCmd::Rules(a)) => kernel_log_cmd::bench(a),
         Cmd::Bench(BenchCmd::Master(a)) => bench_master::run(a),

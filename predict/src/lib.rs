@@ -11,6 +11,11 @@
 
 use std::collections::BTreeMap;
 
+pub mod data;
+pub mod eval;
+pub mod rules;
+pub mod train;
+
 use serde::{Deserialize, Serialize};
 
 /// The model file format this code reads; a different one is refused.
@@ -30,8 +35,11 @@ pub const MAX_RAW: f64 = 9_007_199_254_740_992.0;
 /// SMART attributes the predictor knows, by id (Backblaze names the columns `smart_N_raw`; the agent's disk
 /// finding carries the same names as readings). 1 read error rate, 5 reallocated sectors, 9 power-on hours,
 /// 187 reported uncorrectable, 188 command timeouts, 194 temperature, 197 pending sectors, 198 offline
-/// uncorrectable, 199 UDMA CRC errors.
-pub const ATTRIBUTES: [u16; 9] = [1, 5, 9, 187, 188, 194, 197, 198, 199];
+/// uncorrectable, 199 UDMA CRC errors, 184 end-to-end errors (parity errors between the drive's cache and
+/// host interface; added after the original nine, so it is last: ids are only ever added, never reordered).
+pub const ATTRIBUTES: [u16; 10] = [1, 5, 9, 187, 188, 194, 197, 198, 199, 184];
+/// Highest SMART attribute id (ids are one byte; 0 is not an attribute).
+pub const MAX_SMART_ID: u16 = 255;
 
 /// The reading / column name of a SMART attribute's raw value: `smart_5_raw`.
 pub fn raw_column(attr: u16) -> String {
@@ -138,6 +146,9 @@ pub enum Feature {
     Delta { attr: u16, days: u32 },
     /// 1 when the newest raw value is above 0, else 0.
     NonZero { attr: u16 },
+    /// 1 when any of these attributes' newest raw value is above 0, else 0 (`None` when the history has none
+    /// of them): the baseline rule "any of 5/187/188/197/198 raw > 0" as one input, so the model nests it.
+    AnyNonZero { attrs: Vec<u16> },
     /// 1 when the disk's model is this one, else 0.
     ModelIs { model: String },
 }
@@ -149,6 +160,9 @@ impl Feature {
             Feature::Raw { attr } => format!("raw_{attr}"),
             Feature::Delta { attr, days } => format!("delta_{attr}_{days}d"),
             Feature::NonZero { attr } => format!("nonzero_{attr}"),
+            Feature::AnyNonZero { attrs } => {
+                format!("any_nonzero_{}", attrs.iter().map(u16::to_string).collect::<Vec<_>>().join("_"))
+            }
             Feature::ModelIs { model } => format!("model={model}"),
         }
     }
@@ -162,6 +176,10 @@ impl Feature {
                 Some((now - then).max(0.0).ln_1p())
             }
             Feature::NonZero { attr } => h.latest(*attr).map(|v| if v > 0.0 { 1.0 } else { 0.0 }),
+            Feature::AnyNonZero { attrs } => {
+                let vals: Vec<f64> = attrs.iter().filter_map(|a| h.latest(*a)).collect();
+                (!vals.is_empty()).then(|| if vals.iter().any(|v| *v > 0.0) { 1.0 } else { 0.0 })
+            }
             Feature::ModelIs { model } => Some(if h.model == *model { 1.0 } else { 0.0 }),
         }
     }
@@ -169,6 +187,12 @@ impl Feature {
     fn check(&self) -> Result<(), String> {
         match self {
             Feature::Raw { attr } | Feature::NonZero { attr } if *attr == 0 || *attr > 255 => {
+                Err(format!("feature {}: SMART attribute ids are 1..=255", self.name()))
+            }
+            Feature::AnyNonZero { attrs } if attrs.is_empty() || attrs.len() > 16 => {
+                Err(format!("feature {}: 1..=16 attributes wanted", self.name()))
+            }
+            Feature::AnyNonZero { attrs } if attrs.iter().any(|a| *a == 0 || *a > 255) => {
                 Err(format!("feature {}: SMART attribute ids are 1..=255", self.name()))
             }
             Feature::Delta { attr, days } if *attr == 0 || *attr > 255 || *days == 0 => {
@@ -428,6 +452,23 @@ mod tests {
         // NaN cannot be written in JSON; a weight that overflows to infinity is refused.
         let e = Model::from_json(model().to_json().replace("1.5", "1e999").as_bytes());
         assert!(e.is_err(), "{e:?}");
+    }
+
+    #[test]
+    fn any_nonzero_is_the_baseline_rule_as_a_feature() {
+        let f = Feature::AnyNonZero { attrs: vec![5, 187] };
+        assert_eq!(f.name(), "any_nonzero_5_187");
+        let mut h = DiskHistory::new("m");
+        h.push(day(1, &[(9, 10.0)])).expect("push");
+        assert_eq!(f.value(&h), None, "none of the attributes");
+        h.push(day(2, &[(5, 0.0), (187, 0.0)])).expect("push");
+        assert_eq!(f.value(&h), Some(0.0));
+        h.push(day(3, &[(5, 0.0), (187, 2.0)])).expect("push");
+        assert_eq!(f.value(&h), Some(1.0));
+        assert!(Feature::AnyNonZero { attrs: vec![] }.check().is_err());
+        assert!(Feature::AnyNonZero { attrs: vec![0] }.check().is_err());
+        assert!(Feature::AnyNonZero { attrs: (1..=17).collect() }.check().is_err());
+        assert!(Feature::AnyNonZero { attrs: (1..=16).collect() }.check().is_ok(), "at the limit");
     }
 
     #[test]

@@ -1,0 +1,516 @@
+//! `huatuo predict train|eval` (issue 20): the disk-failure predictor, offline. Reads drive-days (Backblaze
+//! Drive Stats CSV or `.csv.gz`, or an export directory's `disk_days` table), trains the logistic model of the
+//! `predict` crate on the training side of a split, and evaluates it on held-out drives and days beside the
+//! baseline rule. The maths lives in `predict` (pure); this module does the files and the printing.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use predict::data::{
+    CsvHeader, Dataset, Split, check_drive_day_columns, drive_day_with, format_day, parse_day, smart_ids,
+};
+use predict::eval::{HorizonReport, evaluate};
+use predict::train::{TrainConfig, TrainSummary, train};
+use predict::{MAX_MODEL_BYTES, Model};
+use sha2::{Digest, Sha256};
+
+#[derive(Subcommand, Debug)]
+pub enum PredictCmd {
+    /// Train a model on the training side of the split and write it (the catalog's `model` artifact).
+    Train(TrainArgs),
+    /// Evaluate on held-out drives and days, per horizon, beside the baseline rule (any of smart
+    /// 5/187/188/197/198 raw > 0); prints the scoring time per disk and the model's size.
+    Eval(EvalArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum SplitKind {
+    /// `time` for histories, `drive` for snapshots (every drive has one row).
+    Auto,
+    /// Train on days before the cut, evaluate on days from it on; each drive on one side only.
+    Time,
+    /// Hold out a seeded fraction of drives (snapshots).
+    Drive,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Drive-day CSV files (`.csv` or `.csv.gz`, Backblaze's columns) or `huatuo export` directories (their
+    /// `disk_days/**/part-*.csv`). A drive's rows must come in date order across the files.
+    #[arg(long, required = true, num_args = 1..)]
+    from: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    split: SplitKind,
+    /// First evaluated day of a time split (YYYY-MM-DD); default: the middle of the data's days.
+    #[arg(long)]
+    cut: Option<String>,
+    /// Fraction of drives held out for evaluation (default 0.5 for a time split, 0.3 for a drive split).
+    #[arg(long)]
+    eval_fraction: Option<f64>,
+    /// Seeds the drive split and the negative subsampling: the same seed gives the same model and figures.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Drive-days with a shorter history get no prediction (default 7 for histories, 1 for snapshots).
+    #[arg(long)]
+    min_history_days: Option<u32>,
+    /// L2 penalty on the standardised weights.
+    #[arg(long, default_value_t = 1e-2)]
+    l2: f64,
+    /// The model's threshold is its score at this false-positive rate of training drive-days.
+    #[arg(long, default_value_t = 0.01)]
+    target_fpr: f64,
+    /// Leave out the disk-model one-hot features.
+    #[arg(long)]
+    no_model_features: bool,
+    /// Let error counters' features (smart 5/187/188/197/198/199) take negative weights.
+    #[arg(long)]
+    no_monotone: bool,
+    /// Leave out these features (names as printed: raw_9,delta_5_7d). Default for a snapshot:
+    /// raw_1,raw_9,raw_194 — a snapshot takes each failed drive on its failure day but each healthy one on the
+    /// last day of the period, so power-on hours (9), the seasonal temperature (194) and Seagate's rolling
+    /// read-error count (1) tell the snapshot's date, not the drive's health. `none` keeps everything.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Option<Vec<String>>,
+}
+
+/// Features a snapshot's sampling confounds (see `--exclude`).
+const SNAPSHOT_EXCLUDE: [&str; 3] = ["raw_1", "raw_9", "raw_194"];
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Where to write the model (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// Predict failure within this many days.
+    #[arg(long, default_value_t = 30)]
+    horizon: u32,
+    /// The model's name.
+    #[arg(long, default_value = "disk-failure")]
+    name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Evaluate this model file (at its own horizon) instead of training one per horizon on the training side.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The model file's expected sha256 (hex); a different file is refused.
+    #[arg(long, requires = "model")]
+    sha256: Option<String>,
+    /// Horizons to train and evaluate, in days (without --model).
+    #[arg(long, value_delimiter = ',', default_value = "7,30")]
+    horizons: Vec<u32>,
+}
+
+pub fn run(c: PredictCmd) -> anyhow::Result<ExitCode> {
+    match c {
+        PredictCmd::Train(a) => run_train(a),
+        PredictCmd::Eval(a) => run_eval(a),
+    }
+}
+
+/// A file of an export table or a drive-day CSV, opened as text lines whatever its compression.
+fn open_lines(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).with_context(|| format!("read {}", path.display()))?;
+    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    if n == 2 && magic == [0x1f, 0x8b] {
+        Ok(Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(BufReader::new(f)))))
+    } else {
+        Ok(Box::new(BufReader::new(f)))
+    }
+}
+
+/// Longest file list one table may have (a year of daily partitions is 366).
+const MAX_TABLE_FILES: usize = 100_000;
+/// Deepest directory nesting walked under a table (`day=.../part-0.csv` is 1).
+const MAX_TABLE_DEPTH: usize = 4;
+
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, parquet: &mut usize) -> anyhow::Result<()> {
+    if depth > MAX_TABLE_DEPTH {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir).with_context(|| format!("read directory {}", dir.display()))? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if p.is_dir() {
+            walk(&p, depth + 1, out, parquet)?;
+        } else if name.starts_with("part-") && (name.ends_with(".csv") || name.ends_with(".csv.gz")) {
+            out.push(p);
+            if out.len() > MAX_TABLE_FILES {
+                bail!("more than {MAX_TABLE_FILES} files under {}", dir.display());
+            }
+        } else if name.ends_with(".parquet") {
+            *parquet += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The CSV files of one table of an export directory, in path order (day partitions sort by date).
+pub(crate) fn table_files(export_dir: &Path, table: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = export_dir.join(table);
+    if !dir.is_dir() {
+        bail!("{} has no {table}/ directory: is it a `huatuo export` directory?", export_dir.display());
+    }
+    let (mut files, mut parquet) = (Vec::new(), 0);
+    walk(&dir, 0, &mut files, &mut parquet)?;
+    if files.is_empty() && parquet > 0 {
+        bail!(
+            "{} holds {parquet} Parquet file(s) and no CSV: this build reads CSV exports only (Parquet comes \
+             with the export reader); export with --format csv",
+            dir.display()
+        );
+    }
+    if files.is_empty() {
+        bail!("{} has no part-*.csv files", dir.display());
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Read every row of a CSV file through `each(header, row)`, with errors naming the file and line.
+pub(crate) fn for_each_row(
+    path: &Path,
+    check: impl Fn(&CsvHeader) -> Result<(), String>,
+    mut each: impl FnMut(&predict::data::CsvRow<'_>) -> Result<(), String>,
+) -> anyhow::Result<u64> {
+    let mut lines = open_lines(path)?;
+    let mut line = String::new();
+    let mut no = 0u64;
+    let mut header: Option<CsvHeader> = None;
+    let mut fields = Vec::new();
+    let mut rows = 0;
+    loop {
+        line.clear();
+        let n = lines.read_line(&mut line).with_context(|| format!("{}:{}: read", path.display(), no + 1))?;
+        if n == 0 {
+            break;
+        }
+        no += 1;
+        let at = |e: String| anyhow::anyhow!("{}:{no}: {e}", path.display());
+        match &header {
+            None => {
+                let h = CsvHeader::parse(&line).map_err(at)?;
+                check(&h).map_err(at)?;
+                header = Some(h);
+            }
+            Some(h) => {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                predict::data::split_csv_line(&line, &mut fields).map_err(at)?;
+                let row = h.row(&fields).map_err(at)?;
+                each(&row).map_err(at)?;
+                rows += 1;
+            }
+        }
+    }
+    if header.is_none() {
+        bail!("{}: empty file (no header)", path.display());
+    }
+    Ok(rows)
+}
+
+/// Load drive-days from the given files and export directories.
+fn load(from: &[PathBuf]) -> anyhow::Result<(Dataset, String)> {
+    let mut files = Vec::new();
+    for p in from {
+        if p.is_dir() {
+            files.extend(table_files(p, "disk_days")?);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut ds = Dataset::new();
+    for f in &files {
+        // The file's smart_N_raw ids, set by the header check and read by every row.
+        let ids = std::cell::RefCell::new(Vec::new());
+        for_each_row(
+            f,
+            |h| {
+                check_drive_day_columns(h.columns())?;
+                *ids.borrow_mut() = smart_ids(h.columns());
+                Ok(())
+            },
+            |row| {
+                let d = drive_day_with(row, &ids.borrow())?;
+                ds.push(d)
+            },
+        )?;
+    }
+    if ds.rows.is_empty() {
+        bail!(
+            "no drive-days in {}",
+            from.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let names: Vec<String> = from
+        .iter()
+        .map(|p| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().into()))
+        .collect();
+    Ok((ds, names.join(" ")))
+}
+
+fn split_of(a: &DataArgs, ds: &Dataset) -> anyhow::Result<Split> {
+    let snapshot = ds.is_snapshot();
+    let kind = match a.split {
+        SplitKind::Auto if snapshot => SplitKind::Drive,
+        SplitKind::Auto => SplitKind::Time,
+        k => k,
+    };
+    let frac = a.eval_fraction.unwrap_or(if kind == SplitKind::Drive { 0.3 } else { 0.5 });
+    if !(frac > 0.0 && frac < 1.0) {
+        bail!("--eval-fraction {frac} must be strictly between 0 and 1");
+    }
+    Ok(match kind {
+        SplitKind::Drive => Split::Drive { eval_fraction: frac, seed: a.seed },
+        _ => {
+            let (lo, hi) = ds.day_range().context("no days")?;
+            let cut = match &a.cut {
+                Some(c) => parse_day(c).map_err(|e| anyhow::anyhow!("--cut: {e}"))?,
+                None => lo + (hi - lo).div_ceil(2),
+            };
+            if cut <= lo || cut > hi {
+                bail!(
+                    "--cut {} is outside the data's days {}..{}",
+                    format_day(cut),
+                    format_day(lo),
+                    format_day(hi)
+                );
+            }
+            Split::Time { cut_day: cut, eval_fraction: frac, seed: a.seed }
+        }
+    })
+}
+
+fn config(a: &DataArgs, ds: &Dataset, horizon: u32, name: &str, source: &str) -> anyhow::Result<TrainConfig> {
+    if horizon == 0 || horizon > 365 {
+        bail!("horizon of {horizon} days; 1..=365 wanted");
+    }
+    let known: Vec<String> = ds.candidates.iter().map(|f| f.name()).collect();
+    for x in a.exclude.iter().flatten() {
+        if x != "none" && !known.contains(x) {
+            bail!("--exclude {x}: no such feature; the features are {}", known.join(","));
+        }
+    }
+    Ok(TrainConfig {
+        name: name.to_string(),
+        horizon_days: horizon,
+        min_history_days: a.min_history_days.unwrap_or(if ds.is_snapshot() { 1 } else { 7 }),
+        l2: a.l2,
+        seed: a.seed,
+        target_fpr: a.target_fpr,
+        model_features: !a.no_model_features,
+        monotone: !a.no_monotone,
+        max_train_rows: predict::train::MAX_TRAIN_ROWS,
+        source: source.to_string(),
+        exclude: match &a.exclude {
+            Some(v) if v.iter().any(|x| x == "none") => Vec::new(),
+            Some(v) => v.clone(),
+            None if ds.is_snapshot() => SNAPSHOT_EXCLUDE.iter().map(|s| s.to_string()).collect(),
+            None => Vec::new(),
+        },
+    })
+}
+
+fn describe_data(ds: &Dataset, source: &str) -> String {
+    let failed = ds.drives.iter().filter(|d| !d.failures.is_empty()).count();
+    let (lo, hi) = ds.day_range().unwrap_or((0, 0));
+    format!(
+        "data: {source}: {} drive-days, {} drives ({failed} failed), {}..{}{}",
+        ds.rows.len(),
+        ds.drives.len(),
+        format_day(lo),
+        format_day(hi),
+        if ds.is_snapshot() { " (snapshot: one row per drive, label = failure that day)" } else { "" }
+    )
+}
+
+fn print_train(s: &TrainSummary, m: &Model, cfg: &TrainConfig) {
+    println!(
+        "  trained on {} drive-days ({} positive, from {} of {} drives; negatives kept {:.1}%), {} features, {} Newton \
+         steps, threshold p={:.4}",
+        s.rows,
+        s.positives,
+        s.positive_drives,
+        s.drives,
+        s.negative_rate * 100.0,
+        m.features.len(),
+        s.newton_steps,
+        m.threshold
+    );
+    if !cfg.exclude.is_empty() {
+        println!("  excluded (--exclude): {}", cfg.exclude.join(" "));
+    }
+    if !s.negative.is_empty() {
+        println!("  dropped for a negative weight on an error counter: {}", s.negative.join(" "));
+    }
+    if !s.dropped.is_empty() {
+        println!("  dropped (constant or absent in training): {}", s.dropped.join(" "));
+    }
+    let mut w: Vec<(String, f64)> =
+        m.features.iter().map(|f| f.name()).zip(m.weights.iter().copied()).collect();
+    w.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    let top: Vec<String> = w.iter().take(6).map(|(n, x)| format!("{n} {x:+.2}")).collect();
+    println!("  largest weights (standardised): {}", top.join(", "));
+}
+
+fn run_train(a: TrainArgs) -> anyhow::Result<ExitCode> {
+    let (ds, source) = load(&a.data.from)?;
+    println!("{}", describe_data(&ds, &source));
+    let split = split_of(&a.data, &ds)?;
+    println!("split: {}", split.describe());
+    let cfg = config(&a.data, &ds, a.horizon, &a.name, &source)?;
+    let (model, summary) = train(&ds, &split, &cfg).map_err(|e| anyhow::anyhow!("train: {e}"))?;
+    print_train(&summary, &model, &cfg);
+    let json = model.to_json() + "\n";
+    if json.len() > MAX_MODEL_BYTES {
+        bail!("the model is {} bytes, over the {MAX_MODEL_BYTES}-byte limit", json.len());
+    }
+    Model::from_json(json.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the trained model does not read back: {e}"))?;
+    std::fs::write(&a.out, &json).with_context(|| format!("write {}", a.out.display()))?;
+    println!("wrote {} ({} bytes, sha256 {})", a.out.display(), json.len(), hex_sha256(json.as_bytes()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Read and check a model file: size, sha256 when given, and everything [`Model::from_json`] checks.
+fn read_model(path: &Path, sha256: Option<&str>) -> anyhow::Result<(Model, usize)> {
+    let meta = std::fs::metadata(path).with_context(|| format!("model {}", path.display()))?;
+    if meta.len() > MAX_MODEL_BYTES as u64 {
+        bail!("model {} is {} bytes, over the {MAX_MODEL_BYTES}-byte limit", path.display(), meta.len());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    if let Some(want) = sha256 {
+        let have = hex_sha256(&bytes);
+        if !have.eq_ignore_ascii_case(want.trim()) {
+            bail!("model {}: sha256 is {have}, not the expected {want}", path.display());
+        }
+    }
+    let m = Model::from_json(&bytes).map_err(|e| anyhow::anyhow!("model {}: {e}", path.display()))?;
+    Ok((m, bytes.len()))
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+fn print_report(r: &HorizonReport, model: &Model) {
+    println!(
+        "  held out: {} drive-days ({} positive, from {} of {} drives); {} without a prediction (history < {} days)",
+        r.rows, r.positives, r.positive_drives, r.drives, r.no_prediction, model.min_history_days
+    );
+    println!(
+        "  baseline (any of smart 5/187/188/197/198 raw > 0): TPR {} FPR {} precision {}",
+        pct(r.baseline.tpr()),
+        pct(r.baseline.fpr()),
+        pct(r.baseline.precision())
+    );
+    println!(
+        "  model at its threshold p={:.4}: precision {} recall {} FPR {}",
+        model.threshold,
+        pct(r.at_threshold.precision()),
+        pct(r.at_threshold.tpr()),
+        pct(r.at_threshold.fpr())
+    );
+    if let Some(o) = r.model_at_01pct {
+        println!("  model TPR {} at FPR 0.1% (actual FPR {:.3}%)", pct(o.tpr), o.fpr * 100.0);
+    }
+    println!(
+        "  drives failing within {}d caught on a positive day: model at FPR 1% {} of {}, baseline {} of {}",
+        r.horizon_days, r.drives_caught_1pct, r.positive_drives, r.drives_caught_baseline, r.positive_drives
+    );
+}
+
+/// Median time of [`Model::score`] per held-out disk's history (the agent's call), in ns.
+fn scoring_ns(model: &Model, ds: &Dataset, split: &Split) -> (u64, usize, usize) {
+    let mut times = Vec::new();
+    let mut none = 0;
+    for (id, h) in ds.histories.iter().enumerate() {
+        if !split.eval_drive(&ds.drives[id].serial) {
+            continue;
+        }
+        let t = Instant::now();
+        let r = std::hint::black_box(model.score(std::hint::black_box(h)));
+        let ns = t.elapsed().as_nanos() as u64;
+        match r {
+            Ok(_) => times.push(ns),
+            Err(_) => none += 1,
+        }
+    }
+    times.sort_unstable();
+    (times.get(times.len() / 2).copied().unwrap_or(0), times.len(), none)
+}
+
+fn run_eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    let loaded_model = match &a.model {
+        Some(p) => Some(read_model(p, a.sha256.as_deref())?),
+        None => None,
+    };
+    let (ds, source) = load(&a.data.from)?;
+    println!("{}", describe_data(&ds, &source));
+    let split = split_of(&a.data, &ds)?;
+    println!("split: {}", split.describe());
+    let mut models: Vec<(Model, usize)> = Vec::new();
+    match loaded_model {
+        Some((m, size)) => {
+            if let Split::Time { cut_day, .. } = split
+                && m.trained.to_day >= cut_day
+            {
+                bail!(
+                    "the model was trained on days up to {}, on or after the cut {}: evaluating it here would score \
+                     days it has seen; pass the --cut and --seed it was trained with",
+                    format_day(m.trained.to_day),
+                    format_day(cut_day)
+                );
+            }
+            println!("model: {} (trained on {}; {} bytes)", m.name, m.trained.source, size);
+            models.push((m, size));
+        }
+        None => {
+            if a.horizons.is_empty() {
+                bail!("--horizons is empty");
+            }
+            for &h in &a.horizons {
+                let cfg = config(&a.data, &ds, h, "disk-failure", &source)?;
+                let (m, s) =
+                    train(&ds, &split, &cfg).map_err(|e| anyhow::anyhow!("train horizon {h}d: {e}"))?;
+                println!("horizon {h}d model:");
+                print_train(&s, &m, &cfg);
+                let size = m.to_json().len() + 1;
+                models.push((m, size));
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    for (m, size) in &models {
+        let r = evaluate(&ds, &split, m).map_err(|e| anyhow::anyhow!("evaluate: {e}"))?;
+        println!("horizon {}d evaluation:", m.horizon_days);
+        print_report(&r, m);
+        let (ns, scored, none) = scoring_ns(m, &ds, &split);
+        println!(
+            "  scoring: median {ns} ns per disk over {scored} held-out disk histories ({none} too short); model file \
+             {size} bytes (floors: < 1 ms, < {MAX_MODEL_BYTES} bytes)"
+        );
+        lines.push(r.line());
+    }
+    println!("summary:");
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
