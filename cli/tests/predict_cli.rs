@@ -116,15 +116,15 @@ fn snapshots_are_split_by_drive_and_evaluated_raw_only() {
     }
 }
 
-/// The shared Backblaze fixtures (full 2019 snapshots): `HUATUO_FIXTURES` if set, else `../shared/...` beside
-/// the repository (where the project and CI keep shared/).
+/// The full 2019 snapshots, copied unmodified into `predict/testdata/` (1.3 MB; see its README), so the test
+/// needs nothing outside the repository; `HUATUO_FIXTURES` may point elsewhere.
 fn full_fixtures() -> PathBuf {
     let dir = std::env::var_os("HUATUO_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/fixtures/backblaze-drive-stats"));
+        .unwrap_or_else(|| repo().join("predict/testdata"));
     assert!(
         dir.join("ST8000DM002-last-day-2019.csv.gz").is_file(),
-        "{}: no Backblaze fixtures there (set HUATUO_FIXTURES to shared/fixtures/backblaze-drive-stats)",
+        "{}: no full 2019 Backblaze snapshots there (predict/testdata, or HUATUO_FIXTURES)",
         dir.display()
     );
     dir
