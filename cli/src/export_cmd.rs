@@ -108,8 +108,11 @@ pub fn parse_time(s: &str, now: u64) -> anyhow::Result<u64> {
     if p.len() != 3 || p[0].len() != 4 || p[1].len() != 2 || p[2].len() != 2 {
         return Err(bad());
     }
-    let (y, m, d): (i64, u32, u32) =
-        (p[0].parse().map_err(|_| bad())?, p[1].parse().map_err(|_| bad())?, p[2].parse().map_err(|_| bad())?);
+    let (y, m, d): (i64, u32, u32) = (
+        p[0].parse().map_err(|_| bad())?,
+        p[1].parse().map_err(|_| bad())?,
+        p[2].parse().map_err(|_| bad())?,
+    );
     if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return Err(bad());
     }
@@ -234,7 +237,10 @@ fn check_target(to: &Path, force: bool) -> anyhow::Result<()> {
     match std::fs::read_dir(to) {
         Ok(mut it) => {
             if it.next().is_some() && !force {
-                bail!("{} exists and is not empty: choose another --to, or pass --force to replace it", to.display());
+                bail!(
+                    "{} exists and is not empty: choose another --to, or pass --force to replace it",
+                    to.display()
+                );
             }
             Ok(())
         }
@@ -250,11 +256,9 @@ fn rest_client(a: &ExportArgs) -> anyhow::Result<rest::Rest> {
         Some(p) if a.master.context.is_some() || p.exists() => Some(crate::context::Context::load(&p)?),
         _ => None,
     };
-    let url = a
-        .http
-        .clone()
-        .or_else(|| ctx.as_ref().and_then(|c| c.http.clone()))
-        .ok_or_else(|| anyhow!("no master HTTP address: pass --http http(s)://HOST:PORT (or use a context with `http`)"))?;
+    let url = a.http.clone().or_else(|| ctx.as_ref().and_then(|c| c.http.clone())).ok_or_else(|| {
+        anyhow!("no master HTTP address: pass --http http(s)://HOST:PORT (or use a context with `http`)")
+    })?;
     if a.master.insecure {
         return rest::Rest::new(&url, None, None);
     }
@@ -604,7 +608,11 @@ fn write_tickets(cx: &mut Ctx<'_>, updates: &[TicketIn], transitions: &[Transiti
     // (object, ticket) -> (filed, updated, status)
     let mut tickets: BTreeMap<(String, String), (u64, u64, String)> = BTreeMap::new();
     for u in updates {
-        let e = tickets.entry((u.object.clone(), u.ticket.clone())).or_insert((u.time_ms, u.time_ms, u.status.clone()));
+        let e = tickets.entry((u.object.clone(), u.ticket.clone())).or_insert((
+            u.time_ms,
+            u.time_ms,
+            u.status.clone(),
+        ));
         e.0 = e.0.min(u.time_ms);
         if u.time_ms >= e.1 {
             e.1 = u.time_ms;
@@ -620,7 +628,8 @@ fn write_tickets(cx: &mut Ctx<'_>, updates: &[TicketIn], transitions: &[Transiti
     for ((object, ticket), (filed, updated, status)) in tickets {
         let ts = by_object.get(object.as_str()).map(Vec::as_slice).unwrap_or_default();
         // The REPAIR stay the ticket was filed in: the last entry into REPAIR at or before the filing.
-        let entered = ts.iter().filter(|t| t.to_state == "REPAIR" && t.time_ms <= filed).map(|t| t.time_ms).max();
+        let entered =
+            ts.iter().filter(|t| t.to_state == "REPAIR" && t.time_ms <= filed).map(|t| t.time_ms).max();
         let left = entered.and_then(|e| {
             ts.iter().filter(|t| t.from_state == "REPAIR" && t.time_ms >= e).map(|t| t.time_ms).min()
         });

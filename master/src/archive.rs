@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use state_machines::{Finding, Input, Severity};
@@ -322,7 +323,11 @@ fn table_def(name: &str) -> Option<TableDefinition<'static, Key, &'static [u8]>>
 impl Archive {
     /// Open (or create) `path` and start its writer thread. `existing_state`: the member's replicated state
     /// already holds entries (a new archive then starts with a gap).
-    pub fn open(path: &Path, cfg: ArchiveConfig, existing_state: bool) -> Result<(Arc<Archive>, Feed), ArchiveError> {
+    pub fn open(
+        path: &Path,
+        cfg: ArchiveConfig,
+        existing_state: bool,
+    ) -> Result<(Arc<Archive>, Feed), ArchiveError> {
         cfg.validate().map_err(ArchiveError::Invalid)?;
         let db = Arc::new(Database::create(path).map_err(se)?);
         let fresh;
@@ -392,7 +397,9 @@ impl Archive {
     pub fn info(&self) -> Result<ArchiveInfo, ArchiveError> {
         let txn = self.db.begin_read().map_err(se)?;
         let meta = txn.open_table(META).map_err(se)?;
-        let m = |k: &str| -> Result<u64, ArchiveError> { Ok(meta.get(k).map_err(se)?.map(|g| g.value()).unwrap_or(0)) };
+        let m = |k: &str| -> Result<u64, ArchiveError> {
+            Ok(meta.get(k).map_err(se)?.map(|g| g.value()).unwrap_or(0))
+        };
         let mut rows = BTreeMap::new();
         let (mut first, mut last) = (u64::MAX, 0);
         for name in TABLES {
@@ -491,9 +498,16 @@ impl Archive {
             let values = f
                 .readings
                 .iter()
-                .filter_map(|(k, v)| v.trim().parse::<f64>().ok().filter(|x| x.is_finite()).map(|x| (k.clone(), x)))
+                .filter_map(|(k, v)| {
+                    v.trim().parse::<f64>().ok().filter(|x| x.is_finite()).map(|x| (k.clone(), x))
+                })
                 .collect();
-            points.push(Point { time_ms: f.time_ms, checker: f.checker, severity: f.severity.to_string(), values });
+            points.push(Point {
+                time_ms: f.time_ms,
+                checker: f.checker,
+                severity: f.severity.to_string(),
+                values,
+            });
         }
         let (points, truncated) = thin(points, MAX_SERIES_POINTS);
         Ok(Series { object: object.into(), from_ms, to_ms: now_ms, truncated, points })
@@ -603,7 +617,11 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, entries: Vec<(u64, u64, Vec<ArchiveEvent>)>, durable: bool) -> Result<(), ArchiveError> {
+    fn write(
+        &mut self,
+        entries: Vec<(u64, u64, Vec<ArchiveEvent>)>,
+        durable: bool,
+    ) -> Result<(), ArchiveError> {
         let mut txn = self.db.begin_write().map_err(se)?;
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(se)?;
         let mut now_ms = 0;
@@ -630,7 +648,11 @@ impl Writer {
                 }
             }
             if now_ms > 0 || w.meta("bytes")? > self.cfg.max_mb << 20 {
-                let pruned = w.prune(cutoff_ms(now_ms.max(w.meta("last_time")?), self.cfg.days), self.cfg.max_mb << 20, PRUNE_STEP)?;
+                let pruned = w.prune(
+                    cutoff_ms(now_ms.max(w.meta("last_time")?), self.cfg.days),
+                    self.cfg.max_mb << 20,
+                    PRUNE_STEP,
+                )?;
                 if pruned > 0 {
                     self.stats.pruned.fetch_add(pruned, Ordering::Relaxed);
                 }
@@ -694,7 +716,14 @@ impl<'t> Tx<'t> {
         self.meta_set(k, v)
     }
 
-    fn add(&mut self, index: u64, pos: u64, now: u64, ev: ArchiveEvent, cutoff: u64) -> Result<(), ArchiveError> {
+    fn add(
+        &mut self,
+        index: u64,
+        pos: u64,
+        now: u64,
+        ev: ArchiveEvent,
+        cutoff: u64,
+    ) -> Result<(), ArchiveError> {
         match ev {
             ArchiveEvent::Transition(t) => {
                 let v = json(&t)?;
@@ -719,7 +748,8 @@ impl<'t> Tx<'t> {
         let object = f.object.to_string();
         let key = (f.time_ms, index, pos);
         if healthy(f.severity) {
-            let prev = self.healthy.get((day, object.as_str(), f.checker.as_str())).map_err(se)?.map(|g| g.value());
+            let prev =
+                self.healthy.get((day, object.as_str(), f.checker.as_str())).map_err(se)?.map(|g| g.value());
             if let Some(prev) = prev {
                 if prev.0 > f.time_ms {
                     return self.meta_add("downsampled", 1); // an older one than the day's kept one

@@ -81,7 +81,11 @@ impl Rest {
     }
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    req: &str,
+    path: &str,
+) -> anyhow::Result<Vec<u8>> {
     s.write_all(req.as_bytes()).await?;
     s.flush().await?;
     let mut buf = Vec::new();
@@ -101,7 +105,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, req: &str, path: 
             bail!("GET {path}: answer larger than {MAX_RESPONSE_BYTES} bytes");
         }
     }
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("GET {path}: no HTTP header"))?;
+    let split =
+        buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("GET {path}: no HTTP header"))?;
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let mut body = buf[split + 4..].to_vec();
     let mut lines = head.lines();

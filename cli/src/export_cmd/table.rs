@@ -234,23 +234,31 @@ fn write_parquet(path: &Path, t: &Table, rows: &[Row]) -> anyhow::Result<()> {
                     col.typed::<ByteArrayType>().write_batch(&v, Some(&defs), None)?;
                 }
                 I64 => {
-                    let v: Vec<i64> =
-                        group.iter().filter_map(|r| if let Val::I64(x) = r[i] { Some(x) } else { None }).collect();
+                    let v: Vec<i64> = group
+                        .iter()
+                        .filter_map(|r| if let Val::I64(x) = r[i] { Some(x) } else { None })
+                        .collect();
                     col.typed::<Int64Type>().write_batch(&v, Some(&defs), None)?;
                 }
                 I32 => {
-                    let v: Vec<i32> =
-                        group.iter().filter_map(|r| if let Val::I32(x) = r[i] { Some(x) } else { None }).collect();
+                    let v: Vec<i32> = group
+                        .iter()
+                        .filter_map(|r| if let Val::I32(x) = r[i] { Some(x) } else { None })
+                        .collect();
                     col.typed::<Int32Type>().write_batch(&v, Some(&defs), None)?;
                 }
                 F64 => {
-                    let v: Vec<f64> =
-                        group.iter().filter_map(|r| if let Val::F64(x) = r[i] { Some(x) } else { None }).collect();
+                    let v: Vec<f64> = group
+                        .iter()
+                        .filter_map(|r| if let Val::F64(x) = r[i] { Some(x) } else { None })
+                        .collect();
                     col.typed::<DoubleType>().write_batch(&v, Some(&defs), None)?;
                 }
                 Bool => {
-                    let v: Vec<bool> =
-                        group.iter().filter_map(|r| if let Val::Bool(x) = r[i] { Some(x) } else { None }).collect();
+                    let v: Vec<bool> = group
+                        .iter()
+                        .filter_map(|r| if let Val::Bool(x) = r[i] { Some(x) } else { None })
+                        .collect();
                     col.typed::<BoolType>().write_batch(&v, Some(&defs), None)?;
                 }
             }
@@ -261,7 +269,11 @@ fn write_parquet(path: &Path, t: &Table, rows: &[Row]) -> anyhow::Result<()> {
                 .filter(|r| {
                     matches!(
                         (&r[i], ty),
-                        (Val::Str(_), Str) | (Val::I64(_), I64) | (Val::I32(_), I32) | (Val::F64(_), F64) | (Val::Bool(_), Bool)
+                        (Val::Str(_), Str)
+                            | (Val::I64(_), I64)
+                            | (Val::I32(_), I32)
+                            | (Val::F64(_), F64)
+                            | (Val::Bool(_), Bool)
                     )
                 })
                 .count();
@@ -315,7 +327,8 @@ pub fn read_table(dir: &Path, table: &str) -> anyhow::Result<Vec<BTreeMap<String
     parts.sort();
     let mut out = Vec::new();
     for p in parts {
-        let day = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().trim_start_matches("day=").to_string();
+        let day =
+            p.file_name().and_then(|n| n.to_str()).unwrap_or_default().trim_start_matches("day=").to_string();
         let mut files: Vec<PathBuf> =
             std::fs::read_dir(&p)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.is_file()).collect();
         files.sort();
@@ -431,12 +444,16 @@ mod tests {
     use super::*;
 
     fn sample() -> (Table, Vec<Row>) {
-        let t = Table {
-            name: "t",
-            cols: cols(&[("s", Str), ("n", I64), ("i", I32), ("x", F64), ("b", Bool)]),
-        };
+        let t =
+            Table { name: "t", cols: cols(&[("s", Str), ("n", I64), ("i", I32), ("x", F64), ("b", Bool)]) };
         let rows = vec![
-            vec![Val::Str("a, \"quoted\"\nline".into()), Val::I64(-5), Val::I32(1), Val::F64(2.5), Val::Bool(true)],
+            vec![
+                Val::Str("a, \"quoted\"\nline".into()),
+                Val::I64(-5),
+                Val::I32(1),
+                Val::F64(2.5),
+                Val::Bool(true),
+            ],
             vec![Val::Null, Val::Null, Val::Null, Val::Null, Val::Null],
             vec![Val::Str(String::new()), Val::I64(i64::MAX), Val::I32(0), Val::F64(12.0), Val::Bool(false)],
         ];

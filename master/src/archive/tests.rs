@@ -4,7 +4,13 @@ use super::*;
 
 const T0: u64 = 1_780_000_000_000; // a fixed UTC time (2026-05-28)
 
-fn finding(object: &str, severity: Severity, checker: &str, time_ms: u64, readings: &[(&str, &str)]) -> Finding {
+fn finding(
+    object: &str,
+    severity: Severity,
+    checker: &str,
+    time_ms: u64,
+    readings: &[(&str, &str)],
+) -> Finding {
     Finding {
         object: object.parse().unwrap(),
         severity,
@@ -46,7 +52,11 @@ fn faults_are_kept_up_to_the_daily_limit_and_healthy_findings_once_per_day() {
         for i in 0..=MAX_FAULTS_PER_OBJECT_DAY {
             index += 1;
             let t = T0 + day * DAY_MS + i * 1000;
-            feed.push(index, t, vec![ArchiveEvent::Finding(finding("disk/h1/sda", Severity::Warning, "disk", t, &[]))]);
+            feed.push(
+                index,
+                t,
+                vec![ArchiveEvent::Finding(finding("disk/h1/sda", Severity::Warning, "disk", t, &[]))],
+            );
         }
     }
     // Ten healthy findings of one checker in a day: the last one stays.
@@ -92,7 +102,12 @@ fn rows_older_than_the_days_bound_are_pruned_a_step_at_a_time() {
     assert_eq!(a.info().unwrap().rows["transitions"], n);
     // An entry one day later keeps everything (2 days); two days later drops the first day, a step at a time.
     let later = T0 + 2 * DAY_MS;
-    let t = |i: u64| TicketRow { time_ms: later, object: "disk/h1/sda".into(), ticket: format!("T{i}"), status: "filed".into() };
+    let t = |i: u64| TicketRow {
+        time_ms: later,
+        object: "disk/h1/sda".into(),
+        ticket: format!("T{i}"),
+        status: "filed".into(),
+    };
     feed.push(n + 1, later, vec![ArchiveEvent::Ticket(t(1))]);
     a.flush();
     assert_eq!(a.info().unwrap().rows["transitions"], 100, "one write drops at most PRUNE_STEP rows");
@@ -103,7 +118,11 @@ fn rows_older_than_the_days_bound_are_pruned_a_step_at_a_time() {
     assert_eq!(info.rows["tickets"], 2);
     assert_eq!(info.pruned, n);
     // A finding older than the window is not archived at all.
-    feed.push(n + 3, later, vec![ArchiveEvent::Finding(finding("disk/h1/sda", Severity::Error, "disk", T0, &[]))]);
+    feed.push(
+        n + 3,
+        later,
+        vec![ArchiveEvent::Finding(finding("disk/h1/sda", Severity::Error, "disk", T0, &[]))],
+    );
     a.flush();
     assert_eq!(a.info().unwrap().rows["findings"], 0);
 }
@@ -126,12 +145,16 @@ fn max_mb_drops_the_oldest_rows_first() {
     for _ in 0..4 {
         index += 1;
         feed.push(index, T0 + 10 * DAY_MS, vec![]);
-        feed.push(index, T0 + 10 * DAY_MS, vec![ArchiveEvent::Ticket(TicketRow {
-            time_ms: 0,
-            object: "disk/h0/sda".into(),
-            ticket: "T".into(),
-            status: "filed".into(),
-        })]);
+        feed.push(
+            index,
+            T0 + 10 * DAY_MS,
+            vec![ArchiveEvent::Ticket(TicketRow {
+                time_ms: 0,
+                object: "disk/h0/sda".into(),
+                ticket: "T".into(),
+                status: "filed".into(),
+            })],
+        );
         a.flush();
     }
     let info = a.info().unwrap();
@@ -197,28 +220,30 @@ fn pages_follow_tokens_and_replays_are_not_archived_twice() {
 
 #[test]
 fn series_keeps_numeric_readings_and_thins_beyond_the_limit() {
-    let (_d, a, feed) = open(ArchiveConfig::default());
-    // 3 points an hour for 1,000 hours (fault findings; at most 48 a day are kept: 48*41 + ...).
+    let (_d, a, feed) = open(ArchiveConfig { days: 60, max_mb: 1024 });
+    // 50 checkers reporting healthy once a day for 50 days: 2,500 points, more than a series holds.
     let mut index = 0;
-    for h in 0..1000u64 {
-        for m in 0..3 {
+    for day in 0..50u64 {
+        for c in 0..50 {
             index += 1;
-            let t = T0 + h * 3_600_000 + m * 60_000;
-            let f = finding("disk/h1/sda", Severity::Warning, "disk", t, &[("smart_5_raw", "12"), ("model", "X")]);
+            let t = T0 + day * DAY_MS + c * 1000;
+            let readings = [("smart_5_raw", "12"), ("model", "X")];
+            let f = finding("disk/h1/sda", Severity::Good, &format!("c{c}"), t, &readings);
             feed.push(index, t, vec![ArchiveEvent::Finding(f)]);
         }
     }
     a.flush();
-    let now = T0 + 1000 * 3_600_000;
+    let now = T0 + 50 * DAY_MS;
     let s = a.series("disk/h1/sda", 60, now).unwrap();
     assert!(s.truncated);
-    assert!(s.points.len() <= MAX_SERIES_POINTS);
+    assert_eq!(s.points.len(), MAX_SERIES_POINTS, "the newest points stay");
+    assert_eq!(s.points.last().unwrap().time_ms, T0 + 49 * DAY_MS + 49_000);
     assert!(s.points.windows(2).all(|w| w[0].time_ms <= w[1].time_ms), "oldest first");
     assert_eq!(s.points[0].values.get("smart_5_raw"), Some(&12.0));
     assert!(!s.points[0].values.contains_key("model"), "text readings are not values");
     let small = a.series("disk/h1/sda", 1, now).unwrap();
     assert!(!small.truncated);
-    assert!(small.points.len() <= 48);
+    assert_eq!(small.points.len(), 50, "one day of 50 checkers");
     assert!(a.series("disk/h1/sda", 0, now).is_err());
     assert!(a.series("disk/h9/sda", 30, now).unwrap().points.is_empty());
 }
@@ -229,7 +254,11 @@ fn a_restore_and_a_late_start_are_reported_as_gaps() {
     let (a, feed) = Archive::open(&dir.path().join("archive.redb"), ArchiveConfig::default(), true).unwrap();
     feed.push(5, T0, vec![ArchiveEvent::Finding(finding("disk/h1/sda", Severity::Error, "disk", T0, &[]))]);
     feed.restored();
-    feed.push(90, T0 + 5000, vec![ArchiveEvent::Finding(finding("disk/h1/sda", Severity::Error, "disk", T0 + 1, &[]))]);
+    feed.push(
+        90,
+        T0 + 5000,
+        vec![ArchiveEvent::Finding(finding("disk/h1/sda", Severity::Error, "disk", T0 + 1, &[]))],
+    );
     a.flush();
     let gaps = a.info().unwrap().gaps;
     assert_eq!(gaps.len(), 2, "{gaps:?}");
@@ -255,7 +284,13 @@ fn push_cost() {
     let n = 100_000u64;
     let start = Instant::now();
     for i in 0..n {
-        let f = finding(&format!("disk/h{}/sda", i % 1000), Severity::Good, "disk", T0 + i, &[("smart_5_raw", "1")]);
+        let f = finding(
+            &format!("disk/h{}/sda", i % 1000),
+            Severity::Good,
+            "disk",
+            T0 + i,
+            &[("smart_5_raw", "1")],
+        );
         feed.push(i + 1, T0 + i, vec![ArchiveEvent::Finding(f)]);
         if i % 2000 == 0 {
             a.flush(); // keep the queue from filling (the writer's speed is measured separately)

@@ -88,13 +88,9 @@ impl Decider<'_> {
         match transition {
             Some(t) => {
                 let rev = self.change(rec, "transition", from, detail.clone());
-                self.archive.push(crate::archive::ArchiveEvent::Transition(crate::archive::TransitionRow::new(
-                    self.now,
-                    rec.id.to_string(),
-                    &t,
-                    input,
-                    rev,
-                )));
+                self.archive.push(crate::archive::ArchiveEvent::Transition(
+                    crate::archive::TransitionRow::new(self.now, rec.id.to_string(), &t, input, rev),
+                ));
                 let mut detail = detail;
                 if !effects.is_empty() {
                     detail = format!("{detail}; effects: {effects}");
