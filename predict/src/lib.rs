@@ -174,9 +174,10 @@ impl Feature {
             Feature::Delta { attr, days } if *attr == 0 || *attr > 255 || *days == 0 => {
                 Err(format!("feature {}: attribute 1..=255 and a window of at least one day", self.name()))
             }
-            Feature::Delta { days, .. } if *days as usize >= MAX_HISTORY_DAYS => {
-                Err(format!("feature {}: window over the {MAX_HISTORY_DAYS} days of history kept", self.name()))
-            }
+            Feature::Delta { days, .. } if *days as usize >= MAX_HISTORY_DAYS => Err(format!(
+                "feature {}: window over the {MAX_HISTORY_DAYS} days of history kept",
+                self.name()
+            )),
             Feature::ModelIs { model } if model.is_empty() || model.len() > MAX_NAME_LEN => {
                 Err(format!("feature {}: model string of 1..={MAX_NAME_LEN} bytes", self.name()))
             }
