@@ -274,6 +274,11 @@ pub struct ArchiveInfo {
     pub dropped_entries: u64,
     pub downsampled: u64,
     pub pruned: u64,
+    /// Entries this member queued since it started, and the mean cost of queueing one on the apply path.
+    pub pushes: u64,
+    pub push_ns_mean: u64,
+    /// Archive writes that failed since start (the archive misses their entries).
+    pub write_errors: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -434,6 +439,10 @@ impl Archive {
             dropped_entries: self.stats.dropped_entries.load(Ordering::Relaxed),
             downsampled: m("downsampled")?,
             pruned: m("pruned")?,
+            pushes: self.stats.pushes.load(Ordering::Relaxed),
+            push_ns_mean: self.stats.push_ns.load(Ordering::Relaxed)
+                / self.stats.pushes.load(Ordering::Relaxed).max(1),
+            write_errors: self.stats.errors.load(Ordering::Relaxed),
         })
     }
 

@@ -285,6 +285,12 @@ async fn the_export_answers_the_three_questions_in_duckdb() {
         get(&http, "/api/v1/archive")
     );
 
+    // Printed for ARCHITECTURE.md (the cost of queueing an entry on the apply path), never asserted.
+    let info = get(&http, "/api/v1/archive").unwrap();
+    eprintln!(
+        "archive of member 1: pushes {} push_ns_mean {} bytes {}",
+        info["pushes"], info["push_ns_mean"], info["bytes"]
+    );
     // The series of a failed disk: its daily readings, oldest first, numbers only.
     let s = get(&http, "/api/v1/objects/disk/hA0/sda/series?days=30").expect("series");
     let points = s["points"].as_array().unwrap();
