@@ -373,3 +373,43 @@ async fn the_export_answers_the_three_questions_in_duckdb() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+/// The archive's cost on the apply path in a real 3-master cluster, printed (never asserted): 200 ingest
+/// calls of 100 fault findings each, then every member's archive counters. Run with
+/// `cargo test -p tests --test export_duckdb archive_cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn archive_cost_in_a_cluster() {
+    let masters = LocalCluster::start(&huatuo_bin(), 3).expect("start");
+    masters.wait_leader(READY_TIMEOUT).await.expect("leader");
+    let mut cl = Client::new(parse_addrs(&masters.grpc_addrs()));
+    let start = std::time::Instant::now();
+    let now = tests::now_ms();
+    for b in 0..200u64 {
+        let batch = (0..100u64)
+            .map(|i| {
+                let obj = format!("machine/c{}", b * 100 + i);
+                finding(&obj, "WARNING", "kernel-log", "kernel.oops", now - 1000, &[("n", i.to_string())])
+            })
+            .collect();
+        ingest(&mut cl, batch).await;
+    }
+    let took = start.elapsed();
+    for (id, n) in &masters.nodes {
+        let http = n.http.clone();
+        let done = wait_until(STAGE, || {
+            let http = http.clone();
+            async move { get(&http, "/api/v1/archive").is_some_and(|i| i["rows"]["findings"] == 20_000) }
+        })
+        .await;
+        let i = get(&n.http, "/api/v1/archive").unwrap();
+        eprintln!(
+            "member {id}: archived all {done}; pushes {} push_ns_mean {} slow_pushes(>100us) {} dropped {} bytes {}",
+            i["pushes"], i["push_ns_mean"], i["slow_pushes"], i["dropped_entries"], i["bytes"]
+        );
+        let size =
+            std::fs::metadata(masters.data_dir(*id).join("archive.redb")).map(|m| m.len()).unwrap_or(0);
+        eprintln!("member {id}: archive.redb {size} bytes");
+    }
+    eprintln!("20,000 findings in 200 ingest calls took {took:?}");
+}
