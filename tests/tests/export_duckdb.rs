@@ -412,4 +412,27 @@ async fn archive_cost_in_a_cluster() {
         eprintln!("member {id}: archive.redb {size} bytes");
     }
     eprintln!("20,000 findings in 200 ingest calls took {took:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    for fmt in ["parquet", "csv"] {
+        let dir = tmp.path().join(fmt);
+        let t = std::time::Instant::now();
+        let out = export(&masters, &dir, fmt, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let bytes = du(&dir);
+        eprintln!(
+            "export {fmt}: {:?}, {bytes} bytes: {}",
+            t.elapsed(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+}
+
+fn du(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|it| {
+            it.filter_map(|e| e.ok())
+                .map(|e| if e.path().is_dir() { du(&e.path()) } else { e.metadata().map_or(0, |m| m.len()) })
+                .sum()
+        })
+        .unwrap_or(0)
 }
