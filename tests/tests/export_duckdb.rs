@@ -291,6 +291,22 @@ async fn the_export_answers_the_three_questions_in_duckdb() {
         "archive of member 1: pushes {} push_ns_mean {} bytes {}",
         info["pushes"], info["push_ns_mean"], info["bytes"]
     );
+    // Bad archive requests are refused (the helper answers None for anything but 200).
+    assert!(get(&http, "/api/v1/archive/nope").is_none());
+    assert!(get(&http, "/api/v1/archive/findings?since_ms=5&until_ms=1").is_none());
+    assert!(get(&http, "/api/v1/archive/findings?page_token=x.y").is_none());
+    assert!(get(&http, "/api/v1/archive/findings?bogus=1").is_none());
+    assert!(get(&http, "/api/v1/objects/disk/hA0/sda/series?days=0").is_none());
+    assert!(get(&http, "/api/v1/objects/disk/hA0/sda?days=3").is_none(), "days belongs to /series");
+    // The member's archive counters are on /metrics.
+    let metrics = {
+        let mut s = std::net::TcpStream::connect(&http).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut t = String::new();
+        s.read_to_string(&mut t).unwrap();
+        t
+    };
+    assert!(metrics.contains("huatuo_master_archive_dropped_entries_total 0"), "{metrics}");
     // The series of a failed disk: its daily readings, oldest first, numbers only.
     let s = get(&http, "/api/v1/objects/disk/hA0/sda/series?days=30").expect("series");
     let points = s["points"].as_array().unwrap();
