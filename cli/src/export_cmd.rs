@@ -433,7 +433,18 @@ async fn export(
         Ok(())
     })
     .await?;
-    write_tickets(&mut cx, &updates, &transitions)?;
+    // Objects in REPAIR whose ticket the archive never saw filed (filed before this member's archive began).
+    let current: Vec<CurrentTicket> = list
+        .objects
+        .iter()
+        .filter(|o| o.state == "REPAIR")
+        .filter_map(|o| {
+            let ticket = o.attributes.get("ticket")?.clone();
+            let status = o.attributes.get("ticket-status").cloned().unwrap_or_else(|| "filed".into());
+            Some(CurrentTicket { object: o.id.clone(), ticket, status, repair_since_ms: o.state_since_ms })
+        })
+        .collect();
+    write_tickets(&mut cx, &updates, &transitions, &current)?;
 
     // Findings, a day at a time, with that day's disk_days.
     let ft = table::findings();
@@ -604,7 +615,20 @@ fn disk_day_rows(
     rows
 }
 
-fn write_tickets(cx: &mut Ctx<'_>, updates: &[TicketIn], transitions: &[TransitionIn]) -> anyhow::Result<()> {
+/// A ticket as the object shows it now (attributes `ticket`, `ticket-status` while in REPAIR).
+struct CurrentTicket {
+    object: String,
+    ticket: String,
+    status: String,
+    repair_since_ms: u64,
+}
+
+fn write_tickets(
+    cx: &mut Ctx<'_>,
+    updates: &[TicketIn],
+    transitions: &[TransitionIn],
+    current: &[CurrentTicket],
+) -> anyhow::Result<()> {
     // (object, ticket) -> (filed, updated, status)
     let mut tickets: BTreeMap<(String, String), (u64, u64, String)> = BTreeMap::new();
     for u in updates {
@@ -643,6 +667,22 @@ fn write_tickets(cx: &mut Ctx<'_>, updates: &[TicketIn], transitions: &[Transiti
             left.map_or(Val::Null, Val::ms),
         ]);
     }
+    // Tickets of objects now in REPAIR that no archived update mentions: from the object (filing time
+    // unknown: NULL), partitioned by the day the object entered REPAIR.
+    for c in current {
+        if updates.iter().any(|u| u.object == c.object && u.ticket == c.ticket) {
+            continue;
+        }
+        by_day.entry(day_of(c.repair_since_ms)).or_default().push(vec![
+            Val::Str(c.object.clone()),
+            Val::Str(c.ticket.clone()),
+            Val::Null,
+            Val::Null,
+            Val::Str(c.status.clone()),
+            Val::ms(c.repair_since_ms),
+            Val::Null,
+        ]);
+    }
     for (day, rows) in &by_day {
         cx.write(&tt, day, rows)?;
     }
@@ -676,6 +716,56 @@ mod tests {
         assert!(e.contains("--force"), "{e}");
         assert!(check_target(dir.path(), true).is_ok());
         assert!(check_target(&dir.path().join("x"), true).is_err(), "a file is not a directory");
+    }
+
+    #[test]
+    fn tickets_join_their_repair_stay_and_current_ones_fill_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cx = Ctx { dir: dir.path(), format: Format::Csv, written: Written::default() };
+        let tr = |t: u64, from: &str, to: &str| TransitionIn {
+            time_ms: t,
+            object: "disk/h/sda".into(),
+            from_state: from.into(),
+            to_state: to.into(),
+            cause: "operator".into(),
+            cause_detail: String::new(),
+            checker: String::new(),
+            checker_version: String::new(),
+            finding_time_ms: None,
+            revision: t,
+        };
+        let transitions = vec![tr(100, "ERROR", "REPAIR"), tr(500, "REPAIR", "NEWBIE")];
+        let up = |t: u64, s: &str| TicketIn {
+            time_ms: t,
+            object: "disk/h/sda".into(),
+            ticket: "T-1".into(),
+            status: s.into(),
+        };
+        let updates = vec![up(200, "filed"), up(300, "part-replaced")];
+        let current = vec![
+            CurrentTicket {
+                object: "disk/h/sda".into(),
+                ticket: "T-1".into(),
+                status: "x".into(),
+                repair_since_ms: 1,
+            },
+            CurrentTicket {
+                object: "disk/g/sdb".into(),
+                ticket: "T-0".into(),
+                status: "accepted".into(),
+                repair_since_ms: 50,
+            },
+        ];
+        write_tickets(&mut cx, &updates, &transitions, &current).unwrap();
+        let rows = table::read_table(dir.path(), "tickets").unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let t1 = rows.iter().find(|r| r["ticket"] == "T-1").unwrap();
+        assert_eq!((t1["filed_ms"].as_str(), t1["updated_ms"].as_str()), ("200", "300"));
+        assert_eq!(t1["status"], "part-replaced");
+        assert_eq!((t1["repair_entered_ms"].as_str(), t1["repair_left_ms"].as_str()), ("100", "500"));
+        let t0 = rows.iter().find(|r| r["ticket"] == "T-0").unwrap();
+        assert!(!t0.contains_key("filed_ms"), "filing time unknown: NULL");
+        assert_eq!(t0["repair_entered_ms"], "50");
     }
 
     #[test]
