@@ -27,6 +27,8 @@ use crate::context::Context as ClientContext;
 
 /// How long the children get to stop after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The dev cluster's ticket file (the masters' file sink), in the data dir.
+pub const TICKETS_FILE: &str = "tickets.jsonl";
 /// How long the masters get to elect a leader before `huatuo dev` gives up.
 const LEADER_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -90,6 +92,7 @@ fn master_config(
     data_dir: &Path,
     tls: &TlsFiles,
     s: &Secrets,
+    tickets: &Path,
 ) -> anyhow::Result<String> {
     use toml::Value;
     let mut t = toml::Table::new();
@@ -101,6 +104,12 @@ fn master_config(
     let peers = peers.iter().enumerate().map(|(i, p)| ((i + 1).to_string(), Value::String(p.clone())));
     t.insert("peers".into(), Value::Table(peers.collect()));
     t.insert("tls".into(), Value::try_from(tls)?);
+    // Repair tickets go to a file sink under the data dir (the leader appends; shared by the three masters),
+    // so `huatuo ticket list` shows filed tickets and the whole lifecycle runs without a repair system.
+    let mut sink = toml::Table::new();
+    sink.insert("sink".into(), Value::String("file".into()));
+    sink.insert("path".into(), Value::String(tickets.display().to_string()));
+    t.insert("tickets".into(), Value::Table(sink));
     let token = |name: &str, tok: &Token, role: &str| {
         let mut e = toml::Table::new();
         e.insert("name".into(), Value::String(name.into()));
@@ -250,6 +259,7 @@ async fn run_async(a: DevArgs) -> anyhow::Result<ExitCode> {
             &data,
             &secrets.master_tls[i],
             &secrets,
+            &dir.join(TICKETS_FILE),
         )?;
         let cfg_path = dir.join(format!("master-{id}.toml"));
         write_private(&cfg_path, &text)?;
@@ -304,6 +314,7 @@ async fn run_async(a: DevArgs) -> anyhow::Result<ExitCode> {
     println!("  masters (gRPC, mutual TLS): {}", grpc.join(", "));
     println!("  HTTP API / portal: https://{}/  (REST under /api/v1, /metrics, /healthz)", http[0]);
     println!("  CA certificate: {}", secrets.cli_tls.ca.display());
+    println!("  repair tickets (file sink, one JSON line per filing): {}", dir.join(TICKETS_FILE).display());
     println!("  operator token (shown once; also in the client context): {}", secrets.operator.expose());
     println!("  client context: {}", ctx_path.display());
     if !a.no_agent {

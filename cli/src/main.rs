@@ -15,6 +15,7 @@ mod bench_rollout;
 mod catalog_cmd;
 mod context;
 mod dev_cmd;
+mod export_cmd;
 mod fsm_cmd;
 mod hw_cmd;
 mod inspect_cmd;
@@ -101,6 +102,9 @@ enum Cmd {
     /// Rolling upgrades of the masters: show which command versions each member knows, or enable new
     /// command kinds cluster-wide (--min-command-version N) once every member runs a binary that knows them.
     Upgrade(upgrade_cmd::UpgradeArgs),
+    /// The archive for analytics: transitions, findings, disk days, objects and tickets as Parquet or CSV
+    /// files partitioned by day (deploy/analytics/SCHEMA.md).
+    Export(export_cmd::ExportArgs),
     /// Repair tickets: list them, record updates from the repair system.
     #[command(subcommand)]
     Ticket(ticket_cmd::TicketCmd),
@@ -191,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Force(a) => safety_cmd::force(a),
         Cmd::Consent(a) => safety_cmd::consent(a),
         Cmd::Ticket(c) => ticket_cmd::run(c),
+        Cmd::Export(a) => export_cmd::run(a),
         Cmd::Catalog(c) => catalog_cmd::run_catalog(c),
         Cmd::Rollout(c) => catalog_cmd::run_rollout(c),
         Cmd::Upgrade(a) => upgrade_cmd::run(a),

@@ -107,6 +107,9 @@ pub struct MasterConfig {
     /// The fabric (`[topology] file = "PATH"`, TOML or CSV); none: from the machines' switch/rack labels.
     #[serde(default)]
     pub topology: crate::net::TopologySection,
+    /// The member's archive for analytics (`[archive]`: days, max_mb; defaults 30, 1024; see `archive.rs`).
+    #[serde(default)]
+    pub archive: crate::archive::ArchiveConfig,
 }
 
 fn default_auto_upgrade() -> bool {
@@ -182,6 +185,8 @@ pub enum ConfigError {
     Peer(String),
     #[error("invalid master config: {0}")]
     Canary(String),
+    #[error("invalid master config: {0}")]
+    Archive(String),
     #[error("invalid master config: {what} {value:?} is not an IP:PORT address")]
     Address { what: &'static str, value: String },
     #[error("invalid master config: need tick_ms > 0 and 0 < heartbeat_ticks < election_ticks")]
@@ -228,6 +233,7 @@ pub struct Resolved {
     pub auto_upgrade: bool,
     pub canary: crate::catalog::CanaryConfig,
     pub net: crate::net::NetConfig,
+    pub archive: crate::archive::ArchiveConfig,
 }
 
 /// Parse `1=host:port,2=host:port`.
@@ -265,6 +271,7 @@ impl MasterConfig {
             return Err(ConfigError::Version { found: self.version, reads: CONFIG_VERSION });
         }
         self.canary.validate().map_err(ConfigError::Canary)?;
+        self.archive.validate().map_err(ConfigError::Archive)?;
         let net = crate::net::NetConfig::resolve(&self.net, &self.topology).map_err(ConfigError::Net)?;
         let mut peers = BTreeMap::new();
         for (k, v) in &self.peers {
@@ -371,6 +378,7 @@ impl MasterConfig {
             auto_upgrade: self.auto_upgrade,
             canary: self.canary.clone(),
             net,
+            archive: self.archive.clone(),
         })
     }
 }

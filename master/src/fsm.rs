@@ -96,6 +96,8 @@ pub struct MasterFsm {
     knows: u32,
     /// Idempotency keys remembered: [`MAX_REQUEST_KEYS`]; smaller only in tests. Must be equal on every node.
     request_keys: u64,
+    /// This member's archive (`archive.rs`): each applied entry's events are queued to it, never waited on.
+    archive: Option<crate::archive::Feed>,
 }
 
 /// The oldest revision the change log keeps after reaching `revision` (None: nothing to drop yet).
@@ -116,6 +118,7 @@ impl MasterFsm {
                 changelog: crate::model::ChangelogLimits::default(),
                 knows: COMMAND_VERSION,
                 request_keys: MAX_REQUEST_KEYS,
+                archive: None,
             },
             rx,
         )
@@ -136,6 +139,12 @@ impl MasterFsm {
     /// Same as [`MasterFsm::new`] remembering fewer idempotency keys, for tests of eviction.
     pub fn with_request_keys(mut self, keys: u64) -> Self {
         self.request_keys = keys.max(1);
+        self
+    }
+
+    /// Feed every applied entry's archive events to `feed` (the member's `archive.redb`).
+    pub fn with_archive(mut self, feed: crate::archive::Feed) -> Self {
+        self.archive = Some(feed);
         self
     }
 
@@ -177,9 +186,14 @@ impl MasterFsm {
         };
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
         let mut tables = Tables::open(txn)?;
-        let d = decide_entry_limited(&tables, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
+        let mut d = decide_entry_limited(&tables, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
         tables.write(&d, self.changelog)?;
         self.count(&d);
+        if let Some(feed) = &self.archive
+            && !d.archive.is_empty()
+        {
+            feed.push(index, env.now_ms, std::mem::take(&mut d.archive));
+        }
         if !d.events.is_empty() {
             self.pending = Some(d.revision);
         }
@@ -243,6 +257,9 @@ impl MasterFsm {
         src: &dyn crate::raft::SnapshotSource,
     ) -> Result<(), StoreError> {
         let revision = snapshot::restore_from(txn, src)?;
+        if let Some(feed) = &self.archive {
+            feed.restored();
+        }
         let min = match txn.open_table(store::META)?.get(META_MIN_COMMAND_VERSION)? {
             Some(g) => Some(store::unseal_u64("fsm_counters", META_MIN_COMMAND_VERSION, g.value())?),
             None => None,

@@ -33,6 +33,7 @@ pub const WATCH_MAX: Duration = Duration::from_secs(300);
 
 type Svc = Arc<Service>;
 
+mod archive_routes;
 mod catalog_routes;
 mod net_routes;
 pub mod portal;
@@ -54,6 +55,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/api/v1/watch", get(watch))
         .route("/api/v1/whoami", get(whoami))
         .merge(safety_routes::routes())
+        .merge(archive_routes::routes())
         .merge(catalog_routes::routes())
         .merge(net_routes::routes())
         .merge(portal::router())
@@ -226,12 +228,29 @@ async fn summary(
     Ok(Json(s).into_response())
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectQuery {
+    #[serde(default)]
+    stale: bool,
+    /// `.../series` only: days of archive (default 30).
+    #[serde(default)]
+    days: Option<u64>,
+}
+
 async fn get_object(
     State(svc): State<Svc>,
     Path(id): Path<String>,
-    q: Result<Query<StaleQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<ObjectQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
     let q = parse_query(q)?;
+    if let Some(obj) = id.strip_suffix("/series") {
+        let obj: ObjectId = proto::convert::object_id(obj)?;
+        return archive_routes::series(svc, obj, q.days).await;
+    }
+    if q.days.is_some() {
+        return Err(ApiError::invalid("days applies to /api/v1/objects/{id}/series only").into());
+    }
     let id: ObjectId = proto::convert::object_id(&id)?;
     let (object, history, revision) = svc.get(&id, q.stale).await.map_err(|e| rest_error(&svc, e))?;
     Ok(Json(ObjectDetail { object, history, revision }).into_response())

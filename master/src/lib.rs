@@ -6,6 +6,7 @@
 pub use proto::client;
 pub mod actions;
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod catalog;
 pub mod checksum;

@@ -44,6 +44,34 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
          peer port (0 also when it did not answer)",
         members,
     );
+    if let Some(a) = svc.archive() {
+        let st = &a.stats;
+        reg.register(
+            "archive_entries",
+            "Applied entries written to this member's archive (archive.redb)",
+            ConstCounter::new(st.entries.load(Ordering::Relaxed)),
+        );
+        reg.register(
+            "archive_dropped_entries",
+            "Applied entries the archive dropped because its queue was full (the archive lags; Raft never waits)",
+            ConstCounter::new(st.dropped_entries.load(Ordering::Relaxed)),
+        );
+        reg.register(
+            "archive_slow_pushes",
+            "Archive pushes on the apply path slower than 100 us",
+            ConstCounter::new(st.slow_pushes.load(Ordering::Relaxed)),
+        );
+        reg.register(
+            "archive_write_errors",
+            "Archive writes that failed (their entries are missing from the archive)",
+            ConstCounter::new(st.errors.load(Ordering::Relaxed)),
+        );
+        reg.register(
+            "archive_pruned_rows",
+            "Archive rows dropped by the [archive] days / max_mb bounds since start",
+            ConstCounter::new(st.pruned.load(Ordering::Relaxed)),
+        );
+    }
     reg.register(
         "snapshot_chunks_refused",
         "Snapshot streams this process refused because a chunk or the whole failed its CRC-32C (re-sent)",

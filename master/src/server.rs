@@ -40,6 +40,10 @@ pub const SERVER_DRAIN: Duration = Duration::from_secs(5);
 pub const RAFT_STOP: Duration = Duration::from_secs(10);
 /// How long the peer port gets to close once Raft stopped (its streams end with the raft node).
 pub const PEER_DRAIN: Duration = Duration::from_secs(2);
+/// The member's archive file in its data dir (`archive.rs`).
+pub const ARCHIVE_FILE: &str = "archive.redb";
+/// How long the archive writer gets to write its queue and fsync at shutdown.
+pub const ARCHIVE_STOP: Duration = Duration::from_secs(5);
 
 async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen for {what} on {addr}"))
@@ -130,8 +134,13 @@ pub async fn serve(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
 
+    // The member's archive (derived data beside the replicated store; see `archive.rs`).
+    let existing_state = cfg.data_dir.join("raft.redb").exists();
+    let archive_path = cfg.data_dir.join(ARCHIVE_FILE);
+    let (archive, feed) = crate::archive::Archive::open(&archive_path, cfg.archive.clone(), existing_state)
+        .with_context(|| format!("cannot open the archive {}", archive_path.display()))?;
     let (fsm, revision) = MasterFsm::new(cfg.policy.clone());
-    let fsm = fsm.knowing_command_version(cfg.knows_command_version);
+    let fsm = fsm.knowing_command_version(cfg.knows_command_version).with_archive(feed);
     let stats = fsm.stats();
     let raft_cfg = RaftConfig {
         id: cfg.id,
@@ -170,6 +179,7 @@ pub async fn serve(
         },
     );
     svc.set_canary_config(cfg.canary.clone());
+    svc.set_archive(archive.clone());
     svc.start_net(cfg.net.clone());
     // Repair tickets: the leader files what REPAIR asks for through the configured sink.
     if let Err(e) = crate::ticket_source::spawn(&svc, &cfg.tickets, cfg.id) {
@@ -259,6 +269,11 @@ pub async fn serve(
     report.peer = join_within(&mut peer_server, PEER_DRAIN).await;
     // 5. Release the database: the service held the last handle besides the raft thread.
     drop(svc);
+    // 6. The archive writer writes what is queued, makes it durable and ends (the fsm's feed went with Raft).
+    let closing = tokio::task::spawn_blocking(move || archive.close());
+    if tokio::time::timeout(ARCHIVE_STOP, closing).await.is_err() {
+        tracing::warn!("the archive writer did not stop in time (its last seconds may be lost)");
+    }
     tracing::info!(id = cfg.id, clean = report.clean(), "master node stopped");
     Ok((report, result))
 }

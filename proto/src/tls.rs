@@ -202,6 +202,26 @@ impl TlsMaterial {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
+
+    /// A rustls client config for HTTPS to a master's HTTP port (`huatuo export`): trust only our CA,
+    /// present our certificate, HTTP/1.1.
+    pub fn https_client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in &self.ca {
+            roots.add(c.clone()).map_err(|e| TlsError::Config(format!("CA certificate: {e}")))?;
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| TlsError::Config(format!("private key: {e}")))?;
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(self.certs.clone(), key)
+            .map_err(|e| TlsError::Config(format!("certificate/key: {e}")))?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
 }
 
 #[cfg(test)]

@@ -115,6 +115,8 @@ pub struct Service {
     /// Network localisation (issue 16): the leader's peer book, window and last verdict. Set once by
     /// [`Service::start_net`] (which also starts the window task); defaults until then.
     net: std::sync::OnceLock<Arc<crate::net::Net>>,
+    /// This member's archive (issue 19), set once by the server; None in in-process tests without one.
+    archive: std::sync::OnceLock<Arc<crate::archive::Archive>>,
     /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).
     pub watchers: TaskGroup,
     /// The proposer, its entries in flight, the leader duties and the ticket dispatcher.
@@ -170,6 +172,7 @@ impl Service {
             assignments: Mutex::default(),
             canary: Mutex::new(crate::catalog::CanaryConfig::default()),
             net: std::sync::OnceLock::new(),
+            archive: std::sync::OnceLock::new(),
             watchers: TaskGroup::new("watchers"),
             duties: TaskGroup::new("duties"),
         });
@@ -245,6 +248,16 @@ impl Service {
         }
         self.duties.spawn(crate::net::run(Arc::downgrade(self), self.duties.stopped()));
         true
+    }
+
+    /// Serve `archive` on the archive routes (once; later calls are ignored).
+    pub fn set_archive(&self, archive: Arc<crate::archive::Archive>) {
+        let _ = self.archive.set(archive);
+    }
+
+    /// This member's archive, if it has one.
+    pub fn archive(&self) -> Option<&Arc<crate::archive::Archive>> {
+        self.archive.get()
     }
 
     /// How long an agent may stay silent before it is marked so (and stops being handed out as a peer).

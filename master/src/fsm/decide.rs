@@ -39,6 +39,9 @@ pub struct Decision {
     pub revision: u64,
     /// The replicated `min_command_version` after the entry (the node's proposal gate follows it).
     pub min_command_version: u64,
+    /// What the entry adds to the member's archive (accepted findings, transitions, ticket updates): fed to
+    /// `archive.rs` after the entry is written; not part of the replicated state.
+    pub archive: Vec<crate::archive::ArchiveEvent>,
 }
 
 /// Decide a whole entry: the commands in order, each seeing what the earlier ones wrote.
@@ -95,6 +98,8 @@ pub(super) struct Decider<'v> {
     pub(super) request_keys: u64,
     /// Catalog records read from the view by this entry (None: absent): findings look their checker up.
     pub(super) catalog_seen: BTreeMap<String, Option<crate::catalog::CheckerRecord>>,
+    /// The entry's archive events so far (see [`Decision::archive`]).
+    pub(super) archive: Vec<crate::archive::ArchiveEvent>,
 }
 
 impl<'v> Decider<'v> {
@@ -115,6 +120,7 @@ impl<'v> Decider<'v> {
             tally: Tally::default(),
             request_keys: MAX_REQUEST_KEYS,
             catalog_seen: BTreeMap::new(),
+            archive: Vec::new(),
         })
     }
 
@@ -129,6 +135,7 @@ impl<'v> Decider<'v> {
             tally: self.tally,
             revision: self.revision,
             min_command_version: self.min_version,
+            archive: self.archive,
         }
     }
 

@@ -76,10 +76,21 @@ impl Decider<'_> {
             *self.tally.transitions.entry((rec.id.kind().as_str(), t.to.as_str())).or_default() += 1;
         }
         let effects = sm_seam::effects_text(&out.effects);
+        if let Input::Ticket { ticket, update } = input {
+            self.archive.push(crate::archive::ArchiveEvent::Ticket(crate::archive::TicketRow {
+                time_ms: self.now,
+                object: rec.id.to_string(),
+                ticket: ticket.clone(),
+                status: update.as_str().into(),
+            }));
+        }
         rec.sm = out.next;
         match transition {
             Some(t) => {
                 let rev = self.change(rec, "transition", from, detail.clone());
+                self.archive.push(crate::archive::ArchiveEvent::Transition(
+                    crate::archive::TransitionRow::new(self.now, rec.id.to_string(), &t, input, rev),
+                ));
                 let mut detail = detail;
                 if !effects.is_empty() {
                     detail = format!("{detail}; effects: {effects}");
@@ -147,7 +158,12 @@ impl Decider<'_> {
         }
         self.canary_note(&f)?;
         if f.shadow {
-            return self.shadow_finding(f);
+            let archived = f.clone();
+            let r = self.shadow_finding(f)?;
+            if r.is_ok() {
+                self.archive.push(crate::archive::ArchiveEvent::Finding(archived));
+            }
+            return Ok(r);
         }
         let mut rec = match self.load(&id)? {
             Some(r) => r,
@@ -172,6 +188,7 @@ impl Decider<'_> {
         // Fault findings go into history even without a transition (operators ask "what did the checkers
         // see?"); healthy repeats only refresh the evidence, so they cannot push transitions out of history.
         let record = f.severity.is_fault();
+        self.archive.push(crate::archive::ArchiveEvent::Finding(f.clone()));
         rec.evidence.insert(f.checker.clone(), f);
         rec.findings_seen += 1;
         let step =
