@@ -34,6 +34,7 @@ pub const WATCH_MAX: Duration = Duration::from_secs(300);
 type Svc = Arc<Service>;
 
 mod catalog_routes;
+mod chart_routes;
 mod net_routes;
 pub mod portal;
 mod safety_routes;
@@ -55,6 +56,7 @@ pub fn router(svc: Svc) -> Router {
         .route("/api/v1/whoami", get(whoami))
         .merge(safety_routes::routes())
         .merge(catalog_routes::routes())
+        .merge(chart_routes::routes())
         .merge(net_routes::routes())
         .merge(portal::router())
         .fallback(|| async { HttpError(ApiError::not_found("no such route")) })
