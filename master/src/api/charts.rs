@@ -306,3 +306,106 @@ impl Service {
         racks_of(&r, label, kind).map_err(|e| ApiError::internal(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsm::counts::{hourly_key, scope_key};
+
+    /// A store holding exactly `rows` in `fsm_counts` (nothing else: default safety config, no scopes).
+    fn store(rows: &[(String, u64)]) -> (tempfile::TempDir, redb::Database) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("db.redb")).expect("db");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut t = txn.open_table(crate::store::COUNTS).expect("counts");
+            for (k, v) in rows {
+                t.insert(k.as_str(), crate::store::seal_u64(k, *v).as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+        (dir, db)
+    }
+
+    #[test]
+    fn the_heatmap_draws_at_most_the_limit_and_sums_the_rest_into_other() {
+        for racks in [MAX_HEATMAP_RACKS, MAX_HEATMAP_RACKS + 1, MAX_HEATMAP_RACKS + 7] {
+            let mut rows = Vec::new();
+            for i in 0..racks {
+                rows.push((scope_key(&format!("rack=r{i:04}"), "disk", "GOOD"), 10));
+                // The last racks have the most out of service, so they are the ones drawn first.
+                rows.push((scope_key(&format!("rack=r{i:04}"), "disk", "REPAIR"), i as u64 % 3 + 1));
+            }
+            rows.push((scope_key("rack=r0000", "machine", "ERROR"), 4));
+            rows.push((scope_key("pool=p1", "disk", "ERROR"), 99)); // another label: not counted
+            rows.push((hourly_key(0, "disk", "ERROR"), 5)); // not a scope row
+            let (_d, db) = store(&rows);
+            let r = Reader::new(&db).expect("reader");
+            let all = racks_of(&r, "rack", "").expect("racks");
+            assert!(all.scoped, "rack is a default scope label");
+            assert_eq!(all.racks_total, racks as u64);
+            assert_eq!(all.racks.len(), racks.min(MAX_HEATMAP_RACKS));
+            let shown: u64 = all.racks.iter().map(|x| x.total).sum();
+            let other = all.other.as_ref().map_or(0, |o| o.total);
+            let want: u64 = (0..racks as u64).map(|i| 10 + i % 3 + 1).sum::<u64>() + 4;
+            assert_eq!(shown + other, want, "{racks} racks: nothing lost");
+            assert_eq!(all.other_racks, (racks - racks.min(MAX_HEATMAP_RACKS)) as u64);
+            assert_eq!(all.other.is_some(), racks > MAX_HEATMAP_RACKS);
+            let r0 = all.racks.iter().find(|x| x.rack == "r0000");
+            if let Some(r0) = r0 {
+                assert_eq!(r0.counts.get("ERROR"), Some(&4));
+                assert_eq!(r0.out_of_service, 5);
+            }
+            assert!(
+                all.racks.windows(2).all(|w| w[0].out_of_service >= w[1].out_of_service),
+                "most out first"
+            );
+            let disks = racks_of(&r, "rack", "disk").expect("disk racks");
+            assert!(disks.racks.iter().all(|x| !x.counts.contains_key("ERROR")), "kind filter");
+        }
+    }
+
+    #[test]
+    fn transitions_chart_bins_hours_and_converts_quotas() {
+        let now = 1_800_000_000_000u64;
+        let last = counts::hour_of(now);
+        let rows = vec![
+            (hourly_key(last, "disk", "ERROR"), 3),
+            (hourly_key(last - HOUR_MS, "disk", "REPAIR"), 2),
+            (hourly_key(last - 167 * HOUR_MS, "disk", "ERROR"), 1),
+            (hourly_key(last - 168 * HOUR_MS, "disk", "ERROR"), 50), // outside 168 hours
+            (hourly_key(last, "machine", "GOOD"), 7),                // not a charted state
+        ];
+        let (_d, db) = store(&rows);
+        let r = Reader::new(&db).expect("reader");
+        let to = vec!["ERROR".to_string(), "REPAIR".to_string()];
+        let c = transitions_of(&r, now, 168, &to).expect("chart");
+        assert_eq!(c.hours_ms.len(), 168);
+        assert_eq!(c.hours_ms.last(), Some(&last));
+        assert_eq!(c.series.len(), 2, "{:?}", c.series);
+        let err = &c.series[0];
+        assert_eq!((err.kind.as_str(), err.to.as_str(), err.total), ("disk", "ERROR", 4));
+        assert_eq!((err.counts[0], err.counts[167]), (1, 3));
+        assert_eq!(c.series[1].counts[166], 2);
+        // The default quotas: disk 0.2%/h of an empty cluster is at least one, drawn as 1 per hour; the
+        // rack quota is per rack and not drawn.
+        let disk: Vec<_> = c.quotas.iter().filter(|q| q.kind == "disk").collect();
+        assert_eq!(disk.len(), 2, "{disk:?}");
+        assert_eq!((disk[0].limit, disk[0].per_hour), (Some(1), Some(1.0)));
+        assert_eq!((disk[1].scope.as_str(), disk[1].per_hour), ("rack", None));
+        assert!(disk[1].text.contains("not drawn"), "{}", disk[1].text);
+        let c = transitions_of(&r, now, 1, &to).expect("one hour");
+        assert_eq!(c.series[0].counts, vec![3]);
+    }
+
+    #[test]
+    fn bad_chart_queries_are_refused() {
+        assert_eq!(parse_transitions_query(0, "").expect("defaults").0, DEFAULT_CHART_HOURS);
+        assert_eq!(parse_transitions_query(MAX_CHART_HOURS, "error").expect("at the limit").1, vec!["ERROR"]);
+        assert!(parse_transitions_query(MAX_CHART_HOURS + 1, "").is_err());
+        assert!(parse_transitions_query(24, "ERROR,BROKEN").is_err());
+        assert!(parse_racks_query("rack;drop", "").is_err());
+        assert!(parse_racks_query("rack", "toaster").is_err());
+        assert_eq!(parse_racks_query("", "").expect("default"), ("rack".to_string(), String::new()));
+    }
+}
