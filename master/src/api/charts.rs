@@ -398,6 +398,48 @@ mod tests {
         assert_eq!(c.series[0].counts, vec![3]);
     }
 
+    /// Prints (never asserts) what the two reads cost at their bounds: every hourly row the counters can
+    /// hold (192 hours x 7 kinds x 8 states) and 2,500 racks (a 100,000-machine fleet) x 2 kinds x 3 states.
+    /// `cargo test -p master --lib chart_reads_at_full_counters -- --nocapture`
+    #[test]
+    fn chart_reads_at_full_counters_print_their_cost() {
+        let now = 1_800_000_000_000u64;
+        let last = counts::hour_of(now);
+        let mut rows = Vec::new();
+        for hr in 0..HOURLY_KEEP_HOURS {
+            for k in Kind::ALL {
+                for st in State::ALL {
+                    rows.push((hourly_key(last - hr * HOUR_MS, k.as_str(), st.as_str()), hr + 1));
+                }
+            }
+        }
+        let hourly = rows.len();
+        for i in 0..2_500 {
+            for k in ["machine", "disk"] {
+                for st in ["GOOD", "ERROR", "REPAIR"] {
+                    rows.push((scope_key(&format!("rack=r{i:05}"), k, st), 3));
+                }
+            }
+        }
+        let (_d, db) = store(&rows);
+        let r = Reader::new(&db).expect("reader");
+        let to = vec!["ERROR".to_string(), "REPAIR".to_string()];
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let c = transitions_of(&r, now, 168, &to).expect("chart");
+            let te = t.elapsed();
+            let t = std::time::Instant::now();
+            let h = racks_of(&r, "rack", "").expect("racks");
+            let he = t.elapsed();
+            let json = serde_json::to_vec(&c).expect("json").len() + serde_json::to_vec(&h).expect("json").len();
+            println!(
+                "charts: transitions over {hourly} hourly rows {te:?}; heatmap over {} racks (500 drawn) {he:?}; \
+                 answers {json} bytes",
+                h.racks_total
+            );
+        }
+    }
+
     #[test]
     fn bad_chart_queries_are_refused() {
         assert_eq!(parse_transitions_query(0, "").expect("defaults").0, DEFAULT_CHART_HOURS);

@@ -644,7 +644,7 @@
     const legend = h('div', { class: 'legend small' },
       data.to.map((t) => h('span', { class: 'key' }, h('span', { class: `swatch b-${t}` }), `into ${t}`)),
       quotas.map((q) => h('div', { class: 'muted', 'data-quota': q.scope }, q.per_hour !== null && q.per_hour !== undefined ? h('span', { class: 'swatch quota' }) : null, q.text)),
-      drawn.length ? h('div', { class: 'muted' }, `The quota counts entries into ${data.quota_states.join('/')} together (all bars of an hour stacked); bars are clock hours, the quota a sliding window.`) : null);
+      drawn.length ? h('div', { class: 'muted' }, `The quota counts entries into ${data.quota_states.join('/')} together (all bars of an hour stacked); bars are clock hours, the quota a sliding window; operator forces and approved proposals are not held by it.`) : null);
     const rows = hours.map((ms, i) => [hourText(ms), ...series.map((x) => String(x.counts[i]))]).filter((r) => r.slice(1).some((v) => v !== '0'));
     return h('div', { class: 'chart-box', 'data-kind': kind },
       h('h3', {}, `${kind} `, h('span', { class: 'muted small' }, `${num(total)} in ${hours.length} h`)), svg, legend,
