@@ -431,7 +431,8 @@ mod tests {
             let t = std::time::Instant::now();
             let h = racks_of(&r, "rack", "").expect("racks");
             let he = t.elapsed();
-            let json = serde_json::to_vec(&c).expect("json").len() + serde_json::to_vec(&h).expect("json").len();
+            let json =
+                serde_json::to_vec(&c).expect("json").len() + serde_json::to_vec(&h).expect("json").len();
             println!(
                 "charts: transitions over {hourly} hourly rows {te:?}; heatmap over {} racks (500 drawn) {he:?}; \
                  answers {json} bytes",
