@@ -577,7 +577,7 @@
   const SERIES_DAYS = 30;
   // Least time between two fetches of the overview's charts while changes stream in (the 5 s poll
   // re-renders the page, so a change is charted within this plus POLL_MS).
-  const CHART_MIN_GAP_MS = 2000;
+  const CHART_MIN_GAP_MS = 5000;
   function hourText(ms) {
     const d = new Date(ms);
     return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:00Z`;
