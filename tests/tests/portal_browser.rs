@@ -922,6 +922,33 @@ fn portal_charts_transitions_per_hour_and_the_rack_heatmap_from_a_real_cluster()
     rig.s.eval("scroll to the top", "window.scrollTo(0, 0); true");
     rig.s.shot(&format!("{}-1-transitions-and-racks", rig.prefix));
 
+    // At the heatmap's limit: 498 more racks (one machine each) make 501; 500 are drawn, the last one by
+    // name (none of the new ones is out of service) is summed into "other", and the page says so.
+    let extra = 501 - 3;
+    for i in 0..extra {
+        let host = format!("h{i:03}");
+        let objects =
+            vec![json!({ "id": format!("machine/{host}"), "labels": { "rack": format!("z{i:03}") } })];
+        api_as(m, "agent", "POST", "/api/v1/register", json!({ "host": host, "objects": objects }));
+    }
+    let racks = api(m, "GET", "/api/v1/charts/racks", Value::Null);
+    assert_eq!(racks["racks_total"], 501, "{}", racks["racks_total"]);
+    assert_eq!(racks["racks"].as_array().map(Vec::len), Some(500));
+    assert_eq!((racks["other_racks"].as_u64(), racks["other"]["total"].as_u64()), (Some(1), Some(1)));
+    let objects = 9 + extra;
+    let drawn = rig.s.wait(
+        "the heatmap at its limit",
+        &format!(
+            "(() => {{ const cells = [...document.querySelectorAll('#fleet-racks rect.cell')];              if (cells.length !== 501 * 8) return false;              const other = cells.filter((c) => c.dataset.other === 'true');              const sum = cells.reduce((a, c) => a + (+c.dataset.count), 0);              return JSON.stringify([other.length, sum, document.querySelector('#racks-note').textContent]); }})()"
+        ),
+    );
+    let (other, sum, note): (usize, u64, String) =
+        serde_json::from_str(drawn.as_str().expect("heatmap JSON")).expect("heatmap");
+    assert_eq!((other, sum), (8, objects as u64), "one 'other' row, every object counted once");
+    assert!(note.contains("501 rack values") && note.contains("the other 1 are summed"), "{note}");
+    rig.s.eval("scroll to the top", "window.scrollTo(0, 0); true");
+    rig.s.shot(&format!("{}-3-heatmap-at-the-limit", rig.prefix));
+
     // A bad query is refused and says why.
     let (status, body) = http(m, Some(m.token("read")), "GET", "/api/v1/charts/transitions?hours=1000", "");
     assert_eq!(status, 400, "{body}");

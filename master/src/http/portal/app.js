@@ -619,8 +619,8 @@
       svg.appendChild(s('text', { x: L - 4, y: y(v) + 4, class: 'tick', 'text-anchor': 'end', text: fmtNum(v) }));
     }
     hours.forEach((ms, i) => {
-      if (i % 24 === 0 || (new Date(ms)).getUTCHours() === 0) {
-        if ((new Date(ms)).getUTCHours() !== 0 && i !== 0) return;
+      // A tick and date at each UTC midnight.
+      if ((new Date(ms)).getUTCHours() === 0) {
         const d = new Date(ms);
         svg.appendChild(s('line', { x1: L + i * bw, x2: L + i * bw, y1: T + ph, y2: T + ph + 4, class: 'axis' }));
         svg.appendChild(s('text', { x: L + i * bw, y: H - B + 16, class: 'tick', text: `${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}` }));
