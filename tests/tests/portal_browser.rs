@@ -939,7 +939,12 @@ fn portal_charts_transitions_per_hour_and_the_rack_heatmap_from_a_real_cluster()
     let drawn = rig.s.wait(
         "the heatmap at its limit",
         &format!(
-            "(() => {{ const cells = [...document.querySelectorAll('#fleet-racks rect.cell')];              if (cells.length !== 501 * 8) return false;              const other = cells.filter((c) => c.dataset.other === 'true');              const sum = cells.reduce((a, c) => a + (+c.dataset.count), 0);              return JSON.stringify([other.length, sum, document.querySelector('#racks-note').textContent]); }})()"
+            "(() => {{ const cells = [...document.querySelectorAll('#fleet-racks rect.cell')]; \
+             if (cells.length !== {cells}) return false; \
+             const other = cells.filter((c) => c.dataset.other === 'true'); \
+             const sum = cells.reduce((a, c) => a + (+c.dataset.count), 0); \
+             return JSON.stringify([other.length, sum, document.querySelector('#racks-note').textContent]); }})()",
+            cells = 501 * 8
         ),
     );
     let (other, sum, note): (usize, u64, String) =
