@@ -701,10 +701,13 @@
     if (data.unavailable) return h('div', { class: 'empty panel', id: 'series-missing' }, `Archived readings unavailable: ${describeError(data.unavailable)}`);
     const pts = data.points || [];
     if (!pts.length) return h('div', { class: 'empty panel', id: 'series-empty' }, `No archived readings between ${utc(data.from_ms)} and ${utc(data.to_ms)}.`);
-    const t0 = data.from_ms || pts[0].time_ms, t1 = Math.max(data.to_ms || pts[pts.length - 1].time_ms, t0 + 1);
+    // The time axis spans the readings (not the whole asked window: a few readings of the last hour would
+    // be a sliver of 30 days); the window asked for is said above the charts.
+    const t0 = pts[0].time_ms, t1 = Math.max(pts[pts.length - 1].time_ms, t0 + 60000);
     const W = 720, L = 70, R = 10;
     const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
     const out = [];
+    out.push(h('p', { class: 'muted small', id: 'series-span' }, `${num(pts.length)} readings from ${utc(t0)} to ${utc(pts[pts.length - 1].time_ms)} (asked: ${utc(data.from_ms)} to ${utc(data.to_ms)}).`));
     if (data.truncated) out.push(h('p', { class: 'muted small' }, `The archive held more readings than it answers at once: the ${num(pts.length)} shown are a part of them.`));
     // Severity band per checker: one rect per run of equal severity.
     const checkers = [...new Set(pts.map((p) => p.checker))];
