@@ -922,6 +922,13 @@ fn portal_charts_transitions_per_hour_and_the_rack_heatmap_from_a_real_cluster()
     rig.s.eval("scroll to the top", "window.scrollTo(0, 0); true");
     rig.s.shot(&format!("{}-1-transitions-and-racks", rig.prefix));
 
+    // One kind only: the disks (2 per host).
+    let cells_sum = "[...document.querySelectorAll('#fleet-racks rect.cell')].reduce((a, c) => a + (+c.dataset.count), 0)";
+    rig.s.eval("count disks only", &set_value("#racks-kind", "disk"));
+    rig.s.wait("the heatmap counts the 6 disks", &format!("{cells_sum} === 6"));
+    rig.s.eval("count every kind", &set_value("#racks-kind", ""));
+    rig.s.wait("the heatmap counts the 9 objects", &format!("{cells_sum} === 9"));
+
     // At the heatmap's limit: 498 more racks (one machine each) make 501; 500 are drawn, the last one by
     // name (none of the new ones is out of service) is summed into "other", and the page says so.
     let extra = 501 - 3;

@@ -782,18 +782,23 @@
     const feed = h('div', { id: 'fleet-feed' });
     const trans = h('div', { id: 'fleet-transitions' });
     const heat = h('div', { id: 'fleet-racks' });
+    // The heatmap counts every kind (but checkers) unless one is chosen here.
+    const heatKind = h('select', { id: 'racks-kind', 'aria-label': 'kind counted in the heatmap' },
+      h('option', { value: '' }, 'every kind'), KINDS.filter((k) => k !== 'checker').map((k) => h('option', { value: k }, k)));
     let charts = { transitions: null, racks: null };
     let chartsLoading = false;
     let chartsRevision = -1;
     let chartsAt = 0;
     // The charts' data: fetched when the page opens and again when the revision moved (at most once per
     // poll: refreshPolled drives update()).
+    let chartsAgain = false;
     const loadCharts = async () => {
-      if (chartsLoading) return;
+      if (chartsLoading) { chartsAgain = true; return; }
+      chartsAgain = false;
       chartsLoading = true;
       chartsRevision = S.revision;
       chartsAt = Date.now();
-      const [t, r] = await Promise.allSettled([api(`/charts/transitions?hours=${CHART_HOURS}`), api('/charts/racks')]);
+      const [t, r] = await Promise.allSettled([api(`/charts/transitions?hours=${CHART_HOURS}`), api(`/charts/racks${heatKind.value ? `?kind=${encodeURIComponent(heatKind.value)}` : ''}`)]);
       charts = {
         transitions: t.status === 'fulfilled' ? t.value : { unavailable: t.reason },
         racks: r.status === 'fulfilled' ? r.value : { unavailable: r.reason },
@@ -801,6 +806,7 @@
       chartsLoading = false;
       replace(trans, transitionsCharts(charts.transitions));
       replace(heat, rackHeatmap(charts.racks));
+      if (chartsAgain) loadCharts();
     };
     append(main, h('h1', {}, 'Fleet overview'), cards,
       h('div', { class: 'cols' },
@@ -809,7 +815,8 @@
         h('div', {}, h('h2', {}, 'Alerts'), alerts, h('h2', {}, 'Recent changes ', h('a', { href: '#/events', class: 'small' }, 'all')), feed)),
       h('h2', {}, 'Scopes: level, quota use, pending proposals'), scopes,
       h('h2', {}, `Transitions into ERROR and REPAIR per hour, last ${CHART_HOURS / 24} days, by kind`), trans,
-      h('h2', {}, 'Objects per rack and state'), heat);
+      h('h2', {}, 'Objects per rack and state ', h('label', { class: 'small muted' }, 'kind ', heatKind)), heat);
+    heatKind.addEventListener('change', () => { chartsAt = 0; loadCharts(); });
     replace(trans, transitionsCharts(null));
     replace(heat, rackHeatmap(null));
     loadCharts();
