@@ -35,6 +35,7 @@ type Svc = Arc<Service>;
 
 mod archive_routes;
 mod catalog_routes;
+mod chart_routes;
 mod net_routes;
 pub mod portal;
 mod safety_routes;
@@ -57,6 +58,7 @@ pub fn router(svc: Svc) -> Router {
         .merge(safety_routes::routes())
         .merge(archive_routes::routes())
         .merge(catalog_routes::routes())
+        .merge(chart_routes::routes())
         .merge(net_routes::routes())
         .merge(portal::router())
         .fallback(|| async { HttpError(ApiError::not_found("no such route")) })

@@ -653,3 +653,404 @@ fn portal_follows_a_failing_disk_live_and_approves_a_proposal() {
     assert!(bad.is_empty(), "the page logged errors:\n{console}");
     println!("portal screenshots ({}) in {}", s.shots.len(), s.dir.display());
 }
+
+// ------------------------------------------------------------------------------------------------------------
+// Charts (issue 19): the overview's transitions per hour and rack heatmap, and an object's archived readings.
+
+/// A secured 3-node cluster and a browser signed in as operator, screenshots into
+/// `$CARGO_TARGET_TMPDIR/portal-charts/` (files named `PREFIX-*.png`, this test's old ones removed).
+struct ChartsRig {
+    _rt: tokio::runtime::Runtime,
+    _pki: tempfile::TempDir,
+    _cluster: LocalCluster,
+    m: Master,
+    s: Session,
+    prefix: &'static str,
+}
+
+fn charts_rig(prefix: &'static str) -> ChartsRig {
+    let Some(chromium) = cdp::find_chromium() else {
+        panic!(
+            "Chromium is needed for the portal chart tests and was not found on PATH: install the Debian \
+             package with `apt-get install -y chromium` (CI does), or set HUATUO_CHROMIUM to its path"
+        );
+    };
+    let bin = huatuo_bin();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let pki = tempfile::tempdir().expect("tempdir");
+    let sec = secure_setup(pki.path());
+    let cluster = LocalCluster::start_secure(&bin, 3, &sec.toml, sec.harness.clone()).expect("start cluster");
+    let Some(leader) = rt.block_on(cluster.wait_leader(READY_TIMEOUT)) else {
+        panic!("no leader; node 1 log:\n{}", cluster.log_tail(1));
+    };
+    let m = Master { addr: cluster.nodes[&leader].http.clone(), tls: sec.https.clone(), tokens: sec.tokens };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-charts");
+    std::fs::create_dir_all(&dir).expect("create screenshot dir");
+    for e in std::fs::read_dir(&dir).expect("list screenshot dir").flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let log = dir.join(format!("{prefix}-chromium.log"));
+    let trust = cdp::trust_spki_arg(&sec.server_cert).expect("pin the masters' key");
+    let browser = cdp::Browser::launch(&chromium, &log, &[trust])
+        .unwrap_or_else(|e| panic!("{e} (chromium log: {})", log.display()));
+    let mut s = Session { b: browser, dir, shots: Vec::new() };
+    // Sign in by the token the sign-in form would keep (the form itself is covered above).
+    let r = s.b.navigate(&format!("https://{}/", m.addr));
+    s.check("open the portal", r);
+    s.eval(
+        "keep the operator token",
+        &format!(
+            "sessionStorage.setItem('huatuo.token', {}); sessionStorage.setItem('huatuo.operator', 'charts-test'); true",
+            json!(m.token("operator"))
+        ),
+    );
+    let r = s.b.navigate(&format!("https://{}/#/", m.addr));
+    s.check("open the overview signed in", r);
+    s.wait("signed in", "document.querySelector('#who').textContent.includes('charts-test')");
+    ChartsRig { _rt: rt, _pki: pki, _cluster: cluster, m, s, prefix }
+}
+
+impl ChartsRig {
+    fn no_page_errors(&self) {
+        let console = self.s.b.console_text();
+        let bad: Vec<&str> = console
+            .lines()
+            .filter(|l| l.starts_with("EXCEPTION") || l.starts_with("console.error"))
+            .collect();
+        assert!(bad.is_empty(), "the page logged errors:\n{console}");
+    }
+}
+
+fn force_to(m: &Master, object: &str, to: &str) {
+    let body = json!({ "object": object, "kind": "force", "value": to, "by": "charts-test",
+        "reason": "portal chart test" });
+    let r = api(m, "POST", "/api/v1/commands", body);
+    assert!(r.get("error").is_none_or(|e| e.is_null()), "force {object} to {to}: {r}");
+}
+
+/// Transitions into ERROR/REPAIR since `since_ms` by (kind, state), recounted from every object's history.
+fn recount_transitions(m: &Master, since_ms: u64) -> BTreeMap<(String, String), u64> {
+    let list = api(m, "GET", "/api/v1/objects?limit=1000", Value::Null);
+    let mut out = BTreeMap::new();
+    for o in list["objects"].as_array().expect("objects") {
+        let id = o["id"].as_str().expect("id");
+        let d = api(m, "GET", &format!("/api/v1/objects/{id}"), Value::Null);
+        for e in d["history"].as_array().expect("history") {
+            let to = e["to_state"].as_str().unwrap_or("");
+            if e["what"] == "transition"
+                && (to == "ERROR" || to == "REPAIR")
+                && e["time_ms"].as_u64() >= Some(since_ms)
+            {
+                *out.entry((o["kind"].as_str().expect("kind").to_string(), to.to_string())).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The chart route's totals by (kind, state) (zero series left out).
+fn chart_totals(chart: &Value) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for x in chart["series"].as_array().expect("series") {
+        let total = x["total"].as_u64().expect("total");
+        if total > 0 {
+            out.insert(
+                (x["kind"].as_str().expect("kind").to_string(), x["to"].as_str().expect("to").to_string()),
+                total,
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn portal_charts_transitions_per_hour_and_the_rack_heatmap_from_a_real_cluster() {
+    let mut rig = charts_rig("overview");
+    let m = &rig.m;
+    let start = now_ms();
+    for (host, rack) in [("web-01", "r1"), ("web-02", "r2"), ("web-03", "r3")] {
+        let mut objects = vec![json!({ "id": format!("machine/{host}"), "labels": { "rack": rack } })];
+        for d in ["sda", "sdb"] {
+            objects.push(json!({ "id": format!("disk/{host}/{d}"), "labels": { "rack": rack } }));
+        }
+        api_as(m, "agent", "POST", "/api/v1/register", json!({ "host": host, "objects": objects }));
+    }
+    // Nothing moved yet: the overview says so rather than drawing empty charts.
+    rig.s.wait("no transitions yet", "!!document.querySelector('#transitions-empty')");
+    rig.s.wait(
+        "three racks in the heatmap",
+        "document.querySelectorAll('#fleet-racks rect.cell').length === 24",
+    );
+    // Transitions through the API along the state machines' edges (operator forces pass the quotas, so
+    // the disk bars go over the line).
+    for (object, to) in [
+        ("disk/web-01/sda", "ERROR"),
+        ("disk/web-01/sdb", "ERROR"),
+        ("disk/web-02/sda", "ERROR"),
+        ("disk/web-01/sda", "REPAIR"),
+        ("disk/web-02/sda", "REPAIR"),
+        ("machine/web-03", "ERROR"),
+    ] {
+        force_to(m, object, to);
+    }
+    // The route answers what the histories hold (at least what the test did; more if a state machine
+    // moved on by itself), and stays equal to it.
+    let mut chart = Value::Null;
+    wait_api("the transitions chart equals a recount of the histories", || {
+        let want = recount_transitions(m, start.saturating_sub(3_600_000));
+        chart = api(m, "GET", "/api/v1/charts/transitions?hours=168", Value::Null);
+        chart_totals(&chart) == want
+    });
+    let totals = chart_totals(&chart);
+    for (kind, to, n) in [("disk", "ERROR", 3), ("disk", "REPAIR", 2), ("machine", "ERROR", 1)] {
+        let got = totals.get(&(kind.to_string(), to.to_string())).copied().unwrap_or(0);
+        assert!(got >= n, "{kind} into {to}: {got} < {n} the test forced: {chart}");
+    }
+    assert_eq!(chart["hours_ms"].as_array().map(Vec::len), Some(168), "{chart}");
+
+    // The page draws one chart per kind, one bar per (hour, state) with transitions, with the counts in
+    // the titles, and the cluster quota's line.
+    let kinds: Vec<String> = {
+        let mut k: Vec<String> = totals.keys().map(|(k, _)| k.clone()).collect();
+        k.dedup();
+        k
+    };
+    let expr = format!(
+        "(() => {{ const svgs = [...document.querySelectorAll('#fleet-transitions svg.transitions')]; \
+         if (svgs.length !== {n}) return false; \
+         const bars = svgs.flatMap((svg) => [...svg.querySelectorAll('rect.bar')].map((b) => [svg.dataset.kind, \
+         b.dataset.to, +b.dataset.count, b.querySelector('title').textContent])); \
+         if (bars.reduce((a, b) => a + b[2], 0) !== {sum}) return false; return JSON.stringify(bars); }})()",
+        n = kinds.len(),
+        sum = totals.values().sum::<u64>()
+    );
+    let bars = rig.s.wait("charts drawn with every transition", &expr);
+    let bars: Vec<(String, String, u64, String)> =
+        serde_json::from_str(bars.as_str().expect("bars JSON")).expect("bars");
+    let mut want_bars = 0;
+    for x in chart["series"].as_array().expect("series") {
+        let (kind, to) = (x["kind"].as_str().expect("kind"), x["to"].as_str().expect("to"));
+        let hours: Vec<u64> =
+            x["counts"].as_array().expect("counts").iter().filter_map(Value::as_u64).collect();
+        let drawn: Vec<&(String, String, u64, String)> =
+            bars.iter().filter(|b| b.0 == kind && b.1 == to).collect();
+        assert_eq!(
+            drawn.len(),
+            hours.iter().filter(|n| **n > 0).count(),
+            "{kind} into {to}: one bar per hour with any"
+        );
+        assert_eq!(
+            drawn.iter().map(|b| b.2).sum::<u64>(),
+            x["total"].as_u64().expect("total"),
+            "{kind} {to}"
+        );
+        for b in drawn {
+            assert!(
+                b.3.starts_with(&format!("{kind} into {to}: {} in the hour from ", b.2)),
+                "title: {}",
+                b.3
+            );
+        }
+        want_bars += hours.iter().filter(|n| **n > 0).count();
+    }
+    assert_eq!(bars.len(), want_bars, "no other bars: {bars:?}");
+    let quota = chart["quotas"]
+        .as_array()
+        .expect("quotas")
+        .iter()
+        .find(|q| q["kind"] == "disk" && q["scope"] == "cluster")
+        .cloned()
+        .unwrap_or_else(|| panic!("the default disk quota: {chart}"));
+    let line = rig.s.eval(
+        "the disk quota line",
+        "document.querySelector('#fleet-transitions svg.transitions[data-kind=\"disk\"] .quota-line')?.dataset.perHour ?? null",
+    );
+    let drawn: f64 =
+        line.as_str().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no quota line: {line}"));
+    assert!((drawn - quota["per_hour"].as_f64().expect("per_hour")).abs() < 1e-9, "{drawn} vs {quota}");
+    let legend = rig.s.eval(
+        "the legend says what the line is",
+        "document.querySelector('.chart-box[data-kind=\"disk\"] .legend').textContent",
+    );
+    assert!(
+        legend.as_str().is_some_and(|l| l.contains("per sliding") && l.contains("not drawn")),
+        "{legend}"
+    );
+    let table_rows = rig.s.eval(
+        "a table twin for screen readers",
+        "document.querySelectorAll('.chart-box[data-kind=\"disk\"] table.sr-only tbody tr').length",
+    );
+    assert!(table_rows.as_u64().is_some_and(|n| n >= 1), "{table_rows}");
+
+    // The heatmap: 3 racks x 8 states, each cell's count and title equal to the summary's rack scopes.
+    let summary = api(m, "GET", "/api/v1/summary", Value::Null);
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for sc in summary["scopes"].as_array().expect("scopes") {
+        let Some(rack) = sc["scope"].as_str().and_then(|x| x.strip_prefix("rack=")) else { continue };
+        for c in sc["states"].as_array().expect("states") {
+            *want.entry((rack.to_string(), c["state"].as_str().expect("state").to_string())).or_default() +=
+                c["count"].as_u64().expect("count");
+        }
+    }
+    let expect_cells =
+        want.iter().filter(|(_, n)| **n > 0).map(|((r, s), n)| format!("{r}/{s}/{n}")).collect::<Vec<_>>();
+    let expr = format!(
+        "(() => {{ const cells = [...document.querySelectorAll('#fleet-racks rect.cell')]; if (cells.length !== 24) \
+         return false; const nz = cells.filter((c) => +c.dataset.count > 0).map((c) => `${{c.dataset.rack}}/${{c.dataset.state}}/${{c.dataset.count}}`).sort(); \
+         return JSON.stringify(nz) === {want} ? JSON.stringify(cells.map((c) => c.querySelector('title').textContent)) : false; }})()",
+        want = json!(
+            serde_json::to_string(&{
+                let mut v = expect_cells.clone();
+                v.sort();
+                v
+            })
+            .expect("json")
+        )
+    );
+    let titles = rig.s.wait("heatmap cells equal the rack counts", &expr);
+    let titles: Vec<String> = serde_json::from_str(titles.as_str().expect("titles")).expect("titles JSON");
+    for ((rack, state), n) in &want {
+        let total: u64 = want.iter().filter(|((r, _), _)| r == rack).map(|(_, n)| n).sum();
+        let t = format!("rack {rack}, {state}: {n} of {total} objects");
+        assert!(titles.iter().any(|x| x.starts_with(&t)), "no cell titled {t:?} in {titles:?}");
+    }
+    let note = rig.s.eval("the heatmap note", "document.querySelector('#racks-note').textContent");
+    assert!(note.as_str().is_some_and(|n| n.contains("3 rack values")), "{note}");
+    // The screenshot is of the whole page: scrolled to the top, sticky headers stay where they belong.
+    rig.s.eval("scroll to the top", "window.scrollTo(0, 0); true");
+    rig.s.shot(&format!("{}-1-transitions-and-racks", rig.prefix));
+
+    // One kind only: the disks (2 per host).
+    let cells_sum = "[...document.querySelectorAll('#fleet-racks rect.cell')].reduce((a, c) => a + (+c.dataset.count), 0)";
+    rig.s.eval("count disks only", &set_value("#racks-kind", "disk"));
+    rig.s.wait("the heatmap counts the 6 disks", &format!("{cells_sum} === 6"));
+    rig.s.eval("count every kind", &set_value("#racks-kind", ""));
+    rig.s.wait("the heatmap counts the 9 objects", &format!("{cells_sum} === 9"));
+
+    // At the heatmap's limit: 498 more racks (one machine each) make 501; 500 are drawn, the last one by
+    // name (none of the new ones is out of service) is summed into "other", and the page says so.
+    let extra = 501 - 3;
+    for i in 0..extra {
+        let host = format!("h{i:03}");
+        let objects =
+            vec![json!({ "id": format!("machine/{host}"), "labels": { "rack": format!("z{i:03}") } })];
+        api_as(m, "agent", "POST", "/api/v1/register", json!({ "host": host, "objects": objects }));
+    }
+    let racks = api(m, "GET", "/api/v1/charts/racks", Value::Null);
+    assert_eq!(racks["racks_total"], 501, "{}", racks["racks_total"]);
+    assert_eq!(racks["racks"].as_array().map(Vec::len), Some(500));
+    assert_eq!((racks["other_racks"].as_u64(), racks["other"]["total"].as_u64()), (Some(1), Some(1)));
+    let objects = 9 + extra;
+    let drawn = rig.s.wait(
+        "the heatmap at its limit",
+        &format!(
+            "(() => {{ const cells = [...document.querySelectorAll('#fleet-racks rect.cell')]; \
+             if (cells.length !== {cells}) return false; \
+             const other = cells.filter((c) => c.dataset.other === 'true'); \
+             const sum = cells.reduce((a, c) => a + (+c.dataset.count), 0); \
+             return JSON.stringify([other.length, sum, document.querySelector('#racks-note').textContent]); }})()",
+            cells = 501 * 8
+        ),
+    );
+    let (other, sum, note): (usize, u64, String) =
+        serde_json::from_str(drawn.as_str().expect("heatmap JSON")).expect("heatmap");
+    assert_eq!((other, sum), (8, objects as u64), "one 'other' row, every object counted once");
+    assert!(note.contains("501 rack values") && note.contains("the other 1 are summed"), "{note}");
+    rig.s.eval("scroll to the top", "window.scrollTo(0, 0); true");
+    rig.s.shot(&format!("{}-3-heatmap-at-the-limit", rig.prefix));
+
+    // A bad query is refused and says why.
+    let (status, body) = http(m, Some(m.token("read")), "GET", "/api/v1/charts/transitions?hours=1000", "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("at most 192"), "{body}");
+
+    // The object page without an archive: says so, no error.
+    rig.s.eval("open a disk", "location.hash = '#/object/disk%2Fweb-01%2Fsda'");
+    rig.s.wait(
+        "the readings section answers",
+        "!!document.querySelector('#series-missing, #series-charts, #series-empty')",
+    );
+    rig.s.shot(&format!("{}-2-object-readings-section", rig.prefix));
+    rig.no_page_errors();
+    println!("chart screenshots ({}) in {}", rig.s.shots.len(), rig.s.dir.display());
+}
+
+/// Needs the archive route `GET /api/v1/objects/{id}/series` of the `export` branch: fails (never skips)
+/// with a message saying the archive is missing when the master does not answer it.
+#[test]
+fn portal_object_page_charts_archived_readings() {
+    let mut rig = charts_rig("object");
+    let m = &rig.m;
+    let objects = vec![
+        json!({ "id": "machine/web-01", "labels": { "rack": "r1" } }),
+        json!({ "id": "disk/web-01/sda", "labels": { "rack": "r1" } }),
+    ];
+    api_as(m, "agent", "POST", "/api/v1/register", json!({ "host": "web-01", "objects": objects }));
+    // Three readings a minute apart: smart_5_raw and score change, temperature does not.
+    let t0 = now_ms() - 180_000;
+    for (i, (sev, raw, score)) in
+        [("GOOD", "0", "3"), ("WARNING", "8", "2"), ("WARNING", "24", "1")].iter().enumerate()
+    {
+        let f = json!({ "findings": [{
+            "object": "disk/web-01/sda", "severity": sev, "checker": "disk", "version": "1.0.0", "rule": "smart",
+            "evidence": "smart attributes", "time_ms": t0 + 60_000 * i as u64,
+            "readings": { "smart_5_raw": raw, "score": score, "temperature_c": "38" },
+        }]});
+        api_as(m, "agent", "POST", "/api/v1/findings", f);
+    }
+    let path = "/api/v1/objects/disk/web-01/sda/series?days=30";
+    let (status, body) = http(m, Some(m.token("read")), "GET", path, "");
+    let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert!(
+        status == 200 && parsed["points"].is_array(),
+        "the archive is missing: GET {path} answered {status} {body} (this test needs the `export` branch's \
+         archive route, GET /api/v1/objects/{{id}}/series -> {{object, from_ms, to_ms, truncated, points}})"
+    );
+    let mut series = Value::Null;
+    wait_api("the archive holds the three readings", || {
+        series = api(m, "GET", path, Value::Null);
+        series["points"].as_array().is_some_and(|p| p.len() >= 3)
+    });
+    // The keys whose value changes get a chart each; the rest are listed as unchanged.
+    let points = series["points"].as_array().expect("points");
+    let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for p in points {
+        for (k, v) in p["values"].as_object().into_iter().flatten() {
+            if let Some(v) = v.as_f64() {
+                values.entry(k.clone()).or_default().push(v);
+            }
+        }
+    }
+    let changing: Vec<String> =
+        values.iter().filter(|(_, v)| v.iter().any(|x| *x != v[0])).map(|(k, _)| k.clone()).collect();
+    assert!(changing.iter().any(|k| k == "smart_5_raw"), "smart_5_raw changes: {series}");
+    rig.s.eval("open the disk", "location.hash = '#/object/disk%2Fweb-01%2Fsda'");
+    let drawn = rig.s.wait(
+        "a chart per changing value",
+        "document.querySelector('#series-charts') && JSON.stringify([...document.querySelectorAll('#series-charts svg.line')].map((s) => s.dataset.key).sort())",
+    );
+    let drawn: Vec<String> = serde_json::from_str(drawn.as_str().expect("keys")).expect("keys JSON");
+    assert_eq!(drawn, changing, "{series}");
+    let bands = rig.s.eval(
+        "the severity band",
+        "JSON.stringify([...document.querySelectorAll('#series-charts svg.band rect.sev')].map((r) => r.dataset.severity))",
+    );
+    let bands: Vec<String> = serde_json::from_str(bands.as_str().expect("bands")).expect("bands JSON");
+    assert!(bands.contains(&"GOOD".to_string()) && bands.contains(&"WARNING".to_string()), "{bands:?}");
+    // Hover at the right end shows the newest value and its time.
+    let last = values["smart_5_raw"].last().copied().expect("a value");
+    let readout = rig.s.eval(
+        "hover the smart_5_raw chart",
+        "(() => { const svg = document.querySelector('#series-charts svg.line[data-key=\"smart_5_raw\"]'); \
+         const b = svg.getBoundingClientRect(); svg.dispatchEvent(new MouseEvent('mousemove', { clientX: b.right - 2, \
+         clientY: b.top + 10, bubbles: true })); return svg.querySelector('.readout').textContent; })()",
+    );
+    assert!(
+        readout.as_str().is_some_and(|r| r.starts_with(&format!("smart_5_raw = {last} at "))),
+        "readout {readout} (newest value {last})"
+    );
+    rig.s.shot(&format!("{}-1-readings", rig.prefix));
+    rig.no_page_errors();
+}

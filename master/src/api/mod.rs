@@ -32,6 +32,7 @@ use crate::raft::{ProposeError, RaftNode, Role};
 use crate::store::{Reader, StoreError};
 
 pub mod catalog;
+pub mod charts;
 pub mod cluster;
 pub mod duties;
 pub mod heartbeats;

@@ -20,7 +20,10 @@ fn store_err(e: StoreError) -> ApiError {
 pub fn summary_of(r: &Reader) -> Result<SummaryView, StoreError> {
     let mut fleet = Vec::new();
     let mut scopes: BTreeMap<String, ScopeSummaryView> = BTreeMap::new();
-    for (key, count) in r.counts("")? {
+    // The fleet's and the scopes' rows only (not the hourly transition counters).
+    let mut rows = r.counts(counts::FLEET)?;
+    rows.extend(r.counts(counts::SCOPE)?);
+    for (key, count) in rows {
         let Some((scope, kind, state)) = counts::parse_key(&key) else { continue };
         let c = StateCountView { kind: kind.to_string(), state: state.to_string(), count };
         match scope {

@@ -14,6 +14,15 @@
 //! `rack=r1`, ...; objects of kind `checker` count in the fleet only, like the scope populations). Kinds and
 //! states never contain `/`; a scope may (label values), so keys are split from the right.
 //!
+//! Hourly transition counters (issue 19, the portal's charts): `h/HOUR_MS/KIND/STATE` (HOUR_MS the start of
+//! the entry's hour, zero-padded to 20 digits so that key order is time order) counts the transitions of
+//! objects of KIND into STATE applied by entries stamped in that hour. Incremented in
+//! `objects.rs` `store_outcome`, where every transition is applied (the same place as the node's
+//! `huatuo_master_transitions_total`); pruned by the entry's time, never a clock: the first transition of a
+//! (hour, kind, state) removes every row older than [`HOURLY_KEEP_HOURS`] before that hour. They have no
+//! recount from the objects (objects do not remember every transition): a store or snapshot from before
+//! them starts with none, and the recounts above leave them alone.
+//!
 //! Recounted from the objects once (the same [`Recount`] everywhere): by `store::open_store` when a store
 //! has objects but no counts (written by a binary before the counters), by a restore of a snapshot older
 //! than format v5, and in `decide` after a safety-config change re-scopes (scope counts only).
@@ -31,6 +40,37 @@ use crate::store::StoreError;
 pub const FLEET: &str = "f/";
 /// Prefix of the per-scope counts.
 pub const SCOPE: &str = "s/";
+
+/// Prefix of the hourly transition counters.
+pub const HOURLY: &str = "h/";
+/// One hour in milliseconds: the hourly counters' bucket.
+pub const HOUR_MS: u64 = 3_600_000;
+/// Hours of hourly counters kept (8 days): the portal draws the last 7 days (168 hours), plus a day so the
+/// oldest drawn hour is complete whatever the leader's clock skew. Bounds the rows to
+/// 192 x kinds x states (about 10,000).
+pub const HOURLY_KEEP_HOURS: u64 = 192;
+
+/// The start of the hour `time_ms` falls in.
+pub fn hour_of(time_ms: u64) -> u64 {
+    time_ms - time_ms % HOUR_MS
+}
+
+/// The hourly key of transitions into `state` of objects of `kind` in the hour starting at `hour_ms`.
+pub fn hourly_key(hour_ms: u64, kind: &str, state: &str) -> String {
+    format!("{HOURLY}{hour_ms:020}/{kind}/{state}")
+}
+
+/// What an hourly key names: (hour start ms, kind, state); None for a key of another shape.
+pub fn parse_hourly(key: &str) -> Option<(u64, &str, &str)> {
+    let rest = key.strip_prefix(HOURLY)?;
+    let mut parts = rest.splitn(3, '/');
+    let hour = parts.next()?;
+    if hour.len() != 20 {
+        return None;
+    }
+    let hour = hour.parse().ok()?;
+    Some((hour, parts.next()?, parts.next()?))
+}
 
 /// The fleet key of (kind, state).
 pub fn fleet_key(kind: &str, state: &str) -> String {
@@ -179,6 +219,28 @@ impl Decider<'_> {
                 self.w.repair.insert(k, Some(r.id.to_string()));
             }
         }
+        Ok(())
+    }
+
+    /// Count one transition of an object of `kind` into `state` at this entry's time, pruning rows older
+    /// than [`HOURLY_KEEP_HOURS`] when it is the first of its (hour, kind, state): at most once per hour and
+    /// pair, each a read of at most 192 x kinds x states rows.
+    pub(super) fn count_transition(&mut self, kind: &str, state: &str) -> Result<(), StoreError> {
+        let hour = hour_of(self.now);
+        let key = hourly_key(hour, kind, state);
+        let n = self.count_of(&key)?;
+        if n == 0 {
+            let keep_from = hour.saturating_sub(HOURLY_KEEP_HOURS * HOUR_MS);
+            for (k, _) in self.view.counts(HOURLY)? {
+                match parse_hourly(&k) {
+                    Some((h, _, _)) if h < keep_from => {
+                        self.w.counts.insert(k, 0);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.w.counts.insert(key, n + 1);
         Ok(())
     }
 

@@ -74,6 +74,7 @@ impl Decider<'_> {
         let transition = out.transition.clone();
         if let Some(t) = &transition {
             *self.tally.transitions.entry((rec.id.kind().as_str(), t.to.as_str())).or_default() += 1;
+            self.count_transition(rec.id.kind().as_str(), t.to.as_str())?;
         }
         let effects = sm_seam::effects_text(&out.effects);
         if let Input::Ticket { ticket, update } = input {

@@ -187,7 +187,8 @@ impl<'t> Tables<'t> {
             r.add(&cfg, &rec);
             objects += 1;
         }
-        self.counts.retain(|_, _| false)?;
+        // The hourly transition counters are not derived from the objects: kept as they are.
+        self.counts.retain(|k, _| k.starts_with(super::counts::HOURLY))?;
         self.repair.retain(|_, _| false)?;
         let repair = r.queue.into_iter().map(|(k, v)| (k, Some(v))).collect();
         self.write_counts(&r.counts, &repair)?;

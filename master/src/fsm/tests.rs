@@ -470,6 +470,7 @@ mod safety;
 
 mod catalog;
 mod counts;
+mod hourly;
 mod integrity;
 mod pages;
 pub(crate) mod props;

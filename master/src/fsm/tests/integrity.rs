@@ -378,6 +378,9 @@ fn a_store_written_before_checksums_is_sealed_in_place_once() {
     assert!(h.reader().object("disk/h1/sda").is_err());
     let report = crate::store::open_store(&h.db).expect("upgrade");
     assert!(report.upgraded && report.records > 5, "{report:?}");
+    // Same state, byte for byte, but for the hourly transition counters (a binary that old had none, and
+    // they cannot be recounted).
+    let snapshot = crate::fsm::snapshot::without_hourly_for_test(&snapshot);
     assert_eq!(h.snapshot(), snapshot, "same state, byte for byte");
     assert_eq!(h.events(1), events);
     let again = crate::store::open_store(&h.db).expect("open again");

@@ -565,6 +565,214 @@
     for (const o of S.objects.values()) if (o.kind === 'machine') hosts.add(o.host);
     return hosts.size;
   }
+  // ---------------------------------------------------------------- charts (SVG drawn here, no library)
+  // Transitions per hour per kind (GET /charts/transitions, the master's hourly counters), the rack x state
+  // heatmap (GET /charts/racks, the per-scope counters) and an object's archived readings
+  // (GET /objects/<id>/series). Every mark has a <title> (hover shows value and time) and every chart has a
+  // table twin for screen readers.
+  const CHART_HOURS = 168;
+  // Racks the heatmap draws (the master sums the rest into "other"; MAX_HEATMAP_RACKS there).
+  const HEATMAP_MAX = 500;
+  // Days of archived readings the object page asks for (the archive answers at most 2,000 points).
+  const SERIES_DAYS = 30;
+  // Least time between two fetches of the overview's charts while changes stream in (the 5 s poll
+  // re-renders the page, so a change is charted within this plus POLL_MS).
+  const CHART_MIN_GAP_MS = 5000;
+  function hourText(ms) {
+    const d = new Date(ms);
+    return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:00Z`;
+  }
+  function niceMax(v) {
+    if (v <= 1) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  }
+  function fmtNum(v) {
+    if (typeof v !== 'number' || !isFinite(v)) return String(v);
+    if (Number.isInteger(v)) return v.toLocaleString('en-US');
+    return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toPrecision(3);
+  }
+  function srTable(caption, head, rows) {
+    return h('table', { class: 'sr-only' }, h('caption', {}, caption),
+      h('thead', {}, h('tr', {}, head.map((x) => h('th', { scope: 'col' }, x)))),
+      h('tbody', {}, rows.map((r) => h('tr', {}, r.map((x) => h('td', {}, x))))));
+  }
+  // One kind's chart: stacked bars (one per target state) per hour, the cluster quota as a dashed line.
+  function transitionsChart(data, kind) {
+    const W = 720, H = 150, L = 40, R = 10, T = 10, B = 28;
+    const hours = data.hours_ms;
+    const series = data.series.filter((x) => x.kind === kind);
+    const quotas = data.quotas.filter((q) => q.kind === kind);
+    const drawn = quotas.filter((q) => q.per_hour !== null && q.per_hour !== undefined);
+    let max = 0;
+    hours.forEach((_, i) => { max = Math.max(max, series.reduce((a, x) => a + x.counts[i], 0)); });
+    for (const q of drawn) max = Math.max(max, q.per_hour);
+    const top = niceMax(max);
+    const pw = W - L - R, ph = H - T - B, bw = pw / hours.length;
+    const y = (v) => T + ph - (v / top) * ph;
+    const total = series.reduce((a, x) => a + x.total, 0);
+    const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'chart transitions', role: 'img', 'data-kind': kind, 'aria-labelledby': `tt-${kind}` },
+      s('title', { id: `tt-${kind}`, text: `${kind}: ${total} transitions into ${data.to.join(' or ')} in the last ${hours.length} hours` }));
+    for (const v of [0, top / 2, top]) {
+      svg.appendChild(s('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid' }));
+      svg.appendChild(s('text', { x: L - 4, y: y(v) + 4, class: 'tick', 'text-anchor': 'end', text: fmtNum(v) }));
+    }
+    hours.forEach((ms, i) => {
+      // A tick and date at each UTC midnight.
+      if ((new Date(ms)).getUTCHours() === 0) {
+        const d = new Date(ms);
+        svg.appendChild(s('line', { x1: L + i * bw, x2: L + i * bw, y1: T + ph, y2: T + ph + 4, class: 'axis' }));
+        svg.appendChild(s('text', { x: L + i * bw, y: H - B + 16, class: 'tick', text: `${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}` }));
+      }
+      let acc = 0;
+      for (const x of series) {
+        const n = x.counts[i];
+        if (!n) continue;
+        svg.appendChild(s('rect', { x: L + i * bw + 0.5, y: y(acc + n), width: Math.max(1, bw - 1), height: y(acc) - y(acc + n), class: `bar f-${x.to}`, 'data-hour': ms, 'data-to': x.to, 'data-count': n },
+          s('title', { text: `${kind} into ${x.to}: ${n} in the hour from ${hourText(ms)}` })));
+        acc += n;
+      }
+    });
+    svg.appendChild(s('line', { x1: L, x2: W - R, y1: T + ph, y2: T + ph, class: 'axis' }));
+    svg.appendChild(s('text', { x: 4, y: T + ph / 2, class: 'axis-label', transform: `rotate(-90 10 ${T + ph / 2})`, 'text-anchor': 'middle', text: 'per hour' }));
+    svg.appendChild(s('text', { x: W - R, y: H - 2, class: 'axis-label', 'text-anchor': 'end', text: 'hour (UTC)' }));
+    for (const q of drawn) {
+      svg.appendChild(s('line', { x1: L, x2: W - R, y1: y(q.per_hour), y2: y(q.per_hour), class: 'quota-line', 'data-per-hour': q.per_hour },
+        s('title', { text: q.text })));
+    }
+    const legend = h('div', { class: 'legend small' },
+      data.to.map((t) => h('span', { class: 'key' }, h('span', { class: `swatch b-${t}` }), `into ${t}`)),
+      quotas.map((q) => h('div', { class: 'muted', 'data-quota': q.scope }, q.per_hour !== null && q.per_hour !== undefined ? h('span', { class: 'swatch quota' }) : null, q.text)),
+      drawn.length ? h('div', { class: 'muted' }, `The quota counts entries into ${data.quota_states.join('/')} together (all bars of an hour stacked); bars are clock hours, the quota a sliding window; operator forces and approved proposals are not held by it.`) : null);
+    const rows = hours.map((ms, i) => [hourText(ms), ...series.map((x) => String(x.counts[i]))]).filter((r) => r.slice(1).some((v) => v !== '0'));
+    return h('div', { class: 'chart-box', 'data-kind': kind },
+      h('h3', {}, `${kind} `, h('span', { class: 'muted small' }, `${num(total)} in ${hours.length} h`)), svg, legend,
+      srTable(`${kind}: transitions per hour (hours with none left out)`, ['hour', ...series.map((x) => `into ${x.to}`)], rows));
+  }
+  function transitionsCharts(data) {
+    if (!data) return h('div', { class: 'empty panel' }, 'Loading…');
+    if (data.unavailable) return h('div', { class: 'empty panel' }, `Transition counts unavailable: ${describeError(data.unavailable)}`);
+    const kinds = [...new Set(data.series.map((x) => x.kind))];
+    if (!kinds.length) return h('div', { class: 'empty panel', id: 'transitions-empty' }, `No transitions into ${data.to.join(' or ')} in the last ${data.hours_ms.length} hours.`);
+    return h('div', { class: 'charts' }, kinds.map((k) => transitionsChart(data, k)));
+  }
+  const HEAT_FAMILY = { GOOD: 'good', SLOW: 'warn', WARNING: 'warn', ERROR: 'bad', FIX: 'bad', REPAIR: 'bad', NEWBIE: 'new', TEST: 'new' };
+  function rackHeatmap(data) {
+    if (!data) return h('div', { class: 'empty panel' }, 'Loading…');
+    if (data.unavailable) return h('div', { class: 'empty panel' }, `Rack counts unavailable: ${describeError(data.unavailable)}`);
+    if (!data.scoped) return h('div', { class: 'empty panel' }, `"${data.label}" is not a scope label of the safety config, so the master keeps no counts per ${data.label}.`);
+    const rows = data.other ? data.racks.concat([data.other]) : data.racks;
+    if (!rows.length) return h('div', { class: 'empty panel', id: 'racks-empty' }, `No objects carry a ${data.label} label.`);
+    const states = data.states;
+    const CW = 64, CH = 18, L = 110, T = 22;
+    const W = L + CW * states.length + 60, H = T + CH * rows.length + 4;
+    const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'chart heatmap', role: 'img', 'aria-labelledby': 'heat-title' },
+      s('title', { id: 'heat-title', text: `Objects per ${data.label} and state: ${data.racks_total} ${data.label} values` }));
+    states.forEach((st, j) => svg.appendChild(s('text', { x: L + j * CW + CW / 2, y: 14, class: 'tick', 'text-anchor': 'middle', text: st })));
+    svg.appendChild(s('text', { x: L + states.length * CW + 30, y: 14, class: 'tick', 'text-anchor': 'middle', text: 'total' }));
+    rows.forEach((r, i) => {
+      const yy = T + i * CH;
+      const name = r === data.other ? `other (${data.other_racks})` : r.rack;
+      svg.appendChild(s('text', { x: L - 6, y: yy + 13, class: 'tick', 'text-anchor': 'end', text: short(name, 16) }, s('title', { text: name })));
+      states.forEach((st, j) => {
+        const n = r.counts[st] || 0;
+        const share = r.total ? n / r.total : 0;
+        const pct = (share * 100).toFixed(share && share < 0.1 ? 1 : 0);
+        svg.appendChild(s('rect', { x: L + j * CW + 1, y: yy + 1, width: CW - 2, height: CH - 2, class: `cell h-${n ? HEAT_FAMILY[st] || 'new' : 'zero'}`, 'fill-opacity': n ? (0.15 + 0.85 * share).toFixed(3) : 1, 'data-rack': r === data.other ? '' : r.rack, 'data-other': r === data.other ? 'true' : null, 'data-state': st, 'data-count': n },
+          s('title', { text: `${data.label} ${name}, ${st}: ${n} of ${r.total} objects (${pct}%)` })));
+        if (n) svg.appendChild(s('text', { x: L + j * CW + CW / 2, y: yy + 13, class: `cell-num${share > 0.55 ? ' on-dark' : ''}`, 'text-anchor': 'middle', text: fmtNum(n) }));
+      });
+      svg.appendChild(s('text', { x: L + states.length * CW + 30, y: yy + 13, class: 'tick', 'text-anchor': 'middle', text: fmtNum(r.total) }));
+    });
+    for (const el of svg.querySelectorAll('[data-other="null"]')) el.removeAttribute('data-other');
+    const note = data.other
+      ? `${num(data.racks_total)} ${data.label} values: the ${num(data.racks.length)} with most objects in ERROR/FIX/REPAIR are drawn, the other ${num(data.other_racks)} are summed in "other".`
+      : `${num(data.racks_total)} ${data.label} values, most objects in ERROR/FIX/REPAIR first.`;
+    return h('div', { class: 'chart-box' },
+      h('p', { class: 'muted small', id: 'racks-note' }, `${note} Cells are coloured by the state's share of the ${data.label}'s objects${data.kind ? ` (kind ${data.kind})` : ' (every kind but checkers)'}.`),
+      h('div', { class: 'heat-scroll' }, svg),
+      srTable(`Objects per ${data.label} and state`, [data.label, ...states, 'total'], rows.map((r) => [r === data.other ? `other (${data.other_racks})` : r.rack, ...states.map((st) => String(r.counts[st] || 0)), String(r.total)])));
+  }
+  // An object's archived readings: a severity band per checker and a line chart per numeric value that changes.
+  function seriesCharts(data) {
+    if (!data) return h('p', { class: 'muted' }, 'Loading archived readings…');
+    if (data.missing) return h('div', { class: 'empty panel', id: 'series-missing' }, `No archived readings: ${data.missing}`);
+    if (data.unavailable) return h('div', { class: 'empty panel', id: 'series-missing' }, `Archived readings unavailable: ${describeError(data.unavailable)}`);
+    const pts = data.points || [];
+    if (!pts.length) return h('div', { class: 'empty panel', id: 'series-empty' }, `No archived readings between ${utc(data.from_ms)} and ${utc(data.to_ms)}.`);
+    // The time axis spans the readings (not the whole asked window: a few readings of the last hour would
+    // be a sliver of 30 days); the window asked for is said above the charts.
+    const t0 = pts[0].time_ms, t1 = Math.max(pts[pts.length - 1].time_ms, t0 + 60000);
+    const W = 720, L = 70, R = 10;
+    const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+    const out = [];
+    out.push(h('p', { class: 'muted small', id: 'series-span' }, `${num(pts.length)} readings from ${utc(t0)} to ${utc(pts[pts.length - 1].time_ms)} (asked: ${utc(data.from_ms)} to ${utc(data.to_ms)}).`));
+    if (data.truncated) out.push(h('p', { class: 'muted small' }, `The archive held more readings than it answers at once: the ${num(pts.length)} shown are a part of them.`));
+    // Severity band per checker: one rect per run of equal severity.
+    const checkers = [...new Set(pts.map((p) => p.checker))];
+    const BH = 16;
+    const band = s('svg', { viewBox: `0 0 ${W} ${checkers.length * (BH + 4) + 18}`, width: W, height: checkers.length * (BH + 4) + 18, class: 'chart band', role: 'img' },
+      s('title', { text: `Severity over time, ${utc(t0)} to ${utc(t1)}` }));
+    checkers.forEach((c, i) => {
+      const own = pts.filter((p) => p.checker === c);
+      const yy = i * (BH + 4);
+      band.appendChild(s('text', { x: L - 6, y: yy + 12, class: 'tick', 'text-anchor': 'end', text: short(c, 12) }));
+      for (let k = 0; k < own.length;) {
+        let e = k;
+        while (e + 1 < own.length && own[e + 1].severity === own[k].severity) e++;
+        const from = own[k].time_ms, to = e + 1 < own.length ? own[e + 1].time_ms : t1;
+        band.appendChild(s('rect', { x: x(from), y: yy, width: Math.max(1, x(to) - x(from)), height: BH, class: `sev f-${own[k].severity}`, 'data-severity': own[k].severity },
+          s('title', { text: `${c}: ${own[k].severity} from ${utc(from)} to ${utc(to)}` })));
+        k = e + 1;
+      }
+    });
+    band.appendChild(s('text', { x: L, y: checkers.length * (BH + 4) + 14, class: 'tick', text: utc(t0) }));
+    band.appendChild(s('text', { x: W - R, y: checkers.length * (BH + 4) + 14, class: 'tick', 'text-anchor': 'end', text: utc(t1) }));
+    out.push(h('h3', {}, 'Severity'), band);
+    // Numeric values: a chart for each that changes; the constant ones listed.
+    const keys = [...new Set(pts.flatMap((p) => Object.keys(p.values || {})))].sort();
+    const constant = [];
+    for (const key of keys) {
+      const own = pts.filter((p) => typeof (p.values || {})[key] === 'number').map((p) => ({ t: p.time_ms, v: p.values[key] }));
+      const vals = own.map((p) => p.v);
+      const lo = Math.min(...vals), hi = Math.max(...vals);
+      if (lo === hi) { constant.push(`${key}=${fmtNum(lo)}`); continue; }
+      const H = 90, T = 8, B = 16;
+      const y = (v) => T + (H - T - B) * (1 - (v - lo) / (hi - lo));
+      const readout = s('text', { x: W - R, y: T + 8, class: 'readout', 'text-anchor': 'end', text: '' });
+      const dot = s('circle', { r: 3, cx: -10, cy: -10, class: 'dot' });
+      const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'chart line', role: 'img', 'data-key': key },
+        s('title', { text: `${key} from ${fmtNum(own[0].v)} to ${fmtNum(own[own.length - 1].v)} (min ${fmtNum(lo)}, max ${fmtNum(hi)}), ${own.length} readings` }),
+        s('line', { x1: L, x2: W - R, y1: y(lo), y2: y(lo), class: 'axis' }),
+        s('text', { x: L - 6, y: y(hi) + 4, class: 'tick', 'text-anchor': 'end', text: fmtNum(hi) }),
+        s('text', { x: L - 6, y: y(lo) + 4, class: 'tick', 'text-anchor': 'end', text: fmtNum(lo) }),
+        s('polyline', { points: own.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(' '), class: 'series' }),
+        dot, readout);
+      // Hover: the nearest reading's value and time.
+      svg.addEventListener('mousemove', (ev) => {
+        const box = svg.getBoundingClientRect();
+        const px = ((ev.clientX - box.left) / box.width) * W;
+        let best = own[0];
+        for (const p of own) if (Math.abs(x(p.t) - px) < Math.abs(x(best.t) - px)) best = p;
+        dot.setAttribute('cx', x(best.t)); dot.setAttribute('cy', y(best.v));
+        readout.textContent = `${key} = ${fmtNum(best.v)} at ${utc(best.t)}`;
+      });
+      svg.addEventListener('mouseleave', () => { readout.textContent = ''; dot.setAttribute('cx', -10); });
+      out.push(h('div', { class: 'chart-box', 'data-key': key }, h('h3', { class: 'mono' }, key), svg,
+        srTable(`${key} over time`, ['time', key], own.slice(-50).map((p) => [utc(p.t), fmtNum(p.v)]))));
+    }
+    if (constant.length) out.push(h('p', { class: 'muted small', id: 'series-constant' }, 'Unchanged over the period: ', constant.map((c) => h('span', { class: 'pill' }, c))));
+    return h('div', { id: 'series-charts' }, out);
+  }
+  async function loadSeries(id) {
+    try {
+      return await api(`/objects/${id.split('/').map(encodeURIComponent).join('/')}/series?days=${SERIES_DAYS}`);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404) return { missing: `the master's archive has none for this object (404: ${e.message}).` };
+      return { unavailable: e };
+    }
+  }
   function pageFleet(main) {
     const cards = h('div', { class: 'cards', id: 'fleet-cards' });
     const scopes = h('div', { id: 'fleet-scopes' });
@@ -572,15 +780,50 @@
     const attention = h('div', { id: 'fleet-attention' });
     const alerts = h('div', { id: 'fleet-alerts' });
     const feed = h('div', { id: 'fleet-feed' });
+    const trans = h('div', { id: 'fleet-transitions' });
+    const heat = h('div', { id: 'fleet-racks' });
+    // The heatmap counts every kind (but checkers) unless one is chosen here.
+    const heatKind = h('select', { id: 'racks-kind', 'aria-label': 'kind counted in the heatmap' },
+      h('option', { value: '' }, 'every kind'), KINDS.filter((k) => k !== 'checker').map((k) => h('option', { value: k }, k)));
+    let charts = { transitions: null, racks: null };
+    let chartsLoading = false;
+    let chartsRevision = -1;
+    let chartsAt = 0;
+    // The charts' data: fetched when the page opens and again when the revision moved (at most once per
+    // poll: refreshPolled drives update()).
+    let chartsAgain = false;
+    const loadCharts = async () => {
+      if (chartsLoading) { chartsAgain = true; return; }
+      chartsAgain = false;
+      chartsLoading = true;
+      chartsRevision = S.revision;
+      chartsAt = Date.now();
+      const [t, r] = await Promise.allSettled([api(`/charts/transitions?hours=${CHART_HOURS}`), api(`/charts/racks${heatKind.value ? `?kind=${encodeURIComponent(heatKind.value)}` : ''}`)]);
+      charts = {
+        transitions: t.status === 'fulfilled' ? t.value : { unavailable: t.reason },
+        racks: r.status === 'fulfilled' ? r.value : { unavailable: r.reason },
+      };
+      chartsLoading = false;
+      replace(trans, transitionsCharts(charts.transitions));
+      replace(heat, rackHeatmap(charts.racks));
+      if (chartsAgain) loadCharts();
+    };
     append(main, h('h1', {}, 'Fleet overview'), cards,
       h('div', { class: 'cols' },
         h('div', {}, h('h2', {}, 'Objects by kind and state'), matrix,
           h('h2', {}, 'Needs attention'), attention),
         h('div', {}, h('h2', {}, 'Alerts'), alerts, h('h2', {}, 'Recent changes ', h('a', { href: '#/events', class: 'small' }, 'all')), feed)),
-      h('h2', {}, 'Scopes: level, quota use, pending proposals'), scopes);
+      h('h2', {}, 'Scopes: level, quota use, pending proposals'), scopes,
+      h('h2', {}, `Transitions into ERROR and REPAIR per hour, last ${CHART_HOURS / 24} days, by kind`), trans,
+      h('h2', {}, 'Objects per rack and state ', h('label', { class: 'small muted' }, 'kind ', heatKind)), heat);
+    heatKind.addEventListener('change', () => { chartsAt = 0; loadCharts(); });
+    replace(trans, transitionsCharts(null));
+    replace(heat, rackHeatmap(null));
+    loadCharts();
     return {
       name: '',
       update() {
+        if (S.revision !== chartsRevision && Date.now() - chartsAt >= CHART_MIN_GAP_MS) loadCharts();
         const c = S.cluster;
         const all = [...S.objects.values()];
         const sm = summaryCounts();
@@ -776,6 +1019,7 @@
     let loading = false;
     let seenRevision = -1;
     let diagram = null;
+    let series = null;
     const draw = () => {
       if (err) { replace(head, h('h1', { class: 'mono' }, id), errorBox(err)); replace(body); return; }
       if (!detail) { replace(head, h('h1', { class: 'mono' }, id), h('p', { class: 'muted' }, 'Loading…')); return; }
@@ -799,7 +1043,9 @@
               : h('div', { class: 'empty panel' }, 'No findings yet.'),
             h('h2', {}, 'Labels and attributes'),
             kvTable(Object.assign({}, ...Object.entries(o.labels || {}).map(([k, v]) => ({ [`label ${k}`]: v })), o.attributes || {})),
-            diagram ? [h('h2', {}, `${o.kind} state machine`), fsmSvg(diagram, { current: o.state })] : null)));
+            diagram ? [h('h2', {}, `${o.kind} state machine`), fsmSvg(diagram, { current: o.state })] : null)),
+        h('h2', {}, `Readings over the last ${SERIES_DAYS} days `, h('span', { class: 'muted small' }, 'from the archive; hover a chart for a value and its time')),
+        h('div', { id: 'object-series' }, seriesCharts(series)));
     };
     onlyTransitions.addEventListener('change', draw);
     const load = async () => {
@@ -811,6 +1057,7 @@
         seenRevision = detail.object.revision;
         const kind = detail.object.kind;
         if (!diagram && kind !== 'checker') diagram = await fsmFor(kind).catch(() => null);
+        if (!series) series = await loadSeries(id);
       } catch (e) { err = e; }
       loading = false;
       draw();
