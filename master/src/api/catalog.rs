@@ -170,6 +170,11 @@ pub fn validate_push(req: &PushRequest) -> Result<ArtifactRecord, ApiError> {
                 )));
             }
         }
+        ArtifactType::Model => {
+            // The agent's own parser: a model that does not parse, has the wrong format or inconsistent
+            // numbers is refused here, before it reaches Raft, on every front end alike.
+            predict::Model::from_json(&req.content).map_err(|e| invalid(format!("model {at}: {e}")))?;
+        }
         ArtifactType::External => {}
     }
     Ok(ArtifactRecord {
