@@ -327,10 +327,17 @@ impl Decider<'_> {
     ) -> Result<Admission, StoreError> {
         let Hold { scopes, held_by, reason, existing } = hold;
         self.blocked(&held_by, &reason)?;
-        let signature = match &t.cause {
+        let mut signature = match &t.cause {
             Cause::Finding { checker, version, rule, .. } => format!("{checker}@{version} {rule}"),
             c => c.name().to_string(),
         };
+        // A prediction's signature names its model: rejecting a bad model's proposal does not suppress the
+        // same transition proposed on the evidence of another model.
+        if let Input::Finding(f) = input
+            && let Some(ms) = safety::prediction_scope(f)
+        {
+            signature = format!("{signature} {}", &ms[safety::CHECKER_SCOPE.len()..]);
+        }
         if let Some(mut p) = existing {
             p.repeats += 1;
             p.updated_ms = self.now;
