@@ -954,10 +954,8 @@ async fn a_failure_model_reaches_the_disk_checker_verified_and_a_bad_one_is_refu
     let mut cfg = agent_config(tmp.path(), HOST, &addr, port);
     // The recorded host tree's disks, graded every second.
     let procfs = repo.join("checkers/testdata/host/procfs");
-    for sub in ["proc/diskstats"] {
-        std::fs::create_dir_all(cfg.root.join(sub).parent().unwrap()).unwrap();
-        std::fs::copy(procfs.join(sub), cfg.root.join(sub)).unwrap();
-    }
+    std::fs::create_dir_all(cfg.root.join("proc")).unwrap();
+    std::fs::copy(procfs.join("proc/diskstats"), cfg.root.join("proc/diskstats")).unwrap();
     std::fs::create_dir_all(cfg.root.join("sys/block/sda")).unwrap();
     let disk = cfg.checkers.get_mut("disk").unwrap();
     disk.enabled = true;
