@@ -26,6 +26,7 @@ use std::time::Duration;
 use checkers::external::{ExternalChecker, ExternalSpec, RunAs};
 use checkers::kernel_log::{RuleSet, RulesSwap, VersionedRules};
 use checkers::scoring::ProfileOverrides;
+use checkers::scoring::history::{AssignedModel, ModelSwap};
 use checkers::{CheckContext, CheckError, Checker};
 use proto::api;
 use proto::client::Client;
@@ -108,7 +109,7 @@ pub struct Spec {
 pub struct Entry {
     pub name: String,
     pub version: String,
-    /// external | rules | profile
+    /// external | rules | profile | model
     pub kind: String,
     pub sha256: String,
     pub size: u64,
@@ -166,8 +167,11 @@ pub fn from_wire(hash: &str, wire: &[api::Assignment]) -> Result<Assignment, Cat
                 a.version
             ));
         }
-        if !["external", "rules", "profile"].contains(&a.r#type.as_str()) {
-            return bad(format!("{n}@{}: type {:?} is not external, rules or profile", a.version, a.r#type));
+        if !["external", "rules", "profile", "model"].contains(&a.r#type.as_str()) {
+            return bad(format!(
+                "{n}@{}: type {:?} is not external, rules, profile or model",
+                a.version, a.r#type
+            ));
         }
         if !valid_sha(&a.sha256) {
             return bad(format!("{n}@{}: sha256 must be 64 lower-case hex digits", a.version));
@@ -661,6 +665,9 @@ pub struct Supervisor {
     /// The (name, version, sha256, shadow) of the rule sets / profiles last applied.
     applied_rules: Option<Vec<(String, String, String, bool)>>,
     applied_profiles: Option<Vec<(String, String, String, bool)>>,
+    /// The disk checker's failure model (issue 20) and the (name, version, sha256) last applied to it.
+    model: Arc<ModelSwap>,
+    applied_model: Option<Option<(String, String, String)>>,
     seed: u64,
     /// The agent's built-in rule set and the sha256 of its source: an assigned rule set with the same bytes
     /// (the seeded version 1) runs on this compiled copy instead of a second one (a compiled default set
@@ -692,9 +699,17 @@ impl Supervisor {
             externals: BTreeMap::new(),
             applied_rules: None,
             applied_profiles: None,
+            model: Arc::new(ModelSwap::default()),
+            applied_model: None,
             seed: now_ms() | 1,
             builtin_rules: None,
         }
+    }
+
+    /// Hand assigned `model` artifacts to the disk checker through `swap` (read at each scoring pass).
+    pub fn with_model_swap(mut self, swap: Arc<ModelSwap>) -> Self {
+        self.model = swap;
+        self
     }
 
     /// Share the agent's built-in compiled rule set (built from source bytes of sha256 `sha256`) with any
@@ -823,6 +838,7 @@ impl Supervisor {
     async fn apply(&mut self, entries: &[Entry], ready: &BTreeMap<(String, bool), PathBuf>) {
         self.apply_rules(entries, ready);
         self.apply_profiles(entries, ready);
+        self.apply_model(entries, ready);
         self.apply_externals(entries, ready).await;
     }
 
@@ -1004,6 +1020,70 @@ impl Supervisor {
         }
         self.profiles.set(set);
         self.applied_profiles = Some(key);
+    }
+
+    /// The disk-failure model: one live model at a time (the first by name; others are reported failed),
+    /// verified like every artifact, parsed with every check of `predict::Model::from_json`. A model that
+    /// does not parse is never used (no predictions: the disk checker grades as without a model) and says
+    /// why in its row; no model assigned: no predictions.
+    fn apply_model(&mut self, entries: &[Entry], ready: &BTreeMap<(String, bool), PathBuf>) {
+        let mut models: Vec<&Entry> = entries.iter().filter(|e| e.kind == "model").collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        let failed = |catalog: &Catalog, e: &Entry, why: String| {
+            catalog.record(&e.name, e.shadow, |r| {
+                r.status = "failed".into();
+                r.version = e.version.clone();
+                r.sha256 = e.sha256.clone();
+                r.last_error = cut(&why);
+            });
+        };
+        for e in models.iter().filter(|e| e.shadow) {
+            failed(&self.catalog, e, "shadow runs of failure models are not supported by this agent".into());
+        }
+        let live: Vec<&Entry> = models.into_iter().filter(|e| !e.shadow).collect();
+        for e in live.iter().skip(1) {
+            failed(
+                &self.catalog,
+                e,
+                format!("only one failure model runs at a time ({} does)", live[0].name),
+            );
+        }
+        let Some(e) = live.first().copied() else {
+            if self.applied_model.take().is_some_and(|m| m.is_some()) {
+                tracing::info!("failure model unassigned; no more predictions");
+            }
+            self.model.set(None);
+            self.applied_model = Some(None);
+            return;
+        };
+        // Until the new model is here (fetching), the one applied keeps scoring.
+        let Some(path) = ready.get(&e.key()) else { return };
+        let key = Some((e.name.clone(), e.version.clone(), e.sha256.clone()));
+        if self.applied_model.as_ref() == Some(&key) {
+            self.still_running(&[e]);
+            return;
+        }
+        let parsed = std::fs::read(path)
+            .map_err(|err| format!("{}: {err}", path.display()))
+            .and_then(|b| AssignedModel::parse(&e.name, &e.version, &b).map_err(|err| err.to_string()));
+        match parsed {
+            Ok(m) => {
+                tracing::info!(model = m.label(), "failure model swapped");
+                self.model.set(Some(m));
+                self.catalog.record(&e.name, false, |r| {
+                    r.status = "running".into();
+                    r.version = e.version.clone();
+                    r.sha256 = e.sha256.clone();
+                    r.last_error.clear();
+                });
+            }
+            Err(err) => {
+                tracing::error!(name = e.name, version = e.version, error = err, "failure model refused");
+                self.model.set(None);
+                failed(&self.catalog, e, format!("model refused: {err}"));
+            }
+        }
+        self.applied_model = Some(key);
     }
 
     async fn apply_externals(&mut self, entries: &[Entry], ready: &BTreeMap<(String, bool), PathBuf>) {

@@ -88,6 +88,30 @@ pub struct AgentConfig {
     /// The probe responder and the `net-probe` checker (issue 16).
     #[serde(default)]
     pub net_probe: NetProbeConfig,
+    /// The disk-failure predictor (issue 20).
+    #[serde(default)]
+    pub predict: PredictConfig,
+}
+
+/// `[predict]`: the disk-failure predictor (the model itself comes from the checker catalog).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PredictConfig {
+    /// Failure probability at or above which a disk goes to WARNING `predicted-failure`, strictly between
+    /// 0 and 1. Default: the model's own threshold.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+}
+
+impl PredictConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.threshold {
+            Some(t) if !(t > 0.0 && t < 1.0) => {
+                Err(ConfigError::Invalid(format!("predict.threshold {t} must be strictly between 0 and 1")))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[net_probe]`: the probe responder and the `net-probe` checker (see `netprobe`).
@@ -584,6 +608,7 @@ impl AgentConfig {
         }
         self.worker.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.net_probe.validate()?;
+        self.predict.validate()?;
         let known = crate::run::known_checkers();
         if self.external.len() > MAX_EXTERNAL_CHECKERS {
             return bad(format!("external: more than {MAX_EXTERNAL_CHECKERS} external checkers"));
@@ -682,6 +707,18 @@ mod tests {
             let err = parse(&format!("{MIN}{extra}")).unwrap_err();
             assert!(err.contains(want), "{extra:?}: {err}");
         }
+    }
+
+    #[test]
+    fn predict_threshold_is_optional_and_checked() {
+        assert_eq!(parse(MIN).unwrap().predict.threshold, None);
+        let ok = parse(&format!("{MIN}[predict]\nthreshold = 0.25\n")).unwrap();
+        assert_eq!(ok.predict.threshold, Some(0.25));
+        for bad in ["0", "1", "-0.5", "1.5", "nan"] {
+            let e = parse(&format!("{MIN}[predict]\nthreshold = {bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("threshold") || e.contains("predict"), "{bad}: {e}");
+        }
+        assert!(parse(&format!("{MIN}[predict]\nthreshhold = 0.5\n")).is_err(), "unknown keys refused");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use checkers::external::ExternalChecker;
 use checkers::kernel_log::{Cursor, KMSG_CHECKPOINT_KEY, KernelLogChecker, RuleSet, RulesSwap};
 use checkers::registry::{HostConfig, Registry, Source, host_checkers};
 use checkers::scoring::ProfileOverrides;
+use checkers::scoring::history::{HISTORY_CHECKPOINT_KEY, Histories, ModelSwap};
 use checkers::scoring::trend::{SmartTrend, TREND_CHECKPOINT_KEY};
 use checkers::{CheckContext, Checker};
 use state_machines::{Finding, Severity};
@@ -148,6 +149,19 @@ fn committed_smart_trend(outbox: &dyn OutboxStore) -> anyhow::Result<Option<Smar
     }))
 }
 
+/// The per-disk SMART histories the disk checker last committed, if any (a corrupt value is dropped with a
+/// log line: the histories start over, predictions wait for enough days again).
+fn committed_smart_history(outbox: &dyn OutboxStore) -> anyhow::Result<Option<Histories>> {
+    let raw = outbox.kv_get(HISTORY_CHECKPOINT_KEY).context("reading the SMART histories")?;
+    Ok(raw.and_then(|v| match Histories::decode(&v) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!("{e}; SMART histories start over");
+            None
+        }
+    }))
+}
+
 /// The scheduled checkers and the routes that feed derived checkers.
 pub struct Built {
     pub scheduled: Vec<Scheduled>,
@@ -156,6 +170,8 @@ pub struct Built {
     pub rules_swap: Arc<RulesSwap>,
     /// Catalog disk profiles, read by the disk checker at each scoring pass.
     pub profiles: Arc<ProfileOverrides>,
+    /// The catalog's disk-failure model, read by the disk checker at each scoring pass.
+    pub model: Arc<ModelSwap>,
     /// The version of the built-in kernel-log rules (reported as `fallback` before an assignment).
     pub builtin_rules_version: String,
     /// The built-in compiled rule set and its source's sha256 (None when the rules came from a dir).
@@ -178,6 +194,10 @@ pub fn build_checkers(
     host.disk.profile_dir = setting_path(cfg, "disk", "profiles")?;
     let profiles = Arc::new(ProfileOverrides::default());
     host.disk.catalog_profiles = Some(Arc::clone(&profiles));
+    let model = Arc::new(ModelSwap::default());
+    host.disk.model = Some(Arc::clone(&model));
+    host.disk.predict_threshold = cfg.predict.threshold;
+    host.smart_history_resume = committed_smart_history(outbox)?;
     host.rasdaemon_resume = outbox
         .kv_get(checkers::rasdaemon::CHECKPOINT_KEY)
         .context("reading the rasdaemon cursor")?
@@ -255,7 +275,7 @@ pub fn build_checkers(
         anyhow::bail!("checker {:?} is registered but not declared in the checker graph", left.name);
     }
     let builtin_rules = builtin_rules_sha.map(|sha| (sha, rules));
-    Ok(Built { scheduled: out, routes, rules_swap, profiles, builtin_rules_version, builtin_rules })
+    Ok(Built { scheduled: out, routes, rules_swap, profiles, model, builtin_rules_version, builtin_rules })
 }
 
 /// Keeps unchanged healthy readings from being re-sent every run.
@@ -502,8 +522,15 @@ token. For tests and experiments only.";
     let epoch = reporter::epoch(outbox.as_ref()).context("reading or creating the agent epoch")?;
     let started = now_ms();
     let shared = LocalState::new(host.clone(), started);
-    let Built { scheduled: checkers, routes, rules_swap, profiles, builtin_rules_version, builtin_rules } =
-        build_checkers(&cfg, outbox.as_ref(), &hooks)?;
+    let Built {
+        scheduled: checkers,
+        routes,
+        rules_swap,
+        profiles,
+        model,
+        builtin_rules_version,
+        builtin_rules,
+    } = build_checkers(&cfg, outbox.as_ref(), &hooks)?;
     // The persisted assignment (if any) runs from the first pass on, with or without a master.
     let catalog = crate::catalog::Catalog::open(&cfg.data_dir).context("the checker catalog state")?;
     let policy = crate::catalog::ExternalPolicy { run_as: checker_identity(&cfg) };
@@ -548,6 +575,7 @@ token. For tests and experiments only.";
         builtin_rules_version,
         policy,
     );
+    let supervisor = supervisor.with_model_swap(model);
     let supervisor = match builtin_rules {
         Some((sha, rules)) => supervisor.with_builtin_rules(sha, rules),
         None => supervisor,
@@ -742,6 +770,22 @@ mod tests {
         assert_eq!(back.get("sda").and_then(|b| b.udma_crc), Some(12));
         outbox.kv_put(TREND_CHECKPOINT_KEY, b"smart-trend v1\nsda\tonly-two-fields\n").unwrap();
         assert_eq!(committed_smart_trend(&outbox).unwrap(), None);
+    }
+
+    /// The SMART histories come back from the outbox KV after a restart; a corrupt value is dropped (the
+    /// histories start over) instead of failing the agent.
+    #[test]
+    fn committed_smart_history_is_read_back_and_a_corrupt_value_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = RedbOutbox::open(&dir.path().join("o.redb"), Limits::default()).unwrap();
+        assert_eq!(committed_smart_history(&outbox).unwrap(), None);
+        let mut h = Histories::default();
+        h.observe("sda", Some("WD-1"), Some("WDC"), 20_000, [(5u16, 3.0)].into_iter().collect());
+        outbox.kv_put(HISTORY_CHECKPOINT_KEY, &h.encode()).unwrap();
+        let back = committed_smart_history(&outbox).unwrap().unwrap();
+        assert_eq!(back.get("sda").map(|x| x.days.len()), Some(1));
+        outbox.kv_put(HISTORY_CHECKPOINT_KEY, b"smart-history v1\ndisk\tsda\n").unwrap();
+        assert_eq!(committed_smart_history(&outbox).unwrap(), None);
     }
 
     #[tokio::test]

@@ -928,3 +928,88 @@ async fn peers_from_heartbeats_are_probed_and_reports_come_back_kept_across_a_fa
     stop_tx.send_replace(true);
     mute_task.abort();
 }
+
+/// A disk-failure model from the catalog (issue 20): verified like every artifact, handed to the disk
+/// checker (its findings name the model), a tampered file is refused, reported and fetched again, and a
+/// model whose bytes do not parse is never used (its row says why, the checker scores without a model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_model_reaches_the_disk_checker_verified_and_a_bad_one_is_refused() {
+    const HOST: &str = "cat-h9";
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let good = std::fs::read(repo.join("checkers/testdata/predict/command-timeouts.json")).unwrap();
+    let fake = Fake::default();
+    let addr = serve(fake.clone()).await;
+    let (m1, n1) = fake.put(&good);
+    let model = |version: &str, sha: &str, size: u64| api::Assignment {
+        name: "disk-failure".into(),
+        version: version.into(),
+        r#type: "model".into(),
+        sha256: sha.into(),
+        size,
+        ..Default::default()
+    };
+    fake.assign("m1", vec![model("1", &m1, n1)]);
+    let tmp = open_tempdir();
+    let port = free_port();
+    let mut cfg = agent_config(tmp.path(), HOST, &addr, port);
+    // The recorded host tree's disks, graded every second.
+    let procfs = repo.join("checkers/testdata/host/procfs");
+    std::fs::create_dir_all(cfg.root.join("proc")).unwrap();
+    std::fs::copy(procfs.join("proc/diskstats"), cfg.root.join("proc/diskstats")).unwrap();
+    std::fs::create_dir_all(cfg.root.join("sys/block/sda")).unwrap();
+    let disk = cfg.checkers.get_mut("disk").unwrap();
+    disk.enabled = true;
+    disk.interval_s = Some(1);
+    let artifact = cfg.data_dir.join("artifacts").join(&m1);
+    let agent = start(cfg);
+    let names_model = |fake: &Fake, from: usize| {
+        fake.with(|s| {
+            s.findings[from.min(s.findings.len())..].iter().any(|f| {
+                f.object == format!("disk/{HOST}/sda")
+                    && f.readings.get("model_version").map(String::as_str) == Some("disk-failure@1")
+            })
+        })
+    };
+    until("the disk checker scores with disk-failure@1", || names_model(&fake, 0)).await;
+    until("disk-failure@1 reported running", || {
+        last_run(&fake, "disk-failure", false).is_some_and(|r| r.version == "1" && r.status == "running")
+    })
+    .await;
+
+    // Someone replaces the file on this host: refused, reported, fetched again, and used again.
+    std::fs::write(&artifact, b"{\"format\": 1}").unwrap();
+    until("checker.unverified reported", || {
+        has_finding(&fake, |f| {
+            f.object == format!("checker/{HOST}/disk-failure") && f.rule == "checker.unverified"
+        })
+    })
+    .await;
+    until("refetched: the verified file is back", || std::fs::read(&artifact).is_ok_and(|b| b == good)).await;
+    // The verified copy in memory kept scoring; the row says it runs again.
+    until("disk-failure@1 reported running again", || {
+        last_run(&fake, "disk-failure", false).is_some_and(|r| r.version == "1" && r.status == "running")
+    })
+    .await;
+
+    // A model whose bytes do not parse (the master would refuse it; an agent must not trust that).
+    let (m2, n2) = fake.put(b"{\"format\": 1, \"name\": \"broken\"}");
+    fake.assign("m2", vec![model("2", &m2, n2)]);
+    until("the broken model reported failed", || {
+        last_run(&fake, "disk-failure", false).is_some_and(|r| {
+            r.version == "2" && r.status == "failed" && r.last_error.contains("model refused")
+        })
+    })
+    .await;
+    // The agent's local view of its latest findings: the disk is graded without a model again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let local = tokio::task::spawn_blocking(move || local_findings(port)).await.unwrap();
+        let sda = local.iter().find(|f| f.object.to_string() == format!("disk/{HOST}/sda"));
+        if sda.is_some_and(|f| !f.readings.contains_key("model_version")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broken model is still named: {sda:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.stop().await;
+}

@@ -136,12 +136,18 @@ pub struct HostConfig {
     pub rasdaemon_resume: Option<crate::rasdaemon::RasCursor>,
     /// The SMART trend baselines the disk checker last checkpointed (None: every disk starts a baseline).
     pub smart_trend_resume: Option<crate::scoring::trend::SmartTrend>,
+    /// The per-disk SMART histories the disk checker last checkpointed (None: every history starts empty).
+    pub smart_history_resume: Option<crate::scoring::history::Histories>,
 }
 
 /// The host checkers, in a fixed order.
 pub fn host_checkers(cfg: &HostConfig) -> Vec<Box<dyn Checker>> {
     vec![
-        Box::new(DiskChecker::resuming(cfg.disk.clone(), cfg.smart_trend_resume.clone().unwrap_or_default())),
+        Box::new(DiskChecker::resuming_with(
+            cfg.disk.clone(),
+            cfg.smart_trend_resume.clone().unwrap_or_default(),
+            cfg.smart_history_resume.clone().unwrap_or_default(),
+        )),
         Box::new(EdacChecker::new(cfg.edac)),
         Box::new(NicChecker::new(cfg.nic.clone())),
         Box::new(MachineChecker::new(cfg.machine.clone())),

@@ -36,7 +36,8 @@ pub struct PushArgs {
     name: String,
     #[arg(long)]
     version: String,
-    /// external (a script or static binary), rules (kernel-log rule set) or profile (disk scoring).
+    /// external (a script or static binary), rules (kernel-log rule set), profile (disk scoring) or model
+    /// (disk-failure model JSON, checked with the agent's parser before the master accepts it).
     #[arg(long = "type", default_value = "external")]
     kind: String,
     /// Object kinds an external checker reports on: machine, disk, dimm, nic (comma-separated).

@@ -62,6 +62,8 @@ pub enum ArtifactType {
     Rules,
     /// A disk scoring profile (TOML).
     Profile,
+    /// A disk-failure prediction model (JSON, `predict::Model`), scored by the agent's disk checker.
+    Model,
 }
 
 impl ArtifactType {
@@ -70,6 +72,7 @@ impl ArtifactType {
             ArtifactType::External => "external",
             ArtifactType::Rules => "rules",
             ArtifactType::Profile => "profile",
+            ArtifactType::Model => "model",
         }
     }
 
@@ -78,8 +81,9 @@ impl ArtifactType {
             "external" => Ok(ArtifactType::External),
             "rules" => Ok(ArtifactType::Rules),
             "profile" => Ok(ArtifactType::Profile),
+            "model" => Ok(ArtifactType::Model),
             "builtin" => Err("built-in checkers are compiled into the agent and read-only".into()),
-            o => Err(format!("unknown artifact type {o:?} (external, rules or profile)")),
+            o => Err(format!("unknown artifact type {o:?} (external, rules, profile or model)")),
         }
     }
 }

@@ -26,7 +26,12 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// `Ingest` carrying shadow findings (older binaries would feed them to state machines).
 /// 5 = network localisation (issue 16): `Ingest` carrying findings about `switch`/`link` objects, which
 /// older binaries cannot parse ([`NET_COMMAND_VERSION`]).
-pub const COMMAND_VERSION: u32 = 5;
+/// 6 = disk-failure prediction (issue 20): `CatalogPush` of a `model` artifact (older binaries cannot parse
+/// the type) and `Ingest` carrying a `predicted-failure` finding (admitted through the model's own spike
+/// detector scope, a rule older binaries do not apply) ([`PREDICT_COMMAND_VERSION`]).
+pub const COMMAND_VERSION: u32 = 6;
+/// The command version of model pushes and of ingests carrying a `predicted-failure` finding.
+pub const PREDICT_COMMAND_VERSION: u32 = 6;
 /// The command version of ingests about network devices (`switch/NAME`, `link/A--B`).
 pub const NET_COMMAND_VERSION: u32 = 5;
 /// The command version of the checker catalog's commands and of ingests that carry shadow findings.
@@ -468,10 +473,18 @@ impl Command {
         match self {
             Command::SetMinCommandVersion { .. } => 2,
             Command::Keyed { cmd, .. } => cmd.version().max(KEYED_COMMAND_VERSION),
+            Command::Ingest { findings, .. }
+                if findings.iter().any(|f| f.rule == crate::safety::PREDICTED_FAILURE_RULE) =>
+            {
+                PREDICT_COMMAND_VERSION
+            }
             Command::Ingest { findings, .. } if findings.iter().any(|f| f.object.kind().is_network()) => {
                 NET_COMMAND_VERSION
             }
             Command::Ingest { findings, .. } if findings.iter().any(|f| f.shadow) => CATALOG_COMMAND_VERSION,
+            Command::CatalogPush { artifact, .. } if artifact.kind == crate::catalog::ArtifactType::Model => {
+                PREDICT_COMMAND_VERSION
+            }
             Command::Ingest { epoch, .. } if *epoch != 0 => AGENT_EPOCH_VERSION,
             Command::CatalogChunk { .. }
             | Command::CatalogPush { .. }

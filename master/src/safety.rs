@@ -385,6 +385,24 @@ pub fn validate_scope(scope: &str) -> Result<(), SafetyError> {
     if key_ok && value_ok { Ok(()) } else { Err(SafetyError::BadScope(scope.to_string())) }
 }
 
+/// The rule of a disk finding the failure model graded WARNING (issue 20; the agent's disk checker).
+pub const PREDICTED_FAILURE_RULE: &str = "predicted-failure";
+/// The reading of a predicted failure naming the model that made it: its catalog artifact `NAME@VERSION`.
+pub const MODEL_VERSION_READING: &str = "model_version";
+
+/// The scope a predicted failure is counted and held in: `checker=MODEL@VERSION`, the model artifact that
+/// made it (the finding's `model_version` reading). A bad model flagging many disks at once trips its own
+/// spike detector and latches its own scope (which pauses its gray rollout), without holding the disk
+/// checker's other transitions. None when the finding is not a prediction or names no valid model.
+pub fn prediction_scope(f: &state_machines::Finding) -> Option<String> {
+    if f.rule != PREDICTED_FAILURE_RULE {
+        return None;
+    }
+    let at = f.readings.get(MODEL_VERSION_READING)?;
+    let scope = format!("{CHECKER_SCOPE}{at}");
+    validate_scope(&scope).is_ok().then_some(scope)
+}
+
 pub fn checker_scope(checker: &str, version: &str) -> String {
     format!("{CHECKER_SCOPE}{checker}@{version}")
 }

@@ -258,6 +258,24 @@ async fn bad_input_is_refused_alike_on_grpc_and_rest_and_changes_nothing() {
         "grades",
     )
     .await;
+    // A model (issue 20) is parsed with the agent's own parser: a file that does not parse or whose numbers
+    // are out of range is refused alike on gRPC and REST.
+    refused_everywhere(
+        &m,
+        Bad::Push(push_req("disk-failure", "1", "model", b"{\"format\": 1, \"name\": ")),
+        Code::InvalidArgument,
+        "model file does not parse",
+    )
+    .await;
+    let model = include_str!("../../checkers/testdata/predict/command-timeouts.json");
+    let bad_threshold = model.replace("\"threshold\": 0.5", "\"threshold\": 0");
+    refused_everywhere(
+        &m,
+        Bad::Push(push_req("disk-failure", "1", "model", bad_threshold.as_bytes())),
+        Code::InvalidArgument,
+        "threshold 0 is not strictly between 0 and 1",
+    )
+    .await;
     refused_everywhere(
         &m,
         Bad::Push(push_req("pro/be", "1", "external", b"x")),

@@ -17,6 +17,7 @@
 //! Everything here is pure: readings in, grade out.
 
 pub mod disk;
+pub mod history;
 pub mod trend;
 
 use std::collections::BTreeMap;

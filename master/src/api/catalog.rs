@@ -170,6 +170,11 @@ pub fn validate_push(req: &PushRequest) -> Result<ArtifactRecord, ApiError> {
                 )));
             }
         }
+        ArtifactType::Model => {
+            // The agent's own parser: a model that does not parse, has the wrong format or inconsistent
+            // numbers is refused here, before it reaches Raft, on every front end alike.
+            predict::Model::from_json(&req.content).map_err(|e| invalid(format!("model {at}: {e}")))?;
+        }
         ArtifactType::External => {}
     }
     Ok(ArtifactRecord {
@@ -775,6 +780,29 @@ mod tests {
         assert!(validate_push(&p).is_err_and(|e| e.message.contains("names itself")));
         p.name = "online".into();
         assert!(validate_push(&p).is_ok());
+    }
+
+    /// A model artifact is checked with the agent's own parser (issue 20): a file that does not parse, has
+    /// another format or bad numbers, or is over predict's 1 MiB limit is refused with the parser's words.
+    #[test]
+    fn model_pushes_are_checked_with_the_predictors_parser() {
+        let good = include_bytes!("../../../checkers/testdata/predict/command-timeouts.json");
+        let r = validate_push(&push("model", good)).expect("a valid model");
+        assert_eq!((r.kind, r.kind.as_str()), (ArtifactType::Model, "model"));
+        let text = std::str::from_utf8(good).expect("utf-8");
+        for (bad, says) in [
+            ("{not json".to_string(), "does not parse"),
+            (text.replace("\"format\": 1", "\"format\": 2"), "format 2 is not supported"),
+            (text.replace("\"threshold\": 0.5", "\"threshold\": 1.5"), "threshold 1.5"),
+            (text.replace("\"scale\": [1.0]", "\"scale\": [0.0]"), "not positive"),
+            (text.replace("\"weights\": [1.0]", "\"weights\": [1.0, 2.0]"), "weights has 2 values"),
+        ] {
+            let e = validate_push(&push("model", bad.as_bytes())).expect_err(says);
+            assert!(e.message.contains(says) && e.message.contains("probe@1"), "{says}: {}", e.message);
+        }
+        let big = vec![b' '; predict::MAX_MODEL_BYTES + 1];
+        assert!(validate_push(&push("model", &big)).is_err_and(|e| e.message.contains("over the")));
+        assert!(ArtifactType::parse("modle").is_err_and(|e| e.contains("profile or model")));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! operator commands (levels, decisions on proposals, the safety config, `min_command_version`). Part of the
 //! pure `decide`: it sees only the view, the entry's writes and the entry's time.
 
-use state_machines::{Cause, Effect, Kind, ObjectId, Transition};
+use state_machines::{Cause, Effect, Kind, ObjectId, State, Transition};
 
 use super::decide::{Decider, bounded_text, first_line, history};
 use super::objects::{Mode, StepRecord};
@@ -137,6 +137,13 @@ impl Decider<'_> {
             _ => None,
         };
         scopes.extend(version_scope.clone());
+        // A predicted failure (issue 20) removes no capacity, but a bad model flags many disks at once: it is
+        // counted and held in its model's own scope (below).
+        let prediction = match input {
+            Input::Finding(f) if t.to == State::Warning && t.from.in_service() => safety::prediction_scope(f),
+            _ => None,
+        };
+        scopes.extend(prediction.clone());
         let mut levels = Vec::with_capacity(scopes.len());
         for s in &scopes {
             levels.push((s.clone(), self.scope_level(s)?));
@@ -179,10 +186,22 @@ impl Decider<'_> {
             let reason = format!("{} in manual drive ({})", manual.join(", "), self.level_reasons(&manual));
             return self.propose(rec, t, input, Hold { scopes: &scopes, held_by: manual, reason, existing });
         }
+        if let Some(ps) = &prediction {
+            if self.scope_level(ps)? == Level::Manual {
+                let reason =
+                    format!("{ps} in manual drive ({})", self.level_reasons(std::slice::from_ref(ps)));
+                let hold = Hold { scopes: &scopes, held_by: vec![ps.clone()], reason, existing };
+                return self.propose(rec, t, input, hold);
+            }
+            if let Some(reason) = self.spike(ps, kind, &rec.id, "be predicted to fail")? {
+                let hold = Hold { scopes: &scopes, held_by: vec![ps.clone()], reason, existing };
+                return self.propose(rec, t, input, hold);
+            }
+        }
         if out.removes_capacity() && (entering || reboot) {
             if entering
                 && let Some(vs) = &version_scope
-                && let Some(reason) = self.spike(vs, kind, &rec.id)?
+                && let Some(reason) = self.spike(vs, kind, &rec.id, "leave service")?
             {
                 let hold = Hold { scopes: &scopes, held_by: vec![vs.clone()], reason, existing };
                 return self.propose(rec, t, input, hold);
@@ -245,7 +264,13 @@ impl Decider<'_> {
 
     /// Count a would-be removal by a checker version; latch its scope when the version's removals in the
     /// window reach the spike threshold. Returns the reason when the transition must be held.
-    fn spike(&mut self, scope: &str, kind: Kind, object: &ObjectId) -> Result<Option<String>, StoreError> {
+    fn spike(
+        &mut self,
+        scope: &str,
+        kind: Kind,
+        object: &ObjectId,
+        what: &str,
+    ) -> Result<Option<String>, StoreError> {
         let population =
             self.scope_mut(safety::CLUSTER)?.kinds.get(kind.as_str()).map_or(0, |k| k.population);
         let rule = self.cfg.spike.clone();
@@ -265,7 +290,7 @@ impl Decider<'_> {
             return Ok(None);
         }
         let reason = format!(
-            "checker version spike: {count} {kind}s would leave service within {} by {scope} (threshold {threshold})",
+            "checker version spike: {count} {kind}s would {what} within {} by {scope} (threshold {threshold})",
             safety::human_ms(rule.window_ms)
         );
         self.latch(scope, &reason, &id)?;
@@ -302,10 +327,17 @@ impl Decider<'_> {
     ) -> Result<Admission, StoreError> {
         let Hold { scopes, held_by, reason, existing } = hold;
         self.blocked(&held_by, &reason)?;
-        let signature = match &t.cause {
+        let mut signature = match &t.cause {
             Cause::Finding { checker, version, rule, .. } => format!("{checker}@{version} {rule}"),
             c => c.name().to_string(),
         };
+        // A prediction's signature names its model: rejecting a bad model's proposal does not suppress the
+        // same transition proposed on the evidence of another model.
+        if let Input::Finding(f) = input
+            && let Some(ms) = safety::prediction_scope(f)
+        {
+            signature = format!("{signature} {}", &ms[safety::CHECKER_SCOPE.len()..]);
+        }
         if let Some(mut p) = existing {
             p.repeats += 1;
             p.updated_ms = self.now;

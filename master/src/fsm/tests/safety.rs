@@ -417,3 +417,60 @@ fn overdue_actions_and_unfiled_tickets_reach_the_alert_log() {
     );
     assert_eq!(r.results[0].error.as_ref().map(|e| e.0), Some(proto::error::Code::NotFound));
 }
+
+/// A disk finding the failure model graded WARNING (issue 20), by model `model` (`NAME@VERSION`).
+fn predicted(host: u32, model: &str, t: u64) -> Finding {
+    Finding {
+        checker: "disk".into(),
+        version: "1.0.0".into(),
+        rule: crate::safety::PREDICTED_FAILURE_RULE.into(),
+        readings: [(crate::safety::MODEL_VERSION_READING.to_string(), model.to_string())].into(),
+        ..finding(&format!("disk/h{host}/sda"), Severity::Warning, t)
+    }
+}
+
+/// A bad model that flags many disks at once does not move the fleet: its predictions count in the spike
+/// detector of the model's own scope `checker=MODEL@VERSION`, which latches (manual drive) and holds the
+/// rest as proposals, while the disk checker's other transitions and other models stay automatic. Ingests
+/// carrying predictions are command version 6: refused until the cluster enabled it.
+#[test]
+fn predicted_failures_are_held_by_their_models_spike_detector() {
+    let mut h = Harness::new();
+    let cfg = SafetyConfig {
+        spike: crate::safety::SpikeRule { window_ms: 600_000, min: 3, share: Limit::Count(1) },
+        ..SafetyConfig::default()
+    };
+    h.apply(1, vec![Command::SetSafety { config: cfg, by: "a".into(), reason: "t".into() }]);
+    register_rack(&mut h, 2, "r1", 0..10);
+    let early =
+        h.try_apply_raw(&Envelope::new(3, vec![ingest("x", 1, vec![predicted(0, "m@1", 3)])]).encode());
+    assert!(early.is_err() || early.is_ok_and(|r| r.results[0].error.is_some()), "version 6 needed first");
+    let v = crate::model::PREDICT_COMMAND_VERSION;
+    h.apply(3, vec![Command::SetMinCommandVersion { version: v, by: "ops".into(), reason: "r".into() }]);
+    // Three readings each (the hysteresis to enter WARNING), for six disks at once.
+    for (seq, t) in [(1, 10), (2, 11), (3, 12)] {
+        h.apply(t, vec![ingest("x", seq, (0..6).map(|i| predicted(i, "disk-failure@2", t)).collect())]);
+    }
+    let warned = (0..6).filter(|i| state(&h, &format!("disk/h{i}/sda")) == State::Warning).count();
+    assert_eq!(warned, 2, "the model's third prediction trips its spike detector");
+    let ms = scope(&h, "checker=disk-failure@2");
+    assert!(ms.latched && ms.level == Level::Manual && ms.reason.contains("predicted to fail"), "{ms:?}");
+    let held = pending(&h);
+    assert_eq!(held.len(), 4, "{held:?}");
+    assert!(held.iter().all(|p| p.to_state == State::Warning), "{held:?}");
+    assert_eq!(scope(&h, "checker=disk@1.0.0").level, Level::Auto, "the disk checker is not latched");
+    // Latched: the model's next prediction is held at once, without counting.
+    for (seq, t) in [(4, 20), (5, 21), (6, 22)] {
+        h.apply(t, vec![ingest("x", seq, vec![predicted(7, "disk-failure@2", t)])]);
+    }
+    assert_eq!(state(&h, "disk/h7/sda"), State::Good);
+    assert_eq!(pending(&h).len(), 5);
+    // Another model version, and the disk checker's own WARNING, still move automatically.
+    for (seq, t) in [(7, 30), (8, 31), (9, 32)] {
+        let mut grade = finding("disk/h9/sda", Severity::Warning, t);
+        grade.checker = "disk".into();
+        h.apply(t, vec![ingest("x", seq, vec![predicted(8, "disk-failure@3", t), grade])]);
+    }
+    assert_eq!(state(&h, "disk/h8/sda"), State::Warning);
+    assert_eq!(state(&h, "disk/h9/sda"), State::Warning);
+}
