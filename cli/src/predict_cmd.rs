@@ -135,7 +135,7 @@ const MAX_TABLE_FILES: usize = 100_000;
 /// Deepest directory nesting walked under a table (`day=.../part-0.csv` is 1).
 const MAX_TABLE_DEPTH: usize = 4;
 
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, parquet: &mut usize) -> anyhow::Result<()> {
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     if depth > MAX_TABLE_DEPTH {
         return Ok(());
     }
@@ -143,36 +143,29 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, parquet: &mut usize) -
         let p = e?.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if p.is_dir() {
-            walk(&p, depth + 1, out, parquet)?;
-        } else if name.starts_with("part-") && (name.ends_with(".csv") || name.ends_with(".csv.gz")) {
+            walk(&p, depth + 1, out)?;
+        } else if name.starts_with("part-")
+            && (name.ends_with(".csv") || name.ends_with(".csv.gz") || name.ends_with(".parquet"))
+        {
             out.push(p);
             if out.len() > MAX_TABLE_FILES {
                 bail!("more than {MAX_TABLE_FILES} files under {}", dir.display());
             }
-        } else if name.ends_with(".parquet") {
-            *parquet += 1;
         }
     }
     Ok(())
 }
 
-/// The CSV files of one table of an export directory, in path order (day partitions sort by date).
+/// The CSV and Parquet parts of one table of an export directory, in path order (day partitions sort by date).
 pub(crate) fn table_files(export_dir: &Path, table: &str) -> anyhow::Result<Vec<PathBuf>> {
     let dir = export_dir.join(table);
     if !dir.is_dir() {
         bail!("{} has no {table}/ directory: is it a `huatuo export` directory?", export_dir.display());
     }
-    let (mut files, mut parquet) = (Vec::new(), 0);
-    walk(&dir, 0, &mut files, &mut parquet)?;
-    if files.is_empty() && parquet > 0 {
-        bail!(
-            "{} holds {parquet} Parquet file(s) and no CSV: this build reads CSV exports only (Parquet comes \
-             with the export reader); export with --format csv",
-            dir.display()
-        );
-    }
+    let mut files = Vec::new();
+    walk(&dir, 0, &mut files)?;
     if files.is_empty() {
-        bail!("{} has no part-*.csv files", dir.display());
+        bail!("{} has no part-*.csv or part-*.parquet files", dir.display());
     }
     files.sort();
     Ok(files)
@@ -184,6 +177,18 @@ pub(crate) fn for_each_row(
     check: impl Fn(&CsvHeader) -> Result<(), String>,
     mut each: impl FnMut(&predict::data::CsvRow<'_>) -> Result<(), String>,
 ) -> anyhow::Result<u64> {
+    if path.extension().is_some_and(|e| e == "parquet") {
+        let (columns, rows) = crate::export_cmd::table::read_parquet_table(path)
+            .with_context(|| format!("{}: not a readable Parquet part", path.display()))?;
+        let h =
+            CsvHeader::parse(&columns.join(",")).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        check(&h).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for (i, fields) in rows.iter().enumerate() {
+            let at = |e: String| anyhow::anyhow!("{} row {}: {e}", path.display(), i + 1);
+            each(&h.row(fields).map_err(at)?).map_err(at)?;
+        }
+        return Ok(rows.len() as u64);
+    }
     let mut lines = open_lines(path)?;
     let mut line = String::new();
     let mut no = 0u64;
@@ -513,4 +518,50 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
         println!("{l}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export_cmd::table::{self, Format, Val};
+
+    /// `--from EXPORT_DIR` reads Parquet parts as it reads CSV ones: the same drive-days, the same dataset.
+    #[test]
+    fn an_export_directory_in_parquet_loads_like_its_csv_twin() {
+        let t = table::disk_days();
+        let col = |name: &str| t.cols.iter().position(|(n, _)| n == name).expect("column");
+        let mut loaded = Vec::new();
+        for f in [Format::Parquet, Format::Csv] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            for d in 1..=5u32 {
+                let day = format!("2026-11-{d:02}");
+                let rows: Vec<table::Row> = (0..20u32)
+                    .map(|s| {
+                        let mut r = vec![Val::Null; t.cols.len()];
+                        r[col("date")] = Val::Str(day.clone());
+                        r[col("serial_number")] = Val::Str(format!("SN{s}"));
+                        r[col("model")] = Val::Str("M".into());
+                        r[col("capacity_bytes")] = Val::I64(4_000_787_030_016);
+                        r[col("failure")] = Val::I32(i32::from(s == 3 && d == 5));
+                        r[col("object")] = Val::Str(format!("disk/h{s}/sda"));
+                        r[col("smart_5_raw")] = Val::F64(if s == 3 { f64::from(d * 8) } else { 0.0 });
+                        r[col("smart_9_raw")] = Val::F64(f64::from(1000 + d * 24));
+                        r
+                    })
+                    .collect();
+                table::write_partition(dir.path(), &t, &day, &rows, f).expect("write");
+            }
+            let (ds, _) = load(&[dir.path().to_path_buf()]).expect("load");
+            loaded.push((ds.rows.len(), ds.drives.len(), ds.features.iter().filter(|x| !x.is_nan()).count()));
+        }
+        assert_eq!(loaded[0], loaded[1], "parquet vs csv");
+        assert_eq!(loaded[0].0, 100);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let part = dir.path().join("disk_days/day=2026-12-01");
+        std::fs::create_dir_all(&part).expect("mkdir");
+        std::fs::write(part.join("part-0.parquet"), b"PAR1").expect("write");
+        let Err(e) = load(&[dir.path().to_path_buf()]) else { panic!("a corrupt part loaded") };
+        let e = format!("{e:#}");
+        assert!(e.contains("not a readable Parquet part"), "{e}");
+    }
 }

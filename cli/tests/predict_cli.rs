@@ -194,13 +194,13 @@ fn bad_drive_day_input_is_a_clear_error_with_the_line() {
         assert!(err.contains(want), "{name}: want {want:?} in {err}");
         assert!(!out.exists(), "{name}: nothing written");
     }
-    // An export directory with only Parquet says so.
+    // A Parquet part that is not Parquet is a clear error.
     let export = dir.path().join("export");
     std::fs::create_dir_all(export.join("disk_days/day=2026-12-01")).expect("mkdir");
     std::fs::write(export.join("disk_days/day=2026-12-01/part-0.parquet"), b"PAR1").expect("write");
     let (code, _, err) = run(&["predict", "train", "--from", export.to_str().expect("utf-8"), "--out", o]);
     assert_eq!(code, 1);
-    assert!(err.contains("Parquet") && err.contains("--format csv"), "{err}");
+    assert!(err.contains("not a readable Parquet part"), "{err}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 /// The schema version written to the manifest (SCHEMA.md).
 pub const SCHEMA_VERSION: u32 = 1;
 /// The SMART attributes exported as columns (`smart_N_raw`).
-pub const SMART_ATTRS: [u32; 9] = [1, 5, 9, 187, 188, 194, 197, 198, 199];
+pub const SMART_ATTRS: [u16; predict::ATTRIBUTES.len()] = predict::ATTRIBUTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ty {
@@ -346,6 +346,24 @@ pub fn read_table(dir: &Path, table: &str) -> anyhow::Result<Vec<BTreeMap<String
         }
     }
     Ok(out)
+}
+
+/// One Parquet part as a header (the file's columns, in schema order) and rows of text fields ("" = NULL),
+/// the shape of a CSV part: the predictor's loaders read both through one path.
+pub fn read_parquet_table(path: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+    let columns: Vec<String> = SerializedFileReader::new(File::open(path)?)?
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    let rows = read_parquet(path)?
+        .into_iter()
+        .map(|mut m| columns.iter().map(|c| m.remove(c).unwrap_or_default()).collect())
+        .collect();
+    Ok((columns, rows))
 }
 
 fn read_parquet(path: &Path) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
