@@ -198,6 +198,10 @@ pub enum LineError {
     BadSeverity(state_machines::finding::SeverityError),
     #[error("rule must be 1-128 characters without spaces or control characters")]
     BadRule,
+    /// Anything else the master would refuse (a reading name or value with control characters or too
+    /// long, NUL in the evidence): refused here, so one bad line never makes a whole batch invalid.
+    #[error("{0}")]
+    Invalid(state_machines::finding::FindingError),
 }
 
 /// One line as an external checker prints it. Unknown fields are ignored (newer checkers may add some).
@@ -296,7 +300,7 @@ fn parse_line(spec: &ExternalSpec, ctx: &CheckContext, line: &str) -> Result<Fin
             (k, v)
         })
         .collect();
-    Ok(Finding {
+    let finding = Finding {
         object,
         severity,
         checker: spec.name.clone(),
@@ -307,7 +311,9 @@ fn parse_line(spec: &ExternalSpec, ctx: &CheckContext, line: &str) -> Result<Fin
         time_ms: ctx.now_ms,
         shadow: false,
     }
-    .bounded())
+    .bounded();
+    finding.validate().map_err(LineError::Invalid)?;
+    Ok(finding)
 }
 
 /// Run an external checker once. Returns its valid findings, plus one `checker.broken` finding when
@@ -482,6 +488,24 @@ mod tests {
         assert!(b.evidence.contains("another host"), "{}", b.evidence);
         assert!(f.iter().all(|x| x.object.host() == "h1"));
         assert!(!f.iter().any(|x| x.severity == Severity::Fatal), "nothing from rejected lines got through");
+    }
+
+    #[test]
+    fn a_line_the_master_would_refuse_is_rejected_alone() {
+        // Found by the property test: a reading name with DEL passed the parser and would have made the
+        // agent's whole batch invalid at the master.
+        let spec = ExternalSpec::new("c1", "1", PathBuf::from("/bin/true"));
+        let long = "v".repeat(state_machines::finding::MAX_LABEL_LEN + 1);
+        let out = format!(
+            "{{\"object\":\"nic/h1/eth0\",\"severity\":\"WARNING\",\"rule\":\"ext.link\",\"readings\":{{\"u\\u007f\":1}}}}\n\
+             {{\"object\":\"nic/h1/eth0\",\"severity\":\"WARNING\",\"rule\":\"ext.link\",\"readings\":{{\"n\":\"{long}\"}}}}\n\
+             {{\"object\":\"nic/h1/eth0\",\"severity\":\"WARNING\",\"rule\":\"ext.link\",\"evidence\":\"a\\u0000b\"}}\n{GOOD}"
+        );
+        let (findings, problems, rejected) = parse_output(&spec, &ctx(), out.as_bytes());
+        assert_eq!((findings.len(), rejected), (1, 3), "{findings:?} {problems:?}");
+        assert!(findings[0].validate().is_ok());
+        assert!(problems[0].contains("control characters"), "{problems:?}");
+        assert!(problems[2].contains("NUL"), "{problems:?}");
     }
 
     #[test]
