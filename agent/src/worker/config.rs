@@ -308,7 +308,7 @@ fn default_label_prefix() -> String {
     "huatuo-".into()
 }
 fn default_staging_root() -> PathBuf {
-    PathBuf::from("/var/lib/huatuo-agent/staging")
+    PathBuf::from("/var/lib/huatuo/agent/staging")
 }
 fn default_mount_root() -> PathBuf {
     PathBuf::from("/data")
