@@ -31,6 +31,11 @@ pub const MAX_INFLIGHT_MSGS: usize = 256;
 /// Length of the request id carried in each proposed entry's `context`:
 /// proposer id (u64 LE) ++ proposer incarnation (u64 LE) ++ token (u64 LE).
 const CTX_LEN: usize = 24;
+/// A snapshot is taken only once the applied log since the last one is at least 1/this of that
+/// snapshot's size (besides `snapshot_every` or `snapshot_log_bytes`): bounds the bytes snapshots write
+/// per byte of log on a big state. The log then stays under a quarter of the state's snapshot (plus the
+/// triggers), which the NOSPACE alarm's reserve and the disk figures of `bench fleet` account for.
+pub const SNAPSHOT_SIZE_RATIO: u64 = 4;
 
 /// A finished request, handed back to whoever drives the core.
 #[derive(Debug, PartialEq)]
@@ -760,9 +765,16 @@ impl<F: Fsm> Core<F> {
         let applied = self.applied();
         let snap_index = self.raw.store().snapshot_index();
         let by_count = self.cfg.snapshot_every != 0 && applied >= snap_index + self.cfg.snapshot_every;
-        let by_bytes =
-            self.snapshot_log_bytes != 0 && self.raw.store().applied_log_bytes() >= self.snapshot_log_bytes;
-        if applied <= snap_index || !(by_count || by_bytes) || self.building.is_some() {
+        let log_bytes = self.raw.store().applied_log_bytes();
+        let by_bytes = self.snapshot_log_bytes != 0 && log_bytes >= self.snapshot_log_bytes;
+        // A snapshot rewrites the whole state: on a big state (700 MB at 1.5 M objects) taking one every
+        // 64 MiB or 10,000 entries of log rewrites the state ten times per state's worth of writes. So
+        // either trigger also waits for the log to reach a share of the last snapshot's size: snapshots
+        // cost at most SNAPSHOT_SIZE_RATIO bytes written per byte of log, and the log stays under that
+        // share of the state (plus the triggers).
+        let last_size = self.raw.store().snapshot_file().map_or(0, |d| d.size);
+        let worth_it = log_bytes.saturating_mul(SNAPSHOT_SIZE_RATIO) >= last_size;
+        if applied <= snap_index || !(by_count || by_bytes) || !worth_it || self.building.is_some() {
             return Ok(());
         }
         let db = self.db.clone();
@@ -1022,6 +1034,80 @@ mod tests {
         let rows = redb::ReadableTableMetadata::len(&r.open_table(super::super::storage::LOG).expect("log"))
             .expect("len");
         assert!(rows <= 4, "{rows} log records of 300 KiB kept with a 1 MiB limit");
+    }
+
+    /// A state machine whose snapshot is big (1 MiB of zeros) whatever it applied.
+    struct BigFsm;
+    const BIG_SNAPSHOT: usize = 1 << 20;
+    impl Fsm for BigFsm {
+        fn apply(&mut self, _: &WriteTransaction, index: u64, _: &[u8]) -> Result<Vec<u8>, FsmError> {
+            Ok(index.to_le_bytes().to_vec())
+        }
+        fn write_snapshot(_: &redb::ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError> {
+            out.write_all(&vec![0u8; BIG_SNAPSHOT])?;
+            Ok(())
+        }
+        fn restore(
+            &mut self,
+            _: &WriteTransaction,
+            _: &dyn crate::raft::SnapshotSource,
+        ) -> Result<(), FsmError> {
+            Ok(())
+        }
+    }
+
+    /// Issue 17: on a big state the triggers (`snapshot_every` entries, the byte limit) wait until the log
+    /// since the last snapshot is a quarter of that snapshot: a 1 MiB snapshot with `snapshot_every` = 3
+    /// and 16 KiB entries is followed by the next one only after 16 entries (256 KiB), not 3.
+    #[test]
+    fn a_big_snapshot_waits_for_a_quarter_of_its_size_in_log() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (_db, st) = crate::raft::sim::open_store::<BigFsm>(tmp.path(), 1, &[1]);
+        let cfg = CoreConfig {
+            id: 1,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 3,
+            max_election_ticks: 11,
+            incarnation: 1,
+        };
+        let mut c = Core::new(cfg, st, BigFsm, &slog::Logger::root(slog::Discard, slog::o!()))
+            .expect("core")
+            .with_snapshot_log_bytes(0);
+        let ready = |c: &mut Core<BigFsm>| {
+            while c.has_ready() {
+                c.on_ready(&mut |_| {}).expect("ready");
+            }
+        };
+        for _ in 0..12 {
+            c.tick();
+            ready(&mut c);
+        }
+        assert_eq!(c.role(), StateRole::Leader);
+        let entry = 16 << 10;
+        let mut taken = Vec::new();
+        for t in 0..60u64 {
+            c.propose(t, vec![3u8; entry]).expect("propose");
+            ready(&mut c);
+            let st = c.storage();
+            if taken.last() != Some(&st.snapshot_index()) {
+                taken.push(st.snapshot_index());
+            }
+            let big = st.snapshot_file().is_some_and(|d| d.size >= BIG_SNAPSHOT as u64);
+            // Once a big snapshot stands, the log grows to a quarter of it (plus one entry) before the next.
+            if big {
+                assert!(
+                    st.applied_log_bytes() <= (BIG_SNAPSHOT as u64) / SNAPSHOT_SIZE_RATIO + 2 * entry as u64,
+                    "after entry {t}: {} log bytes",
+                    st.applied_log_bytes()
+                );
+            }
+        }
+        // The bootstrap file is small, so the first snapshot comes after 3 entries; each later one after
+        // at least 16 (262,144 / 16,384 entries of log), never after 3.
+        let gaps: Vec<u64> = taken.windows(2).skip(1).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 2, "snapshots at {taken:?}");
+        assert!(gaps.iter().all(|g| *g >= 16), "snapshots at {taken:?}");
     }
 
     /// The builder's path without a thread: a snapshot built at index X while the loop went on applying
