@@ -28,7 +28,7 @@
 //! 17 are for the reader to compare.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,7 +84,10 @@ const REGISTER_IN_FLIGHT: u32 = 256;
 const BEATS_IN_FLIGHT_PER_CONNECTION: usize = 16;
 /// How often idle loops look at their stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
-/// Heartbeat samples kept (100,000 agents at one beat per 10 s for 400 s is 4 million); more are counted.
+/// Heartbeat samples kept, the newest (100,000 agents at one beat per 10 s for 400 s is 4 million); older
+/// ones are dropped as newer come, so a phase reads its own window however long the phases before it took
+/// (a 100,000-agent run once recorded its 4 million samples during registration and the listing wait, and
+/// printed 0 beats/s for the steady phase).
 const MAX_SAMPLES: usize = 4_000_000;
 /// Error messages kept for the summary (the rest are counted).
 const MAX_ERRORS_KEPT: usize = 10;
@@ -368,9 +371,7 @@ struct Run {
     fleet: Fleet,
     origin: Instant,
     started_ms: u64,
-    /// (seconds since the origin when sent, latency ms) of every acknowledged heartbeat.
-    beats: Mutex<Vec<(f64, f64)>>,
-    beats_dropped: AtomicU64,
+    beats: Mutex<Samples>,
     errors: AtomicU64,
     kept: Mutex<Vec<String>>,
     stop_beats: AtomicBool,
@@ -430,7 +431,36 @@ impl Run {
 
     /// Heartbeat samples sent in `[from, to)` seconds since the origin.
     fn beats_between(&self, from: f64, to: f64) -> Vec<f64> {
-        lock(&self.beats).iter().filter(|(s, _)| *s >= from && *s < to).map(|x| x.1).collect()
+        lock(&self.beats).between(from, to)
+    }
+}
+
+/// (seconds since the origin when sent, latency ms) of the newest `cap` acknowledged heartbeats, oldest
+/// first, and how many were acknowledged and dropped (the oldest, to stay within the bound).
+struct Samples {
+    kept: VecDeque<(f64, f64)>,
+    cap: usize,
+    acked: u64,
+    dropped: u64,
+}
+
+impl Samples {
+    fn new(cap: usize) -> Self {
+        Samples { kept: VecDeque::new(), cap, acked: 0, dropped: 0 }
+    }
+
+    fn push(&mut self, sent: f64, latency_ms: f64) {
+        self.acked += 1;
+        if self.kept.len() >= self.cap {
+            self.kept.pop_front();
+            self.dropped += 1;
+        }
+        self.kept.push_back((sent, latency_ms));
+    }
+
+    /// Latencies of the samples sent in `[from, to)`.
+    fn between(&self, from: f64, to: f64) -> Vec<f64> {
+        self.kept.iter().filter(|(s, _)| *s >= from && *s < to).map(|x| x.1).collect()
     }
 }
 
@@ -478,12 +508,7 @@ async fn beat(run: Arc<Run>, conn: usize, i: u32) {
     match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat(run.heartbeat(i))).await {
         Ok(Ok(_)) => {
             let lat = t.elapsed().as_secs_f64() * 1000.0;
-            let mut b = lock(&run.beats);
-            if b.len() < MAX_SAMPLES {
-                b.push((sent, lat));
-            } else {
-                run.beats_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            lock(&run.beats).push(sent, lat);
         }
         Ok(Err(s)) => {
             run.fleet.not_leader(node, &s);
@@ -989,10 +1014,33 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
     );
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let mut cluster = LocalCluster::start(&exe, 3).context("start cluster")?;
+    let r = bench_on(&a, seed, &mut cluster).await;
+    if r.is_err() {
+        keep_logs(&cluster, seed);
+    }
+    r
+}
+
+/// A failed run keeps the masters' logs (the cluster's data, logs included, is removed with it): copied to
+/// `huatuo-bench-fleet-<seed>-logs` in the temp dir (or `--data-dir`), and the path printed.
+fn keep_logs(cluster: &LocalCluster, seed: u64) {
+    let dir = std::env::temp_dir().join(format!("huatuo-bench-fleet-{seed}-logs"));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    for id in 1..=3 {
+        let _ = std::fs::copy(cluster.log_path(id), dir.join(format!("node-{id}.log")));
+    }
+    println!("the masters' logs of this failed run: {}", dir.display());
+}
+
+async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> anyhow::Result<ExitCode> {
+    let disks = a.disks();
+    let objects = u64::from(a.agents) * u64::from(a.objects_per_host);
     let Some(leader) = cluster.wait_leader(READY_TIMEOUT).await else {
         bail!("masters elected no leader within {READY_TIMEOUT:?}; log:\n{}", cluster.log_tail(1));
     };
-    open_quotas(&cluster, "bench-fleet").await?;
+    open_quotas(cluster, "bench-fleet").await?;
     let data_root = cluster.data_dir(1).parent().map(|p| p.display().to_string()).unwrap_or_default();
     let pids: Vec<String> =
         cluster.running().iter().map(|id| format!("{id}={}", cluster.pid(*id).unwrap_or(0))).collect();
@@ -1020,8 +1068,7 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
         fleet,
         origin,
         started_ms: now_ms(),
-        beats: Mutex::new(Vec::new()),
-        beats_dropped: AtomicU64::new(0),
+        beats: Mutex::new(Samples::new(MAX_SAMPLES)),
         errors: AtomicU64::new(0),
         kept: Mutex::new(Vec::new()),
         stop_beats: AtomicBool::new(false),
@@ -1359,10 +1406,12 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
     }
     res.stop.store(true, Ordering::Relaxed);
     sampler.await.context("the resource sampler failed")?;
-    let beats = lock(&run.beats).len();
+    let (beats, dropped) = {
+        let b = lock(&run.beats);
+        (b.acked, b.dropped)
+    };
     println!(
-        "heartbeats over the run: {beats} acknowledged ({} not sampled), {} errors{}",
-        run.beats_dropped.load(Ordering::Relaxed),
+        "heartbeats over the run: {beats} acknowledged ({dropped} oldest samples dropped), {} errors{}",
         run.errors.load(Ordering::Relaxed),
         if run.errors.load(Ordering::Relaxed) > 0 {
             format!(", first: {:?}", lock(&run.kept))
@@ -1390,6 +1439,20 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_keep_the_newest_at_their_bound() {
+        let mut s = Samples::new(4);
+        for t in 0..10 {
+            s.push(f64::from(t), f64::from(t) * 10.0);
+        }
+        assert_eq!((s.acked, s.dropped, s.kept.len()), (10, 6, 4));
+        // The window of the last phase is whole; what fell out of the bound is gone.
+        assert_eq!(s.between(6.0, 10.0), vec![60.0, 70.0, 80.0, 90.0]);
+        assert!(s.between(0.0, 6.0).is_empty());
+        s.push(10.0, 1.0);
+        assert_eq!((s.acked, s.dropped, s.between(0.0, 11.0).len()), (11, 7, 4));
+    }
 
     #[test]
     fn each_connection_drives_a_disjoint_share_of_the_agents() {
