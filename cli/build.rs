@@ -1,4 +1,5 @@
-//! Records the git revision the binary is built from (`huatuo version`, `huatuo --version`) as
+//! Records the git revision the binary is built from (`huatuo version`, `huatuo --version`, and
+//! `huatuo-agent --version`: `agent-bin/Cargo.toml` names this file as its build script) as
 //! `HUATUO_GIT_REV`: `git rev-parse --short=10 HEAD`, or "unknown" outside a git checkout (a source tarball,
 //! a packaging chroot without git; `HUATUO_GIT_REV=...` in the environment overrides both). Cargo reruns this when HEAD moves (a commit,
 //! a checkout), not on every edit: the revision names the commit, not the working tree.
@@ -16,7 +17,8 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-changed=build.rs");
+    // No rerun-if-changed for this file: cargo rebuilds, and so reruns, a build script whose source changed
+    // (and the path would be relative to each package using it).
     println!("cargo:rerun-if-env-changed=HUATUO_GIT_REV");
     // A packager without git may pass the revision in.
     let rev = std::env::var("HUATUO_GIT_REV")

@@ -55,19 +55,30 @@ pub fn parse_day(s: &str) -> Result<u32, String> {
     if !(1970..=2200).contains(&y) || !(1..=12).contains(&m) || d < 1 || d > month_days[(m - 1) as usize] {
         return Err(bad());
     }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok((era * 146_097 + doe - 719_468) as u32)
+    Ok(days_from_civil(y, m as u32, d as u32) as u32)
 }
 
 /// Days since 1970-01-01 -> `YYYY-MM-DD`.
 pub fn format_day(day: u32) -> String {
-    let z = day as i64 + 719_468;
+    civil_date(i64::from(day))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm); the one copy the
+/// workspace uses (export partitions, kernel-log timestamps, drive-day files).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01, negative before), the inverse of
+/// [`days_from_civil`].
+pub fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;

@@ -256,22 +256,11 @@ fn month(s: &[u8]) -> Option<u32> {
     MONTHS.iter().position(|m| m.as_slice() == s).map(|i| i as u32 + 1)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 fn epoch_ms(y: i64, mo: u32, d: u32, h: u64, mi: u64, s: u64, ms: u64) -> Option<u64> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
-    let days = u64::try_from(days_from_civil(y, mo, d)).ok()?;
+    let days = u64::try_from(predict::data::days_from_civil(y, mo, d)).ok()?;
     Some(((days * 86_400 + h * 3600 + mi * 60 + s) * 1000) + ms)
 }
 
