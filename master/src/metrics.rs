@@ -142,7 +142,11 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         "Revisions the slowest watcher on this node has not read yet",
         gauge(lag),
     );
-    for (name, help, v, is_counter) in crate::raft::fsync_stats::SNAPSHOTS.series() {
+    let stats = crate::raft::fsync_stats::SNAPSHOTS
+        .series()
+        .into_iter()
+        .chain(crate::raft::fsync_stats::TURNS.series());
+    for (name, help, v, is_counter) in stats {
         if is_counter {
             reg.register(name, help, ConstCounter::new(v));
         } else {

@@ -198,16 +198,26 @@ pub async fn serve(
     let mut api_servers: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
     let mut peer_server: JoinSet<(&'static str, std::io::Result<()>)> = JoinSet::new();
     {
+        // On the node's peer runtime, apart from the API's (see `raft::PeerRuntime`): the listener moves
+        // there so its connections are driven by that runtime's threads.
         let svc = raft.peer_service();
         let stop = stopped(peer_stop_rx);
         let mut builder = peer_builder;
-        peer_server.spawn(async move {
-            let r = builder
-                .add_service(svc)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(peer_l), stop)
-                .await;
-            ("peer", r.map_err(std::io::Error::other))
-        });
+        let peer_l = peer_l.into_std().context("the peer listener")?;
+        peer_server.spawn_on(
+            async move {
+                let r = match TcpListener::from_std(peer_l) {
+                    Ok(l) => builder
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(l), stop)
+                        .await
+                        .map_err(std::io::Error::other),
+                    Err(e) => Err(e),
+                };
+                ("peer", r)
+            },
+            &raft.peer_runtime(),
+        );
     }
     {
         let api = GrpcApi::new(svc.clone());

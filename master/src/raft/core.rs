@@ -11,7 +11,7 @@ use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use redb::{Database, ReadableDatabase, WriteTransaction};
 
-use super::snapfile::{Descriptor, FileSource, Hold, SnapDir};
+use super::snapfile::{Descriptor, FileSource, Flusher, Hold, SnapDir};
 use super::storage::{LOG_RECORD_OVERHEAD, RedbStorage, StoreError, applied_point, guard};
 use super::{DEFAULT_SNAPSHOT_LOG_BYTES, Fsm, FsmError, NodeId, ProposeError, RaftError};
 
@@ -149,6 +149,9 @@ pub struct Core<F: Fsm> {
     stepped_files: Vec<Hold>,
     /// The builder was refused (file limit, I/O): warn once until a build succeeds.
     build_warned: bool,
+    /// Flushes the database file while a received snapshot is restored into it (None: only the commit's
+    /// fsync, as in the simulation).
+    restore_flush: Option<Flusher>,
 }
 
 fn ctx_bytes(id: NodeId, incarnation: u64, token: u64) -> Vec<u8> {
@@ -208,7 +211,14 @@ impl<F: Fsm> Core<F> {
             building: None,
             stepped_files: Vec::new(),
             build_warned: false,
+            restore_flush: None,
         })
+    }
+
+    /// Flush the database file as received snapshots are restored into it (see [`Flusher`]).
+    pub fn with_restore_flush(mut self, flush: Flusher) -> Self {
+        self.restore_flush = Some(flush);
+        self
     }
 
     /// Builds snapshots on a background thread reporting through `done` (see [`BuildMode`]).
@@ -554,16 +564,16 @@ impl<F: Fsm> Core<F> {
         let mut done = Vec::new();
         let res = guard("the Ready's write transaction", || {
             let txn = self.db.begin_write()?;
+            let mut install = None;
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot();
                 let file = Descriptor::decode(snap.get_data())?;
                 let dir = self.raw.store().snap_dir().clone();
-                let started = std::time::Instant::now();
-                self.fsm
-                    .restore(&txn, &FileSource { dir: &dir, desc: file.clone() })
-                    .map_err(fsm_store_err)?;
+                let flushes = self.restore_flush.as_ref().map_or(0, Flusher::flushes);
+                install = Some((std::time::Instant::now(), file.size, flushes));
+                let source = FileSource { dir: &dir, desc: file.clone(), flush: self.restore_flush.as_ref() };
+                self.fsm.restore(&txn, &source).map_err(fsm_store_err)?;
                 self.raw.mut_store().apply_snapshot(&txn, snap.get_metadata(), &file)?;
-                super::fsync_stats::SNAPSHOTS.installed(file.size, started.elapsed());
             }
             let committed = rd.take_committed_entries();
             self.apply_entries(&txn, committed, &mut done)?;
@@ -578,6 +588,10 @@ impl<F: Fsm> Core<F> {
             let t = std::time::Instant::now();
             txn.commit()?;
             super::fsync_stats::FSYNC.observe(t.elapsed());
+            if let Some((started, size, flushes)) = install {
+                let now = self.restore_flush.as_ref().map_or(0, Flusher::flushes);
+                super::fsync_stats::SNAPSHOTS.installed(size, started.elapsed(), now - flushes);
+            }
             Ok(())
         });
         if let Err(e) = res {
@@ -889,35 +903,65 @@ fn fsm_store_err(e: FsmError) -> StoreError {
 mod tests {
     use super::*;
 
-    struct NopFsm;
-    impl Fsm for NopFsm {
+    /// A state machine whose snapshot is `SNAP` zero bytes whatever it applied. Its restore reads the
+    /// snapshot twice in small reads, as the master's does (check, then replace), and checks the bytes.
+    struct TestFsm<const SNAP: usize>;
+    type NopFsm = TestFsm<0>;
+    type BigFsm = TestFsm<BIG_SNAPSHOT>;
+    const BIG_SNAPSHOT: usize = 1 << 20;
+    impl<const SNAP: usize> Fsm for TestFsm<SNAP> {
         fn apply(&mut self, _: &WriteTransaction, index: u64, _: &[u8]) -> Result<Vec<u8>, FsmError> {
             Ok(index.to_le_bytes().to_vec())
         }
-        fn write_snapshot(_: &redb::ReadTransaction, _: &mut dyn std::io::Write) -> Result<(), FsmError> {
+        fn write_snapshot(_: &redb::ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError> {
+            out.write_all(&vec![0u8; SNAP])?;
             Ok(())
         }
         fn restore(
             &mut self,
             _: &WriteTransaction,
-            _: &dyn crate::raft::SnapshotSource,
+            src: &dyn crate::raft::SnapshotSource,
         ) -> Result<(), FsmError> {
+            // In small reads, as the master's record reader does.
+            for _ in 0..2 {
+                let (mut r, mut buf, mut total) = (src.open()?, [0u8; 4096], 0);
+                loop {
+                    let n = std::io::Read::read(&mut r, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    assert!(buf[..n].iter().all(|b| *b == 0), "the snapshot's bytes pass through unchanged");
+                    total += n;
+                }
+                assert_eq!(total, SNAP);
+            }
             Ok(())
         }
     }
 
-    fn follower(dir: &std::path::Path, election_ticks: usize) -> Core<NopFsm> {
-        let (_db, st) = crate::raft::sim::open_store::<NopFsm>(dir, 1, &[1, 2, 3]);
+    /// Member 1 of `voters`, its store in `dir`: election after `election_ticks` (raft-rs waits up to
+    /// `max_election_ticks`), a snapshot every `snapshot_every` entries (0: never by count).
+    fn core<const SNAP: usize>(
+        dir: &std::path::Path,
+        voters: &[u64],
+        (election_ticks, max_election_ticks): (usize, usize),
+        snapshot_every: u64,
+    ) -> Core<TestFsm<SNAP>> {
+        let (_db, st) = crate::raft::sim::open_store::<TestFsm<SNAP>>(dir, 1, voters);
         let cfg = CoreConfig {
             id: 1,
             election_ticks,
             heartbeat_ticks: 2,
-            snapshot_every: 0,
-            // raft-rs may wait up to 3x the election timeout before campaigning.
-            max_election_ticks: 3 * election_ticks,
+            snapshot_every,
+            max_election_ticks,
             incarnation: 1,
         };
-        Core::new(cfg, st, NopFsm, &slog::Logger::root(slog::Discard, slog::o!())).expect("core")
+        Core::new(cfg, st, TestFsm::<SNAP>, &slog::Logger::root(slog::Discard, slog::o!())).expect("core")
+    }
+
+    /// A follower of a 3-member cluster; raft-rs may wait up to 3x the election timeout before campaigning.
+    fn follower(dir: &std::path::Path, election_ticks: usize) -> Core<NopFsm> {
+        core(dir, &[1, 2, 3], (election_ticks, 3 * election_ticks), 0)
     }
 
     /// Issue 13 item 10: a follower keeps pointing at a dead leader until its randomised election timeout
@@ -996,19 +1040,9 @@ mod tests {
     #[test]
     fn large_entries_compact_by_bytes_before_the_entry_count() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (db, st) = crate::raft::sim::open_store::<NopFsm>(tmp.path(), 1, &[1]);
-        let cfg = CoreConfig {
-            id: 1,
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            snapshot_every: 10_000,
-            max_election_ticks: 11,
-            incarnation: 1,
-        };
         let limit = 1 << 20;
-        let mut c = Core::new(cfg, st, NopFsm, &slog::Logger::root(slog::Discard, slog::o!()))
-            .expect("core")
-            .with_snapshot_log_bytes(limit);
+        let mut c = core::<0>(tmp.path(), &[1], (10, 11), 10_000).with_snapshot_log_bytes(limit);
+        let db = c.storage().db().clone();
         for _ in 0..12 {
             c.tick();
             while c.has_ready() {
@@ -1036,24 +1070,30 @@ mod tests {
         assert!(rows <= 4, "{rows} log records of 300 KiB kept with a 1 MiB limit");
     }
 
-    /// A state machine whose snapshot is big (1 MiB of zeros) whatever it applied.
-    struct BigFsm;
-    const BIG_SNAPSHOT: usize = 1 << 20;
-    impl Fsm for BigFsm {
-        fn apply(&mut self, _: &WriteTransaction, index: u64, _: &[u8]) -> Result<Vec<u8>, FsmError> {
-            Ok(index.to_le_bytes().to_vec())
-        }
-        fn write_snapshot(_: &redb::ReadTransaction, out: &mut dyn std::io::Write) -> Result<(), FsmError> {
-            out.write_all(&vec![0u8; BIG_SNAPSHOT])?;
-            Ok(())
-        }
-        fn restore(
-            &mut self,
-            _: &WriteTransaction,
-            _: &dyn crate::raft::SnapshotSource,
-        ) -> Result<(), FsmError> {
-            Ok(())
-        }
+    /// Issue 17: a received snapshot is restored with the database file flushed as it goes (every
+    /// `every` bytes of snapshot read, both passes), not left to the commit's one fsync: a 1 MiB snapshot
+    /// read twice with a flush every 64 KiB flushes 32 times, and the install lands at its index.
+    #[test]
+    fn a_received_snapshot_is_restored_with_the_database_flushed_as_it_goes() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let c = core::<BIG_SNAPSHOT>(tmp.path(), &[1, 2, 3], (10, 11), 0);
+        let flush = Flusher::open(&crate::raft::node::db_path(tmp.path())).expect("flusher").every(64 << 10);
+        let mut c = c.with_restore_flush(flush);
+        let mut w = c.storage().snap_dir().create(40, 2).expect("create");
+        std::io::Write::write_all(&mut w, &vec![0u8; BIG_SNAPSHOT]).expect("write");
+        let (desc, hold) = w.finish().expect("finish");
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        (m.from, m.to, m.term) = (2, 1, 2);
+        let snap = m.mut_snapshot();
+        snap.set_data(desc.encode().into());
+        let meta = snap.mut_metadata();
+        (meta.index, meta.term) = (40, 2);
+        meta.mut_conf_state().voters = vec![1, 2, 3];
+        c.step_snapshot(m, hold);
+        c.on_ready(&mut |_| {}).expect("ready");
+        assert_eq!((c.storage().snapshot_index(), c.applied()), (40, 40), "installed");
+        assert_eq!(c.restore_flush.as_ref().map(Flusher::flushes), Some(32), "16 flushes per pass");
     }
 
     /// Issue 17: on a big state the triggers (`snapshot_every` entries, the byte limit) wait until the log
@@ -1062,18 +1102,7 @@ mod tests {
     #[test]
     fn a_big_snapshot_waits_for_a_quarter_of_its_size_in_log() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (_db, st) = crate::raft::sim::open_store::<BigFsm>(tmp.path(), 1, &[1]);
-        let cfg = CoreConfig {
-            id: 1,
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            snapshot_every: 3,
-            max_election_ticks: 11,
-            incarnation: 1,
-        };
-        let mut c = Core::new(cfg, st, BigFsm, &slog::Logger::root(slog::Discard, slog::o!()))
-            .expect("core")
-            .with_snapshot_log_bytes(0);
+        let mut c = core::<BIG_SNAPSHOT>(tmp.path(), &[1], (10, 11), 3).with_snapshot_log_bytes(0);
         let ready = |c: &mut Core<BigFsm>| {
             while c.has_ready() {
                 c.on_ready(&mut |_| {}).expect("ready");
@@ -1117,18 +1146,8 @@ mod tests {
     #[test]
     fn a_build_finished_behind_the_applied_index_compacts_up_to_its_own_index() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (db, st) = crate::raft::sim::open_store::<NopFsm>(tmp.path(), 1, &[1]);
-        let cfg = CoreConfig {
-            id: 1,
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            snapshot_every: 0,
-            max_election_ticks: 11,
-            incarnation: 1,
-        };
-        let mut c = Core::new(cfg, st, NopFsm, &slog::Logger::root(slog::Discard, slog::o!()))
-            .expect("core")
-            .with_snapshot_log_bytes(0);
+        let mut c = core::<0>(tmp.path(), &[1], (10, 11), 0).with_snapshot_log_bytes(0);
+        let db = c.storage().db().clone();
         let ready = |c: &mut Core<NopFsm>| {
             while c.has_ready() {
                 c.on_ready(&mut |_| {}).expect("ready");

@@ -56,6 +56,7 @@ pub struct SnapStats {
     pub installs: AtomicU64,
     pub last_install_bytes: AtomicU64,
     pub last_install_ms: AtomicU64,
+    pub install_flushes: AtomicU64,
 }
 
 pub static SNAPSHOTS: SnapStats = SnapStats {
@@ -67,6 +68,7 @@ pub static SNAPSHOTS: SnapStats = SnapStats {
     installs: AtomicU64::new(0),
     last_install_bytes: AtomicU64::new(0),
     last_install_ms: AtomicU64::new(0),
+    install_flushes: AtomicU64::new(0),
 };
 
 impl SnapStats {
@@ -81,7 +83,9 @@ impl SnapStats {
         self.build_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn installed(&self, bytes: u64, took: Duration) {
+    /// An install of `bytes` took `took` (restore and commit) with `flushes` intermediate flushes.
+    pub fn installed(&self, bytes: u64, took: Duration, flushes: u64) {
+        self.install_flushes.fetch_add(flushes, Ordering::Relaxed);
         self.last_install_bytes.store(bytes, Ordering::Relaxed);
         self.last_install_ms.store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.installs.fetch_add(1, Ordering::Relaxed);
@@ -130,8 +134,59 @@ impl SnapStats {
             ),
             (
                 "snapshot_last_install_ms",
-                "Milliseconds the last install took (inside one Ready, on the Raft thread)",
+                "Milliseconds the last install took (inside one Ready, on the Raft thread, commit included)",
                 l(&self.last_install_ms),
+                false,
+            ),
+            (
+                "snapshot_install_flushes",
+                "Flushes of the database file while installs were restored (one per 8 MiB of snapshot read)",
+                l(&self.install_flushes),
+                true,
+            ),
+        ]
+    }
+}
+
+/// Turns of the Raft loop (the events taken, then the Ready): a turn longer than the election timeout
+/// leaves the peers unanswered that long, which is how one member's stall makes a leader step down.
+/// Exported on `/metrics` (`huatuo_master_raft_turns_*`), printed by `huatuo bench fleet`.
+pub struct TurnStats {
+    pub over_250ms: AtomicU64,
+    pub over_1s: AtomicU64,
+    pub max_ms: AtomicU64,
+}
+
+pub static TURNS: TurnStats =
+    TurnStats { over_250ms: AtomicU64::new(0), over_1s: AtomicU64::new(0), max_ms: AtomicU64::new(0) };
+
+impl TurnStats {
+    pub fn observe(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if ms > 250 {
+            self.over_250ms.fetch_add(1, Ordering::Relaxed);
+        }
+        if ms > 1000 {
+            self.over_1s.fetch_add(1, Ordering::Relaxed);
+        }
+        self.max_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// (name, help, value, is_counter) of every series.
+    pub fn series(&self) -> Vec<(&'static str, &'static str, u64, bool)> {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("raft_turns_over_250ms", "Raft loop turns that took over 250 ms", l(&self.over_250ms), true),
+            (
+                "raft_turns_over_1s",
+                "Raft loop turns that took over 1 s (peers unanswered past the election timeout)",
+                l(&self.over_1s),
+                true,
+            ),
+            (
+                "raft_turn_max_ms",
+                "Longest Raft loop turn since start, in milliseconds",
+                l(&self.max_ms),
                 false,
             ),
         ]

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::alarms::{self, DISK_CHECK_INTERVAL};
 use super::core::{BuildOutcome, Completion, Core, CoreConfig, MAX_COMMAND_BYTES, bootstrap_snapshot};
-use super::snapfile::{Gate, Hold, SnapDir};
+use super::snapfile::{Flusher, Gate, Hold, SnapDir};
 use super::storage::{Found, RedbStorage, StoreError, panic_text};
 use super::transport::{self, PeerService, Transport};
 use super::{Fsm, NodeId, ProposeError, RaftConfig, RaftError, RaftStatus, Role, StorageLimits};
@@ -87,6 +87,48 @@ pub(crate) struct NodeShared {
     nospace: Mutex<Option<(u64, u64)>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     probe_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The runtime of the peer traffic: this node's sends (messages, snapshots) and, in the master, the
+    /// peer port's server. See [`PeerRuntime`].
+    net: PeerRuntime,
+}
+
+/// Threads of [`PeerRuntime`]: Raft's messages are small and few (heartbeats, appends of batched entries).
+const PEER_RUNTIME_THREADS: usize = 1;
+
+/// A runtime of its own for the traffic between members, apart from the API's: at 100,000 agents a new
+/// leader's runtime holds thousands of queued heartbeat calls, and Raft's heartbeats and append responses
+/// queued behind them arrived past the election timeout: the leader stepped down for lack of a quorum
+/// while every member's loop was answering in time (issue 17, `bench fleet` phase 5: 7 terms in 60 s, the
+/// first write 37.7 s after the kill). On its own threads, peer traffic waits for the OS scheduler only.
+pub(crate) struct PeerRuntime(Option<tokio::runtime::Runtime>);
+
+impl PeerRuntime {
+    fn new(id: NodeId) -> Result<PeerRuntime, RaftError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(PEER_RUNTIME_THREADS)
+            .thread_name(format!("raft-peer-{id}"))
+            .enable_all()
+            .build()
+            .map(|rt| PeerRuntime(Some(rt)))
+            .map_err(|e| RaftError::Raft(format!("peer runtime: {e}")))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the peer runtime lives as long as the node"),
+        }
+    }
+}
+
+impl Drop for PeerRuntime {
+    fn drop(&mut self) {
+        // The last handle may go on one of the runtime's own threads or inside another runtime, where a
+        // blocking shutdown is not allowed: stop it without waiting (its tasks are the node's, all done).
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -408,6 +450,10 @@ impl<F: Fsm> Launch<F> {
         let mailbox = shared.mailbox.clone();
         let core = Core::new(core_cfg, storage, fsm, &super::logger::logger(id))?
             .with_snapshot_log_bytes(limits.snapshot_log_bytes)
+            .with_restore_flush(
+                Flusher::open(&db_path(&data_dir))
+                    .map_err(|e| RaftError::Storage(format!("open the database file to flush it: {e}")))?,
+            )
             .with_build_thread(Arc::new(move |r| {
                 // From the builder thread (not a runtime thread). A stopped loop has closed the mailbox:
                 // the outcome is dropped and its file with it.
@@ -535,6 +581,7 @@ impl RaftNode {
             nospace: Mutex::new(None),
             thread: Mutex::new(None),
             probe_task: Mutex::new(None),
+            net: PeerRuntime::new(cfg.id)?,
         });
         let node = RaftNode { shared: shared.clone() };
         let core_cfg = CoreConfig {
@@ -552,7 +599,7 @@ impl RaftNode {
             rx,
             core_cfg,
             tick: cfg.tick,
-            rt: tokio::runtime::Handle::current(),
+            rt: shared.net.handle(),
             limits,
             data_dir: cfg.data_dir.clone(),
         };
@@ -713,6 +760,12 @@ impl RaftNode {
         futures::future::join_all(asks).await.into_iter().collect()
     }
 
+    /// The runtime the peer port's server should run on (see [`PeerRuntime`]): the sends of this node
+    /// already do.
+    pub fn peer_runtime(&self) -> tokio::runtime::Handle {
+        self.shared.net.handle()
+    }
+
     /// The gRPC service to mount on the master's peer port (7710 by default), with our size limits.
     pub fn peer_service(&self) -> proto::peer::peer_server::PeerServer<PeerService> {
         PeerService { shared: self.shared.clone() }.into_server()
@@ -818,6 +871,7 @@ fn run_loop<F: Fsm>(
                     }
                 }
             }
+            let turn = Instant::now();
             for _ in 0..MAX_EVENTS_PER_TURN {
                 if d.stop {
                     break;
@@ -832,6 +886,7 @@ fn run_loop<F: Fsm>(
             }
             d.ready()?;
             d.publish();
+            super::fsync_stats::TURNS.observe(turn.elapsed());
         }
     });
     d.transport.shutdown_now();

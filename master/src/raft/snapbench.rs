@@ -102,7 +102,7 @@ fn snapshot_build_and_restore_figures() {
         (
             desc.size,
             Box::new(move |txn| {
-                let src = FileSource { dir: &d, desc: desc.clone() };
+                let src = FileSource { dir: &d, desc: desc.clone(), flush: None };
                 MasterFsm::new(Policy::default()).0.restore_from(txn, &src).expect("restore");
             }),
         )

@@ -980,7 +980,7 @@ mod tests {
         // The in-table snapshot of the old binary moved into a file, once.
         assert!(st.scan_report().snapshot_migrated);
         let file = Descriptor::decode(&st.snapshot(0, 1).expect("snap").data).expect("descriptor");
-        let src = super::super::snapfile::FileSource { dir: st.snap_dir(), desc: file };
+        let src = super::super::snapfile::FileSource { dir: st.snap_dir(), desc: file, flush: None };
         use super::super::snapfile::SnapshotSource as _;
         assert_eq!(src.read_all().expect("read"), b"old");
         drop(st);

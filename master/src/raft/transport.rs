@@ -149,6 +149,8 @@ pub struct Transport {
 impl Transport {
     /// Spawns two tasks per peer (messages, snapshots) on `rt`.
     pub fn start(rt: &tokio::runtime::Handle, shared: &Arc<NodeShared>) -> Result<Self, TransportError> {
+        // The channels' connection workers are spawned where they are made: on `rt` too.
+        let _on_rt = rt.enter();
         let mut links = BTreeMap::new();
         let mut tasks = Vec::new();
         let my_addr = shared.peers.get(&shared.id).cloned().unwrap_or_default();
@@ -183,7 +185,7 @@ impl Transport {
         q.try_send(m).is_ok()
     }
 
-    /// Closes the queues and stops the tasks (they run on the main runtime; aborting is synchronous).
+    /// Closes the queues and stops the tasks (they run on the peer runtime; aborting is synchronous).
     pub fn shutdown_now(&mut self) {
         self.links.clear();
         for t in self.tasks.drain(..) {
