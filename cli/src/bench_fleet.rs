@@ -176,6 +176,10 @@ pub struct BenchFleetArgs {
     /// Where the masters' data dirs go (default: the temp dir; a run at 100,000 agents needs GiBs).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// redb's page cache of every master in MiB (`cache_mb` of the master config; default: the
+    /// master's own default), to weigh memory against speed at fleet scale.
+    #[arg(long)]
+    cache_mb: Option<u64>,
 }
 
 impl BenchFleetArgs {
@@ -201,6 +205,11 @@ impl BenchFleetArgs {
         }
         if self.throughput_seconds == 0 || self.throughput_seconds > MAX_THROUGHPUT_SECONDS {
             bail!("--throughput-seconds must be 1..={MAX_THROUGHPUT_SECONDS}");
+        }
+        if let Some(mb) = self.cache_mb
+            && !(8..=65_536).contains(&mb)
+        {
+            bail!("--cache-mb must be 8..=65536 (the master's cache_mb bounds)");
         }
         if let Some(d) = &self.data_dir
             && !d.is_dir()
@@ -777,6 +786,39 @@ async fn sample_resources(res: Arc<Resources>, origin: Instant) {
     }
 }
 
+/// The Raft loop's slow durable writes and slow turns on each running member since its start (its
+/// `/metrics`): a member whose loop stalls past the election timeout (1 s) goes unheard and makes a
+/// leader step down; the commits say whether the stall was the disk's.
+async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
+    let mut parts = Vec::new();
+    for id in cluster.running() {
+        let Some(n) = cluster.nodes.get(&id) else { continue };
+        match scrape_metrics(&n.http).await {
+            Ok(m) => {
+                let get = |key: &str| -> u64 {
+                    m.lines()
+                        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok()))
+                        .map_or(0, |v| v as u64)
+                };
+                let count = get("huatuo_master_fsync_seconds_count ");
+                let le_250ms = get("huatuo_master_fsync_seconds_bucket{le=\"0.25\"} ");
+                let le_1s = get("huatuo_master_fsync_seconds_bucket{le=\"1\"} ");
+                parts.push(format!(
+                    "node {id}: {count} commits, {} over 250 ms, {} over 1 s; loop turns over 250 ms {}, over 1 s \
+                     {}, longest {} ms",
+                    count.saturating_sub(le_250ms),
+                    count.saturating_sub(le_1s),
+                    get("huatuo_master_raft_turns_over_250ms_total "),
+                    get("huatuo_master_raft_turns_over_1s_total "),
+                    get("huatuo_master_raft_turn_max_ms ")
+                ));
+            }
+            Err(e) => parts.push(format!("node {id}: /metrics unreadable ({e:#})")),
+        }
+    }
+    println!("{label} slow Raft commits since each member started: {}", parts.join("; "));
+}
+
 fn print_resources(res: &Resources, label: &str, from: f64, to: f64) {
     let all = lock(&res.samples);
     let parts: Vec<String> = all
@@ -1013,7 +1055,14 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
         a.agents, a.objects_per_host, a.connections, a.heartbeat_secs
     );
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let mut cluster = LocalCluster::start(&exe, 3).context("start cluster")?;
+    let mut cluster = match a.cache_mb {
+        Some(mb) => {
+            println!("every master with cache_mb = {mb}");
+            LocalCluster::start_with_config(&exe, 3, &format!("cache_mb = {mb}\n"))
+        }
+        None => LocalCluster::start(&exe, 3),
+    }
+    .context("start cluster")?;
     let r = bench_on(&a, seed, &mut cluster).await;
     if r.is_err() {
         keep_logs(&cluster, seed);
@@ -1023,6 +1072,49 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
 
 /// A failed run keeps the masters' logs (the cluster's data, logs included, is removed with it): copied to
 /// `huatuo-bench-fleet-<seed>-logs` in the temp dir (or `--data-dir`), and the path printed.
+/// Most leader-change lines printed per member.
+const MAX_LEADER_LINES: usize = 20;
+
+/// The lines of `log` that say a leader changed here: a new leader learning the agents (once per term it
+/// won) and raft's warnings (a leader stepping down for lack of a quorum), without colour codes, the
+/// newest `MAX_LEADER_LINES`.
+fn leader_lines(log: &str) -> Vec<String> {
+    let plain = |l: &str| {
+        let mut out = String::with_capacity(l.len());
+        let mut chars = l.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // Skip an SGR sequence: ESC [ ... m.
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let lines: Vec<String> = log
+        .lines()
+        .map(plain)
+        .filter(|l| l.contains("leader learned the agents") || (l.contains("WARN") && l.contains(" raft:")))
+        .collect();
+    lines[lines.len().saturating_sub(MAX_LEADER_LINES)..].to_vec()
+}
+
+/// Every member's leader changes from its log (restarts append to the same file), so an election is
+/// explained by who stepped down and who won, not only counted.
+fn print_leader_changes(cluster: &LocalCluster) {
+    for id in cluster.nodes.keys() {
+        let log = std::fs::read_to_string(cluster.log_path(*id)).unwrap_or_default();
+        for l in leader_lines(&log) {
+            println!("leader change, node {id}'s log: {l}");
+        }
+    }
+}
+
 fn keep_logs(cluster: &LocalCluster, seed: u64) {
     let dir = std::env::temp_dir().join(format!("huatuo-bench-fleet-{seed}-logs"));
     if std::fs::create_dir_all(&dir).is_err() {
@@ -1265,6 +1357,8 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         Err(e) => println!("phase 3 snapshot: /metrics of the leader unreadable: {e:#}"),
     }
 
+    print_slow_commits(cluster, "phase 3").await;
+
     // Phases 4 and 5: the kills, with heartbeats continuing.
     let mut windows: Vec<(f64, f64)> = Vec::new();
     if a.skip_kills {
@@ -1305,6 +1399,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         );
         windows.push((t4, run.secs() + KILL_SETTLE.as_secs_f64()));
         print_resources(&res, "follower catch-up", t4, run.secs());
+        print_slow_commits(cluster, "phase 4").await;
 
         // Phase 5: leader kill -9.
         let leader =
@@ -1351,10 +1446,10 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         if let Some(pid) = cluster.pid(leader) {
             lock(&res.pids).insert(leader, pid);
         }
-        let now_leader = cluster
-            .wait_leader(READY_TIMEOUT)
-            .await
-            .ok_or_else(|| anyhow!("no leader after the failover"))?;
+        let Some(now_leader) = cluster.wait_leader(READY_TIMEOUT).await else {
+            print_slow_commits(cluster, "phase 5 (no leader)").await;
+            bail!("no leader after the failover");
+        };
         let commit = cluster.info(now_leader).await.map(|i| i.commit_index).unwrap_or(0);
         if !cluster.wait_applied(leader, commit, CATCHUP_DEADLINE).await {
             bail!("phase 5 failed: the restarted node {leader} did not catch up");
@@ -1372,6 +1467,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         );
         windows.push((t5, run.secs() + KILL_SETTLE.as_secs_f64()));
         print_resources(&res, "failover", t5, run.secs());
+        print_slow_commits(cluster, "phase 5").await;
     }
 
     // Phase 7 runs before phase 6 is printed: elections during the throughput phase count too.
@@ -1420,6 +1516,8 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         }
     );
 
+    print_leader_changes(cluster);
+
     // Phase 8: nothing acknowledged lost.
     let v = verify(&run, &acked).await.context("phase 8 failed")?;
     println!(
@@ -1439,6 +1537,25 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leader_lines_are_the_changes_without_colour_and_bounded() {
+        let log = "\u{1b}[2m2026-12-03T09:26:33Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m \u{1b}[2mraft\u{1b}[0m\u{1b}[2m:\u{1b}[0m \
+                   stepped down to follower since quorum is not active node=1\n\
+                   2026-12-03T09:26:34Z  INFO master::api: a heartbeat\n\
+                   2026-12-03T09:26:36Z  INFO master::api::duties: leader learned the agents recorded alive agents=3 term=3\n";
+        assert_eq!(
+            leader_lines(log),
+            vec![
+                "2026-12-03T09:26:33Z  WARN raft: stepped down to follower since quorum is not active node=1",
+                "2026-12-03T09:26:36Z  INFO master::api::duties: leader learned the agents recorded alive agents=3 term=3",
+            ]
+        );
+        let many: String = (0..50).map(|t| format!("x leader learned the agents term={t}\n")).collect();
+        let kept = leader_lines(&many);
+        assert_eq!(kept.len(), MAX_LEADER_LINES);
+        assert!(kept[0].ends_with("term=30") && kept[19].ends_with("term=49"), "the newest kept: {kept:?}");
+    }
 
     #[test]
     fn samples_keep_the_newest_at_their_bound() {
@@ -1626,6 +1743,7 @@ mod tests {
             seed: None,
             skip_kills: false,
             data_dir: None,
+            cache_mb: None,
         };
         assert!(ok.check().is_ok());
         assert_eq!(ok.disks(), 12);
@@ -1638,6 +1756,8 @@ mod tests {
             BenchFleetArgs { steady_seconds: 0, ..clone(&ok) },
             BenchFleetArgs { heartbeat_secs: 0, ..clone(&ok) },
             BenchFleetArgs { data_dir: Some("/nonexistent/fleet".into()), ..clone(&ok) },
+            BenchFleetArgs { cache_mb: Some(7), ..clone(&ok) },
+            BenchFleetArgs { cache_mb: Some(65_537), ..clone(&ok) },
         ];
         for b in bad {
             assert!(b.check().is_err(), "{b:?} accepted");
@@ -1647,6 +1767,7 @@ mod tests {
             agents: MAX_AGENTS,
             objects_per_host: MIN_OBJECTS_PER_HOST,
             connections: MAX_CONNECTIONS,
+            cache_mb: Some(8),
             ..clone(&ok)
         };
         assert!(edge.check().is_ok());
@@ -1664,6 +1785,7 @@ mod tests {
             seed: a.seed,
             skip_kills: a.skip_kills,
             data_dir: a.data_dir.clone(),
+            cache_mb: a.cache_mb,
         }
     }
 }

@@ -9,7 +9,8 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
     let data = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_huatuo"))
         .args(["bench", "fleet", "--agents", "60", "--steady-seconds", "3", "--heartbeat-secs", "1"])
-        .args(["--throughput-seconds", "1", "--connections", "8", "--seed", "17", "--data-dir"])
+        .args(["--throughput-seconds", "1", "--connections", "8", "--seed", "17", "--cache-mb", "32"])
+        .arg("--data-dir")
         .arg(data.path())
         .output()
         .expect("run huatuo bench fleet");
@@ -18,6 +19,7 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
     assert!(out.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     for line in [
         "seed 17 (replay with --seed 17)",
+        "every master with cache_mb = 32",
         "phase 1 registration: 60 hosts (900 objects) registered + first heartbeat",
         "phase 2 heartbeats: ",
         "phase 2 findings: ",
@@ -25,6 +27,9 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "resources (steady state): node 1 ",
         "phase 3 data dirs: node 1 ",
         "phase 3 snapshot",
+        "phase 3 slow Raft commits since each member started: node 1: ",
+        "phase 4 slow Raft commits since each member started: ",
+        "phase 5 slow Raft commits since each member started: ",
         "phase 4 follower catch-up: node ",
         "phase 5 failover: leader ",
         "phase 6 elections outside the kills: ",
@@ -53,6 +58,7 @@ fn bench_fleet_refuses_bad_arguments_before_starting_anything() {
         &["--connections", "0"],
         &["--steady-seconds", "0"],
         &["--data-dir", "/nonexistent/huatuo-fleet"],
+        &["--cache-mb", "4"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_huatuo"))
             .args(["bench", "fleet"])
