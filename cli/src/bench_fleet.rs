@@ -40,7 +40,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use futures::stream::{FuturesUnordered, StreamExt};
 use master::client::{Client, parse_addrs};
-use master::cluster::{LocalCluster, READY_TIMEOUT};
+use master::cluster::{LocalCluster, READY_TIMEOUT, strip_ansi};
 use proto::api;
 use proto::api::master_client::MasterClient;
 use tonic::transport::Channel;
@@ -1079,26 +1079,9 @@ const MAX_LEADER_LINES: usize = 20;
 /// won) and raft's warnings (a leader stepping down for lack of a quorum), without colour codes, the
 /// newest `MAX_LEADER_LINES`.
 fn leader_lines(log: &str) -> Vec<String> {
-    let plain = |l: &str| {
-        let mut out = String::with_capacity(l.len());
-        let mut chars = l.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // Skip an SGR sequence: ESC [ ... m.
-                for c in chars.by_ref() {
-                    if c == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
     let lines: Vec<String> = log
         .lines()
-        .map(plain)
+        .map(strip_ansi)
         .filter(|l| l.contains("leader learned the agents") || (l.contains("WARN") && l.contains(" raft:")))
         .collect();
     lines[lines.len().saturating_sub(MAX_LEADER_LINES)..].to_vec()

@@ -51,6 +51,25 @@ const FREE_PORT_ATTEMPTS: usize = 1_000;
 /// Lowest port handed out: above the well-known and registered ranges most daemons use.
 const FREE_PORT_LOW: u16 = 10_000;
 
+/// A line of a master's log without its terminal colour codes (`ESC [ ... m`), for reading the log files
+/// this harness writes.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A free loopback port OUTSIDE the kernel's ephemeral range (`ip_local_port_range`), checked by binding
 /// it. A port taken with `bind(0)` comes from the ephemeral range: once a node is killed and its port
 /// released, any outgoing connection on the machine (clients, peers retrying) may get that port as its

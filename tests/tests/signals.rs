@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use master::cluster::{LocalCluster, READY_TIMEOUT};
+use master::cluster::{LocalCluster, READY_TIMEOUT, strip_ansi};
 use tests::{huatuo_bin, wait_until};
 
 /// The master's whole ordered shutdown is bounded by the sum of its steps' limits.
@@ -47,22 +47,4 @@ async fn sigterm_stops_a_master_cleanly_and_the_others_keep_serving() {
     cluster.kill9(leader);
     let next = cluster.wait_leader(READY_TIMEOUT).await;
     assert!(next.is_some_and(|l| l != leader), "no new leader after the orderly stop: {next:?}");
-}
-
-/// A log line without its terminal colour codes (`ESC [ ... m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
