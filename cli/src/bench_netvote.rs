@@ -328,6 +328,7 @@ fn reports(n: &Net, loss: &mut Loss, rng: &mut Rng, a: &BenchNetvoteArgs, window
                     connect_failures: 0,
                     rtt_p50_us: if lost == a.probes { 0 } else { p50 },
                     rtt_p99_us: if lost == a.probes { 0 } else { p50 * 3 },
+                    path: Vec::new(),
                 }
             })
             .collect();

@@ -37,6 +37,12 @@ pub struct PeerResult {
     pub connect_failures: u32,
     pub rtt_p50_us: u32,
     pub rtt_p99_us: u32,
+    /// Path evidence: the switches this flow's probes crossed, in order from the reporter's ToR to the
+    /// peer's (empty: not traced, every equal-cost route is possible). The agent traces a lossy flow's
+    /// 5-tuple and fills the hops' addresses (`*` for a hop that did not answer); the master maps them to
+    /// switch names with the topology before the window sees them, and a path that is not one of the
+    /// topology's routes between the two hosts is ignored (the flow counts as not traced).
+    pub path: Vec<String>,
 }
 
 /// One agent's report for one closed window (`NetReport` on the wire, with the reporter's identity).

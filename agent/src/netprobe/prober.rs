@@ -292,6 +292,7 @@ pub fn peer_to_wire(r: &netvote::PeerResult) -> api::PeerResult {
         connect_failures: r.connect_failures,
         rtt_p50_us: r.rtt_p50_us,
         rtt_p99_us: r.rtt_p99_us,
+        hops: r.path.clone(),
     }
 }
 

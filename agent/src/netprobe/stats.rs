@@ -48,6 +48,7 @@ impl PeerWindow {
             connect_failures: self.connect_failures,
             rtt_p50_us: percentile(&self.rtts_us, 50),
             rtt_p99_us: percentile(&self.rtts_us, 99),
+            path: Vec::new(),
         }
     }
 }

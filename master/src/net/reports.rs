@@ -103,6 +103,7 @@ fn check_one(i: usize, host: &str, started_ms: u64, r: &api::NetReport) -> Resul
             connect_failures: p.connect_failures,
             rtt_p50_us: p.rtt_p50_us,
             rtt_p99_us: p.rtt_p99_us,
+            path: Vec::new(),
         });
     }
     let mut voted = HashSet::with_capacity(r.votes.len());

@@ -132,6 +132,7 @@ pub fn path(routes: Vec<netvote::Route>, last: Option<&Closed>, a: &str, b: &str
                 connect_failures: f.connect_failures,
                 rtt_p50_us: f.rtt_p50_us,
                 rtt_p99_us: f.rtt_p99_us,
+                hops: Vec::new(),
             });
         }
     }
