@@ -52,6 +52,7 @@ fn report_with(me: usize, seq: u64, lossy: impl Fn(usize, usize) -> bool) -> api
             connect_failures: 0,
             rtt_p50_us: 200,
             rtt_p99_us: 400,
+            hops: Vec::new(),
         });
         if lossy {
             votes.push(host(p));

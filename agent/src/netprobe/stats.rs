@@ -135,7 +135,8 @@ mod tests {
                 lost: 2,
                 connect_failures: 1,
                 rtt_p50_us: 200,
-                rtt_p99_us: 300
+                rtt_p99_us: 300,
+                path: Vec::new(),
             }
         );
         w.clear();

@@ -162,6 +162,7 @@ pub(crate) mod tests {
                 connect_failures: 1,
                 rtt_p50_us: 100,
                 rtt_p99_us: 300,
+                hops: Vec::new(),
             }],
             votes: vec!["h2".into(), "h1".into()],
             tcp_retrans_segs: 3,
