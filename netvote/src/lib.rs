@@ -26,7 +26,7 @@ pub mod window;
 pub use local::{LocalRules, votes};
 pub use localise::{MatrixCell, Params, Verdict, localise};
 pub use topology::{ClosSpec, Route, Tier, Topology, TopologyError, link_id};
-pub use window::{Flow, Window, WindowError, WindowLimits};
+pub use window::{Flow, MAX_PATH_HOPS, UNKNOWN_HOP, Window, WindowError, WindowLimits};
 
 /// One peer's results in one window, as an agent measured them (`PeerResult` on the wire).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

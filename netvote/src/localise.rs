@@ -27,7 +27,7 @@
 
 use crate::fxhash::FxMap;
 use crate::topology::Topology;
-use crate::window::{Flow, Window};
+use crate::window::{Flow, UNKNOWN_HOP, Window};
 use crate::{Decision, Suspect, Target};
 
 /// At most this many example flows in a suspect's evidence.
@@ -116,6 +116,11 @@ pub struct Verdict {
     pub bad_flows: u32,
     /// Flows with an end the topology does not know (left out of the blame).
     pub unplaced_flows: u32,
+    /// Flows placed on their traced path (path evidence) instead of every equal-cost route.
+    pub traced_flows: u32,
+    /// Flows whose traced path is not a route between their hosts (an unknown switch, a wrong shape): placed
+    /// on every equal-cost route as if not traced.
+    pub untrusted_paths: u32,
     /// The per-link background loss rate used.
     pub background_loss: f64,
     pub matrix: Vec<MatrixCell>,
@@ -256,6 +261,8 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
     // 1. Place flows, group by ToR pair.
     let mut buckets: Vec<Bucket> = Vec::new();
     let mut bucket_of: FxMap<(u32, u32), u32> = FxMap::default();
+    // Traced flows: (path, src ToR, dst ToR) -> the bucket of the routes the path matches (None: untrusted).
+    let mut path_bucket_of: FxMap<(u32, u32, u32), Option<u32>> = FxMap::default();
     let mut scratch = Scratch { counts: vec![0; hosts + switches + links], touched: Vec::new() };
     let mut placed: Vec<Placed> = Vec::with_capacity(flows.len());
     for (i, f) in flows.iter().enumerate() {
@@ -275,18 +282,44 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
             }
             Some(t) => {
                 let (ta, tb) = (t.host_tor_id(s), t.host_tor_id(d));
+                let traced = if f.path == 0 {
+                    None
+                } else {
+                    let key = (f.path, ta, tb);
+                    let b = match path_bucket_of.get(&key) {
+                        Some(&b) => b,
+                        None => {
+                            let b = path_bucket(t, &ctx, &mut scratch, ta, tb, w.path(f.path)).map(|b| {
+                                buckets.push(b);
+                                buckets.len() as u32 - 1
+                            });
+                            path_bucket_of.insert(key, b);
+                            b
+                        }
+                    };
+                    if b.is_some() {
+                        v.traced_flows += 1;
+                    } else {
+                        v.untrusted_paths += 1;
+                    }
+                    b
+                };
                 let key = (ta.min(tb), ta.max(tb));
-                match bucket_of.get(&key) {
-                    Some(&b) => b,
-                    None => {
-                        let Some(b) = make_bucket(t, &ctx, &mut scratch, key.0, key.1) else {
-                            v.unplaced_flows += 1;
-                            continue;
-                        };
-                        let id = buckets.len() as u32;
-                        buckets.push(b);
-                        bucket_of.insert(key, id);
-                        id
+                if let Some(b) = traced {
+                    b
+                } else {
+                    match bucket_of.get(&key) {
+                        Some(&b) => b,
+                        None => {
+                            let Some(b) = make_bucket(t, &ctx, &mut scratch, key.0, key.1) else {
+                                v.unplaced_flows += 1;
+                                continue;
+                            };
+                            let id = buckets.len() as u32;
+                            buckets.push(b);
+                            bucket_of.insert(key, id);
+                            id
+                        }
                     }
                 }
             }
@@ -584,6 +617,41 @@ fn make_bucket(t: &Topology, ctx: &Ctx, sc: &mut Scratch, a: u32, b: u32) -> Opt
     Some(Bucket { elems: sc.take(n), nlinks: 6.0 })
 }
 
+/// The bucket of a traced flow from ToR `a` to ToR `b`: the equal-cost routes its `path` matches (a hop
+/// [`UNKNOWN_HOP`] matches any switch), each with weight 1/#matching, so a fully traced path puts the whole
+/// flow on its own switches and links. None when the path names a switch the topology does not know or
+/// matches no route (the flow then counts as not traced).
+fn path_bucket(t: &Topology, ctx: &Ctx, sc: &mut Scratch, a: u32, b: u32, path: &[String]) -> Option<Bucket> {
+    let mut want: Vec<Option<u32>> = Vec::with_capacity(path.len());
+    for hop in path {
+        if hop == UNKNOWN_HOP {
+            want.push(None);
+        } else {
+            want.push(Some(t.switch_id(hop)?));
+        }
+    }
+    let h = ctx.hosts as u32;
+    let mut n = 0u32;
+    for route in t.switch_paths(a, b) {
+        if route.len() != want.len() || route.iter().zip(&want).any(|(r, w)| w.is_some_and(|w| w != *r)) {
+            continue;
+        }
+        n += 1;
+        for (i, &s) in route.iter().enumerate() {
+            sc.add(h + s, 1);
+            if let Some(&next) = route.get(i + 1)
+                && let Some(l) = t.link_of(s, next)
+            {
+                sc.add(h + ctx.switches as u32 + l, 1);
+            }
+        }
+    }
+    if n == 0 {
+        return None;
+    }
+    Some(Bucket { elems: sc.take(n), nlinks: want.len() as f64 + 1.0 })
+}
+
 fn target_of(ctx: &Ctx, w: &Window, e: u32) -> Target {
     match (ctx.decode(e), ctx.topo) {
         (Elem::Nic(h), Some(t)) => {
@@ -812,6 +880,12 @@ mod tests {
     /// Every host probes `peers` peers (`stride` apart, so ToR-mates and remote hosts are covered) with
     /// `probes` probes each; a probe takes a random equal-cost route and survives each element's loss.
     fn window(t: &Topology, f: &Faults, peers: usize, probes: u32, seed: u64) -> Window {
+        window_traced(t, f, peers, probes, seed, false)
+    }
+
+    /// `traced`: ECMP per flow (all of a flow's probes take one route, as a TCP connection's do) and every
+    /// lossy flow reports its route's switches, as the agent's tracer finds them.
+    fn window_traced(t: &Topology, f: &Faults, peers: usize, probes: u32, seed: u64, traced: bool) -> Window {
         let mut rng = Rng(seed | 1);
         let mut w = Window::new(WindowLimits::default());
         let hosts = t.hosts().to_vec();
@@ -822,9 +896,11 @@ mod tests {
                 let j = (i + 1 + k * ((n - 1) / peers).max(1)) % n;
                 let other = &hosts[j];
                 let routes = t.routes(me, other).unwrap();
+                let pinned = &routes[(rng.next() % routes.len() as u64) as usize];
                 let mut lost = 0;
                 for _ in 0..probes {
-                    let r = &routes[(rng.next() % routes.len() as u64) as usize];
+                    let r =
+                        if traced { pinned } else { &routes[(rng.next() % routes.len() as u64) as usize] };
                     let mut ok = 1.0 - 1e-4 * r.links.len() as f64;
                     ok *= 1.0 - f.nic.get(me).copied().unwrap_or(0.0);
                     ok *= 1.0 - f.nic.get(other).copied().unwrap_or(0.0);
@@ -839,12 +915,18 @@ mod tests {
                     }
                 }
                 let rtt = if f.busy.contains(other) { 20_000 } else { 200 };
+                let path = if traced && lost > 0 {
+                    pinned.nodes[1..pinned.nodes.len() - 1].to_vec()
+                } else {
+                    Vec::new()
+                };
                 results.push(PeerResult {
                     host: other.clone(),
                     sent: probes,
                     lost,
                     rtt_p50_us: rtt,
                     rtt_p99_us: rtt * 2,
+                    path,
                     ..Default::default()
                 });
             }
@@ -954,6 +1036,72 @@ mod tests {
         assert!(v.suspects[0].why.contains("cannot be told apart"), "{}", v.suspects[0].why);
         assert_eq!(v.suspects[1].decision, Decision::Rank);
         assert!(no_host_error(&v));
+    }
+
+    #[test]
+    fn traced_paths_name_the_one_lossy_uplink_among_its_equal_cost_twins() {
+        let t = small();
+        for (seed, link, loss) in [(13, ("agg0", "tor1"), 0.08), (21, ("agg3", "tor6"), 0.03)] {
+            let mut f = Faults::default();
+            f.link.insert((link.0.into(), link.1.into()), loss);
+            let w = window_traced(&t, &f, 24, 20, seed, true);
+            let v = localise(Some(&t), &w, &Params::default());
+            assert!(!v.suspects.is_empty(), "seed {seed}: {v:?}");
+            let top = &v.suspects[0];
+            assert_eq!(top.target, Target::link(link.0, link.1), "seed {seed}: {:?}", v.suspects);
+            assert!(!top.why.contains("cannot be told apart"), "{}", top.why);
+            assert!(v.traced_flows > 0 && v.untrusted_paths == 0, "{v:?}");
+            // No twin of the same evidence: the other uplink of the ToR is not listed as an alternative.
+            let twin = Target::link(if link.0 == "agg0" { "agg1" } else { "agg2" }, link.1);
+            assert!(v.suspects.iter().all(|s| s.target != twin), "{:?}", v.suspects);
+            assert!(no_host_error(&v));
+            if loss >= 0.05 {
+                assert_eq!(top.decision, Decision::Error, "{top:?}");
+            }
+        }
+        // Healthy and traced: still no suspects.
+        for seed in 1..4 {
+            let w = window_traced(&t, &Faults::default(), 24, 20, seed, true);
+            let v = localise(Some(&t), &w, &Params::default());
+            assert!(v.suspects.is_empty(), "seed {seed}: {:?}", v.suspects);
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_no_route_is_ignored_and_a_hop_that_did_not_answer_matches_any_switch() {
+        let t = small();
+        // h00 is under tor0 (pod 0), h95 under tor7 (pod 1): routes tor0-aggX-spineY-aggZ-tor7.
+        let routes = t.routes("h00", "h95").unwrap();
+        assert!(routes.len() > 1);
+        let good: Vec<String> = routes[0].nodes[1..6].to_vec();
+        let cases: Vec<(Vec<String>, bool)> = vec![
+            (good.clone(), true),
+            (vec!["tor0".into(), "*".into(), good[2].clone(), "*".into(), "tor7".into()], true),
+            (vec!["tor0".into(), "nosuch".into(), good[2].clone(), good[3].clone(), "tor7".into()], false),
+            (vec!["tor0".into(), "tor7".into()], false),
+            (good.iter().rev().cloned().collect(), false),
+        ];
+        for (path, trusted) in cases {
+            let mut w = Window::new(WindowLimits::default());
+            let r = Report {
+                reporter: "h00".into(),
+                peers: vec![PeerResult {
+                    host: "h95".into(),
+                    sent: 10,
+                    lost: 1,
+                    path: path.clone(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            w.add(&r).unwrap();
+            let v = localise(Some(&t), &w, &Params::default());
+            assert_eq!(
+                (v.traced_flows, v.untrusted_paths),
+                if trusted { (1, 0) } else { (0, 1) },
+                "{path:?}"
+            );
+        }
     }
 
     #[test]

@@ -21,7 +21,15 @@ pub struct WindowLimits {
     pub max_votes_per_report: usize,
     /// Flows (one peer result = one flow) over the whole window.
     pub max_flows: usize,
+    /// Distinct traced paths over the whole window (agents trace at most a few lossy flows per window; a
+    /// Clos fabric has routes per ToR pair, so this is far above what a real window holds).
+    pub max_paths: usize,
 }
+
+/// Most hops in one traced path (the agent's tracer stops at 16; a Clos route has at most 5 switches).
+pub const MAX_PATH_HOPS: usize = 16;
+/// A hop of a traced path that did not answer (matches any switch at that position).
+pub const UNKNOWN_HOP: &str = "*";
 
 impl Default for WindowLimits {
     fn default() -> Self {
@@ -31,6 +39,7 @@ impl Default for WindowLimits {
             max_peers_per_report: 1_024,
             max_votes_per_report: crate::local::MAX_VOTES,
             max_flows: 8_000_000,
+            max_paths: 1_000_000,
         }
     }
 }
@@ -50,6 +59,8 @@ pub enum WindowError {
     LostAboveSent { reporter: String, peer: String, lost: u32, sent: u32 },
     #[error("report from {reporter} names itself as a peer")]
     SelfPeer { reporter: String },
+    #[error("report from {reporter}: peer {peer} has a path of {hops} hops (limit {limit})")]
+    PathTooLong { reporter: String, peer: String, hops: usize, limit: usize },
     #[error("window full: {what} limit {limit} reached; report from {reporter} refused")]
     Full { what: &'static str, limit: usize, reporter: String },
 }
@@ -64,6 +75,8 @@ pub struct Flow {
     pub connect_failures: u32,
     pub rtt_p50_us: u32,
     pub rtt_p99_us: u32,
+    /// The traced path of the flow ([`Window::path`]; 0: not traced).
+    pub path: u32,
 }
 
 impl Flow {
@@ -99,6 +112,9 @@ pub struct Window {
     index: FxMap<String, u32>,
     info: Vec<HostInfo>,
     flows: Vec<Flow>,
+    /// Distinct traced paths; id 0 is the empty path (not traced).
+    paths: Vec<Vec<String>>,
+    path_index: FxMap<Vec<String>, u32>,
 }
 
 fn check_name(n: &str) -> Result<(), WindowError> {
@@ -117,6 +133,8 @@ impl Window {
             index: FxMap::default(),
             info: Vec::new(),
             flows: Vec::new(),
+            paths: vec![Vec::new()],
+            path_index: FxMap::default(),
         }
     }
 
@@ -129,6 +147,29 @@ impl Window {
         self.index.insert(name.to_string(), i);
         self.info.push(HostInfo::default());
         i
+    }
+
+    fn intern_path(&mut self, path: &[String]) -> u32 {
+        if path.is_empty() {
+            return 0;
+        }
+        if let Some(&i) = self.path_index.get(path) {
+            return i;
+        }
+        let i = self.paths.len() as u32;
+        self.paths.push(path.to_vec());
+        self.path_index.insert(path.to_vec(), i);
+        i
+    }
+
+    /// A traced path by id (the hops as reported, switch names or [`UNKNOWN_HOP`]); id 0 is empty.
+    pub fn path(&self, id: u32) -> &[String] {
+        &self.paths[id as usize]
+    }
+
+    /// Distinct traced paths in the window.
+    pub fn path_count(&self) -> usize {
+        self.paths.len() - 1
     }
 
     /// Adds one report. `Ok(false)`: this (reporter, started_ms, window_seq) was already counted (a retried
@@ -180,6 +221,19 @@ impl Window {
             if !self.index.contains_key(&p.host) {
                 new_names.insert(&p.host);
             }
+            if p.path.len() > MAX_PATH_HOPS {
+                return Err(WindowError::PathTooLong {
+                    reporter: r.reporter.clone(),
+                    peer: p.host.clone(),
+                    hops: p.path.len(),
+                    limit: MAX_PATH_HOPS,
+                });
+            }
+            for hop in &p.path {
+                if hop != UNKNOWN_HOP {
+                    check_name(hop)?;
+                }
+            }
         }
         for v in &r.votes {
             check_name(v)?;
@@ -197,6 +251,15 @@ impl Window {
         if self.flows.len() + r.peers.len() > l.max_flows {
             return Err(full("flows", l.max_flows));
         }
+        let new_paths: FxSet<&[String]> = r
+            .peers
+            .iter()
+            .map(|p| p.path.as_slice())
+            .filter(|p| !p.is_empty() && !self.path_index.contains_key(*p))
+            .collect();
+        if self.paths.len() - 1 + new_paths.len() > l.max_paths {
+            return Err(full("paths", l.max_paths));
+        }
         // Validated: apply.
         let me = self.intern(&r.reporter);
         self.seen.insert((me, r.started_ms, r.window_seq));
@@ -213,6 +276,7 @@ impl Window {
         for p in &r.peers {
             let d = self.intern(&p.host);
             self.info[d as usize].probed += 1;
+            let path = self.intern_path(&p.path);
             self.flows.push(Flow {
                 src: me,
                 dst: d,
@@ -221,6 +285,7 @@ impl Window {
                 connect_failures: p.connect_failures,
                 rtt_p50_us: p.rtt_p50_us,
                 rtt_p99_us: p.rtt_p99_us,
+                path,
             });
         }
         let mut voted: Vec<&str> = r.votes.iter().map(String::as_str).filter(|v| *v != r.reporter).collect();
@@ -332,6 +397,7 @@ mod tests {
             max_peers_per_report: 2,
             max_votes_per_report: 2,
             max_flows: 3,
+            max_paths: 1,
         };
         let mut w = Window::new(limits);
         assert!(matches!(
@@ -356,6 +422,40 @@ mod tests {
         assert!(matches!(w.add(&report("c", 1, &[])), Err(WindowError::Full { what: "reports", .. })));
         assert_eq!(w.flows().len(), 3);
         assert_eq!(w.reports(), 2);
+    }
+
+    fn traced(who: &str, seq: u64, peer: &str, path: &[&str]) -> Report {
+        let mut r = report(who, seq, &[(peer, 5, 1)]);
+        r.peers[0].path = path.iter().map(|h| h.to_string()).collect();
+        r
+    }
+
+    #[test]
+    fn traced_paths_are_kept_once_each_and_bounded() {
+        let limits = WindowLimits { max_paths: 2, ..WindowLimits::default() };
+        let mut w = Window::new(limits);
+        assert_eq!(w.add(&traced("a", 1, "b", &["t1", "x1", "t2"])), Ok(true));
+        assert_eq!(w.add(&traced("c", 1, "b", &["t1", "x1", "t2"])), Ok(true));
+        assert_eq!(w.add(&traced("d", 1, "b", &["t1", "*", "t2"])), Ok(true));
+        assert_eq!(w.path_count(), 2);
+        let ids: Vec<u32> = w.flows().iter().map(|f| f.path).collect();
+        assert_eq!(ids, [1, 1, 2]);
+        assert_eq!(w.path(1), ["t1", "x1", "t2"]);
+        assert_eq!(w.path(0), [] as [String; 0]);
+        // A third distinct path is refused whole; an untraced flow still fits.
+        let e = w.add(&traced("e", 1, "b", &["t1", "x2", "t2"])).unwrap_err();
+        assert_eq!(e, WindowError::Full { what: "paths", limit: 2, reporter: "e".into() });
+        assert_eq!(w.add(&report("e", 1, &[("b", 5, 0)])), Ok(true));
+        assert_eq!(w.flows().len(), 4);
+        // Hostile paths: too long, or a hop that is not a name.
+        let long: Vec<&str> = vec!["s"; MAX_PATH_HOPS + 1];
+        assert!(matches!(
+            w.add(&traced("f", 1, "b", &long)),
+            Err(WindowError::PathTooLong { hops: 17, limit: MAX_PATH_HOPS, .. })
+        ));
+        assert!(matches!(w.add(&traced("f", 1, "b", &["t1", ""])), Err(WindowError::BadName(_))));
+        assert!(matches!(w.add(&traced("f", 1, "b", &["t1\n"])), Err(WindowError::BadName(_))));
+        assert_eq!(w.flows().len(), 4);
     }
 
     #[test]
