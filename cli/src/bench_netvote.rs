@@ -55,10 +55,26 @@ pub struct BenchNetvoteArgs {
     /// Fault windows per seed (evidence accumulates over them).
     #[arg(long, default_value_t = 3)]
     windows: usize,
+    /// Lossy flows each host traces per window (the agent's tracer: path evidence, 007-style). With
+    /// tracing, ECMP is per flow as for the agent's TCP probes: a connection's probes take one route, a lost
+    /// probe makes the agent reconnect (a new source port, a new route) and the route of the first lossy
+    /// connection is traced; each traced hop answers only if its TTL-limited SYN and the ICMP reply both
+    /// survive. 0: no tracing, and each probe takes its own random route (the model without path evidence).
+    #[arg(long, default_value_t = DEFAULT_TRACES)]
+    trace: usize,
+    /// Threads running seeds side by side (default: the machine's cores). Each seed is independent and
+    /// seeded on its own, so the figures do not depend on it; the leader CPU figures are per thread.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Print every miss (fault not in the top 3) and every false suspect.
     #[arg(long)]
     verbose: bool,
 }
+
+/// The agent's traces per window (`agent::netprobe::trace`'s `MAX_TRACES_PER_WINDOW`).
+const DEFAULT_TRACES: usize = 8;
+/// Most threads (a typo would otherwise start thousands).
+const MAX_THREADS: usize = 64;
 
 /// Background loss of every link (issue 16: 0.01%).
 const BACKGROUND: f64 = 1e-4;
@@ -275,6 +291,144 @@ impl Loss {
     }
 }
 
+/// One switch route between two ToRs, by index: `[ta]`, `[ta, x, tb]` or `[ta, x, s, y, tb]` (x, y
+/// aggregation switches, s a spine).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SimRoute {
+    Same,
+    Agg(usize),
+    Spine(usize, usize, usize),
+}
+
+impl Loss {
+    /// A uniformly random equal-cost route from ToR `ta` to ToR `tb` (what an ECMP hash of a new 5-tuple
+    /// picks), or None when there is none.
+    fn pick_route(n: &Net, rng: &mut Rng, ta: usize, tb: usize) -> Option<SimRoute> {
+        if ta == tb {
+            return Some(SimRoute::Same);
+        }
+        let shared: Vec<usize> = n.tor_up[ta].iter().copied().filter(|a| n.tor_up[tb].contains(a)).collect();
+        if !shared.is_empty() {
+            return Some(SimRoute::Agg(shared[rng.below(shared.len() as u64) as usize]));
+        }
+        let (ua, ub) = (&n.tor_up[ta], &n.tor_up[tb]);
+        if ua.is_empty() || ub.is_empty() {
+            return None;
+        }
+        // Bounded: in the generated Clos every aggregation switch reaches every spine, so the first try works.
+        for _ in 0..64 {
+            let x = ua[rng.below(ua.len() as u64) as usize];
+            let y = ub[rng.below(ub.len() as u64) as usize];
+            let common: Vec<usize> =
+                n.agg_up[x].iter().copied().filter(|s| n.agg_up[y].contains(s)).collect();
+            if !common.is_empty() {
+                return Some(SimRoute::Spine(x, common[rng.below(common.len() as u64) as usize], y));
+            }
+        }
+        None
+    }
+
+    /// Survival of each step of a route from host `a` to host `b`, in order: `a`'s NIC, then per switch the
+    /// link into it and the switch itself, then the last link and `b`'s NIC. A probe survives the product.
+    fn steps(&self, n: &Net, a: usize, b: usize, r: SimRoute) -> Vec<f64> {
+        let ok = 1.0 - BACKGROUND;
+        let nic = |h: usize| ok * (1.0 - self.nic.get(&h).copied().unwrap_or(0.0));
+        let sw = |t: usize| 1.0 - self.tor.get(&t).copied().unwrap_or(0.0);
+        let up = |t: usize, g: usize| ok * (1.0 - self.tor_agg.get(&(t, g)).copied().unwrap_or(0.0));
+        let sp = |g: usize, s: usize| ok * (1.0 - self.agg_spine.get(&(g, s)).copied().unwrap_or(0.0));
+        let (ta, tb) = (n.host_tor[a], n.host_tor[b]);
+        let mut v = vec![nic(a), sw(ta)];
+        match r {
+            SimRoute::Same => {}
+            SimRoute::Agg(x) => v.extend([up(ta, x), up(tb, x), sw(tb)]),
+            SimRoute::Spine(x, s, y) => v.extend([up(ta, x), sp(x, s), sp(y, s), up(tb, y), sw(tb)]),
+        }
+        v.push(nic(b));
+        v
+    }
+}
+
+impl SimRoute {
+    /// The switch names of the route from ToR `ta` to ToR `tb`, as a tracer reports them.
+    fn names(self, n: &Net, ta: usize, tb: usize) -> Vec<String> {
+        match self {
+            SimRoute::Same => vec![n.tor_names[ta].clone()],
+            SimRoute::Agg(x) => {
+                vec![n.tor_names[ta].clone(), n.agg_names[x].clone(), n.tor_names[tb].clone()]
+            }
+            SimRoute::Spine(x, s, y) => vec![
+                n.tor_names[ta].clone(),
+                n.agg_names[x].clone(),
+                n.spine_names[s].clone(),
+                n.agg_names[y].clone(),
+                n.tor_names[tb].clone(),
+            ],
+        }
+    }
+}
+
+/// Index in [`Loss::steps`] of the step that reaches switch `i` of the route (the ToR is step 1; then each
+/// further switch is two steps on: its link and itself, except that aggregation and spine switches carry
+/// no loss of their own in this simulation and share a step with their link).
+fn step_of_switch(r: SimRoute, i: usize) -> usize {
+    match (r, i) {
+        (_, 0) => 1,
+        (SimRoute::Agg(_), 1) => 2,
+        (SimRoute::Agg(_), _) => 4,
+        (SimRoute::Spine(..), k) if k < 4 => 1 + k,
+        (SimRoute::Spine(..), _) => 6,
+        (SimRoute::Same, _) => 1,
+    }
+}
+
+/// One flow with per-flow ECMP: (lost probes, traced path or empty). The probes run on one connection;
+/// a lost probe ends it and the next probe connects again (a fresh route). `trace`: whether this host still
+/// has a trace left this window; the traced connection is the first lossy one.
+fn flow_traced(
+    n: &Net,
+    loss: &Loss,
+    rng: &mut Rng,
+    me: usize,
+    p: usize,
+    probes: u32,
+    trace: bool,
+) -> (u32, Vec<String>) {
+    let (ta, tb) = (n.host_tor[me], n.host_tor[p]);
+    let Some(mut route) = Loss::pick_route(n, rng, ta, tb) else { return (probes, Vec::new()) };
+    let mut steps = loss.steps(n, me, p, route);
+    let mut lost = 0;
+    let mut first_lossy: Option<(SimRoute, Vec<f64>)> = None;
+    for _ in 0..probes {
+        let ok: f64 = steps.iter().product();
+        // A probe crosses the route once, as in the model without tracing (comparable figures).
+        if unit(rng) > ok {
+            lost += 1;
+            if first_lossy.is_none() {
+                first_lossy = Some((route, steps.clone()));
+            }
+            if let Some(r) = Loss::pick_route(n, rng, ta, tb) {
+                route = r;
+                steps = loss.steps(n, me, p, route);
+            }
+        }
+    }
+    let path = match first_lossy {
+        Some((r, st)) if trace => {
+            let mut names = r.names(n, ta, tb);
+            for (i, name) in names.iter_mut().enumerate() {
+                // The TTL-limited SYN must reach the switch and its ICMP answer come back.
+                let prefix: f64 = st[..=step_of_switch(r, i)].iter().product();
+                if unit(rng) > prefix {
+                    *name = netvote::UNKNOWN_HOP.to_string();
+                }
+            }
+            names
+        }
+        _ => Vec::new(),
+    };
+    (lost, path)
+}
+
 /// Binomial(n, p) by inversion (p is small: a handful of steps).
 fn binomial(rng: &mut Rng, n: u32, p: f64) -> u32 {
     let mut lost = 0;
@@ -313,10 +467,18 @@ fn reports(n: &Net, loss: &mut Loss, rng: &mut Rng, a: &BenchNetvoteArgs, window
                 chosen.push(p);
             }
         }
+        let mut traces_left = a.trace;
         let results: Vec<PeerResult> = chosen
             .iter()
             .map(|&p| {
-                let lost = binomial(rng, a.probes, loss.probe_loss(n, me, p));
+                let (lost, path) = if a.trace == 0 {
+                    (binomial(rng, a.probes, loss.probe_loss(n, me, p)), Vec::new())
+                } else {
+                    flow_traced(n, loss, rng, me, p, a.probes, traces_left > 0)
+                };
+                if !path.is_empty() {
+                    traces_left -= 1;
+                }
                 let mut p50 = 80 + (rng.below(40) as u32);
                 if busy[p] || busy[me] {
                     p50 = 5_000 + rng.below(15_000) as u32;
@@ -328,7 +490,7 @@ fn reports(n: &Net, loss: &mut Loss, rng: &mut Rng, a: &BenchNetvoteArgs, window
                     connect_failures: 0,
                     rtt_p50_us: if lost == a.probes { 0 } else { p50 },
                     rtt_p99_us: if lost == a.probes { 0 } else { p50 * 3 },
-                    path: Vec::new(),
+                    path,
                 }
             })
             .collect();
@@ -454,6 +616,147 @@ fn leader(n: &Net, windows: &[Vec<Report>], p: &Params) -> anyhow::Result<(netvo
     Ok((v, LeaderCpu { add: t1 - t0, localise: thread_cpu_secs() - t1 }))
 }
 
+/// One fault of a seed and how the localiser did on it.
+struct FaultOut {
+    kind: Kind,
+    loss: f64,
+    /// Among the first len(faults) picks of the final window (single fault: the top suspect).
+    top: bool,
+    /// Within the first 3 x len(faults) suspects of the final window.
+    top3: bool,
+    /// The final window's first len(faults) picks include its ECMP group.
+    group_top: bool,
+    /// The first fault window it was a top pick.
+    first_top: Option<usize>,
+}
+
+/// What one seed measured.
+struct SeedOut {
+    lines: Vec<String>,
+    cpu_one: LeaderCpu,
+    cpu_acc: Vec<f64>,
+    flows_per_window: u32,
+    healthy_suspects: u64,
+    fault_windows: u64,
+    false_picks: u64,
+    wrong_host_errors: u64,
+    host_errors_right: u64,
+    /// Over the fault windows' verdicts: flows placed on their traced path, paths ignored, bad flows.
+    traced_flows: u64,
+    untrusted_paths: u64,
+    bad_flows: u64,
+    faults: Vec<FaultOut>,
+}
+
+/// One seed: a healthy window, then its faults for `--windows` windows with the reports accumulating.
+fn run_seed(net: &Net, a: &BenchNetvoteArgs, params: &Params, seed: u64) -> anyhow::Result<SeedOut> {
+    let mut rng = Rng(seed);
+    let mut lines = Vec::new();
+    // Healthy window.
+    let mut healthy = Loss::new(net, &[]);
+    let reps = reports(net, &mut healthy, &mut rng, a, 0);
+    let (v, cpu_one) = leader(net, std::slice::from_ref(&reps), params)?;
+    let healthy_suspects = v.suspects.iter().filter(|x| x.decision != Decision::Rank).count() as u64;
+    if a.verbose && healthy_suspects > 0 {
+        lines.push(format!(
+            "seed {seed}: healthy window suspects {:?}",
+            v.suspects.iter().map(|x| x.target.object_id()).collect::<Vec<_>>()
+        ));
+    }
+    let mut out = SeedOut {
+        lines: Vec::new(),
+        cpu_one,
+        cpu_acc: Vec::new(),
+        flows_per_window: v.flows,
+        healthy_suspects,
+        fault_windows: 0,
+        false_picks: 0,
+        wrong_host_errors: 0,
+        host_errors_right: 0,
+        traced_flows: 0,
+        untrusted_paths: 0,
+        bad_flows: 0,
+        faults: Vec::new(),
+    };
+    // Fault windows.
+    let faults = pick_faults(net, &mut rng);
+    let mut loss = Loss::new(net, &faults);
+    let mut history: Vec<Vec<Report>> = Vec::new();
+    let nf = faults.len();
+    let mut final_rank: Vec<Option<usize>> = vec![None; nf];
+    let mut final_top: Vec<bool> = vec![false; nf];
+    let mut first_top: Vec<Option<usize>> = vec![None; nf];
+    let mut group_top: Vec<bool> = vec![false; nf];
+    for k in 1..=a.windows {
+        history.push(reports(net, &mut loss, &mut rng, a, k as u64));
+        let (v, cpu) = leader(net, &history, params)?;
+        out.cpu_acc.push((cpu.add + cpu.localise) * 1e3);
+        out.fault_windows += 1;
+        out.traced_flows += u64::from(v.traced_flows);
+        out.untrusted_paths += u64::from(v.untrusted_paths);
+        out.bad_flows += u64::from(v.bad_flows);
+        let picks: Vec<&netvote::Suspect> =
+            v.suspects.iter().filter(|x| x.decision != Decision::Rank).collect();
+        for x in &picks {
+            if !faults.iter().any(|f| f.in_group(net, &x.target)) {
+                out.false_picks += 1;
+                if a.verbose {
+                    lines.push(format!(
+                        "seed {seed} window {k}: false suspect {} ({})",
+                        x.target.object_id(),
+                        x.why
+                    ));
+                }
+            }
+            if let (Target::Host { host, .. }, Decision::Error) = (&x.target, x.decision) {
+                if faults.iter().any(|f| f.kind == Kind::Nic && net.host_names[f.a] == *host) {
+                    out.host_errors_right += 1;
+                } else {
+                    out.wrong_host_errors += 1;
+                    lines.push(format!(
+                        "seed {seed} window {k}: host {host} to ERROR without a NIC fault ({})",
+                        x.why
+                    ));
+                }
+            }
+        }
+        for (i, f) in faults.iter().enumerate() {
+            let top = picks.iter().take(nf).any(|x| f.is(net, &x.target));
+            if top && first_top[i].is_none() {
+                first_top[i] = Some(k);
+            }
+            if k == a.windows {
+                final_rank[i] = v.suspects.iter().position(|x| f.is(net, &x.target));
+                final_top[i] = top;
+                group_top[i] = picks.iter().take(nf).any(|x| f.in_group(net, &x.target));
+            }
+        }
+    }
+    for (i, f) in faults.iter().enumerate() {
+        let top3 = final_rank[i].is_some_and(|r| r < 3 * nf);
+        if a.verbose && !top3 {
+            lines.push(format!(
+                "seed {seed}: missed {} {} at {:.2}% loss ({} faults), final rank {:?}",
+                f.kind.name(),
+                f.target(net).object_id(),
+                f.loss * 100.0,
+                nf,
+                final_rank[i]
+            ));
+        }
+        out.faults.push(FaultOut {
+            kind: f.kind,
+            loss: f.loss,
+            top: final_top[i],
+            top3,
+            group_top: group_top[i],
+            first_top: first_top[i],
+        });
+    }
+    out.lines = lines;
+    Ok(out)
+}
+
 pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
     if a.seeds == 0 || a.seeds > MAX_SEEDS {
         bail!("--seeds must be within 1..={MAX_SEEDS}");
@@ -469,7 +772,7 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
     let first = a.seed.unwrap_or_else(now_ms);
     println!(
         "seed {first} (replay with --seed {first}); {} seeds; Clos of {} hosts, {} ToRs, {} aggregation switches in {} pods, \
-         {} spines; {} peers ({} of them ToR-mates) x {} probes per host per window; background {}% per link, {}% busy hosts; 1 healthy + {} fault windows per seed",
+         {} spines; {} peers ({} of them ToR-mates) x {} probes per host per window; background {}% per link, {}% busy hosts; 1 healthy + {} fault windows per seed; {}; {} threads",
         a.seeds,
         a.hosts,
         a.tors,
@@ -481,96 +784,82 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
         a.probes,
         BACKGROUND * 100.0,
         BUSY_SHARE * 100.0,
-        a.windows
+        a.windows,
+        if a.trace == 0 {
+            "no path tracing (ECMP per probe)".to_string()
+        } else {
+            format!("ECMP per flow, up to {} lossy flows traced per host per window", a.trace)
+        },
+        a.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .min(a.seeds as usize)
     );
     let params = Params::default();
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 || threads > MAX_THREADS {
+        bail!("--threads must be within 1..={MAX_THREADS}");
+    }
+    let threads = threads.min(a.seeds as usize);
+    // Seeds are dealt to the threads round-robin; results are put back in seed order so the output (and
+    // the verbose lines) are the same whatever the thread count.
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let outs: Vec<anyhow::Result<Vec<(u64, SeedOut)>>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|tid| {
+                let (net, a, params, done) = (&net, &a, &params, &done);
+                sc.spawn(move || -> anyhow::Result<Vec<(u64, SeedOut)>> {
+                    let mut mine = Vec::new();
+                    for s in (tid as u64..a.seeds).step_by(threads) {
+                        mine.push((s, run_seed(net, a, params, first.wrapping_add(s))?));
+                        let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if d % (a.seeds / 10).max(1) == 0 && d < a.seeds {
+                            eprintln!("{d}/{} seeds done", a.seeds);
+                        }
+                    }
+                    Ok(mine)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a bench thread panicked"))))
+            .collect()
+    });
+    let mut per_seed: Vec<(u64, SeedOut)> = Vec::with_capacity(a.seeds as usize);
+    for o in outs {
+        per_seed.extend(o?);
+    }
+    per_seed.sort_by_key(|x| x.0);
+
     let mut single_ge1: HashMap<Kind, Tally> = HashMap::new();
     let mut single_all: HashMap<Kind, Tally> = HashMap::new();
     let mut multi: HashMap<Kind, Tally> = HashMap::new();
     let (mut healthy_windows, mut healthy_suspects) = (0u64, 0u64);
     let (mut fault_windows, mut false_picks) = (0u64, 0u64);
-    let mut wrong_host_errors = 0u64;
-    let mut host_errors_right = 0u64;
+    let (mut wrong_host_errors, mut host_errors_right) = (0u64, 0u64);
+    let (mut traced_flows, mut untrusted_paths, mut bad_flows) = (0u64, 0u64, 0u64);
     // Leader CPU (ms): one window's reports (the healthy window), and the accumulated fault windows.
     let mut cpu_one: Vec<LeaderCpu> = Vec::new();
     let mut cpu_acc: Vec<f64> = Vec::new();
     let mut flows_per_window = 0u32;
-    for s in 0..a.seeds {
-        if s > 0 && s % (a.seeds / 10).max(1) == 0 {
-            eprintln!("{s}/{} seeds done", a.seeds);
+    for (_, o) in per_seed {
+        for line in &o.lines {
+            println!("{line}");
         }
-        let seed = first.wrapping_add(s);
-        let mut rng = Rng(seed);
-        // Healthy window.
-        let mut healthy = Loss::new(&net, &[]);
-        let reps = reports(&net, &mut healthy, &mut rng, &a, 0);
-        let (v, cpu) = leader(&net, std::slice::from_ref(&reps), &params)?;
-        cpu_one.push(cpu);
-        flows_per_window = v.flows;
+        cpu_one.push(o.cpu_one);
+        cpu_acc.extend(o.cpu_acc);
+        flows_per_window = o.flows_per_window;
         healthy_windows += 1;
-        let picks = v.suspects.iter().filter(|x| x.decision != Decision::Rank).count() as u64;
-        healthy_suspects += picks;
-        if a.verbose && picks > 0 {
-            println!(
-                "seed {seed}: healthy window suspects {:?}",
-                v.suspects.iter().map(|x| x.target.object_id()).collect::<Vec<_>>()
-            );
-        }
-        // Fault windows.
-        let faults = pick_faults(&net, &mut rng);
-        let mut loss = Loss::new(&net, &faults);
-        let mut history: Vec<Vec<Report>> = Vec::new();
-        // Per fault: its rank in the final window's list, whether it was among the first len(faults) picks
-        // (single fault: the top suspect) in the final window, the first window it was, and the same for its
-        // ECMP group.
-        let nf = faults.len();
-        let mut final_rank: Vec<Option<usize>> = vec![None; nf];
-        let mut final_top: Vec<bool> = vec![false; nf];
-        let mut first_top: Vec<Option<usize>> = vec![None; nf];
-        let mut group_top: Vec<bool> = vec![false; nf];
-        for k in 1..=a.windows {
-            history.push(reports(&net, &mut loss, &mut rng, &a, k as u64));
-            let (v, cpu) = leader(&net, &history, &params)?;
-            cpu_acc.push((cpu.add + cpu.localise) * 1e3);
-            fault_windows += 1;
-            let picks: Vec<&netvote::Suspect> =
-                v.suspects.iter().filter(|x| x.decision != Decision::Rank).collect();
-            for x in &picks {
-                if !faults.iter().any(|f| f.in_group(&net, &x.target)) {
-                    false_picks += 1;
-                    if a.verbose {
-                        println!(
-                            "seed {seed} window {k}: false suspect {} ({})",
-                            x.target.object_id(),
-                            x.why
-                        );
-                    }
-                }
-                if let (Target::Host { host, .. }, Decision::Error) = (&x.target, x.decision) {
-                    if faults.iter().any(|f| f.kind == Kind::Nic && net.host_names[f.a] == *host) {
-                        host_errors_right += 1;
-                    } else {
-                        wrong_host_errors += 1;
-                        println!(
-                            "seed {seed} window {k}: host {host} to ERROR without a NIC fault ({})",
-                            x.why
-                        );
-                    }
-                }
-            }
-            for (i, f) in faults.iter().enumerate() {
-                let top = picks.iter().take(nf).any(|x| f.is(&net, &x.target));
-                if top && first_top[i].is_none() {
-                    first_top[i] = Some(k);
-                }
-                if k == a.windows {
-                    final_rank[i] = v.suspects.iter().position(|x| f.is(&net, &x.target));
-                    final_top[i] = top;
-                    group_top[i] = picks.iter().take(nf).any(|x| f.in_group(&net, &x.target));
-                }
-            }
-        }
-        for (i, f) in faults.iter().enumerate() {
+        healthy_suspects += o.healthy_suspects;
+        fault_windows += o.fault_windows;
+        false_picks += o.false_picks;
+        wrong_host_errors += o.wrong_host_errors;
+        host_errors_right += o.host_errors_right;
+        traced_flows += o.traced_flows;
+        untrusted_paths += o.untrusted_paths;
+        bad_flows += o.bad_flows;
+        let nf = o.faults.len();
+        for f in &o.faults {
             let mut tallies: Vec<&mut Tally> = Vec::new();
             let (s_ge1, s_all, m) = (&mut single_ge1, &mut single_all, &mut multi);
             if nf == 1 {
@@ -581,25 +870,14 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
             } else {
                 tallies.push(m.entry(f.kind).or_default());
             }
-            let top3 = final_rank[i].is_some_and(|r| r < 3 * nf);
             for t in tallies {
                 t.n += 1;
-                t.top1 += u64::from(final_top[i]);
-                t.top3 += u64::from(top3);
-                t.group1 += u64::from(group_top[i]);
-                if let Some(k) = first_top[i] {
+                t.top1 += u64::from(f.top);
+                t.top3 += u64::from(f.top3);
+                t.group1 += u64::from(f.group_top);
+                if let Some(k) = f.first_top {
                     t.windows_to_top1.push(k as f64);
                 }
-            }
-            if a.verbose && !top3 {
-                println!(
-                    "seed {seed}: missed {} {} at {:.2}% loss ({} faults), final rank {:?}",
-                    f.kind.name(),
-                    f.target(&net).object_id(),
-                    f.loss * 100.0,
-                    nf,
-                    final_rank[i]
-                );
             }
         }
     }
@@ -641,6 +919,10 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
     );
     println!(
         "hosts moved to ERROR without a NIC fault: {wrong_host_errors} (right NIC ERRORs: {host_errors_right})"
+    );
+    println!(
+        "path evidence over the fault windows: {traced_flows} flows placed on their traced path, {untrusted_paths} traced paths ignored (no route), {bad_flows} bad flows (--trace {})",
+        a.trace
     );
     println!(
         "leader CPU per window of {flows_per_window} flows (Window::add of every report + localise): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
