@@ -17,6 +17,7 @@
 pub mod prober;
 pub mod responder;
 pub mod stats;
+pub mod trace;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
