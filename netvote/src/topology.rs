@@ -14,8 +14,11 @@
 //!   [[agg]]
 //!   name = "agg1"
 //!   uplinks = ["spine1", "spine2"]
+//!   addrs = ["10.1.0.1", "10.1.1.1"]  # optional: the addresses it answers traces from
 //!   ```
-//!   Every switch named only as an uplink exists implicitly (spines usually are).
+//!   Every switch named only as an uplink exists implicitly (spines usually are). `addrs` (any switch, also a
+//!   `[[spine]]` entry) lets the leader turn an agent's traced hops (router addresses) into switch names:
+//!   path evidence needs a routed fabric whose switches are listed with their addresses.
 //! * CSV (`[topology] file = "x.csv"`): rows `host,tor,agg,spine` (a header row with exactly those names and
 //!   `#` comment lines are skipped). A row says host -> tor, tor -> agg and agg -> spine; rows are unioned, so
 //!   a ToR with 4 uplinks takes 4 rows (the host column may be empty on rows that only add links, and agg/spine
@@ -74,7 +77,14 @@ pub enum TopologyError {
     TooMany { what: &'static str, got: usize, limit: usize },
     #[error("invalid Clos spec: {0}")]
     BadSpec(String),
+    #[error("switch {switch:?}: address {addr:?} is not an IP address")]
+    BadAddr { switch: String, addr: String },
+    #[error("address {addr} is given to both {first:?} and {second:?}")]
+    DuplicateAddr { addr: std::net::IpAddr, first: String, second: String },
 }
+
+/// At most this many switch addresses (`addrs`) over the whole topology.
+pub const MAX_ADDRS: usize = 200_000;
 
 /// One equal-cost route between two hosts: the node names from source host to destination host, and its
 /// links (each as `(a, b)` with a < b, i.e. the form of [`link_id`]).
@@ -121,6 +131,8 @@ pub struct Topology {
     /// Switch-to-switch links, (lower, upper) switch ids, numbered in `link_index`.
     links: Vec<(u32, u32)>,
     link_index: FxMap<(u32, u32), u32>,
+    /// Switch addresses (traced hops) -> switch id.
+    addr_index: FxMap<std::net::IpAddr, u32>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +154,8 @@ struct TomlSwitch {
     hosts: Vec<String>,
     #[serde(default)]
     uplinks: Vec<String>,
+    #[serde(default)]
+    addrs: Vec<String>,
 }
 
 fn check_name(n: &str) -> Result<(), TopologyError> {
@@ -169,6 +183,7 @@ struct Builder {
     host_tor: BTreeMap<String, String>,
     tiers: BTreeMap<String, Tier>,
     up: BTreeMap<String, BTreeSet<String>>,
+    addrs: BTreeMap<std::net::IpAddr, String>,
     /// CSV rows may repeat a host under the same ToR; TOML may not list it twice.
     allow_repeat_host: bool,
 }
@@ -237,6 +252,31 @@ impl Builder {
         Ok(())
     }
 
+    fn addrs(&mut self, switch: &str, addrs: &[String]) -> Result<(), TopologyError> {
+        for a in addrs {
+            let ip: std::net::IpAddr = a.trim().parse().map_err(|_| TopologyError::BadAddr {
+                switch: switch.into(),
+                addr: a.chars().take(64).collect(),
+            })?;
+            if let Some(first) = self.addrs.get(&ip) {
+                return Err(TopologyError::DuplicateAddr {
+                    addr: ip,
+                    first: first.clone(),
+                    second: switch.into(),
+                });
+            }
+            if self.addrs.len() >= MAX_ADDRS {
+                return Err(TopologyError::TooMany {
+                    what: "switch addresses",
+                    got: self.addrs.len() + 1,
+                    limit: MAX_ADDRS,
+                });
+            }
+            self.addrs.insert(ip, switch.to_string());
+        }
+        Ok(())
+    }
+
     fn build(self) -> Result<Topology, TopologyError> {
         if self.host_tor.iter().any(|(h, _)| self.tiers.contains_key(h)) {
             let h = self.host_tor.keys().find(|h| self.tiers.contains_key(*h)).cloned().unwrap_or_default();
@@ -283,6 +323,9 @@ impl Builder {
             }
             t.sw_up[lo as usize].sort_unstable();
         }
+        for (ip, sw) in &self.addrs {
+            t.addr_index.insert(*ip, t.sw_index[sw]);
+        }
         for (host, tor) in &self.host_tor {
             let id = t.host_names.len() as u32;
             t.host_names.push(host.clone());
@@ -319,6 +362,7 @@ impl Topology {
             if !s.hosts.is_empty() || !s.uplinks.is_empty() {
                 return Err(TopologyError::Toml(format!("spine {:?} takes no hosts or uplinks", s.name)));
             }
+            b.addrs(&s.name, &s.addrs)?;
         }
         for a in &f.agg {
             b.switch(&a.name, Tier::Agg)?;
@@ -328,6 +372,7 @@ impl Topology {
             for u in &a.uplinks {
                 b.uplink(&a.name, Tier::Agg, u, Tier::Spine)?;
             }
+            b.addrs(&a.name, &a.addrs)?;
         }
         // A ToR's uplinks are aggregation switches, or spines in a two-tier fabric without [[agg]].
         let up_tier = if f.agg.is_empty() && !f.spine.is_empty() { Tier::Spine } else { Tier::Agg };
@@ -339,6 +384,7 @@ impl Topology {
             for u in &t.uplinks {
                 b.uplink(&t.name, Tier::Tor, u, up_tier)?;
             }
+            b.addrs(&t.name, &t.addrs)?;
         }
         b.build()
     }
@@ -471,6 +517,16 @@ impl Topology {
     }
 
     /// A switch's id.
+    /// The switch a traced hop's address belongs to (`addrs` in the TOML form).
+    pub fn switch_at(&self, addr: std::net::IpAddr) -> Option<&str> {
+        self.addr_index.get(&addr).map(|&s| self.sw_names[s as usize].as_str())
+    }
+
+    /// Whether any switch has addresses (path evidence can be mapped).
+    pub fn has_addrs(&self) -> bool {
+        !self.addr_index.is_empty()
+    }
+
     pub fn switch_id(&self, name: &str) -> Option<u32> {
         self.sw_index.get(name).copied()
     }
@@ -621,6 +677,25 @@ uplinks = ["s1", "s2"]
         assert!(far.iter().all(|r| r.nodes.len() == 7 && r.links.len() == 6));
         assert!(t.routes("a", "a").unwrap().is_empty());
         assert_eq!(t.routes("a", "zz"), Err(TopologyError::UnknownHost("zz".into())));
+    }
+
+    #[test]
+    fn switch_addresses_map_traced_hops_to_names() {
+        let text = format!("{TOML}\n[[spine]]\nname = \"s1\"\naddrs = [\"10.9.0.1\", \"fd00::1\"]\n");
+        let text = text.replacen("uplinks = [\"x3\"]", "uplinks = [\"x3\"]\naddrs = [\"10.3.0.1\"]", 1);
+        let t = Topology::parse_toml(&text).unwrap();
+        assert!(t.has_addrs());
+        assert_eq!(t.switch_at("10.9.0.1".parse().unwrap()), Some("s1"));
+        assert_eq!(t.switch_at("fd00::1".parse().unwrap()), Some("s1"));
+        assert_eq!(t.switch_at("10.3.0.1".parse().unwrap()), Some("t3"));
+        assert_eq!(t.switch_at("10.3.0.2".parse().unwrap()), None);
+        assert!(!Topology::parse_toml(TOML).unwrap().has_addrs());
+        let bad = text.replacen("10.3.0.1", "not-an-ip", 1);
+        assert!(matches!(Topology::parse_toml(&bad), Err(TopologyError::BadAddr { .. })));
+        let dup = text.replacen("10.3.0.1", "10.9.0.1", 1);
+        let e = Topology::parse_toml(&dup).unwrap_err();
+        assert!(matches!(e, TopologyError::DuplicateAddr { .. }), "{e}");
+        assert!(e.to_string().contains("10.9.0.1"), "{e}");
     }
 
     #[test]
