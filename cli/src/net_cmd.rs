@@ -186,7 +186,7 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
                     .iter()
                     .map(|m| {
                         serde_json::json!({"flow": m.host, "sent": m.sent, "lost": m.lost,
-                        "rtt_p50_us": m.rtt_p50_us, "rtt_p99_us": m.rtt_p99_us})
+                        "rtt_p50_us": m.rtt_p50_us, "rtt_p99_us": m.rtt_p99_us, "traced_path": m.hops})
                     })
                     .collect();
                 output::print_document(&serde_json::json!({"routes": routes, "measured": measured}), f)?;
@@ -203,8 +203,13 @@ pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
                 }
             }
             for m in &r.measured {
+                let traced = if m.hops.is_empty() {
+                    String::new()
+                } else {
+                    format!(" traced via {}", m.hops.join(" -> "))
+                };
                 println!(
-                    "measured {}: lost {}/{} p50 {} us p99 {} us",
+                    "measured {}: lost {}/{} p50 {} us p99 {} us{traced}",
                     m.host, m.lost, m.sent, m.rtt_p50_us, m.rtt_p99_us
                 );
             }

@@ -233,6 +233,16 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
     );
     reg.register("net_window_flows", "Flows (src, dst results) in the last judged window", g(&n.last_flows));
     reg.register("net_window_bad_flows", "Bad flows in the last judged window", g(&n.last_bad_flows));
+    reg.register(
+        "net_window_traced_flows",
+        "Flows the last judged window placed on their traced route (path evidence)",
+        g(&n.last_traced_flows),
+    );
+    reg.register(
+        "net_paths_mapped",
+        "Traced flows whose hops the topology's switch addresses named",
+        c(&n.paths_mapped),
+    );
     reg.register("net_suspects", "Suspects of the last judged window", g(&n.last_suspects));
     reg.register(
         "net_window_cpu_ms",

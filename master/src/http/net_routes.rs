@@ -41,7 +41,7 @@ struct PathQuery {
 fn peer_json(p: &api::PeerResult) -> serde_json::Value {
     serde_json::json!({
         "host": p.host, "sent": p.sent, "lost": p.lost, "connect_failures": p.connect_failures,
-        "rtt_p50_us": p.rtt_p50_us, "rtt_p99_us": p.rtt_p99_us,
+        "rtt_p50_us": p.rtt_p50_us, "rtt_p99_us": p.rtt_p99_us, "traced_path": p.hops,
     })
 }
 

@@ -195,11 +195,15 @@ pub struct NetStats {
     pub reports_received: AtomicU64,
     pub reports_duplicate: AtomicU64,
     pub reports_refused: AtomicU64,
+    /// Traced flows whose hops mapped to at least one known switch (path evidence into the window).
+    pub paths_mapped: AtomicU64,
     pub votes: AtomicU64,
     pub windows: AtomicU64,
     pub windows_failed: AtomicU64,
     pub last_flows: AtomicU64,
     pub last_bad_flows: AtomicU64,
+    /// Flows the last window placed on their traced route.
+    pub last_traced_flows: AtomicU64,
     pub last_suspects: AtomicU64,
     pub last_cpu_ms: AtomicU64,
     pub findings_proposed: AtomicU64,
@@ -300,11 +304,45 @@ impl Net {
         }
     }
 
+    /// A report's traced hops (addresses, checked by `reports::check_reports`) as switch names from the
+    /// topology file's `addrs`; a hop the topology does not know becomes "*" (any switch at that position).
+    /// Without a topology file, or when no hop is known, the path is dropped (the flow counts as not traced).
+    fn map_paths(&self, r: &netvote::Report) -> Option<netvote::Report> {
+        if r.peers.iter().all(|p| p.path.is_empty()) {
+            return None;
+        }
+        let topo = self.cfg.topology.as_ref().filter(|t| t.has_addrs());
+        let mut out = r.clone();
+        for p in &mut out.peers {
+            let names: Vec<String> = match topo {
+                Some(t) => p
+                    .path
+                    .iter()
+                    .map(|h| {
+                        h.parse::<std::net::IpAddr>()
+                            .ok()
+                            .and_then(|ip| t.switch_at(ip))
+                            .unwrap_or(netvote::UNKNOWN_HOP)
+                            .to_string()
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            p.path = if names.iter().all(|n| n == netvote::UNKNOWN_HOP) { Vec::new() } else { names };
+            if !p.path.is_empty() {
+                self.stats.paths_mapped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Some(out)
+    }
+
     /// Add validated reports to the current window. Returns (new, duplicate, refused).
     pub fn add_reports(&self, reports: &[netvote::Report]) -> (u32, u32, u32) {
         let (mut new, mut dup, mut refused) = (0, 0, 0);
+        let mapped: Vec<Option<netvote::Report>> = reports.iter().map(|r| self.map_paths(r)).collect();
         let mut cur = lock(&self.current);
-        for r in reports {
+        for (r, m) in reports.iter().zip(&mapped) {
+            let r = m.as_ref().unwrap_or(r);
             let key = (r.reporter.clone(), r.started_ms, r.window_seq);
             if cur.seen.contains(&key) || cur.prev_seen.contains(&key) {
                 dup += 1;
@@ -479,6 +517,7 @@ async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<()
     net.stats.windows.fetch_add(1, Ordering::Relaxed);
     net.stats.last_flows.store(flows, Ordering::Relaxed);
     net.stats.last_bad_flows.store(bad_flows, Ordering::Relaxed);
+    net.stats.last_traced_flows.store(u64::from(verdict.traced_flows), Ordering::Relaxed);
     net.stats.last_suspects.store(verdict.suspects.len() as u64, Ordering::Relaxed);
     net.stats.last_cpu_ms.store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     let findings = clearing.window(&verdict.suspects, now, net.cfg.clear_windows);
@@ -621,6 +660,55 @@ mod tests {
         // Leadership lost: everything goes.
         net.clear();
         assert_eq!(net.add_reports(&[report("a", 1)]), (1, 0, 0), "a new leader starts empty");
+    }
+
+    #[test]
+    fn traced_hops_become_switch_names_from_the_topologys_addresses() {
+        let topo = netvote::Topology::parse_toml(
+            r#"
+[[tor]]
+name = "t1"
+hosts = ["a"]
+uplinks = ["x1", "x2"]
+addrs = ["10.0.1.1"]
+[[tor]]
+name = "t2"
+hosts = ["peer"]
+uplinks = ["x1", "x2"]
+addrs = ["10.0.2.1"]
+[[agg]]
+name = "x1"
+addrs = ["10.0.0.11"]
+[[agg]]
+name = "x2"
+addrs = ["10.0.0.12"]
+"#,
+        )
+        .expect("topology");
+        let net = Net::new(NetConfig { topology: Some(Arc::new(topo)), ..NetConfig::default() });
+        let mut r = report("a", 1);
+        r.peers[0].lost = 2;
+        r.peers[0].path = vec!["10.0.1.1".into(), "10.0.0.12".into(), "10.0.2.1".into()];
+        let mut unknown = report("a", 2);
+        unknown.peers[0].path = vec!["10.0.1.1".into(), "192.0.2.7".into(), "*".into()];
+        let mut nothing = report("a", 3);
+        nothing.peers[0].path = vec!["192.0.2.7".into(), "*".into()];
+        assert_eq!(net.add_reports(&[r, unknown, nothing]), (3, 0, 0));
+        let (w, _) = net.take_window(now_ms());
+        let paths: Vec<Vec<String>> = w.flows().iter().map(|f| w.path(f.path).to_vec()).collect();
+        assert_eq!(paths[0], ["t1", "x2", "t2"]);
+        assert_eq!(paths[1], ["t1", "*", "*"], "an address no switch has matches any switch");
+        assert!(paths[2].is_empty(), "no known hop: not traced");
+        assert_eq!(net.stats.paths_mapped.load(Ordering::Relaxed), 2);
+        let v = netvote::localise(net.cfg.topology.as_deref(), &w, &netvote::Params::default());
+        assert_eq!(v.traced_flows, 2);
+        // Without a topology file the hops cannot be named: the flow is not traced.
+        let bare = Net::new(NetConfig::default());
+        let mut r = report("a", 1);
+        r.peers[0].path = vec!["10.0.1.1".into()];
+        bare.add_reports(&[r]);
+        let (w, _) = bare.take_window(now_ms());
+        assert_eq!(w.flows()[0].path, 0);
     }
 
     #[test]

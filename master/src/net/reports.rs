@@ -3,6 +3,7 @@
 //! liveness, no peer book, no window). What passes becomes a `netvote::Report` with the reporter's host.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 use proto::api;
 use proto::error::ApiError;
@@ -96,6 +97,21 @@ fn check_one(i: usize, host: &str, started_ms: u64, r: &api::NetReport) -> Resul
                 format!("peer {j}: rtt p50 {} us above p99 {} us", p.rtt_p50_us, p.rtt_p99_us),
             ));
         }
+        if p.hops.len() > netvote::MAX_PATH_HOPS {
+            return Err(bad(
+                i,
+                format!("peer {j}: {} traced hops (limit {})", p.hops.len(), netvote::MAX_PATH_HOPS),
+            ));
+        }
+        if let Some(h) = p.hops.iter().find(|h| *h != netvote::UNKNOWN_HOP && h.parse::<IpAddr>().is_err()) {
+            return Err(bad(
+                i,
+                format!(
+                    "peer {j}: traced hop {:?} is neither an IP address nor \"*\"",
+                    h.chars().take(64).collect::<String>()
+                ),
+            ));
+        }
         peers.push(netvote::PeerResult {
             host: p.host.clone(),
             sent: p.sent,
@@ -103,7 +119,8 @@ fn check_one(i: usize, host: &str, started_ms: u64, r: &api::NetReport) -> Resul
             connect_failures: p.connect_failures,
             rtt_p50_us: p.rtt_p50_us,
             rtt_p99_us: p.rtt_p99_us,
-            path: Vec::new(),
+            // Addresses here; `Net::add_reports` maps them to switch names with the topology.
+            path: p.hops.clone(),
         });
     }
     let mut voted = HashSet::with_capacity(r.votes.len());
@@ -184,6 +201,10 @@ pub(crate) mod tests {
         let r = check_reports("h1", 5, &[good(1), good(2)]).expect("valid");
         assert_eq!((r[0].reporter.as_str(), r[0].started_ms, r[1].window_seq), ("h1", 5, 2));
         assert_eq!(r[0].peers[0].lost, 2);
+        let mut traced = good(1);
+        traced.peers[0].hops = vec!["10.0.0.1".into(), "*".into(), "fd00::2".into()];
+        let r2 = check_reports("h1", 5, &[traced]).expect("traced hops are addresses or *");
+        assert_eq!(r2[0].peers[0].path, ["10.0.0.1", "*", "fd00::2"]);
         assert!(check_reports("", 5, &[]).expect("no reports, no host needed").is_empty());
     }
 
@@ -224,6 +245,8 @@ pub(crate) mod tests {
         );
         check(|n| n[0].checker_version = "x".repeat(65), "checker_version");
         check(|n| n[0].tcp_retrans_segs = u64::MAX, "out of proportion");
+        check(|n| n[0].peers[0].hops = vec!["10.0.0.1".into(); 17], "17 traced hops (limit 16)");
+        check(|n| n[0].peers[0].hops = vec!["10.0.0.1".into(), "tor1".into()], "traced hop \"tor1\"");
         let e = check_reports("bad host", 5, &[good(1)]).expect_err("bad reporter");
         assert!(e.message.contains("valid host"), "{e:?}");
     }

@@ -132,7 +132,8 @@ pub fn path(routes: Vec<netvote::Route>, last: Option<&Closed>, a: &str, b: &str
                 connect_failures: f.connect_failures,
                 rtt_p50_us: f.rtt_p50_us,
                 rtt_p99_us: f.rtt_p99_us,
-                hops: Vec::new(),
+                // The switches the window placed it on when it was traced (names, "*" for an unknown hop).
+                hops: c.window.path(f.path).to_vec(),
             });
         }
     }
