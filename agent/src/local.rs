@@ -53,6 +53,9 @@ pub struct Metrics {
     pub net_reports_dropped: Counter,
     pub net_probe_bytes: Counter,
     pub net_peers_skipped: Counter,
+    /// Paths of lossy flows traced, and lossy flows not traced (per-window limit, byte budget or time).
+    pub net_traces: Counter,
+    pub net_traces_skipped: Counter,
 }
 
 impl Metrics {
@@ -81,6 +84,8 @@ impl Metrics {
             net_reports_dropped: Counter::default(),
             net_probe_bytes: Counter::default(),
             net_peers_skipped: Counter::default(),
+            net_traces: Counter::default(),
+            net_traces_skipped: Counter::default(),
         };
         reg.register(
             "huatuo_agent_net_probes",
@@ -111,6 +116,16 @@ impl Metrics {
             "huatuo_agent_net_peers_skipped",
             "Peers not probed because the window's byte budget was spent",
             m.net_peers_skipped.clone(),
+        );
+        reg.register(
+            "huatuo_agent_net_traces",
+            "Paths of lossy probe flows traced (TTL-limited connects on the flow's own 5-tuple)",
+            m.net_traces.clone(),
+        );
+        reg.register(
+            "huatuo_agent_net_traces_skipped",
+            "Lossy probe flows not traced: the window's trace limit, byte budget or time was spent",
+            m.net_traces_skipped.clone(),
         );
         reg.register(
             "huatuo_agent_invalid_findings",

@@ -13,23 +13,32 @@
 //! per probe). Before a peer is started its worst case (a connect per probe) is reserved, so a window never
 //! exceeds the budget; when the budget does not cover `peers_per_window`, fewer peers are probed and the
 //! report's `probe_bytes` shows what was spent (`huatuo_agent_net_peers_skipped` counts the rest).
+//!
+//! Path evidence (issue 16): after a peer's probes, a peer that lost any traces the path of its flow
+//! (`trace.rs`: TTL-limited connects from the flow's own local address and port, so ECMP hashes them onto
+//! the flow's path) into `PeerResult::path`, at most [`MAX_TRACES_PER_WINDOW`] per window. A trace's worst
+//! case ([`trace_budget`]) is reserved from the window's budget before it starts (what a peer's probes did
+//! not spend of their reservation is given back first), and it is cut at the window's deadline. The
+//! connections of a lossy peer are closed abortively (`SO_LINGER` 0: a RST, no TIME_WAIT), so the trace can
+//! bind the flow's 4-tuple again.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 use proto::api;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::responder::{self, PROBE_LEN};
 use super::stats::{self, PeerWindow};
+use super::trace::{self, TraceOpts};
 use super::{Advertise, CHECKER_VERSION, NetProbe, Peer};
 use crate::config::NetProbeConfig;
 use crate::local::LocalState;
@@ -49,6 +58,20 @@ pub const PROBE_WIRE_BYTES: u64 = 2 * SEGMENT_WIRE_BYTES + PROBE_LEN as u64;
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most peers in one report (api.proto: at most 256 per `NetReport`).
 pub const MAX_PEERS_PER_WINDOW: usize = 256;
+
+/// Lossy flows whose path one window traces at most: each trace is up to `trace::MAX_HOPS` SYNs and makes
+/// the routers on the path answer ICMP, which switches rate-limit (Linux: 1 per second per destination,
+/// burst 6); 8 bounds both, and a fault shows in more than 8 flows over a few windows anyway.
+pub const MAX_TRACES_PER_WINDOW: usize = 8;
+
+/// A trace ends this long before the window's deadline, so its path is recorded before the window is cut
+/// (tokio's timers have millisecond granularity; a busy machine needs more).
+pub const TRACE_END_MARGIN: Duration = Duration::from_millis(50);
+
+/// The worst-case cost of one trace with `opts`: a SYN per hop, and an ACK and a RST at the destination.
+pub fn trace_budget(opts: &TraceOpts) -> u64 {
+    opts.worst_case_segments() * SEGMENT_WIRE_BYTES
+}
 
 /// The worst-case cost of probing one peer: every probe on a new connection.
 pub fn peer_budget(probes_per_peer: u32) -> u64 {
@@ -110,6 +133,59 @@ pub struct Closed {
     pub peers: Vec<(Peer, netvote::PeerResult)>,
     pub probe_bytes: u64,
     pub skipped: usize,
+    /// Lossy peers whose flow was traced: host -> whether the trace reached the peer.
+    pub traced: BTreeMap<String, bool>,
+    /// Lossy peers not traced (the window's trace limit, budget or time was spent).
+    pub traces_skipped: usize,
+}
+
+/// What the peers of one window share: the byte budget, the trace limit, the deadline.
+struct WindowShare<'a> {
+    /// Bytes sent.
+    bytes: AtomicU64,
+    /// Bytes sent plus bytes reserved and not yet spent; never over `limit`.
+    committed: AtomicU64,
+    limit: u64,
+    traces: AtomicUsize,
+    traces_skipped: AtomicUsize,
+    deadline: Instant,
+    seq: &'a AtomicU64,
+}
+
+impl WindowShare<'_> {
+    fn spend(&self, spent: &mut u64, n: u64) {
+        *spent += n;
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Give back what a reservation did not use.
+    fn release(&self, unused: u64) {
+        self.committed.fetch_sub(unused, Ordering::Relaxed);
+    }
+
+    /// Reserve `n` bytes if the budget has them.
+    fn reserve(&self, n: u64) -> bool {
+        self.committed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                c.checked_add(n).filter(|&after| after <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// A trace slot and its worst case, or `None` (counted as skipped) when the window's traces, budget or
+    /// time are spent: the options for the time left.
+    fn start_trace(&self) -> Option<TraceOpts> {
+        let mut opts = TraceOpts::default();
+        let left = self.deadline.saturating_duration_since(Instant::now()).saturating_sub(TRACE_END_MARGIN);
+        opts.deadline = opts.deadline.min(left);
+        let slot = self.traces.load(Ordering::Relaxed) < MAX_TRACES_PER_WINDOW;
+        if !slot || left.is_zero() || !self.reserve(trace_budget(&opts)) {
+            self.traces_skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.traces.fetch_add(1, Ordering::Relaxed);
+        Some(opts)
+    }
 }
 
 impl Prober {
@@ -212,26 +288,45 @@ impl Prober {
         for w in &mut self.windows {
             w.clear();
         }
-        let bytes = AtomicU64::new(0);
-        let (probes, timeout, seq) = (self.s.probes_per_peer, self.s.timeout, &self.seq);
+        let (probes, timeout) = (self.s.probes_per_peer, self.s.timeout);
+        let share = WindowShare {
+            bytes: AtomicU64::new(0),
+            // Every chosen peer's worst case is reserved up front (`peers_this_window` made them fit).
+            committed: AtomicU64::new(chosen.len() as u64 * peer_budget(probes)),
+            limit: self.s.budget,
+            traces: AtomicUsize::new(0),
+            traces_skipped: AtomicUsize::new(0),
+            deadline,
+            seq: &self.seq,
+        };
         let mut work = Vec::with_capacity(chosen.len());
         for (p, w) in chosen.iter().zip(self.windows.iter_mut()) {
-            work.push(probe_peer(p.addr, w, probes, timeout, &bytes, seq));
+            work.push(probe_peer(p.addr, w, probes, timeout, &share));
         }
         let all = futures::stream::iter(work).buffer_unordered(PROBE_CONCURRENCY).collect::<Vec<()>>();
         if tokio::time::timeout_at(deadline, all).await.is_err() {
             tracing::debug!(peers = chosen.len(), "probe window ended before every peer was done");
         }
+        let mut traced = BTreeMap::new();
         let peers = chosen
             .into_iter()
             .zip(self.windows.iter_mut())
             .filter(|(_, w)| w.sent > 0)
             .map(|(p, w)| {
+                if let Some(reached) = w.traced {
+                    traced.insert(p.host.clone(), reached);
+                }
                 let r = w.result(&p.host);
                 (p, r)
             })
             .collect();
-        Closed { peers, probe_bytes: bytes.load(Ordering::Relaxed), skipped }
+        Closed {
+            peers,
+            probe_bytes: share.bytes.load(Ordering::Relaxed),
+            skipped,
+            traced,
+            traces_skipped: share.traces_skipped.load(Ordering::Relaxed),
+        }
     }
 
     /// Turn a probed window into a report: votes, counters, interface; queue it, count it.
@@ -244,6 +339,8 @@ impl Prober {
         let m = &self.local.metrics;
         m.net_peers_skipped.inc_by(closed.skipped as u64);
         m.net_probe_bytes.inc_by(closed.probe_bytes);
+        m.net_traces.inc_by(closed.traced.len() as u64);
+        m.net_traces_skipped.inc_by(closed.traces_skipped as u64);
         for (_, r) in &closed.peers {
             m.net_probes_sent.inc_by(u64::from(r.sent));
             m.net_probes_lost.inc_by(u64::from(r.lost));
@@ -316,24 +413,35 @@ pub fn iface_for(routes: &[checkers::netstat::Route], peers: impl Iterator<Item 
     best.map(|(i, _)| i.to_string()).unwrap_or_default()
 }
 
-/// Send `probes` probes to one peer, counting into `w` and `bytes`.
+/// Send `probes` probes to one peer, counting into `w` and the window's bytes; then, if any was lost,
+/// trace the path of the flow that carried the last of them.
 async fn probe_peer(
     addr: SocketAddr,
     w: &mut PeerWindow,
     probes: u32,
     timeout: Duration,
-    bytes: &AtomicU64,
-    seq: &AtomicU64,
+    share: &WindowShare<'_>,
 ) {
+    let mut spent = 0;
     let mut conn: Option<TcpStream> = None;
+    // The local address of the last connection (or connect attempt) that carried a probe: the flow.
+    let mut flow: Option<SocketAddr> = None;
     let mut answer = [0u8; PROBE_LEN];
     for _ in 0..probes {
         let stream = match conn.as_mut() {
             Some(s) => s,
             None => {
-                bytes.fetch_add(CONNECT_WIRE_BYTES, Ordering::Relaxed);
-                match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                    Ok(Ok(s)) if s.set_nodelay(true).is_ok() => conn.insert(s),
+                share.spend(&mut spent, CONNECT_WIRE_BYTES);
+                let Some((socket, local)) = bound_socket(addr) else {
+                    w.connect_failed();
+                    continue;
+                };
+                flow = Some(local);
+                match tokio::time::timeout(timeout, socket.connect(addr)).await {
+                    Ok(Ok(s)) if s.set_nodelay(true).is_ok() => {
+                        flow = s.local_addr().ok().or(flow);
+                        conn.insert(s)
+                    }
                     _ => {
                         w.connect_failed();
                         continue;
@@ -341,8 +449,8 @@ async fn probe_peer(
                 }
             }
         };
-        let n = seq.fetch_add(1, Ordering::Relaxed);
-        bytes.fetch_add(PROBE_WIRE_BYTES, Ordering::Relaxed);
+        let n = share.seq.fetch_add(1, Ordering::Relaxed);
+        share.spend(&mut spent, PROBE_WIRE_BYTES);
         let started = Instant::now();
         let exchange = async {
             stream.write_all(&responder::request(n)).await?;
@@ -354,12 +462,57 @@ async fn probe_peer(
                 let us = started.elapsed().as_micros();
                 w.answered(u32::try_from(us).unwrap_or(u32::MAX).max(1));
             }
-            // No answer in time, a reset or a wrong answer: lost; this connection is not trusted again.
+            // No answer in time, a reset or a wrong answer: lost; this connection is not trusted again,
+            // and is aborted so that no TIME_WAIT keeps its 4-tuple from the trace.
             _ => {
                 w.lost();
-                conn = None;
+                abort(conn.take());
             }
         }
+    }
+    share.release(peer_budget(probes).saturating_sub(spent));
+    if w.lost == 0 {
+        return;
+    }
+    abort(conn.take());
+    let Some(local) = flow else { return };
+    let Some(opts) = share.start_trace() else { return };
+    let worst = trace_budget(&opts);
+    match trace::trace(local, addr, &opts).await {
+        Ok(t) => {
+            let cost = t.segments() * SEGMENT_WIRE_BYTES;
+            share.bytes.fetch_add(cost, Ordering::Relaxed);
+            share.release(worst.saturating_sub(cost));
+            w.path = t.path();
+            w.traced = Some(t.reached);
+        }
+        Err(e) => {
+            // Some SYNs may have gone out: the whole worst case stays spent. No path: not traced.
+            share.bytes.fetch_add(worst, Ordering::Relaxed);
+            w.traced = Some(false);
+            tracing::debug!(peer = %addr, %local, "tracing a lossy flow: {e}");
+        }
+    }
+}
+
+/// A socket for a probe connection, bound to an ephemeral port first so the flow's local address is known
+/// even when its connect fails (a flow that loses SYNs is traced too).
+fn bound_socket(addr: SocketAddr) -> Option<(TcpSocket, SocketAddr)> {
+    let (socket, any) = if addr.is_ipv4() {
+        (TcpSocket::new_v4().ok()?, SocketAddr::from(([0, 0, 0, 0], 0)))
+    } else {
+        (TcpSocket::new_v6().ok()?, SocketAddr::from(([0u16; 8], 0)))
+    };
+    socket.bind(any).ok()?;
+    let local = socket.local_addr().ok()?;
+    Some((socket, local))
+}
+
+/// Close a probe connection with a RST (`SO_LINGER` 0): no TIME_WAIT holds the flow's 4-tuple, so its
+/// trace can bind it. Zero linger never blocks the thread on drop.
+fn abort(conn: Option<TcpStream>) {
+    if let Some(s) = conn {
+        let _ = s.set_zero_linger();
     }
 }
 
@@ -460,6 +613,12 @@ mod tests {
             "connects work, answers never come"
         );
         assert_eq!((by["mute"].rtt_p50_us, by["mute"].rtt_p99_us), (0, 0));
+        // Both lossy flows were traced from their own 4-tuple (the mute one's connections were aborted, so
+        // the trace could bind it again) and reached their peer at the first hop: loopback has no routers.
+        let traced: Vec<(&str, bool)> = closed.traced.iter().map(|(h, r)| (h.as_str(), *r)).collect();
+        assert_eq!(traced, [("gone", true), ("mute", true)]);
+        assert!(by["gone"].path.is_empty() && by["mute"].path.is_empty());
+        assert_eq!(closed.traces_skipped, 0);
         let mut after = before;
         after.retrans_segs += 3;
         after.out_segs += 400;
@@ -480,6 +639,7 @@ mod tests {
         assert_eq!(local.metrics.net_probes_lost.get(), 10);
         assert_eq!(local.metrics.net_votes.get(), 3);
         assert_eq!(local.metrics.net_probe_bytes.get(), r.probe_bytes);
+        assert_eq!(local.metrics.net_traces.get(), 2);
         assert_eq!(shared.run_wire().runs, 1);
         stop_tx.send_replace(true);
         held.abort();
@@ -540,6 +700,78 @@ mod tests {
         let r = &closed.peers[0].1;
         assert!((1..5).contains(&r.sent) && r.lost == r.sent, "{r:?}");
         held.abort();
+    }
+
+    /// A peer address whose connects are refused (a listener bound and dropped).
+    fn refusing(last: u8) -> SocketAddr {
+        let l = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, last], 0))).unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn lossy_peers_are_traced_at_most_max_traces_per_window() {
+        let n = MAX_TRACES_PER_WINDOW + 2;
+        let wire: Vec<api::ProbePeer> =
+            (0..n).map(|i| peer(&format!("gone{i}"), refusing(60 + i as u8))).collect();
+        let dir = root();
+        let (mut p, shared, local) = prober(settings(1 << 20), dir.path());
+        shared.set_peers(&wire);
+        for window in 1..=2u64 {
+            let started = Instant::now();
+            let closed = p.probe_window(started + Duration::from_secs(30)).await;
+            println!("window {window}: {n} refused peers probed and 8 traced in {:?}", started.elapsed());
+            assert_eq!(closed.peers.len(), n);
+            assert_eq!(closed.traced.len(), MAX_TRACES_PER_WINDOW, "window {window}: {:?}", closed.traced);
+            assert!(closed.traced.values().all(|&reached| reached), "{:?}", closed.traced);
+            assert_eq!(closed.traces_skipped, 2);
+            // Five refused connects per peer, and one SYN per trace (the RST answers it at the first hop).
+            let expected =
+                n as u64 * 5 * CONNECT_WIRE_BYTES + MAX_TRACES_PER_WINDOW as u64 * SEGMENT_WIRE_BYTES;
+            assert_eq!(closed.probe_bytes, expected);
+            p.close(closed, None, None);
+        }
+        assert_eq!(
+            local.metrics.net_traces.get(),
+            2 * MAX_TRACES_PER_WINDOW as u64,
+            "the limit is per window"
+        );
+        assert_eq!(local.metrics.net_traces_skipped.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_trace_that_does_not_fit_the_byte_budget_is_skipped() {
+        let dir = root();
+        // A refused peer spends 5 connects of its reservation and gives the rest back; its trace then
+        // needs its worst case on top of what was spent. At that budget it is traced, one byte less not.
+        let at = 5 * CONNECT_WIRE_BYTES + trace_budget(&TraceOpts::default());
+        assert!(at > peer_budget(5), "the peer itself fits below the limit tested");
+        for (budget, traced, skipped) in [(at, 1, 0), (at - 1, 0, 1)] {
+            let (mut p, shared, _) = prober(settings(budget), dir.path());
+            shared.set_peers(&[peer("gone", refusing(75))]);
+            let closed = p.probe_window(Instant::now() + Duration::from_secs(30)).await;
+            assert_eq!(closed.peers.len(), 1);
+            assert_eq!((closed.traced.len(), closed.traces_skipped), (traced, skipped), "budget {budget}");
+            assert!(closed.probe_bytes <= budget);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trace_ends_before_the_window_does() {
+        // A peer that drops every SYN: five connects time out (1 s), then its trace meets only silent hops
+        // and would take TRACE_DEADLINE; the window's deadline cuts it, and its hops so far are kept.
+        let (_l, _held, addr) = crate::netprobe::trace::tests::silent_listener([127, 0, 0, 77]);
+        let dir = root();
+        let (mut p, shared, _) = prober(settings(1 << 20), dir.path());
+        shared.set_peers(&[peer("silent", addr)]);
+        let window = Duration::from_millis(1600);
+        let started = Instant::now();
+        let closed = p.probe_window(started + window).await;
+        let took = started.elapsed();
+        assert!(took <= window + Duration::from_millis(100), "{took:?}");
+        let r = &closed.peers[0].1;
+        assert_eq!((r.sent, r.connect_failures), (5, 5), "{r:?}");
+        assert_eq!(closed.traced.get("silent"), Some(&false), "{closed:?}");
+        assert!(!r.path.is_empty() && r.path.iter().all(|h| h == "*"), "{r:?}");
     }
 
     #[test]

@@ -12,6 +12,10 @@ pub struct PeerWindow {
     pub lost: u32,
     pub connect_failures: u32,
     pub rtts_us: Vec<u32>,
+    /// Path evidence for a lossy flow: its traced hops (`trace::Trace::path`), empty when not traced.
+    pub path: Vec<String>,
+    /// Whether this flow was traced this window: `Some(reached)`.
+    pub traced: Option<bool>,
 }
 
 impl PeerWindow {
@@ -20,6 +24,8 @@ impl PeerWindow {
         self.lost = 0;
         self.connect_failures = 0;
         self.rtts_us.clear();
+        self.path.clear();
+        self.traced = None;
     }
 
     pub fn answered(&mut self, rtt_us: u32) {
@@ -48,7 +54,7 @@ impl PeerWindow {
             connect_failures: self.connect_failures,
             rtt_p50_us: percentile(&self.rtts_us, 50),
             rtt_p99_us: percentile(&self.rtts_us, 99),
-            path: Vec::new(),
+            path: self.path.clone(),
         }
     }
 }

@@ -408,7 +408,7 @@ fn initialised(buf: [MaybeUninit<u8>; CONTROL_LEN]) -> [u8; CONTROL_LEN] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A control buffer as the kernel lays it out: `cmsghdr` (len, level, type), data, padding.
@@ -551,7 +551,7 @@ mod tests {
     }
 
     /// A loopback listener that never answers a SYN: its accept queue is full, so the kernel drops them.
-    fn silent_listener(ip: [u8; 4]) -> (Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    pub(crate) fn silent_listener(ip: [u8; 4]) -> (Socket, Vec<std::net::TcpStream>, SocketAddr) {
         let l = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
         l.bind(&SockAddr::from(SocketAddr::from((ip, 0)))).unwrap();
         l.listen(0).unwrap();
