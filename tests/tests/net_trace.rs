@@ -8,8 +8,9 @@
 //!   overall deadline without reaching B.
 //! - `ecmp_paths_follow_the_source_port`: R1 has two equal-cost next hops to B (R2a, R2b) and hashes on
 //!   the 5-tuple (`fib_multipath_hash_policy = 1`): traces from different source ports take both routers,
-//!   and the same source port takes the same path every time, which is what makes a lossy flow's trace
-//!   evidence about the flow's own path.
+//!   and the same source port takes the same path every time; and a real connection on each 5-tuple is
+//!   forwarded by the router its trace named (nftables counters per source port in R2a and R2b), which is
+//!   what makes a lossy flow's trace evidence about the flow's own path.
 //!
 //! Routers answer every TTL expiry here (`icmp_ratelimit = 0`): Linux's default of one ICMP error per
 //! second per destination (burst 6) would make hops of the later traces silent. Real switches rate-limit
@@ -148,6 +149,41 @@ fn traces_in(ns: &str, flows: Vec<(SocketAddr, SocketAddr)>, opts: TraceOpts) ->
     .unwrap()
 }
 
+/// Connect from each of `locals` to `dst` and close with a RST, from a thread in namespace `ns`: the
+/// packets of a real flow on each 5-tuple (for the routers' counters).
+fn flows_in(ns: &str, locals: Vec<SocketAddr>, dst: SocketAddr) {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter(&ns).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            for local in locals {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind(local).unwrap();
+                let c = tokio::time::timeout(Duration::from_secs(5), s.connect(dst)).await.unwrap().unwrap();
+                c.set_zero_linger().unwrap();
+            }
+        })
+    })
+    .join()
+    .unwrap();
+}
+
+/// Per source port, the packets router `ns` forwarded to the destination (its `seen` table's counters).
+fn forwarded_by_port(ns: &str) -> std::collections::BTreeMap<u16, u64> {
+    let out =
+        netns_util::sh_out(&["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "seen"]).unwrap();
+    let mut by = std::collections::BTreeMap::new();
+    for line in out.lines() {
+        // `tcp sport 41000 counter packets 3 bytes 180`
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if let [.., "sport", port, "counter", "packets", n, "bytes", _] = w[..] {
+            by.insert(port.parse().unwrap(), n.parse().unwrap());
+        }
+    }
+    by
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -249,6 +285,34 @@ fn ecmp_paths_follow_the_source_port() {
         *middle.entry(t1.hops[1].unwrap()).or_default() += 1;
     }
     println!("[{what}] flows per middle router: {middle:?}");
+
+    // A real flow on each 5-tuple goes where its trace went: count per source port what R2a and R2b
+    // forward to B while every port makes one connection.
+    let mut rules =
+        "table inet seen {\n chain forward_count {\n  type filter hook forward priority 0; policy \
+                     accept;\n"
+            .to_string();
+    for p in &ports {
+        rules += &format!("  ip daddr 10.79.9.9 tcp sport {p} counter\n");
+    }
+    rules += " }\n}\n";
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), rules).unwrap();
+    for r in [&r2a, &r2b] {
+        sh(&["ip", "netns", "exec", r, "nft", "-f", &file.path().display().to_string()]).unwrap();
+    }
+    flows_in(&a, ports.iter().map(|&p| SocketAddr::from(([10, 79, 1, 2], p))).collect(), dst);
+    let (via_a, via_b) = (forwarded_by_port(&r2a), forwarded_by_port(&r2b));
+    for (port, (t, _)) in ports.iter().zip(first) {
+        let (na, nb) = (via_a[port], via_b[port]);
+        let went = match (na > 0, nb > 0) {
+            (true, false) => ip("10.79.2.2"),
+            (false, true) => ip("10.79.3.2"),
+            _ => panic!("source port {port}: R2a forwarded {na} packets, R2b {nb}"),
+        };
+        assert_eq!(t.hops[1], Some(went), "source port {port}: the flow went via {went}, its trace {t:?}");
+    }
+    println!("[{what}] every flow's packets took the router its trace named");
     assert_eq!(
         middle.keys().copied().collect::<Vec<_>>(),
         [ip("10.79.2.2"), ip("10.79.3.2")],
