@@ -6,6 +6,9 @@
 //!   trace from A finds [R1's address on A's side, R2's address on R1's side] and reaches B; with an
 //!   nftables rule in R2 dropping everything to B it finds [R1, R2, then silent hops] and stops at the
 //!   overall deadline without reaching B.
+//! - `the_prober_traces_a_lossy_peer_through_the_routers`: the agent's prober in A probes a responder in
+//!   B through the chain while R2 drops every data segment to it (handshakes pass): the peer loses 5 of 5
+//!   probes and its `PeerResult.path` (the report's `hops`) is [R1, R2], traced from the flow's own port.
 //! - `ecmp_paths_follow_the_source_port`: R1 has two equal-cost next hops to B (R2a, R2b) and hashes on
 //!   the 5-tuple (`fib_multipath_hash_policy = 1`): traces from different source ports take both routers,
 //!   and the same source port takes the same path every time; and a real connection on each 5-tuple is
@@ -27,11 +30,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use agent::netprobe::prober::{Prober, Settings};
 use agent::netprobe::trace::{self, TRACE_DEADLINE, Trace, TraceOpts};
 use netns_util::{enter, sh};
 
 /// Port of the destination's listener in B.
 const DST_PORT: u16 = 7795;
+/// Port of the probe responder in B (the prober test; the rule that makes it lossy names it).
+const PROBE_PORT: u16 = 7791;
 /// Source ports the ECMP test traces from: with two equal-cost next hops, all of 16 flows hashing onto
 /// one of them has probability 2^-15.
 const ECMP_FLOWS: u16 = 16;
@@ -188,11 +194,9 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-#[test]
-fn a_chain_of_two_routers_is_traced_and_a_black_hole_is_seen() {
-    let what = "net_trace chain";
-    let Some(mut n) = Namespaces::new(what) else { return };
-    netns_util::require_nft(what);
+/// A -- R1 -- R2 -- B on 10.79.1.0/24, 10.79.2.0/24, 10.79.3.0/24 (A .1.2, R1 .1.1/.2.1, R2 .2.2/.3.1,
+/// B .3.2); the namespaces (a, r1, r2, b).
+fn chain(n: &mut Namespaces) -> (String, String, String, String) {
     let a = n.add("a", false);
     let r1 = n.add("r1", true);
     let r2 = n.add("r2", true);
@@ -204,6 +208,22 @@ fn a_chain_of_two_routers_is_traced_and_a_black_hole_is_seen() {
     n.route(&r1, &["10.79.3.0/24", "via", "10.79.2.2"]);
     n.route(&r2, &["10.79.1.0/24", "via", "10.79.2.1"]);
     n.route(&b, &["default", "via", "10.79.3.1"]);
+    (a, r1, r2, b)
+}
+
+/// Load nftables `rules` in namespace `ns`.
+fn nft(ns: &str, rules: &str) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), rules).unwrap();
+    sh(&["ip", "netns", "exec", ns, "nft", "-f", &file.path().display().to_string()]).unwrap();
+}
+
+#[test]
+fn a_chain_of_two_routers_is_traced_and_a_black_hole_is_seen() {
+    let what = "net_trace chain";
+    let Some(mut n) = Namespaces::new(what) else { return };
+    netns_util::require_nft(what);
+    let (a, _r1, r2, b) = chain(&mut n);
     let dst = SocketAddr::from((Ipv4Addr::new(10, 79, 3, 2), DST_PORT));
     let _listener = listen_in(&b, dst);
 
@@ -220,9 +240,7 @@ fn a_chain_of_two_routers_is_traced_and_a_black_hole_is_seen() {
     // before the forward hook), the hops after it are silent until the overall deadline.
     let rules = "table inet blackhole {\n chain forward_drop {\n  type filter hook forward priority 0; policy accept;\n  \
                  ip daddr 10.79.3.2 drop\n }\n}\n";
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), rules).unwrap();
-    sh(&["ip", "netns", "exec", &r2, "nft", "-f", &file.path().display().to_string()]).unwrap();
+    nft(&r2, rules);
     let flows = vec![(SocketAddr::from(([10, 79, 1, 2], 40_002)), dst)];
     let (t, took) = traces_in(&a, flows, TraceOpts::default()).remove(0);
     println!("[{what}] black hole after R2: {:?} reached {} in {took:?}", t.path(), t.reached);
@@ -231,6 +249,79 @@ fn a_chain_of_two_routers_is_traced_and_a_black_hole_is_seen() {
     assert!(t.hops.len() > 2 && t.hops[2..].iter().all(Option::is_none), "{t:?}");
     assert!(t.hops.len() <= usize::from(trace::MAX_HOPS));
     assert!(took >= TRACE_DEADLINE && took < TRACE_DEADLINE + DEADLINE_SLACK, "{took:?}");
+}
+
+#[test]
+fn the_prober_traces_a_lossy_peer_through_the_routers() {
+    let what = "net_trace prober";
+    let Some(mut n) = Namespaces::new(what) else { return };
+    netns_util::require_nft(what);
+    let (a, _r1, r2, b) = chain(&mut n);
+    // The peer's responder in B, on its own thread and runtime until `stop`.
+    let peer_addr = SocketAddr::from((Ipv4Addr::new(10, 79, 3, 2), PROBE_PORT));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (bound_tx, bound) = std::sync::mpsc::channel();
+    let ns = b.clone();
+    let responder = std::thread::spawn(move || {
+        enter(&ns).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let r = agent::netprobe::responder::Responder::bind(peer_addr).await.unwrap();
+            bound_tx.send(()).unwrap();
+            r.run(stop).await;
+        });
+    });
+    bound.recv_timeout(Duration::from_secs(10)).unwrap();
+    // R2 forwards the handshakes to the responder but no data: every probe connects and is never answered
+    // (lost), while the trace's SYNs still get through to B.
+    nft(
+        &r2,
+        "table inet lossy {\n chain forward_drop {\n  type filter hook forward priority 0; policy accept;\n  \
+         ip daddr 10.79.3.2 tcp dport 7791 tcp flags & (syn | rst) == 0 drop\n }\n}\n",
+    );
+    let ns = a.clone();
+    let (closed, took) = std::thread::spawn(move || {
+        enter(&ns).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let root = tempfile::tempdir().unwrap();
+            let settings = Settings {
+                window: Duration::from_secs(10),
+                peers_per_window: 4,
+                probes_per_peer: 5,
+                timeout: Duration::from_millis(200),
+                budget: 1 << 20,
+            };
+            let shared = agent::netprobe::NetProbe::new();
+            let local = agent::local::LocalState::new("a".into(), 1);
+            let mut p = Prober::new(
+                settings,
+                "a".into(),
+                root.path().to_path_buf(),
+                shared.clone(),
+                local,
+                None,
+                vec![],
+            );
+            let wire =
+                proto::api::ProbePeer { host: "b".into(), addr: peer_addr.to_string(), tor: String::new() };
+            assert_eq!(shared.set_peers(&[wire]), 1);
+            let started = Instant::now();
+            let closed = p.probe_window(tokio::time::Instant::now() + Duration::from_secs(10)).await;
+            (closed, started.elapsed())
+        })
+    })
+    .join()
+    .unwrap();
+    stop_tx.send_replace(true);
+    responder.join().unwrap();
+    let r = &closed.peers[0].1;
+    println!("[{what}] lossy peer: sent {} lost {} path {:?}; window took {took:?}", r.sent, r.lost, r.path);
+    assert_eq!((r.sent, r.lost, r.connect_failures), (5, 5, 0), "{r:?}");
+    assert_eq!(r.path, ["10.79.1.1", "10.79.2.2"], "{closed:?}");
+    assert_eq!(closed.traced.get("b"), Some(&true), "{closed:?}");
+    let wire = agent::netprobe::prober::peer_to_wire(r);
+    assert_eq!(wire.hops, ["10.79.1.1", "10.79.2.2"], "the report carries the hops");
 }
 
 #[test]
