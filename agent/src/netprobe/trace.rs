@@ -32,6 +32,8 @@ use tokio::time::Instant;
 /// Most hops a trace tries: a Clos fabric is at most 5 switches from host to host (ToR, aggregation,
 /// spine, aggregation, ToR); 16 leaves room for a routed path out of the fabric and bounds a trace's SYNs.
 pub const MAX_HOPS: u8 = 16;
+// The master refuses a report with a longer path (netvote's window and the report checks).
+const _: () = assert!(MAX_HOPS as usize <= netvote::MAX_PATH_HOPS);
 /// How long one hop waits for its ICMP answer or the destination's handshake by default: fabric RTTs are
 /// under a millisecond, a switch's CPU answers ICMP within tens of milliseconds.
 pub const HOP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -126,7 +128,10 @@ impl Trace {
     /// The hops as path evidence (`netvote::PeerResult::path`): an address per hop that answered, `*` for
     /// one that did not.
     pub fn path(&self) -> Vec<String> {
-        self.hops.iter().map(|h| h.map_or_else(|| "*".to_string(), |a| a.to_string())).collect()
+        self.hops
+            .iter()
+            .map(|h| h.map_or_else(|| netvote::UNKNOWN_HOP.to_string(), |a| a.to_string()))
+            .collect()
     }
 }
 
