@@ -414,7 +414,9 @@ pub fn iface_for(routes: &[checkers::netstat::Route], peers: impl Iterator<Item 
 }
 
 /// Send `probes` probes to one peer, counting into `w` and the window's bytes; then, if any was lost,
-/// trace the path of the flow that carried the last of them.
+/// trace the path of the first flow (4-tuple) that lost one: a lost probe ends its connection and the next
+/// connects again on a new port, which ECMP may hash onto another route, so the last flow may be a clean
+/// one and only the lossy one's route is evidence (what `huatuo bench netvote` simulates).
 async fn probe_peer(
     addr: SocketAddr,
     w: &mut PeerWindow,
@@ -424,8 +426,9 @@ async fn probe_peer(
 ) {
     let mut spent = 0;
     let mut conn: Option<TcpStream> = None;
-    // The local address of the last connection (or connect attempt) that carried a probe: the flow.
+    // The local address of the current connection (or connect attempt), and of the first that lost a probe.
     let mut flow: Option<SocketAddr> = None;
+    let mut lossy: Option<SocketAddr> = None;
     let mut answer = [0u8; PROBE_LEN];
     for _ in 0..probes {
         let stream = match conn.as_mut() {
@@ -444,6 +447,7 @@ async fn probe_peer(
                     }
                     _ => {
                         w.connect_failed();
+                        lossy = lossy.or(flow);
                         continue;
                     }
                 }
@@ -466,6 +470,7 @@ async fn probe_peer(
             // and is aborted so that no TIME_WAIT keeps its 4-tuple from the trace.
             _ => {
                 w.lost();
+                lossy = lossy.or(flow);
                 abort(conn.take());
             }
         }
@@ -475,7 +480,7 @@ async fn probe_peer(
         return;
     }
     abort(conn.take());
-    let Some(local) = flow else { return };
+    let Some(local) = lossy else { return };
     let Some(opts) = share.start_trace() else { return };
     let worst = trace_budget(&opts);
     match trace::trace(local, addr, &opts).await {
