@@ -61,6 +61,8 @@ pub enum WindowError {
     SelfPeer { reporter: String },
     #[error("report from {reporter}: peer {peer} has a path of {hops} hops (limit {limit})")]
     PathTooLong { reporter: String, peer: String, hops: usize, limit: usize },
+    #[error("report from {reporter} (agent started {started_ms}, window {window_seq}) is in both windows")]
+    Overlap { reporter: String, started_ms: u64, window_seq: u64 },
     #[error("window full: {what} limit {limit} reached; report from {reporter} refused")]
     Full { what: &'static str, limit: usize, reporter: String },
 }
@@ -298,6 +300,64 @@ impl Window {
         Ok(true)
     }
 
+    /// Adds everything of an earlier window `other` (its reports, flows, paths and per-host figures), so
+    /// one `localise` judges the evidence of several windows: a fault that lasts accumulates evidence a
+    /// single window's few probes per pair cannot give. Refuses whole, changing nothing, when the result
+    /// would pass a limit of this window or a report is in both.
+    pub fn absorb(&mut self, other: &Window) -> Result<(), WindowError> {
+        let full =
+            |what, limit| WindowError::Full { what, limit, reporter: String::from("(earlier window)") };
+        // A report in both windows would be counted twice (the leader never gives one report to two
+        // windows: `Net::add_reports` drops a retry that crosses a window's end).
+        if let Some(&(id, started_ms, window_seq)) = other.seen.iter().find(|(id, s, q)| {
+            self.index.get(&other.names[*id as usize]).is_some_and(|&me| self.seen.contains(&(me, *s, *q)))
+        }) {
+            return Err(WindowError::Overlap {
+                reporter: other.names[id as usize].clone(),
+                started_ms,
+                window_seq,
+            });
+        }
+        let new_names = other.names.iter().filter(|n| !self.index.contains_key(*n)).count();
+        if self.names.len() + new_names > self.limits.max_hosts {
+            return Err(full("hosts", self.limits.max_hosts));
+        }
+        if self.seen.len() + other.seen.len() > self.limits.max_reports {
+            return Err(full("reports", self.limits.max_reports));
+        }
+        if self.flows.len() + other.flows.len() > self.limits.max_flows {
+            return Err(full("flows", self.limits.max_flows));
+        }
+        let new_paths = other.paths[1..].iter().filter(|p| !self.path_index.contains_key(*p)).count();
+        if self.paths.len() - 1 + new_paths > self.limits.max_paths {
+            return Err(full("paths", self.limits.max_paths));
+        }
+        let ids: Vec<u32> = other.names.iter().map(|n| self.intern(n)).collect();
+        let path_ids: Vec<u32> = other.paths.iter().map(|p| self.intern_path(p)).collect();
+        for &(id, s, q) in &other.seen {
+            self.seen.insert((ids[id as usize], s, q));
+        }
+        for (i, o) in other.info.iter().enumerate() {
+            let h = &mut self.info[ids[i] as usize];
+            if h.iface.is_empty() {
+                h.iface.clone_from(&o.iface);
+            }
+            h.reports += o.reports;
+            h.votes_from_others += o.votes_from_others;
+            h.self_votes += o.self_votes;
+            h.probed += o.probed;
+            h.tcp_retrans_segs = h.tcp_retrans_segs.saturating_add(o.tcp_retrans_segs);
+            h.tcp_out_segs = h.tcp_out_segs.saturating_add(o.tcp_out_segs);
+        }
+        self.flows.extend(other.flows.iter().map(|f| Flow {
+            src: ids[f.src as usize],
+            dst: ids[f.dst as usize],
+            path: path_ids[f.path as usize],
+            ..*f
+        }));
+        Ok(())
+    }
+
     /// Distinct reports counted.
     pub fn reports(&self) -> usize {
         self.seen.len()
@@ -456,6 +516,48 @@ mod tests {
         assert!(matches!(w.add(&traced("f", 1, "b", &["t1", ""])), Err(WindowError::BadName(_))));
         assert!(matches!(w.add(&traced("f", 1, "b", &["t1\n"])), Err(WindowError::BadName(_))));
         assert_eq!(w.flows().len(), 4);
+    }
+
+    #[test]
+    fn an_earlier_window_absorbed_is_the_same_as_its_reports_added() {
+        let r1 = traced("a", 1, "b", &["t1", "x1", "t2"]);
+        let mut r2 = report("c", 1, &[("a", 5, 2), ("d", 5, 0)]);
+        r2.votes = vec!["a".into(), "c".into()];
+        let r3 = traced("b", 2, "a", &["t2", "x2", "t1"]);
+        let mut earlier = Window::new(WindowLimits::default());
+        earlier.add(&r1).unwrap();
+        earlier.add(&r2).unwrap();
+        let mut now = Window::new(WindowLimits::default());
+        now.add(&r3).unwrap();
+        now.absorb(&earlier).unwrap();
+        let mut all = Window::new(WindowLimits::default());
+        for r in [&r3, &r1, &r2] {
+            all.add(r).unwrap();
+        }
+        let flows = |w: &Window| {
+            let mut v: Vec<(String, String, u32, Vec<String>)> = w
+                .flows()
+                .iter()
+                .map(|f| {
+                    (w.host_name(f.src).into(), w.host_name(f.dst).into(), f.lost, w.path(f.path).to_vec())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(flows(&now), flows(&all));
+        assert_eq!((now.reports(), now.reporters(), now.path_count()), (3, 3, 2));
+        for h in ["a", "b", "c", "d"] {
+            assert_eq!(now.host_info(now.host_id(h).unwrap()), all.host_info(all.host_id(h).unwrap()), "{h}");
+        }
+        // A report in both windows is refused, and so is passing a limit; either changes nothing.
+        let e = now.absorb(&earlier).unwrap_err();
+        assert!(matches!(e, WindowError::Overlap { .. }), "{e}");
+        let mut small = Window::new(WindowLimits { max_flows: 3, ..WindowLimits::default() });
+        small.add(&r3).unwrap();
+        let e = small.absorb(&earlier).unwrap_err();
+        assert_eq!(e, WindowError::Full { what: "flows", limit: 3, reporter: "(earlier window)".into() });
+        assert_eq!((small.flows().len(), small.reports(), small.host_names().len()), (1, 1, 2));
     }
 
     #[test]
