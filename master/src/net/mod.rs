@@ -39,6 +39,12 @@ pub const MAX_WINDOW_S: u64 = 3_600;
 pub const DEFAULT_CLEAR_WINDOWS: u32 = 3;
 /// Most clear windows configurable (a day of 10 s windows).
 pub const MAX_CLEAR_WINDOWS: u32 = 8_640;
+/// Windows of reports one localisation judges by default (the closing one and the ones before it): a fault
+/// at 1-2% loss shows in a few probes per window, and three windows of them are what localise it in the
+/// bench (`huatuo bench netvote`).
+pub const DEFAULT_ACCUMULATE_WINDOWS: u32 = 3;
+/// Most windows accumulated: each is kept in the leader's memory.
+pub const MAX_ACCUMULATE_WINDOWS: u32 = 10;
 /// Default reports per window: 100,000 agents, twice (a window's edges may catch two of one agent).
 pub const DEFAULT_MAX_REPORTS: usize = 200_000;
 /// Most suspects NetSuspects answers (`limit` 0 means [`DEFAULT_SUSPECTS`]).
@@ -61,6 +67,9 @@ pub struct NetSection {
     /// Reports one window holds; one more is refused (counted). Default [`DEFAULT_MAX_REPORTS`].
     #[serde(default = "default_max_reports")]
     pub max_reports_per_window: usize,
+    /// Windows of reports each localisation judges together (the closing one and those before it).
+    #[serde(default = "default_accumulate")]
+    pub accumulate_windows: u32,
 }
 
 impl Default for NetSection {
@@ -69,8 +78,13 @@ impl Default for NetSection {
             window_s: DEFAULT_WINDOW_S,
             clear_windows: DEFAULT_CLEAR_WINDOWS,
             max_reports_per_window: DEFAULT_MAX_REPORTS,
+            accumulate_windows: DEFAULT_ACCUMULATE_WINDOWS,
         }
     }
+}
+
+fn default_accumulate() -> u32 {
+    DEFAULT_ACCUMULATE_WINDOWS
 }
 
 fn default_window_s() -> u64 {
@@ -99,6 +113,8 @@ pub struct NetConfig {
     pub window: Duration,
     pub clear_windows: u32,
     pub max_reports: usize,
+    /// Windows one localisation judges together.
+    pub accumulate: usize,
     /// From `[topology] file`; `None`: from labels.
     pub topology: Option<Arc<Topology>>,
 }
@@ -109,6 +125,7 @@ impl Default for NetConfig {
             window: Duration::from_secs(DEFAULT_WINDOW_S),
             clear_windows: DEFAULT_CLEAR_WINDOWS,
             max_reports: DEFAULT_MAX_REPORTS,
+            accumulate: DEFAULT_ACCUMULATE_WINDOWS as usize,
             topology: None,
         }
     }
@@ -176,6 +193,7 @@ impl NetConfig {
             1,
             DEFAULT_MAX_REPORTS as u64 * 5,
         )?;
+        range("accumulate_windows", u64::from(net.accumulate_windows), 1, u64::from(MAX_ACCUMULATE_WINDOWS))?;
         let topology = match &topo.file {
             Some(path) => Some(Arc::new(load_topology(path)?)),
             None => None,
@@ -184,6 +202,7 @@ impl NetConfig {
             window: Duration::from_secs(net.window_s),
             clear_windows: net.clear_windows,
             max_reports: net.max_reports_per_window,
+            accumulate: net.accumulate_windows as usize,
             topology,
         })
     }
@@ -240,7 +259,11 @@ pub struct Closed {
     pub bad_flows: u64,
     pub topology: Option<Arc<Topology>>,
     pub verdict: netvote::Verdict,
-    pub window: Window,
+    /// The closing window (the newest of those judged).
+    pub window: Arc<Window>,
+    /// Windows the verdict judged together (1..=`accumulate`; fewer after a new term, or when together they
+    /// would pass the window's limits).
+    pub windows_judged: usize,
 }
 
 /// The leader's network memory (see the module comment).
@@ -249,6 +272,8 @@ pub struct Net {
     peers: Mutex<peers::PeerBook>,
     current: Mutex<Current>,
     last: RwLock<Option<Arc<Closed>>>,
+    /// The closed windows judged again with the next ones (at most `accumulate` - 1, newest last).
+    history: Mutex<std::collections::VecDeque<Arc<Window>>>,
     /// host -> the interface its last report named (kept across windows, at most
     /// `peers::MAX_BOOK_AGENTS`), to name a host suspect that did not report in the judged window.
     ifaces: Mutex<std::collections::HashMap<String, String>>,
@@ -269,6 +294,7 @@ impl Net {
             peers: Mutex::default(),
             current: Mutex::new(Current::new(max, now_ms())),
             last: RwLock::new(None),
+            history: Mutex::default(),
             label_tors: Mutex::default(),
             ifaces: Mutex::default(),
             stats: NetStats::default(),
@@ -280,6 +306,7 @@ impl Net {
         lock(&self.peers).clear();
         *lock(&self.current) = Current::new(self.cfg.max_reports, now_ms());
         *self.last.write().unwrap_or_else(|p| p.into_inner()) = None;
+        lock(&self.history).clear();
         lock(&self.label_tors).clear();
         lock(&self.ifaces).clear();
     }
@@ -485,6 +512,28 @@ impl Service {
     }
 }
 
+/// The closing window with the earlier ones (newest first) absorbed into one, for one localisation: as
+/// many as fit the window's limits (an earlier window that would pass one is left out, with the older
+/// ones). None when there are none to add (judge `window` itself, no copy). Returns how many were judged.
+fn accumulate(window: &Window, earlier: &[Arc<Window>]) -> (Option<Window>, usize) {
+    if earlier.is_empty() {
+        return (None, 1);
+    }
+    let mut judged = Window::new(window.limits().clone());
+    if judged.absorb(window).is_err() {
+        return (None, 1);
+    }
+    let mut n = 1;
+    for w in earlier {
+        if let Err(e) = judged.absorb(w) {
+            tracing::debug!(error = %e, "an earlier window left out of the judgement");
+            break;
+        }
+        n += 1;
+    }
+    (Some(judged), n)
+}
+
 /// Close one window: localise off the async runtime, keep the verdict, propose findings.
 async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<(), ApiError> {
     let net = s.net();
@@ -493,12 +542,16 @@ async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<()
     let topo = s.net_topology();
     let window_ms = now.saturating_sub(opened);
     let t2 = topo.clone();
+    let earlier: Vec<Arc<Window>> = lock(&net.history).iter().rev().cloned().collect();
     let job = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let verdict = netvote::localise(t2.as_deref(), &window, &netvote::Params::default());
-        (verdict, window, started.elapsed())
+        let (judged, n) = accumulate(&window, &earlier);
+        let verdict =
+            netvote::localise(t2.as_deref(), judged.as_ref().unwrap_or(&window), &netvote::Params::default());
+        (verdict, Arc::new(window), n, started.elapsed())
     });
-    let (mut verdict, window, took) = match tokio::time::timeout(MAX_LOCALISE_TIME, job).await {
+    let (mut verdict, window, windows_judged, took) = match tokio::time::timeout(MAX_LOCALISE_TIME, job).await
+    {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             net.stats.windows_failed.fetch_add(1, Ordering::Relaxed);
@@ -529,8 +582,16 @@ async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<()
         bad_flows,
         topology: topo,
         verdict,
-        window,
+        window: Arc::clone(&window),
+        windows_judged,
     };
+    {
+        let mut h = lock(&net.history);
+        h.push_back(window);
+        while h.len() >= net.cfg.accumulate {
+            h.pop_front();
+        }
+    }
     *net.last.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(closed));
     if findings.is_empty() {
         return Ok(());
@@ -663,6 +724,27 @@ mod tests {
     }
 
     #[test]
+    fn a_window_is_judged_with_the_ones_before_it_as_far_as_its_limits_allow() {
+        let window = |seq: u64, hosts: &[&str]| {
+            let mut w = Window::new(WindowLimits { max_flows: 5, ..WindowLimits::default() });
+            for h in hosts {
+                w.add(&report(h, seq)).expect("add");
+            }
+            w
+        };
+        let now = window(3, &["a", "b"]);
+        assert_eq!(accumulate(&now, &[]).1, 1, "nothing earlier: the window alone, not copied");
+        assert!(accumulate(&now, &[]).0.is_none());
+        let earlier = [Arc::new(window(2, &["a", "c"])), Arc::new(window(1, &["a", "b"]))];
+        // 2 + 2 flows fit the limit of 5, the third window's 2 more would not: it is left out.
+        let (judged, n) = accumulate(&now, &earlier);
+        let judged = judged.expect("accumulated");
+        assert_eq!((n, judged.flows().len(), judged.reports()), (2, 4, 4));
+        let big = [Arc::new(window(2, &["a", "b", "c", "d"]))];
+        assert_eq!(accumulate(&now, &big).1, 1, "an earlier window over the limit is left out");
+    }
+
+    #[test]
     fn traced_hops_become_switch_names_from_the_topologys_addresses() {
         let topo = netvote::Topology::parse_toml(
             r#"
@@ -720,6 +802,11 @@ addrs = ["10.0.0.12"]
             (NetSection { window_s: MAX_WINDOW_S + 1, ..NetSection::default() }, "window_s"),
             (NetSection { clear_windows: 0, ..NetSection::default() }, "clear_windows = 0"),
             (NetSection { max_reports_per_window: 0, ..NetSection::default() }, "max_reports_per_window"),
+            (NetSection { accumulate_windows: 0, ..NetSection::default() }, "accumulate_windows = 0"),
+            (
+                NetSection { accumulate_windows: MAX_ACCUMULATE_WINDOWS + 1, ..NetSection::default() },
+                "accumulate_windows",
+            ),
         ] {
             let e = NetConfig::resolve(&net, &TopologySection::default()).expect_err(want);
             assert!(e.to_string().contains(want), "{e}");
