@@ -40,10 +40,16 @@ fn report(me: usize, seq: u64, bad: Option<usize>) -> api::NetReport {
 
 /// One window's report of host `me`; `lossy(me, peer)` says which flows lose 20%.
 fn report_with(me: usize, seq: u64, lossy: impl Fn(usize, usize) -> bool) -> api::NetReport {
+    report_traced(me, seq, |a, b| (lossy(a, b), Vec::new()))
+}
+
+/// One window's report of host `me`; `flow(me, peer)` says whether the flow loses 20% and the hops its
+/// trace found (addresses; empty: not traced).
+fn report_traced(me: usize, seq: u64, flow: impl Fn(usize, usize) -> (bool, Vec<String>)) -> api::NetReport {
     let mut peers = Vec::new();
     let mut votes = Vec::new();
     for p in (0..TORS * PER_TOR).filter(|p| *p != me) {
-        let lossy = lossy(me, p);
+        let (lossy, hops) = flow(me, p);
         let lost = if lossy { 20 } else { 0 };
         peers.push(api::PeerResult {
             host: host(p),
@@ -52,7 +58,7 @@ fn report_with(me: usize, seq: u64, lossy: impl Fn(usize, usize) -> bool) -> api
             connect_failures: 0,
             rtt_p50_us: 200,
             rtt_p99_us: 400,
-            hops: Vec::new(),
+            hops,
         });
         if lossy {
             votes.push(host(p));
@@ -432,6 +438,112 @@ async fn a_tor_uplink_fault_names_the_link_or_switch_moves_no_host_and_clears_wh
     })
     .await;
     assert!(cleared, "{device} never returned to GOOD; leader log:\n{}", cluster.log_tail(leader));
+}
+
+/// The fabric of [`topology_csv`] with two equal-cost uplinks per ToR (agg-0 and agg-1, a two-tier Clos)
+/// and every switch's address, so traced hops can be named: ToR t answers from 10.200.t.1, agg-x from
+/// 10.200.10x.1.
+fn topology_toml_with_addrs() -> String {
+    let mut t = String::new();
+    for tor in 0..TORS {
+        let hosts: Vec<String> =
+            (0..TORS * PER_TOR).filter(|&i| tor_of(i) == tor).map(|i| format!("{:?}", host(i))).collect();
+        t += &format!(
+            "[[tor]]\nname = \"tor-{tor}\"\nhosts = [{}]\nuplinks = [\"agg-0\", \"agg-1\"]\naddrs = [\"10.200.{tor}.1\"]\n",
+            hosts.join(", ")
+        );
+    }
+    for agg in 0..2 {
+        t += &format!("[[agg]]\nname = \"agg-{agg}\"\naddrs = [\"10.200.10{agg}.1\"]\n");
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traced_lossy_flows_name_the_one_faulty_uplink_among_its_equal_cost_twins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topo = dir.path().join("fabric.toml");
+    std::fs::write(&topo, topology_toml_with_addrs()).expect("write topology");
+    let extra = format!("[net]\nwindow_s = 1\n[topology]\nfile = {:?}\n", topo.display().to_string());
+    let cluster = LocalCluster::start_with_config(&huatuo_bin(), 3, &extra).expect("start cluster");
+    let leader = cluster
+        .wait_leader(READY_TIMEOUT)
+        .await
+        .unwrap_or_else(|| panic!("no leader; node 1 log:\n{}", cluster.log_tail(1)));
+    // ECMP per flow: a cross-ToR flow takes agg-0 or agg-1 by a hash of its ends and the window. tor-1's
+    // uplink to agg-1 loses 20%; the agents trace their lossy flows (ToR, agg, ToR addresses). Without the
+    // traces, tor-1's two uplinks carry exactly the same flows and could only be named as a pair.
+    let flow = |seq: u64| {
+        move |a: usize, b: usize| {
+            if tor_of(a) == tor_of(b) {
+                return (false, Vec::new());
+            }
+            let agg = (a * 7 + b * 13 + seq as usize) % 2;
+            let lossy = agg == 1 && (tor_of(a) == 1 || tor_of(b) == 1);
+            let hops = if lossy {
+                vec![
+                    format!("10.200.{}.1", tor_of(a)),
+                    format!("10.200.10{agg}.1"),
+                    format!("10.200.{}.1", tor_of(b)),
+                ]
+            } else {
+                Vec::new()
+            };
+            (lossy, hops)
+        }
+    };
+    let mut seq = 0;
+    let named = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let found = wait_until(SETTLE, || {
+        seq += 1;
+        let s = seq;
+        let cl = &cluster;
+        let named = named.clone();
+        async move {
+            let mut c = cl.client();
+            for me in 0..TORS * PER_TOR {
+                let req = beat(me, vec![report_traced(me, s, flow(s))]);
+                if c.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.is_err() {
+                    return false;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let Ok(r) = c
+                .call(api::NetSuspectsRequest { limit: 0 }, |mut c, r| async move { c.net_suspects(r).await })
+                .await
+            else {
+                return false;
+            };
+            let Some(top) = r.suspects.first() else { return false };
+            *named.lock().expect("lock") = Some(r.suspects.clone());
+            top.target == "link/agg-1--tor-1"
+                && !top.decision.is_empty()
+                && state_of(cl, &top.target).await.is_some_and(|st| st != "GOOD")
+        }
+    })
+    .await;
+    let suspects = named.lock().expect("lock").clone();
+    assert!(
+        found,
+        "link/agg-1--tor-1 not named first and out of GOOD: {suspects:?}; leader log:\n{}",
+        cluster.log_tail(leader)
+    );
+    let suspects = suspects.expect("suspects");
+    assert!(!suspects[0].why.contains("cannot be told apart"), "{:?}", suspects[0]);
+    assert!(
+        suspects.iter().all(|s| s.target != "link/agg-0--tor-1"),
+        "the healthy twin uplink is no suspect: {suspects:?}"
+    );
+    assert_eq!(state_of(&cluster, "link/agg-0--tor-1").await, None, "no finding filed on the twin");
+    // `net path` shows a measured flow's traced route, named.
+    // In any window, one of h03's flows to h00 and h01 hashes onto agg-1 (their hashes differ by 13).
+    let mut outs = String::new();
+    for peer in ["h00", "h01"] {
+        let (ok, out) = cli(&["net", "path", "h03", peer], &cluster.grpc_addrs());
+        assert!(ok && out.contains(&format!("route 2: h03 -> tor-1 -> agg-1 -> tor-0 -> {peer}")), "{out}");
+        outs += &out;
+    }
+    assert!(outs.contains("traced via tor-1 -> agg-1 -> tor-0"), "{outs}");
 }
 
 #[test]

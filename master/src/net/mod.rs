@@ -259,11 +259,10 @@ pub struct Closed {
     pub bad_flows: u64,
     pub topology: Option<Arc<Topology>>,
     pub verdict: netvote::Verdict,
-    /// The closing window (the newest of those judged).
-    pub window: Arc<Window>,
-    /// Windows the verdict judged together (1..=`accumulate`; fewer after a new term, or when together they
-    /// would pass the window's limits).
-    pub windows_judged: usize,
+    /// The windows the verdict judged together, newest (the closing one) first: 1..=`accumulate` of them,
+    /// fewer after a new term or when together they would pass the window's limits. Shared with the
+    /// history, not copied.
+    pub windows: Vec<Arc<Window>>,
 }
 
 /// The leader's network memory (see the module comment).
@@ -548,10 +547,10 @@ async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<()
         let (judged, n) = accumulate(&window, &earlier);
         let verdict =
             netvote::localise(t2.as_deref(), judged.as_ref().unwrap_or(&window), &netvote::Params::default());
-        (verdict, Arc::new(window), n, started.elapsed())
+        let earlier_kept: Vec<Arc<Window>> = earlier.into_iter().take(n - 1).collect();
+        (verdict, Arc::new(window), earlier_kept, started.elapsed())
     });
-    let (mut verdict, window, windows_judged, took) = match tokio::time::timeout(MAX_LOCALISE_TIME, job).await
-    {
+    let (mut verdict, window, earlier_kept, took) = match tokio::time::timeout(MAX_LOCALISE_TIME, job).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             net.stats.windows_failed.fetch_add(1, Ordering::Relaxed);
@@ -582,8 +581,7 @@ async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<()
         bad_flows,
         topology: topo,
         verdict,
-        window: Arc::clone(&window),
-        windows_judged,
+        windows: std::iter::once(Arc::clone(&window)).chain(earlier_kept).collect(),
     };
     {
         let mut h = lock(&net.history);

@@ -120,20 +120,19 @@ pub fn path(routes: Vec<netvote::Route>, last: Option<&Closed>, a: &str, b: &str
         })
         .collect();
     let mut measured = Vec::new();
-    if let Some(c) = last
-        && let (Some(ia), Some(ib)) = (c.window.host_id(a), c.window.host_id(b))
-    {
-        for f in c.window.flows().iter().filter(|f| (f.src, f.dst) == (ia, ib) || (f.src, f.dst) == (ib, ia))
-        {
+    // Every flow between the two in the windows the last verdict judged, newest window first.
+    for w in last.iter().flat_map(|c| c.windows.iter()) {
+        let (Some(ia), Some(ib)) = (w.host_id(a), w.host_id(b)) else { continue };
+        for f in w.flows().iter().filter(|f| (f.src, f.dst) == (ia, ib) || (f.src, f.dst) == (ib, ia)) {
             measured.push(api::PeerResult {
-                host: format!("{}->{}", c.window.host_name(f.src), c.window.host_name(f.dst)),
+                host: format!("{}->{}", w.host_name(f.src), w.host_name(f.dst)),
                 sent: f.sent,
                 lost: f.lost,
                 connect_failures: f.connect_failures,
                 rtt_p50_us: f.rtt_p50_us,
                 rtt_p99_us: f.rtt_p99_us,
                 // The switches the window placed it on when it was traced (names, "*" for an unknown hop).
-                hops: c.window.path(f.path).to_vec(),
+                hops: w.path(f.path).to_vec(),
             });
         }
     }
