@@ -658,7 +658,7 @@ fn run_seed(net: &Net, a: &BenchNetvoteArgs, params: &Params, seed: u64) -> anyh
     let mut healthy = Loss::new(net, &[]);
     let calm: Vec<Vec<Report>> =
         (0..a.windows).map(|k| reports(net, &mut healthy, &mut rng, a, 100 + k as u64)).collect();
-    let (_, cpu_one) = leader(net, &calm[..1], params)?;
+    let (one, cpu_one) = leader(net, &calm[..1], params)?;
     let (v, _) = leader(net, &calm, params)?;
     let healthy_suspects = v.suspects.iter().filter(|x| x.decision != Decision::Rank).count() as u64;
     if a.verbose && healthy_suspects > 0 {
@@ -671,7 +671,7 @@ fn run_seed(net: &Net, a: &BenchNetvoteArgs, params: &Params, seed: u64) -> anyh
         lines: Vec::new(),
         cpu_one,
         cpu_acc: Vec::new(),
-        flows_per_window: v.flows,
+        flows_per_window: one.flows,
         healthy_suspects,
         fault_windows: 0,
         false_picks: 0,
