@@ -29,7 +29,14 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// 6 = disk-failure prediction (issue 20): `CatalogPush` of a `model` artifact (older binaries cannot parse
 /// the type) and `Ingest` carrying a `predicted-failure` finding (admitted through the model's own spike
 /// detector scope, a rule older binaries do not apply) ([`PREDICT_COMMAND_VERSION`]).
-pub const COMMAND_VERSION: u32 = 6;
+/// 7 = network devices in the repair flow (issue 16): a `switch`/`link` entering ERROR files a ticket and
+/// `Input::Ticket` applies to it ([`NET_TICKET_COMMAND_VERSION`]); the fabric topology kept in the
+/// replicated state ([`TOPOLOGY_COMMAND_VERSION`]).
+pub const COMMAND_VERSION: u32 = 7;
+/// The command version of ticket updates about network devices (older binaries refuse them on ERROR).
+pub const NET_TICKET_COMMAND_VERSION: u32 = 7;
+/// The command version of the replicated fabric topology's commands.
+pub const TOPOLOGY_COMMAND_VERSION: u32 = 7;
 /// The command version of model pushes and of ingests carrying a `predicted-failure` finding.
 pub const PREDICT_COMMAND_VERSION: u32 = 6;
 /// The command version of ingests about network devices (`switch/NAME`, `link/A--B`).
