@@ -4,9 +4,9 @@
 //! rotates) with `--probes` probes each; each probe takes a uniformly random equal-cost route and is lost with
 //! the loss of the links and switches on it (0.01% background on every link, plus the injected faults). A few
 //! busy hosts answer slowly (RTT outliers, no loss). Each host's votes come from the real rule
-//! (`netvote::votes`), its report goes through `Window::add` and the window through `localise`, exactly as
-//! the leader runs them. Evidence accumulates while a fault lasts: fault window k localises over the reports
-//! of fault windows 1..=k (the leader keeps the last windows' reports).
+//! (`netvote::votes`), its report goes through `Window::add` and the windows through `localise_windows`,
+//! exactly as the leader runs them. Evidence accumulates while a fault lasts: fault window k is judged with
+//! fault windows 1..k (the leader keeps the last windows and judges them together in place).
 //!
 //! Per seed: `--windows` healthy windows judged together (false suspects), then 1-3 simultaneous faults
 //! (host NIC, ToR uplink, whole ToR, spine link; 0.5-10% loss) for `--windows` windows. Prints top-1 / top-3 accuracy per fault type,
@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use netvote::{
     ClosSpec, Decision, LocalRules, Params, PeerResult, Report, Target, Topology, Window, WindowLimits,
-    localise, votes,
+    localise_windows, votes,
 };
 
 use crate::bench_common::{Rng, now_ms, pct, sorted};
@@ -602,18 +602,25 @@ struct LeaderCpu {
     localise: f64,
 }
 
-/// Window::add for every report of the given windows, then localise, timed on this thread's CPU clock.
-fn leader(n: &Net, windows: &[Vec<Report>], p: &Params) -> anyhow::Result<(netvote::Verdict, LeaderCpu)> {
+/// One window as the leader fills it (Window::add of every report), and that CPU time.
+fn fill(reports: &[Report]) -> anyhow::Result<(Window, f64)> {
     let t0 = thread_cpu_secs();
     let mut w = Window::new(WindowLimits::default());
-    for rs in windows {
-        for r in rs {
-            w.add(r).with_context(|| format!("report from {}", r.reporter))?;
-        }
+    for r in reports {
+        w.add(r).with_context(|| format!("report from {}", r.reporter))?;
     }
+    Ok((w, thread_cpu_secs() - t0))
+}
+
+/// What the leader spends on one window: filling it, then judging it with the earlier windows (oldest
+/// first in `windows`, the last one the closing window) as `[net] accumulate_windows` does, in place.
+/// Timed on this thread's CPU clock.
+fn leader(n: &Net, windows: &[Window], add: f64, p: &Params) -> (netvote::Verdict, LeaderCpu) {
     let t1 = thread_cpu_secs();
-    let v = localise(Some(&n.topo), &w, p);
-    Ok((v, LeaderCpu { add: t1 - t0, localise: thread_cpu_secs() - t1 }))
+    let judged: Vec<&Window> = windows.iter().rev().collect();
+    let k = netvote::fitting(&judged);
+    let v = localise_windows(Some(&n.topo), &judged[..k], p);
+    (v, LeaderCpu { add, localise: thread_cpu_secs() - t1 })
 }
 
 /// One fault of a seed and how the localiser did on it.
@@ -637,6 +644,8 @@ struct SeedOut {
     cpu_acc: Vec<f64>,
     flows_per_window: u32,
     healthy_suspects: u64,
+    /// The healthy judgement's strongest element under the thresholds: (log-likelihood, whether a NIC).
+    healthy_nearest: Option<(f64, bool)>,
     fault_windows: u64,
     false_picks: u64,
     wrong_host_errors: u64,
@@ -656,10 +665,17 @@ fn run_seed(net: &Net, a: &BenchNetvoteArgs, params: &Params, seed: u64) -> anyh
     // Healthy windows, judged together as the leader does (`[net] accumulate_windows`); the CPU of one
     // window alone is measured on the first.
     let mut healthy = Loss::new(net, &[]);
-    let calm: Vec<Vec<Report>> =
-        (0..a.windows).map(|k| reports(net, &mut healthy, &mut rng, a, 100 + k as u64)).collect();
-    let (one, cpu_one) = leader(net, &calm[..1], params)?;
-    let (v, _) = leader(net, &calm, params)?;
+    let mut calm: Vec<Window> = Vec::new();
+    let mut first_add = 0.0;
+    for k in 0..a.windows {
+        let (w, add) = fill(&reports(net, &mut healthy, &mut rng, a, 100 + k as u64))?;
+        if k == 0 {
+            first_add = add;
+        }
+        calm.push(w);
+    }
+    let (one, cpu_one) = leader(net, &calm[..1], first_add, params);
+    let (v, _) = leader(net, &calm, first_add, params);
     let healthy_suspects = v.suspects.iter().filter(|x| x.decision != Decision::Rank).count() as u64;
     if a.verbose && healthy_suspects > 0 {
         lines.push(format!(
@@ -673,6 +689,7 @@ fn run_seed(net: &Net, a: &BenchNetvoteArgs, params: &Params, seed: u64) -> anyh
         cpu_acc: Vec::new(),
         flows_per_window: one.flows,
         healthy_suspects,
+        healthy_nearest: v.nearest.as_ref().map(|x| (x.llr, matches!(x.target, Target::Host { .. }))),
         fault_windows: 0,
         false_picks: 0,
         wrong_host_errors: 0,
@@ -685,15 +702,16 @@ fn run_seed(net: &Net, a: &BenchNetvoteArgs, params: &Params, seed: u64) -> anyh
     // Fault windows.
     let faults = pick_faults(net, &mut rng);
     let mut loss = Loss::new(net, &faults);
-    let mut history: Vec<Vec<Report>> = Vec::new();
+    let mut history: Vec<Window> = Vec::new();
     let nf = faults.len();
     let mut final_rank: Vec<Option<usize>> = vec![None; nf];
     let mut final_top: Vec<bool> = vec![false; nf];
     let mut first_top: Vec<Option<usize>> = vec![None; nf];
     let mut group_top: Vec<bool> = vec![false; nf];
     for k in 1..=a.windows {
-        history.push(reports(net, &mut loss, &mut rng, a, k as u64));
-        let (v, cpu) = leader(net, &history, params)?;
+        let (w, add) = fill(&reports(net, &mut loss, &mut rng, a, k as u64))?;
+        history.push(w);
+        let (v, cpu) = leader(net, &history, add, params);
         out.cpu_acc.push((cpu.add + cpu.localise) * 1e3);
         out.fault_windows += 1;
         out.traced_flows += u64::from(v.traced_flows);
@@ -847,7 +865,13 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
     let mut cpu_one: Vec<LeaderCpu> = Vec::new();
     let mut cpu_acc: Vec<f64> = Vec::new();
     let mut flows_per_window = 0u32;
+    let mut nearest: Vec<f64> = Vec::new();
+    let mut nearest_nics = 0usize;
     for (_, o) in per_seed {
+        if let Some((llr, nic)) = o.healthy_nearest {
+            nearest.push(llr);
+            nearest_nics += usize::from(nic);
+        }
         for line in &o.lines {
             println!("{line}");
         }
@@ -923,6 +947,17 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
         healthy_suspects as f64 / healthy_windows.max(1) as f64,
         a.windows
     );
+    let nearest_n = nearest.len();
+    let nearest = sorted(nearest);
+    println!(
+        "strongest element under the thresholds per healthy judgement: log-likelihood p50 {:.1}, p99 {:.1}, max {:.1} \
+         ({nearest_n} judgements, a NIC in {nearest_nics}); a suspect needs {:.0} (NIC) or {:.0} (switch, link)",
+        pct(&nearest, 0.5),
+        pct(&nearest, 0.99),
+        pct(&nearest, 1.0),
+        params.min_llr_nic,
+        params.min_llr
+    );
     println!(
         "hosts moved to ERROR without a NIC fault: {wrong_host_errors} (right NIC ERRORs: {host_errors_right})"
     );
@@ -940,7 +975,7 @@ pub fn run(a: BenchNetvoteArgs) -> anyhow::Result<ExitCode> {
         pct(&one_loc, 0.5)
     );
     println!(
-        "leader CPU over accumulated fault windows (1..={} windows of reports): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "leader CPU per fault window judged with the earlier ones (Window::add of its reports + localise over 1..={} windows in place): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         a.windows,
         pct(&acc, 0.5),
         pct(&acc, 0.99),

@@ -18,13 +18,15 @@
 //! (the leader's bounded per-window aggregate) and [`localise`] (the blame algorithm, documented there).
 
 mod fxhash;
+mod judged;
 pub mod local;
 pub mod localise;
 pub mod topology;
 pub mod window;
 
+pub use judged::fitting;
 pub use local::{LocalRules, votes};
-pub use localise::{MatrixCell, Params, Verdict, localise};
+pub use localise::{MatrixCell, Nearest, Params, Verdict, localise, localise_windows};
 pub use topology::{ClosSpec, Route, Tier, Topology, TopologyError, link_id};
 pub use window::{Flow, MAX_PATH_HOPS, UNKNOWN_HOP, Window, WindowError, WindowLimits};
 

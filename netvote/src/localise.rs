@@ -26,6 +26,7 @@
 //! Also produced: the ToR-to-ToR matrix (sent, lost, RTT) and how many flows were bad.
 
 use crate::fxhash::FxMap;
+use crate::judged::{FlowRef, Judged};
 use crate::topology::Topology;
 use crate::window::{Flow, UNKNOWN_HOP, Window};
 use crate::{Decision, Suspect, Target};
@@ -48,8 +49,13 @@ pub struct Params {
     /// Floor of the background per-link loss rate (a perfectly clean window would otherwise make any single
     /// lost probe infinitely surprising).
     pub min_background: f64,
-    /// Log-likelihood ratio an element needs to become a suspect (~e^-min_llr chance under background only).
+    /// Log-likelihood ratio a switch or link needs to become a suspect (~e^-min_llr chance under background
+    /// only, per element).
     pub min_llr: f64,
+    /// The same for a NIC. Higher because a fabric has several times more NICs than switches and links (10,000
+    /// against 1,334 in the bench's Clos), and what an operator sees is the chance that any element of a
+    /// healthy fabric is named: per class, about the class's size times e^-threshold.
+    pub min_llr_nic: f64,
     /// ...and the fitted extra loss (per probe through it) it needs.
     pub min_excess_loss: f64,
     /// At most this many suspects (greedy rounds) per window.
@@ -78,6 +84,7 @@ impl Default for Params {
             bad_flow_loss: 0.01,
             min_background: 1e-6,
             min_llr: 14.0,
+            min_llr_nic: 17.0,
             min_excess_loss: 0.002,
             max_suspects: 8,
             tie_ratio: 0.97,
@@ -123,10 +130,22 @@ pub struct Verdict {
     pub untrusted_paths: u32,
     /// The per-link background loss rate used.
     pub background_loss: f64,
+    /// The strongest element that stayed under the thresholds (how close a healthy window came to a suspect).
+    pub nearest: Option<Nearest>,
     pub matrix: Vec<MatrixCell>,
     /// The hosts most voted for, by votes from others per time probed (Pingmesh-style ranking; shown as
     /// context, not a decision: a slow but lossless host collects RTT votes and stays out of `suspects`).
     pub most_voted: Vec<VotedHost>,
+}
+
+/// [`Verdict::nearest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nearest {
+    pub target: Target,
+    /// Its log-likelihood ratio (a suspect needs [`Params::min_llr`], or [`Params::min_llr_nic`] for a NIC).
+    pub llr: f64,
+    /// Its fitted extra loss per probe through it.
+    pub excess_loss: f64,
 }
 
 /// One host of [`Verdict::most_voted`].
@@ -157,7 +176,7 @@ struct Placed {
     sent: f64,
     lost: f64,
     nlinks: f64,
-    flow: usize,
+    flow: FlowRef,
 }
 
 struct Bucket {
@@ -244,18 +263,26 @@ fn median_u32(v: &mut [u32]) -> u32 {
 
 /// One window's localisation (module doc). `topo` None: only NICs are blamed and there is no matrix.
 pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
-    let flows = w.flows();
-    let mut v = Verdict { reporters: w.reporters() as u32, flows: flows.len() as u32, ..Default::default() };
-    v.bad_flows = flows.iter().filter(|f| is_bad(f, p)).count() as u32;
+    localise_windows(topo, &[w], p)
+}
 
-    // Host ids: the topology's, or the window's when there is none.
-    let hosts = topo.map_or(w.host_names().len(), Topology::host_count);
+/// Several windows judged as one (the closing window first, then the earlier ones, newest first; see
+/// [`crate::fitting`] for how many may go together): the same verdict as [`localise`] on a window that
+/// [`Window::absorb`]ed them in that order, without copying their flows.
+pub fn localise_windows(topo: Option<&Topology>, windows: &[&Window], p: &Params) -> Verdict {
+    let w = Judged::new(windows);
+    let w = &w;
+    let mut v =
+        Verdict { reporters: w.reporters() as u32, flows: w.flow_count() as u32, ..Default::default() };
+
+    // Host ids: the topology's, or the judged windows' when there is none.
+    let hosts = topo.map_or(w.names().len(), Topology::host_count);
     let switches = topo.map_or(0, |t| t.switches().len());
     let links = topo.map_or(0, Topology::link_count);
     let ctx = Ctx { topo, hosts, switches };
     let map: Vec<Option<u32>> = match topo {
-        Some(t) => w.host_names().iter().map(|n| t.host_id(n)).collect(),
-        None => (0..w.host_names().len() as u32).map(Some).collect(),
+        Some(t) => w.names().iter().map(|n| t.host_id(n)).collect(),
+        None => (0..w.names().len() as u32).map(Some).collect(),
     };
 
     // 1. Place flows, group by ToR pair.
@@ -264,8 +291,11 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
     // Traced flows: (path, src ToR, dst ToR) -> the bucket of the routes the path matches (None: untrusted).
     let mut path_bucket_of: FxMap<(u32, u32, u32), Option<u32>> = FxMap::default();
     let mut scratch = Scratch { counts: vec![0; hosts + switches + links], touched: Vec::new() };
-    let mut placed: Vec<Placed> = Vec::with_capacity(flows.len());
-    for (i, f) in flows.iter().enumerate() {
+    let mut placed: Vec<Placed> = Vec::with_capacity(w.flow_count());
+    for (i, f) in w.flows() {
+        if is_bad(&f, p) {
+            v.bad_flows += 1;
+        }
         let (Some(s), Some(d)) = (map[f.src as usize], map[f.dst as usize]) else {
             v.unplaced_flows += 1;
             continue;
@@ -440,7 +470,9 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
         let Some(&(llr, q, e)) = scored.first() else { break };
-        if llr < p.min_llr || q < p.min_excess_loss {
+        let min_llr = if matches!(ctx.decode(e), Elem::Nic(_)) { p.min_llr_nic } else { p.min_llr };
+        if llr < min_llr || q < p.min_excess_loss {
+            v.nearest = Some(Nearest { target: target_of(&ctx, w, e), llr, excess_loss: q });
             break;
         }
         chosen.push(e);
@@ -459,7 +491,7 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
         if !twins.is_empty() && decision == Decision::Error {
             decision = Decision::Warning;
         }
-        let mut main = describe(&ctx, w, flows, &placed, &through, e, q, llr, decision, p);
+        let mut main = describe(&ctx, w, &placed, &through, e, q, llr, decision, p);
         if !twins.is_empty() {
             main.why = format!(
                 "{}; {} other element(s) carry exactly the same flows and cannot be told apart (equal-cost paths), e.g. {}",
@@ -485,7 +517,7 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
             }
             listed.push(e2);
             alts += 1;
-            let mut s = describe(&ctx, w, flows, &placed, &through, e2, q2, l2, Decision::Rank, p);
+            let mut s = describe(&ctx, w, &placed, &through, e2, q2, l2, Decision::Rank, p);
             s.why = format!("alternative to {main_id} (explains the same loss almost as well): {}", s.why);
             v.suspects.push(s);
         }
@@ -501,28 +533,28 @@ pub fn localise(topo: Option<&Topology>, w: &Window, p: &Params) -> Verdict {
     }
 
     if let Some(t) = topo {
-        v.matrix = matrix(t, flows, &map);
+        v.matrix = matrix(t, w, &map);
     }
     v.most_voted = most_voted(w);
     v
 }
 
-fn most_voted(w: &Window) -> Vec<VotedHost> {
-    let mut hosts: Vec<(f64, u32)> = (0..w.host_names().len() as u32)
+fn most_voted(w: &Judged) -> Vec<VotedHost> {
+    let mut hosts: Vec<(f64, u32)> = (0..w.names().len() as u32)
         .filter_map(|i| {
-            let info = w.host_info(i);
+            let info = w.host(i);
             (info.votes_from_others > 0)
                 .then(|| (f64::from(info.votes_from_others) / f64::from(info.probed.max(1)), i))
         })
         .collect();
-    hosts.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| w.host_name(a.1).cmp(w.host_name(b.1))));
+    hosts.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| w.name(a.1).cmp(w.name(b.1))));
     hosts
         .into_iter()
         .take(MAX_MOST_VOTED)
         .map(|(_, i)| VotedHost {
-            host: w.host_name(i).to_string(),
-            votes: w.host_info(i).votes_from_others,
-            probed: w.host_info(i).probed,
+            host: w.name(i).to_string(),
+            votes: w.host(i).votes_from_others,
+            probed: w.host(i).probed,
         })
         .collect()
 }
@@ -652,17 +684,17 @@ fn path_bucket(t: &Topology, ctx: &Ctx, sc: &mut Scratch, a: u32, b: u32, path: 
     Some(Bucket { elems: sc.take(n), nlinks: want.len() as f64 + 1.0 })
 }
 
-fn target_of(ctx: &Ctx, w: &Window, e: u32) -> Target {
+fn target_of(ctx: &Ctx, w: &Judged, e: u32) -> Target {
     match (ctx.decode(e), ctx.topo) {
         (Elem::Nic(h), Some(t)) => {
             let name = t.hosts()[h as usize].clone();
-            let iface = w.host_id(&name).map(|i| w.host_info(i).iface.clone()).unwrap_or_default();
+            let iface = w.id(&name).map(|i| w.host(i).iface.to_string()).unwrap_or_default();
             Target::Host { host: name, iface: if iface.is_empty() { "unknown".into() } else { iface } }
         }
         (Elem::Nic(h), None) => {
-            let iface = w.host_info(h).iface.clone();
+            let iface = w.host(h).iface.to_string();
             Target::Host {
-                host: w.host_name(h).to_string(),
+                host: w.name(h).to_string(),
                 iface: if iface.is_empty() { "unknown".into() } else { iface },
             }
         }
@@ -732,8 +764,7 @@ fn decide(ctx: &Ctx, placed: &[Placed], e: u32, q: f64, llr: f64, background: f6
 #[allow(clippy::too_many_arguments)]
 fn describe(
     ctx: &Ctx,
-    w: &Window,
-    flows: &[Flow],
+    w: &Judged,
     placed: &[Placed],
     through: &[Vec<(u32, f64)>],
     e: u32,
@@ -744,14 +775,14 @@ fn describe(
 ) -> Suspect {
     let target = target_of(ctx, w, e);
     let (mut n, mut bad, mut sent, mut lost) = (0u32, 0u32, 0.0, 0.0);
-    let mut examples: Vec<(u32, usize)> = Vec::new();
+    let mut examples: Vec<(u32, FlowRef)> = Vec::new();
     let mut voters: Vec<u32> = Vec::new();
     for f in placed.iter().filter(|f| passes(ctx, through, f, e)) {
         n += 1;
         sent += f.sent;
         lost += f.lost;
-        let fl = &flows[f.flow];
-        if is_bad(fl, p) {
+        let fl = w.flow(f.flow);
+        if is_bad(&fl, p) {
             bad += 1;
             examples.push((fl.lost_probes(), f.flow));
             voters.push(fl.src);
@@ -765,7 +796,7 @@ fn describe(
                 Target::Host { host, .. } => host.as_str(),
                 _ => "",
             };
-            w.host_id(name).map_or(0, |i| w.host_info(i).votes_from_others)
+            w.id(name).map_or(0, |i| w.host(i).votes_from_others)
         }
         _ => voters.len() as u32,
     };
@@ -774,8 +805,8 @@ fn describe(
         .iter()
         .take(MAX_EVIDENCE)
         .map(|&(_, i)| {
-            let f = &flows[i];
-            format!("{} -> {}: {}/{} lost", w.host_name(f.src), w.host_name(f.dst), f.lost_probes(), f.sent)
+            let f = w.flow(i);
+            format!("{} -> {}: {}/{} lost", w.name(f.src), w.name(f.dst), f.lost_probes(), f.sent)
         })
         .collect();
     let loss = if sent > 0.0 { lost / sent } else { 0.0 };
@@ -803,11 +834,11 @@ fn describe(
     }
 }
 
-fn matrix(t: &Topology, flows: &[Flow], map: &[Option<u32>]) -> Vec<MatrixCell> {
+fn matrix(t: &Topology, w: &Judged, map: &[Option<u32>]) -> Vec<MatrixCell> {
     // One entry per flow keyed by its cell, sorted, then each cell's run summarised (no map of vectors).
-    let mut rows: Vec<((u32, u32), &Flow)> = flows
-        .iter()
-        .filter_map(|f| match (map[f.src as usize], map[f.dst as usize]) {
+    let mut rows: Vec<((u32, u32), &Flow)> = w
+        .flows_in_place()
+        .filter_map(|(src, dst, f)| match (map[src as usize], map[dst as usize]) {
             (Some(s), Some(d)) => Some(((t.host_tor_id(s), t.host_tor_id(d)), f)),
             _ => None,
         })
@@ -934,7 +965,8 @@ mod tests {
             let r = Report {
                 reporter: me.clone(),
                 started_ms: 1,
-                window_seq: 1,
+                // Windows of different seeds are different windows (they may be judged together).
+                window_seq: seed,
                 iface: "eth0".into(),
                 peers: results,
                 votes,
@@ -1065,6 +1097,54 @@ mod tests {
             let v = localise(Some(&t), &w, &Params::default());
             assert!(v.suspects.is_empty(), "seed {seed}: {:?}", v.suspects);
         }
+    }
+
+    #[test]
+    fn windows_judged_in_place_give_the_verdict_of_their_absorbed_copy() {
+        let t = small();
+        let mut nic = Faults::default();
+        nic.nic.insert("h13".into(), 0.05);
+        let mut link = Faults::default();
+        link.link.insert(("agg0".into(), "tor1".into()), 0.03);
+        for (name, f) in [("healthy", Faults::default()), ("nic", nic), ("link", link)] {
+            let ws: Vec<Window> = (0..3).map(|k| window_traced(&t, &f, 24, 20, 40 + k, k != 1)).collect();
+            let refs: Vec<&Window> = ws.iter().collect();
+            assert_eq!(crate::fitting(&refs), 3);
+            let mut copy = Window::new(WindowLimits::default());
+            for w in &ws {
+                copy.absorb(w).unwrap();
+            }
+            for topo in [Some(&t), None] {
+                let in_place = localise_windows(topo, &refs, &Params::default());
+                assert_eq!(
+                    in_place,
+                    localise(topo, &copy, &Params::default()),
+                    "{name}, topology {}",
+                    topo.is_some()
+                );
+                if name != "healthy" && topo.is_some() {
+                    assert!(!in_place.suspects.is_empty(), "{name}: {in_place:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_windows_that_fit_the_first_ones_limits_are_judged_together() {
+        let t = small();
+        let ws: Vec<Window> = (0..3).map(|k| window(&t, &Faults::default(), 24, 20, 50 + k)).collect();
+        // A window given twice would count its reports twice: the judgement stops before it.
+        assert_eq!(crate::fitting(&[&ws[0], &ws[1], &ws[0], &ws[2]]), 2);
+        // Flows over the first window's limit: the older windows are left out.
+        let flows = ws[0].flows().len();
+        let mut small_first = Window::new(WindowLimits { max_flows: flows * 2, ..WindowLimits::default() });
+        small_first.absorb(&ws[0]).unwrap();
+        assert_eq!(
+            crate::fitting(&[&small_first, &ws[1], &ws[2]]),
+            if ws[1].flows().len() <= flows { 2 } else { 1 }
+        );
+        assert_eq!(crate::fitting(&[]), 0);
+        assert_eq!(crate::fitting(&[&ws[2]]), 1);
     }
 
     #[test]

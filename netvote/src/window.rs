@@ -358,6 +358,11 @@ impl Window {
         Ok(())
     }
 
+    /// The reports counted: (reporter id, started_ms, window_seq).
+    pub(crate) fn seen(&self) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
+        self.seen.iter().copied()
+    }
+
     /// Distinct reports counted.
     pub fn reports(&self) -> usize {
         self.seen.len()

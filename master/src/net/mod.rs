@@ -511,26 +511,20 @@ impl Service {
     }
 }
 
-/// The closing window with the earlier ones (newest first) absorbed into one, for one localisation: as
-/// many as fit the window's limits (an earlier window that would pass one is left out, with the older
-/// ones). None when there are none to add (judge `window` itself, no copy). Returns how many were judged.
-fn accumulate(window: &Window, earlier: &[Arc<Window>]) -> (Option<Window>, usize) {
-    if earlier.is_empty() {
-        return (None, 1);
+/// Localise the closing window with the earlier ones (newest first), judged together in place (no copy of
+/// their flows): as many as fit the closing window's limits (an earlier window that would pass one is left
+/// out, with the older ones). Returns the verdict and how many windows it judged.
+fn judge(topo: Option<&Topology>, window: &Window, earlier: &[Arc<Window>]) -> (netvote::Verdict, usize) {
+    let all: Vec<&Window> = std::iter::once(window).chain(earlier.iter().map(|w| &**w)).collect();
+    let n = netvote::fitting(&all);
+    if n < all.len() {
+        tracing::debug!(
+            judged = n,
+            offered = all.len(),
+            "earlier windows left out of the judgement (limits)"
+        );
     }
-    let mut judged = Window::new(window.limits().clone());
-    if judged.absorb(window).is_err() {
-        return (None, 1);
-    }
-    let mut n = 1;
-    for w in earlier {
-        if let Err(e) = judged.absorb(w) {
-            tracing::debug!(error = %e, "an earlier window left out of the judgement");
-            break;
-        }
-        n += 1;
-    }
-    (Some(judged), n)
+    (netvote::localise_windows(topo, &all[..n], &netvote::Params::default()), n)
 }
 
 /// Close one window: localise off the async runtime, keep the verdict, propose findings.
@@ -544,9 +538,7 @@ async fn close_window(s: &Service, clearing: &mut decide::Clearing) -> Result<()
     let earlier: Vec<Arc<Window>> = lock(&net.history).iter().rev().cloned().collect();
     let job = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let (judged, n) = accumulate(&window, &earlier);
-        let verdict =
-            netvote::localise(t2.as_deref(), judged.as_ref().unwrap_or(&window), &netvote::Params::default());
+        let (verdict, n) = judge(t2.as_deref(), &window, &earlier);
         let earlier_kept: Vec<Arc<Window>> = earlier.into_iter().take(n - 1).collect();
         (verdict, Arc::new(window), earlier_kept, started.elapsed())
     });
@@ -731,15 +723,17 @@ mod tests {
             w
         };
         let now = window(3, &["a", "b"]);
-        assert_eq!(accumulate(&now, &[]).1, 1, "nothing earlier: the window alone, not copied");
-        assert!(accumulate(&now, &[]).0.is_none());
+        let (v, n) = judge(None, &now, &[]);
+        assert_eq!((n, v.flows), (1, 2), "nothing earlier: the window alone");
         let earlier = [Arc::new(window(2, &["a", "c"])), Arc::new(window(1, &["a", "b"]))];
         // 2 + 2 flows fit the limit of 5, the third window's 2 more would not: it is left out.
-        let (judged, n) = accumulate(&now, &earlier);
-        let judged = judged.expect("accumulated");
-        assert_eq!((n, judged.flows().len(), judged.reports()), (2, 4, 4));
+        let (v, n) = judge(None, &now, &earlier);
+        assert_eq!((n, v.flows, v.reporters), (2, 4, 3));
         let big = [Arc::new(window(2, &["a", "b", "c", "d"]))];
-        assert_eq!(accumulate(&now, &big).1, 1, "an earlier window over the limit is left out");
+        assert_eq!(judge(None, &now, &big).1, 1, "an earlier window over the limit is left out");
+        // A window offered twice would count its reports twice: left out.
+        let again = [Arc::new(window(3, &["a", "b"]))];
+        assert_eq!(judge(None, &now, &again).1, 1, "the same reports are not counted twice");
     }
 
     #[test]
