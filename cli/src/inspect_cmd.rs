@@ -376,7 +376,7 @@ fn print_report(r: &Report) {
         let s: Vec<String> = states.iter().map(|(st, n)| format!("{st} {n}")).collect();
         println!("  {kind:<8} {}", s.join("  "));
     }
-    println!("  in REPAIR without a filed ticket: {}", r.repair_without_ticket);
+    println!("  awaiting a repair ticket (REPAIR, network incidents): {}", r.repair_without_ticket);
     println!("  changed state in the last 24 h: {}", r.changed_24h.len());
     for c in r.changed_24h.iter().take(SHOWN) {
         println!("    {c}");

@@ -200,7 +200,11 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         }
     }
     reg.register("objects_by_state", "Objects per kind and state (the whole fleet)", by_state);
-    reg.register("tickets_unfiled", "Objects in REPAIR whose ticket is not filed yet", gauge(unfiled));
+    reg.register(
+        "tickets_unfiled",
+        "Objects whose repair ticket is not filed yet (REPAIR, or a network device's incident)",
+        gauge(unfiled),
+    );
     let alerts = r.audit(true, 1).map_err(|e| ApiError::internal(e.to_string()))?;
     reg.register(
         "last_alert_id",

@@ -493,6 +493,10 @@ impl Command {
                 PREDICT_COMMAND_VERSION
             }
             Command::Ingest { epoch, .. } if *epoch != 0 => AGENT_EPOCH_VERSION,
+            // Older binaries refuse ticket updates outside REPAIR; a network device's are recorded from 7 on.
+            Command::Object { object, input: Input::Ticket { .. } } if object.kind().is_network() => {
+                NET_TICKET_COMMAND_VERSION
+            }
             Command::CatalogChunk { .. }
             | Command::CatalogPush { .. }
             | Command::CatalogSeed { .. }

@@ -3,10 +3,29 @@
 //! passes before it is stored (levels, quotas, spikes) is `fsm/safety.rs`'s `admit`, over the records of
 //! `safety.rs`.
 
-pub use state_machines::{Input, ObjectState, Outcome, Policy, StepError, step};
+pub use state_machines::{Input, ObjectState, Outcome, Policy, Rules, StepError};
 
 use proto::error::Code;
 use state_machines::{Cause, Effect};
+
+/// The state-machine rules the replicated `min_command_version` enables. Apply reads it from the replicated
+/// state, so every member steps an entry under the same rules whatever binary it runs (the upgrade
+/// procedure raises the version only once every member knows it): `Rules::net_tickets` from
+/// [`crate::model::NET_TICKET_COMMAND_VERSION`].
+pub fn rules_at(min_command_version: u64) -> Rules {
+    Rules { net_tickets: min_command_version >= u64::from(crate::model::NET_TICKET_COMMAND_VERSION) }
+}
+
+/// One step of an object's state machine under `rules` (see [`rules_at`]).
+pub fn step(
+    obj: &ObjectState,
+    input: &Input,
+    now_ms: u64,
+    policy: &Policy,
+    rules: Rules,
+) -> Result<Outcome, StepError> {
+    state_machines::step_with(obj, input, now_ms, policy, rules)
+}
 
 /// The state's name as the APIs show it (`GOOD`, `ERROR`, ...).
 pub fn state_name(s: &ObjectState) -> &'static str {

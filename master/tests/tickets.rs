@@ -43,6 +43,7 @@ fn request(host: &str, since: u64) -> TicketRequest {
             readings: BTreeMap::new(),
             time_ms: since - 10,
         }],
+        ends: vec![],
     }
 }
 

@@ -21,7 +21,7 @@ pub use model::{
     AckKind, Action, Cause, Effect, Evidence, FixAction, Hysteresis, Input, ObjectState, OperatorCommand,
     Outcome, PendingAck, PendingAction, Policy, PolicyError, StepError, Streak, TicketUpdate, Transition,
 };
-pub use step::step;
+pub use step::{Rules, step, step_with};
 pub use table::{
     DIMM, DISK, Edge, LINK, MACHINE, MACHINE_KINDS, NIC, SWITCH, State, StateMachine, is_capacity_removing,
     is_legal_edge, state_machine_for,

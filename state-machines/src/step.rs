@@ -20,14 +20,58 @@ pub const REPAIR_SERIAL_ATTR: &str = "repair-serial";
 /// Attribute recording the last fix a machine got (the FIX ladder escalates a repeated fix to a reboot).
 pub const LAST_FIX_ATTR: &str = "last-fix";
 
-/// Apply one input to one object at `now_ms`. See the crate README for the model.
+/// Attribute of a network device (`switch`, `link`) holding the filing key of its open incident's repair
+/// ticket, `OBJECT@ERROR_ENTERED_MS`: set when it enters ERROR with no open ticket, kept through ERROR ->
+/// WARNING -> ERROR (one incident, one ticket), removed when it returns to GOOD (the incident is over). While
+/// it is set and no `ticket` is recorded, a filing is outstanding (`Rules::net_tickets`).
+pub const TICKET_KEY_ATTR: &str = "ticket-key";
+
+/// Which rules of the step function apply. A rule that changes what an existing input means must reach every
+/// replica at the same log position, so the master turns it on from its replicated `min_command_version`
+/// (the same on every member) rather than from the binary it runs; everything else calls [`step`], which
+/// applies the newest rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Network devices in the repair flow (master command version 7): a `switch`/`link` entering ERROR
+    /// with no open ticket files one ([`TICKET_KEY_ATTR`]), returning to GOOD ends the incident, and
+    /// `Input::Ticket` records the ticket on it without ever changing its state.
+    pub net_tickets: bool,
+}
+
+impl Rules {
+    /// Every rule this crate knows.
+    pub const LATEST: Rules = Rules { net_tickets: true };
+    /// The rules before network devices filed tickets (master command versions 1-6).
+    pub const BEFORE_NET_TICKETS: Rules = Rules { net_tickets: false };
+}
+
+/// Apply one input to one object at `now_ms` under the newest [`Rules`]. See the crate README for the model.
 pub fn step(obj: &ObjectState, input: &Input, now_ms: u64, policy: &Policy) -> Result<Outcome, StepError> {
+    step_with(obj, input, now_ms, policy, Rules::LATEST)
+}
+
+/// [`step`] under the given `rules` (the master passes those its replicated command version enables).
+pub fn step_with(
+    obj: &ObjectState,
+    input: &Input,
+    now_ms: u64,
+    policy: &Policy,
+    rules: Rules,
+) -> Result<Outcome, StepError> {
     policy.validate()?;
     let Some(machine) = state_machine_for(obj.kind()) else {
         return checker_step(obj, input);
     };
-    let mut cx =
-        Ctx { obj, next: obj.clone(), policy, now: now_ms, machine, transition: None, effects: Vec::new() };
+    let mut cx = Ctx {
+        obj,
+        next: obj.clone(),
+        policy,
+        rules,
+        now: now_ms,
+        machine,
+        transition: None,
+        effects: Vec::new(),
+    };
     match input {
         Input::Finding(f) => cx.on_finding(f)?,
         Input::Ack { role, ack } => cx.on_ack(role, *ack)?,
@@ -115,6 +159,7 @@ struct Ctx<'a> {
     obj: &'a ObjectState,
     next: ObjectState,
     policy: &'a Policy,
+    rules: Rules,
     now: u64,
     machine: &'static StateMachine,
     transition: Option<Transition>,
@@ -171,6 +216,15 @@ impl Ctx<'_> {
                 let msg =
                     format!("{id}: network suspect in ERROR ({from} -> ERROR by {by}); check the device");
                 self.alert(msg);
+                if self.rules.net_tickets {
+                    self.file_net_ticket();
+                }
+            }
+            // Back to GOOD: the incident is over. An outstanding filing is withdrawn (the device recovered
+            // before anyone could be told); a recorded ticket stays (`ticket`, `ticket-status`) so the
+            // integration's later updates of it are still recorded. The next ERROR is a new incident.
+            State::Good if self.machine.kind.is_network() && self.rules.net_tickets => {
+                n.attrs.remove(TICKET_KEY_ATTR);
             }
             State::Error => {
                 let (role, ack) = if self.machine.kind == Kind::Disk {
@@ -226,6 +280,23 @@ impl Ctx<'_> {
             State::Test => self.request_action(Action::Test),
             State::Good | State::Slow | State::Warning => {}
         }
+    }
+
+    /// A network device entered ERROR: file a repair ticket unless its incident already has an open one
+    /// (ERROR -> WARNING -> ERROR is one incident: one ticket). A closed ticket is not open: the device is
+    /// bad again, so a new ticket is filed under a new key.
+    fn file_net_ticket(&mut self) {
+        let n = &mut self.next;
+        let closed = n.attrs.get("ticket-status").map(String::as_str) == Some(TicketUpdate::Closed.as_str());
+        if n.attrs.contains_key(TICKET_KEY_ATTR) && !closed {
+            return;
+        }
+        n.attrs.remove("ticket");
+        n.attrs.remove("ticket-status");
+        let idempotency_key = format!("{}@{}", self.obj.id, self.now);
+        n.attrs.insert(TICKET_KEY_ATTR.into(), idempotency_key.clone());
+        let reason = net_ticket_reason(n, self.now);
+        self.effects.push(Effect::FileTicket { object: self.obj.id.clone(), reason, idempotency_key });
     }
 
     fn request_action(&mut self, action: Action) {
@@ -403,6 +474,9 @@ impl Ctx<'_> {
 
     fn on_ticket(&mut self, ticket: &str, update: TicketUpdate) -> Result<(), StepError> {
         check_field("ticket", ticket, MAX_FIELD_LEN)?;
+        if self.machine.kind.is_network() && self.rules.net_tickets {
+            return self.on_net_ticket(ticket, update);
+        }
         if self.state() != State::Repair {
             return Err(self.not_applicable("ticket", "no repair ticket is open"));
         }
@@ -417,6 +491,40 @@ impl Ctx<'_> {
                 self.go(State::Newbie, Cause::Ticket { ticket: ticket.to_string(), update }, None)
             }
         }
+    }
+
+    /// A ticket update about a network device: recorded (`ticket`, `ticket-status`), never a transition. Only
+    /// the localisation moves these devices: a link that still loses packets stays ERROR whatever the ticket
+    /// says. Accepted while an incident is open (a filing outstanding, or the device not GOOD: an operator may
+    /// record a ticket filed by hand) and, for the ticket already recorded, after it returned to GOOD.
+    fn on_net_ticket(&mut self, ticket: &str, update: TicketUpdate) -> Result<(), StepError> {
+        let recorded = self.obj.attrs.get("ticket");
+        if recorded.is_some_and(|t| t != ticket) {
+            return Err(self.not_applicable("ticket", "a different ticket is open for this object"));
+        }
+        let incident = self.obj.attrs.contains_key(TICKET_KEY_ATTR);
+        if !incident && recorded.is_none() && self.state() == State::Good {
+            return Err(self.not_applicable("ticket", "no incident is open for this network device"));
+        }
+        let state = self.state();
+        let n = &mut self.next;
+        if !incident && state != State::Good {
+            // A ticket filed by hand for an incident that filed none (it began before the rule was on): it
+            // is this incident's ticket, so a return to ERROR files no second one.
+            n.attrs.insert(TICKET_KEY_ATTR.into(), format!("{}@{}", self.obj.id, self.obj.since_ms));
+        }
+        n.attrs.insert("ticket".into(), ticket.to_string());
+        n.attrs.insert("ticket-status".into(), update.as_str().to_string());
+        if update == TicketUpdate::Closed && state != State::Good {
+            let msg = format!(
+                "{}: ticket {ticket} closed while the device is still {state} (the localisation still suspects \
+                 it); it changes state only by localisation or an operator's force, and a new ticket is filed \
+                 when it enters ERROR again",
+                self.obj.id
+            );
+            self.alert(msg);
+        }
+        Ok(())
     }
 
     fn on_result(&mut self, action: Action, success: bool, detail: &str) -> Result<(), StepError> {
@@ -457,8 +565,14 @@ impl Ctx<'_> {
             // First sighting of the slot's serial: a replacement only if we were waiting for one.
             None => self.state() == State::Repair,
         };
+        let internal = |k: &str| {
+            k == "serial"
+                || k == "ticket"
+                || k == "ticket-status"
+                || (self.rules.net_tickets && k == TICKET_KEY_ATTR)
+        };
         for (k, v) in attrs {
-            if k != "serial" && k != "ticket" && k != "ticket-status" {
+            if !internal(k) {
                 self.next.attrs.insert(k.clone(), v.clone());
             }
         }
@@ -507,6 +621,35 @@ impl Ctx<'_> {
     }
 }
 
+/// The reason line of a network device's repair ticket, built from its record alone (so the leader that
+/// files it derives the same text as the step that asked for it): the device and, for a link, both ends;
+/// when it entered ERROR (`entered_ms`, the time in its filing key) and by what; its state now; and the
+/// localisation's evidence (the finding behind its last transition), cut to [`MAX_REASON_LEN`].
+pub fn net_ticket_reason(obj: &ObjectState, entered_ms: u64) -> String {
+    let id = &obj.id;
+    let what = match id.link_ends() {
+        Some((a, b)) => format!("link between {a} and {b}"),
+        None => format!("{} {}", id.kind(), id.host()),
+    };
+    let by = match &obj.last_cause {
+        Some(Cause::Operator { operator, command, reason }) => {
+            format!("operator {operator} {command}: {reason}")
+        }
+        Some(c) => c.name().to_string(),
+        None => "unknown cause".to_string(),
+    };
+    let why = match &obj.last_evidence {
+        Some(e) => format!("{} ({} {}, {}): {}", e.rule, e.checker, e.version, e.severity, e.evidence),
+        None => "no finding recorded".to_string(),
+    };
+    let now = if obj.state == State::Error && obj.since_ms == entered_ms {
+        String::new()
+    } else {
+        format!(", {} since {}", obj.state, obj.since_ms)
+    };
+    bounded_reason(&format!("{id} ({what}): entered ERROR at {entered_ms} by {by}{now}; {why}"))
+}
+
 fn bounded_reason(s: &str) -> String {
     let mut end = s.len().min(MAX_REASON_LEN);
     while !s.is_char_boundary(end) {
@@ -538,6 +681,7 @@ impl ObjectState {
             obj: &obj,
             next: obj.clone(),
             policy,
+            rules: Rules::LATEST,
             now: now_ms,
             machine,
             transition: None,
@@ -713,5 +857,164 @@ mod tests {
             .expect("in_state");
         assert_eq!(w.next_deadline_ms(&p), Some(50 + p.recover_quiet_ms));
         assert!(ObjectState::in_state("disk/h/sdb".parse().expect("id"), State::Fix, 0, &p).is_err());
+    }
+
+    fn net_finding(id: &str, sev: Severity, evidence: &str) -> Input {
+        Input::Finding(Finding {
+            object: id.parse().expect("valid"),
+            severity: sev,
+            checker: "netvote".into(),
+            version: "1".into(),
+            rule: "link-suspect".into(),
+            evidence: evidence.into(),
+            readings: BTreeMap::new(),
+            time_ms: 0,
+            shadow: false,
+        })
+    }
+
+    fn tickets_filed(out: &Outcome) -> Vec<(String, String)> {
+        out.effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::FileTicket { idempotency_key, reason, .. } => {
+                    Some((idempotency_key.clone(), reason.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ticket(id: &str, update: TicketUpdate) -> Input {
+        Input::Ticket { ticket: id.into(), update }
+    }
+
+    #[test]
+    fn a_network_device_entering_error_files_one_ticket_per_incident() {
+        let p = Policy::default();
+        let id = "link/agg-1--tor-1";
+        let lossy = "20 of 22 flows through it lost >= 1%";
+        // GOOD -> ERROR: one ticket, keyed by the ERROR entry time, naming both ends and the evidence.
+        let out = step(&obj(id), &net_finding(id, Severity::Error, lossy), 1_000, &p).expect("error");
+        assert_eq!(out.next.state, State::Error);
+        let filed = tickets_filed(&out);
+        assert_eq!(filed.len(), 1, "{:?}", out.effects);
+        let (key, reason) = &filed[0];
+        assert_eq!(key, "link/agg-1--tor-1@1000");
+        assert_eq!(out.next.attrs.get(TICKET_KEY_ATTR), Some(key));
+        for part in
+            ["link/agg-1--tor-1", "between agg-1 and tor-1", "entered ERROR at 1000", "link-suspect", lossy]
+        {
+            assert!(reason.contains(part), "{part:?} not in {reason:?}");
+        }
+        assert_eq!(reason, &net_ticket_reason(&out.next, 1_000), "the record alone gives the same reason");
+        assert!(out.effects.iter().any(|e| matches!(e, Effect::AlertOperator { .. })), "still alerts");
+        assert!(out.next.pending_ack.is_none() && out.next.pending_action.is_none(), "no ack, no action");
+        let mut o = out.next;
+        // The integration records the ticket: no transition, the state stays ERROR.
+        let out = step(&o, &ticket("NET-1", TicketUpdate::Filed), 2_000, &p).expect("filed");
+        assert!(out.transition.is_none() && out.effects.is_empty(), "{out:?}");
+        o = out.next;
+        assert_eq!((o.state, o.attrs.get("ticket").map(String::as_str)), (State::Error, Some("NET-1")));
+        // ERROR -> WARNING -> ERROR while the ticket is open: one incident, nothing filed again.
+        let out = step(&o, &net_finding(id, Severity::Warning, "3 of 22"), 3_000, &p).expect("warning");
+        assert_eq!(out.next.state, State::Warning);
+        assert!(tickets_filed(&out).is_empty());
+        let out = step(&out.next, &net_finding(id, Severity::Error, lossy), 4_000, &p).expect("error again");
+        assert_eq!(out.next.state, State::Error);
+        assert!(tickets_filed(&out).is_empty(), "{:?}", out.effects);
+        assert_eq!(out.next.attrs.get(TICKET_KEY_ATTR).map(String::as_str), Some("link/agg-1--tor-1@1000"));
+        o = out.next;
+        // Accepted, part replaced, closed: recorded, never a transition (only localisation moves it).
+        for u in [TicketUpdate::Accepted, TicketUpdate::PartReplaced, TicketUpdate::Closed] {
+            let out = step(&o, &ticket("NET-1", u), 5_000, &p).expect("update");
+            assert!(out.transition.is_none(), "{u:?}: {out:?}");
+            assert_eq!(out.next.state, State::Error);
+            assert_eq!(out.next.attrs.get("ticket-status").map(String::as_str), Some(u.as_str()));
+            // Closing it while the link is still lossy tells an operator.
+            assert_eq!(out.effects.len(), usize::from(u == TicketUpdate::Closed), "{u:?}: {:?}", out.effects);
+            o = out.next;
+        }
+        // A different ticket id than the recorded one is refused, as for REPAIR.
+        let e = step(&o, &ticket("NET-2", TicketUpdate::Filed), 6_000, &p).expect_err("other ticket");
+        assert_eq!(e.code(), "not-applicable");
+        // Cleared: GOOD ends the incident (no filing outstanding) but keeps the recorded ticket.
+        let out = step(&o, &net_finding(id, Severity::Good, "quiet"), 7_000, &p).expect("good");
+        o = out.next;
+        assert_eq!(o.state, State::Good);
+        assert!(!o.attrs.contains_key(TICKET_KEY_ATTR));
+        assert_eq!(o.attrs.get("ticket").map(String::as_str), Some("NET-1"));
+        assert!(
+            step(&o, &ticket("NET-1", TicketUpdate::Closed), 7_500, &p)
+                .expect("late update")
+                .effects
+                .is_empty()
+        );
+        // A new incident files a new ticket under a new key and forgets the old one.
+        let out = step(&o, &net_finding(id, Severity::Error, lossy), 8_000, &p).expect("new incident");
+        assert_eq!(tickets_filed(&out).len(), 1);
+        assert_eq!(out.next.attrs.get(TICKET_KEY_ATTR).map(String::as_str), Some("link/agg-1--tor-1@8000"));
+        assert!(!out.next.attrs.contains_key("ticket") && !out.next.attrs.contains_key("ticket-status"));
+    }
+
+    #[test]
+    fn a_closed_ticket_is_not_open_and_an_unfiled_one_is_withdrawn_by_good() {
+        let p = Policy::default();
+        let id = "switch/tor-7";
+        let e = step(&obj(id), &net_finding(id, Severity::Error, "12 of 12"), 10, &p).expect("error").next;
+        // Closed while WARNING, then ERROR again: the device is bad again, a new ticket is filed.
+        let w = step(&e, &net_finding(id, Severity::Warning, "5 of 12"), 20, &p).expect("warning").next;
+        let c = step(&w, &ticket("T-1", TicketUpdate::Closed), 30, &p).expect("closed");
+        assert_eq!(c.effects.len(), 1, "closed while WARNING alerts");
+        let again = step(&c.next, &net_finding(id, Severity::Error, "12 of 12"), 40, &p).expect("error");
+        assert_eq!(
+            tickets_filed(&again).iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+            ["switch/tor-7@40"]
+        );
+        let reason = &tickets_filed(&again)[0].1;
+        assert!(
+            reason.starts_with("switch/tor-7 (switch tor-7): entered ERROR at 40 by finding"),
+            "{reason}"
+        );
+        // Never filed (the sink was down) and back to GOOD: the filing is withdrawn.
+        let g = step(&again.next, &net_finding(id, Severity::Good, "quiet"), 50, &p).expect("good").next;
+        assert!(!g.attrs.contains_key(TICKET_KEY_ATTR) && !g.attrs.contains_key("ticket"));
+        // Nothing open on a GOOD device: a ticket update is refused.
+        let e = step(&g, &ticket("T-9", TicketUpdate::Filed), 60, &p).expect_err("no incident");
+        assert_eq!(e.code(), "not-applicable");
+        // An operator's force into ERROR is an incident too.
+        let force = Input::Operator {
+            operator: "erin".into(),
+            command: OperatorCommand::Force { to: State::Error, reason: "bad optic".into() },
+        };
+        let f = step(&g, &force, 70, &p).expect("force");
+        assert!(tickets_filed(&f)[0].1.contains("by operator erin force: bad optic"), "{:?}", f.effects);
+    }
+
+    #[test]
+    fn before_net_tickets_network_devices_file_nothing_and_refuse_tickets() {
+        let p = Policy::default();
+        let id = "link/agg-1--tor-1";
+        let old = Rules::BEFORE_NET_TICKETS;
+        let out = step_with(&obj(id), &net_finding(id, Severity::Error, "lossy"), 1, &p, old).expect("error");
+        assert!(tickets_filed(&out).is_empty());
+        assert!(out.next.attrs.is_empty(), "{:?}", out.next.attrs);
+        assert_eq!(out.effects.iter().map(Effect::summary).collect::<Vec<_>>(), ["publish", "alert"]);
+        let e = step_with(&out.next, &ticket("T", TicketUpdate::Filed), 2, &p, old).expect_err("refused");
+        assert_eq!(e.code(), "not-applicable");
+        // Under the newest rules the same ERROR device (entered before them) may get a hand-filed ticket,
+        // which becomes its incident's ticket: a return to ERROR files no second one.
+        let t = step(&out.next, &ticket("T", TicketUpdate::Filed), 3, &p).expect("recorded").next;
+        assert_eq!(t.attrs.get(TICKET_KEY_ATTR).map(String::as_str), Some("link/agg-1--tor-1@1"));
+        let w = step(&t, &net_finding(id, Severity::Warning, "less"), 4, &p).expect("warning").next;
+        assert!(
+            tickets_filed(&step(&w, &net_finding(id, Severity::Error, "lossy"), 5, &p).expect("e"))
+                .is_empty()
+        );
+        // Inventory cannot plant a filing key under the new rules; the old rules knew no such attribute.
+        let attrs = BTreeMap::from([(TICKET_KEY_ATTR.to_string(), "x@1".to_string())]);
+        let r = Input::Replacement { serial: "S".into(), attrs };
+        assert!(!step(&obj(id), &r, 1, &p).expect("r").next.attrs.contains_key(TICKET_KEY_ATTR));
+        assert!(step_with(&obj(id), &r, 1, &p, old).expect("r").next.attrs.contains_key(TICKET_KEY_ATTR));
     }
 }

@@ -209,7 +209,8 @@ static PART_EDGES: [Edge; 15] = [
 
 /// Network devices (issue 16): the master's per-window localisation is the only writer of their findings and
 /// already holds suspicion over windows, so they move at once; no acks, no actions, no repair states (the
-/// product does not repair switches: it tells subscribers and an operator).
+/// product does not repair switches: it tells subscribers and an operator, and ERROR files a repair ticket
+/// once per incident, see `step.rs` `Rules::net_tickets`).
 static NET_STATES: [State; 3] = [GD, WN, ER];
 static NET_EDGES: [Edge; 6] = [
     e(GD, WN, "WARNING suspect"),

@@ -1,5 +1,6 @@
 //! Replicated counters (issue 17): objects per (kind, state) for the whole fleet and per safety scope, and
-//! the index of objects in REPAIR without a ticket (the ticket dispatcher's queue). Kept exact in `decide`
+//! the index of objects with a ticket filing outstanding (the ticket dispatcher's queue: REPAIR without a
+//! ticket, and network devices whose incident's ticket is not recorded yet, `tickets::pending_key`). Kept exact in `decide`
 //! by diffing every saved record against its stored version (as `safety.rs` `account` does for the
 //! per-scope populations), so the summary views, `/metrics` and ticket filing never scan the objects.
 //!
@@ -96,7 +97,8 @@ pub fn parse_key(key: &str) -> Option<(Option<&str>, &str, &str)> {
     Some((Some(scope), kind, state))
 }
 
-/// The ticket queue key of a record: `OBJECT@ENTERED_MS` while it is in REPAIR without a ticket.
+/// The ticket queue key of a record: `OBJECT@ENTERED_MS` while it is in REPAIR without a ticket, or while a
+/// network device's incident (entered ERROR at ENTERED_MS) has no ticket recorded.
 pub fn queue_key(rec: &ObjectRecord) -> Option<String> {
     crate::tickets::pending_key(&rec.sm)
 }
@@ -186,10 +188,13 @@ impl Decider<'_> {
         next: Option<&ObjectRecord>,
     ) -> Result<(), StoreError> {
         // The hot path (a finding that changes no state): same state and labels count the same, and
-        // outside REPAIR nothing is queued; no key is built.
+        // outside REPAIR nothing is queued, except a network device's incident (its filing outstanding is
+        // an attribute, which changes without a transition); no key is built.
         let same = matches!((prev, next), (Some(p), Some(n))
             if p.sm.state == n.sm.state && p.labels == n.labels && p.id == n.id);
-        if same && next.is_some_and(|n| n.sm.state != state_machines::State::Repair) {
+        if same
+            && next.is_some_and(|n| n.sm.state != state_machines::State::Repair && !n.id.kind().is_network())
+        {
             return Ok(());
         }
         let keys = |r: &ObjectRecord| {

@@ -139,6 +139,12 @@ impl<'v> Decider<'v> {
         }
     }
 
+    /// The state-machine rules of this point of the entry (a `SetMinCommandVersion` earlier in the entry
+    /// counts): deterministic on every member.
+    pub(super) fn rules(&self) -> sm_seam::Rules {
+        sm_seam::rules_at(self.min_version)
+    }
+
     pub(super) fn next_revision(&mut self) -> u64 {
         self.revision += 1;
         self.revision

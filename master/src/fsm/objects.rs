@@ -171,7 +171,7 @@ impl Decider<'_> {
             None => self.new_record(&f.object),
         };
         let input = Input::Finding(f);
-        let out = match sm_seam::step(&rec.sm, &input, self.now, self.policy) {
+        let out = match sm_seam::step(&rec.sm, &input, self.now, self.policy, self.rules()) {
             Ok(out) => out,
             Err(e) => return Ok(Err((sm_seam::step_error_code(&e), e.to_string()))),
         };
@@ -225,7 +225,7 @@ impl Decider<'_> {
                     serial: serial.clone(),
                     attrs: attrs.map(|(k, v)| (k.clone(), v.clone())).collect(),
                 };
-                match sm_seam::step(&rec.sm, &input, self.now, self.policy) {
+                match sm_seam::step(&rec.sm, &input, self.now, self.policy, self.rules()) {
                     Ok(out) if out.transition.is_some() => {
                         let detail = format!("registered by {agent} with serial {serial}");
                         let step = StepRecord {
@@ -295,7 +295,7 @@ impl Decider<'_> {
         let Some(mut rec) = self.load(&id)? else {
             return Ok(self.refuse(proto::error::Code::NotFound, format!("no object {id}")));
         };
-        let out = match sm_seam::step(&rec.sm, &input, self.now, self.policy) {
+        let out = match sm_seam::step(&rec.sm, &input, self.now, self.policy, self.rules()) {
             Ok(out) => out,
             Err(e) => {
                 self.tally.rejected += 1;
@@ -338,7 +338,9 @@ impl Decider<'_> {
         let mut res = self.result();
         for object in objects.iter().take(MAX_TICK_OBJECTS) {
             let Some(mut rec) = self.load(&object.to_string())? else { continue };
-            let Ok(out) = sm_seam::step(&rec.sm, &Input::Tick, self.now, self.policy) else { continue };
+            let Ok(out) = sm_seam::step(&rec.sm, &Input::Tick, self.now, self.policy, self.rules()) else {
+                continue;
+            };
             if !out.changed(&rec.sm) {
                 continue;
             }

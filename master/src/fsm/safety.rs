@@ -611,7 +611,7 @@ impl Decider<'_> {
         }
         // Re-apply the held input; if the object moved on since, an operator's approval still means "make
         // that transition", taken as a force along a legal edge.
-        let mut attempt = sm_seam::step(&rec.sm, &p.input, self.now, self.policy)
+        let mut attempt = sm_seam::step(&rec.sm, &p.input, self.now, self.policy, self.rules())
             .ok()
             .filter(|o| o.transition.as_ref().is_some_and(|t| t.to == p.to_state));
         let mut input = p.input.clone();
@@ -623,8 +623,9 @@ impl Decider<'_> {
                     reason: bounded_text(&format!("approved proposal #{id}: {reason}")),
                 },
             };
-            attempt =
-                sm_seam::step(&rec.sm, &input, self.now, self.policy).ok().filter(|o| o.transition.is_some());
+            attempt = sm_seam::step(&rec.sm, &input, self.now, self.policy, self.rules())
+                .ok()
+                .filter(|o| o.transition.is_some());
         }
         let Some(out) = attempt else {
             p.status = ProposalStatus::Stale;

@@ -55,6 +55,10 @@ pub enum SourceError {
     /// The master is shutting down.
     #[error("the master is stopping")]
     Stopping,
+    /// The record needs a command version the cluster has not enabled (the source says so once; the
+    /// dispatcher retries quietly).
+    #[error("{0}")]
+    NotEnabled(String),
 }
 
 /// The replicated state, as the dispatcher sees it. Implemented by the master over its fsm.
@@ -422,6 +426,11 @@ impl<S: TicketSink, Src: TicketSource> Dispatcher<S, Src> {
                         let ok = match tokio::time::timeout(SOURCE_TIMEOUT, source.filed(&req, &filed)).await
                         {
                             Ok(Ok(())) => true,
+                            Ok(Err(SourceError::NotEnabled(e))) => {
+                                let key = &req.idempotency_key;
+                                tracing::debug!(key = %key, error = %e, "filed ticket not recorded yet");
+                                false
+                            }
                             Ok(Err(e)) => {
                                 let key = &req.idempotency_key;
                                 tracing::warn!(key = %key, error = %e, "recording filed ticket failed");
@@ -488,6 +497,7 @@ mod tests {
             labels: Default::default(),
             attrs: Default::default(),
             evidence: vec![],
+            ends: vec![],
         }
     }
 

@@ -1,9 +1,10 @@
-//! Repair tickets (PRODUCT.md section 10, issue 7): when an object enters REPAIR the state machine emits
+//! Repair tickets (PRODUCT.md section 10, issue 7): when an object enters REPAIR, or a network device
+//! (`switch`, `link`, issue 16) enters ERROR with no open ticket, the state machine emits
 //! `Effect::FileTicket`; the leader's [`dispatch::Dispatcher`] files it through a [`TicketSink`] (an HTTP
 //! webhook or a JSON-lines file) and reports the ticket id back so the replicated state records it
-//! (`Input::Ticket { update: Filed }`). The "durable queue" is the replicated state itself: an object in
-//! REPAIR without a filed ticket is pending, so a new leader simply continues. Every filing carries the same
-//! idempotency key on every retry, so a retry never makes a second ticket.
+//! (`Input::Ticket { update: Filed }`). The "durable queue" is the replicated state itself: an object with a
+//! filing outstanding ([`pending_key`]) is pending, so a new leader simply continues. Every filing carries the
+//! same idempotency key on every retry, so a retry never makes a second ticket.
 //!
 //! This module holds the shared vocabulary: the request body ([`TicketRequest`]), the sink trait and its
 //! result/error types, the `[tickets]` config and the sink built from it ([`AnySink`]).
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use state_machines::step::{TICKET_KEY_ATTR, net_ticket_reason};
 use state_machines::{Evidence, Kind, ObjectId, ObjectState, State};
 
 pub use dispatch::{DispatchConfig, Dispatcher, SourceError, TicketSource};
@@ -45,8 +47,9 @@ pub struct TicketRequest {
     pub idempotency_key: String,
     pub object: ObjectId,
     pub kind: Kind,
+    /// The host of a host's part; for a `switch` its name, for a `link` its id's `A--B` (no host: see `ends`).
     pub host: String,
-    /// The object's state when the ticket was built (REPAIR).
+    /// The object's state when the ticket was built (REPAIR; ERROR or WARNING for a network device).
     pub state: State,
     /// When the object entered `state` (ms since the epoch, the master's clock).
     pub state_since_ms: u64,
@@ -61,14 +64,57 @@ pub struct TicketRequest {
     /// The findings behind it, oldest first (at most [`MAX_EVIDENCE`], the newest kept).
     #[serde(default)]
     pub evidence: Vec<Evidence>,
+    /// For a `link`: its two ends, in id order, each with the location labels of its `switch/NAME` (or, for
+    /// a host's link, `machine/HOST`) object when the master has one. Absent for every other kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ends: Vec<LinkEnd>,
 }
 
-/// The idempotency key of the filing `obj` has outstanding: an object in REPAIR with no `ticket` attribute
-/// yet. The key is the one `Effect::FileTicket` carries (`OBJECT@ENTERED_MS`, the REPAIR entry time), so
-/// every leader derives the same key from the replicated record.
+/// One end of a link in a ticket: the device (or host) name and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkEnd {
+    pub name: String,
+    /// The object the labels come from (`switch/NAME` or `machine/HOST`); absent when neither exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectId>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl LinkEnd {
+    /// The ends of `id` (a link) without labels; empty for every other kind.
+    pub fn of(id: &ObjectId) -> Vec<LinkEnd> {
+        let Some((a, b)) = id.link_ends() else { return Vec::new() };
+        [a, b]
+            .into_iter()
+            .map(|n| LinkEnd { name: n.to_string(), object: None, labels: BTreeMap::new() })
+            .collect()
+    }
+}
+
+/// The idempotency key of the filing `obj` has outstanding, the one `Effect::FileTicket` carried, so every
+/// leader derives the same key from the replicated record:
+/// - an object in REPAIR with no `ticket` attribute yet: `OBJECT@ENTERED_MS`, the REPAIR entry time;
+/// - a network device (`switch`, `link`) whose incident has a filing key (the `ticket-key` attribute,
+///   `OBJECT@ERROR_ENTERED_MS`, set when it entered ERROR, kept through WARNING, removed by GOOD) and no
+///   `ticket` attribute yet. A value of another shape is not a filing (the attribute is the step's alone).
 pub fn pending_key(obj: &ObjectState) -> Option<String> {
-    (obj.state == State::Repair && !obj.attrs.contains_key("ticket"))
-        .then(|| format!("{}@{}", obj.id, obj.since_ms))
+    if obj.attrs.contains_key("ticket") {
+        return None;
+    }
+    if obj.id.kind().is_network() {
+        return obj.attrs.get(TICKET_KEY_ATTR).filter(|k| entered_ms(obj, k).is_some()).cloned();
+    }
+    (obj.state == State::Repair).then(|| format!("{}@{}", obj.id, obj.since_ms))
+}
+
+/// The time in a network device's filing key `OBJECT@ENTERED_MS` (None: not a key of this object).
+fn entered_ms(obj: &ObjectState, key: &str) -> Option<u64> {
+    let ms = key.strip_prefix(obj.id.to_string().as_str())?.strip_prefix('@')?;
+    if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ms.parse().ok()
 }
 
 impl TicketRequest {
@@ -85,6 +131,9 @@ impl TicketRequest {
         let idempotency_key = pending_key(obj)?;
         let reason = match reason {
             Some(r) => r.to_string(),
+            None if obj.id.kind().is_network() => {
+                net_ticket_reason(obj, entered_ms(obj, &idempotency_key).unwrap_or(obj.since_ms))
+            }
             None => {
                 let by = obj.last_cause.as_ref().map_or("unknown cause", |c| c.name());
                 let why = obj.last_evidence.as_ref().map_or("no finding recorded".to_string(), |e| {
@@ -109,6 +158,7 @@ impl TicketRequest {
                 labels,
                 attrs: attrs.collect(),
                 evidence,
+                ends: LinkEnd::of(&obj.id),
             }
             .bounded(),
         )
@@ -121,6 +171,9 @@ impl TicketRequest {
         self.evidence.drain(..excess);
         self.labels = bound_map(std::mem::take(&mut self.labels));
         self.attrs = bound_map(std::mem::take(&mut self.attrs));
+        for e in &mut self.ends {
+            e.labels = bound_map(std::mem::take(&mut e.labels));
+        }
         self
     }
 
@@ -255,7 +308,7 @@ pub struct TicketsConfig {
     pub path: Option<PathBuf>,
     /// One filing attempt (connect, send, response) must finish within this.
     pub timeout_ms: u64,
-    /// How often the leader looks for objects in REPAIR without a filed ticket.
+    /// How often the leader looks for filings outstanding (REPAIR, network incidents) without a ticket.
     pub poll_ms: u64,
     /// Attempts per round before the filing is reported failed (operator alert) and parked.
     pub max_attempts: u32,
@@ -497,6 +550,67 @@ mod tests {
         assert!(TicketRequest::for_object(&obj, None, BTreeMap::new(), vec![]).is_none());
     }
 
+    /// A network device's filing: pending from its ERROR entry until a ticket is recorded, through WARNING,
+    /// under the key and with the reason the step's effect carried; the body names both ends of a link.
+    #[test]
+    fn a_network_devices_filing_is_pending_until_recorded_and_names_both_ends() {
+        use state_machines::{Effect, Finding, Input, Policy, Severity, TicketUpdate, step};
+        let policy = Policy::default();
+        let id: ObjectId = "link/agg-1--tor-1".parse().unwrap();
+        let finding = |severity, evidence: &str| {
+            Input::Finding(Finding {
+                object: id.clone(),
+                severity,
+                checker: "netvote".into(),
+                version: "1".into(),
+                rule: "link-suspect".into(),
+                evidence: evidence.into(),
+                readings: BTreeMap::new(),
+                time_ms: 0,
+                shadow: false,
+            })
+        };
+        let obj = ObjectState::new(id.clone(), 1_000);
+        assert_eq!(pending_key(&obj), None);
+        let out = step(&obj, &finding(Severity::Error, "20 of 22 flows lost >= 1%"), 2_000, &policy).unwrap();
+        let Some(Effect::FileTicket { idempotency_key, reason, .. }) =
+            out.effects.iter().find(|e| matches!(e, Effect::FileTicket { .. })).cloned()
+        else {
+            panic!("no FileTicket effect: {:?}", out.effects)
+        };
+        let mut obj = out.next;
+        assert_eq!(pending_key(&obj).as_deref(), Some(idempotency_key.as_str()));
+        assert_eq!(idempotency_key, "link/agg-1--tor-1@2000");
+        let r = TicketRequest::for_object(&obj, None, BTreeMap::new(), vec![]).unwrap();
+        assert_eq!(r.reason, reason, "the leader builds the step's reason from the record");
+        assert!(r.reason.contains("20 of 22 flows lost") && r.reason.contains("between agg-1 and tor-1"));
+        assert_eq!((r.kind, r.state, r.state_since_ms), (Kind::Link, State::Error, 2_000));
+        assert_eq!(r.ends.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["agg-1", "tor-1"]);
+        assert!(r.attrs.is_empty(), "the ticket-key attribute is internal: {:?}", r.attrs);
+        let body: serde_json::Value = serde_json::from_slice(&r.to_json().unwrap()).unwrap();
+        assert_eq!(body["ends"][1]["name"], "tor-1");
+        // Down to WARNING: still this incident's filing, same key.
+        obj = step(&obj, &finding(Severity::Warning, "3 of 22"), 3_000, &policy).unwrap().next;
+        assert_eq!(pending_key(&obj).as_deref(), Some("link/agg-1--tor-1@2000"));
+        let r = TicketRequest::for_object(&obj, None, BTreeMap::new(), vec![]).unwrap();
+        assert!(
+            r.reason.contains("entered ERROR at 2000") && r.reason.contains("WARNING since 3000"),
+            "{}",
+            r.reason
+        );
+        // Recorded: no longer outstanding (and switches carry no ends).
+        let filed = Input::Ticket { ticket: "NET-1".into(), update: TicketUpdate::Filed };
+        obj = step(&obj, &filed, 4_000, &policy).unwrap().next;
+        assert_eq!(pending_key(&obj), None);
+        // A key of another shape is not a filing; a switch has no ends.
+        let mut sw = ObjectState::new("switch/tor-1".parse().unwrap(), 0);
+        sw.attrs.insert(TICKET_KEY_ATTR.into(), "switch/tor-10@5".into());
+        assert_eq!(pending_key(&sw), None);
+        sw.attrs.insert(TICKET_KEY_ATTR.into(), "switch/tor-1@5".into());
+        assert_eq!(pending_key(&sw).as_deref(), Some("switch/tor-1@5"));
+        assert!(TicketRequest::for_object(&sw, None, BTreeMap::new(), vec![]).unwrap().ends.is_empty());
+    }
+
     #[test]
     fn fallback_ticket_ids_are_valid_and_distinct() {
         assert_eq!(fallback_ticket_id("disk/h1/sda@5"), "disk/h1/sda@5");
@@ -536,6 +650,7 @@ mod tests {
             labels,
             attrs: BTreeMap::new(),
             evidence,
+            ends: Vec::new(),
         }
         .bounded();
         assert_eq!(r.evidence.len(), MAX_EVIDENCE);

@@ -1,7 +1,7 @@
 //! The replicated counters and the ticket queue (issue 17, `fsm/counts.rs`): after every entry of a seeded
 //! random mix (findings, acks, operator forces, ticket updates, ticks, registration and replacement,
-//! liveness, config changes that re-scope) the counts and the queue equal a full recount of the objects, in
-//! redb and in memory; and they survive a snapshot and restore, a restore of an older snapshot (recounted
+//! liveness, config changes that re-scope, network devices' incidents and their ticket updates) the counts
+//! and the queue equal a full recount of the objects, in redb and in memory; and they survive a snapshot and restore, a restore of an older snapshot (recounted
 //! once) and the open of a store written before the counters (recounted once).
 
 use proptest::prelude::*;
@@ -19,6 +19,33 @@ fn disk(i: u32) -> String {
     format!("disk/h{i}/sda")
 }
 
+/// The links of the mix: a few, so incidents repeat on one link.
+fn link(i: u32) -> String {
+    format!("link/agg-{}--tor-{}", i % 2, i % 3)
+}
+
+/// A localisation finding about `object` (a switch or link), as the leader proposes it (no agent).
+fn net_finding(object: &str, severity: Severity, time_ms: u64) -> Finding {
+    Finding {
+        checker: "netvote".into(),
+        version: "1".into(),
+        rule: "link-suspect".into(),
+        evidence: format!("{severity}: 20 of 22 flows through it lost >= 1%"),
+        ..finding(object, severity, time_ms)
+    }
+}
+
+fn ticket_cmd(object: &str, ticket: &str, update: TicketUpdate) -> Command {
+    Command::Object {
+        object: object.parse().expect("id"),
+        input: Input::Ticket { ticket: ticket.into(), update },
+    }
+}
+
+fn set_min(version: u32) -> Command {
+    Command::SetMinCommandVersion { version, by: "t".into(), reason: "t".into() }
+}
+
 /// The props mix, plus what moves objects into and out of the ticket queue (REPAIR by an ack or a force,
 /// ticket updates of every kind, a force back out).
 /// `repaired`: disks last forced into REPAIR (ticket updates go mostly to them, so some apply).
@@ -29,7 +56,7 @@ fn random_command(
     repaired: &mut Vec<u32>,
 ) -> Command {
     let mut i = rng.random_range(0..HOSTS);
-    match rng.random_range(0..100u32) {
+    match rng.random_range(0..120u32) {
         0..=59 => super::props::random_command(rng, now, seqs),
         60..=69 => {
             repaired.push(i);
@@ -56,7 +83,18 @@ fn random_command(
             object: disk(i).parse().expect("id"),
             input: Input::Ack { role: "storage".into(), ack: AckKind::DataEvacuated },
         },
-        _ => force(&disk(i), State::Good),
+        95..=99 => force(&disk(i), State::Good),
+        // Network incidents (command version 7): localisation moves links, the integration updates their
+        // tickets (mostly T-0, the one the first filing records; sometimes another id, refused).
+        100..=109 => {
+            let sev = [Severity::Error, Severity::Warning, Severity::Good][rng.random_range(0..3usize)];
+            ingest("", 0, vec![net_finding(&link(i), sev, now)])
+        }
+        _ => {
+            let update = [TicketUpdate::Filed, TicketUpdate::Accepted, TicketUpdate::Closed]
+                [rng.random_range(0..3usize)];
+            ticket_cmd(&link(i), &format!("T-{}", u32::from(rng.random_bool(0.2))), update)
+        }
     }
 }
 
@@ -85,6 +123,8 @@ fn mem_counts(s: &MemState) -> Recount {
 struct Seen {
     queued: usize,
     ticketed: usize,
+    /// Network devices queued at once.
+    net_queued: usize,
 }
 
 /// Applies a seeded mix to redb and memory; returns the harness, the memory model and what it saw.
@@ -103,7 +143,13 @@ fn run(seed: u64) -> (Harness, MemFsm, Seen) {
         scope_labels: vec!["rack".into()],
         ..Default::default()
     };
-    let start = Envelope::new(now, vec![Command::SetSafety { config, by: "t".into(), reason: "t".into() }]);
+    let start = Envelope::new(
+        now,
+        vec![
+            set_min(crate::model::NET_TICKET_COMMAND_VERSION),
+            Command::SetSafety { config, by: "t".into(), reason: "t".into() },
+        ],
+    );
     h.apply_raw(&start.encode());
     mem.apply(h.index, &start.encode()).expect("memory apply");
     for n in 0..ENTRIES {
@@ -119,6 +165,7 @@ fn run(seed: u64) -> (Harness, MemFsm, Seen) {
         assert_eq!(stored(&h), want, "seed {seed:#x} entry {n}: redb counts vs a recount");
         assert_eq!(h.snapshot(), mem.state.snapshot(), "seed {seed:#x} entry {n}: states differ");
         seen.queued = seen.queued.max(want.queue.len());
+        seen.net_queued = seen.net_queued.max(want.queue.keys().filter(|k| k.starts_with("link/")).count());
         let ticketed = mem.state.objects.values().filter(|o| o.sm.attrs.contains_key("ticket")).count();
         seen.ticketed = seen.ticketed.max(ticketed);
     }
@@ -178,6 +225,7 @@ fn a_pinned_seed_queues_and_files_tickets() {
     let (h, mem, seen) = run(seed);
     assert!(seen.queued > 0, "the mix put objects in REPAIR without a ticket: {seen:?}");
     assert!(seen.ticketed > 0, "and filed tickets for some: {seen:?}");
+    assert!(seen.net_queued > 0, "and queued network incidents: {seen:?}");
     assert!(mem.state.counts.keys().any(|k| k.starts_with("s/rack=")), "and counted per rack scope");
     drop(h);
     check_everything(seed);
@@ -224,6 +272,87 @@ fn ticket_filing_pages_through_the_queue_and_survives_a_restore() {
     };
     h.apply(4, vec![closed]);
     assert_eq!(pending(&h, None, 100).len(), 3);
+}
+
+/// A link entering ERROR joins the queue under `OBJECT@ERROR_ENTERED_MS` (one row for its incident, through
+/// WARNING and back), leaves it when its ticket is recorded, files again only for a new incident after GOOD;
+/// the same queue after a restore from a v5 and a v4 snapshot. The filing names both ends and, where the
+/// master knows an end's switch object, its labels.
+#[test]
+fn a_network_incident_is_queued_once_and_leaves_the_queue_when_filed() {
+    let mut h = Harness::new();
+    let config = crate::safety::SafetyConfig { quotas: Vec::new(), ..Default::default() };
+    h.apply(0, vec![set_min(crate::model::NET_TICKET_COMMAND_VERSION)]);
+    h.apply(1, vec![Command::SetSafety { config, by: "t".into(), reason: "t".into() }]);
+    let agg = Registration {
+        id: "switch/agg-1".parse().expect("id"),
+        attributes: BTreeMap::new(),
+        labels: BTreeMap::from([("row".to_string(), "r7".to_string())]),
+    };
+    h.apply(2, vec![Command::Register { agent: String::new(), host: "agg-1".into(), objects: vec![agg] }]);
+    let l = "link/agg-1--tor-1";
+    let queue = |h: &Harness| h.reader().repair_queue(None, 100).expect("queue");
+    let exact = |h: &Harness| {
+        let r = h.reader();
+        let cfg = r.safety_config().expect("cfg");
+        let objects = r.list(&crate::store::Filter::default(), usize::MAX).expect("list");
+        assert_eq!(stored(h).queue, Recount::of(&cfg, objects.iter()).queue, "queue vs a recount");
+    };
+    h.apply(10, vec![ingest("", 0, vec![net_finding(l, Severity::Error, 10)])]);
+    assert_eq!(queue(&h), vec![(format!("{l}@10"), l.to_string())]);
+    assert_eq!(h.reader().repair_queue_len().expect("len"), 1);
+    exact(&h);
+    let pending =
+        |h: &Harness| crate::ticket_source::pending_requests(&h.reader(), None, 100).expect("pending");
+    let t = &pending(&h)[0];
+    assert_eq!((t.idempotency_key.as_str(), t.state), ("link/agg-1--tor-1@10", State::Error));
+    assert!(
+        t.reason.contains("20 of 22 flows") && t.reason.contains("between agg-1 and tor-1"),
+        "{}",
+        t.reason
+    );
+    assert_eq!(t.ends.len(), 2);
+    assert_eq!(t.ends[0].object.as_ref().map(ToString::to_string).as_deref(), Some("switch/agg-1"));
+    assert_eq!(t.ends[0].labels.get("row").map(String::as_str), Some("r7"));
+    assert!(t.ends[1].object.is_none() && t.ends[1].labels.is_empty(), "tor-1 is not known: {:?}", t.ends[1]);
+    // ERROR -> WARNING -> ERROR before it is filed: one incident, one row, the first key.
+    h.apply(20, vec![ingest("", 0, vec![net_finding(l, Severity::Warning, 20)])]);
+    h.apply(30, vec![ingest("", 0, vec![net_finding(l, Severity::Error, 30)])]);
+    assert_eq!(queue(&h), vec![(format!("{l}@10"), l.to_string())]);
+    exact(&h);
+    // A member caught up by a snapshot (v5, or v4 recounted) files the same.
+    let snap = h.snapshot();
+    let no_hourly = crate::fsm::snapshot::without_hourly_for_test(&snap);
+    for (s, want) in [(snap.clone(), &snap), (crate::fsm::snapshot::as_v4_for_test(&snap), &no_hourly)] {
+        let b = restore_both(&s, want, "restore");
+        assert_eq!(pending(&b), pending(&h));
+    }
+    // Filed: out of the queue, still ERROR, the ticket recorded; a different id is refused.
+    let r = h.apply(40, vec![ticket_cmd(l, "NET-1", TicketUpdate::Filed)]);
+    assert_eq!((r.results[0].applied, r.results[0].transitioned), (1, false), "{r:?}");
+    assert!(queue(&h).is_empty());
+    assert_eq!(h.reader().repair_queue_len().expect("len"), 0);
+    exact(&h);
+    let rec = h.reader().object(l).expect("read").expect("exists");
+    assert_eq!((rec.sm.state, rec.sm.attrs.get("ticket").map(String::as_str)), (State::Error, Some("NET-1")));
+    let r = h.apply(45, vec![ticket_cmd(l, "NET-2", TicketUpdate::Filed)]);
+    assert_eq!(r.results[0].error.as_ref().map(|e| e.0), Some(proto::error::Code::Conflict));
+    // Closed while still lossy: recorded, an alert, still ERROR; nothing queued until a new incident.
+    h.apply(50, vec![ticket_cmd(l, "NET-1", TicketUpdate::Closed)]);
+    let rec = h.reader().object(l).expect("read").expect("exists");
+    assert_eq!(
+        (rec.sm.state, rec.sm.attrs.get("ticket-status").map(String::as_str)),
+        (State::Error, Some("closed"))
+    );
+    assert!(queue(&h).is_empty());
+    h.apply(60, vec![ingest("", 0, vec![net_finding(l, Severity::Good, 60)])]);
+    h.apply(70, vec![ingest("", 0, vec![net_finding(l, Severity::Error, 70)])]);
+    assert_eq!(queue(&h), vec![(format!("{l}@70"), l.to_string())]);
+    exact(&h);
+    // GOOD before it is filed withdraws the filing.
+    h.apply(80, vec![ingest("", 0, vec![net_finding(l, Severity::Good, 80)])]);
+    assert!(queue(&h).is_empty());
+    exact(&h);
 }
 
 /// A queue row naming an object that is not there is damage, never a silently skipped filing.

@@ -349,3 +349,73 @@ fn a_new_agent_epoch_starts_its_sequences_again_and_a_retired_one_is_refused() {
     let rec = agent_record(&h, "agent-2");
     assert_eq!((rec.epoch, rec.last_seq, rec.retired_epochs.is_empty()), (0xD, 8, true));
 }
+
+/// Network devices in the repair flow are command version 7 (`NET_TICKET_COMMAND_VERSION`): below it a link
+/// entering ERROR files nothing, exactly as a binary of version 6 decides (so members of both binaries apply
+/// the same entries alike); a ticket update about a link is a version-7 command, refused by the proposal gate
+/// and at apply, and an entry carrying one stops a version-6 member instead of being misapplied. Once the
+/// version is raised, the next entry into ERROR files.
+#[test]
+fn network_device_tickets_wait_for_command_version_7() {
+    let v = crate::model::NET_TICKET_COMMAND_VERSION;
+    let (fsm, rx) = MasterFsm::new(Policy::default());
+    let mut old = Harness::with((fsm.knowing_command_version(v - 1), rx));
+    let mut new = Harness::new();
+    let link = "link/agg-1--tor-1";
+    let net = |sev: Severity, t: u64| {
+        let f = Finding { checker: "netvote".into(), rule: "link-suspect".into(), ..finding(link, sev, t) };
+        ingest("", 0, vec![f])
+    };
+    let no_quotas = crate::safety::SafetyConfig { quotas: Vec::new(), ..Default::default() };
+    let entries = [
+        Envelope::new(1, vec![set_min(v - 1)]),
+        Envelope::new(2, vec![Command::SetSafety { config: no_quotas, by: "t".into(), reason: "t".into() }]),
+        Envelope::new(10, vec![net(Severity::Error, 10)]),
+    ];
+    for e in &entries {
+        assert!(e.v < v, "stamped {}: every member applies it", e.v);
+        assert_eq!(old.apply_raw(&e.encode()), new.apply_raw(&e.encode()));
+    }
+    assert_eq!(old.snapshot(), new.snapshot(), "the same rules below version 7: no divergence");
+    let rec = new.reader().object(link).expect("read").expect("exists");
+    assert_eq!(rec.sm.state, State::Error);
+    assert!(rec.sm.attrs.is_empty(), "no filing below version 7: {:?}", rec.sm.attrs);
+    assert_eq!(new.reader().repair_queue_len().expect("len"), 0);
+    let alerted = new.reader().audit(false, 10).expect("audit");
+    assert!(alerted.iter().any(|a| a.kind == "alert" && a.object == link), "it still alerts: {alerted:?}");
+    // A ticket update about a network device is a version-7 command: not proposable below it ...
+    let ticket = Command::Object {
+        object: link.parse().expect("id"),
+        input: Input::Ticket { ticket: "NET-1".into(), update: state_machines::TicketUpdate::Filed },
+    };
+    assert_eq!(ticket.version(), v);
+    let disk_ticket = Command::Object {
+        object: "disk/h1/sda".parse().expect("id"),
+        input: Input::Ticket { ticket: "T".into(), update: state_machines::TicketUpdate::Filed },
+    };
+    assert_eq!(disk_ticket.version(), 1, "a disk's ticket updates are unchanged");
+    let e = check_proposable(&ticket, v - 1).expect_err("gated");
+    assert!(e.to_string().contains("object needs command version 7"), "{e}");
+    // ... refused at apply should one slip through (a gate that raced a lowering) ...
+    let before = new.snapshot();
+    let r = new.apply(20, vec![ticket.clone()]);
+    let (code, msg) = r.results[0].error.clone().expect("refused");
+    assert_eq!(code, proto::error::Code::Conflict);
+    assert!(msg.contains("needs command version 7"), "{msg}");
+    assert_eq!(new.snapshot(), before, "refused: nothing changed");
+    // ... and an entry carrying one stops a member that knows only version 6, which never misapplies it.
+    let entry = Envelope::new(21, vec![ticket.clone()]).encode();
+    let err = old.try_apply_raw(&entry).expect_err("too new");
+    assert!(matches!(err, StoreError::TooNew { needs: 7, knows: 6, .. }), "{err:?}");
+    // Raised (every member knows 7): the next entry into ERROR files, and the ticket is recorded.
+    new.apply(30, vec![set_min(v)]);
+    new.apply(40, vec![net(Severity::Good, 40)]);
+    new.apply(50, vec![net(Severity::Error, 50)]);
+    let queue = new.reader().repair_queue(None, 10).expect("queue");
+    assert_eq!(queue, vec![(format!("{link}@50"), link.to_string())]);
+    let r = new.apply(60, vec![ticket]);
+    assert_eq!((r.results[0].applied, r.results[0].transitioned), (1, false), "{r:?}");
+    assert_eq!(new.reader().repair_queue_len().expect("len"), 0);
+    let rec = new.reader().object(link).expect("read").expect("exists");
+    assert_eq!((rec.sm.state, rec.sm.attrs.get("ticket").map(String::as_str)), (State::Error, Some("NET-1")));
+}

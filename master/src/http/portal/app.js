@@ -832,7 +832,7 @@
         const degraded = sumStates(by, (st) => st === 'WARNING' || st === 'SLOW');
         const total = sm ? S.summary.objects : (c ? c.objects : all.length);
         const partial = !sm && S.truncated ? ' · counts from the first ' + num(LIST_LIMIT) : '';
-        const unfiled = sm && S.summary.repair_without_ticket ? ` · ${num(S.summary.repair_without_ticket)} in REPAIR without a ticket` : '';
+        const unfiled = sm && S.summary.repair_without_ticket ? ` · ${num(S.summary.repair_without_ticket)} awaiting a repair ticket` : '';
         const alive = c ? c.agents_alive : undefined;
         const expected = expectedHosts();
         const pend = pendingCount();
