@@ -265,6 +265,11 @@ fn assert_due_match(svc: &Service, when: &str) -> usize {
         let scan = master::deadlines::due_by_scan(&r, &policy, *now, usize::MAX).expect("scan");
         let ix = svc.due_objects(*now, usize::MAX).expect("due");
         assert_eq!(ix, scan, "{when}: due at {now}");
+        // Bounded: the scan keeps only the earliest `max`, the same ones the index hands out.
+        for max in [0, 1, 2, 3] {
+            let scan = master::deadlines::due_by_scan(&r, &policy, *now, max).expect("scan");
+            assert_eq!(scan, ix[..max.min(ix.len())].to_vec(), "{when}: at most {max} due at {now}");
+        }
     }
     svc.due_objects(u64::MAX, usize::MAX).expect("due").len()
 }

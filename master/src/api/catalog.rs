@@ -646,13 +646,15 @@ impl Service {
                 .unwrap_or_default();
             let mut objects = 0u64;
             if x.shadow && !hosts.is_empty() {
-                for o in r.list(&crate::store::Filter::default(), usize::MAX).map_err(store_err)? {
+                // Streamed (a listing would hold every record in memory at once).
+                r.for_each_object(|o| {
                     if o.id.host_name().is_some_and(|h| hosts.contains(h))
                         && (kinds.is_empty() || kinds.contains(&o.id.kind()))
                     {
                         objects += 1;
                     }
-                }
+                })
+                .map_err(store_err)?;
             }
             let (new_flagged, current_flagged) =
                 if x.shadow { (x.window.new_count(), x.window.current_count()) } else { (0, 0) };
