@@ -768,6 +768,9 @@ impl Service {
     /// topology in use as it is (logged).
     pub async fn refresh_fabric(&self) {
         let net = self.net();
+        // One refresh at a time: a slow one (a load) must not be overtaken by one that read an older
+        // pointer and would put the older topology back.
+        let _one = net.loading.lock().await;
         let active = match crate::store::Reader::new(self.db()).and_then(|r| r.active_topology()) {
             Ok(a) => a,
             Err(e) => {
@@ -786,48 +789,42 @@ impl Service {
             net.set_fabric(file);
             return;
         };
-        let cached = |net: &Net| {
+        let cached = {
             let c = lock(&net.cache);
             (c.sha256 == a.sha256).then(|| c.parsed.clone())
         };
-        let parsed = match cached(net) {
+        let parsed = match cached {
             Some(p) => p,
             None => {
-                let _one = net.loading.lock().await;
-                match cached(net) {
-                    Some(p) => p,
-                    None => {
-                        let db = self.db_arc();
-                        let (sha, size) = (a.sha256.clone(), a.size);
-                        let job = tokio::task::spawn_blocking(move || {
-                            let r = crate::store::Reader::new(&db).map_err(|e| e.to_string())?;
-                            fabric::load_verified(&sha, size, &mut |i| {
-                                r.blob_chunk(&sha, i).map_err(|e| e.to_string())
-                            })
-                        });
-                        let loaded = match job.await {
-                            Ok(r) => r,
-                            Err(e) => Err(format!("the load failed: {e}")),
-                        };
-                        let parsed = match loaded {
-                            Ok(t) => {
-                                net.stats.topology_loads.fetch_add(1, Ordering::Relaxed);
-                                tracing::info!(topology = %format!("{}@{}", a.name, a.version), sha256 = %a.sha256,
-                                    hosts = t.host_count(), switches = t.switches().len(), "replicated topology loaded");
-                                Some(Arc::new(t))
-                            }
-                            Err(e) => {
-                                net.stats.topology_load_failures.fetch_add(1, Ordering::Relaxed);
-                                tracing::error!(topology = %format!("{}@{}", a.name, a.version), sha256 = %a.sha256,
-                                    error = %e, "replicated topology not used: localising as with no topology");
-                                None
-                            }
-                        };
-                        *lock(&net.cache) =
-                            fabric::Cache { sha256: a.sha256.clone(), parsed: parsed.clone() };
-                        parsed
+                let db = self.db_arc();
+                let (sha, size) = (a.sha256.clone(), a.size);
+                let job = tokio::task::spawn_blocking(move || {
+                    let r = crate::store::Reader::new(&db).map_err(|e| e.to_string())?;
+                    fabric::load_verified(&sha, size, &mut |i| {
+                        r.blob_chunk(&sha, i).map_err(|e| e.to_string())
+                    })
+                });
+                let loaded = match job.await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("the load failed: {e}")),
+                };
+                let at = format!("{}@{}", a.name, a.version);
+                let parsed = match loaded {
+                    Ok(t) => {
+                        net.stats.topology_loads.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(topology = %at, sha256 = %a.sha256, hosts = t.host_count(),
+                            switches = t.switches().len(), "replicated topology loaded");
+                        Some(Arc::new(t))
                     }
-                }
+                    Err(e) => {
+                        net.stats.topology_load_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(topology = %at, sha256 = %a.sha256, error = %e,
+                            "replicated topology not used: localising as with no topology");
+                        None
+                    }
+                };
+                *lock(&net.cache) = fabric::Cache { sha256: a.sha256.clone(), parsed: parsed.clone() };
+                parsed
             }
         };
         net.set_fabric(parsed.map(|t| fabric::Fabric {
