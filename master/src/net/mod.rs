@@ -1,5 +1,6 @@
 //! Network fault localisation, the master's side (issue 16, PRODUCT.md section 8). Nothing here goes
-//! through Raft except the findings a window's verdict turns into:
+//! through Raft except the findings a window's verdict turns into and the fabric topology (a catalog
+//! artifact activated by `Command::SetTopology`, set through `api/topology.rs`):
 //! - `peers.rs`: the leader's book of probe peers, sampled into heartbeat replies (bounded, full coverage).
 //! - `reports.rs`: validation of heartbeat `net` reports, once, before anything is touched.
 //! - this file: the leader's in-memory window (`netvote::Window`, each (agent, started_ms, window_seq)
@@ -7,9 +8,13 @@
 //!   verdict for the RPCs, propose findings through the normal ingest path) and the reads behind
 //!   NetSuspects / NetMatrix / NetPath.
 //! - `decide.rs`: verdict -> findings (switch/link/nic only) and clearing after `clear_windows`.
+//! - `fabric.rs`: the one topology parser and which topology is in use (replicated, else the member's
+//!   `[topology] file`, else labels); this file refreshes it (`Service::refresh_fabric`), bootstraps the
+//!   file into the replicated state once, and warns when a member's file differs.
 //!
 //! Leadership: every piece is the leader's memory; on losing leadership it is all dropped (the task sees
-//! the role each round), and a new leader starts with an empty window and book.
+//! the role each round), and a new leader starts with an empty window and book (the topology in use and
+//! its parse stay: they follow the replicated pointer, refreshed at the new term).
 
 pub mod decide;
 pub mod fabric;
