@@ -145,8 +145,19 @@ pub fn run(a: MasterArgs) -> anyhow::Result<ExitCode> {
     let resolved = config(a)?.resolve()?;
     if check {
         let topo = match &resolved.net.topology {
-            Some(t) => format!("{} hosts, {} switches (file)", t.host_count(), t.switches().len()),
-            None => "from the machines' switch/rack labels".to_string(),
+            Some(t) => format!(
+                "{} hosts, {} switches, {} switch links (file {}, sha256 {}; used only while the cluster has \
+                 no replicated topology: see huatuo net topology show)",
+                t.host_count(),
+                t.switches().len(),
+                t.link_count(),
+                resolved.net.topology_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                resolved.net.topology_sha256
+            ),
+            None => {
+                "the replicated one if set (huatuo net topology show), else the machines' switch/rack labels"
+                    .to_string()
+            }
         };
         println!(
             "config ok: node {} of {} peers; net window {} s, clear after {} windows; topology: {topo}",

@@ -1,13 +1,21 @@
 //! `huatuo net suspects|matrix|path` (issue 16): what the leader's network localisation concluded from the
 //! last closed window. Read role; the leader answers (the client follows a follower's NOT_LEADER).
+//! `huatuo net topology set|show|clear`: the replicated fabric topology (set and clear need the operator
+//! role and `--reason`; every check runs on the master, the same for gRPC and REST).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use proto::api;
 
-use crate::ops_cmd::{MasterAddr, api_err, runtime};
+use crate::ops_cmd::{MasterAddr, api_err, runtime, utc};
 use crate::output::{self, Format, OutputArgs};
+use crate::safety_cmd::Operator;
+
+/// Largest file `net topology set` reads (the master refuses more than 8 MiB anyway; this bounds the read).
+const MAX_TOPOLOGY_FILE: u64 = 16 << 20;
 
 #[derive(Subcommand, Debug)]
 pub enum NetCmd {
@@ -17,6 +25,155 @@ pub enum NetCmd {
     Matrix(MatrixArgs),
     /// The equal-cost paths between two hosts with each hop's blame, and what they measured of each other.
     Path(PathArgs),
+    /// The fabric topology the leader localises with: set (replicated to every master), show, clear.
+    #[command(subcommand)]
+    Topology(TopologyCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopologyCmd {
+    /// Store FILE (TOML or CSV host,tor,agg,spine; parsed by the master as its leader will) and make it the
+    /// topology every leader uses. Needs --reason.
+    Set(TopologySetArgs),
+    /// The topology in use: replicated NAME@VERSION with its sha256, the leader's [topology] file, or the
+    /// machines' labels; with its counts of hosts, switches and links.
+    Show(TopologyShowArgs),
+    /// Clear the replicated topology: leaders use their [topology] file, else the machines' labels.
+    Clear(TopologyClearArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TopologySetArgs {
+    file: PathBuf,
+    /// Catalog name of the topology (default: fabric).
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Version (default: sha- and the first 12 hex digits of the file's sha256, so the same file is the
+    /// same version).
+    #[arg(long, default_value = "")]
+    version: String,
+    #[command(flatten)]
+    op: Operator,
+    #[command(flatten)]
+    out: OutputArgs,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct TopologyShowArgs {
+    #[command(flatten)]
+    out: OutputArgs,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct TopologyClearArgs {
+    #[command(flatten)]
+    op: Operator,
+    #[command(flatten)]
+    out: OutputArgs,
+    #[command(flatten)]
+    master: MasterAddr,
+}
+
+fn topology_json(r: &api::NetTopologyResponse) -> serde_json::Value {
+    serde_json::json!({"source": r.source, "name": r.name, "version": r.version, "sha256": r.sha256,
+        "size": r.size, "set_by": r.set_by, "set_ms": r.set_ms, "path": r.path, "hosts": r.hosts,
+        "switches": r.switches, "links": r.links, "error": r.error, "file_path": r.file_path,
+        "file_sha256": r.file_sha256, "revision": r.revision, "duplicate": r.duplicate})
+}
+
+fn print_topology(r: &api::NetTopologyResponse, out: &OutputArgs) -> anyhow::Result<()> {
+    let f = out.format();
+    if f.is_document() {
+        return output::print_document(&topology_json(r), f);
+    }
+    let counts = format!("{} hosts, {} switches, {} switch links", r.hosts, r.switches, r.links);
+    match r.source.as_str() {
+        "replicated" => println!(
+            "topology: replicated {}@{} (sha256 {}, {} bytes, set by {} at {}): {counts}",
+            r.name,
+            r.version,
+            r.sha256,
+            r.size,
+            r.set_by,
+            utc(r.set_ms)
+        ),
+        "file" => println!("topology: file {} of the leader: {counts}", r.path),
+        "labels" => println!("topology: from the machines' switch/rack labels: {counts}"),
+        _ => {
+            println!("topology: none (no replicated topology, no [topology] file, no switch/rack labels yet)")
+        }
+    }
+    if !r.error.is_empty() {
+        println!("replicated {}@{} (sha256 {}) NOT in use: {}", r.name, r.version, r.sha256, r.error);
+    }
+    if !r.file_path.is_empty() && r.source == "replicated" && r.file_sha256 != r.sha256 {
+        println!(
+            "the leader's [topology] file {} differs (sha256 {}): the replicated topology wins",
+            r.file_path, r.file_sha256
+        );
+    }
+    if r.duplicate {
+        println!("(nothing changed: it was so already)");
+    }
+    Ok(())
+}
+
+fn run_topology(c: TopologyCmd, rt: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
+    let (r, out) = match c {
+        TopologyCmd::Show(a) => {
+            let mut client = a.master.client();
+            let r = rt
+                .block_on(
+                    client
+                        .call(api::NetTopologyRequest {}, |mut c, r| async move { c.net_topology(r).await }),
+                )
+                .map_err(api_err)?;
+            (r, a.out)
+        }
+        TopologyCmd::Set(a) => {
+            a.op.require_reason()?;
+            let len = std::fs::metadata(&a.file).with_context(|| format!("{}", a.file.display()))?.len();
+            anyhow::ensure!(
+                len <= MAX_TOPOLOGY_FILE,
+                "{}: {len} bytes; a topology is at most 8 MiB",
+                a.file.display()
+            );
+            let content = std::fs::read(&a.file).with_context(|| format!("{}", a.file.display()))?;
+            let req = api::SetNetTopologyRequest {
+                content,
+                name: a.name,
+                version: a.version,
+                clear: false,
+                by: a.op.by,
+                reason: a.op.reason,
+            };
+            let mut client = a.master.client();
+            let r = rt
+                .block_on(client.call(req, |mut c, r| async move { c.set_net_topology(r).await }))
+                .map_err(api_err)?;
+            (r, a.out)
+        }
+        TopologyCmd::Clear(a) => {
+            a.op.require_reason()?;
+            let req = api::SetNetTopologyRequest {
+                clear: true,
+                by: a.op.by,
+                reason: a.op.reason,
+                ..Default::default()
+            };
+            let mut client = a.master.client();
+            let r = rt
+                .block_on(client.call(req, |mut c, r| async move { c.set_net_topology(r).await }))
+                .map_err(api_err)?;
+            (r, a.out)
+        }
+    };
+    print_topology(&r, &out)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args, Debug)]
@@ -58,6 +215,7 @@ fn pct(lost: u64, sent: u64) -> String {
 pub fn run(c: NetCmd) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     match c {
+        NetCmd::Topology(c) => return run_topology(c, &rt),
         NetCmd::Suspects(a) => {
             let mut client = a.master.client();
             let req = api::NetSuspectsRequest { limit: a.limit };

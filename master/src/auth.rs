@@ -106,7 +106,7 @@ pub fn grpc_need(path: &str) -> Need {
     match method {
         "ListObjects" | "GetObject" | "Watch" | "ClusterInfo" | "GetSafety" | "ListProposals"
         | "ListAgents" | "ListCatalog" | "RolloutStatus" | "Summary" | "NetSuspects" | "NetMatrix"
-        | "NetPath" => Need::Read,
+        | "NetPath" | "NetTopology" => Need::Read,
         "Ingest" => Need::AgentOrOperator,
         "Heartbeat" | "Register" | "FetchArtifact" => Need::Agent,
         "Command" => Need::Command,
@@ -116,7 +116,8 @@ pub fn grpc_need(path: &str) -> Need {
         | "SetQuotas"
         | "SetMinCommandVersion"
         | "PushArtifact"
-        | "Rollout" => Need::Operate,
+        | "Rollout"
+        | "SetNetTopology" => Need::Operate,
         _ => Need::Operate,
     }
 }

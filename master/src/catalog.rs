@@ -64,15 +64,24 @@ pub enum ArtifactType {
     Profile,
     /// A disk-failure prediction model (JSON, `predict::Model`), scored by the agent's disk checker.
     Model,
+    /// A fabric topology (issue 16; TOML or CSV, `netvote::Topology`), used by the master's leader when
+    /// activated (`Command::SetTopology`); never assigned to agents, never rolled out.
+    Topology,
 }
 
 impl ArtifactType {
+    /// Whether agents run artifacts of this type: every type but a topology (the master's own input).
+    pub fn assignable(self) -> bool {
+        self != ArtifactType::Topology
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ArtifactType::External => "external",
             ArtifactType::Rules => "rules",
             ArtifactType::Profile => "profile",
             ArtifactType::Model => "model",
+            ArtifactType::Topology => "topology",
         }
     }
 
@@ -82,8 +91,9 @@ impl ArtifactType {
             "rules" => Ok(ArtifactType::Rules),
             "profile" => Ok(ArtifactType::Profile),
             "model" => Ok(ArtifactType::Model),
+            "topology" => Ok(ArtifactType::Topology),
             "builtin" => Err("built-in checkers are compiled into the agent and read-only".into()),
-            o => Err(format!("unknown artifact type {o:?} (external, rules, profile or model)")),
+            o => Err(format!("unknown artifact type {o:?} (external, rules, profile, model or topology)")),
         }
     }
 }
@@ -427,12 +437,15 @@ pub fn rollout_of<'a>(
 }
 
 /// What `host` runs of one checker: its stable version, replaced by a gray version on the rollout's hosts
-/// or (shadow rollouts) accompanied by it, marked shadow.
+/// or (shadow rollouts) accompanied by it, marked shadow. Nothing of a topology (the master's input).
 pub fn assignment_for(
     c: &CheckerRecord,
     host: &str,
     labels: Option<&BTreeMap<String, String>>,
 ) -> Vec<AssignmentView> {
+    if !c.kind.assignable() {
+        return Vec::new();
+    }
     let stable = c.versions.get(&c.stable);
     let mut out = Vec::with_capacity(2);
     match rollout_of(c, host, labels).and_then(|r| c.versions.get(&r.version).map(|a| (r, a))) {

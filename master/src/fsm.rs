@@ -40,6 +40,7 @@ pub mod snapshot;
 mod tickets;
 mod view;
 
+pub use catalog::topology_not_rolled_out;
 pub use decide::{Decision, Tally, decide, decide_entry, decide_entry_limited};
 pub use mem::{MemFsm, MemState};
 use redb_state::Tables;

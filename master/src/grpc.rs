@@ -248,8 +248,34 @@ impl Master for GrpcApi {
         req: Request<api::NetPathRequest>,
     ) -> Result<Response<api::NetPathResponse>, Status> {
         let req = req.into_inner();
-        let (routes, last) = self.svc.net_routes(&req.a, &req.b).map_err(Status::from)?;
+        let (routes, last) = self.svc.net_routes(&req.a, &req.b).await.map_err(Status::from)?;
         Ok(Response::new(crate::net::wire::path(routes, last.as_deref(), &req.a, &req.b)))
+    }
+
+    async fn net_topology(
+        &self,
+        _req: Request<api::NetTopologyRequest>,
+    ) -> Result<Response<api::NetTopologyResponse>, Status> {
+        let v = self.svc.topology_view().await.map_err(Status::from)?;
+        Ok(Response::new(topology_to_wire(v)))
+    }
+
+    async fn set_net_topology(
+        &self,
+        req: Request<api::SetNetTopologyRequest>,
+    ) -> Result<Response<api::NetTopologyResponse>, Status> {
+        let key = idempotency_key(req.metadata())?;
+        let r = req.into_inner();
+        let req = crate::api::topology::SetRequest {
+            content: r.content,
+            name: r.name,
+            version: r.version,
+            clear: r.clear,
+            by: r.by,
+            reason: r.reason,
+        };
+        let v = self.svc.set_topology(req, key).await.map_err(Status::from)?;
+        Ok(Response::new(topology_to_wire(v)))
     }
 
     async fn register(
@@ -488,5 +514,26 @@ impl Master for GrpcApi {
                 .map_err(Status::from)?
         };
         Ok(Response::new(view.to_wire()))
+    }
+}
+
+fn topology_to_wire(v: crate::api::topology::TopologyView) -> api::NetTopologyResponse {
+    api::NetTopologyResponse {
+        source: v.source,
+        name: v.name,
+        version: v.version,
+        sha256: v.sha256,
+        size: v.size,
+        set_by: v.set_by,
+        set_ms: v.set_ms,
+        path: v.path,
+        hosts: v.hosts,
+        switches: v.switches,
+        links: v.links,
+        error: v.error,
+        file_path: v.file_path,
+        file_sha256: v.file_sha256,
+        revision: v.revision,
+        duplicate: v.duplicate,
     }
 }

@@ -254,6 +254,16 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         g(&n.last_cpu_ms),
     );
     reg.register(
+        "net_topology_loads",
+        "Replicated topologies this node loaded, verified and parsed (once per change of its sha256)",
+        c(&n.topology_loads),
+    );
+    reg.register(
+        "net_topology_load_failures",
+        "Replicated topologies not used: missing chunks, bytes not matching the sha256, or not parsing",
+        c(&n.topology_load_failures),
+    );
+    reg.register(
         "net_probe_peers",
         "Agents in the leader's probe peer book",
         gauge(svc.net().peer_count() as u64),

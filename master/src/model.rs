@@ -422,6 +422,33 @@ pub enum Command {
         deviation: proto::view::DeviationView,
         pause: bool,
     },
+    /// An operator (or a leader bootstrapping from its `[topology] file`) makes the catalog's topology
+    /// artifact `name@version` the fabric every leader localises with; `name` empty clears it (leaders fall
+    /// back to their file, then to labels). Refused unless the artifact is stored, of type topology and its
+    /// chunks are all present. Version [`TOPOLOGY_COMMAND_VERSION`].
+    SetTopology {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        version: String,
+        by: String,
+        reason: String,
+    },
+}
+
+/// The replicated pointer to the active fabric topology (`fsm_settings` row [`crate::store::SETTING_TOPOLOGY`]):
+/// a topology artifact of the catalog, with its sha256 so a leader verifies the bytes it loads and caches
+/// the parse by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveTopology {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    pub set_by: String,
+    pub set_ms: u64,
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// One seeded artifact: its record and bytes (base64).
@@ -492,6 +519,12 @@ impl Command {
             Command::CatalogPush { artifact, .. } if artifact.kind == crate::catalog::ArtifactType::Model => {
                 PREDICT_COMMAND_VERSION
             }
+            Command::CatalogPush { artifact, .. }
+                if artifact.kind == crate::catalog::ArtifactType::Topology =>
+            {
+                TOPOLOGY_COMMAND_VERSION
+            }
+            Command::SetTopology { .. } => TOPOLOGY_COMMAND_VERSION,
             Command::Ingest { epoch, .. } if *epoch != 0 => AGENT_EPOCH_VERSION,
             // Older binaries refuse ticket updates outside REPAIR; a network device's are recorded from 7 on.
             Command::Object { object, input: Input::Ticket { .. } } if object.kind().is_network() => {
@@ -527,6 +560,7 @@ impl Command {
             Command::CatalogSeed { .. } => "catalog_seed",
             Command::Rollout { .. } => "rollout",
             Command::CanaryCheck { .. } => "canary_check",
+            Command::SetTopology { .. } => "set_topology",
         }
     }
 }

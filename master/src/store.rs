@@ -53,7 +53,8 @@ pub const PROPOSALS: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_pro
 pub const PROPOSAL_OBJ: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_proposal_obj");
 /// Pending proposal id -> object id (utf-8): the index bulk decisions and listings scan.
 pub const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_pending");
-/// Replicated settings: [`SETTING_SAFETY`] -> SafetyConfig JSON.
+/// Replicated settings: [`SETTING_SAFETY`] -> SafetyConfig JSON, [`SETTING_TOPOLOGY`] ->
+/// `model::ActiveTopology` JSON (absent: no replicated topology).
 pub const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_settings");
 /// Alert/audit log: id -> AuditEntry JSON (bounded).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_audit");
@@ -64,6 +65,7 @@ pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_req
 pub const REQUEST_ORDER: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm_request_order");
 
 pub const SETTING_SAFETY: &str = "safety";
+pub const SETTING_TOPOLOGY: &str = "topology";
 /// The checker catalog: checker name -> `catalog::CheckerRecord` (versions, stable version, rollouts).
 pub const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_catalog");
 /// Artifact bytes, content-addressed: (sha256 hex, chunk index) -> up to `catalog::CHUNK_BYTES` bytes.
@@ -94,6 +96,9 @@ pub const META_CHANGELOG_FIRST: &str = "changelog_first";
 pub const META_CHANGELOG_BYTES: &str = "changelog_bytes";
 /// The cluster-wide `min_command_version` (absent: [`crate::model::DEFAULT_MIN_COMMAND_VERSION`]).
 pub const META_MIN_COMMAND_VERSION: &str = "min_command_version";
+/// Changes of the active topology (sets and clears): 0 means never set, which is when a leader with a
+/// `[topology] file` pushes and activates it (once per cluster).
+pub const META_TOPOLOGY_REV: &str = "topology_rev";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -857,6 +862,16 @@ impl Reader {
             let Some(t) = open_read!(self.txn, BLOBS) else { return Ok(None) };
             t.get((sha256, index))?
                 .map(|g| unseal("fsm_blobs", &(sha256, index), g.value()).map(<[u8]>::to_vec))
+                .transpose()
+        })
+    }
+
+    /// The active replicated topology (one point read), None when none is set.
+    pub fn active_topology(&self) -> Result<Option<crate::model::ActiveTopology>, StoreError> {
+        self.read("active_topology", || {
+            let Some(t) = open_read!(self.txn, SETTINGS) else { return Ok(None) };
+            t.get(SETTING_TOPOLOGY)?
+                .map(|g| decode_sealed("fsm_settings", SETTING_TOPOLOGY, g.value()))
                 .transpose()
         })
     }

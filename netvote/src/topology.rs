@@ -511,6 +511,11 @@ impl Topology {
         &self.sw_names
     }
 
+    /// Number of switch-to-switch links (ToR-aggregation, aggregation-spine); host-ToR links are one per host.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
     /// A host's id.
     pub fn host_id(&self, host: &str) -> Option<u32> {
         self.host_index.get(host).copied()
@@ -558,10 +563,6 @@ impl Topology {
 
     pub(crate) fn switch_name(&self, s: u32) -> &str {
         &self.sw_names[s as usize]
-    }
-
-    pub(crate) fn link_count(&self) -> usize {
-        self.links.len()
     }
 
     pub(crate) fn link_ends(&self, l: u32) -> (u32, u32) {

@@ -354,6 +354,18 @@ impl Master for Fake {
     ) -> Result<Response<api::NetPathResponse>, Status> {
         unimplemented()
     }
+    async fn net_topology(
+        &self,
+        _: Request<api::NetTopologyRequest>,
+    ) -> Result<Response<api::NetTopologyResponse>, Status> {
+        unimplemented()
+    }
+    async fn set_net_topology(
+        &self,
+        _: Request<api::SetNetTopologyRequest>,
+    ) -> Result<Response<api::NetTopologyResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serve `fake` on a free loopback port; returns a subscriber config pointing at it (fast backoff).

@@ -54,6 +54,7 @@ async fn every_listing_speaks_json_yaml_and_wide() {
         (&["rollout", "status"], "checkers"),
         (&["net", "suspects"], "suspects"),
         (&["net", "matrix"], "cells"),
+        (&["net", "topology", "show"], "source"),
         (&["inspect"], "members"),
     ];
     for (args, key) in listings {

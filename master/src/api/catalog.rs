@@ -175,6 +175,12 @@ pub fn validate_push(req: &PushRequest) -> Result<ArtifactRecord, ApiError> {
             // numbers is refused here, before it reaches Raft, on every front end alike.
             predict::Model::from_json(&req.content).map_err(|e| invalid(format!("model {at}: {e}")))?;
         }
+        ArtifactType::Topology => {
+            // The leader's own parser (format told by the content), so a file the leader could not use is
+            // refused here and changes nothing.
+            crate::net::fabric::parse(&req.content, None)
+                .map_err(|e| invalid(format!("topology {at} refused: {e}")))?;
+        }
         ArtifactType::External => {}
     }
     Ok(ArtifactRecord {
@@ -350,8 +356,22 @@ impl Service {
 
     /// Validate and store an artifact: chunks first (when larger than one chunk), then the push itself.
     pub async fn push_artifact(&self, req: PushRequest, key: Option<String>) -> Result<PushResult, ApiError> {
-        let mut rec = validate_push(&req)?;
+        let rec = validate_push(&req)?;
+        self.store_artifact(rec, &req.content, key).await
+    }
+
+    /// Store a validated artifact record with its bytes (`content`, which `rec` describes).
+    pub(super) async fn store_artifact(
+        &self,
+        mut rec: ArtifactRecord,
+        content: &[u8],
+        key: Option<String>,
+    ) -> Result<PushResult, ApiError> {
         self.leader_gate()?;
+        // A kind this cluster has not enabled yet is refused before any chunk is stored.
+        let probe = Command::CatalogPush { artifact: rec.clone(), data: String::new() };
+        crate::model::check_proposable(&probe, self.stats.min_command_version())
+            .map_err(|e| ApiError::new(Code::Conflict, e.to_string()))?;
         let r = self.read_view(false).await?;
         if let Some(c) = r.catalog(&rec.name).map_err(store_err)?
             && let Some(v) = c.versions.get(&rec.version)
@@ -383,10 +403,10 @@ impl Service {
             ));
         }
         let b64 = base64::engine::general_purpose::STANDARD;
-        let data = if req.content.len() <= CHUNK_BYTES {
-            b64.encode(&req.content)
+        let data = if content.len() <= CHUNK_BYTES {
+            b64.encode(content)
         } else {
-            for (i, chunk) in req.content.chunks(CHUNK_BYTES).enumerate() {
+            for (i, chunk) in content.chunks(CHUNK_BYTES).enumerate() {
                 let idx = i as u64;
                 if r.blob_chunk(&rec.sha256, idx).map_err(store_err)?.is_some() {
                     continue;
@@ -445,6 +465,12 @@ impl Service {
         key: Option<String>,
     ) -> Result<(RolloutView, u64), ApiError> {
         let cmd = validate_rollout(&req)?;
+        self.leader_gate()?;
+        if let Some(c) = Reader::new(&self.db).map_err(store_err)?.catalog(&req.name).map_err(store_err)?
+            && !c.kind.assignable()
+        {
+            return Err(invalid(crate::fsm::topology_not_rolled_out(&req.name)));
+        }
         let res = self.submit_keyed(cmd, key).await?;
         let r = Reader::new(&self.db).map_err(store_err)?;
         let c = r.catalog(&req.name).map_err(store_err)?;
@@ -470,7 +496,8 @@ impl Service {
         self.leader_gate()?;
         let r = self.read_view(false).await?;
         let cat: Vec<CheckerRecord> = if name.is_empty() {
-            r.catalog_all().map_err(store_err)?
+            // Topologies are the master's input, never assigned: no distribution to show.
+            r.catalog_all().map_err(store_err)?.into_iter().filter(|c| c.kind.assignable()).collect()
         } else {
             let c = r.catalog(name).map_err(store_err)?;
             if c.is_none() {
@@ -804,7 +831,7 @@ mod tests {
         }
         let big = vec![b' '; predict::MAX_MODEL_BYTES + 1];
         assert!(validate_push(&push("model", &big)).is_err_and(|e| e.message.contains("over the")));
-        assert!(ArtifactType::parse("modle").is_err_and(|e| e.contains("profile or model")));
+        assert!(ArtifactType::parse("modle").is_err_and(|e| e.contains("profile, model or topology")));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`cluster`]: cluster info;
 //! - [`safety`]: the safety net's operator commands and views;
 //! - [`catalog`]: the checker catalog (artifacts, rollouts, assignments, fetches, the canary duty);
+//! - [`topology`]: the replicated fabric topology (issue 16): set, clear, show;
 //! - [`proposer`]: coalesces concurrent commands into few Raft entries;
 //! - [`duties`]: what the leader does on its own (announce itself, agent liveness, deadline ticks);
 //! - [`tasks`]: the owned task groups every background task above runs in, stopped in order by
@@ -43,6 +44,7 @@ pub mod requests;
 pub mod safety;
 pub mod summary;
 pub mod tasks;
+pub mod topology;
 pub mod validate;
 pub mod watch;
 
@@ -197,6 +199,11 @@ impl Service {
 
     pub fn db(&self) -> &Database {
         &self.db
+    }
+
+    /// The store, shared (for reads off the async runtime).
+    pub(crate) fn db_arc(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     pub fn current_revision(&self) -> u64 {

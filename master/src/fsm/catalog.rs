@@ -11,7 +11,8 @@ use super::decide::{Decider, bounded_text};
 use crate::catalog::{self, *};
 use crate::model::*;
 use crate::store::{
-    META_CATALOG_BYTES, META_CATALOG_CHECKERS, META_CATALOG_REV, META_CATALOG_SEEDED, StoreError,
+    META_CATALOG_BYTES, META_CATALOG_CHECKERS, META_CATALOG_REV, META_CATALOG_SEEDED, META_TOPOLOGY_REV,
+    StoreError,
 };
 use proto::error::Code;
 
@@ -311,6 +312,9 @@ impl Decider<'_> {
         let Some(mut c) = self.catalog_get(name)? else {
             return Ok(Err((Code::NotFound, format!("no checker {name:?} in the catalog"))));
         };
+        if !c.kind.assignable() {
+            return Ok(Err((Code::InvalidArgument, topology_not_rolled_out(name))));
+        }
         if !c.versions.contains_key(version) {
             let known: Vec<&str> = c.versions.keys().map(String::as_str).collect();
             return Ok(Err((
@@ -668,6 +672,108 @@ impl Decider<'_> {
             self.w.catalog.insert(c.name.clone(), c);
         }
         Ok(())
+    }
+}
+
+/// Why a topology artifact takes no rollout (the same words on every front end).
+pub fn topology_not_rolled_out(name: &str) -> String {
+    format!(
+        "{name} is a topology: it is never assigned to agents or rolled out; activate it with `huatuo net \
+         topology set` (SetNetTopology, PUT /api/v1/net/topology)"
+    )
+}
+
+impl Decider<'_> {
+    /// The active topology as this entry sees it.
+    fn topology_get(&self) -> Result<Option<ActiveTopology>, StoreError> {
+        match &self.w.topology {
+            Some(t) => Ok(t.clone()),
+            None => self.view.topology(),
+        }
+    }
+
+    /// Make the catalog's topology artifact `name@version` the active fabric (`name` empty: clear it).
+    /// Refused, changing nothing, unless it is stored, of type topology and every chunk is present. Setting the active one again (or clearing when none is set) is a duplicate.
+    pub(super) fn set_topology(
+        &mut self,
+        name: &str,
+        version: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<CmdResult, StoreError> {
+        match self.topology_change(name, version, by, reason)? {
+            Ok(None) => Ok(CmdResult { duplicate: true, applied: 1, ..self.result() }),
+            Ok(Some(msg)) => {
+                let rev = self.meta(META_TOPOLOGY_REV)?;
+                self.w.meta.insert(META_TOPOLOGY_REV, rev + 1);
+                let at = if name.is_empty() { String::new() } else { format!("{name}@{version}") };
+                self.audit_row("audit", "topology", &at, by, &format!("{msg}; reason: {reason}"))?;
+                self.global_event("topology", msg);
+                Ok(CmdResult { applied: 1, updated: 1, ..self.result() })
+            }
+            Err((code, e)) => {
+                self.tally.rejected += 1;
+                Ok(self.refuse(code, e))
+            }
+        }
+    }
+
+    fn topology_change(
+        &mut self,
+        name: &str,
+        version: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<Result<Option<String>, (Code, String)>, StoreError> {
+        let current = self.topology_get()?;
+        if name.is_empty() {
+            if current.is_none() {
+                return Ok(Ok(None));
+            }
+            self.w.topology = Some(None);
+            let was = current.map(|c| format!("{}@{}", c.name, c.version)).unwrap_or_default();
+            return Ok(Ok(Some(format!(
+                "topology {was} cleared: leaders use their [topology] file or labels"
+            ))));
+        }
+        if let Err(e) = check_name(name).and_then(|()| check_version(version)) {
+            return Ok(Err((Code::InvalidArgument, e)));
+        }
+        let at = format!("{name}@{version}");
+        let Some(c) = self.catalog_get(name)? else {
+            return Ok(Err((Code::NotFound, format!("no topology {name:?} in the catalog (push it first)"))));
+        };
+        if c.kind != ArtifactType::Topology {
+            return Ok(Err((
+                Code::InvalidArgument,
+                format!("{name} is of type {}, not topology", c.kind.as_str()),
+            )));
+        }
+        let Some(a) = c.versions.get(version) else {
+            return Ok(Err((Code::NotFound, format!("{name} has no version {version:?}"))));
+        };
+        // Presence of every chunk (their sizes and the whole's sha256 were verified when the version was
+        // stored): apply reads no artifact bytes; the leader verifies them again when it loads them.
+        let n = a.chunks();
+        for idx in 0..n {
+            if !self.has_chunk(&a.sha256, idx)? {
+                return Ok(Err((Code::Conflict, format!("{at}: chunk {idx} of {n} is missing"))));
+            }
+        }
+        if current.as_ref().is_some_and(|t| t.name == name && t.version == version && t.sha256 == a.sha256) {
+            return Ok(Ok(None));
+        }
+        let msg = format!("topology {at} active (sha256 {}, {} bytes)", a.sha256, a.size);
+        self.w.topology = Some(Some(ActiveTopology {
+            name: name.to_string(),
+            version: version.to_string(),
+            sha256: a.sha256.clone(),
+            size: a.size,
+            set_by: bounded_text(by),
+            set_ms: self.now,
+            reason: bounded_text(reason),
+        }));
+        Ok(Ok(Some(msg)))
     }
 }
 

@@ -202,6 +202,9 @@ impl<'v> Decider<'v> {
             Command::CanaryCheck { name, version, deviation, pause } => {
                 self.canary_check(&name, &version, deviation, pause)
             }
+            Command::SetTopology { name, version, by, reason } => {
+                self.set_topology(&name, &version, &by, &reason)
+            }
         }
     }
 

@@ -12,7 +12,8 @@ use crate::model::*;
 use crate::safety::{AuditEntry, Proposal, SafetyConfig, ScopeRecord};
 use crate::sm_seam::Policy;
 use crate::store::{
-    self, META_CHANGELOG_BYTES, META_CHANGELOG_FIRST, META_REVISION, SETTING_SAFETY, StoreError,
+    self, META_CHANGELOG_BYTES, META_CHANGELOG_FIRST, META_REVISION, SETTING_SAFETY, SETTING_TOPOLOGY,
+    StoreError,
 };
 
 /// Every fsm table as an ordered map (values typed; encoded only for snapshots).
@@ -30,6 +31,7 @@ pub struct MemState {
     pub proposal_obj: BTreeMap<String, u64>,
     pub pending: BTreeMap<u64, String>,
     pub safety: Option<SafetyConfig>,
+    pub topology: Option<crate::model::ActiveTopology>,
     pub audit: BTreeMap<u64, AuditEntry>,
     pub requests: BTreeMap<String, RequestRecord>,
     pub request_order: BTreeMap<u64, String>,
@@ -117,6 +119,9 @@ impl View for MemState {
     fn catalog(&self, name: &str) -> Result<Option<CheckerRecord>, StoreError> {
         Ok(self.catalog.get(name).cloned())
     }
+    fn topology(&self) -> Result<Option<crate::model::ActiveTopology>, StoreError> {
+        Ok(self.topology.clone())
+    }
     fn has_blob(&self, sha256: &str, index: u64) -> Result<bool, StoreError> {
         Ok(self.blobs.contains_key(&(sha256.to_string(), index)))
     }
@@ -163,6 +168,9 @@ impl MemState {
         }
         if let Some(cfg) = &w.safety {
             self.safety = Some(cfg.clone());
+        }
+        if let Some(t) = &w.topology {
+            self.topology = t.clone();
         }
         for (id, row) in &w.audit {
             match row {
@@ -253,6 +261,10 @@ impl MemState {
         if let Some(cfg) = &self.safety {
             push_record(&mut out, 10, SETTING_SAFETY.as_bytes(), &store::encode(cfg));
         }
+        // Settings in key order, as redb lists them ("safety" < "topology").
+        if let Some(t) = &self.topology {
+            push_record(&mut out, 10, SETTING_TOPOLOGY.as_bytes(), &store::encode(t));
+        }
         for (k, v) in &self.proposals {
             push_record(&mut out, 7, &k.to_be_bytes(), &store::encode(v));
         }
@@ -321,7 +333,11 @@ impl MemState {
                     s.pending.insert(u64_be(key)?, utf8(value)?.to_string());
                 }
                 10 => {
-                    s.safety = Some(store::decode("fsm_settings", value)?);
+                    if key == SETTING_TOPOLOGY.as_bytes() {
+                        s.topology = Some(store::decode("fsm_settings", value)?);
+                    } else {
+                        s.safety = Some(store::decode("fsm_settings", value)?);
+                    }
                 }
                 11 => {
                     s.audit.insert(u64_be(key)?, store::decode("fsm_audit", value)?);

@@ -12,7 +12,7 @@ use crate::safety::{Proposal, SafetyConfig, ScopeRecord};
 use crate::store::{
     self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, COUNTS, HISTORY, MEMBERS, META, META_CHANGELOG_BYTES,
     META_CHANGELOG_FIRST, META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REPAIR_QUEUE,
-    REQUEST_ORDER, REQUESTS, SCOPES, SETTING_SAFETY, SETTINGS, StoreError,
+    REQUEST_ORDER, REQUESTS, SCOPES, SETTING_SAFETY, SETTING_TOPOLOGY, SETTINGS, StoreError,
 };
 
 /// Handles of every fsm table in one write transaction.
@@ -110,6 +110,16 @@ impl<'t> Tables<'t> {
         }
         if let Some(cfg) = &w.safety {
             self.settings.insert(SETTING_SAFETY, store::encode_sealed(SETTING_SAFETY, cfg).as_slice())?;
+        }
+        match &w.topology {
+            Some(Some(t)) => {
+                self.settings
+                    .insert(SETTING_TOPOLOGY, store::encode_sealed(SETTING_TOPOLOGY, t).as_slice())?;
+            }
+            Some(None) => {
+                self.settings.remove(SETTING_TOPOLOGY)?;
+            }
+            None => {}
         }
         for (id, row) in &w.audit {
             match row {
@@ -389,6 +399,13 @@ impl View for Tables<'_> {
 
     fn has_blob(&self, sha256: &str, index: u64) -> Result<bool, StoreError> {
         Ok(self.blobs.get((sha256, index))?.is_some())
+    }
+
+    fn topology(&self) -> Result<Option<crate::model::ActiveTopology>, StoreError> {
+        self.settings
+            .get(SETTING_TOPOLOGY)?
+            .map(|g| store::decode_sealed("fsm_settings", SETTING_TOPOLOGY, g.value()))
+            .transpose()
     }
 
     fn blob(&self, sha256: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError> {

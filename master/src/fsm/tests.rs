@@ -475,4 +475,5 @@ mod integrity;
 mod pages;
 pub(crate) mod props;
 mod requests;
+mod topology;
 mod versions;

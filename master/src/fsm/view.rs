@@ -53,6 +53,8 @@ pub trait View {
     fn has_blob(&self, sha256: &str, index: u64) -> Result<bool, StoreError>;
     /// Chunk `index` of the bytes with `sha256`.
     fn blob(&self, sha256: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The active replicated topology (`fsm_settings` row `topology`).
+    fn topology(&self) -> Result<Option<crate::model::ActiveTopology>, StoreError>;
 }
 
 /// Everything one entry changes. `None` removes a row. Scopes that end up empty
@@ -69,6 +71,8 @@ pub struct Writes {
     pub proposal_obj: BTreeMap<String, u64>,
     pub pending: BTreeMap<u64, Option<String>>,
     pub safety: Option<SafetyConfig>,
+    /// The active topology: Some(None) clears it.
+    pub topology: Option<Option<crate::model::ActiveTopology>>,
     pub audit: BTreeMap<u64, Option<AuditEntry>>,
     pub requests: BTreeMap<String, Option<crate::model::RequestRecord>>,
     pub request_order: BTreeMap<u64, Option<String>>,

@@ -1,9 +1,12 @@
 //! REST for network localisation (issue 16): `GET /api/v1/net/suspects[?limit=N]`,
-//! `GET /api/v1/net/matrix[?rack=R]`, `GET /api/v1/net/path?a=HOST&b=HOST`. The same checks and answers as
-//! the gRPC calls (`net::wire` builds both), as JSON with the proto's field names; leader only (a follower
-//! answers NOT_LEADER with the leader's address, like every leader-only call).
+//! `GET /api/v1/net/matrix[?rack=R]`, `GET /api/v1/net/path?a=HOST&b=HOST`, `GET /api/v1/net/topology`
+//! (the NetTopologyResponse JSON) and `POST /api/v1/net/topology` (the SetNetTopologyRequest fields with
+//! `content_base64` instead of `content`; operator). The same checks and answers as the gRPC calls
+//! (`net::wire` and `api::topology` serve both), as JSON with the proto's field names; leader only (a
+//! follower answers NOT_LEADER with the leader's address, like every leader-only call).
 
 use axum::routing::get;
+use base64::Engine;
 use proto::api;
 
 use super::*;
@@ -13,6 +16,51 @@ pub(super) fn routes() -> Router<Svc> {
         .route("/api/v1/net/suspects", get(suspects))
         .route("/api/v1/net/matrix", get(matrix))
         .route("/api/v1/net/path", get(path))
+        .route("/api/v1/net/topology", get(topology).post(set_topology))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopologyBody {
+    #[serde(default)]
+    content_base64: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    clear: bool,
+    #[serde(default)]
+    by: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn topology(State(svc): State<Svc>) -> Result<Response, HttpError> {
+    let v = svc.topology_view().await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(v).into_response())
+}
+
+async fn set_topology(
+    State(svc): State<Svc>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let b: TopologyBody = parse_json(&body)?;
+    let key = idempotency_key(&headers, None)?;
+    let content = base64::engine::general_purpose::STANDARD
+        .decode(b.content_base64.as_bytes())
+        .map_err(|e| HttpError::from(ApiError::invalid(format!("content_base64: {e}"))))?;
+    let req = crate::api::topology::SetRequest {
+        content,
+        name: b.name,
+        version: b.version,
+        clear: b.clear,
+        by: b.by,
+        reason: b.reason,
+    };
+    let v = svc.set_topology(req, key).await.map_err(|e| rest_error(&svc, e))?;
+    Ok(Json(v).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,7 +132,7 @@ async fn matrix(State(svc): State<Svc>, Query(q): Query<MatrixQuery>) -> Result<
 }
 
 async fn path(State(svc): State<Svc>, Query(q): Query<PathQuery>) -> Result<Response, HttpError> {
-    let (routes, last) = svc.net_routes(&q.a, &q.b).map_err(|e| rest_error(&svc, e))?;
+    let (routes, last) = svc.net_routes(&q.a, &q.b).await.map_err(|e| rest_error(&svc, e))?;
     let r = crate::net::wire::path(routes, last.as_deref(), &q.a, &q.b);
     let routes: Vec<_> = r
         .routes

@@ -1,5 +1,6 @@
 //! Network fault localisation, the master's side (issue 16, PRODUCT.md section 8). Nothing here goes
-//! through Raft except the findings a window's verdict turns into:
+//! through Raft except the findings a window's verdict turns into and the fabric topology (a catalog
+//! artifact activated by `Command::SetTopology`, set through `api/topology.rs`):
 //! - `peers.rs`: the leader's book of probe peers, sampled into heartbeat replies (bounded, full coverage).
 //! - `reports.rs`: validation of heartbeat `net` reports, once, before anything is touched.
 //! - this file: the leader's in-memory window (`netvote::Window`, each (agent, started_ms, window_seq)
@@ -7,11 +8,16 @@
 //!   verdict for the RPCs, propose findings through the normal ingest path) and the reads behind
 //!   NetSuspects / NetMatrix / NetPath.
 //! - `decide.rs`: verdict -> findings (switch/link/nic only) and clearing after `clear_windows`.
+//! - `fabric.rs`: the one topology parser and which topology is in use (replicated, else the member's
+//!   `[topology] file`, else labels); this file refreshes it (`Service::refresh_fabric`), bootstraps the
+//!   file into the replicated state once, and warns when a member's file differs.
 //!
 //! Leadership: every piece is the leader's memory; on losing leadership it is all dropped (the task sees
-//! the role each round), and a new leader starts with an empty window and book.
+//! the role each round), and a new leader starts with an empty window and book (the topology in use and
+//! its parse stay: they follow the replicated pointer, refreshed at the new term).
 
 pub mod decide;
+pub mod fabric;
 pub mod peers;
 pub mod reports;
 pub mod wire;
@@ -115,8 +121,11 @@ pub struct NetConfig {
     pub max_reports: usize,
     /// Windows one localisation judges together.
     pub accumulate: usize,
-    /// From `[topology] file`; `None`: from labels.
+    /// From `[topology] file`; `None`: none configured. The replicated topology wins over it.
     pub topology: Option<Arc<Topology>>,
+    /// The file it came from, and the sha256 of its bytes (compared with the replicated topology's).
+    pub topology_file: Option<PathBuf>,
+    pub topology_sha256: String,
 }
 
 impl Default for NetConfig {
@@ -127,6 +136,8 @@ impl Default for NetConfig {
             max_reports: DEFAULT_MAX_REPORTS,
             accumulate: DEFAULT_ACCUMULATE_WINDOWS as usize,
             topology: None,
+            topology_file: None,
+            topology_sha256: String::new(),
         }
     }
 }
@@ -138,12 +149,10 @@ pub enum NetConfigError {
     OutOfRange { what: &'static str, value: u64, min: u64, max: u64 },
     #[error("[topology] file {path}: {msg}")]
     File { path: String, msg: String },
-    #[error("[topology] file {path}: {err}")]
-    Topology { path: String, err: netvote::TopologyError },
 }
 
-/// Parse a topology file: CSV when the name ends in `.csv`, TOML otherwise.
-pub fn load_topology(path: &std::path::Path) -> Result<Topology, NetConfigError> {
+/// Read a topology file: its bytes (at most [`MAX_TOPOLOGY_BYTES`]).
+pub fn read_topology_file(path: &std::path::Path) -> Result<Vec<u8>, NetConfigError> {
     let p = path.display().to_string();
     let meta =
         std::fs::metadata(path).map_err(|e| NetConfigError::File { path: p.clone(), msg: e.to_string() })?;
@@ -153,27 +162,18 @@ pub fn load_topology(path: &std::path::Path) -> Result<Topology, NetConfigError>
             msg: format!("{} bytes (limit {MAX_TOPOLOGY_BYTES})", meta.len()),
         });
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| NetConfigError::File { path: p.clone(), msg: e.to_string() })?;
+    std::fs::read(path).map_err(|e| NetConfigError::File { path: p, msg: e.to_string() })
+}
+
+/// Parse a topology file: CSV when the name ends in `.csv`, TOML otherwise (the replicated topology's
+/// bytes are told apart by their content, `fabric::Format::detect`). Returns it with its bytes' sha256.
+pub fn load_topology(path: &std::path::Path) -> Result<(Topology, String), NetConfigError> {
+    let bytes = read_topology_file(path)?;
     let csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    let t = if csv { Topology::parse_csv(&text) } else { Topology::parse_toml(&text) };
-    let t = t.map_err(|err| NetConfigError::Topology { path: p.clone(), err })?;
-    // Every name becomes part of an object id (`switch/NAME`, `link/A--B`, `nic/HOST/IF`): refuse at start
-    // what could never be filed, rather than ranking a suspect whose finding silently cannot exist.
-    for name in t.hosts().iter().chain(t.switches()) {
-        let ok =
-            state_machines::id::validate_host(name).is_ok() && !name.contains(state_machines::id::LINK_SEP);
-        if !ok {
-            return Err(NetConfigError::File {
-                path: p,
-                msg: format!(
-                    "name {:?} cannot name an object: 1-253 characters of A-Z a-z 0-9 . - _, without \"--\"",
-                    name.chars().take(80).collect::<String>()
-                ),
-            });
-        }
-    }
-    Ok(t)
+    let format = if csv { fabric::Format::Csv } else { fabric::Format::Toml };
+    let (t, _) = fabric::parse(&bytes, Some(format))
+        .map_err(|msg| NetConfigError::File { path: path.display().to_string(), msg })?;
+    Ok((t, crate::catalog::sha256_hex(&bytes)))
 }
 
 impl NetConfig {
@@ -194,9 +194,12 @@ impl NetConfig {
             DEFAULT_MAX_REPORTS as u64 * 5,
         )?;
         range("accumulate_windows", u64::from(net.accumulate_windows), 1, u64::from(MAX_ACCUMULATE_WINDOWS))?;
-        let topology = match &topo.file {
-            Some(path) => Some(Arc::new(load_topology(path)?)),
-            None => None,
+        let (topology, topology_sha256) = match &topo.file {
+            Some(path) => {
+                let (t, sha) = load_topology(path)?;
+                (Some(Arc::new(t)), sha)
+            }
+            None => (None, String::new()),
         };
         Ok(NetConfig {
             window: Duration::from_secs(net.window_s),
@@ -204,6 +207,8 @@ impl NetConfig {
             max_reports: net.max_reports_per_window,
             accumulate: net.accumulate_windows as usize,
             topology,
+            topology_file: topo.file.clone(),
+            topology_sha256,
         })
     }
 }
@@ -227,6 +232,9 @@ pub struct NetStats {
     pub last_cpu_ms: AtomicU64,
     pub findings_proposed: AtomicU64,
     pub peers_handed_out: AtomicU64,
+    /// Replicated topologies loaded, verified and parsed; and those not used (see `fabric`).
+    pub topology_loads: AtomicU64,
+    pub topology_load_failures: AtomicU64,
 }
 
 /// The window being filled.
@@ -278,6 +286,14 @@ pub struct Net {
     ifaces: Mutex<std::collections::HashMap<String, String>>,
     /// host -> ToR from `switch=`/`rack=` labels (when there is no topology file), learned per new peer.
     label_tors: Mutex<std::collections::HashMap<String, String>>,
+    /// The topology in use (replicated, else the file); None: labels. Read per report batch and window.
+    fabric: RwLock<Option<fabric::Fabric>>,
+    /// The replicated topology last loaded, by sha256.
+    cache: Mutex<fabric::Cache>,
+    /// One load of the replicated topology at a time.
+    loading: tokio::sync::Mutex<()>,
+    /// The replicated sha256 this member last warned differs from its file.
+    warned: Mutex<String>,
     pub stats: NetStats,
 }
 
@@ -288,7 +304,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Net {
     pub fn new(cfg: NetConfig) -> Net {
         let max = cfg.max_reports;
+        let file = cfg.topology.clone().map(|t| fabric::Fabric {
+            source: fabric::Source::File {
+                path: cfg.topology_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            },
+            sha256: cfg.topology_sha256.clone(),
+            topology: t,
+        });
         Net {
+            fabric: RwLock::new(file),
+            cache: Mutex::default(),
+            loading: tokio::sync::Mutex::new(()),
+            warned: Mutex::default(),
             cfg,
             peers: Mutex::default(),
             current: Mutex::new(Current::new(max, now_ms())),
@@ -323,24 +350,65 @@ impl Net {
         lock(&self.peers).len()
     }
 
+    /// The topology in use and where it came from (None: labels).
+    pub fn fabric(&self) -> Option<fabric::Fabric> {
+        self.fabric.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The topology in use, replicated or from the file (None: labels): an `Arc` under a read lock.
+    pub fn fabric_topology(&self) -> Option<Arc<Topology>> {
+        self.fabric.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|f| f.topology.clone())
+    }
+
+    /// Put `next` in use. A change of topology drops the leader's network memory (peers carry their ToR,
+    /// windows hold hops named by the old topology's addresses); the same bytes from another source (a
+    /// file that became the replicated topology) only change the source. Returns whether the fabric changed.
+    fn set_fabric(&self, next: Option<fabric::Fabric>) -> bool {
+        let mut cur = self.fabric.write().unwrap_or_else(|p| p.into_inner());
+        let (same_source, same_bytes) = match (cur.as_ref(), next.as_ref()) {
+            (None, None) => (true, true),
+            (Some(a), Some(b)) => (a.source == b.source, a.sha256 == b.sha256),
+            _ => (false, false),
+        };
+        if same_source && same_bytes {
+            return false;
+        }
+        if same_bytes {
+            *cur = next;
+            return false;
+        }
+        let what = match next.as_ref().map(|f| &f.source) {
+            Some(fabric::Source::Replicated { name, version, sha256 }) => {
+                format!("the replicated topology {name}@{version} (sha256 {sha256})")
+            }
+            Some(fabric::Source::File { path }) => format!("the [topology] file {path}"),
+            None => "the machines' switch/rack labels".to_string(),
+        };
+        tracing::info!("network localisation now uses {what}");
+        *cur = next;
+        drop(cur);
+        self.clear();
+        true
+    }
+
     fn tor_of(&self, host: &str) -> Option<String> {
-        match &self.cfg.topology {
+        match self.fabric_topology() {
             Some(t) => t.tor_of(host).map(str::to_string),
             None => lock(&self.label_tors).get(host).cloned(),
         }
     }
 
     /// A report's traced hops (addresses, checked by `reports::check_reports`) as switch names from the
-    /// topology file's `addrs`; a hop the topology does not know becomes "*" (any switch at that position).
-    /// Without a topology file, or when no hop is known, the path is dropped (the flow counts as not traced).
+    /// topology's `addrs` (replicated or file); a hop the topology does not know becomes "*" (any switch at
+    /// that position). Without such a topology, or when no hop is known, the path is dropped (the flow counts as not traced).
     fn map_paths(&self, r: &netvote::Report) -> Option<netvote::Report> {
         if r.peers.iter().all(|p| p.path.is_empty()) {
             return None;
         }
-        let topo = self.cfg.topology.as_ref().filter(|t| t.has_addrs());
+        let topo = self.fabric_topology().filter(|t| t.has_addrs());
         let mut out = r.clone();
         for p in &mut out.peers {
-            let names: Vec<String> = match topo {
+            let names: Vec<String> = match &topo {
                 Some(t) => p
                     .path
                     .iter()
@@ -428,7 +496,7 @@ impl Service {
         let now = Instant::now();
         let known = lock(&net.peers).touch(agent, host, probe_addr, now);
         if !known {
-            if net.cfg.topology.is_none()
+            if net.fabric_topology().is_none()
                 && !probe_addr.is_empty()
                 && let Some(tor) = self.label_tor(host)?
             {
@@ -465,12 +533,19 @@ impl Service {
         Ok(self.net().last())
     }
 
-    /// The topology the leader localises with: the configured file, else the labels learned so far.
+    /// The topology the leader localises with: the replicated one, else the configured file, else the
+    /// labels learned so far.
     fn net_topology(&self) -> Option<Arc<Topology>> {
         let net = self.net();
-        if let Some(t) = &net.cfg.topology {
-            return Some(t.clone());
+        if let Some(t) = net.fabric_topology() {
+            return Some(t);
         }
+        self.net_topology_from_labels()
+    }
+
+    /// A one-tier topology from the machines' `switch=`/`rack=` labels learned so far.
+    pub(crate) fn net_topology_from_labels(&self) -> Option<Arc<Topology>> {
+        let net = self.net();
         let pairs: Vec<(String, String)> =
             lock(&net.label_tors).iter().map(|(h, t)| (h.clone(), t.clone())).collect();
         if pairs.is_empty() {
@@ -485,24 +560,26 @@ impl Service {
         }
     }
 
-    /// Equal-cost routes between two hosts over the topology (leader only).
-    pub fn net_routes(
+    /// Equal-cost routes between two hosts over the topology (leader only; the replicated topology as
+    /// committed now, not as of the last window).
+    pub async fn net_routes(
         &self,
         a: &str,
         b: &str,
     ) -> Result<(Vec<netvote::Route>, Option<Arc<Closed>>), ApiError> {
         self.leader_check()?;
+        self.refresh_fabric().await;
         state_machines::id::validate_host(a).map_err(|e| ApiError::invalid(format!("a: {e}")))?;
         state_machines::id::validate_host(b).map_err(|e| ApiError::invalid(format!("b: {e}")))?;
         if a == b {
             return Err(ApiError::invalid("a path needs two different hosts"));
         }
         let last = self.net().last();
-        let topo = last.as_ref().and_then(|l| l.topology.clone()).or_else(|| self.net_topology());
-        let Some(topo) = topo else {
+        let Some(topo) = self.net_topology() else {
             return Err(ApiError::new(
                 proto::error::Code::NotFound,
-                "no topology: configure [topology] file, or label machines switch=TOR",
+                "no topology: set one (huatuo net topology set FILE), configure [topology] file, or label \
+                 machines switch=TOR",
             ));
         };
         let routes =
@@ -620,6 +697,8 @@ pub(crate) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = 0u64;
     let mut clearing = decide::Clearing::default();
+    // Whether this term's leader already pushed its [topology] file (or found the cluster had a topology).
+    let mut bootstrapped = false;
     loop {
         tokio::select! {
             _ = &mut stop => return,
@@ -630,6 +709,7 @@ pub(crate) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
         if st.role == Role::Stopped {
             return;
         }
+        s.warn_if_file_differs();
         if st.role != Role::Leader {
             if term != 0 {
                 s.net().clear();
@@ -650,8 +730,24 @@ pub(crate) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
                 }
             }
             term = st.term;
+            bootstrapped = false;
+            // A failed load is tried again by a new leader.
+            if lock(&s.net().cache).parsed.is_none() {
+                *lock(&s.net().cache) = fabric::Cache::default();
+            }
+            s.refresh_fabric().await;
             continue;
         }
+        if !bootstrapped {
+            bootstrapped = match s.bootstrap_topology().await {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the [topology] file was not made the replicated topology");
+                    true
+                }
+            };
+        }
+        s.refresh_fabric().await;
         tokio::select! {
             _ = &mut stop => return,
             r = close_window(&s, &mut clearing) => {
@@ -664,6 +760,129 @@ pub(crate) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
 }
 
 impl Service {
+    /// Bring the topology in use up to date with the replicated pointer (one point read; a load, verify and
+    /// parse only when its sha256 changed, off the async runtime). Errors reading the pointer leave the
+    /// topology in use as it is (logged).
+    pub async fn refresh_fabric(&self) {
+        let net = self.net();
+        // One refresh at a time: a slow one (a load) must not be overtaken by one that read an older
+        // pointer and would put the older topology back.
+        let _one = net.loading.lock().await;
+        let active = match crate::store::Reader::new(self.db()).and_then(|r| r.active_topology()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the replicated topology failed; topology in use unchanged");
+                return;
+            }
+        };
+        let Some(a) = active else {
+            let file = net.cfg.topology.clone().map(|t| fabric::Fabric {
+                source: fabric::Source::File {
+                    path: net.cfg.topology_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                },
+                sha256: net.cfg.topology_sha256.clone(),
+                topology: t,
+            });
+            net.set_fabric(file);
+            return;
+        };
+        let cached = {
+            let c = lock(&net.cache);
+            (c.sha256 == a.sha256).then(|| c.parsed.clone())
+        };
+        let parsed = match cached {
+            Some(p) => p,
+            None => {
+                let db = self.db_arc();
+                let (sha, size) = (a.sha256.clone(), a.size);
+                let job = tokio::task::spawn_blocking(move || {
+                    let r = crate::store::Reader::new(&db).map_err(|e| e.to_string())?;
+                    fabric::load_verified(&sha, size, &mut |i| {
+                        r.blob_chunk(&sha, i).map_err(|e| e.to_string())
+                    })
+                });
+                let loaded = match job.await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("the load failed: {e}")),
+                };
+                let at = format!("{}@{}", a.name, a.version);
+                let parsed = match loaded {
+                    Ok(t) => {
+                        net.stats.topology_loads.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(topology = %at, sha256 = %a.sha256, hosts = t.host_count(),
+                            switches = t.switches().len(), "replicated topology loaded");
+                        Some(Arc::new(t))
+                    }
+                    Err(e) => {
+                        net.stats.topology_load_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(topology = %at, sha256 = %a.sha256, error = %e,
+                            "replicated topology not used: localising as with no topology");
+                        None
+                    }
+                };
+                *lock(&net.cache) = fabric::Cache { sha256: a.sha256.clone(), parsed: parsed.clone() };
+                parsed
+            }
+        };
+        net.set_fabric(parsed.map(|t| fabric::Fabric {
+            source: fabric::Source::Replicated { name: a.name, version: a.version, sha256: a.sha256.clone() },
+            sha256: a.sha256,
+            topology: t,
+        }));
+    }
+
+    /// Any member: warn (once per replicated sha256) when this member's `[topology] file` differs from the
+    /// active replicated topology, saying which wins.
+    fn warn_if_file_differs(&self) {
+        let net = self.net();
+        let Some(path) = &net.cfg.topology_file else { return };
+        let Ok(Some(a)) = crate::store::Reader::new(self.db()).and_then(|r| r.active_topology()) else {
+            return;
+        };
+        if a.sha256 == net.cfg.topology_sha256 || *lock(&net.warned) == a.sha256 {
+            return;
+        }
+        tracing::warn!(
+            "[topology] file {} (sha256 {}) differs from the replicated topology {}@{} (sha256 {}): the \
+             replicated topology wins; the file is used only while none is set",
+            path.display(),
+            net.cfg.topology_sha256,
+            a.name,
+            a.version,
+            a.sha256
+        );
+        *lock(&net.warned) = a.sha256;
+    }
+
+    /// Leader: when the cluster never had a replicated topology (`topology_rev` 0) and this member has a
+    /// `[topology] file`, push and activate the file once, so an existing deployment's file becomes the
+    /// replicated one. Needs command version [`crate::model::TOPOLOGY_COMMAND_VERSION`] enabled.
+    async fn bootstrap_topology(&self) -> Result<bool, ApiError> {
+        let net = self.net();
+        let Some(path) = net.cfg.topology_file.clone() else { return Ok(false) };
+        if self.stats.min_command_version() < crate::model::TOPOLOGY_COMMAND_VERSION {
+            return Ok(false);
+        }
+        let r = crate::store::Reader::new(self.db()).map_err(|e| ApiError::internal(e.to_string()))?;
+        if r.meta(crate::store::META_TOPOLOGY_REV).map_err(|e| ApiError::internal(e.to_string()))? != 0 {
+            return Ok(true);
+        }
+        drop(r);
+        let content = read_topology_file(&path).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let req = crate::api::topology::SetRequest {
+            content,
+            name: String::new(),
+            version: String::new(),
+            clear: false,
+            by: "master".into(),
+            reason: format!("bootstrap from the [topology] file {} of the leader", path.display()),
+        };
+        let v = self.set_topology(req, None).await?;
+        tracing::info!(topology = %format!("{}@{}", v.name, v.version), sha256 = %v.sha256,
+            file = %path.display(), "the [topology] file became the replicated topology");
+        Ok(true)
+    }
+
     /// Switch and link objects not GOOD (a new leader clears them when their suspicion is gone), at most
     /// `decide::MAX_TRACKED_SUSPECTS`.
     fn suspected_devices(&self) -> Result<Vec<state_machines::ObjectId>, ApiError> {
@@ -711,6 +930,31 @@ mod tests {
         // Leadership lost: everything goes.
         net.clear();
         assert_eq!(net.add_reports(&[report("a", 1)]), (1, 0, 0), "a new leader starts empty");
+    }
+
+    #[test]
+    fn a_new_fabric_drops_the_leaders_memory_and_the_same_bytes_from_elsewhere_do_not() {
+        let file = Arc::new(Topology::parse_csv("a,t1\npeer,t2\n").expect("csv"));
+        let net = Net::new(NetConfig {
+            topology: Some(file.clone()),
+            topology_sha256: "s1".into(),
+            ..NetConfig::default()
+        });
+        let replicated = |sha: &str, t: Arc<Topology>| fabric::Fabric {
+            source: fabric::Source::Replicated { name: "f".into(), version: "1".into(), sha256: sha.into() },
+            sha256: sha.into(),
+            topology: t,
+        };
+        assert_eq!(net.add_reports(&[report("a", 1)]), (1, 0, 0));
+        assert!(!net.set_fabric(Some(replicated("s1", file))), "the file's bytes, now replicated");
+        assert!(net.fabric().is_some_and(|f| matches!(f.source, fabric::Source::Replicated { .. })));
+        assert_eq!(net.add_reports(&[report("a", 1)]), (0, 1, 0), "the window was kept");
+        let other = Arc::new(Topology::parse_csv("a,t9\n").expect("csv"));
+        assert!(net.set_fabric(Some(replicated("s2", other))));
+        assert_eq!(net.tor_of("a").as_deref(), Some("t9"));
+        assert_eq!(net.add_reports(&[report("a", 1)]), (1, 0, 0), "a new fabric starts a new window");
+        assert!(net.set_fabric(None));
+        assert!(net.fabric_topology().is_none());
     }
 
     #[test]
