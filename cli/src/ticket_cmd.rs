@@ -1,5 +1,6 @@
-//! `huatuo ticket`: repair tickets. `list` shows every object in REPAIR with its ticket (or that the filing
-//! is still outstanding); `update OBJECT TICKET STATUS` records what the repair system says (filed,
+//! `huatuo ticket`: repair tickets. `list` shows every object in REPAIR, and every network device (switch,
+//! link) with an open incident (it entered ERROR; it files one ticket per incident), with its ticket (or
+//! that the filing is still outstanding); `update OBJECT TICKET STATUS` records what the repair system says (filed,
 //! accepted, part-replaced, closed) — a manual filing is `update ... filed`.
 
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use crate::ops_cmd::{MasterAddr, api_err, runtime, utc};
 
 #[derive(Subcommand, Debug)]
 pub enum TicketCmd {
-    /// Objects in REPAIR and their tickets.
+    /// Objects in REPAIR, and switches/links with an open incident, with their tickets.
     List(ListArgs),
     /// Record a ticket update: filed, accepted, part-replaced or closed.
     Update(UpdateArgs),
@@ -22,7 +23,8 @@ pub struct ListArgs {
     /// -o json|yaml: one document; --json (older scripts): one JSON object per line.
     #[command(flatten)]
     out: crate::output::OutputArgs,
-    /// Show the first N objects in REPAIR (0: all of them, read a page at a time).
+    /// Show the first N objects in REPAIR, and N network devices of each kind and state (0: all of them, read
+    /// a page at a time).
     #[arg(long, default_value_t = 0)]
     limit: usize,
     #[command(flatten)]
@@ -31,7 +33,7 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
-    /// The object in REPAIR, e.g. disk/host-017/sdb.
+    /// The object in REPAIR, e.g. disk/host-017/sdb, or a switch/link with an open incident.
     object: String,
     /// The ticket id in the repair system.
     ticket: String,
@@ -51,7 +53,23 @@ pub fn run(cmd: TicketCmd) -> anyhow::Result<ExitCode> {
 fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     let mut client = a.master.client();
     let req = api::ListObjectsRequest { state: "REPAIR".into(), ..Default::default() };
-    let r = runtime()?.block_on(crate::pages::objects(&mut client, req, a.limit)).map_err(api_err)?;
+    let rt = runtime()?;
+    let mut r = rt.block_on(crate::pages::objects(&mut client, req, a.limit)).map_err(api_err)?;
+    // Network devices are never in REPAIR: theirs is the incident from entering ERROR until GOOD again
+    // (WARNING in between), marked by its filing key.
+    for kind in ["switch", "link"] {
+        for state in ["ERROR", "WARNING"] {
+            let req =
+                api::ListObjectsRequest { kind: kind.into(), state: state.into(), ..Default::default() };
+            let n = rt.block_on(crate::pages::objects(&mut client, req, a.limit)).map_err(api_err)?;
+            r.more |= n.more;
+            r.objects.extend(
+                n.objects
+                    .into_iter()
+                    .filter(|o| o.attributes.contains_key(state_machines::step::TICKET_KEY_ATTR)),
+            );
+        }
+    }
     let f = a.out.format();
     let row = |o: &api::Object| {
         let ticket = o.attributes.get("ticket").cloned().unwrap_or_default();
@@ -84,10 +102,10 @@ fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
         println!();
     }
     if r.objects.is_empty() && !a.out.json {
-        println!("no object is in REPAIR");
+        println!("no object is in REPAIR and no switch or link has an open incident");
     }
     if r.more && !a.out.json {
-        println!("(the first {} objects in REPAIR: more match)", r.objects.len());
+        println!("(the first {} objects: more match; --limit 0 lists them all)", r.objects.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -287,6 +287,25 @@ async fn a_faulty_uplink_files_one_ticket_for_its_incident_and_moves_no_host() {
     .await;
     assert!(none_outstanding, "filings still outstanding; leader log:\n{}", cluster.log_tail(leader));
 
+    // `huatuo ticket list` shows the device's open incident with its ticket (network devices are never in
+    // REPAIR: the CLI lists them beside the objects that are).
+    let out = std::process::Command::new(huatuo_bin())
+        .args(["ticket", "list", "-o", "json"])
+        .env("HUATUO_MASTER", cluster.grpc_addrs())
+        .output()
+        .expect("run huatuo ticket list");
+    assert!(out.status.success(), "ticket list: {}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ticket list -o json");
+    let row = doc["tickets"]
+        .as_array()
+        .expect("tickets")
+        .iter()
+        .find(|t| t["object"] == device.as_str())
+        .unwrap_or_else(|| panic!("{device} not in ticket list: {doc}"))
+        .clone();
+    assert_eq!(row["ticket"], line["ticket"], "{row}");
+    assert_eq!(row["status"], "filed", "{row}");
+
     // No host moved, and nothing but the fabric's devices was filed.
     let list = client
         .call(api::ListObjectsRequest::default(), |mut c, r| async move { c.list_objects(r).await })
