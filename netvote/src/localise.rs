@@ -913,29 +913,76 @@ fn describe(
 }
 
 fn matrix(t: &Topology, w: &Judged, map: &[Option<u32>]) -> Vec<MatrixCell> {
-    // One entry per flow keyed by its cell, sorted, then each cell's run summarised (no map of vectors).
-    let mut rows: Vec<((u32, u32), &Flow)> = w
-        .flows_in_place()
-        .filter_map(|(src, dst, f)| match (map[src as usize], map[dst as usize]) {
-            (Some(s), Some(d)) => Some(((t.host_tor_id(s), t.host_tor_id(d)), f)),
-            _ => None,
-        })
-        .collect();
-    rows.sort_unstable_by_key(|r| r.0);
-    let mut out = Vec::new();
+    // Each flow's cell, numbered as first seen, then the flows' figures grouped by cell with a counting
+    // sort: two passes over the flows and none of them compared (a comparison sort of ~1 million flows per
+    // judgement was a quarter of the leader's localisation time).
+    let tor: Vec<Option<u32>> = map.iter().map(|m| m.map(|h| t.host_tor_id(h))).collect();
+    let mut cell_of: FxMap<(u32, u32), u32> = FxMap::default();
+    let mut cells: Vec<(u32, u32)> = Vec::new();
+    let mut start: Vec<u32> = Vec::new();
+    let mut of_flow: Vec<u32> = Vec::with_capacity(w.flow_count());
+    for (src, dst, _) in w.flows_in_place() {
+        let c = match (tor[src as usize], tor[dst as usize]) {
+            (Some(a), Some(b)) => {
+                let next = cells.len() as u32;
+                let c = *cell_of.entry((a, b)).or_insert_with(|| {
+                    cells.push((a, b));
+                    start.push(0);
+                    next
+                });
+                start[c as usize] += 1;
+                c
+            }
+            _ => u32::MAX,
+        };
+        of_flow.push(c);
+    }
+    // Counts -> where each cell's run begins.
+    let mut at = 0u32;
+    for s in &mut start {
+        let n = *s;
+        *s = at;
+        at += n;
+    }
+    let mut fill = start.clone();
+    // (sent, lost, rtt p50, rtt p99) of each placed flow, grouped by cell.
+    let mut figs: Vec<[u32; 4]> = vec![[0; 4]; at as usize];
+    for ((_, _, f), &c) in w.flows_in_place().zip(&of_flow) {
+        if c == u32::MAX {
+            continue;
+        }
+        let slot = &mut fill[c as usize];
+        figs[*slot as usize] = [f.sent, f.lost_probes(), f.rtt_p50_us, f.rtt_p99_us];
+        *slot += 1;
+    }
+    // Names order the output; rank the switches once rather than compare strings per pair of cells.
+    let mut by_name: Vec<u32> = (0..t.switches().len() as u32).collect();
+    by_name.sort_by(|&a, &b| t.switch_name(a).cmp(t.switch_name(b)));
+    let mut rank = vec![0u32; by_name.len()];
+    for (r, &s) in by_name.iter().enumerate() {
+        rank[s as usize] = r as u32;
+    }
+    let mut order: Vec<u32> = (0..cells.len() as u32).collect();
+    order.sort_unstable_by_key(|&c| {
+        let (a, b) = cells[c as usize];
+        (rank[a as usize], rank[b as usize])
+    });
+    let mut out = Vec::with_capacity(cells.len());
     let mut p50: Vec<u32> = Vec::new();
     let mut p99: Vec<u32> = Vec::new();
-    for run in rows.chunk_by(|x, y| x.0 == y.0) {
-        let (s, d) = run[0].0;
+    for c in order {
+        let (s, d) = cells[c as usize];
+        let end = start.get(c as usize + 1).copied().unwrap_or(at);
+        let run = &figs[start[c as usize] as usize..end as usize];
         p50.clear();
         p99.clear();
         let (mut sent, mut lost) = (0u64, 0u64);
-        for (_, f) in run {
-            sent += u64::from(f.sent);
-            lost += u64::from(f.lost_probes());
-            if f.rtt_p50_us > 0 {
-                p50.push(f.rtt_p50_us);
-                p99.push(f.rtt_p99_us);
+        for &[fs, fl, r50, r99] in run {
+            sent += u64::from(fs);
+            lost += u64::from(fl);
+            if r50 > 0 {
+                p50.push(r50);
+                p99.push(r99);
             }
         }
         p99.sort_unstable();
@@ -950,7 +997,6 @@ fn matrix(t: &Topology, w: &Judged, map: &[Option<u32>]) -> Vec<MatrixCell> {
             flows: run.len() as u32,
         });
     }
-    out.sort_by(|a, b| a.src_tor.cmp(&b.src_tor).then_with(|| a.dst_tor.cmp(&b.dst_tor)));
     out
 }
 
@@ -1277,6 +1323,53 @@ mod tests {
         assert_eq!(v.suspects[0].target, Target::Host { host: "h05".into(), iface: "eth0".into() });
         assert_eq!(v.suspects[0].decision, Decision::Warning);
         assert!(v.matrix.is_empty());
+    }
+
+    /// The matrix as a map of each cell's flows, summarised the obvious way.
+    fn reference_matrix(t: &Topology, ws: &[&Window]) -> Vec<MatrixCell> {
+        let mut cells: std::collections::BTreeMap<(String, String), Vec<Flow>> = Default::default();
+        for w in ws {
+            for f in w.flows() {
+                let tor =
+                    |h: u32| t.host_id(w.host_name(h)).map(|id| t.switch_name(t.host_tor_id(id)).to_string());
+                if let (Some(a), Some(b)) = (tor(f.src), tor(f.dst)) {
+                    cells.entry((a, b)).or_default().push(*f);
+                }
+            }
+        }
+        cells
+            .into_iter()
+            .map(|((a, b), fs)| {
+                let mut p50: Vec<u32> =
+                    fs.iter().filter(|f| f.rtt_p50_us > 0).map(|f| f.rtt_p50_us).collect();
+                let mut p99: Vec<u32> =
+                    fs.iter().filter(|f| f.rtt_p50_us > 0).map(|f| f.rtt_p99_us).collect();
+                p99.sort_unstable();
+                MatrixCell {
+                    src_tor: a,
+                    dst_tor: b,
+                    sent: fs.iter().map(|f| u64::from(f.sent)).sum(),
+                    lost: fs.iter().map(|f| u64::from(f.lost_probes())).sum(),
+                    rtt_p50_us: median_u32(&mut p50),
+                    rtt_p99_us: if p99.is_empty() { 0 } else { p99[((p99.len() - 1) * 99) / 100] },
+                    flows: fs.len() as u32,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_matrix_sums_each_rack_pair_over_the_judged_windows() {
+        let t = small();
+        let mut f = Faults::default();
+        f.nic.insert("h05".into(), 0.1);
+        f.busy.push("h11".into());
+        let ws: Vec<Window> = (0..3).map(|k| window(&t, &f, 12, 7, 40 + k)).collect();
+        let judged: Vec<&Window> = ws.iter().collect();
+        let v = localise_windows(Some(&t), &judged, &Params::default());
+        let want = reference_matrix(&t, &judged);
+        assert!(want.len() > 10, "{} cells", want.len());
+        assert_eq!(v.matrix, want);
     }
 
     #[test]
