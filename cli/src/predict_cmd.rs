@@ -11,10 +11,11 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use predict::data::{
-    CsvHeader, Dataset, Split, check_drive_day_columns, drive_day_with, format_day, parse_day, smart_ids,
+    CsvHeader, Dataset, FOLDS, HeldOut, Split, check_drive_day_columns, drive_day_with, format_day,
+    parse_day, smart_ids,
 };
-use predict::eval::{HorizonReport, evaluate};
-use predict::train::{TrainConfig, TrainSummary, train};
+use predict::eval::{HorizonReport, evaluate, evaluate_pooled};
+use predict::train::{FoldModel, TrainConfig, TrainSummary, cross_validate, train};
 use predict::{MAX_MODEL_BYTES, Model};
 use sha2::{Digest, Sha256};
 
@@ -108,6 +109,13 @@ pub struct EvalArgs {
     /// Horizons to train and evaluate, in days (without --model).
     #[arg(long, value_delimiter = ',', default_value = "7,30")]
     horizons: Vec<u32>,
+    /// K-fold cross-validation by drive (K in 2..=20) instead of one hold-out: each drive is in one fold (the
+    /// seeded hash of its serial), each fold's model is trained on the other folds exactly as `train` trains,
+    /// and the held-out scores of all folds are pooled and evaluated once, so every drive is evaluated. With a
+    /// time split, each fold's model trains on its drives' days before the cut and scores its fold's days from
+    /// the cut on. Not with --model (a given model cannot be refitted) or --eval-fraction (the folds decide).
+    #[arg(long, conflicts_with = "model")]
+    folds: Option<u32>,
 }
 
 pub fn run(c: PredictCmd) -> anyhow::Result<ExitCode> {
@@ -278,7 +286,7 @@ fn split_of(a: &DataArgs, ds: &Dataset) -> anyhow::Result<Split> {
         bail!("--eval-fraction {frac} must be strictly between 0 and 1");
     }
     Ok(match kind {
-        SplitKind::Drive => Split::Drive { eval_fraction: frac, seed: a.seed },
+        SplitKind::Drive => Split::Drive { held_out: HeldOut::Fraction(frac), seed: a.seed },
         _ => {
             let (lo, hi) = ds.day_range().context("no days")?;
             let cut = match &a.cut {
@@ -293,7 +301,7 @@ fn split_of(a: &DataArgs, ds: &Dataset) -> anyhow::Result<Split> {
                     format_day(hi)
                 );
             }
-            Split::Time { cut_day: cut, eval_fraction: frac, seed: a.seed }
+            Split::Time { cut_day: cut, held_out: HeldOut::Fraction(frac), seed: a.seed }
         }
     })
 }
@@ -414,10 +422,11 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
-fn print_report(r: &HorizonReport, model: &Model) {
+/// `threshold` says which threshold "model at its threshold" is (one model's p, or each fold's).
+fn print_report(r: &HorizonReport, min_history_days: u32, threshold: &str) {
     println!(
         "  held out: {} drive-days ({} positive, from {} of {} drives); {} without a prediction (history < {} days)",
-        r.rows, r.positives, r.positive_drives, r.drives, r.no_prediction, model.min_history_days
+        r.rows, r.positives, r.positive_drives, r.drives, r.no_prediction, min_history_days
     );
     println!(
         "  baseline (any of smart 5/187/188/197/198 raw > 0): TPR {} FPR {} precision {}",
@@ -426,8 +435,7 @@ fn print_report(r: &HorizonReport, model: &Model) {
         pct(r.baseline.precision())
     );
     println!(
-        "  model at its threshold p={:.4}: precision {} recall {} FPR {}",
-        model.threshold,
+        "  model at {threshold}: precision {} recall {} FPR {}",
         pct(r.at_threshold.precision()),
         pct(r.at_threshold.tpr()),
         pct(r.at_threshold.fpr())
@@ -441,8 +449,9 @@ fn print_report(r: &HorizonReport, model: &Model) {
     );
 }
 
-/// Median time of [`Model::score`] per held-out disk's history (the agent's call), in ns.
-fn scoring_ns(model: &Model, ds: &Dataset, split: &Split) -> (u64, usize, usize) {
+/// Times of [`Model::score`] per held-out disk's history (the agent's call), in ns, and how many histories
+/// were too short to score.
+fn scoring_times(model: &Model, ds: &Dataset, split: &Split) -> (Vec<u64>, usize) {
     let mut times = Vec::new();
     let mut none = 0;
     for (id, h) in ds.histories.iter().enumerate() {
@@ -457,11 +466,36 @@ fn scoring_ns(model: &Model, ds: &Dataset, split: &Split) -> (u64, usize, usize)
             Err(_) => none += 1,
         }
     }
+    (times, none)
+}
+
+/// Print the median scoring time over `times` and the model file's size.
+fn print_scoring(mut times: Vec<u64>, none: usize, size: usize) {
     times.sort_unstable();
-    (times.get(times.len() / 2).copied().unwrap_or(0), times.len(), none)
+    let ns = times.get(times.len() / 2).copied().unwrap_or(0);
+    println!(
+        "  scoring: median {ns} ns per disk over {} held-out disk histories ({none} too short); model file {size} \
+         bytes (floors: < 1 ms, < {MAX_MODEL_BYTES} bytes)",
+        times.len()
+    );
+}
+
+/// `--folds K` checked before any data is read, so a wrong K fails at once.
+fn check_folds(a: &EvalArgs) -> anyhow::Result<()> {
+    let Some(k) = a.folds else { return Ok(()) };
+    if !FOLDS.contains(&k) {
+        bail!("--folds {k}: a cross-validation needs {} to {} folds", FOLDS.start(), FOLDS.end());
+    }
+    if a.data.eval_fraction.is_some() {
+        bail!(
+            "--folds and --eval-fraction both say which drives are held out: pass one (each fold holds out 1/K)"
+        );
+    }
+    Ok(())
 }
 
 fn run_eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    check_folds(&a)?;
     let loaded_model = match &a.model {
         Some(p) => Some(read_model(p, a.sha256.as_deref())?),
         None => None,
@@ -469,6 +503,9 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let (ds, source) = load(&a.data.from)?;
     println!("{}", describe_data(&ds, &source));
     let split = split_of(&a.data, &ds)?;
+    if let Some(k) = a.folds {
+        return run_eval_folds(&a, &ds, &source, &split, k);
+    }
     println!("split: {}", split.describe());
     let mut models: Vec<(Model, usize)> = Vec::new();
     match loaded_model {
@@ -505,18 +542,84 @@ fn run_eval(a: EvalArgs) -> anyhow::Result<ExitCode> {
     for (m, size) in &models {
         let r = evaluate(&ds, &split, m).map_err(|e| anyhow::anyhow!("evaluate: {e}"))?;
         println!("horizon {}d evaluation:", m.horizon_days);
-        print_report(&r, m);
-        let (ns, scored, none) = scoring_ns(m, &ds, &split);
-        println!(
-            "  scoring: median {ns} ns per disk over {scored} held-out disk histories ({none} too short); model file \
-             {size} bytes (floors: < 1 ms, < {MAX_MODEL_BYTES} bytes)"
-        );
+        print_report(&r, m.min_history_days, &format!("its threshold p={:.4}", m.threshold));
+        let (times, none) = scoring_times(m, &ds, &split);
+        print_scoring(times, none, *size);
         lines.push(r.line());
     }
+    print_summary(&lines);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(lines: &[String]) {
     println!("summary:");
     for l in lines {
         println!("{l}");
     }
+}
+
+/// One line per fold's model: what it trained on and what the monotone rule dropped.
+fn print_fold(f: usize, k: usize, fm: &FoldModel) {
+    let s = &fm.summary;
+    let negative = if s.negative.is_empty() {
+        String::new()
+    } else {
+        format!("; negative, dropped: {}", s.negative.join(" "))
+    };
+    println!(
+        "  fold {}/{k}: trained on {} drive-days ({} positive, from {} of {} drives), {} features, {} Newton steps, \
+         threshold p={:.4}{negative}",
+        f + 1,
+        s.rows,
+        s.positives,
+        s.positive_drives,
+        s.drives,
+        fm.model.features.len(),
+        s.newton_steps,
+        fm.model.threshold
+    );
+}
+
+/// `eval --folds K`: per horizon, K models (one per fold, each trained on the other folds), their held-out
+/// scores pooled and evaluated once.
+fn run_eval_folds(
+    a: &EvalArgs,
+    ds: &Dataset,
+    source: &str,
+    split: &Split,
+    k: u32,
+) -> anyhow::Result<ExitCode> {
+    println!("split: {}", split.describe_folds(k));
+    if a.horizons.is_empty() {
+        bail!("--horizons is empty");
+    }
+    let mut lines = Vec::new();
+    for &h in &a.horizons {
+        let cfg = config(&a.data, ds, h, "disk-failure", source)?;
+        let folds =
+            cross_validate(ds, split, k, &cfg).map_err(|e| anyhow::anyhow!("train horizon {h}d: {e}"))?;
+        println!("horizon {h}d models (one per fold):");
+        if !cfg.exclude.is_empty() {
+            println!("  excluded (--exclude): {}", cfg.exclude.join(" "));
+        }
+        for (f, fm) in folds.iter().enumerate() {
+            print_fold(f, folds.len(), fm);
+        }
+        let parts: Vec<(&Split, &Model)> = folds.iter().map(|f| (&f.split, &f.model)).collect();
+        let r = evaluate_pooled(ds, &parts).map_err(|e| anyhow::anyhow!("evaluate: {e}"))?;
+        println!("horizon {h}d evaluation (pooled over {k} folds):");
+        print_report(&r, cfg.min_history_days, "each fold's threshold");
+        let (mut times, mut none) = (Vec::new(), 0);
+        for f in &folds {
+            let (t, n) = scoring_times(&f.model, ds, &f.split);
+            times.extend(t);
+            none += n;
+        }
+        let size = folds.iter().map(|f| f.model.to_json().len() + 1).max().unwrap_or(0);
+        print_scoring(times, none, size);
+        lines.push(r.line());
+    }
+    print_summary(&lines);
     Ok(ExitCode::SUCCESS)
 }
 

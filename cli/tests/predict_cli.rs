@@ -161,6 +161,77 @@ fn on_the_full_2019_snapshots_the_model_never_trails_the_baseline_at_its_fpr() {
     }
 }
 
+/// `held out: N drive-days (P positive, from Q of D drives)`: (N, D).
+fn held_out(out: &str) -> (u64, u64) {
+    let l = out.lines().find(|l| l.trim_start().starts_with("held out: ")).unwrap_or_else(|| panic!("{out}"));
+    let nums: Vec<u64> = l.split(|c: char| !c.is_ascii_digit()).filter_map(|t| t.parse().ok()).collect();
+    (nums[0], nums[3])
+}
+
+#[test]
+fn k_fold_cross_validation_evaluates_every_drive_once_with_pooled_scores() {
+    // A snapshot: every drive is held out by one fold, so the pooled evaluation covers all of them.
+    let snap = "predict/testdata/ST8000DM002-last-day-2019-subset.csv.gz";
+    let (code, out, err) = run(&["predict", "eval", "--from", snap, "--horizons", "30", "--folds", "5"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("split: 5-fold cross-validation by drive (seed 1), pooled scores"), "{out}");
+    assert_eq!(out.matches("  fold ").count(), 5, "one model per fold: {out}");
+    let drives: u64 = out
+        .split(" drive-days, ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .expect("drive count");
+    assert_eq!(held_out(&out), (drives, drives), "{out}");
+    let (_, _, _, auc) = parse_line(&out, 30);
+    assert!(auc >= 0.75, "{out}");
+    // A time split keeps its cut (each fold's model trains before it and scores its drives' days from it on;
+    // the unit tests check every drive-day lands once): the pooled days are all the days from the cut on, more
+    // than the single hold-out's half of the drives.
+    let (code, out, err) = run(&["predict", "eval", "--from", DAYS_2013, "--horizons", "30", "--folds", "2"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("days before 2013-04-30 and scores its own drives' days from it on"), "{out}");
+    let (code, one, err) = run(&["predict", "eval", "--from", DAYS_2013, "--horizons", "30"]);
+    assert_eq!(code, 0, "{err}");
+    let (folds, single) = (held_out(&out), held_out(&one));
+    assert!(
+        folds.0 > single.0 * 3 / 2 && folds.1 > single.1 * 3 / 2,
+        "folds {folds:?} vs one hold-out {single:?}"
+    );
+    parse_line(&out, 30);
+    // K outside 2..=20, or beside --eval-fraction or --model: refused before any data is read.
+    for (args, want) in [
+        (&["--folds", "1"][..], "--folds 1: a cross-validation needs 2 to 20 folds"),
+        (&["--folds", "21"][..], "--folds 21: a cross-validation needs 2 to 20 folds"),
+        (&["--folds", "5", "--eval-fraction", "0.2"][..], "pass one"),
+        (&["--folds", "5", "--model", "deploy/models/disk-failure-30d.json"][..], "cannot be used with"),
+    ] {
+        let mut a = vec!["predict", "eval", "--from", "no-such-file.csv"];
+        a.extend_from_slice(args);
+        let (code, out, err) = run(&a);
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in {err}");
+    }
+}
+
+#[test]
+fn with_ten_folds_the_model_beats_the_baseline_on_both_full_2019_snapshots() {
+    // Pooled over 10 folds (every drive evaluated, each by a model trained on the other 90%), the model catches
+    // more failed drives than the rule at the rule's FPR on both snapshots: measured on seeds 1..=5 (ARCHITECTURE.md,
+    // "2019 snapshots, k-fold"); seed 1 is asserted to keep the test cheap. With 5 folds it does not hold on every
+    // seed (ST8000DM002 seeds 1 and 3 trail by 1-2 drives; ARCHITECTURE.md says why), so 5 is not asserted.
+    let dir = full_fixtures();
+    for f in ["ST8000DM002", "ST8000NM0055"] {
+        let path = dir.join(format!("{f}-last-day-2019.csv.gz"));
+        let p = path.to_str().expect("utf-8");
+        let (code, out, err) = run(&["predict", "eval", "--from", p, "--horizons", "30", "--folds", "10"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let (model_tpr, base_tpr, _, auc) = parse_line(&out, 30);
+        assert!(model_tpr > base_tpr, "{f}: the model does not beat the rule over 10 folds: {out}");
+        assert!(auc >= 0.80, "{f}: {out}");
+    }
+}
+
 #[test]
 fn bad_drive_day_input_is_a_clear_error_with_the_line() {
     let dir = tempfile::tempdir().expect("tempdir");

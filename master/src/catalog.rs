@@ -459,6 +459,37 @@ pub fn assignment_for(
     out
 }
 
+/// The command version the findings of an assigned artifact of this kind need, when above what the catalog
+/// itself needs: a model makes the agents' disk checkers send `predicted-failure` findings, ingests of
+/// [`crate::model::PREDICT_COMMAND_VERSION`] — below it the leader refuses those agents' batches whole (and
+/// an older member would admit predictions without their model's spike detector).
+pub fn assigned_command_version(kind: ArtifactType) -> Option<u32> {
+    (kind == ArtifactType::Model).then_some(crate::model::PREDICT_COMMAND_VERSION)
+}
+
+/// Whether some host runs a version of `c`: it has a stable version, or a gray or paused rollout (shadow ones
+/// included). A checker whose versions are only pushed, or whose rollouts are all finished without a stable
+/// version, runs nowhere.
+pub fn is_assigned(c: &CheckerRecord) -> bool {
+    c.kind.assignable() && (!c.stable.is_empty() || c.rollouts.iter().any(|r| r.state.active()))
+}
+
+/// The lowest `min_command_version` the current assignments allow, and the checker that needs it (the first
+/// by name among those needing the most): lowering below it would make the leader refuse what those
+/// artifacts make agents send. `None` when nothing assigned needs more than the catalog's own version.
+pub fn min_command_version_in_use<'a>(
+    catalog: impl IntoIterator<Item = &'a CheckerRecord>,
+) -> Option<(u32, &'a CheckerRecord)> {
+    catalog
+        .into_iter()
+        .filter(|c| is_assigned(c))
+        .filter_map(|c| assigned_command_version(c.kind).map(|v| (v, c)))
+        .fold(None, |best: Option<(u32, &CheckerRecord)>, (v, c)| match best {
+            Some((b, _)) if b >= v => best,
+            _ => Some((v, c)),
+        })
+}
+
 /// The assignment of `host` over the whole catalog, in checker-name order: O(checkers).
 pub fn assignment_of<'a>(
     catalog: impl IntoIterator<Item = &'a CheckerRecord>,

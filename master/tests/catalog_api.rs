@@ -36,6 +36,12 @@ struct Master {
 }
 
 async fn start() -> Master {
+    start_with(true).await
+}
+
+/// A single-node master; with `auto_upgrade` off the test raises `min_command_version` itself (once, to
+/// what this binary knows) so the leader never raises it behind the test's back afterwards.
+async fn start_with(auto_upgrade: bool) -> Master {
     let dir = tempfile::tempdir().expect("tempdir");
     let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
     let cfg = RaftConfig {
@@ -72,9 +78,13 @@ async fn start() -> Master {
             policy: Policy::default(),
             max_watches: master::api::watch::MAX_WATCHES,
             knows_command_version: master::model::COMMAND_VERSION,
-            auto_upgrade: true,
+            auto_upgrade,
         },
     );
+    if !auto_upgrade {
+        let knows = master::model::COMMAND_VERSION;
+        svc.set_min_command_version(knows, "ops", "test: every member knows it").await.expect("raise");
+    }
     let g = GrpcApi::new(svc.clone());
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_l);
@@ -183,6 +193,8 @@ enum Bad {
     Rollout(api::RolloutRequest),
     /// REST only (JSON that gRPC cannot even carry, such as a negative percentage as text).
     RestRollout(Value),
+    /// Set the cluster's `min_command_version` to this.
+    MinVersion(u32),
 }
 
 async fn refused_everywhere(m: &Master, bad: Bad, code: Code, want: &str) {
@@ -198,6 +210,11 @@ async fn refused_everywhere(m: &Master, bad: Bad, code: Code, want: &str) {
             (Some(c.rollout(r).await.map(|_| ())), ("/api/v1/rollouts", j))
         }
         Bad::RestRollout(j) => (None, ("/api/v1/rollouts", j)),
+        Bad::MinVersion(v) => {
+            let r = api::SetMinCommandVersionRequest { version: v, by: "ops".into(), reason: "test".into() };
+            let j = json!({"version": v, "by": "ops", "reason": "test"});
+            (Some(c.set_min_command_version(r).await.map(|_| ())), ("/api/v1/min-command-version", j))
+        }
     };
     if let Some(g) = grpc {
         let e = ApiError::from(g.expect_err(want));
@@ -586,4 +603,51 @@ async fn the_leader_pauses_an_avalanching_shadow_canary_with_the_numbers() {
     let probe: Vec<(String, bool)> =
         hb.assignment.iter().filter(|a| a.name == "probe").map(|a| (a.version.clone(), a.shadow)).collect();
     assert_eq!(probe, vec![("1".to_string(), false)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_command_version_stays_at_what_an_assigned_model_needs() {
+    // A model's predictions are ingests of command version 6: below it the leader refuses the agents' batches
+    // that carry one. So while a model is assigned, lowering below 6 is refused before proposing (gRPC and
+    // REST alike, nothing changes), and a model is not assigned while the cluster is below 6.
+    let m = start_with(false).await;
+    let min = |m: &Master| reader(m).min_command_version().expect("read");
+    assert_eq!(min(&m), master::model::COMMAND_VERSION);
+    let model = include_str!("../../checkers/testdata/predict/command-timeouts.json");
+    let mut c = client(&m).await;
+    c.push_artifact(push_req("disk-failure", "1", "model", model.as_bytes())).await.expect("push");
+    let svc = m.svc.clone();
+    let set = |v: u32| {
+        let svc = svc.clone();
+        async move { svc.set_min_command_version(v, "ops", "test").await.map(|_| ()).map_err(|e| e.to_string()) }
+    };
+    // Pushed but assigned nowhere: lowering is a rollback like any other.
+    set(5).await.expect("nothing assigned needs 6");
+    assert_eq!(min(&m), 5);
+    // ... and at 5 the model is not put on hosts.
+    let promote = rollout_req("promote", "disk-failure", "1");
+    refused_everywhere(&m, Bad::Rollout(promote.clone()), Code::Conflict, "needs command version 6").await;
+    let mut start = rollout_req("start", "disk-failure", "1");
+    start.hosts = vec!["h1".into()];
+    refused_everywhere(&m, Bad::Rollout(start.clone()), Code::Conflict, "min_command_version is 5").await;
+    // At 6, a gray rollout of the model: lowering below 6 is refused, naming the model and the rollout.
+    set(6).await.expect("raise to 6");
+    c.rollout(start).await.expect("start at 6");
+    let e = set(5).await.expect_err("a model is in a gray rollout");
+    assert!(e.contains("model \"disk-failure\" is assigned (gray rollout of 1)"), "{e}");
+    assert!(e.contains("roll back its rollout first"), "{e}");
+    refused_everywhere(&m, Bad::MinVersion(5), Code::Conflict, "needs command version 6").await;
+    refused_everywhere(&m, Bad::MinVersion(1), Code::Conflict, "is assigned").await;
+    assert_eq!(min(&m), 6);
+    // Rolled back, it runs nowhere again; promoted, it is the stable version and stays assigned.
+    c.rollout(rollout_req("rollback", "disk-failure", "1")).await.expect("rollback");
+    set(5).await.expect("rolled back: assigned nowhere");
+    set(7).await.expect("raise");
+    c.rollout(promote).await.expect("promote at 7");
+    let e = set(5).await.expect_err("a stable model");
+    assert!(e.contains("(stable version 1)") && e.contains("stays at 6 or above"), "{e}");
+    refused_everywhere(&m, Bad::MinVersion(5), Code::Conflict, "stable version 1").await;
+    // Not below what the model needs: allowed.
+    set(6).await.expect("6 is what the model needs");
+    assert_eq!(min(&m), 6);
 }

@@ -438,16 +438,30 @@ pub enum Side {
     Eval,
 }
 
+/// Which drives a split evaluates (the others train). Either way the choice is the seeded hash of the serial,
+/// so a drive's side depends on its serial and the seed only, never on the order rows arrive in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HeldOut {
+    /// One hold-out: the drives whose [`unit_hash`] is below the fraction.
+    Fraction(f64),
+    /// Fold `fold` (0-based) of a `folds`-fold cross-validation: the drives [`fold_of`] puts in it.
+    Fold { fold: u32, folds: u32 },
+}
+
+/// Fewest and most folds a cross-validation may have: 2 is the least that leaves anything to train on, and
+/// past 20 each fold holds a handful of the fixtures' failed drives while training costs grow linearly.
+pub const FOLDS: std::ops::RangeInclusive<u32> = 2..=20;
+
 /// How drive-days are split between training and evaluation. A drive is on one side only, always.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Split {
     /// Time split with a drive-level split inside it: each drive is assigned to train or eval (seeded hash
-    /// of its serial, `eval_fraction` of them to eval); train uses the train drives' days before `cut_day`,
-    /// eval the eval drives' days from `cut_day` on. So training never sees a later day than any evaluated
-    /// one's cut, and never sees an evaluated drive at all.
-    Time { cut_day: u32, eval_fraction: f64, seed: u64 },
+    /// of its serial, see [`HeldOut`]); train uses the train drives' days before `cut_day`, eval the eval
+    /// drives' days from `cut_day` on. So training never sees a later day than any evaluated one's cut, and
+    /// never sees an evaluated drive at all.
+    Time { cut_day: u32, held_out: HeldOut, seed: u64 },
     /// Drive split only (snapshots, one row per drive): seeded hash of the serial.
-    Drive { eval_fraction: f64, seed: u64 },
+    Drive { held_out: HeldOut, seed: u64 },
 }
 
 /// splitmix64: a small, fixed, well-mixed hash (deterministic across platforms and releases).
@@ -467,14 +481,49 @@ pub fn unit_hash(seed: u64, s: &str) -> f64 {
     (mix64(h ^ mix64(seed)) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The fold (0-based, below `folds`) a drive belongs to: equal slices of [`unit_hash`]. An integer, so each
+/// drive is in exactly one fold with no floating-point boundary to fall between.
+pub fn fold_of(seed: u64, serial: &str, folds: u32) -> u32 {
+    let k = folds.max(1);
+    ((unit_hash(seed, serial) * k as f64) as u32).min(k - 1)
+}
+
 impl Split {
+    fn held_out_and_seed(&self) -> (HeldOut, u64) {
+        match self {
+            Split::Time { held_out, seed, .. } | Split::Drive { held_out, seed } => (*held_out, *seed),
+        }
+    }
+
     pub fn eval_drive(&self, serial: &str) -> bool {
-        let (frac, seed) = match self {
-            Split::Time { eval_fraction, seed, .. } | Split::Drive { eval_fraction, seed } => {
-                (*eval_fraction, *seed)
-            }
-        };
-        unit_hash(seed, serial) < frac
+        match self.held_out_and_seed() {
+            (HeldOut::Fraction(frac), seed) => unit_hash(seed, serial) < frac,
+            (HeldOut::Fold { fold, folds }, seed) => fold_of(seed, serial, folds) == fold,
+        }
+    }
+
+    /// The `folds` splits of a cross-validation by drive, one per fold, each holding out that fold's drives
+    /// with this split's kind, cut and seed (a time split stays a time split: every fold's model trains on
+    /// its drives' days before the cut and scores its held-out drives' days from the cut on). Refused for a
+    /// fold count outside [`FOLDS`].
+    pub fn folds(&self, folds: u32) -> Result<Vec<Split>, String> {
+        if !FOLDS.contains(&folds) {
+            return Err(format!(
+                "{folds} folds; {}..={} wanted (each fold is held out once, so at least 2)",
+                FOLDS.start(),
+                FOLDS.end()
+            ));
+        }
+        let (_, seed) = self.held_out_and_seed();
+        Ok((0..folds)
+            .map(|fold| {
+                let held_out = HeldOut::Fold { fold, folds };
+                match self {
+                    Split::Time { cut_day, .. } => Split::Time { cut_day: *cut_day, held_out, seed },
+                    Split::Drive { .. } => Split::Drive { held_out, seed },
+                }
+            })
+            .collect())
     }
 
     /// The side of row `i`, or `None` when it is on neither (a train drive's day after the cut, an eval
@@ -492,20 +541,38 @@ impl Split {
         }
     }
 
-    pub fn describe(&self) -> String {
+    /// What a `folds`-fold cross-validation over this split does, for the command to print.
+    pub fn describe_folds(&self, folds: u32) -> String {
+        let (_, seed) = self.held_out_and_seed();
+        let how = format!(
+            "{folds}-fold cross-validation by drive (seed {seed}), pooled scores: each drive is in one fold; each \
+             fold's model is trained on the other folds' drives"
+        );
         match self {
-            Split::Time { cut_day, eval_fraction, seed } => format!(
-                "time split at {} with a drive split inside it: {:.0}% of drives (seed {seed}) evaluated on their \
-                 days from the cut on, the others trained on their days before it",
-                format_day(*cut_day),
-                eval_fraction * 100.0
+            Split::Time { cut_day, .. } => format!(
+                "{how}' days before {} and scores its own drives' days from it on; the held-out scores of all \
+                 folds are pooled and evaluated once",
+                format_day(*cut_day)
             ),
-            Split::Drive { eval_fraction, seed } => {
-                format!(
-                    "drive split: {:.0}% of drives (seed {seed}) held out for evaluation",
-                    eval_fraction * 100.0
-                )
-            }
+            Split::Drive { .. } => format!(
+                "{how} and scores its own; the held-out scores of all folds are pooled and evaluated once"
+            ),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let (held_out, seed) = self.held_out_and_seed();
+        let drives = match held_out {
+            HeldOut::Fraction(f) => format!("{:.0}% of drives (seed {seed})", f * 100.0),
+            HeldOut::Fold { fold, folds } => format!("fold {} of {folds} by drive (seed {seed})", fold + 1),
+        };
+        match self {
+            Split::Time { cut_day, .. } => format!(
+                "time split at {} with a drive split inside it: {drives} evaluated on their days from the cut \
+                 on, the others trained on their days before it",
+                format_day(*cut_day)
+            ),
+            Split::Drive { .. } => format!("drive split: {drives} held out for evaluation"),
         }
     }
 }
@@ -651,8 +718,8 @@ mod tests {
             }
         }
         for split in [
-            Split::Time { cut_day: 1020, eval_fraction: 0.5, seed: 7 },
-            Split::Drive { eval_fraction: 0.3, seed: 7 },
+            Split::Time { cut_day: 1020, held_out: HeldOut::Fraction(0.5), seed: 7 },
+            Split::Drive { held_out: HeldOut::Fraction(0.3), seed: 7 },
         ] {
             let mut side_of: HashMap<u32, Side> = HashMap::new();
             let (mut train, mut eval) = (0, 0);
@@ -667,5 +734,94 @@ mod tests {
             }
             assert!(train > 0 && eval > 0, "{split:?}: {train} {eval}");
         }
+    }
+
+    /// 200 drives over 40 days (day 1000..1039), all healthy: enough to check where each drive-day goes.
+    fn fleet() -> Dataset {
+        let mut ds = Dataset::new();
+        for d in 0..40 {
+            for s in 0..200 {
+                ds.push(dd(1000 + d, &format!("S{s}"), false, 0.0)).expect("push");
+            }
+        }
+        ds
+    }
+
+    #[test]
+    fn folds_hold_every_drive_out_once_and_never_train_on_it() {
+        let ds = fleet();
+        for base in [
+            Split::Drive { held_out: HeldOut::Fraction(0.3), seed: 7 },
+            Split::Time { cut_day: 1020, held_out: HeldOut::Fraction(0.5), seed: 7 },
+        ] {
+            for k in [2, 5, 20] {
+                let folds = base.folds(k).expect("folds");
+                assert_eq!(folds.len(), k as usize);
+                // Per row: how many folds evaluate it; per drive: the folds evaluating any of its rows.
+                let mut evaluated = vec![0; ds.rows.len()];
+                let mut eval_folds: HashMap<u32, Vec<usize>> = HashMap::new();
+                for (f, split) in folds.iter().enumerate() {
+                    let mut drives_here = 0;
+                    for (i, times) in evaluated.iter_mut().enumerate() {
+                        let drive = ds.rows[i].drive;
+                        let held = fold_of(7, &ds.drives[drive as usize].serial, k) == f as u32;
+                        match split.side(&ds, i) {
+                            Some(Side::Eval) => {
+                                assert!(held, "{split:?}: row {i} evaluated outside its fold");
+                                *times += 1;
+                                eval_folds.entry(drive).or_default().push(f);
+                                drives_here += 1;
+                            }
+                            Some(Side::Train) => assert!(!held, "{split:?}: row {i} trains its own fold"),
+                            None => {}
+                        }
+                    }
+                    assert!(drives_here > 0, "{split:?}: an empty fold");
+                }
+                for (i, n) in evaluated.iter().enumerate() {
+                    // A time split evaluates days from the cut on; a drive split every row.
+                    let want = match base {
+                        Split::Time { cut_day, .. } => usize::from(ds.rows[i].day >= cut_day),
+                        Split::Drive { .. } => 1,
+                    };
+                    assert_eq!(*n, want, "{base:?} k={k}: row {i} evaluated {n} times");
+                }
+                assert_eq!(eval_folds.len(), ds.drives.len(), "every drive is evaluated");
+                for (drive, fs) in &eval_folds {
+                    assert!(fs.windows(2).all(|w| w[0] == w[1]), "drive {drive} in folds {fs:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fold_assignment_is_fixed_by_the_seed_and_k_is_checked() {
+        let base = Split::Drive { held_out: HeldOut::Fraction(0.3), seed: 3 };
+        assert_eq!(base.folds(5), base.folds(5));
+        let serials: Vec<String> = (0..500).map(|s| format!("Z{s}")).collect();
+        let a: Vec<u32> = serials.iter().map(|s| fold_of(3, s, 5)).collect();
+        assert_eq!(a, serials.iter().map(|s| fold_of(3, s, 5)).collect::<Vec<_>>(), "deterministic");
+        assert_ne!(
+            a,
+            serials.iter().map(|s| fold_of(4, s, 5)).collect::<Vec<_>>(),
+            "another seed, other folds"
+        );
+        assert!(a.iter().all(|f| *f < 5));
+        // Roughly equal folds: 100 each expected, 500 drives.
+        for f in 0..5 {
+            let n = a.iter().filter(|x| **x == f).count();
+            assert!((60..=140).contains(&n), "fold {f}: {n} drives");
+        }
+        for bad in [0, 1, 21, u32::MAX] {
+            let e = base.folds(bad).expect_err("out of range");
+            assert!(e.contains("2..=20"), "{bad}: {e}");
+        }
+        assert_eq!(base.folds(2).expect("2").len(), 2);
+        assert_eq!(base.folds(20).expect("20").len(), 20);
+        let s = &base.folds(5).expect("5")[0];
+        assert_eq!(s.describe(), "drive split: fold 1 of 5 by drive (seed 3) held out for evaluation");
+        assert!(
+            base.describe_folds(5).starts_with("5-fold cross-validation by drive (seed 3), pooled scores")
+        );
     }
 }

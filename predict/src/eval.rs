@@ -173,26 +173,61 @@ pub struct HorizonReport {
 
 /// Evaluate `model` on the held-out side of `split` at the model's horizon.
 pub fn evaluate(ds: &Dataset, split: &Split, model: &Model) -> Result<HorizonReport, String> {
-    let h = model.horizon_days;
+    evaluate_pooled(ds, &[(split, model)])
+}
+
+/// The held-out rows of `split` and `model`'s log-odds for them.
+fn held_out_scores(ds: &Dataset, split: &Split, model: &Model) -> (Vec<usize>, Vec<f64>) {
+    let idx: Vec<usize> = (0..ds.rows.len()).filter(|&i| split.side(ds, i) == Some(Side::Eval)).collect();
+    let scores = idx.iter().map(|&i| logit_of_row(model, ds, i)).collect();
+    (idx, scores)
+}
+
+/// Evaluate several (split, model) pairs as one: each model scores its own split's held-out rows and the
+/// scores are pooled, then ranked together, as if one model had produced them. This is how a
+/// cross-validation is read: every drive is held out by exactly one fold, so the pool covers each drive once
+/// and the figures rest on all of them instead of one hold-out's share. The models' log-odds are compared as
+/// they are (each fold's model is fitted the same way on most of the same drives, so their scales agree
+/// closely; the common practice, and ARCHITECTURE.md says so). A row held out by two pairs, or models of
+/// different horizons, are refused: the pool would count a drive-day twice or mix labels.
+pub fn evaluate_pooled(ds: &Dataset, parts: &[(&Split, &Model)]) -> Result<HorizonReport, String> {
+    let h = parts.first().ok_or("nothing to evaluate: no models")?.1.horizon_days;
+    if let Some((_, m)) = parts.iter().find(|(_, m)| m.horizon_days != h) {
+        return Err(format!("models of {h}d and {}d horizons cannot be pooled", m.horizon_days));
+    }
     let mut idx = Vec::new();
-    for i in 0..ds.rows.len() {
-        if split.side(ds, i) == Some(Side::Eval) {
-            idx.push(i);
+    let mut scores = Vec::new();
+    // Each row's own model's threshold, as log-odds: a pooled row is flagged by the model that scored it.
+    let mut flag_at = Vec::new();
+    let mut seen = vec![false; ds.rows.len()];
+    for (split, model) in parts {
+        let (rows, s) = held_out_scores(ds, split, model);
+        for &i in &rows {
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(format!("drive-day {i} is held out twice: the splits overlap"));
+            }
         }
+        flag_at.extend(std::iter::repeat_n(logit(model.threshold), rows.len()));
+        idx.extend(rows);
+        scores.extend(s);
     }
     if idx.is_empty() {
         return Err("no held-out drive-days: the split leaves nothing to evaluate".into());
     }
-    let scores: Vec<f64> = idx.iter().map(|&i| logit_of_row(model, ds, i)).collect();
+    Ok(report(ds, h, &idx, &scores, &flag_at))
+}
+
+/// The figures of held-out rows `idx` (dataset row indices) with their log-odds `scores`, each flagged at
+/// its model's threshold `flag_at` (log-odds).
+fn report(ds: &Dataset, h: u32, idx: &[usize], scores: &[f64], flag_at: &[f64]) -> HorizonReport {
     let labels: Vec<bool> = idx.iter().map(|&i| ds.label(i, h)).collect();
     let mut baseline = Counts::default();
     let mut at_threshold = Counts::default();
-    let t = logit(model.threshold);
     for (k, &i) in idx.iter().enumerate() {
         baseline.add(ds.rows[i].baseline, labels[k]);
-        at_threshold.add(scores[k] >= t, labels[k]);
+        at_threshold.add(scores[k] >= flag_at[k], labels[k]);
     }
-    let model_at_1pct = tpr_at_fpr(&scores, &labels, 0.01);
+    let model_at_1pct = tpr_at_fpr(scores, &labels, 0.01);
     let mut drives = std::collections::BTreeSet::new();
     let mut pos_drives = std::collections::BTreeSet::new();
     let mut caught = std::collections::BTreeSet::new();
@@ -210,22 +245,22 @@ pub fn evaluate(ds: &Dataset, split: &Split, model: &Model) -> Result<HorizonRep
             }
         }
     }
-    Ok(HorizonReport {
+    HorizonReport {
         horizon_days: h,
         rows: idx.len() as u64,
         positives: labels.iter().filter(|l| **l).count() as u64,
         drives: drives.len() as u64,
         positive_drives: pos_drives.len() as u64,
         no_prediction: scores.iter().filter(|s| **s == f64::NEG_INFINITY).count() as u64,
-        auc: auc(&scores, &labels),
-        model_at_baseline_fpr: tpr_at_fpr(&scores, &labels, baseline.fpr()),
+        auc: auc(scores, &labels),
+        model_at_baseline_fpr: tpr_at_fpr(scores, &labels, baseline.fpr()),
         model_at_1pct,
-        model_at_01pct: tpr_at_fpr(&scores, &labels, 0.001),
+        model_at_01pct: tpr_at_fpr(scores, &labels, 0.001),
         baseline,
         at_threshold,
         drives_caught_1pct: caught.len() as u64,
         drives_caught_baseline: caught_baseline.len() as u64,
-    })
+    }
 }
 
 impl HorizonReport {
@@ -312,5 +347,103 @@ mod tests {
         }
         assert_eq!((c.tpr(), c.precision()), (0.5, 0.5));
         assert!((c.fpr() - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    /// 300 drives over 20 days; every tenth fails on its last day after its reallocated sectors grew, and a
+    /// few healthy ones carry a constant count (the baseline's false positives).
+    fn drives() -> Dataset {
+        let mut ds = Dataset::new();
+        for s in 0..300u32 {
+            for d in 0..20u32 {
+                let failing = s % 10 == 0;
+                let r5 = if failing {
+                    f64::from(d * (s % 7))
+                } else if s % 13 == 0 {
+                    3.0
+                } else {
+                    0.0
+                };
+                ds.push(crate::data::DriveDay {
+                    day: 100 + d,
+                    serial: format!("S{s}"),
+                    model: "M".into(),
+                    failure: failing && d == 19,
+                    raw: [(5, r5), (197, if s % 17 == 0 { 1.0 } else { 0.0 })].into(),
+                })
+                .expect("push");
+            }
+        }
+        ds
+    }
+
+    /// A hand-made model over raw_5 and raw_197: folds get different weights so their scales differ.
+    fn model(w5: f64, w197: f64, bias: f64) -> Model {
+        Model {
+            format: crate::MODEL_FORMAT,
+            name: "m".into(),
+            horizon_days: 7,
+            min_history_days: 3,
+            features: vec![crate::Feature::Raw { attr: 5 }, crate::Feature::Raw { attr: 197 }],
+            mean: vec![0.1, 0.05],
+            scale: vec![1.0, 0.3],
+            weights: vec![w5, w197],
+            bias,
+            threshold: 0.3,
+            trained: Default::default(),
+        }
+    }
+
+    #[test]
+    fn pooled_evaluation_is_the_evaluation_of_the_concatenated_scores() {
+        use crate::data::HeldOut;
+        let ds = drives();
+        let base = Split::Time { cut_day: 110, held_out: HeldOut::Fraction(0.5), seed: 9 };
+        let splits = base.folds(4).expect("folds");
+        let models: Vec<Model> =
+            (0..4).map(|f| model(1.0 + f as f64 * 0.5, 0.2 * f as f64, -3.0 + f as f64)).collect();
+        let parts: Vec<(&Split, &Model)> = splits.iter().zip(&models).collect();
+        let pooled = evaluate_pooled(&ds, &parts).expect("pooled");
+
+        // The same figures by hand: each fold's held-out rows scored by its own model, concatenated.
+        let (mut scores, mut labels, mut base_counts, mut at_t) =
+            (Vec::new(), Vec::new(), Counts::default(), Counts::default());
+        for (split, m) in &parts {
+            for i in 0..ds.rows.len() {
+                if split.side(&ds, i) == Some(Side::Eval) {
+                    let s = logit_of_row(m, &ds, i);
+                    let l = ds.label(i, 7);
+                    scores.push(s);
+                    labels.push(l);
+                    base_counts.add(ds.rows[i].baseline, l);
+                    at_t.add(s >= logit(m.threshold), l);
+                }
+            }
+        }
+        assert_eq!(pooled.rows as usize, scores.len());
+        assert_eq!(pooled.rows, ds.rows.iter().filter(|r| r.day >= 110).count() as u64, "each day once");
+        assert_eq!(pooled.drives as usize, ds.drives.len());
+        assert_eq!(pooled.positives as usize, labels.iter().filter(|l| **l).count());
+        assert_eq!(pooled.baseline, base_counts);
+        assert_eq!(pooled.at_threshold, at_t);
+        assert_eq!(pooled.auc, auc(&scores, &labels));
+        assert_eq!(pooled.model_at_baseline_fpr, tpr_at_fpr(&scores, &labels, base_counts.fpr()));
+        assert_eq!(pooled.model_at_1pct, tpr_at_fpr(&scores, &labels, 0.01));
+        assert_eq!(pooled.model_at_01pct, tpr_at_fpr(&scores, &labels, 0.001));
+        assert!(pooled.positives > 0 && pooled.auc.expect("auc") > 0.5, "{}", pooled.line());
+
+        // One pair pooled is the plain evaluation.
+        let one = evaluate(&ds, &splits[1], &models[1]).expect("one");
+        let alone = evaluate_pooled(&ds, &[(&splits[1], &models[1])]).expect("alone");
+        assert_eq!(one.line(), alone.line());
+        assert_eq!((one.rows, one.baseline, one.auc), (alone.rows, alone.baseline, alone.auc));
+
+        // A drive-day held out twice, models of different horizons, nothing: refused.
+        let e = evaluate_pooled(&ds, &[parts[0], parts[0]]).expect_err("overlap");
+        assert!(e.contains("held out twice"), "{e}");
+        let mut m30 = models[1].clone();
+        m30.horizon_days = 30;
+        let e = evaluate_pooled(&ds, &[parts[0], (&splits[1], &m30)]).expect_err("horizons");
+        assert!(e.contains("7d and 30d"), "{e}");
+        assert!(evaluate_pooled(&ds, &[]).is_err());
     }
 }

@@ -275,6 +275,37 @@ pub fn train(ds: &Dataset, split: &Split, cfg: &TrainConfig) -> Result<(Model, T
     ))
 }
 
+/// One fold of a cross-validation: the split holding the fold's drives out, the model trained on the
+/// other folds' drives, and what that training did.
+#[derive(Debug, Clone)]
+pub struct FoldModel {
+    pub split: Split,
+    pub model: Model,
+    pub summary: TrainSummary,
+}
+
+/// `folds`-fold cross-validation by drive: for each fold of `split.folds(folds)`, a model trained on the
+/// other folds exactly as [`train`] trains (same features, exclusions, monotone rule, balanced weights).
+/// Read the result with [`crate::eval::evaluate_pooled`]: each fold's model scores only its own drives.
+pub fn cross_validate(
+    ds: &Dataset,
+    split: &Split,
+    folds: u32,
+    cfg: &TrainConfig,
+) -> Result<Vec<FoldModel>, String> {
+    let splits = split.folds(folds)?;
+    let k = splits.len();
+    splits
+        .into_iter()
+        .enumerate()
+        .map(|(f, split)| {
+            let (model, summary) =
+                train(ds, &split, cfg).map_err(|e| format!("fold {} of {k}: {e}", f + 1))?;
+            Ok(FoldModel { split, model, summary })
+        })
+        .collect()
+}
+
 /// Weighted mean log-loss plus `l2/2 * |w|^2` (the bias is not penalised).
 fn loss(x: &[f64], y: &[bool], w: &[f64], d: usize, beta: &[f64], l2: f64) -> f64 {
     let mut total = 0.0;
@@ -406,7 +437,7 @@ fn cholesky_solve(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::DriveDay;
+    use crate::data::{DriveDay, HeldOut};
 
     #[test]
     fn cholesky_solves_a_small_system() {
@@ -457,7 +488,7 @@ mod tests {
                 .expect("push");
             }
         }
-        let split = Split::Drive { eval_fraction: 0.3, seed: 3 };
+        let split = Split::Drive { held_out: HeldOut::Fraction(0.3), seed: 3 };
         let cfg = TrainConfig { horizon_days: 10, min_history_days: 1, ..Default::default() };
         let (model, summary) = train(&ds, &split, &cfg).expect("train");
         assert!(summary.positives > 0 && summary.dropped.contains(&"raw_197".to_string()), "{summary:?}");
@@ -494,6 +525,42 @@ mod tests {
     }
 
     #[test]
+    fn cross_validation_trains_each_fold_on_the_others_and_covers_every_drive() {
+        let mut ds = Dataset::new();
+        for s in 0..300u32 {
+            let failing = s % 10 == 0;
+            for d in 0..20u32 {
+                let grown = if failing && d > 10 { f64::from(d - 10) * 5.0 } else { 0.0 };
+                ds.push(DriveDay {
+                    day: 1000 + d,
+                    serial: format!("S{s}"),
+                    model: "M".into(),
+                    failure: failing && d == 19,
+                    raw: [(5, grown), (197, f64::from(s % 3))].into(),
+                })
+                .expect("push");
+            }
+        }
+        let base = Split::Drive { held_out: HeldOut::Fraction(0.3), seed: 5 };
+        let cfg = TrainConfig { horizon_days: 10, min_history_days: 1, ..Default::default() };
+        let folds = cross_validate(&ds, &base, 4, &cfg).expect("cv");
+        assert_eq!(folds.len(), 4);
+        for f in &folds {
+            // Trained on exactly the rows of the drives outside the fold, as `train` alone would be.
+            let train_rows =
+                (0..ds.rows.len()).filter(|&i| f.split.side(&ds, i) == Some(Side::Train)).count();
+            assert_eq!(f.summary.rows as usize, train_rows);
+            assert_eq!(train(&ds, &f.split, &cfg).expect("train").0.to_json(), f.model.to_json());
+        }
+        let parts: Vec<(&Split, &Model)> = folds.iter().map(|f| (&f.split, &f.model)).collect();
+        let r = crate::eval::evaluate_pooled(&ds, &parts).expect("pooled");
+        assert_eq!((r.rows as usize, r.drives as usize), (ds.rows.len(), ds.drives.len()), "all, once");
+        assert!(r.auc.expect("auc") > 0.9, "{}", r.line());
+        let e = cross_validate(&ds, &base, 1, &cfg).expect_err("k = 1");
+        assert!(e.contains("2..=20"), "{e}");
+    }
+
+    #[test]
     fn refuses_a_training_side_without_both_classes() {
         let mut ds = Dataset::new();
         for d in 0..10 {
@@ -506,8 +573,9 @@ mod tests {
             })
             .expect("push");
         }
-        let e = train(&ds, &Split::Drive { eval_fraction: 0.0, seed: 1 }, &TrainConfig::default())
-            .expect_err("x");
+        let e =
+            train(&ds, &Split::Drive { held_out: HeldOut::Fraction(0.0), seed: 1 }, &TrainConfig::default())
+                .expect_err("x");
         assert!(e.contains("0 positive"), "{e}");
     }
 }

@@ -466,10 +466,11 @@ impl Service {
     ) -> Result<(RolloutView, u64), ApiError> {
         let cmd = validate_rollout(&req)?;
         self.leader_gate()?;
-        if let Some(c) = Reader::new(&self.db).map_err(store_err)?.catalog(&req.name).map_err(store_err)?
-            && !c.kind.assignable()
-        {
-            return Err(invalid(crate::fsm::topology_not_rolled_out(&req.name)));
+        if let Some(c) = Reader::new(&self.db).map_err(store_err)?.catalog(&req.name).map_err(store_err)? {
+            if !c.kind.assignable() {
+                return Err(invalid(crate::fsm::topology_not_rolled_out(&req.name)));
+            }
+            self.check_assignable_now(&c, &cmd)?;
         }
         let res = self.submit_keyed(cmd, key).await?;
         let r = Reader::new(&self.db).map_err(store_err)?;
@@ -485,6 +486,32 @@ impl Service {
             })
             .unwrap_or_default();
         Ok((view, res.revision))
+    }
+
+    /// Refuse a rollout action that puts a version of `c` on hosts (start, widen, resume, promote) while the
+    /// cluster's `min_command_version` is below what that kind's findings need: a model assigned at 5 would
+    /// have its agents' batches refused. The mirror of lowering `min_command_version` under an assigned model
+    /// (`api/safety.rs`); pausing and rolling back assign nothing and stay allowed.
+    fn check_assignable_now(&self, c: &CheckerRecord, cmd: &Command) -> Result<(), ApiError> {
+        let Command::Rollout { action, version, .. } = cmd else { return Ok(()) };
+        if matches!(action, RolloutAction::Pause | RolloutAction::Rollback) {
+            return Ok(());
+        }
+        let min = self.stats.min_command_version();
+        match crate::catalog::assigned_command_version(c.kind) {
+            Some(needs) if min < needs => Err(ApiError::new(
+                Code::Conflict,
+                format!(
+                    "rollout {} of {} {}@{version} refused: what it makes agents send needs command version \
+                     {needs}, but the cluster's min_command_version is {min}: raise it first \
+                     (set-min-command-version {needs})",
+                    action.as_str(),
+                    c.kind.as_str(),
+                    c.name
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The version distribution per checker: from the replicated agents (their hosts' assignments) and the

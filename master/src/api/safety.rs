@@ -301,7 +301,8 @@ impl Service {
     /// them; see ARCHITECTURE.md "Upgrading masters"). Needs `by` and a reason (audited). Refused (Conflict)
     /// above what this node's binary knows, or what any member reports over the peer port, naming the
     /// member; a member that does not answer refuses a raise too (Unavailable: its binary is unknown).
-    /// Lowering is always allowed (rollback). Answers the entry's revision and the cluster info after it.
+    /// Lowering is allowed (rollback) down to what the catalog's assignments need: not below 6 while a model
+    /// is assigned (its predictions are version-6 ingests). Answers the entry's revision and the cluster info.
     pub async fn set_min_command_version(
         &self,
         version: u32,
@@ -309,6 +310,35 @@ impl Service {
         reason: &str,
     ) -> Result<(u64, ClusterInfo), ApiError> {
         self.set_min_command_version_keyed(version, by, reason, None).await
+    }
+
+    /// Refuse a `min_command_version` below what an assigned catalog artifact needs (a model's predictions
+    /// are command version 6): checked before proposing, so REST, gRPC and the CLI refuse alike and nothing
+    /// changes. Lowering stays possible to any version the assignments allow, and below once a model that is
+    /// only in a gray or paused rollout is rolled back.
+    async fn check_lowering_keeps_assignments(&self, version: u32) -> Result<(), ApiError> {
+        let r = self.read_view(false).await?;
+        let catalog = r.catalog_all().map_err(store_err)?;
+        let Some((needs, c)) = crate::catalog::min_command_version_in_use(&catalog) else { return Ok(()) };
+        if version >= needs {
+            return Ok(());
+        }
+        // A promoted version stays assigned (no command unassigns a stable version); a rollout can be rolled back.
+        let way_out = if c.stable.is_empty() {
+            format!("roll back its rollout first, or keep min_command_version at {needs} or above")
+        } else {
+            format!("a stable version stays assigned, so min_command_version stays at {needs} or above")
+        };
+        Err(ApiError::new(
+            Code::Conflict,
+            format!(
+                "min_command_version {version} refused: {} {:?} is assigned ({}) and what it makes agents send \
+                 needs command version {needs}, so the leader would refuse those agents' batches: {way_out}",
+                c.kind.as_str(),
+                c.name,
+                assigned_where(c)
+            ),
+        ))
     }
 
     /// [`Service::set_min_command_version`] with the client's idempotency key: applied once across retries
@@ -324,6 +354,7 @@ impl Service {
         if version == 0 {
             return Err(ApiError::invalid("min_command_version must be at least 1"));
         }
+        self.check_lowering_keeps_assignments(version).await?;
         let me = self.raft.id();
         if version > self.cfg.knows_command_version {
             return Err(ApiError::new(
@@ -371,4 +402,16 @@ impl Service {
         let revision = self.submit_keyed(cmd, key).await?.revision;
         Ok((revision, self.cluster_status().await?))
     }
+}
+
+/// Where a checker is assigned, for an error message: its stable version and its active rollouts.
+fn assigned_where(c: &crate::catalog::CheckerRecord) -> String {
+    let mut parts = Vec::new();
+    if !c.stable.is_empty() {
+        parts.push(format!("stable version {}", c.stable));
+    }
+    for r in c.rollouts.iter().filter(|r| r.state.active()) {
+        parts.push(format!("{} rollout of {}", r.state.as_str(), r.version));
+    }
+    parts.join(", ")
 }
