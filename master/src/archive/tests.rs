@@ -308,3 +308,86 @@ fn push_cost() {
         a.stats.dropped_entries.load(Ordering::Relaxed)
     );
 }
+
+/// Every row and counter of the archive's finding tables, as text (for comparing two archives).
+fn finding_tables(db: &Database) -> Vec<String> {
+    use redb::ReadableTable;
+    let txn = db.begin_read().unwrap();
+    let mut out = Vec::new();
+    for (k, v) in txn.open_table(FINDINGS).unwrap().iter().unwrap().map(Result::unwrap) {
+        out.push(format!("finding {:?} {}", k.value(), String::from_utf8_lossy(v.value())));
+    }
+    for (k, _) in txn.open_table(BY_OBJECT).unwrap().iter().unwrap().map(Result::unwrap) {
+        out.push(format!("by_object {:?}", k.value()));
+    }
+    for (k, v) in txn.open_table(HEALTHY_LAST).unwrap().iter().unwrap().map(Result::unwrap) {
+        out.push(format!("healthy {:?} {:?}", k.value(), v.value()));
+    }
+    for (k, v) in txn.open_table(FAULTS_DAY).unwrap().iter().unwrap().map(Result::unwrap) {
+        out.push(format!("faults {:?} {}", k.value(), v.value()));
+    }
+    for (k, v) in txn.open_table(META).unwrap().iter().unwrap().map(Result::unwrap) {
+        out.push(format!("meta {} {}", k.value(), v.value()));
+    }
+    out
+}
+
+#[test]
+fn a_batch_written_at_once_leaves_what_writing_its_entries_one_by_one_leaves() {
+    use rand::{Rng, SeedableRng};
+    let seed = 20261203u64;
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let severities = [Severity::Good, Severity::Info, Severity::Unknown, Severity::Warning, Severity::Error];
+    // 300 entries of 1-6 findings on 3 disks x 2 checkers over 3 days, times out of order and often equal,
+    // some before the 2-day window of the newest entry (downsampled at once).
+    let mut entries = Vec::new();
+    for index in 1..=300u64 {
+        let now = T0 + 2 * DAY_MS + index * 1000;
+        let events = (0..rng.random_range(1..=6))
+            .map(|_| {
+                let object = format!("disk/h1/sd{}", ['a', 'b', 'c'][rng.random_range(0..3)]);
+                let checker = ["disk", "smart"][rng.random_range(0..2)];
+                let t = T0 + rng.random_range(0..3) * DAY_MS + rng.random_range(0..8) * 60_000;
+                let sev = severities[rng.random_range(0..severities.len())];
+                ArchiveEvent::Finding(finding(&object, sev, checker, t, &[("i", &index.to_string())]))
+            })
+            .collect::<Vec<_>>();
+        entries.push((index, now, events));
+    }
+    let cfg = ArchiveConfig { days: 2, ..ArchiveConfig::default() };
+    let writer = |dir: &tempfile::TempDir| {
+        let (a, _feed) = Archive::open(&dir.path().join("archive.redb"), cfg.clone(), false).unwrap();
+        let w = Writer { db: a.db.clone(), cfg: cfg.clone(), stats: a.stats.clone(), gap: None, fresh: true };
+        (a, w)
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a1, mut at_once) = writer(&d1);
+    let (a2, mut one_by_one) = writer(&d2);
+    at_once.write(entries.clone(), false).unwrap();
+    for e in entries {
+        one_by_one.write(vec![e], false).unwrap();
+    }
+    let (t1, t2) = (finding_tables(&a1.db), finding_tables(&a2.db));
+    assert!(t1.iter().any(|r| r.starts_with("meta downsampled")), "the run downsampled something");
+    assert!(t1.iter().filter(|r| r.starts_with("healthy")).count() > 3, "healthy findings were kept");
+    assert_eq!(t1, t2, "the same rows and counters");
+}
+
+#[test]
+fn within_a_batch_only_the_newest_healthy_finding_of_a_day_is_written() {
+    let add =
+        |index, f: Finding| Add { index, pos: 0, now: f.time_ms, ev: ArchiveEvent::Finding(f), cutoff: T0 };
+    let adds = vec![
+        add(1, finding("disk/h1/sda", Severity::Good, "disk", T0 + 10, &[])),
+        add(2, finding("disk/h1/sda", Severity::Good, "disk", T0 + 30, &[])), // the newest
+        add(3, finding("disk/h1/sda", Severity::Good, "disk", T0 + 20, &[])), // older than the newest so far
+        add(4, finding("disk/h1/sda", Severity::Warning, "disk", T0 + 40, &[])), // a fault: always written
+        add(5, finding("disk/h1/sda", Severity::Good, "smart", T0 + 5, &[])), // another checker
+        add(6, finding("disk/h1/sdb", Severity::Good, "disk", T0 + 5, &[])),  // another object
+        add(7, finding("disk/h1/sda", Severity::Info, "disk", T0 + DAY_MS, &[])), // another day
+        add(8, finding("disk/h1/sda", Severity::Good, "disk", T0 - 1, &[])), // before the cutoff: not grouped
+        add(9, finding("disk/h1/sdb", Severity::Good, "disk", T0 + 5, &[])), // a tie: the later one stays
+    ];
+    assert_eq!(superseded_in_batch(&adds), vec![true, false, true, false, false, true, false, false, false]);
+}
