@@ -798,7 +798,7 @@ impl Decider<'_> {
         let rev = self.change(&mut rec, "shadow", "", detail.clone());
         let cause = format!("shadow run of {}@{}", f.checker, f.version);
         self.push_history(&mut rec, super::decide::history("shadow", rev, self.now, cause, detail));
-        self.save(&rec)?;
+        self.save(rec)?;
         Ok(Ok(false))
     }
 }

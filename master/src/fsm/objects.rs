@@ -195,7 +195,7 @@ impl Decider<'_> {
         let step =
             StepRecord { input: &input, what: "finding", detail, always_history: record, mode: Mode::Auto };
         let transitioned = self.store_outcome(&mut rec, out, step)?;
-        self.save(&rec)?;
+        self.save(rec)?;
         Ok(Ok(transitioned))
     }
 
@@ -265,7 +265,7 @@ impl Decider<'_> {
                 self.push_history(&mut rec, entry);
             }
             if created || rec != before {
-                self.save(&rec)?;
+                self.save(rec)?;
             }
             res.transitioned |= transitioned;
             res.applied += 1;
@@ -311,27 +311,21 @@ impl Decider<'_> {
         self.held = None;
         let step = StepRecord { input: &input, what: input.name(), detail, always_history: true, mode };
         let transitioned = self.store_outcome(&mut rec, out, step)?;
+        let state = sm_seam::state_name(&rec.sm).into();
         if let Some((0, why)) = &self.held {
             // Blind: nothing changes, and the caller must know its command was not applied.
             let why = why.clone();
             self.held = None;
-            self.save(&rec)?;
+            self.save(rec)?;
             return Ok(CmdResult {
                 error: Some((proto::error::Code::Conflict, format!("{id}: {why}"))),
-                state: sm_seam::state_name(&rec.sm).into(),
+                state,
                 ..self.result()
             });
         }
-        self.save(&rec)?;
+        self.save(rec)?;
         let (proposal, held) = self.held.take().map_or((0, None), |(p, r)| (p, Some(r)));
-        Ok(CmdResult {
-            applied: 1,
-            transitioned,
-            state: sm_seam::state_name(&rec.sm).into(),
-            held,
-            proposal,
-            ..self.result()
-        })
+        Ok(CmdResult { applied: 1, transitioned, state, held, proposal, ..self.result() })
     }
 
     pub(super) fn tick(&mut self, objects: Vec<ObjectId>) -> Result<CmdResult, StoreError> {
@@ -357,7 +351,7 @@ impl Decider<'_> {
                 };
                 res.transitioned |= self.store_outcome(&mut rec, out, step)?;
             }
-            self.save(&rec)?;
+            self.save(rec)?;
             res.applied += 1;
         }
         res.revision = self.revision;

@@ -606,7 +606,7 @@ impl Decider<'_> {
                 format!("proposal #{id} ({} -> {}) rejected by {by}: {reason}", p.from_state, p.to_state);
             let rev = self.change(&mut rec, "proposal", "", detail.clone());
             self.push_history(&mut rec, history("proposal", rev, self.now, format!("operator {by}"), detail));
-            self.save(&rec)?;
+            self.save(rec)?;
             return Ok(Ok(()));
         }
         // Re-apply the held input; if the object moved on since, an operator's approval still means "make
@@ -649,10 +649,10 @@ impl Decider<'_> {
         };
         self.store_outcome(&mut rec, out, step)?;
         if let Some((_, why)) = self.held.take() {
-            self.save(&rec)?;
+            self.save(rec)?;
             return Ok(Err(NotDecided::Held(id, why)));
         }
-        self.save(&rec)?;
+        self.save(rec)?;
         p.status = ProposalStatus::Approved;
         self.close_proposal(&p)?;
         Ok(Ok(()))

@@ -18,7 +18,7 @@ impl Decider<'_> {
         let message = bounded_text(message);
         let rev = self.change(&mut rec, "alert", "", message.clone());
         self.push_history(&mut rec, history("alert", rev, self.now, "alert".into(), message.clone()));
-        self.save(&rec)?;
+        self.save(rec)?;
         self.audit_row("alert", "", &id, "master", &message)?;
         Ok(CmdResult { applied: 1, ..self.result() })
     }
