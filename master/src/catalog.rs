@@ -467,6 +467,18 @@ pub fn assigned_command_version(kind: ArtifactType) -> Option<u32> {
     (kind == ArtifactType::Model).then_some(crate::model::PREDICT_COMMAND_VERSION)
 }
 
+/// What an assigned `c` makes agents send needs above command version 1: its kind's version (a model's
+/// predictions), and while one of its rollouts is an active shadow run, the shadow findings' version
+/// ([`crate::model::CATALOG_COMMAND_VERSION`]: below it the leader refuses those agents' batches whole).
+fn needed_command_version(c: &CheckerRecord) -> Option<u32> {
+    let shadow = c
+        .rollouts
+        .iter()
+        .any(|r| r.shadow && r.state.active())
+        .then_some(crate::model::CATALOG_COMMAND_VERSION);
+    assigned_command_version(c.kind).max(shadow)
+}
+
 /// Whether some host runs a version of `c`: it has a stable version, or a gray or paused rollout (shadow ones
 /// included). A checker whose versions are only pushed, or whose rollouts are all finished without a stable
 /// version, runs nowhere.
@@ -483,7 +495,7 @@ pub fn min_command_version_in_use<'a>(
     catalog
         .into_iter()
         .filter(|c| is_assigned(c))
-        .filter_map(|c| assigned_command_version(c.kind).map(|v| (v, c)))
+        .filter_map(|c| needed_command_version(c).map(|v| (v, c)))
         .fold(None, |best: Option<(u32, &CheckerRecord)>, (v, c)| match best {
             Some((b, _)) if b >= v => best,
             _ => Some((v, c)),

@@ -651,3 +651,36 @@ async fn min_command_version_stays_at_what_an_assigned_model_needs() {
     set(6).await.expect("6 is what the model needs");
     assert_eq!(min(&m), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_command_version_stays_at_4_during_a_shadow_rollout() {
+    // Shadow findings are ingests of command version 4: lowering below it during a shadow rollout would make
+    // the leader refuse the canary hosts' batches whole. Refused alike on gRPC and REST; rolled back, allowed.
+    let m = start_with(false).await;
+    let min = |m: &Master| reader(m).min_command_version().expect("read");
+    let mut c = client(&m).await;
+    c.push_artifact(push_req("probe", "1", "external", b"#!/bin/sh\necho v1\n")).await.expect("v1");
+    c.push_artifact(push_req("probe", "2", "external", b"#!/bin/sh\necho v2\n")).await.expect("v2");
+    c.rollout(rollout_req("promote", "probe", "1")).await.expect("promote v1");
+    let svc = m.svc.clone();
+    let set = |v: u32| {
+        let svc = svc.clone();
+        async move { svc.set_min_command_version(v, "ops", "test").await.map(|_| ()).map_err(|e| e.to_string()) }
+    };
+    // A stable external checker makes agents send plain findings: any version is allowed.
+    set(3).await.expect("a stable external checker needs nothing");
+    set(master::model::COMMAND_VERSION).await.expect("raise");
+    let mut r = rollout_req("start", "probe", "2");
+    r.hosts = vec!["h1".into()];
+    r.shadow = true;
+    c.rollout(r).await.expect("shadow start");
+    let e = set(3).await.expect_err("a shadow rollout runs");
+    assert!(e.contains("external \"probe\" is assigned") && e.contains("needs command version 4"), "{e}");
+    assert!(e.contains("roll back its rollout first"), "{e}");
+    refused_everywhere(&m, Bad::MinVersion(3), Code::Conflict, "needs command version 4").await;
+    assert_eq!(min(&m), master::model::COMMAND_VERSION);
+    set(4).await.expect("4 is what shadow findings need");
+    c.rollout(rollout_req("rollback", "probe", "2")).await.expect("rollback");
+    set(3).await.expect("rolled back: no shadow run");
+    assert_eq!(min(&m), 3);
+}

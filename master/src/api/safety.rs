@@ -302,7 +302,8 @@ impl Service {
     /// above what this node's binary knows, or what any member reports over the peer port, naming the
     /// member; a member that does not answer refuses a raise too (Unavailable: its binary is unknown).
     /// Lowering is allowed (rollback) down to what the catalog's assignments need: not below 6 while a model
-    /// is assigned (its predictions are version-6 ingests). Answers the entry's revision and the cluster info.
+    /// is assigned (its predictions are version-6 ingests), not below 4 during a shadow rollout (shadow
+    /// findings are version-4 ingests). Answers the entry's revision and the cluster info.
     pub async fn set_min_command_version(
         &self,
         version: u32,
@@ -323,8 +324,10 @@ impl Service {
         if version >= needs {
             return Ok(());
         }
-        // A promoted version stays assigned (no command unassigns a stable version); a rollout can be rolled back.
-        let way_out = if c.stable.is_empty() {
+        // A promoted model stays assigned (no command unassigns a stable version); a rollout (a model's, or
+        // any checker's shadow run) can be rolled back.
+        let from_kind = crate::catalog::assigned_command_version(c.kind).is_some_and(|v| v >= needs);
+        let way_out = if c.stable.is_empty() || !from_kind {
             format!("roll back its rollout first, or keep min_command_version at {needs} or above")
         } else {
             format!("a stable version stays assigned, so min_command_version stays at {needs} or above")
