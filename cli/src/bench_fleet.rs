@@ -382,6 +382,9 @@ struct Run {
     started_ms: u64,
     beats: Mutex<Samples>,
     errors: AtomicU64,
+    /// (seconds since the origin when sent, 0) of the newest failed heartbeats (transport errors, timeouts,
+    /// NOT_LEADER), for the failover's per-second breakdown.
+    beat_errors: Mutex<Samples>,
     kept: Mutex<Vec<String>>,
     stop_beats: AtomicBool,
 }
@@ -521,9 +524,70 @@ async fn beat(run: Arc<Run>, conn: usize, i: u32) {
         }
         Ok(Err(s)) => {
             run.fleet.not_leader(node, &s);
+            lock(&run.beat_errors).push(sent, 0.0);
             run.error(format!("heartbeat {}: {:?}: {}", agent_id(i), s.code(), s.message()));
         }
-        Err(_) => run.error(format!("heartbeat {}: timed out after {CALL_TIMEOUT:?}", agent_id(i))),
+        Err(_) => {
+            lock(&run.beat_errors).push(sent, 0.0);
+            run.error(format!("heartbeat {}: timed out after {CALL_TIMEOUT:?}", agent_id(i)))
+        }
+    }
+}
+
+/// Seconds after a kill broken down one by one (then the rest of the window as one row).
+const FAILOVER_ROWS: usize = 20;
+
+/// One row of the failover breakdown: heartbeats sent in `[from, to)` seconds after the kill.
+#[derive(Debug, PartialEq)]
+struct FailoverRow {
+    from: f64,
+    to: f64,
+    acked: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    errors: usize,
+}
+
+/// The heartbeats of a failover window `[start, end)` (seconds since the origin) by the second they were sent
+/// after the kill: [`FAILOVER_ROWS`] rows of one second, then one row for the rest (when any).
+fn failover_rows(beats: &[(f64, f64)], errors: &[f64], start: f64, end: f64) -> Vec<FailoverRow> {
+    let mut bounds: Vec<(f64, f64)> =
+        (0..FAILOVER_ROWS).map(|k| (k as f64, k as f64 + 1.0)).filter(|(a, _)| start + a < end).collect();
+    if start + FAILOVER_ROWS as f64 <= end {
+        bounds.push((FAILOVER_ROWS as f64, end - start));
+    }
+    bounds
+        .into_iter()
+        .map(|(a, b)| {
+            let (from, to) = (start + a, (start + b).min(end));
+            let lat = crate::bench_common::sorted(
+                beats.iter().filter(|(t, _)| *t >= from && *t < to).map(|x| x.1).collect(),
+            );
+            FailoverRow {
+                from: a,
+                to: b.min(end - start),
+                acked: lat.len(),
+                p50: crate::bench_common::pct(&lat, 0.5),
+                p99: crate::bench_common::pct(&lat, 0.99),
+                max: lat.last().copied().unwrap_or(f64::NAN),
+                errors: errors.iter().filter(|t| **t >= from && **t < to).count(),
+            }
+        })
+        .collect()
+}
+
+fn print_failover_rows(run: &Run, start: f64, end: f64) {
+    let beats: Vec<(f64, f64)> = lock(&run.beats).kept.iter().copied().collect();
+    let errors: Vec<f64> = lock(&run.beat_errors).kept.iter().map(|x| x.0).collect();
+    println!(
+        "phase 5 heartbeats by when they were sent after the kill (s: acked, p50 / p99 / max ms, errors):"
+    );
+    for r in failover_rows(&beats, &errors, start, end) {
+        println!(
+            "  {:>5.0}-{:<5.0} {:>7} {:>8.1} / {:>8.1} / {:>8.1} {:>7}",
+            r.from, r.to, r.acked, r.p50, r.p99, r.max, r.errors
+        );
     }
 }
 
@@ -1145,6 +1209,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         started_ms: now_ms(),
         beats: Mutex::new(Samples::new(MAX_SAMPLES)),
         errors: AtomicU64::new(0),
+        beat_errors: Mutex::new(Samples::new(MAX_SAMPLES / 4)),
         kept: Mutex::new(Vec::new()),
         stop_beats: AtomicBool::new(false),
     });
@@ -1448,6 +1513,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
             run.errors.load(Ordering::Relaxed) - errors_before,
             run.fleet.moves.load(Ordering::Relaxed)
         );
+        print_failover_rows(&run, t5, run.secs());
         windows.push((t5, run.secs() + KILL_SETTLE.as_secs_f64()));
         print_resources(&res, "failover", t5, run.secs());
         print_slow_commits(cluster, "phase 5").await;
@@ -1538,6 +1604,24 @@ mod tests {
         let kept = leader_lines(&many);
         assert_eq!(kept.len(), MAX_LEADER_LINES);
         assert!(kept[0].ends_with("term=30") && kept[19].ends_with("term=49"), "the newest kept: {kept:?}");
+    }
+
+    #[test]
+    fn failover_rows_split_the_window_by_second_then_the_rest() {
+        // Kill at 100 s, window until 125.5 s: beats at 100.2 (5 ms), 100.7 (900 ms), 103.1 (40 ms), 122 (7 ms),
+        // one before the kill and one after the window; errors at 100.1 and 100.4.
+        let beats = [(99.0, 1.0), (100.2, 5.0), (100.7, 900.0), (103.1, 40.0), (122.0, 7.0), (126.0, 1.0)];
+        let rows = failover_rows(&beats, &[100.1, 100.4], 100.0, 125.5);
+        assert_eq!(rows.len(), FAILOVER_ROWS + 1);
+        assert_eq!((rows[0].acked, rows[0].errors, rows[0].max), (2, 2, 900.0));
+        assert_eq!((rows[3].acked, rows[3].p99), (1, 40.0));
+        assert!(rows[1].p50.is_nan() && rows[1].acked == 0);
+        let last = &rows[FAILOVER_ROWS];
+        assert_eq!((last.from, last.to, last.acked, last.errors), (20.0, 25.5, 1, 0));
+        // A window shorter than the one-second rows has no rest row and its last row ends with it.
+        let short = failover_rows(&beats, &[], 100.0, 102.5);
+        assert_eq!(short.len(), 3);
+        assert_eq!((short[2].from, short[2].to), (2.0, 2.5));
     }
 
     #[test]
