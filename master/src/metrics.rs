@@ -113,6 +113,17 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         gauge(u64::from(s.min_command_version())),
     );
     reg.register("leader_changes", "Leader changes this node observed", counter(&svc.leader_changes));
+    // Every member keeps these warm (followers included), so a new leader has them at once; 0: not built.
+    reg.register(
+        "order_index_revision",
+        "Revision this node's heartbeat order index reached (0: not built yet)",
+        gauge(svc.order_index().revision().unwrap_or(0)),
+    );
+    reg.register(
+        "deadline_index_revision",
+        "Revision this node's deadline index reached (0: not built yet)",
+        gauge(svc.deadline_index().revision().unwrap_or(0)),
+    );
     reg.register("held_transitions", "Transitions held by the safety net", counter(&s.held));
     let by_kind: Family<[(&'static str, String); 2], Counter> = Family::default();
     for ((kind, to), n) in s.transitions.lock().unwrap_or_else(|p| p.into_inner()).iter() {

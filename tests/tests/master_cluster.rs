@@ -83,6 +83,12 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// A gauge or counter of `http_addr`'s /metrics.
+fn metric(http_addr: &str, name: &str) -> Option<u64> {
+    let (_, body) = http(http_addr, "GET", "/metrics", "");
+    body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.trim().parse().ok())
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -175,6 +181,18 @@ async fn failover_keeps_acknowledged_writes_and_watch_resumes() {
     let n_acked = || acked.lock().expect("lock").len();
     assert!(wait_until(CATCH_UP, || async { n_acked() >= 100 }).await, "writer made no progress");
 
+    // Followers keep the heartbeat order and deadline indexes warm without serving one heartbeat, so the
+    // next leader answers from them at once.
+    let acked_rev = acked.lock().expect("lock").last().map(|a| a.1).expect("acked");
+    for (id, n) in cluster.nodes.iter().filter(|(id, _)| **id != leader) {
+        let warm = wait_until(CATCH_UP, || async {
+            ["huatuo_master_order_index_revision", "huatuo_master_deadline_index_revision"]
+                .iter()
+                .all(|m| metric(&n.http, m).is_some_and(|r| r >= acked_rev))
+        })
+        .await;
+        assert!(warm, "follower {id}'s indexes never reached revision {acked_rev}");
+    }
     let before_kill: Vec<(String, u64)> = acked.lock().expect("lock").clone();
     let killed_at = Instant::now();
     cluster.kill9(leader);

@@ -1,6 +1,7 @@
 //! The leader's periodic duties: announce where its APIs listen, mark agents silent whose heartbeats
-//! stopped, step objects whose deadlines passed, seed the checker catalog and close canary windows. Followers only keep their heartbeat memory empty and
-//! count leader changes.
+//! stopped, step objects whose deadlines passed, seed the checker catalog and close canary windows. Followers
+//! keep their heartbeat memory empty and count leader changes; every member keeps the followed indexes
+//! (orders, deadlines) warm.
 
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
@@ -31,6 +32,8 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
     let mut last_tick = Instant::now();
     let mut last_upgrade_check: Option<Instant> = None;
     let mut last_leader: Option<u64> = None;
+    let mut warming: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_warm: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut stop => return,
@@ -38,6 +41,22 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
         }
         let Some(s) = svc.upgrade() else { return };
         let st = s.raft.status();
+        // Every member, followers included, keeps the followed indexes warm (one warm at a time, off the
+        // async workers), so a new leader answers heartbeats and ticks from them at once.
+        if st.role != Role::Stopped
+            && warming.as_ref().is_none_or(|w| w.is_finished())
+            && last_warm.is_none_or(|t| t.elapsed() >= crate::follow::WARM_EVERY)
+        {
+            last_warm = Some(Instant::now());
+            let (orders, deadlines, db) = (s.orders.clone(), s.deadlines.clone(), s.db.clone());
+            warming = Some(tokio::task::spawn_blocking(move || {
+                for (name, r) in [("orders", orders.warm(&db)), ("deadlines", deadlines.warm(&db))] {
+                    if let Err(e) = r {
+                        tracing::debug!(index = name, error = %e, "warming an index failed; again next time");
+                    }
+                }
+            }));
+        }
         if st.leader_id.is_some() && st.leader_id != last_leader {
             if last_leader.is_some() {
                 s.leader_changes.fetch_add(1, Ordering::Relaxed);
