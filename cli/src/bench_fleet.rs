@@ -385,6 +385,8 @@ struct Run {
     /// (seconds since the origin when sent, 0) of the newest failed heartbeats (transport errors, timeouts,
     /// NOT_LEADER), for the failover's per-second breakdown.
     beat_errors: Mutex<Samples>,
+    /// Heartbeat answers that carried an assignment (the hash an agent echoed was not the current one).
+    assignments: AtomicU64,
     kept: Mutex<Vec<String>>,
     stop_beats: AtomicBool,
 }
@@ -406,12 +408,15 @@ impl Run {
         }
     }
 
-    fn heartbeat(&self, i: u32) -> api::HeartbeatRequest {
+    /// Agent `i`'s heartbeat, echoing the assignment hash it holds (empty: none yet), as a real agent does:
+    /// the master then sends the assignment only when it changed.
+    fn heartbeat(&self, i: u32, held: String) -> api::HeartbeatRequest {
         api::HeartbeatRequest {
             agent: agent_id(i),
             host: host(i),
             version: env!("CARGO_PKG_VERSION").into(),
             started_ms: self.started_ms,
+            assignment_hash: held,
             ..Default::default()
         }
     }
@@ -482,8 +487,9 @@ fn retry_pause(attempt: u32) -> Duration {
     RETRY_PAUSE.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_RETRY_PAUSE)
 }
 
-/// Register host `i` with its objects, then its first heartbeat; returns the latency of both in ms.
-async fn register_host(run: &Run, conn: usize, i: u32, disks: u32) -> Result<f64, String> {
+/// Register host `i` with its objects, then its first heartbeat; returns the latency of both in ms and the
+/// assignment hash the agent now holds.
+async fn register_host(run: &Run, conn: usize, i: u32, disks: u32) -> Result<(f64, String), String> {
     let t = Instant::now();
     let h = host(i);
     let objects = (0..1 + disks + NICS_PER_HOST)
@@ -502,25 +508,32 @@ async fn register_host(run: &Run, conn: usize, i: u32, disks: u32) -> Result<f64
     })
     .await
     .map_err(|e| format!("register {}: {e}", host(i)))?;
-    let hb = run.heartbeat(i);
-    run.call(conn, |mut c| {
-        let r = hb.clone();
-        async move { c.heartbeat(r).await }
-    })
-    .await
-    .map_err(|e| format!("first heartbeat of {}: {e}", agent_id(i)))?;
-    Ok(t.elapsed().as_secs_f64() * 1000.0)
+    let hb = run.heartbeat(i, String::new());
+    let (resp, _) = run
+        .call(conn, |mut c| {
+            let r = hb.clone();
+            async move { c.heartbeat(r).await }
+        })
+        .await
+        .map_err(|e| format!("first heartbeat of {}: {e}", agent_id(i)))?;
+    Ok((t.elapsed().as_secs_f64() * 1000.0, resp.assignment_hash))
 }
 
-/// One heartbeat of agent `i` over connection `conn` (no retry: the next one is due an interval later).
-async fn beat(run: Arc<Run>, conn: usize, i: u32) {
+/// One heartbeat of agent `i` over connection `conn` holding assignment hash `held` (no retry: the next one
+/// is due an interval later). Returns the hash the agent holds after it, when it was answered.
+async fn beat(run: Arc<Run>, conn: usize, i: u32, held: String) -> Option<(u32, String)> {
     let (node, mut c) = run.fleet.client(conn);
     let sent = run.secs();
     let t = Instant::now();
-    match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat(run.heartbeat(i))).await {
-        Ok(Ok(_)) => {
+    match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat(run.heartbeat(i, held))).await {
+        Ok(Ok(r)) => {
             let lat = t.elapsed().as_secs_f64() * 1000.0;
             lock(&run.beats).push(sent, lat);
+            let r = r.into_inner();
+            if r.assignment_included {
+                run.assignments.fetch_add(1, Ordering::Relaxed);
+            }
+            return Some((i, r.assignment_hash));
         }
         Ok(Err(s)) => {
             run.fleet.not_leader(node, &s);
@@ -532,6 +545,7 @@ async fn beat(run: Arc<Run>, conn: usize, i: u32) {
             run.error(format!("heartbeat {}: timed out after {CALL_TIMEOUT:?}", agent_id(i)))
         }
     }
+    None
 }
 
 /// Seconds after a kill broken down one by one (then the rest of the window as one row).
@@ -614,6 +628,8 @@ async fn drive(
     let (mut lat, mut failed) = (Vec::new(), Vec::new());
     let mut done = Some(done);
     let mut inflight = FuturesUnordered::new();
+    // The assignment hash each agent of this connection holds (the last one a master answered).
+    let mut held: HashMap<u32, String> = HashMap::new();
     while !run.stop_beats.load(Ordering::Relaxed) {
         while regs.len() < reg_in_flight {
             let Some(i) = to_register.next() else { break };
@@ -629,7 +645,12 @@ async fn drive(
         let now = ms(&run);
         while inflight.len() < BEATS_IN_FLIGHT_PER_CONNECTION {
             match sched.pop_due(now, &mut rng) {
-                Some(i) => inflight.push(beat(run.clone(), conn as usize, i)),
+                Some(i) => inflight.push(beat(
+                    run.clone(),
+                    conn as usize,
+                    i,
+                    held.get(&i).cloned().unwrap_or_default(),
+                )),
                 None => break,
             }
         }
@@ -641,14 +662,19 @@ async fn drive(
         };
         tokio::select! {
             Some((i, r)) = regs.next(), if !regs.is_empty() => match r {
-                Ok(ms_taken) => {
+                Ok((ms_taken, hash)) => {
                     lat.push(ms_taken);
+                    held.insert(i, hash);
                     // Its first heartbeat was part of the registration: the next is an interval later.
                     sched.add(i, ms(&run) + rng.jittered(interval_ms, JITTER_PCT).as_millis() as u64);
                 }
                 Err(e) => failed.push(e),
             },
-            _ = inflight.next(), if !inflight.is_empty() => {}
+            Some(answered) = inflight.next(), if !inflight.is_empty() => {
+                if let Some((i, hash)) = answered {
+                    held.insert(i, hash);
+                }
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -1210,6 +1236,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         beats: Mutex::new(Samples::new(MAX_SAMPLES)),
         errors: AtomicU64::new(0),
         beat_errors: Mutex::new(Samples::new(MAX_SAMPLES / 4)),
+        assignments: AtomicU64::new(0),
         kept: Mutex::new(Vec::new()),
         stop_beats: AtomicBool::new(false),
     });
@@ -1556,7 +1583,9 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         (b.acked, b.dropped)
     };
     println!(
-        "heartbeats over the run: {beats} acknowledged ({dropped} oldest samples dropped), {} errors{}",
+        "heartbeats over the run: {beats} acknowledged ({dropped} oldest samples dropped), {} carrying an \
+         assignment (agents echo the hash they hold), {} errors{}",
+        run.assignments.load(Ordering::Relaxed),
         run.errors.load(Ordering::Relaxed),
         if run.errors.load(Ordering::Relaxed) > 0 {
             format!(", first: {:?}", lock(&run.kept))

@@ -32,12 +32,23 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "phase 5 slow Raft commits since each member started: ",
         "phase 4 follower catch-up: node ",
         "phase 5 failover: leader ",
+        "phase 5 heartbeats by when they were sent after the kill",
         "phase 6 elections outside the kills: ",
         "phase 7 throughput: ",
         "phase 8 lost acknowledged findings: 0 of ",
     ] {
         assert!(stdout.contains(line), "no line starting {line:?} in:\n{stdout}\nstderr:\n{stderr}");
     }
+    // Agents echo the assignment hash they hold, so an answer carries the assignment only when it changed
+    // (the first beats, and once after the catalog is seeded): far fewer than the beats.
+    let over_run = stdout.lines().find(|l| l.starts_with("heartbeats over the run: ")).expect("run line");
+    let nums: Vec<u64> = over_run
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (acked, carrying) = (nums[0], nums[2]);
+    assert!(acked > 0 && carrying * 2 < acked, "{over_run}");
     // The burst covered every disk (60 hosts x 12) and the watcher saw each one's transition.
     assert!(stdout.contains("720 of a 720-disk ERROR burst"), "{stdout}");
     assert!(stdout.contains(" 0 burst transitions not seen"), "{stdout}");
