@@ -77,8 +77,8 @@ pub fn orders_for(r: &Reader, host: &str) -> Result<Vec<ActionOrder>, StoreError
 pub use crate::follow::INDEX_READ_EVENTS;
 
 /// The pending orders of every host, kept in memory so a heartbeat answers with one hash-map lookup instead
-/// of scanning the host's objects: a [`crate::follow::Followed`] index (built once in the background, until
-/// then [`orders_for`] answers; kept current from the change log).
+/// of scanning the host's objects: a [`crate::follow::Followed`] index (built in the background and kept
+/// warm on every member, kept current from the change log).
 pub type OrderIndex = crate::follow::Followed<HostOrders>;
 
 /// Host -> its objects' pending orders, in heartbeat order.
@@ -110,8 +110,12 @@ impl crate::follow::ObjectIndex for HostOrders {
 impl OrderIndex {
     /// The pending orders of `host` (at most [`MAX_ORDERS`]), equal to [`orders_for`] at the store's
     /// revision: caught up from the change log first when `current` (the node's applied revision) is past
-    /// the index. Until the index is built (a background pass, started by the first call) the host's objects
-    /// are scanned instead.
+    /// the index. While the index is not built (a member restored from a snapshot builds it again, a pass
+    /// over every object that takes tens of seconds at 1.5 M) the answer is empty and counted
+    /// ([`crate::follow::Followed::unbuilt_answers`]): orders are level-triggered, handed out on every beat
+    /// until the agent reports the action done, so a beat without them delays them by one interval. Scanning
+    /// the host's objects per beat instead held a new leader restored from a snapshot at half the fleet's
+    /// 10,000 beats/s, p50 0.6 s, for 8 s (2026-12-03, 100,000 agents).
     pub fn orders(
         self: &Arc<Self>,
         db: &Arc<redb::Database>,
@@ -121,9 +125,6 @@ impl OrderIndex {
         let from_index = self.with(db, current, |ix| {
             ix.by_host.get(host).map(|m| m.values().take(MAX_ORDERS).cloned().collect()).unwrap_or_default()
         })?;
-        match from_index {
-            Some(orders) => Ok(orders),
-            None => orders_for(&Reader::new(db)?, host),
-        }
+        Ok(from_index.unwrap_or_default())
     }
 }

@@ -87,17 +87,16 @@ pub fn due_by_scan(
     Ok(due.into_sorted_vec().into_iter().filter_map(|(_, id)| id.parse().ok()).collect())
 }
 
-/// Objects due at `now_ms` (at most `max`), from the index when it is built, else by a scan.
+/// Objects due at `now_ms` (at most `max`), from the index once it is built; none until then (counted by
+/// [`crate::follow::Followed::unbuilt_answers`]): the warm duty builds it within seconds, and a deadline
+/// stepped one tick late is harmless, where a streamed pass over every object per tick on a new leader
+/// restored from a snapshot is not.
 pub fn due(
     ix: &Arc<DeadlineIndex>,
     db: &Arc<redb::Database>,
-    policy: &Policy,
     current: u64,
     now_ms: u64,
     max: usize,
 ) -> Result<Vec<ObjectId>, StoreError> {
-    match ix.with(db, current, |d| d.due(now_ms, max))? {
-        Some(due) => Ok(due),
-        None => due_by_scan(&Reader::new(db)?, policy, now_ms, max),
-    }
+    Ok(ix.with(db, current, |d| d.due(now_ms, max))?.unwrap_or_default())
 }

@@ -8,7 +8,7 @@
 //! [`crate::deadlines::DeadlineIndex`] (objects whose deadline passed, for the leader's ticks).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::model::ObjectRecord;
@@ -85,6 +85,8 @@ impl<S: ObjectIndex> State<S> {
 pub struct Followed<S> {
     state: Mutex<State<S>>,
     building: AtomicBool,
+    /// Answers given while the index was not built (the caller answered without it).
+    unbuilt: AtomicU64,
     make: Box<dyn Fn() -> S + Send + Sync>,
 }
 
@@ -97,7 +99,12 @@ impl<S: ObjectIndex> Default for Followed<S> {
 impl<S: ObjectIndex> Followed<S> {
     /// An index whose empty state `make` builds (e.g. one that carries the policy it needs).
     pub fn new(make: impl Fn() -> S + Send + Sync + 'static) -> Self {
-        Followed { state: Mutex::default(), building: AtomicBool::new(false), make: Box::new(make) }
+        Followed {
+            state: Mutex::default(),
+            building: AtomicBool::new(false),
+            unbuilt: AtomicU64::new(0),
+            make: Box::new(make),
+        }
     }
 
     /// Answer from the index caught up to the store's revision (when `current`, the node's applied
@@ -110,20 +117,21 @@ impl<S: ObjectIndex> Followed<S> {
         f: impl FnOnce(&S) -> T,
     ) -> Result<Option<T>, StoreError> {
         let mut st = lock(&self.state);
+        if st.next != 0 && st.next <= current {
+            st.catch_up(&Reader::new(db)?, &*self.make)?;
+        }
         if st.next == 0 {
             drop(st);
+            self.unbuilt.fetch_add(1, Ordering::Relaxed);
             self.start_build(db);
             return Ok(None);
         }
-        if st.next <= current {
-            st.catch_up(&Reader::new(db)?, &*self.make)?;
-            if st.next == 0 {
-                drop(st);
-                self.start_build(db);
-                return Ok(None);
-            }
-        }
         Ok(Some(f(&st.index)))
+    }
+
+    /// Answers given while the index was not built, since this process started.
+    pub fn unbuilt_answers(&self) -> u64 {
+        self.unbuilt.load(Ordering::Relaxed)
     }
 
     /// Keep the index built and caught up to the store (blocking: run it off the async workers). Every

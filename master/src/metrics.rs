@@ -124,6 +124,16 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         "Revision this node's deadline index reached (0: not built yet)",
         gauge(svc.deadline_index().revision().unwrap_or(0)),
     );
+    reg.register(
+        "order_index_unbuilt_answers",
+        "Heartbeats answered without orders while this node's order index was being built (orders come a beat later)",
+        ConstCounter::new(svc.order_index().unbuilt_answers()),
+    );
+    reg.register(
+        "deadline_index_unbuilt_answers",
+        "Ticks that stepped nothing while this node's deadline index was being built",
+        ConstCounter::new(svc.deadline_index().unbuilt_answers()),
+    );
     reg.register("held_transitions", "Transitions held by the safety net", counter(&s.held));
     let by_kind: Family<[(&'static str, String); 2], Counter> = Family::default();
     for ((kind, to), n) in s.transitions.lock().unwrap_or_else(|p| p.into_inner()).iter() {

@@ -251,6 +251,20 @@ async fn heartbeat_orders_equal_a_scan_through_changes_and_a_leader_change() {
     n.svc.order_index().reset();
     n.svc.order_index().build_now(n.svc.db()).expect("rebuild");
     assert_eq!(assert_orders_match(&n.svc, &hosts, "rebuilt"), 5);
+    // An index not built yet (a new process, a snapshot installed) answers no orders and counts it, never a
+    // scan of the host's objects per beat; its first use starts the build, and then the orders are there.
+    // (A standalone index: the node's own is kept warm by its duty loop.)
+    let ix: std::sync::Arc<master::actions::OrderIndex> = std::sync::Arc::default();
+    let db = n.svc.db_arc();
+    let cur = n.svc.current_revision();
+    let r = Reader::new(n.svc.db()).expect("reader");
+    let with_orders = hosts.iter().find(|h| !master::actions::orders_for(&r, h).expect("scan").is_empty());
+    let h = with_orders.expect("a host with orders");
+    assert!(ix.orders(&db, h, cur).expect("orders").is_empty(), "no orders from an unbuilt index");
+    assert_eq!(ix.unbuilt_answers(), 1);
+    assert!(wait_until(WAIT, || async { ix.revision().is_some() }).await, "never built");
+    assert_eq!(ix.orders(&db, h, cur).expect("orders"), master::actions::orders_for(&r, h).expect("scan"));
+    assert_eq!(ix.unbuilt_answers(), 1);
     stop_node(n).await;
 }
 
@@ -298,6 +312,15 @@ async fn the_deadline_index_equals_a_scan_through_changes_and_a_rebuild() {
     // A bound on how many are handed out at once: the earliest first.
     let all = n.svc.due_objects(u64::MAX, usize::MAX).expect("due");
     assert_eq!(n.svc.due_objects(u64::MAX, 2).expect("due"), all[..2.min(all.len())].to_vec());
+    // An index not built yet steps nothing (counted) instead of scanning every object per tick; its first
+    // use starts the build, and then it answers as the node's own (a standalone index, as for orders).
+    let ix = std::sync::Arc::new(master::deadlines::index(Policy::default()));
+    let (db, cur) = (n.svc.db_arc(), n.svc.current_revision());
+    assert!(!all.is_empty(), "objects are due");
+    assert!(master::deadlines::due(&ix, &db, cur, u64::MAX, usize::MAX).expect("due").is_empty());
+    assert_eq!(ix.unbuilt_answers(), 1);
+    assert!(wait_until(WAIT, || async { ix.revision().is_some() }).await, "never built");
+    assert_eq!(master::deadlines::due(&ix, &db, cur, u64::MAX, usize::MAX).expect("due"), all);
     // Rebuilt from scratch at the same revision: the same answers.
     n.svc.deadline_index().reset();
     n.svc.deadline_index().build_now(n.svc.db()).expect("rebuild");

@@ -134,15 +134,9 @@ async fn leader_duties(s: &Service, leader_since: Instant, last_tick: &mut Insta
         *last_tick = Instant::now();
         let now = now_ms();
         // From the deadline index (followed from the change log), not a scan of every object.
-        let due: Vec<ObjectId> = crate::deadlines::due(
-            &s.deadlines,
-            &s.db,
-            &s.cfg.policy,
-            s.current_revision(),
-            now,
-            MAX_TICK_OBJECTS,
-        )
-        .map_err(store_err)?;
+        let due: Vec<ObjectId> =
+            crate::deadlines::due(&s.deadlines, &s.db, s.current_revision(), now, MAX_TICK_OBJECTS)
+                .map_err(store_err)?;
         if !due.is_empty() {
             s.submit(Command::Tick { objects: due }).await?;
         }

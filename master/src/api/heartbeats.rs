@@ -450,15 +450,8 @@ impl Service {
 
     /// Objects due at `now_ms` (at most `max`), as the leader's tick duty finds them.
     pub fn due_objects(&self, now_ms: u64, max: usize) -> Result<Vec<state_machines::ObjectId>, ApiError> {
-        crate::deadlines::due(
-            &self.deadlines,
-            &self.db,
-            &self.cfg.policy,
-            self.current_revision(),
-            now_ms,
-            max,
-        )
-        .map_err(store_err)
+        crate::deadlines::due(&self.deadlines, &self.db, self.current_revision(), now_ms, max)
+            .map_err(store_err)
     }
 
     pub fn order_index(&self) -> &crate::actions::OrderIndex {

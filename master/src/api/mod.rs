@@ -202,7 +202,7 @@ impl Service {
     }
 
     /// The store, shared (for reads off the async runtime).
-    pub(crate) fn db_arc(&self) -> Arc<Database> {
+    pub fn db_arc(&self) -> Arc<Database> {
         self.db.clone()
     }
 
