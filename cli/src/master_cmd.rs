@@ -137,6 +137,9 @@ fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How long a stopping master waits for blocking reads still running (index builds) once it stopped serving.
+const LEFTOVER_READS_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub fn run(a: MasterArgs) -> anyhow::Result<ExitCode> {
     if a.verify {
         return verify(&a);
@@ -176,9 +179,13 @@ pub fn run(a: MasterArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let signalled = proto::shutdown::on_signal().context("cannot watch for SIGINT/SIGTERM")?;
         master::server::run(resolved, signalled).await
-    })?;
+    });
+    // The server stopped in order (Raft, archive). What may still run on the blocking pool is a read: an
+    // index build is a pass over every object (tens of seconds at 1.5 M), not worth waiting for at exit.
+    rt.shutdown_timeout(LEFTOVER_READS_AT_EXIT);
+    served?;
     Ok(ExitCode::SUCCESS)
 }
