@@ -1472,6 +1472,17 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
              leader's commit index {target} after {caught:.2} s (cluster info); its data dir now {:.1} MiB",
             dir_bytes(&dir).unwrap_or(0) as f64 / (1 << 20) as f64
         );
+        // The leader feeds the wiped member a snapshot meanwhile: how its heartbeats fared, and whether any
+        // agent was recorded silent (late beats: each connection has a bounded number in flight).
+        let alive = match cluster.wait_leader(READY_TIMEOUT).await {
+            Some(l) => cluster.info(l).await.map(|i| format!("{} of {}", i.agents_alive, i.agents)),
+            None => None,
+        };
+        println!(
+            "phase 4 heartbeats during the catch-up: {}; agents alive after it {}",
+            latency_summary(run.beats_between(t4, run.secs())),
+            alive.unwrap_or_else(|| "unknown (no cluster info)".into())
+        );
         windows.push((t4, run.secs() + KILL_SETTLE.as_secs_f64()));
         print_resources(&res, "follower catch-up", t4, run.secs());
         print_slow_commits(cluster, "phase 4").await;
