@@ -100,7 +100,14 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
             tokio::select! {
                 _ = &mut stop => return,
                 r = s.learn_agents(st.term) => match r {
-                    Ok(n) => tracing::info!(agents = n, term = st.term, "leader learned the agents recorded alive"),
+                    // `agents`: added by the pass; those that beat this leader before it ended were already
+                    // in the memory (`tracked` counts both).
+                    Ok(n) => tracing::info!(
+                        agents = n,
+                        tracked = s.heartbeat_memory_len(),
+                        term = st.term,
+                        "leader learned the agents recorded alive"
+                    ),
                     Err(e) => {
                         tracing::debug!(error = %e, "learning the alive agents failed; retrying next round");
                         continue;
