@@ -599,7 +599,7 @@ fn print_failover_rows(run: &Run, start: f64, end: f64) {
     );
     for r in failover_rows(&beats, &errors, start, end) {
         println!(
-            "  {:>5.0}-{:<5.0} {:>7} {:>8.1} / {:>8.1} / {:>8.1} {:>7}",
+            "  {:>5.1}-{:<5.1} {:>7} {:>8.1} / {:>8.1} / {:>8.1} {:>7}",
             r.from, r.to, r.acked, r.p50, r.p99, r.max, r.errors
         );
     }

@@ -883,15 +883,12 @@ impl<'t> Tx<'t> {
     /// the caller knows it (the day's previous healthy finding of the same object), else it is decoded.
     fn remove_finding(&mut self, key: Key, object: Option<&str>) -> Result<bool, ArchiveError> {
         let Some(v) = self.findings.remove(key).map_err(se)? else { return Ok(false) };
-        let (len, decoded) = match object {
-            Some(_) => (v.value().len(), None),
-            None => {
-                let f: Finding = serde_json::from_slice(v.value()).map_err(se)?;
-                (v.value().len(), Some(f.object.to_string()))
-            }
+        let len = v.value().len();
+        let object = match object {
+            Some(o) => o.to_string(),
+            None => serde_json::from_slice::<Finding>(v.value()).map_err(se)?.object.to_string(),
         };
         drop(v);
-        let object = object.or(decoded.as_deref()).unwrap_or_default().to_string();
         self.by_object.remove((object.as_str(), key.0, key.1, key.2)).map_err(se)?;
         self.meta_add("bytes", -(finding_bytes(len, &object) as i64))?;
         Ok(true)

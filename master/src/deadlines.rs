@@ -60,10 +60,9 @@ pub fn index(policy: Policy) -> DeadlineIndex {
     crate::follow::Followed::new(move || Deadlines::with_policy(policy.clone()))
 }
 
-/// The objects due at `now_ms` by a full scan (what the index answers; used until it is built), earliest
-/// first, at most `max`. Streamed: only due (deadline, id) pairs are kept, at most `max` of them, never the
-/// records. A new leader answers its ticks this way while its index builds, and collecting a listing first
-/// held every record in memory at once (1.5 M objects: gigabytes on every tick of the build).
+/// The objects due at `now_ms` by a full scan (what the index answers), earliest first, at most `max`: the
+/// reference the index is tested against. Streamed: only due (deadline, id) pairs are kept, at most `max`
+/// of them, never the records (collecting a listing first held every record in memory at once).
 pub fn due_by_scan(
     r: &Reader,
     policy: &Policy,

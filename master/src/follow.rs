@@ -4,8 +4,9 @@
 //! index equals a scan at the revision it reached; when the change log no longer holds the index's position
 //! (compacted, or a snapshot installed) it is built again, outside the lock. Nothing here is replicated:
 //! every member builds its own and keeps it warm ([`Followed::warm`], followers included), so a new leader
-//! has its indexes from its first heartbeat. Users: [`crate::actions::OrderIndex`] (orders handed out with heartbeats) and
-//! [`crate::deadlines::DeadlineIndex`] (objects whose deadline passed, for the leader's ticks).
+//! has its indexes from its first heartbeat. Users: [`crate::actions::OrderIndex`] (orders handed out with
+//! heartbeats) and [`crate::deadlines::DeadlineIndex`] (objects whose deadline passed, for the leader's
+//! ticks).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -108,8 +109,8 @@ impl<S: ObjectIndex> Followed<S> {
     }
 
     /// Answer from the index caught up to the store's revision (when `current`, the node's applied
-    /// revision, is past it). `None` until the index is built: a background build is started (one at a
-    /// time) and the caller answers another way meanwhile.
+    /// revision, is past it). `None` until the index is built (counted): a background build is started (one
+    /// at a time) and the caller answers without the index meanwhile.
     pub fn with<T>(
         self: &Arc<Self>,
         db: &Arc<redb::Database>,
@@ -145,21 +146,25 @@ impl<S: ObjectIndex> Followed<S> {
         if self.building.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let warmed = (|| {
-            let r = Reader::new(db)?;
-            if lock(&self.state).next == 0 {
-                let built = State::built(&r, &*self.make)?;
-                let mut st = lock(&self.state);
-                if st.next == 0 {
-                    *st = built;
-                }
-            } else {
-                lock(&self.state).catch_up(&r, &*self.make)?;
-            }
-            Ok(())
-        })();
+        let unbuilt = lock(&self.state).next == 0;
+        let warmed = if unbuilt {
+            self.build_unlocked(db)
+        } else {
+            Reader::new(db).and_then(|r| lock(&self.state).catch_up(&r, &*self.make))
+        };
         self.building.store(false, Ordering::Release);
         warmed
+    }
+
+    /// Build the index from a pass over the objects without holding the lock, and install it unless it was
+    /// built meanwhile. The caller holds `building`.
+    fn build_unlocked(&self, db: &redb::Database) -> Result<(), StoreError> {
+        let built = State::built(&Reader::new(db)?, &*self.make)?;
+        let mut st = lock(&self.state);
+        if st.next == 0 {
+            *st = built;
+        }
+        Ok(())
     }
 
     /// Build the index off the async workers, once at a time.
@@ -169,15 +174,9 @@ impl<S: ObjectIndex> Followed<S> {
         }
         let (me, db) = (Arc::clone(self), Arc::clone(db));
         tokio::task::spawn_blocking(move || {
-            match Reader::new(&db).and_then(|r| State::built(&r, &*me.make)) {
-                Ok(built) => {
-                    let mut st = lock(&me.state);
-                    if st.next == 0 {
-                        *st = built;
-                    }
-                }
-                // Answered another way meanwhile; the next use tries again.
-                Err(e) => tracing::warn!(error = %e, "building an index of the objects failed"),
+            // Answered without the index meanwhile; the next use or warm tries again.
+            if let Err(e) = me.build_unlocked(&db) {
+                tracing::warn!(error = %e, "building an index of the objects failed");
             }
             me.building.store(false, Ordering::Release);
         });
