@@ -102,6 +102,10 @@ pub enum RolloutCmd {
     Promote(ChangeArgs),
     /// End a rollout: its hosts return to the stable version.
     Rollback(ChangeArgs),
+    /// Unassign NAME@VERSION, the stable version: no host runs NAME any more (a model stops predicting; a
+    /// rule set or profile gives way to the agent's built-in one). Refused while a rollout of NAME is in
+    /// progress; a later rollout or promote assigns it again.
+    Retire(ChangeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -415,7 +419,11 @@ fn change(
         );
     } else {
         println!("{action}: done at revision {}", r.revision);
-        print_rollout(&view);
+        if action == "retire" {
+            println!("{artifact} is unassigned: no host runs it outside a new rollout");
+        } else {
+            print_rollout(&view);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -436,6 +444,7 @@ pub fn run_rollout(c: RolloutCmd) -> anyhow::Result<ExitCode> {
         RolloutCmd::Rollback(a) => {
             change("rollback", &a.artifact, Targets::default(), a.op, a.json, a.master)
         }
+        RolloutCmd::Retire(a) => change("retire", &a.artifact, Targets::default(), a.op, a.json, a.master),
         RolloutCmd::Status(a) => {
             let mut client = a.master.client();
             let req = api::RolloutStatusRequest { name: a.name.unwrap_or_default() };

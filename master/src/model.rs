@@ -32,7 +32,11 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// 7 = network devices in the repair flow (issue 16): a `switch`/`link` entering ERROR files a ticket and
 /// `Input::Ticket` applies to it ([`NET_TICKET_COMMAND_VERSION`]); the fabric topology kept in the
 /// replicated state ([`TOPOLOGY_COMMAND_VERSION`]).
-pub const COMMAND_VERSION: u32 = 7;
+/// 8 = `Rollout` with the `retire` action: a checker's stable version is unassigned, so it runs nowhere
+/// outside a rollout (older binaries cannot parse the action) ([`RETIRE_COMMAND_VERSION`]).
+pub const COMMAND_VERSION: u32 = 8;
+/// The command version of retiring a checker's stable version (`RolloutAction::Retire`).
+pub const RETIRE_COMMAND_VERSION: u32 = 8;
 /// The command version of ticket updates about network devices (older binaries refuse them on ERROR).
 pub const NET_TICKET_COMMAND_VERSION: u32 = 7;
 /// The command version of the replicated fabric topology's commands.
@@ -402,7 +406,8 @@ pub enum Command {
     CatalogSeed {
         items: Vec<SeedItem>,
     },
-    /// An operator's rollout change (start, widen, pause, resume, promote, rollback). Version 4.
+    /// An operator's rollout change (start, widen, pause, resume, promote, rollback). Version 4; `retire`
+    /// (unassign the stable version) [`RETIRE_COMMAND_VERSION`].
     Rollout {
         action: RolloutAction,
         name: String,
@@ -468,6 +473,9 @@ pub enum RolloutAction {
     Resume,
     Promote,
     Rollback,
+    /// Unassign the checker's stable version (named, so a stale command retires nothing else): hosts outside
+    /// a rollout run no version of it. Refused while a rollout of it is in progress.
+    Retire,
 }
 
 impl RolloutAction {
@@ -479,9 +487,10 @@ impl RolloutAction {
             "resume" => RolloutAction::Resume,
             "promote" => RolloutAction::Promote,
             "rollback" => RolloutAction::Rollback,
+            "retire" => RolloutAction::Retire,
             o => {
                 return Err(format!(
-                    "unknown rollout action {o:?} (start, widen, pause, resume, promote, rollback)"
+                    "unknown rollout action {o:?} (start, widen, pause, resume, promote, rollback, retire)"
                 ));
             }
         })
@@ -495,6 +504,7 @@ impl RolloutAction {
             RolloutAction::Resume => "resume",
             RolloutAction::Promote => "promote",
             RolloutAction::Rollback => "rollback",
+            RolloutAction::Retire => "retire",
         }
     }
 }
@@ -525,6 +535,7 @@ impl Command {
                 TOPOLOGY_COMMAND_VERSION
             }
             Command::SetTopology { .. } => TOPOLOGY_COMMAND_VERSION,
+            Command::Rollout { action: RolloutAction::Retire, .. } => RETIRE_COMMAND_VERSION,
             Command::Ingest { epoch, .. } if *epoch != 0 => AGENT_EPOCH_VERSION,
             // Older binaries refuse ticket updates outside REPAIR; a network device's are recorded from 7 on.
             Command::Object { object, input: Input::Ticket { .. } } if object.kind().is_network() => {

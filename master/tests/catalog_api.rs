@@ -50,6 +50,7 @@ async fn start_with(auto_upgrade: bool) -> Master {
         data_dir: dir.path().to_path_buf(),
         tick: Duration::from_millis(20),
         election_ticks: 10,
+        max_election_ticks: 0,
         heartbeat_ticks: 2,
         snapshot_every: 0,
         join: false,
@@ -645,11 +646,34 @@ async fn min_command_version_stays_at_what_an_assigned_model_needs() {
     set(7).await.expect("raise");
     c.rollout(promote).await.expect("promote at 7");
     let e = set(5).await.expect_err("a stable model");
-    assert!(e.contains("(stable version 1)") && e.contains("stays at 6 or above"), "{e}");
+    assert!(e.contains("(stable version 1)") && e.contains("retire it first"), "{e}");
+    assert!(e.contains("huatuo rollout retire disk-failure@1, command version 8"), "{e}");
     refused_everywhere(&m, Bad::MinVersion(5), Code::Conflict, "stable version 1").await;
     // Not below what the model needs: allowed.
     set(6).await.expect("6 is what the model needs");
     assert_eq!(min(&m), 6);
+    // Retiring the stable model needs command version 8 (refused below it, on gRPC and REST alike) ...
+    let retire = rollout_req("retire", "disk-failure", "1");
+    refused_everywhere(&m, Bad::Rollout(retire.clone()), Code::Conflict, "needs command version 8").await;
+    set(8).await.expect("raise to 8");
+    // ... names the stable version, and is refused while a rollout of the checker is in progress.
+    c.push_artifact(push_req("disk-failure", "2", "model", model.as_bytes())).await.expect("push v2");
+    let other = rollout_req("retire", "disk-failure", "2");
+    refused_everywhere(&m, Bad::Rollout(other), Code::Conflict, "is not the stable version").await;
+    let mut gray = rollout_req("start", "disk-failure", "2");
+    gray.hosts = vec!["h1".into()];
+    c.rollout(gray).await.expect("start v2");
+    refused_everywhere(&m, Bad::Rollout(retire.clone()), Code::Conflict, "roll it back before retiring")
+        .await;
+    c.rollout(rollout_req("rollback", "disk-failure", "2")).await.expect("rollback v2");
+    // Retired, the model runs on no host and the cluster can go back below 6.
+    c.rollout(retire.clone()).await.expect("retire");
+    let cat = reader(&m).catalog("disk-failure").expect("read").expect("checker");
+    assert_eq!(cat.stable, "");
+    assert!(master::catalog::assignment_of([&cat], "h1", None).is_empty());
+    refused_everywhere(&m, Bad::Rollout(retire), Code::Conflict, "no stable version to retire").await;
+    set(5).await.expect("retired: assigned nowhere");
+    assert_eq!(min(&m), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

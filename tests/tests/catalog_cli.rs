@@ -97,4 +97,16 @@ async fn catalog_and_rollout_commands() {
     let (code, out, err) = cli(&["inspect"], &m);
     assert_eq!(code, Some(2), "a paused rollout needs a human: {out}{err}");
     assert!(out.contains("probe@1 paused by an operator"), "{out}");
+    // Promoted, then retired: the stable version is unassigned and a second retire is refused.
+    let (code, _, err) = cli(&["rollout", "promote", "probe@1", "--reason", "fine after all"], &m);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = cli(&["rollout", "retire", "probe@1", "--reason", "probe no longer needed"], &m);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("probe@1 is unassigned: no host runs it"), "{out}");
+    let (code, out, _) = cli(&["rollout", "status", "probe"], &m);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("probe (external): stable none"), "{out}");
+    let (code, _, err) = cli(&["rollout", "retire", "probe@1", "--reason", "again"], &m);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("probe has no stable version to retire"), "{err}");
 }

@@ -592,6 +592,31 @@ fn portal_follows_a_failing_disk_live_and_approves_a_proposal() {
         ),
     );
     s.shot("14c-rollout-paused");
+    // Promoted, probe@1 is the stable version with no rollout in progress: the distribution offers to
+    // retire it, with a reason and a confirmation; retired, the checker has no stable version.
+    api(
+        &m,
+        "POST",
+        "/api/v1/rollouts",
+        json!({ "action": "promote", "name": "probe", "version": "1", "by": "browser-test",
+            "reason": "promote for the browser test" }),
+    );
+    let retire = "#dist tr[data-checker=\"probe\"] button[data-action=\"retire\"]";
+    s.wait("the retire control", &format!("!!document.querySelector('{retire}')"));
+    s.eval("type reason", &set_value("#rollout-reason", "retire probe for the browser test"));
+    s.eval("retire", &click(retire));
+    s.wait("confirmation step", "document.querySelector('#rollout-confirm')?.dataset.action === 'retire'");
+    s.eval("confirm retire", &click("#rollout-confirm-yes"));
+    s.wait("retired", "document.querySelector('#rollout-done')?.textContent === 'probe@1: retire done.'");
+    wait_api("probe has no stable version", || {
+        let v = api(&m, "GET", "/api/v1/rollouts?name=probe", Value::Null);
+        v["checkers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "probe"))
+            .is_some_and(|c| c["stable_version"].as_str().unwrap_or("").is_empty())
+    });
+    s.wait("no retire control once retired", &format!("!document.querySelector('{retire}')"));
+    s.shot("14d-checker-retired");
 
     // Signed in with the read token: the pages work, a decision is refused with 403 in the page (the
     // banner and the proposal form) and changes nothing.

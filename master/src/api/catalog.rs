@@ -237,7 +237,11 @@ pub fn validate_rollout(req: &RolloutRequest) -> Result<Command, ApiError> {
         RolloutAction::Widen if chosen != 1 || !labels.is_empty() => {
             return Err(invalid("rollout widen takes hosts or a percentage".into()));
         }
-        RolloutAction::Pause | RolloutAction::Resume | RolloutAction::Promote | RolloutAction::Rollback
+        RolloutAction::Pause
+        | RolloutAction::Resume
+        | RolloutAction::Promote
+        | RolloutAction::Rollback
+        | RolloutAction::Retire
             if chosen != 0 =>
         {
             return Err(invalid(format!("rollout {} takes no hosts, percentage or labels", action.as_str())));
@@ -472,7 +476,12 @@ impl Service {
             }
             self.check_assignable_now(&c, &cmd)?;
         }
+        let retire = matches!(cmd, Command::Rollout { action: RolloutAction::Retire, .. });
         let res = self.submit_keyed(cmd, key).await?;
+        if retire {
+            // No rollout is involved: the answer is the revision alone.
+            return Ok((RolloutView::default(), res.revision));
+        }
         let r = Reader::new(&self.db).map_err(store_err)?;
         let c = r.catalog(&req.name).map_err(store_err)?;
         let view = c
@@ -491,10 +500,10 @@ impl Service {
     /// Refuse a rollout action that puts a version of `c` on hosts (start, widen, resume, promote) while the
     /// cluster's `min_command_version` is below what that kind's findings need: a model assigned at 5 would
     /// have its agents' batches refused. The mirror of lowering `min_command_version` under an assigned model
-    /// (`api/safety.rs`); pausing and rolling back assign nothing and stay allowed.
+    /// (`api/safety.rs`); pausing, rolling back and retiring assign nothing and stay allowed.
     fn check_assignable_now(&self, c: &CheckerRecord, cmd: &Command) -> Result<(), ApiError> {
         let Command::Rollout { action, version, .. } = cmd else { return Ok(()) };
-        if matches!(action, RolloutAction::Pause | RolloutAction::Rollback) {
+        if matches!(action, RolloutAction::Pause | RolloutAction::Rollback | RolloutAction::Retire) {
             return Ok(());
         }
         let min = self.stats.min_command_version();

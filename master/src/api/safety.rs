@@ -324,13 +324,19 @@ impl Service {
         if version >= needs {
             return Ok(());
         }
-        // A promoted model stays assigned (no command unassigns a stable version); a rollout (a model's, or
-        // any checker's shadow run) can be rolled back.
+        // A rollout (a model's, or any checker's shadow run) can be rolled back; a promoted model is retired
+        // (its stable version unassigned, command version 8), once no rollout of it is in progress.
         let from_kind = crate::catalog::assigned_command_version(c.kind).is_some_and(|v| v >= needs);
         let way_out = if c.stable.is_empty() || !from_kind {
             format!("roll back its rollout first, or keep min_command_version at {needs} or above")
         } else {
-            format!("a stable version stays assigned, so min_command_version stays at {needs} or above")
+            format!(
+                "retire it first (huatuo rollout retire {}@{}, command version {}), or keep \
+                 min_command_version at {needs} or above",
+                c.name,
+                c.stable,
+                crate::model::RETIRE_COMMAND_VERSION
+            )
         };
         Err(ApiError::new(
             Code::Conflict,

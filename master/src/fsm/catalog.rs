@@ -471,6 +471,30 @@ impl Decider<'_> {
                     "resumed".to_string()
                 }
             }
+            RolloutAction::Retire => {
+                if c.stable != version {
+                    return Ok(Err((
+                        Code::Conflict,
+                        if c.stable.is_empty() {
+                            format!("{name} has no stable version to retire")
+                        } else {
+                            format!("{at} is not the stable version ({name}@{} is)", c.stable)
+                        },
+                    )));
+                }
+                if let Some(r) = c.rollouts.first() {
+                    return Ok(Err((
+                        Code::Conflict,
+                        format!(
+                            "{name}@{} is in a {} rollout: promote or roll it back before retiring {at}",
+                            r.version,
+                            r.state.as_str()
+                        ),
+                    )));
+                }
+                c.stable = String::new();
+                format!("retired: the stable version {version} is unassigned, {name} runs on no host")
+            }
             RolloutAction::Promote | RolloutAction::Rollback => {
                 let promote = action == RolloutAction::Promote;
                 let prev = c.stable.clone();

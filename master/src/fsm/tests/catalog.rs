@@ -359,6 +359,60 @@ fn rollback_returns_the_canary_hosts_to_the_stable_version() {
     );
 }
 
+#[test]
+fn retiring_the_stable_version_unassigns_the_checker() {
+    let mut h = Harness::new();
+    let r = h.apply(
+        1,
+        vec![Command::SetMinCommandVersion {
+            version: crate::model::CATALOG_COMMAND_VERSION,
+            by: "ops".into(),
+            reason: "upgraded".into(),
+        }],
+    );
+    assert!(r.results[0].error.is_none(), "{r:?}");
+    probe_v1_v2_v3(&mut h);
+    one(&mut h, 3, roll(RolloutAction::Promote, "1", Target::default()));
+    let retire = |v: &str| roll(RolloutAction::Retire, v, Target::default());
+    assert_eq!(retire("1").version(), crate::model::RETIRE_COMMAND_VERSION);
+    // Below its command version a retire is refused like any newer command.
+    refused(&mut h, 4, retire("1"), Code::Conflict, "needs command version 8");
+    let r = h.apply(
+        4,
+        vec![Command::SetMinCommandVersion {
+            version: crate::model::RETIRE_COMMAND_VERSION,
+            by: "ops".into(),
+            reason: "upgraded".into(),
+        }],
+    );
+    assert!(r.results[0].error.is_none(), "{r:?}");
+    // Only the stable version, by name, and never under a rollout in progress; each refusal changes nothing.
+    refused(&mut h, 5, retire("2"), Code::Conflict, "probe@2 is not the stable version (probe@1 is)");
+    refused(&mut h, 5, retire("9"), Code::NotFound, "no version \"9\"");
+    one(&mut h, 5, roll(RolloutAction::Start, "2", on(&["h1"])));
+    refused(&mut h, 6, retire("1"), Code::Conflict, "probe@2 is in a gray rollout: promote or roll it back");
+    one(&mut h, 6, roll(RolloutAction::Pause, "2", Target::default()));
+    refused(&mut h, 6, retire("1"), Code::Conflict, "probe@2 is in a paused rollout");
+    one(&mut h, 7, roll(RolloutAction::Rollback, "2", Target::default()));
+    assert!(is_assigned(&checker_of(&h, "probe")));
+    let r = one(&mut h, 8, retire("1"));
+    assert!(r.error.is_none() && r.updated == 1, "{r:?}");
+    let c = checker_of(&h, "probe");
+    assert_eq!(c.stable, "");
+    assert!(!is_assigned(&c), "a retired checker runs nowhere");
+    assert!(assignment_for(&c, "h1", None).is_empty());
+    assert_eq!(c.versions.len(), 3, "its versions stay stored");
+    refused(&mut h, 9, retire("1"), Code::Conflict, "probe has no stable version to retire");
+    let audit = h.reader().audit(false, 100).expect("audit");
+    assert!(
+        audit.iter().any(|a| a.by == "ops" && a.message.contains("rollout retire probe@1: retired")),
+        "{audit:?}"
+    );
+    // A rollout or a promotion assigns it again.
+    one(&mut h, 10, roll(RolloutAction::Promote, "3", Target::default()));
+    assert_eq!(assignment_for(&checker_of(&h, "probe"), "h1", None)[0].version, "3");
+}
+
 fn register(h: &mut Harness, now: u64, hosts: &[&str]) {
     let cmds = hosts
         .iter()

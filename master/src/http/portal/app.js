@@ -1464,6 +1464,7 @@
     widen: 'assign this version to more hosts (a larger percentage keeps the hosts it has)',
     promote: 'make this version the stable one on every host',
     rollback: 'return every canary host to the previous version',
+    retire: 'unassign the stable version: no host runs this checker any more (a model stops predicting, a rule set or profile gives way to the agent\'s built-in one)',
   };
   // Which actions make sense in which rollout status (the master checks again and refuses the rest).
   const ROLLOUT_ALLOWED = {
@@ -1533,7 +1534,7 @@
         }
         body.percent = p;
       }
-      const danger = action === 'promote' || action === 'rollback' || action === 'widen' || action === 'resume';
+      const danger = action !== 'pause';
       replace(result, h('div', { class: `confirm ${danger ? 'danger' : ''}`, id: 'rollout-confirm', 'data-action': action },
         h('p', {}, `${action[0].toUpperCase()}${action.slice(1)} `, h('strong', { class: 'mono' }, rolloutKey(ro)),
           action === 'widen' ? ` from ${n0(ro.percent)}% to ${body.percent}% of hosts` : '', `? This will ${ROLLOUT_ACTIONS[action]}.`,
@@ -1553,6 +1554,17 @@
             } catch (e) { replace(result, h('div', { id: 'rollout-error' }, errorBox(e))); }
           },
         }, `Yes, ${action}`), ' ', h('button', { id: 'rollout-confirm-no', onclick: () => replace(result) }, 'Cancel')));
+    };
+    // A stable version can be retired (unassigned) once no rollout of its checker is in progress.
+    const retireButton = (c) => {
+      const busy = (c.rollouts || []).some((ro) => ROLLOUT_ALLOWED[ro.status]);
+      if (!c.stable_version || c.type === 'builtin' || busy) return null;
+      const ro = { name: c.name, version: c.stable_version };
+      return [' ', h('button', {
+        class: 'small', 'data-action': 'retire', 'data-checker': c.name,
+        disabled: !mayOperate(), title: mayOperate() ? ROLLOUT_ACTIONS.retire : 'needs the operator role',
+        onclick: () => confirmAction('retire', ro),
+      }, 'retire…')];
     };
     const draw = () => {
       if (err && !status) { replace(dist, errorBox(err)); return; }
@@ -1574,7 +1586,7 @@
             bar.lastChild.style.width = `${(100 * (n0(v.failed_verify) + n0(v.failed))) / most}%`;
             return h('tr', { 'data-checker': c.name, 'data-version': v.version || '', 'data-shadow': v.shadow ? 'true' : 'false' },
               h('td', {}, i === 0 ? h('strong', {}, c.name) : ''), h('td', {}, i === 0 ? (c.type || '') : ''),
-              h('td', { class: 'mono' }, i === 0 ? (c.stable_version || '-') : ''),
+              h('td', { class: 'mono' }, i === 0 ? [c.stable_version || '-', retireButton(c)] : ''),
               h('td', { class: 'mono' }, v.version || '-', v.shadow ? [' ', h('span', { class: 'pill' }, 'shadow')] : null),
               h('td', { class: 'num', 'data-field': 'assigned' }, num(n0(v.assigned))),
               h('td', { class: 'num', 'data-field': 'running' }, num(n0(v.running))),
