@@ -231,8 +231,13 @@ pub fn cpu_pct(a: &Sample, b: &Sample) -> f64 {
     (b.ticks.saturating_sub(a.ticks)) as f64 / clock_ticks() / secs * 100.0
 }
 
-/// Bytes of the regular files under `dir` (apparent sizes), at most [`MAX_DIR_ENTRIES`] entries.
+/// Bytes of the regular files under `dir` (apparent sizes), at most [`MAX_DIR_ENTRIES`] entries; a file's
+/// own size when `dir` is a file.
 pub fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let meta = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
     let mut total = 0u64;
     let mut stack = vec![dir.to_path_buf()];
     let mut seen = 0usize;
@@ -284,6 +289,13 @@ pub async fn scrape_metrics(http_addr: &str) -> anyhow::Result<String> {
     }
     Ok(body.to_string())
 }
+
+/// Timeout of each write attempt while measuring a failover (short: the figure's resolution).
+pub const FAILOVER_ATTEMPT: Duration = Duration::from_millis(500);
+/// Pause between failover attempts that failed at once (connection refused, no leader known). The benches
+/// retry on their own at this pace, one attempt per call: the client's capped backoff (up to
+/// `proto::client::BACKOFF_MAX` between attempts) would add its own wait to the cluster's failover time.
+pub const FAILOVER_PAUSE: Duration = Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,8 @@ use proto::api::master_client::MasterClient;
 use tonic::transport::Channel;
 
 use crate::bench_common::{
-    Fleet, Rng, cpu_ticks, dir_bytes, latency_summary, now_ms, open_quotas, rss_bytes, scrape_metrics,
+    FAILOVER_ATTEMPT, FAILOVER_PAUSE, Fleet, Rng, cpu_ticks, dir_bytes, latency_summary, now_ms, open_quotas,
+    rss_bytes, scrape_metrics,
 };
 
 /// Most simulated agents one run may start (the target fleet).
@@ -120,10 +121,6 @@ const REPORT_DRAIN: Duration = Duration::from_secs(120);
 const CATCHUP_DEADLINE: Duration = Duration::from_secs(600);
 /// How long after a leader kill the first acknowledged write may take before the phase fails.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(60);
-/// Timeout of each write attempt while measuring failover (short: the figure's resolution).
-const FAILOVER_ATTEMPT: Duration = Duration::from_millis(500);
-/// Pause between failover attempts that failed at once (connection refused).
-const FAILOVER_PAUSE: Duration = Duration::from_millis(10);
 /// Term changes within this long after a kill's recovery are the kill's election (a new leader may need
 /// one more round when the restarted node comes back).
 const KILL_SETTLE: Duration = Duration::from_secs(10);
@@ -546,6 +543,30 @@ async fn beat(run: Arc<Run>, conn: usize, i: u32, held: String) -> Option<(u32, 
         }
     }
     None
+}
+
+/// Each member's data dir: its size and its three largest top-level entries (the Raft/state database, the
+/// snapshots, the archive), so a large one says what it holds.
+fn data_dirs(cluster: &LocalCluster) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    let mut out = Vec::new();
+    for id in cluster.nodes.keys() {
+        let dir = cluster.data_dir(*id);
+        let mut parts: Vec<(u64, String)> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .take(1000)
+                    .map(|e| {
+                        (dir_bytes(&e.path()).unwrap_or(0), e.file_name().to_string_lossy().into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        parts.sort_by(|a, b| b.cmp(a));
+        let top: Vec<String> = parts.iter().take(3).map(|(b, n)| format!("{n} {}", mib(*b))).collect();
+        out.push(format!("node {id} {} [{}]", mib(parts.iter().map(|p| p.0).sum()), top.join(", ")));
+    }
+    out.join("; ")
 }
 
 /// Seconds after a kill broken down one by one (then the rest of the window as one row).
@@ -1389,12 +1410,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // Phase 3: resources, data dirs, snapshot.
     print_resources(&res, "steady state", t2, t2_end);
     print_resources(&res, "whole run so far", 0.0, run.secs());
-    let mut dirs = Vec::new();
-    for id in cluster.nodes.keys() {
-        let b = dir_bytes(&cluster.data_dir(*id)).unwrap_or(0);
-        dirs.push(format!("node {id} {:.1} MiB", b as f64 / (1 << 20) as f64));
-    }
-    println!("phase 3 data dirs: {} ({} objects)", dirs.join(", "), objects);
+    println!("phase 3 data dirs: {} ({} objects)", data_dirs(cluster), objects);
     let lead_now =
         cluster.wait_leader(READY_TIMEOUT).await.ok_or_else(|| anyhow!("no leader after phase 2"))?;
     // The safety net's view after the steady phase: silent agents latch scopes into manual drive, which
@@ -1572,6 +1588,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         b_rate / s_rate.max(1e-9)
     );
     print_resources(&res, "throughput", t7, run.secs());
+    println!("phase 7 data dirs: {}", data_dirs(cluster));
 
     // Phase 6: elections outside the kills (over the whole run).
     stop_terms.store(true, Ordering::Relaxed);

@@ -16,7 +16,7 @@ use master::cluster::{LocalCluster, READY_TIMEOUT};
 use proto::api;
 use tokio::sync::Mutex;
 
-use crate::bench_common::{now_ms, pct, sorted};
+use crate::bench_common::{FAILOVER_ATTEMPT, FAILOVER_PAUSE, now_ms, pct, sorted};
 
 #[derive(Args, Debug)]
 pub struct BenchMasterArgs {
@@ -41,6 +41,9 @@ pub struct BenchMasterArgs {
     /// Leader kills for the failover figure (0: skip).
     #[arg(long, default_value_t = 5)]
     kills: u32,
+    /// The members' `max_election_ticks` (0: the master's default), to compare election timeout ranges.
+    #[arg(long, default_value_t = 0)]
+    max_election_ticks: usize,
 }
 
 fn batch(agent: u32, seq: u64, n: u32, disks: u32) -> api::IngestRequest {
@@ -68,7 +71,12 @@ pub fn run(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
 
 async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let mut cluster = LocalCluster::start(&exe, 3).context("start cluster")?;
+    let mut cluster = if a.max_election_ticks == 0 {
+        LocalCluster::start(&exe, 3)
+    } else {
+        LocalCluster::start_with_config(&exe, 3, &format!("max_election_ticks = {}\n", a.max_election_ticks))
+    }
+    .context("start cluster")?;
     let leader = cluster
         .wait_leader(READY_TIMEOUT)
         .await
@@ -270,8 +278,8 @@ async fn failover(cluster: &mut LocalCluster, a: &BenchMasterArgs) -> anyhow::Re
             }
         }
         let mut client = Client::new(master::client::parse_addrs(&cluster.grpc_addrs()));
-        client.call_timeout = Duration::from_millis(500);
-        client.max_attempts = 200;
+        client.call_timeout = FAILOVER_ATTEMPT;
+        client.max_attempts = 1;
         let killed_at = Instant::now();
         cluster.kill9(leader);
         let mut seq_agent = 0u64;
@@ -289,6 +297,7 @@ async fn failover(cluster: &mut LocalCluster, a: &BenchMasterArgs) -> anyhow::Re
             if killed_at.elapsed() > READY_TIMEOUT {
                 bail!("no commit within {READY_TIMEOUT:?} after killing leader {leader}");
             }
+            tokio::time::sleep(FAILOVER_PAUSE).await;
         };
         println!(
             "kill {}: leader {leader} killed; first commit on the new leader after {:.0} ms",

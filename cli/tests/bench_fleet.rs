@@ -36,6 +36,8 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "phase 5 heartbeats by when they were sent after the kill",
         "phase 6 elections outside the kills: ",
         "phase 7 throughput: ",
+        "phase 7 data dirs: node 1 ",
+        "raft.redb ",
         "phase 8 lost acknowledged findings: 0 of ",
     ] {
         assert!(stdout.contains(line), "no line starting {line:?} in:\n{stdout}\nstderr:\n{stderr}");

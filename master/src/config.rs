@@ -52,6 +52,11 @@ pub struct MasterConfig {
     pub tick_ms: u64,
     #[serde(default = "default_election_ticks")]
     pub election_ticks: usize,
+    /// The top (exclusive) of the range a follower's election timeout is drawn from, in ticks (the range
+    /// starts a tick above `election_ticks`, the leader lease); 0 (default) = `raft::default_max_election_ticks`
+    /// (14 for 10: timeouts of 1.1-1.4 s with 100 ms ticks).
+    #[serde(default)]
+    pub max_election_ticks: usize,
     #[serde(default = "default_heartbeat_ticks")]
     pub heartbeat_ticks: usize,
     #[serde(default = "default_snapshot_every")]
@@ -189,7 +194,10 @@ pub enum ConfigError {
     Archive(String),
     #[error("invalid master config: {what} {value:?} is not an IP:PORT address")]
     Address { what: &'static str, value: String },
-    #[error("invalid master config: need tick_ms > 0 and 0 < heartbeat_ticks < election_ticks")]
+    #[error(
+        "invalid master config: need tick_ms > 0, 0 < heartbeat_ticks < election_ticks, and max_election_ticks \
+         0 (the default) or above election_ticks + 1"
+    )]
     Ticks,
     #[error("invalid master config: {what} {mib} MiB is too large")]
     TooLarge { what: &'static str, mib: u64 },
@@ -220,6 +228,7 @@ pub struct Resolved {
     pub join: bool,
     pub tick: Duration,
     pub election_ticks: usize,
+    pub max_election_ticks: usize,
     pub heartbeat_ticks: usize,
     pub snapshot_every: u64,
     pub storage: crate::raft::StorageLimits,
@@ -300,7 +309,12 @@ impl MasterConfig {
         };
         let grpc_listen = addr("gRPC address", &self.grpc)?;
         let http_listen = addr("HTTP address", &self.http)?;
-        if self.election_ticks <= self.heartbeat_ticks || self.heartbeat_ticks == 0 || self.tick_ms == 0 {
+        if self.election_ticks <= self.heartbeat_ticks
+            || self.heartbeat_ticks == 0
+            || self.tick_ms == 0
+            || (self.max_election_ticks != 0
+                && self.max_election_ticks <= crate::raft::min_election_ticks(self.election_ticks))
+        {
             return Err(ConfigError::Ticks);
         }
         let mib =
@@ -367,6 +381,7 @@ impl MasterConfig {
             join: self.join,
             tick: Duration::from_millis(self.tick_ms),
             election_ticks: self.election_ticks,
+            max_election_ticks: self.max_election_ticks,
             heartbeat_ticks: self.heartbeat_ticks,
             snapshot_every: self.snapshot_every,
             storage,
@@ -447,6 +462,19 @@ mod tests {
         assert!(MasterConfig::from_toml("id = 1\nbogus = 1\n").is_err(), "unknown fields are refused");
         let r = MasterConfig::from_toml(base).expect("parse").resolve().expect("defaults");
         assert_eq!(r.storage, crate::raft::StorageLimits::default());
+        assert_eq!((r.election_ticks, r.max_election_ticks), (10, 0), "0: the raft layer's default range");
+        assert_eq!(crate::raft::default_max_election_ticks(10), 14, "[11, 14): 1.1-1.4 s");
+        assert_eq!(crate::raft::default_max_election_ticks(2), 4, "at least one tick of spread");
+        let r =
+            MasterConfig::from_toml(&format!("max_election_ticks = 20\n{base}")).expect("parse").resolve();
+        assert_eq!(r.expect("raft-rs's old default").max_election_ticks, 20);
+        for bad in
+            ["max_election_ticks = 11", "max_election_ticks = 5", "election_ticks = 2\nheartbeat_ticks = 2"]
+        {
+            let e =
+                MasterConfig::from_toml(&format!("{bad}\n{base}")).expect("parse").resolve().expect_err(bad);
+            assert!(e.to_string().contains("max_election_ticks"), "{bad}: {e}");
+        }
         let r = MasterConfig::from_toml(&format!("snapshot_log_mb = 8\nmin_free_mb = 0\n{base}"))
             .expect("parse")
             .resolve()

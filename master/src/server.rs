@@ -148,6 +148,7 @@ pub async fn serve(
         data_dir: cfg.data_dir.clone(),
         tick: cfg.tick,
         election_ticks: cfg.election_ticks,
+        max_election_ticks: cfg.max_election_ticks,
         heartbeat_ticks: cfg.heartbeat_ticks,
         snapshot_every: cfg.snapshot_every,
         join: cfg.join,

@@ -28,6 +28,7 @@ fn single_config(dir: PathBuf) -> RaftConfig {
         data_dir: dir,
         tick: Duration::from_millis(20),
         election_ticks: 10,
+        max_election_ticks: 0,
         heartbeat_ticks: 2,
         snapshot_every: 1000,
         join: false,

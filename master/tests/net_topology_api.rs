@@ -41,6 +41,7 @@ async fn start() -> Master {
         data_dir: dir.path().to_path_buf(),
         tick: Duration::from_millis(20),
         election_ticks: 10,
+        max_election_ticks: 0,
         heartbeat_ticks: 2,
         snapshot_every: 0,
         join: false,

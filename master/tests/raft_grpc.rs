@@ -105,6 +105,7 @@ fn config(
         data_dir: dir,
         tick: Duration::from_millis(20),
         election_ticks: 10,
+        max_election_ticks: 0,
         heartbeat_ticks: 2,
         snapshot_every,
         join,
@@ -665,6 +666,7 @@ async fn bad_configs_are_refused() {
         RaftConfig { id: 2, ..base.clone() },
         RaftConfig { heartbeat_ticks: 10, election_ticks: 10, ..base.clone() },
         RaftConfig { tick: Duration::ZERO, ..base.clone() },
+        RaftConfig { max_election_ticks: base.election_ticks + 1, ..base.clone() },
     ];
     for cfg in cases {
         match RaftNode::start(cfg.clone(), LogFsm).await {

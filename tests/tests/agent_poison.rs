@@ -47,6 +47,7 @@ async fn start_master() -> Master {
         data_dir: dir.path().to_path_buf(),
         tick: Duration::from_millis(20),
         election_ticks: 10,
+        max_election_ticks: 0,
         heartbeat_ticks: 2,
         snapshot_every: 0,
         join: false,

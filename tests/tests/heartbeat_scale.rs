@@ -35,6 +35,7 @@ async fn start_node(dir: &Path, agent_silent_after: Duration) -> Node {
         data_dir: dir.to_path_buf(),
         tick: Duration::from_millis(20),
         election_ticks: 10,
+        max_election_ticks: 0,
         heartbeat_ticks: 2,
         snapshot_every: 0,
         join: false,

@@ -57,9 +57,11 @@ pub struct CoreConfig {
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
     pub snapshot_every: u64,
-    /// raft-rs draws election timeouts from `[election_ticks, max_election_ticks)` with its own
-    /// unseeded RNG; 0 means raft-rs's default (2 * election_ticks). The simulation sets
-    /// `election_ticks + 1` so runs are reproducible from the seed (its tick schedule is the randomness).
+    /// raft-rs draws election timeouts from `[min_election_ticks, max_election_ticks)` with its own
+    /// unseeded RNG; 0 means raft-rs's defaults (`election_ticks`, 2 * `election_ticks`). The simulation
+    /// sets `[election_ticks, election_ticks + 1)` so runs are reproducible from the seed (its tick schedule
+    /// is the randomness); real nodes start the range a tick above the lease (`raft::min_election_ticks`).
+    pub min_election_ticks: usize,
     pub max_election_ticks: usize,
     /// Distinguishes this process's request ids from those of earlier runs of the same node.
     pub incarnation: u64,
@@ -173,6 +175,7 @@ pub fn raft_config(cfg: &CoreConfig, applied: u64) -> raft::Config {
         max_inflight_msgs: MAX_INFLIGHT_MSGS,
         check_quorum: true,
         pre_vote: true,
+        min_election_tick: cfg.min_election_ticks,
         max_election_tick: cfg.max_election_ticks,
         ..Default::default()
     }
@@ -970,6 +973,7 @@ mod tests {
             election_ticks,
             heartbeat_ticks: 2,
             snapshot_every,
+            min_election_ticks: 0,
             max_election_ticks,
             incarnation: 1,
         };

@@ -230,6 +230,12 @@ fn validate(cfg: &RaftConfig) -> Result<Vec<NodeId>, RaftError> {
     if cfg.tick.is_zero() || cfg.heartbeat_ticks == 0 || cfg.election_ticks <= cfg.heartbeat_ticks {
         return Err(RaftError::Config("need tick > 0 and 0 < heartbeat_ticks < election_ticks".into()));
     }
+    if cfg.max_election_ticks != 0 && cfg.max_election_ticks <= super::min_election_ticks(cfg.election_ticks)
+    {
+        return Err(RaftError::Config(
+            "need max_election_ticks > election_ticks + 1 (or 0: the default)".into(),
+        ));
+    }
     Ok(cfg.peers.keys().copied().collect())
 }
 
@@ -589,7 +595,11 @@ impl RaftNode {
             election_ticks: cfg.election_ticks,
             heartbeat_ticks: cfg.heartbeat_ticks,
             snapshot_every: cfg.snapshot_every,
-            max_election_ticks: 0,
+            min_election_ticks: super::min_election_ticks(cfg.election_ticks),
+            max_election_ticks: match cfg.max_election_ticks {
+                0 => super::default_max_election_ticks(cfg.election_ticks),
+                n => n,
+            },
             incarnation: rand::random(),
         };
         let mut launch = Launch {

@@ -191,6 +191,7 @@ fn open_core(id: NodeId, dir: &Path, voters: &[NodeId], snapshot_every: u64) -> 
         election_ticks: 10,
         heartbeat_ticks: 2,
         snapshot_every,
+        min_election_ticks: 0,
         max_election_ticks: 11,
         incarnation: 7,
     };

@@ -60,6 +60,7 @@ fn open_master(id: NodeId, dir: &Path, voters: &[NodeId], log: &EntryLog, knows:
         election_ticks: 10,
         heartbeat_ticks: 2,
         snapshot_every: 3,
+        min_election_ticks: 0,
         max_election_ticks: 11,
         incarnation: 7,
     };
