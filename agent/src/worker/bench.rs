@@ -313,13 +313,21 @@ mod tests {
 
     #[test]
     fn o_direct_on_tmpfs_is_a_clear_error_or_runs() {
-        // /dev/shm is tmpfs (no O_DIRECT on older kernels); either way the result is clear, never a panic.
+        // A file system without O_DIRECT (tmpfs on older kernels) is a clear error; so is a disk too busy to
+        // give a phase its minimum of operations in the time (CI runs hundreds of tests beside this one: one
+        // run saw 3 random reads in a 20 ms phase). Either way the result is clear, never a panic.
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("bench");
         let deadline = Instant::now() + Duration::from_secs(5);
-        match run(&p, 4 * 1024 * 1024, Duration::from_millis(80), deadline) {
+        match run(&p, 4 * 1024 * 1024, Duration::from_millis(200), deadline) {
             Ok(f) => assert!(f.seq_write_mbps > 0.0 && f.rand_read_ops >= MIN_RAND_OPS, "{f:?}"),
-            Err(e) => assert!(e.to_string().contains("O_DIRECT"), "{e}"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("O_DIRECT") || e.contains(&format!("(< {MIN_RAND_OPS}) before the deadline")),
+                    "{e}"
+                )
+            }
         }
         assert!(!p.exists(), "benchmark file removed");
     }
