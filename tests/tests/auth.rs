@@ -351,6 +351,26 @@ async fn secured_cluster_checks_tokens_roles_and_certificates() {
         LocalCluster::start_secure_with_env(&bin, 3, &p.master_toml(), harness, &[("RUST_LOG", VERBOSE)])
             .unwrap();
     assert!(cluster.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", cluster.log_tail(1));
+    // A new cluster's leader writes on its own at first: it raises min_command_version, then seeds the
+    // catalog. Wait for both, so the revision checks below see only what the calls do (one CI run read the
+    // revision between the two writes).
+    let settled = wait_until(READY_TIMEOUT, || {
+        let mut c = cluster.client();
+        async move {
+            let info =
+                c.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await;
+            let upgraded = info.is_ok_and(|i| i.min_command_version == master::model::COMMAND_VERSION);
+            let seeded = c
+                .call(api::ListCatalogRequest { name: "kernel-log".into() }, |mut c, r| async move {
+                    c.list_catalog(r).await
+                })
+                .await
+                .is_ok_and(|l| l.artifacts.iter().any(|a| a.r#type == "rules"));
+            upgraded && seeded
+        }
+    })
+    .await;
+    assert!(settled, "the leader never upgraded and seeded: {}", cluster.log_tail(1));
     let wrong = Token::new("0123456789abcdef-not-a-real-token");
 
     // 1. gRPC: missing, wrong and under-privileged tokens; nothing changes.
