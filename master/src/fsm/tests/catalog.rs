@@ -19,16 +19,15 @@ fn b64(b: &[u8]) -> String {
 /// A harness whose cluster enabled the catalog's command version.
 fn enabled() -> Harness {
     let mut h = Harness::new();
-    let r = h.apply(
-        1,
-        vec![Command::SetMinCommandVersion {
-            version: crate::model::CATALOG_COMMAND_VERSION,
-            by: "ops".into(),
-            reason: "upgraded".into(),
-        }],
-    );
-    assert!(r.results[0].error.is_none(), "{r:?}");
+    raise(&mut h, 1, crate::model::CATALOG_COMMAND_VERSION);
     h
+}
+
+/// The cluster enables command version `version` at `now`.
+fn raise(h: &mut Harness, now: u64, version: u32) {
+    let cmd = Command::SetMinCommandVersion { version, by: "ops".into(), reason: "upgraded".into() };
+    let r = h.apply(now, vec![cmd]);
+    assert!(r.results[0].error.is_none(), "{r:?}");
 }
 
 fn record(name: &str, version: &str, bytes: &[u8]) -> ArtifactRecord {
@@ -361,31 +360,14 @@ fn rollback_returns_the_canary_hosts_to_the_stable_version() {
 
 #[test]
 fn retiring_the_stable_version_unassigns_the_checker() {
-    let mut h = Harness::new();
-    let r = h.apply(
-        1,
-        vec![Command::SetMinCommandVersion {
-            version: crate::model::CATALOG_COMMAND_VERSION,
-            by: "ops".into(),
-            reason: "upgraded".into(),
-        }],
-    );
-    assert!(r.results[0].error.is_none(), "{r:?}");
+    let mut h = enabled();
     probe_v1_v2_v3(&mut h);
     one(&mut h, 3, roll(RolloutAction::Promote, "1", Target::default()));
     let retire = |v: &str| roll(RolloutAction::Retire, v, Target::default());
     assert_eq!(retire("1").version(), crate::model::RETIRE_COMMAND_VERSION);
     // Below its command version a retire is refused like any newer command.
     refused(&mut h, 4, retire("1"), Code::Conflict, "needs command version 8");
-    let r = h.apply(
-        4,
-        vec![Command::SetMinCommandVersion {
-            version: crate::model::RETIRE_COMMAND_VERSION,
-            by: "ops".into(),
-            reason: "upgraded".into(),
-        }],
-    );
-    assert!(r.results[0].error.is_none(), "{r:?}");
+    raise(&mut h, 4, crate::model::RETIRE_COMMAND_VERSION);
     // Only the stable version, by name, and never under a rollout in progress; each refusal changes nothing.
     refused(&mut h, 5, retire("2"), Code::Conflict, "probe@2 is not the stable version (probe@1 is)");
     refused(&mut h, 5, retire("9"), Code::NotFound, "no version \"9\"");
