@@ -21,7 +21,9 @@
 //! 6. elections outside the two kills (the highest term of the members, polled every 200 ms);
 //! 7. throughput: findings/s of 500 single-finding clients beside 32 agents sending 500-finding batches;
 //! 8. every acknowledged finding checked once on its object at the end (its checker's latest evidence is at
-//!    least as new; a burst ERROR also left a transition in the history): the lost count must be 0.
+//!    least as new; a burst ERROR also left a transition in the history): the lost count must be 0;
+//! 9. every member stopped (SIGTERM) and its `raft.redb` broken down: pages in use against the file's size
+//!    (the rest is free pages redb keeps) and its largest tables (`master::raft::storage_usage_of`).
 //!
 //! Exits non-zero when a phase fails (no leader, registration that does not complete, an unreachable
 //! cluster) or when an acknowledged finding is missing. No assertion on time anywhere: the floors of issue
@@ -1637,7 +1639,67 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     if v.lost > 0 {
         bail!("{} acknowledged findings are missing, e.g. {:?}", v.lost, v.examples);
     }
+    print_storage(cluster).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a stopping member may take to exit before the storage breakdown gives up on it.
+const STOP_DEADLINE: Duration = Duration::from_secs(60);
+/// Tables printed per member, largest first (the rest summed).
+const STORAGE_TABLES: usize = 6;
+
+/// Phase 9, after every measurement: each member stopped (SIGTERM, an orderly shutdown) and its database
+/// file broken down: pages in use against the file's size (the rest is free pages redb keeps) and the
+/// largest tables. A member that does not stop within [`STOP_DEADLINE`] is said so and skipped.
+async fn print_storage(cluster: &mut LocalCluster) {
+    let ids = cluster.running();
+    for id in &ids {
+        if let Err(e) = cluster.terminate(*id) {
+            println!("phase 9 storage: node {id} could not be stopped: {e}");
+        }
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    for id in ids {
+        let deadline = Instant::now() + STOP_DEADLINE;
+        while cluster.exited(id).is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if cluster.exited(id).is_none() {
+            println!("phase 9 storage: node {id} did not stop within {STOP_DEADLINE:?}; skipped");
+            continue;
+        }
+        let dir = cluster.data_dir(id);
+        match tokio::task::spawn_blocking(move || master::raft::storage_usage_of(&dir)).await {
+            Ok(Ok((file, u))) => {
+                let rest: u64 = u.tables.iter().skip(STORAGE_TABLES).map(|t| t.page_bytes).sum();
+                let tables: Vec<String> = u
+                    .tables
+                    .iter()
+                    .take(STORAGE_TABLES)
+                    .map(|t| {
+                        format!(
+                            "{} {:.1} MiB ({} entries, {:.1} MiB stored)",
+                            t.name,
+                            mib(t.page_bytes),
+                            t.entries,
+                            mib(t.stored_bytes)
+                        )
+                    })
+                    .collect();
+                println!(
+                    "phase 9 storage, node {id}: raft.redb {:.1} MiB, {:.1} MiB in use ({:.1} MiB free pages \
+                     kept): {}, others {:.1} MiB",
+                    mib(file),
+                    mib(u.allocated_bytes),
+                    mib(file.saturating_sub(u.allocated_bytes)),
+                    tables.join(", "),
+                    mib(rest)
+                );
+            }
+            Ok(Err(e)) => println!("phase 9 storage: node {id}: {e}"),
+            Err(e) => println!("phase 9 storage: node {id}: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -128,12 +128,36 @@ fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
                     r.fsm_recounted
                 );
             }
+            print_usage(&r);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("{}: {e}", dir.display());
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Where the file's bytes go: pages in use against the file, then each table (largest first).
+fn print_usage(r: &master::raft::VerifyReport) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let u = &r.usage;
+    println!(
+        "  storage: {:.1} MiB in use of a {:.1} MiB file ({:.1} MiB free pages kept), {:.1} MiB of keys and values",
+        u.allocated_bytes as f64 / MIB,
+        r.file_bytes as f64 / MIB,
+        r.file_bytes.saturating_sub(u.allocated_bytes) as f64 / MIB,
+        u.stored_bytes as f64 / MIB
+    );
+    for t in &u.tables {
+        println!(
+            "    {:<24} {:>12} entries {:>10.1} MiB stored {:>10.1} MiB in pages ({:.1} MiB unused)",
+            t.name,
+            t.entries,
+            t.stored_bytes as f64 / MIB,
+            t.page_bytes as f64 / MIB,
+            t.fragmented_bytes as f64 / MIB
+        );
     }
 }
 

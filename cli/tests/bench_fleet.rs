@@ -42,6 +42,15 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
     ] {
         assert!(stdout.contains(line), "no line starting {line:?} in:\n{stdout}\nstderr:\n{stderr}");
     }
+    // Every member stopped and its database broken down: in use, free, the largest tables.
+    for id in 1..=3 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("phase 9 storage, node {id}: raft.redb ")))
+            .unwrap_or_else(|| panic!("no storage line for node {id}:\n{stdout}"));
+        assert!(line.contains(" MiB in use (") && line.contains("free pages kept)"), "{line}");
+        assert!(line.contains(" entries, ") && line.contains(" MiB stored)"), "{line}");
+    }
     // Agents echo the assignment hash they hold, so an answer carries the assignment only when it changed
     // (the first beats, and once after the catalog is seeded): far fewer than the beats.
     let over_run = stdout.lines().find(|l| l.starts_with("heartbeats over the run: ")).expect("run line");

@@ -130,6 +130,16 @@ async fn verify_reports_the_fsm_records_it_checked() {
     drop(db);
     let report = verify_data_dir(&dir).expect("verify");
     assert!(report.fsm_records >= 3 && report.fsm_bytes > 0 && !report.fsm_upgraded, "{report:?}");
+    // Where the file's bytes go: the objects and log tables are there with their entries, every table's pages
+    // are in use, and what is in use fits the file.
+    let u = &report.usage;
+    let table =
+        |n: &str| u.tables.iter().find(|t| t.name == n).unwrap_or_else(|| panic!("no table {n}: {u:?}"));
+    assert!(table("fsm_objects").entries >= 1 && table("fsm_objects").stored_bytes > 0, "{u:?}");
+    assert_eq!(table("raft_log").entries, report.log_entries, "{u:?}");
+    let pages: u64 = u.tables.iter().map(|t| t.page_bytes).sum();
+    assert!(pages <= u.allocated_bytes && u.allocated_bytes <= report.file_bytes, "{u:?}");
+    assert!(u.tables.windows(2).all(|w| w[0].page_bytes >= w[1].page_bytes), "largest first: {u:?}");
 }
 
 /// An entry this binary is too old to apply stops the node with the "incompatible" error (it used to say

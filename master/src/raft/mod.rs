@@ -25,7 +25,10 @@ mod sim;
 mod snapbench;
 
 pub use self::core::{MAX_COMMAND_BYTES, MAX_INFLIGHT_PROPOSALS, MAX_INFLIGHT_READS};
-pub use self::node::{PROPOSE_TIMEOUT, RaftNode, START_PROBE_WINDOW, VerifyReport, verify_data_dir};
+pub use self::node::{
+    PROPOSE_TIMEOUT, RaftNode, START_PROBE_WINDOW, StorageUsage, TableUsage, VerifyReport, storage_usage,
+    storage_usage_of, verify_data_dir,
+};
 pub use self::transport::{PeerService, TransportError};
 
 pub type NodeId = u64;

@@ -328,6 +328,78 @@ pub struct VerifyReport {
     pub fsm_resealed: u64,
     /// Objects counted into the replicated counts by this check (a store written before them), else 0.
     pub fsm_recounted: u64,
+    /// Where the file's bytes go: pages allocated, and each table's share.
+    pub usage: StorageUsage,
+}
+
+/// What a database file's bytes hold, from redb's own accounting (`huatuo master --verify` prints it, so an
+/// operator can tell live tables from free pages the file keeps).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StorageUsage {
+    /// Pages in use (every table, redb's own trees), in bytes; the rest of the file is free pages redb
+    /// reuses but does not return while later pages are in use.
+    pub allocated_bytes: u64,
+    /// Bytes of keys and values stored, of every table.
+    pub stored_bytes: u64,
+    /// The tables, largest first (leaf and branch pages).
+    pub tables: Vec<TableUsage>,
+}
+
+/// One table's share of a database file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableUsage {
+    pub name: String,
+    pub entries: u64,
+    /// Bytes of keys and values.
+    pub stored_bytes: u64,
+    /// Leaf and branch pages, in bytes.
+    pub page_bytes: u64,
+    /// Bytes of those pages left unused (fragmentation).
+    pub fragmented_bytes: u64,
+}
+
+/// [`storage_usage`] of a stopped member's data dir, with the file's size: opens the database without the
+/// start-up checks (they read every record; this reads the trees' pages once). The node must not be running.
+pub fn storage_usage_of(dir: &Path) -> Result<(u64, StorageUsage), RaftError> {
+    let path = db_path(dir);
+    let file_bytes =
+        std::fs::metadata(&path).map_err(|e| RaftError::Storage(format!("{}: {e}", path.display())))?.len();
+    let db = Database::builder()
+        .set_cache_size(super::MIN_CACHE_BYTES)
+        .open(&path)
+        .map_err(|e| RaftError::Storage(format!("open {}: {e}", path.display())))?;
+    Ok((file_bytes, storage_usage(&db)?))
+}
+
+/// Measures `db`'s use of its file: walks every table's tree (reads every page header once), so it costs a
+/// read of the file; `--verify` only.
+pub fn storage_usage(db: &Database) -> Result<StorageUsage, RaftError> {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let err = |e: &dyn std::fmt::Display| RaftError::Storage(format!("storage usage: {e}"));
+    let w = db.begin_write().map_err(|e| err(&e))?;
+    let stats = w.stats().map_err(|e| err(&e))?;
+    let page = stats.page_size() as u64;
+    w.abort().map_err(|e| err(&e))?;
+    let r = db.begin_read().map_err(|e| err(&e))?;
+    let mut tables = Vec::new();
+    for h in r.list_tables().map_err(|e| err(&e))? {
+        let name = redb::TableHandle::name(&h).to_string();
+        let t = r.open_untyped_table(h).map_err(|e| err(&e))?;
+        let s = t.stats().map_err(|e| err(&e))?;
+        tables.push(TableUsage {
+            name,
+            entries: t.len().map_err(|e| err(&e))?,
+            stored_bytes: s.stored_bytes(),
+            page_bytes: (s.leaf_pages() + s.branch_pages()) * page,
+            fragmented_bytes: s.fragmented_bytes(),
+        });
+    }
+    tables.sort_by(|a, b| b.page_bytes.cmp(&a.page_bytes).then_with(|| a.name.cmp(&b.name)));
+    Ok(StorageUsage {
+        allocated_bytes: stats.allocated_pages() * page,
+        stored_bytes: stats.stored_bytes(),
+        tables,
+    })
 }
 
 /// Runs the start-up checks on a data dir without starting a node: redb's integrity check, then every
@@ -345,6 +417,7 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
         crate::store::StoreError::Corrupt { .. } => RaftError::Corrupt(e.to_string()),
         e => RaftError::Storage(e.to_string()),
     })?;
+    let usage = storage_usage(&db)?;
     Ok(VerifyReport {
         path,
         file_bytes,
@@ -367,6 +440,7 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
         fsm_upgraded: fsm.upgraded,
         fsm_resealed: fsm.resealed,
         fsm_recounted: fsm.recounted,
+        usage,
     })
 }
 
