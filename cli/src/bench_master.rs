@@ -41,7 +41,8 @@ pub struct BenchMasterArgs {
     /// Leader kills for the failover figure (0: skip).
     #[arg(long, default_value_t = 5)]
     kills: u32,
-    /// The members' `max_election_ticks` (0: the master's default), to compare election timeout ranges.
+    /// The members' `max_election_ticks` (0: the default, timeouts fixed by rank; N: a random range up to N), to
+    /// compare them.
     #[arg(long, default_value_t = 0)]
     max_election_ticks: usize,
 }

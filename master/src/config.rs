@@ -52,9 +52,10 @@ pub struct MasterConfig {
     pub tick_ms: u64,
     #[serde(default = "default_election_ticks")]
     pub election_ticks: usize,
-    /// The top (exclusive) of the range a follower's election timeout is drawn from, in ticks (the range
-    /// starts a tick above `election_ticks`, the leader lease); 0 (default) = `raft::default_max_election_ticks`
-    /// (14 for 10: timeouts of 1.1-1.4 s with 100 ms ticks).
+    /// The top (exclusive) of a range a follower's election timeout is drawn from at random, in ticks (the
+    /// range starts a tick above `election_ticks`, the leader lease); 0 (default) = no range: each member's
+    /// timeout is fixed by its rank among the members, a tick apart (`raft::ranked_election_ticks`: 1.1 s,
+    /// 1.2 s, 1.3 s for 10 ticks of 100 ms and 3 members).
     #[serde(default)]
     pub max_election_ticks: usize,
     #[serde(default = "default_heartbeat_ticks")]
@@ -462,9 +463,9 @@ mod tests {
         assert!(MasterConfig::from_toml("id = 1\nbogus = 1\n").is_err(), "unknown fields are refused");
         let r = MasterConfig::from_toml(base).expect("parse").resolve().expect("defaults");
         assert_eq!(r.storage, crate::raft::StorageLimits::default());
-        assert_eq!((r.election_ticks, r.max_election_ticks), (10, 0), "0: the raft layer's default range");
-        assert_eq!(crate::raft::default_max_election_ticks(10), 14, "[11, 14): 1.1-1.4 s");
-        assert_eq!(crate::raft::default_max_election_ticks(2), 4, "at least one tick of spread");
+        assert_eq!((r.election_ticks, r.max_election_ticks), (10, 0), "0: timeouts fixed by rank");
+        assert_eq!(crate::raft::ranked_election_ticks(10, 0), (11, 12), "the lowest member: 1.1 s");
+        assert_eq!(crate::raft::ranked_election_ticks(10, 2), (13, 14), "the third: 1.3 s");
         let r =
             MasterConfig::from_toml(&format!("max_election_ticks = 20\n{base}")).expect("parse").resolve();
         assert_eq!(r.expect("raft-rs's old default").max_election_ticks, 20);

@@ -63,6 +63,11 @@ pub struct CoreConfig {
     /// is the randomness); real nodes start the range a tick above the lease (`raft::min_election_ticks`).
     pub min_election_ticks: usize,
     pub max_election_ticks: usize,
+    /// While campaigning (pre-candidate or candidate), each tick counts with probability 1/2: a member whose
+    /// timeout is fixed (a one-tick range, see `raft::ranked_election_ticks`) retries a failed campaign after
+    /// a random time, so two members that collided once (the same timeout at the same tick phase) do not
+    /// collide again in lockstep. Off in the simulation, whose tick schedule is its randomness.
+    pub campaign_jitter: bool,
     /// Distinguishes this process's request ids from those of earlier runs of the same node.
     pub incarnation: u64,
 }
@@ -154,6 +159,8 @@ pub struct Core<F: Fsm> {
     /// Flushes the database file while a received snapshot is restored into it (None: only the commit's
     /// fsync, as in the simulation).
     restore_flush: Option<Flusher>,
+    /// Ticks not passed to raft-rs while campaigning ([`CoreConfig::campaign_jitter`]).
+    skipped_ticks: u64,
 }
 
 fn ctx_bytes(id: NodeId, incarnation: u64, token: u64) -> Vec<u8> {
@@ -215,6 +222,7 @@ impl<F: Fsm> Core<F> {
             stepped_files: Vec::new(),
             build_warned: false,
             restore_flush: None,
+            skipped_ticks: 0,
         })
     }
 
@@ -291,9 +299,23 @@ impl<F: Fsm> Core<F> {
     }
 
     pub fn tick(&mut self) {
-        if self.fatal.is_none() {
-            self.raw.tick();
+        if self.fatal.is_some() {
+            return;
         }
+        if self.cfg.campaign_jitter
+            && matches!(self.raw.raft.state, StateRole::Candidate | StateRole::PreCandidate)
+            && rand::random::<bool>()
+        {
+            self.skipped_ticks += 1;
+            return;
+        }
+        self.raw.tick();
+    }
+
+    /// Ticks skipped while campaigning ([`CoreConfig::campaign_jitter`]).
+    #[cfg(test)]
+    pub fn skipped_ticks(&self) -> u64 {
+        self.skipped_ticks
     }
 
     /// Steps a message from a peer. Errors are the peer's problem (stale, unknown sender): ignored.
@@ -975,6 +997,7 @@ mod tests {
             snapshot_every,
             min_election_ticks: 0,
             max_election_ticks,
+            campaign_jitter: false,
             incarnation: 1,
         };
         Core::new(cfg, st, TestFsm::<SNAP>, &slog::Logger::root(slog::Discard, slog::o!())).expect("core")
@@ -1023,6 +1046,59 @@ mod tests {
         // The leader speaks again: it is named again at once.
         c.step(hb);
         assert_eq!(c.leader(), Some(2));
+    }
+
+    /// Ranks count the distinct member ids below a member's own, whatever the order or repeats given.
+    #[test]
+    fn election_rank_is_the_place_among_the_members() {
+        use crate::raft::election_rank;
+        assert_eq!(election_rank(1, [3, 1, 2]), 0);
+        assert_eq!(election_rank(3, [1, 2, 3, 3, 2]), 2, "repeats count once");
+        assert_eq!(election_rank(7, [7, 12, 4]), 1, "ids need not be 1..N");
+        assert_eq!(election_rank(5, []), 0, "no member known: rank 0");
+    }
+
+    /// A member with a fixed (ranked) timeout campaigns exactly at it, then, while its campaign goes
+    /// unanswered, lets each tick through with probability 1/2 (`campaign_jitter`): its retries come at random
+    /// times, so two members that collided once do not stay in lockstep. Without the jitter, every tick counts.
+    #[test]
+    fn a_campaigning_member_skips_ticks_at_random_only_with_jitter() {
+        for jitter in [true, false] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let (_db, st) = crate::raft::sim::open_store::<NopFsm>(tmp.path(), 2, &[1, 2, 3]);
+            let (min, max) = crate::raft::ranked_election_ticks(10, 1);
+            let cfg = CoreConfig {
+                id: 2,
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                snapshot_every: 0,
+                min_election_ticks: min,
+                max_election_ticks: max,
+                campaign_jitter: jitter,
+                incarnation: 1,
+            };
+            let mut c = Core::new(cfg, st, TestFsm::<0>, &slog::Logger::root(slog::Discard, slog::o!()))
+                .expect("core");
+            for _ in 0..min - 1 {
+                c.tick();
+            }
+            assert_eq!(c.role(), StateRole::Follower, "jitter {jitter}: not before its rank's timeout");
+            c.tick();
+            assert_eq!(c.role(), StateRole::PreCandidate, "jitter {jitter}: exactly at 12 ticks");
+            assert_eq!(c.skipped_ticks(), 0, "a follower's ticks all count");
+            // Nobody answers: the member keeps campaigning; 2,000 ticks with the jitter skip about 1,000
+            // (a binomial's standard deviation is 22; the bounds are 13 of them away).
+            for _ in 0..2_000 {
+                c.tick();
+            }
+            assert!(matches!(c.role(), StateRole::PreCandidate | StateRole::Candidate));
+            let skipped = c.skipped_ticks();
+            if jitter {
+                assert!((700..=1_300).contains(&skipped), "skipped {skipped} of 2000");
+            } else {
+                assert_eq!(skipped, 0);
+            }
+        }
     }
 
     /// A heartbeat committing past the follower's log (sent by a leader whose progress for this member

@@ -4,7 +4,7 @@
 //!
 //! See `README.md` in this folder for the storage layout, the loop and the invariants.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -125,8 +125,8 @@ pub struct RaftConfig {
     /// ignores vote requests. A follower campaigns after a timeout drawn from
     /// `[min_election_ticks(election_ticks), max_election_ticks)`.
     pub election_ticks: usize,
-    /// The (exclusive) top of that range; 0 = [`default_max_election_ticks`]; else above
-    /// [`min_election_ticks`].
+    /// The (exclusive) top of that range; 0 = the member's fixed timeout by rank ([`ranked_election_ticks`]);
+    /// else above [`min_election_ticks`], a range raft-rs draws from at random.
     pub max_election_ticks: usize,
     /// Ticks between leader heartbeats; must be below `election_ticks`.
     pub heartbeat_ticks: usize,
@@ -146,13 +146,28 @@ pub fn min_election_ticks(election_ticks: usize) -> usize {
     election_ticks + 1
 }
 
-/// The top (exclusive) of the election timeout range when none is configured: 30% (at least one tick) above
-/// [`min_election_ticks`], so 10 ticks of 100 ms draw from [1.1 s, 1.4 s). raft-rs's own default, twice
-/// `election_ticks`, let a failover take up to 2 s plus the election (`huatuo bench master --kills 12`:
-/// median 2,138 ms, bimodal at 1.1-1.3 s and 2.0-2.25 s). The lease, what a leader's pause must exceed to
-/// cause an election, is unchanged.
-pub fn default_max_election_ticks(election_ticks: usize) -> usize {
-    min_election_ticks(election_ticks) + (election_ticks * 3 / 10).max(1)
+/// A member's place among the cluster's members: how many member ids are below its own (0 for the lowest).
+pub fn election_rank(id: NodeId, members: impl IntoIterator<Item = NodeId>) -> usize {
+    members.into_iter().filter(|m| *m < id).collect::<BTreeSet<_>>().len()
+}
+
+/// The election timeout range `[min, max)` of the member of rank `rank` when none is configured: one tick
+/// wide, so fixed, and one tick later per rank: [`min_election_ticks`] for the lowest member, a tick more
+/// for the next (10 ticks of 100 ms: 1.1 s, 1.2 s, 1.3 s for a 3-member cluster).
+///
+/// Why not a random range: with one member dead, the survivors split a vote when the second one's timer
+/// fires within a message's flight of the first (both pre-candidates grant each other, then both vote for
+/// themselves). Drawn from [1.1 s, 1.4 s), that happened once in 60 kills (`huatuo bench master --kills`,
+/// 2026-12-04: 2,792 ms for that failover), enough to break a p99. With ranks a tick apart, the two fire
+/// 0-200 ms apart (each timer fires within its own 100 ms tick phase), within `d` ms of each other with
+/// probability d^2 / 20,000 (0.1% for 5 ms), and the next survivor still fires 1.1-1.2 s after the last
+/// heartbeat when the lowest member is the one lost. A failed campaign is retried after a random time
+/// (`CoreConfig::campaign_jitter`), so members that collide anyway (two members of one rank after a
+/// membership change without a restart) do not stay in lockstep. The lease, what a leader's pause must
+/// exceed to cause an election, is unchanged.
+pub fn ranked_election_ticks(election_ticks: usize, rank: usize) -> (usize, usize) {
+    let min = min_election_ticks(election_ticks) + rank;
+    (min, min + 1)
 }
 
 /// Compact the Raft log once its applied part takes this many bytes, even before `snapshot_every`

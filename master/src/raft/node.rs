@@ -664,16 +664,23 @@ impl RaftNode {
             net: PeerRuntime::new(cfg.id)?,
         });
         let node = RaftNode { shared: shared.clone() };
+        // The members this node knows at start: the configured ones and the stored configuration's voters.
+        let rank = super::election_rank(
+            cfg.id,
+            cfg.peers.keys().copied().chain(storage.conf_state().voters.iter().copied()),
+        );
+        let (min_election_ticks, max_election_ticks) = match cfg.max_election_ticks {
+            0 => super::ranked_election_ticks(cfg.election_ticks, rank),
+            n => (super::min_election_ticks(cfg.election_ticks), n),
+        };
         let core_cfg = CoreConfig {
             id: cfg.id,
             election_ticks: cfg.election_ticks,
             heartbeat_ticks: cfg.heartbeat_ticks,
             snapshot_every: cfg.snapshot_every,
-            min_election_ticks: super::min_election_ticks(cfg.election_ticks),
-            max_election_ticks: match cfg.max_election_ticks {
-                0 => super::default_max_election_ticks(cfg.election_ticks),
-                n => n,
-            },
+            min_election_ticks,
+            max_election_ticks,
+            campaign_jitter: true,
             incarnation: rand::random(),
         };
         let mut launch = Launch {

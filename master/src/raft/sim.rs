@@ -193,6 +193,7 @@ fn open_core(id: NodeId, dir: &Path, voters: &[NodeId], snapshot_every: u64) -> 
         snapshot_every,
         min_election_ticks: 0,
         max_election_ticks: 11,
+        campaign_jitter: false,
         incarnation: 7,
     };
     Core::new(cfg, st, ChainFsm, &slog::Logger::root(slog::Discard, slog::o!())).expect("core")

@@ -62,6 +62,7 @@ fn open_master(id: NodeId, dir: &Path, voters: &[NodeId], log: &EntryLog, knows:
         snapshot_every: 3,
         min_election_ticks: 0,
         max_election_ticks: 11,
+        campaign_jitter: false,
         incarnation: 7,
     };
     Core::new(cfg, st, fsm, &slog::Logger::root(slog::Discard, slog::o!())).expect("core")
