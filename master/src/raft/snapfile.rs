@@ -2,11 +2,16 @@
 //! to a follower, what a follower writes while receiving and restores from. Memory is bounded by one chunk
 //! ([`FILE_CHUNK`]), never by the state.
 //!
-//! Layout: [`MAGIC`] (16 bytes), then frames `len (u32 LE) ++ 0xC1 ++ crc32c(payload) (u32 LE) ++ payload`
+//! Layout: [`MAGIC`] (16 bytes), then frames `len (u32 LE) ++ tag ++ crc32c(payload) (u32 LE) ++ body`
 //! (each payload at most `FILE_CHUNK`), then the trailer `u32::MAX (LE) ++ total payload bytes (u64 LE) ++
-//! crc32c of all payloads (u32 LE)`. The payloads concatenated are the Fsm's snapshot bytes, exactly what an
-//! older binary sent in one `Snapshot.data`; the frames' CRCs are the wire chunks' CRCs and the whole CRC is
-//! the stream's `data_crc32c`.
+//! crc32c of all payloads (u32 LE)`. A frame's body is its payload as is (tag `0xC1`, `len` the payload's
+//! length) or Snappy-compressed ([`SNAPPY_TAG`], `len` the compressed length, written only when smaller).
+//! The frame's CRC is of its body as stored, checked before decompressing (a change to compressed bytes
+//! can decompress to the same payload; it is still damage); the trailer's whole CRC is of the payloads,
+//! so a payload is also checked after decompressing. The payloads concatenated are the Fsm's snapshot
+//! bytes, exactly what an older binary sent in one `Snapshot.data`; the frames' CRCs are the wire chunks'
+//! CRCs and the whole CRC is the stream's `data_crc32c`. Only files are compressed: the wire carries
+//! payloads, so mixed versions still stream to each other.
 //!
 //! A file is written as `<name>.part`, fsync'd, renamed to `<name>.snap` and the directory fsync'd. raft-rs
 //! only ever sees a [`Descriptor`] (name, size, whole CRC) in `Snapshot.data`. [`SnapDir`] counts who holds
@@ -38,6 +43,9 @@ pub const MAX_SNAPSHOT_FILES: usize = 8;
 /// (issue 17: members sharing a disk with a member fed a big snapshot missed their election timeouts).
 pub const FLUSH_EVERY: u64 = 8 << 20;
 const MAGIC: &[u8; 16] = b"huatuo-snapfile1";
+/// Frame tag of a Snappy-compressed body (`checksum::TAG`, 0xC1, is a payload as is). The snapshot's records
+/// are JSON: compressed, a 1.5 M-object state takes about a quarter of the disk (see ARCHITECTURE.md).
+pub const SNAPPY_TAG: u8 = 0xC5;
 const DESC_MAGIC: &[u8; 16] = b"huatuo-snapdesc1";
 const END: u32 = u32::MAX;
 const FRAME_HEAD: usize = 4 + checksum::OVERHEAD;
@@ -362,8 +370,11 @@ impl SnapDir {
             path,
             out: BufWriter::with_capacity(FILE_CHUNK + FRAME_HEAD, file),
             buf: Vec::with_capacity(FILE_CHUNK),
+            packed: vec![0; snap::raw::max_compress_len(FILE_CHUNK)],
+            encoder: snap::raw::Encoder::new(),
             total: 0,
             crc: 0,
+            stored: 0,
             flushes: 0,
             hold: Some(hold),
         };
@@ -385,6 +396,7 @@ impl SnapDir {
             path,
             file: BufReader::with_capacity(FRAME_HEAD + FILE_CHUNK, f),
             frame: Vec::new(),
+            packed: Vec::new(),
             pos: 0,
             total: 0,
             crc: 0,
@@ -415,8 +427,13 @@ pub struct Writer {
     path: PathBuf,
     out: BufWriter<File>,
     buf: Vec<u8>,
+    /// The frame's body compressed (scratch, one chunk's worst case).
+    packed: Vec<u8>,
+    encoder: snap::raw::Encoder,
     total: u64,
     crc: u32,
+    /// Bytes of frame bodies written (compressed or not): the file's share of the payload.
+    stored: u64,
     /// Intermediate flushes to disk so far (one per [`FLUSH_EVERY`] payload bytes).
     flushes: u64,
     /// Claim on the `.part`: dropped unfinished (an error, a refused stream), it deletes the `.part`.
@@ -433,11 +450,17 @@ impl Writer {
         if self.dir.cancel.load(Ordering::Relaxed) {
             return Err(io::Error::other("snapshot build cancelled: the node is stopping"));
         }
-        let c = crc32c(&self.buf);
-        self.out.write_all(&(self.buf.len() as u32).to_le_bytes())?;
-        self.out.write_all(&[checksum::TAG])?;
-        self.out.write_all(&c.to_le_bytes())?;
-        self.out.write_all(&self.buf)?;
+        let packed = self.encoder.compress(&self.buf, &mut self.packed).map_err(io::Error::other)?;
+        let (tag, body) = if packed < self.buf.len() {
+            (SNAPPY_TAG, &self.packed[..packed])
+        } else {
+            (checksum::TAG, &self.buf[..])
+        };
+        self.out.write_all(&(body.len() as u32).to_le_bytes())?;
+        self.out.write_all(&[tag])?;
+        self.out.write_all(&crc32c(body).to_le_bytes())?;
+        self.out.write_all(body)?;
+        self.stored += body.len() as u64;
         let before = self.total;
         self.total += self.buf.len() as u64;
         self.crc = crc32c_extend(self.crc, &self.buf);
@@ -453,6 +476,11 @@ impl Writer {
     /// Intermediate flushes to disk so far.
     pub fn flushes(&self) -> u64 {
         self.flushes
+    }
+
+    /// Bytes of frame bodies written so far (the payload as compressed on disk).
+    pub fn stored(&self) -> u64 {
+        self.stored
     }
 
     /// Flushes the last frame and the trailer, fsyncs, renames to `.snap`, fsyncs the directory. The
@@ -511,6 +539,8 @@ pub struct Reader {
     path: PathBuf,
     file: BufReader<File>,
     frame: Vec<u8>,
+    /// A compressed frame's body as read (scratch).
+    packed: Vec<u8>,
     pos: usize,
     total: u64,
     crc: u32,
@@ -558,19 +588,40 @@ impl Reader {
         }
         let mut seal = [0u8; checksum::OVERHEAD];
         self.file.read_exact(&mut seal).map_err(|e| self.damaged(&format!("truncated: {e}")))?;
-        self.frame.resize(len, 0);
-        self.file.read_exact(&mut self.frame).map_err(|e| self.damaged(&format!("truncated: {e}")))?;
+        let tag = seal[0];
+        let body = if tag == SNAPPY_TAG { &mut self.packed } else { &mut self.frame };
+        body.resize(len, 0);
+        let read = self.file.read_exact(body);
+        read.map_err(|e| self.damaged(&format!("truncated: {e}")))?;
+        // The seal covers the body as stored: compressed bytes are checked before they are decompressed.
+        let body = if tag == SNAPPY_TAG { &self.packed } else { &self.frame };
         let stored = u32::from_le_bytes([seal[1], seal[2], seal[3], seal[4]]);
-        let computed = crc32c(&self.frame);
-        if seal[0] != checksum::TAG || stored != computed {
+        let computed = crc32c(body);
+        if !matches!(tag, checksum::TAG | SNAPPY_TAG) || stored != computed {
             return Err(self.damaged(&format!(
                 "frame at payload offset {} fails its checksum (stored {stored:#010x}, computed {computed:#010x})",
                 self.total
             )));
         }
-        self.total += len as u64;
+        let computed = if tag == SNAPPY_TAG {
+            let at = self.total;
+            let n = snap::raw::decompress_len(&self.packed).map_err(|e| {
+                self.damaged(&format!("frame at payload offset {at} does not decompress: {e}"))
+            })?;
+            if n == 0 || n > FILE_CHUNK {
+                return Err(self.damaged(&format!("frame at payload offset {at} decompresses to {n} bytes")));
+            }
+            self.frame.resize(n, 0);
+            let out = snap::raw::Decoder::new().decompress(&self.packed, &mut self.frame);
+            out.map_err(|e| self.damaged(&format!("frame at payload offset {at} does not decompress: {e}")))?;
+            // The wire's chunk CRC is the payload's.
+            crc32c(&self.frame)
+        } else {
+            computed
+        };
+        self.total += self.frame.len() as u64;
         self.crc = crc32c_extend(self.crc, &self.frame);
-        self.pos = len;
+        self.pos = self.frame.len();
         Ok(Some((&self.frame, computed)))
     }
 }
@@ -753,26 +804,85 @@ mod tests {
         assert_eq!(src.read_all().expect("read"), data);
     }
 
+    /// Bytes no compressor shrinks (xorshift), for frames stored as they are.
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Compressible payloads are stored Snappy-compressed, incompressible ones as they are, both in one file;
+    /// either reads back to the same payloads and CRCs, and the sizes the descriptor names are the payload's.
+    #[test]
+    fn frames_are_compressed_when_that_is_smaller() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = SnapDir::open(tmp.path()).expect("dir");
+        let json: Vec<u8> = (0..FILE_CHUNK as u64)
+            .flat_map(|i| {
+                format!("{{\"id\":\"disk/host-{}/d{}\",\"state\":\"GOOD\"}}", i % 9973, i % 12).into_bytes()
+            })
+            .take(2 * FILE_CHUNK)
+            .collect();
+        let mut data = json.clone();
+        data.extend(noise(FILE_CHUNK));
+        let mut w = dir.create(4, 1).expect("create");
+        w.write_all(&data).expect("write");
+        let stored_before_finish = w.stored();
+        let (desc, _h) = w.finish().expect("finish");
+        assert_eq!((desc.size, desc.crc), (data.len() as u64, crc32c(&data)));
+        let file = std::fs::read(dir.path().join(&desc.name)).expect("read");
+        let tags: Vec<u8> = {
+            let (mut at, mut tags) = (MAGIC.len(), Vec::new());
+            loop {
+                let len = u32::from_le_bytes(file[at..at + 4].try_into().expect("len"));
+                if len == END {
+                    break tags;
+                }
+                tags.push(file[at + 4]);
+                at += FRAME_HEAD + len as usize;
+            }
+        };
+        assert_eq!(tags, vec![SNAPPY_TAG, SNAPPY_TAG, checksum::TAG], "JSON compressed, noise as is");
+        assert!(stored_before_finish < (2 * FILE_CHUNK) as u64, "the last frame is written by finish");
+        assert!(
+            file.len() < FILE_CHUNK + 2 * FILE_CHUNK / 3,
+            "{} bytes for {} of payload",
+            file.len(),
+            data.len()
+        );
+        let src = FileSource { dir: &dir, desc, flush: None };
+        assert_eq!(src.read_all().expect("read"), data);
+    }
+
     #[test]
     fn damage_anywhere_in_a_file_is_found() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = SnapDir::open(tmp.path()).expect("dir");
-        let data = vec![42u8; FILE_CHUNK + 10];
-        let (desc, _h) = write(&dir, 5, &data);
-        let path = dir.path().join(&desc.name);
-        let good = std::fs::read(&path).expect("read");
-        for at in [3, 20, FILE_CHUNK / 2, good.len() - 20, good.len() - 2] {
-            let mut bad = good.clone();
-            bad[at] ^= 0x10;
-            std::fs::write(&path, &bad).expect("write");
-            let e = dir.verify(&desc).expect_err("damage found");
-            assert!(matches!(e, SnapError::Damaged(_)), "byte {at}: {e}");
+        // Compressed frames (a repeated byte) and frames as they are (noise).
+        for (i, data) in [vec![42u8; FILE_CHUNK + 10], noise(FILE_CHUNK + 10)].into_iter().enumerate() {
+            let (desc, _h) = write(&dir, 5 + i as u64, &data);
+            let path = dir.path().join(&desc.name);
+            let good = std::fs::read(&path).expect("read");
+            let frame_tag = MAGIC.len() + 4;
+            for at in [3, 20, frame_tag, frame_tag + 7, good.len() / 2, good.len() - 20, good.len() - 2] {
+                let mut bad = good.clone();
+                bad[at] ^= 0x10;
+                std::fs::write(&path, &bad).expect("write");
+                let e = dir.verify(&desc).expect_err("damage found");
+                assert!(matches!(e, SnapError::Damaged(_)), "file {i}, byte {at}: {e}");
+            }
+            std::fs::write(&path, &good[..good.len() - 7]).expect("truncate");
+            assert!(matches!(dir.verify(&desc), Err(SnapError::Damaged(_))));
+            std::fs::remove_file(&path).expect("rm");
+            let e = dir.verify(&desc).expect_err("missing");
+            assert!(e.to_string().contains("missing"), "{e}");
         }
-        std::fs::write(&path, &good[..good.len() - 7]).expect("truncate");
-        assert!(matches!(dir.verify(&desc), Err(SnapError::Damaged(_))));
-        std::fs::remove_file(&path).expect("rm");
-        let e = dir.verify(&desc).expect_err("missing");
-        assert!(e.to_string().contains("missing"), "{e}");
     }
 
     #[test]
