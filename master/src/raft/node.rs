@@ -177,20 +177,24 @@ impl NodeShared {
     }
 
     fn fail(&self, err: &str) {
+        self.stop_with(err, false);
+    }
+
+    /// Stopped with `err`; a corrupt replica says so in the same status update, so nobody sees the node
+    /// stopped with a corrupt-replica error but `corrupt` still false.
+    fn stop_with(&self, err: &str, corrupt: bool) {
         self.running.store(false, Ordering::Release);
         self.set_status(|s| {
             s.role = Role::Stopped;
             s.leader_id = None;
             s.leader_addr = None;
             s.last_error = Some(err.to_string());
+            s.corrupt |= corrupt;
         });
     }
 
     fn fail_with(&self, err: &RaftError) {
-        self.fail(&err.to_string());
-        if matches!(err, RaftError::Corrupt(_)) {
-            self.set_status(|s| s.corrupt = true);
-        }
+        self.stop_with(&err.to_string(), matches!(err, RaftError::Corrupt(_)));
     }
 
     fn set_nospace(&self, alarm: Option<(u64, u64)>) {
