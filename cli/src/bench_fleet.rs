@@ -1177,13 +1177,12 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
     }
     .context("start cluster")?;
     let r = bench_on(&a, seed, &mut cluster).await;
-    if r.is_err() {
-        keep_logs(&cluster, seed);
-    }
+    // The masters' logs go with the cluster's data: kept for every run, so a figure can be traced in them.
+    keep_logs(&cluster, seed);
     r
 }
 
-/// A failed run keeps the masters' logs (the cluster's data, logs included, is removed with it): copied to
+/// Every run keeps the masters' logs (the cluster's data, logs included, is removed with it): copied to
 /// `huatuo-bench-fleet-<seed>-logs` in the temp dir (or `--data-dir`), and the path printed.
 /// Most leader-change lines printed per member.
 const MAX_LEADER_LINES: usize = 20;
@@ -1212,14 +1211,15 @@ fn print_leader_changes(cluster: &LocalCluster) {
 }
 
 fn keep_logs(cluster: &LocalCluster, seed: u64) {
-    let dir = std::env::temp_dir().join(format!("huatuo-bench-fleet-{seed}-logs"));
+    // `--data-dir` overrides tempfile's temp dir (not std's): the logs go beside the cluster.
+    let dir = tempfile::env::temp_dir().join(format!("huatuo-bench-fleet-{seed}-logs"));
     if std::fs::create_dir_all(&dir).is_err() {
         return;
     }
     for id in 1..=3 {
         let _ = std::fs::copy(cluster.log_path(id), dir.join(format!("node-{id}.log")));
     }
-    println!("the masters' logs of this failed run: {}", dir.display());
+    println!("the masters' logs of this run: {}", dir.display());
 }
 
 async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> anyhow::Result<ExitCode> {

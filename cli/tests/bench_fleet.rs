@@ -68,8 +68,18 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         stdout.contains("before the phase (watching)"),
         "the burst starts once the watcher follows: {stdout}"
     );
-    // The cluster lived under --data-dir and was removed with the run.
-    assert_eq!(std::fs::read_dir(data.path()).expect("read data dir").count(), 0, "data left behind");
+    // The cluster lived under --data-dir and was removed with the run; only the masters' logs stay.
+    let left: Vec<String> = std::fs::read_dir(data.path())
+        .expect("read data dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["huatuo-bench-fleet-17-logs".to_string()], "data left behind");
+    let logs = data.path().join("huatuo-bench-fleet-17-logs");
+    for id in 1..=3 {
+        let log = std::fs::read_to_string(logs.join(format!("node-{id}.log"))).expect("a member's log");
+        assert!(!log.is_empty(), "node {id}'s log is empty");
+    }
+    assert!(stdout.contains(&format!("the masters' logs of this run: {}", logs.display())), "{stdout}");
 }
 
 #[test]
