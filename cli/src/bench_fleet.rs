@@ -17,7 +17,8 @@
 //!    member, the snapshot figures the leader's `/metrics` exports;
 //! 4. a follower killed, its data dir wiped, restarted with `--join`: time until its applied index reaches
 //!    the leader's commit index of the moment of the restart;
-//! 5. the leader killed with `kill -9` while heartbeats continue: time to the first acknowledged write;
+//! 5. the leader killed with `kill -9` while heartbeats continue: time to the first acknowledged write, and
+//!    a timeline from the masters' logs (the new leader's learning of the agents, the killed member's restart);
 //! 6. elections outside the two kills (the highest term of the members, polled every 200 ms);
 //! 7. throughput: findings/s of 500 single-finding clients beside 32 agents sending 500-finding batches;
 //! 8. every acknowledged finding checked once on its object at the end (its checker's latest evidence is at
@@ -569,6 +570,54 @@ fn data_dirs(cluster: &LocalCluster) -> String {
         out.push(format!("node {id} {} [{}]", mib(parts.iter().map(|p| p.0).sum()), top.join(", ")));
     }
     out.join("; ")
+}
+
+/// Milliseconds from `from_ms` (Unix time) to the time of day a master's log line starts with
+/// (`2026-12-04T05:43:11.218049Z ...`, UTC, colour codes removed); the date is ignored and the difference
+/// taken within half a day either way, so lines of the same run compare across midnight. `None` for a line
+/// without such a time.
+fn log_ms_after(line: &str, from_ms: u64) -> Option<i64> {
+    let t = line.get(11..26)?;
+    if line.as_bytes().get(10) != Some(&b'T') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<u64>().ok();
+    let (h, m, sec, micros) = (num(0..2)?, num(3..5)?, num(6..8)?, num(9..15)?);
+    if t.as_bytes()[2] != b':' || t.as_bytes()[5] != b':' || t.as_bytes()[8] != b'.' {
+        return None;
+    }
+    const DAY: i64 = 86_400_000;
+    let of_day = ((h * 3600 + m * 60 + sec) * 1000 + micros / 1000) as i64;
+    let diff = (of_day - (from_ms % DAY as u64) as i64).rem_euclid(DAY);
+    Some(if diff >= DAY / 2 { diff - DAY } else { diff })
+}
+
+/// The last line of `log` containing `what`, as milliseconds after `from_ms` (see [`log_ms_after`]).
+fn last_log_ms(log: &str, what: &str, from_ms: u64) -> Option<i64> {
+    log.lines().rev().map(strip_ansi).find(|l| l.contains(what)).and_then(|l| log_ms_after(&l, from_ms))
+}
+
+/// When, after the leader kill, the new leader finished learning the agents and the restarted member
+/// started, passed its start-up checks and served: read from their logs, so slow beats after a failover
+/// can be set against what the machine was doing (the members share its cores).
+fn print_failover_timeline(
+    cluster: &LocalCluster,
+    killed_ms: u64,
+    respawned_ms: u64,
+    new_leader: u64,
+    restarted: u64,
+) {
+    let read = |id| std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+    let (lead, back) = (read(new_leader), read(restarted));
+    let show = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |ms| format!("{ms}"));
+    println!(
+        "phase 5 timeline (ms after the kill): node {new_leader} learned the agents at {}; node {restarted} \
+         restarted at {}, checked its tables at {}, served at {}",
+        show(last_log_ms(&lead, "leader learned the agents", killed_ms)),
+        respawned_ms.saturating_sub(killed_ms),
+        show(last_log_ms(&back, "state machine tables verified", killed_ms)),
+        show(last_log_ms(&back, "master node started", killed_ms)),
+    );
 }
 
 /// Seconds after a kill broken down one by one (then the rest of the window as one row).
@@ -1520,6 +1569,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         let t5 = run.secs();
         let errors_before = run.errors.load(Ordering::Relaxed);
         let killed = Instant::now();
+        let killed_ms = now_ms();
         cluster.kill9(leader);
         lock(&res.pids).remove(&leader);
         let took = loop {
@@ -1546,6 +1596,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
             tokio::time::sleep(FAILOVER_PAUSE).await;
         };
         let failover_ms = took.as_secs_f64() * 1000.0;
+        let respawned_ms = now_ms();
         cluster.spawn(leader, false).context("restart the killed leader")?;
         if let Some(pid) = cluster.pid(leader) {
             lock(&res.pids).insert(leader, pid);
@@ -1570,6 +1621,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
             run.fleet.moves.load(Ordering::Relaxed)
         );
         print_failover_rows(&run, t5, run.secs());
+        print_failover_timeline(cluster, killed_ms, respawned_ms, now_leader, leader);
         windows.push((t5, run.secs() + KILL_SETTLE.as_secs_f64()));
         print_resources(&res, "failover", t5, run.secs());
         print_slow_commits(cluster, "phase 5").await;
@@ -1705,6 +1757,24 @@ async fn print_storage(cluster: &mut LocalCluster) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_times_are_read_as_milliseconds_after_a_moment() {
+        // 2026-12-04T05:43:11.000Z in Unix milliseconds.
+        let kill = 1_796_362_991_000u64;
+        assert_eq!(log_ms_after("2026-12-04T05:43:11.218049Z  INFO x", kill), Some(218));
+        assert_eq!(log_ms_after("2026-12-04T05:43:10.500000Z  INFO x", kill), Some(-500));
+        // Across midnight: a line just after it, from a moment just before.
+        assert_eq!(log_ms_after("2026-12-05T00:00:00.100000Z x", 1_796_428_799_900), Some(200));
+        for bad in ["", "2026-12-04 05:43:11.218049Z", "2026-12-04T05-43-11.218049Z", "not a time at all, no"]
+        {
+            assert_eq!(log_ms_after(bad, kill), None, "{bad:?}");
+        }
+        let log = "\u{1b}[2m2026-12-04T05:43:12.000000Z\u{1b}[0m INFO leader learned the agents term=2\n\
+                   2026-12-04T05:43:13.250000Z INFO leader learned the agents term=3\n";
+        assert_eq!(last_log_ms(log, "leader learned the agents", kill), Some(2_250));
+        assert_eq!(last_log_ms(log, "master node started", kill), None);
+    }
 
     #[test]
     fn leader_lines_are_the_changes_without_colour_and_bounded() {

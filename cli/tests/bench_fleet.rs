@@ -34,6 +34,7 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "phase 4 heartbeats during the catch-up: p50 ",
         "phase 5 failover: leader ",
         "phase 5 heartbeats by when they were sent after the kill",
+        "phase 5 timeline (ms after the kill): node ",
         "phase 6 elections outside the kills: ",
         "phase 7 throughput: ",
         "phase 7 data dirs: node 1 ",
