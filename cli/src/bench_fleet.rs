@@ -1262,11 +1262,14 @@ fn print_leader_changes(cluster: &LocalCluster) {
 fn keep_logs(cluster: &LocalCluster, seed: u64) {
     // `--data-dir` overrides tempfile's temp dir (not std's): the logs go beside the cluster.
     let dir = tempfile::env::temp_dir().join(format!("huatuo-bench-fleet-{seed}-logs"));
-    if std::fs::create_dir_all(&dir).is_err() {
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        println!("the masters' logs could not be kept in {}: {e}", dir.display());
         return;
     }
     for id in 1..=3 {
-        let _ = std::fs::copy(cluster.log_path(id), dir.join(format!("node-{id}.log")));
+        if let Err(e) = std::fs::copy(cluster.log_path(id), dir.join(format!("node-{id}.log"))) {
+            println!("node {id}'s log could not be kept: {e}");
+        }
     }
     println!("the masters' logs of this run: {}", dir.display());
 }
