@@ -290,6 +290,36 @@ pub async fn scrape_metrics(http_addr: &str) -> anyhow::Result<String> {
     Ok(body.to_string())
 }
 
+/// The value of the unlabelled sample `name` (with its `huatuo_master_` prefix) in a `/metrics` body; 0 when
+/// absent.
+pub fn metric_value(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            if k == name { v.trim().parse::<f64>().ok() } else { None }
+        })
+        .map_or(0, |v| v as u64)
+}
+
+/// Each running member's archive figures from its `/metrics`: entries archived, and entries dropped because
+/// the writer fell behind (its queue full). A bench that drives the masters harder than the archive keeps
+/// up with says so here.
+pub async fn archive_line(cluster: &master::cluster::LocalCluster) -> String {
+    let mut parts = Vec::new();
+    for id in cluster.running() {
+        let Some(n) = cluster.nodes.get(&id) else { continue };
+        parts.push(match scrape_metrics(&n.http).await {
+            Ok(m) => format!(
+                "node {id}: {} entries archived, {} dropped",
+                metric_value(&m, "huatuo_master_archive_entries_total"),
+                metric_value(&m, "huatuo_master_archive_dropped_entries_total")
+            ),
+            Err(e) => format!("node {id}: /metrics unreadable ({e:#})"),
+        });
+    }
+    parts.join("; ")
+}
+
 /// Timeout of each write attempt while measuring a failover (short: the figure's resolution).
 pub const FAILOVER_ATTEMPT: Duration = Duration::from_millis(500);
 /// Pause between failover attempts that failed at once (connection refused, no leader known). The benches

@@ -49,8 +49,8 @@ use proto::api::master_client::MasterClient;
 use tonic::transport::Channel;
 
 use crate::bench_common::{
-    FAILOVER_ATTEMPT, FAILOVER_PAUSE, Fleet, Rng, cpu_ticks, dir_bytes, latency_summary, now_ms, open_quotas,
-    rss_bytes, scrape_metrics,
+    FAILOVER_ATTEMPT, FAILOVER_PAUSE, Fleet, Rng, archive_line, cpu_ticks, dir_bytes, latency_summary,
+    metric_value, now_ms, open_quotas, rss_bytes, scrape_metrics,
 };
 
 /// Most simulated agents one run may start (the target fleet).
@@ -957,11 +957,7 @@ async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
         let Some(n) = cluster.nodes.get(&id) else { continue };
         match scrape_metrics(&n.http).await {
             Ok(m) => {
-                let get = |key: &str| -> u64 {
-                    m.lines()
-                        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok()))
-                        .map_or(0, |v| v as u64)
-                };
+                let get = |key: &str| metric_value(&m, key.trim_end());
                 let count = get("huatuo_master_fsync_seconds_count ");
                 let le_250ms = get("huatuo_master_fsync_seconds_bucket{le=\"0.25\"} ");
                 let le_1s = get("huatuo_master_fsync_seconds_bucket{le=\"1\"} ");
@@ -1646,6 +1642,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     );
     print_resources(&res, "throughput", t7, run.secs());
     println!("phase 7 data dirs: {}", data_dirs(cluster));
+    println!("phase 7 archive: {}", archive_line(cluster).await);
 
     // Phase 6: elections outside the kills (over the whole run).
     stop_terms.store(true, Ordering::Relaxed);

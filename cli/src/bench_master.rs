@@ -16,7 +16,7 @@ use master::cluster::{LocalCluster, READY_TIMEOUT};
 use proto::api;
 use tokio::sync::Mutex;
 
-use crate::bench_common::{FAILOVER_ATTEMPT, FAILOVER_PAUSE, now_ms, pct, sorted};
+use crate::bench_common::{FAILOVER_ATTEMPT, FAILOVER_PAUSE, archive_line, now_ms, pct, sorted};
 
 #[derive(Args, Debug)]
 pub struct BenchMasterArgs {
@@ -138,6 +138,7 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
         pct(&l, 0.99),
         l.len()
     );
+    println!("archive after the throughput phase: {}", archive_line(&cluster).await);
 
     // Phase 2: commit -> watcher latency at a fixed offered rate.
     watch_phase(&cluster, &a, &seqs).await?;

@@ -391,3 +391,30 @@ fn within_a_batch_only_the_newest_healthy_finding_of_a_day_is_written() {
     ];
     assert_eq!(superseded_in_batch(&adds), vec![true, false, true, false, false, true, false, false, false]);
 }
+
+#[test]
+fn the_writer_gathers_entries_unless_behind_or_flushing() {
+    let ms = Duration::from_millis;
+    // Entries arriving soon after a write wait for the rest of WRITE_EVERY, then go in one transaction.
+    assert_eq!(gather_for(ms(0), false, false), WRITE_EVERY);
+    assert_eq!(gather_for(ms(100), false, false), WRITE_EVERY - ms(100));
+    // Long after the last write: at once.
+    assert_eq!(gather_for(WRITE_EVERY, false, false), Duration::ZERO);
+    assert_eq!(gather_for(WRITE_EVERY * 10, false, false), Duration::ZERO);
+    // A full last batch (the queue is ahead of the writer) or a flush: no wait, whatever the time.
+    assert_eq!(gather_for(ms(0), true, false), Duration::ZERO);
+    assert_eq!(gather_for(ms(0), false, true), Duration::ZERO);
+}
+
+#[test]
+fn a_backlog_larger_than_a_batch_is_written_whole_without_drops() {
+    let (_d, a, feed) = open(ArchiveConfig::default());
+    let n = (WRITE_BATCH * 3 + 7) as u64;
+    for i in 1..=n {
+        let f = finding("disk/h1/sda", Severity::Good, "disk", T0 + i, &[]);
+        feed.push(i, T0 + i, vec![ArchiveEvent::Finding(f)]);
+    }
+    a.flush();
+    assert_eq!(a.stats.entries.load(Ordering::Relaxed), n);
+    assert_eq!(a.stats.dropped_entries.load(Ordering::Relaxed), 0);
+}
