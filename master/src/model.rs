@@ -34,7 +34,11 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// replicated state ([`TOPOLOGY_COMMAND_VERSION`]).
 /// 8 = `Rollout` with the `retire` action: a checker's stable version is unassigned, so it runs nowhere
 /// outside a rollout (older binaries cannot parse the action) ([`RETIRE_COMMAND_VERSION`]).
-pub const COMMAND_VERSION: u32 = 8;
+/// 9 = binary entries (issue 17): the leader encodes entries in protobuf (`proto/entry.proto`) once the
+/// cluster enabled this version ([`BINARY_ENTRY_VERSION`], see [`binary_entry_bytes`]).
+pub const COMMAND_VERSION: u32 = 9;
+/// The command version of the binary entry format: entries in it are stamped with at least this version.
+pub const BINARY_ENTRY_VERSION: u32 = 9;
 /// The command version of retiring a checker's stable version (`RolloutAction::Retire`).
 pub const RETIRE_COMMAND_VERSION: u32 = 8;
 /// The command version of ticket updates about network devices (older binaries refuse them on ERROR).
@@ -355,6 +359,13 @@ impl Envelope {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The entry in the binary format ([`binary_entry_bytes`]), stamped with at least
+    /// [`BINARY_ENTRY_VERSION`].
+    pub fn encode_binary(&self) -> Vec<u8> {
+        let cmds: Vec<Vec<u8>> = self.cmds.iter().map(encode_command_binary).collect();
+        binary_entry_bytes(self.now_ms, self.v.max(BINARY_ENTRY_VERSION), cmds.iter().map(Vec::as_slice))
+    }
+
     /// Decode a committed or proposed entry with this binary's [`COMMAND_VERSION`].
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         Self::decode_knowing(bytes, COMMAND_VERSION)
@@ -383,7 +394,17 @@ impl Envelope {
         if version.v > knows {
             return Err(DecodeError::TooNew { needs: version.v, knows });
         }
-        let env: Envelope = serde_json::from_slice(bytes).map_err(undecodable)?;
+        let env = match binary::payload(bytes) {
+            Some(_) if version.v < BINARY_ENTRY_VERSION => {
+                return Err(DecodeError::Undecodable(format!(
+                    "a binary entry of command version {} (binary entries are version {BINARY_ENTRY_VERSION} \
+                     or later)",
+                    version.v
+                )));
+            }
+            Some(b64) => binary::decode(version.v, b64)?,
+            None => serde_json::from_slice(bytes).map_err(undecodable)?,
+        };
         // A command newer than the entry claims would be read by newer members and refused by older ones.
         if let Some(c) = env.cmds.iter().find(|c| c.version() > env.v) {
             return Err(DecodeError::Undecodable(format!(
@@ -419,6 +440,120 @@ pub fn entry_bytes<'a>(now_ms: u64, v: u32, cmds: impl IntoIterator<Item = &'a [
     }
     entry.extend_from_slice(b"]}");
     entry
+}
+
+/// The bytes of a binary entry (command version >= [`BINARY_ENTRY_VERSION`]) from commands already encoded
+/// one by one with [`encode_command_binary`]: a protobuf `Entry` (`proto/entry.proto`) made by joining them
+/// (a repeated field is its elements one after another), carried base64 in `{"v":N,"pb":"..."}`.
+///
+/// Why the JSON wrapper: binaries before command version 9 read every entry as JSON and skip what does not
+/// parse as garbage, on every member alike. Raw protobuf would be skipped by such a binary (a member
+/// downgraded after the cluster enabled version 9), so its state would silently diverge; wrapped, the entry
+/// parses as JSON, its `v` is too new, and that member stops until it is upgraded (as for any newer entry).
+/// Base64 adds a third to the entry's bytes and costs little next to JSON (measured in ARCHITECTURE.md).
+pub fn binary_entry_bytes<'a>(now_ms: u64, v: u32, cmds: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    use base64::Engine as _;
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let mut pb = Vec::with_capacity(256);
+    if now_ms != 0 {
+        encode_key(1, WireType::Varint, &mut pb);
+        encode_varint(now_ms, &mut pb);
+    }
+    for c in cmds {
+        encode_key(2, WireType::LengthDelimited, &mut pb);
+        encode_varint(c.len() as u64, &mut pb);
+        pb.extend_from_slice(c);
+    }
+    let head = format!("{{\"v\":{v},\"pb\":\"");
+    let mut entry = Vec::with_capacity(head.len() + pb.len().div_ceil(3) * 4 + 2);
+    entry.extend_from_slice(head.as_bytes());
+    let start = entry.len();
+    entry.resize(start + pb.len().div_ceil(3) * 4, 0);
+    let n = base64::engine::general_purpose::STANDARD.encode_slice(&pb, &mut entry[start..]).unwrap_or(0);
+    entry.truncate(start + n);
+    entry.extend_from_slice(b"\"}");
+    entry
+}
+
+/// One command in the binary entry format (a protobuf `Command` of `proto/entry.proto`), to be joined by
+/// [`binary_entry_bytes`].
+pub fn encode_command_binary(cmd: &Command) -> Vec<u8> {
+    use prost::Message as _;
+    binary::to_wire(cmd).encode_to_vec()
+}
+
+/// The bytes one command of `len` encoded bytes adds to an entry: a comma in JSON; in a binary entry its
+/// protobuf field key and length (at most 6 bytes), base64 (4 bytes per 3, rounded up).
+pub fn entry_cost(len: usize, binary: bool) -> usize {
+    if binary { (len + 6).div_ceil(3) * 4 } else { len + 1 }
+}
+
+/// The binary entry format: commands to and from `proto/entry.proto` messages. The hot command (an agent's
+/// findings) is the agent's own wire message; the rest (operator and leader commands, rare) are their JSON
+/// encoding inside the message, so their meaning stays defined in one place (`Command`'s serde).
+mod binary {
+    use base64::Engine as _;
+    use prost::Message as _;
+    use proto::entry;
+
+    use super::{Command, DecodeError, Envelope};
+
+    /// The base64 text of a binary entry: exactly `{"v":N,"pb":"B64"}` as [`super::binary_entry_bytes`]
+    /// writes it; `None` for anything else (a JSON entry).
+    pub fn payload(bytes: &[u8]) -> Option<&[u8]> {
+        let rest = bytes.strip_prefix(b"{\"v\":")?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        rest[digits..].strip_prefix(b",\"pb\":\"")?.strip_suffix(b"\"}")
+    }
+
+    pub fn decode(v: u32, b64: &[u8]) -> Result<Envelope, DecodeError> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            DecodeError::Undecodable(format!("binary entry: {what}: {e}"))
+        };
+        let pb = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| bad("base64", &e))?;
+        let e = entry::Entry::decode(pb.as_slice()).map_err(|e| bad("protobuf", &e))?;
+        let cmds = e.cmds.into_iter().map(from_wire).collect::<Result<Vec<_>, _>>()?;
+        Ok(Envelope { v, now_ms: e.now_ms, cmds })
+    }
+
+    pub fn to_wire(cmd: &Command) -> entry::Command {
+        use entry::command::Cmd;
+        let c = match cmd {
+            Command::Ingest { agent, seq, findings, epoch } => Cmd::Ingest(proto::api::IngestRequest {
+                agent: agent.clone(),
+                seq: *seq,
+                findings: findings.iter().map(proto::convert::finding_to_wire).collect(),
+                epoch: *epoch,
+            }),
+            Command::Keyed { key, cmd } => {
+                Cmd::Keyed(Box::new(entry::Keyed { key: key.clone(), cmd: Some(Box::new(to_wire(cmd))) }))
+            }
+            // Serializing plain data with string keys cannot fail.
+            other => Cmd::Json(serde_json::to_vec(other).unwrap_or_default()),
+        };
+        entry::Command { cmd: Some(c) }
+    }
+
+    pub fn from_wire(c: entry::Command) -> Result<Command, DecodeError> {
+        use entry::command::Cmd;
+        let bad = |m: String| DecodeError::Undecodable(format!("binary entry: {m}"));
+        match c.cmd {
+            None => Err(bad("a command of no kind".into())),
+            Some(Cmd::Ingest(r)) => {
+                let findings = r
+                    .findings
+                    .into_iter()
+                    .map(|f| proto::convert::finding_from_wire(f).map_err(|e| bad(e.to_string())))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Command::Ingest { agent: r.agent, seq: r.seq, findings, epoch: r.epoch })
+            }
+            Some(Cmd::Keyed(k)) => {
+                let inner = k.cmd.ok_or_else(|| bad("a keyed command without its command".into()))?;
+                Ok(Command::Keyed { key: k.key, cmd: Box::new(from_wire(*inner)?) })
+            }
+            Some(Cmd::Json(j)) => serde_json::from_slice(&j).map_err(|e| bad(e.to_string())),
+        }
+    }
 }
 
 /// Inventory of one object, from an agent.
@@ -954,6 +1089,143 @@ mod tests {
             [&b""[..], b"{", b"\xff\xfe", b"{\"v\":1}", b"[1,2]", b"{\"v\":1,\"now_ms\":1,\"cmds\":[{}]}"]
         {
             assert!(Envelope::decode(garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    fn real_finding() -> Finding {
+        // A kernel line from the fixtures (non-ASCII evidence, readings, a shadow run).
+        Finding {
+            object: "disk/node-7/sdb".parse().expect("id"),
+            severity: state_machines::Severity::Error,
+            checker: "kernel-log".into(),
+            version: "1.2.0".into(),
+            rule: "io-error".into(),
+            evidence: "blk_update_request: I/O error, dev sdb, sector 2048 \u{e9}\"q\"".into(),
+            readings: [("sector".to_string(), "2048".to_string()), ("count".into(), "3".into())].into(),
+            time_ms: 1_700_000_000_123,
+            shadow: true,
+        }
+    }
+
+    #[test]
+    fn binary_entries_decode_to_the_same_commands_as_json() {
+        let f = real_finding();
+        let cmds = vec![
+            Command::Ingest {
+                agent: "agent-1".into(),
+                seq: 9,
+                findings: vec![f.clone(), f.clone()],
+                epoch: 77,
+            },
+            Command::Keyed {
+                key: "cli:1".into(),
+                cmd: Box::new(Command::Ingest { agent: String::new(), seq: 0, findings: vec![f], epoch: 0 }),
+            },
+            Command::Keyed {
+                key: "k2".into(),
+                cmd: Box::new(Command::Release {
+                    scope: "cluster".into(),
+                    by: "op".into(),
+                    reason: "r".into(),
+                }),
+            },
+            Command::AgentLiveness { agent: "a".into(), host: "h".into(), alive: false },
+            Command::Tick { objects: vec!["disk/h/sda".parse().expect("id")] },
+            Command::SetMinCommandVersion { version: 9, by: "a".into(), reason: "r".into() },
+        ];
+        let env = Envelope::new(1_234, cmds);
+        let bytes = env.encode_binary();
+        assert!(bytes.starts_with(b"{\"v\":9,\"pb\":\""), "{}", String::from_utf8_lossy(&bytes));
+        let got = Envelope::decode(&bytes).expect("decode");
+        assert_eq!(got, Envelope { v: BINARY_ENTRY_VERSION, ..env.clone() });
+        // Smaller than the JSON entry even in base64 (findings are most of it).
+        assert!(bytes.len() < env.encode().len(), "{} vs {}", bytes.len(), env.encode().len());
+        // The leader's batcher joins pre-encoded commands into an entry that decodes the same (not always
+        // the same bytes: protobuf maps are encoded in hash order).
+        let each: Vec<Vec<u8>> = env.cmds.iter().map(encode_command_binary).collect();
+        let joined = binary_entry_bytes(1_234, 9, each.iter().map(Vec::as_slice));
+        assert_eq!(Envelope::decode(&joined), Ok(got));
+        // An empty entry at time 0 too.
+        let empty = Envelope { v: 9, now_ms: 0, cmds: vec![] };
+        assert_eq!(Envelope::decode(&empty.encode_binary()), Ok(empty));
+    }
+
+    #[test]
+    fn an_older_binary_stops_at_a_binary_entry_instead_of_skipping_it() {
+        let bytes = Envelope::new(5, vec![Command::Tick { objects: vec![] }]).encode_binary();
+        // The wrapper is JSON whose `v` an older binary reads (its whole-entry parse; see `whole` above).
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert_eq!(v["v"], 9);
+        for knows in [1, 2, 8] {
+            assert_eq!(
+                Envelope::decode_knowing(&bytes, knows),
+                Err(DecodeError::TooNew { needs: 9, knows }),
+                "knowing {knows}"
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_binary_entries_are_undecodable_on_every_member_alike() {
+        use base64::Engine as _;
+        use prost::Message as _;
+        let wrap = |v: u32, pb: &[u8]| {
+            format!("{{\"v\":{v},\"pb\":\"{}\"}}", base64::engine::general_purpose::STANDARD.encode(pb))
+                .into_bytes()
+        };
+        let cmd = |c: proto::entry::command::Cmd| {
+            proto::entry::Entry { now_ms: 1, cmds: vec![proto::entry::Command { cmd: Some(c) }] }
+                .encode_to_vec()
+        };
+        let good = Envelope::new(5, vec![Command::Tick { objects: vec![] }]).encode_binary();
+        let mut bad_finding = binary::to_wire(&Command::Ingest {
+            agent: "a".into(),
+            seq: 1,
+            findings: vec![real_finding()],
+            epoch: 0,
+        });
+        if let Some(proto::entry::command::Cmd::Ingest(r)) = &mut bad_finding.cmd {
+            r.findings[0].object = "not an id".into();
+        }
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            // A binary entry claiming an older version than the format's: older members parse it as JSON
+            // and refuse it as garbage, so this one must too.
+            (wrap(8, &proto::entry::Entry::default().encode_to_vec()), "version 8"),
+            (b"{\"v\":9,\"pb\":\"not base64!\"}".to_vec(), "base64"),
+            (wrap(9, b"\xff\xff\xff"), "protobuf"),
+            (wrap(9, &cmd(proto::entry::command::Cmd::Json(b"{\"type\":\"nope\"}".to_vec()))), "nope"),
+            (
+                wrap(
+                    9,
+                    &proto::entry::Entry { now_ms: 1, cmds: vec![proto::entry::Command { cmd: None }] }
+                        .encode_to_vec(),
+                ),
+                "no kind",
+            ),
+            (
+                wrap(
+                    9,
+                    &cmd(proto::entry::command::Cmd::Keyed(Box::new(proto::entry::Keyed {
+                        key: "k".into(),
+                        cmd: None,
+                    }))),
+                ),
+                "without its command",
+            ),
+            (
+                wrap(9, &proto::entry::Entry { now_ms: 1, cmds: vec![bad_finding] }.encode_to_vec()),
+                "not an id",
+            ),
+            (good[..good.len() - 1].to_vec(), ""),
+            ([&good[..], b" "].concat(), ""),
+        ];
+        for (bytes, says) in cases {
+            match Envelope::decode(&bytes) {
+                Err(DecodeError::Undecodable(m)) => {
+                    assert!(m.contains(says), "{:?}: {m}", String::from_utf8_lossy(&bytes))
+                }
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(&bytes)),
+            }
         }
     }
 }

@@ -281,17 +281,41 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// Split a change-log row (unsealed) into (last revision, events JSON).
+/// Split a change-log row (unsealed) into (last revision, encoded events).
 pub fn split_change_row(row: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     let corrupt = || StoreError::Corrupt { table: "fsm_changes", message: "short row".into() };
     let head: [u8; 8] = row.get(..8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
     Ok((u64::from_be_bytes(head), &row[8..]))
 }
 
-pub fn make_change_row(last: u64, events: &[ChangeEvent]) -> Vec<u8> {
+/// A change-log row: the entry's last revision (8 bytes big-endian), then its events, as a protobuf
+/// `ChangeRow` (`proto/entry.proto`) when `binary` (the cluster enabled
+/// [`crate::model::BINARY_ENTRY_VERSION`] at this entry: the same on every member, so every member writes
+/// rows of the same size and the byte bound compacts alike), else as a JSON array.
+pub fn make_change_row(last: u64, events: &[ChangeEvent], binary: bool) -> Vec<u8> {
     let mut row = last.to_be_bytes().to_vec();
-    row.extend_from_slice(&encode(&events));
+    if binary {
+        use prost::Message as _;
+        let msg = proto::entry::ChangeRow {
+            events: events.iter().cloned().map(proto::convert::event_to_wire).collect(),
+        };
+        msg.encode(&mut row).unwrap_or_default();
+    } else {
+        row.extend_from_slice(&encode(&events));
+    }
     row
+}
+
+/// The events of a change-log row's payload ([`split_change_row`]) in either format: a JSON array starts
+/// with `[`, which no protobuf `ChangeRow` does (its field 1 starts 0x0A; an empty row is empty).
+pub fn decode_change_events(payload: &[u8]) -> Result<Vec<ChangeEvent>, StoreError> {
+    if payload.first() == Some(&b'[') {
+        return decode("fsm_changes", payload);
+    }
+    use prost::Message as _;
+    let row = proto::entry::ChangeRow::decode(payload)
+        .map_err(|e| StoreError::Corrupt { table: "fsm_changes", message: e.to_string() })?;
+    Ok(row.events.into_iter().map(proto::convert::event_from_wire).collect())
 }
 
 /// Open a table for reading; a table never written reads as absent.
@@ -1056,11 +1080,11 @@ impl Reader {
             let mut scanned = 0usize;
             for row in t.range::<u64>((Bound::Included(start), Bound::Unbounded))? {
                 let (k, v) = row?;
-                let (last, json) = split_change_row(unseal("fsm_changes", &k.value(), v.value())?)?;
+                let (last, payload) = split_change_row(unseal("fsm_changes", &k.value(), v.value())?)?;
                 if last < from {
                     continue;
                 }
-                let batch: Vec<ChangeEvent> = decode("fsm_changes", json)?;
+                let batch = decode_change_events(payload)?;
                 for e in batch {
                     if e.revision >= from && filter.matches_event(&e) {
                         events.push(e);
@@ -1074,5 +1098,65 @@ impl Reader {
             }
             Ok(ChangesRead::Events { events, next })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events() -> Vec<ChangeEvent> {
+        vec![
+            ChangeEvent {
+                revision: 41,
+                time_ms: 1_700_000_000_000,
+                object: "disk/node-7/sdb".into(),
+                what: "finding".into(),
+                state: "WARNING".into(),
+                grade: "high".into(),
+                from_state: String::new(),
+                detail: "kernel-log io-error: I/O error, dev sdb \u{e9}\"q\"".into(),
+            },
+            ChangeEvent {
+                revision: 42,
+                time_ms: 1_700_000_000_001,
+                object: "disk/node-7/sdb".into(),
+                what: "transition".into(),
+                state: "ERROR".into(),
+                grade: String::new(),
+                from_state: "WARNING".into(),
+                detail: String::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn change_rows_read_back_in_both_formats() {
+        let ev = events();
+        let json = make_change_row(42, &ev, false);
+        let pb = make_change_row(42, &ev, true);
+        for row in [&json, &pb] {
+            let (last, payload) = split_change_row(row).expect("split");
+            assert_eq!(last, 42);
+            assert_eq!(decode_change_events(payload).expect("decode"), ev);
+        }
+        assert_eq!(json[8], b'[');
+        assert!(pb.len() < json.len(), "{} vs {}", pb.len(), json.len());
+        // An entry without events is not written, but an empty row still reads as nothing in both formats.
+        assert_eq!(decode_change_events(&make_change_row(1, &[], true)[8..]).expect("empty"), vec![]);
+        assert_eq!(decode_change_events(&make_change_row(1, &[], false)[8..]).expect("empty"), vec![]);
+    }
+
+    #[test]
+    fn a_damaged_change_row_is_corrupt_in_both_formats() {
+        let ev = events();
+        for binary in [false, true] {
+            let row = make_change_row(42, &ev, binary);
+            let cut = &row[8..row.len() - 3];
+            let e = decode_change_events(cut).expect_err("cut row");
+            assert!(matches!(e, StoreError::Corrupt { table: "fsm_changes", .. }), "{e}");
+        }
+        let e = decode_change_events(b"\xff\xff\xff").expect_err("garbage");
+        assert!(matches!(e, StoreError::Corrupt { table: "fsm_changes", .. }), "{e}");
     }
 }

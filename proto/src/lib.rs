@@ -13,6 +13,25 @@ pub mod api {
     tonic::include_proto!("huatuo.api.v1");
 }
 
+/// The binary encoding of the master's Raft log entries (`proto/entry.proto`), owned by master::model.
+pub use entry_tree::huatuo::entry::v1 as entry;
+
+/// The package tree prost's generated code for `huatuo.entry.v1` expects: it names `huatuo.api.v1` types by
+/// a relative path (`super::...::api::v1`), which lands here on [`api`].
+#[doc(hidden)]
+pub mod entry_tree {
+    pub mod huatuo {
+        pub mod api {
+            pub use crate::api as v1;
+        }
+        pub mod entry {
+            pub mod v1 {
+                tonic::include_proto!("huatuo.entry.v1");
+            }
+        }
+    }
+}
+
 /// Raft peer transport between masters (`proto/peer.proto`), owned by master::raft.
 pub mod peer {
     tonic::include_proto!("huatuo.peer.v1");

@@ -277,3 +277,66 @@ fn a_bad_watch_limit_is_refused_at_start() {
     assert_eq!(r.max_watches, master::api::watch::MAX_WATCHES);
     assert_eq!(r.knows_command_version, master::model::COMMAND_VERSION);
 }
+
+/// Once the cluster enabled binary entries (command version 9, raised by the leader on its own), findings
+/// travel in them and every member applies them; a member downgraded to a binary that predates them
+/// (`knows_command_version = 8`) stops at the first one, saying which version it needs, instead of skipping
+/// it as garbage (which would leave its state silently behind the others').
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_entries_are_applied_everywhere_and_stop_a_downgraded_member() {
+    let v = master::model::BINARY_ENTRY_VERSION;
+    let mut c = LocalCluster::start_with_config(&huatuo_bin(), 3, "tick_ms = 50\n").unwrap();
+    assert!(c.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", c.log_tail(1));
+    let raised =
+        wait_until(SETTLE, || async { status(&c).await.is_some_and(|i| i.min_command_version >= v) });
+    assert!(raised.await, "never raised to {v}: {:?}", status(&c).await);
+    let report = |seq: u64, disk: &str| {
+        let f = api::Finding {
+            object: format!("disk/bin-host/{disk}"),
+            severity: "WARNING".into(),
+            checker: "smart".into(),
+            version: "1.0.0".into(),
+            rule: "smart.pending".into(),
+            evidence: "pending sectors 8 \u{e9}".into(),
+            readings: [("smart_197_raw".to_string(), "8".to_string())].into(),
+            time_ms: tests::now_ms(),
+            shadow: false,
+        };
+        api::IngestRequest { agent: "bin-agent".into(), seq, findings: vec![f], epoch: 5 }
+    };
+    let mut cl = c.client();
+    let r = cl.call(report(1, "sda"), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
+    assert_eq!(r.applied, 1);
+    for id in 1..=3u64 {
+        let ok = wait_until(SETTLE, || async { c.info(id).await.is_some_and(|i| i.revision >= r.revision) });
+        assert!(ok.await, "node {id} never applied revision {}: {:?}", r.revision, c.info(id).await);
+        let (st, body) =
+            http(&c.nodes[&id].http.clone(), "GET", "/api/v1/objects/disk/bin-host/sda?stale=true", "");
+        assert_eq!(st, 200, "node {id}: {body}");
+        assert!(
+            body.contains("pending sectors 8 \u{e9}") && body.contains("smart_197_raw"),
+            "node {id}: {body}"
+        );
+    }
+
+    // Node 3 is rolled back to a binary that knows version 8: the next binary entry stops it.
+    c.set_node_config(3, "knows_command_version = 8\n").unwrap();
+    c.kill9(3);
+    c.spawn(3, false).unwrap();
+    let back = wait_until(SETTLE, || async { c.info(3).await.is_some_and(|i| i.knows_command_version == 8) });
+    assert!(back.await, "node 3 never came back knowing 8: {}", c.log_tail(3));
+    let mut live = Client::new(vec![c.nodes[&1].grpc.clone(), c.nodes[&2].grpc.clone()]);
+    let r2 = live.call(report(2, "sdb"), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
+    assert_eq!(r2.applied, 1);
+    let http3 = c.nodes[&3].http.clone();
+    let stopped = wait_until(SETTLE, || async { http(&http3, "GET", "/healthz", "").0 == 503 });
+    assert!(stopped.await, "node 3 kept running past a binary entry: {}", c.log_tail(3));
+    let (_, body) = http(&http3, "GET", "/healthz", "");
+    assert!(
+        body.contains(&format!("needs command version {v}")) && body.contains("upgrade this node"),
+        "{body}"
+    );
+    // It stopped before the entry: the finding it could not read is not in its state.
+    let (st, body) = http(&http3, "GET", "/api/v1/objects/disk/bin-host/sdb?stale=true", "");
+    assert_ne!(st, 200, "node 3 applied what it cannot decode: {body}");
+}

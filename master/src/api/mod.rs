@@ -316,17 +316,23 @@ impl Service {
         crate::model::check_proposable(&cmd, self.stats.min_command_version())
             .map_err(|e| ApiError::new(proto::error::Code::Conflict, e.to_string()))?;
         let version = cmd.version();
-        let bytes = serde_json::to_vec(&cmd).map_err(|e| ApiError::internal(e.to_string()))?;
-        if bytes.len() + proposer::ENVELOPE_OVERHEAD > crate::raft::MAX_COMMAND_BYTES {
+        // Binary entries once every member knows them (the proposer gate's view of the replicated version).
+        let binary = self.stats.min_command_version() >= crate::model::BINARY_ENTRY_VERSION;
+        let bytes = if binary {
+            crate::model::encode_command_binary(&cmd)
+        } else {
+            serde_json::to_vec(&cmd).map_err(|e| ApiError::internal(e.to_string()))?
+        };
+        let cost = crate::model::entry_cost(bytes.len(), binary);
+        if cost + proposer::ENVELOPE_OVERHEAD > crate::raft::MAX_COMMAND_BYTES {
             return Err(ApiError::invalid(format!(
-                "request encodes to {} bytes (limit {}); send smaller batches",
-                bytes.len(),
+                "request encodes to {cost} bytes (limit {}); send smaller batches",
                 crate::raft::MAX_COMMAND_BYTES - proposer::ENVELOPE_OVERHEAD
             )));
         }
         let (tx, rx) = oneshot::channel();
         self.proposals
-            .send(proposer::Pending { cmd: bytes, version, tx })
+            .send(proposer::Pending { cmd: bytes, binary, cost, version, tx })
             .await
             .map_err(|_| ApiError::unavailable("master is shutting down"))?;
         let res = rx.await.map_err(|_| ApiError::unavailable("master is shutting down"))??;

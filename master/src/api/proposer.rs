@@ -7,7 +7,10 @@ use proto::error::ApiError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Service, now_ms};
-use crate::model::{ApplyResult, CmdResult, DEFAULT_MIN_COMMAND_VERSION, entry_bytes};
+use crate::model::{
+    ApplyResult, BINARY_ENTRY_VERSION, CmdResult, DEFAULT_MIN_COMMAND_VERSION, binary_entry_bytes,
+    entry_bytes,
+};
 
 /// Commands waiting for the proposer; callers beyond it wait (backpressure), bounded.
 pub const PROPOSAL_QUEUE: usize = 8192;
@@ -15,12 +18,20 @@ pub const PROPOSAL_QUEUE: usize = 8192;
 pub const MAX_CMDS_PER_ENTRY: usize = 256;
 /// Entries in flight at once from this node; the raft layer batches them into one fsync per turn.
 pub const MAX_INFLIGHT_ENTRIES: usize = 64;
-/// Bytes the entry envelope (`{"v":..,"now_ms":..,"cmds":[...]}`) adds around the commands.
+/// Bytes the entry envelope (`{"v":..,"now_ms":..,"cmds":[...]}`, or `{"v":..,"pb":"..."}` around the binary
+/// entry's time) adds around the commands.
 pub const ENVELOPE_OVERHEAD: usize = 64;
 
 /// One command waiting for an entry, and where its result goes.
 pub(super) struct Pending {
+    /// The command encoded for the entry: JSON, or the binary format when `binary`.
     pub(super) cmd: Vec<u8>,
+    /// Encoded with [`crate::model::encode_command_binary`] (the cluster enabled binary entries). An entry
+    /// holds commands of one format: the batcher closes an entry at a change of format (only around the
+    /// moment the cluster enables the binary format).
+    pub(super) binary: bool,
+    /// The bytes this command adds to its entry ([`crate::model::entry_cost`]).
+    pub(super) cost: usize,
     /// The command version the command needs (the entry is stamped with the highest of its commands).
     pub(super) version: u32,
     pub(super) tx: oneshot::Sender<Result<CmdResult, ApiError>>,
@@ -55,12 +66,13 @@ pub(super) async fn run(
                 Err(_) => return,
             },
         };
+        let mut size = first.cost;
+        let binary = first.binary;
         let mut batch = vec![first];
-        let mut size = batch[0].cmd.len();
         while batch.len() < MAX_CMDS_PER_ENTRY {
             match rx.try_recv() {
-                Ok(p) if size + p.cmd.len() < limit => {
-                    size += p.cmd.len() + 1;
+                Ok(p) if p.binary == binary && size + p.cost <= limit => {
+                    size += p.cost;
                     batch.push(p);
                 }
                 Ok(p) => {
@@ -83,7 +95,12 @@ pub(super) async fn run(
 /// Propose one entry made of `batch` and hand each command its result (or the entry's error).
 async fn propose_entry(s: &Service, batch: Vec<Pending>) {
     let v = batch.iter().map(|p| p.version).max().unwrap_or(DEFAULT_MIN_COMMAND_VERSION);
-    let entry = entry_bytes(now_ms(), v, batch.iter().map(|p| p.cmd.as_slice()));
+    let cmds = batch.iter().map(|p| p.cmd.as_slice());
+    let entry = if batch.first().is_some_and(|p| p.binary) {
+        binary_entry_bytes(now_ms(), v.max(BINARY_ENTRY_VERSION), cmds)
+    } else {
+        entry_bytes(now_ms(), v, cmds)
+    };
     let out = match s.raft.propose(entry).await {
         Ok(bytes) => serde_json::from_slice::<ApplyResult>(&bytes)
             .map_err(|e| ApiError::internal(format!("bad apply result: {e}")))

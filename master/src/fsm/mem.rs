@@ -210,7 +210,11 @@ impl MemState {
                 Some(b) => *b,
                 None => self.changes.values().map(|r| r.len() as u64).sum(),
             };
-            let row = store::make_change_row(d.revision, &d.events);
+            let row = store::make_change_row(
+                d.revision,
+                &d.events,
+                d.min_command_version >= u64::from(crate::model::BINARY_ENTRY_VERSION),
+            );
             bytes += row.len() as u64;
             self.changes.insert(first, row);
             self.meta.insert(META_REVISION.into(), d.revision);

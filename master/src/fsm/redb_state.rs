@@ -153,7 +153,11 @@ impl<'t> Tables<'t> {
         self.write_counts(&w.counts, &w.repair)?;
         if let Some(first) = d.events.first().map(|e| e.revision) {
             let bytes = self.changelog_bytes()?;
-            let row = store::make_change_row(d.revision, &d.events);
+            let row = store::make_change_row(
+                d.revision,
+                &d.events,
+                d.min_command_version >= u64::from(crate::model::BINARY_ENTRY_VERSION),
+            );
             let bytes = bytes + row.len() as u64;
             self.changes.insert(first, store::seal_bytes(&first, &row).as_slice())?;
             self.meta.insert(META_REVISION, store::seal_u64(META_REVISION, d.revision).as_slice())?;
