@@ -463,8 +463,32 @@ fn damage(file: &Path, how: Damage, marker: &str, rng: &mut StdRng) -> String {
                     i += 1;
                 }
             }
-            assert!(n > 0, "marker {marker} not found in {}", file.display());
-            format!("{n} copies of {marker} altered")
+            // Binary Raft entries carry their commands base64: the marker's copies there are found in each
+            // of base64's three alignments (the characters that depend on the marker's bytes alone), and a
+            // middle character is changed to another base64 character.
+            let mut in_entries = 0;
+            for skip in 0..3usize {
+                let padded = [vec![0u8; skip], needle.clone()].concat();
+                let text = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &padded);
+                // Characters of the leading dummy bytes, and of the padded tail beyond the marker's bits, vary
+                // with what surrounds the marker in the entry: only the rest is searched for.
+                let start = [0, 2, 3][skip];
+                let end = padded.len() / 3 * 4 + padded.len() % 3;
+                let core = text.as_bytes()[start..end].to_vec();
+                let mut i = 0;
+                while i + core.len() <= bytes.len() {
+                    if bytes[i..i + core.len()] == core[..] {
+                        let mid = i + core.len() / 2;
+                        bytes[mid] = if bytes[mid] == b'A' { b'B' } else { b'A' };
+                        in_entries += 1;
+                        i += core.len();
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            assert!(n + in_entries > 0, "marker {marker} not found in {}", file.display());
+            format!("{n} copies of {marker} altered, and {in_entries} in binary entries")
         }
         Damage::RandomPages => {
             // Around the newest copy of the marker, so the damage lands on live pages (a redb file also
