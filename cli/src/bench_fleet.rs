@@ -951,6 +951,9 @@ async fn sample_resources(res: Arc<Resources>, origin: Instant) {
 /// The Raft loop's slow durable writes and slow turns on each running member since its start (its
 /// `/metrics`): a member whose loop stalls past the election timeout (1 s) goes unheard and makes a
 /// leader step down; the commits say whether the stall was the disk's.
+/// The bench's own runtime (its simulated agents): a heartbeat latency spike with this quiet was the masters'.
+static BENCH_RUNTIME: master::stalls::StallStats = master::stalls::StallStats::new();
+
 async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
     let mut parts = Vec::new();
     for id in cluster.running() {
@@ -963,18 +966,22 @@ async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
                 let le_1s = get("huatuo_master_fsync_seconds_bucket{le=\"1\"} ");
                 parts.push(format!(
                     "node {id}: {count} commits, {} over 250 ms, {} over 1 s; loop turns over 250 ms {}, over 1 s \
-                     {}, longest {} ms",
+                     {}, longest {} ms; API runtime woken late over 100 ms {}, over 500 ms {}, longest {} ms",
                     count.saturating_sub(le_250ms),
                     count.saturating_sub(le_1s),
                     get("huatuo_master_raft_turns_over_250ms_total "),
                     get("huatuo_master_raft_turns_over_1s_total "),
-                    get("huatuo_master_raft_turn_max_ms ")
+                    get("huatuo_master_raft_turn_max_ms "),
+                    get("huatuo_master_runtime_stalls_over_100ms_total "),
+                    get("huatuo_master_runtime_stalls_over_500ms_total "),
+                    get("huatuo_master_runtime_stall_max_ms ")
                 ));
             }
             Err(e) => parts.push(format!("node {id}: /metrics unreadable ({e:#})")),
         }
     }
     println!("{label} slow Raft commits since each member started: {}", parts.join("; "));
+    println!("{label} this bench's own runtime woken late: {}", BENCH_RUNTIME.summary());
 }
 
 fn print_resources(res: &Resources, label: &str, from: f64, to: f64) {
@@ -1196,6 +1203,7 @@ pub fn run(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     // Ctrl-C drops the benchmark, and with it the cluster (whose Drop kills the master processes).
     rt.block_on(async {
+        tokio::spawn(master::stalls::probe(&BENCH_RUNTIME, std::future::pending()));
         tokio::select! {
             r = bench(a) => r,
             _ = tokio::signal::ctrl_c() => bail!("interrupted: the cluster was stopped"),

@@ -24,6 +24,7 @@ pub mod raft;
 pub mod safety;
 pub mod server;
 pub mod sm_seam;
+pub mod stalls;
 pub mod store;
 pub mod ticket_source;
 pub mod tickets;

@@ -166,7 +166,8 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
     let stats = crate::raft::fsync_stats::SNAPSHOTS
         .series()
         .into_iter()
-        .chain(crate::raft::fsync_stats::TURNS.series());
+        .chain(crate::raft::fsync_stats::TURNS.series())
+        .chain(crate::stalls::RUNTIME.series());
     for (name, help, v, is_counter) in stats {
         if is_counter {
             reg.register(name, help, ConstCounter::new(v));

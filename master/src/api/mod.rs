@@ -182,6 +182,7 @@ impl Service {
         svc.duties.spawn(proposer::run(Arc::downgrade(&svc), rx, svc.duties.stopped()));
         svc.duties.spawn(duties::run(Arc::downgrade(&svc), svc.duties.stopped()));
         svc.duties.spawn(heartbeats::run_liveness(Arc::downgrade(&svc), alive_rx, svc.duties.stopped()));
+        svc.duties.spawn(crate::stalls::probe(&crate::stalls::RUNTIME, svc.duties.stopped()));
         svc
     }
 
