@@ -113,6 +113,11 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         gauge(u64::from(s.min_command_version())),
     );
     reg.register("leader_changes", "Leader changes this node observed", counter(&svc.leader_changes));
+    reg.register(
+        "heartbeat_checks",
+        "Heartbeats that read their agent's replicated record (first beats to a new leader, moved or silent agents)",
+        ConstCounter::new(svc.heartbeat_checks()),
+    );
     // Every member keeps these warm (followers included), so a new leader has them at once; 0: not built.
     reg.register(
         "order_index_revision",

@@ -102,10 +102,14 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
                 r = s.learn_agents(st.term) => match r {
                     // `agents`: added by the pass; those that beat this leader before it ended were already
                     // in the memory (`tracked` counts both).
-                    Ok(n) => tracing::info!(
-                        agents = n,
+                    Ok(l) => tracing::info!(
+                        agents = l.added,
                         tracked = s.heartbeat_memory_len(),
                         term = st.term,
+                        barrier_ms = l.barrier_ms,
+                        scan_ms = l.scan_ms,
+                        insert_ms = l.insert_ms,
+                        checked_beats = l.checks,
                         "leader learned the agents recorded alive"
                     ),
                     Err(e) => {

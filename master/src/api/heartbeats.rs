@@ -112,6 +112,18 @@ struct Seen {
     alive: bool,
 }
 
+/// What one learning pass of a new term did and how long each step took (logged by the leader): the read
+/// barrier, the scan of the agent records (blocking pool), the insertion into the memory (an async worker),
+/// and the beats that read their agent's record meanwhile (each a point read on an async worker).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Learned {
+    pub added: usize,
+    pub barrier_ms: u64,
+    pub scan_ms: u64,
+    pub insert_ms: u64,
+    pub checks: u64,
+}
+
 /// The leader's heartbeat memory: agent id -> what it said last and when, in [`MEMORY_SHARDS`] shards, plus
 /// the agents the replicated state records alive (learned once per term by [`Service::learn_agents`], then
 /// kept current by this leader's own liveness changes: only the leader proposes them).
@@ -122,6 +134,9 @@ pub(super) struct Memory {
     tracked: AtomicUsize,
     /// The Raft term whose replicated alive agents this memory holds (0: not learned).
     learned_term: AtomicU64,
+    /// Beats that had to read the agent's replicated record ([`Beat::Check`]), since this process started: on
+    /// a new leader, every first beat until the agents are learned.
+    checks: AtomicU64,
 }
 
 impl Default for Memory {
@@ -131,6 +146,7 @@ impl Default for Memory {
             hasher: RandomState::new(),
             tracked: AtomicUsize::new(0),
             learned_term: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
         }
     }
 }
@@ -173,13 +189,18 @@ impl Memory {
                 seen.host.clear();
                 seen.host.push_str(host);
             }
-            return Ok(if seen.alive && !moved { Beat::Known } else { Beat::Check });
+            if seen.alive && !moved {
+                return Ok(Beat::Known);
+            }
+            self.checks.fetch_add(1, Ordering::Relaxed);
+            return Ok(Beat::Check);
         }
         if !self.reserve() {
             return Err(ApiError::unavailable("too many agents tracked by this leader"));
         }
         let seen = Seen { host: host.to_string(), info, restarts: 0, last: now, heard: true, alive: false };
         shard.insert(agent.to_string(), seen);
+        self.checks.fetch_add(1, Ordering::Relaxed);
         Ok(Beat::Check)
     }
 
@@ -198,6 +219,11 @@ impl Memory {
             m.clear();
             self.tracked.fetch_sub(n, Ordering::AcqRel);
         }
+    }
+
+    /// Beats that read the agent's replicated record, since this process started.
+    pub(super) fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
     }
 
     /// The term this memory learned the replicated alive agents in (0: not yet).
@@ -351,17 +377,33 @@ impl Service {
     /// A new term of this leader: forget the last term's memory and learn the agents the replicated state
     /// records alive, after a read barrier (so every entry of earlier terms is applied). One pass over the
     /// agent table per term, off the async workers. Returns how many agents were learned.
-    pub(super) async fn learn_agents(&self, term: u64) -> Result<usize, ApiError> {
+    pub(super) async fn learn_agents(&self, term: u64) -> Result<Learned, ApiError> {
+        let (started, checks) = (Instant::now(), self.heartbeats.checks());
         if self.heartbeats.learned_term() != 0 {
             self.heartbeats.clear();
         }
         self.raft.read_index().await.map_err(|e| self.map_propose_error(e))?;
+        let barrier = started.elapsed();
         let db = self.db.clone();
         let alive = tokio::task::spawn_blocking(move || Reader::new(&db).and_then(|r| r.alive_agents()))
             .await
             .map_err(|e| ApiError::internal(format!("learning agents: {e}")))?
             .map_err(store_err)?;
-        Ok(self.heartbeats.learn(alive, term))
+        let scanned = started.elapsed();
+        let added = self.heartbeats.learn(alive, term);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Ok(Learned {
+            added,
+            barrier_ms: ms(barrier),
+            scan_ms: ms(scanned - barrier),
+            insert_ms: ms(started.elapsed() - scanned),
+            checks: self.heartbeats.checks() - checks,
+        })
+    }
+
+    /// Beats that read their agent's replicated record since this process started (`/metrics`).
+    pub fn heartbeat_checks(&self) -> u64 {
+        self.heartbeats.checks()
     }
 
     /// Mark silent the agents not heard from for `agent_silent_after` (at most [`MAX_SILENT_PER_ROUND`] per
@@ -492,8 +534,11 @@ mod tests {
         m.set_alive("a1", false);
         assert_eq!(m.learn(learned(3), 8), 0);
         assert_eq!(m.record("a1", "elsewhere", info(5)).expect("beat"), Beat::Check);
+        // Every checked beat is counted (a1 twice, new twice), known ones not; a new term keeps the count.
+        assert_eq!(m.checks(), 4);
         m.clear();
         assert_eq!((m.tracked(), m.learned_term()), (0, 0));
+        assert_eq!(m.checks(), 4);
     }
 
     #[test]
