@@ -299,7 +299,7 @@ pub fn make_change_row(last: u64, events: &[ChangeEvent], binary: bool) -> Vec<u
         let msg = proto::entry::ChangeRow {
             events: events.iter().cloned().map(proto::convert::event_to_wire).collect(),
         };
-        msg.encode(&mut row).unwrap_or_default();
+        row.extend_from_slice(&msg.encode_to_vec());
     } else {
         row.extend_from_slice(&encode(&events));
     }
