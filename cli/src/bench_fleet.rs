@@ -610,14 +610,41 @@ fn print_failover_timeline(
     let read = |id| std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
     let (lead, back) = (read(new_leader), read(restarted));
     let show = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |ms| format!("{ms}"));
+    // A member restored from a snapshot builds its indexes again (a pass over every object): when it leads
+    // soon after, when they were installed matters.
+    let built = |name: &str| {
+        let line = lead.lines().rev().map(strip_ansi).find(|l| l.contains("index built") && l.contains(name));
+        show(line.and_then(|l| log_ms_after(&l, killed_ms)))
+    };
     println!(
-        "phase 5 timeline (ms after the kill): node {new_leader} learned the agents at {}; node {restarted} \
-         restarted at {}, checked its tables at {}, served at {}",
+        "phase 5 timeline (ms after the kill): node {new_leader} learned the agents at {}, last built its order \
+         index at {} and its deadline index at {}; node {restarted} restarted at {}, checked its tables at {}, \
+         served at {}",
         show(last_log_ms(&lead, "leader learned the agents", killed_ms)),
+        built("\"orders\""),
+        built("\"deadlines\""),
         respawned_ms.saturating_sub(killed_ms),
         show(last_log_ms(&back, "state machine tables verified", killed_ms)),
         show(last_log_ms(&back, "master node started", killed_ms)),
     );
+}
+
+/// How often member `id` answered from an index that was not built or still catching up (its `/metrics`).
+async fn index_answers_line(cluster: &LocalCluster, id: u64) -> String {
+    let Some(n) = cluster.nodes.get(&id) else { return "-".into() };
+    match scrape_metrics(&n.http).await {
+        Ok(m) => {
+            let v = |name: &str| metric_value(&m, &format!("huatuo_master_{name}_total"));
+            format!(
+                "order index answers unbuilt {}, behind {}; deadline index answers unbuilt {}, behind {}",
+                v("order_index_unbuilt_answers"),
+                v("order_index_behind_answers"),
+                v("deadline_index_unbuilt_answers"),
+                v("deadline_index_behind_answers")
+            )
+        }
+        Err(e) => format!("/metrics unreadable ({e:#})"),
+    }
 }
 
 /// Seconds after a kill broken down one by one (then the rest of the window as one row).
@@ -1629,6 +1656,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         );
         print_failover_rows(&run, t5, run.secs());
         print_failover_timeline(cluster, killed_ms, respawned_ms, now_leader, leader);
+        println!("phase 5 new leader's indexes: {}", index_answers_line(cluster, now_leader).await);
         windows.push((t5, run.secs() + KILL_SETTLE.as_secs_f64()));
         print_resources(&res, "failover", t5, run.secs());
         print_slow_commits(cluster, "phase 5").await;

@@ -88,6 +88,7 @@ pub struct HostOrders {
 }
 
 impl crate::follow::ObjectIndex for HostOrders {
+    const NAME: &'static str = "orders";
     fn put(&mut self, id: &str, rec: Option<&ObjectRecord>) {
         let Ok(oid) = id.parse::<state_machines::ObjectId>() else { return };
         let Some(key) = order_key(&oid) else { return };

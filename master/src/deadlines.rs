@@ -41,6 +41,7 @@ impl Deadlines {
 }
 
 impl crate::follow::ObjectIndex for Deadlines {
+    const NAME: &'static str = "deadlines";
     fn put(&mut self, id: &str, rec: Option<&ObjectRecord>) {
         if let Some(old) = self.of.remove(id) {
             self.by_time.remove(&(old, id.to_string()));

@@ -139,6 +139,16 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         "Ticks that stepped nothing while this node's deadline index was being built",
         ConstCounter::new(svc.deadline_index().unbuilt_answers()),
     );
+    reg.register(
+        "order_index_behind_answers",
+        "Heartbeats answered from an order index still catching up (more than one step behind; orders come a beat later)",
+        ConstCounter::new(svc.order_index().behind_answers()),
+    );
+    reg.register(
+        "deadline_index_behind_answers",
+        "Ticks answered from a deadline index still catching up (a deadline is stepped a tick later)",
+        ConstCounter::new(svc.deadline_index().behind_answers()),
+    );
     reg.register("held_transitions", "Transitions held by the safety net", counter(&s.held));
     let by_kind: Family<[(&'static str, String); 2], Counter> = Family::default();
     for ((kind, to), n) in s.transitions.lock().unwrap_or_else(|p| p.into_inner()).iter() {
