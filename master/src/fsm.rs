@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::model::*;
 use crate::sm_seam::Policy;
-use crate::store::{self, META_MIN_COMMAND_VERSION, StoreError};
+use crate::store::{self, META_CATALOG_REV, META_MIN_COMMAND_VERSION, StoreError};
 
 mod agents;
 mod catalog;
@@ -62,6 +62,10 @@ pub struct FsmStats {
     pub transitions: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Transitions held by the safety net (proposals and blind refusals).
     pub held: AtomicU64,
+    /// Moves on after every commit that changed the replicated catalog counter (and after a snapshot is
+    /// restored, and at start-up), never before the commit: a cache keyed by the catalog counter compares
+    /// this instead of reading the counter from the store on every heartbeat.
+    pub catalog_generation: AtomicU64,
 }
 
 impl FsmStats {
@@ -99,6 +103,8 @@ pub struct MasterFsm {
     request_keys: u64,
     /// This member's archive (`archive.rs`): each applied entry's events are queued to it, never waited on.
     archive: Option<crate::archive::Feed>,
+    /// The transaction being built changed the catalog counter: `catalog_generation` moves at its commit.
+    catalog_moved: bool,
 }
 
 /// The oldest revision the change log keeps after reaching `revision` (None: nothing to drop yet).
@@ -120,6 +126,7 @@ impl MasterFsm {
                 knows: COMMAND_VERSION,
                 request_keys: MAX_REQUEST_KEYS,
                 archive: None,
+                catalog_moved: false,
             },
             rx,
         )
@@ -189,6 +196,7 @@ impl MasterFsm {
         let mut tables = Tables::open(txn)?;
         let mut d = decide_entry_limited(&tables, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
         tables.write(&d, self.changelog)?;
+        self.catalog_moved |= d.writes.meta.contains_key(META_CATALOG_REV);
         self.count(&d);
         if let Some(feed) = &self.archive
             && !d.archive.is_empty()
@@ -219,6 +227,9 @@ impl MasterFsm {
 
     /// Call after the transaction holding applied entries is durable: wakes watchers.
     pub fn committed(&mut self) {
+        if std::mem::take(&mut self.catalog_moved) {
+            self.stats.catalog_generation.fetch_add(1, Ordering::Release);
+        }
         if let Some(rev) = self.pending.take() {
             self.notify.send_replace(rev);
         }
@@ -228,6 +239,7 @@ impl MasterFsm {
     pub fn publish_revision(&self, db: &redb::Database) -> Result<(), StoreError> {
         let reader = store::Reader::new(db)?;
         self.stats.min_command_version.store(u64::from(reader.min_command_version()?), Ordering::Relaxed);
+        self.stats.catalog_generation.fetch_add(1, Ordering::Release);
         let rev = reader.revision()?;
         self.notify.send_if_modified(|cur| {
             let newer = rev > *cur;
@@ -269,6 +281,7 @@ impl MasterFsm {
             .min_command_version
             .store(min.unwrap_or(u64::from(DEFAULT_MIN_COMMAND_VERSION)), Ordering::Relaxed);
         self.pending = Some(revision);
+        self.catalog_moved = true;
         Ok(())
     }
 }

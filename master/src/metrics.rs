@@ -140,6 +140,11 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         ConstCounter::new(svc.deadline_index().unbuilt_answers()),
     );
     reg.register(
+        "heartbeat_assignment_reads",
+        "Heartbeats that read the store for their host's checker assignment (not cached, or the catalog moved)",
+        ConstCounter::new(svc.assignment_store_reads()),
+    );
+    reg.register(
         "order_index_behind_answers",
         "Heartbeats answered from an order index still catching up (more than one step behind; orders come a beat later)",
         ConstCounter::new(svc.order_index().behind_answers()),

@@ -398,9 +398,12 @@ async fn heartbeats_carry_the_assignment_and_fetches_resume_by_offset() {
             .collect::<Vec<_>>()
     );
     let hash = hb.assignment_hash.clone();
+    let reads = m.svc.assignment_store_reads();
     let again = heartbeat(&mut c, "h1", &hash).await;
     assert!(!again.assignment_included && again.assignment.is_empty(), "unchanged: not sent again");
     assert_eq!(again.assignment_hash, hash);
+    // Cached, and the catalog did not move: the beat read nothing from the store for it.
+    assert_eq!(m.svc.assignment_store_reads(), reads, "an unchanged assignment costs no store read");
     // The runs a heartbeat reports are bounded: at the limit fine, over it refused.
     let runs = |n: usize, err: usize| -> Vec<api::CheckerRun> {
         (0..n)
@@ -442,8 +445,10 @@ async fn heartbeats_carry_the_assignment_and_fetches_resume_by_offset() {
     let mut r = rollout_req("start", "probe", "1");
     r.hosts = vec!["h1".into()];
     c.rollout(r).await.expect("start");
+    let reads = m.svc.assignment_store_reads();
     let hb = heartbeat(&mut c, "h1", &hash).await;
     assert!(hb.assignment_included && hb.assignment_hash != hash);
+    assert_eq!(m.svc.assignment_store_reads(), reads + 1, "the catalog moved: read again");
     let a = hb.assignment.iter().find(|a| a.name == "probe").expect("probe assigned to h1");
     assert_eq!((a.version.as_str(), a.size, a.shadow), ("1", bytes.len() as u64, false));
     assert!(!heartbeat(&mut c, "h2", &hash).await.assignment_included, "h2's assignment did not change");
