@@ -19,7 +19,8 @@
 //!    the leader's commit index of the moment of the restart;
 //! 5. the leader killed with `kill -9` while heartbeats continue: time to the first acknowledged write, and
 //!    a timeline from the masters' logs (the new leader's learning of the agents, the killed member's restart);
-//! 6. elections outside the two kills (the highest term of the members, polled every 200 ms);
+//! 6. elections outside the leader kill (the highest term of the members, polled every 200 ms): the follower
+//!    kill of phase 4 is not exempt, as it must not change the leader;
 //! 7. throughput: findings/s of 500 single-finding clients beside 32 agents sending 500-finding batches;
 //! 8. every acknowledged finding checked once on its object at the end (its checker's latest evidence is at
 //!    least as new; a burst ERROR also left a transition in the history): the lost count must be 0;
@@ -1584,7 +1585,9 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
             latency_summary(run.beats_between(t4, run.secs())),
             alive.unwrap_or_else(|| "unknown (no cluster info)".into())
         );
-        windows.push((t4, run.secs() + KILL_SETTLE.as_secs_f64()));
+        // Not a window for phase 6: killing and rebuilding a follower must not change the leader (run C of
+        // 2026-12-04 showed a leader change 2 s after the rebuilt follower installed its snapshot, which this
+        // window used to hide).
         print_resources(&res, "follower catch-up", t4, run.secs());
         print_slow_commits(cluster, "phase 4").await;
 
@@ -1680,12 +1683,12 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     println!("phase 7 data dirs: {}", data_dirs(cluster));
     println!("phase 7 archive: {}", archive_line(cluster).await);
 
-    // Phase 6: elections outside the kills (over the whole run).
+    // Phase 6: elections outside the leader kill (over the whole run).
     stop_terms.store(true, Ordering::Relaxed);
     let changes = terms.await.context("the term poller failed")?;
     let outside = elections_outside(&changes, &windows);
     println!(
-        "phase 6 elections outside the kills: {} (terms seen: {})",
+        "phase 6 elections outside the leader kill: {} (terms seen: {})",
         outside.len(),
         changes.iter().map(|(at, t)| format!("{t}@{at:.1}s")).collect::<Vec<_>>().join(" ")
     );

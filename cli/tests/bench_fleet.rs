@@ -36,7 +36,7 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "phase 5 heartbeats by when they were sent after the kill",
         "phase 5 timeline (ms after the kill): node ",
         "phase 5 new leader's indexes: order index answers unbuilt ",
-        "phase 6 elections outside the kills: ",
+        "phase 6 elections outside the leader kill: ",
         "phase 7 throughput: ",
         "phase 7 data dirs: node 1 ",
         "raft.redb ",

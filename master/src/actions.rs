@@ -117,15 +117,20 @@ impl OrderIndex {
     /// until the agent reports the action done, so a beat without them delays them by one interval. Scanning
     /// the host's objects per beat instead held a new leader restored from a snapshot at half the fleet's
     /// 10,000 beats/s, p50 0.6 s, for 8 s (2026-12-03, 100,000 agents).
-    pub fn orders(
+    pub async fn orders(
         self: &Arc<Self>,
         db: &Arc<redb::Database>,
         host: &str,
         current: u64,
     ) -> Result<Vec<ActionOrder>, StoreError> {
-        let from_index = self.with(db, current, |ix| {
-            ix.by_host.get(host).map(|m| m.values().take(MAX_ORDERS).cloned().collect()).unwrap_or_default()
-        })?;
+        let from_index = self
+            .with(db, current, |ix| {
+                ix.by_host
+                    .get(host)
+                    .map(|m| m.values().take(MAX_ORDERS).cloned().collect())
+                    .unwrap_or_default()
+            })
+            .await?;
         Ok(from_index.unwrap_or_default())
     }
 }

@@ -91,12 +91,12 @@ pub fn due_by_scan(
 /// [`crate::follow::Followed::unbuilt_answers`]): the warm duty builds it within seconds, and a deadline
 /// stepped one tick late is harmless, where a streamed pass over every object per tick on a new leader
 /// restored from a snapshot is not.
-pub fn due(
+pub async fn due(
     ix: &Arc<DeadlineIndex>,
     db: &Arc<redb::Database>,
     current: u64,
     now_ms: u64,
     max: usize,
 ) -> Result<Vec<ObjectId>, StoreError> {
-    Ok(ix.with(db, current, |d| d.due(now_ms, max))?.unwrap_or_default())
+    Ok(ix.with(db, current, |d| d.due(now_ms, max)).await?.unwrap_or_default())
 }

@@ -154,8 +154,10 @@ fn built<S: ObjectIndex>(r: &Reader, make: &dyn Fn() -> S) -> Result<(u64, S, u6
 /// An [`ObjectIndex`] followed from the change log (see the module comment).
 pub struct Followed<S> {
     state: Mutex<State<S>>,
-    /// Signalled whenever a catch-up step ends.
+    /// Signalled whenever a catch-up step ends (for the warm, on a blocking thread).
     stepped: Condvar,
+    /// The same, for callers on the async workers (they wait without holding a thread).
+    stepped_async: tokio::sync::Notify,
     /// A warm (a build or a catch-up to the store's revision) is running, in the warm duty or started by
     /// a caller.
     building: AtomicBool,
@@ -190,7 +192,7 @@ impl<S: ObjectIndex> Step<'_, S> {
         st.catching = false;
         let out = (st.epoch == self.epoch && st.next == self.from).then(|| st.apply(delta, &*self.ix.make));
         drop(st);
-        self.ix.stepped.notify_all();
+        self.ix.notify_stepped();
         out
     }
 }
@@ -199,7 +201,7 @@ impl<S: ObjectIndex> Drop for Step<'_, S> {
     fn drop(&mut self) {
         if !self.done {
             lock(&self.ix.state).catching = false;
-            self.ix.stepped.notify_all();
+            self.ix.notify_stepped();
         }
     }
 }
@@ -210,6 +212,7 @@ impl<S: ObjectIndex> Followed<S> {
         Followed {
             state: Mutex::default(),
             stepped: Condvar::new(),
+            stepped_async: tokio::sync::Notify::new(),
             building: AtomicBool::new(false),
             unbuilt: AtomicU64::new(0),
             behind: AtomicU64::new(0),
@@ -217,52 +220,78 @@ impl<S: ObjectIndex> Followed<S> {
         }
     }
 
+    fn notify_stepped(&self) {
+        self.stepped.notify_all();
+        self.stepped_async.notify_waiters();
+    }
+
     /// Answer from the index caught up to `current` (the node's applied revision). The caller catches up
-    /// at most one step ([`CATCH_UP_CHUNK`] events) itself, outside the lock, and waits at most
-    /// [`CATCH_UP_WAIT`] for another caller's step; further behind, it answers from the index as it is
-    /// (counted in [`Followed::behind_answers`]) and the rest is caught up in the background. `None` until
-    /// the index is built (counted): a background build is started (one at a time) and the caller answers
-    /// without the index meanwhile.
-    pub fn with<T>(
+    /// at most one step ([`CATCH_UP_CHUNK`] events) itself, read on the blocking pool, and waits at most
+    /// [`CATCH_UP_WAIT`] for another caller's step, without holding an async worker either way; further
+    /// behind, it answers from the index as it is (counted in [`Followed::behind_answers`]) and the rest is
+    /// caught up in the background. `None` until the index is built (counted): a background build is
+    /// started (one at a time) and the caller answers without the index meanwhile.
+    pub async fn with<T>(
         self: &Arc<Self>,
         db: &Arc<redb::Database>,
         current: u64,
         f: impl FnOnce(&S) -> T,
     ) -> Result<Option<T>, StoreError> {
-        let mut waited_until: Option<Instant> = None;
+        let mut until: Option<tokio::time::Instant> = None;
         let (mut stepped, mut at_end) = (false, false);
-        let mut st = lock(&self.state);
         loop {
-            if st.next == 0 {
-                drop(st);
-                self.unbuilt.fetch_add(1, Ordering::Relaxed);
-                self.start_warm(db);
-                return Ok(None);
-            }
-            if st.next > current || at_end {
-                return Ok(Some(f(&st.index)));
-            }
-            if st.catching {
-                let until = *waited_until.get_or_insert_with(|| Instant::now() + CATCH_UP_WAIT);
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
+            let notified = self.stepped_async.notified();
+            tokio::pin!(notified);
+            let wait = {
+                let st = lock(&self.state);
+                if st.next == 0 {
+                    drop(st);
+                    self.unbuilt.fetch_add(1, Ordering::Relaxed);
+                    self.start_warm(db);
+                    return Ok(None);
                 }
-                st = self.stepped.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+                if st.next > current || at_end {
+                    return Ok(Some(f(&st.index)));
+                }
+                if st.catching {
+                    // Registered under the lock: the step's end (which clears the flag under it) wakes us.
+                    notified.as_mut().enable();
+                    true
+                } else if stepped {
+                    break;
+                } else {
+                    false
+                }
+            };
+            if !wait {
+                stepped = true;
+                let (me, db) = (Arc::clone(self), Arc::clone(db));
+                let step = tokio::task::spawn_blocking(move || me.step_if_free(&db));
+                match step.await {
+                    Ok(r) => at_end = r? == Some(Applied::AtEnd),
+                    Err(e) => tracing::warn!(index = S::NAME, error = %e, "a catch-up step did not finish"),
+                }
                 continue;
             }
-            if stepped {
+            let until = *until.get_or_insert_with(|| tokio::time::Instant::now() + CATCH_UP_WAIT);
+            if tokio::time::timeout_at(until, notified).await.is_err() {
                 break;
             }
-            stepped = true;
-            at_end = self.step(st, db)? == Some(Applied::AtEnd);
-            st = lock(&self.state);
         }
         self.behind.fetch_add(1, Ordering::Relaxed);
-        let out = f(&st.index);
-        drop(st);
+        let out = f(&lock(&self.state).index);
         self.start_warm(db);
         Ok(Some(out))
+    }
+
+    /// Take one catch-up step unless another caller is taking one (None then, as when the index was
+    /// replaced meanwhile). Blocking: the read runs outside the lock.
+    fn step_if_free(&self, db: &redb::Database) -> Result<Option<Applied>, StoreError> {
+        let st = lock(&self.state);
+        if st.catching || st.next == 0 {
+            return Ok(None);
+        }
+        self.step(st, db)
     }
 
     /// Take one catch-up step from the position in `st` (whose `catching` is clear): read outside the lock,
@@ -505,15 +534,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_small_gap_is_caught_up_by_the_caller_and_answers_exactly() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_gap_is_caught_up_by_the_caller_and_answers_exactly() {
         let mut s = Store::new();
         s.register("h", 10, 5, "a");
         let ix: Arc<Followed<Serials>> = Arc::default();
         ix.build_now(&s.db).expect("build");
         s.register("h", 10, 5, "b");
         let current = s.revision();
-        let got = ix.with(&s.db, current, |x| x.0.clone()).expect("with").expect("built");
+        let got = ix.with(&s.db, current, |x| x.0.clone()).await.expect("with").expect("built");
         assert_eq!(got, s.scan().0);
         assert_eq!(ix.revision(), Some(current));
         assert_eq!((ix.behind_answers(), ix.unbuilt_answers()), (0, 0));
@@ -531,7 +560,7 @@ mod tests {
         s.register("h", n, 64, "b");
         let current = s.revision();
         let fresh = |x: &Serials| x.0.values().filter(|v| v.starts_with("b-")).count();
-        let answered = ix.with(&s.db, current, fresh).expect("with").expect("built");
+        let answered = ix.with(&s.db, current, fresh).await.expect("with").expect("built");
         // One step (at least a chunk, in whole rows) was taken in, not the whole gap.
         assert!(
             (CATCH_UP_CHUNK..n).contains(&answered),
@@ -541,13 +570,13 @@ mod tests {
         // The rest is caught up off the caller, without another use.
         wait_for("background catch-up", || ix.revision() == Some(current));
         assert!(built_at < current);
-        let all = ix.with(&s.db, current, |x| x.0.clone()).expect("with").expect("built");
+        let all = ix.with(&s.db, current, |x| x.0.clone()).await.expect("with").expect("built");
         assert_eq!(all, s.scan().0);
         assert_eq!(ix.behind_answers(), 1);
     }
 
-    #[test]
-    fn a_caller_waits_for_another_step_only_so_long_and_answers_what_is_there() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_waits_for_another_step_only_so_long_and_answers_what_is_there() {
         let mut s = Store::new();
         s.register("h", 8, 8, "a");
         let ix: Arc<Followed<Serials>> = Arc::default();
@@ -561,14 +590,14 @@ mod tests {
             st.catching = true;
             Step { ix: &ix, from: st.next, epoch: st.epoch, done: false }
         };
-        let stale = ix.with(&s.db, current, |x| x.0.clone()).expect("with").expect("built");
+        let stale = ix.with(&s.db, current, |x| x.0.clone()).await.expect("with").expect("built");
         assert!(stale.values().all(|v| v.starts_with("a-")), "answered from the index as it was");
         assert_eq!(ix.behind_answers(), 1);
         assert!(ix.revision() < Some(current));
         // The other step is dropped unfinished (its read failed): the flag is cleared, the next caller
         // catches up itself.
         drop(other);
-        let now = ix.with(&s.db, current, |x| x.0.clone()).expect("with").expect("built");
+        let now = ix.with(&s.db, current, |x| x.0.clone()).await.expect("with").expect("built");
         assert_eq!(now, s.scan().0);
         assert_eq!(ix.behind_answers(), 1);
     }
@@ -593,8 +622,8 @@ mod tests {
         assert!(!lock(&ix.state).catching);
     }
 
-    #[test]
-    fn a_build_takes_in_what_changed_during_its_pass_before_it_is_installed() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_build_takes_in_what_changed_during_its_pass_before_it_is_installed() {
         let mut s = Store::new();
         s.register("h", 100, 10, "a");
         let ix: Arc<Followed<Serials>> = Arc::default();
@@ -605,13 +634,13 @@ mod tests {
         ix.build(pass, &s.db).expect("build");
         ix.building.store(false, Ordering::Release);
         assert_eq!(ix.revision(), Some(s.revision()), "installed at the store's revision, not the pass's");
-        let got = ix.with(&s.db, s.revision(), |x| x.0.clone()).expect("with").expect("built");
+        let got = ix.with(&s.db, s.revision(), |x| x.0.clone()).await.expect("with").expect("built");
         assert_eq!(got, s.scan().0);
         assert_eq!(ix.behind_answers(), 0);
     }
 
-    #[test]
-    fn a_warm_catches_up_to_the_store_in_steps() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_warm_catches_up_to_the_store_in_steps() {
         let mut s = Store::new();
         s.register("h", 10, 10, "a");
         let ix: Arc<Followed<Serials>> = Arc::default();
@@ -620,6 +649,9 @@ mod tests {
         s.register("h", 3 * CATCH_UP_CHUNK, 32, "b");
         ix.warm(&s.db).expect("catch up");
         assert_eq!(ix.revision(), Some(s.revision()));
-        assert_eq!(ix.with(&s.db, s.revision(), |x| x.0.clone()).expect("with").expect("built"), s.scan().0);
+        assert_eq!(
+            ix.with(&s.db, s.revision(), |x| x.0.clone()).await.expect("with").expect("built"),
+            s.scan().0
+        );
     }
 }

@@ -118,6 +118,7 @@ impl Master for GrpcApi {
         let actions = self
             .svc
             .actions_for(&host)
+            .await
             .map_err(Status::from)?
             .into_iter()
             .map(convert::order_to_wire)

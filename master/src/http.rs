@@ -368,7 +368,7 @@ async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, Http
     };
     let host = b.host.clone();
     let revision = svc.heartbeat(b.agent, b.host, info).await.map_err(|e| rest_error(&svc, e))?;
-    let actions = svc.actions_for(&host).map_err(|e| rest_error(&svc, e))?;
+    let actions = svc.actions_for(&host).await.map_err(|e| rest_error(&svc, e))?;
     let (hash, assignment) =
         svc.assignment_for_beat(&host, &b.assignment_hash).map_err(|e| rest_error(&svc, e))?;
     let included = assignment.is_some();

@@ -180,12 +180,12 @@ async fn agents_gone_silent_are_marked_in_few_entries_and_none_is_missed() {
 }
 
 /// The orders a heartbeat hands out (the index) against a scan of every host's objects.
-fn assert_orders_match(svc: &Service, hosts: &[String], when: &str) -> usize {
+async fn assert_orders_match(svc: &Service, hosts: &[String], when: &str) -> usize {
     let r = Reader::new(svc.db()).expect("reader");
     let mut total = 0;
     for h in hosts {
         let scan = master::actions::orders_for(&r, h).expect("scan");
-        let beat = svc.actions_for(h).expect("orders");
+        let beat = svc.actions_for(h).await.expect("orders");
         assert_eq!(beat, scan, "{when}: orders of {h}");
         total += scan.len();
     }
@@ -219,18 +219,18 @@ async fn heartbeat_orders_equal_a_scan_through_changes_and_a_leader_change() {
     let hosts: Vec<String> = (0..6).map(|i| format!("oh-{i}")).collect();
     let n = start_node(dir.path(), Duration::from_secs(3600)).await;
     // Before the index is built the host is scanned; the first use starts the build.
-    assert_eq!(assert_orders_match(&n.svc, &hosts, "empty"), 0);
+    assert_eq!(assert_orders_match(&n.svc, &hosts, "empty").await, 0);
     assert!(
         wait_until(WAIT, || async { n.svc.order_index().revision().is_some() }).await,
         "index never built"
     );
     swapped_disks(&n.svc, &hosts[..3]).await;
-    assert_eq!(assert_orders_match(&n.svc, &hosts, "three disks swapped"), 3);
+    assert_eq!(assert_orders_match(&n.svc, &hosts, "three disks swapped").await, 3);
     // Provisioned: the order becomes a test; tested: no order left.
     action_done(&n.svc, &hosts[0], Action::Provision).await;
-    assert_eq!(assert_orders_match(&n.svc, &hosts, "one provisioned"), 3);
+    assert_eq!(assert_orders_match(&n.svc, &hosts, "one provisioned").await, 3);
     action_done(&n.svc, &hosts[0], Action::Test).await;
-    assert_eq!(assert_orders_match(&n.svc, &hosts, "one tested"), 2);
+    assert_eq!(assert_orders_match(&n.svc, &hosts, "one tested").await, 2);
     stop_node(n).await;
 
     // A new process: its indexes are built by the warm duty, without a heartbeat or tick asking for them
@@ -245,13 +245,13 @@ async fn heartbeat_orders_equal_a_scan_through_changes_and_a_leader_change() {
         .await,
         "indexes never warmed"
     );
-    assert_eq!(assert_orders_match(&n.svc, &hosts, "new leader, indexed"), 2);
+    assert_eq!(assert_orders_match(&n.svc, &hosts, "new leader, indexed").await, 2);
     swapped_disks(&n.svc, &hosts[3..]).await;
-    assert_eq!(assert_orders_match(&n.svc, &hosts, "three more swapped"), 5);
+    assert_eq!(assert_orders_match(&n.svc, &hosts, "three more swapped").await, 5);
     // Rebuilt from scratch at the same revision: the same orders.
     n.svc.order_index().reset();
     n.svc.order_index().build_now(n.svc.db()).expect("rebuild");
-    assert_eq!(assert_orders_match(&n.svc, &hosts, "rebuilt"), 5);
+    assert_eq!(assert_orders_match(&n.svc, &hosts, "rebuilt").await, 5);
     // An index not built yet (a new process, a snapshot installed) answers no orders and counts it, never a
     // scan of the host's objects per beat; its first use starts the build, and then the orders are there.
     // (A standalone index: the node's own is kept warm by its duty loop.)
@@ -261,17 +261,20 @@ async fn heartbeat_orders_equal_a_scan_through_changes_and_a_leader_change() {
     let r = Reader::new(n.svc.db()).expect("reader");
     let with_orders = hosts.iter().find(|h| !master::actions::orders_for(&r, h).expect("scan").is_empty());
     let h = with_orders.expect("a host with orders");
-    assert!(ix.orders(&db, h, cur).expect("orders").is_empty(), "no orders from an unbuilt index");
+    assert!(ix.orders(&db, h, cur).await.expect("orders").is_empty(), "no orders from an unbuilt index");
     assert_eq!(ix.unbuilt_answers(), 1);
     assert!(wait_until(WAIT, || async { ix.revision().is_some() }).await, "never built");
-    assert_eq!(ix.orders(&db, h, cur).expect("orders"), master::actions::orders_for(&r, h).expect("scan"));
+    assert_eq!(
+        ix.orders(&db, h, cur).await.expect("orders"),
+        master::actions::orders_for(&r, h).expect("scan")
+    );
     assert_eq!(ix.unbuilt_answers(), 1);
     stop_node(n).await;
 }
 
 /// The leader's deadline index (what its ticks step) equals a scan of every object, for every moment
 /// that matters (before, at and after each deadline), through changes and a rebuild.
-fn assert_due_match(svc: &Service, when: &str) -> usize {
+async fn assert_due_match(svc: &Service, when: &str) -> usize {
     let r = Reader::new(svc.db()).expect("reader");
     let policy = Policy::default();
     let mut moments: Vec<u64> = vec![0, u64::MAX];
@@ -282,7 +285,7 @@ fn assert_due_match(svc: &Service, when: &str) -> usize {
     }
     for now in &moments {
         let scan = master::deadlines::due_by_scan(&r, &policy, *now, usize::MAX).expect("scan");
-        let ix = svc.due_objects(*now, usize::MAX).expect("due");
+        let ix = svc.due_objects(*now, usize::MAX).await.expect("due");
         assert_eq!(ix, scan, "{when}: due at {now}");
         // Bounded: the scan keeps only the earliest `max`, the same ones the index hands out.
         for max in [0, 1, 2, 3] {
@@ -290,7 +293,7 @@ fn assert_due_match(svc: &Service, when: &str) -> usize {
             assert_eq!(scan, ix[..max.min(ix.len())].to_vec(), "{when}: at most {max} due at {now}");
         }
     }
-    svc.due_objects(u64::MAX, usize::MAX).expect("due").len()
+    svc.due_objects(u64::MAX, usize::MAX).await.expect("due").len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,33 +301,33 @@ async fn the_deadline_index_equals_a_scan_through_changes_and_a_rebuild() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hosts: Vec<String> = (0..6).map(|i| format!("dh-{i}")).collect();
     let n = start_node(dir.path(), Duration::from_secs(3600)).await;
-    assert_eq!(assert_due_match(&n.svc, "empty, scanned"), 0);
+    assert_eq!(assert_due_match(&n.svc, "empty, scanned").await, 0);
     assert!(
         wait_until(WAIT, || async { n.svc.deadline_index().revision().is_some() }).await,
         "index never built"
     );
     swapped_disks(&n.svc, &hosts[..4]).await;
-    let with_deadlines = assert_due_match(&n.svc, "four disks swapped");
+    let with_deadlines = assert_due_match(&n.svc, "four disks swapped").await;
     assert!(with_deadlines >= 4, "provisioning orders carry deadlines: {with_deadlines}");
     action_done(&n.svc, &hosts[0], Action::Provision).await;
-    assert_due_match(&n.svc, "one provisioned");
+    assert_due_match(&n.svc, "one provisioned").await;
     action_done(&n.svc, &hosts[0], Action::Test).await;
-    assert_due_match(&n.svc, "one tested");
+    assert_due_match(&n.svc, "one tested").await;
     // A bound on how many are handed out at once: the earliest first.
-    let all = n.svc.due_objects(u64::MAX, usize::MAX).expect("due");
-    assert_eq!(n.svc.due_objects(u64::MAX, 2).expect("due"), all[..2.min(all.len())].to_vec());
+    let all = n.svc.due_objects(u64::MAX, usize::MAX).await.expect("due");
+    assert_eq!(n.svc.due_objects(u64::MAX, 2).await.expect("due"), all[..2.min(all.len())].to_vec());
     // An index not built yet steps nothing (counted) instead of scanning every object per tick; its first
     // use starts the build, and then it answers as the node's own (a standalone index, as for orders).
     let ix = std::sync::Arc::new(master::deadlines::index(Policy::default()));
     let (db, cur) = (n.svc.db_arc(), n.svc.current_revision());
     assert!(!all.is_empty(), "objects are due");
-    assert!(master::deadlines::due(&ix, &db, cur, u64::MAX, usize::MAX).expect("due").is_empty());
+    assert!(master::deadlines::due(&ix, &db, cur, u64::MAX, usize::MAX).await.expect("due").is_empty());
     assert_eq!(ix.unbuilt_answers(), 1);
     assert!(wait_until(WAIT, || async { ix.revision().is_some() }).await, "never built");
-    assert_eq!(master::deadlines::due(&ix, &db, cur, u64::MAX, usize::MAX).expect("due"), all);
+    assert_eq!(master::deadlines::due(&ix, &db, cur, u64::MAX, usize::MAX).await.expect("due"), all);
     // Rebuilt from scratch at the same revision: the same answers.
     n.svc.deadline_index().reset();
     n.svc.deadline_index().build_now(n.svc.db()).expect("rebuild");
-    assert_due_match(&n.svc, "rebuilt");
+    assert_due_match(&n.svc, "rebuilt").await;
     stop_node(n).await;
 }

@@ -164,6 +164,7 @@ async fn leader_duties(
         // From the deadline index (followed from the change log), not a scan of every object.
         let due: Vec<ObjectId> =
             crate::deadlines::due(&s.deadlines, &s.db, s.current_revision(), now, MAX_TICK_OBJECTS)
+                .await
                 .map_err(store_err)?;
         if !due.is_empty() {
             s.submit(Command::Tick { objects: due }).await?;

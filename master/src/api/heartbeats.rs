@@ -480,8 +480,8 @@ impl Service {
     /// The actions waiting to run on `host` (handed out with heartbeats; this node's copy, which on the
     /// leader includes everything it acknowledged).
     /// From the in-memory order index: a hash-map lookup when nothing changed since the last call.
-    pub fn actions_for(&self, host: &str) -> Result<Vec<crate::actions::ActionOrder>, ApiError> {
-        self.orders.orders(&self.db, host, self.current_revision()).map_err(store_err)
+    pub async fn actions_for(&self, host: &str) -> Result<Vec<crate::actions::ActionOrder>, ApiError> {
+        self.orders.orders(&self.db, host, self.current_revision()).await.map_err(store_err)
     }
 
     /// The order index itself (tests compare it with a scan).
@@ -491,8 +491,13 @@ impl Service {
     }
 
     /// Objects due at `now_ms` (at most `max`), as the leader's tick duty finds them.
-    pub fn due_objects(&self, now_ms: u64, max: usize) -> Result<Vec<state_machines::ObjectId>, ApiError> {
+    pub async fn due_objects(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<state_machines::ObjectId>, ApiError> {
         crate::deadlines::due(&self.deadlines, &self.db, self.current_revision(), now_ms, max)
+            .await
             .map_err(store_err)
     }
 
