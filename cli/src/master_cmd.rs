@@ -210,6 +210,8 @@ pub fn run(a: MasterArgs) -> anyhow::Result<ExitCode> {
     // The server stopped in order (Raft, archive). What may still run on the blocking pool is a read: an
     // index build is a pass over every object (tens of seconds at 1.5 M), not worth waiting for at exit.
     rt.shutdown_timeout(LEFTOVER_READS_AT_EXIT);
+    // Index builds and catch-ups run on threads of their own, at a lower priority: the same bound.
+    master::follow::wait_background(LEFTOVER_READS_AT_EXIT);
     served?;
     Ok(ExitCode::SUCCESS)
 }

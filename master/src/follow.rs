@@ -42,6 +42,68 @@ pub const MAX_WARM_STEPS: usize = 8192;
 /// is caught up like any gap): 64 x [`INDEX_READ_EVENTS`].
 pub const MAX_BUILD_CATCH_UP_READS: usize = 64;
 
+/// How much lower the CPU priority of index builds and catch-ups is than the rest of the member (a nice
+/// value added on Linux; capped at 19).
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Run `f` on a thread of its own named `name`, at [`BACKGROUND_NICE`] lower CPU priority: index builds
+/// and catch-ups are background work, and must not take the cores from the heartbeats the member answers.
+/// A member rebuilt from a snapshot that became leader while rebuilding (a pass over 1.5 M objects, then
+/// catching up 160,000 revisions) had its API runtime woken up to 385 ms late and heartbeats at p99 523 ms
+/// (`bench fleet` run D, 2026-12-04). The heartbeat path's own bounded step keeps the normal priority.
+pub fn spawn_background(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Counts a running background thread until it ends, however it ends.
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            BACKGROUND_RUNNING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    BACKGROUND_RUNNING.fetch_add(1, Ordering::AcqRel);
+    let running = Running;
+    std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        let _running = running;
+        lower_this_threads_priority(BACKGROUND_NICE);
+        f()
+    })
+}
+
+/// Background threads ([`spawn_background`]) still running in this process.
+static BACKGROUND_RUNNING: AtomicU64 = AtomicU64::new(0);
+
+/// Wait until no background thread runs, at most `limit` (a stopping master: what runs there is a read,
+/// e.g. an index build, tens of seconds at 1.5 M objects, not worth waiting for longer). True when none
+/// was left.
+pub fn wait_background(limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if BACKGROUND_RUNNING.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Add `by` to the calling thread's nice value (Linux keeps one per thread; glibc's `nice` adds to the
+/// calling thread's); nothing elsewhere. A failure leaves the priority as it was: the work runs all the
+/// same.
+#[allow(unsafe_code)]
+fn lower_this_threads_priority(by: i32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a plain system call on the calling thread; no memory is passed.
+    unsafe {
+        libc::nice(by);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = by;
+}
+
 /// How often every member warms its followed indexes ([`Followed::warm`]).
 pub const WARM_EVERY: Duration = Duration::from_secs(1);
 
@@ -415,18 +477,21 @@ impl<S: ObjectIndex> Followed<S> {
     /// Warm the index off the async workers (a build when it is not built), once at a time; nothing
     /// outside a Tokio runtime (the warm duty does it then).
     fn start_warm(self: &Arc<Self>, db: &Arc<redb::Database>) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         if self.building.swap(true, Ordering::AcqRel) {
             return;
         }
         let (me, db) = (Arc::clone(self), Arc::clone(db));
-        rt.spawn_blocking(move || {
+        let started = spawn_background("index-warm", move || {
             // Answered from what the index had meanwhile; the next use or warm tries again.
             if let Err(e) = me.warm_held(&db) {
                 tracing::warn!(index = S::NAME, error = %e, "warming an index of the objects failed");
             }
             me.building.store(false, Ordering::Release);
         });
+        if let Err(e) = started {
+            self.building.store(false, Ordering::Release);
+            tracing::warn!(index = S::NAME, error = %e, "could not start a thread to warm an index");
+        }
     }
 
     /// Build the index now, on this thread (tests, and callers that want it ready).
@@ -637,6 +702,31 @@ mod tests {
         let got = ix.with(&s.db, s.revision(), |x| x.0.clone()).await.expect("with").expect("built");
         assert_eq!(got, s.scan().0);
         assert_eq!(ix.behind_answers(), 0);
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn background_work_runs_at_a_lower_cpu_priority_and_a_stop_waits_for_it_only_so_long() {
+        // SAFETY: reads the calling thread's nice value; no memory is passed.
+        let prio = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let mine = prio();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let t = spawn_background("test-background", move || {
+            tx.send(prio()).expect("send");
+            hold.recv().ok();
+        })
+        .expect("spawn");
+        let theirs = rx.recv().expect("priority");
+        if cfg!(target_os = "linux") {
+            assert_eq!(theirs, (mine + BACKGROUND_NICE).min(19), "background work runs niced");
+        }
+        assert_eq!(prio(), mine, "the caller's priority is unchanged");
+        // Still running: a stop waits at most its limit and says so.
+        assert!(!wait_background(Duration::from_millis(50)));
+        release.send(()).expect("release");
+        t.join().expect("join");
+        assert!(wait_background(Duration::from_secs(30)), "nothing left once it ended");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

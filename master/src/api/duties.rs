@@ -37,7 +37,7 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
     let mut last_sweep = Instant::now();
     let mut last_upgrade_check: Option<Instant> = None;
     let mut last_leader: Option<u64> = None;
-    let mut warming: Option<tokio::task::JoinHandle<()>> = None;
+    let mut warming: Option<std::thread::JoinHandle<()>> = None;
     let mut last_warm: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -54,13 +54,18 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
         {
             last_warm = Some(Instant::now());
             let (orders, deadlines, db) = (s.orders.clone(), s.deadlines.clone(), s.db.clone());
-            warming = Some(tokio::task::spawn_blocking(move || {
+            // Background work at a lower CPU priority (see `follow::spawn_background`).
+            let started = crate::follow::spawn_background("index-warm", move || {
                 for (name, r) in [("orders", orders.warm(&db)), ("deadlines", deadlines.warm(&db))] {
                     if let Err(e) = r {
                         tracing::debug!(index = name, error = %e, "warming an index failed; again next time");
                     }
                 }
-            }));
+            });
+            match started {
+                Ok(t) => warming = Some(t),
+                Err(e) => tracing::warn!(error = %e, "could not start a thread to warm the indexes"),
+            }
         }
         if st.leader_id.is_some() && st.leader_id != last_leader {
             if last_leader.is_some() {
