@@ -297,8 +297,9 @@ impl<S: ObjectIndex> Followed<S> {
     /// ([`CATCH_UP_CHUNK`] revisions) of it, the caller takes that step itself, read on the blocking pool,
     /// or waits at most [`CATCH_UP_WAIT`] for another caller's step, without holding an async worker either
     /// way; farther behind (or still behind after that), it answers at once from the index as it is
-    /// (counted in [`Followed::behind_answers`]) and the rest is caught up in the background. `None` until the index is built (counted): a background build is
-    /// started (one at a time) and the caller answers without the index meanwhile.
+    /// (counted in [`Followed::behind_answers`]) and the rest is caught up in the background. `None` until
+    /// the index is built (counted): a background build is started (one at a time) and the caller answers
+    /// without the index meanwhile.
     pub async fn with<T>(
         self: &Arc<Self>,
         db: &Arc<redb::Database>,
