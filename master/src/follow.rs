@@ -602,6 +602,19 @@ mod tests {
         }
     }
 
+    /// A store with `n` objects registered (serials "a-"), an index built on it, then every object
+    /// registered again (serials "b-"), `per_entry` per Raft entry: the index is behind by those changes.
+    /// Returns the store, the index and the store's revision now.
+    fn built_then_changed(n: usize, per_entry: usize) -> (Store, Arc<Followed<Serials>>, u64) {
+        let mut s = Store::new();
+        s.register("h", n, per_entry, "a");
+        let ix: Arc<Followed<Serials>> = Arc::default();
+        ix.build_now(&s.db).expect("build");
+        s.register("h", n, per_entry, "b");
+        let current = s.revision();
+        (s, ix, current)
+    }
+
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         let until = Instant::now() + Duration::from_secs(30);
         while !done() {
@@ -621,12 +634,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_small_gap_is_caught_up_by_the_caller_and_answers_exactly() {
-        let mut s = Store::new();
-        s.register("h", 10, 5, "a");
-        let ix: Arc<Followed<Serials>> = Arc::default();
-        ix.build_now(&s.db).expect("build");
-        s.register("h", 10, 5, "b");
-        let current = s.revision();
+        let (s, ix, current) = built_then_changed(10, 5);
         let got = ix.with(&s.db, current, |x| x.0.clone()).await.expect("with").expect("built");
         assert_eq!(got, s.scan().0);
         assert_eq!(ix.revision(), Some(current));
@@ -635,15 +643,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_more_than_a_step_behind_answers_at_once_and_leaves_the_catch_up_to_the_background() {
-        let mut s = Store::new();
-        let n = 4 * CATCH_UP_CHUNK;
-        s.register("h", n, 64, "a");
-        let ix: Arc<Followed<Serials>> = Arc::default();
-        ix.build_now(&s.db).expect("build");
-        let built_at = ix.revision().expect("built");
         // Every object changes again, in entries of 64: four steps' worth of events behind.
-        s.register("h", n, 64, "b");
-        let current = s.revision();
+        let (s, ix, current) = built_then_changed(4 * CATCH_UP_CHUNK, 64);
         let fresh = |x: &Serials| x.0.values().filter(|v| v.starts_with("b-")).count();
         let answered = ix.with(&s.db, current, fresh).await.expect("with").expect("built");
         // More than a step behind: answered at once from the index as it was, nothing taken in inline.
@@ -651,7 +652,6 @@ mod tests {
         assert_eq!(ix.behind_answers(), 1);
         // The rest is caught up off the caller, without another use.
         wait_for("background catch-up", || ix.revision() == Some(current));
-        assert!(built_at < current);
         let all = ix.with(&s.db, current, |x| x.0.clone()).await.expect("with").expect("built");
         assert_eq!(all, s.scan().0);
         assert_eq!(ix.behind_answers(), 1);
@@ -659,12 +659,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_waits_for_another_step_only_so_long_and_answers_what_is_there() {
-        let mut s = Store::new();
-        s.register("h", 8, 8, "a");
-        let ix: Arc<Followed<Serials>> = Arc::default();
-        ix.build_now(&s.db).expect("build");
-        s.register("h", 8, 8, "b");
-        let current = s.revision();
+        let (s, ix, current) = built_then_changed(8, 8);
         // Someone else's step is being read (and never finishes while we ask): the caller waits at most
         // CATCH_UP_WAIT, then answers from the index as it is, without taking a step of its own.
         let other = {
