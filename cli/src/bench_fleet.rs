@@ -994,12 +994,22 @@ async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
                 let le_1s = get("huatuo_master_fsync_seconds_bucket{le=\"1\"} ");
                 parts.push(format!(
                     "node {id}: {count} commits, {} over 250 ms, {} over 1 s; loop turns over 250 ms {}, over 1 s \
-                     {}, longest {} ms; API runtime woken late over 100 ms {}, over 500 ms {}, longest {} ms",
+                     {}, longest {} ms (CPU {} ms, events {} ms, apply {} ms of {} entries, commit {} ms, install \
+                     {} ms); loop woken late for a tick over 250 ms {}, longest {} ms; API runtime woken late over \
+                     100 ms {}, over 500 ms {}, longest {} ms",
                     count.saturating_sub(le_250ms),
                     count.saturating_sub(le_1s),
                     get("huatuo_master_raft_turns_over_250ms_total "),
                     get("huatuo_master_raft_turns_over_1s_total "),
                     get("huatuo_master_raft_turn_max_ms "),
+                    get("huatuo_master_raft_turn_max_cpu_ms "),
+                    get("huatuo_master_raft_turn_max_events_ms "),
+                    get("huatuo_master_raft_turn_max_apply_ms "),
+                    get("huatuo_master_raft_turn_max_entries "),
+                    get("huatuo_master_raft_turn_max_commit_ms "),
+                    get("huatuo_master_raft_turn_max_install_ms "),
+                    get("huatuo_master_raft_woken_late_over_250ms_total "),
+                    get("huatuo_master_raft_woken_late_max_ms "),
                     get("huatuo_master_runtime_stalls_over_100ms_total "),
                     get("huatuo_master_runtime_stalls_over_500ms_total "),
                     get("huatuo_master_runtime_stall_max_ms ")
@@ -1269,13 +1279,17 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
 const MAX_LEADER_LINES: usize = 20;
 
 /// The lines of `log` that say a leader changed here: a new leader learning the agents (once per term it
-/// won) and raft's warnings (a leader stepping down for lack of a quorum), without colour codes, the
-/// newest `MAX_LEADER_LINES`.
+/// won), raft's warnings (a leader stepping down for lack of a quorum) and the Raft loop's slow turns (what
+/// held a member up), without colour codes, the newest `MAX_LEADER_LINES`.
 fn leader_lines(log: &str) -> Vec<String> {
     let lines: Vec<String> = log
         .lines()
         .map(strip_ansi)
-        .filter(|l| l.contains("leader learned the agents") || (l.contains("WARN") && l.contains(" raft:")))
+        .filter(|l| {
+            l.contains("leader learned the agents")
+                || l.contains("slow raft turn")
+                || (l.contains("WARN") && l.contains(" raft:"))
+        })
         .collect();
     lines[lines.len().saturating_sub(MAX_LEADER_LINES)..].to_vec()
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
@@ -27,6 +28,40 @@ pub const MAX_COMMAND_BYTES: usize = 1 << 20;
 pub const MAX_SIZE_PER_MSG: u64 = 1 << 20;
 /// `max_inflight_msgs`: append messages in flight per follower before waiting for acks.
 pub const MAX_INFLIGHT_MSGS: usize = 256;
+/// About how long one Ready and its LightReady together may spend applying committed entries: raft-rs's
+/// `max_committed_size_per_ready` is set before each from the member's measured apply rate
+/// ([`apply_limit`]; the LightReady gets what the Ready left of the budget), so a backlog is applied over
+/// several turns. Without it, a member that received a backlog applied it in one turn: a follower caught
+/// up by a snapshot applied 5,545 entries (15.6 MB) in one 3.6 s turn (`bench fleet`, 2026-12-04),
+/// unanswering its peers all that time, as a leader would be with such a backlog. Bytes alone do not say
+/// how long: that backlog applied at about 5 MB/s, batches of findings several times faster.
+pub const APPLY_BUDGET: Duration = Duration::from_millis(200);
+/// Bounds of the bytes of committed entries handed over per Ready (raft-rs always hands at least one
+/// entry): a member starts at the bottom until it has measured its rate, and no budget asks for more
+/// than the top.
+pub const MIN_APPLY_BYTES_PER_READY: u64 = 256 << 10;
+pub const MAX_APPLY_BYTES_PER_READY: u64 = 64 << 20;
+
+/// The bytes of committed entries a Ready may carry to spend about `budget` applying at `rate` bytes per
+/// second: [`MIN_APPLY_BYTES_PER_READY`] while the rate is unmeasured, 1 (one entry) once the budget is
+/// spent, never more than [`MAX_APPLY_BYTES_PER_READY`].
+pub fn apply_limit(rate: f64, budget: Duration) -> u64 {
+    if !(rate.is_finite() && rate > 0.0) {
+        return MIN_APPLY_BYTES_PER_READY;
+    }
+    let bytes = rate * budget.as_secs_f64();
+    if bytes >= 1.0 { (bytes as u64).min(MAX_APPLY_BYTES_PER_READY) } else { 1 }
+}
+
+/// The apply rate after one measured apply of `bytes` in `took` (a moving average; applies under 2 ms
+/// are too short to time and leave it as it was).
+pub fn next_apply_rate(rate: f64, bytes: u64, took: Duration) -> f64 {
+    if took < Duration::from_millis(2) || bytes == 0 {
+        return rate;
+    }
+    let sample = bytes as f64 / took.as_secs_f64();
+    0.7 * rate + 0.3 * sample
+}
 
 /// Length of the request id carried in each proposed entry's `context`:
 /// proposer id (u64 LE) ++ proposer incarnation (u64 LE) ++ token (u64 LE).
@@ -161,6 +196,27 @@ pub struct Core<F: Fsm> {
     restore_flush: Option<Flusher>,
     /// Ticks not passed to raft-rs while campaigning ([`CoreConfig::campaign_jitter`]).
     skipped_ticks: u64,
+    /// What the Readies since the last [`Core::take_work`] did (a slow turn's breakdown).
+    work: ReadyWork,
+    /// Bytes of committed entries applied per second, measured ([`next_apply_rate`]); sets how many one
+    /// Ready hands over ([`apply_limit`]).
+    apply_rate: f64,
+}
+
+/// Where the Raft thread's time went in the Readies of one loop turn: applying committed entries (the state
+/// machine's writes, both the Ready's and the LightReady's), committing the write transactions (redb's
+/// flush and fsync), and installing a received snapshot. A slow turn is explained by these, or, when they
+/// are small, by the loop's events or by the thread not being scheduled (the loop compares its CPU time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadyWork {
+    pub apply: Duration,
+    pub commit: Duration,
+    pub install: Duration,
+    /// Committed entries applied, and their bytes in the log.
+    pub entries: u64,
+    pub bytes: u64,
+    /// The largest per-Ready limit of committed bytes in force ([`apply_limit`]).
+    pub limit: u64,
 }
 
 fn ctx_bytes(id: NodeId, incarnation: u64, token: u64) -> Vec<u8> {
@@ -180,6 +236,7 @@ pub fn raft_config(cfg: &CoreConfig, applied: u64) -> raft::Config {
         applied,
         max_size_per_msg: MAX_SIZE_PER_MSG,
         max_inflight_msgs: MAX_INFLIGHT_MSGS,
+        max_committed_size_per_ready: MIN_APPLY_BYTES_PER_READY,
         check_quorum: true,
         pre_vote: true,
         min_election_tick: cfg.min_election_ticks,
@@ -223,6 +280,8 @@ impl<F: Fsm> Core<F> {
             build_warned: false,
             restore_flush: None,
             skipped_ticks: 0,
+            work: ReadyWork::default(),
+            apply_rate: 0.0,
         })
     }
 
@@ -310,6 +369,11 @@ impl<F: Fsm> Core<F> {
             return;
         }
         self.raw.tick();
+    }
+
+    /// What the Readies did since the last call (see [`ReadyWork`]); resets it.
+    pub fn take_work(&mut self) -> ReadyWork {
+        std::mem::take(&mut self.work)
     }
 
     /// Ticks skipped while campaigning ([`CoreConfig::campaign_jitter`]).
@@ -580,6 +644,8 @@ impl<F: Fsm> Core<F> {
             self.after_ready();
             return Ok(());
         }
+        let applied_before = self.work.apply;
+        self.limit_apply(APPLY_BUDGET);
         let mut rd = self.raw.ready();
         // 1. Messages that may go out before persistence (a leader's appends and heartbeats).
         for m in rd.take_messages() {
@@ -599,6 +665,9 @@ impl<F: Fsm> Core<F> {
                 let source = FileSource { dir: &dir, desc: file.clone(), flush: self.restore_flush.as_ref() };
                 self.fsm.restore(&txn, &source).map_err(fsm_store_err)?;
                 self.raw.mut_store().apply_snapshot(&txn, snap.get_metadata(), &file)?;
+                if let Some((started, ..)) = install {
+                    self.work.install += started.elapsed();
+                }
             }
             let committed = rd.take_committed_entries();
             self.apply_entries(&txn, committed, &mut done)?;
@@ -612,7 +681,9 @@ impl<F: Fsm> Core<F> {
             }
             let t = std::time::Instant::now();
             txn.commit()?;
-            super::fsync_stats::FSYNC.observe(t.elapsed());
+            let took = t.elapsed();
+            self.work.commit += took;
+            super::fsync_stats::FSYNC.observe(took);
             if let Some((started, size, flushes)) = install {
                 let now = self.restore_flush.as_ref().map_or(0, Flusher::flushes);
                 super::fsync_stats::SNAPSHOTS.installed(size, started.elapsed(), now - flushes);
@@ -645,6 +716,7 @@ impl<F: Fsm> Core<F> {
             self.on_read_state(rs.request_ctx, rs.index);
         }
         // 7. Advance, then the LightReady: commit index, messages, committed entries.
+        self.limit_apply(APPLY_BUDGET.saturating_sub(self.work.apply.saturating_sub(applied_before)));
         let mut light = self.raw.advance(rd);
         let commit = light.commit_index();
         let committed = light.take_committed_entries();
@@ -658,7 +730,9 @@ impl<F: Fsm> Core<F> {
                     self.raw.mut_store().set_commit(&txn, c)?;
                 }
                 self.apply_entries(&txn, committed, &mut done)?;
+                let t = std::time::Instant::now();
                 txn.commit()?;
+                self.work.commit += t.elapsed();
                 Ok(())
             });
             if let Err(e) = res {
@@ -675,6 +749,14 @@ impl<F: Fsm> Core<F> {
             return Err(self.set_fatal(&e));
         }
         Ok(())
+    }
+
+    /// Sets the bytes of committed entries the next Ready or LightReady may hand over: `budget` of
+    /// applying at the measured rate.
+    fn limit_apply(&mut self, budget: Duration) {
+        let limit = apply_limit(self.apply_rate, budget);
+        self.raw.raft.set_max_committed_size_per_ready(limit);
+        self.work.limit = self.work.limit.max(limit);
     }
 
     /// Bookkeeping after each Ready: resolve reads, drop proposals whose entry was overwritten, hand
@@ -741,12 +823,15 @@ impl<F: Fsm> Core<F> {
         done: &mut Vec<Completion>,
     ) -> Result<(), StoreError> {
         let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let started = std::time::Instant::now();
         let mut applied = self.raw.store().staged_applied();
         let mut bytes = 0u64;
+        let mut count = 0u64;
         for e in entries {
             if e.index <= applied {
                 continue;
             }
+            count += 1;
             if e.index != applied + 1 {
                 return Err(StoreError::Invariant(format!("applying {} after {}", e.index, applied)));
             }
@@ -793,6 +878,11 @@ impl<F: Fsm> Core<F> {
         }
         debug_assert_eq!(applied, last);
         self.raw.mut_store().set_applied(txn, applied, bytes)?;
+        let took = started.elapsed();
+        self.apply_rate = next_apply_rate(self.apply_rate, bytes, took);
+        self.work.apply += took;
+        self.work.bytes += bytes;
+        self.work.entries += count;
         Ok(())
     }
 
@@ -1319,5 +1409,64 @@ mod tests {
         c.finish_snapshot(Ok(older)).expect("ignored");
         assert_eq!(c.storage().snapshot_index(), at);
         assert!(!dir.files().expect("ls").contains(&stale_name), "its file was deleted");
+    }
+
+    /// A backlog of committed entries is applied over several Readies, each at most the limit in force
+    /// ([`apply_limit`], plus one entry) in the Ready and again in the LightReady, and every entry exactly
+    /// once, in order. Before the limit, one Ready applied the whole backlog.
+    #[test]
+    fn a_committed_backlog_is_applied_a_bounded_amount_per_ready() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut c = follower(tmp.path(), 10);
+        let first = c.raw.raft.raft_log.last_index() + 1;
+        let log_term = c.raw.raft.raft_log.last_term();
+        let (count, size) = (3_000u64, 4_096usize);
+        let mut app = Message::default();
+        app.set_msg_type(MessageType::MsgAppend);
+        app.from = 2;
+        app.to = 1;
+        app.term = 2;
+        app.index = first - 1;
+        app.log_term = log_term;
+        app.commit = first + count - 1;
+        app.entries = (0..count)
+            .map(|i| Entry { index: first + i, term: 2, data: vec![1u8; size].into(), ..Default::default() })
+            .collect();
+        c.step(app);
+        let per_entry = u64::try_from(size).expect("size") + 64;
+        let (mut readies, mut applied) = (0, 0);
+        while c.has_ready() {
+            c.on_ready(&mut |_| {}).expect("ready");
+            let w = c.take_work();
+            readies += 1;
+            assert!(w.bytes <= 2 * (w.limit + per_entry), "Ready {readies} applied beyond its limit: {w:?}");
+            if readies == 1 {
+                assert_eq!(w.limit, MIN_APPLY_BYTES_PER_READY, "a member starts at the bottom");
+            }
+            applied += w.entries;
+            assert!(readies < 1_000, "the backlog never drained");
+        }
+        assert_eq!((applied, c.applied()), (count, first + count - 1), "every entry applied once");
+        assert!(readies >= 2, "{readies} Readies for {} bytes", count * per_entry);
+    }
+
+    /// The per-Ready limit follows the measured rate: about [`APPLY_BUDGET`] of applying, within its
+    /// bounds; applies too short to time leave the rate alone.
+    #[test]
+    fn the_apply_limit_is_the_budget_at_the_measured_rate() {
+        assert_eq!(apply_limit(0.0, APPLY_BUDGET), MIN_APPLY_BYTES_PER_READY, "unmeasured");
+        assert_eq!(apply_limit(f64::NAN, APPLY_BUDGET), MIN_APPLY_BYTES_PER_READY);
+        assert_eq!(apply_limit(5e6, APPLY_BUDGET), 1_000_000, "5 MB/s: 1 MB in 200 ms");
+        assert_eq!(apply_limit(5e6, Duration::from_millis(50)), 250_000, "what the Ready left");
+        assert_eq!(apply_limit(5e6, Duration::ZERO), 1, "budget spent: one entry");
+        assert_eq!(apply_limit(1e12, APPLY_BUDGET), MAX_APPLY_BYTES_PER_READY);
+        let r = next_apply_rate(0.0, 5_000_000, Duration::from_secs(1));
+        assert!((r - 1.5e6).abs() < 1.0, "{r}");
+        assert_eq!(next_apply_rate(r, 1 << 20, Duration::from_millis(1)), r, "1 ms is not timed");
+        let mut r = 0.0;
+        for _ in 0..30 {
+            r = next_apply_rate(r, 2_000_000, Duration::from_millis(100));
+        }
+        assert!((r - 2e7).abs() < 2e5, "settles on 20 MB/s: {r}");
     }
 }

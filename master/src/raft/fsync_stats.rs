@@ -148,28 +148,125 @@ impl SnapStats {
     }
 }
 
+/// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`): a turn whose wall time is far above its CPU time was
+/// waiting, for the disk or for a core (zero where the clock is unavailable).
+#[allow(unsafe_code)]
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+/// One turn of the Raft loop, measured by the loop: its wall and CPU time, the part before the Ready
+/// (events and the tick), how late it woke for a due tick, and what its Readies did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Turn {
+    pub wall: Duration,
+    pub cpu: Duration,
+    pub events: Duration,
+    /// Wait past a due tick, after the previous turn ended (scheduling delay; 0 for a turn woken by an
+    /// event).
+    pub late: Duration,
+    pub work: super::core::ReadyWork,
+}
+
+/// A turn this long is logged with its breakdown (WARN "slow raft turn"): half the election timeout.
+pub const SLOW_TURN: Duration = Duration::from_millis(500);
+
 /// Turns of the Raft loop (the events taken, then the Ready): a turn longer than the election timeout
 /// leaves the peers unanswered that long, which is how one member's stall makes a leader step down.
-/// Exported on `/metrics` (`huatuo_master_raft_turns_*`), printed by `huatuo bench fleet`.
+/// The longest turn is kept with its breakdown, and the longest wait for a due tick (a loop that is not
+/// scheduled sends no heartbeats either). Exported on `/metrics` (`huatuo_master_raft_turn*`), printed by
+/// `huatuo bench fleet`.
 pub struct TurnStats {
     pub over_250ms: AtomicU64,
     pub over_1s: AtomicU64,
     pub max_ms: AtomicU64,
+    /// The longest turn's CPU, events, apply, commit and install milliseconds and entries applied.
+    pub max_cpu_ms: AtomicU64,
+    pub max_events_ms: AtomicU64,
+    pub max_apply_ms: AtomicU64,
+    pub max_commit_ms: AtomicU64,
+    pub max_install_ms: AtomicU64,
+    pub max_entries: AtomicU64,
+    pub late_over_250ms: AtomicU64,
+    pub late_max_ms: AtomicU64,
 }
 
-pub static TURNS: TurnStats =
-    TurnStats { over_250ms: AtomicU64::new(0), over_1s: AtomicU64::new(0), max_ms: AtomicU64::new(0) };
+pub static TURNS: TurnStats = TurnStats::new();
+
+impl Default for TurnStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 impl TurnStats {
-    pub fn observe(&self, d: Duration) {
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        if ms > 250 {
+    pub const fn new() -> Self {
+        TurnStats {
+            over_250ms: AtomicU64::new(0),
+            over_1s: AtomicU64::new(0),
+            max_ms: AtomicU64::new(0),
+            max_cpu_ms: AtomicU64::new(0),
+            max_events_ms: AtomicU64::new(0),
+            max_apply_ms: AtomicU64::new(0),
+            max_commit_ms: AtomicU64::new(0),
+            max_install_ms: AtomicU64::new(0),
+            max_entries: AtomicU64::new(0),
+            late_over_250ms: AtomicU64::new(0),
+            late_max_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one turn of member `node` (one Raft loop per process writes these; readers may see a new
+    /// longest turn's fields a moment apart). A slow turn or a late wake-up is logged with its breakdown.
+    pub fn observe(&self, t: &Turn, node: u64, leader: bool) {
+        let wall = ms(t.wall);
+        if wall > 250 {
             self.over_250ms.fetch_add(1, Ordering::Relaxed);
         }
-        if ms > 1000 {
+        if wall > 1000 {
             self.over_1s.fetch_add(1, Ordering::Relaxed);
         }
-        self.max_ms.fetch_max(ms, Ordering::Relaxed);
+        if wall > self.max_ms.load(Ordering::Relaxed) {
+            self.max_ms.store(wall, Ordering::Relaxed);
+            self.max_cpu_ms.store(ms(t.cpu), Ordering::Relaxed);
+            self.max_events_ms.store(ms(t.events), Ordering::Relaxed);
+            self.max_apply_ms.store(ms(t.work.apply), Ordering::Relaxed);
+            self.max_commit_ms.store(ms(t.work.commit), Ordering::Relaxed);
+            self.max_install_ms.store(ms(t.work.install), Ordering::Relaxed);
+            self.max_entries.store(t.work.entries, Ordering::Relaxed);
+        }
+        let late = ms(t.late);
+        if late > 250 {
+            self.late_over_250ms.fetch_add(1, Ordering::Relaxed);
+        }
+        self.late_max_ms.fetch_max(late, Ordering::Relaxed);
+        if t.wall >= SLOW_TURN || t.late >= SLOW_TURN {
+            tracing::warn!(
+                node,
+                leader,
+                turn_ms = wall,
+                cpu_ms = ms(t.cpu),
+                woken_late_ms = late,
+                events_ms = ms(t.events),
+                apply_ms = ms(t.work.apply),
+                commit_ms = ms(t.work.commit),
+                install_ms = ms(t.work.install),
+                entries = t.work.entries,
+                bytes = t.work.bytes,
+                apply_limit_bytes = t.work.limit,
+                "slow raft turn"
+            );
+        }
     }
 
     /// (name, help, value, is_counter) of every series.
@@ -187,6 +284,54 @@ impl TurnStats {
                 "raft_turn_max_ms",
                 "Longest Raft loop turn since start, in milliseconds",
                 l(&self.max_ms),
+                false,
+            ),
+            (
+                "raft_turn_max_cpu_ms",
+                "The longest turn's CPU time on the Raft thread",
+                l(&self.max_cpu_ms),
+                false,
+            ),
+            (
+                "raft_turn_max_events_ms",
+                "The longest turn's time taking events and the tick, before its Ready",
+                l(&self.max_events_ms),
+                false,
+            ),
+            (
+                "raft_turn_max_apply_ms",
+                "The longest turn's time applying committed entries",
+                l(&self.max_apply_ms),
+                false,
+            ),
+            (
+                "raft_turn_max_commit_ms",
+                "The longest turn's time committing its write transactions (flush and fsync)",
+                l(&self.max_commit_ms),
+                false,
+            ),
+            (
+                "raft_turn_max_install_ms",
+                "The longest turn's time restoring a received snapshot",
+                l(&self.max_install_ms),
+                false,
+            ),
+            (
+                "raft_turn_max_entries",
+                "Committed entries the longest turn applied",
+                l(&self.max_entries),
+                false,
+            ),
+            (
+                "raft_woken_late_over_250ms",
+                "Due ticks the Raft loop woke for over 250 ms late (after its previous turn ended)",
+                l(&self.late_over_250ms),
+                true,
+            ),
+            (
+                "raft_woken_late_max_ms",
+                "Longest wait past a due tick since start, in milliseconds",
+                l(&self.late_max_ms),
                 false,
             ),
         ]
@@ -210,5 +355,57 @@ mod tests {
         let (b, count, sum) = s.snapshot();
         assert_eq!((b[0].1, b[5].1, b[11].1, count), (1, 2, 2, 3), "the 5 s one is only in +Inf");
         assert!((sum - 5.00308).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn thread_cpu_counts_work_not_sleep() {
+        let start = thread_cpu();
+        std::thread::sleep(Duration::from_millis(200));
+        let slept = thread_cpu().saturating_sub(start);
+        let start = thread_cpu();
+        let mut x = 0u64;
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let spun = thread_cpu().saturating_sub(start);
+        assert!(slept < Duration::from_millis(50), "sleeping costs no CPU: {slept:?}");
+        // A spinning thread can still be descheduled on a busy machine; a tenth of the wall time is plenty.
+        assert!(spun > Duration::from_millis(20), "spinning does: {spun:?}");
+        assert!(spun > slept * 4);
+    }
+
+    #[test]
+    fn the_longest_turn_keeps_its_breakdown() {
+        let s = TurnStats::new();
+        let turn = |wall: u64, apply: u64, entries: u64| Turn {
+            wall: Duration::from_millis(wall),
+            cpu: Duration::from_millis(wall / 2),
+            events: Duration::from_millis(1),
+            late: Duration::ZERO,
+            work: crate::raft::core::ReadyWork {
+                apply: Duration::from_millis(apply),
+                commit: Duration::from_millis(7),
+                install: Duration::ZERO,
+                entries,
+                bytes: entries * 100,
+                limit: 1 << 20,
+            },
+        };
+        s.observe(&turn(300, 200, 40), 1, true);
+        s.observe(&turn(1_200, 900, 500), 1, true);
+        s.observe(&turn(600, 100, 3), 1, false);
+        let late = Turn { late: Duration::from_millis(700), ..Turn::default() };
+        s.observe(&late, 1, false);
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!((l(&s.over_250ms), l(&s.over_1s), l(&s.max_ms)), (3, 1, 1_200));
+        assert_eq!(
+            (l(&s.max_cpu_ms), l(&s.max_apply_ms), l(&s.max_entries), l(&s.max_commit_ms)),
+            (600, 900, 500, 7),
+            "the breakdown is the 1.2 s turn's, not the later shorter one's"
+        );
+        assert_eq!((l(&s.late_over_250ms), l(&s.late_max_ms)), (1, 700));
+        let names: Vec<_> = s.series().iter().map(|x| x.0).collect();
+        assert!(names.contains(&"raft_turn_max_apply_ms") && names.contains(&"raft_woken_late_max_ms"));
     }
 }

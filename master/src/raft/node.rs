@@ -946,27 +946,30 @@ fn run_loop<F: Fsm>(
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         d.publish();
+        let mut last_end = Instant::now();
         loop {
-            tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(ev) => d.handle(ev),
-                    None => d.stop = true,
-                },
-                _ = ticker.tick() => {
-                    d.core.tick();
-                    if let Some(alarm) = d.disk.check(Instant::now()) {
-                        d.shared.set_nospace(alarm);
+            let ticked = tokio::select! {
+                // A due tick first: heartbeats and elections keep time however busy the mailbox is (the
+                // tick is ready at most once per `tick`, so it cannot starve the events).
+                biased;
+                due = ticker.tick() => Some(due),
+                ev = rx.recv() => {
+                    match ev {
+                        Some(ev) => d.handle(ev),
+                        None => d.stop = true,
                     }
-                    d.proposals.retain(|_, tx| !tx.is_closed());
-                    let closed: Vec<u64> =
-                        d.reads.iter().filter(|(_, tx)| tx.is_closed()).map(|(t, _)| *t).collect();
-                    for t in closed {
-                        d.reads.remove(&t);
-                        d.core.forget_read(t);
-                    }
+                    None
                 }
-            }
+                // Committed entries left over by the last Ready's limit (`MAX_APPLY_BYTES_PER_READY`):
+                // the next turn at once, after any due tick and waiting events.
+                () = std::future::ready(()), if d.core.has_ready() => None,
+            };
             let turn = Instant::now();
+            let cpu = super::fsync_stats::thread_cpu();
+            // How long the loop waited past a due tick, not counting its own previous turn: the thread
+            // was runnable and not running (the machine's other work), or the timer fired late.
+            let late = ticked
+                .map_or(Duration::ZERO, |due| turn.saturating_duration_since(due.into_std().max(last_end)));
             for _ in 0..MAX_EVENTS_PER_TURN {
                 if d.stop {
                     break;
@@ -979,9 +982,33 @@ fn run_loop<F: Fsm>(
             if d.stop {
                 return Ok(());
             }
+            // The tick after this turn's events: a member that was held up steps the messages that
+            // waited (its peers' answers, a leader's heartbeat) before its timers count the wait.
+            if ticked.is_some() {
+                d.core.tick();
+                if let Some(alarm) = d.disk.check(Instant::now()) {
+                    d.shared.set_nospace(alarm);
+                }
+                d.proposals.retain(|_, tx| !tx.is_closed());
+                let closed: Vec<u64> =
+                    d.reads.iter().filter(|(_, tx)| tx.is_closed()).map(|(t, _)| *t).collect();
+                for t in closed {
+                    d.reads.remove(&t);
+                    d.core.forget_read(t);
+                }
+            }
+            let events = turn.elapsed();
             d.ready()?;
             d.publish();
-            super::fsync_stats::TURNS.observe(turn.elapsed());
+            last_end = Instant::now();
+            let t = super::fsync_stats::Turn {
+                wall: last_end - turn,
+                cpu: super::fsync_stats::thread_cpu().saturating_sub(cpu),
+                events,
+                late,
+                work: d.core.take_work(),
+            };
+            super::fsync_stats::TURNS.observe(&t, d.shared.id, d.core.role() == StateRole::Leader);
         }
     });
     d.transport.shutdown_now();
