@@ -67,6 +67,9 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
                 Err(e) => tracing::warn!(error = %e, "could not start a thread to warm the indexes"),
             }
         }
+        // A member whose indexes are not built (a start, a snapshot restored) would answer heartbeats
+        // without orders and build them while leading: it lets a ready member win an election first.
+        s.raft.set_ready_to_lead(s.orders.revision().is_some() && s.deadlines.revision().is_some());
         if st.leader_id.is_some() && st.leader_id != last_leader {
             if last_leader.is_some() {
                 s.leader_changes.fetch_add(1, Ordering::Relaxed);

@@ -63,6 +63,13 @@ pub fn next_apply_rate(rate: f64, bytes: u64, took: Duration) -> f64 {
     0.7 * rate + 0.3 * sample
 }
 
+/// Ticks a follower that is not ready to lead ([`Core::set_ready_to_lead`]) waits past its election
+/// timeout before campaigning (once per timeout): a member restored from a snapshot rebuilds its indexes
+/// for seconds, and leading meanwhile it answered heartbeats slowly (`bench fleet` runs A, D and E of
+/// 2026-12-04: p99 523-822 ms in the worst second after the leader kill). 10 ticks (1 s) leaves a ready
+/// member, whose timeout is at most two ticks after the lowest, time to win first.
+pub const CAMPAIGN_DEFER_TICKS: usize = 10;
+
 /// Length of the request id carried in each proposed entry's `context`:
 /// proposer id (u64 LE) ++ proposer incarnation (u64 LE) ++ token (u64 LE).
 const CTX_LEN: usize = 24;
@@ -201,6 +208,10 @@ pub struct Core<F: Fsm> {
     /// Bytes of committed entries applied per second, measured ([`next_apply_rate`]); sets how many one
     /// Ready hands over ([`apply_limit`]).
     apply_rate: f64,
+    /// Whether the application could lead at once ([`Core::set_ready_to_lead`]).
+    ready_to_lead: bool,
+    /// Ticks deferred in the current election timeout ([`CAMPAIGN_DEFER_TICKS`]).
+    deferred_ticks: usize,
 }
 
 /// Where the Raft thread's time went in the Readies of one loop turn: applying committed entries (the state
@@ -282,6 +293,8 @@ impl<F: Fsm> Core<F> {
             skipped_ticks: 0,
             work: ReadyWork::default(),
             apply_rate: 0.0,
+            ready_to_lead: true,
+            deferred_ticks: 0,
         })
     }
 
@@ -368,7 +381,25 @@ impl<F: Fsm> Core<F> {
             self.skipped_ticks += 1;
             return;
         }
+        let r = &mut self.raw.raft;
+        if r.state == StateRole::Follower && r.election_elapsed + 1 >= r.randomized_election_timeout() {
+            if !self.ready_to_lead && self.deferred_ticks < CAMPAIGN_DEFER_TICKS {
+                // The tick counts (the leader lease runs out as usual, so this member grants another's
+                // vote), but it does not campaign yet.
+                r.election_elapsed += 1;
+                self.deferred_ticks += 1;
+                return;
+            }
+        } else {
+            self.deferred_ticks = 0;
+        }
         self.raw.tick();
+    }
+
+    /// Whether the application could lead at once; a follower that could not defers its campaign (see
+    /// [`CAMPAIGN_DEFER_TICKS`]).
+    pub fn set_ready_to_lead(&mut self, ready: bool) {
+        self.ready_to_lead = ready;
     }
 
     /// What the Readies did since the last call (see [`ReadyWork`]); resets it.
@@ -1468,5 +1499,79 @@ mod tests {
             r = next_apply_rate(r, 2_000_000, Duration::from_millis(100));
         }
         assert!((r - 2e7).abs() < 2e5, "settles on 20 MB/s: {r}");
+    }
+
+    /// A follower that is not ready to lead lets its election timeout pass by `CAMPAIGN_DEFER_TICKS`
+    /// before campaigning, while its leader lease runs out as usual, so it grants another member's
+    /// pre-vote meanwhile; a ready one campaigns at its timeout.
+    #[test]
+    fn a_member_not_ready_to_lead_defers_its_campaign_but_still_votes() {
+        for ready in [true, false] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let (_db, st) = crate::raft::sim::open_store::<NopFsm>(tmp.path(), 1, &[1, 2, 3]);
+            let (min, max) = crate::raft::ranked_election_ticks(10, 0);
+            let cfg = CoreConfig {
+                id: 1,
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                snapshot_every: 0,
+                min_election_ticks: min,
+                max_election_ticks: max,
+                campaign_jitter: false,
+                incarnation: 1,
+            };
+            let mut c = Core::new(cfg, st, TestFsm::<0>, &slog::Logger::root(slog::Discard, slog::o!()))
+                .expect("core");
+            c.set_ready_to_lead(ready);
+            let last = c.raw.raft.raft_log.last_index();
+            let last_term = c.raw.raft.raft_log.last_term();
+            // Leader 3 is heard once, then goes silent.
+            let hb = Message {
+                msg_type: MessageType::MsgHeartbeat,
+                from: 3,
+                to: 1,
+                term: 2,
+                commit: last,
+                ..Default::default()
+            };
+            c.step(hb);
+            while c.has_ready() {
+                c.on_ready(&mut |_| {}).expect("ready");
+            }
+            assert_eq!(c.leader(), Some(3));
+            for _ in 0..min - 1 {
+                c.tick();
+            }
+            assert_eq!(c.role(), StateRole::Follower, "ready {ready}: not before the timeout");
+            c.tick();
+            if ready {
+                assert_eq!(c.role(), StateRole::PreCandidate, "a ready member campaigns at its timeout");
+                continue;
+            }
+            assert_eq!(c.role(), StateRole::Follower, "deferred");
+            // Past the lease, another member's pre-vote is granted.
+            let pre = Message {
+                msg_type: MessageType::MsgRequestPreVote,
+                from: 2,
+                to: 1,
+                term: 3,
+                index: last,
+                log_term: last_term,
+                ..Default::default()
+            };
+            c.step(pre);
+            let mut out = Vec::new();
+            while c.has_ready() {
+                c.on_ready(&mut |m| out.push(m)).expect("ready");
+            }
+            let answer = out.iter().find(|m| m.get_msg_type() == MessageType::MsgRequestPreVoteResponse);
+            assert!(answer.is_some_and(|m| !m.reject && m.to == 2), "granted: {out:?}");
+            for _ in 1..CAMPAIGN_DEFER_TICKS {
+                c.tick();
+            }
+            assert_eq!(c.role(), StateRole::Follower, "still deferred after {CAMPAIGN_DEFER_TICKS} ticks");
+            c.tick();
+            assert_eq!(c.role(), StateRole::PreCandidate, "nobody else won: it campaigns after the deferral");
+        }
     }
 }

@@ -76,6 +76,9 @@ pub(crate) struct NodeShared {
     initialized: AtomicBool,
     /// The application version this node reports in probe replies (0 until the application sets it).
     app_version: AtomicU32,
+    /// Whether the application is ready to lead (see [`RaftNode::set_ready_to_lead`]); read by the loop at
+    /// each tick.
+    ready_to_lead: AtomicBool,
     /// Fault injection (tests): snapshot streams still to damage in transit ([`RaftNode::damage_snapshot_sends`]).
     pub(crate) corrupt_snapshot_sends: AtomicU32,
     /// Test hook: a snapshot stream being received stops after this many chunks and stays stalled (its
@@ -659,6 +662,7 @@ impl RaftNode {
             running: AtomicBool::new(false),
             initialized: AtomicBool::new(false),
             app_version: AtomicU32::new(0),
+            ready_to_lead: AtomicBool::new(true),
             corrupt_snapshot_sends: AtomicU32::new(0),
             stall_snapshot_receive_after: AtomicU32::new(0),
             snaps,
@@ -793,6 +797,14 @@ impl RaftNode {
     /// version its binary knows).
     pub fn set_app_version(&self, version: u32) {
         self.shared.app_version.store(version, Ordering::Relaxed);
+    }
+
+    /// Tell the node whether the application could lead at once (the master: its followed indexes are
+    /// built). A follower that could not defers its campaign by up to `core::CAMPAIGN_DEFER_TICKS` once
+    /// its election timeout passed, so a member that could lead wins first; it still grants votes as
+    /// before, and campaigns after the deferral if nobody else did. Ready until told otherwise.
+    pub fn set_ready_to_lead(&self, ready: bool) {
+        self.shared.ready_to_lead.store(ready, Ordering::Relaxed);
     }
 
     /// Fault injection for tests of the peer transport (a bad link, not a stub of Raft): the next `streams`
@@ -985,6 +997,7 @@ fn run_loop<F: Fsm>(
             // The tick after this turn's events: a member that was held up steps the messages that
             // waited (its peers' answers, a leader's heartbeat) before its timers count the wait.
             if ticked.is_some() {
+                d.core.set_ready_to_lead(d.shared.ready_to_lead.load(Ordering::Relaxed));
                 d.core.tick();
                 if let Some(alarm) = d.disk.check(Instant::now()) {
                     d.shared.set_nospace(alarm);
