@@ -972,7 +972,7 @@ fn run_loop<F: Fsm>(
                     }
                     None
                 }
-                // Committed entries left over by the last Ready's limit (`MAX_APPLY_BYTES_PER_READY`):
+                // Committed entries left over by the last Ready's limit (`core::APPLY_BUDGET`):
                 // the next turn at once, after any due tick and waiting events.
                 () = std::future::ready(()), if d.core.has_ready() => None,
             };
