@@ -1834,11 +1834,13 @@ mod tests {
         let log = "\u{1b}[2m2026-12-03T09:26:33Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m \u{1b}[2mraft\u{1b}[0m\u{1b}[2m:\u{1b}[0m \
                    stepped down to follower since quorum is not active node=1\n\
                    2026-12-03T09:26:34Z  INFO master::api: a heartbeat\n\
+                   2026-12-03T09:26:35Z  WARN master::raft::fsync_stats: slow raft turn node=1 turn_ms=1158\n\
                    2026-12-03T09:26:36Z  INFO master::api::duties: leader learned the agents recorded alive agents=3 term=3\n";
         assert_eq!(
             leader_lines(log),
             vec![
                 "2026-12-03T09:26:33Z  WARN raft: stepped down to follower since quorum is not active node=1",
+                "2026-12-03T09:26:35Z  WARN master::raft::fsync_stats: slow raft turn node=1 turn_ms=1158",
                 "2026-12-03T09:26:36Z  INFO master::api::duties: leader learned the agents recorded alive agents=3 term=3",
             ]
         );

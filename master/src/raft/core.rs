@@ -1179,6 +1179,26 @@ mod tests {
         assert_eq!(election_rank(5, []), 0, "no member known: rank 0");
     }
 
+    /// Member `id` of [1, 2, 3] with its rank's fixed election timeout (10 election ticks), as real nodes
+    /// have; returns it with that timeout in ticks.
+    fn ranked(dir: &std::path::Path, id: u64, campaign_jitter: bool) -> (Core<NopFsm>, usize) {
+        let (_db, st) = crate::raft::sim::open_store::<NopFsm>(dir, id, &[1, 2, 3]);
+        let (min, max) = crate::raft::ranked_election_ticks(10, crate::raft::election_rank(id, [1, 2, 3]));
+        let cfg = CoreConfig {
+            id,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_every: 0,
+            min_election_ticks: min,
+            max_election_ticks: max,
+            campaign_jitter,
+            incarnation: 1,
+        };
+        let c =
+            Core::new(cfg, st, TestFsm::<0>, &slog::Logger::root(slog::Discard, slog::o!())).expect("core");
+        (c, min)
+    }
+
     /// A member with a fixed (ranked) timeout campaigns exactly at it, then, while its campaign goes
     /// unanswered, lets each tick through with probability 1/2 (`campaign_jitter`): its retries come at random
     /// times, so two members that collided once do not stay in lockstep. Without the jitter, every tick counts.
@@ -1186,20 +1206,7 @@ mod tests {
     fn a_campaigning_member_skips_ticks_at_random_only_with_jitter() {
         for jitter in [true, false] {
             let tmp = tempfile::tempdir().expect("tmp");
-            let (_db, st) = crate::raft::sim::open_store::<NopFsm>(tmp.path(), 2, &[1, 2, 3]);
-            let (min, max) = crate::raft::ranked_election_ticks(10, 1);
-            let cfg = CoreConfig {
-                id: 2,
-                election_ticks: 10,
-                heartbeat_ticks: 2,
-                snapshot_every: 0,
-                min_election_ticks: min,
-                max_election_ticks: max,
-                campaign_jitter: jitter,
-                incarnation: 1,
-            };
-            let mut c = Core::new(cfg, st, TestFsm::<0>, &slog::Logger::root(slog::Discard, slog::o!()))
-                .expect("core");
+            let (mut c, min) = ranked(tmp.path(), 2, jitter);
             for _ in 0..min - 1 {
                 c.tick();
             }
@@ -1508,20 +1515,7 @@ mod tests {
     fn a_member_not_ready_to_lead_defers_its_campaign_but_still_votes() {
         for ready in [true, false] {
             let tmp = tempfile::tempdir().expect("tmp");
-            let (_db, st) = crate::raft::sim::open_store::<NopFsm>(tmp.path(), 1, &[1, 2, 3]);
-            let (min, max) = crate::raft::ranked_election_ticks(10, 0);
-            let cfg = CoreConfig {
-                id: 1,
-                election_ticks: 10,
-                heartbeat_ticks: 2,
-                snapshot_every: 0,
-                min_election_ticks: min,
-                max_election_ticks: max,
-                campaign_jitter: false,
-                incarnation: 1,
-            };
-            let mut c = Core::new(cfg, st, TestFsm::<0>, &slog::Logger::root(slog::Discard, slog::o!()))
-                .expect("core");
+            let (mut c, min) = ranked(tmp.path(), 1, false);
             c.set_ready_to_lead(ready);
             let last = c.raw.raft.raft_log.last_index();
             let last_term = c.raw.raft.raft_log.last_term();
