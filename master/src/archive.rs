@@ -747,13 +747,13 @@ struct Add {
 /// costs one row change, not one per report.
 fn superseded_in_batch(adds: &[Add]) -> Vec<bool> {
     let mut gone = vec![false; adds.len()];
-    let mut newest: HashMap<(u64, String, &str), usize> = HashMap::new();
+    let mut newest: HashMap<(u64, &str, &str), usize> = HashMap::new();
     for (i, a) in adds.iter().enumerate() {
         let ArchiveEvent::Finding(f) = &a.ev else { continue };
         if !healthy(f.severity) || f.time_ms < a.cutoff {
             continue;
         }
-        let key = (f.time_ms / DAY_MS, f.object.to_string(), f.checker.as_str());
+        let key = (f.time_ms / DAY_MS, f.object.as_str(), f.checker.as_str());
         match newest.get_mut(&key) {
             Some(j) => {
                 let ArchiveEvent::Finding(kept) = &adds[*j].ev else { continue };
@@ -873,31 +873,30 @@ impl<'t> Tx<'t> {
             return self.meta_add("downsampled", 1);
         }
         let day = f.time_ms / DAY_MS;
-        let object = f.object.to_string();
+        let object = f.object.as_str();
         let key = (f.time_ms, index, pos);
         if healthy(f.severity) {
-            let prev =
-                self.healthy.get((day, object.as_str(), f.checker.as_str())).map_err(se)?.map(|g| g.value());
+            let prev = self.healthy.get((day, object, f.checker.as_str())).map_err(se)?.map(|g| g.value());
             if let Some(prev) = prev {
                 if prev.0 > f.time_ms {
                     return self.meta_add("downsampled", 1); // an older one than the day's kept one
                 }
-                if self.remove_finding(prev, Some(&object))? {
+                if self.remove_finding(prev, Some(object))? {
                     self.meta_add("downsampled", 1)?;
                 }
             }
-            self.healthy.insert((day, object.as_str(), f.checker.as_str()), key).map_err(se)?;
+            self.healthy.insert((day, object, f.checker.as_str()), key).map_err(se)?;
         } else {
-            let n = self.faults.get((day, object.as_str())).map_err(se)?.map(|g| g.value()).unwrap_or(0);
+            let n = self.faults.get((day, object)).map_err(se)?.map(|g| g.value()).unwrap_or(0);
             if n >= MAX_FAULTS_PER_OBJECT_DAY {
                 return self.meta_add("downsampled", 1);
             }
-            self.faults.insert((day, object.as_str()), n + 1).map_err(se)?;
+            self.faults.insert((day, object), n + 1).map_err(se)?;
         }
         let v = json(&f)?;
         self.findings.insert(key, v.as_slice()).map_err(se)?;
-        self.by_object.insert((object.as_str(), key.0, key.1, key.2), ()).map_err(se)?;
-        self.meta_add("bytes", finding_bytes(v.len(), &object) as i64)
+        self.by_object.insert((object, key.0, key.1, key.2), ()).map_err(se)?;
+        self.meta_add("bytes", finding_bytes(v.len(), object) as i64)
     }
 
     /// Remove one finding row and its index entry; whether it was there. `object` is the row's object when

@@ -667,7 +667,7 @@ impl Decider<'_> {
         };
         let mut c = c;
         let mut changed = false;
-        let oid = f.object.to_string();
+        let oid = f.object.as_str().to_owned();
         for r in c.rollouts.iter_mut().filter(|r| r.shadow && r.state == RolloutState::Gray) {
             if !in_target(&r.target, &c.name, &host, labels.as_ref()) {
                 continue;
@@ -806,7 +806,7 @@ impl Decider<'_> {
     /// when it reports a fault, never fed to a state machine (no transition, no quota use, no evidence
     /// replaced). An object nobody registered is not created by a shadow run.
     pub(super) fn shadow_finding(&mut self, f: Finding) -> Result<Result<bool, (Code, String)>, StoreError> {
-        let id = f.object.to_string();
+        let id = f.object.as_str().to_owned();
         let Some(mut rec) = self.load(&id)? else { return Ok(Ok(false)) };
         if !f.severity.is_fault() {
             return Ok(Ok(false));

@@ -134,7 +134,7 @@ impl Recount {
             *self.counts.entry(k).or_default() += 1;
         }
         if let Some(k) = queue_key(rec) {
-            self.queue.insert(k, rec.id.to_string());
+            self.queue.insert(k, rec.id.as_str().to_owned());
         }
     }
 

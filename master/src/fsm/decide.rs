@@ -235,7 +235,7 @@ impl<'v> Decider<'v> {
     /// Takes the record and the previous one it replaces by value: an object carries up to 256 history
     /// entries, and cloning both on every finding was a tenth of the leader's Raft thread under load.
     pub(super) fn save(&mut self, rec: ObjectRecord) -> Result<(), StoreError> {
-        let id = rec.id.to_string();
+        let id = rec.id.as_str().to_owned();
         // The previous version is not needed once replaced: this entry's write, else the cached read (once
         // written, `load` answers from the writes, never from `seen`), else the store.
         let prev = match self.w.objects.remove(&id) {
@@ -389,7 +389,7 @@ impl<'v> Decider<'v> {
 
     /// Append to an object's history, dropping the oldest beyond [`HISTORY_LIMIT`].
     pub(super) fn push_history(&mut self, rec: &mut ObjectRecord, entry: HistoryEntry) {
-        let id = rec.id.to_string();
+        let id = rec.id.as_str().to_owned();
         self.w.history.insert((id.clone(), rec.history_next), Some(entry));
         rec.history_next += 1;
         while rec.history_len() > HISTORY_LIMIT {
@@ -411,7 +411,7 @@ impl<'v> Decider<'v> {
         self.events.push(ChangeEvent {
             revision,
             time_ms: self.now,
-            object: rec.id.to_string(),
+            object: rec.id.as_str().to_owned(),
             what: what.to_string(),
             state: sm_seam::state_name(&rec.sm).to_string(),
             grade: sm_seam::grade_name(&rec.sm).to_string(),

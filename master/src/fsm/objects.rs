@@ -80,7 +80,7 @@ impl Decider<'_> {
         if let Input::Ticket { ticket, update } = input {
             self.archive.push(crate::archive::ArchiveEvent::Ticket(crate::archive::TicketRow {
                 time_ms: self.now,
-                object: rec.id.to_string(),
+                object: rec.id.as_str().to_owned(),
                 ticket: ticket.clone(),
                 status: update.as_str().into(),
             }));
@@ -90,7 +90,7 @@ impl Decider<'_> {
             Some(t) => {
                 let rev = self.change(rec, "transition", from, detail.clone());
                 self.archive.push(crate::archive::ArchiveEvent::Transition(
-                    crate::archive::TransitionRow::new(self.now, rec.id.to_string(), &t, input, rev),
+                    crate::archive::TransitionRow::new(self.now, rec.id.as_str().to_owned(), &t, input, rev),
                 ));
                 let mut detail = detail;
                 if !effects.is_empty() {
@@ -136,7 +136,7 @@ impl Decider<'_> {
         &mut self,
         f: Finding,
     ) -> Result<Result<bool, (proto::error::Code, String)>, StoreError> {
-        let id = f.object.to_string();
+        let id = f.object.as_str().to_owned();
         if f.time_ms > self.now.saturating_add(MAX_FINDING_FUTURE_MS) {
             let e = format!(
                 "finding about {id}: time_ms {} is more than {} ahead of the master's clock ({}); refused",
