@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use state_machines::{Cause, Kind};
 
-use crate::model::ObjectRecord;
+use crate::model::ObjectCore;
 use crate::store::{Filter, Reader, StoreError};
 
 /// Most orders one heartbeat carries (a host has a few dozen objects; one action each at most).
@@ -17,34 +17,38 @@ pub const MAX_ORDERS: usize = 64;
 /// The order type is the API view shared by every front end.
 pub use proto::view::ActionOrder;
 
-/// The order for one record, if it waits for an action.
-pub fn order_of(r: &ObjectRecord) -> Option<ActionOrder> {
-    let p = r.sm.pending_action.as_ref()?;
+/// The order for one object (its id, state machine and labels), if it waits for an action.
+pub fn order_of(
+    id: &state_machines::ObjectId,
+    sm: &state_machines::ObjectState,
+    labels: &BTreeMap<String, String>,
+) -> Option<ActionOrder> {
+    let p = sm.pending_action.as_ref()?;
     // The part that failed (recorded on entering REPAIR): the worker refuses a slot that still holds it, so
     // a ticket closed without a real swap never provisions the old disk.
-    let old_serial = match (r.sm.attrs.get(state_machines::step::REPAIR_SERIAL_ATTR), &r.sm.last_cause) {
+    let old_serial = match (sm.attrs.get(state_machines::step::REPAIR_SERIAL_ATTR), &sm.last_cause) {
         (Some(s), _) => s.clone(),
         (None, Some(Cause::Replacement { old_serial, .. })) => old_serial.clone().unwrap_or_default(),
         _ => String::new(),
     };
     let mut params = std::collections::BTreeMap::new();
-    if let Some(ev) = &r.sm.last_evidence {
+    if let Some(ev) = &sm.last_evidence {
         for key in ["service", "mount"] {
             if let Some(v) = ev.readings.get(key) {
                 params.insert(key.to_string(), v.clone());
             }
         }
     }
-    if let Some(profile) = r.labels.get("profile") {
+    if let Some(profile) = labels.get("profile") {
         params.insert("profile".into(), profile.clone());
     }
     Some(ActionOrder {
-        object: r.id.to_string(),
+        object: id.as_str().to_owned(),
         action: p.action.to_string(),
         requested_ms: p.requested_ms,
         deadline_ms: p.deadline_ms,
         old_serial,
-        new_serial: r.sm.serial().unwrap_or_default().to_string(),
+        new_serial: sm.serial().unwrap_or_default().to_string(),
         params,
     })
 }
@@ -63,7 +67,7 @@ pub fn orders_for(r: &Reader, host: &str) -> Result<Vec<ActionOrder>, StoreError
     for kind in ORDER_KINDS {
         let filter = Filter { kind: Some(kind), host: Some(host.to_string()), ..Filter::default() };
         for rec in r.list(&filter, usize::MAX)? {
-            if let Some(o) = order_of(&rec) {
+            if let Some(o) = order_of(&rec.id, &rec.sm, &rec.labels) {
                 out.push(o);
                 if out.len() >= MAX_ORDERS {
                     return Ok(out);
@@ -89,10 +93,10 @@ pub struct HostOrders {
 
 impl crate::follow::ObjectIndex for HostOrders {
     const NAME: &'static str = "orders";
-    fn put(&mut self, id: &str, rec: Option<&ObjectRecord>) {
+    fn put(&mut self, id: &str, rec: Option<&ObjectCore>) {
         let Ok(oid) = id.parse::<state_machines::ObjectId>() else { return };
         let Some(key) = order_key(&oid) else { return };
-        match rec.and_then(order_of) {
+        match rec.and_then(|r| order_of(&r.id, &r.sm, &r.labels)) {
             Some(o) => {
                 self.by_host.entry(oid.host().to_string()).or_default().insert(key, o);
             }

@@ -72,6 +72,17 @@ pub fn seal_keyed(key: &[u8], payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The keyed frame of the payload `write` appends to an empty buffer, written in place: the same bytes
+/// as [`seal_keyed`] of that payload, without encoding it into one buffer and copying it into another
+/// (every object a finding changes is sealed this way on every member).
+pub fn seal_keyed_with(key: &[u8], write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = vec![TAG_KEYED, 0, 0, 0, 0];
+    write(&mut out);
+    let crc = keyed_crc(key, &out[OVERHEAD..]).to_le_bytes();
+    out[1..OVERHEAD].copy_from_slice(&crc);
+    out
+}
+
 /// Appends the keyed frame of `payload` to `out`.
 pub fn seal_keyed_into(out: &mut Vec<u8>, key: &[u8], payload: &[u8]) {
     out.push(TAG_KEYED);
@@ -267,6 +278,12 @@ mod tests {
         let key = b"disk/host-017/sdb";
         let sealed = seal_keyed(key, &payload);
         assert_eq!(sealed.len(), payload.len() + OVERHEAD);
+        assert_eq!(
+            seal_keyed_with(key, |b| b.extend_from_slice(&payload)),
+            sealed,
+            "written in place, the same"
+        );
+        assert_eq!(seal_keyed_with(key, |_| {}), seal_keyed(key, b""));
         assert_eq!(open_keyed(key, &sealed), Ok(&payload[..]));
         // Every flipped bit of the key (a row moved under another id) and of the record is caught.
         for i in 0..key.len() {

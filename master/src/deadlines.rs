@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use state_machines::{ObjectId, Policy};
 
-use crate::model::ObjectRecord;
+use crate::model::ObjectCore;
 use crate::store::{Reader, StoreError};
 
 /// (deadline, id) of every object that has a deadline under one policy.
@@ -42,7 +42,7 @@ impl Deadlines {
 
 impl crate::follow::ObjectIndex for Deadlines {
     const NAME: &'static str = "deadlines";
-    fn put(&mut self, id: &str, rec: Option<&ObjectRecord>) {
+    fn put(&mut self, id: &str, rec: Option<&ObjectCore>) {
         if let Some(old) = self.of.remove(id) {
             self.by_time.remove(&(old, id.to_string()));
         }
@@ -75,7 +75,7 @@ pub fn due_by_scan(
     if max == 0 {
         return Ok(Vec::new());
     }
-    r.for_each_object(|rec| {
+    r.for_each_object_core(|rec| {
         let Some(d) = rec.sm.next_deadline_ms(policy).filter(|d| *d <= now_ms) else { return };
         if due.len() < max {
             due.push((d, rec.id.to_string()));

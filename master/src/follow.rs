@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::model::ObjectRecord;
+use crate::model::ObjectCore;
 use crate::store::{ChangesRead, Filter, Reader, StoreError};
 
 /// Most change-log events a build's own catch-up takes in one read (bounds the memory of one read).
@@ -111,8 +111,10 @@ pub const WARM_EVERY: Duration = Duration::from_secs(1);
 pub trait ObjectIndex: Default + Send + 'static {
     /// The index's name in logs.
     const NAME: &'static str;
-    /// Put `rec`'s entry in (or, with `None`, take object `id`'s entry out of) the index.
-    fn put(&mut self, id: &str, rec: Option<&ObjectRecord>);
+    /// Put `rec`'s entry in (or, with `None`, take object `id`'s entry out of) the index. An index sees an
+    /// object's id, state machine and labels ([`ObjectCore`]): reading whole records to keep the indexes
+    /// current was a tenth of a member's CPU under single-finding load (issue 17's profile).
+    fn put(&mut self, id: &str, rec: Option<&ObjectCore>);
 }
 
 /// What one read of the change log found, read outside the lock.
@@ -120,7 +122,7 @@ enum Delta {
     /// The change log no longer holds the position: the index must be built again.
     Compacted,
     /// The objects the changes from the position up to `next` name, as they are now.
-    Records { next: u64, records: Vec<(String, Option<ObjectRecord>)> },
+    Records { next: u64, records: Vec<(String, Option<ObjectCore>)> },
 }
 
 /// Read the changes from `from` (at least `max` events, in whole rows, when there are that many) and the
@@ -133,7 +135,7 @@ fn read_delta(r: &Reader, from: u64, max: usize) -> Result<Delta, StoreError> {
                 events.iter().filter(|e| !e.object.is_empty()).map(|e| e.object.as_str()).collect();
             let mut records = Vec::with_capacity(ids.len());
             for id in ids {
-                records.push((id.to_string(), r.object(id)?));
+                records.push((id.to_string(), r.object_core(id)?));
             }
             Delta::Records { next, records }
         }
@@ -212,8 +214,8 @@ fn built<S: ObjectIndex>(r: &Reader, make: &dyn Fn() -> S) -> Result<(u64, S, u6
     let revision = r.revision()?;
     let mut index = make();
     let mut objects = 0u64;
-    r.for_each_object(|rec| {
-        index.put(&rec.id.to_string(), Some(&rec));
+    r.for_each_object_core(|rec| {
+        index.put(rec.id.as_str(), Some(&rec));
         objects += 1;
     })?;
     Ok((revision + 1, index, objects))
@@ -532,16 +534,16 @@ mod tests {
     use crate::fsm::MasterFsm;
     use crate::model::{Command, Envelope, Registration};
 
-    /// Object id -> the serial attribute it was registered with.
+    /// Object id -> the serial it was registered with (its state machine keeps it).
     #[derive(Default, Debug, PartialEq)]
     struct Serials(BTreeMap<String, String>);
 
     impl ObjectIndex for Serials {
         const NAME: &'static str = "test";
-        fn put(&mut self, id: &str, rec: Option<&ObjectRecord>) {
+        fn put(&mut self, id: &str, rec: Option<&ObjectCore>) {
             match rec {
                 Some(r) => {
-                    self.0.insert(id.to_string(), r.attributes.get("serial").cloned().unwrap_or_default());
+                    self.0.insert(id.to_string(), r.sm.serial().unwrap_or_default().to_string());
                 }
                 None => {
                     self.0.remove(id);
@@ -596,7 +598,7 @@ mod tests {
             let mut s = Serials::default();
             Reader::new(&self.db)
                 .expect("reader")
-                .for_each_object(|rec| s.put(&rec.id.to_string(), Some(&rec)))
+                .for_each_object_core(|rec| s.put(rec.id.as_str(), Some(&rec)))
                 .expect("scan");
             s
         }

@@ -881,6 +881,17 @@ pub struct ApplyResult {
     pub results: Vec<CmdResult>,
 }
 
+/// The part of a stored [`ObjectRecord`] the followed indexes read (orders, deadlines): its id, state
+/// machine and labels. Decoded without building the record's attributes and evidence (most of its bytes),
+/// so keeping the indexes warm costs a fraction of reading whole records.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ObjectCore {
+    pub id: ObjectId,
+    pub sm: ObjectState,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
 /// Everything the master keeps about one object (history lives in its own table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObjectRecord {

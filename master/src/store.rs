@@ -25,7 +25,7 @@ use state_machines::ObjectId;
 
 use crate::checksum;
 
-use crate::model::{AgentRecord, ChangeEvent, HistoryEntry, MemberRecord, ObjectRecord};
+use crate::model::{AgentRecord, ChangeEvent, HistoryEntry, MemberRecord, ObjectCore, ObjectRecord};
 use crate::safety::{AuditEntry, Proposal, ProposalFilter, ProposalStatus, SafetyConfig, ScopeRecord};
 
 /// Counters: [`META_REVISION`], [`META_CHANGELOG_FIRST`], ...; each value is sealed 8 bytes big-endian.
@@ -189,9 +189,15 @@ pub fn decode_sealed<T: serde::de::DeserializeOwned, K: RowKey + ?Sized>(
     decode(table, unseal(table, key, bytes)?)
 }
 
-/// The sealed JSON of `value` stored under `key`.
+/// The sealed JSON of `value` stored under `key` (encoded straight into its frame).
 pub fn encode_sealed<T: serde::Serialize, K: RowKey + ?Sized>(key: &K, value: &T) -> Vec<u8> {
-    checksum::seal_keyed(&key.row_key(), &encode(value))
+    checksum::seal_keyed_with(&key.row_key(), |buf| {
+        // Model types are plain data with string map keys: serialization cannot fail (as in `encode`,
+        // a failure would leave the payload empty).
+        if serde_json::to_writer(&mut *buf, value).is_err() {
+            buf.truncate(checksum::OVERHEAD);
+        }
+    })
 }
 
 /// Raw bytes sealed under `key`.
@@ -295,11 +301,7 @@ pub fn split_change_row(row: &[u8]) -> Result<(u64, &[u8]), StoreError> {
 pub fn make_change_row(last: u64, events: &[ChangeEvent], binary: bool) -> Vec<u8> {
     let mut row = last.to_be_bytes().to_vec();
     if binary {
-        use prost::Message as _;
-        let msg = proto::entry::ChangeRow {
-            events: events.iter().cloned().map(proto::convert::event_to_wire).collect(),
-        };
-        row.extend_from_slice(&msg.encode_to_vec());
+        proto::convert::encode_change_row(events, &mut row);
     } else {
         row.extend_from_slice(&encode(&events));
     }
@@ -675,6 +677,16 @@ impl Reader {
     }
 
     pub fn object(&self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
+        self.object_as(id)
+    }
+
+    /// An object's [`ObjectCore`] (its id, state machine and labels), verified like [`Reader::object`].
+    pub fn object_core(&self, id: &str) -> Result<Option<ObjectCore>, StoreError> {
+        self.object_as(id)
+    }
+
+    /// A stored object decoded as `T` (the whole record, or the part of it `T` names).
+    fn object_as<T: serde::de::DeserializeOwned>(&self, id: &str) -> Result<Option<T>, StoreError> {
         self.read("object", || {
             let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(None) };
             t.get(id)?.map(|g| decode_sealed("fsm_objects", id, g.value())).transpose()
@@ -786,7 +798,20 @@ impl Reader {
     }
 
     /// Visit every object in id order, one decoded record at a time (never the whole table in memory).
-    pub fn for_each_object(&self, mut f: impl FnMut(ObjectRecord)) -> Result<(), StoreError> {
+    pub fn for_each_object(&self, f: impl FnMut(ObjectRecord)) -> Result<(), StoreError> {
+        self.for_each_object_as(f)
+    }
+
+    /// Every object's [`ObjectCore`], in id order (an index build).
+    pub fn for_each_object_core(&self, f: impl FnMut(ObjectCore)) -> Result<(), StoreError> {
+        self.for_each_object_as(f)
+    }
+
+    /// Every stored object decoded as `T`, in id order.
+    fn for_each_object_as<T: serde::de::DeserializeOwned>(
+        &self,
+        mut f: impl FnMut(T),
+    ) -> Result<(), StoreError> {
         self.read("for_each_object", || {
             let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok(()) };
             for row in t.iter()? {

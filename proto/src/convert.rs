@@ -46,7 +46,7 @@ pub fn finding_from_wire(f: api::Finding) -> Result<Finding, ApiError> {
 /// A domain finding to the wire.
 pub fn finding_to_wire(f: &Finding) -> api::Finding {
     api::Finding {
-        object: f.object.to_string(),
+        object: f.object.as_str().to_owned(),
         severity: f.severity.as_str().to_string(),
         checker: f.checker.clone(),
         version: f.version.clone(),
@@ -238,6 +238,45 @@ pub fn event_to_wire(e: ChangeEvent) -> api::Event {
         from_state: e.from_state,
         detail: e.detail,
     }
+}
+
+/// The protobuf bytes of a change-log row (`entry.ChangeRow` of these events) appended to `buf`, written
+/// straight from the events: byte for byte what prost writes for `ChangeRow { events: [event_to_wire(e)..] }`,
+/// without first copying every event into its wire form (each finding's row is written on every member).
+pub fn encode_change_row(events: &[ChangeEvent], buf: &mut Vec<u8>) {
+    use prost::encoding::{WireType, encode_key, encode_varint, string, uint64};
+    for e in events {
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(event_len(e) as u64, buf);
+        for (tag, v) in [(1, e.revision), (2, e.time_ms)] {
+            if v != 0 {
+                uint64::encode(tag, &v, buf);
+            }
+        }
+        for (tag, v) in event_texts(e) {
+            if !v.is_empty() {
+                string::encode(tag, v, buf);
+            }
+        }
+    }
+}
+
+/// The text fields of an event with their tags in `api.Event`.
+fn event_texts(e: &ChangeEvent) -> [(u32, &String); 6] {
+    [(3, &e.object), (4, &e.what), (5, &e.state), (6, &e.grade), (7, &e.from_state), (8, &e.detail)]
+}
+
+/// The encoded length of one event's fields (proto3: zeros and empty texts are not written).
+fn event_len(e: &ChangeEvent) -> usize {
+    use prost::encoding::{string, uint64};
+    let numbers: usize = [(1, e.revision), (2, e.time_ms)]
+        .iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(t, v)| uint64::encoded_len(*t, v))
+        .sum();
+    let texts: usize =
+        event_texts(e).iter().filter(|(_, v)| !v.is_empty()).map(|(t, v)| string::encoded_len(*t, v)).sum();
+    numbers + texts
 }
 
 /// A change event from the wire (`huatuo watch` prints the REST shape).
@@ -617,6 +656,39 @@ pub fn summary_from_wire(s: api::SummaryResponse) -> SummaryView {
 mod tests {
     use super::*;
     use crate::error::Code;
+
+    #[test]
+    fn a_change_row_is_written_as_prost_writes_it() {
+        use prost::Message as _;
+        let ev = |revision: u64, time_ms: u64, texts: [&str; 6]| ChangeEvent {
+            revision,
+            time_ms,
+            object: texts[0].into(),
+            what: texts[1].into(),
+            state: texts[2].into(),
+            grade: texts[3].into(),
+            from_state: texts[4].into(),
+            detail: texts[5].into(),
+        };
+        let long = "x".repeat(300);
+        let rows: Vec<Vec<ChangeEvent>> = vec![
+            vec![],
+            vec![ev(0, 0, [""; 6])],
+            vec![
+                ev(1, 1_700_000_000_000, ["disk/h1/sda", "finding", "GOOD", "GOOD", "", "smart.overall"]),
+                ev(u64::MAX, 127, ["", "level", "", "", "", &long]),
+                ev(128, 0, ["machine/h\u{e9}", "transition", "ERROR", "ERROR", "GOOD", "\u{0}"]),
+            ],
+        ];
+        for events in rows {
+            let want =
+                crate::entry::ChangeRow { events: events.iter().cloned().map(event_to_wire).collect() }
+                    .encode_to_vec();
+            let mut got = Vec::new();
+            encode_change_row(&events, &mut got);
+            assert_eq!(got, want, "{events:?}");
+        }
+    }
 
     #[test]
     fn quota_rules_and_proposals_keep_every_field_on_the_wire() {
