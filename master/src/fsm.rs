@@ -173,6 +173,13 @@ impl MasterFsm {
         index: u64,
         cmd: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
+        self.apply_in(&mut Tables::open(txn)?, index, cmd)
+    }
+
+    /// [`MasterFsm::apply_entry`] with the tables already open in the entry's transaction (a batch of
+    /// entries opens them once: opening and closing the 18 tables per entry was a sixteenth of a
+    /// follower's CPU under single-finding load).
+    fn apply_in(&mut self, tables: &mut Tables<'_>, index: u64, cmd: &[u8]) -> Result<Vec<u8>, StoreError> {
         let env = match Envelope::decode_knowing(cmd, self.knows) {
             Ok(env) => env,
             Err(DecodeError::TooNew { needs, knows }) => {
@@ -193,8 +200,7 @@ impl MasterFsm {
             }
         };
         self.stats.entries.fetch_add(1, Ordering::Relaxed);
-        let mut tables = Tables::open(txn)?;
-        let mut d = decide_entry_limited(&tables, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
+        let mut d = decide_entry_limited(&*tables, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
         tables.write(&d, self.changelog)?;
         self.catalog_moved |= d.writes.meta.contains_key(META_CATALOG_REV);
         self.count(&d);
@@ -307,6 +313,26 @@ impl crate::raft::Fsm for MasterFsm {
         cmd: &[u8],
     ) -> Result<Vec<u8>, crate::raft::FsmError> {
         self.apply_entry(txn, index, cmd).map_err(fsm_error)
+    }
+
+    fn apply_batch(
+        &mut self,
+        txn: &WriteTransaction,
+        entries: &[(u64, &[u8])],
+        out: &mut Vec<Result<Vec<u8>, crate::raft::FsmError>>,
+    ) {
+        let mut tables = match Tables::open(txn) {
+            Ok(t) => t,
+            Err(e) => return out.push(Err(fsm_error(e))),
+        };
+        for (index, cmd) in entries {
+            let r = self.apply_in(&mut tables, *index, cmd).map_err(fsm_error);
+            let stop = matches!(r, Err(ref e) if !matches!(e, crate::raft::FsmError::Rejected(_)));
+            out.push(r);
+            if stop {
+                return;
+            }
+        }
     }
 
     fn write_snapshot(

@@ -477,3 +477,75 @@ pub(crate) mod props;
 mod requests;
 mod topology;
 mod versions;
+
+/// Entries applied as one batch in one transaction (the raft layer's `apply_batch`, which opens the tables
+/// once) leave the same state, results and change log as the same entries applied one by one.
+#[test]
+fn a_batch_of_entries_applies_as_the_entries_one_by_one() {
+    let register = Command::Register {
+        agent: "agent-1".into(),
+        host: "h1".into(),
+        objects: ["sda", "sdb"]
+            .iter()
+            .map(|d| Registration {
+                id: format!("disk/h1/{d}").parse().expect("id"),
+                attributes: [("serial".to_string(), format!("S-{d}"))].into_iter().collect(),
+                labels: [("rack".to_string(), "r1".to_string())].into_iter().collect(),
+            })
+            .collect(),
+    };
+    let entries: Vec<Vec<u8>> = vec![
+        Envelope::new(1, vec![register]).encode(),
+        Envelope::new(2, vec![ingest("agent-1", 1, vec![finding("disk/h1/sda", Severity::Good, 2)])])
+            .encode(),
+        Envelope::new(3, vec![ingest("agent-1", 2, vec![finding("disk/h1/sda", Severity::Fatal, 3)])])
+            .encode(),
+        // A resent batch (the same sequence): acknowledged, not applied again.
+        Envelope::new(4, vec![ingest("agent-1", 2, vec![finding("disk/h1/sdb", Severity::Fatal, 4)])])
+            .encode(),
+        b"not an entry".to_vec(),
+        Envelope::new(
+            5,
+            vec![
+                ingest("", 0, vec![finding("disk/h1/sdb", Severity::Error, 5)]),
+                force("disk/h1/sda", State::Good),
+            ],
+        )
+        .encode(),
+    ];
+    let mut one = Harness::new();
+    let want: Vec<ApplyResult> = entries.iter().map(|e| one.apply_raw(e)).collect();
+    let mut batch = Harness::new();
+    let refs: Vec<(u64, &[u8])> =
+        entries.iter().enumerate().map(|(i, e)| (i as u64 + 1, e.as_slice())).collect();
+    let mut out = Vec::new();
+    let txn = batch.db.begin_write().expect("txn");
+    crate::raft::Fsm::apply_batch(&mut batch.fsm, &txn, &refs, &mut out);
+    txn.commit().expect("commit");
+    batch.fsm.committed();
+    let got: Vec<ApplyResult> =
+        out.into_iter().map(|r| serde_json::from_slice(&r.expect("applied")).expect("result")).collect();
+    assert_eq!(got, want);
+    assert!(want[2].results[0].transitioned && want[3].results[0].duplicate, "the entries did something");
+    assert_eq!(batch.snapshot(), one.snapshot());
+    assert_eq!(batch.events(1), one.events(1));
+}
+
+/// A batch stops at an entry that stops the node (here one too new for this binary): nothing after it is
+/// applied, and its error is the batch's last result.
+#[test]
+fn a_batch_stops_at_an_entry_that_stops_the_node() {
+    let ok = |t: u64| Envelope::new(t, vec![ingest("", 0, vec![finding("disk/h1/sda", Severity::Good, t)])]);
+    let too_new = Envelope { v: crate::model::COMMAND_VERSION + 1, ..ok(2) };
+    let entries = [ok(1).encode(), too_new.encode(), ok(3).encode()];
+    let refs: Vec<(u64, &[u8])> =
+        entries.iter().enumerate().map(|(i, e)| (i as u64 + 1, e.as_slice())).collect();
+    let mut h = Harness::new();
+    let mut out = Vec::new();
+    let txn = h.db.begin_write().expect("txn");
+    crate::raft::Fsm::apply_batch(&mut h.fsm, &txn, &refs, &mut out);
+    txn.abort().expect("abort");
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out[0].is_ok());
+    assert!(matches!(out[1], Err(crate::raft::FsmError::TooNew(_))), "{:?}", out[1]);
+}

@@ -858,27 +858,43 @@ impl<F: Fsm> Core<F> {
         let mut applied = self.raw.store().staged_applied();
         let mut bytes = 0u64;
         let mut count = 0u64;
+        let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > applied).collect();
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != applied + 1 + i as u64 {
+                return Err(StoreError::Invariant(format!(
+                    "applying {} after {}",
+                    e.index,
+                    applied + i as u64
+                )));
+            }
+        }
+        // The state machine's entries go to it in one batch (it shares per-transaction work between them);
+        // their results are matched back in log order below.
+        let normal = |e: &Entry| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty();
+        let batch: Vec<(u64, &[u8])> =
+            entries.iter().filter(|e| normal(e)).map(|e| (e.index, &e.data[..])).collect();
+        let mut results = Vec::with_capacity(batch.len());
+        self.fsm.apply_batch(txn, &batch, &mut results);
+        drop(batch);
+        let mut results = results.into_iter();
         for e in entries {
-            if e.index <= applied {
-                continue;
-            }
             count += 1;
-            if e.index != applied + 1 {
-                return Err(StoreError::Invariant(format!("applying {} after {}", e.index, applied)));
-            }
             bytes += LOG_RECORD_OVERHEAD + u64::from(e.compute_size());
             let result = match e.get_entry_type() {
-                EntryType::EntryNormal if !e.data.is_empty() => match self.fsm.apply(txn, e.index, &e.data) {
-                    Ok(r) => Ok(r),
-                    Err(FsmError::Rejected(m)) => Err(ProposeError::Fsm(m)),
-                    Err(FsmError::Storage(m)) => {
+                EntryType::EntryNormal if normal(&e) => match results.next() {
+                    Some(Ok(r)) => Ok(r),
+                    Some(Err(FsmError::Rejected(m))) => Err(ProposeError::Fsm(m)),
+                    Some(Err(FsmError::Storage(m))) => {
                         return Err(StoreError::Invariant(format!("fsm apply at {}: {m}", e.index)));
                     }
-                    Err(FsmError::Corrupt(m)) => {
+                    Some(Err(FsmError::Corrupt(m))) => {
                         return Err(StoreError::Damaged(format!("fsm apply at {}: {m}", e.index)));
                     }
-                    Err(FsmError::TooNew(m)) => {
+                    Some(Err(FsmError::TooNew(m))) => {
                         return Err(StoreError::Incompatible(format!("fsm apply at {}: {m}", e.index)));
+                    }
+                    None => {
+                        return Err(StoreError::Invariant(format!("fsm apply at {}: no result", e.index)));
                     }
                 },
                 EntryType::EntryNormal => Err(ProposeError::Dropped), // leader's no-op

@@ -82,6 +82,26 @@ pub trait Fsm: Send + 'static {
     /// (so state and applied index never diverge). Must be deterministic: the command carries any time it
     /// needs. Returns the response bytes handed to the proposer's waiter (if this node proposed it).
     fn apply(&mut self, txn: &redb::WriteTransaction, index: u64, cmd: &[u8]) -> Result<Vec<u8>, FsmError>;
+    /// Apply consecutive committed normal entries (index, command) in order inside one write transaction,
+    /// pushing one result per entry to `out`; after a result that stops the node (anything but
+    /// [`FsmError::Rejected`]) nothing more is applied. The same as calling [`Fsm::apply`] on each, which
+    /// the default does; a state machine overrides it to share per-transaction work between the entries
+    /// (the master opens its tables once per batch, not once per entry).
+    fn apply_batch(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        entries: &[(u64, &[u8])],
+        out: &mut Vec<Result<Vec<u8>, FsmError>>,
+    ) {
+        for (index, cmd) in entries {
+            let r = self.apply(txn, *index, cmd);
+            let stop = matches!(r, Err(ref e) if !matches!(e, FsmError::Rejected(_)));
+            out.push(r);
+            if stop {
+                return;
+            }
+        }
+    }
     /// Write the whole state machine (a Raft snapshot) from a read transaction into `out`, as a stream
     /// (never the whole state in memory). Runs on the snapshot builder thread while the loop goes on
     /// applying entries, hence no `self`: everything comes from `txn` (one consistent commit, the applied
