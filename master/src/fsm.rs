@@ -325,14 +325,9 @@ impl crate::raft::Fsm for MasterFsm {
             Ok(t) => t,
             Err(e) => return out.push(Err(fsm_error(e))),
         };
-        for (index, cmd) in entries {
-            let r = self.apply_in(&mut tables, *index, cmd).map_err(fsm_error);
-            let stop = matches!(r, Err(ref e) if !matches!(e, crate::raft::FsmError::Rejected(_)));
-            out.push(r);
-            if stop {
-                return;
-            }
-        }
+        crate::raft::apply_each(entries, out, |index, cmd| {
+            self.apply_in(&mut tables, index, cmd).map_err(fsm_error)
+        });
     }
 
     fn write_snapshot(

@@ -884,7 +884,7 @@ pub struct ApplyResult {
 /// The part of a stored [`ObjectRecord`] the followed indexes read (orders, deadlines): its id, state
 /// machine and labels. Decoded without building the record's attributes and evidence (most of its bytes),
 /// so keeping the indexes warm costs a fraction of reading whole records.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Deserialize)]
 pub struct ObjectCore {
     pub id: ObjectId,
     pub sm: ObjectState,

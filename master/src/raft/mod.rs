@@ -76,6 +76,23 @@ impl From<std::io::Error> for FsmError {
     }
 }
 
+/// Push each entry's result from `apply` to `out`, in order, until one stops the node (anything but
+/// [`FsmError::Rejected`]): the rule of [`Fsm::apply_batch`], for its default and for overrides.
+pub fn apply_each(
+    entries: &[(u64, &[u8])],
+    out: &mut Vec<Result<Vec<u8>, FsmError>>,
+    mut apply: impl FnMut(u64, &[u8]) -> Result<Vec<u8>, FsmError>,
+) {
+    for (index, cmd) in entries {
+        let r = apply(*index, cmd);
+        let stop = matches!(r, Err(ref e) if !matches!(e, FsmError::Rejected(_)));
+        out.push(r);
+        if stop {
+            return;
+        }
+    }
+}
+
 /// The replicated state machine. Called only from the Raft loop thread, in log order.
 pub trait Fsm: Send + 'static {
     /// Apply one committed normal entry inside the same redb write transaction that records applied_index
@@ -93,14 +110,7 @@ pub trait Fsm: Send + 'static {
         entries: &[(u64, &[u8])],
         out: &mut Vec<Result<Vec<u8>, FsmError>>,
     ) {
-        for (index, cmd) in entries {
-            let r = self.apply(txn, *index, cmd);
-            let stop = matches!(r, Err(ref e) if !matches!(e, FsmError::Rejected(_)));
-            out.push(r);
-            if stop {
-                return;
-            }
-        }
+        apply_each(entries, out, |index, cmd| self.apply(txn, index, cmd));
     }
     /// Write the whole state machine (a Raft snapshot) from a read transaction into `out`, as a stream
     /// (never the whole state in memory). Runs on the snapshot builder thread while the loop goes on
