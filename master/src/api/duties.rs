@@ -56,10 +56,8 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
             let (orders, deadlines, db) = (s.orders.clone(), s.deadlines.clone(), s.db.clone());
             // Background work at a lower CPU priority (see `follow::spawn_background`).
             let started = crate::follow::spawn_background("index-warm", move || {
-                for (name, r) in [("orders", orders.warm(&db)), ("deadlines", deadlines.warm(&db))] {
-                    if let Err(e) = r {
-                        tracing::debug!(index = name, error = %e, "warming an index failed; again next time");
-                    }
+                if let Err(e) = crate::follow::warm_pair(&orders, &deadlines, &db) {
+                    tracing::debug!(error = %e, "warming the indexes failed; again next time");
                 }
             });
             match started {
