@@ -232,6 +232,8 @@ enum PairStep<'a, S: ObjectIndex> {
     Unbuilt,
     /// Caught up to the revision the warm aims at.
     Done,
+    /// Another caller's step runs: its own warm waits for it.
+    Busy,
     /// A step begun (its `catching` flag held) from its position.
     Step(Step<'a, S>),
 }
@@ -512,13 +514,13 @@ impl<S: ObjectIndex> Followed<S> {
         Ok(())
     }
 
-    /// Wait until no catch-up step runs, then begin one from the index's position (reading up to the
-    /// store's revision `end`).
+    /// Begin a catch-up step from the index's position (reading up to the store's revision `end`) unless
+    /// another caller's step runs ([`PairStep::Busy`]: never waited for, so a pair warm never holds one
+    /// index's step while it waits for the other's).
     fn begin_step(&self, end: u64) -> PairStep<'_, S> {
         let mut st = lock(&self.state);
-        while st.catching {
-            // Off the async workers; a step is one bounded read.
-            st = self.stepped.wait(st).unwrap_or_else(|p| p.into_inner());
+        if st.catching {
+            return PairStep::Busy;
         }
         if st.next == 0 {
             return PairStep::Unbuilt;
@@ -847,6 +849,32 @@ mod tests {
         assert!(steps >= 4, "{steps} steps");
         assert!(!a.building.load(Ordering::Acquire) && !b.building.load(Ordering::Acquire));
         assert!(!lock(&a.state).catching && !lock(&b.state).catching);
+    }
+
+    #[test]
+    fn a_pair_warm_never_holds_one_index_while_the_other_is_busy() {
+        let mut s = Store::new();
+        s.register("h", 100, 10, "a");
+        let (a, b): (Arc<Followed<Serials>>, Arc<Followed<Serials>>) = (Arc::default(), Arc::default());
+        a.build_now(&s.db).expect("build");
+        b.build_now(&s.db).expect("build");
+        s.register("h", 100, 10, "b");
+        let current = s.revision();
+        // Another caller's step on b is being read (heartbeats wait for a held step): a is caught up
+        // meanwhile, without its step held while b's runs.
+        let other = {
+            let mut st = lock(&b.state);
+            st.catching = true;
+            Step { ix: &b, from: st.next, epoch: st.epoch, done: false }
+        };
+        let (a2, b2, db) = (Arc::clone(&a), Arc::clone(&b), Arc::clone(&s.db));
+        let warm = std::thread::spawn(move || warm_pair(&a2, &b2, &db));
+        wait_for("a caught up while b is busy", || a.revision() == Some(current));
+        assert!(!lock(&a.state).catching);
+        drop(other);
+        warm.join().expect("join").expect("warm");
+        assert_eq!(b.revision(), Some(current));
+        assert_eq!(lock(&b.state).index, s.scan());
     }
 
     #[test]
