@@ -1151,47 +1151,27 @@ impl Reader {
         self.read("changes", || {
             // Revision 0 is never a change; the first change is revision 1.
             let from = from.max(1);
-            let first = self.meta(META_CHANGELOG_FIRST)?.max(1);
-            if from < first {
-                return Ok(ChangesRead::Compacted { first_available: first });
-            }
-            let Some(t) = open_read!(self.txn, CHANGES) else {
-                return Ok(ChangesRead::Events { events: Vec::new(), next: from });
-            };
-            // The row holding `from` is the last row starting at or before it.
-            let start = match t.range(..=from)?.next_back() {
-                Some(row) => row?.0.value(),
-                None => from,
-            };
             let mut events = Vec::new();
-            let mut next = from;
-            let mut scanned = 0usize;
-            for row in t.range::<u64>((Bound::Included(start), Bound::Unbounded))? {
-                let (k, v) = row?;
-                let (last, payload) = split_change_row(unseal("fsm_changes", &k.value(), v.value())?)?;
-                if last < from {
-                    continue;
-                }
-                let batch = decode_change_events(payload)?;
-                for e in batch {
+            let walked = self.walk_change_rows(from, max, |payload| {
+                let before = events.len();
+                for e in decode_change_events(payload)? {
                     if e.revision >= from && filter.matches_event(&e) {
                         events.push(e);
                     }
                 }
-                next = last + 1;
-                scanned += 1;
-                if events.len() >= max || scanned >= max {
-                    break;
-                }
-            }
-            Ok(ChangesRead::Events { events, next })
+                Ok(events.len() - before)
+            })?;
+            Ok(match walked {
+                Ok(next) => ChangesRead::Events { events, next },
+                Err(first_available) => ChangesRead::Compacted { first_available },
+            })
         })
     }
 
     /// What [`Reader::changes`] with no filter reads from `from`, as each event's revision and object id
     /// only ([`for_each_change_id`]): `f(object)` per event (objectless events included, as ""), and the
     /// next revision, or `None` when `from` was compacted away. Same rows, same bound (`max` events or
-    /// rows, in whole rows).
+    /// rows, in whole rows): both are [`Reader::walk_change_rows`].
     pub fn changed_objects(
         &self,
         from: u64,
@@ -1200,36 +1180,55 @@ impl Reader {
     ) -> Result<Option<u64>, StoreError> {
         self.read("changes", || {
             let from = from.max(1);
-            let first = self.meta(META_CHANGELOG_FIRST)?.max(1);
-            if from < first {
-                return Ok(None);
-            }
-            let Some(t) = open_read!(self.txn, CHANGES) else { return Ok(Some(from)) };
-            let start = match t.range(..=from)?.next_back() {
-                Some(row) => row?.0.value(),
-                None => from,
-            };
-            let (mut next, mut taken, mut scanned) = (from, 0usize, 0usize);
-            for row in t.range::<u64>((Bound::Included(start), Bound::Unbounded))? {
-                let (k, v) = row?;
-                let (last, payload) = split_change_row(unseal("fsm_changes", &k.value(), v.value())?)?;
-                if last < from {
-                    continue;
-                }
+            let walked = self.walk_change_rows(from, max, |payload| {
+                let mut taken = 0usize;
                 for_each_change_id(payload, |revision, object| {
                     if revision >= from {
                         taken += 1;
                         f(object);
                     }
                 })?;
-                next = last + 1;
-                scanned += 1;
-                if taken >= max || scanned >= max {
-                    break;
-                }
-            }
-            Ok(Some(next))
+                Ok(taken)
+            })?;
+            Ok(walked.ok())
         })
+    }
+
+    /// The change log's rows from the one holding `from` (>= 1) on, each sealed row's payload handed to
+    /// `each`, which says how many events it took. Stops after the row that brings the events taken or
+    /// the rows read to `max`. `Ok(next)`: the revision to ask for next (past the last row read);
+    /// `Err(first_available)`: `from` was compacted away and nothing was read.
+    fn walk_change_rows(
+        &self,
+        from: u64,
+        max: usize,
+        mut each: impl FnMut(&[u8]) -> Result<usize, StoreError>,
+    ) -> Result<Result<u64, u64>, StoreError> {
+        let first = self.meta(META_CHANGELOG_FIRST)?.max(1);
+        if from < first {
+            return Ok(Err(first));
+        }
+        let Some(t) = open_read!(self.txn, CHANGES) else { return Ok(Ok(from)) };
+        // The row holding `from` is the last row starting at or before it.
+        let start = match t.range(..=from)?.next_back() {
+            Some(row) => row?.0.value(),
+            None => from,
+        };
+        let (mut next, mut taken, mut scanned) = (from, 0usize, 0usize);
+        for row in t.range::<u64>((Bound::Included(start), Bound::Unbounded))? {
+            let (k, v) = row?;
+            let (last, payload) = split_change_row(unseal("fsm_changes", &k.value(), v.value())?)?;
+            if last < from {
+                continue;
+            }
+            taken += each(payload)?;
+            next = last + 1;
+            scanned += 1;
+            if taken >= max || scanned >= max {
+                break;
+            }
+        }
+        Ok(Ok(next))
     }
 }
 

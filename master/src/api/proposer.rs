@@ -110,9 +110,9 @@ async fn gather(
     let (binary, mut size) = (first.binary, first.cost);
     let mut batch = vec![first];
     // Takes `p` in, or leaves it for the next entry (false: this entry is closed).
-    let mut take = |p: Pending, batch: &mut Vec<Pending>| {
-        if p.binary == binary && size + p.cost <= limit {
-            size += p.cost;
+    let take = |p: Pending, batch: &mut Vec<Pending>, size: &mut usize, carry: &mut Option<Pending>| {
+        if p.binary == binary && *size + p.cost <= limit {
+            *size += p.cost;
             batch.push(p);
             true
         } else {
@@ -124,16 +124,15 @@ async fn gather(
         while batch.len() < MAX_CMDS_PER_ENTRY {
             match rx.try_recv() {
                 Ok(p) => {
-                    if !take(p, &mut batch) {
+                    if !take(p, &mut batch, &mut size, carry) {
                         return batch;
                     }
                 }
                 Err(_) => break,
             }
         }
-        let bytes: usize = batch.iter().map(|p| p.cost).sum();
         if batch.len() >= MAX_CMDS_PER_ENTRY
-            || bytes >= FULL_ENTRY_BYTES
+            || size >= FULL_ENTRY_BYTES
             || in_flight() <= SMALL_INFLIGHT_ENTRIES
         {
             return batch;
@@ -144,7 +143,7 @@ async fn gather(
             _ = ended => return batch,
             p = rx.recv() => match p {
                 Some(p) => {
-                    if !take(p, &mut batch) {
+                    if !take(p, &mut batch, &mut size, carry) {
                         // A command for the next entry: this one goes as it is.
                         return batch;
                     }
