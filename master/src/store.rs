@@ -310,8 +310,14 @@ pub fn make_change_row(last: u64, events: &[ChangeEvent], binary: bool) -> Vec<u
 
 /// The events of a change-log row's payload ([`split_change_row`]) in either format: a JSON array starts
 /// with `[`, which no protobuf `ChangeRow` does (its field 1 starts 0x0A; an empty row is empty).
+/// Whether a change-log row's payload is in the binary format of command version 9 (a protobuf
+/// `ChangeRow`) rather than a JSON array, which always starts with `[` (a protobuf row never does).
+fn is_binary_change_row(payload: &[u8]) -> bool {
+    payload.first() != Some(&b'[')
+}
+
 pub fn decode_change_events(payload: &[u8]) -> Result<Vec<ChangeEvent>, StoreError> {
-    if payload.first() == Some(&b'[') {
+    if !is_binary_change_row(payload) {
         return decode("fsm_changes", payload);
     }
     use prost::Message as _;
@@ -329,7 +335,7 @@ pub fn decode_change_events(payload: &[u8]) -> Result<Vec<ChangeEvent>, StoreErr
 /// on truncations and wrong wire types (`tests::change_ids_are_what_the_full_decode_reads`).
 pub fn for_each_change_id(payload: &[u8], mut f: impl FnMut(u64, &str)) -> Result<(), StoreError> {
     use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
-    if payload.first() == Some(&b'[') {
+    if !is_binary_change_row(payload) {
         for e in decode_change_events(payload)? {
             f(e.revision, &e.object);
         }
@@ -1191,6 +1197,24 @@ impl Reader {
                 Ok(taken)
             })?;
             Ok(walked.ok())
+        })
+    }
+
+    /// The first revision of the oldest change-log row in the binary format of command version 9, if the
+    /// log holds one: a binary that knows only older versions cannot read it (nor a snapshot carrying it).
+    /// Reads the log from its oldest row up to the first binary one; the log is bounded by its byte and
+    /// row limits, and only the rare lowering of `min_command_version` asks.
+    pub fn oldest_binary_change_row(&self) -> Result<Option<u64>, StoreError> {
+        self.read("changes", || {
+            let Some(t) = open_read!(self.txn, CHANGES) else { return Ok(None) };
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let (_, payload) = split_change_row(unseal("fsm_changes", &k.value(), v.value())?)?;
+                if is_binary_change_row(payload) {
+                    return Ok(Some(k.value()));
+                }
+            }
+            Ok(None)
         })
     }
 

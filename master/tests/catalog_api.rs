@@ -39,8 +39,12 @@ async fn start() -> Master {
     start_with(true).await
 }
 
+/// The highest command version a cluster can be lowered from: from version 9 on the change log's rows are
+/// binary, and lowering below 9 is refused while they are kept. The tests that lower start here.
+const LAST_JSON_VERSION: u32 = master::model::BINARY_ENTRY_VERSION - 1;
+
 /// A single-node master; with `auto_upgrade` off the test raises `min_command_version` itself (once, to
-/// what this binary knows) so the leader never raises it behind the test's back afterwards.
+/// [`LAST_JSON_VERSION`]) so the leader never raises it behind the test's back afterwards.
 async fn start_with(auto_upgrade: bool) -> Master {
     let dir = tempfile::tempdir().expect("tempdir");
     let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
@@ -83,8 +87,9 @@ async fn start_with(auto_upgrade: bool) -> Master {
         },
     );
     if !auto_upgrade {
-        let knows = master::model::COMMAND_VERSION;
-        svc.set_min_command_version(knows, "ops", "test: every member knows it").await.expect("raise");
+        svc.set_min_command_version(LAST_JSON_VERSION, "ops", "test: every member knows it")
+            .await
+            .expect("raise");
     }
     let g = GrpcApi::new(svc.clone());
     tokio::spawn(async move {
@@ -618,7 +623,7 @@ async fn min_command_version_stays_at_what_an_assigned_model_needs() {
     // REST alike, nothing changes), and a model is not assigned while the cluster is below 6.
     let m = start_with(false).await;
     let min = |m: &Master| reader(m).min_command_version().expect("read");
-    assert_eq!(min(&m), master::model::COMMAND_VERSION);
+    assert_eq!(min(&m), LAST_JSON_VERSION);
     let model = include_str!("../../checkers/testdata/predict/command-timeouts.json");
     let mut c = client(&m).await;
     c.push_artifact(push_req("disk-failure", "1", "model", model.as_bytes())).await.expect("push");
@@ -698,7 +703,7 @@ async fn min_command_version_stays_at_4_during_a_shadow_rollout() {
     };
     // A stable external checker makes agents send plain findings: any version is allowed.
     set(3).await.expect("a stable external checker needs nothing");
-    set(master::model::COMMAND_VERSION).await.expect("raise");
+    set(LAST_JSON_VERSION).await.expect("raise");
     let mut r = rollout_req("start", "probe", "2");
     r.hosts = vec!["h1".into()];
     r.shadow = true;
@@ -707,7 +712,7 @@ async fn min_command_version_stays_at_4_during_a_shadow_rollout() {
     assert!(e.contains("external \"probe\" is assigned") && e.contains("needs command version 4"), "{e}");
     assert!(e.contains("roll back its rollout first"), "{e}");
     refused_everywhere(&m, Bad::MinVersion(3), Code::Conflict, "needs command version 4").await;
-    assert_eq!(min(&m), master::model::COMMAND_VERSION);
+    assert_eq!(min(&m), LAST_JSON_VERSION);
     set(4).await.expect("4 is what shadow findings need");
     c.rollout(rollout_req("rollback", "probe", "2")).await.expect("rollback");
     set(3).await.expect("rolled back: no shadow run");

@@ -303,7 +303,8 @@ impl Service {
     /// member; a member that does not answer refuses a raise too (Unavailable: its binary is unknown).
     /// Lowering is allowed (rollback) down to what the catalog's assignments need: not below 6 while a model
     /// is assigned (its predictions are version-6 ingests), not below 4 during a shadow rollout (shadow
-    /// findings are version-4 ingests). Answers the entry's revision and the cluster info.
+    /// findings are version-4 ingests), and never below 9 while the change log keeps rows in version 9's
+    /// binary format. Answers the entry's revision and the cluster info.
     pub async fn set_min_command_version(
         &self,
         version: u32,
@@ -350,6 +351,29 @@ impl Service {
         ))
     }
 
+    /// Refuse a `min_command_version` below 9 while the change log holds rows in the binary format that
+    /// version 9 turned on: lowering is the first step of a rollback, and a binary of version 8 or older
+    /// cannot read those rows, in its own tables or in a snapshot a member sends it, so it would stop as a
+    /// corrupt replica. Checked before proposing, like the assignments.
+    async fn check_lowering_keeps_stored_formats(&self, version: u32) -> Result<(), ApiError> {
+        let binary = crate::model::BINARY_ENTRY_VERSION;
+        if version >= binary {
+            return Ok(());
+        }
+        let r = self.read_view(false).await?;
+        let Some(revision) = r.oldest_binary_change_row().map_err(store_err)? else { return Ok(()) };
+        Err(ApiError::new(
+            Code::Conflict,
+            format!(
+                "min_command_version {version} refused: the change log holds rows in the binary format of \
+                 command version {binary} (the oldest from revision {revision}), and snapshots carry them; a \
+                 binary that knows only versions below {binary} cannot read them and would stop as a corrupt \
+                 replica, so command version {binary} is not rolled back: keep min_command_version at \
+                 {binary} or above and roll forward"
+            ),
+        ))
+    }
+
     /// [`Service::set_min_command_version`] with the client's idempotency key: applied once across retries
     /// (while the cluster is below command version 3 the key is ignored, as for every write).
     pub async fn set_min_command_version_keyed(
@@ -364,6 +388,7 @@ impl Service {
             return Err(ApiError::invalid("min_command_version must be at least 1"));
         }
         self.check_lowering_keeps_assignments(version).await?;
+        self.check_lowering_keeps_stored_formats(version).await?;
         let me = self.raft.id();
         if version > self.cfg.knows_command_version {
             return Err(ApiError::new(
