@@ -25,7 +25,8 @@
 //! 8. every acknowledged finding checked once on its object at the end (its checker's latest evidence is at
 //!    least as new; a burst ERROR also left a transition in the history): the lost count must be 0;
 //! 9. every member stopped (SIGTERM) and its `raft.redb` broken down: pages in use against the file's size
-//!    (the rest is free pages redb keeps) and its largest tables (`master::raft::storage_usage_of`).
+//!    (the rest is free pages redb keeps) and its largest tables (`master::raft::storage_usage_of`), then
+//!    compacted as `huatuo master --compact` does (`master::raft::compact_data_dir`): sizes and time.
 //!
 //! Exits non-zero when a phase fails (no leader, registration that does not complete, an unreachable
 //! cluster) or when an acknowledged finding is missing. No assertion on time anywhere: the floors of issue
@@ -1755,7 +1756,8 @@ const STORAGE_TABLES: usize = 6;
 
 /// Phase 9, after every measurement: each member stopped (SIGTERM, an orderly shutdown) and its database
 /// file broken down: pages in use against the file's size (the rest is free pages redb keeps) and the
-/// largest tables. A member that does not stop within [`STOP_DEADLINE`] is said so and skipped.
+/// largest tables, then compacted as `huatuo master --compact` does (the file's size before and after, and
+/// the time). A member that does not stop within [`STOP_DEADLINE`] is said so and skipped.
 async fn print_storage(cluster: &mut LocalCluster) {
     let ids = cluster.running();
     for id in &ids {
@@ -1803,6 +1805,21 @@ async fn print_storage(cluster: &mut LocalCluster) {
             }
             Ok(Err(e)) => println!("phase 9 storage: node {id}: {e}"),
             Err(e) => println!("phase 9 storage: node {id}: {e}"),
+        }
+        // What `huatuo master --compact` gives back on this member, and how long it takes at this size.
+        let dir = cluster.data_dir(id);
+        match tokio::task::spawn_blocking(move || master::raft::compact_data_dir(&dir)).await {
+            Ok(Ok(r)) => println!(
+                "phase 9 compaction, node {id}: raft.redb {:.1} -> {:.1} MiB in {:.1} s ({} passes{}), sound \
+                 before and after",
+                mib(r.before.file_bytes),
+                mib(r.after.file_bytes),
+                r.took_ms as f64 / 1000.0,
+                r.passes,
+                if r.more_possible { ", more possible" } else { "" }
+            ),
+            Ok(Err(e)) => println!("phase 9 compaction: node {id}: {e}"),
+            Err(e) => println!("phase 9 compaction: node {id}: {e}"),
         }
     }
 }

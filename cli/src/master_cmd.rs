@@ -16,10 +16,10 @@ pub struct MasterArgs {
     #[arg(long, conflicts_with_all = ["id", "peers", "grpc", "http", "peer_listen", "data_dir"])]
     config: Option<PathBuf>,
     /// This node's id (a key of --peers).
-    #[arg(long, required_unless_present_any = ["config", "verify"])]
+    #[arg(long, required_unless_present_any = ["config", "verify", "compact"])]
     id: Option<u64>,
     /// Raft peers, this node included: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT (peer port, default 7710).
-    #[arg(long, required_unless_present_any = ["config", "verify"])]
+    #[arg(long, required_unless_present_any = ["config", "verify", "compact"])]
     peers: Option<String>,
     /// gRPC API listen address (agents, SDK, CLI).
     #[arg(long)]
@@ -45,9 +45,14 @@ pub struct MasterArgs {
     /// (then rebuild the node with --join). The node must be stopped.
     #[arg(long)]
     verify: bool,
+    /// Give back the free pages the data dir's database file keeps (it grows to up to twice what it holds,
+    /// see ARCHITECTURE.md) and exit: the --verify checks, redb's compaction, the checks again. Exit 0 and
+    /// the sizes before and after, 1 if the store is damaged (nothing is compacted). The node must be stopped.
+    #[arg(long, conflicts_with = "verify")]
+    compact: bool,
     /// Check the configuration (flags or --config, with the `[topology]` file it names) and exit instead of
     /// starting: 0 and a summary if valid, an error saying what is wrong otherwise.
-    #[arg(long, conflicts_with = "verify")]
+    #[arg(long, conflicts_with_all = ["verify", "compact"])]
     check_config: bool,
 }
 
@@ -79,17 +84,55 @@ fn config(a: MasterArgs) -> anyhow::Result<MasterConfig> {
     Ok(MasterConfig::from_toml(&toml.to_string())?)
 }
 
-/// `--verify`: the start-up checks on the data dir, without starting.
-fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
-    let dir = match (&a.config, &a.data_dir) {
+/// The data dir of `--verify` and `--compact`: from --config, else --data-dir.
+fn data_dir_of(a: &MasterArgs, flag: &str) -> anyhow::Result<PathBuf> {
+    Ok(match (&a.config, &a.data_dir) {
         (Some(path), _) => {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             MasterConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?.data_dir
         }
         (None, Some(d)) => d.clone(),
-        (None, None) => bail!("--verify needs --data-dir or --config"),
-    };
+        (None, None) => bail!("{flag} needs --data-dir or --config"),
+    })
+}
+
+/// `--compact`: the free pages of the data dir's database file given back, between two runs of the checks.
+fn compact(a: &MasterArgs) -> anyhow::Result<ExitCode> {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let dir = data_dir_of(a, "--compact")?;
+    match master::raft::compact_data_dir(&dir) {
+        Ok(r) => {
+            let (b, f) = (r.before.file_bytes, r.after.file_bytes);
+            println!(
+                "{}: compacted in {} passes, {:.1} s: {:.1} MiB -> {:.1} MiB ({:.1} MiB given back); sound \
+                 before and after",
+                r.after.path.display(),
+                r.passes,
+                r.took_ms as f64 / 1000.0,
+                b as f64 / MIB,
+                f as f64 / MIB,
+                b.saturating_sub(f) as f64 / MIB
+            );
+            if r.more_possible {
+                println!(
+                    "  stopped after {} passes while pages were still moving: run --compact again",
+                    master::raft::MAX_COMPACT_PASSES
+                );
+            }
+            print_usage(&r.after);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", dir.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `--verify`: the start-up checks on the data dir, without starting.
+fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
+    let dir = data_dir_of(a, "--verify")?;
     match master::raft::verify_data_dir(&dir) {
         Ok(r) => {
             println!("{}: sound", r.path.display());
@@ -167,6 +210,9 @@ const LEFTOVER_READS_AT_EXIT: std::time::Duration = std::time::Duration::from_se
 pub fn run(a: MasterArgs) -> anyhow::Result<ExitCode> {
     if a.verify {
         return verify(&a);
+    }
+    if a.compact {
+        return compact(&a);
     }
     let check = a.check_config;
     let resolved = config(a)?.resolve()?;

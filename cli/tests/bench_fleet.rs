@@ -44,7 +44,7 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
     ] {
         assert!(stdout.contains(line), "no line starting {line:?} in:\n{stdout}\nstderr:\n{stderr}");
     }
-    // Every member stopped and its database broken down: in use, free, the largest tables.
+    // Every member stopped and its database broken down: in use, free, the largest tables ...
     for id in 1..=3 {
         let line = stdout
             .lines()
@@ -52,6 +52,12 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
             .unwrap_or_else(|| panic!("no storage line for node {id}:\n{stdout}"));
         assert!(line.contains(" MiB in use (") && line.contains("free pages kept)"), "{line}");
         assert!(line.contains(" entries, ") && line.contains(" MiB stored)"), "{line}");
+        // ... then compacted as `huatuo master --compact` does, checked before and after.
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("phase 9 compaction, node {id}: raft.redb ")))
+            .unwrap_or_else(|| panic!("no compaction line for node {id}:\n{stdout}"));
+        assert!(line.ends_with("sound before and after"), "{line}");
     }
     // Agents echo the assignment hash they hold, so an answer carries the assignment only when it changed
     // (the first beats, and once after the catalog is seeded): far fewer than the beats.

@@ -275,6 +275,10 @@ fn open_verified(path: &Path, cache_bytes: usize) -> Result<Database, RaftError>
                 path.display()
             )))
         }
+        Ok(Err(e @ redb::DatabaseError::DatabaseAlreadyOpen)) => Err(RaftError::Storage(format!(
+            "open {}: {e} (a running node holds it: stop the node first)",
+            path.display()
+        ))),
         Ok(Err(e)) => Err(RaftError::Storage(format!("open {}: {e}", path.display()))),
         Err(p) => Err(RaftError::Corrupt(format!(
             "{}: storage panic while opening: {}",
@@ -449,6 +453,56 @@ pub fn verify_data_dir(dir: &Path) -> Result<VerifyReport, RaftError> {
         fsm_recounted: fsm.recounted,
         usage,
     })
+}
+
+/// Most compaction passes `huatuo master --compact` runs (redb compacts in passes, each moving pages down
+/// and shrinking the file, until a pass finds nothing to move); a file that still shrinks after this many
+/// is left as it is, sound, and the report says so.
+pub const MAX_COMPACT_PASSES: u32 = 64;
+
+/// What `huatuo master --compact` found and did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CompactReport {
+    /// The start-up checks before compacting (a damaged store is never compacted).
+    pub before: VerifyReport,
+    /// The same checks after: the compacted file is verified before the node may start on it.
+    pub after: VerifyReport,
+    /// Passes that moved pages.
+    pub passes: u32,
+    /// Whether the last pass still moved pages ([`MAX_COMPACT_PASSES`] reached).
+    pub more_possible: bool,
+    pub took_ms: u64,
+}
+
+/// Gives back the free pages `raft.redb` keeps: redb reuses freed pages but does not shrink its file while
+/// later pages are in use, so a member whose file grew (a snapshot build's read transaction keeps pages
+/// freed meanwhile from reuse, and redb doubles a full file) holds up to twice its data (see ARCHITECTURE.md
+/// "Fleet scale"). Runs the start-up checks first and refuses a damaged store ([`RaftError::Corrupt`]: rebuild
+/// it with `--join` instead), compacts with redb's own `compact` (crash-safe: each pass is a commit), then
+/// runs the checks again. The node must be stopped (redb locks the file). Raft state, log and state machine
+/// are unchanged: only where the pages sit.
+pub fn compact_data_dir(dir: &Path) -> Result<CompactReport, RaftError> {
+    let before = verify_data_dir(dir)?;
+    let path = db_path(dir);
+    let started = std::time::Instant::now();
+    let mut db = open_verified(&path, super::MIN_CACHE_BYTES)?;
+    let (mut passes, mut more_possible) = (0u32, false);
+    loop {
+        let moved =
+            db.compact().map_err(|e| RaftError::Storage(format!("compact {}: {e}", path.display())))?;
+        if !moved {
+            break;
+        }
+        passes += 1;
+        if passes >= MAX_COMPACT_PASSES {
+            more_possible = true;
+            break;
+        }
+    }
+    drop(db);
+    let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let after = verify_data_dir(dir)?;
+    Ok(CompactReport { before, after, passes, more_possible, took_ms })
 }
 
 enum ProbeOutcome {
