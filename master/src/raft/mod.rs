@@ -27,7 +27,8 @@ mod snapbench;
 pub use self::core::{MAX_COMMAND_BYTES, MAX_INFLIGHT_PROPOSALS, MAX_INFLIGHT_READS};
 pub use self::node::{
     CompactReport, MAX_COMPACT_PASSES, PROPOSE_TIMEOUT, RaftNode, START_PROBE_WINDOW, StorageUsage,
-    TableUsage, VerifyReport, compact_data_dir, storage_usage, storage_usage_of, verify_data_dir,
+    TableUsage, VerifyReport, compact_data_dir, compact_data_dir_at_most, storage_usage, storage_usage_of,
+    verify_data_dir,
 };
 pub use self::transport::{PeerService, TransportError};
 
