@@ -172,6 +172,9 @@ fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             print_usage(&r);
+            if let Some(hint) = compact_hint(r.file_bytes, r.usage.allocated_bytes) {
+                println!("  {hint}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -179,6 +182,20 @@ fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `--verify` suggests `--compact` when at least this much of the file, and a quarter of it, is free pages.
+const COMPACT_HINT_BYTES: u64 = 64 << 20;
+
+/// What `--verify` says of a file of `file_bytes` with `allocated_bytes` in use, if it is worth compacting.
+fn compact_hint(file_bytes: u64, allocated_bytes: u64) -> Option<String> {
+    let free = file_bytes.saturating_sub(allocated_bytes);
+    (free >= COMPACT_HINT_BYTES && free.saturating_mul(4) >= file_bytes).then(|| {
+        format!(
+            "{:.1} MiB of the file is free pages: `huatuo master --compact` gives them back (node stopped)",
+            free as f64 / (1024.0 * 1024.0)
+        )
+    })
 }
 
 /// Where the file's bytes go: pages in use against the file, then each table (largest first).
@@ -260,4 +277,25 @@ pub fn run(a: MasterArgs) -> anyhow::Result<ExitCode> {
     master::follow::wait_background(LEFTOVER_READS_AT_EXIT);
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_suggests_compacting_only_a_file_with_many_free_pages() {
+        const MIB: u64 = 1 << 20;
+        // Run P's member 3 (session 21): 2,880 MiB with 1,781 in use.
+        let hint = compact_hint(2_880 * MIB, 1_781 * MIB).expect("a hint");
+        assert!(
+            hint.starts_with("1099.0 MiB of the file is free pages") && hint.contains("--compact"),
+            "{hint}"
+        );
+        // Free pages under a quarter of the file, or under 64 MiB: nothing worth a stop.
+        assert_eq!(compact_hint(2_016 * MIB, 1_692 * MIB), None);
+        assert_eq!(compact_hint(100 * MIB, 40 * MIB), None);
+        assert!(compact_hint(256 * MIB, 192 * MIB).is_some(), "64 MiB and a quarter");
+        assert_eq!(compact_hint(MIB, 2 * MIB), None, "more in use than the file says: no hint, no underflow");
+    }
 }
