@@ -983,6 +983,30 @@ async fn sample_resources(res: Arc<Resources>, origin: Instant) {
 /// The bench's own runtime (its simulated agents): a heartbeat latency spike with this quiet was the masters'.
 static BENCH_RUNTIME: master::stalls::StallStats = master::stalls::StallStats::new();
 
+/// The snapshot series of member `id`'s `/metrics` (builds, their size and time, installs).
+async fn print_snapshot_metrics(cluster: &LocalCluster, id: u64, phase: &str) {
+    let Some(node) = cluster.nodes.get(&id) else { return };
+    match scrape_metrics(&node.http).await {
+        Ok(m) => {
+            let snap: Vec<&str> = m
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#') && l.contains("snapshot") && !l.contains("snapshot_chunks_refused")
+                })
+                .collect();
+            if snap.is_empty() {
+                println!(
+                    "{phase} snapshot: size and build time not exported (member {id}'s /metrics has no \
+                     huatuo_master_snapshot_* size or time series)"
+                );
+            } else {
+                println!("{phase} snapshot (member {id}'s /metrics): {}", snap.join("; "));
+            }
+        }
+        Err(e) => println!("{phase} snapshot: /metrics of member {id} unreadable: {e:#}"),
+    }
+}
+
 async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
     let mut parts = Vec::new();
     for id in cluster.running() {
@@ -1529,25 +1553,9 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
             i.agents
         );
     }
-    match scrape_metrics(&cluster.nodes[&lead_now].http).await {
-        Ok(m) => {
-            let snap: Vec<&str> = m
-                .lines()
-                .filter(|l| {
-                    !l.starts_with('#') && l.contains("snapshot") && !l.contains("snapshot_chunks_refused")
-                })
-                .collect();
-            if snap.is_empty() {
-                println!(
-                    "phase 3 snapshot: size and build time not exported (the leader's /metrics has no \
-                     huatuo_master_snapshot_* size or time series)"
-                );
-            } else {
-                println!("phase 3 snapshot (leader {lead_now}'s /metrics): {}", snap.join("; "));
-            }
-        }
-        Err(e) => println!("phase 3 snapshot: /metrics of the leader unreadable: {e:#}"),
-    }
+    // Builds are on demand (a follower behind the log start): after registration the leader has
+    // usually built none; phase 4 prints the one the wiped follower asks for.
+    print_snapshot_metrics(cluster, lead_now, "phase 3").await;
 
     print_slow_commits(cluster, "phase 3").await;
 
@@ -1604,6 +1612,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         // 2026-12-04 showed a leader change 2 s after the rebuilt follower installed its snapshot, which this
         // window used to hide).
         print_resources(&res, "follower catch-up", t4, run.secs());
+        print_snapshot_metrics(cluster, leader, "phase 4").await;
         print_slow_commits(cluster, "phase 4").await;
 
         // Phase 5: leader kill -9.

@@ -137,17 +137,20 @@ fn verify(a: &MasterArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => {
             println!("{}: sound", r.path.display());
             println!(
-                "  node {} term {} commit {} applied {} snapshot {} ({} bytes)",
+                "  node {} term {} commit {} applied {}; the log starts after {}",
                 r.node_id.map_or_else(|| "(none: empty store)".to_string(), |id| id.to_string()),
                 r.term,
                 r.commit_index,
                 r.applied_index,
                 r.snapshot_index,
-                r.snapshot_bytes
             );
             println!("  log: {} entries, {} bytes; file: {} bytes", r.log_entries, r.log_bytes, r.file_bytes);
-            if let Some(f) = &r.snapshot_file {
-                println!("  snapshot file: snapshots/{f} (every chunk verified)");
+            match &r.snapshot_file {
+                Some(f) => println!(
+                    "  snapshot file: snapshots/{f}, {} bytes (every chunk verified)",
+                    r.snapshot_bytes
+                ),
+                None => println!("  no snapshot file kept (one is built when a follower needs it)"),
             }
             if r.snapshot_migrated {
                 println!("  snapshot kept in the database by an older binary: moved into a file");

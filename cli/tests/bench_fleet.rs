@@ -27,6 +27,7 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "resources (steady state): node 1 ",
         "phase 3 data dirs: node 1 ",
         "phase 3 snapshot",
+        "phase 4 snapshot",
         "phase 3 slow Raft commits since each member started: node 1: ",
         "phase 4 slow Raft commits since each member started: ",
         "phase 5 slow Raft commits since each member started: ",

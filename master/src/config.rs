@@ -60,6 +60,8 @@ pub struct MasterConfig {
     pub max_election_ticks: usize,
     #[serde(default = "default_heartbeat_ticks")]
     pub heartbeat_ticks: usize,
+    /// Compact the Raft log every this many applied entries (keeping those applied since the compaction
+    /// before; no snapshot file is built for it: one is built when a follower needs it).
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
     /// Also compact the Raft log once its applied part takes this many MiB (whichever of this and

@@ -395,8 +395,12 @@ async fn far_behind_follower_catches_up_by_snapshot() {
     for i in 0..40 {
         c.propose(format!("s{i}").as_bytes()).await;
     }
-    let leader_snap = c.node(c.wait_leader().await).status().snapshot_index;
-    assert!(leader_snap > 20, "leader compacted to {leader_snap}");
+    // The stopped follower holds the leader's log until it is no longer recently active (an election
+    // timeout of silence); then the log is compacted without a file.
+    let l = c.wait_leader().await;
+    wait_for("the leader compacts past the stopped follower", || c.node(l).status().snapshot_index > 20)
+        .await;
+    assert!(snapshot_files(&c.node_dir(l)).is_empty(), "no file built before a follower asks");
     c.restart(f, false).await.expect("restart");
     c.wait_converged().await;
     let st = c.node(f).status();
@@ -456,25 +460,32 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Issue 17: a snapshot is built off the Raft thread. The leader's builder is held at a barrier (after it
+/// Issue 17: a snapshot is built off the Raft thread, on demand. The log is compacted without a file;
+/// a follower behind the log start asks for one, and the leader's builder is held at a barrier (after it
 /// took its read transaction and created its file): proposals still commit, the leader keeps its term and
-/// role, the log is not compacted yet. Released, the build is recorded and the log compacted; only the
-/// current snapshot file stays on disk.
+/// role, and the log is not compacted past the build. Released, the file is recorded and sent, the
+/// follower catches up; only that file stays on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_keeps_serving_while_a_snapshot_is_built() {
     let _serial = serial().await;
-    let c = Cluster::start(3, 10).await;
+    let mut c = Cluster::start(3, 10).await;
     let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
     let term = c.node(l).status().term;
-    let gate = c.node(l).hold_snapshot_builds();
-    // Members snapshot at staggered points (member 3 after 14 entries with `snapshot_every` 10), and any
-    // member may lead: enough entries for each.
-    for i in 0..16 {
+    // Two compaction triggers (every 10 entries): the second compacts up to the first's point.
+    for i in 0..25 {
         c.node(l).propose(format!("a{i}").into_bytes()).await.expect("commit");
     }
+    wait_for("the leader compacts past the stopped follower", || c.node(l).status().snapshot_index > 10)
+        .await;
+    assert!(snapshot_files(&c.node_dir(l)).is_empty(), "compacted without building a file");
+    let start = c.node(l).status().snapshot_index;
+    let gate = c.node(l).hold_snapshot_builds();
+    c.restart(f, false).await.expect("restart");
     let g = gate.clone();
     let reached = tokio::task::spawn_blocking(move || g.wait_reached(LIVENESS_BOUND)).await.expect("join");
-    assert!(reached, "the leader started a build");
+    assert!(reached, "the follower's need started a build on the leader");
     let parts: Vec<_> = snapshot_files(&c.node_dir(l)).into_iter().filter(|n| n.ends_with(".part")).collect();
     assert_eq!(parts.len(), 1, "one build in progress: {parts:?}");
     for i in 0..40 {
@@ -482,16 +493,15 @@ async fn the_loop_keeps_serving_while_a_snapshot_is_built() {
     }
     let st = c.node(l).status();
     assert_eq!((st.role, st.term), (Role::Leader, term), "the leader kept serving: {st:?}");
-    assert_eq!(st.snapshot_index, 1, "nothing compacted before the build finished: {st:?}");
+    assert_eq!(st.snapshot_index, start, "the log is not compacted while a build runs: {st:?}");
     gate.release();
-    wait_for("the held build is recorded", || c.node(l).status().snapshot_index >= 11).await;
     c.wait_converged().await;
-    wait_for("only the current snapshot file is left", || {
-        let files = snapshot_files(&c.node_dir(l));
-        files.len() == 1 && files[0].ends_with(".snap")
-    })
-    .await;
-    assert_eq!(fsm_contents(&c.members[&l].db).len(), 56);
+    let fs = c.node(f).status();
+    assert!(fs.snapshot_index >= start && fs.last_error.is_none(), "installed the built snapshot: {fs:?}");
+    let files = snapshot_files(&c.node_dir(l));
+    assert!(files.len() <= 1 && files.iter().all(|n| n.ends_with(".snap")), "{files:?}");
+    assert_eq!(fsm_contents(&c.members[&l].db).len(), 65);
+    assert_eq!(fsm_contents(&c.members[&f].db), fsm_contents(&c.members[&l].db), "replicas equal");
     c.shutdown().await;
 }
 
@@ -533,24 +543,27 @@ async fn a_follower_killed_mid_snapshot_transfer_discards_the_part_and_catches_u
 }
 
 /// The snapshot file the metadata names is verified at start and by `verify_data_dir` like every other
-/// record: damaged or missing, the replica is corrupt ("Rebuild with --join").
+/// record: damaged or missing, the replica is corrupt ("Rebuild with --join"). The file is the one a
+/// follower received and installed (it keeps it until its log start passes it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_or_missing_snapshot_file_is_a_corrupt_replica() {
     let _serial = serial().await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("node");
-    let mut cfg = single_config(dir.clone());
-    cfg.snapshot_every = 20;
-    let (node, db) = RaftNode::start(cfg.clone(), LogFsm).await.expect("start");
-    wait_role(&node, Role::Leader).await;
-    for i in 0..50 {
-        node.propose(format!("seq={i:06}").into_bytes()).await.expect("commit");
+    let mut c = Cluster::start(3, 20).await;
+    let l = c.wait_leader().await;
+    let f = *c.members.keys().find(|id| **id != l).expect("follower");
+    c.stop(f).await;
+    // Entries of 1 KiB: the snapshot has a frame to damage.
+    for i in 0..50u8 {
+        c.propose(&vec![b'a' + i % 26; 1 << 10]).await;
     }
-    wait_for("compacted", || node.status().snapshot_index > 20).await;
-    node.shutdown().await;
-    drop(db);
+    wait_for("compacted", || c.node(l).status().snapshot_index > 20).await;
+    c.restart(f, false).await.expect("restart");
+    c.wait_converged().await;
+    assert!(c.node(f).status().snapshot_index > 20, "installed a snapshot");
+    c.stop(f).await;
+    let dir = c.node_dir(f);
     let report = verify_data_dir(&dir).expect("pristine store verifies");
-    let name = report.snapshot_file.clone().expect("a snapshot file");
+    let name = report.snapshot_file.clone().expect("the received snapshot file");
     assert_eq!(snapshot_files(&dir), vec![name.clone()]);
     let path = dir.join("snapshots").join(&name);
     let pristine = std::fs::read(&path).expect("read");
@@ -560,14 +573,15 @@ async fn a_damaged_or_missing_snapshot_file_is_a_corrupt_replica() {
     bad[pristine.len() / 2] ^= 0x01;
     std::fs::write(&path, &bad).expect("damage");
     assert_corrupt("damaged snapshot file, verify", verify_data_dir(&dir));
-    assert_corrupt("damaged snapshot file, start", RaftNode::start(cfg.clone(), LogFsm).await.map(|_| ()));
+    assert_corrupt("damaged snapshot file, start", c.restart(f, false).await);
     std::fs::remove_file(&path).expect("remove");
     assert_corrupt("missing snapshot file, verify", verify_data_dir(&dir));
     std::fs::write(&path, &pristine).expect("restore");
-    let (node, _db) = RaftNode::start(cfg, LogFsm).await.expect("the intact store starts");
-    wait_role(&node, Role::Leader).await;
-    assert_eq!(node.propose(b"after".to_vec()).await.map(|r| r.len()), Ok(8));
-    node.shutdown().await;
+    c.restart(f, false).await.expect("the intact store starts");
+    c.propose(b"after").await;
+    c.wait_converged().await;
+    assert_eq!(fsm_contents(&c.members[&f].db).len(), 51);
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,7 +161,8 @@ pub struct RaftConfig {
     pub max_election_ticks: usize,
     /// Ticks between leader heartbeats; must be below `election_ticks`.
     pub heartbeat_ticks: usize,
-    /// Applied entries between snapshots (the log is compacted up to each snapshot). 0 = never.
+    /// Applied entries between compactions of the log (each keeps the entries applied since the one
+    /// before; no file is built: see `core::Core`'s compaction). 0 = by bytes only.
     pub snapshot_every: u64,
     /// Start with an empty data dir as a new member (gets a snapshot from the leader) instead of refusing.
     pub join: bool,
@@ -213,8 +214,8 @@ pub const DEFAULT_MIN_FREE_BYTES: u64 = 512 << 20;
 /// Disk-use limits of one member (see [`RaftNode::start_with`]). 0 turns a limit off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageLimits {
-    /// Compact when the applied log since the last snapshot exceeds this many bytes (or `snapshot_every`
-    /// entries, whichever comes first).
+    /// Compact when the log applied since the last compaction trigger exceeds this many bytes (or
+    /// `snapshot_every` entries, whichever comes first).
     pub snapshot_log_bytes: u64,
     /// Raise the NOSPACE alarm (refuse proposals with [`ProposeError::NoSpace`], keep serving reads and
     /// replicating) while the file system of the data dir has less than this many bytes free; cleared

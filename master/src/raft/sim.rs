@@ -143,6 +143,8 @@ struct Sim {
     /// that succeeds must see at least that much (linearizability).
     reads: BTreeMap<u64, (usize, u64)>,
     reads_ok: usize,
+    /// Snapshots delivered to a member (a follower behind its leader's log start).
+    snapshots: usize,
     snapshot_every: u64,
     _tmp: tempfile::TempDir,
 }
@@ -205,7 +207,7 @@ impl Sim {
         let tmp = tempfile::Builder::new().prefix("huatuo-sim").tempdir_in(base).expect("tempdir");
         let voters: Vec<NodeId> = (1..=n as u64).collect();
         let mut rng = StdRng::seed_from_u64(seed);
-        let snapshot_every = [3u64, 10, 50, 0][rng.random_range(0..4)];
+        let snapshot_every = [2u64, 3, 10, 50, 0][rng.random_range(0..5)];
         let nodes = voters
             .iter()
             .map(|&id| {
@@ -228,6 +230,7 @@ impl Sim {
             next_token: 0,
             reads: BTreeMap::new(),
             reads_ok: 0,
+            snapshots: 0,
             snapshot_every,
             _tmp: tmp,
         }
@@ -347,6 +350,7 @@ impl Sim {
                 {
                     c.step_snapshot(m, hold);
                     delivered = true;
+                    self.snapshots += 1;
                 }
             } else {
                 c.step(m);
@@ -600,6 +604,9 @@ impl Sim {
 const STEPS: usize = 1000;
 
 fn run_seed(seed: u64, n: usize, steps: usize) {
+    // Process-wide: exact only when one simulation runs at a time (the verbose runs below).
+    let builds = || super::fsync_stats::SNAPSHOTS.builds.load(std::sync::atomic::Ordering::Relaxed);
+    let builds_before = builds();
     let mut sim = Sim::new(seed, n);
     for _ in 0..steps {
         sim.step();
@@ -608,10 +615,12 @@ fn run_seed(seed: u64, n: usize, steps: usize) {
     sim.converge();
     if std::env::var_os("HUATUO_SIM_VERBOSE").is_some() {
         eprintln!(
-            "seed {seed}: {n} nodes, snapshot_every {}, reads ok {}, acked {} (during chaos {}), leaders {} \
-             (during chaos {}); {}",
+            "seed {seed}: {n} nodes, snapshot_every {}, reads ok {}, snapshots built {} delivered {}, acked {} \
+             (during chaos {}), leaders {} (during chaos {}); {}",
             sim.snapshot_every,
             sim.reads_ok,
+            builds() - builds_before,
+            sim.snapshots,
             sim.acked.len(),
             mid.0,
             sim.leaders.len(),

@@ -1,5 +1,11 @@
-//! Durable Raft storage on redb: the log, HardState, ConfState, snapshot metadata and data, the applied
-//! index and the rejoin-detection facts, plus raft-rs's `Storage` trait over them.
+//! Durable Raft storage on redb: the log and where it starts, HardState, ConfState, the kept snapshot
+//! file's metadata and descriptor, the applied index and the rejoin-detection facts, plus raft-rs's
+//! `Storage` trait over them.
+//!
+//! The log is compacted without a file ([`RedbStorage::compact_log`]): the state machine's tables hold the
+//! applied state. A file is built only when raft-rs asks for a snapshot no kept file can serve
+//! ([`raft::Storage::snapshot`] notes the request; the loop builds and [`RedbStorage::record_file`] keeps
+//! it), and it is let go once the log start passes it.
 //!
 //! Writes never commit on their own: every mutating method takes the caller's `WriteTransaction` (one per
 //! Ready, shared with the state machine) and stages the new in-memory view; the caller calls
@@ -38,7 +44,12 @@ pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("
 const K_NODE_ID: &str = "node_id"; // u64 LE: the id this store belongs to
 const K_HARD_STATE: &str = "hard_state"; // eraftpb::HardState
 const K_CONF_STATE: &str = "conf_state"; // eraftpb::ConfState
-const K_SNAP_META: &str = "snapshot_meta"; // eraftpb::SnapshotMetadata: also the log truncation point
+const K_SNAP_META: &str = "snapshot_meta"; // eraftpb::SnapshotMetadata of the snapshot file (absent: no file)
+/// eraftpb::SnapshotMetadata: where the log starts (it holds the entries after `index`). Absent in stores
+/// written before the log was compacted without a file: the log then starts at `snapshot_meta`. A binary
+/// older than this key reads the log against `snapshot_meta` and stops at the first entry as damage
+/// ("expected index"), never serving a file under the wrong index.
+const K_LOG_START: &str = "log_start";
 const K_APPLIED: &str = "applied"; // u64 LE: last index applied to the Fsm (same txn as the Fsm writes)
 const K_SEEN: &str = "seen_peers"; // u64 LE * n: peers we ever received a raft message from
 const K_FORMAT: &str = "format"; // u64 LE: FORMAT
@@ -148,14 +159,19 @@ pub(crate) fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) ->
 struct Meta {
     hard_state: HardState,
     conf_state: ConfState,
-    /// Latest snapshot; `index`/`term` are also the log truncation point (first_index = index + 1).
-    snap: SnapshotMetadata,
+    /// Where the log starts: it holds the entries after `index` (first_index = index + 1); the state machine's
+    /// tables hold everything applied, so the log is compacted without building a file.
+    log_start: SnapshotMetadata,
+    /// The snapshot file's metadata (meaningful when `snap_file` is some): at or after `log_start` when it
+    /// can catch a follower up, dropped once the log is compacted past it.
+    file_meta: SnapshotMetadata,
     last_index: u64,
     applied: u64,
     seen: BTreeSet<NodeId>,
-    /// Bytes of the log records in (snapshot index, applied]: what compacting now would free.
+    /// Bytes of the log records in (log start, applied]: what compacting now would free.
     applied_log_bytes: u64,
-    /// The file holding the latest snapshot's data (`None` for a joiner before its first snapshot).
+    /// The file holding the latest snapshot's data: `None` for a joiner before its first snapshot, and
+    /// once the log was compacted past the file (a build is asked for when a follower needs one).
     snap_file: Option<Descriptor>,
 }
 
@@ -184,6 +200,8 @@ pub struct RedbStorage {
     staged: Option<Meta>,
     damage: DamageFlag,
     scan: ScanReport,
+    /// Set when raft-rs asked for a snapshot that no file holds (`snapshot`): the loop starts a build.
+    wanted: std::sync::atomic::AtomicBool,
 }
 
 /// What `open` found in the database.
@@ -227,7 +245,7 @@ impl RedbStorage {
             self.snaps.verify(desc)?;
             self.scan.snapshot_bytes = desc.size;
         } else if let Some(data) = old_data {
-            let mut w = self.snaps.create(self.cur.snap.index, self.cur.snap.term)?;
+            let mut w = self.snaps.create(self.cur.file_meta.index, self.cur.file_meta.term)?;
             std::io::Write::write_all(&mut w, &data)
                 .map_err(|e| StoreError::File(format!("migrating the snapshot: {e}")))?;
             let (desc, hold) = w.finish()?;
@@ -293,8 +311,12 @@ impl RedbStorage {
                         meta.conf_state = ConfState::parse_from_bytes(&b)?;
                     }
                     if let Some(b) = get(K_SNAP_META)? {
-                        meta.snap = SnapshotMetadata::parse_from_bytes(&b)?;
+                        meta.file_meta = SnapshotMetadata::parse_from_bytes(&b)?;
                     }
+                    meta.log_start = match get(K_LOG_START)? {
+                        Some(b) => SnapshotMetadata::parse_from_bytes(&b)?,
+                        None => meta.file_meta.clone(),
+                    };
                     if let Some(b) = get(K_APPLIED)? {
                         meta.applied = u64_from(&b, K_APPLIED)?;
                     }
@@ -308,7 +330,7 @@ impl RedbStorage {
                     }
                 }
             }
-            meta.last_index = meta.snap.index;
+            meta.last_index = meta.log_start.index;
             match r.open_table(LOG) {
                 Ok(log) => {
                     for item in log.iter()? {
@@ -349,16 +371,23 @@ impl RedbStorage {
                 Err(e) => return Err(e.into()),
             }
         }
-        if found != Found::Empty
-            && (meta.applied < meta.snap.index || meta.applied > meta.hard_state.commit.max(meta.snap.index))
+        let start = meta.log_start.index;
+        if found != Found::Empty && (meta.applied < start || meta.applied > meta.hard_state.commit.max(start))
         {
             return Err(StoreError::Damaged(format!(
-                "applied {} outside [snapshot {}, commit {}]",
-                meta.applied, meta.snap.index, meta.hard_state.commit
+                "applied {} outside [log start {start}, commit {}]",
+                meta.applied, meta.hard_state.commit
+            )));
+        }
+        if meta.snap_file.is_some() && meta.file_meta.index > meta.applied {
+            return Err(StoreError::Damaged(format!(
+                "snapshot file at {} after the applied index {}",
+                meta.file_meta.index, meta.applied
             )));
         }
         let damage = DamageFlag::default();
-        Ok((RedbStorage { db, snaps, cur: meta, staged: None, damage, scan }, found, old_data))
+        let wanted = Default::default();
+        Ok((RedbStorage { db, snaps, cur: meta, staged: None, damage, scan, wanted }, found, old_data))
     }
 
     /// What `open` verified.
@@ -393,7 +422,7 @@ impl RedbStorage {
         initial: &Descriptor,
     ) -> Result<(), StoreError> {
         let m = self.stage();
-        if m.snap.index != 0 || m.last_index != 0 {
+        if m.log_start.index != 0 || m.last_index != 0 {
             return Err(StoreError::Invariant("refusing to bootstrap a non-empty store".into()));
         }
         let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
@@ -402,7 +431,8 @@ impl RedbStorage {
         m.hard_state.term = 1;
         m.hard_state.commit = 1;
         m.conf_state = cs;
-        m.snap = snap;
+        m.log_start = snap.clone();
+        m.file_meta = snap;
         m.last_index = 1;
         m.applied = 1;
         m.snap_file = Some(initial.clone());
@@ -411,7 +441,7 @@ impl RedbStorage {
         put_meta(&mut t, K_NODE_ID, &node_id.to_le_bytes())?;
         put_meta(&mut t, K_HARD_STATE, &m.hard_state.write_to_bytes()?)?;
         put_meta(&mut t, K_CONF_STATE, &m.conf_state.write_to_bytes()?)?;
-        put_meta(&mut t, K_SNAP_META, &m.snap.write_to_bytes()?)?;
+        put_meta(&mut t, K_SNAP_META, &m.file_meta.write_to_bytes()?)?;
         put_meta(&mut t, K_APPLIED, &1u64.to_le_bytes())?;
         put_meta(&mut t, K_SNAP_FILE, &initial.encode())?;
         txn.open_table(LOG)?;
@@ -460,13 +490,26 @@ impl RedbStorage {
     pub fn applied(&self) -> u64 {
         self.cur.applied
     }
+    /// Where the log starts (compacted up to; a member restored from a snapshot starts at its index).
     pub fn snapshot_index(&self) -> u64 {
-        self.cur.snap.index
+        self.cur.log_start.index
+    }
+    /// The index of the snapshot file, if one is kept.
+    pub fn file_index(&self) -> Option<u64> {
+        self.cur.snap_file.as_ref().map(|_| self.cur.file_meta.index)
+    }
+    /// Whether raft-rs asked for a snapshot no file holds since the last call (clears the request).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.wanted.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Whether raft-rs asked for a snapshot no file holds (without clearing the request).
+    pub fn snapshot_wanted(&self) -> bool {
+        self.wanted.load(std::sync::atomic::Ordering::Relaxed)
     }
     pub fn seen(&self) -> &BTreeSet<NodeId> {
         &self.cur.seen
     }
-    /// Bytes of the log records up to the applied index since the latest snapshot (what compaction frees).
+    /// Bytes of the log records in (log start, applied] (what compaction frees).
     pub fn applied_log_bytes(&self) -> u64 {
         self.cur.applied_log_bytes
     }
@@ -482,10 +525,10 @@ impl RedbStorage {
     pub fn append(&mut self, txn: &WriteTransaction, ents: &[Entry]) -> Result<(), StoreError> {
         let Some(first) = ents.first() else { return Ok(()) };
         let m = self.stage();
-        if first.index <= m.snap.index {
+        if first.index <= m.log_start.index {
             return Err(StoreError::Invariant(format!(
-                "append at {} at or below the snapshot index {}",
-                first.index, m.snap.index
+                "append at {} at or below the log start {}",
+                first.index, m.log_start.index
             )));
         }
         if first.index > m.last_index + 1 {
@@ -551,8 +594,8 @@ impl RedbStorage {
         Ok(())
     }
 
-    /// Installs a snapshot received from the leader: replaces the log (cleared), conf state, snapshot
-    /// metadata and file; commit and applied move to the snapshot index. The caller restores the Fsm in the
+    /// Installs a snapshot received from the leader: replaces the log (cleared), conf state, log start
+    /// and snapshot file; commit and applied move to the snapshot index. The caller restores the Fsm in the
     /// same transaction.
     pub fn apply_snapshot(
         &mut self,
@@ -561,10 +604,10 @@ impl RedbStorage {
         file: &Descriptor,
     ) -> Result<(), StoreError> {
         let m = self.stage();
-        if meta.index <= m.snap.index {
+        if meta.index <= m.log_start.index {
             return Err(StoreError::Invariant(format!(
-                "snapshot {} not newer than ours {}",
-                meta.index, m.snap.index
+                "snapshot {} not newer than our log start {}",
+                meta.index, m.log_start.index
             )));
         }
         let mut t = txn.open_table(LOG)?;
@@ -572,7 +615,8 @@ impl RedbStorage {
         m.hard_state.term = m.hard_state.term.max(meta.term);
         m.hard_state.commit = meta.index;
         m.conf_state = meta.get_conf_state().clone();
-        m.snap = meta.clone();
+        m.log_start = meta.clone();
+        m.file_meta = meta.clone();
         m.last_index = meta.index;
         m.applied = meta.index;
         m.applied_log_bytes = 0;
@@ -580,15 +624,63 @@ impl RedbStorage {
         let mut mt = txn.open_table(META)?;
         put_meta(&mut mt, K_HARD_STATE, &m.hard_state.write_to_bytes()?)?;
         put_meta(&mut mt, K_CONF_STATE, &m.conf_state.write_to_bytes()?)?;
-        put_meta(&mut mt, K_SNAP_META, &m.snap.write_to_bytes()?)?;
+        put_meta(&mut mt, K_SNAP_META, &m.file_meta.write_to_bytes()?)?;
+        put_meta(&mut mt, K_LOG_START, &m.log_start.write_to_bytes()?)?;
         put_meta(&mut mt, K_APPLIED, &meta.index.to_le_bytes())?;
         put_meta(&mut mt, K_SNAP_FILE, &file.encode())?;
         Ok(())
     }
 
-    /// Records a snapshot of our own applied state at `index` (written to `file` by the builder) and drops
-    /// the log up to it.
-    pub fn compact_with_snapshot(
+    /// Drops the log up to `index`, an applied entry: the state machine's tables, written in the same
+    /// transactions as the applied index, already hold what it did, so no file is needed. A snapshot file
+    /// older than the new start can no longer catch a follower up (the entries after it are gone): it is
+    /// let go (deleted once no send holds it).
+    pub fn compact_log(&mut self, txn: &WriteTransaction, index: u64) -> Result<(), StoreError> {
+        let m = self.stage();
+        if index <= m.log_start.index || index > m.applied {
+            return Err(StoreError::Invariant(format!(
+                "compaction to {index} outside (log start {}, applied {}]",
+                m.log_start.index, m.applied
+            )));
+        }
+        let mut log = txn.open_table(LOG)?;
+        let term = match log.get(index)? {
+            Some(v) => u64_from(
+                unseal(v.value(), &format_args!("raft_log[{index}]"))?.get(..8).unwrap_or(&[]),
+                "log term",
+            )?,
+            None => {
+                return Err(StoreError::Damaged(format!("raft_log[{index}]: the applied entry is missing")));
+            }
+        };
+        let mut freed = 0u64;
+        log.retain_in(..=index, |_, v| {
+            freed += v.len() as u64;
+            false
+        })?;
+        drop(log);
+        m.applied_log_bytes = m.applied_log_bytes.saturating_sub(freed);
+        m.log_start = SnapshotMetadata {
+            index,
+            term,
+            conf_state: Some(m.conf_state.clone()).into(),
+            ..Default::default()
+        };
+        let mut mt = txn.open_table(META)?;
+        put_meta(&mut mt, K_LOG_START, &m.log_start.write_to_bytes()?)?;
+        if m.snap_file.is_some() && m.file_meta.index < index {
+            m.snap_file = None;
+            m.file_meta = SnapshotMetadata::default();
+            mt.remove(K_SNAP_FILE)?;
+            mt.remove(K_SNAP_META)?;
+        }
+        Ok(())
+    }
+
+    /// Records a snapshot file of our own applied state at `index` (term `term`), written by the builder
+    /// for a follower that needs one. The log is not touched. A file older than the log start, or not
+    /// newer than the file kept, is refused (the caller drops it).
+    pub fn record_file(
         &mut self,
         txn: &WriteTransaction,
         index: u64,
@@ -596,32 +688,23 @@ impl RedbStorage {
         file: &Descriptor,
     ) -> Result<(), StoreError> {
         let m = self.stage();
-        if index <= m.snap.index || index > m.applied {
+        let kept = m.snap_file.as_ref().map(|_| m.file_meta.index);
+        if index < m.log_start.index || index > m.applied || kept.is_some_and(|k| k >= index) {
             return Err(StoreError::Invariant(format!(
-                "snapshot at {index} outside (snapshot {}, applied {}]",
-                m.snap.index, m.applied
+                "snapshot file at {index} outside [log start {}, applied {}] or not newer than {kept:?}",
+                m.log_start.index, m.applied
             )));
         }
-        let meta = SnapshotMetadata {
+        m.file_meta = SnapshotMetadata {
             index,
             term,
             conf_state: Some(m.conf_state.clone()).into(),
             ..Default::default()
         };
-        let mut log = txn.open_table(LOG)?;
-        log.retain_in(..=index, |_, _| false)?;
-        // The build ran while the loop went on applying: what was applied after its index stays in the
-        // log and still counts (a build's worth of records, read once).
-        let mut kept = 0u64;
-        for item in log.range(index + 1..=m.applied)? {
-            kept += item?.1.value().len() as u64;
-        }
-        drop(log);
-        put_meta(&mut txn.open_table(META)?, K_SNAP_META, &meta.write_to_bytes()?)?;
-        put_meta(&mut txn.open_table(META)?, K_SNAP_FILE, &file.encode())?;
-        m.snap = meta;
         m.snap_file = Some(file.clone());
-        m.applied_log_bytes = kept;
+        let mut mt = txn.open_table(META)?;
+        put_meta(&mut mt, K_SNAP_META, &m.file_meta.write_to_bytes()?)?;
+        put_meta(&mut mt, K_SNAP_FILE, &file.encode())?;
         Ok(())
     }
 
@@ -665,8 +748,8 @@ impl RedbStorage {
 }
 
 /// The (index, term) a snapshot taken from `txn` stands for: the applied index recorded in the same commit as
-/// the Fsm's tables, and its term (from its log record, or the snapshot metadata when the log starts after
-/// it). Used by the builder thread, which reads everything from its one read transaction.
+/// the Fsm's tables, and its term (from its log record, or the log start's metadata when the log starts
+/// after it). Used by the builder thread, which reads everything from its one read transaction.
 pub fn applied_point(txn: &redb::ReadTransaction) -> Result<(u64, u64), StoreError> {
     let meta = txn.open_table(META)?;
     let get = |k: &str| -> Result<Option<Vec<u8>>, StoreError> {
@@ -679,10 +762,13 @@ pub fn applied_point(txn: &redb::ReadTransaction) -> Result<(u64, u64), StoreErr
         Some(b) => u64_from(&b, K_APPLIED)?,
         None => return Err(StoreError::Invariant("no applied index to snapshot".into())),
     };
-    if let Some(b) = get(K_SNAP_META)? {
-        let snap = SnapshotMetadata::parse_from_bytes(&b)?;
-        if snap.index == applied {
-            return Ok((applied, snap.term));
+    // The log starts at the applied entry after a compaction to it (or an installed snapshot).
+    for key in [K_LOG_START, K_SNAP_META] {
+        if let Some(b) = get(key)? {
+            let at = SnapshotMetadata::parse_from_bytes(&b)?;
+            if at.index == applied {
+                return Ok((applied, at.term));
+            }
         }
     }
     let log = txn.open_table(LOG)?;
@@ -765,7 +851,7 @@ impl raft::Storage for RedbStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low <= self.cur.snap.index {
+        if low <= self.cur.log_start.index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if high > self.cur.last_index + 1 {
@@ -782,10 +868,10 @@ impl raft::Storage for RedbStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.cur.snap.index {
-            return Ok(self.cur.snap.term);
+        if idx == self.cur.log_start.index {
+            return Ok(self.cur.log_start.term);
         }
-        if idx < self.cur.snap.index {
+        if idx < self.cur.log_start.index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if idx > self.cur.last_index {
@@ -798,25 +884,32 @@ impl raft::Storage for RedbStorage {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.cur.snap.index + 1)
+        Ok(self.cur.log_start.index + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         Ok(self.cur.last_index)
     }
 
+    /// The kept file, when it stands at or after both the log start (a follower installing it goes on
+    /// with entries the log still holds) and `request_index`. Otherwise the request is noted for the loop,
+    /// which builds a file of the applied state, and raft-rs asks again (on the follower's next heartbeat
+    /// response).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.cur.snap.index < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        let floor = request_index.max(self.cur.log_start.index);
+        match &self.cur.snap_file {
+            Some(file) if self.cur.file_meta.index >= floor => {
+                // The data is a descriptor of the file; the transport streams the file itself.
+                let mut s = Snapshot::default();
+                s.set_metadata(self.cur.file_meta.clone());
+                s.set_data(file.encode().into());
+                Ok(s)
+            }
+            _ => {
+                self.wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            }
         }
-        // The data is a descriptor of the file; the transport streams the file itself.
-        let Some(file) = &self.cur.snap_file else {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
-        };
-        let mut s = Snapshot::default();
-        s.set_metadata(self.cur.snap.clone());
-        s.set_data(file.encode().into());
-        Ok(s)
     }
 }
 
@@ -843,10 +936,15 @@ mod tests {
         let mut hs = st.stage().hard_state.clone();
         hs.commit = 4;
         st.set_hard_state(&txn, &hs).expect("hs");
-        st.set_applied(&txn, 4, 30).expect("applied");
+        st.set_applied(&txn, 4, record_bytes(&ents)).expect("applied");
         txn.commit().expect("commit");
         st.commit_staged();
         (db, st)
+    }
+
+    /// What the log records of `ents` take on disk, as the loop counts them.
+    fn record_bytes(ents: &[Entry]) -> u64 {
+        ents.iter().map(|e| LOG_RECORD_OVERHEAD + u64::from(e.compute_size())).sum()
     }
 
     fn snaps(dir: &std::path::Path) -> Arc<SnapDir> {
@@ -888,7 +986,8 @@ mod tests {
         let (db, st) = store(tmp.path());
         let ctx = || GetEntriesContext::empty(false);
         assert_eq!(st.entries(2, 5, None, ctx()).expect("read").len(), 3);
-        assert_eq!(st.applied_log_bytes(), 30, "counted by set_applied");
+        let ents = st.entries(2, 5, None, ctx()).expect("read");
+        assert_eq!(st.applied_log_bytes(), record_bytes(&ents), "counted by set_applied");
         // The issue's reproduction, on a running node: same length, different digits.
         alter_log(&db, 2, |v| replace(v, b"001234", b"009999"));
         let e = st.entries(2, 5, None, ctx()).expect_err("altered entry served");
@@ -990,6 +1089,81 @@ mod tests {
         let r = db.begin_read().expect("r");
         assert!(r.open_table(SNAPSHOT).expect("t").get(K_SNAP_DATA).expect("get").is_none());
         assert_eq!(st.scan_report().log_entries, 1);
+    }
+
+    /// The log start is kept apart from the snapshot file: compacting without a file lets a file older
+    /// than the new start go, `snapshot` then notes a request instead of serving it, a recorded file serves
+    /// again, and all of it survives a reopen. A store without the `log_start` key (written before it, or
+    /// bootstrapped and never compacted) starts its log at the file.
+    #[test]
+    fn the_log_start_is_kept_apart_from_the_snapshot_file() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (db, mut st) = store(tmp.path());
+        let has_start_key = |db: &Database| {
+            db.begin_read()
+                .expect("r")
+                .open_table(META)
+                .expect("meta")
+                .get(K_LOG_START)
+                .expect("get")
+                .is_some()
+        };
+        assert!(!has_start_key(&db), "bootstrap writes what older binaries read");
+        assert_eq!((st.snapshot_index(), st.file_index()), (1, Some(1)));
+        let before = st.applied_log_bytes();
+        let txn = db.begin_write().expect("w");
+        st.compact_log(&txn, 3).expect("compact");
+        txn.commit().expect("commit");
+        st.commit_staged();
+        assert_eq!((st.snapshot_index(), st.file_index()), (3, None), "the file at 1 is let go");
+        let four = st.entries(4, 5, None, GetEntriesContext::empty(false)).expect("kept");
+        assert_eq!(st.applied_log_bytes(), record_bytes(&four), "only entry 4 counts: {before} before");
+        assert_eq!(st.first_index().expect("first"), 4);
+        assert_eq!(st.term(3).expect("the start's term"), 1);
+        let ctx = || GetEntriesContext::empty(false);
+        assert_eq!(st.entries(3, 5, None, ctx()), Err(raft::Error::Store(StorageError::Compacted)));
+        assert_eq!(st.entries(4, 5, None, ctx()).expect("kept").len(), 1);
+        assert_eq!(st.snapshot(0, 2), Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)));
+        assert!(st.take_snapshot_wanted() && !st.take_snapshot_wanted(), "noted once");
+        // Out of range: at or below the start, past the applied index.
+        for at in [3, 5] {
+            let txn = db.begin_write().expect("w");
+            assert!(matches!(st.compact_log(&txn, at), Err(StoreError::Invariant(_))), "{at}");
+            st.abort_staged();
+        }
+        // A file of the applied state serves; one not newer is refused.
+        let mut w = st.snap_dir().create(4, 1).expect("file");
+        std::io::Write::write_all(&mut w, b"fsm4").expect("write");
+        let (file, _hold) = w.finish().expect("finish");
+        let txn = db.begin_write().expect("w");
+        st.record_file(&txn, 4, 1, &file).expect("record");
+        txn.commit().expect("commit");
+        st.commit_staged();
+        let snap = st.snapshot(0, 2).expect("served");
+        assert_eq!((snap.get_metadata().index, snap.get_metadata().term), (4, 1));
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1]);
+        assert_eq!(st.snapshot(5, 2), Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)));
+        let txn = db.begin_write().expect("w");
+        assert!(matches!(st.record_file(&txn, 4, 1, &file), Err(StoreError::Invariant(_))));
+        st.abort_staged();
+        drop(txn);
+        let r = db.begin_read().expect("r");
+        assert_eq!(applied_point(&r).expect("point"), (4, 1));
+        drop(r);
+        // Compacted to the applied index, the builder's point comes from the log start.
+        let txn = db.begin_write().expect("w");
+        st.compact_log(&txn, 4).expect("compact");
+        txn.commit().expect("commit");
+        st.commit_staged();
+        assert_eq!((st.snapshot_index(), st.file_index(), st.applied_log_bytes()), (4, Some(4), 0));
+        let r = db.begin_read().expect("r");
+        assert_eq!(applied_point(&r).expect("point"), (4, 1));
+        drop(r);
+        drop(st);
+        let (st, _) = RedbStorage::open(db.clone(), snaps(tmp.path())).expect("reopen");
+        assert!(has_start_key(&db));
+        assert_eq!((st.snapshot_index(), st.file_index(), st.applied()), (4, Some(4), 4));
+        assert_eq!(st.snapshot(0, 2).expect("kept").get_metadata().index, 4);
     }
 
     #[test]
