@@ -198,6 +198,8 @@ pub struct Core<F: Fsm> {
     compact_to: u64,
     /// Bytes of log this process's compactions deleted.
     compacted_bytes: u64,
+    /// Followers a snapshot was delivered to, and its index, until they acknowledge it ([`peer_need`]).
+    delivered: BTreeMap<NodeId, u64>,
     /// Received snapshot files stepped into raft this turn: kept until the next Ready installed (or
     /// ignored) them.
     stepped_files: Vec<Hold>,
@@ -295,6 +297,7 @@ impl<F: Fsm> Core<F> {
             mark: None,
             compact_to: 0,
             compacted_bytes: 0,
+            delivered: BTreeMap::new(),
             stepped_files: Vec::new(),
             build_warned: false,
             restore_flush: None,
@@ -506,6 +509,10 @@ impl<F: Fsm> Core<F> {
 
     pub fn report_snapshot(&mut self, id: NodeId, ok: bool) {
         if self.fatal.is_none() {
+            if ok && let Some(pr) = self.raw.raft.prs().get(id) {
+                // The follower installs it now (seconds at 1.5 M objects): keep the log after it meanwhile.
+                self.delivered.insert(id, pr.pending_snapshot);
+            }
             let st = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
             self.raw.report_snapshot(id, st);
         }
@@ -994,17 +1001,17 @@ impl<F: Fsm> Core<F> {
             file: st.file_index(),
         };
         let me = self.cfg.id;
-        let peers: Vec<PeerNeed> = self
-            .raw
-            .raft
-            .prs()
-            .iter()
-            .filter(|(id, pr)| **id != me && pr.recent_active)
-            .map(|(_, pr)| PeerNeed {
-                sending: pr.state == raft::ProgressState::Snapshot,
-                matched: pr.matched,
-                pending_snapshot: pr.pending_snapshot,
+        let prs = self.raw.raft.prs();
+        // A delivered snapshot stops holding once acknowledged or set back (a failure, a new leader).
+        self.delivered.retain(|id, at| {
+            prs.get(*id).is_some_and(|pr| {
+                pr.state == raft::ProgressState::Probe && pr.matched < *at && pr.next_idx == *at + 1
             })
+        });
+        let peers: Vec<PeerNeed> = prs
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .filter_map(|(id, pr)| peer_need(pr, self.delivered.get(id).copied()))
             .collect();
         // Held back (a follower still needs the entries), it is tried again on the next turn.
         let target = compaction_target(self.compact_to, start, &held, &peers);
@@ -1120,6 +1127,10 @@ impl<F: Fsm> Core<F> {
                 );
                 // The file is current now: letting go of the build's claim keeps it.
                 drop(b.hold);
+                // Requests raft-rs made while the build ran are answered by this file; one it cannot serve
+                // is made again (on the follower's next heartbeat response). Left set, it started a second
+                // build of the whole state at once (947 MB at 1.5 M objects, `bench fleet` run R).
+                self.raw.store().take_snapshot_wanted();
                 Ok(())
             }
             Err(e) => {
@@ -1157,6 +1168,23 @@ pub struct PeerNeed {
     pub matched: u64,
     /// The index of the snapshot being sent.
     pub pending_snapshot: u64,
+}
+
+/// What a follower's progress asks of the leader's log ([`compaction_target`]), or nothing:
+/// - a snapshot is streaming to it (Snapshot state), or was delivered (`delivered`, the transport's
+///   report) and not acknowledged yet: it is installing, which at 1.5 M objects keeps its loop busy for
+///   seconds, long enough to stop counting as recently active. The log after that snapshot, whether or
+///   not it was heard from lately; a failed send sets it back, which releases this;
+/// - otherwise, if it was heard from within an election timeout (raft-rs's `recent_active`, kept up by
+///   check-quorum), what it matched; a follower cut off holds nothing.
+fn peer_need(pr: &raft::Progress, delivered: Option<u64>) -> Option<PeerNeed> {
+    if pr.state == raft::ProgressState::Snapshot {
+        return Some(PeerNeed { sending: true, matched: pr.matched, pending_snapshot: pr.pending_snapshot });
+    }
+    if let Some(at) = delivered {
+        return Some(PeerNeed { sending: true, matched: pr.matched, pending_snapshot: at });
+    }
+    pr.recent_active.then_some(PeerNeed { sending: false, matched: pr.matched, pending_snapshot: 0 })
 }
 
 /// Where to compact the log to: `applied` (the caller passes the last trigger's point), except on a leader whose recently active followers
@@ -1594,9 +1622,31 @@ mod tests {
         assert_eq!(c.restore_flush.as_ref().map(Flusher::flushes), Some(32), "16 flushes per pass");
     }
 
+    /// What a follower's progress holds of the leader's log: a snapshot streaming or delivered and not yet
+    /// acknowledged holds the log after it even once the follower, busy installing, is no longer recently
+    /// active; otherwise only a recently active follower holds what it matched.
+    #[test]
+    fn a_follower_installing_a_snapshot_holds_the_log_after_it() {
+        let mut pr = raft::Progress::new(11, 16);
+        pr.matched = 10;
+        pr.recent_active = true;
+        assert_eq!(peer_need(&pr, None), Some(PeerNeed { sending: false, matched: 10, pending_snapshot: 0 }));
+        pr.recent_active = false;
+        assert_eq!(peer_need(&pr, None), None, "cut off: holds nothing");
+        pr.become_snapshot(70);
+        assert_eq!(peer_need(&pr, None).map(|n| (n.sending, n.pending_snapshot)), Some((true, 70)));
+        // Delivered: raft-rs probes after it; the follower installs, silent.
+        pr.become_probe();
+        assert_eq!(pr.next_idx, 71);
+        assert_eq!(peer_need(&pr, Some(70)).map(|n| (n.sending, n.pending_snapshot)), Some((true, 70)));
+        let held = LogHolds { leader: true, building: false, over_limit: false, file: Some(70) };
+        let need = peer_need(&pr, Some(70)).expect("held");
+        assert_eq!(compaction_target(100, 50, &held, &[need]), 70);
+    }
+
     /// The builder's path without a thread: a file built at index X while the loop went on applying is
-    /// recorded after the fact as the file to send, without touching the log; one not newer than the kept
-    /// file is dropped, its file deleted.
+    /// recorded after the fact as the file to send, without touching the log, and answers the requests
+    /// raft-rs made meanwhile; one not newer than the kept file is dropped, its file deleted.
     #[test]
     fn a_build_finished_behind_the_applied_index_is_recorded_without_compacting() {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -1619,7 +1669,12 @@ mod tests {
         assert_eq!(c.applied(), at + 3);
         let (start, kept) = (c.storage().snapshot_index(), c.storage().applied_log_bytes());
         let name = built.file.name.clone();
+        // raft-rs asked (again) while the build ran; the recorded file answers it, so no second build.
+        assert!(raft::Storage::snapshot(c.storage(), at, 2).is_err());
+        assert!(c.has_ready(), "a request is work for the loop");
         c.finish_snapshot(Ok(built)).expect("recorded");
+        assert!(!c.has_ready(), "the request made during the build is answered by its file");
+        assert_eq!(raft::Storage::snapshot(c.storage(), at, 2).expect("served").get_metadata().index, at);
         assert_eq!(c.storage().file_index(), Some(at));
         assert_eq!(
             (c.storage().snapshot_index(), c.storage().applied_log_bytes()),
