@@ -32,6 +32,7 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "phase 4 slow Raft commits since each member started: ",
         "phase 5 slow Raft commits since each member started: ",
         "phase 4 follower catch-up: node ",
+        "phase 4 rebuilt member's indexes: built ",
         "phase 4 heartbeats during the catch-up: p50 ",
         "phase 5 failover: leader ",
         "phase 5 heartbeats by when they were sent after the kill",
