@@ -1017,7 +1017,9 @@ async fn print_snapshot_metrics(cluster: &LocalCluster, id: u64, phase: &str) {
             let snap: Vec<&str> = m
                 .lines()
                 .filter(|l| {
-                    !l.starts_with('#') && l.contains("snapshot") && !l.contains("snapshot_chunks_refused")
+                    !l.starts_with('#')
+                        && (l.contains("snapshot") || l.contains("log_compact"))
+                        && !l.contains("snapshot_chunks_refused")
                 })
                 .collect();
             if snap.is_empty() {
@@ -1751,6 +1753,10 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     print_resources(&res, "throughput", t7, run.secs());
     println!("phase 7 data dirs: {}", data_dirs(cluster));
     println!("phase 7 archive: {}", archive_line(cluster).await);
+    // Every member's builds and log compactions (on its Raft thread) since it started.
+    for id in cluster.running() {
+        print_snapshot_metrics(cluster, id, "phase 7").await;
+    }
 
     // Phase 6: elections outside the leader kill (over the whole run).
     stop_terms.store(true, Ordering::Relaxed);

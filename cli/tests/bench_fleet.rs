@@ -28,6 +28,7 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "phase 3 data dirs: node 1 ",
         "phase 3 snapshot",
         "phase 4 snapshot",
+        "phase 7 snapshot (member 1's /metrics): huatuo_master_snapshot_builds_total",
         "phase 3 slow Raft commits since each member started: node 1: ",
         "phase 4 slow Raft commits since each member started: ",
         "phase 5 slow Raft commits since each member started: ",

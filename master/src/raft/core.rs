@@ -230,6 +230,8 @@ pub struct ReadyWork {
     pub apply: Duration,
     pub commit: Duration,
     pub install: Duration,
+    /// Compacting the log (its delete and commit).
+    pub compact: Duration,
     /// Committed entries applied, and their bytes in the log.
     pub entries: u64,
     pub bytes: u64,
@@ -1018,6 +1020,7 @@ impl<F: Fsm> Core<F> {
         if target <= start {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let res = guard("compaction", || {
             let txn = self.db.begin_write()?;
             self.raw.mut_store().compact_log(&txn, target)?;
@@ -1027,7 +1030,11 @@ impl<F: Fsm> Core<F> {
         match res {
             Ok(()) => {
                 self.raw.mut_store().commit_staged();
-                self.compacted_bytes += log_bytes.saturating_sub(self.raw.store().applied_log_bytes());
+                let freed = log_bytes.saturating_sub(self.raw.store().applied_log_bytes());
+                self.compacted_bytes += freed;
+                let took = started.elapsed();
+                self.work.compact += took;
+                super::fsync_stats::SNAPSHOTS.compacted(freed, took);
                 tracing::debug!(node = self.cfg.id, index = target, "log compacted");
                 Ok(())
             }

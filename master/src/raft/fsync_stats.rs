@@ -57,6 +57,10 @@ pub struct SnapStats {
     pub last_install_bytes: AtomicU64,
     pub last_install_ms: AtomicU64,
     pub install_flushes: AtomicU64,
+    /// Log compactions (without a file, on the Raft thread), the bytes they deleted and the longest.
+    pub compactions: AtomicU64,
+    pub compacted_bytes: AtomicU64,
+    pub compaction_max_ms: AtomicU64,
 }
 
 pub static SNAPSHOTS: SnapStats = SnapStats {
@@ -69,6 +73,9 @@ pub static SNAPSHOTS: SnapStats = SnapStats {
     last_install_bytes: AtomicU64::new(0),
     last_install_ms: AtomicU64::new(0),
     install_flushes: AtomicU64::new(0),
+    compactions: AtomicU64::new(0),
+    compacted_bytes: AtomicU64::new(0),
+    compaction_max_ms: AtomicU64::new(0),
 };
 
 impl SnapStats {
@@ -77,6 +84,14 @@ impl SnapStats {
         self.last_build_ms.store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.last_build_index.store(index, Ordering::Relaxed);
         self.builds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A log compaction deleted `bytes` of log records in `took` (its write transaction included).
+    pub fn compacted(&self, bytes: u64, took: Duration) {
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+        self.compacted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.compaction_max_ms
+            .fetch_max(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     pub fn build_failed(&self) {
@@ -96,6 +111,24 @@ impl SnapStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
             ("snapshot_builds", "Snapshots this node built (off the Raft thread)", l(&self.builds), true),
+            (
+                "log_compactions",
+                "Raft log compactions (no file is built for them; on the Raft thread)",
+                l(&self.compactions),
+                true,
+            ),
+            (
+                "log_compacted_bytes",
+                "Bytes of log records compactions deleted",
+                l(&self.compacted_bytes),
+                true,
+            ),
+            (
+                "log_compaction_max_ms",
+                "Longest log compaction, its write transaction included",
+                l(&self.compaction_max_ms),
+                false,
+            ),
             (
                 "snapshot_build_failures",
                 "Snapshot builds that failed and were retried later",
@@ -261,6 +294,7 @@ impl TurnStats {
                 apply_ms = ms(t.work.apply),
                 commit_ms = ms(t.work.commit),
                 install_ms = ms(t.work.install),
+                compact_ms = ms(t.work.compact),
                 entries = t.work.entries,
                 bytes = t.work.bytes,
                 apply_limit_bytes = t.work.limit,
@@ -387,6 +421,7 @@ mod tests {
                 apply: Duration::from_millis(apply),
                 commit: Duration::from_millis(7),
                 install: Duration::ZERO,
+                compact: Duration::ZERO,
                 entries,
                 bytes: entries * 100,
                 limit: 1 << 20,
