@@ -16,12 +16,14 @@
 //! 3. each master's RSS and CPU (sampled from /proc every second through every phase), data-dir bytes per
 //!    member, the snapshot figures the leader's `/metrics` exports;
 //! 4. a follower killed, its data dir wiped, restarted with `--join`: time until its applied index reaches
-//!    the leader's commit index of the moment of the restart;
+//!    the leader's commit index of the moment of the restart, the leader's snapshot build it asked for,
+//!    then the wait until its indexes reach the leader's revision (phase 5 starts after it);
 //! 5. the leader killed with `kill -9` while heartbeats continue: time to the first acknowledged write, and
 //!    a timeline from the masters' logs (the new leader's learning of the agents, the killed member's restart);
 //! 6. elections outside the leader kill (the highest term of the members, polled every 200 ms): the follower
 //!    kill of phase 4 is not exempt, as it must not change the leader;
-//! 7. throughput: findings/s of 500 single-finding clients beside 32 agents sending 500-finding batches;
+//! 7. throughput: findings/s of 500 single-finding clients beside 32 agents sending 500-finding batches
+//!    (then every member's snapshot builds and log compactions);
 //! 8. every acknowledged finding checked once on its object at the end (its checker's latest evidence is at
 //!    least as new; a burst ERROR also left a transition in the history): the lost count must be 0;
 //! 9. every member stopped (SIGTERM) and its `raft.redb` broken down: pages in use against the file's size
@@ -1009,7 +1011,8 @@ async fn sample_resources(res: Arc<Resources>, origin: Instant) {
 /// The bench's own runtime (its simulated agents): a heartbeat latency spike with this quiet was the masters'.
 static BENCH_RUNTIME: master::stalls::StallStats = master::stalls::StallStats::new();
 
-/// The snapshot series of member `id`'s `/metrics` (builds, their size and time, installs).
+/// The snapshot and log-compaction series of member `id`'s `/metrics` (builds, their size and time,
+/// installs; compactions, the bytes they deleted and the longest).
 async fn print_snapshot_metrics(cluster: &LocalCluster, id: u64, phase: &str) {
     let Some(node) = cluster.nodes.get(&id) else { return };
     match scrape_metrics(&node.http).await {
@@ -1625,6 +1628,23 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
              leader's commit index {target} after {caught:.2} s (cluster info); its data dir now {:.1} MiB",
             dir_bytes(&dir).unwrap_or(0) as f64 / (1 << 20) as f64
         );
+        // The leader feeds the wiped member a snapshot meanwhile: how its heartbeats fared, and whether any
+        // agent was recorded silent (late beats: each connection has a bounded number in flight).
+        let alive = match cluster.wait_leader(READY_TIMEOUT).await {
+            Some(l) => cluster.info(l).await.map(|i| format!("{} of {}", i.agents_alive, i.agents)),
+            None => None,
+        };
+        println!(
+            "phase 4 heartbeats during the catch-up: {}; agents alive after it {}",
+            latency_summary(run.beats_between(t4, run.secs())),
+            alive.unwrap_or_else(|| "unknown (no cluster info)".into())
+        );
+        // Not a window for phase 6: killing and rebuilding a follower must not change the leader (run C of
+        // 2026-12-04 showed a leader change 2 s after the rebuilt follower installed its snapshot, which this
+        // window used to hide).
+        print_resources(&res, "follower catch-up", t4, run.secs());
+        print_snapshot_metrics(cluster, leader, "phase 4").await;
+        print_slow_commits(cluster, "phase 4").await;
         // A member restored from a snapshot builds its indexes again (a pass over every object, seconds of
         // both cores at 1.5 M objects). Since snapshots are built on demand (session 22) the file is fresh
         // and the catch-up above ends as that rebuild starts; phase 5's kill waits for it, so it measures a
@@ -1644,23 +1664,6 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
                 )
             }
         );
-        // The leader feeds the wiped member a snapshot meanwhile: how its heartbeats fared, and whether any
-        // agent was recorded silent (late beats: each connection has a bounded number in flight).
-        let alive = match cluster.wait_leader(READY_TIMEOUT).await {
-            Some(l) => cluster.info(l).await.map(|i| format!("{} of {}", i.agents_alive, i.agents)),
-            None => None,
-        };
-        println!(
-            "phase 4 heartbeats during the catch-up: {}; agents alive after it {}",
-            latency_summary(run.beats_between(t4, run.secs())),
-            alive.unwrap_or_else(|| "unknown (no cluster info)".into())
-        );
-        // Not a window for phase 6: killing and rebuilding a follower must not change the leader (run C of
-        // 2026-12-04 showed a leader change 2 s after the rebuilt follower installed its snapshot, which this
-        // window used to hide).
-        print_resources(&res, "follower catch-up", t4, run.secs());
-        print_snapshot_metrics(cluster, leader, "phase 4").await;
-        print_slow_commits(cluster, "phase 4").await;
 
         // Phase 5: leader kill -9.
         let leader =

@@ -199,6 +199,26 @@ impl Cluster {
         drop(m.db);
     }
 
+    /// Stops a follower and proposes `n` entries of `size` bytes while it is away, then waits until the
+    /// leader compacted its log past `past`: the stopped follower holds the log until it is no longer
+    /// recently active (an election timeout of silence), and no file is built for a compaction. Returns
+    /// (leader, stopped follower).
+    async fn outrun_a_follower(&mut self, n: usize, size: usize, past: u64) -> (NodeId, NodeId) {
+        let l = self.wait_leader().await;
+        let f = *self.members.keys().find(|id| **id != l).expect("follower");
+        self.stop(f).await;
+        for i in 0..n {
+            self.propose(&vec![b'a' + (i % 26) as u8; size]).await;
+        }
+        let l = self.wait_leader().await;
+        wait_for("the leader compacts past the stopped follower", || {
+            self.node(l).status().snapshot_index > past
+        })
+        .await;
+        assert!(snapshot_files(&self.node_dir(l)).is_empty(), "compacted without building a file");
+        (l, f)
+    }
+
     async fn restart(&mut self, id: NodeId, join: bool) -> Result<(), RaftError> {
         let listener = rebind(&self.real[&id]).await;
         let cfg = config(id, &self.peers, self.node_dir(id), self.snapshot_every, join);
@@ -389,18 +409,7 @@ async fn survives_leader_loss_and_restarted_node_catches_up_by_log() {
 async fn far_behind_follower_catches_up_by_snapshot() {
     let _serial = serial().await;
     let mut c = Cluster::start(3, 5).await;
-    let l = c.wait_leader().await;
-    let f = *c.members.keys().find(|id| **id != l).expect("follower");
-    c.stop(f).await;
-    for i in 0..40 {
-        c.propose(format!("s{i}").as_bytes()).await;
-    }
-    // The stopped follower holds the leader's log until it is no longer recently active (an election
-    // timeout of silence); then the log is compacted without a file.
-    let l = c.wait_leader().await;
-    wait_for("the leader compacts past the stopped follower", || c.node(l).status().snapshot_index > 20)
-        .await;
-    assert!(snapshot_files(&c.node_dir(l)).is_empty(), "no file built before a follower asks");
+    let (_, f) = c.outrun_a_follower(40, 8, 20).await;
     c.restart(f, false).await.expect("restart");
     c.wait_converged().await;
     let st = c.node(f).status();
@@ -419,15 +428,8 @@ async fn a_snapshot_damaged_in_transit_is_refused_and_sent_again() {
     use std::sync::atomic::Ordering;
     let refused = &master::raft::alarms::SNAPSHOT_CHUNKS_REFUSED;
     let mut c = Cluster::start(3, 5).await;
-    let l = c.wait_leader().await;
-    let f = *c.members.keys().find(|id| **id != l).expect("follower");
-    c.stop(f).await;
     // 40 entries of 64 KiB: a snapshot of about 2.5 MiB, three chunks.
-    for i in 0..40u8 {
-        c.propose(&vec![b'a' + i % 26; 64 << 10]).await;
-    }
-    let l = c.wait_leader().await;
-    assert!(c.node(l).status().snapshot_index > 20);
+    let (l, f) = c.outrun_a_follower(40, 64 << 10, 20).await;
     let before = refused.load(Ordering::Relaxed);
     c.node(l).damage_snapshot_sends(2);
     c.restart(f, false).await.expect("restart");
@@ -469,17 +471,9 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 async fn the_loop_keeps_serving_while_a_snapshot_is_built() {
     let _serial = serial().await;
     let mut c = Cluster::start(3, 10).await;
-    let l = c.wait_leader().await;
-    let f = *c.members.keys().find(|id| **id != l).expect("follower");
-    c.stop(f).await;
-    let term = c.node(l).status().term;
     // Two compaction triggers (every 10 entries): the second compacts up to the first's point.
-    for i in 0..25 {
-        c.node(l).propose(format!("a{i}").into_bytes()).await.expect("commit");
-    }
-    wait_for("the leader compacts past the stopped follower", || c.node(l).status().snapshot_index > 10)
-        .await;
-    assert!(snapshot_files(&c.node_dir(l)).is_empty(), "compacted without building a file");
+    let (l, f) = c.outrun_a_follower(25, 8, 10).await;
+    let term = c.node(l).status().term;
     let start = c.node(l).status().snapshot_index;
     let gate = c.node(l).hold_snapshot_builds();
     c.restart(f, false).await.expect("restart");
@@ -512,14 +506,8 @@ async fn the_loop_keeps_serving_while_a_snapshot_is_built() {
 async fn a_follower_killed_mid_snapshot_transfer_discards_the_part_and_catches_up() {
     let _serial = serial().await;
     let mut c = Cluster::start(3, 5).await;
-    let l = c.wait_leader().await;
-    let f = *c.members.keys().find(|id| **id != l).expect("follower");
-    c.stop(f).await;
     // 40 entries of 64 KiB: a snapshot of about 2.5 MiB, three chunks.
-    for i in 0..40u8 {
-        c.propose(&vec![b'a' + i % 26; 64 << 10]).await;
-    }
-    assert!(c.node(c.wait_leader().await).status().snapshot_index > 20);
+    let (_, f) = c.outrun_a_follower(40, 64 << 10, 20).await;
     c.restart_hooked(f, |n| n.stall_snapshot_receive_after(2)).await;
     let dir = c.node_dir(f);
     wait_for("a snapshot transfer in progress", || snapshot_files(&dir).iter().any(|n| n.ends_with(".part")))
@@ -549,14 +537,8 @@ async fn a_follower_killed_mid_snapshot_transfer_discards_the_part_and_catches_u
 async fn a_damaged_or_missing_snapshot_file_is_a_corrupt_replica() {
     let _serial = serial().await;
     let mut c = Cluster::start(3, 20).await;
-    let l = c.wait_leader().await;
-    let f = *c.members.keys().find(|id| **id != l).expect("follower");
-    c.stop(f).await;
     // Entries of 1 KiB: the snapshot has a frame to damage.
-    for i in 0..50u8 {
-        c.propose(&vec![b'a' + i % 26; 1 << 10]).await;
-    }
-    wait_for("compacted", || c.node(l).status().snapshot_index > 20).await;
+    let (_, f) = c.outrun_a_follower(50, 1 << 10, 20).await;
     c.restart(f, false).await.expect("restart");
     c.wait_converged().await;
     assert!(c.node(f).status().snapshot_index > 20, "installed a snapshot");

@@ -1112,9 +1112,8 @@ impl<F: Fsm> Core<F> {
             }
         };
         self.build_warned = false;
-        let st = self.raw.store();
-        if b.index < st.snapshot_index() || st.file_index().is_some_and(|f| f >= b.index) {
-            // The hold's drop deletes the file.
+        if !self.raw.store().takes_file(b.index) {
+            // The log start passed it, or the kept file is as new: the hold's drop deletes the file.
             return Ok(());
         }
         let res = guard("recording a snapshot file", || {

@@ -175,6 +175,14 @@ struct Meta {
     snap_file: Option<Descriptor>,
 }
 
+impl Meta {
+    /// Whether a file of the applied state at `index` would be kept: at or after the log start (a follower
+    /// installing it goes on with entries the log holds) and newer than the kept file.
+    fn takes_file(&self, index: u64) -> bool {
+        index >= self.log_start.index && self.snap_file.as_ref().is_none_or(|_| self.file_meta.index < index)
+    }
+}
+
 /// The first damage a node found in its storage, shared with whoever reports the node's end (a panic in
 /// raft-rs after a failed read must still end as "corrupt replica", not as a bare panic).
 pub type DamageFlag = Arc<OnceLock<String>>;
@@ -494,6 +502,11 @@ impl RedbStorage {
     pub fn snapshot_index(&self) -> u64 {
         self.cur.log_start.index
     }
+    /// Whether a built file at `index` would be kept (see [`RedbStorage::record_file`]); one that would
+    /// not is dropped by the caller.
+    pub fn takes_file(&self, index: u64) -> bool {
+        self.cur.takes_file(index)
+    }
     /// The index of the snapshot file, if one is kept.
     pub fn file_index(&self) -> Option<u64> {
         self.cur.snap_file.as_ref().map(|_| self.cur.file_meta.index)
@@ -696,8 +709,8 @@ impl RedbStorage {
         file: &Descriptor,
     ) -> Result<(), StoreError> {
         let m = self.stage();
-        let kept = m.snap_file.as_ref().map(|_| m.file_meta.index);
-        if index < m.log_start.index || index > m.applied || kept.is_some_and(|k| k >= index) {
+        if !m.takes_file(index) || index > m.applied {
+            let kept = m.snap_file.as_ref().map(|_| m.file_meta.index);
             return Err(StoreError::Invariant(format!(
                 "snapshot file at {index} outside [log start {}, applied {}] or not newer than {kept:?}",
                 m.log_start.index, m.applied
