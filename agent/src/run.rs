@@ -643,6 +643,12 @@ token. For tests and experiments only.";
     let mut http_stop = stop_rx.clone();
     let app = crate::local::router(Arc::clone(&shared));
     tasks.spawn(async move {
+        // Nagle off, as on the master's ports: a reply written in pieces would wait for the delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a local HTTP connection");
+            }
+        });
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 // An Err means the sender is gone, which is a stop too.
