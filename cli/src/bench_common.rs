@@ -209,6 +209,33 @@ pub fn wchar(pid: u32) -> Option<u64> {
     io.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|v| v.trim().parse().ok())
 }
 
+/// The machine's count of connections its listeners dropped because their accept queue was full
+/// (`TcpExt: ListenOverflows` of /proc/net/netstat), if readable. Machine-wide, so a bench prints the
+/// difference over its run: each drop costs the connecting client a SYN retry after a second.
+pub fn listen_overflows() -> Option<u64> {
+    parse_netstat(&std::fs::read_to_string("/proc/net/netstat").ok()?, "TcpExt:", "ListenOverflows")
+}
+
+/// One counter of /proc/net/netstat: a header line of names and the next line of values share a prefix.
+fn parse_netstat(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+/// "listen overflows on this machine during the run: N" (or why it is unknown), from a count taken at the start.
+pub fn listen_overflows_line(at_start: Option<u64>) -> String {
+    match (at_start, listen_overflows()) {
+        (Some(a), Some(b)) => format!(
+            "listen overflows on this machine during the run: {} (connections dropped at a full accept queue; \
+             each retried after a second)",
+            b.saturating_sub(a)
+        ),
+        _ => "listen overflows on this machine during the run: unknown (/proc/net/netstat unreadable)".into(),
+    }
+}
+
 /// Linux reports utime/stime in USER_HZ ticks, fixed at 100 on every architecture we run on (as in
 /// `huatuo bench agent`).
 pub fn clock_ticks() -> f64 {
@@ -351,6 +378,20 @@ mod tests {
         assert_eq!((pct(&s, 0.0), pct(&s, 0.5), pct(&s, 0.99), pct(&s, 1.0)), (1.0, 51.0, 99.0, 100.0));
         assert!(pct(&[], 0.5).is_nan());
         assert_eq!(pct(&[7.0], 0.99), 7.0);
+    }
+
+    #[test]
+    fn a_netstat_counter_is_read_by_its_name_and_missing_ones_are_none() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 103 104\n\
+                    IpExt: InNoRoutes ListenOverflows\nIpExt: 5 6\n";
+        assert_eq!(parse_netstat(text, "TcpExt:", "ListenOverflows"), Some(103));
+        assert_eq!(parse_netstat(text, "TcpExt:", "ListenDrops"), Some(104));
+        assert_eq!(parse_netstat(text, "IpExt:", "ListenOverflows"), Some(6));
+        assert_eq!(parse_netstat(text, "TcpExt:", "Nope"), None);
+        assert_eq!(parse_netstat("TcpExt: ListenOverflows\n", "TcpExt:", "ListenOverflows"), None);
+        assert_eq!(parse_netstat("TcpExt: ListenOverflows\nTcpExt: x\n", "TcpExt:", "ListenOverflows"), None);
+        // This machine's own counter reads (every Linux kernel we run on has it).
+        assert!(listen_overflows().is_some());
     }
 
     #[test]

@@ -1315,6 +1315,7 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
         a.agents, a.objects_per_host, a.connections, a.heartbeat_secs
     );
     let exe = std::env::current_exe().context("cannot find this executable")?;
+    let overflows_at_start = crate::bench_common::listen_overflows();
     let mut cluster = match a.cache_mb {
         Some(mb) => {
             println!("every master with cache_mb = {mb}");
@@ -1324,6 +1325,7 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
     }
     .context("start cluster")?;
     let r = bench_on(&a, seed, &mut cluster).await;
+    println!("{}", crate::bench_common::listen_overflows_line(overflows_at_start));
     // The masters' logs go with the cluster's data: kept for every run, so a figure can be traced in them.
     keep_logs(&cluster, seed);
     r

@@ -174,6 +174,7 @@ fn report(name: &str, p: &Phase, agents: u32, before: (u64, u64, u64), after: (u
 
 async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
+    let overflows_at_start = crate::bench_common::listen_overflows();
     // Silence is not what this measures: an agent marked silent because the bench took longer than the
     // silent period to come round to it would turn its next beat into a replicated change.
     let mut cluster =
@@ -272,5 +273,6 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
             println!("node {id}: {}", rss.unwrap_or_else(|| "VmRSS unknown".into()));
         }
     }
+    println!("{}", crate::bench_common::listen_overflows_line(overflows_at_start));
     Ok(ExitCode::SUCCESS)
 }
