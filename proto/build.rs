@@ -17,6 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let fds = protox::compile(&files, [&dir])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // The leader keeps a beat's checker map as it came (an ordered map): moved, not rebuilt per beat.
+        .btree_map(".huatuo.api.v1.HeartbeatRequest.checkers")
+        .compile_fds(fds)?;
     Ok(())
 }

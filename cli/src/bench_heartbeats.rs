@@ -233,9 +233,23 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
 
     for round in 1..=a.steady_rounds {
         let before = position(&cluster).await?;
+        let pid = cluster.pid(before.0);
+        let ticks = pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok());
         let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
+        let ticks =
+            ticks.zip(pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok())).map(|(t0, t1)| t1 - t0);
         let after = position(&cluster).await?;
         report(&format!("steady beats, round {round}"), &p, a.agents, before, after);
+        if let Some(t) = ticks.filter(|_| after.0 == before.0 && p.done > 0) {
+            let cpu_s = t as f64 / crate::bench_common::clock_ticks();
+            println!(
+                "  leader {} CPU over the round: {:.2} s, {:.1} us per beat ({:.0}% of a core)",
+                before.0,
+                cpu_s,
+                cpu_s * 1e6 / p.done as f64,
+                cpu_s / p.took.as_secs_f64().max(1e-9) * 100.0
+            );
+        }
     }
 
     if !a.no_failover && a.nodes > 1 {

@@ -364,13 +364,11 @@ async fn heartbeat(State(svc): State<Svc>, body: Bytes) -> Result<Response, Http
         outbox_entries: b.outbox_entries,
         outbox_dropped: b.outbox_dropped,
         runs: b.runs,
-        assignment_hash: b.assignment_hash.clone(),
+        assignment_hash: b.assignment_hash,
     };
-    let host = b.host.clone();
-    let revision = svc.heartbeat(b.agent, b.host, info).await.map_err(|e| rest_error(&svc, e))?;
-    let actions = svc.actions_for(&host).await.map_err(|e| rest_error(&svc, e))?;
-    let (hash, assignment) =
-        svc.assignment_for_beat(&host, &b.assignment_hash).map_err(|e| rest_error(&svc, e))?;
+    let (revision, held) = svc.heartbeat(&b.agent, &b.host, info).await.map_err(|e| rest_error(&svc, e))?;
+    let actions = svc.actions_for(&b.host).await.map_err(|e| rest_error(&svc, e))?;
+    let (hash, assignment) = svc.assignment_for_beat(&b.host, held).map_err(|e| rest_error(&svc, e))?;
     let included = assignment.is_some();
     let assignment = assignment.unwrap_or_default();
     Ok(Json(serde_json::json!({

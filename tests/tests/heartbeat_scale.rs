@@ -83,7 +83,7 @@ async fn beat_all(svc: &Arc<Service>, n: usize) {
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
         let svc = svc.clone();
-        set.spawn(async move { (i, svc.heartbeat(format!("agent-{i}"), format!("host-{i}"), hb()).await) });
+        set.spawn(async move { (i, svc.heartbeat(&format!("agent-{i}"), &format!("host-{i}"), hb()).await) });
     }
     while let Some(r) = set.join_next().await {
         let (i, r) = r.expect("heartbeat task");
@@ -140,7 +140,7 @@ async fn a_new_leader_answers_first_beats_of_alive_agents_without_proposing() {
     assert_eq!(n.svc.current_revision(), rev1);
     assert_eq!(n.svc.agents().expect("agents").len(), AGENTS, "every agent heard");
     // An agent that moved host is a real change: replicated.
-    n.svc.heartbeat("agent-0".into(), "host-moved".into(), hb()).await.expect("beat");
+    n.svc.heartbeat("agent-0", "host-moved", hb()).await.expect("beat");
     assert_eq!(n.svc.current_revision(), rev1 + 1);
     let moved = Reader::new(n.svc.db()).and_then(|r| r.agent("agent-0")).expect("read").expect("agent-0");
     assert_eq!((moved.host.as_str(), moved.alive), ("host-moved", true));
@@ -169,7 +169,7 @@ async fn agents_gone_silent_are_marked_in_few_entries_and_none_is_missed() {
     assert!(entries <= (AGENTS / 10) as u64, "{AGENTS} silent marks took {entries} Raft entries");
     assert!(entries >= AGENTS.div_ceil(MAX_CMDS_PER_ENTRY) as u64, "{entries} entries");
     // Back: one beat makes an agent alive again (the memory knows it is silent now).
-    n.svc.heartbeat("agent-7".into(), "host-7".into(), hb()).await.expect("beat");
+    n.svc.heartbeat("agent-7", "host-7", hb()).await.expect("beat");
     assert_eq!(alive_in_store(&n.svc), 1);
     stop_node(n).await;
 

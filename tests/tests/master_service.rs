@@ -201,16 +201,8 @@ fn hb(started_ms: u64) -> HeartbeatInfo {
 async fn heartbeats_replicate_only_liveness_changes() {
     let n = start_node(Duration::from_secs(1)).await;
     let svc = &n.svc;
-    assert!(
-        svc.heartbeat(String::new(), "h1".into(), hb(1))
-            .await
-            .is_err_and(|e| e.code == Code::InvalidArgument)
-    );
-    assert!(
-        svc.heartbeat("a1".into(), "bad host!".into(), hb(1))
-            .await
-            .is_err_and(|e| e.code == Code::InvalidArgument)
-    );
+    assert!(svc.heartbeat("", "h1", hb(1)).await.is_err_and(|e| e.code == Code::InvalidArgument));
+    assert!(svc.heartbeat("a1", "bad host!", hb(1)).await.is_err_and(|e| e.code == Code::InvalidArgument));
     // Wait for the leader's own announcement so revisions below are only ours.
     assert!(
         wait_until(Duration::from_secs(5), || async {
@@ -219,14 +211,14 @@ async fn heartbeats_replicate_only_liveness_changes() {
         .await
     );
     let before = svc.current_revision();
-    svc.heartbeat("a1".into(), "h1".into(), hb(1)).await.expect("heartbeat");
+    svc.heartbeat("a1", "h1", hb(1)).await.expect("heartbeat");
     let alive_rev = svc.current_revision();
     assert_eq!(alive_rev, before + 1, "coming alive is one replicated change");
     for _ in 0..5 {
-        svc.heartbeat("a1".into(), "h1".into(), hb(1)).await.expect("heartbeat");
+        svc.heartbeat("a1", "h1", hb(1)).await.expect("heartbeat");
     }
     // A restarted agent (new start time) is counted, still without a replicated change.
-    svc.heartbeat("a1".into(), "h1".into(), hb(2)).await.expect("heartbeat");
+    svc.heartbeat("a1", "h1", hb(2)).await.expect("heartbeat");
     assert_eq!(svc.current_revision(), alive_rev, "repeated heartbeats are not replicated");
     let agents = svc.agents().expect("agents");
     assert_eq!(agents.len(), 1);
@@ -235,14 +227,10 @@ async fn heartbeats_replicate_only_liveness_changes() {
     // Hostile heartbeats are refused and change nothing.
     let mut flood = hb(2);
     flood.checkers = (0..=MAX_HEARTBEAT_CHECKERS).map(|i| (format!("c{i}"), "1".into())).collect();
-    assert!(
-        svc.heartbeat("a1".into(), "h1".into(), flood).await.is_err_and(|e| e.code == Code::InvalidArgument)
-    );
+    assert!(svc.heartbeat("a1", "h1", flood).await.is_err_and(|e| e.code == Code::InvalidArgument));
     let mut long = hb(3);
     long.version = "v".repeat(1000);
-    assert!(
-        svc.heartbeat("a1".into(), "h1".into(), long).await.is_err_and(|e| e.code == Code::InvalidArgument)
-    );
+    assert!(svc.heartbeat("a1", "h1", long).await.is_err_and(|e| e.code == Code::InvalidArgument));
     assert_eq!(svc.agents().expect("agents")[0].restarts, 1);
     assert_eq!(svc.cluster_info().expect("info").agents_alive, 1);
     // Silence past the limit: the leader marks the agent silent (one more change).
@@ -434,7 +422,7 @@ async fn listings_page_with_limits_and_tokens() {
     // Agents page the same way, in id order (23 agents heard, pages of 5).
     let names: Vec<String> = (0..23).map(|i| format!("hb-{i:02}")).collect();
     for a in &names {
-        svc.heartbeat(a.clone(), format!("host-{a}"), hb(1)).await.expect("heartbeat");
+        svc.heartbeat(a, &format!("host-{a}"), hb(1)).await.expect("heartbeat");
     }
     let (mut listed, mut token_a, mut pages) = (Vec::new(), String::new(), 0);
     loop {

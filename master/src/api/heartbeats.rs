@@ -173,14 +173,28 @@ impl Memory {
             .is_ok()
     }
 
-    /// Record a heartbeat. A known agent costs one shard lock and no allocation.
-    pub(super) fn record(&self, agent: &str, host: &str, info: HeartbeatInfo) -> Result<Beat, ApiError> {
+    /// Record a heartbeat; also hands back the assignment hash the agent holds (`info.assignment_hash`,
+    /// which the memory keeps a copy of). A known agent holding the hash it held before costs one shard
+    /// lock and no allocation: the info is moved in, and the memory keeps its own copy of an unchanged
+    /// hash, so the beat's own string goes back to the caller for the reply.
+    pub(super) fn record(
+        &self,
+        agent: &str,
+        host: &str,
+        mut info: HeartbeatInfo,
+    ) -> Result<(Beat, String), ApiError> {
+        let held = std::mem::take(&mut info.assignment_hash);
         let mut shard = lock(self.shard(agent));
         let now = Instant::now();
         if let Some(seen) = shard.get_mut(agent) {
             if seen.heard && seen.info.started_ms != info.started_ms {
                 seen.restarts += 1;
             }
+            info.assignment_hash = if seen.info.assignment_hash == held {
+                std::mem::take(&mut seen.info.assignment_hash)
+            } else {
+                held.clone()
+            };
             seen.info = info;
             seen.last = now;
             seen.heard = true;
@@ -190,18 +204,19 @@ impl Memory {
                 seen.host.push_str(host);
             }
             if seen.alive && !moved {
-                return Ok(Beat::Known);
+                return Ok((Beat::Known, held));
             }
             self.checks.fetch_add(1, Ordering::Relaxed);
-            return Ok(Beat::Check);
+            return Ok((Beat::Check, held));
         }
         if !self.reserve() {
             return Err(ApiError::unavailable("too many agents tracked by this leader"));
         }
+        info.assignment_hash = held.clone();
         let seen = Seen { host: host.to_string(), info, restarts: 0, last: now, heard: true, alive: false };
         shard.insert(agent.to_string(), seen);
         self.checks.fetch_add(1, Ordering::Relaxed);
-        Ok(Beat::Check)
+        Ok((Beat::Check, held))
     }
 
     pub(super) fn set_alive(&self, agent: &str, alive: bool) {
@@ -352,18 +367,28 @@ impl Service {
     /// proposal; any other is checked with one point lookup, and proposed alive only when the replicated
     /// record does not say so already: through the liveness batcher ([`run_liveness`]), so the first beats
     /// of a fleet land in few entries. The answer comes once the change committed.
-    pub async fn heartbeat(&self, agent: String, host: String, info: HeartbeatInfo) -> Result<u64, ApiError> {
+    ///
+    /// Returns the revision and the assignment hash the agent holds (`info.assignment_hash`, handed back
+    /// for [`Service::assignment_for_beat`]). A known agent's beat allocates nothing here.
+    pub async fn heartbeat(
+        &self,
+        agent: &str,
+        host: &str,
+        info: HeartbeatInfo,
+    ) -> Result<(u64, String), ApiError> {
         self.leader_gate()?;
-        check_heartbeat(&agent, &host, &info)?;
-        if self.heartbeats.record(&agent, &host, info)? == Beat::Check {
+        check_heartbeat(agent, host, &info)?;
+        let (beat, held) = self.heartbeats.record(agent, host, info)?;
+        if beat == Beat::Check {
             let replicated_alive = Reader::new(&self.db)
-                .and_then(|r| r.agent(&agent))
+                .and_then(|r| r.agent(agent))
                 .map(|a| a.is_some_and(|r| r.alive && r.host == host))
                 .map_err(store_err)?;
             if replicated_alive {
-                self.heartbeats.set_alive(&agent, true);
+                self.heartbeats.set_alive(agent, true);
             } else {
                 let (tx, rx) = tokio::sync::oneshot::channel();
+                let (agent, host) = (agent.to_string(), host.to_string());
                 self.coming_alive
                     .send(ComingAlive { agent, host, tx })
                     .await
@@ -371,7 +396,7 @@ impl Service {
                 rx.await.map_err(|_| ApiError::unavailable("master is shutting down"))??;
             }
         }
-        Ok(self.current_revision())
+        Ok((self.current_revision(), held))
     }
 
     /// A new term of this leader: forget the last term's memory and learn the agents the replicated state
@@ -524,13 +549,13 @@ mod tests {
         assert_eq!(m.learn(learned(3), 7), 3);
         assert_eq!(m.learned_term(), 7);
         // Learned alive at this host: nothing to read or replicate; the first beat is not a restart.
-        assert_eq!(m.record("a0", "h0", info(5)).expect("beat"), Beat::Known);
+        assert_eq!(m.record("a0", "h0", info(5)).expect("beat").0, Beat::Known);
         // Moved host, or unknown: checked against the replicated record.
-        assert_eq!(m.record("a1", "elsewhere", info(5)).expect("beat"), Beat::Check);
-        assert_eq!(m.record("new", "hn", info(5)).expect("beat"), Beat::Check);
-        assert_eq!(m.record("new", "hn", info(5)).expect("beat"), Beat::Check, "not alive until set");
+        assert_eq!(m.record("a1", "elsewhere", info(5)).expect("beat").0, Beat::Check);
+        assert_eq!(m.record("new", "hn", info(5)).expect("beat").0, Beat::Check);
+        assert_eq!(m.record("new", "hn", info(5)).expect("beat").0, Beat::Check, "not alive until set");
         m.set_alive("new", true);
-        assert_eq!(m.record("new", "hn", info(6)).expect("beat"), Beat::Known);
+        assert_eq!(m.record("new", "hn", info(6)).expect("beat").0, Beat::Known);
         // Only agents heard are listed; a changed start time is a restart.
         let v = m.views();
         assert_eq!(v.iter().map(|a| a.agent.as_str()).collect::<Vec<_>>(), ["a0", "a1", "new"]);
@@ -538,7 +563,7 @@ mod tests {
         // Learning again keeps what beats set.
         m.set_alive("a1", false);
         assert_eq!(m.learn(learned(3), 8), 0);
-        assert_eq!(m.record("a1", "elsewhere", info(5)).expect("beat"), Beat::Check);
+        assert_eq!(m.record("a1", "elsewhere", info(5)).expect("beat").0, Beat::Check);
         // Every checked beat is counted (a1 twice, new twice), known ones not; a new term keeps the count.
         assert_eq!(m.checks(), 4);
         m.clear();
@@ -585,16 +610,16 @@ mod tests {
     fn tracked_agents_are_bounded_at_the_limit() {
         let m = Memory::default();
         assert_eq!(m.learn(learned(MAX_TRACKED_AGENTS - 1), 1), MAX_TRACKED_AGENTS - 1);
-        assert_eq!(m.record("last", "hl", info(1)).expect("the last one fits"), Beat::Check);
+        assert_eq!(m.record("last", "hl", info(1)).expect("the last one fits").0, Beat::Check);
         assert_eq!(m.tracked(), MAX_TRACKED_AGENTS);
         let e = m.record("one-too-many", "hx", info(1)).expect_err("full");
         assert_eq!(e.code, proto::error::Code::Unavailable);
         assert_eq!(m.learn(vec![("more".into(), "hm".into())], 2), 0, "learning stops at the limit too");
         // Known agents still beat; nothing was added.
-        assert_eq!(m.record("a5", "h5", info(1)).expect("known"), Beat::Known);
+        assert_eq!(m.record("a5", "h5", info(1)).expect("known").0, Beat::Known);
         assert_eq!(m.tracked(), MAX_TRACKED_AGENTS);
         m.clear();
         assert_eq!(m.tracked(), 0);
-        assert_eq!(m.record("one-too-many", "hx", info(1)).expect("room again"), Beat::Check);
+        assert_eq!(m.record("one-too-many", "hx", info(1)).expect("room again").0, Beat::Check);
     }
 }

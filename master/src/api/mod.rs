@@ -281,14 +281,14 @@ impl Service {
 
     /// Fail fast on followers, before queueing (the proposer would learn the same from raft).
     fn leader_gate(&self) -> Result<(), ApiError> {
-        let st = self.raft.status();
-        if st.role == Role::Leader {
+        let (role, leader) = self.raft.role_and_leader();
+        if role == Role::Leader {
             return Ok(());
         }
-        if st.role == Role::Stopped {
+        if role == Role::Stopped {
             return Err(ApiError::unavailable("this master node is stopped"));
         }
-        Err(ApiError::not_leader(st.leader_id.and_then(|id| self.grpc_addr_of(id))))
+        Err(ApiError::not_leader(leader.and_then(|id| self.grpc_addr_of(id))))
     }
 
     /// [`Service::submit`] with the client's idempotency key (validated here: length and charset): the

@@ -194,7 +194,8 @@ impl PeerBook {
             None if self.cursors.len() >= MAX_BOOK_AGENTS => 0,
             None => (self.hasher.hash_one(agent) as usize) % n,
         };
-        let mut out = Vec::with_capacity(MAX_PEERS_PER_REPLY.min(n));
+        // Allocated once there is a peer to hand out: a beat with none allocates nothing here.
+        let mut out = Vec::new();
         let mates = self.tormates(agent, now, stale_after);
         let fleet = MAX_PEERS_PER_REPLY - mates.len();
         let mut read = 0;
@@ -202,11 +203,14 @@ impl PeerBook {
             let e = &self.list[(start + read) % n];
             read += 1;
             if e.agent != agent && now.saturating_duration_since(e.last) < stale_after {
+                if out.is_empty() {
+                    out.reserve_exact(MAX_PEERS_PER_REPLY.min(n));
+                }
                 out.push(e.peer.clone());
             }
         }
         if self.cursors.len() < MAX_BOOK_AGENTS || self.cursors.contains_key(agent) {
-            self.cursors.insert(agent.to_string(), (start + read) % n);
+            set_cursor(&mut self.cursors, agent, (start + read) % n);
         }
         for m in mates {
             if !out.iter().any(|p| p.host == m.host) {
@@ -238,9 +242,19 @@ impl PeerBook {
             }
         }
         if n > 0 {
-            self.tor_cursors.insert(agent.to_string(), (start + read) % n);
+            set_cursor(&mut self.tor_cursors, agent, (start + read) % n);
         }
         out
+    }
+}
+
+/// Move `agent`'s cursor to `at`; only an agent's first cursor allocates its key.
+fn set_cursor(cursors: &mut HashMap<String, usize>, agent: &str, at: usize) {
+    match cursors.get_mut(agent) {
+        Some(c) => *c = at,
+        None => {
+            cursors.insert(agent.to_string(), at);
+        }
     }
 }
 

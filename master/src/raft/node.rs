@@ -174,6 +174,11 @@ impl NodeShared {
         self.status.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    fn role_and_leader(&self) -> (Role, Option<NodeId>) {
+        let s = self.status.read().unwrap_or_else(|p| p.into_inner());
+        (s.role, s.leader_id)
+    }
+
     fn set_status(&self, f: impl FnOnce(&mut RaftStatus)) {
         let mut s = self.status.write().unwrap_or_else(|p| p.into_inner());
         f(&mut s);
@@ -863,6 +868,12 @@ impl RaftNode {
 
     pub fn status(&self) -> RaftStatus {
         self.shared.status()
+    }
+
+    /// This node's role and the leader it knows, without copying the rest of the status (its peer map and
+    /// addresses): what every API call's leader check needs, at heartbeat rate.
+    pub fn role_and_leader(&self) -> (Role, Option<NodeId>) {
+        self.shared.role_and_leader()
     }
 
     pub fn id(&self) -> NodeId {
