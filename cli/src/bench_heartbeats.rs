@@ -118,9 +118,22 @@ where
     Phase { done: lat_ms.len() as u64, failed: failed.load(Ordering::Relaxed), took, lat_ms }
 }
 
+/// The assignment hash each simulated agent holds (empty until a reply gave it one), echoed in its next
+/// beat as a real agent does: a beat holding the current hash gets no assignment back, so the steady
+/// rounds measure steady beats, not a full assignment in every reply.
+static HELD: std::sync::OnceLock<Vec<std::sync::Mutex<String>>> = std::sync::OnceLock::new();
+
+fn held(agent: &str) -> Option<&'static std::sync::Mutex<String>> {
+    let i: usize = agent.strip_prefix("hb-agent-")?.parse().ok()?;
+    HELD.get()?.get(i)
+}
+
 fn beat(i: u32) -> api::HeartbeatRequest {
+    let agent = format!("hb-agent-{i:06}");
+    let assignment_hash =
+        held(&agent).map(|h| h.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default();
     api::HeartbeatRequest {
-        agent: format!("hb-agent-{i:06}"),
+        agent,
         host: host(i),
         version: "1.0.0".into(),
         started_ms: 1,
@@ -128,15 +141,21 @@ fn beat(i: u32) -> api::HeartbeatRequest {
         outbox_entries: 0,
         outbox_dropped: 0,
         runs: Vec::new(),
-        assignment_hash: String::new(),
+        assignment_hash,
         ..Default::default()
     }
 }
 
 async fn send_beat(mut c: Client, r: api::HeartbeatRequest) -> (Client, bool) {
+    let slot = held(&r.agent);
     let ok = c.call(r, |mut g, r| async move { g.heartbeat(r).await }).await;
-    if let Err(e) = &ok {
-        eprintln!("heartbeat: {e}");
+    match &ok {
+        Ok(resp) => {
+            if let Some(h) = slot {
+                *h.lock().unwrap_or_else(|p| p.into_inner()) = resp.assignment_hash.clone();
+            }
+        }
+        Err(e) => eprintln!("heartbeat: {e}"),
     }
     (c, ok.is_ok())
 }
@@ -189,6 +208,7 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
     );
     let addrs = cluster.grpc_addrs();
     let limit = Duration::from_secs(a.phase_limit_secs);
+    HELD.get_or_init(|| (0..a.agents).map(|_| std::sync::Mutex::new(String::new())).collect());
 
     if a.objects_per_host > 0 {
         static PER_HOST: AtomicU64 = AtomicU64::new(0);
