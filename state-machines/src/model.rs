@@ -453,7 +453,15 @@ pub struct Hysteresis {
     pub last_fault_ms: Option<u64>,
 }
 
-/// The replicated record of one object.
+impl Hysteresis {
+    /// No streak and no fault reading: what a new object has (left out of its stored JSON).
+    pub fn is_empty(&self) -> bool {
+        self.worse.is_none() && self.better.is_none() && self.last_fault_ms.is_none()
+    }
+}
+
+/// The replicated record of one object. A field at its default is left out of the JSON (every reader since
+/// the first release defaults it): a quiet object's stored record is about half as long.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectState {
     pub id: ObjectId,
@@ -461,25 +469,25 @@ pub struct ObjectState {
     /// When the object entered `state`.
     pub since_ms: u64,
     /// The latest grade a checker gave (not UNKNOWN/INFO).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grade: Option<Severity>,
     /// serial, model, firmware, capacity, ticket, ...
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attrs: BTreeMap<String, String>,
     /// The finding behind the latest finding-caused transition.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evidence: Option<Evidence>,
     /// The cause of the latest transition.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cause: Option<Cause>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_ack: Option<PendingAck>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_action: Option<PendingAction>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Hysteresis::is_empty")]
     pub hysteresis: Hysteresis,
     /// Times this machine entered FIX (newest last, at most [`MAX_FIX_HISTORY`]).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fix_history_ms: Vec<u64>,
 }
 
