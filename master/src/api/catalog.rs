@@ -96,7 +96,34 @@ pub(super) struct AssignmentCache {
     generation: u64,
     /// Beats that read the store for their assignment (a cache miss), since the process started.
     reads: u64,
-    hosts: std::collections::HashMap<String, (String, Arc<Vec<AssignmentView>>)>,
+    hosts: std::collections::HashMap<String, CachedAssignment>,
+    /// One copy of each distinct assignment (by hash) that `hosts` point to: most of a fleet holds the
+    /// same few assignments, so 100,000 hosts share a handful instead of each keeping its own copy.
+    distinct: std::collections::HashMap<String, CachedAssignment>,
+}
+
+/// A cached assignment: its hash and its entries, shared by every host that has it.
+type CachedAssignment = (Arc<str>, Arc<Vec<AssignmentView>>);
+
+impl AssignmentCache {
+    /// Cache `host`'s assignment `a` (hash `hash`), sharing the copy of an equal assignment already cached.
+    fn put(&mut self, host: &str, hash: &str, a: &[AssignmentView]) {
+        let shared = match self.distinct.get(hash) {
+            Some(e) => e.clone(),
+            None => {
+                let e: CachedAssignment = (Arc::from(hash), Arc::new(a.to_vec()));
+                self.distinct.insert(hash.to_string(), e.clone());
+                e
+            }
+        };
+        self.hosts.insert(host.to_string(), shared);
+    }
+
+    /// Forget every host's assignment (the catalog moved, or the cache is full).
+    fn clear(&mut self) {
+        self.hosts.clear();
+        self.distinct.clear();
+    }
 }
 
 fn invalid(e: String) -> ApiError {
@@ -341,10 +368,10 @@ impl Service {
             if c.generation == generation
                 && let Some((hash, a)) = c.hosts.get(host)
             {
-                if *hash == held {
+                if **hash == *held {
                     return Ok((held, None));
                 }
-                return Ok((hash.clone(), Some(a.as_ref().clone())));
+                return Ok((hash.to_string(), Some(a.as_ref().clone())));
             }
         }
         let r = Reader::new(&self.db).map_err(store_err)?;
@@ -358,7 +385,8 @@ impl Service {
                 // Cached under the same counter: the generation moved for another reason (a restore, a
                 // start), so the entries still hold.
                 c.generation = c.generation.max(generation);
-                return Ok((hash.clone(), (hash != held).then(|| a.as_ref().clone())));
+                let included = *hash != *held;
+                return Ok((hash.to_string(), included.then(|| a.as_ref().clone())));
             }
         }
         let cat = self.catalog_snapshot(&r)?;
@@ -373,13 +401,13 @@ impl Service {
         if !by_labels {
             let mut c = lock(&self.assignments);
             if c.catalog_rev != rev || c.hosts.len() >= MAX_CACHED_ASSIGNMENTS {
-                c.hosts.clear();
+                c.clear();
                 c.catalog_rev = rev;
                 c.generation = generation;
             } else {
                 c.generation = c.generation.max(generation);
             }
-            c.hosts.insert(host.to_string(), (hash.clone(), Arc::new(a.clone())));
+            c.put(host, &hash, &a);
         }
         let included = hash != held;
         Ok((hash, included.then_some(a)))
@@ -819,6 +847,24 @@ pub fn seed_command() -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_with_the_same_assignment_share_one_copy() {
+        let a = |v: &str| {
+            vec![AssignmentView { name: "kernel-log".into(), version: v.into(), ..Default::default() }]
+        };
+        let mut c = AssignmentCache::default();
+        c.put("h1", "hash-1", &a("1"));
+        c.put("h2", "hash-1", &a("1"));
+        c.put("h3", "hash-2", &a("2"));
+        let (h1, h2, h3) = (&c.hosts["h1"], &c.hosts["h2"], &c.hosts["h3"]);
+        assert!(Arc::ptr_eq(&h1.1, &h2.1) && Arc::ptr_eq(&h1.0, &h2.0), "one copy for equal assignments");
+        assert!(!Arc::ptr_eq(&h1.1, &h3.1));
+        assert_eq!((&*h3.0, h3.1.as_slice()), ("hash-2", a("2").as_slice()));
+        assert_eq!(c.distinct.len(), 2);
+        c.clear();
+        assert!(c.hosts.is_empty() && c.distinct.is_empty());
+    }
 
     fn push(kind: &str, content: &[u8]) -> PushRequest {
         PushRequest {
