@@ -454,9 +454,10 @@ pub struct Hysteresis {
 }
 
 impl Hysteresis {
-    /// No streak and no fault reading: what a new object has (left out of its stored JSON).
+    /// Nothing recorded: what a new object has (left out of its stored JSON). Compared with the default as
+    /// a whole, so a field added later can never be dropped from a record by a stale check.
     pub fn is_empty(&self) -> bool {
-        self.worse.is_none() && self.better.is_none() && self.last_fault_ms.is_none()
+        *self == Hysteresis::default()
     }
 }
 
