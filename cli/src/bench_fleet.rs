@@ -14,7 +14,8 @@
 //!    in at most a minute, and a watcher doing list (every page) + watch of everything: its lag is from the
 //!    moment a burst finding was acknowledged to the moment the watcher saw that disk's transition;
 //! 3. each master's RSS and CPU (sampled from /proc every second through every phase), data-dir bytes per
-//!    member, the snapshot figures the leader's `/metrics` exports;
+//!    member, the snapshot figures the leader's `/metrics` exports, and two listings from the leader: the
+//!    burst's disks by state (from its index of the objects out of GOOD) and one that reads every object;
 //! 4. a follower killed, its data dir wiped, restarted with `--join`: time until its applied index reaches
 //!    the leader's commit index of the moment of the restart, the leader's snapshot build it asked for,
 //!    then the wait until its indexes reach the leader's revision (phase 5 starts after it);
@@ -22,8 +23,9 @@
 //!    a timeline from the masters' logs (the new leader's learning of the agents, the killed member's restart);
 //! 6. elections outside the leader kill (the highest term of the members, polled every 200 ms): the follower
 //!    kill of phase 4 is not exempt, as it must not change the leader;
-//! 7. throughput: findings/s of 500 single-finding clients beside 32 agents sending 500-finding batches
-//!    (then every member's snapshot builds and log compactions);
+//! 7. throughput: findings/s of 500 single-finding clients beside 32 agents sending 500-finding batches,
+//!    with a listing by state from the leader halfway through the batches (then every member's snapshot
+//!    builds and log compactions);
 //! 8. every acknowledged finding checked once on its object at the end (its checker's latest evidence is at
 //!    least as new; a burst ERROR also left a transition in the history): the lost count must be 0;
 //! 9. every member stopped (SIGTERM) and its `raft.redb` broken down: pages in use against the file's size
@@ -868,6 +870,64 @@ async fn report(
     (acked, missed)
 }
 
+/// Every page of one listing from `node`, linearizable: (objects, pages, seconds), or why it failed.
+async fn timed_listing(node: &str, req: api::ListObjectsRequest) -> anyhow::Result<(u64, u64, f64)> {
+    let mut client = Client::new(parse_addrs(node));
+    client.call_timeout = CALL_TIMEOUT * 3;
+    let (mut objects, mut pages, mut token) = (0u64, 0u64, String::new());
+    let t = Instant::now();
+    while pages < u64::from(MAX_LIST_PAGES) {
+        let req = api::ListObjectsRequest { page_token: token.clone(), ..req.clone() };
+        let r = client.call(req, |mut c, r| async move { c.list_objects(r).await }).await?;
+        objects += r.objects.len() as u64;
+        pages += 1;
+        if r.next_page_token.is_empty() {
+            return Ok((objects, pages, t.elapsed().as_secs_f64()));
+        }
+        token = r.next_page_token;
+    }
+    bail!("the listing did not end within {MAX_LIST_PAGES} pages")
+}
+
+fn listing_line(r: anyhow::Result<(u64, u64, f64)>) -> String {
+    match r {
+        Ok((n, p, secs)) => format!("{n} objects in {p} pages, {:.0} ms", secs * 1000.0),
+        Err(e) => format!("failed: {e:#}"),
+    }
+}
+
+/// A node's pages of listings by state served from its index and scanned (its `/metrics`).
+async fn state_pages(http: &str) -> String {
+    match scrape_metrics(http).await {
+        Ok(m) => format!(
+            "{} indexed / {} scanned",
+            metric_value(&m, "huatuo_master_state_listing_pages_indexed_total"),
+            metric_value(&m, "huatuo_master_state_listing_pages_scanned_total")
+        ),
+        Err(e) => format!("metrics unavailable: {e:#}"),
+    }
+}
+
+/// Phase 3's listings by state from the leader: the burst's disks in ERROR, served from the index of the
+/// objects out of GOOD, beside a listing the index cannot serve (a label no object has: every object is
+/// read, as every listing by state was before the index), and the leader's count of each kind of page.
+async fn print_state_listings(cluster: &LocalCluster, leader: u64) {
+    let Some(node) = cluster.nodes.get(&leader) else { return };
+    let by_state = api::ListObjectsRequest { state: "ERROR".into(), limit: LIST_PAGE, ..Default::default() };
+    let scan = api::ListObjectsRequest {
+        labels: vec!["bench-no-such-label=x".into()],
+        limit: LIST_PAGE,
+        ..Default::default()
+    };
+    let indexed = listing_line(timed_listing(&node.grpc, by_state).await);
+    let scanned = listing_line(timed_listing(&node.grpc, scan).await);
+    let pages = state_pages(&node.http).await;
+    println!(
+        "phase 3 listings from the leader: state=ERROR {indexed}; a listing that reads every object \
+         (label matching none) {scanned}; leader's pages by state: {pages}"
+    );
+}
+
 /// The watcher: lists every object (following `next_page_token`), then watches everything from the
 /// listing's revision + 1, opening the stream again after it ends; records when each object's first
 /// transition arrived.
@@ -1589,6 +1649,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // Builds are on demand (a follower behind the log start): after registration the leader has
     // usually built none; phase 4 prints the one the wiped follower asks for.
     print_snapshot_metrics(cluster, lead_now, "phase 3").await;
+    print_state_listings(cluster, lead_now).await;
 
     print_slow_commits(cluster, "phase 3").await;
 
@@ -1744,8 +1805,29 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // Phase 7 runs before phase 6 is printed: elections during the throughput phase count too.
     let t7 = run.secs();
     let (single, single_s, ack1) = throughput(&run, "single", SINGLE_CLIENTS, 1, a.throughput_seconds).await;
+    // Halfway through the batched phase (the most changes per second), list the disks in ERROR from the
+    // leader: its index of the objects out of GOOD is then furthest behind.
+    let leader7 = cluster.wait_leader(READY_TIMEOUT).await;
+    let listing_node = leader7.and_then(|l| cluster.nodes.get(&l)).map(|n| (n.grpc.clone(), n.http.clone()));
+    let half = Duration::from_secs(a.throughput_seconds) / 2;
+    let storm_listing = tokio::spawn(async move {
+        let (grpc, http) = listing_node?;
+        tokio::time::sleep(half).await;
+        let by_state =
+            api::ListObjectsRequest { state: "ERROR".into(), limit: LIST_PAGE, ..Default::default() };
+        Some((timed_listing(&grpc, by_state).await, state_pages(&http).await))
+    });
     let (batched, batched_s, ack2) =
         throughput(&run, "batch", BATCH_AGENTS, BATCH_SIZE, a.throughput_seconds).await;
+    match storm_listing.await {
+        Ok(Some((listed, pages))) => println!(
+            "phase 7 listing from the leader halfway through the batched phase: state=ERROR {}; leader's pages \
+             by state: {pages}",
+            listing_line(listed)
+        ),
+        Ok(None) => println!("phase 7 listing during the batched phase: no leader"),
+        Err(e) => println!("phase 7 listing during the batched phase: task failed: {e}"),
+    }
     acked.extend(ack1);
     acked.extend(ack2);
     let (s_rate, b_rate) = (single as f64 / single_s.max(1e-9), batched as f64 / batched_s.max(1e-9));

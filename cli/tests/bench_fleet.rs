@@ -74,6 +74,20 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
     assert!(acked > 0 && carrying * 2 < acked, "{over_run}");
     // The burst covered every disk (60 hosts x 12) and the watcher saw each one's transition.
     assert!(stdout.contains("720 of a 720-disk ERROR burst"), "{stdout}");
+    // The leader lists the disks in ERROR from its index of the objects out of GOOD.
+    let listings =
+        stdout.lines().find(|l| l.starts_with("phase 3 listings from the leader: ")).expect("line");
+    assert!(listings.contains("state=ERROR 720 objects in 1 pages"), "{listings}");
+    assert!(listings.contains("(label matching none) 0 objects in 1 pages"), "{listings}");
+    assert!(listings.ends_with("leader's pages by state: 1 indexed / 0 scanned"), "{listings}");
+    let storm = stdout
+        .lines()
+        .find(|l| l.starts_with("phase 7 listing from the leader halfway through the batched phase: "))
+        .expect("phase 7 listing line");
+    assert!(
+        storm.contains("state=ERROR 720 objects in 1 pages") && storm.ends_with(" indexed / 0 scanned"),
+        "{storm}"
+    );
     assert!(stdout.contains(" 0 burst transitions not seen"), "{stdout}");
     assert!(
         stdout.contains("before the phase (watching)"),

@@ -12,11 +12,14 @@ use state_machines::{ObjectId, Policy};
 use crate::model::ObjectCore;
 use crate::store::{Reader, StoreError};
 
-/// (deadline, id) of every object that has a deadline under one policy.
+/// (deadline, id) of every object that has a deadline under one policy, and the objects out of GOOD by
+/// state ([`crate::by_state::States`], for listings by state): both follow the same changes, so one
+/// followed index keeps them with one read of each change.
 pub struct Deadlines {
     policy: Policy,
     by_time: BTreeSet<(u64, String)>,
     of: HashMap<String, u64>,
+    states: crate::by_state::States,
 }
 
 impl Default for Deadlines {
@@ -27,7 +30,12 @@ impl Default for Deadlines {
 
 impl Deadlines {
     pub fn with_policy(policy: Policy) -> Self {
-        Deadlines { policy, by_time: BTreeSet::new(), of: HashMap::new() }
+        Deadlines { policy, by_time: BTreeSet::new(), of: HashMap::new(), states: Default::default() }
+    }
+
+    /// The objects out of GOOD, by state.
+    pub fn states(&self) -> &crate::by_state::States {
+        &self.states
     }
 
     /// Objects whose deadline is at or before `now_ms`, earliest first, at most `max`.
@@ -43,6 +51,7 @@ impl Deadlines {
 impl crate::follow::ObjectIndex for Deadlines {
     const NAME: &'static str = "deadlines";
     fn put(&mut self, id: &str, rec: Option<&ObjectCore>) {
+        self.states.put(id, rec);
         if let Some(old) = self.of.remove(id) {
             self.by_time.remove(&(old, id.to_string()));
         }

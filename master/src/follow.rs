@@ -618,6 +618,36 @@ impl<S: ObjectIndex> Followed<S> {
         lock(&self.state).replace(0, (self.make)());
     }
 
+    /// Wait until the built index reaches `revision`, at most `limit`: a warm is started unless one runs
+    /// (in the warm duty or started by another caller), and every catch-up step's end wakes the wait. An
+    /// index not built is not waited for (a build is a pass over every object). True when reached.
+    pub async fn reach(self: &Arc<Self>, db: &Arc<redb::Database>, revision: u64, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.stepped_async.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a step ending in between still wakes us.
+            notified.as_mut().enable();
+            match self.revision() {
+                None => return false,
+                Some(r) if r >= revision => return true,
+                Some(_) => {}
+            }
+            self.start_warm(db);
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.revision().is_some_and(|r| r >= revision);
+            }
+        }
+    }
+
+    /// Read the index as it stands, without catching up: `f` gets the index and the revision it reached
+    /// (every change up to it is in, none after). None while it is not built. Holds the index's lock
+    /// while `f` runs: keep `f` short.
+    pub fn peek<T>(&self, f: impl FnOnce(&S, u64) -> T) -> Option<T> {
+        let st = lock(&self.state);
+        (st.next > 0).then(|| f(&st.index, st.next - 1))
+    }
+
     /// The revision the index reached, once built.
     pub fn revision(&self) -> Option<u64> {
         let next = lock(&self.state).next;
@@ -762,6 +792,22 @@ mod tests {
         let all = ix.with(&s.db, current, |x| x.0.clone()).await.expect("with").expect("built");
         assert_eq!(all, s.scan().0);
         assert_eq!(ix.behind_answers(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_to_reach_a_revision_warms_the_index_and_is_bounded() {
+        let (s, ix, current) = built_then_changed(4 * CATCH_UP_CHUNK, 64);
+        assert!(ix.revision() < Some(current));
+        assert!(ix.reach(&s.db, current, Duration::from_secs(30)).await, "warmed to the store's revision");
+        assert_eq!(ix.revision(), Some(current));
+        assert_eq!(ix.with(&s.db, current, |x| x.0.clone()).await.expect("with"), Some(s.scan().0));
+        // A revision the store will not reach within the limit: false once the limit passed.
+        let t = Instant::now();
+        assert!(!ix.reach(&s.db, current + 1, Duration::from_millis(50)).await);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        // An index not built is not waited for.
+        let unbuilt: Arc<Followed<Serials>> = Arc::default();
+        assert!(!unbuilt.reach(&s.db, 1, Duration::from_secs(30)).await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

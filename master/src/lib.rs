@@ -8,6 +8,7 @@ pub mod actions;
 pub mod api;
 pub mod archive;
 pub mod auth;
+pub mod by_state;
 pub mod catalog;
 pub mod checksum;
 pub mod cluster;

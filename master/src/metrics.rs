@@ -140,6 +140,16 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         ConstCounter::new(svc.deadline_index().unbuilt_answers()),
     );
     reg.register(
+        "state_listing_pages_indexed",
+        "Pages of listings by state (other than GOOD) served from this node's index of the objects out of GOOD",
+        ConstCounter::new(svc.state_pages_indexed.load(Ordering::Relaxed)),
+    );
+    reg.register(
+        "state_listing_pages_scanned",
+        "Pages of listings by state that scanned the objects (the index not built yet, or too far behind)",
+        ConstCounter::new(svc.state_pages_scanned.load(Ordering::Relaxed)),
+    );
+    reg.register(
         "heartbeat_assignment_reads",
         "Heartbeats that read the store for their host's checker assignment (not cached, or the catalog moved)",
         ConstCounter::new(svc.assignment_store_reads()),

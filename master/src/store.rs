@@ -658,6 +658,16 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The prefix every object key the filter can match starts with (`KIND/` or `KIND/HOST`; empty without
+    /// a kind): a listing reads only the keys under it.
+    pub fn key_prefix(&self) -> String {
+        match (self.kind, &self.host) {
+            (Some(k), Some(h)) => format!("{k}/{h}"),
+            (Some(k), None) => format!("{k}/"),
+            _ => String::new(),
+        }
+    }
+
     pub fn matches_object(&self, r: &ObjectRecord) -> bool {
         self.kind.is_none_or(|k| r.id.kind() == k)
             && self.host.as_deref().is_none_or(|h| r.id.host_name() == Some(h))
@@ -811,11 +821,7 @@ impl Reader {
     ) -> Result<(Vec<ObjectRecord>, Option<String>), StoreError> {
         self.read("list_page", || {
             let Some(t) = open_read!(self.txn, OBJECTS) else { return Ok((Vec::new(), None)) };
-            let prefix = match (filter.kind, &filter.host) {
-                (Some(k), Some(h)) => format!("{k}/{h}"),
-                (Some(k), None) => format!("{k}/"),
-                _ => String::new(),
-            };
+            let prefix = filter.key_prefix();
             let start = match after {
                 Some(a) if a >= prefix.as_str() => Bound::Excluded(a),
                 _ => Bound::Included(prefix.as_str()),
@@ -845,6 +851,34 @@ impl Reader {
             }
             Ok((out, None))
         })
+    }
+
+    /// One page of a listing whose candidates are known (`ids`: object ids in id order, a superset of the
+    /// objects `filter` matches in the range they cover, e.g. from an index of the objects by state): each
+    /// candidate is read and checked against `filter` here, so the page is exact at this reader's state.
+    /// At most `limit` (at least 1) objects; the id to continue after when one more match exists, else
+    /// `cut` (the candidates stopped short of the end: continue after the last one), else `None`.
+    pub fn list_candidates(
+        &self,
+        filter: &Filter,
+        ids: impl IntoIterator<Item = String>,
+        limit: usize,
+        cut: Option<String>,
+    ) -> Result<(Vec<ObjectRecord>, Option<String>), StoreError> {
+        let limit = limit.max(1);
+        let mut out: Vec<ObjectRecord> = Vec::new();
+        for id in ids {
+            let Some(rec) = self.object(&id)? else { continue };
+            if filter.matches_object(&rec) {
+                if out.len() >= limit {
+                    // One more match exists: continue after the last one served.
+                    let last = out.last().map(|r| r.id.to_string());
+                    return Ok((out, last));
+                }
+                out.push(rec);
+            }
+        }
+        Ok((out, cut))
     }
 
     /// One page of the agent table: agents with ids strictly after `after`, in id order, at most `limit`

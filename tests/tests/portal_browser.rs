@@ -1079,3 +1079,101 @@ fn portal_object_page_charts_archived_readings() {
     rig.s.shot(&format!("{}-1-readings", rig.prefix));
     rig.no_page_errors();
 }
+
+#[test]
+fn portal_asks_the_master_for_what_needs_attention_beyond_its_first_10000_objects() {
+    // 11,000 disks of hosts aa-00..aa-10 sort before every other object, so the page's own copy (the
+    // first 10,000 in id order) holds none of zz-late's objects: its faults must come from the master's
+    // listing by state.
+    let mut rig = charts_rig("attention");
+    for h in 0..11 {
+        let host = format!("aa-{h:02}");
+        let objects: Vec<Value> = (0..1000)
+            .map(|d| json!({ "id": format!("disk/{host}/d{d:04}"), "labels": { "rack": "r1" } }))
+            .collect();
+        api_as(&rig.m, "agent", "POST", "/api/v1/register", json!({ "host": host, "objects": objects }));
+    }
+    let late = vec![
+        json!({ "id": "machine/zz-late", "labels": { "rack": "r9" } }),
+        json!({ "id": "disk/zz-late/sda", "labels": { "rack": "r9" } }),
+        json!({ "id": "disk/zz-late/sdb", "labels": { "rack": "r9" } }),
+    ];
+    api_as(&rig.m, "agent", "POST", "/api/v1/register", json!({ "host": "zz-late", "objects": late }));
+    force_to(&rig.m, "disk/zz-late/sdb", "ERROR");
+    force_to(&rig.m, "disk/aa-00/d0007", "ERROR");
+    let list = api(&rig.m, "GET", "/api/v1/objects?limit=10000", Value::Null);
+    assert!(
+        list["next_page_token"].as_str().is_some_and(|t| !t.is_empty())
+            && !list.to_string().contains("zz-late"),
+        "the first 10,000 objects leave zz-late out"
+    );
+    // Load the portal again (a new document, not a hash change): it lists the fleet as it is now, cut at
+    // 10,000 (the page it had followed every registration live, uncut).
+    let url = format!("https://{}/?reloaded#/", rig.m.addr);
+    let r = rig.s.b.navigate(&url);
+    rig.s.check("reload the overview", r);
+    rig.s.wait(
+        "the overview's needs-attention table names both faults, the late one too",
+        "!!document.querySelector('#fleet-attention tr[data-id=\"disk/zz-late/sdb\"]') && \
+         !!document.querySelector('#fleet-attention tr[data-id=\"disk/aa-00/d0007\"]')",
+    );
+    rig.s.eval("search without a state", "location.hash = '#/objects?kind=disk'");
+    rig.s.wait(
+        "the page says it holds the first 10,000 objects",
+        "document.querySelector('#search-results').textContent.includes('holds the first 10,000 objects')",
+    );
+    rig.s.eval("back to the overview", "location.hash = '#/'");
+    rig.s.wait(
+        "the objects card counts the whole fleet",
+        "document.querySelector('#card-objects .value').textContent.replace(/\\D/g, '') === '11003'",
+    );
+    // Live: a fault appearing later beyond the first 10,000 joins the table.
+    force_to(&rig.m, "machine/zz-late", "ERROR");
+    rig.s.wait(
+        "a later fault beyond the first 10,000 appears",
+        "!!document.querySelector('#fleet-attention tr[data-id=\"machine/zz-late\"]')",
+    );
+    rig.s.shot(&format!("{}-1-overview", rig.prefix));
+    // A search by state asks the master too; the text filter applies to its answer.
+    rig.s.eval("search ERROR disks", "location.hash = '#/objects?kind=disk&state=ERROR'");
+    let ids = rig.s.wait(
+        "both ERROR disks found",
+        "(() => { const r = [...document.querySelectorAll('#search-results tr[data-id]')].map((t) => t.dataset.id); \
+         return r.length === 2 ? JSON.stringify(r) : false; })()",
+    );
+    assert_eq!(ids.as_str(), Some(r#"["disk/aa-00/d0007","disk/zz-late/sdb"]"#));
+    rig.s.eval("search not GOOD on zz-late", "location.hash = '#/objects?state=not-good&q=zz-late'");
+    let ids = rig.s.wait(
+        "the late host's faults only",
+        "(() => { const r = [...document.querySelectorAll('#search-results tr[data-id]')].map((t) => t.dataset.id); \
+         return r.length === 2 && !r.includes('disk/aa-00/d0007') ? JSON.stringify(r) : false; })()",
+    );
+    assert_eq!(ids.as_str(), Some(r#"["disk/zz-late/sdb","machine/zz-late"]"#));
+    rig.s.shot(&format!("{}-2-search", rig.prefix));
+    rig.no_page_errors();
+    // The same listing over REST, a page of one at a time, and the leader served it from its index.
+    let (mut ids, mut token) = (Vec::new(), String::new());
+    for _ in 0..10 {
+        let page = api(
+            &rig.m,
+            "GET",
+            &format!("/api/v1/objects?state=ERROR&limit=1&page_token={token}"),
+            Value::Null,
+        );
+        ids.extend(page["objects"].as_array().expect("objects").iter().map(|o| o["id"].to_string()));
+        token = page["next_page_token"].as_str().unwrap_or_default().to_string();
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(ids, [r#""disk/aa-00/d0007""#, r#""disk/zz-late/sdb""#, r#""machine/zz-late""#]);
+    let (status, metrics) = http(&rig.m, Some(rig.m.token("read")), "GET", "/metrics", "");
+    let indexed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("huatuo_master_state_listing_pages_indexed_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(
+        status == 200 && indexed.is_some_and(|n| n >= 3),
+        "listings by state served from the index: {indexed:?}"
+    );
+}

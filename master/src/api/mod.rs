@@ -97,7 +97,8 @@ pub struct Service {
     coming_alive: mpsc::Sender<heartbeats::ComingAlive>,
     /// The pending orders of every host, for heartbeat answers (see `actions::OrderIndex`).
     orders: Arc<crate::actions::OrderIndex>,
-    /// The objects' deadlines, for the leader's ticks (see `deadlines::DeadlineIndex`).
+    /// The objects' deadlines, for the leader's ticks, and the objects out of GOOD by state, for listings
+    /// by state (see `deadlines::DeadlineIndex` and `by_state`).
     deadlines: Arc<crate::deadlines::DeadlineIndex>,
     pub stats: Arc<FsmStats>,
     pub started: Instant,
@@ -109,6 +110,10 @@ pub struct Service {
     member_versions: Mutex<Option<(Instant, std::collections::BTreeMap<u64, cluster::MemberAnswer>)>>,
     /// Leader changes this node observed (its duty loop samples the leader every DUTY_INTERVAL).
     pub leader_changes: AtomicU64,
+    /// Pages of listings by state (other than GOOD) served from the index of the objects out of GOOD, and
+    /// those that scanned because it could not serve them (see `by_state`).
+    pub state_pages_indexed: AtomicU64,
+    pub state_pages_scanned: AtomicU64,
     /// The catalog as last read for assignments, keyed by the replicated catalog counter.
     catalog_cache: catalog::CatalogCache,
     /// Per-host assignment hashes for heartbeats, keyed by the replicated catalog counter.
@@ -171,6 +176,8 @@ impl Service {
             watch_registry: watch::Registry::default(),
             member_versions: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
+            state_pages_indexed: AtomicU64::new(0),
+            state_pages_scanned: AtomicU64::new(0),
             catalog_cache: Mutex::new(None),
             assignments: Mutex::default(),
             canary: Mutex::new(crate::catalog::CanaryConfig::default()),

@@ -1,6 +1,8 @@
 //! Objects: the writes that change them (findings, registrations, object commands), each validated before
 //! it is proposed, and the reads (list, get) with the one object view every front end answers with.
 
+use std::sync::atomic::Ordering;
+
 use proto::error::ApiError;
 use proto::view::ObjectView;
 use serde::{Deserialize, Serialize};
@@ -8,6 +10,7 @@ use state_machines::{Finding, Input, ObjectId};
 
 use super::pages::{self, Listing, ObjectPage, PageToken};
 use super::{Service, store_err, validate};
+use crate::by_state::{self, Served};
 use crate::model::{CmdResult, Command, HistoryEntry, MAX_TEXT_LEN, ObjectRecord, Registration};
 use crate::store::Filter;
 
@@ -212,9 +215,29 @@ impl Service {
             None => r.revision().map_err(store_err)?,
         };
         let after = token.as_ref().map(|t| t.after.as_str());
-        let (objects, next) = r
-            .list_page(filter, after, pages::page_size(limit), validate::MAX_PAGE_SCAN)
-            .map_err(store_err)?;
+        let size = pages::page_size(limit);
+        // A listing by state (other than GOOD) reads the objects in that state, not every object.
+        let mut served = by_state::list_page(&self.deadlines, &r, filter, after, size).map_err(store_err)?;
+        if let Served::Behind(needed) = served {
+            // A storm of changes since the index's last warm: catch it up (bounded), then read again.
+            if self.deadlines.reach(&self.db, needed, by_state::LISTING_INDEX_WAIT).await {
+                r = self.read_view(stale).await?;
+                r = self.reader_at_least(r, revision).await?;
+                served = by_state::list_page(&self.deadlines, &r, filter, after, size).map_err(store_err)?;
+            }
+        }
+        let (objects, next) = match served {
+            Served::Page(page) => {
+                self.state_pages_indexed.fetch_add(1, Ordering::Relaxed);
+                page
+            }
+            Served::Behind(_) | Served::No => {
+                if by_state::indexed_state(filter).is_some() {
+                    self.state_pages_scanned.fetch_add(1, Ordering::Relaxed);
+                }
+                r.list_page(filter, after, size, validate::MAX_PAGE_SCAN).map_err(store_err)?
+            }
+        };
         let next_page_token = next
             .map(|after| PageToken { listing: Listing::Objects, revision, digest, after }.encode())
             .unwrap_or_default();

@@ -305,7 +305,7 @@
     const m = new Map();
     for (const o of r.objects) m.set(o.id, toEntry(o));
     S.objects = m;
-    S.truncated = r.objects.length >= LIST_LIMIT;
+    S.truncated = !!r.next_page_token || r.objects.length >= LIST_LIMIT;
     S.revision = r.revision;
     S.loaded = true;
     scheduleUpdate();
@@ -846,8 +846,21 @@
           card('Pending proposals', num(pend), h('a', { href: '#/proposals' }, 'review'), pend ? 'warn' : '', 'card-proposals'),
           card('Scopes not auto', sf ? num(latched) : '-', sf ? `${num(nAlerts)} alerts` : 'safety API unavailable', latched ? 'warn' : ''));
         replace(matrix, kindStateMatrix(by));
-        const bad = all.filter((o) => o.state !== 'GOOD').sort((a, b) => (STATE_RANK[a.state] - STATE_RANK[b.state]) || (b.state_since_ms - a.state_since_ms));
-        replace(attention, bad.length ? objectTable(bad.slice(0, 50), bad.length) : h('div', { class: 'empty panel' }, 'Every object is GOOD.'));
+        const byRank = (a, b) => (STATE_RANK[a.state] - STATE_RANK[b.state]) || (b.state_since_ms - a.state_since_ms);
+        if (S.truncated) {
+          // The page holds the first LIST_LIMIT objects only: the master lists the rest by state.
+          const res = remoteByState({ kind: '', state: 'not-good', labels: [], q: '' });
+          if (!res) replace(attention, h('div', { class: 'empty' }, 'Loading…'));
+          else if (res.error) replace(attention, errorBox(res.error));
+          else {
+            const bad = res.objects.slice().sort(byRank);
+            const total = sm ? sumStates(by, (st) => st !== 'GOOD') : bad.length;
+            replace(attention, bad.length ? objectTable(bad.slice(0, 50), Math.max(total, bad.length)) : h('div', { class: 'empty panel' }, 'Every object is GOOD.'));
+          }
+        } else {
+          const bad = all.filter((o) => o.state !== 'GOOD').sort(byRank);
+          replace(attention, bad.length ? objectTable(bad.slice(0, 50), bad.length) : h('div', { class: 'empty panel' }, 'Every object is GOOD.'));
+        }
         replace(scopes, scopesTable(true));
         replace(alerts, alertsList());
         replace(feed, feedList(S.feed.slice(0, 25)));
@@ -960,13 +973,17 @@
       name: 'objects',
       update() {
         if (!S.loaded) { replace(results, h('div', { class: 'empty' }, 'Loading…')); return; }
-        const hits = [...S.objects.values()].filter((o) => matches(o, crit)).sort((a, b) => a.id < b.id ? -1 : 1);
+        // A search by state in a fleet bigger than the page's copy asks the master (see remoteByState).
+        const remoteRes = S.truncated && crit.state ? remoteByState(crit) : null;
+        if (S.truncated && crit.state && !remoteRes) { replace(results, h('div', { class: 'empty' }, 'Loading…')); return; }
+        if (remoteRes && remoteRes.error) { replace(results, errorBox(remoteRes.error)); return; }
+        const hits = (remoteRes ? remoteRes.objects : [...S.objects.values()]).filter((o) => matches(o, crit)).sort((a, b) => a.id < b.id ? -1 : 1);
         const hosts = [...new Set(hits.map((o) => o.host))].sort();
         replace(results,
           crit.q && hosts.length && hosts.length <= 20 ? h('div', { class: 'panel', id: 'search-hosts' }, h('strong', {}, 'Hosts: '),
             hosts.map((hh) => [h('a', { href: `#/host/${encodeURIComponent(hh)}`, class: 'pill' }, `${hh} — timeline`), ' '])) : null,
-          S.truncated ? h('p', { class: 'muted small' }, `The portal holds the first ${num(LIST_LIMIT)} objects; narrow by exact host on the host page for the rest.`) : null,
-          h('p', { class: 'muted' }, `${num(hits.length)} objects`),
+          S.truncated && !remoteRes ? h('p', { class: 'muted small' }, `The portal holds the first ${num(LIST_LIMIT)} objects; search by state (the master lists those), or narrow by exact host on the host page, for the rest.`) : null,
+          h('p', { class: 'muted', id: 'search-count' }, remoteRes && remoteRes.more ? `${num(hits.length)} objects shown (the first of each state the master listed; more match)` : `${num(hits.length)} objects`),
           hits.length ? objectTable(hits, hits.length) : h('div', { class: 'empty panel' }, 'Nothing matches.'));
       },
     };
@@ -986,6 +1003,52 @@
       if (v !== null && o.labels[k] !== v) return false;
     }
     return true;
+  }
+
+  // ---------------------------------------------------------------- listings by state from the master
+  // When the page's own copy is cut at LIST_LIMIT (a big fleet), the views of objects out of GOOD (the
+  // overview's "needs attention", a search by state) ask the master, which lists by state from its index
+  // of the objects out of GOOD: only those objects are read, wherever they sort. At most TABLE_MAX rows per
+  // view; fetched again when the revision moved (at most once per POLL_MIN_GAP_MS per view).
+  const NOT_GOOD = STATES.filter((st) => st !== 'GOOD').sort((a, b) => STATE_RANK[a] - STATE_RANK[b]);
+  // Views remembered (one per kind/state/labels asked): beyond this many the oldest are forgotten.
+  const REMOTE_MAX = 16;
+  const remote = new Map();
+  async function fetchByState(crit) {
+    const states = crit.state === 'not-good' ? NOT_GOOD : [crit.state];
+    const kv = crit.labels.filter(([, v]) => v !== null).map(([k, v]) => `${k}=${v}`).join(',');
+    const objects = [];
+    let more = false;
+    for (const st of states) {
+      if (objects.length >= TABLE_MAX) { more = true; break; }
+      const qs = new URLSearchParams({ state: st, limit: String(TABLE_MAX - objects.length) });
+      if (crit.kind) qs.set('kind', crit.kind);
+      if (kv) qs.set('label', kv);
+      const r = await api(`/objects?${qs}`);
+      for (const o of r.objects) objects.push(toEntry(o));
+      if (r.next_page_token) more = true;
+    }
+    // The text filter is the view's own (applied where it is shown): one answer serves every text.
+    return { objects: objects.filter((o) => matches(o, { ...crit, q: '' })), more };
+  }
+  // The master's answer for `crit` (null until the first one arrives; {error} when it failed).
+  function remoteByState(crit) {
+    const key = JSON.stringify([crit.kind, crit.state, crit.labels]);
+    let e = remote.get(key);
+    if (!e) {
+      if (remote.size >= REMOTE_MAX) remote.delete(remote.keys().next().value);
+      e = { revision: -1, at: 0, loading: false, result: null };
+      remote.set(key, e);
+    }
+    if (!e.loading && e.revision !== S.revision && Date.now() - e.at >= POLL_MIN_GAP_MS) {
+      const rev = S.revision;
+      e.loading = true;
+      e.at = Date.now();
+      fetchByState(crit)
+        .then((r) => { e.result = r; e.revision = rev; }, (err) => { e.result = { error: err }; })
+        .finally(() => { e.loading = false; scheduleUpdate(); });
+    }
+    return e.result;
   }
 
   // ---------------------------------------------------------------- one object
