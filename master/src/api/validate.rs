@@ -34,9 +34,10 @@ pub const MAX_VERSION_LEN: usize = 64;
 pub const DEFAULT_PAGE: usize = 1_000;
 /// Largest page served; a request for more is served this many (the proto's "served as the maximum").
 pub const MAX_PAGE: usize = 10_000;
-/// Rows one page examines at most (a selective filter such as `state=REPAIR` over 1.5 M objects): the page
-/// then ends early, possibly empty, with a token that continues after the last row examined, so one call
-/// never holds a read transaction over the whole table.
+/// Rows one page examines at most (a selective filter such as a label over 1.5 M objects): the page then
+/// ends early, possibly empty, with a token that continues after the last row examined, so one call never
+/// holds a read transaction over the whole table. A filter by state other than GOOD reads the objects in
+/// that state instead (`by_state`).
 pub const MAX_PAGE_SCAN: usize = 100_000;
 /// Longest page token accepted (a token carries one object id, at most a few hundred bytes, in base64).
 pub const MAX_PAGE_TOKEN_LEN: usize = 2_048;
