@@ -17,7 +17,6 @@ pub struct Objects {
     pub objects: Vec<api::Object>,
     /// The listing's revision (its first page's).
     pub revision: u64,
-    pub pages: u32,
     /// `want` was reached and more objects may match.
     pub more: bool,
 }
@@ -30,13 +29,36 @@ fn page_limit(want: usize, have: usize) -> u32 {
 /// Objects matching `req`'s filter, a page at a time: all of them (`want` 0) or the first `want`.
 pub async fn objects(
     client: &mut Client,
-    mut req: api::ListObjectsRequest,
+    req: api::ListObjectsRequest,
     want: usize,
 ) -> Result<Objects, ApiError> {
-    let mut out = Objects { objects: Vec::new(), revision: 0, pages: 0, more: false };
+    let mut objects = Vec::new();
+    let w = walk(client, req, want, |o| objects.push(o)).await?;
+    Ok(Objects { objects, revision: w.revision, more: w.more })
+}
+
+/// What [`walk`] went through: the listing's revision (its first page's), the pages read, and whether
+/// `want` was reached with more objects matching.
+pub struct Walked {
+    pub revision: u64,
+    pub pages: u32,
+    pub more: bool,
+}
+
+/// Follow a listing page by page, handing each object to `f` as its page arrives and keeping none of
+/// them: all of them (`want` 0) or the first `want`. A caller that needs what the objects add up to, not
+/// the objects (`huatuo inspect` over 1.5 M objects), holds one page at a time.
+pub async fn walk(
+    client: &mut Client,
+    mut req: api::ListObjectsRequest,
+    want: usize,
+    mut f: impl FnMut(api::Object),
+) -> Result<Walked, ApiError> {
+    let mut out = Walked { revision: 0, pages: 0, more: false };
+    let mut seen = 0usize;
     req.page_token.clear();
     while out.pages < MAX_PAGES {
-        req.limit = page_limit(want, out.objects.len());
+        req.limit = page_limit(want, seen);
         let resp = client.call(req.clone(), |mut c, r| async move { c.list_objects(r).await }).await?;
         out.pages += 1;
         if out.pages == 1 {
@@ -47,12 +69,18 @@ pub async fn objects(
                 out.pages, resp.revision, out.revision
             )));
         }
-        out.objects.extend(resp.objects);
+        for o in resp.objects {
+            if want > 0 && seen >= want {
+                out.more = true;
+                return Ok(out);
+            }
+            seen += 1;
+            f(o);
+        }
         if resp.next_page_token.is_empty() {
             return Ok(out);
         }
-        if want > 0 && out.objects.len() >= want {
-            out.objects.truncate(want);
+        if want > 0 && seen >= want {
             out.more = true;
             return Ok(out);
         }
