@@ -37,11 +37,10 @@ pub async fn objects(
     Ok(Objects { objects, revision: w.revision, more: w.more })
 }
 
-/// What [`walk`] went through: the listing's revision (its first page's), the pages read, and whether
-/// `want` was reached with more objects matching.
+/// What [`walk`] went through: the listing's revision (its first page's), and whether `want` was reached
+/// with more objects matching.
 pub struct Walked {
     pub revision: u64,
-    pub pages: u32,
     pub more: bool,
 }
 
@@ -54,19 +53,19 @@ pub async fn walk(
     want: usize,
     mut f: impl FnMut(api::Object),
 ) -> Result<Walked, ApiError> {
-    let mut out = Walked { revision: 0, pages: 0, more: false };
-    let mut seen = 0usize;
+    let mut out = Walked { revision: 0, more: false };
+    let (mut pages, mut seen) = (0u32, 0usize);
     req.page_token.clear();
-    while out.pages < MAX_PAGES {
+    while pages < MAX_PAGES {
         req.limit = page_limit(want, seen);
         let resp = client.call(req.clone(), |mut c, r| async move { c.list_objects(r).await }).await?;
-        out.pages += 1;
-        if out.pages == 1 {
+        pages += 1;
+        if pages == 1 {
             out.revision = resp.revision;
         } else if resp.revision != out.revision {
             return Err(ApiError::internal(format!(
                 "page {} of a listing answered revision {} (the listing started at {})",
-                out.pages, resp.revision, out.revision
+                pages, resp.revision, out.revision
             )));
         }
         for o in resp.objects {
