@@ -13,7 +13,7 @@ use crate::fsm::counts::{HOUR_MS, HOURLY, HOURLY_KEEP_HOURS, hour_of, hourly_key
 
 const HOSTS: u32 = 12;
 /// Entries a run applies; with up to 4 hours between entries the run spans ~15 days on average, so
-/// pruning (after 8 days) happens in every run.
+/// pruning (after 8 days) happens in most runs (not all: see `check`).
 const ENTRIES: usize = 180;
 
 /// The hourly counters from the history: every `transition` entry by (hour, kind, target state), hours
@@ -56,7 +56,9 @@ fn random_command(rng: &mut StdRng, now: u64, seqs: &mut BTreeMap<String, u64>) 
     }
 }
 
-fn check(seed: u64) {
+/// Runs one seed; returns whether the run pruned an hour. A random run may not: its transitions can end
+/// early (the objects forced may all be deregistered), so only the pinned seeds require it.
+fn check(seed: u64) -> bool {
     eprintln!("hourly property seed {seed:#x}");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut h = Harness::new();
@@ -83,14 +85,11 @@ fn check(seed: u64) {
         mem.state.objects.values().all(|o| o.history_compacted == 0),
         "seed {seed:#x}: a history was compacted, so the recount would not see every transition"
     );
-    let span = hour_of(now) - hour_of(1_700_000_000_000);
-    if span > (HOURLY_KEEP_HOURS + 1) * HOUR_MS {
-        assert!(pruned, "seed {seed:#x}: a run over {} hours pruned nothing", span / HOUR_MS);
-    }
     let snap = h.snapshot();
     assert_eq!(snap, mem.state.snapshot(), "seed {seed:#x}: states differ");
     let restored = MemState::from_snapshot(&snap).expect("restore");
     assert_eq!(mem_hourly(&restored), recount_hourly(&mem.state).0, "seed {seed:#x}: after a restore");
+    pruned
 }
 
 proptest! {
@@ -104,7 +103,14 @@ proptest! {
 
 #[test]
 fn a_pinned_seed_counts_and_prunes() {
-    check(0x19);
+    assert!(check(0x19), "seed 0x19 prunes");
+}
+
+/// CI's seed whose transitions spanned hours 8 to 192 of a 360-hour run: nothing to prune, and the
+/// counters must still equal the recount.
+#[test]
+fn a_run_whose_transitions_end_early_prunes_nothing_and_still_counts() {
+    assert!(!check(0x5e42_8fdf_b86b_8aa1));
 }
 
 #[test]
