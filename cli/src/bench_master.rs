@@ -45,6 +45,10 @@ pub struct BenchMasterArgs {
     /// compare them.
     #[arg(long, default_value_t = 0)]
     max_election_ticks: usize,
+    /// HTTP/2 connections the throughput phase's agents share, to the leader (0: one per agent, each
+    /// following the leader on its own). Like etcd's benchmark `--conns` beside `--clients`.
+    #[arg(long, default_value_t = 0)]
+    connections: u32,
 }
 
 fn batch(agent: u32, seq: u64, n: u32, disks: u32) -> api::IngestRequest {
@@ -93,12 +97,17 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let mut shared = Vec::new();
+    for _ in 0..a.connections {
+        shared.push(crate::bench_common::connect(&cluster.nodes[&leader].grpc).await?);
+    }
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for agent in 0..a.agents {
         let (stop, committed, lat, seqs, addrs) =
             (stop.clone(), committed.clone(), lat.clone(), seqs.clone(), addrs.clone());
         let (n, disks) = (a.batch, a.disks);
+        let conn = (!shared.is_empty()).then(|| shared[agent as usize % shared.len()].clone());
         tasks.push(tokio::spawn(async move {
             let mut client = Client::new(master::client::parse_addrs(&addrs));
             let mut local = Vec::new();
@@ -106,7 +115,13 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
                 let seq = seqs[agent as usize].fetch_add(1, Ordering::Relaxed) + 1;
                 let req = batch(agent, seq, n, disks);
                 let t = Instant::now();
-                match client.call(req, |mut c, r| async move { c.ingest(r).await }).await {
+                let res = match &conn {
+                    Some(c) => c.clone().ingest(req).await.map(|r| r.into_inner()).map_err(|s| {
+                        proto::error::ApiError::new(proto::error::Code::Unavailable, s.message().to_string())
+                    }),
+                    None => client.call(req, |mut c, r| async move { c.ingest(r).await }).await,
+                };
+                match res {
                     Ok(r) => {
                         committed.fetch_add(u64::from(r.applied), Ordering::Relaxed);
                         local.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -125,8 +140,13 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
         let _ = t.await;
     }
     let l = sorted(std::mem::take(&mut *lat.lock().await));
+    let conns = match a.connections {
+        0 => "one connection each".to_string(),
+        n => format!("{n} shared connections"),
+    };
     println!(
-        "throughput: {} agents x {} findings/batch: {:.0} committed findings/s over {:.1} s (fsync on every node)",
+        "throughput: {} agents x {} findings/batch ({conns}): {:.0} committed findings/s over {:.1} s (fsync on \
+         every node)",
         a.agents,
         a.batch,
         total as f64 / done_in.as_secs_f64(),
