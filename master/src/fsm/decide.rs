@@ -86,7 +86,7 @@ pub(super) struct Decider<'v> {
     pub(super) events: Vec<ChangeEvent>,
     pub(super) w: Writes,
     /// Objects read from the view by this entry (None: absent), so repeated reads decode once.
-    seen: BTreeMap<String, Option<ObjectRecord>>,
+    seen: BTreeMap<String, Option<Box<ObjectRecord>>>,
     /// The replicated safety config (as changed by this entry).
     pub(super) cfg: SafetyConfig,
     /// Set when the safety net held the current command's transition: (proposal id or 0, why).
@@ -220,13 +220,13 @@ impl<'v> Decider<'v> {
     /// The object as this entry sees it.
     pub(super) fn load(&mut self, id: &str) -> Result<Option<ObjectRecord>, StoreError> {
         if let Some(r) = self.w.objects.get(id) {
-            return Ok(Some(r.clone()));
+            return Ok(Some(ObjectRecord::clone(r)));
         }
         if let Some(r) = self.seen.get(id) {
-            return Ok(r.clone());
+            return Ok(r.as_deref().cloned());
         }
         let rec = self.view.object(id)?;
-        self.seen.insert(id.to_string(), rec.clone());
+        self.seen.insert(id.to_string(), rec.clone().map(Box::new));
         Ok(rec)
     }
 
@@ -242,12 +242,12 @@ impl<'v> Decider<'v> {
             Some(p) => Some(p),
             None => match self.seen.remove(&id) {
                 Some(p) => p,
-                None => self.view.object(&id)?,
+                None => self.view.object(&id)?.map(Box::new),
             },
         };
-        self.account(prev.as_ref(), Some(&rec))?;
-        self.count_record(prev.as_ref(), Some(&rec))?;
-        self.w.objects.insert(id, rec);
+        self.account(prev.as_deref(), Some(&rec))?;
+        self.count_record(prev.as_deref(), Some(&rec))?;
+        self.w.objects.insert(id, Box::new(rec));
         Ok(())
     }
 
@@ -255,7 +255,7 @@ impl<'v> Decider<'v> {
     pub(super) fn all_objects(&self) -> Result<Vec<ObjectRecord>, StoreError> {
         let mut all: BTreeMap<String, ObjectRecord> =
             self.view.objects()?.into_iter().map(|r| (r.id.to_string(), r)).collect();
-        all.extend(self.w.objects.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all.extend(self.w.objects.iter().map(|(k, v)| (k.clone(), ObjectRecord::clone(v))));
         Ok(all.into_values().collect())
     }
 

@@ -137,7 +137,7 @@ impl MemState {
         for (k, v) in &w.meta {
             self.meta.insert((*k).to_string(), *v);
         }
-        self.objects.extend(w.objects.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.objects.extend(w.objects.iter().map(|(k, v)| (k.clone(), ObjectRecord::clone(v))));
         for (k, e) in &w.history {
             match e {
                 Some(e) => self.history.insert(k.clone(), e.clone()),

@@ -62,7 +62,9 @@ pub trait View {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Writes {
     pub meta: BTreeMap<&'static str, u64>,
-    pub objects: BTreeMap<String, ObjectRecord>,
+    /// Boxed: an entry of many findings inserts and removes records here once per finding, and a B-tree
+    /// node moves its values on every insert and remove (whole records were a tenth of a member's apply).
+    pub objects: BTreeMap<String, Box<ObjectRecord>>,
     pub history: BTreeMap<(String, u64), Option<crate::model::HistoryEntry>>,
     pub agents: BTreeMap<String, AgentRecord>,
     pub members: BTreeMap<u64, MemberRecord>,
