@@ -286,6 +286,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
                 utc(o.state_since_ms)
             ));
         }
+        std::ops::ControlFlow::Continue(())
     }));
     walked.map_err(api_err)?;
     if !r.stuck.is_empty() {

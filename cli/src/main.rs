@@ -23,6 +23,7 @@ mod kernel_log_cmd;
 mod master_cmd;
 mod meta_cmd;
 mod net_cmd;
+mod objects_out;
 mod ops_cmd;
 mod output;
 mod pages;

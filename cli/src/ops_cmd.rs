@@ -286,20 +286,6 @@ pub struct ObjectsArgs {
     master: MasterAddr,
 }
 
-fn object_json(o: &api::Object) -> serde_json::Value {
-    serde_json::json!({
-        "id": o.id, "kind": o.kind, "host": o.host, "state": o.state, "grade": o.grade,
-        "state_since_ms": o.state_since_ms, "labels": o.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "attributes": o.attributes.iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "revision": o.revision, "history_len": o.history_len, "history_compacted": o.history_compacted,
-        "created_ms": o.created_ms,
-        "evidence": o.evidence.iter().map(|f| serde_json::json!({
-            "checker": f.checker, "version": f.version, "rule": f.rule, "severity": f.severity,
-            "evidence": f.evidence, "time_ms": f.time_ms,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 pub fn objects(a: ObjectsArgs) -> anyhow::Result<ExitCode> {
     let req = api::ListObjectsRequest {
         kind: a.kind.unwrap_or_default(),
@@ -311,59 +297,25 @@ pub fn objects(a: ObjectsArgs) -> anyhow::Result<ExitCode> {
         page_token: String::new(),
     };
     let mut client = a.master.client();
-    let res = runtime()?.block_on(crate::pages::objects(&mut client, req, a.limit)).map_err(api_err)?;
-    let f = a.out.format();
-    if f.is_document() {
-        let v = serde_json::json!({
-            "revision": res.revision,
-            "objects": res.objects.iter().map(object_json).collect::<Vec<_>>(),
-            "more": res.more,
-        });
-        crate::output::print_document(&v, f)?;
-        return Ok(ExitCode::SUCCESS);
+    // Printed as the pages arrive (see `objects_out`): the CLI holds one page, whatever the fleet's size.
+    let mut printer =
+        crate::objects_out::Printer::new(std::io::BufWriter::new(std::io::stdout().lock()), a.out.format());
+    let mut write_error = None;
+    let walked = runtime()?
+        .block_on(crate::pages::walk(&mut client, req, a.limit, |o| {
+            // A closed output (`| head`) ends the listing: no further page is asked for.
+            write_error = printer.object(o).err();
+            if write_error.is_some() {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        }))
+        .map_err(api_err)?;
+    if let Some(e) = write_error {
+        return Err(e).context("writing the listing");
     }
-    let mut out = std::io::stdout().lock();
-    let w = res.objects.iter().map(|o| o.id.len()).max().unwrap_or(2).max(2);
-    let wide = f == crate::output::Format::Wide;
-    if wide {
-        writeln!(
-            out,
-            "{:<w$}  {:<8} {:<8} {:>10}  {:<20}  {:>8}  LABELS",
-            "ID", "STATE", "GRADE", "REVISION", "SINCE", "EVIDENCE"
-        )?;
-    } else {
-        writeln!(out, "{:<w$}  {:<8} {:<8} {:>10}  LABELS", "ID", "STATE", "GRADE", "REVISION")?;
-    }
-    for o in &res.objects {
-        let mut labels: Vec<String> = o.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        labels.sort();
-        if wide {
-            writeln!(
-                out,
-                "{:<w$}  {:<8} {:<8} {:>10}  {:<20}  {:>8}  {}",
-                o.id,
-                o.state,
-                o.grade,
-                o.revision,
-                utc(o.state_since_ms),
-                o.evidence.len(),
-                labels.join(",")
-            )?;
-            continue;
-        }
-        writeln!(
-            out,
-            "{:<w$}  {:<8} {:<8} {:>10}  {}",
-            o.id,
-            o.state,
-            o.grade,
-            o.revision,
-            labels.join(",")
-        )?;
-    }
-    let more =
-        if res.more { format!(" (the first {}: more match)", res.objects.len()) } else { String::new() };
-    writeln!(out, "{} objects at revision {}{more}", res.objects.len(), res.revision)?;
+    printer.finish(walked.revision, walked.more).context("writing the listing")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -397,7 +349,7 @@ pub fn object(a: ObjectArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let f = a.out.format();
     if f.is_document() {
-        let v = serde_json::json!({"object": object_json(&o), "history": history, "revision": res.revision});
+        let v = serde_json::json!({"object": crate::objects_out::object_json(&o), "history": history, "revision": res.revision});
         crate::output::print_document(&v, f)?;
         return Ok(ExitCode::SUCCESS);
     }

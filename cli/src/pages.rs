@@ -5,6 +5,7 @@
 use master::client::Client;
 use proto::api;
 use proto::error::ApiError;
+use std::ops::ControlFlow;
 
 /// Pages one listing follows at most: 1.5 M objects (100,000 hosts) take 1,500 pages of the master's
 /// default page; this only stops a master that never ends a listing.
@@ -33,7 +34,11 @@ pub async fn objects(
     want: usize,
 ) -> Result<Objects, ApiError> {
     let mut objects = Vec::new();
-    let w = walk(client, req, want, |o| objects.push(o)).await?;
+    let w = walk(client, req, want, |o| {
+        objects.push(o);
+        ControlFlow::Continue(())
+    })
+    .await?;
     Ok(Objects { objects, revision: w.revision, more: w.more })
 }
 
@@ -45,13 +50,14 @@ pub struct Walked {
 }
 
 /// Follow a listing page by page, handing each object to `f` as its page arrives and keeping none of
-/// them: all of them (`want` 0) or the first `want`. A caller that needs what the objects add up to, not
-/// the objects (`huatuo inspect` over 1.5 M objects), holds one page at a time.
+/// them: all of them (`want` 0) or the first `want`, or until `f` breaks (no further page is asked for).
+/// A caller that needs what the objects add up to, not the objects (`huatuo inspect` over 1.5 M objects),
+/// or prints them as they come (`huatuo objects`), holds one page at a time.
 pub async fn walk(
     client: &mut Client,
     mut req: api::ListObjectsRequest,
     want: usize,
-    mut f: impl FnMut(api::Object),
+    mut f: impl FnMut(api::Object) -> ControlFlow<()>,
 ) -> Result<Walked, ApiError> {
     let mut out = Walked { revision: 0, more: false };
     let (mut pages, mut seen) = (0u32, 0usize);
@@ -74,7 +80,9 @@ pub async fn walk(
                 return Ok(out);
             }
             seen += 1;
-            f(o);
+            if f(o).is_break() {
+                return Ok(out);
+            }
         }
         if resp.next_page_token.is_empty() {
             return Ok(out);
