@@ -333,38 +333,45 @@ async fn export(
     let info: Value = rest.get("/api/v1/archive").await.context("reading the archive's summary")?;
     let mut cx = Ctx { dir, format, written: Written::default() };
 
-    // Objects, as they are now (one partition: today).
+    // Objects, as they are now (one partition: today), written a row group at a time as the listing's
+    // pages arrive: what is kept of them is each disk's identity and the tickets of objects in REPAIR.
     let mut client = a.master.client();
-    let list = crate::pages::objects(&mut client, proto::api::ListObjectsRequest::default(), 0)
-        .await
-        .map_err(api_err)?;
+    let (ot, today) = (table::objects(), day_of(now));
     let mut disks: BTreeMap<String, DiskId> = BTreeMap::new();
-    let ot = table::objects();
-    let mut rows = Vec::new();
-    for o in &list.objects {
-        let (kind, host) = kind_host(&o.id);
-        let attr = |k: &str| o.attributes.get(k).cloned();
-        if kind == "disk" {
-            disks.insert(
-                o.id.clone(),
-                DiskId { model: attr("model"), serial: attr("serial"), capacity: attr("capacity_bytes") },
-            );
+    let mut current: Vec<CurrentTicket> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut out: Option<table::PartitionWriter<'_>> = None;
+    let mut listed = 0usize;
+    let mut failed = None;
+    let mut each = |o: proto::api::Object| -> anyhow::Result<()> {
+        rows.push(object_row(&o, &mut disks, &mut current)?);
+        listed += 1;
+        if rows.len() >= table::ROW_GROUP_ROWS {
+            push_rows(&mut out, dir, &ot, &today, format, &rows)?;
+            rows.clear();
         }
-        rows.push(vec![
-            Val::Str(o.id.clone()),
-            Val::Str(kind),
-            opt(host),
-            Val::Str(o.state.clone()),
-            Val::ms(o.state_since_ms),
-            opt(attr("model")),
-            opt(attr("firmware")),
-            opt(attr("serial")),
-            int(attr("capacity_bytes").as_deref()),
-            Val::Str(serde_json::to_string(&o.labels)?),
-            Val::Str(serde_json::to_string(&o.attributes)?),
-        ]);
+        Ok(())
+    };
+    crate::pages::walk(&mut client, proto::api::ListObjectsRequest::default(), 0, |o| match each(o) {
+        Ok(()) => std::ops::ControlFlow::Continue(()),
+        Err(e) => {
+            failed = Some(e);
+            std::ops::ControlFlow::Break(())
+        }
+    })
+    .await
+    .map_err(api_err)?;
+    if let Some(e) = failed {
+        return Err(e);
     }
-    cx.write(&ot, &day_of(now), &rows)?;
+    if !rows.is_empty() {
+        push_rows(&mut out, dir, &ot, &today, format, &rows)?;
+    }
+    drop(rows);
+    if let Some(w) = out {
+        w.finish()?;
+        cx.written.add(&ot, &today, listed);
+    }
 
     // Transitions (all held in memory: they also decide disk failures and REPAIR stays).
     let mut transitions: Vec<TransitionIn> = Vec::new();
@@ -410,17 +417,8 @@ async fn export(
         Ok(())
     })
     .await?;
-    // Objects in REPAIR whose ticket the archive never saw filed (filed before this member's archive began).
-    let current: Vec<CurrentTicket> = list
-        .objects
-        .iter()
-        .filter(|o| o.state == "REPAIR")
-        .filter_map(|o| {
-            let ticket = o.attributes.get("ticket")?.clone();
-            let status = o.attributes.get("ticket-status").cloned().unwrap_or_else(|| "filed".into());
-            Some(CurrentTicket { object: o.id.clone(), ticket, status, repair_since_ms: o.state_since_ms })
-        })
-        .collect();
+    // `current`: objects in REPAIR with a ticket, from the listing (the archive may never have seen the
+    // ticket filed: filed before this member's archive began).
     write_tickets(&mut cx, &updates, &transitions, &current)?;
 
     // Findings, a day at a time, with that day's disk_days.
@@ -590,6 +588,62 @@ fn disk_day_rows(
         rows.push(r);
     }
     rows
+}
+
+/// One object's row of the objects table; notes a disk's identity and an object in REPAIR's ticket.
+fn object_row(
+    o: &proto::api::Object,
+    disks: &mut BTreeMap<String, DiskId>,
+    current: &mut Vec<CurrentTicket>,
+) -> anyhow::Result<Row> {
+    let (kind, host) = kind_host(&o.id);
+    let attr = |k: &str| o.attributes.get(k).cloned();
+    if kind == "disk" {
+        disks.insert(
+            o.id.clone(),
+            DiskId { model: attr("model"), serial: attr("serial"), capacity: attr("capacity_bytes") },
+        );
+    }
+    if o.state == "REPAIR"
+        && let Some(ticket) = attr("ticket")
+    {
+        let status = attr("ticket-status").unwrap_or_else(|| "filed".into());
+        current.push(CurrentTicket {
+            object: o.id.clone(),
+            ticket,
+            status,
+            repair_since_ms: o.state_since_ms,
+        });
+    }
+    Ok(vec![
+        Val::Str(o.id.clone()),
+        Val::Str(kind),
+        opt(host),
+        Val::Str(o.state.clone()),
+        Val::ms(o.state_since_ms),
+        opt(attr("model")),
+        opt(attr("firmware")),
+        opt(attr("serial")),
+        int(attr("capacity_bytes").as_deref()),
+        Val::Str(serde_json::to_string(&o.labels)?),
+        Val::Str(serde_json::to_string(&o.attributes)?),
+    ])
+}
+
+/// Rows for a partition written as they come, the file created with the first of them.
+fn push_rows<'t>(
+    out: &mut Option<table::PartitionWriter<'t>>,
+    dir: &Path,
+    t: &'t Table,
+    day: &str,
+    format: Format,
+    rows: &[Row],
+) -> anyhow::Result<()> {
+    let w = match out {
+        Some(w) => w,
+        None => out.insert(table::PartitionWriter::create(dir, t, day, format)?),
+    };
+    w.push(rows)
 }
 
 /// A ticket as the object shows it now (attributes `ticket`, `ticket-status` while in REPAIR).

@@ -177,21 +177,78 @@ pub fn partition_file(dir: &Path, table: &str, day: &str, f: Format) -> PathBuf 
 
 /// Write one partition (the rows of one table and day).
 pub fn write_partition(dir: &Path, t: &Table, day: &str, rows: &[Row], f: Format) -> anyhow::Result<PathBuf> {
-    let path = partition_file(dir, t.name, day, f);
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
-    }
-    for r in rows {
-        if r.len() != t.cols.len() {
-            bail!("{}: a row of {} values for {} columns", t.name, r.len(), t.cols.len());
+    // A row of the wrong width is refused before the file exists.
+    check_widths(t, rows)?;
+    let mut w = PartitionWriter::create(dir, t, day, f)?;
+    w.push(rows)?;
+    w.finish()
+}
+
+/// One partition written as its rows come: a caller that produces many rows (the objects of a whole
+/// fleet) hands them over a row group at a time ([`ROW_GROUP_ROWS`]) and holds no more than that. Rows
+/// pushed in row-group-sized batches give exactly the file [`write_partition`] writes for all of them.
+pub struct PartitionWriter<'t> {
+    path: PathBuf,
+    t: &'t Table,
+    out: Out,
+}
+
+enum Out {
+    Parquet(SerializedFileWriter<File>),
+    Csv(BufWriter<File>),
+}
+
+impl<'t> PartitionWriter<'t> {
+    pub fn create(dir: &Path, t: &'t Table, day: &str, f: Format) -> anyhow::Result<Self> {
+        let path = partition_file(dir, t.name, day, f);
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
         }
+        let open = || -> anyhow::Result<Out> {
+            let file = File::create(&path)?;
+            Ok(match f {
+                Format::Parquet => {
+                    let schema = Arc::new(parquet::schema::parser::parse_message_type(&message_type(t))?);
+                    let props =
+                        Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
+                    Out::Parquet(SerializedFileWriter::new(file, schema, props)?)
+                }
+                Format::Csv => {
+                    let mut w = BufWriter::new(file);
+                    let header: Vec<&str> = t.cols.iter().map(|(n, _)| n.as_str()).collect();
+                    writeln!(w, "{}", header.join(","))?;
+                    Out::Csv(w)
+                }
+            })
+        };
+        let out = open().with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(PartitionWriter { path, t, out })
     }
-    match f {
-        Format::Parquet => write_parquet(&path, t, rows),
-        Format::Csv => write_csv(&path, t, rows),
+
+    /// Rows of the partition, in order: Parquet row groups of at most [`ROW_GROUP_ROWS`] each.
+    pub fn push(&mut self, rows: &[Row]) -> anyhow::Result<()> {
+        let t = self.t;
+        check_widths(t, rows)?;
+        let written = match &mut self.out {
+            Out::Parquet(w) => {
+                rows.chunks(ROW_GROUP_ROWS.max(1)).try_for_each(|group| write_row_group(w, t, group))
+            }
+            Out::Csv(w) => rows.iter().try_for_each(|r| {
+                let line: Vec<String> = r.iter().map(csv_field).collect();
+                writeln!(w, "{}", line.join(",")).map_err(anyhow::Error::from)
+            }),
+        };
+        written.with_context(|| format!("cannot write {}", self.path.display()))
     }
-    .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+
+    pub fn finish(self) -> anyhow::Result<PathBuf> {
+        let done = match self.out {
+            Out::Parquet(w) => w.close().map(|_| ()).map_err(anyhow::Error::from),
+            Out::Csv(mut w) => w.flush().map_err(anyhow::Error::from),
+        };
+        done.with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(self.path)
+    }
 }
 
 fn message_type(t: &Table) -> String {
@@ -211,81 +268,83 @@ fn message_type(t: &Table) -> String {
     s
 }
 
-fn write_parquet(path: &Path, t: &Table, rows: &[Row]) -> anyhow::Result<()> {
-    let schema = Arc::new(parquet::schema::parser::parse_message_type(&message_type(t))?);
-    let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
-    let file = File::create(path)?;
-    let mut w = SerializedFileWriter::new(file, schema, props)?;
-    for group in rows.chunks(ROW_GROUP_ROWS.max(1)) {
-        let mut rg = w.next_row_group()?;
-        let mut i = 0;
-        while let Some(mut col) = rg.next_column()? {
-            let ty = t.cols[i].1;
-            let defs: Vec<i16> = group.iter().map(|r| i16::from(r[i] != Val::Null)).collect();
-            match ty {
-                Str => {
-                    let v: Vec<ByteArray> = group
-                        .iter()
-                        .filter_map(|r| match &r[i] {
-                            Val::Str(s) => Some(ByteArray::from(s.as_str())),
-                            _ => None,
-                        })
-                        .collect();
-                    col.typed::<ByteArrayType>().write_batch(&v, Some(&defs), None)?;
-                }
-                I64 => {
-                    let v: Vec<i64> = group
-                        .iter()
-                        .filter_map(|r| if let Val::I64(x) = r[i] { Some(x) } else { None })
-                        .collect();
-                    col.typed::<Int64Type>().write_batch(&v, Some(&defs), None)?;
-                }
-                I32 => {
-                    let v: Vec<i32> = group
-                        .iter()
-                        .filter_map(|r| if let Val::I32(x) = r[i] { Some(x) } else { None })
-                        .collect();
-                    col.typed::<Int32Type>().write_batch(&v, Some(&defs), None)?;
-                }
-                F64 => {
-                    let v: Vec<f64> = group
-                        .iter()
-                        .filter_map(|r| if let Val::F64(x) = r[i] { Some(x) } else { None })
-                        .collect();
-                    col.typed::<DoubleType>().write_batch(&v, Some(&defs), None)?;
-                }
-                Bool => {
-                    let v: Vec<bool> = group
-                        .iter()
-                        .filter_map(|r| if let Val::Bool(x) = r[i] { Some(x) } else { None })
-                        .collect();
-                    col.typed::<BoolType>().write_batch(&v, Some(&defs), None)?;
-                }
-            }
-            // A value of the wrong type for its column would silently shift the column: refuse it.
-            let typed = group.iter().filter(|r| r[i] != Val::Null).count();
-            let ok = group
-                .iter()
-                .filter(|r| {
-                    matches!(
-                        (&r[i], ty),
-                        (Val::Str(_), Str)
-                            | (Val::I64(_), I64)
-                            | (Val::I32(_), I32)
-                            | (Val::F64(_), F64)
-                            | (Val::Bool(_), Bool)
-                    )
-                })
-                .count();
-            if ok != typed {
-                bail!("{}: column {} holds values of another type", t.name, t.cols[i].0);
-            }
-            col.close()?;
-            i += 1;
+fn check_widths(t: &Table, rows: &[Row]) -> anyhow::Result<()> {
+    for r in rows {
+        if r.len() != t.cols.len() {
+            bail!("{}: a row of {} values for {} columns", t.name, r.len(), t.cols.len());
         }
-        rg.close()?;
     }
-    w.close()?;
+    Ok(())
+}
+
+fn write_row_group(w: &mut SerializedFileWriter<File>, t: &Table, group: &[Row]) -> anyhow::Result<()> {
+    let mut rg = w.next_row_group()?;
+    let mut i = 0;
+    while let Some(mut col) = rg.next_column()? {
+        let ty = t.cols[i].1;
+        let defs: Vec<i16> = group.iter().map(|r| i16::from(r[i] != Val::Null)).collect();
+        match ty {
+            Str => {
+                let v: Vec<ByteArray> = group
+                    .iter()
+                    .filter_map(|r| match &r[i] {
+                        Val::Str(s) => Some(ByteArray::from(s.as_str())),
+                        _ => None,
+                    })
+                    .collect();
+                col.typed::<ByteArrayType>().write_batch(&v, Some(&defs), None)?;
+            }
+            I64 => {
+                let v: Vec<i64> = group
+                    .iter()
+                    .filter_map(|r| if let Val::I64(x) = r[i] { Some(x) } else { None })
+                    .collect();
+                col.typed::<Int64Type>().write_batch(&v, Some(&defs), None)?;
+            }
+            I32 => {
+                let v: Vec<i32> = group
+                    .iter()
+                    .filter_map(|r| if let Val::I32(x) = r[i] { Some(x) } else { None })
+                    .collect();
+                col.typed::<Int32Type>().write_batch(&v, Some(&defs), None)?;
+            }
+            F64 => {
+                let v: Vec<f64> = group
+                    .iter()
+                    .filter_map(|r| if let Val::F64(x) = r[i] { Some(x) } else { None })
+                    .collect();
+                col.typed::<DoubleType>().write_batch(&v, Some(&defs), None)?;
+            }
+            Bool => {
+                let v: Vec<bool> = group
+                    .iter()
+                    .filter_map(|r| if let Val::Bool(x) = r[i] { Some(x) } else { None })
+                    .collect();
+                col.typed::<BoolType>().write_batch(&v, Some(&defs), None)?;
+            }
+        }
+        // A value of the wrong type for its column would silently shift the column: refuse it.
+        let typed = group.iter().filter(|r| r[i] != Val::Null).count();
+        let ok = group
+            .iter()
+            .filter(|r| {
+                matches!(
+                    (&r[i], ty),
+                    (Val::Str(_), Str)
+                        | (Val::I64(_), I64)
+                        | (Val::I32(_), I32)
+                        | (Val::F64(_), F64)
+                        | (Val::Bool(_), Bool)
+                )
+            })
+            .count();
+        if ok != typed {
+            bail!("{}: column {} holds values of another type", t.name, t.cols[i].0);
+        }
+        col.close()?;
+        i += 1;
+    }
+    rg.close()?;
     Ok(())
 }
 
@@ -299,18 +358,6 @@ fn csv_field(v: &Val) -> String {
         Val::F64(x) => format!("{x:?}"),
         Val::Bool(b) => b.to_string(),
     }
-}
-
-fn write_csv(path: &Path, t: &Table, rows: &[Row]) -> anyhow::Result<()> {
-    let mut w = BufWriter::new(File::create(path)?);
-    let header: Vec<&str> = t.cols.iter().map(|(n, _)| n.as_str()).collect();
-    writeln!(w, "{}", header.join(","))?;
-    for r in rows {
-        let line: Vec<String> = r.iter().map(csv_field).collect();
-        writeln!(w, "{}", line.join(","))?;
-    }
-    w.flush()?;
-    Ok(())
 }
 
 /// Every row of `table` in an export directory (either format), partitions in day order, with the
@@ -507,6 +554,30 @@ mod tests {
         let bad = vec![vec![Val::I64(1), Val::I64(1), Val::I32(1), Val::F64(1.0), Val::Bool(true)]];
         assert!(write_partition(dir.path(), &t, "2026-12-01", &bad, Format::Parquet).is_err());
         let short = vec![vec![Val::Null]];
-        assert!(write_partition(dir.path(), &t, "2026-12-01", &short, Format::Csv).is_err());
+        let csv = dir.path().join("other");
+        assert!(write_partition(&csv, &t, "2026-12-01", &short, Format::Csv).is_err());
+        assert!(
+            !partition_file(&csv, "t", "2026-12-01", Format::Csv).exists(),
+            "refused before the file exists"
+        );
+    }
+
+    /// Rows pushed a row group at a time make the file `write_partition` makes of all of them, byte for
+    /// byte, in both formats; across several row groups and a last short one.
+    #[test]
+    fn a_partition_written_as_rows_come_is_the_same_file() {
+        let (t, sample) = sample();
+        let rows: Vec<Row> = (0..ROW_GROUP_ROWS * 2 + 7).map(|i| sample[i % sample.len()].clone()).collect();
+        for f in [Format::Parquet, Format::Csv] {
+            let (whole, parts) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let a = write_partition(whole.path(), &t, "2026-12-01", &rows, f).unwrap();
+            let mut w = PartitionWriter::create(parts.path(), &t, "2026-12-01", f).unwrap();
+            for group in rows.chunks(ROW_GROUP_ROWS) {
+                w.push(group).unwrap();
+            }
+            let b = w.finish().unwrap();
+            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "{f:?}");
+            assert_eq!(read_table(parts.path(), "t").unwrap().len(), rows.len(), "{f:?}");
+        }
     }
 }
