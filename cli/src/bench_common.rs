@@ -354,6 +354,24 @@ pub const FAILOVER_ATTEMPT: Duration = Duration::from_millis(500);
 /// `proto::client::BACKOFF_MAX` between attempts) would add its own wait to the cluster's failover time.
 pub const FAILOVER_PAUSE: Duration = Duration::from_millis(10);
 
+/// Runs a benchmark until it ends or this process is asked to stop (SIGINT, SIGTERM or SIGHUP). On a
+/// signal the benchmark's future is dropped, and with it every `LocalCluster` it holds, whose `Drop` kills
+/// the master processes. A signal runs no destructor by itself: a `kill` of a bench used to leave its
+/// three masters running (on their ports, with their data). The error names the signal.
+pub async fn until_stopped<T>(bench: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let name = tokio::select! {
+        r = bench => return r,
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = hup.recv() => "SIGHUP",
+    };
+    anyhow::bail!("stopped by {name}: the masters this benchmark started were stopped")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,7 +255,7 @@ fn storm_messages() -> Vec<Vec<u8>> {
 
 pub fn run(a: BenchE2eArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(bench(a))
+    rt.block_on(crate::bench_common::until_stopped(bench(a)))
 }
 
 async fn bench(a: BenchE2eArgs) -> anyhow::Result<ExitCode> {

@@ -1355,13 +1355,10 @@ pub fn run(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
             .map_err(|was| anyhow!("the temp dir was already set to {}", was.display()))?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    // Ctrl-C drops the benchmark, and with it the cluster (whose Drop kills the master processes).
+    // A signal drops the benchmark, and with it the cluster (whose Drop kills the master processes).
     rt.block_on(async {
         tokio::spawn(master::stalls::probe(&BENCH_RUNTIME, std::future::pending()));
-        tokio::select! {
-            r = bench(a) => r,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted: the cluster was stopped"),
-        }
+        crate::bench_common::until_stopped(bench(a)).await
     })
 }
 

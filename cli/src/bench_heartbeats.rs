@@ -58,7 +58,7 @@ fn host(i: u32) -> String {
 
 pub fn run(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(bench(a))
+    rt.block_on(crate::bench_common::until_stopped(bench(a)))
 }
 
 /// What one phase measured.

@@ -124,7 +124,8 @@ pub fn run(a: BenchListArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let cluster = LocalCluster::start(&exe, a.masters).context("starting the masters")?;
     let rt = crate::ops_cmd::runtime()?;
-    rt.block_on(async {
+    // A signal ends the run; `cluster` is dropped on the way out, which kills the masters.
+    rt.block_on(crate::bench_common::until_stopped(async {
         let leader = cluster.wait_leader(READY_TIMEOUT).await.context("no leader")?;
         let pid = cluster.pid(leader).context("leader pid")?;
         println!(
@@ -193,6 +194,6 @@ pub fn run(a: BenchListArgs) -> anyhow::Result<ExitCode> {
             bail!("listed {n} objects, registered {objects}");
         }
         Ok::<(), anyhow::Error>(())
-    })?;
+    }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -71,7 +71,7 @@ fn batch(agent: u32, seq: u64, n: u32, disks: u32) -> api::IngestRequest {
 
 pub fn run(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(bench(a))
+    rt.block_on(crate::bench_common::until_stopped(bench(a)))
 }
 
 async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {

@@ -416,13 +416,8 @@ pub fn run(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {
         bail!("--heartbeat-ms must be > 0");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    // Ctrl-C drops the benchmark, and with it the cluster (whose Drop kills the master processes).
-    rt.block_on(async {
-        tokio::select! {
-            r = bench(a) => r,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted: the cluster was stopped"),
-        }
-    })
+    // A signal drops the benchmark, and with it the cluster (whose Drop kills the master processes).
+    rt.block_on(crate::bench_common::until_stopped(bench(a)))
 }
 
 async fn bench(a: BenchRolloutArgs) -> anyhow::Result<ExitCode> {

@@ -23,3 +23,45 @@ fn bench_master_prints_throughput_over_shared_connections() {
     assert!(rate > 0.0, "nothing committed: {line}");
     assert!(!stderr.lines().any(|l| l.starts_with("agent ")), "an agent's call failed: {stderr}");
 }
+
+/// Processes whose command line mentions `needle` (the cluster's data dir).
+fn processes_naming(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) {
+            found.push(format!("{}: {text}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+/// A `kill` (SIGTERM) of a benchmark stops the masters it started: they used to run on after it.
+#[test]
+fn a_terminated_bench_stops_its_masters() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_huatuo"))
+        .args(["bench", "master", "--agents", "4", "--batch", "1", "--seconds", "600", "--kills", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run huatuo bench master");
+    let stdout = child.stdout.take().expect("stdout");
+    // "cluster: 3 nodes, leader N, data under DIR": the masters run from then on.
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("cluster:"))
+        .expect("the bench printed its cluster");
+    let dir = line.split("data under ").nth(1).expect("data dir").trim().to_string();
+    assert_eq!(processes_naming(&dir).len(), 3, "three masters under {dir}: {:?}", processes_naming(&dir));
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    // The bench waited for its masters before exiting (the cluster's Drop kills and reaps them).
+    assert_eq!(processes_naming(&dir), Vec::<String>::new(), "masters left running");
+}
