@@ -239,9 +239,19 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => code,
+        // The reader of the output went away (`huatuo objects | head`): it has what it wanted; like other
+        // command-line tools, end quietly.
+        Err(e) if closed_output(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("huatuo: error: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether the error is a write to an output whose reader has closed it (EPIPE).
+fn closed_output(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

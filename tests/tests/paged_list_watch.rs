@@ -582,6 +582,27 @@ async fn cli_follows_pages(addrs: &[String], client: &mut Client) {
     let (ok, out, err) = huatuo(&["objects", "--host", "bulk", "--limit", "3"], &master).await;
     assert!(ok, "{err}");
     assert!(out.trim_end().ends_with("(the first 3: more match)"), "{out}");
+    // `huatuo objects -o json | head -c 100`: the listing (over 300 KB) is cut, and the CLI ends quietly.
+    let bin = tests::huatuo_bin();
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut child = std::process::Command::new(bin)
+            .args(["objects", "--host", "bulk", "-o", "json"])
+            .env("HUATUO_MASTER", master)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run huatuo");
+        let mut head = [0u8; 100];
+        child.stdout.take().expect("stdout").read_exact(&mut head).expect("the listing's first bytes");
+        // The read end is closed here; the rest of the listing does not fit in the pipe.
+        let out = child.wait_with_output().expect("wait");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
 }
 
 /// The token with its middle character replaced by a different one (never the same character, which would
