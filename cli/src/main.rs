@@ -249,9 +249,33 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether the error is a write to an output whose reader has closed it (EPIPE).
+/// Whether the error is a write to this process's standard output after its reader closed it: an EPIPE
+/// in the error's chain, and standard output a pipe with no reader left (poll says POLLERR). An EPIPE
+/// from anything else (a child's stdin, a socket) is still an error.
 fn closed_output(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let epipe = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    });
+    if !epipe {
+        return false;
+    }
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&stdout), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLERR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An EPIPE while this process's standard output is still read (a child's stdin, a socket) stays an
+    /// error; `paged_list_watch` covers the closed output itself.
+    #[test]
+    fn an_epipe_elsewhere_is_still_an_error() {
+        let epipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!closed_output(&epipe.context("writing to smartctl's stdin")));
+        assert!(!closed_output(&anyhow::anyhow!("no master answered")));
+    }
 }
