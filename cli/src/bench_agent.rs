@@ -178,6 +178,26 @@ pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
             .spawn()?,
     );
     let pid = agent.0.id();
+    // This bench's phases are synchronous, so a signal cannot drop the cluster and the agent as the other
+    // benches' `until_stopped` does: a task kills them instead, then ends the process.
+    let mut started_here: Vec<u32> = cluster.running().into_iter().filter_map(|id| cluster.pid(id)).collect();
+    started_here.push(pid);
+    rt.spawn(async move {
+        if let Err(e) = crate::bench_common::until_stopped(std::future::pending::<anyhow::Result<()>>()).await
+        {
+            for p in started_here {
+                if let Ok(p) = i32::try_from(p) {
+                    // Already gone is fine: nothing else to do about it on the way out.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            eprintln!("huatuo: error: {e:#}");
+            std::process::exit(1);
+        }
+    });
     // Let it start, register and run every checker once before measuring.
     std::thread::sleep(Duration::from_secs(5));
     println!(

@@ -65,3 +65,61 @@ fn a_terminated_bench_stops_its_masters() {
     // The bench waited for its masters before exiting (the cluster's Drop kills and reaps them).
     assert_eq!(processes_naming(&dir), Vec::<String>::new(), "masters left running");
 }
+
+/// Children of `parent` (from /proc/*/stat), with their state.
+fn children_of(parent: u32) -> Vec<(u32, char)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // "pid (comm) state ppid ...": the comm may hold spaces, so split after its closing parenthesis.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        if f.next().and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            found.push((pid, state));
+        }
+    }
+    found
+}
+
+/// Whether `pid` has ended (gone, or a zombie nobody reaped yet).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+    }
+}
+
+/// `bench agent` runs its phases synchronously; a `kill` of it still stops the three masters and the
+/// agent it started.
+#[test]
+fn a_terminated_bench_agent_stops_what_it_started() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_huatuo"))
+        .args(["bench", "agent", "--seconds", "600"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run huatuo bench agent");
+    let stdout = child.stdout.take().expect("stdout");
+    // "huatuo bench agent: BINARY (pid N), ...": the masters and the agent run from then on.
+    let mut lines = std::io::BufReader::new(stdout).lines().map_while(Result::ok);
+    lines.find(|l| l.starts_with("huatuo bench agent:")).expect("the bench started its agent");
+    let started: Vec<u32> =
+        children_of(child.id()).into_iter().filter(|(_, s)| *s != 'Z').map(|(p, _)| p).collect();
+    assert!(started.len() >= 4, "three masters and the agent: {started:?}");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(1));
+    // SIGKILLed before the bench exited; a process dies when it next runs, so allow it a moment (on a busy
+    // machine), bounded: without the kill they would run on for good.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut running: Vec<u32> = started;
+    while !running.is_empty() && std::time::Instant::now() < deadline {
+        running.retain(|p| !ended(*p));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(running.is_empty(), "still running 10 s after the bench ended: {running:?}");
+}
