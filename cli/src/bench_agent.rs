@@ -186,12 +186,12 @@ pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
         if let Err(e) = crate::bench_common::until_stopped(std::future::pending::<anyhow::Result<()>>()).await
         {
             for p in started_here {
-                if let Ok(p) = i32::try_from(p) {
-                    // Already gone is fine: nothing else to do about it on the way out.
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                let Ok(raw) = i32::try_from(p) else { continue };
+                let pid = nix::unistd::Pid::from_raw(raw);
+                match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+                    // Already gone: nothing left to stop.
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => eprintln!("huatuo: could not stop process {p} this bench started: {e}"),
                 }
             }
             eprintln!("huatuo: error: {e:#}");

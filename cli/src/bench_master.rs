@@ -116,9 +116,7 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
                 let req = batch(agent, seq, n, disks);
                 let t = Instant::now();
                 let res = match &conn {
-                    Some(c) => c.clone().ingest(req).await.map(|r| r.into_inner()).map_err(|s| {
-                        proto::error::ApiError::new(proto::error::Code::Unavailable, s.message().to_string())
-                    }),
+                    Some(c) => c.clone().ingest(req).await.map(|r| r.into_inner()).map_err(Into::into),
                     None => client.call(req, |mut c, r| async move { c.ingest(r).await }).await,
                 };
                 match res {
