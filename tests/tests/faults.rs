@@ -318,9 +318,10 @@ async fn wait_nospace(c: &LocalCluster, id: u64, raised: bool) -> bool {
     tests::wait_until(SETTLE, || async { nospace(c, id) == Some(raised) }).await
 }
 
-/// A full disk under a follower, then under the leader: the node raises NOSPACE, refuses writes with a
-/// clear error (the leader; a follower's alarm does not stop the cluster), keeps serving reads, and clears
-/// the alarm when space returns. Nothing acknowledged is lost.
+/// A full disk under a follower, then under the leader, then under two members: the node raises NOSPACE
+/// and clears it when space returns; a follower's alarm does not stop the cluster, a leader's hands
+/// leadership to a member with space, and with fewer than a quorum of members above their floor the leader
+/// refuses writes with a clear error naming them and keeps serving reads. Nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_disk_on_follower_then_leader() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -397,16 +398,59 @@ async fn full_disk_on_follower_then_leader() {
         println!("[disk] follower {follower} at 0 bytes free kept running");
     }
 
-    // Leader: fill the disk under whichever node leads now.
-    let leader = c.wait_leader(SETTLE).await.expect("leader");
-    let dir = c.data_dir(leader);
-    let filler = fill(&dir, FLOOR_MB << 19);
-    assert!(wait_nospace(&c, leader, true).await, "leader raises NOSPACE:\n{}", c.log_tail(leader));
+    // Leader: fill the disk under whichever node leads now. It hands leadership to a member with space, and
+    // the cluster goes on acknowledging writes there; the member short of disk does not lead meanwhile.
+    let short1 = c.wait_leader(SETTLE).await.expect("leader");
+    let filler1 = fill(&c.data_dir(short1), FLOOR_MB << 19);
+    assert!(wait_nospace(&c, short1, true).await, "leader raises NOSPACE:\n{}", c.log_tail(short1));
+    let raised = Instant::now();
+    let handed =
+        tests::wait_until(SETTLE, || async { c.wait_leader(SETTLE).await.is_some_and(|l| l != short1) })
+            .await;
+    assert!(handed, "leader {short1} short of disk hands leadership over:\n{}", c.log_tail(short1));
+    let handover = raised.elapsed();
+    let before = ledger.acked();
+    let progressed = tests::wait_until(SETTLE, || {
+        let n = ledger.acked();
+        async move { n >= before + WRITES_UNDER_ALARM }
+    })
+    .await;
+    assert!(progressed, "writes go on through the new leader while the old one is short of disk");
+    let second = c.wait_leader(SETTLE).await.expect("leader");
+    assert_ne!(second, short1, "the member short of disk took leadership back");
+    println!(
+        "[disk] leader {short1} short of disk handed over to {second} within {handover:?} of its alarm; {} writes \
+         acked meanwhile",
+        ledger.acked() - before
+    );
     l.stop().await;
-    let refused = rest_ingest(&c.nodes[&leader].http, "", 0, "disk/df-nospace/x", "df-refused").unwrap_err();
-    println!("[disk] leader {leader} under NOSPACE refuses a REST write: {refused}");
-    assert!(refused.contains("no space"), "a clear NOSPACE refusal: {refused}");
-    ledger.record("df-refused".into(), check::Path::Rest, false);
+
+    // A second member short of disk: fewer than a quorum have space, so whichever member leads refuses
+    // writes on both front ends, naming the members short of disk, and still answers reads.
+    let filler2 = fill(&c.data_dir(second), FLOOR_MB << 19);
+    assert!(wait_nospace(&c, second, true).await, "member {second} raises NOSPACE:\n{}", c.log_tail(second));
+    let deadline = Instant::now() + SETTLE;
+    let mut attempt = 0;
+    let (leader, refused) = loop {
+        attempt += 1;
+        let leader = c.wait_leader(SETTLE).await.expect("leader");
+        let marker = format!("df-refused-{attempt}");
+        match rest_ingest(&c.nodes[&leader].http, "", 0, "disk/df-nospace/x", &marker) {
+            Err(e) if e.contains("no space") => {
+                ledger.record(marker, check::Path::Rest, false);
+                break (leader, e);
+            }
+            r => ledger.record(marker, check::Path::Rest, r.is_ok()),
+        }
+        assert!(Instant::now() < deadline, "no member refused writes with two of three short of disk");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "[disk] members {short1} and {second} short of disk: leader {leader} refuses a REST write: {refused}"
+    );
+    for id in [short1, second] {
+        assert!(refused.contains(&format!("member {id} has")), "the refusal names member {id}: {refused}");
+    }
     let mut g = member_client(&c.nodes[&leader].grpc);
     let r = g
         .call(
@@ -422,11 +466,21 @@ async fn full_disk_on_follower_then_leader() {
     ledger.record("df-refused-g".into(), check::Path::Agent, false);
     assert!(r.as_ref().is_err_and(|e| e.to_string().contains("no space")), "gRPC refused clearly: {r:?}");
     assert!(info(&c.nodes[&leader].grpc).await.is_some(), "the leader still answers reads");
-    std::fs::remove_file(&filler).unwrap();
-    assert!(wait_nospace(&c, leader, false).await, "leader clears NOSPACE when space returns");
-    let ok = rest_ingest(&c.nodes[&leader].http, "", 0, "disk/df-nospace/x", "df-after");
-    ledger.record("df-after".into(), check::Path::Rest, ok.is_ok());
-    assert!(ok.is_ok(), "writes resume after space returns: {ok:?}");
+    std::fs::remove_file(&filler1).unwrap();
+    std::fs::remove_file(&filler2).unwrap();
+    for id in [short1, second] {
+        assert!(wait_nospace(&c, id, false).await, "member {id} clears NOSPACE when space returns");
+    }
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let resumed = tests::wait_until(SETTLE, || async {
+        let Some(leader) = c.wait_leader(SETTLE).await else { return false };
+        let marker = format!("df-after-{}", tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let ok = rest_ingest(&c.nodes[&leader].http, "", 0, "disk/df-nospace/x", &marker);
+        ledger.record(marker, check::Path::Rest, ok.is_ok());
+        ok.is_ok()
+    })
+    .await;
+    assert!(resumed, "writes resume after space returns");
     check("disk", &members(&c), &ledger).await;
     // Unmount (lazily) before the cluster's temp dir is removed, or the mount points keep it.
     drop(mounts);

@@ -473,7 +473,9 @@ async fn wiped_node_is_refused_without_join(cluster: &mut LocalCluster) {
 /// Issue 13: the NOSPACE alarm per member. Node 3, restarted with a floor above any disk's free space,
 /// raises its alarm; cluster info asked on another member (gRPC, REST, `huatuo status`) names node 3 with
 /// its free bytes and floor and no other member, and that member's `/metrics` shows
-/// `huatuo_master_member_nospace_alarm{member="3"} 1` and 0 for the others.
+/// `huatuo_master_member_nospace_alarm{member="3"} 1` and 0 for the others. Writes go on with one member
+/// short; with two short of three the leader refuses them (503, naming both) and answers reads; with one
+/// of them back above its floor writes resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_info_names_the_member_out_of_space() {
     let bin = huatuo_bin();
@@ -514,6 +516,53 @@ async fn cluster_info_names_the_member_out_of_space() {
     let (ok, out, err) = cli(&bin, &["status"], &g1);
     assert!(ok, "{err}");
     assert!(out.contains("NOSPACE") && out.contains("floor of 100000000 MiB"), "{out}");
+
+    // One member of three short of disk: the other two are a quorum, and writes go on.
+    let (st, b) = write_to_leader(&c, 0).await;
+    assert_eq!(st, 200, "one member short of disk does not stop writes: {b}");
+    // Two short: fewer than a quorum have space; the leader refuses writes and names both.
+    c.kill9(2);
+    c.set_node_config(2, "min_free_mb = 100000000\n").expect("node config");
+    c.spawn(2, false).expect("restart node 2");
+    let mut n = 0;
+    let refused = wait_until(CATCH_UP, || {
+        n += 1;
+        let w = write_to_leader(&c, n);
+        async move {
+            let (st, b) = w.await;
+            st == 503 && b.contains("member 2 has") && b.contains("member 3 has") && b.contains("quorum")
+        }
+    })
+    .await;
+    assert!(
+        refused,
+        "two members short of disk: writes refused naming both: {:?}",
+        write_to_leader(&c, 99).await
+    );
+    assert!(c.info(1).await.is_some(), "reads go on");
+    // One of them has space again: writes resume.
+    c.kill9(3);
+    c.set_node_config(3, "").expect("node config");
+    c.spawn(3, false).expect("restart node 3");
+    let mut n = 100;
+    let resumed = wait_until(CATCH_UP, || {
+        n += 1;
+        let w = write_to_leader(&c, n);
+        async move { w.await.0 == 200 }
+    })
+    .await;
+    assert!(resumed, "writes resume with a quorum above the floor: {:?}", write_to_leader(&c, 199).await);
+}
+
+/// One GOOD finding through the leader's REST API: (status, body).
+async fn write_to_leader(c: &LocalCluster, n: u32) -> (u16, String) {
+    let leader = c.wait_leader(CATCH_UP).await.expect("leader");
+    let body = format!(
+        r#"{{"findings":[{{"object":"disk/nospace{n}/sda","severity":"GOOD","checker":"smart",
+        "version":"1","rule":"smart.ok","evidence":"ok","time_ms":{}}}]}}"#,
+        tests::now_ms()
+    );
+    http(&c.nodes[&leader].http, "POST", "/api/v1/findings", &body)
 }
 
 /// `huatuo master --compact` on a member's data dir: refused while the member runs (redb locks its file),

@@ -247,7 +247,9 @@ impl Service {
                 crate::raft::MAX_COMMAND_BYTES
             )),
             ProposeError::Fsm(m) => ApiError::internal(m),
-            e @ ProposeError::NoSpace { .. } => ApiError::unavailable(e.to_string()),
+            e @ (ProposeError::NoSpace { .. } | ProposeError::QuorumNoSpace { .. }) => {
+                ApiError::unavailable(e.to_string())
+            }
         }
     }
 

@@ -1,9 +1,12 @@
 //! The raft layer's storage alarms: damage found in the data dir (a process-wide counter for `/metrics`)
 //! and the free-space probe behind the NOSPACE alarm (statvfs on the data dir).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::NodeId;
 
 /// Times this process found damaged raft storage (checksum, decoding, redb integrity, storage panic).
 pub static CORRUPTION_DETECTED: AtomicU64 = AtomicU64::new(0);
@@ -29,9 +32,145 @@ pub fn nospace(free: u64, floor: u64) -> Option<(u64, u64)> {
     (free < floor).then_some((free, floor))
 }
 
+/// How often every member asks the others for their NOSPACE alarm over the peer port (a probe each).
+pub const PEER_ALARM_EVERY: Duration = Duration::from_secs(1);
+/// The wait for those answers, all of them together.
+pub const PEER_ALARM_TIMEOUT: Duration = Duration::from_secs(1);
+/// An answer older than this says nothing: the member counts as not known to be short (Raft itself deals
+/// with a member that does not answer at all).
+pub const PEER_ALARM_TTL: Duration = Duration::from_secs(5);
+/// A leader short of disk hands over to another member at most this often (raft-rs gives a transfer one
+/// election timeout, 1.1-1.4 s, before it aborts it).
+pub const HANDOVER_EVERY: Duration = Duration::from_secs(3);
+
+/// What a member said about its disk, and when it was heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAlarm {
+    pub heard: Instant,
+    /// Its NOSPACE alarm as (free bytes, floor) while raised.
+    pub alarm: Option<(u64, u64)>,
+}
+
+/// The voters known to be short of disk at `now`, as (member, free bytes, floor), in id order: this member
+/// by its own alarm, the others by an answer at most [`PEER_ALARM_TTL`] old.
+pub fn short_members(
+    me: NodeId,
+    own: Option<(u64, u64)>,
+    voters: &[NodeId],
+    peers: &BTreeMap<NodeId, PeerAlarm>,
+    now: Instant,
+) -> Vec<(NodeId, u64, u64)> {
+    let mut out: Vec<(NodeId, u64, u64)> = voters
+        .iter()
+        .filter_map(|&id| {
+            let alarm = if id == me {
+                own
+            } else {
+                peers.get(&id).filter(|p| now.saturating_duration_since(p.heard) <= PEER_ALARM_TTL)?.alarm
+            };
+            alarm.map(|(free, floor)| (id, free, floor))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup_by_key(|m| m.0);
+    out
+}
+
+/// Whether the voters not short of disk are fewer than a quorum of `voters`: then an entry could only
+/// commit on members below their floor, and the leader refuses writes. One short member of three (two of
+/// five) is not: the others commit, and the short one stops at worst and catches up once space returns.
+pub fn quorum_short(voters: usize, short: usize) -> bool {
+    voters > 0 && voters.saturating_sub(short) < voters / 2 + 1
+}
+
+/// The member a leader short of disk hands leadership to: another voter heard within [`PEER_ALARM_TTL`]
+/// without an alarm, the one whose log this leader knows to match furthest (`matched`), the lowest id among
+/// equals. None when no member qualifies (the leader then refuses writes itself).
+pub fn handover_target(
+    me: NodeId,
+    voters: &[NodeId],
+    peers: &BTreeMap<NodeId, PeerAlarm>,
+    now: Instant,
+    matched: impl Fn(NodeId) -> Option<u64>,
+) -> Option<NodeId> {
+    voters
+        .iter()
+        .copied()
+        .filter(|&id| id != me)
+        .filter(|id| {
+            peers.get(id).is_some_and(|p| {
+                p.alarm.is_none() && now.saturating_duration_since(p.heard) <= PEER_ALARM_TTL
+            })
+        })
+        .filter_map(|id| matched(id).map(|m| (m, id)))
+        .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+        .map(|(_, id)| id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn heard(now: Instant, ago: Duration, alarm: Option<(u64, u64)>) -> PeerAlarm {
+        PeerAlarm { heard: now - ago, alarm }
+    }
+
+    #[test]
+    fn a_quorum_of_members_with_space_keeps_writing() {
+        assert!(!quorum_short(3, 0));
+        assert!(!quorum_short(3, 1), "two of three still make a quorum");
+        assert!(quorum_short(3, 2));
+        assert!(quorum_short(3, 3));
+        assert!(!quorum_short(5, 2));
+        assert!(quorum_short(5, 3));
+        assert!(!quorum_short(1, 0));
+        assert!(quorum_short(1, 1));
+        assert!(!quorum_short(0, 0), "no voters known: nothing to say");
+    }
+
+    #[test]
+    fn short_members_count_answers_up_to_the_ttl_and_the_own_alarm() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let a = Some((1, 10));
+        let mut peers = BTreeMap::new();
+        peers.insert(2, heard(now, PEER_ALARM_TTL, a));
+        peers.insert(3, heard(now, PEER_ALARM_TTL + Duration::from_millis(1), a));
+        peers.insert(4, heard(now, Duration::ZERO, None));
+        assert_eq!(
+            short_members(1, None, &[1, 2, 3, 4], &peers, now),
+            vec![(2, 1, 10)],
+            "3's answer is stale"
+        );
+        assert_eq!(short_members(1, Some((5, 10)), &[1, 2, 3, 4], &peers, now), vec![(1, 5, 10), (2, 1, 10)]);
+        // A member that is not a voter does not count; an unknown voter is not short.
+        assert_eq!(short_members(1, None, &[1, 4, 9], &peers, now), vec![]);
+    }
+
+    #[test]
+    fn handover_goes_to_the_furthest_member_heard_without_an_alarm() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let mut peers = BTreeMap::new();
+        peers.insert(2, heard(now, Duration::ZERO, None));
+        peers.insert(3, heard(now, Duration::ZERO, None));
+        peers.insert(4, heard(now, Duration::ZERO, Some((1, 10))));
+        peers.insert(5, heard(now, PEER_ALARM_TTL + Duration::from_millis(1), None));
+        let matched = |id: NodeId| {
+            Some(match id {
+                2 => 90,
+                3 => 100,
+                _ => 1000,
+            })
+        };
+        assert_eq!(handover_target(1, &[1, 2, 3, 4, 5], &peers, now, matched), Some(3));
+        assert_eq!(
+            handover_target(1, &[1, 2, 3, 4, 5], &peers, now, |_| Some(7)),
+            Some(2),
+            "lowest id of equals"
+        );
+        assert_eq!(handover_target(1, &[1, 4, 5], &peers, now, matched), None, "short or stale only");
+        assert_eq!(handover_target(2, &[2], &peers, now, matched), None, "never itself");
+        assert_eq!(handover_target(1, &[1, 2, 3], &peers, now, |_| None), None, "no progress known");
+    }
 
     #[test]
     fn nospace_at_the_floor() {

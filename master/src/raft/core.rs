@@ -415,6 +415,27 @@ impl<F: Fsm> Core<F> {
         self.ready_to_lead = ready;
     }
 
+    /// Hand leadership to `to` (raft-rs's leader transfer: `to` is brought up to date, then told to campaign
+    /// at once; raft-rs aborts the transfer after an election timeout). Only a leader does anything.
+    pub fn transfer_leader(&mut self, to: NodeId) {
+        if self.fatal.is_none() && self.raw.raft.state == StateRole::Leader {
+            self.raw.transfer_leader(to);
+        }
+    }
+
+    /// The member a transfer started by [`Core::transfer_leader`] is under way to.
+    pub fn lead_transferee(&self) -> Option<NodeId> {
+        self.raw.raft.lead_transferee
+    }
+
+    /// The highest log index this leader knows `id` to hold (None: not a leader, or no progress for it).
+    pub fn matched(&self, id: NodeId) -> Option<u64> {
+        if self.raw.raft.state != StateRole::Leader {
+            return None;
+        }
+        self.raw.raft.prs().get(id).map(|p| p.matched)
+    }
+
     /// What the Readies did since the last call (see [`ReadyWork`]); resets it.
     pub fn take_work(&mut self) -> ReadyWork {
         std::mem::take(&mut self.work)

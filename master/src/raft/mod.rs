@@ -302,6 +302,13 @@ pub enum ProposeError {
         "no space: {free_bytes} bytes free under the data dir, below the floor of {floor_bytes}; free disk space"
     )]
     NoSpace { free_bytes: u64, floor_bytes: u64 },
+    /// Fewer than a quorum of members have disk space above their floor (their alarms as this leader last
+    /// heard them over the peer port): an entry could only commit on members short of space. `members`
+    /// names them with their free bytes and floors.
+    #[error(
+        "no space: {members}; fewer than a quorum of members can store new entries; free disk space there"
+    )]
+    QuorumNoSpace { members: String },
 }
 
 /// Role of this node as seen by the loop.

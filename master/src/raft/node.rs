@@ -88,6 +88,11 @@ pub(crate) struct NodeShared {
     pub(crate) snaps: Arc<SnapDir>,
     /// The NOSPACE alarm as (free bytes, floor) while raised (written by the loop's disk check).
     nospace: Mutex<Option<(u64, u64)>>,
+    /// The other members' NOSPACE alarms as last heard over the peer port ([`poll_peer_alarms`]): a leader
+    /// refuses writes when fewer than a quorum have space, and hands over when it is short itself.
+    peer_alarms: Mutex<BTreeMap<NodeId, alarms::PeerAlarm>>,
+    /// The task asking for them while the node runs.
+    alarm_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     probe_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The runtime of the peer traffic: this node's sends (messages, snapshots) and, in the master, the
@@ -203,6 +208,31 @@ impl NodeShared {
 
     fn fail_with(&self, err: &RaftError) {
         self.stop_with(&err.to_string(), matches!(err, RaftError::Corrupt(_)));
+    }
+
+    /// On the leader, whether writes may be proposed as far as disk space goes: not while its own NOSPACE
+    /// alarm is up (its loop hands leadership to a member with space meanwhile, when there is one), nor
+    /// while fewer than a quorum of voters are above their floor ([`alarms::quorum_short`]).
+    fn space_for_writes(&self) -> Result<(), ProposeError> {
+        let own = *lock(&self.nospace);
+        let st = self.status();
+        if st.role != Role::Leader {
+            return Ok(());
+        }
+        if let Some((free_bytes, floor_bytes)) = own {
+            return Err(ProposeError::NoSpace { free_bytes, floor_bytes });
+        }
+        let short =
+            alarms::short_members(self.id, own, &st.members, &lock(&self.peer_alarms), Instant::now());
+        if alarms::quorum_short(st.members.len(), short.len()) {
+            let members = short
+                .iter()
+                .map(|(id, free, floor)| format!("member {id} has {free} bytes free (floor {floor})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ProposeError::QuorumNoSpace { members });
+        }
+        Ok(())
     }
 
     fn set_nospace(&self, alarm: Option<(u64, u64)>) {
@@ -633,6 +663,7 @@ impl<F: Fsm> Launch<F> {
         let disk = DiskWatch { dir: data_dir, floor: limits.min_free_bytes, next: Instant::now() };
         shared.initialized.store(true, Ordering::Release);
         shared.running.store(true, Ordering::Release);
+        *lock(&shared.alarm_task) = Some(rt.spawn(poll_peer_alarms(shared.clone())));
         let s2 = shared.clone();
         let th = std::thread::Builder::new()
             .name(format!("raft-{id}"))
@@ -748,6 +779,8 @@ impl RaftNode {
             stall_snapshot_receive_after: AtomicU32::new(0),
             snaps,
             nospace: Mutex::new(None),
+            peer_alarms: Mutex::new(BTreeMap::new()),
+            alarm_task: Mutex::new(None),
             thread: Mutex::new(None),
             probe_task: Mutex::new(None),
             net: PeerRuntime::new(cfg.id)?,
@@ -827,11 +860,7 @@ impl RaftNode {
         }
         self.gate()?;
         // A follower answers NotLeader (from the loop) so clients find the leader; the leader refuses.
-        if let Some((free_bytes, floor_bytes)) = *lock(&self.shared.nospace)
-            && self.shared.status().role == Role::Leader
-        {
-            return Err(ProposeError::NoSpace { free_bytes, floor_bytes });
-        }
+        self.shared.space_for_writes()?;
         let (tx, rx) = oneshot::channel();
         let fut = async {
             self.shared
@@ -938,20 +967,7 @@ impl RaftNode {
         &self,
         timeout: Duration,
     ) -> BTreeMap<NodeId, Result<proto::peer::ProbeReply, transport::TransportError>> {
-        let me = self.shared.id;
-        let voters: Vec<NodeId> = self.shared.peers.keys().copied().collect();
-        let asks = self.shared.peers.keys().filter(|id| **id != me).map(|id| {
-            let addr = self.shared.addr_of(*id).unwrap_or_default();
-            let voters = &voters;
-            async move {
-                let r = match tokio::time::timeout(timeout, transport::probe(&addr, *id, me, voters)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(transport::TransportError::Timeout(timeout)),
-                };
-                (*id, r)
-            }
-        });
-        futures::future::join_all(asks).await.into_iter().collect()
+        probe_all(&self.shared, timeout).await
     }
 
     /// The runtime the peer port's server should run on (see [`PeerRuntime`]): the sends of this node
@@ -970,6 +986,9 @@ impl RaftNode {
         if let Some(t) = lock(&self.shared.probe_task).take() {
             t.abort();
         }
+        if let Some(t) = lock(&self.shared.alarm_task).take() {
+            t.abort();
+        }
         let _ = tokio::time::timeout(PROPOSE_TIMEOUT, self.shared.mailbox.send(LoopInput::Shutdown)).await;
         let th = lock(&self.shared.thread).take();
         if let Some(th) = th {
@@ -977,6 +996,47 @@ impl RaftNode {
         }
         if self.shared.status().role != Role::Stopped || self.shared.status().last_error.is_none() {
             self.shared.fail("shut down");
+        }
+    }
+}
+
+/// Probe every other configured member of `shared` concurrently (bounded by `timeout` in all).
+async fn probe_all(
+    shared: &NodeShared,
+    timeout: Duration,
+) -> BTreeMap<NodeId, Result<proto::peer::ProbeReply, transport::TransportError>> {
+    let me = shared.id;
+    let voters: Vec<NodeId> = shared.peers.keys().copied().collect();
+    let asks = shared.peers.keys().filter(|id| **id != me).map(|id| {
+        let addr = shared.addr_of(*id).unwrap_or_default();
+        let voters = &voters;
+        async move {
+            let r = match tokio::time::timeout(timeout, transport::probe(&addr, *id, me, voters)).await {
+                Ok(r) => r,
+                Err(_) => Err(transport::TransportError::Timeout(timeout)),
+            };
+            (*id, r)
+        }
+    });
+    futures::future::join_all(asks).await.into_iter().collect()
+}
+
+/// While the node runs, ask the other members for their NOSPACE alarms every [`alarms::PEER_ALARM_EVERY`]
+/// (a probe each, at most [`alarms::PEER_ALARM_TIMEOUT`]); a member that does not answer keeps its last
+/// answer, which stops counting after [`alarms::PEER_ALARM_TTL`].
+async fn poll_peer_alarms(shared: Arc<NodeShared>) {
+    let mut every = tokio::time::interval(alarms::PEER_ALARM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while shared.running.load(Ordering::Acquire) {
+        every.tick().await;
+        for (id, answer) in probe_all(&shared, alarms::PEER_ALARM_TIMEOUT).await {
+            let Ok(p) = answer else { continue };
+            let alarm = p.nospace.then_some((p.free_bytes, p.min_free_bytes));
+            let before =
+                lock(&shared.peer_alarms).insert(id, alarms::PeerAlarm { heard: Instant::now(), alarm });
+            if alarm.is_some() && before.is_none_or(|b| b.alarm.is_none()) {
+                tracing::warn!(node = shared.id, member = id, "member {id} reports its NOSPACE alarm");
+            }
         }
     }
 }
@@ -1017,6 +1077,8 @@ struct Driver<F: Fsm> {
     next_token: u64,
     stop: bool,
     disk: DiskWatch,
+    /// When this leader last started handing over for lack of disk space.
+    handover: Option<Instant>,
 }
 
 fn run_loop<F: Fsm>(
@@ -1040,6 +1102,7 @@ fn run_loop<F: Fsm>(
         next_token: 0,
         stop: false,
         disk,
+        handover: None,
     };
     let res = rt.block_on(async {
         let mut ticker = tokio::time::interval(tick);
@@ -1084,11 +1147,14 @@ fn run_loop<F: Fsm>(
             // The tick after this turn's events: a member that was held up steps the messages that
             // waited (its peers' answers, a leader's heartbeat) before its timers count the wait.
             if ticked.is_some() {
-                d.core.set_ready_to_lead(d.shared.ready_to_lead.load(Ordering::Relaxed));
+                // A member short of disk defers its campaigns as one whose indexes are not built does.
+                let short = lock(&d.shared.nospace).is_some();
+                d.core.set_ready_to_lead(d.shared.ready_to_lead.load(Ordering::Relaxed) && !short);
                 d.core.tick();
                 if let Some(alarm) = d.disk.check(Instant::now()) {
                     d.shared.set_nospace(alarm);
                 }
+                d.hand_over_if_short();
                 d.proposals.retain(|_, tx| !tx.is_closed());
                 let closed: Vec<u64> =
                     d.reads.iter().filter(|(_, tx)| tx.is_closed()).map(|(t, _)| *t).collect();
@@ -1119,6 +1185,37 @@ fn run_loop<F: Fsm>(
 }
 
 impl<F: Fsm> Driver<F> {
+    /// A leader whose NOSPACE alarm is up hands leadership to a member with space
+    /// ([`alarms::handover_target`]), at most every [`alarms::HANDOVER_EVERY`]: writes go on there, while
+    /// this member keeps only what it is sent as a follower. Without such a member it stays and refuses.
+    fn hand_over_if_short(&mut self) {
+        if self.core.role() != StateRole::Leader || lock(&self.shared.nospace).is_none() {
+            return;
+        }
+        if self.core.lead_transferee().is_some()
+            || self.handover.is_some_and(|t| t.elapsed() < alarms::HANDOVER_EVERY)
+        {
+            return;
+        }
+        let voters = self.core.voters();
+        let target = alarms::handover_target(
+            self.shared.id,
+            &voters,
+            &lock(&self.shared.peer_alarms),
+            Instant::now(),
+            |id| self.core.matched(id),
+        );
+        if let Some(to) = target {
+            self.handover = Some(Instant::now());
+            tracing::warn!(
+                node = self.shared.id,
+                to,
+                "short of disk space: handing leadership to member {to}"
+            );
+            self.core.transfer_leader(to);
+        }
+    }
+
     fn handle(&mut self, ev: LoopInput) {
         match ev {
             LoopInput::Propose { cmd, tx } => {
