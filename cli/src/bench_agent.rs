@@ -137,6 +137,32 @@ fn storm_messages() -> Vec<Vec<u8>> {
     out
 }
 
+/// SIGKILL the processes this bench started (its children), reap each (so none still writes into the
+/// directories), then remove `dirs`: a signal ends the bench without running the destructors that would.
+fn stop_started(pids: &[u32], dirs: &[std::path::PathBuf]) {
+    use nix::sys::signal::{Signal, kill};
+    for &p in pids {
+        let Ok(raw) = i32::try_from(p) else { continue };
+        let pid = nix::unistd::Pid::from_raw(raw);
+        match kill(pid, Signal::SIGKILL) {
+            // Killed: wait for it to end (a SIGKILLed child ends when next scheduled).
+            Ok(()) => {
+                if let Err(e) = nix::sys::wait::waitpid(pid, None) {
+                    eprintln!("huatuo: could not wait for process {p} this bench started: {e}");
+                }
+            }
+            // Already gone: nothing left to stop.
+            Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => eprintln!("huatuo: could not stop process {p} this bench started: {e}"),
+        }
+    }
+    for d in dirs {
+        if let Err(e) = std::fs::remove_dir_all(d) {
+            eprintln!("huatuo: could not remove {}: {e}", d.display());
+        }
+    }
+}
+
 fn probe_root(dir: &Path) -> anyhow::Result<PathBuf> {
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("dev"))?;
@@ -179,21 +205,15 @@ pub fn run(a: BenchAgentArgs) -> anyhow::Result<ExitCode> {
     );
     let pid = agent.0.id();
     // This bench's phases are synchronous, so a signal cannot drop the cluster and the agent as the other
-    // benches' `until_stopped` does: a task kills them instead, then ends the process.
+    // benches' `until_stopped` does: a task kills them, reaps them and removes their temporary directories
+    // instead, then ends the process.
     let mut started_here: Vec<u32> = cluster.running().into_iter().filter_map(|id| cluster.pid(id)).collect();
     started_here.push(pid);
+    let dirs = [cluster.root().to_path_buf(), dir.path().to_path_buf()];
     rt.spawn(async move {
         if let Err(e) = crate::bench_common::until_stopped(std::future::pending::<anyhow::Result<()>>()).await
         {
-            for p in started_here {
-                let Ok(raw) = i32::try_from(p) else { continue };
-                let pid = nix::unistd::Pid::from_raw(raw);
-                match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
-                    // Already gone: nothing left to stop.
-                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                    Err(e) => eprintln!("huatuo: could not stop process {p} this bench started: {e}"),
-                }
-            }
+            stop_started(&started_here, &dirs);
             eprintln!("huatuo: error: {e:#}");
             std::process::exit(1);
         }

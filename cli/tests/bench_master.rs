@@ -92,12 +92,15 @@ fn ended(pid: u32) -> bool {
 }
 
 /// `bench agent` runs its phases synchronously; a `kill` of it still stops the three masters and the
-/// agent it started.
+/// agent it started, and removes their temporary directories.
 #[test]
 fn a_terminated_bench_agent_stops_what_it_started() {
     use std::io::BufRead;
+    // The bench's temporary directories go here, to be found afterwards.
+    let tmp = tempfile::tempdir().expect("tmp");
     let mut child = Command::new(env!("CARGO_BIN_EXE_huatuo"))
         .args(["bench", "agent", "--seconds", "600"])
+        .env("TMPDIR", tmp.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -122,4 +125,6 @@ fn a_terminated_bench_agent_stops_what_it_started() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(running.is_empty(), "still running 10 s after the bench ended: {running:?}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("tmp").flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "temporary directories left behind: {left:?}");
 }

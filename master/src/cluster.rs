@@ -223,6 +223,11 @@ impl LocalCluster {
         self.dir.path().join(format!("node-{id}"))
     }
 
+    /// The temporary directory holding every member's data dir, config and log (removed on drop).
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn log_path(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node-{id}.log"))
     }
