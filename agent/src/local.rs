@@ -37,6 +37,8 @@ pub struct Metrics {
     pub kmsg_lost: Gauge,
     /// Outbox write transactions (each one fsync) since start.
     pub outbox_commits: Gauge,
+    /// The master's clock minus this host's, as the last heartbeat measured it (ms).
+    pub master_clock_offset_ms: Gauge,
     /// Batches the master acknowledged.
     pub sent_batches: Counter,
     /// Findings refused by the sink before queueing (they break the master's rules), by checker.
@@ -74,6 +76,7 @@ impl Metrics {
             sent_findings: Counter::default(),
             kmsg_lost: Gauge::default(),
             outbox_commits: Gauge::default(),
+            master_clock_offset_ms: Gauge::default(),
             sent_batches: Counter::default(),
             invalid_findings: Family::default(),
             dead_batches: Counter::default(),
@@ -146,6 +149,11 @@ impl Metrics {
             "huatuo_agent_outbox_commits",
             "Outbox write transactions (each one fsync) since start",
             m.outbox_commits.clone(),
+        );
+        reg.register(
+            "huatuo_agent_master_clock_offset_ms",
+            "The master's clock minus this host's as the last heartbeat measured it, ms (positive: this host is behind)",
+            m.master_clock_offset_ms.clone(),
         );
         reg.register(
             "huatuo_agent_sent_batches",

@@ -184,6 +184,9 @@ pub struct ReporterConfig {
     /// The net-probe checker's state: its `probe_addr`, queued reports and runs row go with every
     /// heartbeat, and the reply's peers are handed to it (None: net-probe is off).
     pub net: Option<Arc<crate::netprobe::NetProbe>>,
+    /// Where each heartbeat's measure of the master's clock goes (read by the machine checker; None: not
+    /// measured).
+    pub master_clock: Option<Arc<checkers::machine::MasterClock>>,
 }
 
 /// Send the results of finished actions; a result the master refuses for good (the action is no longer
@@ -427,8 +430,18 @@ async fn heartbeat(
         probe_addr: cfg.net.as_ref().map(|n| n.probe_addr()).unwrap_or_default(),
         net: net_reports.clone(),
     };
+    let sent_ms = crate::scheduler::now_ms();
     let resp =
         client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map_err(rpc("heartbeat"))?;
+    // The client may have retried: the round trip then covers every attempt, a wider uncertainty, never a
+    // wrong offset beyond it (the master read its clock within the span).
+    let received_ms = crate::scheduler::now_ms();
+    if let Some(clock) = &cfg.master_clock
+        && let Some(s) = checkers::machine::ClockSample::measure(sent_ms, received_ms, resp.master_time_ms)
+    {
+        clock.set(s);
+        shared.metrics.master_clock_offset_ms.set(s.offset_ms);
+    }
     if let Some(n) = &cfg.net {
         // Answered: the master has these windows (a failed heartbeat keeps them for the next one).
         n.delivered(&net_reports);

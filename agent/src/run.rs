@@ -176,6 +176,8 @@ pub struct Built {
     pub builtin_rules_version: String,
     /// The built-in compiled rule set and its source's sha256 (None when the rules came from a dir).
     pub builtin_rules: Option<(String, Arc<RuleSet>)>,
+    /// The master's clock as the reporter's heartbeats measure it, judged by the machine checker.
+    pub master_clock: Arc<checkers::machine::MasterClock>,
 }
 
 /// Build the registry the config asks for and schedule it along the validated graph.
@@ -203,6 +205,8 @@ pub fn build_checkers(
         .context("reading the rasdaemon cursor")?
         .and_then(|raw| checkers::rasdaemon::RasCursor::decode(&raw));
     host.smart_trend_resume = committed_smart_trend(outbox)?;
+    let master_clock = Arc::new(checkers::machine::MasterClock::default());
+    host.master_clock = Some(Arc::clone(&master_clock));
     let mut registry = Registry::new();
     for c in host_checkers(&host) {
         registry.insert(c, Source::BuiltIn)?;
@@ -275,7 +279,16 @@ pub fn build_checkers(
         anyhow::bail!("checker {:?} is registered but not declared in the checker graph", left.name);
     }
     let builtin_rules = builtin_rules_sha.map(|sha| (sha, rules));
-    Ok(Built { scheduled: out, routes, rules_swap, profiles, model, builtin_rules_version, builtin_rules })
+    Ok(Built {
+        scheduled: out,
+        routes,
+        rules_swap,
+        profiles,
+        model,
+        builtin_rules_version,
+        builtin_rules,
+        master_clock,
+    })
 }
 
 /// Keeps unchanged healthy readings from being re-sent every run.
@@ -530,6 +543,7 @@ token. For tests and experiments only.";
         model,
         builtin_rules_version,
         builtin_rules,
+        master_clock,
     } = build_checkers(&cfg, outbox.as_ref(), &hooks)?;
     // The persisted assignment (if any) runs from the first pass on, with or without a master.
     let catalog = crate::catalog::Catalog::open(&cfg.data_dir).context("the checker catalog state")?;
@@ -627,6 +641,7 @@ token. For tests and experiments only.";
         root: cfg.root.clone(),
         security,
         net,
+        master_clock: Some(master_clock),
     };
     tasks.spawn(reporter::run(
         rcfg,

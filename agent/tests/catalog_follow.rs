@@ -53,6 +53,9 @@ struct State {
     peers: Vec<api::ProbePeer>,
     /// Most net reports one heartbeat refused while `down` carried.
     refused_net_reports: usize,
+    /// The clock heartbeat replies report: this host's plus this many ms (None: the field left 0, as a
+    /// master before it).
+    clock_ahead_ms: Option<i64>,
 }
 
 #[derive(Clone, Default)]
@@ -118,6 +121,9 @@ impl Master for Fake {
                 assignment: if include { s.assignment.clone() } else { Vec::new() },
                 assignment_included: include,
                 peers: s.peers.clone(),
+                master_time_ms: s
+                    .clock_ahead_ms
+                    .map_or(0, |d| (agent::scheduler::now_ms() as i64 + d) as u64),
                 ..Default::default()
             }
         })))
@@ -1023,5 +1029,59 @@ async fn a_failure_model_reaches_the_disk_checker_verified_and_a_bad_one_is_refu
         assert!(Instant::now() < deadline, "the broken model is still named: {sda:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    agent.stop().await;
+}
+
+/// The agent measures its clock against the master's on every heartbeat, and its machine checker reports
+/// WARNING `machine.clock-offset` while they differ by 30 s or more: here the test double's clock runs two
+/// minutes ahead of this host's (the finding, and the agent's `/metrics` gauge), then two minutes behind.
+/// Clocks that agree give no finding and a master that does not send its clock no sample (unit tests of
+/// `MachineChecker` and `ClockSample::measure`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_clock_is_off_the_masters_reports_it() {
+    const HOST: &str = "clock-h1";
+    let fake = Fake::default();
+    fake.with(|s| s.clock_ahead_ms = Some(120_000));
+    let addr = serve(fake.clone()).await;
+    let dir = open_tempdir();
+    let port = free_port();
+    let mut cfg = agent_config(dir.path(), HOST, &addr, port);
+    let machine = cfg.checkers.get_mut("machine").unwrap();
+    machine.enabled = true;
+    machine.interval_s = Some(1);
+    let agent = start(cfg);
+    let offset_finding = |fake: &Fake, from: usize| {
+        fake.with(|s| {
+            s.findings[from.min(s.findings.len())..]
+                .iter()
+                .find(|f| f.object == format!("machine/{HOST}") && f.rule == "machine.clock-offset")
+                .cloned()
+        })
+    };
+    until("a machine.clock-offset finding", || offset_finding(&fake, 0).is_some()).await;
+    let f = offset_finding(&fake, 0).unwrap();
+    assert_eq!(f.severity, "WARNING", "{f:?}");
+    assert!(f.evidence.contains("behind the master's"), "{}", f.evidence);
+    let offset: i64 = f.readings["offset_ms"].parse().unwrap();
+    let rtt: i64 = f.readings["rtt_ms"].parse().unwrap();
+    assert!((offset - 120_000).abs() <= rtt / 2 + 1, "offset {offset} ms, round trip {rtt} ms");
+    let metrics = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(metrics.contains("huatuo_agent_master_clock_offset_ms 1"), "the gauge shows ~120000: {metrics}");
+
+    // The master's clock now two minutes behind this host's: the next samples say so.
+    fake.with(|s| s.clock_ahead_ms = Some(-120_000));
+    let from = fake.with(|s| s.findings.len());
+    until("a finding saying this host is ahead", || {
+        offset_finding(&fake, from).is_some_and(|f| f.evidence.contains("ahead of the master's"))
+    })
+    .await;
     agent.stop().await;
 }

@@ -10,10 +10,14 @@
 //! * Load: `/proc/loadavg` load5 divided by the CPU count from `/proc/cpuinfo`.
 //! * Memory pressure: `/proc/pressure/memory` `full avg60` (share of time all tasks stalled on memory).
 //! * Clock: `now_ms` must be within a plausible range; live, the RTC (`/sys/class/rtc/rtc0/since_epoch`)
-//!   must agree with the system clock within a few minutes.
+//!   must agree with the system clock within a few minutes; and the system clock must agree with the
+//!   master's within `master_offset_warning_s`, as the agent measured it on its last heartbeat
+//!   ([`MasterClock`]): the master compares finding times with its own clock (a part's NEWBIE/TEST entry),
+//!   so an agent whose clock is off is a fault of its machine, found even where NTP reports nothing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use state_machines::{Finding, Kind, ObjectId, Severity};
@@ -45,6 +49,8 @@ pub struct MachineConfig {
     pub fs_used_error: f64,
     /// RTC vs system clock difference for WARNING, seconds.
     pub rtc_skew_warning_s: u64,
+    /// System clock vs the master's, for WARNING, seconds (beyond the measurement's uncertainty).
+    pub master_offset_warning_s: u64,
 }
 
 impl Default for MachineConfig {
@@ -57,6 +63,7 @@ impl Default for MachineConfig {
             fs_used_warning: 95.0,
             fs_used_error: 99.0,
             rtc_skew_warning_s: 300,
+            master_offset_warning_s: 30,
         }
     }
 }
@@ -277,17 +284,97 @@ pub fn judge_clock(now_ms: u64, rtc_s: Option<u64>, cfg: &MachineConfig) -> Opti
     })
 }
 
+/// A heartbeat round trip longer than this gives no clock sample: its uncertainty (half of it) would hide
+/// any offset worth reporting.
+pub const MAX_CLOCK_RTT_MS: u64 = 10_000;
+/// A clock sample older than this (by the agent's clock) is not judged: the agent has not heard from a
+/// master since, and its clock may have been corrected meanwhile.
+pub const MAX_CLOCK_SAMPLE_AGE_MS: u64 = 10 * 60_000;
+
+/// The master's clock as one heartbeat measured it, NTP-style: the master's time in its answer against the
+/// middle of the call by this host's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockSample {
+    /// Master minus this host, milliseconds: positive when this host's clock is behind.
+    pub offset_ms: i64,
+    /// The call's round trip: the true offset is within `offset_ms` +- `rtt_ms / 2`.
+    pub rtt_ms: u64,
+    /// When the answer arrived, by this host's clock.
+    pub at_ms: u64,
+}
+
+impl ClockSample {
+    /// The sample of a call sent at `sent_ms` and answered at `received_ms` (this host's clock) carrying
+    /// the master's `master_ms`; None when the master did not say (0: a master before the field), the
+    /// clock went backwards during the call, or the round trip was over [`MAX_CLOCK_RTT_MS`].
+    pub fn measure(sent_ms: u64, received_ms: u64, master_ms: u64) -> Option<ClockSample> {
+        if master_ms == 0 || received_ms < sent_ms || received_ms - sent_ms > MAX_CLOCK_RTT_MS {
+            return None;
+        }
+        let rtt_ms = received_ms - sent_ms;
+        let middle = sent_ms + rtt_ms / 2;
+        let offset_ms = i64::try_from(i128::from(master_ms) - i128::from(middle)).ok()?;
+        Some(ClockSample { offset_ms, rtt_ms, at_ms: received_ms })
+    }
+}
+
+/// The last [`ClockSample`], shared between the reporter (which measures it on every heartbeat) and the
+/// machine checker (which judges it).
+#[derive(Debug, Default)]
+pub struct MasterClock(Mutex<Option<ClockSample>>);
+
+impl MasterClock {
+    pub fn set(&self, s: ClockSample) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+    }
+    pub fn get(&self) -> Option<ClockSample> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// WARNING `machine.clock-offset` when this host's clock is off the master's by at least
+/// `master_offset_warning_s` beyond the sample's uncertainty (half its round trip); nothing without a
+/// sample, or with one older than [`MAX_CLOCK_SAMPLE_AGE_MS`] at `now_ms`.
+pub fn judge_master_offset(now_ms: u64, sample: Option<ClockSample>, cfg: &MachineConfig) -> Option<Verdict> {
+    let s = sample.filter(|s| now_ms.saturating_sub(s.at_ms) <= MAX_CLOCK_SAMPLE_AGE_MS)?;
+    let at_least = s.offset_ms.unsigned_abs().saturating_sub(s.rtt_ms / 2);
+    if at_least < cfg.master_offset_warning_s.saturating_mul(1000) {
+        return None;
+    }
+    let way = if s.offset_ms > 0 { "behind" } else { "ahead of" };
+    let mut x = v(
+        Severity::Warning,
+        "machine.clock-offset",
+        format!(
+            "system clock is {:.1} s {way} the master's (heartbeat round trip {} ms); check NTP",
+            s.offset_ms.unsigned_abs() as f64 / 1000.0,
+            s.rtt_ms
+        ),
+    );
+    x.readings.insert("offset_ms".into(), s.offset_ms.to_string());
+    x.readings.insert("rtt_ms".into(), s.rtt_ms.to_string());
+    Some(x)
+}
+
 /// The machine checker.
 #[derive(Default)]
 pub struct MachineChecker {
     pub cfg: MachineConfig,
     /// Kernel-log findings about this machine since the last run (set by the caller).
     kernel: Vec<Finding>,
+    /// The master's clock as the reporter last measured it (None: not judged).
+    master_clock: Option<Arc<MasterClock>>,
 }
 
 impl MachineChecker {
     pub fn new(cfg: MachineConfig) -> Self {
-        MachineChecker { cfg, kernel: Vec::new() }
+        MachineChecker { cfg, kernel: Vec::new(), master_clock: None }
+    }
+
+    /// Judge this host's clock against the master's as `clock` holds it.
+    pub fn with_master_clock(mut self, clock: Arc<MasterClock>) -> Self {
+        self.master_clock = Some(clock);
+        self
     }
 
     /// Hand over the kernel-log checker's findings; those about the machine object are summarised.
@@ -345,6 +432,9 @@ impl MachineChecker {
         }
         let rtc = if live { probe::read_u64(&ctx.root, "sys/class/rtc/rtc0/since_epoch").ok() } else { None };
         out.extend(judge_clock(ctx.now_ms, rtc, &self.cfg));
+        if let Some(clock) = &self.master_clock {
+            out.extend(judge_master_offset(ctx.now_ms, clock.get(), &self.cfg));
+        }
         let me = ObjectId::machine(&ctx.host).ok();
         let kernel: Vec<&Finding> =
             self.kernel.iter().filter(|f| Some(&f.object) == me.as_ref() && f.severity.is_fault()).collect();
@@ -505,6 +595,58 @@ mod tests {
         assert_eq!(count_cpus("processor\t: 0\nmodel\t: x\nprocessor\t: 1\n"), 2);
         assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
         assert_eq!(unescape("/x\\04"), "/x\\04");
+    }
+
+    #[test]
+    fn a_clock_sample_is_the_middle_of_the_call_and_refused_when_it_cannot_be() {
+        // Sent at 1,000, answered at 1,010: the master's 61,005 is read against 1,005.
+        assert_eq!(
+            ClockSample::measure(1_000, 1_010, 61_005),
+            Some(ClockSample { offset_ms: 60_000, rtt_ms: 10, at_ms: 1_010 })
+        );
+        assert_eq!(ClockSample::measure(NOW, NOW, NOW - 5_000).map(|s| s.offset_ms), Some(-5_000));
+        assert_eq!(ClockSample::measure(1_000, 1_010, 0), None, "a master that does not say");
+        assert_eq!(ClockSample::measure(1_010, 1_000, 5_000), None, "the clock went back during the call");
+        assert!(ClockSample::measure(0, MAX_CLOCK_RTT_MS, 5_000).is_some());
+        assert_eq!(ClockSample::measure(0, MAX_CLOCK_RTT_MS + 1, 5_000), None, "too long a round trip");
+        assert_eq!(ClockSample::measure(0, 0, u64::MAX), None, "an offset past i64: no sample, no overflow");
+    }
+
+    #[test]
+    fn the_master_offset_is_judged_beyond_its_uncertainty_and_while_fresh() {
+        let cfg = MachineConfig::default();
+        let at = |offset_ms: i64, rtt_ms: u64| Some(ClockSample { offset_ms, rtt_ms, at_ms: NOW });
+        assert_eq!(judge_master_offset(NOW, None, &cfg), None);
+        assert_eq!(judge_master_offset(NOW, at(29_999, 0), &cfg), None);
+        let w = judge_master_offset(NOW, at(30_000, 0), &cfg).expect("at the threshold");
+        assert_eq!((w.severity, w.rule), (Severity::Warning, "machine.clock-offset"));
+        assert!(w.evidence.contains("30.0 s behind the master's"), "{}", w.evidence);
+        assert_eq!(w.readings["offset_ms"], "30000");
+        let ahead = judge_master_offset(NOW, at(-95_200, 4), &cfg).expect("ahead");
+        assert!(ahead.evidence.contains("95.2 s ahead of the master's (heartbeat round trip 4 ms)"));
+        // Half the round trip is the uncertainty: 30.5 s +- 1 s may be 29.5 s.
+        assert_eq!(judge_master_offset(NOW, at(30_500, 2_000), &cfg), None);
+        assert!(judge_master_offset(NOW, at(31_000, 2_000), &cfg).is_some());
+        // A sample older than MAX_CLOCK_SAMPLE_AGE_MS says nothing.
+        let old = ClockSample { offset_ms: 600_000, rtt_ms: 1, at_ms: NOW - MAX_CLOCK_SAMPLE_AGE_MS };
+        assert!(judge_master_offset(NOW, Some(old), &cfg).is_some());
+        let older = ClockSample { at_ms: NOW - MAX_CLOCK_SAMPLE_AGE_MS - 1, ..old };
+        assert_eq!(judge_master_offset(NOW, Some(older), &cfg), None);
+    }
+
+    #[test]
+    fn the_machine_checker_reports_the_master_offset_it_is_handed() {
+        let clock = Arc::new(MasterClock::default());
+        let mut c = MachineChecker::new(MachineConfig::default()).with_master_clock(Arc::clone(&clock));
+        let root = host("procfs");
+        let offset = |f: &[Finding]| f.iter().any(|x| x.rule == "machine.clock-offset");
+        assert!(!offset(&c.run(&ctx(&root)).expect("run")), "no sample yet");
+        clock.set(ClockSample { offset_ms: 120_000, rtt_ms: 3, at_ms: NOW - 1_000 });
+        let f = c.run(&ctx(&root)).expect("run");
+        let x = f.iter().find(|x| x.rule == "machine.clock-offset").expect("offset reported");
+        assert_eq!(x.severity, Severity::Warning);
+        clock.set(ClockSample { offset_ms: 12, rtt_ms: 3, at_ms: NOW });
+        assert!(!offset(&c.run(&ctx(&root)).expect("run")), "in sync again");
     }
 
     #[test]

@@ -138,6 +138,9 @@ pub struct HostConfig {
     pub smart_trend_resume: Option<crate::scoring::trend::SmartTrend>,
     /// The per-disk SMART histories the disk checker last checkpointed (None: every history starts empty).
     pub smart_history_resume: Option<crate::scoring::history::Histories>,
+    /// The master's clock as the agent's heartbeats measure it, judged by the machine checker (None: not
+    /// judged).
+    pub master_clock: Option<std::sync::Arc<crate::machine::MasterClock>>,
 }
 
 /// The host checkers, in a fixed order.
@@ -150,7 +153,10 @@ pub fn host_checkers(cfg: &HostConfig) -> Vec<Box<dyn Checker>> {
         )),
         Box::new(EdacChecker::new(cfg.edac)),
         Box::new(NicChecker::new(cfg.nic.clone())),
-        Box::new(MachineChecker::new(cfg.machine.clone())),
+        Box::new(match &cfg.master_clock {
+            Some(c) => MachineChecker::new(cfg.machine.clone()).with_master_clock(std::sync::Arc::clone(c)),
+            None => MachineChecker::new(cfg.machine.clone()),
+        }),
         Box::new(crate::rasdaemon::RasdaemonChecker::resuming(
             cfg.rasdaemon_resume.clone().unwrap_or_default(),
         )),

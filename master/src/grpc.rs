@@ -150,6 +150,8 @@ impl Master for GrpcApi {
             assignment_hash: hash,
             assignment_included: included,
             peers: crate::net::wire::peers_to_wire(peers),
+            // Read last, right before the answer leaves: the agent sets it against the middle of its call.
+            master_time_ms: crate::api::now_ms(),
         }))
     }
 
