@@ -214,17 +214,21 @@ impl NodeShared {
     /// alarm is up (its loop hands leadership to a member with space meanwhile, when there is one), nor
     /// while fewer than a quorum of voters are above their floor ([`alarms::quorum_short`]).
     fn space_for_writes(&self) -> Result<(), ProposeError> {
-        let own = *lock(&self.nospace);
-        let st = self.status();
-        if st.role != Role::Leader {
+        // Every proposal passes here: the common case (no alarm anywhere) takes two locks and copies nothing.
+        if self.role_and_leader().0 != Role::Leader {
             return Ok(());
         }
-        if let Some((free_bytes, floor_bytes)) = own {
+        if let Some((free_bytes, floor_bytes)) = *lock(&self.nospace) {
             return Err(ProposeError::NoSpace { free_bytes, floor_bytes });
         }
-        let short =
-            alarms::short_members(self.id, own, &st.members, &lock(&self.peer_alarms), Instant::now());
-        if alarms::quorum_short(st.members.len(), short.len()) {
+        let peers = lock(&self.peer_alarms);
+        if peers.values().all(|p| p.alarm.is_none()) {
+            return Ok(());
+        }
+        let voters = self.status().members;
+        let short = alarms::short_members(self.id, None, &voters, &peers, Instant::now());
+        drop(peers);
+        if alarms::quorum_short(voters.len(), short.len()) {
             let members = short
                 .iter()
                 .map(|(id, free, floor)| format!("member {id} has {free} bytes free (floor {floor})"))
