@@ -66,6 +66,8 @@ pub struct FsmStats {
     /// restored, and at start-up), never before the commit: a cache keyed by the catalog counter compares
     /// this instead of reading the counter from the store on every heartbeat.
     pub catalog_generation: AtomicU64,
+    /// The objects whose core applied entries changed, for the followed indexes (member-local).
+    pub core_changes: Arc<crate::follow::CoreChanges>,
 }
 
 impl FsmStats {
@@ -209,8 +211,10 @@ impl MasterFsm {
         {
             feed.push(index, env.now_ms, std::mem::take(&mut d.archive));
         }
-        if !d.events.is_empty() {
+        if let Some(first) = d.events.first() {
             self.pending = Some(d.revision);
+            // Before the transaction commits: a reader at this revision finds the entry's changes.
+            self.stats.core_changes.record(first.revision, d.revision, std::mem::take(&mut d.core_changed));
         }
         Ok(store::encode(&ApplyResult { results: d.results }))
     }
@@ -276,6 +280,7 @@ impl MasterFsm {
         src: &dyn crate::raft::SnapshotSource,
     ) -> Result<(), StoreError> {
         let revision = snapshot::restore_from(txn, src)?;
+        self.stats.core_changes.reset();
         if let Some(feed) = &self.archive {
             feed.restored();
         }

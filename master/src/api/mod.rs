@@ -160,6 +160,9 @@ impl Service {
         let (alive_tx, alive_rx) = mpsc::channel(heartbeats::LIVENESS_QUEUE);
         let base_revision = Reader::new(&db).and_then(|r| r.revision()).unwrap_or(0);
         let deadlines = Arc::new(crate::deadlines::index(cfg.policy.clone()));
+        let orders: Arc<crate::actions::OrderIndex> = Arc::default();
+        deadlines.follow_hint(Arc::clone(&stats.core_changes));
+        orders.follow_hint(Arc::clone(&stats.core_changes));
         let svc = Arc::new(Service {
             base_revision,
             deadlines,
@@ -170,7 +173,7 @@ impl Service {
             proposals: tx,
             heartbeats: heartbeats::Memory::default(),
             coming_alive: alive_tx,
-            orders: Arc::default(),
+            orders,
             stats,
             started: Instant::now(),
             watch_registry: watch::Registry::default(),

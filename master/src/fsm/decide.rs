@@ -42,6 +42,9 @@ pub struct Decision {
     /// What the entry adds to the member's archive (accepted findings, transitions, ticket updates): fed to
     /// `archive.rs` after the entry is written; not part of the replicated state.
     pub archive: Vec<crate::archive::ArchiveEvent>,
+    /// The objects whose core (state machine or labels) the entry changed or created: the member's hint
+    /// for its followed indexes (`follow::CoreChanges`); not part of the replicated state.
+    pub core_changed: std::collections::BTreeSet<String>,
 }
 
 /// Decide a whole entry: the commands in order, each seeing what the earlier ones wrote.
@@ -100,6 +103,8 @@ pub(super) struct Decider<'v> {
     pub(super) catalog_seen: BTreeMap<String, Option<crate::catalog::CheckerRecord>>,
     /// The entry's archive events so far (see [`Decision::archive`]).
     pub(super) archive: Vec<crate::archive::ArchiveEvent>,
+    /// See [`Decision::core_changed`].
+    core_changed: std::collections::BTreeSet<String>,
 }
 
 impl<'v> Decider<'v> {
@@ -121,6 +126,7 @@ impl<'v> Decider<'v> {
             request_keys: MAX_REQUEST_KEYS,
             catalog_seen: BTreeMap::new(),
             archive: Vec::new(),
+            core_changed: std::collections::BTreeSet::new(),
         })
     }
 
@@ -136,6 +142,7 @@ impl<'v> Decider<'v> {
             revision: self.revision,
             min_command_version: self.min_version,
             archive: self.archive,
+            core_changed: self.core_changed,
         }
     }
 
@@ -247,6 +254,9 @@ impl<'v> Decider<'v> {
         };
         self.account(prev.as_deref(), Some(&rec))?;
         self.count_record(prev.as_deref(), Some(&rec))?;
+        if prev.as_deref().is_none_or(|p| p.sm != rec.sm || p.labels != rec.labels) {
+            self.core_changed.insert(id.clone());
+        }
         self.w.objects.insert(id, Box::new(rec));
         Ok(())
     }
