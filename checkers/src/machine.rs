@@ -26,7 +26,7 @@ use crate::probe;
 use crate::{CheckContext, CheckError, Checker};
 
 pub const NAME: &str = "machine";
-pub const VERSION: &str = "1.0.0";
+pub const VERSION: &str = "1.1.0";
 /// Most mounts judged per run (container hosts have thousands; only writable types are statvfs'ed).
 pub const MAX_MOUNTS: usize = 4096;
 /// Filesystem types that are normally writable; only these are judged read-only/full.

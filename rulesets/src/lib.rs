@@ -25,7 +25,7 @@ pub const BUILTIN_CHECKERS: &[BuiltinChecker] = &[
     BuiltinChecker { name: "disk", version: "1.0.0", kinds: &["disk"] },
     BuiltinChecker { name: "edac", version: "1.1.0", kinds: &["dimm"] },
     BuiltinChecker { name: "kernel-log", version: "0.1.0", kinds: &["disk", "dimm", "nic", "machine"] },
-    BuiltinChecker { name: "machine", version: "1.0.0", kinds: &["machine"] },
+    BuiltinChecker { name: "machine", version: "1.1.0", kinds: &["machine"] },
     BuiltinChecker { name: "nic", version: "1.0.0", kinds: &["nic"] },
     BuiltinChecker { name: "rasdaemon", version: "1.0.0", kinds: &["dimm", "disk"] },
 ];
