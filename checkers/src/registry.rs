@@ -145,6 +145,7 @@ pub struct HostConfig {
 
 /// The host checkers, in a fixed order.
 pub fn host_checkers(cfg: &HostConfig) -> Vec<Box<dyn Checker>> {
+    let machine = MachineChecker::new(cfg.machine.clone());
     vec![
         Box::new(DiskChecker::resuming_with(
             cfg.disk.clone(),
@@ -154,8 +155,8 @@ pub fn host_checkers(cfg: &HostConfig) -> Vec<Box<dyn Checker>> {
         Box::new(EdacChecker::new(cfg.edac)),
         Box::new(NicChecker::new(cfg.nic.clone())),
         Box::new(match &cfg.master_clock {
-            Some(c) => MachineChecker::new(cfg.machine.clone()).with_master_clock(std::sync::Arc::clone(c)),
-            None => MachineChecker::new(cfg.machine.clone()),
+            Some(c) => machine.with_master_clock(std::sync::Arc::clone(c)),
+            None => machine,
         }),
         Box::new(crate::rasdaemon::RasdaemonChecker::resuming(
             cfg.rasdaemon_resume.clone().unwrap_or_default(),

@@ -202,11 +202,8 @@ fn read_delta(r: &Reader, from: u64, max: usize, hint: Option<&CoreChanges>) -> 
     #[cfg(test)]
     tests::DELTA_READS.with(|n| n.set(n.get() + 1));
     if let Some(h) = hint {
+        // A position past the store's revision finds nothing and stays where it is (at its end).
         let to = r.revision()?;
-        if to < from {
-            // Nothing past the position yet: what the change log would say (at its end).
-            return Ok(Delta::Records { next: from, records: Arc::new(Vec::new()) });
-        }
         if let Some(ids) = h.between(from, to, max) {
             #[cfg(test)]
             tests::HINTED_READS.with(|n| n.set(n.get() + 1));
@@ -962,6 +959,19 @@ mod tests {
             tests::HINTED_READS.with(Cell::get) - hinted_before,
         );
         assert!(reads > 0 && hinted == reads, "every step from the hint: {hinted} of {reads}");
+        // At the store's end: nothing read, the position stays.
+        let end = s.revision() + 1;
+        let r = Reader::new(&s.db).expect("reader");
+        let Delta::Records { records, next } =
+            read_delta(&r, end, CATCH_UP_CHUNK, Some(&hint)).expect("read")
+        else {
+            panic!("compacted")
+        };
+        assert!(records.is_empty() && next == end, "{records:?} {next}");
+        assert_eq!(
+            lock(&ix.state).apply(Delta::Records { next, records }, &Serials::default),
+            Applied::AtEnd
+        );
     }
 
     #[test]
