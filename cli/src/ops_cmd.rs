@@ -493,7 +493,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         .map(|m| {
             serde_json::json!({"id": m.id, "peer": m.peer_addr, "grpc": m.grpc_addr, "http": m.http_addr,
                 "knows_command_version": m.knows_command_version, "nospace": m.nospace,
-                "free_bytes": m.free_bytes, "min_free_bytes": m.min_free_bytes})
+                "free_bytes": m.free_bytes, "min_free_bytes": m.min_free_bytes, "announced": m.announced})
         })
         .collect();
     let f = a.out.format();
@@ -531,7 +531,13 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for m in &i.members {
-        let mark = if m.id == i.leader_id { " (leader)" } else { "" };
+        // A leader not yet in the member table (it could not commit its announcement: a quorum short of
+        // disk refuses writes) is shown from the peer port; say so.
+        let mark = match (m.id == i.leader_id, m.announced) {
+            (true, true) => " (leader)",
+            (true, false) => " (leader, not announced)",
+            _ => "",
+        };
         println!(
             "member {}  peer {}  grpc {}  http {}  knows {}{mark}",
             m.id,

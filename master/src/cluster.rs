@@ -353,14 +353,26 @@ impl LocalCluster {
         c.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await.ok()
     }
 
-    /// Wait until a running node reports itself leader with its addresses announced; returns its id.
+    /// Wait until a running node reports itself leader with its addresses announced (in the replicated
+    /// member table: its first entries as leader committed); returns its id.
     pub async fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        self.wait_leader_where(timeout, true).await
+    }
+
+    /// Wait until a running node reports itself leader, announced or not (a leader cannot announce itself
+    /// while a quorum short of disk refuses writes); returns its id.
+    pub async fn wait_leader_elected(&self, timeout: Duration) -> Option<u64> {
+        self.wait_leader_where(timeout, false).await
+    }
+
+    async fn wait_leader_where(&self, timeout: Duration, announced: bool) -> Option<u64> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             for id in self.running() {
                 if let Some(i) = self.info(id).await
                     && i.role == "leader"
                     && i.leader_grpc == self.nodes[&id].grpc
+                    && (!announced || i.members.iter().any(|m| m.id == id && m.announced))
                 {
                     return Some(id);
                 }

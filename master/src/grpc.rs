@@ -406,7 +406,7 @@ impl Master for GrpcApi {
         &self,
         _req: Request<api::ClusterInfoRequest>,
     ) -> Result<Response<api::ClusterInfoResponse>, Status> {
-        let info = self.svc.cluster_status().await.map_err(Status::from)?;
+        let info = self.svc.cluster_status().map_err(Status::from)?;
         Ok(Response::new(convert::cluster_to_wire(info)))
     }
 

@@ -198,6 +198,7 @@ pub async fn serve(
     tracing::info!(id = cfg.id, peer = %cfg.peer_listen, grpc = %cfg.grpc_listen, http = %cfg.http_listen,
         data_dir = %cfg.data_dir.display(), "master node started");
     raft.set_app_version(cfg.knows_command_version);
+    raft.set_api_addrs(&cfg.advertise_grpc, &cfg.advertise_http);
     // The proposal gate follows the replicated min_command_version from the start, not from the first entry.
     stats.load_replicated(&db).map_err(|e| anyhow!("cannot read the state machine: {e}"))?;
 

@@ -182,6 +182,7 @@ pub fn cluster_to_wire(i: ClusterInfo) -> api::ClusterInfoResponse {
                 nospace: m.nospace,
                 free_bytes: m.free_bytes,
                 min_free_bytes: m.min_free_bytes,
+                announced: m.announced,
             })
             .collect(),
         leader_grpc: i.leader_grpc,

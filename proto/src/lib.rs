@@ -11,6 +11,14 @@ pub mod view;
 /// The master's client API (agents, SDK, CLI): generated from proto/api.proto.
 pub mod api {
     tonic::include_proto!("huatuo.api.v1");
+
+    impl ClusterInfoResponse {
+        /// A leader is known and its addresses are in the replicated member table (its first entries as
+        /// leader committed).
+        pub fn leader_announced(&self) -> bool {
+            self.leader_id != 0 && self.members.iter().any(|m| m.id == self.leader_id && m.announced)
+        }
+    }
 }
 
 /// The binary encoding of the master's Raft log entries (`proto/entry.proto`), owned by master::model.

@@ -109,6 +109,10 @@ pub struct MemberInfo {
     pub free_bytes: u64,
     #[serde(default)]
     pub min_free_bytes: u64,
+    /// Its addresses are in the replicated member table (a leader announces itself there once elected);
+    /// until then they come from the peer port, or for the node answering, from its own configuration.
+    #[serde(default)]
+    pub announced: bool,
 }
 
 /// `huatuo status` / `GET /api/v1/cluster`: one node's view of the cluster.
@@ -141,6 +145,14 @@ pub struct ClusterInfo {
     /// The newest command version this node's binary knows.
     #[serde(default)]
     pub knows_command_version: u32,
+}
+
+impl ClusterInfo {
+    /// A leader is known and its addresses are in the replicated member table (its first entries as leader
+    /// committed).
+    pub fn leader_announced(&self) -> bool {
+        self.leader_id != 0 && self.members.iter().any(|m| m.id == self.leader_id && m.announced)
+    }
 }
 
 /// What an agent says about itself in each heartbeat (the leader's memory only; never replicated).

@@ -433,7 +433,15 @@ async fn full_disk_on_follower_then_leader() {
     let mut attempt = 0;
     let (leader, refused) = loop {
         attempt += 1;
-        let leader = c.wait_leader(SETTLE).await.expect("leader");
+        let Some(leader) = c.wait_leader_elected(SETTLE).await else {
+            let mut logs = Vec::new();
+            for id in c.nodes.keys() {
+                let t = Instant::now();
+                let i = c.info(*id).await.map(|i| (i.role, i.term, i.leader_grpc));
+                logs.push(format!("--- node {id} ({i:?} in {:?}):\n{}", t.elapsed(), c.log_tail(*id)));
+            }
+            panic!("no leader with members {short1} and {second} short of disk:\n{}", logs.join("\n"))
+        };
         let marker = format!("df-refused-{attempt}");
         match rest_ingest(&c.nodes[&leader].http, "", 0, "disk/df-nospace/x", &marker) {
             Err(e) if e.contains("no space") => {
@@ -451,6 +459,18 @@ async fn full_disk_on_follower_then_leader() {
     for id in [short1, second] {
         assert!(refused.contains(&format!("member {id} has")), "the refusal names member {id}: {refused}");
     }
+    // Every member names the leader's API, though a leader that never led before cannot announce itself
+    // through the log now: members tell their addresses over the peer port.
+    let grpc = &c.nodes[&leader].grpc;
+    let named = tests::wait_until(SETTLE, || async {
+        let mut all = true;
+        for id in c.nodes.keys() {
+            all &= info(&c.nodes[id].grpc).await.is_some_and(|i| &i.leader_grpc == grpc);
+        }
+        all
+    })
+    .await;
+    assert!(named, "every member names leader {leader} at {grpc}");
     let mut g = member_client(&c.nodes[&leader].grpc);
     let r = g
         .call(

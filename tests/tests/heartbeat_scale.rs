@@ -64,7 +64,7 @@ async fn start_node(dir: &Path, agent_silent_after: Duration) -> Node {
         raft.status()
     );
     // The leader's own announcement first, so the counts below are only the heartbeats'.
-    assert!(wait_until(WAIT, || async { svc.cluster_info().is_ok_and(|i| !i.leader_grpc.is_empty()) }).await);
+    assert!(wait_until(WAIT, || async { svc.cluster_info().is_ok_and(|i| i.leader_announced()) }).await);
     Node { raft, svc }
 }
 

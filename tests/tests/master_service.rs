@@ -206,7 +206,7 @@ async fn heartbeats_replicate_only_liveness_changes() {
     // Wait for the leader's own announcement so revisions below are only ours.
     assert!(
         wait_until(Duration::from_secs(5), || async {
-            svc.cluster_info().is_ok_and(|i| !i.leader_grpc.is_empty())
+            svc.cluster_info().is_ok_and(|i| i.leader_announced())
         })
         .await
     );

@@ -96,7 +96,7 @@ async fn start_cluster(dir: &std::path::Path) -> Vec<Node> {
             let mut c = Client::new(all);
             c.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await })
                 .await
-                .is_ok_and(|i| i.leader_id != 0 && !i.leader_grpc.is_empty() && i.members.len() == 3)
+                .is_ok_and(|i| i.leader_announced() && i.members.len() == 3)
         }
     })
     .await;

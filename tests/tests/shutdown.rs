@@ -54,7 +54,7 @@ async fn cluster_info(client: &mut Client) -> Option<api::ClusterInfoResponse> {
 async fn wait_ready(grpc: &str) {
     let ready = wait_until(READY, || async {
         let mut c = Client::new(vec![grpc.to_string()]);
-        cluster_info(&mut c).await.is_some_and(|i| i.leader_id == 1 && !i.leader_grpc.is_empty())
+        cluster_info(&mut c).await.is_some_and(|i| i.leader_id == 1 && i.leader_announced())
     })
     .await;
     assert!(

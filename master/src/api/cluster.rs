@@ -3,39 +3,27 @@
 //! safety scope.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proto::error::ApiError;
 
 pub use proto::view::{ClusterInfo, MemberInfo};
 
 use super::safety::scope_views;
-use super::{Service, lock, now_ms, store_err};
+use super::{Service, now_ms, store_err};
 use crate::raft::TransportError;
 use crate::store::Reader;
 
-/// How long cluster info waits for the members to say which command versions they know (all asked at once
-/// over the peer port): a member that does not answer in time shows 0, and status still answers promptly.
+/// How long raising `min_command_version` waits for the members to say which command versions they know
+/// (all asked at once over the peer port): a member that does not answer in time refuses the raise.
 pub const MEMBER_VERSION_TIMEOUT: Duration = Duration::from_millis(1500);
-/// How long cluster info reuses the members' answers: the portal polls cluster info every few seconds, and
-/// a binary changes only on a restart. Raising `min_command_version` always asks afresh.
-pub const MEMBER_VERSION_TTL: Duration = Duration::from_secs(5);
 
-/// What a member answered over the peer port (a member that did not answer: all zero).
+/// What a member answered over the peer port (a member not heard lately: all zero).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemberAnswer {
     pub knows_command_version: u32,
     /// Its NOSPACE alarm as (free bytes, floor) while raised.
     pub nospace: Option<(u64, u64)>,
-}
-
-impl MemberAnswer {
-    fn of(reply: &proto::peer::ProbeReply) -> MemberAnswer {
-        MemberAnswer {
-            knows_command_version: reply.app_version,
-            nospace: reply.nospace.then_some((reply.free_bytes, reply.min_free_bytes)),
-        }
-    }
 }
 
 /// Fill a member's answer into its view.
@@ -51,37 +39,29 @@ impl Service {
         self.cfg.knows_command_version
     }
 
-    /// Ask every other member which command versions it knows (0: no answer, or a binary too old to say),
-    /// and remember the answers for [`MEMBER_VERSION_TTL`].
+    /// Ask every other member afresh which command versions it knows (0: a binary too old to say), for a
+    /// decision that must not rest on an answer seconds old (raising `min_command_version`).
     pub(super) async fn ask_member_versions(&self) -> BTreeMap<u64, Result<u32, TransportError>> {
         let answers = self.raft.peer_probes(MEMBER_VERSION_TIMEOUT).await;
-        let known = answers
-            .iter()
-            .map(|(id, r)| (*id, r.as_ref().map(MemberAnswer::of).unwrap_or_default()))
-            .collect();
-        *lock(&self.member_versions) = Some((Instant::now(), known));
         answers.into_iter().map(|(id, r)| (id, r.map(|p| p.app_version))).collect()
     }
 
-    /// The members' answers, asked afresh when older than [`MEMBER_VERSION_TTL`].
-    async fn member_answers(&self) -> BTreeMap<u64, MemberAnswer> {
-        let cached = lock(&self.member_versions)
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < MEMBER_VERSION_TTL)
-            .map(|(_, v)| v.clone());
-        match cached {
-            Some(v) => v,
-            None => {
-                self.ask_member_versions().await;
-                lock(&self.member_versions).as_ref().map(|(_, v)| v.clone()).unwrap_or_default()
-            }
-        }
+    /// The members' answers as this node's Raft layer last heard them (it asks every second, and an answer
+    /// counts for 5 s: `raft::alarms::PEER_ALARM_TTL`). Nothing is asked on the caller's time: a status or
+    /// metrics call never waits on the network, so a client's short deadline cannot starve the answers
+    /// (it did: a 500 ms caller cancelled every 1.5 s ask, and status never showed a leader).
+    fn member_answers(&self) -> BTreeMap<u64, MemberAnswer> {
+        self.raft
+            .peer_answers()
+            .into_iter()
+            .map(|(id, p)| (id, MemberAnswer { knows_command_version: p.app_version, nospace: p.alarm }))
+            .collect()
     }
 
-    /// [`Service::cluster_info`] with every member's `knows_command_version` and NOSPACE alarm (asked over
-    /// the peer port at most every [`MEMBER_VERSION_TTL`]).
-    pub async fn cluster_status(&self) -> Result<ClusterInfo, ApiError> {
-        let answers = self.member_answers().await;
+    /// [`Service::cluster_info`] with every member's `knows_command_version` and NOSPACE alarm as last heard
+    /// over the peer port ([`Service::member_answers`]).
+    pub fn cluster_status(&self) -> Result<ClusterInfo, ApiError> {
+        let answers = self.member_answers();
         let mut info = self.cluster_info()?;
         for m in &mut info.members {
             if let Some(a) = answers.get(&m.id) {
@@ -91,11 +71,11 @@ impl Service {
         Ok(info)
     }
 
-    /// The members' NOSPACE alarms for `/metrics`: this node's own, and the others' as last asked (at most
-    /// [`MEMBER_VERSION_TTL`] old, asked afresh otherwise), by member id.
-    pub async fn member_nospace(&self) -> BTreeMap<u64, bool> {
+    /// The members' NOSPACE alarms for `/metrics`: this node's own, and the others' as last heard (see
+    /// [`Service::member_answers`]), by member id.
+    pub fn member_nospace(&self) -> BTreeMap<u64, bool> {
         let mut out: BTreeMap<u64, bool> =
-            self.member_answers().await.into_iter().map(|(id, a)| (id, a.nospace.is_some())).collect();
+            self.member_answers().into_iter().map(|(id, a)| (id, a.nospace.is_some())).collect();
         out.insert(self.raft.id(), self.raft.nospace().is_some());
         out
     }
@@ -104,8 +84,9 @@ impl Service {
     pub fn cluster_info(&self) -> Result<ClusterInfo, ApiError> {
         let st = self.raft.status();
         let r = Reader::new(&self.db).map_err(store_err)?;
-        let members = r.members().map_err(store_err)?;
-        let addr = |id: u64| members.iter().find(|(m, _)| *m == id).map(|(_, r)| r.clone());
+        let stored = r.members().map_err(store_err)?;
+        let members = self.member_addrs(&stored);
+        let addr = |id: u64| members.get(&id).cloned();
         let (_, scopes) = scope_views(&r, now_ms()).map_err(store_err)?;
         let level = scopes
             .iter()
@@ -129,7 +110,9 @@ impl Service {
                 .iter()
                 .map(|(id, peer)| {
                     let m = addr(*id);
-                    // Others' versions and alarms are asked over the network: `cluster_status`.
+                    let announced =
+                        m.as_ref().is_some_and(|shown| stored.iter().any(|(s, r)| s == id && r == shown));
+                    // Others' versions and alarms as last heard over the peer port: `cluster_status`.
                     let me = *id == st.id;
                     let alarm = if me { self.raft.nospace() } else { None };
                     MemberInfo {
@@ -141,6 +124,7 @@ impl Service {
                         nospace: alarm.is_some(),
                         free_bytes: alarm.map_or(0, |a| a.0),
                         min_free_bytes: alarm.map_or(0, |a| a.1),
+                        announced,
                     }
                 })
                 .collect(),

@@ -105,9 +105,6 @@ pub struct Service {
     /// The revision in the store when the service started (the fsm only reports revisions it applies).
     base_revision: u64,
     watch_registry: watch::Registry,
-    /// Members' answers (command version, NOSPACE alarm) as last asked over the peer port, and when (see
-    /// `cluster::MEMBER_VERSION_TTL`).
-    member_versions: Mutex<Option<(Instant, std::collections::BTreeMap<u64, cluster::MemberAnswer>)>>,
     /// Leader changes this node observed (its duty loop samples the leader every DUTY_INTERVAL).
     pub leader_changes: AtomicU64,
     /// Pages of listings by state (other than GOOD) served from the index of the objects out of GOOD, and
@@ -177,7 +174,6 @@ impl Service {
             stats,
             started: Instant::now(),
             watch_registry: watch::Registry::default(),
-            member_versions: Mutex::new(None),
             leader_changes: AtomicU64::new(0),
             state_pages_indexed: AtomicU64::new(0),
             state_pages_scanned: AtomicU64::new(0),
@@ -221,20 +217,41 @@ impl Service {
         (*self.revision.borrow()).max(self.base_revision)
     }
 
-    /// The gRPC address of node `id`, from the replicated member table.
+    /// Where each member's APIs are reached, by id: the replicated member table (a leader announces itself
+    /// there), overlaid with what members said over the peer port lately (live, and known before an
+    /// announcement could commit: none does while a quorum is short of disk), and this node's own.
+    pub(crate) fn member_addrs(
+        &self,
+        stored: &[(u64, crate::model::MemberRecord)],
+    ) -> std::collections::BTreeMap<u64, crate::model::MemberRecord> {
+        let mut out: std::collections::BTreeMap<u64, _> = stored.iter().cloned().collect();
+        for (id, p) in self.raft.peer_answers() {
+            if !p.grpc.is_empty() {
+                out.insert(id, crate::model::MemberRecord { grpc: p.grpc, http: p.http });
+            }
+        }
+        if !self.cfg.grpc_addr.is_empty() {
+            let me = crate::model::MemberRecord {
+                grpc: self.cfg.grpc_addr.clone(),
+                http: self.cfg.http_addr.clone(),
+            };
+            out.insert(self.raft.id(), me);
+        }
+        out
+    }
+
+    fn member_addrs_now(&self) -> Option<std::collections::BTreeMap<u64, crate::model::MemberRecord>> {
+        Some(self.member_addrs(&Reader::new(&self.db).ok()?.members().ok()?))
+    }
+
+    /// The gRPC address of node `id` ([`Service::member_addrs`]).
     fn grpc_addr_of(&self, id: u64) -> Option<String> {
-        let reader = Reader::new(&self.db).ok()?;
-        reader.members().ok()?.into_iter().find(|(m, _)| *m == id).map(|(_, r)| r.grpc)
+        self.member_addrs_now()?.remove(&id).map(|r| r.grpc)
     }
 
     /// The HTTP address of the member whose gRPC address is `grpc` (REST clients redirect over HTTP).
     pub fn http_addr_for(&self, grpc: &str) -> Option<String> {
-        Reader::new(&self.db)
-            .and_then(|r| r.members())
-            .ok()?
-            .into_iter()
-            .find(|(_, m)| m.grpc == grpc)
-            .map(|(_, m)| m.http)
+        self.member_addrs_now()?.into_values().find(|m| m.grpc == grpc).map(|m| m.http)
     }
 
     fn map_propose_error(&self, e: ProposeError) -> ApiError {

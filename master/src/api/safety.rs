@@ -434,7 +434,7 @@ impl Service {
         }
         let cmd = Command::SetMinCommandVersion { version, by: by.into(), reason: reason.into() };
         let revision = self.submit_keyed(cmd, key).await?.revision;
-        Ok((revision, self.cluster_status().await?))
+        Ok((revision, self.cluster_status()?))
     }
 }
 

@@ -43,12 +43,24 @@ pub const PEER_ALARM_TTL: Duration = Duration::from_secs(5);
 /// election timeout, 1.1-1.4 s, before it aborts it).
 pub const HANDOVER_EVERY: Duration = Duration::from_secs(3);
 
-/// What a member said about its disk, and when it was heard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAlarm {
-    pub heard: Instant,
+/// What a member said over the peer port about its disk, binary and API addresses, and when it was heard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerAnswer {
+    pub heard: Option<Instant>,
     /// Its NOSPACE alarm as (free bytes, floor) while raised.
     pub alarm: Option<(u64, u64)>,
+    /// The newest command version its binary knows (0: too old to say).
+    pub app_version: u32,
+    /// Its advertised gRPC and HTTP API addresses (empty: a binary too old to say).
+    pub grpc: String,
+    pub http: String,
+}
+
+impl PeerAnswer {
+    /// Whether it was heard at most [`PEER_ALARM_TTL`] before `now`.
+    pub fn fresh(&self, now: Instant) -> bool {
+        self.heard.is_some_and(|h| now.saturating_duration_since(h) <= PEER_ALARM_TTL)
+    }
 }
 
 /// The voters known to be short of disk at `now`, as (member, free bytes, floor), in id order: this member
@@ -57,17 +69,13 @@ pub fn short_members(
     me: NodeId,
     own: Option<(u64, u64)>,
     voters: &[NodeId],
-    peers: &BTreeMap<NodeId, PeerAlarm>,
+    peers: &BTreeMap<NodeId, PeerAnswer>,
     now: Instant,
 ) -> Vec<(NodeId, u64, u64)> {
     let mut out: Vec<(NodeId, u64, u64)> = voters
         .iter()
         .filter_map(|&id| {
-            let alarm = if id == me {
-                own
-            } else {
-                peers.get(&id).filter(|p| now.saturating_duration_since(p.heard) <= PEER_ALARM_TTL)?.alarm
-            };
+            let alarm = if id == me { own } else { peers.get(&id).filter(|p| p.fresh(now))?.alarm };
             alarm.map(|(free, floor)| (id, free, floor))
         })
         .collect();
@@ -89,7 +97,7 @@ pub fn quorum_short(voters: usize, short: usize) -> bool {
 pub fn handover_target(
     me: NodeId,
     voters: &[NodeId],
-    peers: &BTreeMap<NodeId, PeerAlarm>,
+    peers: &BTreeMap<NodeId, PeerAnswer>,
     now: Instant,
     matched: impl Fn(NodeId) -> Option<u64>,
 ) -> Option<NodeId> {
@@ -97,11 +105,7 @@ pub fn handover_target(
         .iter()
         .copied()
         .filter(|&id| id != me)
-        .filter(|id| {
-            peers.get(id).is_some_and(|p| {
-                p.alarm.is_none() && now.saturating_duration_since(p.heard) <= PEER_ALARM_TTL
-            })
-        })
+        .filter(|id| peers.get(id).is_some_and(|p| p.alarm.is_none() && p.fresh(now)))
         .filter_map(|id| matched(id).map(|m| (m, id)))
         .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
         .map(|(_, id)| id)
@@ -111,8 +115,8 @@ pub fn handover_target(
 mod tests {
     use super::*;
 
-    fn heard(now: Instant, ago: Duration, alarm: Option<(u64, u64)>) -> PeerAlarm {
-        PeerAlarm { heard: now - ago, alarm }
+    fn heard(now: Instant, ago: Duration, alarm: Option<(u64, u64)>) -> PeerAnswer {
+        PeerAnswer { heard: Some(now - ago), alarm, app_version: 1, ..Default::default() }
     }
 
     #[test]

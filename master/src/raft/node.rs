@@ -88,9 +88,11 @@ pub(crate) struct NodeShared {
     pub(crate) snaps: Arc<SnapDir>,
     /// The NOSPACE alarm as (free bytes, floor) while raised (written by the loop's disk check).
     nospace: Mutex<Option<(u64, u64)>>,
+    /// This node's advertised gRPC and HTTP API addresses, told to members that probe it.
+    api_addrs: Mutex<(String, String)>,
     /// The other members' NOSPACE alarms as last heard over the peer port ([`poll_peer_alarms`]): a leader
     /// refuses writes when fewer than a quorum have space, and hands over when it is short itself.
-    peer_alarms: Mutex<BTreeMap<NodeId, alarms::PeerAlarm>>,
+    peer_alarms: Mutex<BTreeMap<NodeId, alarms::PeerAnswer>>,
     /// The task asking for them while the node runs.
     alarm_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -163,6 +165,7 @@ impl NodeShared {
         let voters =
             if self.initialized.load(Ordering::Acquire) { self.status().members } else { Vec::new() };
         let alarm = *lock(&self.nospace);
+        let (grpc_addr, http_addr) = lock(&self.api_addrs).clone();
         proto::peer::ProbeReply {
             id: self.id,
             initialized: self.initialized.load(Ordering::Acquire),
@@ -172,6 +175,8 @@ impl NodeShared {
             nospace: alarm.is_some(),
             free_bytes: alarm.map_or(0, |a| a.0),
             min_free_bytes: alarm.map_or(0, |a| a.1),
+            grpc_addr,
+            http_addr,
         }
     }
 
@@ -218,23 +223,26 @@ impl NodeShared {
         if self.role_and_leader().0 != Role::Leader {
             return Ok(());
         }
-        if let Some((free_bytes, floor_bytes)) = *lock(&self.nospace) {
-            return Err(ProposeError::NoSpace { free_bytes, floor_bytes });
-        }
+        let own = *lock(&self.nospace);
         let peers = lock(&self.peer_alarms);
-        if peers.values().all(|p| p.alarm.is_none()) {
+        if own.is_none() && peers.values().all(|p| p.alarm.is_none()) {
             return Ok(());
         }
         let voters = self.status().members;
-        let short = alarms::short_members(self.id, None, &voters, &peers, Instant::now());
+        let short = alarms::short_members(self.id, own, &voters, &peers, Instant::now());
         drop(peers);
-        if alarms::quorum_short(voters.len(), short.len()) {
+        // Fewer than a quorum with space names every member short (this one too) when others are; otherwise
+        // a leader short itself says so (it hands leadership over meanwhile, when another member has space).
+        if alarms::quorum_short(voters.len(), short.len()) && short.iter().any(|m| m.0 != self.id) {
             let members = short
                 .iter()
                 .map(|(id, free, floor)| format!("member {id} has {free} bytes free (floor {floor})"))
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(ProposeError::QuorumNoSpace { members });
+        }
+        if let Some((free_bytes, floor_bytes)) = own {
+            return Err(ProposeError::NoSpace { free_bytes, floor_bytes });
         }
         Ok(())
     }
@@ -783,6 +791,7 @@ impl RaftNode {
             stall_snapshot_receive_after: AtomicU32::new(0),
             snaps,
             nospace: Mutex::new(None),
+            api_addrs: Mutex::default(),
             peer_alarms: Mutex::new(BTreeMap::new()),
             alarm_task: Mutex::new(None),
             thread: Mutex::new(None),
@@ -919,6 +928,12 @@ impl RaftNode {
         self.shared.app_version.store(version, Ordering::Relaxed);
     }
 
+    /// Set the API addresses this node tells members that probe it (the master: its advertised gRPC and
+    /// HTTP addresses), so they can show and redirect to it before its announcement is in the log.
+    pub fn set_api_addrs(&self, grpc: &str, http: &str) {
+        *lock(&self.shared.api_addrs) = (grpc.to_string(), http.to_string());
+    }
+
     /// Tell the node whether the application could lead at once (the master: its followed indexes are
     /// built). A follower that could not defers its campaign by up to `core::CAMPAIGN_DEFER_TICKS` once
     /// its election timeout passed, so a member that could lead wins first; it still grants votes as
@@ -956,13 +971,16 @@ impl RaftNode {
         *lock(&self.shared.nospace)
     }
 
-    /// Ask every other configured member, concurrently, for the application version it reports (bounded by
-    /// `timeout` in all; a member that does not answer in time maps to the error).
-    pub async fn peer_app_versions(
-        &self,
-        timeout: Duration,
-    ) -> BTreeMap<NodeId, Result<u32, transport::TransportError>> {
-        self.peer_probes(timeout).await.into_iter().map(|(id, r)| (id, r.map(|p| p.app_version))).collect()
+    /// The other members' answers as last heard by this node's own polling (every
+    /// [`alarms::PEER_ALARM_EVERY`]), those at most [`alarms::PEER_ALARM_TTL`] old: what status pages show
+    /// without asking over the network on the caller's time.
+    pub fn peer_answers(&self) -> BTreeMap<NodeId, alarms::PeerAnswer> {
+        let now = Instant::now();
+        lock(&self.shared.peer_alarms)
+            .iter()
+            .filter(|(_, p)| p.fresh(now))
+            .map(|(id, p)| (*id, p.clone()))
+            .collect()
     }
 
     /// Probe every other configured member concurrently (bounded by `timeout` in all; a member that does not
@@ -1036,8 +1054,14 @@ async fn poll_peer_alarms(shared: Arc<NodeShared>) {
         for (id, answer) in probe_all(&shared, alarms::PEER_ALARM_TIMEOUT).await {
             let Ok(p) = answer else { continue };
             let alarm = p.nospace.then_some((p.free_bytes, p.min_free_bytes));
-            let before =
-                lock(&shared.peer_alarms).insert(id, alarms::PeerAlarm { heard: Instant::now(), alarm });
+            let heard = alarms::PeerAnswer {
+                heard: Some(Instant::now()),
+                alarm,
+                app_version: p.app_version,
+                grpc: p.grpc_addr,
+                http: p.http_addr,
+            };
+            let before = lock(&shared.peer_alarms).insert(id, heard);
             if alarm.is_some() && before.is_none_or(|b| b.alarm.is_none()) {
                 tracing::warn!(node = shared.id, member = id, "member {id} reports its NOSPACE alarm");
             }
