@@ -31,6 +31,12 @@ const PARTITION_POLL: Duration = Duration::from_millis(20);
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The Linux filesystem partition type GUID: one partition spanning the disk, 1 MiB aligned.
 const SFDISK_SCRIPT: &str = "label: gpt\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n";
+/// Tries of an unmount refused with "target is busy": a file system just written and read is often held
+/// for a moment by someone else (blkid or udev probing it, a directory walk, an indexer). A CI run saw
+/// one TEST fail so (2026-12-05) while the same action on the disk beside it unmounted at once.
+const UMOUNT_TRIES: u32 = 5;
+/// The wait before the second try; the n-th waits n times this (2 s in all before the last).
+const UMOUNT_RETRY_AFTER: Duration = Duration::from_millis(200);
 /// Name of the benchmark file in the staging mount (removed after the run).
 const BENCH_FILE: &str = ".huatuo-bench";
 
@@ -133,12 +139,24 @@ fn mount(cfg: &WorkerConfig, ex: &mut Exec, node: &str, dir: &Path) -> Result<()
     }
 }
 
+/// Unmount `dir`, trying again while it is busy (at most [`UMOUNT_TRIES`], each try recorded as a step).
 fn umount(cfg: &WorkerConfig, ex: &mut Exec, dir: &Path) -> Result<(), StepError> {
-    let r = ex.cleanup(&[tool(&cfg.disk.tools.umount), s(dir)]);
-    if r.ok {
-        Ok(())
-    } else {
-        Err(StepError::Failed(format!("umount {} failed: {}", dir.display(), r.stderr.trim())))
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let r = ex.cleanup(&[tool(&cfg.disk.tools.umount), s(dir)]);
+        if r.ok {
+            return Ok(());
+        }
+        if !r.stderr.contains("busy") || tries >= UMOUNT_TRIES {
+            let after = if tries > 1 { format!(" ({tries} tries)") } else { String::new() };
+            return Err(StepError::Failed(format!(
+                "umount {} failed{after}: {}",
+                dir.display(),
+                r.stderr.trim()
+            )));
+        }
+        std::thread::sleep(UMOUNT_RETRY_AFTER * tries);
     }
 }
 
@@ -484,6 +502,51 @@ pub(crate) fn test(cfg: &WorkerConfig, ex: &mut Exec, req: &ActionRequest) -> Fi
 mod tests {
     use super::*;
     use crate::worker::config::Thresholds;
+
+    /// A stand-in `umount` that says "target is busy" until it has been run `busy` times.
+    fn fake_umount(dir: &Path, busy: u32, message: &str) -> WorkerConfig {
+        use std::os::unix::fs::PermissionsExt as _;
+        let script = dir.join("umount");
+        let count = dir.join("count");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nn=$(cat {c} 2>/dev/null || echo 0)\nn=$((n+1))\necho $n > {c}\n\
+                 if [ $n -le {busy} ]; then echo \"umount: $1: {message}.\" >&2; exit 32; fi\nexit 0\n",
+                c = count.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cfg = WorkerConfig::default();
+        cfg.disk.tools.umount = script.display().to_string();
+        cfg
+    }
+
+    #[test]
+    fn a_busy_mount_is_tried_again_and_other_failures_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let staging = d.path().join("staging");
+        // Busy twice, then free: unmounted on the third try, every try a step.
+        let cfg = fake_umount(d.path(), 2, "target is busy");
+        let mut ex = Exec::new(false, Duration::from_secs(30));
+        assert!(umount(&cfg, &mut ex, &staging).is_ok());
+        assert_eq!(ex.steps.len(), 3);
+        // Busy for good: UMOUNT_TRIES tries, and the error says so.
+        let d = tempfile::tempdir().unwrap();
+        let cfg = fake_umount(d.path(), 100, "target is busy");
+        let mut ex = Exec::new(false, Duration::from_secs(30));
+        let e = umount(&cfg, &mut ex, &staging).unwrap_err().to_string();
+        assert!(e.contains("(5 tries)") && e.contains("target is busy"), "{e}");
+        assert_eq!(ex.steps.len(), UMOUNT_TRIES as usize);
+        // Any other failure is final at once.
+        let d = tempfile::tempdir().unwrap();
+        let cfg = fake_umount(d.path(), 100, "not mounted");
+        let mut ex = Exec::new(false, Duration::from_secs(30));
+        let e = umount(&cfg, &mut ex, &staging).unwrap_err().to_string();
+        assert!(e.contains("not mounted") && !e.contains("tries"), "{e}");
+        assert_eq!(ex.steps.len(), 1);
+    }
 
     #[test]
     fn labels_and_partition_names() {
