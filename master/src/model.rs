@@ -36,7 +36,13 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// outside a rollout (older binaries cannot parse the action) ([`RETIRE_COMMAND_VERSION`]).
 /// 9 = binary entries (issue 17): the leader encodes entries in protobuf (`proto/entry.proto`) once the
 /// cluster enabled this version ([`BINARY_ENTRY_VERSION`], see [`binary_entry_bytes`]).
-pub const COMMAND_VERSION: u32 = 9;
+/// 10 = a network device's incident lasts while its recorded ticket is open: a return to GOOD with an open
+/// ticket no longer ends it, so a flapping device files one ticket, not one per flap
+/// ([`NET_INCIDENT_COMMAND_VERSION`], `state_machines::Rules::net_incident_until_closed`). No new command
+/// kind: older binaries would step the same entries differently, so the rule waits for the version.
+pub const COMMAND_VERSION: u32 = 10;
+/// The command version from which a network incident lasts while its ticket is open.
+pub const NET_INCIDENT_COMMAND_VERSION: u32 = 10;
 /// The command version of the binary entry format: entries in it are stamped with at least this version.
 pub const BINARY_ENTRY_VERSION: u32 = 9;
 /// The command version of retiring a checker's stable version (`RolloutAction::Retire`).

@@ -11,9 +11,14 @@ use state_machines::{Cause, Effect};
 /// The state-machine rules the replicated `min_command_version` enables. Apply reads it from the replicated
 /// state, so every member steps an entry under the same rules whatever binary it runs (the upgrade
 /// procedure raises the version only once every member knows it): `Rules::net_tickets` from
-/// [`crate::model::NET_TICKET_COMMAND_VERSION`].
+/// [`crate::model::NET_TICKET_COMMAND_VERSION`], `Rules::net_incident_until_closed` from
+/// [`crate::model::NET_INCIDENT_COMMAND_VERSION`].
 pub fn rules_at(min_command_version: u64) -> Rules {
-    Rules { net_tickets: min_command_version >= u64::from(crate::model::NET_TICKET_COMMAND_VERSION) }
+    let at = |v: u32| min_command_version >= u64::from(v);
+    Rules {
+        net_tickets: at(crate::model::NET_TICKET_COMMAND_VERSION),
+        net_incident_until_closed: at(crate::model::NET_INCIDENT_COMMAND_VERSION),
+    }
 }
 
 /// One step of an object's state machine under `rules` (see [`rules_at`]).

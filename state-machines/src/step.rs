@@ -22,8 +22,11 @@ pub const LAST_FIX_ATTR: &str = "last-fix";
 
 /// Attribute of a network device (`switch`, `link`) holding the filing key of its open incident's repair
 /// ticket, `OBJECT@ERROR_ENTERED_MS`: set when it enters ERROR with no open ticket, kept through ERROR ->
-/// WARNING -> ERROR (one incident, one ticket), removed when it returns to GOOD (the incident is over). While
-/// it is set and no `ticket` is recorded, a filing is outstanding (`Rules::net_tickets`).
+/// WARNING -> ERROR (one incident, one ticket). The incident ends, and the attribute goes, when the device
+/// returns to GOOD with no open ticket recorded, or when its recorded ticket is closed while it is GOOD
+/// (`Rules::net_incident_until_closed`: a device flapping through GOOD while its ticket is open stays one
+/// incident; before that rule GOOD always ended it, one ticket per flap). While it is set and no `ticket`
+/// is recorded, a filing is outstanding (`Rules::net_tickets`).
 pub const TICKET_KEY_ATTR: &str = "ticket-key";
 
 /// Which rules of the step function apply. A rule that changes what an existing input means must reach every
@@ -36,13 +39,26 @@ pub struct Rules {
     /// with no open ticket files one ([`TICKET_KEY_ATTR`]), returning to GOOD ends the incident, and
     /// `Input::Ticket` records the ticket on it without ever changing its state.
     pub net_tickets: bool,
+    /// A network device's incident lasts while its recorded ticket is open (master command version 10): a
+    /// return to GOOD with an open ticket keeps [`TICKET_KEY_ATTR`], so a device that flaps back to ERROR
+    /// files nothing new (its ERROR alert names the open ticket), and closing that ticket while the device
+    /// is GOOD ends the incident. Without it GOOD always ends the incident: one ticket per flap.
+    pub net_incident_until_closed: bool,
 }
 
 impl Rules {
     /// Every rule this crate knows.
-    pub const LATEST: Rules = Rules { net_tickets: true };
+    pub const LATEST: Rules = Rules { net_tickets: true, net_incident_until_closed: true };
     /// The rules before network devices filed tickets (master command versions 1-6).
-    pub const BEFORE_NET_TICKETS: Rules = Rules { net_tickets: false };
+    pub const BEFORE_NET_TICKETS: Rules = Rules { net_tickets: false, net_incident_until_closed: false };
+    /// The rules before a network incident lasted while its ticket is open (master command versions 7-9).
+    pub const BEFORE_NET_INCIDENTS: Rules = Rules { net_tickets: true, net_incident_until_closed: false };
+}
+
+/// Whether `attrs` record a ticket that is not closed.
+fn open_ticket(attrs: &std::collections::BTreeMap<String, String>) -> Option<&str> {
+    let closed = attrs.get("ticket-status").map(String::as_str) == Some(TicketUpdate::Closed.as_str());
+    attrs.get("ticket").filter(|_| !closed).map(String::as_str)
 }
 
 /// Apply one input to one object at `now_ms` under the newest [`Rules`]. See the crate README for the model.
@@ -213,18 +229,28 @@ impl Ctx<'_> {
             // A network device is not drained by anyone: ERROR tells subscribers (the publish) and an
             // operator, and waits for the suspicion to clear or an operator's force.
             State::Error if self.machine.kind.is_network() => {
-                let msg =
+                let mut msg =
                     format!("{id}: network suspect in ERROR ({from} -> ERROR by {by}); check the device");
+                if self.rules.net_incident_until_closed
+                    && n.attrs.contains_key(TICKET_KEY_ATTR)
+                    && let Some(t) = open_ticket(&n.attrs)
+                {
+                    msg.push_str(&format!(" (its incident's ticket {t} is still open: no new ticket)"));
+                }
                 self.alert(msg);
                 if self.rules.net_tickets {
                     self.file_net_ticket();
                 }
             }
-            // Back to GOOD: the incident is over. An outstanding filing is withdrawn (the device recovered
+            // Back to GOOD: the incident is over unless its ticket is open (a flap is not a new incident:
+            // `Rules::net_incident_until_closed`). An outstanding filing is withdrawn (the device recovered
             // before anyone could be told); a recorded ticket stays (`ticket`, `ticket-status`) so the
-            // integration's later updates of it are still recorded. The next ERROR is a new incident.
+            // integration's later updates of it are still recorded. Once over, the next ERROR is a new
+            // incident.
             State::Good if self.machine.kind.is_network() && self.rules.net_tickets => {
-                n.attrs.remove(TICKET_KEY_ATTR);
+                if !(self.rules.net_incident_until_closed && open_ticket(&n.attrs).is_some()) {
+                    n.attrs.remove(TICKET_KEY_ATTR);
+                }
             }
             State::Error => {
                 let (role, ack) = if self.machine.kind == Kind::Disk {
@@ -515,6 +541,10 @@ impl Ctx<'_> {
         }
         n.attrs.insert("ticket".into(), ticket.to_string());
         n.attrs.insert("ticket-status".into(), update.as_str().to_string());
+        if self.rules.net_incident_until_closed && update == TicketUpdate::Closed && state == State::Good {
+            // The incident kept open by its ticket through a return to GOOD ends with the ticket.
+            n.attrs.remove(TICKET_KEY_ATTR);
+        }
         if update == TicketUpdate::Closed && state != State::Good {
             let msg = format!(
                 "{}: ticket {ticket} closed while the device is still {state} (the localisation still suspects \
@@ -989,6 +1019,43 @@ mod tests {
         };
         let f = step(&g, &force, 70, &p).expect("force");
         assert!(tickets_filed(&f)[0].1.contains("by operator erin force: bad optic"), "{:?}", f.effects);
+    }
+
+    /// A device that flaps through GOOD while its incident's ticket is open stays one incident (one ticket);
+    /// closing the ticket while it is GOOD ends the incident. Before the rule, each flap filed a ticket.
+    #[test]
+    fn a_flapping_device_keeps_its_open_ticket_and_a_closed_one_ends_the_incident() {
+        let p = Policy::default();
+        let id = "link/agg-1--tor-1";
+        let lossy = "20 of 22 flows";
+        let e = step(&obj(id), &net_finding(id, Severity::Error, lossy), 1_000, &p).expect("error").next;
+        let t = step(&e, &ticket("NET-1", TicketUpdate::Accepted), 2_000, &p).expect("ticket").next;
+        let g = step(&t, &net_finding(id, Severity::Good, "quiet"), 3_000, &p).expect("good").next;
+        assert_eq!(g.attrs.get(TICKET_KEY_ATTR).map(String::as_str), Some("link/agg-1--tor-1@1000"));
+        let flap = step(&g, &net_finding(id, Severity::Error, lossy), 4_000, &p).expect("flap");
+        assert!(tickets_filed(&flap).is_empty(), "{:?}", flap.effects);
+        let alert = flap.effects.iter().find_map(|e| match e {
+            Effect::AlertOperator { message, .. } => Some(message.clone()),
+            _ => None,
+        });
+        assert!(alert.as_deref().is_some_and(|m| m.contains("ticket NET-1 is still open: no new ticket")));
+        // Updates of the open ticket are taken while GOOD; closing it there ends the incident.
+        let g = step(&flap.next, &net_finding(id, Severity::Good, "quiet"), 5_000, &p).expect("good").next;
+        let part = step(&g, &ticket("NET-1", TicketUpdate::PartReplaced), 6_000, &p).expect("part").next;
+        assert!(part.attrs.contains_key(TICKET_KEY_ATTR));
+        let closed = step(&part, &ticket("NET-1", TicketUpdate::Closed), 7_000, &p).expect("closed");
+        assert!(closed.effects.is_empty() && !closed.next.attrs.contains_key(TICKET_KEY_ATTR));
+        let again = step(&closed.next, &net_finding(id, Severity::Error, lossy), 8_000, &p).expect("again");
+        assert_eq!(
+            tickets_filed(&again).iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+            ["link/agg-1--tor-1@8000"]
+        );
+        // The rules of command versions 7-9: the same flap files a second ticket.
+        let old = Rules::BEFORE_NET_INCIDENTS;
+        let g = step_with(&t, &net_finding(id, Severity::Good, "quiet"), 3_000, &p, old).expect("good").next;
+        assert!(!g.attrs.contains_key(TICKET_KEY_ATTR));
+        let flap = step_with(&g, &net_finding(id, Severity::Error, lossy), 4_000, &p, old).expect("flap");
+        assert_eq!(tickets_filed(&flap).len(), 1);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! tor-1's uplink loses 20%: the device the leader names goes ERROR, exactly one ticket line for it appears
 //! in the sink (key `OBJECT@ERROR_ENTERED_MS`, the localisation's evidence in its reason, both ends of a
 //! link), its `ticket` attribute is recorded while it stays ERROR, more faulty windows file nothing again,
-//! and no machine or NIC leaves GOOD.
+//! and no machine or NIC leaves GOOD. Then the uplink heals and fails again while the ticket is open
+//! (command version 10): the device goes GOOD and back to ERROR as the same incident, with no second ticket.
 //!
 //! Needs the `huatuo` binary built first (see `tests::huatuo_bin`).
 
@@ -20,8 +21,9 @@ use tests::{huatuo_bin, wait_until};
 const SETTLE: Duration = Duration::from_secs(90);
 const TORS: usize = 4;
 const PER_TOR: usize = 3;
-/// The command version that puts network devices in the repair flow (`master::model`).
-const NET_TICKETS: u32 = master::model::NET_TICKET_COMMAND_VERSION;
+/// The command version from which a network incident lasts while its ticket is open (`master::model`);
+/// network devices are in the repair flow since 7.
+const NET_TICKETS: u32 = master::model::NET_INCIDENT_COMMAND_VERSION;
 
 fn host(i: usize) -> String {
     format!("h{i:02}")
@@ -42,12 +44,13 @@ fn uplink(a: usize, b: usize) -> bool {
     (tor_of(a) == 1) != (tor_of(b) == 1)
 }
 
-/// One window's report of host `me`: every other host probed 100 times; flows over the uplink lose 20%.
-fn report(me: usize, seq: u64) -> api::NetReport {
+/// One window's report of host `me`: every other host probed 100 times; while `faulty`, flows over the
+/// uplink lose 20%.
+fn report(me: usize, seq: u64, faulty: bool) -> api::NetReport {
     let mut peers = Vec::new();
     let mut votes = Vec::new();
     for p in (0..TORS * PER_TOR).filter(|p| *p != me) {
-        let lossy = uplink(me, p);
+        let lossy = faulty && uplink(me, p);
         peers.push(api::PeerResult {
             host: host(p),
             sent: 100,
@@ -78,8 +81,9 @@ fn report(me: usize, seq: u64) -> api::NetReport {
     }
 }
 
-/// Every agent reports one window of the uplink fault; false if a beat failed (e.g. during an election).
-async fn round(cluster: &LocalCluster, seq: u64) -> bool {
+/// Every agent reports one window (of the uplink fault while `faulty`); false if a beat failed (e.g. during
+/// an election).
+async fn round(cluster: &LocalCluster, seq: u64, faulty: bool) -> bool {
     let mut c = cluster.client();
     for me in 0..TORS * PER_TOR {
         let req = api::HeartbeatRequest {
@@ -88,7 +92,7 @@ async fn round(cluster: &LocalCluster, seq: u64) -> bool {
             version: "0.1.0".into(),
             started_ms: 7,
             probe_addr: format!("127.0.0.{}:7791", me + 1),
-            net: vec![report(me, seq)],
+            net: vec![report(me, seq, faulty)],
             ..Default::default()
         };
         if c.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.is_err() {
@@ -179,7 +183,7 @@ async fn a_faulty_uplink_files_one_ticket_for_its_incident_and_moves_no_host() {
         let cl = &cluster;
         let named = named.clone();
         async move {
-            if !round(cl, s).await {
+            if !round(cl, s, true).await {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -250,7 +254,7 @@ async fn a_faulty_uplink_files_one_ticket_for_its_incident_and_moves_no_host() {
         let cl = &cluster;
         let windows = windows.clone();
         async move {
-            if !round(cl, s).await {
+            if !round(cl, s, true).await {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -305,6 +309,33 @@ async fn a_faulty_uplink_files_one_ticket_for_its_incident_and_moves_no_host() {
         .clone();
     assert_eq!(row["ticket"], line["ticket"], "{row}");
     assert_eq!(row["status"], "filed", "{row}");
+
+    // The uplink heals: the device returns to GOOD, its incident kept open by its open ticket ...
+    let state_after = |faulty: bool, want: &'static str, seq: &mut u64| {
+        *seq += 1;
+        let s = *seq;
+        let cl = &cluster;
+        let device = device.clone();
+        async move {
+            if !round(cl, s, faulty).await {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            object(cl, &device).await.is_some_and(|o| o.state == want)
+        }
+    };
+    let good = wait_until(SETTLE, || state_after(false, "GOOD", &mut seq)).await;
+    assert!(good, "{device} never returned to GOOD; leader log:\n{}", cluster.log_tail(leader));
+    let o = object(&cluster, &device).await.expect("device");
+    assert_eq!(o.attributes.get("ticket-key"), Some(&key), "an open ticket keeps the incident through GOOD");
+    // ... so when it fails again, it is the same incident: ERROR, and no second ticket.
+    let again = wait_until(SETTLE, || state_after(true, "ERROR", &mut seq)).await;
+    assert!(again, "{device} never went ERROR again; leader log:\n{}", cluster.log_tail(leader));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines = lines_about(&sink, &device);
+    assert_eq!(lines.len(), 1, "a flap files no second ticket while the first is open: {lines:?}");
+    let o = object(&cluster, &device).await.expect("device");
+    assert_eq!(o.attributes.get("ticket-key"), Some(&key), "the same incident");
 
     // No host moved, and nothing but the fabric's devices was filed.
     let list = client

@@ -419,3 +419,65 @@ fn network_device_tickets_wait_for_command_version_7() {
     let rec = new.reader().object(link).expect("read").expect("exists");
     assert_eq!((rec.sm.state, rec.sm.attrs.get("ticket").map(String::as_str)), (State::Error, Some("NET-1")));
 }
+
+/// A network incident lasts while its ticket is open from command version 10
+/// (`NET_INCIDENT_COMMAND_VERSION`). Below it a link that flaps through GOOD files a ticket per flap, exactly
+/// as a binary of version 9 decides (members of both binaries apply the same entries alike); from it, the
+/// flap back to ERROR files nothing while the recorded ticket is open, and closing the ticket while the link
+/// is GOOD ends the incident, so the next ERROR files again.
+#[test]
+fn a_flapping_network_device_files_one_ticket_from_command_version_10() {
+    let v = crate::model::NET_INCIDENT_COMMAND_VERSION;
+    let (fsm, rx) = MasterFsm::new(Policy::default());
+    let mut old = Harness::with((fsm.knowing_command_version(v - 1), rx));
+    let mut new = Harness::new();
+    let link = "link/agg-1--tor-1";
+    let net = |sev: Severity, t: u64| {
+        let f = Finding { checker: "netvote".into(), rule: "link-suspect".into(), ..finding(link, sev, t) };
+        ingest("", 0, vec![f])
+    };
+    let ticket = |update| Command::Object {
+        object: link.parse().expect("id"),
+        input: Input::Ticket { ticket: "NET-1".into(), update },
+    };
+    let queue = |h: &Harness| h.reader().repair_queue(None, 10).expect("queue");
+    let no_quotas = crate::safety::SafetyConfig { quotas: Vec::new(), ..Default::default() };
+    // Below version 10: ERROR files, the ticket is recorded, GOOD ends the incident, ERROR files again.
+    let entries = [
+        Envelope::new(1, vec![set_min(v - 1)]),
+        Envelope::new(2, vec![Command::SetSafety { config: no_quotas, by: "t".into(), reason: "t".into() }]),
+        Envelope::new(10, vec![net(Severity::Error, 10)]),
+        Envelope::new(20, vec![ticket(state_machines::TicketUpdate::Filed)]),
+        Envelope::new(30, vec![net(Severity::Good, 30)]),
+        Envelope::new(40, vec![net(Severity::Error, 40)]),
+    ];
+    for e in &entries {
+        assert!(e.v < v, "stamped {}: every member applies it", e.v);
+        assert_eq!(old.apply_raw(&e.encode()), new.apply_raw(&e.encode()));
+    }
+    assert_eq!(old.snapshot(), new.snapshot(), "the same rules below version 10: no divergence");
+    assert_eq!(queue(&new), vec![(format!("{link}@40"), link.to_string())], "a second ticket for the flap");
+    // From version 10: the second incident's ticket is recorded; GOOD keeps the incident open ...
+    new.apply(50, vec![set_min(v)]);
+    new.apply(60, vec![ticket(state_machines::TicketUpdate::Filed)]);
+    new.apply(70, vec![net(Severity::Good, 70)]);
+    let rec = new.reader().object(link).expect("read").expect("exists");
+    assert_eq!(rec.sm.state, State::Good);
+    assert_eq!(rec.sm.attrs.get("ticket-key").map(String::as_str), Some(&*format!("{link}@40")));
+    // ... so the flap back to ERROR files nothing, and its alert names the open ticket ...
+    new.apply(80, vec![net(Severity::Error, 80)]);
+    assert!(queue(&new).is_empty(), "no filing while NET-1 is open: {:?}", queue(&new));
+    let alerts = new.reader().audit(false, 20).expect("audit");
+    assert!(
+        alerts.iter().any(|a| a.kind == "alert" && a.message.contains("ticket NET-1 is still open")),
+        "{alerts:?}"
+    );
+    // ... until the ticket is closed while the link is GOOD: the incident is over, the next ERROR files.
+    new.apply(90, vec![net(Severity::Good, 90)]);
+    let r = new.apply(100, vec![ticket(state_machines::TicketUpdate::Closed)]);
+    assert_eq!(r.results[0].applied, 1, "{r:?}");
+    let rec = new.reader().object(link).expect("read").expect("exists");
+    assert!(!rec.sm.attrs.contains_key("ticket-key"), "{:?}", rec.sm.attrs);
+    new.apply(110, vec![net(Severity::Error, 110)]);
+    assert_eq!(queue(&new), vec![(format!("{link}@110"), link.to_string())]);
+}
