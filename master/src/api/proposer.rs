@@ -157,7 +157,11 @@ async fn gather(
 
 /// Propose one entry made of `batch` and hand each command its result (or the entry's error).
 async fn propose_entry(s: &Service, batch: Vec<Pending>) {
+    // Stamped with at least the cluster's min_command_version: some versions change only how existing
+    // commands are decided (10: network incidents), so a member too old for the version in force (one
+    // downgraded after the raise) stops at the entry instead of deciding it under older rules.
     let v = batch.iter().map(|p| p.version).max().unwrap_or(DEFAULT_MIN_COMMAND_VERSION);
+    let v = v.max(s.stats.min_command_version());
     let cmds = batch.iter().map(|p| p.cmd.as_slice());
     let entry = if batch.first().is_some_and(|p| p.binary) {
         binary_entry_bytes(now_ms(), v.max(BINARY_ENTRY_VERSION), cmds)
