@@ -471,6 +471,30 @@ async fn full_disk_on_follower_then_leader() {
     })
     .await;
     assert!(named, "every member names leader {leader} at {grpc}");
+    // `huatuo status` marks a leader whose announcement is not in the member table (one that never led
+    // before cannot commit it now), and only such a leader. Asked of whichever member leads at the time (a
+    // leader short of disk hands over meanwhile).
+    let seen = std::sync::Mutex::new(String::new());
+    let marked = tests::wait_until(SETTLE, || async {
+        let Some(l) = c.wait_leader_elected(SETTLE).await else { return false };
+        let g = c.nodes[&l].grpc.clone();
+        let Some(i) = info(&g).await else { return false };
+        let announced = i.members.iter().any(|m| m.id == l && m.announced);
+        let out = Command::new(tests::huatuo_bin())
+            .args(["status", "--master", &g])
+            .output()
+            .expect("run huatuo status");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mark = if announced { "(leader)" } else { "(leader, not announced)" };
+        let still = text.contains(&format!("answered by  node {l} (leader)"));
+        let ok = still && text.lines().any(|x| x.starts_with(&format!("member {l} ")) && x.ends_with(mark));
+        *seen.lock().unwrap() = format!("leader {l}, announced {announced}:\n{text}");
+        ok
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
+    assert!(marked, "status marks the leader as announced or not: {seen}");
+    println!("[disk] {}", seen.lines().next().unwrap_or_default());
     let mut g = member_client(&c.nodes[&leader].grpc);
     let r = g
         .call(
