@@ -55,10 +55,14 @@ impl Rules {
     pub const BEFORE_NET_INCIDENTS: Rules = Rules { net_tickets: true, net_incident_until_closed: false };
 }
 
-/// Whether `attrs` record a ticket that is not closed.
+/// Whether the ticket `attrs` record (if any) is closed.
+fn ticket_closed(attrs: &std::collections::BTreeMap<String, String>) -> bool {
+    attrs.get("ticket-status").map(String::as_str) == Some(TicketUpdate::Closed.as_str())
+}
+
+/// The ticket `attrs` record, when it is not closed.
 fn open_ticket(attrs: &std::collections::BTreeMap<String, String>) -> Option<&str> {
-    let closed = attrs.get("ticket-status").map(String::as_str) == Some(TicketUpdate::Closed.as_str());
-    attrs.get("ticket").filter(|_| !closed).map(String::as_str)
+    attrs.get("ticket").filter(|_| !ticket_closed(attrs)).map(String::as_str)
 }
 
 /// Apply one input to one object at `now_ms` under the newest [`Rules`]. See the crate README for the model.
@@ -313,8 +317,7 @@ impl Ctx<'_> {
     /// bad again, so a new ticket is filed under a new key.
     fn file_net_ticket(&mut self) {
         let n = &mut self.next;
-        let closed = n.attrs.get("ticket-status").map(String::as_str) == Some(TicketUpdate::Closed.as_str());
-        if n.attrs.contains_key(TICKET_KEY_ATTR) && !closed {
+        if n.attrs.contains_key(TICKET_KEY_ATTR) && !ticket_closed(&n.attrs) {
             return;
         }
         n.attrs.remove("ticket");

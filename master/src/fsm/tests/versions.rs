@@ -350,6 +350,21 @@ fn a_new_agent_epoch_starts_its_sequences_again_and_a_retired_one_is_refused() {
     assert_eq!((rec.epoch, rec.last_seq, rec.retired_epochs.is_empty()), (0xD, 8, true));
 }
 
+/// The link the network-ticket tests use.
+const LINK: &str = "link/agg-1--tor-1";
+
+/// A member knowing command versions below `v` and one knowing them all, to apply the same entries.
+fn old_and_new(v: u32) -> (Harness, Harness) {
+    let (fsm, rx) = MasterFsm::new(Policy::default());
+    (Harness::with((fsm.knowing_command_version(v - 1), rx)), Harness::new())
+}
+
+/// The localisation's finding about [`LINK`] at `sev`, as an operator-path ingest.
+fn link_finding(sev: Severity, t: u64) -> Command {
+    let f = Finding { checker: "netvote".into(), rule: "link-suspect".into(), ..finding(LINK, sev, t) };
+    ingest("", 0, vec![f])
+}
+
 /// Network devices in the repair flow are command version 7 (`NET_TICKET_COMMAND_VERSION`): below it a link
 /// entering ERROR files nothing, exactly as a binary of version 6 decides (so members of both binaries apply
 /// the same entries alike); a ticket update about a link is a version-7 command, refused by the proposal gate
@@ -358,14 +373,9 @@ fn a_new_agent_epoch_starts_its_sequences_again_and_a_retired_one_is_refused() {
 #[test]
 fn network_device_tickets_wait_for_command_version_7() {
     let v = crate::model::NET_TICKET_COMMAND_VERSION;
-    let (fsm, rx) = MasterFsm::new(Policy::default());
-    let mut old = Harness::with((fsm.knowing_command_version(v - 1), rx));
-    let mut new = Harness::new();
-    let link = "link/agg-1--tor-1";
-    let net = |sev: Severity, t: u64| {
-        let f = Finding { checker: "netvote".into(), rule: "link-suspect".into(), ..finding(link, sev, t) };
-        ingest("", 0, vec![f])
-    };
+    let (mut old, mut new) = old_and_new(v);
+    let link = LINK;
+    let net = link_finding;
     let no_quotas = crate::safety::SafetyConfig { quotas: Vec::new(), ..Default::default() };
     let entries = [
         Envelope::new(1, vec![set_min(v - 1)]),
@@ -428,14 +438,9 @@ fn network_device_tickets_wait_for_command_version_7() {
 #[test]
 fn a_flapping_network_device_files_one_ticket_from_command_version_10() {
     let v = crate::model::NET_INCIDENT_COMMAND_VERSION;
-    let (fsm, rx) = MasterFsm::new(Policy::default());
-    let mut old = Harness::with((fsm.knowing_command_version(v - 1), rx));
-    let mut new = Harness::new();
-    let link = "link/agg-1--tor-1";
-    let net = |sev: Severity, t: u64| {
-        let f = Finding { checker: "netvote".into(), rule: "link-suspect".into(), ..finding(link, sev, t) };
-        ingest("", 0, vec![f])
-    };
+    let (mut old, mut new) = old_and_new(v);
+    let link = LINK;
+    let net = link_finding;
     let ticket = |update| Command::Object {
         object: link.parse().expect("id"),
         input: Input::Ticket { ticket: "NET-1".into(), update },
