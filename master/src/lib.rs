@@ -14,6 +14,7 @@ pub mod checksum;
 pub mod cluster;
 pub mod config;
 pub mod deadlines;
+pub mod evidence;
 pub mod follow;
 pub mod fsm;
 pub mod grpc;

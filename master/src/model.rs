@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use state_machines::{Finding, ObjectId};
 
 use crate::catalog::{ArtifactRecord, Target};
+pub use crate::evidence::Evidence;
 use crate::safety::{Level, ProposalFilter, SafetyConfig};
 use crate::sm_seam::{Input, ObjectState};
 
@@ -910,9 +911,10 @@ pub struct ObjectRecord {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
-    /// The latest finding of each checker about this object.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub evidence: BTreeMap<String, Finding>,
+    /// The latest finding of each checker about this object (read from the store, each finding stays the
+    /// JSON it was stored as until something looks inside: see [`Evidence`]).
+    #[serde(default, skip_serializing_if = "Evidence::is_empty")]
+    pub evidence: Evidence,
     /// Revision of the last change to this object.
     pub revision: u64,
     pub created_ms: u64,
@@ -995,6 +997,133 @@ mod tests {
         busy.evidence.insert("smart".into(), f);
         let back: ObjectRecord = serde_json::from_slice(&crate::store::encode(&busy)).expect("busy reads");
         assert_eq!(back, busy);
+    }
+
+    /// A disk record with three checkers' evidence, SMART readings among them, as a fleet's disks carry.
+    fn busy_disk() -> ObjectRecord {
+        let mut rec: ObjectRecord = serde_json::from_str(VERBOSE_QUIET_DISK).expect("reads");
+        rec.sm.grade = Some(state_machines::Severity::Good);
+        for (k, v) in [
+            ("serial", "ZA1B2C3D"),
+            ("model", "ST8000NM0055"),
+            ("firmware", "SN04"),
+            ("capacity", "8001563222016"),
+        ] {
+            rec.attributes.insert(k.into(), v.into());
+        }
+        let finding = |checker: &str, evidence: &str, readings: &[(&str, &str)]| Finding {
+            object: rec.id.clone(),
+            severity: state_machines::Severity::Good,
+            checker: checker.into(),
+            version: "1.2.0".into(),
+            rule: format!("{checker}.ok"),
+            evidence: evidence.into(),
+            readings: readings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            time_ms: 1_764_930_123_456,
+            shadow: false,
+        };
+        let smart: Vec<(String, String)> =
+            [1, 5, 7, 9, 10, 12, 187, 188, 190, 193, 194, 197, 198, 199, 240, 241, 242]
+                .iter()
+                .map(|n| (format!("smart_{n}_raw"), format!("{}", n * 7919 % 100_003)))
+                .collect();
+        let smart: Vec<(&str, &str)> = smart.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        rec.evidence.insert(
+            "disk".into(),
+            finding("disk", "SMART overall-health self-assessment test result: PASSED", &smart),
+        );
+        rec.evidence.insert(
+            "disk-stats".into(),
+            finding(
+                "disk-stats",
+                "await 3.1 ms, util 12%",
+                &[("await_ms", "3.1"), ("util_pct", "12"), ("iops", "412")],
+            ),
+        );
+        rec.evidence
+            .insert("kernel-log".into(), finding("kernel-log", "no matching kernel lines in 60 s", &[]));
+        rec
+    }
+
+    /// The record as it was decoded before its evidence was kept as stored (every finding built).
+    #[derive(Deserialize)]
+    #[allow(dead_code)]
+    struct DecodedRecord {
+        id: ObjectId,
+        sm: ObjectState,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default)]
+        attributes: BTreeMap<String, String>,
+        #[serde(default)]
+        evidence: BTreeMap<String, Finding>,
+        revision: u64,
+        created_ms: u64,
+        history_next: u64,
+        history_compacted: u64,
+        findings_seen: u64,
+    }
+
+    /// What a finding costs a record on the apply path: decode it, replace one checker's finding, encode
+    /// it. Prints medians over rounds; `cargo test -p master --release --lib -- --ignored --nocapture
+    /// record_cost`.
+    #[test]
+    #[ignore = "a measurement: run it in release"]
+    fn record_cost() {
+        let bytes = crate::store::encode(&busy_disk());
+        let f = busy_disk().evidence.get("disk").expect("decodes").expect("disk");
+        const N: u32 = 20_000;
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let time = |work: &mut dyn FnMut()| {
+            let rounds: Vec<f64> = (0..15)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..N {
+                        work();
+                    }
+                    t.elapsed().as_secs_f64() * 1e9 / f64::from(N)
+                })
+                .collect();
+            median(rounds)
+        };
+        let decode_all = time(&mut || {
+            std::hint::black_box(serde_json::from_slice::<DecodedRecord>(&bytes).expect("decodes"));
+        });
+        let decode_stored = time(&mut || {
+            std::hint::black_box(serde_json::from_slice::<ObjectRecord>(&bytes).expect("decodes"));
+        });
+        let mut plain: BTreeMap<String, Finding> = busy_disk()
+            .evidence
+            .findings()
+            .expect("decodes")
+            .into_iter()
+            .map(|f| (f.checker.clone(), f))
+            .collect();
+        let round_all = time(&mut || {
+            let mut r = serde_json::from_slice::<DecodedRecord>(&bytes).expect("decodes");
+            r.evidence.insert("disk".into(), f.clone());
+            plain = std::mem::take(&mut r.evidence);
+            std::hint::black_box(serde_json::to_vec(&plain).expect("encodes"));
+        });
+        let round_stored = time(&mut || {
+            let mut r = serde_json::from_slice::<ObjectRecord>(&bytes).expect("decodes");
+            r.evidence.insert("disk".into(), f.clone());
+            std::hint::black_box(crate::store::encode(&r));
+        });
+        eprintln!(
+            "record of {} bytes (3 checkers' evidence): decode {decode_all:.0} ns with every finding built, \
+             {decode_stored:.0} ns kept as stored ({:.2}x); decode + replace one finding + encode {round_all:.0} \
+             ns vs {round_stored:.0} ns ({:.2}x)",
+            bytes.len(),
+            decode_all / decode_stored,
+            round_all / round_stored
+        );
+        // Both shapes read the same record.
+        let r: ObjectRecord = serde_json::from_slice(&bytes).expect("decodes");
+        assert_eq!(r, busy_disk());
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub fn pending_requests(
                 message: format!("{key} names {id}, which does not exist"),
             });
         };
-        let evidence: Vec<Evidence> = rec.evidence.values().map(Evidence::from_finding).collect();
+        let evidence: Vec<Evidence> = rec.evidence.findings()?.iter().map(Evidence::from_finding).collect();
         match TicketRequest::for_object(&rec.sm, None, rec.labels.clone(), evidence) {
             Some(mut t) if t.idempotency_key == key => {
                 locate_ends(r, &mut t)?;

@@ -75,7 +75,10 @@ async fn a_damaged_object_row_stops_the_node_and_is_refused_at_restart() {
     node.propose(ingest(1, "disk/h1/sda", "seq=001234 reallocated")).await.expect("commit");
     node.propose(ingest(2, "disk/h1/sdb", "healthy")).await.expect("commit");
     let rec = Reader::new(&db).expect("reader").object("disk/h1/sda").expect("get").expect("sda");
-    assert_eq!(rec.evidence["smart"].evidence, "seq=001234 reallocated");
+    assert_eq!(
+        rec.evidence.get("smart").expect("decodes").expect("smart").evidence,
+        "seq=001234 reallocated"
+    );
     // Alter the row through redb (its page checksums stay valid: only the record's own checksum can tell).
     {
         let txn = db.begin_write().expect("w");
@@ -194,7 +197,7 @@ async fn compaction_gives_back_free_pages_and_changes_no_record() {
     let (node, db) = start().await.expect("restart");
     wait_until(&node, "never became leader again", |s| s.role == Role::Leader).await;
     let rec = Reader::new(&db).expect("reader").object("disk/h20/sda").expect("get").expect("row");
-    assert_eq!(rec.evidence["smart"].evidence, text(420));
+    assert_eq!(rec.evidence.get("smart").expect("decodes").expect("smart").evidence, text(420));
     node.shutdown().await;
     drop(db);
     // A damaged store is refused before anything is moved.

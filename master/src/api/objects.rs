@@ -75,12 +75,12 @@ pub fn alert_text(message: &str) -> String {
 
 /// The view of a stored object: attributes merged with the state machine's own, the consent and action
 /// it waits for.
-pub fn object_view(r: &ObjectRecord) -> ObjectView {
+pub fn object_view(r: &ObjectRecord) -> Result<ObjectView, crate::store::StoreError> {
     let mut attributes = r.attributes.clone();
     attributes.extend(r.sm.attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
     let ack = r.sm.pending_ack.as_ref();
     let action = r.sm.pending_action.as_ref();
-    ObjectView {
+    Ok(ObjectView {
         id: r.id.to_string(),
         kind: r.id.kind().to_string(),
         host: r.id.host().to_string(),
@@ -90,7 +90,7 @@ pub fn object_view(r: &ObjectRecord) -> ObjectView {
         labels: r.labels.clone(),
         attributes,
         revision: r.revision,
-        evidence: r.evidence.values().cloned().collect(),
+        evidence: r.evidence.findings()?,
         history_len: r.history_len(),
         history_compacted: r.history_compacted,
         created_ms: r.created_ms,
@@ -100,7 +100,7 @@ pub fn object_view(r: &ObjectRecord) -> ObjectView {
         ack_escalated: ack.is_some_and(|a| a.escalated),
         pending_action: action.map(|a| a.action.to_string()).unwrap_or_default(),
         action_deadline_ms: action.map_or(0, |a| a.deadline_ms),
-    }
+    })
 }
 
 impl Service {
@@ -241,7 +241,8 @@ impl Service {
         let next_page_token = next
             .map(|after| PageToken { listing: Listing::Objects, revision, digest, after }.encode())
             .unwrap_or_default();
-        Ok(ObjectPage { objects: objects.iter().map(object_view).collect(), revision, next_page_token })
+        let objects = objects.iter().map(object_view).collect::<Result<_, _>>().map_err(store_err)?;
+        Ok(ObjectPage { objects, revision, next_page_token })
     }
 
     /// One object with its history, and the revision.
@@ -256,7 +257,7 @@ impl Service {
             .map_err(store_err)?
             .ok_or_else(|| ApiError::not_found(format!("no object {id}")))?;
         let history = r.history(&rec).map_err(store_err)?;
-        Ok((object_view(&rec), history, r.revision().map_err(store_err)?))
+        Ok((object_view(&rec).map_err(store_err)?, history, r.revision().map_err(store_err)?))
     }
 }
 

@@ -388,7 +388,7 @@ impl<'v> Decider<'v> {
             sm: ObjectState::new(id.clone(), self.now),
             labels: BTreeMap::new(),
             attributes: BTreeMap::new(),
-            evidence: BTreeMap::new(),
+            evidence: Evidence::new(),
             revision: 0,
             created_ms: self.now,
             history_next: 0,

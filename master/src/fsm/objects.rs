@@ -179,9 +179,7 @@ impl Decider<'_> {
         let detail = finding_detail(f);
         if !rec.evidence.contains_key(&f.checker) && rec.evidence.len() >= MAX_EVIDENCE_CHECKERS {
             // Evict the stalest checker's evidence (ties by name: deterministic).
-            if let Some(oldest) =
-                rec.evidence.iter().min_by_key(|(k, v)| (v.time_ms, (*k).clone())).map(|(k, _)| k.clone())
-            {
+            if let Some(oldest) = rec.evidence.stalest()? {
                 rec.evidence.remove(&oldest);
             }
         }

@@ -124,7 +124,7 @@ fn applies_a_batch_of_findings_with_dense_revisions() {
     assert_eq!(sda.sm.state, State::Error);
     assert_eq!(sda.revision, 3);
     assert_eq!(sda.findings_seen, 2);
-    assert_eq!(sda.evidence["smart"].severity, Severity::Fatal);
+    assert_eq!(sda.evidence.get("smart").expect("decodes").expect("smart").severity, Severity::Fatal);
     let hist = reader.history(&sda).expect("history");
     assert_eq!(hist.len(), 1);
     assert_eq!((hist[0].from_state.as_str(), hist[0].to_state.as_str()), ("GOOD", "ERROR"));

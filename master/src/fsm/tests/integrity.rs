@@ -64,7 +64,15 @@ fn an_altered_object_row_is_refused_by_every_read_and_by_apply() {
         )],
     );
     assert_eq!(
-        h.reader().object("disk/h1/sda").expect("get").expect("sda").evidence["smart"].evidence,
+        h.reader()
+            .object("disk/h1/sda")
+            .expect("get")
+            .expect("sda")
+            .evidence
+            .get("smart")
+            .expect("decodes")
+            .expect("smart")
+            .evidence,
         "seq=001234 reallocated"
     );
     let clean_snapshot = h.snapshot();
