@@ -29,6 +29,10 @@ pub struct BenchMasterArgs {
     /// Disks per simulated host (the objects the findings are about).
     #[arg(long, default_value_t = 12)]
     disks: u32,
+    /// Checkers the throughput phase's findings take turns as (`smart`, then `checker-1`, ...): each disk's
+    /// record then carries that many checkers' evidence, as a fleet's disks do (1: one checker).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    checkers: u32,
     /// Seconds of the throughput phase.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -51,13 +55,18 @@ pub struct BenchMasterArgs {
     connections: u32,
 }
 
-fn batch(agent: u32, seq: u64, n: u32, disks: u32) -> api::IngestRequest {
+/// One agent batch of `n` GOOD findings about its host's `disks` disks, by `checkers` checkers in turn (by
+/// the batch's sequence and the finding's place in it).
+fn batch(agent: u32, seq: u64, n: u32, disks: u32, checkers: u32) -> api::IngestRequest {
     let host = format!("bench-{agent:04}");
     let findings = (0..n)
         .map(|i| api::Finding {
             object: format!("disk/{host}/d{}", i % disks.max(1)),
             severity: "GOOD".into(),
-            checker: "smart".into(),
+            checker: match (seq + u64::from(i / disks.max(1))) % u64::from(checkers.max(1)) {
+                0 => "smart".into(),
+                c => format!("checker-{c}"),
+            },
             version: "1.0.0".into(),
             rule: "smart.overall".into(),
             evidence: "SMART overall-health self-assessment test result: PASSED".into(),
@@ -106,14 +115,14 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
     for agent in 0..a.agents {
         let (stop, committed, lat, seqs, addrs) =
             (stop.clone(), committed.clone(), lat.clone(), seqs.clone(), addrs.clone());
-        let (n, disks) = (a.batch, a.disks);
+        let (n, disks, checkers) = (a.batch, a.disks, a.checkers);
         let conn = (!shared.is_empty()).then(|| shared[agent as usize % shared.len()].clone());
         tasks.push(tokio::spawn(async move {
             let mut client = Client::new(master::client::parse_addrs(&addrs));
             let mut local = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let seq = seqs[agent as usize].fetch_add(1, Ordering::Relaxed) + 1;
-                let req = batch(agent, seq, n, disks);
+                let req = batch(agent, seq, n, disks, checkers);
                 let t = Instant::now();
                 let res = match &conn {
                     Some(c) => c.clone().ingest(req).await.map(|r| r.into_inner()).map_err(Into::into),
@@ -138,10 +147,13 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
         let _ = t.await;
     }
     let l = sorted(std::mem::take(&mut *lat.lock().await));
-    let conns = match a.connections {
+    let mut conns = match a.connections {
         0 => "one connection each".to_string(),
         n => format!("{n} shared connections"),
     };
+    if a.checkers > 1 {
+        conns.push_str(&format!(", {} checkers in turn", a.checkers));
+    }
     println!(
         "throughput: {} agents x {} findings/batch ({conns}): {:.0} committed findings/s over {:.1} s (fsync on \
          every node)",
@@ -227,7 +239,7 @@ async fn watch_phase(
                 let seq = seqs[agent as usize].fetch_add(1, Ordering::Relaxed) + 1;
                 let sent = t0.elapsed().as_secs_f64() * 1000.0;
                 if let Ok(r) = client
-                    .call(batch(agent, seq, per_batch, disks), |mut c, r| async move { c.ingest(r).await })
+                    .call(batch(agent, seq, per_batch, disks, 1), |mut c, r| async move { c.ingest(r).await })
                     .await
                 {
                     acks.lock().await.push((
@@ -308,7 +320,7 @@ async fn failover(cluster: &mut LocalCluster, a: &BenchMasterArgs) -> anyhow::Re
             let req = api::IngestRequest {
                 agent: String::new(),
                 seq: 0,
-                findings: batch(9999, seq_agent, 1, 1).findings,
+                findings: batch(9999, seq_agent, 1, 1, 1).findings,
                 epoch: 0,
             };
             if client.call(req, |mut c, r| async move { c.ingest(r).await }).await.is_ok() {
@@ -334,4 +346,34 @@ async fn failover(cluster: &mut LocalCluster, a: &BenchMasterArgs) -> anyhow::Re
         t.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkers(req: &api::IngestRequest) -> Vec<(&str, &str)> {
+        req.findings.iter().map(|f| (f.object.as_str(), f.checker.as_str())).collect()
+    }
+
+    #[test]
+    fn findings_take_the_checkers_in_turn_so_each_disk_carries_them_all() {
+        // One finding per call: the agent's successive calls go round the checkers.
+        let names: Vec<String> =
+            (1..=4).map(|seq| batch(7, seq, 1, 12, 3).findings[0].checker.clone()).collect();
+        assert_eq!(names, ["checker-1", "checker-2", "smart", "checker-1"]);
+        // A batch of two rounds of its disks: each round by the next checker, so both reach every disk.
+        let b = batch(7, 3, 4, 2, 3);
+        assert_eq!(
+            checkers(&b),
+            [
+                ("disk/bench-0007/d0", "smart"),
+                ("disk/bench-0007/d1", "smart"),
+                ("disk/bench-0007/d0", "checker-1"),
+                ("disk/bench-0007/d1", "checker-1"),
+            ]
+        );
+        // One checker: always `smart`, as before the option.
+        assert!(batch(7, 5, 30, 12, 1).findings.iter().all(|f| f.checker == "smart"));
+    }
 }

@@ -6,14 +6,28 @@ use std::process::Command;
 fn bench_master_prints_throughput_over_shared_connections() {
     let out = Command::new(env!("CARGO_BIN_EXE_huatuo"))
         .args(["bench", "master", "--agents", "8", "--batch", "1", "--seconds", "1"])
-        .args(["--watch-seconds", "1", "--watch-rate", "200", "--kills", "0", "--connections", "2"])
+        .args([
+            "--watch-seconds",
+            "1",
+            "--watch-rate",
+            "200",
+            "--kills",
+            "0",
+            "--connections",
+            "2",
+            "--checkers",
+            "3",
+        ])
         .output()
         .expect("run huatuo bench master");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status);
     let line = stdout.lines().find(|l| l.starts_with("throughput:")).unwrap_or_else(|| panic!("{stdout}"));
-    assert!(line.contains("8 agents x 1 findings/batch (2 shared connections)"), "{line}");
+    assert!(
+        line.contains("8 agents x 1 findings/batch (2 shared connections, 3 checkers in turn)"),
+        "{line}"
+    );
     let rate: f64 = line
         .split(": ")
         .nth(2)
