@@ -81,8 +81,8 @@ fn report(me: usize, seq: u64, faulty: bool) -> api::NetReport {
     }
 }
 
-/// Every agent reports one window (of the uplink fault while `faulty`); false if a beat failed (e.g. during
-/// an election).
+/// Every agent reports one window (of the uplink fault while `faulty`), then the leader gets a moment to
+/// judge it; false if a beat failed (e.g. during an election).
 async fn round(cluster: &LocalCluster, seq: u64, faulty: bool) -> bool {
     let mut c = cluster.client();
     for me in 0..TORS * PER_TOR {
@@ -99,6 +99,7 @@ async fn round(cluster: &LocalCluster, seq: u64, faulty: bool) -> bool {
             return false;
         }
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     true
 }
 
@@ -186,7 +187,6 @@ async fn a_faulty_uplink_files_one_ticket_for_its_incident_and_moves_no_host() {
             if !round(cl, s, true).await {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
             let mut c = cl.client();
             let req = api::NetSuspectsRequest { limit: 0 };
             let Ok(r) = c.call(req, |mut c, r| async move { c.net_suspects(r).await }).await else {
@@ -257,7 +257,6 @@ async fn a_faulty_uplink_files_one_ticket_for_its_incident_and_moves_no_host() {
             if !round(cl, s, true).await {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
             let mut c = cl.client();
             let req = api::NetSuspectsRequest { limit: 0 };
             if let Ok(r) = c.call(req, |mut c, r| async move { c.net_suspects(r).await }).await
@@ -320,7 +319,6 @@ async fn a_faulty_uplink_files_one_ticket_for_its_incident_and_moves_no_host() {
             if !round(cl, s, faulty).await {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
             object(cl, &device).await.is_some_and(|o| o.state == want)
         }
     };
