@@ -258,6 +258,127 @@ pub fn cpu_pct(a: &Sample, b: &Sample) -> f64 {
     (b.ticks.saturating_sub(a.ticks)) as f64 / clock_ticks() / secs * 100.0
 }
 
+/// The whole machine's CPU ticks from the `cpu` lines of /proc/stat: (busy, total, cores). Busy is user,
+/// nice, system, irq, softirq and steal; total adds idle and iowait (guest time is already inside user).
+pub fn machine_ticks() -> anyhow::Result<(u64, u64, u32)> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat")?)
+}
+
+fn parse_proc_stat(text: &str) -> anyhow::Result<(u64, u64, u32)> {
+    let line = text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse::<u64>().context("a /proc/stat cpu field is not a number"))
+        .collect::<anyhow::Result<_>>()?;
+    if f.len() < 8 {
+        bail!("the /proc/stat cpu line has {} fields, want at least 8", f.len());
+    }
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
+    let total = busy + f[3] + f[4];
+    let cores = text
+        .lines()
+        .filter(|l| l.strip_prefix("cpu").is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit())))
+        .count();
+    Ok((busy, total, u32::try_from(cores).unwrap_or(u32::MAX).max(1)))
+}
+
+/// CPU counters at one moment: the machine's, this process's, and each master member's (node id, pid,
+/// ticks). [`cpu_between`] turns two marks into CPU time per operation.
+#[derive(Debug, Clone)]
+pub struct CpuMark {
+    pub at: Instant,
+    pub busy: u64,
+    pub total: u64,
+    pub cores: u32,
+    pub own: u64,
+    pub members: Vec<(u64, u32, u64)>,
+}
+
+/// Mark the CPU counters now; `members` are (node id, pid). A member whose /proc entry is gone (killed
+/// between the caller's copy of the pids and this read) is left out.
+pub fn cpu_mark(members: &[(u64, u32)]) -> anyhow::Result<CpuMark> {
+    let (busy, total, cores) = machine_ticks()?;
+    Ok(CpuMark {
+        at: Instant::now(),
+        busy,
+        total,
+        cores,
+        own: cpu_ticks(std::process::id())?,
+        members: members.iter().filter_map(|&(id, pid)| Some((id, pid, cpu_ticks(pid).ok()?))).collect(),
+    })
+}
+
+/// CPU used between two marks, in seconds of CPU (a member is counted only when it ran as the same
+/// process at both marks; one restarted between them is named apart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuUse {
+    pub secs: f64,
+    pub cores: u32,
+    /// Busy CPU seconds of the whole machine (every process, the kernel's interrupts included).
+    pub busy: f64,
+    /// Busy share of the machine (0..=1): idle ticks over total ticks.
+    pub busy_share: f64,
+    pub own: f64,
+    pub members: Vec<(u64, f64)>,
+    pub restarted: Vec<u64>,
+}
+
+pub fn cpu_between(a: &CpuMark, b: &CpuMark) -> CpuUse {
+    let t = clock_ticks();
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    let busy = b.busy.saturating_sub(a.busy) as f64 / t;
+    let total = b.total.saturating_sub(a.total) as f64 / t;
+    let mut members = Vec::new();
+    let mut restarted = Vec::new();
+    for &(id, pid, ticks) in &a.members {
+        match b.members.iter().find(|m| m.0 == id) {
+            Some(&(_, p2, t2)) if p2 == pid => members.push((id, t2.saturating_sub(ticks) as f64 / t)),
+            _ => restarted.push(id),
+        }
+    }
+    CpuUse {
+        secs,
+        cores: b.cores,
+        busy,
+        busy_share: if total > 0.0 { (busy / total).min(1.0) } else { 0.0 },
+        own: b.own.saturating_sub(a.own) as f64 / t,
+        members,
+        restarted,
+    }
+}
+
+impl CpuUse {
+    /// "CPU per <what>: N us of the machine's busy time (B of C cores busy over S s): members 1 N us, ...;
+    /// this process N us; the rest N us": CPU seconds divided by `ops`. The rest is every other process on
+    /// the machine and the kernel's own work (loopback networking's softirqs land there in part).
+    pub fn per_op_line(&self, ops: u64, what: &str, this_process: &str) -> String {
+        if ops == 0 {
+            return format!("CPU per {what}: none done over {:.1} s", self.secs);
+        }
+        let us = |cpu: f64| cpu / ops as f64 * 1e6;
+        let members: f64 = self.members.iter().map(|m| m.1).sum();
+        let parts: Vec<String> =
+            self.members.iter().map(|(id, cpu)| format!("member {id} {:.1} us", us(*cpu))).collect();
+        let mut line = format!(
+            "CPU per {what}: {:.1} us of the machine's busy time ({:.2} of {} cores busy over {:.1} s, {ops} \
+             done): {}; {this_process} {:.1} us; the rest {:.1} us",
+            us(self.busy),
+            self.busy_share * f64::from(self.cores),
+            self.cores,
+            self.secs,
+            parts.join(", "),
+            us(self.own),
+            us((self.busy - members - self.own).max(0.0)),
+        );
+        if !self.restarted.is_empty() {
+            let r: Vec<String> = self.restarted.iter().map(u64::to_string).collect();
+            line.push_str(&format!(" (member {} restarted in between: not counted apart)", r.join(", ")));
+        }
+        line
+    }
+}
+
 /// Bytes of the regular files under `dir` (apparent sizes), at most [`MAX_DIR_ENTRIES`] entries; a file's
 /// own size when `dir` is a file.
 pub fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
@@ -410,6 +531,64 @@ mod tests {
         assert_eq!(parse_netstat("TcpExt: ListenOverflows\nTcpExt: x\n", "TcpExt:", "ListenOverflows"), None);
         // This machine's own counter reads (every Linux kernel we run on has it).
         assert!(listen_overflows().is_some());
+    }
+
+    #[test]
+    fn proc_stat_gives_busy_total_and_cores_and_refuses_what_does_not_match() {
+        let text = "cpu  100 5 50 1000 20 3 2 1 7 0\ncpu0 50 2 25 500 10 1 1 0 3 0\ncpu1 50 3 25 500 10 2 1 1 4 0\n\
+                    intr 12345\nctxt 99\n";
+        // busy = user + nice + system + irq + softirq + steal; total adds idle and iowait.
+        assert_eq!(parse_proc_stat(text).expect("parses"), (161, 1181, 2));
+        assert!(parse_proc_stat("intr 1\n").is_err());
+        assert!(parse_proc_stat("cpu  1 2 3\n").is_err());
+        assert!(parse_proc_stat("cpu  1 2 3 x 5 6 7 8\n").is_err());
+        // This machine's own counters read.
+        let (busy, total, cores) = machine_ticks().expect("/proc/stat");
+        assert!(busy <= total && cores >= 1);
+    }
+
+    #[test]
+    fn cpu_per_operation_splits_members_this_process_and_the_rest() {
+        let at = Instant::now();
+        let a = CpuMark {
+            at,
+            busy: 0,
+            total: 0,
+            cores: 2,
+            own: 10,
+            members: vec![(1, 11, 0), (2, 12, 0), (3, 13, 5)],
+        };
+        // 2 s later: 300 of 400 ticks busy; member 1 used 100 ticks, member 2 50, member 3 was restarted.
+        let b = CpuMark {
+            at: at + Duration::from_secs(2),
+            busy: 300,
+            total: 400,
+            cores: 2,
+            own: 60,
+            members: vec![(1, 11, 100), (2, 12, 50), (3, 99, 1)],
+        };
+        let u = cpu_between(&a, &b);
+        assert_eq!(u.members, vec![(1, 1.0), (2, 0.5)]);
+        assert_eq!(u.restarted, vec![3]);
+        assert!(
+            (u.busy - 3.0).abs() < 1e-9 && (u.busy_share - 0.75).abs() < 1e-9 && (u.own - 0.5).abs() < 1e-9
+        );
+        let line = u.per_op_line(10_000, "committed finding", "this bench");
+        assert!(
+            line.starts_with(
+                "CPU per committed finding: 300.0 us of the machine's busy time (1.50 of 2 cores"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("member 1 100.0 us, member 2 50.0 us; this bench 50.0 us; the rest 100.0 us"),
+            "{line}"
+        );
+        assert!(line.contains("member 3 restarted"), "{line}");
+        assert_eq!(u.per_op_line(0, "beat", "x"), "CPU per beat: none done over 2.0 s");
+        // A real mark of this process reads.
+        let m = cpu_mark(&[(1, std::process::id()), (2, u32::MAX)]).expect("mark");
+        assert_eq!(m.members.len(), 1, "a pid without /proc is left out");
     }
 
     #[test]

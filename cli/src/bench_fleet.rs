@@ -1138,6 +1138,30 @@ async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
     println!("{label} this bench's own runtime woken late: {}", BENCH_RUNTIME.summary());
 }
 
+/// The CPU counters now of the machine, this process and the running members (see
+/// [`crate::bench_common::cpu_mark`]); None (and the phase prints that it is unknown) when /proc is unreadable.
+fn cpu_mark(res: &Resources) -> Option<crate::bench_common::CpuMark> {
+    let pids: Vec<(u64, u32)> = lock(&res.pids).iter().map(|(id, pid)| (*id, *pid)).collect();
+    crate::bench_common::cpu_mark(&pids).ok()
+}
+
+/// "PHASE CPU per WHAT: ..." between two marks (this process is the simulated fleet and its clients).
+fn print_cpu(
+    phase: &str,
+    a: &Option<crate::bench_common::CpuMark>,
+    b: &Option<crate::bench_common::CpuMark>,
+    ops: u64,
+    what: &str,
+) {
+    match (a, b) {
+        (Some(a), Some(b)) => println!(
+            "{phase} {}",
+            crate::bench_common::cpu_between(a, b).per_op_line(ops, what, "this bench (the simulated fleet)")
+        ),
+        _ => println!("{phase} CPU per {what}: unknown (/proc unreadable)"),
+    }
+}
+
 fn print_resources(res: &Resources, label: &str, from: f64, to: f64) {
     let all = lock(&res.samples);
     let parts: Vec<String> = all
@@ -1549,6 +1573,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         per_reporter[(p.agent % REPORTERS) as usize].push(p);
     }
     let t2 = run.secs();
+    let cpu2 = cpu_mark(&res);
     let start = tokio::time::Instant::now();
     let deadline = start + Duration::from_millis(steady_ms) + REPORT_DRAIN;
     let reporters: Vec<_> = per_reporter
@@ -1558,6 +1583,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         .collect();
     tokio::time::sleep(Duration::from_millis(steady_ms)).await;
     let t2_end = run.secs();
+    let cpu2_end = cpu_mark(&res);
     let mut acked: Vec<Acked> = Vec::new();
     let mut missed = 0u64;
     for r in reporters {
@@ -1567,6 +1593,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     }
     let reported_in = start.elapsed().as_secs_f64();
     let steady = run.beats_between(t2, t2_end);
+    let steady_beats = steady.len() as u64;
     println!(
         "phase 2 heartbeats: {:.0} beats/s achieved over {:.0} s (wanted {:.0}/s); latency {}; errors so far {}",
         steady.len() as f64 / (t2_end - t2).max(1e-9),
@@ -1575,6 +1602,9 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         latency_summary(steady),
         run.errors.load(Ordering::Relaxed)
     );
+    // Nearly all of the phase's work is heartbeats (the findings are a few thousand against 600,000 beats
+    // at 100,000 agents): its CPU per beat is what 10,000 beats/s cost the machine, both ends on it.
+    print_cpu("phase 2", &cpu2, &cpu2_end, steady_beats, "heartbeat (findings included)");
     println!(
         "phase 2 findings: {} acknowledged ({} background WARNING, {} of a {burst_n}-disk ERROR burst) in \
          {reported_in:.1} s, {missed} not acknowledged",
@@ -1801,7 +1831,10 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
 
     // Phase 7 runs before phase 6 is printed: elections during the throughput phase count too.
     let t7 = run.secs();
+    let cpu7 = cpu_mark(&res);
     let (single, single_s, ack1) = throughput(&run, "single", SINGLE_CLIENTS, 1, a.throughput_seconds).await;
+    let cpu7_half = cpu_mark(&res);
+    let t7_half = run.secs();
     // Halfway through the batched phase (the most changes per second), list the disks in ERROR from the
     // leader: its index of the objects out of GOOD is then furthest behind.
     let leader7 = cluster.wait_leader(READY_TIMEOUT).await;
@@ -1816,6 +1849,8 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     });
     let (batched, batched_s, ack2) =
         throughput(&run, "batch", BATCH_AGENTS, BATCH_SIZE, a.throughput_seconds).await;
+    let cpu7_end = cpu_mark(&res);
+    let t7_end = run.secs();
     match storm_listing.await {
         Ok(Some((listed, pages))) => println!(
             "phase 7 listing from the leader halfway through the batched phase: state=ERROR {}; leader's pages \
@@ -1833,6 +1868,26 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
          findings/s with {BATCH_AGENTS} agents x {BATCH_SIZE}-finding batches; batched/single {:.1}x \
          (heartbeats continuing)",
         b_rate / s_rate.max(1e-9)
+    );
+    // The machine's CPU per finding in each half, heartbeats included (they go on at the phase 2 rate).
+    println!(
+        "phase 7 heartbeats meanwhile: {} beats in the single half, {} in the batched half",
+        run.beats_between(t7, t7_half).len(),
+        run.beats_between(t7_half, t7_end).len()
+    );
+    print_cpu(
+        "phase 7 single-finding half:",
+        &cpu7,
+        &cpu7_half,
+        single,
+        "committed finding (heartbeats included)",
+    );
+    print_cpu(
+        "phase 7 batched half:",
+        &cpu7_half,
+        &cpu7_end,
+        batched,
+        "committed finding (heartbeats included)",
     );
     print_resources(&res, "throughput", t7, run.secs());
     println!("phase 7 data dirs: {}", data_dirs(cluster));

@@ -110,6 +110,9 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
     for _ in 0..a.connections {
         shared.push(crate::bench_common::connect(&cluster.nodes[&leader].grpc).await?);
     }
+    let members: Vec<(u64, u32)> =
+        cluster.running().into_iter().filter_map(|id| Some((id, cluster.pid(id)?))).collect();
+    let cpu0 = crate::bench_common::cpu_mark(&members)?;
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for agent in 0..a.agents {
@@ -142,6 +145,7 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let done_in = t0.elapsed();
     let total = committed.load(Ordering::Relaxed);
+    let cpu1 = crate::bench_common::cpu_mark(&members)?;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -161,6 +165,14 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
         a.batch,
         total as f64 / done_in.as_secs_f64(),
         done_in.as_secs_f64()
+    );
+    println!(
+        "{} (leader: member {leader})",
+        crate::bench_common::cpu_between(&cpu0, &cpu1).per_op_line(
+            total,
+            "committed finding",
+            "this bench's clients"
+        )
     );
     println!(
         "submit->commit latency per batch: p50 {:.1} ms, p99 {:.1} ms ({} batches)",

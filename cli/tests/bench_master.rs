@@ -35,6 +35,23 @@ fn bench_master_prints_throughput_over_shared_connections() {
         .and_then(|r| r.parse().ok())
         .unwrap_or_else(|| panic!("no rate in {line}"));
     assert!(rate > 0.0, "nothing committed: {line}");
+    // The phase's CPU per committed finding, split between the three members, the bench and the rest.
+    let cpu = stdout
+        .lines()
+        .find(|l| l.starts_with("CPU per committed finding: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    for part in
+        ["member 1 ", "member 2 ", "member 3 ", "this bench's clients ", "the rest ", "(leader: member "]
+    {
+        assert!(cpu.contains(part), "{part:?} missing: {cpu}");
+    }
+    let us: f64 = cpu
+        .trim_start_matches("CPU per committed finding: ")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {cpu}"));
+    assert!(us > 0.0, "{cpu}");
     assert!(!stderr.lines().any(|l| l.starts_with("agent ")), "an agent's call failed: {stderr}");
 }
 
