@@ -196,7 +196,9 @@ pub fn election_rank(id: NodeId, members: impl IntoIterator<Item = NodeId>) -> u
 /// heartbeat when the lowest member is the one lost. A failed campaign is retried after a random time
 /// (`CoreConfig::campaign_jitter`), so members that collide anyway (two members of one rank after a
 /// membership change without a restart) do not stay in lockstep. The lease, what a leader's pause must
-/// exceed to cause an election, is unchanged.
+/// exceed to cause an election, is unchanged. Under load the window is wider than a message's flight (a
+/// Ready's fsync, a busy loop): a pre-candidate then holds off higher-ranked pre-votes for a few ticks
+/// (`core::PREVOTE_PRIORITY_TICKS`), so two members that fire together still elect the lower one.
 pub fn ranked_election_ticks(election_ticks: usize, rank: usize) -> (usize, usize) {
     let min = min_election_ticks(election_ticks) + rank;
     (min, min + 1)
