@@ -1111,8 +1111,8 @@ async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
                 parts.push(format!(
                     "node {id}: {count} commits, {} over 250 ms, {} over 1 s; loop turns over 250 ms {}, over 1 s \
                      {}, longest {} ms (CPU {} ms, events {} ms, apply {} ms of {} entries, commit {} ms, install \
-                     {} ms); loop woken late for a tick over 250 ms {}, longest {} ms; API runtime woken late over \
-                     100 ms {}, over 500 ms {}, longest {} ms",
+                     {} ms); loop woken late for a tick over 250 ms {}, longest {} ms; pre-votes held off {}; API \
+                     runtime woken late over 100 ms {}, over 500 ms {}, longest {} ms",
                     count.saturating_sub(le_250ms),
                     count.saturating_sub(le_1s),
                     get("huatuo_master_raft_turns_over_250ms_total "),
@@ -1126,6 +1126,7 @@ async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
                     get("huatuo_master_raft_turn_max_install_ms "),
                     get("huatuo_master_raft_woken_late_over_250ms_total "),
                     get("huatuo_master_raft_woken_late_max_ms "),
+                    get("huatuo_master_raft_prevotes_held_off_total "),
                     get("huatuo_master_runtime_stalls_over_100ms_total "),
                     get("huatuo_master_runtime_stalls_over_500ms_total "),
                     get("huatuo_master_runtime_stall_max_ms ")

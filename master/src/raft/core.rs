@@ -503,6 +503,7 @@ impl<F: Fsm> Core<F> {
         }
         if self.holds_off_prevote(&m) {
             self.prevotes_held_off += 1;
+            super::fsync_stats::TURNS.prevotes_held_off.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(
                 node = self.cfg.id,
                 from,
@@ -1946,6 +1947,10 @@ mod tests {
             assert_eq!(loser.role(), StateRole::Follower, "newer log on 3: {newer_log_on_3}");
             assert_eq!((c2.raw.raft.term, c3.raw.raft.term), (3, 3), "one election, no split vote");
             assert_eq!(c2.prevotes_held_off(), u64::from(!newer_log_on_3));
+            // The process's count on /metrics moves with it (other tests only ever add to it).
+            let exported =
+                crate::raft::fsync_stats::TURNS.prevotes_held_off.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(exported >= c2.prevotes_held_off(), "exported {exported}");
             assert_eq!(c3.prevotes_held_off(), 0, "a higher-ranked member never holds off a lower one");
         }
     }

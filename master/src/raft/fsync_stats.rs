@@ -228,6 +228,10 @@ pub struct TurnStats {
     pub max_entries: AtomicU64,
     pub late_over_250ms: AtomicU64,
     pub late_max_ms: AtomicU64,
+    /// Pre-vote requests of higher-ranked members this member ignored at the start of its own pre-vote
+    /// campaign (`core::PREVOTE_PRIORITY_TICKS`): each is a split vote that did not happen, or a vote
+    /// delayed by a few ticks.
+    pub prevotes_held_off: AtomicU64,
 }
 
 pub static TURNS: TurnStats = TurnStats::new();
@@ -256,6 +260,7 @@ impl TurnStats {
             max_entries: AtomicU64::new(0),
             late_over_250ms: AtomicU64::new(0),
             late_max_ms: AtomicU64::new(0),
+            prevotes_held_off: AtomicU64::new(0),
         }
     }
 
@@ -367,6 +372,12 @@ impl TurnStats {
                 "Longest wait past a due tick since start, in milliseconds",
                 l(&self.late_max_ms),
                 false,
+            ),
+            (
+                "raft_prevotes_held_off",
+                "Pre-votes of higher-ranked members ignored at the start of this member's own pre-vote campaign",
+                l(&self.prevotes_held_off),
+                true,
             ),
         ]
     }
