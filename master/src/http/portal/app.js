@@ -1013,6 +1013,11 @@
   const NOT_GOOD = STATES.filter((st) => st !== 'GOOD').sort((a, b) => STATE_RANK[a] - STATE_RANK[b]);
   // Views remembered (one per kind/state/labels asked): beyond this many the oldest are forgotten.
   const REMOTE_MAX = 16;
+  // Pages followed per state. A page may hold few objects and still say there are more: when the
+  // master's index is behind a burst of changes (thousands of registrations since its last warm, or a
+  // scan where no index serves), each page reads a bounded number of candidates and stops there. Beyond
+  // this many pages the view says more may match.
+  const STATE_PAGES_MAX = 32;
   const remote = new Map();
   async function fetchByState(crit) {
     const states = crit.state === 'not-good' ? NOT_GOOD : [crit.state];
@@ -1021,12 +1026,19 @@
     let more = false;
     for (const st of states) {
       if (objects.length >= TABLE_MAX) { more = true; break; }
-      const qs = new URLSearchParams({ state: st, limit: String(TABLE_MAX - objects.length) });
-      if (crit.kind) qs.set('kind', crit.kind);
-      if (kv) qs.set('label', kv);
-      const r = await api(`/objects?${qs}`);
-      for (const o of r.objects) objects.push(toEntry(o));
-      if (r.next_page_token) more = true;
+      let token = '';
+      for (let page = 0; ; page++) {
+        // Past the first page only with a token in hand: what is left may match.
+        if (objects.length >= TABLE_MAX || page >= STATE_PAGES_MAX) { more = true; break; }
+        const qs = new URLSearchParams({ state: st, limit: String(TABLE_MAX - objects.length) });
+        if (crit.kind) qs.set('kind', crit.kind);
+        if (kv) qs.set('label', kv);
+        if (token) qs.set('page_token', token);
+        const r = await api(`/objects?${qs}`);
+        for (const o of r.objects) objects.push(toEntry(o));
+        token = r.next_page_token || '';
+        if (!token) break;
+      }
     }
     // The text filter is the view's own (applied where it is shown): one answer serves every text.
     return { objects: objects.filter((o) => matches(o, { ...crit, q: '' })), more };
