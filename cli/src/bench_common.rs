@@ -317,7 +317,7 @@ pub struct CpuUse {
     pub cores: u32,
     /// Busy CPU seconds of the whole machine (every process, the kernel's interrupts included).
     pub busy: f64,
-    /// Busy share of the machine (0..=1): idle ticks over total ticks.
+    /// Busy share of the machine (0..=1): busy ticks over total ticks.
     pub busy_share: f64,
     pub own: f64,
     pub members: Vec<(u64, f64)>,

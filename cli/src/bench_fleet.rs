@@ -1140,26 +1140,26 @@ async fn print_slow_commits(cluster: &LocalCluster, label: &str) {
 }
 
 /// The CPU counters now of the machine, this process and the running members (see
-/// [`crate::bench_common::cpu_mark`]); None (and the phase prints that it is unknown) when /proc is unreadable.
-fn cpu_mark(res: &Resources) -> Option<crate::bench_common::CpuMark> {
+/// [`crate::bench_common::cpu_mark`]); an unreadable /proc is printed by the phase, which goes on.
+fn cpu_mark(res: &Resources) -> anyhow::Result<crate::bench_common::CpuMark> {
     let pids: Vec<(u64, u32)> = lock(&res.pids).iter().map(|(id, pid)| (*id, *pid)).collect();
-    crate::bench_common::cpu_mark(&pids).ok()
+    crate::bench_common::cpu_mark(&pids)
 }
 
 /// "PHASE CPU per WHAT: ..." between two marks (this process is the simulated fleet and its clients).
 fn print_cpu(
     phase: &str,
-    a: &Option<crate::bench_common::CpuMark>,
-    b: &Option<crate::bench_common::CpuMark>,
+    a: &anyhow::Result<crate::bench_common::CpuMark>,
+    b: &anyhow::Result<crate::bench_common::CpuMark>,
     ops: u64,
     what: &str,
 ) {
     match (a, b) {
-        (Some(a), Some(b)) => println!(
+        (Ok(a), Ok(b)) => println!(
             "{phase} {}",
             crate::bench_common::cpu_between(a, b).per_op_line(ops, what, "this bench (the simulated fleet)")
         ),
-        _ => println!("{phase} CPU per {what}: unknown (/proc unreadable)"),
+        (Err(e), _) | (_, Err(e)) => println!("{phase} CPU per {what}: unknown ({e:#})"),
     }
 }
 
