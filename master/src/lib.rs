@@ -18,6 +18,7 @@ pub mod evidence;
 pub mod follow;
 pub mod fsm;
 pub mod grpc;
+pub mod grpc_date;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -241,7 +241,8 @@ pub async fn serve(
         // there so its connections are driven by that runtime's threads.
         let svc = raft.peer_service();
         let stop = stopped(peer_stop_rx);
-        let mut builder = peer_builder;
+        // Peers' `Send` answers carry a never-indexed `date` as the API's do (`grpc_date`).
+        let mut builder = peer_builder.layer(crate::grpc_date::DateLayer);
         let peer_l = peer_l.into_std().context("the peer listener")?;
         peer_server.spawn_on(
             async move {
@@ -261,7 +262,9 @@ pub async fn serve(
     {
         let api = GrpcApi::new(svc.clone());
         let stop = stopped(api_stop_rx.clone());
-        let mut builder = grpc_builder.layer(GrpcAuthLayer(guard.auth.clone()));
+        // Outermost, so refusals by the auth layer carry the never-indexed `date` too (`grpc_date`).
+        let mut builder =
+            grpc_builder.layer(crate::grpc_date::DateLayer).layer(GrpcAuthLayer(guard.auth.clone()));
         api_servers.spawn(async move {
             let r = builder.add_service(api).serve_with_incoming_shutdown(no_delay(grpc_l), stop).await;
             ("grpc", r.map_err(std::io::Error::other))
