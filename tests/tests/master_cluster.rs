@@ -527,7 +527,7 @@ async fn cluster_info_names_the_member_out_of_space() {
     let mut n = 0;
     let refused = wait_until(CATCH_UP, || {
         n += 1;
-        let w = write_to_leader(&c, n);
+        let w = write_to_elected_leader(&c, n);
         async move {
             let (st, b) = w.await;
             st == 503 && b.contains("member 2 has") && b.contains("member 3 has") && b.contains("quorum")
@@ -537,7 +537,7 @@ async fn cluster_info_names_the_member_out_of_space() {
     assert!(
         refused,
         "two members short of disk: writes refused naming both: {:?}",
-        write_to_leader(&c, 99).await
+        write_to_elected_leader(&c, 99).await
     );
     assert!(c.info(1).await.is_some(), "reads go on");
     // One of them has space again: writes resume.
@@ -556,7 +556,25 @@ async fn cluster_info_names_the_member_out_of_space() {
 
 /// One GOOD finding through the leader's REST API: (status, body).
 async fn write_to_leader(c: &LocalCluster, n: u32) -> (u16, String) {
-    let leader = c.wait_leader(CATCH_UP).await.expect("leader");
+    let Some(leader) = c.wait_leader(CATCH_UP).await else { panic!("no leader announced:{}", tails(c)) };
+    write_to(c, leader, n)
+}
+
+/// [`write_to_leader`] through whichever node reports itself leader, announced or not: while two members
+/// are short of disk, a leader elected meanwhile (a late turn on a busy machine ends a term) cannot
+/// announce itself, since announcing is a write (`LocalCluster::wait_leader_elected`).
+async fn write_to_elected_leader(c: &LocalCluster, n: u32) -> (u16, String) {
+    let Some(leader) = c.wait_leader_elected(CATCH_UP).await else { panic!("no leader:{}", tails(c)) };
+    write_to(c, leader, n)
+}
+
+/// Every member's log tail, for a failure message.
+fn tails(c: &LocalCluster) -> String {
+    c.nodes.keys().map(|id| format!("\nnode {id}:\n{}", c.log_tail(*id))).collect()
+}
+
+/// One GOOD finding through `leader`'s REST API: (status, body).
+fn write_to(c: &LocalCluster, leader: u64, n: u32) -> (u16, String) {
     let body = format!(
         r#"{{"findings":[{{"object":"disk/nospace{n}/sda","severity":"GOOD","checker":"smart",
         "version":"1","rule":"smart.ok","evidence":"ok","time_ms":{}}}]}}"#,
