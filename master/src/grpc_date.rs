@@ -73,7 +73,7 @@ thread_local! {
 
 /// The current second as a sensitive (never indexed) `date` value. `None` only if the clock is before
 /// 1970 (hyper then adds its own).
-pub fn date_now() -> Option<HeaderValue> {
+fn date_now() -> Option<HeaderValue> {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
     LAST.with(|last| {
         let mut last = last.borrow_mut();
