@@ -341,9 +341,20 @@ async fn full_disk_on_follower_then_leader() {
     let leader = c.wait_leader(SETTLE).await.expect("leader");
     let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
     let l = load(&c, &ledger, "df");
+    // A watch on the follower, opened while it has space.
+    let mut watch = member_client(&c.nodes[&follower].grpc)
+        .call(api::WatchRequest::default(), |mut c, r| async move { c.watch(r).await })
+        .await
+        .expect("watch on the follower");
     // Follower: fill its disk to half the floor.
     let filler = fill(&c.data_dir(follower), FLOOR_MB << 19);
     assert!(wait_nospace(&c, follower, true).await, "follower raises NOSPACE:\n{}", c.log_tail(follower));
+    let applied = |id: u64| {
+        let c = &c;
+        async move { c.info(id).await.map(|i| i.applied_index) }
+    };
+    let (f0, l0) =
+        (applied(follower).await.expect("follower info"), applied(leader).await.expect("leader info"));
     let before = ledger.acked();
     // At least WRITES_UNDER_ALARM more writes acknowledged while the follower's alarm is up.
     let progressed = tests::wait_until(SETTLE, || {
@@ -352,15 +363,64 @@ async fn full_disk_on_follower_then_leader() {
     })
     .await;
     assert!(progressed, "the cluster keeps accepting writes while a follower is short of disk");
-    let reads = member_client(&c.nodes[&follower].grpc)
-        .call(api::ListObjectsRequest { kind: "disk".into(), ..Default::default() }, |mut c, r| async move {
-            c.list_objects(r).await
-        })
-        .await;
+    // Short of disk, the follower stops at its floor: it drops appends (what was in flight when the alarm
+    // went up aside), so it falls behind by what the others committed meanwhile. Before, it kept appending
+    // to the last byte.
+    let (f1, l1) =
+        (applied(follower).await.expect("follower info"), applied(leader).await.expect("leader info"));
     println!(
-        "[disk] follower {follower} under NOSPACE serves reads: {:?} objects",
-        reads.as_ref().map(|r| r.objects.len())
+        "[disk] follower {follower} short of disk applied {f0} -> {f1} while the leader applied {l0} -> {l1}"
     );
+    assert!(
+        l1 >= l0 + 20 && f1 - f0 <= (l1 - l0) / 2,
+        "a follower short of disk stops appending: it applied {f0} -> {f1}, the leader {l0} -> {l1}\n{}",
+        c.log_tail(follower)
+    );
+    let (code, metrics) = check::http(&c.nodes[&follower].http, "GET", "/metrics", "").expect("metrics");
+    let dropped = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("huatuo_master_raft_appends_refused_nospace_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(code == 200 && dropped.is_some_and(|n| n > 0), "the drops are counted on /metrics: {dropped:?}");
+    // It cannot serve a linearizable read (it would wait for entries it does not take): it answers at once
+    // with a redirect to the leader, which a client follows.
+    let list = api::ListObjectsRequest { kind: "disk".into(), ..Default::default() };
+    let asked = member_client(&c.nodes[&follower].grpc)
+        .call(list.clone(), |mut c, r| async move { c.list_objects(r).await })
+        .await
+        .expect_err("a follower short of disk does not answer a read itself");
+    println!("[disk] follower {follower} under NOSPACE answers a read with: {asked:?}");
+    assert_eq!(asked.code, proto::error::Code::NotLeader, "{asked:?}");
+    assert!(asked.message.contains("short of disk"), "{asked:?}");
+    let followed = Client::new(vec![c.nodes[&follower].grpc.clone()])
+        .call(list, |mut c, r| async move { c.list_objects(r).await })
+        .await
+        .expect("a client that starts at the follower short of disk reads from the leader");
+    println!(
+        "[disk] the same read through a client that follows the redirect: {} objects",
+        followed.objects.len()
+    );
+    // A new watch is redirected at once, and the one already open ends with the redirect instead of sending
+    // "nothing new" for as long as the alarm lasts (at its next progress, at most WATCH_PROGRESS_EVERY).
+    let refused = member_client(&c.nodes[&follower].grpc)
+        .call(api::WatchRequest::default(), |mut c, r| async move { c.watch(r).await })
+        .await
+        .expect_err("a follower short of disk opens no watch");
+    assert_eq!(refused.code, proto::error::Code::NotLeader, "{refused:?}");
+    let ended = tokio::time::timeout(master::api::watch::WATCH_PROGRESS_EVERY + SETTLE, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break None,
+                Err(s) => break Some(s),
+            }
+        }
+    })
+    .await
+    .expect("the open watch ends while the follower is short of disk")
+    .expect("with an error, not a clean end");
+    println!("[disk] the follower's open watch ended with: {ended:?}");
+    assert!(ended.message().contains("short of disk"), "{ended:?}");
     assert!(info(&c.nodes[&follower].grpc).await.is_some(), "follower answers cluster info");
     // Every member's cluster info names the member out of space (asked over the peer port).
     let named = tests::wait_until(SETTLE, || async {
@@ -373,6 +433,12 @@ async fn full_disk_on_follower_then_leader() {
     assert!(named, "the leader's cluster info names follower {follower} out of space");
     std::fs::remove_file(&filler).unwrap();
     assert!(wait_nospace(&c, follower, false).await, "follower clears NOSPACE when space returns");
+    // With space back it takes appends again and catches up with what was committed without it.
+    assert!(
+        c.wait_applied(follower, l1, SETTLE).await,
+        "follower {follower} catches up to {l1} once space returns:\n{}",
+        c.log_tail(follower)
+    );
     println!(
         "[disk] follower {follower}: NOSPACE raised and cleared, {} writes acked meanwhile",
         ledger.acked() - before

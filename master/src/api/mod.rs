@@ -254,6 +254,15 @@ impl Service {
         self.member_addrs_now()?.into_values().find(|m| m.grpc == grpc).map(|m| m.http)
     }
 
+    /// What a follower short of disk answers instead of serving a read or a watch: it takes no new entries
+    /// while its NOSPACE alarm is up (`raft::core::Core::set_short_of_disk`), so what it holds falls behind.
+    /// A redirect to the leader, which clients follow. None on a leader or a member with space.
+    pub(crate) fn short_of_disk_redirect(&self) -> Option<ApiError> {
+        self.raft.nospace()?;
+        let (role, leader) = self.raft.role_and_leader();
+        (role != Role::Leader).then(|| self.map_propose_error(ProposeError::ShortOfDisk { leader }))
+    }
+
     fn map_propose_error(&self, e: ProposeError) -> ApiError {
         match e {
             ProposeError::NotLeader { leader, .. } => {
@@ -269,6 +278,15 @@ impl Service {
             ProposeError::Fsm(m) => ApiError::internal(m),
             e @ (ProposeError::NoSpace { .. } | ProposeError::QuorumNoSpace { .. }) => {
                 ApiError::unavailable(e.to_string())
+            }
+            // A redirect, as for a write asked of a follower: clients follow `leader` to get their answer.
+            e @ ProposeError::ShortOfDisk { leader } => {
+                let addr = leader.and_then(|id| self.grpc_addr_of(id));
+                let message = match &addr {
+                    Some(a) => format!("{e}; the leader is at {a}"),
+                    None => format!("{e}; no leader known yet"),
+                };
+                ApiError { code: proto::error::Code::NotLeader, message, leader: addr }
             }
         }
     }

@@ -80,6 +80,9 @@ impl Service {
     /// shutdown began the stream ends at once. Refused with RESOURCE_EXHAUSTED when this node already serves
     /// its limit of streams (`max_watches`).
     pub fn watch(self: &Arc<Self>, from: u64, filter: Filter) -> Result<mpsc::Receiver<WatchItem>, ApiError> {
+        if let Some(e) = self.short_of_disk_redirect() {
+            return Err(e);
+        }
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let start = self.current_revision() + 1;
         let id = self.watch_registry.ids.fetch_add(1, Ordering::Relaxed) + 1;
@@ -169,6 +172,13 @@ async fn stream(
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
+                // A follower short of disk takes no new entries: its progress would say "nothing new" for
+                // as long as the alarm lasts. The stream ends with a redirect instead; clients resume at the
+                // leader from the revision they reached.
+                if let Some(e) = svc.upgrade().and_then(|s| s.short_of_disk_redirect()) {
+                    tx.send(Err(e)).await.ok();
+                    return;
+                }
                 if tx.send(Ok((Vec::new(), next - 1))).await.is_err() {
                     return;
                 }

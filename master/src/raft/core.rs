@@ -234,6 +234,11 @@ pub struct Core<F: Fsm> {
     deferred_ticks: usize,
     /// Pre-vote requests ignored as a pre-candidate of lower rank ([`PREVOTE_PRIORITY_TICKS`]).
     prevotes_held_off: u64,
+    /// This member's NOSPACE alarm is up ([`Core::set_short_of_disk`]): appends carrying entries are not
+    /// taken.
+    short_of_disk: bool,
+    /// Appends with entries dropped while short of disk.
+    appends_refused: u64,
 }
 
 /// Where the Raft thread's time went in the Readies of one loop turn: applying committed entries (the state
@@ -324,6 +329,8 @@ impl<F: Fsm> Core<F> {
             ready_to_lead: true,
             deferred_ticks: 0,
             prevotes_held_off: 0,
+            short_of_disk: false,
+            appends_refused: 0,
         })
     }
 
@@ -431,6 +438,23 @@ impl<F: Fsm> Core<F> {
         self.ready_to_lead = ready;
     }
 
+    /// Whether this member's NOSPACE alarm is up. While it is, a follower drops every append that carries
+    /// entries (as if the network lost it) instead of writing them, so it stops at its floor rather than
+    /// filling its disk to the last byte: the other members are a quorum and commit without it, its leader
+    /// sends again on each heartbeat answer (raft-rs's flow control bounds what is in flight), and once space
+    /// returns the next append is taken, or rejected and probed back, as after any loss. Heartbeats and empty
+    /// appends are still stepped (they write nothing but a commit index within the log it has), and so are
+    /// votes (a small hard-state write), so the member keeps its place in elections it does not start.
+    pub fn set_short_of_disk(&mut self, short: bool) {
+        self.short_of_disk = short;
+    }
+
+    /// Appends with entries dropped while short of disk ([`Core::set_short_of_disk`]).
+    #[cfg(test)]
+    pub fn appends_refused(&self) -> u64 {
+        self.appends_refused
+    }
+
     /// Hand leadership to `to` (raft-rs's leader transfer: `to` is brought up to date, then told to campaign
     /// at once; raft-rs aborts the transfer after an election timeout). Only a leader does anything.
     pub fn transfer_leader(&mut self, to: NodeId) {
@@ -510,6 +534,21 @@ impl<F: Fsm> Core<F> {
                 term = m.term,
                 "pre-vote of a higher-ranked member ignored: this member's own pre-vote campaign goes first"
             );
+            return;
+        }
+        if self.short_of_disk && m.get_msg_type() == MessageType::MsgAppend && !m.entries.is_empty() {
+            self.appends_refused += 1;
+            super::fsync_stats::TURNS
+                .appends_refused_nospace
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.appends_refused.is_power_of_two() {
+                tracing::warn!(
+                    node = self.cfg.id,
+                    from,
+                    refused = self.appends_refused,
+                    "short of disk (NOSPACE): appends are dropped until space returns; the other members commit"
+                );
+            }
             return;
         }
         let mut m = m;
@@ -635,6 +674,9 @@ impl<F: Fsm> Core<F> {
         }
         if self.leader().is_none() {
             return Err(ProposeError::NotLeader { leader: None, leader_addr: None });
+        }
+        if self.short_of_disk && self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::ShortOfDisk { leader: self.leader() });
         }
         if self.reads_unsent.len() + self.reads_sent.len() >= MAX_INFLIGHT_READS {
             return Err(ProposeError::Dropped);
@@ -1808,6 +1850,74 @@ mod tests {
         c.finish_snapshot(Ok(older)).expect("ignored");
         assert_eq!(c.storage().file_index(), Some(at));
         assert!(!dir.files().expect("ls").contains(&stale_name), "its file was deleted");
+    }
+
+    /// A follower short of disk drops appends that carry entries (nothing written, counted, exported), still
+    /// steps heartbeats (it keeps its leader and commits within the log it has), and takes the next append
+    /// once its alarm clears. Without the check the first append is taken (tried).
+    #[test]
+    fn a_follower_short_of_disk_drops_appends_until_space_returns() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut c = follower(tmp.path(), 10);
+        let first = c.raw.raft.raft_log.last_index() + 1;
+        let log_term = c.raw.raft.raft_log.last_term();
+        let append = |from_index: u64, n: u64| {
+            let mut app = Message::default();
+            app.set_msg_type(MessageType::MsgAppend);
+            app.from = 2;
+            app.to = 1;
+            app.term = 2;
+            app.index = from_index - 1;
+            app.log_term = if from_index == first { log_term } else { 2 };
+            app.commit = from_index + n - 1;
+            app.entries = (0..n)
+                .map(|i| Entry {
+                    index: from_index + i,
+                    term: 2,
+                    data: vec![7u8; 64].into(),
+                    ..Default::default()
+                })
+                .collect();
+            app
+        };
+        let drain = |c: &mut Core<NopFsm>| {
+            while c.has_ready() {
+                c.on_ready(&mut |_| {}).expect("ready");
+            }
+        };
+        let exported_before = crate::raft::fsync_stats::TURNS
+            .appends_refused_nospace
+            .load(std::sync::atomic::Ordering::Relaxed);
+        c.set_short_of_disk(true);
+        c.step(append(first, 5));
+        c.step(append(first, 5));
+        drain(&mut c);
+        assert_eq!(c.raw.raft.raft_log.last_index(), first - 1, "nothing appended while short of disk");
+        assert_eq!(c.appends_refused(), 2);
+        let exported = crate::raft::fsync_stats::TURNS
+            .appends_refused_nospace
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(exported >= exported_before + 2, "exported {exported}");
+        // A heartbeat is still stepped: the member follows the leader of term 2.
+        let mut hb = Message::default();
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        hb.from = 2;
+        hb.to = 1;
+        hb.term = 2;
+        hb.commit = first - 1;
+        c.step(hb);
+        drain(&mut c);
+        assert_eq!((c.role(), c.leader()), (StateRole::Follower, Some(2)));
+        // A linearizable read could only be answered once space returns: it is sent to the leader at once.
+        assert_eq!(c.read_index(1), Err(ProposeError::ShortOfDisk { leader: Some(2) }));
+        // Space back: the same append is taken and applied.
+        c.set_short_of_disk(false);
+        c.step(append(first, 5));
+        drain(&mut c);
+        assert_eq!(c.raw.raft.raft_log.last_index(), first + 4, "the append is taken once space returns");
+        assert_eq!(c.applied(), first + 4);
+        assert_eq!(c.appends_refused(), 2);
+        assert_eq!(c.read_index(2), Ok(()), "reads are served again");
     }
 
     /// A backlog of committed entries is applied over several Readies, each at most the limit in force

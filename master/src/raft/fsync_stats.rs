@@ -232,6 +232,9 @@ pub struct TurnStats {
     /// campaign (`core::PREVOTE_PRIORITY_TICKS`): each is a split vote that did not happen, or a vote
     /// delayed by a few ticks.
     pub prevotes_held_off: AtomicU64,
+    /// Appends with entries this member dropped while its NOSPACE alarm was up
+    /// (`core::Core::set_short_of_disk`).
+    pub appends_refused_nospace: AtomicU64,
 }
 
 pub static TURNS: TurnStats = TurnStats::new();
@@ -261,6 +264,7 @@ impl TurnStats {
             late_over_250ms: AtomicU64::new(0),
             late_max_ms: AtomicU64::new(0),
             prevotes_held_off: AtomicU64::new(0),
+            appends_refused_nospace: AtomicU64::new(0),
         }
     }
 
@@ -377,6 +381,12 @@ impl TurnStats {
                 "raft_prevotes_held_off",
                 "Pre-votes of higher-ranked members ignored at the start of this member's own pre-vote campaign",
                 l(&self.prevotes_held_off),
+                true,
+            ),
+            (
+                "raft_appends_refused_nospace",
+                "Appends carrying entries this member dropped while short of disk (its NOSPACE alarm up)",
+                l(&self.appends_refused_nospace),
                 true,
             ),
         ]

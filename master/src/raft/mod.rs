@@ -311,6 +311,13 @@ pub enum ProposeError {
         "no space: {members}; fewer than a quorum of members can store new entries; free disk space there"
     )]
     QuorumNoSpace { members: String },
+    /// A linearizable read asked of a follower short of disk: it takes no new entries while its alarm is
+    /// up ([`core::Core::set_short_of_disk`]), so it could only answer once space returns. Clients go to
+    /// `leader` instead.
+    #[error(
+        "this member is short of disk (NOSPACE) and takes no new entries, so it serves no reads or watches; ask the leader"
+    )]
+    ShortOfDisk { leader: Option<NodeId> },
 }
 
 /// Role of this node as seen by the loop.

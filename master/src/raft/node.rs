@@ -247,6 +247,11 @@ impl NodeShared {
         Ok(())
     }
 
+    /// This member's NOSPACE alarm as (free bytes, floor) while raised.
+    pub(super) fn nospace_alarm(&self) -> Option<(u64, u64)> {
+        *lock(&self.nospace)
+    }
+
     fn set_nospace(&self, alarm: Option<(u64, u64)>) {
         let mut cur = lock(&self.nospace);
         if cur.is_some() != alarm.is_some() {
@@ -1181,6 +1186,7 @@ fn run_loop<F: Fsm>(
                 d.core.tick();
                 if let Some(alarm) = d.disk.check(Instant::now()) {
                     d.shared.set_nospace(alarm);
+                    d.core.set_short_of_disk(alarm.is_some());
                 }
                 d.hand_over_if_short();
                 d.proposals.retain(|_, tx| !tx.is_closed());

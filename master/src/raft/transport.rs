@@ -55,6 +55,10 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed call before the next one: avoids a hot loop of failing dials to a dead peer.
 pub const FAILURE_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause after a failed snapshot send before raft-rs hears of it (and sends again, from the same file): a
+/// follower that refuses snapshots for a while (short of disk) costs a stream's start and a log line a
+/// second, not one per heartbeat.
+pub const SNAPSHOT_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why talking to a peer failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -260,6 +264,7 @@ async fn snapshot_task(
             }
             Err(e) => {
                 tracing::warn!(peer, error = %e, "snapshot send failed");
+                tokio::time::sleep(SNAPSHOT_RETRY_PAUSE).await;
                 false
             }
         };
@@ -479,6 +484,13 @@ impl Peer for PeerService {
             )));
         }
         let total = first.total_len;
+        // Short of disk, a member takes no snapshot either (it drops appends too, `Core::set_short_of_disk`):
+        // the leader's transport reports the failure and raft-rs sends again later, from the same file.
+        if let Some((free, floor)) = self.shared.nospace_alarm() {
+            return Err(Status::resource_exhausted(format!(
+                "this member is short of disk ({free} bytes free, floor {floor}): no snapshot until space returns"
+            )));
+        }
         if let Ok(free) = super::alarms::free_bytes(self.shared.snaps.path())
             && free < total
         {
