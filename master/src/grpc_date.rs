@@ -1,4 +1,5 @@
-//! The `date` header of the gRPC ports' responses, sent as an HPACK literal that is never indexed.
+//! The `date` header of the gRPC ports' responses (and the HTTP port's), sent as an HPACK literal that is
+//! never indexed.
 //!
 //! hyper adds `date` to every HTTP/2 response it serves unless the response has one (tonic's server gives
 //! no way to turn that off). HPACK's encoder (h2) indexes each new value of a header, and keeps the

@@ -63,6 +63,9 @@ pub fn router(svc: Svc) -> Router {
         .merge(portal::router())
         .fallback(|| async { HttpError(ApiError::not_found("no such route")) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // As on the gRPC ports: over HTTPS with h2 (agents' REST heartbeats, the portal) hyper's own `date`
+        // would grow a chain of stale dates in each connection's HPACK table.
+        .layer(crate::grpc_date::DateLayer)
         .with_state(svc)
 }
 

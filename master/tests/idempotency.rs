@@ -387,3 +387,18 @@ async fn every_operator_write_is_applied_once_per_key() {
     assert_eq!(a.revision, b.revision);
     assert_eq!(audit_rows_by(&m, "grpc-version"), 1);
 }
+
+/// The HTTP port's responses carry the date layer's `date`, marked sensitive (so h2 sends it never indexed)
+/// as the gRPC ports' do: found and fallback routes alike. Without `.layer(DateLayer)` in the router the
+/// response has no `date` at this point (hyper adds its own, indexed, when it writes the response).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_responses_carry_a_never_indexed_date() {
+    use tower::ServiceExt as _;
+    let m = start().await;
+    for path in ["/healthz", "/api/v1/no-such-route"] {
+        let req = axum::http::Request::get(path).body(axum::body::Body::empty()).expect("request");
+        let res = master::http::router(m._svc.clone()).oneshot(req).await.expect("infallible");
+        let date = res.headers().get(axum::http::header::DATE).unwrap_or_else(|| panic!("{path}: no date"));
+        assert!(date.is_sensitive(), "{path}: {date:?}");
+    }
+}
