@@ -908,10 +908,11 @@ async fn state_pages(http: &str) -> String {
     }
 }
 
-/// Phase 3's listings by state from the leader: the burst's disks in ERROR, served from the index of the
-/// objects out of GOOD, beside a listing the index cannot serve (a label no object has: every object is
-/// read, as every listing by state was before the index), and the leader's count of each kind of page.
-async fn print_state_listings(cluster: &LocalCluster, leader: u64) {
+/// Phase 3's listings from the leader: the burst's disks in ERROR, served from the index of the objects
+/// out of GOOD, beside a listing the index cannot serve (a label no object has: every object is read, as
+/// every listing by state was before the index), one host's objects (the last host: its rows sort last in
+/// each kind; the listing reads that host's rows only), and the leader's count of each kind of page.
+async fn print_state_listings(cluster: &LocalCluster, leader: u64, last_host: &str) {
     let Some(node) = cluster.nodes.get(&leader) else { return };
     let by_state = api::ListObjectsRequest { state: "ERROR".into(), limit: LIST_PAGE, ..Default::default() };
     let scan = api::ListObjectsRequest {
@@ -921,10 +922,12 @@ async fn print_state_listings(cluster: &LocalCluster, leader: u64) {
     };
     let indexed = listing_line(timed_listing(&node.grpc, by_state).await);
     let scanned = listing_line(timed_listing(&node.grpc, scan).await);
+    let of_host = api::ListObjectsRequest { host: last_host.into(), limit: LIST_PAGE, ..Default::default() };
+    let of_host = listing_line(timed_listing(&node.grpc, of_host).await);
     let pages = state_pages(&node.http).await;
     println!(
         "phase 3 listings from the leader: state=ERROR {indexed}; a listing that reads every object \
-         (label matching none) {scanned}; leader's pages by state: {pages}"
+         (label matching none) {scanned}; host={last_host} {of_host}; leader's pages by state: {pages}"
     );
 }
 
@@ -1677,7 +1680,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // Builds are on demand (a follower behind the log start): after registration the leader has
     // usually built none; phase 4 prints the one the wiped follower asks for.
     print_snapshot_metrics(cluster, lead_now, "phase 3").await;
-    print_state_listings(cluster, lead_now).await;
+    print_state_listings(cluster, lead_now, &host(a.agents.saturating_sub(1))).await;
 
     print_slow_commits(cluster, "phase 3").await;
 

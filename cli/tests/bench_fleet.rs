@@ -84,6 +84,8 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         stdout.lines().find(|l| l.starts_with("phase 3 listings from the leader: ")).expect("line");
     assert!(listings.contains("state=ERROR 720 objects in 1 pages"), "{listings}");
     assert!(listings.contains("(label matching none) 0 objects in 1 pages"), "{listings}");
+    // The last host's objects (1 machine, 12 disks, 2 NICs) in one page: its rows only are read.
+    assert!(listings.contains("host=fleet-000059 15 objects in 1 pages"), "{listings}");
     assert!(listings.ends_with("leader's pages by state: 1 indexed / 0 scanned"), "{listings}");
     let storm = stdout
         .lines()

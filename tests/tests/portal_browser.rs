@@ -1122,6 +1122,27 @@ fn portal_asks_the_master_for_what_needs_attention_beyond_its_first_10000_object
         "the page says it holds the first 10,000 objects",
         "document.querySelector('#search-results').textContent.includes('holds the first 10,000 objects')",
     );
+    // A text search naming a host beyond the first 10,000 asks the master for that host's objects.
+    rig.s.eval("search the late host by name", "location.hash = '#/objects?q=zz-late'");
+    let ids = rig.s.wait(
+        "the late host's objects found by text",
+        "(() => { const r = [...document.querySelectorAll('#search-results tr[data-id]')].map((t) => t.dataset.id); \
+         return r.length === 3 ? JSON.stringify(r) : false; })()",
+    );
+    assert_eq!(ids.as_str(), Some(r#"["disk/zz-late/sda","disk/zz-late/sdb","machine/zz-late"]"#));
+    rig.s.wait(
+        "with its host link and the note that the master listed it",
+        "!!document.querySelector('#search-hosts a[href=\"#/host/zz-late\"]') && \
+         document.querySelector('#search-cut').textContent.includes('the objects of host zz-late')",
+    );
+    // An object id names its host too; the text still filters the answer.
+    rig.s.eval("search an object id", "location.hash = '#/objects?q=disk/zz-late/sdb'");
+    let ids = rig.s.wait(
+        "the one object found by id",
+        "(() => { const r = [...document.querySelectorAll('#search-results tr[data-id]')].map((t) => t.dataset.id); \
+         return r.length === 1 ? JSON.stringify(r) : false; })()",
+    );
+    assert_eq!(ids.as_str(), Some(r#"["disk/zz-late/sdb"]"#));
     rig.s.eval("back to the overview", "location.hash = '#/'");
     rig.s.wait(
         "the objects card counts the whole fleet",

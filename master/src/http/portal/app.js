@@ -977,12 +977,24 @@
         const remoteRes = S.truncated && crit.state ? remoteByState(crit) : null;
         if (S.truncated && crit.state && !remoteRes) { replace(results, h('div', { class: 'empty' }, 'Loading…')); return; }
         if (remoteRes && remoteRes.error) { replace(results, errorBox(remoteRes.error)); return; }
-        const hits = (remoteRes ? remoteRes.objects : [...S.objects.values()]).filter((o) => matches(o, crit)).sort((a, b) => a.id < b.id ? -1 : 1);
+        // A text search in a fleet bigger than the page's copy also asks the master for the host the text
+        // names (see remoteByHost): that host's objects are found wherever they sort.
+        const named = S.truncated && !crit.state ? hostOfQuery(p.get('q') || '') : '';
+        const hostRes = named ? remoteByHost(named) : null;
+        if (named && !hostRes) { replace(results, h('div', { class: 'empty' }, 'Loading…')); return; }
+        let pool = remoteRes ? remoteRes.objects : [...S.objects.values()];
+        if (hostRes && hostRes.objects) {
+          const seen = new Set(pool.map((o) => o.id));
+          pool = pool.concat(hostRes.objects.filter((o) => !seen.has(o.id)));
+        }
+        const hits = pool.filter((o) => matches(o, crit)).sort((a, b) => a.id < b.id ? -1 : 1);
         const hosts = [...new Set(hits.map((o) => o.host))].sort();
         replace(results,
           crit.q && hosts.length && hosts.length <= 20 ? h('div', { class: 'panel', id: 'search-hosts' }, h('strong', {}, 'Hosts: '),
             hosts.map((hh) => [h('a', { href: `#/host/${encodeURIComponent(hh)}`, class: 'pill' }, `${hh} — timeline`), ' '])) : null,
-          S.truncated && !remoteRes ? h('p', { class: 'muted small' }, `The portal holds the first ${num(LIST_LIMIT)} objects; search by state (the master lists those), or narrow by exact host on the host page, for the rest.`) : null,
+          S.truncated && !remoteRes ? h('p', { class: 'muted small', id: 'search-cut' }, `The portal holds the first ${num(LIST_LIMIT)} objects`,
+            hostRes && hostRes.objects ? ` and, from the master, the objects of host ${named}${hostRes.more ? ` (its first ${num(TABLE_MAX)})` : ''}` : '',
+            '; search by state or by a host name (the master lists those) for the rest.') : null,
           h('p', { class: 'muted', id: 'search-count' }, remoteRes && remoteRes.more ? `${num(hits.length)} objects shown (the first of each state the master listed; more match)` : `${num(hits.length)} objects`),
           hits.length ? objectTable(hits, hits.length) : h('div', { class: 'empty panel' }, 'Nothing matches.'));
       },
@@ -1058,6 +1070,36 @@
       e.at = Date.now();
       fetchByState(crit)
         .then((r) => { e.result = r; e.revision = rev; }, (err) => { e.result = { error: err }; })
+        .finally(() => { e.loading = false; scheduleUpdate(); });
+    }
+    return e.result;
+  }
+
+  // ---------------------------------------------------------------- one host's objects from the master
+  // The host a search text names: the text itself, or the second part of an object id (`disk/HOST/sda`);
+  // '' when it cannot be a host name. The master lists one host's objects by reading that host's rows
+  // only, so in a fleet bigger than the page's copy a host is found wherever it sorts. A text that names
+  // no host the master knows finds nothing there (and a refused name is no hit, not an error).
+  function hostOfQuery(q) {
+    const parts = q.trim().split('/');
+    const host = parts.length >= 2 ? parts[1] : parts[0];
+    return /^[A-Za-z0-9._-]{1,253}$/.test(host) ? host : '';
+  }
+  const remoteHosts = new Map();
+  function remoteByHost(host) {
+    let e = remoteHosts.get(host);
+    if (!e) {
+      if (remoteHosts.size >= REMOTE_MAX) remoteHosts.delete(remoteHosts.keys().next().value);
+      e = { revision: -1, at: 0, loading: false, result: null };
+      remoteHosts.set(host, e);
+    }
+    if (!e.loading && e.revision !== S.revision && Date.now() - e.at >= POLL_MIN_GAP_MS) {
+      const rev = S.revision;
+      e.loading = true;
+      e.at = Date.now();
+      api(`/objects?host=${encodeURIComponent(host)}&limit=${TABLE_MAX}`)
+        .then((r) => { e.result = { objects: r.objects.map(toEntry), more: !!r.next_page_token }; e.revision = rev; },
+          () => { e.result = { objects: [], more: false }; e.revision = rev; })
         .finally(() => { e.loading = false; scheduleUpdate(); });
     }
     return e.result;
