@@ -86,7 +86,8 @@ pub fn short_members(
 
 /// Whether the voters not short of disk are fewer than a quorum of `voters`: then an entry could only
 /// commit on members below their floor, and the leader refuses writes. One short member of three (two of
-/// five) is not: the others commit, and the short one stops at worst and catches up once space returns.
+/// five) is not: the others commit, and the short one stops appending at its floor
+/// (`core::Core::set_short_of_disk`) and catches up once space returns.
 pub fn quorum_short(voters: usize, short: usize) -> bool {
     voters > 0 && voters.saturating_sub(short) < voters / 2 + 1
 }
