@@ -31,7 +31,8 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
     );
     reg.register(
         "nospace_alarm",
-        "1 while the NOSPACE alarm refuses new writes (disk below the floor)",
+        "1 while this member's disk is below its floor (NOSPACE): as leader it refuses writes and hands over, as \
+         follower it takes no new entries and redirects reads and watches",
         gauge(u64::from(st.nospace)),
     );
     let members: Family<[(&'static str, String); 1], Gauge> = Family::default();
