@@ -265,10 +265,16 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct ObjectsArgs {
+    /// Only objects of this kind: machine, disk, dimm, nic, checker, switch or link.
     #[arg(long)]
     kind: Option<String>,
+    /// Only objects in this state (GOOD, SLOW, WARNING, ERROR, FIX, REPAIR, NEWBIE, TEST; any case). A state
+    /// other than GOOD is read from the master's index of the objects out of GOOD, not by reading every
+    /// object.
     #[arg(long)]
     state: Option<String>,
+    /// Only the objects of this host (its machine, disks, DIMMs, NICs and checkers): the master reads that
+    /// host's rows only.
     #[arg(long)]
     host: Option<String>,
     /// Label selector key=value (repeatable; all must match).
