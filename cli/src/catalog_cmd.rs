@@ -31,9 +31,12 @@ pub enum CatalogCmd {
 
 #[derive(Args, Debug)]
 pub struct PushArgs {
+    /// The artifact's file (a script or static binary, a rule set, a profile or a model).
     file: PathBuf,
+    /// The checker (or rule set, profile, model) this is a version of, e.g. `raid-health`.
     #[arg(long)]
     name: String,
+    /// Its version, e.g. 1.2.0. A version once pushed is never replaced: a change is a new version.
     #[arg(long)]
     version: String,
     /// external (a script or static binary), rules (kernel-log rule set), profile (disk scoring) or model
@@ -58,10 +61,12 @@ pub struct PushArgs {
     /// RLIMIT_CPU of an external checker's process (e.g. 5s; 0: the agent's default).
     #[arg(long, default_value = "0s")]
     max_cpu: String,
+    /// What the artifact checks, for people (shown by `catalog show` and the portal).
     #[arg(long, default_value = "")]
     description: String,
     #[command(flatten)]
     op: Operator,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]

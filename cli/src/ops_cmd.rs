@@ -329,6 +329,7 @@ pub fn objects(a: ObjectsArgs) -> anyhow::Result<ExitCode> {
 pub struct ObjectArgs {
     /// Object id: KIND/HOST[/NAME].
     id: String,
+    /// Read from the node answering without a linearizable read.
     #[arg(long)]
     stale: bool,
     #[command(flatten)]

@@ -19,6 +19,7 @@ pub struct UpgradeArgs {
     min_command_version: Option<u32>,
     #[command(flatten)]
     op: Operator,
+    /// Print the members' versions as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
