@@ -558,7 +558,8 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         if m.nospace {
             println!(
-                "    NOSPACE: {} MiB free, below its floor of {} MiB (as leader it refuses writes)",
+                "    NOSPACE: {} MiB free, below its floor of {} MiB (it takes no new entries; as leader it refuses \
+                 writes and hands over)",
                 m.free_bytes >> 20,
                 m.min_free_bytes >> 20
             );
