@@ -1057,18 +1057,23 @@
   }
   // The master's answer for `crit` (null until the first one arrives; {error} when it failed).
   function remoteByState(crit) {
-    const key = JSON.stringify([crit.kind, crit.state, crit.labels]);
-    let e = remote.get(key);
+    return remembered(remote, JSON.stringify([crit.kind, crit.state, crit.labels]), () => fetchByState(crit));
+  }
+  // A master answer kept per key in `cache` (at most REMOTE_MAX keys, the oldest forgotten), asked again when
+  // the revision moved, at most once per POLL_MIN_GAP_MS: null until the first answer arrives, {error} when
+  // `fetch` failed (asked again at the next update).
+  function remembered(cache, key, fetch) {
+    let e = cache.get(key);
     if (!e) {
-      if (remote.size >= REMOTE_MAX) remote.delete(remote.keys().next().value);
+      if (cache.size >= REMOTE_MAX) cache.delete(cache.keys().next().value);
       e = { revision: -1, at: 0, loading: false, result: null };
-      remote.set(key, e);
+      cache.set(key, e);
     }
     if (!e.loading && e.revision !== S.revision && Date.now() - e.at >= POLL_MIN_GAP_MS) {
       const rev = S.revision;
       e.loading = true;
       e.at = Date.now();
-      fetchByState(crit)
+      fetch()
         .then((r) => { e.result = r; e.revision = rev; }, (err) => { e.result = { error: err }; })
         .finally(() => { e.loading = false; scheduleUpdate(); });
     }
@@ -1087,22 +1092,8 @@
   }
   const remoteHosts = new Map();
   function remoteByHost(host) {
-    let e = remoteHosts.get(host);
-    if (!e) {
-      if (remoteHosts.size >= REMOTE_MAX) remoteHosts.delete(remoteHosts.keys().next().value);
-      e = { revision: -1, at: 0, loading: false, result: null };
-      remoteHosts.set(host, e);
-    }
-    if (!e.loading && e.revision !== S.revision && Date.now() - e.at >= POLL_MIN_GAP_MS) {
-      const rev = S.revision;
-      e.loading = true;
-      e.at = Date.now();
-      api(`/objects?host=${encodeURIComponent(host)}&limit=${TABLE_MAX}`)
-        .then((r) => { e.result = { objects: r.objects.map(toEntry), more: !!r.next_page_token }; e.revision = rev; },
-          () => { e.result = { objects: [], more: false }; e.revision = rev; })
-        .finally(() => { e.loading = false; scheduleUpdate(); });
-    }
-    return e.result;
+    return remembered(remoteHosts, host, () => api(`/objects?host=${encodeURIComponent(host)}&limit=${TABLE_MAX}`)
+      .then((r) => ({ objects: r.objects.map(toEntry), more: !!r.next_page_token }), () => ({ objects: [], more: false })));
   }
 
   // ---------------------------------------------------------------- one object
