@@ -74,6 +74,9 @@ struct MemberReport {
     term: u64,
     commit_index: u64,
     applied_index: u64,
+    /// Its NOSPACE alarm as (free bytes, floor) while raised, as the member that answered heard it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nospace: Option<(u64, u64)>,
 }
 
 fn listed(names: &[String]) -> String {
@@ -125,6 +128,16 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let mut leader_commit = 0;
     for m in &info.members {
         let mut mr = MemberReport { id: m.id, grpc: m.grpc_addr.clone(), ..MemberReport::default() };
+        if m.nospace {
+            mr.nospace = Some((m.free_bytes, m.min_free_bytes));
+            r.needs_a_human.push(format!(
+                "master {} is short of disk: {} MiB free, below its floor of {} MiB (it takes no new entries; \
+                 free space under its data dir)",
+                m.id,
+                m.free_bytes >> 20,
+                m.min_free_bytes >> 20
+            ));
+        }
         match seen.remove(&m.id) {
             Some((addr, i)) => {
                 mr.grpc = addr;
@@ -330,8 +343,10 @@ fn print_report(r: &Report) {
         if m.reachable {
             let lag =
                 r.members.iter().map(|x| x.commit_index).max().unwrap_or(0).saturating_sub(m.applied_index);
+            let nospace =
+                m.nospace.map(|(free, _)| format!("  NOSPACE ({} MiB free)", free >> 20)).unwrap_or_default();
             println!(
-                "  {} {:<9} {}  term {}  commit {}  applied {}  lag {lag}",
+                "  {} {:<9} {}  term {}  commit {}  applied {}  lag {lag}{nospace}",
                 m.id, m.role, m.grpc, m.term, m.commit_index, m.applied_index
             );
         } else {

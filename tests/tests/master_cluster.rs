@@ -516,6 +516,10 @@ async fn cluster_info_names_the_member_out_of_space() {
     let (ok, out, err) = cli(&bin, &["status"], &g1);
     assert!(ok, "{err}");
     assert!(out.contains("NOSPACE") && out.contains("floor of 100000000 MiB"), "{out}");
+    // `huatuo inspect` marks the member and lists it among what needs a human (so it exits non-zero).
+    let (ok, out, err) = cli(&bin, &["inspect"], &g1);
+    assert!(!ok, "inspect exits with its attention code: {out}{err}");
+    assert!(out.contains("master 3 is short of disk") && out.contains("NOSPACE ("), "{out}");
 
     // One member of three short of disk: the other two are a quorum, and writes go on.
     let (st, b) = write_to_leader(&c, 0).await;
