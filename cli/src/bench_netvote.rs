@@ -32,14 +32,19 @@ pub struct BenchNetvoteArgs {
     /// Seeds (scenarios) to run.
     #[arg(long, default_value_t = 1000)]
     seeds: u64,
+    /// Hosts of the simulated fabric.
     #[arg(long, default_value_t = 10_000)]
     hosts: usize,
+    /// Top-of-rack switches (one rack each).
     #[arg(long, default_value_t = 250)]
     tors: usize,
+    /// Aggregation switches.
     #[arg(long, default_value_t = 16)]
     aggs: usize,
+    /// Spine switches.
     #[arg(long, default_value_t = 4)]
     spines: usize,
+    /// Pods the racks and aggregation switches are split into.
     #[arg(long, default_value_t = 4)]
     pods: usize,
     /// Peers each host probes per window.

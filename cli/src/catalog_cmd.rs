@@ -83,6 +83,7 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct ShowArgs {
+    /// The checker (or rule set, profile, model) name.
     name: String,
     #[command(flatten)]
     out: OutputArgs,
@@ -117,8 +118,10 @@ pub enum RolloutCmd {
 pub struct StartArgs {
     /// NAME@VERSION
     artifact: String,
+    /// Exact hosts to run it on (comma-separated).
     #[arg(long, value_delimiter = ',')]
     hosts: Vec<String>,
+    /// Share of the hosts to run it on, 0-100 (a stable hash of host and name picks them).
     #[arg(long)]
     percent: Option<f64>,
     /// KEY=VALUE (repeatable: all must match the host's machine labels).
@@ -129,6 +132,7 @@ pub struct StartArgs {
     shadow: bool,
     #[command(flatten)]
     op: Operator,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -137,13 +141,17 @@ pub struct StartArgs {
 
 #[derive(Args, Debug)]
 pub struct WidenArgs {
+    /// NAME@VERSION, the version being rolled out.
     artifact: String,
+    /// More exact hosts (comma-separated).
     #[arg(long, value_delimiter = ',')]
     hosts: Vec<String>,
+    /// A larger share of the hosts, 0-100 (the hosts it had stay in).
     #[arg(long)]
     percent: Option<f64>,
     #[command(flatten)]
     op: Operator,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -152,9 +160,11 @@ pub struct WidenArgs {
 
 #[derive(Args, Debug)]
 pub struct ChangeArgs {
+    /// NAME@VERSION.
     artifact: String,
     #[command(flatten)]
     op: Operator,
+    /// Print the result as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -163,6 +173,7 @@ pub struct ChangeArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// Only this checker (default: every one).
     name: Option<String>,
     #[command(flatten)]
     out: OutputArgs,

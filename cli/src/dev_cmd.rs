@@ -49,10 +49,13 @@ pub struct DevArgs {
     /// First port of each family; masters use base, base+1, base+2.
     #[arg(long, default_value_t = 7700)]
     grpc_port: u16,
+    /// First peer (Raft) port; masters use base, base+1, base+2.
     #[arg(long, default_value_t = 7710)]
     peer_port: u16,
+    /// First HTTP port (REST and the portal); masters use base, base+1, base+2.
     #[arg(long, default_value_t = 7780)]
     http_port: u16,
+    /// The agent's local HTTP port (`/api/v1/local`).
     #[arg(long, default_value_t = 7790)]
     agent_port: u16,
     /// Where to write the client context (default: $HUATUO_CONTEXT, else ~/.config/huatuo/context.toml).

@@ -278,4 +278,25 @@ mod tests {
         assert!(!closed_output(&epipe.context("writing to smartctl's stdin")));
         assert!(!closed_output(&anyhow::anyhow!("no master answered")));
     }
+
+    /// Every option and argument of every command says what it is for in `--help` (and the man pages made
+    /// from it). Several had nothing to say until session 32.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() && arg.get_long_help().is_none()
+                {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&<Cli as clap::CommandFactory>::command(), "huatuo", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
 }

@@ -44,6 +44,7 @@ pub enum TopologyCmd {
 
 #[derive(Args, Debug)]
 pub struct TopologySetArgs {
+    /// The topology file: TOML, or CSV rows host,tor,agg,spine.
     file: PathBuf,
     /// Catalog name of the topology (default: fabric).
     #[arg(long, default_value = "")]
@@ -200,7 +201,9 @@ pub struct MatrixArgs {
 
 #[derive(Args, Debug)]
 pub struct PathArgs {
+    /// One end: a host name.
     host_a: String,
+    /// The other end: a host name.
     host_b: String,
     #[command(flatten)]
     out: OutputArgs,

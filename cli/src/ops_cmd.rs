@@ -201,10 +201,13 @@ pub struct ReportArgs {
     /// Name of the checker or person reporting.
     #[arg(long, default_value = "operator")]
     checker: String,
+    /// What was seen, for people (kept as the finding's evidence).
     #[arg(long, default_value = "")]
     evidence: String,
+    /// The rule the finding comes from.
     #[arg(long, default_value = "manual")]
     rule: String,
+    /// The reporting checker's version.
     #[arg(long, default_value = "0.0.0")]
     version: String,
     /// The write's idempotency key (1-128 of A-Z a-z 0-9 . _ : -). Default: a fresh random key, reused for
@@ -397,8 +400,10 @@ pub fn object(a: ObjectArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct WatchArgs {
+    /// Only changes of objects of this kind (machine, disk, dimm, nic, checker, switch or link).
     #[arg(long)]
     kind: Option<String>,
+    /// Only changes of this host's objects.
     #[arg(long)]
     host: Option<String>,
     /// First revision to print (0: only changes from now on).

@@ -44,6 +44,7 @@ pub struct DataArgs {
     /// `disk_days/**/part-*.csv`). A drive's rows must come in date order across the files.
     #[arg(long, required = true, num_args = 1..)]
     from: Vec<PathBuf>,
+    /// How the data is split into training and evaluation.
     #[arg(long, value_enum, default_value = "auto")]
     split: SplitKind,
     /// First evaluated day of a time split (YYYY-MM-DD); default: the middle of the data's days.

@@ -178,6 +178,7 @@ pub struct ProposalFilterArgs {
     /// Only this object kind.
     #[arg(long, default_value = "")]
     kind: String,
+    /// Only proposals about this host's objects.
     #[arg(long, default_value = "")]
     host: String,
 }
@@ -189,6 +190,7 @@ pub struct ProposalsArgs {
     status: String,
     #[command(flatten)]
     filter: ProposalFilterArgs,
+    /// Show at most this many proposals.
     #[arg(long, default_value_t = 1000)]
     limit: u32,
     /// -o json|yaml: one document; --json (older scripts): one JSON object per line.
