@@ -474,8 +474,8 @@ async fn wiped_node_is_refused_without_join(cluster: &mut LocalCluster) {
 /// raises its alarm; cluster info asked on another member (gRPC, REST, `huatuo status`) names node 3 with
 /// its free bytes and floor and no other member, and that member's `/metrics` shows
 /// `huatuo_master_member_nospace_alarm{member="3"} 1` and 0 for the others. Writes go on with one member
-/// short; with two short of three the leader refuses them (503, naming both) and answers reads; with one
-/// of them back above its floor writes resume.
+/// short; with one short and another down, or two short of three, the leader refuses them (503, naming
+/// both) and answers reads; with one of them back above its floor writes resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_info_names_the_member_out_of_space() {
     let bin = huatuo_bin();
@@ -524,8 +524,29 @@ async fn cluster_info_names_the_member_out_of_space() {
     // One member of three short of disk: the other two are a quorum, and writes go on.
     let (st, b) = write_to_leader(&c, 0).await;
     assert_eq!(st, 200, "one member short of disk does not stop writes: {b}");
-    // Two short: fewer than a quorum have space; the leader refuses writes and names both.
+    // One short and another down: no quorum can store entries (the short one takes none). The leader
+    // refuses writes at once, naming both, instead of letting them time out.
     c.kill9(2);
+    let mut n = 200;
+    let refused = wait_until(CATCH_UP, || {
+        n += 1;
+        let w = write_to_elected_leader(&c, n);
+        async move {
+            let (st, b) = w.await;
+            st == 503
+                && b.contains("member 3 has")
+                && b.contains("member 2 is not answering")
+                && b.contains("quorum")
+        }
+    })
+    .await;
+    assert!(
+        refused,
+        "one member short and one down: writes refused naming both: {:?}{}",
+        write_to_elected_leader(&c, 299).await,
+        tails(&c)
+    );
+    // Two short: fewer than a quorum have space; the leader refuses writes and names both.
     c.set_node_config(2, "min_free_mb = 100000000\n").expect("node config");
     c.spawn(2, false).expect("restart node 2");
     let mut n = 0;

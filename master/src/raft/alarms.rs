@@ -84,6 +84,33 @@ pub fn short_members(
     out
 }
 
+/// The other voters, not short of disk, that this leader has not heard from lately: not active in Raft
+/// (`active`: heard within the last election timeout) and without an answer to the alarm poll within
+/// [`PEER_ALARM_TTL`]. Both must be silent, so a member whose probes are late under load but whose Raft
+/// messages arrive still counts as able to store entries. In id order.
+pub fn silent_members(
+    me: NodeId,
+    voters: &[NodeId],
+    short: &[(NodeId, u64, u64)],
+    active: &[NodeId],
+    peers: &BTreeMap<NodeId, PeerAnswer>,
+    now: Instant,
+) -> Vec<NodeId> {
+    let mut out: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|&id| {
+            id != me
+                && !short.iter().any(|m| m.0 == id)
+                && !active.contains(&id)
+                && !peers.get(&id).is_some_and(|p| p.fresh(now))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Whether the voters not short of disk are fewer than a quorum of `voters`: then an entry could only
 /// commit on members below their floor, and the leader refuses writes. One short member of three (two of
 /// five) is not: the others commit, and the short one stops appending at its floor
@@ -149,6 +176,27 @@ mod tests {
         assert_eq!(short_members(1, Some((5, 10)), &[1, 2, 3, 4], &peers, now), vec![(1, 5, 10), (2, 1, 10)]);
         // A member that is not a voter does not count; an unknown voter is not short.
         assert_eq!(short_members(1, None, &[1, 4, 9], &peers, now), vec![]);
+    }
+
+    #[test]
+    fn silent_members_are_neither_active_in_raft_nor_heard_by_the_poll() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let mut peers = BTreeMap::new();
+        peers.insert(2, heard(now, Duration::ZERO, Some((1, 10))));
+        peers.insert(3, heard(now, PEER_ALARM_TTL + Duration::from_millis(1), None));
+        peers.insert(4, heard(now, Duration::ZERO, None));
+        let voters = [1, 2, 3, 4, 5];
+        let short = short_members(1, None, &voters, &peers, now);
+        assert_eq!(short, vec![(2, 1, 10)]);
+        // 3's answer is stale and Raft has not heard it; 5 never answered; 4 answers the poll. Never itself,
+        // never a member already counted short.
+        assert_eq!(silent_members(1, &voters, &short, &[1], &peers, now), vec![3, 5]);
+        // Raft activity alone is enough: probes late under load do not make a member silent.
+        assert_eq!(silent_members(1, &voters, &short, &[1, 3, 5], &peers, now), Vec::<NodeId>::new());
+        // Three of five short or silent: no quorum can store entries.
+        let silent = silent_members(1, &voters, &short, &[1], &peers, now);
+        assert!(quorum_short(voters.len(), short.len() + silent.len()));
+        assert!(!quorum_short(voters.len(), short.len() + 1));
     }
 
     #[test]

@@ -468,6 +468,15 @@ impl<F: Fsm> Core<F> {
         self.raw.raft.lead_transferee
     }
 
+    /// On a leader, the voters it heard from within the last election timeout, itself included (raft-rs's
+    /// `recent_active`, which check_quorum resets each election timeout); empty on other roles.
+    pub fn recently_active(&self) -> Vec<NodeId> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        self.raw.raft.prs().iter().filter(|(_, p)| p.recent_active).map(|(id, _)| *id).collect()
+    }
+
     /// The highest log index this leader knows `id` to hold (None: not a leader, or no progress for it).
     pub fn matched(&self, id: NodeId) -> Option<u64> {
         if self.raw.raft.state != StateRole::Leader {

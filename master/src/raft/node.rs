@@ -93,6 +93,9 @@ pub(crate) struct NodeShared {
     /// The other members' NOSPACE alarms as last heard over the peer port ([`poll_peer_alarms`]): a leader
     /// refuses writes when fewer than a quorum have space, and hands over when it is short itself.
     peer_alarms: Mutex<BTreeMap<NodeId, alarms::PeerAnswer>>,
+    /// On a leader, the voters it heard from within the last election timeout (raft-rs's `recent_active`,
+    /// kept by check_quorum), as the loop last published it; empty on other roles.
+    active: Mutex<Vec<NodeId>>,
     /// The task asking for them while the node runs.
     alarm_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -229,14 +232,23 @@ impl NodeShared {
             return Ok(());
         }
         let voters = self.status().members;
-        let short = alarms::short_members(self.id, own, &voters, &peers, Instant::now());
+        let now = Instant::now();
+        let short = alarms::short_members(self.id, own, &voters, &peers, now);
+        // A member neither Raft nor the alarm poll heard from lately cannot store entries either: with one
+        // member down and another short, no quorum can, and writes would only time out.
+        let active = lock(&self.active).clone();
+        let silent = alarms::silent_members(self.id, &voters, &short, &active, &peers, now);
         drop(peers);
-        // Fewer than a quorum with space names every member short (this one too) when others are; otherwise
-        // a leader short itself says so (it hands leadership over meanwhile, when another member has space).
-        if alarms::quorum_short(voters.len(), short.len()) && short.iter().any(|m| m.0 != self.id) {
+        // Fewer than a quorum with space names every member short (this one too) when others are, and the
+        // silent ones; otherwise a leader short itself says so (it hands leadership over meanwhile, when
+        // another member has space).
+        if alarms::quorum_short(voters.len(), short.len() + silent.len())
+            && short.iter().any(|m| m.0 != self.id)
+        {
             let members = short
                 .iter()
                 .map(|(id, free, floor)| format!("member {id} has {free} bytes free (floor {floor})"))
+                .chain(silent.iter().map(|id| format!("member {id} is not answering")))
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(ProposeError::QuorumNoSpace { members });
@@ -798,6 +810,7 @@ impl RaftNode {
             nospace: Mutex::new(None),
             api_addrs: Mutex::default(),
             peer_alarms: Mutex::new(BTreeMap::new()),
+            active: Mutex::new(Vec::new()),
             alarm_task: Mutex::new(None),
             thread: Mutex::new(None),
             probe_task: Mutex::new(None),
@@ -1373,6 +1386,14 @@ impl<F: Fsm> Driver<F> {
         let term = c.term();
         let (commit, applied) = (c.commit_index(), c.applied());
         let snap = c.storage().snapshot_index();
+        // Raft's activity changes without the rest of the status (a member goes quiet): kept every turn.
+        let active = c.recently_active();
+        {
+            let mut kept = lock(&self.shared.active);
+            if *kept != active {
+                *kept = active;
+            }
+        }
         let unchanged = {
             let s = self.shared.status.read().unwrap_or_else(|p| p.into_inner());
             s.role == role
