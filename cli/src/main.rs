@@ -237,29 +237,58 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
         }
     };
-    match run(cli) {
-        Ok(code) => code,
+    // Most commands print with `println!`, which panics when a write to standard output fails: its reader
+    // went away (`huatuo inspect | head`), or its file system is full. That panic is the same event as the
+    // write errors below and ends the command the same way, without a panic's message and backtrace. Any
+    // other panic, and any panic of another thread, is reported as before.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let main_thread = std::thread::current().name() == Some("main");
+        if !main_thread || panic_message(info.payload()).is_none_or(|m| !m.starts_with(PRINT_FAILED)) {
+            default_hook(info);
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(code)) => code,
         // The reader of the output went away (`huatuo objects | head`): it has what it wanted; like other
         // command-line tools, end quietly.
-        Err(e) if closed_output(&e) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(Err(e)) if closed_output(&e) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("huatuo: error: {e:#}");
             ExitCode::from(1)
         }
+        Err(p) => match panic_message(&*p).filter(|m| m.starts_with(PRINT_FAILED)) {
+            Some(_) if stdout_closed() => ExitCode::SUCCESS,
+            Some(m) => {
+                eprintln!("huatuo: error: {m}");
+                ExitCode::from(1)
+            }
+            None => std::panic::resume_unwind(p),
+        },
     }
+}
+
+/// How `println!`'s panic on a failed write to standard output begins.
+const PRINT_FAILED: &str = "failed printing to stdout";
+
+/// A panic's message, when it has one.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied())
 }
 
 /// Whether the error is a write to this process's standard output after its reader closed it: an EPIPE
 /// in the error's chain, and standard output a pipe with no reader left (poll says POLLERR). An EPIPE
 /// from anything else (a child's stdin, a socket) is still an error.
 fn closed_output(e: &anyhow::Error) -> bool {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let epipe = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     });
-    if !epipe {
-        return false;
-    }
+    epipe && stdout_closed()
+}
+
+/// Whether standard output is a pipe with no reader left (poll says POLLERR).
+fn stdout_closed() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let stdout = std::io::stdout();
     let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&stdout), PollFlags::POLLOUT)];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)

@@ -154,3 +154,47 @@ async fn wait_blocks_until_a_master_answers() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert!(v["objects"].is_array(), "{v}");
 }
+
+/// Output that cannot be written: a reader that went away (`huatuo inspect | head`) ends the command
+/// quietly with success, and a full file system (`> /dev/full`) is a one-line error with exit 1. Neither is
+/// a panic with a backtrace, which is what every command printing with `println!` gave before session 32.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_cannot_be_written_ends_the_command_cleanly() {
+    let cluster = LocalCluster::start(&huatuo_bin(), 1).expect("start master");
+    cluster.wait_leader(READY_TIMEOUT).await.unwrap_or_else(|| panic!("no leader:\n{}", cluster.log_tail(1)));
+    let m = cluster.grpc_addrs();
+    for args in [&["status"][..], &["inspect"], &["objects"], &["level"], &["proposals"], &["version"]] {
+        // The read end is closed before the command prints anything: its first write fails.
+        let mut child = Command::new(huatuo_bin())
+            .args(args)
+            .env("HUATUO_MASTER", &m)
+            .env("HOME", std::env::temp_dir())
+            .env_remove("HUATUO_CONTEXT")
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn huatuo");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{args:?} into a closed pipe: {:?}, stderr {err:?}", out.status.code());
+        assert!(out.status.success() && !err.contains("panicked"), "{args:?}: {:?}\n{err}", out.status);
+        if std::path::Path::new("/dev/full").exists() {
+            let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+            let out = Command::new(huatuo_bin())
+                .args(args)
+                .env("HUATUO_MASTER", &m)
+                .env("HOME", std::env::temp_dir())
+                .env_remove("HUATUO_CONTEXT")
+                .env("RUST_BACKTRACE", "1")
+                .stdout(full)
+                .output()
+                .expect("run huatuo");
+            let err = String::from_utf8_lossy(&out.stderr);
+            println!("{args:?} into /dev/full: {:?}, stderr {err:?}", out.status.code());
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.starts_with("huatuo: error: ") && err.lines().count() == 1, "{args:?}: {err}");
+        }
+    }
+}
