@@ -527,19 +527,7 @@ async fn cluster_info_names_the_member_out_of_space() {
     // One short and another down: no quorum can store entries (the short one takes none). The leader
     // refuses writes at once, naming both, instead of letting them time out.
     c.kill9(2);
-    let mut n = 200;
-    let refused = wait_until(CATCH_UP, || {
-        n += 1;
-        let w = write_to_elected_leader(&c, n);
-        async move {
-            let (st, b) = w.await;
-            st == 503
-                && b.contains("member 3 has")
-                && b.contains("member 2 is not answering")
-                && b.contains("quorum")
-        }
-    })
-    .await;
+    let refused = writes_refused(&c, 200, &["member 3 has", "member 2 is not answering", "quorum"]).await;
     assert!(
         refused,
         "one member short and one down: writes refused naming both: {:?}{}",
@@ -549,16 +537,7 @@ async fn cluster_info_names_the_member_out_of_space() {
     // Two short: fewer than a quorum have space; the leader refuses writes and names both.
     c.set_node_config(2, "min_free_mb = 100000000\n").expect("node config");
     c.spawn(2, false).expect("restart node 2");
-    let mut n = 0;
-    let refused = wait_until(CATCH_UP, || {
-        n += 1;
-        let w = write_to_elected_leader(&c, n);
-        async move {
-            let (st, b) = w.await;
-            st == 503 && b.contains("member 2 has") && b.contains("member 3 has") && b.contains("quorum")
-        }
-    })
-    .await;
+    let refused = writes_refused(&c, 0, &["member 2 has", "member 3 has", "quorum"]).await;
     assert!(
         refused,
         "two members short of disk: writes refused naming both: {:?}",
@@ -577,6 +556,20 @@ async fn cluster_info_names_the_member_out_of_space() {
     })
     .await;
     assert!(resumed, "writes resume with a quorum above the floor: {:?}", write_to_leader(&c, 199).await);
+}
+
+/// Whether writes through the elected leader come to be refused (503) with every one of `says` in the
+/// answer within [`CATCH_UP`]; `n` numbers the writes (each a new object).
+async fn writes_refused(c: &LocalCluster, mut n: u32, says: &[&str]) -> bool {
+    wait_until(CATCH_UP, || {
+        n += 1;
+        let w = write_to_elected_leader(c, n);
+        async move {
+            let (st, b) = w.await;
+            st == 503 && says.iter().all(|s| b.contains(s))
+        }
+    })
+    .await
 }
 
 /// One GOOD finding through the leader's REST API: (status, body).

@@ -469,12 +469,13 @@ impl<F: Fsm> Core<F> {
     }
 
     /// On a leader, the voters it heard from within the last election timeout, itself included (raft-rs's
-    /// `recent_active`, which check_quorum resets each election timeout); empty on other roles.
-    pub fn recently_active(&self) -> Vec<NodeId> {
-        if self.raw.raft.state != StateRole::Leader {
-            return Vec::new();
+    /// `recent_active`, which check_quorum resets each election timeout); none on other roles. Written
+    /// into `out` (cleared first), which keeps its allocation: the loop calls this every turn.
+    pub fn recently_active_into(&self, out: &mut Vec<NodeId>) {
+        out.clear();
+        if self.raw.raft.state == StateRole::Leader {
+            out.extend(self.raw.raft.prs().iter().filter(|(_, p)| p.recent_active).map(|(id, _)| *id));
         }
-        self.raw.raft.prs().iter().filter(|(_, p)| p.recent_active).map(|(id, _)| *id).collect()
     }
 
     /// The highest log index this leader knows `id` to hold (None: not a leader, or no progress for it).

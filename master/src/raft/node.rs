@@ -986,7 +986,7 @@ impl RaftNode {
 
     /// This node's NOSPACE alarm as (free bytes, floor) while raised.
     pub fn nospace(&self) -> Option<(u64, u64)> {
-        *lock(&self.shared.nospace)
+        self.shared.nospace_alarm()
     }
 
     /// The other members' answers as last heard by this node's own polling (every
@@ -1387,13 +1387,7 @@ impl<F: Fsm> Driver<F> {
         let (commit, applied) = (c.commit_index(), c.applied());
         let snap = c.storage().snapshot_index();
         // Raft's activity changes without the rest of the status (a member goes quiet): kept every turn.
-        let active = c.recently_active();
-        {
-            let mut kept = lock(&self.shared.active);
-            if *kept != active {
-                *kept = active;
-            }
-        }
+        c.recently_active_into(&mut lock(&self.shared.active));
         let unchanged = {
             let s = self.shared.status.read().unwrap_or_else(|p| p.into_inner());
             s.role == role
