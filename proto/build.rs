@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Small first buffers per call (see src/codec.rs): an agent's heartbeat stream lives for minutes.
+        .codec_path("crate::codec::LeanCodec")
         // The leader keeps a beat's checker map as it came (an ordered map): moved, not rebuilt per beat.
         .btree_map(".huatuo.api.v1.HeartbeatRequest.checkers")
         .compile_fds(fds)?;

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub master_clock_offset_ms: Gauge,
     /// Batches the master acknowledged.
     pub sent_batches: Counter,
+    /// Heartbeats answered over the heartbeat stream, and sent as single calls (no stream, or it broke).
+    pub heartbeats_streamed: Counter,
+    pub heartbeats_called: Counter,
     /// Findings refused by the sink before queueing (they break the master's rules), by checker.
     pub invalid_findings: Family<Labels, Counter>,
     /// Batches the master refused for good, set aside in the dead-letter area.
@@ -78,6 +81,8 @@ impl Metrics {
             outbox_commits: Gauge::default(),
             master_clock_offset_ms: Gauge::default(),
             sent_batches: Counter::default(),
+            heartbeats_streamed: Counter::default(),
+            heartbeats_called: Counter::default(),
             invalid_findings: Family::default(),
             dead_batches: Counter::default(),
             dead_dropped: Counter::default(),
@@ -159,6 +164,16 @@ impl Metrics {
             "huatuo_agent_sent_batches",
             "Batches acknowledged by the master",
             m.sent_batches.clone(),
+        );
+        reg.register(
+            "huatuo_agent_heartbeats_streamed",
+            "Heartbeats answered over the agent's heartbeat stream",
+            m.heartbeats_streamed.clone(),
+        );
+        reg.register(
+            "huatuo_agent_heartbeats_called",
+            "Heartbeats sent as single calls (no stream open, or it could not carry the beat)",
+            m.heartbeats_called.clone(),
         );
         reg.register(
             "huatuo_agent_findings",

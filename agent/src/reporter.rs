@@ -408,6 +408,7 @@ fn checker_versions(cfg: &ReporterConfig) -> std::collections::BTreeMap<String, 
 async fn heartbeat(
     cfg: &ReporterConfig,
     client: &mut Client,
+    stream: &mut proto::client::BeatStream,
     outbox: &Arc<dyn OutboxStore>,
     shared: &LocalState,
 ) -> Result<(), ReportError> {
@@ -431,8 +432,11 @@ async fn heartbeat(
         net: net_reports.clone(),
     };
     let sent_ms = crate::scheduler::now_ms();
-    let resp =
-        client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await.map_err(rpc("heartbeat"))?;
+    let before = stream.stats();
+    let resp = stream.beat(client, req).await.map_err(rpc("heartbeat"))?;
+    let after = stream.stats();
+    shared.metrics.heartbeats_streamed.inc_by(after.streamed - before.streamed);
+    shared.metrics.heartbeats_called.inc_by(after.called - before.called);
     // The client may have retried: the round trip then covers every attempt, a wider uncertainty, never a
     // wrong offset beyond it (the master read its clock within the span).
     let received_ms = crate::scheduler::now_ms();
@@ -476,6 +480,8 @@ pub async fn run(
     let mut client = Client::with_security(cfg.masters.clone(), cfg.security.clone());
     // The reporter owns the outer retry loop (with its own backoff), so each call gives up quickly.
     client.max_attempts = 4;
+    // Heartbeats go over one long-lived stream, falling back to single calls (`BeatStream`).
+    let mut beats = proto::client::BeatStream::default();
     let mut registered = false;
     let mut backoff = BACKOFF_START;
     let mut rng: u64 = shared.started_ms | 1;
@@ -510,7 +516,7 @@ pub async fn run(
             }
         }
         if failed.is_none() && tokio::time::Instant::now() >= next_heartbeat {
-            match heartbeat(&cfg, &mut client, &outbox, &shared).await {
+            match heartbeat(&cfg, &mut client, &mut beats, &outbox, &shared).await {
                 Ok(()) => next_heartbeat = tokio::time::Instant::now() + cfg.heartbeat,
                 Err(e) => failed = Some(e),
             }

@@ -88,6 +88,7 @@ impl Fake {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<api::WatchResponse, Status>> + Send + 'static>>;
+type BeatStream = Pin<Box<dyn Stream<Item = Result<api::HeartbeatResponse, Status>> + Send + 'static>>;
 
 fn unimplemented<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented("not part of this test double"))
@@ -96,6 +97,7 @@ fn unimplemented<T>() -> Result<Response<T>, Status> {
 #[tonic::async_trait]
 impl Master for Fake {
     type WatchStream = WatchStream;
+    type HeartbeatStreamStream = BeatStream;
 
     async fn register(
         &self,
@@ -103,6 +105,13 @@ impl Master for Fake {
     ) -> Result<Response<api::RegisterResponse>, Status> {
         self.up()?;
         Ok(Response::new(Default::default()))
+    }
+    /// A master from before heartbeat streams: the agent beats with calls (`BeatStream` falls back).
+    async fn heartbeat_stream(
+        &self,
+        _: Request<tonic::Streaming<api::HeartbeatRequest>>,
+    ) -> Result<Response<BeatStream>, Status> {
+        Err(Status::unimplemented("no heartbeat streams here"))
     }
     async fn heartbeat(
         &self,

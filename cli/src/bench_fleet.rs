@@ -186,6 +186,10 @@ pub struct BenchFleetArgs {
     /// master's own default), to weigh memory against speed at fleet scale.
     #[arg(long)]
     cache_mb: Option<u64>,
+    /// Heartbeats as single calls, one HTTP/2 stream each (agents before heartbeat streams), instead of
+    /// over each agent's long-lived stream.
+    #[arg(long)]
+    beat_calls: bool,
 }
 
 impl BenchFleetArgs {
@@ -393,6 +397,10 @@ struct Run {
     beat_errors: Mutex<Samples>,
     /// Heartbeat answers that carried an assignment (the hash an agent echoed was not the current one).
     assignments: AtomicU64,
+    /// Heartbeats go over each agent's stream (not `--beat-calls`); beats answered on one, streams opened.
+    streams: bool,
+    streamed: AtomicU64,
+    streams_opened: AtomicU64,
     kept: Mutex<Vec<String>>,
     stop_beats: AtomicBool,
 }
@@ -525,13 +533,77 @@ async fn register_host(run: &Run, conn: usize, i: u32, disks: u32) -> Result<(f6
     Ok((t.elapsed().as_secs_f64() * 1000.0, resp.assignment_hash))
 }
 
-/// One heartbeat of agent `i` over connection `conn` holding assignment hash `held` (no retry: the next one
-/// is due an interval later). Returns the hash the agent holds after it, when it was answered.
-async fn beat(run: Arc<Run>, conn: usize, i: u32, held: String) -> Option<(u32, String)> {
+/// A simulated agent's open heartbeat stream (`HeartbeatStream`), as a real agent keeps one
+/// (`proto::client::BeatStream`), to the node it was opened on.
+struct AgentStream {
+    node: usize,
+    tx: tokio::sync::mpsc::Sender<api::HeartbeatRequest>,
+    rx: tonic::Streaming<api::HeartbeatResponse>,
+}
+
+/// Open agent `i`'s heartbeat stream on connection `conn`'s node; a refusal moves the fleet as a call's does.
+async fn open_stream(run: &Run, conn: usize) -> Option<AgentStream> {
     let (node, mut c) = run.fleet.client(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = tokio_stream::wrappers::ReceiverStream::new(rx);
+    match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat_stream(req)).await {
+        Ok(Ok(r)) => {
+            run.streams_opened.fetch_add(1, Ordering::Relaxed);
+            Some(AgentStream { node, tx, rx: r.into_inner() })
+        }
+        Ok(Err(s)) => {
+            run.fleet.not_leader(node, &s);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// One heartbeat of agent `i` over connection `conn` holding assignment hash `held` (no retry: the next one
+/// is due an interval later): over the agent's stream (opened if it has none, unless `--beat-calls`), and
+/// as one call when the stream cannot carry it, as a real agent does. Returns the agent, the hash it holds
+/// after it when it was answered, and its stream if still open.
+async fn beat(
+    run: Arc<Run>,
+    conn: usize,
+    i: u32,
+    held: String,
+    stream: Option<AgentStream>,
+) -> (u32, Option<String>, Option<AgentStream>) {
     let sent = run.secs();
     let t = Instant::now();
-    match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat(run.heartbeat(i, held))).await {
+    let req = run.heartbeat(i, held);
+    // A stream to a node the fleet no longer believes leads is dropped (its master ends it too).
+    let mut stream = stream.filter(|s| s.node == run.fleet.client(conn).0);
+    if stream.is_none() && run.streams {
+        stream = open_stream(&run, conn).await;
+    }
+    if let Some(st) = stream.as_mut() {
+        let exchange = async {
+            st.tx.send(req.clone()).await.ok()?;
+            match st.rx.message().await {
+                Ok(m) => m,
+                Err(s) => {
+                    run.fleet.not_leader(st.node, &s);
+                    None
+                }
+            }
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+            Ok(Some(r)) => {
+                lock(&run.beats).push(sent, t.elapsed().as_secs_f64() * 1000.0);
+                run.streamed.fetch_add(1, Ordering::Relaxed);
+                if r.assignment_included {
+                    run.assignments.fetch_add(1, Ordering::Relaxed);
+                }
+                return (i, Some(r.assignment_hash), stream);
+            }
+            // Ended, refused or timed out: this beat goes as a call; the next one opens a new stream.
+            _ => stream = None,
+        }
+    }
+    let (node, mut c) = run.fleet.client(conn);
+    match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat(req)).await {
         Ok(Ok(r)) => {
             let lat = t.elapsed().as_secs_f64() * 1000.0;
             lock(&run.beats).push(sent, lat);
@@ -539,7 +611,7 @@ async fn beat(run: Arc<Run>, conn: usize, i: u32, held: String) -> Option<(u32, 
             if r.assignment_included {
                 run.assignments.fetch_add(1, Ordering::Relaxed);
             }
-            return Some((i, r.assignment_hash));
+            return (i, Some(r.assignment_hash), stream);
         }
         Ok(Err(s)) => {
             run.fleet.not_leader(node, &s);
@@ -551,7 +623,7 @@ async fn beat(run: Arc<Run>, conn: usize, i: u32, held: String) -> Option<(u32, 
             run.error(format!("heartbeat {}: timed out after {CALL_TIMEOUT:?}", agent_id(i)))
         }
     }
-    None
+    (i, None, stream)
 }
 
 /// Each member's data dir: its size and its three largest top-level entries (the Raft/state database, the
@@ -761,6 +833,8 @@ async fn drive(
     let mut inflight = FuturesUnordered::new();
     // The assignment hash each agent of this connection holds (the last one a master answered).
     let mut held: HashMap<u32, String> = HashMap::new();
+    // The heartbeat stream each agent of this connection keeps open (none while one of its beats is out).
+    let mut streams: HashMap<u32, AgentStream> = HashMap::new();
     while !run.stop_beats.load(Ordering::Relaxed) {
         while regs.len() < reg_in_flight {
             let Some(i) = to_register.next() else { break };
@@ -781,6 +855,7 @@ async fn drive(
                     conn as usize,
                     i,
                     held.get(&i).cloned().unwrap_or_default(),
+                    streams.remove(&i),
                 )),
                 None => break,
             }
@@ -801,9 +876,12 @@ async fn drive(
                 }
                 Err(e) => failed.push(e),
             },
-            Some(answered) = inflight.next(), if !inflight.is_empty() => {
-                if let Some((i, hash)) = answered {
+            Some((i, hash, stream)) = inflight.next(), if !inflight.is_empty() => {
+                if let Some(hash) = hash {
                     held.insert(i, hash);
+                }
+                if let Some(st) = stream {
+                    streams.insert(i, st);
                 }
             }
             _ = tokio::time::sleep(wait) => {}
@@ -1501,6 +1579,9 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         errors: AtomicU64::new(0),
         beat_errors: Mutex::new(Samples::new(MAX_SAMPLES / 4)),
         assignments: AtomicU64::new(0),
+        streams: !a.beat_calls,
+        streamed: AtomicU64::new(0),
+        streams_opened: AtomicU64::new(0),
         kept: Mutex::new(Vec::new()),
         stop_beats: AtomicBool::new(false),
     });
@@ -1609,6 +1690,12 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // Nearly all of the phase's work is heartbeats (the findings are a few thousand against 600,000 beats
     // at 100,000 agents): its CPU per beat is what 10,000 beats/s cost the machine, both ends on it.
     print_cpu("phase 2", &cpu2, &cpu2_end, steady_beats, "heartbeat (findings included)");
+    println!(
+        "phase 2 heartbeat transport: {}; {} beats answered on streams, {} streams opened since the start",
+        if run.streams { "a stream per agent (calls when it cannot carry a beat)" } else { "single calls" },
+        run.streamed.load(Ordering::Relaxed),
+        run.streams_opened.load(Ordering::Relaxed)
+    );
     println!(
         "phase 2 findings: {} acknowledged ({} background WARNING, {} of a {burst_n}-disk ERROR burst) in \
          {reported_in:.1} s, {missed} not acknowledged",
@@ -1836,9 +1923,11 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // Phase 7 runs before phase 6 is printed: elections during the throughput phase count too.
     let t7 = run.secs();
     let cpu7 = cpu_mark(&res);
+    let streamed7 = run.streamed.load(Ordering::Relaxed);
     let (single, single_s, ack1) = throughput(&run, "single", SINGLE_CLIENTS, 1, a.throughput_seconds).await;
     let cpu7_half = cpu_mark(&res);
     let t7_half = run.secs();
+    let streamed7_half = run.streamed.load(Ordering::Relaxed);
     // Halfway through the batched phase (the most changes per second), list the disks in ERROR from the
     // leader: its index of the objects out of GOOD is then furthest behind.
     let leader7 = cluster.wait_leader(READY_TIMEOUT).await;
@@ -1855,6 +1944,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         throughput(&run, "batch", BATCH_AGENTS, BATCH_SIZE, a.throughput_seconds).await;
     let cpu7_end = cpu_mark(&res);
     let t7_end = run.secs();
+    let streamed7_end = run.streamed.load(Ordering::Relaxed);
     match storm_listing.await {
         Ok(Some((listed, pages))) => println!(
             "phase 7 listing from the leader halfway through the batched phase: state=ERROR {}; leader's pages \
@@ -1875,9 +1965,12 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     );
     // The machine's CPU per finding in each half, heartbeats included (they go on at the phase 2 rate).
     println!(
-        "phase 7 heartbeats meanwhile: {} beats in the single half, {} in the batched half",
+        "phase 7 heartbeats meanwhile: {} beats in the single half, {} in the batched half ({} and {} answered \
+         on streams)",
         run.beats_between(t7, t7_half).len(),
-        run.beats_between(t7_half, t7_end).len()
+        run.beats_between(t7_half, t7_end).len(),
+        streamed7_half - streamed7,
+        streamed7_end - streamed7_half
     );
     print_cpu(
         "phase 7 single-finding half:",
@@ -2275,6 +2368,7 @@ mod tests {
             skip_kills: false,
             data_dir: None,
             cache_mb: None,
+            beat_calls: false,
         };
         assert!(ok.check().is_ok());
         assert_eq!(ok.disks(), 12);
@@ -2317,6 +2411,7 @@ mod tests {
             skip_kills: a.skip_kills,
             data_dir: a.data_dir.clone(),
             cache_mb: a.cache_mb,
+            beat_calls: a.beat_calls,
         }
     }
 }

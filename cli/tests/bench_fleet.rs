@@ -77,6 +77,11 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         .collect();
     let (acked, carrying) = (nums[0], nums[2]);
     assert!(acked > 0 && carrying * 2 < acked, "{over_run}");
+    // The simulated agents beat over their streams, as real agents do: one stream each.
+    let transport = stdout.lines().find(|l| l.starts_with("phase 2 heartbeat transport: ")).expect("line");
+    assert!(transport.contains("a stream per agent"), "{transport}");
+    let n: Vec<u64> = transport.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    assert!(n.len() >= 3 && n[n.len() - 2] > 0 && n[n.len() - 1] >= 60, "{transport}");
     // The burst covered every disk (60 hosts x 12) and the watcher saw each one's transition.
     assert!(stdout.contains("720 of a 720-disk ERROR burst"), "{stdout}");
     // The leader lists the disks in ERROR from its index of the objects out of GOOD.

@@ -108,7 +108,7 @@ pub fn grpc_need(path: &str) -> Need {
         | "ListAgents" | "ListCatalog" | "RolloutStatus" | "Summary" | "NetSuspects" | "NetMatrix"
         | "NetPath" | "NetTopology" => Need::Read,
         "Ingest" => Need::AgentOrOperator,
-        "Heartbeat" | "Register" | "FetchArtifact" => Need::Agent,
+        "Heartbeat" | "HeartbeatStream" | "Register" | "FetchArtifact" => Need::Agent,
         "Command" => Need::Command,
         "SetLevel"
         | "Release"
@@ -423,6 +423,7 @@ mod tests {
         assert_eq!(rest_need(&Method::GET, "/api/v1/summary"), Read);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/Ingest"), AgentOrOperator);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/Heartbeat"), Agent);
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/HeartbeatStream"), Agent, "a stream of heartbeats");
         assert_eq!(grpc_need("/huatuo.api.v1.Master/SetLevel"), Operate);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/SomethingNew"), Operate, "unknown methods need operator");
         assert_eq!(grpc_need("/other.Service/ListObjects"), Operate);

@@ -96,6 +96,15 @@ pub struct MasterConfig {
     /// RESOURCE_EXHAUSTED / HTTP 429. Default `api::watch::MAX_WATCHES`.
     #[serde(default = "default_max_watches")]
     pub max_watches: usize,
+    /// Most heartbeat streams this node serves at once (one per agent); one more is refused with
+    /// RESOURCE_EXHAUSTED and that agent beats one call at a time. 0: no streams. Default
+    /// `api::heartbeats::MAX_HEARTBEAT_STREAMS`.
+    #[serde(default = "default_max_heartbeat_streams")]
+    pub max_heartbeat_streams: usize,
+    /// A heartbeat stream ends cleanly after its first beat past this age, and the agent opens another
+    /// (its token is checked again then). Default 600,000 (10 minutes); at least 1,000.
+    #[serde(default = "default_heartbeat_stream_max_age_ms")]
+    pub heartbeat_stream_max_age_ms: u64,
     /// Play a binary that knows command versions up to this one only (1..=the binary's own): to rehearse a
     /// rolling upgrade, and in tests of the upgrade refusals. Default: what the binary knows.
     #[serde(default)]
@@ -126,6 +135,14 @@ fn default_auto_upgrade() -> bool {
 
 fn default_max_watches() -> usize {
     crate::api::watch::MAX_WATCHES
+}
+
+fn default_max_heartbeat_streams() -> usize {
+    crate::api::heartbeats::MAX_HEARTBEAT_STREAMS
+}
+
+fn default_heartbeat_stream_max_age_ms() -> u64 {
+    crate::api::heartbeats::HEARTBEAT_STREAM_MAX_AGE.as_millis() as u64
 }
 
 /// How a master protects its ports.
@@ -240,6 +257,8 @@ pub struct Resolved {
     pub tickets: crate::tickets::TicketsConfig,
     pub security: Security,
     pub max_watches: usize,
+    pub max_heartbeat_streams: usize,
+    pub heartbeat_stream_max_age: Duration,
     /// The newest command version this node knows (decodes, applies, reports to its peers).
     pub knows_command_version: u32,
     pub auto_upgrade: bool,
@@ -350,6 +369,15 @@ impl MasterConfig {
                 why: "",
             });
         }
+        if self.max_heartbeat_streams > crate::api::heartbeats::MAX_HEARTBEAT_STREAMS_CEILING {
+            return Err(ConfigError::OutOfRange {
+                what: "max_heartbeat_streams",
+                value: self.max_heartbeat_streams as u64,
+                min: 0,
+                max: crate::api::heartbeats::MAX_HEARTBEAT_STREAMS_CEILING as u64,
+                why: "",
+            });
+        }
         let knows = crate::model::COMMAND_VERSION;
         let knows_command_version = match self.knows_command_version {
             None => knows,
@@ -392,6 +420,8 @@ impl MasterConfig {
             policy: self.policy.clone(),
             tickets: self.tickets.clone(),
             max_watches: self.max_watches,
+            max_heartbeat_streams: self.max_heartbeat_streams,
+            heartbeat_stream_max_age: Duration::from_millis(self.heartbeat_stream_max_age_ms.max(1000)),
             knows_command_version,
             auto_upgrade: self.auto_upgrade,
             canary: self.canary.clone(),

@@ -59,6 +59,113 @@ fn idempotency_key(md: &tonic::metadata::MetadataMap) -> Result<Option<String>, 
 
 type WatchStreamBox = Pin<Box<dyn Stream<Item = Result<api::WatchResponse, Status>> + Send + 'static>>;
 
+/// One heartbeat, answered as the unary call and every beat of a stream answer it.
+async fn beat(svc: &Service, req: api::HeartbeatRequest) -> Result<api::HeartbeatResponse, Status> {
+    // The request's strings are moved where they go, never copied: a known agent's steady beat
+    // allocates nothing between the decoded request and the reply (`tests/catalog_api.rs`,
+    // `a_known_agents_steady_beat_allocates_nothing`).
+    let api::HeartbeatRequest {
+        agent,
+        host,
+        version,
+        started_ms,
+        checkers,
+        outbox_entries,
+        outbox_dropped,
+        runs,
+        assignment_hash,
+        probe_addr,
+        net,
+    } = req;
+    // Network reports are checked before anything is touched: a bad one refuses the whole beat.
+    let reports = crate::net::reports::check_reports(&host, started_ms, &net).map_err(Status::from)?;
+    crate::api::validate::probe_addr(&probe_addr).map_err(Status::from)?;
+    let info = HeartbeatInfo {
+        version,
+        started_ms,
+        checkers,
+        outbox_entries,
+        outbox_dropped,
+        // The wire and view runs have the same fields: collected in place, in the request's own buffer.
+        runs: runs.into_iter().map(convert::run_from_wire).collect(),
+        assignment_hash,
+    };
+    let (revision, held) = svc.heartbeat(&agent, &host, info).await.map_err(Status::from)?;
+    let actions =
+        svc.actions_for(&host).await.map_err(Status::from)?.into_iter().map(convert::order_to_wire).collect();
+    let (hash, assignment) = svc.assignment_for_beat(&host, held).map_err(Status::from)?;
+    let included = assignment.is_some();
+    let peers = svc.net_beat(&agent, &host, &probe_addr, &reports).map_err(Status::from)?;
+    Ok(api::HeartbeatResponse {
+        revision,
+        actions,
+        assignment: assignment.iter().flatten().map(convert::assignment_to_wire).collect(),
+        assignment_hash: hash,
+        assignment_included: included,
+        peers: crate::net::wire::peers_to_wire(peers),
+        // Read last, right before the answer leaves: the agent sets it against the middle of its call.
+        master_time_ms: crate::api::now_ms(),
+    })
+}
+
+type BeatStreamBox = Pin<Box<dyn Stream<Item = Result<api::HeartbeatResponse, Status>> + Send + 'static>>;
+
+/// One agent's heartbeat stream: each beat read is answered by [`beat`], one at a time, in order.
+struct BeatStream {
+    svc: Arc<Service>,
+    inbound: tonic::Streaming<api::HeartbeatRequest>,
+    /// The (agent, host) of the first beat: the only one this stream carries.
+    agent: Option<(String, String)>,
+    opened: std::time::Instant,
+    /// The last item was an error, or the stream reached its age: end.
+    done: bool,
+    _slot: crate::api::heartbeats::StreamSlot,
+}
+
+impl BeatStream {
+    /// The answer to the next beat, or the end: the agent closed its side or went away (nothing to
+    /// answer), it sent no beat for `heartbeat_stream_idle` (UNAVAILABLE), a beat was refused (its error,
+    /// then the end: NOT_LEADER when this node no longer leads), or the beat before reached
+    /// `heartbeat_stream_max_age` (a clean end after its answer).
+    async fn next(mut self) -> Option<(Result<api::HeartbeatResponse, Status>, Self)> {
+        if self.done {
+            return None;
+        }
+        let idle = self.svc.heartbeat_stream_idle();
+        let req = match tokio::time::timeout(idle, self.inbound.message()).await {
+            Err(_) => {
+                self.done = true;
+                let e = ApiError::unavailable(format!("no heartbeat on this stream for {idle:?}: closed"));
+                return Some((Err(Status::from(e)), self));
+            }
+            Ok(Ok(Some(req))) => req,
+            Ok(Ok(None) | Err(_)) => return None,
+        };
+        let res = match &self.agent {
+            Some((agent, host)) if *agent != req.agent || *host != req.host => {
+                Err(Status::from(ApiError::invalid(format!(
+                    "a heartbeat stream carries one agent: opened by {agent} on {host}, got {} on {}",
+                    req.agent, req.host
+                ))))
+            }
+            _ => {
+                let first = self.agent.is_none().then(|| (req.agent.clone(), req.host.clone()));
+                // Boxed: the stream waits for its next beat far longer than it answers one, and an
+                // unboxed beat would size that wait (held per agent) by the beat's own state.
+                let res = Box::pin(beat(&self.svc, req)).await;
+                if res.is_ok()
+                    && let Some(a) = first
+                {
+                    self.agent = Some(a);
+                }
+                res
+            }
+        };
+        self.done = res.is_err() || self.opened.elapsed() >= self.svc.heartbeat_stream_max_age();
+        Some((res, self))
+    }
+}
+
 #[tonic::async_trait]
 impl Master for GrpcApi {
     async fn ingest(
@@ -102,57 +209,25 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::HeartbeatRequest>,
     ) -> Result<Response<api::HeartbeatResponse>, Status> {
-        // The request's strings are moved where they go, never copied: a known agent's steady beat
-        // allocates nothing between the decoded request and the reply (`tests/catalog_api.rs`,
-        // `a_known_agents_steady_beat_allocates_nothing`).
-        let api::HeartbeatRequest {
-            agent,
-            host,
-            version,
-            started_ms,
-            checkers,
-            outbox_entries,
-            outbox_dropped,
-            runs,
-            assignment_hash,
-            probe_addr,
-            net,
-        } = req.into_inner();
-        // Network reports are checked before anything is touched: a bad one refuses the whole beat.
-        let reports = crate::net::reports::check_reports(&host, started_ms, &net).map_err(Status::from)?;
-        crate::api::validate::probe_addr(&probe_addr).map_err(Status::from)?;
-        let info = HeartbeatInfo {
-            version,
-            started_ms,
-            checkers,
-            outbox_entries,
-            outbox_dropped,
-            // The wire and view runs have the same fields: collected in place, in the request's own buffer.
-            runs: runs.into_iter().map(convert::run_from_wire).collect(),
-            assignment_hash,
+        beat(&self.svc, req.into_inner()).await.map(Response::new)
+    }
+
+    type HeartbeatStreamStream = BeatStreamBox;
+
+    async fn heartbeat_stream(
+        &self,
+        req: Request<tonic::Streaming<api::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStreamStream>, Status> {
+        let slot = self.svc.open_heartbeat_stream().map_err(Status::from)?;
+        let state = BeatStream {
+            svc: Arc::clone(&self.svc),
+            inbound: req.into_inner(),
+            agent: None,
+            opened: std::time::Instant::now(),
+            done: false,
+            _slot: slot,
         };
-        let (revision, held) = self.svc.heartbeat(&agent, &host, info).await.map_err(Status::from)?;
-        let actions = self
-            .svc
-            .actions_for(&host)
-            .await
-            .map_err(Status::from)?
-            .into_iter()
-            .map(convert::order_to_wire)
-            .collect();
-        let (hash, assignment) = self.svc.assignment_for_beat(&host, held).map_err(Status::from)?;
-        let included = assignment.is_some();
-        let peers = self.svc.net_beat(&agent, &host, &probe_addr, &reports).map_err(Status::from)?;
-        Ok(Response::new(api::HeartbeatResponse {
-            revision,
-            actions,
-            assignment: assignment.iter().flatten().map(convert::assignment_to_wire).collect(),
-            assignment_hash: hash,
-            assignment_included: included,
-            peers: crate::net::wire::peers_to_wire(peers),
-            // Read last, right before the answer leaves: the agent sets it against the middle of its call.
-            master_time_ms: crate::api::now_ms(),
-        }))
+        Ok(Response::new(Box::pin(futures::stream::unfold(state, BeatStream::next))))
     }
 
     async fn push_artifact(

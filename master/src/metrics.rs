@@ -184,6 +184,23 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         "Watch streams refused because this node served its limit (RESOURCE_EXHAUSTED / HTTP 429)",
         ConstCounter::new(svc.watches_refused()),
     );
+    let streams = svc.heartbeat_streams();
+    reg.register("heartbeat_streams", "Open heartbeat streams on this node", gauge(streams.open as u64));
+    reg.register(
+        "heartbeat_streams_max",
+        "Most heartbeat streams this node serves at once (max_heartbeat_streams)",
+        gauge(svc.max_heartbeat_streams() as u64),
+    );
+    reg.register(
+        "heartbeat_streams_opened",
+        "Heartbeat streams opened on this node",
+        ConstCounter::new(streams.opened),
+    );
+    reg.register(
+        "heartbeat_streams_refused",
+        "Heartbeat streams refused because this node served its limit (RESOURCE_EXHAUSTED)",
+        ConstCounter::new(streams.refused),
+    );
     reg.register(
         "knows_command_version",
         "The newest command version this node's binary knows",

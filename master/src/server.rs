@@ -213,6 +213,8 @@ pub async fn serve(
             agent_silent_after: cfg.agent_silent_after,
             policy: cfg.policy.clone(),
             max_watches: cfg.max_watches,
+            max_heartbeat_streams: cfg.max_heartbeat_streams,
+            heartbeat_stream_max_age: cfg.heartbeat_stream_max_age,
             knows_command_version: cfg.knows_command_version,
             auto_upgrade: cfg.auto_upgrade,
         },

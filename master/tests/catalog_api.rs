@@ -5,21 +5,18 @@
 //! an artifact it is not assigned) is refused with the same code over gRPC and REST and changes nothing;
 //! heartbeats carry the assignment only when its hash changed; fetches are chunked and resumable.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use master::api::{Service, ServiceConfig};
+use common::{LIVENESS_BOUND, Master};
 use master::catalog::{CHUNK_BYTES, MAX_ARTIFACT_BYTES, sha256_hex};
-use master::fsm::MasterFsm;
 use master::grpc::GrpcApi;
-use master::raft::{RaftConfig, RaftNode, Role};
-use master::sm_seam::Policy;
 use master::store::Reader;
 use proto::api;
 use proto::error::{ApiError, Code};
@@ -76,18 +73,8 @@ fn allocations_of<T>(f: impl FnOnce() -> T) -> (u64, T) {
     (ALLOCATIONS.load(Ordering::Relaxed) - before, out)
 }
 
-/// Upper bound for a single node to elect itself, enable the catalog and seed it (a few duty rounds).
-const LIVENESS_BOUND: Duration = Duration::from_secs(60);
 /// Longest wait for one HTTP answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
-
-struct Master {
-    _dir: tempfile::TempDir,
-    svc: Arc<Service>,
-    db: Arc<redb::Database>,
-    rest: String,
-    grpc: String,
-}
 
 async fn start() -> Master {
     start_with(true).await
@@ -100,59 +87,13 @@ const LAST_JSON_VERSION: u32 = master::model::BINARY_ENTRY_VERSION - 1;
 /// A single-node master; with `auto_upgrade` off the test raises `min_command_version` itself (once, to
 /// [`LAST_JSON_VERSION`]) so the leader never raises it behind the test's back afterwards.
 async fn start_with(auto_upgrade: bool) -> Master {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let cfg = RaftConfig {
-        id: 1,
-        peers: BTreeMap::from([(1, peer.to_string())]),
-        data_dir: dir.path().to_path_buf(),
-        tick: Duration::from_millis(20),
-        election_ticks: 10,
-        max_election_ticks: 0,
-        heartbeat_ticks: 2,
-        snapshot_every: 0,
-        join: false,
-    };
-    let (fsm, revision) = MasterFsm::new(Policy::default());
-    let stats = fsm.stats();
-    let (raft, db) = RaftNode::start(cfg, fsm).await.expect("start raft");
-    let deadline = Instant::now() + LIVENESS_BOUND;
-    while raft.status().role != Role::Leader {
-        assert!(Instant::now() < deadline, "never leader: {:?}", raft.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-    let (grpc, rest) =
-        (grpc_l.local_addr().expect("addr").to_string(), http_l.local_addr().expect("addr").to_string());
-    let svc = Service::start(
-        raft,
-        db.clone(),
-        revision,
-        stats,
-        ServiceConfig {
-            grpc_addr: grpc.clone(),
-            http_addr: rest.clone(),
-            agent_silent_after: Duration::from_secs(60),
-            policy: Policy::default(),
-            max_watches: master::api::watch::MAX_WATCHES,
-            knows_command_version: master::model::COMMAND_VERSION,
-            auto_upgrade,
-        },
-    );
+    let m = common::start(|c| c.auto_upgrade = auto_upgrade).await;
     if !auto_upgrade {
-        svc.set_min_command_version(LAST_JSON_VERSION, "ops", "test: every member knows it")
+        m.svc
+            .set_min_command_version(LAST_JSON_VERSION, "ops", "test: every member knows it")
             .await
             .expect("raise");
     }
-    let g = GrpcApi::new(svc.clone());
-    tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_l);
-        tonic::transport::Server::builder().add_service(g).serve_with_incoming(incoming).await
-    });
-    let router = master::http::router(svc.clone());
-    tokio::spawn(async move { axum::serve(http_l, router).await });
-    let m = Master { _dir: dir, svc, db, rest, grpc };
     // The leader raises min_command_version to 4 and seeds the catalog by itself.
     let deadline = Instant::now() + LIVENESS_BOUND;
     while reader(&m).catalog("kernel-log").expect("read").is_none() {

@@ -5,83 +5,22 @@
 //! anything is proposed. Until the cluster enabled command version 3 (`POST /api/v1/min-command-version`)
 //! a key is ignored (documented).
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use master::api::{Service, ServiceConfig};
-use master::fsm::MasterFsm;
-use master::grpc::GrpcApi;
-use master::raft::{RaftConfig, RaftNode, Role};
-use master::sm_seam::Policy;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::Master;
 use master::store::Reader;
 use proto::api;
 use serde_json::{Value, json};
 
 /// Upper bound for a single node to elect itself (it takes well under a second).
-const LIVENESS_BOUND: Duration = Duration::from_secs(60);
 /// Longest wait for one HTTP answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 
-struct Master {
-    _dir: tempfile::TempDir,
-    /// Kept so the node's background tasks outlive every request of the test.
-    _svc: Arc<Service>,
-    db: Arc<redb::Database>,
-    rest: String,
-    grpc: String,
-}
-
 async fn start() -> Master {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let cfg = RaftConfig {
-        id: 1,
-        peers: BTreeMap::from([(1, peer.to_string())]),
-        data_dir: dir.path().to_path_buf(),
-        tick: Duration::from_millis(20),
-        election_ticks: 10,
-        max_election_ticks: 0,
-        heartbeat_ticks: 2,
-        snapshot_every: 0,
-        join: false,
-    };
-    let (fsm, revision) = MasterFsm::new(Policy::default());
-    let stats = fsm.stats();
-    let (raft, db) = RaftNode::start(cfg, fsm).await.expect("start raft");
-    let deadline = Instant::now() + LIVENESS_BOUND;
-    while raft.status().role != Role::Leader {
-        assert!(Instant::now() < deadline, "never leader: {:?}", raft.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-    let (grpc, rest) =
-        (grpc_l.local_addr().expect("addr").to_string(), http_l.local_addr().expect("addr").to_string());
-    let svc = Service::start(
-        raft,
-        db.clone(),
-        revision,
-        stats,
-        ServiceConfig {
-            grpc_addr: grpc.clone(),
-            http_addr: rest.clone(),
-            agent_silent_after: Duration::from_secs(60),
-            policy: Policy::default(),
-            max_watches: master::api::watch::MAX_WATCHES,
-            knows_command_version: master::model::COMMAND_VERSION,
-            auto_upgrade: false,
-        },
-    );
-    let g = GrpcApi::new(svc.clone());
-    tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_l);
-        tonic::transport::Server::builder().add_service(g).serve_with_incoming(incoming).await
-    });
-    let router = master::http::router(svc.clone());
-    tokio::spawn(async move { axum::serve(http_l, router).await });
-    Master { _dir: dir, _svc: svc, db, rest, grpc }
+    common::start(|c| c.auto_upgrade = false).await
 }
 
 /// Findings carry the time the test started (version 2 refuses findings older than 30 days), the same in
@@ -397,7 +336,7 @@ async fn rest_responses_carry_a_never_indexed_date() {
     let m = start().await;
     for path in ["/healthz", "/api/v1/no-such-route"] {
         let req = axum::http::Request::get(path).body(axum::body::Body::empty()).expect("request");
-        let res = master::http::router(m._svc.clone()).oneshot(req).await.expect("infallible");
+        let res = master::http::router(m.svc.clone()).oneshot(req).await.expect("infallible");
         let date = res.headers().get(axum::http::header::DATE).unwrap_or_else(|| panic!("{path}: no date"));
         assert!(date.is_sensitive(), "{path}: {date:?}");
     }

@@ -4,88 +4,29 @@
 //! whose stored bytes no longer hash to its sha256 is never used: the leader counts it in
 //! `huatuo_master_net_topology_load_failures_total`, shows why, and localises as with no topology.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use master::api::{Service, ServiceConfig};
+use common::{LIVENESS_BOUND, Master};
 use master::catalog::sha256_hex;
-use master::fsm::MasterFsm;
-use master::grpc::GrpcApi;
-use master::raft::{RaftConfig, RaftNode, Role};
-use master::sm_seam::Policy;
 use master::store::Reader;
 use proto::api;
 use serde_json::{Value, json};
 
 /// Upper bound for a single node to elect itself and enable command version 7 (a few duty rounds).
-const LIVENESS_BOUND: Duration = Duration::from_secs(60);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 
-struct Master {
-    _dir: tempfile::TempDir,
-    _svc: Arc<Service>,
-    db: Arc<redb::Database>,
-    rest: String,
-    grpc: String,
-}
-
 async fn start() -> Master {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let cfg = RaftConfig {
-        id: 1,
-        peers: BTreeMap::from([(1, peer.to_string())]),
-        data_dir: dir.path().to_path_buf(),
-        tick: Duration::from_millis(20),
-        election_ticks: 10,
-        max_election_ticks: 0,
-        heartbeat_ticks: 2,
-        snapshot_every: 0,
-        join: false,
-    };
-    let (fsm, revision) = MasterFsm::new(Policy::default());
-    let stats = fsm.stats();
-    let (raft, db) = RaftNode::start(cfg, fsm).await.expect("start raft");
+    let m = common::start(|_| {}).await;
     let deadline = Instant::now() + LIVENESS_BOUND;
-    while raft.status().role != Role::Leader {
-        assert!(Instant::now() < deadline, "never leader: {:?}", raft.status());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-    let http_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http");
-    let (grpc, rest) =
-        (grpc_l.local_addr().expect("addr").to_string(), http_l.local_addr().expect("addr").to_string());
-    let svc = Service::start(
-        raft,
-        db.clone(),
-        revision,
-        stats.clone(),
-        ServiceConfig {
-            grpc_addr: grpc.clone(),
-            http_addr: rest.clone(),
-            agent_silent_after: Duration::from_secs(60),
-            policy: Policy::default(),
-            max_watches: master::api::watch::MAX_WATCHES,
-            knows_command_version: master::model::COMMAND_VERSION,
-            auto_upgrade: true,
-        },
-    );
-    let g = GrpcApi::new(svc.clone());
-    tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_l);
-        tonic::transport::Server::builder().add_service(g).serve_with_incoming(incoming).await
-    });
-    let router = master::http::router(svc.clone());
-    tokio::spawn(async move { axum::serve(http_l, router).await });
-    let deadline = Instant::now() + LIVENESS_BOUND;
-    while stats.min_command_version() < master::model::TOPOLOGY_COMMAND_VERSION {
+    while m.stats.min_command_version() < master::model::TOPOLOGY_COMMAND_VERSION {
         assert!(Instant::now() < deadline, "command version 7 was never enabled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Master { _dir: dir, _svc: svc, db, rest, grpc }
+    m
 }
 
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {

@@ -170,6 +170,12 @@ impl Client {
         Ok(c)
     }
 
+    /// A connection to the current address (connecting if there is none), for a caller that drives a
+    /// stream itself (an agent's [`BeatStream`]); it follows no redirect: [`Client::call`] does that.
+    pub async fn channel(&mut self) -> Result<GrpcClient<Conn>, ApiError> {
+        self.connect(CONNECT_TIMEOUT).await
+    }
+
     fn next_addr(&mut self) {
         self.conn = None;
         if !self.addrs.is_empty() {
@@ -284,6 +290,143 @@ impl Client {
             _ => format!("gave up after {} attempts: {}{hint}{from}", self.max_attempts, last.message),
         };
         Err(ApiError::new(last.code, msg))
+    }
+}
+
+/// After the master refused a heartbeat stream (UNIMPLEMENTED: a master from before streams;
+/// RESOURCE_EXHAUSTED: at its `max_heartbeat_streams`), beat with calls this long before trying again.
+pub const BEAT_STREAM_RETRY: Duration = Duration::from_secs(300);
+
+/// An agent's heartbeats over one long-lived `HeartbeatStream` (no new HTTP/2 stream per beat: about half
+/// the CPU of a beat on the leader), falling back to one `Heartbeat` call through [`Client::call`]
+/// (redirects, retries) for any beat the stream cannot carry: when none can be opened, when the master
+/// ended it (NOT_LEADER, its age, idle) or it broke, or when an answer takes longer than the client's
+/// `call_timeout`. The next beat opens a new one, at the client's current address (where the call's
+/// redirect left it).
+#[derive(Default)]
+pub struct BeatStream {
+    open: Option<OpenBeatStream>,
+    /// Beat with calls only until then (the master refused a stream).
+    calls_until: Option<std::time::Instant>,
+    stats: BeatStreamStats,
+}
+
+/// What [`BeatStream`] did since it was made.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BeatStreamStats {
+    /// Streams opened.
+    pub opened: u64,
+    /// Beats answered on a stream.
+    pub streamed: u64,
+    /// Beats sent as a call (no stream, or the stream could not carry them).
+    pub called: u64,
+    /// Streams the master refused (UNIMPLEMENTED, RESOURCE_EXHAUSTED): calls for [`BEAT_STREAM_RETRY`].
+    pub refused: u64,
+}
+
+struct OpenBeatStream {
+    tx: tokio::sync::mpsc::Sender<crate::api::HeartbeatRequest>,
+    rx: tonic::Streaming<crate::api::HeartbeatResponse>,
+    /// It answered a beat: a clean end later is its age, worth one new stream for the same beat.
+    answered: bool,
+}
+
+/// Why a beat did not go over the stream.
+enum StreamMiss {
+    /// Ended without an error after answering beats (the master's age limit): open another at once.
+    Ended,
+    /// Anything else: this beat goes as a call.
+    Failed,
+}
+
+impl BeatStream {
+    pub fn stats(&self) -> BeatStreamStats {
+        self.stats
+    }
+
+    /// One heartbeat: over the stream when it can, else one call.
+    pub async fn beat(
+        &mut self,
+        client: &mut Client,
+        req: crate::api::HeartbeatRequest,
+    ) -> Result<crate::api::HeartbeatResponse, ApiError> {
+        for _ in 0..2 {
+            match self.over_stream(client, &req).await {
+                Ok(resp) => {
+                    self.stats.streamed += 1;
+                    return Ok(resp);
+                }
+                Err(StreamMiss::Ended) => continue,
+                Err(StreamMiss::Failed) => break,
+            }
+        }
+        self.stats.called += 1;
+        client.call(req, |mut c, r| async move { c.heartbeat(r).await }).await
+    }
+
+    async fn over_stream(
+        &mut self,
+        client: &mut Client,
+        req: &crate::api::HeartbeatRequest,
+    ) -> Result<crate::api::HeartbeatResponse, StreamMiss> {
+        if self.calls_until.is_some_and(|t| std::time::Instant::now() < t) {
+            return Err(StreamMiss::Failed);
+        }
+        if self.open.is_none() {
+            self.open = Some(self.open_stream(client).await?);
+        }
+        let open = self.open.as_mut().ok_or(StreamMiss::Failed)?;
+        let answered = open.answered;
+        let exchange = async {
+            if open.tx.send(req.clone()).await.is_err() {
+                return Err(StreamMiss::Ended);
+            }
+            match open.rx.message().await {
+                Ok(Some(resp)) => Ok(resp),
+                Ok(None) => Err(StreamMiss::Ended),
+                Err(_) => Err(StreamMiss::Failed),
+            }
+        };
+        let res = match tokio::time::timeout(client.call_timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(StreamMiss::Failed),
+        };
+        match res {
+            Ok(resp) => {
+                open.answered = true;
+                Ok(resp)
+            }
+            Err(miss) => {
+                self.open = None;
+                // A stream that never answered and ends at once is not worth a second try.
+                Err(if answered { miss } else { StreamMiss::Failed })
+            }
+        }
+    }
+
+    async fn open_stream(&mut self, client: &mut Client) -> Result<OpenBeatStream, StreamMiss> {
+        let mut c = client.channel().await.map_err(|_| StreamMiss::Failed)?;
+        // One beat in flight at a time: the channel holds the one being sent.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let opened = tokio::time::timeout(
+            client.call_timeout,
+            c.heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await;
+        match opened {
+            Ok(Ok(resp)) => {
+                self.stats.opened += 1;
+                Ok(OpenBeatStream { tx, rx: resp.into_inner(), answered: false })
+            }
+            Ok(Err(s)) => {
+                if matches!(s.code(), tonic::Code::Unimplemented | tonic::Code::ResourceExhausted) {
+                    self.stats.refused += 1;
+                    self.calls_until = Some(std::time::Instant::now() + BEAT_STREAM_RETRY);
+                }
+                Err(StreamMiss::Failed)
+            }
+            Err(_) => Err(StreamMiss::Failed),
+        }
     }
 }
 

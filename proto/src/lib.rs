@@ -2,6 +2,7 @@
 //! domain types and back.
 
 pub mod client;
+pub mod codec;
 pub mod convert;
 pub mod error;
 pub mod shutdown;

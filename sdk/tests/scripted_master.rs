@@ -85,6 +85,7 @@ fn object(id: &str, state: &str, rack: &str, waiting: bool) -> api::Object {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<api::WatchResponse, Status>> + Send + 'static>>;
+type BeatStream = Pin<Box<dyn Stream<Item = Result<api::HeartbeatResponse, Status>> + Send + 'static>>;
 
 fn unimplemented<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented("not scripted"))
@@ -93,6 +94,7 @@ fn unimplemented<T>() -> Result<Response<T>, Status> {
 #[tonic::async_trait]
 impl Master for Fake {
     type WatchStream = WatchStream;
+    type HeartbeatStreamStream = BeatStream;
 
     async fn watch(&self, req: Request<api::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let req = req.into_inner();
@@ -239,6 +241,12 @@ impl Master for Fake {
         &self,
         _: Request<api::HeartbeatRequest>,
     ) -> Result<Response<api::HeartbeatResponse>, Status> {
+        unimplemented()
+    }
+    async fn heartbeat_stream(
+        &self,
+        _: Request<tonic::Streaming<api::HeartbeatRequest>>,
+    ) -> Result<Response<BeatStream>, Status> {
         unimplemented()
     }
     async fn register(

@@ -261,6 +261,8 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
     })
     .await;
     assert!(ok, "first finding never arrived");
+    // Its heartbeats go over a stream (`HeartbeatStream`), not a call each.
+    let streamed_before = wait_for_metric(agent_port, "huatuo_agent_heartbeats_streamed", 1).await;
 
     // Every master down (kill -9: no goodbye), findings keep coming.
     for id in cluster.running() {
@@ -303,6 +305,10 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
     })
     .await;
     assert!(flushed, "outbox never drained");
+    // The stream broke with the masters; heartbeats went on as calls, then over a new stream to the new
+    // leader.
+    wait_for_metric(agent_port, "huatuo_agent_heartbeats_streamed", streamed_before + 2).await;
+    assert!(metric(agent_port, "huatuo_agent_heartbeats_called").is_some_and(|n| n >= 1));
     let o = object(&mut client, "disk/outage-1/sdc").await.unwrap();
     for w in &want {
         let n = o
@@ -312,6 +318,20 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
             .count();
         assert_eq!(n, 1, "{w}: {n} history entries, expected exactly one:\n{:#?}", o.history);
     }
+}
+
+/// A counter of the agent's /metrics (`NAME_total` as the exporter names counters), if it answers.
+fn metric(port: u16, name: &str) -> Option<u64> {
+    let body = http_get(port, "/metrics");
+    let prefix = format!("{name}_total ");
+    body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+/// Wait until the agent's counter `name` reaches `at_least`; returns its value then.
+async fn wait_for_metric(port: u16, name: &str, at_least: u64) -> u64 {
+    let reached = wait_until(DELIVERY, || async move { metric(port, name).is_some_and(|n| n >= at_least) });
+    assert!(reached.await, "{name} never reached {at_least}: {:?}", metric(port, name));
+    metric(port, name).unwrap_or_default()
 }
 
 /// A plain HTTP GET on loopback; empty on any failure (the caller polls).

@@ -54,6 +54,8 @@ async fn start_node(agent_silent_after: Duration) -> Node {
             agent_silent_after,
             policy: Policy::default(),
             max_watches: master::api::watch::MAX_WATCHES,
+            max_heartbeat_streams: master::api::heartbeats::MAX_HEARTBEAT_STREAMS,
+            heartbeat_stream_max_age: master::api::heartbeats::HEARTBEAT_STREAM_MAX_AGE,
             knows_command_version: master::model::COMMAND_VERSION,
             auto_upgrade: false,
         },

@@ -33,6 +33,40 @@ pub const LIVENESS_QUEUE: usize = 16_384;
 /// next batch, which grew meanwhile): the proposer packs them into entries of `MAX_CMDS_PER_ENTRY`.
 pub const MAX_LIVENESS_BATCH: usize = 1024;
 
+/// Most heartbeat streams one node serves at once unless configured (`max_heartbeat_streams`): one for
+/// each agent the leader can track.
+pub const MAX_HEARTBEAT_STREAMS: usize = MAX_TRACKED_AGENTS;
+/// The largest `max_heartbeat_streams` a config may ask for.
+pub const MAX_HEARTBEAT_STREAMS_CEILING: usize = 1_000_000;
+/// A heartbeat stream ends cleanly (OK) after its first beat past this age unless configured
+/// (`heartbeat_stream_max_age_ms`), and the agent opens a new one: its credentials are checked again.
+pub const HEARTBEAT_STREAM_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The node's heartbeat streams: open now, opened and refused since start (`/metrics`).
+#[derive(Default)]
+pub struct StreamCount {
+    open: AtomicUsize,
+    opened: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// One open heartbeat stream's place in [`StreamCount`], given back when the stream ends (dropped).
+pub struct StreamSlot(std::sync::Arc<StreamCount>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Heartbeat streams of a node: (open now, opened since start, refused at the limit since start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStats {
+    pub open: usize,
+    pub opened: u64,
+    pub refused: u64,
+}
+
 /// One agent waiting to be proposed alive, and where its heartbeat waits for the result.
 pub(super) struct ComingAlive {
     agent: String,
@@ -424,6 +458,55 @@ impl Service {
             insert_ms: ms(started.elapsed() - scanned),
             checks: self.heartbeats.checks() - checks,
         })
+    }
+
+    /// A place for one more heartbeat stream on this node: only the leader serves them (a follower's would
+    /// answer nothing but NOT_LEADER), at most `max_heartbeat_streams` at once (one more is
+    /// RESOURCE_EXHAUSTED; the agent beats one call at a time meanwhile). The slot is given back when the
+    /// stream ends.
+    pub fn open_heartbeat_stream(&self) -> Result<StreamSlot, ApiError> {
+        self.leader_gate()?;
+        let (c, max) = (&self.beat_streams, self.cfg.max_heartbeat_streams);
+        // Taken first and given back when over: concurrent opens cannot pass the limit together.
+        if c.open.fetch_add(1, Ordering::Relaxed) >= max {
+            c.open.fetch_sub(1, Ordering::Relaxed);
+            c.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                proto::error::Code::ResourceExhausted,
+                format!(
+                    "this node already serves {max} heartbeat streams (its limit, max_heartbeat_streams): \
+                     beat with Heartbeat calls"
+                ),
+            ));
+        }
+        c.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(StreamSlot(std::sync::Arc::clone(c)))
+    }
+
+    /// This node's heartbeat streams (`/metrics`).
+    pub fn heartbeat_streams(&self) -> StreamStats {
+        let c = &self.beat_streams;
+        StreamStats {
+            open: c.open.load(Ordering::Relaxed),
+            opened: c.opened.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How long a heartbeat stream may stay without a beat before this node ends it: as long as an agent
+    /// may be silent before it is marked so.
+    pub fn heartbeat_stream_idle(&self) -> Duration {
+        self.cfg.agent_silent_after
+    }
+
+    /// A heartbeat stream ends after its first beat past this age (`heartbeat_stream_max_age_ms`).
+    pub fn heartbeat_stream_max_age(&self) -> Duration {
+        self.cfg.heartbeat_stream_max_age
+    }
+
+    /// Most heartbeat streams this node serves at once (`max_heartbeat_streams`).
+    pub fn max_heartbeat_streams(&self) -> usize {
+        self.cfg.max_heartbeat_streams
     }
 
     /// Beats that read their agent's replicated record since this process started (`/metrics`).

@@ -76,6 +76,12 @@ pub struct ServiceConfig {
     pub policy: state_machines::Policy,
     /// Most open watch streams on this node ([`watch::MAX_WATCHES`] unless configured).
     pub max_watches: usize,
+    /// Most open heartbeat streams on this node ([`heartbeats::MAX_HEARTBEAT_STREAMS`] unless configured;
+    /// 0: none, agents beat one call at a time).
+    pub max_heartbeat_streams: usize,
+    /// A heartbeat stream ends cleanly after its first beat past this age
+    /// ([`heartbeats::HEARTBEAT_STREAM_MAX_AGE`] unless configured).
+    pub heartbeat_stream_max_age: Duration,
     /// The newest command version this node's binary knows ([`crate::model::COMMAND_VERSION`], lower only
     /// when rehearsing an upgrade).
     pub knows_command_version: u32,
@@ -93,6 +99,8 @@ pub struct Service {
     cfg: ServiceConfig,
     proposals: mpsc::Sender<proposer::Pending>,
     heartbeats: heartbeats::Memory,
+    /// Open heartbeat streams and what was refused (`max_heartbeat_streams`).
+    beat_streams: Arc<heartbeats::StreamCount>,
     /// Agents to propose alive, for the liveness batcher (`heartbeats::run_liveness`).
     coming_alive: mpsc::Sender<heartbeats::ComingAlive>,
     /// The pending orders of every host, for heartbeat answers (see `actions::OrderIndex`).
@@ -169,6 +177,7 @@ impl Service {
             cfg,
             proposals: tx,
             heartbeats: heartbeats::Memory::default(),
+            beat_streams: Arc::default(),
             coming_alive: alive_tx,
             orders,
             stats,
