@@ -190,6 +190,10 @@ pub struct BenchFleetArgs {
     /// over each agent's long-lived stream.
     #[arg(long)]
     beat_calls: bool,
+    /// HTTP/2 connections per node for phase 7's writers of their own (0: they share the agents'
+    /// connections, and with them each connection's open heartbeat streams).
+    #[arg(long, default_value_t = 0)]
+    writer_connections: u32,
 }
 
 impl BenchFleetArgs {
@@ -206,6 +210,9 @@ impl BenchFleetArgs {
         }
         if self.connections == 0 || self.connections > MAX_CONNECTIONS {
             bail!("--connections must be 1..={MAX_CONNECTIONS}");
+        }
+        if self.writer_connections > MAX_CONNECTIONS {
+            bail!("--writer-connections must be 0..={MAX_CONNECTIONS}");
         }
         if self.steady_seconds == 0 || self.steady_seconds > MAX_STEADY_SECONDS {
             bail!("--steady-seconds must be 1..={MAX_STEADY_SECONDS}");
@@ -442,28 +449,38 @@ impl Run {
         F: Fn(MasterClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let mut last = String::new();
-        for attempt in 1..=MAX_CALL_ATTEMPTS {
-            let (node, c) = self.fleet.client(k);
-            match tokio::time::timeout(CALL_TIMEOUT, f(c)).await {
-                Ok(Ok(r)) => return Ok((r.into_inner(), attempt)),
-                Ok(Err(s)) => {
-                    self.fleet.not_leader(node, &s);
-                    last = format!("{:?}: {}", s.code(), s.message());
-                }
-                Err(_) => last = format!("timed out after {CALL_TIMEOUT:?}"),
-            }
-            if attempt < MAX_CALL_ATTEMPTS {
-                tokio::time::sleep(retry_pause(attempt)).await;
-            }
-        }
-        Err(format!("{MAX_CALL_ATTEMPTS} attempts: {last}"))
+        call_via(&self.fleet, k, f).await
     }
 
     /// Heartbeat samples sent in `[from, to)` seconds since the origin.
     fn beats_between(&self, from: f64, to: f64) -> Vec<f64> {
         lock(&self.beats).between(from, to)
     }
+}
+
+/// One call through connection `k` of `fleet` to the node it believes leads, following NOT_LEADER, at most
+/// [`MAX_CALL_ATTEMPTS`] attempts. Returns the answer and the attempts it took.
+async fn call_via<T, F, Fut>(fleet: &Fleet, k: usize, f: F) -> Result<(T, u32), String>
+where
+    F: Fn(MasterClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut last = String::new();
+    for attempt in 1..=MAX_CALL_ATTEMPTS {
+        let (node, c) = fleet.client(k);
+        match tokio::time::timeout(CALL_TIMEOUT, f(c)).await {
+            Ok(Ok(r)) => return Ok((r.into_inner(), attempt)),
+            Ok(Err(s)) => {
+                fleet.not_leader(node, &s);
+                last = format!("{:?}: {}", s.code(), s.message());
+            }
+            Err(_) => last = format!("timed out after {CALL_TIMEOUT:?}"),
+        }
+        if attempt < MAX_CALL_ATTEMPTS {
+            tokio::time::sleep(retry_pause(attempt)).await;
+        }
+    }
+    Err(format!("{MAX_CALL_ATTEMPTS} attempts: {last}"))
 }
 
 /// (seconds since the origin when sent, latency ms) of the newest `cap` acknowledged heartbeats, oldest
@@ -1300,6 +1317,7 @@ fn elections_outside(changes: &[(f64, u64)], windows: &[(f64, f64)]) -> Vec<(f64
 /// its own host's disks as agent `fleet-{tag}-K`. Returns (findings applied, seconds, acknowledged).
 async fn throughput(
     run: &Arc<Run>,
+    writers: &Option<Arc<Fleet>>,
     tag: &str,
     clients: u32,
     batch: u32,
@@ -1310,7 +1328,7 @@ async fn throughput(
     let applied = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for k in 0..clients {
-        let (run, applied) = (run.clone(), applied.clone());
+        let (run, applied, writers) = (run.clone(), applied.clone(), writers.clone());
         let (agent, h) = (format!("fleet-{tag}-agent-{k:03}"), format!("fleet-{tag}-{k:03}"));
         tasks.push(tokio::spawn(async move {
             let disks = batch.min(THROUGHPUT_DISKS);
@@ -1328,13 +1346,15 @@ async fn throughput(
                     })
                     .collect();
                 let req = api::IngestRequest { agent: agent.clone(), seq, findings, epoch: 0 };
-                match run
-                    .call(k as usize, |mut c| {
-                        let q = req.clone();
-                        async move { c.ingest(q).await }
-                    })
-                    .await
-                {
+                let send = |mut c: MasterClient<Channel>| {
+                    let q = req.clone();
+                    async move { c.ingest(q).await }
+                };
+                let sent = match &writers {
+                    Some(w) => call_via(w, k as usize, send).await,
+                    None => run.call(k as usize, send).await,
+                };
+                match sent {
                     Ok((r, attempts)) if r.applied > 0 || (r.duplicate && attempts > 1) => {
                         applied.fetch_add(
                             u64::from(if r.duplicate { batch } else { r.applied }),
@@ -1924,7 +1944,15 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     let t7 = run.secs();
     let cpu7 = cpu_mark(&res);
     let streamed7 = run.streamed.load(Ordering::Relaxed);
-    let (single, single_s, ack1) = throughput(&run, "single", SINGLE_CLIENTS, 1, a.throughput_seconds).await;
+    // The writers' own connections (`--writer-connections`), to the node the fleet believes leads now.
+    let writers = match a.writer_connections {
+        0 => None,
+        n => Some(Arc::new(
+            Fleet::connect(run.fleet.nodes.clone(), n, run.fleet.leader.load(Ordering::Relaxed)).await?,
+        )),
+    };
+    let (single, single_s, ack1) =
+        throughput(&run, &writers, "single", SINGLE_CLIENTS, 1, a.throughput_seconds).await;
     let cpu7_half = cpu_mark(&res);
     let t7_half = run.secs();
     let streamed7_half = run.streamed.load(Ordering::Relaxed);
@@ -1941,7 +1969,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         Some((timed_listing(&grpc, by_state).await, state_pages(&http).await))
     });
     let (batched, batched_s, ack2) =
-        throughput(&run, "batch", BATCH_AGENTS, BATCH_SIZE, a.throughput_seconds).await;
+        throughput(&run, &writers, "batch", BATCH_AGENTS, BATCH_SIZE, a.throughput_seconds).await;
     let cpu7_end = cpu_mark(&res);
     let t7_end = run.secs();
     let streamed7_end = run.streamed.load(Ordering::Relaxed);
@@ -2369,6 +2397,7 @@ mod tests {
             data_dir: None,
             cache_mb: None,
             beat_calls: false,
+            writer_connections: 0,
         };
         assert!(ok.check().is_ok());
         assert_eq!(ok.disks(), 12);
@@ -2412,6 +2441,7 @@ mod tests {
             data_dir: a.data_dir.clone(),
             cache_mb: a.cache_mb,
             beat_calls: a.beat_calls,
+            writer_connections: a.writer_connections,
         }
     }
 }

@@ -126,6 +126,7 @@ fn bench_fleet_refuses_bad_arguments_before_starting_anything() {
         &["--agents", "100001"],
         &["--objects-per-host", "3"],
         &["--connections", "0"],
+        &["--writer-connections", "257"],
         &["--steady-seconds", "0"],
         &["--data-dir", "/nonexistent/huatuo-fleet"],
         &["--cache-mb", "4"],
