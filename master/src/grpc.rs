@@ -123,10 +123,11 @@ struct BeatStream {
 }
 
 impl BeatStream {
-    /// The answer to the next beat, or the end: the agent closed its side or went away (nothing to
-    /// answer), it sent no beat for `heartbeat_stream_idle` (UNAVAILABLE), a beat was refused (its error,
-    /// then the end: NOT_LEADER when this node no longer leads), or the beat before reached
-    /// `heartbeat_stream_max_age` (a clean end after its answer).
+    /// The answer to the next beat, or the end: the agent closed its side (nothing to answer), its
+    /// message did not decode or was over the size limit (tonic's error), it sent no beat for
+    /// `heartbeat_stream_idle` (UNAVAILABLE), a beat was refused (its error, then the end: NOT_LEADER when
+    /// this node no longer leads), or the beat before reached `heartbeat_stream_max_age` (a clean end
+    /// after its answer).
     async fn next(mut self) -> Option<(Result<api::HeartbeatResponse, Status>, Self)> {
         if self.done {
             return None;
@@ -139,7 +140,13 @@ impl BeatStream {
                 return Some((Err(Status::from(e)), self));
             }
             Ok(Ok(Some(req))) => req,
-            Ok(Ok(None) | Err(_)) => return None,
+            Ok(Ok(None)) => return None,
+            // A message that does not decode (or is over the size limit) is answered with tonic's
+            // error, then the end; a client that went away gets nothing either way.
+            Ok(Err(status)) => {
+                self.done = true;
+                return Some((Err(status), self));
+            }
         };
         let res = match &self.agent {
             Some((agent, host)) if *agent != req.agent || *host != req.host => {

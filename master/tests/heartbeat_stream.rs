@@ -149,6 +149,15 @@ async fn a_stream_carries_one_agent_and_a_bad_beat_changes_nothing() {
     assert_eq!(s.next().await.expect("ended"), None, "nothing after the error");
     assert!(m.svc.agents().expect("agents").is_empty(), "the refused beat changed nothing");
 
+    // A message over the gRPC size limit: tonic's error, the end, and nothing changed.
+    let mut s = open(&m).await.expect("open");
+    let mut huge = beat("agent-h", "host-h", "");
+    huge.version = "v".repeat(master::grpc::MAX_GRPC_MESSAGE + 1);
+    let e = s.exchange(huge).await.expect_err("too big");
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert_eq!(s.next().await.expect("ended"), None, "nothing after the error");
+    assert!(m.svc.agents().expect("agents").is_empty(), "the refused message changed nothing");
+
     // Another agent on an agent's stream: refused, and that stream ends; the first agent stays alive.
     let mut s = open(&m).await.expect("open");
     s.exchange(beat("agent-1", "host-1", "")).await.expect("ok").expect("resp");
