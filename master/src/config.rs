@@ -518,6 +518,29 @@ mod tests {
             .resolve()
             .expect_err("overflow");
         assert!(e.to_string().contains("min_free_mb"), "{e}");
+        // Heartbeat streams: 0 turns them off, past the ceiling is refused naming the setting; the age has
+        // a floor of a second.
+        let r = MasterConfig::from_toml(base).expect("parse").resolve().expect("defaults");
+        assert_eq!(r.max_heartbeat_streams, crate::api::heartbeats::MAX_HEARTBEAT_STREAMS);
+        assert_eq!(r.heartbeat_stream_max_age, crate::api::heartbeats::HEARTBEAT_STREAM_MAX_AGE);
+        let r = MasterConfig::from_toml(&format!(
+            "max_heartbeat_streams = 0
+heartbeat_stream_max_age_ms = 5
+{base}"
+        ))
+        .expect("parse")
+        .resolve()
+        .expect("no streams");
+        assert_eq!((r.max_heartbeat_streams, r.heartbeat_stream_max_age), (0, Duration::from_secs(1)));
+        let too_many = crate::api::heartbeats::MAX_HEARTBEAT_STREAMS_CEILING + 1;
+        let e = MasterConfig::from_toml(&format!(
+            "max_heartbeat_streams = {too_many}
+{base}"
+        ))
+        .expect("parse")
+        .resolve()
+        .expect_err("over the ceiling");
+        assert!(e.to_string().contains("max_heartbeat_streams"), "{e}");
         let r =
             MasterConfig::from_toml(&format!("cache_mb = 64\n{base}")).expect("parse").resolve().expect("ok");
         assert_eq!(r.storage.cache_bytes, 64 << 20);
