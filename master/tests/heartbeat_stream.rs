@@ -249,7 +249,7 @@ async fn a_stream_past_its_age_ends_after_an_answer_and_the_agent_opens_another(
     let mut s = open(&m).await.expect("open");
     let opened = Instant::now();
     s.exchange(beat("agent-g", "host-g", "")).await.expect("ok").expect("resp");
-    // Past its age (measured from before the open, so surely past it on the master), the next beat
+    // Past its age (measured from after the open returned, so surely past it on the master), the next beat
     // is still answered, then the stream ends cleanly.
     tokio::time::sleep(age.saturating_sub(opened.elapsed()) + Duration::from_millis(50)).await;
     s.exchange(beat("agent-g", "host-g", "")).await.expect("ok").expect("answered past the age");
@@ -259,8 +259,9 @@ async fn a_stream_past_its_age_ends_after_an_answer_and_the_agent_opens_another(
     // The agent's client: a stream ended by age is replaced for the same beat, never a call.
     let mut client = Client::new(vec![m.grpc.clone()]);
     let mut beats = BeatStream::default();
-    let t = Instant::now();
     beats.beat(&mut client, beat("agent-g", "host-g", "")).await.expect("beat");
+    // Measured from after the answer, so the master's stream (opened before it) is surely past its age.
+    let t = Instant::now();
     tokio::time::sleep(age.saturating_sub(t.elapsed()) + Duration::from_millis(50)).await;
     for _ in 0..3 {
         beats.beat(&mut client, beat("agent-g", "host-g", "")).await.expect("beat");
