@@ -71,3 +71,21 @@ pub async fn list_all(
     }
     panic!("a listing did not end after {MAX_TEST_PAGES} pages");
 }
+
+/// `GET path` over plain HTTP/1.1 on loopback (an insecure master's HTTP port, an agent's local port): the
+/// whole answer (status line, headers, body), or `None` when nothing could be read (the caller polls).
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The value of the sample `name` (a line `name value`, no labels) in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{name} ");
+    page.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}

@@ -433,10 +433,12 @@ async fn heartbeat(
     };
     let sent_ms = crate::scheduler::now_ms();
     let before = stream.stats();
-    let resp = stream.beat(client, req).await.map_err(rpc("heartbeat"))?;
+    let resp = stream.beat(client, req).await;
+    // Counted whatever the answer: a call that failed was still sent as a call.
     let after = stream.stats();
     shared.metrics.heartbeats_streamed.inc_by(after.streamed - before.streamed);
     shared.metrics.heartbeats_called.inc_by(after.called - before.called);
+    let resp = resp.map_err(rpc("heartbeat"))?;
     // The client may have retried: the round trip then covers every attempt, a wider uncertainty, never a
     // wrong offset beyond it (the master read its clock within the span).
     let received_ms = crate::scheduler::now_ms();

@@ -113,9 +113,14 @@ impl Fleet {
         Ok(Fleet { nodes, pools, leader: AtomicUsize::new(leader), moves: AtomicU64::new(0) })
     }
 
+    /// The node believed to lead.
+    pub fn leader_node(&self) -> usize {
+        self.leader.load(Ordering::Relaxed) % self.pools.len()
+    }
+
     /// The node believed to lead and connection `k` to it.
     pub fn client(&self, k: usize) -> (usize, MasterClient<Channel>) {
-        let node = self.leader.load(Ordering::Relaxed) % self.pools.len();
+        let node = self.leader_node();
         let pool = &self.pools[node];
         (node, pool[k % pool.len()].clone())
     }

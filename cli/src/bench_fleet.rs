@@ -591,7 +591,7 @@ async fn beat(
     let t = Instant::now();
     let req = run.heartbeat(i, held);
     // A stream to a node the fleet no longer believes leads is dropped (its master ends it too).
-    let mut stream = stream.filter(|s| s.node == run.fleet.client(conn).0);
+    let mut stream = stream.filter(|s| s.node == run.fleet.leader_node());
     if stream.is_none() && run.streams {
         stream = open_stream(&run, conn).await;
     }
@@ -1947,9 +1947,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // The writers' own connections (`--writer-connections`), to the node the fleet believes leads now.
     let writers = match a.writer_connections {
         0 => None,
-        n => Some(Arc::new(
-            Fleet::connect(run.fleet.nodes.clone(), n, run.fleet.leader.load(Ordering::Relaxed)).await?,
-        )),
+        n => Some(Arc::new(Fleet::connect(run.fleet.nodes.clone(), n, run.fleet.leader_node()).await?)),
     };
     let (single, single_s, ack1) =
         throughput(&run, &writers, "single", SINGLE_CLIENTS, 1, a.throughput_seconds).await;

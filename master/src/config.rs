@@ -198,6 +198,14 @@ fn default_agent_silent_after_ms() -> u64 {
     30_000
 }
 
+/// `value` of setting `what` within `min..=max`, else the refusal naming it.
+fn in_range(what: &'static str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::OutOfRange { what, value: value as u64, min: min as u64, max: max as u64, why: "" })
+}
+
 /// Why a master config is refused; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -360,24 +368,13 @@ impl MasterConfig {
         };
         self.policy.validate()?;
         self.auth.validate()?;
-        if self.max_watches == 0 || self.max_watches > crate::api::watch::MAX_WATCHES_CEILING {
-            return Err(ConfigError::OutOfRange {
-                what: "max_watches",
-                value: self.max_watches as u64,
-                min: 1,
-                max: crate::api::watch::MAX_WATCHES_CEILING as u64,
-                why: "",
-            });
-        }
-        if self.max_heartbeat_streams > crate::api::heartbeats::MAX_HEARTBEAT_STREAMS_CEILING {
-            return Err(ConfigError::OutOfRange {
-                what: "max_heartbeat_streams",
-                value: self.max_heartbeat_streams as u64,
-                min: 0,
-                max: crate::api::heartbeats::MAX_HEARTBEAT_STREAMS_CEILING as u64,
-                why: "",
-            });
-        }
+        in_range("max_watches", self.max_watches, 1, crate::api::watch::MAX_WATCHES_CEILING)?;
+        in_range(
+            "max_heartbeat_streams",
+            self.max_heartbeat_streams,
+            0,
+            crate::api::heartbeats::MAX_HEARTBEAT_STREAMS_CEILING,
+        )?;
         let knows = crate::model::COMMAND_VERSION;
         let knows_command_version = match self.knows_command_version {
             None => knows,

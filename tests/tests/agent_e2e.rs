@@ -305,8 +305,8 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
     })
     .await;
     assert!(flushed, "outbox never drained");
-    // The stream broke with the masters; heartbeats went on as calls, then over a new stream to the new
-    // leader.
+    // The stream broke with the masters; the beats of the outage went as calls (failing), then over a new
+    // stream to the new leader.
     wait_for_metric(agent_port, "huatuo_agent_heartbeats_streamed", streamed_before + 2).await;
     assert!(metric(agent_port, "huatuo_agent_heartbeats_called").is_some_and(|n| n >= 1));
     let o = object(&mut client, "disk/outage-1/sdc").await.unwrap();
@@ -322,9 +322,7 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
 
 /// A counter of the agent's /metrics (`NAME_total` as the exporter names counters), if it answers.
 fn metric(port: u16, name: &str) -> Option<u64> {
-    let body = http_get(port, "/metrics");
-    let prefix = format!("{name}_total ");
-    body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+    tests::metric(&http_get(port, "/metrics"), &format!("{name}_total"))
 }
 
 /// Wait until the agent's counter `name` reaches `at_least`; returns its value then.
@@ -336,13 +334,5 @@ async fn wait_for_metric(port: u16, name: &str, at_least: u64) -> u64 {
 
 /// A plain HTTP GET on loopback; empty on any failure (the caller polls).
 fn http_get(port: u16, path: &str) -> String {
-    use std::io::Read;
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    if write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
-        return String::new();
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
+    tests::http_get(&format!("127.0.0.1:{port}"), path).unwrap_or_default()
 }

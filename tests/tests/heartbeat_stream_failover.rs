@@ -5,8 +5,6 @@
 //! and the new leader counts its streams on /metrics.
 //! Needs the `huatuo` binary built first (see `tests::huatuo_bin`).
 
-use std::time::Duration;
-
 use master::cluster::{LocalCluster, READY_TIMEOUT};
 use proto::api;
 use proto::client::{BeatStream, Client};
@@ -22,16 +20,9 @@ fn beat() -> api::HeartbeatRequest {
     }
 }
 
-/// The value of `name` (an untyped line `name value`) on a member's /metrics.
+/// The value of `name` on a member's /metrics.
 fn metric(http: &str, name: &str) -> Option<u64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(http).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let prefix = format!("{name} ");
-    body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+    tests::metric(&tests::http_get(http, "/metrics")?, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
