@@ -305,10 +305,10 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
     })
     .await;
     assert!(flushed, "outbox never drained");
-    // The stream broke with the masters; the beats of the outage went as calls (failing), then over a new
-    // stream to the new leader.
+    // The stream died with the masters' processes: beats answered since are on a new stream, to the new
+    // leader. (Whether a beat went as a call meanwhile depends on what the reporter tried during the
+    // outage, so that is not checked here; `heartbeat_stream_failover.rs` checks the fallback.)
     wait_for_metric(agent_port, "huatuo_agent_heartbeats_streamed", streamed_before + 2).await;
-    assert!(metric(agent_port, "huatuo_agent_heartbeats_called").is_some_and(|n| n >= 1));
     let o = object(&mut client, "disk/outage-1/sdc").await.unwrap();
     for w in &want {
         let n = o
