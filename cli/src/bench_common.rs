@@ -263,13 +263,15 @@ pub fn cpu_pct(a: &Sample, b: &Sample) -> f64 {
     (b.ticks.saturating_sub(a.ticks)) as f64 / clock_ticks() / secs * 100.0
 }
 
-/// The whole machine's CPU ticks from the `cpu` lines of /proc/stat: (busy, total, cores). Busy is user,
-/// nice, system, irq, softirq and steal; total adds idle and iowait (guest time is already inside user).
-pub fn machine_ticks() -> anyhow::Result<(u64, u64, u32)> {
+/// The whole machine's CPU ticks from the `cpu` lines of /proc/stat: (busy, total, steal, cores). Busy is
+/// user, nice, system, irq, softirq and steal; total adds idle and iowait (guest time is already inside
+/// user). Steal is the time the hypervisor ran something else while this machine's CPUs wanted to run: on
+/// a shared host it is how a slow day shows.
+pub fn machine_ticks() -> anyhow::Result<(u64, u64, u64, u32)> {
     parse_proc_stat(&std::fs::read_to_string("/proc/stat")?)
 }
 
-fn parse_proc_stat(text: &str) -> anyhow::Result<(u64, u64, u32)> {
+fn parse_proc_stat(text: &str) -> anyhow::Result<(u64, u64, u64, u32)> {
     let line = text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
     let f: Vec<u64> = line
         .split_whitespace()
@@ -285,7 +287,7 @@ fn parse_proc_stat(text: &str) -> anyhow::Result<(u64, u64, u32)> {
         .lines()
         .filter(|l| l.strip_prefix("cpu").is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit())))
         .count();
-    Ok((busy, total, u32::try_from(cores).unwrap_or(u32::MAX).max(1)))
+    Ok((busy, total, f[7], u32::try_from(cores).unwrap_or(u32::MAX).max(1)))
 }
 
 /// CPU counters at one moment: the machine's, this process's, and each master member's (node id, pid,
@@ -295,6 +297,7 @@ pub struct CpuMark {
     pub at: Instant,
     pub busy: u64,
     pub total: u64,
+    pub steal: u64,
     pub cores: u32,
     pub own: u64,
     pub members: Vec<(u64, u32, u64)>,
@@ -303,11 +306,12 @@ pub struct CpuMark {
 /// Mark the CPU counters now; `members` are (node id, pid). A member whose /proc entry is gone (killed
 /// between the caller's copy of the pids and this read) is left out.
 pub fn cpu_mark(members: &[(u64, u32)]) -> anyhow::Result<CpuMark> {
-    let (busy, total, cores) = machine_ticks()?;
+    let (busy, total, steal, cores) = machine_ticks()?;
     Ok(CpuMark {
         at: Instant::now(),
         busy,
         total,
+        steal,
         cores,
         own: cpu_ticks(std::process::id())?,
         members: members.iter().filter_map(|&(id, pid)| Some((id, pid, cpu_ticks(pid).ok()?))).collect(),
@@ -324,6 +328,8 @@ pub struct CpuUse {
     pub busy: f64,
     /// Busy share of the machine (0..=1): busy ticks over total ticks.
     pub busy_share: f64,
+    /// Share of the machine's time the hypervisor took (0..=1; inside `busy`).
+    pub steal_share: f64,
     pub own: f64,
     pub members: Vec<(u64, f64)>,
     pub restarted: Vec<u64>,
@@ -334,6 +340,7 @@ pub fn cpu_between(a: &CpuMark, b: &CpuMark) -> CpuUse {
     let secs = b.at.duration_since(a.at).as_secs_f64();
     let busy = b.busy.saturating_sub(a.busy) as f64 / t;
     let total = b.total.saturating_sub(a.total) as f64 / t;
+    let steal = b.steal.saturating_sub(a.steal) as f64 / t;
     let mut members = Vec::new();
     let mut restarted = Vec::new();
     for &(id, pid, ticks) in &a.members {
@@ -347,6 +354,7 @@ pub fn cpu_between(a: &CpuMark, b: &CpuMark) -> CpuUse {
         cores: b.cores,
         busy,
         busy_share: if total > 0.0 { (busy / total).min(1.0) } else { 0.0 },
+        steal_share: if total > 0.0 { (steal / total).min(1.0) } else { 0.0 },
         own: b.own.saturating_sub(a.own) as f64 / t,
         members,
         restarted,
@@ -355,8 +363,9 @@ pub fn cpu_between(a: &CpuMark, b: &CpuMark) -> CpuUse {
 
 impl CpuUse {
     /// "CPU per <what>: N us of the machine's busy time (B of C cores busy over S s): members 1 N us, ...;
-    /// this process N us; the rest N us": CPU seconds divided by `ops`. The rest is every other process on
-    /// the machine and the kernel's own work (loopback networking's softirqs land there in part).
+    /// this process N us; the rest N us; stolen by the hypervisor P%": CPU seconds divided by `ops`. The rest
+    /// is every other process on the machine and the kernel's own work (loopback networking's softirqs land
+    /// there in part); the stolen share of the machine's time is counted as busy (inside the rest).
     pub fn per_op_line(&self, ops: u64, what: &str, this_process: &str) -> String {
         if ops == 0 {
             return format!("CPU per {what}: none done over {:.1} s", self.secs);
@@ -367,7 +376,8 @@ impl CpuUse {
             self.members.iter().map(|(id, cpu)| format!("member {id} {:.1} us", us(*cpu))).collect();
         let mut line = format!(
             "CPU per {what}: {:.1} us of the machine's busy time ({:.2} of {} cores busy over {:.1} s, {ops} \
-             done): {}; {this_process} {:.1} us; the rest {:.1} us",
+             done): {}; {this_process} {:.1} us; the rest {:.1} us; stolen by the hypervisor {:.1}% of the \
+             machine's time",
             us(self.busy),
             self.busy_share * f64::from(self.cores),
             self.cores,
@@ -375,6 +385,7 @@ impl CpuUse {
             parts.join(", "),
             us(self.own),
             us((self.busy - members - self.own).max(0.0)),
+            self.steal_share * 100.0,
         );
         if !self.restarted.is_empty() {
             let r: Vec<String> = self.restarted.iter().map(u64::to_string).collect();
@@ -543,13 +554,13 @@ mod tests {
         let text = "cpu  100 5 50 1000 20 3 2 1 7 0\ncpu0 50 2 25 500 10 1 1 0 3 0\ncpu1 50 3 25 500 10 2 1 1 4 0\n\
                     intr 12345\nctxt 99\n";
         // busy = user + nice + system + irq + softirq + steal; total adds idle and iowait.
-        assert_eq!(parse_proc_stat(text).expect("parses"), (161, 1181, 2));
+        assert_eq!(parse_proc_stat(text).expect("parses"), (161, 1181, 1, 2));
         assert!(parse_proc_stat("intr 1\n").is_err());
         assert!(parse_proc_stat("cpu  1 2 3\n").is_err());
         assert!(parse_proc_stat("cpu  1 2 3 x 5 6 7 8\n").is_err());
         // This machine's own counters read.
-        let (busy, total, cores) = machine_ticks().expect("/proc/stat");
-        assert!(busy <= total && cores >= 1);
+        let (busy, total, steal, cores) = machine_ticks().expect("/proc/stat");
+        assert!(steal <= busy && busy <= total && cores >= 1);
     }
 
     #[test]
@@ -559,6 +570,7 @@ mod tests {
             at,
             busy: 0,
             total: 0,
+            steal: 0,
             cores: 2,
             own: 10,
             members: vec![(1, 11, 0), (2, 12, 0), (3, 13, 5)],
@@ -568,6 +580,7 @@ mod tests {
             at: at + Duration::from_secs(2),
             busy: 300,
             total: 400,
+            steal: 20,
             cores: 2,
             own: 60,
             members: vec![(1, 11, 100), (2, 12, 50), (3, 99, 1)],
@@ -586,7 +599,10 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains("member 1 100.0 us, member 2 50.0 us; this bench 50.0 us; the rest 100.0 us"),
+            line.contains(
+                "member 1 100.0 us, member 2 50.0 us; this bench 50.0 us; the rest 100.0 us; stolen by the \
+                 hypervisor 5.0% of the machine's time"
+            ),
             "{line}"
         );
         assert!(line.contains("member 3 restarted"), "{line}");
