@@ -129,7 +129,7 @@ pub struct MasterConfig {
     pub archive: crate::archive::ArchiveConfig,
 }
 
-fn default_auto_upgrade() -> bool {
+pub(crate) fn default_auto_upgrade() -> bool {
     true
 }
 
@@ -194,7 +194,7 @@ fn default_min_free_mb() -> u64 {
     crate::raft::DEFAULT_MIN_FREE_BYTES >> 20
 }
 /// Agents heartbeat every few seconds; 30 s of silence marks one silent.
-fn default_agent_silent_after_ms() -> u64 {
+pub(crate) fn default_agent_silent_after_ms() -> u64 {
     30_000
 }
 

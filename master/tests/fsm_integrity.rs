@@ -22,19 +22,7 @@ use state_machines::{Finding, Severity};
 const LIVENESS_BOUND: Duration = Duration::from_secs(60);
 
 fn single_config(dir: PathBuf) -> RaftConfig {
-    let mut peers = BTreeMap::new();
-    peers.insert(1, "127.0.0.1:1".to_string());
-    RaftConfig {
-        id: 1,
-        peers,
-        data_dir: dir,
-        tick: Duration::from_millis(20),
-        election_ticks: 10,
-        max_election_ticks: 0,
-        heartbeat_ticks: 2,
-        snapshot_every: 1000,
-        join: false,
-    }
+    RaftConfig { snapshot_every: 1000, ..RaftConfig::single_member(dir, "127.0.0.1:1") }
 }
 
 async fn wait_until(node: &RaftNode, what: &str, done: impl Fn(&master::raft::RaftStatus) -> bool) {

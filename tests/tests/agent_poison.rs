@@ -10,7 +10,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,17 +40,7 @@ struct Master {
 async fn start_master() -> Master {
     let dir = tempfile::tempdir().unwrap();
     let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let cfg = RaftConfig {
-        id: 1,
-        peers: BTreeMap::from([(1, peer.to_string())]),
-        data_dir: dir.path().to_path_buf(),
-        tick: Duration::from_millis(20),
-        election_ticks: 10,
-        max_election_ticks: 0,
-        heartbeat_ticks: 2,
-        snapshot_every: 0,
-        join: false,
-    };
+    let cfg = RaftConfig::single_member(dir.path(), peer.to_string());
     let (fsm, revision) = MasterFsm::new(Policy::default());
     let stats = fsm.stats();
     let (raft, db) = RaftNode::start(cfg, fsm).await.unwrap();
@@ -63,15 +52,9 @@ async fn start_master() -> Master {
         revision,
         stats,
         ServiceConfig {
-            grpc_addr: grpc.clone(),
-            http_addr: "127.0.0.1:1".into(),
             agent_silent_after: Duration::from_secs(60),
-            policy: Policy::default(),
-            max_watches: master::api::watch::MAX_WATCHES,
-            max_heartbeat_streams: master::api::heartbeats::MAX_HEARTBEAT_STREAMS,
-            heartbeat_stream_max_age: master::api::heartbeats::HEARTBEAT_STREAM_MAX_AGE,
-            knows_command_version: master::model::COMMAND_VERSION,
             auto_upgrade: false,
+            ..ServiceConfig::new(grpc.clone(), "127.0.0.1:1")
         },
     );
     let server =

@@ -29,17 +29,7 @@ struct Node {
 
 async fn start_node(dir: &Path, agent_silent_after: Duration) -> Node {
     let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let cfg = RaftConfig {
-        id: 1,
-        peers: BTreeMap::from([(1, peer.to_string())]),
-        data_dir: dir.to_path_buf(),
-        tick: Duration::from_millis(20),
-        election_ticks: 10,
-        max_election_ticks: 0,
-        heartbeat_ticks: 2,
-        snapshot_every: 0,
-        join: false,
-    };
+    let cfg = RaftConfig::single_member(dir, peer.to_string());
     let (fsm, revision) = MasterFsm::new(Policy::default());
     let stats = fsm.stats();
     let (raft, db) = RaftNode::start(cfg, fsm).await.expect("start raft");
@@ -49,15 +39,9 @@ async fn start_node(dir: &Path, agent_silent_after: Duration) -> Node {
         revision,
         stats,
         ServiceConfig {
-            grpc_addr: "127.0.0.1:1".into(),
-            http_addr: "127.0.0.1:2".into(),
             agent_silent_after,
-            policy: Policy::default(),
-            max_watches: master::api::watch::MAX_WATCHES,
-            max_heartbeat_streams: master::api::heartbeats::MAX_HEARTBEAT_STREAMS,
-            heartbeat_stream_max_age: master::api::heartbeats::HEARTBEAT_STREAM_MAX_AGE,
-            knows_command_version: master::model::COMMAND_VERSION,
             auto_upgrade: false,
+            ..ServiceConfig::new("127.0.0.1:1", "127.0.0.1:2")
         },
     );
     assert!(

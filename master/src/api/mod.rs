@@ -90,6 +90,24 @@ pub struct ServiceConfig {
     pub auto_upgrade: bool,
 }
 
+impl ServiceConfig {
+    /// The settings a master config without any of them resolves to, advertising `grpc_addr` and
+    /// `http_addr` (in-process nodes of tests and tools; `server.rs` fills every field from the config).
+    pub fn new(grpc_addr: impl Into<String>, http_addr: impl Into<String>) -> Self {
+        ServiceConfig {
+            grpc_addr: grpc_addr.into(),
+            http_addr: http_addr.into(),
+            agent_silent_after: Duration::from_millis(crate::config::default_agent_silent_after_ms()),
+            policy: state_machines::Policy::default(),
+            max_watches: watch::MAX_WATCHES,
+            max_heartbeat_streams: heartbeats::MAX_HEARTBEAT_STREAMS,
+            heartbeat_stream_max_age: heartbeats::HEARTBEAT_STREAM_MAX_AGE,
+            knows_command_version: crate::model::COMMAND_VERSION,
+            auto_upgrade: crate::config::default_auto_upgrade(),
+        }
+    }
+}
+
 /// The API core of one master node. Built by [`Service::start`]; its background tasks run in
 /// [`Service::watchers`] and [`Service::duties`], which [`Service::shutdown`] stops in that order.
 pub struct Service {

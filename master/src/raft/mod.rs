@@ -168,6 +168,25 @@ pub struct RaftConfig {
     pub join: bool,
 }
 
+impl RaftConfig {
+    /// A group of one member (id 1, peer address `peer`) in `data_dir`, with quick ticks (20 ms, elections
+    /// after 10, heartbeats every 2), compaction by bytes only, not joining: the single-node masters of
+    /// tests and tools.
+    pub fn single_member(data_dir: impl Into<PathBuf>, peer: impl Into<String>) -> Self {
+        RaftConfig {
+            id: 1,
+            peers: BTreeMap::from([(1, peer.into())]),
+            data_dir: data_dir.into(),
+            tick: Duration::from_millis(20),
+            election_ticks: 10,
+            max_election_ticks: 0,
+            heartbeat_ticks: 2,
+            snapshot_every: 0,
+            join: false,
+        }
+    }
+}
+
 /// The bottom of the range a follower's election timeout is drawn from: one tick above `election_ticks`, the
 /// leader lease during which a member ignores vote requests (raft-rs's check-quorum lease). With the bottom at
 /// the lease itself, the survivor that times out first often found the other still in its lease (it heard

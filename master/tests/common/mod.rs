@@ -3,7 +3,6 @@
 //! its API service, and both front ends served on free loopback ports (gRPC and REST).
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,17 +32,7 @@ pub struct Master {
 pub async fn start(tweak: impl FnOnce(&mut ServiceConfig)) -> Master {
     let dir = tempfile::tempdir().expect("tempdir");
     let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-    let cfg = RaftConfig {
-        id: 1,
-        peers: BTreeMap::from([(1, peer.to_string())]),
-        data_dir: dir.path().to_path_buf(),
-        tick: Duration::from_millis(20),
-        election_ticks: 10,
-        max_election_ticks: 0,
-        heartbeat_ticks: 2,
-        snapshot_every: 0,
-        join: false,
-    };
+    let cfg = RaftConfig::single_member(dir.path(), peer.to_string());
     let (fsm, revision) = MasterFsm::new(Policy::default());
     let stats = fsm.stats();
     let (raft, db) = RaftNode::start(cfg, fsm).await.expect("start raft");
@@ -57,15 +46,9 @@ pub async fn start(tweak: impl FnOnce(&mut ServiceConfig)) -> Master {
     let (grpc, rest) =
         (grpc_l.local_addr().expect("addr").to_string(), http_l.local_addr().expect("addr").to_string());
     let mut scfg = ServiceConfig {
-        grpc_addr: grpc.clone(),
-        http_addr: rest.clone(),
         agent_silent_after: Duration::from_secs(60),
-        policy: Policy::default(),
-        max_watches: master::api::watch::MAX_WATCHES,
-        max_heartbeat_streams: master::api::heartbeats::MAX_HEARTBEAT_STREAMS,
-        heartbeat_stream_max_age: master::api::heartbeats::HEARTBEAT_STREAM_MAX_AGE,
-        knows_command_version: master::model::COMMAND_VERSION,
         auto_upgrade: true,
+        ..ServiceConfig::new(grpc.clone(), rest.clone())
     };
     tweak(&mut scfg);
     let svc = Service::start(raft, db.clone(), revision, stats.clone(), scfg);
