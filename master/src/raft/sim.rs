@@ -6,8 +6,9 @@
 //! replicated history. At the end the network heals and every node must converge and contain every
 //! acknowledged command.
 //!
-//! `HUATUO_SIM_SEEDS=N` runs N seeds per cluster size (default 1000 in total), `HUATUO_SIM_SEED=S` reruns
-//! one seed. Failures print the seed.
+//! `HUATUO_SIM_SEEDS=N` runs N seeds (default 1000 in total, half per cluster size) from
+//! `HUATUO_SIM_FIRST_SEED` (default 0; a sweep beyond the seeds CI runs), `HUATUO_SIM_SEED=S` reruns one
+//! seed. Failures print the seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -643,7 +644,8 @@ fn simulation_3_and_5_nodes() {
         return;
     }
     let seeds = env_u64("HUATUO_SIM_SEEDS").unwrap_or(1000);
-    for seed in 0..seeds {
+    let first = env_u64("HUATUO_SIM_FIRST_SEED").unwrap_or(0);
+    for seed in first..first.saturating_add(seeds) {
         // Even seeds: 3 nodes, odd seeds: 5 nodes.
         let n = if seed % 2 == 0 { 3 } else { 5 };
         let r = std::panic::catch_unwind(|| run_seed(seed, n, STEPS));

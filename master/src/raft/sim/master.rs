@@ -6,7 +6,8 @@
 //! order (so `decide` over the in-memory view and over redb agree), and serve the same watch history from
 //! revision 1 (the change log travels in snapshots: issue 13 item 4).
 //!
-//! `HUATUO_SIM_MASTER_SEEDS=N` runs N seeds (default 12), `HUATUO_SIM_SEED=S` reruns one.
+//! `HUATUO_SIM_MASTER_SEEDS=N` runs N seeds (default 12) from `HUATUO_SIM_FIRST_SEED` (default 0),
+//! `HUATUO_SIM_SEED=S` reruns one.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -341,8 +342,9 @@ fn master_fsm_replicas_agree_with_the_memory_decider_and_keep_watch_history() {
         return;
     }
     let seeds = env_u64("HUATUO_SIM_MASTER_SEEDS").unwrap_or(12);
+    let first = env_u64("HUATUO_SIM_FIRST_SEED").unwrap_or(0);
     let (mut installs, mut total) = (0, 0);
-    for seed in 0..seeds {
+    for seed in first..first.saturating_add(seeds) {
         let r = std::panic::catch_unwind(|| run_master_seed(seed));
         match r {
             Ok((n, applied)) => {
