@@ -3,7 +3,11 @@
 //! a few hundred client connections. Phases: the first heartbeat of every agent (each becomes alive: a
 //! replicated change), steady heartbeats (nothing to replicate), and the first heartbeat of every agent to
 //! a new leader after a kill -9 of the old one (its heartbeat memory starts empty). Prints beats/s, p50/p99
-//! and the Raft entries and revisions each phase cost.
+//! and the Raft entries and revisions each phase cost. Each agent beats as the real one does: over its own
+//! long-lived `HeartbeatStream` (`proto::client::BeatStream`, opened at its first beat, on the connection
+//! of the client that first carried it), and with one `Heartbeat` call for a beat the stream cannot carry
+//! (after the kill, a beat in flight goes as a call to the new leader and the next one opens a stream
+//! there); `--beat-calls` sends every beat as a call (each its own HTTP/2 stream), as before streams.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use clap::Args;
 use master::client::Client;
 use master::cluster::{LocalCluster, READY_TIMEOUT};
 use proto::api;
+use proto::client::BeatStream;
 
 #[derive(Args, Debug)]
 pub struct BenchHeartbeatsArgs {
@@ -39,6 +44,9 @@ pub struct BenchHeartbeatsArgs {
     /// Skip the new-leader phase (no kill).
     #[arg(long)]
     no_failover: bool,
+    /// Send every beat as one `Heartbeat` call instead of over the agent's heartbeat stream.
+    #[arg(long)]
+    beat_calls: bool,
 }
 
 /// Master settings of the bench: a silent period longer than any phase may run.
@@ -128,6 +136,18 @@ fn held(agent: &str) -> Option<&'static std::sync::Mutex<String>> {
     HELD.get()?.get(i)
 }
 
+/// Each agent's heartbeat stream between its beats (taken out while one is in flight: an agent is beaten by
+/// one client task at a time), when beats go over streams.
+static STREAMS: std::sync::OnceLock<Vec<std::sync::Mutex<Option<BeatStream>>>> = std::sync::OnceLock::new();
+/// Beats answered over a stream, and sent as calls, since the bench started.
+static STREAMED: AtomicU64 = AtomicU64::new(0);
+static CALLED: AtomicU64 = AtomicU64::new(0);
+
+fn stream_slot(agent: &str) -> Option<&'static std::sync::Mutex<Option<BeatStream>>> {
+    let i: usize = agent.strip_prefix("hb-agent-")?.parse().ok()?;
+    STREAMS.get()?.get(i)
+}
+
 fn beat(i: u32) -> api::HeartbeatRequest {
     let agent = format!("hb-agent-{i:06}");
     let assignment_hash =
@@ -148,7 +168,22 @@ fn beat(i: u32) -> api::HeartbeatRequest {
 
 async fn send_beat(mut c: Client, r: api::HeartbeatRequest) -> (Client, bool) {
     let slot = held(&r.agent);
-    let ok = c.call(r, |mut g, r| async move { g.heartbeat(r).await }).await;
+    let ok = match stream_slot(&r.agent) {
+        Some(s) => {
+            let mut bs = s.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+            let before = bs.stats();
+            let ok = bs.beat(&mut c, r).await;
+            let after = bs.stats();
+            STREAMED.fetch_add(after.streamed - before.streamed, Ordering::Relaxed);
+            CALLED.fetch_add(after.called - before.called, Ordering::Relaxed);
+            *s.lock().unwrap_or_else(|p| p.into_inner()) = Some(bs);
+            ok
+        }
+        None => {
+            CALLED.fetch_add(1, Ordering::Relaxed);
+            c.call(r, |mut g, r| async move { g.heartbeat(r).await }).await
+        }
+    };
     match &ok {
         Ok(resp) => {
             if let Some(h) = slot {
@@ -175,11 +210,23 @@ async fn position(cluster: &LocalCluster) -> anyhow::Result<(u64, u64, u64)> {
     Ok((leader, i.commit_index, i.revision))
 }
 
-fn report(name: &str, p: &Phase, agents: u32, before: (u64, u64, u64), after: (u64, u64, u64)) {
+/// Beats answered over streams and sent as calls so far.
+fn carried() -> (u64, u64) {
+    (STREAMED.load(Ordering::Relaxed), CALLED.load(Ordering::Relaxed))
+}
+
+fn report(
+    name: &str,
+    p: &Phase,
+    agents: u32,
+    before: (u64, u64, u64),
+    after: (u64, u64, u64),
+    ways: [(u64, u64); 2],
+) {
     let rate = p.done as f64 / p.took.as_secs_f64().max(1e-9);
     println!(
         "{name}: {}/{agents} beats in {:.1} s: {rate:.0} beats/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
-         {} failed; {} Raft entries, {} revisions",
+         {} failed; {} Raft entries, {} revisions; {} over streams, {} as calls",
         p.done,
         p.took.as_secs_f64(),
         pct(&p.lat_ms, 0.5),
@@ -188,6 +235,8 @@ fn report(name: &str, p: &Phase, agents: u32, before: (u64, u64, u64), after: (u
         p.failed,
         after.1.saturating_sub(before.1),
         after.2.saturating_sub(before.2),
+        ways[1].0 - ways[0].0,
+        ways[1].1 - ways[0].1,
     );
 }
 
@@ -203,12 +252,19 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
         .await
         .ok_or_else(|| anyhow!("no leader within {READY_TIMEOUT:?}"))?;
     println!(
-        "cluster: {} node(s), leader {leader}; {} agents over {} gRPC clients, {} objects per host",
-        a.nodes, a.agents, a.clients, a.objects_per_host
+        "cluster: {} node(s), leader {leader}; {} agents over {} gRPC clients, {} objects per host; beats {}",
+        a.nodes,
+        a.agents,
+        a.clients,
+        a.objects_per_host,
+        if a.beat_calls { "as one call each (--beat-calls)" } else { "over each agent's heartbeat stream" }
     );
     let addrs = cluster.grpc_addrs();
     let limit = Duration::from_secs(a.phase_limit_secs);
     HELD.get_or_init(|| (0..a.agents).map(|_| std::sync::Mutex::new(String::new())).collect());
+    if !a.beat_calls {
+        STREAMS.get_or_init(|| (0..a.agents).map(|_| std::sync::Mutex::new(None)).collect());
+    }
 
     if a.objects_per_host > 0 {
         static PER_HOST: AtomicU64 = AtomicU64::new(0);
@@ -247,19 +303,21 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
     }
 
     let before = position(&cluster).await?;
+    let ways = carried();
     let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
     let after = position(&cluster).await?;
-    report("first beats (agents new to the cluster)", &p, a.agents, before, after);
+    report("first beats (agents new to the cluster)", &p, a.agents, before, after, [ways, carried()]);
 
     for round in 1..=a.steady_rounds {
         let before = position(&cluster).await?;
         let pid = cluster.pid(before.0);
         let ticks = pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok());
+        let ways = carried();
         let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
         let ticks =
             ticks.zip(pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok())).map(|(t0, t1)| t1 - t0);
         let after = position(&cluster).await?;
-        report(&format!("steady beats, round {round}"), &p, a.agents, before, after);
+        report(&format!("steady beats, round {round}"), &p, a.agents, before, after, [ways, carried()]);
         if let Some(t) = ticks.filter(|_| after.0 == before.0 && p.done > 0) {
             let cpu_s = t as f64 / crate::bench_common::clock_ticks();
             println!(
@@ -291,13 +349,15 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
         cluster.spawn(old, false).context("restart the killed node")?;
         println!("leader {old} killed (-9) and restarted as a follower; new leader {new}");
         let before = position(&cluster).await?;
+        let ways = carried();
         let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
         let after = position(&cluster).await?;
-        report("first beats to the new leader", &p, a.agents, before, after);
+        report("first beats to the new leader", &p, a.agents, before, after, [ways, carried()]);
         let before = position(&cluster).await?;
+        let ways = carried();
         let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
         let after = position(&cluster).await?;
-        report("steady beats, new leader", &p, a.agents, before, after);
+        report("steady beats, new leader", &p, a.agents, before, after, [ways, carried()]);
     }
     for id in cluster.running() {
         if let Some(pid) = cluster.pid(id) {
