@@ -480,10 +480,19 @@ pub fn parse_report(bytes: &[u8], device_hint: &str) -> Result<SmartReport, Smar
         .map(|(sev, s)| if sev.is_empty() { s } else { format!("{sev}: {s}") })
         .collect();
     let dev = doc.device.unwrap_or_default();
-    // A failed run has no "device" section; its argv still names the device.
-    let argv_dev = ctl.argv.as_ref().and_then(|a| a.iter().rev().find(|x| x.starts_with("/dev/")).cloned());
+    // A failed run has no "device" section; its argv still names the device. A name that leaves no object
+    // name ("", "/dev/") names nothing: the next source is asked (the hint is the scan's device).
+    let argv_dev = ctl
+        .argv
+        .as_ref()
+        .and_then(|a| a.iter().rev().find(|x| x.starts_with("/dev/") && names_a_disk(x)).cloned());
     let mut r = SmartReport {
-        device: dev.name.clone().or(argv_dev).unwrap_or_else(|| device_hint.to_string()),
+        device: dev
+            .name
+            .clone()
+            .filter(|n| names_a_disk(n))
+            .or(argv_dev)
+            .unwrap_or_else(|| device_hint.to_string()),
         dev_type: dev.dev_type.clone().unwrap_or_default(),
         protocol: dev.protocol.clone().unwrap_or_default(),
         model: doc.model_name.or(doc.model_family),
@@ -804,6 +813,11 @@ pub fn object_name(device: &str, dev_type: &str) -> String {
         .collect()
 }
 
+/// Whether a device path leaves an object name (`""` and `"/dev/"` do not).
+fn names_a_disk(device: &str) -> bool {
+    !object_name(device, "").is_empty()
+}
+
 /// One device from `smartctl --scan-open --json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanDevice {
@@ -814,7 +828,8 @@ pub struct ScanDevice {
     pub open_error: Option<String>,
 }
 
-/// Parse `smartctl --scan[-open] --json` output. Devices without a name are skipped.
+/// Parse `smartctl --scan[-open] --json` output. Devices without a name, or with one that leaves no object
+/// name, are skipped.
 pub fn parse_scan(bytes: &[u8]) -> Result<Vec<ScanDevice>, SmartError> {
     let doc: RawScan =
         serde_json::from_slice(bytes).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
@@ -827,7 +842,7 @@ pub fn parse_scan(bytes: &[u8]) -> Result<Vec<ScanDevice>, SmartError> {
         .into_iter()
         .filter_map(|d| {
             Some(ScanDevice {
-                name: d.name?,
+                name: d.name.filter(|n| names_a_disk(n))?,
                 dev_type: d.dev_type.unwrap_or_default(),
                 protocol: d.protocol.unwrap_or_default(),
                 open_error: d.open_error,
@@ -1192,6 +1207,35 @@ mod tests {
         assert!(matches!(first.join().unwrap().problem, Some(ProbeProblem::Hung { .. })));
         // Once the first probe is over, the device can be probed again (and hangs again here).
         assert!(matches!(p.probe(&dev("/dev/sdq")).problem, Some(ProbeProblem::Hung { .. })));
+    }
+
+    /// Found by `props::smart_report_takes_any_json` (input `[[], [""]]`: the document's fields
+    /// positionally, a device named ""): a device section or argv naming nothing gave an empty object name.
+    #[test]
+    fn a_device_name_that_names_nothing_is_not_used() {
+        let doc = |dev: &str| {
+            format!(
+                r#"{{"smartctl":{{"exit_status":0,"argv":["smartctl","-a","{dev}"]}},
+                   "device":{{"name":"{dev}","type":"sat"}},"smart_status":{{"passed":true}}}}"#
+            )
+        };
+        for bad in ["", "/dev/"] {
+            let r = parse_report(doc(bad).as_bytes(), "/dev/sdc").unwrap();
+            assert_eq!((r.device.as_str(), r.object_name().as_str()), ("/dev/sdc", "sdc"), "{bad:?}");
+        }
+        // A bad device section leaves the argv's device.
+        let r = parse_report(
+            br#"{"smartctl":{"argv":["smartctl","-a","/dev/sdd"]},"device":{"name":""},"smart_status":{}}"#,
+            "/dev/sdc",
+        )
+        .unwrap();
+        assert_eq!(r.object_name(), "sdd");
+        let r = parse_report(br#"[[], [""]]"#, "/dev/sde").unwrap();
+        assert_eq!(r.object_name(), "sde");
+        let scan =
+            br#"{"smartctl":{},"devices":[{"name":""},{"name":"/dev/"},{"name":"/dev/sda","type":"sat"}]}"#;
+        let s = parse_scan(scan).unwrap();
+        assert_eq!(s.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["/dev/sda"]);
     }
 
     #[test]
