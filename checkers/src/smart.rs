@@ -452,6 +452,10 @@ pub struct SmartReport {
 pub fn parse_report(bytes: &[u8], device_hint: &str) -> Result<SmartReport, SmartError> {
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
+    // smartctl writes one object; serde would also take an array as the document's fields in order.
+    if !value.is_object() {
+        return Err(SmartError::NotSmartctl);
+    }
     let implausible = implausible_values(&value);
     let doc: RawDoc =
         serde_json::from_value(value).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
@@ -831,8 +835,13 @@ pub struct ScanDevice {
 /// Parse `smartctl --scan[-open] --json` output. Devices without a name, or with one that leaves no object
 /// name, are skipped.
 pub fn parse_scan(bytes: &[u8]) -> Result<Vec<ScanDevice>, SmartError> {
-    let doc: RawScan =
+    let value: Value =
         serde_json::from_slice(bytes).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
+    if !value.is_object() {
+        return Err(SmartError::NotSmartctl);
+    }
+    let doc: RawScan =
+        serde_json::from_value(value).map_err(|e| SmartError::BadJson(short(&e.to_string())))?;
     if doc.smartctl.is_none() && doc.devices.is_none() {
         return Err(SmartError::NotSmartctl);
     }
@@ -1209,8 +1218,9 @@ mod tests {
         assert!(matches!(p.probe(&dev("/dev/sdq")).problem, Some(ProbeProblem::Hung { .. })));
     }
 
-    /// Found by `props::smart_report_takes_any_json` (input `[[], [""]]`: the document's fields
-    /// positionally, a device named ""): a device section or argv naming nothing gave an empty object name.
+    /// Found by `props::smart_report_takes_any_json` (input `[[], [""]]`, which serde read as the
+    /// document's fields in order: a device named ""): a device section or argv naming nothing gave an
+    /// empty object name.
     #[test]
     fn a_device_name_that_names_nothing_is_not_used() {
         let doc = |dev: &str| {
@@ -1230,12 +1240,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.object_name(), "sdd");
-        let r = parse_report(br#"[[], [""]]"#, "/dev/sde").unwrap();
-        assert_eq!(r.object_name(), "sde");
+        // The property test's input: an array is not a smartctl document.
+        assert_eq!(parse_report(br#"[[], [""]]"#, "/dev/sde"), Err(SmartError::NotSmartctl));
         let scan =
             br#"{"smartctl":{},"devices":[{"name":""},{"name":"/dev/"},{"name":"/dev/sda","type":"sat"}]}"#;
         let s = parse_scan(scan).unwrap();
         assert_eq!(s.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["/dev/sda"]);
+        assert_eq!(parse_scan(br#"[{}, [{"name": "/dev/sda"}]]"#), Err(SmartError::NotSmartctl));
     }
 
     #[test]
