@@ -131,9 +131,13 @@ where
 /// rounds measure steady beats, not a full assignment in every reply.
 static HELD: std::sync::OnceLock<Vec<std::sync::Mutex<String>>> = std::sync::OnceLock::new();
 
+/// The index of a simulated agent (`hb-agent-NNNNNN`, see [`beat`]) in the per-agent tables.
+fn agent_index(agent: &str) -> Option<usize> {
+    agent.strip_prefix("hb-agent-")?.parse().ok()
+}
+
 fn held(agent: &str) -> Option<&'static std::sync::Mutex<String>> {
-    let i: usize = agent.strip_prefix("hb-agent-")?.parse().ok()?;
-    HELD.get()?.get(i)
+    HELD.get()?.get(agent_index(agent)?)
 }
 
 /// Each agent's heartbeat stream between its beats (taken out while one is in flight: an agent is beaten by
@@ -144,8 +148,7 @@ static STREAMED: AtomicU64 = AtomicU64::new(0);
 static CALLED: AtomicU64 = AtomicU64::new(0);
 
 fn stream_slot(agent: &str) -> Option<&'static std::sync::Mutex<Option<BeatStream>>> {
-    let i: usize = agent.strip_prefix("hb-agent-")?.parse().ok()?;
-    STREAMS.get()?.get(i)
+    STREAMS.get()?.get(agent_index(agent)?)
 }
 
 fn beat(i: u32) -> api::HeartbeatRequest {
