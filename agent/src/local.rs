@@ -44,6 +44,10 @@ pub struct Metrics {
     /// Heartbeats answered over the heartbeat stream, and sent as single calls (no stream, or it broke).
     pub heartbeats_streamed: Counter,
     pub heartbeats_called: Counter,
+    /// Batches answered over the ingest stream, and sent as single calls (no stream, or it could not
+    /// carry the batch).
+    pub batches_streamed: Counter,
+    pub batches_called: Counter,
     /// Findings refused by the sink before queueing (they break the master's rules), by checker.
     pub invalid_findings: Family<Labels, Counter>,
     /// Batches the master refused for good, set aside in the dead-letter area.
@@ -83,6 +87,8 @@ impl Metrics {
             sent_batches: Counter::default(),
             heartbeats_streamed: Counter::default(),
             heartbeats_called: Counter::default(),
+            batches_streamed: Counter::default(),
+            batches_called: Counter::default(),
             invalid_findings: Family::default(),
             dead_batches: Counter::default(),
             dead_dropped: Counter::default(),
@@ -164,6 +170,16 @@ impl Metrics {
             "huatuo_agent_sent_batches",
             "Batches acknowledged by the master",
             m.sent_batches.clone(),
+        );
+        reg.register(
+            "huatuo_agent_batches_streamed",
+            "Batches answered over the agent's ingest stream",
+            m.batches_streamed.clone(),
+        );
+        reg.register(
+            "huatuo_agent_batches_called",
+            "Batches sent as single Ingest calls (no stream open, or it could not carry the batch)",
+            m.batches_called.clone(),
         );
         reg.register(
             "huatuo_agent_heartbeats_streamed",

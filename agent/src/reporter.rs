@@ -269,6 +269,7 @@ pub fn finish_batch(ob: &dyn OutboxStore, pinned: u64) -> Result<u64, OutboxErro
 async fn send_one(
     cfg: &ReporterConfig,
     client: &mut Client,
+    ingests: &mut proto::client::IngestStream,
     outbox: &Arc<dyn OutboxStore>,
     shared: &LocalState,
 ) -> Result<Sent, ReportError> {
@@ -291,7 +292,13 @@ async fn send_one(
     if n > 0 {
         let findings = wire.iter().map(|(_, f)| f.clone()).collect();
         let req = api::IngestRequest { agent: cfg.agent_id.clone(), seq: pinned, findings, epoch: cfg.epoch };
-        match client.call(req, |mut c, r| async move { c.ingest(r).await }).await {
+        let before = ingests.stats();
+        let sent = ingests.send(client, req).await;
+        // Counted whatever the answer, as heartbeats are.
+        let after = ingests.stats();
+        shared.metrics.batches_streamed.inc_by(after.streamed - before.streamed);
+        shared.metrics.batches_called.inc_by(after.called - before.called);
+        match sent {
             Ok(_) => {}
             Err(e) if refused_for_good(&e) => {
                 // Resending would be refused forever and block every batch behind this one. Send the
@@ -484,6 +491,8 @@ pub async fn run(
     client.max_attempts = 4;
     // Heartbeats go over one long-lived stream, falling back to single calls (`BeatStream`).
     let mut beats = proto::client::BeatStream::default();
+    // Batches too (`IngestStream`; the master ends an idle one, and the next batch opens another).
+    let mut ingests = proto::client::IngestStream::default();
     let mut registered = false;
     let mut backoff = BACKOFF_START;
     let mut rng: u64 = shared.started_ms | 1;
@@ -493,8 +502,11 @@ pub async fn run(
     loop {
         if *shutdown.borrow() {
             // Best effort, bounded: deliver what is queued; whatever is left stays durable in the outbox.
-            let flush =
-                async { while let Ok(Sent::Batch) = send_one(&cfg, &mut client, &outbox, &shared).await {} };
+            let flush = async {
+                while let Ok(Sent::Batch) = send_one(&cfg, &mut client, &mut ingests, &outbox, &shared).await
+                {
+                }
+            };
             let _ = tokio::time::timeout(FINAL_FLUSH, flush).await;
             return;
         }
@@ -530,7 +542,7 @@ pub async fn run(
         }
         let mut idle = false;
         if failed.is_none() {
-            match send_one(&cfg, &mut client, &outbox, &shared).await {
+            match send_one(&cfg, &mut client, &mut ingests, &outbox, &shared).await {
                 Ok(Sent::Batch) => {}
                 Ok(Sent::Nothing) => idle = true,
                 Err(e) => failed = Some(e),

@@ -89,6 +89,7 @@ impl Fake {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<api::WatchResponse, Status>> + Send + 'static>>;
 type BeatStream = Pin<Box<dyn Stream<Item = Result<api::HeartbeatResponse, Status>> + Send + 'static>>;
+type IngestStream = Pin<Box<dyn Stream<Item = Result<api::IngestResponse, Status>> + Send + 'static>>;
 
 fn unimplemented<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented("not part of this test double"))
@@ -98,6 +99,7 @@ fn unimplemented<T>() -> Result<Response<T>, Status> {
 impl Master for Fake {
     type WatchStream = WatchStream;
     type HeartbeatStreamStream = BeatStream;
+    type IngestStreamStream = IngestStream;
 
     async fn register(
         &self,
@@ -107,6 +109,13 @@ impl Master for Fake {
         Ok(Response::new(Default::default()))
     }
     /// A master from before heartbeat streams: the agent beats with calls (`BeatStream` falls back).
+    /// A master from before ingest streams: the agent sends Ingest calls (`IngestStream` falls back).
+    async fn ingest_stream(
+        &self,
+        _: Request<tonic::Streaming<api::IngestRequest>>,
+    ) -> Result<Response<IngestStream>, Status> {
+        Err(Status::unimplemented("no ingest streams here"))
+    }
     async fn heartbeat_stream(
         &self,
         _: Request<tonic::Streaming<api::HeartbeatRequest>>,

@@ -154,6 +154,48 @@ impl Fleet {
     }
 }
 
+/// A simulated agent's open stream (`HeartbeatStream`, `IngestStream`) on node `node`: one request in
+/// flight, each answered by one response, as a real agent's `proto::client::CallStream` keeps one.
+pub struct AgentStream<Q, A> {
+    pub node: usize,
+    tx: tokio::sync::mpsc::Sender<Q>,
+    rx: tonic::Streaming<A>,
+}
+
+impl<Q, A> AgentStream<Q, A> {
+    /// Open one on `node` (the node `c` is connected to) with `open` (the client's stream method), within
+    /// `limit`: the master's refusal (NOT_LEADER, RESOURCE_EXHAUSTED) as its status, a timeout as `None`.
+    pub async fn open<F, Fut>(
+        node: usize,
+        c: MasterClient<Channel>,
+        limit: Duration,
+        open: F,
+    ) -> Option<Result<Self, tonic::Status>>
+    where
+        F: FnOnce(MasterClient<Channel>, tokio_stream::wrappers::ReceiverStream<Q>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<A>>, tonic::Status>>,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let opened = tokio::time::timeout(limit, open(c, tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+            .ok()?;
+        Some(opened.map(|r| AgentStream { node, tx, rx: r.into_inner() }))
+    }
+
+    /// One request and its answer: `Ok(None)` when the stream ended (the request was not read, or not
+    /// answered) or no answer came within `limit`, the master's error when it refused the request (the stream
+    /// ends with it). Either way the caller drops the stream and sends the request as a call.
+    pub async fn exchange(&mut self, req: Q, limit: Duration) -> Result<Option<A>, tonic::Status> {
+        let exchange = async {
+            if self.tx.send(req).await.is_err() {
+                return Ok(None);
+            }
+            self.rx.message().await
+        };
+        tokio::time::timeout(limit, exchange).await.unwrap_or(Ok(None))
+    }
+}
+
 pub async fn connect(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
     let ch = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)

@@ -55,8 +55,8 @@ use proto::api::master_client::MasterClient;
 use tonic::transport::Channel;
 
 use crate::bench_common::{
-    FAILOVER_ATTEMPT, FAILOVER_PAUSE, Fleet, Rng, archive_line, cpu_ticks, dir_bytes, latency_summary,
-    metric_value, now_ms, open_quotas, rss_bytes, scrape_metrics,
+    AgentStream, FAILOVER_ATTEMPT, FAILOVER_PAUSE, Fleet, Rng, archive_line, cpu_ticks, dir_bytes,
+    latency_summary, metric_value, now_ms, open_quotas, rss_bytes, scrape_metrics,
 };
 
 /// Most simulated agents one run may start (the issue's target fleet).
@@ -190,6 +190,10 @@ pub struct BenchFleetArgs {
     /// over each agent's long-lived stream.
     #[arg(long)]
     beat_calls: bool,
+    /// Phase 7's findings as single `Ingest` calls, one HTTP/2 stream each (agents before ingest streams),
+    /// instead of over each writer's long-lived `IngestStream`.
+    #[arg(long)]
+    ingest_calls: bool,
     /// HTTP/2 connections per node for phase 7's writers of their own (0: they share the agents'
     /// connections, and with them each connection's open heartbeat streams).
     #[arg(long, default_value_t = 0)]
@@ -408,6 +412,11 @@ struct Run {
     streams: bool,
     streamed: AtomicU64,
     streams_opened: AtomicU64,
+    /// Phase 7's writers send over their own ingest stream (not `--ingest-calls`); batches answered on
+    /// one, streams opened.
+    ingest_streams: bool,
+    writes_streamed: AtomicU64,
+    write_streams_opened: AtomicU64,
     kept: Mutex<Vec<String>>,
     stop_beats: AtomicBool,
 }
@@ -552,27 +561,32 @@ async fn register_host(run: &Run, conn: usize, i: u32, disks: u32) -> Result<(f6
 
 /// A simulated agent's open heartbeat stream (`HeartbeatStream`), as a real agent keeps one
 /// (`proto::client::BeatStream`), to the node it was opened on.
-struct AgentStream {
-    node: usize,
-    tx: tokio::sync::mpsc::Sender<api::HeartbeatRequest>,
-    rx: tonic::Streaming<api::HeartbeatResponse>,
-}
+type BeatStream = AgentStream<api::HeartbeatRequest, api::HeartbeatResponse>;
+/// A phase 7 writer's open ingest stream (`IngestStream`, as `proto::client::IngestStream`).
+type WriteStream = AgentStream<api::IngestRequest, api::IngestResponse>;
 
-/// Open agent `i`'s heartbeat stream on connection `conn`'s node; a refusal moves the fleet as a call's does.
-async fn open_stream(run: &Run, conn: usize) -> Option<AgentStream> {
-    let (node, mut c) = run.fleet.client(conn);
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let req = tokio_stream::wrappers::ReceiverStream::new(rx);
-    match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat_stream(req)).await {
-        Ok(Ok(r)) => {
-            run.streams_opened.fetch_add(1, Ordering::Relaxed);
-            Some(AgentStream { node, tx, rx: r.into_inner() })
+/// Open a stream with `open` on connection `conn` of `fleet` to the node it believes leads, counting it in
+/// `opened`; a refusal moves the fleet as a call's does.
+async fn open_stream<Q, A, F, Fut>(
+    fleet: &Fleet,
+    conn: usize,
+    opened: &AtomicU64,
+    open: F,
+) -> Option<AgentStream<Q, A>>
+where
+    F: FnOnce(MasterClient<Channel>, tokio_stream::wrappers::ReceiverStream<Q>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<tonic::Streaming<A>>, tonic::Status>>,
+{
+    let (node, c) = fleet.client(conn);
+    match AgentStream::open(node, c, CALL_TIMEOUT, open).await? {
+        Ok(st) => {
+            opened.fetch_add(1, Ordering::Relaxed);
+            Some(st)
         }
-        Ok(Err(s)) => {
-            run.fleet.not_leader(node, &s);
+        Err(s) => {
+            fleet.not_leader(node, &s);
             None
         }
-        Err(_) => None,
     }
 }
 
@@ -585,28 +599,21 @@ async fn beat(
     conn: usize,
     i: u32,
     held: String,
-    stream: Option<AgentStream>,
-) -> (u32, Option<String>, Option<AgentStream>) {
+    stream: Option<BeatStream>,
+) -> (u32, Option<String>, Option<BeatStream>) {
     let sent = run.secs();
     let t = Instant::now();
     let req = run.heartbeat(i, held);
     // A stream to a node the fleet no longer believes leads is dropped (its master ends it too).
     let mut stream = stream.filter(|s| s.node == run.fleet.leader_node());
     if stream.is_none() && run.streams {
-        stream = open_stream(&run, conn).await;
+        stream = open_stream(&run.fleet, conn, &run.streams_opened, |mut c, rx| async move {
+            c.heartbeat_stream(rx).await
+        })
+        .await;
     }
     if let Some(st) = stream.as_mut() {
-        let exchange = async {
-            st.tx.send(req.clone()).await.ok()?;
-            match st.rx.message().await {
-                Ok(m) => m,
-                Err(s) => {
-                    run.fleet.not_leader(st.node, &s);
-                    None
-                }
-            }
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+        match st.exchange(req.clone(), CALL_TIMEOUT).await {
             Ok(Some(r)) => {
                 lock(&run.beats).push(sent, t.elapsed().as_secs_f64() * 1000.0);
                 run.streamed.fetch_add(1, Ordering::Relaxed);
@@ -616,7 +623,11 @@ async fn beat(
                 return (i, Some(r.assignment_hash), stream);
             }
             // Ended, refused or timed out: this beat goes as a call; the next one opens a new stream.
-            _ => stream = None,
+            Ok(None) => stream = None,
+            Err(s) => {
+                run.fleet.not_leader(st.node, &s);
+                stream = None;
+            }
         }
     }
     let (node, mut c) = run.fleet.client(conn);
@@ -851,7 +862,7 @@ async fn drive(
     // The assignment hash each agent of this connection holds (the last one a master answered).
     let mut held: HashMap<u32, String> = HashMap::new();
     // The heartbeat stream each agent of this connection keeps open (none while one of its beats is out).
-    let mut streams: HashMap<u32, AgentStream> = HashMap::new();
+    let mut streams: HashMap<u32, BeatStream> = HashMap::new();
     while !run.stop_beats.load(Ordering::Relaxed) {
         while regs.len() < reg_in_flight {
             let Some(i) = to_register.next() else { break };
@@ -1334,6 +1345,8 @@ async fn throughput(
             let disks = batch.min(THROUGHPUT_DISKS);
             let mut last_acked_ms = None;
             let mut seq = 0u64;
+            let mut stream: Option<WriteStream> = None;
+            let fleet = writers.as_deref().unwrap_or(&run.fleet);
             while Instant::now() < deadline {
                 seq += 1;
                 // One time for the whole batch: the check at the end compares each disk's latest evidence
@@ -1346,13 +1359,40 @@ async fn throughput(
                     })
                     .collect();
                 let req = api::IngestRequest { agent: agent.clone(), seq, findings, epoch: 0 };
+                // Over the writer's stream when it has one to the node believed to lead (opened if not),
+                // as an agent sends; a batch the stream did not answer goes as a call, a retry (a batch
+                // applied before its answer was lost is then answered `duplicate`).
+                stream = stream.filter(|s| s.node == fleet.leader_node());
+                if stream.is_none() && run.ingest_streams {
+                    stream =
+                        open_stream(fleet, k as usize, &run.write_streams_opened, |mut c, rx| async move {
+                            c.ingest_stream(rx).await
+                        })
+                        .await;
+                }
+                let mut tries = 0;
+                let mut streamed = None;
+                if let Some(st) = stream.as_mut() {
+                    tries = 1;
+                    match st.exchange(req.clone(), CALL_TIMEOUT).await {
+                        Ok(Some(r)) => streamed = Some(r),
+                        Ok(None) => stream = None,
+                        Err(s) => {
+                            fleet.not_leader(st.node, &s);
+                            stream = None;
+                        }
+                    }
+                }
                 let send = |mut c: MasterClient<Channel>| {
                     let q = req.clone();
                     async move { c.ingest(q).await }
                 };
-                let sent = match &writers {
-                    Some(w) => call_via(w, k as usize, send).await,
-                    None => run.call(k as usize, send).await,
+                let sent = match streamed {
+                    Some(r) => {
+                        run.writes_streamed.fetch_add(1, Ordering::Relaxed);
+                        Ok((r, 1))
+                    }
+                    None => call_via(fleet, k as usize, send).await.map(|(r, n)| (r, n + tries)),
                 };
                 match sent {
                     Ok((r, attempts)) if r.applied > 0 || (r.duplicate && attempts > 1) => {
@@ -1602,6 +1642,9 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         streams: !a.beat_calls,
         streamed: AtomicU64::new(0),
         streams_opened: AtomicU64::new(0),
+        ingest_streams: !a.ingest_calls,
+        writes_streamed: AtomicU64::new(0),
+        write_streams_opened: AtomicU64::new(0),
         kept: Mutex::new(Vec::new()),
         stop_beats: AtomicBool::new(false),
     });
@@ -1988,6 +2031,16 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
          findings/s with {BATCH_AGENTS} agents x {BATCH_SIZE}-finding batches; batched/single {:.1}x \
          (heartbeats continuing)",
         b_rate / s_rate.max(1e-9)
+    );
+    println!(
+        "phase 7 findings transport: {}; {} batches answered on streams, {} streams opened",
+        if run.ingest_streams {
+            "a stream per writer (calls when it cannot carry a batch)"
+        } else {
+            "single calls"
+        },
+        run.writes_streamed.load(Ordering::Relaxed),
+        run.write_streams_opened.load(Ordering::Relaxed)
     );
     // The machine's CPU per finding in each half, heartbeats included (they go on at the phase 2 rate).
     println!(
@@ -2395,6 +2448,7 @@ mod tests {
             data_dir: None,
             cache_mb: None,
             beat_calls: false,
+            ingest_calls: false,
             writer_connections: 0,
         };
         assert!(ok.check().is_ok());
@@ -2439,6 +2493,7 @@ mod tests {
             data_dir: a.data_dir.clone(),
             cache_mb: a.cache_mb,
             beat_calls: a.beat_calls,
+            ingest_calls: a.ingest_calls,
             writer_connections: a.writer_connections,
         }
     }

@@ -53,6 +53,10 @@ pub struct BenchMasterArgs {
     /// following the leader on its own). Like etcd's benchmark `--conns` beside `--clients`.
     #[arg(long, default_value_t = 0)]
     connections: u32,
+    /// The throughput phase's batches as single `Ingest` calls, one HTTP/2 stream each (agents before
+    /// ingest streams), instead of over each agent's long-lived `IngestStream`.
+    #[arg(long)]
+    ingest_calls: bool,
 }
 
 /// One agent batch of `n` GOOD findings about its host's `disks` disks, by `checkers` checkers in turn (by
@@ -76,6 +80,31 @@ fn batch(agent: u32, seq: u64, n: u32, disks: u32, checkers: u32) -> api::Ingest
         })
         .collect();
     api::IngestRequest { agent: format!("bench-agent-{agent}"), seq, findings, epoch: 0 }
+}
+
+/// One batch over the agent's ingest stream on its shared connection `c` (opened if it has none), or as
+/// one call when the stream cannot carry it (a retry then: a batch applied before its answer was lost is
+/// answered `duplicate`).
+/// Returns the answer and whether the stream carried it.
+async fn shared_stream_send(
+    stream: &mut Option<crate::bench_common::AgentStream<api::IngestRequest, api::IngestResponse>>,
+    c: &proto::api::master_client::MasterClient<tonic::transport::Channel>,
+    req: api::IngestRequest,
+) -> Result<(api::IngestResponse, bool), tonic::Status> {
+    let limit = proto::client::CALL_TIMEOUT;
+    if stream.is_none() {
+        let open =
+            |mut c: proto::api::master_client::MasterClient<_>, rx| async move { c.ingest_stream(rx).await };
+        *stream =
+            crate::bench_common::AgentStream::open(0, c.clone(), limit, open).await.and_then(Result::ok);
+    }
+    if let Some(st) = stream.as_mut() {
+        if let Ok(Some(r)) = st.exchange(req.clone(), limit).await {
+            return Ok((r, true));
+        }
+        *stream = None;
+    }
+    c.clone().ingest(req).await.map(|r| (r.into_inner(), false))
 }
 
 pub fn run(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
@@ -106,6 +135,8 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::<f64>::new()));
+    // Batches answered on the agents' ingest streams (the rest went as calls).
+    let streamed = Arc::new(AtomicU64::new(0));
     let mut shared = Vec::new();
     for _ in 0..a.connections {
         shared.push(crate::bench_common::connect(&cluster.nodes[&leader].grpc).await?);
@@ -116,19 +147,33 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for agent in 0..a.agents {
-        let (stop, committed, lat, seqs, addrs) =
-            (stop.clone(), committed.clone(), lat.clone(), seqs.clone(), addrs.clone());
+        let (stop, committed, lat, seqs, addrs, streamed) =
+            (stop.clone(), committed.clone(), lat.clone(), seqs.clone(), addrs.clone(), streamed.clone());
         let (n, disks, checkers) = (a.batch, a.disks, a.checkers);
         let conn = (!shared.is_empty()).then(|| shared[agent as usize % shared.len()].clone());
+        let calls = a.ingest_calls;
         tasks.push(tokio::spawn(async move {
             let mut client = Client::new(master::client::parse_addrs(&addrs));
+            // As an agent sends: over its own stream (on its shared connection, or where its client
+            // follows the leader), a call for any batch the stream cannot carry.
+            let mut ingests = proto::client::IngestStream::default();
+            let mut on_conn: Option<crate::bench_common::AgentStream<_, _>> = None;
+            let mut shared_streamed = 0u64;
             let mut local = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let seq = seqs[agent as usize].fetch_add(1, Ordering::Relaxed) + 1;
                 let req = batch(agent, seq, n, disks, checkers);
                 let t = Instant::now();
                 let res = match &conn {
+                    Some(c) if !calls => match shared_stream_send(&mut on_conn, c, req).await {
+                        Ok((r, on_stream)) => {
+                            shared_streamed += u64::from(on_stream);
+                            Ok(r)
+                        }
+                        Err(e) => Err(proto::error::ApiError::from(e)),
+                    },
                     Some(c) => c.clone().ingest(req).await.map(|r| r.into_inner()).map_err(Into::into),
+                    None if !calls => ingests.send(&mut client, req).await,
                     None => client.call(req, |mut c, r| async move { c.ingest(r).await }).await,
                 };
                 match res {
@@ -140,6 +185,7 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             lat.lock().await.extend(local);
+            streamed.fetch_add(shared_streamed + ingests.stats().streamed, Ordering::Relaxed);
         }));
     }
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
@@ -155,6 +201,7 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
         0 => "one connection each".to_string(),
         n => format!("{n} shared connections"),
     };
+    conns.push_str(if a.ingest_calls { ", single calls" } else { ", a stream each" });
     if a.checkers > 1 {
         conns.push_str(&format!(", {} checkers in turn", a.checkers));
     }
@@ -175,10 +222,11 @@ async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
         )
     );
     println!(
-        "submit->commit latency per batch: p50 {:.1} ms, p99 {:.1} ms ({} batches)",
+        "submit->commit latency per batch: p50 {:.1} ms, p99 {:.1} ms ({} batches, {} answered on streams)",
         pct(&l, 0.5),
         pct(&l, 0.99),
-        l.len()
+        l.len(),
+        streamed.load(Ordering::Relaxed)
     );
     println!("archive after the throughput phase: {}", archive_line(&cluster).await);
 

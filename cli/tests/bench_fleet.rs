@@ -82,6 +82,12 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
     assert!(transport.contains("a stream per agent"), "{transport}");
     let n: Vec<u64> = transport.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
     assert!(n.len() >= 3 && n[n.len() - 2] > 0 && n[n.len() - 1] >= 60, "{transport}");
+    // Phase 7's writers send over their own ingest streams, as agents do: at least one batch each
+    // (532 writers) answered on one.
+    let writes = stdout.lines().find(|l| l.starts_with("phase 7 findings transport: ")).expect("line");
+    assert!(writes.contains("a stream per writer"), "{writes}");
+    let n: Vec<u64> = writes.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    assert!(n.len() >= 2 && n[n.len() - 2] >= 532 && n[n.len() - 1] >= 532, "{writes}");
     // The burst covered every disk (60 hosts x 12) and the watcher saw each one's transition.
     assert!(stdout.contains("720 of a 720-disk ERROR burst"), "{stdout}");
     // The leader lists the disks in ERROR from its index of the objects out of GOOD.

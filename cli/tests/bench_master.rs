@@ -25,9 +25,14 @@ fn bench_master_prints_throughput_over_shared_connections() {
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status);
     let line = stdout.lines().find(|l| l.starts_with("throughput:")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(
-        line.contains("8 agents x 1 findings/batch (2 shared connections, 3 checkers in turn)"),
+        line.contains(
+            "8 agents x 1 findings/batch (2 shared connections, a stream each, 3 checkers in turn)"
+        ),
         "{line}"
     );
+    // Each agent's batches went over its ingest stream on its shared connection, as agents send them.
+    let (batches, streamed) = batches_and_streamed(&stdout);
+    assert!(batches > 0 && streamed + 8 >= batches, "at most one call per agent: {stdout}");
     let rate: f64 = line
         .split(": ")
         .nth(2)
@@ -53,6 +58,41 @@ fn bench_master_prints_throughput_over_shared_connections() {
         .unwrap_or_else(|| panic!("no figure in {cpu}"));
     assert!(us > 0.0, "{cpu}");
     assert!(!stderr.lines().any(|l| l.starts_with("agent ")), "an agent's call failed: {stderr}");
+}
+
+/// (batches, of them answered on streams) of the throughput phase's latency line.
+fn batches_and_streamed(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("submit->commit latency"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let inner = line.rsplit_once('(').map(|(_, r)| r).unwrap_or_else(|| panic!("{line}"));
+    let nums: Vec<u64> = inner.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    match nums.as_slice() {
+        [batches, streamed] => (*batches, *streamed),
+        _ => panic!("no batch counts in {line}"),
+    }
+}
+
+#[test]
+fn bench_master_sends_single_calls_when_told() {
+    let out = Command::new(env!("CARGO_BIN_EXE_huatuo"))
+        .args(["bench", "master", "--agents", "4", "--batch", "1", "--seconds", "1", "--ingest-calls"])
+        .args(["--watch-seconds", "1", "--watch-rate", "100", "--kills", "0"])
+        .output()
+        .expect("run huatuo bench master");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().find(|l| l.starts_with("throughput:")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.contains("(one connection each, single calls)"), "{line}");
+    let (batches, streamed) = batches_and_streamed(&stdout);
+    assert!(batches > 0, "{stdout}");
+    assert_eq!(streamed, 0, "no batch on a stream: {stdout}");
 }
 
 /// Processes whose command line mentions `needle` (the cluster's data dir).

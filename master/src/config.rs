@@ -101,8 +101,13 @@ pub struct MasterConfig {
     /// `api::heartbeats::MAX_HEARTBEAT_STREAMS`.
     #[serde(default = "default_max_heartbeat_streams")]
     pub max_heartbeat_streams: usize,
-    /// A heartbeat stream ends cleanly after its first beat past this age, and the agent opens another
-    /// (its token is checked again then). Default 600,000 (10 minutes); at least 1,000.
+    /// Most ingest streams this node serves at once (one per agent sending findings; an idle one ends
+    /// after 10 s, `api::heartbeats::INGEST_STREAM_IDLE`); one more is refused with RESOURCE_EXHAUSTED and that agent sends
+    /// Ingest calls. 0: no streams. Default `api::heartbeats::MAX_INGEST_STREAMS`.
+    #[serde(default = "default_max_ingest_streams")]
+    pub max_ingest_streams: usize,
+    /// A heartbeat or ingest stream ends cleanly after its first message past this age, and the agent
+    /// opens another (its token is checked again then). Default 600,000 (10 minutes); at least 1,000.
     #[serde(default = "default_heartbeat_stream_max_age_ms")]
     pub heartbeat_stream_max_age_ms: u64,
     /// Play a binary that knows command versions up to this one only (1..=the binary's own): to rehearse a
@@ -139,6 +144,10 @@ fn default_max_watches() -> usize {
 
 fn default_max_heartbeat_streams() -> usize {
     crate::api::heartbeats::MAX_HEARTBEAT_STREAMS
+}
+
+fn default_max_ingest_streams() -> usize {
+    crate::api::heartbeats::MAX_INGEST_STREAMS
 }
 
 fn default_heartbeat_stream_max_age_ms() -> u64 {
@@ -266,6 +275,7 @@ pub struct Resolved {
     pub security: Security,
     pub max_watches: usize,
     pub max_heartbeat_streams: usize,
+    pub max_ingest_streams: usize,
     pub heartbeat_stream_max_age: Duration,
     /// The newest command version this node knows (decodes, applies, reports to its peers).
     pub knows_command_version: u32,
@@ -375,6 +385,12 @@ impl MasterConfig {
             0,
             crate::api::heartbeats::MAX_HEARTBEAT_STREAMS_CEILING,
         )?;
+        in_range(
+            "max_ingest_streams",
+            self.max_ingest_streams,
+            0,
+            crate::api::heartbeats::MAX_HEARTBEAT_STREAMS_CEILING,
+        )?;
         let knows = crate::model::COMMAND_VERSION;
         let knows_command_version = match self.knows_command_version {
             None => knows,
@@ -418,6 +434,7 @@ impl MasterConfig {
             tickets: self.tickets.clone(),
             max_watches: self.max_watches,
             max_heartbeat_streams: self.max_heartbeat_streams,
+            max_ingest_streams: self.max_ingest_streams,
             heartbeat_stream_max_age: Duration::from_millis(self.heartbeat_stream_max_age_ms.max(1000)),
             knows_command_version,
             auto_upgrade: self.auto_upgrade,
@@ -519,25 +536,32 @@ mod tests {
         // a floor of a second.
         let r = MasterConfig::from_toml(base).expect("parse").resolve().expect("defaults");
         assert_eq!(r.max_heartbeat_streams, crate::api::heartbeats::MAX_HEARTBEAT_STREAMS);
+        assert_eq!(r.max_ingest_streams, crate::api::heartbeats::MAX_INGEST_STREAMS);
         assert_eq!(r.heartbeat_stream_max_age, crate::api::heartbeats::HEARTBEAT_STREAM_MAX_AGE);
         let r = MasterConfig::from_toml(&format!(
             "max_heartbeat_streams = 0
+max_ingest_streams = 0
 heartbeat_stream_max_age_ms = 5
 {base}"
         ))
         .expect("parse")
         .resolve()
         .expect("no streams");
-        assert_eq!((r.max_heartbeat_streams, r.heartbeat_stream_max_age), (0, Duration::from_secs(1)));
+        assert_eq!(
+            (r.max_heartbeat_streams, r.max_ingest_streams, r.heartbeat_stream_max_age),
+            (0, 0, Duration::from_secs(1))
+        );
         let too_many = crate::api::heartbeats::MAX_HEARTBEAT_STREAMS_CEILING + 1;
-        let e = MasterConfig::from_toml(&format!(
-            "max_heartbeat_streams = {too_many}
+        for setting in ["max_heartbeat_streams", "max_ingest_streams"] {
+            let e = MasterConfig::from_toml(&format!(
+                "{setting} = {too_many}
 {base}"
-        ))
-        .expect("parse")
-        .resolve()
-        .expect_err("over the ceiling");
-        assert!(e.to_string().contains("max_heartbeat_streams"), "{e}");
+            ))
+            .expect("parse")
+            .resolve()
+            .expect_err("over the ceiling");
+            assert!(e.to_string().contains(setting), "{e}");
+        }
         let r =
             MasterConfig::from_toml(&format!("cache_mb = 64\n{base}")).expect("parse").resolve().expect("ok");
         assert_eq!(r.storage.cache_bytes, 64 << 20);

@@ -108,36 +108,143 @@ async fn beat(svc: &Service, req: api::HeartbeatRequest) -> Result<api::Heartbea
     })
 }
 
-type BeatStreamBox = Pin<Box<dyn Stream<Item = Result<api::HeartbeatResponse, Status>> + Send + 'static>>;
+/// One ingest batch, answered as the unary call and every batch of a stream answer it.
+async fn ingest_batch(
+    svc: &Service,
+    req: api::IngestRequest,
+    key: Option<String>,
+) -> Result<api::IngestResponse, Status> {
+    // Bound the decoding work before the API layer's checks (which repeat this one on the result).
+    if req.findings.len() > crate::api::validate::MAX_FINDINGS_PER_BATCH {
+        return Err(Status::from(ApiError::invalid(format!(
+            "{} findings in one batch (limit {})",
+            req.findings.len(),
+            crate::api::validate::MAX_FINDINGS_PER_BATCH
+        ))));
+    }
+    let findings = req
+        .findings
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            convert::finding_from_wire(f)
+                .map_err(|e| ApiError::new(e.code, format!("finding {i}: {}", e.message)))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Status::from)?;
+    let res = svc
+        .ingest_keyed(IngestBatch { agent: req.agent, seq: req.seq, epoch: req.epoch, findings }, key)
+        .await
+        .map_err(Status::from)?;
+    Ok(api::IngestResponse {
+        revision: res.revision,
+        applied: res.applied,
+        duplicate: res.duplicate,
+        commit_index: 0,
+    })
+}
 
-/// One agent's heartbeat stream: each beat read is answered by [`beat`], one at a time, in order.
-struct BeatStream {
+/// What an agent's long-lived stream carries: requests of one sender, each answered as its unary call
+/// answers it.
+trait Carried: Send + 'static {
+    type Resp: Send + 'static;
+    /// The stream's name in messages.
+    const WHAT: &'static str;
+    /// Who sent it (agent, host): one stream carries one sender.
+    fn sender(&self) -> (&str, &str);
+    fn answer(
+        self,
+        svc: Arc<Service>,
+    ) -> impl std::future::Future<Output = Result<Self::Resp, Status>> + Send;
+    /// How long the stream may wait for its next request.
+    fn idle(svc: &Service) -> std::time::Duration;
+    /// What ends a stream idle that long: an error (a silent agent), or nothing (a clean end: an agent
+    /// with no findings to send).
+    fn idle_error(idle: std::time::Duration) -> Option<Status>;
+}
+
+impl Carried for api::HeartbeatRequest {
+    type Resp = api::HeartbeatResponse;
+    const WHAT: &'static str = "heartbeat";
+    fn sender(&self) -> (&str, &str) {
+        (&self.agent, &self.host)
+    }
+    async fn answer(self, svc: Arc<Service>) -> Result<Self::Resp, Status> {
+        beat(&svc, self).await
+    }
+    fn idle(svc: &Service) -> std::time::Duration {
+        svc.heartbeat_stream_idle()
+    }
+    fn idle_error(idle: std::time::Duration) -> Option<Status> {
+        Some(Status::from(ApiError::unavailable(format!("no heartbeat on this stream for {idle:?}: closed"))))
+    }
+}
+
+impl Carried for api::IngestRequest {
+    type Resp = api::IngestResponse;
+    const WHAT: &'static str = "ingest";
+    fn sender(&self) -> (&str, &str) {
+        (&self.agent, "")
+    }
+    async fn answer(self, svc: Arc<Service>) -> Result<Self::Resp, Status> {
+        // No idempotency key on a stream: an agent's batches are deduplicated by (agent, seq).
+        ingest_batch(&svc, self, None).await
+    }
+    fn idle(svc: &Service) -> std::time::Duration {
+        svc.ingest_stream_idle()
+    }
+    fn idle_error(_: std::time::Duration) -> Option<Status> {
+        None
+    }
+}
+
+type StreamBox<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// One agent's stream of heartbeats or ingest batches: each request read is answered by its call's
+/// function, one at a time, in order.
+struct AgentStream<R: Carried> {
     svc: Arc<Service>,
-    inbound: tonic::Streaming<api::HeartbeatRequest>,
-    /// The (agent, host) of the first beat: the only one this stream carries.
-    agent: Option<(String, String)>,
+    inbound: tonic::Streaming<R>,
+    /// The (agent, host) of the first request: the only sender this stream carries.
+    sender: Option<(String, String)>,
     opened: std::time::Instant,
     /// The last item was an error, or the stream reached its age: end.
     done: bool,
     _slot: crate::api::heartbeats::StreamSlot,
 }
 
-impl BeatStream {
-    /// The answer to the next beat, or the end: the agent closed its side (nothing to answer), its
-    /// message did not decode or was over the size limit (tonic's error), it sent no beat for
-    /// `heartbeat_stream_idle` (UNAVAILABLE), a beat was refused (its error, then the end: NOT_LEADER when
-    /// this node no longer leads), or the beat before reached `heartbeat_stream_max_age` (a clean end
-    /// after its answer).
-    async fn next(mut self) -> Option<(Result<api::HeartbeatResponse, Status>, Self)> {
+impl<R: Carried> AgentStream<R> {
+    fn start(
+        svc: &Arc<Service>,
+        req: Request<tonic::Streaming<R>>,
+        slot: crate::api::heartbeats::StreamSlot,
+    ) -> StreamBox<R::Resp> {
+        let state = AgentStream {
+            svc: Arc::clone(svc),
+            inbound: req.into_inner(),
+            sender: None,
+            opened: std::time::Instant::now(),
+            done: false,
+            _slot: slot,
+        };
+        Box::pin(futures::stream::unfold(state, AgentStream::next))
+    }
+
+    /// The answer to the next request, or the end: the agent closed its side (nothing to answer), its
+    /// message did not decode or was over the size limit (tonic's error), it sent nothing for its idle
+    /// limit (heartbeats: `agent_silent_after`, UNAVAILABLE; ingest: `ingest_stream_idle`, a clean end), a
+    /// request was refused (its
+    /// error, then the end: NOT_LEADER when this node no longer leads), or the request before reached
+    /// `heartbeat_stream_max_age` (a clean end after its answer).
+    async fn next(mut self) -> Option<(Result<R::Resp, Status>, Self)> {
         if self.done {
             return None;
         }
-        let idle = self.svc.heartbeat_stream_idle();
+        let idle = R::idle(&self.svc);
         let req = match tokio::time::timeout(idle, self.inbound.message()).await {
             Err(_) => {
                 self.done = true;
-                let e = ApiError::unavailable(format!("no heartbeat on this stream for {idle:?}: closed"));
-                return Some((Err(Status::from(e)), self));
+                return R::idle_error(idle).map(|e| (Err(e), self));
             }
             Ok(Ok(Some(req))) => req,
             Ok(Ok(None)) => return None,
@@ -148,22 +255,26 @@ impl BeatStream {
                 return Some((Err(status), self));
             }
         };
-        let res = match &self.agent {
-            Some((agent, host)) if *agent != req.agent || *host != req.host => {
+        let res = match &self.sender {
+            Some((agent, host)) if (agent.as_str(), host.as_str()) != req.sender() => {
+                let (a, h) = req.sender();
                 Err(Status::from(ApiError::invalid(format!(
-                    "a heartbeat stream carries one agent: opened by {agent} on {host}, got {} on {}",
-                    req.agent, req.host
+                    "a {} stream carries one agent: opened by {agent} on {host:?}, got {a} on {h:?}",
+                    R::WHAT
                 ))))
             }
             _ => {
-                let first = self.agent.is_none().then(|| (req.agent.clone(), req.host.clone()));
-                // Boxed: the stream waits for its next beat far longer than it answers one, and an
-                // unboxed beat would size that wait (held per agent) by the beat's own state.
-                let res = Box::pin(beat(&self.svc, req)).await;
+                let first = self.sender.is_none().then(|| {
+                    let (a, h) = req.sender();
+                    (a.to_string(), h.to_string())
+                });
+                // Boxed: the stream waits for its next request far longer than it answers one, and an
+                // unboxed answer would size that wait (held per agent) by the answer's own state.
+                let res = Box::pin(req.answer(Arc::clone(&self.svc))).await;
                 if res.is_ok()
                     && let Some(a) = first
                 {
-                    self.agent = Some(a);
+                    self.sender = Some(a);
                 }
                 res
             }
@@ -180,36 +291,17 @@ impl Master for GrpcApi {
         req: Request<api::IngestRequest>,
     ) -> Result<Response<api::IngestResponse>, Status> {
         let key = idempotency_key(req.metadata())?;
-        let req = req.into_inner();
-        // Bound the decoding work before the API layer's checks (which repeat this one on the result).
-        if req.findings.len() > crate::api::validate::MAX_FINDINGS_PER_BATCH {
-            return Err(Status::from(ApiError::invalid(format!(
-                "{} findings in one batch (limit {})",
-                req.findings.len(),
-                crate::api::validate::MAX_FINDINGS_PER_BATCH
-            ))));
-        }
-        let findings = req
-            .findings
-            .into_iter()
-            .enumerate()
-            .map(|(i, f)| {
-                convert::finding_from_wire(f)
-                    .map_err(|e| ApiError::new(e.code, format!("finding {i}: {}", e.message)))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::from)?;
-        let res = self
-            .svc
-            .ingest_keyed(IngestBatch { agent: req.agent, seq: req.seq, epoch: req.epoch, findings }, key)
-            .await
-            .map_err(Status::from)?;
-        Ok(Response::new(api::IngestResponse {
-            revision: res.revision,
-            applied: res.applied,
-            duplicate: res.duplicate,
-            commit_index: 0,
-        }))
+        ingest_batch(&self.svc, req.into_inner(), key).await.map(Response::new)
+    }
+
+    type IngestStreamStream = StreamBox<api::IngestResponse>;
+
+    async fn ingest_stream(
+        &self,
+        req: Request<tonic::Streaming<api::IngestRequest>>,
+    ) -> Result<Response<Self::IngestStreamStream>, Status> {
+        let slot = self.svc.open_ingest_stream().map_err(Status::from)?;
+        Ok(Response::new(AgentStream::start(&self.svc, req, slot)))
     }
 
     async fn heartbeat(
@@ -219,22 +311,14 @@ impl Master for GrpcApi {
         beat(&self.svc, req.into_inner()).await.map(Response::new)
     }
 
-    type HeartbeatStreamStream = BeatStreamBox;
+    type HeartbeatStreamStream = StreamBox<api::HeartbeatResponse>;
 
     async fn heartbeat_stream(
         &self,
         req: Request<tonic::Streaming<api::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStreamStream>, Status> {
         let slot = self.svc.open_heartbeat_stream().map_err(Status::from)?;
-        let state = BeatStream {
-            svc: Arc::clone(&self.svc),
-            inbound: req.into_inner(),
-            agent: None,
-            opened: std::time::Instant::now(),
-            done: false,
-            _slot: slot,
-        };
-        Ok(Response::new(Box::pin(futures::stream::unfold(state, BeatStream::next))))
+        Ok(Response::new(AgentStream::start(&self.svc, req, slot)))
     }
 
     async fn push_artifact(

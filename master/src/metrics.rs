@@ -184,23 +184,32 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         "Watch streams refused because this node served its limit (RESOURCE_EXHAUSTED / HTTP 429)",
         ConstCounter::new(svc.watches_refused()),
     );
-    let streams = svc.heartbeat_streams();
-    reg.register("heartbeat_streams", "Open heartbeat streams on this node", gauge(streams.open as u64));
-    reg.register(
-        "heartbeat_streams_max",
-        "Most heartbeat streams this node serves at once (max_heartbeat_streams)",
-        gauge(svc.max_heartbeat_streams() as u64),
-    );
-    reg.register(
-        "heartbeat_streams_opened",
-        "Heartbeat streams opened on this node",
-        ConstCounter::new(streams.opened),
-    );
-    reg.register(
-        "heartbeat_streams_refused",
-        "Heartbeat streams refused because this node served its limit (RESOURCE_EXHAUSTED)",
-        ConstCounter::new(streams.refused),
-    );
+    for (what, streams, max) in [
+        ("heartbeat", svc.heartbeat_streams(), svc.max_heartbeat_streams()),
+        ("ingest", svc.ingest_streams(), svc.max_ingest_streams()),
+    ] {
+        let cap = format!("{}{}", what[..1].to_uppercase(), &what[1..]);
+        reg.register(
+            format!("{what}_streams"),
+            format!("Open {what} streams on this node"),
+            gauge(streams.open as u64),
+        );
+        reg.register(
+            format!("{what}_streams_max"),
+            format!("Most {what} streams this node serves at once (max_{what}_streams)"),
+            gauge(max as u64),
+        );
+        reg.register(
+            format!("{what}_streams_opened"),
+            format!("{cap} streams opened on this node"),
+            ConstCounter::new(streams.opened),
+        );
+        reg.register(
+            format!("{what}_streams_refused"),
+            format!("{cap} streams refused because this node served its limit (RESOURCE_EXHAUSTED)"),
+            ConstCounter::new(streams.refused),
+        );
+    }
     reg.register(
         "knows_command_version",
         "The newest command version this node's binary knows",

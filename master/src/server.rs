@@ -214,6 +214,8 @@ pub async fn serve(
             policy: cfg.policy.clone(),
             max_watches: cfg.max_watches,
             max_heartbeat_streams: cfg.max_heartbeat_streams,
+            max_ingest_streams: cfg.max_ingest_streams,
+            ingest_stream_idle: crate::api::heartbeats::INGEST_STREAM_IDLE,
             heartbeat_stream_max_age: cfg.heartbeat_stream_max_age,
             knows_command_version: cfg.knows_command_version,
             auto_upgrade: cfg.auto_upgrade,

@@ -65,43 +65,15 @@ async fn grpc(m: &Master) -> api::master_client::MasterClient<tonic::transport::
     api::master_client::MasterClient::connect(format!("http://{}", m.grpc)).await.expect("connect")
 }
 
-/// An open stream: what to send on, what comes back.
-struct Open {
-    tx: tokio::sync::mpsc::Sender<api::HeartbeatRequest>,
-    rx: tonic::Streaming<api::HeartbeatResponse>,
-}
+type Open = common::Open<api::HeartbeatRequest, api::HeartbeatResponse>;
 
 async fn open(m: &Master) -> Result<Open, tonic::Status> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let r = grpc(m).await.heartbeat_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
-    Ok(Open { tx, rx: r.into_inner() })
-}
-
-impl Open {
-    /// Send one beat and wait for what the stream says next (bounded).
-    async fn exchange(
-        &mut self,
-        req: api::HeartbeatRequest,
-    ) -> Result<Option<api::HeartbeatResponse>, tonic::Status> {
-        self.tx.send(req).await.expect("the stream takes a beat");
-        self.next().await
-    }
-
-    async fn next(&mut self) -> Result<Option<api::HeartbeatResponse>, tonic::Status> {
-        tokio::time::timeout(BOUND, self.rx.message()).await.expect("the stream answers or ends")
-    }
+    let mut c = grpc(m).await;
+    Open::with(|rx| async move { c.heartbeat_stream(rx).await }).await
 }
 
 async fn wait_streams(m: &Master, want: impl Fn(StreamStats) -> bool) -> StreamStats {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let s = m.svc.heartbeat_streams();
-        if want(s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "stream counts never reached the expected values: {s:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::wait_streams(|| m.svc.heartbeat_streams(), want).await
 }
 
 fn alive(m: &Master, agent: &str) -> bool {

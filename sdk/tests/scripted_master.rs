@@ -86,6 +86,7 @@ fn object(id: &str, state: &str, rack: &str, waiting: bool) -> api::Object {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<api::WatchResponse, Status>> + Send + 'static>>;
 type BeatStream = Pin<Box<dyn Stream<Item = Result<api::HeartbeatResponse, Status>> + Send + 'static>>;
+type IngestStream = Pin<Box<dyn Stream<Item = Result<api::IngestResponse, Status>> + Send + 'static>>;
 
 fn unimplemented<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented("not scripted"))
@@ -95,6 +96,7 @@ fn unimplemented<T>() -> Result<Response<T>, Status> {
 impl Master for Fake {
     type WatchStream = WatchStream;
     type HeartbeatStreamStream = BeatStream;
+    type IngestStreamStream = IngestStream;
 
     async fn watch(&self, req: Request<api::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let req = req.into_inner();
@@ -241,6 +243,12 @@ impl Master for Fake {
         &self,
         _: Request<api::HeartbeatRequest>,
     ) -> Result<Response<api::HeartbeatResponse>, Status> {
+        unimplemented()
+    }
+    async fn ingest_stream(
+        &self,
+        _: Request<tonic::Streaming<api::IngestRequest>>,
+    ) -> Result<Response<IngestStream>, Status> {
         unimplemented()
     }
     async fn heartbeat_stream(

@@ -261,8 +261,10 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
     })
     .await;
     assert!(ok, "first finding never arrived");
-    // Its heartbeats go over a stream (`HeartbeatStream`), not a call each.
+    // Its heartbeats go over a stream (`HeartbeatStream`), not a call each; its batches too
+    // (`IngestStream`: the finding above came in a batch answered on it).
     let streamed_before = wait_for_metric(agent_port, "huatuo_agent_heartbeats_streamed", 1).await;
+    let batches_before = wait_for_metric(agent_port, "huatuo_agent_batches_streamed", 1).await;
 
     // Every master down (kill -9: no goodbye), findings keep coming.
     for id in cluster.running() {
@@ -318,6 +320,22 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
             .count();
         assert_eq!(n, 1, "{w}: {n} history entries, expected exactly one:\n{:#?}", o.history);
     }
+    // The outage's batch may have gone as a call (the dead stream could not carry it); the client now
+    // sits at the new leader, so the next finding's batch goes over a new ingest stream there.
+    let streamed = metric(agent_port, "huatuo_agent_batches_streamed").unwrap_or_default();
+    append_io_errors(&kmsg, "sdc", &[700_000]);
+    let after = wait_until(DELIVERY, || {
+        let m = masters.clone();
+        async move {
+            let mut c = Client::new(parse_addrs(&m));
+            object(&mut c, "disk/outage-1/sdc")
+                .await
+                .is_some_and(|o| o.history.iter().any(|h| h.detail.contains("sector 700000 ")))
+        }
+    })
+    .await;
+    assert!(after, "the finding after the outage never arrived");
+    wait_for_metric(agent_port, "huatuo_agent_batches_streamed", streamed.max(batches_before) + 1).await;
 }
 
 /// A counter of the agent's /metrics (`NAME_total` as the exporter names counters), if it answers.

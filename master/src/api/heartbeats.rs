@@ -36,7 +36,16 @@ pub const MAX_LIVENESS_BATCH: usize = 1024;
 /// Most heartbeat streams one node serves at once unless configured (`max_heartbeat_streams`): one for
 /// each agent the leader can track.
 pub const MAX_HEARTBEAT_STREAMS: usize = MAX_TRACKED_AGENTS;
-/// The largest `max_heartbeat_streams` a config may ask for.
+/// Most ingest streams one node serves at once unless configured (`max_ingest_streams`): one for each
+/// agent the leader can track (an idle one ends after [`INGEST_STREAM_IDLE`], so only agents sending
+/// findings hold one).
+pub const MAX_INGEST_STREAMS: usize = MAX_TRACKED_AGENTS;
+/// An ingest stream with no batch for this long ends cleanly (the agent's next batch opens another): an
+/// agent sending batches at most a heartbeat interval apart keeps its stream, one reporting a reading now
+/// and then holds one for this long after each batch (so 100,000 agents sending a batch a minute hold
+/// about 17,000 at once, about 6.5 KB each on the leader: "Fleet scale: heartbeat streams").
+pub const INGEST_STREAM_IDLE: Duration = Duration::from_secs(10);
+/// The largest `max_heartbeat_streams` or `max_ingest_streams` a config may ask for.
 pub const MAX_HEARTBEAT_STREAMS_CEILING: usize = 1_000_000;
 /// A heartbeat stream ends cleanly (OK) after its first beat past this age unless configured
 /// (`heartbeat_stream_max_age_ms`), and the agent opens a new one: its credentials are checked again.
@@ -50,7 +59,40 @@ pub struct StreamCount {
     refused: AtomicU64,
 }
 
-/// One open heartbeat stream's place in [`StreamCount`], given back when the stream ends (dropped).
+impl StreamCount {
+    fn stats(&self) -> StreamStats {
+        StreamStats {
+            open: self.open.load(Ordering::Relaxed),
+            opened: self.opened.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One more open stream in `c` unless `max` are open (RESOURCE_EXHAUSTED naming the `what_streams`
+/// limit and what the agent does instead).
+fn take_slot(
+    c: &std::sync::Arc<StreamCount>,
+    max: usize,
+    what: &str,
+    instead: &str,
+) -> Result<StreamSlot, ApiError> {
+    // Taken first and given back when over: concurrent opens cannot pass the limit together.
+    if c.open.fetch_add(1, Ordering::Relaxed) >= max {
+        c.open.fetch_sub(1, Ordering::Relaxed);
+        c.refused.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            proto::error::Code::ResourceExhausted,
+            format!(
+                "this node already serves {max} {what} streams (its limit, max_{what}_streams): {instead}"
+            ),
+        ));
+    }
+    c.opened.fetch_add(1, Ordering::Relaxed);
+    Ok(StreamSlot(std::sync::Arc::clone(c)))
+}
+
+/// One open agent stream's place in its [`StreamCount`], given back when the stream ends (dropped).
 pub struct StreamSlot(std::sync::Arc<StreamCount>);
 
 impl Drop for StreamSlot {
@@ -466,37 +508,40 @@ impl Service {
     /// stream ends.
     pub fn open_heartbeat_stream(&self) -> Result<StreamSlot, ApiError> {
         self.leader_gate()?;
-        let (c, max) = (&self.beat_streams, self.cfg.max_heartbeat_streams);
-        // Taken first and given back when over: concurrent opens cannot pass the limit together.
-        if c.open.fetch_add(1, Ordering::Relaxed) >= max {
-            c.open.fetch_sub(1, Ordering::Relaxed);
-            c.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::new(
-                proto::error::Code::ResourceExhausted,
-                format!(
-                    "this node already serves {max} heartbeat streams (its limit, max_heartbeat_streams): \
-                     beat with Heartbeat calls"
-                ),
-            ));
-        }
-        c.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(StreamSlot(std::sync::Arc::clone(c)))
+        take_slot(
+            &self.beat_streams,
+            self.cfg.max_heartbeat_streams,
+            "heartbeat",
+            "beat with Heartbeat calls",
+        )
+    }
+
+    /// A place for one more ingest stream on this node: as [`Service::open_heartbeat_stream`], with its own
+    /// limit (`max_ingest_streams`; the agent sends Ingest calls meanwhile).
+    pub fn open_ingest_stream(&self) -> Result<StreamSlot, ApiError> {
+        self.leader_gate()?;
+        take_slot(&self.ingest_streams, self.cfg.max_ingest_streams, "ingest", "send Ingest calls")
     }
 
     /// This node's heartbeat streams (`/metrics`).
     pub fn heartbeat_streams(&self) -> StreamStats {
-        let c = &self.beat_streams;
-        StreamStats {
-            open: c.open.load(Ordering::Relaxed),
-            opened: c.opened.load(Ordering::Relaxed),
-            refused: c.refused.load(Ordering::Relaxed),
-        }
+        self.beat_streams.stats()
+    }
+
+    /// This node's ingest streams (`/metrics`).
+    pub fn ingest_streams(&self) -> StreamStats {
+        self.ingest_streams.stats()
     }
 
     /// How long a heartbeat stream may stay without a beat before this node ends it: as long as an agent
     /// may be silent before it is marked so.
     pub fn heartbeat_stream_idle(&self) -> Duration {
         self.cfg.agent_silent_after
+    }
+
+    /// How long an ingest stream may stay without a batch before this node ends it (cleanly).
+    pub fn ingest_stream_idle(&self) -> Duration {
+        self.cfg.ingest_stream_idle
     }
 
     /// A heartbeat stream ends after its first beat past this age (`heartbeat_stream_max_age_ms`).
@@ -507,6 +552,11 @@ impl Service {
     /// Most heartbeat streams this node serves at once (`max_heartbeat_streams`).
     pub fn max_heartbeat_streams(&self) -> usize {
         self.cfg.max_heartbeat_streams
+    }
+
+    /// Most ingest streams this node serves at once (`max_ingest_streams`).
+    pub fn max_ingest_streams(&self) -> usize {
+        self.cfg.max_ingest_streams
     }
 
     /// Beats that read their agent's replicated record since this process started (`/metrics`).

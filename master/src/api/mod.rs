@@ -79,7 +79,13 @@ pub struct ServiceConfig {
     /// Most open heartbeat streams on this node ([`heartbeats::MAX_HEARTBEAT_STREAMS`] unless configured;
     /// 0: none, agents beat one call at a time).
     pub max_heartbeat_streams: usize,
-    /// A heartbeat stream ends cleanly after its first beat past this age
+    /// Most open ingest streams on this node ([`heartbeats::MAX_INGEST_STREAMS`] unless configured; 0:
+    /// none, agents send Ingest calls).
+    pub max_ingest_streams: usize,
+    /// An ingest stream without a batch for this long ends cleanly ([`heartbeats::INGEST_STREAM_IDLE`];
+    /// shorter only in tests).
+    pub ingest_stream_idle: Duration,
+    /// A heartbeat or ingest stream ends cleanly after its first beat past this age
     /// ([`heartbeats::HEARTBEAT_STREAM_MAX_AGE`] unless configured).
     pub heartbeat_stream_max_age: Duration,
     /// The newest command version this node's binary knows ([`crate::model::COMMAND_VERSION`], lower only
@@ -101,6 +107,8 @@ impl ServiceConfig {
             policy: state_machines::Policy::default(),
             max_watches: watch::MAX_WATCHES,
             max_heartbeat_streams: heartbeats::MAX_HEARTBEAT_STREAMS,
+            max_ingest_streams: heartbeats::MAX_INGEST_STREAMS,
+            ingest_stream_idle: heartbeats::INGEST_STREAM_IDLE,
             heartbeat_stream_max_age: heartbeats::HEARTBEAT_STREAM_MAX_AGE,
             knows_command_version: crate::model::COMMAND_VERSION,
             auto_upgrade: crate::config::default_auto_upgrade(),
@@ -119,6 +127,8 @@ pub struct Service {
     heartbeats: heartbeats::Memory,
     /// Open heartbeat streams and what was refused (`max_heartbeat_streams`).
     beat_streams: Arc<heartbeats::StreamCount>,
+    /// Open ingest streams and what was refused (`max_ingest_streams`).
+    ingest_streams: Arc<heartbeats::StreamCount>,
     /// Agents to propose alive, for the liveness batcher (`heartbeats::run_liveness`).
     coming_alive: mpsc::Sender<heartbeats::ComingAlive>,
     /// The pending orders of every host, for heartbeat answers (see `actions::OrderIndex`).
@@ -196,6 +206,7 @@ impl Service {
             proposals: tx,
             heartbeats: heartbeats::Memory::default(),
             beat_streams: Arc::default(),
+            ingest_streams: Arc::default(),
             coming_alive: alive_tx,
             orders,
             stats,

@@ -61,3 +61,51 @@ pub async fn start(tweak: impl FnOnce(&mut ServiceConfig)) -> Master {
     tokio::spawn(async move { axum::serve(http_l, router).await });
     Master { _dir: dir, svc, db, stats, rest, grpc }
 }
+
+/// Bound on anything a stream test waits for (an answer, the end of a stream, a slot given back).
+pub const STREAM_BOUND: Duration = Duration::from_secs(20);
+
+/// An open agent stream (`HeartbeatStream`, `IngestStream`): what to send on, what comes back.
+pub struct Open<Q, A> {
+    pub tx: tokio::sync::mpsc::Sender<Q>,
+    pub rx: tonic::Streaming<A>,
+}
+
+impl<Q, A> Open<Q, A> {
+    /// Open one with `open` (the client's stream method).
+    pub async fn with<F, Fut>(open: F) -> Result<Self, tonic::Status>
+    where
+        F: FnOnce(tokio_stream::wrappers::ReceiverStream<Q>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<A>>, tonic::Status>>,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let r = open(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
+        Ok(Open { tx, rx: r.into_inner() })
+    }
+
+    /// Send one request and wait for what the stream says next (bounded).
+    pub async fn exchange(&mut self, req: Q) -> Result<Option<A>, tonic::Status> {
+        assert!(self.tx.send(req).await.is_ok(), "the stream takes a request");
+        self.next().await
+    }
+
+    pub async fn next(&mut self) -> Result<Option<A>, tonic::Status> {
+        tokio::time::timeout(STREAM_BOUND, self.rx.message()).await.expect("the stream answers or ends")
+    }
+}
+
+/// Wait (bounded) until `counts()` satisfies `want`; returns the counts then.
+pub async fn wait_streams(
+    counts: impl Fn() -> master::api::heartbeats::StreamStats,
+    want: impl Fn(master::api::heartbeats::StreamStats) -> bool,
+) -> master::api::heartbeats::StreamStats {
+    let deadline = Instant::now() + STREAM_BOUND;
+    loop {
+        let s = counts();
+        if want(s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "stream counts never reached the expected values: {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
