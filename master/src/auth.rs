@@ -107,7 +107,7 @@ pub fn grpc_need(path: &str) -> Need {
         "ListObjects" | "GetObject" | "Watch" | "ClusterInfo" | "GetSafety" | "ListProposals"
         | "ListAgents" | "ListCatalog" | "RolloutStatus" | "Summary" | "NetSuspects" | "NetMatrix"
         | "NetPath" | "NetTopology" => Need::Read,
-        "Ingest" => Need::AgentOrOperator,
+        "Ingest" | "IngestStream" => Need::AgentOrOperator,
         "Heartbeat" | "HeartbeatStream" | "Register" | "FetchArtifact" => Need::Agent,
         "Command" => Need::Command,
         "SetLevel"
@@ -424,6 +424,7 @@ mod tests {
         assert_eq!(grpc_need("/huatuo.api.v1.Master/Ingest"), AgentOrOperator);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/Heartbeat"), Agent);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/HeartbeatStream"), Agent, "a stream of heartbeats");
+        assert_eq!(grpc_need("/huatuo.api.v1.Master/IngestStream"), AgentOrOperator, "a stream of batches");
         assert_eq!(grpc_need("/huatuo.api.v1.Master/SetLevel"), Operate);
         assert_eq!(grpc_need("/huatuo.api.v1.Master/SomethingNew"), Operate, "unknown methods need operator");
         assert_eq!(grpc_need("/other.Service/ListObjects"), Operate);

@@ -134,11 +134,28 @@ async fn call_all(c: &LocalCluster, sec: ClientSecurity) -> Vec<(&'static str, O
     let mut out = Vec::new();
     let r = cl
         .call(
-            api::IngestRequest { agent: "auth-host".into(), seq: 1, findings: vec![finding], epoch: 0 },
+            api::IngestRequest {
+                agent: "auth-host".into(),
+                seq: 1,
+                findings: vec![finding.clone()],
+                epoch: 0,
+            },
             |mut c, r| async move { c.ingest(r).await },
         )
         .await;
     out.push(("Ingest", code(r.map(|_| ()))));
+    // The same batches over an ingest stream, as agents send them: the first may go as a call (the client
+    // starts at a follower, which refuses streams), the second opens a stream on the leader, where only
+    // the role check can refuse it (then it too goes as a call: counted as that refusal).
+    let mut ingests = proto::client::IngestStream::default();
+    let mut r = Ok(());
+    for seq in [2, 3] {
+        let req =
+            api::IngestRequest { agent: "auth-host".into(), seq, findings: vec![finding.clone()], epoch: 0 };
+        r = ingests.send(&mut cl, req).await.map(|_| ());
+    }
+    let streamed = ingests.stats().streamed > 0;
+    out.push(("IngestStream", code(r).or((!streamed).then_some(Code::PermissionDenied))));
     let r = cl
         .call(
             api::HeartbeatRequest {
@@ -440,7 +457,7 @@ async fn secured_cluster_checks_tokens_roles_and_certificates() {
 
     // 2. The right roles work: the agent token reports, the operator forces.
     let agent = call_all(&cluster, p.security(&p.cli, Some(p.token("agent")))).await;
-    let agent_ok = ["Ingest", "Heartbeat", "Register", "Command/result"];
+    let agent_ok = ["Ingest", "IngestStream", "Heartbeat", "Register", "Command/result"];
     expect_denied("agent", &agent, &agent_ok);
     assert!(agent.iter().find(|(m, _)| *m == "Ingest").is_some_and(|(_, c)| c.is_none()), "{agent:?}");
     assert!(revision(&cluster).await > before, "the agent's finding was applied");
