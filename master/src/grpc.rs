@@ -152,10 +152,8 @@ trait Carried: Send + 'static {
     const WHAT: &'static str;
     /// Who sent it (agent, host): one stream carries one sender.
     fn sender(&self) -> (&str, &str);
-    fn answer(
-        self,
-        svc: Arc<Service>,
-    ) -> impl std::future::Future<Output = Result<Self::Resp, Status>> + Send;
+    /// The answer, as the unary call's.
+    fn answer(self, svc: &Service) -> impl std::future::Future<Output = Result<Self::Resp, Status>> + Send;
     /// How long the stream may wait for its next request.
     fn idle(svc: &Service) -> std::time::Duration;
     /// What ends a stream idle that long: an error (a silent agent), or nothing (a clean end: an agent
@@ -169,8 +167,8 @@ impl Carried for api::HeartbeatRequest {
     fn sender(&self) -> (&str, &str) {
         (&self.agent, &self.host)
     }
-    async fn answer(self, svc: Arc<Service>) -> Result<Self::Resp, Status> {
-        beat(&svc, self).await
+    async fn answer(self, svc: &Service) -> Result<Self::Resp, Status> {
+        beat(svc, self).await
     }
     fn idle(svc: &Service) -> std::time::Duration {
         svc.heartbeat_stream_idle()
@@ -186,9 +184,9 @@ impl Carried for api::IngestRequest {
     fn sender(&self) -> (&str, &str) {
         (&self.agent, "")
     }
-    async fn answer(self, svc: Arc<Service>) -> Result<Self::Resp, Status> {
+    async fn answer(self, svc: &Service) -> Result<Self::Resp, Status> {
         // No idempotency key on a stream: an agent's batches are deduplicated by (agent, seq).
-        ingest_batch(&svc, self, None).await
+        ingest_batch(svc, self, None).await
     }
     fn idle(svc: &Service) -> std::time::Duration {
         svc.ingest_stream_idle()
@@ -270,7 +268,7 @@ impl<R: Carried> AgentStream<R> {
                 });
                 // Boxed: the stream waits for its next request far longer than it answers one, and an
                 // unboxed answer would size that wait (held per agent) by the answer's own state.
-                let res = Box::pin(req.answer(Arc::clone(&self.svc))).await;
+                let res = Box::pin(req.answer(&self.svc)).await;
                 if res.is_ok()
                     && let Some(a) = first
                 {
