@@ -77,12 +77,14 @@ struct Phase {
     lat_ms: Vec<f64>,
 }
 
-/// Every agent sends one request built by `make` (agent index -> request), from `clients` concurrent
-/// connections; stops at `limit`. `call` sends one request.
+/// Every agent sends one request built by `make` (agent index -> request), from the concurrent clients of
+/// `pool` (agent i through client i mod its size); stops at `limit`. `call` sends one request. The clients
+/// come back to the pool, so each keeps its connection and its guess of the leader from phase to phase,
+/// as an agent keeps its own: a new client would start at the first address again, and its first request
+/// on a follower would go as a redirected call, not over a stream.
 async fn phase<Req, F, Fut>(
-    addrs: &str,
+    pool: &mut Vec<Client>,
     agents: u32,
-    clients: u32,
     limit: Duration,
     make: fn(u32) -> Req,
     call: F,
@@ -95,12 +97,11 @@ where
     let t0 = Instant::now();
     let deadline = t0 + limit;
     let failed = Arc::new(AtomicU64::new(0));
+    let clients = pool.len().max(1) as u32;
     let mut tasks = Vec::new();
-    for c in 0..clients.max(1) {
-        let addrs = addrs.to_string();
+    for (c, mut client) in (0u32..).zip(pool.drain(..)) {
         let failed = failed.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = Client::new(master::client::parse_addrs(&addrs));
             let mut lat = Vec::new();
             let mut i = c;
             while i < agents && Instant::now() < deadline {
@@ -112,14 +113,18 @@ where
                 } else {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
-                i += clients.max(1);
+                i += clients;
             }
-            lat
+            (client, lat)
         }));
     }
     let mut lat_ms = Vec::new();
     for t in tasks {
-        lat_ms.extend(t.await.unwrap_or_default());
+        // A task that panicked loses its client: the pool shrinks, which the next phase's spread follows.
+        if let Ok((client, lat)) = t.await {
+            pool.push(client);
+            lat_ms.extend(lat);
+        }
     }
     let took = t0.elapsed();
     lat_ms.sort_by(|a, b| a.total_cmp(b));
@@ -263,6 +268,9 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
         if a.beat_calls { "as one call each (--beat-calls)" } else { "over each agent's heartbeat stream" }
     );
     let addrs = cluster.grpc_addrs();
+    // The simulated agents' clients, kept from phase to phase.
+    let mut pool: Vec<Client> =
+        (0..a.clients.max(1)).map(|_| Client::new(master::client::parse_addrs(&addrs))).collect();
     let limit = Duration::from_secs(a.phase_limit_secs);
     HELD.get_or_init(|| (0..a.agents).map(|_| std::sync::Mutex::new(String::new())).collect());
     if !a.beat_calls {
@@ -292,7 +300,7 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
             api::RegisterRequest { agent: format!("hb-agent-{i:06}"), host: h, objects }
         }
         let before = position(&cluster).await?;
-        let p = phase(&addrs, a.agents, a.clients, limit, register, send_register).await;
+        let p = phase(&mut pool, a.agents, limit, register, send_register).await;
         let after = position(&cluster).await?;
         println!(
             "register: {}/{} hosts in {:.1} s ({:.0} hosts/s), {} failed; {} Raft entries",
@@ -307,7 +315,7 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
 
     let before = position(&cluster).await?;
     let ways = carried();
-    let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
+    let p = phase(&mut pool, a.agents, limit, beat, send_beat).await;
     let after = position(&cluster).await?;
     report("first beats (agents new to the cluster)", &p, a.agents, before, after, [ways, carried()]);
 
@@ -316,7 +324,7 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
         let pid = cluster.pid(before.0);
         let ticks = pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok());
         let ways = carried();
-        let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
+        let p = phase(&mut pool, a.agents, limit, beat, send_beat).await;
         let ticks =
             ticks.zip(pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok())).map(|(t0, t1)| t1 - t0);
         let after = position(&cluster).await?;
@@ -353,12 +361,12 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
         println!("leader {old} killed (-9) and restarted as a follower; new leader {new}");
         let before = position(&cluster).await?;
         let ways = carried();
-        let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
+        let p = phase(&mut pool, a.agents, limit, beat, send_beat).await;
         let after = position(&cluster).await?;
         report("first beats to the new leader", &p, a.agents, before, after, [ways, carried()]);
         let before = position(&cluster).await?;
         let ways = carried();
-        let p = phase(&addrs, a.agents, a.clients, limit, beat, send_beat).await;
+        let p = phase(&mut pool, a.agents, limit, beat, send_beat).await;
         let after = position(&cluster).await?;
         report("steady beats, new leader", &p, a.agents, before, after, [ways, carried()]);
     }
