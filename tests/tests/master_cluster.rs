@@ -46,10 +46,14 @@ fn finding(object: &str, severity: &str, evidence: &str) -> api::Finding {
     }
 }
 
-/// A plain HTTP/1.1 request (no client library in the tree); returns (status, body).
+/// A plain HTTP/1.1 request (no client library in the tree); returns (status, body). It waits longer than
+/// the master's own bound on a write (`PROPOSE_TIMEOUT`): a write proposed in the moment before the leader
+/// sees that no quorum can store it (a member just killed) is answered 503 by the master when that bound
+/// ends, and the polling helpers below take that as "not yet"; with the same 10 s on both sides the test
+/// sometimes gave up first (seen in CI, `cluster_info_names_the_member_out_of_space`).
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(master::raft::PROPOSE_TIMEOUT + Duration::from_secs(10))).expect("timeout");
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
