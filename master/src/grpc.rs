@@ -152,6 +152,10 @@ trait Carried: Send + 'static {
     const WHAT: &'static str;
     /// Who sent it (agent, host): one stream carries one sender.
     fn sender(&self) -> (&str, &str);
+    /// What a stream refuses that the unary call takes (nothing, unless said).
+    fn refused_on_a_stream(&self) -> Option<Status> {
+        None
+    }
     /// The answer, as the unary call's.
     fn answer(self, svc: &Service) -> impl std::future::Future<Output = Result<Self::Resp, Status>> + Send;
     /// How long the stream may wait for its next request.
@@ -183,6 +187,16 @@ impl Carried for api::IngestRequest {
     const WHAT: &'static str = "ingest";
     fn sender(&self) -> (&str, &str) {
         (&self.agent, "")
+    }
+    /// A batch without an agent is not deduplicated, so one resent as a call after the stream lost its
+    /// answer could be applied twice: such a writer sends `Ingest` calls with an idempotency key.
+    fn refused_on_a_stream(&self) -> Option<Status> {
+        self.agent.is_empty().then(|| {
+            Status::from(ApiError::invalid(
+                "an ingest stream carries an agent's batches, deduplicated by (agent, seq): this batch names no \
+                 agent; send it as an Ingest call with an idempotency key",
+            ))
+        })
     }
     async fn answer(self, svc: &Service) -> Result<Self::Resp, Status> {
         // No idempotency key on a stream: an agent's batches are deduplicated by (agent, seq).
@@ -253,7 +267,9 @@ impl<R: Carried> AgentStream<R> {
                 return Some((Err(status), self));
             }
         };
+        let refused = req.refused_on_a_stream();
         let res = match &self.sender {
+            _ if let Some(e) = refused => Err(e),
             Some((agent, host)) if (agent.as_str(), host.as_str()) != req.sender() => {
                 let (a, h) = req.sender();
                 Err(Status::from(ApiError::invalid(format!(

@@ -1,6 +1,7 @@
 //! Ingest streams (`IngestStream`) on a real single-node master served over gRPC on a loopback port: each
 //! batch on a stream is applied as the unary call applies it, and a resent batch (same agent and seq) is
-//! answered `duplicate` without being applied twice; a stream carries one agent; a bad batch is refused
+//! answered `duplicate` without being applied twice; a stream carries one agent (and no batch without
+//! one, which is not deduplicated); a bad batch is refused
 //! and changes nothing; the limit of open streams refuses one more (RESOURCE_EXHAUSTED) and the agent's
 //! client then sends calls; an idle stream ends cleanly and the client opens another for its next batch,
 //! never falling back to a call; a stream past its age ends cleanly after answering.
@@ -149,6 +150,19 @@ async fn a_stream_carries_one_agent_and_a_bad_batch_changes_nothing() {
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
     assert_eq!(s.next().await.expect("ended"), None, "nothing after the error");
     assert_eq!(seen(&m, "disk/host-h/sda"), 0);
+
+    // A batch naming no agent (not deduplicated, so not safe to resend as a call after a lost answer):
+    // refused on a stream, nothing applied; the same batch as a call is applied.
+    let mut s = open(&m).await.expect("open");
+    let e = s.exchange(batch("", 1, &["disk/host-e/sda"])).await.expect_err("no agent");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("names no agent"), "{e:?}");
+    assert_eq!(s.next().await.expect("ended"), None);
+    assert_eq!(seen(&m, "disk/host-e/sda"), 0);
+    let mut c =
+        api::master_client::MasterClient::connect(format!("http://{}", m.grpc)).await.expect("connect");
+    c.ingest(batch("", 1, &["disk/host-e/sda"])).await.expect("a call takes it");
+    assert_eq!(seen(&m, "disk/host-e/sda"), 1);
 
     // Another agent on an agent's stream: refused, and that stream ends; the first agent's batch stays.
     let mut s = open(&m).await.expect("open");
