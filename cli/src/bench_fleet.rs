@@ -590,6 +590,20 @@ where
     }
 }
 
+/// One request over `stream`, if open: its answer, or `None` when the stream could not carry it (then it is
+/// dropped, and a refusal moves the fleet as a call's does): the caller sends the request as a call.
+async fn over_stream<Q, A>(fleet: &Fleet, stream: &mut Option<AgentStream<Q, A>>, req: Q) -> Option<A> {
+    let st = stream.as_mut()?;
+    let node = st.node;
+    match st.exchange(req, CALL_TIMEOUT).await {
+        Ok(Some(r)) => return Some(r),
+        Ok(None) => {}
+        Err(s) => fleet.not_leader(node, &s),
+    }
+    *stream = None;
+    None
+}
+
 /// One heartbeat of agent `i` over connection `conn` holding assignment hash `held` (no retry: the next one
 /// is due an interval later): over the agent's stream (opened if it has none, unless `--beat-calls`), and
 /// as one call when the stream cannot carry it, as a real agent does. Returns the agent, the hash it holds
@@ -612,23 +626,14 @@ async fn beat(
         })
         .await;
     }
-    if let Some(st) = stream.as_mut() {
-        match st.exchange(req.clone(), CALL_TIMEOUT).await {
-            Ok(Some(r)) => {
-                lock(&run.beats).push(sent, t.elapsed().as_secs_f64() * 1000.0);
-                run.streamed.fetch_add(1, Ordering::Relaxed);
-                if r.assignment_included {
-                    run.assignments.fetch_add(1, Ordering::Relaxed);
-                }
-                return (i, Some(r.assignment_hash), stream);
-            }
-            // Ended, refused or timed out: this beat goes as a call; the next one opens a new stream.
-            Ok(None) => stream = None,
-            Err(s) => {
-                run.fleet.not_leader(st.node, &s);
-                stream = None;
-            }
+    // Ended, refused or timed out: this beat goes as a call; the next one opens a new stream.
+    if let Some(r) = over_stream(&run.fleet, &mut stream, req.clone()).await {
+        lock(&run.beats).push(sent, t.elapsed().as_secs_f64() * 1000.0);
+        run.streamed.fetch_add(1, Ordering::Relaxed);
+        if r.assignment_included {
+            run.assignments.fetch_add(1, Ordering::Relaxed);
         }
+        return (i, Some(r.assignment_hash), stream);
     }
     let (node, mut c) = run.fleet.client(conn);
     match tokio::time::timeout(CALL_TIMEOUT, c.heartbeat(req)).await {
@@ -1370,19 +1375,8 @@ async fn throughput(
                         })
                         .await;
                 }
-                let mut tries = 0;
-                let mut streamed = None;
-                if let Some(st) = stream.as_mut() {
-                    tries = 1;
-                    match st.exchange(req.clone(), CALL_TIMEOUT).await {
-                        Ok(Some(r)) => streamed = Some(r),
-                        Ok(None) => stream = None,
-                        Err(s) => {
-                            fleet.not_leader(st.node, &s);
-                            stream = None;
-                        }
-                    }
-                }
+                let tries = u32::from(stream.is_some());
+                let streamed = over_stream(fleet, &mut stream, req.clone()).await;
                 let send = |mut c: MasterClient<Channel>| {
                     let q = req.clone();
                     async move { c.ingest(q).await }

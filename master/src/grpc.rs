@@ -245,9 +245,9 @@ impl<R: Carried> AgentStream<R> {
     /// The answer to the next request, or the end: the agent closed its side (nothing to answer), its
     /// message did not decode or was over the size limit (tonic's error), it sent nothing for its idle
     /// limit (heartbeats: `agent_silent_after`, UNAVAILABLE; ingest: `ingest_stream_idle`, a clean end), a
-    /// request was refused (its
-    /// error, then the end: NOT_LEADER when this node no longer leads), or the request before reached
-    /// `heartbeat_stream_max_age` (a clean end after its answer).
+    /// request was refused (its error, then the end: NOT_LEADER when this node no longer leads; a request
+    /// the stream itself refuses, `Carried::refused_on_a_stream`, the same way), or the request before
+    /// reached `heartbeat_stream_max_age` (a clean end after its answer).
     async fn next(mut self) -> Option<(Result<R::Resp, Status>, Self)> {
         if self.done {
             return None;

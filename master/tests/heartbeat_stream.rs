@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::Master;
 use master::api::heartbeats::{HEARTBEAT_STREAM_MAX_AGE, MAX_HEARTBEAT_STREAMS, StreamStats};
 use proto::api;
-use proto::client::{BeatStream, BeatStreamStats, Client};
+use proto::client::{BeatStream, Client, StreamStats as ClientStats};
 use tonic::Code;
 
 /// Bound on anything that should happen promptly (a leader elected, a stream's slot given back).
@@ -167,7 +167,7 @@ async fn streams_past_the_limit_are_refused_and_the_agent_beats_with_calls() {
     for _ in 0..3 {
         beats.beat(&mut client, beat("agent-c", "host-c", "")).await.expect("answered by a call");
     }
-    assert_eq!(beats.stats(), BeatStreamStats { opened: 0, streamed: 0, called: 3, refused: 1 });
+    assert_eq!(beats.stats(), ClientStats { opened: 0, streamed: 0, called: 3, refused: 1 });
     assert!(alive(&m, "agent-c"));
     assert_eq!(m.svc.heartbeat_streams().refused, 2, "asked once, not at every beat");
 

@@ -358,8 +358,6 @@ pub struct CallStream<R: Streamed> {
 pub type BeatStream = CallStream<crate::api::HeartbeatRequest>;
 /// An agent's ingest batches over `IngestStream`.
 pub type IngestStream = CallStream<crate::api::IngestRequest>;
-/// What a [`BeatStream`] did (the same counts as every [`CallStream`]'s).
-pub type BeatStreamStats = StreamStats;
 
 impl<R: Streamed> Default for CallStream<R> {
     fn default() -> Self {

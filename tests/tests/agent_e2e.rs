@@ -250,16 +250,7 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
     let kmsg = root.join("dev/kmsg");
     // Before the outage: one error, delivered.
     append_io_errors(&kmsg, "sdc", &[500_000]);
-    let ok = wait_until(DELIVERY, || {
-        let m = masters.clone();
-        async move {
-            let mut c = Client::new(parse_addrs(&m));
-            object(&mut c, "disk/outage-1/sdc")
-                .await
-                .is_some_and(|o| o.history.iter().any(|h| h.detail.contains("sector 500000 ")))
-        }
-    })
-    .await;
+    let ok = sector_arrived(&masters, 500_000).await;
     assert!(ok, "first finding never arrived");
     // Its heartbeats go over a stream (`HeartbeatStream`), not a call each; its batches too
     // (`IngestStream`: the finding above came in a batch answered on it).
@@ -324,18 +315,24 @@ async fn findings_made_while_every_master_is_down_arrive_exactly_once() {
     // sits at the new leader, so the next finding's batch goes over a new ingest stream there.
     let streamed = metric(agent_port, "huatuo_agent_batches_streamed").unwrap_or_default();
     append_io_errors(&kmsg, "sdc", &[700_000]);
-    let after = wait_until(DELIVERY, || {
-        let m = masters.clone();
+    let after = sector_arrived(&masters, 700_000).await;
+    assert!(after, "the finding after the outage never arrived");
+    wait_for_metric(agent_port, "huatuo_agent_batches_streamed", streamed.max(batches_before) + 1).await;
+}
+
+/// Whether the masters record an I/O error at `sector` on disk/outage-1/sdc within [`DELIVERY`].
+async fn sector_arrived(masters: &str, sector: u64) -> bool {
+    let detail = format!("sector {sector} ");
+    wait_until(DELIVERY, || {
+        let (m, detail) = (masters.to_string(), detail.clone());
         async move {
             let mut c = Client::new(parse_addrs(&m));
             object(&mut c, "disk/outage-1/sdc")
                 .await
-                .is_some_and(|o| o.history.iter().any(|h| h.detail.contains("sector 700000 ")))
+                .is_some_and(|o| o.history.iter().any(|h| h.detail.contains(detail.as_str())))
         }
     })
-    .await;
-    assert!(after, "the finding after the outage never arrived");
-    wait_for_metric(agent_port, "huatuo_agent_batches_streamed", streamed.max(batches_before) + 1).await;
+    .await
 }
 
 /// A counter of the agent's /metrics (`NAME_total` as the exporter names counters), if it answers.
