@@ -44,6 +44,23 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process and what it starts (`PR_SET_THP_DISABLE`, kept across
+/// fork and exec), unless `MIMALLOC_ALLOW_THP` is set (then mimalloc's own choice stands). mimalloc marks its
+/// arenas `MADV_HUGEPAGE`, so even where the kernel gives huge pages only on request (`madvise`, the common
+/// default; `always` on some distributions) every fresh 2 MiB of them is zeroed in the fault, and mimalloc
+/// hands memory back and takes it again all the time. On this project's virtual machines such a fault costs
+/// milliseconds: `huatuo bench master --agents 500 --batch 1` saw 146-179 of them per 8 s, `perf` put
+/// `clear_page_erms` under them at 7-10% of the machine, and without them the same cluster committed 12-17%
+/// more findings/s (see ARCHITECTURE.md, "Huge pages off"). Databases that serve many small writes (Redis,
+/// MongoDB) ask for the same. Best effort: a kernel that does not know the call changes nothing.
+fn no_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    // The flag is the process's (its memory map's), whatever thread sets it.
+    let _ = nix::sys::prctl::set_thp_disable(true);
+}
+
 /// The exit statuses every command keeps (issue 19), shown by `huatuo --help`.
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -229,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    no_huge_pages();
     // Usage errors exit 1 (clap's own default is 2, which here means "needs a human").
     let cli = match Cli::try_parse() {
         Ok(c) => c,
