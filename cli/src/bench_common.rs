@@ -551,6 +551,60 @@ pub async fn until_stopped<T>(bench: impl Future<Output = anyhow::Result<T>>) ->
     anyhow::bail!("stopped by {name}: the masters this benchmark started were stopped")
 }
 
+/// Bytes hashed, and bytes of fresh memory written, by [`machine_line`].
+const CALIBRATE_BYTES: usize = 64 << 20;
+/// Small synced writes timed by [`machine_line`].
+const CALIBRATE_SYNCS: usize = 20;
+
+/// One line describing how fast this machine is right now, measured before a benchmark starts its cluster,
+/// so figures taken on different days can be set side by side (the same code has measured twice as slow
+/// from one day to the next here): SHA-256 over 64 MiB (CPU), 64 MiB of fresh memory written (page faults,
+/// which a virtual machine may back lazily), and the median of 20 synced 4 KiB appends in the temp dir
+/// (where the clusters keep their data).
+pub fn machine_line() -> String {
+    use sha2::Digest;
+    let data = vec![7u8; CALIBRATE_BYTES];
+    let t = Instant::now();
+    let digest = sha2::Sha256::digest(&data);
+    let hash_s = t.elapsed().as_secs_f64();
+    // Taken while `data` still holds its memory, so the allocator cannot hand the same pages back.
+    let t = Instant::now();
+    let fresh = vec![1u8; CALIBRATE_BYTES];
+    let touch_s = t.elapsed().as_secs_f64();
+    drop(data);
+    let mib = (CALIBRATE_BYTES >> 20) as f64;
+    let sync = sync_median_ms().map_or_else(|e| format!("unknown ({e})"), |ms| format!("{ms:.2} ms"));
+    format!(
+        "machine now: SHA-256 {:.0} MiB/s; fresh memory written {:.0} MiB/s; 4 KiB append + fdatasync median {sync} \
+         (of {CALIBRATE_SYNCS}){}",
+        mib / hash_s.max(1e-9),
+        mib / touch_s.max(1e-9),
+        // Keeps both buffers' work from being optimised away.
+        if digest[0] == 0 && fresh[CALIBRATE_BYTES - 1] == 0 { " " } else { "" },
+    )
+}
+
+fn sync_median_ms() -> anyhow::Result<f64> {
+    use std::io::Write;
+    let path = std::env::temp_dir().join(format!("huatuo-calibrate-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let block = [0u8; 4096];
+    let mut ms = Vec::with_capacity(CALIBRATE_SYNCS);
+    let res = (|| {
+        for _ in 0..CALIBRATE_SYNCS {
+            let t = Instant::now();
+            f.write_all(&block)?;
+            f.sync_data()?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_file(&path);
+    res?;
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok(ms[ms.len() / 2])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,5 +724,18 @@ mod tests {
         std::fs::write(d.path().join("sub/b"), [0u8; 23]).expect("write");
         assert_eq!(dir_bytes(d.path()).expect("walk"), 123);
         assert!(dir_bytes(&d.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn machine_line_names_three_measured_rates() {
+        let line = machine_line();
+        let num = |after: &str| -> f64 {
+            let rest = line.split(after).nth(1).unwrap_or_else(|| panic!("no {after:?} in {line}"));
+            rest.trim_start().split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+        };
+        assert!(num("SHA-256 ") > 0.0, "{line}");
+        assert!(num("fresh memory written ") > 0.0, "{line}");
+        assert!(num("fdatasync median ") >= 0.0, "{line}");
+        assert!(line.ends_with("(of 20)"), "{line}");
     }
 }

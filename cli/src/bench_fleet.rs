@@ -1531,6 +1531,7 @@ async fn bench(a: BenchFleetArgs) -> anyhow::Result<ExitCode> {
          multiplexed over {} connections per node; heartbeat every {} s +-{JITTER_PCT}%",
         a.agents, a.objects_per_host, a.connections, a.heartbeat_secs
     );
+    println!("{}", crate::bench_common::machine_line());
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let overflows_at_start = crate::bench_common::listen_overflows();
     let mut cluster = match a.cache_mb {

@@ -19,7 +19,7 @@ use clap::Args;
 use master::client::Client;
 use master::cluster::{LocalCluster, READY_TIMEOUT};
 use proto::api;
-use proto::client::BeatStream;
+use proto::client::{BeatStream, IngestStream};
 
 #[derive(Args, Debug)]
 pub struct BenchHeartbeatsArgs {
@@ -47,6 +47,11 @@ pub struct BenchHeartbeatsArgs {
     /// Send every beat as one `Heartbeat` call instead of over the agent's heartbeat stream.
     #[arg(long)]
     beat_calls: bool,
+    /// After the steady rounds, every agent sends one batch (one finding) over its own `IngestStream` and
+    /// keeps the stream: prints the leader's RSS with them all open and idle, then waits for the leader's
+    /// idle end (`INGEST_STREAM_IDLE`) to close them.
+    #[arg(long)]
+    ingest_streams: bool,
 }
 
 /// Master settings of the bench: a silent period longer than any phase may run.
@@ -223,6 +228,125 @@ fn carried() -> (u64, u64) {
     (STREAMED.load(Ordering::Relaxed), CALLED.load(Ordering::Relaxed))
 }
 
+/// Each agent's ingest stream, kept open after its one batch (`--ingest-streams`).
+static INGEST: std::sync::OnceLock<Vec<std::sync::Mutex<Option<IngestStream>>>> = std::sync::OnceLock::new();
+/// Batches of that phase answered over a stream.
+static INGEST_STREAMED: AtomicU64 = AtomicU64::new(0);
+
+/// One healthy finding about the agent's machine in batch `seq`.
+fn batch(i: u32, seq: u64) -> api::IngestRequest {
+    api::IngestRequest {
+        agent: format!("hb-agent-{i:06}"),
+        seq,
+        findings: vec![api::Finding {
+            object: format!("machine/{}", host(i)),
+            severity: "GOOD".into(),
+            checker: "machine".into(),
+            version: "1.0.0".into(),
+            rule: "machine.ok".into(),
+            evidence: "up".into(),
+            time_ms: crate::bench_common::now_ms(),
+            ..Default::default()
+        }],
+        epoch: 1,
+    }
+}
+
+fn first_batch(i: u32) -> api::IngestRequest {
+    batch(i, 1)
+}
+
+fn second_batch(i: u32) -> api::IngestRequest {
+    batch(i, 2)
+}
+
+/// One batch as an `Ingest` call (no stream held).
+async fn call_batch(mut c: Client, r: api::IngestRequest) -> (Client, bool) {
+    let ok = c.call(r, |mut g, r| async move { g.ingest(r).await }).await;
+    if let Err(e) = &ok {
+        eprintln!("ingest: {e}");
+    }
+    (c, ok.is_ok())
+}
+
+async fn send_batch(mut c: Client, r: api::IngestRequest) -> (Client, bool) {
+    let Some(slot) = agent_index(&r.agent).and_then(|i| INGEST.get()?.get(i)) else {
+        return (c, false);
+    };
+    let mut stream = slot.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+    let ok = stream.send(&mut c, r).await;
+    INGEST_STREAMED.fetch_add(stream.stats().streamed, Ordering::Relaxed);
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
+    if let Err(e) = &ok {
+        eprintln!("ingest: {e}");
+    }
+    (c, ok.is_ok())
+}
+
+/// The leader's resident memory in KiB and its count of open ingest streams (its `/metrics`).
+async fn leader_memory(cluster: &LocalCluster, leader: u64) -> anyhow::Result<(u64, u64)> {
+    let pid = cluster.pid(leader).ok_or_else(|| anyhow!("leader {leader} not running"))?;
+    let rss = crate::bench_common::rss_bytes(pid)? >> 10;
+    let http = &cluster.nodes.get(&leader).ok_or_else(|| anyhow!("no node {leader}"))?.http;
+    let body = crate::bench_common::scrape_metrics(http).await?;
+    Ok((rss, crate::bench_common::metric_value(&body, "huatuo_master_ingest_streams")))
+}
+
+/// `--ingest-streams`: every agent's one batch over a stream it keeps, the leader's memory with them all
+/// open, and their idle end.
+async fn idle_ingest_streams(
+    cluster: &LocalCluster,
+    pool: &mut Vec<Client>,
+    agents: u32,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    INGEST.get_or_init(|| (0..agents).map(|_| std::sync::Mutex::new(None)).collect());
+    let leader = position(cluster).await?.0;
+    // The same findings first as calls, so what the state keeps of them is in the RSS before the streams.
+    let calls = phase(pool, agents, limit, first_batch, call_batch).await;
+    let (rss0, open0) = leader_memory(cluster, leader).await?;
+    let p = phase(pool, agents, limit, second_batch, send_batch).await;
+    let (rss1, open1) = leader_memory(cluster, leader).await?;
+    let added = open1.saturating_sub(open0);
+    println!(
+        "ingest streams: {}/{agents} first batches as calls ({} failed), then {}/{agents} in {:.1} s over streams \
+         kept open ({} answered on them), {} failed; leader {leader} holds {open1} open ({open0} before): RSS {} -> \
+         {} MiB, {:.1} KiB per stream",
+        calls.done,
+        calls.failed,
+        p.done,
+        p.took.as_secs_f64(),
+        INGEST_STREAMED.load(Ordering::Relaxed),
+        p.failed,
+        rss0 >> 10,
+        rss1 >> 10,
+        rss1.saturating_sub(rss0) as f64 / added.max(1) as f64,
+    );
+    // The leader ends each after INGEST_STREAM_IDLE without a batch; give it three times that.
+    let t = Instant::now();
+    let bound = master::api::heartbeats::INGEST_STREAM_IDLE * 3;
+    let mut open = open1;
+    while open > open0 && t.elapsed() < bound {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        open = leader_memory(cluster, leader).await?.1;
+    }
+    let (rss2, _) = leader_memory(cluster, leader).await?;
+    println!(
+        "  idle end ({:?}): {open} open {:.1} s after the last batch (bound {bound:?}); RSS then {} MiB",
+        master::api::heartbeats::INGEST_STREAM_IDLE,
+        t.elapsed().as_secs_f64(),
+        rss2 >> 10,
+    );
+    // The client sides go with them (each learns its stream ended at its next batch).
+    for slot in INGEST.get().into_iter().flatten() {
+        slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+    if open > open0 {
+        bail!("{open} ingest streams still open {bound:?} after their last batch");
+    }
+    Ok(())
+}
+
 fn report(
     name: &str,
     p: &Phase,
@@ -339,6 +463,10 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
                 cpu_s / p.took.as_secs_f64().max(1e-9) * 100.0
             );
         }
+    }
+
+    if a.ingest_streams {
+        idle_ingest_streams(&cluster, &mut pool, a.agents, limit).await?;
     }
 
     if !a.no_failover && a.nodes > 1 {

@@ -114,6 +114,7 @@ pub fn run(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
 
 async fn bench(a: BenchMasterArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
+    println!("{}", crate::bench_common::machine_line());
     let mut cluster = if a.max_election_ticks == 0 {
         LocalCluster::start(&exe, 3)
     } else {

@@ -1,6 +1,7 @@
 //! `huatuo bench heartbeats` at a tiny scale against its own real 3-node cluster: every phase answers every
 //! agent, beats go over the agents' heartbeat streams as a real agent sends them (calls only where a stream
-//! cannot carry a beat), and `--beat-calls` sends every beat as a call. No timing assertion: the figures are
+//! cannot carry a beat), and `--beat-calls` sends every beat as a call; `--ingest-streams` holds one idle
+//! ingest stream per agent on the leader and sees the leader end them all. No timing assertion: the figures are
 //! the benchmark's output, not a test's.
 
 use std::process::Command;
@@ -45,8 +46,16 @@ fn run(extra: &[&str]) -> String {
 
 #[test]
 fn agents_beat_over_their_streams_and_with_calls_when_told() {
-    let out = run(&[]);
+    let out = run(&["--ingest-streams"]);
     assert!(out.contains("beats over each agent's heartbeat stream"), "{out}");
+    // Every agent's second batch went over its own stream, and the leader held them all open at once ...
+    let ingest = out.lines().find(|l| l.starts_with("ingest streams: ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(ingest.contains(&format!("{AGENTS}/{AGENTS} first batches as calls (0 failed)")), "{ingest}");
+    assert!(ingest.contains(&format!("then {AGENTS}/{AGENTS} in ")), "{ingest}");
+    assert!(ingest.contains(&format!("({AGENTS} answered on them), 0 failed;")), "{ingest}");
+    assert!(ingest.contains(&format!(" holds {AGENTS} open (0 before)")), "{ingest}");
+    // ... until each had been idle for the leader's limit.
+    assert!(out.contains("  idle end (10s): 0 open "), "{out}");
     // A client whose first address is a follower carries an agent's first beat as a call (the redirect);
     // every other beat of the first phase opens the agent's stream.
     let (s, c) = phase_split(&out, "first beats (agents new to the cluster): ");
