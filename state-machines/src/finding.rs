@@ -120,10 +120,10 @@ pub struct SeverityError(pub String);
 impl FromStr for Severity {
     type Err = SeverityError;
     fn from_str(s: &str) -> Result<Self, SeverityError> {
-        let up = s.to_ascii_uppercase();
+        // Case-insensitive without an uppercased copy (this runs for every finding the master receives).
         Severity::ALL
             .into_iter()
-            .find(|v| v.as_str() == up)
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| SeverityError(s.chars().take(40).collect()))
     }
 }
