@@ -731,7 +731,11 @@ mod tests {
         let line = machine_line();
         let num = |after: &str| -> f64 {
             let rest = line.split(after).nth(1).unwrap_or_else(|| panic!("no {after:?} in {line}"));
-            rest.trim_start().split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+            rest.trim_start()
+                .split(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{line}"))
         };
         assert!(num("SHA-256 ") > 0.0, "{line}");
         assert!(num("fresh memory written ") > 0.0, "{line}");
