@@ -71,6 +71,28 @@ pub fn spawn_background(
     })
 }
 
+/// Run `f` to its end on a scoped thread of its own named `name`, at [`BACKGROUND_NICE`] lower CPU
+/// priority, and return what it returns (its panic goes on in the caller): work the caller must wait for
+/// but that must not take the cores from other members on the same machine, e.g. a restarting member's
+/// pass over its tables. A thread that cannot be started leaves the work to the caller's own thread.
+pub fn run_niced<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let work = std::sync::Mutex::new(Some(f));
+    let take = || work.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let done = std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new().name(name.to_string()).spawn_scoped(s, || {
+            lower_this_threads_priority(BACKGROUND_NICE);
+            take().map(|f| f())
+        });
+        spawned.map(|h| h.join())
+    });
+    match done {
+        Ok(Ok(Some(v))) => v,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        // Not started: the work is still here, for this thread.
+        _ => (take().expect("the work runs once"))(),
+    }
+}
+
 /// Background threads ([`spawn_background`]) still running in this process.
 static BACKGROUND_RUNNING: AtomicU64 = AtomicU64::new(0);
 
@@ -1192,6 +1214,15 @@ mod tests {
         release.send(()).expect("release");
         t.join().expect("join");
         assert!(wait_background(Duration::from_secs(30)), "nothing left once it ended");
+        // Work the caller waits for runs niced too, borrows what the caller holds, and hands back its value.
+        let held = vec![1, 2, 3];
+        let (theirs, sum) = run_niced("test-niced", || (prio(), held.iter().sum::<i32>()));
+        if cfg!(target_os = "linux") {
+            assert_eq!(theirs, (mine + BACKGROUND_NICE).min(19), "waited-for work runs niced");
+        }
+        assert_eq!((sum, prio()), (6, mine));
+        let caught = std::panic::catch_unwind(|| run_niced("test-niced", || panic!("boom")));
+        assert!(caught.is_err(), "its panic reaches the caller");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
