@@ -1215,7 +1215,7 @@ mod tests {
         t.join().expect("join");
         assert!(wait_background(Duration::from_secs(30)), "nothing left once it ended");
         // Work the caller waits for runs niced too, borrows what the caller holds, and hands back its value.
-        let held = vec![1, 2, 3];
+        let held = [1, 2, 3];
         let (theirs, sum) = run_niced("test-niced", || (prio(), held.iter().sum::<i32>()));
         if cfg!(target_os = "linux") {
             assert_eq!(theirs, (mine + BACKGROUND_NICE).min(19), "waited-for work runs niced");
