@@ -50,9 +50,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// default; `always` on some distributions) every fresh 2 MiB of them is zeroed in the fault, and mimalloc
 /// hands memory back and takes it again all the time. On this project's virtual machines such a fault costs
 /// milliseconds: `huatuo bench master --agents 500 --batch 1` saw 146-179 of them per 8 s, `perf` put
-/// `clear_page_erms` under them at 7-10% of the machine, and without them the same cluster committed 12-17%
-/// more findings/s (see ARCHITECTURE.md, "Huge pages off"). Databases that serve many small writes (Redis,
-/// MongoDB) ask for the same. Best effort: a kernel that does not know the call changes nothing.
+/// `clear_page_erms` under them at 7-10% of the machine, and without them the same cluster committed 4-12%
+/// more single and 27-62% more batched findings/s in alternating runs (ARCHITECTURE.md, "Huge pages off").
+/// Databases that serve many small writes (Redis, MongoDB) ask for the same. Best effort: a kernel that does
+/// not know the call changes nothing.
 fn no_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
