@@ -47,9 +47,10 @@ pub struct BenchHeartbeatsArgs {
     /// Send every beat as one `Heartbeat` call instead of over the agent's heartbeat stream.
     #[arg(long)]
     beat_calls: bool,
-    /// After the steady rounds, every agent sends one batch (one finding) over its own `IngestStream` and
-    /// keeps the stream: prints the leader's RSS with them all open and idle, then waits for the leader's
-    /// idle end (`INGEST_STREAM_IDLE`) to close them.
+    /// After the steady rounds, every agent sends a batch of one finding as an `Ingest` call (what the
+    /// state keeps of it is then in the leader's RSS), then a second one over its own `IngestStream`, which
+    /// it keeps: prints the leader's RSS with them all open and idle, then waits for the leader's idle end
+    /// (`INGEST_STREAM_IDLE`) to close them.
     #[arg(long)]
     ingest_streams: bool,
 }

@@ -58,7 +58,9 @@ fn no_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
     }
-    // The flag is the process's (its memory map's), whatever thread sets it.
+    // The flag is the process's (its memory map's), whatever thread sets it. Its error is not reported: it
+    // only comes from a kernel without the call (before 3.15), where there is nothing to turn off, and this
+    // runs before logging is set up, for every command.
     let _ = nix::sys::prctl::set_thp_disable(true);
 }
 
