@@ -724,6 +724,9 @@ fn charts_rig(prefix: &'static str) -> ChartsRig {
     // Sign in by the token the sign-in form would keep (the form itself is covered above).
     let r = s.b.navigate(&format!("https://{}/", m.addr));
     s.check("open the portal", r);
+    // The portal reads the token once, when its script starts: wait for that, keep the token, then load the
+    // page anew (a query makes it a new document; a changed fragment alone would not reload it).
+    s.wait("the portal started", "typeof window.huatuoPortal === 'object'");
     s.eval(
         "keep the operator token",
         &format!(
@@ -731,7 +734,7 @@ fn charts_rig(prefix: &'static str) -> ChartsRig {
             json!(m.token("operator"))
         ),
     );
-    let r = s.b.navigate(&format!("https://{}/#/", m.addr));
+    let r = s.b.navigate(&format!("https://{}/?signed-in#/", m.addr));
     s.check("open the overview signed in", r);
     s.wait("signed in", "document.querySelector('#who').textContent.includes('charts-test')");
     ChartsRig { _rt: rt, _pki: pki, _cluster: cluster, m, s, prefix }
