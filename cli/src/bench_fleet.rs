@@ -56,7 +56,7 @@ use tonic::transport::Channel;
 
 use crate::bench_common::{
     AgentStream, FAILOVER_ATTEMPT, FAILOVER_PAUSE, Fleet, Rng, archive_line, cpu_ticks, dir_bytes,
-    latency_summary, metric_value, now_ms, open_quotas, rss_bytes, scrape_metrics,
+    latency_summary, metric_value, now_ms, open_quotas, rss_bytes, scrape_metrics, sorted,
 };
 
 /// Most simulated agents one run may start (the issue's target fleet).
@@ -1969,6 +1969,18 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
             latency_summary(during),
             run.errors.load(Ordering::Relaxed) - errors_before,
             run.fleet.moves.load(Ordering::Relaxed)
+        );
+        // The same window split at the first acknowledged write: a beat sent while no member led can only
+        // be answered once one does (the failover time bounds it); the ones sent after are the new leader
+        // serving the fleet's first beats to it.
+        let t_led = t5 + took.as_secs_f64();
+        let leaderless = sorted(run.beats_between(t5, t_led));
+        println!(
+            "phase 5 heartbeats sent after the first acknowledged write (the fleet's first beats to the new \
+             leader): {}; sent between the kill and it: {} acknowledged, max {:.1} ms",
+            latency_summary(run.beats_between(t_led, run.secs())),
+            leaderless.len(),
+            leaderless.last().copied().unwrap_or(0.0)
         );
         print_failover_rows(&run, t5, run.secs());
         print_failover_timeline(cluster, killed_ms, respawned_ms, now_leader, leader);

@@ -36,6 +36,7 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "phase 4 rebuilt member's indexes: built ",
         "phase 4 heartbeats during the catch-up: p50 ",
         "phase 5 failover: leader ",
+        "phase 5 heartbeats sent after the first acknowledged write (the fleet's first beats to the new leader): p50 ",
         "phase 5 heartbeats by when they were sent after the kill",
         "phase 5 timeline (ms after the kill): node ",
         "phase 5 new leader's indexes: order index answers unbuilt ",
