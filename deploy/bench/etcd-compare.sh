@@ -70,9 +70,15 @@ etcd_round() {
   ETCDCTL_API=3 etcdctl --endpoints="$endpoints" check perf --load=l >"$dir/perf.out" 2>&1 &
   local cp=$! b0 t0 b1 t1 e0 e1 c0 c1 w
   sleep 5
+  kill -0 "$cp" 2>/dev/null || { echo "etcd-compare: etcdctl check perf did not start:" >&2; cat "$dir/perf.out" >&2; exit 1; }
   read -r b0 t0 < <(machine)
   e0=$(ticks "${members[@]}"); c0=$(ticks "$cp")
   sleep 50
+  if ! kill -0 "$cp" 2>/dev/null; then
+    echo "etcd-compare: etcdctl check perf ended before its 60 s:" >&2
+    tr '\r' '\n' <"$dir/perf.out" | tail -n 5 >&2
+    exit 1
+  fi
   read -r b1 t1 < <(machine)
   e1=$(ticks "${members[@]}"); c1=$(ticks "$cp")
   wait "$cp" || true # check perf exits non-zero when its own 8,000/s target is missed
