@@ -12,6 +12,7 @@ mod bench_list;
 mod bench_master;
 mod bench_netvote;
 mod bench_rollout;
+mod bench_windows;
 mod catalog_cmd;
 mod context;
 mod dev_cmd;
@@ -195,6 +196,9 @@ enum BenchCmd {
     List(bench_list::BenchListArgs),
     /// The master's heartbeat path: first beats, steady beats, first beats to a new leader (issue 17).
     Heartbeats(bench_heartbeats::BenchHeartbeatsArgs),
+    /// What a safety-net removal costs one member's state machine as the windows fill, command version
+    /// 10 (lists) against 11 (rows) (issue 17).
+    Windows(bench_windows::BenchWindowsArgs),
     /// A fleet of simulated agents (multiplexed) against a real 3-node master: registration, steady
     /// heartbeats and findings, a watcher, kills, throughput, lost acks (issue 17).
     Fleet(bench_fleet::BenchFleetArgs),
@@ -240,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(BenchCmd::Rollout(a)) => bench_rollout::run(a),
         Cmd::Bench(BenchCmd::List(a)) => bench_list::run(a),
         Cmd::Bench(BenchCmd::Heartbeats(a)) => bench_heartbeats::run(a),
+        Cmd::Bench(BenchCmd::Windows(a)) => bench_windows::run(a),
         Cmd::Bench(BenchCmd::Fleet(a)) => bench_fleet::run(a),
         Cmd::Bench(BenchCmd::Netvote(a)) => bench_netvote::run(a),
         Cmd::Version(a) => meta_cmd::version(a),

@@ -39,6 +39,7 @@ mod safety;
 pub mod snapshot;
 mod tickets;
 mod view;
+pub mod windows;
 
 pub use catalog::topology_not_rolled_out;
 pub use decide::{Decision, Tally, decide, decide_entry, decide_entry_limited};

@@ -41,7 +41,14 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// ticket no longer ends it, so a flapping device files one ticket, not one per flap
 /// ([`NET_INCIDENT_COMMAND_VERSION`], `state_machines::Rules::net_incident_until_closed`). No new command
 /// kind: older binaries would step the same entries differently, so the rule waits for the version.
-pub const COMMAND_VERSION: u32 = 10;
+/// 11 = the safety net's sliding windows (a scope's admitted entries per kind, a checker version's would-be
+/// removals, its agents gone silent) are kept as rows of `fsm_counts` with their totals in the scope record,
+/// instead of lists inside the record rewritten whole by every entry that adds to them
+/// ([`WINDOW_ROWS_VERSION`], `fsm/windows.rs`). No new command kind: the entry that raises the version moves
+/// the lists into rows, and one that lowers it below moves them back, so older binaries read lists again.
+pub const COMMAND_VERSION: u32 = 11;
+/// The command version from which the safety net's windows are rows (`fsm/windows.rs`).
+pub const WINDOW_ROWS_VERSION: u32 = 11;
 /// The command version from which a network incident lasts while its ticket is open.
 pub const NET_INCIDENT_COMMAND_VERSION: u32 = 10;
 /// The command version of the binary entry format: entries in it are stamped with at least this version.

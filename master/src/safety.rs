@@ -425,9 +425,17 @@ pub struct KindCount {
     pub population: u64,
     /// Of them, in ERROR/FIX/REPAIR.
     pub removed: u64,
-    /// Times of admitted entries into ERROR/FIX/REPAIR (oldest first, pruned to the longest window).
+    /// Times of admitted entries into ERROR/FIX/REPAIR (oldest first, pruned to the longest window), while
+    /// the cluster is below command version 11; from it on they are rows (`fsm/windows.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entries: Vec<u64>,
+    /// Command version 11 on: how many admitted entries the scope's window rows of this kind hold.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub windowed: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Everything the master keeps about one scope.
@@ -461,6 +469,11 @@ pub struct ScopeRecord {
     /// Checker-version scopes: (time, object) of would-be removals by the version (distinct objects).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spike: Vec<(u64, String)>,
+    /// Command version 11 on, `silent` and `spike` are rows (`fsm/windows.rs`): how many each holds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub silent_rows: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spike_rows: u64,
 }
 
 impl ScopeRecord {
@@ -469,8 +482,9 @@ impl ScopeRecord {
         self.level == Level::Auto
             && self.pending == 0
             && self.agents == 0
-            && self.kinds.values().all(|k| k.population == 0 && k.entries.is_empty())
+            && self.kinds.values().all(|k| k.population == 0 && k.entries.is_empty() && k.windowed == 0)
             && self.spike.is_empty()
+            && self.spike_rows == 0
             && self.last_blocked.is_empty()
     }
 }
@@ -507,6 +521,20 @@ pub fn check_quotas(
     now: u64,
     concurrency: bool,
 ) -> Vec<Violation> {
+    let entries = r.kinds.get(kind.as_str()).map(|c| c.entries.as_slice()).unwrap_or_default();
+    check_quotas_with(cfg, scope, r, kind, concurrency, &|window_ms| in_window(entries, now, window_ms))
+}
+
+/// [`check_quotas`] with the kind's admitted entries within a window counted by `used` (from the record's
+/// list, or from its window rows since command version 11).
+pub fn check_quotas_with(
+    cfg: &SafetyConfig,
+    scope: &str,
+    r: &ScopeRecord,
+    kind: Kind,
+    concurrency: bool,
+    used: &dyn Fn(u64) -> u64,
+) -> Vec<Violation> {
     let mut out = Vec::new();
     let empty = KindCount::default();
     let c = r.kinds.get(kind.as_str()).unwrap_or(&empty);
@@ -522,7 +550,7 @@ pub fn check_quotas(
             });
         }
         let max_e = q.max_entries.of(c.population);
-        let used = in_window(&c.entries, now, q.window_ms);
+        let used = used(q.window_ms);
         if used + 1 > max_e {
             out.push(Violation {
                 scope: scope.to_string(),
@@ -677,7 +705,10 @@ mod tests {
             ..SafetyConfig::default()
         };
         let mut r = ScopeRecord::default();
-        r.kinds.insert("disk".into(), KindCount { population: 4, removed: 0, entries: vec![1_000, 2_000] });
+        r.kinds.insert(
+            "disk".into(),
+            KindCount { population: 4, removed: 0, entries: vec![1_000, 2_000], windowed: 0 },
+        );
         let v = check_quotas(&cfg, "rack=r1", &r, Kind::Disk, 3_000, true);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].message.contains("within 1m"), "{}", v[0].message);

@@ -1125,6 +1125,22 @@ impl Reader {
     }
 
     /// Every replicated count whose key starts with `prefix` (see `fsm/counts.rs`), in key order.
+    /// Every count with `from <= key < to`, in key order.
+    pub fn counts_between(&self, from: &str, to: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read("counts", || {
+            let Some(t) = open_read!(self.txn, COUNTS) else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            if from >= to {
+                return Ok(out);
+            }
+            for row in t.range::<&str>(from..to)? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), unseal_u64("fsm_counts", k.value(), v.value())?));
+            }
+            Ok(out)
+        })
+    }
+
     pub fn counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         self.read("counts", || {
             let Some(t) = open_read!(self.txn, COUNTS) else { return Ok(Vec::new()) };

@@ -213,6 +213,8 @@ async fn avalanche_drill() {
         "huatuo_master_scope_latched{scope=\"pool=a\"} 1",
         "huatuo_master_proposals_pending 290",
         "huatuo_master_quota{scope=\"pool=a\",kind=\"disk\",what=\"max_entries\"} 10",
+        // The window's use (rows in fsm_counts from command version 11, which the cluster enables by itself).
+        "huatuo_master_quota{scope=\"pool=a\",kind=\"disk\",what=\"entries\"} 10",
         "huatuo_master_transitions_total{kind=\"disk\",to=\"ERROR\"} 10",
         "huatuo_master_fsync_seconds_count",
     ] {

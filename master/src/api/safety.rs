@@ -80,11 +80,21 @@ pub struct SafetyView {
 /// The views of every scope, at `now` (windows slide with the clock of the reader).
 pub fn scope_views(r: &Reader, now: u64) -> Result<(SafetyConfig, Vec<ScopeView>), StoreError> {
     let cfg = r.safety_config()?;
-    let views = r.scopes()?.into_iter().map(|(name, rec)| scope_view(&cfg, &name, &rec, now)).collect();
+    let mut views = Vec::new();
+    for (name, rec) in r.scopes()? {
+        views.push(scope_view(r, &cfg, &name, &rec, now)?);
+    }
     Ok((cfg, views))
 }
 
-pub fn scope_view(cfg: &SafetyConfig, name: &str, r: &ScopeRecord, now: u64) -> ScopeView {
+pub fn scope_view(
+    reader: &Reader,
+    cfg: &SafetyConfig,
+    name: &str,
+    r: &ScopeRecord,
+    now: u64,
+) -> Result<ScopeView, StoreError> {
+    let rows = |from: &str, to: &str| reader.counts_between(from, to);
     let mut quotas = Vec::new();
     for q in cfg.quotas.iter().filter(|q| safety::scope_key(name) == Some(q.scope.as_str())) {
         let kinds: Vec<&String> = if q.kind == "*" {
@@ -99,13 +109,13 @@ pub fn scope_view(cfg: &SafetyConfig, name: &str, r: &ScopeRecord, now: u64) -> 
                 population: c.population,
                 concurrent: c.removed,
                 max_concurrent: q.max_concurrent.of(c.population),
-                entries: safety::in_window(&c.entries, now, q.window_ms),
+                entries: crate::fsm::windows::entries_in_window(name, k, c, now, q.window_ms, &rows)?,
                 max_entries: q.max_entries.of(c.population),
                 window_ms: q.window_ms,
             });
         }
     }
-    ScopeView {
+    Ok(ScopeView {
         scope: name.to_string(),
         level: r.level.as_str().to_string(),
         latched: r.latched,
@@ -118,7 +128,7 @@ pub fn scope_view(cfg: &SafetyConfig, name: &str, r: &ScopeRecord, now: u64) -> 
         last_blocked_ms: r.last_blocked_ms,
         agents: r.agents,
         agents_alive: r.agents_alive,
-    }
+    })
 }
 
 fn store_err(e: StoreError) -> ApiError {
@@ -158,7 +168,8 @@ impl Service {
             .find(|(n, _)| n == scope)
             .map(|(_, r)| r)
             .unwrap_or_default();
-        Ok((scope_view(&cfg, scope, &rec, now_ms()), r.revision().map_err(store_err)?))
+        let view = scope_view(&r, &cfg, scope, &rec, now_ms()).map_err(store_err)?;
+        Ok((view, r.revision().map_err(store_err)?))
     }
 
     pub async fn set_level(

@@ -160,14 +160,10 @@ impl Decider<'_> {
         }
         if liveness && old_alive && !next.alive {
             let rule = self.cfg.liveness.clone();
-            let now = self.now;
             for s in next.scopes.clone() {
-                let r = self.scope_mut(&s)?;
-                r.silent.push(now);
-                safety::prune(&mut r.silent, now, rule.window_ms);
-                let silent = r.silent.len() as u64;
-                let threshold = rule.min_silent.max(rule.silent_share.of(r.agents));
-                let agents = r.agents;
+                let silent = self.add_silent(&s, rule.window_ms)?;
+                let agents = self.scope_mut(&s)?.agents;
+                let threshold = rule.min_silent.max(rule.silent_share.of(agents));
                 if silent >= threshold {
                     let reason = format!(
                         "{silent} of {agents} agents went silent within {} (threshold {threshold})",

@@ -167,7 +167,7 @@ pub(crate) fn recount_store(txn: &redb::WriteTransaction) -> Result<u64, StoreEr
 
 impl Decider<'_> {
     /// A count as this entry sees it.
-    fn count_of(&self, key: &str) -> Result<u64, StoreError> {
+    pub(super) fn count_of(&self, key: &str) -> Result<u64, StoreError> {
         match self.w.counts.get(key) {
             Some(v) => Ok(*v),
             None => Ok(self.view.count(key)?.unwrap_or(0)),

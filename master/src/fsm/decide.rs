@@ -72,6 +72,7 @@ pub fn decide_entry_limited(
     for cmd in cmds {
         results.push(d.command(cmd)?);
     }
+    d.drop_silent_rows_of_empty()?;
     Ok(d.finish(results))
 }
 
@@ -105,10 +106,12 @@ pub(super) struct Decider<'v> {
     pub(super) archive: Vec<crate::archive::ArchiveEvent>,
     /// See [`Decision::core_changed`].
     core_changed: std::collections::BTreeSet<String>,
+    /// Per window-row prefix, a key below which this entry dropped every row (`windows.rs` `trim`).
+    pub(super) window_from: BTreeMap<String, String>,
 }
 
 impl<'v> Decider<'v> {
-    fn new(view: &'v dyn View, policy: &'v Policy, now: u64) -> Result<Self, StoreError> {
+    pub(super) fn new(view: &'v dyn View, policy: &'v Policy, now: u64) -> Result<Self, StoreError> {
         Ok(Decider {
             view,
             policy,
@@ -127,10 +130,11 @@ impl<'v> Decider<'v> {
             catalog_seen: BTreeMap::new(),
             archive: Vec::new(),
             core_changed: std::collections::BTreeSet::new(),
+            window_from: BTreeMap::new(),
         })
     }
 
-    fn finish(mut self, results: Vec<CmdResult>) -> Decision {
+    pub(super) fn finish(mut self, results: Vec<CmdResult>) -> Decision {
         if !self.events.is_empty() {
             self.w.meta.insert(META_REVISION, self.revision);
         }
@@ -292,12 +296,14 @@ impl<'v> Decider<'v> {
     }
 
     /// Scopes that became empty are gone (as if written and re-read): used before a recount.
-    pub(super) fn drop_empty_scopes(&mut self) {
+    pub(super) fn drop_empty_scopes(&mut self) -> Result<(), StoreError> {
+        self.drop_silent_rows_of_empty()?;
         for r in self.w.scopes.values_mut() {
             if r.is_empty() {
                 *r = ScopeRecord::default();
             }
         }
+        Ok(())
     }
 
     /// Every scope name that exists as this entry sees it, in order.

@@ -116,6 +116,17 @@ impl View for MemState {
             .map(|(k, v)| (k.clone(), *v))
             .collect())
     }
+    fn counts_range(&self, from: &str, to: &str, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .counts
+            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Excluded(to)))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect())
+    }
     fn catalog(&self, name: &str) -> Result<Option<CheckerRecord>, StoreError> {
         Ok(self.catalog.get(name).cloned())
     }

@@ -201,8 +201,10 @@ impl<'t> Tables<'t> {
             r.add(&cfg, &rec);
             objects += 1;
         }
-        // The hourly transition counters are not derived from the objects: kept as they are.
-        self.counts.retain(|k, _| k.starts_with(super::counts::HOURLY))?;
+        // The hourly transition counters and the safety net's window rows are not derived from the
+        // objects: kept as they are.
+        self.counts
+            .retain(|k, _| k.starts_with(super::counts::HOURLY) || k.starts_with(super::windows::WINDOWS))?;
         self.repair.retain(|_, _| false)?;
         let repair = r.queue.into_iter().map(|(k, v)| (k, Some(v))).collect();
         self.write_counts(&r.counts, &repair)?;
@@ -392,6 +394,18 @@ impl View for Tables<'_> {
             if !k.value().starts_with(prefix) {
                 break;
             }
+            out.push((k.value().to_string(), store::unseal_u64("fsm_counts", k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn counts_range(&self, from: &str, to: &str, limit: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        for row in self.counts.range::<&str>(from..to)?.take(limit) {
+            let (k, v) = row?;
             out.push((k.value().to_string(), store::unseal_u64("fsm_counts", k.value(), v.value())?));
         }
         Ok(out)

@@ -117,11 +117,8 @@ impl Decider<'_> {
         if window == 0 {
             return Ok(());
         }
-        let now = self.now;
         for s in scopes.iter().filter(|s| !s.starts_with(safety::CHECKER_SCOPE)) {
-            let k = self.scope_mut(s)?.kinds.entry(kind.as_str().to_string()).or_default();
-            k.entries.push(now);
-            safety::prune(&mut k.entries, now, window);
+            self.add_entry(s, kind.as_str(), window)?;
         }
         Ok(())
     }
@@ -217,9 +214,16 @@ impl Decider<'_> {
                 return self.propose(rec, t, input, hold);
             }
             let mut violations = Vec::new();
+            let longest = safety::longest_window(&self.cfg, kind);
             for s in scopes.iter().filter(|s| !s.starts_with(safety::CHECKER_SCOPE)) {
+                let mut windows: Vec<u64> =
+                    self.cfg.quotas.iter().filter(|q| q.applies_to(kind, s)).map(|q| q.window_ms).collect();
+                windows.sort_unstable();
+                windows.dedup();
+                let used = self.entries_used(s, kind.as_str(), &windows, longest)?;
                 let r = self.scope_mut(s)?.clone();
-                violations.extend(safety::check_quotas(&self.cfg, s, &r, kind, self.now, entering));
+                let used = |w: u64| used.iter().find(|(x, _)| *x == w).map_or(0, |(_, n)| *n);
+                violations.extend(safety::check_quotas_with(&self.cfg, s, &r, kind, entering, &used));
             }
             if !violations.is_empty() {
                 let mut held_by: Vec<String> = Vec::new();
@@ -284,17 +288,8 @@ impl Decider<'_> {
         let population =
             self.scope_mut(safety::CLUSTER)?.kinds.get(kind.as_str()).map_or(0, |k| k.population);
         let rule = self.cfg.spike.clone();
-        let now = self.now;
         let id = object.to_string();
-        let r = self.scope_mut(scope)?;
-        let from = now.saturating_sub(rule.window_ms);
-        r.spike.retain(|(t, _)| *t >= from);
-        if !r.spike.iter().any(|(_, o)| *o == id) {
-            r.spike.push((now, id.clone()));
-            let excess = r.spike.len().saturating_sub(safety::MAX_WINDOW_ENTRIES);
-            r.spike.drain(..excess);
-        }
-        let count = r.spike.len() as u64;
+        let count = self.add_spike(scope, &id, rule.window_ms)?;
         let threshold = rule.min.max(rule.share.of(population));
         if count < threshold {
             return Ok(None);
@@ -487,7 +482,7 @@ impl Decider<'_> {
         if let Err(e) = config.validate() {
             return Ok(self.refuse(proto::error::Code::InvalidArgument, e.to_string()));
         }
-        self.drop_empty_scopes();
+        self.drop_empty_scopes()?;
         self.w.safety = Some(config.clone());
         self.cfg = config;
         self.rebuild_counts()?;
@@ -514,6 +509,11 @@ impl Decider<'_> {
         let before = self.min_version;
         self.min_version = u64::from(version);
         self.w.meta.insert(META_MIN_COMMAND_VERSION, self.min_version);
+        let rows = u64::from(crate::model::WINDOW_ROWS_VERSION);
+        if (before < rows) != (self.min_version < rows) {
+            self.window_from.clear();
+            self.move_windows(self.min_version >= rows)?;
+        }
         let message = format!("min_command_version {before} -> {version} by {by}: {reason}");
         self.audit_row("audit", safety::CLUSTER, "", by, &message)?;
         self.global_event("config", message);

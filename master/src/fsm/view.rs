@@ -49,6 +49,8 @@ pub trait View {
     fn count(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Every count whose key starts with `prefix`, in key order.
     fn counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Up to `limit` counts with `from <= key < to`, in key order (the safety net's window rows).
+    fn counts_range(&self, from: &str, to: &str, limit: usize) -> Result<Vec<(String, u64)>, StoreError>;
     /// Whether chunk `index` of the bytes with `sha256` is stored.
     fn has_blob(&self, sha256: &str, index: u64) -> Result<bool, StoreError>;
     /// Chunk `index` of the bytes with `sha256`.

@@ -80,21 +80,32 @@ pub(crate) fn random_command(rng: &mut StdRng, now: u64, seqs: &mut BTreeMap<Str
             alive: rng.random_bool(0.6),
         },
         80..=85 => Command::Tick { objects: (0..HOSTS).map(|k| disk(k).parse().expect("id")).collect() },
-        86..=89 => Command::SetSafety {
-            config: SafetyConfig {
-                quotas: vec![QuotaRule {
-                    kind: "disk".into(),
-                    scope: "rack".into(),
-                    window_ms: 60_000,
-                    max_entries: Limit::Count(rng.random_range(0..3)),
-                    max_concurrent: Limit::Percent(5_000),
-                }],
-                scope_labels: if rng.random_bool(0.5) { vec!["rack".into()] } else { vec!["pool".into()] },
-                ..SafetyConfig::default()
-            },
-            by: "alice".into(),
-            reason: "test".into(),
-        },
+        86..=89 => {
+            // Drawn in the order the mix always drew them (pinned seeds elsewhere rely on the sequence).
+            let max_entries = rng.random_range(0..3);
+            let rack = rng.random_bool(0.5);
+            Command::SetSafety {
+                config: SafetyConfig {
+                    quotas: vec![QuotaRule {
+                        kind: "disk".into(),
+                        scope: "rack".into(),
+                        window_ms: 60_000,
+                        max_entries: Limit::Count(max_entries),
+                        max_concurrent: Limit::Percent(5_000),
+                    }],
+                    scope_labels: if rack { vec!["rack".into()] } else { vec!["pool".into()] },
+                    // A checker version's spike detector that a dozen hosts can trip.
+                    spike: crate::safety::SpikeRule {
+                        window_ms: 600_000,
+                        min: 2 + 2 * max_entries,
+                        share: Limit::Count(1),
+                    },
+                    ..SafetyConfig::default()
+                },
+                by: "alice".into(),
+                reason: "test".into(),
+            }
+        }
         90..=94 => Command::SetLevel {
             scope: format!("rack=r{}", i % 3),
             level: [Level::Auto, Level::Manual, Level::Blind][rng.random_range(0..3usize)],
@@ -159,17 +170,30 @@ fn run(seed: u64) -> MemState {
     let mut mem = MemFsm::new(Policy::default());
     let mut seqs = BTreeMap::new();
     let mut now = 1_000_000u64;
-    // Odd seeds run with binary entries enabled (change-log rows in protobuf), even ones at the default.
-    if seed % 2 == 1 {
-        let raise = Command::SetMinCommandVersion {
-            version: crate::model::BINARY_ENTRY_VERSION,
-            by: "p".into(),
-            reason: "r".into(),
-        };
-        let entry = Envelope::new(now, vec![raise]).encode();
-        assert_eq!(h.apply_raw(&entry), mem.apply(h.index, &entry).expect("memory apply"));
+    // Seeds run at the default version, with binary entries (change-log rows in protobuf), with the safety
+    // net's windows as rows from the start, or with windows moved into rows and back to lists mid-run.
+    let set = |version: u32| Command::SetMinCommandVersion { version, by: "p".into(), reason: "r".into() };
+    let mut moves: Vec<(usize, u32)> = Vec::new();
+    match seed % 4 {
+        1 => moves.push((0, crate::model::BINARY_ENTRY_VERSION)),
+        2 => moves.push((0, crate::model::WINDOW_ROWS_VERSION)),
+        3 => moves.extend([
+            (0, crate::model::WINDOW_ROWS_VERSION - 1),
+            (ENTRIES / 3, crate::model::WINDOW_ROWS_VERSION),
+            (2 * ENTRIES / 3, crate::model::WINDOW_ROWS_VERSION - 1),
+        ]),
+        _ => {}
     }
     for n in 0..ENTRIES {
+        if let Some((_, version)) = moves.iter().find(|(at, _)| *at == n) {
+            let entry = Envelope::new(now, vec![set(*version)]).encode();
+            assert_eq!(h.apply_raw(&entry), mem.apply(h.index, &entry).expect("memory apply"));
+            assert_eq!(
+                h.snapshot(),
+                mem.state.snapshot(),
+                "seed {seed} entry {n}: states differ after the move"
+            );
+        }
         now += rng.random_range(0..120_000u64);
         let cmds =
             (0..rng.random_range(1..4usize)).map(|_| random_command(&mut rng, now, &mut seqs)).collect();
@@ -227,4 +251,88 @@ fn a_pinned_seed_exercises_holds_and_decisions() {
     let state = run(0x5eed_0001);
     assert!(!state.proposals.is_empty(), "the mix held some transitions");
     assert!(state.audit.values().any(|a| a.message.contains("manual drive")), "and latched a scope");
+}
+
+/// The safety net's decisions without its windows' layout: levels and why, per scope.
+fn levels(s: &MemState) -> BTreeMap<String, (Level, bool, String)> {
+    s.scopes
+        .iter()
+        .filter(|(_, r)| r.level != Level::Auto || r.latched)
+        .map(|(n, r)| (n.clone(), (r.level, r.latched, r.reason.clone())))
+        .collect()
+}
+
+#[test]
+fn windows_kept_as_rows_decide_as_the_lists_did() {
+    // The same seeded mix at command version 10 (windows in the scope records) and 11 (rows): every result,
+    // object, history entry, proposal and level is the same; only where the windows are kept differs.
+    let (mut rows_seen, mut spike_rows_seen, mut latches_seen) = (0usize, 0usize, 0usize);
+    for seed in 0..16u64 {
+        let mut rng = StdRng::seed_from_u64(0x3141_0000 + seed);
+        let mut seqs = BTreeMap::new();
+        let mut now = 1_000_000u64;
+        let mut fsms: Vec<MemFsm> =
+            [crate::model::WINDOW_ROWS_VERSION - 1, crate::model::WINDOW_ROWS_VERSION]
+                .into_iter()
+                .map(|version| {
+                    let mut m = MemFsm::new(Policy::default());
+                    let raise = Command::SetMinCommandVersion { version, by: "p".into(), reason: "r".into() };
+                    m.apply(1, &Envelope::new(now, vec![raise]).encode()).expect("raise");
+                    m
+                })
+                .collect();
+        // A third one moves its windows into rows a third of the way and back to lists at two thirds: its
+        // objects, proposals and levels follow the first's (its results do not: the moves take revisions).
+        let mut moved = MemFsm::new(Policy::default());
+        let set = |now: u64, version: u32| {
+            let cmd = Command::SetMinCommandVersion { version, by: "p".into(), reason: "r".into() };
+            Envelope::new(now, vec![cmd]).encode()
+        };
+        moved.apply(1, &set(now, crate::model::WINDOW_ROWS_VERSION - 1)).expect("raise");
+        let sm = |s: &MemState| -> BTreeMap<String, state_machines::State> {
+            s.objects.iter().map(|(k, r)| (k.clone(), r.sm.state)).collect()
+        };
+        for n in 0..(3 * ENTRIES) {
+            now += rng.random_range(0..60_000u64);
+            let cmds =
+                (0..rng.random_range(1..6usize)).map(|_| random_command(&mut rng, now, &mut seqs)).collect();
+            let entry = Envelope::new(now, cmds).encode();
+            if n == ENTRIES || n == 2 * ENTRIES {
+                let version = crate::model::WINDOW_ROWS_VERSION - u32::from(n == 2 * ENTRIES);
+                moved.apply(n as u64 + 2, &set(now, version)).expect("move");
+            }
+            let lists = fsms[0].apply(n as u64 + 2, &entry).expect("apply at 10");
+            let rows = fsms[1].apply(n as u64 + 2, &entry).expect("apply at 11");
+            moved.apply(n as u64 + 2, &entry).expect("apply moved");
+            assert_eq!(lists, rows, "seed {seed} entry {n}: results differ");
+            let (a, b) = (&fsms[0].state, &fsms[1].state);
+            assert_eq!(sm(a), sm(&moved.state), "seed {seed} entry {n}: objects differ after a move");
+            assert_eq!(
+                a.proposals, moved.state.proposals,
+                "seed {seed} entry {n}: proposals differ after a move"
+            );
+            assert_eq!(levels(a), levels(&moved.state), "seed {seed} entry {n}: levels differ after a move");
+            assert_eq!(a.objects, b.objects, "seed {seed} entry {n}: objects differ");
+            assert_eq!(a.proposals, b.proposals, "seed {seed} entry {n}: proposals differ");
+            assert_eq!(levels(a), levels(b), "seed {seed} entry {n}: levels differ");
+            rows_seen += b.counts.keys().filter(|k| k.starts_with("w/e/")).count();
+            spike_rows_seen += b.counts.keys().filter(|k| k.starts_with("w/s/")).count();
+            latches_seen += b.scopes.values().filter(|r| r.latched).count();
+        }
+        let (a, b) = (&fsms[0].state, &fsms[1].state);
+        assert_eq!(a.history, b.history, "seed {seed}: history differs");
+        assert!(a.counts.keys().all(|k| !k.starts_with(crate::fsm::windows::WINDOWS)), "no rows at 10");
+        assert!(
+            b.scopes.values().all(|r| r.spike.is_empty()
+                && r.silent.is_empty()
+                && r.kinds.values().all(|k| k.entries.is_empty())),
+            "no lists at 11"
+        );
+    }
+    // The mix exercised what it compares: entries in the quotas' windows, would-be removals by checker
+    // versions, and latches.
+    assert!(
+        rows_seen > 0 && spike_rows_seen > 0 && latches_seen > 0,
+        "{rows_seen} {spike_rows_seen} {latches_seen}"
+    );
 }

@@ -474,3 +474,30 @@ fn predicted_failures_are_held_by_their_models_spike_detector() {
     assert_eq!(state(&h, "disk/h8/sda"), State::Warning);
     assert_eq!(state(&h, "disk/h9/sda"), State::Warning);
 }
+
+#[test]
+fn the_safety_view_counts_a_window_alike_from_lists_and_from_rows() {
+    let rows = crate::model::WINDOW_ROWS_VERSION;
+    for version in [rows - 1, rows] {
+        let mut h = Harness::new();
+        let set = Command::SetMinCommandVersion { version, by: "t".into(), reason: "t".into() };
+        h.apply(1, vec![set, quotas(vec![rule("disk", "rack", Limit::Count(100), Limit::Percent(10_000))])]);
+        register_rack(&mut h, 2, "r1", 0..10);
+        h.apply(10, vec![ingest("x", 1, (0..3).map(|i| fatal(i, "smart", "1.0", 10)).collect())]);
+        h.apply(20, vec![ingest("x", 2, (3..5).map(|i| fatal(i, "smart", "1.0", 20)).collect())]);
+        let used = |now: u64| {
+            let (_, views) = crate::api::safety::scope_views(&h.reader(), now).expect("views");
+            let r1 = views.into_iter().find(|v| v.scope == "rack=r1").expect("rack=r1");
+            r1.quotas.into_iter().find(|q| q.kind == "disk").expect("disk quota").entries
+        };
+        // The window slides with the reader's clock: from its first millisecond to its last.
+        assert_eq!(
+            [used(20), used(H + 10), used(H + 11), used(H + 20), used(H + 21)],
+            [5, 5, 2, 2, 0],
+            "{version}"
+        );
+        let disk = scope(&h, "rack=r1").kinds["disk"].clone();
+        let kept = if version >= rows { (5, 0) } else { (0, 5) };
+        assert_eq!((disk.windowed, disk.entries.len() as u64), kept, "{version}: where the window is kept");
+    }
+}
