@@ -266,8 +266,13 @@ fn levels(s: &MemState) -> BTreeMap<String, (Level, bool, String)> {
 fn windows_kept_as_rows_decide_as_the_lists_did() {
     // The same seeded mix at command version 10 (windows in the scope records) and 11 (rows): every result,
     // object, history entry, proposal and level is the same; only where the windows are kept differs.
+    // `HUATUO_WINDOW_SEEDS=N` runs N seeds from `HUATUO_WINDOW_FIRST_SEED` (default 16 from 0) for a sweep.
+    let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let first = var("HUATUO_WINDOW_FIRST_SEED").unwrap_or(0);
+    let seeds = var("HUATUO_WINDOW_SEEDS").unwrap_or(16);
     let (mut rows_seen, mut spike_rows_seen, mut latches_seen) = (0usize, 0usize, 0usize);
-    for seed in 0..16u64 {
+    for seed in first..first + seeds {
+        eprintln!("window seed {seed}");
         let mut rng = StdRng::seed_from_u64(0x3141_0000 + seed);
         let mut seqs = BTreeMap::new();
         let mut now = 1_000_000u64;
