@@ -5,6 +5,7 @@
 //!   refusal; once every member knows it the raise is accepted, replicated, audited and visible.
 //! - The per-node watch limit (`max_watches`): one stream more is refused with RESOURCE_EXHAUSTED on gRPC and
 //!   HTTP 429 on REST, counted in /metrics; a client that leaves frees its slot.
+//! - The safety net's windows move into rows at command version 11 and back to lists when it is lowered.
 //!
 //! The operator-role refusals of both front ends are in `auth.rs` (the secured cluster).
 //! Needs the `huatuo` binary built first (see `tests::huatuo_bin`).
@@ -342,7 +343,8 @@ async fn binary_entries_are_applied_everywhere_and_stop_a_downgraded_member() {
     let (st, body) = http(&http3, "GET", "/api/v1/objects/disk/bin-host/sdb?stale=true", "");
     assert_ne!(st, 200, "node 3 applied what it cannot decode: {body}");
     // A binary one version short stops there too, though it decodes the entry: the version in force may
-    // change only how existing commands are decided (10: network incidents), so it is in every stamp.
+    // change only how existing commands are decided or stored (10: network incidents, 11: the safety net's
+    // windows), so it is in every stamp.
     c.set_node_config(3, &format!("knows_command_version = {}\n", newest - 1)).unwrap();
     c.kill9(3);
     c.spawn(3, false).unwrap();
@@ -382,4 +384,99 @@ async fn binary_entries_are_applied_everywhere_and_stop_a_downgraded_member() {
     assert!(!ok && err.contains("min_command_version 1 refused") && err.contains("binary format"), "{err}");
     let i = live.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await;
     assert_eq!(i.expect("cluster info").min_command_version, newest);
+}
+
+/// The cluster scope's disk entries within the quota's window, as node `id` reads its own state.
+fn entries_on(c: &LocalCluster, id: u64) -> Option<u64> {
+    let (st, body) = http(&c.nodes[&id].http.clone(), "GET", "/api/v1/safety?stale=true", "");
+    if st != 200 {
+        return None;
+    }
+    let v = json(&body);
+    let cluster = v["scopes"].as_array()?.iter().find(|s| s["scope"] == "cluster")?.clone();
+    cluster["quotas"].as_array()?.iter().find(|q| q["kind"] == "disk")?["entries"].as_u64()
+}
+
+/// Wait until every member reads `want` entries in the cluster's disk window.
+async fn every_member(c: &LocalCluster, want: u64) {
+    let ok = wait_until(SETTLE, || async { (1..=3).all(|id| entries_on(c, id) == Some(want)) });
+    assert!(ok.await, "want {want} entries: {:?}", (1..=3).map(|id| entries_on(c, id)).collect::<Vec<_>>());
+}
+
+/// The safety net's windows follow the replicated version (command version 11, `fsm/windows.rs`): a cluster
+/// at 10 keeps them as lists in the scope records, the raise to 11 moves them into rows and a lowering moves
+/// them back; the quota's use reads the same on every member throughout. After the lowering, a member
+/// restarted as a binary that knows only 10 (the rollback's second step) applies the entries that follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_safety_nets_windows_move_with_the_version_and_back() {
+    let rows = master::model::WINDOW_ROWS_VERSION;
+    let mut c =
+        LocalCluster::start_with_config(&huatuo_bin(), 3, "tick_ms = 50\nauto_upgrade = false\n").unwrap();
+    assert!(c.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", c.log_tail(1));
+    set_min(&c, rows - 1, "windows as lists").await.expect("to 10");
+    // Quotas open, so every error below is admitted and counted in the cluster's window.
+    let config = serde_json::json!({
+        "quotas": [{"kind": "disk", "scope": "cluster", "window_ms": 3_600_000,
+                    "max_entries": "100%", "max_concurrent": "100%"}],
+        "spike": {"window_ms": 600_000, "min": 1000, "share": "100%"},
+    });
+    let req = api::SetQuotasRequest {
+        by: "alice".into(),
+        reason: "open".into(),
+        config_json: config.to_string(),
+        ..Default::default()
+    };
+    let mut cl = c.client();
+    cl.call(req, |mut c, r| async move { c.set_quotas(r).await }).await.expect("quotas");
+    let mut seq = 0u64;
+    let mut report = |disks: std::ops::Range<u32>, severity: &str| {
+        seq += 1;
+        let findings = disks
+            .map(|d| api::Finding {
+                object: format!("disk/win-host/sd{d}"),
+                severity: severity.into(),
+                checker: "smart".into(),
+                version: "1.0.0".into(),
+                rule: "smart.reallocated".into(),
+                evidence: "reallocated sectors".into(),
+                readings: Default::default(),
+                time_ms: tests::now_ms(),
+                shadow: false,
+            })
+            .collect();
+        api::IngestRequest { agent: "win-agent".into(), seq, findings, epoch: 1 }
+    };
+    // Ten disks appear first (findings create objects), so the population is there before any error.
+    let r =
+        cl.call(report(0..10, "GOOD"), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
+    assert_eq!(r.applied, 10);
+    let fail = |r: &mut dyn FnMut(std::ops::Range<u32>, &str) -> api::IngestRequest, d| r(d, "ERROR");
+    let r =
+        cl.call(fail(&mut report, 0..3), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
+    assert_eq!(r.applied, 3);
+    every_member(&c, 3).await;
+    // Into rows, and one more error counted there.
+    set_min(&c, rows, "windows as rows").await.expect("to 11");
+    every_member(&c, 3).await;
+    let r =
+        cl.call(fail(&mut report, 3..4), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
+    assert_eq!(r.applied, 1);
+    every_member(&c, 4).await;
+    // Back into lists, then node 3 plays the older binary: it applies what follows like the others.
+    set_min(&c, rows - 1, "rollback").await.expect("back to 10");
+    every_member(&c, 4).await;
+    restart_as(
+        &mut c,
+        3,
+        &format!("knows_command_version = {}\n", rows - 1),
+        &[(1, rows), (2, rows), (3, rows - 1)],
+    )
+    .await;
+    let mut cl = c.client();
+    let r =
+        cl.call(fail(&mut report, 4..6), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
+    assert_eq!(r.applied, 2);
+    every_member(&c, 6).await;
+    let (st, body) = http(&c.nodes[&3].http.clone(), "GET", "/healthz", "");
+    assert_eq!(st, 200, "node 3 stopped: {body}");
 }
