@@ -511,22 +511,10 @@ pub struct Violation {
     pub message: String,
 }
 
-/// Check the quotas of `scope` (record `r`) for one more entry of `kind` at `now`; `concurrency`: the
+/// Check the quotas of `scope` (record `r`) for one more entry of `kind`; `concurrency`: the
 /// object would also be one more out of service (false for a reboot of a machine already out).
-pub fn check_quotas(
-    cfg: &SafetyConfig,
-    scope: &str,
-    r: &ScopeRecord,
-    kind: Kind,
-    now: u64,
-    concurrency: bool,
-) -> Vec<Violation> {
-    let entries = r.kinds.get(kind.as_str()).map(|c| c.entries.as_slice()).unwrap_or_default();
-    check_quotas_with(cfg, scope, r, kind, concurrency, &|window_ms| in_window(entries, now, window_ms))
-}
-
-/// [`check_quotas`] with the kind's admitted entries within a window counted by `used` (from the record's
-/// list, or from its window rows since command version 11).
+/// `used(window_ms)`: the kind's admitted entries within that window (from the record's list, or from its
+/// window rows since command version 11, `fsm/windows.rs`).
 pub fn check_quotas_with(
     cfg: &SafetyConfig,
     scope: &str,
@@ -709,6 +697,11 @@ mod tests {
             "disk".into(),
             KindCount { population: 4, removed: 0, entries: vec![1_000, 2_000], windowed: 0 },
         );
+        let check_quotas =
+            |cfg: &SafetyConfig, scope: &str, r: &ScopeRecord, kind: Kind, now: u64, c: bool| {
+                let entries = r.kinds.get(kind.as_str()).map(|k| k.entries.clone()).unwrap_or_default();
+                check_quotas_with(cfg, scope, r, kind, c, &|w| in_window(&entries, now, w))
+            };
         let v = check_quotas(&cfg, "rack=r1", &r, Kind::Disk, 3_000, true);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].message.contains("within 1m"), "{}", v[0].message);

@@ -450,16 +450,15 @@ async fn the_safety_nets_windows_move_with_the_version_and_back() {
     let r =
         cl.call(report(0..10, "GOOD"), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
     assert_eq!(r.applied, 10);
-    let fail = |r: &mut dyn FnMut(std::ops::Range<u32>, &str) -> api::IngestRequest, d| r(d, "ERROR");
     let r =
-        cl.call(fail(&mut report, 0..3), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
+        cl.call(report(0..3, "ERROR"), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
     assert_eq!(r.applied, 3);
     every_member(&c, 3).await;
     // Into rows, and one more error counted there.
     set_min(&c, rows, "windows as rows").await.expect("to 11");
     every_member(&c, 3).await;
     let r =
-        cl.call(fail(&mut report, 3..4), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
+        cl.call(report(3..4, "ERROR"), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
     assert_eq!(r.applied, 1);
     every_member(&c, 4).await;
     // Back into lists, then node 3 plays the older binary: it applies what follows like the others.
@@ -474,7 +473,7 @@ async fn the_safety_nets_windows_move_with_the_version_and_back() {
     .await;
     let mut cl = c.client();
     let r =
-        cl.call(fail(&mut report, 4..6), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
+        cl.call(report(4..6, "ERROR"), |mut c, r| async move { c.ingest(r).await }).await.expect("ingest");
     assert_eq!(r.applied, 2);
     every_member(&c, 6).await;
     let (st, body) = http(&c.nodes[&3].http.clone(), "GET", "/healthz", "");

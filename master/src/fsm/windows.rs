@@ -224,9 +224,16 @@ impl Decider<'_> {
         Ok(total)
     }
 
-    /// Add `object`'s event at this entry's time to a window (rows), after trimming it to `window_ms`.
-    fn add_row(&mut self, w: Window<'_>, window_ms: u64, object: &str) -> Result<u64, StoreError> {
-        let total = self.trim(w, window_ms)? + 1;
+    /// Add `object`'s event at this entry's time to a window (rows) that [`Decider::trim`] left holding
+    /// `trimmed`; returns what it holds then.
+    fn add_row(
+        &mut self,
+        w: Window<'_>,
+        window_ms: u64,
+        trimmed: u64,
+        object: &str,
+    ) -> Result<u64, StoreError> {
+        let total = trimmed + 1;
         let key = row_key(&w.prefix(), self.now, object);
         let n = self.count_of(&key)?;
         self.w.counts.insert(key, n + 1);
@@ -242,7 +249,9 @@ impl Decider<'_> {
     /// longest of the kind's quotas).
     pub(super) fn add_entry(&mut self, scope: &str, kind: &str, window_ms: u64) -> Result<(), StoreError> {
         if self.window_rows() {
-            self.add_row(Window::Entries { scope, kind }, window_ms, "")?;
+            let w = Window::Entries { scope, kind };
+            let trimmed = self.trim(w, window_ms)?;
+            self.add_row(w, window_ms, trimmed, "")?;
         } else {
             let now = self.now;
             let k = self.scope_mut(scope)?.kinds.entry(kind.to_string()).or_default();
@@ -306,13 +315,15 @@ impl Decider<'_> {
             return Ok(total);
         }
         self.w.counts.insert(member, self.now + 1);
-        self.add_row(w, window_ms, object)
+        self.add_row(w, window_ms, total, object)
     }
 
     /// Count an agent of `scope` gone silent; returns how many the liveness window holds then.
     pub(super) fn add_silent(&mut self, scope: &str, window_ms: u64) -> Result<u64, StoreError> {
         if self.window_rows() {
-            return self.add_row(Window::Silent(scope), window_ms, "");
+            let w = Window::Silent(scope);
+            let trimmed = self.trim(w, window_ms)?;
+            return self.add_row(w, window_ms, trimmed, "");
         }
         let now = self.now;
         let r = self.scope_mut(scope)?;
@@ -365,12 +376,11 @@ impl Decider<'_> {
     pub(super) fn move_windows(&mut self, up: bool) -> Result<(), StoreError> {
         let cap = safety::MAX_WINDOW_ENTRIES;
         for name in self.scope_names()? {
-            let r = self.scope_mut(&name)?.clone();
-            let kinds: Vec<String> = r.kinds.keys().cloned().collect();
+            let kinds: Vec<String> = self.scope_mut(&name)?.kinds.keys().cloned().collect();
             if up {
                 for kind in &kinds {
                     let times = std::mem::take(
-                        &mut self.scope_mut(&name)?.kinds.get_mut(kind).expect("kind").entries,
+                        &mut self.scope_mut(&name)?.kinds.entry(kind.clone()).or_default().entries,
                     );
                     let w = Window::Entries { scope: &name, kind };
                     for t in &times {
@@ -378,8 +388,9 @@ impl Decider<'_> {
                         let n = self.count_of(&key)?;
                         self.w.counts.insert(key, n + 1);
                     }
-                    let total = w.total(&r) + times.len() as u64;
-                    w.set_total(self.scope_mut(&name)?, total);
+                    let rec = self.scope_mut(&name)?;
+                    let total = w.total(rec) + times.len() as u64;
+                    w.set_total(rec, total);
                 }
                 let spike = std::mem::take(&mut self.scope_mut(&name)?.spike);
                 for (t, object) in &spike {
@@ -406,7 +417,7 @@ impl Decider<'_> {
                 for kind in &kinds {
                     let rows = self.take_rows(Window::Entries { scope: &name, kind })?;
                     let mut times = expand(rows);
-                    let k = self.scope_mut(&name)?.kinds.get_mut(kind).expect("kind");
+                    let k = self.scope_mut(&name)?.kinds.entry(kind.clone()).or_default();
                     k.entries.append(&mut times);
                     k.entries.sort_unstable();
                 }
