@@ -178,7 +178,11 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
             .collect();
         r.scopes.push(serde_json::json!({"scope": s.scope, "level": s.level, "latched": s.latched,
             "reason": s.reason, "pending_proposals": s.pending_proposals, "quotas": quotas,
-            "agents": s.agents, "agents_alive": s.agents_alive, "last_blocked": s.last_blocked}));
+            "agents": s.agents, "agents_alive": s.agents_alive, "last_blocked": s.last_blocked,
+            "silent_in_window": s.liveness.map(|w| serde_json::json!({"held": w.held, "latch_at": w.latch_at,
+                "window_ms": w.window_ms})),
+            "spike_in_window": s.spike.map(|w| serde_json::json!({"held": w.held, "latch_at": w.latch_at,
+                "window_ms": w.window_ms}))}));
         if s.level != "auto" {
             let how = if s.latched { "latched into manual drive" } else { "not in automatic drive" };
             r.needs_a_human.push(format!("scope {} is {} ({how}): {}", s.scope, s.level, s.reason));
@@ -372,6 +376,16 @@ fn print_report(r: &Report) {
                 q["max_entries"],
                 q["population"]
             );
+        }
+        // The liveness and spike windows, when they hold something: how close the scope is to latching.
+        for (what, key) in
+            [("agents went silent", "silent_in_window"), ("would-be removals", "spike_in_window")]
+        {
+            let w = &s[key];
+            if w["held"].as_u64().unwrap_or(0) > 0 {
+                let within = crate::safety_cmd::human_ms(w["window_ms"].as_u64().unwrap_or(0));
+                println!("      {what} within {within}: {} (latches at {})", w["held"], w["latch_at"]);
+            }
         }
     }
     println!("\n== agents: {} alive of {} expected", r.agents_alive, r.agents_expected);

@@ -61,7 +61,14 @@ fn print_scope(s: &api::Scope) {
         );
     }
     if s.agents > 0 {
-        println!("    agents alive {}/{}", s.agents_alive, s.agents);
+        let silent = s.liveness.map_or(String::new(), |w| {
+            format!("; gone silent within {}: {} (latches at {})", human_ms(w.window_ms), w.held, w.latch_at)
+        });
+        println!("    agents alive {}/{}{silent}", s.agents_alive, s.agents);
+    }
+    if let Some(w) = s.spike {
+        let at = if w.latch_at > 0 { format!(" (latches at {})", w.latch_at) } else { String::new() };
+        println!("    would-be removals by this version within {}: {}{at}", human_ms(w.window_ms), w.held);
     }
     if s.pending_proposals > 0 {
         println!("    pending proposals {}", s.pending_proposals);
@@ -71,7 +78,7 @@ fn print_scope(s: &api::Scope) {
     }
 }
 
-fn human_ms(ms: u64) -> String {
+pub(crate) fn human_ms(ms: u64) -> String {
     match ms {
         m if m > 0 && m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
         m if m > 0 && m % 60_000 == 0 => format!("{}m", m / 60_000),
@@ -87,7 +94,12 @@ fn scope_json(s: &api::Scope) -> serde_json::Value {
         "quotas": s.quotas.iter().map(|q| serde_json::json!({"kind": q.kind, "population": q.population,
             "concurrent": q.concurrent, "max_concurrent": q.max_concurrent, "entries": q.entries,
             "max_entries": q.max_entries, "window_ms": q.window_ms})).collect::<Vec<_>>(),
+        "liveness": s.liveness.map(window_json), "spike": s.spike.map(window_json),
     })
+}
+
+fn window_json(w: api::WindowUse) -> serde_json::Value {
+    serde_json::json!({"held": w.held, "latch_at": w.latch_at, "window_ms": w.window_ms})
 }
 
 pub fn level(a: LevelArgs) -> anyhow::Result<ExitCode> {

@@ -242,6 +242,7 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
     let level: Family<[(&'static str, String); 2], Gauge> = Family::default();
     let latched: Family<[(&'static str, String); 1], Gauge> = Family::default();
     let quota: Family<[(&'static str, String); 3], Gauge> = Family::default();
+    let window: Family<[(&'static str, String); 3], Gauge> = Family::default();
     for sc in &info.scopes {
         for l in ["auto", "manual", "blind"] {
             level
@@ -264,10 +265,28 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
             set("entries", q.entries);
             set("max_entries", q.max_entries);
         }
+        for (name, w) in [("liveness", sc.liveness), ("spike", sc.spike)] {
+            let Some(w) = w else { continue };
+            for (what, v) in [("held", w.held), ("latch_at", w.latch_at)] {
+                window
+                    .get_or_create(&[
+                        ("scope", sc.scope.clone()),
+                        ("window", name.to_string()),
+                        ("what", what.to_string()),
+                    ])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
     }
     reg.register("scope_level", "1 for the operating level each scope is at", level);
     reg.register("scope_latched", "1 if the scope was switched to manual drive by the master", latched);
     reg.register("quota", "Quota use and limits per scope and kind", quota);
+    reg.register(
+        "scope_window",
+        "What each scope's liveness window (agents gone silent) and a checker version's spike window (would-be \
+         removals) hold, and the count that latches the scope",
+        window,
+    );
     // From the replicated counters (fsm/counts.rs): no scan of the objects.
     let unfiled = r.repair_queue_len().map_err(|e| ApiError::internal(e.to_string()))?;
     let by_state: Family<[(&'static str, String); 2], Gauge> = Family::default();

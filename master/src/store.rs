@@ -1124,7 +1124,6 @@ impl Reader {
         })
     }
 
-    /// Every replicated count whose key starts with `prefix` (see `fsm/counts.rs`), in key order.
     /// Every count with `from <= key < to`, in key order.
     pub fn counts_between(&self, from: &str, to: &str) -> Result<Vec<(String, u64)>, StoreError> {
         self.read("counts", || {
@@ -1141,6 +1140,7 @@ impl Reader {
         })
     }
 
+    /// Every replicated count whose key starts with `prefix` (see `fsm/counts.rs`), in key order.
     pub fn counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         self.read("counts", || {
             let Some(t) = open_read!(self.txn, COUNTS) else { return Ok(Vec::new()) };

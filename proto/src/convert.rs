@@ -11,7 +11,7 @@ use crate::view::{
     ActionOrder, AgentListing, ArtifactSpecView, ArtifactView, AssignmentView, AuditEntry, CatalogListing,
     ChangeEvent, CheckerDistributionView, CheckerRunView, ClusterInfo, DeviationView, HistoryEntry,
     ObjectView, ProposalView, QuotaRuleView, RolloutStatusView, RolloutView, ScopeSummaryView, ScopeView,
-    StateCountView, SummaryView, VersionCountView,
+    StateCountView, SummaryView, VersionCountView, WindowUse,
 };
 
 /// Parse and validate an object id from the wire.
@@ -156,7 +156,13 @@ pub fn scope_to_wire(s: &ScopeView) -> api::Scope {
         last_blocked_ms: s.last_blocked_ms,
         agents: s.agents,
         agents_alive: s.agents_alive,
+        liveness: s.liveness.map(window_to_wire),
+        spike: s.spike.map(window_to_wire),
     }
+}
+
+fn window_to_wire(w: WindowUse) -> api::WindowUse {
+    api::WindowUse { held: w.held, latch_at: w.latch_at, window_ms: w.window_ms }
 }
 
 /// Cluster info to the wire.

@@ -89,6 +89,23 @@ pub struct ScopeView {
     pub last_blocked_ms: u64,
     pub agents: u64,
     pub agents_alive: u64,
+    /// The liveness rule's window: agents of the scope that went silent within it (None: no agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<WindowUse>,
+    /// The spike detector's window (`checker=NAME@VERSION` scopes only): distinct objects the version would
+    /// have taken out of service within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike: Option<WindowUse>,
+}
+
+/// What one of a scope's sliding windows holds now, and how many latch the scope into manual drive (the
+/// larger of the rule's minimum and its share; for a spike, the smallest such threshold over the kinds of the
+/// objects in the window, 0 while it is empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WindowUse {
+    pub held: u64,
+    pub latch_at: u64,
+    pub window_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

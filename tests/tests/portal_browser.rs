@@ -515,6 +515,22 @@ fn portal_follows_a_failing_disk_live_and_approves_a_proposal() {
     s.shot("14-agents");
     s.eval("open levels", "location.hash = '#/safety'");
     s.wait("levels page", "!!document.querySelector('#scopes tr[data-scope=\"cluster\"]')");
+    // The release's spike window beside its quota bars, as the API counts it (held / where it latches).
+    let safety = api(&m, "GET", "/api/v1/safety", Value::Null);
+    let spike = safety["scopes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["scope"] == "checker=smart@1.4.0"))
+        .map(|x| x["spike"].clone())
+        .expect("the release's scope");
+    assert!(spike["held"].as_u64().is_some_and(|n| n >= 1) && spike["latch_at"] == 10, "{spike}");
+    let shown = format!("{} / {} per 10m", spike["held"], spike["latch_at"]);
+    s.wait(
+        "spike window shown",
+        &format!(
+            "document.querySelector('#scopes tr[data-scope=\"checker=smart@1.4.0\"] .qrow.spike')?.textContent \
+             .includes('{shown}')"
+        ),
+    );
     s.shot("15-levels");
     s.eval("open changes", "location.hash = '#/events'");
     s.wait("changes page", "document.querySelectorAll('#events-list li[data-revision]').length >= 6");

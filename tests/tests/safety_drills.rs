@@ -216,6 +216,10 @@ async fn avalanche_drill() {
         // The window's use (rows in fsm_counts from command version 11, which the cluster enables by itself).
         "huatuo_master_quota{scope=\"pool=a\",kind=\"disk\",what=\"entries\"} 10",
         "huatuo_master_transitions_total{kind=\"disk\",to=\"ERROR\"} 10",
+        // The release's spike window: the 10 admitted and the one the quota held (the pool's manual drive
+        // holds the rest before they are counted); it latches at 5% of the 2,000 disks.
+        "huatuo_master_scope_window{scope=\"checker=disk@9.9.0-bad\",window=\"spike\",what=\"held\"} 11",
+        "huatuo_master_scope_window{scope=\"checker=disk@9.9.0-bad\",window=\"spike\",what=\"latch_at\"} 100",
         "huatuo_master_fsync_seconds_count",
     ] {
         assert!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");

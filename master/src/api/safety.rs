@@ -19,7 +19,7 @@ pub const SAFETY_ALERTS: usize = 100;
 pub const MAX_PROPOSAL_LIST: usize = 10_000;
 
 /// The scope, proposal and quota views are API views shared by every front end.
-pub use proto::view::{ProposalView, QuotaRuleView, QuotaUse, ScopeView};
+pub use proto::view::{ProposalView, QuotaRuleView, QuotaUse, ScopeView, WindowUse};
 
 /// The view of a stored proposal (the held input stays in the store: approving re-applies it).
 pub fn proposal_view(p: &Proposal) -> ProposalView {
@@ -115,6 +115,30 @@ pub fn scope_view(
             });
         }
     }
+    let liveness = (r.agents > 0 || r.silent_rows > 0 || !r.silent.is_empty())
+        .then(|| -> Result<WindowUse, StoreError> {
+            let rule = &cfg.liveness;
+            Ok(WindowUse {
+                held: crate::fsm::windows::silent_in_window(name, r, now, rule.window_ms, &rows)?,
+                latch_at: rule.min_silent.max(rule.silent_share.of(r.agents)),
+                window_ms: rule.window_ms,
+            })
+        })
+        .transpose()?;
+    let spike = if name.starts_with(safety::CHECKER_SCOPE) {
+        let rule = &cfg.spike;
+        let objects = crate::fsm::windows::spike_in_window(name, r, now, rule.window_ms, &rows)?;
+        // The decider compares the window with the threshold of the kind of the object it adds: the
+        // smallest over the kinds already in the window is where the next one of them latches.
+        let kinds: std::collections::BTreeSet<&str> =
+            objects.iter().map(|o| o.split_once('/').map_or(o.as_str(), |(k, _)| k)).collect();
+        let cluster = if kinds.is_empty() { None } else { reader.scope(safety::CLUSTER)? };
+        let population = |k: &str| cluster.as_ref().and_then(|c| c.kinds.get(k)).map_or(0, |c| c.population);
+        let latch_at = kinds.iter().map(|k| rule.min.max(rule.share.of(population(k)))).min().unwrap_or(0);
+        Some(WindowUse { held: objects.len() as u64, latch_at, window_ms: rule.window_ms })
+    } else {
+        None
+    };
     Ok(ScopeView {
         scope: name.to_string(),
         level: r.level.as_str().to_string(),
@@ -128,6 +152,8 @@ pub fn scope_view(
         last_blocked_ms: r.last_blocked_ms,
         agents: r.agents,
         agents_alive: r.agents_alive,
+        liveness,
+        spike,
     })
 }
 

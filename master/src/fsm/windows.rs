@@ -121,14 +121,55 @@ pub fn entries_in_window(
     window_ms: u64,
     rows: &RowsBetween<'_>,
 ) -> Result<u64, StoreError> {
-    let mut n = safety::in_window(&c.entries, now, window_ms);
-    if c.windowed > 0 {
-        let prefix = Window::Entries { scope, kind }.prefix();
-        let from = now.saturating_sub(window_ms);
-        let older: u64 = rows(&prefix, &row_key(&prefix, from, ""))?.iter().map(|(_, v)| v).sum();
-        n += c.windowed.saturating_sub(older);
+    let from = now.saturating_sub(window_ms);
+    let listed = safety::in_window(&c.entries, now, window_ms);
+    Ok(listed + held_since(&Window::Entries { scope, kind }.prefix(), c.windowed, from, rows)?)
+}
+
+/// The agents of a scope gone silent within `window_ms` as read by the API (list or rows, as
+/// [`entries_in_window`]).
+pub fn silent_in_window(
+    scope: &str,
+    r: &ScopeRecord,
+    now: u64,
+    window_ms: u64,
+    rows: &RowsBetween<'_>,
+) -> Result<u64, StoreError> {
+    let from = now.saturating_sub(window_ms);
+    let listed = safety::in_window(&r.silent, now, window_ms);
+    Ok(listed + held_since(&Window::Silent(scope).prefix(), r.silent_rows, from, rows)?)
+}
+
+/// The objects in a checker version's spike window (`window_ms`) as read by the API, each once (list or
+/// rows, as [`entries_in_window`]; at most [`safety::MAX_WINDOW_ENTRIES`]).
+pub fn spike_in_window(
+    scope: &str,
+    r: &ScopeRecord,
+    now: u64,
+    window_ms: u64,
+    rows: &RowsBetween<'_>,
+) -> Result<Vec<String>, StoreError> {
+    let from = now.saturating_sub(window_ms);
+    let mut out: Vec<String> = r.spike.iter().filter(|(t, _)| *t >= from).map(|(_, o)| o.clone()).collect();
+    if r.spike_rows > 0 {
+        let prefix = Window::Spike(scope).prefix();
+        for (k, n) in rows(&row_key(&prefix, from, ""), &prefix_end(&prefix))? {
+            if let (true, Some((_, object))) = (n > 0, parse_row(&k, &prefix)) {
+                out.push(object.to_string());
+            }
+        }
     }
-    Ok(n)
+    Ok(out)
+}
+
+/// How many of a window's `total` rows (`prefix`) are at or after `from`: the total less the older rows
+/// not yet dropped.
+fn held_since(prefix: &str, total: u64, from: u64, rows: &RowsBetween<'_>) -> Result<u64, StoreError> {
+    if total == 0 {
+        return Ok(0);
+    }
+    let older: u64 = rows(prefix, &row_key(prefix, from, ""))?.iter().map(|(_, v)| v).sum();
+    Ok(total.saturating_sub(older))
 }
 
 impl Decider<'_> {

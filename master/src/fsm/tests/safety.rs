@@ -501,3 +501,50 @@ fn the_safety_view_counts_a_window_alike_from_lists_and_from_rows() {
         assert_eq!((disk.windowed, disk.entries.len() as u64), kept, "{version}: where the window is kept");
     }
 }
+
+#[test]
+fn the_safety_view_shows_how_close_liveness_and_spike_are_to_latching() {
+    let rows = crate::model::WINDOW_ROWS_VERSION;
+    for version in [rows - 1, rows] {
+        let mut h = Harness::new();
+        let cfg = SafetyConfig {
+            quotas: vec![rule("disk", "cluster", Limit::Percent(10_000), Limit::Percent(10_000))],
+            spike: crate::safety::SpikeRule { window_ms: 600_000, min: 5, share: Limit::Count(1) },
+            ..SafetyConfig::default()
+        };
+        let set = Command::SetMinCommandVersion { version, by: "t".into(), reason: "t".into() };
+        h.apply(1, vec![set, Command::SetSafety { config: cfg, by: "a".into(), reason: "t".into() }]);
+        register_rack(&mut h, 2, "r1", 0..20);
+        let live = |i: u32, alive: bool| Command::AgentLiveness {
+            agent: format!("agent-h{i}"),
+            host: format!("h{i}"),
+            alive,
+        };
+        h.apply(3, (0..20).map(|i| live(i, true)).collect());
+        h.apply(1_000, vec![live(0, false), live(1, false)]);
+        h.apply(2_000, vec![ingest("x", 1, (2..5).map(|i| fatal(i, "smart", "2.0", 2_000)).collect())]);
+        let view = |now: u64, name: &str| {
+            let (_, views) = crate::api::safety::scope_views(&h.reader(), now).expect("views");
+            views.into_iter().find(|v| v.scope == name).unwrap_or_else(|| panic!("{name}"))
+        };
+        let held = |w: Option<crate::api::safety::WindowUse>| w.map(|w| (w.held, w.latch_at, w.window_ms));
+        // Two of twenty agents went silent: the default liveness rule latches at 3 (its minimum is larger
+        // than 10% of 20), within 5 minutes.
+        let rack = view(2_000, "rack=r1");
+        assert_eq!(held(rack.liveness), Some((2, 3, 300_000)), "{version}");
+        assert_eq!(rack.spike, None, "{version}: only a checker version's scope has a spike window");
+        // Three disks this version would take out; it latches at 5 (the rule's minimum beats 1 disk).
+        let version_scope = view(2_000, "checker=smart@2.0");
+        assert_eq!(held(version_scope.spike), Some((3, 5, 600_000)), "{version}");
+        assert_eq!(version_scope.liveness, None, "{version}: no agent is in a checker version's scope");
+        // Both windows slide with the reader's clock, to their last millisecond and past it.
+        let silent = |now| view(now, "rack=r1").liveness.map(|w| w.held);
+        assert_eq!([silent(301_000), silent(301_001)], [Some(2), Some(0)], "{version}");
+        let spike = |now| held(view(now, "checker=smart@2.0").spike);
+        assert_eq!(spike(602_000), Some((3, 5, 600_000)), "{version}");
+        assert_eq!(spike(602_001), Some((0, 0, 600_000)), "{version}: an empty window has no threshold yet");
+        let kept = scope(&h, "checker=smart@2.0");
+        let where_kept = if version >= rows { (3, 0) } else { (0, 3) };
+        assert_eq!((kept.spike_rows, kept.spike.len() as u64), where_kept, "{version}");
+    }
+}

@@ -923,9 +923,15 @@
         h('td', {}, (sc.quotas || []).map((q) => h('div', { class: 'qrow small' },
           h('span', { class: 'pill' }, `${q.kind} (${num(q.population)})`),
           quotaBar(q.concurrent, q.max_concurrent, `${num(q.concurrent)} / ${num(q.max_concurrent)} at once`),
-          quotaBar(q.entries, q.max_entries, `${num(q.entries)} / ${num(q.max_entries)} per ${dur(q.window_ms)}`)))),
+          quotaBar(q.entries, q.max_entries, `${num(q.entries)} / ${num(q.max_entries)} per ${dur(q.window_ms)}`))),
+          sc.spike ? h('div', { class: 'qrow small spike', title: 'distinct objects this checker version would have taken out of service within the spike window; the scope latches into manual drive at the second figure' },
+            h('span', { class: 'pill' }, 'spike'),
+            sc.spike.latch_at ? quotaBar(sc.spike.held, sc.spike.latch_at, `${num(sc.spike.held)} / ${num(sc.spike.latch_at)} per ${dur(sc.spike.window_ms)}`)
+              : h('span', { class: 'muted' }, `none within ${dur(sc.spike.window_ms)}`)) : null),
         h('td', { class: 'num' }, sc.pending_proposals ? h('a', { href: routeHref('proposals', { scope: sc.scope }) }, num(sc.pending_proposals)) : '0'),
-        h('td', { class: 'num' }, `${num(sc.agents_alive)} / ${num(sc.agents)}`),
+        h('td', { class: 'num' }, `${num(sc.agents_alive)} / ${num(sc.agents)}`,
+          sc.liveness && sc.liveness.held ? h('div', { class: 'small silent', title: 'agents that went silent within the liveness window; the scope latches into manual drive at the second figure' },
+            `silent ${num(sc.liveness.held)} / ${num(sc.liveness.latch_at)} per ${dur(sc.liveness.window_ms)}`) : null),
         compact ? h('td', { class: 'small', title: sc.last_blocked || '' }, sc.last_blocked ? [short(sc.last_blocked, 60), ' ', h('span', { class: 'muted' }, ago(sc.last_blocked_ms))] : '-')
           : h('td', { class: 'small' }, sc.set_by ? `${sc.set_by}: ${sc.reason || ''}` : (sc.reason || '-'), sc.since_ms ? [' ', h('span', { class: 'muted' }, `since ${utc(sc.since_ms)}`)] : null)))));
   }
