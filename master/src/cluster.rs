@@ -44,6 +44,8 @@ pub struct LocalCluster {
     env: Vec<(String, String)>,
     /// Settings for one node only, merged after `config` (see [`LocalCluster::set_node_config`]).
     node_config: BTreeMap<u64, toml::Table>,
+    /// Environment for one node only, after `env` (see [`LocalCluster::set_node_env`]).
+    node_env: BTreeMap<u64, Vec<(String, String)>>,
 }
 
 /// Attempts at finding a free port before giving up (each a bind of a random candidate).
@@ -212,6 +214,7 @@ impl LocalCluster {
             security,
             env,
             node_config: BTreeMap::new(),
+            node_env: BTreeMap::new(),
         };
         for id in 1..=n {
             c.spawn(id, false)?;
@@ -257,6 +260,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Extra environment for node `id` from its next start on (e.g. a member with a feature switched off).
+    pub fn set_node_env(&mut self, id: u64, env: &[(&str, &str)]) {
+        self.node_env.insert(id, env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    }
+
     /// Write node `id`'s config file (only for clusters started with a config).
     fn write_config(&self, id: u64, a: &NodeAddrs, extra: &toml::Table) -> std::io::Result<PathBuf> {
         let mut merged = extra.clone();
@@ -296,7 +304,7 @@ impl LocalCluster {
         if self.insecure {
             cmd.arg("--insecure");
         }
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.envs(self.env.iter().chain(self.node_env.get(&id).into_iter().flatten()).map(|(k, v)| (k, v)));
         cmd.args(&self.extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         if join {
             cmd.arg("--join");

@@ -78,6 +78,23 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
         "Snapshot streams this process refused because a chunk or the whole failed its CRC-32C (re-sent)",
         ConstCounter::new(crate::raft::alarms::SNAPSHOT_CHUNKS_REFUSED.load(Ordering::Relaxed)),
     );
+    {
+        use crate::raft::peer_streams::{BATCHES_CALLED, BATCHES_STREAMED, STREAMS_OPENED};
+        let batches: Family<[(&'static str, String); 1], Counter> = Family::default();
+        for (how, n) in [("stream", &BATCHES_STREAMED), ("call", &BATCHES_CALLED)] {
+            batches.get_or_create(&[("how", how.to_string())]).inc_by(n.load(Ordering::Relaxed));
+        }
+        reg.register(
+            "peer_batches",
+            "Batches of Raft messages this process sent to its peers, by transport",
+            batches,
+        );
+        reg.register(
+            "peer_streams_opened",
+            "Peer streams (SendStream) this process opened: one per peer, and another after each failure",
+            ConstCounter::new(STREAMS_OPENED.load(Ordering::Relaxed)),
+        );
+    }
     reg.register(
         "storage_corrupt",
         "1 if this node stopped because its Raft storage failed verification",

@@ -662,3 +662,75 @@ async fn a_stopped_member_is_compacted_and_rejoins() {
         assert!(body.contains("pending sectors 8"), "{body}");
     }
 }
+
+/// Raft messages between members go over one long-lived `SendStream` per pair; a member without streams
+/// (`HUATUO_PEER_STREAMS=0`, as a member from before them during a rolling upgrade) answers UNIMPLEMENTED,
+/// and its peers send it `Send` calls instead: the cluster commits, the member applies everything, and a
+/// leader kill fails over as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_go_over_streams_and_fall_back_to_calls_for_an_older_member() {
+    let mut c = LocalCluster::start(&huatuo_bin(), 3).expect("cluster");
+    let leader = c.wait_leader(READY_TIMEOUT).await.expect("leader");
+    let batches = |c: &LocalCluster, id: u64, how: &str| {
+        metric(&c.nodes[&id].http, &format!("huatuo_master_peer_batches_total{{how=\"{how}\"}}")).unwrap_or(0)
+    };
+    for n in 0..5 {
+        assert_eq!(write_to(&c, leader, n).0, 200, "write {n}:{}", tails(&c));
+    }
+    for id in 1..=3 {
+        let (streamed, called) = (batches(&c, id, "stream"), batches(&c, id, "call"));
+        assert!(streamed > 0 && called == 0, "node {id}: {streamed} batches streamed, {called} called");
+    }
+    // A stream lives as long as its peer: writes for longer than any per-call limit (`RPC_TIMEOUT`, which
+    // once ended every stream after 2 s) open none.
+    let opened = |c: &LocalCluster| -> Vec<Option<u64>> {
+        (1..=3).map(|id| metric(&c.nodes[&id].http, "huatuo_master_peer_streams_opened_total")).collect()
+    };
+    let before = opened(&c);
+    let until = Instant::now() + master::raft::peer_streams::RPC_TIMEOUT + Duration::from_secs(2);
+    let mut n = 10;
+    while Instant::now() < until {
+        n += 1;
+        assert_eq!(write_to(&c, leader, n).0, 200, "write {n}:{}", tails(&c));
+    }
+    assert_eq!(opened(&c), before, "no stream was opened again while the members ran");
+    // A follower restarted without streams.
+    let old = (1..=3).find(|id| *id != leader).expect("a follower");
+    c.kill9(old);
+    c.set_node_env(old, &[("HUATUO_PEER_STREAMS", "0")]);
+    c.spawn(old, false).expect("restart");
+    n += 100;
+    let called_before = batches(&c, leader, "call");
+    let caught_up = wait_until(CATCH_UP, || {
+        n += 1;
+        let w = write_to_leader(&c, n);
+        let c = &c;
+        async move {
+            let (st, _) = w.await;
+            let Some(l) = c.wait_leader(CATCH_UP).await else { return false };
+            let Some(commit) = c.info(l).await.map(|i| i.commit_index) else { return false };
+            st == 200 && c.wait_applied(old, commit, Duration::from_millis(200)).await
+        }
+    })
+    .await;
+    assert!(caught_up, "the member without streams applies what the others commit:{}", tails(&c));
+    let called = batches(&c, old, "call");
+    assert!(called > 0 && batches(&c, old, "stream") == 0, "node {old} sends calls only ({called})");
+    assert_eq!(metric(&c.nodes[&old].http, "huatuo_master_peer_streams_opened_total"), Some(0));
+    let leader = c.wait_leader(CATCH_UP).await.expect("leader");
+    assert!(batches(&c, leader, "call") > called_before, "the leader fell back to calls for node {old}");
+    // A leader kill: the survivors elect one (over a stream or calls, whichever each pair speaks) and
+    // the member without streams keeps applying.
+    c.kill9(leader);
+    let (st, body) = write_to_leader(&c, n + 1).await;
+    assert_eq!(st, 200, "a write after the failover: {body}{}", tails(&c));
+    let l = c.wait_leader(CATCH_UP).await.expect("new leader");
+    let commit = c.info(l).await.expect("info").commit_index;
+    if l != old {
+        assert!(
+            c.wait_applied(old, commit, CATCH_UP).await,
+            "node {old} follows the new leader:{}",
+            tails(&c)
+        );
+    }
+}

@@ -31,6 +31,10 @@ pub use self::node::{
     verify_data_dir,
 };
 pub use self::transport::{PeerService, TransportError};
+/// The peer transport's counters and switch (`/metrics`, tests).
+pub mod peer_streams {
+    pub use super::transport::{BATCHES_CALLED, BATCHES_STREAMED, RPC_TIMEOUT, STREAMS_ENV, STREAMS_OPENED};
+}
 
 pub type NodeId = u64;
 

@@ -27,7 +27,7 @@ use super::alarms::SNAPSHOT_CHUNKS_REFUSED;
 use super::node::{LoopInput, NodeShared};
 use super::snapfile::{Descriptor, SnapError};
 use crate::checksum::crc32c;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Messages queued per peer before new ones are dropped (and the peer reported unreachable): a few
 /// heartbeat rounds of appends; raft retransmits whatever is dropped.
@@ -55,6 +55,31 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed call before the next one: avoids a hot loop of failing dials to a dead peer.
 pub const FAILURE_BACKOFF: Duration = Duration::from_millis(100);
+/// After a peer answered UNIMPLEMENTED to `SendStream` (a member from before streams, during a rolling
+/// upgrade), the sender keeps to `Send` calls for this long before it tries a stream again.
+pub const STREAM_RETRY: Duration = Duration::from_secs(60);
+/// Batches handed to a peer stream and not yet taken by its HTTP/2 body (flow control bounds what is
+/// written and not yet read); a batch that does not fit within [`RPC_TIMEOUT`] ends the stream as a
+/// failed call would.
+const STREAM_AHEAD: usize = 4;
+/// How often a received peer stream checks that this node still runs (see `send_stream`).
+const STREAM_RUNNING_CHECK: Duration = Duration::from_millis(500);
+/// `HUATUO_PEER_STREAMS=0` turns the peer streams off in this process: its senders use `Send` calls and
+/// its peer port answers `SendStream` with UNIMPLEMENTED (a switch for operators, and how the tests make a
+/// member from before streams).
+pub const STREAMS_ENV: &str = "HUATUO_PEER_STREAMS";
+
+/// Batches of raft messages this process sent over a peer stream, and as `Send` calls.
+pub static BATCHES_STREAMED: AtomicU64 = AtomicU64::new(0);
+pub static BATCHES_CALLED: AtomicU64 = AtomicU64::new(0);
+/// Peer streams this process opened (a new one after each failure or end).
+pub static STREAMS_OPENED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether this process uses and serves peer streams ([`STREAMS_ENV`]).
+pub fn streams_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(STREAMS_ENV).map_or(true, |v| v.trim() != "0"))
+}
 /// Pause after a failed snapshot send before raft-rs hears of it (and sends again, from the same file): a
 /// follower that refuses snapshots for a while (short of disk) costs a stream's start and a log line a
 /// second, not one per heartbeat.
@@ -95,8 +120,10 @@ fn peer_tls() -> Option<ClientTlsConfig> {
     PEER_TLS.read().ok().and_then(|g| g.clone())
 }
 
-/// A channel to `addr` with keepalive and timeouts set. Lazy: never blocks, dials on first use.
-pub fn channel(addr: &str, call_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+/// A channel to `addr` with keepalive and timeouts set (`call_timeout`: every call's limit; None: none, for
+/// the long-lived message streams, whose sender bounds each batch itself and whose dead peer the keepalive
+/// finds). Lazy: never blocks, dials on first use.
+pub fn channel(addr: &str, call_timeout: Option<Duration>) -> Result<Channel, tonic::transport::Error> {
     let tls = peer_tls();
     let bare = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")).unwrap_or(addr);
     let uri = if tls.is_some() { format!("https://{bare}") } else { format!("http://{bare}") };
@@ -104,9 +131,11 @@ pub fn channel(addr: &str, call_timeout: Duration) -> Result<Channel, tonic::tra
     if let Some(tls) = tls {
         ep = ep.tls_config(tls)?;
     }
+    if let Some(t) = call_timeout {
+        ep = ep.timeout(t);
+    }
     Ok(ep
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(call_timeout)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
@@ -125,7 +154,7 @@ pub async fn probe(
     from: NodeId,
     voters: &[NodeId],
 ) -> Result<ProbeReply, TransportError> {
-    let ch = channel(addr, RPC_TIMEOUT).map_err(|e| TransportError::BadAddress {
+    let ch = channel(addr, Some(RPC_TIMEOUT)).map_err(|e| TransportError::BadAddress {
         peer,
         addr: addr.to_string(),
         reason: e.to_string(),
@@ -167,8 +196,10 @@ impl Transport {
                 addr: addr.clone(),
                 reason: e.to_string(),
             };
-            let ch = channel(addr, RPC_TIMEOUT).map_err(bad)?;
-            let snap_ch = channel(addr, SNAPSHOT_RPC_TIMEOUT).map_err(bad)?;
+            // No per-call limit on the messages' channel: its stream lives as long as the peer does, and
+            // `send_task` bounds each call and each batch by `RPC_TIMEOUT` itself.
+            let ch = channel(addr, None).map_err(bad)?;
+            let snap_ch = channel(addr, Some(SNAPSHOT_RPC_TIMEOUT)).map_err(bad)?;
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             // One snapshot at a time per peer; raft re-sends after report_snapshot(Failure).
             let (stx, srx) = mpsc::channel(1);
@@ -204,6 +235,10 @@ impl Drop for Transport {
     }
 }
 
+/// Drains one peer's queue: batches over a long-lived `SendStream` when the peer has it, else `Send`
+/// calls, one in flight at a time. A failure (an error, no answer or no room within [`RPC_TIMEOUT`]) is
+/// reported to raft as the peer unreachable, and what queued meanwhile is dropped after a short pause: raft
+/// resends what matters.
 async fn send_task(
     peer: NodeId,
     my_addr: String,
@@ -211,34 +246,35 @@ async fn send_task(
     mut rx: mpsc::Receiver<Message>,
     shared: Arc<NodeShared>,
 ) {
+    // Calls until this instant (the peer answered UNIMPLEMENTED to a stream); None: try streams.
+    let mut calls_until: Option<std::time::Instant> = None;
     while let Some(first) = rx.recv().await {
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m.write_to_bytes() {
-                Ok(b) => {
-                    bytes += b.len();
-                    batch.push(b);
+        let ok = if streams_on() && calls_until.is_none_or(|t| std::time::Instant::now() >= t) {
+            calls_until = None;
+            match stream_to(&c, first, &mut rx, shared.id, &my_addr).await {
+                StreamEnd::Closed => return,
+                StreamEnd::Unimplemented => {
+                    tracing::info!(peer, "peer has no SendStream (an older member): Send calls for a while");
+                    calls_until = Some(std::time::Instant::now() + STREAM_RETRY);
+                    // What went into the refused stream is lost: raft hears of it as for a failed call.
+                    false
                 }
-                Err(e) => tracing::error!(peer, error = %e, "cannot encode raft message; dropped"),
+                StreamEnd::Failed(why) => {
+                    tracing::debug!(peer, why, "raft stream failed");
+                    false
+                }
             }
-            if batch.len() >= MAX_BATCH_MSGS || bytes >= MAX_BATCH_BYTES {
-                break;
+        } else {
+            let Some(batch) = next_batch(first, &mut rx, shared.id, &my_addr) else { continue };
+            BATCHES_CALLED.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout(RPC_TIMEOUT, c.send(batch)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(s)) => {
+                    tracing::debug!(peer, status = %s, "raft send failed");
+                    false
+                }
+                Err(_) => false,
             }
-            next = rx.try_recv().ok();
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let req = RaftBatch { from: shared.id, from_addr: my_addr.clone(), messages: batch };
-        let ok = match tokio::time::timeout(RPC_TIMEOUT, c.send(req)).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(s)) => {
-                tracing::debug!(peer, status = %s, "raft send failed");
-                false
-            }
-            Err(_) => false,
         };
         if !ok {
             let _ = shared.mailbox.try_send(LoopInput::Unreachable(peer));
@@ -246,6 +282,111 @@ async fn send_task(
             // Whatever queued meanwhile is stale by now; raft re-sends what matters.
             while rx.try_recv().is_ok() {}
         }
+    }
+}
+
+/// `first` and whatever else is queued (up to [`MAX_BATCH_MSGS`] / [`MAX_BATCH_BYTES`]) as one batch; None
+/// when no message could be encoded.
+fn next_batch(
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+    from: NodeId,
+    my_addr: &str,
+) -> Option<RaftBatch> {
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = Some(first);
+    while let Some(m) = next.take() {
+        match m.write_to_bytes() {
+            Ok(b) => {
+                bytes += b.len();
+                batch.push(b);
+            }
+            Err(e) => tracing::error!(to = m.to, error = %e, "cannot encode raft message; dropped"),
+        }
+        if batch.len() >= MAX_BATCH_MSGS || bytes >= MAX_BATCH_BYTES {
+            break;
+        }
+        next = rx.try_recv().ok();
+    }
+    (!batch.is_empty()).then(|| RaftBatch { from, from_addr: my_addr.to_string(), messages: batch })
+}
+
+/// How a peer stream ended.
+#[derive(Debug)]
+enum StreamEnd {
+    /// The queue closed: the node is stopping.
+    Closed,
+    /// The peer does not serve `SendStream`.
+    Unimplemented,
+    /// An error, a batch that found no room within [`RPC_TIMEOUT`], or an end the sender did not ask for.
+    Failed(String),
+}
+
+/// Send `first` and every message queued after it over one `SendStream` until the queue closes or the
+/// stream fails.
+async fn stream_to(
+    c: &PeerClient<Channel>,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+    from: NodeId,
+    my_addr: &str,
+) -> StreamEnd {
+    let (tx, body) = mpsc::channel::<RaftBatch>(STREAM_AHEAD);
+    let body = futures::stream::unfold(body, |mut b| async move { b.recv().await.map(|x| (x, b)) });
+    let mut client = c.clone();
+    STREAMS_OPENED.fetch_add(1, Ordering::Relaxed);
+    // The call runs as a task of its own: its request body is written as batches arrive, while this loop
+    // waits for the next messages; it ends when the peer ends the stream (or the channel fails).
+    let call = tokio::spawn(async move { client.send_stream(body).await });
+    let mut call = AbortOnDrop(call);
+    let ended = |r: Result<Result<Response<SendReply>, Status>, tokio::task::JoinError>| match r {
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => StreamEnd::Unimplemented,
+        Ok(Err(s)) => StreamEnd::Failed(format!("{}: {}", s.code(), s.message())),
+        Ok(Ok(_)) => StreamEnd::Failed("the peer ended the stream".into()),
+        Err(e) => StreamEnd::Failed(format!("stream task: {e}")),
+    };
+    let mut next = Some(first);
+    loop {
+        let m = match next.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                biased;
+                r = &mut call.0 => return ended(r),
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    // Closing our side ends the call cleanly; the task is aborted with the guard.
+                    None => return StreamEnd::Closed,
+                },
+            },
+        };
+        let Some(batch) = next_batch(m, rx, from, my_addr) else { continue };
+        tokio::select! {
+            biased;
+            r = &mut call.0 => return ended(r),
+            sent = tokio::time::timeout(RPC_TIMEOUT, tx.send(batch)) => match sent {
+                Ok(Ok(())) => {
+                    BATCHES_STREAMED.fetch_add(1, Ordering::Relaxed);
+                }
+                // The body was dropped: the call is ending; say how (within the same bound).
+                Ok(Err(_)) => {
+                    return match tokio::time::timeout(RPC_TIMEOUT, &mut call.0).await {
+                        Ok(r) => ended(r),
+                        Err(_) => StreamEnd::Failed("the stream's body closed without an answer".into()),
+                    };
+                }
+                Err(_) => return StreamEnd::Failed(format!("no room for a batch within {RPC_TIMEOUT:?}")),
+            },
+        }
+    }
+}
+
+/// Aborts the task when dropped (a stream's call must not outlive the loop that feeds it).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -461,6 +602,53 @@ impl Peer for PeerService {
             return Err(Status::invalid_argument("snapshots go through SendSnapshot"));
         }
         self.deliver(msgs)?;
+        Ok(Response::new(SendReply {}))
+    }
+
+    async fn send_stream(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<SendReply>, Status> {
+        if !streams_on() {
+            return Err(Status::unimplemented(format!("peer streams are off here ({STREAMS_ENV}=0)")));
+        }
+        let certs = req.peer_certs();
+        let mut s = req.into_inner();
+        // The sender is checked once, on its first batch: a stream carries one sender.
+        let mut sender = None;
+        // A stopped node ends its peers' streams (its peer server waits for them at shutdown), whether or not
+        // they send anything more: checked twice a second, one timer per stream.
+        let mut check = tokio::time::interval(STREAM_RUNNING_CHECK);
+        loop {
+            let b = tokio::select! {
+                m = s.message() => match m? {
+                    Some(b) => b,
+                    None => break,
+                },
+                _ = check.tick() => {
+                    if !self.shared.is_running() {
+                        return Err(Status::unavailable("raft node not running (stopped)"));
+                    }
+                    continue;
+                }
+            };
+            match sender {
+                None => {
+                    self.check_sender(b.from, &b.from_addr)?;
+                    self.check_cert(b.from, certs.clone())?;
+                    sender = Some(b.from);
+                }
+                Some(f) if f != b.from => {
+                    return Err(Status::invalid_argument(format!(
+                        "a raft stream carries one sender: opened by {f}, got a batch from {}",
+                        b.from
+                    )));
+                }
+                Some(_) => {}
+            }
+            let msgs = b.messages.iter().map(|m| self.decode(b.from, m)).collect::<Result<Vec<_>, _>>()?;
+            if msgs.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot) {
+                return Err(Status::invalid_argument("snapshots go through SendSnapshot"));
+            }
+            self.deliver(msgs)?;
+        }
         Ok(Response::new(SendReply {}))
     }
 
