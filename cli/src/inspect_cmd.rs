@@ -179,10 +179,8 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
         r.scopes.push(serde_json::json!({"scope": s.scope, "level": s.level, "latched": s.latched,
             "reason": s.reason, "pending_proposals": s.pending_proposals, "quotas": quotas,
             "agents": s.agents, "agents_alive": s.agents_alive, "last_blocked": s.last_blocked,
-            "silent_in_window": s.liveness.map(|w| serde_json::json!({"held": w.held, "latch_at": w.latch_at,
-                "window_ms": w.window_ms})),
-            "spike_in_window": s.spike.map(|w| serde_json::json!({"held": w.held, "latch_at": w.latch_at,
-                "window_ms": w.window_ms}))}));
+            "liveness": s.liveness.map(crate::safety_cmd::window_json),
+            "spike": s.spike.map(crate::safety_cmd::window_json)}));
         if s.level != "auto" {
             let how = if s.latched { "latched into manual drive" } else { "not in automatic drive" };
             r.needs_a_human.push(format!("scope {} is {} ({how}): {}", s.scope, s.level, s.reason));
@@ -378,9 +376,7 @@ fn print_report(r: &Report) {
             );
         }
         // The liveness and spike windows, when they hold something: how close the scope is to latching.
-        for (what, key) in
-            [("agents went silent", "silent_in_window"), ("would-be removals", "spike_in_window")]
-        {
+        for (what, key) in [("agents went silent", "liveness"), ("would-be removals", "spike")] {
             let w = &s[key];
             if w["held"].as_u64().unwrap_or(0) > 0 {
                 let within = crate::safety_cmd::human_ms(w["window_ms"].as_u64().unwrap_or(0));

@@ -98,7 +98,8 @@ fn scope_json(s: &api::Scope) -> serde_json::Value {
     })
 }
 
-fn window_json(w: api::WindowUse) -> serde_json::Value {
+/// A scope window's use as JSON (`level -o json`, `inspect --json`).
+pub(crate) fn window_json(w: api::WindowUse) -> serde_json::Value {
     serde_json::json!({"held": w.held, "latch_at": w.latch_at, "window_ms": w.window_ms})
 }
 

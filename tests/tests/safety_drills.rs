@@ -493,5 +493,13 @@ async fn inspect_names_what_needs_a_human() {
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["needs_a_human"].as_array().map(Vec::len), Some(3), "{v:#}");
     assert_eq!(v["checker_versions"]["disk"]["1.0.0"], 5, "the leader remembers what each agent last said");
+    // How close the rack is to the liveness latch: h4 went silent, and 3 at once latch it (its minimum is
+    // above 10% of 5 agents).
+    let rack = v["scopes"].as_array().and_then(|a| a.iter().find(|x| x["scope"] == "rack=r1")).expect("rack");
+    assert_eq!(
+        (&rack["liveness"]["held"], &rack["liveness"]["latch_at"]),
+        (&serde_json::json!(1), &serde_json::json!(3)),
+        "{rack:#}"
+    );
     beats.abort();
 }
