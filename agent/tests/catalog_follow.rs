@@ -1068,16 +1068,22 @@ async fn an_agent_whose_clock_is_off_the_masters_reports_it() {
     machine.enabled = true;
     machine.interval_s = Some(1);
     let agent = start(cfg);
-    let offset_finding = |fake: &Fake, from: usize| {
+    // The first clock-offset finding from index `from` on whose evidence contains `says`. Not merely the
+    // first one: findings queued before the master's clock moved may still arrive after it moved.
+    let offset_finding = |fake: &Fake, from: usize, says: &str| {
         fake.with(|s| {
             s.findings[from.min(s.findings.len())..]
                 .iter()
-                .find(|f| f.object == format!("machine/{HOST}") && f.rule == "machine.clock-offset")
+                .find(|f| {
+                    f.object == format!("machine/{HOST}")
+                        && f.rule == "machine.clock-offset"
+                        && f.evidence.contains(says)
+                })
                 .cloned()
         })
     };
-    until("a machine.clock-offset finding", || offset_finding(&fake, 0).is_some()).await;
-    let f = offset_finding(&fake, 0).unwrap();
+    until("a machine.clock-offset finding", || offset_finding(&fake, 0, "").is_some()).await;
+    let f = offset_finding(&fake, 0, "").unwrap();
     assert_eq!(f.severity, "WARNING", "{f:?}");
     assert!(f.evidence.contains("behind the master's"), "{}", f.evidence);
     let offset: i64 = f.readings["offset_ms"].parse().unwrap();
@@ -1098,7 +1104,7 @@ async fn an_agent_whose_clock_is_off_the_masters_reports_it() {
     fake.with(|s| s.clock_ahead_ms = Some(-120_000));
     let from = fake.with(|s| s.findings.len());
     until("a finding saying this host is ahead", || {
-        offset_finding(&fake, from).is_some_and(|f| f.evidence.contains("ahead of the master's"))
+        offset_finding(&fake, from, "ahead of the master's").is_some()
     })
     .await;
     agent.stop().await;
