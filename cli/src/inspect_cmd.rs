@@ -1,5 +1,6 @@
 //! `huatuo inspect`: the daily inspection an on-call engineer runs (from the Pegasus operations notes), as one
-//! report: master members with leader, term and lag; level per scope and quota use; agents alive vs
+//! report: master members with leader, term and lag; level per scope and quota use (and how close its
+//! liveness and spike windows are to latching it: half way needs a human); agents alive vs
 //! expected, stale ones, recent restarts; checker version spread; objects by kind and state and what
 //! changed in the last 24 hours; stuck objects (an ack, an action or a ticket overdue) and proposals waiting.
 //! Exit status: 0 when nothing needs a human, 2 when something does (each named under "needs a human"),
@@ -77,6 +78,13 @@ struct MemberReport {
     /// Its NOSPACE alarm as (free bytes, floor) while raised, as the member that answered heard it.
     #[serde(skip_serializing_if = "Option::is_none")]
     nospace: Option<(u64, u64)>,
+}
+
+/// Whether a safety-net window holding `held` is at least half way to the count that latches its scope
+/// (`latch_at`; 0: nothing can latch, an empty spike window). The Prometheus alert on the spike window
+/// fires at the same point.
+fn near_latch(held: u64, latch_at: u64) -> bool {
+    latch_at > 0 && held.saturating_mul(2) >= latch_at
 }
 
 fn listed(names: &[String]) -> String {
@@ -191,6 +199,22 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
                     "scope {}: {} of {} {}s out of service, the quota's limit",
                     s.scope, q.concurrent, q.population, q.kind
                 ));
+            }
+        }
+        // Half way to an automatic latch (a scope already out of automatic drive is named above).
+        if s.level == "auto" {
+            for (w, what) in
+                [(&s.liveness, "agents went silent"), (&s.spike, "objects this version would remove")]
+            {
+                if let Some(w) = w.as_ref().filter(|w| near_latch(w.held, w.latch_at)) {
+                    r.needs_a_human.push(format!(
+                        "scope {}: {} {what} within {}, {} latch it into manual drive",
+                        s.scope,
+                        w.held,
+                        crate::safety_cmd::human_ms(w.window_ms),
+                        w.latch_at
+                    ));
+                }
             }
         }
     }
@@ -425,5 +449,25 @@ fn print_report(r: &Report) {
         for p in &r.needs_a_human {
             println!("  - {p}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_half_way_to_its_latch_needs_a_human() {
+        // A rack whose liveness rule latches at 3: two silent agents are half way, one is not.
+        assert!(!near_latch(1, 3));
+        assert!(near_latch(2, 3));
+        // A release whose spike latches at 100: 50 would-be removals, not 49.
+        assert!(!near_latch(49, 100));
+        assert!(near_latch(50, 100));
+        assert!(near_latch(150, 100), "past the latch (a scope an operator holds in auto): still named");
+        // An empty spike window has no latch count: nothing to be near.
+        assert!(!near_latch(0, 0));
+        assert!(!near_latch(5, 0));
+        assert!(near_latch(u64::MAX, 1), "no overflow");
     }
 }

@@ -501,5 +501,24 @@ async fn inspect_names_what_needs_a_human() {
         (&serde_json::json!(1), &serde_json::json!(3)),
         "{rack:#}"
     );
+    // A second silent agent takes the rack half way to that latch (2 of 3): named while it is still in
+    // automatic drive.
+    alive.lock().unwrap().remove(&3);
+    let stale = wait_until(SETTLE, || {
+        let mut cl = client(&c);
+        async move {
+            let i =
+                cl.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await;
+            i.is_ok_and(|i| i.agents_alive == 3)
+        }
+    })
+    .await;
+    assert!(stale);
+    let (ok, out) = cli(&c, &["inspect", "--insecure"]);
+    assert!(!ok, "inspect must fail:\n{out}");
+    assert!(
+        out.contains("scope rack=r1: 2 agents went silent within 5m, 3 latch it into manual drive"),
+        "inspect does not name the rack near its latch:\n{out}"
+    );
     beats.abort();
 }
