@@ -56,7 +56,7 @@ use tonic::transport::Channel;
 
 use crate::bench_common::{
     AgentStream, FAILOVER_ATTEMPT, FAILOVER_PAUSE, Fleet, Rng, archive_line, cpu_ticks, dir_bytes,
-    latency_summary, metric_value, now_ms, open_quotas, rss_bytes, scrape_metrics, sorted,
+    latency_summary, metric_value, now_ms, open_quotas, pct, rss_bytes, scrape_metrics, sorted,
 };
 
 /// Most simulated agents one run may start (the issue's target fleet).
@@ -145,6 +145,12 @@ const BATCH_AGENTS: u32 = 32;
 const BATCH_SIZE: u32 = 500;
 /// Disks each throughput client writes to (its own host's, so no two clients race on one object).
 const THROUGHPUT_DISKS: u32 = 12;
+/// The masters' default `agent_silent_after_ms`: phase 7's measurement with the heartbeats paused must end
+/// well before an agent would be marked silent.
+const AGENT_SILENT_AFTER_MS: u64 = 30_000;
+/// Room left between the longest silence the pause makes (the pause and one jittered interval) and
+/// [`AGENT_SILENT_AFTER_MS`].
+const PAUSE_MARGIN_MS: u64 = 5_000;
 /// Objects checked at once at the end.
 const VERIFY_IN_FLIGHT: usize = 64;
 /// Checker names of the findings of each phase (the check at the end looks at each one's latest evidence).
@@ -419,6 +425,9 @@ struct Run {
     write_streams_opened: AtomicU64,
     kept: Mutex<Vec<String>>,
     stop_beats: AtomicBool,
+    /// Phase 7's last measurement: beats that fall due are rescheduled without being sent.
+    pause_beats: AtomicBool,
+    beats_skipped: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -881,8 +890,13 @@ async fn drive(
             d.send((std::mem::take(&mut lat), std::mem::take(&mut failed))).ok();
         }
         let now = ms(&run);
+        let paused = run.pause_beats.load(Ordering::Relaxed);
         while inflight.len() < BEATS_IN_FLIGHT_PER_CONNECTION {
             match sched.pop_due(now, &mut rng) {
+                // Skipped, not postponed: when the pause ends the fleet goes on at its rate, no catch-up.
+                Some(_) if paused => {
+                    run.beats_skipped.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(i) => inflight.push(beat(
                     run.clone(),
                     conn as usize,
@@ -1039,6 +1053,48 @@ async fn print_state_listings(cluster: &LocalCluster, leader: u64, last_host: &s
     println!(
         "phase 3 listings from the leader: state=ERROR {indexed}; a listing that reads every object \
          (label matching none) {scanned}; host={last_host} {of_host}; leader's pages by state: {pages}"
+    );
+}
+
+/// Scrapes of the leader's `/metrics` timed in phase 3.
+const SCRAPES: usize = 5;
+
+/// What a Prometheus scrape of the leader costs right after the burst: every scope's quota use and
+/// windows (each rack's liveness window, the burst's release with its ERRORs in its spike window), the
+/// counters; [`SCRAPES`] scrapes one after another: p50 and max time, the body's size, how many scopes and
+/// the fullest spike window it reported.
+async fn print_metrics_scrapes(cluster: &LocalCluster, leader: u64) {
+    let Some(node) = cluster.nodes.get(&leader) else { return };
+    let (mut took, mut body) = (Vec::new(), String::new());
+    for _ in 0..SCRAPES {
+        let t = Instant::now();
+        match scrape_metrics(&node.http).await {
+            Ok(m) => {
+                took.push(t.elapsed().as_secs_f64() * 1000.0);
+                body = m;
+            }
+            Err(e) => {
+                println!("phase 3 leader's /metrics: unreadable: {e:#}");
+                return;
+            }
+        }
+    }
+    let took = sorted(took);
+    let windows = |what: &str| {
+        body.lines()
+            .filter(|l| l.starts_with("huatuo_master_scope_window{") && l.contains(what))
+            .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+            .collect::<Vec<f64>>()
+    };
+    let spike_held = windows("window=\"spike\",what=\"held\"").into_iter().fold(0.0, f64::max);
+    println!(
+        "phase 3 leader's /metrics ({SCRAPES} scrapes): p50 {:.1} ms, max {:.1} ms, {:.0} KiB; {} liveness and \
+         {} spike windows, the fullest spike window holding {spike_held:.0}",
+        pct(&took, 0.5),
+        took.last().copied().unwrap_or(f64::NAN),
+        body.len() as f64 / 1024.0,
+        windows("window=\"liveness\",what=\"held\"").len(),
+        windows("window=\"spike\",what=\"held\"").len(),
     );
 }
 
@@ -1425,6 +1481,54 @@ async fn throughput(
     (applied.load(Ordering::Relaxed), start.elapsed().as_secs_f64(), acked)
 }
 
+/// Phase 7's last measurement: the single-finding clients again (new agents and disks) with the fleet's
+/// heartbeats paused, so the two single-finding figures side by side say what 10,000 beats a second take
+/// from the findings and what the state's size costs by itself. As long as the throughput halves, but
+/// short enough that no agent goes silent (the pause and one jittered interval within
+/// [`AGENT_SILENT_AFTER_MS`] less [`PAUSE_MARGIN_MS`]); skipped, and said so, when that leaves nothing.
+async fn single_without_heartbeats(
+    run: &Arc<Run>,
+    writers: &Option<Arc<Fleet>>,
+    res: &Resources,
+    a: &BenchFleetArgs,
+) -> Vec<Acked> {
+    let secs = pause_secs(a.heartbeat_secs, a.throughput_seconds);
+    if secs == 0 {
+        println!(
+            "phase 7 single-finding clients with the heartbeats paused: skipped (a {}-s interval leaves no \
+             pause short of marking agents silent)",
+            a.heartbeat_secs
+        );
+        return Vec::new();
+    }
+    let skipped_before = run.beats_skipped.load(Ordering::Relaxed);
+    let cpu_from = cpu_mark(res);
+    let t = run.secs();
+    run.pause_beats.store(true, Ordering::Relaxed);
+    let (done, took, acked) = throughput(run, writers, "quiet", SINGLE_CLIENTS, 1, secs).await;
+    run.pause_beats.store(false, Ordering::Relaxed);
+    let cpu_to = cpu_mark(res);
+    println!(
+        "phase 7 single-finding clients with the heartbeats paused ({secs} s; {} beats skipped, {} answered \
+         meanwhile: those in flight when the pause began): {:.0} findings/s",
+        run.beats_skipped.load(Ordering::Relaxed) - skipped_before,
+        run.beats_between(t, run.secs()).len(),
+        done as f64 / took.max(1e-9)
+    );
+    print_cpu("phase 7 single-finding, heartbeats paused:", &cpu_from, &cpu_to, done, "committed finding");
+    acked
+}
+
+/// How long phase 7 may pause the heartbeats of agents beating every `heartbeat_secs` (+-[`JITTER_PCT`]):
+/// `throughput_secs`, at most what keeps the longest silence [`PAUSE_MARGIN_MS`] short of
+/// [`AGENT_SILENT_AFTER_MS`]; 0 when nothing does.
+fn pause_secs(heartbeat_secs: u64, throughput_secs: u64) -> u64 {
+    let interval_ms = heartbeat_secs.saturating_mul(1000);
+    let longest_gap_ms = interval_ms.saturating_add(interval_ms.saturating_mul(JITTER_PCT) / 100);
+    let room_ms = AGENT_SILENT_AFTER_MS.saturating_sub(longest_gap_ms.saturating_add(PAUSE_MARGIN_MS));
+    throughput_secs.min(room_ms / 1000)
+}
+
 /// Whether the object shows the acknowledged finding: its checker's latest evidence is at least as new.
 fn shows(resp: &api::GetObjectResponse, checker: &str, time_ms: u64) -> bool {
     resp.object
@@ -1642,6 +1746,8 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         write_streams_opened: AtomicU64::new(0),
         kept: Mutex::new(Vec::new()),
         stop_beats: AtomicBool::new(false),
+        pause_beats: AtomicBool::new(false),
+        beats_skipped: AtomicU64::new(0),
     });
     let stop_terms = Arc::new(AtomicBool::new(false));
     let terms =
@@ -1826,6 +1932,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // usually built none; phase 4 prints the one the wiped follower asks for.
     print_snapshot_metrics(cluster, lead_now, "phase 3").await;
     print_state_listings(cluster, lead_now, &host(a.agents.saturating_sub(1))).await;
+    print_metrics_scrapes(cluster, lead_now).await;
 
     print_slow_commits(cluster, "phase 3").await;
 
@@ -2073,6 +2180,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         "committed finding (heartbeats included)",
     );
     print_resources(&res, "throughput", t7, run.secs());
+    acked.extend(single_without_heartbeats(&run, &writers, &res, a).await);
     println!("phase 7 data dirs: {}", data_dirs(cluster));
     println!("phase 7 archive: {}", archive_line(cluster).await);
     // Every member's builds and log compactions (on its Raft thread) since it started.
@@ -2209,6 +2317,19 @@ async fn print_storage(cluster: &mut LocalCluster) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heartbeat_pause_ends_before_an_agent_would_go_silent() {
+        // 30 s silent-after, 5 s margin: at a 10 s interval (12 s at most) 13 s of pause fit.
+        assert_eq!(pause_secs(10, 10), 10);
+        assert_eq!(pause_secs(10, 60), 13);
+        assert_eq!(pause_secs(1, 60), 23);
+        assert_eq!(pause_secs(20, 10), 1);
+        // 25 s (30 s at most) leaves nothing: skipped.
+        assert_eq!(pause_secs(21, 10), 0);
+        assert_eq!(pause_secs(3600, 10), 0);
+        assert_eq!(pause_secs(u64::MAX / 1000, 10), 0);
+    }
 
     #[test]
     fn log_times_are_read_as_milliseconds_after_a_moment() {

@@ -46,6 +46,7 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         "phase 7 heartbeats meanwhile: ",
         "phase 7 single-finding half: CPU per committed finding (heartbeats included): ",
         "phase 7 batched half: CPU per committed finding (heartbeats included): ",
+        "phase 7 single-finding, heartbeats paused: CPU per committed finding: ",
         "; this bench (the simulated fleet) ",
         "phase 7 data dirs: node 1 ",
         "raft.redb ",
@@ -89,6 +90,19 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
     assert!(writes.contains("a stream per writer"), "{writes}");
     let n: Vec<u64> = writes.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
     assert!(n.len() >= 2 && n[n.len() - 2] >= 532 && n[n.len() - 1] >= 532, "{writes}");
+    // A scrape of the leader's /metrics right after the burst shows the burst's release with every disk it
+    // failed in its spike window.
+    let scrape =
+        stdout.lines().find(|l| l.starts_with("phase 3 leader's /metrics (5 scrapes): p50 ")).expect("line");
+    assert!(scrape.ends_with("1 spike windows, the fullest spike window holding 720"), "{scrape}");
+    // The last single-finding measurement ran with the fleet's heartbeats paused: beats fell due (60 agents
+    // beating every second) and were skipped, and none was marked silent (phase 8 found nothing lost).
+    let paused = stdout
+        .lines()
+        .find(|l| l.starts_with("phase 7 single-finding clients with the heartbeats paused (1 s; "))
+        .expect("paused line");
+    let n: Vec<u64> = paused.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    assert!(n.len() >= 4 && n[2] > 0, "{paused}");
     // The burst covered every disk (60 hosts x 12) and the watcher saw each one's transition.
     assert!(stdout.contains("720 of a 720-disk ERROR burst"), "{stdout}");
     // The leader lists the disks in ERROR from its index of the objects out of GOOD.
