@@ -16,6 +16,7 @@
 //! 3. each master's RSS and CPU (sampled from /proc every second through every phase), data-dir bytes per
 //!    member, the snapshot figures the leader's `/metrics` exports, and two listings from the leader: the
 //!    burst's disks by state (from its index of the objects out of GOOD) and one that reads every object;
+//!    then five timed scrapes of the leader's `/metrics` (what Prometheus pays right after the burst);
 //! 4. a follower killed, its data dir wiped, restarted with `--join`: time until its applied index reaches
 //!    the leader's commit index of the moment of the restart, the leader's snapshot build it asked for,
 //!    then the wait until its indexes reach the leader's revision (phase 5 starts after it);
@@ -25,7 +26,8 @@
 //!    kill of phase 4 is not exempt, as it must not change the leader;
 //! 7. throughput: findings/s of 500 single-finding clients beside 32 agents sending 500-finding batches,
 //!    with a listing by state from the leader halfway through the batches (then every member's snapshot
-//!    builds and log compactions);
+//!    builds and log compactions), then 500 new single-finding clients with the heartbeats paused (what
+//!    the heartbeats take, beside what the state's size costs);
 //! 8. every acknowledged finding checked once on its object at the end (its checker's latest evidence is at
 //!    least as new; a burst ERROR also left a transition in the history): the lost count must be 0;
 //! 9. every member stopped (SIGTERM) and its `raft.redb` broken down: pages in use against the file's size
