@@ -77,11 +77,44 @@ pub async fn list_all(
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     Some(text)
+}
+
+/// `GET path` as [`http_get`] does, taken apart: the status code and the body (de-chunked when the answer
+/// came in chunks), or `None` when nothing could be read.
+pub fn http_answer(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_get(addr, path).map(|raw| split_answer(&raw))
+}
+
+/// An HTTP/1.1 answer (status line, headers, body) taken apart: the status code (0 when there is none) and
+/// the body, de-chunked when the answer came in chunks.
+pub fn split_answer(raw: &str) -> (u16, String) {
+    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.into()
+    };
+    (status, body)
+}
+
+/// The payload of a chunked HTTP/1.1 body (what is there up to the last chunk or the first malformed one).
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// The value of the sample `name` (a line `name value`, no labels) in a Prometheus text page.

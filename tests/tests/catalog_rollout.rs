@@ -325,39 +325,7 @@ async fn object(c: &mut Client, id: &str) -> Option<api::GetObjectResponse> {
 
 /// A plain HTTP GET on loopback: (status, body); (0, "") on any failure (callers poll).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::Read;
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
-    if s.set_read_timeout(Some(Duration::from_secs(5))).is_err() {
-        return (0, String::new());
-    }
-    if write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").is_err() {
-        return (0, String::new());
-    }
-    let mut raw = String::new();
-    if s.read_to_string(&mut raw).is_err() {
-        return (0, String::new());
-    }
-    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+    tests::http_answer(addr, path).unwrap_or_default()
 }
 
 /// The leader's REST answer for `path` as JSON.

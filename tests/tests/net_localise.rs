@@ -106,13 +106,7 @@ fn cli(args: &[&str], masters: &str) -> (bool, String) {
 
 /// A plain HTTP/1.1 GET on loopback (the cluster runs insecure): status line, headers and body.
 fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
+    tests::http_get(addr, path).unwrap_or_else(|| panic!("GET {path} from {addr}: no answer"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,15 +63,9 @@ fn show(masters: &str) -> Option<serde_json::Value> {
     serde_json::from_str(&out).ok()
 }
 
-/// A plain HTTP/1.1 GET on loopback (the cluster runs insecure): the body.
+/// A plain HTTP/1.1 GET on loopback (the cluster runs insecure): the whole answer, headers and all.
 fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
+    tests::http_get(addr, path).unwrap_or_else(|| panic!("GET {path} from {addr}: no answer"))
 }
 
 /// The JSON body of a plain HTTP response, if it parses.

@@ -17,7 +17,6 @@
 //! stops at `--limit N`, saying more match.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,8 +45,6 @@ const MAX_CONSUMERS: usize = 8;
 const MAX_WRITES: u64 = 2_000;
 /// Writes that must land after the last consumer listed, so every watch carries changes too.
 const WRITES_AFTER: u64 = 20;
-/// Longest wait for one HTTP answer.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest an in-process node may take to stop.
 const STOP: Duration = Duration::from_secs(30);
 /// Seed of the writer (printed; set HUATUO_PAGES_SEED to replay).
@@ -204,14 +201,9 @@ async fn consume(mut w: huatuo_sdk::Watch, into: Arc<std::sync::Mutex<Consumed>>
 
 /// One HTTP/1.1 GET on a fresh connection; returns (status, JSON body).
 fn http_get(addr: &str, path: &str) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
-    s.set_read_timeout(Some(HTTP_TIMEOUT)).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read");
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, body) =
+        tests::http_answer(addr, path).unwrap_or_else(|| panic!("GET {path} from {addr}: no answer"));
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

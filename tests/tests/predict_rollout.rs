@@ -18,7 +18,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -236,19 +235,7 @@ async fn rollout_status(c: &mut Client) -> api::RolloutStatusResponse {
 
 /// A plain HTTP GET on loopback: (status, body); (0, "") on any failure (callers poll).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
-    if s.set_read_timeout(Some(Duration::from_secs(5))).is_err()
-        || write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").is_err()
-    {
-        return (0, String::new());
-    }
-    let mut raw = String::new();
-    if s.read_to_string(&mut raw).is_err() {
-        return (0, String::new());
-    }
-    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    tests::http_answer(addr, path).unwrap_or_default()
 }
 
 /// Whether the leader's REST safety view shows `scope` latched into manual drive.

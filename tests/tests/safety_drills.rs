@@ -128,13 +128,7 @@ async fn pending(cl: &mut Client, scope: &str) -> Vec<api::Proposal> {
 
 /// GET over plain HTTP/1.1 (the test cluster runs insecure); returns the body.
 fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    tests::http_answer(addr, path).unwrap_or_else(|| panic!("GET {path} from {addr}: no answer")).1
 }
 
 fn cli(c: &LocalCluster, args: &[&str]) -> (bool, String) {
@@ -399,6 +393,19 @@ async fn power_drill() {
     }
 }
 
+/// Whether the cluster counts `n` agents alive within [`SETTLE`].
+async fn alive_count_is(c: &LocalCluster, n: u64) -> bool {
+    wait_until(SETTLE, || {
+        let mut cl = client(c);
+        async move {
+            let i =
+                cl.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await;
+            i.is_ok_and(|i| i.agents_alive == n)
+        }
+    })
+    .await
+}
+
 /// `huatuo inspect` on a healthy cluster exits 0; with a silent agent, a latched scope and an overdue ack it
 /// exits 2 and names each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -432,16 +439,7 @@ async fn inspect_names_what_needs_a_human() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
-    let all_alive = wait_until(SETTLE, || {
-        let mut cl = client(&c);
-        async move {
-            let i =
-                cl.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await;
-            i.is_ok_and(|i| i.agents_alive == 5)
-        }
-    })
-    .await;
-    assert!(all_alive);
+    assert!(alive_count_is(&c, 5).await, "the cluster never counted 5 agents alive");
     let (ok, out) = cli(&c, &["inspect", "--insecure"]);
     assert!(ok, "a healthy cluster inspects clean:\n{out}");
     assert!(out.contains("nothing needs a human") && out.contains("5 alive of 5 expected"), "{out}");
@@ -470,16 +468,7 @@ async fn inspect_names_what_needs_a_human() {
     )
     .await;
     alive.lock().unwrap().remove(&4);
-    let stale = wait_until(SETTLE, || {
-        let mut cl = client(&c);
-        async move {
-            let i =
-                cl.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await;
-            i.is_ok_and(|i| i.agents_alive == 4)
-        }
-    })
-    .await;
-    assert!(stale);
+    assert!(alive_count_is(&c, 4).await, "the cluster never counted 4 agents alive");
     let (ok, out) = cli(&c, &["inspect", "--insecure"]);
     assert!(!ok, "inspect must fail:\n{out}");
     for want in ["agent-h4", "scope cluster is manual", "/sda waits for data-evacuated from storage"] {
@@ -504,16 +493,7 @@ async fn inspect_names_what_needs_a_human() {
     // A second silent agent takes the rack half way to that latch (2 of 3): named while it is still in
     // automatic drive.
     alive.lock().unwrap().remove(&3);
-    let stale = wait_until(SETTLE, || {
-        let mut cl = client(&c);
-        async move {
-            let i =
-                cl.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await;
-            i.is_ok_and(|i| i.agents_alive == 3)
-        }
-    })
-    .await;
-    assert!(stale);
+    assert!(alive_count_is(&c, 3).await, "the cluster never counted 3 agents alive");
     let (ok, out) = cli(&c, &["inspect", "--insecure"]);
     assert!(!ok, "inspect must fail:\n{out}");
     assert!(
