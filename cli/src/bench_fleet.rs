@@ -150,8 +150,8 @@ const THROUGHPUT_DISKS: u32 = 12;
 /// The masters' default `agent_silent_after_ms`: phase 7's measurement with the heartbeats paused must end
 /// well before an agent would be marked silent.
 const AGENT_SILENT_AFTER_MS: u64 = 30_000;
-/// Room left between the longest silence the pause makes (the pause and one jittered interval) and
-/// [`AGENT_SILENT_AFTER_MS`].
+/// Room left between the longest silence the pause can make and [`AGENT_SILENT_AFTER_MS`] (see
+/// [`pause_secs`]).
 const PAUSE_MARGIN_MS: u64 = 5_000;
 /// Objects checked at once at the end.
 const VERIFY_IN_FLIGHT: usize = 64;
@@ -430,6 +430,9 @@ struct Run {
     /// Phase 7's last measurement: beats that fall due are rescheduled without being sent.
     pause_beats: AtomicBool,
     beats_skipped: AtomicU64,
+    /// The longest any agent went between two beats sent (from its registration on), in ms: the masters
+    /// mark an agent silent after [`AGENT_SILENT_AFTER_MS`].
+    longest_gap_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -879,6 +882,8 @@ async fn drive(
     let mut held: HashMap<u32, String> = HashMap::new();
     // The heartbeat stream each agent of this connection keeps open (none while one of its beats is out).
     let mut streams: HashMap<u32, BeatStream> = HashMap::new();
+    // When each agent of this connection last sent a beat (its registration's first one included).
+    let mut last_sent: HashMap<u32, u64> = HashMap::new();
     while !run.stop_beats.load(Ordering::Relaxed) {
         while regs.len() < reg_in_flight {
             let Some(i) = to_register.next() else { break };
@@ -899,13 +904,18 @@ async fn drive(
                 Some(_) if paused => {
                     run.beats_skipped.fetch_add(1, Ordering::Relaxed);
                 }
-                Some(i) => inflight.push(beat(
-                    run.clone(),
-                    conn as usize,
-                    i,
-                    held.get(&i).cloned().unwrap_or_default(),
-                    streams.remove(&i),
-                )),
+                Some(i) => {
+                    if let Some(prev) = last_sent.insert(i, now) {
+                        run.longest_gap_ms.fetch_max(now.saturating_sub(prev), Ordering::Relaxed);
+                    }
+                    inflight.push(beat(
+                        run.clone(),
+                        conn as usize,
+                        i,
+                        held.get(&i).cloned().unwrap_or_default(),
+                        streams.remove(&i),
+                    ));
+                }
                 None => break,
             }
         }
@@ -920,6 +930,7 @@ async fn drive(
                 Ok((ms_taken, hash)) => {
                     lat.push(ms_taken);
                     held.insert(i, hash);
+                    last_sent.insert(i, ms(&run));
                     // Its first heartbeat was part of the registration: the next is an interval later.
                     sched.add(i, ms(&run) + rng.jittered(interval_ms, JITTER_PCT).as_millis() as u64);
                 }
@@ -1521,14 +1532,23 @@ async fn single_without_heartbeats(
     acked
 }
 
-/// How long phase 7 may pause the heartbeats of agents beating every `heartbeat_secs` (+-[`JITTER_PCT`]):
-/// `throughput_secs`, at most what keeps the longest silence [`PAUSE_MARGIN_MS`] short of
-/// [`AGENT_SILENT_AFTER_MS`]; 0 when nothing does.
+/// How long phase 7 may pause the heartbeats of agents beating every `heartbeat_secs` (each interval
+/// drawn within +-[`JITTER_PCT`]): `throughput_secs`, at most what keeps every agent's silence
+/// [`PAUSE_MARGIN_MS`] short of [`AGENT_SILENT_AFTER_MS`]; 0 when nothing does.
+///
+/// An agent whose last beat before the pause was sent at `d0` skips every beat that falls due within the
+/// pause: `k` of them when `k - 1` shortest intervals fit in the pause, and it is silent for `k + 1`
+/// intervals at most. So at most `k_max = (silent_after - margin) / longest - 1` beats may be skipped in a
+/// row, and a pause of `k_max` shortest intervals holds no more than that. At the default 10-s interval (8
+/// to 12 s) that is one beat and 8 s (silences up to 24 s); a 10-s pause let two beats in a row be skipped
+/// and about 1.2% of the agents go 30 s and more without one (a simulation of the schedule).
 fn pause_secs(heartbeat_secs: u64, throughput_secs: u64) -> u64 {
     let interval_ms = heartbeat_secs.saturating_mul(1000);
-    let longest_gap_ms = interval_ms.saturating_add(interval_ms.saturating_mul(JITTER_PCT) / 100);
-    let room_ms = AGENT_SILENT_AFTER_MS.saturating_sub(longest_gap_ms.saturating_add(PAUSE_MARGIN_MS));
-    throughput_secs.min(room_ms / 1000)
+    let spread_ms = interval_ms.saturating_mul(JITTER_PCT) / 100;
+    let (shortest_ms, longest_ms) = (interval_ms - spread_ms, interval_ms.saturating_add(spread_ms));
+    let budget_ms = AGENT_SILENT_AFTER_MS.saturating_sub(PAUSE_MARGIN_MS);
+    let skippable = (budget_ms / longest_ms.max(1)).saturating_sub(1);
+    throughput_secs.min(skippable.saturating_mul(shortest_ms) / 1000)
 }
 
 /// Whether the object shows the acknowledged finding: its checker's latest evidence is at least as new.
@@ -1750,6 +1770,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         stop_beats: AtomicBool::new(false),
         pause_beats: AtomicBool::new(false),
         beats_skipped: AtomicU64::new(0),
+        longest_gap_ms: AtomicU64::new(0),
     });
     let stop_terms = Arc::new(AtomicBool::new(false));
     let terms =
@@ -2212,8 +2233,11 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     };
     println!(
         "heartbeats over the run: {beats} acknowledged ({dropped} oldest samples dropped), {} carrying an \
-         assignment (agents echo the hash they hold), {} errors{}",
+         assignment (agents echo the hash they hold), the longest any agent went between two beats sent {:.1} \
+         s (silent after {} s), {} errors{}",
         run.assignments.load(Ordering::Relaxed),
+        run.longest_gap_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        AGENT_SILENT_AFTER_MS / 1000,
         run.errors.load(Ordering::Relaxed),
         if run.errors.load(Ordering::Relaxed) > 0 {
             format!(", first: {:?}", lock(&run.kept))
@@ -2322,15 +2346,50 @@ mod tests {
 
     #[test]
     fn the_heartbeat_pause_ends_before_an_agent_would_go_silent() {
-        // 30 s silent-after, 5 s margin: at a 10 s interval (12 s at most) 13 s of pause fit.
-        assert_eq!(pause_secs(10, 10), 10);
-        assert_eq!(pause_secs(10, 60), 13);
-        assert_eq!(pause_secs(1, 60), 23);
-        assert_eq!(pause_secs(20, 10), 1);
-        // 25 s (30 s at most) leaves nothing: skipped.
-        assert_eq!(pause_secs(21, 10), 0);
+        // 30 s silent-after, 5 s margin: 25 s for the silence. At a 10-s interval (8-12 s) one beat in a row
+        // may be skipped (two intervals, 24 s): a pause of one shortest interval, 8 s.
+        assert_eq!(pause_secs(10, 10), 8);
+        assert_eq!(pause_secs(10, 60), 8);
+        assert_eq!(pause_secs(10, 3), 3, "the throughput phases' length when shorter");
+        // 1 s (0.8-1.2 s): 19 beats in a row (20 intervals, 24 s), 15.2 s of pause.
+        assert_eq!(pause_secs(1, 60), 15);
+        assert_eq!(pause_secs(2, 60), 14);
+        // 12 s (14.4 s at most): two intervals are over 25 s, so no beat may be skipped at all.
+        assert_eq!(pause_secs(12, 10), 0);
         assert_eq!(pause_secs(3600, 10), 0);
         assert_eq!(pause_secs(u64::MAX / 1000, 10), 0);
+    }
+
+    /// The bound checked against the schedule itself (2,000 agents, seeded): at the default 10-s interval a
+    /// pause of `pause_secs` leaves no agent 25 s without a beat sent, while the 10-s pause of the first
+    /// version left some over the masters' 30 s (they would have been marked silent).
+    #[test]
+    fn no_agent_goes_silent_through_the_pause_on_the_real_schedule() {
+        let longest_silence = |interval_ms: u64, pause_ms: u64| {
+            let mut rng = Rng(42);
+            let agents: Vec<u32> = (0..2000).collect();
+            let mut sched = Schedule::new(&agents, interval_ms, 0, &mut rng);
+            let (from, to) = (5 * interval_ms, 5 * interval_ms + pause_ms);
+            let mut last: HashMap<u32, u64> = HashMap::new();
+            let mut worst = 0;
+            for now in (0..to + 4 * interval_ms).step_by(10) {
+                while let Some(i) = sched.pop_due(now, &mut rng) {
+                    if (from..to).contains(&now) {
+                        continue;
+                    }
+                    if let Some(prev) = last.insert(i, now) {
+                        worst = worst.max(now - prev);
+                    }
+                }
+            }
+            worst
+        };
+        let bound = AGENT_SILENT_AFTER_MS - PAUSE_MARGIN_MS;
+        for secs in [10, 1] {
+            let worst = longest_silence(secs * 1000, pause_secs(secs, 60) * 1000);
+            assert!(worst < bound, "every {secs} s: an agent went {worst} ms without a beat");
+        }
+        assert!(longest_silence(10_000, 10_000) > AGENT_SILENT_AFTER_MS);
     }
 
     #[test]

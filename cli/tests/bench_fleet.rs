@@ -79,6 +79,14 @@ fn bench_fleet_prints_every_phase_and_loses_no_acknowledged_finding() {
         .collect();
     let (acked, carrying) = (nums[0], nums[2]);
     assert!(acked > 0 && carrying * 2 < acked, "{over_run}");
+    // No agent went long enough without a beat to be marked silent, the paused measurement included.
+    let gap: f64 = over_run
+        .split("between two beats sent ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|g| g.parse().ok())
+        .expect("the longest gap");
+    assert!(gap > 0.0 && gap < 30.0, "{over_run}");
     // The simulated agents beat over their streams, as real agents do: one stream each.
     let transport = stdout.lines().find(|l| l.starts_with("phase 2 heartbeat transport: ")).expect("line");
     assert!(transport.contains("a stream per agent"), "{transport}");
