@@ -81,8 +81,8 @@ struct MemberReport {
 }
 
 /// Whether a safety-net window holding `held` is at least half way to the count that latches its scope
-/// (`latch_at`; 0: nothing can latch, an empty spike window). The Prometheus alert on the spike window
-/// fires at the same point.
+/// (`latch_at`; 0: nothing can latch, an empty spike window). The Prometheus alerts on both windows
+/// (`HuatuoCheckerVersionNearSpike`, `HuatuoScopeNearLivenessLatch`) fire at the same point.
 fn near_latch(held: u64, latch_at: u64) -> bool {
     latch_at > 0 && held.saturating_mul(2) >= latch_at
 }

@@ -327,16 +327,7 @@ async fn power_drill() {
             }
         }));
     }
-    let info = |mut cl: Client| async move {
-        cl.call(api::ClusterInfoRequest {}, |mut c, r| async move { c.cluster_info(r).await }).await.unwrap()
-    };
-    assert!(
-        wait_until(SETTLE, || {
-            let cl = client(&c);
-            async move { info(cl).await.agents_alive == 60 }
-        })
-        .await
-    );
+    assert!(alive_count_is(&c, 60).await, "the cluster never counted 60 agents alive");
 
     // Power fails for 4 of rack r1's 20 hosts (20%) at once.
     alive.lock().unwrap().retain(|i| *i >= 4);
@@ -375,13 +366,7 @@ async fn power_drill() {
     // Power returns: the agents are alive again, the rack stays latched until an operator releases it, and
     // the proposals are all still there.
     alive.lock().unwrap().extend(0..4);
-    assert!(
-        wait_until(SETTLE, || {
-            let cl = client(&c);
-            async move { info(cl).await.agents_alive == 60 }
-        })
-        .await
-    );
+    assert!(alive_count_is(&c, 60).await, "the cluster never counted 60 agents alive");
     let s = safety(&mut cl).await;
     let r1 = scope(&s, "rack=r1").unwrap();
     assert!(r1.latched && r1.agents_alive == 20, "{r1:?}");
