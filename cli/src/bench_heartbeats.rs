@@ -19,7 +19,7 @@ use clap::Args;
 use master::client::Client;
 use master::cluster::{LocalCluster, READY_TIMEOUT};
 use proto::api;
-use proto::client::{BeatStream, IngestStream};
+use proto::client::{BeatStream, ClientSecurity, IngestStream, parse_addrs};
 
 #[derive(Args, Debug)]
 pub struct BenchHeartbeatsArgs {
@@ -53,6 +53,11 @@ pub struct BenchHeartbeatsArgs {
     /// (`INGEST_STREAM_IDLE`) to close them.
     #[arg(long)]
     ingest_streams: bool,
+    /// Masters with TLS and tokens on every port, as deployed (a throwaway CA, a client certificate and an
+    /// agent token for the simulated agents): what a TLS connection costs the leader. Not with
+    /// `--ingest-streams` (it reads the leader's plain-HTTP `/metrics`).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Master settings of the bench: a silent period longer than any phase may run.
@@ -373,29 +378,64 @@ fn report(
     );
 }
 
+/// A throwaway CA in `dir`: the masters' certificate and an agent's, and a token with the roles the bench
+/// uses (agent for its beats and registrations, read for the harness's cluster info). Returns the masters'
+/// `[tls]` and `[[auth.tokens]]` config and the simulated agents' credentials.
+fn bench_pki(dir: &std::path::Path) -> anyhow::Result<(String, ClientSecurity)> {
+    use master::tls::{DevCa, Usage};
+    let ca = DevCa::new("huatuo bench CA")?;
+    let server = ca.write_issued(dir, "master", &["127.0.0.1", "localhost"], Usage::Server)?;
+    let agent = ca.write_issued(dir, "agent", &[], Usage::Client)?;
+    let token = master::tls::new_token();
+    let toml = format!(
+        "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[[auth.tokens]]\nname = \"bench-agent\"\nsha256 = \"{}\"\n\
+         roles = [\"agent\", \"read\"]\n",
+        server.ca.display().to_string(),
+        server.cert.display().to_string(),
+        server.key.display().to_string(),
+        token.sha256_hex()
+    );
+    let security = ClientSecurity { tls: Some(agent.load()?.client_config()), token: Some(token) };
+    Ok((toml, security))
+}
+
 async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let overflows_at_start = crate::bench_common::listen_overflows();
     // Silence is not what this measures: an agent marked silent because the bench took longer than the
     // silent period to come round to it would turn its next beat into a replicated change.
-    let mut cluster =
-        LocalCluster::start_with_config(&exe, a.nodes, BENCH_CONFIG).context("start cluster")?;
+    if a.tls && a.ingest_streams {
+        bail!("--tls and --ingest-streams do not go together (the latter reads /metrics over plain HTTP)");
+    }
+    let pki = tempfile::Builder::new().prefix("huatuo-bench-pki-").tempdir().context("a temp dir")?;
+    let (mut cluster, security) = if a.tls {
+        let (toml, security) = bench_pki(pki.path())?;
+        let cluster =
+            LocalCluster::start_secure(&exe, a.nodes, &format!("{BENCH_CONFIG}{toml}"), security.clone())
+                .context("start cluster")?;
+        (cluster, security)
+    } else {
+        let cluster =
+            LocalCluster::start_with_config(&exe, a.nodes, BENCH_CONFIG).context("start cluster")?;
+        (cluster, ClientSecurity::default())
+    };
     let leader = cluster
         .wait_leader(READY_TIMEOUT)
         .await
         .ok_or_else(|| anyhow!("no leader within {READY_TIMEOUT:?}"))?;
     println!(
-        "cluster: {} node(s), leader {leader}; {} agents over {} gRPC clients, {} objects per host; beats {}",
+        "cluster: {} node(s), leader {leader}; {} agents over {} gRPC clients, {} objects per host; beats {}; {}",
         a.nodes,
         a.agents,
         a.clients,
         a.objects_per_host,
-        if a.beat_calls { "as one call each (--beat-calls)" } else { "over each agent's heartbeat stream" }
+        if a.beat_calls { "as one call each (--beat-calls)" } else { "over each agent's heartbeat stream" },
+        if a.tls { "TLS and tokens (--tls)" } else { "no TLS" }
     );
     let addrs = cluster.grpc_addrs();
     // The simulated agents' clients, kept from phase to phase.
     let mut pool: Vec<Client> =
-        (0..a.clients.max(1)).map(|_| Client::new(master::client::parse_addrs(&addrs))).collect();
+        (0..a.clients.max(1)).map(|_| Client::with_security(parse_addrs(&addrs), security.clone())).collect();
     let limit = Duration::from_secs(a.phase_limit_secs);
     HELD.get_or_init(|| (0..a.agents).map(|_| std::sync::Mutex::new(String::new())).collect());
     if !a.beat_calls {
@@ -464,6 +504,19 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
                 cpu_s / p.took.as_secs_f64().max(1e-9) * 100.0
             );
         }
+    }
+
+    if let Some(pid) = cluster.pid(position(&cluster).await?.0) {
+        // What holding the agents' connections and streams costs: compare runs with different --clients.
+        let rss =
+            crate::bench_common::rss_bytes(pid).map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64));
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
+        println!(
+            "leader after the steady rounds: RSS {}, {} open file descriptors ({} clients' connections)",
+            rss.unwrap_or_else(|e| format!("unknown ({e})")),
+            fds.map_or_else(|e| format!("unknown ({e})"), |n| n.to_string()),
+            pool.len()
+        );
     }
 
     if a.ingest_streams {

@@ -1,7 +1,8 @@
 //! `huatuo bench heartbeats` at a tiny scale against its own real 3-node cluster: every phase answers every
 //! agent, beats go over the agents' heartbeat streams as a real agent sends them (calls only where a stream
 //! cannot carry a beat), and `--beat-calls` sends every beat as a call; `--ingest-streams` holds one idle
-//! ingest stream per agent on the leader and sees the leader end them all. No timing assertion: the figures are
+//! ingest stream per agent on the leader and sees the leader end them all; `--tls` runs the same with TLS
+//! and tokens on every port and prints the leader's memory and descriptors holding the connections. No timing assertion: the figures are
 //! the benchmark's output, not a test's.
 
 use std::process::Command;
@@ -84,4 +85,35 @@ fn agents_beat_over_their_streams_and_with_calls_when_told() {
     ] {
         assert_eq!(phase_split(&out, phase), (0, AGENTS), "{phase}\n{out}");
     }
+}
+
+#[test]
+fn agents_beat_over_tls_with_a_token_and_the_leaders_connections_are_counted() {
+    let out = run(&["--tls"]);
+    assert!(out.contains("TLS and tokens (--tls)"), "{out}");
+    for round in ["steady beats, round 1: ", "steady beats, round 2: "] {
+        let (s, c) = phase_split(&out, round);
+        assert!(c == 0 && s == AGENTS, "{round}\n{out}");
+    }
+    let line =
+        out.lines().find(|l| l.starts_with("leader after the steady rounds: RSS ")).expect("memory line");
+    let fds: u64 = line
+        .split(" MiB, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("descriptors in {line}"));
+    // Each client's connection is a descriptor on the leader (the clients start at the first address and
+    // follow the leader; a connection to a follower is dropped when a client moves).
+    assert!(fds >= CLIENTS && line.ends_with(&format!("({CLIENTS} clients' connections)")), "{line}");
+}
+
+#[test]
+fn tls_and_ingest_streams_are_refused_together() {
+    let out = Command::new(env!("CARGO_BIN_EXE_huatuo"))
+        .args(["bench", "heartbeats", "--agents", "1", "--tls", "--ingest-streams"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("do not go together"), "{out:?}");
 }
