@@ -4,6 +4,7 @@
 
 /// The leader-following client lives in `proto` so agents (which must not depend on the master) share it.
 pub use proto::client;
+pub mod accept;
 pub mod actions;
 pub mod api;
 pub mod archive;

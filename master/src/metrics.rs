@@ -227,6 +227,29 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
             ConstCounter::new(streams.refused),
         );
     }
+    if let Some(n) = crate::accept::open_files() {
+        reg.register(
+            "open_fds",
+            "File descriptors this process holds (every agent connection is one)",
+            gauge(n),
+        );
+    }
+    if let Some(n) = crate::accept::open_files_limit() {
+        reg.register("max_fds", "This process's open-files limit (soft RLIMIT_NOFILE)", gauge(n));
+    }
+    let accept_errors: Family<[(&'static str, &'static str); 1], Counter> = Family::default();
+    for port in crate::accept::Port::ALL {
+        accept_errors.get_or_create(&[("port", port.name())]).inc_by(crate::accept::accept_errors(port));
+    }
+    reg.register(
+        "accept_errors",
+        format!(
+            "Connections a port could not accept for lack of a resource (open files, memory); each pauses the \
+             port for {} ms",
+            crate::accept::ACCEPT_PAUSE.as_millis()
+        ),
+        accept_errors,
+    );
     reg.register(
         "knows_command_version",
         "The newest command version this node's binary knows",

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::accept::{self, Port};
 use crate::api::{Service, ServiceConfig, ShutdownReport};
 use crate::auth::{Authenticator, GrpcAuthLayer};
 use crate::config::{Resolved, Security};
@@ -62,28 +62,6 @@ async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListe
         socket.listen(LISTEN_BACKLOG)
     };
     listen().with_context(|| format!("cannot listen for {what} on {addr}"))
-}
-
-/// The connections a gRPC server accepts, with Nagle's algorithm off (`TCP_NODELAY`). tonic sets it only on
-/// listeners it binds itself; on a listener handed over it leaves the kernel's default, and then a reply
-/// written in two pieces, or a stream's next write while earlier data is unacknowledged, waits for the
-/// client's delayed ACK (measured: heartbeats p50 44 ms on an idle machine, watch events p99 43-48 ms late,
-/// a snapshot's transfer to a follower about 28 s instead of 2).
-fn no_delay(l: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))
-}
-
-/// The same for the HTTP port (axum leaves the option alone too).
-fn http_no_delay(
-    l: TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    l.tap_io(|tcp| set_no_delay(tcp, "HTTP"))
-}
-
-fn set_no_delay(tcp: &tokio::net::TcpStream, port: &str) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, port, "cannot set TCP_NODELAY on an accepted connection");
-    }
 }
 
 /// TLS handshakes on the HTTPS port that take longer than this are dropped (slowloris).
@@ -153,6 +131,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<(Stopped, anyhow::Result<()>)> {
     let guard = load_security(&cfg.security)?;
+    match accept::raise_open_files_limit() {
+        // Every agent holds a connection to the member it believes leads.
+        Ok((soft, _)) if soft < cfg.max_heartbeat_streams as u64 => tracing::warn!(
+            "open files limit {soft} is below max_heartbeat_streams {}: every agent holds a connection to the \
+             member it believes leads, so a fleet that large would exhaust it (raise LimitNOFILE; the shipped \
+             unit sets 1048576)",
+            cfg.max_heartbeat_streams
+        ),
+        Ok((soft, _)) => tracing::info!(limit = soft, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
+    }
     if let Some(m) = &guard.tls {
         crate::raft::set_peer_tls(m.client_config());
     }
@@ -253,7 +242,7 @@ pub async fn serve(
                 let r = match TcpListener::from_std(peer_l) {
                     Ok(l) => builder
                         .add_service(svc)
-                        .serve_with_incoming_shutdown(no_delay(l), stop)
+                        .serve_with_incoming_shutdown(accept::incoming(l, Port::Peer), stop)
                         .await
                         .map_err(std::io::Error::other),
                     Err(e) => Err(e),
@@ -270,7 +259,10 @@ pub async fn serve(
         let mut builder =
             grpc_builder.layer(crate::grpc_date::DateLayer).layer(GrpcAuthLayer(guard.auth.clone()));
         api_servers.spawn(async move {
-            let r = builder.add_service(api).serve_with_incoming_shutdown(no_delay(grpc_l), stop).await;
+            let r = builder
+                .add_service(api)
+                .serve_with_incoming_shutdown(accept::incoming(grpc_l, Port::Grpc), stop)
+                .await;
             ("grpc", r.map_err(std::io::Error::other))
         });
     }
@@ -283,7 +275,12 @@ pub async fn serve(
         let stop = stopped(api_stop_rx.clone());
         match https {
             None => api_servers.spawn(async move {
-                ("http", axum::serve(http_no_delay(http_l), router).with_graceful_shutdown(stop).await)
+                (
+                    "http",
+                    axum::serve(accept::Listener::new(http_l, Port::Http), router)
+                        .with_graceful_shutdown(stop)
+                        .await,
+                )
             }),
             Some(tls) => api_servers.spawn(async move {
                 ("https", serve_https(http_l, router, tls, MAX_HTTPS_CONNECTIONS, stop).await)
@@ -380,16 +377,8 @@ async fn serve_https(
                 }
                 return Ok(());
             }
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTPS accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            x = accept::accept(&listener, Port::Https) => x,
         };
-        set_no_delay(&tcp, "HTTPS");
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(%peer, max_conns, "too many HTTPS connections; closing a new one");
             drop(tcp);
@@ -423,33 +412,6 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::rustls;
-
-    /// Every API and peer port turns Nagle's algorithm off on what it accepts (a listener handed to tonic or
-    /// axum keeps the kernel's default, and replies then wait for the client's delayed ACK).
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        use axum::serve::Listener as _;
-        use tokio_stream::StreamExt as _;
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let mut grpc = no_delay(l);
-        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let accepted = grpc.next().await.expect("a connection").expect("accepted");
-        assert!(accepted.nodelay().expect("read the option"), "gRPC and peer ports");
-
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let plain_addr = plain.local_addr().expect("addr");
-        let mut http = http_no_delay(l);
-        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (accepted, _) = http.accept().await;
-        assert!(accepted.nodelay().expect("read the option"), "HTTP port");
-        // The kernel's default, which the helpers change (else this test could not fail).
-        let _client = tokio::net::TcpStream::connect(plain_addr).await.expect("connect");
-        let (accepted, _) = plain.accept().await.expect("accepted");
-        assert!(!accepted.nodelay().expect("read the option"), "the default is Nagle on");
-    }
 
     /// A port queues far more connections than `TcpListener::bind`'s 128 before they are accepted: none of
     /// 300 connects is dropped while nothing accepts (with 128 the 130th hangs, its SYN dropped).
