@@ -378,6 +378,37 @@ fn report(
     );
 }
 
+/// One heartbeat of every agent through `pool`, reported as `name`, with the leader's CPU over it (when the
+/// same member led from start to end): per beat it holds what the phase brought, e.g. the TLS handshakes of
+/// clients reconnecting to a new leader.
+async fn beat_phase(
+    name: &str,
+    cluster: &LocalCluster,
+    pool: &mut Vec<Client>,
+    agents: u32,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let before = position(cluster).await?;
+    let pid = cluster.pid(before.0);
+    let ticks = pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok());
+    let ways = carried();
+    let p = phase(pool, agents, limit, beat, send_beat).await;
+    let ticks = ticks.zip(pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok())).map(|(t0, t1)| t1 - t0);
+    let after = position(cluster).await?;
+    report(name, &p, agents, before, after, [ways, carried()]);
+    if let Some(t) = ticks.filter(|_| after.0 == before.0 && p.done > 0) {
+        let cpu_s = t as f64 / crate::bench_common::clock_ticks();
+        println!(
+            "  leader {} CPU over the phase: {:.2} s, {:.1} us per beat ({:.0}% of a core)",
+            before.0,
+            cpu_s,
+            cpu_s * 1e6 / p.done as f64,
+            cpu_s / p.took.as_secs_f64().max(1e-9) * 100.0
+        );
+    }
+    Ok(())
+}
+
 /// A throwaway CA in `dir`: the masters' certificate and an agent's, and a token with the roles the bench
 /// uses (agent for its beats and registrations, read for the harness's cluster info). Returns the masters'
 /// `[tls]` and `[[auth.tokens]]` config and the simulated agents' credentials.
@@ -478,32 +509,9 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let before = position(&cluster).await?;
-    let ways = carried();
-    let p = phase(&mut pool, a.agents, limit, beat, send_beat).await;
-    let after = position(&cluster).await?;
-    report("first beats (agents new to the cluster)", &p, a.agents, before, after, [ways, carried()]);
-
+    beat_phase("first beats (agents new to the cluster)", &cluster, &mut pool, a.agents, limit).await?;
     for round in 1..=a.steady_rounds {
-        let before = position(&cluster).await?;
-        let pid = cluster.pid(before.0);
-        let ticks = pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok());
-        let ways = carried();
-        let p = phase(&mut pool, a.agents, limit, beat, send_beat).await;
-        let ticks =
-            ticks.zip(pid.and_then(|p| crate::bench_common::cpu_ticks(p).ok())).map(|(t0, t1)| t1 - t0);
-        let after = position(&cluster).await?;
-        report(&format!("steady beats, round {round}"), &p, a.agents, before, after, [ways, carried()]);
-        if let Some(t) = ticks.filter(|_| after.0 == before.0 && p.done > 0) {
-            let cpu_s = t as f64 / crate::bench_common::clock_ticks();
-            println!(
-                "  leader {} CPU over the round: {:.2} s, {:.1} us per beat ({:.0}% of a core)",
-                before.0,
-                cpu_s,
-                cpu_s * 1e6 / p.done as f64,
-                cpu_s / p.took.as_secs_f64().max(1e-9) * 100.0
-            );
-        }
+        beat_phase(&format!("steady beats, round {round}"), &cluster, &mut pool, a.agents, limit).await?;
     }
 
     if let Some(pid) = cluster.pid(position(&cluster).await?.0) {
@@ -541,16 +549,8 @@ async fn bench(a: BenchHeartbeatsArgs) -> anyhow::Result<ExitCode> {
         };
         cluster.spawn(old, false).context("restart the killed node")?;
         println!("leader {old} killed (-9) and restarted as a follower; new leader {new}");
-        let before = position(&cluster).await?;
-        let ways = carried();
-        let p = phase(&mut pool, a.agents, limit, beat, send_beat).await;
-        let after = position(&cluster).await?;
-        report("first beats to the new leader", &p, a.agents, before, after, [ways, carried()]);
-        let before = position(&cluster).await?;
-        let ways = carried();
-        let p = phase(&mut pool, a.agents, limit, beat, send_beat).await;
-        let after = position(&cluster).await?;
-        report("steady beats, new leader", &p, a.agents, before, after, [ways, carried()]);
+        beat_phase("first beats to the new leader", &cluster, &mut pool, a.agents, limit).await?;
+        beat_phase("steady beats, new leader", &cluster, &mut pool, a.agents, limit).await?;
     }
     for id in cluster.running() {
         if let Some(pid) = cluster.pid(id) {

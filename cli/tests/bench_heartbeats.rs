@@ -95,6 +95,10 @@ fn agents_beat_over_tls_with_a_token_and_the_leaders_connections_are_counted() {
         let (s, c) = phase_split(&out, round);
         assert!(c == 0 && s == AGENTS, "{round}\n{out}");
     }
+    // Each phase says what the leader spent on it (when one member led it through).
+    let cpu =
+        out.lines().filter(|l| l.starts_with("  leader ") && l.contains(" CPU over the phase: ")).count();
+    assert!(cpu >= 2, "{out}");
     let line =
         out.lines().find(|l| l.starts_with("leader after the steady rounds: RSS ")).expect("memory line");
     let fds: u64 = line
