@@ -65,7 +65,7 @@ async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListe
 }
 
 /// TLS handshakes on the HTTPS port that take longer than this are dropped (slowloris).
-pub const HTTPS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HTTPS_HANDSHAKE_TIMEOUT: Duration = proto::tls::HANDSHAKE_TIMEOUT;
 /// How long open HTTPS connections get to finish once the port stopped accepting (keep-alive connections
 /// idle in between requests would otherwise hold the shutdown for their whole idle timeout).
 pub const HTTPS_CONN_DRAIN: Duration = Duration::from_secs(1);

@@ -15,6 +15,11 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+/// How long a TLS handshake may take on a master's ports (gRPC, peer, HTTPS) before the connection is
+/// closed: a client that connects and sends nothing (slowloris, or a peer gone mid-handshake) would
+/// otherwise hold a descriptor and a task for ever.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Largest PEM file read: certificates and keys are a few KiB; anything bigger is the wrong file.
 pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// Longest token accepted: real tokens are 64 hex characters; the limit keeps hostile headers cheap.
@@ -174,6 +179,7 @@ impl TlsMaterial {
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
             .client_auth_optional(client_cert_optional)
+            .timeout(HANDSHAKE_TIMEOUT)
     }
 
     /// A rustls server config for HTTPS (the master's HTTP port): client certificates are verified when

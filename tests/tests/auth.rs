@@ -608,3 +608,40 @@ fn master_without_security_refuses_to_start() {
     assert!(!out.status.success() && stderr.contains("refusing to start without security"), "{stderr}");
     assert!(!tmp.path().join("d").exists(), "nothing was created");
 }
+
+/// A connection that never finishes its TLS handshake (a client that connects and sends nothing: slowloris,
+/// or a peer that vanished mid-handshake) is closed after `proto::tls::HANDSHAKE_TIMEOUT` on the gRPC and
+/// peer ports, as on the HTTPS port: it would otherwise hold a descriptor and a task for ever, and enough of
+/// them exhaust the descriptors every agent connection needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_finishes_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pki(tmp.path());
+    let cluster = LocalCluster::start_secure(
+        &huatuo_bin(),
+        1,
+        &p.master_toml(),
+        p.security(&p.cli, Some(p.token("read"))),
+    )
+    .unwrap();
+    assert!(cluster.wait_leader(READY_TIMEOUT).await.is_some(), "no leader: {}", cluster.log_tail(1));
+    let limit = proto::tls::HANDSHAKE_TIMEOUT + Duration::from_secs(10);
+    let node = &cluster.nodes[&1];
+    let start = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for (port, addr) in [("gRPC", &node.grpc), ("peer", &node.peer), ("HTTPS", &node.http)] {
+        silent.push((port, tokio::net::TcpStream::connect(addr.as_str()).await.expect("connect")));
+    }
+    // The server sends nothing before the client's hello: a read ends only when it closes the connection.
+    for (port, mut conn) in silent {
+        let mut buf = [0u8; 64];
+        let left = limit.saturating_sub(start.elapsed());
+        let end = tokio::time::timeout(left, conn.read(&mut buf)).await;
+        assert!(
+            matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+            "the {port} port still holds a connection that sent nothing after {:?}: {end:?}",
+            start.elapsed()
+        );
+        assert!(start.elapsed() >= proto::tls::HANDSHAKE_TIMEOUT / 2, "{port}: closed before its timeout");
+    }
+}
