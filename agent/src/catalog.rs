@@ -441,7 +441,8 @@ impl Fetcher {
         let mut last = None;
         for attempt in 0..FETCH_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(backoff).await;
+                // Jittered: a fleet's agents that failed one fetch together do not retry together.
+                tokio::time::sleep(proto::client::jittered(backoff)).await;
                 backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
             }
             match self.fetch_once(e, &part).await {

@@ -25,6 +25,18 @@ pub const MAX_ATTEMPTS: u32 = 30;
 /// Backoff between attempts: starts small (a redirect is usually instant), doubles, capped.
 pub const BACKOFF_START: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A pause between half of `backoff` and all of it, drawn at random ("equal jitter"): clients that failed
+/// together (a fleet's agents when their leader died, or when a new leader is busy with their reconnections)
+/// do not retry together, in waves, as they would after the same fixed pause.
+pub fn jittered(backoff: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    // A fresh `RandomState` is seeded from the OS once per thread and moved on at each use: enough spread
+    // for a pause, without a random-number crate in every client.
+    let r = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    let half = backoff / 2;
+    half + Duration::from_nanos(r % (half.as_nanos() as u64 + 1))
+}
+
 /// Longest retry budget a client accepts (`huatuo --wait` is bounded by it): a day of waiting for a master is
 /// already far past any script's patience; beyond it a typo (`--wait 5000h`) would hang a job silently.
 pub const MAX_RETRY_BUDGET: Duration = Duration::from_secs(24 * 3600);
@@ -216,12 +228,13 @@ impl Client {
                 break;
             }
             if counted > 0 || !tried.is_empty() {
+                let pause = jittered(backoff);
                 if let Some(b) = timed
-                    && started.elapsed() + backoff >= b
+                    && started.elapsed() + pause >= b
                 {
                     break;
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
             if timed.is_none() {
@@ -549,6 +562,19 @@ pub fn keyed<T>(msg: T, key: &MetadataValue<Ascii>) -> tonic::Request<T> {
 
 #[cfg(test)]
 mod tests {
+    /// Every pause is between half the backoff and all of it, and the pauses differ (a fixed pause would
+    /// let clients that failed together retry together).
+    #[test]
+    fn retry_pauses_are_jittered_within_half_and_the_whole_backoff() {
+        for b in [super::BACKOFF_START, super::BACKOFF_MAX, Duration::from_millis(1)] {
+            let pauses: Vec<Duration> = (0..200).map(|_| super::jittered(b)).collect();
+            assert!(pauses.iter().all(|p| *p >= b / 2 && *p <= b), "{b:?}: {pauses:?}");
+            let distinct: std::collections::BTreeSet<_> = pauses.iter().collect();
+            assert!(distinct.len() > 100, "{b:?}: only {} distinct pauses of 200", distinct.len());
+        }
+        assert_eq!(super::jittered(Duration::ZERO), Duration::ZERO);
+    }
+
     use super::*;
     use crate::api;
 
@@ -598,8 +624,9 @@ mod tests {
         assert_eq!(e.code, Code::Unavailable);
         assert!(e.message.contains("no master answered within 0.6 s"), "{e}");
         assert!(e.message.contains(&addr) && e.message.contains("addresses from the test"), "{e}");
-        // Backoff 50+100+200 ms fits before 600 ms: more than one try was made, and the budget was kept.
-        assert!(took >= Duration::from_millis(300), "retried within the budget: {took:?}");
+        // Pauses of 50, 100 and 200 ms, each jittered to at least half, fit before 600 ms: more than one
+        // try was made, and the budget was kept.
+        assert!(took >= Duration::from_millis(175), "retried within the budget: {took:?}");
         assert!(took < Duration::from_millis(600) + CONNECT_TIMEOUT, "stopped at the budget: {took:?}");
     }
 
