@@ -78,6 +78,16 @@ struct MemberReport {
     /// Its NOSPACE alarm as (free bytes, floor) while raised, as the member that answered heard it.
     #[serde(skip_serializing_if = "Option::is_none")]
     nospace: Option<(u64, u64)>,
+    /// Its open file descriptors and open-files limit, as it answered (0: unknown).
+    open_fds: u64,
+    max_fds: u64,
+}
+
+/// Whether a member holding `open` of its `max` file descriptors is near its limit (over 80%, where
+/// `HuatuoMasterOpenFilesNearLimit` fires): every agent holds a connection to the member it believes leads,
+/// and at the limit new ones cannot connect. A limit of 0 is unknown (a member from before the fields).
+fn near_fd_limit(open: u64, max: u64) -> bool {
+    max > 0 && u128::from(open) * 10 > u128::from(max) * 8
 }
 
 /// Whether a safety-net window holding `held` is at least half way to the count that latches its scope
@@ -154,6 +164,14 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitCode> {
                 mr.term = i.term;
                 mr.commit_index = i.commit_index;
                 mr.applied_index = i.applied_index;
+                (mr.open_fds, mr.max_fds) = (i.open_fds, i.max_fds);
+                if near_fd_limit(i.open_fds, i.max_fds) {
+                    r.needs_a_human.push(format!(
+                        "master {} holds {} of its {} open files: every agent keeps a connection to the member \
+                         it believes leads, and at the limit new ones cannot connect (raise LimitNOFILE)",
+                        m.id, i.open_fds, i.max_fds
+                    ));
+                }
                 if m.id == info.leader_id {
                     leader_commit = i.commit_index;
                 }
@@ -371,8 +389,10 @@ fn print_report(r: &Report) {
                 r.members.iter().map(|x| x.commit_index).max().unwrap_or(0).saturating_sub(m.applied_index);
             let nospace =
                 m.nospace.map(|(free, _)| format!("  NOSPACE ({} MiB free)", free >> 20)).unwrap_or_default();
+            let fds =
+                if m.max_fds > 0 { format!("  files {}/{}", m.open_fds, m.max_fds) } else { String::new() };
             println!(
-                "  {} {:<9} {}  term {}  commit {}  applied {}  lag {lag}{nospace}",
+                "  {} {:<9} {}  term {}  commit {}  applied {}  lag {lag}{fds}{nospace}",
                 m.id, m.role, m.grpc, m.term, m.commit_index, m.applied_index
             );
         } else {
@@ -455,6 +475,15 @@ fn print_report(r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_over_four_fifths_of_its_open_files_needs_a_human() {
+        assert!(!near_fd_limit(800, 1000), "80% exactly is not over");
+        assert!(near_fd_limit(801, 1000));
+        assert!(!near_fd_limit(5, 0), "an unknown limit");
+        assert!(near_fd_limit(u64::MAX, u64::MAX - 1), "no overflow");
+        assert!(!near_fd_limit(0, 1_048_576));
+    }
 
     #[test]
     fn a_window_half_way_to_its_latch_needs_a_human() {

@@ -199,6 +199,8 @@ pub fn cluster_to_wire(i: ClusterInfo) -> api::ClusterInfoResponse {
         agents: i.agents,
         min_command_version: i.min_command_version,
         knows_command_version: i.knows_command_version,
+        open_fds: i.open_fds,
+        max_fds: i.max_fds,
     }
 }
 

@@ -162,6 +162,11 @@ pub struct ClusterInfo {
     /// The newest command version this node's binary knows.
     #[serde(default)]
     pub knows_command_version: u32,
+    /// This node's open file descriptors and its open-files limit (0: unknown).
+    #[serde(default)]
+    pub open_fds: u64,
+    #[serde(default)]
+    pub max_fds: u64,
 }
 
 impl ClusterInfo {

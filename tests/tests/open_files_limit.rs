@@ -9,7 +9,8 @@
 //! - its failed accepts are counted (`huatuo_master_accept_errors_total{port="grpc"}`), at most one per
 //!   `ACCEPT_PAUSE` while the descriptors stay exhausted, and logged as a warning naming the limit;
 //! - once the connections go away it accepts again and answers a call;
-//! - `/metrics` shows its descriptors in use and its limit.
+//! - `/metrics` shows its descriptors in use and its limit, and `huatuo inspect` names a member over four
+//!   fifths of it.
 //!
 //! Needs the `huatuo` binary built first (see `tests::huatuo_bin`).
 
@@ -115,6 +116,17 @@ async fn a_master_out_of_file_descriptors_pauses_its_accepts_and_recovers() {
     );
     assert!((1..=most).contains(&errors), "{errors} failed accepts counted (1..={most})");
     assert_eq!(metric(&page, "huatuo_master_max_fds"), Some(limit), "the lowered limit:\n{page}");
+    // `huatuo inspect` (the daily report) names a member over four fifths of its limit: 3 descriptors of
+    // headroom leave room for its own connection and put the master at about nine tenths.
+    let tight = open_fds(pid) + 3;
+    limit_open_files(pid, tight);
+    let out = std::process::Command::new(huatuo_bin())
+        .args(["inspect", "--insecure", "--master", &grpc])
+        .output()
+        .expect("run huatuo inspect");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "inspect needs a human:\n{text}");
+    assert!(text.contains(&format!(" of its {tight} open files")), "inspect names the limit:\n{text}");
     let log = std::fs::read_to_string(c.log_path(1)).expect("the master's log");
     assert!(
         log.lines().any(|l| l.contains("cannot accept") && l.contains(&format!("open files limit {limit}"))),

@@ -136,6 +136,8 @@ impl Service {
             scopes,
             min_command_version: self.stats.min_command_version(),
             knows_command_version: self.cfg.knows_command_version,
+            open_fds: crate::accept::open_files().unwrap_or(0),
+            max_fds: crate::accept::open_files_limit().unwrap_or(0),
         })
     }
 }
