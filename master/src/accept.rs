@@ -165,9 +165,23 @@ pub fn open_files_limit() -> Option<u64> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok().map(|(soft, _)| soft)
 }
 
-/// File descriptors the process holds (entries of `/proc/self/fd`; `None` where that cannot be read).
+/// How long a count of the process's descriptors is reused: a leader of 100,000 agents has as many entries
+/// in `/proc/self/fd`, and `/metrics` and every `ClusterInfo` call ask for the count on an API thread.
+pub const OPEN_FILES_FRESH: Duration = Duration::from_secs(1);
+
+/// File descriptors the process holds (entries of `/proc/self/fd`, counted at most every
+/// [`OPEN_FILES_FRESH`]; `None` where that cannot be read, e.g. with every descriptor taken).
 pub fn open_files() -> Option<u64> {
-    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64)
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, u64)>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, n)) = *last
+        && at.elapsed() < OPEN_FILES_FRESH
+    {
+        return Some(n);
+    }
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    *last = Some((std::time::Instant::now(), n));
+    Some(n)
 }
 
 /// Raise the soft open-files limit to the hard one (a soft limit of 1,024 is still common, and the master
@@ -206,6 +220,25 @@ mod tests {
         assert_eq!(open_files_limit(), Some(soft));
         assert_eq!(raise_open_files_limit().expect("again"), (soft, hard));
         assert!(open_files().is_some_and(|n| n > 0 && n <= soft));
+    }
+
+    /// The count is reused for [`OPEN_FILES_FRESH`], then read again: a file opened meanwhile shows after.
+    #[test]
+    fn the_open_files_count_is_reused_for_a_second_then_counted_again() {
+        let t = std::time::Instant::now();
+        let first = open_files().expect("count");
+        let extra: Vec<std::fs::File> =
+            (0..200).map(|_| std::fs::File::open("/proc/self/stat").expect("open")).collect();
+        let reused = open_files().expect("count");
+        // Unless this thread stalled past the freshness bound, the second call did not count again.
+        if t.elapsed() < OPEN_FILES_FRESH / 2 {
+            assert_eq!(reused, first, "counted again within {OPEN_FILES_FRESH:?}");
+        }
+        std::thread::sleep(OPEN_FILES_FRESH + Duration::from_millis(50));
+        let after = open_files().expect("count");
+        // Other tests of this process (`cargo test` runs them as threads) may close a few files meanwhile.
+        assert!(after >= first + 100, "{first} then {after} with 200 more open");
+        drop(extra);
     }
 
     /// Every accepted connection has Nagle's algorithm off, on the tonic stream and the axum listener alike
