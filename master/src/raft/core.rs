@@ -831,10 +831,17 @@ impl<F: Fsm> Core<F> {
         for m in rd.take_messages() {
             send(m);
         }
-        // 2-5. Snapshot, committed entries, new entries, HardState: one write transaction, one fsync.
+        // 2-5. Snapshot, committed entries, new entries, HardState: one write transaction, one fsync when
+        // raft needs one (`must_sync`: entries, a snapshot, a new term or vote; newly seen peers too). A
+        // Ready that only moves the commit index and applies is committed without an fsync: see
+        // [`lazy_durability`].
+        let durable = rd.must_sync() || !self.seen_unpersisted.is_empty();
         let mut done = Vec::new();
         let res = guard("the Ready's write transaction", || {
-            let txn = self.db.begin_write()?;
+            let mut txn = self.db.begin_write()?;
+            if !durable {
+                lazy_durability(&mut txn)?;
+            }
             let mut install = None;
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot();
@@ -863,7 +870,11 @@ impl<F: Fsm> Core<F> {
             txn.commit()?;
             let took = t.elapsed();
             self.work.commit += took;
-            super::fsync_stats::FSYNC.observe(took);
+            if durable {
+                super::fsync_stats::FSYNC.observe(took);
+            } else {
+                super::fsync_stats::TURNS.lazy_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some((started, size, flushes)) = install {
                 let now = self.restore_flush.as_ref().map_or(0, Flusher::flushes);
                 super::fsync_stats::SNAPSHOTS.installed(size, started.elapsed(), now - flushes);
@@ -905,7 +916,9 @@ impl<F: Fsm> Core<F> {
         }
         if commit.is_some() || !committed.is_empty() {
             let res = guard("the LightReady's write transaction", || {
-                let txn = self.db.begin_write()?;
+                // A commit index and committed entries only: never what raft needs durable.
+                let mut txn = self.db.begin_write()?;
+                lazy_durability(&mut txn)?;
                 if let Some(c) = commit {
                     self.raw.mut_store().set_commit(&txn, c)?;
                 }
@@ -913,6 +926,7 @@ impl<F: Fsm> Core<F> {
                 let t = std::time::Instant::now();
                 txn.commit()?;
                 self.work.commit += t.elapsed();
+                super::fsync_stats::TURNS.lazy_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             });
             if let Err(e) = res {
@@ -1364,6 +1378,18 @@ fn fsm_store_err(e: FsmError) -> StoreError {
         FsmError::Corrupt(m) => StoreError::Damaged(format!("fsm: {m}")),
         e => StoreError::Invariant(format!("fsm: {e}")),
     }
+}
+
+/// Commit `txn` without an fsync (redb `Durability::None`): for a write that holds only a commit index
+/// and applied entries, which raft does not need durable (raft-rs `Ready::must_sync`, etcd's `MustSync`).
+/// redb keeps commits in order and a later durable commit (the next Ready with entries, a term or a vote)
+/// persists every commit before it, so the file after a crash is always some earlier commit of the
+/// sequence: the applied index, the commit index and the state machine's tables of one moment, never
+/// ahead of the durable log. A member that loses such commits applies those entries again from its log
+/// at start (the same bytes give the same outcome); every acknowledged entry is in the logs of a
+/// majority before it is applied anywhere, so an acknowledgement never depends on it.
+fn lazy_durability(txn: &mut WriteTransaction) -> Result<(), StoreError> {
+    txn.set_durability(redb::Durability::None).map_err(|e| StoreError::from(redb::Error::from(e)))
 }
 
 #[cfg(test)]

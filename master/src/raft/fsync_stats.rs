@@ -235,6 +235,9 @@ pub struct TurnStats {
     /// Appends with entries this member dropped while its NOSPACE alarm was up
     /// (`core::Core::set_short_of_disk`).
     pub appends_refused_nospace: AtomicU64,
+    /// Write transactions of the loop committed without an fsync (a commit index and applied entries
+    /// only: `core::lazy_durability`).
+    pub lazy_commits: AtomicU64,
 }
 
 pub static TURNS: TurnStats = TurnStats::new();
@@ -265,6 +268,7 @@ impl TurnStats {
             late_max_ms: AtomicU64::new(0),
             prevotes_held_off: AtomicU64::new(0),
             appends_refused_nospace: AtomicU64::new(0),
+            lazy_commits: AtomicU64::new(0),
         }
     }
 
@@ -317,6 +321,12 @@ impl TurnStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
             ("raft_turns_over_250ms", "Raft loop turns that took over 250 ms", l(&self.over_250ms), true),
+            (
+                "raft_lazy_commits",
+                "Raft loop write transactions committed without an fsync (commit index and applied entries only)",
+                l(&self.lazy_commits),
+                true,
+            ),
             (
                 "raft_turns_over_1s",
                 "Raft loop turns that took over 1 s (peers unanswered past the election timeout)",

@@ -51,8 +51,16 @@ impl Fsm for RecordingFsm {
     }
 }
 
-fn open_master(id: NodeId, dir: &Path, voters: &[NodeId], log: &EntryLog, knows: u32) -> Core<RecordingFsm> {
-    let (_db, st) = super::open_store::<RecordingFsm>(dir, id, voters);
+type Disk = Arc<Mutex<Platter>>;
+
+fn open_master(
+    id: NodeId,
+    (dir, disk): (&Path, &Disk),
+    voters: &[NodeId],
+    log: &EntryLog,
+    knows: u32,
+) -> Core<RecordingFsm> {
+    let (_db, st) = super::open_store_on::<RecordingFsm>(disk, dir, id, voters);
     let inner = MasterFsm::new(Policy::default()).0.knowing_command_version(knows);
     let fsm = RecordingFsm { inner, log: log.clone() };
     // Snapshot every 3 entries: a member that missed a few is caught up by a snapshot install.
@@ -73,6 +81,8 @@ struct MasterSim {
     seed: u64,
     rng: StdRng,
     dirs: Vec<PathBuf>,
+    /// Each member's database file.
+    disks: Vec<Disk>,
     nodes: Vec<Option<Core<RecordingFsm>>>,
     net: Vec<Message>,
     cut: BTreeSet<(NodeId, NodeId)>,
@@ -97,18 +107,20 @@ impl MasterSim {
         let tmp = tempfile::Builder::new().prefix("huatuo-msim").tempdir().expect("tempdir");
         let log = EntryLog::default();
         let dirs: Vec<PathBuf> = IDS.iter().map(|id| tmp.path().join(format!("n{id}"))).collect();
+        let disks: Vec<Disk> = IDS.iter().map(|_| Disk::default()).collect();
         let nodes = IDS
             .iter()
             .zip(&dirs)
             .map(|(id, d)| {
                 std::fs::create_dir_all(d).expect("mkdir");
-                Some(open_master(*id, d, &IDS, &log, COMMAND_VERSION))
+                Some(open_master(*id, (d, &disks[(*id - 1) as usize]), &IDS, &log, COMMAND_VERSION))
             })
             .collect();
         MasterSim {
             seed,
             rng: StdRng::seed_from_u64(seed),
             dirs,
+            disks,
             nodes,
             net: Vec::new(),
             cut: BTreeSet::new(),
@@ -205,11 +217,28 @@ impl MasterSim {
                     self.ready(j);
                 }
             }
-            85..87 => self.nodes[i] = None,
+            85..87 => {
+                // Half the crashes cut the power: what was not synced (commits without an fsync) is lost.
+                let power_cut = self.rng.random_bool(0.5);
+                let disk = self.disks[i].clone();
+                if power_cut {
+                    disk.lock().unwrap_or_else(|p| p.into_inner()).power_off();
+                }
+                // Not under the platter's lock: redb's close writes through it (landing nowhere after a cut).
+                self.nodes[i] = None;
+                if power_cut {
+                    disk.lock().unwrap_or_else(|p| p.into_inner()).power_on();
+                }
+            }
             87..91 => {
                 if self.nodes[i].is_none() {
-                    self.nodes[i] =
-                        Some(open_master(IDS[i], &self.dirs[i], &IDS, &self.log, COMMAND_VERSION));
+                    self.nodes[i] = Some(open_master(
+                        IDS[i],
+                        (&self.dirs[i], &self.disks[i]),
+                        &IDS,
+                        &self.log,
+                        COMMAND_VERSION,
+                    ));
                 }
             }
             91..93 => {
@@ -240,7 +269,8 @@ impl MasterSim {
         self.cut.clear();
         for (i, id) in IDS.iter().enumerate() {
             if self.nodes[i].is_none() {
-                self.nodes[i] = Some(open_master(*id, &self.dirs[i], &IDS, &self.log, COMMAND_VERSION));
+                self.nodes[i] =
+                    Some(open_master(*id, (&self.dirs[i], &self.disks[i]), &IDS, &self.log, COMMAND_VERSION));
             }
         }
         // Entries proposed after the heal (on top of the chaos phase's): enough state for the checks to bite.
@@ -373,7 +403,8 @@ fn master_fsm_replicas_agree_with_the_memory_decider_and_keep_watch_history() {
 fn an_old_member_stops_at_a_newer_entry_and_resumes_after_upgrade() {
     let tmp = tempfile::tempdir().expect("tmp");
     let log = EntryLog::default();
-    let open = |knows: u32| open_master(1, tmp.path(), &[1], &log, knows);
+    let disk = Disk::default();
+    let open = |knows: u32| open_master(1, (tmp.path(), &disk), &[1], &log, knows);
     let mut c = open(1);
     c.raw.campaign().expect("campaign");
     let drive = |c: &mut Core<RecordingFsm>| -> Result<(), RaftError> {
