@@ -322,6 +322,22 @@ impl LocalCluster {
         }
     }
 
+    /// Stop node `id` in order (SIGTERM) and reap it: its store closed cleanly, everything it applied on
+    /// disk. SIGKILL after `within` if it has not exited by then. Returns how it ended.
+    pub fn stop(&mut self, id: u64, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        self.terminate(id).ok()?;
+        let deadline = std::time::Instant::now() + within;
+        let mut c = self.children.remove(&id)?;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
     /// Send SIGTERM to node `id` (an orderly shutdown); see [`LocalCluster::exited`] for its end.
     pub fn terminate(&self, id: u64) -> std::io::Result<()> {
         let Some(c) = self.children.get(&id) else {

@@ -108,6 +108,10 @@ pub struct MasterFsm {
     archive: Option<crate::archive::Feed>,
     /// The transaction being built changed the catalog counter: `catalog_generation` moves at its commit.
     catalog_moved: bool,
+    /// The transaction being built changed `min_command_version`: it is committed with an fsync, so that a
+    /// member that crashes after it and is restarted as an older binary (a rollback's second step) never
+    /// has to apply the newer entries before it again.
+    version_moved: bool,
 }
 
 /// The oldest revision the change log keeps after reaching `revision` (None: nothing to drop yet).
@@ -130,6 +134,7 @@ impl MasterFsm {
                 request_keys: MAX_REQUEST_KEYS,
                 archive: None,
                 catalog_moved: false,
+                version_moved: false,
             },
             rx,
         )
@@ -206,6 +211,7 @@ impl MasterFsm {
         let mut d = decide_entry_limited(&*tables, &self.policy, env.now_ms, env.cmds, self.request_keys)?;
         tables.write(&d, self.changelog)?;
         self.catalog_moved |= d.writes.meta.contains_key(META_CATALOG_REV);
+        self.version_moved |= self.stats.min_command_version.load(Ordering::Relaxed) != d.min_command_version;
         self.count(&d);
         if let Some(feed) = &self.archive
             && !d.archive.is_empty()
@@ -370,5 +376,9 @@ impl crate::raft::Fsm for MasterFsm {
 
     fn after_commit(&mut self) {
         self.committed();
+    }
+
+    fn wants_durable(&mut self) -> bool {
+        std::mem::take(&mut self.version_moved)
     }
 }

@@ -832,16 +832,13 @@ impl<F: Fsm> Core<F> {
             send(m);
         }
         // 2-5. Snapshot, committed entries, new entries, HardState: one write transaction, one fsync when
-        // raft needs one (`must_sync`: entries, a snapshot, a new term or vote; newly seen peers too). A
-        // Ready that only moves the commit index and applies is committed without an fsync: see
-        // [`lazy_durability`].
-        let durable = rd.must_sync() || !self.seen_unpersisted.is_empty();
+        // raft needs one (`must_sync`: entries, a snapshot, a new term or vote; newly seen peers too) or
+        // the state machine asks for one (`Fsm::wants_durable`). A Ready that only moves the commit index
+        // and applies is committed without an fsync otherwise: see [`lazy_durability`].
+        let mut durable = rd.must_sync() || !self.seen_unpersisted.is_empty();
         let mut done = Vec::new();
         let res = guard("the Ready's write transaction", || {
             let mut txn = self.db.begin_write()?;
-            if !durable {
-                lazy_durability(&mut txn)?;
-            }
             let mut install = None;
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot();
@@ -865,6 +862,10 @@ impl<F: Fsm> Core<F> {
             if !self.seen_unpersisted.is_empty() {
                 let seen = std::mem::take(&mut self.seen_unpersisted);
                 self.raw.mut_store().add_seen(&txn, &seen)?;
+            }
+            durable |= self.fsm.wants_durable();
+            if !durable {
+                lazy_durability(&mut txn)?;
             }
             let t = std::time::Instant::now();
             txn.commit()?;
@@ -918,15 +919,23 @@ impl<F: Fsm> Core<F> {
             let res = guard("the LightReady's write transaction", || {
                 // A commit index and committed entries only: never what raft needs durable.
                 let mut txn = self.db.begin_write()?;
-                lazy_durability(&mut txn)?;
                 if let Some(c) = commit {
                     self.raw.mut_store().set_commit(&txn, c)?;
                 }
                 self.apply_entries(&txn, committed, &mut done)?;
+                let durable = self.fsm.wants_durable();
+                if !durable {
+                    lazy_durability(&mut txn)?;
+                }
                 let t = std::time::Instant::now();
                 txn.commit()?;
-                self.work.commit += t.elapsed();
-                super::fsync_stats::TURNS.lazy_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let took = t.elapsed();
+                self.work.commit += took;
+                if durable {
+                    super::fsync_stats::FSYNC.observe(took);
+                } else {
+                    super::fsync_stats::TURNS.lazy_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(())
             });
             if let Err(e) = res {

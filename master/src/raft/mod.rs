@@ -140,9 +140,17 @@ pub trait Fsm: Send + 'static {
     /// `snap` can be opened more than once (check everything, then replace); its bytes are what
     /// `write_snapshot` wrote, read from a file chunk by chunk (damaged bytes read as `InvalidData`).
     fn restore(&mut self, txn: &redb::WriteTransaction, snap: &dyn SnapshotSource) -> Result<(), FsmError>;
-    /// Called after each write transaction that applied entries has been committed (fsync'd): the place to
-    /// notify watchers of changes buffered during apply(). Default: nothing.
+    /// Called after each write transaction that applied entries has been committed: the place to notify
+    /// watchers of changes buffered during apply(). Default: nothing.
     fn after_commit(&mut self) {}
+    /// Whether what was applied since the last commit must be made durable by this commit (an fsync) even
+    /// though raft does not need it: asked once per commit, after applying and before committing; answering
+    /// true is taken as done. The loop otherwise commits a commit index and applied entries without an
+    /// fsync, and a crash can take the state back to an earlier commit, whose entries are applied again
+    /// at start. Default: never.
+    fn wants_durable(&mut self) -> bool {
+        false
+    }
 }
 
 /// How to run one member.
