@@ -323,7 +323,8 @@ impl LocalCluster {
     }
 
     /// Stop node `id` in order (SIGTERM) and reap it: its store closed cleanly, everything it applied on
-    /// disk. SIGKILL after `within` if it has not exited by then. Returns how it ended.
+    /// disk. SIGKILL after `within` if it has not exited by then. Returns how it ended; `None` when it was not
+    /// running or could not be signalled.
     pub fn stop(&mut self, id: u64, within: std::time::Duration) -> Option<std::process::ExitStatus> {
         self.terminate(id).ok()?;
         let deadline = std::time::Instant::now() + within;

@@ -835,10 +835,10 @@ impl<F: Fsm> Core<F> {
         // raft needs one (`must_sync`: entries, a snapshot, a new term or vote; newly seen peers too) or
         // the state machine asks for one (`Fsm::wants_durable`). A Ready that only moves the commit index
         // and applies is committed without an fsync otherwise: see [`lazy_durability`].
-        let mut durable = rd.must_sync() || !self.seen_unpersisted.is_empty();
+        let durable = rd.must_sync() || !self.seen_unpersisted.is_empty();
         let mut done = Vec::new();
         let res = guard("the Ready's write transaction", || {
-            let mut txn = self.db.begin_write()?;
+            let txn = self.db.begin_write()?;
             let mut install = None;
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot();
@@ -863,19 +863,7 @@ impl<F: Fsm> Core<F> {
                 let seen = std::mem::take(&mut self.seen_unpersisted);
                 self.raw.mut_store().add_seen(&txn, &seen)?;
             }
-            durable |= self.fsm.wants_durable();
-            if !durable {
-                lazy_durability(&mut txn)?;
-            }
-            let t = std::time::Instant::now();
-            txn.commit()?;
-            let took = t.elapsed();
-            self.work.commit += took;
-            if durable {
-                super::fsync_stats::FSYNC.observe(took);
-            } else {
-                super::fsync_stats::TURNS.lazy_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            self.commit_txn(txn, durable)?;
             if let Some((started, size, flushes)) = install {
                 let now = self.restore_flush.as_ref().map_or(0, Flusher::flushes);
                 super::fsync_stats::SNAPSHOTS.installed(size, started.elapsed(), now - flushes);
@@ -918,25 +906,12 @@ impl<F: Fsm> Core<F> {
         if commit.is_some() || !committed.is_empty() {
             let res = guard("the LightReady's write transaction", || {
                 // A commit index and committed entries only: never what raft needs durable.
-                let mut txn = self.db.begin_write()?;
+                let txn = self.db.begin_write()?;
                 if let Some(c) = commit {
                     self.raw.mut_store().set_commit(&txn, c)?;
                 }
                 self.apply_entries(&txn, committed, &mut done)?;
-                let durable = self.fsm.wants_durable();
-                if !durable {
-                    lazy_durability(&mut txn)?;
-                }
-                let t = std::time::Instant::now();
-                txn.commit()?;
-                let took = t.elapsed();
-                self.work.commit += took;
-                if durable {
-                    super::fsync_stats::FSYNC.observe(took);
-                } else {
-                    super::fsync_stats::TURNS.lazy_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok(())
+                self.commit_txn(txn, false)
             });
             if let Err(e) = res {
                 self.raw.mut_store().abort_staged();
@@ -950,6 +925,26 @@ impl<F: Fsm> Core<F> {
         self.after_ready();
         if let Err(e) = self.maybe_snapshot() {
             return Err(self.set_fatal(&e));
+        }
+        Ok(())
+    }
+
+    /// Commit one of the loop's write transactions: with an fsync when `durable` (raft needs it) or the
+    /// state machine asks for one (`Fsm::wants_durable`), else without (see [`lazy_durability`]). The
+    /// commit's time counts in the turn; durable commits go to the fsync histogram, the others are counted.
+    fn commit_txn(&mut self, mut txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
+        let durable = self.fsm.wants_durable() || durable;
+        if !durable {
+            lazy_durability(&mut txn)?;
+        }
+        let t = std::time::Instant::now();
+        txn.commit()?;
+        let took = t.elapsed();
+        self.work.commit += took;
+        if durable {
+            super::fsync_stats::FSYNC.observe(took);
+        } else {
+            super::fsync_stats::TURNS.lazy_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }

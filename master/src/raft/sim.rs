@@ -127,7 +127,6 @@ pub(crate) struct Platter {
     /// Byte ranges of `live` written since the last sync.
     dirty: Vec<(usize, usize)>,
     generation: u64,
-    syncs: u64,
 }
 
 impl Platter {
@@ -194,7 +193,6 @@ impl redb::StorageBackend for PowerCutBackend {
                     durable[at..end].copy_from_slice(&live[at..end]);
                 }
             }
-            d.syncs += 1;
         }
         Ok(())
     }
