@@ -465,7 +465,7 @@ fn recount_if_missing(db: &redb::Database) -> Result<u64, StoreError> {
     if !crate::fsm::counts::needs_recount(&db.begin_read()?)? {
         return Ok(0);
     }
-    let txn = db.begin_write()?;
+    let txn = crate::raft::begin_durable(db)?;
     let objects = crate::fsm::counts::recount_store(&txn)?;
     txn.commit()?;
     tracing::warn!(
@@ -513,7 +513,7 @@ fn rewrite_all(txn: &WriteTransaction, rewrite: Rewrite<'_>) -> Result<u64, Stor
 /// Seal every value of a format-1 store and move its counters to [`META`]. Holds one table's rows in
 /// memory at a time (the migration runs once per store).
 fn upgrade(db: &redb::Database) -> Result<(), StoreError> {
-    let txn = db.begin_write()?;
+    let txn = crate::raft::begin_durable(db)?;
     let mut rows = 0u64;
     {
         let legacy: Vec<(String, u64)> = match txn.open_table(LEGACY_META) {
@@ -541,7 +541,7 @@ fn upgrade(db: &redb::Database) -> Result<(), StoreError> {
 /// Reseal every record whose frame does not cover its key (format 2) with its key, in one transaction;
 /// returns how many. Each is verified first: a damaged one stops the open (never resealed as if good).
 fn reseal_with_keys(db: &redb::Database) -> Result<u64, StoreError> {
-    let txn = db.begin_write()?;
+    let txn = crate::raft::begin_durable(db)?;
     let rows = rewrite_all(&txn, &|table, v| {
         if !checksum::is_unkeyed(v) {
             return Ok(None);

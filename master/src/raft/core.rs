@@ -934,7 +934,9 @@ impl<F: Fsm> Core<F> {
     /// commit's time counts in the turn; durable commits go to the fsync histogram, the others are counted.
     fn commit_txn(&mut self, mut txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
         let durable = self.fsm.wants_durable() || durable;
-        if !durable {
+        if durable {
+            super::storage::set_two_phase(&mut txn);
+        } else {
             lazy_durability(&mut txn)?;
         }
         let t = std::time::Instant::now();
@@ -1166,7 +1168,7 @@ impl<F: Fsm> Core<F> {
         }
         let started = std::time::Instant::now();
         let res = guard("compaction", || {
-            let txn = self.db.begin_write()?;
+            let txn = super::storage::begin_durable(&self.db)?;
             let reached = self.raw.mut_store().compact_log(&txn, target, COMPACT_STEP_BYTES)?;
             txn.commit()?;
             Ok(reached)
@@ -1261,7 +1263,7 @@ impl<F: Fsm> Core<F> {
             return Ok(());
         }
         let res = guard("recording a snapshot file", || {
-            let txn = self.db.begin_write()?;
+            let txn = super::storage::begin_durable(&self.db)?;
             self.raw.mut_store().record_file(&txn, b.index, b.term, &b.file)?;
             txn.commit()?;
             Ok(())

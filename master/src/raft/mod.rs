@@ -30,6 +30,7 @@ pub use self::node::{
     TableUsage, VerifyReport, compact_data_dir, compact_data_dir_at_most, storage_usage, storage_usage_of,
     verify_data_dir,
 };
+pub use self::storage::begin_durable;
 pub use self::transport::{PeerService, TransportError};
 /// The peer transport's counters and switch (`/metrics`, tests).
 pub mod peer_streams {

@@ -318,12 +318,25 @@ pub fn db_path(dir: &Path) -> PathBuf {
 /// Opens (or creates) `path` with redb's integrity check: every page checksum of the committed trees is
 /// verified, so a file altered outside redb is refused here instead of panicking later in a read.
 fn open_verified(path: &Path, cache_bytes: usize) -> Result<Database, RaftError> {
-    let opened = std::panic::catch_unwind(|| {
+    open_checked(path, cache_bytes, |b| b.create(path))
+}
+
+/// Opens a member's database as every member does (redb's integrity check on, the cache sized), `open`
+/// making it from the builder (a file, or in tests a simulated disk); `path` names it in errors. A file
+/// whose newest durable commit fails its checksums is refused here, also after an unclean end: every
+/// durable commit is two-phase ([`super::storage::begin_durable`]), so redb does not fall back to the
+/// commit before it.
+pub(crate) fn open_checked(
+    path: &Path,
+    cache_bytes: usize,
+    open: impl FnOnce(&mut redb::Builder) -> Result<Database, redb::DatabaseError>,
+) -> Result<Database, RaftError> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut b = Database::builder();
         b.set_check_integrity_on_open(true);
         b.set_cache_size(cache_bytes.max(super::MIN_CACHE_BYTES));
-        b.create(path)
-    });
+        open(&mut b)
+    }));
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(m)))) => {
@@ -661,7 +674,7 @@ impl<F: Fsm> Launch<F> {
     fn bootstrap(&mut self, voters: &[NodeId]) -> Result<(), RaftError> {
         let db = self.storage.db().clone();
         let (file, _hold) = bootstrap_snapshot::<F>(&db, self.storage.snap_dir()).map_err(storage_err)?;
-        let txn = db.begin_write().map_err(|e| storage_err(e.into()))?;
+        let txn = super::storage::begin_durable(&db).map_err(|e| storage_err(e.into()))?;
         self.storage.bootstrap(&txn, self.shared.id, voters, &file).map_err(storage_err)?;
         txn.commit().map_err(|e| storage_err(e.into()))?;
         self.storage.commit_staged();
@@ -777,7 +790,7 @@ impl RaftNode {
                 }
             }
             Found::Empty if cfg.join => {
-                let txn = db.begin_write().map_err(|e| storage_err(e.into()))?;
+                let txn = super::storage::begin_durable(&db).map_err(|e| storage_err(e.into()))?;
                 storage.init_joining(&txn, cfg.id).map_err(storage_err)?;
                 txn.commit().map_err(|e| storage_err(e.into()))?;
                 storage.commit_staged();

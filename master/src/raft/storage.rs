@@ -133,6 +133,26 @@ fn u64_from(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
     Ok(u64::from_le_bytes(arr))
 }
 
+/// A write transaction on a member's database (`raft.redb`) whose commit is durable and two-phase: redb
+/// writes and fsyncs the transaction's pages, then the header that names them, and fsyncs again. With a
+/// one-phase commit (redb's default) the header goes out with the pages and, after an unclean end (kill -9,
+/// power loss), redb checks the newest commit's pages on open and takes the commit before it when they fail
+/// their checksums: right for a commit torn by the crash, wrong for one damaged after its fsync returned,
+/// whose loss (an appended entry this member acknowledged) would then go unnoticed. After a two-phase
+/// commit a damaged newest commit is refused instead ("Primary is corrupted despite 2-phase commit"), and
+/// the member stops as a corrupt replica. Every durable commit of the file goes through here or through
+/// [`set_two_phase`]; commits without an fsync (`Durability::None`) are never the one redb trusts.
+pub fn begin_durable(db: &Database) -> Result<WriteTransaction, redb::TransactionError> {
+    let mut txn = db.begin_write()?;
+    set_two_phase(&mut txn);
+    Ok(txn)
+}
+
+/// Makes `txn`'s commit two-phase (see [`begin_durable`]).
+pub fn set_two_phase(txn: &mut WriteTransaction) {
+    txn.set_two_phase_commit(true);
+}
+
 /// Verifies a sealed value read from `what` (a table and key, for the error).
 fn unseal<'a>(bytes: &'a [u8], what: &dyn std::fmt::Display) -> Result<&'a [u8], StoreError> {
     checksum::open(bytes).map_err(|e| StoreError::Damaged(format!("{what}: {e}")))
@@ -258,7 +278,7 @@ impl RedbStorage {
                 .map_err(|e| StoreError::File(format!("migrating the snapshot: {e}")))?;
             let (desc, hold) = w.finish()?;
             _migrated = Some(hold);
-            let txn = self.db.begin_write()?;
+            let txn = begin_durable(&self.db)?;
             put_meta(&mut txn.open_table(META)?, K_SNAP_FILE, &desc.encode())?;
             txn.open_table(SNAPSHOT)?.remove(K_SNAP_DATA)?;
             txn.commit()?;
@@ -832,7 +852,7 @@ fn needs_upgrade(db: &Database) -> Result<bool, StoreError> {
 
 /// Seals every raft record of a version-1 store in one transaction (all or nothing) and marks it FORMAT.
 fn upgrade(db: &Database) -> Result<(), StoreError> {
-    let txn = db.begin_write()?;
+    let txn = begin_durable(db)?;
     {
         let mut meta = txn.open_table(META)?;
         let old: Vec<(String, Vec<u8>)> = meta
