@@ -241,24 +241,74 @@ impl<'v> Decider<'v> {
         Ok(rec)
     }
 
+    /// The object a finding updates, moved out of where this entry sees it (its writes, its cached read, or
+    /// the store) instead of copied as [`Decider::load`] copies it: with what the accounting of its write
+    /// needs of this version ([`Taken`]). The caller writes it back with [`Decider::save_taken`], or hands
+    /// it back unchanged with [`Decider::untake`]. `None` (nothing moved) when the object does not exist.
+    /// Under load a record's copy was a tenth of a member's Raft thread (batched findings: every further
+    /// finding about an object in the same entry copied the whole record, its evidence included).
+    pub(super) fn take(&mut self, id: &str) -> Result<Option<(ObjectRecord, Taken)>, StoreError> {
+        let (rec, written) = if let Some(r) = self.w.objects.remove(id) {
+            (r, true)
+        } else {
+            match self.seen.remove(id) {
+                Some(Some(r)) => (r, false),
+                Some(None) => {
+                    self.seen.insert(id.to_string(), None);
+                    return Ok(None);
+                }
+                None => match self.view.object(id)? {
+                    Some(r) => (Box::new(r), false),
+                    None => {
+                        self.seen.insert(id.to_string(), None);
+                        return Ok(None);
+                    }
+                },
+            }
+        };
+        let prev = core_of(&rec);
+        Ok(Some((*rec, Taken { prev, written })))
+    }
+
+    /// Hand back a record [`Decider::take`] moved out, unchanged, where this entry sees it.
+    pub(super) fn untake(&mut self, rec: ObjectRecord, taken: Taken) {
+        let id = rec.id.as_str().to_owned();
+        if taken.written {
+            self.w.objects.insert(id, Box::new(rec));
+        } else {
+            self.seen.insert(id, Some(Box::new(rec)));
+        }
+    }
+
     /// Write an object, keeping the per-scope population counters, the (kind, state) counts and the ticket
     /// queue exact.
     /// Takes the record and the previous one it replaces by value: an object carries up to 256 history
     /// entries, and cloning both on every finding was a tenth of the leader's Raft thread under load.
     pub(super) fn save(&mut self, rec: ObjectRecord) -> Result<(), StoreError> {
-        let id = rec.id.as_str().to_owned();
+        let id = rec.id.as_str();
         // The previous version is not needed once replaced: this entry's write, else the cached read (once
         // written, `load` answers from the writes, never from `seen`), else the store.
-        let prev = match self.w.objects.remove(&id) {
+        let prev = match self.w.objects.remove(id) {
             Some(p) => Some(p),
-            None => match self.seen.remove(&id) {
+            None => match self.seen.remove(id) {
                 Some(p) => p,
-                None => self.view.object(&id)?.map(Box::new),
+                None => self.view.object(id)?.map(Box::new),
             },
         };
-        self.account(prev.as_deref(), Some(&rec))?;
-        self.count_record(prev.as_deref(), Some(&rec))?;
-        if prev.as_deref().is_none_or(|p| p.sm != rec.sm || p.labels != rec.labels) {
+        self.write_over(rec, prev.as_deref())
+    }
+
+    /// [`Decider::save`] of a record [`Decider::take`] moved out (`None`: a new object), against the version
+    /// it took.
+    pub(super) fn save_taken(&mut self, rec: ObjectRecord, taken: Option<Taken>) -> Result<(), StoreError> {
+        self.write_over(rec, taken.as_ref().map(|t| &t.prev))
+    }
+
+    fn write_over(&mut self, rec: ObjectRecord, prev: Option<&ObjectRecord>) -> Result<(), StoreError> {
+        let id = rec.id.as_str().to_owned();
+        self.account(prev, Some(&rec))?;
+        self.count_record(prev, Some(&rec))?;
+        if prev.is_none_or(|p| p.sm != rec.sm || p.labels != rec.labels) {
             self.core_changed.insert(id.clone());
         }
         self.w.objects.insert(id, Box::new(rec));
@@ -523,5 +573,30 @@ pub(super) fn history(
         to_state: String::new(),
         cause,
         detail,
+    }
+}
+
+/// What [`Decider::take`] keeps of the version of an object it moved out: the parts the accounting of its
+/// write reads (its id, state machine and labels; the rest at their defaults), and whether it came from
+/// this entry's writes.
+pub(super) struct Taken {
+    prev: ObjectRecord,
+    written: bool,
+}
+
+/// `rec`'s id, state machine and labels, the rest at their defaults: all that [`Decider::save`]'s
+/// accounting (`account`, `count_record`, the core-changed hint) reads of the version a write replaces.
+fn core_of(rec: &ObjectRecord) -> ObjectRecord {
+    ObjectRecord {
+        id: rec.id.clone(),
+        sm: rec.sm.clone(),
+        labels: rec.labels.clone(),
+        attributes: Default::default(),
+        evidence: Default::default(),
+        revision: rec.revision,
+        created_ms: rec.created_ms,
+        history_next: rec.history_next,
+        history_compacted: rec.history_compacted,
+        findings_seen: rec.findings_seen,
     }
 }

@@ -166,14 +166,19 @@ impl Decider<'_> {
             }
             return Ok(r);
         }
-        let mut rec = match self.load(&id)? {
-            Some(r) => r,
-            None => self.new_record(&f.object),
+        let (mut rec, taken) = match self.take(&id)? {
+            Some((r, t)) => (r, Some(t)),
+            None => (self.new_record(&f.object), None),
         };
         let input = Input::Finding(f);
         let out = match sm_seam::step(&rec.sm, &input, self.now, self.policy, self.rules()) {
             Ok(out) => out,
-            Err(e) => return Ok(Err((sm_seam::step_error_code(&e), e.to_string()))),
+            Err(e) => {
+                if let Some(t) = taken {
+                    self.untake(rec, t);
+                }
+                return Ok(Err((sm_seam::step_error_code(&e), e.to_string())));
+            }
         };
         let Input::Finding(f) = &input else { unreachable!("constructed above") };
         let detail = finding_detail(f);
@@ -195,7 +200,7 @@ impl Decider<'_> {
         // finding moves into the record instead of being copied.
         let Input::Finding(f) = input else { unreachable!("constructed above") };
         rec.evidence.insert(f.checker.clone(), f);
-        self.save(rec)?;
+        self.save_taken(rec, taken)?;
         Ok(Ok(transitioned))
     }
 

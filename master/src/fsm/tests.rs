@@ -549,3 +549,59 @@ fn a_batch_stops_at_an_entry_that_stops_the_node() {
     assert!(out[0].is_ok());
     assert!(matches!(out[1], Err(crate::raft::FsmError::TooNew(_))), "{:?}", out[1]);
 }
+
+/// A finding the state machine refuses, between findings about the same object in one entry, leaves the
+/// object as the findings before it wrote it: each finding moves the record out of the entry's writes
+/// (`Decider::take`, no copy) and a refused one hands it back. The record and the counters come out as
+/// when the refused finding is not sent at all.
+#[test]
+fn a_refused_finding_between_findings_about_one_object_keeps_what_the_earlier_ones_wrote() {
+    let register = Command::Register {
+        agent: "agent-1".into(),
+        host: "h1".into(),
+        objects: vec![Registration {
+            id: "disk/h1/sda".parse().expect("id"),
+            attributes: [("serial".to_string(), "S-1".to_string())].into_iter().collect(),
+            labels: [("rack".to_string(), "r1".to_string())].into_iter().collect(),
+        }],
+    };
+    let mut refused = finding("disk/h1/sda", Severity::Warning, 3);
+    refused.checker = String::new();
+    let mut kernel = finding("disk/h1/sda", Severity::Fatal, 4);
+    kernel.checker = "kernel-log".into();
+    let good = finding("disk/h1/sda", Severity::Good, 2);
+    let run = |findings: Vec<Finding>| {
+        let mut h = Harness::new();
+        h.apply(1000, vec![register.clone()]);
+        // Twice: first the object comes from the store, then (same entry) from the entry's own writes.
+        let mut all = findings.clone();
+        all.extend(findings.into_iter().map(|mut f| {
+            f.time_ms += 10;
+            f
+        }));
+        let r = h.apply(1000, vec![ingest("", 0, all)]);
+        let rec = h.reader().object("disk/h1/sda").expect("read").expect("exists");
+        let counts = {
+            let r = h.reader();
+            let mut c: BTreeMap<String, u64> =
+                r.counts(crate::fsm::counts::FLEET).expect("counts").into_iter().collect();
+            c.extend(r.counts(crate::fsm::counts::SCOPE).expect("counts"));
+            c
+        };
+        (r, rec, counts, h.events(1).len())
+    };
+    let (with, rec, counts, events) = run(vec![good.clone(), refused, kernel.clone()]);
+    let (without, want_rec, want_counts, want_events) = run(vec![good, kernel]);
+    assert!(
+        with.results[0].error.is_some() || with.results[0].applied < 6,
+        "the empty checker is refused: {with:?}"
+    );
+    assert_eq!(rec.findings_seen, 4);
+    assert!(
+        rec.evidence.get("smart").expect("decodes").is_some()
+            && rec.evidence.get("kernel-log").expect("decodes").is_some()
+    );
+    assert_eq!(rec, want_rec, "with the refused finding: {with:?}; without: {without:?}");
+    assert_eq!(counts, want_counts);
+    assert_eq!(events, want_events);
+}
