@@ -211,6 +211,12 @@ impl redb::StorageBackend for PowerCutBackend {
     }
 }
 
+/// redb's storage on `disk` for the disk's current generation (the process that opens it now).
+fn backend_on(disk: &Arc<std::sync::Mutex<Platter>>) -> PowerCutBackend {
+    let generation = disk.lock().unwrap_or_else(|p| p.into_inner()).generation;
+    PowerCutBackend { disk: disk.clone(), generation }
+}
+
 /// Opens the raft storage of a member whose database lives on `disk` (its snapshot files in `dir`), as
 /// [`open_store`] does.
 pub(crate) fn open_store_on<F: Fsm>(
@@ -219,9 +225,7 @@ pub(crate) fn open_store_on<F: Fsm>(
     id: NodeId,
     voters: &[NodeId],
 ) -> (Arc<Database>, RedbStorage) {
-    let generation = disk.lock().unwrap_or_else(|p| p.into_inner()).generation;
-    let backend = PowerCutBackend { disk: disk.clone(), generation };
-    let db = Database::builder().create_with_backend(backend).expect("open redb on the platter");
+    let db = Database::builder().create_with_backend(backend_on(disk)).expect("open redb on the platter");
     store_on::<F>(Arc::new(db), dir, id, voters)
 }
 
@@ -997,9 +1001,7 @@ fn power_on_damaged(disk: &Arc<std::sync::Mutex<Platter>>, marker: &[u8]) {
 
 /// Opens the database on `disk` as a member opens its file (integrity check on).
 fn open_checked_on(disk: &Arc<std::sync::Mutex<Platter>>) -> Result<Database, super::RaftError> {
-    let generation = disk.lock().unwrap_or_else(|p| p.into_inner()).generation;
-    let backend = PowerCutBackend { disk: disk.clone(), generation };
-    super::node::open_checked(Path::new("platter"), 0, |b| b.create_with_backend(backend))
+    super::node::open_checked(Path::new("platter"), 0, |b| b.create_with_backend(backend_on(disk)))
 }
 
 /// Why every durable commit is two-phase: after an unclean end, redb checks the newest commit's pages and,

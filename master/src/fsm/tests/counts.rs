@@ -103,7 +103,7 @@ fn recount(s: &MemState) -> Recount {
 }
 
 /// The counts and queue a redb store holds, read through the API layer's reader.
-fn stored(h: &Harness) -> Recount {
+pub(super) fn stored(h: &Harness) -> Recount {
     let r = h.reader();
     let mut counts: BTreeMap<String, u64> = r.counts(counts::FLEET).expect("counts").into_iter().collect();
     counts.extend(r.counts(counts::SCOPE).expect("counts"));
