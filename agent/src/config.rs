@@ -309,6 +309,16 @@ pub struct ReportConfig {
     /// How often the inventory is re-read (a replaced part shows up as a new serial in its slot).
     #[serde(default = "default_inventory")]
     pub inventory_s: u64,
+    /// Send each heartbeat as one UDP datagram to the leader's gRPC port number first (sealed with the
+    /// token's key), and as a call over the heartbeat stream when it cannot go that way (too large, no
+    /// answer in 0.5 s: then calls for 5 minutes). Default true; false: the stream only.
+    #[serde(default = "default_heartbeat_datagrams")]
+    pub heartbeat_datagrams: bool,
+    /// Close the connection to the masters after this long without a call or stream on it (heartbeats
+    /// going as datagrams): a leader then holds connections only for the agents that are sending something.
+    /// The next call connects again. 0: keep it open. Default 60.
+    #[serde(default = "default_idle_connection")]
+    pub idle_connection_s: u64,
 }
 
 impl Default for ReportConfig {
@@ -318,8 +328,18 @@ impl Default for ReportConfig {
             heartbeat_s: default_heartbeat(),
             backoff_max_s: default_backoff(),
             inventory_s: default_inventory(),
+            heartbeat_datagrams: default_heartbeat_datagrams(),
+            idle_connection_s: default_idle_connection(),
         }
     }
+}
+
+fn default_heartbeat_datagrams() -> bool {
+    true
+}
+
+fn default_idle_connection() -> u64 {
+    60
 }
 
 /// A minute: replacements take hours of human work; noticing one a minute later costs nothing.

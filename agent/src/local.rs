@@ -44,6 +44,10 @@ pub struct Metrics {
     /// Heartbeats answered over the heartbeat stream, and sent as single calls (no stream, or it broke).
     pub heartbeats_streamed: Counter,
     pub heartbeats_called: Counter,
+    /// Heartbeats answered by a datagram (`proto::datagram`).
+    pub heartbeats_datagram: Counter,
+    /// 1 while the reporter holds a connection to the masters (closed after `idle_connection_s` unused).
+    pub master_connected: Gauge,
     /// Batches answered over the ingest stream, and sent as single calls (no stream, or it could not
     /// carry the batch).
     pub batches_streamed: Counter,
@@ -87,6 +91,8 @@ impl Metrics {
             sent_batches: Counter::default(),
             heartbeats_streamed: Counter::default(),
             heartbeats_called: Counter::default(),
+            heartbeats_datagram: Counter::default(),
+            master_connected: Gauge::default(),
             batches_streamed: Counter::default(),
             batches_called: Counter::default(),
             invalid_findings: Family::default(),
@@ -190,6 +196,16 @@ impl Metrics {
             "huatuo_agent_heartbeats_called",
             "Heartbeats sent as single calls (no stream open, or it could not carry the beat)",
             m.heartbeats_called.clone(),
+        );
+        reg.register(
+            "huatuo_agent_heartbeats_datagram",
+            "Heartbeats answered by a datagram (the stream and calls carry the rest)",
+            m.heartbeats_datagram.clone(),
+        );
+        reg.register(
+            "huatuo_agent_master_connected",
+            "1 while the agent holds a connection to the masters (closed after report.idle_connection_s unused)",
+            m.master_connected.clone(),
         );
         reg.register(
             "huatuo_agent_findings",

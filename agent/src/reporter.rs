@@ -187,6 +187,24 @@ pub struct ReporterConfig {
     /// Where each heartbeat's measure of the master's clock goes (read by the machine checker; None: not
     /// measured).
     pub master_clock: Option<Arc<checkers::machine::MasterClock>>,
+    /// Try each heartbeat as a datagram first (`proto::datagram`), the stream when it cannot go that way.
+    pub heartbeat_datagrams: bool,
+    /// Close the connection to the masters after this long unused (None: keep it).
+    pub idle_connection: Option<Duration>,
+}
+
+/// This agent's heartbeat datagrams, if on: sealed with its token's key, or the open key of a cluster
+/// without TLS or tokens. A TLS cluster without a token has no key a master would take: off.
+fn datagrams(cfg: &ReporterConfig) -> Option<proto::datagram::Datagrams> {
+    if !cfg.heartbeat_datagrams {
+        return None;
+    }
+    let key = match (&cfg.security.token, &cfg.security.tls) {
+        (Some(t), _) if !t.is_empty() => proto::datagram::BeatKey::from_token(t),
+        (_, None) => proto::datagram::BeatKey::open(),
+        (_, Some(_)) => return None,
+    };
+    Some(proto::datagram::Datagrams::new(key, cfg.masters.clone()))
 }
 
 /// Send the results of finished actions; a result the master refuses for good (the action is no longer
@@ -415,7 +433,7 @@ fn checker_versions(cfg: &ReporterConfig) -> std::collections::BTreeMap<String, 
 async fn heartbeat(
     cfg: &ReporterConfig,
     client: &mut Client,
-    stream: &mut proto::client::BeatStream,
+    (stream, datagrams): (&mut proto::client::BeatStream, &mut Option<proto::datagram::Datagrams>),
     outbox: &Arc<dyn OutboxStore>,
     shared: &LocalState,
 ) -> Result<(), ReportError> {
@@ -439,13 +457,27 @@ async fn heartbeat(
         net: net_reports.clone(),
     };
     let sent_ms = crate::scheduler::now_ms();
-    let before = stream.stats();
-    let resp = stream.beat(client, req).await;
-    // Counted whatever the answer: a call that failed was still sent as a call.
-    let after = stream.stats();
-    shared.metrics.heartbeats_streamed.inc_by(after.streamed - before.streamed);
-    shared.metrics.heartbeats_called.inc_by(after.called - before.called);
-    let resp = resp.map_err(rpc("heartbeat"))?;
+    let answered = match datagrams {
+        Some(d) => d.beat(client.current_addr(), &req).await,
+        None => None,
+    };
+    let resp = match answered {
+        Some(resp) => {
+            shared.metrics.heartbeats_datagram.inc();
+            // Beats need no stream while datagrams carry them: an open one would hold the connection.
+            stream.close();
+            resp
+        }
+        None => {
+            let before = stream.stats();
+            let resp = stream.beat(client, req).await;
+            // Counted whatever the answer: a call that failed was still sent as a call.
+            let after = stream.stats();
+            shared.metrics.heartbeats_streamed.inc_by(after.streamed - before.streamed);
+            shared.metrics.heartbeats_called.inc_by(after.called - before.called);
+            resp.map_err(rpc("heartbeat"))?
+        }
+    };
     // The client may have retried: the round trip then covers every attempt, a wider uncertainty, never a
     // wrong offset beyond it (the master read its clock within the span).
     let received_ms = crate::scheduler::now_ms();
@@ -491,6 +523,8 @@ pub async fn run(
     client.max_attempts = 4;
     // Heartbeats go over one long-lived stream, falling back to single calls (`BeatStream`).
     let mut beats = proto::client::BeatStream::default();
+    // Before the stream, when on: a datagram each way (`proto::datagram`).
+    let mut datagrams = datagrams(&cfg);
     // Batches too (`IngestStream`; the master ends an idle one, and the next batch opens another).
     let mut ingests = proto::client::IngestStream::default();
     let mut registered = false;
@@ -530,7 +564,7 @@ pub async fn run(
             }
         }
         if failed.is_none() && tokio::time::Instant::now() >= next_heartbeat {
-            match heartbeat(&cfg, &mut client, &mut beats, &outbox, &shared).await {
+            match heartbeat(&cfg, &mut client, (&mut beats, &mut datagrams), &outbox, &shared).await {
                 Ok(()) => next_heartbeat = tokio::time::Instant::now() + cfg.heartbeat,
                 Err(e) => failed = Some(e),
             }
@@ -548,6 +582,15 @@ pub async fn run(
                 Err(e) => failed = Some(e),
             }
         }
+        if let Some(idle) = cfg.idle_connection
+            && client.close_if_idle(idle)
+        {
+            // Nothing used the connection for `idle`: its streams go with it (the next call reconnects).
+            ingests.close();
+            beats.close();
+            tracing::debug!(?idle, "closed the idle connection to the masters");
+        }
+        shared.metrics.master_connected.set(i64::from(client.connected()));
         shared.metrics.outbox_commits.set(outbox.commits() as i64);
         if let Ok(d) = outbox.depth() {
             shared.metrics.outbox_entries.set(d.entries as i64);

@@ -642,6 +642,9 @@ token. For tests and experiments only.";
         security,
         net,
         master_clock: Some(master_clock),
+        heartbeat_datagrams: cfg.report.heartbeat_datagrams,
+        idle_connection: (cfg.report.idle_connection_s > 0)
+            .then(|| Duration::from_secs(cfg.report.idle_connection_s)),
     };
     tasks.spawn(reporter::run(
         rcfg,

@@ -110,6 +110,11 @@ pub struct MasterConfig {
     /// opens another (its token is checked again then). Default 600,000 (10 minutes); at least 1,000.
     #[serde(default = "default_heartbeat_stream_max_age_ms")]
     pub heartbeat_stream_max_age_ms: u64,
+    /// Serve heartbeat datagrams on the gRPC port number over UDP (`datagrams.rs`): a beat as one
+    /// datagram each way, sealed with the agent token's key (default true). Off: agents beat over their
+    /// streams, as before (a datagram gets no answer and its agent sends calls).
+    #[serde(default = "default_heartbeat_datagrams")]
+    pub heartbeat_datagrams: bool,
     /// Play a binary that knows command versions up to this one only (1..=the binary's own): to rehearse a
     /// rolling upgrade, and in tests of the upgrade refusals. Default: what the binary knows.
     #[serde(default)]
@@ -148,6 +153,10 @@ fn default_max_heartbeat_streams() -> usize {
 
 fn default_max_ingest_streams() -> usize {
     crate::api::heartbeats::MAX_INGEST_STREAMS
+}
+
+fn default_heartbeat_datagrams() -> bool {
+    true
 }
 
 fn default_heartbeat_stream_max_age_ms() -> u64 {
@@ -277,6 +286,7 @@ pub struct Resolved {
     pub max_heartbeat_streams: usize,
     pub max_ingest_streams: usize,
     pub heartbeat_stream_max_age: Duration,
+    pub heartbeat_datagrams: bool,
     /// The newest command version this node knows (decodes, applies, reports to its peers).
     pub knows_command_version: u32,
     pub auto_upgrade: bool,
@@ -436,6 +446,7 @@ impl MasterConfig {
             max_heartbeat_streams: self.max_heartbeat_streams,
             max_ingest_streams: self.max_ingest_streams,
             heartbeat_stream_max_age: Duration::from_millis(self.heartbeat_stream_max_age_ms.max(1000)),
+            heartbeat_datagrams: self.heartbeat_datagrams,
             knows_command_version,
             auto_upgrade: self.auto_upgrade,
             canary: self.canary.clone(),

@@ -60,7 +60,10 @@ fn idempotency_key(md: &tonic::metadata::MetadataMap) -> Result<Option<String>, 
 type WatchStreamBox = Pin<Box<dyn Stream<Item = Result<api::WatchResponse, Status>> + Send + 'static>>;
 
 /// One heartbeat, answered as the unary call and every beat of a stream answer it.
-async fn beat(svc: &Service, req: api::HeartbeatRequest) -> Result<api::HeartbeatResponse, Status> {
+pub(crate) async fn beat(
+    svc: &Service,
+    req: api::HeartbeatRequest,
+) -> Result<api::HeartbeatResponse, Status> {
     // The request's strings are moved where they go, never copied: a known agent's steady beat
     // allocates nothing between the decoded request and the reply (`tests/catalog_api.rs`,
     // `a_known_agents_steady_beat_allocates_nothing`).

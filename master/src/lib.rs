@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod checksum;
 pub mod cluster;
 pub mod config;
+pub mod datagrams;
 pub mod deadlines;
 pub mod evidence;
 pub mod follow;

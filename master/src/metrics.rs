@@ -227,6 +227,18 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
             ConstCounter::new(streams.refused),
         );
     }
+    let datagrams: Family<[(&'static str, &'static str); 1], Counter> = Family::default();
+    for (result, n) in svc.datagrams.results() {
+        datagrams.get_or_create(&[("result", result)]).inc_by(n);
+    }
+    reg.register(
+        "heartbeat_datagrams",
+        "Heartbeat datagrams this node received, by what became of them (answered; refused: an error \
+         answered; call_first: of those, beats that would change the replicated state; too_big: the answer \
+         did not fit; malformed, unknown_key, bad_seal, stale, replayed: \
+         dropped unanswered)",
+        datagrams,
+    );
     if let Some(n) = crate::accept::open_files() {
         reg.register(
             "open_fds",

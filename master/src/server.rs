@@ -156,6 +156,7 @@ pub async fn serve(
     }
     let peer_l = bind("Raft peers", cfg.peer_listen).await?;
     let grpc_l = bind("the gRPC API", cfg.grpc_listen).await?;
+    let grpc_bound = grpc_l.local_addr().ok();
     let http_l = bind("HTTP", cfg.http_listen).await?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
@@ -288,6 +289,29 @@ pub async fn serve(
         };
     }
 
+    // Heartbeat datagrams on the gRPC port's number (its address as bound: a test binds port 0).
+    let datagrams = match (cfg.heartbeat_datagrams, grpc_bound) {
+        (true, Some(addr)) => {
+            let keys = match &cfg.security {
+                crate::config::Security::Insecure => crate::datagrams::Keys::open(),
+                crate::config::Security::Secure { auth, .. } => crate::datagrams::Keys::of_agent_tokens(auth),
+            };
+            match crate::datagrams::Server::start(svc.clone(), addr, keys, tokio::runtime::Handle::current())
+            {
+                Ok(s) => {
+                    tracing::info!(addr = %s.addr, "heartbeat datagrams");
+                    Some(s)
+                }
+                Err(e) => {
+                    // Agents beat over their streams then (their datagrams get no answer).
+                    tracing::warn!(%addr, error = %e, "cannot serve heartbeat datagrams; agents will beat with calls");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
     let monitor = {
         let raft = raft.clone();
         async move {
@@ -306,8 +330,11 @@ pub async fn serve(
     };
 
     let mut report = Stopped::default();
-    // 1. Stop accepting on the API ports.
+    // 1. Stop accepting on the API ports, and stop reading heartbeat datagrams.
     api_stop_tx.send_replace(true);
+    if let Some(d) = datagrams {
+        tokio::task::spawn_blocking(move || d.stop()).await.ok();
+    }
     // 2. Drain the watch streams (the servers wait for their open streams before they finish).
     report.tasks.watchers = svc.watchers.shutdown(crate::api::WATCHER_DRAIN).await;
     report.servers = join_within(&mut api_servers, SERVER_DRAIN).await;

@@ -112,6 +112,8 @@ pub struct Client {
     pub retry_budget: Option<Duration>,
     /// Where the addresses came from (a context file, a flag), named in the give-up message.
     pub addrs_from: Option<String>,
+    /// When the connection last carried a call or a stream's request ([`Client::close_if_idle`]).
+    last_used: std::time::Instant,
 }
 
 /// Parse `ADDR[,ADDR...]`.
@@ -135,7 +137,24 @@ impl Client {
             max_attempts: MAX_ATTEMPTS,
             retry_budget: None,
             addrs_from: None,
+            last_used: std::time::Instant::now(),
         }
+    }
+
+    /// Whether the client holds a connection now.
+    pub fn connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Drop the connection when nothing used it for `idle` (an agent whose heartbeats go as datagrams
+    /// needs none between its findings; the next call connects again). True when one was dropped. A
+    /// stream opened on it keeps it open until that stream is closed too ([`CallStream::close`]).
+    pub fn close_if_idle(&mut self, idle: Duration) -> bool {
+        if self.conn.is_none() || self.last_used.elapsed() < idle {
+            return false;
+        }
+        self.conn = None;
+        true
     }
 
     /// The address of the node the client talks to now.
@@ -148,6 +167,7 @@ impl Client {
 
     /// Connect to the current address, giving up after `limit` (at most [`CONNECT_TIMEOUT`]).
     async fn connect(&mut self, limit: Duration) -> Result<GrpcClient<Conn>, ApiError> {
+        self.last_used = std::time::Instant::now();
         if let Some((_, c)) = &self.conn {
             return Ok(c.clone());
         }
@@ -424,6 +444,11 @@ impl<R: Streamed> CallStream<R> {
         self.stats
     }
 
+    /// End the open stream, if any (the next request opens another).
+    pub fn close(&mut self) {
+        self.open = None;
+    }
+
     /// One request: over the stream when it can, else one call.
     pub async fn send(&mut self, client: &mut Client, req: R) -> Result<R::Resp, ApiError> {
         for _ in 0..2 {
@@ -444,6 +469,7 @@ impl<R: Streamed> CallStream<R> {
         if self.calls_until.is_some_and(|t| std::time::Instant::now() < t) {
             return Err(StreamMiss::Failed);
         }
+        client.last_used = std::time::Instant::now();
         if self.open.is_none() {
             self.open = Some(self.open_stream(client).await?);
         }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod codec;
 pub mod convert;
+pub mod datagram;
 pub mod error;
 pub mod shutdown;
 pub mod tls;

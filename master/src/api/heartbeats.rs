@@ -186,6 +186,9 @@ struct Seen {
     heard: bool,
     /// Whether the replicated state says alive (as far as this leader knows).
     alive: bool,
+    /// The last heartbeat datagram's seq taken from this agent (0: none): a datagram at or below it is a
+    /// replay (`datagrams.rs`).
+    datagram_seq: u64,
 }
 
 /// What one learning pass of a new term did and how long each step took (logged by the leader): the read
@@ -289,10 +292,38 @@ impl Memory {
             return Err(ApiError::unavailable("too many agents tracked by this leader"));
         }
         info.assignment_hash = held.clone();
-        let seen = Seen { host: host.to_string(), info, restarts: 0, last: now, heard: true, alive: false };
+        let seen = Seen {
+            host: host.to_string(),
+            info,
+            restarts: 0,
+            last: now,
+            heard: true,
+            alive: false,
+            datagram_seq: 0,
+        };
         shard.insert(agent.to_string(), seen);
         self.checks.fetch_add(1, Ordering::Relaxed);
         Ok((Beat::Check, held))
+    }
+
+    /// Take a heartbeat datagram's `seq` from `agent`: false when it is at or below the last one taken (a
+    /// replay). An agent this memory does not hold yet is taken without being recorded (its beat creates
+    /// the entry; the caller takes the seq again after it).
+    pub(super) fn take_datagram_seq(&self, agent: &str, seq: u64) -> bool {
+        match lock(self.shard(agent)).get_mut(agent) {
+            Some(s) if seq <= s.datagram_seq => false,
+            Some(s) => {
+                s.datagram_seq = seq;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Whether `agent` is known alive at `host` (a beat from it would be [`Beat::Known`]: nothing to
+    /// replicate).
+    pub(super) fn known_alive_at(&self, agent: &str, host: &str) -> bool {
+        lock(self.shard(agent)).get(agent).is_some_and(|s| s.alive && s.host == host)
     }
 
     pub(super) fn set_alive(&self, agent: &str, alive: bool) {
@@ -340,6 +371,7 @@ impl Memory {
                 last: now,
                 heard: false,
                 alive: true,
+                datagram_seq: 0,
             };
             shard.insert(agent, seen);
             added += 1;
@@ -582,6 +614,19 @@ impl Service {
             Some(e) => Err(e),
             None => Ok(marked),
         }
+    }
+
+    /// Whether a heartbeat datagram from `agent` at `host` may be served: only when its beat replicates
+    /// nothing (the agent is known alive at that host). A datagram proves the agent token, not the client
+    /// certificate, so everything that changes the replicated state (a new agent, a silent one coming
+    /// back, a moved host) goes through a call (`datagrams.rs`).
+    pub fn datagram_may_beat(&self, agent: &str, host: &str) -> bool {
+        self.heartbeats.known_alive_at(agent, host)
+    }
+
+    /// Take a heartbeat datagram's seq from `agent` (false: a replay; see `datagrams.rs`).
+    pub fn take_datagram_seq(&self, agent: &str, seq: u64) -> bool {
+        self.heartbeats.take_datagram_seq(agent, seq)
     }
 
     /// Entries in the leader's heartbeat memory (agents heard, and agents learned alive not heard yet).

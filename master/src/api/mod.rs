@@ -127,6 +127,8 @@ pub struct Service {
     heartbeats: heartbeats::Memory,
     /// Open heartbeat streams and what was refused (`max_heartbeat_streams`).
     beat_streams: Arc<heartbeats::StreamCount>,
+    /// What became of the heartbeat datagrams this node received (`datagrams.rs`).
+    pub datagrams: crate::datagrams::Counters,
     /// Open ingest streams and what was refused (`max_ingest_streams`).
     ingest_streams: Arc<heartbeats::StreamCount>,
     /// Agents to propose alive, for the liveness batcher (`heartbeats::run_liveness`).
@@ -206,6 +208,7 @@ impl Service {
             proposals: tx,
             heartbeats: heartbeats::Memory::default(),
             beat_streams: Arc::default(),
+            datagrams: crate::datagrams::Counters::default(),
             ingest_streams: Arc::default(),
             coming_alive: alive_tx,
             orders,
@@ -365,7 +368,7 @@ impl Service {
     }
 
     /// Fail fast on followers, before queueing (the proposer would learn the same from raft).
-    fn leader_gate(&self) -> Result<(), ApiError> {
+    pub(crate) fn leader_gate(&self) -> Result<(), ApiError> {
         let (role, leader) = self.raft.role_and_leader();
         if role == Role::Leader {
             return Ok(());
