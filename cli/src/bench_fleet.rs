@@ -41,6 +41,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,12 +49,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 use master::client::{Client, parse_addrs};
 use master::cluster::{LocalCluster, READY_TIMEOUT, strip_ansi};
+use prost::Message as _;
 use proto::api;
 use proto::api::master_client::MasterClient;
+use proto::datagram::{self, BeatKey, Kind, SeqClock};
 use tonic::transport::Channel;
 
 use crate::bench_common::{
@@ -94,6 +97,12 @@ const REGISTER_IN_FLIGHT: u32 = 256;
 /// Heartbeats in flight at once on one connection (its agents whose beat is due wait for a slot: that
 /// delay is not in the latency figure but shows as a lower achieved rate).
 const BEATS_IN_FLIGHT_PER_CONNECTION: usize = 16;
+/// How long a heartbeat datagram waits for its answer before the beat goes as a call: what a real agent
+/// waits ([`datagram::ANSWER_TIMEOUT`]), so the master sees the fleet's calls after slow answers too.
+const DATAGRAM_TIMEOUT: Duration = datagram::ANSWER_TIMEOUT;
+/// How long a connection group's datagram receiver pauses after its socket reported an error (an ICMP
+/// error queued on it), so a socket in a lasting error does not spin.
+const RECV_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// How often idle loops look at their stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// Heartbeat samples kept, the newest (100,000 agents at one beat per 10 s for 400 s is 4 million); older
@@ -194,9 +203,14 @@ pub struct BenchFleetArgs {
     /// master's own default), to weigh memory against speed at fleet scale.
     #[arg(long)]
     cache_mb: Option<u64>,
-    /// Heartbeats as single calls, one HTTP/2 stream each (agents before heartbeat streams), instead of
-    /// over each agent's long-lived stream.
-    #[arg(long)]
+    /// How the agents send their heartbeats: `datagram` (one UDP datagram per beat to the leader's gRPC
+    /// port, a call when it is not answered, as agents with heartbeat datagrams do) or `stream` (each
+    /// agent's long-lived heartbeat stream, a call when it cannot carry a beat).
+    #[arg(long, value_enum, default_value_t = BeatTransport::Datagram)]
+    beat_transport: BeatTransport,
+    /// Heartbeats as single calls, one HTTP/2 stream each (agents before heartbeat streams and datagrams),
+    /// instead of `--beat-transport`.
+    #[arg(long, conflicts_with = "beat_transport")]
     beat_calls: bool,
     /// Phase 7's findings as single `Ingest` calls, one HTTP/2 stream each (agents before ingest streams),
     /// instead of over each writer's long-lived `IngestStream`.
@@ -208,9 +222,28 @@ pub struct BenchFleetArgs {
     writer_connections: u32,
 }
 
+/// How the simulated agents send their heartbeats (`--beat-transport`; `--beat-calls` overrides it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BeatTransport {
+    /// Each agent's long-lived heartbeat stream (a call when it cannot carry a beat).
+    Stream,
+    /// One UDP datagram per beat to the leader's gRPC port (a call when it is not answered).
+    Datagram,
+}
+
 impl BenchFleetArgs {
     fn disks(&self) -> u32 {
         self.objects_per_host - 1 - NICS_PER_HOST
+    }
+
+    /// Heartbeats over each agent's stream: `--beat-transport stream` without `--beat-calls`.
+    fn beat_streams(&self) -> bool {
+        !self.beat_calls && self.beat_transport == BeatTransport::Stream
+    }
+
+    /// Heartbeats as datagrams: `--beat-transport datagram` (the default) without `--beat-calls`.
+    fn beat_datagrams(&self) -> bool {
+        !self.beat_calls && self.beat_transport == BeatTransport::Datagram
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -416,10 +449,19 @@ struct Run {
     beat_errors: Mutex<Samples>,
     /// Heartbeat answers that carried an assignment (the hash an agent echoed was not the current one).
     assignments: AtomicU64,
-    /// Heartbeats go over each agent's stream (not `--beat-calls`); beats answered on one, streams opened.
+    /// Heartbeats go over each agent's stream (`--beat-transport stream`, not `--beat-calls`); beats
+    /// answered on one, streams opened.
     streams: bool,
     streamed: AtomicU64,
     streams_opened: AtomicU64,
+    /// Heartbeats go as datagrams (`--beat-transport datagram`, not `--beat-calls`): where to and sealed how.
+    datagrams: Option<BeatTargets>,
+    /// Beats answered by a datagram; beats sent as a call after a datagram was tried (NOT_LEADER, another
+    /// code, no answer, a datagram that could not be sent); of those, datagrams with no answer in
+    /// [`DATAGRAM_TIMEOUT`].
+    datagrams_answered: AtomicU64,
+    datagrams_fell_back: AtomicU64,
+    datagrams_unanswered: AtomicU64,
     /// Phase 7's writers send over their own ingest stream (not `--ingest-calls`); batches answered on
     /// one, streams opened.
     ingest_streams: bool,
@@ -478,6 +520,187 @@ impl Run {
     /// Heartbeat samples sent in `[from, to)` seconds since the origin.
     fn beats_between(&self, from: f64, to: f64) -> Vec<f64> {
         lock(&self.beats).between(from, to)
+    }
+
+    /// Beats answered other than by a call so far (on streams or by datagrams: one of the two is 0).
+    fn beats_off_calls(&self) -> u64 {
+        self.streamed.load(Ordering::Relaxed) + self.datagrams_answered.load(Ordering::Relaxed)
+    }
+
+    /// How [`Run::beats_off_calls`] were answered, for the phase lines.
+    fn answered_how(&self) -> &'static str {
+        if self.datagrams.is_some() { "by datagrams" } else { "on streams" }
+    }
+
+    /// The phase 2 line's account of the heartbeat transport.
+    fn transport_line(&self) -> String {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        if self.datagrams.is_some() {
+            return format!(
+                "a datagram per beat (a call when one is not answered); {} beats answered by datagrams, {} sent \
+                 as calls after a datagram ({} unanswered in {} ms) since the start",
+                n(&self.datagrams_answered),
+                n(&self.datagrams_fell_back),
+                n(&self.datagrams_unanswered),
+                DATAGRAM_TIMEOUT.as_millis()
+            );
+        }
+        format!(
+            "{}; {} beats answered on streams, {} streams opened since the start",
+            if self.streams {
+                "a stream per agent (calls when it cannot carry a beat)"
+            } else {
+                "single calls"
+            },
+            n(&self.streamed),
+            n(&self.streams_opened)
+        )
+    }
+}
+
+/// Where heartbeat datagrams go: each master node's gRPC address as a UDP address (the same indexes as
+/// [`Fleet::nodes`], resolved once), and the key that seals them ([`BeatKey::open`]: the benchmark's
+/// cluster runs `--insecure`).
+struct BeatTargets {
+    addrs: Vec<SocketAddr>,
+    key: BeatKey,
+}
+
+impl BeatTargets {
+    async fn resolve(nodes: &[String], key: BeatKey) -> anyhow::Result<BeatTargets> {
+        let mut addrs = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let addr = tokio::net::lookup_host(n.as_str())
+                .await
+                .with_context(|| format!("resolve {n} for heartbeat datagrams"))?
+                .next()
+                .with_context(|| format!("{n} resolves to no address"))?;
+            addrs.push(addr);
+        }
+        Ok(BeatTargets { addrs, key })
+    }
+}
+
+/// Why a heartbeat datagram did not answer its beat (the beat then goes as a call).
+#[derive(Debug, PartialEq)]
+enum Miss {
+    /// No answer within the time allowed.
+    Silent,
+    /// NOT_LEADER, with the leader's gRPC address when the member named one.
+    NotLeader(Option<String>),
+    /// Any other code, an answer without a response, or a datagram that could not be sealed or sent.
+    Other,
+}
+
+/// Beats of one group waiting for their answer, by seq.
+type PendingBeats = Mutex<HashMap<u64, tokio::sync::oneshot::Sender<api::BeatReply>>>;
+
+/// One connection group's heartbeat datagrams: one UDP socket all its agents share, one seq clock (strictly
+/// increasing for the group, so for each of its agents) and the beats awaiting an answer, by seq. A receiver
+/// task reads the socket, opens each datagram with the key and hands a reply to the beat waiting for its
+/// seq; a reply no beat waits for (late: its beat timed out and went as a call; or a duplicate) is dropped.
+/// The map holds at most the group's beats in flight ([`BEATS_IN_FLIGHT_PER_CONNECTION`]): a beat's entry
+/// goes when it is answered, times out or is dropped.
+struct BeatSocket {
+    socket: Arc<tokio::net::UdpSocket>,
+    key: BeatKey,
+    seqs: Mutex<SeqClock>,
+    pending: Arc<PendingBeats>,
+    receiver: tokio::task::AbortHandle,
+}
+
+impl Drop for BeatSocket {
+    fn drop(&mut self) {
+        self.receiver.abort();
+    }
+}
+
+/// Removes a beat's entry from its group's pending map however its wait ends.
+struct PendingEntry<'a> {
+    pending: &'a PendingBeats,
+    seq: u64,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.seq);
+    }
+}
+
+impl BeatSocket {
+    /// A socket on any local address of `target`'s family (port 0), and its receiver task.
+    async fn bind(target: SocketAddr, key: BeatKey) -> std::io::Result<BeatSocket> {
+        let local: SocketAddr = if target.is_ipv6() {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = Arc::new(tokio::net::UdpSocket::bind(local).await?);
+        let pending = Arc::new(PendingBeats::default());
+        let receiver = tokio::spawn(receive_replies(socket.clone(), key.clone(), pending.clone()));
+        Ok(BeatSocket {
+            socket,
+            key,
+            seqs: Mutex::new(SeqClock::default()),
+            pending,
+            receiver: receiver.abort_handle(),
+        })
+    }
+
+    /// Send `req` as one datagram to `to` and wait at most `limit` for its answer: the response, or why it
+    /// must go as a call.
+    async fn exchange(
+        &self,
+        to: SocketAddr,
+        req: &api::HeartbeatRequest,
+        limit: Duration,
+    ) -> Result<api::HeartbeatResponse, Miss> {
+        let seq = lock(&self.seqs).next();
+        let mut out = Vec::new();
+        datagram::seal(&self.key, Kind::Beat, seq, req, &mut out).map_err(|_| Miss::Other)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.pending).insert(seq, tx);
+        let _entry = PendingEntry { pending: &self.pending, seq };
+        self.socket.send_to(&out, to).await.map_err(|_| Miss::Other)?;
+        let reply = match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(reply)) => reply,
+            // The receiver task is gone (the group is stopping).
+            Ok(Err(_)) => return Err(Miss::Other),
+            Err(_) => return Err(Miss::Silent),
+        };
+        match (reply.code.as_str(), reply.response) {
+            ("", Some(r)) => Ok(r),
+            ("NOT_LEADER", _) => Err(Miss::NotLeader(Some(reply.leader).filter(|l| !l.is_empty()))),
+            _ => Err(Miss::Other),
+        }
+    }
+}
+
+/// The receiver of one group's [`BeatSocket`]: every sealed reply to a beat still waiting goes to it;
+/// anything else (not ours, another key, a late reply) is dropped. Runs until the socket is dropped (aborted).
+async fn receive_replies(socket: Arc<tokio::net::UdpSocket>, key: BeatKey, pending: Arc<PendingBeats>) {
+    let mut buf = vec![0u8; datagram::MAX_DATAGRAM + 1];
+    loop {
+        let n = match socket.recv_from(&mut buf).await {
+            Ok((n, _)) => n,
+            Err(_) => {
+                tokio::time::sleep(RECV_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(o) = datagram::open(&buf[..n], &key) else { continue };
+        if o.kind != Kind::Reply {
+            continue;
+        }
+        let Some(tx) = lock(&pending).remove(&o.seq) else { continue };
+        // A reply that does not decode sends its beat as a call, as any code but "" does.
+        let reply = api::BeatReply::decode(o.payload).unwrap_or_else(|e| api::BeatReply {
+            code: "UNDECODABLE".into(),
+            message: e.to_string(),
+            ..Default::default()
+        });
+        // The beat stopped waiting in between: nothing to hand it to.
+        tx.send(reply).ok();
     }
 }
 
@@ -619,19 +842,52 @@ async fn over_stream<Q, A>(fleet: &Fleet, stream: &mut Option<AgentStream<Q, A>>
 }
 
 /// One heartbeat of agent `i` over connection `conn` holding assignment hash `held` (no retry: the next one
-/// is due an interval later): over the agent's stream (opened if it has none, unless `--beat-calls`), and
-/// as one call when the stream cannot carry it, as a real agent does. Returns the agent, the hash it holds
-/// after it when it was answered, and its stream if still open.
+/// is due an interval later): as a datagram on its group's socket `udp` (`--beat-transport datagram`), or
+/// over the agent's stream (`stream`: opened if it has none), and as one call when neither answers it, as a
+/// real agent does. Returns the agent, the hash it holds after it when it was answered, and its stream if
+/// still open.
 async fn beat(
     run: Arc<Run>,
     conn: usize,
     i: u32,
     held: String,
     stream: Option<BeatStream>,
+    udp: Option<Arc<BeatSocket>>,
 ) -> (u32, Option<String>, Option<BeatStream>) {
     let sent = run.secs();
     let t = Instant::now();
     let req = run.heartbeat(i, held);
+    if let (Some(udp), Some(targets)) = (&udp, &run.datagrams) {
+        // To the node the fleet believes leads; anything but an answer sends this beat as a call, and
+        // NOT_LEADER moves the fleet first, as a call's does.
+        let node = run.fleet.leader_node();
+        let got = match targets.addrs.get(node) {
+            Some(to) => udp.exchange(*to, &req, DATAGRAM_TIMEOUT).await,
+            None => Err(Miss::Other),
+        };
+        match got {
+            Ok(r) => {
+                lock(&run.beats).push(sent, t.elapsed().as_secs_f64() * 1000.0);
+                run.datagrams_answered.fetch_add(1, Ordering::Relaxed);
+                if r.assignment_included {
+                    run.assignments.fetch_add(1, Ordering::Relaxed);
+                }
+                return (i, Some(r.assignment_hash), stream);
+            }
+            Err(miss) => {
+                run.datagrams_fell_back.fetch_add(1, Ordering::Relaxed);
+                match miss {
+                    Miss::Silent => {
+                        run.datagrams_unanswered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Miss::NotLeader(leader) => {
+                        run.fleet.not_leader(node, &proto::error::ApiError::not_leader(leader).into());
+                    }
+                    Miss::Other => {}
+                }
+            }
+        }
+    }
     // A stream to a node the fleet no longer believes leads is dropped (its master ends it too).
     let mut stream = stream.filter(|s| s.node == run.fleet.leader_node());
     if stream.is_none() && run.streams {
@@ -882,6 +1138,18 @@ async fn drive(
     let mut held: HashMap<u32, String> = HashMap::new();
     // The heartbeat stream each agent of this connection keeps open (none while one of its beats is out).
     let mut streams: HashMap<u32, BeatStream> = HashMap::new();
+    // The socket this connection's agents send their heartbeat datagrams on (with datagrams); without one
+    // (it could not be bound) they beat with calls.
+    let udp = match run.datagrams.as_ref().and_then(|t| Some((*t.addrs.first()?, t.key.clone()))) {
+        Some((to, key)) => match BeatSocket::bind(to, key).await {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                run.error(format!("heartbeat datagrams of connection {conn}: bind: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
     // When each agent of this connection last sent a beat (its registration's first one included).
     let mut last_sent: HashMap<u32, u64> = HashMap::new();
     while !run.stop_beats.load(Ordering::Relaxed) {
@@ -914,6 +1182,7 @@ async fn drive(
                         i,
                         held.get(&i).cloned().unwrap_or_default(),
                         streams.remove(&i),
+                        udp.clone(),
                     ));
                 }
                 None => break,
@@ -1750,6 +2019,11 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         nodes.iter().position(|(id, _)| *id == leader).unwrap_or(0),
     )
     .await?;
+    let datagrams = if a.beat_datagrams() {
+        Some(BeatTargets::resolve(&fleet.nodes, BeatKey::open()).await?)
+    } else {
+        None
+    };
     let run = Arc::new(Run {
         fleet,
         origin,
@@ -1758,9 +2032,13 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         errors: AtomicU64::new(0),
         beat_errors: Mutex::new(Samples::new(MAX_SAMPLES / 4)),
         assignments: AtomicU64::new(0),
-        streams: !a.beat_calls,
+        streams: a.beat_streams(),
         streamed: AtomicU64::new(0),
         streams_opened: AtomicU64::new(0),
+        datagrams,
+        datagrams_answered: AtomicU64::new(0),
+        datagrams_fell_back: AtomicU64::new(0),
+        datagrams_unanswered: AtomicU64::new(0),
         ingest_streams: !a.ingest_calls,
         writes_streamed: AtomicU64::new(0),
         write_streams_opened: AtomicU64::new(0),
@@ -1875,12 +2153,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // Nearly all of the phase's work is heartbeats (the findings are a few thousand against 600,000 beats
     // at 100,000 agents): its CPU per beat is what 10,000 beats/s cost the machine, both ends on it.
     print_cpu("phase 2", &cpu2, &cpu2_end, steady_beats, "heartbeat (findings included)");
-    println!(
-        "phase 2 heartbeat transport: {}; {} beats answered on streams, {} streams opened since the start",
-        if run.streams { "a stream per agent (calls when it cannot carry a beat)" } else { "single calls" },
-        run.streamed.load(Ordering::Relaxed),
-        run.streams_opened.load(Ordering::Relaxed)
-    );
+    println!("phase 2 heartbeat transport: {}", run.transport_line());
     println!(
         "phase 2 findings: {} acknowledged ({} background WARNING, {} of a {burst_n}-disk ERROR burst) in \
          {reported_in:.1} s, {missed} not acknowledged",
@@ -2121,7 +2394,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // Phase 7 runs before phase 6 is printed: elections during the throughput phase count too.
     let t7 = run.secs();
     let cpu7 = cpu_mark(&res);
-    let streamed7 = run.streamed.load(Ordering::Relaxed);
+    let streamed7 = run.beats_off_calls();
     // The writers' own connections (`--writer-connections`), to the node the fleet believes leads now.
     let writers = match a.writer_connections {
         0 => None,
@@ -2131,7 +2404,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         throughput(&run, &writers, "single", SINGLE_CLIENTS, 1, a.throughput_seconds).await;
     let cpu7_half = cpu_mark(&res);
     let t7_half = run.secs();
-    let streamed7_half = run.streamed.load(Ordering::Relaxed);
+    let streamed7_half = run.beats_off_calls();
     // Halfway through the batched phase (the most changes per second), list the disks in ERROR from the
     // leader: its index of the objects out of GOOD is then furthest behind.
     let leader7 = cluster.wait_leader(READY_TIMEOUT).await;
@@ -2148,7 +2421,7 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         throughput(&run, &writers, "batch", BATCH_AGENTS, BATCH_SIZE, a.throughput_seconds).await;
     let cpu7_end = cpu_mark(&res);
     let t7_end = run.secs();
-    let streamed7_end = run.streamed.load(Ordering::Relaxed);
+    let streamed7_end = run.beats_off_calls();
     match storm_listing.await {
         Ok(Some((listed, pages))) => println!(
             "phase 7 listing from the leader halfway through the batched phase: state=ERROR {}; leader's pages \
@@ -2180,11 +2453,12 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
     // The machine's CPU per finding in each half, heartbeats included (they go on at the phase 2 rate).
     println!(
         "phase 7 heartbeats meanwhile: {} beats in the single half, {} in the batched half ({} and {} answered \
-         on streams)",
+         {})",
         run.beats_between(t7, t7_half).len(),
         run.beats_between(t7_half, t7_end).len(),
         streamed7_half - streamed7,
-        streamed7_end - streamed7_half
+        streamed7_end - streamed7_half,
+        run.answered_how()
     );
     print_cpu(
         "phase 7 single-finding half:",
@@ -2621,6 +2895,97 @@ mod tests {
         assert!(transitioned(&r));
     }
 
+    /// `--beat-transport` defaults to datagrams; `--beat-calls` means calls only and cannot be combined
+    /// with a transport.
+    #[test]
+    fn the_heartbeat_transport_is_datagrams_streams_or_calls() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: BenchFleetArgs,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from(std::iter::once("fleet").chain(args.iter().copied()))
+                .map(|c| c.a)
+        };
+        let default = parse(&[]).unwrap();
+        assert!(default.beat_datagrams() && !default.beat_streams());
+        let streams = parse(&["--beat-transport", "stream"]).unwrap();
+        assert!(streams.beat_streams() && !streams.beat_datagrams());
+        let calls = parse(&["--beat-calls"]).unwrap();
+        assert!(!calls.beat_streams() && !calls.beat_datagrams());
+        assert!(parse(&["--beat-calls", "--beat-transport", "stream"]).is_err());
+        assert!(parse(&["--beat-transport", "pigeon"]).is_err());
+    }
+
+    /// One group's socket: answers in another order than the beats were sent are each handed to their own
+    /// beat; a stray packet, a reply sealed with another key and one to a seq no beat waits for are
+    /// dropped; NOT_LEADER names the leader; a beat with no answer times out; no entry stays pending.
+    #[tokio::test]
+    async fn beat_datagrams_are_matched_to_their_beats_by_seq() {
+        let key = BeatKey::open();
+        let master = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = master.local_addr().unwrap();
+        let udp = BeatSocket::bind(to, key.clone()).await.unwrap();
+        let req = |i: u32| api::HeartbeatRequest { agent: agent_id(i), ..Default::default() };
+        let serve = async {
+            let mut buf = vec![0u8; datagram::MAX_DATAGRAM];
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                let (n, from) = master.recv_from(&mut buf).await.unwrap();
+                let o = datagram::open(&buf[..n], &key).unwrap();
+                assert_eq!(o.kind, Kind::Beat);
+                got.push((o.seq, api::HeartbeatRequest::decode(o.payload).unwrap().agent, from));
+            }
+            let seqs: Vec<u64> = got.iter().map(|g| g.0).collect();
+            assert!(seqs.iter().collect::<std::collections::HashSet<_>>().len() == 3, "{seqs:?}");
+            let mut out = Vec::new();
+            let from = got[0].2;
+            master.send_to(b"junk", from).await.unwrap();
+            let other = BeatKey::from_digest(&[7; 32]);
+            let ok = |agent: &str| api::BeatReply {
+                response: Some(api::HeartbeatResponse {
+                    assignment_hash: agent.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            datagram::seal(&other, Kind::Reply, got[0].0, &ok("forged"), &mut out).unwrap();
+            master.send_to(&out, from).await.unwrap();
+            datagram::seal(&key, Kind::Reply, seqs.iter().max().unwrap() + 1, &ok("nobody"), &mut out)
+                .unwrap();
+            master.send_to(&out, from).await.unwrap();
+            // Last sent, first answered.
+            for (seq, agent, from) in got.iter().rev() {
+                let reply = if agent == &agent_id(3) {
+                    api::BeatReply {
+                        code: "NOT_LEADER".into(),
+                        leader: "127.0.0.1:1".into(),
+                        ..Default::default()
+                    }
+                } else {
+                    ok(agent)
+                };
+                datagram::seal(&key, Kind::Reply, *seq, &reply, &mut out).unwrap();
+                master.send_to(&out, from).await.unwrap();
+            }
+        };
+        let limit = Duration::from_secs(10);
+        let (r1, r2, r3) = (req(1), req(2), req(3));
+        let (a, b, c, ()) = tokio::join!(
+            udp.exchange(to, &r1, limit),
+            udp.exchange(to, &r2, limit),
+            udp.exchange(to, &r3, limit),
+            serve
+        );
+        assert_eq!(a.unwrap().assignment_hash, agent_id(1));
+        assert_eq!(b.unwrap().assignment_hash, agent_id(2));
+        assert_eq!(c, Err(Miss::NotLeader(Some("127.0.0.1:1".into()))));
+        let silent = udp.exchange(to, &req(4), Duration::from_millis(50)).await;
+        assert_eq!(silent, Err(Miss::Silent));
+        assert!(lock(&udp.pending).is_empty(), "a beat's entry stayed pending");
+    }
+
     #[test]
     fn bad_arguments_are_refused() {
         let ok = BenchFleetArgs {
@@ -2634,6 +2999,7 @@ mod tests {
             skip_kills: false,
             data_dir: None,
             cache_mb: None,
+            beat_transport: BeatTransport::Datagram,
             beat_calls: false,
             ingest_calls: false,
             writer_connections: 0,
@@ -2679,6 +3045,7 @@ mod tests {
             skip_kills: a.skip_kills,
             data_dir: a.data_dir.clone(),
             cache_mb: a.cache_mb,
+            beat_transport: a.beat_transport,
             beat_calls: a.beat_calls,
             ingest_calls: a.ingest_calls,
             writer_connections: a.writer_connections,
