@@ -20,8 +20,7 @@ use crate::api::Service;
 
 /// How often the reading thread looks at its stop flag while no datagram arrives.
 const STOP_POLL: Duration = Duration::from_millis(200);
-/// Beats that could not be answered at once (a first beat waiting for its liveness change to commit, an
-/// order index catching up) run as tasks, at most this many at a time; one more is refused UNAVAILABLE
+/// Beats that could not be answered at once (an order index catching up) run as tasks, at most this many at a time; one more is refused UNAVAILABLE
 /// (its agent sends it as a call, which waits in line with the others).
 pub const MAX_WAITING_BEATS: usize = 4096;
 /// The socket's receive buffer asked of the kernel: about 0.4 s of 10,000 beats a second of 2 KiB each
@@ -81,7 +80,7 @@ pub struct Counters {
     /// Refused because the beat would change the replicated state (also counted in `refused`).
     pub call_first: AtomicU64,
     /// Beats waiting now (at most [`MAX_WAITING_BEATS`]).
-    pub waiting: AtomicUsize,
+    pub waiting: Waiting,
 }
 
 impl Counters {
@@ -99,6 +98,34 @@ impl Counters {
             ("stale", g(&self.stale)),
             ("replayed", g(&self.replayed)),
         ]
+    }
+}
+
+/// Beats waiting as tasks: a count with a limit.
+#[derive(Debug, Default, Clone)]
+pub struct Waiting(Arc<AtomicUsize>);
+
+/// One waiting beat's place, given back when dropped.
+#[derive(Debug)]
+pub struct WaitingSlot(Arc<AtomicUsize>);
+
+impl Drop for WaitingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Waiting {
+    /// A place, unless `max` are taken.
+    pub fn take(&self, max: usize) -> Option<WaitingSlot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| WaitingSlot(Arc::clone(&self.0)))
+    }
+
+    pub fn now(&self) -> usize {
+        self.0.load(Ordering::Acquire)
     }
 }
 
@@ -233,15 +260,14 @@ fn take(
     if let Some(r) = (&mut beat).now_or_never() {
         return answer(svc, socket, key, seq, from, r, out);
     }
-    if c.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_BEATS {
-        c.waiting.fetch_sub(1, Ordering::AcqRel);
+    let Some(slot) = c.waiting.take(MAX_WAITING_BEATS) else {
         let e = ApiError::unavailable(format!("{MAX_WAITING_BEATS} heartbeat datagrams waiting: send calls"));
         return answer(svc, socket, key, seq, from, Err(e), out);
-    }
+    };
     let (svc, socket, key) = (Arc::clone(svc), Arc::clone(socket), key.clone());
     tokio::spawn(async move {
         let r = beat.await;
-        svc.datagrams.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(slot);
         answer(&svc, &socket, &key, seq, from, r, &mut Vec::new());
     });
 }
@@ -286,5 +312,46 @@ fn answer(
         && let Err(e) = socket.send_to(out, to)
     {
         tracing::debug!(error = %e, %to, "sending a heartbeat datagram's answer");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_beats_are_bounded_and_a_place_comes_back_when_its_beat_ends() {
+        let w = Waiting::default();
+        let mut slots: Vec<WaitingSlot> = (0..3).map(|_| w.take(3).expect("a place")).collect();
+        assert_eq!(w.now(), 3);
+        assert!(w.take(3).is_none(), "a fourth beat waited past the limit");
+        drop(slots.pop());
+        assert_eq!(w.now(), 2);
+        let again = w.take(3).expect("the place given back");
+        assert!(w.take(3).is_none());
+        drop(again);
+        assert_eq!(w.now(), 2);
+        drop(slots);
+        assert_eq!(w.now(), 0);
+    }
+
+    #[test]
+    fn only_agent_tokens_make_keys() {
+        let digest = |t: &str| proto::tls::Token::new(t).sha256_hex();
+        let entry =
+            |name: &str, roles| crate::auth::TokenEntry { name: name.into(), sha256: digest(name), roles };
+        let auth = crate::auth::AuthConfig {
+            tokens: vec![
+                entry("agents", vec![crate::auth::Role::Agent]),
+                entry("ops", vec![crate::auth::Role::Operator]),
+                entry("both", vec![crate::auth::Role::Read, crate::auth::Role::Agent]),
+            ],
+        };
+        let keys = Keys::of_agent_tokens(&auth);
+        let id = |t: &str| BeatKey::from_token(&proto::tls::Token::new(t)).id();
+        assert!(keys.get(id("agents")).is_some() && keys.get(id("both")).is_some());
+        assert!(keys.get(id("ops")).is_none(), "an operator token seals heartbeats");
+        assert!(keys.get(BeatKey::open().id()).is_none(), "a secure member takes the open key");
+        assert!(Keys::open().get(BeatKey::open().id()).is_some());
     }
 }
