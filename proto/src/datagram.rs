@@ -39,6 +39,8 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
 /// masters without datagrams, a clock too far off), the agent beats with calls for this long before it
 /// tries a datagram again.
 pub const OFF_AFTER_SILENCE: Duration = Duration::from_secs(300);
+/// Most member addresses an agent keeps resolved (the list, and leaders members named).
+const MAX_RESOLVED: usize = 16;
 /// See [`OFF_AFTER_SILENCE`].
 pub const SILENT_ROUNDS_BEFORE_OFF: u32 = 3;
 
@@ -250,6 +252,8 @@ pub struct Datagrams {
     /// Calls only until then (a datagram went unanswered).
     off_until: Option<Instant>,
     buf: Vec<u8>,
+    /// Addresses looked up (at most [`MAX_RESOLVED`]).
+    resolved: std::collections::HashMap<String, SocketAddr>,
     pub timeout: Duration,
     pub off_after_silence: Duration,
     stats: DatagramStats,
@@ -266,6 +270,7 @@ impl Datagrams {
             leader: None,
             off_until: None,
             buf: Vec::new(),
+            resolved: std::collections::HashMap::new(),
             timeout: ANSWER_TIMEOUT,
             off_after_silence: OFF_AFTER_SILENCE,
             stats: DatagramStats::default(),
@@ -315,6 +320,9 @@ impl Datagrams {
                 }
                 Err(Miss::Silent) => {
                     self.stats.unanswered += 1;
+                    if let Some(silent) = tried.last() {
+                        self.resolved.remove(silent);
+                    }
                     match self.addrs.iter().find(|a| !tried.contains(a)) {
                         Some(next) => target = next.clone(),
                         None => break,
@@ -337,16 +345,31 @@ impl Datagrams {
         None
     }
 
+    /// `to`'s socket address: resolved once per name (a name is looked up again after its member went
+    /// silent, in case it moved).
+    async fn resolve(&mut self, to: &str) -> Result<SocketAddr, Miss> {
+        if let Some(a) = self.resolved.get(to) {
+            return Ok(*a);
+        }
+        let bare = to.strip_prefix("http://").or_else(|| to.strip_prefix("https://")).unwrap_or(to);
+        let a = match tokio::net::lookup_host(bare).await {
+            Ok(mut it) => it.next().ok_or(Miss::Other)?,
+            Err(_) => return Err(Miss::Other),
+        };
+        // Members and the leaders they name: a handful of names; never more than that kept.
+        if self.resolved.len() >= MAX_RESOLVED {
+            self.resolved.clear();
+        }
+        self.resolved.insert(to.to_string(), a);
+        Ok(a)
+    }
+
     async fn exchange(
         &mut self,
         to: &str,
         req: &api::HeartbeatRequest,
     ) -> Result<api::HeartbeatResponse, Miss> {
-        let bare = to.strip_prefix("http://").or_else(|| to.strip_prefix("https://")).unwrap_or(to);
-        let target: SocketAddr = match tokio::net::lookup_host(bare).await {
-            Ok(mut it) => it.next().ok_or(Miss::Other)?,
-            Err(_) => return Err(Miss::Other),
-        };
+        let target = self.resolve(to).await?;
         let seq = self.seq.next();
         seal(&self.key, Kind::Beat, seq, req, &mut self.buf).map_err(|_| Miss::Other)?;
         let v6 = target.is_ipv6();
