@@ -239,6 +239,14 @@ pub fn render(svc: &Service, member_nospace: &BTreeMap<u64, bool>) -> Result<Str
          dropped unanswered)",
         datagrams,
     );
+    reg.register(
+        "heartbeat_datagrams_waiting",
+        format!(
+            "Heartbeat datagrams whose beat waits as a task now (at most {}; one more is answered UNAVAILABLE)",
+            crate::datagrams::MAX_WAITING_BEATS
+        ),
+        gauge(svc.datagrams.waiting.now() as u64),
+    );
     if let Some(n) = crate::accept::open_files() {
         reg.register(
             "open_fds",

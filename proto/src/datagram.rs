@@ -382,9 +382,12 @@ impl Datagrams {
         let Some((_, socket)) = &self.socket else { return Err(Miss::Other) };
         socket.send_to(&self.buf, target).await.map_err(|_| Miss::Other)?;
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut answer = vec![0u8; MAX_DATAGRAM + 1];
+        // The request is sent: its buffer takes the answer.
+        let answer = &mut self.buf;
+        answer.clear();
+        answer.resize(MAX_DATAGRAM + 1, 0);
         loop {
-            let n = match tokio::time::timeout_at(deadline, socket.recv_from(&mut answer)).await {
+            let n = match tokio::time::timeout_at(deadline, socket.recv_from(answer)).await {
                 Err(_) => return Err(Miss::Silent),
                 Ok(Err(_)) => continue,
                 Ok(Ok((n, _))) => n,

@@ -115,6 +115,12 @@ async fn beats_go_by_datagram_hostile_ones_change_nothing_and_a_new_leader_is_fo
     let got = ["bad_seal", "unknown_key", "stale", "malformed", "replayed", "call_first"]
         .map(|r| counted(&lead_http, r));
     assert_eq!(got, [1, 1, 1, 1, 1, 1], "bad_seal, unknown_key, stale, malformed, replayed, call_first");
+    let page = tests::http_get(&lead_http, "/metrics").unwrap_or_default();
+    assert_eq!(
+        tests::metric(&page, "huatuo_master_heartbeat_datagrams_waiting"),
+        Some(0),
+        "no beat left waiting"
+    );
 
     // 3. The leader dies: the next beat's datagram to it goes unanswered, the other members are tried and
     // the new leader answers; no call.
