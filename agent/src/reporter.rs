@@ -193,18 +193,22 @@ pub struct ReporterConfig {
     pub idle_connection: Option<Duration>,
 }
 
-/// This agent's heartbeat datagrams, if on: sealed with its token's key, or the open key of a cluster
-/// without TLS or tokens. A TLS cluster without a token has no key a master would take: off.
+/// This agent's heartbeat datagrams, if on: sealed with its own key once a master handed it one (in the
+/// answer to a heartbeat call or stream message, clusters at command version 12), until then with its
+/// token's key, or the open key of a cluster without TLS or tokens. With TLS and no token, every beat goes
+/// as a call until the agent has its own key.
 fn datagrams(cfg: &ReporterConfig) -> Option<proto::datagram::Datagrams> {
     if !cfg.heartbeat_datagrams {
         return None;
     }
-    let key = match (&cfg.security.token, &cfg.security.tls) {
-        (Some(t), _) if !t.is_empty() => proto::datagram::BeatKey::from_token(t),
-        (_, None) => proto::datagram::BeatKey::open(),
-        (_, Some(_)) => return None,
-    };
-    Some(proto::datagram::Datagrams::new(key, cfg.masters.clone()))
+    let masters = cfg.masters.clone();
+    Some(match (&cfg.security.token, &cfg.security.tls) {
+        (Some(t), _) if !t.is_empty() => {
+            proto::datagram::Datagrams::new(proto::datagram::BeatKey::from_token(t), masters)
+        }
+        (_, None) => proto::datagram::Datagrams::new(proto::datagram::BeatKey::open(), masters),
+        (_, Some(_)) => proto::datagram::Datagrams::keyless(masters),
+    })
 }
 
 /// Send the results of finished actions; a result the master refuses for good (the action is no longer
@@ -455,6 +459,7 @@ async fn heartbeat(
         assignment_hash: cfg.catalog.as_ref().map(|c| c.hash()).unwrap_or_default(),
         probe_addr: cfg.net.as_ref().map(|n| n.probe_addr()).unwrap_or_default(),
         net: net_reports.clone(),
+        beat_key_id: datagrams.as_ref().map(|d| d.own_key_id()).unwrap_or(0),
     };
     let sent_ms = crate::scheduler::now_ms();
     let answered = match datagrams {
@@ -475,7 +480,13 @@ async fn heartbeat(
             let after = stream.stats();
             shared.metrics.heartbeats_streamed.inc_by(after.streamed - before.streamed);
             shared.metrics.heartbeats_called.inc_by(after.called - before.called);
-            resp.map_err(rpc("heartbeat"))?
+            let resp = resp.map_err(rpc("heartbeat"))?;
+            if let Some(d) = datagrams.as_mut()
+                && d.take_key_from(&resp)
+            {
+                tracing::info!(key_id = format!("{:016x}", resp.beat_key_id), "heartbeat datagrams: own key");
+            }
+            resp
         }
     };
     // The client may have retried: the round trip then covers every attempt, a wider uncertainty, never a

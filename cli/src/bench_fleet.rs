@@ -460,6 +460,11 @@ struct Run {
     /// code, no answer, a datagram that could not be sent); of those, datagrams with no answer in
     /// [`DATAGRAM_TIMEOUT`].
     datagrams_answered: AtomicU64,
+    /// Of them, sealed with the agent's own key (a master handed it one: clusters at command version 12),
+    /// as a real agent's; the others with the open key.
+    datagrams_own_key: AtomicU64,
+    /// Each agent's own datagram key (id, bytes), from the first answer to one of its calls that carries one.
+    agent_keys: Vec<std::sync::OnceLock<(u64, [u8; 32])>>,
     datagrams_fell_back: AtomicU64,
     datagrams_unanswered: AtomicU64,
     /// Phase 7's writers send over their own ingest stream (not `--ingest-calls`); batches answered on
@@ -503,6 +508,7 @@ impl Run {
             version: env!("CARGO_PKG_VERSION").into(),
             started_ms: self.started_ms,
             assignment_hash: held,
+            beat_key_id: self.agent_keys.get(i as usize).and_then(|k| k.get()).map_or(0, |(id, _)| *id),
             ..Default::default()
         }
     }
@@ -515,6 +521,21 @@ impl Run {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         call_via(&self.fleet, k, f).await
+    }
+
+    /// Keep agent `i`'s own datagram key from a call's or stream's answer that carries one.
+    fn take_key(&self, i: u32, r: &api::HeartbeatResponse) {
+        if let (Some(slot), Ok(key)) =
+            (self.agent_keys.get(i as usize), <[u8; 32]>::try_from(&r.beat_key[..]))
+        {
+            slot.get_or_init(|| (r.beat_key_id, key));
+        }
+    }
+
+    /// Agent `i`'s own datagram key, once a master handed it one.
+    fn agent_key(&self, i: u32) -> Option<BeatKey> {
+        let (id, key) = self.agent_keys.get(i as usize)?.get()?;
+        BeatKey::from_agent_key(*id, key)
     }
 
     /// Heartbeat samples sent in `[from, to)` seconds since the origin.
@@ -537,9 +558,11 @@ impl Run {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         if self.datagrams.is_some() {
             return format!(
-                "a datagram per beat (a call when one is not answered); {} beats answered by datagrams, {} sent \
-                 as calls after a datagram ({} unanswered in {} ms) since the start",
+                "a datagram per beat (a call when one is not answered); {} beats answered by datagrams ({} sealed \
+                 with the agent's own key), {} sent as calls after a datagram ({} unanswered in {} ms) since the \
+                 start",
                 n(&self.datagrams_answered),
+                n(&self.datagrams_own_key),
                 n(&self.datagrams_fell_back),
                 n(&self.datagrams_unanswered),
                 DATAGRAM_TIMEOUT.as_millis()
@@ -592,8 +615,8 @@ enum Miss {
     Other,
 }
 
-/// Beats of one group waiting for their answer, by seq.
-type PendingBeats = Mutex<HashMap<u64, tokio::sync::oneshot::Sender<api::BeatReply>>>;
+/// Beats of one group waiting for their answer, by seq, with the key that opens the answer.
+type PendingBeats = Mutex<HashMap<u64, (tokio::sync::oneshot::Sender<api::BeatReply>, BeatKey)>>;
 
 /// One connection group's heartbeat datagrams: one UDP socket all its agents share, one seq clock (strictly
 /// increasing for the group, so for each of its agents) and the beats awaiting an answer, by seq. A receiver
@@ -637,7 +660,7 @@ impl BeatSocket {
         };
         let socket = Arc::new(tokio::net::UdpSocket::bind(local).await?);
         let pending = Arc::new(PendingBeats::default());
-        let receiver = tokio::spawn(receive_replies(socket.clone(), key.clone(), pending.clone()));
+        let receiver = tokio::spawn(receive_replies(socket.clone(), pending.clone()));
         Ok(BeatSocket {
             socket,
             key,
@@ -647,19 +670,21 @@ impl BeatSocket {
         })
     }
 
-    /// Send `req` as one datagram to `to` and wait at most `limit` for its answer: the response, or why it
-    /// must go as a call.
+    /// Send `req` as one datagram to `to`, sealed with `own` (the agent's own key) or else the group's key,
+    /// and wait at most `limit` for its answer: the response, or why it must go as a call.
     async fn exchange(
         &self,
         to: SocketAddr,
         req: &api::HeartbeatRequest,
         limit: Duration,
+        own: Option<BeatKey>,
     ) -> Result<api::HeartbeatResponse, Miss> {
         let seq = lock(&self.seqs).next();
+        let key = own.unwrap_or_else(|| self.key.clone());
         let mut out = Vec::new();
-        datagram::seal(&self.key, Kind::Beat, seq, req, &mut out).map_err(|_| Miss::Other)?;
+        datagram::seal(&key, Kind::Beat, seq, req, &mut out).map_err(|_| Miss::Other)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        lock(&self.pending).insert(seq, tx);
+        lock(&self.pending).insert(seq, (tx, key));
         let _entry = PendingEntry { pending: &self.pending, seq };
         self.socket.send_to(&out, to).await.map_err(|_| Miss::Other)?;
         let reply = match tokio::time::timeout(limit, rx).await {
@@ -676,9 +701,10 @@ impl BeatSocket {
     }
 }
 
-/// The receiver of one group's [`BeatSocket`]: every sealed reply to a beat still waiting goes to it;
-/// anything else (not ours, another key, a late reply) is dropped. Runs until the socket is dropped (aborted).
-async fn receive_replies(socket: Arc<tokio::net::UdpSocket>, key: BeatKey, pending: Arc<PendingBeats>) {
+/// The receiver of one group's [`BeatSocket`]: every reply to a beat still waiting, sealed with that beat's
+/// key, goes to it; anything else (not ours, another key, a late reply) is dropped. Runs until the socket
+/// is dropped (aborted).
+async fn receive_replies(socket: Arc<tokio::net::UdpSocket>, pending: Arc<PendingBeats>) {
     let mut buf = vec![0u8; datagram::MAX_DATAGRAM + 1];
     loop {
         let n = match socket.recv_from(&mut buf).await {
@@ -688,11 +714,13 @@ async fn receive_replies(socket: Arc<tokio::net::UdpSocket>, key: BeatKey, pendi
                 continue;
             }
         };
+        let Ok(seq) = datagram::seq_of(&buf[..n]) else { continue };
+        let Some(key) = lock(&pending).get(&seq).map(|(_, k)| k.clone()) else { continue };
         let Ok(o) = datagram::open(&buf[..n], &key) else { continue };
         if o.kind != Kind::Reply {
             continue;
         }
-        let Some(tx) = lock(&pending).remove(&o.seq) else { continue };
+        let Some((tx, _)) = lock(&pending).remove(&o.seq) else { continue };
         // A reply that does not decode sends its beat as a call, as any code but "" does.
         let reply = api::BeatReply::decode(o.payload).unwrap_or_else(|e| api::BeatReply {
             code: "UNDECODABLE".into(),
@@ -793,6 +821,7 @@ async fn register_host(run: &Run, conn: usize, i: u32, disks: u32) -> Result<(f6
         })
         .await
         .map_err(|e| format!("first heartbeat of {}: {e}", agent_id(i)))?;
+    run.take_key(i, &resp);
     Ok((t.elapsed().as_secs_f64() * 1000.0, resp.assignment_hash))
 }
 
@@ -861,14 +890,19 @@ async fn beat(
         // To the node the fleet believes leads; anything but an answer sends this beat as a call, and
         // NOT_LEADER moves the fleet first, as a call's does.
         let node = run.fleet.leader_node();
+        let own = run.agent_key(i);
+        let own_key = own.is_some();
         let got = match targets.addrs.get(node) {
-            Some(to) => udp.exchange(*to, &req, DATAGRAM_TIMEOUT).await,
+            Some(to) => udp.exchange(*to, &req, DATAGRAM_TIMEOUT, own).await,
             None => Err(Miss::Other),
         };
         match got {
             Ok(r) => {
                 lock(&run.beats).push(sent, t.elapsed().as_secs_f64() * 1000.0);
                 run.datagrams_answered.fetch_add(1, Ordering::Relaxed);
+                if own_key {
+                    run.datagrams_own_key.fetch_add(1, Ordering::Relaxed);
+                }
                 if r.assignment_included {
                     run.assignments.fetch_add(1, Ordering::Relaxed);
                 }
@@ -900,6 +934,7 @@ async fn beat(
     if let Some(r) = over_stream(&run.fleet, &mut stream, req.clone()).await {
         lock(&run.beats).push(sent, t.elapsed().as_secs_f64() * 1000.0);
         run.streamed.fetch_add(1, Ordering::Relaxed);
+        run.take_key(i, &r);
         if r.assignment_included {
             run.assignments.fetch_add(1, Ordering::Relaxed);
         }
@@ -911,6 +946,7 @@ async fn beat(
             let lat = t.elapsed().as_secs_f64() * 1000.0;
             lock(&run.beats).push(sent, lat);
             let r = r.into_inner();
+            run.take_key(i, &r);
             if r.assignment_included {
                 run.assignments.fetch_add(1, Ordering::Relaxed);
             }
@@ -2037,6 +2073,8 @@ async fn bench_on(a: &BenchFleetArgs, seed: u64, cluster: &mut LocalCluster) -> 
         streams_opened: AtomicU64::new(0),
         datagrams,
         datagrams_answered: AtomicU64::new(0),
+        datagrams_own_key: AtomicU64::new(0),
+        agent_keys: (0..a.agents).map(|_| std::sync::OnceLock::new()).collect(),
         datagrams_fell_back: AtomicU64::new(0),
         datagrams_unanswered: AtomicU64::new(0),
         ingest_streams: !a.ingest_calls,
@@ -2973,15 +3011,15 @@ mod tests {
         let limit = Duration::from_secs(10);
         let (r1, r2, r3) = (req(1), req(2), req(3));
         let (a, b, c, ()) = tokio::join!(
-            udp.exchange(to, &r1, limit),
-            udp.exchange(to, &r2, limit),
-            udp.exchange(to, &r3, limit),
+            udp.exchange(to, &r1, limit, None),
+            udp.exchange(to, &r2, limit, None),
+            udp.exchange(to, &r3, limit, None),
             serve
         );
         assert_eq!(a.unwrap().assignment_hash, agent_id(1));
         assert_eq!(b.unwrap().assignment_hash, agent_id(2));
         assert_eq!(c, Err(Miss::NotLeader(Some("127.0.0.1:1".into()))));
-        let silent = udp.exchange(to, &req(4), Duration::from_millis(50)).await;
+        let silent = udp.exchange(to, &req(4), Duration::from_millis(50), None).await;
         assert_eq!(silent, Err(Miss::Silent));
         assert!(lock(&udp.pending).is_empty(), "a beat's entry stayed pending");
     }

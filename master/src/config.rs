@@ -115,6 +115,12 @@ pub struct MasterConfig {
     /// streams, as before (a datagram gets no answer and its agent sends calls).
     #[serde(default = "default_heartbeat_datagrams")]
     pub heartbeat_datagrams: bool,
+    /// Keep taking datagrams sealed with an agent token's key once the cluster holds a heartbeat secret
+    /// (command version 12), for agents older than the per-agent keys (default false: such a datagram is
+    /// answered CONFLICT and its agent sends a call, whose answer hands a current agent its own key). On,
+    /// an agent token without its certificate can keep agents alive by datagram again.
+    #[serde(default)]
+    pub heartbeat_datagram_token_keys: bool,
     /// Play a binary that knows command versions up to this one only (1..=the binary's own): to rehearse a
     /// rolling upgrade, and in tests of the upgrade refusals. Default: what the binary knows.
     #[serde(default)]
@@ -287,6 +293,7 @@ pub struct Resolved {
     pub max_ingest_streams: usize,
     pub heartbeat_stream_max_age: Duration,
     pub heartbeat_datagrams: bool,
+    pub heartbeat_datagram_token_keys: bool,
     /// The newest command version this node knows (decodes, applies, reports to its peers).
     pub knows_command_version: u32,
     pub auto_upgrade: bool,
@@ -447,6 +454,7 @@ impl MasterConfig {
             max_ingest_streams: self.max_ingest_streams,
             heartbeat_stream_max_age: Duration::from_millis(self.heartbeat_stream_max_age_ms.max(1000)),
             heartbeat_datagrams: self.heartbeat_datagrams,
+            heartbeat_datagram_token_keys: self.heartbeat_datagram_token_keys,
             knows_command_version,
             auto_upgrade: self.auto_upgrade,
             canary: self.canary.clone(),

@@ -27,17 +27,28 @@ pub const MAX_WAITING_BEATS: usize = 4096;
 /// queued while the thread is descheduled (the kernel caps it at `net.core.rmem_max`).
 const RECV_BUFFER: usize = 8 << 20;
 
-/// The keys datagrams may be sealed with: the agent tokens' (by key id), or the open key of a cluster
-/// without tokens.
+/// The keys datagrams may be sealed with besides each agent's own (derived from the cluster's heartbeat
+/// secret, `Service::beat_secret`): the agent tokens' (by key id), or the open key of a cluster without
+/// tokens. Once the cluster holds a secret, a datagram under a token's key is refused (answered CONFLICT:
+/// its agent calls and gets its own key) unless `tokens_with_a_secret` (config
+/// `heartbeat_datagram_token_keys`, for agents older than the per-agent keys). The open key proves nothing
+/// either way and is always taken.
 #[derive(Debug, Default, Clone)]
 pub struct Keys {
     keys: Vec<BeatKey>,
+    tokens_with_a_secret: bool,
 }
 
 impl Keys {
     /// No tokens (`--insecure`): the open key only.
     pub fn open() -> Keys {
-        Keys { keys: vec![BeatKey::open()] }
+        Keys { keys: vec![BeatKey::open()], tokens_with_a_secret: true }
+    }
+
+    /// Keep taking token keys once the cluster holds a heartbeat secret.
+    pub fn taking_tokens_with_a_secret(mut self, on: bool) -> Keys {
+        self.tokens_with_a_secret = on;
+        self
     }
 
     /// The tokens with role agent (their sha256 digests as the config holds them).
@@ -48,7 +59,7 @@ impl Keys {
             .filter(|t| t.roles.contains(&crate::auth::Role::Agent))
             .filter_map(|t| BeatKey::from_digest_hex(&t.sha256))
             .collect();
-        Keys { keys }
+        Keys { keys, tokens_with_a_secret: false }
     }
 
     fn get(&self, id: u64) -> Option<&BeatKey> {
@@ -79,18 +90,22 @@ pub struct Counters {
     pub replayed: AtomicU64,
     /// Refused because the beat would change the replicated state (also counted in `refused`).
     pub call_first: AtomicU64,
+    /// Sealed with an agent token's key while the cluster holds a heartbeat secret: refused, answered
+    /// CONFLICT so its agent calls for its own key (also counted in `refused`).
+    pub token_key: AtomicU64,
     /// Beats waiting now (at most [`MAX_WAITING_BEATS`]).
     pub waiting: Waiting,
 }
 
 impl Counters {
     /// `(result label, count)` for `/metrics`.
-    pub fn results(&self) -> [(&'static str, u64); 9] {
+    pub fn results(&self) -> [(&'static str, u64); 10] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("answered", g(&self.answered)),
             ("refused", g(&self.refused)),
             ("call_first", g(&self.call_first)),
+            ("token_key", g(&self.token_key)),
             ("too_big", g(&self.too_big)),
             ("malformed", g(&self.malformed)),
             ("unknown_key", g(&self.unknown_key)),
@@ -220,7 +235,19 @@ fn take(
         a.fetch_add(1, Ordering::Relaxed);
     };
     let Ok(id) = datagram::key_id(buf) else { return count(&c.malformed) };
-    let Some(key) = keys.get(id) else { return count(&c.unknown_key) };
+    let secret = svc.beat_secret();
+    // The agent's own key (derived from the agent the datagram names), else a token's or the open key.
+    let (key, own_key_of) = match secret.filter(|s| s.id() == id) {
+        Some(s) => {
+            let Some(agent) = datagram::agent_of(buf) else { return count(&c.malformed) };
+            (s.agent_key(agent), Some(agent))
+        }
+        None => match keys.get(id) {
+            Some(k) => (k.clone(), None),
+            None => return count(&c.unknown_key),
+        },
+    };
+    let key = &key;
     let opened = match datagram::open(buf, key) {
         Ok(o) if o.kind == Kind::Beat => o,
         Ok(_) => return count(&c.malformed),
@@ -238,6 +265,20 @@ fn take(
             return answer(svc, socket, key, seq, from, Err(e), out);
         }
     };
+    // Under an agent's own key the request must be that agent's (the decoder takes the last of repeated
+    // fields, the key was derived from the first): anything else is forged by another key's holder.
+    if own_key_of.is_some_and(|a| a != req.agent) {
+        return count(&c.malformed);
+    }
+    if own_key_of.is_none() && secret.is_some() && !keys.tokens_with_a_secret && id != BeatKey::open().id() {
+        c.token_key.fetch_add(1, Ordering::Relaxed);
+        let e = ApiError::new(
+            proto::error::Code::Conflict,
+            "heartbeat datagrams are sealed with each agent's own key: send this beat as a call, whose answer \
+             carries the key",
+        );
+        return answer(svc, socket, key, seq, from, Err(e), out);
+    }
     if !svc.take_datagram_seq(&req.agent, seq) {
         return count(&c.replayed);
     }
@@ -255,7 +296,9 @@ fn take(
         return answer(svc, socket, key, seq, from, Err(e), out);
     }
     let beat_svc = Arc::clone(svc);
-    let mut beat = Box::pin(async move { crate::grpc::beat(&beat_svc, req).await.map_err(ApiError::from) });
+    // Never the agent's key in a datagram's answer: datagrams are sealed, not encrypted.
+    let mut beat =
+        Box::pin(async move { crate::grpc::beat(&beat_svc, req, false).await.map_err(ApiError::from) });
     // A known agent's steady beat completes in one poll (no read, no wait): answered on this thread.
     if let Some(r) = (&mut beat).now_or_never() {
         return answer(svc, socket, key, seq, from, r, out);

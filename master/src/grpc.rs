@@ -59,10 +59,13 @@ fn idempotency_key(md: &tonic::metadata::MetadataMap) -> Result<Option<String>, 
 
 type WatchStreamBox = Pin<Box<dyn Stream<Item = Result<api::WatchResponse, Status>> + Send + 'static>>;
 
-/// One heartbeat, answered as the unary call and every beat of a stream answer it.
+/// One heartbeat, answered as the unary call and every beat of a stream answer it. `hand_key`: the answer
+/// carries the agent's own datagram key (calls and streams, where TLS hides it and the agent's credentials
+/// were checked; never a datagram's answer).
 pub(crate) async fn beat(
     svc: &Service,
     req: api::HeartbeatRequest,
+    hand_key: bool,
 ) -> Result<api::HeartbeatResponse, Status> {
     // The request's strings are moved where they go, never copied: a known agent's steady beat
     // allocates nothing between the decoded request and the reply (`tests/catalog_api.rs`,
@@ -79,6 +82,7 @@ pub(crate) async fn beat(
         assignment_hash,
         probe_addr,
         net,
+        beat_key_id: held_key,
     } = req;
     // Network reports are checked before anything is touched: a bad one refuses the whole beat.
     let reports = crate::net::reports::check_reports(&host, started_ms, &net).map_err(Status::from)?;
@@ -99,7 +103,14 @@ pub(crate) async fn beat(
     let (hash, assignment) = svc.assignment_for_beat(&host, held).map_err(Status::from)?;
     let included = assignment.is_some();
     let peers = svc.net_beat(&agent, &host, &probe_addr, &reports).map_err(Status::from)?;
+    // The agent's own key, unless it holds it already (a steady beat hands out nothing).
+    let (beat_key, beat_key_id) = match svc.beat_secret().filter(|s| hand_key && held_key != s.id()) {
+        Some(s) => (s.agent_key_bytes(&agent).to_vec(), s.id()),
+        None => (Vec::new(), 0),
+    };
     Ok(api::HeartbeatResponse {
+        beat_key,
+        beat_key_id,
         revision,
         actions,
         assignment: assignment.iter().flatten().map(convert::assignment_to_wire).collect(),
@@ -175,7 +186,7 @@ impl Carried for api::HeartbeatRequest {
         (&self.agent, &self.host)
     }
     async fn answer(self, svc: &Service) -> Result<Self::Resp, Status> {
-        beat(svc, self).await
+        beat(svc, self, true).await
     }
     fn idle(svc: &Service) -> std::time::Duration {
         svc.heartbeat_stream_idle()
@@ -325,7 +336,7 @@ impl Master for GrpcApi {
         &self,
         req: Request<api::HeartbeatRequest>,
     ) -> Result<Response<api::HeartbeatResponse>, Status> {
-        beat(&self.svc, req.into_inner()).await.map(Response::new)
+        beat(&self.svc, req.into_inner(), true).await.map(Response::new)
     }
 
     type HeartbeatStreamStream = StreamBox<api::HeartbeatResponse>;

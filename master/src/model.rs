@@ -46,7 +46,12 @@ pub use proto::view::{ChangeEvent, HistoryEntry};
 /// instead of lists inside the record rewritten whole by every entry that adds to them
 /// ([`WINDOW_ROWS_VERSION`], `fsm/windows.rs`). No new command kind: the entry that raises the version moves
 /// the lists into rows, and one that lowers it below moves them back, so older binaries read lists again.
-pub const COMMAND_VERSION: u32 = 11;
+/// 12 = the cluster's heartbeat secret (`Command::SetBeatSecret`, set once by a leader): each agent seals its
+/// heartbeat datagrams with its own key derived from it, handed out over its authenticated calls
+/// ([`BEAT_SECRET_VERSION`], `proto::datagram::BeatSecret`).
+pub const COMMAND_VERSION: u32 = 12;
+/// The command version of the heartbeat secret (`Command::SetBeatSecret`).
+pub const BEAT_SECRET_VERSION: u32 = 12;
 /// The command version from which the safety net's windows are rows (`fsm/windows.rs`).
 pub const WINDOW_ROWS_VERSION: u32 = 11;
 /// The command version from which a network incident lasts while its ticket is open.
@@ -722,6 +727,12 @@ pub enum Command {
         by: String,
         reason: String,
     },
+    /// The leader sets the cluster's heartbeat secret once (32 random bytes as 64 hex digits), from which
+    /// each agent's own datagram key is derived (`proto::datagram::BeatSecret`). Refused once one is set.
+    /// Version [`BEAT_SECRET_VERSION`].
+    SetBeatSecret {
+        secret: String,
+    },
 }
 
 /// The replicated pointer to the active fabric topology (`fsm_settings` row [`crate::store::SETTING_TOPOLOGY`]):
@@ -818,6 +829,7 @@ impl Command {
                 TOPOLOGY_COMMAND_VERSION
             }
             Command::SetTopology { .. } => TOPOLOGY_COMMAND_VERSION,
+            Command::SetBeatSecret { .. } => BEAT_SECRET_VERSION,
             Command::Rollout { action: RolloutAction::Retire, .. } => RETIRE_COMMAND_VERSION,
             Command::Ingest { epoch, .. } if *epoch != 0 => AGENT_EPOCH_VERSION,
             // Older binaries refuse ticket updates outside REPAIR; a network device's are recorded from 7 on.
@@ -855,6 +867,7 @@ impl Command {
             Command::Rollout { .. } => "rollout",
             Command::CanaryCheck { .. } => "canary_check",
             Command::SetTopology { .. } => "set_topology",
+            Command::SetBeatSecret { .. } => "set_beat_secret",
         }
     }
 }

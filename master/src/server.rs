@@ -294,7 +294,8 @@ pub async fn serve(
         (true, Some(addr)) => {
             let keys = match &cfg.security {
                 crate::config::Security::Insecure => crate::datagrams::Keys::open(),
-                crate::config::Security::Secure { auth, .. } => crate::datagrams::Keys::of_agent_tokens(auth),
+                crate::config::Security::Secure { auth, .. } => crate::datagrams::Keys::of_agent_tokens(auth)
+                    .taking_tokens_with_a_secret(cfg.heartbeat_datagram_token_keys),
             };
             match crate::datagrams::Server::start(svc.clone(), addr, keys, tokio::runtime::Handle::current())
             {

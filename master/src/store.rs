@@ -66,6 +66,16 @@ pub const REQUEST_ORDER: TableDefinition<u64, &[u8]> = TableDefinition::new("fsm
 
 pub const SETTING_SAFETY: &str = "safety";
 pub const SETTING_TOPOLOGY: &str = "topology";
+/// The cluster's heartbeat secret (32 bytes, sealed; `Command::SetBeatSecret`): absent until a leader sets it.
+pub const SETTING_BEAT_SECRET: &str = "beat_secret";
+
+/// A stored heartbeat secret: exactly 32 bytes under its seal.
+pub fn decode_beat_secret(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    unseal("fsm_settings", SETTING_BEAT_SECRET, bytes)?.try_into().map_err(|_| StoreError::Corrupt {
+        table: "fsm_settings",
+        message: "beat secret is not 32 bytes".into(),
+    })
+}
 /// The checker catalog: checker name -> `catalog::CheckerRecord` (versions, stable version, rollouts).
 pub const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("fsm_catalog");
 /// Artifact bytes, content-addressed: (sha256 hex, chunk index) -> up to `catalog::CHUNK_BYTES` bytes.
@@ -1083,6 +1093,14 @@ impl Reader {
             t.get(SETTING_TOPOLOGY)?
                 .map(|g| decode_sealed("fsm_settings", SETTING_TOPOLOGY, g.value()))
                 .transpose()
+        })
+    }
+
+    /// The cluster's heartbeat secret (one point read), None until a leader set it.
+    pub fn beat_secret(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        self.read("beat_secret", || {
+            let Some(t) = open_read!(self.txn, SETTINGS) else { return Ok(None) };
+            t.get(SETTING_BEAT_SECRET)?.map(|g| decode_beat_secret(g.value())).transpose()
         })
     }
 

@@ -381,9 +381,9 @@ async fn heartbeat(
     .into_inner()
 }
 
-/// A beat as a running agent sends it every interval: its checkers, their runs, its probe address and the
-/// assignment hash it holds.
-fn steady_beat(host: &str, hash: &str, runs: u64) -> api::HeartbeatRequest {
+/// A beat as a running agent sends it every interval: its checkers, their runs, its probe address, the
+/// assignment hash it holds and the id of the datagram key it holds (0: none).
+fn steady_beat(host: &str, hash: &str, runs: u64, key_id: u64) -> api::HeartbeatRequest {
     let checkers = ["archive", "kernel-log", "offline", "online", "smart", "net-probe"];
     api::HeartbeatRequest {
         agent: format!("agent-{host}"),
@@ -408,6 +408,7 @@ fn steady_beat(host: &str, hash: &str, runs: u64) -> api::HeartbeatRequest {
         assignment_hash: hash.into(),
         probe_addr: "127.0.0.1:7070".into(),
         net: Vec::new(),
+        beat_key_id: key_id,
     }
 }
 
@@ -419,17 +420,26 @@ async fn a_known_agents_steady_beat_allocates_nothing() {
     use futures::FutureExt;
     use proto::api::master_server::Master as _;
     let m = start().await;
+    // The leader sets the heartbeat secret on its own (command version 12): a steady agent holds its key.
+    let deadline = Instant::now() + LIVENESS_BOUND;
+    while m.svc.beat_secret().is_none() {
+        assert!(Instant::now() < deadline, "no heartbeat secret was set");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let g = GrpcApi::handlers(m.svc.clone());
-    let first = g.heartbeat(tonic::Request::new(steady_beat("h1", "", 1))).await.expect("first beat");
-    let hash = first.into_inner().assignment_hash;
-    assert!(!hash.is_empty());
-    // The agent now holds that assignment: from its next beat on, the beat says so (steady).
-    g.heartbeat(tonic::Request::new(steady_beat("h1", &hash, 1))).await.expect("holding the assignment");
+    let first = g.heartbeat(tonic::Request::new(steady_beat("h1", "", 1, 0))).await.expect("first beat");
+    let first = first.into_inner();
+    let (hash, key_id) = (first.assignment_hash, first.beat_key_id);
+    assert!(!hash.is_empty() && key_id != 0 && first.beat_key.len() == 32, "the first answer hands the key");
+    // The agent now holds that assignment and its key: from its next beat on, the beat says so (steady).
+    g.heartbeat(tonic::Request::new(steady_beat("h1", &hash, 1, key_id)))
+        .await
+        .expect("holding the assignment");
     // A beat may find the order index behind the revision (the leader's duties write too) and take a
     // catch-up step, which waits; a steady fleet's beats find it current. Try until one finds it so.
     let mut measured = None;
     for n in 2..200u64 {
-        let beat = g.heartbeat(tonic::Request::new(steady_beat("h1", &hash, n)));
+        let beat = g.heartbeat(tonic::Request::new(steady_beat("h1", &hash, n, key_id)));
         let (allocs, out) = allocations_of(|| beat.now_or_never());
         if let Some(out) = out {
             let r = out.expect("steady beat").into_inner();

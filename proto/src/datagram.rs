@@ -123,11 +123,95 @@ impl BeatKey {
     pub fn id(&self) -> u64 {
         self.id
     }
+
+    /// An agent's own key as a master hands it out (`HeartbeatResponse.beat_key` and `beat_key_id`):
+    /// [`BeatSecret::agent_key_bytes`] under the secret's id.
+    pub fn from_agent_key(id: u64, key: &[u8]) -> Option<BeatKey> {
+        (key.len() == 32).then(|| BeatKey { id, key: hmac::Key::new(hmac::HMAC_SHA256, key) })
+    }
+}
+
+/// The cluster's heartbeat secret (replicated through Raft, never sent to an agent), from which each
+/// agent's own datagram key is derived: HMAC-SHA256(secret, `huatuo beat key v1` 0 agent). A master hands
+/// an agent its key in the answer to a heartbeat call or stream message (where the agent's certificate and
+/// token were checked), and opens that agent's datagrams by deriving the same key from the agent the
+/// datagram names, so a datagram proves the sender got its key over an authenticated call for that agent:
+/// an agent token alone, without the certificate, no longer keeps anyone alive. The key id of such a
+/// datagram is the secret's id (the first 8 bytes of the sha256 of `huatuo beat secret id` and the
+/// secret), so a datagram under a secret the master does not hold is an unknown key, not a bad seal.
+#[derive(Clone)]
+pub struct BeatSecret {
+    id: u64,
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for BeatSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BeatSecret({:016x})", self.id)
+    }
+}
+
+impl BeatSecret {
+    pub fn new(secret: &[u8; 32]) -> BeatSecret {
+        let mut h = Sha256::new();
+        h.update(b"huatuo beat secret id");
+        h.update(secret);
+        let d = h.finalize();
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&d[..8]);
+        BeatSecret { id: u64::from_le_bytes(id), key: hmac::Key::new(hmac::HMAC_SHA256, secret) }
+    }
+
+    /// The id datagrams sealed with an agent key of this secret carry.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// `agent`'s own key (what the master hands it out).
+    pub fn agent_key_bytes(&self, agent: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(b"huatuo beat key v1\0");
+        ctx.update(agent.as_bytes());
+        let tag = ctx.sign();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// `agent`'s own key, to open its datagrams and seal the answers.
+    pub fn agent_key(&self, agent: &str) -> BeatKey {
+        BeatKey { id: self.id, key: hmac::Key::new(hmac::HMAC_SHA256, &self.agent_key_bytes(agent)) }
+    }
+}
+
+/// The agent a beat datagram's request names (its `HeartbeatRequest.agent`, field 1), read before the seal is
+/// checked: the master derives that agent's key from it, then checks the seal with it (and, once it
+/// decoded the request, that the request names the same agent). `None`: not one of ours, or no agent in it.
+pub fn agent_of(buf: &[u8]) -> Option<&str> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    header(buf).ok()?;
+    let mut rest = &buf[HEADER_LEN..buf.len() - TAG_LEN];
+    while !rest.is_empty() {
+        let (field, wire) = decode_key(&mut rest).ok()?;
+        if field == 1 && wire == WireType::LengthDelimited {
+            let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+            let agent = rest.get(..len)?;
+            return std::str::from_utf8(agent).ok();
+        }
+        skip_field(wire, field, &mut rest, DecodeContext::default()).ok()?;
+    }
+    None
 }
 
 /// The key id a datagram names (read before its key is looked up), or why it is not one of ours.
 pub fn key_id(buf: &[u8]) -> Result<u64, DatagramError> {
     header(buf).map(|(_, id, _)| id)
+}
+
+/// The seq a datagram names (read before it is opened: an agent that seals each beat with a key of its
+/// own finds the key of an answer by its seq), or why it is not one of ours.
+pub fn seq_of(buf: &[u8]) -> Result<u64, DatagramError> {
+    header(buf).map(|(_, _, seq)| seq)
 }
 
 fn header(buf: &[u8]) -> Result<(Kind, u64, u64), DatagramError> {
@@ -192,6 +276,18 @@ pub fn seal(
     Ok(())
 }
 
+/// [`seal`] of payload bytes as they are (tests craft payloads no encoder writes).
+pub fn seal_payload(key: &BeatKey, kind: Kind, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&MAGIC);
+    out.push(kind as u8);
+    out.extend_from_slice(&key.id.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(payload);
+    let tag = hmac::sign(&key.key, out);
+    out.extend_from_slice(tag.as_ref());
+}
+
 /// A sealed answer (`Kind::Reply`) opened with `key`: its seq (the request's) and the reply.
 pub fn open_reply(buf: &[u8], key: &BeatKey) -> Result<(u64, api::BeatReply), DatagramError> {
     let o = open(buf, key)?;
@@ -240,7 +336,10 @@ pub struct DatagramStats {
 /// One agent's heartbeat datagrams: [`Datagrams::beat`] answers a beat by datagram or says to send it as a
 /// call (`None`).
 pub struct Datagrams {
-    key: BeatKey,
+    /// None: no key yet (an agent without a token until a master hands it its own key).
+    key: Option<BeatKey>,
+    /// The bytes of the agent's own key, when a master handed it one (to tell a new key from the same).
+    own_key: Option<Vec<u8>>,
     /// Every member's address (tried in turn while the ones before are silent).
     addrs: Vec<String>,
     /// Beats in a row whose datagrams no member answered.
@@ -261,8 +360,19 @@ pub struct Datagrams {
 
 impl Datagrams {
     pub fn new(key: BeatKey, addrs: Vec<String>) -> Datagrams {
+        Datagrams::with_key(Some(key), addrs)
+    }
+
+    /// Datagrams that wait for the agent's own key ([`Datagrams::set_key`]): every beat goes as a call
+    /// until then.
+    pub fn keyless(addrs: Vec<String>) -> Datagrams {
+        Datagrams::with_key(None, addrs)
+    }
+
+    fn with_key(key: Option<BeatKey>, addrs: Vec<String>) -> Datagrams {
         Datagrams {
             key,
+            own_key: None,
             addrs,
             silent_rounds: 0,
             socket: None,
@@ -281,6 +391,33 @@ impl Datagrams {
         self.stats
     }
 
+    /// Seal the next datagrams with `key` (the agent's own key a master handed out; replaces the token's).
+    pub fn set_key(&mut self, key: BeatKey) {
+        self.key = Some(key);
+    }
+
+    /// The id of the agent's own key, once a master handed it one (what its heartbeats say it holds).
+    pub fn own_key_id(&self) -> u64 {
+        if self.own_key.is_some() { self.key_id().unwrap_or(0) } else { 0 }
+    }
+
+    /// The id of the key datagrams are sealed with (None: no key yet).
+    pub fn key_id(&self) -> Option<u64> {
+        self.key.as_ref().map(|k| k.id)
+    }
+
+    /// Take the agent's own key from the answer to a call or stream message, when it carries one
+    /// (`beat_key`, `beat_key_id`); whether the key changed.
+    pub fn take_key_from(&mut self, resp: &api::HeartbeatResponse) -> bool {
+        let Some(key) = BeatKey::from_agent_key(resp.beat_key_id, &resp.beat_key) else { return false };
+        if self.own_key.as_deref() == Some(resp.beat_key.as_slice()) && self.key_id() == Some(key.id) {
+            return false;
+        }
+        self.own_key = Some(resp.beat_key.clone());
+        self.key = Some(key);
+        true
+    }
+
     /// One beat: to the member that answered the last one (or a leader a member named), else to `current`
     /// (the client's address: `host:port` or a URL), then to the other members while they stay silent.
     /// The answer, or `None` when this beat must go as a call. Follows NOT_LEADER when it names a leader
@@ -292,7 +429,7 @@ impl Datagrams {
         current: Option<&str>,
         req: &api::HeartbeatRequest,
     ) -> Option<api::HeartbeatResponse> {
-        if self.off_until.is_some_and(|t| Instant::now() < t) {
+        if self.key.is_none() || self.off_until.is_some_and(|t| Instant::now() < t) {
             return None;
         }
         self.off_until = None;
@@ -371,7 +508,8 @@ impl Datagrams {
     ) -> Result<api::HeartbeatResponse, Miss> {
         let target = self.resolve(to).await?;
         let seq = self.seq.next();
-        seal(&self.key, Kind::Beat, seq, req, &mut self.buf).map_err(|_| Miss::Other)?;
+        let key = self.key.as_ref().ok_or(Miss::Other)?;
+        seal(key, Kind::Beat, seq, req, &mut self.buf).map_err(|_| Miss::Other)?;
         let v6 = target.is_ipv6();
         if self.socket.as_ref().is_none_or(|(s6, _)| *s6 != v6) {
             let local: SocketAddr =
@@ -394,7 +532,8 @@ impl Datagrams {
             };
             // Anything that is not the sealed answer to this very request is ignored (a late answer to an
             // earlier one, a stray packet).
-            let Ok((answered, reply)) = open_reply(&answer[..n], &self.key) else { continue };
+            let Some(key) = self.key.as_ref() else { return Err(Miss::Other) };
+            let Ok((answered, reply)) = open_reply(&answer[..n], key) else { continue };
             if answered != seq {
                 continue;
             }
@@ -578,5 +717,95 @@ mod tests {
         assert_eq!(d.stats(), DatagramStats { answered: 1, fell_back: 0, unanswered: 0 });
         // The next datagram goes to the leader named, not back to the follower.
         assert_eq!(d.leader.as_deref(), Some(named.as_str()));
+    }
+
+    #[test]
+    fn each_agent_has_its_own_key_and_the_key_opens_that_agents_datagrams_only() {
+        let secret = BeatSecret::new(&[9; 32]);
+        // Derived alike by every holder of the secret (every member), different per agent and per secret.
+        let again = BeatSecret::new(&[9; 32]);
+        assert_eq!(secret.id(), again.id());
+        assert_eq!(secret.agent_key_bytes("agent-1"), again.agent_key_bytes("agent-1"));
+        assert_ne!(secret.agent_key_bytes("agent-1"), secret.agent_key_bytes("agent-2"));
+        let other = BeatSecret::new(&[8; 32]);
+        assert_ne!(other.id(), secret.id());
+        assert_ne!(other.agent_key_bytes("agent-1"), secret.agent_key_bytes("agent-1"));
+        // What the agent holds (the bytes a master handed out) seals what the master opens.
+        let bytes = secret.agent_key_bytes("agent-1");
+        let held = BeatKey::from_agent_key(secret.id(), &bytes).expect("32 bytes");
+        assert!(BeatKey::from_agent_key(secret.id(), &bytes[..31]).is_none());
+        let mut out = Vec::new();
+        seal(&held, Kind::Beat, 7, &req(), &mut out).unwrap();
+        assert_eq!(key_id(&out).unwrap(), secret.id());
+        assert_eq!(agent_of(&out), Some("agent-1"));
+        assert!(open(&out, &secret.agent_key("agent-1")).is_ok());
+        assert_eq!(open(&out, &secret.agent_key("agent-2")), Err(DatagramError::BadTag));
+        // The token key of old never opens it, nor the open key.
+        assert!(open(&out, &BeatKey::open()).is_err());
+        // Agent 1's key on a request naming agent 2: the master derives agent 2's key and the seal fails.
+        let mut forged = Vec::new();
+        let two = api::HeartbeatRequest { agent: "agent-2".into(), ..req() };
+        seal(&held, Kind::Beat, 8, &two, &mut forged).unwrap();
+        assert_eq!(agent_of(&forged), Some("agent-2"));
+        assert_eq!(open(&forged, &secret.agent_key("agent-2")), Err(DatagramError::BadTag));
+    }
+
+    #[test]
+    fn the_agent_named_is_the_first_agent_field_and_garbage_names_none() {
+        let mut out = Vec::new();
+        let key = BeatKey::open();
+        // The first field 1; a decoder takes the last of repeated fields, so the master compares both.
+        let mut payload = req().encode_to_vec();
+        payload
+            .extend(api::HeartbeatRequest { agent: "agent-2".into(), ..Default::default() }.encode_to_vec());
+        seal_payload(&key, Kind::Beat, 9, &payload, &mut out);
+        assert_eq!(agent_of(&out), Some("agent-1"));
+        let decoded = api::HeartbeatRequest::decode(open(&out, &key).unwrap().payload).unwrap();
+        assert_eq!(decoded.agent, "agent-2");
+        // No agent field; a truncated length; not UTF-8; not ours at all.
+        let none = api::HeartbeatRequest { agent: String::new(), ..req() };
+        seal(&key, Kind::Beat, 9, &none, &mut out).unwrap();
+        assert_eq!(agent_of(&out), None);
+        seal_payload(&key, Kind::Beat, 9, &[0x0A, 0x7F, b'a'], &mut out);
+        assert_eq!(agent_of(&out), None);
+        seal_payload(&key, Kind::Beat, 9, &[0x0A, 0x02, 0xFF, 0xFE], &mut out);
+        assert_eq!(agent_of(&out), None);
+        assert_eq!(agent_of(b"GET / HTTP/1.1\r\n\r\n and some more bytes to be long enough ......"), None);
+    }
+
+    #[tokio::test]
+    async fn an_agent_without_a_key_sends_calls_until_a_master_hands_it_one() {
+        let master = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = master.local_addr().unwrap().to_string();
+        let mut d = Datagrams::keyless(vec![addr.clone()]);
+        assert!(d.beat(Some(&addr), &req()).await.is_none(), "a keyless beat by datagram");
+        let mut buf = [0u8; 64];
+        let nothing = tokio::time::timeout(Duration::from_millis(100), master.recv_from(&mut buf)).await;
+        assert!(nothing.is_err(), "a keyless agent sent a datagram");
+        assert_eq!(d.key_id(), None);
+        // An answer without a key changes nothing; one with a key is taken once.
+        assert!(!d.take_key_from(&api::HeartbeatResponse::default()));
+        let secret = BeatSecret::new(&[3; 32]);
+        let resp = api::HeartbeatResponse {
+            beat_key: secret.agent_key_bytes("agent-1").to_vec(),
+            beat_key_id: secret.id(),
+            ..Default::default()
+        };
+        assert_eq!(d.own_key_id(), 0);
+        assert!(d.take_key_from(&resp));
+        assert!(!d.take_key_from(&resp), "the same key taken again");
+        assert_eq!((d.key_id(), d.own_key_id()), (Some(secret.id()), secret.id()));
+        assert_eq!(Datagrams::new(BeatKey::open(), vec![]).own_key_id(), 0, "the open key is no own key");
+        // Now it sends, sealed with its own key.
+        let sent = tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            let (n, _) = master.recv_from(&mut buf).await.unwrap();
+            buf.truncate(n);
+            buf
+        });
+        d.timeout = Duration::from_millis(50);
+        assert!(d.beat(Some(&addr), &req()).await.is_none(), "nobody answers");
+        let got = sent.await.unwrap();
+        assert!(open(&got, &secret.agent_key("agent-1")).is_ok());
     }
 }

@@ -645,3 +645,123 @@ async fn a_tls_handshake_that_never_finishes_is_closed() {
         assert!(start.elapsed() >= proto::tls::HANDSHAKE_TIMEOUT / 2, "{port}: closed before its timeout");
     }
 }
+
+/// Heartbeat datagrams on a secured cluster seal each agent's beats with a key of its own (command version
+/// 12): the leader sets the cluster's heartbeat secret by itself, an agent's call (certificate and token
+/// checked) carries its key, and its datagrams under that key are answered, by the new leader too after a
+/// kill -9 with no call. A datagram under the agent token's key (all a stolen token gives) is answered
+/// CONFLICT and keeps no one alive; one agent's key on another agent's beat, or on a beat that names two
+/// agents, gets no answer. The key is never in a datagram's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_datagrams_are_sealed_with_each_agents_own_key() {
+    use prost::Message as _;
+    use proto::datagram::{self, BeatKey, Datagrams, Kind};
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pki(tmp.path());
+    let mut cluster = LocalCluster::start_secure(
+        &huatuo_bin(),
+        3,
+        &p.master_toml(),
+        p.security(&p.cli, Some(p.token("operator"))),
+    )
+    .unwrap();
+    let leader =
+        cluster.wait_leader(READY_TIMEOUT).await.unwrap_or_else(|| panic!("{}", cluster.log_tail(1)));
+    let agent_sec = p.security(&p.agent, Some(p.token("agent")));
+    let beat = |agent: &str| api::HeartbeatRequest {
+        agent: agent.into(),
+        host: format!("{agent}-host"),
+        version: "1.0.0".into(),
+        started_ms: tests::now_ms(),
+        ..Default::default()
+    };
+    // The leader raises the version to 12 and sets the secret on its own: a call's answer then has a key.
+    let mut calls = client(&cluster, agent_sec.clone());
+    let mut first = None;
+    for _ in 0..200 {
+        let r =
+            calls.call(beat("own-a"), |mut c, r| async move { c.heartbeat(r).await }).await.expect("call");
+        if !r.beat_key.is_empty() {
+            first = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = first.unwrap_or_else(|| panic!("no beat key handed out: {}", cluster.log_tail(leader)));
+    assert_eq!(first.beat_key.len(), 32);
+    let b = calls.call(beat("own-b"), |mut c, r| async move { c.heartbeat(r).await }).await.expect("call");
+    assert_eq!(b.beat_key_id, first.beat_key_id, "one secret");
+    assert_ne!(b.beat_key, first.beat_key, "each agent its own key");
+    // An agent that says it holds the current key is not handed it again.
+    let holding = api::HeartbeatRequest { beat_key_id: first.beat_key_id, ..beat("own-a") };
+    let r = calls.call(holding, |mut c, r| async move { c.heartbeat(r).await }).await.expect("call");
+    assert!(r.beat_key.is_empty() && r.beat_key_id == 0, "a key handed to an agent holding it");
+    let addrs = proto::client::parse_addrs(&cluster.grpc_addrs());
+    let lead_grpc = cluster.nodes[&leader].grpc.clone();
+    let lead_http = cluster.nodes[&leader].http.clone();
+    let read = p.token("read").expose().to_string();
+    let ca = p.master.ca.clone();
+    let metrics = |http: String, result: &'static str| {
+        let (read, ca) = (read.clone(), ca.clone());
+        async move {
+            let (_, page) = https(&http, &ca, "GET", "/metrics", Some(&read), "").await;
+            let name = format!("huatuo_master_heartbeat_datagrams_total{{result=\"{result}\"}}");
+            tests::metric(&page, &name).unwrap_or(0)
+        }
+    };
+
+    // The agent token's key: authenticated, so answered, with CONFLICT: the beat goes as a call.
+    let mut by_token = Datagrams::new(BeatKey::from_token(p.token("agent")), addrs.clone());
+    assert!(by_token.beat(Some(&lead_grpc), &beat("own-a")).await.is_none(), "a token-keyed datagram beat");
+    assert_eq!(by_token.stats().unanswered, 0, "a token-keyed datagram was not answered");
+    assert_eq!(metrics(lead_http.clone(), "token_key").await, 1);
+
+    // Its own key: answered, and the answer carries no key.
+    let mut own = Datagrams::new(BeatKey::from_token(p.token("agent")), addrs.clone());
+    assert!(own.take_key_from(&first));
+    for _ in 0..3 {
+        let r = own.beat(Some(&lead_grpc), &beat("own-a")).await.expect("a beat under its own key");
+        assert!(r.beat_key.is_empty() && r.beat_key_id == 0, "a key in a datagram's answer");
+    }
+    assert_eq!(own.stats().answered, 3);
+
+    // Agent a's key on agent b's beat, and on a beat naming a first and b last: no answer, nothing changed.
+    let a_key = BeatKey::from_agent_key(first.beat_key_id, &first.beat_key).expect("key");
+    let send = |bytes: &[u8]| {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("test setup");
+        s.set_read_timeout(Some(Duration::from_millis(300))).expect("test setup");
+        s.send_to(bytes, &lead_grpc).expect("test setup");
+        s.recv_from(&mut [0u8; 9000]).is_ok()
+    };
+    let mut out = Vec::new();
+    let seq = datagram::SeqClock::default().next();
+    datagram::seal(&a_key, Kind::Beat, seq, &beat("own-b"), &mut out).expect("test setup");
+    assert!(!send(&out), "agent a's key beat for agent b");
+    let mut two = beat("own-a").encode_to_vec();
+    two.extend(api::HeartbeatRequest { agent: "own-b".into(), ..Default::default() }.encode_to_vec());
+    datagram::seal_payload(&a_key, Kind::Beat, seq + 1, &two, &mut out);
+    assert!(!send(&out), "a beat naming two agents");
+    let refused =
+        (metrics(lead_http.clone(), "bad_seal").await, metrics(lead_http.clone(), "malformed").await);
+    assert_eq!(refused, (1, 1), "bad_seal, malformed");
+
+    // kill -9 the leader: the new one opens the agent's datagrams with the replicated secret, no call.
+    cluster.kill9(leader);
+    let new_leader = cluster.wait_leader(READY_TIMEOUT).await.expect("a new leader");
+    let before = own.stats();
+    let mut after = None;
+    for _ in 0..30 {
+        if let Some(r) = own.beat(None, &beat("own-a")).await {
+            after = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        after.is_some(),
+        "no datagram answered after the kill: {:?} {}",
+        own.stats(),
+        cluster.log_tail(new_leader)
+    );
+    assert!(own.stats().answered > before.answered);
+}

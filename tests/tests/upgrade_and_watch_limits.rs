@@ -492,7 +492,7 @@ async fn the_safety_nets_windows_move_with_the_version_and_back() {
         &mut c,
         3,
         &format!("knows_command_version = {}\n", rows - 1),
-        &[(1, rows), (2, rows), (3, rows - 1)],
+        &[(1, master::model::COMMAND_VERSION), (2, master::model::COMMAND_VERSION), (3, rows - 1)],
     )
     .await;
     let mut cl = c.client();

@@ -27,6 +27,9 @@ pub const TICK_EVERY: Duration = Duration::from_secs(5);
 /// whether they all know them too (each ask waits at most `MEMBER_VERSION_TIMEOUT` per member).
 pub const AUTO_UPGRADE_EVERY: Duration = Duration::from_secs(10);
 
+/// How often a leader of a cluster at command version 12 without a heartbeat secret tries to set one.
+pub const BEAT_SECRET_RETRY: Duration = Duration::from_secs(5);
+
 /// The duty loop: ends when told to stop, when the raft node stops, or when the service is gone.
 pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Output = ()> + Send) {
     tokio::pin!(stop);
@@ -36,6 +39,7 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
     let mut last_tick = Instant::now();
     let mut last_sweep = Instant::now();
     let mut last_upgrade_check: Option<Instant> = None;
+    let mut last_secret_try: Option<Instant> = None;
     let mut last_leader: Option<u64> = None;
     let mut warming: Option<std::thread::JoinHandle<()>> = None;
     let mut last_warm: Option<Instant> = None;
@@ -97,6 +101,19 @@ pub(super) async fn run(svc: Weak<Service>, stop: impl std::future::Future<Outpu
                     Ok(_) => tracing::info!(version = knows, "min_command_version raised: every member knows it"),
                     // A member on an older binary (or not answering): asked again later.
                     Err(e) => tracing::debug!(error = %e, "min_command_version stays; asked again later"),
+                },
+            }
+        }
+        if s.stats.min_command_version() >= crate::model::BEAT_SECRET_VERSION
+            && s.beat_secret().is_none()
+            && last_secret_try.is_none_or(|t| t.elapsed() >= BEAT_SECRET_RETRY)
+        {
+            last_secret_try = Some(Instant::now());
+            tokio::select! {
+                _ = &mut stop => return,
+                r = s.set_beat_secret() => match r {
+                    Ok(()) => tracing::info!("heartbeat secret set: agents seal their datagrams with their own keys"),
+                    Err(e) => tracing::warn!(error = %e, "setting the heartbeat secret failed; again later"),
                 },
             }
         }

@@ -19,7 +19,7 @@
 //!
 //! Every error leaves as an [`ApiError`] with one of the closed set of codes.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -160,11 +160,19 @@ pub struct Service {
     net: std::sync::OnceLock<Arc<crate::net::Net>>,
     /// This member's archive (issue 19), set once by the server; None in in-process tests without one.
     archive: std::sync::OnceLock<Arc<crate::archive::Archive>>,
+    /// The cluster's heartbeat secret once this member read it from its state ([`Service::beat_secret`]),
+    /// and when it last looked (ms; at most every [`BEAT_SECRET_LOOK_EVERY_MS`] while there is none).
+    beat_secret: std::sync::OnceLock<proto::datagram::BeatSecret>,
+    beat_secret_looked_ms: AtomicU64,
     /// Watch streams (stopped first on shutdown, so the API servers can finish their connections).
     pub watchers: TaskGroup,
     /// The proposer, its entries in flight, the leader duties and the ticket dispatcher.
     pub duties: TaskGroup,
 }
+
+/// While a member holds no heartbeat secret it reads its state for one at most this often (a datagram
+/// under a secret it has not read yet, a call), so a new leader takes agents' own keys within a second.
+pub const BEAT_SECRET_LOOK_EVERY_MS: u64 = 1000;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -181,6 +189,38 @@ fn store_err(e: StoreError) -> ApiError {
 }
 
 impl Service {
+    /// The cluster's heartbeat secret (`Command::SetBeatSecret`), read from this member's state once it
+    /// exists (never changes after: set once); `None` until then, looked for at most every
+    /// [`BEAT_SECRET_LOOK_EVERY_MS`].
+    pub fn beat_secret(&self) -> Option<&proto::datagram::BeatSecret> {
+        if let Some(s) = self.beat_secret.get() {
+            return Some(s);
+        }
+        let now = now_ms();
+        let last = self.beat_secret_looked_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < BEAT_SECRET_LOOK_EVERY_MS {
+            return None;
+        }
+        self.beat_secret_looked_ms.store(now.max(1), Ordering::Relaxed);
+        let secret = Reader::new(&self.db).and_then(|r| r.beat_secret()).ok().flatten()?;
+        Some(self.beat_secret.get_or_init(|| proto::datagram::BeatSecret::new(&secret)))
+    }
+
+    /// Set the cluster's heartbeat secret (the leader's duty once the cluster enabled command version 12):
+    /// 32 bytes from the thread's CSPRNG (seeded by the OS), proposed once; a secret another leader set
+    /// first (refused Conflict) is as good.
+    pub(crate) async fn set_beat_secret(&self) -> Result<(), ApiError> {
+        use rand::RngCore as _;
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let r = self.submit(Command::SetBeatSecret { secret: hex::encode(secret) }).await?;
+        match r.error {
+            None => Ok(()),
+            Some((proto::error::Code::Conflict, _)) => Ok(()),
+            Some((code, message)) => Err(ApiError::new(code, message)),
+        }
+    }
+
     /// Wire the service to a started raft node. Spawns the proposer and the leader duty loop into
     /// [`Service::duties`]; they end on [`Service::shutdown`] (or when the raft node stops, or when the
     /// service is dropped: tasks hold only a `Weak` so a dropped service is never kept alive by them).
@@ -209,6 +249,8 @@ impl Service {
             heartbeats: heartbeats::Memory::default(),
             beat_streams: Arc::default(),
             datagrams: crate::datagrams::Counters::default(),
+            beat_secret: std::sync::OnceLock::new(),
+            beat_secret_looked_ms: AtomicU64::new(0),
             ingest_streams: Arc::default(),
             coming_alive: alive_tx,
             orders,

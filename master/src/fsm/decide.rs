@@ -216,6 +216,7 @@ impl<'v> Decider<'v> {
             Command::SetTopology { name, version, by, reason } => {
                 self.set_topology(&name, &version, &by, &reason)
             }
+            Command::SetBeatSecret { secret } => self.set_beat_secret(&secret),
         }
     }
 
@@ -503,6 +504,32 @@ impl<'v> Decider<'v> {
     }
 
     /// A row of the bounded alert/audit log (alerts are change events too).
+    /// Set the cluster's heartbeat secret once (64 hex digits); a second one is refused (Conflict), so of two
+    /// leaders that both proposed one the first applied wins on every member. Audited without its value.
+    fn set_beat_secret(&mut self, secret: &str) -> Result<CmdResult, StoreError> {
+        let parsed: Option<[u8; 32]> =
+            (secret.len() == 64).then(|| hex::decode(secret).ok()).flatten().and_then(|b| b.try_into().ok());
+        let Some(parsed) = parsed else {
+            self.tally.rejected += 1;
+            return Ok(
+                self.refuse(proto::error::Code::InvalidArgument, "a beat secret is 64 hex digits".into())
+            );
+        };
+        let current = match self.w.beat_secret {
+            Some(s) => Some(s),
+            None => self.view.beat_secret()?,
+        };
+        if current.is_some() {
+            self.tally.rejected += 1;
+            return Ok(
+                self.refuse(proto::error::Code::Conflict, "the heartbeat secret is already set".into())
+            );
+        }
+        self.w.beat_secret = Some(parsed);
+        self.audit_row("audit", "cluster", "", "leader", "heartbeat datagram secret set")?;
+        Ok(CmdResult { applied: 1, updated: 1, ..self.result() })
+    }
+
     pub(super) fn audit_row(
         &mut self,
         kind: &str,

@@ -12,8 +12,8 @@ use crate::model::*;
 use crate::safety::{AuditEntry, Proposal, SafetyConfig, ScopeRecord};
 use crate::sm_seam::Policy;
 use crate::store::{
-    self, META_CHANGELOG_BYTES, META_CHANGELOG_FIRST, META_REVISION, SETTING_SAFETY, SETTING_TOPOLOGY,
-    StoreError,
+    self, META_CHANGELOG_BYTES, META_CHANGELOG_FIRST, META_REVISION, SETTING_BEAT_SECRET, SETTING_SAFETY,
+    SETTING_TOPOLOGY, StoreError,
 };
 
 /// Every fsm table as an ordered map (values typed; encoded only for snapshots).
@@ -32,6 +32,7 @@ pub struct MemState {
     pub pending: BTreeMap<u64, String>,
     pub safety: Option<SafetyConfig>,
     pub topology: Option<crate::model::ActiveTopology>,
+    pub beat_secret: Option<[u8; 32]>,
     pub audit: BTreeMap<u64, AuditEntry>,
     pub requests: BTreeMap<String, RequestRecord>,
     pub request_order: BTreeMap<u64, String>,
@@ -130,6 +131,10 @@ impl View for MemState {
     fn catalog(&self, name: &str) -> Result<Option<CheckerRecord>, StoreError> {
         Ok(self.catalog.get(name).cloned())
     }
+    fn beat_secret(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.beat_secret)
+    }
+
     fn topology(&self) -> Result<Option<crate::model::ActiveTopology>, StoreError> {
         Ok(self.topology.clone())
     }
@@ -179,6 +184,9 @@ impl MemState {
         }
         if let Some(cfg) = &w.safety {
             self.safety = Some(cfg.clone());
+        }
+        if let Some(secret) = w.beat_secret {
+            self.beat_secret = Some(secret);
         }
         if let Some(t) = &w.topology {
             self.topology = t.clone();
@@ -273,10 +281,13 @@ impl MemState {
         for (k, v) in &self.proposal_obj {
             push_record(&mut out, 8, k.as_bytes(), &v.to_be_bytes());
         }
+        // Settings in key order, as redb lists them ("beat_secret" < "safety" < "topology").
+        if let Some(secret) = &self.beat_secret {
+            push_record(&mut out, 10, SETTING_BEAT_SECRET.as_bytes(), secret);
+        }
         if let Some(cfg) = &self.safety {
             push_record(&mut out, 10, SETTING_SAFETY.as_bytes(), &store::encode(cfg));
         }
-        // Settings in key order, as redb lists them ("safety" < "topology").
         if let Some(t) = &self.topology {
             push_record(&mut out, 10, SETTING_TOPOLOGY.as_bytes(), &store::encode(t));
         }
@@ -350,6 +361,11 @@ impl MemState {
                 10 => {
                     if key == SETTING_TOPOLOGY.as_bytes() {
                         s.topology = Some(store::decode("fsm_settings", value)?);
+                    } else if key == SETTING_BEAT_SECRET.as_bytes() {
+                        s.beat_secret = Some(value.try_into().map_err(|_| StoreError::Corrupt {
+                            table: "fsm_settings",
+                            message: "beat secret is not 32 bytes".into(),
+                        })?);
                     } else {
                         s.safety = Some(store::decode("fsm_settings", value)?);
                     }

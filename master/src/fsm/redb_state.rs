@@ -12,7 +12,8 @@ use crate::safety::{Proposal, SafetyConfig, ScopeRecord};
 use crate::store::{
     self, AGENTS, AUDIT, BLOBS, CATALOG, CHANGES, COUNTS, HISTORY, MEMBERS, META, META_CHANGELOG_BYTES,
     META_CHANGELOG_FIRST, META_REVISION, OBJECTS, PENDING, PROPOSAL_OBJ, PROPOSALS, REPAIR_QUEUE,
-    REQUEST_ORDER, REQUESTS, SCOPES, SETTING_SAFETY, SETTING_TOPOLOGY, SETTINGS, StoreError,
+    REQUEST_ORDER, REQUESTS, SCOPES, SETTING_BEAT_SECRET, SETTING_SAFETY, SETTING_TOPOLOGY, SETTINGS,
+    StoreError,
 };
 
 /// Handles of every fsm table in one write transaction.
@@ -110,6 +111,10 @@ impl<'t> Tables<'t> {
         }
         if let Some(cfg) = &w.safety {
             self.settings.insert(SETTING_SAFETY, store::encode_sealed(SETTING_SAFETY, cfg).as_slice())?;
+        }
+        if let Some(secret) = &w.beat_secret {
+            self.settings
+                .insert(SETTING_BEAT_SECRET, store::seal_bytes(SETTING_BEAT_SECRET, secret).as_slice())?;
         }
         match &w.topology {
             Some(Some(t)) => {
@@ -417,6 +422,10 @@ impl View for Tables<'_> {
 
     fn has_blob(&self, sha256: &str, index: u64) -> Result<bool, StoreError> {
         Ok(self.blobs.get((sha256, index))?.is_some())
+    }
+
+    fn beat_secret(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        self.settings.get(SETTING_BEAT_SECRET)?.map(|g| store::decode_beat_secret(g.value())).transpose()
     }
 
     fn topology(&self) -> Result<Option<crate::model::ActiveTopology>, StoreError> {

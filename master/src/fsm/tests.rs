@@ -468,6 +468,7 @@ fn fault_findings_are_history_but_healthy_repeats_are_not() {
 
 mod safety;
 
+mod beat_secret;
 mod catalog;
 mod counts;
 mod hourly;

@@ -57,6 +57,8 @@ pub trait View {
     fn blob(&self, sha256: &str, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
     /// The active replicated topology (`fsm_settings` row `topology`).
     fn topology(&self) -> Result<Option<crate::model::ActiveTopology>, StoreError>;
+    /// The cluster's heartbeat secret (`fsm_settings` row `beat_secret`).
+    fn beat_secret(&self) -> Result<Option<[u8; 32]>, StoreError>;
 }
 
 /// Everything one entry changes. `None` removes a row. Scopes that end up empty
@@ -77,6 +79,8 @@ pub struct Writes {
     pub safety: Option<SafetyConfig>,
     /// The active topology: Some(None) clears it.
     pub topology: Option<Option<crate::model::ActiveTopology>>,
+    /// The heartbeat secret, when this entry set it.
+    pub beat_secret: Option<[u8; 32]>,
     pub audit: BTreeMap<u64, Option<AuditEntry>>,
     pub requests: BTreeMap<String, Option<crate::model::RequestRecord>>,
     pub request_order: BTreeMap<u64, Option<String>>,
