@@ -5,6 +5,7 @@
 //! not open gets no answer at all (nothing unauthenticated makes this port send); an authenticated one that
 //! cannot be served gets a short refusal, and its agent sends that beat as a call.
 
+use std::borrow::Cow;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -240,14 +241,14 @@ fn take(
     let (key, own_key_of) = match secret.filter(|s| s.id() == id) {
         Some(s) => {
             let Some(agent) = datagram::agent_of(buf) else { return count(&c.malformed) };
-            (s.agent_key(agent), Some(agent))
+            (Cow::Owned(s.agent_key(agent)), Some(agent))
         }
         None => match keys.get(id) {
-            Some(k) => (k.clone(), None),
+            Some(k) => (Cow::Borrowed(k), None),
             None => return count(&c.unknown_key),
         },
     };
-    let key = &key;
+    let key: &BeatKey = &key;
     let opened = match datagram::open(buf, key) {
         Ok(o) if o.kind == Kind::Beat => o,
         Ok(_) => return count(&c.malformed),
@@ -270,7 +271,7 @@ fn take(
     if own_key_of.is_some_and(|a| a != req.agent) {
         return count(&c.malformed);
     }
-    if own_key_of.is_none() && secret.is_some() && !keys.tokens_with_a_secret && id != BeatKey::open().id() {
+    if own_key_of.is_none() && secret.is_some() && !keys.tokens_with_a_secret && id != datagram::OPEN_KEY_ID {
         c.token_key.fetch_add(1, Ordering::Relaxed);
         let e = ApiError::new(
             proto::error::Code::Conflict,

@@ -731,8 +731,30 @@ pub enum Command {
     /// each agent's own datagram key is derived (`proto::datagram::BeatSecret`). Refused once one is set.
     /// Version [`BEAT_SECRET_VERSION`].
     SetBeatSecret {
-        secret: String,
+        secret: SecretHex,
     },
+}
+
+/// A secret as hex in a command: serialized as the string, never shown by `Debug` (commands are printed
+/// in logs and test failures).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretHex(String);
+
+impl SecretHex {
+    pub fn new(hex: String) -> SecretHex {
+        SecretHex(hex)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretHex({} hex digits)", self.0.len())
+    }
 }
 
 /// The replicated pointer to the active fabric topology (`fsm_settings` row [`crate::store::SETTING_TOPOLOGY`]):

@@ -71,7 +71,12 @@ pub const SETTING_BEAT_SECRET: &str = "beat_secret";
 
 /// A stored heartbeat secret: exactly 32 bytes under its seal.
 pub fn decode_beat_secret(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
-    unseal("fsm_settings", SETTING_BEAT_SECRET, bytes)?.try_into().map_err(|_| StoreError::Corrupt {
+    beat_secret_of(unseal("fsm_settings", SETTING_BEAT_SECRET, bytes)?)
+}
+
+/// A heartbeat secret's payload (a snapshot record, or a row once unsealed): exactly 32 bytes.
+pub fn beat_secret_of(payload: &[u8]) -> Result<[u8; 32], StoreError> {
+    payload.try_into().map_err(|_| StoreError::Corrupt {
         table: "fsm_settings",
         message: "beat secret is not 32 bytes".into(),
     })

@@ -44,6 +44,9 @@ const MAX_RESOLVED: usize = 16;
 /// See [`OFF_AFTER_SILENCE`].
 pub const SILENT_ROUNDS_BEFORE_OFF: u32 = 3;
 
+/// The key id of [`BeatKey::open`] (a cluster without tokens).
+pub const OPEN_KEY_ID: u64 = 0;
+
 /// What a datagram holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -117,7 +120,10 @@ impl BeatKey {
     /// The key of a cluster without tokens (`--insecure`): id 0, a fixed key. It proves nothing about the
     /// sender (nor does a call to such a cluster); it catches damaged datagrams.
     pub fn open() -> BeatKey {
-        BeatKey { id: 0, key: hmac::Key::new(hmac::HMAC_SHA256, b"huatuo heartbeat datagrams, no token") }
+        BeatKey {
+            id: OPEN_KEY_ID,
+            key: hmac::Key::new(hmac::HMAC_SHA256, b"huatuo heartbeat datagrams, no token"),
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -266,26 +272,44 @@ pub fn seal(
         return Err(DatagramError::TooBig(len));
     }
     out.reserve(len);
+    frame(key, kind, seq, out, |out| msg.encode(out).map_err(|e| DatagramError::Payload(e.to_string())))
+}
+
+/// Header, the payload `write` appends, tag: appended to `out`.
+fn frame(
+    key: &BeatKey,
+    kind: Kind,
+    seq: u64,
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), DatagramError>,
+) -> Result<(), DatagramError> {
     out.extend_from_slice(&MAGIC);
     out.push(kind as u8);
     out.extend_from_slice(&key.id.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
-    msg.encode(out).map_err(|e| DatagramError::Payload(e.to_string()))?;
+    write(out)?;
     let tag = hmac::sign(&key.key, out);
     out.extend_from_slice(tag.as_ref());
     Ok(())
 }
 
 /// [`seal`] of payload bytes as they are (tests craft payloads no encoder writes).
-pub fn seal_payload(key: &BeatKey, kind: Kind, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+pub fn seal_payload(
+    key: &BeatKey,
+    kind: Kind,
+    seq: u64,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), DatagramError> {
     out.clear();
-    out.extend_from_slice(&MAGIC);
-    out.push(kind as u8);
-    out.extend_from_slice(&key.id.to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(payload);
-    let tag = hmac::sign(&key.key, out);
-    out.extend_from_slice(tag.as_ref());
+    let len = HEADER_LEN + payload.len() + TAG_LEN;
+    if len > MAX_DATAGRAM {
+        return Err(DatagramError::TooBig(len));
+    }
+    frame(key, kind, seq, out, |out| {
+        out.extend_from_slice(payload);
+        Ok(())
+    })
 }
 
 /// A sealed answer (`Kind::Reply`) opened with `key`: its seq (the request's) and the reply.
@@ -758,7 +782,7 @@ mod tests {
         let mut payload = req().encode_to_vec();
         payload
             .extend(api::HeartbeatRequest { agent: "agent-2".into(), ..Default::default() }.encode_to_vec());
-        seal_payload(&key, Kind::Beat, 9, &payload, &mut out);
+        seal_payload(&key, Kind::Beat, 9, &payload, &mut out).expect("test setup");
         assert_eq!(agent_of(&out), Some("agent-1"));
         let decoded = api::HeartbeatRequest::decode(open(&out, &key).unwrap().payload).unwrap();
         assert_eq!(decoded.agent, "agent-2");
@@ -766,9 +790,9 @@ mod tests {
         let none = api::HeartbeatRequest { agent: String::new(), ..req() };
         seal(&key, Kind::Beat, 9, &none, &mut out).unwrap();
         assert_eq!(agent_of(&out), None);
-        seal_payload(&key, Kind::Beat, 9, &[0x0A, 0x7F, b'a'], &mut out);
+        seal_payload(&key, Kind::Beat, 9, &[0x0A, 0x7F, b'a'], &mut out).expect("test setup");
         assert_eq!(agent_of(&out), None);
-        seal_payload(&key, Kind::Beat, 9, &[0x0A, 0x02, 0xFF, 0xFE], &mut out);
+        seal_payload(&key, Kind::Beat, 9, &[0x0A, 0x02, 0xFF, 0xFE], &mut out).expect("test setup");
         assert_eq!(agent_of(&out), None);
         assert_eq!(agent_of(b"GET / HTTP/1.1\r\n\r\n and some more bytes to be long enough ......"), None);
     }

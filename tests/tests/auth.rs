@@ -739,7 +739,7 @@ async fn heartbeat_datagrams_are_sealed_with_each_agents_own_key() {
     assert!(!send(&out), "agent a's key beat for agent b");
     let mut two = beat("own-a").encode_to_vec();
     two.extend(api::HeartbeatRequest { agent: "own-b".into(), ..Default::default() }.encode_to_vec());
-    datagram::seal_payload(&a_key, Kind::Beat, seq + 1, &two, &mut out);
+    datagram::seal_payload(&a_key, Kind::Beat, seq + 1, &two, &mut out).expect("test setup");
     assert!(!send(&out), "a beat naming two agents");
     let refused =
         (metrics(lead_http.clone(), "bad_seal").await, metrics(lead_http.clone(), "malformed").await);

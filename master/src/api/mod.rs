@@ -202,8 +202,17 @@ impl Service {
             return None;
         }
         self.beat_secret_looked_ms.store(now.max(1), Ordering::Relaxed);
-        let secret = Reader::new(&self.db).and_then(|r| r.beat_secret()).ok().flatten()?;
-        Some(self.beat_secret.get_or_init(|| proto::datagram::BeatSecret::new(&secret)))
+        match Reader::new(&self.db).and_then(|r| r.beat_secret()) {
+            Ok(Some(secret)) => {
+                Some(self.beat_secret.get_or_init(|| proto::datagram::BeatSecret::new(&secret)))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                // Damage raised the node's flag in the read; looked for again within a second.
+                tracing::warn!(error = %e, "reading the heartbeat secret failed");
+                None
+            }
+        }
     }
 
     /// Set the cluster's heartbeat secret (the leader's duty once the cluster enabled command version 12):
@@ -213,7 +222,8 @@ impl Service {
         use rand::RngCore as _;
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
-        let r = self.submit(Command::SetBeatSecret { secret: hex::encode(secret) }).await?;
+        let secret = crate::model::SecretHex::new(hex::encode(secret));
+        let r = self.submit(Command::SetBeatSecret { secret }).await?;
         match r.error {
             None => Ok(()),
             Some((proto::error::Code::Conflict, _)) => Ok(()),

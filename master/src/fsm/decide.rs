@@ -216,7 +216,7 @@ impl<'v> Decider<'v> {
             Command::SetTopology { name, version, by, reason } => {
                 self.set_topology(&name, &version, &by, &reason)
             }
-            Command::SetBeatSecret { secret } => self.set_beat_secret(&secret),
+            Command::SetBeatSecret { secret } => self.set_beat_secret(secret.expose()),
         }
     }
 
@@ -503,12 +503,10 @@ impl<'v> Decider<'v> {
         });
     }
 
-    /// A row of the bounded alert/audit log (alerts are change events too).
     /// Set the cluster's heartbeat secret once (64 hex digits); a second one is refused (Conflict), so of two
     /// leaders that both proposed one the first applied wins on every member. Audited without its value.
     fn set_beat_secret(&mut self, secret: &str) -> Result<CmdResult, StoreError> {
-        let parsed: Option<[u8; 32]> =
-            (secret.len() == 64).then(|| hex::decode(secret).ok()).flatten().and_then(|b| b.try_into().ok());
+        let parsed: Option<[u8; 32]> = hex::decode(secret).ok().and_then(|b| b.try_into().ok());
         let Some(parsed) = parsed else {
             self.tally.rejected += 1;
             return Ok(
@@ -530,6 +528,7 @@ impl<'v> Decider<'v> {
         Ok(CmdResult { applied: 1, updated: 1, ..self.result() })
     }
 
+    /// A row of the bounded alert/audit log (alerts are change events too).
     pub(super) fn audit_row(
         &mut self,
         kind: &str,

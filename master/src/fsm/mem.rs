@@ -362,10 +362,7 @@ impl MemState {
                     if key == SETTING_TOPOLOGY.as_bytes() {
                         s.topology = Some(store::decode("fsm_settings", value)?);
                     } else if key == SETTING_BEAT_SECRET.as_bytes() {
-                        s.beat_secret = Some(value.try_into().map_err(|_| StoreError::Corrupt {
-                            table: "fsm_settings",
-                            message: "beat secret is not 32 bytes".into(),
-                        })?);
+                        s.beat_secret = Some(store::beat_secret_of(value)?);
                     } else {
                         s.safety = Some(store::decode("fsm_settings", value)?);
                     }

@@ -71,6 +71,30 @@ impl Harness {
     }
 }
 
+/// A harness whose cluster enabled command `version` (at time 1).
+fn harness(version: u32) -> Harness {
+    let mut h = Harness::new();
+    let r =
+        h.apply(1, vec![Command::SetMinCommandVersion { version, by: "ops".into(), reason: "up".into() }]);
+    assert!(r.results[0].error.is_none(), "{r:?}");
+    h
+}
+
+/// Apply one command in an entry of its own; its result.
+fn one(h: &mut Harness, now: u64, cmd: Command) -> CmdResult {
+    h.apply(now, vec![cmd]).results.remove(0)
+}
+
+/// Apply `cmd` expecting a refusal with `code` whose message contains `want`, and nothing changed.
+fn refused(h: &mut Harness, now: u64, cmd: Command, code: proto::error::Code, want: &str) {
+    let before = h.snapshot();
+    let r = one(h, now, cmd);
+    let (c, m) = r.error.clone().unwrap_or_else(|| panic!("expected a refusal ({want}), got {r:?}"));
+    assert_eq!(c, code, "{m}");
+    assert!(m.contains(want), "want {want:?} in {m:?}");
+    assert_eq!(h.snapshot(), before, "a refusal changes nothing");
+}
+
 fn finding(object: &str, severity: Severity, time_ms: u64) -> Finding {
     Finding {
         object: object.parse().expect("id"),

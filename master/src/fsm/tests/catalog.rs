@@ -85,20 +85,6 @@ fn pct(p: f64) -> Target {
     Target { bp: percent_bp(p).expect("percent"), ..Target::default() }
 }
 
-fn one(h: &mut Harness, now: u64, cmd: Command) -> CmdResult {
-    h.apply(now, vec![cmd]).results.remove(0)
-}
-
-/// Apply `cmd` expecting a refusal with `code` whose message contains `want`, and nothing changed.
-fn refused(h: &mut Harness, now: u64, cmd: Command, code: Code, want: &str) {
-    let before = h.snapshot();
-    let r = one(h, now, cmd);
-    let (c, m) = r.error.clone().unwrap_or_else(|| panic!("expected a refusal ({want}), got {r:?}"));
-    assert_eq!(c, code, "{m}");
-    assert!(m.contains(want), "want {want:?} in {m:?}");
-    assert_eq!(h.snapshot(), before, "a refusal changes nothing");
-}
-
 fn checker_of(h: &Harness, name: &str) -> CheckerRecord {
     h.reader().catalog(name).expect("read").expect("checker")
 }

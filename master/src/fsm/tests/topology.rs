@@ -17,14 +17,6 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-fn harness(version: u32) -> Harness {
-    let mut h = Harness::new();
-    let r =
-        h.apply(1, vec![Command::SetMinCommandVersion { version, by: "ops".into(), reason: "up".into() }]);
-    assert!(r.results[0].error.is_none(), "{r:?}");
-    h
-}
-
 fn record(name: &str, version: &str, kind: ArtifactType, bytes: &[u8]) -> ArtifactRecord {
     ArtifactRecord {
         name: name.into(),
@@ -50,19 +42,6 @@ fn set(name: &str, version: &str) -> Command {
         by: "ops".into(),
         reason: "fabric".into(),
     }
-}
-
-fn one(h: &mut Harness, now: u64, cmd: Command) -> CmdResult {
-    h.apply(now, vec![cmd]).results.remove(0)
-}
-
-fn refused(h: &mut Harness, now: u64, cmd: Command, code: Code, want: &str) {
-    let before = h.snapshot();
-    let r = one(h, now, cmd);
-    let (c, m) = r.error.clone().unwrap_or_else(|| panic!("expected a refusal ({want}), got {r:?}"));
-    assert_eq!(c, code, "{m}");
-    assert!(m.contains(want), "want {want:?} in {m:?}");
-    assert_eq!(h.snapshot(), before, "a refusal changes nothing");
 }
 
 #[test]
